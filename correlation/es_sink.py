@@ -1,0 +1,270 @@
+"""Elasticsearch alert sink: idempotent bulk writes that survive an Elasticsearch outage.
+
+Contract (docs/elasticsearch.md, "Delivery"):
+
+- `write(alerts)` returns only after Elasticsearch acknowledged every alert of the batch, each
+  as created, duplicate (same `event.id` already indexed: op_type=create answered 409) or
+  dead-lettered (the document itself is bad: mapping/parse error, missing `event.id`; handed
+  to the `dead_letter(doc, reason)` callback). The caller may commit its Kafka offsets then.
+- Retryable failures (connection errors, timeouts, HTTP 429 and 5xx, the write alias missing
+  while a restarted cluster is being set up) are retried with exponential backoff, only for
+  the items not yet acknowledged, within `max_attempts` and `max_total_s`.
+- Past that budget `write` raises `ElasticsearchUnavailable` and drops nothing: the caller
+  keeps the batch, does not commit, and delivers it again later (Kafka is the spool). Because
+  the document id is the stable alert id, a re-delivery never creates a second document.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from elastic_transport import TransportError
+from elasticsearch import Elasticsearch
+from elasticsearch.helpers import streaming_bulk
+
+from correlation.es_setup import ALERTS_ALIAS, INCIDENTS_ALIAS
+
+log = logging.getLogger(__name__)
+
+DeadLetter = Callable[[dict, str], None]
+
+# Item outcomes.
+CREATED, UPDATED, DUPLICATE, DEAD, RETRY, FATAL = (
+    "created", "updated", "duplicate", "dead", "retry", "fatal")
+
+
+@dataclass
+class WriteResult:
+    """What happened to one batch. Every input document is counted exactly once among
+    created / updated / duplicates / dead_lettered."""
+
+    created: int = 0
+    updated: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    attempts: int = 0  # bulk passes over the not-yet-acknowledged documents
+    retried: int = 0  # document sends that had to be repeated
+    seconds: float = 0.0
+    dead_letter_reasons: list[str] = field(default_factory=list)
+
+    @property
+    def acknowledged(self) -> int:
+        return self.created + self.updated + self.duplicates + self.dead_lettered
+
+
+class ElasticsearchWriteError(RuntimeError):
+    """The batch could not be fully acknowledged. Nothing was dropped: `pending` holds the
+    documents Elasticsearch did not acknowledge; the caller keeps (re-delivers) the batch."""
+
+    def __init__(self, message: str, pending: list[dict], result: WriteResult) -> None:
+        super().__init__(message)
+        self.pending = pending
+        self.result = result
+
+
+class ElasticsearchUnavailable(ElasticsearchWriteError):
+    """Retryable failures outlasted the retry budget (cluster down, overloaded, not set up)."""
+
+
+def _log_dead_letter(doc: dict, reason: str) -> None:
+    log.warning("dead-lettered alert %s: %s", _event_id(doc), reason)
+
+
+def _event_id(doc: dict) -> str | None:
+    event = doc.get("event")
+    value = event.get("id") if isinstance(event, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
+def _error_reason(error: object) -> str:
+    """ES item error (dict with type/reason/caused_by, or a string) -> one line."""
+    if not isinstance(error, dict):
+        return str(error)
+    text = f"{error.get('type')}: {error.get('reason')}"
+    cause = error.get("caused_by")
+    if isinstance(cause, dict):
+        text += f" (caused by {cause.get('type')}: {cause.get('reason')})"
+    return text
+
+
+def classify(op_type: str, item: dict) -> str:
+    """One bulk item response -> CREATED / UPDATED / DUPLICATE / DEAD / RETRY / FATAL."""
+    status = item.get("status")
+    if not isinstance(status, int):
+        return RETRY  # no HTTP answer at all (connection-level failure)
+    if 200 <= status < 300:
+        return CREATED if item.get("result", "created") == "created" else UPDATED
+    if status == 409 and op_type == "create":
+        return DUPLICATE  # _id (= stable alert id) already indexed: the alert is there
+    if status == 429 or status >= 500:
+        return RETRY
+    if "exception" in item:
+        # The whole bulk request was refused (auth, bad request): not the document's fault.
+        return FATAL
+    error = item.get("error")
+    if isinstance(error, dict) and error.get("type") == "index_not_found_exception":
+        return RETRY  # write alias missing (cluster restarted, setup not yet re-run)
+    if status in (401, 403):
+        return FATAL
+    return DEAD  # mapping / parse error in this document: it would fail forever
+
+
+class ElasticsearchSink:
+    """Writes ECS alerts (op_type=create) and incidents (op_type=index, i.e. upsert) with
+    `_id = event.id` through `elasticsearch.helpers.streaming_bulk`.
+
+    Writes target the write aliases created by `correlation.es_setup.setup` with
+    `require_alias=true`, so a write never auto-creates an index with guessed mappings.
+    """
+
+    def __init__(self, client: Elasticsearch, *,
+                 alerts_index: str = ALERTS_ALIAS,
+                 incidents_index: str = INCIDENTS_ALIAS,
+                 dead_letter: DeadLetter | None = None,
+                 chunk_size: int = 500,
+                 max_chunk_bytes: int = 10 * 1024 * 1024,
+                 max_attempts: int = 10,
+                 initial_backoff_s: float = 0.5,
+                 max_backoff_s: float = 30.0,
+                 max_total_s: float = 300.0,
+                 refresh: bool | str = False,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+        self.client = client
+        self.alerts_index = alerts_index
+        self.incidents_index = incidents_index
+        self.dead_letter = dead_letter or _log_dead_letter
+        self.chunk_size = chunk_size
+        self.max_chunk_bytes = max_chunk_bytes
+        self.max_attempts = max_attempts
+        self.initial_backoff_s = initial_backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.max_total_s = max_total_s
+        self.refresh = refresh
+        self._sleep = sleep
+        self.totals = WriteResult()  # cumulative over the sink's life (metrics)
+
+    def write(self, alerts: list[dict]) -> WriteResult:
+        """Index alerts exactly once: a second write of the same `event.id` is a duplicate."""
+        return self._write(alerts, self.alerts_index, "create")
+
+    def write_incidents(self, incidents: list[dict]) -> WriteResult:
+        """Upsert incidents by `event.id` (the latest state replaces the stored one)."""
+        return self._write(incidents, self.incidents_index, "index")
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _backoff(self, attempt: int) -> float:
+        # Exponential with +-20% jitter so many workers do not retry in lock-step.
+        base = min(self.max_backoff_s, self.initial_backoff_s * (2 ** (attempt - 1)))
+        return base * random.uniform(0.8, 1.2)
+
+    def _prepare(self, docs: list[dict], op_type: str,
+                 result: WriteResult) -> list[tuple[str, dict]]:
+        """(id, doc) pairs to send: docs without an id are dead-lettered, repeated ids in
+        one batch are sent once (create: first wins; index: last state wins)."""
+        by_id: dict[str, dict] = {}
+        for doc in docs:
+            doc_id = _event_id(doc)
+            if doc_id is None:
+                self._dead(doc, "missing event.id (the stable alert id is the document _id)",
+                           result)
+                continue
+            if doc_id in by_id:
+                result.duplicates += 1
+                if op_type == "create":
+                    continue
+            by_id[doc_id] = doc
+        return list(by_id.items())
+
+    def _dead(self, doc: dict, reason: str, result: WriteResult) -> None:
+        self.dead_letter(doc, reason)  # may raise: then the batch is not acknowledged
+        result.dead_lettered += 1
+        if len(result.dead_letter_reasons) < 100:
+            result.dead_letter_reasons.append(reason)
+
+    def _actions(self, pending: list[tuple[str, dict]], index: str,
+                 op_type: str) -> Iterator[dict]:
+        for doc_id, doc in pending:
+            yield {"_op_type": op_type, "_index": index, "_id": doc_id, "_source": doc}
+
+    def _bulk(self, pending: list[tuple[str, dict]], index: str,
+              op_type: str) -> Iterable[tuple[bool, dict]]:
+        return streaming_bulk(
+            self.client, self._actions(pending, index, op_type),
+            chunk_size=self.chunk_size, max_chunk_bytes=self.max_chunk_bytes,
+            raise_on_error=False, raise_on_exception=False, max_retries=0, yield_ok=True,
+            require_alias=True, refresh=self.refresh)
+
+    def _write(self, docs: list[dict], index: str, op_type: str) -> WriteResult:
+        started = time.monotonic()
+        result = WriteResult()
+        pending = self._prepare(docs, op_type, result)
+        last_problem = ""
+        while pending:
+            result.attempts += 1
+            retry: list[tuple[str, dict]] = []
+            done = 0
+            try:
+                for _ok, item in self._bulk(pending, index, op_type):
+                    outcome, problem = self._settle(item, pending[done], op_type, result)
+                    if outcome == RETRY:
+                        retry.append(pending[done])
+                        last_problem = problem
+                    elif outcome == FATAL:
+                        rest = [doc for _, doc in retry + pending[done:]]
+                        raise ElasticsearchWriteError(
+                            f"Elasticsearch refused the bulk request: {problem}; "
+                            f"{len(rest)} document(s) not written", rest,
+                            self._finish(result, started))
+                    done += 1
+            except TransportError as exc:
+                # Connection refused/reset, timeout: the chunk in flight and everything
+                # after it is unacknowledged (what ES did with it is unknown; a resend
+                # is safe because ids are stable).
+                retry.extend(pending[done:])
+                last_problem = f"{type(exc).__name__}: {exc}"
+            pending = retry
+            if not pending:
+                break
+            result.retried += len(pending)
+            elapsed = time.monotonic() - started
+            delay = self._backoff(result.attempts)
+            if result.attempts >= self.max_attempts or elapsed + delay > self.max_total_s:
+                rest = [doc for _, doc in pending]
+                raise ElasticsearchUnavailable(
+                    f"Elasticsearch did not acknowledge {len(rest)} of {len(docs)} document(s) "
+                    f"after {result.attempts} attempt(s) in {elapsed:.1f} s (last problem: "
+                    f"{last_problem}); nothing was dropped: keep the batch and retry later",
+                    rest, self._finish(result, started))
+            log.warning("elasticsearch: %d document(s) not acknowledged (%s); retry %d in "
+                        "%.2f s", len(pending), last_problem, result.attempts, delay)
+            self._sleep(delay)
+        return self._finish(result, started)
+
+    def _settle(self, item: dict, sent: tuple[str, dict], op_type: str,
+                result: WriteResult) -> tuple[str, str]:
+        """Account one item response; returns (outcome, problem text for retries)."""
+        (item_op, info), = item.items()
+        outcome = classify(item_op, info)
+        if outcome == CREATED:
+            result.created += 1
+        elif outcome == UPDATED:
+            result.updated += 1
+        elif outcome == DUPLICATE:
+            result.duplicates += 1
+        elif outcome == DEAD:
+            self._dead(sent[1], f"HTTP {info.get('status')} {_error_reason(info.get('error'))}",
+                       result)
+        return outcome, f"HTTP {info.get('status')} {_error_reason(info.get('error'))}"
+
+    def _finish(self, result: WriteResult, started: float) -> WriteResult:
+        result.seconds = time.monotonic() - started
+        for name in ("created", "updated", "duplicates", "dead_lettered", "attempts", "retried"):
+            setattr(self.totals, name, getattr(self.totals, name) + getattr(result, name))
+        return result

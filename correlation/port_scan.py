@@ -1,0 +1,255 @@
+"""Port scan detection: vertical (many ports on one host) and horizontal (many hosts on one port).
+
+Both count *failed* TCP connection attempts per scanning source, as Zeek's scan detectors
+do (bro-simple-scan counts connections whose history is only SYNs, optionally answered by a
+RST), so that a browser opening many successful connections is never a scan.
+
+An attempt is classified from the per-direction TCP flags, payload and packet counts rather
+than from the conn_state label, because uint8 masks are far cheaper than comparing object
+strings and because the label alone cannot tell a stealth probe from backscatter (both OTH):
+
+  unanswered / refused   originator sent SYN and no ACK, responder never sent SYN
+                         (Zeek conn_state S0, REJ, RSTOS0, SH)
+  half-open              handshake completed, no payload either way, torn down by RST
+                         (RSTO / RSTR without payload: SYN scans of open ports)
+  stealth                originator sent neither SYN, ACK nor RST and no payload
+                         (OTH without payload: FIN, NULL and XMAS probes)
+
+Backscatter (SYN-ACKs or RSTs a spoofed-source DoS victim sends us) never qualifies: its
+originator either sent ACK/RST, or, if the sensor flips such a flow like Zeek does, sent
+no SYN of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import partial
+
+import numpy as np
+
+from correlation.detector import (
+    IANA_TCP,
+    NS_PER_S,
+    TCP_ACK,
+    TCP_RST,
+    TCP_SYN,
+    Columns,
+    Detector,
+    Evidence,
+    Finding,
+    Groups,
+    InputSpec,
+    Rule,
+    WindowRange,
+    combine_codes,
+    distinct_per_group,
+    factorize_ip,
+    sort_ips,
+    sorted_unique_text,
+)
+from pipeline.schema import EventBatch
+from sensors.packets import ip_column_to_str
+
+_TACTIC = ("TA0007", "Discovery")
+_TECHNIQUE = ("T1046", "Network Service Discovery")
+
+VERTICAL_RULE = Rule(
+    id="cirtsa.scan.vertical",
+    name="Vertical port scan",
+    description="One source made failed TCP connection attempts to many distinct ports of "
+                "one destination host within the window.",
+    category="Network scan",
+    tactic_id=_TACTIC[0], tactic_name=_TACTIC[1],
+    technique_id=_TECHNIQUE[0], technique_name=_TECHNIQUE[1],
+    severity=21, severity_label="low", risk_score=21.0,
+)
+
+HORIZONTAL_RULE = Rule(
+    id="cirtsa.scan.horizontal",
+    name="Horizontal port scan",
+    description="One source made failed TCP connection attempts to one port on many distinct "
+                "destination hosts within the window.",
+    category="Network scan",
+    tactic_id=_TACTIC[0], tactic_name=_TACTIC[1],
+    technique_id=_TECHNIQUE[0], technique_name=_TECHNIQUE[1],
+    severity=21, severity_label="low", risk_score=21.0,
+)
+
+_SCAN_COLUMNS = ("timestamp", "end", "src_ip", "dst_ip", "dst_port", "src_tcp_flags",
+                 "dst_tcp_flags", "observer_name", "ingress_zone")
+
+
+def failed_attempt_mask(columns: Columns) -> np.ndarray:
+    """Flow rows that are failed TCP connection attempts by their originator (see module doc)."""
+    sf = columns["src_tcp_flags"]
+    df = columns["dst_tcp_flags"]
+    orig_syn = (sf & TCP_SYN) != 0
+    orig_ack = (sf & TCP_ACK) != 0
+    resp_syn = (df & TCP_SYN) != 0
+    no_payload = (columns["src_payload_bytes"] == 0) & (columns["dst_payload_bytes"] == 0)
+    unanswered = orig_syn & ~orig_ack & ~resp_syn
+    half_open = orig_syn & resp_syn & no_payload & (((sf | df) & TCP_RST) != 0)
+    stealth = ((sf & (TCP_SYN | TCP_ACK | TCP_RST)) == 0) & ~resp_syn & no_payload
+    return ((columns["transport"] == IANA_TCP) & (columns["src_packets"] > 0)
+            & (unanswered | half_open | stealth))
+
+
+class _ScanDetector(Detector):
+    """Distinct `target` values per (source, fixed) key and window >= threshold."""
+
+    inputs = (InputSpec("flow", _SCAN_COLUMNS),)
+    threshold_key: str
+    max_sample: int
+
+    def __init__(self, config: Mapping) -> None:
+        super().__init__(config)
+        self.threshold = int(config[self.threshold_key])
+        self.max_sample = int(config.get("evidence_sample", 50))
+
+    def select(self, batch: EventBatch) -> np.ndarray:
+        return failed_attempt_mask(batch.columns)
+
+    def _key_and_target(self, cols: Columns, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(key codes, target codes) of rows idx: key includes the source."""
+        raise NotImplementedError
+
+    def detect(self, rows: Mapping[str, Columns], windows: WindowRange) -> list[Finding]:
+        cols = rows["flow"]
+        t = cols["timestamp"]
+        idx = np.flatnonzero(windows.row_mask(t))
+        if idx.size == 0:
+            return []
+        key, target = self._key_and_target(cols, idx)
+        n_keys = int(key.max()) + 1
+        # A key needs >= threshold distinct targets over the whole range to reach it in any
+        # one window: drop the rest before replicating rows into windows (spoofed SYN floods).
+        reachable = distinct_per_group(key, n_keys, target)[key] >= self.threshold
+        idx, key, target = idx[reachable], key[reachable], target[reachable]
+        if idx.size == 0:
+            return []
+        copy_rows, k = windows.assign(t[idx])
+        group, n_groups = combine_codes(k, key[copy_rows])
+        distinct = distinct_per_group(group, n_groups, target[copy_rows])
+        hits = np.flatnonzero(distinct >= self.threshold)
+        if hits.size == 0:
+            return []
+        groups = Groups.of(group, n_groups)
+        findings = []
+        for g in hits.tolist():  # one iteration per finding
+            members = groups.rows(g)
+            r = idx[copy_rows[members]]
+            window_k = int(k[members[0]])
+            findings.append(Finding(
+                rule=self.rules[0], key=self._key_text(cols, r[0]),
+                window_start=int(windows.spec.start(window_k)),
+                window_end=int(windows.spec.end(window_k)),
+                describe=partial(self._describe, cols, r)))
+        return findings
+
+    def _key_text(self, cols: Columns, row: int) -> str:
+        raise NotImplementedError
+
+    def _describe(self, cols: Columns, r: np.ndarray) -> Evidence:
+        raise NotImplementedError
+
+
+def _attempt_outcomes(cols: Columns, r: np.ndarray) -> dict[str, int]:
+    df = cols["dst_tcp_flags"][r]
+    answered = (df & TCP_SYN) != 0
+    refused = ~answered & ((df & TCP_RST) != 0)
+    return {
+        "attempts": int(r.size),
+        "unanswered": int((~answered & ~refused).sum()),
+        "refused": int(refused.sum()),
+        "half_open": int(answered.sum()),
+    }
+
+
+def _span(cols: Columns, r: np.ndarray) -> tuple[int, int]:
+    first_seen = int(cols["timestamp"][r].min())
+    return first_seen, int(max(cols["end"][r].max(), cols["timestamp"][r].max()))
+
+
+def _one_ip(column: np.ndarray, row: int) -> str:
+    return ip_column_to_str(column[row:row + 1])[0]
+
+
+class VerticalScanDetector(_ScanDetector):
+    """Failed attempts to >= vertical_ports distinct ports of one host (key: source, host)."""
+
+    name = "port_scan_vertical"
+    rules = (VERTICAL_RULE,)
+    threshold_key = "vertical_ports"
+    threshold_keys = ("vertical_ports",)
+
+    def _key_and_target(self, cols: Columns, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        src, _ = factorize_ip(cols["src_ip"][idx])
+        dst, _ = factorize_ip(cols["dst_ip"][idx])
+        key, _ = combine_codes(src, dst)
+        return key, cols["dst_port"][idx].astype(np.int64)
+
+    def _key_text(self, cols: Columns, row: int) -> str:
+        return f"{_one_ip(cols['src_ip'], row)}|{_one_ip(cols['dst_ip'], row)}"
+
+    def _describe(self, cols: Columns, r: np.ndarray) -> Evidence:
+        first_seen, last_seen = _span(cols, r)
+        scanner, victim = _one_ip(cols["src_ip"], r[0]), _one_ip(cols["dst_ip"], r[0])
+        ports = np.unique(cols["dst_port"][r])
+        open_ports = np.unique(cols["dst_port"][r][(cols["dst_tcp_flags"][r] & TCP_SYN) != 0])
+        return Evidence(
+            first_seen=first_seen, last_seen=last_seen,
+            source_ip=scanner, destination_ip=victim, transport="tcp",
+            related_ips=sorted({scanner, victim}),
+            observers=sorted_unique_text(cols["observer_name"][r]),
+            zones=sorted_unique_text(cols["ingress_zone"][r]),
+            details={
+                **_attempt_outcomes(cols, r),
+                "distinct_ports": int(ports.size),
+                "ports": ports[: self.max_sample].tolist(),
+                "open_ports": open_ports[: self.max_sample].tolist(),
+            },
+            message=f"{scanner} scanned {ports.size} ports on {victim} "
+                    f"in {(last_seen - first_seen) / NS_PER_S:.1f} s",
+        )
+
+
+class HorizontalScanDetector(_ScanDetector):
+    """Failed attempts to one port on >= horizontal_hosts distinct hosts (key: source, port)."""
+
+    name = "port_scan_horizontal"
+    rules = (HORIZONTAL_RULE,)
+    threshold_key = "horizontal_hosts"
+    threshold_keys = ("horizontal_hosts",)
+
+    def _key_and_target(self, cols: Columns, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        src, _ = factorize_ip(cols["src_ip"][idx])
+        dst, _ = factorize_ip(cols["dst_ip"][idx])
+        key, _ = combine_codes(src, cols["dst_port"][idx].astype(np.int64))
+        return key, dst
+
+    def _key_text(self, cols: Columns, row: int) -> str:
+        return f"{_one_ip(cols['src_ip'], row)}|tcp/{int(cols['dst_port'][row])}"
+
+    def _describe(self, cols: Columns, r: np.ndarray) -> Evidence:
+        first_seen, last_seen = _span(cols, r)
+        scanner = _one_ip(cols["src_ip"], r[0])
+        port = int(cols["dst_port"][r[0]])
+        _, hosts = factorize_ip(cols["dst_ip"][r])
+        answered = (cols["dst_tcp_flags"][r] & TCP_SYN) != 0
+        _, open_hosts = factorize_ip(cols["dst_ip"][r][answered])
+        sample = ip_column_to_str(sort_ips(hosts)[: self.max_sample])
+        return Evidence(
+            first_seen=first_seen, last_seen=last_seen,
+            source_ip=scanner, destination_port=port, transport="tcp",
+            related_ips=[scanner] + [h for h in sample if h != scanner],
+            observers=sorted_unique_text(cols["observer_name"][r]),
+            zones=sorted_unique_text(cols["ingress_zone"][r]),
+            details={
+                **_attempt_outcomes(cols, r),
+                "distinct_hosts": int(hosts.size),
+                "hosts": sample,
+                "open_hosts": ip_column_to_str(sort_ips(open_hosts)[: self.max_sample]),
+            },
+            message=f"{scanner} scanned {hosts.size} hosts on port {port}/tcp "
+                    f"in {(last_seen - first_seen) / NS_PER_S:.1f} s",
+        )

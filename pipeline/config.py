@@ -1,0 +1,50 @@
+"""Configuration: embedded defaults (pipeline/defaults.yaml) deep-merged with a user file."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULTS_PATH = Path(__file__).with_name("defaults.yaml")
+
+
+class ConfigError(ValueError):
+    """The configuration file is unreadable or has the wrong shape."""
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """A new dict: `override` laid over `base`, recursing into nested dicts."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Defaults, overridden by the YAML file at `path` when given."""
+    config = _read_yaml(DEFAULTS_PATH)
+    if path is not None:
+        config = deep_merge(config, _read_yaml(path))
+    return config

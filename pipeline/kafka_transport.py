@@ -1,0 +1,560 @@
+"""The Kafka transport: the only module that imports the Kafka client library.
+
+Everything else uses `KafkaConfig`, `ensure_topics`, `SpoolingProducer` and `BatchConsumer`,
+so the client (kafka-python today) can be swapped for confluent-kafka if a benchmark calls
+for it.
+
+Delivery (DESIGN.md §3, at-least-once):
+- `SpoolingProducer` never loses a message to a broker outage: a message whose delivery
+  fails (connection refused, timeouts, and the Tansu broker's `UnknownError` for ~10 s after
+  a restart, which kafka-python does not retry) goes to an on-disk spool, and every later
+  message queues behind it until the spool has drained, oldest first.
+- `BatchConsumer` never commits on its own: the caller commits the records whose output has
+  been acknowledged downstream, so a crash replays everything after the last commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import errors as kafka_errors
+from kafka.admin import NewTopic
+from kafka.structs import OffsetAndMetadata
+
+from pipeline.bus import TOPIC_ALERTS, TOPIC_DEADLETTER, TOPIC_EVENTS, TOPIC_SENSOR
+from pipeline.spool import Spool
+
+log = logging.getLogger(__name__)
+
+TOPIC_SENSOR_HEALTH = "sa.sensor.health"
+
+# Partitions per topic when the pipeline creates them. sa.sensor and sa.events are keyed
+# (sensor id / correlation key) and read by consumer groups; the rest are low volume.
+DEFAULT_TOPICS: dict[str, int] = {
+    TOPIC_SENSOR: 4,
+    TOPIC_EVENTS: 4,
+    TOPIC_ALERTS: 1,
+    TOPIC_DEADLETTER: 1,
+    TOPIC_SENSOR_HEALTH: 1,
+}
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+DEFAULT_PASSWORD_ENV = "CIRTSA_KAFKA_PASSWORD"
+
+# Errors that no retry can fix for this message (re-spooling it would block the spool head
+# forever): it is counted as rejected and logged instead.
+_PERMANENT_ERRORS = (kafka_errors.MessageSizeTooLargeError,
+                     kafka_errors.RecordListTooLargeError, kafka_errors.InvalidTopicError,
+                     kafka_errors.InvalidRecordError)
+
+
+class TransportError(RuntimeError):
+    """The broker could not be reached or refused an operation; the text says which."""
+
+
+class CommitFailed(TransportError):
+    """Offsets were not committed (e.g. the group rebalanced); the records will be
+    delivered again to whoever owns their partitions now."""
+
+
+# --- configuration --------------------------------------------------------------------------
+
+class Secret:
+    """A string that never shows in repr/str/logs; `.reveal()` gives the value."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def _read_secret_file(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().strip()
+    except OSError as exc:
+        raise TransportError(f"cannot read Kafka password file {path}: {exc.strerror}") from None
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    """Where the brokers are and how to authenticate. The SASL password is a `Secret`:
+    it comes from an environment variable or a file, never from the config file itself."""
+
+    bootstrap: str = "127.0.0.1:9092"
+    client_id: str = "cirt-sa"
+    security_protocol: str = "PLAINTEXT"
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: Secret | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.security_protocol not in SECURITY_PROTOCOLS:
+            raise TransportError(f"security_protocol must be one of {SECURITY_PROTOCOLS}, "
+                                 f"not {self.security_protocol!r}")
+        if self.security_protocol.startswith("SASL"):
+            if self.sasl_mechanism not in SASL_MECHANISMS:
+                raise TransportError(f"sasl_mechanism must be one of {SASL_MECHANISMS}")
+            if not self.sasl_username or self.sasl_password is None:
+                raise TransportError("SASL needs sasl_username and a password (from "
+                                     "sasl_password_env or sasl_password_file)")
+
+    def __repr__(self) -> str:
+        password = "'***'" if self.sasl_password is not None else "None"
+        return (f"KafkaConfig(bootstrap={self.bootstrap!r}, client_id={self.client_id!r}, "
+                f"security_protocol={self.security_protocol!r}, ssl_cafile={self.ssl_cafile!r}, "
+                f"ssl_certfile={self.ssl_certfile!r}, ssl_keyfile={self.ssl_keyfile!r}, "
+                f"sasl_mechanism={self.sasl_mechanism!r}, sasl_username={self.sasl_username!r}, "
+                f"sasl_password={password})")
+
+    @classmethod
+    def from_mapping(cls, settings: Mapping, env: Mapping[str, str] | None = None) -> KafkaConfig:
+        """From a config section such as
+        {bootstrap, client_id, security_protocol, ssl_cafile, ssl_certfile, ssl_keyfile,
+         sasl_mechanism, sasl_username, sasl_password_env | sasl_password_file}.
+        A literal `sasl_password` is refused: secrets do not belong in config files."""
+        env = os.environ if env is None else env
+        if "sasl_password" in settings:
+            raise TransportError("put the Kafka password in an environment variable "
+                                 "(sasl_password_env) or a file (sasl_password_file), "
+                                 "not in the config")
+        password: str | None = None
+        if settings.get("sasl_password_file"):
+            password = _read_secret_file(str(settings["sasl_password_file"]))
+        else:
+            password = env.get(str(settings.get("sasl_password_env") or DEFAULT_PASSWORD_ENV))
+        known = {"bootstrap", "client_id", "security_protocol", "ssl_cafile", "ssl_certfile",
+                 "ssl_keyfile", "sasl_mechanism", "sasl_username"}
+        unknown = set(settings) - known - {"sasl_password_env", "sasl_password_file"}
+        if unknown:
+            raise TransportError(f"unknown kafka settings: {sorted(unknown)}")
+        values = {k: settings[k] for k in known if settings.get(k) is not None}
+        return cls(**values, sasl_password=Secret(password) if password is not None else None)
+
+    def client_kwargs(self) -> dict:
+        """Keyword arguments for the kafka-python clients (contains the secret: never log)."""
+        kwargs: dict = {"bootstrap_servers": self.bootstrap.split(","),
+                        "client_id": self.client_id,
+                        "security_protocol": self.security_protocol}
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            if getattr(self, name):
+                kwargs[name] = getattr(self, name)
+        if self.security_protocol.startswith("SASL"):
+            kwargs["sasl_mechanism"] = self.sasl_mechanism
+            kwargs["sasl_plain_username"] = self.sasl_username
+            kwargs["sasl_plain_password"] = self.sasl_password.reveal()
+        return kwargs
+
+
+# --- topics ---------------------------------------------------------------------------------
+
+def ensure_topics(config: KafkaConfig, topics: Mapping[str, int] | None = None,
+                  timeout_s: float = 10.0) -> list[str]:
+    """Create the topics that do not exist yet ({name: partitions}, replication 1 unless the
+    cluster decides otherwise); returns the names created. Existing topics are left as they
+    are (their partition count is not changed)."""
+    topics = DEFAULT_TOPICS if topics is None else topics
+    try:
+        admin = KafkaAdminClient(**config.client_kwargs(),
+                                 request_timeout_ms=int(timeout_s * 1000),
+                                 bootstrap_timeout_ms=int(timeout_s * 1000))
+    except kafka_errors.KafkaError as exc:
+        raise TransportError(f"cannot reach Kafka at {config.bootstrap}: {exc}") from None
+    created = []
+    try:
+        existing = set(admin.list_topics())
+        missing = [NewTopic(name, int(n), 1) for name, n in topics.items() if name not in existing]
+        for new in missing:
+            try:
+                admin.create_topics([new], timeout_ms=int(timeout_s * 1000))
+                created.append(new.name)
+            except kafka_errors.TopicAlreadyExistsError:
+                pass  # created meanwhile by someone else
+    except kafka_errors.KafkaError as exc:
+        raise TransportError(f"cannot create topics on {config.bootstrap}: {exc}") from None
+    finally:
+        admin.close()
+    if created:
+        log.info("created Kafka topics %s on %s", created, config.bootstrap)
+    return created
+
+
+# --- producer -------------------------------------------------------------------------------
+
+@dataclass
+class ProducerMetrics:
+    sent: int = 0  # send() calls
+    acked: int = 0  # deliveries the broker acknowledged (direct and from the spool)
+    spooled: int = 0  # messages put into the spool (failed delivery, or queued behind it)
+    redelivered: int = 0  # spooled messages later acknowledged by the broker
+    failed: int = 0  # delivery attempts that failed (a message can fail several times)
+    rejected: int = 0  # messages no retry can deliver (e.g. too large): logged and lost
+    dropped_oldest: int = 0  # spooled messages dropped because the spool was full
+
+
+class SpoolingProducer:
+    """Sends (topic, key, value) messages; spools what cannot be delivered and re-sends it,
+    oldest first, once the broker answers again.
+
+    `send()` never waits for the broker during an outage: the message goes to the spool (a
+    disk append) and a background thread retries the spool every `retry_interval_s`, up to
+    `drain_window` messages in flight. `topics`, when given, are (re)created before draining
+    after an outage (a broker with memory storage forgets its topics on restart). A spool
+    left on disk by an earlier run is drained first.
+    """
+
+    def __init__(self, config: KafkaConfig, spool: Spool | str | os.PathLike, *,
+                 topics: Mapping[str, int] | None = None, acks: str | int = "all",
+                 linger_ms: int = 5, max_request_size: int = 16 << 20,
+                 delivery_timeout_ms: int = 30_000, request_timeout_ms: int = 10_000,
+                 max_block_ms: int = 5_000, max_in_flight: int = 1,
+                 retry_interval_s: float = 1.0, drain_window: int = 32,
+                 compression_type: str | None = None) -> None:
+        self.config = config
+        self.spool = spool if isinstance(spool, Spool) else Spool(spool)
+        self.topics = dict(topics) if topics else None
+        self.retry_interval_s = retry_interval_s
+        self._connect_timeout_s = max_block_ms / 1000
+        self.drain_window = drain_window
+        self.metrics = ProducerMetrics()
+        # Idempotence off: after a Tansu restart the idempotent producer's InitProducerId
+        # keeps failing with UnknownError (measured); at-least-once delivery plus stable
+        # alert ids make duplicates harmless. max_in_flight=1 keeps order within a
+        # partition across kafka-python's internal retries.
+        self._producer_kwargs = dict(
+            **config.client_kwargs(), acks=acks, linger_ms=linger_ms,
+            max_request_size=max_request_size, delivery_timeout_ms=delivery_timeout_ms,
+            request_timeout_ms=request_timeout_ms, max_block_ms=max_block_ms,
+            max_in_flight_requests_per_connection=max_in_flight, enable_idempotence=False,
+            bootstrap_timeout_ms=max_block_ms,  # first connection: no 30 s stall in send()
+            retries=3, retry_backoff_ms=200, reconnect_backoff_max_ms=1000,
+            compression_type=compression_type)
+        self._producer: KafkaProducer | None = None
+        self._client_lock = threading.Lock()
+        self._lock = threading.Lock()  # metrics and outage state (callbacks: I/O thread)
+        self._in_flight: set[int] = set()  # spool seqs sent and not yet settled
+        self._retry_at = 0.0  # monotonic time of the next drain attempt
+        self._outage = len(self.spool) > 0  # a spool left from the last run: drain first
+        self._need_topics = self.topics is not None
+        self._wake = threading.Event()
+        self._closing = threading.Event()
+        self._drainer = threading.Thread(target=self._drain_loop, name="spool-drain",
+                                         daemon=True)
+        self._drainer.start()
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _client(self) -> KafkaProducer:
+        with self._client_lock:  # the caller's and the drain thread's first use may race
+            if self._producer is None:
+                self._producer = KafkaProducer(**self._producer_kwargs)
+            return self._producer
+
+    def _mark_outage(self, exc: BaseException) -> None:
+        with self._lock:
+            self.metrics.failed += 1
+            self._retry_at = time.monotonic() + self.retry_interval_s
+            if not self._outage:
+                log.warning("Kafka delivery to %s failed (%s); spooling to %s until it "
+                            "recovers", self.config.bootstrap, _reason(exc),
+                            self.spool.directory)
+            self._outage = True
+            self._need_topics = self.topics is not None
+
+    def _to_spool(self, topic: str, key: bytes | None, value: bytes) -> None:
+        try:
+            self.spool.put(value, key, topic)
+        except ValueError as exc:  # larger than the whole spool, or spool closed
+            with self._lock:
+                self.metrics.rejected += 1
+            log.error("message for %s lost: %s", topic, exc)
+            return
+        with self._lock:
+            self.metrics.spooled += 1
+        self._wake.set()
+
+    def _rejected(self, topic: str, exc: BaseException) -> None:
+        with self._lock:
+            self.metrics.rejected += 1
+        log.error("message for %s rejected by Kafka and lost (no retry can deliver it): %s",
+                  topic, _reason(exc))
+
+    def _on_direct_ok(self, _metadata: object) -> None:
+        with self._lock:
+            self.metrics.acked += 1
+
+    def _on_direct_error(self, topic: str, key: bytes | None, value: bytes,
+                         exc: BaseException) -> None:
+        if isinstance(exc, _PERMANENT_ERRORS):
+            self._rejected(topic, exc)
+            return
+        self._mark_outage(exc)
+        self._to_spool(topic, key, value)
+
+    def _on_spooled_ok(self, seq: int, _metadata: object) -> None:
+        self.spool.ack(seq)
+        with self._lock:
+            self._in_flight.discard(seq)
+            self.metrics.acked += 1
+            self.metrics.redelivered += 1
+        self._wake.set()  # room for the next message in the drain window
+
+    def _on_spooled_error(self, seq: int, topic: str, exc: BaseException) -> None:
+        if isinstance(exc, _PERMANENT_ERRORS):
+            self.spool.ack(seq)  # remove it: it would block the spool forever
+            self._rejected(topic, exc)
+        else:
+            self._mark_outage(exc)
+        with self._lock:
+            self._in_flight.discard(seq)
+
+    def _drain_loop(self) -> None:
+        while not self._closing.is_set():
+            self._wake.wait(self.retry_interval_s)
+            self._wake.clear()
+            try:
+                self._drain_once()
+            except Exception:  # the drain thread must outlive any surprise
+                log.exception("spool drain failed; retrying in %.1f s", self.retry_interval_s)
+                with self._lock:
+                    self._retry_at = time.monotonic() + self.retry_interval_s
+
+    def _drain_once(self) -> int:
+        with self._lock:
+            if time.monotonic() < self._retry_at:
+                return 0
+            room = self.drain_window - len(self._in_flight)
+            exclude = set(self._in_flight)
+        if room <= 0:
+            return 0
+        items = self.spool.peek(room, exclude=exclude)
+        if not items:
+            with self._lock:
+                if self._outage and not self._in_flight and len(self.spool) == 0:
+                    self._outage = False
+                    log.info("Kafka at %s is back; spool drained", self.config.bootstrap)
+            return 0
+        if self._need_topics:
+            try:
+                ensure_topics(self.config, self.topics, timeout_s=self._connect_timeout_s)
+                self._need_topics = False
+            except TransportError as exc:
+                self._mark_outage(exc)
+                return 0
+        sent = 0
+        for item in items:
+            with self._lock:
+                self._in_flight.add(item.seq)
+            try:
+                future = self._client().send(item.topic, key=item.key, value=item.value)
+            except kafka_errors.KafkaError as exc:
+                self._on_spooled_error(item.seq, item.topic, exc)
+                break
+            future.add_callback(lambda md, seq=item.seq: self._on_spooled_ok(seq, md))
+            future.add_errback(lambda exc, seq=item.seq, topic=item.topic:
+                               self._on_spooled_error(seq, topic, exc))
+            sent += 1
+        return sent
+
+    # --- public API -------------------------------------------------------------------------
+
+    def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+        """Queue one message: delivered now or, during and after an outage, via the spool."""
+        with self._lock:
+            self.metrics.sent += 1
+            behind_spool = self._outage or len(self.spool) > 0
+        if behind_spool:  # keep FIFO order: nothing overtakes what is spooled
+            self._to_spool(topic, key, value)
+            return
+        try:
+            future = self._client().send(topic, key=key, value=value)
+        except _PERMANENT_ERRORS as exc:
+            self._rejected(topic, exc)
+            return
+        except kafka_errors.KafkaError as exc:
+            self._mark_outage(exc)
+            self._to_spool(topic, key, value)
+            return
+        future.add_callback(self._on_direct_ok)
+        future.add_errback(lambda exc: self._on_direct_error(topic, key, value, exc))
+
+    def drain(self) -> None:
+        """Ask the drain thread to try the spool now (it still honours retry_interval_s)."""
+        self._wake.set()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing spooled and nothing from the spool in flight."""
+        with self._lock:
+            return not self._in_flight and len(self.spool) == 0
+
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """Wait until everything sent so far is acknowledged (directly or from the spool).
+        False when `timeout_s` passes first; what is left stays spooled."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self._producer is not None:
+                try:
+                    self._producer.flush(timeout=max(0.0, deadline - time.monotonic()))
+                except kafka_errors.KafkaTimeoutError:
+                    pass
+            # Direct sends that failed during the flush are in the spool by now.
+            if self.idle:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            self._wake.set()
+            time.sleep(0.02)
+
+    def metrics_snapshot(self) -> dict[str, int]:
+        with self._lock:
+            snapshot = dict(vars(self.metrics))
+        snapshot["dropped_oldest"] = self.spool.stats.dropped_oldest
+        snapshot["in_spool"] = len(self.spool)
+        return snapshot
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Flush what can be flushed within `timeout_s`; whatever is left stays in the spool
+        on disk and is sent first by the next producer on the same spool directory."""
+        try:
+            self.flush(timeout_s)
+        finally:
+            self._closing.set()
+            self._wake.set()
+            self._drainer.join(timeout_s + self._connect_timeout_s)
+            if self._producer is not None:
+                self._producer.close(timeout=timeout_s)
+                self._producer = None
+            self.spool.close()
+
+    def __enter__(self) -> SpoolingProducer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+
+
+# --- consumer -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    timestamp_ms: int
+
+
+class BatchConsumer:
+    """A group member that hands out records in batches and commits only on request.
+
+    Offsets start at the earliest record when the group has no commit (never "latest":
+    the Tansu broker reports it one batch short). `commit(records)` commits, per
+    partition, the offset after the highest record given: pass records once their output
+    is acknowledged downstream.
+    """
+
+    def __init__(self, config: KafkaConfig, topics: Sequence[str], group_id: str, *,
+                 session_timeout_ms: int = 6000, heartbeat_interval_ms: int | None = None,
+                 max_poll_records: int = 64, max_poll_interval_ms: int = 300_000,
+                 max_partition_fetch_bytes: int = 16 << 20,
+                 fetch_max_bytes: int = 64 << 20, bootstrap_timeout_s: float = 30.0) -> None:
+        self.config = config
+        self.group_id = group_id
+        self.max_poll_records = max_poll_records
+        self._committed: dict[tuple[str, int], int] = {}
+        try:
+            self._consumer = KafkaConsumer(
+                *topics, **config.client_kwargs(), group_id=group_id,
+                auto_offset_reset="earliest", enable_auto_commit=False,
+                session_timeout_ms=session_timeout_ms,
+                heartbeat_interval_ms=heartbeat_interval_ms or max(100, session_timeout_ms // 3),
+                max_poll_records=max_poll_records, max_poll_interval_ms=max_poll_interval_ms,
+                max_partition_fetch_bytes=max_partition_fetch_bytes,
+                fetch_max_bytes=fetch_max_bytes,
+                bootstrap_timeout_ms=int(bootstrap_timeout_s * 1000))
+        except kafka_errors.KafkaError as exc:
+            raise TransportError(f"cannot reach Kafka at {config.bootstrap}: {exc}") from None
+
+    def poll_batch(self, timeout_s: float = 1.0, max_records: int | None = None) -> list[Record]:
+        """Up to `max_records` records (partition order kept), waiting up to `timeout_s`."""
+        try:
+            polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000),
+                                         max_records=max_records or self.max_poll_records)
+        except kafka_errors.KafkaError as exc:
+            raise TransportError(f"poll from {self.config.bootstrap} failed: {exc}") from None
+        return [Record(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp)
+                for records in polled.values() for r in records]
+
+    def commit(self, records: Iterable[Record]) -> dict[tuple[str, int], int]:
+        """Commit through the highest offset per partition among `records`; returns the
+        committed {(topic, partition): next offset}. Partitions no longer assigned to this
+        member are skipped (their new owner re-reads them)."""
+        highest: dict[tuple[str, int], int] = {}
+        for r in records:
+            key = (r.topic, r.partition)
+            highest[key] = max(highest.get(key, -1), r.offset + 1)
+        assigned = self.assignment()
+        # Forget commits of partitions this member lost: a later owner moved them on.
+        self._committed = {k: v for k, v in self._committed.items() if k in assigned}
+        offsets = {}
+        for key, offset in highest.items():
+            if key not in assigned:
+                log.info("not committing %s: partition no longer assigned to %s", key,
+                         self.group_id)
+            elif offset > self._committed.get(key, -1):  # never move a commit backwards
+                offsets[key] = offset
+        if not offsets:
+            return {}
+        try:
+            self._consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
+                                   for (t, p), o in offsets.items()})
+        except kafka_errors.CommitFailedError as exc:
+            raise CommitFailed(f"commit for group {self.group_id} failed: {exc}") from None
+        except kafka_errors.KafkaError as exc:
+            raise CommitFailed(f"commit for group {self.group_id} failed: "
+                               f"{_reason(exc)}") from None
+        self._committed.update(offsets)
+        return offsets
+
+    def assignment(self) -> set[tuple[str, int]]:
+        return {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+
+    def close(self) -> None:
+        """Leave the group (no commit: uncommitted records are delivered again)."""
+        self._consumer.close(autocommit=False)
+
+    def __enter__(self) -> BatchConsumer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

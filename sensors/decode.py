@@ -1,0 +1,608 @@
+"""Vectorized header decoder: PacketBatch -> DecodedPackets (link, IP, transport headers).
+
+How it works: every packet gets a cursor (an int64 offset into the batch's `data`) that walks
+down the layers. Each layer is read for all packets at once by gathering a fixed-width chunk
+of bytes at every cursor (one fancy-index into an unaligned strided view of `data`) and
+slicing header fields out of the resulting (n, width) byte matrix. A field counts only where
+its bytes lie inside the packet (`cursor + need <= end`); elsewhere it is masked to 0, so a
+damaged packet can never leak bytes of its neighbour into its columns. The only Python
+loops run over header *depth* (VLAN tags, IPv6 extension headers), never over packets.
+
+Damaged packets are counted in `weird` (Zeek weird.log style names):
+  unknown_linktype, truncated_link, too_many_vlan_tags, truncated_IP, bogus_IP_version,
+  bogus_IP_header_len, truncated_IP_len, ip_hdr_len_zero, ipv6_ext_chain_too_long, truncated_tcp,
+  bad_TCP_header_len, truncated_udp, truncated_icmp, and (informational) ip_fragment for
+  non-first fragments, which carry no transport header (ports 0).
+
+Payload convention: `payload_offset`/`payload_len` describe the payload of the innermost layer
+that decoded: the L4 payload for TCP/UDP/ICMP, the IP payload for other protocols and for
+non-first fragments, the L3 bytes after the link header for non-IP packets (e.g. ARP, so its
+parser finds the ARP header there), and an empty range at the packet start when even the
+link layer is unreadable. The range never leaves the packet's captured bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sensors.packets import (
+    IP_DTYPE,
+    LINKTYPE_ETHERNET,
+    LINKTYPE_IPV4,
+    LINKTYPE_IPV6,
+    LINKTYPE_LINUX_SLL,
+    LINKTYPE_LINUX_SLL2,
+    LINKTYPE_LOOP,
+    LINKTYPE_NULL,
+    LINKTYPE_RAW,
+    DecodedPackets,
+    PacketBatch,
+)
+
+ETHERTYPE_IPV4 = 0x0800
+ETHERTYPE_IPV6 = 0x86DD
+ETHERTYPE_ARP = 0x0806
+VLAN_TPIDS = (0x8100, 0x88A8, 0x9100)  # 802.1Q, 802.1ad, legacy QinQ
+MAX_VLAN_TAGS = 6
+# BSD loopback address families: AF_INET is 2 everywhere, AF_INET6 differs per BSD flavour.
+AF_INET = 2
+AF_INET6_VALUES = (24, 28, 30)  # NetBSD/OpenBSD, FreeBSD, Darwin
+
+IPPROTO_ICMP = 1
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+IPPROTO_ICMPV6 = 58
+# IPv6 extension headers walked to find the transport header: Hop-by-Hop, Routing,
+# Fragment, AH, Destination Options. ESP (50) ends the chain: its payload is encrypted.
+IPV6_EXT_FRAGMENT = 44
+IPV6_EXT_AH = 51
+IPV6_EXT_HEADERS = (0, 43, 44, 51, 60)
+MAX_IPV6_EXT_HEADERS = 8
+
+_TAIL = 64  # bytes of buffer tail kept zero-padded so wide gathers near the end stay in bounds
+
+
+class _ByteGather:
+    """Reads a fixed-width chunk of `data` at many positions with one fancy-index.
+
+    A strided view with a 1-byte stride and an itemsize of `width` makes row i the bytes
+    data[i:i+width]; indexing it with the position array copies all chunks at once.
+    Positions whose chunk would run past the buffer end are served from a zero-padded
+    copy of the last _TAIL bytes; their out-of-packet bytes are masked by the caller.
+    """
+
+    def __init__(self, data: np.ndarray) -> None:
+        buf = np.asarray(data)
+        if buf.dtype != np.uint8 or buf.ndim != 1 or not buf.flags.c_contiguous:
+            buf = np.ascontiguousarray(buf, dtype=np.uint8).reshape(-1)
+        self.buf = buf
+        self.size = int(buf.shape[0])
+        self.tail_start = max(self.size - _TAIL, 0)
+        self.tail = np.concatenate([buf[self.tail_start :], np.zeros(_TAIL, dtype=np.uint8)])
+
+    def chunks(self, pos: np.ndarray, width: int) -> np.ndarray:
+        """(len(pos), width) uint8 matrix of data[pos:pos+width] (zeros past the buffer end)."""
+        in_buffer = (pos >= 0) & (pos <= self.size - width)
+        if self.size >= width:
+            view = np.ndarray(
+                shape=(self.size - width + 1,),
+                dtype=np.dtype(f"V{width}"),
+                buffer=self.buf,
+                strides=(1,),
+            )
+            out = view[np.where(in_buffer, pos, 0)].view(np.uint8).reshape(-1, width)
+        else:
+            out = np.zeros((pos.shape[0], width), dtype=np.uint8)
+        near_end = np.flatnonzero(~in_buffer)
+        if near_end.size:
+            rel = np.clip(pos[near_end] - self.tail_start, 0, self.tail.shape[0] - width)
+            out[near_end] = self.tail[rel[:, None] + np.arange(width)]
+        return out
+
+
+def _field_view(chunk: np.ndarray, at: int, dtype: str) -> np.ndarray:
+    """View of the multi-byte field at byte `at` of every row of a chunk matrix (no copy)."""
+    chunk = np.ascontiguousarray(chunk)
+    if chunk.shape[0] == 0:
+        return np.zeros(0, dtype=dtype)
+    return np.ndarray(
+        shape=(chunk.shape[0],), dtype=dtype, buffer=chunk, offset=at, strides=(chunk.shape[1],)
+    )
+
+
+def _field(chunk: np.ndarray, at: int, dtype: str) -> np.ndarray:
+    """Multi-byte field at byte `at` of every row of a chunk matrix, widened to int64."""
+    return _field_view(chunk, at, dtype).astype(np.int64)
+
+
+def _be16(chunk: np.ndarray, at: int) -> np.ndarray:
+    return _field(chunk, at, ">u2")
+
+
+def _count(weird: dict[str, int], reason: str, mask: np.ndarray) -> None:
+    """Add the True rows of a boolean mask to weird[reason]."""
+    hits = int(np.count_nonzero(mask))
+    if hits:
+        weird[reason] = weird.get(reason, 0) + hits
+
+
+def _count_rows(weird: dict[str, int], reason: str, rows: np.ndarray) -> None:
+    """Add the rows of an index array to weird[reason]."""
+    if rows.size:
+        weird[reason] = weird.get(reason, 0) + int(rows.size)
+
+
+def _is_any(values: np.ndarray, choices: tuple[int, ...]) -> np.ndarray:
+    hit = values == choices[0]
+    for choice in choices[1:]:
+        hit |= values == choice
+    return hit
+
+
+@dataclass
+class _Link:
+    l3: np.ndarray  # int64 cursor: first byte after link header and VLAN tags
+    ethertype: np.ndarray  # int64
+    vlan: np.ndarray  # uint16
+    ok: np.ndarray  # bool: link layer fully decoded
+
+
+# Link types with an ethertype field: link header length, offset of the 2-byte ethertype.
+_FRAMED_LINKS = {
+    LINKTYPE_ETHERNET: (14, 12),
+    LINKTYPE_LINUX_SLL: (16, 14),
+    LINKTYPE_LINUX_SLL2: (20, 0),
+}
+_LOOPBACK_LINKS = (LINKTYPE_NULL, LINKTYPE_LOOP)
+_RAW_LINKS = (LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_IPV6)
+
+
+def _link_fields(linktype: int, head: np.ndarray) -> tuple[int, np.ndarray] | None:
+    """(link header length, ethertype column) of packets of one link type; None if unknown."""
+    if linktype in _FRAMED_LINKS:
+        header_len, ethertype_at = _FRAMED_LINKS[linktype]
+        return header_len, _be16(head, ethertype_at)
+    if linktype in _LOOPBACK_LINKS:
+        # BSD NULL stores the family in the writer's byte order: the order whose value fits
+        # in 16 bits is the right one (same test as tcpdump). LOOP is network order, which
+        # the same test also accepts.
+        family_be = _field(head, 0, ">u4")
+        family = np.where(family_be <= 0xFFFF, family_be, _field(head, 0, "<u4"))
+        ethertype = np.where(
+            family == AF_INET,
+            ETHERTYPE_IPV4,
+            np.where(_is_any(family, AF_INET6_VALUES), ETHERTYPE_IPV6, 0),
+        )
+        return 4, ethertype
+    if linktype in _RAW_LINKS:
+        version = head[:, 0] >> 4
+        ethertype = np.where(
+            version == 4, ETHERTYPE_IPV4, np.where(version == 6, ETHERTYPE_IPV6, 0)
+        )
+        return 0, ethertype
+    return None
+
+
+def _decode_link(
+    gather: _ByteGather,
+    start: np.ndarray,
+    end: np.ndarray,
+    linktype: np.ndarray,
+    weird: dict[str, int],
+) -> _Link:
+    n = start.shape[0]
+    head = gather.chunks(start, 24)
+    lt = np.asarray(linktype)
+    if lt.dtype != np.uint16:  # the contract says uint16; out-of-range values are unknown
+        lt = lt.astype(np.int64)
+        lt = np.where((lt >= 0) & (lt <= 0xFFFF), lt, 0xFFFF)
+    present = np.flatnonzero(np.bincount(lt, minlength=1)) if n else []
+    header_len = np.zeros(n, dtype=np.int64)
+    ethertype = np.zeros(n, dtype=np.int64)
+    known = np.zeros(n, dtype=bool)
+    raw = np.zeros(n, dtype=bool)
+    # One pass per link type present (usually one: then rows is a plain slice, no copies).
+    for value in present:
+        rows = slice(None) if len(present) == 1 else lt == value
+        fields = _link_fields(int(value), head[rows])
+        if fields is None:
+            continue
+        header_len[rows], ethertype[rows] = fields
+        known[rows] = True
+        raw[rows] = fields[0] == 0
+    _count(weird, "unknown_linktype", ~known)
+
+    ok = known & (start + header_len <= end)
+    _count(weird, "truncated_link", known & ~raw & ~ok)
+    # A raw packet has no link header; an empty one has no IP header either.
+    empty_raw = raw & (start >= end)
+    _count(weird, "truncated_IP", empty_raw)
+    ok &= ~empty_raw
+    ethertype = np.where(ok, ethertype, 0)
+
+    l3 = start + header_len
+    vlan = np.zeros(n, dtype=np.uint16)
+    _strip_vlan_tags(gather, end, l3, ethertype, vlan, ok, weird)
+    _strip_pppoe_session(gather, end, l3, ethertype, ok, weird)
+    _strip_mpls_labels(gather, end, l3, ethertype, ok, weird)
+    if _strip_pseudowire_ethernet(gather, end, l3, ethertype, ok, weird):
+        _strip_vlan_tags(gather, end, l3, ethertype, vlan, ok, weird)  # tags of the inner frame
+    return _Link(l3=l3, ethertype=ethertype, vlan=vlan, ok=ok)
+
+
+def _strip_vlan_tags(
+    gather: _ByteGather,
+    end: np.ndarray,
+    l3: np.ndarray,
+    ethertype: np.ndarray,
+    vlan: np.ndarray,
+    ok: np.ndarray,
+    weird: dict[str, int],
+) -> None:
+    """Pop stacked 802.1Q/802.1ad tags in place, one depth level per iteration.
+
+    The tag sits where L3 would start (TCI, then the next ethertype), for Ethernet and
+    Linux cooked headers alike. Only tagged rows are touched, so untagged batches cost one
+    comparison.
+    """
+    for depth in range(MAX_VLAN_TAGS + 1):
+        rows = np.flatnonzero(ok & _is_any(ethertype, VLAN_TPIDS))
+        if rows.size == 0:
+            return
+        if depth == MAX_VLAN_TAGS:
+            _count_rows(weird, "too_many_vlan_tags", rows)
+            ok[rows] = False
+            ethertype[rows] = 0
+            return
+        pos = l3[rows]
+        fits = pos + 4 <= end[rows]
+        cut = rows[~fits]
+        _count_rows(weird, "truncated_link", cut)
+        ok[cut] = False
+        ethertype[cut] = 0
+        tag = gather.chunks(pos[fits], 4)
+        good = rows[fits]
+        vlan[good] = _be16(tag, 0) & 0x0FFF
+        ethertype[good] = _be16(tag, 2)
+        l3[good] += 4
+
+
+ETHERTYPE_PPPOE_SESSION = 0x8864
+PPP_IPV4, PPP_IPV6 = 0x0021, 0x0057
+ETHERTYPE_MPLS = (0x8847, 0x8848)  # unicast, multicast
+MAX_MPLS_LABELS = 8
+
+
+def _strip_pppoe_session(
+    gather: _ByteGather,
+    end: np.ndarray,
+    l3: np.ndarray,
+    ethertype: np.ndarray,
+    ok: np.ndarray,
+    weird: dict[str, int],
+) -> None:
+    """PPPoE session frames (access networks): 6-byte PPPoE header, 2-byte PPP protocol.
+
+    IPv4/IPv6 inside are mapped to their ethertypes; other PPP protocols (LCP, IPCP ...)
+    keep ethertype 0x8864 and are not decoded further.
+    """
+    rows = np.flatnonzero(ok & (ethertype == ETHERTYPE_PPPOE_SESSION))
+    if rows.size == 0:
+        return
+    pos = l3[rows]
+    fits = pos + 8 <= end[rows]
+    cut = rows[~fits]
+    _count_rows(weird, "truncated_link", cut)
+    ok[cut] = False
+    ethertype[cut] = 0
+    good = rows[fits]
+    ppp = _be16(gather.chunks(pos[fits], 8), 6)
+    mapped = np.where(ppp == PPP_IPV4, ETHERTYPE_IPV4,
+                      np.where(ppp == PPP_IPV6, ETHERTYPE_IPV6, ETHERTYPE_PPPOE_SESSION))
+    ethertype[good] = mapped
+    l3[good] += np.where(mapped != ETHERTYPE_PPPOE_SESSION, 8, 0)
+
+
+def _strip_mpls_labels(
+    gather: _ByteGather,
+    end: np.ndarray,
+    l3: np.ndarray,
+    ethertype: np.ndarray,
+    ok: np.ndarray,
+    weird: dict[str, int],
+) -> None:
+    """MPLS label stacks (provider cores): pop 4-byte labels up to bottom-of-stack, then take
+    the IP version from the first nibble of the payload (MPLS carries no payload type)."""
+    active = np.flatnonzero(ok & _is_any(ethertype, ETHERTYPE_MPLS))
+    for _depth in range(MAX_MPLS_LABELS):
+        if active.size == 0:
+            return
+        pos = l3[active]
+        fits = pos + 5 <= end[active]  # the label plus the first payload byte
+        cut = active[~fits]
+        _count_rows(weird, "truncated_link", cut)
+        ok[cut] = False
+        ethertype[cut] = 0
+        active = active[fits]
+        label = gather.chunks(pos[fits], 5)
+        l3[active] += 4
+        bottom = (label[:, 2] & 0x01) == 1
+        version = label[:, 4] >> 4
+        done = active[bottom]
+        v = version[bottom]
+        # First nibble 0: a pseudowire control word, then an Ethernet frame (RFC 4448).
+        ethertype[done] = np.where(v == 4, ETHERTYPE_IPV4, np.where(
+            v == 6, ETHERTYPE_IPV6, np.where(v == 0, ETHERTYPE_TEB, 0)))
+        active = active[~bottom]
+    _count_rows(weird, "too_many_mpls_labels", active)
+    ok[active] = False
+    ethertype[active] = 0
+
+
+ETHERTYPE_TEB = 0x6558  # transparent Ethernet bridging: an Ethernet frame follows
+
+
+def _strip_pseudowire_ethernet(
+    gather: _ByteGather,
+    end: np.ndarray,
+    l3: np.ndarray,
+    ethertype: np.ndarray,
+    ok: np.ndarray,
+    weird: dict[str, int],
+) -> bool:
+    """Ethernet over MPLS: skip the 4-byte control word and the inner Ethernet header.
+    Returns whether any row had one (the caller then strips the inner VLAN tags)."""
+    rows = np.flatnonzero(ok & (ethertype == ETHERTYPE_TEB))
+    if rows.size == 0:
+        return False
+    pos = l3[rows]
+    fits = pos + 4 + 14 <= end[rows]
+    cut = rows[~fits]
+    _count_rows(weird, "truncated_link", cut)
+    ok[cut] = False
+    ethertype[cut] = 0
+    good = rows[fits]
+    ethertype[good] = _be16(gather.chunks(pos[fits] + 4, 14), 12)
+    l3[good] += 4 + 14
+    return True
+
+
+@dataclass
+class _Network:
+    version: np.ndarray  # int64: 0, 4 or 6
+    src_ip: np.ndarray  # IP_DTYPE
+    dst_ip: np.ndarray  # IP_DTYPE
+    transport: np.ndarray  # int64 protocol number (after IPv6 extension headers)
+    total_len: np.ndarray  # int64, IP datagram length from the header
+    l4: np.ndarray  # int64 cursor to the transport header
+    l4_end: np.ndarray  # int64, end of the IP datagram's bytes in `data` (capped by caplen)
+    no_transport_header: np.ndarray  # bool: non-first fragment or unparsable ext chain
+
+
+def _decode_ip(
+    gather: _ByteGather, link: _Link, end: np.ndarray, weird: dict[str, int]
+) -> _Network:
+    l3 = link.l3
+    header = gather.chunks(l3, 40)  # the IPv4 base header and the whole IPv6 header
+    room = end - l3
+    first_nibble = header[:, 0] >> 4
+
+    is4 = link.ok & (link.ethertype == ETHERTYPE_IPV4)
+    base4 = is4 & (room >= 20)
+    _count(weird, "truncated_IP", is4 & ~base4)
+    version4 = base4 & (first_nibble == 4)
+    _count(weird, "bogus_IP_version", base4 & ~version4)
+    ihl = (header[:, 0] & 0x0F).astype(np.int64) * 4
+    ihl_ok = version4 & (ihl >= 20)
+    _count(weird, "bogus_IP_header_len", version4 & ~ihl_ok)
+    total4 = _be16(header, 2)
+    len_ok = ihl_ok & (total4 >= ihl)
+    # Total length 0 is what TCP segmentation offload leaves in captures taken on the sender;
+    # like Zeek (with checksum checks on) we name it apart and do not guess a length.
+    _count(weird, "ip_hdr_len_zero", ihl_ok & (total4 == 0))
+    _count(weird, "truncated_IP_len", ihl_ok & ~len_ok & (total4 != 0))
+    ip4 = len_ok & (ihl <= room)  # options cut by the snaplen
+    _count(weird, "truncated_IP", len_ok & ~ip4)
+    later_fragment = ip4 & ((_be16(header, 6) & 0x1FFF) != 0)
+
+    is6 = link.ok & (link.ethertype == ETHERTYPE_IPV6)
+    base6 = is6 & (room >= 40)
+    _count(weird, "truncated_IP", is6 & ~base6)
+    ip6 = base6 & (first_nibble == 6)
+    _count(weird, "bogus_IP_version", base6 & ~ip6)
+    total6 = 40 + _be16(header, 4)
+
+    version = np.where(ip4, 4, np.where(ip6, 6, 0))
+    transport = np.where(ip4, header[:, 9], np.where(ip6, header[:, 6], 0)).astype(np.int64)
+    total_len = np.where(ip4, total4, np.where(ip6, total6, 0))
+    l4 = np.where(ip4, l3 + ihl, np.where(ip6, l3 + 40, l3))
+    # The datagram ends where its header says, so Ethernet padding is never payload.
+    l4_end = np.where(ip4 | ip6, np.minimum(l3 + total_len, end), l3)
+    no_transport_header = later_fragment.copy()
+    _walk_ipv6_extensions(gather, ip6, transport, l4, l4_end, no_transport_header, weird)
+    _count(weird, "ip_fragment", later_fragment)
+
+    src_ip, dst_ip = _address_columns(header, ip4, ip6)
+    return _Network(
+        version=version,
+        src_ip=src_ip,
+        dst_ip=dst_ip,
+        transport=transport,
+        total_len=total_len,
+        l4=l4,
+        l4_end=l4_end,
+        no_transport_header=no_transport_header,
+    )
+
+
+def _walk_ipv6_extensions(
+    gather: _ByteGather,
+    ip6: np.ndarray,
+    transport: np.ndarray,
+    l4: np.ndarray,
+    l4_end: np.ndarray,
+    no_transport_header: np.ndarray,
+    weird: dict[str, int],
+) -> None:
+    """Advance `transport`/`l4` past IPv6 extension headers in place, one level per loop."""
+    rows = np.flatnonzero(ip6 & _is_any(transport, IPV6_EXT_HEADERS))
+    for _ in range(MAX_IPV6_EXT_HEADERS):
+        if rows.size == 0:
+            return
+        pos = l4[rows]
+        kind = transport[rows]
+        fits = pos + 8 <= l4_end[rows]  # every extension header is at least 8 bytes
+        cut = rows[~fits]
+        _count_rows(weird, "truncated_IP", cut)
+        no_transport_header[cut] = True
+        ext = gather.chunks(pos, 8)
+        length_field = ext[:, 1].astype(np.int64)
+        ext_len = np.where(
+            kind == IPV6_EXT_FRAGMENT,
+            8,
+            np.where(kind == IPV6_EXT_AH, (length_field + 2) * 4, (length_field + 1) * 8),
+        )
+        later_fragment = fits & (kind == IPV6_EXT_FRAGMENT) & ((_be16(ext, 2) >> 3) != 0)
+        moved = rows[fits]
+        transport[moved] = ext[fits, 0]
+        l4[moved] += ext_len[fits]
+        no_transport_header[rows[later_fragment]] = True
+        _count(weird, "ip_fragment", later_fragment)
+        go_on = fits & ~later_fragment & _is_any(ext[:, 0].astype(np.int64), IPV6_EXT_HEADERS)
+        rows = rows[go_on]
+    if rows.size:
+        _count_rows(weird, "ipv6_ext_chain_too_long", rows)
+        no_transport_header[rows] = True
+
+
+def _address_columns(
+    header: np.ndarray, ip4: np.ndarray, ip6: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """16-byte source/destination columns: IPv6 as is, IPv4 as ::ffff:a.b.c.d.
+
+    Built as two native uint64 halves per address (byte order preserved by reading and
+    writing both halves in the same order), which keeps every step a 1-D column operation.
+    """
+    n = header.shape[0]
+    # Second half of an IPv4-mapped address: bytes 00 00 ff ff a b c d.
+    mapped_marker = np.frombuffer(b"\x00\x00\xff\xff\x00\x00\x00\x00", dtype=np.uint64)[0]
+    shift = np.uint64(32 if np.little_endian else 0)
+    columns = []
+    for v4_at, v6_at in ((12, 8), (16, 24)):
+        v4_half = (_field_view(header, v4_at, "=u4").astype(np.uint64) << shift) | mapped_marker
+        halves = np.zeros((n, 2), dtype=np.uint64)
+        halves[:, 0] = np.where(ip6, _field_view(header, v6_at, "=u8"), 0)
+        halves[:, 1] = np.where(
+            ip6, _field_view(header, v6_at + 8, "=u8"), np.where(ip4, v4_half, 0)
+        )
+        columns.append(halves.view(IP_DTYPE).reshape(n))
+    return columns[0], columns[1]
+
+
+@dataclass
+class _Transport:
+    src_port: np.ndarray
+    dst_port: np.ndarray
+    tcp_flags: np.ndarray
+    icmp_type: np.ndarray
+    icmp_code: np.ndarray
+    payload_offset: np.ndarray  # int64, before the final clamp to the packet
+    payload_len: np.ndarray  # int64, before the final clamp
+
+
+def _decode_transport(
+    gather: _ByteGather, net: _Network, weird: dict[str, int]
+) -> _Transport:
+    l4, proto = net.l4, net.transport
+    segment = gather.chunks(l4, 16)  # ports .. TCP flags; UDP and ICMP need only 8
+    room = net.l4_end - l4
+    has_l4 = (net.version != 0) & ~net.no_transport_header
+    tcp = has_l4 & (proto == IPPROTO_TCP)
+    udp = has_l4 & (proto == IPPROTO_UDP)
+    icmp = has_l4 & ((proto == IPPROTO_ICMP) | (proto == IPPROTO_ICMPV6))
+    tcp_ok = tcp & (room >= 20)
+    udp_ok = udp & (room >= 8)
+    icmp_ok = icmp & (room >= 8)
+    _count(weird, "truncated_tcp", tcp & ~tcp_ok)
+    _count(weird, "truncated_udp", udp & ~udp_ok)
+    _count(weird, "truncated_icmp", icmp & ~icmp_ok)
+
+    ports_ok = tcp_ok | udp_ok
+    zero = np.zeros(1, dtype=np.uint8)
+    icmp_type = np.where(icmp_ok, segment[:, 0], zero)
+    icmp_code = np.where(icmp_ok, segment[:, 1], zero)
+    src_port = np.where(ports_ok, _be16(segment, 0), icmp_type)
+    dst_port = np.where(ports_ok, _be16(segment, 2), icmp_code)
+    tcp_flags = np.where(tcp_ok, segment[:, 13], zero)
+
+    tcp_header_len = (segment[:, 12] >> 4).astype(np.int64) * 4
+    bad_offset = tcp_ok & (tcp_header_len < 20)
+    _count(weird, "bad_TCP_header_len", bad_offset)
+    options_cut = tcp_ok & ~bad_offset & (tcp_header_len > room)
+    _count(weird, "truncated_tcp", options_cut)
+    tcp_payload = tcp_ok & ~bad_offset & ~options_cut
+
+    ip_rows = net.version != 0
+    # IP payload as is: other protocols and non-first fragments (no transport header).
+    opaque = ip_rows & ~(tcp | udp | icmp)
+    header_len = np.select([tcp_payload, udp_ok | icmp_ok], [tcp_header_len, 8], 0)
+    payload_offset = l4 + header_len
+    payload_len = np.where(tcp_payload | udp_ok | icmp_ok | opaque, room - header_len, 0)
+    return _Transport(
+        src_port=src_port.astype(np.uint16),
+        dst_port=dst_port.astype(np.uint16),
+        tcp_flags=tcp_flags.astype(np.uint8),
+        icmp_type=icmp_type.astype(np.uint8),
+        icmp_code=icmp_code.astype(np.uint8),
+        payload_offset=payload_offset,
+        payload_len=payload_len,
+    )
+
+
+def decode(batch: PacketBatch) -> DecodedPackets:
+    """Decode link, IP and transport headers of every packet in `batch`, column-wise.
+
+    Never raises on packet content: damaged packets get ip_version 0 (or zero ports) and a
+    count in `weird`.
+    """
+    gather = _ByteGather(batch.data)
+    # Clamp to the buffer so a reader bug can't make us index outside `data`.
+    start = np.clip(np.asarray(batch.offset).astype(np.int64), 0, gather.size)
+    end = np.minimum(start + np.asarray(batch.caplen).astype(np.int64), gather.size)
+    weird: dict[str, int] = {}
+
+    link = _decode_link(gather, start, end, batch.linktype, weird)
+    net = _decode_ip(gather, link, end, weird)
+    l4 = _decode_transport(gather, net, weird)
+
+    ip_rows = net.version != 0
+    # Non-IP packets expose their L3 bytes (ARP header ...); undecodable links nothing.
+    payload_offset = np.where(ip_rows, l4.payload_offset, np.where(link.ok, link.l3, start))
+    payload_len = np.where(ip_rows, l4.payload_len, np.where(link.ok, end - link.l3, 0))
+    payload_offset = np.clip(payload_offset, start, end)
+    payload_len = np.clip(np.minimum(payload_len, end - payload_offset), 0, None)
+
+    return DecodedPackets(
+        ts_ns=np.asarray(batch.ts_ns).astype(np.int64, copy=False),
+        wirelen=np.asarray(batch.wirelen).astype(np.uint32, copy=False),
+        caplen=np.asarray(batch.caplen).astype(np.uint32, copy=False),
+        interface=np.asarray(batch.interface).astype(np.uint16, copy=False),
+        vlan=link.vlan,
+        ethertype=link.ethertype.astype(np.uint16),
+        ip_version=net.version.astype(np.uint8),
+        src_ip=net.src_ip,
+        dst_ip=net.dst_ip,
+        transport=np.where(ip_rows, net.transport, 0).astype(np.uint8),
+        src_port=l4.src_port,
+        dst_port=l4.dst_port,
+        tcp_flags=l4.tcp_flags,
+        icmp_type=l4.icmp_type,
+        icmp_code=l4.icmp_code,
+        ip_total_len=net.total_len.astype(np.uint32),
+        payload_offset=payload_offset.astype(np.int64),
+        payload_len=payload_len.astype(np.int32),
+        data=batch.data,
+        weird=weird,
+    )

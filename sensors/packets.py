@@ -1,0 +1,118 @@
+"""Columnar packet containers shared by the capture reader, the decoder and the analyzers.
+
+A batch never holds one Python object per packet: packet bytes stay in one uint8 buffer
+(for files, the memory-mapped file itself) and every per-packet attribute is a numpy column
+of the same length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# Link types (tcpdump.org LINKTYPE_* values) the decoder understands.
+LINKTYPE_NULL = 0  # BSD loopback: 4-byte address family in host byte order
+LINKTYPE_ETHERNET = 1
+LINKTYPE_RAW = 101  # raw IPv4/IPv6, version from the first nibble
+LINKTYPE_LOOP = 108  # OpenBSD loopback: 4-byte address family in network byte order
+LINKTYPE_LINUX_SLL = 113
+LINKTYPE_IPV4 = 228
+LINKTYPE_IPV6 = 229
+LINKTYPE_LINUX_SLL2 = 276
+
+# 16-byte address column: IPv6 as is, IPv4 as the IPv4-mapped IPv6 address ::ffff:a.b.c.d.
+# One dtype for both families lets flows and detectors group, sort and compare addresses
+# without branching on the family.
+IP_DTYPE = np.dtype("V16")
+IPV4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
+
+
+@dataclass
+class PacketBatch:
+    """Raw packets as read from a capture: where each one's bytes are, plus its pcap header.
+
+    `data` is the buffer all offsets point into (for files, the whole mapped file).
+    """
+
+    data: np.ndarray  # uint8 buffer
+    offset: np.ndarray  # int64, start of packet bytes in `data`
+    caplen: np.ndarray  # uint32, bytes captured (available in `data`)
+    wirelen: np.ndarray  # uint32, original length on the wire
+    ts_ns: np.ndarray  # int64, capture time in nanoseconds since the Unix epoch
+    linktype: np.ndarray  # uint16, LINKTYPE_* of the interface the packet came from
+    interface: np.ndarray  # uint16, interface index (pcapng IDB order; 0 for classic pcap)
+    first_index: int = 0  # index of the first packet of this batch in its capture (for errors)
+
+    def __len__(self) -> int:
+        return int(self.offset.shape[0])
+
+
+@dataclass
+class DecodedPackets:
+    """Header fields of a PacketBatch, decoded column-wise. One row per packet.
+
+    Unset values are 0. `ip_version` 0 marks a packet without a decodable IP header (ARP,
+    other ethertypes, damaged packets); those rows carry no address/port data.
+    For ICMP/ICMPv6, `src_port` holds the type and `dst_port` the code (Zeek and Community ID
+    convention); `icmp_type`/`icmp_code` hold them too, explicitly.
+    """
+
+    ts_ns: np.ndarray  # int64
+    wirelen: np.ndarray  # uint32, frame length on the wire (what tshark/argus count as bytes)
+    caplen: np.ndarray  # uint32
+    interface: np.ndarray  # uint16
+    vlan: np.ndarray  # uint16, innermost 802.1Q VLAN id, 0 when untagged
+    ethertype: np.ndarray  # uint16, after VLAN tags (0x0800 IPv4, 0x86DD IPv6, 0x0806 ARP ...)
+    ip_version: np.ndarray  # uint8: 0, 4 or 6
+    src_ip: np.ndarray  # IP_DTYPE
+    dst_ip: np.ndarray  # IP_DTYPE
+    transport: np.ndarray  # uint8, IANA protocol number (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6)
+    src_port: np.ndarray  # uint16
+    dst_port: np.ndarray  # uint16
+    tcp_flags: np.ndarray  # uint8 (FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10, URG 0x20)
+    icmp_type: np.ndarray  # uint8
+    icmp_code: np.ndarray  # uint8
+    ip_total_len: np.ndarray  # uint32, IP datagram length from its header (IPv6: 40 + payload)
+    payload_offset: np.ndarray  # int64, start of the L4 payload in the batch's `data`
+    payload_len: np.ndarray  # int32, L4 payload bytes available in `data` (capped by caplen)
+    data: np.ndarray  # the batch's uint8 buffer, for payload parsers
+    weird: dict[str, int] = field(default_factory=dict)  # damaged-packet counts by reason
+
+    def __len__(self) -> int:
+        return int(self.ts_ns.shape[0])
+
+
+def ip_to_bytes16(text: str) -> bytes:
+    """'192.0.2.1' or '2001:db8::1' -> the 16-byte column form."""
+    import ipaddress
+
+    addr = ipaddress.ip_address(text)
+    if addr.version == 4:
+        return IPV4_MAPPED_PREFIX + addr.packed
+    return addr.packed
+
+
+def ip_column_to_str(column: np.ndarray) -> list[str]:
+    """16-byte address column -> text ('192.0.2.1' for IPv4-mapped, RFC 5952 for IPv6)."""
+    import ipaddress
+
+    raw = np.ascontiguousarray(column).view(np.uint8).reshape(-1, 16)
+    out: list[str] = []
+    for row in raw:
+        b = row.tobytes()
+        if b[:12] == IPV4_MAPPED_PREFIX:
+            out.append(f"{b[12]}.{b[13]}.{b[14]}.{b[15]}")
+        else:
+            out.append(str(ipaddress.IPv6Address(b)))
+    return out
+
+
+def ipv4_column(addresses: np.ndarray) -> np.ndarray:
+    """uint32 IPv4 addresses (host order) -> 16-byte column."""
+    n = addresses.shape[0]
+    raw = np.zeros((n, 16), dtype=np.uint8)
+    raw[:, 10] = 0xFF
+    raw[:, 11] = 0xFF
+    raw[:, 12:16] = addresses.astype(">u4").view(np.uint8).reshape(n, 4)
+    return raw.view(IP_DTYPE).reshape(n)

@@ -1,0 +1,719 @@
+"""Capture file reader: classic pcap and pcapng files -> columnar PacketBatch objects.
+
+The file is memory-mapped once; every batch's `data` is that mapping (zero copy) and each
+per-packet attribute is a numpy column. The only per-packet Python code is the record walk
+(`_walk_pcap`, `_walk_pcapng`): records have variable lengths, so finding where each one
+starts is inherently sequential. Each walk is one small function over (buffer, position)
+returning record start offsets, so a compiled version can replace it later; everything else
+(header fields, timestamps, validation) is decoded column-wise from those offsets.
+
+Bad input (product rule: a truncated capture is processed up to the damage and reported;
+nothing crashes with a traceback):
+- a file that cannot be read at all (not a capture, empty, truncated or unsupported header,
+  pcapng without an Interface Description Block before its first packet) raises
+  CaptureError from the CaptureReader constructor;
+- damage met while reading (truncated record, implausible length, bad block) ends the read:
+  the packets before it are yielded and `CaptureReader.damage` says where and why;
+- oddities that do not stop the read are listed in `CaptureReader.warnings`.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import stat
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from types import TracebackType
+
+import numpy as np
+
+from sensors.packets import PacketBatch
+
+log = logging.getLogger(__name__)
+
+# Largest caplen libpcap accepts per link type (pcap-common.c max_snaplen_for_dlt: D-Bus,
+# USBPcap, EBHSCR); 262144 for every other link type.
+_MAX_SNAPLEN_DEFAULT = 262144
+_MAX_SNAPLEN_BY_LINKTYPE = {231: 128 * 1024 * 1024, 249: 1024 * 1024, 279: 8 * 1024 * 1024}
+# A header snaplen above this is itself garbage and does not raise the record-length bound.
+_SNAPLEN_CEILING = 128 * 1024 * 1024
+_MAX_WARNINGS = 100
+_MAX_INTERFACES = 65536  # the interface column is uint16
+
+_PCAP_HEADER_LEN = 24
+_PCAP_RECORD_HEADER_LEN = 16
+_PCAP_MAGICS = {  # first 4 bytes -> (byte order, nanosecond timestamps)
+    b"\xd4\xc3\xb2\xa1": ("<", False),
+    b"\xa1\xb2\xc3\xd4": (">", False),
+    b"\x4d\x3c\xb2\xa1": ("<", True),
+    b"\xa1\xb2\x3c\x4d": (">", True),
+}
+_MODIFIED_PCAP_MAGICS = (b"\x34\xcd\xb2\xa1", b"\xa1\xb2\xcd\x34")  # Kuznetzov's patched pcap
+_COMPRESSED_MAGICS = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd", b"\xfd7zXZ": "xz",
+                      b"BZh": "bzip2"}
+# caplen/len field order in pcap record headers (libpcap sf-pcap.c lengths_swapped)
+_LENGTHS_NORMAL, _LENGTHS_SWAPPED, _LENGTHS_MAYBE_SWAPPED = 0, 1, 2
+
+_SHB = 0x0A0D0D0A  # reads the same in both byte orders, so a new section is always found
+_IDB, _PB, _SPB, _EPB = 1, 2, 3, 6
+_BLOCK_NAMES = {_PB: "Packet Block", _SPB: "Simple Packet Block", _EPB: "Enhanced Packet Block"}
+_SHB_MAX_LEN = 1024 * 1024  # libpcap BT_SHB_INSANE_MAX
+_BYTE_ORDER_MAGIC = {b"\x4d\x3c\x2b\x1a": "<", b"\x1a\x2b\x3c\x4d": ">"}
+_PCAPNG_VERSIONS = ((1, 0), (1, 2))  # libpcap also accepts 1.2, written by some old tools
+_OPT_ENDOFOPT, _OPT_IF_TSRESOL, _OPT_IF_TSOFFSET = 0, 9, 14
+
+_ARANGE16 = np.arange(_PCAP_RECORD_HEADER_LEN, dtype=np.int64)
+_BLOCK_HEAD_LEN = 28  # type, length and the five 32-bit fields an EPB/PB starts with
+_ARANGE_BLOCK_HEAD = np.arange(_BLOCK_HEAD_LEN, dtype=np.int64)
+_ARANGE4 = np.arange(4, dtype=np.int64)
+
+
+class CaptureError(Exception):
+    """The file cannot be read as a capture at all. str(): '<path>: <reason> (at byte N)'."""
+
+    def __init__(self, path: str, reason: str, offset: int = 0) -> None:
+        self.path = path
+        self.reason = _one_line(reason)
+        self.offset = offset
+        super().__init__(f"{path}: {self.reason} (at byte {offset})")
+
+
+@dataclass
+class CaptureDamage:
+    """Where and why reading stopped early; the packets before it were yielded."""
+
+    path: str
+    offset: int
+    reason: str
+    packets_before: int
+
+    def __str__(self) -> str:
+        return (f"{self.path}: damaged capture at byte {self.offset}: {self.reason}; "
+                f"read stopped after {self.packets_before} packets")
+
+
+class _Damage(Exception):
+    """Internal: a structural problem at `offset` (CaptureError when opening, else damage)."""
+
+    def __init__(self, offset: int, reason: str) -> None:
+        super().__init__(reason)
+        self.offset = offset
+        self.reason = reason
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _max_caplen(linktype: int, snaplen: int) -> int:
+    """Largest plausible captured length: libpcap's per-link-type maximum, or a larger
+    header snaplen (unless that snaplen is itself absurd)."""
+    limit = _MAX_SNAPLEN_BY_LINKTYPE.get(linktype, _MAX_SNAPLEN_DEFAULT)
+    return max(limit, snaplen if snaplen <= _SNAPLEN_CEILING else 0)
+
+
+def _gather(data: np.ndarray, starts: np.ndarray, span: np.ndarray) -> np.ndarray:
+    """(n, len(span)) bytes at starts[i] + span, clipped to the buffer (callers validate)."""
+    index = starts[:, None] + span
+    np.clip(index, 0, data.shape[0] - 1, out=index)
+    return data[index]
+
+
+# ---------------------------------------------------------------------------------------
+# Record walks: the sequential, per-record part. Keep them small and allocation-free apart
+# from the list of start offsets (a compiled replacement only has to return the same).
+# ---------------------------------------------------------------------------------------
+
+
+def _walk_pcap(buf: memoryview, pos: int, end: int, caplen_at: Callable, max_records: int,
+               max_caplen: int, both_lengths: bool) -> tuple[list[int], int, int]:
+    """Start offsets of consecutive pcap records from `pos`.
+
+    `caplen_at(buf, p)` unpacks the record header's captured-length field (both length
+    fields when `both_lengths`: the v2.3 layout where the smaller one is the caplen).
+    Stops after `max_records`, when no whole record header fits before `end`, or at a caplen
+    above `max_caplen`. Returns (starts, position after the last record, the implausible
+    caplen or -1). The last record's data may run past `end`: the caller checks.
+    """
+    starts: list[int] = []
+    append = starts.append
+    last_header = end - _PCAP_RECORD_HEADER_LEN
+    if both_lengths:
+        for _ in range(max_records):
+            if pos > last_header:
+                break
+            caplen = min(caplen_at(buf, pos))
+            if caplen > max_caplen:
+                return starts, pos, caplen
+            append(pos)
+            pos += 16 + caplen
+        return starts, pos, -1
+    for _ in range(max_records):
+        if pos > last_header:
+            break
+        (caplen,) = caplen_at(buf, pos)
+        if caplen > max_caplen:
+            return starts, pos, caplen
+        append(pos)
+        pos += 16 + caplen
+    return starts, pos, -1
+
+
+def _walk_pcapng(buf: memoryview, pos: int, end: int, type_len_at: Callable,
+                 max_records: int) -> tuple[list[int], int]:
+    """Start offsets of consecutive packet blocks (EPB, SPB, PB) from `pos`.
+
+    Stops after `max_records`, when fewer than 12 bytes are left, at any other block type
+    and at a block length < 12 (which could not make progress); the caller handles those.
+    Returns (starts, position after the last block). Block contents, including whether the
+    last block fits before `end`, are validated column-wise by the caller.
+    """
+    starts: list[int] = []
+    append = starts.append
+    last_header = end - 12
+    for _ in range(max_records):
+        if pos > last_header:
+            break
+        btype, blen = type_len_at(buf, pos)
+        if blen < 12 or not (btype == 6 or btype == 3 or btype == 2):
+            break
+        append(pos)
+        pos += blen
+    return starts, pos
+
+
+# ---------------------------------------------------------------------------------------
+# Classic pcap
+# ---------------------------------------------------------------------------------------
+
+
+class _PcapSource:
+    """Classic pcap: 24-byte file header, then 16-byte record headers + packet bytes."""
+
+    format = "pcap"
+
+    def __init__(self, buf: memoryview, data: np.ndarray, warn: Callable[[int, str], None]):
+        self.buf, self.data, self.end, self.warn = buf, data, len(buf), warn
+        self.finished = False
+        if self.end < _PCAP_HEADER_LEN:
+            raise _Damage(0, f"truncated pcap file header ({self.end} of "
+                             f"{_PCAP_HEADER_LEN} bytes)")
+        endian, nanosecond = _PCAP_MAGICS[bytes(buf[:4])]
+        major, minor, _zone, _sigfigs, snaplen, linktype_field = struct.unpack_from(
+            endian + "HHiIII", buf, 4)
+        self.lengths = self._length_order(major, minor)
+        # Upper 16 bits: FCS length and reserved bits (draft-ietf-opsawg-pcap); libpcap masks
+        # them off, and refuses a non-zero reserved field: we read on and warn instead.
+        self.linktype = linktype_field & 0xFFFF
+        if linktype_field & 0x03FF0000:
+            warn(20, f"reserved link-type bits not zero (0x{linktype_field:08x}); "
+                     f"using link type {self.linktype}")
+        self.snaplen = snaplen
+        self.max_caplen = _max_caplen(self.linktype, snaplen)
+        self.frac_to_ns = 1 if nanosecond else 1000
+        first_len_at = 12 if self.lengths == _LENGTHS_SWAPPED else 8
+        if self.lengths == _LENGTHS_MAYBE_SWAPPED:
+            self.caplen_at = struct.Struct(endian + "8xII").unpack_from
+        else:
+            self.caplen_at = struct.Struct(f"{endian}{first_len_at}xI").unpack_from
+        self.record_dtype = np.dtype([("sec", endian + "u4"), ("frac", endian + "u4"),
+                                      ("len8", endian + "u4"), ("len12", endian + "u4")])
+        self.pos = _PCAP_HEADER_LEN
+
+    def _length_order(self, major: int, minor: int) -> int:
+        """Accept what libpcap accepts: 2.4, legacy 2.0-2.3 (warned) and DG/UX's 543.0."""
+        if (major, minor) == (2, 4):
+            return _LENGTHS_NORMAL
+        if major == 2 and minor < 4 or (major, minor) == (543, 0):
+            order = _LENGTHS_MAYBE_SWAPPED if (major, minor) == (2, 3) else _LENGTHS_SWAPPED
+            how = "the smaller one" if order == _LENGTHS_MAYBE_SWAPPED else "the second one"
+            self.warn(4, f"legacy pcap version {major}.{minor}: caplen is {how} of the two "
+                         "record length fields, as libpcap reads it")
+            return order
+        raise _Damage(4, f"unsupported pcap version {major}.{minor}")
+
+    def read(self, max_packets: int) -> tuple[PacketBatch | None, _Damage | None]:
+        starts, pos, bad_caplen = _walk_pcap(
+            self.buf, self.pos, self.end, self.caplen_at, max_packets, self.max_caplen,
+            self.lengths == _LENGTHS_MAYBE_SWAPPED)
+        damage = None
+        if bad_caplen >= 0:
+            damage = _Damage(pos, f"implausible record length {bad_caplen} "
+                                  f"(limit {self.max_caplen})")
+        elif pos > self.end:  # the last record's data runs past the end of the file
+            pos = starts.pop()
+            left = self.end - pos - _PCAP_RECORD_HEADER_LEN
+            damage = _Damage(pos, f"truncated record data ({left} of "
+                                  f"{self._caplen_field(pos)} bytes)")
+        elif pos < self.end and len(starts) < max_packets:
+            damage = _Damage(pos, f"truncated record header ({self.end - pos} of "
+                                  f"{_PCAP_RECORD_HEADER_LEN} bytes)")
+        self.pos = pos
+        self.finished = damage is not None or pos >= self.end
+        if not starts:
+            return None, damage
+        return self._decode(np.array(starts, dtype=np.int64)), damage
+
+    def _caplen_field(self, pos: int) -> int:
+        values = self.caplen_at(self.buf, pos)
+        return min(values)
+
+    def _decode(self, starts: np.ndarray) -> PacketBatch:
+        """Record headers at `starts` -> columns (all records fit in the file)."""
+        n = starts.shape[0]
+        records = _gather(self.data, starts, _ARANGE16).view(self.record_dtype)[:, 0]
+        len8, len12 = records["len8"], records["len12"]
+        if self.lengths == _LENGTHS_NORMAL:
+            caplen, wirelen = len8, len12
+        elif self.lengths == _LENGTHS_SWAPPED:
+            caplen, wirelen = len12, len8
+        else:
+            caplen, wirelen = np.minimum(len8, len12), np.maximum(len8, len12)
+        caplen = caplen.astype(np.uint32)
+        wirelen = wirelen.astype(np.uint32)
+        ts_ns = (records["sec"].astype(np.int64) * 1_000_000_000
+                 + records["frac"].astype(np.int64) * self.frac_to_ns)
+        offset = starts + _PCAP_RECORD_HEADER_LEN
+        caplen = _clip_to_snaplen(caplen, self.snaplen, offset, self.warn)
+        _warn_caplen_over_wirelen(caplen, wirelen, offset, self.warn)
+        return PacketBatch(
+            data=self.data, offset=offset, caplen=caplen, wirelen=wirelen, ts_ns=ts_ns,
+            linktype=np.full(n, self.linktype, dtype=np.uint16),
+            interface=np.zeros(n, dtype=np.uint16))
+
+
+def _clip_to_snaplen(caplen: np.ndarray, snaplen: np.ndarray | int, offset: np.ndarray,
+                     warn: Callable[[int, str], None]) -> np.ndarray:
+    """caplen > snaplen (0 = unlimited): keep the first snaplen bytes, as libpcap does."""
+    limit = np.where(np.asarray(snaplen) > 0, snaplen, np.iinfo(np.uint32).max)
+    over = caplen > limit
+    if not over.any():
+        return caplen
+    first = int(np.argmax(over))
+    warn(int(offset[first]), f"{int(over.sum())} packet(s) with caplen above the snaplen "
+                             f"clipped to it (first: caplen {int(caplen[first])})")
+    return np.minimum(caplen, limit).astype(np.uint32)
+
+
+def _warn_caplen_over_wirelen(caplen: np.ndarray, wirelen: np.ndarray, offset: np.ndarray,
+                              warn: Callable[[int, str], None]) -> None:
+    over = caplen > wirelen
+    if over.any():
+        first = int(np.argmax(over))
+        warn(int(offset[first]), f"{int(over.sum())} packet(s) with caplen > wire length kept "
+                                 f"(first: caplen {int(caplen[first])}, "
+                                 f"wire length {int(wirelen[first])})")
+
+
+# ---------------------------------------------------------------------------------------
+# pcapng
+# ---------------------------------------------------------------------------------------
+
+
+class _PcapngSource:
+    """pcapng: sections (SHB) of interfaces (IDB) and packet blocks (EPB, SPB, PB)."""
+
+    format = "pcapng"
+
+    def __init__(self, buf: memoryview, data: np.ndarray, warn: Callable[[int, str], None]):
+        self.buf, self.data, self.end, self.warn = buf, data, len(buf), warn
+        self.finished = False
+        # Interface table over all sections; a packet's `interface` is its index here.
+        self.if_linktype: list[int] = []
+        self.if_snaplen: list[int] = []
+        self.if_max_caplen: list[int] = []
+        self.if_tsresol: list[tuple[bool, int]] = []  # (binary, exponent): 2^-e or 10^-e s
+        self.if_tsoffset_ns: list[int] = []
+        self.section_base = 0  # index of the current section's first interface
+        self.last_ts_ns = 0  # for SPBs, which carry no timestamp
+        self._set_byte_order("<")
+        self.pos = self._open()
+
+    def _set_byte_order(self, endian: str) -> None:
+        self.endian = endian
+        self.u32_at = struct.Struct(endian + "I").unpack_from
+        self.type_len_at = struct.Struct(endian + "II").unpack_from
+        self.head_dtype = np.dtype({
+            "names": ["type", "len", "f8", "pb_ifid", "f12", "f16", "f20", "f24"],
+            "formats": [endian + "u4"] * 3 + [endian + "u2"] + [endian + "u4"] * 4,
+            "offsets": [0, 4, 8, 8, 12, 16, 20, 24], "itemsize": _BLOCK_HEAD_LEN})
+        self.u32_dtype = np.dtype(endian + "u4")
+
+    def _open(self) -> int:
+        """Read up to the first IDB, as libpcap does when opening; errors here are fatal."""
+        pos = self._section_header(0)
+        while True:
+            if pos >= self.end:
+                raise _Damage(pos, "no Interface Description Block in the capture")
+            if self.end - pos >= 12 and self.u32_at(self.buf, pos)[0] in _BLOCK_NAMES:
+                raise _Damage(pos, "packet block before any Interface Description Block")
+            is_idb = self.end - pos >= 12 and self.u32_at(self.buf, pos)[0] == _IDB
+            pos = self._control_block(pos)
+            if is_idb:
+                return pos
+
+    def _section_header(self, pos: int) -> int:
+        left = self.end - pos
+        if left < 28:
+            raise _Damage(pos, f"truncated Section Header Block ({left} of at least 28 bytes)")
+        magic = bytes(self.buf[pos + 8:pos + 12])
+        if magic not in _BYTE_ORDER_MAGIC:
+            raise _Damage(pos, f"bad Section Header Block byte-order magic 0x{magic.hex()}")
+        self._set_byte_order(_BYTE_ORDER_MAGIC[magic])
+        (blen,) = self.u32_at(self.buf, pos + 4)
+        if not 28 <= blen <= _SHB_MAX_LEN:
+            raise _Damage(pos, f"Section Header Block has invalid length {blen} "
+                               f"(must be 28..{_SHB_MAX_LEN})")
+        self._check_block(pos, _SHB, blen)
+        version = struct.unpack_from(self.endian + "HH", self.buf, pos + 12)
+        if version not in _PCAPNG_VERSIONS:
+            raise _Damage(pos, f"unsupported pcapng version {version[0]}.{version[1]}")
+        self.section_base = len(self.if_linktype)  # interface ids restart per section
+        return pos + blen
+
+    def _check_block(self, pos: int, btype: int, blen: int) -> None:
+        if blen < 12:
+            raise _Damage(pos, f"block length {blen} < 12 (type 0x{btype:08x})")
+        if blen % 4:
+            raise _Damage(pos, f"block length {blen} not a multiple of 4 (type 0x{btype:08x})")
+        if blen > self.end - pos:
+            raise _Damage(pos, f"truncated block (type 0x{btype:08x}, length {blen}, "
+                               f"{self.end - pos} bytes left)")
+        (trailer,) = self.u32_at(self.buf, pos + blen - 4)
+        if trailer != blen:
+            raise _Damage(pos, f"block length mismatch: header {blen}, trailer {trailer} "
+                               f"(type 0x{btype:08x})")
+
+    def _control_block(self, pos: int) -> int:
+        """Handle one non-packet block at `pos` (or raise _Damage); return the next position.
+
+        Packet blocks come here only when their length is < 12, which _check_block rejects.
+        """
+        left = self.end - pos
+        if left < 12:
+            raise _Damage(pos, f"truncated block header ({left} of 12 bytes)")
+        btype, blen = self.type_len_at(self.buf, pos)
+        if btype == _SHB:
+            return self._section_header(pos)
+        self._check_block(pos, btype, blen)
+        if btype == _IDB:
+            self._interface_description(pos, blen)
+        # NRB, ISB, DSB, custom and unknown blocks carry nothing a batch needs: skipped.
+        return pos + blen
+
+    def _interface_description(self, pos: int, blen: int) -> None:
+        if blen < 20:
+            raise _Damage(pos, f"Interface Description Block length {blen} < 20")
+        linktype, _reserved, snaplen = struct.unpack_from(self.endian + "HHI", self.buf, pos + 8)
+        tsresol, tsoffset_s, seen = (False, 6), 0, set()
+        option_at = struct.Struct(self.endian + "HH").unpack_from
+        opos, oend = pos + 16, pos + blen - 4
+        while oend - opos >= 4:
+            code, olen = option_at(self.buf, opos)
+            if code == _OPT_ENDOFOPT:
+                break
+            vpos = opos + 4
+            if olen > oend - vpos:
+                raise _Damage(pos, f"Interface Description Block option {code} (length "
+                                   f"{olen}) overruns the block")
+            if code in (_OPT_IF_TSRESOL, _OPT_IF_TSOFFSET):
+                name = "if_tsresol" if code == _OPT_IF_TSRESOL else "if_tsoffset"
+                if code in seen:
+                    raise _Damage(pos, f"Interface Description Block has more than one "
+                                       f"{name} option")
+                seen.add(code)
+                want = 1 if code == _OPT_IF_TSRESOL else 8
+                if olen != want:
+                    raise _Damage(pos, f"Interface Description Block has {name} option with "
+                                       f"length {olen} != {want}")
+                if code == _OPT_IF_TSRESOL:
+                    tsresol = self._tsresol(pos, self.buf[vpos])
+                else:
+                    (tsoffset_s,) = struct.unpack_from(self.endian + "q", self.buf, vpos)
+            opos = vpos + ((olen + 3) & ~3)
+        if abs(tsoffset_s) * 1_000_000_000 >= 2**63:
+            raise _Damage(pos, f"if_tsoffset {tsoffset_s} s out of range")
+        if len(self.if_linktype) >= _MAX_INTERFACES:
+            raise _Damage(pos, f"more than {_MAX_INTERFACES} interfaces")
+        self.if_linktype.append(linktype)
+        self.if_snaplen.append(snaplen)
+        self.if_max_caplen.append(_max_caplen(linktype, snaplen))
+        self.if_tsresol.append(tsresol)
+        self.if_tsoffset_ns.append(tsoffset_s * 1_000_000_000)
+
+    @staticmethod
+    def _tsresol(pos: int, value: int) -> tuple[bool, int]:
+        """if_tsresol byte: high bit set -> 2^-(low 7 bits) s, else 10^-value s."""
+        binary, exponent = bool(value & 0x80), value & 0x7F
+        # Units are 64-bit: finer resolutions could not span even a second's worth of range.
+        if exponent > (63 if binary else 19):
+            raise _Damage(pos, f"Interface Description Block if_tsresol option resolution "
+                               f"{'2' if binary else '10'}^-{exponent} is too high")
+        return binary, exponent
+
+    def read(self, max_packets: int) -> tuple[PacketBatch | None, _Damage | None]:
+        parts: list[tuple[PacketBatch, np.ndarray]] = []
+        count, damage = 0, None
+        while count < max_packets:
+            starts, pos = _walk_pcapng(self.buf, self.pos, self.end, self.type_len_at,
+                                       max_packets - count)
+            if starts:
+                part, is_spb, damage = self._decode(np.array(starts, dtype=np.int64))
+                if len(part):
+                    parts.append((part, is_spb))
+                    count += len(part)
+                if damage is not None:
+                    break
+            self.pos = pos  # a block running past the end was a damage cut above
+            if pos >= self.end or count >= max_packets:
+                break
+            try:
+                self.pos = self._control_block(pos)
+            except _Damage as exc:
+                damage = exc
+                break
+        self.finished = damage is not None or self.pos >= self.end
+        if not parts:
+            return None, damage
+        return self._join(parts), damage
+
+    def _join(self, parts: list[tuple[PacketBatch, np.ndarray]]) -> PacketBatch:
+        """Concatenate chunk columns; give SPBs (no timestamp) the last timestamp seen."""
+        if len(parts) == 1:
+            batch, is_spb = parts[0]
+        else:
+            batch = PacketBatch(self.data, *(
+                np.concatenate([getattr(p, name) for p, _ in parts])
+                for name in ("offset", "caplen", "wirelen", "ts_ns", "linktype", "interface")))
+            is_spb = np.concatenate([spb for _, spb in parts])
+        if is_spb.any():
+            row = np.arange(len(batch))
+            last_timed = np.maximum.accumulate(np.where(is_spb, -1, row))
+            carried = batch.ts_ns[np.maximum(last_timed, 0)]
+            batch.ts_ns = np.where(last_timed >= 0, carried, self.last_ts_ns)
+        self.last_ts_ns = int(batch.ts_ns[-1])
+        return batch
+
+    def _decode(self, starts: np.ndarray) -> tuple[PacketBatch, np.ndarray, _Damage | None]:
+        """Packet blocks at `starts` -> columns, cut at the first invalid block."""
+        data, size = self.data, self.end
+        head = _gather(data, starts, _ARANGE_BLOCK_HEAD).view(self.head_dtype)[:, 0]
+        btype = head["type"]
+        blen = head["len"].astype(np.int64)
+        trailer = _gather(data, starts + blen - 4, _ARANGE4).view(self.u32_dtype)[:, 0]
+        is_spb, is_pb = btype == _SPB, btype == _PB
+        fixed = np.where(is_spb, 16, 32)  # block bytes around the packet data
+        room = blen - fixed
+        wirelen = np.where(is_spb, head["f8"], head["f24"])
+        caplen = np.where(is_spb, np.minimum(wirelen, np.maximum(room, 0)), head["f20"])
+        ifid = np.where(is_pb, head["pb_ifid"], np.where(is_spb, 0, head["f8"]))
+        ifid = ifid.astype(np.int64)
+        n_if = len(self.if_linktype) - self.section_base
+        known = ifid < n_if
+        # Global interface index; unknown ids point at a dummy entry past the table's end.
+        table = np.where(known, self.section_base + ifid, len(self.if_linktype))
+        max_caplen = np.array(self.if_max_caplen + [0], dtype=np.int64)[table]
+        checks = (  # (bad rows, reason), in the order a reader meets them
+            (blen % 4 != 0, lambda i: f"block length {blen[i]} not a multiple of 4"),
+            (starts + blen > size,
+             lambda i: f"truncated block (length {blen[i]}, {size - starts[i]} bytes left)"),
+            (room < 0, lambda i: f"block length {blen[i]} too small for a "
+                                 f"{_BLOCK_NAMES[int(btype[i])]}"),
+            (trailer != blen,
+             lambda i: f"block length mismatch: header {blen[i]}, trailer {trailer[i]}"),
+            (~is_spb & (caplen > room),
+             lambda i: f"packet data (caplen {caplen[i]}) overruns its block "
+                       f"(length {blen[i]})"),
+            (~known, lambda i: f"packet for interface {ifid[i]} but the section has "
+                               f"{n_if} Interface Description Block(s)"),
+            (caplen > max_caplen, lambda i: f"implausible packet length {caplen[i]} "
+                                            f"(limit {max_caplen[i]})"),
+        )
+        bad_any = np.zeros(len(starts), dtype=bool)
+        for bad, _ in checks:
+            bad_any |= bad
+        damage, keep = None, len(starts)
+        if bad_any.any():
+            keep = int(np.argmax(bad_any))
+            reason = next(why(keep) for bad, why in checks if bad[keep])
+            damage = _Damage(int(starts[keep]), reason)
+            self.pos = int(starts[keep])
+        cut = slice(0, keep)
+        starts, is_spb, ifid, table = starts[cut], is_spb[cut], ifid[cut], table[cut]
+        offset = starts + np.where(is_spb, 12, 28)
+        wirelen = wirelen[cut].astype(np.uint32)
+        caplen = caplen[cut].astype(np.uint32)
+        units = (head["f12"][cut].astype(np.uint64) << np.uint64(32)) | head["f16"][cut]
+        snaplen = np.array(self.if_snaplen, dtype=np.int64)[table]
+        # An SPB's data is min(snaplen, wire length) by definition: clip it silently.
+        caplen = np.where(is_spb & (snaplen > 0), np.minimum(caplen, snaplen), caplen)
+        caplen = _clip_to_snaplen(caplen.astype(np.uint32), snaplen, offset, self.warn)
+        _warn_caplen_over_wirelen(caplen, wirelen, offset, self.warn)
+        batch = PacketBatch(
+            data=data, offset=offset, caplen=caplen, wirelen=wirelen,
+            ts_ns=self._timestamps_ns(units, table),
+            linktype=np.array(self.if_linktype, dtype=np.uint16)[table],
+            interface=table.astype(np.uint16))
+        return batch, is_spb, damage
+
+    def _timestamps_ns(self, units: np.ndarray, interface: np.ndarray) -> np.ndarray:
+        """64-bit timestamp units -> ns since the epoch, per interface resolution/offset."""
+        ts_ns = np.empty(units.shape[0], dtype=np.int64)
+        for index in np.unique(interface).tolist():  # loop over interfaces, not packets
+            rows = interface == index
+            (binary, exponent), offset_ns = self.if_tsresol[index], self.if_tsoffset_ns[index]
+            ts_ns[rows] = _units_to_ns(units[rows], binary, exponent) + np.int64(offset_ns)
+        return ts_ns
+
+
+def _units_to_ns(units: np.ndarray, binary: bool, exponent: int) -> np.ndarray:
+    """uint64 counts of 2^-exponent or 10^-exponent seconds -> int64 ns (floored)."""
+    if not binary:
+        if exponent <= 9:
+            return (units * np.uint64(10 ** (9 - exponent))).view(np.int64)
+        return (units // np.uint64(10 ** (exponent - 9))).view(np.int64)
+    seconds = units >> np.uint64(exponent)
+    fraction = units & np.uint64((1 << exponent) - 1)
+    # fraction * 1e9 must stay below 2^64: drop sub-ns fraction bits beyond 2^-30 first.
+    drop = max(exponent - 30, 0)
+    frac_ns = ((fraction >> np.uint64(drop)) * np.uint64(1_000_000_000)) >> np.uint64(
+        exponent - drop)
+    return (seconds * np.uint64(1_000_000_000) + frac_ns).view(np.int64)
+
+
+# ---------------------------------------------------------------------------------------
+# Public reader
+# ---------------------------------------------------------------------------------------
+
+
+class CaptureReader:
+    """Read a pcap or pcapng file as PacketBatch objects over the memory-mapped file.
+
+    The constructor validates the file header and raises CaptureError for unusable files.
+    `batches()` yields batches in file order and stops at the first damage, recorded in
+    `damage`; non-fatal oddities go to `warnings`. Batches stay valid after close().
+    """
+
+    def __init__(self, path: str | os.PathLike, batch_packets: int = 65536) -> None:
+        if batch_packets < 1:
+            raise ValueError(f"batch_packets must be >= 1, got {batch_packets}")
+        self.path = os.fsdecode(os.fspath(path))
+        self.batch_packets = int(batch_packets)
+        self.format = ""
+        self.damage: CaptureDamage | None = None
+        self.warnings: list[str] = []
+        self.packets = 0
+        self._file = None
+        self._map: mmap.mmap | None = None
+        self._view: memoryview | None = None
+        self._source: _PcapSource | _PcapngSource | None = None
+        self._data: np.ndarray | None = None
+        try:
+            self._open_buffer()
+            self._source = self._open_source()
+        except _Damage as exc:
+            self.close()
+            raise CaptureError(self.path, exc.reason, exc.offset) from None
+        except BaseException:
+            self.close()
+            raise
+        self.format = self._source.format
+
+    def _open_buffer(self) -> None:
+        try:
+            self._file = open(self.path, "rb")  # closed by close()
+            info = os.fstat(self._file.fileno())
+            if stat.S_ISREG(info.st_mode):
+                if info.st_size == 0:
+                    raise _Damage(0, "empty file")
+                self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+                buffer: mmap.mmap | bytes = self._map
+            else:  # pipes and devices cannot be mapped: read them whole
+                buffer = self._file.read()
+                if not buffer:
+                    raise _Damage(0, "empty file")
+        except OSError as exc:
+            raise _Damage(0, f"cannot read the file: {exc.strerror or exc}") from None
+        # Packet bytes are never copied: `data` is the mapping, `_view` serves the walks.
+        self._data = np.frombuffer(buffer, dtype=np.uint8)
+        self._view = memoryview(buffer)
+
+    def _open_source(self) -> _PcapSource | _PcapngSource:
+        view, magic = self._view, bytes(self._view[:4])
+        if magic in _PCAP_MAGICS:
+            return _PcapSource(view, self._data, self._warn)
+        if magic == _SHB.to_bytes(4, "little"):
+            return _PcapngSource(view, self._data, self._warn)
+        if magic in _MODIFIED_PCAP_MAGICS:
+            raise _Damage(0, f"unsupported modified (Kuznetzov) pcap format (magic {magic.hex()})")
+        if len(magic) < 4:
+            raise _Damage(0, f"file too short for a capture header ({len(magic)} bytes)")
+        hint = next((f"; looks {kind}-compressed, decompress it first"
+                     for prefix, kind in _COMPRESSED_MAGICS.items() if magic.startswith(prefix)),
+                    "")
+        raise _Damage(0, f"not a pcap or pcapng capture (magic {magic.hex()}){hint}")
+
+    def _warn(self, offset: int, message: str) -> None:
+        if len(self.warnings) < _MAX_WARNINGS:
+            self.warnings.append(f"{self.path}: {message} (at byte {offset})")
+        elif len(self.warnings) == _MAX_WARNINGS:
+            self.warnings.append(f"{self.path}: further warnings suppressed (at byte {offset})")
+
+    def batches(self) -> Iterator[PacketBatch]:
+        """Yield batches of up to batch_packets packets in file order, until the end of the
+        file or the first damage (then `damage` is set before the last batch is yielded).
+        Calling it again continues where the previous iteration stopped."""
+        while self._source is not None and not self._source.finished:
+            batch, damage = self._source.read(self.batch_packets)
+            count = 0 if batch is None else len(batch)
+            if damage is not None:
+                self.damage = CaptureDamage(self.path, damage.offset, damage.reason,
+                                            self.packets + count)
+            if batch is None:
+                continue  # finished is now set (end of file or damage)
+            batch.first_index = self.packets
+            self.packets += count
+            yield batch
+
+    def close(self) -> None:
+        """Release the file. The mapping itself lives on while batches still use it."""
+        self._source = None
+        if self._view is not None:
+            self._view.release()
+            self._view = None
+        self._data = None
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:
+                pass  # batches still reference it; it is unmapped when they are freed
+            self._map = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> CaptureReader:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def read_capture(path: str | os.PathLike, batch_packets: int = 65536) -> Iterator[PacketBatch]:
+    """Batches of a capture file. Raises CaptureError at once for an unusable file; damage
+    and warnings met while reading are logged (use CaptureReader to inspect them)."""
+    reader = CaptureReader(path, batch_packets)  # raises now, not at the first next()
+    return _read_and_close(reader)
+
+
+def _read_and_close(reader: CaptureReader) -> Iterator[PacketBatch]:
+    with reader:
+        yield from reader.batches()
+        for warning in reader.warnings:
+            log.warning("%s", warning)
+        if reader.damage is not None:
+            log.warning("%s", reader.damage)

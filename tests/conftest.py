@@ -1,0 +1,84 @@
+"""Shared fixtures: the read-only shared material beside the repo, and an ECS field checker."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+PCAPS = SHARED / "pcaps"
+ECS_FLAT = SHARED / "reference" / "ecs" / "ecs_flat.yml"
+
+
+def shared_pcap(name: str) -> Path:
+    """A capture from ../shared/pcaps by its MANIFEST name; skips the test when absent."""
+    path = PCAPS / name
+    if not path.is_file():
+        pytest.skip(f"{path} not available (tests need the shared captures beside the repo)")
+    return path
+
+
+@functools.cache
+def ecs_fields() -> dict[str, dict]:
+    if not ECS_FLAT.is_file():
+        pytest.skip(f"{ECS_FLAT} not available (ECS reference lives in ../shared)")
+    with open(ECS_FLAT, encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def flatten(doc: dict, prefix: str = "") -> dict[str, object]:
+    """Nested document -> {dotted.path: value}; lists of dicts are flattened through."""
+    out: dict[str, object] = {}
+    for key, value in doc.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, path + "."))
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for item in value:
+                out.update(flatten(item, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+_ECS_TYPE_CHECKS = {
+    "keyword": lambda v: isinstance(v, str),
+    "constant_keyword": lambda v: isinstance(v, str),
+    "wildcard": lambda v: isinstance(v, str),
+    "match_only_text": lambda v: isinstance(v, str),
+    "text": lambda v: isinstance(v, str),
+    "ip": lambda v: isinstance(v, str),
+    "date": lambda v: isinstance(v, str),
+    "long": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "scaled_float": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool),
+}
+
+
+def assert_ecs(doc: dict) -> None:
+    """Every field of `doc` is an ECS field with a value of its type, or under cirtsa.*."""
+    fields = ecs_fields()
+    for path, value in flatten(doc).items():
+        if path.startswith("cirtsa."):
+            continue
+        assert path in fields, f"{path} is not an ECS field (put our own fields under cirtsa.*)"
+        spec = fields[path]
+        values = value if isinstance(value, list) else [value]
+        if isinstance(value, list):
+            assert "array" in spec.get("normalize", []) or spec["type"] == "object", (
+                f"{path} is a list but ECS does not normalize it to an array")
+        check = _ECS_TYPE_CHECKS.get(spec["type"])
+        if check is not None:
+            for v in values:
+                assert check(v), f"{path}={v!r} is not of ECS type {spec['type']}"
+        allowed = spec.get("allowed_values")
+        if allowed:
+            names = {a["name"] for a in allowed}
+            for v in values:
+                assert v in names, f"{path}={v!r} is not an allowed value {sorted(names)}"

@@ -1,0 +1,136 @@
+"""Property tests for sensors/decode.py: hostile bytes never make the decoder raise, read
+outside a packet, or let one packet's bytes leak into another packet's columns."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from packet_builders import batch_from_frames
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import (
+    ICMPv6EchoRequest,
+    IPv6,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+    IPv6ExtHdrRouting,
+)
+from scapy.layers.l2 import ARP, CookedLinux, CookedLinuxV2, Dot1AD, Dot1Q, Ether
+
+from sensors.decode import decode
+from sensors.packets import DecodedPackets, PacketBatch
+
+KNOWN_LINKTYPES = [0, 1, 101, 108, 113, 228, 229, 276]
+linktypes = st.one_of(st.sampled_from(KNOWN_LINKTYPES), st.integers(0, 0xFFFF))
+
+V4 = IP(src="192.0.2.1", dst="198.51.100.2", options=[]) / TCP(sport=1, dport=2, flags="S")
+# Valid frames of every layer combination the decoder walks, to be cut and mutated.
+TEMPLATES: list[tuple[bytes, int]] = [
+    (bytes(Ether() / IP() / TCP(options=[("MSS", 1460)]) / b"payload"), 1),
+    (bytes(Ether() / Dot1AD(vlan=1) / Dot1Q(vlan=2) / IP() / UDP() / b"dns?"), 1),
+    (bytes(Ether() / IPv6() / IPv6ExtHdrHopByHop() / IPv6ExtHdrRouting() / UDP() / b"x"), 1),
+    (bytes(Ether() / IPv6() / IPv6ExtHdrFragment(offset=3) / b"fragment-data"), 1),
+    (bytes(Ether() / IP(flags="MF", frag=0) / ICMP() / b"ping"), 1),
+    (bytes(Ether() / ARP()), 1),
+    (bytes(CookedLinux(proto=0x0800) / V4), 113),
+    (bytes(CookedLinuxV2(proto=0x86DD) / IPv6() / ICMPv6EchoRequest()), 276),
+    (bytes(V4), 101),
+    (bytes(IPv6() / TCP()), 229),
+    (b"\x02\x00\x00\x00" + bytes(V4), 0),
+    (b"\x00\x00\x00\x1e" + bytes(IPv6() / UDP()), 108),
+]
+
+
+def check_invariants(batch: PacketBatch, decoded: DecodedPackets) -> None:
+    n = len(batch)
+    assert len(decoded) == n
+    size = batch.data.shape[0]
+    start = np.clip(batch.offset.astype(np.int64), 0, size)
+    end = np.minimum(start + batch.caplen.astype(np.int64), size)
+    assert ((decoded.payload_offset >= 0) & (decoded.payload_offset <= size)).all()
+    assert (decoded.payload_len >= 0).all()
+    assert (decoded.payload_offset >= start).all()
+    assert (decoded.payload_offset + decoded.payload_len <= end).all()
+    assert np.isin(decoded.ip_version, [0, 4, 6]).all()
+    not_ip = decoded.ip_version == 0
+    assert (decoded.transport[not_ip] == 0).all()
+    assert (decoded.src_port[not_ip] == 0).all() and (decoded.dst_port[not_ip] == 0).all()
+    zero_ip = np.zeros(1, dtype=decoded.src_ip.dtype)[0]
+    assert (decoded.src_ip[not_ip] == zero_ip).all() and (decoded.dst_ip[not_ip] == zero_ip).all()
+    assert all(isinstance(v, int) and v > 0 for v in decoded.weird.values())
+
+
+COLUMNS = ["vlan", "ethertype", "ip_version", "src_ip", "dst_ip", "transport", "src_port",
+           "dst_port", "tcp_flags", "icmp_type", "icmp_code", "ip_total_len", "payload_len"]
+
+
+def check_rows_independent(frames: list[bytes], linktype: list[int], decoded) -> None:
+    """Each packet decodes the same alone as inside the batch: no neighbour bytes read."""
+    offsets = np.cumsum([0] + [len(f) for f in frames[:-1]])
+    for i, (frame, lt) in enumerate(zip(frames, linktype, strict=True)):
+        alone = decode(batch_from_frames([frame], linktype=[lt]))
+        for name in COLUMNS:
+            assert getattr(alone, name)[0] == getattr(decoded, name)[i], (i, name)
+        assert alone.payload_offset[0] + offsets[i] == decoded.payload_offset[i]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.binary(max_size=120), linktypes), max_size=12))
+def test_random_bytes_with_random_linktypes(packets):
+    frames = [frame for frame, _ in packets]
+    lts = [lt for _, lt in packets]
+    batch = batch_from_frames(frames, linktype=lts)
+    decoded = decode(batch)
+    check_invariants(batch, decoded)
+    check_rows_independent(frames, lts, decoded)
+
+
+mutation = st.tuples(st.integers(0, 200), st.integers(0, 255))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(range(len(TEMPLATES))),
+            st.integers(0, 200),  # cut length
+            st.lists(mutation, max_size=4),
+        ),
+        min_size=1,
+        max_size=10,
+    )
+)
+def test_truncated_and_mutated_valid_frames(specs):
+    frames, lts = [], []
+    for template, cut, mutations in specs:
+        frame, lt = TEMPLATES[template]
+        raw = bytearray(frame[:cut])
+        for pos, value in mutations:
+            if pos < len(raw):
+                raw[pos] = value
+        frames.append(bytes(raw))
+        lts.append(lt)
+    batch = batch_from_frames(frames, linktype=lts)
+    decoded = decode(batch)
+    check_invariants(batch, decoded)
+    check_rows_independent(frames, lts, decoded)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.binary(max_size=300),
+    st.lists(st.tuples(st.integers(-50, 400), st.integers(0, 2**32 - 1), linktypes), max_size=8),
+)
+def test_inconsistent_offsets_from_a_broken_reader(data, rows):
+    """Offsets/caplens pointing past the buffer must be clamped, never followed."""
+    n = len(rows)
+    batch = PacketBatch(
+        data=np.frombuffer(data, dtype=np.uint8),
+        offset=np.array([r[0] for r in rows], dtype=np.int64),
+        caplen=np.array([r[1] for r in rows], dtype=np.uint32),
+        wirelen=np.zeros(n, dtype=np.uint32),
+        ts_ns=np.zeros(n, dtype=np.int64),
+        linktype=np.array([r[2] for r in rows], dtype=np.uint16),
+        interface=np.zeros(n, dtype=np.uint16),
+    )
+    check_invariants(batch, decode(batch))

@@ -1,0 +1,173 @@
+"""Hostile input for the DNS parser: random payloads and mutations of valid messages never
+raise, and what comes out stays bounded."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scapy.all import DNS, DNSQR, DNSRR
+from scapy.layers.dns import DNSRRMX, DNSRRSOA, DNSRRSRV
+
+from pipeline.schema import validate_batch
+from sensors.dns import (
+    MAX_ANSWERS,
+    MAX_HEX_BYTES,
+    MAX_NAME_WIRE_LEN,
+    MAX_TCP_MESSAGES,
+    MAX_TEXT_BYTES,
+    MalformedDNS,
+    dns_events,
+    parse_message,
+)
+from sensors.packets import IP_DTYPE, DecodedPackets, ip_to_bytes16
+
+# Escaping turns one byte into at most 4 characters ("\\255").
+MAX_NAME_TEXT = 4 * MAX_NAME_WIRE_LEN
+# Longest rendered rdata: SOA (two names + five numbers), TXT or hex, each with "..." suffix.
+MAX_DATA_TEXT = max(2 * MAX_NAME_TEXT + 6 * 11, 4 * MAX_TEXT_BYTES + 3, 2 * MAX_HEX_BYTES + 3)
+
+
+def _valid_messages() -> list[bytes]:
+    response = DNS(
+        id=0xBEEF, qr=1, rd=1, ra=1, qd=DNSQR(qname="www.example.com"),
+        an=[DNSRR(rrname="www.example.com", type="CNAME", rdata="edge.example.net"),
+            DNSRR(rrname="edge.example.net", type="A", rdata="192.0.2.1"),
+            DNSRR(rrname="edge.example.net", type="AAAA", rdata="2001:db8::1"),
+            DNSRR(rrname="edge.example.net", type="TXT", rdata=[b"hello", b"\x00\xff"]),
+            DNSRRMX(rrname="example.com", preference=5, exchange="mx.example.com"),
+            DNSRRSOA(rrname="example.com", mname="ns.example.com", rname="h.example.com"),
+            DNSRRSRV(rrname="_x._tcp.example.com", port=80, target="t.example.com"),
+            DNSRR(rrname="example.com", type=65000, rdata=b"\x01\x02\x03")])
+    return [bytes(response), bytes(response.compress()),
+            bytes(DNS(id=1, rd=1, qd=DNSQR(qname="q.example.org", qtype="AAAA")))]
+
+
+VALID = _valid_messages()
+
+
+def test_mutation_seeds_parse_fully():
+    # The mutations start from messages that exercise every rdata renderer.
+    for msg in VALID[:2]:
+        (_, _, qname, _, _, answers), damaged = parse_message(msg)
+        assert qname == "www.example.com" and not damaged
+        assert [a["type"] for a in answers] == ["CNAME", "A", "AAAA", "TXT", "MX", "SOA", "SRV",
+                                                "TYPE65000"]
+        assert answers[-1]["data"] == "010203"
+
+
+def _check_parsed(msg: bytes) -> None:
+    """parse_message raises nothing but MalformedDNS, and its output is bounded."""
+    try:
+        (dns_id, flags, qname, qtype, qclass, answers), damaged = parse_message(msg)
+    except MalformedDNS:
+        return
+    assert 0 <= dns_id <= 0xFFFF and 0 <= flags <= 0xFFFF
+    assert 0 <= qtype <= 0xFFFF and 0 <= qclass <= 0xFFFF
+    assert isinstance(damaged, bool)
+    assert len(qname) <= MAX_NAME_TEXT and qname.isascii()
+    assert len(answers) <= MAX_ANSWERS
+    for answer in answers:
+        assert set(answer) == {"name", "type", "class", "ttl", "data"}
+        assert len(answer["name"]) <= MAX_NAME_TEXT and answer["name"].isascii()
+        assert len(answer["data"]) <= MAX_DATA_TEXT and answer["data"].isascii()
+        assert 0 <= answer["ttl"] <= 0xFFFFFFFF
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.binary(min_size=0, max_size=600))
+def test_random_payloads(msg):
+    _check_parsed(msg)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(min_size=0, max_size=400), st.integers(0, 0xFFFF), st.integers(0, 80))
+def test_random_bodies_behind_plausible_header(body, flags, ancount):
+    # A believable header makes the parser go deep into names and records.
+    _check_parsed(struct.pack("!HHHHHH", 1, flags, 1, ancount, 0, 0) + body)
+
+
+@st.composite
+def mutated(draw) -> bytes:
+    msg = bytearray(draw(st.sampled_from(VALID)))
+    for _ in range(draw(st.integers(1, 8))):
+        op = draw(st.sampled_from(["flip", "set", "insert", "delete", "truncate", "pointer"]))
+        at = draw(st.integers(0, max(0, len(msg) - 1)))
+        if not msg:
+            break
+        if op == "flip":
+            msg[at] ^= 1 << draw(st.integers(0, 7))
+        elif op == "set":
+            msg[at] = draw(st.integers(0, 255))
+        elif op == "insert":
+            msg[at:at] = draw(st.binary(min_size=1, max_size=8))
+        elif op == "delete":
+            del msg[at : at + draw(st.integers(1, 8))]
+        elif op == "truncate":
+            del msg[at:]
+        else:  # a compression pointer to anywhere, loops and forward jumps included
+            msg[at : at + 2] = struct.pack("!H", 0xC000 | draw(st.integers(0, 0x3FFF)))
+    return bytes(msg)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(mutated())
+def test_mutations_of_valid_messages(msg):
+    _check_parsed(msg)
+
+
+def _decoded_udp53(payloads: list[bytes], transport: int = 17) -> DecodedPackets:
+    """Minimal DecodedPackets: one client->resolver packet per payload, data = payloads."""
+    n = len(payloads)
+    lengths = np.array([len(p) for p in payloads], dtype=np.int32)
+    offsets = np.zeros(n, dtype=np.int64)
+    offsets[1:] = np.cumsum(lengths, dtype=np.int64)[:-1]
+    zeros = {name: np.zeros(n, dtype=dt) for name, dt in (
+        ("wirelen", np.uint32), ("caplen", np.uint32), ("interface", np.uint16),
+        ("vlan", np.uint16), ("tcp_flags", np.uint8), ("icmp_type", np.uint8),
+        ("icmp_code", np.uint8), ("ip_total_len", np.uint32))}
+    return DecodedPackets(
+        ts_ns=np.arange(1, n + 1, dtype=np.int64) * 1_000_000,
+        ethertype=np.full(n, 0x0800, dtype=np.uint16),
+        ip_version=np.full(n, 4, dtype=np.uint8),
+        src_ip=np.full(n, np.frombuffer(ip_to_bytes16("192.0.2.1"), IP_DTYPE)[0]),
+        dst_ip=np.full(n, np.frombuffer(ip_to_bytes16("192.0.2.53"), IP_DTYPE)[0]),
+        transport=np.full(n, transport, dtype=np.uint8),
+        src_port=np.full(n, 33000, dtype=np.uint16),
+        dst_port=np.full(n, 53, dtype=np.uint16),
+        payload_offset=offsets,
+        payload_len=lengths,
+        data=np.frombuffer(b"".join(payloads), dtype=np.uint8),
+        **zeros,
+    )
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(st.one_of(st.binary(max_size=300), mutated()), min_size=1, max_size=30))
+def test_dns_events_accounts_for_every_udp_message(payloads):
+    stats: dict[str, int] = {}
+    batch = dns_events(_decoded_udp53(payloads), "fuzz", "lab", stats=stats)
+    candidates = sum(len(p) >= 12 for p in payloads)
+    events = 0 if batch is None else len(batch)
+    if batch is not None:
+        validate_batch(batch)
+    # Every UDP candidate is either an event or counted malformed; no parser bug escapes.
+    assert stats.get("dns_parser_error", 0) == 0
+    assert events + stats.get("dns_malformed", 0) == candidates
+    assert stats.get("dns_messages", 0) == events
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(st.binary(max_size=300), mutated()), min_size=1, max_size=10))
+def test_dns_events_tcp_segments(payloads):
+    # As TCP segments, payloads are read through their length prefixes: never raise, at most
+    # MAX_TCP_MESSAGES events per segment, and always a valid batch.
+    stats: dict[str, int] = {}
+    batch = dns_events(_decoded_udp53(payloads, transport=6), "fuzz", "lab", stats=stats)
+    if batch is not None:
+        validate_batch(batch)
+        assert len(batch) <= MAX_TCP_MESSAGES * len(payloads)
+    assert stats.get("dns_parser_error", 0) == 0

@@ -1,0 +1,375 @@
+"""Correlation engine: windows, watermark and lateness, bounded state, suppression, alert ids.
+
+Flow batches are built from row dicts with `flow_batch` (also used by test_port_scan.py and
+test_brute_force.py): a row names its connection outcome by a Zeek-like label (see STATES).
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from conftest import assert_ecs
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from correlation.alerts import alert_id
+from correlation.detector import WindowRange, WindowSpec
+from correlation.engine import CorrelationEngine, build_detectors, default_config
+from correlation.port_scan import VerticalScanDetector
+from pipeline.schema import DNS, FLOW, EventBatch, SchemaError, ns_to_iso, validate_batch
+from sensors.packets import IP_DTYPE, ip_to_bytes16
+
+F, S, R, P, A, U = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+
+# label -> (orig flags, resp flags, orig packets, resp packets, orig payload, resp payload,
+#           Zeek conn_state)
+STATES = {
+    "S0": (S, 0, 1, 0, 0, 0, "S0"),  # SYN, no answer
+    "REJ": (S, R | A, 1, 1, 0, 0, "REJ"),  # SYN answered by RST
+    "RSTOS0": (S | R, 0, 2, 0, 0, 0, "RSTOS0"),
+    "HALF_OPEN": (S | R, S | A, 2, 1, 0, 0, "RSTO"),  # SYN scan of an open port
+    "CONNECT_RST": (S | A | R, S | A, 3, 1, 0, 0, "RSTO"),  # connect() scan, no data
+    "FIN_SCAN": (F, R | A, 1, 1, 0, 0, "OTH"),
+    "NULL_SCAN": (0, R | A, 1, 1, 0, 0, "OTH"),
+    "XMAS_SCAN": (F | P | U, R | A, 1, 1, 0, 0, "OTH"),
+    "SF": (S | A | P | F, S | A | P | F, 8, 7, 400, 6000, "SF"),  # normal exchange
+    "SF_EMPTY": (S | A | F, S | A | F, 3, 2, 0, 0, "SF"),  # connect + close, no data
+    "S1": (S | A | P, S | A | P, 5, 5, 300, 900, "S1"),
+    "MIDSTREAM": (A | P, A | P, 4, 4, 500, 800, "OTH"),  # picked up mid-connection
+    "BACKSCATTER_SYNACK": (S | A, R, 1, 1, 0, 0, "OTH"),  # orig = DoS victim answering spoofs
+    "BACKSCATTER_RST": (R | A, 0, 1, 0, 0, 0, "OTH"),
+    "BACKSCATTER_FLIPPED": (R, S | A, 1, 1, 0, 0, "RSTRH"),  # flow flipped: orig = us
+}
+
+BASE_T = 1_699_999_200.0  # 2023-11-14T22:00:00Z, a whole hour: offsets align with windows
+
+
+def flow_batch(rows: list[dict]) -> EventBatch:
+    """FLOW batch from dicts: src, dst, dport, t (s offset) + optional state, dur, sport,
+    proto, src_payload, dst_payload, observer, zone."""
+    n = len(rows)
+    cols = {f.column: np.empty(n, f.dtype) for f in FLOW.fields}
+    for i, r in enumerate(rows):
+        of, rf, op, rp, opay, rpay, label = STATES[r.get("state", "SF")]
+        t = int(round((BASE_T + r["t"]) * 1e9))
+        cols["timestamp"][i] = t
+        cols["end"][i] = t + int(round(r.get("dur", 0.0) * 1e9))
+        cols["src_ip"][i] = np.frombuffer(ip_to_bytes16(r["src"]), IP_DTYPE)[0]
+        cols["dst_ip"][i] = np.frombuffer(ip_to_bytes16(r["dst"]), IP_DTYPE)[0]
+        cols["src_port"][i] = r.get("sport", 30000 + i % 30000)
+        cols["dst_port"][i] = r["dport"]
+        cols["transport"][i] = r.get("proto", 6)
+        cols["vlan"][i] = 0
+        cols["community_id"][i] = ""
+        cols["src_tcp_flags"][i], cols["dst_tcp_flags"][i] = of, rf
+        cols["src_packets"][i], cols["dst_packets"][i] = op, rp
+        cols["src_payload_bytes"][i] = r.get("src_payload", opay)
+        cols["dst_payload_bytes"][i] = r.get("dst_payload", rpay)
+        cols["src_bytes"][i] = int(cols["src_payload_bytes"][i]) + 60 * op
+        cols["dst_bytes"][i] = int(cols["dst_payload_bytes"][i]) + 60 * rp
+        cols["conn_state"][i] = label
+        cols["end_reason"][i] = "eof"
+        cols["observer_name"][i] = r.get("observer", "sensor-1")
+        cols["ingress_zone"][i] = r.get("zone", "dmz")
+    batch = EventBatch("flow", cols)
+    validate_batch(batch)
+    return batch
+
+
+def run(rows_or_batches, config: dict | None = None, **engine_kw) -> tuple[list[dict], dict]:
+    """Push rows (one batch) or a list of batches, flush; return (alerts, stats)."""
+    engine = CorrelationEngine(config or {}, **engine_kw)
+    batches = rows_or_batches if isinstance(rows_or_batches[0], EventBatch) \
+        else [flow_batch(rows_or_batches)]
+    alerts = []
+    for b in batches:
+        alerts += engine.push(b)
+    alerts += engine.flush()
+    return alerts, engine.stats
+
+
+def config_with(**detectors) -> dict:
+    """Correlation config overriding the given detector sections (others keep defaults)."""
+    return {"detectors": detectors}
+
+
+def vertical_scan(src="192.168.2.154", dst="192.168.2.22", ports=range(1, 11), t=0.0,
+                  step=1e-5, state="S0", **extra) -> list[dict]:
+    return [dict(src=src, dst=dst, dport=p, t=t + i * step, state=state, **extra)
+            for i, p in enumerate(ports)]
+
+
+# --- windows ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size,hop", [(60, 20), (300, 60), (50, 20), (10, 10)])
+def test_assign_matches_window_enumeration(size: int, hop: int) -> None:
+    spec = WindowSpec(size * 10**9, hop * 10**9)
+    rng = np.random.default_rng(size * 1000 + hop)
+    times = rng.integers(0, 2000 * 10**9, 500)
+    first, last = int(spec.first_index(500 * 10**9)), int(spec.last_index(1500 * 10**9))
+    rows, ks = WindowRange(spec, first, last).assign(times)
+    got = set(zip(rows.tolist(), ks.tolist(), strict=True))
+    expected = {(i, k) for i, t in enumerate(times.tolist()) for k in range(first, last + 1)
+                if k * spec.hop_ns <= t < k * spec.hop_ns + spec.size_ns}
+    assert got == expected
+    assert len(got) == rows.size  # no duplicate (row, window) pairs
+
+
+def test_tumbling_windows_hold_each_event_once() -> None:
+    spec = WindowSpec(60 * 10**9, 60 * 10**9)
+    times = np.arange(0, 600 * 10**9, 7 * 10**9)
+    rows, ks = WindowRange(spec, 0, 9).assign(times)
+    assert sorted(rows.tolist()) == list(range(times.size))
+    assert (ks == times // spec.hop_ns).all()
+
+
+def test_window_spec_rejects_hop_larger_than_size() -> None:
+    with pytest.raises(ValueError):
+        WindowSpec(10, 20)
+
+
+# --- watermark and lateness ------------------------------------------------------------------
+
+TUMBLING_60 = {"allowed_lateness_s": 10, "detectors": {
+    "port_scan_vertical": {"window_s": 60, "hop_s": 60},
+    "port_scan_horizontal": {"enabled": False}, "brute_force": {"enabled": False}}}
+
+
+def test_window_closes_only_when_watermark_passes_its_end() -> None:
+    engine = CorrelationEngine(TUMBLING_60)
+    scan = flow_batch(vertical_scan(t=1000.5))  # window [960, 1020)
+    window_end = 1020
+    assert engine.push(scan) == []
+    benign = dict(src="10.9.9.9", dst="10.9.9.8", dport=443, state="SF")
+    assert engine.push(flow_batch([{**benign, "t": window_end + 10 - 0.001}])) == []
+    assert engine.stats["windows_closed"] == 0
+    alerts = engine.push(flow_batch([{**benign, "t": window_end + 10}]))
+    assert [a["rule"]["id"] for a in alerts] == ["cirtsa.scan.vertical"]
+    assert engine.watermark == int(round((BASE_T + window_end) * 1e9))
+    assert engine.flush() == []
+
+
+def test_late_events_are_counted_and_still_used_by_open_windows() -> None:
+    config = {"allowed_lateness_s": 0, "detectors": {
+        "port_scan_vertical": {"window_s": 60, "hop_s": 20},
+        "port_scan_horizontal": {"enabled": False}, "brute_force": {"enabled": False}}}
+    engine = CorrelationEngine(config)
+    base = 100  # windows of t=base+1 start at base-40, base-20, base
+    assert engine.push(flow_batch(vertical_scan(ports=[1, 2, 3, 4], t=base + 1))) == []
+    # watermark base+50: windows starting base-40 and base-20 close, base stays open
+    assert engine.push(flow_batch([dict(src="10.9.9.9", dst="10.9.9.8", dport=443,
+                                        state="SF", t=base + 50)])) == []
+    assert engine.stats["late_events"] == 0
+    late = vertical_scan(ports=[5], t=base + 2)  # belongs to closed and to open windows
+    too_late = vertical_scan(ports=[6], t=base - 30)  # all its windows are closed
+    assert engine.push(flow_batch(late + too_late)) == []
+    assert engine.stats["late_events"] == 2
+    assert engine.stats["late_dropped"] == 1
+    alerts = engine.flush()
+    assert len(alerts) == 1
+    assert alerts[0]["cirtsa"]["evidence"]["ports"] == [1, 2, 3, 4, 5]
+    window_start = alerts[0]["cirtsa"]["alert"]["window"]["start"]
+    assert window_start == ns_to_iso(int((BASE_T + base) * 1e9))
+
+
+def test_state_is_bounded_by_open_windows() -> None:
+    engine = CorrelationEngine({"allowed_lateness_s": 30})
+    rng = np.random.default_rng(7)
+    peak = 0
+    for minute in range(180):  # 3 h of failed attempts from many sources, none a scan
+        rows = [dict(src=f"10.{rng.integers(256)}.{rng.integers(256)}.1",
+                     dst=f"192.0.2.{rng.integers(256)}", dport=int(rng.integers(1, 1024)),
+                     t=minute * 60 + s, state="S0") for s in range(0, 60, 2)]
+        assert engine.push(flow_batch(rows)) == []
+        peak = max(peak, engine.stats["rows_buffered"])
+    # horizontal needs 1 h + lateness + hop of rows, vertical 5 min + 30 s + 1 min; stale
+    # rows are compacted away once they exceed a quarter of a buffer: << 3 h of rows
+    per_minute = 30
+    live = per_minute * ((3600 + 30 + 300) / 60 + (300 + 30 + 60) / 60 + 2)
+    assert peak <= live * 4 / 3
+    assert engine.stats["events_in"] == 180 * 30
+    engine.flush()
+    assert engine.stats["rows_buffered"] == 0
+
+
+def test_buffer_cap_drops_oldest_rows_and_counts_them() -> None:
+    config = config_with(port_scan_vertical={"max_buffered_rows": 100},
+                         port_scan_horizontal={"enabled": False},
+                         brute_force={"enabled": False})
+    rows = [dict(src=f"10.0.{i // 250}.{i % 250}", dst="192.0.2.1", dport=80, t=i * 0.01,
+                 state="S0") for i in range(250)]
+    engine = CorrelationEngine(config)
+    engine.push(flow_batch(rows))
+    assert engine.stats["rows_dropped_overflow"] == 150
+    assert engine.stats["rows_buffered"] == 100
+
+
+# --- batch-split independence -----------------------------------------------------------------
+
+SPLIT_CONFIG = {"allowed_lateness_s": 20, "detectors": {
+    "port_scan_vertical": {"window_s": 60, "hop_s": 20, "vertical_ports": 3, "suppress_s": 0},
+    "port_scan_horizontal": {"window_s": 90, "hop_s": 30, "horizontal_hosts": 3,
+                             "suppress_s": 120},
+    "brute_force": {"window_s": 60, "hop_s": 15, "min_sessions": 3, "suppress_s": 60}}}
+
+_event = st.fixed_dictionaries({
+    "src": st.sampled_from(["10.0.0.1", "10.0.0.2", "2001:db8::7"]),
+    "dst": st.sampled_from(["192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"]),
+    "dport": st.sampled_from([22, 80, 443, 445, 3389, 8080]),
+    "t": st.integers(0, 200_000).map(lambda ms: ms / 1000),
+    "state": st.sampled_from(["S0", "REJ", "HALF_OPEN", "SF", "FIN_SCAN"]),
+    "sport": st.integers(1024, 1100),
+    "dur": st.sampled_from([0.0, 2.0, 50.0]),
+    "observer": st.sampled_from(["s1", "s2"]),
+})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(noise=st.lists(_event, min_size=0, max_size=100),
+       attack_at=st.integers(0, 150),
+       jitter=st.lists(st.floats(0, 19.9), min_size=130, max_size=130),
+       cuts=st.lists(st.integers(0, 130), max_size=8))
+def test_alerts_do_not_depend_on_batch_splits(noise, attack_at, jitter, cuts) -> None:
+    # Random traffic plus a scan and a brute force at a random time, so alerts and
+    # suppressed repeats happen in (nearly) every example.
+    attack = vertical_scan(src="10.0.0.9", dst="192.0.2.9", ports=range(1, 6), t=attack_at,
+                           step=3.0)
+    attack += [dict(src="10.0.0.9", dst="192.0.2.8", dport=22, t=attack_at + 4 * i, dur=2.0,
+                    sport=2000 + i, state="SF") for i in range(5)]
+    events = noise + attack
+    # Arrival order: event time plus a delay below the allowed lateness (bounded disorder).
+    order = sorted(range(len(events)), key=lambda i: events[i]["t"] + jitter[i])
+    arrived = [events[i] for i in order]
+    whole, whole_stats = run(arrived, SPLIT_CONFIG)
+    assert {"cirtsa.scan.vertical", "cirtsa.brute_force.sessions"} <= {
+        a["rule"]["id"] for a in whole}
+    bounds = sorted({0, len(arrived), *[c for c in cuts if c < len(arrived)]})
+    batches = [flow_batch(arrived[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)]
+    split, split_stats = run(batches, SPLIT_CONFIG)
+    by_id = lambda alerts: sorted(alerts, key=lambda a: a["event"]["id"])  # noqa: E731
+    assert by_id(split) == by_id(whole)
+    assert split_stats["late_events"] == whole_stats["late_events"] == 0
+    for key in ("findings", "alerts_suppressed", "alerts_out"):
+        assert split_stats[key] == whole_stats[key]
+
+
+def test_one_event_per_batch_gives_the_same_alerts() -> None:
+    rows = sorted(_mixed_attack_rows() + _slow_continuous_scan(20, src="172.16.0.8"),
+                  key=lambda r: r["t"])
+    whole, _ = run(rows)
+    single, _ = run([flow_batch([r]) for r in rows])
+    assert len(whole) == 4
+    assert sorted(whole, key=lambda a: a["event"]["id"]) == sorted(
+        single, key=lambda a: a["event"]["id"])
+
+
+# --- alert identity, suppression, ECS ----------------------------------------------------------
+
+
+def _mixed_attack_rows() -> list[dict]:
+    rows = vertical_scan()
+    rows += [dict(src="10.0.0.1", dst=f"10.0.0.{i}", dport=23, t=5 + i * 0.01, state="REJ")
+             for i in range(2, 12)]
+    rows += [dict(src="192.168.56.1", dst="192.168.56.103", dport=22, t=10 + 6 * i, dur=4.0,
+                  sport=55470 + i, state="SF", src_payload=2600, dst_payload=2400)
+             for i in range(11)]
+    return rows
+
+
+def test_alert_ids_are_stable_and_distinct() -> None:
+    first, _ = run(_mixed_attack_rows())
+    again, _ = run(list(reversed(_mixed_attack_rows())))
+    assert sorted(a["rule"]["id"] for a in first) == [
+        "cirtsa.brute_force.sessions", "cirtsa.scan.horizontal", "cirtsa.scan.vertical"]
+    assert sorted(a["event"]["id"] for a in first) == sorted(a["event"]["id"] for a in again)
+    ids = [a["event"]["id"] for a in first]
+    assert len(set(ids)) == len(ids)
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+    assert alert_id("r", "k", 1) == alert_id("r", "k", 1)
+    assert len({alert_id("r", "k", 1), alert_id("r", "k", 2), alert_id("r", "k2", 1),
+                alert_id("r2", "k", 1), alert_id("r|k", "", 1)}) == 5
+
+
+def test_alerts_use_only_ecs_fields_and_event_time() -> None:
+    alerts, _ = run(_mixed_attack_rows())
+    for a in alerts:
+        assert_ecs(a)
+        assert a["event"]["kind"] == "alert"
+        assert a["event"]["category"] == ["network", "intrusion_detection"]
+        assert a["event"]["dataset"] == "cirtsa.alert"
+        assert a["rule"]["ruleset"] == "cirt-sa"
+        assert a["threat"]["framework"] == "MITRE ATT&CK"
+        assert a["@timestamp"].startswith("2023-11-14T")  # event time, never the wall clock
+        assert a["event"]["start"] <= a["event"]["end"] == a["@timestamp"]
+        assert a["message"] and a["source"]["ip"] in a["related"]["ip"]
+
+
+def _slow_continuous_scan(minutes: int, src: str = "192.168.2.154") -> list[dict]:
+    # One new failed port every 10 s against one host, for `minutes`.
+    return vertical_scan(src=src, ports=[1 + i % 60000 for i in range(minutes * 6)], step=10.0)
+
+
+def test_overlapping_windows_raise_one_alert_per_suppression_interval() -> None:
+    alerts, stats = run(_slow_continuous_scan(30))
+    vertical = [a for a in alerts if a["rule"]["id"] == "cirtsa.scan.vertical"]
+    assert len(vertical) == 1  # 30 min of scanning, suppress_s 3600
+    assert stats["findings"] == stats["alerts_out"] + stats["alerts_suppressed"]
+    assert stats["alerts_suppressed"] > 20  # every other hopping window qualified too
+
+
+def test_without_suppress_interval_alerted_windows_do_not_overlap() -> None:
+    config = config_with(port_scan_vertical={"suppress_s": 0})
+    alerts, _ = run(_slow_continuous_scan(30), config)
+    starts = sorted(np.datetime64(a["cirtsa"]["alert"]["window"]["start"][:-1])
+                    for a in alerts if a["rule"]["id"] == "cirtsa.scan.vertical")
+    assert len(starts) >= 5
+    gaps = np.diff(np.array(starts)).astype("timedelta64[s]").astype(int)
+    assert (gaps >= 300).all()  # window_s: a repeat never overlaps an alerted window
+
+
+# --- configuration and inputs ------------------------------------------------------------------
+
+
+def test_default_config_enables_every_documented_detector() -> None:
+    config = default_config()
+    assert config["allowed_lateness_s"] > 0
+    names = [type(d).__name__ for d in build_detectors(config)]
+    assert names == ["VerticalScanDetector", "HorizontalScanDetector", "BruteForceDetector"]
+
+
+def test_disabled_and_unknown_detectors() -> None:
+    engine = CorrelationEngine(config_with(brute_force={"enabled": False}))
+    assert [d.name for d in engine.detectors] == ["port_scan_vertical", "port_scan_horizontal"]
+    with pytest.raises(ValueError, match="unknown detector"):
+        CorrelationEngine(config_with(no_such_rule={"enabled": True}))
+
+
+def test_explicit_detector_list_overrides_config() -> None:
+    section = default_config()["detectors"]["port_scan_vertical"]
+    alerts, _ = run(_mixed_attack_rows(), detectors=[VerticalScanDetector(section)])
+    assert [a["rule"]["id"] for a in alerts] == ["cirtsa.scan.vertical"]
+
+
+def test_other_event_kinds_pass_through_and_advance_time() -> None:
+    engine = CorrelationEngine({})
+    engine.push(flow_batch(vertical_scan()))
+    n = 3
+    cols = {f.column: np.zeros(n, f.dtype) for f in DNS.fields}
+    for c in ("observer_name", "ingress_zone", "community_id", "qname"):
+        cols[c] = np.array(["x"] * n, dtype=object)
+    cols["answers"] = np.empty(n, dtype=object)
+    cols["answers"][:] = [[] for _ in range(n)]
+    cols["timestamp"][:] = int((BASE_T + 4000) * 1e9)
+    alerts = engine.push(EventBatch("dns", cols))
+    assert [a["rule"]["id"] for a in alerts] == ["cirtsa.scan.vertical"]
+    assert engine.stats["events_in"] == 10 + n
+
+
+def test_invalid_batch_is_rejected() -> None:
+    batch = flow_batch(vertical_scan())
+    batch.columns["dst_port"] = batch.columns["dst_port"].astype(np.int64)
+    with pytest.raises(SchemaError):
+        CorrelationEngine({}).push(batch)

@@ -1,0 +1,150 @@
+"""Property tests for the capture reader on hostile input: random bytes and mutated valid
+captures. Only CaptureError may escape; batches must be self-consistent and bounded by the
+file's size; a truncated file reads as a prefix of the whole one."""
+
+from __future__ import annotations
+
+import itertools
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sensors.pcap_reader import CaptureError, CaptureReader
+
+_PCAP_MAGICS = [b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d"]
+_SHB_START = b"\x0a\x0d\x0d\x0a"
+_MIN_RECORD = 12  # smallest pcap record header / pcapng block: bounds packets per byte
+_FUZZ = settings(max_examples=250, deadline=None, derandomize=True,
+                 suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _block(e: str, btype: int, body: bytes) -> bytes:
+    body += bytes(-len(body) % 4)
+    return struct.pack(e + "II", btype, len(body) + 12) + body + struct.pack(e + "I",
+                                                                               len(body) + 12)
+
+
+def _valid_pcap() -> bytes:
+    out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 96, 1)]
+    for i in range(6):
+        data = bytes(range(i, i + 40 + 7 * i))
+        out.append(struct.pack("<IIII", 1_700_000_000 + i, i, len(data), len(data) + i) + data)
+    return b"".join(out)
+
+
+def _valid_pcapng() -> bytes:
+    def section(e: str) -> bytes:
+        shb = _block(e, 0x0A0D0D0A, struct.pack(e + "IHHq", 0x1A2B3C4D, 1, 0, -1))
+        tsresol = struct.pack(e + "HH", 9, 1) + b"\x94\0\0\0" + bytes(4)  # 2^-20, endofopt
+        idbs = (_block(e, 1, struct.pack(e + "HHI", 1, 0, 0) + tsresol)
+                + _block(e, 1, struct.pack(e + "HHI", 101, 0, 64)))
+        epbs = b"".join(_block(e, 6, struct.pack(e + "IIIII", i % 2, 0, 1 << 20 | i, 30 + i,
+                                                 30 + i) + bytes(30 + i)) for i in range(3))
+        spb = _block(e, 3, struct.pack(e + "I", 50) + bytes(50))
+        unknown = _block(e, 0x0BAD, b"skip me")
+        return shb + idbs + epbs + unknown + spb
+    return section("<") + section(">")
+
+
+VALID = {"pcap": _valid_pcap(), "pcapng": _valid_pcapng()}
+_counter = itertools.count()
+
+
+def check_file(folder: Path, content: bytes,
+               batch_packets: int = 4) -> tuple[list[tuple], CaptureReader] | None:
+    """Read `content` as a capture and check every invariant; return the packets read and
+    the (closed) reader, or None when the file was rejected with CaptureError."""
+    path = folder / f"f{next(_counter)}.cap"  # a fresh name: never rewrite a mapped file
+    path.write_bytes(content)
+    size = len(content)
+    try:
+        reader = CaptureReader(path, batch_packets=batch_packets)
+    except CaptureError as exc:
+        text = str(exc)
+        assert "\n" not in text and text.startswith(f"{path}: ") and text.endswith(")")
+        assert 0 <= exc.offset <= size
+        return None
+    packets: list[tuple] = []
+    with reader:
+        for batch in reader.batches():
+            n = len(batch)
+            assert 0 < n <= batch_packets and batch.first_index == len(packets)
+            columns = (batch.offset, batch.caplen, batch.wirelen, batch.ts_ns, batch.linktype,
+                       batch.interface)
+            assert all(c.shape == (n,) for c in columns)
+            assert batch.data.shape == (size,) and batch.data.dtype == np.uint8
+            end = batch.offset.astype(np.int64) + batch.caplen
+            assert (batch.offset >= 0).all() and (end <= size).all()
+            # Memory per batch is bounded by the file: no packet without its own header bytes.
+            assert n * _MIN_RECORD <= size
+            assert sum(c.nbytes for c in columns) <= 3 * size
+            for i in range(n):
+                start = int(batch.offset[i])
+                packets.append((content[start:start + int(batch.caplen[i])],
+                                int(batch.ts_ns[i]), int(batch.wirelen[i]),
+                                int(batch.linktype[i]), int(batch.interface[i])))
+    assert reader.packets == len(packets)
+    if reader.damage is not None:
+        assert reader.damage.packets_before == len(packets)
+        assert 0 <= reader.damage.offset <= size and "\n" not in str(reader.damage)
+    assert all("\n" not in w and w.startswith(f"{path}: ") for w in reader.warnings)
+    return packets, reader
+
+
+@_FUZZ
+@given(prefix=st.sampled_from([b""] + _PCAP_MAGICS + [_SHB_START]),
+       body=st.binary(max_size=600), batch_packets=st.integers(1, 5))
+def test_random_bytes_only_capture_error(tmp_path: Path, prefix: bytes, body: bytes,
+                                         batch_packets: int) -> None:
+    check_file(tmp_path, prefix + body, batch_packets)
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> tuple[str, bytes]:
+    kind = draw(st.sampled_from(sorted(VALID)))
+    data = bytearray(VALID[kind])
+    for _ in range(draw(st.integers(1, 4))):
+        op = draw(st.sampled_from(["flip", "set", "insert", "delete", "truncate"]))
+        at = draw(st.integers(0, max(len(data) - 1, 0)))
+        if op == "flip" and data:
+            data[at] ^= 1 << draw(st.integers(0, 7))
+        elif op == "set" and data:  # extreme values make length fields implausible
+            data[at] = draw(st.sampled_from([0x00, 0xFF, 0x7F, 0x80]))
+        elif op == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=8))
+        elif op == "delete":
+            del data[at:at + draw(st.integers(1, 8))]
+        elif op == "truncate":
+            del data[at:]
+    return kind, bytes(data)
+
+
+@_FUZZ
+@given(case=mutated(), batch_packets=st.integers(1, 5))
+def test_mutated_captures_only_capture_error(tmp_path: Path, case: tuple[str, bytes],
+                                             batch_packets: int) -> None:
+    check_file(tmp_path, case[1], batch_packets)
+
+
+@pytest.mark.parametrize("kind", sorted(VALID))
+def test_every_truncation_reads_a_prefix(tmp_path: Path, kind: str) -> None:
+    """Cut the valid capture at every byte: either CaptureError (header cut) or a prefix of
+    the whole capture's packets; damage exactly when the cut is not at a record boundary."""
+    content = VALID[kind]
+    whole, reader = check_file(tmp_path, content)
+    assert reader.damage is None and len(whole) == (6 if kind == "pcap" else 8)
+    boundaries = set()
+    for cut in range(len(content) + 1):
+        result = check_file(tmp_path, content[:cut], batch_packets=3)
+        if result is None:
+            continue
+        got, reader = result
+        # SPBs carry no timestamp and take the last one seen: compare without it.
+        assert [p[:1] + p[2:] for p in got] == [p[:1] + p[2:] for p in whole[:len(got)]]
+        if reader.damage is None:
+            boundaries.add(cut)
+    assert len(content) in boundaries and len(boundaries) >= len(whole)
