@@ -22,57 +22,57 @@ as deterministic and batch-split independent as the windows themselves.
 
 from __future__ import annotations
 
-import copy
 import importlib
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
-import yaml
 
 from correlation.alerts import build_alert
 from correlation.detector import NS_PER_S, Detector, Finding, WindowRange
+from pipeline.config import deep_merge, load_config
 from pipeline.schema import EventBatch, validate_batch
 
+
 # Config section name under `correlation.detectors` -> "module:class". New detectors add a line.
-DETECTOR_CLASSES: dict[str, str] = {
-    "port_scan_vertical": "correlation.port_scan:VerticalScanDetector",
-    "port_scan_horizontal": "correlation.port_scan:HorizontalScanDetector",
-    "brute_force": "correlation.brute_force:BruteForceDetector",
-}
-
-DEFAULTS_PATH = Path(__file__).resolve().parents[1] / "pipeline" / "defaults.yaml"
-
-
 def default_config() -> dict:
-    """The `correlation` section of the packaged pipeline/defaults.yaml."""
-    with DEFAULTS_PATH.open() as f:
-        return yaml.safe_load(f)["correlation"]
+    """The `correlation` section of the embedded defaults (pipeline/config.py)."""
+    return load_config()["correlation"]
 
 
 def merge_config(base: Mapping, override: Mapping | None) -> dict:
     """Deep merge: mappings merge key by key, anything else in `override` replaces."""
-    out = copy.deepcopy(dict(base))
-    for k, v in (override or {}).items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = merge_config(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
+    return deep_merge(dict(base), dict(override or {}))
+
+
+def detector_class(name: str, section: Mapping) -> type[Detector]:
+    """The class a detector section names in its `detector: module:Class` key.
+
+    The topology is configuration (like Vector's components): a new detector is a module in
+    correlation/ plus a config section, with no registry to edit. Only classes inside the
+    correlation package that subclass Detector are accepted.
+    """
+    spec = section.get("detector")
+    if not isinstance(spec, str) or ":" not in spec:
+        raise ValueError(f"correlation.detectors.{name}: needs `detector: module:Class`")
+    module_name, class_name = spec.split(":", 1)
+    if not module_name.startswith("correlation."):
+        raise ValueError(f"correlation.detectors.{name}: {spec} is not in the correlation package")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"correlation.detectors.{name}: cannot load {spec}: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Detector)):
+        raise ValueError(f"correlation.detectors.{name}: {spec} is not a Detector")
+    return cls
 
 
 def build_detectors(config: Mapping) -> list[Detector]:
     """One detector per enabled section of `config["detectors"]`, in config order."""
     detectors: list[Detector] = []
     for name, section in (config.get("detectors") or {}).items():
-        if name not in DETECTOR_CLASSES:
-            raise ValueError(f"correlation.detectors.{name}: unknown detector "
-                             f"(known: {sorted(DETECTOR_CLASSES)})")
         if not section.get("enabled", True):
             continue
-        module_name, class_name = DETECTOR_CLASSES[name].split(":")
-        cls = getattr(importlib.import_module(module_name), class_name)
-        detectors.append(cls(section))
+        detectors.append(detector_class(name, section)(section))
     return detectors
 
 

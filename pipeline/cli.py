@@ -208,7 +208,20 @@ def build_parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", parents=[common], help="print the effective configuration",
                             description="Print the defaults merged with --config, as JSON.")
     config.set_defaults(func=cmd_config)
+    for module in _command_modules():
+        module.register(sub, common)
     return parser
+
+
+def _command_modules() -> list:
+    """Every module of pipeline.commands (each adds its own sub-commands), in name order."""
+    import importlib
+    import pkgutil
+
+    import pipeline.commands
+
+    names = sorted(m.name for m in pkgutil.iter_modules(pipeline.commands.__path__))
+    return [importlib.import_module(f"pipeline.commands.{name}") for name in names]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,9 @@
-"""Configuration: embedded defaults (pipeline/defaults.yaml) deep-merged with a user file."""
+"""Configuration: embedded defaults deep-merged with a user file.
+
+Defaults are `pipeline/defaults.yaml` plus every `pipeline/defaults.d/*.yaml` in name order
+(one file per component, e.g. a detector's thresholds), so components add their settings
+without editing a shared file.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from typing import Any
 import yaml
 
 DEFAULTS_PATH = Path(__file__).with_name("defaults.yaml")
+DEFAULTS_DIR = Path(__file__).with_name("defaults.d")
 
 
 class ConfigError(ValueError):
@@ -42,9 +48,17 @@ def _read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+def default_config() -> dict[str, Any]:
+    """The embedded defaults: defaults.yaml, then defaults.d/*.yaml in name order."""
+    config = _read_yaml(DEFAULTS_PATH)
+    for part in sorted(DEFAULTS_DIR.glob("*.yaml")):
+        config = deep_merge(config, _read_yaml(part))
+    return config
+
+
 def load_config(path: str | os.PathLike | None = None) -> dict[str, Any]:
     """Defaults, overridden by the YAML file at `path` when given."""
-    config = _read_yaml(DEFAULTS_PATH)
+    config = default_config()
     if path is not None:
         config = deep_merge(config, _read_yaml(path))
     return config

@@ -21,6 +21,7 @@ import numpy as np
 from sensors.packets import IP_DTYPE, ip_column_to_str
 
 SCHEMA_VERSION = 1
+ECS_VERSION = "8.17.0"
 
 OBJ = np.dtype(object)
 
@@ -31,7 +32,8 @@ class Field:
     dtype: np.dtype
     ecs: str  # dotted ECS path (or cirtsa.* for fields ECS does not define)
     doc: str
-    required: bool = True
+    to_ecs: Callable | None = None  # column value -> ECS value (after IP/time conversion)
+    omit_empty: bool = False  # leave the ECS field out when the value is 0 / "" / empty
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,9 @@ class EventKind:
     event_category: tuple[str, ...]
     event_type: tuple[str, ...]
     dataset: str  # event.dataset, e.g. "cirtsa.flow"
+    # Kind-specific derived ECS fields: finish(doc, row), row = this event's column values
+    # (addresses and times already as text).
+    finish: Callable[[dict, dict], None] | None = None
 
     def field(self, column: str) -> Field:
         for f in self.fields:
@@ -53,9 +58,45 @@ class EventKind:
         return tuple(f.column for f in self.fields)
 
 
-def _f(column: str, dtype, ecs: str, doc: str, required: bool = True) -> Field:
-    return Field(column, np.dtype(dtype), ecs, doc, required)
+def _f(column: str, dtype, ecs: str, doc: str, to_ecs: Callable | None = None,
+       omit_empty: bool = False) -> Field:
+    return Field(column, np.dtype(dtype), ecs, doc, to_ecs, omit_empty)
 
+
+# --- value vocabularies -----------------------------------------------------------------------
+
+TRANSPORT_NAMES = {1: "icmp", 2: "igmp", 6: "tcp", 17: "udp", 47: "gre", 50: "esp", 58: "ipv6-icmp",
+                   132: "sctp"}
+
+DNS_TYPE_NAMES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 10: "NULL", 12: "PTR", 13: "HINFO",
+                  15: "MX", 16: "TXT", 17: "RP", 18: "AFSDB", 24: "SIG", 25: "KEY", 28: "AAAA",
+                  29: "LOC", 33: "SRV", 35: "NAPTR", 39: "DNAME", 41: "OPT", 43: "DS",
+                  46: "RRSIG", 47: "NSEC", 48: "DNSKEY", 50: "NSEC3", 52: "TLSA", 64: "SVCB",
+                  65: "HTTPS", 99: "SPF", 249: "TKEY", 250: "TSIG", 251: "IXFR", 252: "AXFR",
+                  255: "ANY", 256: "URI", 257: "CAA"}
+DNS_CLASS_NAMES = {1: "IN", 3: "CH", 4: "HS", 254: "NONE", 255: "ANY"}
+DNS_RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP",
+                   5: "REFUSED", 6: "YXDOMAIN", 7: "YXRRSET", 8: "NXRRSET", 9: "NOTAUTH",
+                   10: "NOTZONE"}
+# Header flag bits as ECS lists them in dns.header_flags.
+DNS_FLAG_BITS = (("AA", 0x0400), ("TC", 0x0200), ("RD", 0x0100), ("RA", 0x0080),
+                 ("AD", 0x0020), ("CD", 0x0010))
+ARP_OPERATIONS = {1: "request", 2: "reply"}
+# login/ssh outcome column values (int8) -> ECS event.outcome
+OUTCOMES = {-1: "unknown", 0: "failure", 1: "success"}
+
+
+def dns_type_name(number: int) -> str:
+    return DNS_TYPE_NAMES.get(number, f"TYPE{number}")
+
+
+def mac_text(value: int) -> str:
+    """48-bit MAC in a uint64 -> ECS notation (RFC 7042: upper-case hex, hyphens)."""
+    raw = int(value).to_bytes(8, "big")[2:]
+    return "-".join(f"{b:02X}" for b in raw)
+
+
+# --- kinds -------------------------------------------------------------------------------------
 
 # Fields every event kind carries.
 COMMON = (
@@ -64,15 +105,40 @@ COMMON = (
     _f("ingress_zone", OBJ, "observer.ingress.zone", "segment/zone label of the sensor"),
 )
 
-ENDPOINTS = (
+# Address fields of IP-based kinds. ECS types network.iana_number and vlan.id as keywords.
+ADDRESSES = (
     _f("src_ip", IP_DTYPE, "source.ip", "originator address"),
     _f("dst_ip", IP_DTYPE, "destination.ip", "responder address"),
+)
+ENDPOINTS = ADDRESSES + (
     _f("src_port", np.uint16, "source.port", "originator port (ICMP: type)"),
     _f("dst_port", np.uint16, "destination.port", "responder port (ICMP: code)"),
-    _f("transport", np.uint8, "network.iana_number", "IANA protocol number"),
-    _f("vlan", np.uint16, "network.vlan.id", "802.1Q VLAN id, 0 when untagged"),
-    _f("community_id", OBJ, "network.community_id", "Community ID v1 flow hash"),
+    _f("transport", np.uint8, "network.iana_number", "IANA protocol number", to_ecs=str),
+    _f("vlan", np.uint16, "network.vlan.id", "802.1Q VLAN id, 0 when untagged", to_ecs=str,
+       omit_empty=True),
+    _f("community_id", OBJ, "network.community_id", "Community ID v1 flow hash",
+       omit_empty=True),
 )
+
+
+def _finish_ip(doc: dict, row: dict) -> None:
+    """network.transport and related.ip for kinds with ENDPOINTS."""
+    if "transport" in row:
+        t = row["transport"]
+        doc.setdefault("network", {})["transport"] = TRANSPORT_NAMES.get(t, str(t))
+    ips = {row[c] for c in ("src_ip", "dst_ip") if c in row}
+    doc["related"] = {"ip": sorted(ips)}
+
+
+def _finish_flow(doc: dict, row: dict) -> None:
+    _finish_ip(doc, row)
+    doc["event"]["start"] = doc["@timestamp"]
+    doc["event"]["duration"] = int(row["_end_ns"] - row["_timestamp_ns"])
+    src, dst = doc["source"], doc["destination"]
+    doc["network"]["packets"] = int(src["packets"] + dst["packets"])
+    doc["network"]["bytes"] = int(src["bytes"] + dst["bytes"])
+    doc["event"]["action"] = "network_flow"
+
 
 FLOW = EventKind(
     name="flow",
@@ -100,29 +166,245 @@ FLOW = EventKind(
     event_category=("network",),
     event_type=("connection", "end"),
     dataset="cirtsa.flow",
+    finish=_finish_flow,
 )
+
+
+def _finish_dns(doc: dict, row: dict) -> None:
+    _finish_ip(doc, row)
+    doc["network"]["protocol"] = "dns"
+    dns = doc["dns"]
+    if not row["is_response"]:
+        dns.pop("response_code", None)  # a query has no response code
+    answers = dns.get("answers") or []
+    resolved = [a["data"] for a in answers if a["type"] in ("A", "AAAA")]
+    if resolved:
+        dns["resolved_ip"] = resolved
+    if not answers:
+        dns.pop("answers", None)
+    doc["event"]["action"] = "dns_" + dns["type"]
+
 
 DNS = EventKind(
     name="dns",
     fields=COMMON
     + ENDPOINTS
     + (
-        _f("dns_id", np.uint16, "dns.id", "DNS transaction id"),
-        _f("is_response", np.bool_, "dns.type", "False: query, True: answer"),
+        _f("dns_id", np.uint16, "dns.id", "DNS transaction id", to_ecs=str),
+        _f("is_response", np.bool_, "dns.type", "False: query, True: answer",
+           to_ecs=lambda v: "answer" if v else "query"),
         _f("qname", OBJ, "dns.question.name", "queried name, lower case, no trailing dot"),
-        _f("qtype", np.uint16, "dns.question.type", "query type (RR type number)"),
-        _f("qclass", np.uint16, "dns.question.class", "query class (1 = IN)"),
-        _f("rcode", np.uint8, "dns.response_code", "response code (responses only)"),
-        _f("flags", np.uint16, "dns.header_flags", "DNS header flag bits (QR..CD)"),
+        _f("qtype", np.uint16, "dns.question.type", "query type (RR type number)",
+           to_ecs=dns_type_name),
+        _f("qclass", np.uint16, "dns.question.class", "query class (1 = IN)",
+           to_ecs=lambda v: DNS_CLASS_NAMES.get(v, f"CLASS{v}")),
+        _f("rcode", np.uint8, "dns.response_code", "response code (responses only)",
+           to_ecs=lambda v: DNS_RCODE_NAMES.get(v, f"RCODE{v}")),
+        _f("flags", np.uint16, "dns.header_flags", "DNS header flag bits (QR..CD)",
+           to_ecs=lambda v: [name for name, bit in DNS_FLAG_BITS if v & bit]),
         _f("answers", OBJ, "dns.answers",
            "list of {name, type, class, ttl, data} dicts (responses), else empty list"),
     ),
     event_category=("network",),
     event_type=("protocol", "info"),
     dataset="cirtsa.dns",
+    finish=_finish_dns,
 )
 
-KINDS: dict[str, EventKind] = {k.name: k for k in (FLOW, DNS)}
+
+def _finish_with(protocol: str, action: str) -> Callable[[dict, dict], None]:
+    def finish(doc: dict, row: dict) -> None:
+        _finish_ip(doc, row)
+        doc.setdefault("network", {})["protocol"] = protocol
+        doc["event"]["action"] = action
+    return finish
+
+
+HTTP = EventKind(
+    name="http",
+    fields=COMMON
+    + ENDPOINTS
+    + (
+        _f("method", OBJ, "http.request.method", "request method as sent (GET, POST ...)",
+           omit_empty=True),
+        _f("host", OBJ, "url.domain", "Host header, lower case, without port", omit_empty=True),
+        _f("uri", OBJ, "url.original", "request target as sent", omit_empty=True),
+        _f("version", OBJ, "http.version", "protocol version (1.0, 1.1)", omit_empty=True),
+        _f("user_agent", OBJ, "user_agent.original", "User-Agent header", omit_empty=True),
+        _f("referrer", OBJ, "http.request.referrer", "Referer header", omit_empty=True),
+        _f("status", np.uint16, "http.response.status_code", "status code, 0: no response seen",
+           omit_empty=True),
+        _f("request_body_bytes", np.int64, "http.request.body.bytes",
+           "request body bytes (Content-Length or counted), -1 unknown"),
+        _f("response_body_bytes", np.int64, "http.response.body.bytes",
+           "response body bytes (Content-Length or counted), -1 unknown"),
+        _f("response_mime_type", OBJ, "http.response.mime_type", "response Content-Type",
+           omit_empty=True),
+        _f("basic_auth_user", OBJ, "user.name",
+           "user of an Authorization: Basic header (never the password)", omit_empty=True),
+    ),
+    event_category=("network", "web"),
+    event_type=("protocol", "access"),
+    dataset="cirtsa.http",
+    finish=_finish_with("http", "http_request"),
+)
+
+TLS = EventKind(
+    name="tls",
+    fields=COMMON
+    + ENDPOINTS
+    + (
+        _f("version", OBJ, "tls.version", "negotiated version (1.0 ... 1.3), else offered",
+           omit_empty=True),
+        _f("server_name", OBJ, "tls.client.server_name", "SNI, lower case", omit_empty=True),
+        _f("client_alpn", OBJ, "cirtsa.tls.client.alpn", "ALPN protocols offered, list",
+           omit_empty=True),
+        _f("next_protocol", OBJ, "tls.next_protocol", "ALPN protocol chosen by the server",
+           omit_empty=True),
+        _f("cipher", OBJ, "tls.cipher", "cipher suite chosen (IANA name or 0x hex)",
+           omit_empty=True),
+        _f("ja3", OBJ, "tls.client.ja3", "JA3 MD5 of the ClientHello", omit_empty=True),
+        _f("ja4", OBJ, "cirtsa.tls.client.ja4", "JA4 of the ClientHello", omit_empty=True),
+        _f("ja3s", OBJ, "tls.server.ja3s", "JA3S MD5 of the ServerHello", omit_empty=True),
+        _f("cert_sha1", OBJ, "tls.server.hash.sha1",
+           "SHA1 of the server's leaf certificate (upper-case hex), when visible",
+           omit_empty=True),
+        _f("cert_subject", OBJ, "tls.server.subject", "leaf certificate subject DN",
+           omit_empty=True),
+        _f("cert_issuer", OBJ, "tls.server.issuer", "leaf certificate issuer DN",
+           omit_empty=True),
+        _f("established", np.bool_, "tls.established", "handshake completed"),
+    ),
+    event_category=("network",),
+    event_type=("protocol", "connection"),
+    dataset="cirtsa.tls",
+    finish=_finish_with("tls", "tls_handshake"),
+)
+
+SSH = EventKind(
+    name="ssh",
+    fields=COMMON
+    + ENDPOINTS
+    + (
+        _f("client_banner", OBJ, "cirtsa.ssh.client", "client identification string",
+           omit_empty=True),
+        _f("server_banner", OBJ, "cirtsa.ssh.server", "server identification string",
+           omit_empty=True),
+        _f("auth_attempts", np.uint16, "cirtsa.ssh.auth_attempts",
+           "authentication attempts inferred from packet sizes/directions"),
+        _f("auth_success", np.int8, "event.outcome",
+           "inferred outcome: 1 success, 0 failure, -1 unknown",
+           to_ecs=lambda v: OUTCOMES[int(v)]),
+    ),
+    event_category=("network", "authentication"),
+    event_type=("protocol", "info"),
+    dataset="cirtsa.ssh",
+    finish=_finish_with("ssh", "ssh_session"),
+)
+
+LOGIN = EventKind(
+    name="login",
+    fields=COMMON
+    + ENDPOINTS
+    + (
+        _f("service", OBJ, "cirtsa.login.service",
+           "ftp, telnet, smtp, pop3, imap, http (basic auth) ..."),
+        _f("user", OBJ, "user.name", "user name when sent in clear text (never the password)",
+           omit_empty=True),
+        _f("outcome", np.int8, "event.outcome", "1 success, 0 failure, -1 unknown",
+           to_ecs=lambda v: OUTCOMES[int(v)]),
+        _f("reply", OBJ, "cirtsa.login.reply", "server reply that decided the outcome",
+           omit_empty=True),
+    ),
+    event_category=("authentication",),
+    event_type=("start",),
+    dataset="cirtsa.login",
+    finish=_finish_with("login", "login_attempt"),
+)
+
+
+def _finish_arp(doc: dict, row: dict) -> None:
+    doc["related"] = {"ip": sorted({row["src_ip"], row["dst_ip"]})}
+    doc["network"] = {"type": "arp"} | ({"vlan": doc["network"]["vlan"]}
+                                        if "vlan" in doc.get("network", {}) else {})
+    doc["event"]["action"] = "arp_" + doc["cirtsa"]["arp"]["operation"]
+
+
+ARP = EventKind(
+    name="arp",
+    fields=COMMON
+    + ADDRESSES
+    + (
+        _f("vlan", np.uint16, "network.vlan.id", "802.1Q VLAN id, 0 when untagged", to_ecs=str,
+           omit_empty=True),
+        _f("operation", np.uint16, "cirtsa.arp.operation", "1 request (who-has), 2 reply (is-at)",
+           to_ecs=lambda v: ARP_OPERATIONS.get(v, str(v))),
+        _f("src_mac", np.uint64, "source.mac", "sender hardware address (48 bits)",
+           to_ecs=mac_text),
+        _f("dst_mac", np.uint64, "destination.mac", "target hardware address (48 bits)",
+           to_ecs=mac_text),
+        _f("eth_src_mac", np.uint64, "cirtsa.arp.eth_src_mac",
+           "Ethernet source address of the frame", to_ecs=mac_text),
+        _f("gratuitous", np.bool_, "cirtsa.arp.gratuitous",
+           "sender IP == target IP (announcement)"),
+    ),
+    event_category=("network",),
+    event_type=("protocol", "info"),
+    dataset="cirtsa.arp",
+    finish=_finish_arp,
+)
+
+ICMP = EventKind(
+    name="icmp",
+    fields=COMMON
+    + ADDRESSES
+    + (
+        _f("transport", np.uint8, "network.iana_number", "1 ICMP, 58 ICMPv6", to_ecs=str),
+        _f("vlan", np.uint16, "network.vlan.id", "802.1Q VLAN id, 0 when untagged", to_ecs=str,
+           omit_empty=True),
+        _f("community_id", OBJ, "network.community_id", "Community ID v1", omit_empty=True),
+        _f("icmp_type", np.uint8, "cirtsa.icmp.type", "ICMP type"),
+        _f("icmp_code", np.uint8, "cirtsa.icmp.code", "ICMP code"),
+        _f("echo_id", np.uint16, "cirtsa.icmp.echo_id", "echo identifier (echo types only)"),
+        _f("echo_seq", np.uint16, "cirtsa.icmp.echo_seq", "echo sequence (echo types only)"),
+        _f("payload_bytes", np.uint32, "cirtsa.icmp.payload_bytes", "ICMP payload bytes"),
+    ),
+    event_category=("network",),
+    event_type=("protocol", "info"),
+    dataset="cirtsa.icmp",
+    finish=_finish_with("icmp", "icmp_message"),
+)
+
+
+def _finish_ids_alert(doc: dict, row: dict) -> None:
+    _finish_ip(doc, row)
+    doc["event"]["kind"] = "alert"
+    doc["event"]["action"] = "external_alert"
+    doc["rule"]["ruleset"] = doc["observer"]["type"] = row["detector"]
+
+
+IDS_ALERT = EventKind(
+    name="ids_alert",
+    fields=COMMON
+    + ENDPOINTS
+    + (
+        _f("detector", OBJ, "observer.product", "external detector: suricata, zeek ..."),
+        _f("rule_id", OBJ, "rule.id", "signature id / notice type"),
+        _f("rule_name", OBJ, "rule.name", "signature message / notice name"),
+        _f("rule_category", OBJ, "rule.category", "signature class / category",
+           omit_empty=True),
+        _f("severity", np.uint8, "event.severity", "external severity mapped to 1 (high) .. 3+"),
+        _f("message", OBJ, "message", "the detector's own message", omit_empty=True),
+        _f("action", OBJ, "cirtsa.ids.action", "allowed, blocked, notice ...", omit_empty=True),
+    ),
+    event_category=("network", "intrusion_detection"),
+    event_type=("info",),
+    dataset="cirtsa.ids_alert",
+    finish=_finish_ids_alert,
+)
+
+KINDS: dict[str, EventKind] = {k.name: k for k in (FLOW, DNS, HTTP, TLS, SSH, LOGIN, ARP, ICMP,
+                                                   IDS_ALERT)}
 
 
 class SchemaError(ValueError):
@@ -187,29 +469,7 @@ def validate_batch(batch: EventBatch) -> None:
         raise SchemaError(f"{batch.kind}.timestamp: negative event time")
 
 
-# --- ECS JSON -------------------------------------------------------------------------------
-
-TRANSPORT_NAMES = {1: "icmp", 2: "igmp", 6: "tcp", 17: "udp", 47: "gre", 50: "esp", 58: "ipv6-icmp",
-                   132: "sctp"}
-
-DNS_TYPE_NAMES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 10: "NULL", 12: "PTR", 13: "HINFO",
-                  15: "MX", 16: "TXT", 17: "RP", 18: "AFSDB", 24: "SIG", 25: "KEY", 28: "AAAA",
-                  29: "LOC", 33: "SRV", 35: "NAPTR", 39: "DNAME", 41: "OPT", 43: "DS",
-                  46: "RRSIG", 47: "NSEC", 48: "DNSKEY", 50: "NSEC3", 52: "TLSA", 64: "SVCB",
-                  65: "HTTPS", 99: "SPF", 249: "TKEY", 250: "TSIG", 251: "IXFR", 252: "AXFR",
-                  255: "ANY", 256: "URI", 257: "CAA"}
-DNS_CLASS_NAMES = {1: "IN", 3: "CH", 4: "HS", 254: "NONE", 255: "ANY"}
-DNS_RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP",
-                   5: "REFUSED", 6: "YXDOMAIN", 7: "YXRRSET", 8: "NXRRSET", 9: "NOTAUTH",
-                   10: "NOTZONE"}
-# Header flag bits as ECS lists them in dns.header_flags.
-DNS_FLAG_BITS = (("AA", 0x0400), ("TC", 0x0200), ("RD", 0x0100), ("RA", 0x0080),
-                 ("AD", 0x0020), ("CD", 0x0010))
-
-
-def dns_type_name(number: int) -> str:
-    return DNS_TYPE_NAMES.get(number, f"TYPE{number}")
-
+# --- ECS JSON ---------------------------------------------------------------------------------
 
 def ns_to_iso(ns: int) -> str:
     """Nanoseconds since epoch -> RFC 3339 UTC with microseconds (what ES date parses)."""
@@ -226,42 +486,27 @@ def _set(doc: dict, path: str, value) -> None:
     node[parts[-1]] = value
 
 
-def _column_values(kind: EventKind, column: str, values: np.ndarray) -> list:
+def _column_values(f: Field, values: np.ndarray) -> list:
     """One column -> JSON-ready Python values (vectorized where the conversion allows)."""
-    f = kind.field(column)
     if f.dtype == IP_DTYPE:
         uniq, inverse = np.unique(values, return_inverse=True)
         text = ip_column_to_str(uniq)
         return [text[i] for i in inverse.ravel()]
-    if column in ("timestamp", "end"):
+    if f.ecs in ("@timestamp", "event.end"):
         return [ns_to_iso(v) for v in values.tolist()]
     return values.tolist()
-
-
-def _converters(kind: EventKind) -> dict[str, Callable]:
-    # ECS types network.iana_number and network.vlan.id as keywords.
-    conv: dict[str, Callable] = {"transport": str, "vlan": str}
-    if kind.name == "dns":
-        conv["is_response"] = lambda v: "answer" if v else "query"
-        conv["qtype"] = dns_type_name
-        conv["qclass"] = lambda v: DNS_CLASS_NAMES.get(v, f"CLASS{v}")
-        conv["dns_id"] = str  # ECS dns.id is a keyword
-        conv["flags"] = lambda v: [name for name, bit in DNS_FLAG_BITS if v & bit]
-        conv["rcode"] = lambda v: DNS_RCODE_NAMES.get(v, f"RCODE{v}")
-    return conv
 
 
 def batch_to_ecs(batch: EventBatch) -> list[dict]:
     """Columnar batch -> ECS JSON documents (one dict per event)."""
     kind = KINDS[batch.kind]
-    n = len(batch)
-    values = {c: _column_values(kind, c, batch.columns[c]) for c in kind.columns}
-    conv = _converters(kind)
+    values = {f.column: _column_values(f, batch.columns[f.column]) for f in kind.fields}
+    raw_times = {c: batch.columns[c].tolist() for c in ("timestamp", "end") if c in batch.columns}
     docs: list[dict] = []
-    for i in range(n):
+    for i in range(len(batch)):
         doc: dict = {
             "@timestamp": None,  # set from the timestamp column below; first for readability
-            "ecs": {"version": "8.17.0"},
+            "ecs": {"version": ECS_VERSION},
             "event": {
                 "kind": "event",
                 "category": list(kind.event_category),
@@ -270,34 +515,14 @@ def batch_to_ecs(batch: EventBatch) -> list[dict]:
                 "module": "cirtsa",
             },
         }
+        row = {c: v[i] for c, v in values.items()}
         for f in kind.fields:
-            v = values[f.column][i]
-            if not v and f.column in ("vlan", "community_id"):
-                continue  # untagged / not computed: leave the field out
-            if f.column == "rcode" and not values["is_response"][i]:
-                continue  # a query has no response code
-            if f.column in conv:
-                v = conv[f.column](v)
-            _set(doc, f.ecs, v)
-        transport = values["transport"][i]
-        doc["network"]["transport"] = TRANSPORT_NAMES.get(transport, str(transport))
-        doc["related"] = {"ip": sorted({doc["source"]["ip"], doc["destination"]["ip"]})}
-        if kind.name == "flow":
-            start, end = batch.columns["timestamp"][i], batch.columns["end"][i]
-            doc["event"]["start"] = doc["@timestamp"]
-            doc["event"]["duration"] = int(end - start)
-            src, dst = doc["source"], doc["destination"]
-            doc["network"]["packets"] = int(src["packets"] + dst["packets"])
-            doc["network"]["bytes"] = int(src["bytes"] + dst["bytes"])
-            doc["event"]["action"] = "network_flow"
-        elif kind.name == "dns":
-            doc["network"]["protocol"] = "dns"
-            answers = doc["dns"].get("answers", [])
-            resolved = [a["data"] for a in answers if a["type"] in ("A", "AAAA")]
-            if resolved:
-                doc["dns"]["resolved_ip"] = resolved
-            if not doc["dns"].get("answers"):
-                doc["dns"].pop("answers", None)
-            doc["event"]["action"] = "dns_" + doc["dns"]["type"]
+            v = row[f.column]
+            if f.omit_empty and not v:
+                continue
+            _set(doc, f.ecs, f.to_ecs(v) if f.to_ecs is not None else v)
+        if kind.finish is not None:
+            row.update({f"_{c}_ns": t[i] for c, t in raw_times.items()})
+            kind.finish(doc, row)
         docs.append(doc)
     return docs

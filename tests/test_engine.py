@@ -337,14 +337,21 @@ def test_default_config_enables_every_documented_detector() -> None:
     config = default_config()
     assert config["allowed_lateness_s"] > 0
     names = [type(d).__name__ for d in build_detectors(config)]
-    assert names == ["VerticalScanDetector", "HorizontalScanDetector", "BruteForceDetector"]
+    assert names[:3] == ["VerticalScanDetector", "HorizontalScanDetector", "BruteForceDetector"]
+    assert len(names) == len(config["detectors"])  # every section enabled by default
 
 
 def test_disabled_and_unknown_detectors() -> None:
     engine = CorrelationEngine(config_with(brute_force={"enabled": False}))
     assert [d.name for d in engine.detectors] == ["port_scan_vertical", "port_scan_horizontal"]
-    with pytest.raises(ValueError, match="unknown detector"):
+    with pytest.raises(ValueError, match="needs `detector: module:Class`"):
         CorrelationEngine(config_with(no_such_rule={"enabled": True}))
+    with pytest.raises(ValueError, match="not in the correlation package"):
+        CorrelationEngine(config_with(evil={"detector": "os:system"}))
+    with pytest.raises(ValueError, match="not a Detector"):
+        CorrelationEngine(config_with(odd={"detector": "correlation.alerts:build_alert"}))
+    with pytest.raises(ValueError, match="cannot load"):
+        CorrelationEngine(config_with(gone={"detector": "correlation.nope:Nope"}))
 
 
 def test_explicit_detector_list_overrides_config() -> None:
