@@ -174,14 +174,46 @@ CIRTSA_INCIDENT: dict[str, str] = {
     "cirtsa.incident.status_changed": "date",
     "cirtsa.incident.severity_label": "keyword",
 }
+# ECS fields whose type is not the one a column's dtype suggests.
+_ECS_TYPE_OVERRIDES = {"url.original": "wildcard", "message": "match_only_text"}
+
+
+def _schema_field_type(f) -> str:
+    """Elasticsearch type of an event-schema field, from its column dtype and converter."""
+    if f.ecs in _ECS_TYPE_OVERRIDES:
+        return _ECS_TYPE_OVERRIDES[f.ecs]
+    if f.dtype.kind == "V":
+        return "ip"
+    if f.ecs in ("@timestamp", "event.end"):
+        return "date"
+    if f.dtype.kind == "b":
+        # dns.type is a boolean column rendered as "query"/"answer"
+        return "keyword" if f.to_ecs is not None else "boolean"
+    if f.dtype.kind in "iu" and f.to_ecs is None:
+        return "long"
+    return "keyword"
+
+
+def _schema_event_fields() -> dict[str, str]:
+    """Every field the event kinds of pipeline/schema.py emit (derived, never hand-listed,
+    so a new kind or column is mapped the moment it exists). dns.answers is an object."""
+    fields: dict[str, str] = {}
+    for kind in KINDS.values():
+        for f in kind.fields:
+            if f.ecs == "dns.answers":
+                continue
+            fields[f.ecs] = _schema_field_type(f)
+    return fields
+
+
 CIRTSA_EVENT: dict[str, str] = {
-    "cirtsa.flow.src_payload_bytes": "long",
-    "cirtsa.flow.dst_payload_bytes": "long",
-    "cirtsa.flow.src_tcp_flags": "long",
-    "cirtsa.flow.dst_tcp_flags": "long",
-    "cirtsa.flow.conn_state": "keyword",
-    "cirtsa.flow.end_reason": "keyword",
+    path: es_type for path, es_type in _schema_event_fields().items()
+    if path.startswith("cirtsa.")
 }
+ECS_EVENT.update({
+    path: es_type for path, es_type in _schema_event_fields().items()
+    if not path.startswith("cirtsa.") and path not in ECS_COMMON
+})
 
 # --- body builders ---------------------------------------------------------------------
 
