@@ -37,6 +37,7 @@ import struct
 import numpy as np
 
 from pipeline.schema import DNS, DNS_CLASS_NAMES, EventBatch, dns_type_name
+from sensors.analyzer import Analyzer
 from sensors.community_id import community_id_column
 from sensors.packets import DecodedPackets
 
@@ -391,3 +392,11 @@ def _object_column(values: tuple) -> np.ndarray:
     for i, value in enumerate(values):
         out[i] = value
     return out
+
+
+class DnsAnalyzer(Analyzer):
+    """DNS over UDP/53 and single-segment TCP/53 (see `dns_events`)."""
+
+    def process(self, packets: DecodedPackets) -> list[EventBatch]:
+        batch = dns_events(packets, self.observer_name, self.ingress_zone, stats=self.stats)
+        return [batch] if batch is not None and len(batch) else []

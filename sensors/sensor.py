@@ -12,20 +12,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from pipeline.schema import EventBatch
+from sensors.analyzer import build_analyzers
 from sensors.decode import decode
-from sensors.dns import dns_events
 from sensors.flow_table import FlowTable
 from sensors.packets import PacketBatch
 from sensors.pcap_reader import CaptureDamage, CaptureReader
 
 
 class Sensor:
-    """Decode -> flow table + protocol parsers, for one capture point."""
+    """Decode -> flow table + the configured protocol analyzers, for one capture point."""
 
     def __init__(self, config: dict) -> None:
         self.observer_name = str(config.get("id", "sensor-1"))
         self.ingress_zone = str(config.get("zone", "default"))
         self.flow_table = FlowTable(config["flow"], self.observer_name, self.ingress_zone)
+        self.analyzers = build_analyzers(config.get("analyzers") or {}, self.observer_name,
+                                         self.ingress_zone)
         self.stats: Counter[str] = Counter()
 
     def process(self, batch: PacketBatch) -> list[EventBatch]:
@@ -36,22 +38,27 @@ class Sensor:
         for reason, count in decoded.weird.items():
             self.stats[f"weird.{reason}"] += count
         out: list[EventBatch] = []
-        dns_stats: dict[str, int] = {}
-        dns = dns_events(decoded, self.observer_name, self.ingress_zone, stats=dns_stats)
-        self.stats.update(dns_stats)
-        if dns is not None and len(dns):
-            out.append(dns)
+        for analyzer in self.analyzers:
+            out.extend(analyzer.process(decoded))
         flows = self.flow_table.update(decoded)
         if flows is not None and len(flows):
             out.append(flows)
         return out
 
     def flush(self) -> list[EventBatch]:
-        """End of input: every flow still open."""
+        """End of input: every flow still open, and what analyzers still hold."""
+        out: list[EventBatch] = []
+        for analyzer in self.analyzers:
+            out.extend(analyzer.flush())
         flows = self.flow_table.flush()
+        if flows is not None and len(flows):
+            out.append(flows)
         for key, value in self.flow_table.stats.items():
             self.stats[f"flow.{key}"] = value
-        return [flows] if flows is not None and len(flows) else []
+        for analyzer in self.analyzers:
+            for key, value in analyzer.stats.items():
+                self.stats[key] = value
+        return out
 
 
 @dataclass
