@@ -100,4 +100,15 @@ def build_alert(finding: Finding) -> dict:
         doc["cirtsa"].setdefault("observers", {})["zone"] = list(ev.zones)
     if observer:
         doc["observer"] = observer
+    if ev.ecs:
+        _merge(doc, ev.ecs)
     return doc
+
+
+def _merge(doc: dict, extra: dict) -> None:
+    """Deep-merge `extra` into `doc` (mappings merge key by key, other values replace)."""
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(doc.get(key), dict):
+            _merge(doc[key], value)
+        else:
+            doc[key] = value

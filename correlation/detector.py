@@ -154,6 +154,9 @@ class Evidence:
     related_ips: list[str] = field(default_factory=list)
     observers: list[str] = field(default_factory=list)
     zones: list[str] = field(default_factory=list)
+    # Further ECS fields of the alert (e.g. threat.indicator.* of an intel hit), merged
+    # into the document last; keys must be ECS fields or under cirtsa.*.
+    ecs: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -144,11 +144,34 @@ CIRTSA_COMMON: dict[str, str] = {
     "cirtsa.sector": "keyword",
     "cirtsa.schema_version": "keyword",
 }
+
+
+def lifecycle_fields(prefix: str) -> dict[str, str]:
+    """The analyst lifecycle of an alert or incident (correlation/lifecycle.py): the current
+    status, when it last changed, one timestamp per KPI milestone, and the history of every
+    change (an `object` array: Kibana/Lens can aggregate on it; a query combining two history
+    sub-fields may match across entries, which the KPI timestamps make unnecessary)."""
+    return {
+        f"{prefix}.status": "keyword",  # new / acknowledged / contained / repelled / false_positive
+        f"{prefix}.status_changed": "date",
+        f"{prefix}.analyst": "keyword",  # who made the last change
+        f"{prefix}.acknowledged_at": "date",  # time to acknowledge = this - @timestamp
+        f"{prefix}.contained_at": "date",  # time to contain (ITU KPI)
+        f"{prefix}.repelled_at": "date",  # "attacks repelled" (ITU KPI)
+        f"{prefix}.closed_at": "date",  # repelled or false_positive
+        f"{prefix}.history": "object",
+        f"{prefix}.history.status": "keyword",
+        f"{prefix}.history.from": "keyword",
+        f"{prefix}.history.analyst": "keyword",
+        f"{prefix}.history.at": "date",
+        f"{prefix}.history.note": "match_only_text",
+    }
+
+
 CIRTSA_ALERT: dict[str, str] = {
     "cirtsa.alert.key": "keyword",  # the grouping key the detector fired on
     "cirtsa.alert.window.start": "date",
     "cirtsa.alert.window.end": "date",
-    "cirtsa.alert.status": "keyword",  # new / acknowledged / contained / repelled / false_positive
     "cirtsa.alert.event_count": "long",
     "cirtsa.alert.severity_label": "keyword",
     "cirtsa.detector": "keyword",
@@ -161,9 +184,9 @@ CIRTSA_ALERT: dict[str, str] = {
     "cirtsa.evidence.first_seen": "date",
     "cirtsa.evidence.last_seen": "date",
 }
+CIRTSA_ALERT.update(lifecycle_fields("cirtsa.alert"))
 CIRTSA_INCIDENT: dict[str, str] = {
     "cirtsa.incident.id": "keyword",
-    "cirtsa.incident.status": "keyword",
     "cirtsa.incident.alert_ids": "keyword",
     "cirtsa.incident.alert_count": "long",
     "cirtsa.incident.rule_ids": "keyword",
@@ -171,9 +194,13 @@ CIRTSA_INCIDENT: dict[str, str] = {
     "cirtsa.incident.sensors": "keyword",
     "cirtsa.incident.first_seen": "date",
     "cirtsa.incident.last_seen": "date",
-    "cirtsa.incident.status_changed": "date",
     "cirtsa.incident.severity_label": "keyword",
+    "cirtsa.incident.attackers": "ip",  # correlation/incidents.py: source.ip of the members
+    "cirtsa.incident.victims": "ip",  # destination.ip of the members
+    "cirtsa.incident.segments": "keyword",  # observer.ingress.zone of the members
+    "cirtsa.incident.merged_into": "keyword",  # status merged: the surviving incident's id
 }
+CIRTSA_INCIDENT.update(lifecycle_fields("cirtsa.incident"))
 # ECS fields whose type is not the one a column's dtype suggests.
 _ECS_TYPE_OVERRIDES = {"url.original": "wildcard", "message": "match_only_text"}
 

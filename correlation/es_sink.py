@@ -26,7 +26,7 @@ from elastic_transport import TransportError
 from elasticsearch import Elasticsearch
 from elasticsearch.helpers import streaming_bulk
 
-from correlation.es_setup import ALERTS_ALIAS, INCIDENTS_ALIAS
+from correlation.es_setup import ALERTS_ALIAS, INCIDENTS_ALIAS, lifecycle_fields
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,22 @@ def _log_dead_letter(doc: dict, reason: str) -> None:
     log.warning("dead-lettered alert %s: %s", _event_id(doc), reason)
 
 
+# The analyst-owned keys under cirtsa.incident (status, history, contained_at, ...).
+_LIFECYCLE_KEYS = frozenset(path.split(".")[2] for path in lifecycle_fields("cirtsa.incident")
+                            if path.count(".") == 2)
+
+
+def _without_lifecycle(doc: dict) -> dict:
+    """The incident without its lifecycle fields (a shallow copy down to cirtsa.incident)."""
+    incident = (doc.get("cirtsa") or {}).get("incident")
+    if not isinstance(incident, dict) or not _LIFECYCLE_KEYS & incident.keys():
+        return doc
+    # status "merged" is the correlation's own (correlation/incidents.py): it must land.
+    kept = {k: v for k, v in incident.items()
+            if k not in _LIFECYCLE_KEYS or (k == "status" and v == "merged")}
+    return {**doc, "cirtsa": {**doc["cirtsa"], "incident": kept}}
+
+
 def _event_id(doc: dict) -> str | None:
     event = doc.get("event")
     value = event.get("id") if isinstance(event, dict) else None
@@ -117,6 +133,12 @@ class ElasticsearchSink:
     """Writes ECS alerts (op_type=create) and incidents (op_type=index, i.e. upsert) with
     `_id = event.id` through `elasticsearch.helpers.streaming_bulk`.
 
+    `preserve_lifecycle=True` (what `cirt-sa replay --es`, `es load` and the services use)
+    writes incidents as a partial update with upsert instead: the first write stores the
+    whole incident, later writes replace the correlation's fields but never the analyst's
+    lifecycle fields (`cirtsa.incident.status`, `.history`, `.contained_at`, ...), so a
+    re-run or an incident that grows does not reset an analyst's triage.
+
     Writes target the write aliases created by `correlation.es_setup.setup` with
     `require_alias=true`, so a write never auto-creates an index with guessed mappings.
     """
@@ -132,6 +154,7 @@ class ElasticsearchSink:
                  max_backoff_s: float = 30.0,
                  max_total_s: float = 300.0,
                  refresh: bool | str = False,
+                 preserve_lifecycle: bool = False,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
@@ -146,6 +169,7 @@ class ElasticsearchSink:
         self.max_backoff_s = max_backoff_s
         self.max_total_s = max_total_s
         self.refresh = refresh
+        self.preserve_lifecycle = preserve_lifecycle
         self._sleep = sleep
         self.totals = WriteResult()  # cumulative over the sink's life (metrics)
 
@@ -154,8 +178,10 @@ class ElasticsearchSink:
         return self._write(alerts, self.alerts_index, "create")
 
     def write_incidents(self, incidents: list[dict]) -> WriteResult:
-        """Upsert incidents by `event.id` (the latest state replaces the stored one)."""
-        return self._write(incidents, self.incidents_index, "index")
+        """Upsert incidents by `event.id` (the latest state replaces the stored one; with
+        `preserve_lifecycle`, except the analyst's lifecycle fields)."""
+        op_type = "update" if self.preserve_lifecycle else "index"
+        return self._write(incidents, self.incidents_index, op_type)
 
     # -- internals ---------------------------------------------------------------------
 
@@ -191,7 +217,14 @@ class ElasticsearchSink:
     def _actions(self, pending: list[tuple[str, dict]], index: str,
                  op_type: str) -> Iterator[dict]:
         for doc_id, doc in pending:
-            yield {"_op_type": op_type, "_index": index, "_id": doc_id, "_source": doc}
+            if op_type == "update":
+                # retry_on_conflict: an analyst's status change may land between ES's
+                # internal get and write of this partial update.
+                yield {"_op_type": "update", "_index": index, "_id": doc_id,
+                       "retry_on_conflict": 3, "doc": _without_lifecycle(doc),
+                       "upsert": doc}
+            else:
+                yield {"_op_type": op_type, "_index": index, "_id": doc_id, "_source": doc}
 
     def _bulk(self, pending: list[tuple[str, dict]], index: str,
               op_type: str) -> Iterable[tuple[bool, dict]]:

@@ -1,25 +1,83 @@
-"""The fusion stage (embedded form): validate sensor batches against the schema.
+"""The fusion stage: one picture from our sensors and the CIRT's Suricata and Zeek sensors.
 
-Valid batches go on to `sa.events`; an invalid one goes to `sa.deadletter` with the reason,
-and the stream goes on. Normalizing Suricata/Zeek input, de-duplication and enrichment
-extend this stage (see the fusion issue).
+Input: our sensor batches on `sa.sensor` (in-process EventBatches, or wire-encoded bytes
+from Kafka), and external records converted by fusion.adapters (Suricata EVE, Zeek).
+Transform: validate (our batches as whole batches; external input row by row, so one bad
+row never loses its batch), de-duplicate flows seen by several sensors, enrich with
+constituency and direction (a side structure, see fusion.enrich).
+Output: `sa.events` (EventBatch) and `sa.deadletter` (reason + original), counts in `stats`.
+
+The stage is synchronous and holds nothing back: every input batch's outputs are published
+before `on_batch` returns, so a Kafka service can feed it a batch and collect the outputs.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
 
+import numpy as np
+
+from fusion.adapters import AdapterResult
+from fusion.columns import Bounds
+from fusion.dedupe import FlowDeduplicator
+from fusion.enrich import Constituency, Enricher, Enrichment, enrich_docs
 from pipeline.bus import TOPIC_DEADLETTER, TOPIC_EVENTS, TOPIC_SENSOR, InMemoryBus
-from pipeline.schema import EventBatch, SchemaError, validate_batch
+from pipeline.schema import EventBatch, SchemaError, batch_to_ecs, validate_batch
+
+UNSPECIFIED_IP = "::"
+
+
+def fusion_settings(config: Mapping | None) -> dict:
+    """The `fusion` section of a full config (or the section itself), with defaults."""
+    config = dict(config or {})
+    if "fusion" in config:
+        return dict(config["fusion"] or {})
+    if "sensor" in config or "correlation" in config:  # a full config without a fusion part
+        return {}
+    return config
+
+
+def bounds_from(settings: Mapping) -> Bounds:
+    v = settings.get("validate") or {}
+    b = Bounds()
+    if v.get("min_time"):
+        b.min_time_ns = int(np.datetime64(str(v["min_time"]), "ns").astype(np.int64))
+    if v.get("max_time"):
+        b.max_time_ns = int(np.datetime64(str(v["max_time"]), "ns").astype(np.int64))
+    return b
+
+
+@dataclass
+class FusionSide:
+    """What fusion knows about a published batch beyond its columns (not on the wire)."""
+
+    enrichment: Enrichment | None
+    observers: dict[int, list[str]]
 
 
 class FusionStage:
-    def __init__(self, bus: InMemoryBus) -> None:
+    def __init__(self, bus: InMemoryBus, config: Mapping | None = None,
+                 enricher: Enricher | None = None) -> None:
         self.bus = bus
+        self.settings = fusion_settings(config)
         self.stats: Counter[str] = Counter()
+        dd = self.settings.get("dedupe") or {}
+        self.dedupe = FlowDeduplicator(
+            float(dd.get("tolerance_s", 5.0)), float(dd.get("retention_s", 600.0)),
+            int(dd.get("max_keys", 5_000_000))) if dd.get("enabled", True) else None
+        if enricher is None and self.settings.get("constituencies"):
+            enricher = Enricher.from_file(self.settings["constituencies"])
+        self.enricher = enricher
+        self.bounds = bounds_from(self.settings)
         bus.subscribe(TOPIC_SENSOR, self.on_batch)
 
+    # --- inputs -------------------------------------------------------------------------------
+
     def on_batch(self, batch: EventBatch) -> None:
+        """Our own sensor's batch: checked as a batch (the sensor builds whole columns, so a
+        failure is a bug or a damaged message, not one bad row)."""
         try:
             validate_batch(batch)
         except SchemaError as exc:
@@ -29,5 +87,69 @@ class FusionStage:
                 {"stage": "fusion", "reason": str(exc), "kind": batch.kind, "rows": len(batch)},
             )
             return
+        self._emit(batch)
+
+    def on_wire(self, data: bytes) -> None:
+        """A wire-encoded batch from Kafka (pipeline.wire); damaged -> dead letter."""
+        from pipeline.wire import WireError, decode
+
+        try:
+            batch = decode(data)
+        except WireError as exc:
+            self.stats["deadletter.wire"] += 1
+            self.bus.publish(TOPIC_DEADLETTER, {"stage": "fusion", "reason": str(exc),
+                                                "kind": None, "bytes": len(data)})
+            return
+        self.on_batch(batch)
+
+    def on_external(self, result: AdapterResult) -> None:
+        """Converted Suricata/Zeek records: rows were validated one by one by the adapter."""
+        self.stats["records.external"] += result.records
+        for reason, n in result.reasons.items():
+            self.stats[f"deadletter.{reason}"] += n
+        for key, n in result.unmapped.items():
+            self.stats[f"unmapped.{key}"] += n
+        for record in result.deadletter:
+            self.bus.publish(TOPIC_DEADLETTER, record)
+        for batch in result.batches:
+            self._emit(batch)
+
+    # --- transform ----------------------------------------------------------------------------
+
+    def _emit(self, batch: EventBatch) -> None:
+        observers: dict[int, list[str]] = {}
+        if self.dedupe is not None and batch.kind == "flow":
+            batch, observers = self.dedupe.filter(batch)
+            self.stats["dedupe.duplicates"] = self.dedupe.stats["duplicates"]
+            if not len(batch):
+                return
+        enrichment = self.enricher.enrich(batch) if self.enricher is not None else None
+        batch.fusion = FusionSide(enrichment, observers)  # side structure, not a column
         self.stats[f"events.{batch.kind}"] += len(batch)
         self.bus.publish(TOPIC_EVENTS, batch)
+
+    @property
+    def constituencies(self) -> list[Constituency]:
+        return self.enricher.constituencies if self.enricher is not None else []
+
+
+def fusion_docs(batch: EventBatch, constituencies=()) -> list[dict]:
+    """ECS documents of a published batch, with fusion's side fields (direction,
+    constituency, observers of de-duplicated flows)."""
+    docs = batch_to_ecs(batch)
+    side: FusionSide | None = getattr(batch, "fusion", None)
+    if side is not None:
+        enrichment = side.enrichment or Enrichment(np.empty(0), np.empty(0), np.empty(0))
+        if side.enrichment is None:
+            for i, names in side.observers.items():
+                docs[i].setdefault("cirtsa", {})["observers"] = {"name": list(names)}
+        else:
+            enrichment.observers = side.observers
+            enrich_docs(docs, enrichment, constituencies)
+    if batch.kind == "ids_alert":  # notices without a destination: '::' placeholder
+        for doc in docs:
+            if doc.get("destination", {}).get("ip") == UNSPECIFIED_IP:
+                doc.pop("destination")
+                doc["related"]["ip"] = [ip for ip in doc["related"]["ip"]
+                                        if ip != UNSPECIFIED_IP]
+    return docs

@@ -1,7 +1,9 @@
 """`cirt-sa` command line.
 
 Exit codes: 0 ok, 2 usage error (bad arguments or config), 3 input error (a capture could
-not be read, or was damaged: its events up to the damage are still written).
+not be read, or was damaged: its events up to the damage are still written), 4 output error
+(`replay --es`: Elasticsearch unreachable or refusing after the retry budget; the NDJSON file
+is still written, and re-running the replay completes the load without duplicates).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pipeline.schema import EventBatch, batch_to_ecs
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_INPUT = 3
+EXIT_OUTPUT = 4
 
 PROGRESS_MIN_BYTES = 20 * 1024 * 1024  # below this a file is done before a bar is worth drawing
 
@@ -121,6 +124,26 @@ def summarize(report: RunReport, out_path: str) -> str:
     return "\n".join(parts)
 
 
+def _beside(path: str, name: str) -> str:
+    """`name` in the folder of `path` (`<stem>.<name>` if `path` is already called that)."""
+    import os
+
+    folder, base = os.path.split(path)
+    if base == name:
+        name = f"{os.path.splitext(base)[0]}.{name}"
+    return os.path.join(folder, name)
+
+
+def summarize_incidents(incidents: list[dict], out_path: str) -> str:
+    """Incidents (alerts of one attacker/victim fused across rules and sensors), worst first."""
+    live = [i for i in incidents if i.get("cirtsa", {}).get("incident", {}).get("status")
+            != "merged"]
+    lines = [f"\n{len(live)} incident(s) in {out_path}"]
+    for doc in sorted(live, key=lambda d: -int(d["event"].get("severity", 0)))[:10]:
+        lines.append(f"  [{int(doc['event'].get('severity', 0)):>2}] {doc.get('message', '')}")
+    return "\n".join(lines)
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     config = _config(args)
     bar = ProgressBar() if _want_progress(args, args.files) else None
@@ -131,10 +154,49 @@ def cmd_replay(args: argparse.Namespace) -> int:
             bar.close()
     with NdjsonSink(args.out) as sink:
         sink.write(report.alerts)
+    from pipeline.commands.es import build_incidents
+
+    incidents = build_incidents(config, report.alerts)
+    incidents_out = args.incidents_out or _beside(args.out, "incidents.ndjson")
+    with NdjsonSink(incidents_out) as sink:
+        sink.write(incidents)
     _report_inputs(report)
     if not args.quiet:
         print(summarize(report, args.out))
+        print(summarize_incidents(incidents, incidents_out))
+    if args.es and _replay_to_es(args, config, report.alerts) != EXIT_OK:
+        return EXIT_OUTPUT  # the alerts did not reach Elasticsearch: the worse failure
     return EXIT_INPUT if report.input_errors else EXIT_OK
+
+
+def _replay_to_es(args: argparse.Namespace, config: dict, alerts: list[dict]) -> int:
+    """Set up Elasticsearch (idempotent) and write the alerts (+ incidents) through the sink."""
+    from pipeline.commands.es import (
+        OutputError,
+        build_incidents,
+        client_from,
+        deliver,
+        describe,
+        es_settings,
+        make_sink,
+        print_dead_letter,
+        setup_with_retry,
+    )
+
+    settings = es_settings(config)
+    client = client_from(args.es, settings, compat_plain_json=args.es_compat_plain_json or None,
+                         ca_certs=args.es_ca_certs)
+    try:
+        setup_with_retry(client, settings)
+        written, incidents = deliver(make_sink(client, settings, print_dead_letter), alerts,
+                                     build_incidents(config, alerts))
+    except OutputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_OUTPUT
+    if not args.quiet:
+        print(f"\n{describe(written, 'alerts')}; {describe(incidents, 'incidents')} -> "
+              "Elasticsearch")
+    return EXIT_OK
 
 
 def cmd_events(args: argparse.Namespace) -> int:
@@ -192,6 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("files", nargs="+", metavar="FILE", help="pcap or pcapng capture")
     replay.add_argument("--out", default="alerts.ndjson", help="alerts file (default: %(default)s)")
+    replay.add_argument("--incidents-out",
+                        help="incidents file: alerts fused by attacker/victim across rules and "
+                        "sensors (default: incidents.ndjson beside the alerts file)")
+    replay.add_argument("--es", metavar="URL",
+                        help="also write alerts (and incidents) to Elasticsearch at URL, after "
+                        "installing its templates; credentials from CIRTSA_ES_API_KEY or "
+                        "CIRTSA_ES_USER/CIRTSA_ES_PASSWORD (names set in the configuration)")
+    replay.add_argument("--es-compat-plain-json", action="store_true",
+                        help="plain application/json media types (OpenSearch-API test servers)")
+    replay.add_argument("--es-ca-certs", metavar="PEM", help="CA bundle for Elasticsearch TLS")
     replay.set_defaults(func=cmd_replay)
 
     events = sub.add_parser(

@@ -63,6 +63,8 @@ R_FIN, R_RST, R_IDLE, R_ACTIVE, R_EOF, R_EVICTED = range(6)
 # Zeek endpoint states
 INACTIVE, SYN_SENT, SYN_ACK_SENT, PARTIAL, ESTABLISHED, CLOSED, RESET = range(7)
 
+_FLUSH_CHUNK = 65536  # flows per flow_records call in flush()
+_GROW_HEADROOM = 65536  # slots above max_flows before growth falls back to exact sizes
 KEY_BYTES = 40  # vlan 2, transport 1, pad 1, lo ip 16, lo port 2, hi ip 16, hi port 2
 
 # Per-slot table columns. "lo"/"hi" are the canonical endpoints (smaller (ip, port) first);
@@ -253,13 +255,29 @@ class FlowTable:
         out.extend(self._evict())
         return self._to_batch(out)
 
+    def advance(self, now_ns: int) -> EventBatch | None:
+        """Move the clock to `now_ns` without packets and return the flows that ended.
+
+        For live capture on a quiet link, whose packet times are the wall clock: flows
+        still time out when no packet comes. The clock never moves backwards."""
+        if self._clock >= now_ns:
+            return None
+        clock = np.array([int(now_ns)], dtype=np.int64)
+        self._clock = int(now_ns)
+        return self._to_batch(self._expire(clock))
+
     def flush(self) -> EventBatch | None:
         """End of input: emit every remaining flow (end_reason "eof")."""
         slots = np.flatnonzero(self._live)
         rows = self._slot_rows(slots, R_EOF)
         self._release(slots)
         self._deadline = NEVER
-        return self._to_batch([rows])
+        self.stats["flows_live"] = 0
+        # Records are built a chunk at a time: flow_records' temporaries (Community ID
+        # buffers, text columns) for a full table of 1M flows at once cost ~0.8 GB.
+        n = rows["reason"].size
+        return concat_flows([self._to_batch([{k: v[i:i + _FLUSH_CHUNK] for k, v in rows.items()}])
+                             for i in range(0, n, _FLUSH_CHUNK)])
 
     # -- batch ingestion --
 
@@ -649,7 +667,10 @@ class FlowTable:
 
     def _grow(self, need: int) -> None:
         old = self._live.size
-        new = max(old * 2, old + need, 1024)
+        # Doubling, but not far past the bound: live flows never exceed max_flows plus one
+        # batch's new keys, so a full table of 1M flows needs ~1.1M slots, not 2M (a flood
+        # otherwise doubles the table's memory for nothing).
+        new = max(old + need, min(max(old * 2, 1024), self.max_flows + _GROW_HEADROOM))
         for name, col in self._cols.items():
             grown = np.zeros(new, dtype=col.dtype)
             grown[:old] = col

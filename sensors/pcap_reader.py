@@ -69,6 +69,7 @@ _ARANGE16 = np.arange(_PCAP_RECORD_HEADER_LEN, dtype=np.int64)
 _BLOCK_HEAD_LEN = 28  # type, length and the five 32-bit fields an EPB/PB starts with
 _ARANGE_BLOCK_HEAD = np.arange(_BLOCK_HEAD_LEN, dtype=np.int64)
 _ARANGE4 = np.arange(4, dtype=np.int64)
+_RELEASE_STEP = 64 * 1024 * 1024  # drop consumed pages of large files in steps of this
 
 
 class CaptureError(Exception):
@@ -611,6 +612,7 @@ class CaptureReader:
         self._view: memoryview | None = None
         self._source: _PcapSource | _PcapngSource | None = None
         self._data: np.ndarray | None = None
+        self._released = 0  # mapped bytes already dropped from the resident set
         try:
             self._open_buffer()
             self._source = self._open_source()
@@ -677,6 +679,23 @@ class CaptureReader:
             batch.first_index = self.packets
             self.packets += count
             yield batch
+            self._release_pages(int(batch.offset[-1]) if count else 0)
+
+    def _release_pages(self, upto: int) -> None:
+        """Drop the mapped pages before byte `upto` from this process's resident set once
+        their batch was processed: a multi-GB capture would otherwise count fully in the
+        RSS (file-backed, but it is what the memory bounds and OOM-killers watch). Safe for
+        batches still held elsewhere: the pages of a read-only file mapping are read again
+        from the file if touched."""
+        if self._map is None or not hasattr(self._map, "madvise"):
+            return
+        end = upto - upto % mmap.PAGESIZE
+        if end - self._released >= _RELEASE_STEP:
+            try:
+                self._map.madvise(mmap.MADV_DONTNEED, self._released, end - self._released)
+            except (OSError, ValueError):
+                return
+            self._released = end
 
     def close(self) -> None:
         """Release the file. The mapping itself lives on while batches still use it."""

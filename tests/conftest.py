@@ -82,3 +82,20 @@ def assert_ecs(doc: dict) -> None:
             names = {a["name"] for a in allowed}
             for v in values:
                 assert v in names, f"{path}={v!r} is not an allowed value {sorted(names)}"
+
+
+CORE_DETECTORS = ("port_scan_vertical", "port_scan_horizontal", "brute_force")
+
+
+@pytest.fixture
+def core_detectors_only(monkeypatch):
+    """Unit tests of the engine and of the first detectors count exact alerts: run them
+    with only those detectors enabled by default (others are tested in their own modules)."""
+    import copy
+
+    import correlation.engine as engine_module
+
+    full = engine_module.default_config()
+    core = {**full, "detectors": {k: v for k, v in full["detectors"].items()
+                                  if k in CORE_DETECTORS}}
+    monkeypatch.setattr(engine_module, "default_config", lambda: copy.deepcopy(core))

@@ -8,9 +8,12 @@ of ~2 s), plus benign look-alikes.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from correlation.brute_force import BruteForceDetector
 from correlation.engine import default_config
+
+pytestmark = pytest.mark.usefixtures("core_detectors_only")
 
 try:
     from test_engine import config_with, flow_batch, run

@@ -145,7 +145,7 @@ def test_events_are_ecs(tmp_path):
                  "--sensor-id", "lab-7", "--zone", "core"]) == 0
     docs = [json.loads(x) for x in out.read_text().splitlines()]
     datasets = {d["event"]["dataset"] for d in docs}
-    assert datasets == {"cirtsa.flow", "cirtsa.dns"}
+    assert {"cirtsa.flow", "cirtsa.dns", "cirtsa.http"} <= datasets
     for doc in docs:
         assert_ecs(doc)
         assert doc["observer"] == {"name": "lab-7", "ingress": {"zone": "core"}}
@@ -175,3 +175,17 @@ def test_bad_config_is_usage_error(tmp_path, capsys):
     code = main(["config", "--config", str(cfg)])
     assert code == 2
     assert "bad.yaml" in capsys.readouterr().err
+
+
+def test_replay_writes_incidents_beside_the_alerts(tmp_path):
+    captures = [REPO / "samples" / "port_scan.pcap", REPO / "samples" / "sshguess.pcap"]
+    out = tmp_path / "alerts.ndjson"
+    assert main(["replay", *map(str, captures), "--out", str(out), "--quiet"]) == 0
+    alerts = [json.loads(x) for x in out.read_text().splitlines()]
+    incidents = [json.loads(x) for x in (tmp_path / "incidents.ndjson").read_text().splitlines()]
+    assert incidents and len(incidents) <= len(alerts)
+    members = {aid for i in incidents for aid in i["cirtsa"]["incident"]["alert_ids"]}
+    assert members == {a["event"]["id"] for a in alerts}  # every alert is in an incident
+    for incident in incidents:
+        assert_ecs(incident)
+        assert incident["event"]["kind"] == "alert"

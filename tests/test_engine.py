@@ -21,6 +21,8 @@ from correlation.port_scan import VerticalScanDetector
 from pipeline.schema import DNS, FLOW, EventBatch, SchemaError, ns_to_iso, validate_batch
 from sensors.packets import IP_DTYPE, ip_to_bytes16
 
+pytestmark = pytest.mark.usefixtures("core_detectors_only")
+
 F, S, R, P, A, U = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 
 # label -> (orig flags, resp flags, orig packets, resp packets, orig payload, resp payload,

@@ -143,7 +143,7 @@ def test_round_trip_of_encoded_batches(kafka_config, tmp_path):
     path = shared_pcap("dns_tunneling/ndpi__dns-tunnel-iodine.pcap")
     batches = [b for _, evs in capture_events(path, load_config()["sensor"],
                                               CaptureResult(str(path))) for b in evs if len(b)]
-    assert {b.kind for b in batches} == {"dns", "flow"}
+    assert {"dns", "flow"} <= {b.kind for b in batches}  # the capture's bulk
     topic = unique("sa.sensor")
     ensure_topics(kafka_config, {topic: 2})
     with SpoolingProducer(kafka_config, tmp_path / "spool") as producer:

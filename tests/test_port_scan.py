@@ -16,6 +16,8 @@ import pytest
 
 from correlation.port_scan import failed_attempt_mask
 
+pytestmark = pytest.mark.usefixtures("core_detectors_only")
+
 try:
     from test_engine import STATES, config_with, flow_batch, run, vertical_scan
 except ImportError:  # tests/ imported as a package

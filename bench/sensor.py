@@ -1,0 +1,275 @@
+"""Sensor benchmark: pcap -> flow + protocol events on one core, against anchors.
+
+Measured in the same run, each pinned to CPU 0 (os.sched_setaffinity / taskset -c 0),
+median of --runs runs:
+- cirt-sa: sensors.pcap_reader.CaptureReader -> sensors.sensor.Sensor (decode, flow table
+  and every analyzer enabled in the configuration), all events materialized as columns;
+  in a child process so its peak RSS is its own;
+- argus:  `argus -r F -w out` then `ra -r out` (flow records, like ours);
+- tshark: `tshark -r F -T fields` with frame time, ip src/dst, tcp/udp ports, dns.qry.name,
+          http.host, tls SNI;
+- dpkt:   a decode loop Ethernet -> IP -> TCP/UDP building a flow dict (5-tuple -> packets,
+          bytes), the classic "Python pcap script";
+- scapy:  PcapReader iteration, on the first --scapy-slice packets only, extrapolated to the
+          whole file (marked "~" in the table).
+Inputs: the largest captures in ../shared/pcaps/large/ and a generated 2M-packet mixed
+capture (bench/gen_capture.py). Then the memory check: a generated 10M-packet
+spoofed-source SYN flood through the same Sensor, peak RSS reported (target < 500 MB).
+
+Usage: python bench/sensor.py [--runs 3] [--packets 2000000] [--flood 10000000]
+                              [--work DIR] [--write-doc]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+LARGE = REPO.parent / "shared" / "pcaps" / "large"
+TSHARK_FIELDS = ["frame.time_epoch", "ip.src", "ip.dst", "tcp.srcport", "tcp.dstport",
+                 "udp.srcport", "udp.dstport", "dns.qry.name", "http.host",
+                 "tls.handshake.extensions_server_name"]
+TARGETS = {"pps": 1_000_000, "argus": 10, "dpkt": 30, "tshark": 50, "flood_rss_mb": 500}
+
+
+def pin() -> None:
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {0})
+
+
+# --- measurements ------------------------------------------------------------------------
+
+def worker(path: str, config_path: str | None) -> dict:
+    """Child process: one timed pass of the whole Sensor over `path`."""
+    pin()
+    sys.path.insert(0, str(REPO))
+    from pipeline.config import load_config
+    from sensors.pcap_reader import CaptureReader
+    from sensors.sensor import Sensor
+
+    config = load_config(config_path)["sensor"]
+    sensor = Sensor(config)
+    events: dict[str, int] = {}
+    start = time.perf_counter()
+    with CaptureReader(path, batch_packets=int(config.get("batch_packets", 65536))) as reader:
+        for batch in reader.batches():
+            for out in sensor.process(batch):
+                events[out.kind] = events.get(out.kind, 0) + len(out)
+        packets = reader.packets
+    for out in sensor.flush():
+        events[out.kind] = events.get(out.kind, 0) + len(out)
+    seconds = time.perf_counter() - start
+    return {"packets": packets, "seconds": seconds, "events": events,
+            "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "flows_evicted": int(sensor.flow_table.stats.get("flows_evicted", 0))}
+
+
+def run_worker(path: Path, config_path: str | None = None) -> dict:
+    cmd = [sys.executable, __file__, "--worker", str(path)]
+    if config_path:
+        cmd += ["--config", config_path]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def timed(cmd: list[str], cwd: str | None = None) -> float:
+    start = time.perf_counter()
+    subprocess.run(["taskset", "-c", "0", *cmd], stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, check=True, cwd=cwd)
+    return time.perf_counter() - start
+
+
+def argus_seconds(path: Path, work: Path) -> float:
+    out = work / "argus.out"
+    out.unlink(missing_ok=True)
+    return timed(["argus", "-r", str(path), "-w", str(out)]) + timed(["ra", "-r", str(out)])
+
+
+def tshark_seconds(path: Path) -> float:
+    cmd = ["tshark", "-n", "-r", str(path), "-T", "fields"]
+    for name in TSHARK_FIELDS:
+        cmd += ["-e", name]
+    return timed(cmd)
+
+
+def dpkt_seconds(path: Path) -> float:
+    import dpkt
+
+    start = time.perf_counter()
+    flows: dict = {}
+    with open(path, "rb") as fh:
+        for _ts, buf in dpkt.pcap.Reader(fh):
+            eth = dpkt.ethernet.Ethernet(buf)
+            ip = eth.data
+            if not isinstance(ip, dpkt.ip.IP | dpkt.ip6.IP6):
+                continue
+            l4 = ip.data
+            ports = (l4.sport, l4.dport) if isinstance(l4, dpkt.tcp.TCP | dpkt.udp.UDP) else (0, 0)
+            key = (ip.src, ip.dst, ip.p, *ports)
+            entry = flows.get(key)
+            if entry is None:
+                flows[key] = [1, len(buf)]
+            else:
+                entry[0] += 1
+                entry[1] += len(buf)
+    return time.perf_counter() - start
+
+
+def scapy_seconds(path: Path, limit: int) -> tuple[float, int]:
+    """Seconds for the first `limit` packets and how many there were (fully dissected:
+    scapy.all registers the Ethernet/IP layers; without it frames stay Raw)."""
+    from scapy.all import PcapReader
+
+    start = time.perf_counter()
+    count = 0
+    with PcapReader(str(path)) as reader:
+        for _packet in reader:
+            count += 1
+            if count >= limit:
+                break
+    return time.perf_counter() - start, count
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+# --- the run -------------------------------------------------------------------------------
+
+def bench_file(path: Path, runs: int, work: Path, scapy_slice: int) -> dict:
+    results = [run_worker(path) for _ in range(runs)]
+    packets = results[0]["packets"]
+    row = {"file": path.name, "packets": packets, "events": results[0]["events"],
+           "cirtsa_s": median([r["seconds"] for r in results]),
+           "peak_rss_mb": max(r["maxrss_mb"] for r in results)}
+    row["cirtsa_pps"] = packets / row["cirtsa_s"]
+    if shutil.which("argus") and shutil.which("ra"):
+        row["argus_s"] = median([argus_seconds(path, work) for _ in range(runs)])
+    if shutil.which("tshark"):
+        row["tshark_s"] = median([tshark_seconds(path) for _ in range(runs)])
+    row["dpkt_s"] = median([dpkt_seconds(path) for _ in range(runs)])
+    scapy = [scapy_seconds(path, scapy_slice) for _ in range(runs)]
+    counted = scapy[0][1]
+    row["scapy_s"] = median([s for s, _ in scapy]) * packets / max(counted, 1)
+    row["scapy_extrapolated"] = counted < packets
+    return row
+
+
+def _anchor(row: dict, name: str) -> str:
+    if f"{name}_s" not in row:
+        return "n/a"
+    pps = row["packets"] / row[f"{name}_s"]
+    mark = "~" if name == "scapy" and row.get("scapy_extrapolated") else ""
+    return f"{mark}{pps:,.0f} ({row[f'{name}_s'] / row['cirtsa_s']:.1f}x)"
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| capture | packets | cirt-sa pkt/s | peak RSS MB | argus pkt/s (x) | "
+            "tshark pkt/s (x) | dpkt pkt/s (x) | scapy pkt/s (x) |")
+    lines = [head, "|" + "---|" * 8]
+    for r in rows:
+        cells = " | ".join(_anchor(r, name) for name in ("argus", "tshark", "dpkt", "scapy"))
+        lines.append(f"| {r['file']} | {r['packets']:,} | {r['cirtsa_pps']:,.0f} | "
+                     f"{r['peak_rss_mb']:.0f} | {cells} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="cirt-sa sensor benchmark")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--config", help="sensor config YAML laid over the defaults")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--packets", type=int, default=2_000_000, help="generated mixed capture")
+    parser.add_argument("--flood", type=int, default=10_000_000, help="SYN flood packets (0: skip)")
+    parser.add_argument("--flood-dport", type=int, default=443)
+    parser.add_argument("--large", type=int, default=2, help="how many of the largest captures")
+    parser.add_argument("--scapy-slice", type=int, default=100_000)
+    parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "cirtsa-bench"))
+    parser.add_argument("--write-doc", action="store_true",
+                        help="write the results into docs/performance.md (## Sensor)")
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.config)))
+        return 0
+    pin()
+    sys.path.insert(0, str(HERE))
+    import gen_capture
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    inputs = sorted(LARGE.glob("*.pcap*"), key=lambda p: p.stat().st_size,
+                    reverse=True)[:args.large] if LARGE.is_dir() else []
+    mixed = work / f"mixed-{args.packets}.pcap"
+    if not mixed.exists():
+        gen_capture.write_mixed(mixed, args.packets)
+    inputs.append(mixed)
+    rows = []
+    for path in inputs:
+        print(f"... {path.name}", file=sys.stderr)
+        rows.append(bench_file(path, args.runs, work, args.scapy_slice))
+    flood = None
+    if args.flood:
+        flood_path = work / f"flood-{args.flood}-{args.flood_dport}.pcap"
+        if not flood_path.exists():
+            gen_capture.write_flood(flood_path, args.flood, dport=args.flood_dport)
+        print(f"... {flood_path.name}", file=sys.stderr)
+        flood = run_worker(flood_path)
+        flood["file"] = flood_path.name
+    report = format_report(rows, flood, args)
+    print(report)
+    if args.write_doc:
+        write_doc(report)
+    return 0
+
+
+def format_report(rows: list[dict], flood: dict | None, args: argparse.Namespace) -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                if line.startswith("model name")), "?") if os.path.exists("/proc/cpuinfo") else "?"
+    parts = [f"Measured {time.strftime('%Y-%m-%d')} on {cpu}, one core (CPU 0), "
+             f"median of {args.runs} runs; ratios = anchor time / cirt-sa time "
+             f"(\"~\": extrapolated from the first {args.scapy_slice:,} packets).", "",
+             table(rows), ""]
+    for r in rows:
+        events = ", ".join(f"{n:,} {k}" for k, n in sorted(r["events"].items()))
+        parts.append(f"- {r['file']}: {events}")
+    if flood:
+        parts += ["", f"SYN flood ({flood['file']}): {flood['packets']:,} packets, "
+                  f"{flood['packets'] / flood['seconds']:,.0f} pkt/s, "
+                  f"{flood['flows_evicted']:,} flows evicted, peak RSS "
+                  f"{flood['maxrss_mb']:.0f} MB (target < {TARGETS['flood_rss_mb']} MB)"]
+    mixed = rows[-1]
+    parts += ["", "Targets (DESIGN.md §7) on the generated mixed capture: "
+              f"{mixed['cirtsa_pps']:,.0f} pkt/s (target {TARGETS['pps']:,})"
+              + "".join(f"; {name} {mixed[f'{name}_s'] / mixed['cirtsa_s']:.1f}x "
+                        f"(target {TARGETS[name]}x)" for name in ("argus", "dpkt", "tshark")
+                        if f"{name}_s" in mixed)]
+    return "\n".join(parts)
+
+
+def write_doc(report: str) -> None:
+    """Replace the body of `## Sensor` in docs/performance.md with the latest figures."""
+    doc = REPO / "docs" / "performance.md"
+    text = doc.read_text() if doc.exists() else "# Performance\n"
+    start_marker, end_marker = "<!-- bench/sensor.py results -->", "<!-- end bench/sensor.py -->"
+    block = f"{start_marker}\n{report}\n{end_marker}"
+    if start_marker in text and end_marker in text:
+        before, rest = text.split(start_marker, 1)
+        text = before + block + rest.split(end_marker, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n## Sensor\n\n" + block + "\n"
+    doc.write_text(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

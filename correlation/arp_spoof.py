@@ -1,0 +1,199 @@
+"""ARP spoofing (ARP cache poisoning) from "arp" events.
+
+An attacker in the middle (arpspoof, ettercap, bettercap) answers or announces the victim's
+or the gateway's IP address with its own MAC. What the wire shows:
+  cirtsa.arp.ip_conflict      one sender IP claimed by >= min_macs distinct sender MACs in
+                              the window (arpwatch's "flip flop"); key: the IP
+  cirtsa.arp.gateway_spoof    a configured gateway IP claimed by a MAC other than its
+                              configured one (or, when none is configured, by >= 2 MACs);
+                              key: the gateway IP
+  cirtsa.arp.gratuitous_storm one sender MAC sent >= min_gratuitous gratuitous ARPs
+                              (sender IP == target IP) in the window; key: the MAC
+ARP probes (sender IP 0.0.0.0, RFC 5227) claim nothing and are ignored. An ARP scan (one
+host asking for many addresses) is not spoofing: that is the sweep detector's business.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import partial
+
+import numpy as np
+
+from correlation.detector import (
+    Columns,
+    Detector,
+    Evidence,
+    Finding,
+    Groups,
+    InputSpec,
+    Rule,
+    WindowRange,
+    combine_codes,
+    distinct_per_group,
+    factorize_ip,
+    sorted_unique_text,
+)
+from pipeline.schema import EventBatch, mac_text
+from sensors.packets import ip_column_to_str, ip_to_bytes16
+
+_ATTACK = dict(tactic_id="TA0006", tactic_name="Credential Access",
+               technique_id="T1557.002",
+               technique_name="Adversary-in-the-Middle: ARP Cache Poisoning")
+
+CONFLICT_RULE = Rule(
+    id="cirtsa.arp.ip_conflict", name="ARP spoofing: one IP claimed by several MACs",
+    description="ARP packets from several hardware addresses claimed the same IP address "
+                "within the window (ARP cache poisoning or an address conflict).",
+    category="Adversary in the middle", severity=47, severity_label="medium",
+    risk_score=47.0, **_ATTACK)
+GATEWAY_RULE = Rule(
+    id="cirtsa.arp.gateway_spoof", name="ARP spoofing of a gateway",
+    description="A gateway's IP address was claimed by a hardware address other than the "
+                "gateway's own.",
+    category="Adversary in the middle", severity=73, severity_label="high",
+    risk_score=73.0, **_ATTACK)
+STORM_RULE = Rule(
+    id="cirtsa.arp.gratuitous_storm", name="Gratuitous ARP storm",
+    description="One hardware address sent many gratuitous ARP announcements within the "
+                "window.",
+    category="Adversary in the middle", severity=47, severity_label="medium",
+    risk_score=47.0, **_ATTACK)
+
+_COLUMNS = ("timestamp", "src_ip", "dst_ip", "operation", "src_mac", "eth_src_mac",
+            "gratuitous", "observer_name", "ingress_zone", "vlan")
+_ZERO_V4 = np.frombuffer(ip_to_bytes16("0.0.0.0"), dtype="V16")[0]
+
+
+def _mac_value(text: str) -> int:
+    return int(text.replace(":", "").replace("-", "").replace(".", ""), 16)
+
+
+class ArpSpoofDetector(Detector):
+    """IP conflicts, gateway spoofing and gratuitous storms per window (module doc)."""
+
+    name = "arp_spoof"
+    rules = (CONFLICT_RULE, GATEWAY_RULE, STORM_RULE)
+    inputs = (InputSpec("arp", _COLUMNS),)
+    threshold_keys = ("min_macs", "min_gratuitous")
+
+    def __init__(self, config: Mapping) -> None:
+        super().__init__(config)
+        self.min_macs = int(config["min_macs"])
+        self.min_gratuitous = int(config["min_gratuitous"])
+        self.gateways: dict[bytes, int | None] = {}
+        for gw in config.get("gateways") or []:
+            entry = {"ip": gw} if isinstance(gw, str) else dict(gw)
+            mac = entry.get("mac")
+            self.gateways[ip_to_bytes16(str(entry["ip"]))] = _mac_value(mac) if mac else None
+        self.max_sample = int(config.get("evidence_sample", 10))
+
+    def select(self, batch: EventBatch) -> np.ndarray:
+        c = batch.columns
+        return (c["src_ip"] != _ZERO_V4) & (c["src_mac"] != 0)
+
+    def detect(self, rows: Mapping[str, Columns], windows: WindowRange) -> list[Finding]:
+        cols = rows["arp"]
+        t = cols["timestamp"]
+        idx = np.flatnonzero(windows.row_mask(t))
+        if idx.size == 0:
+            return []
+        ip_code, ips = factorize_ip(cols["src_ip"][idx])
+        mac = cols["src_mac"][idx].astype(np.int64)
+        copy_rows, k = windows.assign(t[idx])
+        group, n_groups = combine_codes(k, ip_code[copy_rows])
+        macs = distinct_per_group(group, n_groups, _dense(mac)[copy_rows])
+        groups = Groups.of(group, n_groups)
+        gw_bytes = {ip.tobytes(): i for i, ip in enumerate(ips)}
+        gw_codes = {gw_bytes[b]: expected for b, expected in self.gateways.items()
+                    if b in gw_bytes}
+        group_ip = np.full(n_groups, -1, np.int64)
+        group_ip[group] = ip_code[copy_rows]
+        candidates = (macs >= min(self.min_macs, 2)) | np.isin(group_ip, list(gw_codes))
+        findings = []
+        for g in np.flatnonzero(candidates).tolist():  # one iteration per (window, IP) hit
+            members = groups.rows(g)
+            code = int(ip_code[copy_rows[members[0]]])
+            r = idx[copy_rows[members]]
+            rule = None
+            if code in gw_codes:
+                expected = gw_codes[code]
+                seen = set(cols["src_mac"][r].tolist())
+                if (expected is not None and seen - {expected}) or (
+                        expected is None and len(seen) >= 2):
+                    rule = GATEWAY_RULE
+            if rule is None and macs[g] >= self.min_macs:
+                rule = CONFLICT_RULE
+            if rule is None:
+                continue
+            w = int(k[members[0]])
+            ip = ip_column_to_str(ips[code:code + 1])[0]
+            findings.append(Finding(
+                rule=rule, key=ip, window_start=int(windows.spec.start(w)),
+                window_end=int(windows.spec.end(w)),
+                describe=partial(self._describe_conflict, cols, r, ip, gw_codes.get(code))))
+        # gratuitous storms per sender MAC
+        grat = np.flatnonzero(cols["gratuitous"][idx])
+        if grat.size:
+            mac_code = _dense(mac[grat])
+            copy_rows, k = windows.assign(t[idx[grat]])
+            group, n_groups = combine_codes(k, mac_code[copy_rows])
+            counts = np.bincount(group, minlength=n_groups)
+            groups = Groups.of(group, n_groups)
+            for g in np.flatnonzero(counts >= self.min_gratuitous).tolist():
+                members = groups.rows(g)
+                r = idx[grat[copy_rows[members]]]
+                w = int(k[members[0]])
+                findings.append(Finding(
+                    rule=STORM_RULE, key=mac_text(int(cols["src_mac"][r[0]])),
+                    window_start=int(windows.spec.start(w)), window_end=int(windows.spec.end(w)),
+                    describe=partial(self._describe_storm, cols, r)))
+        return findings
+
+    def _describe_conflict(self, cols: Columns, r: np.ndarray, ip: str,
+                           expected: int | None) -> Evidence:
+        times = cols["timestamp"][r]
+        order = np.argsort(times, kind="stable")
+        macs_in_order = []
+        for m in cols["src_mac"][r][order].tolist():
+            if m not in macs_in_order:
+                macs_in_order.append(m)
+        claims = {mac_text(m): int((cols["src_mac"][r] == m).sum()) for m in macs_in_order}
+        spoofers = [m for m in macs_in_order if expected is None or m != expected]
+        attacker_mac = spoofers[-1] if expected is None else spoofers[0]
+        # The IP the attacker's MAC uses for itself, when it also talks ARP under its own IP.
+        details = {"ip": ip, "macs": list(claims), "claims": claims,
+                   "replies": int((cols["operation"][r] == 2).sum()),
+                   "gratuitous": int(cols["gratuitous"][r].sum())}
+        if expected is not None:
+            details["expected_mac"] = mac_text(expected)
+        victims = ip_column_to_str(np.unique(cols["dst_ip"][r])[: self.max_sample])
+        first_seen, last_seen = int(times.min()), int(times.max())
+        return Evidence(
+            first_seen=first_seen, last_seen=last_seen, source_ip=ip,
+            related_ips=sorted({ip, *[v for v in victims if v != "0.0.0.0"]}),
+            observers=sorted_unique_text(cols["observer_name"][r]),
+            zones=sorted_unique_text(cols["ingress_zone"][r]), details=details,
+            ecs={"source": {"mac": mac_text(attacker_mac)}},
+            message=f"{ip} was claimed by {len(claims)} MACs ({', '.join(claims)})"
+                    + (f"; gateway MAC is {mac_text(expected)}" if expected is not None else ""))
+
+    def _describe_storm(self, cols: Columns, r: np.ndarray) -> Evidence:
+        times = cols["timestamp"][r]
+        mac = mac_text(int(cols["src_mac"][r[0]]))
+        _, ips = factorize_ip(cols["src_ip"][r])
+        announced = ip_column_to_str(ips[: self.max_sample])
+        span = (int(times.max()) - int(times.min())) / 1e9
+        return Evidence(
+            first_seen=int(times.min()), last_seen=int(times.max()), source_ip=announced[0],
+            related_ips=announced, observers=sorted_unique_text(cols["observer_name"][r]),
+            zones=sorted_unique_text(cols["ingress_zone"][r]),
+            details={"mac": mac, "gratuitous": int(r.size), "announced_ips": announced},
+            ecs={"source": {"mac": mac}},
+            message=f"{mac} sent {r.size} gratuitous ARPs for {', '.join(announced[:3])} "
+                    f"in {span:.1f} s")
+
+
+def _dense(values: np.ndarray) -> np.ndarray:
+    _, inverse = np.unique(values, return_inverse=True)
+    return inverse.reshape(-1).astype(np.int64)

@@ -1,0 +1,291 @@
+"""Beaconing (RITA-class): a host contacting the same peer or name at regular intervals.
+
+Malware implants call home on a timer (sleep + jitter), with requests of nearly the same
+size. Per (window, source, destination) from flows, and per (window, source, name) from DNS
+queries, TLS SNI and HTTP Host, the detector scores how regular the contacts are, in the
+spirit of RITA's beacon analysis (activecm/rita: Bowley skew and MADM of inter-connection
+intervals and of data sizes, a connection-count score, and a histogram score), with its own
+choices, all computed for every group at once over sorted numpy arrays:
+
+* timestamps are taken at one-second resolution and de-duplicated per group, so a burst
+  of parallel connections (a browser opening six) counts as one contact;
+* **ts_skew** = 1 - |Bowley skew| of the intervals ((Q1 + Q3 - 2 Q2) / (Q3 - Q1); 0 when
+  Q3 = Q1 or the median equals a quartile, as RITA does): symmetric jitter keeps it near 1;
+* **ts_madm** = 1 - MADM / median interval (median absolute deviation about the median,
+  relative, so one score serves a 2 s and a 1 h beacon; RITA uses a fixed 30 s): uniform
+  jitter of +-j of the interval scores about 1 - j/2, a Poisson process (browsing) ~0.3;
+* **hist** = 1 - coefficient of variation of the contact counts in `histogram_bins` equal
+  bins over the group's own active span: a steady caller fills the bins evenly, bursts do
+  not; a gap (beacon paused) costs one or two bins, not the whole score;
+* **count** = min(1, contacts / `ideal_connections`);
+* for flows (and HTTP request bodies) the data-size scores **ds_skew** and **ds_madm**
+  (Bowley skew and relative MADM of the bytes the source sent per connection).
+
+Score = mean of ts_score (mean of ts_skew, ts_madm, count), hist, and ds_score (mean of
+ds_skew, ds_madm) when sizes exist. The histogram is a third of the score because bursts
+(a page load: many contacts one second apart, then silence) look perfectly regular to the
+interval statistics; only the spread over time tells them from a timer. Groups with fewer
+than `min_connections` contacts are not scored. Severity low, medium at `medium_score` and above.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from correlation.detector import (
+    NS_PER_S,
+    Columns,
+    Detector,
+    Evidence,
+    Finding,
+    InputSpec,
+    Rule,
+    WindowRange,
+    combine_codes,
+    factorize_ip,
+)
+from correlation.network_common import (
+    GROUP_ADDRESSES,
+    IANA_UDP,
+    SEVERITY_LABELS,
+    WindowGroups,
+    one_ip,
+    scaled_rule,
+    seen_by,
+    span,
+)
+from pipeline.schema import EventBatch
+
+_C2 = ("TA0011", "Command and Control")
+
+
+def _rule(rid: str, name: str, what: str, tech: tuple[str, str]) -> Rule:
+    return Rule(id=rid, name=name, category="Command and control",
+                description=f"One source contacted {what} at regular intervals with regular "
+                            "sizes within the window (RITA-style beacon score).",
+                tactic_id=_C2[0], tactic_name=_C2[1], technique_id=tech[0],
+                technique_name=tech[1], severity=21, severity_label="low", risk_score=21.0)
+
+
+APP = ("T1071", "Application Layer Protocol")
+ENCRYPTED = ("T1573", "Encrypted Channel")
+FLOW_RULE = _rule("cirtsa.beacon.flow", "Beaconing connections", "one destination", APP)
+FLOW_TLS_RULE = _rule("cirtsa.beacon.flow_encrypted", "Beaconing encrypted connections",
+                      "one destination on a TLS port", ENCRYPTED)
+DNS_RULE = _rule("cirtsa.beacon.dns", "Beaconing DNS name", "one DNS name",
+                 ("T1071.004", "Application Layer Protocol: DNS"))
+HTTP_RULE = _rule("cirtsa.beacon.http", "Beaconing HTTP host", "one HTTP host",
+                  ("T1071.001", "Application Layer Protocol: Web Protocols"))
+TLS_RULE = _rule("cirtsa.beacon.tls", "Beaconing TLS server name", "one TLS server name",
+                 ENCRYPTED)
+
+TLS_PORTS = np.array([443, 465, 563, 636, 853, 989, 990, 992, 993, 994, 995, 5061, 8443],
+                     np.uint16)
+
+_BASE = ("timestamp", "src_ip", "observer_name", "ingress_zone")
+_FLOW_COLUMNS = _BASE + ("end", "dst_ip", "dst_port", "transport", "src_bytes")
+_DNS_COLUMNS = _BASE + ("qname",)
+_TLS_COLUMNS = _BASE + ("server_name", "dst_ip")
+_HTTP_COLUMNS = _BASE + ("host", "dst_ip", "request_body_bytes")
+
+# kind -> (name column or None for flows, size column or None)
+_SOURCES = {"flow": (None, "src_bytes"), "dns": ("qname", None),
+            "tls": ("server_name", None), "http": ("host", "request_body_bytes")}
+
+
+# --- vectorized robust statistics over groups ------------------------------------------------
+
+
+def _group_quantiles(group: np.ndarray, values: np.ndarray, n_groups: int,
+                     qs: tuple[float, ...]) -> list[np.ndarray]:
+    """Linear-interpolated quantiles of `values` per group (NaN for empty groups)."""
+    order = np.lexsort((values, group))
+    v = values[order].astype(np.float64)
+    counts = np.bincount(group, minlength=n_groups)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    out = []
+    for q in qs:
+        pos = starts + q * np.maximum(counts - 1, 0)
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.ceil(pos).astype(np.int64)
+        ok = counts > 0
+        res = np.full(n_groups, np.nan)
+        lo_ok, hi_ok = lo[ok], hi[ok]
+        frac = pos[ok] - lo_ok
+        res[ok] = v[lo_ok] * (1 - frac) + v[hi_ok] * frac
+        out.append(res)
+    return out
+
+
+def bowley_madm(group: np.ndarray, values: np.ndarray, n_groups: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per group: (Bowley skew, MADM, median) of values."""
+    q1, q2, q3 = _group_quantiles(group, values, n_groups, (0.25, 0.5, 0.75))
+    den = q3 - q1
+    valid = (den > 0) & (q2 != q1) & (q2 != q3)
+    skew = np.zeros(n_groups)
+    skew[valid] = (q1[valid] + q3[valid] - 2 * q2[valid]) / den[valid]
+    dev = np.abs(values - np.nan_to_num(q2)[group])
+    (madm,) = _group_quantiles(group, dev, n_groups, (0.5,))
+    return skew, np.nan_to_num(madm), np.nan_to_num(q2)
+
+
+def beacon_scores(group: np.ndarray, n_groups: int, times_ns: np.ndarray,
+                  sizes: np.ndarray | None, bins: int, ideal: int) -> dict[str, np.ndarray]:
+    """Per-group beacon score components (see module doc); `contacts` = distinct seconds."""
+    sec = times_ns // NS_PER_S
+    order = np.lexsort((sec, group))
+    g, s = group[order], sec[order]
+    first = np.ones(g.size, bool)
+    first[1:] = (g[1:] != g[:-1]) | (s[1:] != s[:-1])
+    g, s = g[first], s[first]  # one contact per group and second
+    contacts = np.bincount(g, minlength=n_groups)
+    same = g[1:] == g[:-1]
+    iv_group = g[1:][same]
+    intervals = (s[1:] - s[:-1])[same].astype(np.float64)
+    skew, madm, median = bowley_madm(iv_group, intervals, n_groups)
+    out = {"contacts": contacts, "median_interval_s": median,
+           "ts_skew": 1 - np.abs(skew),
+           "ts_madm": np.clip(1 - madm / np.maximum(median, 1.0), 0, 1),
+           "count": np.minimum(1.0, contacts / float(ideal))}
+    # histogram of contacts over each group's own active span
+    lo = np.full(n_groups, np.iinfo(np.int64).max)
+    hi = np.full(n_groups, np.iinfo(np.int64).min)
+    np.minimum.at(lo, g, s)
+    np.maximum.at(hi, g, s)
+    width = np.maximum((hi - lo + 1) / bins, 1e-9)
+    b = np.minimum(((s - lo[g]) / width[g]).astype(np.int64), bins - 1)
+    hist = np.bincount(g * bins + b, minlength=n_groups * bins).reshape(n_groups, bins)
+    mean = hist.mean(axis=1)
+    cv = np.divide(hist.std(axis=1), mean, out=np.full(n_groups, np.inf), where=mean > 0)
+    out["hist"] = np.clip(1 - cv, 0, 1)
+    out["ts_score"] = (out["ts_skew"] + out["ts_madm"] + out["count"]) / 3
+    parts = [out["ts_score"], out["hist"]]
+    if sizes is not None:
+        ds_skew, ds_madm, ds_median = bowley_madm(group, sizes.astype(np.float64), n_groups)
+        out["ds_skew"] = 1 - np.abs(ds_skew)
+        out["ds_madm"] = np.clip(1 - ds_madm / np.maximum(ds_median, 1.0), 0, 1)
+        out["ds_score"] = (out["ds_skew"] + out["ds_madm"]) / 2
+        out["median_bytes"] = ds_median
+        parts.append(out["ds_score"])
+    out["score"] = np.mean(parts, axis=0)
+    return out
+
+
+def _factorize_text(values: np.ndarray) -> np.ndarray:
+    _, codes = np.unique(values.astype(str), return_inverse=True)
+    return codes.reshape(-1).astype(np.int64)
+
+
+class BeaconDetector(Detector):
+    """Regular contacts per (source, destination) and per (source, name): score >= min_score."""
+
+    name = "beaconing"
+    rules = (FLOW_RULE, FLOW_TLS_RULE, DNS_RULE, HTTP_RULE, TLS_RULE)
+    inputs = (InputSpec("flow", _FLOW_COLUMNS), InputSpec("dns", _DNS_COLUMNS),
+              InputSpec("tls", _TLS_COLUMNS), InputSpec("http", _HTTP_COLUMNS))
+    threshold_keys = ("min_connections", "min_score", "medium_score", "histogram_bins",
+                      "ideal_connections")
+
+    def __init__(self, config: Mapping) -> None:
+        super().__init__(config)
+        self.min_connections = int(config["min_connections"])
+        self.min_score = float(config["min_score"])
+        self.medium_score = float(config["medium_score"])
+        self.bins = int(config["histogram_bins"])
+        self.ideal = int(config["ideal_connections"])
+        kinds = config.get("kinds", list(_SOURCES))
+        self.inputs = tuple(s for s in BeaconDetector.inputs if s.kind in kinds)
+
+    def select(self, batch: EventBatch) -> np.ndarray:
+        c = batch.columns
+        if batch.kind == "flow":
+            # answered TCP/UDP from the caller: a beacon gets its answer (scans are elsewhere)
+            return (((c["transport"] == 6) | (c["transport"] == IANA_UDP))
+                    & (c["dst_packets"] > 0) & ~GROUP_ADDRESSES.contains(c["dst_ip"]))
+        if batch.kind == "dns":
+            return ~c["is_response"] & (c["qname"] != "")
+        name_col = _SOURCES[batch.kind][0]
+        return c[name_col] != ""
+
+    def detect(self, rows: Mapping[str, Columns], windows: WindowRange) -> list[Finding]:
+        findings: list[Finding] = []
+        for kind, cols in rows.items():
+            findings += self._detect_kind(kind, cols, windows)
+        return findings
+
+    def _detect_kind(self, kind: str, cols: Columns, windows: WindowRange) -> list[Finding]:
+        t = cols["timestamp"]
+        idx = np.flatnonzero(windows.row_mask(t))
+        if idx.size < self.min_connections:
+            return []
+        name_col, size_col = _SOURCES[kind]
+        src, _ = factorize_ip(cols["src_ip"][idx])
+        if name_col is None:
+            other, _ = factorize_ip(cols["dst_ip"][idx])
+        else:
+            other = _factorize_text(cols[name_col][idx])
+        key, n_keys = combine_codes(src, other)
+        # necessary: enough rows over the whole range
+        keep = np.bincount(key, minlength=n_keys)[key] >= self.min_connections
+        idx, key = idx[keep], key[keep]
+        if idx.size == 0:
+            return []
+        wg = WindowGroups.of(windows, t, idx, key)
+        sizes = None
+        if size_col is not None:
+            sizes = np.maximum(cols[size_col][wg.idx].astype(np.float64), 0)
+        scores = beacon_scores(wg.group, wg.n_groups, t[wg.idx], sizes, self.bins, self.ideal)
+        hits = np.flatnonzero((scores["contacts"] >= self.min_connections)
+                              & (scores["score"] >= self.min_score))
+
+        def rule_of(g: int) -> Rule:
+            base = self._rule(kind, cols, wg, g)
+            if scores["score"][g] >= self.medium_score:
+                return scaled_rule(base, 47, SEVERITY_LABELS[47])
+            return base
+
+        def key_text(row: int) -> str:
+            other_text = (one_ip(cols["dst_ip"], row) if name_col is None
+                          else str(cols[name_col][row]))
+            return f"{one_ip(cols['src_ip'], row)}|{other_text}"
+
+        return wg.findings(hits, windows, rule_of, key_text,
+                           lambda r, g: self._describe(kind, cols, r, scores, g))
+
+    def _rule(self, kind: str, cols: Columns, wg: WindowGroups, g: int) -> Rule:
+        if kind == "flow":
+            row = int(wg.idx[np.argmax(wg.group == g)])
+            return FLOW_TLS_RULE if cols["dst_port"][row] in TLS_PORTS else FLOW_RULE
+        return {"dns": DNS_RULE, "http": HTTP_RULE, "tls": TLS_RULE}[kind]
+
+    def _describe(self, kind: str, cols: Columns, r: np.ndarray, scores: dict, g: int
+                  ) -> Evidence:
+        first, last = span(cols, r)
+        src = one_ip(cols["src_ip"], r[0])
+        details = {k: round(float(v[g]), 3) for k, v in scores.items()
+                   if k not in ("contacts",)}
+        details["contacts"] = int(scores["contacts"][g])
+        details["connections"] = int(r.size)
+        name_col = _SOURCES[kind][0]
+        dst_ip = port = None
+        if name_col is None:
+            dst_ip = one_ip(cols["dst_ip"], r[0])
+            ports = np.unique(cols["dst_port"][r])
+            port = int(ports[0]) if ports.size == 1 else None
+            details["ports"] = ports[:20].tolist()
+            what = dst_ip + (f":{port}" if port is not None else "")
+        else:
+            what = str(cols[name_col][r[0]])
+            details["name"] = what
+            if "dst_ip" in cols:
+                dst_ip = one_ip(cols["dst_ip"], r[0])
+        related = sorted({src} | ({dst_ip} if dst_ip else set()))
+        return Evidence(
+            first_seen=first, last_seen=last, source_ip=src, destination_ip=dst_ip,
+            destination_port=port, related_ips=related, details=details, **seen_by(cols, r),
+            message=f"{src} beacons to {what}: {details['contacts']} contacts every "
+                    f"~{details['median_interval_s']:.0f} s, score {details['score']:.2f}",
+        )

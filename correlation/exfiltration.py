@@ -1,0 +1,318 @@
+"""Exfiltration: outbound volume of internal hosts, large uploads, ICMP payload tunnels.
+
+"Internal" is configuration (`internal_networks`, CIDR list; default RFC 1918, CGNAT,
+ULA and link-local). Outbound = a flow whose originator is internal and whose responder is
+not (`destinations: any` counts every destination, for labs on one segment or loopback).
+
+* **Volume vs own baseline** (`exfil_volume`, tumbling windows): per internal host, bytes
+  it sent outbound in the window against an exponentially weighted moving average of its
+  previous windows (windows without traffic count as zero). Alerts when the host sent at
+  least `min_out_bytes`, at least `baseline_factor` times its baseline, and at least
+  `min_out_in_ratio` times what it received (uploads, not symmetric sessions), once it
+  has `min_history_windows` of history. State: one (ewma, first window, last window) per
+  host, at most `max_hosts` hosts (least recently active evicted first, counted).
+* **Large upload** (`exfil_upload`): per (internal source, destination) pair, payload bytes
+  sent in the window >= `min_upload_bytes` with out/in ratio >= `min_out_in_ratio`.
+* **ICMP tunnel** (`exfil_icmp`): per (source, destination), ICMP echo payload (both
+  directions) >= `min_payload_bytes` in the window at a mean payload per packet above
+  `max_normal_payload_bytes` (ping sends 56 bytes on Linux/macOS, 32 on Windows).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from correlation.detector import (
+    NS_PER_S,
+    Columns,
+    Detector,
+    Evidence,
+    Finding,
+    InputSpec,
+    Rule,
+    WindowRange,
+    combine_codes,
+    factorize_ip,
+)
+from correlation.network_common import (
+    Networks,
+    WindowGroups,
+    echo_flows,
+    one_ip,
+    sample_ips,
+    seen_by,
+    span,
+)
+from pipeline.schema import EventBatch
+
+_EXFIL = ("TA0010", "Exfiltration")
+_T1048 = ("T1048", "Exfiltration Over Alternative Protocol")
+
+
+def _rule(rid: str, name: str, description: str, tech=_T1048) -> Rule:
+    return Rule(id=rid, name=name, description=description, category="Exfiltration",
+                tactic_id=_EXFIL[0], tactic_name=_EXFIL[1], technique_id=tech[0],
+                technique_name=tech[1], severity=47, severity_label="medium",
+                risk_score=47.0)
+
+
+VOLUME_RULE = _rule("cirtsa.exfil.volume", "Outbound volume far above the host's baseline",
+                    "An internal host sent far more data out than it usually does, and much "
+                    "more than it received, within the window.")
+UPLOAD_RULE = _rule("cirtsa.exfil.upload", "Large upload",
+                    "An internal host uploaded a large amount of data to one destination "
+                    "within the window.")
+ICMP_RULE = _rule("cirtsa.exfil.icmp_tunnel", "ICMP tunnel / payload exfiltration",
+                  "ICMP echo messages between two hosts carried far more payload than ping "
+                  "does within the window.",
+                  ("T1048.003", "Exfiltration Over Alternative Protocol: Exfiltration Over "
+                                "Unencrypted Non-C2 Protocol"))
+
+DEFAULT_INTERNAL = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+                    "169.254.0.0/16", "fc00::/7", "fe80::/10")
+
+_COLUMNS = ("timestamp", "end", "src_ip", "dst_ip", "dst_port", "transport", "src_bytes",
+            "dst_bytes", "src_payload_bytes", "dst_payload_bytes", "observer_name",
+            "ingress_zone")
+_ICMP_COLUMNS = ("timestamp", "end", "src_ip", "dst_ip", "src_packets", "dst_packets",
+                 "src_payload_bytes", "dst_payload_bytes", "observer_name", "ingress_zone")
+
+
+class _OutboundDetector(Detector):
+    inputs = (InputSpec("flow", _COLUMNS),)
+
+    def __init__(self, config: Mapping) -> None:
+        super().__init__(config)
+        self.internal = Networks.of(config.get("internal_networks", DEFAULT_INTERNAL))
+        self.any_destination = str(config.get("destinations", "external")) == "any"
+        self.min_ratio = float(config["min_out_in_ratio"])
+        self.max_sample = int(config.get("evidence_sample", 20))
+
+    def select(self, batch: EventBatch) -> np.ndarray:
+        c = batch.columns
+        outbound = self.internal.contains(c["src_ip"])
+        if not self.any_destination:
+            outbound &= ~self.internal.contains(c["dst_ip"])
+        return outbound & (c["src_payload_bytes"] > 0)
+
+
+class UploadDetector(_OutboundDetector):
+    """Payload sent per (internal source, destination) >= min_upload_bytes, ratio-gated."""
+
+    name = "exfil_upload"
+    rules = (UPLOAD_RULE,)
+    threshold_keys = ("min_upload_bytes", "min_out_in_ratio")
+
+    def __init__(self, config: Mapping) -> None:
+        super().__init__(config)
+        self.min_bytes = float(config["min_upload_bytes"])
+
+    def detect(self, rows: Mapping[str, Columns], windows: WindowRange) -> list[Finding]:
+        cols = rows["flow"]
+        t = cols["timestamp"]
+        idx = np.flatnonzero(windows.row_mask(t))
+        if idx.size == 0:
+            return []
+        out = cols["src_payload_bytes"].astype(np.float64)
+        if out[idx].sum() < self.min_bytes:
+            return []
+        src, _ = factorize_ip(cols["src_ip"][idx])
+        dst, _ = factorize_ip(cols["dst_ip"][idx])
+        pair, n_pairs = combine_codes(src, dst)
+        keep = np.bincount(pair, weights=out[idx], minlength=n_pairs)[pair] >= self.min_bytes
+        idx, pair = idx[keep], pair[keep]
+        if idx.size == 0:
+            return []
+        wg = WindowGroups.of(windows, t, idx, pair)
+        sent = wg.sum(out)
+        received = wg.sum(cols["dst_payload_bytes"])
+        hits = np.flatnonzero((sent >= self.min_bytes)
+                              & (sent >= self.min_ratio * received))
+        return wg.findings(hits, windows, lambda g: self.rules[0],
+                           lambda row: f"{one_ip(cols['src_ip'], row)}|"
+                                       f"{one_ip(cols['dst_ip'], row)}",
+                           lambda r, g: self._describe(cols, r))
+
+    def _describe(self, cols: Columns, r: np.ndarray) -> Evidence:
+        first, last = span(cols, r)
+        src, dst = one_ip(cols["src_ip"], r[0]), one_ip(cols["dst_ip"], r[0])
+        sent = int(cols["src_payload_bytes"][r].sum())
+        received = int(cols["dst_payload_bytes"][r].sum())
+        ports = np.unique(cols["dst_port"][r])
+        return Evidence(
+            first_seen=first, last_seen=last, source_ip=src, destination_ip=dst,
+            destination_port=int(ports[0]) if ports.size == 1 else None,
+            related_ips=sorted({src, dst}), **seen_by(cols, r),
+            details={"bytes_out": sent, "bytes_in": received, "flows": int(r.size),
+                     "out_in_ratio": round(sent / max(received, 1), 2),
+                     "ports": ports[:20].tolist()},
+            message=f"{src} uploaded {sent:,} bytes to {dst} "
+                    f"in {(last - first) / NS_PER_S:.0f} s",
+        )
+
+
+class VolumeBaselineDetector(_OutboundDetector):
+    """Per internal host: outbound bytes per window vs its own EWMA baseline."""
+
+    name = "exfil_volume"
+    rules = (VOLUME_RULE,)
+    threshold_keys = ("min_out_bytes", "baseline_factor", "min_out_in_ratio",
+                      "min_history_windows", "ewma_alpha", "max_hosts")
+
+    def __init__(self, config: Mapping) -> None:
+        super().__init__(config)
+        if self.window.hop_ns != self.window.size_ns:
+            raise ValueError("correlation.detectors.exfil_volume: needs tumbling windows "
+                             "(hop_s == window_s): each window updates the baseline once")
+        self.min_bytes = float(config["min_out_bytes"])
+        self.factor = float(config["baseline_factor"])
+        self.min_history = int(config["min_history_windows"])
+        self.alpha = float(config["ewma_alpha"])
+        self.max_hosts = int(config["max_hosts"])
+        # host (16 bytes) -> [ewma, first window, last window]: bounded by max_hosts
+        self.baseline: dict[bytes, list] = {}
+        self.stats = {"hosts_evicted": 0}
+
+    def detect(self, rows: Mapping[str, Columns], windows: WindowRange) -> list[Finding]:
+        cols = rows["flow"]
+        t = cols["timestamp"]
+        idx = np.flatnonzero(windows.row_mask(t))
+        if idx.size == 0:
+            return []
+        host, hosts = factorize_ip(cols["src_ip"][idx])
+        wg = WindowGroups.of(windows, t, idx, host)
+        if wg.n_groups == 0:
+            return []
+        sent = wg.sum(cols["src_bytes"])
+        received = wg.sum(cols["dst_bytes"])
+        # (window, host) of each group: groups are dense over sorted (k, host) pairs
+        group_k = np.zeros(wg.n_groups, np.int64)
+        group_host = np.zeros(wg.n_groups, np.int64)
+        group_k[wg.group] = wg.k
+        full_host = np.zeros(t.shape[0], np.int64)
+        full_host[idx] = host
+        group_host[wg.group] = full_host[wg.idx]
+        baseline = np.zeros(wg.n_groups)
+        history = np.zeros(wg.n_groups, np.int64)
+        raw = np.ascontiguousarray(hosts).view(np.uint8).reshape(-1, 16)
+        # one dict operation per (window, host): the state update is inherently per host
+        for g in np.lexsort((group_host, group_k)).tolist():
+            k = int(group_k[g])
+            name = raw[group_host[g]].tobytes()
+            entry = self.baseline.get(name)
+            if entry is None:
+                entry = self.baseline[name] = [0.0, k, k - 1]
+            ewma = entry[0] * (1 - self.alpha) ** max(k - entry[2] - 1, 0)  # silent windows
+            baseline[g], history[g] = ewma, k - entry[1]
+            entry[0] = self.alpha * sent[g] + (1 - self.alpha) * ewma
+            entry[2] = k
+        self._bound()
+        hits = np.flatnonzero((sent >= self.min_bytes) & (history >= self.min_history)
+                              & (sent >= self.factor * np.maximum(baseline, 1.0))
+                              & (sent >= self.min_ratio * received))
+        return wg.findings(hits, windows, lambda g: self.rules[0],
+                           lambda row: one_ip(cols["src_ip"], row),
+                           lambda r, g: self._describe(cols, r, float(baseline[g]),
+                                                       int(history[g])))
+
+    def _bound(self) -> None:
+        excess = len(self.baseline) - self.max_hosts
+        if excess > 0:
+            stale = sorted(self.baseline.items(), key=lambda kv: kv[1][2])[:excess]
+            for name, _ in stale:
+                del self.baseline[name]
+            self.stats["hosts_evicted"] += excess
+
+    def _describe(self, cols: Columns, r: np.ndarray, baseline: float, history: int
+                  ) -> Evidence:
+        first, last = span(cols, r)
+        src = one_ip(cols["src_ip"], r[0])
+        sent = int(cols["src_bytes"][r].sum())
+        received = int(cols["dst_bytes"][r].sum())
+        n_dst, dsts = sample_ips(cols["dst_ip"][r], self.max_sample)
+        return Evidence(
+            first_seen=first, last_seen=last, source_ip=src,
+            related_ips=[src] + [d for d in dsts if d != src], **seen_by(cols, r),
+            details={"bytes_out": sent, "bytes_in": received,
+                     "out_in_ratio": round(sent / max(received, 1), 2),
+                     "baseline_bytes": round(baseline, 1), "history_windows": history,
+                     "distinct_destinations": n_dst, "destinations": dsts},
+            message=f"{src} sent {sent:,} bytes out, {sent / max(baseline, 1.0):.0f}x its "
+                    f"baseline of {baseline:,.0f}",
+        )
+
+
+class IcmpTunnelDetector(Detector):
+    """ICMP echo payload per (source, destination) >= min_payload_bytes at a large mean size."""
+
+    name = "exfil_icmp"
+    rules = (ICMP_RULE,)
+    inputs = (InputSpec("flow", _ICMP_COLUMNS),)
+    threshold_keys = ("min_payload_bytes", "max_normal_payload_bytes")
+
+    def __init__(self, config: Mapping) -> None:
+        super().__init__(config)
+        self.min_bytes = float(config["min_payload_bytes"])
+        self.normal = float(config["max_normal_payload_bytes"])
+
+    def select(self, batch: EventBatch) -> np.ndarray:
+        c = batch.columns
+        return echo_flows(c) & ((c["src_payload_bytes"] + c["dst_payload_bytes"]) > 0)
+
+    def detect(self, rows: Mapping[str, Columns], windows: WindowRange) -> list[Finding]:
+        cols = rows["flow"]
+        t = cols["timestamp"]
+        idx = np.flatnonzero(windows.row_mask(t))
+        if idx.size == 0:
+            return []
+        payload = (cols["src_payload_bytes"] + cols["dst_payload_bytes"]).astype(np.float64)
+        packets = (cols["src_packets"] + cols["dst_packets"]).astype(np.float64)
+        # a tunnel talks both ways, each side may ping the other: key on the unordered pair
+        pair, n_pairs = _unordered_pair(cols, idx)
+        keep = np.bincount(pair, weights=payload[idx], minlength=n_pairs)[pair] >= self.min_bytes
+        idx, pair = idx[keep], pair[keep]
+        if idx.size == 0:
+            return []
+        wg = WindowGroups.of(windows, t, idx, pair)
+        total = wg.sum(payload)
+        mean = total / np.maximum(wg.sum(packets), 1)
+        hits = np.flatnonzero((total >= self.min_bytes) & (mean > self.normal))
+        return wg.findings(hits, windows, lambda g: self.rules[0],
+                           lambda row: _pair_key(cols, row),
+                           lambda r, g: self._describe(cols, r))
+
+    def _describe(self, cols: Columns, r: np.ndarray) -> Evidence:
+        first, last = span(cols, r)
+        # the source of the alert: the side that sent the most echo-request payload
+        src_pay = cols["src_payload_bytes"][r].astype(np.int64)
+        lead = r[int(np.argmax(src_pay))]
+        src, dst = one_ip(cols["src_ip"], lead), one_ip(cols["dst_ip"], lead)
+        payload = int((cols["src_payload_bytes"][r] + cols["dst_payload_bytes"][r]).sum())
+        packets = int((cols["src_packets"][r] + cols["dst_packets"][r]).sum())
+        return Evidence(
+            first_seen=first, last_seen=last, source_ip=src, destination_ip=dst,
+            transport="icmp", related_ips=sorted({src, dst}), **seen_by(cols, r),
+            details={"payload_bytes": payload, "packets": packets, "flows": int(r.size),
+                     "mean_payload_bytes": round(payload / max(packets, 1), 1)},
+            message=f"ICMP echo between {src} and {dst} carried {payload:,} bytes of payload "
+                    f"({payload / max(packets, 1):.0f} B/packet)",
+        )
+
+
+def _unordered_pair(cols: Columns, idx: np.ndarray) -> tuple[np.ndarray, int]:
+    src, dst = cols["src_ip"][idx], cols["dst_ip"][idx]
+    s = np.ascontiguousarray(src).view(">u8").reshape(-1, 2)
+    d = np.ascontiguousarray(dst).view(">u8").reshape(-1, 2)
+    src_first = (s[:, 0] < d[:, 0]) | ((s[:, 0] == d[:, 0]) & (s[:, 1] <= d[:, 1]))
+    lo = np.where(src_first, src, dst)
+    hi = np.where(src_first, dst, src)
+    a, _ = factorize_ip(lo)
+    b, _ = factorize_ip(hi)
+    return combine_codes(a, b)
+
+
+def _pair_key(cols: Columns, row: int) -> str:
+    ips = sorted((one_ip(cols["src_ip"], row), one_ip(cols["dst_ip"], row)))
+    return "|".join(ips)

@@ -1,0 +1,195 @@
+"""Long-lived connections and strobes (RITA's two other C2 shapes besides beacons).
+
+Long connection: one connection (same originator, responder, ports, transport) open for at
+least `min_duration_s`. The sensor emits a long flow in pieces of `active_timeout_s`
+(end_reason "active"); the detector joins the pieces of a connection that fall into one
+window (earliest start to latest end), so the window must be longer than the duration
+threshold plus one piece. Interactive sessions and C2 channels kept open (reverse shells,
+RATs, tunnels) look alike: low severity, for hunting and context.
+
+Strobe: very many connections between one pair (source, destination) in the window: RITA's
+strobe threshold is 86,400 connections a day (one a second); per hour that is 3,600.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from correlation.detector import (
+    NS_PER_S,
+    Columns,
+    Detector,
+    Evidence,
+    Finding,
+    InputSpec,
+    Rule,
+    WindowRange,
+    combine_codes,
+    factorize_ip,
+)
+from correlation.network_common import (
+    GROUP_ADDRESSES,
+    IANA_UDP,
+    WindowGroups,
+    one_ip,
+    seen_by,
+    span,
+)
+from pipeline.schema import TRANSPORT_NAMES, EventBatch
+
+_C2 = ("TA0011", "Command and Control")
+_APP = ("T1071", "Application Layer Protocol")
+
+LONG_RULE = Rule(
+    id="cirtsa.c2.long_connection",
+    name="Long-lived connection",
+    description="One connection stayed open for a long time (C2 channels, tunnels and "
+                "interactive sessions look like this).",
+    category="Command and control",
+    tactic_id=_C2[0], tactic_name=_C2[1], technique_id=_APP[0], technique_name=_APP[1],
+    severity=21, severity_label="low", risk_score=21.0,
+)
+
+STROBE_RULE = Rule(
+    id="cirtsa.c2.strobe",
+    name="Connection strobe",
+    description="One source opened very many connections to one destination within the "
+                "window (RITA strobe).",
+    category="Command and control",
+    tactic_id=_C2[0], tactic_name=_C2[1], technique_id=_APP[0], technique_name=_APP[1],
+    severity=21, severity_label="low", risk_score=21.0,
+)
+
+_COLUMNS = ("timestamp", "end", "src_ip", "dst_ip", "src_port", "dst_port", "transport",
+            "src_bytes", "dst_bytes", "observer_name", "ingress_zone")
+
+
+def _tcp_or_udp(c: Columns) -> np.ndarray:
+    return (c["transport"] == 6) | (c["transport"] == IANA_UDP)
+
+
+class LongConnectionDetector(Detector):
+    """Connections spanning >= min_duration_s within one window (key: src, dst, port)."""
+
+    name = "long_connection"
+    rules = (LONG_RULE,)
+    inputs = (InputSpec("flow", _COLUMNS),)
+    threshold_keys = ("min_duration_s", "min_piece_s")
+
+    def __init__(self, config: Mapping) -> None:
+        super().__init__(config)
+        self.min_ns = int(float(config["min_duration_s"]) * NS_PER_S)
+        # pieces shorter than this are not buffered: a long connection's pieces are long,
+        # except its last one, and the others carry the duration
+        self.min_piece_ns = int(float(config["min_piece_s"]) * NS_PER_S)
+        if self.window.size_ns < self.min_ns:
+            raise ValueError("correlation.detectors.long_connection: window_s must be at "
+                             "least min_duration_s")
+
+    def select(self, batch: EventBatch) -> np.ndarray:
+        c = batch.columns
+        return _tcp_or_udp(c) & ((c["end"] - c["timestamp"]) >= self.min_piece_ns)
+
+    def detect(self, rows: Mapping[str, Columns], windows: WindowRange) -> list[Finding]:
+        cols = rows["flow"]
+        t = cols["timestamp"]
+        idx = np.flatnonzero(windows.row_mask(t))
+        if idx.size == 0:
+            return []
+        src, _ = factorize_ip(cols["src_ip"][idx])
+        dst, _ = factorize_ip(cols["dst_ip"][idx])
+        conn, n_conn = combine_codes(src, dst, cols["src_port"][idx].astype(np.int64),
+                                     cols["dst_port"][idx].astype(np.int64),
+                                     cols["transport"][idx].astype(np.int64))
+        first = np.full(n_conn, np.iinfo(np.int64).max)
+        last = np.full(n_conn, np.iinfo(np.int64).min)
+        np.minimum.at(first, conn, t[idx])
+        np.maximum.at(last, conn, cols["end"][idx])
+        keep = (last - first)[conn] >= self.min_ns  # necessary over the whole range
+        idx, conn = idx[keep], conn[keep]
+        if idx.size == 0:
+            return []
+        wg = WindowGroups.of(windows, t, idx, conn)
+        first = np.full(wg.n_groups, np.iinfo(np.int64).max)
+        last = np.full(wg.n_groups, np.iinfo(np.int64).min)
+        np.minimum.at(first, wg.group, t[wg.idx])
+        np.maximum.at(last, wg.group, cols["end"][wg.idx])
+        hits = np.flatnonzero(last - first >= self.min_ns)
+        return wg.findings(hits, windows, lambda g: self.rules[0],
+                           lambda row: _pair_text(cols, row),
+                           lambda r, g: self._describe(cols, r))
+
+    def _describe(self, cols: Columns, r: np.ndarray) -> Evidence:
+        first, last = span(cols, r)
+        src, dst = one_ip(cols["src_ip"], r[0]), one_ip(cols["dst_ip"], r[0])
+        port = int(cols["dst_port"][r[0]])
+        proto = TRANSPORT_NAMES.get(int(cols["transport"][r[0]]), "")
+        hours = (last - first) / NS_PER_S / 3600
+        return Evidence(
+            first_seen=first, last_seen=last, source_ip=src, destination_ip=dst,
+            destination_port=port, transport=proto, related_ips=sorted({src, dst}),
+            **seen_by(cols, r),
+            details={"duration_s": round((last - first) / NS_PER_S, 1), "pieces": int(r.size),
+                     "source_port": int(cols["src_port"][r[0]]),
+                     "bytes_out": int(cols["src_bytes"][r].sum()),
+                     "bytes_in": int(cols["dst_bytes"][r].sum())},
+            message=f"{src} kept a {proto} connection to {dst}:{port} open for {hours:.1f} h",
+        )
+
+
+def _pair_text(cols: Columns, row: int) -> str:
+    proto = TRANSPORT_NAMES.get(int(cols["transport"][row]), str(int(cols["transport"][row])))
+    return (f"{one_ip(cols['src_ip'], row)}|{one_ip(cols['dst_ip'], row)}|"
+            f"{proto}/{int(cols['dst_port'][row])}")
+
+
+class StrobeDetector(Detector):
+    """Connections per (source, destination) and window >= min_connections."""
+
+    name = "strobe"
+    rules = (STROBE_RULE,)
+    inputs = (InputSpec("flow", _COLUMNS),)
+    threshold_keys = ("min_connections",)
+
+    def __init__(self, config: Mapping) -> None:
+        super().__init__(config)
+        self.min_connections = int(config["min_connections"])
+
+    def select(self, batch: EventBatch) -> np.ndarray:
+        return _tcp_or_udp(batch.columns) & ~GROUP_ADDRESSES.contains(batch.columns["dst_ip"])
+
+    def detect(self, rows: Mapping[str, Columns], windows: WindowRange) -> list[Finding]:
+        cols = rows["flow"]
+        t = cols["timestamp"]
+        idx = np.flatnonzero(windows.row_mask(t))
+        if idx.size < self.min_connections:
+            return []
+        src, _ = factorize_ip(cols["src_ip"][idx])
+        dst, _ = factorize_ip(cols["dst_ip"][idx])
+        pair, n_pairs = combine_codes(src, dst)
+        keep = np.bincount(pair, minlength=n_pairs)[pair] >= self.min_connections
+        idx, pair = idx[keep], pair[keep]
+        if idx.size == 0:
+            return []
+        wg = WindowGroups.of(windows, t, idx, pair)
+        hits = np.flatnonzero(wg.count() >= self.min_connections)
+        return wg.findings(hits, windows, lambda g: self.rules[0],
+                           lambda row: f"{one_ip(cols['src_ip'], row)}|"
+                                       f"{one_ip(cols['dst_ip'], row)}",
+                           lambda r, g: self._describe(cols, r))
+
+    def _describe(self, cols: Columns, r: np.ndarray) -> Evidence:
+        first, last = span(cols, r)
+        src, dst = one_ip(cols["src_ip"], r[0]), one_ip(cols["dst_ip"], r[0])
+        ports = np.unique(cols["dst_port"][r])
+        seconds = max((last - first) / NS_PER_S, 1.0)
+        return Evidence(
+            first_seen=first, last_seen=last, source_ip=src, destination_ip=dst,
+            destination_port=int(ports[0]) if ports.size == 1 else None,
+            related_ips=sorted({src, dst}), **seen_by(cols, r),
+            details={"connections": int(r.size), "per_s": round(r.size / seconds, 1),
+                     "distinct_ports": int(ports.size), "ports": ports[:20].tolist()},
+            message=f"{src} opened {r.size} connections to {dst} in {seconds:.0f} s",
+        )

@@ -1,0 +1,241 @@
+"""Shared pieces of the network detectors (sweep, UDP scan, DoS, backscatter, beaconing,
+long connections, exfiltration): window x key grouping, per-group statistics, address masks.
+
+Everything is columnar: a detector picks the rows of the closing windows, replicates them
+into windows with `WindowRange.assign`, groups (window, key) with `combine_codes`, and
+reduces with bincount / sorted reduceat. Python loops run over findings only.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from functools import partial
+
+import numpy as np
+
+from correlation.detector import (
+    Columns,
+    Detector,
+    Evidence,
+    Finding,
+    Groups,
+    Rule,
+    WindowRange,
+    combine_codes,
+    distinct_per_group,
+    sorted_unique_text,
+)
+from sensors.packets import IP_DTYPE, ip_column_to_str, ip_to_bytes16
+
+IANA_ICMP = 1
+IANA_UDP = 17
+IANA_ICMPV6 = 58
+ICMP_ECHO_REQUEST = 8
+ICMPV6_ECHO_REQUEST = 128
+
+
+def one_ip(column: np.ndarray, row: int) -> str:
+    return ip_column_to_str(column[row:row + 1])[0]
+
+
+def span(cols: Columns, r: np.ndarray) -> tuple[int, int]:
+    """(first evidence time, last evidence activity) of rows r, ns."""
+    first = int(cols["timestamp"][r].min())
+    last = int(cols["timestamp"][r].max())
+    if "end" in cols:
+        last = max(last, int(cols["end"][r].max()))
+    return first, last
+
+
+def seen_by(cols: Columns, r: np.ndarray) -> dict:
+    """Evidence keyword arguments naming the sensors and zones of rows r."""
+    return {"observers": sorted_unique_text(cols["observer_name"][r]),
+            "zones": sorted_unique_text(cols["ingress_zone"][r])}
+
+
+def scaled_rule(rule: Rule, severity: int, label: str) -> Rule:
+    """The rule with a per-finding severity (same id: identity and suppression unchanged)."""
+    if severity == rule.severity:
+        return rule
+    return replace(rule, severity=severity, severity_label=label, risk_score=float(severity))
+
+
+SEVERITY_LABELS = {21: "low", 47: "medium", 73: "high", 99: "critical"}
+
+
+def echo_flows(c: Columns) -> np.ndarray:
+    """ICMP/ICMPv6 echo flows in either direction (an echo-reply-first flow has orig port =
+    reply type 0 / 129 and resp port = request type 8 / 128)."""
+    v4 = (c["transport"] == IANA_ICMP) & (((c["src_port"] == ICMP_ECHO_REQUEST) & (
+        c["dst_port"] == 0)) | ((c["src_port"] == 0) & (c["dst_port"] == ICMP_ECHO_REQUEST)))
+    v6 = (c["transport"] == IANA_ICMPV6) & (
+        ((c["src_port"] == ICMPV6_ECHO_REQUEST) & (c["dst_port"] == 129))
+        | ((c["src_port"] == 129) & (c["dst_port"] == ICMPV6_ECHO_REQUEST)))
+    return v4 | v6
+
+
+def echo_request_flows(c: Columns) -> np.ndarray:
+    """ICMP/ICMPv6 echo flows (Zeek port convention: orig port = type 8 / 128)."""
+    return (((c["transport"] == IANA_ICMP) & (c["src_port"] == ICMP_ECHO_REQUEST))
+            | ((c["transport"] == IANA_ICMPV6) & (c["src_port"] == ICMPV6_ECHO_REQUEST)))
+
+
+# --- address classes -------------------------------------------------------------------------
+
+
+def _u128(column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    n = column.shape[0]
+    halves = np.ascontiguousarray(column).view(">u8").reshape(n, 2)
+    return halves[:, 0], halves[:, 1]
+
+
+@dataclass(frozen=True)
+class Networks:
+    """A set of CIDR blocks, tested column-wise on 16-byte address columns."""
+
+    hi: np.ndarray  # network address, upper 64 bits
+    lo: np.ndarray
+    mask_hi: np.ndarray
+    mask_lo: np.ndarray
+
+    @classmethod
+    def of(cls, cidrs: Iterable[str]) -> Networks:
+        rows = []
+        for text in cidrs:
+            net = ipaddress.ip_network(str(text), strict=False)
+            if net.version == 4:  # IPv4-mapped IPv6, like the address columns
+                net = ipaddress.ip_network(f"::ffff:{net.network_address}/{96 + net.prefixlen}")
+            addr = int(net.network_address)
+            mask = int(net.netmask)
+            rows.append((addr >> 64, addr & (2**64 - 1), mask >> 64, mask & (2**64 - 1)))
+        arr = np.array(rows, dtype=np.uint64).reshape(-1, 4)
+        return cls(arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3])
+
+    def contains(self, column: np.ndarray) -> np.ndarray:
+        """Boolean mask: address in any of the blocks (a loop over blocks, not rows)."""
+        hi, lo = _u128(column)
+        out = np.zeros(column.shape[0], bool)
+        for i in range(self.hi.shape[0]):
+            out |= ((hi & self.mask_hi[i]) == self.hi[i]) & ((lo & self.mask_lo[i]) == self.lo[i])
+        return out
+
+
+# Never a unicast victim / target: multicast and broadcast (IPv4 limited + any x.x.x.255 is
+# not knowable without the prefix, so only the limited broadcast is listed).
+GROUP_ADDRESSES = Networks.of(["224.0.0.0/4", "255.255.255.255/32", "ff00::/8"])
+
+
+def ip_scalar(text: str) -> np.ndarray:
+    return np.frombuffer(ip_to_bytes16(text), IP_DTYPE)
+
+
+# --- window x key grouping -------------------------------------------------------------------
+
+
+@dataclass
+class WindowGroups:
+    """Rows `idx` replicated into closing windows and grouped by (window, key)."""
+
+    idx: np.ndarray  # buffered row index of each copy
+    k: np.ndarray  # window index of each copy
+    group: np.ndarray  # dense (window, key) id of each copy
+    n_groups: int
+
+    @classmethod
+    def of(cls, windows: WindowRange, times: np.ndarray, idx: np.ndarray,
+           key: np.ndarray) -> WindowGroups:
+        """idx: buffered rows to use; key: their key codes (aligned with idx)."""
+        copy_rows, k = windows.assign(times[idx])
+        if copy_rows.size == 0:
+            return cls(copy_rows, k, copy_rows, 0)
+        group, n_groups = combine_codes(k, key[copy_rows])
+        return cls(idx[copy_rows], k, group, n_groups)
+
+    def sum(self, values: np.ndarray) -> np.ndarray:
+        """Per-group sum of a per-buffered-row value column."""
+        return np.bincount(self.group, weights=values[self.idx].astype(np.float64),
+                           minlength=self.n_groups)
+
+    def count(self) -> np.ndarray:
+        return np.bincount(self.group, minlength=self.n_groups)
+
+    def distinct(self, codes: np.ndarray) -> np.ndarray:
+        """Distinct non-negative codes (per buffered row) per group."""
+        return distinct_per_group(self.group, self.n_groups, codes[self.idx])
+
+    def findings(self, hits: np.ndarray, windows: WindowRange, rule_of: Callable[[int], Rule],
+                 key_text: Callable[[int], str],
+                 describe: Callable[[np.ndarray, int], Evidence]) -> list[Finding]:
+        """One Finding per hit group; describe(rows, g) builds its evidence lazily."""
+        if hits.size == 0:
+            return []
+        groups = Groups.of(self.group, self.n_groups)
+        out = []
+        for g in hits.tolist():
+            members = groups.rows(g)
+            r = self.idx[members]
+            wk = int(self.k[members[0]])
+            out.append(Finding(rule=rule_of(g), key=key_text(int(r[0])),
+                               window_start=int(windows.spec.start(wk)),
+                               window_end=int(windows.spec.end(wk)),
+                               describe=partial(describe, r, g)))
+        return out
+
+
+class DistinctTargetDetector(Detector):
+    """Distinct `target` values per (window, key) >= threshold, on one event kind.
+
+    The scan-like shape (sweeps, UDP scans, backscatter): subclasses give `kind`, `select`,
+    `_key_and_target`, `_key_text` and `_describe`. A key that has fewer distinct targets
+    over the whole closing range than the threshold cannot reach it in any one window and is
+    dropped before rows are replicated into windows (floods of one-off keys stay cheap).
+    """
+
+    kind: str = "flow"
+    threshold_key: str
+
+    def __init__(self, config: Mapping) -> None:
+        super().__init__(config)
+        self.threshold = int(config[self.threshold_key])
+        self.max_sample = int(config.get("evidence_sample", 50))
+
+    def _key_and_target(self, cols: Columns, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def _key_text(self, cols: Columns, row: int) -> str:
+        raise NotImplementedError
+
+    def _describe(self, cols: Columns, r: np.ndarray) -> Evidence:
+        raise NotImplementedError
+
+    def detect(self, rows: Mapping[str, Columns], windows: WindowRange) -> list[Finding]:
+        cols = rows.get(self.kind)
+        if cols is None:
+            return []
+        t = cols["timestamp"]
+        idx = np.flatnonzero(windows.row_mask(t))
+        if idx.size == 0:
+            return []
+        key, target = self._key_and_target(cols, idx)
+        reachable = distinct_per_group(key, int(key.max()) + 1, target)[key] >= self.threshold
+        idx, key, target = idx[reachable], key[reachable], target[reachable]
+        if idx.size == 0:
+            return []
+        full_target = np.zeros(t.shape[0], np.int64)
+        full_target[idx] = target
+        wg = WindowGroups.of(windows, t, idx, key)
+        hits = np.flatnonzero(wg.distinct(full_target) >= self.threshold)
+        return wg.findings(hits, windows, lambda g: self.rules[0],
+                           partial(self._key_text, cols),
+                           lambda r, g: self._describe(cols, r))
+
+
+def sample_ips(column: np.ndarray, limit: int) -> tuple[int, list[str]]:
+    """(distinct count, numerically sorted sample) of an address column."""
+    uniq = np.unique(column)
+    n = uniq.shape[0]
+    halves = np.ascontiguousarray(uniq).view(">u8").reshape(n, 2)
+    ordered = uniq[np.lexsort((halves[:, 1], halves[:, 0]))]
+    return int(n), ip_column_to_str(ordered[:limit])

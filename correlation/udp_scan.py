@@ -1,0 +1,150 @@
+"""UDP port scans: one source sending unanswered UDP datagrams to many ports or hosts.
+
+A UDP probe to a closed port is answered by ICMP port-unreachable (a separate ICMP flow) or
+not at all; to an open port by the service, if the probe made sense to it. So, as Zeek
+counts S0 UDP connections, a probe is a UDP flow in which the originator sent and the
+responder sent nothing back. Excluded because they are not probes: datagrams to multicast
+or broadcast addresses, flows whose *source* port is a well-known service port (DNS, NTP,
+mDNS, LLMNR, SSDP, NetBIOS, DHCP, IKE ... replies and announcements to a client's ephemeral
+ports look like many ports of one host), and traceroute's UDP port range.
+
+Vertical: distinct destination ports of one host (key: source, destination).
+Horizontal: distinct hosts on one destination port (key: source, port).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from correlation.detector import (
+    NS_PER_S,
+    Columns,
+    Evidence,
+    InputSpec,
+    Rule,
+    combine_codes,
+    factorize_ip,
+)
+from correlation.network_common import (
+    GROUP_ADDRESSES,
+    IANA_UDP,
+    DistinctTargetDetector,
+    one_ip,
+    sample_ips,
+    seen_by,
+    span,
+)
+from pipeline.schema import EventBatch
+
+_TACTIC = ("TA0007", "Discovery")
+_TECHNIQUE = ("T1046", "Network Service Discovery")
+
+UDP_VERTICAL_RULE = Rule(
+    id="cirtsa.scan.udp_vertical",
+    name="Vertical UDP port scan",
+    description="One source sent unanswered UDP datagrams to many distinct ports of one host "
+                "within the window.",
+    category="Network scan",
+    tactic_id=_TACTIC[0], tactic_name=_TACTIC[1],
+    technique_id=_TECHNIQUE[0], technique_name=_TECHNIQUE[1],
+    severity=21, severity_label="low", risk_score=21.0,
+)
+
+UDP_HORIZONTAL_RULE = Rule(
+    id="cirtsa.scan.udp_horizontal",
+    name="Horizontal UDP port scan",
+    description="One source sent unanswered UDP datagrams to one port on many distinct hosts "
+                "within the window.",
+    category="Network scan",
+    tactic_id=_TACTIC[0], tactic_name=_TACTIC[1],
+    technique_id=_TECHNIQUE[0], technique_name=_TECHNIQUE[1],
+    severity=21, severity_label="low", risk_score=21.0,
+)
+
+_COLUMNS = ("timestamp", "end", "src_ip", "dst_ip", "dst_port", "observer_name",
+            "ingress_zone")
+
+
+class _UdpScanDetector(DistinctTargetDetector):
+    inputs = (InputSpec("flow", _COLUMNS),)
+    kind = "flow"
+
+    def __init__(self, config: Mapping) -> None:
+        super().__init__(config)
+        self.service_ports = np.asarray(sorted({int(p) for p in config["service_source_ports"]}),
+                                        dtype=np.uint16)
+        lo, hi = (int(p) for p in config.get("ignore_dst_port_range", (0, -1)))
+        self.ignore_lo, self.ignore_hi = lo, hi
+
+    def select(self, batch: EventBatch) -> np.ndarray:
+        c = batch.columns
+        dport = c["dst_port"]
+        return ((c["transport"] == IANA_UDP) & (c["src_packets"] > 0) & (c["dst_packets"] == 0)
+                & ~np.isin(c["src_port"], self.service_ports)
+                & ~((dport >= self.ignore_lo) & (dport <= self.ignore_hi))
+                & ~GROUP_ADDRESSES.contains(c["dst_ip"]))
+
+
+class UdpVerticalScanDetector(_UdpScanDetector):
+    """Unanswered UDP to >= vertical_ports distinct ports of one host."""
+
+    name = "udp_scan_vertical"
+    rules = (UDP_VERTICAL_RULE,)
+    threshold_key = "vertical_ports"
+    threshold_keys = ("vertical_ports", "service_source_ports")
+
+    def _key_and_target(self, cols: Columns, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        src, _ = factorize_ip(cols["src_ip"][idx])
+        dst, _ = factorize_ip(cols["dst_ip"][idx])
+        key, _ = combine_codes(src, dst)
+        return key, cols["dst_port"][idx].astype(np.int64)
+
+    def _key_text(self, cols: Columns, row: int) -> str:
+        return f"{one_ip(cols['src_ip'], row)}|{one_ip(cols['dst_ip'], row)}"
+
+    def _describe(self, cols: Columns, r: np.ndarray) -> Evidence:
+        first, last = span(cols, r)
+        src, dst = one_ip(cols["src_ip"], r[0]), one_ip(cols["dst_ip"], r[0])
+        ports = np.unique(cols["dst_port"][r])
+        return Evidence(
+            first_seen=first, last_seen=last, source_ip=src, destination_ip=dst,
+            transport="udp", related_ips=sorted({src, dst}), **seen_by(cols, r),
+            details={"probes": int(r.size), "distinct_ports": int(ports.size),
+                     "ports": ports[: self.max_sample].tolist()},
+            message=f"{src} probed {ports.size} UDP ports on {dst} without answer "
+                    f"in {(last - first) / NS_PER_S:.1f} s",
+        )
+
+
+class UdpHorizontalScanDetector(_UdpScanDetector):
+    """Unanswered UDP to one port on >= horizontal_hosts distinct hosts."""
+
+    name = "udp_scan_horizontal"
+    rules = (UDP_HORIZONTAL_RULE,)
+    threshold_key = "horizontal_hosts"
+    threshold_keys = ("horizontal_hosts", "service_source_ports")
+
+    def _key_and_target(self, cols: Columns, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        src, _ = factorize_ip(cols["src_ip"][idx])
+        dst, _ = factorize_ip(cols["dst_ip"][idx])
+        key, _ = combine_codes(src, cols["dst_port"][idx].astype(np.int64))
+        return key, dst
+
+    def _key_text(self, cols: Columns, row: int) -> str:
+        return f"{one_ip(cols['src_ip'], row)}|udp/{int(cols['dst_port'][row])}"
+
+    def _describe(self, cols: Columns, r: np.ndarray) -> Evidence:
+        first, last = span(cols, r)
+        src = one_ip(cols["src_ip"], r[0])
+        port = int(cols["dst_port"][r[0]])
+        n_hosts, hosts = sample_ips(cols["dst_ip"][r], self.max_sample)
+        return Evidence(
+            first_seen=first, last_seen=last, source_ip=src, destination_port=port,
+            transport="udp", related_ips=[src] + [h for h in hosts if h != src],
+            **seen_by(cols, r),
+            details={"probes": int(r.size), "distinct_hosts": n_hosts, "hosts": hosts},
+            message=f"{src} probed {n_hosts} hosts on {port}/udp without answer "
+                    f"in {(last - first) / NS_PER_S:.1f} s",
+        )

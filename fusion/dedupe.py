@@ -1,0 +1,177 @@
+"""De-duplication: the same flow reported by several sensors becomes one event.
+
+Key = Community ID (direction-free 5-tuple hash) + start time. Two reports of one
+connection agree on the Community ID and start within `tolerance_s` of each other (sensor
+clocks and first-packet definitions differ a little). The first report wins and keeps its
+observer_name; later reports are dropped and counted, and every observer of a kept flow is
+recorded in a side structure (`observers`) that the ECS writer adds as
+`cirtsa.observers.name` (no schema change: an EventBatch carries only its kind's columns).
+
+State is bounded: keys live in time buckets of `tolerance_s` (by event time); buckets older
+than the newest event time minus `retention_s` are dropped whole, and a hard cap on keys
+drops the oldest buckets first (counted).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from pipeline.schema import EventBatch
+
+NS = 1_000_000_000
+
+
+def key_column(community_id: np.ndarray) -> np.ndarray:
+    """Community ID text ('1:' + base64 SHA1) -> uint64 key, column-wise: the first 8
+    base64 characters after '1:' (48 bits of the hash) as one word, plus the next 8 folded
+    in. Collisions would only merge two flows that also start within the tolerance."""
+    raw = np.asarray(community_id.astype("S30"))
+    words = raw.view(np.uint8).reshape(-1, 30)
+    a = np.ascontiguousarray(words[:, 2:10]).view(np.uint64).ravel()
+    b = np.ascontiguousarray(words[:, 10:18]).view(np.uint64).ravel()
+    return a ^ (b * np.uint64(0x9E3779B97F4A7C15))
+
+
+class FlowDeduplicator:
+    def __init__(self, tolerance_s: float = 5.0, retention_s: float = 600.0,
+                 max_keys: int = 5_000_000) -> None:
+        self.tolerance_ns = max(int(tolerance_s * NS), 1)
+        self.bucket_ns = self.tolerance_ns
+        self.retention_ns = int(retention_s * NS)
+        self.max_keys = max_keys
+        # bucket index -> sorted uint64 keys of kept flows starting in that bucket, and
+        # their first observers (aligned)
+        self.buckets: dict[int, tuple[np.ndarray, ...]] = {}  # keys, names, batch no, row
+        # batch no -> that published batch's {row: observers} (filled in when a later
+        # report of one of its flows arrives); dropped with the buckets that refer to it
+        self.sides: dict[int, dict[int, list[str]]] = {}
+        self.batch_no = 0
+        self.observers: dict[tuple[int, int], list[str]] = {}  # only flows seen twice+
+        self.keys = 0
+        self.newest: int | None = None
+        self.stats: Counter[str] = Counter()
+
+    def filter(self, batch: EventBatch) -> tuple[EventBatch, dict[int, list[str]]]:
+        """Drop rows that repeat a flow already kept (same Community ID, start within the
+        tolerance). Returns the kept rows and, for kept rows that another observer also
+        reported, {row index in the kept batch: observer names (first = kept one)}."""
+        n = len(batch)
+        if n == 0:
+            return batch, {}
+        cols = batch.columns
+        keyed = cols["community_id"] != ""
+        keys = key_column(cols["community_id"])
+        ts = cols["timestamp"]
+        bucket = ts // self.bucket_ns
+        names = cols["observer_name"]
+        dup = np.zeros(n, dtype=bool)
+        hit_bucket = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
+        # 1. against state: per distinct bucket of the batch, its neighbours' key sets
+        by_bucket = np.argsort(bucket, kind="stable")
+        sorted_b = bucket[by_bucket]
+        edges = np.flatnonzero(np.diff(sorted_b)) + 1
+        for start, stop in zip(np.r_[0, edges], np.r_[edges, n], strict=True):
+            b = int(sorted_b[start])
+            if not any(bb in self.buckets for bb in (b, b - 1, b + 1)):
+                continue
+            rows = by_bucket[start:stop]
+            rows = rows[keyed[rows]]
+            for bb in (b, b - 1, b + 1):
+                state = self.buckets.get(bb)
+                if state is None or not len(rows):
+                    continue
+                pos = np.searchsorted(state[0], keys[rows])
+                pos[pos >= len(state[0])] = 0
+                # a sensor never reports one flow twice: only another observer duplicates
+                found = (state[0][pos] == keys[rows]) & (state[1][pos] != names[rows])
+                dup[rows[found]] = True
+                hit_bucket[rows[found]] = bb
+                rows = rows[~found]
+        # 2. within the batch: same key, start within the tolerance of the previous report
+        order = np.lexsort((ts, keys))
+        same = (keys[order][1:] == keys[order][:-1]) & keyed[order][1:] & (
+            np.diff(ts[order]) <= self.tolerance_ns) & (names[order][1:] != names[order][:-1])
+        in_batch = np.zeros(n, dtype=bool)
+        in_batch[order[1:][same]] = True
+        first_of = np.empty(n, dtype=np.int64)  # earlier report each in-batch duplicate joins
+        first_of[order[1:][same]] = order[:-1][same]
+        keep = ~dup & ~in_batch
+        extra: dict[int, list[str]] = {}
+        self.batch_no += 1
+        self.sides[self.batch_no] = extra
+        if (dup | in_batch).any():
+            self._record_observers(dup, in_batch, first_of, keys, bucket, hit_bucket, names,
+                                   keep, extra)
+        self.stats["duplicates"] += int(n - keep.sum())
+        self.stats["flows"] += int(keep.sum())
+        kept_rows = np.cumsum(keep) - 1
+        sel = keep & keyed
+        self._remember(keys[sel], bucket[sel], names[sel], kept_rows[sel])
+        self._expire(int(ts.max()))
+        if keep.all():
+            return batch, extra
+        return batch.take(keep), extra
+
+    def _record_observers(self, dup, in_batch, first_of, keys, bucket, hit_bucket, names,
+                          keep, extra) -> None:
+        # A loop over duplicate reports only (at most one per extra observer of a flow).
+        kept_index = np.cumsum(keep) - 1
+        for i in np.flatnonzero(in_batch).tolist():
+            j = i
+            while in_batch[j]:  # chain back to the kept report
+                j = int(first_of[j])
+            obs = extra.setdefault(int(kept_index[j]), [names[j]])
+            if names[i] not in obs:
+                obs.append(names[i])
+            self.observers[(int(bucket[j]), int(keys[j]))] = obs
+        for i in np.flatnonzero(dup).tolist():
+            b, k = int(hit_bucket[i]), int(keys[i])
+            obs = self.observers.get((b, k))
+            if obs is None:
+                skeys, snames, sbatch, srow = self.buckets[b]
+                pos = int(np.searchsorted(skeys, keys[i]))
+                obs = self.observers[(b, k)] = [snames[pos]]
+                side = self.sides.get(int(sbatch[pos]))
+                if side is not None:  # the published batch lists its observers from now on
+                    side[int(srow[pos])] = obs
+            if names[i] not in obs:
+                obs.append(names[i])
+
+    def _remember(self, keys: np.ndarray, bucket: np.ndarray, names: np.ndarray,
+                  rows: np.ndarray) -> None:
+        if not len(keys):
+            return
+        order = np.lexsort((keys, bucket))
+        keys, bucket, names, rows = keys[order], bucket[order], names[order], rows[order]
+        bounds = np.flatnonzero(np.diff(bucket)) + 1
+        for start, stop in zip(np.r_[0, bounds], np.r_[bounds, len(keys)], strict=True):
+            b = int(bucket[start])
+            new = (keys[start:stop], names[start:stop],
+                   np.full(stop - start, self.batch_no, dtype=np.int64), rows[start:stop])
+            old = self.buckets.get(b)
+            if old is not None:
+                merged = [np.concatenate([o, n]) for o, n in zip(old, new, strict=True)]
+                o = np.argsort(merged[0], kind="stable")
+                new = tuple(m[o] for m in merged)
+            self.buckets[b] = new
+            self.keys += stop - start
+
+    def _expire(self, newest_ts: int) -> None:
+        self.newest = newest_ts if self.newest is None else max(self.newest, newest_ts)
+        horizon = (self.newest - self.retention_ns) // self.bucket_ns
+        for b in sorted(self.buckets):
+            if b >= horizon and self.keys <= self.max_keys:
+                break
+            dropped = self.buckets.pop(b)
+            self.keys -= len(dropped[0])
+            if b >= horizon:
+                self.stats["evicted_keys"] += len(dropped[0])
+        if len(self.observers) > 4 * len(self.buckets) * 1024:  # keep the side maps bounded
+            self.observers = {k: v for k, v in self.observers.items() if k[0] in self.buckets}
+        if len(self.sides) > 64:
+            live = set()
+            for state in self.buckets.values():
+                live.update(np.unique(state[2]).tolist())
+            self.sides = {k: v for k, v in self.sides.items() if k in live}

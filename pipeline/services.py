@@ -1,0 +1,584 @@
+r"""Fusion and correlation as long-running Kafka services, scaled out with consumer groups.
+
+    sa.sensor --[fusion]--> sa.events        (split by hash(source.ip), key = bucket key)
+                        \-> sa.events.by_dst (split by hash(destination.ip)), when a
+                        |                     destination-keyed detector is enabled
+                        \-> sa.deadletter    (invalid batches, undecodable messages)
+    sa.events        --[correlation: source-keyed detectors]------\
+    sa.events.by_dst --[correlation: destination-keyed detectors]--+--> sa.alerts (+ ES, NDJSON)
+
+Delivery is at-least-once (DESIGN.md §3): a service commits an input offset only once the
+outputs derived from it are acknowledged (producer flush; Elasticsearch ack). The
+correlation worker holds open event-time windows in memory, so it commits the *low-water
+mark* of the messages its engine may still need (events of open windows, plus the
+suppression span before them); a restarted or re-assigned worker replays from there and
+rebuilds the windows. Alert ids are hash(rule, key, window start), so an alert re-derived
+by a replay is the same document. docs/kafka.md has the details and the limits.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import IO, Any, Protocol
+
+import orjson
+
+from correlation.detector import NS_PER_S
+from correlation.engine import CorrelationEngine, build_detectors, default_config, merge_config
+from fusion.stage import FusionStage
+from pipeline.bus import TOPIC_ALERTS, TOPIC_DEADLETTER, TOPIC_EVENTS, TOPIC_SENSOR, InMemoryBus
+from pipeline.kafka_transport import (
+    DEFAULT_TOPICS,
+    BatchConsumer,
+    CommitFailed,
+    KafkaConfig,
+    Record,
+    SpoolingProducer,
+    TransportError,
+)
+from pipeline.keys import DESTINATION, SOURCE, aligned_keys, split_by_key, split_detectors
+from pipeline.schema import EventBatch, SchemaError
+from pipeline.wire import WireError, decode, encode_chunks
+
+TOPIC_EVENTS_BY_DST = "sa.events.by_dst"
+# The topic each keying's events travel on.
+KEYED_TOPICS = {SOURCE: TOPIC_EVENTS, DESTINATION: TOPIC_EVENTS_BY_DST}
+
+SERVICE_TOPICS: dict[str, int] = {**DEFAULT_TOPICS, TOPIC_EVENTS_BY_DST: 4}
+
+_KAFKA_KEYS = {"bootstrap", "client_id", "security_protocol", "ssl_cafile", "ssl_certfile",
+               "ssl_keyfile", "sasl_mechanism", "sasl_username", "sasl_password_env",
+               "sasl_password_file"}
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+def kafka_config(config: Mapping, bootstrap: str | None = None) -> KafkaConfig:
+    """KafkaConfig from the `kafka` section (only the connection keys; other components may
+    keep their own settings there), with `bootstrap` (--kafka) winning."""
+    section = {k: v for k, v in (config.get("kafka") or {}).items() if k in _KAFKA_KEYS}
+    if bootstrap:
+        section["bootstrap"] = bootstrap
+    return KafkaConfig.from_mapping(section)
+
+
+def service_settings(config: Mapping, name: str) -> dict:
+    """`services.<name>` merged over `services.common`."""
+    services = config.get("services") or {}
+    return merge_config(services.get("common") or {}, services.get(name) or {})
+
+
+def topic_partitions(config: Mapping) -> dict[str, int]:
+    """{topic: partitions} to create: the built-in defaults under `services.topics`."""
+    topics = dict(SERVICE_TOPICS)
+    topics.update({str(k): int(v) for k, v in ((config.get("services") or {})
+                                                 .get("topics") or {}).items()})
+    return topics
+
+
+def correlation_section(config: Mapping) -> dict:
+    return merge_config(default_config(), config.get("correlation") or {})
+
+
+def needs_destination_keying(config: Mapping) -> bool:
+    """True when an enabled detector declares `partition_key = "destination"`."""
+    return bool(split_detectors(build_detectors(correlation_section(config)))[DESTINATION])
+
+
+# --- structured logging ----------------------------------------------------------------------
+
+class JsonLog:
+    """One JSON object per line (stderr by default): {"ts", "service", "event", ...}."""
+
+    def __init__(self, service: str, stream: IO[str] | None = None) -> None:
+        self.service = service
+        self.stream = stream if stream is not None else sys.stderr
+        self._lock = threading.Lock()
+
+    def __call__(self, event: str, **fields: Any) -> None:
+        doc = {"ts": round(time.time(), 3), "service": self.service, "event": event, **fields}
+        line = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+        with self._lock:
+            self.stream.write(line.decode() + "\n")
+            self.stream.flush()
+
+
+def _temp_spool(service: str) -> str:
+    # A service's spool only buffers outputs whose inputs are not committed yet (a crash
+    # re-derives them from Kafka), so a private per-process directory is enough.
+    return tempfile.mkdtemp(prefix=f"cirtsa-{service}-spool-")
+
+
+# --- fusion ----------------------------------------------------------------------------------
+
+class FusionTransform:
+    """The fusion stage as a batch transform: a FusionStage bound to a private in-memory bus,
+    whatever it publishes on sa.events / sa.deadletter collected per input batch. This keeps
+    working whatever the fusion stage adds inside (normalization, dedupe, enrichment)."""
+
+    def __init__(self, config: Mapping | None = None) -> None:
+        self.bus = InMemoryBus()
+        self.stage = FusionStage(self.bus)
+        self._events: list[EventBatch] = []
+        self._dead: list[dict] = []
+        self.bus.subscribe(TOPIC_EVENTS, self._events.append)
+        self.bus.subscribe(TOPIC_DEADLETTER, self._dead.append)
+
+    def __call__(self, batch: EventBatch) -> tuple[list[EventBatch], list[dict]]:
+        self.bus.publish(TOPIC_SENSOR, batch)
+        events, dead = list(self._events), list(self._dead)
+        self._events.clear()
+        self._dead.clear()
+        return events, dead
+
+
+def deadletter_record(record: Record, reason: str, stage: str = "fusion",
+                      **extra: Any) -> dict:
+    """The dead-letter document: why, where from, and the original bytes (base64)."""
+    return {"@timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "stage": stage,
+            "reason": reason, "topic": record.topic, "partition": record.partition,
+            "offset": record.offset,
+            "key_b64": base64.b64encode(record.key).decode() if record.key else None,
+            "message_b64": base64.b64encode(record.value).decode(), **extra}
+
+
+class _Producer(Protocol):
+    def send(self, topic: str, key: bytes | None, value: bytes) -> None: ...
+
+
+@dataclass
+class KeyedOutput:
+    """How fusion splits its output: one topic per keying, `partitions` buckets each."""
+
+    topic: str
+    keying: str
+    partitions: int
+
+
+class FusionService:
+    """Consume sa.sensor -> fusion -> produce sa.events (+ sa.events.by_dst), sa.deadletter.
+
+    `process(records, producer)` is the pure part (tests call it directly); `run(stop)` is
+    the loop: poll, process, flush the producer, commit, repeat."""
+
+    def __init__(self, kafka: KafkaConfig, config: Mapping, *, group: str | None = None,
+                 by_destination: bool | None = None, log: JsonLog | None = None) -> None:
+        self.kafka = kafka
+        self.config = config
+        self.settings = service_settings(config, "fusion")
+        self.group = group or str(self.settings.get("group", "cirtsa-fusion"))
+        self.topics = topic_partitions(config)
+        wanted = self.settings.get("events_by_destination", "auto")
+        if by_destination is None:
+            by_destination = (needs_destination_keying(config) if wanted == "auto"
+                              else bool(wanted))
+        self.outputs = [KeyedOutput(TOPIC_EVENTS, SOURCE, self.topics[TOPIC_EVENTS])]
+        if by_destination:
+            self.outputs.append(KeyedOutput(TOPIC_EVENTS_BY_DST, DESTINATION,
+                                            self.topics[TOPIC_EVENTS_BY_DST]))
+        self.max_message_bytes = int(self.settings.get("max_message_bytes", 1_000_000))
+        self.log = log or JsonLog("fusion")
+        self.transform = FusionTransform(config)
+        self.stats: Counter[str] = Counter()
+
+    def process(self, records: Iterable[Record], producer: _Producer) -> None:
+        """Decode, fuse, split by key, encode and send every record's output."""
+        for record in records:
+            self.stats["messages_in"] += 1
+            try:
+                batch = decode(record.value)
+            except WireError as exc:
+                self._dead(producer, record, f"wire: {exc}")
+                continue
+            self.stats["events_in"] += len(batch)
+            try:
+                events, dead = self.transform(batch)
+            except (SchemaError, ValueError) as exc:  # a stage bug must not stop the stream
+                self._dead(producer, record, f"fusion: {exc}", kind=batch.kind, rows=len(batch))
+                continue
+            for doc in dead:
+                self._dead(producer, record, str(doc.get("reason", "rejected")),
+                           **{k: v for k, v in doc.items() if k not in ("reason", "stage")})
+            for out in events:
+                self.stats["events_out"] += len(out)
+                for target in self.outputs:
+                    keys = aligned_keys(target.partitions)
+                    for bucket, part in split_by_key(out, target.keying, target.partitions):
+                        for chunk in encode_chunks(part, self.max_message_bytes):
+                            producer.send(target.topic, keys[bucket], chunk)
+                            self.stats[f"messages_out.{target.topic}"] += 1
+
+    def _dead(self, producer: _Producer, record: Record, reason: str, **extra: Any) -> None:
+        self.stats["deadletter"] += 1
+        self.log("deadletter", reason=reason, partition=record.partition, offset=record.offset)
+        producer.send(TOPIC_DEADLETTER, record.key,
+                      orjson.dumps(deadletter_record(record, reason, **extra),
+                                   option=orjson.OPT_SERIALIZE_NUMPY))
+
+    def run(self, stop: threading.Event, *, ready: threading.Event | None = None) -> int:
+        s = self.settings
+        spool = s.get("spool_dir") or _temp_spool("fusion")
+        consumer = BatchConsumer(self.kafka, [TOPIC_SENSOR], self.group,
+                                 session_timeout_ms=int(s.get("session_timeout_ms", 6000)),
+                                 max_poll_records=int(s.get("max_poll_records", 16)))
+        producer = SpoolingProducer(self.kafka, spool, topics=self.topics,
+                                    linger_ms=int(s.get("linger_ms", 5)))
+        metrics_every = float(s.get("metrics_interval_s", 30))
+        next_metrics = time.monotonic() + metrics_every
+        self.log("started", group=self.group, outputs=[o.topic for o in self.outputs])
+        if ready is not None:
+            ready.set()
+        try:
+            while not stop.is_set():
+                try:
+                    records = consumer.poll_batch(timeout_s=0.5)
+                except TransportError as exc:  # broker away: the client reconnects
+                    self.log("poll_failed", reason=str(exc)[:300])
+                    stop.wait(1.0)
+                    continue
+                if records:
+                    self.process(records, producer)
+                    _flush_until(producer, stop)
+                    if producer.idle:  # everything acknowledged: commit
+                        _commit(consumer, records, self.log)
+                if time.monotonic() >= next_metrics:
+                    next_metrics = time.monotonic() + metrics_every
+                    self.log("metrics", **self.stats, producer=producer.metrics_snapshot())
+        finally:
+            flushed = producer.flush(float(s.get("shutdown_flush_s", 10)))
+            producer.close(1.0)
+            consumer.close()
+            if not s.get("spool_dir"):
+                shutil.rmtree(spool, ignore_errors=True)
+            self.log("stopped", flushed=flushed, **self.stats)
+        return 0
+
+
+def _flush_until(producer: SpoolingProducer, stop: threading.Event,
+                 step_s: float = 5.0) -> bool:
+    """Flush, retrying while the broker is away (the spool holds the outputs); give up only
+    when asked to stop. Input is not polled meanwhile: back-pressure, not loss."""
+    while not producer.flush(step_s):
+        if stop.is_set():
+            return False
+    return True
+
+
+def _commit(consumer: BatchConsumer, records: Sequence[Record], log: JsonLog) -> None:
+    try:
+        consumer.commit(records)
+    except (CommitFailed, TransportError) as exc:
+        # The records come again (to us or to the partition's new owner): at-least-once.
+        log("commit_failed", reason=str(exc))
+
+
+# --- correlation -----------------------------------------------------------------------------
+
+class AlertSink(Protocol):
+    """Where alerts go besides sa.alerts; `write` returns once they are acknowledged and
+    raises when they are not (ES down): the offsets are then not committed."""
+
+    def write(self, alerts: list[dict]) -> Any: ...
+
+
+class _Tracked:
+    """Per input partition: (offset, newest event time) of the messages whose events the
+    engine may still need, in offset order, and the next offset expected."""
+
+    __slots__ = ("messages", "next_offset")
+
+    def __init__(self) -> None:
+        self.messages: deque[tuple[int, int]] = deque()
+        self.next_offset: int | None = None
+
+    def release_before(self, horizon_ns: float) -> None:
+        while self.messages and self.messages[0][1] < horizon_ns:
+            self.messages.popleft()
+
+    def rewound(self, offset: int) -> bool:
+        """A record before the expected offset: the consumer was moved back (rebalance)."""
+        return self.next_offset is not None and offset < self.next_offset
+
+    def low_water(self) -> int | None:
+        """The offset to commit: the oldest message still needed, else the next one."""
+        return self.messages[0][0] if self.messages else self.next_offset
+
+
+def retain_span_ns(engine: CorrelationEngine, suppression_cap_s: float) -> int:
+    """How far before the watermark events are still needed: the windows not closed yet
+    start after watermark - size, and the suppression memory reaches max(size, suppress_s)
+    before that (so a replay re-derives the same suppression decisions), the latter capped
+    at `suppression_cap_s` (a 24 h suppression would mean replaying a day on restart)."""
+    cap = int(suppression_cap_s * NS_PER_S)
+    spans = [d.window.size_ns
+             + min(cap, max(d.window.size_ns, int(getattr(d, "suppress_ns", 0))))
+             for d in engine.detectors]
+    return max(spans, default=0)
+
+
+class CorrelationService:
+    """Consume sa.events (+ sa.events.by_dst) -> CorrelationEngine(s) -> sa.alerts, ES, NDJSON.
+
+    One engine per keying: source-keyed detectors read sa.events, destination-keyed ones
+    sa.events.by_dst. On every change of partition assignment (a worker joined, left or
+    died) the engines are rebuilt: every assigned partition is rewound to its committed
+    offset and replayed, so engine state is always a function of (partitions, commits).
+    """
+
+    def __init__(self, kafka: KafkaConfig, config: Mapping, *, group: str | None = None,
+                 sinks: Sequence[AlertSink] = (), log: JsonLog | None = None,
+                 idle_flush_s: float | None = None,
+                 on_alerts: Callable[[list[dict]], None] | None = None) -> None:
+        self.kafka = kafka
+        self.config = config
+        self.settings = service_settings(config, "correlation")
+        self.group = group or str(self.settings.get("group", "cirtsa-correlation"))
+        self.topics = topic_partitions(config)
+        self.correlation = correlation_section(config)
+        detectors = split_detectors(build_detectors(self.correlation))
+        self.keyings = [k for k in (SOURCE, DESTINATION) if detectors[k]]
+        self.input_topics = [KEYED_TOPICS[k] for k in self.keyings] or [TOPIC_EVENTS]
+        self.sinks = list(sinks)
+        self.on_alerts = on_alerts
+        self.log = log or JsonLog("correlation")
+        self.idle_flush_s = float(self.settings.get("idle_flush_s", 30)
+                                  if idle_flush_s is None else idle_flush_s)
+        self.stats: Counter[str] = Counter()
+        self.engines: dict[str, CorrelationEngine] = {}
+        self.tracked: dict[tuple[str, int], _Tracked] = {}
+        self._new_engines()
+
+    def _new_engines(self) -> None:
+        detectors = split_detectors(build_detectors(self.correlation))
+        self.engines = {KEYED_TOPICS[k]: CorrelationEngine(self.correlation, detectors[k])
+                        for k in self.keyings}
+        cap = float(self.settings.get("replay_suppression_max_s", 3600))
+        self._retain = {t: retain_span_ns(e, cap) for t, e in self.engines.items()}
+        self.tracked = {}
+
+    # --- the transform ---------------------------------------------------------------------
+
+    def push(self, records: Iterable[Record]) -> list[dict]:
+        """Feed records to the engines; the alerts of the windows their events closed.
+
+        The engine has one watermark (newest event time seen - allowed lateness), but a
+        poll interleaves partitions in no event-time order: a partition that runs ahead
+        would make another's events late. So the batches of one poll are pushed oldest
+        first (by their earliest event); across polls, how far one partition can run ahead
+        is bounded by max_partition_fetch_bytes (docs/kafka.md)."""
+        decoded: list[tuple[int, Record, EventBatch]] = []
+        for record in records:
+            tp = (record.topic, record.partition)
+            tracked = self.tracked.setdefault(tp, _Tracked())
+            tracked.next_offset = record.offset + 1
+            if record.topic not in self.engines:
+                continue
+            self.stats["messages_in"] += 1
+            try:
+                batch = decode(record.value)
+            except WireError as exc:  # fusion encoded it: should not happen
+                self._bad(record, exc)
+                continue
+            if len(batch):
+                times = batch.columns["timestamp"]
+                tracked.messages.append((record.offset, int(times.max())))
+                decoded.append((int(times.min()), record, batch))
+        alerts: list[dict] = []
+        for _, record, batch in sorted(decoded, key=lambda item: item[0]):
+            try:
+                alerts += self.engines[record.topic].push(batch)
+            except SchemaError as exc:
+                self._bad(record, exc)
+                continue
+            self.stats["events_in"] += len(batch)
+        self._release()
+        return alerts
+
+    def _bad(self, record: Record, exc: Exception) -> None:
+        self.stats["bad_messages"] += 1
+        self.log("bad_message", reason=str(exc), topic=record.topic,
+                 partition=record.partition, offset=record.offset)
+
+    def flush_engines(self) -> list[dict]:
+        """Close every window holding events (idle input); every tracked message is done."""
+        alerts: list[dict] = []
+        for engine in self.engines.values():
+            alerts += engine.flush()
+        for tracked in self.tracked.values():
+            tracked.messages.clear()
+        self.stats["idle_flushes"] += 1
+        return alerts
+
+    def _release(self) -> None:
+        for (topic, _), tracked in self.tracked.items():
+            engine = self.engines.get(topic)
+            watermark = engine.watermark if engine is not None else None
+            if engine is None:
+                tracked.messages.clear()
+            elif watermark is not None:
+                tracked.release_before(watermark - self._retain[topic])
+
+    def commit_positions(self) -> dict[tuple[str, int], int]:
+        """{(topic, partition): offset to commit} = low-water mark of what is still needed."""
+        return {tp: low for tp, t in self.tracked.items()
+                if (low := t.low_water()) is not None}
+
+    @property
+    def buffered_messages(self) -> int:
+        return sum(len(t.messages) for t in self.tracked.values())
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def _deliver(self, alerts: list[dict], producer: SpoolingProducer,
+                 stop: threading.Event) -> bool:
+        """Send alerts to sa.alerts and the sinks; True once all acknowledged."""
+        for alert in alerts:
+            producer.send(TOPIC_ALERTS, str(alert["event"]["id"]).encode(),
+                          orjson.dumps(alert, option=orjson.OPT_SERIALIZE_NUMPY))
+        if not _flush_until(producer, stop):
+            return False
+        for sink in self.sinks:
+            try:
+                sink.write(alerts)
+            except Exception as exc:  # ES down beyond the sink's own retries
+                self.log("sink_failed", sink=type(sink).__name__, reason=str(exc)[:300])
+                return False
+        if self.on_alerts is not None:
+            self.on_alerts(alerts)
+        self.stats["alerts_out"] += len(alerts)
+        return True
+
+    def _commit(self, consumer: BatchConsumer) -> None:
+        marks = [Record(t, p, offset - 1, None, b"", 0)
+                 for (t, p), offset in self.commit_positions().items() if offset > 0]
+        _commit(consumer, marks, self.log)
+
+    def _rewind(self, consumer: _RewindableConsumer) -> None:
+        self._new_engines()
+        positions = consumer.rewind_to_committed()
+        self.stats["rebuilds"] += 1
+        self.log("rebuild", assignment=sorted(f"{t}:{p}" for t, p in positions),
+                 positions={f"{t}:{p}": o for (t, p), o in positions.items()})
+
+    def run(self, stop: threading.Event, *, ready: threading.Event | None = None) -> int:
+        s = self.settings
+        spool = s.get("spool_dir") or _temp_spool("correlation")
+        consumer = _RewindableConsumer(
+            self.kafka, self.input_topics, self.group,
+            session_timeout_ms=int(s.get("session_timeout_ms", 6000)),
+            max_poll_records=int(s.get("max_poll_records", 64)),
+            max_partition_fetch_bytes=int(s.get("max_partition_fetch_bytes", 4 << 20)))
+        producer = SpoolingProducer(self.kafka, spool, topics=self.topics,
+                                    linger_ms=int(s.get("linger_ms", 5)))
+        metrics_every = float(s.get("metrics_interval_s", 30))
+        commit_every = float(s.get("commit_interval_s", 1.0))
+        next_metrics = time.monotonic() + metrics_every
+        next_commit = 0.0
+        last_input = time.monotonic()
+        assigned: set[tuple[str, int]] = set()
+        pending: list[dict] = []  # alerts not yet acknowledged by every output
+        self.log("started", group=self.group, inputs=self.input_topics,
+                 idle_flush_s=self.idle_flush_s)
+        if ready is not None:
+            ready.set()
+        try:
+            while not stop.is_set():
+                try:
+                    records = consumer.poll_batch(timeout_s=0.2)
+                except TransportError as exc:
+                    self.log("poll_failed", reason=str(exc)[:300])
+                    stop.wait(1.0)
+                    continue
+                now_assigned = consumer.assignment()
+                rewound = any(t.rewound(r.offset) for r in records
+                              if (t := self.tracked.get((r.topic, r.partition))) is not None)
+                if now_assigned != assigned or rewound:
+                    assigned = now_assigned
+                    self._rewind(consumer)  # this poll's records come again from the commit
+                    continue
+                if records:
+                    last_input = time.monotonic()
+                    pending += self.push(records)
+                elif (self.idle_flush_s > 0 and self.buffered_messages
+                      and time.monotonic() - last_input >= self.idle_flush_s):
+                    pending += self.flush_engines()
+                    next_commit = 0.0
+                now = time.monotonic()
+                if pending or (now >= next_commit and self.tracked):
+                    if self._deliver(pending, producer, stop):
+                        pending = []
+                        self._commit(consumer)
+                        next_commit = now + commit_every
+                if now >= next_metrics:
+                    next_metrics = now + metrics_every
+                    self.log("metrics", **self.stats, buffered_messages=self.buffered_messages,
+                             watermark={t: e.watermark for t, e in self.engines.items()},
+                             engine={t: e.stats for t, e in self.engines.items()})
+        finally:
+            # Open windows are NOT flushed: they would be emitted from part of their events.
+            # Their messages stay uncommitted and the next owner rebuilds them.
+            if pending and self._deliver(pending, producer, threading.Event()):
+                pending = []
+            if not pending:
+                self._commit(consumer)
+            producer.close(float(s.get("shutdown_flush_s", 10)))
+            consumer.close()
+            if not s.get("spool_dir"):
+                shutil.rmtree(spool, ignore_errors=True)
+            self.log("stopped", **self.stats, buffered_messages=self.buffered_messages)
+        return 0
+
+
+class _RewindableConsumer(BatchConsumer):
+    """A BatchConsumer that can move every assigned partition back to its committed offset
+    (the earliest offset when the group has none)."""
+
+    def rewind_to_committed(self) -> dict[tuple[str, int], int]:
+        kafka_consumer = self._consumer
+        positions: dict[tuple[str, int], int] = {}
+        for tp in kafka_consumer.assignment():
+            offset = kafka_consumer.committed(tp)
+            if offset is None:
+                kafka_consumer.seek_to_beginning(tp)
+                offset = -1
+            else:
+                kafka_consumer.seek(tp, offset)
+            positions[(tp.topic, tp.partition)] = offset
+        self._committed = {k: v for k, v in positions.items() if v >= 0}
+        return positions
+
+
+# --- producing sensor batches (tests, bench; `cirt-sa sensor run --kafka` is the real one) --
+
+def sensor_messages(paths: Sequence[str | os.PathLike], config: Mapping,
+                    max_bytes: int = 1_000_000) -> Iterable[bytes]:
+    """Wire-encoded sensor batches of the captures, in the embedded pipeline's order."""
+    from pipeline.embedded import order_captures
+    from sensors.sensor import CaptureResult, capture_events
+
+    for path in order_captures([os.fspath(p) for p in paths]):
+        for _consumed, batches in capture_events(path, config["sensor"], CaptureResult(path)):
+            for batch in batches:
+                if len(batch):
+                    yield from encode_chunks(batch, max_bytes)
+
+
+def publish_captures(paths: Sequence[str | os.PathLike], config: Mapping,
+                     producer: _Producer, sensor_id: str | None = None) -> int:
+    """Send the captures' sensor batches to sa.sensor (key = sensor id); returns messages."""
+    key = str(sensor_id or config["sensor"].get("id", "sensor-1")).encode()
+    sent = 0
+    for message in sensor_messages(paths, config):
+        producer.send(TOPIC_SENSOR, key, message)
+        sent += 1
+    return sent
+

@@ -1,0 +1,616 @@
+"""Bounded TCP reassembly: the first bytes of each direction of selected TCP flows.
+
+Protocol parsers (HTTP, TLS, SSH, clear-text logins) only need the start of a connection, so
+this is reassembly "only as far as the parsers need it":
+
+- Selection, column-wise before any Python: TCP rows (ip_version != 0, transport 6) that
+  carry payload or SYN/FIN/RST, and whose flow is (a) on a selected port (`ports`; None =
+  every port), (b) opened by a payload matching the consumer's `client_predicate` (a
+  vectorized test on the first PREFIX_BYTES payload bytes, e.g. "starts with an HTTP
+  method"), or (c) already tracked. Rows of flows the consumer released (`release`) are
+  dropped by a hash test, also column-wise. Only the remaining rows enter the Python loop.
+- Per direction, the bytes from the direction's first sequence number (SYN+1, else the
+  first segment seen, or the peer's ACK number when the flow was opened by the peer's
+  packet), in sequence order up to `max_bytes_per_dir`. Out-of-order segments are held (up
+  to the cap) and placed by sequence number; retransmissions are ignored; overlapping
+  bytes: the first copy received wins. A hole that is still open when the direction ends,
+  when `max_ooo_segments` later segments arrived past it, or when the held data reaches the
+  cap, is a gap: the direction stops at the hole (`gap` set, stats["gaps"]).
+- The first `max_packets_meta` segments of the flow that advanced their direction's
+  highest sequence number (so retransmissions are left out) are listed as
+  (ts_ns, direction, payload_len) — packet sizes/directions for analyzers such as SSH.
+  Collection of a flow goes on while either direction is below its cap or the list is not
+  full; after that only FIN/RST (and the idle clock) are tracked.
+
+Client (direction 0) = sender of a SYN without ACK; else the receiver of a SYN+ACK; else
+the sender of the payload that matched `client_predicate`; else the endpoint whose port is
+NOT in `ports` (when exactly one is); else the higher port (ephemeral ports are high).
+
+A flow is final (`StreamChunk.final`) on RST, on FIN from both sides, when both directions
+are done (cap, gap or FIN) and the packet list is full ("capped"), when idle for
+`idle_timeout_s` of event time (the clock is the largest timestamp fed so far), when
+evicted, or at `flush`. Final flows and released flows are remembered (bounded LRU of
+their hashes) so their late segments do not reopen them; a SYN without ACK does (port reuse).
+
+Bounds: at most `max_flows` flows held and `max_bytes_total` bytes buffered (sum of both
+directions' buffers, each <= max_bytes_per_dir); beyond either, the least recently active
+flows are emitted final with reason "evicted" (stats["evicted"]). Released/closed hashes
+kept: 4 * max_flows.
+
+Sequence numbers are not a DecodedPackets column; they are read from the TCP header found
+by walking back from `payload_offset` (the header length whose data-offset nibble, ports
+and flags byte agree with the decoded columns).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.schema import EventKind
+from sensors.community_id import community_id_column
+from sensors.packets import IP_DTYPE, DecodedPackets
+
+FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
+TCP = 6
+PREFIX_BYTES = 8  # payload bytes shown to a client_predicate
+NS = 1_000_000_000
+SEQ_MOD = 1 << 32
+SEQ_HALF = 1 << 31
+
+# client_predicate(head: (n, PREFIX_BYTES) uint8 zero-padded, payload_len: (n,) int) -> bool mask
+ClientPredicate = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# (vlan, client ip, client port, server ip, server port)
+FlowKey = tuple[int, bytes, int, bytes, int]
+
+
+@dataclass
+class StreamChunk:
+    """What is collected of one flow so far (a snapshot; `final` when the flow is over).
+
+    Direction 0 is client -> server, 1 is server -> client. Timestamps are ns since epoch,
+    -1 when the direction has sent nothing.
+    """
+
+    key: FlowKey
+    client_ip: bytes  # 16-byte column form (IPv4-mapped for IPv4)
+    server_ip: bytes
+    client_port: int
+    server_port: int
+    vlan: int
+    client_by: str  # how the client was chosen: syn, synack, predicate, port, heuristic
+    start_ts: int  # first selected packet of the flow
+    last_ts: int
+    first_ts: tuple[int, int]  # first payload packet per direction
+    data: tuple[bytes, bytes]  # contiguous bytes per direction (<= max_bytes_per_dir)
+    ended: tuple[bool, bool]  # FIN/RST sent by that side (data up to it complete unless gap)
+    capped: tuple[bool, bool]  # the direction reached max_bytes_per_dir
+    gap: tuple[bool, bool]  # bytes missing: data stops at the hole
+    packets: list[tuple[int, int, int]]  # (ts_ns, direction, payload_len), first K segments
+    final: bool = False
+    reason: str = ""  # when final: fin, rst, idle, capped, evicted, flush
+
+    @property
+    def client_data(self) -> bytes:
+        return self.data[0]
+
+    @property
+    def server_data(self) -> bytes:
+        return self.data[1]
+
+
+class _Direction:
+    """One direction's reassembly state: contiguous buffer plus held out-of-order data."""
+
+    __slots__ = ("base", "buf", "ooo", "ooo_segments", "max_end", "first_ts", "fin", "capped",
+                 "gap", "done")
+
+    def __init__(self) -> None:
+        self.base: int | None = None  # sequence number of buf[0]
+        self.buf = bytearray()
+        self.ooo: np.ndarray | None = None  # (2, cap) uint8: held bytes, filled flag
+        self.ooo_segments = 0  # segments received since the hole opened
+        self.max_end = 0  # highest relative end offset seen (for packet metadata)
+        self.first_ts = -1
+        self.fin = False
+        self.capped = False
+        self.gap = False
+        self.done = False  # no more bytes wanted (cap, gap or end)
+
+    def held_bytes(self) -> int:
+        return len(self.buf) + (0 if self.ooo is None else int(self.ooo.shape[1]))
+
+
+class _Flow:
+    __slots__ = ("key", "client_by", "dirs", "start_ts", "last_ts", "packets", "changed",
+                 "hash")
+
+    def __init__(self, key: FlowKey, client_by: str, ts: int, flow_hash: int) -> None:
+        self.key = key
+        self.client_by = client_by
+        self.dirs = (_Direction(), _Direction())
+        self.start_ts = ts
+        self.last_ts = ts
+        self.packets: list[tuple[int, int, int]] = []
+        self.changed = True
+        self.hash = flow_hash
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finalizer (uint64, wrapping)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def flow_hash_column(packets: DecodedPackets, rows: np.ndarray) -> np.ndarray:
+    """Direction-independent uint64 hash of (vlan, {ip:port, ip:port}) for `rows`."""
+    with np.errstate(over="ignore"):
+        def endpoint(ips: np.ndarray, ports: np.ndarray) -> np.ndarray:
+            halves = np.ascontiguousarray(ips[rows]).view(np.uint64).reshape(-1, 2)
+            h = _mix(halves[:, 0] ^ np.uint64(0x9E3779B97F4A7C15))
+            h = _mix(h ^ halves[:, 1])
+            return _mix(h ^ ports[rows].astype(np.uint64))
+        both = endpoint(packets.src_ip, packets.src_port) + endpoint(packets.dst_ip,
+                                                                      packets.dst_port)
+        return _mix(both ^ (packets.vlan[rows].astype(np.uint64) << np.uint64(48)))
+
+
+def _gather(data: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
+    """(len(pos), width) bytes data[pos:pos+width], zeros outside the buffer."""
+    idx = pos[:, None] + np.arange(width, dtype=np.int64)
+    inside = (idx >= 0) & (idx < data.shape[0])
+    out = np.zeros(idx.shape, dtype=np.uint8)
+    out[inside] = data[idx[inside]]
+    return out
+
+
+def tcp_seq_ack(packets: DecodedPackets, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray,
+                                                                       np.ndarray]:
+    """(seq, ack, found) for `rows`, read from the TCP header before each payload.
+
+    The header is located by trying every legal header length (20..60): the right one has
+    the row's ports at its start, its own length in the data-offset nibble and the row's
+    flags. Rows where no length fits (damaged) have found False.
+    """
+    n = rows.shape[0]
+    seq = np.zeros(n, dtype=np.int64)
+    ack = np.zeros(n, dtype=np.int64)
+    found = np.zeros(n, dtype=bool)
+    if n == 0:
+        return seq, ack, found
+    data = np.asarray(packets.data).reshape(-1)
+    offset = packets.payload_offset[rows].astype(np.int64)
+    sport = packets.src_port[rows].astype(np.int64)
+    dport = packets.dst_port[rows].astype(np.int64)
+    flags = packets.tcp_flags[rows]
+    for header_len in range(20, 64, 4):
+        todo = ~found
+        if not todo.any():
+            break
+        pos = offset - header_len
+        head = _gather(data, pos, 14).astype(np.int64)
+        ok = (todo & (pos >= 0) & ((head[:, 0] << 8 | head[:, 1]) == sport)
+              & ((head[:, 2] << 8 | head[:, 3]) == dport)
+              & ((head[:, 12] >> 4) * 4 == header_len) & (head[:, 13] == flags))
+        seq = np.where(ok, head[:, 4] << 24 | head[:, 5] << 16 | head[:, 6] << 8 | head[:, 7], seq)
+        ack = np.where(ok, head[:, 8] << 24 | head[:, 9] << 16 | head[:, 10] << 8 | head[:, 11],
+                       ack)
+        found |= ok
+    return seq, ack, found
+
+
+def prefix_predicate(prefixes: Iterable[bytes]) -> ClientPredicate:
+    """A client_predicate: payload starts with one of `prefixes` (each <= PREFIX_BYTES)."""
+    patterns = [bytes(p) for p in prefixes if 0 < len(p) <= PREFIX_BYTES]
+
+    def predicate(head: np.ndarray, payload_len: np.ndarray) -> np.ndarray:
+        mask = np.zeros(head.shape[0], dtype=bool)
+        for pattern in patterns:
+            want = np.frombuffer(pattern, dtype=np.uint8)
+            mask |= (head[:, : len(pattern)] == want).all(axis=1) & (payload_len >= len(pattern))
+        return mask
+
+    return predicate
+
+
+class StreamCollector:
+    """Per-flow, per-direction bounded reassembly of selected TCP flows (see module doc).
+
+    `feed(packets)` returns a chunk for every flow that changed in the batch (new bytes,
+    packets, FIN/RST) or became final; `flush()` returns every held flow, final. A consumer
+    that has what it needs calls `release(chunk.key)`: the flow's state is dropped and its
+    later segments are skipped column-wise.
+    """
+
+    def __init__(
+        self,
+        ports: set[int] | None,
+        max_bytes_per_dir: int = 16384,
+        max_flows: int = 10000,
+        idle_timeout_s: float = 300.0,
+        *,
+        client_predicate: ClientPredicate | None = None,
+        max_bytes_total: int = 64 << 20,
+        max_packets_meta: int = 64,
+        max_ooo_segments: int = 64,
+    ) -> None:
+        self.ports = None if ports is None else frozenset(int(p) for p in ports)
+        self._port_array = None if ports is None else np.array(sorted(self.ports), dtype=np.int64)
+        self.max_bytes_per_dir = max(int(max_bytes_per_dir), 1)
+        self.max_flows = max(int(max_flows), 1)
+        self.idle_ns = int(float(idle_timeout_s) * NS)
+        self.client_predicate = client_predicate
+        self.max_bytes_total = int(max_bytes_total)
+        self.max_packets_meta = int(max_packets_meta)
+        self.max_ooo_segments = int(max_ooo_segments)
+        self.max_ignored = 4 * self.max_flows
+        self.flows: OrderedDict[FlowKey, _Flow] = OrderedDict()  # least recently active first
+        self._by_hash: dict[int, list[FlowKey]] = {}
+        self._ignored: OrderedDict[int, None] = OrderedDict()  # released/closed flow hashes
+        self._ignored_array: np.ndarray | None = None  # sorted cache of _ignored keys
+        self.held_bytes = 0
+        self.clock = np.iinfo(np.int64).min
+        self.stats: dict[str, int] = {}
+
+    # --- public -------------------------------------------------------------------------------
+
+    def feed(self, packets: DecodedPackets) -> list[StreamChunk]:
+        """Add a decoded batch; chunks of the flows that changed or ended."""
+        if len(packets):
+            self.clock = max(self.clock, int(packets.ts_ns.max()))
+        out: list[StreamChunk] = []
+        rows, hashes, opens = self._select(packets)
+        if rows.size:
+            self._segments(packets, rows, hashes, opens, out)
+        self._expire_idle(out)
+        self._enforce_bounds(out)
+        for flow in list(self.flows.values()):
+            if flow.changed:
+                flow.changed = False
+                out.append(self._chunk(flow, final=False, reason=""))
+        return out
+
+    def flush(self) -> list[StreamChunk]:
+        """End of input: every held flow, final (reason "flush")."""
+        out: list[StreamChunk] = []
+        for key in list(self.flows):
+            out.append(self._close(key, "flush"))
+        return out
+
+    def release(self, key: FlowKey) -> None:
+        """The consumer needs nothing more of this flow: drop it, skip its later segments."""
+        flow = self.flows.pop(key, None)
+        if flow is not None:
+            self._forget(flow)
+            self._ignore(flow.hash)
+
+    @property
+    def held_flows(self) -> int:
+        """Flows currently held (no __len__: a collector must not be falsy when empty)."""
+        return len(self.flows)
+
+    # --- selection (column-wise) --------------------------------------------------------------
+
+    def _select(self, packets: DecodedPackets) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows to process in the loop, their flow hashes, and which may open a flow."""
+        flags = packets.tcp_flags
+        tcp = (packets.transport == TCP) & (packets.ip_version != 0)
+        control = (flags & (SYN | FIN | RST)) != 0
+        rows = np.flatnonzero(tcp & ((packets.payload_len > 0) | control))
+        empty = np.zeros(0, dtype=np.int64)
+        if rows.size == 0:
+            return empty, np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=bool)
+        hashes = flow_hash_column(packets, rows)
+        matched = np.zeros(rows.size, dtype=bool)  # payload looks like a client's opening
+        if self.client_predicate is not None:
+            plen = packets.payload_len[rows]
+            has = plen > 0
+            if has.any():
+                head = _gather(np.asarray(packets.data).reshape(-1),
+                               packets.payload_offset[rows[has]].astype(np.int64), PREFIX_BYTES)
+                lens = plen[has].astype(np.int64)
+                head[np.arange(PREFIX_BYTES)[None, :] >= lens[:, None]] = 0
+                matched[has] = np.asarray(self.client_predicate(head, lens), dtype=bool)
+        if self.ports is None:
+            opens = np.ones(rows.size, dtype=bool)
+        else:
+            opens = (np.isin(packets.src_port[rows], self._port_array)
+                     | np.isin(packets.dst_port[rows], self._port_array)) | matched
+        # Rows of flows held already or opened in this batch (by any of its rows).
+        ignored = self._ignored_hashes()
+        pure_syn = (flags[rows] & (SYN | ACK)) == SYN  # port reuse reopens a released flow
+        if ignored.size and pure_syn.any():
+            # a SYN on a released/closed flow's ports is a new connection: forget the old one
+            for flow_hash in set(hashes[pure_syn].tolist()) & self._ignored.keys():
+                self._unignore(flow_hash)
+            ignored = self._ignored_hashes()
+        may_open = opens & ~np.isin(hashes, ignored) if ignored.size else opens
+        held = np.fromiter(self._by_hash, dtype=np.uint64, count=len(self._by_hash))
+        keep = np.isin(hashes, np.concatenate([held, hashes[may_open]]))
+        self.stats["segments_selected"] = self.stats.get("segments_selected", 0) + int(keep.sum())
+        self._predicate_rows = matched[keep]
+        return rows[keep], hashes[keep], opens[keep]
+
+    def _ignored_hashes(self) -> np.ndarray:
+        if self._ignored_array is None:
+            self._ignored_array = np.fromiter(self._ignored, dtype=np.uint64,
+                                              count=len(self._ignored))
+        return self._ignored_array
+
+    def _ignore(self, flow_hash: int) -> None:
+        self._ignored[flow_hash] = None
+        self._ignored.move_to_end(flow_hash)
+        while len(self._ignored) > self.max_ignored:
+            self._ignored.popitem(last=False)
+        self._ignored_array = None
+
+    def _unignore(self, flow_hash: int) -> None:
+        if self._ignored.pop(flow_hash, 0) is None:
+            self._ignored_array = None
+
+    # --- the per-segment loop (selected rows only) --------------------------------------------
+
+    def _segments(self, packets: DecodedPackets, rows: np.ndarray, hashes: np.ndarray,
+                  opens: np.ndarray, out: list[StreamChunk]) -> None:
+        seq, ack, found = tcp_seq_ack(packets, rows)
+        bad = int((~found).sum())
+        if bad:
+            self.stats["no_tcp_header"] = self.stats.get("no_tcp_header", 0) + bad
+        data = np.asarray(packets.data).reshape(-1)
+        src_ip = packets.src_ip[rows]
+        dst_ip = packets.dst_ip[rows]
+        columns = zip(rows.tolist(), hashes.tolist(), opens.tolist(), self._predicate_rows.tolist(),
+                      seq.tolist(), ack.tolist(), found.tolist(),
+                      packets.src_port[rows].tolist(), packets.dst_port[rows].tolist(),
+                      packets.vlan[rows].tolist(), packets.tcp_flags[rows].tolist(),
+                      packets.ts_ns[rows].tolist(), packets.payload_offset[rows].tolist(),
+                      packets.payload_len[rows].tolist(), strict=True)
+        ignored = self._ignored
+        for i, (row, fhash, may_open, predicate, s, a, ok, sport, dport, vlan, flags, ts, off,
+                plen) in enumerate(columns):
+            del row
+            if not ok:
+                continue
+            sip = src_ip[i].tobytes()
+            dip = dst_ip[i].tobytes()
+            fwd: FlowKey = (vlan, sip, sport, dip, dport)
+            rev: FlowKey = (vlan, dip, dport, sip, sport)
+            flow = self.flows.get(fwd)
+            direction = 0
+            if flow is None:
+                flow = self.flows.get(rev)
+                direction = 1
+            pure_syn = (flags & (SYN | ACK)) == SYN
+            if flow is not None and pure_syn and flow.dirs[direction].base not in (
+                    None, (s + 1) % SEQ_MOD):
+                out.append(self._close(flow.key, "fin"))  # port reuse: a new connection
+                flow = None
+            if flow is None:
+                if fhash in ignored:
+                    if not pure_syn:
+                        continue
+                    self._unignore(fhash)  # port reuse after a close in this batch
+                if not may_open or (flags & RST):
+                    continue
+                flow, direction = self._open(fwd, rev, fhash, flags, predicate, sport, dport, ts)
+            self.flows.move_to_end(flow.key)
+            flow.last_ts = max(flow.last_ts, ts)
+            payload = data[off : off + plen].tobytes() if plen > 0 else b""
+            self._segment(flow, direction, flags, s, a, payload, ts)
+            if flow.dirs[0].fin and flow.dirs[1].fin:
+                out.append(self._close(flow.key, "fin"))
+            elif flags & RST:
+                out.append(self._close(flow.key, "rst"))
+            elif (flow.dirs[0].done and flow.dirs[1].done
+                  and len(flow.packets) >= self.max_packets_meta):
+                out.append(self._close(flow.key, "capped"))  # nothing more to collect
+
+    def _open(self, fwd: FlowKey, rev: FlowKey, fhash: int, flags: int, predicate: bool,
+              sport: int, dport: int, ts: int) -> tuple[_Flow, int]:
+        """New flow for a segment sent by fwd's first endpoint; returns (flow, its direction)."""
+        if (flags & (SYN | ACK)) == SYN:
+            sender_is_client, how = True, "syn"
+        elif flags & SYN:
+            sender_is_client, how = False, "synack"
+        elif predicate:
+            sender_is_client, how = True, "predicate"
+        else:
+            sport_selected = self.ports is not None and sport in self.ports
+            dport_selected = self.ports is not None and dport in self.ports
+            if sport_selected != dport_selected:
+                sender_is_client, how = dport_selected, "port"
+            else:
+                sender_is_client, how = sport > dport, "heuristic"
+        key = fwd if sender_is_client else rev
+        flow = _Flow(key, how, ts, fhash)
+        self.flows[key] = flow
+        self._by_hash.setdefault(fhash, []).append(key)
+        self.stats["flows"] = self.stats.get("flows", 0) + 1
+        return flow, 0 if sender_is_client else 1
+
+    def _segment(self, flow: _Flow, direction: int, flags: int, seq: int, ack: int,
+                 payload: bytes, ts: int) -> None:
+        this, peer = flow.dirs[direction], flow.dirs[1 - direction]
+        if flags & SYN:
+            seq = (seq + 1) % SEQ_MOD  # the SYN takes one sequence number
+            if this.base is None or (not this.buf and this.ooo is None):
+                this.base = seq  # a SYN overrides a base guessed from the peer's ACK
+        elif this.base is None:
+            this.base = seq
+        if peer.base is None and flags & ACK:
+            peer.base = ack  # the next byte the peer will send
+        rel = (seq - this.base) % SEQ_MOD
+        if rel >= SEQ_HALF:
+            rel -= SEQ_MOD  # before the base: (part of) an old segment
+        end = rel + len(payload)
+        if payload:
+            if end > this.max_end:
+                if this.first_ts < 0:
+                    this.first_ts = ts
+                this.max_end = end
+                if len(flow.packets) < self.max_packets_meta:
+                    flow.packets.append((ts, direction, len(payload)))
+                    flow.changed = True
+            else:
+                self.stats["late_or_retransmitted"] = self.stats.get("late_or_retransmitted", 0) + 1
+            if not this.done:
+                self._place(flow, this, rel, payload)
+        if flags & (FIN | RST):
+            if not this.fin:
+                flow.changed = True
+            this.fin = True
+            self._end_direction(flow, this)
+
+    def _place(self, flow: _Flow, this: _Direction, rel: int, payload: bytes) -> None:
+        """Put payload at relative offset `rel`; first copy of a byte wins."""
+        cap = self.max_bytes_per_dir
+        have = len(this.buf)
+        if rel < 0:
+            payload = payload[-rel:]
+            rel = 0
+        if rel >= cap:
+            return  # wholly beyond what this consumer keeps
+        end = min(rel + len(payload), cap)
+        if end <= have:
+            return
+        before = this.held_bytes()
+        if rel <= have and this.ooo is None:
+            this.buf += payload[have - rel : end - rel]  # the common, in-order case
+            flow.changed = True
+        else:
+            if this.ooo is None:
+                this.ooo = np.zeros((2, cap), dtype=np.uint8)
+                this.ooo[0, :have] = np.frombuffer(bytes(this.buf), dtype=np.uint8)
+                this.ooo[1, :have] = 1
+                this.ooo_segments = 0
+                self.stats["out_of_order"] = self.stats.get("out_of_order", 0) + 1
+            seg = np.frombuffer(payload, dtype=np.uint8)[: end - rel]
+            held, filled = this.ooo[0, rel:end], this.ooo[1, rel:end]
+            held[:] = np.where(filled != 0, held, seg)
+            filled[:] = 1
+            holes = np.flatnonzero(this.ooo[1] == 0)
+            contiguous = int(holes[0]) if holes.size else cap
+            if contiguous > have:
+                this.buf = bytearray(this.ooo[0, :contiguous].tobytes())
+                flow.changed = True
+            if contiguous >= cap or not this.ooo[1, contiguous:].any():
+                this.ooo = None  # hole filled (or cap reached): back to the fast path
+            else:
+                this.ooo_segments += 1
+                if this.ooo_segments > self.max_ooo_segments or int(
+                        np.flatnonzero(this.ooo[1])[-1]) + 1 >= cap:
+                    self._mark_gap(flow, this)
+        if len(this.buf) >= cap:
+            this.capped = this.done = True
+            this.ooo = None
+        self.held_bytes += this.held_bytes() - before
+
+    def _mark_gap(self, flow: _Flow, this: _Direction) -> None:
+        before = this.held_bytes()
+        this.ooo = None
+        this.gap = this.done = True
+        flow.changed = True
+        self.held_bytes += this.held_bytes() - before
+        self.stats["gaps"] = self.stats.get("gaps", 0) + 1
+
+    def _end_direction(self, flow: _Flow, this: _Direction) -> None:
+        if this.ooo is not None:
+            self._mark_gap(flow, this)
+        this.done = True
+
+    # --- closing and bounds -------------------------------------------------------------------
+
+    def _forget(self, flow: _Flow) -> None:
+        keys = self._by_hash.get(flow.hash)
+        if keys is not None:
+            if flow.key in keys:
+                keys.remove(flow.key)
+            if not keys:
+                del self._by_hash[flow.hash]
+        self.held_bytes -= flow.dirs[0].held_bytes() + flow.dirs[1].held_bytes()
+
+    def _close(self, key: FlowKey, reason: str) -> StreamChunk:
+        flow = self.flows.pop(key)
+        for this in flow.dirs:
+            if this.ooo is not None:
+                self._mark_gap(flow, this)
+        chunk = self._chunk(flow, final=True, reason=reason)
+        self._forget(flow)
+        self._ignore(flow.hash)
+        self.stats[f"closed_{reason}"] = self.stats.get(f"closed_{reason}", 0) + 1
+        return chunk
+
+    def _expire_idle(self, out: list[StreamChunk]) -> None:
+        horizon = self.clock - self.idle_ns
+        # flows are ordered by last activity in arrival order; stop at the first fresh one
+        while self.flows:
+            key, flow = next(iter(self.flows.items()))
+            if flow.last_ts >= horizon:
+                break
+            out.append(self._close(key, "idle"))
+
+    def _enforce_bounds(self, out: list[StreamChunk]) -> None:
+        while self.flows and (len(self.flows) > self.max_flows
+                              or self.held_bytes > self.max_bytes_total):
+            key = next(iter(self.flows))
+            self.stats["evicted"] = self.stats.get("evicted", 0) + 1
+            out.append(self._close(key, "evicted"))
+
+    @staticmethod
+    def _chunk(flow: _Flow, final: bool, reason: str) -> StreamChunk:
+        (vlan, cip, cport, sip, sport) = flow.key
+        d0, d1 = flow.dirs
+        return StreamChunk(
+            key=flow.key, client_ip=cip, server_ip=sip, client_port=cport, server_port=sport,
+            vlan=vlan, client_by=flow.client_by, start_ts=flow.start_ts, last_ts=flow.last_ts,
+            first_ts=(d0.first_ts, d1.first_ts), data=(bytes(d0.buf), bytes(d1.buf)),
+            ended=(d0.fin, d1.fin), capped=(d0.capped, d1.capped), gap=(d0.gap, d1.gap),
+            packets=list(flow.packets), final=final, reason=reason,
+        )
+
+
+def endpoint_columns(chunks: list[StreamChunk], timestamps: list[int], observer_name: str,
+                     ingress_zone: str) -> dict[str, np.ndarray]:
+    """The COMMON + ENDPOINTS event columns for events of `chunks` (client = source).
+
+    One event per list entry (a chunk may appear several times, e.g. pipelined HTTP).
+    """
+    n = len(chunks)
+    src_ip = np.array([c.client_ip for c in chunks], dtype=IP_DTYPE).reshape(n)
+    dst_ip = np.array([c.server_ip for c in chunks], dtype=IP_DTYPE).reshape(n)
+    src_port = np.array([c.client_port for c in chunks], dtype=np.uint16)
+    dst_port = np.array([c.server_port for c in chunks], dtype=np.uint16)
+    transport = np.full(n, TCP, dtype=np.uint8)
+    return {
+        "timestamp": np.asarray(timestamps, dtype=np.int64).reshape(n),
+        "observer_name": np.full(n, observer_name, dtype=object),
+        "ingress_zone": np.full(n, ingress_zone, dtype=object),
+        "src_ip": src_ip,
+        "dst_ip": dst_ip,
+        "src_port": src_port,
+        "dst_port": dst_port,
+        "transport": transport,
+        "vlan": np.array([c.vlan for c in chunks], dtype=np.uint16),
+        "community_id": community_id_column(src_ip, dst_ip, transport, src_port, dst_port),
+    }
+
+
+def kind_columns(kind: EventKind, rows: list[dict], skip: Mapping = ()) -> dict[str, np.ndarray]:
+    """Per-event dicts -> the kind's remaining columns (names in `skip` are left out)."""
+    columns: dict[str, np.ndarray] = {}
+    for spec in kind.fields:
+        if spec.column in skip:
+            continue
+        values = [row[spec.column] for row in rows]
+        if spec.dtype.kind == "O":
+            col = np.empty(len(values), dtype=object)  # element-wise: lists stay lists
+            for i, value in enumerate(values):
+                col[i] = value
+        else:
+            col = np.asarray(values, dtype=spec.dtype)
+        columns[spec.column] = col
+    return columns

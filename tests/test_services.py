@@ -1,0 +1,154 @@
+"""Unit tests of the Kafka services' pure parts (no broker): keying, fusion's split and
+dead-letter, and the correlation worker's commit low-water mark."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import orjson
+from conftest import shared_pcap
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipeline.config import load_config
+from pipeline.kafka_transport import Record
+from pipeline.keys import (
+    DESTINATION,
+    SOURCE,
+    aligned_keys,
+    default_partition,
+    ip_buckets,
+    murmur2,
+    partition_key_of,
+    split_by_key,
+    split_detectors,
+)
+from pipeline.services import CorrelationService, FusionService, JsonLog, sensor_messages
+from pipeline.wire import decode
+
+CAPTURE = "port_scan/simplescan__port_scan.pcap"
+
+
+class FakeProducer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes]] = []
+
+    def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+        self.sent.append((topic, key, value))
+
+
+def quiet(name: str) -> JsonLog:
+    import io
+
+    return JsonLog(name, io.StringIO())
+
+
+@given(st.binary(max_size=40))
+def test_murmur2_matches_kafka_python(data):
+    from kafka.partitioner.default import murmur2 as kafka_murmur2
+
+    assert murmur2(data) == kafka_murmur2(data)
+
+
+def test_aligned_keys_land_on_their_partition():
+    for partitions in (1, 2, 4, 7, 16):
+        keys = aligned_keys(partitions)
+        assert [default_partition(k, partitions) for k in keys] == list(range(partitions))
+
+
+@given(st.lists(st.binary(min_size=16, max_size=16), min_size=1, max_size=50),
+       st.integers(1, 9))
+def test_ip_buckets_are_a_function_of_the_address(addresses, buckets):
+    column = np.array(addresses, dtype="V16")
+    got = ip_buckets(column, buckets)
+    assert got.min() >= 0 and got.max() < buckets
+    # Same address -> same bucket, wherever it sits in a batch.
+    single = [int(ip_buckets(np.array([a], dtype="V16"), buckets)[0]) for a in addresses]
+    assert got.tolist() == single
+
+
+def test_split_by_key_keeps_every_row_once_and_groups_by_address():
+    batch = decode(next(iter(sensor_messages([shared_pcap(CAPTURE)], load_config()))))
+    for keying, column in ((SOURCE, "src_ip"), (DESTINATION, "dst_ip")):
+        parts = split_by_key(batch, keying, 4)
+        assert sum(len(p) for _, p in parts) == len(batch)
+        owner: dict[bytes, int] = {}
+        for bucket, part in parts:
+            for address in part.columns[column].tolist():
+                assert owner.setdefault(bytes(address), bucket) == bucket
+
+
+def test_detectors_are_source_keyed_unless_they_say_otherwise():
+    class Plain:
+        pass
+
+    class Victim:
+        partition_key = "destination"
+
+    class Wrong:
+        partition_key = "sideways"
+
+    assert partition_key_of(Plain()) == SOURCE
+    split = split_detectors([Plain(), Victim(), Plain()])
+    assert [type(d) for d in split[SOURCE]] == [Plain, Plain]
+    assert [type(d) for d in split[DESTINATION]] == [Victim]
+    try:
+        partition_key_of(Wrong())
+    except ValueError as exc:
+        assert "sideways" in str(exc)
+    else:
+        raise AssertionError("an unknown partition_key must be refused")
+
+
+def test_fusion_splits_by_key_and_dead_letters_garbage_with_the_original_bytes():
+    config = load_config()
+    service = FusionService(None, config, by_destination=True, log=quiet("fusion"))
+    messages = list(sensor_messages([shared_pcap(CAPTURE)], config))
+    garbage = b"CSAB\x63garbage"
+    records = [Record("sa.sensor", 0, 0, b"s1", garbage, 0)]
+    records += [Record("sa.sensor", 0, i + 1, b"s1", m, 0) for i, m in enumerate(messages)]
+    producer = FakeProducer()
+    service.process(records, producer)
+    dead = [orjson.loads(v) for t, _, v in producer.sent if t == "sa.deadletter"]
+    assert len(dead) == 1 and dead[0]["reason"].startswith("wire:")
+    assert base64.b64decode(dead[0]["message_b64"]) == garbage and dead[0]["offset"] == 0
+    rows_in = sum(len(decode(m)) for m in messages)
+    for topic, column in (("sa.events", "src_ip"), ("sa.events.by_dst", "dst_ip")):
+        out = [(k, decode(v)) for t, k, v in producer.sent if t == topic]
+        assert sum(len(b) for _, b in out) == rows_in
+        key_of: dict[bytes, bytes] = {}
+        for key, batch in out:
+            for address in batch.columns[column].tolist():
+                assert key_of.setdefault(bytes(address), key) == key  # one key per address
+
+
+def test_correlation_commits_the_low_water_mark_of_open_windows():
+    config = load_config()
+    service = CorrelationService(None, config, log=quiet("correlation"))
+    batch = decode(next(iter(sensor_messages([shared_pcap(CAPTURE)], config))))
+    records = [Record("sa.events", 0, 10, b"k", next(iter(sensor_messages(
+        [shared_pcap(CAPTURE)], config))), 0)]
+    service.push(records)
+    # Its windows are open (the watermark trails by allowed_lateness_s): not committable.
+    assert service.commit_positions() == {("sa.events", 0): 10}
+    assert service.buffered_messages == 1
+    service.flush_engines()
+    assert service.commit_positions() == {("sa.events", 0): 11}
+    assert len(batch) > 0
+
+
+def test_a_message_is_committed_once_the_watermark_passes_its_windows():
+    from pipeline.schema import EventBatch
+    from pipeline.wire import encode
+
+    config = load_config()
+    service = CorrelationService(None, config, log=quiet("correlation"))
+    message = next(iter(sensor_messages([shared_pcap(CAPTURE)], config)))
+    batch = decode(message)
+    later = dict(batch.columns)
+    later["timestamp"] = batch.columns["timestamp"] + 86_400 * 10**9  # a day later
+    service.push([Record("sa.events", 0, 0, b"k", message, 0),
+                  Record("sa.events", 0, 1, b"k", encode(EventBatch(batch.kind, later)), 0)])
+    # The first message's windows and suppression span are behind the watermark now.
+    assert service.commit_positions() == {("sa.events", 0): 1}

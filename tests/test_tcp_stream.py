@@ -1,0 +1,191 @@
+"""Bounded TCP reassembly (sensors/tcp_stream.py) on crafted scapy sessions."""
+
+from __future__ import annotations
+
+import numpy as np
+from packet_builders import batch_from_scapy
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+
+from sensors.decode import decode
+from sensors.packets import ip_to_bytes16
+from sensors.tcp_stream import StreamCollector, prefix_predicate, tcp_seq_ack
+
+CLIENT = ("10.0.0.1", 40000)
+SERVER = ("10.0.0.2", 80)
+
+
+def seg(src, dst, flags, seq, ack=0, data=b"", t=0.0):
+    pkt = Ether() / IP(src=src[0], dst=dst[0]) / TCP(sport=src[1], dport=dst[1], flags=flags,
+                                                     seq=seq, ack=ack) / data
+    pkt.time = t
+    return pkt
+
+
+def handshake(t=1.0, cseq=1000, sseq=5000):
+    return [seg(CLIENT, SERVER, "S", cseq, 0, t=t), seg(SERVER, CLIENT, "SA", sseq, cseq + 1, t=t),
+            seg(CLIENT, SERVER, "A", cseq + 1, sseq + 1, t=t)]
+
+
+def run(packets, collector=None, batches=1):
+    if collector is None:
+        collector = StreamCollector({80}, 64, 100, 60)
+    chunks = []
+    size = max(1, -(-len(packets) // batches))
+    for i in range(0, len(packets), size):
+        chunks += collector.feed(decode(batch_from_scapy(packets[i : i + size])))
+    chunks += collector.flush()
+    return collector, chunks
+
+
+def last(chunks):
+    assert chunks
+    return chunks[-1]
+
+
+def test_seq_ack_read_back_with_options():
+    pkts = [Ether() / IP() / TCP(seq=123456789, ack=987654321, flags="PA",
+                                 options=[("MSS", 1460), ("NOP", None), ("SAckOK", b"")]) / b"x",
+            Ether() / IP() / TCP(seq=7, ack=8, flags="S")]
+    d = decode(batch_from_scapy(pkts))
+    seq, ack, found = tcp_seq_ack(d, np.arange(2))
+    assert found.tolist() == [True, True]
+    assert seq.tolist() == [123456789, 7] and ack.tolist() == [987654321, 8]
+
+
+def test_in_order_session_both_directions_and_fin():
+    pkts = handshake() + [
+        seg(CLIENT, SERVER, "PA", 1001, 5001, b"GET / ", t=1.1),
+        seg(CLIENT, SERVER, "PA", 1007, 5001, b"HTTP/1.0\r\n\r\n", t=1.2),
+        seg(SERVER, CLIENT, "PA", 5001, 1019, b"HTTP/1.0 200 OK\r\n\r\n", t=1.3),
+        seg(CLIENT, SERVER, "FA", 1019, 5020, t=1.4), seg(SERVER, CLIENT, "FA", 5020, 1020, t=1.5)]
+    _, chunks = run(pkts)
+    c = last(chunks)
+    assert c.final and c.reason == "fin"
+    assert c.client_data == b"GET / HTTP/1.0\r\n\r\n"
+    assert c.server_data == b"HTTP/1.0 200 OK\r\n\r\n"
+    assert c.client_ip == ip_to_bytes16("10.0.0.1") and c.server_port == 80
+    assert c.client_by == "syn" and c.ended == (True, True) and c.gap == (False, False)
+    assert [(d, n) for _, d, n in c.packets] == [(0, 6), (0, 12), (1, 19)]
+    assert c.first_ts == (1_100_000_000, 1_300_000_000)
+
+
+def test_out_of_order_retransmission_and_overlap_first_wins():
+    pkts = handshake() + [
+        seg(CLIENT, SERVER, "PA", 1005, 5001, b"EFGH", t=1.1),  # ahead of a hole
+        seg(CLIENT, SERVER, "PA", 1001, 5001, b"ABCD", t=1.2),  # fills it
+        seg(CLIENT, SERVER, "PA", 1001, 5001, b"ABCD", t=1.3),  # retransmission
+        seg(CLIENT, SERVER, "PA", 1007, 5001, b"xxYZ", t=1.4),  # overlaps "GH": first copy wins
+    ]
+    for batches in (1, 4):
+        collector, chunks = run(pkts, batches=batches)
+        assert last(chunks).client_data == b"ABCDEFGHYZ"
+        assert collector.stats["late_or_retransmitted"] >= 2
+
+
+def test_gap_stops_data_and_is_marked():
+    pkts = handshake() + [seg(CLIENT, SERVER, "PA", 1001, 5001, b"ABCD", t=1.1),
+                          seg(CLIENT, SERVER, "PA", 1009, 5001, b"IJKL", t=1.2),  # 4 bytes lost
+                          seg(CLIENT, SERVER, "FA", 1013, 5001, t=1.3)]
+    collector, chunks = run(pkts)
+    c = last(chunks)
+    assert c.client_data == b"ABCD" and c.gap[0] and collector.stats["gaps"] == 1
+
+
+def test_cap_per_direction():
+    data = bytes(range(200))
+    pkts = handshake() + [seg(CLIENT, SERVER, "PA", 1001 + i, 5001, data[i : i + 50], t=1.1)
+                          for i in range(0, 200, 50)]
+    _, chunks = run(pkts, StreamCollector({80}, 64, 100, 60))
+    c = last(chunks)
+    assert c.client_data == data[:64] and c.capped[0]
+
+
+def test_midstream_flow_uses_ports_and_peer_ack():
+    pkts = [seg(SERVER, CLIENT, "PA", 7000, 3000, b"HTTP/1.1 200 OK\r\n", t=1.0),
+            seg(CLIENT, SERVER, "PA", 3000, 7017, b"GET /", t=1.1)]
+    _, chunks = run(pkts)
+    c = last(chunks)
+    assert c.client_port == 40000 and c.client_by == "port"
+    assert c.server_data.startswith(b"HTTP/1.1") and c.client_data == b"GET /"
+
+
+def test_predicate_selects_flow_on_any_port_and_sets_client():
+    a, b = ("10.0.0.5", 5555), ("10.0.0.6", 1234)  # neither port selected
+    pkts = [seg(a, b, "PA", 1, 1, b"GET /x HTTP/1.1\r\n", t=1.0),
+            seg(b, a, "PA", 1, 18, b"HTTP/1.1 200 OK\r\n", t=1.1),
+            seg(("10.0.0.7", 5), ("10.0.0.8", 6), "PA", 1, 1, b"noise", t=1.2)]
+    collector = StreamCollector(set(), 64, 100, 60, client_predicate=prefix_predicate([b"GET "]))
+    _, chunks = run(pkts, collector)
+    assert {c.client_port for c in chunks} == {5555}
+    c = last(chunks)
+    assert c.client_by == "predicate" and c.server_data.startswith(b"HTTP/1.1")
+
+
+def test_idle_timeout_uses_event_time():
+    collector = StreamCollector({80}, 64, 100, idle_timeout_s=10)
+    first = collector.feed(decode(batch_from_scapy(handshake(t=1.0) + [
+        seg(CLIENT, SERVER, "PA", 1001, 5001, b"GET", t=1.1)])))
+    assert first and not any(c.final for c in first)
+    other = (("10.0.0.9", 41000), ("10.0.0.2", 80))
+    later = collector.feed(decode(batch_from_scapy([seg(*other, "S", 1, t=20.0)])))
+    finals = [c for c in later if c.final]
+    assert len(finals) == 1 and finals[0].reason == "idle" and finals[0].client_data == b"GET"
+
+
+def test_bounds_evict_oldest_and_count():
+    collector = StreamCollector({80}, 64, max_flows=3, idle_timeout_s=600)
+    pkts = []
+    for i in range(10):
+        c = (f"10.0.1.{i}", 40000 + i)
+        pkts += [seg(c, SERVER, "S", 10, t=1.0 + i), seg(c, SERVER, "PA", 11, 1, b"GET", t=1.0 + i)]
+    chunks = []
+    for p in pkts:
+        chunks += collector.feed(decode(batch_from_scapy([p])))
+        assert collector.held_flows <= 3
+    assert collector.stats["evicted"] == 7
+    evicted = [c for c in chunks if c.reason == "evicted"]
+    assert sorted(c.client_port for c in evicted) == list(range(40000, 40007))
+
+
+def test_byte_bound_evicts():
+    collector = StreamCollector({80}, 1000, max_flows=100, idle_timeout_s=600,
+                                max_bytes_total=2500)
+    for i in range(5):
+        c = (f"10.0.2.{i}", 40000 + i)
+        collector.feed(decode(batch_from_scapy([seg(c, SERVER, "S", 10, t=1.0 + i),
+                                                seg(c, SERVER, "PA", 11, 1, b"x" * 900, t=1 + i)])))
+        assert collector.held_bytes <= 2500
+    assert collector.stats["evicted"] == 3
+
+
+def test_release_skips_later_segments_until_new_syn():
+    collector = StreamCollector({80}, 64, 100, 60)
+    chunks = collector.feed(decode(batch_from_scapy(handshake() + [
+        seg(CLIENT, SERVER, "PA", 1001, 5001, b"GET", t=1.1)])))
+    collector.release(chunks[-1].key)
+    assert collector.held_flows == 0
+    assert collector.feed(decode(batch_from_scapy([
+        seg(CLIENT, SERVER, "PA", 1004, 5001, b"more", t=1.2)]))) == []
+    again = collector.feed(decode(batch_from_scapy(handshake(t=2.0, cseq=90000) + [
+        seg(CLIENT, SERVER, "PA", 90001, 5001, b"NEW", t=2.1)])))
+    assert again and again[-1].client_data == b"NEW"
+
+
+def test_port_reuse_starts_a_new_flow():
+    pkts = handshake() + [seg(CLIENT, SERVER, "PA", 1001, 5001, b"ONE", t=1.1)] + \
+        handshake(t=2.0, cseq=777777) + [seg(CLIENT, SERVER, "PA", 777778, 5001, b"TWO", t=2.1)]
+    _, chunks = run(pkts)
+    finals = [c for c in chunks if c.final]
+    assert [c.client_data for c in finals] == [b"ONE", b"TWO"]
+
+
+def test_out_of_order_segment_beyond_the_cap_is_ignored():
+    """A segment that starts past the per-direction cap, arriving before the hole below it
+    is filled (seen on large/ndpi__1kxun.pcap), must neither crash nor be kept."""
+    pkts = handshake() + [seg(CLIENT, SERVER, "PA", 1001, 5001, b"ABCD", t=1.1),
+                          seg(CLIENT, SERVER, "PA", 1101, 5001, b"far" * 40, t=1.2),  # > cap
+                          seg(CLIENT, SERVER, "PA", 1301, 5001, b"beyond" * 40, t=1.3)]
+    for batches in (1, 3):
+        _, chunks = run(pkts, StreamCollector({80}, 64, 100, 60), batches=batches)
+        assert last(chunks).client_data == b"ABCD"
