@@ -224,7 +224,9 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    sys.stdout.write(orjson.dumps(_config(args), option=orjson.OPT_INDENT_2).decode() + "\n")
+    # OPT_NON_STR_KEYS: some sections are keyed by port number (e.g. service maps)
+    text = orjson.dumps(_config(args), option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+    sys.stdout.write(text.decode() + "\n")
     return EXIT_OK
 
 

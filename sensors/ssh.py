@@ -42,7 +42,7 @@ bytes are not SSH are released without an event (stats["ssh_not_ssh"]).
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -270,17 +270,6 @@ class SshAnalyzer(Analyzer):
 
     def process(self, packets: DecodedPackets) -> list[EventBatch]:
         chunks = self.collector.feed(packets)
-        late = [c for c in chunks if c.client_by == "predicate" and not c.final
-                and len(packets) and c.start_ts >= int(packets.ts_ns.min())]
-        if late:
-            # StreamCollector selects "already tracked" rows before its loop, so segments of
-            # a flow opened by the banner (non-standard port) later in the same batch are
-            # skipped. Feeding those flows' rows again fills them in; segments it already
-            # has count as retransmissions there. A no-op once the collector handles it.
-            again = self.collector.feed(_rows_of_flows(packets, late))
-            latest = {c.key: c for c in chunks}
-            latest.update((c.key, c) for c in again)
-            chunks = list(latest.values())
         return self._events(chunks)
 
     def flush(self) -> list[EventBatch]:
@@ -346,26 +335,6 @@ class SshAnalyzer(Analyzer):
         }
         order = np.argsort(columns["timestamp"], kind="stable")
         return EventBatch(SSH.name, {k: v[order] for k, v in columns.items()})
-
-
-def _rows_of_flows(packets: DecodedPackets, chunks: list[StreamChunk]) -> DecodedPackets:
-    """The rows of `packets` that belong to the flows of `chunks` (either direction)."""
-    mask = np.zeros(len(packets), dtype=bool)
-    for chunk in chunks:
-        cip = np.frombuffer(chunk.client_ip, dtype=IP_DTYPE)[0]
-        sip = np.frombuffer(chunk.server_ip, dtype=IP_DTYPE)[0]
-        fwd = ((packets.src_ip == cip) & (packets.dst_ip == sip)
-               & (packets.src_port == chunk.client_port) & (packets.dst_port == chunk.server_port))
-        rev = ((packets.src_ip == sip) & (packets.dst_ip == cip)
-               & (packets.src_port == chunk.server_port) & (packets.dst_port == chunk.client_port))
-        mask |= (fwd | rev) & (packets.vlan == chunk.vlan)
-    rows = np.flatnonzero(mask)
-    columns = {f.name: getattr(packets, f.name) for f in fields(packets)}
-    for name, value in columns.items():
-        if isinstance(value, np.ndarray) and name != "data" and value.shape[:1] == mask.shape:
-            columns[name] = value[rows]
-    columns["weird"] = {}
-    return DecodedPackets(**columns)
 
 
 def _objects(values: list) -> np.ndarray:

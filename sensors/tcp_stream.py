@@ -4,11 +4,18 @@ Protocol parsers (HTTP, TLS, SSH, clear-text logins) only need the start of a co
 this is reassembly "only as far as the parsers need it":
 
 - Selection, column-wise before any Python: TCP rows (ip_version != 0, transport 6) that
-  carry payload or SYN/FIN/RST, and whose flow is (a) on a selected port (`ports`; None =
-  every port), (b) opened by a payload matching the consumer's `client_predicate` (a
-  vectorized test on the first PREFIX_BYTES payload bytes, e.g. "starts with an HTTP
-  method"), or (c) already tracked. Rows of flows the consumer released (`release`) are
-  dropped by a hash test, also column-wise. Only the remaining rows enter the Python loop.
+  carry payload or SYN/FIN/RST, and whose flow is (a) already tracked, or (b) opened in
+  this batch by a segment WITH PAYLOAD that is on a selected port (`ports`; None = every
+  port) or matches the consumer's `client_predicate` (a vectorized test on the first
+  PREFIX_BYTES payload bytes, e.g. "starts with an HTTP method"); all rows of such a flow
+  in the batch are kept, also those after the opening one. Payload-less segments never
+  create state: a SYN flood costs column operations only. Instead, SYN and SYN-ACK rows of
+  flows not held are remembered column-wise (the latest of each per flow, at most
+  `max_flows`, none older than the idle timeout) and replayed ahead of the segment that
+  opens their flow in a later batch, so orientation and sequence bases do not depend on
+  batch boundaries. Rows of flows the consumer released (`release`) are dropped by a hash
+  test, also column-wise. Only the remaining rows enter the Python loop
+  (stats["segments_looped"]).
 - Per direction, the bytes from the direction's first sequence number (SYN+1, else the
   first segment seen, or the peer's ACK number when the flow was opened by the peer's
   packet), in sequence order up to `max_bytes_per_dir`. Out-of-order segments are held (up
@@ -254,6 +261,8 @@ class StreamCollector:
         self._ignored_array: np.ndarray | None = None  # sorted cache of _ignored keys
         self.held_bytes = 0
         self.clock = np.iinfo(np.int64).min
+        # SYN/SYN-ACK rows of flows not held yet (columns as the loop reads them)
+        self._handshakes: dict[str, np.ndarray] | None = None
         self.stats: dict[str, int] = {}
 
     # --- public -------------------------------------------------------------------------------
@@ -263,9 +272,9 @@ class StreamCollector:
         if len(packets):
             self.clock = max(self.clock, int(packets.ts_ns.max()))
         out: list[StreamChunk] = []
-        rows, hashes, opens = self._select(packets)
-        if rows.size:
-            self._segments(packets, rows, hashes, opens, out)
+        columns = self._select(packets)
+        if columns["hash"].size:
+            self._segments(packets, columns, out)
         self._expire_idle(out)
         self._enforce_bounds(out)
         for flow in list(self.flows.values()):
@@ -295,45 +304,111 @@ class StreamCollector:
 
     # --- selection (column-wise) --------------------------------------------------------------
 
-    def _select(self, packets: DecodedPackets) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Rows to process in the loop, their flow hashes, and which may open a flow."""
+    def _select(self, packets: DecodedPackets) -> dict[str, np.ndarray]:
+        """Columns of the segments the loop must see (replayed handshake rows first).
+
+        Only a segment with payload opens a flow (a SYN flood must cost no Python and no
+        state): its flow's other rows of the batch are kept too, so a flow opened by the
+        predicate gets its later segments of the same batch. A SYN/SYN-ACK of a flow not
+        held is remembered in a bounded column store and replayed when payload opens its
+        flow in a later batch, so orientation and base sequence numbers stay exact.
+        """
         flags = packets.tcp_flags
         tcp = (packets.transport == TCP) & (packets.ip_version != 0)
         control = (flags & (SYN | FIN | RST)) != 0
         rows = np.flatnonzero(tcp & ((packets.payload_len > 0) | control))
-        empty = np.zeros(0, dtype=np.int64)
         if rows.size == 0:
-            return empty, np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=bool)
+            return self._columns(packets, rows, np.zeros(0, dtype=np.uint64),
+                                 np.zeros(0, dtype=bool), np.zeros(0, dtype=bool))
         hashes = flow_hash_column(packets, rows)
+        plen = packets.payload_len[rows]
+        has = plen > 0
         matched = np.zeros(rows.size, dtype=bool)  # payload looks like a client's opening
-        if self.client_predicate is not None:
-            plen = packets.payload_len[rows]
-            has = plen > 0
-            if has.any():
-                head = _gather(np.asarray(packets.data).reshape(-1),
-                               packets.payload_offset[rows[has]].astype(np.int64), PREFIX_BYTES)
-                lens = plen[has].astype(np.int64)
-                head[np.arange(PREFIX_BYTES)[None, :] >= lens[:, None]] = 0
-                matched[has] = np.asarray(self.client_predicate(head, lens), dtype=bool)
+        if self.client_predicate is not None and has.any():
+            head = _gather(np.asarray(packets.data).reshape(-1),
+                           packets.payload_offset[rows[has]].astype(np.int64), PREFIX_BYTES)
+            lens = plen[has].astype(np.int64)
+            head[np.arange(PREFIX_BYTES)[None, :] >= lens[:, None]] = 0
+            matched[has] = np.asarray(self.client_predicate(head, lens), dtype=bool)
         if self.ports is None:
             opens = np.ones(rows.size, dtype=bool)
         else:
             opens = (np.isin(packets.src_port[rows], self._port_array)
                      | np.isin(packets.dst_port[rows], self._port_array)) | matched
-        # Rows of flows held already or opened in this batch (by any of its rows).
         ignored = self._ignored_hashes()
-        pure_syn = (flags[rows] & (SYN | ACK)) == SYN  # port reuse reopens a released flow
+        pure_syn = (flags[rows] & (SYN | ACK)) == SYN
         if ignored.size and pure_syn.any():
             # a SYN on a released/closed flow's ports is a new connection: forget the old one
-            for flow_hash in set(hashes[pure_syn].tolist()) & self._ignored.keys():
+            reused = pure_syn & np.isin(hashes, ignored)
+            for flow_hash in set(hashes[reused].tolist()):
                 self._unignore(flow_hash)
             ignored = self._ignored_hashes()
-        may_open = opens & ~np.isin(hashes, ignored) if ignored.size else opens
+        not_ignored = ~np.isin(hashes, ignored) if ignored.size else np.ones(rows.size, bool)
+        # flows this batch may open: those with a payload segment that may open one
+        opening = np.unique(hashes[opens & has & not_ignored])
         held = np.fromiter(self._by_hash, dtype=np.uint64, count=len(self._by_hash))
-        keep = np.isin(hashes, np.concatenate([held, hashes[may_open]]))
+        in_opening = np.isin(hashes, opening)
+        keep = np.isin(hashes, held) | in_opening
+        handshake = ((flags[rows] & SYN) != 0) & ~has & opens & not_ignored & ~keep
+        self._remember_handshakes(packets, rows[handshake], hashes[handshake])
         self.stats["segments_selected"] = self.stats.get("segments_selected", 0) + int(keep.sum())
-        self._predicate_rows = matched[keep]
-        return rows[keep], hashes[keep], opens[keep]
+        columns = self._columns(packets, rows[keep], hashes[keep], (opens & in_opening)[keep],
+                                matched[keep])
+        replay = self._take_handshakes(np.setdiff1d(opening, held))
+        if replay is not None:
+            columns = {name: np.concatenate([replay[name], columns[name]]) for name in columns}
+        return columns
+
+    @staticmethod
+    def _columns(packets: DecodedPackets, rows: np.ndarray, hashes: np.ndarray,
+                 may_open: np.ndarray, predicate: np.ndarray) -> dict[str, np.ndarray]:
+        """The per-segment columns the loop reads, for `rows`."""
+        seq, ack, found = tcp_seq_ack(packets, rows)
+        return {"hash": hashes, "may_open": may_open, "predicate": predicate, "seq": seq,
+                "ack": ack, "found": found, "sport": packets.src_port[rows],
+                "dport": packets.dst_port[rows], "vlan": packets.vlan[rows],
+                "flags": packets.tcp_flags[rows], "ts": packets.ts_ns[rows],
+                "off": packets.payload_offset[rows].astype(np.int64),
+                "plen": packets.payload_len[rows].astype(np.int64),
+                "src_ip": packets.src_ip[rows], "dst_ip": packets.dst_ip[rows]}
+
+    def _remember_handshakes(self, packets: DecodedPackets, rows: np.ndarray,
+                             hashes: np.ndarray) -> None:
+        """Keep SYN/SYN-ACK rows of flows not held (the latest of each kind per flow,
+        at most max_flows, none older than the idle timeout): all column-wise."""
+        if rows.size == 0:
+            return
+        fresh = self._columns(packets, rows, hashes, np.ones(rows.size, dtype=bool),
+                              np.zeros(rows.size, dtype=bool))
+        fresh["off"][:] = 0
+        fresh["plen"][:] = 0
+        store = fresh if self._handshakes is None else {
+            name: np.concatenate([self._handshakes[name], fresh[name]]) for name in fresh}
+        # the latest row per (flow, SYN or SYN-ACK): first index in the reversed order
+        pick_parts = []
+        is_synack = (store["flags"] & ACK) != 0
+        for kind in (~is_synack, is_synack):
+            where = np.flatnonzero(kind)[::-1]
+            _, first = np.unique(store["hash"][where], return_index=True)
+            pick_parts.append(where[first])
+        pick = np.sort(np.concatenate(pick_parts))
+        pick = pick[store["found"][pick] & (store["ts"][pick] >= self.clock - self.idle_ns)]
+        pick = pick[-self.max_flows:]
+        self._handshakes = {name: column[pick] for name, column in store.items()}
+        self.stats["handshakes_held"] = int(pick.size)  # a level, not a counter
+
+    def _take_handshakes(self, hashes: np.ndarray) -> dict[str, np.ndarray] | None:
+        """Remove and return the remembered handshake rows of flows `hashes` (time order)."""
+        if self._handshakes is None or hashes.size == 0:
+            return None
+        store = self._handshakes
+        take = np.isin(store["hash"], hashes)
+        if not take.any():
+            return None
+        taken = {name: column[take] for name, column in store.items()}
+        self._handshakes = {name: column[~take] for name, column in store.items()}
+        order = np.argsort(taken["ts"], kind="stable")
+        return {name: column[order] for name, column in taken.items()}
 
     def _ignored_hashes(self) -> np.ndarray:
         if self._ignored_array is None:
@@ -354,25 +429,24 @@ class StreamCollector:
 
     # --- the per-segment loop (selected rows only) --------------------------------------------
 
-    def _segments(self, packets: DecodedPackets, rows: np.ndarray, hashes: np.ndarray,
-                  opens: np.ndarray, out: list[StreamChunk]) -> None:
-        seq, ack, found = tcp_seq_ack(packets, rows)
+    def _segments(self, packets: DecodedPackets, cols: dict[str, np.ndarray],
+                  out: list[StreamChunk]) -> None:
+        found = cols["found"]
         bad = int((~found).sum())
         if bad:
             self.stats["no_tcp_header"] = self.stats.get("no_tcp_header", 0) + bad
+        self.stats["segments_looped"] = self.stats.get("segments_looped", 0) + int(found.size)
         data = np.asarray(packets.data).reshape(-1)
-        src_ip = packets.src_ip[rows]
-        dst_ip = packets.dst_ip[rows]
-        columns = zip(rows.tolist(), hashes.tolist(), opens.tolist(), self._predicate_rows.tolist(),
-                      seq.tolist(), ack.tolist(), found.tolist(),
-                      packets.src_port[rows].tolist(), packets.dst_port[rows].tolist(),
-                      packets.vlan[rows].tolist(), packets.tcp_flags[rows].tolist(),
-                      packets.ts_ns[rows].tolist(), packets.payload_offset[rows].tolist(),
-                      packets.payload_len[rows].tolist(), strict=True)
+        src_ip = cols["src_ip"]
+        dst_ip = cols["dst_ip"]
+        columns = zip(cols["hash"].tolist(), cols["may_open"].tolist(),
+                      cols["predicate"].tolist(), cols["seq"].tolist(), cols["ack"].tolist(),
+                      found.tolist(), cols["sport"].tolist(), cols["dport"].tolist(),
+                      cols["vlan"].tolist(), cols["flags"].tolist(), cols["ts"].tolist(),
+                      cols["off"].tolist(), cols["plen"].tolist(), strict=True)
         ignored = self._ignored
-        for i, (row, fhash, may_open, predicate, s, a, ok, sport, dport, vlan, flags, ts, off,
+        for i, (fhash, may_open, predicate, s, a, ok, sport, dport, vlan, flags, ts, off,
                 plen) in enumerate(columns):
-            del row
             if not ok:
                 continue
             sip = src_ip[i].tobytes()

@@ -189,3 +189,16 @@ def test_replay_writes_incidents_beside_the_alerts(tmp_path):
     for incident in incidents:
         assert_ecs(incident)
         assert incident["event"]["kind"] == "alert"
+
+
+def test_config_prints_the_effective_configuration(tmp_path, capsys):
+    cfg = tmp_path / "site.yaml"
+    cfg.write_text("sensor:\n  id: lab-3\ncorrelation:\n  detectors:\n"
+                   "    brute_force:\n      min_sessions: 25\n")
+    assert main(["config", "--config", str(cfg)]) == 0
+    config = json.loads(capsys.readouterr().out)
+    assert config["sensor"]["id"] == "lab-3"
+    assert config["correlation"]["detectors"]["brute_force"]["min_sessions"] == 25
+    # defaults.d sections are merged in: every detector and analyzer names its class
+    assert all("detector" in d for d in config["correlation"]["detectors"].values())
+    assert all("analyzer" in a for a in config["sensor"]["analyzers"].values())

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
-from packet_builders import batch_from_scapy
+from packet_builders import batch_from_frames, batch_from_scapy
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
@@ -11,6 +13,7 @@ from sensors.decode import decode
 from sensors.packets import ip_to_bytes16
 from sensors.tcp_stream import StreamCollector, prefix_predicate, tcp_seq_ack
 
+SYN_FLAG = 0x02
 CLIENT = ("10.0.0.1", 40000)
 SERVER = ("10.0.0.2", 80)
 
@@ -189,3 +192,91 @@ def test_out_of_order_segment_beyond_the_cap_is_ignored():
     for batches in (1, 3):
         _, chunks = run(pkts, StreamCollector({80}, 64, 100, 60), batches=batches)
         assert last(chunks).client_data == b"ABCD"
+
+
+def spoofed_syn_frames(n: int, dport: int = 80) -> list[bytes]:
+    """n Ethernet/IPv4/TCP SYNs (no payload) from distinct source addresses and ports."""
+    eth = bytes(12) + b"\x08\x00"
+    frames = []
+    for i in range(n):
+        ip = struct.pack("!BBHHHBBHII", 0x45, 0, 40, 0, 0, 64, 6, 0, 0x0B000000 + i, 0x0A000002)
+        tcp = struct.pack("!HHIIBBHHH", 1024 + i % 60000, dport, i * 7919, 0, 0x50, SYN_FLAG,
+                          65535, 0, 0)
+        frames.append(eth + ip + tcp)
+    return frames
+
+
+def test_syn_flood_creates_no_flow_state_and_no_python_loop():
+    n = 50_000
+    collector = StreamCollector({80}, 64, max_flows=1000, idle_timeout_s=60)
+    batch = batch_from_frames(spoofed_syn_frames(n), np.arange(n, dtype=np.int64) * 1000 + 10**18)
+    decoded = decode(batch)
+    assert int((decoded.dst_port == 80).sum()) == n  # the frames are what the test means
+    assert collector.feed(decoded) == [] and collector.flush() == []
+    assert collector.held_flows == 0
+    assert collector.stats.get("segments_looped", 0) == 0
+    assert collector.stats.get("flows", 0) == 0
+    assert collector.stats["handshakes_held"] <= 1000  # remembered SYNs stay bounded
+
+
+def test_syn_in_an_earlier_batch_still_orients_and_bases_the_flow():
+    pkts = handshake() + [seg(CLIENT, SERVER, "PA", 1005, 5001, b"EFGH", t=1.1),  # hole first
+                          seg(CLIENT, SERVER, "FA", 1009, 5001, t=1.2)]
+    results = []
+    for size in (1, 3, len(pkts)):
+        collector = StreamCollector({80}, 64, 100, 60)
+        chunks = []
+        for i in range(0, len(pkts), size):
+            chunks += collector.feed(decode(batch_from_scapy(pkts[i : i + size])))
+        chunks += collector.flush()
+        c = last(chunks)
+        results.append((c.client_by, c.client_data, c.gap, c.start_ts))
+    # the SYN fixed the base: the data before "EFGH" is known to be missing
+    assert results[0] == ("syn", b"", (True, False), 1_000_000_000)
+    assert results.count(results[0]) == len(results)
+
+
+def _final_chunks(pkts, size, make):
+    collector = make()
+    chunks = []
+    for i in range(0, len(pkts), size):
+        chunks += collector.feed(decode(batch_from_scapy(pkts[i : i + size])))
+    chunks += collector.flush()
+    finals = [c for c in chunks if c.final]
+    return sorted(((c.key, c.client_by, c.start_ts, c.data, c.ended, c.gap, c.capped,
+                    c.packets, c.reason) for c in finals), key=repr)
+
+
+def test_flows_opened_by_the_predicate_see_the_rest_of_the_same_batch():
+    banner_side, other = ("10.0.0.5", 2222), ("10.0.0.6", 51000)  # neither port selected
+    pkts = [seg(other, banner_side, "S", 100, t=1.0),
+            seg(banner_side, other, "SA", 900, 101, t=1.0),
+            seg(other, banner_side, "A", 101, 901, t=1.0),
+            seg(banner_side, other, "PA", 901, 101, b"SSH-2.0-srv\r\n", t=1.01)]
+    server_seq, client_seq = 914, 101
+    for i in range(60):  # an exchange long enough to straddle batches of 1, 7 and 64
+        t = 1.02 + i * 0.01
+        if i % 2:
+            body = bytes([65 + i % 26]) * (3 + i % 5)
+            pkts.append(seg(banner_side, other, "PA", server_seq, client_seq, body, t=t))
+            server_seq += len(body)
+        else:
+            body = b"SSH-2.0-cli\r\n" if i == 0 else bytes([97 + i % 26]) * (2 + i % 4)
+            pkts.append(seg(other, banner_side, "PA", client_seq, server_seq, body, t=t))
+            client_seq += len(body)
+        if i % 9 == 4:  # a port-80 flow interleaved, its handshake in earlier packets
+            c = ("10.0.1.1", 40000 + i)
+            pkts += [seg(c, SERVER, "S", 10, t=t), seg(SERVER, c, "SA", 70, 11, t=t),
+                     seg(c, SERVER, "PA", 11, 71, b"GET / HTTP/1.0\r\n\r\n", t=t + 0.001)]
+    pkts.append(seg(other, banner_side, "RA", client_seq, server_seq, t=2.0))
+
+    def make():
+        return StreamCollector({80}, 4096, 100, 60, client_predicate=prefix_predicate([b"SSH-"]))
+
+    expected = _final_chunks(pkts, len(pkts), make)
+    ssh = [c for c in expected if c[0][2] == 2222 or c[0][4] == 2222]
+    assert len(ssh) == 1 and ssh[0][1] == "predicate" and ssh[0][-1] == "rst"
+    assert len(ssh[0][3][0]) + len(ssh[0][3][1]) == server_seq - 901 + client_seq - 101
+    assert all(c[1] == "syn" for c in expected if c[0][4] == 80) and len(expected) == 8
+    for size in (1, 7, 64):
+        assert _final_chunks(pkts, size, make) == expected, size
