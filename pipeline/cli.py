@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import orjson
 
 from correlation.sinks import NdjsonSink
-from pipeline.config import ConfigError, load_config
+from pipeline.config import ConfigError, config_from_args
 from pipeline.embedded import RunReport, run_pipeline
 from pipeline.schema import EventBatch, batch_to_ecs
 
@@ -64,15 +64,6 @@ def _want_progress(args: argparse.Namespace, paths: Sequence[str]) -> bool:
 
     total = sum(os.path.getsize(p) for p in paths if os.path.isfile(p))
     return sys.stderr.isatty() and total >= PROGRESS_MIN_BYTES
-
-
-def _config(args: argparse.Namespace) -> dict:
-    config = load_config(args.config)
-    if args.sensor_id:
-        config["sensor"]["id"] = args.sensor_id
-    if args.zone:
-        config["sensor"]["zone"] = args.zone
-    return config
 
 
 def _report_inputs(report: RunReport) -> None:
@@ -145,7 +136,7 @@ def summarize_incidents(incidents: list[dict], out_path: str) -> str:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    config = _config(args)
+    config = config_from_args(args)
     bar = ProgressBar() if _want_progress(args, args.files) else None
     try:
         report = run_pipeline(args.files, config, progress=bar)
@@ -200,7 +191,7 @@ def _replay_to_es(args: argparse.Namespace, config: dict, alerts: list[dict]) ->
 
 
 def cmd_events(args: argparse.Namespace) -> int:
-    config = _config(args)
+    config = config_from_args(args)
     kinds = set(args.kinds.split(",")) if args.kinds else None
     bar = ProgressBar() if _want_progress(args, args.files) else None
     with NdjsonSink(args.out) as sink:
@@ -225,7 +216,8 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     # OPT_NON_STR_KEYS: some sections are keyed by port number (e.g. service maps)
-    text = orjson.dumps(_config(args), option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+    options = orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS
+    text = orjson.dumps(config_from_args(args), option=options)
     sys.stdout.write(text.decode() + "\n")
     return EXIT_OK
 

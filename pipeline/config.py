@@ -62,3 +62,14 @@ def load_config(path: str | os.PathLike | None = None) -> dict[str, Any]:
     if path is not None:
         config = deep_merge(config, _read_yaml(path))
     return config
+
+
+def config_from_args(args: Any) -> dict[str, Any]:
+    """The configuration of a CLI command: defaults, `--config FILE`, then the common
+    `--sensor-id` / `--zone` options (attributes absent on a command are ignored)."""
+    config = load_config(getattr(args, "config", None))
+    if getattr(args, "sensor_id", None):
+        config["sensor"]["id"] = args.sensor_id
+    if getattr(args, "zone", None):
+        config["sensor"]["zone"] = args.zone
+    return config

@@ -7,7 +7,7 @@ import sys
 import time
 
 from correlation.sinks import NdjsonSink
-from pipeline.config import load_config
+from pipeline.config import config_from_args
 
 EXIT_OK, EXIT_USAGE, EXIT_INPUT = 0, 2, 3
 
@@ -42,11 +42,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if not (args.suricata or args.zeek or args.pcap):
         print("error: give --suricata, --zeek and/or --pcap inputs", file=sys.stderr)
         return EXIT_USAGE
-    config = load_config(args.config)
-    if args.sensor_id:
-        config["sensor"]["id"] = args.sensor_id
-    if args.zone:
-        config["sensor"]["zone"] = args.zone
+    config = config_from_args(args)
     events_sink = NdjsonSink(args.events_out) if args.events_out else None
     holder: dict = {}
 

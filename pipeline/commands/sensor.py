@@ -34,7 +34,7 @@ from typing import IO, Any
 import numpy as np
 import orjson
 
-from pipeline.config import load_config
+from pipeline.config import config_from_args
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INPUT = 0, 1, 2, 3
 
@@ -214,15 +214,6 @@ class SensorService:
             self.producer.send(TOPIC_SENSOR_HEALTH, self.key, orjson.dumps(doc))
 
 
-def _config(args: argparse.Namespace) -> dict:
-    config = load_config(args.config)
-    if args.sensor_id:
-        config["sensor"]["id"] = args.sensor_id
-    if args.zone:
-        config["sensor"]["zone"] = args.zone
-    return config
-
-
 def _make_source(args: argparse.Namespace, config: dict, log: _Log):
     """(source, live?, capture stats callable) for the chosen input. Health runs on wall
     time for live capture and --watch-dir (near-live), on event time for --pcap."""
@@ -286,7 +277,7 @@ def cmd_sensor_run(args: argparse.Namespace) -> int:
         print("error: --bpf needs --interface", file=sys.stderr)
         return EXIT_USAGE
     try:
-        config = _config(args)
+        config = config_from_args(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

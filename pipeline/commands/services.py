@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 
-from pipeline.config import load_config
+from pipeline.config import config_from_args
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INPUT = 0, 1, 2, 3
 
@@ -56,7 +56,7 @@ def _setup(args: argparse.Namespace):
     from pipeline.kafka_transport import TransportError, ensure_topics
     from pipeline.services import kafka_config, topic_partitions
 
-    config = load_config(args.config)
+    config = config_from_args(args)
     try:
         kafka = kafka_config(config, args.kafka)
         ensure_topics(kafka, topic_partitions(config))
@@ -159,10 +159,6 @@ def cmd_replay_to_kafka(args: argparse.Namespace) -> int:
     config, kafka = _setup(args)
     if kafka is None:
         return EXIT_FAILED
-    if args.sensor_id:
-        config["sensor"]["id"] = args.sensor_id
-    if args.zone:
-        config["sensor"]["zone"] = args.zone
     import tempfile
 
     from pipeline.kafka_transport import SpoolingProducer
