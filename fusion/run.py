@@ -15,11 +15,11 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from correlation.engine import CorrelationEngine
 from fusion.adapters import AdapterResult, EveAdapter, ZeekAdapter
 from fusion.sources import eve_file, follow_lines, zeek_file, zeek_log_type, zeek_paths
 from fusion.stage import FusionStage, bounds_from, fusion_settings
-from pipeline.bus import TOPIC_ALERTS, TOPIC_DEADLETTER, TOPIC_EVENTS, InMemoryBus
+from pipeline.bus import InMemoryBus
+from pipeline.embedded import connect_stages, publish_alerts
 from pipeline.schema import EventBatch
 
 
@@ -94,18 +94,7 @@ def run_ingest(
     zone = (config.get("sensor") or {}).get("zone", "default")
     eve = EveAdapter(bounds, str(ingest.get("suricata_observer", "suricata")), zone)
     zeek_adapter = ZeekAdapter(bounds, str(ingest.get("zeek_observer", "zeek")), zone)
-    engine = CorrelationEngine(config.get("correlation") or {}) if correlate else None
-
-    def count(batch: EventBatch) -> None:
-        report.events[batch.kind] += len(batch)
-
-    bus.subscribe(TOPIC_EVENTS, count)
-    if on_events is not None:
-        bus.subscribe(TOPIC_EVENTS, on_events)
-    if engine is not None:
-        bus.subscribe(TOPIC_EVENTS, lambda b: _publish_all(bus, engine.push(b)))
-    bus.subscribe(TOPIC_ALERTS, report.alerts.append)
-    bus.subscribe(TOPIC_DEADLETTER, report.deadletter.append)
+    engine = connect_stages(bus, report, config, on_events, correlate)
 
     def feed(item: Item) -> None:
         kind, payload = item
@@ -137,7 +126,7 @@ def run_ingest(
         for _t, _n, item in heapq.merge(*keyed):
             feed(item)
     if engine is not None:
-        _publish_all(bus, engine.flush())
+        publish_alerts(bus, engine.flush())
         report.stats.update(engine.stats)
     report.stats.update({f"fusion.{k}": v for k, v in fusion.stats.items()})
     report.fusion = fusion  # for writers that need the constituency table
@@ -159,8 +148,3 @@ def _follow(feed, suricata, zeek_files, eve: EveAdapter, zeek: ZeekAdapter,
                 feed(("external", convert(chunk)))
                 alive.append((lines, convert))
         tails = alive
-
-
-def _publish_all(bus: InMemoryBus, alerts: list[dict]) -> None:
-    for alert in alerts:
-        bus.publish(TOPIC_ALERTS, alert)

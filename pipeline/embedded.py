@@ -51,6 +51,27 @@ def order_captures(paths: Sequence[str]) -> list[str]:
     return sorted(paths, key=_first_timestamp)
 
 
+def connect_stages(bus: InMemoryBus, report, config: dict,
+                   on_events: Callable[[EventBatch], None] | None = None,
+                   correlate: bool = True) -> CorrelationEngine | None:
+    """Subscribe the correlation stage and the report to the bus (downstream of fusion):
+    events are counted and correlated, alerts and dead letters collected in `report` (which
+    has `events`, `alerts`, `deadletter`). Returns the engine, to flush at end of input."""
+    engine = CorrelationEngine(config.get("correlation") or {}) if correlate else None
+
+    def count_events(batch: EventBatch) -> None:
+        report.events[batch.kind] += len(batch)
+
+    bus.subscribe(TOPIC_EVENTS, count_events)
+    if on_events is not None:
+        bus.subscribe(TOPIC_EVENTS, on_events)
+    if engine is not None:
+        bus.subscribe(TOPIC_EVENTS, lambda batch: publish_alerts(bus, engine.push(batch)))
+    bus.subscribe(TOPIC_ALERTS, report.alerts.append)
+    bus.subscribe(TOPIC_DEADLETTER, report.deadletter.append)
+    return engine
+
+
 def run_pipeline(
     paths: Sequence[str | os.PathLike],
     config: dict,
@@ -62,19 +83,8 @@ def run_pipeline(
     validated events also go to `on_events`. Unusable files are reported, not raised."""
     report = RunReport()
     bus = InMemoryBus()
-    fusion = FusionStage(bus)
-    engine = CorrelationEngine(config.get("correlation") or {}) if correlate else None
-
-    def count_events(batch: EventBatch) -> None:
-        report.events[batch.kind] += len(batch)
-
-    bus.subscribe(TOPIC_EVENTS, count_events)
-    if on_events is not None:
-        bus.subscribe(TOPIC_EVENTS, on_events)
-    if engine is not None:
-        bus.subscribe(TOPIC_EVENTS, lambda batch: _publish_all(bus, engine.push(batch)))
-    bus.subscribe(TOPIC_ALERTS, report.alerts.append)
-    bus.subscribe(TOPIC_DEADLETTER, report.deadletter.append)
+    fusion = FusionStage(bus, config)
+    engine = connect_stages(bus, report, config, on_events, correlate)
 
     paths = order_captures([os.fspath(p) for p in paths])
     total = sum(os.path.getsize(p) for p in paths if os.path.isfile(p))
@@ -94,12 +104,13 @@ def run_pipeline(
             result.error = f"{path}: cannot read: {exc.strerror or exc}"
         done_before += os.path.getsize(path) if os.path.isfile(path) else 0
     if engine is not None:
-        _publish_all(bus, engine.flush())
+        publish_alerts(bus, engine.flush())
         report.correlation_stats = dict(engine.stats)
     report.correlation_stats.update({f"fusion.{k}": v for k, v in fusion.stats.items()})
     return report
 
 
-def _publish_all(bus: InMemoryBus, alerts: list[dict]) -> None:
+def publish_alerts(bus: InMemoryBus, alerts: list[dict]) -> None:
+    """Alerts the engine returned, onto sa.alerts."""
     for alert in alerts:
         bus.publish(TOPIC_ALERTS, alert)

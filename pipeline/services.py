@@ -127,7 +127,7 @@ class FusionTransform:
 
     def __init__(self, config: Mapping | None = None) -> None:
         self.bus = InMemoryBus()
-        self.stage = FusionStage(self.bus)
+        self.stage = FusionStage(self.bus, config)
         self._events: list[EventBatch] = []
         self._dead: list[dict] = []
         self.bus.subscribe(TOPIC_EVENTS, self._events.append)
