@@ -22,14 +22,13 @@ as deterministic and batch-split independent as the windows themselves.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 
 import numpy as np
 
 from correlation.alerts import build_alert
 from correlation.detector import NS_PER_S, Detector, Finding, WindowRange
-from pipeline.config import deep_merge, load_config
+from pipeline.config import deep_merge, load_class, load_config
 from pipeline.schema import EventBatch, validate_batch
 
 
@@ -45,25 +44,9 @@ def merge_config(base: Mapping, override: Mapping | None) -> dict:
 
 
 def detector_class(name: str, section: Mapping) -> type[Detector]:
-    """The class a detector section names in its `detector: module:Class` key.
-
-    The topology is configuration (like Vector's components): a new detector is a module in
-    correlation/ plus a config section, with no registry to edit. Only classes inside the
-    correlation package that subclass Detector are accepted.
-    """
-    spec = section.get("detector")
-    if not isinstance(spec, str) or ":" not in spec:
-        raise ValueError(f"correlation.detectors.{name}: needs `detector: module:Class`")
-    module_name, class_name = spec.split(":", 1)
-    if not module_name.startswith("correlation."):
-        raise ValueError(f"correlation.detectors.{name}: {spec} is not in the correlation package")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"correlation.detectors.{name}: cannot load {spec}: {exc}") from None
-    if not (isinstance(cls, type) and issubclass(cls, Detector)):
-        raise ValueError(f"correlation.detectors.{name}: {spec} is not a Detector")
-    return cls
+    """The class a detector section names in its `detector: module:Class` key."""
+    return load_class(f"correlation.detectors.{name}.detector", section.get("detector"),
+                      "correlation", Detector)
 
 
 def build_detectors(config: Mapping) -> list[Detector]:

@@ -8,6 +8,7 @@ without editing a shared file.
 from __future__ import annotations
 
 import copy
+import importlib
 import os
 from pathlib import Path
 from typing import Any
@@ -73,3 +74,27 @@ def config_from_args(args: Any) -> dict[str, Any]:
     if getattr(args, "zone", None):
         config["sensor"]["zone"] = args.zone
     return config
+
+
+def load_class(where: str, spec: object, package: str, base: type) -> type:
+    """The class a configuration section names as "module:Class" (a detector, an analyzer).
+
+    The topology is configuration, like Vector's components: a new component is a module
+    plus a config section, with no registry to edit. Only subclasses of `base` inside
+    `package` are accepted; `where` (e.g. "correlation.detectors.NAME.detector") names the
+    key in errors."""
+    key = where.rsplit(".", 1)[-1]
+    section = where.rsplit(".", 1)[0]
+    if not isinstance(spec, str) or ":" not in spec:
+        raise ValueError(f"{section}: needs `{key}: module:Class`")
+    module_name, class_name = spec.split(":", 1)
+    if not module_name.startswith(f"{package}."):
+        raise ValueError(f"{section}: {spec} is not in the {package} package")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"{section}: cannot load {spec}: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ValueError(f"{section}: {spec} is not a{'n' if base.__name__[0] in 'AEIOU' else ''} "
+                         f"{base.__name__}")
+    return cls

@@ -8,10 +8,10 @@ no registry to edit; each component ships its section in pipeline/defaults.d/.
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 
+from pipeline.config import load_class
 from pipeline.schema import EventBatch
 from sensors.packets import DecodedPackets
 
@@ -36,19 +36,8 @@ class Analyzer(ABC):
 
 def analyzer_class(name: str, section: Mapping) -> type[Analyzer]:
     """The class named by `sensor.analyzers.NAME.analyzer` ("sensors.module:Class")."""
-    spec = section.get("analyzer")
-    if not isinstance(spec, str) or ":" not in spec:
-        raise ValueError(f"sensor.analyzers.{name}: needs `analyzer: module:Class`")
-    module_name, class_name = spec.split(":", 1)
-    if not module_name.startswith("sensors."):
-        raise ValueError(f"sensor.analyzers.{name}: {spec} is not in the sensors package")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"sensor.analyzers.{name}: cannot load {spec}: {exc}") from None
-    if not (isinstance(cls, type) and issubclass(cls, Analyzer)):
-        raise ValueError(f"sensor.analyzers.{name}: {spec} is not an Analyzer")
-    return cls
+    return load_class(f"sensor.analyzers.{name}.analyzer", section.get("analyzer"), "sensors",
+                      Analyzer)
 
 
 def build_analyzers(config: Mapping, observer_name: str, ingress_zone: str) -> list[Analyzer]:
