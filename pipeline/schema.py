@@ -433,9 +433,9 @@ def empty_batch(kind: str) -> EventBatch:
     return EventBatch(kind, {f.column: np.empty(0, dtype=f.dtype) for f in spec.fields})
 
 
-def concat_batches(batches: Iterable[EventBatch]) -> EventBatch | None:
-    """Concatenate batches of one kind (None when there are none)."""
-    batches = [b for b in batches if len(b)]
+def concat_batches(batches: Iterable[EventBatch | None]) -> EventBatch | None:
+    """Concatenate batches of one kind, skipping None and empty ones (None when none left)."""
+    batches = [b for b in batches if b is not None and len(b)]
     if not batches:
         return None
     kind = batches[0].kind

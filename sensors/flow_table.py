@@ -276,7 +276,7 @@ class FlowTable:
         # Records are built a chunk at a time: flow_records' temporaries (Community ID
         # buffers, text columns) for a full table of 1M flows at once cost ~0.8 GB.
         n = rows["reason"].size
-        return concat_flows([self._to_batch([{k: v[i:i + _FLUSH_CHUNK] for k, v in rows.items()}])
+        return concat_batches([self._to_batch([{k: v[i:i + _FLUSH_CHUNK] for k, v in rows.items()}])
                              for i in range(0, n, _FLUSH_CHUNK)])
 
     # -- batch ingestion --
@@ -753,8 +753,3 @@ def flow_records(rows: Rows, observer_name: str, ingress_zone: str, seed: int = 
     cols["community_id"] = community_id_column(src_ip, dst_ip, cols["transport"], src_port,
                                                dst_port, seed)
     return EventBatch(FLOW.name, {f.column: cols[f.column] for f in FLOW.fields})
-
-
-def concat_flows(batches: list[EventBatch | None]) -> EventBatch | None:
-    """Concatenate the (possibly None) results of several update()/flush() calls."""
-    return concat_batches([b for b in batches if b is not None])

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.schema import validate_batch
+from pipeline.schema import concat_batches, validate_batch
 from sensors.community_id import ICMP4_COUNTER_TYPE, community_id_v1
-from sensors.flow_table import FlowTable, concat_flows, conn_state
+from sensors.flow_table import FlowTable, conn_state
 from sensors.packets import IP_DTYPE, DecodedPackets, ip_column_to_str, ip_to_bytes16
 
 S = 1_000_000_000
@@ -95,7 +95,7 @@ def run(pkts: list[Pkt] | DecodedPackets, cfg: dict = CFG, cuts: list[int] | Non
         if hi > lo:
             results.append(table.update(slice_packets(d, lo, hi)))
     results.append(table.flush())
-    batch = concat_flows(results)
+    batch = concat_batches(results)
     if batch is None:
         return []
     validate_batch(batch)
@@ -294,7 +294,7 @@ def test_eviction_keeps_table_bounded_and_evicts_least_recently_seen():
     first = table.update(make_packets(pkts[:4]))  # 4 flows > 3: the oldest (1000) goes
     assert first is not None and first.columns["src_port"].tolist() == [1000]
     second = table.update(make_packets(pkts[4:]))  # 1004 and a new 1000: 1001, 1002 go
-    out = concat_flows([first, second])
+    out = concat_batches([first, second])
     assert out is not None
     assert out.columns["end_reason"].tolist() == ["evicted", "evicted", "evicted"]
     assert sorted(out.columns["src_port"].tolist()) == [1000, 1001, 1002]

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sensors.flow_table import FlowTable, concat_flows
+from pipeline.schema import concat_batches
+from sensors.flow_table import FlowTable
 from sensors.packets import ip_column_to_str
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -102,7 +103,7 @@ def our_flows(path: Path) -> dict[str, np.ndarray]:
         for batch in reader.batches():
             results.append(table.update(decode(batch)))
     results.append(table.flush())
-    flows = concat_flows(results)
+    flows = concat_batches(results)
     assert flows is not None
     cols = dict(flows.columns)
     cols["src"] = np.array(ip_column_to_str(cols["src_ip"]), dtype=object)
