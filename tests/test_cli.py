@@ -202,3 +202,14 @@ def test_config_prints_the_effective_configuration(tmp_path, capsys):
     # defaults.d sections are merged in: every detector and analyzer names its class
     assert all("detector" in d for d in config["correlation"]["detectors"].values())
     assert all("analyzer" in a for a in config["sensor"]["analyzers"].values())
+
+
+def test_output_into_a_closed_pipe_stops_quietly():
+    """`cirt-sa config | head -n 2`: no 'Broken pipe' error, exit 0."""
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "config"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
+                            bufsize=0)
+    proc.stdout.close()  # the reader is gone before the command (importing for ~1 s) writes
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0
+    assert b"Broken pipe" not in err and b"Traceback" not in err
