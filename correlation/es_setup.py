@@ -3,12 +3,19 @@
 What `setup()` installs (docs/elasticsearch.md explains the choices):
 
 - component templates `cirtsa@settings`, `cirtsa-ecs@mappings` (ECS fields every document
-  shares) and one `@mappings` component per document family (alerts, incidents, events);
-- composable index templates `cirtsa-alerts`, `cirtsa-incidents` (plain indices) and
+  shares) and one `@mappings` component per document family (alerts, incidents, events,
+  sensor health);
+- composable index templates `cirtsa-alerts`, `cirtsa-incidents`, `cirtsa-health` (plain
+  indices) and
   `cirtsa-events` (data streams `logs-cirtsa.flow-*`, `logs-cirtsa.dns-*`, ... with ILM);
 - the ILM policy `cirtsa-events` (hot with rollover, delete after `retention_days`);
-- the concrete indices `logs-cirtsa.alerts-v1` / `logs-cirtsa.incidents-v1` behind the write
-  aliases `logs-cirtsa.alerts-default` / `logs-cirtsa.incidents-default`.
+- the concrete indices `logs-cirtsa.alerts-v1` / `logs-cirtsa.incidents-v1` /
+  `logs-cirtsa.sensor_health-v1` behind the write aliases `logs-cirtsa.alerts-default` /
+  `logs-cirtsa.incidents-default` / `logs-cirtsa.sensor_health-default`.
+
+Sensor health documents (sensors/health.py) go to a plain index too: they are few (one per
+sensor per minute), and a redelivered document must stay one document (create by id), which
+a plain index with a write alias gives everywhere, test servers included.
 
 Alerts and incidents live in plain indices, not data streams: the sink writes them by their
 stable id (create for alerts, index = upsert for incidents) and analysts update their status
@@ -50,6 +57,8 @@ ALERTS_ALIAS = "logs-cirtsa.alerts-default"
 ALERTS_INDEX = f"logs-cirtsa.alerts-v{SCHEMA_VERSION}"
 INCIDENTS_ALIAS = "logs-cirtsa.incidents-default"
 INCIDENTS_INDEX = f"logs-cirtsa.incidents-v{SCHEMA_VERSION}"
+HEALTH_ALIAS = "logs-cirtsa.sensor_health-default"
+HEALTH_INDEX = f"logs-cirtsa.sensor_health-v{SCHEMA_VERSION}"
 EVENTS_POLICY = "cirtsa-events"
 # Above the built-in `logs` template (priority 100, logs-*-*, data stream) so ours wins.
 TEMPLATE_PRIORITY = 200
@@ -201,6 +210,17 @@ CIRTSA_INCIDENT: dict[str, str] = {
     "cirtsa.incident.merged_into": "keyword",  # status merged: the surviving incident's id
 }
 CIRTSA_INCIDENT.update(lifecycle_fields("cirtsa.incident"))
+# Sensor health (sensors/health.py): the counters an operator charts. Per-kind event counts,
+# weird reasons and producer counters stay in _source (open-ended key sets).
+CIRTSA_HEALTH: dict[str, str] = {
+    **{f"cirtsa.health.{k}": "long" for k in (
+        "packets", "bytes", "kernel_packets", "kernel_drops", "flows_live", "flows_evicted",
+        "events_total")},
+    **{f"cirtsa.health.{k}": "float" for k in (
+        "lag_s", "uptime_s", "interval_s", "packets_per_s", "bytes_per_s",
+        "kernel_drops_per_s", "events_per_s")},
+    "cirtsa.health.clock": "keyword",  # wall (live capture) or event (files)
+}
 # ECS fields whose type is not the one a column's dtype suggests.
 _ECS_TYPE_OVERRIDES = {"url.original": "wildcard", "message": "match_only_text"}
 
@@ -299,6 +319,7 @@ def component_templates() -> dict[str, dict]:
                                                                           **CIRTSA_INCIDENT})}},
         "cirtsa-events@mappings": {"template": {"mappings": _mappings({**ECS_EVENT,
                                                                        **CIRTSA_EVENT})}},
+        "cirtsa-health@mappings": {"template": {"mappings": _mappings(CIRTSA_HEALTH)}},
     }
     return {name: _with_hash({**body, "_meta": dict(meta)}) for name, body in bodies.items()}
 
@@ -334,6 +355,7 @@ def index_templates(ilm: bool = True) -> dict[str, dict]:
     families = {
         "cirtsa-alerts": (["logs-cirtsa.alerts-*"], base + ["cirtsa-alerts@mappings"]),
         "cirtsa-incidents": (["logs-cirtsa.incidents-*"], base + ["cirtsa-incidents@mappings"]),
+        "cirtsa-health": (["logs-cirtsa.sensor_health-*"], base + ["cirtsa-health@mappings"]),
         "cirtsa-events": (_events_index_patterns(), base + ["cirtsa-events@mappings"]),
     }
     bodies: dict[str, dict] = {}
@@ -376,7 +398,8 @@ def render_all(retention_days: int = 30) -> dict[str, dict]:
     files = {f"component_template.{n}.json": b for n, b in component_templates().items()}
     files.update({f"index_template.{n}.json": b for n, b in index_templates().items()})
     files[f"ilm_policy.{EVENTS_POLICY}.json"] = ilm_policy(retention_days)
-    for alias, index in ((ALERTS_ALIAS, ALERTS_INDEX), (INCIDENTS_ALIAS, INCIDENTS_INDEX)):
+    for alias, index in ((ALERTS_ALIAS, ALERTS_INDEX), (INCIDENTS_ALIAS, INCIDENTS_INDEX),
+                         (HEALTH_ALIAS, HEALTH_INDEX)):
         files[f"index.{index}.json"] = {"aliases": {alias: {"is_write_index": True}}}
     return files
 
@@ -520,6 +543,7 @@ def setup(client: Elasticsearch, retention_days: int = 30) -> dict[str, str]:
 
     _ensure_index(client, report, ALERTS_INDEX, ALERTS_ALIAS, "cirtsa-alerts")
     _ensure_index(client, report, INCIDENTS_INDEX, INCIDENTS_ALIAS, "cirtsa-incidents")
+    _ensure_index(client, report, HEALTH_INDEX, HEALTH_ALIAS, "cirtsa-health")
     for key, outcome in report.items():
         log.info("es setup: %s %s", key, outcome)
     return report

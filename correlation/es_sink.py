@@ -16,6 +16,7 @@ Contract (docs/elasticsearch.md, "Delivery"):
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import time
@@ -26,7 +27,7 @@ from elastic_transport import TransportError
 from elasticsearch import Elasticsearch
 from elasticsearch.helpers import streaming_bulk
 
-from correlation.es_setup import ALERTS_ALIAS, INCIDENTS_ALIAS, lifecycle_fields
+from correlation.es_setup import ALERTS_ALIAS, HEALTH_ALIAS, INCIDENTS_ALIAS, lifecycle_fields
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,17 @@ def _event_id(doc: dict) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def with_health_id(doc: dict) -> dict:
+    """The health document with `event.id` set to a hash of its sensor and time, so a
+    document delivered twice (Kafka redelivery, a file loaded again) is stored once."""
+    if _event_id(doc) is not None:
+        return doc
+    observer = doc.get("observer") if isinstance(doc.get("observer"), dict) else {}
+    key = f"{observer.get('name', '')}|{doc.get('@timestamp', '')}".encode()
+    event = doc.get("event") if isinstance(doc.get("event"), dict) else {}
+    return {**doc, "event": {**event, "id": hashlib.sha256(key).hexdigest()[:32]}}
+
+
 def _error_reason(error: object) -> str:
     """ES item error (dict with type/reason/caused_by, or a string) -> one line."""
     if not isinstance(error, dict):
@@ -146,6 +158,7 @@ class ElasticsearchSink:
     def __init__(self, client: Elasticsearch, *,
                  alerts_index: str = ALERTS_ALIAS,
                  incidents_index: str = INCIDENTS_ALIAS,
+                 health_index: str = HEALTH_ALIAS,
                  dead_letter: DeadLetter | None = None,
                  chunk_size: int = 500,
                  max_chunk_bytes: int = 10 * 1024 * 1024,
@@ -161,6 +174,7 @@ class ElasticsearchSink:
         self.client = client
         self.alerts_index = alerts_index
         self.incidents_index = incidents_index
+        self.health_index = health_index
         self.dead_letter = dead_letter or _log_dead_letter
         self.chunk_size = chunk_size
         self.max_chunk_bytes = max_chunk_bytes
@@ -182,6 +196,10 @@ class ElasticsearchSink:
         `preserve_lifecycle`, except the analyst's lifecycle fields)."""
         op_type = "update" if self.preserve_lifecycle else "index"
         return self._write(incidents, self.incidents_index, op_type)
+
+    def write_health(self, docs: list[dict]) -> WriteResult:
+        """Index sensor health documents exactly once (create by `health_id`)."""
+        return self._write([with_health_id(d) for d in docs], self.health_index, "create")
 
     # -- internals ---------------------------------------------------------------------
 

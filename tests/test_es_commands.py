@@ -362,3 +362,43 @@ def test_reloading_incidents_keeps_the_analysts_status(loaded, tmp_path, capsys)
     assert main(["alerts", "show", "incident-0", *opts]) == 0
     state = json.loads(capsys.readouterr().out)["cirtsa"]["incident"]
     assert state["status"] == "acknowledged" and state["alert_ids"] == ["x", "y"]
+
+
+def health_documents(sensors: tuple[str, ...], reports: int) -> list[dict]:
+    """Health documents as sensors/health.py builds them, on event time one minute apart."""
+    from sensors.health import HealthReporter
+
+    docs = []
+    for name in sensors:
+        reporter = HealthReporter(name, "dmz", interval_s=60, wall_clock=False)
+        t0 = 1_700_000_000 * 10**9
+        reporter.due(t0)
+        for i in range(1, reports + 1):
+            docs.append(reporter.report({"packets": 1000 * i, "bytes": 80_000 * i},
+                                        {"flow": 10 * i}, {"truncated": i}, t0 + i * 60 * 10**9))
+    return docs
+
+
+def test_es_load_indexes_sensor_health_once_and_skips_raw_events(osmem, tmp_path, fast_config,
+                                                                 capsys):
+    from correlation.es_setup import HEALTH_ALIAS
+
+    health = health_documents(("sensor-a", "sensor-b"), 3)
+    raw_event = {"@timestamp": "2024-01-01T00:00:00Z", "event": {"kind": "event",
+                                                                 "dataset": "cirtsa.flow"}}
+    path = write_ndjson(tmp_path / "health.ndjson", [*health, raw_event, *make_alerts(2)])
+    args = ["es", "load", path, "--url", osmem.url, "--config", fast_config]
+    assert main(args) == 3  # the raw event is reported, the rest is loaded
+    captured = capsys.readouterr()
+    assert "1 document(s) skipped: not an alert, incident or sensor health" in captured.err
+    assert "health documents: 6 created" in captured.out
+    main(args)  # loading the same file again stores nothing twice
+    assert "health documents: 0 created, 6 already there" in capsys.readouterr().out
+    client = es_client(osmem.url)
+    stored = documents(client, HEALTH_ALIAS)
+    assert len(stored) == 6 and len(documents(client)) == 2
+    resp = client.search(index=HEALTH_ALIAS, size=0, aggs={
+        "sensors": {"terms": {"field": "observer.name"},
+                    "aggs": {"most": {"max": {"field": "cirtsa.health.packets"}}}}})
+    buckets = {b["key"]: b["most"]["value"] for b in resp["aggregations"]["sensors"]["buckets"]}
+    assert buckets == {"sensor-a": 3000, "sensor-b": 3000}

@@ -61,7 +61,7 @@ def test_setup_is_idempotent_and_reports(osmem):
     assert first[f"ilm_policy/{EVENTS_POLICY}"].startswith("skipped")  # osmem has no ILM
     others = {k: v for k, v in first.items() if not k.startswith("ilm_policy/")}
     assert set(others.values()) == {"created"}
-    assert len(others) == len(component_templates()) + len(index_templates()) + 2
+    assert len(others) == len(component_templates()) + len(index_templates()) + 3  # indices
 
     second = setup(client)
     assert set(second) == set(first)
@@ -285,12 +285,13 @@ def test_events_template_is_a_data_stream_managed_by_the_policy():
     assert "settings" not in index_templates(ilm=False)["cirtsa-events"]["template"]
     assert with_ilm["index_patterns"] == sorted(f"logs-{k.dataset}-*" for k in KINDS.values())
     # Alerts/incidents are plain indices: upsert by id needs that.
-    for name in ("cirtsa-alerts", "cirtsa-incidents"):
+    for name in ("cirtsa-alerts", "cirtsa-incidents", "cirtsa-health"):
         assert "data_stream" not in index_templates()[name]
-    # No events pattern may capture the alert/incident indices (templates must not overlap).
+    # No events pattern may capture the alert/incident/health indices (no overlapping templates).
     for pattern in with_ilm["index_patterns"]:
         prefix = pattern.rstrip("*")
-        assert not ALERTS_INDEX.startswith(prefix) and not INCIDENTS_INDEX.startswith(prefix)
+        assert not any(index.startswith(prefix)
+                       for index in (ALERTS_INDEX, INCIDENTS_INDEX, es_setup.HEALTH_INDEX))
 
 
 def test_templates_beat_the_builtin_logs_template():

@@ -27,7 +27,7 @@ DATA_VIEWS = {
     "cirtsa-alerts": ("logs-cirtsa.alerts-*", "cirt-sa alerts"),
     "cirtsa-incidents": ("logs-cirtsa.incidents-*", "cirt-sa incidents"),
     "cirtsa-events": ("logs-cirtsa.*", "cirt-sa events (all cirt-sa data)"),
-    "cirtsa-sensor-health": ("logs-cirtsa_sensor_health-*", "cirt-sa sensor health"),
+    "cirtsa-sensor-health": ("logs-cirtsa.sensor_health-*", "cirt-sa sensor health"),
 }
 
 

@@ -53,10 +53,12 @@ from correlation.lifecycle import (
     kind_of,
 )
 from pipeline.config import load_config
+from sensors.health import HEALTH_DATASET
 
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_USAGE, EXIT_INPUT, EXIT_OUTPUT = 0, 2, 3, 4
+HEALTH = "health"
 LOAD_BATCH = 5000  # documents handed to the sink at a time (memory bound for big files)
 KIBANA_OBJECTS = Path(__file__).resolve().parents[2] / "deploy" / "kibana" / "cirt-sa.ndjson"
 
@@ -151,6 +153,25 @@ def deliver(sink: ElasticsearchSink, alerts: list[dict],
         return sink.write(alerts), sink.write_incidents(incidents)
     except ElasticsearchWriteError as exc:
         raise OutputError(str(exc)) from None
+
+
+def deliver_health(sink: ElasticsearchSink, docs: list[dict]) -> WriteResult:
+    """Write sensor health documents (create by id); OutputError as `deliver`."""
+    try:
+        return sink.write_health(docs)
+    except ElasticsearchWriteError as exc:
+        raise OutputError(str(exc)) from None
+
+
+def document_family(doc: dict) -> str:
+    """ALERT, INCIDENT, HEALTH, or "" for anything else (e.g. raw events)."""
+    event = doc.get("event") if isinstance(doc.get("event"), dict) else {}
+    if event.get("dataset") == HEALTH_DATASET:
+        return HEALTH
+    kind = kind_of(doc)
+    if kind == INCIDENT or event.get("kind") == "alert":
+        return kind
+    return ""
 
 
 class IncidentCollector:
@@ -297,6 +318,7 @@ def cmd_es_load(args: argparse.Namespace) -> int:
     sink = make_sink(client, settings, dead_letter=print_dead_letter)
     errors: list[str] = []
     totals = {ALERT: WriteResult(), INCIDENT: WriteResult()}
+    health_total = WriteResult()
     # Files of alerts only (`replay --out`): build their incidents as `replay --es` does, so
     # both give the same documents. Files that carry incidents are loaded as they are.
     collector = IncidentCollector(load_config(args.config))
@@ -309,20 +331,32 @@ def cmd_es_load(args: argparse.Namespace) -> int:
 
     for path in args.files:
         for batch in _batches(read_ndjson(path, errors), LOAD_BATCH):
-            alerts = [d for d in batch if kind_of(d) == ALERT]
-            incidents = [d for d in batch if kind_of(d) == INCIDENT]
+            by_family: dict[str, list[dict]] = {ALERT: [], INCIDENT: [], HEALTH: [], "": []}
+            for doc in batch:
+                by_family[document_family(doc)].append(doc)
+            alerts, incidents, health = by_family[ALERT], by_family[INCIDENT], by_family[HEALTH]
+            if by_family[""]:
+                errors.append(f"{path}: {len(by_family[''])} document(s) skipped: not an "
+                              "alert, incident or sensor health document (event.kind)")
             files_have_incidents = files_have_incidents or bool(incidents)
             if args.incidents == "build":
                 collector.add(alerts)
             account(deliver(sink, alerts, incidents))
+            if health:
+                result = deliver_health(sink, health)
+                for name in ("created", "duplicates", "dead_lettered"):
+                    setattr(health_total, name, getattr(health_total, name) + getattr(result, name))
     if args.incidents == "build" and not files_have_incidents:
         account(deliver(sink, [], collector.incidents()))
     for error in errors:
         print(f"error: {error}", file=sys.stderr)
     if not args.quiet:
+        health_part = f"; {describe(health_total, 'health documents')}" if (
+            health_total.created or health_total.duplicates or health_total.dead_lettered) else ""
         print(f"{describe(totals[ALERT], 'alerts')}; {describe(totals[INCIDENT], 'incidents')}"
-              f" -> {args.es_url_shown}")
-    refused = totals[ALERT].dead_lettered + totals[INCIDENT].dead_lettered
+              f"{health_part} -> {args.es_url_shown}")
+    refused = (totals[ALERT].dead_lettered + totals[INCIDENT].dead_lettered
+               + health_total.dead_lettered)
     return EXIT_INPUT if errors or refused else EXIT_OK
 
 
