@@ -4,7 +4,8 @@ Input: our sensor batches on `sa.sensor` (in-process EventBatches, or wire-encod
 from Kafka), and external records converted by fusion.adapters (Suricata EVE, Zeek).
 Transform: validate (our batches as whole batches; external input row by row, so one bad
 row never loses its batch), de-duplicate flows seen by several sensors, enrich with
-constituency and direction (a side structure, see fusion.enrich).
+constituency and direction and tag indicator-of-compromise hits (a side structure, see
+fusion.enrich; the indicator set is by default the one of correlation's intel_match).
 Output: `sa.events` (EventBatch) and `sa.deadletter` (reason + original), counts in `stats`.
 
 The stage is synchronous and holds nothing back: every input batch's outputs are published
@@ -16,6 +17,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -24,6 +26,7 @@ from fusion.columns import Bounds
 from fusion.dedupe import FlowDeduplicator
 from fusion.enrich import Constituency, Enricher, Enrichment, enrich_docs
 from pipeline.bus import TOPIC_DEADLETTER, TOPIC_EVENTS, TOPIC_SENSOR, InMemoryBus
+from pipeline.intel import IndicatorSet
 from pipeline.schema import EventBatch, SchemaError, batch_to_ecs, validate_batch
 
 UNSPECIFIED_IP = "::"
@@ -49,6 +52,50 @@ def bounds_from(settings: Mapping) -> Bounds:
     return b
 
 
+def intel_sources(config: Mapping | None) -> tuple[list, list]:
+    """(sources with resolved paths, inline indicators) fusion tags events with.
+
+    `fusion.intel.shared` (default true) takes correlation's set
+    (`correlation.detectors.intel_match.sources/indicators/base_dir`, whether or not that
+    detector is enabled), so both stages see one set of indicators; `fusion.intel.sources` /
+    `indicators` add to it (relative paths against `fusion.intel.base_dir`, else the shared
+    base_dir). `shared: false` uses fusion's own entries only."""
+    config = dict(config or {})
+    own = dict(fusion_settings(config).get("intel") or {})
+    if not own.get("enabled", True):
+        return [], []
+    shared = {}
+    if own.get("shared", True):
+        shared = dict(((config.get("correlation") or {}).get("detectors") or {})
+                      .get("intel_match") or {})
+    shared_base = shared.get("base_dir")
+    own_base = own.get("base_dir") or shared_base
+    sources = []
+    for spec in list(shared.get("sources") or []):
+        sources.append(_resolved(spec, shared_base))
+    for spec in list(own.get("sources") or []):
+        sources.append(_resolved(spec, own_base))
+    inline = list(shared.get("indicators") or []) + list(own.get("indicators") or [])
+    return sources, inline
+
+
+def _resolved(spec: Mapping, base_dir: str | None) -> dict:
+    spec = dict(spec)
+    if base_dir and spec.get("path") and not Path(spec["path"]).is_absolute():
+        spec["path"] = str(Path(base_dir) / spec["path"])
+    return spec
+
+
+def load_intel(config: Mapping | None) -> IndicatorSet | None:
+    """The indicator set of `intel_sources(config)`, None when there is none. Loaded once
+    per stage (1M indicators take tens of seconds), never per batch."""
+    sources, inline = intel_sources(config)
+    if not sources and not inline:
+        return None
+    intel = IndicatorSet.from_config(sources, inline)
+    return intel if len(intel) else None
+
+
 @dataclass
 class FusionSide:
     """What fusion knows about a published batch beyond its columns (not on the wire)."""
@@ -59,7 +106,10 @@ class FusionSide:
 
 class FusionStage:
     def __init__(self, bus: InMemoryBus, config: Mapping | None = None,
-                 enricher: Enricher | None = None) -> None:
+                 enricher: Enricher | None = None, intel: IndicatorSet | None = None) -> None:
+        """`intel`: an indicator set already loaded (e.g. the correlation's), else it is
+        loaded from `config` (see intel_sources); given to the enricher unless that has
+        its own."""
         self.bus = bus
         self.settings = fusion_settings(config)
         self.stats: Counter[str] = Counter()
@@ -69,6 +119,13 @@ class FusionStage:
             int(dd.get("max_keys", 5_000_000))) if dd.get("enabled", True) else None
         if enricher is None and self.settings.get("constituencies"):
             enricher = Enricher.from_file(self.settings["constituencies"])
+        if intel is None and (enricher is None or enricher.intel is None):
+            intel = load_intel(config)
+        if intel is not None and len(intel):
+            if enricher is None:
+                enricher = Enricher([], [], intel=intel)
+            elif enricher.intel is None:
+                enricher.intel = intel
         self.enricher = enricher
         self.bounds = bounds_from(self.settings)
         bus.subscribe(TOPIC_SENSOR, self.on_batch)
@@ -124,6 +181,9 @@ class FusionStage:
             if not len(batch):
                 return
         enrichment = self.enricher.enrich(batch) if self.enricher is not None else None
+        if enrichment is not None and enrichment.threat is not None:
+            self.stats["intel.events"] += enrichment.threat.tagged_rows
+            self.stats["intel.hits"] += len(enrichment.threat.columns)
         batch.fusion = FusionSide(enrichment, observers)  # side structure, not a column
         self.stats[f"events.{batch.kind}"] += len(batch)
         self.bus.publish(TOPIC_EVENTS, batch)
@@ -135,17 +195,16 @@ class FusionStage:
 
 def fusion_docs(batch: EventBatch, constituencies=()) -> list[dict]:
     """ECS documents of a published batch, with fusion's side fields (direction,
-    constituency, observers of de-duplicated flows)."""
+    constituency, observers of de-duplicated flows, threat.enrichments of IOC hits)."""
     docs = batch_to_ecs(batch)
     side: FusionSide | None = getattr(batch, "fusion", None)
     if side is not None:
-        enrichment = side.enrichment or Enrichment(np.empty(0), np.empty(0), np.empty(0))
         if side.enrichment is None:
             for i, names in side.observers.items():
                 docs[i].setdefault("cirtsa", {})["observers"] = {"name": list(names)}
         else:
-            enrichment.observers = side.observers
-            enrich_docs(docs, enrichment, constituencies)
+            side.enrichment.observers = side.observers
+            enrich_docs(docs, side.enrichment, constituencies, batch)
     if batch.kind == "ids_alert":  # notices without a destination: '::' placeholder
         for doc in docs:
             if doc.get("destination", {}).get("ip") == UNSPECIFIED_IP:
