@@ -15,7 +15,7 @@ before `on_batch` returns, so a Kafka service can feed it a batch and collect th
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,6 +102,8 @@ class FusionSide:
 
     enrichment: Enrichment | None
     observers: dict[int, list[str]]
+    # what the enrichment's constituency indices mean (the stage's table when it was made)
+    constituencies: Sequence[Constituency] = ()
 
 
 class FusionStage:
@@ -184,7 +186,8 @@ class FusionStage:
         if enrichment is not None and enrichment.threat is not None:
             self.stats["intel.events"] += enrichment.threat.tagged_rows
             self.stats["intel.hits"] += len(enrichment.threat.columns)
-        batch.fusion = FusionSide(enrichment, observers)  # side structure, not a column
+        batch.fusion = FusionSide(enrichment, observers,  # side structure, not a column
+                                  self.constituencies)
         self.stats[f"events.{batch.kind}"] += len(batch)
         self.bus.publish(TOPIC_EVENTS, batch)
 
@@ -193,9 +196,10 @@ class FusionStage:
         return self.enricher.constituencies if self.enricher is not None else []
 
 
-def fusion_docs(batch: EventBatch, constituencies=()) -> list[dict]:
+def fusion_docs(batch: EventBatch, constituencies: Sequence[Constituency] = ()) -> list[dict]:
     """ECS documents of a published batch, with fusion's side fields (direction,
-    constituency, observers of de-duplicated flows, threat.enrichments of IOC hits)."""
+    constituency, observers of de-duplicated flows, threat.enrichments of IOC hits).
+    `constituencies` defaults to the table of the stage that published the batch."""
     docs = batch_to_ecs(batch)
     side: FusionSide | None = getattr(batch, "fusion", None)
     if side is not None:
@@ -204,7 +208,7 @@ def fusion_docs(batch: EventBatch, constituencies=()) -> list[dict]:
                 docs[i].setdefault("cirtsa", {})["observers"] = {"name": list(names)}
         else:
             side.enrichment.observers = side.observers
-            enrich_docs(docs, side.enrichment, constituencies, batch)
+            enrich_docs(docs, side.enrichment, constituencies or side.constituencies, batch)
     if batch.kind == "ids_alert":  # notices without a destination: '::' placeholder
         for doc in docs:
             if doc.get("destination", {}).get("ip") == UNSPECIFIED_IP:

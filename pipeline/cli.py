@@ -20,7 +20,7 @@ import orjson
 from correlation.sinks import NdjsonSink
 from pipeline.config import ConfigError, config_from_args
 from pipeline.embedded import RunReport, run_pipeline
-from pipeline.schema import EventBatch, batch_to_ecs
+from pipeline.schema import EventBatch
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -192,6 +192,8 @@ def _replay_to_es(args: argparse.Namespace, config: dict, alerts: list[dict]) ->
 
 
 def cmd_events(args: argparse.Namespace) -> int:
+    from fusion.stage import fusion_docs
+
     config = config_from_args(args)
     kinds = set(args.kinds.split(",")) if args.kinds else None
     bar = ProgressBar() if _want_progress(args, args.files) else None
@@ -199,7 +201,7 @@ def cmd_events(args: argparse.Namespace) -> int:
 
         def write(batch: EventBatch) -> None:
             if kinds is None or batch.kind in kinds:
-                sink.write(batch_to_ecs(batch))
+                sink.write(fusion_docs(batch))  # with fusion's enrichment, as ingest writes
 
         try:
             report = run_pipeline(args.files, config, on_events=write, correlate=False,

@@ -153,6 +153,33 @@ def test_events_are_ecs(tmp_path):
             assert doc["network"]["community_id"].startswith("1:")
 
 
+def constituency_config(tmp_path) -> str:
+    table = tmp_path / "constituencies.csv"
+    table.write_text("cidr,constituency,sector,organisation\n"
+                     "192.168.56.0/24,lab,education,Training centre\n")
+    config = tmp_path / "fusion.yaml"
+    config.write_text(f"fusion:\n  constituencies: {table}\n")
+    return str(config)
+
+
+def test_events_and_ingest_carry_the_constituency_of_the_configured_table(tmp_path):
+    config = constituency_config(tmp_path)
+    capture = str(REPO / "samples" / "sshguess.pcap")  # 192.168.56.1 -> .103, in the table
+    out = tmp_path / "events.ndjson"
+    assert main(["events", capture, "--out", str(out), "--quiet", "--config", config]) == 0
+    ingest_out = tmp_path / "ingest.ndjson"
+    assert main(["ingest", "--pcap", capture, "--events-out", str(ingest_out),
+                 "--out", str(tmp_path / "alerts.ndjson"), "--quiet", "--config", config]) == 0
+    for path in (out, ingest_out):
+        docs = [json.loads(x) for x in path.read_text().splitlines()]
+        assert docs
+        for doc in docs:
+            assert_ecs(doc)
+            assert doc["network"]["direction"] == "internal"
+            lab = {"name": "lab", "sector": "education", "organisation": "Training centre"}
+            assert doc["cirtsa"]["constituency"] == {"source": lab, "destination": lab}
+
+
 def test_summary_and_exit_codes_via_console_script(tmp_path):
     capture = shared_pcap("port_scan/simplescan__port_scan.pcap")
     run = subprocess.run(

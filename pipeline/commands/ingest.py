@@ -44,11 +44,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     config = config_from_args(args)
     events_sink = NdjsonSink(args.events_out) if args.events_out else None
-    holder: dict = {}
 
     def write(batch) -> None:
-        stage = holder.get("stage")
-        events_sink.write(fusion_docs(batch, stage.constituencies if stage else ()))
+        events_sink.write(fusion_docs(batch))
 
     stop = None
     if args.follow:
