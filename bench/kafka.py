@@ -2,17 +2,23 @@
 over a local Tansu broker on 127.0.0.1, services as separate processes (`cirt-sa fusion run`,
 `cirt-sa correlate run`), every process on this machine's cores.
 
-Prints, medians of --runs:
-  1. end-to-end events/s of the columnar path (events produced by the "sensor" in this
+Prints, medians of --runs, all measured in the same run:
+  1. where the time goes, per event, each part alone: wire encode / decode, the fusion stage
+     (FusionService.process: decode + fuse + split by key + encode, no broker), the
+     correlation stage (CorrelationService.push: decode + engines, no broker), and the
+     transport alone (pre-encoded sensor batches produced to and consumed from the broker,
+     one hop, no decode: the transport ceiling);
+  2. end-to-end events/s of the columnar path (events produced by the "sensor" in this
      process until the correlation worker has pushed all of them into its engines);
-  2. the same events one ECS JSON message per event through the same broker (produce +
-     consume + parse only: one hop, no fusion, no correlation: a generous anchor), and the
-     ratio;
-  3. at a paced 50,000 events/s: consumer lag samples and the wall-clock latency from
-     producing the event whose time closes a window (window end + allowed_lateness_s) to
-     the alert appearing on sa.alerts (p50 / p99).
+  3. the same events one ECS JSON message per event through the same broker with plain
+     kafka-python (produce + consume + parse only: one hop, no stage work: a generous
+     anchor), and the ratio;
+  4. at a paced --rate (50,000) events/s with event time = wall-clock time (like a live
+     sensor): alert latency and consumer lag, for a light detector set with short windows
+     (so alerts come out every second) and for all detectors. See `run_latency`.
 
     python bench/kafka.py [--events 1000000] [--json-events 100000] [--runs 3]
+                          [--latency-seconds 30] [--skip-latency]
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import orjson
@@ -38,20 +45,34 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
 sys.path.insert(0, REPO)
 
 from pipeline.broker import LocalBroker  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
+from pipeline.config import deep_merge, load_config  # noqa: E402
 from pipeline.kafka_transport import (  # noqa: E402
     BatchConsumer,
     KafkaConfig,
+    Record,
     SpoolingProducer,
     ensure_topics,
 )
+from pipeline.keys import aligned_keys  # noqa: E402
 from pipeline.schema import EventBatch, batch_to_ecs, concat_batches  # noqa: E402
-from pipeline.services import sensor_messages, topic_partitions  # noqa: E402
+from pipeline.services import (  # noqa: E402
+    CorrelationService,
+    FusionService,
+    JsonLog,
+    needs_destination_keying,
+    sensor_messages,
+    topic_partitions,
+)
 from pipeline.wire import decode, encode  # noqa: E402
+from sensors.community_id import community_id_column  # noqa: E402
 
 CAPTURES = [os.path.join(REPO, "..", "shared", "pcaps", c) for c in
             ("brute_force/zeek__sshguess.pcap", "port_scan/simplescan__port_scan.pcap")]
 NS = 10**9
+# The light detector set of the latency run: short windows so that windows close (and
+# alerts come out) every second of a short run.
+LIGHT_DETECTORS = ("brute_force", "port_scan_vertical")
+LIGHT_WINDOW_S, LIGHT_HOP_S, LATENCY_LATENESS_S = 2, 1, 1.0
 
 
 def template_flows() -> EventBatch:
@@ -61,29 +82,134 @@ def template_flows() -> EventBatch:
 
 
 def make_batch(template: EventBatch, first_row: int, rows: int, t0_ns: int,
-               ns_per_event: int, attackers: int = 5000) -> EventBatch:
-    """`rows` flows cut from the template, attacker address = 10.a.b.c by row, event time
-    advancing `ns_per_event` per event from t0: brute-force-like sessions from many
-    sources, so windows close and alerts come out steadily."""
+               ns_per_event: int, attackers: int = 5000,
+               attacker_ids: np.ndarray | None = None) -> EventBatch:
+    """`rows` flows cut from the template (SSH guessing and port-scan sessions), event time
+    advancing `ns_per_event` per event from t0, source address 10.a.b.1 with a.b = attacker
+    id: `attacker_ids` when given, else row number modulo `attackers`; source port by row,
+    so flows are distinct."""
     idx = np.arange(first_row, first_row + rows)
     batch = template.take(idx % len(template))
     cols = dict(batch.columns)
-    start = int(template.columns["timestamp"].min())
-    offset = t0_ns + idx * ns_per_event
+    offset = t0_ns + (idx - first_row) * ns_per_event
     duration = cols["end"] - cols["timestamp"]
     cols["timestamp"] = offset.astype(np.int64)
     cols["end"] = (offset + np.minimum(duration, 10 * NS)).astype(np.int64)
     src = cols["src_ip"].copy().view(np.uint8).reshape(-1, 16)
-    attacker = idx % attackers
+    attacker = idx % attackers if attacker_ids is None else attacker_ids
     src[:, 10:12] = 0xFF
     src[:, 12] = 10
     src[:, 13] = (attacker >> 8) & 0xFF
     src[:, 14] = attacker & 0xFF
     src[:, 15] = 1
     cols["src_ip"] = src.reshape(-1).view(cols["src_ip"].dtype)
-    del start
+    cols["src_port"] = (1024 + idx % 64_000).astype(np.uint16)  # distinct flows
+    # New flows, new Community IDs: copies of the template's IDs would look like one flow
+    # reported again and again (fusion's dedupe), which a sensor never produces.
+    cols["community_id"] = community_id_column(cols["src_ip"], cols["dst_ip"], cols["transport"],
+                                               cols["src_port"], cols["dst_port"])
     return EventBatch(batch.kind, cols)
 
+
+def sensor_batches(template: EventBatch, events: int, batch_rows: int) -> list[bytes]:
+    t0 = 1_700_000_000 * NS
+    return [encode(make_batch(template, i, min(batch_rows, events - i), t0 + i * (NS // 1000),
+                              NS // 1000))
+            for i in range(0, events, batch_rows)]
+
+
+def median_rate(events: int, runs: int, once: Callable[[], object]) -> float:
+    """events / median wall time of `runs` calls."""
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        once()
+        times.append(time.perf_counter() - start)
+    return events / statistics.median(times)
+
+
+def quiet_log(name: str) -> JsonLog:
+    return JsonLog(name, open(os.devnull, "w"))  # noqa: SIM115 - process lifetime
+
+
+# --- 1. where the time goes -------------------------------------------------------------------
+
+class Collect:
+    """A producer stand-in: keeps what a stage sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes]] = []
+
+    def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+        self.sent.append((topic, key, value))
+
+
+def stage_breakdown(messages: list[bytes], config: dict, runs: int) -> dict[str, float]:
+    """Events/s of each stage's CPU work alone, in this process, no broker."""
+    events = sum(len(decode(m)) for m in messages)
+    records = [Record("sa.sensor", 0, i, b"bench-sensor", m, 0) for i, m in enumerate(messages)]
+    out: dict[str, float] = {}
+    batches = [decode(m) for m in messages]
+    out["wire encode"] = median_rate(events, runs, lambda: [encode(b) for b in batches])
+    out["wire decode"] = median_rate(events, runs, lambda: [decode(m) for m in messages])
+    kafka = KafkaConfig()  # never connected: only process()/push() run
+    fused = Collect()
+
+    def fusion() -> None:
+        fused.sent.clear()
+        FusionService(kafka, config, log=quiet_log("fusion")).process(records, fused)
+
+    out["fusion stage (decode+fuse+split+encode)"] = median_rate(events, runs, fusion)
+    # The fusion output as the correlation worker receives it: partition = key bucket.
+    partitions = topic_partitions(config)
+    offsets: dict[tuple[str, int], int] = {}
+    event_records = []
+    for topic, key, value in fused.sent:
+        if not topic.startswith("sa.events"):
+            continue
+        tp = (topic, aligned_keys(partitions[topic]).index(key))
+        offsets[tp] = offsets.get(tp, -1) + 1
+        event_records.append(Record(topic, tp[1], offsets[tp], key, value, 0))
+
+    def correlation() -> None:
+        service = CorrelationService(kafka, config, log=quiet_log("correlation"))
+        # No final flush_engines(): the end-to-end run (idle_flush_s 0) never closes its
+        # open windows either, so both figures count the same work.
+        service.push(event_records)
+
+    out["correlation stage (decode+engines)"] = median_rate(events, runs, correlation)
+    return out
+
+
+def transport_only(kafka: KafkaConfig, messages: list[bytes], events: int, runs: int,
+                   workdir: str) -> tuple[float, float]:
+    """One hop, no stage work: (produce, consume) events/s of the sensor batches, each
+    side alone (as in the services, where producer and consumer are different processes;
+    in one process they would share the GIL): SpoolingProducer.send + flush, then a
+    BatchConsumer reading them back (no decode)."""
+    produce_rates, consume_rates = [], []
+    for run in range(runs):
+        topic = f"bench.transport.{run}.{time.monotonic_ns()}"
+        ensure_topics(kafka, {topic: 4})
+        with SpoolingProducer(kafka, os.path.join(workdir, f"spool-t{run}")) as producer:
+            producer.send(topic, b"warm-up", messages[0])  # connection and topic metadata
+            producer.flush(60)
+            start = time.monotonic()
+            for i, message in enumerate(messages):
+                producer.send(topic, b"sensor-%d" % (i % 4), message)
+            producer.flush(300)
+            produce_rates.append(events / (time.monotonic() - start))
+        with BatchConsumer(kafka, [topic], f"g.{topic}", session_timeout_ms=2000) as consumer:
+            got = len(consumer.poll_batch(5.0, max_records=1))  # joined, first fetch done
+            start = time.monotonic()
+            deadline = start + 300
+            while got < len(messages) + 1 and time.monotonic() < deadline:
+                got += len(consumer.poll_batch(0.5))
+            consume_rates.append(events / (time.monotonic() - start))
+    return statistics.median(produce_rates), statistics.median(consume_rates)
+
+
+# --- 2. end to end ----------------------------------------------------------------------------
 
 def start_service(args: list[str], log_path: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], cwd=REPO,
@@ -91,27 +217,31 @@ def start_service(args: list[str], log_path: str) -> subprocess.Popen:
                             stderr=open(log_path, "wb"))  # noqa: SIM115
 
 
+def metrics_lines(log_path: str) -> list[dict]:
+    with open(log_path, "rb") as fh:
+        return [orjson.loads(line) for line in fh
+                if b'"metrics"' in line or b'"stopped"' in line]
+
+
 def correlation_events_in(log_path: str) -> int:
     """Newest events_in the correlation worker reported in its metrics lines."""
-    best = 0
-    with open(log_path, "rb") as fh:
-        for line in fh:
-            if b'"metrics"' in line or b'"stopped"' in line:
-                best = max(best, int(orjson.loads(line).get("events_in", 0)))
-    return best
+    return max((int(d.get("events_in", 0)) for d in metrics_lines(log_path)), default=0)
 
 
 class Services:
-    def __init__(self, bootstrap: str, workdir: str) -> None:
-        config = {"services": {
+    """A fusion and a correlation worker as processes, with `overrides` on the config."""
+
+    def __init__(self, bootstrap: str, workdir: str, overrides: dict | None = None) -> None:
+        config = deep_merge({"services": {
             "fusion": {"metrics_interval_s": 0.5, "session_timeout_ms": 2000},
             "correlation": {"metrics_interval_s": 0.5, "session_timeout_ms": 2000,
-                            "idle_flush_s": 0}}}
-        path = os.path.join(workdir, "bench.yaml")
+                            "idle_flush_s": 0}}}, overrides or {})
+        path = os.path.join(workdir, f"bench-{time.monotonic_ns()}.yaml")
         with open(path, "w") as fh:
             yaml.safe_dump(config, fh)
-        self.fusion_log = os.path.join(workdir, "fusion.log")
-        self.corr_log = os.path.join(workdir, "correlation.log")
+        self.config = deep_merge(load_config(), config)
+        self.fusion_log = path + ".fusion.log"
+        self.corr_log = path + ".correlation.log"
         self.procs = [
             start_service(["fusion", "run", "--kafka", bootstrap, "--config", path],
                           self.fusion_log),
@@ -119,9 +249,12 @@ class Services:
                           self.corr_log)]
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if os.path.exists(self.corr_log) and b'"rebuild"' in open(self.corr_log, "rb").read():
+            ready = [os.path.exists(p) and b'"started"' in open(p, "rb").read()
+                     for p in (self.fusion_log, self.corr_log)]
+            if all(ready) and b'"rebuild"' in open(self.corr_log, "rb").read():
                 break
             time.sleep(0.1)
+        time.sleep(2.0)  # fusion's group join (no log line for it)
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -131,127 +264,179 @@ class Services:
 
 
 def engines_per_event(config: dict) -> int:
-    from pipeline.services import needs_destination_keying
-
     return 2 if needs_destination_keying(config) else 1
 
 
-def run_columnar(kafka: KafkaConfig, template: EventBatch, events: int, batch_rows: int,
-                 workdir: str, multiplier: int) -> tuple[float, Services]:
+def run_columnar(kafka: KafkaConfig, messages: list[bytes], events: int, workdir: str,
+                 multiplier: int) -> float:
     services = Services(kafka.bootstrap, workdir)
-    time.sleep(2.0)  # fusion joined too
-    t0 = 1_700_000_000 * NS
-    messages = [encode(make_batch(template, i, min(batch_rows, events - i), t0, NS // 1000))
-                for i in range(0, events, batch_rows)]
-    start = time.monotonic()
-    with SpoolingProducer(kafka, os.path.join(workdir, "spool")) as producer:
-        for message in messages:
-            producer.send("sa.sensor", b"bench-sensor", message)
-        producer.flush(120)
-    deadline = time.monotonic() + 300
-    while correlation_events_in(services.corr_log) < events * multiplier:
-        if time.monotonic() > deadline:
-            raise RuntimeError("correlation did not receive every event")
-        time.sleep(0.05)
-    return events / (time.monotonic() - start), services
+    try:
+        start = time.monotonic()
+        with SpoolingProducer(kafka, os.path.join(workdir, "spool")) as producer:
+            for message in messages:
+                producer.send("sa.sensor", b"bench-sensor", message)
+            producer.flush(120)
+        deadline = time.monotonic() + 600
+        while correlation_events_in(services.corr_log) < events * multiplier:
+            if time.monotonic() > deadline:
+                raise RuntimeError("correlation did not receive every event")
+            time.sleep(0.05)
+        return events / (time.monotonic() - start)
+    finally:
+        services.stop()
 
 
-def run_json(kafka: KafkaConfig, template: EventBatch, events: int, workdir: str) -> float:
+# --- 3. the per-event JSON anchor -------------------------------------------------------------
+
+def run_json(kafka: KafkaConfig, template: EventBatch, events: int) -> float:
+    """One ECS JSON document per message with plain kafka-python, tuned for small messages
+    (linger, 256 KiB producer batches), produce and consume concurrently, parse each."""
+    from kafka import KafkaConsumer, KafkaProducer
+
     docs = []
     for i in range(0, events, 10_000):
         batch = make_batch(template, i, min(10_000, events - i), 1_600_000_000 * NS, NS // 1000)
         docs += [orjson.dumps(d) for d in batch_to_ecs(batch)]
     topic = f"bench.json.{time.monotonic_ns()}"
     ensure_topics(kafka, {topic: 4})
-    got = 0
-    consumer = BatchConsumer(kafka, [topic], f"g.{topic}", session_timeout_ms=2000,
+    consumer = KafkaConsumer(topic, bootstrap_servers=[kafka.bootstrap], group_id=f"g.{topic}",
+                             auto_offset_reset="earliest", enable_auto_commit=False,
+                             session_timeout_ms=2000, heartbeat_interval_ms=500,
                              max_poll_records=5000)
-    consumer.poll_batch(0.5)  # join the group before the clock starts
+    consumer.poll(1000)  # join the group before the clock starts
+    got = 0
     start = time.monotonic()
 
     def produce() -> None:
-        with SpoolingProducer(kafka, os.path.join(workdir, "spool-json"),
-                              max_in_flight=5) as producer:
-            for i, doc in enumerate(docs):
-                producer.send(topic, str(i % 5000).encode(), doc)
-            producer.flush(300)
+        producer = KafkaProducer(bootstrap_servers=[kafka.bootstrap], acks="all",
+                                 linger_ms=5, batch_size=256 << 10)
+        for i, doc in enumerate(docs):
+            producer.send(topic, key=str(i % 5000).encode(), value=doc)
+        producer.flush(300)
+        producer.close()
 
     thread = threading.Thread(target=produce)
     thread.start()
     deadline = time.monotonic() + 600
     while got < events and time.monotonic() < deadline:
-        for record in consumer.poll_batch(0.5, max_records=5000):
-            orjson.loads(record.value)
-            got += 1
+        for records in consumer.poll(500, max_records=5000).values():
+            for record in records:
+                orjson.loads(record.value)
+                got += 1
     elapsed = time.monotonic() - start
     thread.join()
     consumer.close()
     return events / elapsed
 
 
-def run_latency(kafka: KafkaConfig, template: EventBatch, services: Services, rate: int,
-                seconds: float, lateness_ns: int, multiplier: int) -> dict:
-    """Paced at `rate` events/s in 10 messages/s; event time advances 1 ms per event (so
-    20 s of wall clock = 1000 s of event time: windows close every few seconds)."""
-    alerts: dict[str, float] = {}
-    alert_docs: dict[str, dict] = {}
-    stop = threading.Event()
+# --- 4. latency and lag at a paced rate -------------------------------------------------------
 
-    def read_alerts() -> None:
-        consumer = BatchConsumer(kafka, ["sa.alerts"], f"lat.{time.monotonic_ns()}",
-                                 session_timeout_ms=2000, max_poll_records=1000)
-        while not stop.is_set():
-            for record in consumer.poll_batch(0.2):
-                alerts.setdefault(record.key.decode(), time.time())
-                alert_docs.setdefault(record.key.decode(), orjson.loads(record.value))
-        consumer.close()
+def latency_overrides(light: bool) -> dict:
+    """Detector settings of a latency run. Light: only LIGHT_DETECTORS, windows of
+    LIGHT_WINDOW_S / hop LIGHT_HOP_S. Both: allowed lateness LATENCY_LATENESS_S (a live
+    sensor's events arrive in order; the default 360 s is for merging sensors' replays)."""
+    correlation: dict = {"allowed_lateness_s": LATENCY_LATENESS_S}
+    if light:
+        detectors = load_config()["correlation"]["detectors"]
+        correlation["detectors"] = {
+            name: ({"enabled": True, "window_s": LIGHT_WINDOW_S, "hop_s": LIGHT_HOP_S}
+                   if name in LIGHT_DETECTORS else {"enabled": False})
+            for name in detectors}
+    return {"correlation": correlation}
 
-    reader = threading.Thread(target=read_alerts)
-    reader.start()
-    time.sleep(3)  # the reader joined; older alerts read meanwhile are ignored below
-    before = set(alerts)
+
+def run_latency(template: EventBatch, rate: int, seconds: float, light: bool,
+                workdir: str) -> dict:
+    """Produce `rate` events/s for `seconds` (10 messages/s) with event time = wall-clock
+    time at production, as a live sensor does; 40 new attackers a second (each one's SSH
+    guessing in a 0.5 s burst) so alerts keep coming rather than one burst at the start.
+
+    Figures:
+    - latency = alert read from sa.alerts (wall) - when the message was produced whose
+      events first moved the watermark past the alert's window end (window end +
+      allowed lateness): the pipeline's own delay (transport, fusion, correlation, alert
+      delivery), not the event-time wait that windowing imposes by design;
+    - detection delay = alert read - window end (event time = wall time): what an analyst
+      sees, i.e. latency + allowed lateness + the wait for the closing event;
+    - lag = wall time of a correlation metrics line - (its watermark + allowed lateness):
+      how far behind "now" the newest event the worker has seen is.
+    """
+    overrides = latency_overrides(light)
+    lateness_ns = int(LATENCY_LATENESS_S * NS)
     per_message = rate // 10
-    t0 = 1_800_000_000 * NS
-    sends: list[tuple[float, int]] = []  # (wall time sent, newest event time in message)
-    lag = []
-    base_in = correlation_events_in(services.corr_log)
-    produced = 0
-    with SpoolingProducer(kafka, tempfile.mkdtemp(prefix="bench-lat-")) as producer:
-        start = time.monotonic()
-        for n in range(int(seconds * 10)):
-            batch = make_batch(template, n * per_message, per_message, t0, NS // 1000)
-            producer.send("sa.sensor", b"bench-sensor", encode(batch))
-            produced += per_message
-            sends.append((time.time(), int(batch.columns["timestamp"].max())))
-            if n % 10 == 0:
-                lag.append(produced * multiplier - (correlation_events_in(services.corr_log)
-                                                    - base_in))
-            pause = start + (n + 1) / 10 - time.monotonic()
-            if pause > 0:
-                time.sleep(pause)
-        producer.flush(60)
-    time.sleep(5)
-    stop.set()
-    reader.join()
-    send_times = np.array([s for s, _ in sends])
-    max_times = np.array([t for _, t in sends])
-    latencies = []
-    for alert_id, arrived in alerts.items():
-        if alert_id in before:
-            continue
-        window_end = np.datetime64(alert_docs[alert_id]["cirtsa"]["alert"]["window"]["end"]
-                                   .rstrip("Z"), "ns").astype(np.int64)
-        closing = int(window_end) + lateness_ns
-        i = int(np.searchsorted(max_times, closing))  # first message whose events close it
-        if i < len(sends) and window_end >= t0:
-            latencies.append(arrived - send_times[i])
-    latencies.sort()
-    return {"alerts": len(latencies),
-            "p50_s": statistics.median(latencies) if latencies else float("nan"),
-            "p99_s": latencies[int(0.99 * (len(latencies) - 1))] if latencies else float("nan"),
-            "lag_events_max": max(lag) if lag else 0,
-            "lag_events_median": statistics.median(lag) if lag else 0}
+    block = rate // 2  # events per attacker burst of 0.5 s
+    with LocalBroker() as broker:
+        kafka = KafkaConfig(bootstrap=broker.bootstrap)
+        services = Services(kafka.bootstrap, workdir, overrides)
+        ensure_topics(kafka, topic_partitions(services.config))
+        arrivals: dict[str, tuple[float, int]] = {}  # alert id -> (read at, window end ns)
+        stop = threading.Event()
 
+        def read_alerts() -> None:
+            with BatchConsumer(kafka, ["sa.alerts"], f"lat.{time.monotonic_ns()}",
+                               session_timeout_ms=2000, max_poll_records=1000) as consumer:
+                while not stop.is_set():
+                    for record in consumer.poll_batch(0.05):
+                        now = time.time()
+                        end = orjson.loads(record.value)["cirtsa"]["alert"]["window"]["end"]
+                        end_ns = int(np.datetime64(end.rstrip("Z"), "ns").astype(np.int64))
+                        arrivals.setdefault(record.key.decode(), (now, end_ns))
+
+        reader = threading.Thread(target=read_alerts)
+        reader.start()
+        time.sleep(3)  # the reader joined the group
+        sends: list[tuple[float, int]] = []  # (wall time sent, newest event time in message)
+        try:
+            with SpoolingProducer(kafka, os.path.join(workdir, f"spool-{light}")) as producer:
+                start = time.monotonic()
+                for n in range(int(seconds * 10)):
+                    first = n * per_message
+                    idx = np.arange(first, first + per_message)
+                    attackers = (idx // block) * 20 + idx % 20
+                    t0 = time.time_ns()
+                    batch = make_batch(template, first, per_message, t0, NS // rate,
+                                       attacker_ids=attackers)
+                    producer.send("sa.sensor", b"bench-sensor", encode(batch))
+                    sends.append((time.time(), int(batch.columns["timestamp"].max())))
+                    pause = start + (n + 1) / 10 - time.monotonic()
+                    if pause > 0:
+                        time.sleep(pause)
+                producer.flush(60)
+            produced_until = time.time()
+            time.sleep(8)  # alerts of the last closing windows, if the pipeline keeps up
+        finally:
+            stop.set()
+            reader.join()
+            services.stop()
+        send_times = np.array([s for s, _ in sends])
+        max_times = np.array([t for _, t in sends])
+        latencies, delays = [], []
+        for arrived, window_end in arrivals.values():
+            i = int(np.searchsorted(max_times, window_end + lateness_ns))
+            if i < len(sends):  # closed by a message of this run
+                latencies.append(arrived - send_times[i])
+                delays.append(arrived - window_end / NS)
+        lags = []
+        for doc in metrics_lines(services.corr_log):
+            marks = [w for w in (doc.get("watermark") or {}).values() if w is not None]
+            if marks and doc["event"] == "metrics" and doc["ts"] <= produced_until:
+                lags.append(doc["ts"] - (max(marks) + lateness_ns) / NS)
+        events_in = correlation_events_in(services.corr_log)
+    produced = len(sends) * per_message
+    return {"alerts": len(latencies), "p50_s": percentile(latencies, 50),
+            "p99_s": percentile(latencies, 99), "delay_p50_s": percentile(delays, 50),
+            "delay_p99_s": percentile(delays, 99),
+            "lag_median_s": percentile(lags, 50), "lag_max_s": max(lags, default=float("nan")),
+            "lag_last_s": lags[-1] if lags else float("nan"),
+            "produced": produced, "engine_events": events_in,
+            "multiplier": engines_per_event(services.config)}
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+# --- main -------------------------------------------------------------------------------------
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -259,44 +444,80 @@ def main() -> int:
     parser.add_argument("--json-events", type=int, default=100_000)
     parser.add_argument("--batch-rows", type=int, default=20_000)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--rates", default="50000,20000",
+                        help="paced rates (events/s) of the latency runs, comma-separated")
+    parser.add_argument("--latency-seconds", type=float, default=30.0)
+    parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--only-latency", action="store_true",
+                        help="skip 1.-3. (throughput), run the paced latency runs only")
     args = parser.parse_args()
     config = load_config()
     template = template_flows()
     multiplier = engines_per_event(config)
-    lateness_ns = int(float(config["correlation"]["allowed_lateness_s"]) * NS)
-    columnar, json_rates, latency = [], [], {}
+    messages = sensor_batches(template, args.events, args.batch_rows)
+    print(f"{args.events:,} flow events in {len(messages)} sensor batches of "
+          f"{args.batch_rows:,} ({len(messages[0]) / args.batch_rows:.0f} bytes/event on the "
+          f"wire), {os.cpu_count()} cores, medians of {args.runs}", flush=True)
+
+    if args.only_latency:
+        args.runs = 0
+    stages = stage_breakdown(messages, config, args.runs) if args.runs else {}
+    if args.runs:  # the throughput part, unless --only-latency
+        with LocalBroker() as broker, tempfile.TemporaryDirectory() as workdir:
+            kafka = KafkaConfig(bootstrap=broker.bootstrap)
+            produce, consume = transport_only(kafka, messages, args.events, args.runs,
+                                              workdir)
+        throughput(args, stages, produce, consume, messages, template, config, multiplier)
+    latency(args, template)
+    return 0
+
+
+def throughput(args: argparse.Namespace, stages: dict[str, float], produce: float,
+               consume: float, messages: list[bytes], template: EventBatch, config: dict,
+               multiplier: int) -> None:
+    transport = min(produce, consume)
+    print("\n1. where the time goes (each part alone; stage figures on one core, no broker):")
+    for name, value in [*stages.items(), ("transport alone: produce (send+flush)", produce),
+                        ("transport alone: consume (no decode)", consume)]:
+        print(f"  {name:45s} {value:>12,.0f} events/s  {1e6 / value:6.2f} us/event")
+
+    columnar, json_rates = [], []
     for run in range(args.runs):
         with LocalBroker() as broker, tempfile.TemporaryDirectory() as workdir:
             kafka = KafkaConfig(bootstrap=broker.bootstrap)
             ensure_topics(kafka, topic_partitions(config))
-            rate, services = run_columnar(kafka, template, args.events, args.batch_rows,
-                                          workdir, multiplier)
-            columnar.append(rate)
-            try:
-                if run == args.runs - 1:
-                    latency = run_latency(kafka, template, services, 50_000,
-                                          args.latency_seconds, lateness_ns, multiplier)
-            finally:
-                services.stop()
-            json_rates.append(run_json(kafka, template, args.json_events, workdir))
-        print(f"run {run + 1}: columnar {rate:,.0f} ev/s, json {json_rates[-1]:,.0f} ev/s",
-              flush=True)
+            columnar.append(run_columnar(kafka, messages, args.events, workdir, multiplier))
+            json_rates.append(run_json(kafka, template, args.json_events))
+        print(f"  run {run + 1}: columnar {columnar[-1]:,.0f} ev/s, "
+              f"json {json_rates[-1]:,.0f} ev/s", flush=True)
     col, js = statistics.median(columnar), statistics.median(json_rates)
     topics = "sa.events + sa.events.by_dst" if multiplier > 1 else "sa.events"
-    print(f"\nKafka path, {args.events:,} flow events, {args.batch_rows:,}/message, "
-          f"{multiplier} engine(s) per event ({topics}), {os.cpu_count()} cores, "
-          f"median of {args.runs}:")
+    print(f"\n2./3. end to end, {multiplier} engine(s) per event ({topics}):")
     print(f"  columnar sensor->fusion->correlation: {col:,.0f} events/s (target >= 200,000: "
           f"{'met' if col >= 200_000 else f'missed by {1 - col / 200_000:.0%}'})")
-    print(f"  one JSON message per event, produce+consume only: {js:,.0f} events/s")
-    print(f"  ratio: {col / js:.1f}x (target >= 10x)")
-    if latency:
-        print(f"  at 50,000 events/s: {latency['alerts']} alerts, window-closing event -> alert "
-              f"p50 {latency['p50_s']:.2f} s, p99 {latency['p99_s']:.2f} s (target <= 5 s); "
-              f"lag (events produced, not yet in the engine) median "
-              f"{latency['lag_events_median']:,.0f}, max {latency['lag_events_max']:,.0f}")
-    return 0
+    print(f"  one JSON message per event (kafka-python, one hop, no stages): {js:,.0f} "
+          f"events/s; ratio {col / js:.1f}x (target >= 10x)")
+    print(f"  transport ceiling (slower side of one hop, 1.): {transport:,.0f} events/s, "
+          f"{transport / js:.1f}x per-event JSON")
+
+
+def latency(args: argparse.Namespace, template: EventBatch) -> None:
+
+    for rate in ([] if args.skip_latency else [int(r) for r in args.rates.split(",")]):
+        print(f"\n4. paced at {rate:,} events/s for {args.latency_seconds:.0f} s, event "
+              f"time = wall clock, allowed lateness {LATENCY_LATENESS_S} s:")
+        for light in (True, False):
+            with tempfile.TemporaryDirectory() as workdir:
+                r = run_latency(template, rate, args.latency_seconds, light, workdir)
+            label = (f"{'+'.join(LIGHT_DETECTORS)}, windows {LIGHT_WINDOW_S} s / hop "
+                     f"{LIGHT_HOP_S} s" if light else "all detectors, default windows")
+            print(f"  {label}: {r['alerts']} alerts; latency (window-closing event produced "
+                  f"-> alert read from sa.alerts) p50 {r['p50_s']:.2f} s, p99 {r['p99_s']:.2f} "
+                  f"s (target <= 5 s); detection delay (window end -> alert) p50 "
+                  f"{r['delay_p50_s']:.2f} s, p99 {r['delay_p99_s']:.2f} s; consumer lag "
+                  f"median {r['lag_median_s']:.2f} s, max {r['lag_max_s']:.2f} s, at the end "
+                  f"{r['lag_last_s']:.2f} s; engine events {r['engine_events']:,} of "
+                  f"{r['produced'] * r['multiplier']:,}", flush=True)
 
 
 if __name__ == "__main__":

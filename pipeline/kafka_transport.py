@@ -6,9 +6,11 @@ for it.
 
 Delivery (DESIGN.md §3, at-least-once):
 - `SpoolingProducer` never loses a message to a broker outage: a message whose delivery
-  fails (connection refused, timeouts, and the Tansu broker's `UnknownError` for ~10 s after
-  a restart, which kafka-python does not retry) goes to an on-disk spool, and every later
-  message queues behind it until the spool has drained, oldest first.
+  fails (connection refused, timeouts, and the Tansu broker's `UnknownError` after a
+  restart, which kafka-python does not retry) goes to an on-disk spool, and every later
+  message queues behind it until the spool has drained, oldest first. An acknowledgement
+  counts only once a later metadata check finds the topic unchanged: a restarted memory
+  broker acknowledges produces to topics it lost (docs/kafka.md, "Broker restart").
 - `BatchConsumer` never commits on its own: the caller commits the records whose output has
   been acknowledged downstream, so a crash replays everything after the last commit.
 """
@@ -208,12 +210,25 @@ def ensure_topics(config: KafkaConfig, topics: Mapping[str, int] | None = None,
 @dataclass
 class ProducerMetrics:
     sent: int = 0  # send() calls
-    acked: int = 0  # deliveries the broker acknowledged (direct and from the spool)
+    acked: int = 0  # messages delivered: acknowledged, then confirmed (see SpoolingProducer)
     spooled: int = 0  # messages put into the spool (failed delivery, or queued behind it)
-    redelivered: int = 0  # spooled messages later acknowledged by the broker
+    redelivered: int = 0  # spooled messages later delivered (acknowledged and confirmed)
+    resent: int = 0  # acknowledged messages sent again: the broker lost their topic (restart)
     failed: int = 0  # delivery attempts that failed (a message can fail several times)
     rejected: int = 0  # messages no retry can deliver (e.g. too large): logged and lost
     dropped_oldest: int = 0  # spooled messages dropped because the spool was full
+
+
+@dataclass
+class _Pending:
+    """A message handed to the client and not yet confirmed: `value` is kept for direct
+    sends (to re-spool them), spooled ones stay in the spool under `spool_seq`."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    spool_seq: int | None
+    acked: bool = False
 
 
 class SpoolingProducer:
@@ -225,6 +240,15 @@ class SpoolingProducer:
     `drain_window` messages in flight. `topics`, when given, are (re)created before draining
     after an outage (a broker with memory storage forgets its topics on restart). A spool
     left on disk by an earlier run is drained first.
+
+    A broker acknowledgement alone is not trusted: a message counts as delivered once it is
+    acknowledged *and* a later metadata check finds its topic with the same identity
+    (topic id) as before it was sent. A broker that restarted and lost its topics (the
+    Tansu memory broker; a topic deleted and recreated on a real cluster) acknowledges
+    produces to a topic it does not know and nobody can read them (docs/kafka.md, "Broker
+    restart"); the check sees the topic missing or with a new id, and every unconfirmed
+    message is sent again after the topics were recreated. The check runs in `flush()` and
+    every `retry_interval_s` in the background: one metadata request, not one per message.
     """
 
     def __init__(self, config: KafkaConfig, spool: Spool | str | os.PathLike, *,
@@ -233,7 +257,7 @@ class SpoolingProducer:
                  delivery_timeout_ms: int = 30_000, request_timeout_ms: int = 10_000,
                  max_block_ms: int = 5_000, max_in_flight: int = 1,
                  retry_interval_s: float = 1.0, drain_window: int = 32,
-                 compression_type: str | None = None) -> None:
+                 compression_type: str | None = None, batch_size: int = 16384) -> None:
         self.config = config
         self.spool = spool if isinstance(spool, Spool) else Spool(spool)
         self.topics = dict(topics) if topics else None
@@ -244,7 +268,9 @@ class SpoolingProducer:
         # Idempotence off: after a Tansu restart the idempotent producer's InitProducerId
         # keeps failing with UnknownError (measured); at-least-once delivery plus stable
         # alert ids make duplicates harmless. max_in_flight=1 keeps order within a
-        # partition across kafka-python's internal retries.
+        # partition across kafka-python's internal retries. batch_size: kafka-python puts
+        # a record larger than batch_size in a batch of its own; event batches are large
+        # messages, so a big batch_size lets several share one produce request.
         self._producer_kwargs = dict(
             **config.client_kwargs(), acks=acks, linger_ms=linger_ms,
             max_request_size=max_request_size, delivery_timeout_ms=delivery_timeout_ms,
@@ -252,11 +278,19 @@ class SpoolingProducer:
             max_in_flight_requests_per_connection=max_in_flight, enable_idempotence=False,
             bootstrap_timeout_ms=max_block_ms,  # first connection: no 30 s stall in send()
             retries=3, retry_backoff_ms=200, reconnect_backoff_max_ms=1000,
-            compression_type=compression_type)
+            compression_type=compression_type, batch_size=batch_size)
         self._producer: KafkaProducer | None = None
+        self._admin: KafkaAdminClient | None = None
         self._client_lock = threading.Lock()
+        self._admin_lock = threading.Lock()
         self._lock = threading.Lock()  # metrics and outage state (callbacks: I/O thread)
-        self._in_flight: set[int] = set()  # spool seqs sent and not yet settled
+        self._in_flight: set[int] = set()  # spool seqs sent and not yet confirmed
+        self._pending: dict[int, _Pending] = {}  # sent, not confirmed, by send number
+        self._send_number = 0
+        # {topic: topic id} as last confirmed; None = unknown (start, or after a restart
+        # was detected: re-learnt once the topics were recreated)
+        self._topic_ids: dict[str, object] | None = None
+        self._epoch = 0  # restarts detected so far: a check started before one is void
         self._retry_at = 0.0  # monotonic time of the next drain attempt
         self._outage = len(self.spool) > 0  # a spool left from the last run: drain first
         self._need_topics = self.topics is not None
@@ -273,6 +307,99 @@ class SpoolingProducer:
             if self._producer is None:
                 self._producer = KafkaProducer(**self._producer_kwargs)
             return self._producer
+
+    def _describe_topic_ids(self, topics: Iterable[str]) -> dict[str, object]:
+        """{topic: topic id} now, None for a topic the broker does not know. Raises
+        TransportError when the broker cannot be asked."""
+        names = sorted(set(topics))
+        if not names:
+            return {}
+        with self._admin_lock:
+            try:
+                if self._admin is None:
+                    timeout_ms = int(self._connect_timeout_s * 1000)
+                    self._admin = KafkaAdminClient(**self.config.client_kwargs(),
+                                                   request_timeout_ms=timeout_ms,
+                                                   bootstrap_timeout_ms=timeout_ms)
+                described = self._admin.describe_topics(names)
+            except kafka_errors.KafkaError as exc:
+                if self._admin is not None:
+                    try:
+                        self._admin.close()
+                    except Exception:  # already broken; a new one is made next time
+                        pass
+                    self._admin = None
+                raise TransportError(f"metadata check on {self.config.bootstrap} failed: "
+                                     f"{_reason(exc)}") from None
+        ids: dict[str, object] = dict.fromkeys(names)
+        for topic in described:
+            if topic.get("error_code", 0) == 0 and topic.get("partitions"):
+                # Brokers without topic ids (Kafka < 2.8) give None: identity is then
+                # unchecked, which is what those versions can offer.
+                ids[topic["name"]] = topic.get("topic_id") or "no-topic-id"
+        return ids
+
+    def _check(self, wanted: Iterable[str] = ()) -> bool:
+        """Confirm the acknowledged messages whose topics kept their identity; learn the
+        identity of `wanted` topics. False (and every unconfirmed message re-spooled) when a
+        topic vanished or changed identity: the broker lost what it acknowledged."""
+        with self._lock:
+            epoch = self._epoch
+            candidates = [n for n, p in self._pending.items() if p.acked]
+            reference = dict(self._topic_ids) if self._topic_ids is not None else None
+            topics = {p.topic for p in self._pending.values()} | set(wanted)
+            if reference is not None:
+                topics |= set(reference)
+        if not candidates and reference is not None and set(wanted) <= set(reference):
+            return True
+        try:
+            ids = self._describe_topic_ids(topics)
+        except TransportError as exc:
+            self._mark_outage(exc)
+            return False
+        if reference is not None:
+            changed = sorted(t for t in reference if ids.get(t) != reference[t])
+            if changed:
+                self._lost_by_broker(changed)
+                return False
+        with self._lock:
+            if epoch != self._epoch:  # a concurrent check found a restart meanwhile
+                return False
+            self._topic_ids = {**(reference or {}), **ids}
+            for number in candidates:
+                pending = self._pending.pop(number, None)
+                if pending is None:
+                    continue
+                self.metrics.acked += 1
+                if pending.spool_seq is not None:
+                    self.spool.ack(pending.spool_seq)
+                    self._in_flight.discard(pending.spool_seq)
+                    self.metrics.redelivered += 1
+        if candidates:
+            self._wake.set()  # room in the drain window
+        return True
+
+    def _lost_by_broker(self, topics: list[str]) -> None:
+        """The broker forgot `topics` (restart with memory storage, or deleted and
+        recreated): send everything not yet confirmed again, after recreating them."""
+        with self._lock:
+            pending = sorted(self._pending.items())
+            self._pending.clear()
+            self._topic_ids = None
+            self._epoch += 1
+            self._outage = True
+            self._need_topics = self.topics is not None
+            self._retry_at = 0.0
+            for _, p in pending:
+                if p.spool_seq is not None:  # still in the spool: peeked and sent again
+                    self._in_flight.discard(p.spool_seq)
+            self.metrics.resent += len(pending)
+        log.warning("Kafka at %s lost topics %s (broker restarted?): sending %d unconfirmed "
+                    "messages again", self.config.bootstrap, topics, len(pending))
+        for _, p in pending:
+            if p.spool_seq is None:
+                self._to_spool(p.topic, p.key, p.value)
+        self._wake.set()
 
     def _mark_outage(self, exc: BaseException) -> None:
         with self._lock:
@@ -303,40 +430,52 @@ class SpoolingProducer:
         log.error("message for %s rejected by Kafka and lost (no retry can deliver it): %s",
                   topic, _reason(exc))
 
-    def _on_direct_ok(self, _metadata: object) -> None:
+    def _on_ok(self, number: int, _metadata: object) -> None:
         with self._lock:
-            self.metrics.acked += 1
+            pending = self._pending.get(number)
+            if pending is not None:  # None: already re-sent after a restart
+                pending.acked = True
 
-    def _on_direct_error(self, topic: str, key: bytes | None, value: bytes,
-                         exc: BaseException) -> None:
+    def _on_direct_error(self, number: int, exc: BaseException) -> None:
+        with self._lock:
+            pending = self._pending.pop(number, None)
+        if pending is None:  # already re-sent after a restart
+            return
         if isinstance(exc, _PERMANENT_ERRORS):
-            self._rejected(topic, exc)
+            self._rejected(pending.topic, exc)
             return
         self._mark_outage(exc)
-        self._to_spool(topic, key, value)
+        self._to_spool(pending.topic, pending.key, pending.value)
 
-    def _on_spooled_ok(self, seq: int, _metadata: object) -> None:
-        self.spool.ack(seq)
+    def _on_spooled_error(self, number: int, seq: int, topic: str,
+                          exc: BaseException) -> None:
         with self._lock:
-            self._in_flight.discard(seq)
-            self.metrics.acked += 1
-            self.metrics.redelivered += 1
-        self._wake.set()  # room for the next message in the drain window
-
-    def _on_spooled_error(self, seq: int, topic: str, exc: BaseException) -> None:
+            pending = self._pending.pop(number, None)
+            if pending is not None:
+                self._in_flight.discard(seq)
+        if pending is None:
+            return
         if isinstance(exc, _PERMANENT_ERRORS):
             self.spool.ack(seq)  # remove it: it would block the spool forever
             self._rejected(topic, exc)
         else:
             self._mark_outage(exc)
-        with self._lock:
-            self._in_flight.discard(seq)
+
+    def _register(self, pending: _Pending) -> int:
+        """Track a message about to be handed to the client (call with self._lock held)."""
+        self._send_number += 1
+        self._pending[self._send_number] = pending
+        return self._send_number
 
     def _drain_loop(self) -> None:
         while not self._closing.is_set():
             self._wake.wait(self.retry_interval_s)
             self._wake.clear()
             try:
+                with self._lock:
+                    unconfirmed = any(p.acked for p in self._pending.values())
+                if unconfirmed:
+                    self._check()
                 self._drain_once()
             except Exception:  # the drain thread must outlive any surprise
                 log.exception("spool drain failed; retrying in %.1f s", self.retry_interval_s)
@@ -365,18 +504,21 @@ class SpoolingProducer:
             except TransportError as exc:
                 self._mark_outage(exc)
                 return 0
+        # Learn (or re-check) the topics' identity before anything is sent to them.
+        if not self._check({item.topic for item in items}):
+            return 0
         sent = 0
         for item in items:
             with self._lock:
                 self._in_flight.add(item.seq)
+                number = self._register(_Pending(item.topic, item.key, None, item.seq))
             try:
                 future = self._client().send(item.topic, key=item.key, value=item.value)
             except kafka_errors.KafkaError as exc:
-                self._on_spooled_error(item.seq, item.topic, exc)
+                self._on_spooled_error(number, item.seq, item.topic, exc)
                 break
-            future.add_callback(lambda md, seq=item.seq: self._on_spooled_ok(seq, md))
-            future.add_errback(lambda exc, seq=item.seq, topic=item.topic:
-                               self._on_spooled_error(seq, topic, exc))
+            future.add_callback(self._on_ok, number)
+            future.add_errback(self._on_spooled_error, number, item.seq, item.topic)
             sent += 1
         return sent
 
@@ -386,21 +528,31 @@ class SpoolingProducer:
         """Queue one message: delivered now or, during and after an outage, via the spool."""
         with self._lock:
             self.metrics.sent += 1
-            behind_spool = self._outage or len(self.spool) > 0
-        if behind_spool:  # keep FIFO order: nothing overtakes what is spooled
+            known = self._topic_ids is not None and topic in self._topic_ids
+        if not known and not self._outage:
+            self._check({topic})  # learn its identity first (marks an outage on failure)
+        with self._lock:
+            behind_spool = self._outage or len(self.spool) > 0 or self._topic_ids is None
+            number = (None if behind_spool
+                      else self._register(_Pending(topic, key, value, None)))
+        if number is None:  # keep FIFO order: nothing overtakes what is spooled
             self._to_spool(topic, key, value)
             return
         try:
             future = self._client().send(topic, key=key, value=value)
         except _PERMANENT_ERRORS as exc:
+            with self._lock:
+                self._pending.pop(number, None)
             self._rejected(topic, exc)
             return
         except kafka_errors.KafkaError as exc:
+            with self._lock:
+                self._pending.pop(number, None)
             self._mark_outage(exc)
             self._to_spool(topic, key, value)
             return
-        future.add_callback(self._on_direct_ok)
-        future.add_errback(lambda exc: self._on_direct_error(topic, key, value, exc))
+        future.add_callback(self._on_ok, number)
+        future.add_errback(self._on_direct_error, number)
 
     def drain(self) -> None:
         """Ask the drain thread to try the spool now (it still honours retry_interval_s)."""
@@ -408,13 +560,14 @@ class SpoolingProducer:
 
     @property
     def idle(self) -> bool:
-        """Nothing spooled and nothing from the spool in flight."""
+        """Nothing spooled, nothing in flight, nothing acknowledged but unconfirmed."""
         with self._lock:
-            return not self._in_flight and len(self.spool) == 0
+            return not self._in_flight and not self._pending and len(self.spool) == 0
 
     def flush(self, timeout_s: float = 30.0) -> bool:
-        """Wait until everything sent so far is acknowledged (directly or from the spool).
-        False when `timeout_s` passes first; what is left stays spooled."""
+        """Wait until everything sent so far is delivered (acknowledged and confirmed,
+        directly or from the spool). False when `timeout_s` passes first; what is left
+        stays spooled."""
         deadline = time.monotonic() + timeout_s
         while True:
             if self._producer is not None:
@@ -422,7 +575,12 @@ class SpoolingProducer:
                     self._producer.flush(timeout=max(0.0, deadline - time.monotonic()))
                 except kafka_errors.KafkaTimeoutError:
                     pass
-            # Direct sends that failed during the flush are in the spool by now.
+            # Direct sends that failed during the flush are in the spool by now; the
+            # acknowledged ones are confirmed (or re-spooled) by one metadata check.
+            with self._lock:
+                unconfirmed = any(p.acked for p in self._pending.values())
+            if unconfirmed:
+                self._check()
             if self.idle:
                 return True
             if time.monotonic() >= deadline:
@@ -433,13 +591,16 @@ class SpoolingProducer:
     def metrics_snapshot(self) -> dict[str, int]:
         with self._lock:
             snapshot = dict(vars(self.metrics))
+            snapshot["unconfirmed"] = len(self._pending)
         snapshot["dropped_oldest"] = self.spool.stats.dropped_oldest
         snapshot["in_spool"] = len(self.spool)
         return snapshot
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Flush what can be flushed within `timeout_s`; whatever is left stays in the spool
-        on disk and is sent first by the next producer on the same spool directory."""
+        on disk and is sent first by the next producer on the same spool directory.
+        (Direct sends acknowledged but not yet confirmed when the time is up are not
+        spooled: call flush() first when that matters.)"""
         try:
             self.flush(timeout_s)
         finally:
@@ -449,6 +610,10 @@ class SpoolingProducer:
             if self._producer is not None:
                 self._producer.close(timeout=timeout_s)
                 self._producer = None
+            with self._admin_lock:
+                if self._admin is not None:
+                    self._admin.close()
+                    self._admin = None
             self.spool.close()
 
     def __enter__(self) -> SpoolingProducer:
@@ -523,31 +688,60 @@ class BatchConsumer:
         for r in records:
             key = (r.topic, r.partition)
             highest[key] = max(highest.get(key, -1), r.offset + 1)
+        return self.commit_offsets(highest)
+
+    def commit_offsets(self, offsets: Mapping[tuple[str, int], int]) -> dict[tuple[str, int], int]:
+        """Commit {(topic, partition): next offset to read} (Kafka's convention: the offset
+        after the last record done). Skips partitions not assigned to this member and
+        commits that would move backwards; returns what was committed. Raises CommitFailed."""
         assigned = self.assignment()
         # Forget commits of partitions this member lost: a later owner moved them on.
         self._committed = {k: v for k, v in self._committed.items() if k in assigned}
-        offsets = {}
-        for key, offset in highest.items():
+        todo = {}
+        for key, offset in offsets.items():
             if key not in assigned:
                 log.info("not committing %s: partition no longer assigned to %s", key,
                          self.group_id)
             elif offset > self._committed.get(key, -1):  # never move a commit backwards
-                offsets[key] = offset
-        if not offsets:
+                todo[key] = offset
+        if not todo:
             return {}
         try:
             self._consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
-                                   for (t, p), o in offsets.items()})
+                                   for (t, p), o in todo.items()})
         except kafka_errors.CommitFailedError as exc:
             raise CommitFailed(f"commit for group {self.group_id} failed: {exc}") from None
         except kafka_errors.KafkaError as exc:
             raise CommitFailed(f"commit for group {self.group_id} failed: "
                                f"{_reason(exc)}") from None
-        self._committed.update(offsets)
-        return offsets
+        self._committed.update(todo)
+        return todo
 
     def assignment(self) -> set[tuple[str, int]]:
+        """The (topic, partition) pairs this member owns now (changes after a rebalance,
+        which happens inside poll_batch)."""
         return {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+
+    def rewind_to_committed(self) -> dict[tuple[str, int], int]:
+        """Move every assigned partition back to the group's committed offset (the
+        earliest offset when the group has none) so the next polls re-deliver everything
+        after the last commit, e.g. to rebuild in-memory state after a rebalance.
+        Returns {(topic, partition): offset rewound to}, -1 for "from the beginning"."""
+        positions: dict[tuple[str, int], int] = {}
+        try:
+            for tp in self._consumer.assignment():
+                offset = self._consumer.committed(tp)
+                if offset is None:
+                    self._consumer.seek_to_beginning(tp)
+                    offset = -1
+                else:
+                    self._consumer.seek(tp, offset)
+                positions[(tp.topic, tp.partition)] = offset
+        except kafka_errors.KafkaError as exc:
+            raise TransportError(f"rewind of group {self.group_id} failed: "
+                                 f"{_reason(exc)}") from None
+        self._committed = {k: v for k, v in positions.items() if v >= 0}
+        return positions
 
     def close(self) -> None:
         """Leave the group (no commit: uncommitted records are delivered again)."""

@@ -458,11 +458,14 @@ class CorrelationService:
         return True
 
     def _commit(self, consumer: BatchConsumer) -> None:
-        marks = [Record(t, p, offset - 1, None, b"", 0)
-                 for (t, p), offset in self.commit_positions().items() if offset > 0]
-        _commit(consumer, marks, self.log)
+        positions = {tp: offset for tp, offset in self.commit_positions().items() if offset > 0}
+        try:
+            consumer.commit_offsets(positions)
+        except (CommitFailed, TransportError) as exc:
+            # The records come again (to us or to the partition's new owner): at-least-once.
+            self.log("commit_failed", reason=str(exc))
 
-    def _rewind(self, consumer: _RewindableConsumer) -> None:
+    def _rewind(self, consumer: BatchConsumer) -> None:
         self._new_engines()
         positions = consumer.rewind_to_committed()
         self.stats["rebuilds"] += 1
@@ -472,7 +475,7 @@ class CorrelationService:
     def run(self, stop: threading.Event, *, ready: threading.Event | None = None) -> int:
         s = self.settings
         spool = s.get("spool_dir") or _temp_spool("correlation")
-        consumer = _RewindableConsumer(
+        consumer = BatchConsumer(
             self.kafka, self.input_topics, self.group,
             session_timeout_ms=int(s.get("session_timeout_ms", 6000)),
             max_poll_records=int(s.get("max_poll_records", 64)),
@@ -502,8 +505,14 @@ class CorrelationService:
                 rewound = any(t.rewound(r.offset) for r in records
                               if (t := self.tracked.get((r.topic, r.partition))) is not None)
                 if now_assigned != assigned or rewound:
+                    try:
+                        self._rewind(consumer)  # this poll's records come again from the commit
+                    except TransportError as exc:  # broker away: rebuild at the next poll
+                        self.log("rewind_failed", reason=str(exc)[:300])
+                        assigned = set()
+                        stop.wait(1.0)
+                        continue
                     assigned = now_assigned
-                    self._rewind(consumer)  # this poll's records come again from the commit
                     continue
                 if records:
                     last_input = time.monotonic()
@@ -536,25 +545,6 @@ class CorrelationService:
                 shutil.rmtree(spool, ignore_errors=True)
             self.log("stopped", **self.stats, buffered_messages=self.buffered_messages)
         return 0
-
-
-class _RewindableConsumer(BatchConsumer):
-    """A BatchConsumer that can move every assigned partition back to its committed offset
-    (the earliest offset when the group has none)."""
-
-    def rewind_to_committed(self) -> dict[tuple[str, int], int]:
-        kafka_consumer = self._consumer
-        positions: dict[tuple[str, int], int] = {}
-        for tp in kafka_consumer.assignment():
-            offset = kafka_consumer.committed(tp)
-            if offset is None:
-                kafka_consumer.seek_to_beginning(tp)
-                offset = -1
-            else:
-                kafka_consumer.seek(tp, offset)
-            positions[(tp.topic, tp.partition)] = offset
-        self._committed = {k: v for k, v in positions.items() if v >= 0}
-        return positions
 
 
 # --- producing sensor batches (tests, bench; `cirt-sa sensor run --kafka` is the real one) --

@@ -256,10 +256,6 @@ def test_two_workers_one_killed_lose_and_duplicate_nothing(broker, tmp_path):
     assert {r.key.decode() for r in alerts_topic} == set(expected)
 
 
-@pytest.mark.skip(reason="fails since more topics/detectors landed: right after the test "
-                  "broker's restart, messages the producer reports acked are not readable by a "
-                  "fresh consumer (reproduced outside pytest; a 2 s pause before producing "
-                  "more makes them appear) - under investigation, see the Kafka issue")
 def test_broker_restart_while_the_sensor_produces_loses_no_event(tmp_path):
     require_broker_binary()
     config = service_config()

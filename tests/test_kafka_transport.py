@@ -260,6 +260,36 @@ def test_uncommitted_records_are_delivered_again_after_restart(kafka_config, tmp
         assert fourth.poll_batch(timeout_s=SESSION_TIMEOUT_MS / 1000) == []
 
 
+def test_rewind_to_committed_redelivers_everything_after_the_commit(kafka_config, tmp_path):
+    """The public rewind (what a correlation worker does on a rebalance to rebuild its
+    windows): partitions go back to the group's commit, or to the start without one."""
+    topic, group = unique("sa.events"), unique("g")
+    ensure_topics(kafka_config, {topic: 2})
+    with SpoolingProducer(kafka_config, tmp_path / "spool") as producer:
+        for i in range(20):
+            producer.send(topic, b"key-%d" % (i % 2), message_id(i))
+        assert producer.flush(10)
+    with consumer(kafka_config, [topic], group) as member:
+        records = consume(member, 20, commit=False)
+        assert sorted(ids_of(records)) == list(range(20))
+        by_partition: dict[int, list] = {}
+        for r in records:
+            by_partition.setdefault(r.partition, []).append(r)
+        committed_part, other_part = sorted(by_partition)
+        done = by_partition[committed_part][:3]  # the first three of one partition
+        assert member.commit_offsets({(topic, committed_part): done[-1].offset + 1,
+                                      (topic, other_part): 0}) == {
+            (topic, committed_part): done[-1].offset + 1, (topic, other_part): 0}
+        assert member.commit_offsets({(topic, committed_part): 1}) == {}  # never backwards
+        assert member.commit_offsets({(topic, 99): 5}) == {}  # not assigned: skipped
+        positions = member.rewind_to_committed()
+        assert positions == {(topic, committed_part): done[-1].offset + 1,
+                             (topic, other_part): 0}
+        again = consume(member, 20 - 3, commit=False)
+    expected = sorted(set(ids_of(records)) - set(ids_of(done)))
+    assert sorted(ids_of(again)) == expected
+
+
 # --- outages --------------------------------------------------------------------------------
 
 def test_broker_outage_while_producing_loses_nothing(tmp_path, caplog):
@@ -311,6 +341,40 @@ def test_broker_outage_while_producing_loses_nothing(tmp_path, caplog):
     assert metrics["spooled"] >= 50 and metrics["redelivered"] == metrics["spooled"]
     assert metrics["failed"] > 0 and metrics["dropped_oldest"] == metrics["rejected"] == 0
     assert any("spooling" in r.getMessage() for r in caplog.records)
+
+
+def test_acks_from_a_restarted_broker_that_forgot_the_topic_are_not_trusted(tmp_path, caplog):
+    """A quick broker restart (memory storage: topics gone) while sends sit in the client's
+    queue: the client reconnects and the new broker *acknowledges* produces to a topic it
+    does not know, and nobody can read them (docs/kafka.md, "Broker restart"). The producer
+    must notice (topic missing / new topic id), recreate the topics and send again: every
+    message readable afterwards (duplicates allowed)."""
+    require_broker_binary()
+    topic = "sa.sensor"
+    topics = {topic: 2}
+    caplog.set_level(logging.WARNING, logger="pipeline.kafka_transport")
+    with LocalBroker() as broker:
+        config = KafkaConfig(bootstrap=broker.bootstrap)
+        ensure_topics(config, topics)
+        with SpoolingProducer(config, tmp_path / "spool", topics=topics, **FAST) as producer:
+            for i in range(20):
+                producer.send(topic, b"sensor-%d" % (i % 3), message_id(i))
+            assert producer.flush(10)
+            with consumer(config, [topic], unique("g")) as reader:
+                assert sorted(ids_of(consume(reader, 20))) == list(range(20))
+            broker.stop(timeout_s=1)
+            for i in range(20, 60):  # queued in the client: its cached metadata still works
+                producer.send(topic, b"sensor-%d" % (i % 3), message_id(i))
+            broker.start()  # back within the delivery timeout: no send fails outright
+            assert producer.flush(30), producer.metrics_snapshot()
+            metrics = producer.metrics_snapshot()
+        with consumer(config, [topic], unique("g")) as reader:
+            got = consume(reader, 40, timeout_s=20)
+            got += reader.poll_batch(timeout_s=1)  # duplicates, if any, show up
+    assert sorted(set(ids_of(got))) == list(range(20, 60))
+    assert metrics["sent"] == 60 and metrics["acked"] == 60 and metrics["in_spool"] == 0
+    assert metrics["resent"] > 0 and metrics["unconfirmed"] == 0
+    assert any("lost topics" in r.getMessage() for r in caplog.records)
 
 
 def test_spool_left_by_a_previous_run_is_sent_first(tmp_path):
