@@ -39,16 +39,23 @@ sizes and packet counts (cumulative over the flow up to the record's end):
 Implementation: per batch, keys are canonicalized column-wise and hashed to uint64, packets
 are grouped by one stable argsort, flow boundaries (idle, port reuse, close linger) and
 piece boundaries are found with segmented cumulative sums, and per-piece totals with
-ufunc.reduceat. The table is struct-of-arrays numpy columns plus a dict key bytes -> slot;
-Python loops run only over the unique keys of a batch (dict look-ups) and over close/reuse
-refinement rounds (one per port reuse of the same key inside one batch).
+ufunc.reduceat. The table is struct-of-arrays numpy columns (~160 bytes a flow with the
+index: compact dtypes, cumulative counters kept as the booleans conn_state needs) plus an
+open-addressing hash index key -> slot (_SlotIndex) and a numpy stack of free slots, so no
+Python object exists per flow. Python loops run only over hash-probe rounds, over chunks,
+and over close/reuse refinement rounds (one per port reuse of the same key in one batch).
+Memory under a flood: a filling table takes big batches in sub-batches, records are built
+in chunks, and flush() hands the table's pages back while it builds the last records.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import mmap
+
 import numpy as np
 
-from pipeline.schema import FLOW, EventBatch, concat_batches
+from pipeline.schema import FLOW, EventBatch
 from sensors.community_id import PORT_PROTOS, community_id_column, icmp_port_equivalents
 from sensors.packets import IP_DTYPE, DecodedPackets
 
@@ -57,6 +64,9 @@ TCP = 6
 NS = 1_000_000_000
 NEVER = np.iinfo(np.int64).max // 4  # "no deadline"; headroom so adding timeouts cannot overflow
 
+CONN_STATES = np.array(["OTH", "REJ", "RSTRH", "RSTR", "RSTOS0", "RSTO", "SF", "SH", "S2",
+                        "SHR", "S3", "S0", "S1"], dtype=object)
+_CS = {name: i for i, name in enumerate(CONN_STATES)}
 REASONS = np.array(["fin", "rst", "idle", "active", "eof", "evicted"], dtype=object)
 R_FIN, R_RST, R_IDLE, R_ACTIVE, R_EOF, R_EVICTED = range(6)
 
@@ -64,8 +74,12 @@ R_FIN, R_RST, R_IDLE, R_ACTIVE, R_EOF, R_EVICTED = range(6)
 INACTIVE, SYN_SENT, SYN_ACK_SENT, PARTIAL, ESTABLISHED, CLOSED, RESET = range(7)
 
 _FLUSH_CHUNK = 65536  # flows per flow_records call in flush()
+_UPDATE_CHUNK = 16384  # packets per internal update step once the table is filling
+_SUB_BATCH_FILL = 0.5  # "filling": live flows >= this fraction of max_flows
+_MAPPED_MIN = 1 << 20  # table columns at least this large live in their own mapping
+_RECORD_CHUNK = 16384  # rows per flow_records call (its temporaries are ~0.5 KB a row)
 _GROW_HEADROOM = 65536  # slots above max_flows before growth falls back to exact sizes
-KEY_BYTES = 40  # vlan 2, transport 1, pad 1, lo ip 16, lo port 2, hi ip 16, hi port 2
+_SCAN_CHUNK = 262144  # slots per step when scanning the whole table (bounds temporaries)
 
 # Per-slot table columns. "lo"/"hi" are the canonical endpoints (smaller (ip, port) first);
 # records are turned into originator/responder terms only when emitted.
@@ -84,10 +98,12 @@ SLOT_FIELDS: dict[str, np.dtype] = {
     # cumulative over the flow (for conn_state and close detection)
     "st_fl_lo": np.dtype(np.uint8),
     "st_fl_hi": np.dtype(np.uint8),
-    "cum_pk_lo": np.dtype(np.uint64),
-    "cum_pk_hi": np.dtype(np.uint64),
-    "cum_pay_lo": np.dtype(np.uint64),
-    "cum_pay_hi": np.dtype(np.uint64),
+    # conn_state only asks "did this side send packets / payload": one bool each, not a
+    # counter (rows built from a batch carry counts; both read the same through "> 0")
+    "cum_pk_lo": np.dtype(bool),
+    "cum_pk_hi": np.dtype(bool),
+    "cum_pay_lo": np.dtype(bool),
+    "cum_pay_hi": np.dtype(bool),
     # current piece (what the next record reports); empty when p_pk_lo + p_pk_hi == 0
     "p_first": np.dtype(np.int64),
     "p_end": np.dtype(np.int64),
@@ -150,6 +166,117 @@ def _mix64(words: np.ndarray) -> np.ndarray:
     return h
 
 
+def _zeros(n: int, dtype: np.dtype) -> np.ndarray:
+    """np.zeros, in its own anonymous mapping when large, so _drop_tail can hand pages
+    back to the OS (memory from malloc's heap stays resident after a shrink)."""
+    nbytes = n * np.dtype(dtype).itemsize
+    if nbytes < _MAPPED_MIN or not hasattr(mmap.mmap, "madvise"):
+        return np.zeros(n, dtype=dtype)
+    return np.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype, count=n)
+
+
+def _drop_tail(column: np.ndarray, keep: int) -> None:
+    """Give the pages of column[keep:] back to the OS (they read as zeros afterwards)."""
+    buf = column.base.obj if isinstance(column.base, memoryview) else column.base
+    if not isinstance(buf, mmap.mmap):
+        return
+    start = -(-keep * column.itemsize // mmap.PAGESIZE) * mmap.PAGESIZE
+    if start < len(buf):
+        buf.madvise(mmap.MADV_DONTNEED, start, len(buf) - start)
+
+
+def _ip_words(column: np.ndarray) -> np.ndarray:
+    """IP_DTYPE column -> (n, 2) uint64 big-endian words."""
+    return _address_words(np.ascontiguousarray(column).view(np.uint8).reshape(-1, 16))
+
+
+class _SlotIndex:
+    """Open-addressing hash index flow key -> table slot, all operations column-wise.
+
+    Linear probing over an int32 array (EMPTY, TOMB or a slot); the keys themselves live in
+    the flow table's columns, so an entry costs 4 bytes (~15 bytes per flow at the load
+    kept here) instead of a dict entry plus a bytes key (~150 bytes). Lookups and inserts
+    run in rounds: each round probes the next position of every key still pending.
+    Deletions leave tombstones; the index is rebuilt from the live slots when live entries
+    plus tombstones pass _MAX_LOAD.
+    """
+
+    EMPTY, TOMB = -1, -2
+    _MAX_LOAD = 0.7
+    _SIZE_FACTOR = 2.5  # capacity >= this x table slots: load <= 0.4 right after a rebuild
+
+    def __init__(self) -> None:
+        self.table = np.full(1024, self.EMPTY, dtype=np.int32)
+        self.used = 0  # entries that are not EMPTY (live + tombstones)
+
+    @property
+    def mask(self) -> np.uint64:
+        return np.uint64(self.table.size - 1)
+
+    def lookup(self, key_hash: np.ndarray, key_words: np.ndarray, slot_words) -> np.ndarray:
+        """Slot of each key (int64), -1 when absent. slot_words(slots) -> (n, 5) keys."""
+        found = np.full(key_hash.size, -1, dtype=np.int64)
+        pending = np.arange(key_hash.size)
+        pos = (key_hash & self.mask).astype(np.int64)
+        mask = int(self.mask)
+        while pending.size:
+            entry = self.table[pos]
+            occupied = entry >= 0
+            hit = np.zeros(pending.size, dtype=bool)
+            cand = np.flatnonzero(occupied)
+            if cand.size:
+                same = (slot_words(entry[cand]) == key_words[pending[cand]]).all(axis=1)
+                hit[cand[same]] = True
+                found[pending[cand[same]]] = entry[cand[same]]
+            more = ~hit & (entry != self.EMPTY)
+            pending = pending[more]
+            pos = (pos[more] + 1) & mask
+        return found
+
+    def insert(self, key_hash: np.ndarray, slots: np.ndarray) -> None:
+        """Index new keys (known absent, distinct) at their slots."""
+        pending = np.arange(key_hash.size)
+        pos = (key_hash & self.mask).astype(np.int64)
+        mask = int(self.mask)
+        while pending.size:
+            entry = self.table[pos]
+            free = np.flatnonzero(entry < 0)
+            # Two keys probing the same free position in one round: the first takes it.
+            _, first = np.unique(pos[free], return_index=True)
+            take = free[first]
+            self.used += int((entry[take] == self.EMPTY).sum())
+            self.table[pos[take]] = slots[pending[take]]
+            more = np.ones(pending.size, dtype=bool)
+            more[take] = False
+            pending = pending[more]
+            pos = (pos[more] + 1) & mask
+
+    def remove(self, key_hash: np.ndarray, slots: np.ndarray) -> None:
+        """Unindex slots (each present) whose keys hash to key_hash."""
+        pending = np.arange(key_hash.size)
+        pos = (key_hash & self.mask).astype(np.int64)
+        mask = int(self.mask)
+        while pending.size:
+            hit = self.table[pos] == slots[pending]
+            self.table[pos[hit]] = self.TOMB
+            pending = pending[~hit]
+            pos = (pos[~hit] + 1) & mask
+
+    def needs_rebuild(self) -> bool:
+        return self.used > self._MAX_LOAD * self.table.size
+
+    def resize(self, n_slots: int, live_slots: np.ndarray, slot_words) -> None:
+        """Rebuild for a table of n_slots slots from its live slots (drops tombstones)."""
+        capacity = 1024
+        while capacity < self._SIZE_FACTOR * n_slots:
+            capacity *= 2
+        self.table = np.full(capacity, self.EMPTY, dtype=np.int32)
+        self.used = 0
+        for lo in range(0, live_slots.size, _SCAN_CHUNK):
+            chunk = live_slots[lo:lo + _SCAN_CHUNK].astype(np.int64)
+            self.insert(_mix64(slot_words(chunk)), chunk)
+
+
 def conn_state(
     transport: np.ndarray,
     orig_flags: np.ndarray,
@@ -179,6 +306,8 @@ def conn_state(
     r_inactive = (rs == INACTIVE) | (rs == PARTIAL)
     no_payload = (orig_payload == 0) & (resp_payload == 0)
     rstos0 = ((of & SYN) > 0) & ((of & FIN) == 0)
+    # Codes into CONN_STATES, so the object column holds shared str objects (8 bytes a
+    # row), not one new string per flow.
     tcp = np.select(
         [
             (rs == RESET) & ((os_ == SYN_SENT) | (os_ == SYN_ACK_SENT)
@@ -196,12 +325,13 @@ def conn_state(
             (os_ == SYN_SENT) & (rs == INACTIVE),
             (os_ == ESTABLISHED) & (rs == ESTABLISHED),
         ],
-        ["REJ", "RSTRH", "RSTR", "RSTOS0", "OTH", "RSTO", "SF", "SH", "S2", "SHR", "S3", "S0",
-         "S1"],
-        default="OTH",
+        [_CS[name] for name in ("REJ", "RSTRH", "RSTR", "RSTOS0", "OTH", "RSTO", "SF", "SH",
+                                "S2", "SHR", "S3", "S0", "S1")],
+        default=_CS["OTH"],
     )
-    other = np.select([o_sent & r_sent, o_sent, r_sent], ["SF", "S0", "SHR"], default="OTH")
-    return np.where(transport == TCP, tcp, other).astype(object)
+    other = np.select([o_sent & r_sent, o_sent, r_sent], [_CS["SF"], _CS["S0"], _CS["SHR"]],
+                      default=_CS["OTH"])
+    return CONN_STATES[np.where(transport == TCP, tcp, other)]
 
 
 # --- the table ----------------------------------------------------------------------------
@@ -226,18 +356,42 @@ class FlowTable:
             "flows_emitted": 0, "flows_evicted": 0, "flows_live": 0, "close_refine_rounds": 0,
         }
         self._clock = np.iinfo(np.int64).min  # running max of packet times
-        self._slot_of: dict[bytes, int] = {}
-        self._key_of_slot: list[bytes | None] = []
-        self._free: list[int] = []
+        self._reset()
+
+    def _reset(self) -> None:
+        """An empty table (at construction and after flush)."""
+        # Live flows: slot columns + an open-addressing hash index key -> slot, and a stack
+        # of free slots (no per-flow Python object anywhere).
+        self._index = _SlotIndex()
+        self._free = np.zeros(0, dtype=np.int32)
+        self._n_free = 0
         self._live = np.zeros(0, dtype=bool)
         self._cols: Rows = {name: np.zeros(0, dtype=dt) for name, dt in SLOT_FIELDS.items()}
         self._deadline = NEVER  # lower bound of the earliest expiry time of any live slot
+        self.stats["flows_live"] = 0
         self._grow(1)  # never empty, so gathers with placeholder slot 0 are always in bounds
 
     # -- public API --
 
+    @property
+    def capacity(self) -> int:
+        """Flow slots allocated (live + free): bounded by max_flows plus one growth step."""
+        return int(self._live.size)
+
     def update(self, packets: DecodedPackets) -> EventBatch | None:
         """Add a batch of decoded packets (capture order); return the flows that ended."""
+        n = len(packets)
+        if n > _UPDATE_CHUNK and self.stats["flows_live"] >= _SUB_BATCH_FILL * self.max_flows:
+            # A filling table takes big batches in sub-batches: that bounds the per-batch
+            # temporaries (~1 KB per packet) where memory matters, at ~35% more flow-table
+            # time (per-call overhead), so only then. Records do not depend on the split
+            # (module docstring); evictions run per sub-batch.
+            parts = [self._update(_slice_packets(packets, lo, lo + _UPDATE_CHUNK))
+                     for lo in range(0, n, _UPDATE_CHUNK)]
+            return _join_batches([b for b in parts if b is not None])
+        return self._update(packets)
+
+    def _update(self, packets: DecodedPackets) -> EventBatch | None:
         n = len(packets)
         if n == 0:
             return None
@@ -269,15 +423,33 @@ class FlowTable:
     def flush(self) -> EventBatch | None:
         """End of input: emit every remaining flow (end_reason "eof")."""
         slots = np.flatnonzero(self._live)
-        rows = self._slot_rows(slots, R_EOF)
-        self._release(slots)
-        self._deadline = NEVER
-        self.stats["flows_live"] = 0
-        # Records are built a chunk at a time: flow_records' temporaries (Community ID
-        # buffers, text columns) for a full table of 1M flows at once cost ~0.8 GB.
-        n = rows["reason"].size
-        return concat_batches([self._to_batch([{k: v[i:i + _FLUSH_CHUNK] for k, v in rows.items()}])
-                             for i in range(0, n, _FLUSH_CHUNK)])
+        # Records are built a chunk of slots at a time, from the highest slots down, and
+        # the table's columns are cut below each chunk as it is done: the records of a full
+        # table (~220 bytes a flow) replace the table's memory instead of adding to it.
+        # Chunks go straight into preallocated output columns: joining chunk batches at the
+        # end would hold every record twice (malloc keeps the freed chunks resident).
+        out: dict[str, np.ndarray] | None = None
+        filled = slots.size
+        self._index = _SlotIndex()  # not needed to read the slots out; _reset() rebuilds
+        for hi in range(slots.size, 0, -_FLUSH_CHUNK):
+            chunk = slots[max(hi - _FLUSH_CHUNK, 0):hi]
+            batch = self._to_batch([self._slot_rows(chunk, R_EOF)])
+            for col in self._cols.values():
+                _drop_tail(col, int(chunk[0]))
+            if batch is None:
+                continue
+            if out is None:
+                out = {name: _zeros(slots.size, col.dtype) if col.dtype != object
+                       else np.empty(slots.size, dtype=object)
+                       for name, col in batch.columns.items()}
+            for name, col in batch.columns.items():
+                out[name][filled - col.size:filled] = col
+            filled -= len(batch)
+        self._reset()
+        if out is None:
+            return None
+        # Flows without packets in their last piece emit nothing: the filled tail only.
+        return EventBatch(FLOW.name, {name: col[filled:] for name, col in out.items()})
 
     # -- batch ingestion --
 
@@ -329,22 +501,23 @@ class FlowTable:
             key_id = np.cumsum(new_key) - 1
             key_first = np.flatnonzero(new_key)
 
+        batch_rows = rows[order]  # one gather per column, straight into key order
+        sorted_transport = transport[order]
         p = _Packets(
-            ts=np.asarray(packets.ts_ns, dtype=np.int64)[rows][order],
-            cm=clock_all[rows][order],
+            ts=np.asarray(packets.ts_ns, dtype=np.int64)[batch_rows],
+            cm=clock_all[batch_rows],
             fwd=fwd[order],
-            flags=np.where(transport == TCP, np.asarray(packets.tcp_flags)[rows], 0)
-            .astype(np.uint8)[order],
-            wire=np.asarray(packets.wirelen)[rows].astype(np.uint64)[order],
-            pay=np.maximum(np.asarray(packets.payload_len)[rows], 0).astype(np.uint64)[order],
-            transport=transport[order],
+            flags=np.where(sorted_transport == TCP, np.asarray(packets.tcp_flags)[batch_rows], 0)
+            .astype(np.uint8),
+            wire=np.asarray(packets.wirelen)[batch_rows].astype(np.uint64),
+            pay=np.maximum(np.asarray(packets.payload_len)[batch_rows], 0).astype(np.uint64),
+            transport=sorted_transport,
             key=key_id,
             key_first=key_first,
         )
-        key_bytes = np.ascontiguousarray(ws[key_first]).view(f"V{KEY_BYTES}").ravel()
-        slot_of = self._slot_of
-        slot_k = np.fromiter((slot_of.get(k, -1) for k in key_bytes.tolist()), dtype=np.int64,
-                             count=key_first.size)
+        key_words = ws[key_first]
+        key_hash = _mix64(key_words)
+        slot_k = self._index.lookup(key_hash, key_words, self._slot_words)
         endpoints = {
             "vlan": vlan[order][key_first], "transport": transport[order][key_first],
             "lo_ip": np.ascontiguousarray(lo_w[order][key_first].astype(">u8")).view(IP_DTYPE)
@@ -354,9 +527,9 @@ class FlowTable:
             "lo_port": lo_port[order][key_first].astype(np.uint16),
             "hi_port": hi_port[order][key_first].astype(np.uint16),
         }
-        return self._apply(p, slot_k, key_bytes, endpoints, clock_all)
+        return self._apply(p, slot_k, (key_words, key_hash), endpoints, clock_all)
 
-    def _apply(self, p: _Packets, slot_k: np.ndarray, key_bytes: np.ndarray, endpoints: Rows,
+    def _apply(self, p: _Packets, slot_k: np.ndarray, keys: tuple, endpoints: Rows,
                clock_all: np.ndarray) -> list:
         cols = self._cols
         n = p.ts.size
@@ -402,7 +575,7 @@ class FlowTable:
 
         everything = np.arange(n)
         seg_info = self._segments(p, everything, start, split, has_slot_pkt, pkt_slot, syn_only)
-        return self._records(p, slot_k, key_bytes, endpoints, clock_all, start, split,
+        return self._records(p, slot_k, keys, endpoints, clock_all, start, split,
                              pkt_slot, seg_info)
 
     def _segments(self, p: _Packets, sub: np.ndarray, start: np.ndarray, split: np.ndarray,
@@ -448,7 +621,7 @@ class FlowTable:
         return {"violation": sub[vi], "seg": seg, "seg_first": first, "cont": cont,
                 "closed_at": closed_at_seg}
 
-    def _records(self, p: _Packets, slot_k: np.ndarray, key_bytes: np.ndarray,
+    def _records(self, p: _Packets, slot_k: np.ndarray, keys: tuple,
                  endpoints: Rows, clock_all: np.ndarray, start: np.ndarray, split: np.ndarray,
                  pkt_slot: np.ndarray, seg_info: dict) -> list:
         cols = self._cols
@@ -565,7 +738,8 @@ class FlowTable:
         slots = slot_k[tail_key].copy()
         need = np.flatnonzero(slots < 0)
         if need.size:
-            slots[need] = self._allocate(key_bytes[tail_key[need]].tolist())
+            new_keys = tail_key[need]
+            slots[need] = self._allocate(keys[0][new_keys], keys[1][new_keys])
         for name in SLOT_FIELDS:
             cols[name][slots] = g[name][tail]
         self._live[slots] = True
@@ -609,8 +783,8 @@ class FlowTable:
             return []
         cols = self._cols
         slots = np.flatnonzero(self._live)
-        due = self._deadlines(slots) < now
-        slots = slots[due]
+        slots = np.concatenate([chunk[self._deadlines(chunk) < now] for chunk in
+                                np.array_split(slots, max(slots.size // _SCAN_CHUNK, 1))])
         if not slots.size:
             self._deadline = self._min_deadline()
             return []
@@ -631,7 +805,10 @@ class FlowTable:
 
     def _min_deadline(self) -> int:
         live = np.flatnonzero(self._live)
-        return int(self._deadlines(live).min()) if live.size else NEVER
+        if not live.size:
+            return NEVER
+        return min(int(self._deadlines(live[lo:lo + _SCAN_CHUNK]).min())
+                   for lo in range(0, live.size, _SCAN_CHUNK))
 
     def _evict(self) -> list:
         live = np.flatnonzero(self._live)
@@ -639,9 +816,14 @@ class FlowTable:
         if excess <= 0:
             self.stats["flows_live"] = int(live.size)
             return []
-        # Least recently seen first; ties by slot for determinism.
-        order = np.lexsort((live, self._cols["last_ts"][live]))
-        victims = live[order[:excess]]
+        # Least recently seen first; ties by slot for determinism. A partition finds the
+        # cut-off time in O(live) (a full sort of 1M flows per batch dominated a flood).
+        last = self._cols["last_ts"][live]
+        cut = np.partition(last, excess - 1)[excess - 1]
+        below = live[last < cut]
+        at_cut = live[last == cut][:excess - below.size]  # live is in slot order
+        victims = np.concatenate([below, at_cut])
+        victims = victims[np.lexsort((victims, self._cols["last_ts"][victims]))]
         rows = self._slot_rows(victims, R_EVICTED)
         self._release(victims)
         self.stats["flows_evicted"] += int(victims.size)
@@ -655,14 +837,17 @@ class FlowTable:
             rows = _nonempty(rows)
         return rows
 
-    def _allocate(self, keys: list[bytes]) -> np.ndarray:
-        need = len(keys) - len(self._free)
+    def _allocate(self, key_words: np.ndarray, key_hash: np.ndarray) -> np.ndarray:
+        """Slots for new keys (absent from the index): popped from the free stack, indexed."""
+        k = key_hash.size
+        need = k - self._n_free
         if need > 0:
             self._grow(need)
-        slots = np.array([self._free.pop() for _ in keys], dtype=np.int64)
-        for key, slot in zip(keys, slots.tolist(), strict=True):
-            self._slot_of[key] = slot
-            self._key_of_slot[slot] = key
+        top = self._n_free
+        slots = self._free[top - k:top][::-1].astype(np.int64)  # lowest free slot first
+        self._n_free = top - k
+        # The caller writes the key columns right after; the index only needs the slots.
+        self._index.insert(key_hash, slots)
         return slots
 
     def _grow(self, need: int) -> None:
@@ -672,22 +857,39 @@ class FlowTable:
         # otherwise doubles the table's memory for nothing).
         new = max(old + need, min(max(old * 2, 1024), self.max_flows + _GROW_HEADROOM))
         for name, col in self._cols.items():
-            grown = np.zeros(new, dtype=col.dtype)
+            grown = _zeros(new, col.dtype)
             grown[:old] = col
             self._cols[name] = grown
         live = np.zeros(new, dtype=bool)
         live[:old] = self._live
         self._live = live
-        self._key_of_slot.extend([None] * (new - old))
-        self._free.extend(range(new - 1, old - 1, -1))
+        free = np.zeros(new, dtype=np.int32)
+        free[:self._n_free] = self._free[:self._n_free]
+        free[self._n_free:self._n_free + new - old] = np.arange(new - 1, old - 1, -1)
+        self._free = free
+        self._n_free += new - old
+        self._index.resize(new, np.flatnonzero(self._live), self._slot_words)
 
     def _release(self, slots: np.ndarray) -> None:
+        if not slots.size:
+            return
         self._live[slots] = False
-        for slot in slots.tolist():
-            key = self._key_of_slot[slot]
-            self._key_of_slot[slot] = None
-            del self._slot_of[key]
-            self._free.append(slot)
+        self._index.remove(_mix64(self._slot_words(slots)), slots)
+        top = self._n_free
+        self._free[top:top + slots.size] = slots
+        self._n_free = top + slots.size
+        if self._index.needs_rebuild():
+            self._index.resize(self._live.size, np.flatnonzero(self._live), self._slot_words)
+
+    def _slot_words(self, slots: np.ndarray) -> np.ndarray:
+        """(n, 5) uint64 flow keys of table slots, the layout _ingest builds."""
+        cols = self._cols
+        meta = ((cols["vlan"][slots].astype(np.uint64) << np.uint64(48))
+                | (cols["transport"][slots].astype(np.uint64) << np.uint64(40))
+                | (cols["lo_port"][slots].astype(np.uint64) << np.uint64(16))
+                | cols["hi_port"][slots].astype(np.uint64))
+        return np.column_stack([meta, _ip_words(cols["lo_ip"][slots]),
+                                _ip_words(cols["hi_ip"][slots])])
 
     # -- output --
 
@@ -696,9 +898,32 @@ class FlowTable:
         if not parts:
             return None
         rows = {k: np.concatenate([r[k] for r in parts]) for k in parts[0]}
-        batch = flow_records(rows, self.observer_name, self.ingress_zone, self.community_id_seed)
+        n = rows["reason"].size
+        batch = _join_batches([
+            flow_records({k: v[lo:lo + _RECORD_CHUNK] for k, v in rows.items()},
+                         self.observer_name, self.ingress_zone, self.community_id_seed)
+            for lo in range(0, n, _RECORD_CHUNK)])
         self.stats["flows_emitted"] += len(batch)
         return batch
+
+
+def _join_batches(parts: list[EventBatch]) -> EventBatch | None:
+    """concat_batches, one column at a time, dropping the parts' column as it goes (peak =
+    the result plus one column, not twice the result)."""
+    if len(parts) <= 1:
+        return parts[0] if parts else None
+    names = list(parts[0].columns)
+    joined: dict[str, np.ndarray] = {}
+    for name in names:
+        joined[name] = np.concatenate([b.columns.pop(name) for b in parts])
+    return EventBatch(parts[0].kind, joined)
+
+
+def _slice_packets(packets: DecodedPackets, lo: int, hi: int) -> DecodedPackets:
+    """Rows lo:hi of a batch (views; the shared buffer and weird counts are not sliced)."""
+    return DecodedPackets(**{
+        f.name: value[lo:hi] if f.name not in ("data", "weird") else value
+        for f in dataclasses.fields(packets) for value in (getattr(packets, f.name),)})
 
 
 class _Packets:

@@ -117,10 +117,21 @@ def _max_caplen(linktype: int, snaplen: int) -> int:
 
 
 def _gather(data: np.ndarray, starts: np.ndarray, span: np.ndarray) -> np.ndarray:
-    """(n, len(span)) bytes at starts[i] + span, clipped to the buffer (callers validate)."""
-    index = starts[:, None] + span
-    np.clip(index, 0, data.shape[0] - 1, out=index)
-    return data[index]
+    """(n, len(span)) bytes at starts[i] + span, clipped to the buffer (callers validate).
+
+    `span` is 0..width-1. Rows that fit in the buffer (all of them, from the walks) are
+    copied with one fancy-index into a 1-byte-strided view of width-byte items, not an
+    (n, width) int64 index matrix; the others byte by byte, clipped."""
+    width = int(span.shape[0])
+    size = int(data.shape[0])
+    inside = (starts >= 0) & (starts <= size - width)
+    if size < width or not data.flags.c_contiguous or not inside.all():
+        index = starts[:, None] + span
+        np.clip(index, 0, size - 1, out=index)
+        return data[index]
+    items = np.ndarray(shape=(size - width + 1,), dtype=np.dtype(f"V{width}"), buffer=data,
+                       strides=(1,))
+    return items[starts].view(np.uint8).reshape(-1, width)
 
 
 # ---------------------------------------------------------------------------------------

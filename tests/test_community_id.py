@@ -13,9 +13,11 @@ import ipaddress
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sensors.community_id import community_id_column, community_id_v1
-from sensors.packets import IP_DTYPE, ip_to_bytes16
+from sensors.packets import IP_DTYPE, IPV4_MAPPED_PREFIX, ip_to_bytes16
 
 V6A = "fe80:0001:0203:0405:0607:0809:0A0B:0C0D"
 V6B = "fe80:1011:1213:1415:1617:1819:1A1B:1C1D"
@@ -166,3 +168,64 @@ def test_empty_column():
 def test_bad_address_length():
     with pytest.raises(ValueError):
         community_id_v1(b"\x01\x02\x03", _packed("1.2.3.4"), 6, 1, 2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.binary(min_size=0, max_size=55), min_size=1, max_size=40))
+def test_column_sha1_equals_hashlib(messages):
+    """The column-wise SHA1 (one block per row) against hashlib, any length 0..55."""
+    import hashlib
+
+    from sensors.community_id import sha1_rows
+
+    width = max(len(m) for m in messages)
+    buf = np.zeros((len(messages), width), dtype=np.uint8)
+    for i, m in enumerate(messages):
+        buf[i, :len(m)] = np.frombuffer(m, dtype=np.uint8)
+        buf[i, len(m):] = 0xA5  # bytes past the message must not count
+    digests = sha1_rows(buf, np.array([len(m) for m in messages]))
+    assert [bytes(d) for d in digests] == [hashlib.sha1(m).digest() for m in messages]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.binary(min_size=4, max_size=4), st.binary(min_size=4, max_size=4),
+                          st.sampled_from([1, 6, 17, 47, 58, 132]), st.integers(0, 65535),
+                          st.integers(0, 65535)), min_size=1, max_size=30),
+       st.integers(0, 65535), st.sampled_from([0, 10**9]))
+def test_column_ids_equal_a_per_row_hashlib_reference(tuples, seed, vector_min):
+    """Both hashing paths (column-wise SHA1 forced with vector_min 0, per-row hashlib)."""
+    import sensors.community_id as cid
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cid, "VECTOR_SHA1_MIN_ROWS", vector_min)
+        _check_column_ids(tuples, seed)
+
+
+def _check_column_ids(tuples, seed) -> None:
+    """community_id_column (vectorized SHA1 + base64) against the spec computed per row with
+    hashlib/base64, IPv4 tuples of every port-carrying and one portless protocol."""
+    import base64
+    import hashlib
+    import struct
+
+    from sensors.community_id import community_id_column, icmp_port_equivalents
+
+    def reference(src: bytes, dst: bytes, proto: int, sport: int, dport: int) -> str:
+        sp, dp, one_way = icmp_port_equivalents(np.array([proto]), np.array([sport]),
+                                                np.array([dport]))
+        sport, dport, one_way = int(sp[0]), int(dp[0]), bool(one_way[0])
+        if not (one_way or (src, sport) < (dst, dport)):
+            src, dst, sport, dport = dst, src, dport, sport
+        data = struct.pack("!H", seed) + src + dst + struct.pack("!BB", proto, 0)
+        if proto in (1, 6, 17, 58, 132):
+            data += struct.pack("!HH", sport, dport)
+        return "1:" + base64.b64encode(hashlib.sha1(data).digest()).decode()
+
+    def col(addrs: list[bytes]) -> np.ndarray:
+        return np.array([IPV4_MAPPED_PREFIX + a for a in addrs], dtype=IP_DTYPE)
+
+    src, dst, proto, sport, dport = (list(x) for x in zip(*tuples, strict=True))
+    got = community_id_column(col(src), col(dst), np.array(proto, dtype=np.uint8),
+                              np.array(sport), np.array(dport), seed)
+    assert got.dtype == object
+    assert got.tolist() == [reference(*t) for t in tuples]

@@ -46,6 +46,7 @@ def test_syn_flood_keeps_the_flow_table_and_memory_bounded():
     sensor = Sensor(config)
     evicted_events = 0
     resident = []
+    capacity = []
     # Victim port 443, not 80: the HTTP analyzer follows every port-80 flow and costs
     # ~60 us per SYN today (a separate issue); this test is about the flow table bound.
     for batch in gen.flood_batches(PACKETS, BATCH, seed=7, dport=443):
@@ -54,12 +55,15 @@ def test_syn_flood_keeps_the_flow_table_and_memory_bounded():
                 evicted_events += int((events.columns["end_reason"] == "evicted").sum())
         assert sensor.flow_table.stats["flows_live"] <= MAX_FLOWS
         resident.append(rss_bytes())
+        capacity.append(sensor.flow_table.capacity)
     stats = sensor.flow_table.stats
     assert stats["packets"] == PACKETS
     # Every packet is a new flow (random 32-bit address + port): all but the bound evicted.
     assert stats["flows_created"] >= PACKETS * 0.99
     assert stats["flows_evicted"] == stats["flows_created"] - stats["flows_live"]
     assert evicted_events == stats["flows_evicted"]
+    # Evicted flows' slots are reused: once full, the table allocates no more slots.
+    assert capacity[-1] == capacity[2] < PACKETS // 4, capacity
     # Once the table is full (after max_flows packets, i.e. the first batch), resident
     # memory must not keep growing with the number of flows seen: allow the
     # growth of holding one more batch's worth of state, not 290k more flows (which,

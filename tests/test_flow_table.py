@@ -488,3 +488,85 @@ def test_hash_collisions_fall_back_to_exact_grouping(monkeypatch):
             tcp(0.3, "A"), Pkt(0.4, C, A, 53, 5000, proto=17), tcp(0.5, "FA")]
     assert as_tuples(run(pkts)) == reference_flows(pkts)
     assert len(reference_flows(pkts)) == 2
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+def test_internal_chunking_gives_identical_flows(monkeypatch, chunk):
+    """update() splits big batches, flush() and record building work in chunks: shrink the
+    chunk sizes so a small input goes through every chunked path."""
+    import sensors.flow_table as ft
+
+    rng = np.random.default_rng(11)
+    pkts, t = [], 0.0
+    for _ in range(600):
+        t += float(rng.choice([0.0, 0.01, 0.5, 3.0, 80.0], p=[.3, .3, .2, .15, .05]))
+        h = int(rng.integers(0, 40))
+        fwd = bool(rng.random() < 0.5)
+        src, dst = (A, f"10.2.0.{h}") if fwd else (f"10.2.0.{h}", A)
+        sp, dp = (2000 + h, 443) if fwd else (443, 2000 + h)
+        pkts.append(Pkt(t, src, dst, sp, dp, str(rng.choice(FLAG_CHOICES)), 6,
+                        payload=int(rng.integers(0, 300))))
+    expected = reference_flows(pkts)
+    for name in ("_UPDATE_CHUNK", "_RECORD_CHUNK", "_FLUSH_CHUNK"):
+        monkeypatch.setattr(ft, name, chunk)
+    monkeypatch.setattr(ft, "_SUB_BATCH_FILL", 0)  # sub-batch whatever the table's fill
+    assert as_tuples(run(make_packets(pkts))) == expected
+
+
+class _Keys:
+    """Stand-in for the table's key columns: slot -> (n, 5) uint64 key words."""
+
+    def __init__(self, capacity: int) -> None:
+        self.words = np.zeros((capacity, 5), dtype=np.uint64)
+
+    def __call__(self, slots: np.ndarray) -> np.ndarray:
+        return self.words[slots]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["add", "remove"]),
+                          st.lists(st.integers(0, 300), max_size=40, unique=True)),
+                max_size=25),
+       st.sampled_from([None, 0, 3]))
+def test_slot_index_matches_a_dict(ops, hash_bits):
+    """The numpy hash index against a dict, with tombstones, rebuilds and (hash_bits set)
+    forced hash collisions: every lookup finds exactly the live keys."""
+    import sensors.flow_table as ft
+
+    def key_words(keys: list[int]) -> np.ndarray:
+        k = np.asarray(keys, dtype=np.uint64).reshape(-1)
+        return np.column_stack([k, k * np.uint64(3), k ^ np.uint64(0xFF), k, k])
+
+    def hashes(words: np.ndarray) -> np.ndarray:
+        h = real_mix64(words)
+        return h if hash_bits is None else h & np.uint64((1 << hash_bits) - 1)
+
+    real_mix64 = ft._mix64
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ft, "_mix64", hashes)  # the index rehashes with it when rebuilding
+        _slot_index_run(ops, ft._SlotIndex(), key_words, hashes)
+
+
+def _slot_index_run(ops, index, key_words, hashes) -> None:
+    index._MAX_LOAD = 0.1  # rebuild often
+    columns = _Keys(512)
+    live: dict[int, int] = {}
+    free = list(range(511, -1, -1))
+    for op, keys in ops:
+        if op == "add":
+            new = [k for k in keys if k not in live]
+            slots = np.array([free.pop() for _ in new], dtype=np.int64)
+            columns.words[slots] = key_words(new)
+            index.insert(hashes(key_words(new)), slots)
+            live.update(zip(new, slots.tolist(), strict=True))
+        else:
+            gone = [k for k in keys if k in live]
+            slots = np.array([live.pop(k) for k in gone], dtype=np.int64)
+            index.remove(hashes(key_words(gone)), slots)
+            free.extend(slots.tolist())
+            if index.needs_rebuild():
+                index.resize(512, np.array(sorted(live.values()), dtype=np.int64),
+                             lambda s: columns(s))
+        probe = list(range(0, 301, 7)) + keys
+        found = index.lookup(hashes(key_words(probe)), key_words(probe), columns)
+        assert found.tolist() == [live.get(k, -1) for k in probe]

@@ -1,0 +1,169 @@
+"""Sensor core path: read + decode + flow table (no protocol analyzers), speed and memory.
+
+speed: a generated mixed capture (bench/gen_capture.py) through CaptureReader -> decode ->
+       FlowTable, in a child process pinned to CPU 0; per-stage CPU seconds (process time:
+       the machine is shared, wall time swings with other load); median of --runs.
+       Anchor measured in the same run: the classic dpkt flow-dict loop (bench/sensor.py's)
+       on the same file; the ratio is anchor time / our time.
+flood: a generated spoofed-source SYN flood through the same path with the flow table bound
+       at each --max-flows value, one child process each; peak RSS (ru_maxrss) and flows
+       evicted. Anchor: the peak RSS of a child that only imports the modules and reads +
+       decodes the same file (what the flow table adds is the difference). Peak RSS is the
+       child's VmHWM: ru_maxrss would include the parent's (it survives fork+exec).
+
+Usage: python bench/bench_flow_core.py [--runs 3] [--packets 2000000]
+          [--flood 10000000] [--max-flows 100000,1000000] [--work DIR] [--skip-speed]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+
+def pin() -> None:
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {0})
+
+
+def worker(path: str, max_flows: int, stage: str) -> dict:
+    """Child: one timed pass. stage "flow" = read+decode+flow table, "decode" = read+decode."""
+    pin()
+    sys.path.insert(0, str(REPO))
+    from pipeline.config import load_config
+    from sensors.decode import decode
+    from sensors.flow_table import FlowTable
+    from sensors.pcap_reader import CaptureReader
+
+    config = load_config()["sensor"]
+    if max_flows:
+        config["flow"]["max_flows"] = max_flows
+    table = FlowTable(config["flow"], "bench", "lan")
+    clock = time.process_time  # CPU seconds of this process: robust to a loaded machine
+    t_read = t_decode = t_flow = 0.0
+    flows = 0
+    start = clock()
+    with CaptureReader(path, batch_packets=int(config.get("batch_packets", 65536))) as reader:
+        batches = reader.batches()
+        while True:
+            t0 = clock()
+            batch = next(batches, None)
+            t1 = clock()
+            t_read += t1 - t0
+            if batch is None:
+                break
+            decoded = decode(batch)
+            t2 = clock()
+            t_decode += t2 - t1
+            if stage == "flow":
+                out = table.update(decoded)
+                flows += len(out) if out is not None else 0
+                t_flow += clock() - t2
+        packets = reader.packets
+    if stage == "flow":
+        t0 = clock()
+        out = table.flush()
+        flows += len(out) if out is not None else 0
+        t_flow += clock() - t0
+    seconds = clock() - start
+    return {"packets": packets, "seconds": seconds, "read_s": t_read, "decode_s": t_decode,
+            "flow_s": t_flow, "flows": flows,
+            "flows_evicted": int(table.stats["flows_evicted"]),
+            "maxrss_mb": peak_rss_mb()}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS: VmHWM from /proc (Linux). Not ru_maxrss: a child started
+    by fork+exec inherits its parent's ru_maxrss, so the parent's own size would leak in."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_worker(path: Path, max_flows: int = 0, stage: str = "flow") -> dict:
+    cmd = [sys.executable, __file__, "--worker", str(path), "--worker-max-flows",
+           str(max_flows), "--worker-stage", stage]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def dpkt_seconds(path: Path) -> float:
+    sys.path.insert(0, str(HERE))
+    from sensor import dpkt_seconds as loop
+
+    start = time.process_time()  # CPU seconds, like the workers
+    loop(path)
+    return time.process_time() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-max-flows", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-stage", default="flow", help=argparse.SUPPRESS)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--packets", type=int, default=2_000_000)
+    parser.add_argument("--flood", type=int, default=10_000_000, help="0: skip the flood")
+    parser.add_argument("--max-flows", default="100000,1000000")
+    parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "cirtsa-core"))
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.worker_max_flows, args.worker_stage)))
+        return 0
+    pin()
+    sys.path.insert(0, str(HERE))
+    import gen_capture
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    if not args.skip_speed:
+        mixed = work / f"mixed-{args.packets}.pcap"
+        if not mixed.exists():
+            gen_capture.write_mixed(mixed, args.packets)
+        runs = [run_worker(mixed) for _ in range(args.runs)]
+        anchors = [dpkt_seconds(mixed) for _ in range(args.runs)]
+        med = {k: statistics.median(r[k] for r in runs)
+               for k in ("seconds", "read_s", "decode_s", "flow_s")}
+        packets = runs[0]["packets"]
+        dpkt_s = statistics.median(anchors)
+        print(f"{mixed.name}: {packets:,} packets, {runs[0]['flows']:,} flow records, "
+              f"median of {args.runs} runs, CPU 0")
+        print(f"  read+decode+flow : {packets / med['seconds']:,.0f} pkt/s "
+              f"({med['seconds']:.2f} s: read {med['read_s']:.2f}, decode "
+              f"{med['decode_s']:.2f}, flow {med['flow_s']:.2f})")
+        print(f"  dpkt loop anchor : {packets / dpkt_s:,.0f} pkt/s; ratio "
+              f"{dpkt_s / med['seconds']:.1f}x")
+    if args.flood:
+        flood = work / f"flood-{args.flood}.pcap"
+        if not flood.exists():
+            gen_capture.write_flood(flood, args.flood, dport=443)
+        base = run_worker(flood, 0, "decode")
+        print(f"{flood.name}: read+decode only (anchor): peak RSS {base['maxrss_mb']:.0f} MB")
+        for max_flows in [int(v) for v in args.max_flows.split(",")]:
+            r = run_worker(flood, max_flows)
+            print(f"  max_flows {max_flows:>9,}: peak RSS {r['maxrss_mb']:.0f} MB "
+                  f"(+{r['maxrss_mb'] - base['maxrss_mb']:.0f} MB over anchor), "
+                  f"{r['packets'] / r['seconds']:,.0f} pkt/s, "
+                  f"{r['flows_evicted']:,} evicted, {r['flows']:,} records")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
