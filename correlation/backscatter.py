@@ -52,6 +52,7 @@ from correlation.network_common import (
     IANA_ICMPV6,
     IANA_UDP,
     WindowGroups,
+    in_ports,
     one_ip,
     sample_ips,
     seen_by,
@@ -101,11 +102,11 @@ def classify(c: Columns, amp_ports: np.ndarray, ratio: float
     syn_ack = tcp & ~orig_syn & ((df & (TCP_SYN | 0x10)) == (TCP_SYN | 0x10))
     rst = (tcp & ~orig_syn & ((sf & TCP_RST) != 0) & (c["dst_packets"] == 0)
            & (c["src_payload_bytes"] == 0))
-    icmp_error = (((c["transport"] == IANA_ICMP) & np.isin(c["src_port"], (3, 11)))
-                  | ((c["transport"] == IANA_ICMPV6) & np.isin(c["src_port"], (1, 3))))
+    icmp_error = (((c["transport"] == IANA_ICMP) & in_ports(c["src_port"], (3, 11)))
+                  | ((c["transport"] == IANA_ICMPV6) & in_ports(c["src_port"], (1, 3))))
     udp = c["transport"] == IANA_UDP
-    src_service = udp & np.isin(c["src_port"], amp_ports) & ~np.isin(c["dst_port"], amp_ports)
-    dst_service = udp & np.isin(c["dst_port"], amp_ports) & ~src_service
+    src_service = udp & in_ports(c["src_port"], amp_ports) & ~in_ports(c["dst_port"], amp_ports)
+    dst_service = udp & in_ports(c["dst_port"], amp_ports) & ~src_service
     sb = c["src_bytes"].astype(np.float64)
     db = c["dst_bytes"].astype(np.float64)
     amp_from_src = src_service & (sb >= ratio * db) & (c["dst_packets"] == 0)

@@ -44,7 +44,8 @@ from correlation.detector import (
     Rule,
     WindowRange,
     combine_codes,
-    factorize_ip,
+    ip_codes,
+    ip_pair_codes,
 )
 from correlation.network_common import (
     GROUP_ADDRESSES,
@@ -222,12 +223,11 @@ class BeaconDetector(Detector):
         if idx.size < self.min_connections:
             return []
         name_col, size_col = _SOURCES[kind]
-        src, _ = factorize_ip(cols["src_ip"][idx])
         if name_col is None:
-            other, _ = factorize_ip(cols["dst_ip"][idx])
+            key, n_keys = ip_pair_codes(cols, idx)
         else:
-            other = _factorize_text(cols[name_col][idx])
-        key, n_keys = combine_codes(src, other)
+            src = ip_codes(cols, "src_ip", idx)
+            key, n_keys = combine_codes(src, _factorize_text(cols[name_col][idx]))
         # necessary: enough rows over the whole range
         keep = np.bincount(key, minlength=n_keys)[key] >= self.min_connections
         idx, key = idx[keep], key[keep]

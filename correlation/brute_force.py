@@ -38,6 +38,7 @@ from correlation.detector import (
     factorize_ip,
     sorted_unique_text,
 )
+from correlation.network_common import in_ports
 from pipeline.schema import EventBatch
 from sensors.packets import ip_column_to_str
 
@@ -114,7 +115,7 @@ class BruteForceDetector(Detector):
                  & (c["dst_payload_bytes"] <= self.max_server))
         short = (c["end"] - c["timestamp"]) <= self.max_session_ns
         return ((c["transport"] == IANA_TCP) & handshake & talked & small & short
-                & np.isin(c["dst_port"], self.ports))
+                & in_ports(c["dst_port"], self.ports))
 
     def detect(self, rows: Mapping[str, Columns], windows: WindowRange) -> list[Finding]:
         parts = []

@@ -223,8 +223,10 @@ class Detector(ABC):
 def factorize_ip(column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """16-byte address column -> (int64 codes, unique addresses), codes index the uniques.
 
-    np.unique on V16 compares bytes generically (slow); two uint64 sort keys are ~6x faster,
-    and one when every address shares the upper half (all IPv4-mapped).
+    Codes follow the (upper, lower) native uint64 order of the addresses. np.unique on V16
+    compares bytes generically (slow); two uint64 sort keys are ~6x faster, and when every
+    address is IPv4-mapped the IPv4 part alone is the key, sorted packed with the row index
+    in one uint64 (a plain sort is ~5x faster than argsort).
     """
     n = column.shape[0]
     if n == 0:
@@ -232,6 +234,11 @@ def factorize_ip(column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     halves = np.ascontiguousarray(column).view(np.uint64).reshape(n, 2)
     hi, lo = halves[:, 0], halves[:, 1]
     if hi.min() == hi.max():
+        if n > 1024:  # (a few rows of evidence: the plain argsort below is cheaper)
+            low32 = lo & np.uint64(0xFFFFFFFF)
+            if low32.min() == low32.max():  # same bytes 8..11 (IPv4-mapped): key = 12..15
+                codes, first = _dense_sorted(lo >> np.uint64(32), 1 << 32)
+                return codes, column[first]
         order = np.argsort(lo)
         lo_sorted = lo[order]
         new = np.empty(n, bool)
@@ -248,6 +255,31 @@ def factorize_ip(column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return codes, column[order[new]]
 
 
+def ip_codes(cols: Columns, name: str, idx: np.ndarray) -> np.ndarray:
+    """The codes of factorize_ip(cols[name][idx]), reusing address codes the columns carry.
+
+    The engine's columns (engine._UserColumns) can hand out order-preserving codes of the
+    whole buffer, computed once for all detectors closing windows together; densifying
+    their subset gives exactly factorize_ip's codes (ranks in the same order).
+    """
+    shared = getattr(cols, "address_codes", None)
+    codes = shared((name,)) if shared is not None else None
+    if codes is None:
+        return factorize_ip(cols[name][idx])[0]
+    return _dense(codes[idx])[0]
+
+
+def ip_pair_codes(cols: Columns, idx: np.ndarray, first: str = "src_ip",
+                  second: str = "dst_ip") -> tuple[np.ndarray, int]:
+    """combine_codes(ip_codes(first), ip_codes(second)) of rows idx, and the pair count,
+    from the engine's shared pair codes when it has them (one sort for all detectors)."""
+    shared = getattr(cols, "address_codes", None)
+    codes = shared((first, second)) if shared is not None else None
+    if codes is None:
+        return combine_codes(ip_codes(cols, first, idx), ip_codes(cols, second, idx))
+    return _dense(codes[idx])
+
+
 def combine_codes(*codes: np.ndarray) -> tuple[np.ndarray, int]:
     """Dense group ids for the tuple of non-negative integer code columns, and their count."""
     ids, n_groups = _dense(codes[0])
@@ -258,8 +290,48 @@ def combine_codes(*codes: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def _dense(values: np.ndarray) -> tuple[np.ndarray, int]:
-    uniq, inverse = np.unique(values, return_inverse=True)
-    return inverse.reshape(-1).astype(np.int64), int(uniq.shape[0])
+    """Ranks of values among their distinct values (np.unique's inverse), and how many."""
+    if values.size == 0:
+        return np.empty(0, np.int64), 0
+    low = values.min()
+    span = int(values.max()) - int(low) + 1
+    codes, first = _dense_sorted((values - low).astype(np.uint64), span)
+    return codes, int(first.shape[0])
+
+
+def _dense_sorted(values: np.ndarray, span: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rank of each value among the distinct values, a row holding each distinct value).
+
+    values: uint64 in [0, span). A small span is ranked with a presence table (no sort);
+    otherwise value and row index are packed into one uint64 and sorted (np.sort's SIMD
+    path, ~5x faster than argsort); very wide values fall back to argsort.
+    """
+    n = values.shape[0]
+    if n <= 1024:  # evidence of one finding: fewest numpy calls win
+        order = np.argsort(values)
+        ordered = values[order]
+    elif span <= 4 * n + 256:
+        present = np.zeros(span, bool)
+        present[values] = True
+        rank = np.cumsum(present, dtype=np.int64) - 1
+        codes = rank[values]
+        first = np.empty(int(rank[-1]) + 1, np.int64)
+        first[codes[::-1]] = np.arange(n - 1, -1, -1)  # any row of the value will do
+        return codes, first
+    elif (span - 1).bit_length() + max(1, (n - 1).bit_length()) <= 64:
+        bits = max(1, (n - 1).bit_length())
+        packed = np.sort((values << np.uint64(bits)) | np.arange(n, dtype=np.uint64))
+        order = (packed & np.uint64((1 << bits) - 1)).astype(np.int64)
+        ordered = packed >> np.uint64(bits)
+    else:
+        order = np.argsort(values)
+        ordered = values[order]
+    new = np.empty(n, bool)
+    new[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
+    codes = np.empty(n, np.int64)
+    codes[order] = np.cumsum(new) - 1
+    return codes, order[new]
 
 
 def unique_int(values: np.ndarray) -> np.ndarray:
@@ -310,6 +382,13 @@ def sort_ips(column: np.ndarray) -> np.ndarray:
     n = column.shape[0]
     halves = np.ascontiguousarray(column).view(">u8").reshape(n, 2)
     return column[np.lexsort((halves[:, 1], halves[:, 0]))]
+
+
+def sorted_unique_ips(column: np.ndarray) -> np.ndarray:
+    """Distinct addresses in numeric order (= sort_ips(factorize_ip(column)[1]))."""
+    if column.shape[0] <= 1024:  # few rows: np.unique's byte-wise (= numeric) sort is cheapest
+        return np.unique(column)
+    return sort_ips(factorize_ip(column)[1])
 
 
 def sorted_unique_text(values: np.ndarray) -> list[str]:

@@ -41,6 +41,7 @@ from correlation.detector import (
     Rule,
     WindowRange,
     factorize_ip,
+    ip_codes,
     unique_int,
 )
 from correlation.network_common import (
@@ -122,7 +123,7 @@ class SynFloodDetector(Detector):
         idx = np.flatnonzero(windows.row_mask(t))
         if idx.size < self.min_rate:
             return []
-        victim, _ = factorize_ip(cols["dst_ip"][idx])
+        victim = ip_codes(cols, "dst_ip", idx)
         second = (t[idx] // NS_PER_S).astype(np.int64)
         second -= second.min()
         # necessary condition: some second of the range holds min_rate attempts at the victim
@@ -200,7 +201,7 @@ class VolumetricFloodDetector(Detector):
         need = self.min_pps * window_s
         if idx.size == 0 or float(cols["src_packets"][idx].sum()) < need:
             return []
-        victim, _ = factorize_ip(cols["dst_ip"][idx])
+        victim = ip_codes(cols, "dst_ip", idx)
         total = np.bincount(victim, weights=cols["src_packets"][idx].astype(np.float64))
         keep = total[victim] >= need  # necessary: enough packets over the whole range
         idx, victim = idx[keep], victim[keep]

@@ -12,7 +12,10 @@ is open it is dropped and counted (`late_dropped`).
 State is bounded: per detector and kind, the engine keeps only the columns the detector
 asked for, of the rows its `select` kept, and drops rows once no open window needs them
 (compacting when they are over a quarter of the buffer), plus a hard `max_buffered_rows`
-cap, oldest rows dropped first and counted.
+cap, oldest rows dropped first and counted. The rows are stored once per kind for all
+detectors (a shared buffer with a membership bit per detector, `_SharedBuffer`), and
+address codes are computed once per close for all detectors closing windows together;
+what each detector sees is exactly what a buffer of its own would hold.
 
 Repeats are suppressed, Zeek-notice style: once (rule, key) alerted for the window starting
 at s, findings of the same (rule, key) in windows starting before s + max(window_s,
@@ -27,7 +30,14 @@ from collections.abc import Mapping
 import numpy as np
 
 from correlation.alerts import build_alert
-from correlation.detector import NS_PER_S, Detector, Finding, WindowRange
+from correlation.detector import (
+    NS_PER_S,
+    Detector,
+    Finding,
+    WindowRange,
+    combine_codes,
+    factorize_ip,
+)
 from pipeline.config import deep_merge, load_class, load_config
 from pipeline.schema import EventBatch, validate_batch
 
@@ -59,60 +69,232 @@ def build_detectors(config: Mapping) -> list[Detector]:
     return detectors
 
 
-class _Buffer:
-    """Columns of one kind for one detector, in arrival order, in growable arrays.
+class _SharedBuffer:
+    """Rows of one event kind that at least one detector selected, stored once for all.
 
-    Appends copy into spare capacity (doubling), reads are views: no re-concatenation of
-    the whole buffer on every window close.
+    Why shared: the hour-long detectors (beaconing, strobe, exfiltration) select nearly
+    every flow; one copy per detector made the engine spend most of its time copying the
+    same rows (object columns included). Here every row is copied once, into growable
+    arrays, with one boolean membership column per consuming detector: a
+    detector's rows are the arrival-ordered rows whose bit it holds, exactly the rows the
+    former per-detector buffer held (same drops, caps and compaction points), so detectors
+    see the same input. Rows no detector holds any more are compacted away once they are
+    over a quarter of the buffer. Object (text) columns are kept as the list of appended
+    pieces and joined only when a detector reads them: most detectors read them only for
+    the evidence of a finding, and copying object references is the costliest copy.
     """
 
-    def __init__(self, columns: tuple[str, ...]) -> None:
+    def __init__(self, columns: tuple[str, ...], users: int) -> None:
         self.names = columns
-        self.arrays: dict[str, np.ndarray] = {}
+        self.arrays: dict[str, np.ndarray] = {}  # numeric columns, growable
+        self.pieces: dict[str, list[np.ndarray]] = {}  # object columns, appended pieces
+        self.member = np.zeros((users, 0), bool)  # member[u, row]: user u holds the row
+        self.held = [0] * users  # rows each user holds (its former buffer size)
+        # earliest time each user holds, kept up to date on append (the engine asks on
+        # every push until a detector's first window closes); None = recompute
+        self.first_time: list[int | None] = [None] * users
         self.rows = 0
-
-    def append(self, columns: Mapping[str, np.ndarray]) -> None:
-        n = next(iter(columns.values())).shape[0]
-        if n == 0:
-            return
-        need = self.rows + n
-        if not self.arrays or need > self.capacity:
-            size = max(need, 2 * self.capacity, 1024)
-            grown = {c: np.empty(size, columns[c].dtype) for c in self.names}
-            for c, old in self.arrays.items():
-                grown[c][: self.rows] = old[: self.rows]
-            self.arrays = grown
-        for c in self.names:
-            self.arrays[c][self.rows:need] = columns[c]
-        self.rows = need
+        self.released = False  # a user released rows since the last compaction check
+        # address column -> factorize_ip codes of all rows, shared by the detectors closing
+        # windows before the rows change (hour-long detectors all close on the same hops)
+        self._codes: dict[tuple[str, ...], np.ndarray] = {}
 
     @property
     def capacity(self) -> int:
-        return next(iter(self.arrays.values())).shape[0] if self.arrays else 0
+        return self.member.shape[1]
 
-    def columns(self) -> dict[str, np.ndarray]:
-        return {c: a[: self.rows] for c, a in self.arrays.items()}
+    def append(self, columns: Mapping[str, np.ndarray], selected: list[np.ndarray]) -> None:
+        """Append the rows any user selected; selected[u] = sorted row indices of user u."""
+        n_in = next(iter(columns.values())).shape[0]
+        wanted = np.zeros(n_in, bool)
+        for idx in selected:
+            wanted[idx] = True
+        rows = np.flatnonzero(wanted)
+        n = rows.size
+        if n == 0:
+            return
+        need = self.rows + n
+        if need > self.capacity:
+            # x4: growth copies ~1/3 of the final rows instead of ~1x; the unused tail of
+            # numeric columns is never touched, so it costs address space, not memory
+            self._grow(max(need, 4 * self.capacity, 1024), columns)
+        everything = n == n_in  # skip the gather when every row is wanted
+        for c in self.arrays:
+            self.arrays[c][self.rows:need] = columns[c] if everything else columns[c][rows]
+        for c, pieces in self.pieces.items():
+            pieces.append(columns[c] if everything else columns[c][rows])
+        for u, idx in enumerate(selected):
+            if idx.size:
+                mine = np.zeros(n_in, bool)
+                mine[idx] = True
+                self.member[u, self.rows:need] = mine if everything else mine[rows]
+                earliest = int(columns["timestamp"][idx].min())
+                if self.held[u] == 0:
+                    self.first_time[u] = earliest
+                elif self.first_time[u] is not None:
+                    self.first_time[u] = min(self.first_time[u], earliest)
+                self.held[u] += int(idx.size)
+        self.rows = need
+        self._codes.clear()
 
-    def keep(self, index: np.ndarray) -> None:
-        """Keep only the rows selected by a boolean mask or an integer index, in order."""
-        kept = {c: a[: self.rows][index] for c, a in self.arrays.items()}
-        self.rows = int(kept[self.names[0]].shape[0])
-        for c, values in kept.items():
-            self.arrays[c][: self.rows] = values
-            if values.dtype == object:
-                self.arrays[c][self.rows:] = None  # release references of dropped rows
+    def _grow(self, size: int, columns: Mapping[str, np.ndarray]) -> None:
+        if not self.arrays and not self.pieces:  # first rows: sort the columns by storage
+            self.pieces = {c: [] for c in self.names if columns[c].dtype == object}
+        grown = {c: np.empty(size, columns[c].dtype) for c in self.names
+                 if c not in self.pieces}
+        for c, old in self.arrays.items():
+            grown[c][: self.rows] = old[: self.rows]
+        self.arrays = grown
+        member = np.zeros((self.member.shape[0], size), bool)
+        member[:, : self.rows] = self.member[:, : self.rows]
+        self.member = member
 
-    def min_time(self) -> int | None:
-        return int(self.arrays["timestamp"][: self.rows].min()) if self.rows else None
+    def column(self, name: str) -> np.ndarray:
+        """Every row of one column (a view of a numeric column; object pieces joined once)."""
+        if name in self.arrays:
+            return self.arrays[name][: self.rows]
+        pieces = self.pieces[name]
+        if len(pieces) != 1:
+            self.pieces[name] = pieces = [np.concatenate(pieces) if pieces
+                                          else np.empty(0, object)]
+        return pieces[0]
 
-    def max_time(self) -> int | None:
-        return int(self.arrays["timestamp"][: self.rows].max()) if self.rows else None
+    def positions(self, user: int) -> np.ndarray:
+        return np.flatnonzero(self.member[user, : self.rows])
+
+    def view(self, user: int, names: tuple[str, ...]) -> _UserColumns:
+        return _UserColumns(self, self.positions(user), names)
+
+    def times(self, user: int) -> np.ndarray:
+        return self.arrays["timestamp"][: self.rows][self.member[user, : self.rows]]
+
+    def min_time(self, user: int) -> int | None:
+        if not self.held[user]:
+            return None
+        if self.first_time[user] is None:
+            self.first_time[user] = int(self.times(user).min())
+        return self.first_time[user]
+
+    def max_time(self, user: int) -> int | None:
+        return int(self.times(user).max()) if self.held[user] else None
+
+    def drop_oldest(self, user: int, count: int) -> None:
+        """Release the user's `count` earliest-arrived rows (the hard row cap)."""
+        self.member[user, self.positions(user)[:count]] = False
+        self.held[user] -= count
+        self.released = True
+        self.first_time[user] = None
+
+    def prune(self, user: int, horizon: int) -> None:
+        """Release the user's rows before `horizon` when they are over a quarter of its rows.
+
+        The former per-detector buffer compacted on the same condition; keeping the rule
+        keeps what a detector sees (stale rows included) exactly as before.
+        """
+        mine = self.member[user, : self.rows]
+        stale = mine & (self.arrays["timestamp"][: self.rows] < horizon)
+        n_stale = int(np.count_nonzero(stale))
+        if n_stale > self.held[user] // 4:
+            mine &= ~stale
+            self.held[user] -= n_stale
+            self.released = True
+            self.first_time[user] = None
+
+    def compact(self) -> None:
+        """Drop rows no user holds once they are over a quarter of the buffer."""
+        if not (self.rows and self.released):
+            return
+        self.released = False
+        used = self.member[:, : self.rows].any(axis=0)
+        n_used = int(np.count_nonzero(used))
+        if self.rows - n_used <= self.rows // 4:
+            return
+        for a in self.arrays.values():
+            a[:n_used] = a[: self.rows][used]
+        for c in self.pieces:
+            self.pieces[c] = [self.column(c)[used]]  # dropped rows' references go
+        self.member[:, :n_used] = self.member[:, : self.rows][:, used]
+        self.member[:, n_used:self.rows] = False  # beyond rows: never set, still False
+        self.rows = n_used
+        self._codes.clear()
+
+    def address_codes(self, names: tuple[str, ...], compute: bool) -> np.ndarray | None:
+        """Codes of the address tuple `names` over every row, in the tuple's sort order
+        (factorize_ip codes of one column; combine_codes of several), cached; None when not
+        cached and `compute` is false."""
+        codes = self._codes.get(names)
+        if codes is None and compute:
+            if len(names) == 1:
+                codes = factorize_ip(self.arrays[names[0]][: self.rows])[0]
+            else:
+                codes = combine_codes(*(self.address_codes((c,), True) for c in names))[0]
+            self._codes[names] = codes
+        return codes
+
+
+class _UserColumns(dict):
+    """One detector's buffered columns, gathered from the shared buffer on first access.
+
+    A dict (a hit is a plain C lookup: evidence code reads columns thousands of times) that
+    fills itself through __missing__; the key views list the columns the detector declared,
+    gathered or not (a detector may test `"end" in cols` or iterate the items).
+    """
+
+    def __init__(self, store: _SharedBuffer, positions: np.ndarray,
+                 names: tuple[str, ...]) -> None:
+        super().__init__()
+        self._store = store
+        self._positions = positions
+        self._names = names
+
+    def __missing__(self, name: str) -> np.ndarray:
+        if name not in self._names:
+            raise KeyError(name)
+        full = self._store.column(name)
+        # every row held: a view, no copy
+        column = full if self._positions.size == full.shape[0] else full[self._positions]
+        self[name] = column
+        return column
+
+    def address_codes(self, names: tuple[str, ...]) -> np.ndarray | None:
+        """Order-preserving (not dense) int codes of a tuple of address columns, one per
+        row, from the shared buffer's cache; None when computing them over the whole shared
+        buffer would cost more than doing it on this detector's rows (detector.ip_codes)."""
+        if any(name not in self._names for name in names):
+            raise KeyError(names)
+        store = self._store
+        everything = self._positions.size == store.rows
+        codes = store.address_codes(names, compute=4 * self._positions.size >= store.rows)
+        if codes is None or everything:
+            return codes
+        return codes[self._positions]
+
+    def get(self, name, default=None):
+        return self[name] if name in self._names else default
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def keys(self):
+        return list(self._names)
+
+    def values(self):
+        return [self[c] for c in self._names]
+
+    def items(self):
+        return [(c, self[c]) for c in self._names]
 
 
 class _DetectorState:
-    def __init__(self, detector: Detector) -> None:
+    def __init__(self, detector: Detector, users: dict[str, int]) -> None:
         self.detector = detector
-        self.buffers = {s.kind: _Buffer(s.columns) for s in detector.inputs}
+        self.users = users  # kind -> this detector's membership row in that kind's buffer
         self.next_k: int | None = None  # first window index not closed yet
         self.last_alert: dict[tuple[str, str], int] = {}  # (rule, key) -> window start
 
@@ -130,7 +312,7 @@ class CorrelationEngine:
         self.config = merge_config(default_config(), config)
         self.lateness_ns = int(round(float(self.config["allowed_lateness_s"]) * NS_PER_S))
         self.detectors = build_detectors(self.config) if detectors is None else list(detectors)
-        self._states = [_DetectorState(d) for d in self.detectors]
+        self._stores, self._states = _shared_buffers(self.detectors)
         self._max_time: int | None = None
         self.stats: dict[str, int] = {
             "events_in": 0,  # rows pushed, all kinds
@@ -158,9 +340,9 @@ class CorrelationEngine:
         self.stats["events_in"] += n
         late = np.zeros(n, bool)
         dropped = np.zeros(n, bool)
-        for state in self._states:
-            if batch.kind in state.buffers:
-                self._buffer(state, batch, late, dropped)
+        store = self._stores.get(batch.kind)
+        if store is not None:
+            self._buffer(store, batch, late, dropped)
         self.stats["late_events"] += int(late.sum())
         self.stats["late_dropped"] += int(dropped.sum())
         batch_max = int(batch.columns["timestamp"].max())
@@ -177,36 +359,44 @@ class CorrelationEngine:
         """End of input: close every window that holds a buffered row; return its alerts."""
         alerts = []
         for state in self._states:
-            ends = [b.max_time() for b in state.buffers.values() if b.rows]
+            ends = [self._stores[kind].max_time(u) for kind, u in state.users.items()
+                    if self._stores[kind].held[u]]
             if ends:
                 alerts += self._close(state, int(state.detector.window.last_index(max(ends))))
         return self._emit(alerts)
 
     # --- internals ---------------------------------------------------------------------------
 
-    def _buffer(self, state: _DetectorState, batch: EventBatch, late: np.ndarray,
+    def _buffer(self, store: _SharedBuffer, batch: EventBatch, late: np.ndarray,
                 dropped: np.ndarray) -> None:
-        detector = state.detector
-        idx = np.flatnonzero(detector.select(batch))
-        if idx.size and state.next_k is not None:
-            t = batch.columns["timestamp"][idx]
-            is_late = detector.window.first_index(t) < state.next_k
-            all_closed = detector.window.last_index(t) < state.next_k
-            late[idx[is_late]] = True
-            dropped[idx[all_closed]] = True
-            idx = idx[~all_closed]
-        buf = state.buffers[batch.kind]
-        buf.append({c: batch.columns[c][idx] for c in buf.names})
-        excess = buf.rows - detector.max_buffered_rows
-        if excess > 0:  # hard cap: oldest arrivals go first
-            self.stats["rows_dropped_overflow"] += excess
-            buf.keep(np.arange(excess, buf.rows))
+        selected = []
+        consumers = [s for s in self._states if batch.kind in s.users]
+        for state in consumers:
+            detector = state.detector
+            idx = np.flatnonzero(detector.select(batch))
+            if idx.size and state.next_k is not None:
+                t = batch.columns["timestamp"][idx]
+                is_late = detector.window.first_index(t) < state.next_k
+                all_closed = detector.window.last_index(t) < state.next_k
+                late[idx[is_late]] = True
+                dropped[idx[all_closed]] = True
+                idx = idx[~all_closed]
+            selected.append(idx)
+        store.append(batch.columns, selected)
+        for state in consumers:
+            u = state.users[batch.kind]
+            excess = store.held[u] - state.detector.max_buffered_rows
+            if excess > 0:  # hard cap: oldest arrivals go first
+                self.stats["rows_dropped_overflow"] += excess
+                store.drop_oldest(u, excess)
+        store.compact()
 
     def _close(self, state: _DetectorState, last_k: int) -> list[tuple[tuple, dict]]:
         """Close windows state.next_k..last_k; return (order, alert) of the unsuppressed."""
         spec = state.detector.window
         if state.next_k is None:
-            starts = [b.min_time() for b in state.buffers.values() if b.rows]
+            starts = [self._stores[kind].min_time(u) for kind, u in state.users.items()
+                      if self._stores[kind].held[u]]
             if not starts:  # nothing buffered: those windows close empty
                 state.next_k = last_k + 1
                 return []
@@ -217,7 +407,8 @@ class CorrelationEngine:
         if last_k < state.next_k:
             return []
         windows = WindowRange(spec, state.next_k, last_k)
-        rows = {kind: buf.columns() for kind, buf in state.buffers.items() if buf.rows}
+        rows = {kind: self._stores[kind].view(u, state.detector.input_spec(kind).columns)
+                for kind, u in state.users.items() if self._stores[kind].held[u]}
         findings = state.detector.detect(rows, windows) if rows else []
         self.stats["windows_closed"] += last_k - state.next_k + 1
         state.next_k = last_k + 1
@@ -225,13 +416,13 @@ class CorrelationEngine:
         # Build the alerts now: findings describe themselves from views of the buffers.
         alerts = [(_finding_order(f), build_alert(f))
                   for f in self._suppress(state, findings, horizon)]
-        for buf in state.buffers.values():
-            if buf.rows:
-                needed = buf.columns()["timestamp"] >= horizon
-                # Compact only when it frees a good share: detectors skip stale rows anyway
+        for kind, u in state.users.items():
+            store = self._stores[kind]
+            if store.held[u]:
+                # Release only when it frees a good share: detectors skip stale rows anyway
                 # (WindowRange.row_mask), so pruning every close would just copy.
-                if needed.size - np.count_nonzero(needed) > needed.size // 4:
-                    buf.keep(needed)
+                store.prune(u, horizon)
+                store.compact()
         return alerts
 
     def _suppress(self, state: _DetectorState, findings: list[Finding],
@@ -252,9 +443,24 @@ class CorrelationEngine:
         return kept
 
     def _emit(self, alerts: list[tuple[tuple, dict]]) -> list[dict]:
-        self.stats["rows_buffered"] = sum(b.rows for s in self._states for b in s.buffers.values())
+        self.stats["rows_buffered"] = sum(sum(s.held) for s in self._stores.values())
         self.stats["alerts_out"] += len(alerts)
         return [alert for _, alert in sorted(alerts, key=lambda pair: pair[0])]
+
+
+def _shared_buffers(detectors: list[Detector]
+                    ) -> tuple[dict[str, _SharedBuffer], list[_DetectorState]]:
+    """One shared buffer per consumed kind (union of the columns its detectors declared)."""
+    users: dict[str, list[Detector]] = {}
+    columns: dict[str, dict[str, None]] = {}  # insertion-ordered union
+    for d in detectors:
+        for spec in d.inputs:
+            users.setdefault(spec.kind, []).append(d)
+            columns.setdefault(spec.kind, {}).update(dict.fromkeys(spec.columns))
+    stores = {kind: _SharedBuffer(tuple(columns[kind]), len(ds)) for kind, ds in users.items()}
+    states = [_DetectorState(d, {spec.kind: users[spec.kind].index(d) for spec in d.inputs})
+              for d in detectors]
+    return stores, states
 
 
 def _finding_order(f: Finding) -> tuple:

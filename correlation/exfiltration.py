@@ -35,6 +35,7 @@ from correlation.detector import (
     WindowRange,
     combine_codes,
     factorize_ip,
+    ip_pair_codes,
 )
 from correlation.network_common import (
     Networks,
@@ -118,9 +119,7 @@ class UploadDetector(_OutboundDetector):
         out = cols["src_payload_bytes"].astype(np.float64)
         if out[idx].sum() < self.min_bytes:
             return []
-        src, _ = factorize_ip(cols["src_ip"][idx])
-        dst, _ = factorize_ip(cols["dst_ip"][idx])
-        pair, n_pairs = combine_codes(src, dst)
+        pair, n_pairs = ip_pair_codes(cols, idx)
         keep = np.bincount(pair, weights=out[idx], minlength=n_pairs)[pair] >= self.min_bytes
         idx, pair = idx[keep], pair[keep]
         if idx.size == 0:

@@ -27,7 +27,8 @@ from correlation.detector import (
     Rule,
     WindowRange,
     combine_codes,
-    factorize_ip,
+    ip_codes,
+    ip_pair_codes,
 )
 from correlation.network_common import (
     GROUP_ADDRESSES,
@@ -98,8 +99,8 @@ class LongConnectionDetector(Detector):
         idx = np.flatnonzero(windows.row_mask(t))
         if idx.size == 0:
             return []
-        src, _ = factorize_ip(cols["src_ip"][idx])
-        dst, _ = factorize_ip(cols["dst_ip"][idx])
+        src = ip_codes(cols, "src_ip", idx)
+        dst = ip_codes(cols, "dst_ip", idx)
         conn, n_conn = combine_codes(src, dst, cols["src_port"][idx].astype(np.int64),
                                      cols["dst_port"][idx].astype(np.int64),
                                      cols["transport"][idx].astype(np.int64))
@@ -166,9 +167,7 @@ class StrobeDetector(Detector):
         idx = np.flatnonzero(windows.row_mask(t))
         if idx.size < self.min_connections:
             return []
-        src, _ = factorize_ip(cols["src_ip"][idx])
-        dst, _ = factorize_ip(cols["dst_ip"][idx])
-        pair, n_pairs = combine_codes(src, dst)
+        pair, n_pairs = ip_pair_codes(cols, idx)
         keep = np.bincount(pair, minlength=n_pairs)[pair] >= self.min_connections
         idx, pair = idx[keep], pair[keep]
         if idx.size == 0:

@@ -43,8 +43,8 @@ from correlation.detector import (
     WindowRange,
     combine_codes,
     distinct_per_group,
-    factorize_ip,
-    sort_ips,
+    ip_codes,
+    sorted_unique_ips,
     sorted_unique_text,
 )
 from pipeline.schema import EventBatch
@@ -134,17 +134,29 @@ class _ScanDetector(Detector):
         if hits.size == 0:
             return []
         groups = Groups.of(group, n_groups)
+        # Identity of every hit at once; its rows are gathered only if the engine keeps it
+        # (most findings of overlapping windows are suppressed repeats).
+        first = groups.order[groups.bounds[hits]]  # first member copy of each hit group
+        first_rows = idx[copy_rows[first]].tolist()
+        key_codes = key[copy_rows[first]].tolist()
+        window_k = k[first]
+        starts = windows.spec.start(window_k).tolist()
+        ends = windows.spec.end(window_k).tolist()
+        copy_row = idx[copy_rows]  # buffered row of each copy, shared by all findings
         findings = []
-        for g in hits.tolist():  # one iteration per finding
-            members = groups.rows(g)
-            r = idx[copy_rows[members]]
-            window_k = int(k[members[0]])
+        key_texts: dict[int, str] = {}  # a key recurs in every overlapping window: format once
+        for i, g in enumerate(hits.tolist()):  # one iteration per finding
+            text = key_texts.get(key_codes[i])
+            if text is None:
+                text = key_texts[key_codes[i]] = self._key_text(cols, first_rows[i])
             findings.append(Finding(
-                rule=self.rules[0], key=self._key_text(cols, r[0]),
-                window_start=int(windows.spec.start(window_k)),
-                window_end=int(windows.spec.end(window_k)),
-                describe=partial(self._describe, cols, r)))
+                rule=self.rules[0], key=text, window_start=starts[i], window_end=ends[i],
+                describe=partial(self._describe_group, cols, copy_row, groups, g)))
         return findings
+
+    def _describe_group(self, cols: Columns, copy_row: np.ndarray, groups: Groups,
+                        g: int) -> Evidence:
+        return self._describe(cols, copy_row[groups.rows(g)])
 
     def _key_text(self, cols: Columns, row: int) -> str:
         raise NotImplementedError
@@ -183,8 +195,8 @@ class VerticalScanDetector(_ScanDetector):
     threshold_keys = ("vertical_ports",)
 
     def _key_and_target(self, cols: Columns, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        src, _ = factorize_ip(cols["src_ip"][idx])
-        dst, _ = factorize_ip(cols["dst_ip"][idx])
+        src = ip_codes(cols, "src_ip", idx)
+        dst = ip_codes(cols, "dst_ip", idx)
         key, _ = combine_codes(src, dst)
         return key, cols["dst_port"][idx].astype(np.int64)
 
@@ -222,8 +234,8 @@ class HorizontalScanDetector(_ScanDetector):
     threshold_keys = ("horizontal_hosts",)
 
     def _key_and_target(self, cols: Columns, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        src, _ = factorize_ip(cols["src_ip"][idx])
-        dst, _ = factorize_ip(cols["dst_ip"][idx])
+        src = ip_codes(cols, "src_ip", idx)
+        dst = ip_codes(cols, "dst_ip", idx)
         key, _ = combine_codes(src, cols["dst_port"][idx].astype(np.int64))
         return key, dst
 
@@ -234,10 +246,10 @@ class HorizontalScanDetector(_ScanDetector):
         first_seen, last_seen = _span(cols, r)
         scanner = _one_ip(cols["src_ip"], r[0])
         port = int(cols["dst_port"][r[0]])
-        _, hosts = factorize_ip(cols["dst_ip"][r])
+        hosts = sorted_unique_ips(cols["dst_ip"][r])
         answered = (cols["dst_tcp_flags"][r] & TCP_SYN) != 0
-        _, open_hosts = factorize_ip(cols["dst_ip"][r][answered])
-        sample = ip_column_to_str(sort_ips(hosts)[: self.max_sample])
+        open_hosts = sorted_unique_ips(cols["dst_ip"][r][answered])
+        sample = ip_column_to_str(hosts[: self.max_sample])
         return Evidence(
             first_seen=first_seen, last_seen=last_seen,
             source_ip=scanner, destination_port=port, transport="tcp",
@@ -248,7 +260,7 @@ class HorizontalScanDetector(_ScanDetector):
                 **_attempt_outcomes(cols, r),
                 "distinct_hosts": int(hosts.size),
                 "hosts": sample,
-                "open_hosts": ip_column_to_str(sort_ips(open_hosts)[: self.max_sample]),
+                "open_hosts": ip_column_to_str(open_hosts[: self.max_sample]),
             },
             message=f"{scanner} scanned {hosts.size} hosts on port {port}/tcp "
                     f"in {(last_seen - first_seen) / NS_PER_S:.1f} s",

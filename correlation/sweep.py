@@ -21,7 +21,7 @@ from correlation.detector import (
     Evidence,
     InputSpec,
     Rule,
-    factorize_ip,
+    ip_codes,
 )
 from correlation.network_common import (
     GROUP_ADDRESSES,
@@ -80,8 +80,8 @@ class IcmpSweepDetector(DistinctTargetDetector):
         return echo_request_flows(c) & ~GROUP_ADDRESSES.contains(c["dst_ip"])
 
     def _key_and_target(self, cols: Columns, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        src, _ = factorize_ip(cols["src_ip"][idx])
-        dst, _ = factorize_ip(cols["dst_ip"][idx])
+        src = ip_codes(cols, "src_ip", idx)
+        dst = ip_codes(cols, "dst_ip", idx)
         return src, dst
 
     def _key_text(self, cols: Columns, row: int) -> str:
@@ -121,8 +121,8 @@ class ArpSweepDetector(DistinctTargetDetector):
     def _key_and_target(self, cols: Columns, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # Replies are buffered only to name live hosts: each gets a key of its own (past the
         # requesters' codes) with one constant target, so no reply key reaches a threshold.
-        src, _ = factorize_ip(cols["src_ip"][idx])
-        dst, _ = factorize_ip(cols["dst_ip"][idx])
+        src = ip_codes(cols, "src_ip", idx)
+        dst = ip_codes(cols, "dst_ip", idx)
         is_reply = cols["operation"][idx] == 2
         key = np.where(is_reply, src + int(src.max()) + 1, src)
         return key, np.where(is_reply, 0, dst)

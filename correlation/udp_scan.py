@@ -25,12 +25,13 @@ from correlation.detector import (
     InputSpec,
     Rule,
     combine_codes,
-    factorize_ip,
+    ip_codes,
 )
 from correlation.network_common import (
     GROUP_ADDRESSES,
     IANA_UDP,
     DistinctTargetDetector,
+    in_ports,
     one_ip,
     sample_ips,
     seen_by,
@@ -82,7 +83,7 @@ class _UdpScanDetector(DistinctTargetDetector):
         c = batch.columns
         dport = c["dst_port"]
         return ((c["transport"] == IANA_UDP) & (c["src_packets"] > 0) & (c["dst_packets"] == 0)
-                & ~np.isin(c["src_port"], self.service_ports)
+                & ~in_ports(c["src_port"], self.service_ports)
                 & ~((dport >= self.ignore_lo) & (dport <= self.ignore_hi))
                 & ~GROUP_ADDRESSES.contains(c["dst_ip"]))
 
@@ -96,8 +97,8 @@ class UdpVerticalScanDetector(_UdpScanDetector):
     threshold_keys = ("vertical_ports", "service_source_ports")
 
     def _key_and_target(self, cols: Columns, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        src, _ = factorize_ip(cols["src_ip"][idx])
-        dst, _ = factorize_ip(cols["dst_ip"][idx])
+        src = ip_codes(cols, "src_ip", idx)
+        dst = ip_codes(cols, "dst_ip", idx)
         key, _ = combine_codes(src, dst)
         return key, cols["dst_port"][idx].astype(np.int64)
 
@@ -127,8 +128,8 @@ class UdpHorizontalScanDetector(_UdpScanDetector):
     threshold_keys = ("horizontal_hosts", "service_source_ports")
 
     def _key_and_target(self, cols: Columns, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        src, _ = factorize_ip(cols["src_ip"][idx])
-        dst, _ = factorize_ip(cols["dst_ip"][idx])
+        src = ip_codes(cols, "src_ip", idx)
+        dst = ip_codes(cols, "dst_ip", idx)
         key, _ = combine_codes(src, cols["dst_port"][idx].astype(np.int64))
         return key, dst
 

@@ -382,3 +382,138 @@ def test_invalid_batch_is_rejected() -> None:
     batch.columns["dst_port"] = batch.columns["dst_port"].astype(np.int64)
     with pytest.raises(SchemaError):
         CorrelationEngine({}).push(batch)
+
+
+# --- shared buffer and fast grouping primitives (issue #5: same results, less copying) -------
+
+def _reference_dense(*codes: np.ndarray) -> np.ndarray:
+    """Dense ids of code tuples in lexicographic order, the np.unique way."""
+    ids = np.unique(codes[0], return_inverse=True)[1].reshape(-1)
+    for c in codes[1:]:
+        ids = np.unique(ids * (int(c.max()) + 1) + c.astype(np.int64),
+                        return_inverse=True)[1].reshape(-1)
+    return ids
+
+
+@settings(max_examples=80, deadline=None)
+@given(n=st.integers(1, 3000), spans=st.lists(st.sampled_from([1, 7, 300, 10**6, 2**40, 2**62]),
+                                              min_size=1, max_size=3), seed=st.integers(0, 99))
+def test_combine_codes_matches_unique_inverse(n: int, spans: list[int], seed: int) -> None:
+    # covers every path of detector._dense_sorted: small n, presence table, packed sort, wide
+    from correlation.detector import combine_codes
+
+    rng = np.random.default_rng(seed)
+    codes = [rng.integers(0, s, n) for s in spans]
+    ids, n_groups = combine_codes(*codes)
+    expected = _reference_dense(*codes)
+    assert ids.dtype == np.int64
+    assert n_groups == int(expected.max()) + 1
+    assert np.array_equal(ids, expected)
+
+
+def _address_column(rng: np.random.Generator, n: int, v6_share: float,
+                    distinct: int) -> np.ndarray:
+    ips = np.zeros((n, 16), np.uint8)
+    ips[:, 10:12] = 0xFF
+    ips[:, 12:16] = rng.integers(0, distinct, n).astype(">u4").view(np.uint8).reshape(n, 4)
+    v6 = rng.random(n) < v6_share
+    ips[v6] = rng.integers(0, 4, (int(v6.sum()), 16))
+    return ips.view(IP_DTYPE).reshape(n)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 3000), v6_share=st.sampled_from([0.0, 0.1, 1.0]),
+       distinct=st.sampled_from([3, 1000, 2**32 - 1]), seed=st.integers(0, 99))
+def test_factorize_ip_codes_follow_address_order(n: int, v6_share: float, distinct: int,
+                                                 seed: int) -> None:
+    from correlation.detector import factorize_ip, sort_ips, sorted_unique_ips
+
+    column = _address_column(np.random.default_rng(seed), n, v6_share, distinct)
+    codes, uniques = factorize_ip(column)
+    halves = column.view(np.uint64).reshape(n, 2)  # the documented (upper, lower) order
+    expected = np.unique(halves, axis=0, return_inverse=True)[1].reshape(-1)
+    assert np.array_equal(codes, expected)
+    assert np.array_equal(uniques[codes], column)  # codes index the uniques
+    assert np.array_equal(sorted_unique_ips(column), sort_ips(uniques))
+
+
+def test_in_ports_matches_isin() -> None:
+    from correlation.network_common import in_ports
+
+    ports = np.arange(65536, dtype=np.uint16)
+    for wanted in ([22], [0, 65535], [53, 123, 70000, -1], []):
+        assert np.array_equal(in_ports(ports, wanted), np.isin(ports, wanted))
+
+
+def test_shared_address_codes_give_the_codes_of_the_detectors_rows() -> None:
+    from correlation.detector import combine_codes, factorize_ip, ip_codes, ip_pair_codes
+    from correlation.engine import _SharedBuffer
+
+    rng = np.random.default_rng(3)
+    n = 5000
+    cols = {"timestamp": np.arange(n, dtype=np.int64),
+            "src_ip": _address_column(rng, n, 0.05, 40),
+            "dst_ip": _address_column(rng, n, 0.0, 300)}
+    store = _SharedBuffer(tuple(cols), 2)
+    mine = np.flatnonzero(rng.random(n) < 0.7)  # enough rows to share the store's codes
+    store.append(cols, [mine, np.arange(0, n, 9)])
+    view = store.view(0, ("timestamp", "src_ip", "dst_ip"))
+    plain = {c: v[mine] for c, v in cols.items()}
+    idx = np.flatnonzero(rng.random(mine.size) < 0.5)
+    assert view.address_codes(("src_ip",)) is not None
+    for name in ("src_ip", "dst_ip"):
+        assert np.array_equal(ip_codes(view, name, idx), factorize_ip(plain[name][idx])[0])
+        assert np.array_equal(ip_codes(plain, name, idx), factorize_ip(plain[name][idx])[0])
+    expected = combine_codes(factorize_ip(plain["src_ip"][idx])[0],
+                             factorize_ip(plain["dst_ip"][idx])[0])
+    for columns in (view, plain):
+        pair, n_pairs = ip_pair_codes(columns, idx)
+        assert n_pairs == expected[1] and np.array_equal(pair, expected[0])
+
+
+def test_detector_columns_hold_only_its_rows_and_declared_columns() -> None:
+    from correlation.engine import _SharedBuffer
+
+    names = ("timestamp", "observer_name", "dst_port")
+    store = _SharedBuffer(names, 2)
+    batch = {"timestamp": np.arange(6, dtype=np.int64),
+             "observer_name": np.array(list("abcdef"), dtype=object),
+             "dst_port": np.arange(6, dtype=np.uint16), "unused": np.zeros(6)}
+    store.append(batch, [np.array([1, 3]), np.array([0, 3, 5])])
+    store.append(batch, [np.array([], np.int64), np.array([2])])
+    view = store.view(1, ("timestamp", "observer_name"))
+    assert view["timestamp"].tolist() == [0, 3, 5, 2]
+    assert view["observer_name"].tolist() == ["a", "d", "f", "c"]
+    assert "observer_name" in view and "dst_port" not in view and len(view) == 2
+    assert [c for c, _ in view.items()] == ["timestamp", "observer_name"]
+    assert view.get("dst_port") is None
+    with pytest.raises(KeyError):
+        view["dst_port"]
+    assert store.view(0, names)["dst_port"].tolist() == [1, 3]
+    assert store.held == [2, 4]
+
+
+def test_detectors_sharing_a_buffer_alert_as_when_run_alone() -> None:
+    # Each detector must see exactly its own rows (its selection, its cap, its compaction)
+    # whether or not other detectors share the buffer.
+    rows = []
+    for i, src in enumerate(["10.0.0.1", "10.0.0.2", "10.0.0.3"]):
+        rows += vertical_scan(src=src, dst=f"192.0.2.{i + 1}", ports=range(1, 30), t=i * 200)
+        rows += [dict(src=src, dst=f"198.51.100.{h}", dport=445, t=i * 200 + 5 + h * 0.1,
+                      state="REJ") for h in range(1, 30)]
+        rows += [dict(src=src, dst="192.0.2.9", dport=22, t=i * 200 + 50 + s, dur=2.0,
+                      sport=40000 + s) for s in range(15)]
+    batches = [flow_batch(rows[i:i + 37]) for i in range(0, len(rows), 37)]
+    caps = {"port_scan_vertical": 40, "port_scan_horizontal": 1000, "brute_force": 30}
+    together_config = config_with(**{d: {"max_buffered_rows": cap} for d, cap in caps.items()})
+    together, together_stats = run(batches, together_config)
+    alone = []
+    for name, cap in caps.items():
+        config = config_with(**{d: {"enabled": d == name, "max_buffered_rows": cap}
+                                for d in caps})
+        alone += run(batches, config)[0]
+    assert {r for a in together for r in [a["rule"]["id"]]} == {
+        "cirtsa.scan.vertical", "cirtsa.scan.horizontal", "cirtsa.brute_force.sessions"}
+    by_id = sorted(together, key=lambda a: a["event"]["id"])
+    assert by_id == sorted(alone, key=lambda a: a["event"]["id"])
+    assert together_stats["rows_dropped_overflow"] > 0  # the caps did bite
