@@ -1,4 +1,5 @@
-"""`cirt-sa broker`, `cirt-sa fusion run`, `cirt-sa correlate run`: the Kafka deployment.
+"""`cirt-sa broker`, `cirt-sa fusion run`, `cirt-sa correlate run`, `cirt-sa health run`: the
+Kafka deployment.
 
 Each service runs until SIGTERM/SIGINT, then flushes its outputs, commits what they
 acknowledged and exits 0. Logs are JSON lines on stderr (docs/kafka.md).
@@ -152,6 +153,27 @@ def cmd_correlate_run(args: argparse.Namespace) -> int:
                 sink.close()
 
 
+def cmd_health_run(args: argparse.Namespace) -> int:
+    from correlation.es_setup import SetupError
+    from pipeline.health_shipper import HealthShipper
+    from pipeline.kafka_transport import TransportError
+
+    config, kafka = _setup(args)
+    if kafka is None:
+        return EXIT_FAILED
+    try:
+        sink = _es_sink(args.es, config)
+    except (SetupError, TransportError, OSError) as exc:
+        print(f"error: Elasticsearch: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    stop = _stop_on_signals()
+    try:
+        return HealthShipper(kafka, config, sink.write_health, group=args.group).run(stop)
+    except TransportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
 def cmd_replay_to_kafka(args: argparse.Namespace) -> int:
     from pipeline.services import publish_captures
     from sensors.pcap_reader import CaptureError
@@ -214,6 +236,18 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                          help="close all windows after this many seconds without input "
                          "(0 = never; default: config services.correlation.idle_flush_s)")
         run.set_defaults(func=cmd_correlate_run)
+
+    health = _group(sub, "health", "sensor health commands", common)
+    if health is not None and "run" not in health.choices:
+        run = health.add_parser(
+            "run", parents=[common], help="ship sa.sensor.health to Elasticsearch",
+            description="Long-running service: sensor health documents from sa.sensor.health "
+            "-> Elasticsearch logs-cirtsa.sensor_health-default (create by id, commit after "
+            "acknowledgement; retried while Elasticsearch is down). Malformed messages -> "
+            "sa.deadletter.")
+        _kafka_args(run)
+        run.add_argument("--es", metavar="URL", required=True, help="Elasticsearch URL")
+        run.set_defaults(func=cmd_health_run)
 
     sensor = _group(sub, "sensor", "sensor commands", common)
     if sensor is not None and "replay-to-kafka" not in sensor.choices:
