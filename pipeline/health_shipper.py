@@ -24,13 +24,19 @@ from pipeline.bus import TOPIC_DEADLETTER
 from pipeline.kafka_transport import (
     TOPIC_SENSOR_HEALTH,
     BatchConsumer,
-    CommitFailed,
     KafkaConfig,
     Record,
     SpoolingProducer,
     TransportError,
 )
-from pipeline.services import JsonLog, _temp_spool, deadletter_record, service_settings
+from pipeline.services import (
+    JsonLog,
+    commit_records,
+    deadletter_record,
+    poll_records,
+    service_settings,
+    temp_spool,
+)
 from sensors.health import HEALTH_DATASET
 
 HealthWriter = Callable[[list[dict]], Any]  # raises when Elasticsearch did not acknowledge
@@ -80,7 +86,7 @@ class HealthShipper:
     def run(self, stop: threading.Event, *, ready: threading.Event | None = None) -> int:
         s = self.settings
         backoff_s = float(s.get("retry_backoff_s", 5))
-        spool = s.get("spool_dir") or _temp_spool("health")
+        spool = s.get("spool_dir") or temp_spool("health")
         consumer = BatchConsumer(self.kafka, [TOPIC_SENSOR_HEALTH], self.group,
                                  session_timeout_ms=int(s.get("session_timeout_ms", 6000)),
                                  max_poll_records=int(s.get("max_poll_records", 500)))
@@ -90,21 +96,14 @@ class HealthShipper:
             ready.set()
         try:
             while not stop.is_set():
-                try:
-                    records = consumer.poll_batch(timeout_s=0.5)
-                except TransportError as exc:  # broker away: the client reconnects
-                    self.log("poll_failed", reason=str(exc)[:300])
-                    stop.wait(1.0)
+                records = poll_records(consumer, stop, self.log, 0.5)
+                if not records:
                     continue
-                if records and not self._deliver(records, producer, stop):
-                    consumer.rewind_to_committed()  # the same records come again
+                if self._deliver(records, producer, stop):
+                    commit_records(consumer, records, self.log)  # at-least-once: ids dedupe
+                else:
+                    self._rewind(consumer, stop)  # the same records come again
                     stop.wait(backoff_s)
-                    continue
-                if records:
-                    try:
-                        consumer.commit(records)
-                    except (CommitFailed, TransportError) as exc:
-                        self.log("commit_failed", reason=str(exc))  # at-least-once: ids dedupe
         finally:
             producer.flush(float(s.get("shutdown_flush_s", 10)))
             producer.close(1.0)
@@ -113,6 +112,17 @@ class HealthShipper:
                 shutil.rmtree(spool, ignore_errors=True)
             self.log("stopped", **self.stats)
         return 0
+
+    def _rewind(self, consumer: BatchConsumer, stop: threading.Event) -> None:
+        # Until the rewind succeeds the position is past undelivered records: committing
+        # later records would skip them, so nothing else happens meanwhile.
+        while not stop.is_set():
+            try:
+                consumer.rewind_to_committed()
+                return
+            except TransportError as exc:
+                self.log("rewind_failed", reason=str(exc)[:300])
+                stop.wait(1.0)
 
     def _deliver(self, records: list[Record], producer: SpoolingProducer,
                  stop: threading.Event) -> bool:

@@ -112,7 +112,7 @@ class JsonLog:
             self.stream.flush()
 
 
-def _temp_spool(service: str) -> str:
+def temp_spool(service: str) -> str:
     # A service's spool only buffers outputs whose inputs are not committed yet (a crash
     # re-derives them from Kafka), so a private per-process directory is enough.
     return tempfile.mkdtemp(prefix=f"cirtsa-{service}-spool-")
@@ -226,7 +226,7 @@ class FusionService:
 
     def run(self, stop: threading.Event, *, ready: threading.Event | None = None) -> int:
         s = self.settings
-        spool = s.get("spool_dir") or _temp_spool("fusion")
+        spool = s.get("spool_dir") or temp_spool("fusion")
         consumer = BatchConsumer(self.kafka, [TOPIC_SENSOR], self.group,
                                  session_timeout_ms=int(s.get("session_timeout_ms", 6000)),
                                  max_poll_records=int(s.get("max_poll_records", 16)))
@@ -239,17 +239,12 @@ class FusionService:
             ready.set()
         try:
             while not stop.is_set():
-                try:
-                    records = consumer.poll_batch(timeout_s=0.5)
-                except TransportError as exc:  # broker away: the client reconnects
-                    self.log("poll_failed", reason=str(exc)[:300])
-                    stop.wait(1.0)
-                    continue
+                records = poll_records(consumer, stop, self.log, 0.5)
                 if records:
                     self.process(records, producer)
                     _flush_until(producer, stop)
                     if producer.idle:  # everything acknowledged: commit
-                        _commit(consumer, records, self.log)
+                        commit_records(consumer, records, self.log)
                 if time.monotonic() >= next_metrics:
                     next_metrics = time.monotonic() + metrics_every
                     self.log("metrics", **self.stats, producer=producer.metrics_snapshot())
@@ -273,7 +268,18 @@ def _flush_until(producer: SpoolingProducer, stop: threading.Event,
     return True
 
 
-def _commit(consumer: BatchConsumer, records: Sequence[Record], log: JsonLog) -> None:
+def poll_records(consumer: BatchConsumer, stop: threading.Event, log: JsonLog,
+                 timeout_s: float) -> list[Record]:
+    """One poll; [] after a short wait while the broker is away (the client reconnects)."""
+    try:
+        return consumer.poll_batch(timeout_s=timeout_s)
+    except TransportError as exc:
+        log("poll_failed", reason=str(exc)[:300])
+        stop.wait(1.0)
+        return []
+
+
+def commit_records(consumer: BatchConsumer, records: Sequence[Record], log: JsonLog) -> None:
     try:
         consumer.commit(records)
     except (CommitFailed, TransportError) as exc:
@@ -474,7 +480,7 @@ class CorrelationService:
 
     def run(self, stop: threading.Event, *, ready: threading.Event | None = None) -> int:
         s = self.settings
-        spool = s.get("spool_dir") or _temp_spool("correlation")
+        spool = s.get("spool_dir") or temp_spool("correlation")
         consumer = BatchConsumer(
             self.kafka, self.input_topics, self.group,
             session_timeout_ms=int(s.get("session_timeout_ms", 6000)),
@@ -495,12 +501,7 @@ class CorrelationService:
             ready.set()
         try:
             while not stop.is_set():
-                try:
-                    records = consumer.poll_batch(timeout_s=0.2)
-                except TransportError as exc:
-                    self.log("poll_failed", reason=str(exc)[:300])
-                    stop.wait(1.0)
-                    continue
+                records = poll_records(consumer, stop, self.log, 0.2)
                 now_assigned = consumer.assignment()
                 rewound = any(t.rewound(r.offset) for r in records
                               if (t := self.tracked.get((r.topic, r.partition))) is not None)
