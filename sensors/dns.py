@@ -1,7 +1,11 @@
 """DNS events: one event per DNS message (query or response) seen on port 53.
 
-Packets are selected column-wise (UDP or TCP, port 53, enough payload); only those few
-packets are then parsed in a Python loop, each from a bytes copy of its own payload.
+Packets are selected column-wise (UDP or TCP, port 53, enough payload). For UDP, the
+header and a first question made of plain labels (nearly every message) are read
+column-wise over the whole batch; names become text through a bounded cache (names repeat),
+and only responses with answer records are parsed per message in Python. Anything else
+(compression pointers or odd label types in the question, several questions, damage) and
+TCP goes through `parse_message`, one message at a time; both paths give the same events.
 
 What is parsed: the header, the first question, and the answer section (at most
 MAX_ANSWERS records). Authority and additional sections are not read.
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -239,6 +244,13 @@ def parse_message(msg: bytes) -> tuple[tuple[int, int, str, int, int, list[dict]
                     raise MalformedDNS("question truncated")
         except MalformedDNS:
             return (dns_id, flags, qname, qtype, qclass, []), bool(ancount)
+    answers, damaged = read_answers(msg, pos, ancount)
+    return (dns_id, flags, qname, qtype, qclass, answers), damaged
+
+
+def read_answers(msg: bytes, pos: int, ancount: int) -> tuple[list[dict], bool]:
+    """The answer section starting at `pos` -> (answers, damaged): at most MAX_ANSWERS
+    records; damaged when a record could not be read (the ones before it are kept)."""
     answers: list[dict] = []
     damaged = False
     try:
@@ -256,7 +268,7 @@ def parse_message(msg: bytes) -> tuple[tuple[int, int, str, int, int, list[dict]
             pos += rdlength
     except MalformedDNS:
         damaged = True
-    return (dns_id, flags, qname, qtype, qclass, answers), damaged
+    return answers, damaged
 
 
 def _candidate_rows(packets: DecodedPackets) -> tuple[np.ndarray, np.ndarray]:
@@ -289,6 +301,118 @@ def _tcp_messages(payload: bytes, stats: dict[str, int] | None) -> list[bytes]:
     return out
 
 
+def _gather(data: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
+    """(len(pos), width) int64 bytes data[pos:pos+width] (callers keep pos+width inside)."""
+    return data[pos[:, None] + np.arange(width, dtype=np.int64)].astype(np.int64)
+
+
+def _question_ends(data: np.ndarray, start: np.ndarray, length: np.ndarray,
+                   qdcount: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column-wise walk of the first question's labels of UDP messages -> (ok, end).
+
+    ok: the message has one question (or none) whose name is plain labels (no compression
+    pointer) of legal length, and the question's type/class fit in the message; `end` is
+    then the offset just past the name's terminating zero (12 when there is no question).
+    Every other message is left to `parse_message` (which also raises on the bad ones).
+    """
+    n = start.shape[0]
+    end = np.full(n, HEADER_LEN, dtype=np.int64)
+    ok = qdcount <= 1
+    walking = np.flatnonzero(qdcount == 1)
+    for _ in range(MAX_NAME_WIRE_LEN // 2 + 1):  # 1-byte labels: at most 127, then the root
+        if walking.size == 0:
+            break
+        pos = end[walking]
+        inside = pos < length[walking]
+        label = np.where(inside, data[start[walking] + np.where(inside, pos, 0)], 0xFF)
+        bad = ~inside | (label >= 0x40)  # past the end, pointer or reserved label type
+        ok[walking[bad]] = False
+        end[walking] = pos + label + 1  # for the root label: just past it
+        more = ~bad & (label != 0)
+        too_long = more & (end[walking] - HEADER_LEN + 1 > MAX_NAME_WIRE_LEN)
+        ok[walking[too_long]] = False
+        walking = walking[more & ~too_long]
+    ok[walking] = False  # still inside the name after the longest legal one
+    ok &= (qdcount == 0) | (end + 4 <= length)  # type and class present
+    return ok, end
+
+
+_NAME_CACHE: dict[bytes, str] = {}  # wire labels (no root byte) -> text; names repeat a lot
+MAX_CACHED_NAMES = 65536  # the cache is emptied when it reaches this size
+
+
+def _name_text(wire: bytes) -> str:
+    """Text of plain labels `wire` (already checked by _question_ends), cached."""
+    text = _NAME_CACHE.get(wire)
+    if text is None:
+        if len(_NAME_CACHE) >= MAX_CACHED_NAMES:
+            _NAME_CACHE.clear()
+        text = _NAME_CACHE[wire] = read_name(wire + b"\x00", 0)[0]
+    return text
+
+
+@dataclass
+class _Messages:
+    """Parsed messages as columns (one entry per message; `rows` = its packet row)."""
+
+    rows: list[np.ndarray] = field(default_factory=list)
+    dns_id: list[np.ndarray] = field(default_factory=list)
+    flags: list[np.ndarray] = field(default_factory=list)
+    qname: list[list[str]] = field(default_factory=list)
+    qtype: list[np.ndarray] = field(default_factory=list)
+    qclass: list[np.ndarray] = field(default_factory=list)
+    answers: list[list[list[dict]]] = field(default_factory=list)
+
+    def add(self, rows, dns_id, flags, qname, qtype, qclass, answers) -> None:
+        self.rows.append(np.asarray(rows, dtype=np.int64))
+        self.dns_id.append(np.asarray(dns_id, dtype=np.uint16))
+        self.flags.append(np.asarray(flags, dtype=np.uint16))
+        self.qname.append(list(qname))
+        self.qtype.append(np.asarray(qtype, dtype=np.uint16))
+        self.qclass.append(np.asarray(qclass, dtype=np.uint16))
+        self.answers.append(list(answers))
+
+
+def _fast_udp(packets: DecodedPackets, rows: np.ndarray, buffer: memoryview,
+              out: _Messages, stats: dict[str, int] | None) -> np.ndarray:
+    """UDP messages with a plain first question: header and question column-wise, names
+    through the cache, answers (responses only) parsed per message. Returns the rows
+    left for the per-message parser."""
+    data = np.asarray(packets.data).reshape(-1)
+    start = packets.payload_offset[rows].astype(np.int64)
+    length = packets.payload_len[rows].astype(np.int64)
+    header = _gather(data, start, HEADER_LEN)
+    words = header[:, 0::2] << 8 | header[:, 1::2]  # id, flags, qd, an, ns, ar
+    qdcount, ancount = words[:, 2], words[:, 3]
+    ok, end = _question_ends(data, start, length, qdcount)
+    fast = np.flatnonzero(ok)
+    if fast.size:
+        f_start, f_end, f_qd = start[fast], end[fast], qdcount[fast] == 1
+        at = f_start + np.where(f_qd, f_end, 0)
+        fixed = _gather(data, at, 4) * f_qd[:, None]  # zeros: no question
+        names = [_name_text(buffer[s + HEADER_LEN : s + e - 1].tobytes()) if q else ""
+                 for s, e, q in zip(f_start.tolist(), f_end.tolist(), f_qd.tolist(),
+                                    strict=True)]
+        answers: list[list[dict]] = [[] for _ in range(fast.size)]
+        f_an = ancount[fast]
+        for i in np.flatnonzero(f_an).tolist():  # responses with records: parsed in Python
+            s, e = int(f_start[i]), int(f_end[i])
+            msg = buffer[s : s + int(length[fast[i]])].tobytes()
+            try:
+                answers[i], damaged = read_answers(msg, e + 4 if f_qd[i] else e, int(f_an[i]))
+            except Exception:  # noqa: BLE001 - a parser bug: parse_message counts it
+                ok[fast[i]] = False
+                continue
+            if damaged:
+                _bump(stats, "dns_answers_damaged")
+        keep = ok[fast]
+        out.add(rows[fast[keep]], words[fast[keep], 0], words[fast[keep], 1],
+                [name for name, k in zip(names, keep.tolist(), strict=True) if k],
+                (fixed[:, 0] << 8 | fixed[:, 1])[keep], (fixed[:, 2] << 8 | fixed[:, 3])[keep],
+                [a for a, k in zip(answers, keep.tolist(), strict=True) if k])
+    return rows[~ok]
+
+
 def dns_events(
     packets: DecodedPackets,
     observer_name: str,
@@ -301,13 +425,18 @@ def dns_events(
     dropped: header/question unreadable), dns_answers_damaged (events whose answer section
     was cut short), dns_tcp_incomplete (TCP segments without a whole message),
     dns_parser_error (a parser bug caught so the sensor keeps running; should stay 0).
+
+    UDP messages whose first question is plain labels (nearly all) have their header and
+    question read column-wise; the rest, and TCP, go through `parse_message` one by one.
     """
     udp_rows, tcp_rows = _candidate_rows(packets)
     if udp_rows.size == 0 and tcp_rows.size == 0:
         return None
-    buffer = memoryview(np.ascontiguousarray(packets.data)).cast("B")
+    buffer = memoryview(np.ascontiguousarray(packets.data).reshape(-1)).cast("B")
     starts = packets.payload_offset
     lengths = packets.payload_len
+    out = _Messages()
+    slow_rows = _fast_udp(packets, udp_rows, buffer, out, stats) if udp_rows.size else udp_rows
 
     rows: list[int] = []
     parsed: list[tuple[int, int, str, int, int, list[dict]]] = []
@@ -326,36 +455,35 @@ def dns_events(
         rows.append(row)
         parsed.append(fields)
 
-    for row, start, length in zip(udp_rows.tolist(), starts[udp_rows].tolist(),
-                                  lengths[udp_rows].tolist(), strict=True):
+    for row, start, length in zip(slow_rows.tolist(), starts[slow_rows].tolist(),
+                                  lengths[slow_rows].tolist(), strict=True):
         parse_into(row, bytes(buffer[start : start + length]))
     for row, start, length in zip(tcp_rows.tolist(), starts[tcp_rows].tolist(),
                                   lengths[tcp_rows].tolist(), strict=True):
         for msg in _tcp_messages(bytes(buffer[start : start + length]), stats):
             parse_into(row, msg)
-
-    if not rows:
+    if rows:
+        out.add(rows, *zip(*parsed, strict=True))
+    count = sum(r.size for r in out.rows)
+    if not count:
         return None
     if stats is not None:
-        stats["dns_messages"] = stats.get("dns_messages", 0) + len(rows)
-    return _build_batch(packets, np.asarray(rows, dtype=np.int64), parsed, observer_name,
-                        ingress_zone)
+        stats["dns_messages"] = stats.get("dns_messages", 0) + count
+    return _build_batch(packets, out, observer_name, ingress_zone)
 
 
-def _build_batch(
-    packets: DecodedPackets,
-    rows: np.ndarray,
-    parsed: list[tuple[int, int, str, int, int, list[dict]]],
-    observer_name: str,
-    ingress_zone: str,
-) -> EventBatch:
-    # UDP rows come before TCP rows; restore capture order so events follow packet time.
+def _build_batch(packets: DecodedPackets, parsed: _Messages, observer_name: str,
+                 ingress_zone: str) -> EventBatch:
+    rows = np.concatenate(parsed.rows)
+    # Fast UDP, other UDP and TCP messages were parsed apart; restore capture order so
+    # events follow packet time (stable: several messages of one TCP segment keep theirs).
     order = np.argsort(rows, kind="stable")
     rows = rows[order]
-    parsed = [parsed[i] for i in order.tolist()]
     n = rows.shape[0]
-    dns_id, flags, qname, qtype, qclass, answers = zip(*parsed, strict=True)
-    flags_col = np.asarray(flags, dtype=np.uint16)
+    qname = [name for part in parsed.qname for name in part]
+    answers = [records for part in parsed.answers for records in part]
+    order_list = order.tolist()
+    flags_col = np.concatenate(parsed.flags)[order]
     is_response = (flags_col & 0x8000) != 0
     src_ip = packets.src_ip[rows]
     dst_ip = packets.dst_ip[rows]
@@ -373,19 +501,19 @@ def _build_batch(
         "transport": transport,
         "vlan": packets.vlan[rows].astype(np.uint16),
         "community_id": community_id_column(src_ip, dst_ip, transport, src_port, dst_port),
-        "dns_id": np.asarray(dns_id, dtype=np.uint16),
+        "dns_id": np.concatenate(parsed.dns_id)[order],
         "is_response": is_response,
-        "qname": _object_column(qname),
-        "qtype": np.asarray(qtype, dtype=np.uint16),
-        "qclass": np.asarray(qclass, dtype=np.uint16),
+        "qname": _object_column([qname[i] for i in order_list]),
+        "qtype": np.concatenate(parsed.qtype)[order],
+        "qclass": np.concatenate(parsed.qclass)[order],
         "rcode": np.where(is_response, flags_col & 0x000F, 0).astype(np.uint8),
         "flags": flags_col,
-        "answers": _object_column(answers),
+        "answers": _object_column([answers[i] for i in order_list]),
     }
     return EventBatch(DNS.name, columns)
 
 
-def _object_column(values: tuple) -> np.ndarray:
+def _object_column(values: list) -> np.ndarray:
     # Filled element by element: np.array() would turn a list of equal-length answer lists
     # into a 2-d array.
     out = np.empty(len(values), dtype=object)

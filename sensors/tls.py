@@ -30,6 +30,7 @@ flow yields no event (a ClientHello that cannot be read) or an event with what w
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -80,41 +81,49 @@ class Direction:
     truncated: bool = False  # the handshake bytes end inside a message or record
 
 
+_RECORD_TYPES = frozenset({CONTENT_CCS, CONTENT_ALERT, CONTENT_HANDSHAKE, CONTENT_APPDATA})
+
+
 def read_direction(data: bytes) -> Direction:
     """Records of one direction -> complete handshake messages (cleartext part only)."""
     out = Direction()
-    handshake = bytearray()
+    record_types = out.record_types
+    parts: list[bytes] = []  # cleartext handshake record bodies
+    size = len(data)
     pos = 0
     cleartext = True
-    while pos + 5 <= len(data) and len(out.record_types) < MAX_RECORDS:
+    while pos + 5 <= size and len(record_types) < MAX_RECORDS:
         ctype = data[pos]
-        length = (data[pos + 3] << 8) | data[pos + 4]
-        if ctype not in (CONTENT_CCS, CONTENT_ALERT, CONTENT_HANDSHAKE, CONTENT_APPDATA) \
-                or data[pos + 1] != 3:
+        if ctype not in _RECORD_TYPES or data[pos + 1] != 3:
             break  # not TLS (any more): stop reading
-        if pos + 5 + length > len(data):
+        stop = pos + 5 + ((data[pos + 3] << 8) | data[pos + 4])
+        record_types.append(ctype)  # the header is visible: the type counts
+        if stop > size:
             out.truncated = cleartext and ctype == CONTENT_HANDSHAKE
-            out.record_types.append(ctype)  # the header is visible: the type counts
             break
-        out.record_types.append(ctype)
         if ctype != CONTENT_HANDSHAKE:
             if ctype != CONTENT_ALERT:
                 cleartext = False
         elif cleartext:
-            handshake += data[pos + 5 : pos + 5 + length]
-        pos += 5 + length
+            parts.append(data[pos + 5 : stop])
+        pos = stop
+    handshake = bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
+    size = len(handshake)
     pos = 0
-    while pos + 4 <= len(handshake):
-        length = int.from_bytes(handshake[pos + 1 : pos + 4], "big")
-        if pos + 4 + length > len(handshake):
+    while pos + 4 <= size:
+        stop = pos + 4 + int.from_bytes(handshake[pos + 1 : pos + 4], "big")
+        if stop > size:
             out.truncated = True
             break
-        out.messages.append((handshake[pos], bytes(handshake[pos + 4 : pos + 4 + length])))
-        pos += 4 + length
+        out.messages.append((handshake[pos], handshake[pos + 4 : stop]))
+        pos = stop
     else:
-        if pos != len(handshake):
+        if pos != size:
             out.truncated = True
     return out
+
+
+_U16S = [struct.Struct(f"!{n}H") for n in range(MAX_LIST + 1)]
 
 
 class _Reader:
@@ -149,11 +158,13 @@ class _Reader:
         return _Reader(self.buf, start, start + n)
 
     def u16_list(self) -> list[int]:
-        if self.left() % 2:
+        left = self.end - self.pos
+        if left % 2:
             raise MalformedTLS("odd length for a list of 16-bit values")
-        raw = self.take(self.left())
-        stop = min(len(raw), 2 * MAX_LIST)
-        return [int.from_bytes(raw[i : i + 2], "big") for i in range(0, stop, 2)]
+        count = min(left // 2, MAX_LIST)
+        values = list(_U16S[count].unpack_from(self.buf, self.pos))  # one C call per list
+        self.pos = self.end
+        return values
 
 
 def _extensions(r: _Reader) -> list[tuple[int, bytes]]:
@@ -190,37 +201,71 @@ class ServerHello:
     selected_version: int = 0
 
 
+def _span(buf: bytes, pos: int, end: int, len_bytes: int) -> tuple[int, int]:
+    """(start, stop) of the length-prefixed vector at `pos`, which must end by `end`."""
+    start = pos + len_bytes
+    if start > end:
+        raise MalformedTLS("runs past its container")
+    stop = start + int.from_bytes(buf[pos:start], "big")
+    if stop > end:
+        raise MalformedTLS("runs past its container")
+    return start, stop
+
+
+def _u16s(buf: bytes, start: int, stop: int) -> list[int]:
+    """The 16-bit values of buf[start:stop] (at most MAX_LIST)."""
+    if (stop - start) % 2:
+        raise MalformedTLS("odd length for a list of 16-bit values")
+    return list(_U16S[min((stop - start) // 2, MAX_LIST)].unpack_from(buf, start))
+
+
 def parse_client_hello(body: bytes) -> ClientHello:
-    r = _Reader(body)
-    version = r.u16()
-    r.take(32)
-    r.vec(1)  # session id
-    ciphers = r.vec(2).u16_list()
-    r.vec(1)  # compression methods
+    # Offsets into `body` rather than reader objects: this runs once per TLS flow.
+    end = len(body)
+    if end < 34:
+        raise MalformedTLS("runs past its container")
+    version = (body[0] << 8) | body[1]
+    _, pos = _span(body, 34, end, 1)  # session id (after version and the 32-byte random)
+    start, pos = _span(body, pos, end, 2)
+    ciphers = _u16s(body, start, pos)
+    _, pos = _span(body, pos, end, 1)  # compression methods
     hello = ClientHello(version, ciphers, [])
-    for ext_type, data in _extensions(r):
+    if pos == end:
+        return hello  # no extensions block (SSLv3 / old clients)
+    pos, block_end = _span(body, pos, end, 2)
+    extensions: list[tuple[int, int, int]] = []
+    while pos < block_end and len(extensions) < MAX_LIST:
+        if pos + 2 > block_end:
+            raise MalformedTLS("runs past its container")
+        ext_type = (body[pos] << 8) | body[pos + 1]
+        start, pos = _span(body, pos + 2, block_end, 2)
+        extensions.append((ext_type, start, pos))
+    for ext_type, start, stop in extensions:
         hello.extensions.append(ext_type)
-        e = _Reader(data)
         if ext_type == EXT_SNI:
             hello.has_sni = True
-            names = e.vec(2)
-            while names.left():
-                name_type, name = names.u8(), names.vec(2)
+            at, names_end = _span(body, start, stop, 2)
+            while at < names_end:
+                if at + 1 > names_end:
+                    raise MalformedTLS("runs past its container")
+                name_type = body[at]
+                name_start, at = _span(body, at + 1, names_end, 2)
                 if name_type == 0 and not hello.server_name:
-                    hello.server_name = name.take(name.left()).decode("ascii", "replace").lower()
+                    hello.server_name = body[name_start:at].decode("ascii", "replace").lower()
         elif ext_type == EXT_ALPN:
-            protocols = e.vec(2)
-            while protocols.left() and len(hello.alpn) < MAX_LIST:
-                item = protocols.vec(1)
-                hello.alpn.append(item.take(item.left()))
+            at, list_end = _span(body, start, stop, 2)
+            while at < list_end and len(hello.alpn) < MAX_LIST:
+                item_start, at = _span(body, at, list_end, 1)
+                hello.alpn.append(bytes(body[item_start:at]))
         elif ext_type == EXT_GROUPS:
-            hello.groups = e.vec(2).u16_list()
+            hello.groups = _u16s(body, *_span(body, start, stop, 2))
         elif ext_type == EXT_POINT_FORMATS:
-            hello.point_formats = list(_all(e.vec(1)))
+            at, list_end = _span(body, start, stop, 1)
+            hello.point_formats = list(body[at:list_end])
         elif ext_type == EXT_SIG_ALGS:
-            hello.sig_algs = e.vec(2).u16_list()
+            hello.sig_algs = _u16s(body, *_span(body, start, stop, 2))
         elif ext_type == EXT_SUPPORTED_VERSIONS:
-            hello.supported_versions = e.vec(1).u16_list()
+            hello.supported_versions = _u16s(body, *_span(body, start, stop, 1))
     return hello
 
 
@@ -400,8 +445,27 @@ def parse_handshake(client_data: bytes, server_data: bytes) -> Handshake | None:
     return hs
 
 
+_FINGERPRINTS: dict[tuple, tuple[str, str]] = {}  # ClientHello fields -> (JA3 MD5, JA4)
+MAX_FINGERPRINTS = 4096  # distinct client stacks are few; the cache is cleared when full
+
+
+def client_fingerprints(hello: ClientHello) -> tuple[str, str]:
+    """(JA3 MD5, JA4) of a ClientHello, cached: a network's clients share a few TLS stacks,
+    so the hashing and string building is done once per distinct set of offered values."""
+    key = (hello.version, tuple(hello.ciphers), tuple(hello.extensions), tuple(hello.groups),
+           tuple(hello.point_formats), tuple(hello.sig_algs), tuple(hello.supported_versions),
+           tuple(hello.alpn), hello.has_sni)
+    found = _FINGERPRINTS.get(key)
+    if found is None:
+        if len(_FINGERPRINTS) >= MAX_FINGERPRINTS:
+            _FINGERPRINTS.clear()
+        found = _FINGERPRINTS[key] = (md5_hex(ja3_string(hello)), ja4(hello))
+    return found
+
+
 def _row(hs: Handshake) -> dict:
     client, server = hs.client, hs.server
+    ja3_hash, ja4_text = client_fingerprints(client)
     subject = issuer = cert_sha1 = ""
     if hs.cert_der:
         cert_sha1 = hashlib.sha1(hs.cert_der, usedforsecurity=False).hexdigest().upper()
@@ -412,8 +476,8 @@ def _row(hs: Handshake) -> dict:
         "client_alpn": [p.decode("ascii", "replace") for p in client.alpn],
         "next_protocol": server.alpn.decode("ascii", "replace") if server else "",
         "cipher": cipher_name(server.cipher) if server else "",
-        "ja3": md5_hex(ja3_string(client)),
-        "ja4": ja4(client),
+        "ja3": ja3_hash,
+        "ja4": ja4_text,
         "ja3s": md5_hex(ja3s_string(server)) if server else "",
         "cert_sha1": cert_sha1,
         "cert_subject": subject,

@@ -171,3 +171,66 @@ def test_dns_events_tcp_segments(payloads):
         validate_batch(batch)
         assert len(batch) <= MAX_TCP_MESSAGES * len(payloads)
     assert stats.get("dns_parser_error", 0) == 0
+
+
+@st.composite
+def label_walks(draw) -> bytes:
+    """A header with 0-3 questions, then label runs that are mostly plausible: lengths up to
+    70 (legal ones and reserved/pointer bytes), names near the 255-byte limit, a type/class
+    that may be cut short, and records behind."""
+    header = struct.pack("!HHHHHH", draw(st.integers(0, 0xFFFF)), draw(st.integers(0, 0xFFFF)),
+                         draw(st.integers(0, 3)), draw(st.integers(0, 3)), 0, 0)
+    body = bytearray()
+    for _ in range(draw(st.integers(0, 70))):
+        size = draw(st.one_of(st.integers(0, 6), st.integers(60, 70), st.just(0xC0)))
+        body.append(size)
+        body += draw(st.binary(min_size=0, max_size=min(size, 63) + 2)) if size else b""
+        if size == 0 and draw(st.booleans()):
+            body += draw(st.binary(min_size=0, max_size=14))  # type, class, records...
+    return header + bytes(body)
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(st.one_of(st.binary(max_size=300), mutated(), st.sampled_from(VALID),
+                          label_walks()), min_size=1, max_size=30))
+def test_column_wise_udp_path_equals_the_message_parser(payloads):
+    # dns_events reads UDP headers and plain questions column-wise (names through a cache);
+    # every event must equal what parse_message gives for that payload alone, in packet
+    # order, and the messages it refuses must be exactly those parse_message rejects.
+    stats: dict[str, int] = {}
+    batch = dns_events(_decoded_udp53(payloads), "fuzz", "lab", stats=stats)
+    expected, malformed, damaged = [], 0, 0
+    for msg in payloads:
+        if len(msg) < 12:
+            continue
+        try:
+            fields, cut = parse_message(msg)
+        except MalformedDNS:
+            malformed += 1
+            continue
+        expected.append(fields)
+        damaged += cut
+    got = [] if batch is None else list(zip(
+        batch.columns["dns_id"].tolist(), batch.columns["flags"].tolist(),
+        batch.columns["qname"].tolist(), batch.columns["qtype"].tolist(),
+        batch.columns["qclass"].tolist(), batch.columns["answers"].tolist(), strict=True))
+    assert got == [tuple(fields) for fields in expected]
+    assert stats.get("dns_malformed", 0) == malformed
+    assert stats.get("dns_answers_damaged", 0) == damaged
+
+
+def test_column_wise_names_at_the_length_limit():
+    # 255 wire bytes is the longest legal name (RFC 1035); 256 is malformed. The column-wise
+    # label walk must agree with parse_message on both sides of the limit.
+    def query(labels: list[int]) -> bytes:
+        name = b"".join(bytes([n]) + b"a" * n for n in labels) + b"\x00"
+        return struct.pack("!HHHHHH", 7, 0x0100, 1, 0, 0, 0) + name + b"\x00\x01\x00\x01"
+
+    longest = query([63, 63, 63, 61])  # 1 + 64 * 3 + 62 = 255
+    too_long = query([63, 63, 63, 62])
+    stats: dict[str, int] = {}
+    batch = dns_events(_decoded_udp53([longest, too_long]), "fuzz", "lab", stats=stats)
+    assert batch is not None and len(batch) == 1 and stats["dns_malformed"] == 1
+    assert batch.columns["qname"][0] == parse_message(longest)[0][2]
+    assert len(batch.columns["qname"][0]) == 253

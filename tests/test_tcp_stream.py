@@ -5,6 +5,8 @@ from __future__ import annotations
 import struct
 
 import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from packet_builders import batch_from_frames, batch_from_scapy
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
@@ -280,3 +282,135 @@ def test_flows_opened_by_the_predicate_see_the_rest_of_the_same_batch():
     assert all(c[1] == "syn" for c in expected if c[0][4] == 80) and len(expected) == 8
     for size in (1, 7, 64):
         assert _final_chunks(pkts, size, make) == expected, size
+
+
+# --- the column-wise fast path against the per-segment loop ----------------------------------
+
+def _feed_all(pkts, cuts, collector):
+    chunks, bounds = [], [0, *cuts, len(pkts)]
+    for lo, hi in zip(bounds, bounds[1:], strict=False):
+        if hi > lo:
+            chunks.append(collector.feed(decode(batch_from_scapy(pkts[lo:hi]))))
+    chunks.append(collector.flush())
+    return chunks
+
+
+def _loop_stats(collector):
+    return {k: v for k, v in collector.stats.items()
+            if k not in ("segments_looped", "segments_fast")}
+
+
+@st.composite
+def tcp_sessions(draw):
+    """1-3 interleaved sessions with the things the fast path must leave to the loop:
+    missing handshakes, retransmitted/reordered/dropped segments, payload after FIN, RST,
+    port reuse, SYN-ACK retransmission; plus batch cut points."""
+    pkts = []
+    t = 1.0
+    for flow in range(draw(st.integers(1, 3))):
+        client = (f"10.0.0.{flow + 1}", 40000 + flow)
+        server = ("10.0.9.9", draw(st.sampled_from([80, 81, 2222])))
+        cseq, sseq = draw(st.integers(0, 2**32 - 1)), draw(st.integers(0, 2**32 - 1))
+        segs = []
+        for _ in range(draw(st.integers(1, 2))):  # a second round = port reuse
+            if draw(st.booleans()):
+                segs += [seg(client, server, "S", cseq), seg(server, client, "SA", sseq,
+                                                             (cseq + 1) % 2**32)]
+                if draw(st.integers(0, 5)) == 0:
+                    segs.append(seg(server, client, "SA", sseq, (cseq + 1) % 2**32))
+                cseq, sseq = (cseq + 1) % 2**32, (sseq + 1) % 2**32
+            for _ in range(draw(st.integers(0, 6))):
+                from_client = draw(st.booleans())
+                body = draw(st.sampled_from([b"GET / HTTP/1.0\r\n\r\n", b"SSH-2.0-x\r\n",
+                                             b"x" * 7, b"y" * 40, b"z"]))
+                src, dst, s, a = ((client, server, cseq, sseq) if from_client
+                                  else (server, client, sseq, cseq))
+                segs.append(seg(src, dst, "PA", s, a, body))
+                if from_client:
+                    cseq = (cseq + len(body)) % 2**32
+                else:
+                    sseq = (sseq + len(body)) % 2**32
+            ending = draw(st.sampled_from(["fin", "fin", "rst", "open", "half"]))
+            if ending in ("fin", "half"):
+                segs.append(seg(client, server, "FA", cseq, sseq))
+            if ending == "fin":
+                segs.append(seg(server, client, "FA", sseq, cseq))
+            if ending == "rst":
+                segs.append(seg(server, client, "RA", sseq, cseq))
+            cseq = (cseq + 100000) % 2**32
+        for _ in range(draw(st.integers(0, 2))):  # damage: swap, duplicate or drop
+            if len(segs) < 2:
+                break
+            i = draw(st.integers(0, len(segs) - 2))
+            op = draw(st.sampled_from(["swap", "dup", "drop"]))
+            if op == "swap":
+                segs[i], segs[i + 1] = segs[i + 1], segs[i]
+            elif op == "dup":
+                segs.insert(i + 1, segs[i].copy())
+            else:
+                del segs[i]
+        pkts.append(segs)
+    merged = []
+    while any(pkts):  # interleave the sessions in a drawn order
+        live = [s for s in pkts if s]
+        merged.append(live[draw(st.integers(0, len(live) - 1))].pop(0))
+    for pkt in merged:
+        pkt.time = t
+        t += 0.001
+    cuts = sorted(draw(st.lists(st.integers(1, max(1, len(merged) - 1)), max_size=3)))
+    return merged, cuts
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tcp_sessions(), st.sampled_from([{80}, None, set()]), st.integers(4, 64),
+       st.integers(0, 4), st.booleans())
+def test_fast_path_gives_what_the_loop_gives(session, ports, cap, meta, predicate):
+    pkts, cuts = session
+
+    def make(fast):
+        return StreamCollector(ports, cap, 100, 60, max_packets_meta=meta, fast_path=fast,
+                               client_predicate=prefix_predicate([b"GET ", b"SSH-"])
+                               if predicate else None)
+
+    fast, loop = make(True), make(False)
+    assert _feed_all(pkts, cuts, fast) == _feed_all(pkts, cuts, loop)
+    assert _loop_stats(fast) == _loop_stats(loop)
+    assert list(fast._ignored) == list(loop._ignored)
+
+
+def test_fast_path_takes_plain_sessions_without_the_loop():
+    pkts = handshake() + [
+        seg(CLIENT, SERVER, "PA", 1001, 5001, b"GET / HTTP/1.0\r\n\r\n", t=1.1),
+        seg(SERVER, CLIENT, "PA", 5001, 1019, b"HTTP/1.0 200 OK\r\n\r\nhi", t=1.2),
+        seg(CLIENT, SERVER, "FA", 1019, 5022, t=1.3),
+        seg(SERVER, CLIENT, "FA", 5022, 1020, t=1.3)]
+    collector = StreamCollector({80}, 64, 100, 60)
+    chunk = last(collector.feed(decode(batch_from_scapy(pkts))))
+    assert collector.stats.get("segments_looped", 0) == 0 and collector.stats["segments_fast"]
+    assert chunk.final and chunk.reason == "fin" and chunk.client_by == "syn"
+    assert chunk.data == (b"GET / HTTP/1.0\r\n\r\n", b"HTTP/1.0 200 OK\r\n\r\nhi")
+    assert chunk.packets == [(1_100_000_000, 0, 18), (1_200_000_000, 1, 21)]
+
+
+def test_fast_path_leaves_odd_sessions_to_the_loop():
+    # Each session has one thing only the loop handles; fast path and loop must agree.
+    data_after_fin = handshake() + [
+        seg(CLIENT, SERVER, "FA", 1001, 5001, t=1.1),
+        seg(CLIENT, SERVER, "PA", 1001, 5001, b"late", t=1.2),
+        seg(SERVER, CLIENT, "FA", 5001, 1002, t=1.3)]
+    port_reuse = handshake() + [
+        seg(CLIENT, SERVER, "PA", 1001, 5001, b"one", t=1.1),
+        seg(SERVER, CLIENT, "RA", 5001, 1004, t=1.2),
+        seg(CLIENT, SERVER, "S", 7000, 0, t=1.3),
+        seg(CLIENT, SERVER, "PA", 7001, 0, b"two", t=1.4),
+        seg(CLIENT, SERVER, "RA", 7004, 0, t=1.5)]
+    new_synack = handshake() + [
+        seg(SERVER, CLIENT, "SA", 9000, 1001, t=1.05),
+        seg(SERVER, CLIENT, "PA", 9001, 1001, b"hello", t=1.1),
+        seg(CLIENT, SERVER, "RA", 1001, 9006, t=1.2)]
+    for pkts in (data_after_fin, port_reuse, new_synack):
+        results = []
+        for fast in (True, False):
+            collector = StreamCollector({80}, 64, 100, 60, fast_path=fast)
+            results.append((_feed_all(pkts, [], collector), _loop_stats(collector)))
+        assert results[0] == results[1]
