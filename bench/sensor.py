@@ -73,8 +73,21 @@ def worker(path: str, config_path: str | None) -> dict:
     seconds = time.perf_counter() - start
     return {"packets": packets, "seconds": seconds, "events": events,
             "cpu_seconds": time.process_time() - cpu_start,
-            "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "maxrss_mb": peak_rss_mb(),
             "flows_evicted": int(sensor.flow_table.stats.get("flows_evicted", 0))}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS: VmHWM from /proc (Linux). Not ru_maxrss: a worker started
+    by fork+exec inherits its parent's ru_maxrss (the anchors' loops ran in the parent)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_worker(path: Path, config_path: str | None = None) -> dict:
