@@ -54,9 +54,15 @@ INTEL_INDICATORS = [
 ]
 
 
+# Unused address space the benchmark's sensor sees (darknet_scan has none by default).
+DARKNETS = ["10.254.0.0/16"]
+
+
 def bench_config() -> dict:
-    """`correlation` overrides of the benchmark: the defaults plus inline indicators."""
-    return {"detectors": {"intel_match": {"indicators": INTEL_INDICATORS}}}
+    """`correlation` overrides of the benchmark: the defaults plus inline indicators and a
+    darknet."""
+    return {"detectors": {"intel_match": {"indicators": INTEL_INDICATORS},
+                          "darknet_scan": {"darknets": DARKNETS}}}
 
 
 @dataclass(frozen=True)
@@ -328,6 +334,13 @@ def plant(rng: np.random.Generator, flows: Table, dns: Table, arp: Table,
         ip4("10.1.16.0") + rng.permutation(900)[:n], 445, 0x02, 0x00, spk=2)
     planted.append(Planted("tcp horizontal scan", "cirtsa.scan.horizontal",
                            "198.51.100.7|tcp/445"))
+    # slow telnet scan through the darknet: 8 unused addresses, one every 15 min, 2 ports
+    # (never 5 hosts on one port within an hour: only the darknet rule sees it)
+    n = 8
+    tcp(n, t0 + 2400 + np.arange(n) * 900.0 + rng.random(n), ip4("198.51.100.77"),
+        ip4("10.254.0.0") + rng.permutation(65536)[:n], np.where(np.arange(n) % 2, 2323, 23),
+        0x02, 0x00, spk=2)
+    planted.append(Planted("darknet scan", "cirtsa.scan.darknet", "198.51.100.77"))
     # ICMP echo sweep of a /26 by an internal host (a third answer)
     n = 60
     ts = t0 + 1800 + np.sort(rng.random(n)) * 15

@@ -49,6 +49,7 @@ ROW_COLS = {"flow": FLOW_COLS, "dns": DNS_COLS, "arp": ARP_COLS}
 MAIN_COUNTS = {
     "cirtsa.scan.vertical": ("attempts", "distinct_ports"),
     "cirtsa.scan.horizontal": ("attempts", "distinct_hosts"),
+    "cirtsa.scan.darknet": ("attempts", "distinct_addresses"),
     "cirtsa.brute_force.sessions": ("flows", "sessions"),
     "cirtsa.sweep.icmp": ("probes", "distinct_hosts"),
     "cirtsa.sweep.arp": ("requests", "distinct_targets"),
@@ -298,6 +299,32 @@ class HorizontalScan(DistinctTarget):
 
     def key_text(self, r):
         return f"{ip_text(r[SRC])}|tcp/{r[DPORT]}"
+
+
+class DarknetScan(DistinctTarget):
+    name, rule_id, threshold_key = "darknet_scan", "cirtsa.scan.darknet", "min_addresses"
+    counts_names = ("attempts", "distinct_addresses")
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.darknets = Cidrs(config.get("darknets") or [])
+        self.service = {int(p) for p in config["service_source_ports"]}
+
+    def select(self, kind, r):
+        if not self.darknets.blocks or r[SPK] <= 0 or r[DST] not in self.darknets:
+            return False
+        proto, sf = r[PROTO], r[SF]
+        if proto == 6:  # SYN without ACK, or a stealth probe: never a reply
+            return bool((sf & 0x02 and not sf & 0x10) or not sf & 0x16)
+        if proto == 17:
+            return r[SPORT] not in self.service
+        return (proto == 1 and r[SPORT] == 8) or (proto == 58 and r[SPORT] == 128)
+
+    def key_target(self, r):
+        return r[SRC], r[DST]
+
+    def key_text(self, r):
+        return ip_text(r[SRC])
 
 
 class IcmpSweep(DistinctTarget):
@@ -690,7 +717,13 @@ class Beaconing(PlainDetector):
 
     def select(self, kind, r):
         if kind == "flow":
-            return (r[PROTO] in (6, 17) and r[DPK] > 0 and r[DST] not in GROUP_ADDRESSES)
+            if r[DPK] <= 0 or r[DST] in GROUP_ADDRESSES:
+                return False
+            if r[PROTO] == 17:
+                return True
+            # TCP: established (SYN-ACK or responder data) with payload, not a refused probe
+            return (r[PROTO] == 6 and (r[SPB] > 0 or r[DPB] > 0)
+                    and bool(r[DF] & 0x02 or r[DPB] > 0))
         return not r[D_RESP] and r[D_QNAME] != ""
 
     def detect(self, rows, fk, lk):
@@ -1198,6 +1231,7 @@ TWINS = {
     "correlation.brute_force:BruteForceDetector": BruteForce,
     "correlation.sweep:IcmpSweepDetector": IcmpSweep,
     "correlation.sweep:ArpSweepDetector": ArpSweep,
+    "correlation.darknet:DarknetScanDetector": DarknetScan,
     "correlation.udp_scan:UdpVerticalScanDetector": UdpVertical,
     "correlation.udp_scan:UdpHorizontalScanDetector": UdpHorizontal,
     "correlation.dos:SynFloodDetector": SynFlood,

@@ -5,7 +5,9 @@ size. Per (window, source, destination) from flows, and per (window, source, nam
 queries, TLS SNI and HTTP Host, the detector scores how regular the contacts are, in the
 spirit of RITA's beacon analysis (activecm/rita: Bowley skew and MADM of inter-connection
 intervals and of data sizes, a connection-count score, and a histogram score), with its own
-choices, all computed for every group at once over sorted numpy arrays:
+choices, all computed for every group at once over sorted numpy arrays. Flow contacts are
+established connections only (`established_tcp`, UDP with a reply): refused or probed ports
+are a scan's, and a fast scan's burst would otherwise look perfectly regular.
 
 * timestamps are taken at one-second resolution and de-duplicated per group, so a burst
   of parallel connections (a browser opening six) counts as one contact;
@@ -35,7 +37,9 @@ from collections.abc import Mapping
 import numpy as np
 
 from correlation.detector import (
+    IANA_TCP,
     NS_PER_S,
+    TCP_SYN,
     Columns,
     Detector,
     Evidence,
@@ -175,6 +179,22 @@ def beacon_scores(group: np.ndarray, n_groups: int, times_ns: np.ndarray,
     return out
 
 
+def established_tcp(c: Columns) -> np.ndarray:
+    """TCP flows that were really connections, not probes.
+
+    A reply packet is not enough: a port refusing with RST|ACK (Zeek REJ, RSTOS0, RSTRH) or
+    a stealth probe answered by RST would count, and a fast vertical scan of one host then
+    looks like a perfectly regular series of contacts. Established = the responder sent a
+    SYN-ACK, or (a flow picked up mid-connection, Zeek OTH) the responder sent payload;
+    and something beyond a handshake torn down by RST happened (a SYN scan of an open port:
+    port_scan.failed_attempt_mask's half-open case) - some payload either way.
+    """
+    df = c["dst_tcp_flags"]
+    payload = (c["src_payload_bytes"] > 0) | (c["dst_payload_bytes"] > 0)
+    return ((c["transport"] == IANA_TCP) & (c["dst_packets"] > 0) & payload
+            & (((df & TCP_SYN) != 0) | (c["dst_payload_bytes"] > 0)))
+
+
 def _factorize_text(values: np.ndarray) -> np.ndarray:
     _, codes = np.unique(values.astype(str), return_inverse=True)
     return codes.reshape(-1).astype(np.int64)
@@ -203,9 +223,9 @@ class BeaconDetector(Detector):
     def select(self, batch: EventBatch) -> np.ndarray:
         c = batch.columns
         if batch.kind == "flow":
-            # answered TCP/UDP from the caller: a beacon gets its answer (scans are elsewhere)
-            return (((c["transport"] == 6) | (c["transport"] == IANA_UDP))
-                    & (c["dst_packets"] > 0) & ~GROUP_ADDRESSES.contains(c["dst_ip"]))
+            # a beacon gets its answer: established TCP, UDP with a reply (scans are elsewhere)
+            return ((established_tcp(c) | ((c["transport"] == IANA_UDP) & (c["dst_packets"] > 0)))
+                    & ~GROUP_ADDRESSES.contains(c["dst_ip"]))
         if batch.kind == "dns":
             return ~c["is_response"] & (c["qname"] != "")
         name_col = _SOURCES[batch.kind][0]

@@ -126,10 +126,12 @@ class SynFloodDetector(Detector):
         victim = ip_codes(cols, "dst_ip", idx)
         second = (t[idx] // NS_PER_S).astype(np.int64)
         second -= second.min()
-        # necessary condition: some second of the range holds min_rate attempts at the victim
+        # necessary condition: some second of the range holds min_rate attempts at the victim.
+        # Counted sparsely (sort of the occupied (victim, second) values): a bincount would
+        # allocate one slot per victim per second of the whole range, hours of quiet included.
         radix = int(second.max()) + 1
-        per_sec = np.bincount(victim * radix + second)
-        hot_victims = unique_int(np.flatnonzero(per_sec >= self.min_rate) // radix)
+        pairs, per_pair = np.unique(victim * radix + second, return_counts=True)
+        hot_victims = unique_int(pairs[per_pair >= self.min_rate] // radix)
         keep = np.isin(victim, hot_victims)
         idx, victim, second = idx[keep], victim[keep], second[keep]
         if idx.size == 0:

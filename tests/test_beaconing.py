@@ -7,6 +7,8 @@ a beacon by connection timing (documented in docs/detections.md).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import assert_ecs, shared_pcap
@@ -14,6 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from network_builders import (
     NEGATIVE_CAPTURES,
+    A,
+    P,
+    R,
+    S,
     above_low,
     capture_alerts,
     events,
@@ -21,9 +27,12 @@ from network_builders import (
     only,
     rule_ids,
     run,
+    run_capture,
 )
+from scapy.layers.inet import IP, TCP
+from scapy.utils import wrpcap
 
-from correlation.beaconing import beacon_scores, bowley_madm
+from correlation.beaconing import beacon_scores, bowley_madm, established_tcp
 
 BEACON = only("beaconing")
 
@@ -123,3 +132,67 @@ def test_real_periodic_beacon() -> None:
 def test_benign_captures_have_no_beacon_above_low(name: str) -> None:
     alerts, _ = capture_alerts(shared_pcap(name))
     assert above_low(alerts, "cirtsa.beacon") == []
+
+
+def _refused_scan(scanner: str = "10.0.0.66", target: str = "10.0.0.10", ports: int = 600,
+                  gap_s: float = 0.04) -> list[dict]:
+    """Fast vertical scan answered by RST|ACK (Zeek REJ): 600 ports in 24 s."""
+    return [dict(src=scanner, dst=target, sport=50000, dport=1 + i, t=i * gap_s, sflags=S,
+                 dflags=R | A, spk=1, dpk=1, spay=0, dpay=0, dur=0.0005, state="REJ")
+            for i in range(ports)]
+
+
+def test_established_means_a_handshake_or_data_not_a_reply_packet() -> None:
+    batch = flows([
+        dict(src="10.0.0.1", dst="10.0.0.2", t=0),  # SF with payload
+        dict(src="10.0.0.1", dst="10.0.0.2", t=1, sflags=S, dflags=R | A, spay=0, dpay=0),  # REJ
+        dict(src="10.0.0.1", dst="10.0.0.2", t=2, sflags=S | R, dflags=S | A, spay=0,
+             dpay=0),  # SYN scan of an open port: half-open, torn down
+        dict(src="10.0.0.1", dst="10.0.0.2", t=3, sflags=0x29, dflags=R, spay=0, dpay=0),  # XMAS
+        dict(src="10.0.0.1", dst="10.0.0.2", t=4, sflags=A | P, dflags=A | P),  # mid-stream
+        dict(src="10.0.0.1", dst="10.0.0.2", t=5, sflags=A, dflags=A, spay=0, dpay=0),  # acks
+        dict(src="10.0.0.1", dst="10.0.0.2", t=6, sflags=S, dflags=0, dpk=0, spay=0, dpay=0),
+    ])
+    assert established_tcp(batch.columns).tolist() == [True, False, False, False, True,
+                                                        False, False]
+
+
+def test_fast_refused_vertical_scan_is_not_a_beacon() -> None:
+    # the old "any reply packet" rule scored this 24 s burst as a near-perfect beacon
+    alerts, _ = run([flows(_refused_scan())], BEACON)
+    assert alerts == []
+
+
+def test_udp_with_replies_still_beacons() -> None:
+    rows = [dict(r, proto=17, dport=8053, sflags=0, dflags=0)
+            for r in beacon_rows(60, 60, jitter=0.1)]
+    assert rule_ids(run([flows(rows)], BEACON)[0]) == ["cirtsa.beacon.flow"]
+
+
+def test_crafted_refused_port_scan_capture_has_no_beacon(tmp_path: Path) -> None:
+    """Real sensor path: nmap-like SYN scan of 400 ports of one host in 20 s, every port
+    closed (RST|ACK), 3 open ports (SYN-ACK, then the scanner's RST)."""
+    scanner, target, base = "192.168.7.66", "192.168.7.10", 1_700_000_000.0
+    packets, open_ports = [], {22, 80, 443}
+    for i in range(400):
+        port, t = 1 + i, base + i * 0.05
+        syn = IP(src=scanner, dst=target) / TCP(sport=61000, dport=port, flags="S", seq=7)
+        syn.time = t
+        packets.append(syn)
+        if port in open_ports:
+            reply = IP(src=target, dst=scanner) / TCP(sport=port, dport=61000, flags="SA",
+                                                      seq=100, ack=8)
+            rst = IP(src=scanner, dst=target) / TCP(sport=61000, dport=port, flags="R", seq=8)
+            rst.time = t + 0.0004
+            packets += [reply, rst]
+        else:
+            reply = IP(src=target, dst=scanner) / TCP(sport=port, dport=61000, flags="RA",
+                                                      seq=0, ack=8)
+            packets.append(reply)
+        reply.time = t + 0.0002
+    path = tmp_path / "refused_scan.pcap"
+    wrpcap(str(path), packets)
+    alerts, counts = run_capture(path)
+    assert counts.get("flow", 0) >= 400
+    assert "cirtsa.scan.vertical" in rule_ids(alerts)  # the scan is seen, as a scan
+    assert rule_ids(alerts, "cirtsa.beacon") == []

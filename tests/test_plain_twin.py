@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -19,6 +20,7 @@ from bench.correlation import diff_alerts, planted_status, run_engine, run_plain
 from bench.correlation_stream import Stream, bench_config, make_stream  # noqa: E402
 from bench.plain_detectors import PlainEngine  # noqa: E402
 from pipeline.config import deep_merge, load_config  # noqa: E402
+from pipeline.schema import EventBatch  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +102,53 @@ def test_twin_covers_every_enabled_default_detector():
     engine = PlainEngine(bench_config())
     enabled = [n for n, s in detectors.items() if s.get("enabled", True)]
     assert len(engine.states) == len(enabled)
+
+
+def test_planted_port_scans_raise_no_beacon(stream, engine_alerts):
+    """The planted vertical scan (200 ports refused by RST in 20 s) once also scored as a
+    near-perfect beacon: only established connections are beacon contacts now."""
+    scans = {p.key for p in stream.planted if p.rule_id.startswith("cirtsa.scan.")}
+    beacons = {a["key"] for a in engine_alerts if a["rule"].startswith("cirtsa.beacon.")}
+    assert "203.0.113.5|10.1.0.20" in scans
+    assert scans & beacons == set()
+
+
+def _random_flows(seed: int, n: int = 3000):
+    """Flows with every combination of flags, protocols, ports and payloads that the
+    selects look at, half of them into the benchmark's darknet."""
+    from bench.correlation_stream import DARKNETS, Table, ip4
+
+    rng = np.random.default_rng(seed)
+    table = Table("flow")
+    dark = ip4(DARKNETS[0].split("/")[0])
+    table.add(n, timestamp=np.arange(n, dtype=np.int64) * 10**9, end=np.arange(n) * 10**9,
+              src_ip=ip4("198.51.100.1") + rng.integers(0, 4, n),
+              dst_ip=np.where(rng.random(n) < 0.5, dark, ip4("10.1.0.0"))
+              + rng.integers(0, 50, n),
+              src_port=rng.choice([0, 8, 53, 123, 128, 41000], n),
+              dst_port=rng.choice([0, 23, 80, 443], n),
+              transport=rng.choice([1, 6, 17, 58], n), src_packets=rng.integers(0, 3, n),
+              dst_packets=rng.integers(0, 3, n), src_bytes=100, dst_bytes=100,
+              src_payload_bytes=rng.choice([0, 0, 40], n),
+              dst_payload_bytes=rng.choice([0, 0, 40], n),
+              src_tcp_flags=rng.integers(0, 64, n), dst_tcp_flags=rng.integers(0, 64, n))
+    cols = table.build()
+    return EventBatch("flow", cols)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_twin_selects_equal_the_engine_selects(seed):
+    """Beaconing's established-connection rule and the darknet attempt rule, row by row."""
+    from bench.plain_detectors import rows_of
+    from correlation.engine import build_detectors
+
+    batch = _random_flows(seed)
+    config = deep_merge(load_config()["correlation"], bench_config())
+    engine = {d.name: d for d in build_detectors(config)}
+    plain = {s.detector.name: s.detector for s in PlainEngine(bench_config()).states}
+    rows = rows_of(batch)
+    for name in ("beaconing", "darknet_scan"):
+        want = engine[name].select(batch).tolist()
+        got = [plain[name].select("flow", r) for r in rows]
+        assert got == want, name
+        assert 0 < sum(want) < len(want), name  # both outcomes exercised
