@@ -203,3 +203,147 @@ def test_domain_matching_agrees_with_endswith(domains, names) -> None:
             assert g == -1
         else:
             assert values[g] == max(covering, key=len)
+
+
+# --- bulk paths (IndicatorTable, numpy IPv4 parsing, /24 filter) vs plain references -------
+
+def _reference_match(networks: list, address) -> int:
+    """Most specific network holding the address; the first loaded among equals; -1."""
+    covering = [(net.prefixlen, -i) for i, net in enumerate(networks)
+                if net.version == address.version and address in net]
+    return -max(covering)[1] if covering else -1
+
+
+_V4_BASES = (0x0A000000, 0xC0A80000, 0x08080000, 0xCB007100)
+_v4_net = st.tuples(st.sampled_from(_V4_BASES), st.integers(0, 2**16 - 1),
+                    st.one_of(st.integers(0, 32), st.integers(16, 32), st.just(32))).map(
+    lambda t: f"{ipaddress.IPv4Address(t[0] | t[1])}/{t[2]}")  # host bits set: strict=False
+_V6_BASES = (0x20010DB8 << 96, 0x2A0E_97C0 << 96, 0xFE80 << 112)
+_v6_net = st.tuples(st.sampled_from(_V6_BASES), st.integers(0, 2**20 - 1),
+                    st.one_of(st.integers(0, 128), st.just(128))).map(
+    lambda t: f"{ipaddress.IPv6Address(t[0] | (t[1] << 80) | (t[1] & 0xFF))}/{t[2]}")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(_v4_net, _v4_net, _v6_net), min_size=1, max_size=40),
+       st.lists(st.one_of(st.tuples(st.sampled_from(_V4_BASES), st.integers(0, 2**16 - 1))
+                          .map(lambda t: str(ipaddress.IPv4Address(t[0] | t[1]))),
+                          st.integers(0, 2**32 - 1).map(lambda a: str(ipaddress.IPv4Address(a))),
+                          st.tuples(st.sampled_from(_V6_BASES), st.integers(0, 2**20 - 1))
+                          .map(lambda t: str(ipaddress.IPv6Address(t[0] | (t[1] << 80)
+                                                                   | (t[1] & 0xFF))))),
+                min_size=1, max_size=150),
+       st.booleans(), st.data())
+def test_ip_cidr_matching_agrees_with_ipaddress_reference(nets, addrs, via_csv, data) -> None:
+    """IPv4 + IPv6, overlapping and duplicate CIDRs, /32 and /128 addresses: the most
+    specific indicator wins, the first loaded among equals; through the object path
+    (IndicatorSet(list)) and the bulk CSV path (IndicatorTable)."""
+    nets = nets + nets[::3]  # duplicates: the first loaded must win
+    networks = [ipaddress.ip_network(n, strict=False) for n in nets]
+    # addresses inside each network, so that hits are not left to chance
+    addrs = addrs + [str(n.network_address + data.draw(st.integers(0, min(n.num_addresses,
+                                                                           2**16) - 1)))
+                     for n in networks]
+    if via_csv:
+        s = IndicatorSet(parse_csv("type,value\n" + "".join(f"cidr,{n}\n" for n in nets), "t"))
+    else:
+        s = IndicatorSet(inline_indicators([{"type": "cidr", "value": n} for n in nets]))
+    assert len(s) == len(networks)
+    got = s.match_ips(ip_column(addrs)).tolist()
+    assert got == [_reference_match(networks, ipaddress.ip_address(a)) for a in addrs]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(_label, min_size=1, max_size=3).map(".".join), min_size=1, max_size=15),
+       st.lists(st.lists(_label, min_size=1, max_size=5).map(".".join), min_size=1, max_size=60))
+def test_domain_parent_matching_agrees_with_plain_reference(domains, names) -> None:
+    """Bulk CSV path, duplicates allowed: the longest listed parent wins, the first loaded
+    among duplicates; a plain loop over each name's parents is the reference."""
+    domains = domains + domains[:2]  # duplicates
+    names = names + [f"x.{d}" for d in domains[:3]] + [d.upper() for d in domains[:1]]
+    s = IndicatorSet(parse_csv("type,value\n" + "".join(f"domain,{d}\n" for d in domains), "t"))
+    first: dict[str, int] = {}
+    for i, d in enumerate(domains):
+        first.setdefault(d, i)
+
+    def reference(name: str) -> int:
+        labels = name.split(".")
+        for k in range(len(labels)):  # longest parent first
+            if ".".join(labels[k:]) in first:
+                return first[".".join(labels[k:])]
+        return -1
+
+    assert s.match_domains(np.array(names, object)).tolist() == [reference(n) for n in names]
+
+
+_ip_text = st.one_of(
+    st.text(alphabet="0123456789./", max_size=20),
+    st.tuples(st.integers(0, 300), st.integers(0, 300), st.integers(0, 300),
+              st.integers(0, 300), st.integers(0, 40), st.booleans(), st.booleans()).map(
+        lambda t: ("0" if t[6] else "") + ".".join(map(str, t[:4]))
+        + (f"/{t[4]}" if t[5] else "")),
+    st.sampled_from(["1.2.3.4/255.255.255.0", "::1", "1.2.3.4/024", "1.2.3.4/", " 1.2.3.4",
+                     "1.2.3.4/32", "10.0.0.1/8", "é.1.2.3"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_ip_text, min_size=1, max_size=20))
+def test_bulk_ipv4_parse_agrees_with_ipaddress(values) -> None:
+    """Fuzz: whatever the numpy/inet_pton path accepts, ipaddress reads the same way, and
+    `normalized` means normalize() would not change the value."""
+    from pipeline.intel import _parse_ipv4_bulk
+
+    ok, network, length, normalized = _parse_ipv4_bulk(values)
+    for v, o, a, n, same in zip(values, ok.tolist(), network.tolist(), length.tolist(),
+                                normalized.tolist(), strict=True):
+        if not o:
+            assert not same
+            continue
+        ref = ipaddress.ip_network(v, strict=False)
+        assert (ref.version, int(ref.network_address), ref.prefixlen) == (4, a, n)
+        assert same == (normalize("cidr", v)[1] == v)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_ip_text)
+def test_normalize_ip_fast_path_agrees_with_ipaddress(value) -> None:
+    try:
+        net = ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        with pytest.raises(IndicatorError):
+            normalize("ip", value)
+        return
+    full = net.prefixlen == net.max_prefixlen
+    assert normalize("ip", value) == (("ip", str(net.network_address)) if full
+                                      else ("cidr", str(net)))
+
+
+def test_csv_bulk_rows_share_metadata_and_source_severity(tmp_path: Path) -> None:
+    (tmp_path / "f.csv").write_text(
+        "value,type,description,tags,severity\n"
+        "192.0.2.1,ip,botnet C2,mitre-attack:command-and-control,\n"
+        "192.0.2.0/25,cidr,botnet C2,mitre-attack:command-and-control,\n"
+        "evil.test,domain,phishing,,high\n"
+        "198.51.100.7/24,,guessed,,\n")
+    got = load_source({"path": str(tmp_path / "f.csv"), "name": "feed", "severity": "low"})
+    assert [(i.type, i.value) for i in got] == [
+        ("ip", "192.0.2.1"), ("cidr", "192.0.2.0/25"), ("domain", "evil.test"),
+        ("cidr", "198.51.100.0/24")]
+    assert [i.severity for i in got] == ["low", "low", "high", "low"]
+    assert got[0].tactic == ("TA0011", "Command and Control") and got[1].description == \
+        "botnet C2"
+    assert got[-1] is got[3] and got[0].source == "feed"  # made once, then kept
+    # mixed with inline entries, indices stay in load order
+    s = IndicatorSet.from_config([{"path": str(tmp_path / "f.csv"), "format": "csv"}],
+                                 ["203.0.113.9"])
+    assert s.match_ips(ip_column(["203.0.113.9", "192.0.2.1", "192.0.2.77",
+                                  "198.51.100.200", "192.0.2.200"])).tolist() == \
+        [4, 0, 1, 3, -1]
+    assert s.indicators[4].source == "inline" and s.types() == {"ip", "cidr", "domain"}
+
+
+def test_csv_bulk_errors_name_the_first_bad_line() -> None:
+    with pytest.raises(IndicatorError, match="line 4"):
+        parse_csv("type,value\nip,1.2.3.4\ndomain,a.test\nip,1.2.3.400\nip,1.2.3.500\n", "f")
+    with pytest.raises(IndicatorError, match="line 3.*unknown indicator type"):
+        parse_csv("type,value\nip,1.2.3.4\nhash,abc\n", "f")
