@@ -30,7 +30,7 @@ from correlation.detector import (
     WindowRange,
     sorted_unique_text,
 )
-from pipeline.intel import MATCH_FIELDS, Indicator, IndicatorSet
+from pipeline.intel import MATCH_FIELDS, Indicator, IndicatorSet, indicator_ecs
 from pipeline.schema import TRANSPORT_NAMES, EventBatch
 from sensors.packets import ip_column_to_str
 
@@ -65,11 +65,6 @@ _COLUMNS = {
     "http": _BASE + ("transport", "host", "uri"),
     "tls": _BASE + ("transport", "server_name", "ja3", "ja4", "cert_sha1"),
 }
-
-# ECS threat.indicator.type per indicator type (ECS expected values).
-_ECS_TYPE = {"ip": None, "cidr": None, "domain": "domain-name", "url": "url",
-             "ja3": "software", "ja4": "software", "cert_sha1": "x509-certificate"}
-
 
 class IntelMatchDetector(Detector):
     """One finding per (indicator, local endpoint, window) with at least one hit."""
@@ -166,25 +161,7 @@ class IntelMatchDetector(Detector):
         inbound = ind.type in ("ip", "cidr") and src != local
         verb = "was contacted by" if inbound else "hit"
         desc = f" ({ind.description})" if ind.description else ""
-        threat: dict = {"indicator": {"type": _ECS_TYPE[ind.type] or (
-            "ipv6-addr" if ":" in ind.value else "ipv4-addr"),
-            "name": ind.value, "provider": ind.source},
-            "feed": {"name": ind.source}}
-        ti = threat["indicator"]
-        if ind.description:
-            ti["description"] = ind.description
-        if ind.confidence:
-            ti["confidence"] = ind.confidence
-        if ind.reference:
-            ti["reference"] = ind.reference
-        if ind.type == "ip":
-            ti["ip"] = ind.value
-        elif ind.type == "domain":
-            ti["url"] = {"domain": ind.value}
-        elif ind.type == "url":
-            ti["url"] = {"full": ind.value}
-        elif ind.type == "cert_sha1":
-            ti["file"] = {"hash": {"sha1": ind.value}}
+        threat = {"indicator": indicator_ecs(ind), "feed": {"name": ind.source}}
         return Evidence(
             first_seen=min(times), last_seen=max(max(ends), max(times)),
             source_ip=src, destination_ip=dst,

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import yaml
 
-from pipeline.intel import MATCH_FIELDS, Indicator, IndicatorSet
+from pipeline.intel import MATCH_FIELDS, IndicatorSet, indicator_ecs
 from pipeline.schema import KINDS, EventBatch
 from sensors.packets import IP_DTYPE, ip_column_to_str
 
@@ -199,8 +199,6 @@ def _fusion_match_fields() -> dict[str, tuple[tuple[str, str], ...]]:
 FUSION_MATCH_FIELDS = _fusion_match_fields()
 
 # ECS threat.enrichments.indicator.type (STIX cyber observable names) per indicator type.
-ECS_INDICATOR_TYPES = {"domain": "domain-name", "url": "url", "ja3": "software",
-                       "ja4": "software", "cert_sha1": "x509-certificate"}
 # Elastic's value for an event matched against an indicator list (Security app filters on it).
 MATCH_TYPE = "indicator_match_rule"
 
@@ -291,26 +289,6 @@ class Enricher:
                           inds[order], self.intel)
 
 
-def indicator_ecs(ind: Indicator) -> dict:
-    """threat.enrichments.indicator.* of one indicator (ECS 8.x)."""
-    ecs_type = ECS_INDICATOR_TYPES.get(ind.type) or (
-        "ipv6-addr" if ":" in ind.value else "ipv4-addr")
-    out: dict = {"type": ecs_type, "name": ind.value, "provider": ind.source}
-    if ind.description:
-        out["description"] = ind.description
-    if ind.confidence:
-        out["confidence"] = ind.confidence
-    if ind.reference:
-        out["reference"] = ind.reference
-    if ind.type == "ip":
-        out["ip"] = ind.value
-    elif ind.type == "domain":
-        out["url"] = {"domain": ind.value}
-    elif ind.type == "url":
-        out["url"] = {"full": ind.value}
-    elif ind.type == "cert_sha1":
-        out["file"] = {"hash": {"sha1": ind.value}}
-    return out
 
 
 def _ecs_path(kind: str, column: str) -> str:

@@ -915,6 +915,34 @@ def _mask_v6(hi: np.ndarray, lo: np.ndarray, length: int) -> tuple[np.ndarray, n
     return hi, lo & np.uint64(((1 << rest) - 1) << (64 - rest))
 
 
+# ECS threat.indicator.type per indicator type (ECS expected values); addresses by family.
+ECS_INDICATOR_TYPES = {"domain": "domain-name", "url": "url", "ja3": "software",
+                       "ja4": "software", "cert_sha1": "x509-certificate"}
+
+
+def indicator_ecs(ind: Indicator) -> dict:
+    """The ECS `threat.indicator` object (also `threat.enrichments.indicator`) of one
+    indicator: what both the intel alert and fusion's event tagging show analysts."""
+    ecs_type = ECS_INDICATOR_TYPES.get(ind.type) or (
+        "ipv6-addr" if ":" in ind.value else "ipv4-addr")
+    out: dict = {"type": ecs_type, "name": ind.value, "provider": ind.source}
+    if ind.description:
+        out["description"] = ind.description
+    if ind.confidence:
+        out["confidence"] = ind.confidence
+    if ind.reference:
+        out["reference"] = ind.reference
+    if ind.type == "ip":
+        out["ip"] = ind.value
+    elif ind.type == "domain":
+        out["url"] = {"domain": ind.value}
+    elif ind.type == "url":
+        out["url"] = {"full": ind.value}
+    elif ind.type == "cert_sha1":
+        out["file"] = {"hash": {"sha1": ind.value}}
+    return out
+
+
 @dataclass
 class Hit:
     """Rows of one batch column that hit an indicator."""
