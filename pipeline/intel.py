@@ -961,6 +961,33 @@ MATCH_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 
+_LOADED: dict[str, IndicatorSet] = {}  # load key -> set (from_config)
+_LOADED_MAX = 4
+
+
+def _load_key(sources: list[Mapping], inline: list[Mapping | str],
+              base_dir: str | os.PathLike | None) -> str | None:
+    """What makes two from_config calls load the same set: each source's resolved file with
+    its size and mtime, its other settings, and the inline entries. None: do not cache
+    (a file that cannot be read is reported by the load itself)."""
+    parts = []
+    for spec in sources:
+        path = Path(str(spec.get("path", "")))
+        if not path.is_absolute() and base_dir is not None:
+            path = Path(base_dir) / path
+        try:
+            stat = path.resolve().stat()
+        except OSError:
+            return None
+        parts.append({**{k: v for k, v in spec.items() if k != "path"},
+                      "path": str(path.resolve()), "size": stat.st_size,
+                      "mtime_ns": stat.st_mtime_ns})
+    try:
+        return json.dumps([parts, inline], sort_keys=True)
+    except (TypeError, ValueError):
+        return None
+
+
 @dataclass
 class IndicatorSet:
     """Indicators and their lookup tables; `match_*` return one indicator index per row
@@ -976,9 +1003,27 @@ class IndicatorSet:
     def from_config(cls, sources: Iterable[Mapping] | None = None,
                     inline: Iterable[Mapping | str] | None = None,
                     base_dir: str | os.PathLike | None = None) -> IndicatorSet:
-        """`sources`: [{path, format: csv|misp|stix, name, severity}]; `inline`: entries."""
-        parts = [load_source(spec, base_dir) for spec in sources or ()]
-        parts.append(inline_indicators(inline or ()))
+        """`sources`: [{path, format: csv|misp|stix, name, severity}]; `inline`: entries.
+
+        The same sources (same resolved files, unchanged since) give the same loaded set:
+        fusion and correlation in one process share it instead of loading it twice."""
+        sources, inline = list(sources or ()), list(inline or ())
+        key = _load_key(sources, inline, base_dir)
+        cached = _LOADED.get(key) if key is not None else None
+        if cached is not None:
+            return cached
+        loaded = cls._load(sources, inline, base_dir)
+        if key is not None:
+            while len(_LOADED) >= _LOADED_MAX:  # a few sets at most (configs reloaded)
+                _LOADED.pop(next(iter(_LOADED)))
+            _LOADED[key] = loaded
+        return loaded
+
+    @classmethod
+    def _load(cls, sources: list[Mapping], inline: list[Mapping | str],
+              base_dir: str | os.PathLike | None) -> IndicatorSet:
+        parts = [load_source(spec, base_dir) for spec in sources]
+        parts.append(inline_indicators(inline))
         if all(isinstance(p, list) for p in parts):
             return cls([ind for part in parts for ind in part])
         return cls(IndicatorTable.concat(parts))  # bulk (CSV) sources stay column-wise

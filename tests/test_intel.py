@@ -347,3 +347,18 @@ def test_csv_bulk_errors_name_the_first_bad_line() -> None:
         parse_csv("type,value\nip,1.2.3.4\ndomain,a.test\nip,1.2.3.400\nip,1.2.3.500\n", "f")
     with pytest.raises(IndicatorError, match="line 3.*unknown indicator type"):
         parse_csv("type,value\nip,1.2.3.4\nhash,abc\n", "f")
+
+
+def test_same_sources_load_once_and_a_changed_file_loads_again(tmp_path) -> None:
+    feed = tmp_path / "feed.csv"
+    feed.write_text("type,value\nip,198.51.100.7\ndomain,evil.example\n")
+    relative = IndicatorSet.from_config([{"path": "feed.csv", "format": "csv"}],
+                                        base_dir=tmp_path)
+    absolute = IndicatorSet.from_config([{"path": str(feed), "format": "csv"}])
+    assert absolute is relative  # fusion and correlation share one loaded set
+    other_name = IndicatorSet.from_config([{"path": str(feed), "format": "csv", "name": "x"}])
+    assert other_name is not relative and other_name.indicators[0].source == "x"
+    feed.write_text("type,value\nip,198.51.100.8\n")  # edited feed (size/mtime change)
+    reloaded = IndicatorSet.from_config([{"path": str(feed), "format": "csv"}])
+    assert reloaded is not relative and len(reloaded) == 1
+    assert reloaded.indicators[0].value == "198.51.100.8"
