@@ -6,9 +6,11 @@
    CIDRs /20-/28, 300k domains; ~11 % of the flows hit one): events/s (target >= 1,000,000), and
    the same without indicators;
 2. Suricata EVE JSON lines (flow + dns, no community_id: fusion computes it) through
-   EveAdapter + FusionStage with the same tables vs a plain `json.loads` + per-event
-   dict-mapping loop producing the same fields (target >= 3x), and vs the narrower loop
-   of this benchmark's first version (for comparison with earlier figures).
+   EveAdapter (msgspec typed decoding; orjson dict path as fallback) + FusionStage with
+   the same tables vs a plain `json.loads` + per-event dict-mapping loop producing the
+   same fields (target >= 3x), and vs the narrower loop of this benchmark's first version
+   (for comparison with earlier figures); then the adapter alone and the typed decode
+   alone vs the same anchor, to show where the rest of the time goes.
 Prints medians of RUNS runs; the anchor is measured in the same run, interleaved.
 Usage: python3 bench/fusion.py [--runs 5] [--indicators 1000000]
 """
@@ -33,7 +35,7 @@ sys.path = [os.path.dirname(_HERE)] + [p for p in sys.path
 import numpy as np
 import orjson
 
-from fusion.adapters import EveAdapter
+from fusion.adapters import EveAdapter, _eve_fast
 from fusion.enrich import Constituency, Enricher
 from fusion.stage import FusionStage
 from pipeline.bus import InMemoryBus
@@ -204,10 +206,12 @@ def _plain_loop_same_fields(lines: list[bytes]) -> list[dict]:
     return out
 
 
-def bench_eve(enricher: Enricher, intel: IndicatorSet) -> tuple[float, float, float]:
-    """(ours, narrow anchor, same-fields anchor) events/s, interleaved per run."""
+def bench_eve(enricher: Enricher,
+              intel: IndicatorSet) -> tuple[float, float, float, float, float]:
+    """(ours, narrow anchor, same-fields anchor, adapter alone, typed decode alone)
+    events/s, interleaved per run."""
     lines = _eve_lines(200_000)
-    ours, plain, same = [], [], []
+    ours, plain, same, alone, decode = [], [], [], [], []
     enricher.intel = intel
     for _ in range(RUNS):
         stage = FusionStage(InMemoryBus(), enricher=enricher)
@@ -216,6 +220,15 @@ def bench_eve(enricher: Enricher, intel: IndicatorSet) -> tuple[float, float, fl
         for i in range(0, len(lines), 8192):
             stage.on_external(adapter.convert(lines[i:i + 8192]))
         ours.append(len(lines) / (time.perf_counter() - t))
+        adapter = EveAdapter()
+        t = time.perf_counter()
+        for i in range(0, len(lines), 8192):
+            adapter.convert(lines[i:i + 8192])
+        alone.append(len(lines) / (time.perf_counter() - t))
+        t = time.perf_counter()
+        for i in range(0, len(lines), 8192):
+            _eve_fast(lines[i:i + 8192])
+        decode.append(len(lines) / (time.perf_counter() - t))
         t = time.perf_counter()
         _plain_loop(lines)
         plain.append(len(lines) / (time.perf_counter() - t))
@@ -223,7 +236,8 @@ def bench_eve(enricher: Enricher, intel: IndicatorSet) -> tuple[float, float, fl
         _plain_loop_same_fields(lines)
         same.append(len(lines) / (time.perf_counter() - t))
     enricher.intel = None
-    return statistics.median(ours), statistics.median(plain), statistics.median(same)
+    return (statistics.median(ours), statistics.median(plain), statistics.median(same),
+            statistics.median(alone), statistics.median(decode))
 
 
 def main() -> None:
@@ -244,13 +258,18 @@ def main() -> None:
           f"indicators, {tagged:,} of 1,000,000 events tagged): {sensor:,.0f} events/s "
           f"(target 1,000,000: {sensor / 1e6:.2f}x)")
     print(f"  same without indicators: {bare:,.0f} events/s")
-    ours, plain, same = bench_eve(enricher, intel)
-    print(f"EVE JSON lines, orjson + columnar adapter + fusion (same tables): "
-          f"{ours:,.0f} events/s")
+    ours, plain, same, alone, decode = bench_eve(enricher, intel)
+    print(f"EVE JSON lines, msgspec typed decode + columnar adapter + fusion incl. Community "
+          f"ID computation (same tables): {ours:,.0f} events/s")
     print(f"anchor json.loads + dict-mapping loop, same fields as the adapter: "
           f"{same:,.0f} events/s; ratio {ours / same:.2f}x (target 3x)")
     print(f"anchor json.loads + narrow dict-mapping loop (first version's anchor): "
           f"{plain:,.0f} events/s; ratio {ours / plain:.2f}x")
+    # Where the gap is: the anchor does no validation, Community ID, dedupe or enrichment.
+    print(f"  EveAdapter alone (typed decode, columns, validation, Community ID; no fusion "
+          f"stage): {alone:,.0f} events/s, {alone / same:.2f}x the same-fields anchor")
+    print(f"  msgspec typed decode alone (fusion.adapters._eve_fast): {decode:,.0f} "
+          f"events/s, {decode / same:.2f}x the same-fields anchor")
 
 
 if __name__ == "__main__":

@@ -132,3 +132,21 @@ def _serializable(obj) -> bool:
         return True
     except (TypeError, orjson.JSONEncodeError):
         return False
+
+
+def test_zeek_hostile_field_shapes_are_dead_lettered_not_raised():
+    good = {"ts": 1_700_000_000.5, "uid": "C1", "id.orig_h": "10.0.0.1", "id.orig_p": 5353,
+            "id.resp_h": "10.0.0.2", "id.resp_p": 53, "proto": "udp", "query": "a.example",
+            "qtype_name": "A", "rcode_name": "NOERROR"}
+    hostile = [dict(good, _path=["dns"]),  # unhashable log name: taken as the given log
+               dict(good, query={"nested": "object"}),
+               dict(good, proto=["udp"]),
+               dict(good, **{"id.orig_p": [1, 2]})]
+    lines = [orjson.dumps(r) for r in [good, *hostile, good]]
+    result = ZeekAdapter().convert(lines, "dns")
+    assert result.records == 6
+    assert sum(len(b) for b in result.batches) + len(result.deadletter) + \
+        sum(result.unmapped.values()) == 6
+    assert sum(len(b) for b in result.batches) >= 2
+    for doc in result.deadletter:
+        assert doc["reason"]
