@@ -20,13 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from rss import peak_rss_mb  # bench/rss.py (this script's directory is on sys.path)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -81,19 +82,6 @@ def worker(path: str, max_flows: int, stage: str) -> dict:
             "flow_s": t_flow, "flows": flows,
             "flows_evicted": int(table.stats["flows_evicted"]),
             "maxrss_mb": peak_rss_mb()}
-
-
-def peak_rss_mb() -> float:
-    """This process's peak RSS: VmHWM from /proc (Linux). Not ru_maxrss: a child started
-    by fork+exec inherits its parent's ru_maxrss, so the parent's own size would leak in."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_worker(path: Path, max_flows: int = 0, stage: str = "flow") -> dict:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import sys
 import time
@@ -33,32 +32,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.correlation_stream import Stream, bench_config, make_stream  # noqa: E402
 from bench.plain_detectors import MAIN_COUNTS, PlainEngine  # noqa: E402
+from bench.rss import current_rss_mb, peak_rss_mb  # noqa: E402
 from correlation.engine import CorrelationEngine  # noqa: E402
 from pipeline.config import deep_merge, load_config  # noqa: E402
 from pipeline.schema import ns_to_iso  # noqa: E402
-
-
-def peak_rss_mb() -> float:
-    """Peak RSS of the process since start, or since the last reset_peak_rss (Linux)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-def current_rss_mb() -> float:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
 
 
 def reset_peak_rss() -> bool:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -33,6 +32,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from rss import peak_rss_mb  # bench/rss.py (this script's directory is on sys.path)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -75,19 +76,6 @@ def worker(path: str, config_path: str | None) -> dict:
             "cpu_seconds": time.process_time() - cpu_start,
             "maxrss_mb": peak_rss_mb(),
             "flows_evicted": int(sensor.flow_table.stats.get("flows_evicted", 0))}
-
-
-def peak_rss_mb() -> float:
-    """This process's peak RSS: VmHWM from /proc (Linux). Not ru_maxrss: a worker started
-    by fork+exec inherits its parent's ru_maxrss (the anchors' loops ran in the parent)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_worker(path: Path, config_path: str | None = None) -> dict:
