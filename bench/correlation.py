@@ -70,26 +70,23 @@ def plain_record(rec: dict) -> dict:
     return out
 
 
-def run_engine(stream: Stream, config: dict) -> tuple[float, list[dict], dict]:
-    engine = CorrelationEngine(config)
+def _timed(engine, stream: Stream, record) -> tuple[float, list[dict], dict]:
+    """Push every batch, then flush; (seconds, compared records of the alerts, stats)."""
     start = time.perf_counter()
     alerts = []
     for batch in stream.batches:
         alerts += engine.push(batch)
     alerts += engine.flush()
     elapsed = time.perf_counter() - start
-    return elapsed, [engine_record(a) for a in alerts], dict(engine.stats)
+    return elapsed, [record(a) for a in alerts], dict(engine.stats)
+
+
+def run_engine(stream: Stream, config: dict) -> tuple[float, list[dict], dict]:
+    return _timed(CorrelationEngine(config), stream, engine_record)
 
 
 def run_plain(stream: Stream, config: dict) -> tuple[float, list[dict], dict]:
-    engine = PlainEngine(config)
-    start = time.perf_counter()
-    alerts = []
-    for batch in stream.batches:
-        alerts += engine.push(batch)
-    alerts += engine.flush()
-    elapsed = time.perf_counter() - start
-    return elapsed, [plain_record(a) for a in alerts], dict(engine.stats)
+    return _timed(PlainEngine(config), stream, plain_record)
 
 
 def diff_alerts(engine: list[dict], plain: list[dict]) -> list[str]:

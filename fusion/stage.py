@@ -196,10 +196,10 @@ class FusionStage:
         return self.enricher.constituencies if self.enricher is not None else []
 
 
-def fusion_docs(batch: EventBatch, constituencies: Sequence[Constituency] = ()) -> list[dict]:
+def fusion_docs(batch: EventBatch) -> list[dict]:
     """ECS documents of a published batch, with fusion's side fields (direction,
-    constituency, observers of de-duplicated flows, threat.enrichments of IOC hits).
-    `constituencies` defaults to the table of the stage that published the batch."""
+    constituency from the publishing stage's table, observers of de-duplicated flows,
+    threat.enrichments of IOC hits)."""
     docs = batch_to_ecs(batch)
     side: FusionSide | None = getattr(batch, "fusion", None)
     if side is not None:
@@ -208,7 +208,7 @@ def fusion_docs(batch: EventBatch, constituencies: Sequence[Constituency] = ()) 
                 docs[i].setdefault("cirtsa", {})["observers"] = {"name": list(names)}
         else:
             side.enrichment.observers = side.observers
-            enrich_docs(docs, side.enrichment, constituencies or side.constituencies, batch)
+            enrich_docs(docs, side.enrichment, side.constituencies, batch)
     if batch.kind == "ids_alert":  # notices without a destination: '::' placeholder
         for doc in docs:
             if doc.get("destination", {}).get("ip") == UNSPECIFIED_IP:

@@ -98,7 +98,7 @@ def test_direction_and_ecs_fields():
               "server_banner"):
         cols[c] = np.array(["x"] * n, dtype=object)
     stage.on_batch(EventBatch("ssh", cols))
-    docs = fusion_docs(out[0], stage.constituencies)
+    docs = fusion_docs(out[0])
     assert [d["network"]["direction"] for d in docs] == ["outbound", "inbound", "internal",
                                                           "external"]
     assert docs[0]["cirtsa"]["constituency"]["source"]["name"] == "hosp"

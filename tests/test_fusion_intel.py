@@ -41,7 +41,7 @@ def fuse(config: dict, batches) -> tuple[FusionStage, list[dict]]:
     bus.subscribe(TOPIC_EVENTS, out.append)
     for b in batches:
         stage.on_batch(b)
-    return stage, [d for b in out for d in fusion_docs(b, stage.constituencies)]
+    return stage, [d for b in out for d in fusion_docs(b)]
 
 
 def capture_batches(name: str, config: dict) -> list:
@@ -215,7 +215,7 @@ def test_given_enricher_gets_the_indicators_and_keeps_constituencies() -> None:
     out = []
     bus.subscribe(TOPIC_EVENTS, out.append)
     stage.on_batch(make_batch("flow", [{"t": 0, "src": "10.0.0.5", "dst": "8.8.8.8"}]))
-    (doc,) = fusion_docs(out[0], stage.constituencies)
+    (doc,) = fusion_docs(out[0])
     assert doc["network"]["direction"] == "outbound"
     assert doc["cirtsa"]["constituency"]["source"]["name"] == "gov"
     assert doc["threat"]["enrichments"][0]["indicator"]["ip"] == "8.8.8.8"
