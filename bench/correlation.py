@@ -70,23 +70,42 @@ def plain_record(rec: dict) -> dict:
     return out
 
 
-def _timed(engine, stream: Stream, record) -> tuple[float, list[dict], dict]:
-    """Push every batch, then flush; (seconds, compared records of the alerts, stats)."""
-    start = time.perf_counter()
+def _timed(engine, stream: Stream, record, cpu: list[float] | None = None
+           ) -> tuple[float, list[dict], dict]:
+    """Push every batch, then flush; (seconds, compared records of the alerts, stats).
+
+    The process CPU seconds of the same span are appended to `cpu` when given: on the
+    shared, noisy machine CPU time moves far less than wall time between runs."""
+    start, start_cpu = time.perf_counter(), time.process_time()
     alerts = []
     for batch in stream.batches:
         alerts += engine.push(batch)
     alerts += engine.flush()
     elapsed = time.perf_counter() - start
+    if cpu is not None:
+        cpu.append(time.process_time() - start_cpu)
     return elapsed, [record(a) for a in alerts], dict(engine.stats)
 
 
-def run_engine(stream: Stream, config: dict) -> tuple[float, list[dict], dict]:
-    return _timed(CorrelationEngine(config), stream, engine_record)
+def run_engine(stream: Stream, config: dict, cpu: list[float] | None = None
+               ) -> tuple[float, list[dict], dict]:
+    return _timed(CorrelationEngine(config), stream, engine_record, cpu)
 
 
-def run_plain(stream: Stream, config: dict) -> tuple[float, list[dict], dict]:
-    return _timed(PlainEngine(config), stream, plain_record)
+def run_plain(stream: Stream, config: dict, cpu: list[float] | None = None
+              ) -> tuple[float, list[dict], dict]:
+    return _timed(PlainEngine(config), stream, plain_record, cpu)
+
+
+def warm_up(stream: Stream, config: dict) -> float:
+    """Seconds of one untimed engine run on the first batches: compiles (or loads from the
+    numba cache) the kernels and parses the config once, so no timed run pays for it."""
+    start = time.perf_counter()
+    engine = CorrelationEngine(config)
+    for batch in stream.batches[:8]:
+        engine.push(batch)
+    engine.flush()
+    return time.perf_counter() - start
 
 
 def diff_alerts(engine: list[dict], plain: list[dict]) -> list[str]:
@@ -123,12 +142,14 @@ def per_detector(stream: Stream, config: dict) -> None:
     """Each enabled detector alone: engine and twin seconds (one run), and their ratio."""
     sections = deep_merge(dict(load_config()["correlation"]), config)["detectors"]
     names = [n for n, sec in sections.items() if sec.get("enabled", True)]
-    print(f"\n{'detector alone':24s}{'engine s':>10s}{'plain s':>10s}{'ratio':>8s}")
+    print(f"\n{'detector alone (CPU)':24s}{'engine s':>10s}{'plain s':>10s}{'ratio':>8s}")
     for name in names:
         only = deep_merge(config, {"detectors": {n: {"enabled": n == name} for n in names}})
-        e_s, _, _ = run_engine(stream, only)
-        p_s, _, _ = run_plain(stream, only)
-        print(f"{name:24s}{e_s:10.2f}{p_s:10.2f}{p_s / e_s:7.1f}x")
+        e_cpu: list[float] = []
+        p_cpu: list[float] = []
+        run_engine(stream, only, e_cpu)
+        run_plain(stream, only, p_cpu)
+        print(f"{name:24s}{e_cpu[0]:10.2f}{p_cpu[0]:10.2f}{p_cpu[0] / e_cpu[0]:7.1f}x")
     print("(the twin's per-detector time includes converting every batch to rows)")
 
 
@@ -160,9 +181,10 @@ def main(argv: list[str] | None = None) -> int:
           f"generated in {gen_s:.1f} s; "
           f"peak RSS after generation {rss_stream:.0f} MB")
 
-    engine_times, engine_alerts, engine_stats = [], None, {}
+    warm_s = warm_up(stream, config)
+    engine_times, engine_cpu, engine_alerts, engine_stats = [], [], None, {}
     for _ in range(args.runs):
-        elapsed, alerts, engine_stats = run_engine(stream, config)
+        elapsed, alerts, engine_stats = run_engine(stream, config, engine_cpu)
         engine_times.append(elapsed)
         ids = [a["id"] for a in alerts]
         if engine_alerts is not None and ids != [a["id"] for a in engine_alerts]:
@@ -171,9 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         engine_alerts = alerts
     rss_engine = peak_rss_mb()
     phase_peaks = phase_peaks and reset_peak_rss()
-    plain_times, plain_alerts = [], None
+    plain_times, plain_cpu, plain_alerts = [], [], None
     for _ in range(plain_runs):
-        elapsed, alerts, plain_stats = run_plain(stream, config)
+        elapsed, alerts, plain_stats = run_plain(stream, config, plain_cpu)
         plain_times.append(elapsed)
         plain_alerts = alerts
     rss_end = peak_rss_mb()
@@ -187,6 +209,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'plain-Python twin':28s}{statistics.median(plain_times):10.2f}{p_rate:14,.0f}   "
           + " ".join(f"{x:.2f}" for x in plain_times))
     print(f"{'ratio engine / plain':28s}{e_rate / p_rate:24.1f}x")
+    e_cpu, p_cpu = statistics.median(engine_cpu), statistics.median(plain_cpu)
+    print(f"{'numpy engine, CPU s':28s}{e_cpu:10.2f}{n / e_cpu:14,.0f}   "
+          + " ".join(f"{x:.2f}" for x in engine_cpu))
+    print(f"{'plain-Python twin, CPU s':28s}{p_cpu:10.2f}{n / p_cpu:14,.0f}   "
+          + " ".join(f"{x:.2f}" for x in plain_cpu))
+    print(f"{'ratio engine / plain (CPU)':28s}{p_cpu / e_cpu:24.1f}x")
+    print(f"warm-up (kernel compile or cache load, config parse; not timed above): "
+          f"{warm_s:.2f} s")
     if phase_peaks:
         print(f"RSS: {rss_base:.0f} MB with the stream in memory (generator peak "
               f"{rss_stream:.0f} MB); peak during the engine runs {rss_engine:.0f} MB "

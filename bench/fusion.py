@@ -23,6 +23,7 @@ import os
 import random
 import statistics
 import sys
+import tempfile
 import time
 
 # Run as `python3 bench/fusion.py`: this file's directory comes first on sys.path and its
@@ -35,8 +36,9 @@ sys.path = [os.path.dirname(_HERE)] + [p for p in sys.path
 import numpy as np
 import orjson
 
-from fusion.adapters import EveAdapter, _eve_fast
+from fusion.adapters import EveAdapter, ZeekAdapter, _eve_fast
 from fusion.enrich import Constituency, Enricher
+from fusion.sources import zeek_file
 from fusion.stage import FusionStage
 from pipeline.bus import InMemoryBus
 from pipeline.intel import Indicator, IndicatorSet
@@ -240,6 +242,230 @@ def bench_eve(enricher: Enricher,
             statistics.median(alone), statistics.median(decode))
 
 
+def bench_eve_breakdown(enricher: Enricher, intel: IndicatorSet) -> dict[str, float]:
+    """Where an EVE line's time goes, us/line (medians): typed decode, adapter (decode +
+    columns + validation + Community ID), Community ID alone (on the adapter's columns),
+    fusion stage alone (dedupe + constituency + IOC on the adapter's batches), anchor."""
+    lines = _eve_lines(200_000)
+    chunks = [lines[i:i + 8192] for i in range(0, len(lines), 8192)]
+    results = [EveAdapter().convert(c) for c in chunks]
+    batches = [b for r in results for b in r.batches]
+    enricher.intel = intel
+    out: dict[str, list[float]] = {k: [] for k in ("decode", "adapter", "community_id",
+                                                   "stage", "anchor")}
+    per_line = 1e6 / len(lines)
+    for _ in range(RUNS):
+        t = time.perf_counter()
+        for c in chunks:
+            _eve_fast(c)
+        out["decode"].append((time.perf_counter() - t) * per_line)
+        adapter = EveAdapter()
+        t = time.perf_counter()
+        for c in chunks:
+            adapter.convert(c)
+        out["adapter"].append((time.perf_counter() - t) * per_line)
+        t = time.perf_counter()
+        for b in batches:
+            c = b.columns
+            community_id_column(c["src_ip"], c["dst_ip"], c["transport"], c["src_port"],
+                                c["dst_port"])
+        out["community_id"].append((time.perf_counter() - t) * per_line)
+        stage = FusionStage(InMemoryBus(), enricher=enricher)
+        t = time.perf_counter()
+        for r in results:
+            stage.on_external(r)
+        out["stage"].append((time.perf_counter() - t) * per_line)
+        t = time.perf_counter()
+        _plain_loop_same_fields(lines)
+        out["anchor"].append((time.perf_counter() - t) * per_line)
+    enricher.intel = None
+    return {k: statistics.median(v) for k, v in out.items()}
+
+
+# --- Zeek --------------------------------------------------------------------------------------
+
+def _zeek_records(n: int) -> dict[str, list[dict]]:
+    """conn, dns and http records shaped like Zeek's JSON writer output (the fields of the
+    reference logs in ../shared/reference/sensor-logs/zeek/json), fixed seed."""
+    rng = random.Random(4)
+    out: dict[str, list[dict]] = {"conn": [], "dns": [], "http": []}
+    for i in range(n):
+        ts = 1_713_484_795 + i * 0.001 + rng.random() * 1e-3
+        base = {"ts": round(ts, 6), "uid": f"C{rng.getrandbits(64):016x}",
+                "id.orig_h": f"10.{rng.randrange(256)}.{rng.randrange(256)}."
+                             f"{rng.randrange(1, 255)}",
+                "id.orig_p": rng.randrange(1024, 65535),
+                "id.resp_h": ".".join(str(rng.randrange(1, 224)) for _ in range(4))}
+        log = ("conn", "dns", "http")[i % 3]
+        if log == "conn":
+            rec = {**base, "id.resp_p": 443, "proto": "tcp", "service": "ssl",
+                   "duration": round(rng.random() * 30, 6), "orig_bytes": 517,
+                   "resp_bytes": 4012, "conn_state": "SF", "local_orig": True,
+                   "local_resp": False, "missed_bytes": 0, "history": "ShADadFf",
+                   "orig_pkts": 9, "orig_ip_bytes": 1001, "resp_pkts": 8,
+                   "resp_ip_bytes": 4436, "tunnel_parents": []}
+        elif log == "dns":
+            rec = {**base, "id.resp_p": 53, "proto": "udp", "trans_id": i % 65536,
+                   "rtt": 0.02, "query": f"h{i}.example.com", "qclass": 1,
+                   "qclass_name": "C_INTERNET", "qtype": 1, "qtype_name": "A", "rcode": 0,
+                   "rcode_name": "NOERROR", "AA": False, "TC": False, "RD": True, "RA": True,
+                   "Z": 0, "answers": [f"192.0.2.{i % 250 + 1}"], "TTLs": [60.0],
+                   "rejected": False}
+        else:
+            rec = {**base, "id.resp_p": 80, "trans_depth": 1, "method": "GET",
+                   "host": f"www{i % 97}.example.org", "uri": f"/p/{i}?q=1", "version": "1.1",
+                   "user_agent": "curl/7.58.0", "request_body_len": 0,
+                   "response_body_len": 3735, "status_code": 200, "status_msg": "OK",
+                   "tags": [], "resp_fuids": [f"F{i:x}"], "resp_mime_types": ["text/html"]}
+        out[log].append(rec)
+    return out
+
+
+_CONN_FIELDS = ("ts", "uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "proto",
+                "service", "duration", "orig_bytes", "resp_bytes", "conn_state", "local_orig",
+                "local_resp", "missed_bytes", "history", "orig_pkts", "orig_ip_bytes",
+                "resp_pkts", "resp_ip_bytes", "tunnel_parents")
+_CONN_TYPES = ("time", "string", "addr", "port", "addr", "port", "enum", "string", "interval",
+               "count", "count", "string", "bool", "bool", "count", "string", "count", "count",
+               "count", "count", "set[string]")
+
+
+def _tsv_value(v) -> str:
+    if isinstance(v, bool):
+        return "T" if v else "F"
+    if isinstance(v, list):
+        return ",".join(map(str, v)) if v else "(empty)"
+    return str(v)
+
+
+def _zeek_tsv(conn: list[dict]) -> bytes:
+    """The conn records as a Zeek TSV conn.log (the writer's header lines)."""
+    head = ["#separator \\x09", "#set_separator\t,", "#empty_field\t(empty)",
+            "#unset_field\t-", "#path\tconn", "#fields\t" + "\t".join(_CONN_FIELDS),
+            "#types\t" + "\t".join(_CONN_TYPES)]
+    rows = ["\t".join(_tsv_value(r[f]) for f in _CONN_FIELDS) for r in conn]
+    return ("\n".join(head + rows) + "\n").encode()
+
+
+def _history_anchor(history: str) -> tuple[int, int]:
+    bits = {"s": 0x02, "h": 0x12, "a": 0x10, "d": 0x18, "f": 0x11, "r": 0x04}
+    orig = resp = 0
+    for ch in history:
+        if ch.isupper():
+            orig |= bits.get(ch.lower(), 0)
+        else:
+            resp |= bits.get(ch, 0)
+    return orig, resp
+
+
+def _zeek_map(log: str, r: dict) -> dict:
+    """Same-fields anchor mapping of one Zeek record (what ZeekAdapter fills); no address
+    parsing, validation, Community ID, dedupe or enrichment."""
+    e = {"observer_name": "zeek", "ingress_zone": "default", "timestamp": r["ts"],
+         "src_ip": r["id.orig_h"], "dst_ip": r["id.resp_h"], "src_port": r["id.orig_p"],
+         "dst_port": r["id.resp_p"], "transport": r.get("proto", "tcp"),
+         "vlan": r.get("vlan", 0), "community_id": r.get("community_id", "")}
+    if log == "conn":
+        flags = _history_anchor(r.get("history", ""))
+        e.update(end=r["ts"] + r.get("duration", 0.0), src_packets=r.get("orig_pkts"),
+                 dst_packets=r.get("resp_pkts"), src_bytes=r.get("orig_ip_bytes"),
+                 dst_bytes=r.get("resp_ip_bytes"), src_payload_bytes=r.get("orig_bytes"),
+                 dst_payload_bytes=r.get("resp_bytes"), src_tcp_flags=flags[0],
+                 dst_tcp_flags=flags[1], conn_state=r.get("conn_state"))
+    elif log == "dns":
+        ttls = r.get("TTLs", [])
+        e.update(dns_id=r.get("trans_id"), is_response="rcode" in r,
+                 qname=r.get("query", "").rstrip(".").lower(), qtype=r.get("qtype"),
+                 qclass=r.get("qclass"), rcode=r.get("rcode"),
+                 flags=(0x8000 if "rcode" in r else 0) | (0x0100 if r.get("RD") else 0)
+                 | (0x0080 if r.get("RA") else 0) | (0x0400 if r.get("AA") else 0),
+                 answers=[{"name": r.get("query", ""), "type": "A", "class": "IN",
+                           "ttl": int(ttls[i]) if i < len(ttls) else 0, "data": a}
+                          for i, a in enumerate(r.get("answers", []))])
+    else:
+        mimes = r.get("resp_mime_types") or [None]
+        e.update(method=r.get("method"), host=r.get("host", "").lower(), uri=r.get("uri"),
+                 version=r.get("version"), user_agent=r.get("user_agent"),
+                 referrer=r.get("referrer"), status=r.get("status_code"),
+                 request_body_bytes=r.get("request_body_len", -1),
+                 response_body_bytes=r.get("response_body_len", -1),
+                 response_mime_type=mimes[0], basic_auth_user=r.get("username"))
+    return e
+
+
+def _zeek_json_anchor(lines: list[bytes], log: str) -> list[dict]:
+    return [_zeek_map(log, json.loads(line)) for line in lines]
+
+
+_TSV_CONVERT = {"time": float, "interval": float, "count": int, "port": int,
+                "bool": lambda v: v == "T", "set[string]": lambda v: v.split(",")}
+
+
+def _zeek_tsv_anchor(path: str) -> list[dict]:
+    """split + dict mapping: each row -> the Zeek record (typed fields) -> same mapping."""
+    out = []
+    with open(path, "rb") as fh:
+        fields = types = None
+        for raw in fh:
+            line = raw.rstrip(b"\n").decode()
+            if line.startswith("#"):
+                key, _, value = line[1:].partition("\t")
+                if key == "fields":
+                    fields = value.split("\t")
+                elif key == "types":
+                    types = [_TSV_CONVERT.get(t, str) for t in value.split("\t")]
+                continue
+            rec = {f: conv(v) for f, conv, v in zip(fields, types, line.split("\t"),
+                                                    strict=True) if v != "-"}
+            out.append(_zeek_map("conn", rec))
+    return out
+
+
+def bench_zeek(enricher: Enricher, intel: IndicatorSet, tmpdir: str) -> dict[str, tuple]:
+    """Per Zeek log type, (ours: adapter + fusion stage, adapter alone, anchor) lines/s."""
+    records = _zeek_records(150_000)
+    lines = {log: [orjson.dumps(r) for r in recs] for log, recs in records.items()}
+    tsv_path = os.path.join(tmpdir, "conn.log")
+    with open(tsv_path, "wb") as fh:
+        fh.write(_zeek_tsv(records["conn"]))
+    enricher.intel = intel
+    rates: dict[str, dict[str, list[float]]] = {}
+    for _ in range(RUNS):
+        for log, ls in lines.items():
+            r = rates.setdefault(f"json {log}", {"ours": [], "alone": [], "anchor": []})
+            stage = FusionStage(InMemoryBus(), enricher=enricher)
+            adapter = ZeekAdapter()
+            t = time.perf_counter()
+            for i in range(0, len(ls), 8192):
+                stage.on_external(adapter.convert(ls[i:i + 8192], log))
+            r["ours"].append(len(ls) / (time.perf_counter() - t))
+            adapter = ZeekAdapter()
+            t = time.perf_counter()
+            for i in range(0, len(ls), 8192):
+                adapter.convert(ls[i:i + 8192], log)
+            r["alone"].append(len(ls) / (time.perf_counter() - t))
+            t = time.perf_counter()
+            _zeek_json_anchor(ls, log)
+            r["anchor"].append(len(ls) / (time.perf_counter() - t))
+        r = rates.setdefault("tsv conn", {"ours": [], "alone": [], "anchor": []})
+        n = len(records["conn"])
+        stage = FusionStage(InMemoryBus(), enricher=enricher)
+        t = time.perf_counter()
+        for result in zeek_file(tsv_path, ZeekAdapter()):
+            stage.on_external(result)
+        r["ours"].append(n / (time.perf_counter() - t))
+        t = time.perf_counter()
+        for _result in zeek_file(tsv_path, ZeekAdapter()):
+            pass
+        r["alone"].append(n / (time.perf_counter() - t))
+        t = time.perf_counter()
+        _zeek_tsv_anchor(tsv_path)
+        r["anchor"].append(n / (time.perf_counter() - t))
+    enricher.intel = None
+    return {k: tuple(statistics.median(v[x]) for x in ("ours", "alone", "anchor"))
+            for k, v in rates.items()}
+
+
 def main() -> None:
     global RUNS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -270,6 +496,23 @@ def main() -> None:
           f"stage): {alone:,.0f} events/s, {alone / same:.2f}x the same-fields anchor")
     print(f"  msgspec typed decode alone (fusion.adapters._eve_fast): {decode:,.0f} "
           f"events/s, {decode / same:.2f}x the same-fields anchor")
+    parts = bench_eve_breakdown(enricher, intel)
+    print("EVE per-line cost, us/line (medians; the parts are timed separately):")
+    print(f"  msgspec typed decode incl. UTF-8/overflow guards: {parts['decode']:.2f}")
+    print(f"  columns + validation + address parsing (adapter - decode - Community ID): "
+          f"{parts['adapter'] - parts['decode'] - parts['community_id']:.2f}")
+    print(f"  Community ID computation (SHA1 per row): {parts['community_id']:.2f}")
+    print(f"  fusion stage (dedupe + constituency + IOC match): {parts['stage']:.2f}")
+    print(f"  total {parts['adapter'] + parts['stage']:.2f} vs anchor {parts['anchor']:.2f} "
+          f"(3x the anchor = {parts['anchor'] / 3:.2f} us/line)")
+    with tempfile.TemporaryDirectory() as tmpdir:
+        zeek = bench_zeek(enricher, intel, tmpdir)
+    print("Zeek (50k lines per log type; TSV: conn.log file, 50k rows): ours = adapter + "
+          "fusion stage (same tables); anchor = json.loads / split + same-fields dict mapping")
+    for name, (ours_z, alone_z, anchor_z) in zeek.items():
+        print(f"  {name}: ours {ours_z:,.0f} lines/s, adapter alone {alone_z:,.0f}, anchor "
+              f"{anchor_z:,.0f}; ratio {ours_z / anchor_z:.2f}x (adapter alone "
+              f"{alone_z / anchor_z:.2f}x; target 3x)")
 
 
 if __name__ == "__main__":

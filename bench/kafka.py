@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -118,13 +119,17 @@ def sensor_batches(template: EventBatch, events: int, batch_rows: int) -> list[b
             for i in range(0, events, batch_rows)]
 
 
-def median_rate(events: int, runs: int, once: Callable[[], object]) -> float:
-    """events / median wall time of `runs` calls."""
+def median_rate(events: int, runs: int, once: Callable[[object], object],
+                setup: Callable[[], object] = lambda: None) -> float:
+    """events / median CPU time of `runs` calls of once(setup()); setup is not timed. CPU
+    time of this process, not wall time: the work is single-threaded, and on a machine
+    shared with other jobs wall time would measure their load too."""
     times = []
     for _ in range(runs):
-        start = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - start)
+        state = setup()
+        start = time.process_time()
+        once(state)
+        times.append(time.process_time() - start)
     return events / statistics.median(times)
 
 
@@ -145,21 +150,32 @@ class Collect:
 
 
 def stage_breakdown(messages: list[bytes], config: dict, runs: int) -> dict[str, float]:
-    """Events/s of each stage's CPU work alone, in this process, no broker."""
+    """Events/s of each stage's CPU work alone, in this process, no broker. The services
+    are built before the clock starts (a service is built once per process: loading the
+    config, detectors and their tables takes about a second and is reported apart)."""
     events = sum(len(decode(m)) for m in messages)
     records = [Record("sa.sensor", 0, i, b"bench-sensor", m, 0) for i, m in enumerate(messages)]
     out: dict[str, float] = {}
     batches = [decode(m) for m in messages]
-    out["wire encode"] = median_rate(events, runs, lambda: [encode(b) for b in batches])
-    out["wire decode"] = median_rate(events, runs, lambda: [decode(m) for m in messages])
+    out["wire encode"] = median_rate(events, runs, lambda _: [encode(b) for b in batches])
+    out["wire decode"] = median_rate(events, runs, lambda _: [decode(m) for m in messages])
     kafka = KafkaConfig()  # never connected: only process()/push() run
     fused = Collect()
 
-    def fusion() -> None:
-        fused.sent.clear()
-        FusionService(kafka, config, log=quiet_log("fusion")).process(records, fused)
+    def new_fusion() -> FusionService:
+        return FusionService(kafka, config, log=quiet_log("fusion"))
 
-    out["fusion stage (decode+fuse+split+encode)"] = median_rate(events, runs, fusion)
+    def fusion(service: FusionService) -> None:
+        fused.sent.clear()
+        service.process(records, fused)
+
+    start = time.perf_counter()
+    new_fusion()
+    STARTUP["fusion service"] = time.perf_counter() - start
+    out["fusion stage (decode+fuse+split+encode)"] = median_rate(events, runs, fusion,
+                                                                 new_fusion)
+    out["  of which FusionStage (fuse) alone"] = median_rate(
+        events, runs, lambda s: [s.transform(b) for b in batches], new_fusion)
     # The fusion output as the correlation worker receives it: partition = key bucket.
     partitions = topic_partitions(config)
     offsets: dict[tuple[str, int], int] = {}
@@ -171,18 +187,27 @@ def stage_breakdown(messages: list[bytes], config: dict, runs: int) -> dict[str,
         offsets[tp] = offsets.get(tp, -1) + 1
         event_records.append(Record(topic, tp[1], offsets[tp], key, value, 0))
 
-    def correlation() -> None:
-        service = CorrelationService(kafka, config, log=quiet_log("correlation"))
-        # No final flush_engines(): the end-to-end run (idle_flush_s 0) never closes its
-        # open windows either, so both figures count the same work.
-        service.push(event_records)
+    def new_correlation() -> CorrelationService:
+        return CorrelationService(kafka, config, log=quiet_log("correlation"))
 
-    out["correlation stage (decode+engines)"] = median_rate(events, runs, correlation)
+    # No final flush_engines(): the end-to-end run (idle_flush_s 0) never closes its
+    # open windows either, so both figures count the same work.
+    start = time.perf_counter()
+    new_correlation()
+    STARTUP["correlation service"] = time.perf_counter() - start
+    out["correlation stage (decode+engines)"] = median_rate(
+        events, runs, lambda s: s.push(event_records), new_correlation)
+    decoded = [(r.topic, decode(r.value)) for r in event_records]
+    out["  of which the engines alone"] = median_rate(
+        events, runs, lambda s: [s.engines[t].push(b) for t, b in decoded], new_correlation)
     return out
 
 
+STARTUP: dict[str, float] = {}  # one-time construction, seconds (not in the stage figures)
+
+
 def transport_only(kafka: KafkaConfig, messages: list[bytes], events: int, runs: int,
-                   workdir: str) -> tuple[float, float]:
+                   workdir: str, compression: str | None = None) -> tuple[float, float]:
     """One hop, no stage work: (produce, consume) events/s of the sensor batches, each
     side alone (as in the services, where producer and consumer are different processes;
     in one process they would share the GIL): SpoolingProducer.send + flush, then a
@@ -191,7 +216,8 @@ def transport_only(kafka: KafkaConfig, messages: list[bytes], events: int, runs:
     for run in range(runs):
         topic = f"bench.transport.{run}.{time.monotonic_ns()}"
         ensure_topics(kafka, {topic: 4})
-        with SpoolingProducer(kafka, os.path.join(workdir, f"spool-t{run}")) as producer:
+        with SpoolingProducer(kafka, os.path.join(workdir, f"spool-t{run}"),
+                              compression_type=compression) as producer:
             producer.send(topic, b"warm-up", messages[0])  # connection and topic metadata
             producer.flush(60)
             start = time.monotonic()
@@ -231,11 +257,14 @@ def correlation_events_in(log_path: str) -> int:
 class Services:
     """A fusion and a correlation worker as processes, with `overrides` on the config."""
 
-    def __init__(self, bootstrap: str, workdir: str, overrides: dict | None = None) -> None:
+    def __init__(self, bootstrap: str, workdir: str, overrides: dict | None = None,
+                 compression: str | None = None) -> None:
         config = deep_merge({"services": {
-            "fusion": {"metrics_interval_s": 0.5, "session_timeout_ms": 2000},
+            "fusion": {"metrics_interval_s": 0.5, "session_timeout_ms": 2000,
+                       "compression": compression or "none"},
             "correlation": {"metrics_interval_s": 0.5, "session_timeout_ms": 2000,
-                            "idle_flush_s": 0}}}, overrides or {})
+                            "idle_flush_s": 0, "compression": compression or "none"}}},
+                            overrides or {})
         path = os.path.join(workdir, f"bench-{time.monotonic_ns()}.yaml")
         with open(path, "w") as fh:
             yaml.safe_dump(config, fh)
@@ -267,12 +296,30 @@ def engines_per_event(config: dict) -> int:
     return 2 if needs_destination_keying(config) else 1
 
 
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU time of a process (this one when None), all its threads."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_columnar(kafka: KafkaConfig, messages: list[bytes], events: int, workdir: str,
-                 multiplier: int) -> float:
-    services = Services(kafka.bootstrap, workdir)
+                 multiplier: int, compression: str | None = None,
+                 broker_pid: int | None = None) -> tuple[float, dict[str, float]]:
+    """(events/s end to end, CPU µs per event of each process during the run: the sensor
+    producer (this process), the broker, fusion, correlation)."""
+    services = Services(kafka.bootstrap, workdir, compression=compression)
+    pids = {"sensor producer": None, "broker": broker_pid,
+            "fusion": services.procs[0].pid, "correlation": services.procs[1].pid}
     try:
+        cpu_before = {k: cpu_seconds(p) for k, p in pids.items() if k == "sensor producer"
+                      or p is not None}
         start = time.monotonic()
-        with SpoolingProducer(kafka, os.path.join(workdir, "spool")) as producer:
+        with SpoolingProducer(kafka, os.path.join(workdir, "spool"),
+                              compression_type=compression) as producer:
             for message in messages:
                 producer.send("sa.sensor", b"bench-sensor", message)
             producer.flush(120)
@@ -281,7 +328,9 @@ def run_columnar(kafka: KafkaConfig, messages: list[bytes], events: int, workdir
             if time.monotonic() > deadline:
                 raise RuntimeError("correlation did not receive every event")
             time.sleep(0.05)
-        return events / (time.monotonic() - start)
+        rate = events / (time.monotonic() - start)
+        cpu = {k: (cpu_seconds(pids[k]) - v) * 1e6 / events for k, v in cpu_before.items()}
+        return rate, cpu
     finally:
         services.stop()
 
@@ -450,6 +499,9 @@ def main() -> int:
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--only-latency", action="store_true",
                         help="skip 1.-3. (throughput), run the paced latency runs only")
+    parser.add_argument("--compression", default=None, choices=["lz4", "gzip"],
+                        help="Kafka compression of every producer (sensor, fusion, "
+                             "correlation); default none")
     args = parser.parse_args()
     config = load_config()
     template = template_flows()
@@ -466,7 +518,7 @@ def main() -> int:
         with LocalBroker() as broker, tempfile.TemporaryDirectory() as workdir:
             kafka = KafkaConfig(bootstrap=broker.bootstrap)
             produce, consume = transport_only(kafka, messages, args.events, args.runs,
-                                              workdir)
+                                              workdir, args.compression)
         throughput(args, stages, produce, consume, messages, template, config, multiplier)
     latency(args, template)
     return 0
@@ -476,18 +528,26 @@ def throughput(args: argparse.Namespace, stages: dict[str, float], produce: floa
                consume: float, messages: list[bytes], template: EventBatch, config: dict,
                multiplier: int) -> None:
     transport = min(produce, consume)
-    print("\n1. where the time goes (each part alone; stage figures on one core, no broker):")
+    print("\n1. where the time goes (each part alone; stage figures: CPU time on one core, "
+          f"no broker; transport: wall time; compression {args.compression or 'none'}):")
     for name, value in [*stages.items(), ("transport alone: produce (send+flush)", produce),
                         ("transport alone: consume (no decode)", consume)]:
         print(f"  {name:45s} {value:>12,.0f} events/s  {1e6 / value:6.2f} us/event")
+    print("  service start-up, once per process (not above): "
+          + ", ".join(f"{k} {v:.2f} s" for k, v in STARTUP.items()))
 
-    columnar, json_rates = [], []
+    columnar, json_rates, cpus = [], [], []
     for run in range(args.runs):
         with LocalBroker() as broker, tempfile.TemporaryDirectory() as workdir:
             kafka = KafkaConfig(bootstrap=broker.bootstrap)
             ensure_topics(kafka, topic_partitions(config))
-            columnar.append(run_columnar(kafka, messages, args.events, workdir, multiplier))
+            rate, cpu = run_columnar(kafka, messages, args.events, workdir, multiplier,
+                                     args.compression, broker.pid)
+            columnar.append(rate)
+            cpus.append(cpu)
             json_rates.append(run_json(kafka, template, args.json_events))
+        print(f"  run {run + 1}: CPU us/event " + ", ".join(f"{k} {v:.2f}"
+                                                           for k, v in cpus[-1].items()))
         print(f"  run {run + 1}: columnar {columnar[-1]:,.0f} ev/s, "
               f"json {json_rates[-1]:,.0f} ev/s", flush=True)
     col, js = statistics.median(columnar), statistics.median(json_rates)
@@ -499,6 +559,14 @@ def throughput(args: argparse.Namespace, stages: dict[str, float], produce: floa
           f"events/s; ratio {col / js:.1f}x (target >= 10x)")
     print(f"  transport ceiling (slower side of one hop, 1.): {transport:,.0f} events/s, "
           f"{transport / js:.1f}x per-event JSON")
+    # On a shared machine the wall-clock figure depends on everyone else's load; the CPU the
+    # pipeline's own processes spent per event does much less, and bounds what 2 idle
+    # cores could do (a projection, not a measurement: it assumes perfect overlap).
+    per_process = {k: statistics.median(c[k] for c in cpus) for k in cpus[0]}
+    total = statistics.median(sum(c.values()) for c in cpus)
+    print("  CPU per event, all processes (medians): " + ", ".join(
+        f"{k} {v:.2f} us" for k, v in per_process.items()) + f"; total {total:.2f} us -> at "
+        f"most {2e6 / total:,.0f} events/s on 2 idle cores")
 
 
 def latency(args: argparse.Namespace, template: EventBatch) -> None:

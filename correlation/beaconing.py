@@ -61,7 +61,9 @@ from correlation.network_common import (
     seen_by,
     span,
 )
+from pipeline.jit import njit
 from pipeline.schema import EventBatch
+from pipeline.text_codes import factorize_text_sorted
 
 _C2 = ("TA0011", "Command and Control")
 
@@ -103,49 +105,77 @@ _SOURCES = {"flow": (None, "src_bytes"), "dns": ("qname", None),
 # --- vectorized robust statistics over groups ------------------------------------------------
 
 
-def _group_quantiles(group: np.ndarray, values: np.ndarray, n_groups: int,
-                     qs: tuple[float, ...]) -> list[np.ndarray]:
-    """Linear-interpolated quantiles of `values` per group (NaN for empty groups)."""
-    order = np.lexsort((values, group))
-    v = values[order].astype(np.float64)
-    counts = np.bincount(group, minlength=n_groups)
-    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    out = []
-    for q in qs:
-        pos = starts + q * np.maximum(counts - 1, 0)
-        lo = np.floor(pos).astype(np.int64)
-        hi = np.ceil(pos).astype(np.int64)
-        ok = counts > 0
-        res = np.full(n_groups, np.nan)
-        lo_ok, hi_ok = lo[ok], hi[ok]
-        frac = pos[ok] - lo_ok
-        res[ok] = v[lo_ok] * (1 - frac) + v[hi_ok] * frac
-        out.append(res)
-    return out
+@njit
+def _sorted_quantile(v: np.ndarray, q: float) -> float:
+    """Linear-interpolated quantile of an ascending non-empty array (numpy's default)."""
+    pos = q * (v.shape[0] - 1)
+    lo = int(np.floor(pos))
+    hi = int(np.ceil(pos))
+    frac = pos - lo
+    return v[lo] * (1 - frac) + v[hi] * frac
+
+
+@njit
+def _bowley_madm_kernel(group: np.ndarray, values: np.ndarray, n_groups: int
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per group: (Bowley skew, MADM, median); 0, 0, 0 for an empty group.
+
+    Rows are bucketed by group (counting sort), then each group's slice is sorted on its
+    own: small sorts instead of two whole-array lexsorts per statistic. Indices stay inside
+    the arrays: group ids are in [0, n_groups) (checked), slices come from the counts.
+    """
+    n = group.shape[0]
+    counts = np.zeros(n_groups + 1, np.int64)
+    for i in range(n):
+        g = group[i]
+        if g < 0 or g >= n_groups:
+            raise ValueError("group id out of range")
+        counts[g + 1] += 1
+    starts = np.cumsum(counts)  # group g is starts[g]:starts[g + 1]
+    fill = starts[:-1].copy()
+    v = np.empty(n, np.float64)
+    for i in range(n):
+        g = group[i]
+        v[fill[g]] = values[i]
+        fill[g] += 1
+    skew = np.zeros(n_groups)
+    madm = np.zeros(n_groups)
+    median = np.zeros(n_groups)
+    dev = np.empty(n, np.float64)
+    for g in range(n_groups):
+        a, b = starts[g], starts[g + 1]
+        if b == a:
+            continue
+        seg = np.sort(v[a:b])
+        q1 = _sorted_quantile(seg, 0.25)
+        q2 = _sorted_quantile(seg, 0.5)
+        q3 = _sorted_quantile(seg, 0.75)
+        den = q3 - q1
+        if den > 0 and q2 != q1 and q2 != q3:
+            skew[g] = (q1 + q3 - 2 * q2) / den
+        d = dev[a:b]
+        for j in range(b - a):
+            d[j] = abs(seg[j] - q2)
+        madm[g] = _sorted_quantile(np.sort(d), 0.5)
+        median[g] = q2
+    return skew, madm, median
 
 
 def bowley_madm(group: np.ndarray, values: np.ndarray, n_groups: int
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per group: (Bowley skew, MADM, median) of values."""
-    q1, q2, q3 = _group_quantiles(group, values, n_groups, (0.25, 0.5, 0.75))
-    den = q3 - q1
-    valid = (den > 0) & (q2 != q1) & (q2 != q3)
-    skew = np.zeros(n_groups)
-    skew[valid] = (q1[valid] + q3[valid] - 2 * q2[valid]) / den[valid]
-    dev = np.abs(values - np.nan_to_num(q2)[group])
-    (madm,) = _group_quantiles(group, dev, n_groups, (0.5,))
-    return skew, np.nan_to_num(madm), np.nan_to_num(q2)
+    """Per group: (Bowley skew, MADM, median) of values (0, 0, 0 for an empty group).
+
+    Bowley skew = (Q1 + Q3 - 2 Q2) / (Q3 - Q1), 0 when Q3 = Q1 or the median equals a
+    quartile; MADM = median of |value - Q2|; quartiles linearly interpolated (numpy's
+    default method)."""
+    return _bowley_madm_kernel(np.asarray(group, np.int64), np.asarray(values, np.float64),
+                               int(n_groups))
 
 
 def beacon_scores(group: np.ndarray, n_groups: int, times_ns: np.ndarray,
                   sizes: np.ndarray | None, bins: int, ideal: int) -> dict[str, np.ndarray]:
     """Per-group beacon score components (see module doc); `contacts` = distinct seconds."""
-    sec = times_ns // NS_PER_S
-    order = np.lexsort((sec, group))
-    g, s = group[order], sec[order]
-    first = np.ones(g.size, bool)
-    first[1:] = (g[1:] != g[:-1]) | (s[1:] != s[:-1])
-    g, s = g[first], s[first]  # one contact per group and second
+    g, s = _distinct_group_seconds(group, times_ns // NS_PER_S)  # one contact per second
     contacts = np.bincount(g, minlength=n_groups)
     same = g[1:] == g[:-1]
     iv_group = g[1:][same]
@@ -156,10 +186,13 @@ def beacon_scores(group: np.ndarray, n_groups: int, times_ns: np.ndarray,
            "ts_madm": np.clip(1 - madm / np.maximum(median, 1.0), 0, 1),
            "count": np.minimum(1.0, contacts / float(ideal))}
     # histogram of contacts over each group's own active span
+    # (g, s) ascending: a group's first and last contact bound its span
     lo = np.full(n_groups, np.iinfo(np.int64).max)
     hi = np.full(n_groups, np.iinfo(np.int64).min)
-    np.minimum.at(lo, g, s)
-    np.maximum.at(hi, g, s)
+    present = contacts > 0
+    ends = np.cumsum(contacts)
+    lo[present] = s[(ends - contacts)[present]]
+    hi[present] = s[ends[present] - 1]
     width = np.maximum((hi - lo + 1) / bins, 1e-9)
     b = np.minimum(((s - lo[g]) / width[g]).astype(np.int64), bins - 1)
     hist = np.bincount(g * bins + b, minlength=n_groups * bins).reshape(n_groups, bins)
@@ -179,6 +212,31 @@ def beacon_scores(group: np.ndarray, n_groups: int, times_ns: np.ndarray,
     return out
 
 
+def _distinct_group_seconds(group: np.ndarray, sec: np.ndarray
+                            ) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (group, second) pairs, ascending by group then second.
+
+    Packed as group * span + (second - first second) into one int64 and sorted (np.sort is
+    several times faster than a two-key lexsort); lexsort when the product would overflow.
+    """
+    if group.size == 0:
+        return group.astype(np.int64), sec.astype(np.int64)
+    s0 = int(sec.min())
+    span = int(sec.max()) - s0 + 1
+    if (int(group.max()) + 1) * span < 2**62:
+        packed = np.sort(group.astype(np.int64) * span + (sec - s0))
+        keep = np.empty(packed.size, bool)
+        keep[0] = True
+        np.not_equal(packed[1:], packed[:-1], out=keep[1:])
+        packed = packed[keep]
+        return packed // span, packed % span + s0
+    order = np.lexsort((sec, group))
+    g, s = group[order], sec[order]
+    first = np.ones(g.size, bool)
+    first[1:] = (g[1:] != g[:-1]) | (s[1:] != s[:-1])
+    return g[first], s[first]
+
+
 def established_tcp(c: Columns) -> np.ndarray:
     """TCP flows that were really connections, not probes.
 
@@ -196,8 +254,9 @@ def established_tcp(c: Columns) -> np.ndarray:
 
 
 def _factorize_text(values: np.ndarray) -> np.ndarray:
-    _, codes = np.unique(values.astype(str), return_inverse=True)
-    return codes.reshape(-1).astype(np.int64)
+    """Codes of a name column in sorted-name order (hash codes, then a sort of the distinct
+    names only: np.unique on the text sorted every row)."""
+    return factorize_text_sorted(values)[0]
 
 
 class BeaconDetector(Detector):

@@ -21,6 +21,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from correlation.kernels import factorize_u64, factorize_u128
 from pipeline.schema import EventBatch
 from sensors.packets import IP_DTYPE
 
@@ -223,21 +224,29 @@ class Detector(ABC):
 def factorize_ip(column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """16-byte address column -> (int64 codes, unique addresses), codes index the uniques.
 
-    Codes follow the (upper, lower) native uint64 order of the addresses. np.unique on V16
-    compares bytes generically (slow); two uint64 sort keys are ~6x faster, and when every
-    address is IPv4-mapped the IPv4 part alone is the key, sorted packed with the row index
-    in one uint64 (a plain sort is ~5x faster than argsort).
+    Codes follow the (upper, lower) native uint64 order of the addresses. A window holds
+    far fewer distinct addresses than rows, so a compiled hash pass finds them
+    (correlation/kernels.py) and only they are sorted; mostly distinct addresses are sorted
+    whole instead: two uint64 keys (np.unique on V16 compares bytes generically, ~6x
+    slower), or, when every address is IPv4-mapped, the IPv4 part packed with the row index
+    into one uint64 (a plain sort is ~5x faster than argsort).
     """
     n = column.shape[0]
     if n == 0:
         return np.empty(0, np.int64), np.empty(0, IP_DTYPE)
     halves = np.ascontiguousarray(column).view(np.uint64).reshape(n, 2)
     hi, lo = halves[:, 0], halves[:, 1]
+    if n > 1024:  # (a few rows of evidence: the plain argsort below is cheaper)
+        hashed = factorize_u128(hi, lo, limit=n // _HASH_MAX_DISTINCT_SHARE)
+        if hashed is not None:
+            ids, first = hashed
+            order = np.lexsort((lo[first], hi[first]))
+            return _ranks(order)[ids], column[first[order]]
     if hi.min() == hi.max():
-        if n > 1024:  # (a few rows of evidence: the plain argsort below is cheaper)
+        if n > 1024:
             low32 = lo & np.uint64(0xFFFFFFFF)
             if low32.min() == low32.max():  # same bytes 8..11 (IPv4-mapped): key = 12..15
-                codes, first = _dense_sorted(lo >> np.uint64(32), 1 << 32)
+                codes, first = _dense_sorted(lo >> np.uint64(32), 1 << 32, hashed=False)
                 return codes, column[first]
         order = np.argsort(lo)
         lo_sorted = lo[order]
@@ -255,29 +264,42 @@ def factorize_ip(column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return codes, column[order[new]]
 
 
+# Hashing pays while distinct keys are at most 1/8 of the rows; beyond, sorting every row
+# is faster (measured on 5*10^5 rows), and the hash pass gives up early.
+_HASH_MAX_DISTINCT_SHARE = 8
+
+
+def _ranks(order: np.ndarray) -> np.ndarray:
+    """Inverse permutation: ranks[order[j]] = j."""
+    ranks = np.empty(order.shape[0], np.int64)
+    ranks[order] = np.arange(order.shape[0], dtype=np.int64)
+    return ranks
+
+
 def ip_codes(cols: Columns, name: str, idx: np.ndarray) -> np.ndarray:
     """The codes of factorize_ip(cols[name][idx]), reusing address codes the columns carry.
 
-    The engine's columns (engine._UserColumns) can hand out order-preserving codes of the
-    whole buffer, computed once for all detectors closing windows together; densifying
-    their subset gives exactly factorize_ip's codes (ranks in the same order).
+    The engine's columns (engine._UserColumns) hand out order-preserving codes of the rows
+    from address ids interned once on arrival (no sort at window close); densifying them
+    gives exactly factorize_ip's codes (ranks in the same order).
     """
     shared = getattr(cols, "address_codes", None)
-    codes = shared((name,)) if shared is not None else None
+    codes = shared((name,), idx) if shared is not None else None
     if codes is None:
         return factorize_ip(cols[name][idx])[0]
-    return _dense(codes[idx])[0]
+    return _dense(codes)[0]
 
 
 def ip_pair_codes(cols: Columns, idx: np.ndarray, first: str = "src_ip",
                   second: str = "dst_ip") -> tuple[np.ndarray, int]:
     """combine_codes(ip_codes(first), ip_codes(second)) of rows idx, and the pair count,
-    from the engine's shared pair codes when it has them (one sort for all detectors)."""
+    from the engine's order-preserving pair codes when it has them (no address sort)."""
     shared = getattr(cols, "address_codes", None)
-    codes = shared((first, second)) if shared is not None else None
+    codes = shared((first, second), idx) if shared is not None else None
     if codes is None:
         return combine_codes(ip_codes(cols, first, idx), ip_codes(cols, second, idx))
-    return _dense(codes[idx])
+    # (client, server) pairs of flows are mostly distinct: sorting beats hashing
+    return _dense(codes, hashed=False)
 
 
 def combine_codes(*codes: np.ndarray) -> tuple[np.ndarray, int]:
@@ -289,22 +311,26 @@ def combine_codes(*codes: np.ndarray) -> tuple[np.ndarray, int]:
     return ids, n_groups
 
 
-def _dense(values: np.ndarray) -> tuple[np.ndarray, int]:
-    """Ranks of values among their distinct values (np.unique's inverse), and how many."""
+def _dense(values: np.ndarray, hashed: bool = True) -> tuple[np.ndarray, int]:
+    """Ranks of values among their distinct values (np.unique's inverse), and how many.
+    `hashed=False` skips the hash pass (values known to be mostly distinct)."""
     if values.size == 0:
         return np.empty(0, np.int64), 0
     low = values.min()
     span = int(values.max()) - int(low) + 1
-    codes, first = _dense_sorted((values - low).astype(np.uint64), span)
+    codes, first = _dense_sorted((values - low).astype(np.uint64), span, hashed)
     return codes, int(first.shape[0])
 
 
-def _dense_sorted(values: np.ndarray, span: int) -> tuple[np.ndarray, np.ndarray]:
+def _dense_sorted(values: np.ndarray, span: int, hashed: bool = True
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """(rank of each value among the distinct values, a row holding each distinct value).
 
     values: uint64 in [0, span). A small span is ranked with a presence table (no sort);
-    otherwise value and row index are packed into one uint64 and sorted (np.sort's SIMD
-    path, ~5x faster than argsort); very wide values fall back to argsort.
+    otherwise a compiled hash pass finds the distinct values and only those are sorted
+    (unless `hashed` is false or most values are distinct); else value and row index are
+    packed into one uint64 and sorted (np.sort's SIMD path, ~5x faster than argsort); very
+    wide values fall back to argsort.
     """
     n = values.shape[0]
     if n <= 1024:  # evidence of one finding: fewest numpy calls win
@@ -318,14 +344,20 @@ def _dense_sorted(values: np.ndarray, span: int) -> tuple[np.ndarray, np.ndarray
         first = np.empty(int(rank[-1]) + 1, np.int64)
         first[codes[::-1]] = np.arange(n - 1, -1, -1)  # any row of the value will do
         return codes, first
-    elif (span - 1).bit_length() + max(1, (n - 1).bit_length()) <= 64:
-        bits = max(1, (n - 1).bit_length())
-        packed = np.sort((values << np.uint64(bits)) | np.arange(n, dtype=np.uint64))
-        order = (packed & np.uint64((1 << bits) - 1)).astype(np.int64)
-        ordered = packed >> np.uint64(bits)
     else:
-        order = np.argsort(values)
-        ordered = values[order]
+        found = factorize_u64(values, limit=n // _HASH_MAX_DISTINCT_SHARE) if hashed else None
+        if found is not None:
+            ids, first = found
+            order = np.argsort(values[first])
+            return _ranks(order)[ids], first[order]
+        if (span - 1).bit_length() + max(1, (n - 1).bit_length()) <= 64:
+            bits = max(1, (n - 1).bit_length())
+            packed = np.sort((values << np.uint64(bits)) | np.arange(n, dtype=np.uint64))
+            order = (packed & np.uint64((1 << bits) - 1)).astype(np.int64)
+            ordered = packed >> np.uint64(bits)
+        else:
+            order = np.argsort(values)
+            ordered = values[order]
     new = np.empty(n, bool)
     new[0] = True
     np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
@@ -354,8 +386,12 @@ def distinct_per_group(group: np.ndarray, n_groups: int, values: np.ndarray) -> 
     if group.size == 0:
         return np.zeros(n_groups, np.int64)
     radix = int(values.max()) + 1
-    pairs = unique_int(group * radix + values.astype(np.int64))
-    return np.bincount(pairs // radix, minlength=n_groups)
+    pairs = group * radix + values.astype(np.int64)
+    if pairs.size > 1024:  # hash pass: the distinct pairs need no order, only counting
+        found = factorize_u64(pairs, limit=pairs.size // (2 * _HASH_MAX_DISTINCT_SHARE))
+        if found is not None:
+            return np.bincount(pairs[found[1]] // radix, minlength=n_groups)
+    return np.bincount(unique_int(pairs) // radix, minlength=n_groups)
 
 
 @dataclass
@@ -392,6 +428,7 @@ def sorted_unique_ips(column: np.ndarray) -> np.ndarray:
 
 
 def sorted_unique_text(values: np.ndarray) -> list[str]:
-    """Sorted distinct non-empty strings of an object column (observer names, zones)."""
-    return sorted({str(v) for v in values.tolist() if v})
+    """Sorted distinct non-empty strings of an object column (observer names, zones); a
+    '|'-joined value (fusion's observer list folded into observer_name) counts each name."""
+    return sorted({s for v in values.tolist() if v for s in str(v).split("|") if s})
 

@@ -6,7 +6,9 @@ name: one client sends many *distinct*, long, high-entropy names under one paren
 PRIVATE). A domain generation algorithm (DGA) makes an infected client try many random
 registrable domains, most of which do not exist (NXDOMAIN).
 
-Per name (computed once per distinct name, vectorized over UCS-4 code points):
+Per name (computed once per distinct name and memoized; string methods mapped over all new
+names, the PSL split level by level on rule tails, lengths and entropies in compiled passes
+over the code points):
   parent       registered domain by the Public Suffix List (publicsuffixlist package;
                an unknown but well-formed TLD counts as one label, the PSL default rule);
                names whose TLD is not a valid TLD label (digits, hex: dnscat2 without a
@@ -28,6 +30,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import partial
+from itertools import repeat
+from operator import itemgetter
 
 import numpy as np
 
@@ -46,7 +50,9 @@ from correlation.detector import (
     factorize_ip,
     sorted_unique_text,
 )
+from pipeline.jit import njit
 from pipeline.schema import EventBatch, dns_type_name
+from pipeline.text_codes import factorize_text
 from sensors.packets import ip_column_to_str
 
 try:  # the Public Suffix List, shipped inside the package (no download at run time)
@@ -93,12 +99,64 @@ _FALLBACK_SUFFIXES = frozenset({
     "co.za", "com.mx", "com.tr", "com.ar", "in-addr.arpa", "ip6.arpa"})
 
 
+_PSL_LOADED: list = []  # (PublicSuffixList, rule tails), once per process
+
+
+def _public_suffix_list():
+    """The shared PublicSuffixList and the tails of its rules: parsing its ~10k rules (with
+    IDNA encoding of each) costs ~0.3 s, and the list never changes while the process runs."""
+    if PublicSuffixList is None:
+        return None, None
+    if not _PSL_LOADED:
+        psl = PublicSuffixList()
+        _PSL_LOADED.append((psl, _rule_tails(psl)))
+    return _PSL_LOADED[0]
+
+
+def _rule_tails(psl) -> frozenset[str] | None:
+    """Every label-aligned tail of every rule string ("b.c" and "c" of "a.b.c"; of "!x.ck"
+    also "x.ck"), or None when the parsed rules are not reachable (another version)."""
+    rules = getattr(psl, "_publicsuffix", None)
+    if not isinstance(rules, frozenset) or not hasattr(psl, "_maxlabel"):
+        return None
+    tails = set()
+    for rule in rules:
+        for text in (rule, rule[1:]) if rule.startswith("!") else (rule,):
+            labels = text.split(".")
+            tails.update(".".join(labels[i:]) for i in range(len(labels)))
+    return frozenset(tails)
+
+
 class _Psl:
-    """Registered domain of a name; bounded memo (names repeat)."""
+    """Registered domain of a name; bounded memos (names repeat, and so do their tails).
+
+    The public-suffix length of a name depends only on its last d* + 1 labels, where d* is
+    the deepest d whose last d labels are a tail of some rule: every rule check
+    (exact, "*." + s, "!" + s) at a depth d needs s to be such a tail, and the tails are
+    closed under dropping labels on the left. So names are split on that short tail, which
+    the names of one zone share, and one rule walk of the library serves all of them.
+    """
 
     def __init__(self) -> None:
-        self._psl = PublicSuffixList() if PublicSuffixList is not None else None
+        self._psl, self._tails = _public_suffix_list()
         self._memo: dict[str, tuple[str, str]] = {}
+        self._public_labels: dict[str, int] = {}  # tail -> labels of its public suffix
+
+    @property
+    def tails(self) -> frozenset[str] | None:
+        """Every tail of every rule (None without the library or its parsed rules)."""
+        return self._tails if self._psl is not None else None
+
+    def public_labels(self, tail: str) -> int:
+        """Labels in the public suffix of a (lowercase) deciding tail, memoized."""
+        public = self._public_labels.get(tail)
+        if public is None:
+            suffix = self._psl.publicsuffix(tail)  # the default rule always gives >= 1
+            public = suffix.count(".") + 1 if suffix else 1
+            if len(self._public_labels) > 100_000:
+                self._public_labels.clear()
+            self._public_labels[tail] = public
+        return public
 
     def split(self, name: str) -> tuple[str, str]:
         """(parent, public suffix); parent '' when the name is a suffix or single label."""
@@ -118,34 +176,110 @@ class _Psl:
         if not (tld.isalpha() or tld.startswith("xn--")):
             return INVALID_TLD, tld  # no TLD has digits: there is no registrable domain
         if self._psl is not None:
-            suffix = self._psl.publicsuffix(name) or tld
-            parent = self._psl.privatesuffix(name) or ""
-            return parent, suffix
+            return self._split_psl(name)
         suffix = ".".join(labels[-2:]) if ".".join(labels[-2:]) in _FALLBACK_SUFFIXES else tld
         n = suffix.count(".") + 2
         return (".".join(labels[-n:]) if len(labels) >= n else ""), suffix
 
+    def _split_psl(self, name: str) -> tuple[str, str]:
+        """= (privatesuffix(name) or "", publicsuffix(name)) of the library, for a name of
+        two or more labels with a non-empty last one."""
+        labels = name.lower().split(".")
+        if self._tails is None or "" in labels:  # (empty label: the library says None)
+            parent = self._psl.privatesuffix(name)
+            if parent is None:
+                return "", self._psl.publicsuffix(name) or name.rpartition(".")[2]
+            return parent, parent.partition(".")[2]
+        depth, tail = 0, labels[-1]
+        while tail in self._tails:
+            depth += 1
+            if depth == len(labels):
+                break
+            tail = f"{labels[-depth - 1]}.{tail}"
+        public = self.public_labels(tail)
+        suffix = ".".join(labels[-public:])
+        if len(labels) <= public:
+            return "", suffix
+        return ".".join(labels[-public - 1:]), suffix
+
+
+_FEATURE_MEMO_MAX = 200_000  # distinct names whose features are kept
+
+
+def _object_column(values: list) -> np.ndarray:
+    out = np.empty(len(values), object)
+    out[:] = values
+    return out
+
+
+@njit
+def _entropy_kernel(codes: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """Shannon entropy of each string codes[bounds[i]:bounds[i + 1]] (code points; those
+    above 255 share one bucket), summed over the buckets in ascending order.
+
+    bounds is ascending with bounds[-1] <= codes.size (the caller builds it from lengths),
+    and every bucket index is clipped to 0..255.
+    """
+    n = bounds.shape[0] - 1
+    out = np.zeros(n)
+    counts = np.zeros(256, np.int64)
+    for i in range(n):
+        a, b = bounds[i], bounds[i + 1]
+        if b <= a:
+            continue
+        for j in range(a, b):
+            counts[min(codes[j], 255)] += 1
+        length = b - a
+        h = 0.0
+        for c in range(256):
+            if counts[c]:
+                p = counts[c] / length
+                h += p * np.log2(p)
+                counts[c] = 0
+        out[i] = -h
+    return out
+
+
+@njit
+def _longest_label_kernel(codes: np.ndarray, bounds: np.ndarray
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """(length, start) of the first longest dot-separated label of each string
+    codes[bounds[i]:bounds[i + 1]]; (0, 0) for an empty string. bounds as in
+    _entropy_kernel."""
+    n = bounds.shape[0] - 1
+    longest = np.zeros(n, np.int64)
+    start = np.zeros(n, np.int64)
+    for i in range(n):
+        a, b = bounds[i], bounds[i + 1]
+        label = a
+        for j in range(a, b + 1):
+            if j == b or codes[j] == 46:  # 46: "."
+                if j - label > longest[i]:
+                    longest[i], start[i] = j - label, label - a
+                label = j + 1
+    return longest, start
+
+
+def _code_points(values: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(UTF-32 code points of the concatenated strings, bounds: string i is
+    codes[bounds[i]:bounds[i + 1]])."""
+    lengths = np.fromiter(map(len, values), np.int64, len(values))
+    bounds = np.zeros(len(values) + 1, np.int64)
+    np.cumsum(lengths, out=bounds[1:])
+    codes = np.frombuffer("".join(values).encode("utf-32-le", "surrogatepass"), np.uint32)
+    return codes, bounds
+
+
+def _longest_labels(values: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(length, start) of the first longest label of each string (max(s.split("."),
+    key=len)), from one compiled pass."""
+    return _longest_label_kernel(*_code_points(values))
+
 
 def entropy(values: list[str]) -> np.ndarray:
-    """Shannon entropy (bits per character) of each string, vectorized in row chunks."""
-    out = np.zeros(len(values), np.float64)
-    chunk = 4096
-    for lo in range(0, len(values), chunk):
-        part = values[lo:lo + chunk]
-        width = max((len(v) for v in part), default=0)
-        if width == 0:
-            continue
-        codes = np.asarray(part, dtype=f"U{width}").view(np.uint32).reshape(len(part), width)
-        lengths = (codes != 0).sum(axis=1)
-        row = np.repeat(np.arange(len(part)), width)
-        present = codes.ravel() != 0
-        counts = np.bincount(row[present] * 256 + np.minimum(codes.ravel()[present], 255),
-                             minlength=len(part) * 256).reshape(len(part), 256).astype(float)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            p = counts / np.maximum(lengths, 1)[:, None]
-            h = -np.where(p > 0, p * np.log2(p), 0.0).sum(axis=1)
-        out[lo:lo + len(part)] = h
-    return out
+    """Shannon entropy (bits per character) of each string: one pass over the code points
+    of all strings (UTF-32 of their concatenation) in a compiled kernel."""
+    return _entropy_kernel(*_code_points(values))
 
 
 class DnsTunnelDetector(Detector):
@@ -176,7 +310,9 @@ class DnsTunnelDetector(Detector):
         self.ignore = tuple(str(d).lower().strip(".") for d in c.get("ignore_domains") or ())
         self.max_sample = int(c.get("evidence_sample", 10))
         self._psl = _Psl()
-        self._features: dict[str, tuple] = {}  # name -> per-name features (bounded memo)
+        # name -> row of the per-name feature columns (bounded memo: names repeat)
+        self._feature_rows: dict[str, int] = {}
+        self._feature_columns: dict[str, np.ndarray] = {}
 
     def select(self, batch: EventBatch) -> np.ndarray:
         # Queries feed the tunnel rules; of the responses only NXDOMAIN (DGA) and those of
@@ -188,37 +324,140 @@ class DnsTunnelDetector(Detector):
 
     # --- per-name features -----------------------------------------------------------------
 
-    def _name_features(self, names: list[str]) -> np.ndarray:
-        """Structured per-name features for distinct names (memoized)."""
-        todo = [n for n in names if n not in self._features]
-        if todo:
-            parents, subs, slds, max_label = [], [], [], []
-            for name in todo:  # one iteration per new distinct name (PSL lookup)
-                parent, suffix = self._psl.split(name)
-                if parent == INVALID_TLD:
-                    sub, sld = name, ""
-                elif parent:
-                    sub = name[: -len(parent) - 1] if len(name) > len(parent) else ""
-                    sld = parent[: -len(suffix) - 1] if len(parent) > len(suffix) else parent
-                else:
-                    sub, sld = "", ""
-                if parent and parent != INVALID_TLD and self.ignore and (
-                        parent in self.ignore or any(name.endswith("." + d) or name == d
-                                                     for d in self.ignore)):
-                    parent = ""  # allow-listed: never grouped
-                parents.append(parent)
-                subs.append(sub.replace(".", ""))
-                slds.append(sld)
-                max_label.append(max((len(x) for x in sub.split(".")), default=0) if sub else 0)
-            sub_h = entropy(subs)
-            sld_h = entropy(slds)
-            longest = [max(sub.split("."), key=len) if sub else "" for sub in subs]
-            if len(self._features) > 200_000:
-                self._features.clear()
-            for i, name in enumerate(todo):
-                self._features[name] = (parents[i], len(subs[i]), max_label[i], sub_h[i],
-                                        len(slds[i]), sld_h[i], longest[i])
-        return [self._features[n] for n in names]
+    def _name_features(self, names: list[str]) -> dict[str, np.ndarray]:
+        """Per-name feature columns (see _FEATURES) aligned with `names` (distinct names).
+
+        The memo maps name -> row of the stored columns; the lookup is one C-level
+        dict.get per name, and only names never seen are computed."""
+        memo = self._feature_rows
+        rows = np.fromiter(map(memo.get, names, repeat(-1, len(names))), np.int64, len(names))
+        todo = np.flatnonzero(rows < 0)
+        if todo.size:
+            if len(memo) + todo.size > _FEATURE_MEMO_MAX:  # bounded: start over
+                memo.clear()
+                self._feature_columns = {}
+                todo = np.arange(len(names))
+            new_names = [names[i] for i in todo.tolist()]
+            fresh = self._compute_features(new_names)
+            base = len(memo)
+            stored = self._feature_columns
+            for key, column in fresh.items():
+                stored[key] = np.concatenate((stored[key], column)) if key in stored else column
+            memo.update(zip(new_names, range(base, base + len(new_names)), strict=True))
+            rows[todo] = np.arange(base, base + len(new_names))
+        return {key: column[rows] for key, column in self._feature_columns.items()}
+
+    def _compute_features(self, names: list[str]) -> dict[str, np.ndarray]:
+        """Feature columns of names not seen before: string methods mapped over the list
+        (C loops, no Python step per name) and compiled passes over the code points."""
+        names_col = _object_column(names)
+        parent, sub, sld = self._split_names(names)
+        if self.ignore:  # allow-listed parents are never grouped
+            named = (parent != "") & (parent != INVALID_TLD)
+            listed = np.zeros(len(names), bool)
+            for d in self.ignore:
+                listed |= (parent == d) | (names_col == d)
+                listed |= np.fromiter(map(str.endswith, names, repeat("." + d)), bool,
+                                      len(names))
+            parent[named & listed] = ""
+        subs, slds = sub.tolist(), sld.tolist()
+        dotless = list(map(str.replace, subs, repeat("."), repeat("")))
+        max_label, label_start = _longest_labels(subs)
+        return {"parent": parent,
+                "sub_len": np.fromiter(map(len, dotless), np.int64, len(dotless)),
+                "max_label": max_label, "label_start": label_start,
+                "sub_h": entropy(dotless),
+                "sld_len": np.fromiter(map(len, slds), np.int64, len(slds)),
+                "sld_h": entropy(slds)}
+
+    def _split_by_tails(self, names: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(parent, subdomain, registrable label) of ASCII names of two or more non-empty
+        labels with a valid TLD, = what _Psl.split gives, level by level over all names.
+
+        Level d holds, per name, its last d labels lowercased (key), what is left of them
+        (head, original case) and the d-th label from the right. The deciding tail is the
+        key one level below the first key that is no rule tail (see _Psl); its public
+        suffix has `public` labels; the parent is the key one level above that.
+        """
+        m = len(names)
+        tails = self._psl.tails
+        keys, heads, labels = [np.full(m, "", object)], [_object_column(names)], [None]
+        count = np.full(m, -1)  # labels in the name, once known
+        deepest = np.full(m, -1)  # d*: levels whose key is a rule tail
+        head_list, key_list = names, [""] * m
+        level = 0
+        while level < 2 or (deepest < 0).any() or level < int(deepest.max()) + 2:
+            level += 1
+            parts = list(map(str.rpartition, head_list, repeat(".")))
+            label_list = list(map(str.lower, map(itemgetter(2), parts)))
+            key_list = label_list if level == 1 else list(
+                map("{}.{}".format, label_list, key_list))
+            head_list = list(map(itemgetter(0), parts))
+            keys.append(_object_column(key_list))
+            heads.append(_object_column(head_list))
+            labels.append(_object_column(label_list))
+            ran_out = (count < 0) & ~np.fromiter(map(bool, head_list), bool, m)
+            count[ran_out] = level  # nothing left of the name: it has `level` labels
+            in_rules = np.fromiter(map(tails.__contains__, key_list), bool, m)
+            open_rows = deepest < 0
+            deepest[open_rows & ~in_rules] = level - 1
+            deepest[open_rows & in_rules & ran_out] = level
+            # (ends: no key longer than the longest rule is a rule tail)
+        count[count < 0] = level + 1  # more labels than walked: as good as unbounded
+        keys_2d = np.stack(keys)
+        rows = np.arange(m)
+        decide = keys_2d[np.minimum(count, deepest + 1), rows]
+        public_of = {t: self._psl.public_labels(t) for t in set(decide.tolist())}
+        public = np.fromiter(map(public_of.__getitem__, decide.tolist()), np.int64, m)
+        has_parent = count > public
+        above = np.minimum(public + 1, count)
+        parent = np.where(has_parent, keys_2d[above, rows], "")
+        sub = np.where(has_parent, np.stack(heads)[above, rows], "")
+        labels[0] = np.full(m, "", object)
+        sld = np.where(has_parent, np.stack(labels)[above, rows], "")
+        return parent.astype(object), sub.astype(object), sld.astype(object)
+
+    def _split_names(self, names: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(parent, subdomain, registrable label) object columns of names.
+
+        parent as _Psl.split gives it; subdomain = the labels left of the parent (the whole
+        name when the TLD is invalid); registrable label = the parent's leftmost label.
+        ASCII names of non-empty labels are split level by level with mapped string
+        methods (_split_by_tails); other names go through _Psl.split one by one.
+        """
+        n = len(names)
+        parent = np.full(n, "", object)
+        sub = np.full(n, "", object)
+        sld = np.full(n, "", object)
+        last = list(map(str.rpartition, names, repeat(".")))
+        tlds = list(map(itemgetter(2), last))
+        dotted = np.fromiter(map(bool, map(itemgetter(1), last)), bool, n)
+        dotted &= np.fromiter(map(bool, tlds), bool, n)  # else: no parent (single label)
+        valid = (np.fromiter(map(str.isalpha, tlds), bool, n)
+                 | np.fromiter(map(str.startswith, tlds, repeat("xn--")), bool, n))
+        invalid = np.flatnonzero(dotted & ~valid)  # no TLD has digits: no registrable domain
+        parent[invalid] = INVALID_TLD
+        sub[invalid] = _object_column(names)[invalid]
+        todo = dotted & valid
+        if self._psl.tails is not None and todo.any():
+            fast = todo & np.fromiter(map(str.isascii, names), bool, n)
+            fast &= ~np.fromiter(map(str.__contains__, names, repeat("..")), bool, n)
+            fast &= ~np.fromiter(map(str.startswith, names, repeat(".")), bool, n)
+            rows = np.flatnonzero(fast)
+            if rows.size:
+                p, u, d = self._split_by_tails(list(map(names.__getitem__, rows.tolist())))
+                parent[rows], sub[rows], sld[rows] = p, u, d
+                todo &= ~fast
+        for i in np.flatnonzero(todo).tolist():  # the other shapes: one PSL split each
+            name = names[i]
+            p, suffix = self._psl.split(name)
+            parent[i] = p
+            if p == INVALID_TLD:
+                sub[i] = name
+            elif p:
+                sub[i] = name[: -len(p) - 1] if len(name) > len(p) else ""
+                sld[i] = p[: -len(suffix) - 1] if len(p) > len(suffix) else p
+        return parent, sub, sld
 
     def detect(self, rows: Mapping[str, Columns], windows: WindowRange) -> list[Finding]:
         cols = rows["dns"]
@@ -226,28 +465,19 @@ class DnsTunnelDetector(Detector):
         idx = np.flatnonzero(windows.row_mask(t))
         if idx.size == 0:
             return []
-        names = cols["qname"][idx]
-        index: dict[str, int] = {}
-        name_code = np.fromiter((index.setdefault(q, len(index)) for q in names.tolist()),
-                                np.int64, idx.size)
-        distinct = list(index)
+        name_code, distinct = factorize_text(cols["qname"][idx])
         feats = self._name_features(distinct)
-        parent_of = np.array([f[0] for f in feats], object)
-        sub_len = np.array([f[1] for f in feats], np.int64)
-        max_label = np.array([f[2] for f in feats], np.int64)
-        sub_h = np.array([f[3] for f in feats], np.float64)
-        sld_len = np.array([f[4] for f in feats], np.int64)
-        sld_h = np.array([f[5] for f in feats], np.float64)
+        parent_of, sub_len, sub_h = feats["parent"], feats["sub_len"], feats["sub_h"]
         long_name = (sub_len >= self.long_chars) & (sub_h >= self.min_entropy)
-        exfil_name = (max_label >= self.exfil_label) & (sub_h >= self.min_entropy)
-        random_sld = (sld_len >= self.dga_label) & (sld_h >= self.dga_entropy)
-        parent_index: dict[str, int] = {}
-        parent_code_of = np.fromiter((parent_index.setdefault(p, len(parent_index))
-                                      for p in parent_of.tolist()), np.int64, len(distinct))
+        exfil_name = (feats["max_label"] >= self.exfil_label) & (sub_h >= self.min_entropy)
+        random_sld = (feats["sld_len"] >= self.dga_label) & (feats["sld_h"] >= self.dga_entropy)
+        parent_code_of, _ = factorize_text(parent_of)
+        named = parent_of != ""  # per distinct name
+        valid_tld = parent_of != INVALID_TLD
         is_resp = cols["is_response"][idx]
         client = np.where(is_resp, cols["dst_ip"][idx], cols["src_ip"][idx])
         client_code, _ = factorize_ip(client)
-        has_parent = parent_of[name_code] != ""
+        has_parent = named[name_code]
         findings: list[Finding] = []
         ctx = dict(cols=cols, idx=idx, name_code=name_code, distinct=distinct, feats=feats)
 
@@ -286,7 +516,7 @@ class DnsTunnelDetector(Detector):
 
         # DGA: NXDOMAIN responses for random-looking registrable domains, per (window, client)
         nx = np.flatnonzero(is_resp & (cols["rcode"][idx] == _NXDOMAIN) & has_parent
-                            & (parent_of[name_code] != INVALID_TLD) & random_sld[name_code])
+                            & (valid_tld & random_sld)[name_code])
         if nx.size:
             pcode = parent_code_of[name_code[nx]]
             reach = distinct_per_group(client_code[nx], int(client_code.max()) + 1,
@@ -327,10 +557,9 @@ class DnsTunnelDetector(Detector):
         rows = idx[r]
         common = self._common(ctx, r)
         codes = np.unique(ctx["name_code"][r])
-        f = [feats[c] for c in codes.tolist()]
         names = [ctx["distinct"][c] for c in codes.tolist()]
-        sub_len = np.array([x[1] for x in f])
-        sub_h = np.array([x[3] for x in f])
+        sub_len, sub_h = feats["sub_len"][codes], feats["sub_h"][codes]
+        max_label = feats["max_label"][codes]
         long_n = int(((sub_len >= self.long_chars) & (sub_h >= self.min_entropy)).sum())
         qtypes = cols["qtype"][rows]
         types, counts = np.unique(qtypes, return_counts=True)
@@ -340,14 +569,15 @@ class DnsTunnelDetector(Detector):
         answer_bytes = [sum(_answer_bytes(a) for a in (cols["answers"][idx[i]] or []))
                         for i in resp.tolist()]
         large = int(sum(b >= self.large_answer for b in answer_bytes))
-        longest = max(f, key=lambda x: x[2])
+        longest = int(np.argmax(max_label))  # the first name with the longest label
         span = (common["last_seen"] - common["first_seen"]) / NS_PER_S
         shown = parent if parent != INVALID_TLD else "names without a valid TLD"
         details = {
             "parent_domain": parent, "queries": int(rows.size), "unique_names": len(names),
             "long_high_entropy_names": long_n,
             "mean_subdomain_chars": round(float(sub_len.mean()), 1),
-            "max_label_chars": int(longest[2]), "longest_label": longest[6][:63],
+            "max_label_chars": int(max_label[longest]),
+            "longest_label": self._longest_label(ctx, int(codes[longest])),
             "mean_entropy_bits": round(float(sub_h.mean()), 2),
             "query_types": {dns_type_name(int(q)): int(c) for q, c in zip(types, counts,
                                                                             strict=True)},
@@ -362,7 +592,7 @@ class DnsTunnelDetector(Detector):
                        f"{details['tunnel_type_queries']} NULL/TXT-type) in {span:.1f} s")
         else:
             message = (f"{src} queried a name under {shown} with a "
-                       f"{longest[2]}-character high-entropy label")
+                       f"{int(max_label[longest])}-character high-entropy label")
         return Evidence(
             first_seen=common["first_seen"], last_seen=common["last_seen"], source_ip=src,
             destination_ip=common["servers"][0] if len(common["servers"]) == 1 else None,
@@ -371,11 +601,19 @@ class DnsTunnelDetector(Detector):
             ecs={"dns": {"question": {"registered_domain": parent}}}
             if parent != INVALID_TLD else {}, message=message)
 
+    @staticmethod
+    def _longest_label(ctx: dict, code: int) -> str:
+        """The longest label of the subdomain of distinct name `code` (a prefix of the
+        name, so its offsets are the name's), at most 63 characters."""
+        start = int(ctx["feats"]["label_start"][code])
+        length = int(ctx["feats"]["max_label"][code])
+        return ctx["distinct"][code][start:start + min(length, 63)]
+
     def _describe_dga(self, ctx: dict, r: np.ndarray, src: str) -> Evidence:
         common = self._common(ctx, r)
         codes = np.unique(ctx["name_code"][r])
         names = [ctx["distinct"][c] for c in codes.tolist()]
-        domains = sorted({ctx["feats"][c][0] for c in codes.tolist()})
+        domains = sorted(set(ctx["feats"]["parent"][codes].tolist()))
         span = (common["last_seen"] - common["first_seen"]) / NS_PER_S
         return Evidence(
             first_seen=common["first_seen"], last_seen=common["last_seen"], source_ip=src,

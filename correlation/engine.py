@@ -14,8 +14,10 @@ asked for, of the rows its `select` kept, and drops rows once no open window nee
 (compacting when they are over a quarter of the buffer), plus a hard `max_buffered_rows`
 cap, oldest rows dropped first and counted. The rows are stored once per kind for all
 detectors (a shared buffer with a membership bit per detector, `_SharedBuffer`), and
-address codes are computed once per close for all detectors closing windows together;
-what each detector sees is exactly what a buffer of its own would hold.
+every buffered address gets a stable id once, on arrival (a compiled hash table,
+correlation/kernels.py), from which the order-preserving address codes detectors group by
+are a gather at window close; what each detector sees is exactly what a buffer of its own
+would hold.
 
 Repeats are suppressed, Zeek-notice style: once (rule, key) alerted for the window starting
 at s, findings of the same (rule, key) in windows starting before s + max(window_s,
@@ -36,10 +38,11 @@ from correlation.detector import (
     Finding,
     WindowRange,
     combine_codes,
-    factorize_ip,
 )
+from correlation.kernels import AddressTable
 from pipeline.config import deep_merge, load_class, load_config
-from pipeline.schema import EventBatch, validate_batch
+from pipeline.schema import EventBatch, fold_observer_names, validate_batch
+from sensors.packets import IP_DTYPE
 
 
 # Config section name under `correlation.detectors` -> "module:class". New detectors add a line.
@@ -79,9 +82,11 @@ class _SharedBuffer:
     detector's rows are the arrival-ordered rows whose bit it holds, exactly the rows the
     former per-detector buffer held (same drops, caps and compaction points), so detectors
     see the same input. Rows no detector holds any more are compacted away once they are
-    over a quarter of the buffer. Object (text) columns are kept as the list of appended
+    over a quarter of the buffer (a per-row holder count says how many, without scanning
+    every detector's membership row). Object (text) columns are kept as the list of appended
     pieces and joined only when a detector reads them: most detectors read them only for
     the evidence of a finding, and copying object references is the costliest copy.
+    Address columns also keep an id per row into one AddressTable per kind.
     """
 
     def __init__(self, columns: tuple[str, ...], users: int) -> None:
@@ -94,10 +99,14 @@ class _SharedBuffer:
         # every push until a detector's first window closes); None = recompute
         self.first_time: list[int | None] = [None] * users
         self.rows = 0
-        self.released = False  # a user released rows since the last compaction check
-        # address column -> factorize_ip codes of all rows, shared by the detectors closing
-        # windows before the rows change (hour-long detectors all close on the same hops)
-        self._codes: dict[tuple[str, ...], np.ndarray] = {}
+        # holders[row]: how many users hold the row; `free` rows no user holds (compaction)
+        self.holders = np.zeros(0, np.int16)
+        self.free = 0
+        # Address columns get a stable id per distinct address on arrival (one hash probe
+        # per row, ever), so the order-preserving codes detectors group by are one gather
+        # at window close instead of a sort of the whole buffer per close.
+        self.addresses = AddressTable()
+        self.address_ids: dict[str, np.ndarray] = {}  # address column -> ids, growable
 
     @property
     def capacity(self) -> int:
@@ -106,10 +115,10 @@ class _SharedBuffer:
     def append(self, columns: Mapping[str, np.ndarray], selected: list[np.ndarray]) -> None:
         """Append the rows any user selected; selected[u] = sorted row indices of user u."""
         n_in = next(iter(columns.values())).shape[0]
-        wanted = np.zeros(n_in, bool)
+        holders = np.zeros(n_in, np.int16)
         for idx in selected:
-            wanted[idx] = True
-        rows = np.flatnonzero(wanted)
+            holders[idx] += 1  # idx holds distinct rows: no repeated index
+        rows = np.flatnonzero(holders)
         n = rows.size
         if n == 0:
             return
@@ -123,6 +132,8 @@ class _SharedBuffer:
             self.arrays[c][self.rows:need] = columns[c] if everything else columns[c][rows]
         for c, pieces in self.pieces.items():
             pieces.append(columns[c] if everything else columns[c][rows])
+        for c, ids in self.address_ids.items():
+            ids[self.rows:need] = self.addresses.intern(self.arrays[c][self.rows:need])
         for u, idx in enumerate(selected):
             if idx.size:
                 mine = np.zeros(n_in, bool)
@@ -134,17 +145,26 @@ class _SharedBuffer:
                 elif self.first_time[u] is not None:
                     self.first_time[u] = min(self.first_time[u], earliest)
                 self.held[u] += int(idx.size)
+        self.holders[self.rows:need] = holders if everything else holders[rows]
         self.rows = need
-        self._codes.clear()
 
     def _grow(self, size: int, columns: Mapping[str, np.ndarray]) -> None:
         if not self.arrays and not self.pieces:  # first rows: sort the columns by storage
             self.pieces = {c: [] for c in self.names if columns[c].dtype == object}
+            self.address_ids = {c: np.empty(0, np.int64) for c in self.names
+                                if columns[c].dtype == IP_DTYPE}
         grown = {c: np.empty(size, columns[c].dtype) for c in self.names
                  if c not in self.pieces}
         for c, old in self.arrays.items():
             grown[c][: self.rows] = old[: self.rows]
         self.arrays = grown
+        for c, old in self.address_ids.items():
+            ids = np.empty(size, np.int64)
+            ids[: self.rows] = old[: self.rows]
+            self.address_ids[c] = ids
+        holders = np.zeros(size, np.int16)
+        holders[: self.rows] = self.holders[: self.rows]
+        self.holders = holders
         member = np.zeros((self.member.shape[0], size), bool)
         member[:, : self.rows] = self.member[:, : self.rows]
         self.member = member
@@ -180,10 +200,16 @@ class _SharedBuffer:
 
     def drop_oldest(self, user: int, count: int) -> None:
         """Release the user's `count` earliest-arrived rows (the hard row cap)."""
-        self.member[user, self.positions(user)[:count]] = False
-        self.held[user] -= count
-        self.released = True
+        self._release(user, self.positions(user)[:count])
         self.first_time[user] = None
+
+    def _release(self, user: int, rows: np.ndarray) -> None:
+        """The user stops holding `rows` (sorted, distinct, all held by it)."""
+        self.member[user, rows] = False
+        self.held[user] -= int(rows.size)
+        holders = self.holders[rows] - 1
+        self.holders[rows] = holders
+        self.free += int(np.count_nonzero(holders == 0))
 
     def prune(self, user: int, horizon: int) -> None:
         """Release the user's rows before `horizon` when they are over a quarter of its rows.
@@ -191,44 +217,59 @@ class _SharedBuffer:
         The former per-detector buffer compacted on the same condition; keeping the rule
         keeps what a detector sees (stale rows included) exactly as before.
         """
+        first = self.first_time[user]
+        if first is not None and first >= horizon:  # nothing stale: skip the scan
+            return
         mine = self.member[user, : self.rows]
         stale = mine & (self.arrays["timestamp"][: self.rows] < horizon)
-        n_stale = int(np.count_nonzero(stale))
-        if n_stale > self.held[user] // 4:
-            mine &= ~stale
-            self.held[user] -= n_stale
-            self.released = True
+        if int(np.count_nonzero(stale)) > self.held[user] // 4:
+            self._release(user, np.flatnonzero(stale))
             self.first_time[user] = None
 
     def compact(self) -> None:
         """Drop rows no user holds once they are over a quarter of the buffer."""
-        if not (self.rows and self.released):
+        if self.free <= self.rows // 4:
             return
-        self.released = False
-        used = self.member[:, : self.rows].any(axis=0)
-        n_used = int(np.count_nonzero(used))
-        if self.rows - n_used <= self.rows // 4:
-            return
+        used = self.holders[: self.rows] > 0
+        n_used = self.rows - self.free
         for a in self.arrays.values():
             a[:n_used] = a[: self.rows][used]
+        for a in self.address_ids.values():
+            a[:n_used] = a[: self.rows][used]
+        self.holders[:n_used] = self.holders[: self.rows][used]
+        self.holders[n_used:self.rows] = 0
         for c in self.pieces:
             self.pieces[c] = [self.column(c)[used]]  # dropped rows' references go
-        self.member[:, :n_used] = self.member[:, : self.rows][:, used]
+        # np.compress: one pass per membership row (2-D boolean indexing is ~2x slower)
+        self.member[:, :n_used] = np.compress(used, self.member[:, : self.rows], axis=1)
         self.member[:, n_used:self.rows] = False  # beyond rows: never set, still False
         self.rows = n_used
-        self._codes.clear()
+        self.free = 0
+        self._forget_addresses()
 
-    def address_codes(self, names: tuple[str, ...], compute: bool) -> np.ndarray | None:
-        """Codes of the address tuple `names` over every row, in the tuple's sort order
-        (factorize_ip codes of one column; combine_codes of several), cached; None when not
-        cached and `compute` is false."""
-        codes = self._codes.get(names)
-        if codes is None and compute:
-            if len(names) == 1:
-                codes = factorize_ip(self.arrays[names[0]][: self.rows])[0]
-            else:
-                codes = combine_codes(*(self.address_codes((c,), True) for c in names))[0]
-            self._codes[names] = codes
+    def _forget_addresses(self) -> None:
+        """Renumber the address table to the live rows' addresses once most ids are dead, so
+        that it stays bounded like the rows."""
+        live_bound = self.rows * len(self.address_ids)
+        if self.addresses.size <= 2 * live_bound + 65536:
+            return
+        live = np.zeros(self.addresses.size, bool)
+        for ids in self.address_ids.values():
+            live[ids[: self.rows]] = True
+        remap = self.addresses.rebuild(live)
+        for ids in self.address_ids.values():
+            ids[: self.rows] = remap[ids[: self.rows]]
+
+    def address_codes(self, names: tuple[str, ...], positions: np.ndarray) -> np.ndarray:
+        """Order-preserving (not dense) codes of the address tuple `names` at `positions`:
+        ordered like factorize_ip codes of one column, like combine_codes of several."""
+        ranks = self.addresses.ranks()
+        codes = ranks[self.address_ids[names[0]][positions]]
+        radix = max(1, self.addresses.size)
+        if len(names) > 2 or (len(names) == 2 and radix > 3_000_000_000):  # int64 overflow
+            return combine_codes(*(ranks[self.address_ids[c][positions]] for c in names))[0]
+        for c in names[1:]:
+            codes = codes * radix + ranks[self.address_ids[c][positions]]
         return codes
 
 
@@ -256,18 +297,17 @@ class _UserColumns(dict):
         self[name] = column
         return column
 
-    def address_codes(self, names: tuple[str, ...]) -> np.ndarray | None:
+    def address_codes(self, names: tuple[str, ...],
+                      idx: np.ndarray | None = None) -> np.ndarray | None:
         """Order-preserving (not dense) int codes of a tuple of address columns, one per
-        row, from the shared buffer's cache; None when computing them over the whole shared
-        buffer would cost more than doing it on this detector's rows (detector.ip_codes)."""
+        row (per row of `idx` when given), from the shared buffer's address ids
+        (detector.ip_codes densifies them); None when a column is not an address column."""
         if any(name not in self._names for name in names):
             raise KeyError(names)
-        store = self._store
-        everything = self._positions.size == store.rows
-        codes = store.address_codes(names, compute=4 * self._positions.size >= store.rows)
-        if codes is None or everything:
-            return codes
-        return codes[self._positions]
+        if any(name not in self._store.address_ids for name in names):
+            return None
+        return self._store.address_codes(
+            names, self._positions if idx is None else self._positions[idx])
 
     def get(self, name, default=None):
         return self[name] if name in self._names else default
@@ -334,6 +374,9 @@ class CorrelationEngine:
     def push(self, batch: EventBatch) -> list[dict]:
         """Add events; return the alerts of the windows the new watermark closed."""
         validate_batch(batch)
+        # fusion's observer lists (flow.observer_names): late observer updates are not new
+        # flows; every sensor that saw a flow is named in its observer_name ('|'-joined)
+        batch = fold_observer_names(batch)
         n = len(batch)
         if n == 0:
             return []

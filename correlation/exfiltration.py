@@ -46,6 +46,7 @@ from correlation.network_common import (
     seen_by,
     span,
 )
+from pipeline.jit import njit
 from pipeline.schema import EventBatch
 
 _EXFIL = ("TA0010", "Exfiltration")
@@ -170,8 +171,8 @@ class VolumeBaselineDetector(_OutboundDetector):
         self.min_history = int(config["min_history_windows"])
         self.alpha = float(config["ewma_alpha"])
         self.max_hosts = int(config["max_hosts"])
-        # host (16 bytes) -> [ewma, first window, last window]: bounded by max_hosts
-        self.baseline: dict[bytes, list] = {}
+        # per host: ewma, first window, last window; bounded by max_hosts
+        self.baseline = HostBaselines()
         self.stats = {"hosts_evicted": 0}
 
     def detect(self, rows: Mapping[str, Columns], windows: WindowRange) -> list[Finding]:
@@ -193,21 +194,16 @@ class VolumeBaselineDetector(_OutboundDetector):
         full_host = np.zeros(t.shape[0], np.int64)
         full_host[idx] = host
         group_host[wg.group] = full_host[wg.idx]
-        baseline = np.zeros(wg.n_groups)
-        history = np.zeros(wg.n_groups, np.int64)
-        raw = np.ascontiguousarray(hosts).view(np.uint8).reshape(-1, 16)
-        # one dict operation per (window, host): the state update is inherently per host
-        for g in np.lexsort((group_host, group_k)).tolist():
-            k = int(group_k[g])
-            name = raw[group_host[g]].tobytes()
-            entry = self.baseline.get(name)
-            if entry is None:
-                entry = self.baseline[name] = [0.0, k, k - 1]
-            ewma = entry[0] * (1 - self.alpha) ** max(k - entry[2] - 1, 0)  # silent windows
-            baseline[g], history[g] = ewma, k - entry[1]
-            entry[0] = self.alpha * sent[g] + (1 - self.alpha) * ewma
-            entry[2] = k
-        self._bound()
+        # the state update is sequential per host (window after window): compiled
+        order = np.lexsort((group_host, group_k))
+        words = np.ascontiguousarray(hosts).view(np.uint64).reshape(-1, 2)
+        in_order = self.baseline.update(words[group_host[order], 0],
+                                        words[group_host[order], 1], group_k[order],
+                                        sent[order], self.alpha)
+        baseline = np.empty(wg.n_groups)
+        history = np.empty(wg.n_groups, np.int64)
+        baseline[order], history[order] = in_order
+        self.stats["hosts_evicted"] += self.baseline.bound(self.max_hosts)
         hits = np.flatnonzero((sent >= self.min_bytes) & (history >= self.min_history)
                               & (sent >= self.factor * np.maximum(baseline, 1.0))
                               & (sent >= self.min_ratio * received))
@@ -215,14 +211,6 @@ class VolumeBaselineDetector(_OutboundDetector):
                            lambda row: one_ip(cols["src_ip"], row),
                            lambda r, g: self._describe(cols, r, float(baseline[g]),
                                                        int(history[g])))
-
-    def _bound(self) -> None:
-        excess = len(self.baseline) - self.max_hosts
-        if excess > 0:
-            stale = sorted(self.baseline.items(), key=lambda kv: kv[1][2])[:excess]
-            for name, _ in stale:
-                del self.baseline[name]
-            self.stats["hosts_evicted"] += excess
 
     def _describe(self, cols: Columns, r: np.ndarray, baseline: float, history: int
                   ) -> Evidence:
@@ -241,6 +229,118 @@ class VolumeBaselineDetector(_OutboundDetector):
             message=f"{src} sent {sent:,} bytes out, {sent / max(baseline, 1.0):.0f}x its "
                     f"baseline of {baseline:,.0f}",
         )
+
+
+@njit
+def _slot_of(index: np.ndarray, hi: np.ndarray, lo: np.ndarray, key_hi: np.uint64,
+             key_lo: np.uint64) -> tuple[int, int]:
+    """(entry of the key or -1, the index slot where it is or would go); linear probing
+    over a power-of-two index with free slots (kept under half full by the caller)."""
+    mask = index.shape[0] - 1
+    mixed = (key_hi * np.uint64(0x9E3779B97F4A7C15)) ^ (key_lo * np.uint64(0xC2B2AE3D27D4EB4F))
+    s = np.int64(mixed >> np.uint64(33)) & mask
+    while True:
+        e = index[s]
+        if e < 0 or (hi[e] == key_hi and lo[e] == key_lo):
+            return e, s
+        s = (s + 1) & mask
+
+
+@njit
+def _rebuild_index(index: np.ndarray, hi: np.ndarray, lo: np.ndarray, n: int) -> None:
+    index[:] = -1
+    for e in range(n):
+        _, s = _slot_of(index, hi, lo, hi[e], lo[e])
+        index[s] = e
+
+
+@njit
+def _update_baselines(index: np.ndarray, hi: np.ndarray, lo: np.ndarray, ewma: np.ndarray,
+                      first: np.ndarray, last: np.ndarray, seq: np.ndarray, n: int,
+                      next_seq: int, key_hi: np.ndarray, key_lo: np.ndarray, k: np.ndarray,
+                      sent: np.ndarray, alpha: float
+                      ) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """EWMA update of each (host, window) in the given order (ascending windows per host):
+    (baseline before the window, windows of history, entries, next insertion number).
+
+    The caller guarantees room: n + len(k) <= hi.size and the index at least twice that.
+    """
+    m = k.shape[0]
+    baseline = np.zeros(m)
+    history = np.zeros(m, np.int64)
+    for i in range(m):
+        e, s = _slot_of(index, hi, lo, key_hi[i], key_lo[i])
+        if e < 0:
+            e = n
+            n += 1
+            index[s] = e
+            hi[e], lo[e] = key_hi[i], key_lo[i]
+            ewma[e], first[e], last[e] = 0.0, k[i], k[i] - 1
+            seq[e] = next_seq
+            next_seq += 1
+        gap = k[i] - last[e] - 1
+        decayed = ewma[e] * (1 - alpha) ** float(max(gap, 0))  # silent windows count as 0
+        baseline[i], history[i] = decayed, k[i] - first[e]
+        ewma[e] = alpha * sent[i] + (1 - alpha) * decayed
+        last[e] = k[i]
+    return baseline, history, n, next_seq
+
+
+class HostBaselines:
+    """Per-host EWMA state in columns (16-byte address as two uint64 words), found through
+    a compiled hash index: one pass per detect call instead of a dict operation per
+    (window, host). Entries keep their insertion number, so eviction is least recently
+    active first and, among equals, oldest inserted first (a dict's order)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.next_seq = 0
+        self._alloc(1024)
+
+    def _alloc(self, capacity: int) -> None:
+        old = self.n
+        columns = {"hi": np.uint64, "lo": np.uint64, "ewma": np.float64, "first": np.int64,
+                   "last": np.int64, "seq": np.int64}
+        for name, dtype in columns.items():
+            fresh = np.zeros(capacity, dtype)
+            if old:
+                fresh[:old] = getattr(self, name)[:old]
+            setattr(self, name, fresh)
+        self.index = np.full(2 * capacity, -1, np.int64)  # power of two: capacity is one
+        _rebuild_index(self.index, self.hi, self.lo, old)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def update(self, key_hi: np.ndarray, key_lo: np.ndarray, k: np.ndarray,
+               sent: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+        """(baseline, history windows) per (host, window) row, rows ascending by window per
+        host; updates the state."""
+        need = self.n + k.shape[0]
+        if need > self.hi.shape[0]:
+            self._alloc(1 << (need - 1).bit_length())
+        baseline, history, self.n, self.next_seq = _update_baselines(
+            self.index, self.hi, self.lo, self.ewma, self.first, self.last, self.seq, self.n,
+            self.next_seq, key_hi.astype(np.uint64), key_lo.astype(np.uint64),
+            k.astype(np.int64), sent.astype(np.float64), float(alpha))
+        return baseline, history
+
+    def bound(self, max_hosts: int) -> int:
+        """Evict the least recently active hosts beyond max_hosts; how many were evicted."""
+        excess = self.n - max_hosts
+        if excess <= 0:
+            return 0
+        n = self.n
+        stale = np.lexsort((self.seq[:n], self.last[:n]))[:excess]
+        keep = np.ones(n, bool)
+        keep[stale] = False
+        for name in ("hi", "lo", "ewma", "first", "last", "seq"):
+            column = getattr(self, name)
+            kept = column[:n][keep]
+            column[:kept.size] = kept
+        self.n = int(keep.sum())
+        _rebuild_index(self.index, self.hi, self.lo, self.n)
+        return excess
 
 
 class IcmpTunnelDetector(Detector):

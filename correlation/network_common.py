@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from functools import partial
+from functools import lru_cache, partial
 
 import numpy as np
 
@@ -87,10 +87,18 @@ def in_ports(column: np.ndarray, ports) -> np.ndarray:
     of isin's sort / compare passes (the selects run on every pushed row)."""
     if column.dtype != np.uint16:
         return np.isin(column, ports)
-    wanted = np.asarray(ports, dtype=np.int64).reshape(-1)
+    return _port_table(tuple(np.asarray(ports, dtype=np.int64).reshape(-1).tolist()))[column]
+
+
+@lru_cache(maxsize=64)
+def _port_table(wanted: tuple[int, ...]) -> np.ndarray:
+    """64 K lookup table of a port set, built once per set (the same few sets every batch);
+    read-only, so a caller cannot corrupt the cached copy."""
     table = np.zeros(65536, bool)
-    table[wanted[(wanted >= 0) & (wanted < 65536)]] = True  # others never match a uint16
-    return table[column]
+    ports = np.array(wanted, dtype=np.int64)
+    table[ports[(ports >= 0) & (ports < 65536)]] = True  # others never match a uint16
+    table.flags.writeable = False
+    return table
 
 
 # --- address classes -------------------------------------------------------------------------

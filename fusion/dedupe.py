@@ -3,9 +3,13 @@
 Key = Community ID (direction-free 5-tuple hash) + start time. Two reports of one
 connection agree on the Community ID and start within `tolerance_s` of each other (sensor
 clocks and first-packet definitions differ a little). The first report wins and keeps its
-observer_name; later reports are dropped and counted, and every observer of a kept flow is
-recorded in a side structure (`observers`) that the ECS writer adds as
-`cirtsa.observers.name` (no schema change: an EventBatch carries only its kind's columns).
+observer_name; later reports are dropped and counted. Every observer of a kept flow travels
+with it in the flow's optional `observer_names` column ('|'-joined, kept observer first)
+when the reports meet in one batch. A report of a flow published in an *earlier* batch
+cannot change that row any more: it is returned as a *late observer update* (the report
+itself, its observer_names listing every observer so far), which the stage publishes or
+drops (`fusion.dedupe.late_observers`), and it is added to the published batch's side
+structure (`observers`) for in-process writers that write later.
 
 State is bounded: keys live in time buckets of `tolerance_s` (by event time); buckets older
 than the newest event time minus `retention_s` are dropped whole, and a hard cap on keys
@@ -18,7 +22,7 @@ from collections import Counter
 
 import numpy as np
 
-from pipeline.schema import EventBatch
+from pipeline.schema import OBSERVER_SEPARATOR, EventBatch
 
 NS = 1_000_000_000
 
@@ -82,6 +86,12 @@ def _by_bucket(bucket: np.ndarray, by_key: np.ndarray) -> np.ndarray:
     return by_key[np.argsort(rel, kind="stable")]
 
 
+def _joined(lists: list[list[str]]) -> np.ndarray:
+    out = np.empty(len(lists), dtype=object)
+    out[:] = [OBSERVER_SEPARATOR.join(obs) for obs in lists]
+    return out
+
+
 class FlowDeduplicator:
     def __init__(self, tolerance_s: float = 5.0, retention_s: float = 600.0,
                  max_keys: int = 5_000_000) -> None:
@@ -100,14 +110,25 @@ class FlowDeduplicator:
         self.keys = 0
         self.newest: int | None = None
         self.stats: Counter[str] = Counter()
+        self.late: EventBatch | None = None  # late observer updates of the last filter call
 
     def filter(self, batch: EventBatch) -> tuple[EventBatch, dict[int, list[str]]]:
         """Drop rows that repeat a flow already kept (same Community ID, start within the
         tolerance). Returns the kept rows and, for kept rows that another observer also
-        reported, {row index in the kept batch: observer names (first = kept one)}."""
+        reported, {row index in the kept batch: observer names (first = kept one)}; those
+        rows' `observer_names` column holds the same list joined. Late observer updates of
+        this call are in `self.late` (see filter_updates)."""
+        kept, extra, self.late = self.filter_updates(batch)
+        return kept, extra
+
+    def filter_updates(self, batch: EventBatch
+                       ) -> tuple[EventBatch, dict[int, list[str]], EventBatch | None]:
+        """filter, plus the late observer updates: the rows that repeat a flow published
+        in an earlier batch, with `observer_names` = every observer of that flow so far
+        (the kept report's first), or None when there are none."""
         n = len(batch)
         if n == 0:
-            return batch, {}
+            return batch, {}, None
         cols = batch.columns
         keys = key_column(cols["community_id"])
         keyed = keys != _EMPTY_KEY  # no Community ID (a real one folds to 0: p = 2**-64)
@@ -158,9 +179,10 @@ class FlowDeduplicator:
         extra: dict[int, list[str]] = {}
         self.batch_no += 1
         self.sides[self.batch_no] = extra
+        late: dict[int, list[str]] = {}
         if (dup | in_batch).any():
-            self._record_observers(dup, in_batch, first_of, keys, bucket, hit_bucket, names,
-                                   keep, extra)
+            late = self._record_observers(dup, in_batch, first_of, keys, bucket, hit_bucket,
+                                          names, cols.get("observer_names"), keep, extra)
         self.stats["duplicates"] += int(n - keep.sum())
         self.stats["flows"] += int(keep.sum())
         kept_rows = np.cumsum(keep) - 1
@@ -168,36 +190,68 @@ class FlowDeduplicator:
         self._remember(keys[remembered], bucket[remembered], names[remembered],
                        kept_rows[remembered])
         self._expire(int(ts.max()))
-        if keep.all():
-            return batch, extra
-        return batch.take(keep), extra
+        updates = None
+        if late:
+            rows = np.array(sorted(late), dtype=np.int64)
+            updates = batch.take(rows)
+            updates.columns["observer_names"] = _joined([late[r] for r in rows.tolist()])
+            self.stats["late_observers"] += len(rows)
+        kept = batch if keep.all() else batch.take(keep)
+        if extra:  # the kept rows that other observers reported in this batch
+            joined = kept.columns["observer_names"].copy()
+            at = np.fromiter(extra, dtype=np.int64, count=len(extra))
+            joined[at] = _joined(list(extra.values()))
+            kept = EventBatch(kept.kind, {**kept.columns, "observer_names": joined})
+        return kept, extra, updates
 
     def _record_observers(self, dup, in_batch, first_of, keys, bucket, hit_bucket, names,
-                          keep, extra) -> None:
-        # A loop over duplicate reports only (at most one per extra observer of a flow).
+                          multi, keep, extra) -> dict[int, list[str]]:
+        """Fill `extra` (kept row -> observers) and the lists of flows kept earlier; return
+        {input row: observers} of the late reports (flows of earlier batches). A loop over
+        duplicate reports only (at most one per extra observer of a flow)."""
+        def own(i: int) -> list[str]:  # a report's observers (an input may be fused already)
+            m = multi[i] if multi is not None else None
+            return m.split(OBSERVER_SEPARATOR) if m else [names[i]]
+
+        def add(obs: list[str], i: int) -> None:
+            obs += [o for o in own(i) if o not in obs]
+
         kept_index = np.cumsum(keep) - 1
-        for i in np.flatnonzero(in_batch).tolist():
-            j = i
-            while in_batch[j]:  # chain back to the kept report
-                j = int(first_of[j])
-            obs = extra.setdefault(int(kept_index[j]), [names[j]])
-            if names[i] not in obs:
-                obs.append(names[i])
-            self.observers[(int(bucket[j]), int(keys[j]))] = obs
+        late: dict[int, list[str]] = {}
+        first: dict[int, str] = {}  # late report -> the observer of the report it repeats
         for i in np.flatnonzero(dup).tolist():
             b, k = int(hit_bucket[i]), int(keys[i])
+            skeys, snames, sbatch, srow = self.buckets[b]
+            pos = int(np.searchsorted(skeys, keys[i]))
+            while snames[pos] == names[i]:  # the report of another observer (see above)
+                pos += 1
+            first[i] = snames[pos]
             obs = self.observers.get((b, k))
             if obs is None:
-                skeys, snames, sbatch, srow = self.buckets[b]
-                pos = int(np.searchsorted(skeys, keys[i]))
-                while snames[pos] == names[i]:  # the report of another observer (see above)
-                    pos += 1
                 obs = self.observers[(b, k)] = [snames[pos]]
                 side = self.sides.get(int(sbatch[pos]))
                 if side is not None:  # the published batch lists its observers from now on
                     side[int(srow[pos])] = obs
-            if names[i] not in obs:
-                obs.append(names[i])
+            add(obs, i)
+            late[i] = obs
+        for i in np.flatnonzero(in_batch).tolist():
+            j = i
+            while in_batch[j]:  # chain back to the first report of the flow in this batch
+                j = int(first_of[j])
+            if dup[j]:  # that one repeats a flow of an earlier batch: so does this one
+                add(late[j], i)
+                late[i], first[i] = late[j], first[j]
+                continue
+            obs = extra.get(int(kept_index[j]))
+            if obs is None:
+                obs = extra[int(kept_index[j])] = own(j)
+            add(obs, i)
+            self.observers[(int(bucket[j]), int(keys[j]))] = obs
+        # An update lists the observer of the published report it repeats first and its
+        # own observer last (so the first name is never the row's own: what marks an
+        # update, pipeline.schema.observer_update_rows), every other observer between.
+        return {i: [first[i]] + [o for o in obs if o not in (first[i], names[i])] + [names[i]]
+                for i, obs in late.items()}
 
     def _remember(self, keys: np.ndarray, bucket: np.ndarray, names: np.ndarray,
                   rows: np.ndarray) -> None:

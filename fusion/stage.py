@@ -27,7 +27,13 @@ from fusion.dedupe import FlowDeduplicator
 from fusion.enrich import Constituency, Enricher, Enrichment, enrich_docs
 from pipeline.bus import TOPIC_DEADLETTER, TOPIC_EVENTS, TOPIC_SENSOR, InMemoryBus
 from pipeline.intel import IndicatorSet
-from pipeline.schema import EventBatch, SchemaError, batch_to_ecs, validate_batch
+from pipeline.schema import (
+    EventBatch,
+    SchemaError,
+    batch_to_ecs,
+    observer_update_rows,
+    validate_batch,
+)
 
 UNSPECIFIED_IP = "::"
 
@@ -130,6 +136,10 @@ class FusionStage:
                 enricher.intel = intel
         self.enricher = enricher
         self.bounds = bounds_from(self.settings)
+        late = str(dd.get("late_observers", "drop"))
+        if late not in ("drop", "update"):
+            raise ValueError(f"fusion.dedupe.late_observers: {late!r}, expected drop or update")
+        self.late_observer_updates = late == "update"
         bus.subscribe(TOPIC_SENSOR, self.on_batch)
 
     # --- inputs -------------------------------------------------------------------------------
@@ -177,11 +187,21 @@ class FusionStage:
 
     def _emit(self, batch: EventBatch) -> None:
         observers: dict[int, list[str]] = {}
+        updates = None
         if self.dedupe is not None and batch.kind == "flow":
-            batch, observers = self.dedupe.filter(batch)
+            batch, observers, updates = self.dedupe.filter_updates(batch)
             self.stats["dedupe.duplicates"] = self.dedupe.stats["duplicates"]
-            if not len(batch):
-                return
+            if updates is not None:
+                self.stats["dedupe.late_observers"] += len(updates)
+        if len(batch):
+            self._publish(batch, observers)
+        if updates is not None and self.late_observer_updates:
+            # other sensors' reports of flows published earlier: they carry the full
+            # observer list to Kafka consumers (pipeline.schema.observer_update_rows)
+            self.stats["dedupe.late_observer_updates"] += len(updates)
+            self._publish(updates, {})
+
+    def _publish(self, batch: EventBatch, observers: dict[int, list[str]]) -> None:
         enrichment = self.enricher.enrich(batch) if self.enricher is not None else None
         if enrichment is not None and enrichment.threat is not None:
             self.stats["intel.events"] += enrichment.threat.tagged_rows
@@ -199,7 +219,13 @@ class FusionStage:
 def fusion_docs(batch: EventBatch) -> list[dict]:
     """ECS documents of a published batch, with fusion's side fields (direction,
     constituency from the publishing stage's table, observers of de-duplicated flows,
-    threat.enrichments of IOC hits)."""
+    threat.enrichments of IOC hits). Late observer update rows (fusion.dedupe.late_observers:
+    update) re-report a flow whose document was written before: they get no document."""
+    updates = observer_update_rows(batch)
+    if updates.any():
+        if updates.all():
+            return []
+        batch = batch.take(~updates)  # (the stage publishes updates as batches of their own)
     docs = batch_to_ecs(batch)
     side: FusionSide | None = getattr(batch, "fusion", None)
     if side is not None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from correlation.engine import CorrelationEngine
 from fusion.stage import FusionStage
 from pipeline.bus import TOPIC_ALERTS, TOPIC_DEADLETTER, TOPIC_EVENTS, TOPIC_SENSOR, InMemoryBus
-from pipeline.schema import EventBatch
+from pipeline.schema import EventBatch, observer_update_rows
 from sensors.pcap_reader import CaptureError, CaptureReader
 from sensors.sensor import CaptureResult, capture_events
 
@@ -60,7 +60,8 @@ def connect_stages(bus: InMemoryBus, report, config: dict,
     engine = CorrelationEngine(config.get("correlation") or {}) if correlate else None
 
     def count_events(batch: EventBatch) -> None:
-        report.events[batch.kind] += len(batch)
+        # late observer updates (docs/fusion.md) re-report flows already counted
+        report.events[batch.kind] += len(batch) - int(observer_update_rows(batch).sum())
 
     bus.subscribe(TOPIC_EVENTS, count_events)
     if on_events is not None:

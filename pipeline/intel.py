@@ -44,7 +44,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.jit import njit
 from pipeline.schema import EventBatch
+from pipeline.text_codes import factorize_text
 
 INDICATOR_TYPES = ("ip", "cidr", "domain", "url", "ja3", "ja4", "cert_sha1")
 _TYPE_CODE = {kind: code for code, kind in enumerate(INDICATOR_TYPES)}
@@ -665,7 +667,6 @@ def inline_indicators(entries: Iterable[Mapping | str]) -> list[Indicator]:
 
 _PRIME = np.uint64(0x100000001B3)  # polynomial base (the FNV-1 64-bit prime)
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # golden-ratio multiplier (Fibonacci hashing)
-_CHUNK = 65536  # rows hashed at once: bounds the UCS-4 scratch array
 _DOT = 46
 
 
@@ -676,50 +677,48 @@ def _as_text(values: Sequence | np.ndarray) -> np.ndarray:
     return arr
 
 
+@njit
+def _suffix_hash_kernel(codes: np.ndarray, bounds: np.ndarray, domains: bool
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, start, hash) of the label suffixes of strings codes[bounds[i]:bounds[i + 1]]
+    (code points), walking each string right to left; see suffix_hashes.
+
+    bounds is ascending with bounds[-1] <= codes.size (built from the lengths by the
+    caller); at most one output per code point, so the outputs fit in codes.size slots.
+    """
+    n = bounds.shape[0] - 1
+    rows = np.empty(codes.shape[0], np.int64)
+    starts = np.empty(codes.shape[0], np.int64)
+    hashes = np.empty(codes.shape[0], np.uint64)
+    m = 0
+    for i in range(n):
+        a, b = bounds[i], bounds[i + 1]
+        h = np.uint64(0)
+        for j in range(b - 1, a - 1, -1):
+            c = codes[j]
+            h = h * _PRIME + np.uint64(c)
+            if c != 0 and (j == a or (domains and codes[j - 1] == _DOT)):
+                rows[m], starts[m], hashes[m] = i, j - a, h
+                m += 1
+    return rows[:m].copy(), starts[:m].copy(), hashes[:m].copy()
+
+
 def suffix_hashes(values: Sequence | np.ndarray, domains: bool = True
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(row, start, hash) of every suffix of each string that starts at a label (position 0
     or after a '.'), or only of the whole string when `domains` is False.
 
-    hash(s) = sum of ord(s[i]) * P**(i) folded right to left (uint64, wrapping); rows are
-    processed in chunks of similar length so the code-point matrix stays narrow.
+    hash(s) = sum of ord(s[i]) * P**(i) folded right to left (uint64, wrapping); a NUL code
+    point adds nothing, and no suffix starts at one. One compiled pass over the code points
+    of all strings (UTF-32 of their concatenation); outputs ordered by row, then by start
+    descending.
     """
     arr = _as_text(values)
-    n = arr.shape[0]
-    if n == 0:
-        e = np.empty(0, np.int64)
-        return e, e.copy(), np.empty(0, np.uint64)
-    lengths = np.fromiter(map(len, arr), np.int64, n)
-    order = np.argsort(lengths, kind="stable")
-    rows_out, start_out, hash_out = [], [], []
-    for lo in range(0, n, _CHUNK):
-        idx = order[lo:lo + _CHUNK]
-        width = int(lengths[idx[-1]])
-        if width == 0:
-            if not domains:
-                rows_out.append(idx)
-                start_out.append(np.zeros(idx.size, np.int64))
-                hash_out.append(np.zeros(idx.size, np.uint64))
-            continue
-        text = arr[idx].astype(f"U{width}")
-        codes = text.view(np.uint32).reshape(idx.size, width)
-        h = np.zeros(idx.size, np.uint64)
-        for j in range(width - 1, -1, -1):
-            c = codes[:, j]
-            # Past a string's end the code is 0 and h stays 0: no mask needed.
-            h = h * _PRIME + c.astype(np.uint64)
-            if not domains and j:
-                continue
-            at = (c != 0) if j == 0 else (c != 0) & (codes[:, j - 1] == _DOT)
-            hit = np.flatnonzero(at)
-            if hit.size:
-                rows_out.append(idx[hit])
-                start_out.append(np.full(hit.size, j, np.int64))
-                hash_out.append(h[hit])
-    if not rows_out:
-        e = np.empty(0, np.int64)
-        return e, e.copy(), np.empty(0, np.uint64)
-    return np.concatenate(rows_out), np.concatenate(start_out), np.concatenate(hash_out)
+    items = arr.tolist()
+    bounds = np.zeros(len(items) + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, items), np.int64, len(items)), out=bounds[1:])
+    codes = np.frombuffer("".join(items).encode("utf-32-le", "surrogatepass"), np.uint32)
+    return _suffix_hash_kernel(codes, bounds, domains)
 
 
 def string_hashes(values: Sequence | np.ndarray) -> np.ndarray:
@@ -1121,10 +1120,9 @@ class IndicatorSet:
         if arr.shape[0] == 0 or table.keys.size == 0:
             return out
         # Names repeat (DNS, Host headers): hash each distinct name once.
-        index: dict[str, int] = {}
-        codes = np.fromiter((index.setdefault(v, len(index)) for v in arr.tolist()),
-                            np.int64, arr.shape[0])
-        uniq = np.array(list(index), dtype=object)
+        codes, distinct = factorize_text(arr)
+        uniq = np.empty(len(distinct), object)
+        uniq[:] = distinct
         rows, starts, hashes = suffix_hashes(uniq)
         pos, payload = table.lookup(hashes)
         best = np.full(uniq.shape[0], np.iinfo(np.int64).max, np.int64)

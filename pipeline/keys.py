@@ -42,6 +42,7 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _FMIX1 = np.uint64(0xFF51AFD7ED558CCD)
 _FMIX2 = np.uint64(0xC4CEB9FE1A85EC53)
 _SHIFT = np.uint64(33)
+_FEW_BUCKETS = 16  # up to this many buckets, rows are grouped by compare, not by sorting
 
 
 def partition_key_of(detector: object) -> str:
@@ -123,19 +124,31 @@ def aligned_keys(buckets: int) -> tuple[bytes, ...]:
     return tuple(keys)
 
 
+def bucket_rows(batch: EventBatch, keying: str,
+                buckets: int) -> list[tuple[int, np.ndarray | None]]:
+    """The row indices of every non-empty bucket of the batch's `keying` address, rows in
+    their original order within each: [(bucket, rows), ...] by bucket; rows None means
+    "the whole batch" (one bucket, or a kind without that address column). Indices only:
+    the caller encodes each bucket's rows without copying sub-batches first."""
+    column = batch.columns.get(KEY_COLUMNS[keying])
+    if len(batch) == 0:
+        return []
+    if column is None or buckets == 1:  # a kind without addresses: one bucket, still ordered
+        return [(0, None)]
+    bucket = ip_buckets(column, buckets)
+    if buckets <= _FEW_BUCKETS:  # one vectorized compare per bucket beats any sort
+        groups = ((b, np.flatnonzero(bucket == b)) for b in range(buckets))
+        return [(b, rows) for b, rows in groups if len(rows)]
+    # Stable radix sort on the narrowest integer type (a 64-bit key would mean a merge sort).
+    order = np.argsort(bucket.astype(np.uint16 if buckets <= 1 << 16 else np.int64),
+                       kind="stable")
+    counts = np.bincount(bucket, minlength=buckets)
+    bounds = np.concatenate(([0], np.cumsum(counts)))
+    return [(b, order[bounds[b]:bounds[b + 1]]) for b in np.flatnonzero(counts).tolist()]
+
+
 def split_by_key(batch: EventBatch, keying: str, buckets: int) -> list[tuple[int, EventBatch]]:
     """The batch cut into one sub-batch per non-empty bucket of its `keying` address,
     rows in their original order within each: [(bucket, sub-batch), ...] by bucket."""
-    column = batch.columns.get(KEY_COLUMNS[keying])
-    n = len(batch)
-    if n == 0:
-        return []
-    if column is None or buckets == 1:  # a kind without addresses: one bucket, still ordered
-        return [(0, batch)]
-    bucket = ip_buckets(column, buckets)
-    order = np.argsort(bucket, kind="stable")
-    counts = np.bincount(bucket, minlength=buckets)
-    bounds = np.concatenate(([0], np.cumsum(counts)))
-    return [(b, batch.take(order[bounds[b]:bounds[b + 1]]))
-            for b in np.flatnonzero(counts).tolist()]
-
+    return [(b, batch if rows is None else batch.take(rows))
+            for b, rows in bucket_rows(batch, keying, buckets)]

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 
 import numpy as np
 
@@ -34,6 +35,10 @@ class Field:
     doc: str
     to_ecs: Callable | None = None  # column value -> ECS value (after IP/time conversion)
     omit_empty: bool = False  # leave the ECS field out when the value is 0 / "" / empty
+    # Added after schema version 1 shipped: a batch without the column still validates, and
+    # EventBatch fills it with empty values (`fill`) so every stage and the wire format see it.
+    optional: bool = False
+    fill: object = ""
 
 
 @dataclass(frozen=True)
@@ -57,11 +62,18 @@ class EventKind:
     def columns(self) -> tuple[str, ...]:
         return tuple(f.column for f in self.fields)
 
+    @cached_property
+    def optional_columns(self) -> frozenset[str]:
+        return frozenset(f.column for f in self.fields if f.optional)
+
 
 def _f(column: str, dtype, ecs: str, doc: str, to_ecs: Callable | None = None,
-       omit_empty: bool = False) -> Field:
-    return Field(column, np.dtype(dtype), ecs, doc, to_ecs, omit_empty)
+       omit_empty: bool = False, optional: bool = False) -> Field:
+    return Field(column, np.dtype(dtype), ecs, doc, to_ecs, omit_empty, optional)
 
+
+# Joins the names of flow.observer_names (sensor ids never contain it).
+OBSERVER_SEPARATOR = "|"
 
 # --- value vocabularies -----------------------------------------------------------------------
 
@@ -162,6 +174,11 @@ FLOW = EventKind(
            "Zeek-style connection state (S0, S1, SF, REJ, RSTO, RSTR, SH, OTH, ...)"),
         _f("end_reason", OBJ, "cirtsa.flow.end_reason",
            "why the flow record was emitted: fin, rst, idle, active, eof, evicted"),
+        # Optional (added in place, schema version 1): filled by fusion's de-duplication.
+        _f("observer_names", OBJ, "cirtsa.observers.name",
+           "every sensor that reported this flow, '|'-joined, the kept report's observer "
+           "first; empty when one sensor did (fusion de-duplication)",
+           to_ecs=lambda v: v.split(OBSERVER_SEPARATOR), omit_empty=True, optional=True),
     ),
     event_category=("network",),
     event_type=("connection", "end"),
@@ -418,6 +435,19 @@ class EventBatch:
     kind: str
     columns: dict[str, np.ndarray]
 
+    def __post_init__(self) -> None:
+        # Optional columns a producer does not know about (written before they existed) are
+        # filled, so every stage and pipeline.wire see the kind's full column set. A new dict:
+        # the caller's is left as it was.
+        spec = KINDS.get(self.kind)
+        if spec is None or not self.columns or not spec.optional_columns:
+            return
+        missing = [f for f in spec.fields if f.optional and f.column not in self.columns]
+        if missing:
+            n = len(self)
+            self.columns = {**self.columns,
+                            **{f.column: np.full(n, f.fill, dtype=f.dtype) for f in missing}}
+
     def __len__(self) -> int:
         if not self.columns:
             return 0
@@ -426,6 +456,71 @@ class EventBatch:
     def take(self, index: np.ndarray) -> EventBatch:
         """Rows selected by an integer or boolean index, same kind."""
         return EventBatch(self.kind, {k: v[index] for k, v in self.columns.items()})
+
+
+def observer_update_rows(batch: EventBatch) -> np.ndarray:
+    """Boolean mask of the flow rows that re-report a flow published earlier (fusion's late
+    observer updates, docs/fusion.md): `observer_names` is set and does not start with the
+    row's own observer. A consumer that counts flows skips them; their `observer_names`
+    lists every sensor that saw the flow. All False for other kinds and for batches without
+    the column. Python runs only over the rows that have observer_names (few)."""
+    n = len(batch)
+    names = batch.columns.get("observer_names")
+    if batch.kind != "flow" or names is None or n == 0:
+        return np.zeros(n, dtype=bool)
+    rows = np.flatnonzero(names.astype(bool))  # None (np.empty) counts as empty, as ""
+    out = np.zeros(n, dtype=bool)
+    if rows.size:
+        own = batch.columns["observer_name"][rows].tolist()
+        out[rows] = [not str(v).startswith(o + OBSERVER_SEPARATOR) and v != o
+                     for v, o in zip(names[rows].tolist(), own, strict=True)]
+    return out
+
+
+def fold_observer_names(batch: EventBatch) -> EventBatch:
+    """For consumers that name "the sensors that saw it" from `observer_name` (correlation):
+    the flow batch without its late observer updates, each update's names merged into the
+    row of the same flow (same Community ID, reported by the update's first observer,
+    nearest start) when that row is in the batch, and `observer_name` replaced by the
+    '|'-joined `observer_names` where that is set (split with OBSERVER_SEPARATOR when
+    listing sensors). Other batches are returned as they are. Python runs over the
+    multi-observer rows only."""
+    names = batch.columns.get("observer_names")
+    if batch.kind != "flow" or names is None or not len(batch):
+        return batch
+    multi = names.astype(bool)
+    if not multi.any():
+        return batch
+    updates = observer_update_rows(batch)
+    if updates.any():
+        names = _merge_updates(batch, updates)
+        batch = EventBatch(batch.kind, {**batch.columns, "observer_names": names}).take(
+            ~updates)
+        names = batch.columns["observer_names"]
+        multi = names.astype(bool)
+    folded = np.where(multi, names, batch.columns["observer_name"])
+    return EventBatch(batch.kind, {**batch.columns, "observer_name": folded})
+
+
+def _merge_updates(batch: EventBatch, updates: np.ndarray) -> np.ndarray:
+    """observer_names with each update row's names merged into its flow's kept row."""
+    cols = batch.columns
+    names = cols["observer_names"].copy()
+    cid, own, ts = cols["community_id"], cols["observer_name"], cols["timestamp"]
+    upd = np.flatnonzero(updates)
+    kept = np.flatnonzero(~updates & np.isin(cid, cid[upd]))
+    rows_of: dict[tuple, list[int]] = {}
+    for r in kept.tolist():
+        rows_of.setdefault((cid[r], own[r]), []).append(r)
+    for u in upd.tolist():
+        listed = str(names[u]).split(OBSERVER_SEPARATOR)
+        rows = rows_of.get((cid[u], listed[0]))
+        if not rows:
+            continue  # the flow's row is in an earlier batch
+        r = min(rows, key=lambda k: abs(int(ts[k]) - int(ts[u])))
+        have = str(names[r]).split(OBSERVER_SEPARATOR) if names[r] else [str(own[r])]
+        names[r] = OBSERVER_SEPARATOR.join(have + [o for o in listed if o not in have])
+    return names
 
 
 def empty_batch(kind: str) -> EventBatch:
@@ -450,13 +545,15 @@ def validate_batch(batch: EventBatch) -> None:
         raise SchemaError(f"unknown event kind {batch.kind!r}")
     expected = set(spec.columns)
     got = set(batch.columns)
-    if missing := expected - got:
+    if missing := expected - got - spec.optional_columns:
         raise SchemaError(f"{batch.kind}: missing columns {sorted(missing)}")
     if extra := got - expected:
         raise SchemaError(f"{batch.kind}: unexpected columns {sorted(extra)}")
     n = None
     for f in spec.fields:
-        col = batch.columns[f.column]
+        col = batch.columns.get(f.column)
+        if col is None:  # an optional column left out (checked above)
+            continue
         if not isinstance(col, np.ndarray) or col.ndim != 1:
             raise SchemaError(f"{batch.kind}.{f.column}: not a 1-d numpy array")
         if col.dtype != f.dtype:
@@ -500,7 +597,8 @@ def _column_values(f: Field, values: np.ndarray) -> list:
 def batch_to_ecs(batch: EventBatch) -> list[dict]:
     """Columnar batch -> ECS JSON documents (one dict per event)."""
     kind = KINDS[batch.kind]
-    values = {f.column: _column_values(f, batch.columns[f.column]) for f in kind.fields}
+    fields = [f for f in kind.fields if f.column in batch.columns]  # optional ones may lack
+    values = {f.column: _column_values(f, batch.columns[f.column]) for f in fields}
     raw_times = {c: batch.columns[c].tolist() for c in ("timestamp", "end") if c in batch.columns}
     docs: list[dict] = []
     for i in range(len(batch)):
@@ -516,7 +614,7 @@ def batch_to_ecs(batch: EventBatch) -> list[dict]:
             },
         }
         row = {c: v[i] for c, v in values.items()}
-        for f in kind.fields:
+        for f in fields:
             v = row[f.column]
             if f.omit_empty and not v:
                 continue

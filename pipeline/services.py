@@ -19,6 +19,7 @@ by a replay is the same document. docs/kafka.md has the details and the limits.
 from __future__ import annotations
 
 import base64
+import importlib.util
 import os
 import shutil
 import sys
@@ -45,9 +46,9 @@ from pipeline.kafka_transport import (
     SpoolingProducer,
     TransportError,
 )
-from pipeline.keys import DESTINATION, SOURCE, aligned_keys, split_by_key, split_detectors
+from pipeline.keys import DESTINATION, SOURCE, aligned_keys, bucket_rows, split_detectors
 from pipeline.schema import EventBatch, SchemaError
-from pipeline.wire import WireError, decode, encode_chunks
+from pipeline.wire import BatchEncoder, WireError, decode, encode_chunks
 
 TOPIC_EVENTS_BY_DST = "sa.events.by_dst"
 # The topic each keying's events travel on.
@@ -83,6 +84,16 @@ def topic_partitions(config: Mapping) -> dict[str, int]:
     topics.update({str(k): int(v) for k, v in ((config.get("services") or {})
                                                  .get("topics") or {}).items()})
     return topics
+
+
+def producer_compression(settings: Mapping) -> str | None:
+    """kafka-python's compression_type from a service's `compression` setting: none (or
+    null), lz4, gzip, zstd, snappy, or auto = lz4 when its codec (the `lz4` package) is
+    installed, else none. Consumers decompress whatever they get (with the codec)."""
+    value = settings.get("compression") or "none"
+    if value == "auto":
+        return "lz4" if importlib.util.find_spec("lz4") is not None else None
+    return None if value == "none" else str(value)
 
 
 def correlation_section(config: Mapping) -> dict:
@@ -210,10 +221,18 @@ class FusionService:
                            **{k: v for k, v in doc.items() if k not in ("reason", "stage")})
             for out in events:
                 self.stats["events_out"] += len(out)
+                # Text columns are factorized once per batch, then every partition's rows of
+                # every keying are encoded from that (no sub-batch copies, no re-encoding).
+                try:
+                    encoder = BatchEncoder(out)
+                except WireError as exc:  # a value the wire cannot carry: a stage bug
+                    self._dead(producer, record, f"wire encode: {exc}", kind=out.kind,
+                               rows=len(out))
+                    continue
                 for target in self.outputs:
                     keys = aligned_keys(target.partitions)
-                    for bucket, part in split_by_key(out, target.keying, target.partitions):
-                        for chunk in encode_chunks(part, self.max_message_bytes):
+                    for bucket, rows in bucket_rows(out, target.keying, target.partitions):
+                        for chunk in encoder.encode_chunks(self.max_message_bytes, rows):
                             producer.send(target.topic, keys[bucket], chunk)
                             self.stats[f"messages_out.{target.topic}"] += 1
 
@@ -231,7 +250,8 @@ class FusionService:
                                  session_timeout_ms=int(s.get("session_timeout_ms", 6000)),
                                  max_poll_records=int(s.get("max_poll_records", 16)))
         producer = SpoolingProducer(self.kafka, spool, topics=self.topics,
-                                    linger_ms=int(s.get("linger_ms", 5)))
+                                    linger_ms=int(s.get("linger_ms", 5)),
+                                    compression_type=producer_compression(s))
         metrics_every = float(s.get("metrics_interval_s", 30))
         next_metrics = time.monotonic() + metrics_every
         self.log("started", group=self.group, outputs=[o.topic for o in self.outputs])
@@ -487,7 +507,8 @@ class CorrelationService:
             max_poll_records=int(s.get("max_poll_records", 64)),
             max_partition_fetch_bytes=int(s.get("max_partition_fetch_bytes", 4 << 20)))
         producer = SpoolingProducer(self.kafka, spool, topics=self.topics,
-                                    linger_ms=int(s.get("linger_ms", 5)))
+                                    linger_ms=int(s.get("linger_ms", 5)),
+                                    compression_type=producer_compression(s))
         metrics_every = float(s.get("metrics_interval_s", 30))
         commit_every = float(s.get("commit_interval_s", 1.0))
         next_metrics = time.monotonic() + metrics_every

@@ -16,11 +16,9 @@ Hash input, all network byte order, then SHA1 and base64 with a "1:" prefix:
 
 from __future__ import annotations
 
-import base64
-import hashlib
-
 import numpy as np
 
+from pipeline.jit import njit
 from sensors.packets import IP_DTYPE, IPV4_MAPPED_PREFIX
 
 PROTO_ICMP = 1
@@ -28,9 +26,6 @@ PROTO_TCP = 6
 PROTO_UDP = 17
 PROTO_ICMP6 = 58
 PROTO_SCTP = 132
-# From this many rows on, IDs are hashed column-wise (sha1_rows: ~1.4 us a row vs ~1.8 for
-# hashlib + base64 per row, measured here); below it the ufunc-call overhead dominates.
-VECTOR_SHA1_MIN_ROWS = 8192
 PORT_PROTOS = frozenset({PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROTO_ICMP6, PROTO_SCTP})
 
 # Request/reply ICMP types -> their counterpart (Zeek's ICMP "counter type"); any type not
@@ -99,12 +94,6 @@ def community_id_v1(
     )
 
 
-def _address_words(column: np.ndarray) -> np.ndarray:
-    """16-byte address column -> (n, 2) big-endian uint64 words, comparable numerically."""
-    raw = np.ascontiguousarray(column).view(np.uint8).reshape(-1, 16)
-    return raw.view(">u8").astype(np.uint64)
-
-
 def community_id_column(
     src_ip: np.ndarray,
     dst_ip: np.ndarray,
@@ -115,7 +104,8 @@ def community_id_column(
 ) -> np.ndarray:
     """Community IDs for columns of flow tuples (IP_DTYPE addresses) -> object column.
 
-    Ordering, ICMP mapping and byte packing are column-wise; only SHA1 runs per row.
+    ICMP mapping is column-wise; ordering, byte packing, SHA1 and base64 run per row in
+    one compiled pass (_community_id_text).
     """
     n = int(np.asarray(transport).shape[0])
     out = np.empty(n, dtype=object)
@@ -126,126 +116,162 @@ def community_id_column(
     has_ports = np.isin(transport, list(PORT_PROTOS))
     sport = np.where(has_ports, sport, 0)
     dport = np.where(has_ports, dport, 0)
-
-    src_words = _address_words(src_ip)
-    dst_words = _address_words(dst_ip)
-    # Spec: ordered if one-way, or saddr < daddr, or equal addresses and sport < dport.
-    src_less = (src_words[:, 0] < dst_words[:, 0]) | (
-        (src_words[:, 0] == dst_words[:, 0]) & (src_words[:, 1] < dst_words[:, 1]))
-    same_addr = (src_words == dst_words).all(axis=1)
-    ordered = one_way | src_less | (same_addr & (sport < dport))
-    a_raw = np.where(ordered[:, None], _raw16(src_ip), _raw16(dst_ip))
-    b_raw = np.where(ordered[:, None], _raw16(dst_ip), _raw16(src_ip))
-    port_a = np.where(ordered, sport, dport).astype(">u2")
-    port_b = np.where(ordered, dport, sport).astype(">u2")
-
-    # Both endpoints of one tuple share a family; IPv4-mapped rows hash 4-byte addresses.
-    is_v4 = (a_raw[:, :12] == np.frombuffer(IPV4_MAPPED_PREFIX, np.uint8)).all(axis=1)
-    # Fixed-width rows (the IPv6 layout, 40 bytes), each filled for its own layout; `length`
-    # says how much of the row is hash input.
-    buf = np.zeros((n, 40), dtype=np.uint8)
-    buf[:, 0:2] = np.frombuffer(int(seed).to_bytes(2, "big"), np.uint8)
-    addr_len = np.where(is_v4, 4, 16)
-    v4 = np.flatnonzero(is_v4)
-    v6 = np.flatnonzero(~is_v4)
-    buf[v4, 2:6] = a_raw[v4, 12:16]
-    buf[v4, 6:10] = b_raw[v4, 12:16]
-    buf[v6, 2:18] = a_raw[v6]
-    buf[v6, 18:34] = b_raw[v6]
-    proto_at = 2 + 2 * addr_len
-    rows = np.arange(n)
-    buf[rows, proto_at] = transport
-    # buf[rows, proto_at + 1] stays 0 (padding byte)
-    ports = np.stack([port_a.view(np.uint8).reshape(n, 2), port_b.view(np.uint8).reshape(n, 2)],
-                     axis=1).reshape(n, 4)
-    for k in range(4):
-        buf[rows, proto_at + 2 + k] = ports[:, k]
-    length = proto_at + 2 + np.where(has_ports, 4, 0)
-    if n < VECTOR_SHA1_MIN_ROWS:  # per-row hashlib: cheaper than 1,600 ufunc calls here
-        flat = buf.tobytes()
-        sha1, b64 = hashlib.sha1, base64.b64encode
-        for i, ln in enumerate(length.tolist()):
-            out[i] = "1:" + b64(sha1(flat[i * 40:i * 40 + ln]).digest()).decode("ascii")
-        return out
-    text = np.empty((n, 30), dtype=np.uint8)
-    text[:, :2] = np.frombuffer(b"1:", np.uint8)
-    text[:, 2:] = _b64_20(sha1_rows(buf, length))
-    out[:] = text.view("S30").ravel().astype("U30")
+    int(seed).to_bytes(2, "big")  # the spec's seed is 16 bits: OverflowError otherwise
+    text = _community_id_text(_raw16(src_ip), _raw16(dst_ip), transport,
+                              sport.astype(np.int64), dport.astype(np.int64), one_way, has_ports,
+                              int(seed))
+    # One str object per row is the column's contract (object dtype): slices of one decoded
+    # string are the cheapest way to make them (numpy's S->U cast is ~3x slower).
+    joined = text.tobytes().decode("ascii")
+    out[:] = [joined[at:at + 30] for at in range(0, 30 * n, 30)]
     return out
 
 
-# --- SHA1 of short rows, column-wise ---------------------------------------------------------
-# Community ID inputs are at most 40 bytes, so each is one 64-byte SHA1 block. Hashing a
-# column of them with numpy uint32 ops (80 rounds over n-element arrays) replaces n hashlib
-# calls and n base64 calls, the bulk of the cost of building flow records.
+# --- Community ID text of one tuple per row, compiled --------------------------------------
+# Each hash input is at most 40 bytes, so each is one 64-byte SHA1 block: ordering, packing,
+# SHA1 and base64 run per row in one kernel pass instead of ~1,600 column-wise numpy calls
+# (or one hashlib + base64 call per row).
 
 _K = (0x5A827999, 0x6ED9EBA1, 0x8F1BBCDC, 0xCA62C1D6)
 _H0 = (0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0)
+_B64 = np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
+                     dtype=np.uint8).copy()
+_MAPPED = np.frombuffer(IPV4_MAPPED_PREFIX, dtype=np.uint8).copy()
+_MASK32 = 0xFFFFFFFF
+
+
+@njit
+def _rotl(x: int, bits: int) -> int:
+    """32-bit left rotation of x (0 <= x < 2**32) held in an int64."""
+    return ((x << bits) | (x >> (32 - bits))) & _MASK32
+
+
+@njit
+def _sha1_block(block: np.ndarray, w: np.ndarray, out: np.ndarray) -> None:
+    """SHA1 of one padded 64-byte block (message + 0x80 + zeros + bit length) into out[:20].
+
+    int64 arithmetic masked to 32 bits (numba widens uint32 operands, and uint64 mixed with
+    int64 literals would turn into floats); `w` is an 80-word scratch array."""
+    for i in range(16):
+        w[i] = ((np.int64(block[4 * i]) << 24) | (np.int64(block[4 * i + 1]) << 16)
+                | (np.int64(block[4 * i + 2]) << 8) | np.int64(block[4 * i + 3]))
+    for i in range(16, 80):
+        w[i] = _rotl(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1)
+    a, b, c, d, e = _H0
+    # Four loops of 20 rounds (one round function each) instead of a branch per round.
+    for i in range(20):
+        t = (_rotl(a, 5) + ((b & c) | (~b & d)) + e + _K[0] + w[i]) & _MASK32
+        a, b, c, d, e = t, a, _rotl(b, 30), c, d
+    for i in range(20, 40):
+        t = (_rotl(a, 5) + (b ^ c ^ d) + e + _K[1] + w[i]) & _MASK32
+        a, b, c, d, e = t, a, _rotl(b, 30), c, d
+    for i in range(40, 60):
+        t = (_rotl(a, 5) + ((b & c) | (b & d) | (c & d)) + e + _K[2] + w[i]) & _MASK32
+        a, b, c, d, e = t, a, _rotl(b, 30), c, d
+    for i in range(60, 80):
+        t = (_rotl(a, 5) + (b ^ c ^ d) + e + _K[3] + w[i]) & _MASK32
+        a, b, c, d, e = t, a, _rotl(b, 30), c, d
+    h = (a + _H0[0], b + _H0[1], c + _H0[2], d + _H0[3], e + _H0[4])
+    for j in range(5):
+        v = h[j] & _MASK32
+        out[4 * j] = (v >> 24) & 0xFF
+        out[4 * j + 1] = (v >> 16) & 0xFF
+        out[4 * j + 2] = (v >> 8) & 0xFF
+        out[4 * j + 3] = v & 0xFF
+
+
+@njit
+def _pad_block(block: np.ndarray, length: int) -> None:
+    """SHA1 padding after a `length`-byte message (<= 55) already in block[:length]."""
+    block[length] = 0x80
+    for j in range(length + 1, 64):
+        block[j] = 0
+    bits = length * 8
+    for j in range(8):
+        block[63 - j] = (bits >> (8 * j)) & 0xFF
+
+
+@njit
+def _sha1_rows(buf: np.ndarray, length: np.ndarray) -> np.ndarray:
+    n = buf.shape[0]
+    digest = np.empty((n, 20), dtype=np.uint8)
+    block = np.zeros(64, dtype=np.uint8)
+    w = np.empty(80, dtype=np.int64)
+    for i in range(n):
+        ln = min(max(length[i], 0), buf.shape[1])
+        for j in range(ln):
+            block[j] = buf[i, j]
+        _pad_block(block, ln)
+        _sha1_block(block, w, digest[i])
+    return digest
 
 
 def sha1_rows(buf: np.ndarray, length: np.ndarray) -> np.ndarray:
     """SHA1 digests ((n, 20) uint8) of row i's first length[i] bytes of buf ((n, w), w <= 55)."""
-    n, width = buf.shape
-    if width > 55:
+    buf = np.ascontiguousarray(buf, dtype=np.uint8)
+    if buf.ndim != 2 or buf.shape[1] > 55:
         raise ValueError("rows must fit one SHA1 block (<= 55 bytes)")
-    block = np.zeros((n, 64), dtype=np.uint8)
-    block[:, :width] = buf
-    rows = np.arange(n)
-    length = np.asarray(length, dtype=np.int64)
-    block[:, :width][np.arange(width) >= length[:, None]] = 0  # bytes past the message
-    block[rows, length] = 0x80
-    bits = (length * 8).astype(">u8").view(np.uint8).reshape(n, 8)
-    block[:, 56:64] = bits
-    w = [np.ascontiguousarray(col) for col in block.view(">u4").astype(np.uint32).T]
-    a, b, c, d, e = (np.full(n, h, dtype=np.uint32) for h in _H0)
-    f = np.empty(n, dtype=np.uint32)
-    t = np.empty(n, dtype=np.uint32)
-    for i in range(80):
-        if i >= 16:  # message schedule, kept as a 16-word ring
-            x = w[(i - 3) & 15] ^ w[(i - 8) & 15] ^ w[(i - 14) & 15] ^ w[i & 15]
-            w[i & 15] = (x << np.uint32(1)) | (x >> np.uint32(31))
-        if i < 20:
-            np.bitwise_xor(c, d, out=f)
-            f &= b
-            f ^= d  # (b & c) | (~b & d)
-        elif i < 40 or i >= 60:
-            np.bitwise_xor(b, c, out=f)
-            f ^= d
-        else:
-            np.bitwise_or(b, c, out=f)
-            f &= d
-            f |= b & c  # majority
-        np.left_shift(a, np.uint32(5), out=t)
-        t |= a >> np.uint32(27)
-        t += f
-        t += e
-        t += np.uint32(_K[i // 20])
-        t += w[i & 15]
-        e = d
-        d = c
-        c = (b << np.uint32(30)) | (b >> np.uint32(2))
-        b = a
-        a, t = t, np.empty(n, dtype=np.uint32)  # b holds the old a now: fresh scratch
-    digest = np.column_stack([a + np.uint32(_H0[0]), b + np.uint32(_H0[1]),
-                              c + np.uint32(_H0[2]), d + np.uint32(_H0[3]),
-                              e + np.uint32(_H0[4])])
-    return digest.astype(">u4").view(np.uint8).reshape(n, 20)
+    return _sha1_rows(buf, np.asarray(length, dtype=np.int64))
 
 
-_B64 = np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
-                     dtype=np.uint8)
+@njit
+def _community_id_text(src: np.ndarray, dst: np.ndarray, transport: np.ndarray,
+                       sport: np.ndarray, dport: np.ndarray, one_way: np.ndarray,
+                       has_ports: np.ndarray, seed: int) -> np.ndarray:
+    """(n, 30) ASCII rows "1:<base64 SHA1>" of the spec's hash input per row.
 
-
-def _b64_20(digest: np.ndarray) -> np.ndarray:
-    """(n, 20) bytes -> (n, 28) standard base64 ASCII (one '=' of padding)."""
-    n = digest.shape[0]
-    padded = np.zeros((n, 21), dtype=np.uint8)
-    padded[:, :20] = digest
-    g = padded.reshape(n, 7, 3).astype(np.uint32)
-    triple = (g[:, :, 0] << 16) | (g[:, :, 1] << 8) | g[:, :, 2]
-    sextets = np.stack([(triple >> s) & 63 for s in (18, 12, 6, 0)], axis=2).reshape(n, 28)
-    text = _B64[sextets]
-    text[:, 27] = ord("=")
+    src/dst: (n, 16) address bytes (IPv4-mapped rows hash as 4 bytes); ports already Zeek
+    ICMP equivalents. Fixed-size row buffers: every index is bounded by construction."""
+    n = src.shape[0]
+    text = np.empty((n, 30), dtype=np.uint8)
+    block = np.zeros(64, dtype=np.uint8)
+    w = np.empty(80, dtype=np.int64)
+    digest = np.empty(21, dtype=np.uint8)
+    for i in range(n):
+        # Spec: ordered if one-way, or saddr < daddr, or equal addresses and sport < dport.
+        cmp = 0
+        for j in range(16):
+            if src[i, j] != dst[i, j]:
+                cmp = -1 if src[i, j] < dst[i, j] else 1
+                break
+        ordered = one_way[i] or cmp < 0 or (cmp == 0 and sport[i] < dport[i])
+        port_a, port_b = (sport[i], dport[i]) if ordered else (dport[i], sport[i])
+        is_v4 = True
+        for j in range(12):
+            if (src[i, j] if ordered else dst[i, j]) != _MAPPED[j]:
+                is_v4 = False
+                break
+        first = 12 if is_v4 else 0
+        width = 16 - first
+        block[0] = (seed >> 8) & 0xFF
+        block[1] = seed & 0xFF
+        at_a, at_b = (2, 2 + width) if ordered else (2 + width, 2)
+        for j in range(width):
+            block[at_a + j] = src[i, first + j]
+            block[at_b + j] = dst[i, first + j]
+        at = 2 + 2 * width
+        block[at] = transport[i]
+        block[at + 1] = 0
+        at += 2
+        if has_ports[i]:
+            block[at] = (port_a >> 8) & 0xFF
+            block[at + 1] = port_a & 0xFF
+            block[at + 2] = (port_b >> 8) & 0xFF
+            block[at + 3] = port_b & 0xFF
+            at += 4
+        _pad_block(block, at)
+        _sha1_block(block, w, digest)
+        digest[20] = 0
+        text[i, 0] = 49  # "1"
+        text[i, 1] = 58  # ":"
+        for g in range(7):  # 21 bytes (20 + one zero) -> 28 characters, the last one "="
+            v = (np.int64(digest[3 * g]) << 16) | (np.int64(digest[3 * g + 1]) << 8) \
+                | np.int64(digest[3 * g + 2])
+            text[i, 2 + 4 * g] = _B64[(v >> 18) & 63]
+            text[i, 3 + 4 * g] = _B64[(v >> 12) & 63]
+            text[i, 4 + 4 * g] = _B64[(v >> 6) & 63]
+            text[i, 5 + 4 * g] = _B64[v & 63]
+        text[i, 29] = 61  # "="
     return text
 
 

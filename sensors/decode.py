@@ -7,6 +7,10 @@ slicing header fields out of the resulting (n, width) byte matrix. A field count
 its bytes lie inside the packet (`cursor + need <= end`); elsewhere it is masked to 0, so a
 damaged packet can never leak bytes of its neighbour into its columns. The only Python
 loops run over header *depth* (VLAN tags, IPv6 extension headers), never over packets.
+The common case (Ethernet, at most one VLAN tag, IPv4/IPv6 without extensions or later
+fragments, whole TCP/UDP/ICMP headers, plain non-IP frames) is decoded first by one compiled
+pass (_decode_common); only the other rows take the column-wise path, which therefore also
+does all the weird counting. decode_columnwise() is the column-wise path for every row.
 
 Damaged packets are counted in `weird` (Zeek weird.log style names):
   unknown_linktype, truncated_link, too_many_vlan_tags, truncated_IP, bogus_IP_version,
@@ -27,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.jit import njit
 from sensors.packets import (
     IP_DTYPE,
     LINKTYPE_ETHERNET,
@@ -561,19 +566,11 @@ def _decode_transport(
     )
 
 
-def decode(batch: PacketBatch) -> DecodedPackets:
-    """Decode link, IP and transport headers of every packet in `batch`, column-wise.
-
-    Never raises on packet content: damaged packets get ip_version 0 (or zero ports) and a
-    count in `weird`.
-    """
-    gather = _ByteGather(batch.data)
-    # Clamp to the buffer so a reader bug can't make us index outside `data`.
-    start = np.clip(np.asarray(batch.offset).astype(np.int64), 0, gather.size)
-    end = np.minimum(start + np.asarray(batch.caplen).astype(np.int64), gather.size)
-    weird: dict[str, int] = {}
-
-    link = _decode_link(gather, start, end, batch.linktype, weird)
+def _decode_rows(gather: _ByteGather, start: np.ndarray, end: np.ndarray, linktype: np.ndarray,
+                 weird: dict[str, int]) -> dict[str, np.ndarray]:
+    """The column-wise decoder: packets data[start:end] of the given link types -> the
+    per-packet DecodedPackets columns (damage counted in `weird`)."""
+    link = _decode_link(gather, start, end, linktype, weird)
     net = _decode_ip(gather, link, end, weird)
     l4 = _decode_transport(gather, net, weird)
 
@@ -583,26 +580,207 @@ def decode(batch: PacketBatch) -> DecodedPackets:
     payload_len = np.where(ip_rows, l4.payload_len, np.where(link.ok, end - link.l3, 0))
     payload_offset = np.clip(payload_offset, start, end)
     payload_len = np.clip(np.minimum(payload_len, end - payload_offset), 0, None)
+    return {
+        "vlan": link.vlan,
+        "ethertype": link.ethertype.astype(np.uint16),
+        "ip_version": net.version.astype(np.uint8),
+        "src_ip": net.src_ip,
+        "dst_ip": net.dst_ip,
+        "transport": np.where(ip_rows, net.transport, 0).astype(np.uint8),
+        "src_port": l4.src_port,
+        "dst_port": l4.dst_port,
+        "tcp_flags": l4.tcp_flags,
+        "icmp_type": l4.icmp_type,
+        "icmp_code": l4.icmp_code,
+        "ip_total_len": net.total_len.astype(np.uint32),
+        "payload_offset": payload_offset.astype(np.int64),
+        "payload_len": payload_len.astype(np.int32),
+    }
 
+
+# DecodedPackets columns the kernel fills, in the order it returns them.
+_KERNEL_COLUMNS = ("vlan", "ethertype", "ip_version", "transport", "src_port", "dst_port",
+                   "tcp_flags", "icmp_type", "icmp_code", "ip_total_len", "payload_offset",
+                   "payload_len")
+
+
+def _bounds(batch: PacketBatch, gather: _ByteGather) -> tuple[np.ndarray, np.ndarray]:
+    # Clamp to the buffer so a reader bug can't make us index outside `data`.
+    start = np.clip(np.asarray(batch.offset).astype(np.int64), 0, gather.size)
+    end = np.minimum(start + np.asarray(batch.caplen).astype(np.int64), gather.size)
+    return start, end
+
+
+def _packets(batch: PacketBatch, columns: dict[str, np.ndarray],
+             weird: dict[str, int]) -> DecodedPackets:
     return DecodedPackets(
         ts_ns=np.asarray(batch.ts_ns).astype(np.int64, copy=False),
         wirelen=np.asarray(batch.wirelen).astype(np.uint32, copy=False),
         caplen=np.asarray(batch.caplen).astype(np.uint32, copy=False),
         interface=np.asarray(batch.interface).astype(np.uint16, copy=False),
-        vlan=link.vlan,
-        ethertype=link.ethertype.astype(np.uint16),
-        ip_version=net.version.astype(np.uint8),
-        src_ip=net.src_ip,
-        dst_ip=net.dst_ip,
-        transport=np.where(ip_rows, net.transport, 0).astype(np.uint8),
-        src_port=l4.src_port,
-        dst_port=l4.dst_port,
-        tcp_flags=l4.tcp_flags,
-        icmp_type=l4.icmp_type,
-        icmp_code=l4.icmp_code,
-        ip_total_len=net.total_len.astype(np.uint32),
-        payload_offset=payload_offset.astype(np.int64),
-        payload_len=payload_len.astype(np.int32),
-        data=batch.data,
-        weird=weird,
-    )
+        data=batch.data, weird=weird, **columns)
+
+
+def decode_columnwise(batch: PacketBatch) -> DecodedPackets:
+    """decode() with the column-wise decoder for every row (the reference for the kernel)."""
+    gather = _ByteGather(batch.data)
+    start, end = _bounds(batch, gather)
+    weird: dict[str, int] = {}
+    return _packets(batch, _decode_rows(gather, start, end, batch.linktype, weird), weird)
+
+
+def decode(batch: PacketBatch) -> DecodedPackets:
+    """Decode link, IP and transport headers of every packet in `batch`, column-wise.
+
+    Never raises on packet content: damaged packets get ip_version 0 (or zero ports) and a
+    count in `weird`. Common-case rows are decoded by a compiled kernel (_decode_common),
+    the rest column-wise; the result equals decode_columnwise(batch).
+    """
+    gather = _ByteGather(batch.data)
+    start, end = _bounds(batch, gather)
+    linktype = np.asarray(batch.linktype).astype(np.int64)
+    done, fast, src, dst = _decode_common(gather.buf, start, end, linktype)
+    columns = dict(zip(_KERNEL_COLUMNS, fast, strict=True))
+    columns["src_ip"] = src.view(IP_DTYPE).reshape(-1)
+    columns["dst_ip"] = dst.view(IP_DTYPE).reshape(-1)
+    weird: dict[str, int] = {}
+    rest = np.flatnonzero(~done)
+    if rest.size:  # only these rows can count weirds
+        lt = np.asarray(batch.linktype)[rest]
+        slow = _decode_rows(gather, start[rest], end[rest], lt, weird)
+        for name, values in slow.items():
+            columns[name][rest] = values
+    return _packets(batch, columns, weird)
+
+
+# --- the common case, compiled ------------------------------------------------------------
+# Most traffic is well-formed Ethernet (at most one 802.1Q tag) carrying IPv4 without later
+# fragments or IPv6 without extension headers, with a whole TCP/UDP/ICMP header. One kernel
+# pass decodes those rows (and plain non-IP Ethernet frames such as ARP); every other row --
+# any other link type, stacked tags, PPPoE, MPLS, IPv6 extensions, fragments, anything
+# truncated or malformed, i.e. every row that could count a weird -- goes through the
+# column-wise decoder above, so the result is the same as decoding the whole batch with it.
+
+
+
+@njit
+def _be16_at(data: np.ndarray, p: int) -> int:
+    return (np.int64(data[p]) << 8) | np.int64(data[p + 1])
+
+
+@njit
+def _decode_common(data: np.ndarray, start: np.ndarray, end: np.ndarray,
+                   linktype: np.ndarray) -> tuple:
+    """Decode the common-case rows; returns (done mask, the DecodedPackets columns in
+    _KERNEL_COLUMNS order, src and dst as (n, 16) address bytes). Rows not done are left
+    for the column-wise path (their values here are partial and get overwritten).
+
+    Every byte read is below `end[i]` (checked before each read), and end <= len(data)."""
+    n = start.shape[0]
+    done = np.zeros(n, dtype=np.bool_)
+    vlan_col = np.zeros(n, dtype=np.uint16)
+    ethertype_col = np.zeros(n, dtype=np.uint16)
+    version_col = np.zeros(n, dtype=np.uint8)
+    transport_col = np.zeros(n, dtype=np.uint8)
+    sport_col = np.zeros(n, dtype=np.uint16)
+    dport_col = np.zeros(n, dtype=np.uint16)
+    flags_col = np.zeros(n, dtype=np.uint8)
+    icmp_type_col = np.zeros(n, dtype=np.uint8)
+    icmp_code_col = np.zeros(n, dtype=np.uint8)
+    total_col = np.zeros(n, dtype=np.uint32)
+    payload_offset_col = np.zeros(n, dtype=np.int64)
+    payload_len_col = np.zeros(n, dtype=np.int32)
+    src = np.zeros((n, 16), dtype=np.uint8)
+    dst = np.zeros((n, 16), dtype=np.uint8)
+    for i in range(n):
+        s, e = start[i], end[i]
+        if linktype[i] != LINKTYPE_ETHERNET or s + 14 > e:
+            continue
+        ethertype = _be16_at(data, s + 12)
+        l3 = s + 14
+        vlan = 0
+        if ethertype == 0x8100:
+            if l3 + 4 > e:
+                continue
+            vlan = _be16_at(data, l3) & 0x0FFF
+            ethertype = _be16_at(data, l3 + 2)
+            l3 += 4
+        # stacked tags, PPPoE, MPLS, Ethernet over MPLS: the column-wise path
+        if ethertype == 0x8100 or ethertype == 0x88A8 or ethertype == 0x9100 \
+                or ethertype == 0x8864 or ethertype == 0x8847 or ethertype == 0x8848 \
+                or ethertype == 0x6558:
+            continue
+        vlan_col[i] = vlan
+        ethertype_col[i] = ethertype
+        if ethertype == ETHERTYPE_IPV4:
+            if l3 + 20 > e or (data[l3] >> 4) != 4:
+                continue
+            ihl = np.int64(data[l3] & 0x0F) * 4
+            total = _be16_at(data, l3 + 2)
+            if ihl < 20 or total < ihl or l3 + ihl > e or (_be16_at(data, l3 + 6) & 0x1FFF) != 0:
+                continue
+            proto = np.int64(data[l3 + 9])
+            l4 = l3 + ihl
+            for j in range(10):
+                src[i, j] = 0
+                dst[i, j] = 0
+            src[i, 10] = 0xFF
+            src[i, 11] = 0xFF
+            dst[i, 10] = 0xFF
+            dst[i, 11] = 0xFF
+            for j in range(4):
+                src[i, 12 + j] = data[l3 + 12 + j]
+                dst[i, 12 + j] = data[l3 + 16 + j]
+            version = 4
+        elif ethertype == ETHERTYPE_IPV6:
+            if l3 + 40 > e or (data[l3] >> 4) != 6:
+                continue
+            proto = np.int64(data[l3 + 6])
+            if proto == 0 or proto == 43 or proto == 44 or proto == 51 or proto == 60:
+                continue
+            total = 40 + _be16_at(data, l3 + 4)
+            l4 = l3 + 40
+            for j in range(16):
+                src[i, j] = data[l3 + 8 + j]
+                dst[i, j] = data[l3 + 24 + j]
+            version = 6
+        else:  # not IP: the L3 bytes are the payload (ARP ...)
+            payload_offset_col[i] = l3
+            payload_len_col[i] = e - l3
+            done[i] = True
+            continue
+        l4_end = min(l3 + total, e)
+        room = l4_end - l4
+        header_len = 0
+        if proto == 6:
+            if room < 20:
+                continue
+            header_len = np.int64(data[l4 + 12] >> 4) * 4
+            if header_len < 20 or header_len > room:
+                continue
+            sport_col[i] = _be16_at(data, l4)
+            dport_col[i] = _be16_at(data, l4 + 2)
+            flags_col[i] = data[l4 + 13]
+        elif proto == 17:
+            if room < 8:
+                continue
+            header_len = 8
+            sport_col[i] = _be16_at(data, l4)
+            dport_col[i] = _be16_at(data, l4 + 2)
+        elif proto == 1 or proto == 58:
+            if room < 8:
+                continue
+            header_len = 8
+            sport_col[i] = data[l4]
+            dport_col[i] = data[l4 + 1]
+            icmp_type_col[i] = data[l4]
+            icmp_code_col[i] = data[l4 + 1]
+        version_col[i] = version
+        transport_col[i] = proto
+        total_col[i] = total
+        payload_offset_col[i] = l4 + header_len
+        payload_len_col[i] = room - header_len
+        done[i] = True
+    return (done, (vlan_col, ethertype_col, version_col, transport_col, sport_col, dport_col,
+                   flags_col, icmp_type_col, icmp_code_col, total_col, payload_offset_col,
+                   payload_len_col), src, dst)

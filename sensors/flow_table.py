@@ -36,14 +36,15 @@ sizes and packet counts (cumulative over the flow up to the record's end):
   -> "SF", only the originator -> "S0", only the responder -> "SHR". (Zeek itself labels ICMP
   "OTH"; we use the UDP rule because "was there a reply" is what detectors need.)
 
-Implementation: per batch, keys are canonicalized column-wise and hashed to uint64, packets
-are grouped by one stable argsort, flow boundaries (idle, port reuse, close linger) and
-piece boundaries are found with segmented cumulative sums, and per-piece totals with
-ufunc.reduceat. The table is struct-of-arrays numpy columns (~160 bytes a flow with the
-index: compact dtypes, cumulative counters kept as the booleans conn_state needs) plus an
-open-addressing hash index key -> slot (_SlotIndex) and a numpy stack of free slots, so no
-Python object exists per flow. Python loops run only over hash-probe rounds, over chunks,
-and over close/reuse refinement rounds (one per port reuse of the same key in one batch).
+Implementation: per batch, keys are canonicalized and hashed to uint64 in one compiled pass
+(_canonical_keys, _mix64), packets are grouped by one sort on the hash (collisions checked
+exactly), and one compiled walk over each key's packets in capture order (_walk_flows) finds
+flow boundaries (idle, close linger, port reuse), pieces and per-piece totals, continuing
+the table's live flow of the key. The table is struct-of-arrays numpy columns (~160 bytes a
+flow with the index: compact dtypes, cumulative counters kept as the booleans conn_state
+needs) plus an open-addressing hash index key -> slot (_SlotIndex) and a numpy stack of free
+slots, so no Python object exists per flow; expiry scans the table in one compiled pass
+(_scan_deadlines). Python loops run only over hash-probe rounds and chunks.
 Memory under a flood: a filling table takes big batches in sub-batches, records are built
 in chunks, and flush() hands the table's pages back while it builds the last records.
 """
@@ -52,11 +53,13 @@ from __future__ import annotations
 
 import dataclasses
 import mmap
+from collections.abc import Iterator
 
 import numpy as np
 
+from pipeline.jit import njit
 from pipeline.schema import FLOW, EventBatch
-from sensors.community_id import PORT_PROTOS, community_id_column, icmp_port_equivalents
+from sensors.community_id import _ICMP4_TABLE, _ICMP6_TABLE, community_id_column
 from sensors.packets import IP_DTYPE, DecodedPackets
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
@@ -123,24 +126,6 @@ Rows = dict[str, np.ndarray]  # SLOT_FIELDS columns (+ "reason" for emitted rows
 # --- small column helpers ---------------------------------------------------------------
 
 
-def _seg_cumsum(values: np.ndarray, starts: np.ndarray, seg: np.ndarray) -> np.ndarray:
-    """Inclusive cumulative sum restarting at each segment start (starts: first positions)."""
-    total = np.cumsum(values, dtype=np.int64)
-    base = total[starts] - values[starts]
-    return total - base[seg]
-
-
-def _seg_cum_or(values: np.ndarray, starts: np.ndarray, seg: np.ndarray) -> np.ndarray:
-    """Inclusive cumulative OR of uint8 values, restarting at each segment start."""
-    if starts.size == values.size:  # every segment has one element (the common case)
-        return values.astype(np.uint8)
-    bits = np.unpackbits(values.astype(np.uint8)[:, None], axis=1).astype(np.int64)
-    total = np.cumsum(bits, axis=0)
-    base = total[starts] - bits[starts]
-    seen = (total - base[seg]) > 0
-    return np.packbits(seen, axis=1)[:, 0]
-
-
 def _first_crossing(clock: np.ndarray, threshold: np.ndarray) -> np.ndarray:
     """First value of the (non-decreasing) clock column > threshold; NEVER if none."""
     pos = np.searchsorted(clock, threshold, side="right")
@@ -155,15 +140,103 @@ def _address_words(raw16: np.ndarray) -> np.ndarray:
 
 def _mix64(words: np.ndarray) -> np.ndarray:
     """Hash (n, k) uint64 words to uint64 (splitmix-style); collisions are checked by caller."""
-    h = np.full(words.shape[0], 0x9E3779B97F4A7C15, dtype=np.uint64)
-    with np.errstate(over="ignore"):
+    return _mix64_rows(np.ascontiguousarray(words, dtype=np.uint64))
+
+
+@njit
+def _mix64_rows(words: np.ndarray) -> np.ndarray:
+    h = np.empty(words.shape[0], dtype=np.uint64)
+    for i in range(words.shape[0]):
+        x = np.uint64(0x9E3779B97F4A7C15)
         for j in range(words.shape[1]):
-            h ^= words[:, j]
-            h *= np.uint64(0xBF58476D1CE4E5B9)
-            h ^= h >> np.uint64(31)
-            h *= np.uint64(0x94D049BB133111EB)
-            h ^= h >> np.uint64(29)
+            x ^= words[i, j]
+            x *= np.uint64(0xBF58476D1CE4E5B9)
+            x ^= x >> np.uint64(31)
+            x *= np.uint64(0x94D049BB133111EB)
+            x ^= x >> np.uint64(29)
+        h[i] = x
     return h
+
+
+@njit
+def _be_word(raw: np.ndarray, i: int, at: int) -> np.uint64:
+    """Bytes raw[i, at:at+8] as a big-endian uint64 (numeric order = byte order)."""
+    w = np.uint64(0)
+    for j in range(8):
+        w = (w << np.uint64(8)) | np.uint64(raw[i, at + j])
+    return w
+
+
+@njit
+def _canonical_keys(src: np.ndarray, dst: np.ndarray, sport: np.ndarray, dport: np.ndarray,
+                    transport: np.ndarray, vlan: np.ndarray, icmp4: np.ndarray,
+                    icmp6: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flow keys of packets in one pass: (n, 5) uint64 words [meta, lo_ip (2), hi_ip (2)]
+    and fwd (the packet travels lo -> hi), lo being the smaller (ip, port) endpoint.
+
+    meta = vlan << 48 | transport << 40 | lo_port << 16 | hi_port. Ports are Zeek's: ICMP
+    request/reply types get the counter-type as "port" (icmp4/icmp6: 256-entry tables, -1
+    for one-way types) and protocols without ports (not in PORT_PROTOS) get 0.
+    src/dst are (n, 16) address bytes; every index below is < n or < 16 by construction.
+    """
+    n = src.shape[0]
+    words = np.empty((n, 5), dtype=np.uint64)
+    fwd = np.empty(n, dtype=np.bool_)
+    for i in range(n):
+        t = np.int64(transport[i])
+        sp = np.int64(sport[i])
+        dp = np.int64(dport[i])
+        if t == 1 or t == 58:
+            counter = (icmp4 if t == 1 else icmp6)[min(max(sp, 0), 255)]
+            if counter >= 0:
+                dp = np.int64(counter)
+        if not (t == 1 or t == 6 or t == 17 or t == 58 or t == 132):
+            sp = 0
+            dp = 0
+        sp &= 0xFFFF
+        dp &= 0xFFFF
+        s0, s1 = _be_word(src, i, 0), _be_word(src, i, 8)
+        d0, d1 = _be_word(dst, i, 0), _be_word(dst, i, 8)
+        src_greater = s0 > d0 or (s0 == d0 and (s1 > d1 or (s1 == d1 and sp > dp)))
+        fwd[i] = not src_greater
+        if src_greater:
+            s0, s1, d0, d1, sp, dp = d0, d1, s0, s1, dp, sp
+        words[i, 0] = ((np.uint64(vlan[i]) << np.uint64(48))
+                       | (np.uint64(t) << np.uint64(40))
+                       | (np.uint64(sp) << np.uint64(16)) | np.uint64(dp))
+        words[i, 1] = s0
+        words[i, 2] = s1
+        words[i, 3] = d0
+        words[i, 4] = d1
+    return words, fwd
+
+
+@njit
+def _group_sorted(sort_key: np.ndarray, low_mask: np.uint64,
+                  words: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Groups of packets with the same key from sorted (hash high bits | row) sort keys.
+
+    Returns (order: rows in key order, key_first: the first sorted position of each key,
+    exact): exact is False when two different keys share their hash high bits (then the
+    caller groups by the exact key instead)."""
+    n = sort_key.shape[0]
+    order = np.empty(n, dtype=np.int64)
+    key_first = np.empty(n, dtype=np.int64)
+    high = ~low_mask
+    k = -1
+    exact = True
+    for i in range(n):
+        row = np.int64(sort_key[i] & low_mask)
+        order[i] = row
+        if i == 0 or (sort_key[i] & high) != (sort_key[i - 1] & high):
+            k += 1
+            key_first[k] = i
+        else:
+            first = order[key_first[k]]
+            for j in range(5):
+                if words[row, j] != words[first, j]:
+                    exact = False
+    return order, key_first[:k + 1], exact
 
 
 def _zeros(n: int, dtype: np.dtype) -> np.ndarray:
@@ -334,6 +407,229 @@ def conn_state(
     return CONN_STATES[np.where(transport == TCP, tcp, other)]
 
 
+# --- the per-key walk, compiled ---------------------------------------------------------------
+# Table columns a key's walk starts from (its live flow, if any), as int64 columns of `seed`.
+_SEED_FIELDS = ("last_ts", "closed_at", "orig_is_lo", "flow_start", "piece", "st_fl_lo",
+                "st_fl_hi", "cum_pk_lo", "cum_pk_hi", "cum_pay_lo", "cum_pay_hi", "p_first",
+                "p_end", "p_pk_lo", "p_pk_hi", "p_by_lo", "p_by_hi", "p_pay_lo", "p_pay_hi",
+                "p_fl_lo", "p_fl_hi")
+(_S_LAST, _S_CLOSED_AT, _S_ORIG_IS_LO, _S_FLOW_START, _S_PIECE, _S_ST_LO, _S_ST_HI,
+ _S_CUM_PK_LO, _S_CUM_PK_HI, _S_CUM_PAY_LO, _S_CUM_PAY_HI, _S_P_FIRST, _S_P_END, _S_P_PK_LO,
+ _S_P_PK_HI, _S_P_BY_LO, _S_P_BY_HI, _S_P_PAY_LO, _S_P_PAY_HI, _S_P_FL_LO,
+ _S_P_FL_HI) = range(len(_SEED_FIELDS))
+# Columns of one emitted group (a piece of a flow), in the order _walk_flows writes them.
+_GROUP_FIELDS = ("p_first", "p_end", "p_pk_lo", "p_pk_hi", "p_by_lo", "p_by_hi", "p_pay_lo",
+                 "p_pay_hi", "p_fl_lo", "p_fl_hi", "st_fl_lo", "st_fl_hi", "cum_pk_lo",
+                 "cum_pk_hi", "cum_pay_lo", "cum_pay_hi", "closed_at", "orig_is_lo",
+                 "flow_start", "last_ts", "piece")
+_UNSIGNED_SUMS = frozenset({"p_pk_lo", "p_pk_hi", "p_by_lo", "p_by_hi", "p_pay_lo", "p_pay_hi"})
+# Cumulative counts stay counts in emitted rows (the table keeps them as booleans).
+_WIDE = frozenset({"cum_pk_lo", "cum_pk_hi", "cum_pay_lo", "cum_pay_hi"})
+_GROUP_MID, _GROUP_ENDED, _GROUP_TAIL = 0, 1, 2  # piece moved on / flow ended / still live
+_EMIT_NONE, _EMIT_MOVED, _EMIT_ENDED = 0, 1, 2  # what happens to a key's table piece
+
+
+@njit
+def _close_group(g: np.ndarray, at: int, acc: np.ndarray, seg: np.ndarray) -> None:
+    """Write the open group (piece accumulators `acc`, segment state `seg`) to row `at`."""
+    for j in range(10):
+        g[at, j] = acc[j]
+    for j in range(10, 21):
+        g[at, j] = seg[j - 10]
+
+
+@njit
+def _walk_flows(order, rows, fwd, ts, cm, flags, wire, pay, transport, key_first, has_slot,
+                seed, idle_ns, tcp_idle_ns, active_ns, linger_ns):
+    """Flows and pieces of one batch's IP packets, sorted by key (capture order inside).
+
+    Sorted position i is IP row order[i] (fwd's index) and packet rows[order[i]] (the index
+    of the batch columns ts, cm, flags, wire, pay, transport); key_first: the first sorted
+    position of each key. Indices come from the caller's argsort, so they are in range.
+
+    Per key, packets are walked in order, continuing the table's live flow (`seed` row)
+    when there is one. A packet starts a new flow of its key when the clock passed the
+    previous packet + idle timeout, or, on a closed flow, passed close time + linger or the
+    packet is a SYN without ACK (port reuse). A new piece (group) starts when the packet's
+    clock leaves the current piece of the active-timeout grid. Returns per group (in key
+    order) its int64 columns (_GROUP_FIELDS), key, kind (_GROUP_*) and the clock value of
+    the packet that ended its flow (kind ENDED); per key what happens to its table piece
+    (_EMIT_*) and that clock; and the number of flows created.
+    """
+    n = order.shape[0]
+    n_keys = key_first.shape[0]
+    g = np.empty((n, 21), dtype=np.int64)  # at most one group per packet
+    g_key = np.empty(n, dtype=np.int64)
+    g_kind = np.empty(n, dtype=np.int8)
+    g_clock = np.empty(n, dtype=np.int64)
+    key_emit = np.zeros(n_keys, dtype=np.int8)
+    key_clock = np.zeros(n_keys, dtype=np.int64)
+    acc = np.zeros(10, dtype=np.int64)  # p_first, p_end, pk lo/hi, bytes lo/hi, pay lo/hi, fl
+    seg = np.zeros(11, dtype=np.int64)  # st lo/hi, cum pk/pay lo/hi, closed_at, orig, start,
+    #                                     last_ts, piece
+    n_groups = 0
+    created = 0
+    for k in range(n_keys):
+        lo = key_first[k]
+        hi = key_first[k + 1] if k + 1 < n_keys else n
+        slot = has_slot[k]
+        prev_ts = seed[k, _S_LAST]
+        closed = False
+        piece_min = 0
+        for i in range(lo, hi):
+            ip_row = order[i]
+            row = rows[ip_row]
+            is_tcp = transport[row] == TCP
+            fl = np.int64(flags[row]) if is_tcp else 0
+            t = ts[row]
+            c = cm[row]
+            forward = fwd[ip_row]
+            bytes_ = np.int64(wire[row])
+            payload = max(np.int64(pay[row]), 0)
+            idle = tcp_idle_ns if is_tcp else idle_ns
+            first = i == lo
+            split = (not first or slot) and c > prev_ts + idle
+            prev_ts = t
+            if not split and (not first or slot):
+                # closed before this packet: linger passed or SYN without ACK -> new flow
+                closed_before = closed if not first else seed[k, _S_CLOSED_AT] < NEVER
+                if closed_before:
+                    closed_at = seg[6] if not first else seed[k, _S_CLOSED_AT]
+                    if c > closed_at + linger_ns or (fl & (SYN | ACK)) == SYN:
+                        split = True
+            if first or split:
+                if not first:  # the key's previous flow ended at this packet
+                    _close_group(g, n_groups, acc, seg)
+                    g_key[n_groups] = k
+                    g_kind[n_groups] = _GROUP_ENDED
+                    g_clock[n_groups] = c
+                    n_groups += 1
+                elif split:  # the table's flow ended at the key's first packet
+                    key_emit[k] = _EMIT_ENDED
+                    key_clock[k] = c
+                cont = first and slot and not split
+                if cont:
+                    for j in range(6):
+                        seg[j] = seed[k, _S_ST_LO + j]
+                    seg[6] = seed[k, _S_CLOSED_AT]
+                    seg[7] = seed[k, _S_ORIG_IS_LO]
+                    seg[8] = seed[k, _S_FLOW_START]
+                    piece_min = seed[k, _S_PIECE]
+                    closed = seg[6] < NEVER
+                else:
+                    for j in range(6):
+                        seg[j] = 0
+                    seg[6] = NEVER
+                    syn_ack = (fl & (SYN | ACK)) == (SYN | ACK)
+                    seg[7] = 1 if forward != syn_ack else 0
+                    seg[8] = t
+                    piece_min = 0
+                    closed = False
+                    created += 1
+                piece = max(max((c - seg[8]) // active_ns, 0), piece_min)
+                for j in range(2, 10):
+                    acc[j] = 0
+                acc[0] = t
+                acc[1] = t
+                if cont:
+                    t_pk = seed[k, _S_P_PK_LO] + seed[k, _S_P_PK_HI]
+                    if t_pk > 0 and piece == seed[k, _S_PIECE]:  # same piece: merge into it
+                        acc[0] = min(t, seed[k, _S_P_FIRST])
+                        acc[1] = max(t, seed[k, _S_P_END])
+                        for j in range(8):
+                            acc[2 + j] = seed[k, _S_P_PK_LO + j]
+                    elif t_pk > 0:
+                        key_emit[k] = _EMIT_MOVED
+                seg[10] = piece
+            else:
+                piece = max(max((c - seg[8]) // active_ns, 0), piece_min)
+                if piece != seg[10]:  # the clock left the piece: it is emitted
+                    _close_group(g, n_groups, acc, seg)
+                    g_key[n_groups] = k
+                    g_kind[n_groups] = _GROUP_MID
+                    n_groups += 1
+                    for j in range(2, 10):
+                        acc[j] = 0
+                    acc[0] = t
+                    acc[1] = t
+                    seg[10] = piece
+            # the packet's share of the piece and of the flow's cumulative state
+            acc[0] = min(acc[0], t)
+            acc[1] = max(acc[1], t)
+            if forward:
+                acc[2] += 1
+                acc[4] += bytes_
+                acc[6] += payload
+                acc[8] |= fl
+                seg[0] |= fl
+                seg[2] += 1
+                seg[4] += payload
+            else:
+                acc[3] += 1
+                acc[5] += bytes_
+                acc[7] += payload
+                acc[9] |= fl
+                seg[1] |= fl
+                seg[3] += 1
+                seg[5] += payload
+            seg[9] = t
+            if not closed and (((seg[0] & seg[1] & FIN) != 0) or (((seg[0] | seg[1]) & RST) != 0)):
+                closed = True
+                seg[6] = c
+        _close_group(g, n_groups, acc, seg)
+        g_key[n_groups] = k
+        g_kind[n_groups] = _GROUP_TAIL
+        n_groups += 1
+    return (g[:n_groups], g_key[:n_groups], g_kind[:n_groups], g_clock[:n_groups], key_emit,
+            key_clock, created)
+
+
+@njit
+def _deadline_of(s, transport, last_ts, closed_at, pk_lo, pk_hi, flow_start, piece, idle_ns,
+                 tcp_idle_ns, active_ns, linger_ns) -> int:
+    """Clock value after which slot s must be looked at: idle, close + linger, piece end."""
+    idle = tcp_idle_ns if transport[s] == TCP else idle_ns
+    deadline = min(last_ts[s] + idle, min(closed_at[s] + linger_ns, NEVER))
+    if pk_lo[s] != 0 or pk_hi[s] != 0:  # a non-empty piece ends on the active grid
+        deadline = min(deadline, flow_start[s] + (piece[s] + 1) * active_ns - 1)
+    return deadline
+
+
+@njit
+def _slot_deadlines(slots, transport, last_ts, closed_at, pk_lo, pk_hi, flow_start, piece,
+                    idle_ns, tcp_idle_ns, active_ns, linger_ns) -> np.ndarray:
+    """_deadline_of for each of `slots` (table slots, so in range of every column)."""
+    out = np.empty(slots.shape[0], dtype=np.int64)
+    for i in range(slots.shape[0]):
+        out[i] = _deadline_of(slots[i], transport, last_ts, closed_at, pk_lo, pk_hi, flow_start,
+                              piece, idle_ns, tcp_idle_ns, active_ns, linger_ns)
+    return out
+
+
+@njit
+def _scan_deadlines(live, now, transport, last_ts, closed_at, pk_lo, pk_hi, flow_start, piece,
+                    idle_ns, tcp_idle_ns, active_ns, linger_ns) -> tuple[np.ndarray, int]:
+    """One pass over the table: live slots whose deadline is < now (ascending), and the
+    smallest deadline of all live slots (NEVER when none). No per-slot temporaries."""
+    expired = np.empty(1024, dtype=np.int64)
+    count = 0
+    earliest = NEVER
+    for s in range(live.shape[0]):
+        if not live[s]:
+            continue
+        deadline = _deadline_of(s, transport, last_ts, closed_at, pk_lo, pk_hi, flow_start,
+                                piece, idle_ns, tcp_idle_ns, active_ns, linger_ns)
+        earliest = min(earliest, deadline)
+        if deadline < now:
+            if count == expired.shape[0]:
+                grown = np.empty(2 * count, dtype=np.int64)
+                grown[:count] = expired
+                expired = grown
+            expired[count] = s
+            count += 1
+    return expired[:count].copy(), earliest
+
+
 # --- the table ----------------------------------------------------------------------------
 
 
@@ -353,7 +649,7 @@ class FlowTable:
         self.community_id_seed = community_id_seed
         self.stats: dict[str, int] = {
             "packets": 0, "packets_ip": 0, "packets_non_ip": 0, "flows_created": 0,
-            "flows_emitted": 0, "flows_evicted": 0, "flows_live": 0, "close_refine_rounds": 0,
+            "flows_emitted": 0, "flows_evicted": 0, "flows_live": 0,
         }
         self._clock = np.iinfo(np.int64).min  # running max of packet times
         self._reset()
@@ -420,6 +716,19 @@ class FlowTable:
         self._clock = int(now_ns)
         return self._to_batch(self._expire(clock))
 
+    def flush_chunks(self, chunk_flows: int = _FLUSH_CHUNK) -> Iterator[EventBatch]:
+        """End of input, in pieces: the records of flush(), in the same order, as batches of
+        at most `chunk_flows` flows. The table's memory is released when the last piece has
+        been taken; a consumer that hands each piece on before asking for the next never
+        holds the table and all its records at once (a full 1M-flow table is ~160 MB, its
+        records ~220 MB). Abandoning the iterator leaves the table as it was."""
+        slots = np.flatnonzero(self._live)
+        for lo in range(0, slots.size, chunk_flows):
+            batch = self._to_batch([self._slot_rows(slots[lo:lo + chunk_flows], R_EOF)])
+            if batch is not None and len(batch):
+                yield batch
+        self._reset()
+
     def flush(self) -> EventBatch | None:
         """End of input: emit every remaining flow (end_reason "eof")."""
         slots = np.flatnonzero(self._live)
@@ -455,285 +764,96 @@ class FlowTable:
 
     def _ingest(self, packets: DecodedPackets, rows: np.ndarray, clock_all: np.ndarray) -> list:
         transport = np.asarray(packets.transport)[rows].astype(np.uint8)
-        sport, dport, _ = icmp_port_equivalents(
-            transport, np.asarray(packets.src_port)[rows], np.asarray(packets.dst_port)[rows])
-        has_ports = np.isin(transport, list(PORT_PROTOS))
-        sport = np.where(has_ports, sport, 0).astype(np.uint16)
-        dport = np.where(has_ports, dport, 0).astype(np.uint16)
         src = np.ascontiguousarray(np.asarray(packets.src_ip)[rows]).view(np.uint8).reshape(-1, 16)
         dst = np.ascontiguousarray(np.asarray(packets.dst_ip)[rows]).view(np.uint8).reshape(-1, 16)
         vlan = np.asarray(packets.vlan)[rows].astype(np.uint16)
+        # Canonical endpoint order (lo = smaller (ip, port)) and the (n, 5) uint64 key.
+        words, fwd = _canonical_keys(src, dst, np.asarray(packets.src_port)[rows],
+                                     np.asarray(packets.dst_port)[rows], transport, vlan,
+                                     _ICMP4_TABLE, _ICMP6_TABLE)
 
-        # Canonical endpoint order: lo = smaller (ip, port). fwd: packet travels lo -> hi.
-        sw, dw = _address_words(src), _address_words(dst)
-        src_greater = (sw[:, 0] > dw[:, 0]) | ((sw[:, 0] == dw[:, 0]) & (
-            (sw[:, 1] > dw[:, 1]) | ((sw[:, 1] == dw[:, 1]) & (sport > dport))))
-        fwd = ~src_greater
-        lo_w = np.where(fwd[:, None], sw, dw)
-        hi_w = np.where(fwd[:, None], dw, sw)
-        lo_port = np.where(fwd, sport, dport).astype(np.uint64)
-        hi_port = np.where(fwd, dport, sport).astype(np.uint64)
-        meta = ((vlan.astype(np.uint64) << np.uint64(48))
-                | (transport.astype(np.uint64) << np.uint64(40))
-                | (lo_port << np.uint64(16)) | hi_port)
-        words = np.column_stack([meta, lo_w, hi_w])  # (n, 5) uint64: the full key
-
-        # Group by key with one stable sort on a 64-bit hash, then verify no collision.
+        # Group by key with one sort on a 64-bit hash, then verify no collision.
         # The low bits of the sort key carry the row index, so a plain (unstable, faster)
         # sort keeps capture order inside each key; equal high hash bits of two different
-        # keys would interleave them, which the exact check below catches.
+        # keys would interleave them, which the exact check in _group_sorted catches.
         index_bits = max(int(words.shape[0]).bit_length(), 1)
         low_mask = np.uint64((1 << index_bits) - 1)
         sort_key = (_mix64(words) & ~low_mask) | np.arange(words.shape[0], dtype=np.uint64)
         sort_key.sort()
-        order = (sort_key & low_mask).astype(np.int64)
-        hs = sort_key & ~low_mask
-        new_key = np.empty(order.size, dtype=bool)
-        new_key[0] = True
-        np.not_equal(hs[1:], hs[:-1], out=new_key[1:])
-        key_id = np.cumsum(new_key) - 1
-        key_first = np.flatnonzero(new_key)
-        ws = np.take(words, order, axis=0)
-        if not (ws == ws[key_first][key_id]).all():  # hash collision: group by exact key
+        order, key_first, exact = _group_sorted(sort_key, low_mask, words)
+        if not exact:  # hash collision: group by exact key
             order = np.lexsort(words.T[::-1])
             ws = words[order]
+            new_key = np.ones(order.size, dtype=bool)
             new_key[1:] = (ws[1:] != ws[:-1]).any(axis=1)
-            key_id = np.cumsum(new_key) - 1
             key_first = np.flatnonzero(new_key)
 
-        batch_rows = rows[order]  # one gather per column, straight into key order
-        sorted_transport = transport[order]
+        # The walk reads each packet's columns through (order, rows): no per-column gathers.
         p = _Packets(
-            ts=np.asarray(packets.ts_ns, dtype=np.int64)[batch_rows],
-            cm=clock_all[batch_rows],
-            fwd=fwd[order],
-            flags=np.where(sorted_transport == TCP, np.asarray(packets.tcp_flags)[batch_rows], 0)
-            .astype(np.uint8),
-            wire=np.asarray(packets.wirelen)[batch_rows].astype(np.uint64),
-            pay=np.maximum(np.asarray(packets.payload_len)[batch_rows], 0).astype(np.uint64),
-            transport=sorted_transport,
-            key=key_id,
-            key_first=key_first,
-        )
-        key_words = ws[key_first]
+            order=order, rows=rows, fwd=fwd, ts=np.asarray(packets.ts_ns, dtype=np.int64),
+            cm=clock_all, flags=np.asarray(packets.tcp_flags),
+            wire=np.asarray(packets.wirelen), pay=np.asarray(packets.payload_len),
+            transport=np.asarray(packets.transport), key_first=key_first)
+        key_rows = order[key_first]
+        key_words = words[key_rows]
         key_hash = _mix64(key_words)
         slot_k = self._index.lookup(key_hash, key_words, self._slot_words)
+        meta = key_words[:, 0]
         endpoints = {
-            "vlan": vlan[order][key_first], "transport": transport[order][key_first],
-            "lo_ip": np.ascontiguousarray(lo_w[order][key_first].astype(">u8")).view(IP_DTYPE)
-            .ravel(),
-            "hi_ip": np.ascontiguousarray(hi_w[order][key_first].astype(">u8")).view(IP_DTYPE)
-            .ravel(),
-            "lo_port": lo_port[order][key_first].astype(np.uint16),
-            "hi_port": hi_port[order][key_first].astype(np.uint16),
+            "vlan": vlan[key_rows], "transport": transport[key_rows],
+            "lo_ip": np.ascontiguousarray(key_words[:, 1:3].astype(">u8")).view(IP_DTYPE).ravel(),
+            "hi_ip": np.ascontiguousarray(key_words[:, 3:5].astype(">u8")).view(IP_DTYPE).ravel(),
+            "lo_port": ((meta >> np.uint64(16)) & np.uint64(0xFFFF)).astype(np.uint16),
+            "hi_port": (meta & np.uint64(0xFFFF)).astype(np.uint16),
         }
         return self._apply(p, slot_k, (key_words, key_hash), endpoints, clock_all)
 
     def _apply(self, p: _Packets, slot_k: np.ndarray, keys: tuple, endpoints: Rows,
                clock_all: np.ndarray) -> list:
+        """Walk each key's packets (compiled, _walk_flows): flow boundaries, pieces, per-piece
+        totals; then emit ended pieces and write each key's live flow back to the table."""
         cols = self._cols
-        n = p.ts.size
-        first_in_key = np.zeros(n, dtype=bool)
-        first_in_key[p.key_first] = True
-        pkt_slot = np.where(first_in_key, slot_k[p.key], -1)
-        has_slot_pkt = pkt_slot >= 0
-
-        # Idle split: the clock passed (previous packet of the same key) + idle timeout.
-        prev_ts = np.empty(n, dtype=np.int64)
-        prev_ts[1:] = p.ts[:-1]
-        prev_ts[first_in_key] = np.where(has_slot_pkt[first_in_key],
-                                         cols["last_ts"][np.maximum(pkt_slot[first_in_key], 0)],
-                                         0)
-        has_prev = ~first_in_key | has_slot_pkt
-        idle_ns = np.where(p.transport == TCP, self.tcp_idle_ns, self.idle_ns)
-        idle_split = has_prev & (p.cm > prev_ts + idle_ns)
-        start = first_in_key | idle_split
-        split = idle_split.copy()  # segment starts that end an earlier flow of the same key
-
-        # Close refinement: a flow closed before a packet ends at that packet when the
-        # linger has passed or the packet is a SYN without ACK. Each round adds the first
-        # such packet per segment (later ones depend on the new segment's own state).
-        syn_only = (p.flags & (SYN | ACK)) == SYN
-        has_close_flags = (p.flags & (FIN | RST)) > 0
-        key_closing = np.zeros(p.key_first.size, dtype=bool)
-        key_closing[p.key[has_close_flags]] = True
-        slot_closed = slot_k >= 0
-        slot_closed[slot_closed] = cols["closed_at"][slot_k[slot_closed]] < NEVER
-        key_closing |= slot_closed
-        sub = np.flatnonzero(key_closing[p.key])
-        while sub.size:
-            self.stats["close_refine_rounds"] += 1
-            seg_info = self._segments(p, sub, start, split, has_slot_pkt, pkt_slot, syn_only)
-            viol = seg_info["violation"]
-            if not viol.size:
-                break
-            start[viol] = True
-            split[viol] = True
-            again = np.zeros(p.key_first.size, dtype=bool)
-            again[p.key[viol]] = True
-            sub = np.flatnonzero(again[p.key])
-
-        everything = np.arange(n)
-        seg_info = self._segments(p, everything, start, split, has_slot_pkt, pkt_slot, syn_only)
-        return self._records(p, slot_k, keys, endpoints, clock_all, start, split,
-                             pkt_slot, seg_info)
-
-    def _segments(self, p: _Packets, sub: np.ndarray, start: np.ndarray, split: np.ndarray,
-                  has_slot_pkt: np.ndarray, pkt_slot: np.ndarray, syn_only: np.ndarray) -> dict:
-        """Close state of the flow segments covering positions `sub` (whole keys only)."""
-        cols = self._cols
-        st = start[sub]
-        seg = np.cumsum(st) - 1
-        seg_pos = np.flatnonzero(st)  # index into sub
-        first = sub[seg_pos]
-        cont = has_slot_pkt[first] & ~split[first]  # continues the flow held in the table
-        slot = np.where(cont, pkt_slot[first], 0)
-        seed_lo = np.where(cont, cols["st_fl_lo"][slot], 0).astype(np.uint8)
-        seed_hi = np.where(cont, cols["st_fl_hi"][slot], 0).astype(np.uint8)
-        seed_closed_at = np.where(cont, cols["closed_at"][slot], NEVER)
-        seed_closed = seed_closed_at < NEVER
-
-        flags, fwd = p.flags[sub], p.fwd[sub]
-        fin_lo = ((flags & FIN) > 0) & fwd
-        fin_hi = ((flags & FIN) > 0) & ~fwd
-        rst = (flags & RST) > 0
-        c_fin_lo = _seg_cumsum(fin_lo.astype(np.int64), seg_pos, seg) + ((seed_lo & FIN) > 0)[seg]
-        c_fin_hi = _seg_cumsum(fin_hi.astype(np.int64), seg_pos, seg) + ((seed_hi & FIN) > 0)[seg]
-        c_rst = _seg_cumsum(rst.astype(np.int64), seg_pos, seg) + (
-            ((seed_lo | seed_hi) & RST) > 0)[seg]
-        closed_incl = ((c_fin_lo > 0) & (c_fin_hi > 0)) | (c_rst > 0)
-        closed_excl = np.empty_like(closed_incl)
-        closed_excl[1:] = closed_incl[:-1]
-        closed_excl[seg_pos] = seed_closed
-        cm = p.cm[sub]
-        became = np.flatnonzero(closed_incl & ~closed_excl)
-        closed_at_seg = seed_closed_at.copy()
-        closed_at_seg[seg[became]] = cm[became]
-        # A segment start cannot split again, except the first packet continuing a table flow.
-        can_split = ~st
-        can_split[seg_pos[cont]] = True
-        viol = closed_excl & can_split & (
-            (cm > closed_at_seg[seg] + self.linger_ns) | syn_only[sub])
-        vi = np.flatnonzero(viol)
-        if vi.size:
-            _, first_per_seg = np.unique(seg[vi], return_index=True)
-            vi = vi[first_per_seg]
-        return {"violation": sub[vi], "seg": seg, "seg_first": first, "cont": cont,
-                "closed_at": closed_at_seg}
-
-    def _records(self, p: _Packets, slot_k: np.ndarray, keys: tuple,
-                 endpoints: Rows, clock_all: np.ndarray, start: np.ndarray, split: np.ndarray,
-                 pkt_slot: np.ndarray, seg_info: dict) -> list:
-        cols = self._cols
-        seg, seg_first, cont = seg_info["seg"], seg_info["seg_first"], seg_info["cont"]
-        n_seg = seg_first.size
-        seg_slot = np.where(cont, pkt_slot[seg_first], -1)
-        cslot = np.maximum(seg_slot, 0)
-        first_syn_ack = (p.flags[seg_first] & (SYN | ACK)) == (SYN | ACK)
-        orig_is_lo = np.where(cont, cols["orig_is_lo"][cslot], p.fwd[seg_first] ^ first_syn_ack)
-        flow_start = np.where(cont, cols["flow_start"][cslot], p.ts[seg_first])
-        self.stats["flows_created"] += int(n_seg - cont.sum())
-
-        # Pieces on the active-timeout grid; groups = (segment, piece) runs.
-        piece = np.maximum((p.cm - flow_start[seg]) // self.active_ns, 0)
-        piece = np.maximum(piece, np.where(cont, cols["piece"][cslot], 0)[seg])
-        gstart = start.copy()
-        gstart[1:] |= piece[1:] != piece[:-1]
-        g_first = np.flatnonzero(gstart)
-        g_last = np.r_[g_first[1:] - 1, p.ts.size - 1]
-        g_seg = seg[g_first]
-        g_seg_start = np.flatnonzero(start[g_first])  # first group of each segment
-        g_is_seg_last = np.r_[g_seg[1:] != g_seg[:-1], True]
-
-        fwd_u = p.fwd.astype(np.uint64)
-        cnt = np.diff(np.r_[g_first, p.ts.size]).astype(np.uint64)
-        pk_lo = np.add.reduceat(fwd_u, g_first)
-        by_all = np.add.reduceat(p.wire, g_first)
-        by_lo = np.add.reduceat(p.wire * fwd_u, g_first)
-        pay_all = np.add.reduceat(p.pay, g_first)
-        pay_lo = np.add.reduceat(p.pay * fwd_u, g_first)
-        fl_lo = np.bitwise_or.reduceat(np.where(p.fwd, p.flags, 0).astype(np.uint8), g_first)
-        fl_hi = np.bitwise_or.reduceat(np.where(p.fwd, 0, p.flags).astype(np.uint8), g_first)
-        g = {
-            "p_first": np.minimum.reduceat(p.ts, g_first),
-            "p_end": np.maximum.reduceat(p.ts, g_first),
-            # copies: the table piece is merged into these in place below, while the
-            # in-batch values feed the cumulative flow state
-            "p_pk_lo": pk_lo.copy(), "p_pk_hi": cnt - pk_lo,
-            "p_by_lo": by_lo, "p_by_hi": by_all - by_lo,
-            "p_pay_lo": pay_lo.copy(), "p_pay_hi": pay_all - pay_lo,
-            "p_fl_lo": fl_lo.copy(), "p_fl_hi": fl_hi.copy(),
-        }
-
-        # The table's current piece merges into the first group when it is the same piece.
-        g_cont = np.zeros(g_first.size, dtype=bool)
-        g_cont[g_seg_start] = cont
-        g_slot = np.where(g_cont, seg_slot[g_seg], -1)
-        tslot = np.maximum(g_slot, 0)
-        t_nonempty = g_cont & ((cols["p_pk_lo"][tslot] + cols["p_pk_hi"][tslot]) > 0)
-        merge = t_nonempty & (piece[g_first] == cols["piece"][tslot])
-        m = np.flatnonzero(merge)
-        ms = g_slot[m]
-        g["p_first"][m] = np.minimum(g["p_first"][m], cols["p_first"][ms])
-        g["p_end"][m] = np.maximum(g["p_end"][m], cols["p_end"][ms])
-        for name in ("p_pk_lo", "p_pk_hi", "p_by_lo", "p_by_hi", "p_pay_lo", "p_pay_hi"):
-            g[name][m] += cols[name][ms]
-        for name in ("p_fl_lo", "p_fl_hi"):
-            g[name][m] |= cols[name][ms]
-
-        # Flow-level cumulative state through each group (seeded from the table).
-        seed = {name: np.where(cont, cols[name][cslot], 0) for name in
-                ("st_fl_lo", "st_fl_hi", "cum_pk_lo", "cum_pk_hi", "cum_pay_lo", "cum_pay_hi")}
-        gs_seg = g_seg
-        g["st_fl_lo"] = _seg_cum_or(fl_lo, g_seg_start, gs_seg) | seed["st_fl_lo"][gs_seg].astype(
-            np.uint8)
-        g["st_fl_hi"] = _seg_cum_or(fl_hi, g_seg_start, gs_seg) | seed["st_fl_hi"][gs_seg].astype(
-            np.uint8)
-        for name, vals in (("cum_pk_lo", pk_lo), ("cum_pk_hi", cnt - pk_lo),
-                           ("cum_pay_lo", pay_lo), ("cum_pay_hi", pay_all - pay_lo)):
-            g[name] = (_seg_cumsum(vals.astype(np.int64), g_seg_start, gs_seg)
-                       + seed[name][gs_seg].astype(np.int64)).astype(np.uint64)
-        closed_now = ((g["st_fl_lo"] & g["st_fl_hi"] & FIN) > 0) | (
-            ((g["st_fl_lo"] | g["st_fl_hi"]) & RST) > 0)
-        g["closed_at"] = np.where(closed_now, seg_info["closed_at"][gs_seg], NEVER)
-        g["orig_is_lo"] = orig_is_lo[gs_seg]
-        g["flow_start"] = flow_start[gs_seg]
-        g["last_ts"] = p.ts[g_last]
-        g["piece"] = piece[g_first]
-        g_key = p.key[g_first]
+        has_slot = slot_k >= 0
+        seed_slots = np.where(has_slot, slot_k, 0)
+        seed = np.empty((slot_k.size, len(_SEED_FIELDS)), dtype=np.int64)
+        for j, name in enumerate(_SEED_FIELDS):
+            seed[:, j] = cols[name][seed_slots]
+        seed[~has_slot] = 0
+        g_int, g_key, g_kind, g_clock, key_emit, key_clock, created = _walk_flows(
+            p.order, p.rows, p.fwd, p.ts, p.cm, p.flags, p.wire, p.pay, p.transport,
+            p.key_first, has_slot, seed, self.idle_ns, self.tcp_idle_ns,
+            self.active_ns, self.linger_ns)
+        self.stats["flows_created"] += int(created)
+        g: Rows = {name: g_int[:, j].astype(SLOT_FIELDS[name]) if name in _UNSIGNED_SUMS
+                   else g_int[:, j].astype(np.int64 if name in _WIDE else SLOT_FIELDS[name])
+                   for j, name in enumerate(_GROUP_FIELDS)}
         for name, values in endpoints.items():
             g[name] = values[g_key]
 
         out: list[Rows] = []
         # 1. Table pieces that do not merge: the flow moved to a later piece ("active") or
         #    ended at the key's first packet in this batch (split).
-        touched = slot_k >= 0
-        key_seg0_split = split[p.key_first]
-        ended_slots = slot_k[touched & key_seg0_split]
-        moved = np.flatnonzero(t_nonempty & ~merge)
-        out.append(self._slot_rows(g_slot[moved], R_ACTIVE))
-        if ended_slots.size:
-            split_clock = p.cm[p.key_first[touched & key_seg0_split]]
-            rows = self._slot_rows(ended_slots, None)
-            rows["reason"] = self._end_reason(rows, clock_all, split_clock)
+        moved = np.flatnonzero(key_emit == _EMIT_MOVED)
+        out.append(self._slot_rows(slot_k[moved], R_ACTIVE))
+        ended_keys = np.flatnonzero(key_emit == _EMIT_ENDED)
+        if ended_keys.size:
+            rows = self._slot_rows(slot_k[ended_keys], None)
+            rows["reason"] = self._end_reason(rows, clock_all, key_clock[ended_keys])
             out.append(_nonempty(rows))
 
         # 2. Groups that are not the live tail of their key.
-        g_is_key_last = np.r_[g_key[1:] != g_key[:-1], True]
-        mid = ~g_is_seg_last
-        ended = g_is_seg_last & ~g_is_key_last
+        mid = g_kind == _GROUP_MID
         mid_rows = {k: v[mid] for k, v in g.items()}
         mid_rows["reason"] = np.full(int(mid.sum()), R_ACTIVE, dtype=np.uint8)
         out.append(mid_rows)
-        if ended.any():
-            e = np.flatnonzero(ended)
-            rows = {k: v[e] for k, v in g.items()}
-            next_first = g_first[e + 1]  # the split packet starting the key's next flow
-            rows["reason"] = self._end_reason(rows, clock_all, p.cm[next_first])
+        ended = np.flatnonzero(g_kind == _GROUP_ENDED)
+        if ended.size:
+            rows = {k: v[ended] for k, v in g.items()}
+            rows["reason"] = self._end_reason(rows, clock_all, g_clock[ended])
             out.append(rows)
 
         # 3. The key's last group becomes (or stays) the live flow in the table.
-        tail = np.flatnonzero(g_is_key_last)
+        tail = np.flatnonzero(g_kind == _GROUP_TAIL)
         tail_key = g_key[tail]
         slots = slot_k[tail_key].copy()
         need = np.flatnonzero(slots < 0)
@@ -748,16 +868,15 @@ class FlowTable:
 
     # -- expiry, eviction, slots --
 
+    def _deadline_columns(self) -> tuple:
+        cols = self._cols
+        return (cols["transport"], cols["last_ts"], cols["closed_at"], cols["p_pk_lo"],
+                cols["p_pk_hi"], cols["flow_start"], cols["piece"], self.idle_ns,
+                self.tcp_idle_ns, self.active_ns, self.linger_ns)
+
     def _deadlines(self, slots: np.ndarray) -> np.ndarray:
         """Clock value after which each slot must be looked at (idle, close, piece end)."""
-        cols = self._cols
-        idle = np.where(cols["transport"][slots] == TCP, self.tcp_idle_ns, self.idle_ns)
-        nonempty = (cols["p_pk_lo"][slots] + cols["p_pk_hi"][slots]) > 0
-        active_end = np.where(
-            nonempty, cols["flow_start"][slots] + (cols["piece"][slots] + 1) * self.active_ns - 1,
-            NEVER)
-        closed = np.minimum(cols["closed_at"][slots] + self.linger_ns, NEVER)
-        return np.minimum(np.minimum(cols["last_ts"][slots] + idle, closed), active_end)
+        return _slot_deadlines(slots.astype(np.int64, copy=False), *self._deadline_columns())
 
     def _end_reason(self, rows: Rows, clock_all: np.ndarray, split_clock: np.ndarray) -> np.ndarray:
         """Why a flow piece is emitted: the first threshold the clock crossed.
@@ -782,9 +901,7 @@ class FlowTable:
         if now <= self._deadline:
             return []
         cols = self._cols
-        slots = np.flatnonzero(self._live)
-        slots = np.concatenate([chunk[self._deadlines(chunk) < now] for chunk in
-                                np.array_split(slots, max(slots.size // _SCAN_CHUNK, 1))])
+        slots, _ = _scan_deadlines(self._live, now, *self._deadline_columns())
         if not slots.size:
             self._deadline = self._min_deadline()
             return []
@@ -804,11 +921,7 @@ class FlowTable:
         return out
 
     def _min_deadline(self) -> int:
-        live = np.flatnonzero(self._live)
-        if not live.size:
-            return NEVER
-        return min(int(self._deadlines(live[lo:lo + _SCAN_CHUNK]).min())
-                   for lo in range(0, live.size, _SCAN_CHUNK))
+        return int(_scan_deadlines(self._live, NEVER, *self._deadline_columns())[1])
 
     def _evict(self) -> list:
         live = np.flatnonzero(self._live)
@@ -927,9 +1040,11 @@ def _slice_packets(packets: DecodedPackets, lo: int, hi: int) -> DecodedPackets:
 
 
 class _Packets:
-    """IP packets of one batch sorted by flow key (then capture order)."""
+    """A batch's packet columns and the IP rows' order by flow key (then capture order):
+    sorted position i is IP row order[i], packet rows[order[i]]; fwd is per IP row."""
 
-    __slots__ = ("ts", "cm", "fwd", "flags", "wire", "pay", "transport", "key", "key_first")
+    __slots__ = ("order", "rows", "fwd", "ts", "cm", "flags", "wire", "pay", "transport",
+                 "key_first")
 
     def __init__(self, **columns: np.ndarray) -> None:
         for name, values in columns.items():
@@ -977,4 +1092,6 @@ def flow_records(rows: Rows, observer_name: str, ingress_zone: str, seed: int = 
     cols["end_reason"] = REASONS[rows["reason"].astype(np.intp)]
     cols["community_id"] = community_id_column(src_ip, dst_ip, cols["transport"], src_port,
                                                dst_port, seed)
-    return EventBatch(FLOW.name, {f.column: cols[f.column] for f in FLOW.fields})
+    # optional columns (observer_names: fusion's) are filled by EventBatch
+    return EventBatch(FLOW.name, {f.column: cols[f.column] for f in FLOW.fields
+                                  if not f.optional})

@@ -17,6 +17,12 @@ first `max_bytes_per_dir` bytes of each direction are reassembled and parsed:
   `Authorization: Basic` header (the password is never decoded into an event);
 - response_mime_type: Content-Type without parameters, lower case.
 
+Parsing: the bytes of every flow of a batch are walked by one compiled kernel
+(sensors.http_kernel, offsets only; str objects are built for the emitted rows alone);
+flows whose bytes need Python's own semantics (non-ASCII digits in Content-Length, odd
+chunk sizes...) are parsed by `parse_messages`, the pure-Python reference the kernel is
+tested against (tests/test_http_kernel.py).
+
 A request is emitted once its response headers are parsed and its body size is known (or
 cannot become known: the server direction hit its cap or a gap), or when the flow ends
 (then without response: status 0, response body -1). Event time = the first packet
@@ -29,11 +35,40 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+
+import numpy as np
 
 from pipeline.schema import HTTP, EventBatch
 from sensors.analyzer import Analyzer
+from sensors.http_kernel import (
+    F_BAD_REQ,
+    F_BAD_RESP,
+    F_FALLBACK,
+    F_REQ_COUNT,
+    F_REQ_FIRST,
+    F_RESP_COUNT,
+    F_RESP_FIRST,
+    H_AUTH,
+    H_CTYPE,
+    H_HOST,
+    H_REFERER,
+    H_UA,
+    M_A0,
+    M_A1,
+    M_B0,
+    M_B1,
+    M_BODY,
+    M_C0,
+    M_C1,
+    M_HEADERS,
+    M_START,
+    M_STATUS,
+    MAX_HEADER_BYTES,
+    MAX_MESSAGES,
+    parse_flows,
+)
 from sensors.packets import DecodedPackets
 from sensors.tcp_stream import (
     StreamChunk,
@@ -46,8 +81,8 @@ from sensors.tcp_stream import (
 DEFAULT_PORTS = (80, 8080, 8000, 3128)
 METHODS = (b"GET", b"POST", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"CONNECT",
            b"TRACE", b"PROPFIND", b"PROPPATCH", b"MKCOL", b"COPY", b"MOVE", b"LOCK", b"UNLOCK")
-MAX_HEADER_BYTES = 16384
-MAX_MESSAGES = 256  # requests (and responses) parsed per flow
+# MAX_HEADER_BYTES, MAX_MESSAGES (requests/responses parsed per direction): shared with the
+# kernel, which must stop where parse_messages stops
 _REQUEST_LINE = re.compile(rb"^([A-Z][A-Z_-]{0,19}) +(\S+)(?: +HTTP/(\d\.\d))? *$")
 _STATUS_LINE = re.compile(rb"^HTTP/(\d\.\d) +(\d{3})(?:[ \t].*)?$")
 
@@ -230,6 +265,104 @@ def _offset_time(chunk: StreamChunk, offset: int) -> int:
     return last if seen > offset else chunk.last_ts
 
 
+def _complete(chunk: StreamChunk, direction: int) -> bool:
+    """The direction ended and every byte up to its end is there (parse_messages' `ended`)."""
+    return chunk.ended[direction] and not (chunk.capped[direction] or chunk.gap[direction])
+
+
+def reference_parse(chunk: StreamChunk) -> tuple[list[Message], bool, list[Message], bool]:
+    """(requests, malformed, final responses, malformed) of a flow by parse_messages: the
+    pure-Python parser, for the flows the kernel leaves to it and as the tests' reference."""
+    requests, bad_req = parse_messages(chunk.client_data, True, _complete(chunk, 0))
+    heads = [r.line[0] == "HEAD" for r in requests]
+    responses, bad_resp = parse_messages(chunk.server_data, False, _complete(chunk, 1), heads)
+    responses = [r for r in responses if not 100 <= int(r.line[1]) < 200]
+    return requests, bad_req, responses, bad_resp
+
+
+class _ParsedFlows:
+    """Every chunk of a batch parsed by one kernel call over their concatenated bytes;
+    str objects are made only for the rows asked for (`flow(...)[5]`)."""
+
+    def __init__(self, chunks: list[StreamChunk]) -> None:
+        self.fallbacks = 0  # flows parsed by parse_messages (the kernel was unsure)
+        n = len(chunks)
+        parts = [data for chunk in chunks for data in chunk.data]
+        lengths = np.fromiter(map(len, parts), dtype=np.int64, count=2 * n)
+        starts = np.cumsum(lengths) - lengths
+        complete = np.fromiter((_complete(c, d) for c in chunks for d in (0, 1)), dtype=bool,
+                               count=2 * n)
+        self.buf = b"".join(parts)
+        flows, messages = parse_flows(np.frombuffer(self.buf, dtype=np.uint8), starts, lengths,
+                                      complete)
+        self.flows = flows.tolist()
+        self.messages = messages.tolist()
+
+    def flow(self, index: int, chunk: StreamChunk) -> tuple[
+            int, bool, bool, list[int], list[int], Callable[[int], dict]]:
+        """(requests, request side malformed, response side malformed, request starts,
+        final response body sizes, row(i) -> event row of request i with its response)."""
+        f = self.flows[index]
+        if f[F_FALLBACK]:
+            self.fallbacks += 1
+            requests, bad_req, responses, bad_resp = reference_parse(chunk)
+            return (len(requests), bad_req, bad_resp, [r.start for r in requests],
+                    [r.body_bytes for r in responses],
+                    lambda i: request_row(requests[i], responses[i] if i < len(responses)
+                                          else None))
+        req = self.messages[f[F_REQ_FIRST] : f[F_REQ_FIRST] + f[F_REQ_COUNT]]
+        resp = self.messages[f[F_RESP_FIRST] : f[F_RESP_FIRST] + f[F_RESP_COUNT]]
+        return (len(req), bool(f[F_BAD_REQ]), bool(f[F_BAD_RESP]), [m[M_START] for m in req],
+                [m[M_BODY] for m in resp],
+                lambda i: self._row(req[i], resp[i] if i < len(resp) else None))
+
+    def all_rows(self, index: int, chunk: StreamChunk, rows: list[dict],
+                 owners: list[StreamChunk], times: list[int]) -> bool:
+        """Rows of every request of a final flow seen whole (what _flow_events emits for a
+        final chunk with nothing emitted before); False if the flow is the reference
+        parser's or malformed (left to _flow_events, which also counts it)."""
+        f = self.flows[index]
+        if f[F_FALLBACK] or f[F_BAD_REQ] or f[F_BAD_RESP]:
+            return False
+        messages = self.messages
+        first, resp_first, n_resp = f[F_REQ_FIRST], f[F_RESP_FIRST], f[F_RESP_COUNT]
+        for i in range(f[F_REQ_COUNT]):
+            req = messages[first + i]
+            rows.append(self._row(req, messages[resp_first + i] if i < n_resp else None))
+            owners.append(chunk)
+            times.append(_offset_time(chunk, req[M_START]))
+        return True
+
+    def _row(self, req: list[int], resp: list[int] | None) -> dict:
+        """request_row from kernel offsets (same values, see tests/test_http_kernel.py)."""
+        buf = self.buf
+        # header value slots: (start, end) at M_HEADERS + 2 * H_*; start -1 = absent
+        host, ua, referer, auth = (M_HEADERS + 2 * H_HOST, M_HEADERS + 2 * H_UA,
+                                   M_HEADERS + 2 * H_REFERER, M_HEADERS + 2 * H_AUTH)
+        auth_value = buf[req[auth] : req[auth + 1]].decode("utf-8", "replace") \
+            if req[auth] >= 0 else ""
+        if resp:
+            ctype = M_HEADERS + 2 * H_CTYPE
+            mime = _mime(buf[resp[ctype] : resp[ctype + 1]].decode("utf-8", "replace")) \
+                if resp[ctype] >= 0 else ""
+        return {
+            "method": buf[req[M_A0] : req[M_A1]].decode("ascii"),  # [A-Z_-] only
+            "host": host_without_port(buf[req[host] : req[host + 1]].decode("utf-8", "replace"))
+            if req[host] >= 0 else "",
+            "uri": buf[req[M_B0] : req[M_B1]].decode("utf-8", "replace"),
+            "version": buf[req[M_C0] : req[M_C1]].decode("ascii") if req[M_C0] >= 0 else "",
+            "user_agent": buf[req[ua] : req[ua + 1]].decode("utf-8", "replace")
+            if req[ua] >= 0 else "",
+            "referrer": buf[req[referer] : req[referer + 1]].decode("utf-8", "replace")
+            if req[referer] >= 0 else "",
+            "status": resp[M_STATUS] if resp else 0,
+            "request_body_bytes": req[M_BODY],
+            "response_body_bytes": resp[M_BODY] if resp else -1,
+            "response_mime_type": mime if resp else "",
+            "basic_auth_user": basic_auth_user(auth_value) if auth_value else "",
+        }
+
+
 class HttpAnalyzer(Analyzer):
     """HTTP/1.x request/response events (see the module doc). Settings (all optional):
     ports, max_bytes_per_dir, max_flows, max_bytes_total, idle_timeout_s, max_packets_meta."""
@@ -257,9 +390,14 @@ class HttpAnalyzer(Analyzer):
         rows: list[dict] = []
         owners: list[StreamChunk] = []
         times: list[int] = []
-        for chunk in chunks:
+        parsed = _ParsedFlows(chunks)
+        emitted = self.emitted
+        for index, chunk in enumerate(chunks):
             try:
-                self._flow_events(chunk, rows, owners, times)
+                if chunk.final and chunk.key not in emitted and parsed.all_rows(
+                        index, chunk, rows, owners, times):
+                    continue  # a whole flow at once: the common case, no per-flow state
+                self._flow_events(chunk, parsed, index, rows, owners, times)
             except Exception:  # noqa: BLE001 - hostile bytes must never stop the sensor
                 self._count("http_malformed")
                 self.emitted.pop(chunk.key, None)
@@ -267,6 +405,8 @@ class HttpAnalyzer(Analyzer):
                     self.streams.release(chunk.key)
         for key, value in self.streams.stats.items():
             self.stats[f"http_stream.{key}"] = value
+        if parsed.fallbacks:
+            self._count("http_reference_parses", parsed.fallbacks)
         if not rows:
             return []
         self._count("http_requests", len(rows))
@@ -274,33 +414,28 @@ class HttpAnalyzer(Analyzer):
         columns.update(kind_columns(HTTP, rows, skip=columns))
         return [EventBatch(HTTP.name, columns)]
 
-    def _flow_events(self, chunk: StreamChunk, rows: list[dict], owners: list[StreamChunk],
-                     times: list[int]) -> None:
+    def _flow_events(self, chunk: StreamChunk, parsed: _ParsedFlows, index: int,
+                     rows: list[dict], owners: list[StreamChunk], times: list[int]) -> None:
         done = self.emitted.get(chunk.key, 0)
         if chunk.final:
             self.emitted.pop(chunk.key, None)
-        client_complete = chunk.ended[0] and not (chunk.capped[0] or chunk.gap[0])
-        server_complete = chunk.ended[1] and not (chunk.capped[1] or chunk.gap[1])
-        requests, bad_req = parse_messages(chunk.client_data, True, client_complete)
-        heads = [r.line[0] == "HEAD" for r in requests]
-        responses, bad_resp = parse_messages(chunk.server_data, False, server_complete, heads)
-        responses = [r for r in responses if not 100 <= int(r.line[1]) < 200]
+        n_requests, bad_req, bad_resp, starts, bodies, row_of = parsed.flow(index, chunk)
         if (bad_req or bad_resp) and chunk.final:
             self._count("http_malformed")
-        for i in range(done, len(requests)):
-            response = responses[i] if i < len(responses) else None
-            if response is None and not chunk.final:
+        for i in range(done, n_requests):
+            has_response = i < len(bodies)
+            if not has_response and not chunk.final:
                 break  # wait for the response (or the end of the flow)
-            if response is not None and response.body_bytes < 0 and not chunk.final \
+            if has_response and bodies[i] < 0 and not chunk.final \
                     and not (chunk.capped[1] or chunk.gap[1]):
                 break  # body size still to come (chunked, or up to the FIN)
-            rows.append(request_row(requests[i], response))
+            rows.append(row_of(i))
             owners.append(chunk)
-            times.append(_offset_time(chunk, requests[i].start))
+            times.append(_offset_time(chunk, starts[i]))
             done = i + 1
         if not chunk.final:
             self.emitted[chunk.key] = done
-            if not requests and (bad_req or chunk.capped[0] or chunk.gap[0]):
+            if not n_requests and (bad_req or chunk.capped[0] or chunk.gap[0]):
                 self.emitted.pop(chunk.key, None)  # not HTTP (or nothing readable): stop
                 self._count("http_malformed" if bad_req else "http_unreadable")
                 self.streams.release(chunk.key)

@@ -47,6 +47,7 @@ from pipeline.schema import LOGIN, EventBatch
 from sensors.analyzer import Analyzer
 from sensors.community_id import community_id_column
 from sensors.packets import IP_DTYPE, DecodedPackets
+from sensors.stream_prefilter import PortPrefilter
 from sensors.tcp_stream import StreamChunk, StreamCollector
 
 DEFAULT_SERVICES = {21: "ftp", 23: "telnet", 25: "smtp", 587: "smtp", 110: "pop3",
@@ -503,10 +504,15 @@ class LoginAnalyzer(Analyzer):
             idle_timeout_s=float(config.get("idle_timeout_s", 300)),
             max_packets_meta=int(config.get("max_packets", 256)),
         )
+        # The collector sees only rows on the service ports (the same chunks, without
+        # hashing every TCP packet of the link); None: every row.
+        self.prefilter: PortPrefilter | None = PortPrefilter(set(self.services))
         self.emitted: dict[tuple, int] = {}  # flow key -> attempts already emitted
 
     def process(self, packets: DecodedPackets) -> list[EventBatch]:
-        return self._events(self.collector.feed(packets))
+        if self.prefilter is None:
+            return self._events(self.collector.feed(packets))
+        return self._events(self.prefilter.feed(self.collector, packets))
 
     def flush(self) -> list[EventBatch]:
         out = self._events(self.collector.flush())

@@ -1,10 +1,10 @@
 """Capture file reader: classic pcap and pcapng files -> columnar PacketBatch objects.
 
 The file is memory-mapped once; every batch's `data` is that mapping (zero copy) and each
-per-packet attribute is a numpy column. The only per-packet Python code is the record walk
+per-packet attribute is a numpy column. The only per-packet loop is the record walk
 (`_walk_pcap`, `_walk_pcapng`): records have variable lengths, so finding where each one
-starts is inherently sequential. Each walk is one small function over (buffer, position)
-returning record start offsets, so a compiled version can replace it later; everything else
+starts is inherently sequential. Each walk is one small compiled kernel (numba, via
+pipeline.jit) over (buffer, position) returning record start offsets; everything else
 (header fields, timestamps, validation) is decoded column-wise from those offsets.
 
 Bad input (product rule: a truncated capture is processed up to the damage and reported;
@@ -30,6 +30,7 @@ from types import TracebackType
 
 import numpy as np
 
+from pipeline.jit import njit
 from sensors.packets import PacketBatch
 
 log = logging.getLogger(__name__)
@@ -65,11 +66,10 @@ _BYTE_ORDER_MAGIC = {b"\x4d\x3c\x2b\x1a": "<", b"\x1a\x2b\x3c\x4d": ">"}
 _PCAPNG_VERSIONS = ((1, 0), (1, 2))  # libpcap also accepts 1.2, written by some old tools
 _OPT_ENDOFOPT, _OPT_IF_TSRESOL, _OPT_IF_TSOFFSET = 0, 9, 14
 
-_ARANGE16 = np.arange(_PCAP_RECORD_HEADER_LEN, dtype=np.int64)
 _BLOCK_HEAD_LEN = 28  # type, length and the five 32-bit fields an EPB/PB starts with
 _ARANGE_BLOCK_HEAD = np.arange(_BLOCK_HEAD_LEN, dtype=np.int64)
 _ARANGE4 = np.arange(4, dtype=np.int64)
-_RELEASE_STEP = 64 * 1024 * 1024  # drop consumed pages of large files in steps of this
+_RELEASE_STEP = 16 * 1024 * 1024  # drop consumed pages of large files in steps of this
 
 
 class CaptureError(Exception):
@@ -135,47 +135,85 @@ def _gather(data: np.ndarray, starts: np.ndarray, span: np.ndarray) -> np.ndarra
 
 
 # ---------------------------------------------------------------------------------------
-# Record walks: the sequential, per-record part. Keep them small and allocation-free apart
-# from the list of start offsets (a compiled replacement only has to return the same).
+# Record walks: the sequential, per-record part, compiled (pipeline.jit). Each walk reads
+# only the record/block headers it steps over, every read bounds-checked against `end`
+# (numba does not check indices), and returns the start offsets; everything else (header
+# fields, timestamps, validation) is decoded column-wise from those offsets.
 # ---------------------------------------------------------------------------------------
 
 
-def _walk_pcap(buf: memoryview, pos: int, end: int, caplen_at: Callable, max_records: int,
-               max_caplen: int, both_lengths: bool) -> tuple[list[int], int, int]:
+@njit
+def _u32(data: np.ndarray, p: int, big_endian: bool) -> int:
+    """Unsigned 32-bit field at data[p:p+4] (the caller checked p + 4 <= len(data))."""
+    b0, b1, b2, b3 = np.uint32(data[p]), np.uint32(data[p + 1]), np.uint32(data[p + 2]), \
+        np.uint32(data[p + 3])
+    if big_endian:
+        return np.int64((b0 << 24) | (b1 << 16) | (b2 << 8) | b3)
+    return np.int64((b3 << 24) | (b2 << 16) | (b1 << 8) | b0)
+
+
+@njit
+def _walk_pcap(data: np.ndarray, pos: int, end: int, big_endian: bool, lengths: int,
+               max_records: int, max_caplen: int) -> tuple[np.ndarray, int, int]:
     """Start offsets of consecutive pcap records from `pos`.
 
-    `caplen_at(buf, p)` unpacks the record header's captured-length field (both length
-    fields when `both_lengths`: the v2.3 layout where the smaller one is the caplen).
-    Stops after `max_records`, when no whole record header fits before `end`, or at a caplen
-    above `max_caplen`. Returns (starts, position after the last record, the implausible
-    caplen or -1). The last record's data may run past `end`: the caller checks.
+    `lengths` is the record header layout (_LENGTHS_*): caplen at byte 8, at byte 12, or
+    the smaller of the two (v2.3). Stops after `max_records`, when no whole record header
+    fits before `end`, or at a caplen above `max_caplen`. Returns (starts, position after
+    the last record, the implausible caplen or -1). The last record's data may run past
+    `end`: the caller checks.
     """
-    starts: list[int] = []
-    append = starts.append
+    end = min(end, data.shape[0])
+    room = max((end - pos) // _PCAP_RECORD_HEADER_LEN + 1, 0)
+    starts = np.empty(min(max_records, room), dtype=np.int64)
+    count = 0
     last_header = end - _PCAP_RECORD_HEADER_LEN
-    if both_lengths:
-        for _ in range(max_records):
-            if pos > last_header:
-                break
-            caplen = min(caplen_at(buf, pos))
-            if caplen > max_caplen:
-                return starts, pos, caplen
-            append(pos)
-            pos += 16 + caplen
-        return starts, pos, -1
-    for _ in range(max_records):
-        if pos > last_header:
-            break
-        (caplen,) = caplen_at(buf, pos)
+    while count < starts.shape[0] and pos <= last_header:
+        len8 = _u32(data, pos + 8, big_endian)
+        len12 = _u32(data, pos + 12, big_endian)
+        if lengths == _LENGTHS_NORMAL:
+            caplen = len8
+        elif lengths == _LENGTHS_SWAPPED:
+            caplen = len12
+        else:
+            caplen = min(len8, len12)
         if caplen > max_caplen:
-            return starts, pos, caplen
-        append(pos)
-        pos += 16 + caplen
-    return starts, pos, -1
+            return starts[:count], pos, caplen
+        starts[count] = pos
+        count += 1
+        pos += _PCAP_RECORD_HEADER_LEN + caplen
+    return starts[:count], pos, -1
 
 
-def _walk_pcapng(buf: memoryview, pos: int, end: int, type_len_at: Callable,
-                 max_records: int) -> tuple[list[int], int]:
+@njit
+def _pcap_record_columns(data: np.ndarray, starts: np.ndarray, big_endian: bool, lengths: int,
+                         frac_to_ns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """caplen, wire length and ns timestamp of the pcap record headers at `starts` (found by
+    _walk_pcap, so whole headers; a header past the buffer would read as zeros)."""
+    n = starts.shape[0]
+    caplen = np.zeros(n, dtype=np.uint32)
+    wirelen = np.zeros(n, dtype=np.uint32)
+    ts_ns = np.zeros(n, dtype=np.int64)
+    for i in range(n):
+        p = starts[i]
+        if p < 0 or p + _PCAP_RECORD_HEADER_LEN > data.shape[0]:
+            continue
+        len8 = _u32(data, p + 8, big_endian)
+        len12 = _u32(data, p + 12, big_endian)
+        if lengths == _LENGTHS_NORMAL:
+            caplen[i], wirelen[i] = len8, len12
+        elif lengths == _LENGTHS_SWAPPED:
+            caplen[i], wirelen[i] = len12, len8
+        else:
+            caplen[i], wirelen[i] = min(len8, len12), max(len8, len12)
+        ts_ns[i] = _u32(data, p, big_endian) * 1_000_000_000 + _u32(data, p + 4,
+                                                                     big_endian) * frac_to_ns
+    return caplen, wirelen, ts_ns
+
+
+@njit
+def _walk_pcapng(data: np.ndarray, pos: int, end: int, big_endian: bool,
+                 max_records: int) -> tuple[np.ndarray, int]:
     """Start offsets of consecutive packet blocks (EPB, SPB, PB) from `pos`.
 
     Stops after `max_records`, when fewer than 12 bytes are left, at any other block type
@@ -183,18 +221,20 @@ def _walk_pcapng(buf: memoryview, pos: int, end: int, type_len_at: Callable,
     Returns (starts, position after the last block). Block contents, including whether the
     last block fits before `end`, are validated column-wise by the caller.
     """
-    starts: list[int] = []
-    append = starts.append
+    end = min(end, data.shape[0])
+    room = max((end - pos) // 12 + 1, 0)
+    starts = np.empty(min(max_records, room), dtype=np.int64)
+    count = 0
     last_header = end - 12
-    for _ in range(max_records):
-        if pos > last_header:
+    while count < starts.shape[0] and pos <= last_header:
+        btype = _u32(data, pos, big_endian)
+        blen = _u32(data, pos + 4, big_endian)
+        if blen < 12 or not (btype == _EPB or btype == _SPB or btype == _PB):
             break
-        btype, blen = type_len_at(buf, pos)
-        if blen < 12 or not (btype == 6 or btype == 3 or btype == 2):
-            break
-        append(pos)
+        starts[count] = pos
+        count += 1
         pos += blen
-    return starts, pos
+    return starts[:count], pos
 
 
 # ---------------------------------------------------------------------------------------
@@ -231,8 +271,7 @@ class _PcapSource:
             self.caplen_at = struct.Struct(endian + "8xII").unpack_from
         else:
             self.caplen_at = struct.Struct(f"{endian}{first_len_at}xI").unpack_from
-        self.record_dtype = np.dtype([("sec", endian + "u4"), ("frac", endian + "u4"),
-                                      ("len8", endian + "u4"), ("len12", endian + "u4")])
+        self.big_endian = endian == ">"
         self.pos = _PCAP_HEADER_LEN
 
     def _length_order(self, major: int, minor: int) -> int:
@@ -249,14 +288,16 @@ class _PcapSource:
 
     def read(self, max_packets: int) -> tuple[PacketBatch | None, _Damage | None]:
         starts, pos, bad_caplen = _walk_pcap(
-            self.buf, self.pos, self.end, self.caplen_at, max_packets, self.max_caplen,
-            self.lengths == _LENGTHS_MAYBE_SWAPPED)
+            self.data, self.pos, self.end, self.big_endian, self.lengths, max_packets,
+            self.max_caplen)
+        pos, bad_caplen = int(pos), int(bad_caplen)
         damage = None
         if bad_caplen >= 0:
             damage = _Damage(pos, f"implausible record length {bad_caplen} "
                                   f"(limit {self.max_caplen})")
         elif pos > self.end:  # the last record's data runs past the end of the file
-            pos = starts.pop()
+            pos = int(starts[-1])
+            starts = starts[:-1]
             left = self.end - pos - _PCAP_RECORD_HEADER_LEN
             damage = _Damage(pos, f"truncated record data ({left} of "
                                   f"{self._caplen_field(pos)} bytes)")
@@ -265,9 +306,9 @@ class _PcapSource:
                                   f"{_PCAP_RECORD_HEADER_LEN} bytes)")
         self.pos = pos
         self.finished = damage is not None or pos >= self.end
-        if not starts:
+        if not starts.size:
             return None, damage
-        return self._decode(np.array(starts, dtype=np.int64)), damage
+        return self._decode(starts), damage
 
     def _caplen_field(self, pos: int) -> int:
         values = self.caplen_at(self.buf, pos)
@@ -276,18 +317,8 @@ class _PcapSource:
     def _decode(self, starts: np.ndarray) -> PacketBatch:
         """Record headers at `starts` -> columns (all records fit in the file)."""
         n = starts.shape[0]
-        records = _gather(self.data, starts, _ARANGE16).view(self.record_dtype)[:, 0]
-        len8, len12 = records["len8"], records["len12"]
-        if self.lengths == _LENGTHS_NORMAL:
-            caplen, wirelen = len8, len12
-        elif self.lengths == _LENGTHS_SWAPPED:
-            caplen, wirelen = len12, len8
-        else:
-            caplen, wirelen = np.minimum(len8, len12), np.maximum(len8, len12)
-        caplen = caplen.astype(np.uint32)
-        wirelen = wirelen.astype(np.uint32)
-        ts_ns = (records["sec"].astype(np.int64) * 1_000_000_000
-                 + records["frac"].astype(np.int64) * self.frac_to_ns)
+        caplen, wirelen, ts_ns = _pcap_record_columns(self.data, starts, self.big_endian,
+                                                      self.lengths, self.frac_to_ns)
         offset = starts + _PCAP_RECORD_HEADER_LEN
         caplen = _clip_to_snaplen(caplen, self.snaplen, offset, self.warn)
         _warn_caplen_over_wirelen(caplen, wirelen, offset, self.warn)
@@ -470,10 +501,11 @@ class _PcapngSource:
         parts: list[tuple[PacketBatch, np.ndarray]] = []
         count, damage = 0, None
         while count < max_packets:
-            starts, pos = _walk_pcapng(self.buf, self.pos, self.end, self.type_len_at,
+            starts, pos = _walk_pcapng(self.data, self.pos, self.end, self.endian == ">",
                                        max_packets - count)
-            if starts:
-                part, is_spb, damage = self._decode(np.array(starts, dtype=np.int64))
+            pos = int(pos)
+            if starts.size:
+                part, is_spb, damage = self._decode(starts)
                 if len(part):
                     parts.append((part, is_spb))
                     count += len(part)

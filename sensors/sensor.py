@@ -53,12 +53,27 @@ class Sensor:
         flows = self.flow_table.flush()
         if flows is not None and len(flows):
             out.append(flows)
+        self._collect_stats()
+        return out
+
+    def flush_chunks(self) -> Iterator[list[EventBatch]]:
+        """flush() in pieces, same events in the same order: what the analyzers hold, then
+        the open flows a chunk at a time, so that a consumer passing each piece on never
+        holds a full flow table and all its records at once (the peak of a flood)."""
+        out: list[EventBatch] = []
+        for analyzer in self.analyzers:
+            out.extend(analyzer.flush())
+        yield out
+        for flows in self.flow_table.flush_chunks():
+            yield [flows]
+        self._collect_stats()
+
+    def _collect_stats(self) -> None:
         for key, value in self.flow_table.stats.items():
             self.stats[f"flow.{key}"] = value
         for analyzer in self.analyzers:
             for key, value in analyzer.stats.items():
                 self.stats[key] = value
-        return out
 
 
 @dataclass
@@ -89,7 +104,9 @@ def capture_events(
         result.packets = reader.packets
         result.damage = reader.damage
         result.warnings.extend(reader.warnings)
-    yield os.path.getsize(path), sensor.flush()
+    size = os.path.getsize(path)
+    for events in sensor.flush_chunks():  # pieces: see Sensor.flush_chunks
+        yield size, events
     result.warnings.extend(
         f"{path}: {count} packets with {key.removeprefix('weird.')}"
         for key, count in sorted(sensor.stats.items())

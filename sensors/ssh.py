@@ -50,6 +50,7 @@ from pipeline.schema import SSH, EventBatch
 from sensors.analyzer import Analyzer
 from sensors.community_id import community_id_column
 from sensors.packets import IP_DTYPE, DecodedPackets
+from sensors.stream_prefilter import PortPrefilter
 from sensors.tcp_stream import StreamChunk, StreamCollector, prefix_predicate
 
 MSG_KEXINIT = 20
@@ -62,6 +63,7 @@ MAX_PRE_BANNER_LINES = 32
 MAX_PACKET_LEN = 35000  # RFC 4253 6.1: implementations must handle 35000-byte packets
 BANNER_SKIP = 256  # Zeek: a first failure-sized packet this much bigger is a pre-auth banner
 SUCCESS_DELTA = 16  # USERAUTH_SUCCESS is 16 bytes shorter than SERVICE_ACCEPT
+SSH_PREFIX = b"SSH-"  # a payload starting so opens a flow on any port
 
 _U32 = struct.Struct("!I")
 
@@ -259,18 +261,23 @@ class SshAnalyzer(Analyzer):
 
     def __init__(self, config, observer_name: str, ingress_zone: str) -> None:
         super().__init__(config, observer_name, ingress_zone)
+        ports = set(int(p) for p in config.get("ports", [22]))
         self.collector = StreamCollector(
-            set(int(p) for p in config.get("ports", [22])),
+            ports,
             max_bytes_per_dir=int(config.get("max_bytes_per_dir", 16384)),
             max_flows=int(config.get("max_flows", 10000)),
             idle_timeout_s=float(config.get("idle_timeout_s", 300)),
-            client_predicate=prefix_predicate([b"SSH-"]),
+            client_predicate=prefix_predicate([SSH_PREFIX]),
             max_packets_meta=int(config.get("max_packets", 128)),
         )
+        # The collector sees only rows on SSH ports or of flows opened by "SSH-" (the
+        # same chunks, without hashing every TCP packet of the link); None: every row.
+        self.prefilter: PortPrefilter | None = PortPrefilter(ports, (SSH_PREFIX,))
 
     def process(self, packets: DecodedPackets) -> list[EventBatch]:
-        chunks = self.collector.feed(packets)
-        return self._events(chunks)
+        if self.prefilter is None:
+            return self._events(self.collector.feed(packets))
+        return self._events(self.prefilter.feed(self.collector, packets))
 
     def flush(self) -> list[EventBatch]:
         out = self._events(self.collector.flush())

@@ -55,6 +55,12 @@ kept: 4 * max_flows.
 Sequence numbers are not a DecodedPackets column; they are read from the TCP header found
 by walking back from `payload_offset` (the header length whose data-offset nibble, ports
 and flags byte agree with the decoded columns).
+
+The byte-level loops are compiled kernels (pipeline.jit): the seq/ack header lookup, the
+payload heads shown to the predicate, hash-set membership of flow hashes (np.isin sorts),
+and the copy of the fast path's payload bytes into one buffer. Each checks every index
+against the capture buffer (tests/test_tcp_stream.py: kernels against the numpy versions
+they replaced, on random bytes and offsets).
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.jit import njit
 from pipeline.schema import EventKind
 from sensors.community_id import community_id_column
 from sensors.packets import IP_DTYPE, DecodedPackets
@@ -176,13 +183,102 @@ def flow_hash_column(packets: DecodedPackets, rows: np.ndarray) -> np.ndarray:
         return _mix(both ^ (packets.vlan[rows].astype(np.uint64) << np.uint64(48)))
 
 
-def _gather(data: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
-    """(len(pos), width) bytes data[pos:pos+width], zeros outside the buffer."""
-    idx = pos[:, None] + np.arange(width, dtype=np.int64)
-    inside = (idx >= 0) & (idx < data.shape[0])
-    out = np.zeros(idx.shape, dtype=np.uint8)
-    out[inside] = data[idx[inside]]
+@njit
+def _heads_kernel(data, offset, length, width):
+    """(n, width) uint8: the first `width` payload bytes of each row, zero past the payload
+    and outside `data`."""
+    n = offset.shape[0]
+    out = np.zeros((n, width), dtype=np.uint8)
+    size = data.shape[0]
+    for i in range(n):
+        for j in range(min(width, length[i])):
+            at = offset[i] + j
+            if 0 <= at < size:
+                out[i, j] = data[at]
     return out
+
+
+def payload_heads(packets: DecodedPackets, rows: np.ndarray, width: int) -> np.ndarray:
+    """(len(rows), width) first payload bytes of `rows`, zero-padded (predicate input)."""
+    return _heads_kernel(np.asarray(packets.data).reshape(-1),
+                         packets.payload_offset[rows].astype(np.int64),
+                         packets.payload_len[rows].astype(np.int64), width)
+
+
+@njit
+def _seq_ack_kernel(data, offset, sport, dport, flags):
+    n = offset.shape[0]
+    size = data.shape[0]
+    seq = np.zeros(n, dtype=np.int64)
+    ack = np.zeros(n, dtype=np.int64)
+    found = np.zeros(n, dtype=np.bool_)
+    head = np.zeros(14, dtype=np.int64)
+    for i in range(n):
+        for header_len in range(20, 64, 4):
+            pos = offset[i] - header_len
+            if pos < 0:
+                continue
+            for j in range(14):  # zero outside the buffer, as a bounds-checked gather
+                head[j] = data[pos + j] if pos + j < size else 0
+            if ((head[0] << 8 | head[1]) == sport[i] and (head[2] << 8 | head[3]) == dport[i]
+                    and (head[12] >> 4) * 4 == header_len and head[13] == flags[i]):
+                seq[i] = head[4] << 24 | head[5] << 16 | head[6] << 8 | head[7]
+                ack[i] = head[8] << 24 | head[9] << 16 | head[10] << 8 | head[11]
+                found[i] = True
+                break
+    return seq, ack, found
+
+
+@njit
+def _spans_kernel(data, start, size, total):
+    """data[start[i] : start[i] + size[i]] for every i, back to back in one uint8 array of
+    `total` bytes (bytes outside `data` are zero)."""
+    out = np.zeros(total, dtype=np.uint8)
+    limit = data.shape[0]
+    at = 0
+    for i in range(start.shape[0]):
+        lo = start[i]
+        for j in range(size[i]):
+            if at >= total:
+                return out
+            if 0 <= lo + j < limit:
+                out[at] = data[lo + j]
+            at += 1
+    return out
+
+
+@njit
+def _member_kernel(values, keys):
+    """values[i] in keys, by an open-addressing table of `keys` (hashes are already mixed,
+    so their low bits index the table): O(n + m) where np.isin sorts."""
+    size = 16
+    while size < 2 * keys.shape[0]:
+        size *= 2
+    mask = size - 1
+    table = np.zeros(size, dtype=np.uint64)
+    used = np.zeros(size, dtype=np.bool_)
+    for key in keys:
+        slot = np.int64(key & np.uint64(mask))
+        while used[slot] and table[slot] != key:
+            slot = (slot + 1) & mask
+        table[slot] = key
+        used[slot] = True
+    out = np.zeros(values.shape[0], dtype=np.bool_)
+    for i in range(values.shape[0]):
+        value = values[i]
+        slot = np.int64(value & np.uint64(mask))
+        while used[slot]:
+            if table[slot] == value:
+                out[i] = True
+                break
+            slot = (slot + 1) & mask
+    return out
+
+
+def hash_member(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """np.isin(values, keys) for uint64 flow hashes (one compiled pass, no sort)."""
+    return _member_kernel(np.ascontiguousarray(values, dtype=np.uint64),
+                          np.ascontiguousarray(keys, dtype=np.uint64))
 
 
 def tcp_seq_ack(packets: DecodedPackets, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray,
@@ -191,44 +287,38 @@ def tcp_seq_ack(packets: DecodedPackets, rows: np.ndarray) -> tuple[np.ndarray, 
 
     The header is located by trying every legal header length (20..60): the right one has
     the row's ports at its start, its own length in the data-offset nibble and the row's
-    flags. Rows where no length fits (damaged) have found False.
+    flags (the shortest such length wins). Rows where no length fits (damaged) have found
+    False. One compiled pass; bytes outside the capture buffer read as zero.
     """
-    n = rows.shape[0]
-    seq = np.zeros(n, dtype=np.int64)
-    ack = np.zeros(n, dtype=np.int64)
-    found = np.zeros(n, dtype=bool)
-    if n == 0:
-        return seq, ack, found
-    data = np.asarray(packets.data).reshape(-1)
-    offset = packets.payload_offset[rows].astype(np.int64)
-    sport = packets.src_port[rows].astype(np.int64)
-    dport = packets.dst_port[rows].astype(np.int64)
-    flags = packets.tcp_flags[rows]
-    for header_len in range(20, 64, 4):
-        todo = ~found
-        if not todo.any():
-            break
-        pos = offset - header_len
-        head = _gather(data, pos, 14).astype(np.int64)
-        ok = (todo & (pos >= 0) & ((head[:, 0] << 8 | head[:, 1]) == sport)
-              & ((head[:, 2] << 8 | head[:, 3]) == dport)
-              & ((head[:, 12] >> 4) * 4 == header_len) & (head[:, 13] == flags))
-        seq = np.where(ok, head[:, 4] << 24 | head[:, 5] << 16 | head[:, 6] << 8 | head[:, 7], seq)
-        ack = np.where(ok, head[:, 8] << 24 | head[:, 9] << 16 | head[:, 10] << 8 | head[:, 11],
-                       ack)
-        found |= ok
-    return seq, ack, found
+    rows = np.asarray(rows, dtype=np.int64)
+    return _seq_ack_kernel(np.asarray(packets.data).reshape(-1),
+                           packets.payload_offset[rows].astype(np.int64),
+                           packets.src_port[rows].astype(np.int64),
+                           packets.dst_port[rows].astype(np.int64),
+                           packets.tcp_flags[rows].astype(np.int64))
 
 
 def prefix_predicate(prefixes: Iterable[bytes]) -> ClientPredicate:
     """A client_predicate: payload starts with one of `prefixes` (each <= PREFIX_BYTES)."""
     patterns = [bytes(p) for p in prefixes if 0 < len(p) <= PREFIX_BYTES]
+    # each pattern as one 8-byte word and mask: a row's 8 head bytes are one uint64, so a
+    # pattern costs two whole-column operations instead of a per-byte comparison
+    words = [(int(np.frombuffer(p.ljust(PREFIX_BYTES, b"\0"), dtype=np.uint64)[0]),
+              int(np.frombuffer(b"\xff" * len(p) + b"\0" * (PREFIX_BYTES - len(p)),
+                                dtype=np.uint64)[0]), len(p)) for p in patterns]
 
     def predicate(head: np.ndarray, payload_len: np.ndarray) -> np.ndarray:
         mask = np.zeros(head.shape[0], dtype=bool)
-        for pattern in patterns:
-            want = np.frombuffer(pattern, dtype=np.uint8)
-            mask |= (head[:, : len(pattern)] == want).all(axis=1) & (payload_len >= len(pattern))
+        if head.shape[0] == 0:
+            return mask
+        packed = np.zeros((head.shape[0], PREFIX_BYTES), dtype=np.uint8)
+        width = min(head.shape[1], PREFIX_BYTES)
+        packed[:, :width] = head[:, :width]
+        rows = packed.view(np.uint64).reshape(-1)
+        for word, bits, size in words:
+            if size > head.shape[1]:
+                continue  # the head does not show that many bytes
+            mask |= ((rows & np.uint64(bits)) == np.uint64(word)) & (payload_len >= size)
         return mask
 
     return predicate
@@ -339,10 +429,8 @@ class StreamCollector:
         has = plen > 0
         matched = np.zeros(rows.size, dtype=bool)  # payload looks like a client's opening
         if self.client_predicate is not None and has.any():
-            head = _gather(np.asarray(packets.data).reshape(-1),
-                           packets.payload_offset[rows[has]].astype(np.int64), PREFIX_BYTES)
+            head = payload_heads(packets, rows[has], PREFIX_BYTES)
             lens = plen[has].astype(np.int64)
-            head[np.arange(PREFIX_BYTES)[None, :] >= lens[:, None]] = 0
             matched[has] = np.asarray(self.client_predicate(head, lens), dtype=bool)
         if self.ports is None:
             opens = np.ones(rows.size, dtype=bool)
@@ -353,16 +441,16 @@ class StreamCollector:
         pure_syn = (flags[rows] & (SYN | ACK)) == SYN
         if ignored.size and pure_syn.any():
             # a SYN on a released/closed flow's ports is a new connection: forget the old one
-            reused = pure_syn & np.isin(hashes, ignored)
+            reused = pure_syn & hash_member(hashes, ignored)
             for flow_hash in set(hashes[reused].tolist()):
                 self._unignore(flow_hash)
             ignored = self._ignored_hashes()
-        not_ignored = ~np.isin(hashes, ignored) if ignored.size else np.ones(rows.size, bool)
+        not_ignored = ~hash_member(hashes, ignored) if ignored.size else np.ones(rows.size, bool)
         # flows this batch may open: those with a payload segment that may open one
         opening = np.unique(hashes[opens & has & not_ignored])
         held = np.fromiter(self._by_hash, dtype=np.uint64, count=len(self._by_hash))
-        in_opening = np.isin(hashes, opening)
-        keep = np.isin(hashes, held) | in_opening
+        in_opening = hash_member(hashes, opening)
+        keep = hash_member(hashes, held) | in_opening
         handshake = ((flags[rows] & SYN) != 0) & ~has & opens & not_ignored & ~keep
         self._remember_handshakes(packets, rows[handshake], hashes[handshake])
         self.stats["segments_selected"] = self.stats.get("segments_selected", 0) + int(keep.sum())
@@ -418,7 +506,7 @@ class StreamCollector:
         if self._handshakes is None or hashes.size == 0:
             return None
         store = self._handshakes
-        take = np.isin(store["hash"], hashes)
+        take = hash_member(store["hash"], hashes)
         if not take.any():
             return None
         taken = {name: column[take] for name, column in store.items()}
@@ -562,7 +650,7 @@ class StreamCollector:
                    self._ignored_hashes(), hashes[cols["replayed"]]]
         exclude = np.concatenate(exclude)
         if exclude.size:
-            cand &= ~np.isin(hashes, exclude)
+            cand &= ~hash_member(hashes, exclude)
         rows = np.flatnonzero(cand)
         if rows.size == 0:
             return loop_rows, []
@@ -687,10 +775,9 @@ class StreamCollector:
         by_key = carried[np.lexsort((carried, direction[carried], gid[carried]))]
         take = np.clip(cap - before[by_key], 0, plen[by_key])
         at = cols["off"][rows[by_key]]
-        view = memoryview(data)
-        # one join of memoryview slices: a per-byte index gather would cost 8x the bytes
-        blob = b"".join([view[start : start + size] for start, size in
-                         zip(at.tolist(), take.tolist(), strict=True)])
+        # every (flow, direction)'s bytes back to back, copied by one compiled loop
+        # (sliced through a memoryview: each chunk's bytes are copied once, from the array)
+        blob = memoryview(_spans_kernel(data, at, take, int(take.sum())))
         key = gid * 2 + direction
         key_end = np.cumsum(np.bincount(key[by_key], weights=take, minlength=n_keys)
                             ).astype(np.int64)
@@ -738,7 +825,8 @@ class StreamCollector:
                 client_port=key_tuple[2], server_port=key_tuple[4], vlan=vlan,
                 client_by=CLIENT_BY[how_code], start_ts=start_ts, last_ts=last,
                 first_ts=(first_ts_l[k0], first_ts_l[k1]),
-                data=(blob[key_start_l[k0]:key_end_l[k0]], blob[key_start_l[k1]:key_end_l[k1]]),
+                data=(blob[key_start_l[k0]:key_end_l[k0]].tobytes(),
+                      blob[key_start_l[k1]:key_end_l[k1]].tobytes()),
                 ended=(end0, end1), capped=(full0, full1), gap=(False, False),
                 packets=list(zip(meta_ts[m0:m1], meta_dir[m0:m1], meta_len[m0:m1],
                                  strict=True)),

@@ -23,23 +23,35 @@ eviction, end of input); then the flow is released from reassembly.
   application data after the client's ChangeCipherSpec; for TLS 1.3, an encrypted record
   (its Finished) from the client after the ServerHello.
 
+How: all flows of a batch are parsed at once by numba kernels over the concatenated bytes of
+every direction (`parse_flows`): record framing, then the ClientHello and the server's
+flight, located as offsets. A kernel also writes each ClientHello's fingerprint fields
+(version, ciphers, extension types, groups, point formats, signature algorithms, supported
+versions, ALPN) as one canonical byte string, the "client key": JA3/JA4 strings are built in
+Python only once per distinct key (a network's clients share a few TLS stacks). The JA3S
+server key (version, cipher, extension types) is cached the same way. Python then does per
+event only what yields Python objects: the SNI and ALPN text, the dictionary look-ups.
+
 Hostile input never raises: parse errors are counted (stats["tls_malformed"]) and the
 flow yields no event (a ClientHello that cannot be read) or an event with what was read.
+Every kernel index is checked against its direction's end before it is read (numba does
+not bounds-check).
 """
 
 from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.jit import njit
 from pipeline.schema import TLS, EventBatch
 from sensors.analyzer import Analyzer
 from sensors.packets import DecodedPackets
-from sensors.tcp_stream import StreamChunk, StreamCollector, endpoint_columns, kind_columns
+from sensors.tcp_stream import StreamChunk, StreamCollector, endpoint_columns
 from sensors.tls_ciphers import CIPHER_SUITE_NAMES
 
 CONTENT_CCS, CONTENT_ALERT, CONTENT_HANDSHAKE, CONTENT_APPDATA = 20, 21, 22, 23
@@ -52,6 +64,23 @@ MAX_LIST = 512  # entries read from one list (ciphers, extensions ...)
 VERSION_NAMES = {0x0300: "3.0", 0x0301: "1.0", 0x0302: "1.1", 0x0303: "1.2", 0x0304: "1.3"}
 JA4_VERSIONS = {0x0304: "13", 0x0303: "12", 0x0302: "11", 0x0301: "10", 0x0300: "s3",
                 0x0002: "s2", 0xFEFF: "d1", 0xFEFD: "d2", 0xFEFC: "d3"}
+
+# What the record layer of one direction showed (frame_records' flags, a bit mask).
+SEEN_CCS = 1  # a ChangeCipherSpec record
+SEEN_APPDATA = 2  # an application-data record
+APPDATA_AFTER_FIRST = 4  # an application-data record that is not the direction's first
+RECORD_TRUNCATED = 8  # the bytes end inside a cleartext handshake record
+
+# The ClientHello of a flow (client_hellos' status).
+HELLO_OK, HELLO_INCOMPLETE, HELLO_MALFORMED = 0, 1, 2
+
+# Bytes a client key may need beyond its ClientHello body: the 2-byte version and seven
+# 4-byte section lengths. Every section copies bytes of a distinct part of the body (or, for
+# the extension types, 2 of the 4 header bytes), so body length + this bounds the key.
+CLIENT_KEY_SLACK = 32
+# Same for the server key: 4 bytes of version + cipher, then 2 per extension (whose headers
+# take 4 bytes of a body of at least 38).
+SERVER_KEY_SLACK = 8
 
 
 class MalformedTLS(ValueError):
@@ -67,115 +96,6 @@ def tls_client_predicate(head: np.ndarray, payload_len: np.ndarray) -> np.ndarra
     """Vectorized: payload starts a handshake record (0x16 03 0x) holding a ClientHello."""
     return ((head[:, 0] == CONTENT_HANDSHAKE) & (head[:, 1] == 3) & (head[:, 2] <= 4)
             & (head[:, 5] == HS_CLIENT_HELLO) & (payload_len >= 6))
-
-
-# --- record and handshake layers -----------------------------------------------------------
-
-
-@dataclass
-class Direction:
-    """What one direction's bytes show: handshake messages and the record types seen."""
-
-    messages: list[tuple[int, bytes]] = field(default_factory=list)  # (type, body), complete
-    record_types: list[int] = field(default_factory=list)  # content types, in order
-    truncated: bool = False  # the handshake bytes end inside a message or record
-
-
-_RECORD_TYPES = frozenset({CONTENT_CCS, CONTENT_ALERT, CONTENT_HANDSHAKE, CONTENT_APPDATA})
-
-
-def read_direction(data: bytes) -> Direction:
-    """Records of one direction -> complete handshake messages (cleartext part only)."""
-    out = Direction()
-    record_types = out.record_types
-    parts: list[bytes] = []  # cleartext handshake record bodies
-    size = len(data)
-    pos = 0
-    cleartext = True
-    while pos + 5 <= size and len(record_types) < MAX_RECORDS:
-        ctype = data[pos]
-        if ctype not in _RECORD_TYPES or data[pos + 1] != 3:
-            break  # not TLS (any more): stop reading
-        stop = pos + 5 + ((data[pos + 3] << 8) | data[pos + 4])
-        record_types.append(ctype)  # the header is visible: the type counts
-        if stop > size:
-            out.truncated = cleartext and ctype == CONTENT_HANDSHAKE
-            break
-        if ctype != CONTENT_HANDSHAKE:
-            if ctype != CONTENT_ALERT:
-                cleartext = False
-        elif cleartext:
-            parts.append(data[pos + 5 : stop])
-        pos = stop
-    handshake = bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
-    size = len(handshake)
-    pos = 0
-    while pos + 4 <= size:
-        stop = pos + 4 + int.from_bytes(handshake[pos + 1 : pos + 4], "big")
-        if stop > size:
-            out.truncated = True
-            break
-        out.messages.append((handshake[pos], handshake[pos + 4 : stop]))
-        pos = stop
-    else:
-        if pos != size:
-            out.truncated = True
-    return out
-
-
-_U16S = [struct.Struct(f"!{n}H") for n in range(MAX_LIST + 1)]
-
-
-class _Reader:
-    """Bounds-checked big-endian reads; raises MalformedTLS past the end."""
-
-    __slots__ = ("buf", "pos", "end")
-
-    def __init__(self, buf: bytes, pos: int = 0, end: int | None = None) -> None:
-        self.buf, self.pos = buf, pos
-        self.end = len(buf) if end is None else end
-
-    def left(self) -> int:
-        return self.end - self.pos
-
-    def take(self, n: int) -> bytes:
-        if n < 0 or self.pos + n > self.end:
-            raise MalformedTLS("runs past its container")
-        out = self.buf[self.pos : self.pos + n]
-        self.pos += n
-        return out
-
-    def u8(self) -> int:
-        return self.take(1)[0]
-
-    def u16(self) -> int:
-        return int.from_bytes(self.take(2), "big")
-
-    def vec(self, len_bytes: int) -> _Reader:
-        n = int.from_bytes(self.take(len_bytes), "big")
-        start = self.pos
-        self.take(n)
-        return _Reader(self.buf, start, start + n)
-
-    def u16_list(self) -> list[int]:
-        left = self.end - self.pos
-        if left % 2:
-            raise MalformedTLS("odd length for a list of 16-bit values")
-        count = min(left // 2, MAX_LIST)
-        values = list(_U16S[count].unpack_from(self.buf, self.pos))  # one C call per list
-        self.pos = self.end
-        return values
-
-
-def _extensions(r: _Reader) -> list[tuple[int, bytes]]:
-    if r.left() == 0:
-        return []  # no extensions block (SSLv3 / old clients)
-    block = r.vec(2)
-    out = []
-    while block.left() and len(out) < MAX_LIST:
-        ext_type = block.u16()
-        out.append((ext_type, _all(block.vec(2))))
-    return out
 
 
 @dataclass
@@ -201,103 +121,576 @@ class ServerHello:
     selected_version: int = 0
 
 
-def _span(buf: bytes, pos: int, end: int, len_bytes: int) -> tuple[int, int]:
-    """(start, stop) of the length-prefixed vector at `pos`, which must end by `end`."""
+@dataclass
+class Handshake:
+    """What a flow's bytes tell about its TLS handshake (the event's columns)."""
+
+    client: ClientHello
+    server: ServerHello | None = None
+    cert_der: bytes = b""
+    established: bool = False
+    malformed: bool = False  # something after the ClientHello could not be read
+
+    def version(self) -> str:
+        if self.server is not None:
+            v = self.server.selected_version or self.server.version
+        else:
+            v = offered_version(self.client)
+        return version_name(v)
+
+
+def offered_version(hello: ClientHello) -> int:
+    """The client's highest non-GREASE supported_versions entry, else its hello version."""
+    offered = [v for v in hello.supported_versions if not is_grease(v)]
+    return max(offered) if offered else hello.version
+
+
+def version_name(version: int) -> str:
+    return VERSION_NAMES.get(version, f"0x{version:04X}")
+
+
+# --- kernels: record layer, ClientHello, server flight -------------------------------------
+# Positions are int64 offsets into one uint8 array; a (start, stop) pair is a slice. A helper
+# that finds a length-prefixed vector returns stop = -1 when it does not fit its container:
+# the caller then gives up on the message (the pure-Python parser raised MalformedTLS).
+
+
+@njit
+def _u16(buf: np.ndarray, pos: int) -> int:
+    """Big-endian 16-bit value at pos (the caller checked pos + 2 <= its end)."""
+    return (np.int64(buf[pos]) << 8) | np.int64(buf[pos + 1])
+
+
+@njit
+def _u24(buf: np.ndarray, pos: int) -> int:
+    """Big-endian 24-bit value at pos (the caller checked pos + 3 <= its end)."""
+    return (np.int64(buf[pos]) << 16) | (np.int64(buf[pos + 1]) << 8) | np.int64(buf[pos + 2])
+
+
+@njit
+def _span(buf: np.ndarray, pos: int, end: int, len_bytes: int) -> tuple[int, int]:
+    """(start, stop) of the vector at pos with a len_bytes length prefix; stop = -1 when the
+    prefix or the vector runs past `end`."""
     start = pos + len_bytes
     if start > end:
-        raise MalformedTLS("runs past its container")
-    stop = start + int.from_bytes(buf[pos:start], "big")
-    if stop > end:
-        raise MalformedTLS("runs past its container")
-    return start, stop
+        return start, -1
+    size = np.int64(0)
+    for i in range(len_bytes):
+        size = (size << 8) | np.int64(buf[pos + i])
+    if start + size > end:
+        return start, -1
+    return start, start + size
 
 
-def _u16s(buf: bytes, start: int, stop: int) -> list[int]:
-    """The 16-bit values of buf[start:stop] (at most MAX_LIST)."""
-    if (stop - start) % 2:
-        raise MalformedTLS("odd length for a list of 16-bit values")
-    return list(_U16S[min((stop - start) // 2, MAX_LIST)].unpack_from(buf, start))
+@njit
+def _put_section(out: np.ndarray, at: int, src: np.ndarray, start: int, stop: int) -> int:
+    """Write src[start:stop] to `out` at `at` after its 4-byte length; returns the end."""
+    size = stop - start
+    _put_length(out, at, size)
+    out[at + 4 : at + 4 + size] = src[start:stop]
+    return at + 4 + size
+
+
+@njit
+def _put_length(out: np.ndarray, at: int, size: int) -> None:
+    out[at] = (size >> 24) & 0xFF
+    out[at + 1] = (size >> 16) & 0xFF
+    out[at + 2] = (size >> 8) & 0xFF
+    out[at + 3] = size & 0xFF
+
+
+@njit
+def frame_records(buf: np.ndarray, starts: np.ndarray, stops: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Record layer of each direction buf[starts[d]:stops[d]].
+
+    Returns (hs, hs_start, hs_stop, flags): hs holds the bodies of every direction's
+    cleartext handshake records, concatenated (direction d's are hs[hs_start[d]:hs_stop[d]]);
+    flags are the SEEN_* / APPDATA_AFTER_FIRST / RECORD_TRUNCATED bits of its first
+    MAX_RECORDS records. Reading stops at the first byte pair that is not a TLS record header.
+    """
+    n = starts.size
+    total = 0
+    for d in range(n):
+        size = min(stops[d], buf.size) - max(starts[d], 0)
+        if size > 0:
+            total += size
+    hs = np.empty(total, np.uint8)
+    hs_start = np.empty(n, np.int64)
+    hs_stop = np.empty(n, np.int64)
+    flags = np.zeros(n, np.uint8)
+    out = 0  # bytes copied <= the direction's size: `hs` cannot overflow
+    for d in range(n):
+        pos = max(starts[d], 0)
+        end = min(stops[d], buf.size)
+        hs_start[d] = out
+        records = 0
+        cleartext = True
+        seen = 0
+        while pos + 5 <= end and records < MAX_RECORDS:
+            ctype = buf[pos]
+            if ctype < CONTENT_CCS or ctype > CONTENT_APPDATA or buf[pos + 1] != 3:
+                break  # not TLS (any more): stop reading
+            stop = pos + 5 + _u16(buf, pos + 3)
+            records += 1  # the header is visible: the type counts
+            if ctype == CONTENT_CCS:
+                seen |= SEEN_CCS
+            elif ctype == CONTENT_APPDATA:
+                seen |= SEEN_APPDATA
+                if records > 1:
+                    seen |= APPDATA_AFTER_FIRST
+            if stop > end:
+                if cleartext and ctype == CONTENT_HANDSHAKE:
+                    seen |= RECORD_TRUNCATED
+                break
+            if ctype != CONTENT_HANDSHAKE:
+                if ctype != CONTENT_ALERT:
+                    cleartext = False  # after CCS / application data: encrypted
+            elif cleartext:
+                size = stop - pos - 5
+                hs[out : out + size] = buf[pos + 5 : stop]
+                out += size
+            pos = stop
+        hs_stop[d] = out
+        flags[d] = seen
+    return hs, hs_start, hs_stop, flags
+
+
+@njit
+def _client_hello(hs: np.ndarray, pos: int, end: int, key: np.ndarray, at: int
+                  ) -> tuple[bool, int, int, int]:
+    """Read the ClientHello body hs[pos:end]; write its client key to key[at:].
+
+    Returns (ok, sni_start, sni_stop, key_stop). The key: version (2 bytes), then seven
+    sections of a 4-byte length and bytes: cipher suites, extension types (2 bytes each, in
+    order), ALPN names (1-byte length + name each, over every ALPN extension), and the raw
+    lists of the last supported_groups, ec_point_formats, signature_algorithms and
+    supported_versions extensions. Lists stop at MAX_LIST entries. The SNI is the first
+    non-empty host_name entry.
+    """
+    if end - pos < 34:
+        return False, 0, 0, at
+    key[at] = hs[pos]
+    key[at + 1] = hs[pos + 1]
+    _, p = _span(hs, pos + 34, end, 1)  # session id (after version and the 32-byte random)
+    if p < 0:
+        return False, 0, 0, at
+    cipher_start, p = _span(hs, p, end, 2)
+    if p < 0 or (p - cipher_start) % 2:
+        return False, 0, 0, at
+    k = _put_section(key, at + 2, hs, cipher_start,
+                     cipher_start + min(p - cipher_start, 2 * MAX_LIST))
+    _, p = _span(hs, p, end, 1)  # compression methods
+    if p < 0:
+        return False, 0, 0, at
+    if p == end:  # no extensions block (SSLv3 / old clients): six empty sections
+        for _ in range(6):
+            _put_length(key, k, 0)
+            k += 4
+        return True, 0, 0, k
+    first, block_end = _span(hs, p, end, 2)
+    if block_end < 0:
+        return False, 0, 0, at
+    # Pass 1: frame the extensions (all must fit), write their types.
+    types_at = k
+    k += 4
+    count = 0
+    p = first
+    while p < block_end and count < MAX_LIST:
+        if p + 2 > block_end:
+            return False, 0, 0, at
+        _, p_next = _span(hs, p + 2, block_end, 2)
+        if p_next < 0:
+            return False, 0, 0, at
+        key[k] = hs[p]
+        key[k + 1] = hs[p + 1]
+        k += 2
+        count += 1
+        p = p_next
+    _put_length(key, types_at, k - types_at - 4)
+    # Pass 2: their contents (framing checked above).
+    alpn_at = k
+    k += 4
+    alpn_count = 0
+    sni_start = sni_stop = 0
+    groups_start = groups_stop = formats_start = formats_stop = 0
+    sigs_start = sigs_stop = versions_start = versions_stop = 0
+    p = first
+    for _ in range(count):
+        ext_type = _u16(hs, p)
+        start = p + 4
+        stop = start + _u16(hs, p + 2)
+        p = stop
+        if ext_type == EXT_SNI:
+            at_name, names_end = _span(hs, start, stop, 2)
+            if names_end < 0:
+                return False, 0, 0, at
+            while at_name < names_end:
+                name_type = hs[at_name]
+                name_start, name_stop = _span(hs, at_name + 1, names_end, 2)
+                if name_stop < 0:
+                    return False, 0, 0, at
+                if name_type == 0 and sni_stop == sni_start:
+                    sni_start, sni_stop = name_start, name_stop
+                at_name = name_stop
+        elif ext_type == EXT_ALPN:
+            at_item, list_end = _span(hs, start, stop, 2)
+            if list_end < 0:
+                return False, 0, 0, at
+            while at_item < list_end and alpn_count < MAX_LIST:
+                item_start, item_stop = _span(hs, at_item, list_end, 1)
+                if item_stop < 0:
+                    return False, 0, 0, at
+                key[k] = item_stop - item_start
+                key[k + 1 : k + 1 + item_stop - item_start] = hs[item_start:item_stop]
+                k += 1 + item_stop - item_start
+                alpn_count += 1
+                at_item = item_stop
+        elif ext_type == EXT_GROUPS or ext_type == EXT_SIG_ALGS:
+            list_start, list_stop = _span(hs, start, stop, 2)
+            if list_stop < 0 or (list_stop - list_start) % 2:
+                return False, 0, 0, at
+            list_stop = list_start + min(list_stop - list_start, 2 * MAX_LIST)
+            if ext_type == EXT_GROUPS:
+                groups_start, groups_stop = list_start, list_stop
+            else:
+                sigs_start, sigs_stop = list_start, list_stop
+        elif ext_type == EXT_POINT_FORMATS:
+            formats_start, formats_stop = _span(hs, start, stop, 1)
+            if formats_stop < 0:
+                return False, 0, 0, at
+        elif ext_type == EXT_SUPPORTED_VERSIONS:
+            list_start, list_stop = _span(hs, start, stop, 1)
+            if list_stop < 0 or (list_stop - list_start) % 2:
+                return False, 0, 0, at
+            versions_start = list_start
+            versions_stop = list_start + min(list_stop - list_start, 2 * MAX_LIST)
+    _put_length(key, alpn_at, k - alpn_at - 4)
+    k = _put_section(key, k, hs, groups_start, groups_stop)
+    k = _put_section(key, k, hs, formats_start, formats_stop)
+    k = _put_section(key, k, hs, sigs_start, sigs_stop)
+    k = _put_section(key, k, hs, versions_start, versions_stop)
+    return True, sni_start, sni_stop, k
+
+
+@njit
+def client_hellos(hs: np.ndarray, hs_start: np.ndarray, hs_stop: np.ndarray,
+                  flags: np.ndarray, data_len: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                             np.ndarray]:
+    """The ClientHello of each flow: its client direction is hs[hs_start[f]:hs_stop[f]]
+    (frame_records' output with its flags) of data_len[f] bytes on the wire.
+
+    Returns (status, sni_start, sni_stop, keys, key_start, key_stop): status HELLO_OK, or
+    HELLO_INCOMPLETE while no complete handshake message has arrived (the bytes end inside
+    one, or fewer than 9 bytes came), else HELLO_MALFORMED (the first message is not a
+    ClientHello, or does not fit its layout). The SNI is hs[sni_start:sni_stop]; the client
+    key (see _client_hello) is keys[key_start:key_stop].
+    """
+    n = hs_start.size
+    capacity = 0
+    for f in range(n):
+        capacity += hs_stop[f] - hs_start[f] + CLIENT_KEY_SLACK
+    keys = np.empty(capacity, np.uint8)
+    status = np.empty(n, np.int8)
+    sni_start = np.zeros(n, np.int64)
+    sni_stop = np.zeros(n, np.int64)
+    key_start = np.empty(n, np.int64)
+    key_stop = np.empty(n, np.int64)
+    at = 0
+    for f in range(n):
+        start, end = hs_start[f], hs_stop[f]
+        key_start[f] = key_stop[f] = at
+        body_stop = -1
+        if start + 4 <= end:
+            body_stop = start + 4 + _u24(hs, start + 1)
+        if body_stop < 0 or body_stop > end:  # no complete message
+            truncated = (flags[f] & RECORD_TRUNCATED) != 0 or end > start
+            status[f] = HELLO_INCOMPLETE if truncated or data_len[f] < 9 else HELLO_MALFORMED
+        elif hs[start] != HS_CLIENT_HELLO:
+            status[f] = HELLO_MALFORMED
+        else:
+            ok, sni_start[f], sni_stop[f], key_stop[f] = _client_hello(
+                hs, start + 4, body_stop, keys, at)
+            status[f] = HELLO_OK if ok else HELLO_MALFORMED
+        at += end - start + CLIENT_KEY_SLACK  # this flow's region of `keys`
+    return status, sni_start, sni_stop, keys, key_start, key_stop
+
+
+@njit
+def _server_hello(hs: np.ndarray, pos: int, end: int, key: np.ndarray, at: int
+                  ) -> tuple[bool, int, int, int, int, int, int]:
+    """Read the ServerHello body hs[pos:end]; write its server key (version, cipher and the
+    extension types, 2 bytes each) to key[at:].
+
+    Returns (ok, version, cipher, selected_version, alpn_start, alpn_stop, key_stop); the
+    ALPN protocol is the first name of the last ALPN extension with a non-empty list.
+    """
+    p = pos + 2 + 32  # version, random
+    if p > end:
+        return False, 0, 0, 0, -1, -1, at
+    _, p = _span(hs, p, end, 1)  # session id
+    if p < 0 or p + 3 > end:  # cipher suite, compression method
+        return False, 0, 0, 0, -1, -1, at
+    version = _u16(hs, pos)
+    cipher = _u16(hs, p)
+    key[at : at + 2] = hs[pos : pos + 2]
+    key[at + 2 : at + 4] = hs[p : p + 2]
+    k = at + 4
+    p += 3
+    selected = 0
+    alpn_start = alpn_stop = -1
+    if p == end:
+        return True, version, cipher, selected, alpn_start, alpn_stop, k
+    p, block_end = _span(hs, p, end, 2)
+    if block_end < 0:
+        return False, 0, 0, 0, -1, -1, at
+    count = 0
+    while p < block_end and count < MAX_LIST:
+        if p + 2 > block_end:
+            return False, 0, 0, 0, -1, -1, at
+        ext_type = _u16(hs, p)
+        start, stop = _span(hs, p + 2, block_end, 2)
+        if stop < 0:
+            return False, 0, 0, 0, -1, -1, at
+        key[k] = hs[p]
+        key[k + 1] = hs[p + 1]
+        k += 2
+        count += 1
+        p = stop
+        if ext_type == EXT_ALPN:
+            names_start, names_stop = _span(hs, start, stop, 2)
+            if names_stop < 0:
+                return False, 0, 0, 0, -1, -1, at
+            if names_stop > names_start:
+                name_start, name_stop = _span(hs, names_start, names_stop, 1)
+                if name_stop < 0:
+                    return False, 0, 0, 0, -1, -1, at
+                alpn_start, alpn_stop = name_start, name_stop
+        elif ext_type == EXT_SUPPORTED_VERSIONS and stop - start >= 2:
+            selected = _u16(hs, start)
+    return True, version, cipher, selected, alpn_start, alpn_stop, k
+
+
+@njit
+def server_flights(hs: np.ndarray, hs_start: np.ndarray, hs_stop: np.ndarray
+                   ) -> tuple[np.ndarray, ...]:
+    """The server's cleartext handshake messages of each flow, hs[hs_start[f]:hs_stop[f]].
+
+    Reads the first ServerHello and, after it, the leaf (first) certificate of the first
+    Certificate message with a non-empty one; stops at the first message that does not fit
+    its layout (`malformed`). Returns (found, malformed, version, cipher, selected_version,
+    alpn_start, alpn_stop, cert_start, cert_stop, keys, key_start, key_stop): found = a
+    ServerHello was read; the ALPN name and the certificate DER are hs slices (-1: none);
+    the server key (see _server_hello) is keys[key_start:key_stop].
+    """
+    n = hs_start.size
+    capacity = 0
+    for f in range(n):
+        capacity += hs_stop[f] - hs_start[f] + SERVER_KEY_SLACK
+    keys = np.empty(capacity, np.uint8)
+    found = np.zeros(n, np.bool_)
+    malformed = np.zeros(n, np.bool_)
+    version = np.zeros(n, np.int64)
+    cipher = np.zeros(n, np.int64)
+    selected = np.zeros(n, np.int64)
+    alpn_start = np.full(n, -1, np.int64)
+    alpn_stop = np.full(n, -1, np.int64)
+    cert_start = np.full(n, -1, np.int64)
+    cert_stop = np.full(n, -1, np.int64)
+    key_start = np.empty(n, np.int64)
+    key_stop = np.empty(n, np.int64)
+    at = 0
+    for f in range(n):
+        pos, end = hs_start[f], hs_stop[f]
+        key_start[f] = key_stop[f] = at
+        while pos + 4 <= end:
+            msg_type = hs[pos]
+            stop = pos + 4 + _u24(hs, pos + 1)
+            if stop > end:
+                break  # the flight continues past the reassembled bytes
+            if msg_type == HS_SERVER_HELLO and not found[f]:
+                (ok, version[f], cipher[f], selected[f], alpn_start[f], alpn_stop[f],
+                 key_stop[f]) = _server_hello(hs, pos + 4, stop, keys, at)
+                if not ok:
+                    malformed[f] = True
+                    break
+                found[f] = True
+            elif msg_type == HS_CERTIFICATE and found[f] and cert_stop[f] <= cert_start[f]:
+                chain_start, chain_stop = _span(hs, pos + 4, stop, 3)
+                if chain_stop < 0:
+                    malformed[f] = True
+                    break
+                leaf_start, leaf_stop = _span(hs, chain_start, chain_stop, 3)
+                if leaf_stop < 0:
+                    malformed[f] = True
+                    break
+                cert_start[f], cert_stop[f] = leaf_start, leaf_stop
+            pos = stop
+        at += hs_stop[f] - hs_start[f] + SERVER_KEY_SLACK  # this flow's region of `keys`
+    return (found, malformed, version, cipher, selected, alpn_start, alpn_stop, cert_start,
+            cert_stop, keys, key_start, key_stop)
+
+
+@njit
+def gather_slices(src: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """src[starts[i]:stops[i]] for every i, concatenated (slices clipped to src; empty when
+    stop <= start)."""
+    total = 0
+    for i in range(starts.size):
+        total += max(min(stops[i], src.size) - max(starts[i], 0), 0)
+    out = np.empty(total, np.uint8)
+    at = 0
+    for i in range(starts.size):
+        start = max(starts[i], 0)
+        size = max(min(stops[i], src.size) - start, 0)
+        out[at : at + size] = src[start : start + size]
+        at += size
+    return out
+
+
+# --- all flows of a batch at once -------------------------------------------------------------
+
+
+@dataclass
+class ParsedFlows:
+    """The kernels' findings for n flows (columns indexed by flow; slices are into `hs`)."""
+
+    hs: np.ndarray  # uint8: every direction's cleartext handshake bytes, concatenated
+    status: np.ndarray  # int8: HELLO_OK / HELLO_INCOMPLETE / HELLO_MALFORMED
+    sni_start: np.ndarray
+    sni_stop: np.ndarray
+    client_keys: np.ndarray  # uint8: client keys (see _client_hello), one region per flow
+    client_key_start: np.ndarray
+    client_key_stop: np.ndarray
+    server_found: np.ndarray  # bool: a ServerHello was read
+    server_malformed: np.ndarray  # bool: a server message after the ClientHello was unreadable
+    server_version: np.ndarray
+    cipher: np.ndarray
+    selected_version: np.ndarray  # supported_versions in the ServerHello (0: none)
+    alpn_start: np.ndarray  # -1: no ALPN protocol chosen
+    alpn_stop: np.ndarray
+    cert_start: np.ndarray  # -1: no certificate read
+    cert_stop: np.ndarray
+    server_keys: np.ndarray  # uint8: server keys (see _server_hello)
+    server_key_start: np.ndarray
+    server_key_stop: np.ndarray
+    established: np.ndarray  # bool
+
+
+def parse_flows(client_data: Sequence[bytes], server_data: Sequence[bytes]) -> ParsedFlows:
+    """Both directions' reassembled bytes of n flows -> what their handshakes show."""
+    n = len(client_data)
+    parts = [*client_data, *server_data]
+    sizes = np.fromiter(map(len, parts), np.int64, len(parts))
+    stops = np.cumsum(sizes)
+    buf = np.frombuffer(b"".join(parts), np.uint8)
+    hs, hs_start, hs_stop, flags = frame_records(buf, stops - sizes, stops)
+    status, sni_start, sni_stop, ckeys, ck_start, ck_stop = client_hellos(
+        hs, hs_start[:n], hs_stop[:n], flags[:n], sizes[:n])
+    (found, malformed, version, cipher, selected, alpn_start, alpn_stop, cert_start, cert_stop,
+     skeys, sk_start, sk_stop) = server_flights(hs, hs_start[n:], hs_stop[n:])
+    client, server = flags[:n], flags[n:]
+    # TLS 1.3: the client's Finished (an encrypted record after its first); before 1.3:
+    # ChangeCipherSpec both ways, or the client's application data after its CCS, or the
+    # server's application data.
+    tls13 = selected == 0x0304
+    client_ccs = (client & SEEN_CCS) != 0
+    before13 = (client_ccs & ((server & SEEN_CCS) != 0)) \
+        | (client_ccs & ((client & SEEN_APPDATA) != 0)) | ((server & SEEN_APPDATA) != 0)
+    established = found & np.where(tls13, (client & APPDATA_AFTER_FIRST) != 0, before13)
+    return ParsedFlows(hs, status, sni_start, sni_stop, ckeys, ck_start, ck_stop, found,
+                       malformed, version, cipher, selected, alpn_start, alpn_stop, cert_start,
+                       cert_stop, skeys, sk_start, sk_stop, established)
+
+
+# --- Python objects of one flow (tests, tools; not the event path) ----------------------------
+
+_LENGTH = struct.Struct("!I")
+
+
+def _key_sections(key: bytes, start: int, count: int) -> list[bytes]:
+    """`count` 4-byte-length-prefixed sections of key from `start`."""
+    sections = []
+    for _ in range(count):
+        (size,) = _LENGTH.unpack_from(key, start)
+        sections.append(key[start + 4 : start + 4 + size])
+        start += 4 + size
+    return sections
+
+
+def _u16_list(data: bytes) -> list[int]:
+    return list(struct.unpack(f"!{len(data) // 2}H", data))
+
+
+def hello_from_key(key: bytes, server_name: str = "") -> ClientHello:
+    """The ClientHello a client key (see _client_hello) was written from."""
+    ciphers, types, alpn_raw, groups, formats, sigs, versions = _key_sections(key, 2, 7)
+    alpn = []
+    pos = 0
+    while pos < len(alpn_raw):
+        alpn.append(alpn_raw[pos + 1 : pos + 1 + alpn_raw[pos]])
+        pos += 1 + alpn_raw[pos]
+    extensions = _u16_list(types)
+    return ClientHello(
+        int.from_bytes(key[:2], "big"), _u16_list(ciphers), extensions, server_name=server_name,
+        has_sni=EXT_SNI in extensions, alpn=alpn, groups=_u16_list(groups),
+        point_formats=list(formats), sig_algs=_u16_list(sigs),
+        supported_versions=_u16_list(versions))
+
+
+def _server_name(hs: bytes, start: int, stop: int) -> str:
+    return hs[start:stop].decode("ascii", "replace").lower() if stop > start else ""
+
+
+def handshake_of(parsed: ParsedFlows, i: int) -> Handshake | None:
+    """Flow i of `parsed` as objects; None while its ClientHello is incomplete.
+
+    Raises MalformedTLS when the ClientHello cannot be read."""
+    if parsed.status[i] == HELLO_INCOMPLETE:
+        return None
+    if parsed.status[i] == HELLO_MALFORMED:
+        raise MalformedTLS("no readable ClientHello")
+    hs = parsed.hs.tobytes()
+    key = parsed.client_keys[parsed.client_key_start[i] : parsed.client_key_stop[i]].tobytes()
+    hello = hello_from_key(key, _server_name(hs, parsed.sni_start[i], parsed.sni_stop[i]))
+    out = Handshake(hello, established=bool(parsed.established[i]),
+                    malformed=bool(parsed.server_malformed[i]))
+    if parsed.server_found[i]:
+        skey = parsed.server_keys[parsed.server_key_start[i] : parsed.server_key_stop[i]]
+        alpn = hs[parsed.alpn_start[i] : parsed.alpn_stop[i]] if parsed.alpn_start[i] >= 0 \
+            else b""
+        out.server = ServerHello(int(parsed.server_version[i]), int(parsed.cipher[i]),
+                                 _u16_list(skey[4:].tobytes()), alpn,
+                                 int(parsed.selected_version[i]))
+    if parsed.cert_start[i] >= 0:
+        out.cert_der = hs[parsed.cert_start[i] : parsed.cert_stop[i]]
+    return out
+
+
+def parse_handshake(client_data: bytes, server_data: bytes) -> Handshake | None:
+    """Both directions' bytes -> Handshake; None while the ClientHello is incomplete.
+
+    Raises MalformedTLS when the ClientHello cannot be read.
+    """
+    return handshake_of(parse_flows([client_data], [server_data]), 0)
 
 
 def parse_client_hello(body: bytes) -> ClientHello:
-    # Offsets into `body` rather than reader objects: this runs once per TLS flow.
-    end = len(body)
-    if end < 34:
+    """A ClientHello message body (after the 4-byte handshake header) -> ClientHello.
+
+    Raises MalformedTLS when it does not fit its layout."""
+    if len(body) >= 1 << 24:
+        raise MalformedTLS("longer than a handshake message can be")
+    message = bytes([HS_CLIENT_HELLO]) + len(body).to_bytes(3, "big") + body
+    hs = np.frombuffer(bytearray(message), np.uint8)  # writable, as in parse_flows: one compile
+    bounds = np.array([0], np.int64), np.array([len(message)], np.int64)
+    status, sni_start, sni_stop, keys, key_start, key_stop = client_hellos(
+        hs, *bounds, np.zeros(1, np.uint8), np.array([len(message)], np.int64))
+    if status[0] != HELLO_OK:
         raise MalformedTLS("runs past its container")
-    version = (body[0] << 8) | body[1]
-    _, pos = _span(body, 34, end, 1)  # session id (after version and the 32-byte random)
-    start, pos = _span(body, pos, end, 2)
-    ciphers = _u16s(body, start, pos)
-    _, pos = _span(body, pos, end, 1)  # compression methods
-    hello = ClientHello(version, ciphers, [])
-    if pos == end:
-        return hello  # no extensions block (SSLv3 / old clients)
-    pos, block_end = _span(body, pos, end, 2)
-    extensions: list[tuple[int, int, int]] = []
-    while pos < block_end and len(extensions) < MAX_LIST:
-        if pos + 2 > block_end:
-            raise MalformedTLS("runs past its container")
-        ext_type = (body[pos] << 8) | body[pos + 1]
-        start, pos = _span(body, pos + 2, block_end, 2)
-        extensions.append((ext_type, start, pos))
-    for ext_type, start, stop in extensions:
-        hello.extensions.append(ext_type)
-        if ext_type == EXT_SNI:
-            hello.has_sni = True
-            at, names_end = _span(body, start, stop, 2)
-            while at < names_end:
-                if at + 1 > names_end:
-                    raise MalformedTLS("runs past its container")
-                name_type = body[at]
-                name_start, at = _span(body, at + 1, names_end, 2)
-                if name_type == 0 and not hello.server_name:
-                    hello.server_name = body[name_start:at].decode("ascii", "replace").lower()
-        elif ext_type == EXT_ALPN:
-            at, list_end = _span(body, start, stop, 2)
-            while at < list_end and len(hello.alpn) < MAX_LIST:
-                item_start, at = _span(body, at, list_end, 1)
-                hello.alpn.append(bytes(body[item_start:at]))
-        elif ext_type == EXT_GROUPS:
-            hello.groups = _u16s(body, *_span(body, start, stop, 2))
-        elif ext_type == EXT_POINT_FORMATS:
-            at, list_end = _span(body, start, stop, 1)
-            hello.point_formats = list(body[at:list_end])
-        elif ext_type == EXT_SIG_ALGS:
-            hello.sig_algs = _u16s(body, *_span(body, start, stop, 2))
-        elif ext_type == EXT_SUPPORTED_VERSIONS:
-            hello.supported_versions = _u16s(body, *_span(body, start, stop, 1))
-    return hello
-
-
-def _all(r: _Reader) -> bytes:
-    return r.take(r.left())
-
-
-def parse_server_hello(body: bytes) -> ServerHello:
-    r = _Reader(body)
-    version = r.u16()
-    r.take(32)
-    r.vec(1)
-    cipher = r.u16()
-    r.u8()  # compression
-    hello = ServerHello(version, cipher, [])
-    for ext_type, data in _extensions(r):
-        hello.extensions.append(ext_type)
-        e = _Reader(data)
-        if ext_type == EXT_ALPN:
-            protocols = e.vec(2)
-            if protocols.left():
-                hello.alpn = _all(protocols.vec(1))
-        elif ext_type == EXT_SUPPORTED_VERSIONS and e.left() >= 2:
-            hello.selected_version = e.u16()
-    return hello
-
-
-def leaf_certificate(body: bytes) -> bytes:
-    """DER of the first certificate of a (TLS <= 1.2) Certificate message."""
-    r = _Reader(body)
-    chain = r.vec(3)
-    return _all(chain.vec(3))
+    return hello_from_key(keys[key_start[0] : key_stop[0]].tobytes(),
+                          _server_name(message, sni_start[0], sni_stop[0]))
 
 
 # --- fingerprints ---------------------------------------------------------------------------
@@ -390,100 +783,128 @@ def certificate_names(der: bytes) -> tuple[str, str]:
 # --- one flow -> one event ------------------------------------------------------------------
 
 
-@dataclass
-class Handshake:
-    """What a flow's bytes tell about its TLS handshake (the event's columns)."""
+# --- per distinct ClientHello / ServerHello / certificate: cached ------------------------------
 
-    client: ClientHello
-    server: ServerHello | None = None
-    cert_der: bytes = b""
-    established: bool = False
-    malformed: bool = False  # something after the ClientHello could not be read
-
-    def version(self) -> str:
-        if self.server is not None:
-            v = self.server.selected_version or self.server.version
-        else:
-            offered = [v for v in self.client.supported_versions if not is_grease(v)]
-            v = max(offered) if offered else self.client.version
-        return VERSION_NAMES.get(v, f"0x{v:04X}")
+MAX_FINGERPRINTS = 4096  # distinct client stacks are few; a cache is cleared when full
+MAX_CERTIFICATES = 1024  # distinct leaf certificates kept with their names
+_CLIENT_SUMMARIES: dict[bytes, tuple[str, str, tuple[str, ...], int]] = {}
+_SERVER_JA3S: dict[bytes, str] = {}
+_CERTIFICATES: dict[bytes, tuple[str, str, str]] = {}
 
 
-def parse_handshake(client_data: bytes, server_data: bytes) -> Handshake | None:
-    """Both directions' bytes -> Handshake; None while the ClientHello is incomplete.
-
-    Raises MalformedTLS when the ClientHello cannot be read.
-    """
-    client = read_direction(client_data)
-    if not client.messages:
-        if client.truncated or len(client_data) < 9:
-            return None
-        raise MalformedTLS("no ClientHello")
-    msg_type, body = client.messages[0]
-    if msg_type != HS_CLIENT_HELLO:
-        raise MalformedTLS("first handshake message is not a ClientHello")
-    hs = Handshake(parse_client_hello(body))
-    server = read_direction(server_data)
-    try:
-        for msg_type, body in server.messages:
-            if msg_type == HS_SERVER_HELLO and hs.server is None:
-                hs.server = parse_server_hello(body)
-            elif msg_type == HS_CERTIFICATE and not hs.cert_der and hs.server is not None:
-                hs.cert_der = leaf_certificate(body)
-    except MalformedTLS:
-        hs.malformed = True
-    if hs.server is not None:
-        if hs.server.selected_version == 0x0304:
-            after_hello = client.record_types[1:]
-            hs.established = CONTENT_APPDATA in after_hello
-        else:
-            client_ccs = CONTENT_CCS in client.record_types
-            server_ccs = CONTENT_CCS in server.record_types
-            client_app = client_ccs and CONTENT_APPDATA in client.record_types
-            hs.established = (client_ccs and server_ccs) or client_app \
-                or CONTENT_APPDATA in server.record_types
-    return hs
-
-
-_FINGERPRINTS: dict[tuple, tuple[str, str]] = {}  # ClientHello fields -> (JA3 MD5, JA4)
-MAX_FINGERPRINTS = 4096  # distinct client stacks are few; the cache is cleared when full
-
-
-def client_fingerprints(hello: ClientHello) -> tuple[str, str]:
-    """(JA3 MD5, JA4) of a ClientHello, cached: a network's clients share a few TLS stacks,
-    so the hashing and string building is done once per distinct set of offered values."""
-    key = (hello.version, tuple(hello.ciphers), tuple(hello.extensions), tuple(hello.groups),
-           tuple(hello.point_formats), tuple(hello.sig_algs), tuple(hello.supported_versions),
-           tuple(hello.alpn), hello.has_sni)
-    found = _FINGERPRINTS.get(key)
+def client_summary(key: bytes) -> tuple[str, str, tuple[str, ...], int]:
+    """(JA3 MD5, JA4, ALPN names offered, offered version) of a client key, cached: a
+    network's clients share a few TLS stacks, so the hashing and string building is done
+    once per distinct set of offered values."""
+    found = _CLIENT_SUMMARIES.get(key)
     if found is None:
-        if len(_FINGERPRINTS) >= MAX_FINGERPRINTS:
-            _FINGERPRINTS.clear()
-        found = _FINGERPRINTS[key] = (md5_hex(ja3_string(hello)), ja4(hello))
+        if len(_CLIENT_SUMMARIES) >= MAX_FINGERPRINTS:
+            _CLIENT_SUMMARIES.clear()
+        hello = hello_from_key(key)
+        found = _CLIENT_SUMMARIES[key] = (
+            md5_hex(ja3_string(hello)), ja4(hello),
+            tuple(p.decode("ascii", "replace") for p in hello.alpn), offered_version(hello))
     return found
 
 
-def _row(hs: Handshake) -> dict:
-    client, server = hs.client, hs.server
-    ja3_hash, ja4_text = client_fingerprints(client)
-    subject = issuer = cert_sha1 = ""
-    if hs.cert_der:
-        cert_sha1 = hashlib.sha1(hs.cert_der, usedforsecurity=False).hexdigest().upper()
-        subject, issuer = certificate_names(hs.cert_der)
+def server_ja3s(key: bytes) -> str:
+    """JA3S MD5 of a server key (version, cipher, extension types), cached."""
+    found = _SERVER_JA3S.get(key)
+    if found is None:
+        if len(_SERVER_JA3S) >= MAX_FINGERPRINTS:
+            _SERVER_JA3S.clear()
+        hello = ServerHello(int.from_bytes(key[:2], "big"), int.from_bytes(key[2:4], "big"),
+                            _u16_list(key[4:]))
+        found = _SERVER_JA3S[key] = md5_hex(ja3s_string(hello))
+    return found
+
+
+def certificate(der: bytes) -> tuple[str, str, str]:
+    """(SHA1 upper-case hex, subject, issuer) of a leaf certificate, cached: servers present
+    the same one to every client."""
+    found = _CERTIFICATES.get(der)
+    if found is None:
+        if len(_CERTIFICATES) >= MAX_CERTIFICATES:
+            _CERTIFICATES.clear()
+        sha1 = hashlib.sha1(der, usedforsecurity=False).hexdigest().upper()
+        found = _CERTIFICATES[der] = (sha1, *certificate_names(der))
+    return found
+
+
+def _texts(values: list[str]) -> np.ndarray:
+    return np.array(values, dtype=object)
+
+
+def _distinct(keys: list) -> tuple[list, np.ndarray]:
+    """(the distinct values of `keys` in first-seen order, each key's index among them)."""
+    index: dict = {}
+    ids = [index.setdefault(key, len(index)) for key in keys]
+    return list(index), np.array(ids, dtype=np.int64)
+
+
+def _names(codes: np.ndarray, name) -> np.ndarray:
+    """name(code) per row as an object column, computed once per distinct code."""
+    distinct, ids = np.unique(codes, return_inverse=True)
+    return _texts([name(int(c)) for c in distinct])[ids.reshape(-1)]
+
+
+def _ascii_slices(src: np.ndarray, starts: np.ndarray, stops: np.ndarray,
+                  lower: bool = False) -> list[str]:
+    """src[starts[i]:stops[i]] as text, bytes outside ASCII as U+FFFD ("replace"), lower-cased
+    if asked: one decode of all slices gathered, then str slices (one character per byte, and
+    lower() keeps it so for ASCII and U+FFFD: the byte offsets are the character offsets)."""
+    sizes = np.maximum(np.minimum(stops, src.size) - np.maximum(starts, 0), 0)
+    ends = np.cumsum(sizes)
+    text = gather_slices(src, starts, stops).tobytes().decode("ascii", "replace")
+    if lower:
+        text = text.lower()
+    return [text[a:b] for a, b in zip((ends - sizes).tolist(), ends.tolist(), strict=True)]
+
+
+def event_columns(parsed: ParsedFlows, rows: list[int]) -> dict[str, np.ndarray]:
+    """The TLS-specific event columns of flows `rows` (with a readable ClientHello).
+
+    Per distinct client key / server key / cipher / version: the cached strings; per row
+    only the SNI and ALPN text and the list of offered ALPN names."""
+    at = np.asarray(rows, dtype=np.int64)
+    client_keys = parsed.client_keys.tobytes()  # small: fingerprint fields only
+    keys, client_ids = _distinct([client_keys[a:b] for a, b in zip(
+        parsed.client_key_start[at].tolist(), parsed.client_key_stop[at].tolist(), strict=True)])
+    summaries = [client_summary(key) for key in keys]
+    found = parsed.server_found[at]
+    server_keys = parsed.server_keys.tobytes()
+    skeys, server_ids = _distinct([server_keys[a:b] for a, b in zip(
+        parsed.server_key_start[at].tolist(), parsed.server_key_stop[at].tolist(), strict=True)])
+    ja3s = np.where(found, _texts([server_ja3s(k) if k else "" for k in skeys])[server_ids], "")
+    offered = np.array([s[3] for s in summaries], dtype=np.int64)[client_ids]
+    negotiated = np.where(parsed.selected_version[at] != 0, parsed.selected_version[at],
+                          parsed.server_version[at])
+    version = _names(np.where(found, negotiated, offered), version_name)
+    cipher = np.where(found, _names(parsed.cipher[at], cipher_name), "")
+    alpn_offered = [s[2] for s in summaries]
+    client_alpn = np.empty(len(rows), dtype=object)  # element-wise: lists stay lists
+    for j, i in enumerate(client_ids.tolist()):
+        client_alpn[j] = list(alpn_offered[i])
+    server_name = _texts(_ascii_slices(parsed.hs, parsed.sni_start[at], parsed.sni_stop[at],
+                                       lower=True))
+    next_protocol = _texts(_ascii_slices(parsed.hs, parsed.alpn_start[at], parsed.alpn_stop[at]))
+    cert_sha1, cert_subject, cert_issuer = (np.full(len(rows), "", dtype=object)
+                                            for _ in range(3))
+    cert_start, cert_stop = parsed.cert_start[at], parsed.cert_stop[at]
+    for j in np.flatnonzero(cert_stop > cert_start).tolist():
+        cert_sha1[j], cert_subject[j], cert_issuer[j] = certificate(
+            parsed.hs[cert_start[j] : cert_stop[j]].tobytes())
     return {
-        "version": hs.version(),
-        "server_name": client.server_name,
-        "client_alpn": [p.decode("ascii", "replace") for p in client.alpn],
-        "next_protocol": server.alpn.decode("ascii", "replace") if server else "",
-        "cipher": cipher_name(server.cipher) if server else "",
-        "ja3": ja3_hash,
-        "ja4": ja4_text,
-        "ja3s": md5_hex(ja3s_string(server)) if server else "",
-        "cert_sha1": cert_sha1,
-        "cert_subject": subject,
-        "cert_issuer": issuer,
-        "established": hs.established,
+        "version": version, "server_name": server_name, "client_alpn": client_alpn,
+        "next_protocol": next_protocol, "cipher": cipher,
+        "ja3": _texts([s[0] for s in summaries])[client_ids],
+        "ja4": _texts([s[1] for s in summaries])[client_ids], "ja3s": ja3s,
+        "cert_sha1": cert_sha1, "cert_subject": cert_subject, "cert_issuer": cert_issuer,
+        "established": parsed.established[at].astype(np.bool_),
     }
+
+
+# --- the analyzer ---------------------------------------------------------------------------
 
 
 class TlsAnalyzer(Analyzer):
@@ -509,42 +930,41 @@ class TlsAnalyzer(Analyzer):
         return self._events(self.streams.flush())
 
     def _events(self, chunks: list[StreamChunk]) -> list[EventBatch]:
-        done: list[tuple[StreamChunk, dict]] = []
-        for chunk in chunks:
-            try:
-                hs = parse_handshake(chunk.client_data, chunk.server_data)
-            except MalformedTLS:
-                self._count("tls_malformed")
-                self.streams.release(chunk.key)
-                continue
-            except Exception:  # noqa: BLE001 - never let hostile bytes stop the sensor
-                self._count("tls_malformed")
-                self.streams.release(chunk.key)
-                continue
-            if hs is None:
-                if chunk.final:
-                    self._count("tls_incomplete")
-                elif chunk.capped[0] or chunk.gap[0] or chunk.ended[0]:
-                    self._count("tls_incomplete")
-                    self.streams.release(chunk.key)
-                continue
-            if not (hs.established or chunk.final):
-                continue
-            if hs.malformed:
-                self._count("tls_malformed")
-            done.append((chunk, _row(hs)))
-            if not chunk.final:
-                self.streams.release(chunk.key)
+        events = self._handshake_events(chunks) if chunks else []
         for key, value in self.streams.stats.items():
             self.stats[f"tls_stream.{key}"] = value
-        if not done:
+        return events
+
+    def _handshake_events(self, chunks: list[StreamChunk]) -> list[EventBatch]:
+        """One event per flow whose handshake is complete (or whose flow ended); flows that
+        are done with, or can never show a ClientHello, are released from reassembly."""
+        n = len(chunks)
+        parsed = parse_flows([c.data[0] for c in chunks], [c.data[1] for c in chunks])
+        final = np.fromiter((c.final for c in chunks), np.bool_, n)
+        # the client side can bring no more bytes: a ClientHello still incomplete stays so
+        stalled = np.fromiter((c.capped[0] or c.gap[0] or c.ended[0] for c in chunks),
+                              np.bool_, n)
+        malformed = parsed.status == HELLO_MALFORMED
+        incomplete = parsed.status == HELLO_INCOMPLETE
+        emit = (parsed.status == HELLO_OK) & (parsed.established | final)
+        self._count("tls_malformed", int(malformed.sum() + (emit & parsed.server_malformed).sum()))
+        self._count("tls_incomplete", int((incomplete & (final | stalled)).sum()))
+        release = malformed | (incomplete & stalled & ~final) | (emit & ~final)
+        for i in np.flatnonzero(release).tolist():
+            self.streams.release(chunks[i].key)
+        rows = np.flatnonzero(emit).tolist()
+        if not rows:
             return []
-        self._count("tls_handshakes", len(done))
-        chunks_done = [c for c, _ in done]
-        ts = [c.first_ts[0] if c.first_ts[0] >= 0 else c.start_ts for c in chunks_done]
-        columns = endpoint_columns(chunks_done, ts, self.observer_name, self.ingress_zone)
-        columns.update(kind_columns(TLS, [row for _, row in done], skip=columns))
+        self._count("tls_handshakes", len(rows))
+        done = [chunks[i] for i in rows]
+        ts = [c.first_ts[0] if c.first_ts[0] >= 0 else c.start_ts for c in done]
+        columns = endpoint_columns(done, ts, self.observer_name, self.ingress_zone)
+        tls_columns = event_columns(parsed, rows)
+        for spec in TLS.fields:  # the schema's column order
+            if spec.column not in columns:
+                columns[spec.column] = tls_columns[spec.column]
         return [EventBatch(TLS.name, columns)]
 
     def _count(self, key: str, n: int = 1) -> None:
-        self.stats[key] = self.stats.get(key, 0) + n
+        if n:
+            self.stats[key] = self.stats.get(key, 0) + n

@@ -32,7 +32,12 @@ from network_builders import (
 from scapy.layers.inet import IP, TCP
 from scapy.utils import wrpcap
 
-from correlation.beaconing import beacon_scores, bowley_madm, established_tcp
+from correlation.beaconing import (
+    _distinct_group_seconds,
+    beacon_scores,
+    bowley_madm,
+    established_tcp,
+)
 
 BEACON = only("beaconing")
 
@@ -72,6 +77,59 @@ def test_grouped_statistics_equal_per_group_ones(groups: list[list[int]]) -> Non
         q2 = np.median(g)
         assert median[i] == pytest.approx(q2)
         assert madm[i] == pytest.approx(np.median(np.abs(np.array(g) - q2)))
+
+
+def reference_bowley_madm(group: np.ndarray, values: np.ndarray, n_groups: int
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The whole-array numpy implementation the compiled kernel replaced (lexsorted
+    groups, interpolated quantiles at per-group offsets), kept as the oracle."""
+    def quantiles(group, values, qs):
+        order = np.lexsort((values, group))
+        v = values[order].astype(np.float64)
+        counts = np.bincount(group, minlength=n_groups)
+        starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        out = []
+        for q in qs:
+            pos = starts + q * np.maximum(counts - 1, 0)
+            lo, hi = np.floor(pos).astype(np.int64), np.ceil(pos).astype(np.int64)
+            ok = counts > 0
+            res = np.full(n_groups, np.nan)
+            frac = pos[ok] - lo[ok]
+            res[ok] = v[lo[ok]] * (1 - frac) + v[hi[ok]] * frac
+            out.append(res)
+        return out
+
+    q1, q2, q3 = quantiles(group, values, (0.25, 0.5, 0.75))
+    den = q3 - q1
+    valid = (den > 0) & (q2 != q1) & (q2 != q3)
+    skew = np.zeros(n_groups)
+    skew[valid] = (q1[valid] + q3[valid] - 2 * q2[valid]) / den[valid]
+    (madm,) = quantiles(group, np.abs(values - np.nan_to_num(q2)[group]), (0.5,))
+    return skew, np.nan_to_num(madm), np.nan_to_num(q2)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 10**5) | st.sampled_from([0, 1, 7])),
+                max_size=120), st.integers(0, 3))
+def test_bowley_kernel_equals_the_numpy_reference_exactly(rows: list, extra: int) -> None:
+    group = np.array([g for g, _ in rows], np.int64)
+    values = np.array([v for _, v in rows], np.float64) / 4  # quarter steps: ties, fractions
+    n_groups = (int(group.max()) + 1 if group.size else 0) + extra  # some empty groups
+    got = bowley_madm(group, values, n_groups)
+    want = reference_bowley_madm(group, values, n_groups)
+    for a, b in zip(got, want, strict=True):
+        assert a.tolist() == b.tolist()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 50), st.integers(0, 3)), max_size=150),
+       st.sampled_from([1_767_225_600, 0, 2**40]))
+def test_distinct_group_seconds_equal_lexsort_dedupe(rows: list, base: int) -> None:
+    group = np.array([g for g, _ in rows], np.int64)
+    sec = np.array([s for _, s in rows], np.int64) + base
+    g, s = _distinct_group_seconds(group, sec)
+    want = sorted(set(zip(group.tolist(), sec.tolist(), strict=True)))
+    assert list(zip(g.tolist(), s.tolist(), strict=True)) == want
 
 
 def test_regular_beacon_with_jitter_alerts_as_encrypted_c2() -> None:

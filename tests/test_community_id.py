@@ -191,17 +191,31 @@ def test_column_sha1_equals_hashlib(messages):
 @given(st.lists(st.tuples(st.binary(min_size=4, max_size=4), st.binary(min_size=4, max_size=4),
                           st.sampled_from([1, 6, 17, 47, 58, 132]), st.integers(0, 65535),
                           st.integers(0, 65535)), min_size=1, max_size=30),
-       st.integers(0, 65535), st.sampled_from([0, 10**9]))
-def test_column_ids_equal_a_per_row_hashlib_reference(tuples, seed, vector_min):
-    """Both hashing paths (column-wise SHA1 forced with vector_min 0, per-row hashlib)."""
-    import sensors.community_id as cid
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cid, "VECTOR_SHA1_MIN_ROWS", vector_min)
-        _check_column_ids(tuples, seed)
+       st.integers(0, 65535))
+def test_column_ids_equal_a_per_row_hashlib_reference(tuples, seed):
+    """The compiled kernel (ordering, packing, SHA1, base64) against hashlib per row."""
+    _check_column_ids(tuples, seed)
 
 
-def _check_column_ids(tuples, seed) -> None:
+_ADDR = st.one_of(
+    st.binary(min_size=16, max_size=16),
+    st.binary(min_size=4, max_size=4).map(lambda a: IPV4_MAPPED_PREFIX + a),
+    st.sampled_from([bytes(16), IPV4_MAPPED_PREFIX + bytes(4), bytes(15) + b"\x01"]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(_ADDR, _ADDR, st.integers(0, 255), st.integers(0, 65535),
+                          st.integers(0, 65535)), min_size=1, max_size=40),
+       st.integers(0, 65535), st.booleans())
+def test_column_ids_any_family_and_protocol(tuples, seed, same_addresses):
+    """16-byte addresses of both families (and equal endpoints, ordered by port), every
+    protocol number, ICMP types of both kinds: the kernel equals the hashlib reference."""
+    if same_addresses:
+        tuples = [(s, s, p, sp, dp) for s, _, p, sp, dp in tuples]
+    _check_column_ids(tuples, seed, width=16)
+
+
+def _check_column_ids(tuples, seed, width: int = 4) -> None:
     """community_id_column (vectorized SHA1 + base64) against the spec computed per row with
     hashlib/base64, IPv4 tuples of every port-carrying and one portless protocol."""
     import base64
@@ -214,15 +228,21 @@ def _check_column_ids(tuples, seed) -> None:
         sp, dp, one_way = icmp_port_equivalents(np.array([proto]), np.array([sport]),
                                                 np.array([dport]))
         sport, dport, one_way = int(sp[0]), int(dp[0]), bool(one_way[0])
+        if proto not in (1, 6, 17, 58, 132):
+            sport = dport = 0
         if not (one_way or (src, sport) < (dst, dport)):
             src, dst, sport, dport = dst, src, dport, sport
+        if src.startswith(IPV4_MAPPED_PREFIX):  # both endpoints of a tuple share a family
+            src, dst = src[12:], dst[12:]
         data = struct.pack("!H", seed) + src + dst + struct.pack("!BB", proto, 0)
         if proto in (1, 6, 17, 58, 132):
             data += struct.pack("!HH", sport, dport)
         return "1:" + base64.b64encode(hashlib.sha1(data).digest()).decode()
 
     def col(addrs: list[bytes]) -> np.ndarray:
-        return np.array([IPV4_MAPPED_PREFIX + a for a in addrs], dtype=IP_DTYPE)
+        if width == 4:
+            addrs = [IPV4_MAPPED_PREFIX + a for a in addrs]
+        return np.array(addrs, dtype=IP_DTYPE)
 
     src, dst, proto, sport, dport = (list(x) for x in zip(*tuples, strict=True))
     got = community_id_column(col(src), col(dst), np.array(proto, dtype=np.uint8),

@@ -4,14 +4,24 @@ of dns_tunneling/, exfiltration/ and benign/ (MANIFEST names) through the real s
 
 from __future__ import annotations
 
+import math
 import random
 import string
 
 import pytest
 from conftest import PCAPS, assert_ecs, shared_pcap
 from event_builders import make_batch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from correlation.dns_tunnel import INVALID_TLD, DnsTunnelDetector, _Psl, entropy
+from correlation import dns_tunnel
+from correlation.dns_tunnel import (
+    INVALID_TLD,
+    DnsTunnelDetector,
+    PublicSuffixList,
+    _Psl,
+    entropy,
+)
 from correlation.engine import CorrelationEngine
 from pipeline.config import load_config
 from pipeline.embedded import run_pipeline
@@ -157,6 +167,109 @@ def test_thresholds_come_from_config() -> None:
 def test_detector_declares_threshold_keys() -> None:
     with pytest.raises(ValueError, match="missing keys"):
         DnsTunnelDetector({"window_s": 60, "hop_s": 60})
+
+
+# --- compiled / memoized per-name features vs their plain references ---------------------------
+
+
+def reference_entropy(text: str) -> float:
+    """Shannon entropy as the plain twin computes it: buckets in ascending order."""
+    counts: dict[int, int] = {}
+    for ch in text:
+        counts[min(ord(ch), 255)] = counts.get(min(ord(ch), 255), 0) + 1
+    h = 0.0
+    for c in sorted(counts):
+        p = counts[c] / len(text)
+        h += p * math.log2(p)
+    return -h if text else 0.0
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.text(max_size=70) | st.text(alphabet=HEX, max_size=70), max_size=30))
+def test_entropy_kernel_equals_the_plain_sum_exactly(values: list[str]) -> None:
+    assert entropy(values).tolist() == [reference_entropy(v) for v in values]
+
+
+def library_split(name: str) -> tuple[str, str]:
+    """_Psl.split by the library's own calls on the whole name (the reference)."""
+    labels = name.split(".")
+    tld = labels[-1]
+    if len(labels) < 2 or not tld:
+        return "", tld
+    if not (tld.isalpha() or tld.startswith("xn--")):
+        return INVALID_TLD, tld
+    return LIBRARY.privatesuffix(name) or "", LIBRARY.publicsuffix(name) or tld
+
+
+LIBRARY = PublicSuffixList() if PublicSuffixList is not None else None
+_RULES = sorted(LIBRARY._publicsuffix) if LIBRARY is not None else [""]
+LABELS = st.sampled_from(["a", "www", "city", "*", "!www", "B", "kobe", "", "xn--p1ai", "Ü",
+                          "s3", "compute", "blogspot"])
+
+
+@pytest.mark.skipif(PublicSuffixList is None, reason="publicsuffixlist not installed")
+@settings(max_examples=300, deadline=None)
+@given(st.lists(LABELS, max_size=4), st.sampled_from(_RULES), st.sampled_from(["", "x", "www"]),
+       st.booleans())
+def test_tail_memo_split_equals_the_library(prefix, rule, wild, upper) -> None:
+    # names under real rules (wildcards filled in, exceptions as labels), odd labels, case
+    name = ".".join([*prefix, rule.replace("*", wild or "*")])
+    name = name.upper() if upper else name
+    psl = _Psl()
+    assert psl.split(name) == library_split(name)
+    assert psl.split(name) == library_split(name)  # (memoized)
+
+
+def reference_features(detector: DnsTunnelDetector, name: str) -> tuple:
+    """The per-name features as the detector computed them one name at a time (the loop
+    the mapped string methods replaced): parent, sub_len, max_label, sld_len, sub_h, sld_h."""
+    parent, suffix = detector._psl.split(name)
+    if parent == INVALID_TLD:
+        sub, sld = name, ""
+    elif parent:
+        sub = name[: -len(parent) - 1] if len(name) > len(parent) else ""
+        sld = parent[: -len(suffix) - 1] if len(parent) > len(suffix) else parent
+    else:
+        sub, sld = "", ""
+    if parent and parent != INVALID_TLD and (
+            parent in detector.ignore or any(name.endswith("." + d) or name == d
+                                             for d in detector.ignore)):
+        parent = ""
+    max_label = max((len(x) for x in sub.split(".")), default=0) if sub else 0
+    return (parent, len(sub.replace(".", "")), max_label, len(sld),
+            reference_entropy(sub.replace(".", "")), reference_entropy(sld))
+
+
+NAME_LABELS = st.sampled_from(["a", "www", "Www", "x1", "", "co", "uk", "com", "in-addr",
+                               "arpa", "blogspot", "ck", "www", "kobe", "jp", "Ü", "xn--p1ai",
+                               "123", "s3", "amazonaws", "example", "EXAMPLE", "-", "*"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(NAME_LABELS, min_size=1, max_size=6).map(".".join), min_size=1,
+                max_size=40))
+def test_mapped_split_equals_the_per_name_split(names: list[str]) -> None:
+    detector = DnsTunnelDetector(load_config()["correlation"]["detectors"]["dns_tunnel"])
+    names = list(dict.fromkeys(names))
+    got = detector._compute_features(names)
+    for i, name in enumerate(names):
+        assert (got["parent"][i], got["sub_len"][i], got["max_label"][i], got["sld_len"][i],
+                got["sub_h"][i], got["sld_h"][i]) == reference_features(detector, name), name
+
+
+def test_feature_memo_bound_gives_the_same_features(monkeypatch) -> None:
+    names = [f"{i:x}{'q' * (i % 50)}.t{i % 7}.example.co.uk" for i in range(300)]
+    config = load_config()["correlation"]["detectors"]["dns_tunnel"]
+    unbounded = DnsTunnelDetector(config)._name_features(names)
+    monkeypatch.setattr(dns_tunnel, "_FEATURE_MEMO_MAX", 100)
+    small = DnsTunnelDetector(config)
+    for lo in range(0, 300, 60):  # overlapping calls: memo hits, then start-overs
+        got = small._name_features(names[max(lo - 30, 0):lo + 60])
+        for key, column in got.items():
+            assert column.tolist() == unbounded[key][max(lo - 30, 0):lo + 60].tolist()
+    assert unbounded["parent"][0] == "example.co.uk"
+    start, length = unbounded["label_start"][5], unbounded["max_label"][5]
+    assert names[5][start:start + length] == "5" + "q" * 5  # the longest label of the sub
 
 
 # --- real captures ---------------------------------------------------------------------------

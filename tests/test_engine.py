@@ -50,7 +50,7 @@ BASE_T = 1_699_999_200.0  # 2023-11-14T22:00:00Z, a whole hour: offsets align wi
 
 def flow_batch(rows: list[dict]) -> EventBatch:
     """FLOW batch from dicts: src, dst, dport, t (s offset) + optional state, dur, sport,
-    proto, src_payload, dst_payload, observer, zone."""
+    proto, src_payload, dst_payload, observer, observer_names, zone."""
     n = len(rows)
     cols = {f.column: np.empty(n, f.dtype) for f in FLOW.fields}
     for i, r in enumerate(rows):
@@ -74,6 +74,7 @@ def flow_batch(rows: list[dict]) -> EventBatch:
         cols["conn_state"][i] = label
         cols["end_reason"][i] = "eof"
         cols["observer_name"][i] = r.get("observer", "sensor-1")
+        cols["observer_names"][i] = r.get("observer_names", "")  # fusion's list ('|'-joined)
         cols["ingress_zone"][i] = r.get("zone", "dmz")
     batch = EventBatch("flow", cols)
     validate_batch(batch)

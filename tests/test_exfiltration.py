@@ -8,8 +8,11 @@ any defensible production threshold, detected with the documented lab profile).
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from conftest import assert_ecs, shared_pcap
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from network_builders import (
     NEGATIVE_CAPTURES,
     above_low,
@@ -19,6 +22,8 @@ from network_builders import (
     rule_ids,
     run,
 )
+
+from correlation.exfiltration import HostBaselines
 
 UPLOAD = only("exfil_upload")
 VOLUME = only("exfil_volume")
@@ -84,6 +89,58 @@ def test_new_hosts_need_history_and_baseline_state_is_bounded() -> None:
     assert alerts == []  # 3 windows of history < min_history_windows
     detector = engine.detectors[0]
     assert len(detector.baseline) <= 50 and detector.stats["hosts_evicted"] > 0
+
+
+class DictBaselines:
+    """The dict state the compiled HostBaselines replaced (host -> [ewma, first, last]),
+    kept as the oracle, eviction included."""
+
+    def __init__(self) -> None:
+        self.state: dict[tuple[int, int], list] = {}
+
+    def update(self, key_hi, key_lo, k, sent, alpha):
+        baseline, history = [], []
+        for h, lo, w, x in zip(key_hi.tolist(), key_lo.tolist(), k.tolist(), sent.tolist(),
+                               strict=True):
+            entry = self.state.get((h, lo))
+            if entry is None:
+                entry = self.state[(h, lo)] = [0.0, w, w - 1]
+            ewma = entry[0] * (1 - alpha) ** max(w - entry[2] - 1, 0)
+            baseline.append(ewma)
+            history.append(w - entry[1])
+            entry[0] = alpha * x + (1 - alpha) * ewma
+            entry[2] = w
+        return baseline, history
+
+    def bound(self, max_hosts: int) -> int:
+        excess = len(self.state) - max_hosts
+        for name, _ in sorted(self.state.items(), key=lambda kv: kv[1][2])[:max(excess, 0)]:
+            del self.state[name]
+        return max(excess, 0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 10**7)), max_size=60),
+                min_size=1, max_size=8),
+       st.integers(1, 30), st.sampled_from([0.1, 0.3, 0.5]))
+def test_host_baselines_equal_the_dict_state(calls: list, max_hosts: int, alpha: float
+                                             ) -> None:
+    compiled, reference = HostBaselines(), DictBaselines()
+    k0 = 0
+    for rows in calls:  # one detect call: (window, host) pairs ascending by window
+        pairs = sorted({(k0 + w % 3, host) for host, w in ((h, i) for i, (h, _) in
+                                                        enumerate(rows))})
+        sent = np.array([x for _, x in rows[:len(pairs)]] + [0] * (len(pairs) - len(rows)),
+                        np.float64)[:len(pairs)]
+        k = np.array([w for w, _ in pairs], np.int64)
+        hi = np.array([h * 2654435761 for _, h in pairs], np.uint64)
+        lo = np.array([h % 5 for _, h in pairs], np.uint64)
+        got = compiled.update(hi, lo, k, sent, alpha)
+        want = reference.update(hi, lo, k, sent, alpha)
+        assert got[0].tolist() == want[0] and got[1].tolist() == want[1]
+        assert compiled.bound(max_hosts) == reference.bound(max_hosts)
+        assert len(compiled) == len(reference.state)
+        k0 += 3 + len(rows) % 4  # later windows, sometimes with silent ones between
 
 
 def echo(t: float, payload: int, packets: int = 100) -> dict:

@@ -570,3 +570,45 @@ def _slot_index_run(ops, index, key_words, hashes) -> None:
         probe = list(range(0, 301, 7)) + keys
         found = index.lookup(hashes(key_words(probe)), key_words(probe), columns)
         assert found.tolist() == [live.get(k, -1) for k in probe]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 2**64 - 1), min_size=5, max_size=5), max_size=30))
+def test_compiled_mix64_equals_the_column_formula(rows):
+    """The compiled key hash against the splitmix-style formula written with numpy columns
+    (the index, the batch grouping and the collision test all rely on the same function)."""
+    import sensors.flow_table as ft
+
+    words = np.array(rows, dtype=np.uint64).reshape(-1, 5)
+    h = np.full(words.shape[0], 0x9E3779B97F4A7C15, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(5):
+            h ^= words[:, j]
+            h *= np.uint64(0xBF58476D1CE4E5B9)
+            h ^= h >> np.uint64(31)
+            h *= np.uint64(0x94D049BB133111EB)
+            h ^= h >> np.uint64(29)
+    assert np.array_equal(ft._mix64(words), h)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 100_000])
+def test_flush_chunks_equal_flush_in_order(chunk):
+    # flush_chunks hands out flush()'s records, same order, a chunk at a time, then resets
+    rng = np.random.default_rng(11)
+    pkts = [Pkt(float(i) * 0.01, f"10.2.{i % 7}.{i % 200}", B, 2000 + i % 300,
+                int(rng.choice([22, 80, 443])), str(rng.choice(["S", "SA", "A", "PA", "F"])),
+                int(rng.choice([6, 17])), payload=int(rng.integers(0, 300)))
+            for i in range(900)]
+    d = make_packets(pkts)
+    whole, pieces = FlowTable(CFG, "s", "z"), FlowTable(CFG, "s", "z")
+    whole.update(d)
+    pieces.update(d)
+    expected = whole.flush()
+    got = list(pieces.flush_chunks(chunk))
+    assert expected is not None and len(expected) > 100
+    assert all(0 < len(b) <= chunk for b in got)
+    joined = concat_batches(got)
+    for name, col in expected.columns.items():
+        assert np.array_equal(joined.columns[name], col), name
+    assert pieces.flush() is None  # the table was reset after the last piece
+    assert pieces.stats == whole.stats

@@ -59,3 +59,23 @@ def test_iso_times_fast_and_slow_layouts_agree() -> None:
     assert a[0] == 1530817269820360000
     _, bad = iso_times(["2018-07-05T15:01:09.820360-04x0", fast[0]])
     assert bad.tolist() == [True, False]
+
+
+# Zeek JSON numbers: realistic epochs and durations, plus the edges (NaN, infinities,
+# negatives, beyond the bounds, ints, an odd None/bool/text among them).
+_seconds = st.one_of(
+    st.floats(1e9, 2e9), st.floats(-1e10, 1e10), st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-10**10, 10**10), st.floats(0, 1e8), st.floats(1e8 - 1, 1e8 + 1))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_seconds, min_size=1, max_size=40),
+       st.lists(st.one_of(st.none(), st.booleans(), st.just("1.5")), max_size=2))
+def test_zeek_number_columns_match_the_value_by_value_reference(values, odd) -> None:
+    from fusion.columns import _duration_each, _epoch_times_each, duration_ns, epoch_times
+
+    for column in (values, values + odd, [None, *values]):
+        for fast, each in ((epoch_times, _epoch_times_each), (duration_ns, _duration_each)):
+            got, want = fast(column), each(column)
+            assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist()
+

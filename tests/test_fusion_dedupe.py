@@ -10,7 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fusion.dedupe import FlowDeduplicator
-from pipeline.schema import EventBatch
+from pipeline.schema import (
+    EventBatch,
+    batch_to_ecs,
+    fold_observer_names,
+    observer_update_rows,
+    validate_batch,
+)
 
 NS = 10**9
 rows_strategy = st.lists(st.tuples(st.integers(-1, 5), st.integers(0, 30 * NS),
@@ -66,3 +72,86 @@ def test_later_batch_repeats_are_dropped_once_per_other_observer(rows, observer)
             assert (k, t, o) not in left
     assert all(k < 0 or any(k2 == k and t2 == t and o2 == o for k2, t2, o2 in kept)
                for k, t, o in left)
+
+
+@settings(max_examples=100, deadline=None)
+@given(rows_strategy)
+def test_observer_names_column_lists_every_observer_of_a_kept_flow(rows) -> None:
+    dd = FlowDeduplicator(tolerance_s=5.0)
+    out, observers = dd.filter(batch(rows))
+    column = out.columns["observer_names"].tolist()
+    for row, value in enumerate(column):  # travels with the row (Kafka), same as the side map
+        assert value == ("|".join(observers[row]) if row in observers else "")
+    assert not observer_update_rows(out).any()  # kept rows are never updates
+
+
+@settings(max_examples=100, deadline=None)
+@given(rows_strategy, st.integers(0, 2))
+def test_late_reports_become_observer_updates_listing_every_observer(rows, observer) -> None:
+    dd = FlowDeduplicator(tolerance_s=5.0)
+    first, _ = dd.filter(batch(rows))
+    kept = [rows[i] for i in first.columns["row"].tolist()]
+    again = [(k, t, observer) for k, t, _ in kept]
+    second, _, updates = dd.filter_updates(batch(again))
+    dropped = len(again) - len(second)
+    assert (0 if updates is None else len(updates)) == dropped
+    if updates is None:
+        return
+    assert observer_update_rows(updates).all()
+    for row, names in zip(updates.columns["row"].tolist(),
+                          updates.columns["observer_names"].tolist(), strict=True):
+        k, t, o = again[row]
+        listed = names.split("|")
+        assert listed[-1] == f"s{o}" and len(set(listed)) == len(listed) >= 2
+        # the first name is an observer whose report of this flow was published before
+        # (matched against state by time bucket: the same or a neighbouring one)
+        assert any(k2 == k and abs(t2 // (5 * NS) - t // (5 * NS)) <= 1
+                   and f"s{o2}" == listed[0] for k2, t2, o2 in kept)
+
+
+def _flows(cids, observers, names, times=None) -> EventBatch:
+    n = len(cids)
+    return EventBatch("flow", {
+        "community_id": np.array(cids, dtype=object),
+        "timestamp": np.array(times or [0] * n, np.int64),
+        "observer_name": np.array(observers, dtype=object),
+        "observer_names": np.array(names, dtype=object)})
+
+
+def test_fold_merges_updates_into_their_flow_and_names_every_sensor() -> None:
+    flows = _flows(["1:a", "1:b", "1:a", "1:c", "1:d"],
+                   ["s1", "s1", "zeek", "s1", "zeek"],
+                   ["", "s1|s2", "s1|zeek", "", "s9|zeek"])
+    assert observer_update_rows(flows).tolist() == [False, False, True, False, True]
+    folded = fold_observer_names(flows)
+    # updates gone; 1:a names both; 1:b keeps its list; 1:d's kept row is not in the batch
+    assert folded.columns["community_id"].tolist() == ["1:a", "1:b", "1:c"]
+    assert folded.columns["observer_name"].tolist() == ["s1|zeek", "s1|s2", "s1"]
+    plain = _flows(["1:a"], ["s1"], [""])
+    assert fold_observer_names(plain) is plain
+
+
+def test_a_flow_batch_without_observer_names_still_validates_and_travels() -> None:
+    from event_builders import make_batch
+
+    from pipeline.wire import decode, encode
+
+    complete = make_batch("flow", [
+        {"src": "10.0.0.1", "dst": "192.0.2.9", "community_id": "1:a", "observer": "s1",
+         "observer_names": "s1|zeek"},
+        {"src": "10.0.0.2", "dst": "192.0.2.9", "community_id": "1:b", "observer": "s1"}])
+    validate_batch(complete)
+    docs = batch_to_ecs(complete)
+    assert docs[0]["cirtsa"]["observers"]["name"] == ["s1", "zeek"]
+    assert "observers" not in docs[1].get("cirtsa", {})
+    again = decode(encode(complete))
+    assert again.columns["observer_names"].tolist() == ["s1|zeek", ""]
+    # a producer of before the column (or a message written then)
+    without = EventBatch("flow", dict(complete.columns))
+    without.columns.pop("observer_names")
+    validate_batch(without)
+    assert all("observers" not in d.get("cirtsa", {}) for d in batch_to_ecs(without))
+    back = decode(encode(without))  # written without the column: filled on reading
+    assert back.columns["observer_names"].tolist() == ["", ""]
+    assert EventBatch("flow", without.columns).columns["observer_names"].tolist() == ["", ""]
+    assert "observer_names" not in without.columns  # the caller's dict is left as it was

@@ -271,3 +271,48 @@ def test_smtp_auth_login_success():
     assert [(d["user"]["name"], d["event"]["outcome"]) for d in docs] == [
         (base64.b64decode(encoded[0]).decode(), "success")]
     assert docs[0]["cirtsa"]["login"]["reply"].startswith("235")
+
+
+# --- the port prefilter (sensors/stream_prefilter.py) changes nothing ------------------------
+
+def _events_by_batches(batches, prefilter: bool) -> dict | None:
+    analyzer = LoginAnalyzer({}, "s", "z")
+    if not prefilter:
+        analyzer.prefilter = None
+    out = []
+    for decoded in batches:
+        out += analyzer.process(decoded)
+    out += analyzer.flush()
+    batch = concat_batches(out)
+    return None if batch is None else {k: v.tolist() for k, v in batch.columns.items()}
+
+
+@pytest.mark.parametrize("capture", ["brute_force/zeek__ftp_bruteforce.pcap",
+                                     "benign/zeek__smtp.pcap", "large/ndpi__1kxun.pcap"])
+@pytest.mark.parametrize("batch_packets", [5, 256])
+def test_prefilter_gives_the_same_events(capture, batch_packets):
+    with CaptureReader(shared_pcap(capture), batch_packets=batch_packets) as reader:
+        batches = [decode(b) for b in reader.batches()]
+    with_prefilter = _events_by_batches(batches, True)
+    assert with_prefilter == _events_by_batches(batches, False)
+    if "1kxun" not in capture:
+        assert with_prefilter is not None  # the comparison covers real login events
+
+
+def test_prefilter_same_events_with_noise_between_logins():
+    # FTP logins interleaved with HTTP noise (one using a client port that is a service
+    # port elsewhere), a few frames per batch.
+    sessions = [
+        tcp_session([(1, b"220 ftp\r\n"), (0, b"USER bob\r\n"), (1, b"331 pw\r\n"),
+                     (0, b"PASS x\r\n"), (1, b"530 no\r\n")], dport=21, t0=1000.0),
+        tcp_session([(0, b"GET / HTTP/1.1\r\n\r\n"), (1, b"HTTP/1.1 200 OK\r\n\r\n")],
+                    dport=80, sport=21, client="192.0.2.99", t0=1000.05),
+        tcp_session([(1, b"220 ftp\r\n"), (0, b"USER amy\r\n"), (1, b"331 pw\r\n"),
+                     (0, b"PASS y\r\n"), (1, b"230 ok\r\n")], dport=21, sport=40001,
+                    t0=1000.1),
+    ]
+    frames = sorted((f for s in sessions for f in s), key=lambda f: float(f.time))
+    batches = [decode(batch_from_scapy(frames[i : i + 4])) for i in range(0, len(frames), 4)]
+    with_prefilter = _events_by_batches(batches, True)
+    assert with_prefilter == _events_by_batches(batches, False)
+    assert with_prefilter is not None and len(with_prefilter["timestamp"]) == 2

@@ -148,3 +148,77 @@ def test_every_truncation_reads_a_prefix(tmp_path: Path, kind: str) -> None:
         if reader.damage is None:
             boundaries.add(cut)
     assert len(content) in boundaries and len(boundaries) >= len(whole)
+
+
+# --- the compiled record walks against the per-record Python walks they replaced ----------
+
+
+def _reference_walk_pcap(buf: bytes, pos: int, end: int, endian: str, lengths: int,
+                         max_records: int, max_caplen: int) -> tuple[list[int], int, int]:
+    """The former pure-Python _walk_pcap (struct per record header)."""
+    starts: list[int] = []
+    for _ in range(max_records):
+        if pos > end - 16:
+            break
+        len8, len12 = struct.unpack_from(endian + "II", buf, pos + 8)
+        caplen = (len8, len12, min(len8, len12))[lengths]
+        if caplen > max_caplen:
+            return starts, pos, caplen
+        starts.append(pos)
+        pos += 16 + caplen
+    return starts, pos, -1
+
+
+def _reference_walk_pcapng(buf: bytes, pos: int, end: int, endian: str,
+                           max_records: int) -> tuple[list[int], int]:
+    """The former pure-Python _walk_pcapng."""
+    starts: list[int] = []
+    for _ in range(max_records):
+        if pos > end - 12:
+            break
+        btype, blen = struct.unpack_from(endian + "II", buf, pos)
+        if blen < 12 or btype not in (2, 3, 6):
+            break
+        starts.append(pos)
+        pos += blen
+    return starts, pos
+
+
+def _record_stream(draw: st.DrawFn, endian: str) -> bytes:
+    """Plausible records/blocks mixed with hostile lengths and random tails."""
+    out = b""
+    for _ in range(draw(st.integers(0, 8))):
+        length = draw(st.one_of(st.integers(0, 40), st.sampled_from([2**31, 2**32 - 1, 262145])))
+        btype = draw(st.sampled_from([2, 3, 6, 1, 0x0BAD]))
+        out += struct.pack(endian + "IIII", btype, length, length, length // 2)
+        out += draw(st.binary(max_size=40))
+    return out
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.data(), st.sampled_from(["<", ">"]), st.integers(0, 2), st.integers(1, 6),
+       st.sampled_from([0, 30, 262144]), st.integers(0, 20))
+def test_compiled_pcap_walk_equals_python_walk(data, endian, lengths, max_records,
+                                               max_caplen, pos):
+    from sensors import pcap_reader
+
+    buf = _record_stream(data.draw, endian)
+    end = data.draw(st.integers(0, len(buf)))  # an end inside the buffer, as after a cut
+    arr = np.frombuffer(buf, dtype=np.uint8)
+    starts, new_pos, bad = pcap_reader._walk_pcap(arr, pos, end, endian == ">", lengths,
+                                                  max_records, max_caplen)
+    ref = _reference_walk_pcap(buf, pos, end, endian, lengths, max_records, max_caplen)
+    assert (starts.tolist(), int(new_pos), int(bad)) == ref
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.data(), st.sampled_from(["<", ">"]), st.integers(1, 6), st.integers(0, 20))
+def test_compiled_pcapng_walk_equals_python_walk(data, endian, max_records, pos):
+    from sensors import pcap_reader
+
+    buf = _record_stream(data.draw, endian)
+    end = data.draw(st.integers(0, len(buf)))
+    arr = np.frombuffer(buf, dtype=np.uint8)
+    starts, new_pos = pcap_reader._walk_pcapng(arr, pos, end, endian == ">", max_records)
+    assert (starts.tolist(), int(new_pos)) == _reference_walk_pcapng(buf, pos, end, endian,
+                                                                     max_records)

@@ -136,6 +136,22 @@ def test_same_scan_seen_by_two_sensors_counts_ports_once() -> None:
     assert a["cirtsa"]["observers"] == {"name": ["sensor-a", "sensor-b"], "zone": ["core", "dmz"]}
 
 
+def test_fused_observer_lists_name_every_sensor_and_updates_do_not_count() -> None:
+    # fusion's de-duplicated flows carry every observer in observer_names; a late observer
+    # update (first name not its own observer) re-reports a flow and is not a new attempt
+    kept = vertical_scan(ports=range(1, 7), observer="sensor-a")
+    for r in kept:
+        r["observer_names"] = "sensor-a|zeek"
+    updates = vertical_scan(ports=range(1, 7), observer="zeek")
+    for r in updates:
+        r["observer_names"] = "sensor-a|zeek"
+    alerts, _ = run(kept + updates)
+    assert len(alerts) == 1
+    a = alerts[0]
+    assert a["cirtsa"]["evidence"]["attempts"] == 6
+    assert a["cirtsa"]["observers"]["name"] == ["sensor-a", "zeek"]
+
+
 def test_vertical_threshold_is_configurable() -> None:
     config = config_with(port_scan_vertical={"vertical_ports": 20})
     assert run(vertical_scan(ports=range(1, 11)), config)[0] == []

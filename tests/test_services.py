@@ -17,6 +17,7 @@ from pipeline.keys import (
     DESTINATION,
     SOURCE,
     aligned_keys,
+    bucket_rows,
     default_partition,
     ip_buckets,
     murmur2,
@@ -24,6 +25,7 @@ from pipeline.keys import (
     split_by_key,
     split_detectors,
 )
+from pipeline.schema import EventBatch
 from pipeline.services import CorrelationService, FusionService, JsonLog, sensor_messages
 from pipeline.wire import decode
 
@@ -77,6 +79,21 @@ def test_split_by_key_keeps_every_row_once_and_groups_by_address():
         for bucket, part in parts:
             for address in part.columns[column].tolist():
                 assert owner.setdefault(bytes(address), bucket) == bucket
+
+
+@given(st.lists(st.integers(0, 40), max_size=80), st.sampled_from([1, 2, 4, 16, 17, 64]))
+def test_bucket_rows_are_every_row_once_in_order_grouped_by_bucket(addresses, buckets):
+    """Both groupings (compare per bucket, radix sort for many buckets) = the plain loop."""
+    column = np.array([bytes(15) + bytes([a]) for a in addresses], dtype="V16")
+    batch = EventBatch("flow", {"src_ip": column, "dst_ip": column})
+    want: dict[int, list[int]] = {}
+    for row, bucket in enumerate(ip_buckets(column, buckets).tolist()):
+        want.setdefault(bucket, []).append(row)
+    got = bucket_rows(batch, SOURCE, buckets)
+    if buckets == 1 and addresses:
+        assert got == [(0, None)]  # the whole batch, no index
+    else:
+        assert [(b, rows.tolist()) for b, rows in got] == sorted(want.items())
 
 
 def test_detectors_are_source_keyed_unless_they_say_otherwise():
@@ -152,3 +169,44 @@ def test_a_message_is_committed_once_the_watermark_passes_its_windows():
                   Record("sa.events", 0, 1, b"k", encode(EventBatch(batch.kind, later)), 0)])
     # The first message's windows and suppression span are behind the watermark now.
     assert service.commit_positions() == {("sa.events", 0): 1}
+
+
+def test_fusion_output_is_the_fused_rows_in_size_limited_messages():
+    """Every fused row reaches each keyed topic exactly once, column values intact, in
+    messages under max_message_bytes (split by key, then chunked, from one BatchEncoder)."""
+    config = load_config()
+    config["services"]["fusion"]["max_message_bytes"] = 1_500
+    service = FusionService(None, config, by_destination=True, log=quiet("fusion"))
+    messages = list(sensor_messages([shared_pcap(CAPTURE)], config))
+    records = [Record("sa.sensor", 0, i, b"s1", m, 0) for i, m in enumerate(messages)]
+    producer = FakeProducer()
+    service.process(records, producer)
+    reference = FusionService(None, config, by_destination=True, log=quiet("fusion"))
+    fused = [b for m in messages for b in reference.transform(decode(m))[0]]
+
+    def rows_of(batches: list[EventBatch]) -> list[tuple]:
+        cols = [c for c in fused[0].columns]
+        return sorted(tuple(bytes(v) if isinstance(v, np.void) else v for v in row)
+                      for b in batches
+                      for row in zip(*(b.columns[c].tolist() for c in cols), strict=True))
+
+    for topic in ("sa.events", "sa.events.by_dst"):
+        sent = [v for t, _, v in producer.sent if t == topic]
+        assert len({k for t, k, _ in producer.sent if t == topic}) < len(sent)  # chunked
+        assert all(len(v) <= 1_500 for v in sent)
+        assert rows_of([decode(v) for v in sent]) == rows_of(fused)
+
+
+def test_producer_compression_setting():
+    import importlib.util
+
+    from pipeline.services import producer_compression
+
+    assert producer_compression({}) is None
+    assert producer_compression({"compression": "none"}) is None
+    assert producer_compression({"compression": None}) is None
+    assert producer_compression({"compression": "gzip"}) == "gzip"
+    lz4_installed = importlib.util.find_spec("lz4") is not None
+    assert producer_compression({"compression": "auto"}) == ("lz4" if lz4_installed else None)
+    # the shipped default
+    assert producer_compression(load_config()["services"]["fusion"]) is None

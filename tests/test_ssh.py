@@ -295,3 +295,47 @@ def test_same_events_with_small_batches(batch_packets):
     got = sorted(zip(c["src_port"].tolist(), c["auth_success"].tolist(),
                      c["auth_attempts"].tolist(), strict=True))
     assert got == sorted((r[1], r[6], r[7]) for r in _zeek_rows())
+
+
+# --- the port prefilter (sensors/stream_prefilter.py) changes nothing ------------------------
+
+def _events_by_batches(batches, prefilter: bool) -> dict | None:
+    analyzer = SshAnalyzer({}, "s", "z")
+    if not prefilter:
+        analyzer.prefilter = None
+    out = []
+    for decoded in batches:
+        out += analyzer.process(decoded)
+    out += analyzer.flush()
+    batch = concat_batches(out)
+    return None if batch is None else {k: v.tolist() for k, v in batch.columns.items()}
+
+
+@pytest.mark.parametrize("capture", ["large/zeek__ssh.pcap", "brute_force/zeek__sshguess.pcap",
+                                     "large/ndpi__1kxun.pcap"])
+@pytest.mark.parametrize("batch_packets", [7, 256])
+def test_prefilter_gives_the_same_events_on_real_captures(capture, batch_packets):
+    # zeek__ssh.pcap holds SSH on ports 2200 and 41644 (found by banner), 1kxun none.
+    with CaptureReader(shared_pcap(capture), batch_packets=batch_packets) as reader:
+        batches = [decode(b) for b in reader.batches()]
+    assert _events_by_batches(batches, True) == _events_by_batches(batches, False)
+
+
+def test_prefilter_same_events_other_ports_reuse_and_noise():
+    # SSH on 2222 opened by the server banner, the same 5-tuple reused after its close,
+    # SSH on 22, and HTTP noise between; every 3 frames a batch.
+    sessions = [
+        tcp_session(handshake() + encrypted(*PROBE, (0, 100), (1, SUCCESS)), dport=2222,
+                    handshake=False, t0=1000.0),
+        tcp_session(handshake() + encrypted(*PROBE, (0, 100), (1, FAILURE)), dport=2222,
+                    t0=1000.5),
+        tcp_session(handshake() + encrypted(*PROBE, (0, 100), (1, FAILURE)), sport=41000,
+                    t0=1000.2),
+        tcp_session([(0, b"GET / HTTP/1.1\r\n\r\n"), (1, b"HTTP/1.1 200 OK\r\n\r\n")],
+                    dport=8080, sport=2222, t0=1000.1),
+    ]
+    frames = sorted((f for s in sessions for f in s), key=lambda f: float(f.time))
+    batches = [decode(batch_from_scapy(frames[i : i + 3])) for i in range(0, len(frames), 3)]
+    with_prefilter = _events_by_batches(batches, True)
+    assert with_prefilter == _events_by_batches(batches, False)
+    assert sorted(with_prefilter["dst_port"]) == [22, 2222, 2222]

@@ -13,7 +13,13 @@ from scapy.layers.l2 import Ether
 
 from sensors.decode import decode
 from sensors.packets import ip_to_bytes16
-from sensors.tcp_stream import StreamCollector, prefix_predicate, tcp_seq_ack
+from sensors.tcp_stream import (
+    StreamCollector,
+    hash_member,
+    payload_heads,
+    prefix_predicate,
+    tcp_seq_ack,
+)
 
 SYN_FLAG = 0x02
 CLIENT = ("10.0.0.1", 40000)
@@ -414,3 +420,101 @@ def test_fast_path_leaves_odd_sessions_to_the_loop():
             collector = StreamCollector({80}, 64, 100, 60, fast_path=fast)
             results.append((_feed_all(pkts, [], collector), _loop_stats(collector)))
         assert results[0] == results[1]
+
+
+# --- compiled kernels against the numpy code they replaced -----------------------------------
+
+def _gather_reference(data, pos, width):
+    idx = pos[:, None] + np.arange(width, dtype=np.int64)
+    inside = (idx >= 0) & (idx < data.shape[0])
+    out = np.zeros(idx.shape, dtype=np.uint8)
+    out[inside] = data[idx[inside]]
+    return out
+
+
+def _seq_ack_reference(data, offset, sport, dport, flags):
+    """The former whole-column tcp_seq_ack: every header length tried on every row."""
+    n = offset.shape[0]
+    seq, ack, found = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, bool)
+    for header_len in range(20, 64, 4):
+        todo = ~found
+        pos = offset - header_len
+        head = _gather_reference(data, pos, 14).astype(np.int64)
+        ok = (todo & (pos >= 0) & ((head[:, 0] << 8 | head[:, 1]) == sport)
+              & ((head[:, 2] << 8 | head[:, 3]) == dport)
+              & ((head[:, 12] >> 4) * 4 == header_len) & (head[:, 13] == flags))
+        seq = np.where(ok, head[:, 4] << 24 | head[:, 5] << 16 | head[:, 6] << 8 | head[:, 7], seq)
+        ack = np.where(ok, head[:, 8] << 24 | head[:, 9] << 16 | head[:, 10] << 8 | head[:, 11],
+                       ack)
+        found |= ok
+    return seq, ack, found
+
+
+def _fake_packets(data, offset, sport, dport, flags, plen=None):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(data=data, payload_offset=offset, src_port=sport, dst_port=dport,
+                           tcp_flags=flags,
+                           payload_len=plen if plen is not None else np.zeros_like(offset))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(min_size=0, max_size=300), st.lists(st.integers(-80, 400), max_size=30),
+       st.integers(0, 2**32 - 1))
+def test_seq_ack_kernel_equals_the_column_version(blob, offsets, salt):
+    """Random bytes with real headers planted at some offsets; offsets anywhere (also past
+    the buffer): same (seq, ack, found) as the numpy version, no read outside the buffer."""
+    rng = np.random.default_rng(salt)
+    data = bytearray(blob)
+    n = len(offsets)
+    sport = rng.integers(0, 65536, n).astype(np.uint16)
+    dport = rng.integers(0, 65536, n).astype(np.uint16)
+    flags = rng.integers(0, 256, n).astype(np.uint8)
+    for i, off in enumerate(offsets):
+        header_len = int(rng.integers(5, 16)) * 4
+        at = off - header_len
+        if rng.random() < 0.7 and at >= 0 and off <= len(data):
+            data[at : at + 14] = struct.pack("!HHIIBB", int(sport[i]), int(dport[i]),
+                                             int(rng.integers(0, 2**32)),
+                                             int(rng.integers(0, 2**32)), header_len // 4 << 4,
+                                             int(flags[i]))
+    arr = np.frombuffer(bytes(data), dtype=np.uint8)
+    offset = np.array(offsets, dtype=np.int64)
+    packets = _fake_packets(arr, offset, sport, dport, flags)
+    got = tcp_seq_ack(packets, np.arange(n))
+    want = _seq_ack_reference(arr, offset, sport.astype(np.int64), dport.astype(np.int64),
+                              flags)
+    for g, w in zip(got, want, strict=True):
+        assert g.tolist() == w.tolist()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(max_size=200), st.lists(st.tuples(st.integers(-20, 250), st.integers(-2, 20)),
+                                         max_size=20))
+def test_payload_heads_and_predicate_equal_the_per_byte_versions(blob, rows):
+    arr = np.frombuffer(blob, dtype=np.uint8)
+    offset = np.array([r[0] for r in rows], dtype=np.int64)
+    plen = np.array([r[1] for r in rows], dtype=np.int64)
+    zeros = np.zeros(len(rows), dtype=np.int64)
+    head = payload_heads(_fake_packets(arr, offset, zeros, zeros, zeros, plen),
+                         np.arange(len(rows)), 8)
+    want = _gather_reference(arr, offset, 8)
+    want[np.arange(8)[None, :] >= plen[:, None]] = 0
+    assert head.tolist() == want.tolist()
+    prefixes = [b"GET ", b"POST ", b"G", b"SSH-", b"\x16\x03", b"ABCDEFGH", blob[:3]]
+    got = prefix_predicate(prefixes)(head, plen)
+    expect = [any(len(p) and h[: len(p)].tobytes() == p and n >= len(p) for p in prefixes)
+              for h, n in zip(head, plen, strict=True)]
+    assert got.tolist() == expect
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(0, 2**64 - 1), max_size=60), st.lists(st.integers(0, 40), max_size=60),
+       st.lists(st.integers(0, 2**64 - 1), max_size=60))
+def test_hash_member_equals_isin(keys, picks, others):
+    keys_arr = np.array(keys, dtype=np.uint64)
+    present = [keys[i % len(keys)] for i in picks] if keys else []
+    values = np.concatenate([np.array(present, dtype=np.uint64), np.array(others, dtype=np.uint64),
+                             np.arange(20, dtype=np.uint64)])  # low-bit collisions too
+    keys_arr = np.concatenate([keys_arr, np.arange(0, 64, 4, dtype=np.uint64)])
+    assert hash_member(values, keys_arr).tolist() == np.isin(values, keys_arr).tolist()

@@ -155,7 +155,8 @@ class SensorService:
             if self._stop_requested:
                 break
         self._log_finished_files()
-        self._emit(self.sensor.flush())
+        for events in self.sensor.flush_chunks():  # pieces: a full table's records at once
+            self._emit(events)                        # would double its memory
         self._emit_health()
 
     def _log_finished_files(self) -> None:

@@ -1,0 +1,274 @@
+"""Compiled grouping kernels of the correlation engine: hash-based factorize in one pass.
+
+The group-by helpers of correlation/detector.py used to rank values by sorting every row
+(np.sort / argsort / lexsort: O(n log n) over 10^5-10^6 rows per window close) although a
+window holds few distinct keys. These kernels find the distinct values with an
+open-addressing hash table in one pass over the rows, so only the distinct values are
+sorted afterwards (in Python, by the callers). Every index is computed in range by
+construction (hash & mask, ids < rows) and the tables are sized by the caller-visible
+rules below, so hostile values cannot make a kernel read or write out of bounds.
+
+`AddressTable` interns 16-byte addresses across batches: the engine's shared row buffer
+gives every buffered address a stable id once, on arrival, instead of re-sorting the whole
+buffer at every window close.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.jit import njit
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing multiplier
+_MIX = np.uint64(0xBF58476D1CE4E5B9)  # splitmix64 constant, mixes the second half in
+
+
+def _table_bits(n: int) -> int:
+    """log2 of the slot count for n keys: a power of two >= 2n (load <= 1/2), >= 2 slots."""
+    return max(1, (2 * max(n, 1) - 1).bit_length())
+
+
+_START_BITS = 12  # 4096 slots: windows hold few distinct keys; the table doubles as needed
+
+
+@njit
+def _slot(a: np.uint64, b: np.uint64, shift: np.uint64) -> np.int64:
+    """Hash of a (hi, lo) key: the top bits of a multiplicative mix, in [0, 2**(64-shift))."""
+    return np.int64(((a * _GOLDEN) ^ (b * _MIX) ^ (b >> np.uint64(29))) * _GOLDEN >> shift)
+
+
+@njit
+def _rehash(key_hi: np.ndarray, key_lo: np.ndarray, m: int, bits: int) -> np.ndarray:
+    """A fresh slot table of 2**bits slots holding ids 0..m-1 (caller: 2**bits > 2m)."""
+    size = 1 << bits
+    mask = size - 1
+    shift = np.uint64(64 - bits)
+    slots = np.full(size, -1, np.int64)
+    for j in range(m):
+        h = _slot(key_hi[j], key_lo[j], shift)
+        while slots[h] >= 0:
+            h = (h + 1) & mask
+        slots[h] = j
+    return slots
+
+
+@njit
+def _factorize(hi: np.ndarray, lo: np.ndarray, limit: int
+               ) -> tuple[np.ndarray, np.ndarray, int]:
+    """(id of each row's key in first-seen order, first row of each id, distinct count),
+    or distinct count -1 as soon as there are more than `limit` distinct keys (mostly
+    distinct keys: a sort is faster than hashing, the caller sorts instead).
+
+    The slot table starts small and doubles whenever it is half full, so it stays the size
+    of the distinct keys (cache-resident) rather than of the rows; a probe always finds a
+    free slot and `h` stays in [0, 2**bits) (mask / shift).
+    """
+    n = hi.shape[0]
+    bits = _START_BITS
+    size = 1 << bits
+    mask = size - 1
+    shift = np.uint64(64 - bits)
+    slots = np.full(size, -1, np.int64)
+    key_hi = np.empty(n, np.uint64)
+    key_lo = np.empty(n, np.uint64)
+    ids = np.empty(n, np.int64)
+    first = np.empty(n, np.int64)
+    m = 0
+    for i in range(n):
+        a = hi[i]
+        b = lo[i]
+        h = _slot(a, b, shift)
+        while True:
+            s = slots[h]
+            if s < 0:
+                slots[h] = m
+                key_hi[m] = a
+                key_lo[m] = b
+                first[m] = i
+                ids[i] = m
+                m += 1
+                if m > limit:
+                    return ids, first, -1
+                if 2 * m >= size:
+                    bits += 1
+                    size = 1 << bits
+                    mask = size - 1
+                    shift = np.uint64(64 - bits)
+                    slots = _rehash(key_hi, key_lo, m, bits)
+                break
+            if key_hi[s] == a and key_lo[s] == b:
+                ids[i] = s
+                break
+            h = (h + 1) & mask
+    return ids, first, m
+
+
+def factorize_u64(values: np.ndarray, limit: int | None = None
+                  ) -> tuple[np.ndarray, np.ndarray] | None:
+    """(ids, first): ids[i] = index of values[i] among the distinct values in first-seen
+    order, first[j] = the first row holding distinct value j; None when there are more than
+    `limit` distinct values (default: no limit)."""
+    values = np.ascontiguousarray(values, dtype=np.uint64)
+    n = values.shape[0]
+    ids, first, m = _factorize(values, np.zeros(n, np.uint64), n if limit is None else limit)
+    return None if m < 0 else (ids, first[:m])
+
+
+def factorize_u128(hi: np.ndarray, lo: np.ndarray, limit: int | None = None
+                   ) -> tuple[np.ndarray, np.ndarray] | None:
+    """factorize_u64 for (hi, lo) uint64 pairs (16-byte addresses)."""
+    hi = np.ascontiguousarray(hi, dtype=np.uint64)
+    lo = np.ascontiguousarray(lo, dtype=np.uint64)
+    ids, first, m = _factorize(hi, lo, hi.shape[0] if limit is None else limit)
+    return None if m < 0 else (ids, first[:m])
+
+
+@njit
+def _intern(hi: np.ndarray, lo: np.ndarray, slots: np.ndarray, key_hi: np.ndarray,
+            key_lo: np.ndarray, m: int) -> tuple[np.ndarray, int]:
+    """Ids of (hi, lo) keys in a persistent table holding m keys; new keys are appended.
+
+    The caller guarantees len(slots) is a power of two >= 2 * (m + n) and len(key_*) >= m + n,
+    so probing always ends and every write is in range.
+    """
+    n = hi.shape[0]
+    size = slots.shape[0]
+    mask = size - 1
+    bits = 0
+    while (1 << bits) < size:
+        bits += 1
+    shift = np.uint64(64 - bits)
+    ids = np.empty(n, np.int64)
+    for i in range(n):
+        a = hi[i]
+        b = lo[i]
+        h = _slot(a, b, shift)
+        while True:
+            s = slots[h]
+            if s < 0:
+                slots[h] = m
+                key_hi[m] = a
+                key_lo[m] = b
+                ids[i] = m
+                m += 1
+                break
+            if key_hi[s] == a and key_lo[s] == b:
+                ids[i] = s
+                break
+            h = (h + 1) & mask
+    return ids, m
+
+
+class KeyTable:
+    """Stable int64 ids of (hi, lo) uint64 keys, interned batch by batch.
+
+    ids never change while the table lives (`rebuild` renumbers, returning the mapping).
+    """
+
+    def __init__(self) -> None:
+        self.size = 0  # distinct keys interned
+        self._slots = np.full(2, -1, np.int64)
+        self._hi = np.empty(0, np.uint64)
+        self._lo = np.empty(0, np.uint64)
+
+    @property
+    def hi(self) -> np.ndarray:
+        return self._hi[: self.size]
+
+    @property
+    def lo(self) -> np.ndarray:
+        return self._lo[: self.size]
+
+    def intern_halves(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+        """int64 id of every (hi[i], lo[i]) key (new keys are added, in row order)."""
+        n = hi.shape[0]
+        if n == 0:
+            return np.empty(0, np.int64)
+        self._reserve(self.size + n)
+        ids, self.size = _intern(np.ascontiguousarray(hi, dtype=np.uint64),
+                                 np.ascontiguousarray(lo, dtype=np.uint64),
+                                 self._slots, self._hi, self._lo, self.size)
+        return ids
+
+    def rebuild(self, live: np.ndarray) -> np.ndarray:
+        """Keep only the ids flagged in the boolean `live` (len = size); renumber them densely
+        in id order and return old id -> new id (-1 for dropped ids)."""
+        keep = np.flatnonzero(live[: self.size])
+        remap = np.full(self.size, -1, np.int64)
+        remap[keep] = np.arange(keep.size, dtype=np.int64)
+        hi, lo = self._hi[keep], self._lo[keep]
+        self.clear()
+        if keep.size:
+            self._reserve(keep.size)
+            _, self.size = _intern(hi, lo, self._slots, self._hi, self._lo, 0)
+        return remap
+
+    def clear(self) -> None:
+        self.size = 0
+        self._slots = np.full(2, -1, np.int64)
+        self._hi = np.empty(0, np.uint64)
+        self._lo = np.empty(0, np.uint64)
+
+    def _reserve(self, needed: int) -> None:
+        """Room for `needed` keys: key arrays >= needed, slots >= 2 * needed (load <= 1/2)."""
+        if needed > self._hi.shape[0]:
+            capacity = max(needed, 2 * self._hi.shape[0], 1024)
+            hi = np.empty(capacity, np.uint64)
+            lo = np.empty(capacity, np.uint64)
+            hi[: self.size] = self._hi[: self.size]
+            lo[: self.size] = self._lo[: self.size]
+            self._hi, self._lo = hi, lo
+        if 2 * needed > self._slots.shape[0]:
+            slots = np.full(1 << _table_bits(max(needed, self._hi.shape[0])), -1, np.int64)
+            # re-insert the existing keys (ids unchanged: the same order, m restarts at 0)
+            _intern(self._hi[: self.size].copy(), self._lo[: self.size].copy(), slots,
+                    self._hi, self._lo, 0)
+            self._slots = slots
+
+
+class AddressTable(KeyTable):
+    """Stable ids of 16-byte addresses, and their ranks in factorize_ip's address order.
+
+    `ranks()[id]` orders ids like detector.factorize_ip orders addresses (by the native
+    (upper, lower) uint64 halves), recomputed only after new addresses arrived, over the
+    distinct addresses alone.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._ranks: np.ndarray | None = None
+
+    def intern(self, column: np.ndarray) -> np.ndarray:
+        """int64 id of every address of an IP_DTYPE column (new addresses are added)."""
+        n = column.shape[0]
+        halves = np.ascontiguousarray(column).view(np.uint64).reshape(n, 2)
+        before = self.size
+        ids = self.intern_halves(halves[:, 0], halves[:, 1])
+        if self.size != before:
+            self._ranks = None
+        return ids
+
+    def clear(self) -> None:
+        super().clear()
+        self._ranks = None
+
+    def ranks(self) -> np.ndarray:
+        """int64 rank of each id in address order (distinct ids, distinct ranks)."""
+        if self._ranks is None:
+            m = self.size
+            hi, lo = self.hi, self.lo
+            ranks = np.empty(m, np.int64)
+            bits = max(1, (m - 1).bit_length())
+            low32 = lo & np.uint64(0xFFFFFFFF)
+            if m and hi.min() == hi.max() and low32.min() == low32.max() and bits <= 32:
+                # all IPv4-mapped: the IPv4 part (bytes 12..15) packed with the id sorts in
+                # one np.sort (several times faster than lexsort)
+                packed = np.sort(((lo >> np.uint64(32)) << np.uint64(bits))
+                                 | np.arange(m, dtype=np.uint64))
+                order = (packed & np.uint64((1 << bits) - 1)).astype(np.int64)
+            else:
+                order = np.lexsort((lo, hi))
+            ranks[order] = np.arange(m, dtype=np.int64)
+            self._ranks = ranks
+        return self._ranks
+

@@ -1,0 +1,508 @@
+"""Compiled DNS message walker: every DNS message of a batch parsed in one call.
+
+`parse_messages` reads the header, the first question and the answer section (at most
+MAX_ANSWERS records) of many messages lying in one uint8 buffer (the batch's packet bytes;
+each message = an offset and a length) and returns numbers only: per-message and per-answer
+columns, plus one text buffer holding every name and rendered rdata, each followed by
+TEXT_SEP (short texts that repeat within the batch are kept once: see _intern). The caller
+turns the whole text buffer into str objects with one decode + split, so no Python object
+is made per byte, label or record field.
+
+`split_tcp_segments` cuts TCP/53 segments into their length-prefixed messages (no stream
+reassembly: a segment must carry whole messages).
+
+The rules (the text form of names and rdata, what is malformed, what only damages the
+answer section) are those of the pure-Python reference parser the tests compare against
+(tests/dns_reference.py) and are documented in sensors/dns.py. Every read is checked
+against its message's length: hostile bytes never make the kernel read outside the message
+(the caller guarantees each message lies inside the buffer), and every write is checked
+against reserved room in the text buffer (grown when needed).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.jit import njit
+
+HEADER_LEN = 12
+MAX_ANSWERS = 64  # answer records kept per message
+MAX_NAME_WIRE_LEN = 255  # RFC 1035 2.3.4
+MAX_POINTER_JUMPS = 64
+MAX_TCP_MESSAGES = 16  # length-prefixed messages parsed from one TCP segment
+MAX_TEXT_BYTES = 512  # TXT rdata bytes rendered before "..."
+MAX_HEX_BYTES = 128  # rdata bytes rendered as hex before "..."
+
+TEXT_SEP = 0x0A  # "\n" ends every text; never part of one (escaped as \010 in names/TXT)
+# Room reserved in the text buffer before one question or one answer is rendered. The
+# longest answer: owner name (254 label bytes, each at most 4 characters "\\DDD": < 1017)
+# + SOA data (two such names, five 10-digit numbers and spaces: < 2090) + separators.
+TEXT_RESERVE = 4096
+
+# Per-message status.
+MALFORMED, OK, DAMAGED = 0, 1, 2
+
+TYPE_A, TYPE_NS, TYPE_CNAME, TYPE_SOA, TYPE_PTR, TYPE_MX, TYPE_TXT = 1, 2, 5, 6, 12, 15, 16
+TYPE_AAAA, TYPE_SRV, TYPE_DNAME = 28, 33, 39
+NAME_TYPES = (TYPE_NS, TYPE_CNAME, TYPE_PTR, TYPE_DNAME, 3, 4, 7, 8, 9)  # + MD MF MB MG MR
+
+_BACKSLASH, _DOT, _SPACE, _COLON = 0x5C, 0x2E, 0x20, 0x3A
+_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8).copy()
+
+
+@njit
+def _grown(buf: np.ndarray, used: int) -> np.ndarray:
+    """A copy of buf[:used] with room for at least TEXT_RESERVE more bytes."""
+    grown = np.empty(max(2 * buf.shape[0], used + TEXT_RESERVE), dtype=np.uint8)
+    grown[:used] = buf[:used]
+    return grown
+
+
+@njit
+def _put_decimal3(out: np.ndarray, o: int, value: int) -> int:
+    """"\\DDD" escape of one byte."""
+    out[o] = _BACKSLASH
+    out[o + 1] = 48 + value // 100
+    out[o + 2] = 48 + (value // 10) % 10
+    out[o + 3] = 48 + value % 10
+    return o + 4
+
+
+@njit
+def _put_label_byte(out: np.ndarray, o: int, value: int) -> int:
+    """One label byte as name text: lower case, '.' and '\\' backslashed, bytes outside
+    printable ASCII (and space) as \\DDD."""
+    if 65 <= value <= 90:
+        out[o] = value + 32
+        return o + 1
+    if value == _DOT or value == _BACKSLASH:
+        out[o] = _BACKSLASH
+        out[o + 1] = value
+        return o + 2
+    if 0x21 <= value <= 0x7E:
+        out[o] = value
+        return o + 1
+    return _put_decimal3(out, o, value)
+
+
+@njit
+def _put_text_byte(out: np.ndarray, o: int, value: int) -> int:
+    """One TXT byte: printable ASCII and space as is (case kept), '\\' doubled, else \\DDD."""
+    if value == _BACKSLASH:
+        out[o] = _BACKSLASH
+        out[o + 1] = _BACKSLASH
+        return o + 2
+    if 0x20 <= value <= 0x7E:
+        out[o] = value
+        return o + 1
+    return _put_decimal3(out, o, value)
+
+
+@njit
+def _put_uint(out: np.ndarray, o: int, value: int) -> int:
+    """Decimal digits of value >= 0."""
+    digits = 1
+    rest = value
+    while rest >= 10:
+        rest //= 10
+        digits += 1
+    for k in range(digits - 1, -1, -1):
+        out[o + k] = 48 + value % 10
+        value //= 10
+    return o + digits
+
+
+@njit
+def _put_hex_group(out: np.ndarray, o: int, value: int) -> int:
+    """A 16-bit group in lower-case hex without leading zeros ("0" for zero)."""
+    started = False
+    for shift in (12, 8, 4, 0):
+        nibble = (value >> shift) & 0xF
+        if nibble or started or shift == 0:
+            out[o] = _HEX_DIGITS[nibble]
+            o += 1
+            started = True
+    return o
+
+
+@njit
+def _word(data: np.ndarray, at: int) -> int:
+    return (np.int64(data[at]) << 8) | np.int64(data[at + 1])
+
+
+@njit
+def read_name(data: np.ndarray, base: int, size: int, pos: int, out: np.ndarray,
+              o: int) -> tuple[int, int]:
+    """Domain name at message offset `pos` -> (end, o'): rendered into out[o:o'] and `end`,
+    the offset just past the name where it started; end = -1 when malformed (out[o:] is
+    then scratch). The message is data[base:base+size].
+
+    Compression pointers must point strictly before the labels run they interrupt (every
+    jump goes further back: no loops), at most MAX_POINTER_JUMPS; at most 255 wire bytes;
+    label types 0x40/0x80 are malformed. The caller reserves TEXT_RESERVE bytes at `o`.
+    """
+    wire_len = 1  # the root label's length byte
+    end = -1  # where the name ends in its original position (set at the first pointer)
+    run_start = pos  # a pointer must target an offset before this
+    jumps = 0
+    first = True
+    while True:
+        if pos >= size:
+            return -1, o
+        length = np.int64(data[base + pos])
+        if length == 0:
+            pos += 1
+            break
+        kind = length & 0xC0
+        if kind == 0xC0:
+            if pos + 1 >= size:
+                return -1, o
+            target = ((length & 0x3F) << 8) | np.int64(data[base + pos + 1])
+            if target >= run_start:
+                return -1, o
+            jumps += 1
+            if jumps > MAX_POINTER_JUMPS:
+                return -1, o
+            if end < 0:
+                end = pos + 2
+            pos = target
+            run_start = target
+            continue
+        if kind != 0:
+            return -1, o  # reserved label type (0x40 / 0x80)
+        wire_len += length + 1
+        if wire_len > MAX_NAME_WIRE_LEN:
+            return -1, o
+        stop = pos + 1 + length
+        if stop > size:
+            return -1, o
+        if not first:
+            out[o] = _DOT
+            o += 1
+        first = False
+        for i in range(base + pos + 1, base + stop):
+            o = _put_label_byte(out, o, np.int64(data[i]))
+        pos = stop
+    if end < 0:
+        end = pos
+    return end, o
+
+
+@njit
+def _put_hex(data: np.ndarray, start: int, length: int, out: np.ndarray, o: int) -> int:
+    """rdata as hex, the first MAX_HEX_BYTES bytes then "..."."""
+    shown = min(length, MAX_HEX_BYTES)
+    for i in range(start, start + shown):
+        value = np.int64(data[i])
+        out[o] = _HEX_DIGITS[value >> 4]
+        out[o + 1] = _HEX_DIGITS[value & 0xF]
+        o += 2
+    if length > MAX_HEX_BYTES:
+        for _ in range(3):
+            out[o] = _DOT
+            o += 1
+    return o
+
+
+@njit
+def _put_ipv6(data: np.ndarray, start: int, out: np.ndarray, o: int) -> int:
+    """16 bytes as RFC 5952 text (longest run of two or more zero groups, the first one on
+    a tie, as "::"; hex groups only, also for IPv4-mapped addresses)."""
+    best_start, best_len, run_start, run_len = -1, 0, -1, 0
+    for g in range(8):
+        if _word(data, start + 2 * g) == 0:
+            if run_start < 0:
+                run_start = g
+            run_len += 1
+            if run_len > best_len:
+                best_start, best_len = run_start, run_len
+        else:
+            run_start, run_len = -1, 0
+    if best_len < 2:
+        best_start, best_len = -1, 0
+    g = 0
+    while g < 8:
+        if g == best_start:
+            out[o] = _COLON
+            out[o + 1] = _COLON
+            o += 2
+            g += best_len
+            continue
+        if g > 0 and g != best_start + best_len:
+            out[o] = _COLON
+            o += 1
+        o = _put_hex_group(out, o, _word(data, start + 2 * g))
+        g += 1
+    return o
+
+
+@njit
+def _put_txt(data: np.ndarray, base: int, start: int, stop: int, out: np.ndarray,
+             o: int) -> int:
+    """TXT character-strings joined without separator, MAX_TEXT_BYTES then "..."; -1 when
+    a string runs past the rdata."""
+    pos = start
+    while pos < stop:
+        pos += 1 + np.int64(data[base + pos])
+    if pos > stop:
+        return -1
+    shown = 0
+    pos = start
+    while pos < stop:
+        length = np.int64(data[base + pos])
+        for i in range(base + pos + 1, base + pos + 1 + length):
+            if shown == MAX_TEXT_BYTES:
+                for _ in range(3):
+                    out[o] = _DOT
+                    o += 1
+                return o
+            o = _put_text_byte(out, o, np.int64(data[i]))
+            shown += 1
+        pos += 1 + length
+    return o
+
+
+@njit
+def _put_rdata(data: np.ndarray, base: int, size: int, rtype: int, start: int,
+               rdlength: int, out: np.ndarray, o: int) -> int:
+    """Text form of one record's data (start/rdlength: message offsets, inside the message);
+    hex when it does not fit its type's layout."""
+    stop = start + rdlength
+    at = base + start
+    if rtype == TYPE_A and rdlength == 4:
+        for k in range(4):
+            if k:
+                out[o] = _DOT
+                o += 1
+            o = _put_uint(out, o, np.int64(data[at + k]))
+        return o
+    if rtype == TYPE_AAAA and rdlength == 16:
+        return _put_ipv6(data, at, out, o)
+    is_name_type = False
+    for t in NAME_TYPES:
+        if rtype == t:
+            is_name_type = True
+    if is_name_type:
+        end, o2 = read_name(data, base, size, start, out, o)
+        if end == stop:
+            return o2
+    elif rtype == TYPE_MX and rdlength >= 3:
+        o2 = _put_uint(out, o, _word(data, at))
+        out[o2] = _SPACE
+        end, o2 = read_name(data, base, size, start + 2, out, o2 + 1)
+        if end == stop:
+            return o2
+    elif rtype == TYPE_TXT:
+        o2 = _put_txt(data, base, start, stop, out, o)
+        if o2 >= 0:
+            return o2
+    elif rtype == TYPE_SOA:
+        end, o2 = read_name(data, base, size, start, out, o)
+        if 0 <= end <= stop:
+            out[o2] = _SPACE
+            end, o2 = read_name(data, base, size, end, out, o2 + 1)
+            if 0 <= end and end + 20 == stop:
+                for k in range(5):
+                    out[o2] = _SPACE
+                    at_k = base + end + 4 * k
+                    o2 = _put_uint(out, o2 + 1, (_word(data, at_k) << 16) | _word(data, at_k + 2))
+                return o2
+    elif rtype == TYPE_SRV and rdlength >= 7:
+        o2 = o
+        for k in range(3):
+            o2 = _put_uint(out, o2, _word(data, at + 2 * k))
+            out[o2] = _SPACE
+            o2 += 1
+        end, o2 = read_name(data, base, size, start + 6, out, o2)
+        if end == stop:
+            return o2
+    return _put_hex(data, at, rdlength, out, o)
+
+
+INTERN_MAX_LEN = 64  # texts up to this long are shared within a batch (see _intern)
+_FNV_OFFSET = np.uint64(14695981039346656037)
+_FNV_PRIME = np.uint64(1099511628211)
+
+
+@njit
+def _intern(text: np.ndarray, start: int, stop: int, slots: np.ndarray, slot_hash: np.ndarray,
+            text_start: np.ndarray, count: int) -> tuple[int, int, int]:
+    """text[start:stop] was just rendered -> (index, text bytes used, texts): the index of an
+    equal earlier text of the batch (the new bytes are dropped), or a new index (the text
+    is kept and ended with TEXT_SEP). Names and answers repeat a lot within a batch: one
+    str per distinct text. Texts longer than INTERN_MAX_LEN (tunnel names, hex, TXT) are
+    nearly always unique and costly to hash: they are kept as they are. Open addressing
+    over `slots` (-1: free; at most half full)."""
+    length = stop - start
+    if length > INTERN_MAX_LEN:
+        text[stop] = TEXT_SEP
+        return count, stop + 1, count + 1
+    h = _FNV_OFFSET
+    for k in range(start, stop):
+        h = (h ^ np.uint64(text[k])) * _FNV_PRIME
+    mask = slots.shape[0] - 1
+    slot = np.int64(h & np.uint64(mask))
+    while slots[slot] >= 0:
+        k = slots[slot]
+        earlier = text_start[k]
+        if slot_hash[slot] == h and text[earlier + length] == TEXT_SEP:
+            same = True
+            for j in range(length):
+                if text[earlier + j] != text[start + j]:
+                    same = False
+                    break
+            if same:
+                return k, start, count
+        slot = (slot + 1) & mask
+    slots[slot] = count
+    slot_hash[slot] = h
+    text_start[count] = start
+    text[stop] = TEXT_SEP
+    return count, stop + 1, count + 1
+
+
+@njit
+def parse_messages(data: np.ndarray, msg_start: np.ndarray, msg_len: np.ndarray):
+    """DNS messages data[msg_start[i] : msg_start[i] + msg_len[i]] -> columns.
+
+    Returns (msg, answers, text, text_used):
+    - msg: (n, 8) int64 per message: status (MALFORMED: header or first question
+      unreadable, no event; OK; DAMAGED: answer section cut short, the records read so
+      far kept), id, flags, qtype, qclass, qname text index, first answer row, answers;
+    - answers: (m, 5) int64 per answer record: owner name text index, type, class, TTL,
+      data text index (rows of a message are contiguous, in wire order);
+    - text[:text_used]: every distinct text of the batch followed by TEXT_SEP; text index
+      k = the k-th of them (equal texts share one index).
+    A message without a question has qname "" and qtype/qclass 0. Further questions are
+    only skipped; when that fails the answers are not read (DAMAGED if ancount > 0).
+    The caller guarantees 0 <= msg_start and msg_start + msg_len <= data.size, and passes
+    `data` read-only (as the capture reader maps files): one compiled variant.
+    """
+    n = msg_start.shape[0]
+    msg = np.zeros((n, 8), dtype=np.int64)
+    # Each answer record takes at least 11 bytes (root owner + type/class/TTL/rdlength).
+    capacity = 0
+    for i in range(n):
+        size = msg_len[i]
+        if size >= HEADER_LEN:
+            capacity += min(_word(data, msg_start[i] + 6), MAX_ANSWERS,
+                            (size - HEADER_LEN) // 11)
+    answers = np.zeros((capacity, 5), dtype=np.int64)
+    text = np.empty(max(TEXT_RESERVE, 64 * n), dtype=np.uint8)
+    max_texts = n + 2 * capacity  # a qname per message, a name and a data per answer
+    table_size = 64
+    while table_size < 2 * max_texts:
+        table_size *= 2
+    slots = np.full(table_size, -1, dtype=np.int64)
+    slot_hash = np.zeros(table_size, dtype=np.uint64)
+    text_start = np.zeros(max_texts, dtype=np.int64)
+    # np.int64(): plain literals would make numba compile the helpers once more for
+    # Literal[int] arguments (compile time, not speed).
+    o = np.int64(0)  # text bytes used
+    texts = np.int64(0)  # texts completed
+    rows = np.int64(0)  # answer rows used
+    for i in range(n):
+        base = msg_start[i]
+        size = msg_len[i]
+        if size < HEADER_LEN:
+            continue
+        qdcount = _word(data, base + 4)
+        ancount = _word(data, base + 6)
+        pos = np.int64(HEADER_LEN)
+        qtype = qclass = 0
+        if o + TEXT_RESERVE > text.shape[0]:
+            text = _grown(text, o)
+        q_end = o
+        if qdcount:
+            end, q_end = read_name(data, base, size, pos, text, o)
+            if end < 0 or end + 4 > size:
+                continue  # MALFORMED
+            qtype = _word(data, base + end)
+            qclass = _word(data, base + end + 2)
+            pos = end + 4
+        qname, o, texts = _intern(text, o, q_end, slots, slot_hash, text_start,
+                                  texts)
+        msg[i, 1] = _word(data, base)
+        msg[i, 2] = _word(data, base + 2)
+        msg[i, 3] = qtype
+        msg[i, 4] = qclass
+        msg[i, 5] = qname
+        msg[i, 6] = rows
+        damaged = False
+        # Further questions (nearly never sent) are only walked to reach the answers.
+        for _ in range(qdcount - 1):
+            if o + TEXT_RESERVE > text.shape[0]:
+                text = _grown(text, o)
+            end, _scratch = read_name(data, base, size, pos, text, o)
+            if end < 0 or end + 4 > size:
+                damaged = ancount > 0
+                ancount = 0
+                break
+            pos = end + 4
+        for _ in range(min(ancount, MAX_ANSWERS)):
+            if o + TEXT_RESERVE > text.shape[0]:
+                text = _grown(text, o)
+            end, o2 = read_name(data, base, size, pos, text, o)
+            if end < 0 or end + 10 > size or rows >= capacity:
+                damaged = True
+                break
+            rtype = _word(data, base + end)
+            rclass = _word(data, base + end + 2)
+            ttl = (_word(data, base + end + 4) << 16) | _word(data, base + end + 6)
+            rdlength = _word(data, base + end + 8)
+            pos = end + 10
+            if pos + rdlength > size:
+                damaged = True
+                break
+            name, o, texts = _intern(text, o, o2, slots, slot_hash, text_start,
+                                     texts)
+            o2 = _put_rdata(data, base, size, rtype, pos, rdlength, text, o)
+            rdata, o, texts = _intern(text, o, o2, slots, slot_hash, text_start,
+                                      texts)
+            answers[rows, 0] = name
+            answers[rows, 1] = rtype
+            answers[rows, 2] = rclass
+            answers[rows, 3] = ttl
+            answers[rows, 4] = rdata
+            rows += 1
+            pos += rdlength
+        msg[i, 7] = rows - msg[i, 6]
+        msg[i, 0] = DAMAGED if damaged else OK
+    return msg, answers[:rows], text, o
+
+
+@njit
+def split_tcp_segments(data: np.ndarray, seg_start: np.ndarray, seg_len: np.ndarray):
+    """TCP/53 segments -> their whole length-prefixed messages (at most MAX_TCP_MESSAGES
+    per segment, from the segment's start).
+
+    Returns (segment, start, length) of each message (start: buffer offset past the prefix)
+    and `incomplete`: per segment, 1 when it held a prefix not followed by a whole message
+    of at least a DNS header (the walk stops there), else 0.
+    """
+    n = seg_start.shape[0]
+    capacity = 0
+    for i in range(n):
+        capacity += min(MAX_TCP_MESSAGES, seg_len[i] // (HEADER_LEN + 2))
+    segment = np.empty(capacity, dtype=np.int64)
+    start = np.empty(capacity, dtype=np.int64)
+    length = np.empty(capacity, dtype=np.int64)
+    incomplete = np.zeros(n, dtype=np.int64)
+    count = 0
+    for i in range(n):
+        base = seg_start[i]
+        size = seg_len[i]
+        pos = 0
+        found = 0
+        while pos + 2 <= size and found < MAX_TCP_MESSAGES:
+            prefix = _word(data, base + pos)
+            if prefix < HEADER_LEN or pos + 2 + prefix > size or count >= capacity:
+                incomplete[i] = 1
+                break
+            segment[count] = i
+            start[count] = base + pos + 2
+            length[count] = prefix
+            count += 1
+            found += 1
+            pos += 2 + prefix
+    return segment[:count], start[:count], length[:count], incomplete

@@ -1,0 +1,467 @@
+"""Compiled HTTP/1.x message walker: the numba twin of sensors.http.parse_messages.
+
+`parse_flows` walks the client and the server bytes of many flows, all concatenated in one
+uint8 buffer, in one call and returns offsets and numbers only (no Python objects): per
+message its start, the request line / status fields, the body size and the (start, end)
+of the few header values the HTTP events carry. The analyzer builds str objects only for
+the messages it emits.
+
+It follows parse_messages byte for byte (regular expressions, `bytes.strip`, first header
+occurrence wins, chunked walk, MAX_HEADER_BYTES / MAX_MESSAGES). Where Python semantics
+are not plain ASCII, the kernel does not guess: a flow whose Content-Length or
+Transfer-Encoding value has a non-ASCII byte (str.isdecimal accepts other scripts' digits,
+str.lower() maps the Kelvin sign to "k"), whose Content-Length has more than 18 digits,
+or whose chunk size is anything but 1..15 hex digits (int(x, 16) also takes "0x", "+",
+"_") is marked `fallback` and parsed by parse_messages instead. Every index is checked
+against the direction's end: hostile bytes never read outside the buffer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.jit import njit
+
+MAX_HEADER_BYTES = 16384
+MAX_MESSAGES = 256  # requests (and responses) parsed per direction
+MAX_CHUNKS = 100000  # chunks walked per chunked body (as _chunked_length)
+
+# message table columns (int64; -1 = absent)
+M_FLOW, M_START, M_A0, M_A1, M_B0, M_B1, M_C0, M_C1, M_STATUS, M_BODY = range(10)
+# header value (start, end) pairs follow: host, user-agent, referer, authorization,
+# content-type (the fields of an event), then content-length and transfer-encoding
+H_HOST, H_UA, H_REFERER, H_AUTH, H_CTYPE, H_CLEN, H_TE = range(7)
+N_HEADERS = 7
+M_HEADERS = 10
+N_COLUMNS = M_HEADERS + 2 * N_HEADERS
+# per-flow result columns
+F_REQ_FIRST, F_REQ_COUNT, F_RESP_FIRST, F_RESP_COUNT, F_BAD_REQ, F_BAD_RESP, F_FALLBACK = \
+    range(7)
+
+_NAMES = (b"host", b"user-agent", b"referer", b"authorization", b"content-type",
+          b"content-length", b"transfer-encoding")
+# header names as one padded table for the kernel (lower case ASCII)
+_NAME_LEN = np.array([len(n) for n in _NAMES], dtype=np.int64)
+_NAME_TABLE = np.zeros((N_HEADERS, max(len(n) for n in _NAMES)), dtype=np.uint8)
+for _i, _n in enumerate(_NAMES):
+    _NAME_TABLE[_i, : len(_n)] = np.frombuffer(_n, dtype=np.uint8)
+
+_FAIL, _OK, _FALLBACK = 0, 1, 2
+
+
+@njit
+def _is_space(c: int) -> bool:
+    """bytes.strip() whitespace: space, \\t, \\n, \\r, \\v, \\f."""
+    return c == 32 or 9 <= c <= 13
+
+
+@njit
+def _find(buf, lo, hi, pattern):
+    """bytes.find(pattern, lo, hi) over buf (absolute offsets, hi clamped by the caller)."""
+    m = pattern.shape[0]
+    last = hi - m
+    i = lo
+    while i <= last:
+        if buf[i] == pattern[0]:
+            j = 1
+            while j < m and buf[i + j] == pattern[j]:
+                j += 1
+            if j == m:
+                return i
+        i += 1
+    return -1
+
+
+@njit
+def _strip(buf, lo, hi):
+    while lo < hi and _is_space(buf[lo]):
+        lo += 1
+    while hi > lo and _is_space(buf[hi - 1]):
+        hi -= 1
+    return lo, hi
+
+
+@njit
+def _header_slot(buf, lo, hi, names, name_len):
+    """Index of the wanted header whose name is buf[lo:hi] (ASCII case-insensitive), or -1."""
+    size = hi - lo
+    for k in range(names.shape[0]):
+        if name_len[k] != size:
+            continue
+        j = 0
+        while j < size:
+            c = buf[lo + j]
+            if 65 <= c <= 90:
+                c += 32
+            if c != names[k, j]:
+                break
+            j += 1
+        if j == size:
+            return k
+    return -1
+
+
+@njit
+def _request_line(buf, lo, hi, row):
+    """_REQUEST_LINE on buf[lo:hi]: method, uri, optional version -> row; False if no match."""
+    i = lo
+    if i >= hi or not 65 <= buf[i] <= 90:
+        return False
+    while i < hi and (65 <= buf[i] <= 90 or buf[i] == 95 or buf[i] == 45):
+        i += 1
+    if i - lo > 20 or i >= hi or buf[i] != 32:
+        return False
+    row[M_A0] = lo
+    row[M_A1] = i
+    while i < hi and buf[i] == 32:
+        i += 1
+    u = i
+    while i < hi and not _is_space(buf[i]):
+        i += 1
+    if i == u:
+        return False
+    row[M_B0] = u
+    row[M_B1] = i
+    row[M_C0] = -1
+    row[M_C1] = -1
+    if i == hi:
+        return True
+    if buf[i] != 32:
+        return False
+    while i < hi and buf[i] == 32:
+        i += 1
+    if i == hi:
+        return True
+    if (hi - i >= 8 and buf[i] == 72 and buf[i + 1] == 84 and buf[i + 2] == 84
+            and buf[i + 3] == 80 and buf[i + 4] == 47 and 48 <= buf[i + 5] <= 57
+            and buf[i + 6] == 46 and 48 <= buf[i + 7] <= 57):
+        row[M_C0] = i + 5
+        row[M_C1] = i + 8
+        i += 8
+        while i < hi and buf[i] == 32:
+            i += 1
+        return i == hi
+    return False
+
+
+@njit
+def _status_line(buf, lo, hi, row):
+    """_STATUS_LINE on buf[lo:hi]: version and status -> row; False if no match."""
+    if not (hi - lo >= 9 and buf[lo] == 72 and buf[lo + 1] == 84 and buf[lo + 2] == 84
+            and buf[lo + 3] == 80 and buf[lo + 4] == 47 and 48 <= buf[lo + 5] <= 57
+            and buf[lo + 6] == 46 and 48 <= buf[lo + 7] <= 57 and buf[lo + 8] == 32):
+        return False
+    i = lo + 8
+    while i < hi and buf[i] == 32:
+        i += 1
+    if hi - i < 3:
+        return False
+    status = 0
+    for j in range(3):
+        c = buf[i + j]
+        if not 48 <= c <= 57:
+            return False
+        status = status * 10 + (c - 48)
+    i += 3
+    if i < hi and buf[i] != 32 and buf[i] != 9:
+        return False
+    row[M_A0] = lo + 5
+    row[M_A1] = lo + 8
+    row[M_STATUS] = status
+    return True
+
+
+@njit
+def _line_may_match(buf, lo, hi, requests):
+    """False when the first bytes at `lo` already rule out a request (status) line,
+    wherever the line ends: a method of 1-20 [A-Z_-] then a space ("HTTP/d.d ")."""
+    if requests:
+        i = lo
+        if i >= hi or not 65 <= buf[i] <= 90:
+            return False
+        while i < hi and i - lo <= 20 and (65 <= buf[i] <= 90 or buf[i] == 95 or buf[i] == 45):
+            i += 1
+        return i < hi and i - lo <= 20 and buf[i] == 32
+    if hi - lo < 9:
+        return False
+    return (buf[lo] == 72 and buf[lo + 1] == 84 and buf[lo + 2] == 84 and buf[lo + 3] == 80
+            and buf[lo + 4] == 47 and 48 <= buf[lo + 5] <= 57 and buf[lo + 6] == 46
+            and 48 <= buf[lo + 7] <= 57 and buf[lo + 8] == 32)
+
+
+@njit
+def _headers(buf, lo, hi, row, names, name_len):
+    """First occurrence of each wanted header in the lines of buf[lo:hi] -> row."""
+    for k in range(N_HEADERS):
+        row[M_HEADERS + 2 * k] = -1
+        row[M_HEADERS + 2 * k + 1] = -1
+    i = lo
+    while i <= hi:
+        eol = i
+        while eol < hi and buf[eol] != 10:
+            eol += 1
+        colon = i
+        while colon < eol and buf[colon] != 58:
+            colon += 1
+        if colon < eol:
+            n0, n1 = _strip(buf, i, colon)
+            k = _header_slot(buf, n0, n1, names, name_len)
+            if k >= 0 and row[M_HEADERS + 2 * k] < 0:
+                v0, v1 = _strip(buf, colon + 1, eol)
+                row[M_HEADERS + 2 * k] = v0
+                row[M_HEADERS + 2 * k + 1] = v1
+        i = eol + 1
+
+
+@njit
+def _content_length(buf, row):
+    """(code, value): code _OK with the value, _FAIL when not decimal, _FALLBACK if unsure."""
+    lo = row[M_HEADERS + 2 * H_CLEN]
+    hi = row[M_HEADERS + 2 * H_CLEN + 1]
+    if lo < 0 or lo == hi:
+        return _FAIL, 0
+    value = 0
+    decimal = True
+    for i in range(lo, hi):
+        c = buf[i]
+        if c >= 128:
+            return _FALLBACK, 0  # other scripts' digits are decimal for Python
+        if not 48 <= c <= 57:
+            decimal = False
+        else:
+            value = value * 10 + (c - 48)
+    if not decimal:
+        return _FAIL, 0
+    if hi - lo > 18:
+        return _FALLBACK, 0  # would overflow int64: leave it to Python's int
+    return _OK, value
+
+
+@njit
+def _chunked(buf, lo, hi, te):
+    """Is 'chunked' in the Transfer-Encoding value (lower case)? -1 when unsure (non-ASCII)."""
+    if lo < 0:
+        return 0
+    for i in range(lo, hi):
+        if buf[i] >= 128:
+            return -1
+    for i in range(lo, hi - 6):
+        j = 0
+        while j < 7:
+            c = buf[i + j]
+            if 65 <= c <= 90:
+                c += 32
+            if c != te[j]:
+                break
+            j += 1
+        if j == 7:
+            return 1
+    return 0
+
+
+@njit
+def _chunked_length(buf, pos, hi, crlf, crlf2):
+    """_chunked_length: (code, body bytes, end offset); code _FAIL = malformed chunk size,
+    _FALLBACK = a size Python's int() might read differently; (-1, -1) if not all visible."""
+    total = 0
+    for _ in range(MAX_CHUNKS):
+        eol = _find(buf, pos, min(pos + 1024, hi), crlf)
+        if eol < 0:
+            return _OK, -1, -1
+        stop = pos
+        while stop < eol and buf[stop] != 59:  # ';' starts chunk extensions
+            stop += 1
+        a, b = _strip(buf, pos, stop)
+        if a == b:
+            return _FAIL, 0, 0
+        if b - a > 15:
+            return _FALLBACK, 0, 0
+        size = 0
+        for i in range(a, b):
+            c = buf[i]
+            if 48 <= c <= 57:
+                size = size * 16 + (c - 48)
+            elif 97 <= c <= 102:
+                size = size * 16 + (c - 87)
+            elif 65 <= c <= 70:
+                size = size * 16 + (c - 55)
+            else:
+                return _FALLBACK, 0, 0
+        pos = eol + 2
+        if size == 0:
+            end = _find(buf, pos - 2, hi, crlf2)
+            return (_OK, total, end + 4) if end >= 0 else (_OK, total, -1)
+        total += size
+        pos += size + 2
+        if pos > hi:
+            return _OK, -1, -1
+    return _OK, -1, -1
+
+
+@njit
+def _walk(buf, lo, hi, requests, ended, flow, heads, n_heads, table, count, names, name_len):
+    """parse_messages over buf[lo:hi] -> (table, count, malformed, fallback, n_heads).
+
+    Requests fill `heads` (is the i-th request a HEAD); responses read it. 1xx responses
+    are not stored (the analyzer drops them)."""
+    crlf = np.array([13, 10], dtype=np.uint8)
+    crlf2 = np.array([13, 10, 13, 10], dtype=np.uint8)
+    lflf = np.array([10, 10], dtype=np.uint8)
+    te = np.array([99, 104, 117, 110, 107, 101, 100], dtype=np.uint8)  # "chunked"
+    pos = lo
+    parsed = 0
+    answered = 0
+    while pos < hi and parsed < MAX_MESSAGES:
+        while pos + 1 < hi and buf[pos] == 13 and buf[pos + 1] == 10:
+            pos += 2
+        if pos >= hi:
+            break
+        if hi - pos >= MAX_HEADER_BYTES and not _line_may_match(buf, pos, hi, requests):
+            # parse_messages would call this malformed whether or not the headers end in
+            # the window: skip the two window scans (bulk data on an HTTP port)
+            return table, count, True, False, n_heads
+        window = min(pos + MAX_HEADER_BYTES, hi)
+        end = _find(buf, pos, window, crlf2)
+        sep = 4
+        if end < 0:
+            end = _find(buf, pos, window, lflf)
+            sep = 2
+        if end < 0:
+            if hi - pos >= MAX_HEADER_BYTES:
+                return table, count, True, False, n_heads
+            break
+        if count == table.shape[0]:
+            grown = np.empty((2 * table.shape[0], table.shape[1]), dtype=np.int64)
+            grown[:count] = table[:count]
+            table = grown
+        row = table[count]
+        row[M_FLOW] = flow
+        row[M_START] = pos - lo
+        row[M_STATUS] = 0
+        nl = pos
+        while nl < end and buf[nl] != 10:
+            nl += 1
+        line_end = nl
+        while line_end > pos and buf[line_end - 1] == 13:
+            line_end -= 1
+        if requests:
+            if not _request_line(buf, pos, line_end, row):
+                return table, count, True, False, n_heads
+        elif not _status_line(buf, pos, line_end, row):
+            return table, count, True, False, n_heads
+        if nl < end:
+            _headers(buf, nl + 1, end, row, names, name_len)
+        else:
+            for k in range(N_HEADERS):
+                row[M_HEADERS + 2 * k] = -1
+                row[M_HEADERS + 2 * k + 1] = -1
+        body_start = end + sep
+        chunked = _chunked(buf, row[M_HEADERS + 2 * H_TE], row[M_HEADERS + 2 * H_TE + 1], te)
+        if chunked < 0:
+            return table, count, False, True, n_heads
+        interim = False
+        no_body = False
+        if requests:
+            is_head = (row[M_A1] - row[M_A0] == 4 and buf[row[M_A0]] == 72
+                       and buf[row[M_A0] + 1] == 69 and buf[row[M_A0] + 2] == 65
+                       and buf[row[M_A0] + 3] == 68)
+            heads[n_heads] = is_head
+            n_heads += 1
+        else:
+            status = row[M_STATUS]
+            interim = 100 <= status < 200
+            is_head = answered < n_heads and heads[answered]
+            no_body = interim or status == 204 or status == 304 or is_head
+        if no_body:
+            body = 0
+            next_pos = body_start
+        elif chunked == 1:
+            code, body, next_pos = _chunked_length(buf, body_start, hi, crlf, crlf2)
+            if code == _FALLBACK:
+                return table, count, False, True, n_heads
+            if code == _FAIL:
+                row[M_BODY] = -1
+                if not interim:
+                    count += 1
+                return table, count, True, False, n_heads
+        else:
+            code, length = _content_length(buf, row)
+            if code == _FALLBACK:
+                return table, count, False, True, n_heads
+            if code == _OK:
+                body = length
+                next_pos = body_start + length
+            elif requests:
+                body = 0
+                next_pos = body_start
+            else:
+                body = hi - body_start if ended else -1
+                next_pos = -1
+        row[M_BODY] = body
+        parsed += 1
+        if not interim:
+            count += 1
+            if not requests:
+                answered += 1
+        if next_pos < 0 or next_pos > hi:
+            break
+        pos = next_pos
+    return table, count, False, False, n_heads
+
+
+@njit
+def _parse_flows(buf, starts, lengths, complete, names, name_len):
+    n = starts.shape[0] // 2
+    flows = np.zeros((n, 7), dtype=np.int64)
+    table = np.empty((max(16, 2 * n), N_COLUMNS), dtype=np.int64)
+    heads = np.zeros(MAX_MESSAGES, dtype=np.bool_)
+    count = 0
+    for f in range(n):
+        lo, hi = starts[2 * f], starts[2 * f] + lengths[2 * f]
+        if lo < 0 or hi > buf.shape[0] or lo > hi:
+            flows[f, F_FALLBACK] = 1  # not a valid slice of buf: let Python decide
+            continue
+        first = count
+        table, count, bad, fallback, n_heads = _walk(
+            buf, lo, hi, True, complete[2 * f], f, heads, 0, table, count, names, name_len)
+        flows[f, F_REQ_FIRST] = first
+        flows[f, F_REQ_COUNT] = count - first
+        flows[f, F_BAD_REQ] = bad
+        if fallback:
+            flows[f, F_FALLBACK] = 1
+            count = first
+            continue
+        lo, hi = starts[2 * f + 1], starts[2 * f + 1] + lengths[2 * f + 1]
+        if lo < 0 or hi > buf.shape[0] or lo > hi:
+            flows[f, F_FALLBACK] = 1
+            count = first
+            continue
+        second = count
+        table, count, bad, fallback, n_heads = _walk(
+            buf, lo, hi, False, complete[2 * f + 1], f, heads, n_heads, table, count, names,
+            name_len)
+        flows[f, F_RESP_FIRST] = second
+        flows[f, F_RESP_COUNT] = count - second
+        flows[f, F_BAD_RESP] = bad
+        if fallback:
+            flows[f, F_FALLBACK] = 1
+            count = first
+    return flows, table[:count]
+
+
+def parse_flows(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
+                complete: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Parse flows whose direction d bytes are buf[starts[2f+d] : starts[2f+d]+lengths[2f+d]]
+    (d 0 = client requests, 1 = server responses; `complete[2f+d]`: the direction ended with
+    all its bytes, as parse_messages' `ended`).
+
+    Returns (flows, messages): flows (n, 7) int64 with columns F_* (first row and count of
+    its requests / final responses in `messages`, malformed flags, fallback), messages
+    (m, N_COLUMNS) int64 with columns M_* and the header (start, end) pairs at
+    M_HEADERS + 2 * H_* (absolute offsets into buf; -1 absent). Offsets of the request
+    line: M_A* method, M_B* uri, M_C* version digits; of a status line: M_A* version.
+    """
+    return _parse_flows(np.ascontiguousarray(buf, dtype=np.uint8),
+                        np.ascontiguousarray(starts, dtype=np.int64),
+                        np.ascontiguousarray(lengths, dtype=np.int64),
+                        np.ascontiguousarray(complete, dtype=np.bool_), _NAME_TABLE, _NAME_LEN)
