@@ -46,19 +46,13 @@ class Sensor:
         return out
 
     def flush(self) -> list[EventBatch]:
-        """End of input: every flow still open, and what analyzers still hold."""
-        out: list[EventBatch] = []
-        for analyzer in self.analyzers:
-            out.extend(analyzer.flush())
-        flows = self.flow_table.flush()
-        if flows is not None and len(flows):
-            out.append(flows)
-        self._collect_stats()
-        return out
+        """End of input: every flow still open, and what analyzers still hold (all of
+        flush_chunks at once)."""
+        return [batch for piece in self.flush_chunks() for batch in piece]
 
     def flush_chunks(self) -> Iterator[list[EventBatch]]:
-        """flush() in pieces, same events in the same order: what the analyzers hold, then
-        the open flows a chunk at a time, so that a consumer passing each piece on never
+        """End of input, in pieces: what the analyzers still hold, then every flow still
+        open, a chunk at a time, so that a consumer passing each piece on never
         holds a full flow table and all its records at once (the peak of a flood)."""
         out: list[EventBatch] = []
         for analyzer in self.analyzers:
@@ -66,9 +60,6 @@ class Sensor:
         yield out
         for flows in self.flow_table.flush_chunks():
             yield [flows]
-        self._collect_stats()
-
-    def _collect_stats(self) -> None:
         for key, value in self.flow_table.stats.items():
             self.stats[f"flow.{key}"] = value
         for analyzer in self.analyzers:
