@@ -14,14 +14,16 @@ import struct
 
 from pipeline.schema import DNS_CLASS_NAMES, dns_type_name
 
-HEADER_LEN = 12
-
-MAX_ANSWERS = 64  # answer records kept per message
-MAX_NAME_WIRE_LEN = 255  # RFC 1035 2.3.4
-MAX_POINTER_JUMPS = 64
-MAX_TCP_MESSAGES = 16  # length-prefixed messages parsed from one TCP segment
-MAX_TEXT_BYTES = 512  # TXT rdata bytes rendered before "..."
-MAX_HEX_BYTES = 128  # rdata bytes rendered as hex before "..."
+# The reference parses independently but within the same documented bounds as the kernel.
+from sensors.dns_kernel import (
+    HEADER_LEN,
+    MAX_ANSWERS,
+    MAX_HEX_BYTES,
+    MAX_NAME_WIRE_LEN,
+    MAX_POINTER_JUMPS,
+    MAX_TCP_MESSAGES,
+    MAX_TEXT_BYTES,
+)
 
 TYPE_A, TYPE_NS, TYPE_CNAME, TYPE_SOA, TYPE_PTR, TYPE_MX, TYPE_TXT = 1, 2, 5, 6, 12, 15, 16
 TYPE_AAAA, TYPE_SRV, TYPE_DNAME = 28, 33, 39

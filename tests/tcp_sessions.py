@@ -45,3 +45,16 @@ def tcp_session(exchanges: list[tuple[int, bytes]], client: str = "192.0.2.10",
         seg(1, "FA")
         seg(0, "A")
     return frames
+
+
+def analyzer_columns(analyzer, batches) -> dict | None:
+    """Every event column (as lists) a stream analyzer emits for these decoded batches and
+    its flush; None when it emits nothing."""
+    from pipeline.schema import concat_batches
+
+    out = []
+    for decoded in batches:
+        out += analyzer.process(decoded)
+    out += analyzer.flush()
+    batch = concat_batches(out)
+    return None if batch is None else {k: v.tolist() for k, v in batch.columns.items()}

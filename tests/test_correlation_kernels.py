@@ -12,6 +12,11 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+try:
+    from test_engine import _address_column
+except ImportError:  # tests/ imported as a package
+    from tests.test_engine import _address_column
+
 from correlation.detector import (
     _dense,
     combine_codes,
@@ -22,7 +27,6 @@ from correlation.detector import (
 )
 from correlation.engine import _SharedBuffer
 from correlation.kernels import AddressTable, factorize_u64, factorize_u128
-from sensors.packets import IP_DTYPE
 
 _EXTREMES = np.array([0, 1, 2**63 - 1, 2**63, 2**64 - 1, 2**32, 2**52], dtype=np.uint64)
 
@@ -79,16 +83,6 @@ def test_factorize_u128_matches_unique(n: int, distinct: int, seed: int, shape: 
     lo = _values(seed + 1, n, distinct, shape)
     ids, first = factorize_u128(hi, lo)
     _check_first_seen(ids, first, np.stack([hi, lo], axis=1))
-
-
-def _address_column(rng: np.random.Generator, n: int, v6_share: float,
-                    distinct: int) -> np.ndarray:
-    ips = np.zeros((n, 16), np.uint8)
-    ips[:, 10:12] = 0xFF
-    ips[:, 12:16] = rng.integers(0, distinct, n).astype(">u4").view(np.uint8).reshape(n, 4)
-    v6 = rng.random(n) < v6_share
-    ips[v6] = rng.integers(0, 4, (int(v6.sum()), 16))
-    return ips.view(IP_DTYPE).reshape(n)
 
 
 def _reference_codes(column: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 from conftest import assert_ecs, shared_pcap
 from packet_builders import batch_from_scapy
-from tcp_sessions import tcp_session
+from tcp_sessions import analyzer_columns, tcp_session
 
 from pipeline.schema import batch_to_ecs, concat_batches, validate_batch
 from sensors.decode import decode
@@ -303,12 +303,7 @@ def _events_by_batches(batches, prefilter: bool) -> dict | None:
     analyzer = SshAnalyzer({}, "s", "z")
     if not prefilter:
         analyzer.prefilter = None
-    out = []
-    for decoded in batches:
-        out += analyzer.process(decoded)
-    out += analyzer.flush()
-    batch = concat_batches(out)
-    return None if batch is None else {k: v.tolist() for k, v in batch.columns.items()}
+    return analyzer_columns(analyzer, batches)
 
 
 @pytest.mark.parametrize("capture", ["large/zeek__ssh.pcap", "brute_force/zeek__sshguess.pcap",
