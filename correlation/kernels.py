@@ -38,6 +38,26 @@ def _slot(a: np.uint64, b: np.uint64, shift: np.uint64) -> np.int64:
 
 
 @njit
+def _find_or_add(slots: np.ndarray, key_hi: np.ndarray, key_lo: np.ndarray, a: np.uint64,
+                 b: np.uint64, shift: np.uint64, m: int) -> tuple[int, int]:
+    """(id of key (a, b), keys held after): linear probing from the key's hash slot; a new
+    key takes id m in the first empty slot. The caller keeps the table under half full (a
+    probe always ends) and key_* longer than m."""
+    mask = slots.shape[0] - 1
+    h = _slot(a, b, shift)
+    while True:
+        s = slots[h]
+        if s < 0:
+            slots[h] = m
+            key_hi[m] = a
+            key_lo[m] = b
+            return m, m + 1
+        if key_hi[s] == a and key_lo[s] == b:
+            return s, m
+        h = (h + 1) & mask
+
+
+@njit
 def _rehash(key_hi: np.ndarray, key_lo: np.ndarray, m: int, bits: int) -> np.ndarray:
     """A fresh slot table of 2**bits slots holding ids 0..m-1 (caller: 2**bits > 2m)."""
     size = 1 << bits
@@ -65,41 +85,25 @@ def _factorize(hi: np.ndarray, lo: np.ndarray, limit: int
     """
     n = hi.shape[0]
     bits = _START_BITS
-    size = 1 << bits
-    mask = size - 1
     shift = np.uint64(64 - bits)
-    slots = np.full(size, -1, np.int64)
+    slots = np.full(1 << bits, -1, np.int64)
     key_hi = np.empty(n, np.uint64)
     key_lo = np.empty(n, np.uint64)
     ids = np.empty(n, np.int64)
     first = np.empty(n, np.int64)
     m = 0
     for i in range(n):
-        a = hi[i]
-        b = lo[i]
-        h = _slot(a, b, shift)
-        while True:
-            s = slots[h]
-            if s < 0:
-                slots[h] = m
-                key_hi[m] = a
-                key_lo[m] = b
-                first[m] = i
-                ids[i] = m
-                m += 1
-                if m > limit:
-                    return ids, first, -1
-                if 2 * m >= size:
-                    bits += 1
-                    size = 1 << bits
-                    mask = size - 1
-                    shift = np.uint64(64 - bits)
-                    slots = _rehash(key_hi, key_lo, m, bits)
-                break
-            if key_hi[s] == a and key_lo[s] == b:
-                ids[i] = s
-                break
-            h = (h + 1) & mask
+        ids[i], grown = _find_or_add(slots, key_hi, key_lo, hi[i], lo[i], shift, m)
+        if grown == m:
+            continue
+        first[m] = i
+        m = grown
+        if m > limit:
+            return ids, first, -1
+        if 2 * m >= slots.shape[0]:
+            bits += 1
+            shift = np.uint64(64 - bits)
+            slots = _rehash(key_hi, key_lo, m, bits)
     return ids, first, m
 
 
@@ -132,30 +136,13 @@ def _intern(hi: np.ndarray, lo: np.ndarray, slots: np.ndarray, key_hi: np.ndarra
     so probing always ends and every write is in range.
     """
     n = hi.shape[0]
-    size = slots.shape[0]
-    mask = size - 1
     bits = 0
-    while (1 << bits) < size:
+    while (1 << bits) < slots.shape[0]:
         bits += 1
     shift = np.uint64(64 - bits)
     ids = np.empty(n, np.int64)
     for i in range(n):
-        a = hi[i]
-        b = lo[i]
-        h = _slot(a, b, shift)
-        while True:
-            s = slots[h]
-            if s < 0:
-                slots[h] = m
-                key_hi[m] = a
-                key_lo[m] = b
-                ids[i] = m
-                m += 1
-                break
-            if key_hi[s] == a and key_lo[s] == b:
-                ids[i] = s
-                break
-            h = (h + 1) & mask
+        ids[i], m = _find_or_add(slots, key_hi, key_lo, hi[i], lo[i], shift, m)
     return ids, m
 
 
