@@ -76,7 +76,7 @@ R_FIN, R_RST, R_IDLE, R_ACTIVE, R_EOF, R_EVICTED = range(6)
 # Zeek endpoint states
 INACTIVE, SYN_SENT, SYN_ACK_SENT, PARTIAL, ESTABLISHED, CLOSED, RESET = range(7)
 
-_FLUSH_CHUNK = 65536  # flows per flow_records call in flush()
+_FLUSH_CHUNK = 65536  # flows per piece of flush_chunks()
 _UPDATE_CHUNK = 16384  # packets per internal update step once the table is filling
 _SUB_BATCH_FILL = 0.5  # "filling": live flows >= this fraction of max_flows
 _MAPPED_MIN = 1 << 20  # table columns at least this large live in their own mapping
@@ -240,22 +240,12 @@ def _group_sorted(sort_key: np.ndarray, low_mask: np.uint64,
 
 
 def _zeros(n: int, dtype: np.dtype) -> np.ndarray:
-    """np.zeros, in its own anonymous mapping when large, so _drop_tail can hand pages
-    back to the OS (memory from malloc's heap stays resident after a shrink)."""
+    """np.zeros, in its own anonymous mapping when large, so its pages go back to the OS
+    when the column is dropped (memory from malloc's heap can stay resident)."""
     nbytes = n * np.dtype(dtype).itemsize
-    if nbytes < _MAPPED_MIN or not hasattr(mmap.mmap, "madvise"):
+    if nbytes < _MAPPED_MIN:
         return np.zeros(n, dtype=dtype)
     return np.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype, count=n)
-
-
-def _drop_tail(column: np.ndarray, keep: int) -> None:
-    """Give the pages of column[keep:] back to the OS (they read as zeros afterwards)."""
-    buf = column.base.obj if isinstance(column.base, memoryview) else column.base
-    if not isinstance(buf, mmap.mmap):
-        return
-    start = -(-keep * column.itemsize // mmap.PAGESIZE) * mmap.PAGESIZE
-    if start < len(buf):
-        buf.madvise(mmap.MADV_DONTNEED, start, len(buf) - start)
 
 
 def _ip_words(column: np.ndarray) -> np.ndarray:
@@ -730,35 +720,9 @@ class FlowTable:
         self._reset()
 
     def flush(self) -> EventBatch | None:
-        """End of input: emit every remaining flow (end_reason "eof")."""
-        slots = np.flatnonzero(self._live)
-        # Records are built a chunk of slots at a time, from the highest slots down, and
-        # the table's columns are cut below each chunk as it is done: the records of a full
-        # table (~220 bytes a flow) replace the table's memory instead of adding to it.
-        # Chunks go straight into preallocated output columns: joining chunk batches at the
-        # end would hold every record twice (malloc keeps the freed chunks resident).
-        out: dict[str, np.ndarray] | None = None
-        filled = slots.size
-        self._index = _SlotIndex()  # not needed to read the slots out; _reset() rebuilds
-        for hi in range(slots.size, 0, -_FLUSH_CHUNK):
-            chunk = slots[max(hi - _FLUSH_CHUNK, 0):hi]
-            batch = self._to_batch([self._slot_rows(chunk, R_EOF)])
-            for col in self._cols.values():
-                _drop_tail(col, int(chunk[0]))
-            if batch is None:
-                continue
-            if out is None:
-                out = {name: _zeros(slots.size, col.dtype) if col.dtype != object
-                       else np.empty(slots.size, dtype=object)
-                       for name, col in batch.columns.items()}
-            for name, col in batch.columns.items():
-                out[name][filled - col.size:filled] = col
-            filled -= len(batch)
-        self._reset()
-        if out is None:
-            return None
-        # Flows without packets in their last piece emit nothing: the filled tail only.
-        return EventBatch(FLOW.name, {name: col[filled:] for name, col in out.items()})
+        """End of input: emit every remaining flow (end_reason "eof") in one batch (a
+        consumer that can take them in pieces uses flush_chunks and holds less)."""
+        return _join_batches(list(self.flush_chunks()))
 
     # -- batch ingestion --
 
