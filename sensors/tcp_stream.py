@@ -58,16 +58,26 @@ and flags byte agree with the decoded columns).
 
 The byte-level loops are compiled kernels (pipeline.jit): the seq/ack header lookup, the
 payload heads shown to the predicate, hash-set membership of flow hashes (np.isin sorts),
-and the copy of the fast path's payload bytes into one buffer. Each checks every index
-against the capture buffer (tests/test_tcp_stream.py: kernels against the numpy versions
-they replaced, on random bytes and offsets).
+and the copy of the fast path's payload bytes into one buffer (span by span, into a scratch
+buffer the collector keeps). Each checks every index against the capture buffer
+(tests/test_tcp_stream.py, tests/test_tcp_stream_kernels.py: kernels against plain
+references, on random bytes and offsets).
+
+Per batch, not per flow: the candidate rows of a batch with their flow hashes and payload
+heads are computed once per DecodedPackets object and shared by every collector fed that
+object (HTTP and TLS select disjoint flows, but both start from every TCP row); the fast
+path's chunks are built from whole columns turned into lists, and their closes (hashes
+remembered, counters) are applied a run at a time.
 """
 
 from __future__ import annotations
 
+import weakref
+from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 
@@ -82,16 +92,19 @@ PREFIX_BYTES = 8  # payload bytes shown to a client_predicate
 NS = 1_000_000_000
 SEQ_MOD = 1 << 32
 SEQ_HALF = 1 << 31
+MAX_SCRATCH_BYTES = 32 << 20  # the largest payload scratch buffer a collector keeps
 
 CLIENT_BY = ("syn", "synack", "predicate", "port", "heuristic")  # StreamChunk.client_by
 CLOSE_REASONS = ("fin", "rst", "capped")  # reasons a flow closes on one of its segments
+# every (bool, bool) pair, shared by the chunks (one tuple fewer to allocate per field)
+_BOOL_PAIRS = ((False, False), (False, True), (True, False), (True, True))
 # client_predicate(head: (n, PREFIX_BYTES) uint8 zero-padded, payload_len: (n,) int) -> bool mask
 ClientPredicate = Callable[[np.ndarray, np.ndarray], np.ndarray]
 # (vlan, client ip, client port, server ip, server port)
 FlowKey = tuple[int, bytes, int, bytes, int]
 
 
-@dataclass
+@dataclass(slots=True)  # slots: no per-chunk __dict__ (thousands are built per batch)
 class StreamChunk:
     """What is collected of one flow so far (a snapshot; `final` when the flow is over).
 
@@ -230,21 +243,27 @@ def _seq_ack_kernel(data, offset, sport, dport, flags):
 
 
 @njit
-def _spans_kernel(data, start, size, total):
-    """data[start[i] : start[i] + size[i]] for every i, back to back in one uint8 array of
-    `total` bytes (bytes outside `data` are zero)."""
-    out = np.zeros(total, dtype=np.uint8)
+def _spans_kernel(data, start, size, out):
+    """data[start[i] : start[i] + size[i]] for every i, back to back into `out` (uint8, its
+    whole length: spans past its end are cut, what they leave unfilled is zero; bytes
+    outside `data` are zero). Each span is clipped to `data` and copied as one slice."""
+    total = out.shape[0]
     limit = data.shape[0]
     at = 0
     for i in range(start.shape[0]):
+        if at >= total:
+            break
+        take = min(max(size[i], 0), total - at)
         lo = start[i]
-        for j in range(size[i]):
-            if at >= total:
-                return out
-            if 0 <= lo + j < limit:
-                out[at] = data[lo + j]
-            at += 1
-    return out
+        inside_lo = min(max(lo, 0), limit)  # the part of [lo, lo + take) inside data
+        inside_hi = min(max(lo + take, 0), limit)
+        head = min(max(inside_lo - lo, 0), take)  # bytes before data (lo < 0): zero
+        out[at : at + head] = 0
+        copied = max(inside_hi - inside_lo, 0)
+        out[at + head : at + head + copied] = data[inside_lo:inside_hi]
+        out[at + head + copied : at + take] = 0  # bytes past the end of data: zero
+        at += take
+    out[at:] = 0
 
 
 @njit
@@ -324,6 +343,211 @@ def prefix_predicate(prefixes: Iterable[bytes]) -> ClientPredicate:
     return predicate
 
 
+@dataclass
+class _Finished:
+    """Flows the fast path finished in a batch, in closing order: the index (into the
+    batch's selected segments) of each one's closing segment, its flow hash, its final
+    chunk and its close reason."""
+
+    close_at: np.ndarray
+    hashes: list[int]
+    chunks: list[StreamChunk]
+    reasons: list[str]
+
+    @staticmethod
+    def empty() -> _Finished:
+        return _Finished(np.zeros(0, dtype=np.int64), [], [], [])
+
+
+# The candidate rows of the last batch seen, with their flow hashes and payload heads:
+# (weak reference to the batch, rows, hashes, heads or None). Every collector of a sensor
+# (HTTP, TLS) is fed the same DecodedPackets object and starts from the same candidates;
+# the second one takes them from here. A weak reference: the memo never keeps a batch alive,
+# and a dead one never matches a new batch that happens to reuse its id.
+_last_candidates: tuple | None = None
+
+
+def _candidates(packets: DecodedPackets, with_heads: bool
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(rows, flow hashes, payload heads of the rows with payload or None) of the TCP
+    segments of `packets` that carry payload or SYN/FIN/RST: the same for every collector,
+    so computed once per batch object (module memo, see above)."""
+    global _last_candidates
+    memo = _last_candidates
+    if memo is not None and memo[0]() is packets:
+        _, rows, hashes, heads = memo
+    else:
+        tcp = (packets.transport == TCP) & (packets.ip_version != 0)
+        control = (packets.tcp_flags & (SYN | FIN | RST)) != 0
+        rows = np.flatnonzero(tcp & ((packets.payload_len > 0) | control))
+        hashes = flow_hash_column(packets, rows) if rows.size else np.zeros(0, np.uint64)
+        heads = None
+    if with_heads and heads is None and rows.size:
+        heads = payload_heads(packets, rows[packets.payload_len[rows] > 0], PREFIX_BYTES)
+    try:
+        _last_candidates = (weakref.ref(packets), rows, hashes, heads)
+    except TypeError:  # a batch type without weak references: no memo
+        _last_candidates = None
+    return rows, hashes, heads
+
+
+@njit
+def _fast_walk_kernel(starts, flags, plen, seq, ack, sport, dport, vlan, src, dst, may_open,
+                      predicate, sel_s, sel_d, cap, max_meta):
+    """The fast path's test, one walk per flow (rows grouped by flow hash, time order within;
+    a group runs from starts[g] to the next start). Per flow: its opening row (the first that
+    may open it and is no RST), the sender's role (as StreamCollector._open), each row's
+    direction, the base sequence number per direction (as _segment sets it), running byte,
+    FIN and payload-segment counts, and the closing row (FIN from both sides, RST, or both
+    directions done with the segment list full). The flow is fast when it closes in the batch
+    and nothing needs the loop: every row up to the close belongs to it (not self-talk, not a
+    hash collision), carries no payload with a SYN, no second SYN per direction, no pure SYN
+    after the opening row (also none after the close), and each payload continues its
+    direction exactly where its bytes end, before any FIN of that side.
+
+    Returns per row (direction, before = bytes of its direction before it, upto = part of
+    the flow up to its close), per group (first_open, close: row positions or len(rows) + 1
+    when none; fast; never = no row may open it) and a (groups, 7) int64 table per group:
+    client is the opening row's sender, how (CLIENT_BY index), FIN/RST seen per direction
+    at the close, cap reached per direction at the close, RST on the closing row. Only
+    indexes inside [0, len(rows)) are read."""
+    m = flags.shape[0]
+    n_groups = starts.shape[0]
+    big = m + 1
+    direction = np.zeros(m, dtype=np.int64)
+    before = np.zeros(m, dtype=np.int64)
+    upto = np.zeros(m, dtype=np.bool_)
+    first_open = np.full(n_groups, big, dtype=np.int64)
+    close = np.full(n_groups, big, dtype=np.int64)
+    fast = np.zeros(n_groups, dtype=np.bool_)
+    never = np.zeros(n_groups, dtype=np.bool_)
+    per_group = np.zeros((n_groups, 7), dtype=np.int64)
+    for g in range(n_groups):
+        lo = starts[g]
+        hi = starts[g + 1] if g + 1 < n_groups else m
+        o = big
+        for p in range(lo, hi):
+            if may_open[p] and (flags[p] & RST) == 0:
+                o = p
+                break
+        first_open[g] = o
+        if o == big:
+            never[g] = True
+            continue
+        of = flags[o]
+        o_pure = (of & (SYN | ACK)) == SYN
+        if o_pure:
+            client, how = True, 0
+        elif (of & SYN) != 0:
+            client, how = False, 1
+        elif predicate[o]:
+            client, how = True, 2
+        elif sel_s[o] != sel_d[o]:
+            client, how = sel_d[o], 3
+        else:
+            client, how = sport[o] > dport[o], 4
+        # first pass: directions, per-row faults, first rows and SYNs per direction
+        bad = False
+        first_row0, first_row1 = big, big
+        first_ack0, first_ack1 = big, big  # first row with ACK from the other direction
+        syns0, syns1 = 0, 0
+        for p in range(o, hi):
+            same = (src[p, 0] == src[o, 0] and src[p, 1] == src[o, 1]
+                    and dst[p, 0] == dst[o, 0] and dst[p, 1] == dst[o, 1]
+                    and sport[p] == sport[o] and dport[p] == dport[o] and vlan[p] == vlan[o])
+            rev = (src[p, 0] == dst[o, 0] and src[p, 1] == dst[o, 1]
+                   and dst[p, 0] == src[o, 0] and dst[p, 1] == src[o, 1]
+                   and sport[p] == dport[o] and dport[p] == sport[o] and vlan[p] == vlan[o])
+            d = 1 if same != client else 0
+            direction[p] = d
+            f = flags[p]
+            if d == 0:
+                if first_row0 == big:
+                    first_row0 = p
+                if (f & ACK) != 0 and first_ack1 == big:
+                    first_ack1 = p
+                if (f & SYN) != 0:
+                    syns0 += 1
+            else:
+                if first_row1 == big:
+                    first_row1 = p
+                if (f & ACK) != 0 and first_ack0 == big:
+                    first_ack0 = p
+                if (f & SYN) != 0:
+                    syns1 += 1
+            # a fault of this row spoils the flow if the row is up to the close or is a
+            # pure SYN (checked in the second pass); note it in `before` meanwhile
+            before[p] = 1 if (same == rev or ((f & SYN) != 0 and plen[p] > 0)
+                              or ((f & (SYN | ACK)) == SYN and p > o)) else 0
+        base0, base1 = 0, 0
+        if first_row0 != big:
+            f0 = first_row0
+            syn0 = 1 if (flags[f0] & SYN) != 0 else 0
+            if f0 < first_ack0 or syn0 == 1:
+                base0 = (seq[f0] + syn0) % SEQ_MOD
+            else:
+                base0 = ack[first_ack0] % SEQ_MOD
+        if first_row1 != big:
+            f1 = first_row1
+            syn1 = 1 if (flags[f1] & SYN) != 0 else 0
+            if f1 < first_ack1 or syn1 == 1:
+                base1 = (seq[f1] + syn1) % SEQ_MOD
+            else:
+                base1 = ack[first_ack1] % SEQ_MOD
+        # second pass, in time order: running counts, faults up to the close, the close
+        sent0, sent1, fins0, fins1, meta = 0, 0, 0, 0, 0
+        c = big
+        for p in range(o, hi):
+            d = direction[p]
+            f = flags[p]
+            row_bad = before[p] == 1 or (syns0 if d == 0 else syns1) > 1
+            pure_syn = (f & (SYN | ACK)) == SYN
+            if c != big:  # after the close: only a faulty pure SYN spoils the flow
+                if pure_syn and row_bad:
+                    bad = True
+                before[p] = 0
+                continue
+            upto[p] = True
+            ended = (f & (FIN | RST)) != 0
+            n = plen[p]
+            if d == 0:
+                own_before, base = sent0, base0
+                fin_before = fins0 > 0
+                sent0 += n
+                if ended:
+                    fins0 += 1
+            else:
+                own_before, base = sent1, base1
+                fin_before = fins1 > 0
+                sent1 += n
+                if ended:
+                    fins1 += 1
+            if n > 0:
+                meta += 1
+                rel = (seq[p] - base) % SEQ_MOD
+                if rel != own_before or own_before + n >= SEQ_HALF or fin_before:
+                    row_bad = True
+            if row_bad:
+                bad = True
+            before[p] = own_before
+            fin0, fin1 = fins0 > 0, fins1 > 0
+            full0, full1 = sent0 >= cap, sent1 >= cap
+            rst = (f & RST) != 0
+            if (fin0 and fin1) or rst or ((fin0 or full0) and (fin1 or full1)
+                                          and meta >= max_meta):
+                c = p
+                per_group[g, 2] = fin0
+                per_group[g, 3] = fin1
+                per_group[g, 4] = full0
+                per_group[g, 5] = full1
+                per_group[g, 6] = rst
+        close[g] = c
+        per_group[g, 0] = client
+        per_group[g, 1] = how
+        fast[g] = c != big and not bad
+    return direction, before, upto, first_open, close, fast, never, per_group
+
+
 class StreamCollector:
     """Per-flow, per-direction bounded reassembly of selected TCP flows (see module doc).
 
@@ -365,6 +589,7 @@ class StreamCollector:
         self.clock = np.iinfo(np.int64).min
         # SYN/SYN-ACK rows of flows not held yet (columns as the loop reads them)
         self._handshakes: dict[str, np.ndarray] | None = None
+        self._scratch = np.zeros(0, dtype=np.uint8)  # see _spans
         self.stats: dict[str, int] = {}
 
     # --- public -------------------------------------------------------------------------------
@@ -416,20 +641,16 @@ class StreamCollector:
         flow in a later batch, so orientation and base sequence numbers stay exact.
         """
         flags = packets.tcp_flags
-        tcp = (packets.transport == TCP) & (packets.ip_version != 0)
-        control = (flags & (SYN | FIN | RST)) != 0
-        rows = np.flatnonzero(tcp & ((packets.payload_len > 0) | control))
+        rows, hashes, head = _candidates(packets, self.client_predicate is not None)
         if rows.size == 0:
             columns = self._columns(packets, rows, np.zeros(0, dtype=np.uint64),
                                     np.zeros(0, dtype=bool), np.zeros(0, dtype=bool))
             columns["replayed"] = np.zeros(0, dtype=bool)
             return columns
-        hashes = flow_hash_column(packets, rows)
         plen = packets.payload_len[rows]
         has = plen > 0
         matched = np.zeros(rows.size, dtype=bool)  # payload looks like a client's opening
         if self.client_predicate is not None and has.any():
-            head = payload_heads(packets, rows[has], PREFIX_BYTES)
             lens = plen[has].astype(np.int64)
             matched[has] = np.asarray(self.client_predicate(head, lens), dtype=bool)
         if self.ports is None:
@@ -543,7 +764,7 @@ class StreamCollector:
         if self.fast_path:
             loop_rows, finished = self._fast_flows(flat, cols)
         else:
-            loop_rows, finished = np.ones(found.size, dtype=bool), []
+            loop_rows, finished = np.ones(found.size, dtype=bool), _Finished.empty()
         looped = int(loop_rows.sum())
         self.stats["segments_looped"] = self.stats.get("segments_looped", 0) + looped
         if looped < found.size:
@@ -554,10 +775,11 @@ class StreamCollector:
             found = cols["found"]
         # Flows finished column-wise are emitted where the loop would have closed them:
         # before the first looped segment that follows their closing segment.
-        close_at = [at for at, _, _, _ in finished]
         looped_at = np.flatnonzero(loop_rows)
-        emit_before = np.searchsorted(looped_at, close_at).tolist() if finished else []
+        n_finished = len(finished.chunks)
+        emit_before = np.searchsorted(looped_at, finished.close_at).tolist()
         pending = 0
+        next_emit = emit_before[0] if n_finished else found.size
         # A memoryview slice copies one payload far cheaper than a numpy slice + tobytes.
         data = memoryview(flat)
         # Addresses as bytes in one call per column (V16 .tolist() gives bytes objects).
@@ -578,9 +800,11 @@ class StreamCollector:
         max_meta = self.max_packets_meta
         for i, (fhash, may_open, predicate, s, a, ok, sport, dport, vlan, flags, ts, off,
                 plen, sip, dip) in enumerate(columns):
-            while pending < len(finished) and emit_before[pending] <= i:
-                self._finish_fast(finished[pending], out)
-                pending += 1
+            if i >= next_emit:  # finished flows closing before this segment, as one run
+                stop = bisect_right(emit_before, i, pending)
+                self._finish_fast(finished, pending, stop, out)
+                pending = stop
+                next_emit = emit_before[stop] if stop < n_finished else found.size
             if not ok:
                 continue
             fwd: FlowKey = (vlan, sip, sport, dip, dport)
@@ -615,32 +839,47 @@ class StreamCollector:
                 out.append(close(flow.key, "rst"))
             elif d0.done and d1.done and len(flow.packets) >= max_meta:
                 out.append(close(flow.key, "capped"))  # nothing more to collect
-        for item in finished[pending:]:
-            self._finish_fast(item, out)
+        self._finish_fast(finished, pending, n_finished, out)
 
     # --- flows finished column-wise -----------------------------------------------------------
 
-    def _finish_fast(self, item: tuple[int, int, StreamChunk, str], out: list[StreamChunk]
+    def _finish_fast(self, finished: _Finished, lo: int, hi: int, out: list[StreamChunk]
                      ) -> None:
-        """Emit a flow `_fast_flows` finished, with the loop's side effects of its close."""
-        _, flow_hash, chunk, reason = item
-        out.append(chunk)
-        self._ignore(flow_hash)
-        self.stats["flows"] = self.stats.get("flows", 0) + 1
-        self.stats[f"closed_{reason}"] = self.stats.get(f"closed_{reason}", 0) + 1
+        """Emit the flows finished[lo:hi] (`_fast_flows`, in closing order) with the loop's
+        side effects of their closes: their hashes remembered (in order, as `_ignore` one by
+        one would; they are new hashes) and the flows/closed_<reason> counters."""
+        if hi <= lo:
+            return
+        out.extend(finished.chunks[lo:hi])
+        ignored = self._ignored
+        to_end = ignored.move_to_end
+        for flow_hash in finished.hashes[lo:hi]:
+            ignored[flow_hash] = None
+            to_end(flow_hash)
+        while len(ignored) > self.max_ignored:
+            ignored.popitem(last=False)
+        self._ignored_array = None
+        stats = self.stats
+        stats["flows"] = stats.get("flows", 0) + hi - lo
+        reasons = finished.reasons[lo:hi]
+        for why in dict.fromkeys(reasons):  # first-appearance order, as one by one
+            name = f"closed_{why}"
+            stats[name] = stats.get(name, 0) + reasons.count(why)
 
     def _fast_flows(self, data: np.ndarray, cols: dict[str, np.ndarray]
-                    ) -> tuple[np.ndarray, list[tuple[int, int, StreamChunk, str]]]:
+                    ) -> tuple[np.ndarray, _Finished]:
         """Column-wise reassembly of the flows that open and close within this batch with
         nothing for the loop's special cases: each direction's payload is in order and
         contiguous from its base, at most one SYN per direction and no SYN after the one
-        that opened the flow, no payload after a side's FIN. Their chunks equal what the
-        loop would give (see tests/test_tcp_stream.py, fast path against loop), they cost
-        column operations plus one chunk object per flow, and their rows skip the loop.
+        that opened the flow, no payload after a side's FIN (the test is one walk per flow,
+        `_fast_walk_kernel`). Their chunks equal what the loop would give (see
+        tests/test_tcp_stream.py and tests/test_tcp_stream_kernels.py, fast path against
+        loop), they cost column operations plus one chunk object per flow, and their rows
+        skip the loop.
 
-        Returns (mask of the rows the loop must still see, [(index of the closing row,
-        flow hash, final chunk, close reason)] in closing order). Rows of flows that never
-        open (no segment may open them) are dropped too: the loop would skip every one.
+        Returns (mask of the rows the loop must still see, the finished flows in closing
+        order). Rows of flows that never open (no segment may open them) are dropped too:
+        the loop would skip every one.
         """
         hashes = cols["hash"]
         n = hashes.size
@@ -653,7 +892,7 @@ class StreamCollector:
             cand &= ~hash_member(hashes, exclude)
         rows = np.flatnonzero(cand)
         if rows.size == 0:
-            return loop_rows, []
+            return loop_rows, _Finished.empty()
         rows = rows[np.argsort(hashes[rows], kind="stable")]  # by flow, then time order
         h = hashes[rows]
         new_group = np.empty(rows.size, dtype=bool)
@@ -661,110 +900,38 @@ class StreamCollector:
         new_group[1:] = h[1:] != h[:-1]
         starts = np.flatnonzero(new_group)
         gid = np.cumsum(new_group) - 1
-        pos = np.arange(rows.size, dtype=np.int64)
-        big = np.int64(rows.size + 1)
-
-        flags = cols["flags"][rows].astype(np.int64)
-        plen = cols["plen"][rows]
-        seq = cols["seq"][rows]
-        ack = cols["ack"][rows]
         sport = cols["sport"][rows].astype(np.int64)
         dport = cols["dport"][rows].astype(np.int64)
-        vlan = cols["vlan"][rows].astype(np.int64)
-        src = np.ascontiguousarray(cols["src_ip"][rows]).view(np.uint64).reshape(-1, 2)
-        dst = np.ascontiguousarray(cols["dst_ip"][rows]).view(np.uint64).reshape(-1, 2)
-        syn = (flags & SYN) != 0
-        pure_syn = (flags & (SYN | ACK)) == SYN
-        rst = (flags & RST) != 0
-
-        # the opening row: the first one that may open the flow (the loop skips those before)
-        opener = cols["may_open"][rows] & ~rst
-        first_open = np.minimum.reduceat(np.where(opener, pos, big), starts)
-        never_opens = first_open == big
-        if never_opens.any():
-            loop_rows[rows[never_opens[gid]]] = False  # the loop would skip every row
-        o = np.minimum(first_open, rows.size - 1)[gid]  # per row: its group's opening row
-        active = (pos >= first_open[gid])
-
-        # orientation (as _open): does the opening row's sender play the client?
-        o_flags = flags[o]
-        o_pure = (o_flags & (SYN | ACK)) == SYN
-        o_synack = ((o_flags & SYN) != 0) & ~o_pure
         if self.ports is None:
             sel_s = sel_d = np.zeros(rows.size, dtype=bool)
         else:
-            sel_s = np.isin(sport[o], self._port_array)
-            sel_d = np.isin(dport[o], self._port_array)
-        sender_client = np.where(o_pure, True, np.where(
-            o_synack, False, np.where(cols["predicate"][rows][o], True,
-                                      np.where(sel_s != sel_d, sel_d, sport[o] > dport[o]))))
-        how = np.where(o_pure, 0, np.where(o_synack, 1, np.where(
-            cols["predicate"][rows][o], 2, np.where(sel_s != sel_d, 3, 4))))
-        same = ((src == src[o]).all(axis=1) & (dst == dst[o]).all(axis=1)
-                & (sport == sport[o]) & (dport == dport[o]) & (vlan == vlan[o]))
-        reverse = ((src == dst[o]).all(axis=1) & (dst == src[o]).all(axis=1)
-                   & (sport == dport[o]) & (dport == sport[o]) & (vlan == vlan[o]))
-        direction = np.where(same, ~sender_client, sender_client).astype(np.int64)
-        bad = active & ((same == reverse) | (syn & (plen > 0)))  # not this flow / self-talk
-        bad |= active & pure_syn & (pos > o)  # a new connection on the same ports
-
-        # per (flow, direction): the base sequence number, as _segment sets it
-        key = gid * 2 + direction
-        other = gid * 2 + (1 - direction)
-        n_keys = 2 * starts.size
-        first_row = np.full(n_keys, big)
-        np.minimum.at(first_row, key[active], pos[active])
-        with_ack = active & ((flags & ACK) != 0)
-        first_ack_from_peer = np.full(n_keys, big)
-        np.minimum.at(first_ack_from_peer, other[with_ack], pos[with_ack])
-        syn_count = np.bincount(key[active & syn], minlength=n_keys)
-        f = np.minimum(first_row, rows.size - 1)
-        a = np.minimum(first_ack_from_peer, rows.size - 1)
-        base = np.where((first_row < first_ack_from_peer) | syn[f], seq[f] + syn[f],
-                        ack[a]) % SEQ_MOD
-        bad |= active & (syn_count[key] > 1)
-
-        # cumulative state along each flow, in time order (rows are grouped by flow)
-        def running(values: np.ndarray) -> np.ndarray:
-            total = np.cumsum(values)
-            return total - (total[starts] - values[starts])[gid]
-
-        ended = active & ((flags & (FIN | RST)) != 0)
-        data_rows = active & (plen > 0)
-        sent = [running(np.where(data_rows & (direction == d), plen, 0)) for d in (0, 1)]
-        fin_count = [running((ended & (direction == d)).astype(np.int64)) for d in (0, 1)]
-        fin = [count > 0 for count in fin_count]
-        meta = running(data_rows.astype(np.int64))
-        cap = self.max_bytes_per_dir
-        full = [sent[d] >= cap for d in (0, 1)]
-        closing = active & ((fin[0] & fin[1]) | rst | (
-            (fin[0] | full[0]) & (fin[1] | full[1]) & (meta >= self.max_packets_meta)))
-        close = np.minimum.reduceat(np.where(closing, pos, big), starts)
-        upto = active & (pos <= close[gid])
-
-        # payload must continue each direction exactly where its bytes end, before any FIN
-        own_sent = np.where(direction == 0, sent[0], sent[1])
-        before = own_sent - plen
-        own_fin_before = np.where(direction == 0, fin_count[0], fin_count[1]) - ended > 0
-        rel = (seq - base[key]) % SEQ_MOD
-        bad |= upto & (plen > 0) & ((rel != before) | (own_sent >= SEQ_HALF) | own_fin_before)
-        group_bad = np.zeros(starts.size, dtype=bool)
-        group_bad[gid[bad & upto | (bad & pure_syn)]] = True
-        fast = ~never_opens & (close < big) & ~group_bad
+            sel_s = np.isin(sport, self._port_array)
+            sel_d = np.isin(dport, self._port_array)
+        walk = _fast_walk_kernel(
+            starts.astype(np.int64), cols["flags"][rows].astype(np.int64), cols["plen"][rows],
+            cols["seq"][rows], cols["ack"][rows], sport, dport,
+            cols["vlan"][rows].astype(np.int64),
+            np.ascontiguousarray(cols["src_ip"][rows]).view(np.uint64).reshape(-1, 2),
+            np.ascontiguousarray(cols["dst_ip"][rows]).view(np.uint64).reshape(-1, 2),
+            cols["may_open"][rows], cols["predicate"][rows], sel_s, sel_d,
+            self.max_bytes_per_dir, self.max_packets_meta)
+        direction, before, upto, first_open, close, fast, never, per_group = walk
+        drop = never | fast  # never opened: the loop would skip every row; fast: done here
+        if drop.any():
+            loop_rows[rows[drop[gid]]] = False
         if not fast.any():
-            return loop_rows, []
-        loop_rows[rows[fast[gid]]] = False
+            return loop_rows, _Finished.empty()
         return loop_rows, self._fast_chunks(
             data, cols, rows, gid, starts, fast, first_open, close, upto, direction, before,
-            sender_client, how, fin, full, rst)
+            per_group)
 
     def _fast_chunks(self, data: np.ndarray, cols: dict[str, np.ndarray], rows: np.ndarray,
                      gid: np.ndarray, starts: np.ndarray, fast: np.ndarray,
                      first_open: np.ndarray, close: np.ndarray, upto: np.ndarray,
-                     direction: np.ndarray, before: np.ndarray, sender_client: np.ndarray,
-                     how: np.ndarray, fin: list[np.ndarray], full: list[np.ndarray],
-                     rst: np.ndarray) -> list[tuple[int, int, StreamChunk, str]]:
-        """The final chunks of the flows `_fast_flows` finished (groups where `fast`)."""
+                     direction: np.ndarray, before: np.ndarray, per_group: np.ndarray
+                     ) -> _Finished:
+        """The final chunks of the flows `_fast_flows` finished (groups where `fast`);
+        `per_group` is `_fast_walk_kernel`'s (groups, 7) table."""
         cap = self.max_bytes_per_dir
         n_keys = 2 * starts.size
         plen = cols["plen"][rows]
@@ -777,7 +944,7 @@ class StreamCollector:
         at = cols["off"][rows[by_key]]
         # every (flow, direction)'s bytes back to back, copied by one compiled loop
         # (sliced through a memoryview: each chunk's bytes are copied once, from the array)
-        blob = memoryview(_spans_kernel(data, at, take, int(take.sum())))
+        blob = memoryview(self._spans(data, at, take))
         key = gid * 2 + direction
         key_end = np.cumsum(np.bincount(key[by_key], weights=take, minlength=n_keys)
                             ).astype(np.int64)
@@ -785,54 +952,71 @@ class StreamCollector:
         first_data = np.full(n_keys, rows.size, dtype=np.int64)
         np.minimum.at(first_data, key[carried], carried)
         first_ts = np.where(first_data < rows.size, ts[np.minimum(first_data, rows.size - 1)], -1)
-        # the first max_packets_meta payload segments of each flow, in time order
+        # the first max_packets_meta payload segments of each flow, in time order (carried
+        # is grouped by flow): only those become (ts, direction, length) tuples
         per_flow = np.bincount(gid[carried], minlength=starts.size)
-        meta_start = np.cumsum(per_flow) - per_flow
-        meta_stop = meta_start + np.minimum(per_flow, self.max_packets_meta)
-        meta_ts, meta_dir, meta_len = (ts[carried].tolist(), direction[carried].tolist(),
-                                       plen[carried].tolist())
+        kept = np.minimum(per_flow, self.max_packets_meta)
+        meta_stop = np.cumsum(kept)
+        meta_start = meta_stop - kept
+        rank = np.arange(carried.size) - (np.cumsum(per_flow) - per_flow)[gid[carried]]
+        listed = carried[rank < self.max_packets_meta]
+        meta = list(zip(ts[listed].tolist(), direction[listed].tolist(),
+                        plen[listed].tolist(), strict=True))
         last_ts = np.maximum.reduceat(np.where(upto, ts, np.iinfo(np.int64).min), starts)
 
+        # one chunk per finished flow, in closing order (where the loop would close it);
+        # every field is a whole column turned into a list, zipped into the chunks
         groups = np.flatnonzero(fast)
+        groups = groups[np.argsort(rows[close[groups]], kind="stable")]
         o = first_open[groups]
         c = close[groups]
-        client = sender_client[o]
-        src_ip = cols["src_ip"][rows[o]].view(IP_DTYPE).reshape(-1).tolist()
-        dst_ip = cols["dst_ip"][rows[o]].view(IP_DTYPE).reshape(-1).tolist()
-        sport = cols["sport"][rows[o]].tolist()
-        dport = cols["dport"][rows[o]].tolist()
-        both_fin = fin[0][c] & fin[1][c]
-        reason = np.where(both_fin, 0, np.where(rst[c], 1, 2))
-        columns = zip(groups.tolist(), client.tolist(), src_ip, dst_ip, sport, dport,
-                      cols["vlan"][rows[o]].tolist(), how[o].tolist(), ts[o].tolist(),
-                      last_ts[groups].tolist(), rows[c].tolist(), cols["hash"][rows[o]].tolist(),
-                      fin[0][c].tolist(), fin[1][c].tolist(), full[0][c].tolist(),
-                      full[1][c].tolist(), reason.tolist(), strict=True)
-        key_start_l, key_end_l, first_ts_l = key_start.tolist(), key_end.tolist(), \
-            first_ts.tolist()
-        meta_start_l, meta_stop_l = meta_start.tolist(), meta_stop.tolist()
-        out = []
-        for (g, is_client, sip, dip, sp, dp, vlan, how_code, start_ts, last, close_row,
-             flow_hash, end0, end1, full0, full1, why) in columns:
-            if is_client:
-                key_tuple = (vlan, sip, sp, dip, dp)
+        client, how, end0, end1, full0, full1, rst = per_group[groups].T
+        client = client.astype(bool)
+        src_ip, dst_ip = cols["src_ip"][rows[o]], cols["dst_ip"][rows[o]]
+        sport, dport = cols["sport"][rows[o]], cols["dport"][rows[o]]
+        client_ip = np.where(client, src_ip, dst_ip).view(IP_DTYPE).reshape(-1).tolist()
+        server_ip = np.where(client, dst_ip, src_ip).view(IP_DTYPE).reshape(-1).tolist()
+        client_port = np.where(client, sport, dport).tolist()
+        server_port = np.where(client, dport, sport).tolist()
+        vlan = cols["vlan"][rows[o]].tolist()
+        keys = list(zip(vlan, client_ip, client_port, server_ip, server_port, strict=True))
+        k0, k1 = 2 * groups, 2 * groups + 1
+        data0 = [blob[a:b].tobytes()
+                 for a, b in zip(key_start[k0].tolist(), key_end[k0].tolist(), strict=True)]
+        data1 = [blob[a:b].tobytes()
+                 for a, b in zip(key_start[k1].tolist(), key_end[k1].tolist(), strict=True)]
+        packets = [meta[a:b] for a, b in zip(meta_start[groups].tolist(),
+                                              meta_stop[groups].tolist(), strict=True)]
+        reasons = np.where((end0 & end1) != 0, 0, np.where(rst != 0, 1, 2))
+        reason = np.array(CLOSE_REASONS, dtype=object)[reasons].tolist()
+        n = groups.size
+        chunks = list(map(
+            StreamChunk, keys, client_ip, server_ip, client_port, server_port, vlan,
+            np.array(CLIENT_BY, dtype=object)[how].tolist(), ts[o].tolist(),
+            last_ts[groups].tolist(),
+            zip(first_ts[k0].tolist(), first_ts[k1].tolist(), strict=True),
+            zip(data0, data1, strict=True),
+            [_BOOL_PAIRS[i] for i in (2 * end0 + end1).tolist()],
+            [_BOOL_PAIRS[i] for i in (2 * full0 + full1).tolist()],
+            repeat(_BOOL_PAIRS[0], n),
+            packets, repeat(True, n), reason))
+        return _Finished(rows[c], cols["hash"][rows[o]].tolist(), chunks, reason)
+
+    def _spans(self, data: np.ndarray, start: np.ndarray, size: np.ndarray) -> np.ndarray:
+        """The spans' bytes back to back (`_spans_kernel`), in a scratch buffer kept from
+        batch to batch (its pages are already mapped: a fresh buffer of megabytes costs
+        as much in page faults as the copy). Valid until the next call."""
+        total = int(size.sum())
+        if self._scratch.size < total:
+            scratch = np.empty(max(total, 2 * self._scratch.size), dtype=np.uint8)
+            if scratch.size > MAX_SCRATCH_BYTES:
+                scratch = np.empty(total, dtype=np.uint8)  # too large to keep: this call only
             else:
-                key_tuple = (vlan, dip, dp, sip, sp)
-            k0, k1 = 2 * g, 2 * g + 1
-            m0, m1 = meta_start_l[g], meta_stop_l[g]
-            chunk = StreamChunk(
-                key=key_tuple, client_ip=key_tuple[1], server_ip=key_tuple[3],
-                client_port=key_tuple[2], server_port=key_tuple[4], vlan=vlan,
-                client_by=CLIENT_BY[how_code], start_ts=start_ts, last_ts=last,
-                first_ts=(first_ts_l[k0], first_ts_l[k1]),
-                data=(blob[key_start_l[k0]:key_end_l[k0]].tobytes(),
-                      blob[key_start_l[k1]:key_end_l[k1]].tobytes()),
-                ended=(end0, end1), capped=(full0, full1), gap=(False, False),
-                packets=list(zip(meta_ts[m0:m1], meta_dir[m0:m1], meta_len[m0:m1],
-                                 strict=True)),
-                final=True, reason=CLOSE_REASONS[why])
-            out.append((close_row, flow_hash, chunk, CLOSE_REASONS[why]))
-        out.sort(key=lambda item: item[0])
+                self._scratch = scratch
+        else:
+            scratch = self._scratch
+        out = scratch[:total]
+        _spans_kernel(data, start, size, out)
         return out
 
     def _open(self, fwd: FlowKey, rev: FlowKey, fhash: int, flags: int, predicate: bool,
