@@ -35,7 +35,7 @@ from correlation.detector import (
     sorted_unique_text,
 )
 from pipeline.schema import EventBatch, mac_text
-from sensors.packets import ip_column_to_str, ip_to_bytes16
+from sensors.packets import IP_DTYPE, ip_column_to_str, ip_to_bytes16
 
 _ATTACK = dict(tactic_id="TA0006", tactic_name="Credential Access",
                technique_id="T1557.002",
@@ -104,9 +104,11 @@ class ArpSpoofDetector(Detector):
         group, n_groups = combine_codes(k, ip_code[copy_rows])
         macs = distinct_per_group(group, n_groups, _dense(mac)[copy_rows])
         groups = Groups.of(group, n_groups)
-        gw_bytes = {ip.tobytes(): i for i, ip in enumerate(ips)}
-        gw_codes = {gw_bytes[b]: expected for b, expected in self.gateways.items()
-                    if b in gw_bytes}
+        gw_codes = {}  # code of each configured gateway present -> its expected MAC
+        for b, expected in self.gateways.items():  # (a few gateways, not every address)
+            hit = np.flatnonzero(ips == np.frombuffer(b, IP_DTYPE)[0])
+            if hit.size:
+                gw_codes[int(hit[0])] = expected
         group_ip = np.full(n_groups, -1, np.int64)
         group_ip[group] = ip_code[copy_rows]
         candidates = (macs >= min(self.min_macs, 2)) | np.isin(group_ip, list(gw_codes))
@@ -195,5 +197,5 @@ class ArpSpoofDetector(Detector):
 
 
 def _dense(values: np.ndarray) -> np.ndarray:
-    _, inverse = np.unique(values, return_inverse=True)
-    return inverse.reshape(-1).astype(np.int64)
+    """np.unique's inverse (ranks among the distinct values), without its object sort."""
+    return combine_codes(values)[0]

@@ -120,6 +120,27 @@ def classify(c: Columns, amp_ports: np.ndarray, ratio: float
     return cls, sender_is_orig
 
 
+# The backscatter and reflection detectors classify the same batch with the same settings:
+# the last batch's classes are kept (with a reference to its columns, so their identity
+# cannot be reused) and handed to the second select read-only.
+_SELECT_MEMO: list = []  # [(columns, transport column, settings key, (cls, sender_is_orig))]
+
+
+def classify_batch(c: Columns, amp_ports: np.ndarray, ratio: float
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """classify() of a whole batch, memoized on the batch's columns (read-only result)."""
+    settings = (amp_ports.tobytes(), ratio)
+    if _SELECT_MEMO:
+        columns, transport, key, got = _SELECT_MEMO[0]
+        if columns is c and transport is c["transport"] and key == settings:
+            return got
+    got = classify(c, amp_ports, ratio)
+    for a in got:
+        a.flags.writeable = False
+    _SELECT_MEMO[:] = [(c, c["transport"], settings, got)]
+    return got
+
+
 class _UnsolicitedDetector(Detector):
     inputs = (InputSpec("flow", _COLUMNS),)
 
@@ -131,7 +152,7 @@ class _UnsolicitedDetector(Detector):
         self.max_sample = int(config.get("evidence_sample", 20))
 
     def select(self, batch: EventBatch) -> np.ndarray:
-        cls, _ = classify(batch.columns, self.amp_ports, self.ratio)
+        cls, _ = classify_batch(batch.columns, self.amp_ports, self.ratio)
         return cls != NOT_UNSOLICITED
 
     def _parties(self, cols: Columns, idx: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -228,7 +249,7 @@ class ReflectionDetector(_UnsolicitedDetector):
         self.min_bytes = float(config["min_reply_bytes"])
 
     def select(self, batch: EventBatch) -> np.ndarray:
-        cls, sender_is_orig = classify(batch.columns, self.amp_ports, self.ratio)
+        cls, sender_is_orig = classify_batch(batch.columns, self.amp_ports, self.ratio)
         receiver = np.where(sender_is_orig, batch.columns["dst_ip"], batch.columns["src_ip"])
         return (cls != NOT_UNSOLICITED) & ~GROUP_ADDRESSES.contains(receiver)
 

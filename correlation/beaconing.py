@@ -61,9 +61,10 @@ from correlation.network_common import (
     seen_by,
     span,
 )
+from correlation.prefilter import pack_codes, raw_address_codes, reaching
 from pipeline.jit import njit
 from pipeline.schema import EventBatch
-from pipeline.text_codes import factorize_text_sorted
+from pipeline.text_codes import TextIds
 
 _C2 = ("TA0011", "Command and Control")
 
@@ -96,6 +97,9 @@ _FLOW_COLUMNS = _BASE + ("end", "dst_ip", "dst_port", "transport", "src_bytes")
 _DNS_COLUMNS = _BASE + ("qname",)
 _TLS_COLUMNS = _BASE + ("server_name", "dst_ip")
 _HTTP_COLUMNS = _BASE + ("host", "dst_ip", "request_body_bytes")
+
+# distinct names whose ids are kept (then the memo starts over; bounded like dns_tunnel's)
+_NAME_MEMO_MAX = 200_000
 
 # kind -> (name column or None for flows, size column or None)
 _SOURCES = {"flow": (None, "src_bytes"), "dns": ("qname", None),
@@ -253,12 +257,6 @@ def established_tcp(c: Columns) -> np.ndarray:
             & (((df & TCP_SYN) != 0) | (c["dst_payload_bytes"] > 0)))
 
 
-def _factorize_text(values: np.ndarray) -> np.ndarray:
-    """Codes of a name column in sorted-name order (hash codes, then a sort of the distinct
-    names only: np.unique on the text sorted every row)."""
-    return factorize_text_sorted(values)[0]
-
-
 class BeaconDetector(Detector):
     """Regular contacts per (source, destination) and per (source, name): score >= min_score."""
 
@@ -276,6 +274,9 @@ class BeaconDetector(Detector):
         self.medium_score = float(config["medium_score"])
         self.bins = int(config["histogram_bins"])
         self.ideal = int(config["ideal_connections"])
+        # name -> id memo: every row is replayed in each of its hop copies' closes, so a
+        # name's text is hashed and compared once, not once per close
+        self._name_ids = TextIds(_NAME_MEMO_MAX)
         kinds = config.get("kinds", list(_SOURCES))
         self.inputs = tuple(s for s in BeaconDetector.inputs if s.kind in kinds)
 
@@ -302,11 +303,15 @@ class BeaconDetector(Detector):
         if idx.size < self.min_connections:
             return []
         name_col, size_col = _SOURCES[kind]
+        if name_col is not None:  # (source, name) keys are nearly all one-offs
+            idx = self._reaching_names(cols, idx, name_col)
+            if idx.size == 0:
+                return []
         if name_col is None:
             key, n_keys = ip_pair_codes(cols, idx)
         else:
             src = ip_codes(cols, "src_ip", idx)
-            key, n_keys = combine_codes(src, _factorize_text(cols[name_col][idx]))
+            key, n_keys = combine_codes(src, self._name_ids.sorted_codes(cols[name_col][idx])[0])
         # necessary: enough rows over the whole range
         keep = np.bincount(key, minlength=n_keys)[key] >= self.min_connections
         idx, key = idx[keep], key[keep]
@@ -333,6 +338,16 @@ class BeaconDetector(Detector):
 
         return wg.findings(hits, windows, rule_of, key_text,
                            lambda r, g: self._describe(kind, cols, r, scores, g))
+
+    def _reaching_names(self, cols: Columns, idx: np.ndarray, name_col: str) -> np.ndarray:
+        """Rows idx whose (source, name) has >= min_connections rows: the rows the ranked
+        keep below retains, found by a hash pass over unordered codes (text ids from the
+        memo), so only those few rows get sorted-name codes. (Flow pairs are ranked
+        directly: the engine's pair codes need no text, and sorting them measured faster
+        than hashing mostly distinct pairs first.)"""
+        src = raw_address_codes(cols, ("src_ip",), idx)
+        raw = None if src is None else pack_codes(src, self._name_ids.ids(cols[name_col][idx])[0])
+        return idx if raw is None else idx[reaching(raw, self.min_connections)]
 
     def _rule(self, kind: str, cols: Columns, wg: WindowGroups, g: int) -> Rule:
         if kind == "flow":

@@ -39,6 +39,7 @@ from correlation.detector import (
     sorted_unique_text,
 )
 from correlation.network_common import in_ports
+from correlation.prefilter import pair_candidates
 from pipeline.schema import EventBatch
 from sensors.packets import ip_column_to_str
 
@@ -124,6 +125,11 @@ class BruteForceDetector(Detector):
             if cols is None:
                 continue
             idx = np.flatnonzero(windows.row_mask(cols["timestamp"]))
+            # a (client, server, port) key with >= threshold distinct units has that many
+            # rows, and so have its client and its server: the other rows cannot reach
+            # (the reachable filter below keeps the same rows; ranks of a subset keep order)
+            if "src_ip" in cols and "dst_ip" in cols:
+                idx = pair_candidates(cols, idx, source.threshold)
             if idx.size:
                 common = source.to_common({k: v[idx] for k, v in cols.items()})
                 common["source"] = np.full(idx.size, i, np.int64)

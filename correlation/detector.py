@@ -15,13 +15,13 @@ numpy (sort / unique / bincount) instead of looping over events.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
 
-from correlation.kernels import factorize_u64, factorize_u128
+from correlation.kernels import factorize_u64, factorize_u128, window_copies
 from pipeline.schema import EventBatch
 from sensors.packets import IP_DTYPE
 
@@ -122,18 +122,13 @@ class WindowRange:
     def assign(self, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(row index, window index) for every row and every closing window containing it.
 
-        A loop over the (few) window offsets, never over rows: copy j of row i belongs to
-        window last_index(t_i) - j.
+        Copy j of row i belongs to window last_index(t_i) - j; the copies are listed by j,
+        then row. One compiled count-and-fill pass (kernels.window_copies) instead of
+        several numpy passes and temporaries per window offset.
         """
-        last_k = self.spec.last_index(times)
-        rows_out, k_out = [], []
-        for j in range(self.spec.copies):
-            k = last_k - j
-            ok = (k >= self.first) & (k <= self.last) & (self.spec.end(k) > times)
-            rows = np.flatnonzero(ok)
-            rows_out.append(rows)
-            k_out.append(k[rows])
-        return np.concatenate(rows_out), np.concatenate(k_out).astype(np.int64)
+        return window_copies(np.ascontiguousarray(times, dtype=np.int64), int(self.first),
+                             int(self.last), int(self.spec.size_ns), int(self.spec.hop_ns),
+                             int(self.spec.copies))
 
     def row_mask(self, times: np.ndarray) -> np.ndarray:
         """Rows that fall into at least one of the closing windows."""
@@ -212,6 +207,16 @@ class Detector(ABC):
     @abstractmethod
     def select(self, batch: EventBatch) -> np.ndarray:
         """Boolean mask of the rows of `batch` (a consumed kind) this detector may need."""
+
+    def select_key(self, kind: str) -> Hashable | None:
+        """A key naming what `select` computes for `kind`, or None (the default: not shared).
+
+        Detectors returning equal keys promise equal `select` masks for every batch of
+        `kind` (e.g. two instances of one class whose select reads the same settings: the
+        key is then the class and those settings); the engine calls `select` once per batch
+        for them all. Optional: None keeps the former one-call-per-detector behaviour.
+        """
+        return None
 
     @abstractmethod
     def detect(self, rows: Mapping[str, Columns], windows: WindowRange) -> list[Finding]:

@@ -50,9 +50,11 @@ from correlation.detector import (
     factorize_ip,
     sorted_unique_text,
 )
+from correlation.kernels import factorize_u64
+from correlation.prefilter import raw_address_codes
 from pipeline.jit import njit
 from pipeline.schema import EventBatch, dns_type_name
-from pipeline.text_codes import factorize_text
+from pipeline.text_codes import TextIds
 from sensors.packets import ip_column_to_str
 
 try:  # the Public Suffix List, shipped inside the package (no download at run time)
@@ -157,6 +159,19 @@ class _Psl:
                 self._public_labels.clear()
             self._public_labels[tail] = public
         return public
+
+    def public_labels_of(self, tails: list[str]) -> np.ndarray:
+        """public_labels of each tail: one C-level memo lookup per tail, a Python call
+        only for tails not in the memo."""
+        memo = self._public_labels
+        out = np.fromiter(map(memo.get, tails, repeat(0, len(tails))), np.int64, len(tails))
+        missing = np.flatnonzero(out == 0)  # (a public suffix has >= 1 label)
+        if missing.size:
+            fresh = {t: self.public_labels(t) for t in map(tails.__getitem__, missing.tolist())}
+            out[missing] = np.fromiter(map(fresh.__getitem__, map(tails.__getitem__,
+                                                                  missing.tolist())),
+                                       np.int64, missing.size)
+        return out
 
     def split(self, name: str) -> tuple[str, str]:
         """(parent, public suffix); parent '' when the name is a suffix or single label."""
@@ -310,9 +325,12 @@ class DnsTunnelDetector(Detector):
         self.ignore = tuple(str(d).lower().strip(".") for d in c.get("ignore_domains") or ())
         self.max_sample = int(c.get("evidence_sample", 10))
         self._psl = _Psl()
-        # name -> row of the per-name feature columns (bounded memo: names repeat)
-        self._feature_rows: dict[str, int] = {}
-        self._feature_columns: dict[str, np.ndarray] = {}
+        # name -> row of the per-name feature columns (bounded memo: names repeat, and each
+        # row is seen again in every window of its hop copies), and parent -> parent id
+        self._names = TextIds(_FEATURE_MEMO_MAX)
+        self._parent_ids: dict[str, int] = {}
+        self._feature_columns: dict[str, np.ndarray] = {}  # (rows beyond _stored_names unused)
+        self._stored_names = 0
 
     def select(self, batch: EventBatch) -> np.ndarray:
         # Queries feed the tunnel rules; of the responses only NXDOMAIN (DGA) and those of
@@ -324,46 +342,58 @@ class DnsTunnelDetector(Detector):
 
     # --- per-name features -----------------------------------------------------------------
 
-    def _name_features(self, names: list[str]) -> dict[str, np.ndarray]:
-        """Per-name feature columns (see _FEATURES) aligned with `names` (distinct names).
+    def _name_rows(self, names: np.ndarray | list[str]) -> tuple[np.ndarray, list[str]]:
+        """(row of the stored per-name feature columns (see _FEATURES) for each name, the
+        names as a list). One C-level dict lookup per name; only names never seen (or
+        seen before the bounded memo started over) are computed."""
+        rows, items, new, reset = self._names.ids(names)
+        if reset:  # every id changed: the stored columns start over with them
+            self._feature_columns = {}
+            self._parent_ids = {}
+            self._stored_names = 0
+        if new:
+            stored, n_old = self._feature_columns, self._stored_names
+            n_new = n_old + len(new)
+            for key, column in self._compute_features(new).items():
+                if key not in stored or stored[key].shape[0] < n_new:  # amortized growth
+                    grown = np.empty(max(2 * n_new, 1024), column.dtype)
+                    if key in stored:
+                        grown[:n_old] = stored[key][:n_old]
+                    stored[key] = grown
+                stored[key][n_old:n_new] = column
+            self._stored_names = n_new
+        return rows, items
 
-        The memo maps name -> row of the stored columns; the lookup is one C-level
-        dict.get per name, and only names never seen are computed."""
-        memo = self._feature_rows
-        rows = np.fromiter(map(memo.get, names, repeat(-1, len(names))), np.int64, len(names))
-        todo = np.flatnonzero(rows < 0)
-        if todo.size:
-            if len(memo) + todo.size > _FEATURE_MEMO_MAX:  # bounded: start over
-                memo.clear()
-                self._feature_columns = {}
-                todo = np.arange(len(names))
-            new_names = [names[i] for i in todo.tolist()]
-            fresh = self._compute_features(new_names)
-            base = len(memo)
-            stored = self._feature_columns
-            for key, column in fresh.items():
-                stored[key] = np.concatenate((stored[key], column)) if key in stored else column
-            memo.update(zip(new_names, range(base, base + len(new_names)), strict=True))
-            rows[todo] = np.arange(base, base + len(new_names))
+    def _name_features(self, names: np.ndarray | list[str]) -> dict[str, np.ndarray]:
+        """Per-name feature columns aligned with `names`."""
+        rows, _ = self._name_rows(names)
         return {key: column[rows] for key, column in self._feature_columns.items()}
 
     def _compute_features(self, names: list[str]) -> dict[str, np.ndarray]:
         """Feature columns of names not seen before: string methods mapped over the list
         (C loops, no Python step per name) and compiled passes over the code points."""
-        names_col = _object_column(names)
         parent, sub, sld = self._split_names(names)
         if self.ignore:  # allow-listed parents are never grouped
+            n = len(names)
             named = (parent != "") & (parent != INVALID_TLD)
-            listed = np.zeros(len(names), bool)
-            for d in self.ignore:
-                listed |= (parent == d) | (names_col == d)
-                listed |= np.fromiter(map(str.endswith, names, repeat("." + d)), bool,
-                                      len(names))
+            ignored = frozenset(self.ignore)
+            listed = (np.fromiter(map(ignored.__contains__, parent.tolist()), bool, n)
+                      | np.fromiter(map(ignored.__contains__, names), bool, n)
+                      | np.fromiter(map(str.endswith, names,
+                                        repeat(tuple("." + d for d in self.ignore))), bool, n))
             parent[named & listed] = ""
         subs, slds = sub.tolist(), sld.tolist()
         dotless = list(map(str.replace, subs, repeat("."), repeat("")))
         max_label, label_start = _longest_labels(subs)
+        # parent ids: the detector groups by parent without factorizing the text each close
+        parent_ids = self._parent_ids
+        parents = parent.tolist()
+        for p in dict.fromkeys(parents):
+            if p not in parent_ids:
+                parent_ids[p] = len(parent_ids)
         return {"parent": parent,
+                "parent_id": np.fromiter(map(parent_ids.__getitem__, parents), np.int64,
+                                         len(parents)),
                 "sub_len": np.fromiter(map(len, dotless), np.int64, len(dotless)),
                 "max_label": max_label, "label_start": label_start,
                 "sub_h": entropy(dotless),
@@ -407,8 +437,7 @@ class DnsTunnelDetector(Detector):
         keys_2d = np.stack(keys)
         rows = np.arange(m)
         decide = keys_2d[np.minimum(count, deepest + 1), rows]
-        public_of = {t: self._psl.public_labels(t) for t in set(decide.tolist())}
-        public = np.fromiter(map(public_of.__getitem__, decide.tolist()), np.int64, m)
+        public = self._psl.public_labels_of(decide.tolist())
         has_parent = count > public
         above = np.minimum(public + 1, count)
         parent = np.where(has_parent, keys_2d[above, rows], "")
@@ -465,18 +494,28 @@ class DnsTunnelDetector(Detector):
         idx = np.flatnonzero(windows.row_mask(t))
         if idx.size == 0:
             return []
-        name_code, distinct = factorize_text(cols["qname"][idx])
-        feats = self._name_features(distinct)
+        # distinct names in first-seen order (as factorize_text gives them) from the memo's
+        # row ids: a compiled factorize of integers, no hashing of text per close
+        name_rows, qnames = self._name_rows(cols["qname"][idx])
+        name_code, first = factorize_u64(name_rows.view(np.uint64))
+        distinct = list(map(qnames.__getitem__, first.tolist()))
+        distinct_rows = name_rows[first]
+        feats = {key: column[distinct_rows] for key, column in self._feature_columns.items()}
         parent_of, sub_len, sub_h = feats["parent"], feats["sub_len"], feats["sub_h"]
         long_name = (sub_len >= self.long_chars) & (sub_h >= self.min_entropy)
         exfil_name = (feats["max_label"] >= self.exfil_label) & (sub_h >= self.min_entropy)
         random_sld = (feats["sld_len"] >= self.dga_label) & (feats["sld_h"] >= self.dga_entropy)
-        parent_code_of, _ = factorize_text(parent_of)
+        parent_code_of = factorize_u64(feats["parent_id"].view(np.uint64))[0]
         named = parent_of != ""  # per distinct name
         valid_tld = parent_of != INVALID_TLD
         is_resp = cols["is_response"][idx]
         client = np.where(is_resp, cols["dst_ip"][idx], cols["src_ip"][idx])
-        client_code, _ = factorize_ip(client)
+        src_raw = raw_address_codes(cols, ("src_ip",), idx)
+        if src_raw is None:
+            client_code, _ = factorize_ip(client)
+        else:  # the engine's order-preserving address codes: factorize_ip's, without a sort
+            dst_raw = raw_address_codes(cols, ("dst_ip",), idx)
+            client_code, _ = combine_codes(np.where(is_resp, dst_raw, src_raw))
         has_parent = named[name_code]
         findings: list[Finding] = []
         ctx = dict(cols=cols, idx=idx, name_code=name_code, distinct=distinct, feats=feats)
@@ -487,8 +526,16 @@ class DnsTunnelDetector(Detector):
             pcode = parent_code_of[name_code[q]]
             key, _ = combine_codes(client_code[q], pcode)
             n_keys = int(key.max()) + 1
-            reach = distinct_per_group(key, n_keys, name_code[q])[key] >= min(self.min_unique, 1)
+            # A (client, parent) can only be a finding in a window if over the whole range
+            # it has >= min_unique distinct names (tunnel) or an exfil-shaped name: the
+            # other keys (nearly all: a client meets most parents a few times) are dropped
+            # before rows are replicated into windows. Group ids stay ordered; the evidence
+            # does not depend on the order of a group's rows.
+            reach = ((distinct_per_group(key, n_keys, name_code[q]) >= self.min_unique)
+                     | (np.bincount(key, weights=exfil_name[name_code[q]], minlength=n_keys)
+                        > 0))[key]
             q, key = q[reach], key[reach]
+        if q.size:
             copy_rows, k = windows.assign(t[idx[q]])
             group, n_groups = combine_codes(k, key[copy_rows])
             member = q[copy_rows]

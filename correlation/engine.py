@@ -13,8 +13,8 @@ State is bounded: per detector and kind, the engine keeps only the columns the d
 asked for, of the rows its `select` kept, and drops rows once no open window needs them
 (compacting when they are over a quarter of the buffer), plus a hard `max_buffered_rows`
 cap, oldest rows dropped first and counted. The rows are stored once per kind for all
-detectors (a shared buffer with a membership bit per detector, `_SharedBuffer`), and
-every buffered address gets a stable id once, on arrival (a compiled hash table,
+detectors (a shared buffer, `_SharedBuffer`, in which each detector keeps the positions of
+its rows), and every buffered address gets a stable id once, on arrival (a compiled hash table,
 correlation/kernels.py), from which the order-preserving address codes detectors group by
 are a gather at window close; what each detector sees is exactly what a buffer of its own
 would hold.
@@ -39,7 +39,8 @@ from correlation.detector import (
     WindowRange,
     combine_codes,
 )
-from correlation.kernels import AddressTable
+from correlation.kernels import AddressTable, count_stale, ranked_codes, release_stale
+from correlation.network_common import batch_memo
 from pipeline.config import deep_merge, load_class, load_config
 from pipeline.schema import EventBatch, fold_observer_names, validate_batch
 from sensors.packets import IP_DTYPE
@@ -78,22 +79,29 @@ class _SharedBuffer:
     Why shared: the hour-long detectors (beaconing, strobe, exfiltration) select nearly
     every flow; one copy per detector made the engine spend most of its time copying the
     same rows (object columns included). Here every row is copied once, into growable
-    arrays, with one boolean membership column per consuming detector: a
-    detector's rows are the arrival-ordered rows whose bit it holds, exactly the rows the
-    former per-detector buffer held (same drops, caps and compaction points), so detectors
-    see the same input. Rows no detector holds any more are compacted away once they are
-    over a quarter of the buffer (a per-row holder count says how many, without scanning
-    every detector's membership row). Object (text) columns are kept as the list of appended
-    pieces and joined only when a detector reads them: most detectors read them only for
-    the evidence of a finding, and copying object references is the costliest copy.
-    Address columns also keep an id per row into one AddressTable per kind.
+    arrays, and every consuming detector ("user") keeps the ascending positions of the
+    rows it holds: exactly the rows the former per-detector buffer held (same drops, caps
+    and compaction points), so detectors see the same input. Why positions and not a
+    membership bit per row: the short-window detectors hold a few hundred rows of a buffer
+    the hour-long ones keep at 10^5 rows, and a bit row made every view, prune and stale
+    scan of theirs cost the whole buffer; with positions each costs the user's own rows.
+    Rows no user holds are compacted away once they are over a quarter of the buffer (a
+    per-row holder count says how many). Object (text) columns are kept as the list of
+    appended pieces, never joined on a read: most detectors read them only for the
+    evidence of a finding, and copying object references is the costliest copy (a read
+    gathers the held rows piece by piece; compaction joins them). Address columns also
+    keep an id per row into one AddressTable per kind.
     """
 
     def __init__(self, columns: tuple[str, ...], users: int) -> None:
         self.names = columns
         self.arrays: dict[str, np.ndarray] = {}  # numeric columns, growable
         self.pieces: dict[str, list[np.ndarray]] = {}  # object columns, appended pieces
-        self.member = np.zeros((users, 0), bool)  # member[u, row]: user u holds the row
+        self.piece_starts: dict[str, list[int]] = {}  # buffer row of each piece's first row
+        self.capacity = 0  # rows the numeric columns have room for
+        # _positions[u][:held[u]]: ascending buffer rows user u holds (growable; positions
+        # handed out are never written again: releases build new arrays, appends go past)
+        self._positions = [np.empty(0, np.int64) for _ in range(users)]
         self.held = [0] * users  # rows each user holds (its former buffer size)
         # earliest time each user holds, kept up to date on append (the engine asks on
         # every push until a detector's first window closes); None = recompute
@@ -107,10 +115,6 @@ class _SharedBuffer:
         # at window close instead of a sort of the whole buffer per close.
         self.addresses = AddressTable()
         self.address_ids: dict[str, np.ndarray] = {}  # address column -> ids, growable
-
-    @property
-    def capacity(self) -> int:
-        return self.member.shape[1]
 
     def append(self, columns: Mapping[str, np.ndarray], selected: list[np.ndarray]) -> None:
         """Append the rows any user selected; selected[u] = sorted row indices of user u."""
@@ -132,25 +136,40 @@ class _SharedBuffer:
             self.arrays[c][self.rows:need] = columns[c] if everything else columns[c][rows]
         for c, pieces in self.pieces.items():
             pieces.append(columns[c] if everything else columns[c][rows])
+            self.piece_starts[c].append(self.rows)
         for c, ids in self.address_ids.items():
             ids[self.rows:need] = self.addresses.intern(self.arrays[c][self.rows:need])
+        # where each input row lands in the buffer (an offset when every row is appended)
+        if not everything:
+            landing = np.empty(n_in, np.int64)
+            landing[rows] = np.arange(self.rows, need, dtype=np.int64)
         for u, idx in enumerate(selected):
             if idx.size:
-                mine = np.zeros(n_in, bool)
-                mine[idx] = True
-                self.member[u, self.rows:need] = mine if everything else mine[rows]
                 earliest = int(columns["timestamp"][idx].min())
                 if self.held[u] == 0:
                     self.first_time[u] = earliest
                 elif self.first_time[u] is not None:
                     self.first_time[u] = min(self.first_time[u], earliest)
-                self.held[u] += int(idx.size)
+                self._add_positions(u, (idx + self.rows) if everything else landing[idx])
         self.holders[self.rows:need] = holders if everything else holders[rows]
         self.rows = need
+
+    def _add_positions(self, user: int, new: np.ndarray) -> None:
+        """Append ascending positions past the user's last one (amortized growth)."""
+        held = self.held[user]
+        end = held + new.shape[0]
+        buf = self._positions[user]
+        if end > buf.shape[0]:
+            grown = np.empty(max(end, 2 * buf.shape[0], 256), np.int64)
+            grown[:held] = buf[:held]
+            self._positions[user] = buf = grown
+        buf[held:end] = new
+        self.held[user] = end
 
     def _grow(self, size: int, columns: Mapping[str, np.ndarray]) -> None:
         if not self.arrays and not self.pieces:  # first rows: sort the columns by storage
             self.pieces = {c: [] for c in self.names if columns[c].dtype == object}
+            self.piece_starts = {c: [] for c in self.pieces}
             self.address_ids = {c: np.empty(0, np.int64) for c in self.names
                                 if columns[c].dtype == IP_DTYPE}
         grown = {c: np.empty(size, columns[c].dtype) for c in self.names
@@ -165,9 +184,7 @@ class _SharedBuffer:
         holders = np.zeros(size, np.int16)
         holders[: self.rows] = self.holders[: self.rows]
         self.holders = holders
-        member = np.zeros((self.member.shape[0], size), bool)
-        member[:, : self.rows] = self.member[:, : self.rows]
-        self.member = member
+        self.capacity = size
 
     def column(self, name: str) -> np.ndarray:
         """Every row of one column (a view of a numeric column; object pieces joined once)."""
@@ -177,16 +194,36 @@ class _SharedBuffer:
         if len(pieces) != 1:
             self.pieces[name] = pieces = [np.concatenate(pieces) if pieces
                                           else np.empty(0, object)]
+            self.piece_starts[name] = [0]
         return pieces[0]
 
+    def gather_pieces(self, name: str, positions: np.ndarray) -> np.ndarray:
+        """An object column at ascending `positions`, gathered piece by piece: a read costs
+        the rows read, not a join of the whole buffer (a loop over pieces, not rows)."""
+        pieces = self.pieces[name]
+        starts = self.piece_starts[name]
+        cuts = np.searchsorted(positions, starts + [self.rows]).tolist()
+        parts = []
+        for i, piece in enumerate(pieces):
+            lo, hi = cuts[i], cuts[i + 1]
+            if lo < hi:
+                first, last = int(positions[lo]) - starts[i], int(positions[hi - 1]) - starts[i]
+                # a run of consecutive rows is a slice (a view), not a gather
+                parts.append(piece[first:last + 1] if last - first + 1 == hi - lo
+                             else piece[positions[lo:hi] - starts[i]])
+        if len(parts) == 1:
+            return parts[0]
+        return np.concatenate(parts) if parts else np.empty(0, object)
+
     def positions(self, user: int) -> np.ndarray:
-        return np.flatnonzero(self.member[user, : self.rows])
+        """Ascending buffer rows the user holds (a view; never written afterwards)."""
+        return self._positions[user][: self.held[user]]
 
     def view(self, user: int, names: tuple[str, ...]) -> _UserColumns:
         return _UserColumns(self, self.positions(user), names)
 
     def times(self, user: int) -> np.ndarray:
-        return self.arrays["timestamp"][: self.rows][self.member[user, : self.rows]]
+        return self.arrays["timestamp"][self.positions(user)]
 
     def min_time(self, user: int) -> int | None:
         if not self.held[user]:
@@ -200,30 +237,32 @@ class _SharedBuffer:
 
     def drop_oldest(self, user: int, count: int) -> None:
         """Release the user's `count` earliest-arrived rows (the hard row cap)."""
-        self._release(user, self.positions(user)[:count])
-        self.first_time[user] = None
-
-    def _release(self, user: int, rows: np.ndarray) -> None:
-        """The user stops holding `rows` (sorted, distinct, all held by it)."""
-        self.member[user, rows] = False
-        self.held[user] -= int(rows.size)
-        holders = self.holders[rows] - 1
-        self.holders[rows] = holders
+        mine = self.positions(user)
+        gone = mine[:count]
+        holders = self.holders[gone] - 1
+        self.holders[gone] = holders
         self.free += int(np.count_nonzero(holders == 0))
+        self._positions[user] = mine[count:].copy()
+        self.held[user] = int(self._positions[user].shape[0])
+        self.first_time[user] = None
 
     def prune(self, user: int, horizon: int) -> None:
         """Release the user's rows before `horizon` when they are over a quarter of its rows.
 
         The former per-detector buffer compacted on the same condition; keeping the rule
-        keeps what a detector sees (stale rows included) exactly as before.
+        keeps what a detector sees (stale rows included) exactly as before. Compiled
+        passes over the user's own positions: no mask temporaries, no whole-buffer scan.
         """
         first = self.first_time[user]
-        if first is not None and first >= horizon:  # nothing stale: skip the scan
+        if not self.held[user] or (first is not None and first >= horizon):  # none stale
             return
-        mine = self.member[user, : self.rows]
-        stale = mine & (self.arrays["timestamp"][: self.rows] < horizon)
-        if int(np.count_nonzero(stale)) > self.held[user] // 4:
-            self._release(user, np.flatnonzero(stale))
+        mine = self.positions(user)
+        times = self.arrays["timestamp"]
+        if count_stale(mine, times, horizon) > self.held[user] // 4:
+            kept, freed = release_stale(mine, times, horizon, self.holders)
+            self._positions[user] = kept
+            self.held[user] = int(kept.shape[0])
+            self.free += freed
             self.first_time[user] = None
 
     def compact(self) -> None:
@@ -240,9 +279,10 @@ class _SharedBuffer:
         self.holders[n_used:self.rows] = 0
         for c in self.pieces:
             self.pieces[c] = [self.column(c)[used]]  # dropped rows' references go
-        # np.compress: one pass per membership row (2-D boolean indexing is ~2x slower)
-        self.member[:, :n_used] = np.compress(used, self.member[:, : self.rows], axis=1)
-        self.member[:, n_used:self.rows] = False  # beyond rows: never set, still False
+        # every held row is used: its new position is the count of used rows before it
+        new_position = np.cumsum(used, dtype=np.int64) - 1
+        for u in range(len(self._positions)):
+            self._positions[u] = new_position[self.positions(u)]
         self.rows = n_used
         self.free = 0
         self._forget_addresses()
@@ -264,13 +304,13 @@ class _SharedBuffer:
         """Order-preserving (not dense) codes of the address tuple `names` at `positions`:
         ordered like factorize_ip codes of one column, like combine_codes of several."""
         ranks = self.addresses.ranks()
-        codes = ranks[self.address_ids[names[0]][positions]]
         radix = max(1, self.addresses.size)
         if len(names) > 2 or (len(names) == 2 and radix > 3_000_000_000):  # int64 overflow
             return combine_codes(*(ranks[self.address_ids[c][positions]] for c in names))[0]
-        for c in names[1:]:
-            codes = codes * radix + ranks[self.address_ids[c][positions]]
-        return codes
+        # one compiled pass: rank of the first address (times radix, plus the second's)
+        ids = self.address_ids[names[0]]
+        second = self.address_ids[names[1]] if len(names) == 2 else ids
+        return ranked_codes(ranks, ids, second, positions, radix if len(names) == 2 else 0)
 
 
 class _UserColumns(dict):
@@ -291,9 +331,17 @@ class _UserColumns(dict):
     def __missing__(self, name: str) -> np.ndarray:
         if name not in self._names:
             raise KeyError(name)
+        p = self._positions
+        if name in self._store.pieces:
+            column = self._store.gather_pieces(name, p)
+            self[name] = column
+            return column
         full = self._store.column(name)
-        # every row held: a view, no copy
-        column = full if self._positions.size == full.shape[0] else full[self._positions]
+        # consecutive rows held (every row, or one run of arrivals): a view, no copy
+        if p.size and p[-1] - p[0] + 1 == p.size:
+            column = full[p[0]:p[-1] + 1]
+        else:
+            column = full[p]
         self[name] = column
         return column
 
@@ -334,7 +382,7 @@ class _UserColumns(dict):
 class _DetectorState:
     def __init__(self, detector: Detector, users: dict[str, int]) -> None:
         self.detector = detector
-        self.users = users  # kind -> this detector's membership row in that kind's buffer
+        self.users = users  # kind -> this detector's user number in that kind's buffer
         self.next_k: int | None = None  # first window index not closed yet
         self.last_alert: dict[tuple[str, str], int] = {}  # (rule, key) -> window start
 
@@ -385,7 +433,8 @@ class CorrelationEngine:
         dropped = np.zeros(n, bool)
         store = self._stores.get(batch.kind)
         if store is not None:
-            self._buffer(store, batch, late, dropped)
+            with batch_memo():  # selects share masks of this batch's columns
+                self._buffer(store, batch, late, dropped)
         self.stats["late_events"] += int(late.sum())
         self.stats["late_dropped"] += int(dropped.sum())
         batch_max = int(batch.columns["timestamp"].max())
@@ -414,10 +463,19 @@ class CorrelationEngine:
                 dropped: np.ndarray) -> None:
         selected = []
         consumers = [s for s in self._states if batch.kind in s.users]
+        earliest = int(batch.columns["timestamp"].min())
+        shared: dict = {}  # select_key -> selected rows (detectors promising equal selects)
         for state in consumers:
             detector = state.detector
-            idx = np.flatnonzero(detector.select(batch))
-            if idx.size and state.next_k is not None:
+            key = detector.select_key(batch.kind)
+            idx = shared.get(key) if key is not None else None
+            if idx is None:
+                idx = np.flatnonzero(detector.select(batch))
+                if key is not None:
+                    shared[key] = idx  # read-only below: the late filter makes a new array
+            # a row is late iff t < end(next_k - 1); in-order input skips the row checks
+            if (idx.size and state.next_k is not None
+                    and earliest < int(detector.window.end(state.next_k - 1))):
                 t = batch.columns["timestamp"][idx]
                 is_late = detector.window.first_index(t) < state.next_k
                 all_closed = detector.window.last_index(t) < state.next_k

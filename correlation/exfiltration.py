@@ -46,6 +46,7 @@ from correlation.network_common import (
     seen_by,
     span,
 )
+from correlation.prefilter import pair_candidates
 from pipeline.jit import njit
 from pipeline.schema import EventBatch
 
@@ -119,6 +120,11 @@ class UploadDetector(_OutboundDetector):
             return []
         out = cols["src_payload_bytes"].astype(np.float64)
         if out[idx].sum() < self.min_bytes:
+            return []
+        # only sources and destinations that got that many bytes at all can hold a pair
+        # that did: rank just their rows (the keep below then gives the same rows)
+        idx = pair_candidates(cols, idx, self.min_bytes, weights=out[idx])
+        if idx.size == 0:
             return []
         pair, n_pairs = ip_pair_codes(cols, idx)
         keep = np.bincount(pair, weights=out[idx], minlength=n_pairs)[pair] >= self.min_bytes

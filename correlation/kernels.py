@@ -259,3 +259,130 @@ class AddressTable(KeyTable):
             self._ranks = ranks
         return self._ranks
 
+
+
+@njit
+def in_networks(halves: np.ndarray, blocks: np.ndarray) -> np.ndarray:
+    """Boolean per row: address in any CIDR block.
+
+    halves: (n, 2) uint64, the native view of a 16-byte address column; blocks: (b, 4)
+    uint64 rows (net hi, net lo, mask hi, mask lo) in the same native view of their
+    big-endian bytes (AND / == are bitwise, so no byte swap is needed). Indices run over
+    the arrays' own shapes only.
+    """
+    n = halves.shape[0]
+    out = np.zeros(n, np.bool_)
+    for i in range(n):
+        a = halves[i, 0]
+        b = halves[i, 1]
+        for j in range(blocks.shape[0]):
+            if (a & blocks[j, 2]) == blocks[j, 0] and (b & blocks[j, 3]) == blocks[j, 1]:
+                out[i] = True
+                break
+    return out
+
+
+@njit
+def window_copies(times: np.ndarray, first: int, last: int, size: int, hop: int,
+                  copies: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row, window index) of every row copy in every window first..last containing it.
+
+    Copy j of row i belongs to window t_i // hop - j when that window is in first..last and
+    ends after t_i; output ordered by j, then row (WindowRange.assign's order). Two passes
+    (count, fill) so the output is allocated once; rows index `times` only.
+    """
+    n = times.shape[0]
+    total = 0
+    for j in range(copies):
+        for i in range(n):
+            k = times[i] // hop - j
+            if k >= first and k <= last and k * hop + size > times[i]:
+                total += 1
+    rows = np.empty(total, np.int64)
+    ks = np.empty(total, np.int64)
+    m = 0
+    for j in range(copies):
+        for i in range(n):
+            k = times[i] // hop - j
+            if k >= first and k <= last and k * hop + size > times[i]:
+                rows[m] = i
+                ks[m] = k
+                m += 1
+    return rows, ks
+
+
+@njit
+def count_stale(positions: np.ndarray, times: np.ndarray, horizon: int) -> int:
+    """How many of the buffered rows `positions` have times[row] < horizon (one pass, no
+    temporaries). Raises IndexError on a position outside `times`."""
+    count = 0
+    for i in range(positions.shape[0]):
+        p = positions[i]
+        if p < 0 or p >= times.shape[0]:
+            raise IndexError("buffered row position out of range")
+        if times[p] < horizon:
+            count += 1
+    return count
+
+
+@njit
+def release_stale(positions: np.ndarray, times: np.ndarray, horizon: int,
+                  holders: np.ndarray) -> tuple[np.ndarray, int]:
+    """Drop the rows before `horizon` from `positions` (order kept) and decrement their
+    holder counts; returns (kept positions, rows no holder keeps any more). Raises
+    IndexError on a position outside `times` or `holders`."""
+    kept = np.empty(positions.shape[0], np.int64)
+    m = 0
+    freed = 0
+    for i in range(positions.shape[0]):
+        p = positions[i]
+        if p < 0 or p >= times.shape[0] or p >= holders.shape[0]:
+            raise IndexError("buffered row position out of range")
+        if times[p] < horizon:
+            holders[p] -= 1
+            if holders[p] == 0:
+                freed += 1
+        else:
+            kept[m] = p
+            m += 1
+    return kept[:m], freed
+
+
+@njit
+def ranked_codes(ranks: np.ndarray, first: np.ndarray, second: np.ndarray,
+                 positions: np.ndarray, radix: int) -> np.ndarray:
+    """ranks[first[p]] * radix + ranks[second[p]] for every p in positions (radix 0: the
+    first column's rank alone): the engine's order-preserving address (pair) codes in one
+    pass instead of four gathers and two temporaries. Raises IndexError on a position or
+    id out of range."""
+    n = positions.shape[0]
+    out = np.empty(n, np.int64)
+    for i in range(n):
+        p = positions[i]
+        if p < 0 or p >= first.shape[0] or p >= second.shape[0]:
+            raise IndexError("buffered row position out of range")
+        a = first[p]
+        if a < 0 or a >= ranks.shape[0]:
+            raise IndexError("address id out of range")
+        code = ranks[a]
+        if radix:
+            b = second[p]
+            if b < 0 or b >= ranks.shape[0]:
+                raise IndexError("address id out of range")
+            code = code * radix + ranks[b]
+        out[i] = code
+    return out
+
+
+@njit
+def lookup_u16(values: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """table[values] for a uint16 column and a boolean table (65536 entries for a full
+    lookup); values beyond the table give False instead of reading past it."""
+    n = values.shape[0]
+    out = np.zeros(n, np.bool_)
+    size = table.shape[0]
+    for i in range(n):
+        v = values[i]
+        if v < size:
+            out[i] = table[v]
+    return out

@@ -38,6 +38,7 @@ from correlation.network_common import (
     seen_by,
     span,
 )
+from correlation.prefilter import pair_candidates
 from pipeline.schema import TRANSPORT_NAMES, EventBatch
 
 _C2 = ("TA0011", "Command and Control")
@@ -166,6 +167,11 @@ class StrobeDetector(Detector):
         t = cols["timestamp"]
         idx = np.flatnonzero(windows.row_mask(t))
         if idx.size < self.min_connections:
+            return []
+        # thousands of connections per pair: few sources and destinations have that many,
+        # so only their rows get pair codes (the keep below then gives the same rows)
+        idx = pair_candidates(cols, idx, self.min_connections)
+        if idx.size == 0:
             return []
         pair, n_pairs = ip_pair_codes(cols, idx)
         keep = np.bincount(pair, minlength=n_pairs)[pair] >= self.min_connections

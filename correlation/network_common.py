@@ -9,9 +9,11 @@ reduces with bincount / sorted reduceat. Python loops run over findings only.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from functools import lru_cache, partial
+from functools import cached_property, lru_cache, partial
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +29,7 @@ from correlation.detector import (
     distinct_per_group,
     sorted_unique_text,
 )
+from correlation.kernels import in_networks, lookup_u16
 from sensors.packets import IP_DTYPE, ip_column_to_str, ip_to_bytes16
 
 IANA_ICMP = 1
@@ -83,11 +86,55 @@ def echo_request_flows(c: Columns) -> np.ndarray:
 
 
 def in_ports(column: np.ndarray, ports) -> np.ndarray:
-    """np.isin(column, ports) for a uint16 port column: one lookup in a 64 K table instead
-    of isin's sort / compare passes (the selects run on every pushed row)."""
+    """np.isin(column, ports) for a uint16 port column: one compiled lookup per row in a
+    64 K table instead of isin's sort / compare passes (the selects run on every pushed
+    row). Inside `batch_memo` a repeated test of the same column and set is a copy."""
     if column.dtype != np.uint16:
         return np.isin(column, ports)
-    return _port_table(tuple(np.asarray(ports, dtype=np.int64).reshape(-1).tolist()))[column]
+    wanted = tuple(np.asarray(ports, dtype=np.int64).reshape(-1).tolist())
+    return batch_cached(("ports", wanted), column,
+                     lambda: lookup_u16(column, _port_table(wanted)))
+
+
+# Results of the batch being selected, while the engine selects it (batch_memo): several
+# selects test the same column of a batch against the same set (GROUP_ADDRESSES on
+# dst_ip; backscatter and reflection classify the same flows). Only inside batch_memo,
+# because only there are the columns known not to change between two tests.
+_BATCH_MEMO: dict[tuple, tuple[np.ndarray, Any]] | None = None
+
+
+@contextmanager
+def batch_memo() -> Iterator[None]:
+    """While selecting one batch: Networks.contains, in_ports and batch_cached remember
+    their result per (column, what) and hand out copies on a repeat; forgotten on exit."""
+    global _BATCH_MEMO
+    outer = _BATCH_MEMO
+    _BATCH_MEMO = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _BATCH_MEMO = outer
+
+
+def batch_cached(what: Hashable, column: np.ndarray, compute: Callable[[], Any]) -> Any:
+    """compute() — an array or a tuple of arrays derived from the batch that `column`
+    belongs to — or, inside batch_memo (the engine's select phase), a copy of the result
+    remembered for the same column object and `what` (a copy: callers may change it in
+    place). For selects of several detectors that derive the same thing from one batch
+    (e.g. backscatter's classify(columns, amp_ports, ratio), keyed on the batch's
+    timestamp column and the settings); outside batch_memo nothing is remembered."""
+    memo = _BATCH_MEMO
+    if memo is None:
+        return compute()
+    key = (what, id(column))
+    hit = memo.get(key)
+    if hit is None or hit[0] is not column:
+        hit = (column, compute())
+        memo[key] = hit  # the column reference keeps its id from being reused meanwhile
+    result = hit[1]
+    if isinstance(result, tuple):
+        return tuple(r.copy() if isinstance(r, np.ndarray) else r for r in result)
+    return result.copy() if isinstance(result, np.ndarray) else result
 
 
 @lru_cache(maxsize=64)
@@ -102,12 +149,6 @@ def _port_table(wanted: tuple[int, ...]) -> np.ndarray:
 
 
 # --- address classes -------------------------------------------------------------------------
-
-
-def _u128(column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    n = column.shape[0]
-    halves = np.ascontiguousarray(column).view(">u8").reshape(n, 2)
-    return halves[:, 0], halves[:, 1]
 
 
 @dataclass(frozen=True)
@@ -132,17 +173,26 @@ class Networks:
         arr = np.array(rows, dtype=np.uint64).reshape(-1, 4)
         return cls(arr[:, 0], arr[:, 1], arr[:, 2], arr[:, 3])
 
+    @cached_property
+    def _native(self) -> np.ndarray:
+        """(blocks, 4) uint64: network hi, lo, mask hi, mask lo as the *native* uint64 view
+        of their 16 big-endian bytes. AND and equality are bitwise, so testing the native
+        view of an address column against these needs no byte swap of the column."""
+        def native(big: np.ndarray) -> np.ndarray:
+            return big.astype(">u8").view(np.uint64)
+        return np.ascontiguousarray(np.stack(
+            [native(self.hi), native(self.lo), native(self.mask_hi), native(self.mask_lo)],
+            axis=1).reshape(-1, 4))
+
     def contains(self, column: np.ndarray) -> np.ndarray:
-        """Boolean mask: address in any of the blocks (a loop over blocks, not rows)."""
-        hi, lo = (half.astype(np.uint64) for half in _u128(column))  # byte-swap once
-        out = np.zeros(column.shape[0], bool)
-        upper: dict[tuple[int, int], np.ndarray] = {}  # IPv4 blocks share one upper-half test
-        for i in range(self.hi.shape[0]):
-            key = (int(self.hi[i]), int(self.mask_hi[i]))
-            if key not in upper:
-                upper[key] = (hi & self.mask_hi[i]) == self.hi[i]
-            out |= upper[key] & ((lo & self.mask_lo[i]) == self.lo[i])
-        return out
+        """Boolean mask: address in any of the blocks (one compiled pass over the rows;
+        inside `batch_memo` a repeated test of the same column is a copy)."""
+        return batch_cached(("networks", id(self)), column, partial(self._contains, column))
+
+    def _contains(self, column: np.ndarray) -> np.ndarray:
+        n = column.shape[0]
+        halves = np.ascontiguousarray(column).view(np.uint64).reshape(n, 2)
+        return in_networks(halves, self._native)
 
 
 # Never a unicast victim / target: multicast and broadcast (IPv4 limited + any x.x.x.255 is

@@ -47,6 +47,7 @@ from correlation.detector import (
     sorted_unique_ips,
     sorted_unique_text,
 )
+from correlation.prefilter import pair_candidates
 from pipeline.schema import EventBatch
 from sensors.packets import ip_column_to_str
 
@@ -119,6 +120,12 @@ class _ScanDetector(Detector):
         idx = np.flatnonzero(windows.row_mask(t))
         if idx.size == 0:
             return []
+        # a key with >= threshold distinct targets has >= threshold rows, and so has each of
+        # its parts: only rows whose parts do get ranked (the reachable filter below keeps
+        # exactly the rows it kept on all of idx; ranks of a subset keep their order)
+        idx = self._candidates(cols, idx)
+        if idx.size == 0:
+            return []
         key, target = self._key_and_target(cols, idx)
         n_keys = int(key.max()) + 1
         # A key needs >= threshold distinct targets over the whole range to reach it in any
@@ -153,6 +160,10 @@ class _ScanDetector(Detector):
                 rule=self.rules[0], key=text, window_start=starts[i], window_end=ends[i],
                 describe=partial(self._describe_group, cols, copy_row, groups, g)))
         return findings
+
+    def _candidates(self, cols: Columns, idx: np.ndarray) -> np.ndarray:
+        """A superset of the rows of keys with >= threshold rows (two bincounts)."""
+        raise NotImplementedError
 
     def _describe_group(self, cols: Columns, copy_row: np.ndarray, groups: Groups,
                         g: int) -> Evidence:
@@ -194,6 +205,9 @@ class VerticalScanDetector(_ScanDetector):
     threshold_key = "vertical_ports"
     threshold_keys = ("vertical_ports",)
 
+    def _candidates(self, cols: Columns, idx: np.ndarray) -> np.ndarray:
+        return pair_candidates(cols, idx, self.threshold)
+
     def _key_and_target(self, cols: Columns, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         src = ip_codes(cols, "src_ip", idx)
         dst = ip_codes(cols, "dst_ip", idx)
@@ -232,6 +246,11 @@ class HorizontalScanDetector(_ScanDetector):
     rules = (HORIZONTAL_RULE,)
     threshold_key = "horizontal_hosts"
     threshold_keys = ("horizontal_hosts",)
+
+    def _candidates(self, cols: Columns, idx: np.ndarray) -> np.ndarray:
+        port = cols["dst_port"][idx]
+        idx = idx[np.bincount(port)[port] >= self.threshold]
+        return pair_candidates(cols, idx, self.threshold, second=None)
 
     def _key_and_target(self, cols: Columns, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         src = ip_codes(cols, "src_ip", idx)

@@ -13,6 +13,7 @@ exact dict pass).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import repeat
 
 import numpy as np
 
@@ -47,3 +48,59 @@ def factorize_text_sorted(values: Sequence | np.ndarray) -> tuple[np.ndarray, li
     rank = np.empty(len(distinct), np.int64)
     rank[order] = np.arange(len(distinct))
     return rank[codes], [distinct[i] for i in order]
+
+
+class TextIds:
+    """Stable integer ids of strings across calls: a bounded memo (dict) of every string
+    seen, so that a detector seeing the same names window after window (hopping windows
+    replay each row several times) pays one C-level dict lookup per row and no
+    factorization. Ids follow first appearance; `limit` bounds the memo: when a call would
+    pass it, the memo starts over (every id changes: `reset` tells the caller, whose tables
+    keyed by id must start over too).
+    """
+
+    def __init__(self, limit: int = 1_000_000) -> None:
+        self.limit = int(limit)
+        self._index: dict = {}
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def ids(self, values: Sequence | np.ndarray) -> tuple[np.ndarray, list, list, bool]:
+        """(id per value, the values as a list, values new to the memo in id order, reset).
+
+        New values get ids len(memo before)...; reset = the memo was emptied first, so the
+        ids of this call start at 0 and earlier ids mean nothing any more."""
+        items = values.tolist() if isinstance(values, np.ndarray) else list(values)
+        n = len(items)
+        index = self._index
+        out = np.fromiter(map(index.get, items, repeat(-1, n)), np.int64, n)
+        missing = np.flatnonzero(out < 0)
+        if missing.size == 0:
+            return out, items, [], False
+        new = list(dict.fromkeys(map(items.__getitem__, missing.tolist())))  # first-seen order
+        reset = len(index) + len(new) > self.limit
+        if reset:  # start over: every value of this call gets a fresh id
+            index.clear()
+            new = list(dict.fromkeys(items))
+            missing = np.arange(n)
+        base = len(index)
+        index.update(zip(new, range(base, base + len(new)), strict=True))
+        out[missing] = np.fromiter(map(index.__getitem__, map(items.__getitem__,
+                                                               missing.tolist())),
+                                   np.int64, missing.size)
+        return out, items, new, reset
+
+    def sorted_codes(self, values: Sequence | np.ndarray) -> tuple[np.ndarray, list]:
+        """= factorize_text_sorted(values) (codes in sorted-value order, the sorted distinct
+        values), from the memo's ids: a dict lookup per value instead of hashing and
+        verifying every value, then a sort of the distinct values only."""
+        ids, items, _, _ = self.ids(values)
+        if not items:
+            return ids, []
+        codes, first = factorize_u64(ids.view(np.uint64))
+        distinct = list(map(items.__getitem__, first.tolist()))
+        order = sorted(range(len(distinct)), key=distinct.__getitem__)
+        rank = np.empty(len(distinct), np.int64)
+        rank[order] = np.arange(len(distinct))
+        return rank[codes], [distinct[i] for i in order]

@@ -7,6 +7,7 @@ Real capture: port_scan/simplescan__backscatter.pcap (202.229.120.98:80 SYN-ACKs
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from conftest import assert_ecs, shared_pcap
 from network_builders import (
@@ -104,3 +105,33 @@ def test_benign_captures_have_no_backscatter(name: str) -> None:
     assert rule_ids(alerts, "cirtsa.dos.backscatter") == []
     assert rule_ids(alerts, "cirtsa.dos.reflection") == []
     assert above_low(alerts, "cirtsa.dos") == []
+
+
+def test_batch_classes_are_memoized_per_batch_and_equal_classify() -> None:
+    from correlation.backscatter import classify, classify_batch
+
+    rng = np.random.default_rng(5)
+    n = 500
+
+    def columns() -> dict:
+        return {"transport": rng.choice(np.array([1, 6, 17, 58], np.uint8), n),
+                "src_tcp_flags": rng.integers(0, 64, n).astype(np.uint8),
+                "dst_tcp_flags": rng.integers(0, 64, n).astype(np.uint8),
+                "src_port": rng.choice(np.array([0, 1, 3, 11, 53, 123, 4444], np.uint16), n),
+                "dst_port": rng.choice(np.array([0, 3, 53, 123, 5555], np.uint16), n),
+                "src_packets": rng.integers(0, 3, n), "dst_packets": rng.integers(0, 3, n),
+                "src_bytes": rng.integers(0, 5000, n), "dst_bytes": rng.integers(0, 5000, n),
+                "src_payload_bytes": rng.integers(0, 2, n)}
+
+    ports = np.array([53, 123], np.uint16)
+    first, second = columns(), columns()
+    got = classify_batch(first, ports, 5.0)
+    for a, b in zip(got, classify(first, ports, 5.0), strict=True):
+        assert np.array_equal(a, b) and not a.flags.writeable
+    assert classify_batch(first, ports, 5.0) is got  # the second detector's select
+    other = classify_batch(second, ports, 5.0)  # a new batch: computed afresh
+    assert all(np.array_equal(a, b) for a, b in zip(other, classify(second, ports, 5.0),
+                                                    strict=True))
+    changed = classify_batch(second, ports, 2.0)  # other settings: not the memo's
+    assert all(np.array_equal(a, b) for a, b in zip(changed, classify(second, ports, 2.0),
+                                                    strict=True))

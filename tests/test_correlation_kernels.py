@@ -3,12 +3,18 @@
 Random and adversarial inputs (few distinct keys, all distinct, extreme values, keys that
 collide in the hash's top bits) must give exactly what np.unique gives; the engine's
 address interning must give every detector the codes factorize_ip gives on its own rows,
-also after compaction renumbered the address table.
+also after compaction renumbered the address table. The engine's buffer kernels (window
+copies, stale-row release, ranked address codes, CIDR tests) must give what the numpy
+code they replaced gives, and refuse positions out of range; the shared row buffer must
+show every user exactly the rows a private list of its own would hold.
 """
 
 from __future__ import annotations
 
+import ipaddress
+
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +24,8 @@ except ImportError:  # tests/ imported as a package
     from tests.test_engine import _address_column
 
 from correlation.detector import (
+    WindowRange,
+    WindowSpec,
     _dense,
     combine_codes,
     distinct_per_group,
@@ -26,7 +34,16 @@ from correlation.detector import (
     ip_pair_codes,
 )
 from correlation.engine import _SharedBuffer
-from correlation.kernels import AddressTable, factorize_u64, factorize_u128
+from correlation.kernels import (
+    AddressTable,
+    count_stale,
+    factorize_u64,
+    factorize_u128,
+    ranked_codes,
+    release_stale,
+)
+from correlation.network_common import Networks, batch_cached, batch_memo, in_ports
+from sensors.packets import IP_DTYPE, ip_to_bytes16
 
 _EXTREMES = np.array([0, 1, 2**63 - 1, 2**63, 2**64 - 1, 2**32, 2**52], dtype=np.uint64)
 
@@ -177,3 +194,226 @@ def test_engine_codes_survive_compaction_and_address_table_renumbering() -> None
                              factorize_ip(plain["dst_ip"][idx])[0])
     pair, n_pairs = ip_pair_codes(view, idx)
     assert n_pairs == expected[1] and np.array_equal(pair, expected[0])
+
+
+# --- engine buffer kernels ---------------------------------------------------------------------
+
+
+def _assign_reference(windows: WindowRange, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """WindowRange.assign as it was in numpy (one masked pass per window offset)."""
+    spec = windows.spec
+    last_k = spec.last_index(times)
+    rows_out, k_out = [], []
+    for j in range(spec.copies):
+        k = last_k - j
+        ok = (k >= windows.first) & (k <= windows.last) & (spec.end(k) > times)
+        rows = np.flatnonzero(ok)
+        rows_out.append(rows)
+        k_out.append(k[rows])
+    return np.concatenate(rows_out), np.concatenate(k_out).astype(np.int64)
+
+
+@settings(max_examples=80, deadline=None)
+@given(n=st.integers(0, 3000), hop=st.integers(1, 50), copies=st.integers(1, 13),
+       extra=st.integers(0, 49), first=st.integers(-5, 60), span=st.integers(-2, 40),
+       t0=st.sampled_from([0, -1000, 1_700_000_000_000_000_000]), seed=st.integers(0, 10**6))
+def test_window_copies_match_the_numpy_assign(n: int, hop: int, copies: int, extra: int,
+                                              first: int, span: int, t0: int,
+                                              seed: int) -> None:
+    size = max(hop, hop * copies - extra % hop)  # hop <= size, any remainder
+    windows = WindowRange(WindowSpec(size, hop), first + t0 // hop, first + t0 // hop + span)
+    times = t0 + np.random.default_rng(seed).integers(-100, 3000, n).astype(np.int64)
+    rows, k = windows.assign(times)
+    ref_rows, ref_k = _assign_reference(windows, times)
+    assert rows.dtype == np.int64 and k.dtype == np.int64
+    assert np.array_equal(rows, ref_rows) and np.array_equal(k, ref_k)
+
+
+@settings(max_examples=80, deadline=None)
+@given(n=st.integers(0, 3000), held=st.floats(0.0, 1.0), seed=st.integers(0, 10**6),
+       horizon=st.integers(-10, 1100))
+def test_stale_release_matches_numpy(n: int, held: float, seed: int, horizon: int) -> None:
+    rng = np.random.default_rng(seed)
+    times = rng.integers(0, 1000, n).astype(np.int64)
+    holders = rng.integers(1, 4, n).astype(np.int16)
+    positions = np.flatnonzero(rng.random(n) < held)
+    stale = times[positions] < horizon
+    assert count_stale(positions, times, horizon) == int(stale.sum())
+    expect_holders = holders.copy()
+    expect_holders[positions[stale]] -= 1
+    kept, freed = release_stale(positions, times, horizon, holders)
+    assert np.array_equal(kept, positions[~stale])
+    assert np.array_equal(holders, expect_holders)
+    assert freed == int(np.count_nonzero(expect_holders[positions[stale]] == 0))
+
+
+def test_buffer_kernels_refuse_positions_out_of_range() -> None:
+    times = np.arange(10, dtype=np.int64)
+    holders = np.ones(10, np.int16)
+    ranks = np.arange(4, dtype=np.int64)
+    ids = np.zeros(10, np.int64)
+    for bad in (np.array([3, 10]), np.array([-1])):
+        with pytest.raises(IndexError):
+            count_stale(bad, times, 5)
+        with pytest.raises(IndexError):
+            release_stale(bad, times, 5, holders)
+        with pytest.raises(IndexError):
+            ranked_codes(ranks, ids, ids, bad, 4)
+    with pytest.raises(IndexError):  # an address id beyond the rank table
+        ranked_codes(ranks, np.full(10, 4, np.int64), ids, np.array([0]), 0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(0, 2000), m=st.integers(1, 300), seed=st.integers(0, 10**6),
+       pair=st.booleans())
+def test_ranked_codes_match_gathers(n: int, m: int, seed: int, pair: bool) -> None:
+    rng = np.random.default_rng(seed)
+    ranks = rng.permutation(m).astype(np.int64)
+    a = rng.integers(0, m, n).astype(np.int64)
+    b = rng.integers(0, m, n).astype(np.int64)
+    positions = np.flatnonzero(rng.random(n) < 0.5)
+    expected = ranks[a[positions]] * m + ranks[b[positions]] if pair else ranks[a[positions]]
+    assert np.array_equal(ranked_codes(ranks, a, b, positions, m if pair else 0), expected)
+
+
+def _random_address(rng: np.random.Generator) -> str:
+    if rng.random() < 0.3:
+        return str(ipaddress.IPv6Address(int(rng.integers(0, 2**63)) << 64
+                                         | int(rng.integers(0, 2**63))))
+    if rng.random() < 0.5:  # near the blocks below
+        return f"10.{rng.integers(0, 3)}.{rng.integers(0, 256)}.{rng.integers(0, 256)}"
+    return str(ipaddress.IPv4Address(int(rng.integers(0, 2**32))))
+
+
+def _as_v6(text: str) -> ipaddress.IPv6Address:
+    address = ipaddress.ip_address(text)
+    return ipaddress.IPv6Address(f"::ffff:{address}") if address.version == 4 else address
+
+
+def _as_v6_network(text: str) -> ipaddress.IPv6Network:
+    net = ipaddress.ip_network(text)
+    if net.version == 4:
+        return ipaddress.IPv6Network(f"::ffff:{net.network_address}/{96 + net.prefixlen}")
+    return net
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(0, 6000), blocks=st.integers(0, 6), seed=st.integers(0, 10**6))
+def test_networks_contains_matches_ipaddress(n: int, blocks: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    cidrs = []
+    for _ in range(blocks):
+        base = ipaddress.ip_address(_random_address(rng))
+        bits = int(rng.integers(0, base.max_prefixlen + 1))
+        cidrs.append(str(ipaddress.ip_network(f"{base}/{bits}", strict=False)))
+    nets = Networks.of(cidrs)
+    texts = [_random_address(rng) for _ in range(n)]
+    column = np.frombuffer(b"".join(ip_to_bytes16(t) for t in texts), IP_DTYPE)
+    # the address columns' model: IPv4 is IPv4-mapped IPv6 (so ::/0 holds IPv4 too)
+    parsed = [_as_v6_network(c) for c in cidrs]
+    expected = np.array([any(_as_v6(t) in net for net in parsed) for t in texts],
+                        bool).reshape(-1)
+    assert np.array_equal(nets.contains(column), expected)
+    with batch_memo():  # as the engine selects: a repeat is the remembered mask
+        got = nets.contains(column)
+        assert np.array_equal(got, expected)
+        got[:] = ~got  # callers combine masks in place: a repeat test must not see that
+        assert np.array_equal(nets.contains(column), expected)
+        assert np.array_equal(nets.contains(column.copy()), expected)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(0, 5000), ports=st.lists(st.integers(-3, 70000), max_size=20),
+       seed=st.integers(0, 10**6))
+def test_in_ports_matches_isin(n: int, ports: list[int], seed: int) -> None:
+    column = np.random.default_rng(seed).integers(0, 65536, n).astype(np.uint16)
+    column[: min(n, len(ports))] = np.array(ports, np.int64)[: min(n, len(ports))] % 65536
+    expected = np.isin(column.astype(np.int64), np.array(ports, np.int64))
+    assert np.array_equal(in_ports(column, ports), expected)
+    with batch_memo():
+        first = in_ports(column, ports)
+        first[:] = True  # in place: the remembered mask must not change
+        assert np.array_equal(in_ports(column, ports), expected)
+        other = [p + 1 for p in ports]  # another set on the same column: its own mask
+        assert np.array_equal(in_ports(column, other),
+                              np.isin(column.astype(np.int64), np.array(other, np.int64)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10**6), users=st.integers(1, 4), steps=st.integers(1, 25))
+def test_shared_buffer_shows_each_user_its_own_rows(seed: int, users: int,
+                                                    steps: int) -> None:
+    """Random appends, prunes, caps and compactions: every user's view equals a private
+    list of the rows it selected minus the ones released, in arrival order."""
+    rng = np.random.default_rng(seed)
+    names = ("timestamp", "src_ip", "value", "name")
+    store = _SharedBuffer(names, users)
+    private: list[list[tuple[int, bytes, int, str]]] = [[] for _ in range(users)]
+    clock = 0
+    for _ in range(steps):
+        action = rng.random()
+        if action < 0.6:
+            n = int(rng.integers(0, 400))
+            cols = {"timestamp": clock + rng.integers(0, 50, n).astype(np.int64),
+                    "src_ip": _address_column(rng, n, 0.2, 40),
+                    "value": rng.integers(0, 10**6, n).astype(np.int64),
+                    "name": np.array([f"s{v}" for v in rng.integers(0, 9, n)] + [None],
+                                     object)[:n]}  # (None: an object array even when n=0)
+            clock += 40
+            selected = [np.flatnonzero(rng.random(n) < p) for p in rng.random(users)]
+            store.append(cols, selected)
+            for u, idx in enumerate(selected):
+                private[u] += [(int(cols["timestamp"][i]), cols["src_ip"][i].tobytes(),
+                                int(cols["value"][i]), cols["name"][i]) for i in idx]
+        elif action < 0.85:
+            u = int(rng.integers(0, users))
+            horizon = int(rng.integers(0, clock + 1))
+            stale = sum(1 for row in private[u] if row[0] < horizon)
+            store.prune(u, horizon)
+            if stale > len(private[u]) // 4:  # the engine's release rule
+                private[u] = [row for row in private[u] if row[0] >= horizon]
+        else:
+            u = int(rng.integers(0, users))
+            count = int(rng.integers(0, len(private[u]) + 1))
+            if count:
+                store.drop_oldest(u, count)
+                private[u] = private[u][count:]
+        store.compact()
+        assert store.rows - store.free == len({r for r in range(store.rows)
+                                               if store.holders[r] > 0})
+        for u in range(users):
+            assert store.held[u] == len(private[u])
+            if not private[u]:  # the engine views only users holding rows
+                continue
+            view = store.view(u, names)
+            got = list(zip(view["timestamp"].tolist(),
+                           [a.tobytes() for a in view["src_ip"]],
+                           view["value"].tolist(), view["name"].tolist(), strict=True))
+            assert got == private[u]
+            assert store.min_time(u) == min(row[0] for row in private[u])
+            assert store.max_time(u) == max(row[0] for row in private[u])
+            codes = view.address_codes(("src_ip",))
+            assert np.array_equal(_dense(codes)[0], factorize_ip(view["src_ip"])[0])
+
+
+def test_batch_cached_computes_once_per_column_inside_batch_memo_only() -> None:
+    column = np.arange(10)
+    calls = []
+
+    def classify() -> tuple[np.ndarray, np.ndarray]:
+        calls.append(1)
+        return column % 3, column > 4
+
+    first = batch_cached("classify", column, classify)  # outside: no memo
+    batch_cached("classify", column, classify)
+    assert len(calls) == 2
+    with batch_memo():
+        a = batch_cached("classify", column, classify)
+        a[0][:] = -1  # a caller changing its copy in place
+        b = batch_cached("classify", column, classify)
+        batch_cached("classify", column.copy(), classify)  # another column: computed
+        batch_cached("other", column, classify)  # another `what`: computed
+    assert len(calls) == 5
+    assert all(np.array_equal(x, y) for x, y in zip(b, first, strict=True))
+    batch_cached("classify", column, classify)  # memo forgotten on exit
+    assert len(calls) == 6

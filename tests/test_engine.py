@@ -518,3 +518,32 @@ def test_detectors_sharing_a_buffer_alert_as_when_run_alone() -> None:
     by_id = sorted(together, key=lambda a: a["event"]["id"])
     assert by_id == sorted(alone, key=lambda a: a["event"]["id"])
     assert together_stats["rows_dropped_overflow"] > 0  # the caps did bite
+
+
+class _CountingVerticalScan(VerticalScanDetector):
+    """A vertical scan detector that counts its select calls and names its select."""
+
+    calls = 0
+
+    def select(self, batch: EventBatch) -> np.ndarray:
+        type(self).calls += 1
+        return super().select(batch)
+
+    def select_key(self, kind: str):
+        return ("failed_attempt_mask", kind)
+
+
+def test_detectors_with_one_select_key_are_selected_once_per_batch() -> None:
+    # Two detectors promising the same select: one select call per batch, and the same
+    # alerts as two detectors selecting on their own (window / cap state stays their own).
+    rows = vertical_scan(ports=range(1, 40)) + vertical_scan(src="10.9.9.9", t=400.0)
+    batches = [flow_batch(rows[i:i + 10]) for i in range(0, len(rows), 10)]
+    section = default_config()["detectors"]["port_scan_vertical"]
+    short = dict(section, window_s=60, hop_s=20)
+    _CountingVerticalScan.calls = 0
+    shared, _ = run(batches, detectors=[_CountingVerticalScan(section),
+                                        _CountingVerticalScan(short)])
+    assert _CountingVerticalScan.calls == len(batches)
+    alone, _ = run(batches, detectors=[VerticalScanDetector(section),
+                                       VerticalScanDetector(short)])
+    assert len(shared) >= 2 and shared == alone

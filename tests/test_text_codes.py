@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.text_codes import factorize_text, factorize_text_sorted
+from pipeline.text_codes import TextIds, factorize_text, factorize_text_sorted
 
 
 def dict_codes(values: list) -> tuple[list[int], list]:
@@ -67,3 +67,30 @@ def test_hash_collisions_fall_back_to_exact_codes() -> None:
 def test_empty_column() -> None:
     codes, distinct = factorize_text(np.empty(0, object))
     assert codes.size == 0 and distinct == []
+
+
+# --- TextIds: the memo detectors keep across windows -----------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(NAMES, min_size=1, max_size=5), st.integers(1, 40))
+def test_text_ids_are_stable_across_calls_and_restart_at_the_limit(calls: list[list[str]],
+                                                                   limit: int) -> None:
+    memo = TextIds(limit)
+    seen: dict = {}  # the memo's content as a dict pass would build it
+    for values in calls:
+        ids, items, new, reset = memo.ids(object_column(values))
+        assert items == values
+        distinct_new = [v for v in dict.fromkeys(values) if v not in seen]
+        # (one call's values always get ids, even beyond the limit)
+        assert reset == (bool(distinct_new) and len(seen) + len(distinct_new) > limit)
+        if reset:
+            seen = {}
+            distinct_new = list(dict.fromkeys(values))
+        assert new == distinct_new
+        for v in distinct_new:
+            seen[v] = len(seen)
+        assert ids.tolist() == [seen[v] for v in values]
+        codes, distinct = memo.sorted_codes(values)
+        want_codes, want_distinct = factorize_text_sorted(values)
+        assert codes.tolist() == want_codes.tolist() and distinct == want_distinct
