@@ -6,11 +6,15 @@ records that are valid but not mapped to an event kind (Suricata stats/fileinfo/
 Zeek weird/files/x509). Field mappings are documented in docs/fusion.md, one table per
 source type; they follow ECS and Elastic's Suricata and Zeek integrations.
 
-Performance: EVE lines are decoded by msgspec into typed Structs declaring only the fields
-the adapter reads (unknown fields skipped in C); a chunk the typed decoder rejects (odd
-shapes, broken JSON, no event_type...) takes the general orjson dict path, which defines
-every mapping and dead-letter reason - both give identical results
-(tests/test_fusion_fastpath.py). Zeek JSON lines are parsed with orjson. Each schema column
+Performance: EVE lines are first scanned, not decoded: one numba pass over the chunk
+(fusion.json_scan) validates the JSON and locates the fields read here, and flow, alert and
+DNS columns are built from those spans (fusion.eve_scan); tests/test_json_scan.py checks it
+against the decoding paths. A chunk or event-type group the scan path does not take is
+decoded by msgspec into typed Structs declaring only the fields the adapter reads (unknown
+fields skipped in C); a chunk the typed decoder rejects (odd shapes, broken JSON, no
+event_type...) takes the general orjson dict path, which defines every mapping and
+dead-letter reason - all give identical results (tests/test_fusion_fastpath.py).
+Zeek JSON lines are parsed with orjson. Each schema column
 is then pulled out of the group of records of one kind with one list comprehension
 (column-wise, no per-event dict rebuilding), and typed/validated by numpy in
 fusion.columns.
@@ -24,9 +28,11 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 import msgspec
+import numpy as np
 import orjson
 from msgspec import UNSET, UnsetType
 
+from fusion import eve_scan, json_scan
 from fusion.columns import (
     Bounds,
     build_batch,
@@ -35,6 +41,8 @@ from fusion.columns import (
     epoch_times,
     iso_times,
 )
+from fusion.eve_scan import EVE_KEYS
+from fusion.json_scan import factorize_spans, join_lines, scan_lines
 from pipeline.schema import DNS_CLASS_NAMES, DNS_RCODE_NAMES, DNS_TYPE_NAMES, EventBatch
 
 TRANSPORTS = {"tcp": 6, "udp": 17, "icmp": 1, "ipv6-icmp": 58, "icmpv6": 58, "icmp6": 58,
@@ -51,6 +59,9 @@ TLS_VERSIONS = {"TLSv10": "1.0", "TLSv11": "1.1", "TLSv12": "1.2", "TLSv13": "1.
 # EVE event types with a mapping (EveAdapter._<type> and ._fast_<type>); others are counted.
 # A whitelist, not getattr alone: an event_type such as "common" must not reach a helper.
 EVE_HANDLED = frozenset({"alert", "flow", "dns", "http", "tls", "ssh", "anomaly"})
+# The scan path holds ~900 bytes of spans per line (36 keys): bigger chunks than the
+# sources' 8192 lines are decoded instead (bounded memory, same results).
+SCAN_MAX_LINES = 65_536
 # Notices and Suricata alerts share event.severity; Zeek notices carry none: medium (2).
 ZEEK_NOTICE_SEVERITY = 2
 
@@ -203,11 +214,72 @@ class EveAdapter:
         self.zone = zone
 
     def convert(self, lines: Iterable[bytes | str]) -> AdapterResult:
-        kept = [ln for ln in lines if ln.strip()]
+        lines = lines if type(lines) is list else list(lines)
+        scanned = self._convert_scan(lines)
+        if scanned is not None:
+            return scanned
+        return self._convert_decoded([ln for ln in lines if ln.strip()])
+
+    def _convert_decoded(self, kept: list) -> AdapterResult:
+        """Decode then map: msgspec typed records, or orjson dicts when those reject."""
         fast = _eve_fast(kept)
         if fast is not None:
             return self._convert_fast(fast, kept)
         return self._convert_dicts(kept)
+
+    def _convert_scan(self, lines: list) -> AdapterResult | None:
+        """The scan path (fusion.eve_scan): one compiled pass validates the chunk and
+        locates the fields; columns come from the spans. None when a line is not plain
+        valid JSON with a text event_type (the chunk is then decoded whole, so dead-letter
+        order is the decoder's). Per event type, in first-appearance order as the decoder
+        groups them: unmapped types are counted, flow/alert/DNS-query groups are built
+        from the spans, any other group - or one with a value the scan path does not
+        take (eve_scan.Fallback) - is decoded and mapped by _convert_decoded."""
+        if not lines or len(lines) > SCAN_MAX_LINES or set(map(type, lines)) != {bytes}:
+            return None
+        buf, starts, ends, joined = join_lines(lines)
+        vs, ve, vt, iv, flags = scan_lines(buf, starts, ends, EVE_KEYS.names, EVE_KEYS.offsets,
+                                           EVE_KEYS.first, EVE_KEYS.next)
+        kept = lines
+        if (flags == json_scan.FLAG_BLANK).any():  # blank lines are skipped, not records
+            keep = flags != json_scan.FLAG_BLANK
+            idx = np.flatnonzero(keep)
+            kept = [lines[i] for i in idx.tolist()]
+            vs, ve, vt, iv, flags = vs[:, idx], ve[:, idx], vt[:, idx], iv[:, idx], flags[idx]
+            if not kept:
+                return AdapterResult()
+        et = EVE_KEYS.index["event_type"]
+        types = vt[et]
+        if flags.any() or not (types == json_scan.STR).all():
+            return None
+        et_start, et_end = vs[et], ve[et]
+        codes, reps = factorize_spans(buf, et_start, et_end, np.arange(len(kept)))
+        names = [joined[a:b].decode() for a, b in zip(et_start[reps].tolist(),
+                                                      et_end[reps].tolist(), strict=True)]
+        spans = eve_scan.Spans(buf, joined, vs, ve, vt, iv)
+        order = np.argsort(codes, kind="stable")
+        bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
+        result = AdapterResult()
+        for code, et in enumerate(names):
+            rows = order[bounds[code]:bounds[code + 1]]
+            if et not in EVE_HANDLED:
+                result.unmapped[f"suricata.{et}"] += len(rows)
+                result.records += len(rows)
+                continue
+            if et in eve_scan.COLUMNS:
+                kind, build = eve_scan.COLUMNS[et]
+                try:
+                    ready = build(spans.group(rows), self.observer, self.zone)
+                except eve_scan.Fallback:
+                    pass
+                else:
+                    originals = [kept[i] for i in rows.tolist()]
+                    _add(result, build_batch(kind, len(rows), {}, originals, self.source,
+                                             ready, self.bounds))
+                    result.records += len(rows)
+                    continue
+            result.merge(self._convert_decoded([kept[i] for i in rows.tolist()]))
+        return result
 
     def _convert_dicts(self, lines: list) -> AdapterResult:
         """The general path: orjson dicts, every shape and every dead-letter reason."""
@@ -739,6 +811,7 @@ class _EveRecord(msgspec.Struct):
 _NO_ALERT, _NO_FLOW, _NO_TCP, _NO_DNS = _EveAlert(), _EveFlow(), _EveTcp(), _EveDns()
 _NO_HTTP, _NO_TLS, _NO_SSH, _NO_ANOMALY = _EveHttp(), _EveTls(), _EveSsh(), _EveAnomaly()
 _eve_decode = msgspec.json.Decoder(_EveRecord).decode
+_eve_dns_decode = msgspec.json.Decoder(_EveDns).decode  # fusion.eve_scan: DNS answers
 _FAST_REJECT = (msgspec.DecodeError, RecursionError, ValueError, TypeError)
 
 
