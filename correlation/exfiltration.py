@@ -20,7 +20,7 @@ not (`destinations: any` counts every destination, for labs on one segment or lo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 
 import numpy as np
 
@@ -89,6 +89,8 @@ class _OutboundDetector(Detector):
     def __init__(self, config: Mapping) -> None:
         super().__init__(config)
         self.internal = Networks.of(config.get("internal_networks", DEFAULT_INTERNAL))
+        self.internal_key = tuple(str(n) for n in config.get("internal_networks",
+                                                            DEFAULT_INTERNAL))
         self.any_destination = str(config.get("destinations", "external")) == "any"
         self.min_ratio = float(config["min_out_in_ratio"])
         self.max_sample = int(config.get("evidence_sample", 20))
@@ -99,6 +101,10 @@ class _OutboundDetector(Detector):
         if not self.any_destination:
             outbound &= ~self.internal.contains(c["dst_ip"])
         return outbound & (c["src_payload_bytes"] > 0)
+
+    def select_key(self, kind: str) -> Hashable:
+        # upload and volume select the same outbound rows when their networks agree
+        return ("outbound", kind, self.internal_key, self.any_destination)
 
 
 class UploadDetector(_OutboundDetector):

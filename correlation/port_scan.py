@@ -22,7 +22,7 @@ no SYN of its own.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from functools import partial
 
 import numpy as np
@@ -109,6 +109,10 @@ class _ScanDetector(Detector):
 
     def select(self, batch: EventBatch) -> np.ndarray:
         return failed_attempt_mask(batch.columns)
+
+    def select_key(self, kind: str) -> Hashable:
+        # failed_attempt_mask reads no settings: every scan detector selects the same rows
+        return ("failed_attempt", kind)
 
     def _key_and_target(self, cols: Columns, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(key codes, target codes) of rows idx: key includes the source."""

@@ -14,7 +14,7 @@ Horizontal: distinct hosts on one destination port (key: source, port).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 
 import numpy as np
 
@@ -86,6 +86,11 @@ class _UdpScanDetector(DistinctTargetDetector):
                 & ~in_ports(c["src_port"], self.service_ports)
                 & ~((dport >= self.ignore_lo) & (dport <= self.ignore_hi))
                 & ~GROUP_ADDRESSES.contains(c["dst_ip"]))
+
+    def select_key(self, kind: str) -> Hashable:
+        # vertical and horizontal select the same rows when their settings agree
+        return ("unanswered_udp", kind, self.service_ports.tobytes(), self.ignore_lo,
+                self.ignore_hi)
 
 
 class UdpVerticalScanDetector(_UdpScanDetector):
