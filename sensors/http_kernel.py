@@ -465,3 +465,28 @@ def parse_flows(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
                         np.ascontiguousarray(starts, dtype=np.int64),
                         np.ascontiguousarray(lengths, dtype=np.int64),
                         np.ascontiguousarray(complete, dtype=np.bool_), _NAME_TABLE, _NAME_LEN)
+
+
+@njit
+def _join_slices(src, starts, stops, sep):
+    total = 0
+    for i in range(starts.shape[0]):
+        lo, hi = max(starts[i], 0), min(stops[i], src.shape[0])
+        total += max(hi - lo, 0) + 1
+    out = np.empty(total, dtype=np.uint8)
+    at = 0
+    for i in range(starts.shape[0]):
+        lo, hi = max(starts[i], 0), min(stops[i], src.shape[0])
+        for j in range(lo, hi):
+            out[at] = src[j]
+            at += 1
+        out[at] = sep
+        at += 1
+    return out
+
+
+def join_slices(src: np.ndarray, starts: np.ndarray, stops: np.ndarray, sep: int) -> np.ndarray:
+    """src[starts[i]:stops[i]] + bytes([sep]) for every i, concatenated (uint8). Slices are
+    clipped to src (empty when start < 0 or stop <= start): one buffer to decode at once."""
+    return _join_slices(src, np.ascontiguousarray(starts, dtype=np.int64),
+                        np.ascontiguousarray(stops, dtype=np.int64), np.uint8(sep))

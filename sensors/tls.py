@@ -44,6 +44,7 @@ import hashlib
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter, itemgetter
 
 import numpy as np
 
@@ -842,6 +843,11 @@ def _distinct(keys: list) -> tuple[list, np.ndarray]:
     return list(index), np.array(ids, dtype=np.int64)
 
 
+def _byte_slices(src: bytes, starts: np.ndarray, stops: np.ndarray) -> list[bytes]:
+    """src[starts[i]:stops[i]] for every i."""
+    return [src[a:b] for a, b in zip(starts.tolist(), stops.tolist(), strict=True)]
+
+
 def _names(codes: np.ndarray, name) -> np.ndarray:
     """name(code) per row as an object column, computed once per distinct code."""
     distinct, ids = np.unique(codes, return_inverse=True)
@@ -868,13 +874,13 @@ def event_columns(parsed: ParsedFlows, rows: list[int]) -> dict[str, np.ndarray]
     only the SNI and ALPN text and the list of offered ALPN names."""
     at = np.asarray(rows, dtype=np.int64)
     client_keys = parsed.client_keys.tobytes()  # small: fingerprint fields only
-    keys, client_ids = _distinct([client_keys[a:b] for a, b in zip(
-        parsed.client_key_start[at].tolist(), parsed.client_key_stop[at].tolist(), strict=True)])
+    keys, client_ids = _distinct(_byte_slices(client_keys, parsed.client_key_start[at],
+                                              parsed.client_key_stop[at]))
     summaries = [client_summary(key) for key in keys]
     found = parsed.server_found[at]
     server_keys = parsed.server_keys.tobytes()
-    skeys, server_ids = _distinct([server_keys[a:b] for a, b in zip(
-        parsed.server_key_start[at].tolist(), parsed.server_key_stop[at].tolist(), strict=True)])
+    skeys, server_ids = _distinct(_byte_slices(server_keys, parsed.server_key_start[at],
+                                               parsed.server_key_stop[at]))
     ja3s = np.where(found, _texts([server_ja3s(k) if k else "" for k in skeys])[server_ids], "")
     offered = np.array([s[3] for s in summaries], dtype=np.int64)[client_ids]
     negotiated = np.where(parsed.selected_version[at] != 0, parsed.selected_version[at],
@@ -882,18 +888,27 @@ def event_columns(parsed: ParsedFlows, rows: list[int]) -> dict[str, np.ndarray]
     version = _names(np.where(found, negotiated, offered), version_name)
     cipher = np.where(found, _names(parsed.cipher[at], cipher_name), "")
     alpn_offered = [s[2] for s in summaries]
-    client_alpn = np.empty(len(rows), dtype=object)  # element-wise: lists stay lists
-    for j, i in enumerate(client_ids.tolist()):
-        client_alpn[j] = list(alpn_offered[i])
+    # a new list per row (lists are mutable), made in C: fromiter keeps lists as elements
+    client_alpn = np.fromiter(map(list, map(alpn_offered.__getitem__, client_ids.tolist())),
+                              dtype=object, count=len(rows))
     server_name = _texts(_ascii_slices(parsed.hs, parsed.sni_start[at], parsed.sni_stop[at],
                                        lower=True))
     next_protocol = _texts(_ascii_slices(parsed.hs, parsed.alpn_start[at], parsed.alpn_stop[at]))
     cert_sha1, cert_subject, cert_issuer = (np.full(len(rows), "", dtype=object)
                                             for _ in range(3))
     cert_start, cert_stop = parsed.cert_start[at], parsed.cert_stop[at]
-    for j in np.flatnonzero(cert_stop > cert_start).tolist():
-        cert_sha1[j], cert_subject[j], cert_issuer[j] = certificate(
-            parsed.hs[cert_start[j] : cert_stop[j]].tobytes())
+    with_cert = np.flatnonzero(cert_stop > cert_start)
+    if with_cert.size:  # certificate() once per distinct leaf
+        starts, stops = cert_start[with_cert], cert_stop[with_cert]
+        # the leaves gathered (hs itself is large to copy), clipped as gather_slices does
+        sizes = np.maximum(np.minimum(stops, parsed.hs.size) - np.maximum(starts, 0), 0)
+        ends = np.cumsum(sizes)
+        ders, cert_ids = _distinct(_byte_slices(
+            gather_slices(parsed.hs, starts, stops).tobytes(), ends - sizes, ends))
+        for column, values in zip((cert_sha1, cert_subject, cert_issuer),
+                                  zip(*map(certificate, ders), strict=True),
+                                  strict=True):
+            column[with_cert] = _texts(list(values))[cert_ids]
     return {
         "version": version, "server_name": server_name, "client_alpn": client_alpn,
         "next_protocol": next_protocol, "cipher": cipher,
@@ -905,6 +920,11 @@ def event_columns(parsed: ParsedFlows, rows: list[int]) -> dict[str, np.ndarray]
 
 
 # --- the analyzer ---------------------------------------------------------------------------
+
+
+def _client_flag(chunks: list[StreamChunk], name: str) -> np.ndarray:
+    """chunk.<name>[0] (a per-direction flag of the client side) of every chunk, read in C."""
+    return np.fromiter(map(itemgetter(0), map(attrgetter(name), chunks)), np.bool_, len(chunks))
 
 
 class TlsAnalyzer(Analyzer):
@@ -939,11 +959,12 @@ class TlsAnalyzer(Analyzer):
         """One event per flow whose handshake is complete (or whose flow ended); flows that
         are done with, or can never show a ClientHello, are released from reassembly."""
         n = len(chunks)
-        parsed = parse_flows([c.data[0] for c in chunks], [c.data[1] for c in chunks])
-        final = np.fromiter((c.final for c in chunks), np.bool_, n)
+        data = list(map(attrgetter("data"), chunks))
+        parsed = parse_flows(list(map(itemgetter(0), data)), list(map(itemgetter(1), data)))
+        final = np.fromiter(map(attrgetter("final"), chunks), np.bool_, n)
         # the client side can bring no more bytes: a ClientHello still incomplete stays so
-        stalled = np.fromiter((c.capped[0] or c.gap[0] or c.ended[0] for c in chunks),
-                              np.bool_, n)
+        stalled = _client_flag(chunks, "capped") | _client_flag(chunks, "gap") \
+            | _client_flag(chunks, "ended")
         malformed = parsed.status == HELLO_MALFORMED
         incomplete = parsed.status == HELLO_INCOMPLETE
         emit = (parsed.status == HELLO_OK) & (parsed.established | final)
@@ -956,8 +977,11 @@ class TlsAnalyzer(Analyzer):
         if not rows:
             return []
         self._count("tls_handshakes", len(rows))
-        done = [chunks[i] for i in rows]
-        ts = [c.first_ts[0] if c.first_ts[0] >= 0 else c.start_ts for c in done]
+        done = list(map(chunks.__getitem__, rows))
+        first_ts = np.fromiter(map(itemgetter(0), map(attrgetter("first_ts"), done)), np.int64,
+                               len(done))
+        start_ts = np.fromiter(map(attrgetter("start_ts"), done), np.int64, len(done))
+        ts = np.where(first_ts >= 0, first_ts, start_ts)  # the first client payload packet
         columns = endpoint_columns(done, ts, self.observer_name, self.ingress_zone)
         tls_columns = event_columns(parsed, rows)
         for spec in TLS.fields:  # the schema's column order

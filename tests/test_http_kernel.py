@@ -8,8 +8,15 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sensors.http import _ParsedFlows, reference_parse, request_row
-from sensors.http_kernel import F_FALLBACK, parse_flows
+from sensors.http import (
+    HttpAnalyzer,
+    _offset_time,
+    _ParsedFlows,
+    _slice_texts,
+    reference_parse,
+    request_row,
+)
+from sensors.http_kernel import F_FALLBACK, join_slices, parse_flows
 from sensors.tcp_stream import StreamChunk
 
 REQUESTS = [
@@ -47,13 +54,15 @@ ODD_RESPONSES = [
 
 
 def chunk(client: bytes, server: bytes, ended=(True, True), capped=(False, False),
-          gap=(False, False), final=True) -> StreamChunk:
-    key = (0, b"\x00" * 16, 40000, b"\x01" * 16, 80)
-    return StreamChunk(key=key, client_ip=key[1], server_ip=key[3], client_port=40000,
+          gap=(False, False), final=True, port: int = 40000) -> StreamChunk:
+    key = (0, b"\x00" * 16, port, b"\x01" * 16, 80)
+    return StreamChunk(key=key, client_ip=key[1], server_ip=key[3], client_port=port,
                        server_port=80, vlan=0, client_by="syn", start_ts=1, last_ts=9,
                        first_ts=(1, 2), data=(client, server), ended=ended, capped=capped,
-                       gap=gap, packets=[(1, 0, len(client)), (2, 1, len(server))],
-                       final=final, reason="fin")
+                       gap=gap, final=final, reason="fin",
+                       # client bytes in two packets: pipelined requests differ in time
+                       packets=[(3, 0, len(client) // 2), (4, 1, len(server)),
+                                (5, 0, len(client) - len(client) // 2)])
 
 
 def reference(c: StreamChunk):
@@ -141,3 +150,77 @@ def test_kernel_equals_reference_on_mutated_streams(flows):
 def test_kernel_equals_reference_on_random_bytes(pairs):
     assert_same([chunk(b"GET / HTTP/1.1\r\n" + a, b"HTTP/1.1 200 OK\r\n" + b) for a, b in pairs]
                 + [chunk(a, b) for a, b in pairs])
+
+
+def expected_events(chunks: list[StreamChunk]) -> list[dict]:
+    """What a batch of final chunks seen once must give: every request of each flow, in
+    chunk order, as request_row of the reference parser, with its time and client port."""
+    out = []
+    for c in chunks:
+        requests, _, responses, _ = reference_parse(c)
+        for i, r in enumerate(requests):
+            row = request_row(r, responses[i] if i < len(responses) else None)
+            for name in ("request_body_bytes", "response_body_bytes"):
+                row[name] = row[name] if row[name] < 1 << 63 else -1  # the column is int64
+            out.append({**row, "timestamp": _offset_time(c, r.start), "src_port": c.client_port})
+    return out
+
+
+def event_rows(chunks: list[StreamChunk]) -> list[dict]:
+    """HttpAnalyzer._events (column-wise whole flows + per-flow path + reference rows,
+    merged in chunk order) as one dict per event, with the expected_events keys."""
+    batches = HttpAnalyzer({}, "s", "z")._events(chunks)
+    if not batches:
+        return []
+    columns = batches[0].columns
+    keys = list(expected_events([chunk(b"GET / HTTP/1.1\r\n\r\n", b"")])[0])
+    return [{k: columns[k][i].item() if isinstance(columns[k][i], np.generic) else columns[k][i]
+             for k in keys} for i in range(len(batches[0]))]
+
+
+def test_batch_events_merge_whole_partial_and_reference_flows_in_chunk_order():
+    """Whole flows (column-wise), flows with odd bytes (reference parser rows, one with a
+    Content-Length past int64: -1, where HEAD raised), malformed and capped flows (per-flow
+    path) interleaved: same rows and order as one flow at a time."""
+    client = b"".join(REQUESTS)
+    server = b"".join(RESPONSES)
+    chunks = [chunk(client, server), chunk(REQUESTS[0], ODD_RESPONSES[0]),
+              chunk(client, b"HTTP/1.1 200 OK\r\nnot a header line\r\n\r\n" + server),
+              chunk(REQUESTS[1] + b"BAD LINE\r\n\r\n", server), chunk(b"", b""),
+              chunk(client[:100], server[:150], capped=(True, True)),
+              chunk(REQUESTS[2], ODD_RESPONSES[2]), chunk(REQUESTS[4] * 3, RESPONSES[2]),
+              chunk(REQUESTS[3], ODD_RESPONSES[3])]
+    chunks = [chunk(c.data[0], c.data[1], c.ended, c.capped, port=1000 + i)
+              for i, c in enumerate(chunks)]
+    got = event_rows(chunks)
+    assert got == expected_events(chunks)
+    assert len({r["src_port"] for r in got}) >= 6  # most flows gave events
+    assert {3, 5} <= {r["timestamp"] for r in got}  # requests in either client packet
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.lists(seeds, max_size=3), st.lists(seeds, max_size=3), edits,
+                          st.integers(0, 600), st.booleans()), min_size=1, max_size=6))
+def test_batch_events_equal_one_flow_at_a_time_on_mutated_streams(flows):
+    chunks = [chunk(mutate(b"".join(reqs), e)[:cut], b"".join(resps), capped=(cap, False),
+                    port=1000 + i) for i, (reqs, resps, e, cut, cap) in enumerate(flows)]
+    assert event_rows(chunks) == expected_events(chunks)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=60), st.lists(st.tuples(st.integers(-1, 70), st.integers(0, 70)),
+                                        max_size=8), st.booleans())
+def test_slice_texts_equal_one_decode_per_slice(data, spans, lower):
+    """One decode of the joined slices = each slice decoded alone (UTF-8 "replace"); a
+    slice holding the separator takes the one-by-one path; clipped, never read outside."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    starts = np.array([a for a, _ in spans], dtype=np.int64)
+    stops = np.array([max(a, b) if a >= 0 else -1 for a, b in spans], dtype=np.int64)
+    text_of = str.lower if lower else None
+    got = _slice_texts(buf, starts, stops, text_of).tolist()
+    want = [data[a:b].decode("utf-8", "replace") if a >= 0 else "" for a, b in
+            zip(starts.tolist(), stops.tolist(), strict=True)]
+    assert got == [w.lower() for w in want] if lower else got == want
+    joined = join_slices(buf, starts, stops, 0x0A).tobytes()
+    assert joined == b"".join(data[a:b] + b"\n" if a >= 0 else b"\n" for a, b in
+                              zip(starts.tolist(), stops.tolist(), strict=True))
