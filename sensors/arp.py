@@ -27,7 +27,7 @@ import numpy as np
 
 from pipeline.schema import ARP, EventBatch
 from sensors.analyzer import Analyzer
-from sensors.packets import IP_DTYPE, IPV4_MAPPED_PREFIX, DecodedPackets
+from sensors.packets import IP_DTYPE, IPV4_MAPPED_PREFIX, DecodedPackets, constant_text
 
 ETHERTYPE_ARP = 0x0806
 ARP_HEADER_LEN = 28  # fixed part (8) + 2 * (6 + 4) for Ethernet/IPv4
@@ -130,8 +130,8 @@ def arp_events(
     vlan = packets.vlan[keep].astype(np.uint16)
     columns = {
         "timestamp": packets.ts_ns[keep].astype(np.int64),
-        "observer_name": np.full(n, observer_name, dtype=object),
-        "ingress_zone": np.full(n, ingress_zone, dtype=object),
+        "observer_name": constant_text(n, observer_name),
+        "ingress_zone": constant_text(n, ingress_zone),
         "src_ip": src_ip,
         "dst_ip": dst_ip,
         "vlan": vlan,

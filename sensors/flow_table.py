@@ -60,7 +60,7 @@ import numpy as np
 from pipeline.jit import njit
 from pipeline.schema import FLOW, EventBatch
 from sensors.community_id import _ICMP4_TABLE, _ICMP6_TABLE, community_id_column
-from sensors.packets import IP_DTYPE, DecodedPackets
+from sensors.packets import IP_DTYPE, DecodedPackets, constant_text
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 TCP = 6
@@ -1032,8 +1032,8 @@ def flow_records(rows: Rows, observer_name: str, ingress_zone: str, seed: int = 
     n = src_ip.shape[0]
     cols: dict[str, np.ndarray] = {
         "timestamp": rows["p_first"].astype(np.int64),
-        "observer_name": np.full(n, observer_name, dtype=object),
-        "ingress_zone": np.full(n, ingress_zone, dtype=object),
+        "observer_name": constant_text(n, observer_name),
+        "ingress_zone": constant_text(n, ingress_zone),
         "src_ip": src_ip.astype(IP_DTYPE),
         "dst_ip": dst_ip.astype(IP_DTYPE),
         "src_port": src_port.astype(np.uint16),

@@ -24,7 +24,7 @@ import numpy as np
 from pipeline.schema import ICMP, EventBatch
 from sensors.analyzer import Analyzer
 from sensors.community_id import community_id_column
-from sensors.packets import DecodedPackets
+from sensors.packets import DecodedPackets, constant_text
 
 PROTO_ICMP = 1
 PROTO_ICMPV6 = 58
@@ -84,8 +84,8 @@ def icmp_events(
     dst_ip = packets.dst_ip[rows]
     columns = {
         "timestamp": packets.ts_ns[rows].astype(np.int64),
-        "observer_name": np.full(n, observer_name, dtype=object),
-        "ingress_zone": np.full(n, ingress_zone, dtype=object),
+        "observer_name": constant_text(n, observer_name),
+        "ingress_zone": constant_text(n, ingress_zone),
         "src_ip": src_ip,
         "dst_ip": dst_ip,
         "transport": transport,

@@ -46,7 +46,7 @@ import numpy as np
 from pipeline.schema import LOGIN, EventBatch
 from sensors.analyzer import Analyzer
 from sensors.community_id import community_id_column
-from sensors.packets import IP_DTYPE, DecodedPackets
+from sensors.packets import IP_DTYPE, DecodedPackets, constant_text
 from sensors.stream_prefilter import PortPrefilter
 from sensors.tcp_stream import StreamChunk, StreamCollector
 
@@ -564,8 +564,8 @@ class LoginAnalyzer(Analyzer):
         dst_port = np.asarray([c.server_port for c, _, _, _ in rows], dtype=np.uint16)
         columns = {
             "timestamp": np.asarray([ts for _, _, _, ts in rows], dtype=np.int64),
-            "observer_name": np.full(n, self.observer_name, dtype=object),
-            "ingress_zone": np.full(n, self.ingress_zone, dtype=object),
+            "observer_name": constant_text(n, self.observer_name),
+            "ingress_zone": constant_text(n, self.ingress_zone),
             "src_ip": src_ip,
             "dst_ip": dst_ip,
             "src_port": src_port,

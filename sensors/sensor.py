@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from pipeline.heap import freeze_startup_heap
 from pipeline.schema import EventBatch
 from sensors.analyzer import build_analyzers
 from sensors.decode import decode
@@ -43,6 +44,7 @@ class Sensor:
         flows = self.flow_table.update(decoded)
         if flows is not None and len(flows):
             out.append(flows)
+        freeze_startup_heap()  # kernels are loaded now (see pipeline/heap.py)
         return out
 
     def flush(self) -> list[EventBatch]:

@@ -49,7 +49,7 @@ import numpy as np
 from pipeline.schema import SSH, EventBatch
 from sensors.analyzer import Analyzer
 from sensors.community_id import community_id_column
-from sensors.packets import IP_DTYPE, DecodedPackets
+from sensors.packets import IP_DTYPE, DecodedPackets, constant_text
 from sensors.stream_prefilter import PortPrefilter
 from sensors.tcp_stream import StreamChunk, StreamCollector, prefix_predicate
 
@@ -325,8 +325,8 @@ class SshAnalyzer(Analyzer):
         dst_port = np.asarray(dport, dtype=np.uint16)
         columns = {
             "timestamp": np.asarray([c.start_ts for c, _ in done], dtype=np.int64),
-            "observer_name": np.full(n, self.observer_name, dtype=object),
-            "ingress_zone": np.full(n, self.ingress_zone, dtype=object),
+            "observer_name": constant_text(n, self.observer_name),
+            "ingress_zone": constant_text(n, self.ingress_zone),
             "src_ip": src_ip,
             "dst_ip": dst_ip,
             "src_port": src_port,

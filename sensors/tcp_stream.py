@@ -84,7 +84,7 @@ import numpy as np
 from pipeline.jit import njit
 from pipeline.schema import EventKind
 from sensors.community_id import community_id_column
-from sensors.packets import IP_DTYPE, DecodedPackets
+from sensors.packets import IP_DTYPE, DecodedPackets, constant_text
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 TCP = 6
@@ -1200,8 +1200,8 @@ def endpoint_columns(chunks: list[StreamChunk], timestamps: list[int], observer_
     transport = np.full(n, TCP, dtype=np.uint8)
     return {
         "timestamp": np.asarray(timestamps, dtype=np.int64).reshape(n),
-        "observer_name": np.full(n, observer_name, dtype=object),
-        "ingress_zone": np.full(n, ingress_zone, dtype=object),
+        "observer_name": constant_text(n, observer_name),
+        "ingress_zone": constant_text(n, ingress_zone),
         "src_ip": src_ip,
         "dst_ip": dst_ip,
         "src_port": src_port,
