@@ -11,9 +11,14 @@ itself, its observer_names listing every observer so far), which the stage publi
 drops (`fusion.dedupe.late_observers`), and it is added to the published batch's side
 structure (`observers`) for in-process writers that write later.
 
-State is bounded: keys live in time buckets of `tolerance_s` (by event time); buckets older
-than the newest event time minus `retention_s` are dropped whole, and a hard cap on keys
-drops the oldest buckets first (counted).
+State is bounded: keys belong to time buckets of `tolerance_s` (by event time); buckets
+older than the newest event time minus `retention_s` are dropped whole, and a hard cap on
+keys drops the oldest buckets first (counted). The state is one set of numeric arrays
+sorted by key (not one array per bucket; observers as integer codes): a batch is looked up
+by one compiled merge walk of its sorted keys whatever the number of buckets it spans, and
+merged in by another - Suricata/Zeek batches of a few thousand flows keyed by flow start
+span hundreds of buckets, and per-bucket numpy calls cost them ~3 us a flow. Dropped
+buckets' entries are marked dead in place and cut out when they outnumber the live ones.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ from collections import Counter
 
 import numpy as np
 
+from pipeline.jit import njit
 from pipeline.schema import OBSERVER_SEPARATOR, EventBatch
+from pipeline.text_codes import factorize_text
 
 NS = 1_000_000_000
 
@@ -41,27 +48,6 @@ def key_column(community_id: np.ndarray) -> np.ndarray:
 _EMPTY_KEY = np.uint64(0)  # key_column of "" (no Community ID)
 
 
-def _other_observer(state: tuple[np.ndarray, ...], pos: np.ndarray, keys: np.ndarray,
-                    names: np.ndarray) -> np.ndarray:
-    """Per queried key found at `pos` (leftmost) in a bucket's sorted state: is one of the
-    kept reports with that key from another observer? (A sensor never reports one flow
-    twice, so only another observer's report duplicates; a bucket holds a key twice when a
-    sensor re-used a 5-tuple, rarely - the loop runs over such runs only.)"""
-    skeys, snames = state[0], state[1]
-    other = snames[pos] != names
-    todo = np.flatnonzero(~other)
-    step = pos[todo] + 1
-    while todo.size:
-        live = step < skeys.size
-        todo, step = todo[live], step[live]
-        live = skeys[step] == keys[todo]
-        todo, step = todo[live], step[live]
-        hit = snames[step] != names[todo]
-        other[todo[hit]] = True
-        todo, step = todo[~hit], step[~hit] + 1
-    return other
-
-
 def _key_order(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(row order by key, stable; positions in it of keys that occur more than once).
     A quicksort plus a fix-up of the few repeated keys into row order is ~2x faster than
@@ -77,15 +63,6 @@ def _key_order(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return by_key, at
 
 
-def _by_bucket(bucket: np.ndarray, by_key: np.ndarray) -> np.ndarray:
-    """Row order grouped by bucket, key order kept inside a bucket. A batch spans few
-    buckets: as uint16 offsets a stable sort is numpy's radix sort (linear)."""
-    rel = bucket[by_key] - bucket.min()
-    if int(rel.max()) < 1 << 16:
-        return by_key[np.argsort(rel.astype(np.uint16), kind="stable")]
-    return by_key[np.argsort(rel, kind="stable")]
-
-
 def _joined(lists: list[list[str]]) -> np.ndarray:
     out = np.empty(len(lists), dtype=object)
     out[:] = [OBSERVER_SEPARATOR.join(obs) for obs in lists]
@@ -99,9 +76,15 @@ class FlowDeduplicator:
         self.bucket_ns = self.tolerance_ns
         self.retention_ns = int(retention_s * NS)
         self.max_keys = max_keys
-        # bucket index -> sorted uint64 keys of kept flows starting in that bucket, and
-        # their first observers (aligned)
-        self.buckets: dict[int, tuple[np.ndarray, ...]] = {}  # keys, names, batch no, row
+        # kept flows, sorted by key (equal keys in the order they were kept): key, time
+        # bucket, observer, batch no, row in that published batch (aligned arrays)
+        self.state = _State.empty()
+        # the live time buckets of the state, ascending, and how many entries each holds
+        self.live_buckets = np.empty(0, np.int64)
+        self.bucket_sizes = np.empty(0, np.int64)
+        # observer name <-> small int code: the state is numeric (merged in one pass)
+        self.name_code: dict[str, int] = {}
+        self.name_of: list[str] = []
         # batch no -> that published batch's {row: observers} (filled in when a later
         # report of one of its flows arrives); dropped with the buckets that refer to it
         self.sides: dict[int, dict[int, list[str]]] = {}
@@ -135,32 +118,19 @@ class FlowDeduplicator:
         ts = cols["timestamp"]
         bucket = ts // self.bucket_ns
         names = cols["observer_name"]
+        name_codes = self._name_codes(names)
         dup = np.zeros(n, dtype=bool)
         hit_bucket = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
-        by_key, repeated = _key_order(keys)  # the one full sort; both orders derive from it
-        by_bucket = _by_bucket(bucket, by_key)  # grouped by bucket, keys sorted inside
-        # 1. against state: per distinct bucket of the batch, its neighbours' key sets
-        sorted_b = bucket[by_bucket]
-        edges = np.flatnonzero(np.diff(sorted_b)) + 1
-        for start, stop in zip(np.r_[0, edges], np.r_[edges, n], strict=True):
-            b = int(sorted_b[start])
-            if not any(bb in self.buckets for bb in (b, b - 1, b + 1)):
-                continue
-            rows = by_bucket[start:stop]
-            rows = rows[keyed[rows]]
-            for bb in (b, b - 1, b + 1):
-                state = self.buckets.get(bb)
-                if state is None or not len(rows):
-                    continue
-                pos = np.searchsorted(state[0], keys[rows])
-                pos[pos >= len(state[0])] = 0
-                found = state[0][pos] == keys[rows]
-                if found.any():  # names (object compare) only where the key is known
-                    found[found] = _other_observer(state, pos[found], keys[rows[found]],
-                                                   names[rows[found]])
-                dup[rows[found]] = True
-                hit_bucket[rows[found]] = bb
-                rows = rows[~found]
+        by_key, repeated = _key_order(keys)  # the one full sort
+        # 1. against state: kept flows of earlier batches with the key in the row's bucket
+        # or a neighbour, from another observer (a sensor never reports one flow twice)
+        hit_pos = np.zeros(n, dtype=np.int64)  # that kept report (first in state order)
+        if self.keys:
+            found, found_bucket, found_pos = self.state.lookup(keys, bucket, name_codes,
+                                                               keyed, by_key)
+            dup[found] = True
+            hit_bucket[found] = found_bucket
+            hit_pos[found] = found_pos
         # 2. within the batch: same key, start within the tolerance of the previous report.
         # Only rows whose key occurs twice can be duplicates: those few are ordered by
         # (key, start) exactly.
@@ -182,12 +152,13 @@ class FlowDeduplicator:
         late: dict[int, list[str]] = {}
         if (dup | in_batch).any():
             late = self._record_observers(dup, in_batch, first_of, keys, bucket, hit_bucket,
-                                          names, cols.get("observer_names"), keep, extra)
+                                          hit_pos, names, cols.get("observer_names"), keep,
+                                          extra)
         self.stats["duplicates"] += int(n - keep.sum())
         self.stats["flows"] += int(keep.sum())
         kept_rows = np.cumsum(keep) - 1
-        remembered = by_bucket[(keep & keyed)[by_bucket]]  # still grouped, keys sorted
-        self._remember(keys[remembered], bucket[remembered], names[remembered],
+        remembered = by_key[(keep & keyed)[by_key]]  # key order, equal keys in row order
+        self._remember(keys[remembered], bucket[remembered], name_codes[remembered],
                        kept_rows[remembered])
         self._expire(int(ts.max()))
         updates = None
@@ -204,8 +175,8 @@ class FlowDeduplicator:
             kept = EventBatch(kept.kind, {**kept.columns, "observer_names": joined})
         return kept, extra, updates
 
-    def _record_observers(self, dup, in_batch, first_of, keys, bucket, hit_bucket, names,
-                          multi, keep, extra) -> dict[int, list[str]]:
+    def _record_observers(self, dup, in_batch, first_of, keys, bucket, hit_bucket, hit_pos,
+                          names, multi, keep, extra) -> dict[int, list[str]]:
         """Fill `extra` (kept row -> observers) and the lists of flows kept earlier; return
         {input row: observers} of the late reports (flows of earlier batches). A loop over
         duplicate reports only (at most one per extra observer of a flow)."""
@@ -221,14 +192,12 @@ class FlowDeduplicator:
         first: dict[int, str] = {}  # late report -> the observer of the report it repeats
         for i in np.flatnonzero(dup).tolist():
             b, k = int(hit_bucket[i]), int(keys[i])
-            skeys, snames, sbatch, srow = self.buckets[b]
-            pos = int(np.searchsorted(skeys, keys[i]))
-            while snames[pos] == names[i]:  # the report of another observer (see above)
-                pos += 1
-            first[i] = snames[pos]
+            pos = int(hit_pos[i])  # the first kept report of another observer (lookup)
+            sbatch, srow = self.state.batch, self.state.row
+            first[i] = self.name_of[int(self.state.names[pos])]
             obs = self.observers.get((b, k))
             if obs is None:
-                obs = self.observers[(b, k)] = [snames[pos]]
+                obs = self.observers[(b, k)] = [first[i]]
                 side = self.sides.get(int(sbatch[pos]))
                 if side is not None:  # the published batch lists its observers from now on
                     side[int(srow[pos])] = obs
@@ -253,38 +222,231 @@ class FlowDeduplicator:
         return {i: [first[i]] + [o for o in obs if o not in (first[i], names[i])] + [names[i]]
                 for i, obs in late.items()}
 
+    def _name_codes(self, names: np.ndarray) -> np.ndarray:
+        """int64 code per observer name (codes are the deduplicator's, stable across
+        batches). A batch usually comes from one observer: one C-level compare decides."""
+        n = names.shape[0]
+        items = names.tolist()
+        if n and items.count(items[0]) == n:  # C-level, identity first
+            return np.full(n, self._code(items[0]), dtype=np.int64)
+        local, distinct = factorize_text(names)
+        return np.array([self._code(v) for v in distinct], dtype=np.int64)[local]
+
+    def _code(self, name: str) -> int:
+        code = self.name_code.get(name)
+        if code is None:
+            code = self.name_code[name] = len(self.name_of)
+            self.name_of.append(name)
+        return code
+
     def _remember(self, keys: np.ndarray, bucket: np.ndarray, names: np.ndarray,
                   rows: np.ndarray) -> None:
-        """Rows grouped by bucket with keys sorted inside each group (filter's order)."""
+        """Add kept flows (rows in key order, equal keys in row order; names as codes) to
+        the state."""
         if not len(keys):
             return
-        bounds = np.flatnonzero(np.diff(bucket)) + 1
-        for start, stop in zip(np.r_[0, bounds], np.r_[bounds, len(keys)], strict=True):
-            b = int(bucket[start])
-            new = (keys[start:stop], names[start:stop],
-                   np.full(stop - start, self.batch_no, dtype=np.int64), rows[start:stop])
-            old = self.buckets.get(b)
-            if old is not None:
-                merged = [np.concatenate([o, n]) for o, n in zip(old, new, strict=True)]
-                o = np.argsort(merged[0], kind="stable")
-                new = tuple(m[o] for m in merged)
-            self.buckets[b] = new
-            self.keys += stop - start
+        self.state = self.state.merged(_State(
+            keys, bucket, names, np.full(keys.size, self.batch_no, dtype=np.int64), rows))
+        # bucket bookkeeping column-wise (a batch may touch hundreds of buckets)
+        low = int(bucket.min())
+        if int(bucket.max()) - low < 4 * bucket.size:  # a dense range: count, no sort
+            counts = np.bincount(bucket - low)
+            new_buckets = np.flatnonzero(counts) + low
+            counts = counts[counts > 0]
+        else:
+            new_buckets, counts = np.unique(bucket, return_counts=True)
+        merged, where = np.unique(np.concatenate([self.live_buckets, new_buckets]),
+                                  return_inverse=True)
+        sizes = np.zeros(merged.size, np.int64)
+        sizes[where[:self.live_buckets.size]] = self.bucket_sizes
+        sizes[where[self.live_buckets.size:]] += counts
+        self.live_buckets, self.bucket_sizes = merged, sizes
+        self.keys += keys.size
 
     def _expire(self, newest_ts: int) -> None:
         self.newest = newest_ts if self.newest is None else max(self.newest, newest_ts)
         horizon = (self.newest - self.retention_ns) // self.bucket_ns
-        for b in sorted(self.buckets):
-            if b >= horizon and self.keys <= self.max_keys:
-                break
-            dropped = self.buckets.pop(b)
-            self.keys -= len(dropped[0])
-            if b >= horizon:
-                self.stats["evicted_keys"] += len(dropped[0])
-        if len(self.observers) > 4 * len(self.buckets) * 1024:  # keep the side maps bounded
-            self.observers = {k: v for k, v in self.observers.items() if k[0] in self.buckets}
+        # buckets are dropped oldest first: every one before the horizon, then more while
+        # the state holds more than max_keys entries
+        sizes = self.bucket_sizes
+        old = int(np.searchsorted(self.live_buckets, horizon))  # buckets < horizon
+        left = self.keys - np.cumsum(sizes)  # entries left after dropping buckets 0..i
+        over = np.r_[self.keys, left[:-1]] > self.max_keys  # bucket i must go for the cap
+        drop = old + int(np.argmin(over[old:])) if not over[old:].all() else sizes.size
+        cutoff = None
+        if drop:
+            cutoff = int(self.live_buckets[drop - 1])
+            self.keys -= int(sizes[:drop].sum())
+            self.stats["evicted_keys"] += int(sizes[old:drop].sum())
+            self.live_buckets, self.bucket_sizes = self.live_buckets[drop:], sizes[drop:]
+        if cutoff is not None:
+            # dropped entries are marked dead in place (observer code -1) and cut out only
+            # when they outnumber the live ones: not a copy of the state per batch
+            if _mark_dead(self.state.bucket, self.state.names, cutoff, _DEAD) > self.keys:
+                self.state = _State(*_compact(*self.state._arrays(), _DEAD))
+        if len(self.observers) > 4 * len(self.bucket_sizes) * 1024:  # keep side maps bounded
+            live = set(self.live_buckets.tolist())
+            self.observers = {k: v for k, v in self.observers.items() if k[0] in live}
         if len(self.sides) > 64:
-            live = set()
-            for state in self.buckets.values():
-                live.update(np.unique(state[2]).tolist())
+            live = set(np.unique(self.state.batch[self.state.names != _DEAD]).tolist())
             self.sides = {k: v for k, v in self.sides.items() if k in live}
+        if len(self.name_of) > self.max_names:  # many observer names (hostile input?)
+            self._recode_names()
+
+    max_names = 65_536  # observer codes kept before the unused ones are dropped
+
+    def _recode_names(self) -> None:
+        """Codes only for the observers of live state entries (bounds the name table)."""
+        names = self.state.names
+        used = np.unique(names[names != _DEAD])
+        new_code = np.full(len(self.name_of) + 1, _DEAD, np.int64)  # [-1] keeps dead dead
+        new_code[used] = np.arange(used.size)
+        self.state.names = new_code[names]
+        self.name_of = [self.name_of[c] for c in used.tolist()]
+        self.name_code = {name: i for i, name in enumerate(self.name_of)}
+
+
+_DEAD = -1  # observer code of a state entry whose bucket was dropped
+
+
+@njit
+def _sorted_ranges(table: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(left, right) insertion points of ascending `queries` in ascending `table` (what
+    np.searchsorted gives for both sides), by one merge walk: O(len(table) + len(queries))
+    instead of a binary search per query. Indices stay within [0, len(table)]."""
+    n = queries.shape[0]
+    m = table.shape[0]
+    lo = np.empty(n, np.int64)
+    hi = np.empty(n, np.int64)
+    i = 0
+    for j in range(n):
+        q = queries[j]
+        while i < m and table[i] < q:
+            i += 1
+        lo[j] = i
+        k = i
+        while k < m and table[k] == q:
+            k += 1
+        hi[j] = k
+    return lo, hi
+
+
+@njit
+def _merge_state(old_key, old_bucket, old_name, old_batch, old_row,
+                 new_key, new_bucket, new_name, new_batch, new_row):
+    """The state's arrays with the new entries merged in, all five in one pass. Both
+    inputs sorted by key; a new entry goes after the old ones of an equal key. Indices:
+    i < len(old) and j < len(new) are checked before every read."""
+    n_old = old_key.shape[0]
+    n_new = new_key.shape[0]
+    n = n_old + n_new
+    key = np.empty(n, old_key.dtype)
+    bucket = np.empty(n, np.int64)
+    name = np.empty(n, np.int64)
+    batch = np.empty(n, np.int64)
+    row = np.empty(n, np.int64)
+    i = 0
+    j = 0
+    for k in range(n):
+        if j < n_new and (i >= n_old or new_key[j] < old_key[i]):
+            key[k], bucket[k], name[k] = new_key[j], new_bucket[j], new_name[j]
+            batch[k], row[k] = new_batch[j], new_row[j]
+            j += 1
+        else:
+            key[k], bucket[k], name[k] = old_key[i], old_bucket[i], old_name[i]
+            batch[k], row[k] = old_batch[i], old_row[i]
+            i += 1
+    return key, bucket, name, batch, row
+
+
+@njit
+def _mark_dead(bucket: np.ndarray, name: np.ndarray, cutoff: int, dead: int) -> int:
+    """Mark entries of buckets <= cutoff dead (name = dead) in place; return how many
+    entries are dead now (these and earlier ones)."""
+    count = 0
+    for k in range(bucket.shape[0]):
+        if bucket[k] <= cutoff:
+            name[k] = dead
+        if name[k] == dead:
+            count += 1
+    return count
+
+
+@njit
+def _compact(key, bucket, name, batch, row, dead: int):
+    """The five arrays without the entries whose name is `dead`, in one pass."""
+    n = 0
+    for k in range(name.shape[0]):
+        if name[k] != dead:
+            n += 1
+    out_key = np.empty(n, key.dtype)
+    out_bucket = np.empty(n, np.int64)
+    out_name = np.empty(n, np.int64)
+    out_batch = np.empty(n, np.int64)
+    out_row = np.empty(n, np.int64)
+    m = 0
+    for k in range(name.shape[0]):
+        if name[k] != dead:
+            out_key[m], out_bucket[m], out_name[m] = key[k], bucket[k], name[k]
+            out_batch[m], out_row[m] = batch[k], row[k]
+            m += 1
+    return out_key, out_bucket, out_name, out_batch, out_row
+
+
+class _State:
+    """Kept flows as aligned numeric arrays sorted by key; equal keys stay in the order they
+    were kept (what the per-bucket arrays of before held, per bucket). Observers are codes
+    (FlowDeduplicator.name_of)."""
+
+    def __init__(self, keys: np.ndarray, bucket: np.ndarray, names: np.ndarray,
+                 batch: np.ndarray, row: np.ndarray) -> None:
+        self.keys, self.bucket, self.names, self.batch, self.row = keys, bucket, names, batch, row
+
+    @classmethod
+    def empty(cls) -> _State:
+        return cls(np.empty(0, np.uint64), *(np.empty(0, np.int64) for _ in range(4)))
+
+    def _arrays(self) -> tuple[np.ndarray, ...]:
+        return self.keys, self.bucket, self.names, self.batch, self.row
+
+    def merged(self, new: _State) -> _State:
+        """Both sorted by key -> one, new entries after the old ones of an equal key: one
+        compiled linear pass (not a re-sort)."""
+        if not self.keys.size:
+            return new
+        return _State(*_merge_state(*self._arrays(), *new._arrays()))
+
+    def lookup(self, keys: np.ndarray, bucket: np.ndarray, names: np.ndarray,
+               keyed: np.ndarray, by_key: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per row: (is a kept flow of another observer in the row's time bucket or a
+        neighbour, tried in the order same, previous, next?, that bucket, the first such
+        entry's position). `by_key` = the rows in key order: the search runs over sorted
+        queries (walks the state in order, stays in cache). Buckets and observer codes are
+        compared only for entries whose key matches."""
+        n = keys.size
+        found = np.zeros(n, dtype=bool)
+        sorted_keys = keys[by_key]
+        lo = np.empty(n, np.int64)
+        hi = np.empty(n, np.int64)
+        lo[by_key], hi[by_key] = _sorted_ranges(self.keys, sorted_keys)
+        rows = np.flatnonzero((hi > lo) & keyed)
+        if not rows.size:
+            return found, np.empty(0, np.int64), np.empty(0, np.int64)
+        count = (hi - lo)[rows]
+        row_of = np.repeat(rows, count)  # one candidate per (row, entry of its key)
+        first = np.cumsum(count) - count
+        pos = lo[row_of] + np.arange(row_of.size) - np.repeat(first, count)
+        step = self.bucket[pos] - bucket[row_of]  # -1, 0, +1: neighbours
+        owner = self.names[pos]
+        near = (np.abs(step) <= 1) & (owner != names[row_of]) & (owner != _DEAD)
+        if not near.any():
+            return found, np.empty(0, np.int64), np.empty(0, np.int64)
+        row_of, pos, step = row_of[near], pos[near], step[near]
+        # preference: same bucket, then previous, then next; then state order (position)
+        rank = np.where(step == 0, 0, np.where(step < 0, 1, 2))
+        order = np.lexsort((pos, rank, row_of))
+        row_of, pos, step = row_of[order], pos[order], step[order]
+        best = np.r_[True, row_of[1:] != row_of[:-1]]
+        found[row_of[best]] = True
+        return found, bucket[row_of[best]] + step[best], pos[best]

@@ -30,6 +30,7 @@ import numpy as np
 import yaml
 
 from pipeline.intel import MATCH_FIELDS, IndicatorSet, indicator_ecs
+from pipeline.jit import njit
 from pipeline.schema import KINDS, EventBatch
 from sensors.packets import IP_DTYPE, ip_column_to_str
 
@@ -159,11 +160,15 @@ class _RangeTable:
         self.bounds32 = self.bounds[inside].astype(np.uint32)
         self.owner = self.owner[inside]
         # First level: per /16, its owner when one piece covers the whole /16 (typical:
-        # most of the space holds no prefix boundary), else _SEARCH. 64k entries (512 KB).
+        # most of the space holds no prefix boundary), else _SEARCH; and the pieces that
+        # hold its first and last address, so a search stays inside the /16's own pieces
+        # (a few entries, in cache) instead of the whole table. 3 x 64k entries.
         block = np.arange(1 << 16, dtype=np.uint64) << np.uint64(16)
         first = self._piece(block.astype(np.uint32))
         last = self._piece((block + np.uint64(0xFFFF)).astype(np.uint32))
         self.by_16 = np.where(first == last, self._owner_of(first), _SEARCH)
+        self.first_16 = first.astype(np.int64)
+        self.last_16 = last.astype(np.int64)
 
     def _piece(self, addr: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.bounds32, addr, side="right") - 1
@@ -173,13 +178,38 @@ class _RangeTable:
 
     def lookup(self, addr: np.ndarray) -> np.ndarray:
         """Owner per IPv4 address (uint64 holding 32 bits): one gather from the /16 level,
-        a binary search only for addresses in a /16 that prefixes cut."""
-        addr = addr.astype(np.uint32)
-        out = self.by_16[addr >> np.uint32(16)]
-        search = np.flatnonzero(out == _SEARCH)
-        if search.size:
-            out[search] = self._owner_of(self._piece(addr[search]))
-        return out
+        a binary search among the /16's own pieces for addresses in a /16 that prefixes
+        cut (compiled: one pass, no temporary arrays)."""
+        return _range_lookup(addr.astype(np.uint32), self.by_16, self.first_16,
+                             self.last_16, self.bounds32, self.owner)
+
+
+@njit
+def _range_lookup(addr: np.ndarray, by_16: np.ndarray, first_16: np.ndarray,
+                  last_16: np.ndarray, bounds: np.ndarray, owner: np.ndarray) -> np.ndarray:
+    """_RangeTable.lookup: per address, by_16[addr >> 16] unless that is _SEARCH; then the
+    last piece p in first_16[b]..last_16[b] with bounds[p] <= addr (those pieces hold
+    the /16's first and last address, so p is among them), its owner (NO_MATCH before the
+    first piece). by_16/first_16/last_16 have 65,536 entries (b < 65,536 for a uint32);
+    first_16 <= last_16 < len(bounds) = len(owner) by construction; p < 0 is never read."""
+    n = addr.shape[0]
+    out = np.empty(n, np.int64)
+    for i in range(n):
+        a = addr[i]
+        b = a >> 16
+        o = by_16[b]
+        if o == _SEARCH:
+            lo = first_16[b]  # bounds[lo] <= a (or lo == -1: before every piece)
+            hi = last_16[b]  # the answer is <= hi
+            while lo < hi:  # invariant: answer in [lo, hi]
+                mid = (lo + hi + 1) >> 1
+                if bounds[mid] <= a:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            o = owner[lo] if lo >= 0 else NO_MATCH
+        out[i] = o
+    return out
 
 
 # Columns matched per kind. Unlike correlation (addresses on flows only: one alert per

@@ -46,7 +46,6 @@ import numpy as np
 
 from pipeline.jit import njit
 from pipeline.schema import EventBatch
-from pipeline.text_codes import factorize_text
 
 INDICATOR_TYPES = ("ip", "cidr", "domain", "url", "ja3", "ja4", "cert_sha1")
 _TYPE_CODE = {kind: code for code, kind in enumerate(INDICATOR_TYPES)}
@@ -796,72 +795,102 @@ class _RangeTable:
                                                                counts)
             self.owner[np.repeat(lo, counts) + offsets] = np.repeat(owners[sel], counts)
 
-    def lookup(self, addr: np.ndarray) -> np.ndarray:
-        """Owner per address (-1: none). Large query sets are sorted first: a binary search
-        over sorted queries walks the table in order and stays in cache (~5x faster)."""
-        if addr.size == 0 or self.bounds.size == 0:
-            return np.full(addr.size, -1, np.int64)
-        if addr.size < 4096:  # few candidates (behind the /24 filter): sorting does not pay
-            pos = np.searchsorted(self.bounds, addr, side="right") - 1
-            return np.where(pos >= 0, self.owner[np.maximum(pos, 0)], -1)
-        order = np.argsort(addr)
-        pos = np.searchsorted(self.bounds, addr[order], side="right") - 1
-        out = np.empty(addr.size, np.int64)
-        out[order] = np.where(pos >= 0, self.owner[np.maximum(pos, 0)], -1)
-        return out
 
-
-_V4_FILTER_SHIFT = 8  # the filter has one flag per /24 block: 2**24 flags, 16 MB
+_V4_FILTER_SHIFT = 8  # the filter has one flag per /24 block: 2**24 bits, 2 MB
 
 
 class _V4Table:
     """IPv4 ips and cidrs -> most specific indicator.
 
-    A bool per /24 block says whether any indicator covers part of it: with 1M indicators
-    ~6 % of the blocks are flagged, so most addresses are decided by that one gather. The
-    candidates are looked up in the sorted /32 addresses (np.searchsorted; an address
-    beats every cidr), the rest in the disjoint ranges of the cidrs (_RangeTable).
+    A bit per /24 block says whether any indicator covers part of it: with 1M indicators
+    ~6 % of the blocks are flagged, so most addresses are decided by that one read (a
+    2 MB bit set, not a 16 MB bool array: random addresses stay in cache). The candidates
+    are looked up in the sorted /32 addresses (an address beats every cidr), the rest in
+    the disjoint ranges of the cidrs (_RangeTable); both searches start from a per-/16
+    index, so they run over the /16's own entries only. One compiled pass (_v4_lookup).
     """
 
     def __init__(self, start: np.ndarray, length: np.ndarray, owner: np.ndarray) -> None:
         exact = length == 32
         # np.unique's return_index is the first occurrence: the first-loaded duplicate wins
         self.exact, first = np.unique(start[exact], return_index=True)
-        self.exact_owner = owner[exact][first]
+        self.exact = self.exact.astype(np.uint32)
+        self.exact_owner = owner[exact][first].astype(np.int64)
+        blocks = np.arange((1 << 16) + 1, dtype=np.uint64) << np.uint64(16)
+        # exact[exact_16[b]:exact_16[b + 1]] are the listed addresses of /16 number b
+        self.exact_16 = np.searchsorted(self.exact.astype(np.uint64), blocks).astype(np.int64)
         net = ~exact
+        flags = np.zeros(1 << (32 - _V4_FILTER_SHIFT), bool)
+        flags[self.exact >> _V4_FILTER_SHIFT] = True
         self.nets = None
-        self.filter = np.zeros(1 << (32 - _V4_FILTER_SHIFT), bool)
-        self.filter[self.exact >> _V4_FILTER_SHIFT] = True
+        # cidr pieces (starts, owners) and per /16 the pieces of its first and last address
+        self.bounds = np.zeros(1, np.uint64)
+        self.piece_owner = np.full(1, -1, np.int64)
+        self.first_16 = np.full(1 << 16, -1, np.int64)
+        self.last_16 = np.full(1 << 16, -1, np.int64)
         if net.any():
             lo = start[net].astype(np.uint64)
             hi = lo + (np.uint64(1) << (32 - length[net]).astype(np.uint64)) - np.uint64(1)
             self.nets = _RangeTable(lo, hi, owner[net], length[net])
+            self.bounds, self.piece_owner = self.nets.bounds, self.nets.owner
+            self.first_16 = np.searchsorted(self.bounds, blocks[:-1], side="right") - 1
+            self.last_16 = np.searchsorted(self.bounds, blocks[1:] - np.uint64(1),
+                                           side="right") - 1
             # flag every block a cidr touches: +1 at its first block, -1 after its last
             first_block = (lo >> np.uint64(_V4_FILTER_SHIFT)).astype(np.int64)
             last_block = (hi >> np.uint64(_V4_FILTER_SHIFT)).astype(np.int64)
-            delta = np.zeros(self.filter.size + 1, np.int32)
+            delta = np.zeros(flags.size + 1, np.int32)
             np.add.at(delta, first_block, 1)
             np.add.at(delta, last_block + 1, -1)
-            self.filter |= np.cumsum(delta[:-1], dtype=np.int32) > 0
+            flags |= np.cumsum(delta[:-1], dtype=np.int32) > 0
+        self.filter = np.packbits(flags, bitorder="little")  # bit (b & 7) of byte b >> 3
 
     def lookup(self, addr: np.ndarray) -> np.ndarray:
         """Owner per uint32 address (-1: none)."""
-        out = np.full(addr.size, -1, np.int64)
-        cand = np.flatnonzero(self.filter[addr >> _V4_FILTER_SHIFT])
-        if cand.size == 0:
-            return out
-        query = addr[cand]
-        got = np.full(cand.size, -1, np.int64)
-        if self.exact.size:
-            pos = np.searchsorted(self.exact, query)
-            pos[pos == self.exact.size] = 0
-            hit = self.exact[pos] == query
-            got[hit] = self.exact_owner[pos[hit]]
-        if self.nets is not None:
-            miss = np.flatnonzero(got < 0)
-            got[miss] = self.nets.lookup(query[miss].astype(np.uint64))
-        out[cand] = got
-        return out
+        return _v4_lookup(addr.astype(np.uint32, copy=False), self.filter, self.exact,
+                          self.exact_16, self.exact_owner, self.bounds, self.piece_owner,
+                          self.first_16, self.last_16)
+
+
+@njit
+def _v4_lookup(addr: np.ndarray, bits: np.ndarray, exact: np.ndarray, exact_16: np.ndarray,
+               exact_owner: np.ndarray, bounds: np.ndarray, piece_owner: np.ndarray,
+               first_16: np.ndarray, last_16: np.ndarray) -> np.ndarray:
+    """_V4Table.lookup. Per address a: its /24 bit (bits has 2**21 bytes: every a >> 11);
+    then a binary search for a in exact[exact_16[b]:exact_16[b + 1]] (b = a >> 16 <
+    65,536; exact_16 has 65,537 ascending entries <= len(exact)); then the last cidr piece
+    p in first_16[b]..last_16[b] with bounds[p] <= a (-1 = before every piece: not read;
+    last_16 < len(bounds) = len(piece_owner) by construction)."""
+    n = addr.shape[0]
+    out = np.full(n, -1, np.int64)
+    for i in range(n):
+        a = addr[i]
+        block = a >> 8
+        if not (bits[block >> 3] >> (block & 7)) & 1:
+            continue
+        b = a >> 16
+        lo = exact_16[b]
+        hi = exact_16[b + 1]
+        while lo < hi:  # leftmost exact[k] >= a in [lo, hi)
+            mid = (lo + hi) >> 1
+            if exact[mid] < a:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < exact_16[b + 1] and exact[lo] == a:
+            out[i] = exact_owner[lo]
+            continue
+        lo = first_16[b]
+        hi = last_16[b]
+        while lo < hi:  # last piece starting at or before a, in [lo, hi]
+            mid = (lo + hi + 1) >> 1
+            if bounds[mid] <= a:
+                lo = mid
+            else:
+                hi = mid - 1
+        if lo >= 0:
+            out[i] = piece_owner[lo]
+    return out
 
 
 class _KeyTable:
@@ -1119,19 +1148,21 @@ class IndicatorSet:
         table = self._text["domain"]
         if arr.shape[0] == 0 or table.keys.size == 0:
             return out
-        # Names repeat (DNS, Host headers): hash each distinct name once.
-        codes, distinct = factorize_text(arr)
-        uniq = np.empty(len(distinct), object)
-        uniq[:] = distinct
-        rows, starts, hashes = suffix_hashes(uniq)
+        # Every row's suffixes are hashed (one compiled pass): cheaper than first finding
+        # the distinct names (factorize_text costs more per row than the hashing it saves).
+        rows, starts, hashes = suffix_hashes(arr)
         pos, payload = table.lookup(hashes)
-        best = np.full(uniq.shape[0], np.iinfo(np.int64).max, np.int64)
-        found = np.full(uniq.shape[0], -1, np.int64)
+        best = np.full(arr.shape[0], np.iinfo(np.int64).max, np.int64)
+        checked: dict[tuple[str, int, int], bool] = {}  # a listed name repeats: check once
         for p, ind in zip(pos.tolist(), payload.tolist(), strict=True):  # hits only
             r, s = int(rows[p]), int(starts[p])
-            if uniq[r][s:] == self._values[ind] and s < best[r]:
-                best[r], found[r] = s, ind  # longest suffix = most specific indicator
-        return found[codes]
+            name = arr[r]
+            ok = checked.get((name, s, ind))
+            if ok is None:
+                ok = checked[(name, s, ind)] = name[s:] == self._values[ind]
+            if ok and s < best[r]:
+                best[r], out[r] = s, ind  # longest suffix = most specific indicator
+        return out
 
     def match_strings(self, kind: str, values: Sequence | np.ndarray) -> np.ndarray:
         """Indicator index per value for url, ja3, ja4, cert_sha1 (values normalized like

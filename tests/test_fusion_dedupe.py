@@ -155,3 +155,61 @@ def test_a_flow_batch_without_observer_names_still_validates_and_travels() -> No
     assert back.columns["observer_names"].tolist() == ["", ""]
     assert EventBatch("flow", without.columns).columns["observer_names"].tolist() == ["", ""]
     assert "observer_names" not in without.columns  # the caller's dict is left as it was
+
+
+def reference_stream(batches, tolerance_ns: int, retention_ns: int, max_keys: int
+                     ) -> tuple[list[list[int]], int]:
+    """Kept rows per batch of a stream, and the keys evicted by the cap, by brute force:
+    a report repeats a kept flow of an earlier batch when that one has the same key, lies
+    in the report's time bucket or a neighbour and comes from another observer; state
+    buckets older than the newest start - retention are dropped, then the oldest ones
+    while more than max_keys are kept."""
+    state: list[tuple[int, int, int]] = []  # (key, bucket, observer) of kept flows
+    newest = None
+    evicted = 0
+    out = []
+    for rows in batches:
+        in_batch_kept = set(reference(rows, tolerance_ns))
+        kept = []
+        for i, (k, t, o) in enumerate(rows):
+            b = t // tolerance_ns
+            seen = k >= 0 and any(k2 == k and abs(b2 - b) <= 1 and o2 != o
+                                  for k2, b2, o2 in state)
+            if not seen and i in in_batch_kept:
+                kept.append(i)
+        state += [(rows[i][0], rows[i][1] // tolerance_ns, rows[i][2]) for i in kept
+                  if rows[i][0] >= 0]
+        newest = max([t for _, t, _ in rows] + ([newest] if newest is not None else []))
+        horizon = (newest - retention_ns) // tolerance_ns
+        for b in sorted({b for _, b, _ in state}):
+            if b >= horizon and len(state) <= max_keys:
+                break
+            if b >= horizon:
+                evicted += sum(1 for _, b2, _ in state if b2 == b)
+            state = [e for e in state if e[1] != b]
+        out.append(kept)
+    return out, evicted
+
+
+stream_strategy = st.lists(
+    st.lists(st.tuples(st.integers(-1, 6), st.integers(0, 120 * NS), st.integers(0, 3)),
+             min_size=1, max_size=40), min_size=1, max_size=6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(stream_strategy, st.sampled_from([10.0, 30.0, 600.0]), st.sampled_from([3, 20, 10**6]),
+       st.booleans())
+def test_stream_of_batches_matches_reference(batches, retention_s, max_keys, recode) -> None:
+    """Several batches against the state kept between them, with retention and the key
+    cap at work (the state is one key-sorted set of arrays: lookups, merges, dropped
+    buckets marked dead and compacted; observer codes re-assigned after every batch when
+    `recode`)."""
+    dd = FlowDeduplicator(tolerance_s=5.0, retention_s=retention_s, max_keys=max_keys)
+    if recode:
+        dd.max_names = 1
+    expected, evicted = reference_stream(batches, 5 * NS, int(retention_s * NS), max_keys)
+    for rows, kept in zip(batches, expected, strict=True):
+        out, _ = dd.filter(batch(rows))
+        assert out.columns["row"].tolist() == kept
+    assert dd.stats["evicted_keys"] == evicted
+    assert dd.stats["duplicates"] == sum(map(len, batches)) - sum(map(len, expected))

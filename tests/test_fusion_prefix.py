@@ -46,3 +46,31 @@ def test_ipv4_any_prefixes_agree_with_ipaddress(prefixes, addrs) -> None:
         best = max((nets[i].prefixlen for i in inside), default=-1)
         want = next((i for i in inside if nets[i].prefixlen == best), NO_MATCH)
         assert g == want, (addr, nets)
+
+
+# Prefixes clustered in a few /16s (so the /16 level says "search" and the compiled search
+# runs among that /16's own pieces), queried at every prefix edge +-1 and at /16 edges.
+_clustered = st.tuples(st.sampled_from([0x0A000000, 0x0A010000, 0xC0A80000, 0xFFFF0000]),
+                       st.integers(0, 2**17 - 1), st.integers(8, 32))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_clustered, min_size=1, max_size=30),
+       st.lists(st.integers(0, 2**17 - 1), max_size=50))
+def test_ipv4_clustered_prefixes_and_edges_agree_with_ipaddress(prefixes, offsets) -> None:
+    nets = [ipaddress.ip_network(((base + off) % 2**32, n), strict=False)
+            for base, off, n in prefixes]
+    queries = {(int(n.network_address) + d) % 2**32 for n in nets for d in (-1, 0, 1)}
+    queries |= {(int(n.broadcast_address) + d) % 2**32 for n in nets for d in (-1, 0, 1)}
+    queries |= {(base + off) % 2**32 for base, _, _ in prefixes for off in offsets}
+    queries |= {(int(n.network_address) & 0xFFFF0000) + e for n in nets
+                for e in (0, 0xFFFF)}  # first and last address of each prefix's /16
+    queries = sorted(queries)
+    got = PrefixTable([str(n) for n in nets]).lookup(
+        column([str(ipaddress.IPv4Address(a)) for a in queries]))
+    for q, g in zip(queries, got.tolist(), strict=True):
+        addr = ipaddress.IPv4Address(q)
+        inside = [i for i, n in enumerate(nets) if addr in n]
+        best = max((nets[i].prefixlen for i in inside), default=-1)
+        want = next((i for i in inside if nets[i].prefixlen == best), NO_MATCH)
+        assert g == want, (addr, nets)

@@ -393,3 +393,22 @@ def test_same_sources_load_once_and_a_changed_file_loads_again(tmp_path) -> None
     reloaded = IndicatorSet.from_config([{"path": str(feed), "format": "csv"}])
     assert reloaded is not relative and len(reloaded) == 1
     assert reloaded.indicators[0].value == "198.51.100.8"
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_v4_net, min_size=1, max_size=40))
+def test_ipv4_matching_at_every_edge_agrees_with_ipaddress_reference(nets) -> None:
+    """The compiled lookup (/24 bit, then searches bounded by a per-/16 index): queried at
+    each network's first and last address +-1 and at the edges of its /16 and /24."""
+    networks = [ipaddress.ip_network(n, strict=False) for n in nets + nets[::4]]
+    queries = set()
+    for n in networks:
+        first, last = int(n.network_address), int(n.broadcast_address)
+        queries |= {(a + d) % 2**32 for a in (first, last) for d in (-1, 0, 1)}
+        queries |= {(first & 0xFFFF0000) + e for e in (0, 0xFFFF)}
+        queries |= {(last & 0xFFFFFF00) + e for e in (0, 0xFF)}
+    addrs = [str(ipaddress.IPv4Address(a)) for a in sorted(queries)]
+    s = IndicatorSet(inline_indicators([{"type": "cidr", "value": str(n)}
+                                        for n in networks]))
+    got = s.match_ips(ip_column(addrs)).tolist()
+    assert got == [_reference_match(networks, ipaddress.ip_address(a)) for a in addrs]
