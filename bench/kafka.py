@@ -48,6 +48,8 @@ sys.path.insert(0, REPO)
 from pipeline.broker import LocalBroker  # noqa: E402
 from pipeline.config import deep_merge, load_config  # noqa: E402
 from pipeline.kafka_transport import (  # noqa: E402
+    CLIENTS,
+    DEFAULT_CLIENT,
     BatchConsumer,
     KafkaConfig,
     Record,
@@ -61,6 +63,7 @@ from pipeline.services import (  # noqa: E402
     FusionService,
     JsonLog,
     needs_destination_keying,
+    producer_compression,
     sensor_messages,
     topic_partitions,
 )
@@ -70,6 +73,12 @@ from sensors.community_id import community_id_column  # noqa: E402
 CAPTURES = [os.path.join(REPO, "..", "shared", "pcaps", c) for c in
             ("brute_force/zeek__sshguess.pcap", "port_scan/simplescan__port_scan.pcap")]
 NS = 10**9
+CLIENT = [DEFAULT_CLIENT]  # the pipeline's Kafka client library (--client)
+
+
+def sensor_compression(compression: str | None) -> str | None:
+    """The sensor producer's compression: --compression, else the sensor's default (auto)."""
+    return producer_compression({"compression": compression or "auto"}, CLIENT[0])
 # The light detector set of the latency run: short windows so that windows close (and
 # alerts come out) every second of a short run.
 LIGHT_DETECTORS = ("brute_force", "port_scan_vertical")
@@ -217,7 +226,7 @@ def transport_only(kafka: KafkaConfig, messages: list[bytes], events: int, runs:
         topic = f"bench.transport.{run}.{time.monotonic_ns()}"
         ensure_topics(kafka, {topic: 4})
         with SpoolingProducer(kafka, os.path.join(workdir, f"spool-t{run}"),
-                              compression_type=compression) as producer:
+                              compression_type=sensor_compression(compression)) as producer:
             producer.send(topic, b"warm-up", messages[0])  # connection and topic metadata
             producer.flush(60)
             start = time.monotonic()
@@ -245,8 +254,9 @@ def start_service(args: list[str], log_path: str) -> subprocess.Popen:
 
 def metrics_lines(log_path: str) -> list[dict]:
     with open(log_path, "rb") as fh:
-        return [orjson.loads(line) for line in fh
-                if b'"metrics"' in line or b'"stopped"' in line]
+        # a line still being written (no newline yet) is skipped: read again next time
+        return [orjson.loads(line) for line in fh if line.endswith(b"\n")
+                and (b'"metrics"' in line or b'"stopped"' in line)]
 
 
 def correlation_events_in(log_path: str) -> int:
@@ -259,11 +269,12 @@ class Services:
 
     def __init__(self, bootstrap: str, workdir: str, overrides: dict | None = None,
                  compression: str | None = None) -> None:
-        config = deep_merge({"services": {
-            "fusion": {"metrics_interval_s": 0.5, "session_timeout_ms": 2000,
-                       "compression": compression or "none"},
+        # compression None: the services' configured default (auto = lz4 with confluent)
+        chosen = {} if compression is None else {"compression": compression}
+        config = deep_merge({"kafka": {"client": CLIENT[0]}, "services": {
+            "fusion": {"metrics_interval_s": 0.5, "session_timeout_ms": 2000, **chosen},
             "correlation": {"metrics_interval_s": 0.5, "session_timeout_ms": 2000,
-                            "idle_flush_s": 0, "compression": compression or "none"}}},
+                            "idle_flush_s": 0, **chosen}}},
                             overrides or {})
         path = os.path.join(workdir, f"bench-{time.monotonic_ns()}.yaml")
         with open(path, "w") as fh:
@@ -319,7 +330,7 @@ def run_columnar(kafka: KafkaConfig, messages: list[bytes], events: int, workdir
                       or p is not None}
         start = time.monotonic()
         with SpoolingProducer(kafka, os.path.join(workdir, "spool"),
-                              compression_type=compression) as producer:
+                              compression_type=sensor_compression(compression)) as producer:
             for message in messages:
                 producer.send("sa.sensor", b"bench-sensor", message)
             producer.flush(120)
@@ -415,7 +426,7 @@ def run_latency(template: EventBatch, rate: int, seconds: float, light: bool,
     per_message = rate // 10
     block = rate // 2  # events per attacker burst of 0.5 s
     with LocalBroker() as broker:
-        kafka = KafkaConfig(bootstrap=broker.bootstrap)
+        kafka = KafkaConfig(bootstrap=broker.bootstrap, client=CLIENT[0])
         services = Services(kafka.bootstrap, workdir, overrides)
         ensure_topics(kafka, topic_partitions(services.config))
         arrivals: dict[str, tuple[float, int]] = {}  # alert id -> (read at, window end ns)
@@ -499,24 +510,30 @@ def main() -> int:
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--only-latency", action="store_true",
                         help="skip 1.-3. (throughput), run the paced latency runs only")
-    parser.add_argument("--compression", default=None, choices=["lz4", "gzip"],
+    parser.add_argument("--compression", default=None, choices=["none", "lz4", "gzip"],
                         help="Kafka compression of every producer (sensor, fusion, "
-                             "correlation); default none")
+                             "correlation); default: the sensor producer none, the "
+                             "services their configured default (auto)")
+    parser.add_argument("--client", default=DEFAULT_CLIENT, choices=CLIENTS,
+                        help="Kafka client library of the pipeline (sensor producer and "
+                             "services); the per-event JSON anchor is always kafka-python")
     args = parser.parse_args()
+    CLIENT[0] = args.client
     config = load_config()
     template = template_flows()
     multiplier = engines_per_event(config)
     messages = sensor_batches(template, args.events, args.batch_rows)
     print(f"{args.events:,} flow events in {len(messages)} sensor batches of "
           f"{args.batch_rows:,} ({len(messages[0]) / args.batch_rows:.0f} bytes/event on the "
-          f"wire), {os.cpu_count()} cores, medians of {args.runs}", flush=True)
+          f"wire), {os.cpu_count()} cores, medians of {args.runs}, client {args.client}",
+          flush=True)
 
     if args.only_latency:
         args.runs = 0
     stages = stage_breakdown(messages, config, args.runs) if args.runs else {}
     if args.runs:  # the throughput part, unless --only-latency
         with LocalBroker() as broker, tempfile.TemporaryDirectory() as workdir:
-            kafka = KafkaConfig(bootstrap=broker.bootstrap)
+            kafka = KafkaConfig(bootstrap=broker.bootstrap, client=CLIENT[0])
             produce, consume = transport_only(kafka, messages, args.events, args.runs,
                                               workdir, args.compression)
         throughput(args, stages, produce, consume, messages, template, config, multiplier)
@@ -529,7 +546,7 @@ def throughput(args: argparse.Namespace, stages: dict[str, float], produce: floa
                multiplier: int) -> None:
     transport = min(produce, consume)
     print("\n1. where the time goes (each part alone; stage figures: CPU time on one core, "
-          f"no broker; transport: wall time; compression {args.compression or 'none'}):")
+          f"no broker; transport: wall time; compression {args.compression or 'default (auto)'}):")
     for name, value in [*stages.items(), ("transport alone: produce (send+flush)", produce),
                         ("transport alone: consume (no decode)", consume)]:
         print(f"  {name:45s} {value:>12,.0f} events/s  {1e6 / value:6.2f} us/event")
@@ -539,7 +556,7 @@ def throughput(args: argparse.Namespace, stages: dict[str, float], produce: floa
     columnar, json_rates, cpus = [], [], []
     for run in range(args.runs):
         with LocalBroker() as broker, tempfile.TemporaryDirectory() as workdir:
-            kafka = KafkaConfig(bootstrap=broker.bootstrap)
+            kafka = KafkaConfig(bootstrap=broker.bootstrap, client=CLIENT[0])
             ensure_topics(kafka, topic_partitions(config))
             rate, cpu = run_columnar(kafka, messages, args.events, workdir, multiplier,
                                      args.compression, broker.pid)

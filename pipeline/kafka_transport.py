@@ -1,8 +1,11 @@
-"""The Kafka transport: the only module that imports the Kafka client library.
+"""The Kafka transport: the only module that imports the Kafka client libraries.
 
-Everything else uses `KafkaConfig`, `ensure_topics`, `SpoolingProducer` and `BatchConsumer`,
-so the client (kafka-python today) can be swapped for confluent-kafka if a benchmark calls
-for it.
+Everything else uses `KafkaConfig`, `ensure_topics`, `SpoolingProducer` and `BatchConsumer`.
+Two clients sit behind them, chosen by `KafkaConfig.client` (config `kafka.client`):
+"confluent" (confluent-kafka = librdkafka, C: record batches, CRC and buffers outside
+Python; the default, measured faster: docs/kafka.md) and "kafka-python" (pure Python).
+The clients are adapted in `_confluent_conf`, `_ConfluentFuture`/`_ConfluentProducer` and
+`BatchConsumer`; the delivery logic above them is shared.
 
 Delivery (DESIGN.md §3, at-least-once):
 - `SpoolingProducer` never loses a message to a broker outage: a message whose delivery
@@ -24,6 +27,9 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import confluent_kafka
+from confluent_kafka.admin import AdminClient as ConfluentAdmin
+from confluent_kafka.admin import NewTopic as ConfluentNewTopic
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka import errors as kafka_errors
 from kafka.admin import NewTopic
@@ -46,6 +52,9 @@ DEFAULT_TOPICS: dict[str, int] = {
     TOPIC_SENSOR_HEALTH: 1,
 }
 
+CLIENTS = ("confluent", "kafka-python")
+DEFAULT_CLIENT = "confluent"  # measured faster end to end (docs/kafka.md, "Clients")
+
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 DEFAULT_PASSWORD_ENV = "CIRTSA_KAFKA_PASSWORD"
@@ -55,10 +64,26 @@ DEFAULT_PASSWORD_ENV = "CIRTSA_KAFKA_PASSWORD"
 _PERMANENT_ERRORS = (kafka_errors.MessageSizeTooLargeError,
                      kafka_errors.RecordListTooLargeError, kafka_errors.InvalidTopicError,
                      kafka_errors.InvalidRecordError)
+_PERMANENT_CODES = frozenset({
+    confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE, confluent_kafka.KafkaError.INVALID_MSG_SIZE,
+    confluent_kafka.KafkaError.RECORD_LIST_TOO_LARGE, confluent_kafka.KafkaError.INVALID_RECORD,
+    confluent_kafka.KafkaError.INVALID_MSG})
 
 
 class TransportError(RuntimeError):
     """The broker could not be reached or refused an operation; the text says which."""
+
+
+class DeliveryError(TransportError):
+    """A produce failed in the confluent client; `permanent` when no retry can help."""
+
+    def __init__(self, error: confluent_kafka.KafkaError) -> None:
+        super().__init__(f"{error.name()}: {error.str()}")
+        self.permanent = error.code() in _PERMANENT_CODES
+
+
+def _is_permanent(exc: BaseException) -> bool:
+    return isinstance(exc, _PERMANENT_ERRORS) or getattr(exc, "permanent", False)
 
 
 class CommitFailed(TransportError):
@@ -113,8 +138,11 @@ class KafkaConfig:
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
     sasl_password: Secret | None = field(default=None, repr=False)
+    client: str = DEFAULT_CLIENT  # "confluent" | "kafka-python"
 
     def __post_init__(self) -> None:
+        if self.client not in CLIENTS:
+            raise TransportError(f"kafka client must be one of {CLIENTS}, not {self.client!r}")
         if self.security_protocol not in SECURITY_PROTOCOLS:
             raise TransportError(f"security_protocol must be one of {SECURITY_PROTOCOLS}, "
                                  f"not {self.security_protocol!r}")
@@ -131,13 +159,13 @@ class KafkaConfig:
                 f"security_protocol={self.security_protocol!r}, ssl_cafile={self.ssl_cafile!r}, "
                 f"ssl_certfile={self.ssl_certfile!r}, ssl_keyfile={self.ssl_keyfile!r}, "
                 f"sasl_mechanism={self.sasl_mechanism!r}, sasl_username={self.sasl_username!r}, "
-                f"sasl_password={password})")
+                f"sasl_password={password}, client={self.client!r})")
 
     @classmethod
     def from_mapping(cls, settings: Mapping, env: Mapping[str, str] | None = None) -> KafkaConfig:
         """From a config section such as
         {bootstrap, client_id, security_protocol, ssl_cafile, ssl_certfile, ssl_keyfile,
-         sasl_mechanism, sasl_username, sasl_password_env | sasl_password_file}.
+         sasl_mechanism, sasl_username, sasl_password_env | sasl_password_file, client}.
         A literal `sasl_password` is refused: secrets do not belong in config files."""
         env = os.environ if env is None else env
         if "sasl_password" in settings:
@@ -150,7 +178,7 @@ class KafkaConfig:
         else:
             password = env.get(str(settings.get("sasl_password_env") or DEFAULT_PASSWORD_ENV))
         known = {"bootstrap", "client_id", "security_protocol", "ssl_cafile", "ssl_certfile",
-                 "ssl_keyfile", "sasl_mechanism", "sasl_username"}
+                 "ssl_keyfile", "sasl_mechanism", "sasl_username", "client"}
         unknown = set(settings) - known - {"sasl_password_env", "sasl_password_file"}
         if unknown:
             raise TransportError(f"unknown kafka settings: {sorted(unknown)}")
@@ -171,6 +199,39 @@ class KafkaConfig:
             kwargs["sasl_plain_password"] = self.sasl_password.reveal()
         return kwargs
 
+    def librdkafka_conf(self) -> dict:
+        """The same settings under librdkafka's names (contains the secret: never log)."""
+        conf: dict = {"bootstrap.servers": self.bootstrap, "client.id": self.client_id,
+                      "security.protocol": self.security_protocol.lower()}
+        for ours, theirs in (("ssl_cafile", "ssl.ca.location"),
+                             ("ssl_certfile", "ssl.certificate.location"),
+                             ("ssl_keyfile", "ssl.key.location")):
+            if getattr(self, ours):
+                conf[theirs] = getattr(self, ours)
+        if self.security_protocol.startswith("SASL"):
+            conf["sasl.mechanisms"] = self.sasl_mechanism
+            conf["sasl.username"] = self.sasl_username
+            conf["sasl.password"] = self.sasl_password.reveal()
+        return conf
+
+
+class _LibrdkafkaLog:
+    """librdkafka's log lines into `pipeline.kafka_transport.librdkafka` (it prints to
+    stderr otherwise), one level down: it logs every failed reconnect as an error while
+    an outage is expected and handled (the spool logs it once, as a warning)."""
+
+    _logger = logging.getLogger(__name__ + ".librdkafka")
+
+    def log(self, level: int, msg: str, *args: object) -> None:
+        self._logger.log(max(logging.DEBUG, level - 10), msg, *args)
+
+
+def _confluent_conf(config: KafkaConfig, **extra: object) -> dict:
+    """librdkafka settings for one client: the connection, our logger, and no log line
+    for the idle connections Tansu closes."""
+    return {**config.librdkafka_conf(), "logger": _LibrdkafkaLog(),
+            "log.connection.close": False, **extra}
+
 
 # --- topics ---------------------------------------------------------------------------------
 
@@ -180,6 +241,11 @@ def ensure_topics(config: KafkaConfig, topics: Mapping[str, int] | None = None,
     cluster decides otherwise); returns the names created. Existing topics are left as they
     are (their partition count is not changed)."""
     topics = DEFAULT_TOPICS if topics is None else topics
+    if config.client == "confluent":
+        created = _ensure_topics_confluent(config, topics, timeout_s)
+        if created:
+            log.info("created Kafka topics %s on %s", created, config.bootstrap)
+        return created
     try:
         admin = KafkaAdminClient(**config.client_kwargs(),
                                  request_timeout_ms=int(timeout_s * 1000),
@@ -203,6 +269,134 @@ def ensure_topics(config: KafkaConfig, topics: Mapping[str, int] | None = None,
     if created:
         log.info("created Kafka topics %s on %s", created, config.bootstrap)
     return created
+
+
+def _ensure_topics_confluent(config: KafkaConfig, topics: Mapping[str, int],
+                             timeout_s: float) -> list[str]:
+    admin = ConfluentAdmin(_confluent_conf(config, **{"socket.timeout.ms": int(timeout_s * 1000)}))
+    try:
+        existing = set(admin.list_topics(timeout=timeout_s).topics)
+    except confluent_kafka.KafkaException as exc:
+        raise TransportError(f"cannot reach Kafka at {config.bootstrap}: "
+                             f"{_reason(exc)}") from None
+    missing = [ConfluentNewTopic(name, int(n), 1) for name, n in topics.items()
+               if name not in existing]
+    if not missing:
+        return []
+    created = []
+    futures = admin.create_topics(missing, operation_timeout=timeout_s,
+                                  request_timeout=timeout_s)
+    for name, future in futures.items():
+        try:
+            future.result(timeout=timeout_s + 1)
+            created.append(name)
+        except confluent_kafka.KafkaException as exc:
+            if exc.args and getattr(exc.args[0], "code", lambda: None)() == \
+                    confluent_kafka.KafkaError.TOPIC_ALREADY_EXISTS:
+                continue  # created meanwhile by someone else
+            raise TransportError(f"cannot create topics on {config.bootstrap}: "
+                                 f"{_reason(exc)}") from None
+    return created
+
+
+def _describe_confluent(admin: ConfluentAdmin, names: list[str],
+                        timeout_s: float) -> dict[str, object]:
+    """{topic: topic id or None}; raises KafkaException when the broker cannot be asked."""
+    ids: dict[str, object] = dict.fromkeys(names)
+    futures = admin.describe_topics(confluent_kafka.TopicCollection(names),
+                                    request_timeout=timeout_s)
+    for name, future in futures.items():
+        try:
+            described = future.result(timeout=timeout_s + 1)
+        except confluent_kafka.KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if getattr(error, "code", lambda: None)() in (
+                    confluent_kafka.KafkaError.UNKNOWN_TOPIC_OR_PART,
+                    confluent_kafka.KafkaError.UNKNOWN_TOPIC_ID):
+                continue  # the broker does not know it: None
+            raise
+        if described.partitions:
+            ids[name] = str(described.topic_id) if described.topic_id else "no-topic-id"
+    return ids
+
+
+class _ConfluentFuture:
+    """kafka-python's future interface (add_callback / add_errback) over a librdkafka
+    delivery report, so SpoolingProducer's delivery logic serves both clients. The report
+    may come (in whichever thread polls) before the callbacks are attached."""
+
+    __slots__ = ("_lock", "_done", "_error", "_callbacks", "_errbacks")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._done = False
+        self._error: BaseException | None = None
+        self._callbacks: list = []
+        self._errbacks: list = []
+
+    def report(self, error: confluent_kafka.KafkaError | None, _message: object) -> None:
+        with self._lock:
+            self._done = True
+            self._error = None if error is None else DeliveryError(error)
+            callbacks = self._errbacks if error is not None else self._callbacks
+            self._callbacks, self._errbacks = [], []
+        for fn, args in callbacks:
+            fn(*args, self._error if error is not None else None)
+
+    def _attach(self, fn, args: tuple, on_error: bool) -> None:
+        with self._lock:  # decide under the lock: the report may arrive concurrently
+            if not self._done:
+                (self._errbacks if on_error else self._callbacks).append((fn, args))
+                return
+            fire = (self._error is not None) == on_error
+        if fire:
+            fn(*args, self._error)
+
+    def add_callback(self, fn, *args) -> _ConfluentFuture:
+        self._attach(fn, args, on_error=False)
+        return self
+
+    def add_errback(self, fn, *args) -> _ConfluentFuture:
+        self._attach(fn, args, on_error=True)
+        return self
+
+
+class _ConfluentProducer:
+    """librdkafka's producer behind kafka-python's send/flush/close. Delivery reports are
+    served by a polling thread (as kafka-python's I/O thread does): a failure must reach
+    the spool while the caller is not sending, e.g. during an outage."""
+
+    def __init__(self, conf: dict) -> None:
+        self._producer = confluent_kafka.Producer(conf)
+        self._closed = threading.Event()
+        self._poller = threading.Thread(target=self._serve_reports, name="kafka-reports",
+                                        daemon=True)
+        self._poller.start()
+
+    def _serve_reports(self) -> None:
+        while not self._closed.is_set():
+            self._producer.poll(0.05)  # returns as soon as a report is served
+
+    def send(self, topic: str, key: bytes | None = None,
+             value: bytes | None = None) -> _ConfluentFuture:
+        future = _ConfluentFuture()
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key, on_delivery=future.report)
+                break
+            except BufferError:  # local queue full: serve reports, then retry
+                self._producer.poll(0.05)
+            except confluent_kafka.KafkaException as exc:
+                raise DeliveryError(exc.args[0]) from None
+        return future
+
+    def flush(self, timeout: float | None = None) -> None:
+        self._producer.flush(-1 if timeout is None else timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        self._producer.flush(10 if timeout is None else timeout)
+        self._closed.set()
+        self._poller.join()
 
 
 # --- producer -------------------------------------------------------------------------------
@@ -279,8 +473,21 @@ class SpoolingProducer:
             bootstrap_timeout_ms=max_block_ms,  # first connection: no 30 s stall in send()
             retries=3, retry_backoff_ms=200, reconnect_backoff_max_ms=1000,
             compression_type=compression_type, batch_size=batch_size)
-        self._producer: KafkaProducer | None = None
-        self._admin: KafkaAdminClient | None = None
+        # librdkafka: the same guarantees under its names. Its default partitioner is CRC32
+        # ("consistent_random"); murmur2_random is the Java/kafka-python one that
+        # pipeline/keys.py aligns keys to. retries bounded like kafka-python's so a failure
+        # reaches the spool instead of waiting in librdkafka's queue.
+        self._confluent_conf = _confluent_conf(config, **{
+            "acks": str(acks), "linger.ms": linger_ms, "message.max.bytes": max_request_size,
+            "message.timeout.ms": delivery_timeout_ms,
+            "request.timeout.ms": request_timeout_ms,
+            "max.in.flight.requests.per.connection": max_in_flight,
+            "enable.idempotence": False, "partitioner": "murmur2_random",
+            "retries": 3, "retry.backoff.ms": 200, "reconnect.backoff.max.ms": 1000,
+            "compression.type": compression_type or "none",
+            "batch.size": max(batch_size, 1), "socket.timeout.ms": max(request_timeout_ms, 10)})
+        self._producer: KafkaProducer | _ConfluentProducer | None = None
+        self._admin: KafkaAdminClient | ConfluentAdmin | None = None
         self._client_lock = threading.Lock()
         self._admin_lock = threading.Lock()
         self._lock = threading.Lock()  # metrics and outage state (callbacks: I/O thread)
@@ -302,10 +509,13 @@ class SpoolingProducer:
 
     # --- internals --------------------------------------------------------------------------
 
-    def _client(self) -> KafkaProducer:
+    def _client(self) -> KafkaProducer | _ConfluentProducer:
         with self._client_lock:  # the caller's and the drain thread's first use may race
             if self._producer is None:
-                self._producer = KafkaProducer(**self._producer_kwargs)
+                if self.config.client == "confluent":
+                    self._producer = _ConfluentProducer(self._confluent_conf)
+                else:
+                    self._producer = KafkaProducer(**self._producer_kwargs)
             return self._producer
 
     def _describe_topic_ids(self, topics: Iterable[str]) -> dict[str, object]:
@@ -314,6 +524,8 @@ class SpoolingProducer:
         names = sorted(set(topics))
         if not names:
             return {}
+        if self.config.client == "confluent":
+            return self._describe_topic_ids_confluent(names)
         with self._admin_lock:
             try:
                 if self._admin is None:
@@ -338,6 +550,16 @@ class SpoolingProducer:
                 # unchecked, which is what those versions can offer.
                 ids[topic["name"]] = topic.get("topic_id") or "no-topic-id"
         return ids
+
+    def _describe_topic_ids_confluent(self, names: list[str]) -> dict[str, object]:
+        with self._admin_lock:
+            if self._admin is None:
+                self._admin = ConfluentAdmin(_confluent_conf(self.config))
+            try:
+                return _describe_confluent(self._admin, names, self._connect_timeout_s)
+            except (confluent_kafka.KafkaException, TimeoutError) as exc:
+                raise TransportError(f"metadata check on {self.config.bootstrap} failed: "
+                                     f"{_reason(exc)}") from None
 
     def _check(self, wanted: Iterable[str] = ()) -> bool:
         """Confirm the acknowledged messages whose topics kept their identity; learn the
@@ -441,7 +663,7 @@ class SpoolingProducer:
             pending = self._pending.pop(number, None)
         if pending is None:  # already re-sent after a restart
             return
-        if isinstance(exc, _PERMANENT_ERRORS):
+        if _is_permanent(exc):
             self._rejected(pending.topic, exc)
             return
         self._mark_outage(exc)
@@ -455,7 +677,7 @@ class SpoolingProducer:
                 self._in_flight.discard(seq)
         if pending is None:
             return
-        if isinstance(exc, _PERMANENT_ERRORS):
+        if _is_permanent(exc):
             self.spool.ack(seq)  # remove it: it would block the spool forever
             self._rejected(topic, exc)
         else:
@@ -514,7 +736,7 @@ class SpoolingProducer:
                 number = self._register(_Pending(item.topic, item.key, None, item.seq))
             try:
                 future = self._client().send(item.topic, key=item.key, value=item.value)
-            except kafka_errors.KafkaError as exc:
+            except (kafka_errors.KafkaError, TransportError) as exc:
                 self._on_spooled_error(number, item.seq, item.topic, exc)
                 break
             future.add_callback(self._on_ok, number)
@@ -540,14 +762,12 @@ class SpoolingProducer:
             return
         try:
             future = self._client().send(topic, key=key, value=value)
-        except _PERMANENT_ERRORS as exc:
+        except (kafka_errors.KafkaError, TransportError) as exc:
             with self._lock:
                 self._pending.pop(number, None)
-            self._rejected(topic, exc)
-            return
-        except kafka_errors.KafkaError as exc:
-            with self._lock:
-                self._pending.pop(number, None)
+            if _is_permanent(exc):
+                self._rejected(topic, exc)
+                return
             self._mark_outage(exc)
             self._to_spool(topic, key, value)
             return
@@ -612,7 +832,8 @@ class SpoolingProducer:
                 self._producer = None
             with self._admin_lock:
                 if self._admin is not None:
-                    self._admin.close()
+                    if hasattr(self._admin, "close"):  # confluent's admin has no close()
+                        self._admin.close()
                     self._admin = None
             self.spool.close()
 
@@ -639,6 +860,46 @@ class Record:
     timestamp_ms: int
 
 
+def _confluent_consumer(config: KafkaConfig, topics: Sequence[str], group_id: str, *,
+                        session_timeout_ms: int, heartbeat_interval_ms: int,
+                        max_poll_interval_ms: int, max_partition_fetch_bytes: int,
+                        fetch_max_bytes: int, fetch_max_wait_ms: int,
+                        bootstrap_timeout_s: float,
+                        assigned: set[tuple[str, int]]) -> confluent_kafka.Consumer:
+    """A librdkafka group member with kafka-python's semantics here: earliest when the
+    group has no commit, no auto commit, no offset store, the Java range assignor."""
+    conf = _confluent_conf(config, **{
+        "group.id": group_id, "auto.offset.reset": "earliest", "enable.auto.commit": False,
+        "enable.auto.offset.store": False, "session.timeout.ms": session_timeout_ms,
+        "heartbeat.interval.ms": heartbeat_interval_ms,
+        "max.poll.interval.ms": max(max_poll_interval_ms, session_timeout_ms),
+        "max.partition.fetch.bytes": max_partition_fetch_bytes,
+        "fetch.max.bytes": fetch_max_bytes, "fetch.wait.max.ms": fetch_max_wait_ms,
+        # a response may hold fetch.max.bytes plus framing
+        "receive.message.max.bytes": min(fetch_max_bytes + (1 << 20), 2_147_483_647),
+        "partition.assignment.strategy": "range"})
+
+    # The assignment is mirrored here from the rebalance callbacks (they run inside
+    # consume(), in the polling thread): Consumer.assignment() holds the GIL while it waits
+    # for librdkafka, which deadlocks against a consume() in another thread (measured).
+    def on_assign(_consumer: object, partitions: list) -> None:
+        assigned.update((tp.topic, tp.partition) for tp in partitions)
+
+    def on_revoke(_consumer: object, partitions: list) -> None:
+        assigned.difference_update((tp.topic, tp.partition) for tp in partitions)
+
+    try:
+        consumer = confluent_kafka.Consumer(conf)
+        # fail like kafka-python when nothing answers (librdkafka would retry silently)
+        consumer.list_topics(timeout=bootstrap_timeout_s)
+        consumer.subscribe(list(topics), on_assign=on_assign, on_revoke=on_revoke,
+                           on_lost=on_revoke)
+    except confluent_kafka.KafkaException as exc:
+        raise TransportError(f"cannot reach Kafka at {config.bootstrap}: "
+                             f"{_reason(exc)}") from None
+    return consumer
+
+
 class BatchConsumer:
     """A group member that hands out records in batches and commits only on request.
 
@@ -652,11 +913,23 @@ class BatchConsumer:
                  session_timeout_ms: int = 6000, heartbeat_interval_ms: int | None = None,
                  max_poll_records: int = 64, max_poll_interval_ms: int = 300_000,
                  max_partition_fetch_bytes: int = 16 << 20,
-                 fetch_max_bytes: int = 64 << 20, bootstrap_timeout_s: float = 30.0) -> None:
+                 fetch_max_bytes: int = 64 << 20, bootstrap_timeout_s: float = 30.0,
+                 fetch_max_wait_ms: int = 500) -> None:
         self.config = config
         self.group_id = group_id
         self.max_poll_records = max_poll_records
         self._committed: dict[tuple[str, int], int] = {}
+        self._confluent = config.client == "confluent"
+        self._assigned: set[tuple[str, int]] = set()  # confluent: see _confluent_consumer
+        if self._confluent:
+            self._consumer = _confluent_consumer(
+                config, topics, group_id, session_timeout_ms=session_timeout_ms,
+                heartbeat_interval_ms=heartbeat_interval_ms or max(100, session_timeout_ms // 3),
+                max_poll_interval_ms=max_poll_interval_ms,
+                max_partition_fetch_bytes=max_partition_fetch_bytes,
+                fetch_max_bytes=fetch_max_bytes, bootstrap_timeout_s=bootstrap_timeout_s,
+                fetch_max_wait_ms=fetch_max_wait_ms, assigned=self._assigned)
+            return
         try:
             self._consumer = KafkaConsumer(
                 *topics, **config.client_kwargs(), group_id=group_id,
@@ -665,13 +938,15 @@ class BatchConsumer:
                 heartbeat_interval_ms=heartbeat_interval_ms or max(100, session_timeout_ms // 3),
                 max_poll_records=max_poll_records, max_poll_interval_ms=max_poll_interval_ms,
                 max_partition_fetch_bytes=max_partition_fetch_bytes,
-                fetch_max_bytes=fetch_max_bytes,
+                fetch_max_bytes=fetch_max_bytes, fetch_max_wait_ms=fetch_max_wait_ms,
                 bootstrap_timeout_ms=int(bootstrap_timeout_s * 1000))
         except kafka_errors.KafkaError as exc:
             raise TransportError(f"cannot reach Kafka at {config.bootstrap}: {exc}") from None
 
     def poll_batch(self, timeout_s: float = 1.0, max_records: int | None = None) -> list[Record]:
         """Up to `max_records` records (partition order kept), waiting up to `timeout_s`."""
+        if self._confluent:
+            return self._poll_confluent(timeout_s, max_records or self.max_poll_records)
         try:
             polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000),
                                          max_records=max_records or self.max_poll_records)
@@ -679,6 +954,26 @@ class BatchConsumer:
             raise TransportError(f"poll from {self.config.bootstrap} failed: {exc}") from None
         return [Record(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp)
                 for records in polled.values() for r in records]
+
+    def _poll_confluent(self, timeout_s: float, max_records: int) -> list[Record]:
+        try:
+            messages = self._consumer.consume(max_records, timeout_s)
+        except confluent_kafka.KafkaException as exc:
+            raise TransportError(f"poll from {self.config.bootstrap} failed: "
+                                 f"{_reason(exc)}") from None
+        records = []
+        for m in messages:
+            error = m.error()
+            if error is not None:
+                if error.fatal():
+                    raise TransportError(f"poll from {self.config.bootstrap} failed: "
+                                         f"{error.str()}")
+                # transient (broker away, topic not there yet): librdkafka retries itself
+                log.debug("consumer %s: %s", self.group_id, error.str())
+                continue
+            records.append(Record(m.topic(), m.partition(), m.offset(), m.key(), m.value(),
+                                  m.timestamp()[1]))
+        return records
 
     def commit(self, records: Iterable[Record]) -> dict[tuple[str, int], int]:
         """Commit through the highest offset per partition among `records`; returns the
@@ -707,8 +1002,11 @@ class BatchConsumer:
         if not todo:
             return {}
         try:
-            self._consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
-                                   for (t, p), o in todo.items()})
+            if self._confluent:
+                self._commit_confluent(todo)
+            else:
+                self._consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
+                                       for (t, p), o in todo.items()})
         except kafka_errors.CommitFailedError as exc:
             raise CommitFailed(f"commit for group {self.group_id} failed: {exc}") from None
         except kafka_errors.KafkaError as exc:
@@ -717,9 +1015,23 @@ class BatchConsumer:
         self._committed.update(todo)
         return todo
 
+    def _commit_confluent(self, todo: Mapping[tuple[str, int], int]) -> None:
+        offsets = [confluent_kafka.TopicPartition(t, p, o) for (t, p), o in todo.items()]
+        try:
+            done = self._consumer.commit(offsets=offsets, asynchronous=False)
+        except confluent_kafka.KafkaException as exc:
+            raise CommitFailed(f"commit for group {self.group_id} failed: "
+                               f"{_reason(exc)}") from None
+        failed = [tp for tp in done or () if tp.error is not None]
+        if failed:
+            raise CommitFailed(f"commit for group {self.group_id} failed: "
+                               f"{failed[0].error.str()}")
+
     def assignment(self) -> set[tuple[str, int]]:
         """The (topic, partition) pairs this member owns now (changes after a rebalance,
         which happens inside poll_batch)."""
+        if self._confluent:
+            return set(self._assigned)
         return {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
 
     def rewind_to_committed(self) -> dict[tuple[str, int], int]:
@@ -727,6 +1039,10 @@ class BatchConsumer:
         earliest offset when the group has none) so the next polls re-deliver everything
         after the last commit, e.g. to rebuild in-memory state after a rebalance.
         Returns {(topic, partition): offset rewound to}, -1 for "from the beginning"."""
+        if self._confluent:
+            positions = self._rewind_confluent()
+            self._committed = {k: v for k, v in positions.items() if v >= 0}
+            return positions
         positions: dict[tuple[str, int], int] = {}
         try:
             for tp in self._consumer.assignment():
@@ -743,8 +1059,39 @@ class BatchConsumer:
         self._committed = {k: v for k, v in positions.items() if v >= 0}
         return positions
 
+    def _rewind_confluent(self) -> dict[tuple[str, int], int]:
+        # seek() each owned partition to its commit. A partition whose fetcher has not
+        # started yet (just assigned: seek fails with "Erroneous state") starts at its
+        # commit anyway, which is the rewind's target. (Re-assigning with start offsets
+        # outside a rebalance callback confused librdkafka's group state: a worker stopped
+        # fetching after a takeover, seen once in tests/test_kafka_e2e.py.)
+        assigned = [confluent_kafka.TopicPartition(t, p) for t, p in sorted(self._assigned)]
+        if not assigned:
+            return {}
+        try:
+            committed = self._consumer.committed(assigned, timeout=10)
+        except confluent_kafka.KafkaException as exc:
+            raise TransportError(f"rewind of group {self.group_id} failed: "
+                                 f"{_reason(exc)}") from None
+        positions = {}
+        for tp in committed:
+            offset = tp.offset if tp.offset >= 0 else confluent_kafka.OFFSET_BEGINNING
+            try:
+                self._consumer.seek(confluent_kafka.TopicPartition(tp.topic, tp.partition,
+                                                                   offset))
+            except confluent_kafka.KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                if getattr(error, "code", lambda: None)() != confluent_kafka.KafkaError._STATE:
+                    raise TransportError(f"rewind of group {self.group_id} failed: "
+                                         f"{_reason(exc)}") from None
+            positions[(tp.topic, tp.partition)] = tp.offset if tp.offset >= 0 else -1
+        return positions
+
     def close(self) -> None:
         """Leave the group (no commit: uncommitted records are delivered again)."""
+        if self._confluent:
+            self._consumer.close()
+            return
         self._consumer.close(autocommit=False)
 
     def __enter__(self) -> BatchConsumer:

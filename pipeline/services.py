@@ -58,7 +58,7 @@ SERVICE_TOPICS: dict[str, int] = {**DEFAULT_TOPICS, TOPIC_EVENTS_BY_DST: 4}
 
 _KAFKA_KEYS = {"bootstrap", "client_id", "security_protocol", "ssl_cafile", "ssl_certfile",
                "ssl_keyfile", "sasl_mechanism", "sasl_username", "sasl_password_env",
-               "sasl_password_file"}
+               "sasl_password_file", "client"}
 
 
 # --- configuration ---------------------------------------------------------------------------
@@ -86,12 +86,14 @@ def topic_partitions(config: Mapping) -> dict[str, int]:
     return topics
 
 
-def producer_compression(settings: Mapping) -> str | None:
-    """kafka-python's compression_type from a service's `compression` setting: none (or
-    null), lz4, gzip, zstd, snappy, or auto = lz4 when its codec (the `lz4` package) is
-    installed, else none. Consumers decompress whatever they get (with the codec)."""
+def producer_compression(settings: Mapping, client: str = "kafka-python") -> str | None:
+    """The producer's compression from a service's `compression` setting: none (or null),
+    lz4, gzip, zstd, snappy, or auto = lz4 when the client has the codec (librdkafka always;
+    kafka-python with the `lz4` package), else none. Consumers decompress whatever they get."""
     value = settings.get("compression") or "none"
     if value == "auto":
+        if client == "confluent":
+            return "lz4"
         return "lz4" if importlib.util.find_spec("lz4") is not None else None
     return None if value == "none" else str(value)
 
@@ -248,28 +250,42 @@ class FusionService:
         spool = s.get("spool_dir") or temp_spool("fusion")
         consumer = BatchConsumer(self.kafka, [TOPIC_SENSOR], self.group,
                                  session_timeout_ms=int(s.get("session_timeout_ms", 6000)),
-                                 max_poll_records=int(s.get("max_poll_records", 16)))
+                                 max_poll_records=int(s.get("max_poll_records", 16)),
+                                 fetch_max_wait_ms=int(s.get("fetch_max_wait_ms", 500)))
         producer = SpoolingProducer(self.kafka, spool, topics=self.topics,
                                     linger_ms=int(s.get("linger_ms", 5)),
-                                    compression_type=producer_compression(s))
+                                    compression_type=producer_compression(s, self.kafka.client))
         metrics_every = float(s.get("metrics_interval_s", 30))
         next_metrics = time.monotonic() + metrics_every
         self.log("started", group=self.group, outputs=[o.topic for o in self.outputs])
         if ready is not None:
             ready.set()
+        # Pipelining: the outputs of one poll are in flight (the client's I/O thread) while
+        # the next poll is decoded and fused; the producer is flushed and the input
+        # committed once per commit_interval_s, or as soon as the input runs dry.
+        commit_every = float(s.get("commit_interval_s", 0.5))
+        uncommitted: list[Record] = []
+        flush_at = 0.0
         try:
             while not stop.is_set():
-                records = poll_records(consumer, stop, self.log, 0.5)
+                records = poll_records(consumer, stop, self.log, 0.05 if uncommitted else 0.5)
                 if records:
+                    if not uncommitted:
+                        flush_at = time.monotonic() + commit_every
                     self.process(records, producer)
+                    uncommitted += records
+                if uncommitted and (not records or time.monotonic() >= flush_at):
                     _flush_until(producer, stop)
                     if producer.idle:  # everything acknowledged: commit
-                        commit_records(consumer, records, self.log)
+                        commit_records(consumer, uncommitted, self.log)
+                        uncommitted = []
                 if time.monotonic() >= next_metrics:
                     next_metrics = time.monotonic() + metrics_every
                     self.log("metrics", **self.stats, producer=producer.metrics_snapshot())
         finally:
             flushed = producer.flush(float(s.get("shutdown_flush_s", 10)))
+            if flushed and uncommitted:  # outputs acknowledged: their input is done
+                commit_records(consumer, uncommitted, self.log)
             producer.close(1.0)
             consumer.close()
             if not s.get("spool_dir"):
@@ -505,10 +521,11 @@ class CorrelationService:
             self.kafka, self.input_topics, self.group,
             session_timeout_ms=int(s.get("session_timeout_ms", 6000)),
             max_poll_records=int(s.get("max_poll_records", 64)),
-            max_partition_fetch_bytes=int(s.get("max_partition_fetch_bytes", 4 << 20)))
+            max_partition_fetch_bytes=int(s.get("max_partition_fetch_bytes", 4 << 20)),
+            fetch_max_wait_ms=int(s.get("fetch_max_wait_ms", 500)))
         producer = SpoolingProducer(self.kafka, spool, topics=self.topics,
                                     linger_ms=int(s.get("linger_ms", 5)),
-                                    compression_type=producer_compression(s))
+                                    compression_type=producer_compression(s, self.kafka.client))
         metrics_every = float(s.get("metrics_interval_s", 30))
         commit_every = float(s.get("commit_interval_s", 1.0))
         next_metrics = time.monotonic() + metrics_every

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from pipeline.broker import BrokerError, LocalBroker, tansu_binary
-from pipeline.kafka_transport import BatchConsumer, KafkaConfig, Record
+from pipeline.kafka_transport import CLIENTS, DEFAULT_CLIENT, BatchConsumer, KafkaConfig, Record
 
 # Short group timeouts: the broker's group join waits session_timeout_ms / 2 (DESIGN.md §5).
 SESSION_TIMEOUT_MS = 2000
@@ -38,8 +38,24 @@ def kafka_broker() -> Iterator[LocalBroker]:
 
 
 @pytest.fixture
-def kafka_config(kafka_broker: LocalBroker) -> KafkaConfig:
-    return KafkaConfig(bootstrap=kafka_broker.bootstrap, client_id="cirtsa-test")
+def kafka_client() -> str:
+    """The Kafka client library under test: the default one. A module runs its tests with
+    every client by overriding this fixture with `every_kafka_client`."""
+    return DEFAULT_CLIENT
+
+
+def every_kafka_client(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+# Override in a test module: `kafka_client = EVERY_KAFKA_CLIENT`.
+EVERY_KAFKA_CLIENT = pytest.fixture(params=CLIENTS)(every_kafka_client)
+
+
+@pytest.fixture
+def kafka_config(kafka_broker: LocalBroker, kafka_client: str) -> KafkaConfig:
+    return KafkaConfig(bootstrap=kafka_broker.bootstrap, client_id="cirtsa-test",
+                       client=kafka_client)
 
 
 def unique(prefix: str) -> str:

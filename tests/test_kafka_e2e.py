@@ -21,7 +21,7 @@ import numpy as np
 import orjson
 import pytest
 from conftest import shared_pcap
-from kafka_fixtures import consumer, require_broker_binary
+from kafka_fixtures import EVERY_KAFKA_CLIENT, consumer, require_broker_binary
 
 from correlation.engine import CorrelationEngine
 from pipeline.broker import LocalBroker
@@ -48,6 +48,9 @@ def service_config(**correlation: object) -> dict:
     fast = {"session_timeout_ms": 2000, "metrics_interval_s": 5, "commit_interval_s": 0.2}
     return deep_merge(load_config(), {"services": {
         "fusion": dict(fast), "correlation": {**fast, "idle_flush_s": 1.5, **correlation}}})
+
+
+kafka_client = EVERY_KAFKA_CLIENT  # every test runs with both client libraries
 
 
 @pytest.fixture
@@ -97,12 +100,12 @@ def quiet_log(name: str) -> JsonLog:
     return JsonLog(name, open(os.devnull, "w"))  # noqa: SIM115 - process lifetime
 
 
-def test_kafka_path_gives_the_embedded_alerts(broker, tmp_path):
+def test_kafka_path_gives_the_embedded_alerts(broker, tmp_path, kafka_client):
     paths = [shared_pcap(c) for c in CAPTURES]
     config = service_config()
     expected = run_pipeline(paths, config).alerts
     assert expected, "the captures must raise alerts for this test to mean anything"
-    kafka = KafkaConfig(bootstrap=broker.bootstrap)
+    kafka = KafkaConfig(bootstrap=broker.bootstrap, client=kafka_client)
     ensure_topics(kafka, topic_partitions(config))
     alerts: list[dict] = []
     fusion = Running(FusionService(kafka, config, log=quiet_log("fusion")))
@@ -126,10 +129,11 @@ def test_kafka_path_gives_the_embedded_alerts(broker, tmp_path):
     assert all(orjson.loads(r.value)["event"]["id"] == r.key.decode() for r in on_topic)
 
 
-def test_garbage_on_sensor_topic_goes_to_deadletter_and_stream_goes_on(broker, tmp_path):
+def test_garbage_on_sensor_topic_goes_to_deadletter_and_stream_goes_on(broker, tmp_path,
+                                                                       kafka_client):
     paths = [shared_pcap(CAPTURES[0])]
     config = service_config()
-    kafka = KafkaConfig(bootstrap=broker.bootstrap)
+    kafka = KafkaConfig(bootstrap=broker.bootstrap, client=kafka_client)
     ensure_topics(kafka, topic_partitions(config))
     good = list(sensor_messages(paths, config))
     garbage = b"\x00not a batch\xff" * 3
@@ -209,7 +213,7 @@ def ndjson_ids(path: str) -> list[str]:
         return [orjson.loads(line)["event"]["id"] for line in fh if line.strip()]
 
 
-def test_two_workers_one_killed_lose_and_duplicate_nothing(broker, tmp_path):
+def test_two_workers_one_killed_lose_and_duplicate_nothing(broker, tmp_path, kafka_client):
     config = service_config()
     messages = replicated_sensor_batches(copies=12, shift_s=900)
     expected = reference_alerts(messages, config)
@@ -218,8 +222,8 @@ def test_two_workers_one_killed_lose_and_duplicate_nothing(broker, tmp_path):
     import yaml
 
     with open(config_path, "w") as fh:
-        yaml.safe_dump({"services": config["services"]}, fh)
-    kafka = KafkaConfig(bootstrap=broker.bootstrap)
+        yaml.safe_dump({"services": config["services"], "kafka": {"client": kafka_client}}, fh)
+    kafka = KafkaConfig(bootstrap=broker.bootstrap, client=kafka_client)
     ensure_topics(kafka, topic_partitions(config))
     assert topic_partitions(config)["sa.events"] >= 4
     fusion = Running(FusionService(kafka, config, log=quiet_log("fusion")))
@@ -256,7 +260,7 @@ def test_two_workers_one_killed_lose_and_duplicate_nothing(broker, tmp_path):
     assert {r.key.decode() for r in alerts_topic} == set(expected)
 
 
-def test_broker_restart_while_the_sensor_produces_loses_no_event(tmp_path):
+def test_broker_restart_while_the_sensor_produces_loses_no_event(tmp_path, kafka_client):
     require_broker_binary()
     config = service_config()
     messages = replicated_sensor_batches(copies=6, shift_s=900)
@@ -271,7 +275,7 @@ def test_broker_restart_while_the_sensor_produces_loses_no_event(tmp_path):
     assert next_id < 65536
     seen: list[int] = []
     with LocalBroker() as broker:
-        kafka = KafkaConfig(bootstrap=broker.bootstrap)
+        kafka = KafkaConfig(bootstrap=broker.bootstrap, client=kafka_client)
         topics = topic_partitions(config)
         ensure_topics(kafka, topics)
         # The test broker keeps everything in memory: a restart recreates the topics from

@@ -12,7 +12,14 @@ import time
 
 import pytest
 from conftest import REPO, shared_pcap
-from kafka_fixtures import SESSION_TIMEOUT_MS, consume, consumer, require_broker_binary, unique
+from kafka_fixtures import (
+    EVERY_KAFKA_CLIENT,
+    SESSION_TIMEOUT_MS,
+    consume,
+    consumer,
+    require_broker_binary,
+    unique,
+)
 
 from pipeline import wire
 from pipeline.broker import BrokerError, LocalBroker, free_port
@@ -35,6 +42,7 @@ from sensors.sensor import CaptureResult, capture_events
 
 # Registers the kafka_broker / kafka_config fixtures (conftest.py is not ours to edit).
 pytest_plugins = ["kafka_fixtures"]
+kafka_client = EVERY_KAFKA_CLIENT  # every broker test runs with both client libraries
 
 # Short client timeouts so an outage is noticed within seconds.
 FAST = dict(delivery_timeout_ms=3000, request_timeout_ms=1000, max_block_ms=1000,
@@ -86,6 +94,39 @@ def test_sasl_password_from_env_or_file_never_shown(tmp_path, caplog):
         KafkaConfig.from_mapping({"bootstrap_servers": "x"}, env={})
     with pytest.raises(TransportError, match="security_protocol"):
         KafkaConfig(security_protocol="TLS")
+
+
+def test_tls_and_sasl_settings_map_to_librdkafka_names_and_the_client_is_chosen(caplog):
+    settings = {"bootstrap": "kafka-1:9093,kafka-2:9093", "security_protocol": "SASL_SSL",
+                "sasl_mechanism": "SCRAM-SHA-256", "sasl_username": "fusion-1",
+                "ssl_cafile": "/etc/cirt-sa/ca.pem", "ssl_certfile": "/etc/cirt-sa/c.pem",
+                "ssl_keyfile": "/etc/cirt-sa/k.pem", "client": "confluent"}
+    config = KafkaConfig.from_mapping(settings, env={"CIRTSA_KAFKA_PASSWORD": "s3cr3t-pw"})
+    assert config.librdkafka_conf() == {
+        "bootstrap.servers": "kafka-1:9093,kafka-2:9093", "client.id": "cirt-sa",
+        "security.protocol": "sasl_ssl", "ssl.ca.location": "/etc/cirt-sa/ca.pem",
+        "ssl.certificate.location": "/etc/cirt-sa/c.pem",
+        "ssl.key.location": "/etc/cirt-sa/k.pem", "sasl.mechanisms": "SCRAM-SHA-256",
+        "sasl.username": "fusion-1", "sasl.password": "s3cr3t-pw"}
+    assert "s3cr3t" not in repr(config) and "client='confluent'" in repr(config)
+    assert KafkaConfig.from_mapping(dict(settings, client="kafka-python"),
+                                    env={"CIRTSA_KAFKA_PASSWORD": "x"}).client == "kafka-python"
+    with pytest.raises(TransportError, match="kafka client must be one of"):
+        KafkaConfig(client="librdkafka")
+    # librdkafka accepts the mapped settings (a client is built; it connects lazily) and its
+    # log lines go through Python logging, where the password never shows.
+    caplog.set_level(logging.DEBUG, logger="pipeline.kafka_transport")
+    import confluent_kafka
+
+    from pipeline.kafka_transport import _confluent_conf
+
+    plain = KafkaConfig(bootstrap="127.0.0.1:1", client_id="cirtsa-test",
+                        security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN",
+                        sasl_username="u", sasl_password=Secret("s3cr3t-pw"))
+    producer = confluent_kafka.Producer(_confluent_conf(plain, **{"message.timeout.ms": 100}))
+    producer.produce("t", b"v")
+    producer.flush(2)
+    assert not any("s3cr3t" in r.getMessage() for r in caplog.records)
 
 
 def test_plaintext_defaults_from_env_default_variable():
@@ -183,9 +224,10 @@ def test_ensure_topics_is_idempotent(kafka_config):
     assert ensure_topics(kafka_config, topics) == []
 
 
-def test_ensure_topics_without_broker_is_a_transport_error():
+def test_ensure_topics_without_broker_is_a_transport_error(kafka_client):
     with pytest.raises(TransportError, match="127.0.0.1"):
-        ensure_topics(KafkaConfig(bootstrap=f"127.0.0.1:{free_port()}"), {"t": 1}, timeout_s=2)
+        ensure_topics(KafkaConfig(bootstrap=f"127.0.0.1:{free_port()}", client=kafka_client),
+                      {"t": 1}, timeout_s=2)
 
 
 # --- consumer groups and commits ------------------------------------------------------------
@@ -292,7 +334,7 @@ def test_rewind_to_committed_redelivers_everything_after_the_commit(kafka_config
 
 # --- outages --------------------------------------------------------------------------------
 
-def test_broker_outage_while_producing_loses_nothing(tmp_path, caplog):
+def test_broker_outage_while_producing_loses_nothing(tmp_path, caplog, kafka_client):
     """Stop the broker while a producer sends, restart it (memory storage: topics and data
     are gone, so what was acknowledged before the stop is read before it), and check that
     every message arrives: count in == count out, by message id."""
@@ -302,7 +344,7 @@ def test_broker_outage_while_producing_loses_nothing(tmp_path, caplog):
     total, stop_at, restart_at = 300, 100, 200
     caplog.set_level(logging.WARNING, logger="pipeline.kafka_transport")
     with LocalBroker() as broker:
-        config = KafkaConfig(bootstrap=broker.bootstrap)
+        config = KafkaConfig(bootstrap=broker.bootstrap, client=kafka_client)
         ensure_topics(config, topics)
         producer = SpoolingProducer(config, Spool(tmp_path / "spool", fsync="never"),
                                     topics=topics, **FAST)
@@ -343,7 +385,8 @@ def test_broker_outage_while_producing_loses_nothing(tmp_path, caplog):
     assert any("spooling" in r.getMessage() for r in caplog.records)
 
 
-def test_acks_from_a_restarted_broker_that_forgot_the_topic_are_not_trusted(tmp_path, caplog):
+def test_acks_from_a_restarted_broker_that_forgot_the_topic_are_not_trusted(tmp_path, caplog,
+                                                                            kafka_client):
     """A quick broker restart (memory storage: topics gone) while sends sit in the client's
     queue: the client reconnects and the new broker *acknowledges* produces to a topic it
     does not know, and nobody can read them (docs/kafka.md, "Broker restart"). The producer
@@ -354,7 +397,7 @@ def test_acks_from_a_restarted_broker_that_forgot_the_topic_are_not_trusted(tmp_
     topics = {topic: 2}
     caplog.set_level(logging.WARNING, logger="pipeline.kafka_transport")
     with LocalBroker() as broker:
-        config = KafkaConfig(bootstrap=broker.bootstrap)
+        config = KafkaConfig(bootstrap=broker.bootstrap, client=kafka_client)
         ensure_topics(config, topics)
         with SpoolingProducer(config, tmp_path / "spool", topics=topics, **FAST) as producer:
             for i in range(20):
@@ -377,12 +420,12 @@ def test_acks_from_a_restarted_broker_that_forgot_the_topic_are_not_trusted(tmp_
     assert any("lost topics" in r.getMessage() for r in caplog.records)
 
 
-def test_spool_left_by_a_previous_run_is_sent_first(tmp_path):
+def test_spool_left_by_a_previous_run_is_sent_first(tmp_path, kafka_client):
     """A producer that starts while the broker is down spools everything; a later producer
     on the same spool directory delivers it, oldest first, once the broker is up."""
     require_broker_binary()
     port = free_port()
-    config = KafkaConfig(bootstrap=f"127.0.0.1:{port}")
+    config = KafkaConfig(bootstrap=f"127.0.0.1:{port}", client=kafka_client)
     topic = "sa.alerts"
     first = SpoolingProducer(config, tmp_path / "spool", topics={topic: 1}, **FAST)
     for i in range(5):
@@ -435,3 +478,32 @@ def test_unknown_error_after_restart_is_spooled_and_resent(kafka_config, tmp_pat
     assert metrics["acked"] == 10 and metrics["rejected"] == 0
     with consumer(kafka_config, [topic], unique("g")) as reader:
         assert sorted(ids_of(consume(reader, 10))) == list(range(10))
+
+
+def test_confluent_delivery_report_before_or_after_the_callbacks_reaches_them_once():
+    """librdkafka's report may be served (by the polling thread) before SpoolingProducer
+    attached its callbacks: either order calls the right one, exactly once."""
+    import confluent_kafka
+
+    from pipeline.kafka_transport import _ConfluentFuture, _is_permanent
+
+    calls: list = []
+    early, late = _ConfluentFuture(), _ConfluentFuture()
+    early.report(None, None)
+    for future in (early, late):
+        future.add_callback(lambda n, meta: calls.append(("ok", n, meta)), 1)
+        future.add_errback(lambda n, exc: calls.append(("err", n, exc)), 1)
+    late.report(None, None)
+    assert calls == [("ok", 1, None), ("ok", 1, None)]
+
+    calls.clear()
+    failed = _ConfluentFuture()
+    failed.add_errback(lambda exc: calls.append(exc))
+    failed.report(confluent_kafka.KafkaError(confluent_kafka.KafkaError._MSG_TIMED_OUT), None)
+    failed.add_callback(lambda meta: calls.append("ok?"))
+    too_large = _ConfluentFuture()
+    too_large.report(confluent_kafka.KafkaError(confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE),
+                     None)
+    too_large.add_errback(lambda exc: calls.append(exc))
+    assert [type(c).__name__ for c in calls] == ["DeliveryError", "DeliveryError"]
+    assert not _is_permanent(calls[0]) and _is_permanent(calls[1])  # retry vs reject

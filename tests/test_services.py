@@ -208,5 +208,12 @@ def test_producer_compression_setting():
     assert producer_compression({"compression": "gzip"}) == "gzip"
     lz4_installed = importlib.util.find_spec("lz4") is not None
     assert producer_compression({"compression": "auto"}) == ("lz4" if lz4_installed else None)
-    # the shipped default
-    assert producer_compression(load_config()["services"]["fusion"]) is None
+    assert producer_compression({"compression": "auto"}, "kafka-python") == (
+        "lz4" if lz4_installed else None)
+    # librdkafka always has lz4
+    assert producer_compression({"compression": "auto"}, "confluent") == "lz4"
+    assert producer_compression({"compression": "none"}, "confluent") is None
+    # the shipped default: auto, i.e. lz4 with the default (confluent) client
+    config = load_config()
+    assert config["services"]["fusion"]["compression"] == "auto"
+    assert producer_compression(config["services"]["fusion"], config["kafka"]["client"]) == "lz4"
