@@ -15,7 +15,7 @@
 Prints medians of RUNS runs of CPU time (time.process_time); the anchor is measured in
 the same run, interleaved. The kernels' first call (compile or cache load) is timed apart.
 Usage: python3 bench/fusion.py [--runs 5] [--indicators 1000000] [--skip-sensor]
-       [--skip-zeek]
+       [--skip-zeek] [--skip-eve]
 """
 
 from __future__ import annotations
@@ -498,6 +498,7 @@ def main() -> None:
     ap.add_argument("--indicators", type=int, default=1_000_000)
     ap.add_argument("--skip-sensor", action="store_true", help="skip our own sensor batches")
     ap.add_argument("--skip-zeek", action="store_true", help="skip the Zeek logs")
+    ap.add_argument("--skip-eve", action="store_true", help="skip the Suricata EVE lines")
     args = ap.parse_args()
     RUNS = args.runs
     if hasattr(os, "sched_setaffinity"):  # one core, as the target says
@@ -509,9 +510,14 @@ def main() -> None:
     t = _clock()
     EveAdapter().convert(_eve_lines(64))  # kernels: compile, or load from the numba cache
     print(f"EVE adapter first call (kernel compile or cache load): {_clock() - t:.2f} s CPU")
+    t = _clock()
+    for log, recs in _zeek_records(30).items():  # the Zeek scan kernels, likewise
+        ZeekAdapter().convert([orjson.dumps(r) for r in recs], log)
+    print(f"Zeek adapter first call (kernel compile or cache load): {_clock() - t:.2f} s CPU")
     if not args.skip_sensor:
         _print_sensor(enricher, intel)
-    _print_eve(enricher, intel)
+    if not args.skip_eve:
+        _print_eve(enricher, intel)
     if not args.skip_zeek:
         _print_zeek(enricher, intel)
 

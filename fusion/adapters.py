@@ -14,9 +14,11 @@ decoded by msgspec into typed Structs declaring only the fields the adapter read
 fields skipped in C); a chunk the typed decoder rejects (odd shapes, broken JSON, no
 event_type...) takes the general orjson dict path, which defines every mapping and
 dead-letter reason - all give identical results (tests/test_fusion_fastpath.py).
-Zeek JSON lines are parsed with orjson. Each schema column
-is then pulled out of the group of records of one kind with one list comprehension
-(column-wise, no per-event dict rebuilding), and typed/validated by numpy in
+Zeek JSON lines take the same scan path (fusion.zeek_scan: conn, dns and http columns from
+the spans; `ts`/`duration` parsed exactly); a chunk or `_path` group it does not take is
+parsed with orjson (tests/test_zeek_scan.py checks both paths agree). On that general path
+each schema column is pulled out of the group of records of one kind with one list
+comprehension (column-wise, no per-event dict rebuilding), and typed/validated by numpy in
 fusion.columns.
 """
 
@@ -32,7 +34,7 @@ import numpy as np
 import orjson
 from msgspec import UNSET, UnsetType
 
-from fusion import eve_scan, json_scan
+from fusion import eve_scan, json_scan, zeek_scan
 from fusion.columns import (
     Bounds,
     build_batch,
@@ -915,9 +917,72 @@ class ZeekAdapter:
         self.max_fuids = max_fuids
 
     def convert(self, lines: Iterable[bytes | str], log: str) -> AdapterResult:
+        lines = lines if type(lines) is list else list(lines)
+        scanned = self._convert_scan(lines, log)
+        if scanned is not None:
+            return scanned
+        return self._convert_decoded(lines, log)
+
+    def _convert_decoded(self, lines: list, log: str | None) -> AdapterResult:
+        """The general path: orjson dicts, every shape and every dead-letter reason."""
         result = AdapterResult()
         records, originals = parse_json_lines(lines, self.source, result)
         self.convert_records(records, originals, log, result)
+        return result
+
+    def _convert_scan(self, lines: list, log: str | None) -> AdapterResult | None:
+        """The scan path (fusion.zeek_scan), as EveAdapter._convert_scan: None when a
+        line is not plain valid JSON, or `_path` is neither absent on every line nor plain
+        non-empty text on every line (the chunk is then decoded whole). Groups by `_path`
+        in first-appearance order as convert_records does; conn/dns/http groups are built
+        from the spans, any other group - or one with a value the scan path does not take
+        (eve_scan.Fallback) - is decoded and mapped by _convert_decoded."""
+        if not lines or len(lines) > SCAN_MAX_LINES or set(map(type, lines)) != {bytes}:
+            return None
+        keys = zeek_scan.ZEEK_KEYS
+        buf, starts, ends, joined = join_lines(lines)
+        vs, ve, vt, iv, flags = scan_lines(buf, starts, ends, keys.names, keys.offsets,
+                                           keys.first, keys.next)
+        kept = lines
+        if (flags == json_scan.FLAG_BLANK).any():  # blank lines are skipped, not records
+            keep = flags != json_scan.FLAG_BLANK
+            idx = np.flatnonzero(keep)
+            kept = [lines[i] for i in idx.tolist()]
+            vs, ve, vt, iv, flags = vs[:, idx], ve[:, idx], vt[:, idx], iv[:, idx], flags[idx]
+            if not kept:
+                return AdapterResult()
+        if flags.any():
+            return None
+        n = len(kept)
+        pk = keys.index["_path"]
+        path_t = vt[pk]
+        if (path_t == json_scan.ABSENT).all():
+            names, codes = [log or "<unknown>"], np.zeros(n, dtype=np.int64)
+        elif (path_t == json_scan.STR).all() and (ve[pk] > vs[pk]).all():
+            codes, reps = factorize_spans(buf, vs[pk], ve[pk], np.arange(n))
+            names = [joined[a:b].decode() for a, b in zip(vs[pk][reps].tolist(),
+                                                          ve[pk][reps].tolist(), strict=True)]
+        else:
+            return None
+        spans = eve_scan.Spans(buf, joined, vs, ve, vt, iv, keys.index)
+        order = np.argsort(codes, kind="stable")
+        bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
+        result = AdapterResult()
+        for code, path in enumerate(names):
+            rows = order[bounds[code]:bounds[code + 1]]
+            if path in zeek_scan.COLUMNS:
+                kind, build = zeek_scan.COLUMNS[path]
+                try:
+                    ready = build(spans.group(rows), self.observer, self.zone)
+                except eve_scan.Fallback:
+                    pass
+                else:
+                    originals = [kept[i] for i in rows.tolist()]
+                    _add(result, build_batch(kind, len(rows), {}, originals, self.source,
+                                             ready, self.bounds))
+                    result.records += len(rows)
+                    continue
+            result.merge(self._convert_decoded([kept[i] for i in rows.tolist()], log))
         return result
 
     def convert_records(self, records: list[dict], originals: Sequence, log: str | None,
@@ -1141,7 +1206,18 @@ def _zeek_answers(r: dict) -> list[dict]:
         return []
     ttls = r.get("TTLs") if type(r.get("TTLs")) is list else []
     qtype = DNS_TYPE_NAMES.get(r.get("qtype"), "") if type(r.get("qtype")) is int else ""
-    query = _name(r.get("query")) or ""
+    return _zeek_answers_of(answers, ttls, qtype, _name(r.get("query")) or "")
+
+
+def _zeek_answers_of(answers: list, ttls: list, qtype: str, query: str) -> list[dict]:
+    """The answer records of one dns.log line (also used by fusion.zeek_scan)."""
+    return [{"name": query, "type": rtype, "class": "IN", "ttl": ttl, "data": data}
+            for rtype, ttl, data in _zeek_answer_parts(answers, ttls, qtype)]
+
+
+def _zeek_answer_parts(answers: list, ttls: list, qtype: str) -> list[tuple[str, int, str]]:
+    """(type, ttl, data) of each answer: what does not depend on the query name (the scan
+    path computes it once per distinct answers/TTLs/qtype)."""
     out = []
     for i, data in enumerate(answers):
         data = str(data)
@@ -1154,8 +1230,7 @@ def _zeek_answers(r: dict) -> list[dict]:
         else:
             rtype = "CNAME" if qtype in ("A", "AAAA") else qtype
         ttl = ttls[i] if i < len(ttls) else 0
-        out.append({"name": query, "type": rtype, "class": "IN",
-                    "ttl": int(float(ttl)) if ttl is not None else 0, "data": data})
+        out.append((rtype, int(float(ttl)) if ttl is not None else 0, data))
     return out
 
 

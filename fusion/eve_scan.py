@@ -65,8 +65,9 @@ class Spans:
     """The scanner's output for one chunk, and column builders over a group of its rows."""
 
     def __init__(self, buf: np.ndarray, joined: bytes, vs: np.ndarray, ve: np.ndarray,
-                 vt: np.ndarray, iv: np.ndarray) -> None:
+                 vt: np.ndarray, iv: np.ndarray, index: dict[str, int] | None = None) -> None:
         self.buf, self.joined, self.vs, self.ve, self.vt, self.iv = buf, joined, vs, ve, vt, iv
+        self.index = K if index is None else index  # key path -> row of the span arrays
 
     def group(self, rows: np.ndarray) -> Group:
         return Group(self, rows)
@@ -82,10 +83,10 @@ class Group:
         self.all = np.arange(self.n, dtype=np.int64)
 
     def types(self, key: str) -> np.ndarray:
-        return self.s.vt[K[key], self.rows]
+        return self.s.vt[self.s.index[key], self.rows]
 
     def span(self, key: str) -> tuple[np.ndarray, np.ndarray]:
-        k = K[key]
+        k = self.s.index[key]
         return self.s.vs[k, self.rows], self.s.ve[k, self.rows]
 
     def require(self, key: str, allowed: tuple[int, ...]) -> np.ndarray:
@@ -102,7 +103,7 @@ class Group:
         """A JSON integer (null/absent -> default) in lo..hi, as int_column takes it."""
         t = self.types(key) if types is None else types
         _only(t, (INT, NULL, ABSENT))
-        v = self.s.iv[K[key], self.rows] if values is None else values
+        v = self.s.iv[self.s.index[key], self.rows] if values is None else values
         v = np.where(t == INT, v, default)
         if ((v < lo) | (v > hi)).any():
             raise Fallback
@@ -154,7 +155,7 @@ class Group:
         t = self.types(key)
         _only(t, (STR, STR_ESC, INT, NULL, ABSENT))
         rows, codes, uniq = self._mapped(key, t, fn)
-        values = self.s.iv[K[key], self.rows]
+        values = self.s.iv[self.s.index[key], self.rows]
         if len(rows):
             if not set(map(type, uniq)) <= {int}:  # bool or text: not an integer
                 raise Fallback

@@ -38,13 +38,14 @@ class KeyTable:
     """Wanted key paths: 'name' (top level) or 'parent.name' (a key of a top-level object
     'parent', which must itself be listed). Index i of `paths` = column i of the spans."""
 
-    def __init__(self, paths: Sequence[str]) -> None:
+    def __init__(self, paths: Sequence[str], flat: bool = False) -> None:
+        """flat: every path is one top-level key name, dots included (Zeek's 'id.orig_h')."""
         self.paths = list(paths)
         self.index = {p: i for i, p in enumerate(self.paths)}
         names = []
         parents = []
         for p in self.paths:
-            parent, _, name = p.rpartition(".")
+            parent, _, name = ("", "", p) if flat else p.rpartition(".")
             if parent and "." in parent:
                 raise ValueError(f"key path deeper than two levels: {p}")
             parents.append(self.index[parent] if parent else -1)
@@ -581,5 +582,58 @@ def parse_iso31(buf, vs, ve, rows):
         secs = days * 86400 + hh * 3600 + mi * 60 + ss
         off = (oh * 3600 + om * 60) * (1 if sign == 43 else -1)
         out[i] = ((secs - off) * 1_000_000 + us) * 1000
+        ok[i] = True
+    return out, ok
+
+
+@njit
+def parse_decimal_us(buf, vs, ve, vt, iv, max_int):
+    """Non-negative JSON numbers -> exact microseconds (Zeek `ts` and `duration`).
+
+    Row i is buf[vs[i]:ve[i]] of type vt[i] (iv[i]: its value if INT). Taken: an INT in
+    0..max_int-1, or a FLOAT 'digits.digits' with an integer part below max_int and 1-6
+    fractional digits (the scanner already rejected exponents). ok False for anything
+    else (negative, more digits, other types): the caller falls back. For max_int <= 2**32
+    (timestamps) the result equals rint(float(text) * 1e6), for max_int <= 2**21
+    (durations) also rint(float(text) * 1e9) / 1000: float(text) is within half an ulp of
+    the decimal, which scaled is below 0.25 us (ns), so the rounding lands on the exact
+    decimal (tests/test_zeek_scan.py checks it against the float conversion)."""
+    n = vs.shape[0]
+    out = np.zeros(n, np.int64)
+    ok = np.zeros(n, np.bool_)
+    for i in range(n):
+        t = vt[i]
+        if t == INT:
+            v = iv[i]
+            if 0 <= v < max_int:
+                out[i] = v * 1_000_000
+                ok[i] = True
+            continue
+        if t != FLOAT:
+            continue
+        p = vs[i]
+        e = ve[i]
+        if p < 0 or e > buf.shape[0] or p >= e or buf[p] == 45:
+            continue
+        whole = 0
+        start = p
+        while p < e and 48 <= buf[p] <= 57 and whole < max_int:
+            whole = whole * 10 + (buf[p] - 48)
+            p += 1
+        if p == start or whole >= max_int or p >= e or buf[p] != 46:
+            continue
+        p += 1
+        digits = 0
+        frac = 0
+        while p < e and 48 <= buf[p] <= 57 and digits <= 6:
+            frac = frac * 10 + (buf[p] - 48)
+            digits += 1
+            p += 1
+        if digits == 0 or digits > 6 or p != e:
+            continue
+        while digits < 6:
+            frac *= 10
+            digits += 1
+        out[i] = whole * 1_000_000 + frac
         ok[i] = True
     return out, ok
