@@ -24,6 +24,7 @@ fusion.columns.
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ import numpy as np
 import orjson
 from msgspec import UNSET, UnsetType
 
-from fusion import eve_scan, json_scan, zeek_scan
+from fusion import eve_scan, json_scan, tsv_scan, zeek_scan
 from fusion.columns import (
     Bounds,
     build_batch,
@@ -899,7 +900,8 @@ ZEEK_LOGS = ("conn", "dns", "http", "ssl", "ssh", "notice", "weird", "x509", "fi
 
 
 class ZeekAdapter:
-    """Zeek logs, JSON or TSV (TSV rows are turned into records by fusion.sources).
+    """Zeek logs, JSON or TSV (fusion.sources reads TSV files: conn/dns/http chunks go
+    through convert_tsv's scan, others are turned into records by columns_from_tsv).
     conn -> flow, dns -> dns, http -> http, ssl -> tls, ssh -> ssh, notice -> ids_alert;
     weird -> counted (`weird.zeek.<name>`); x509/files -> certificate SHA1 joined to ssl
     records by file id (fuid) when the files/x509 log comes first (directories are read in
@@ -999,6 +1001,48 @@ class ZeekAdapter:
                 result.unmapped[f"zeek.{path}"] += len(recs)
             else:
                 _guarded(handler, recs, orig, result, self.source, f"zeek.{path}")
+
+    def convert_tsv(self, lines: list[bytes], fields: list[str], types: list[str] | None,
+                    meta: dict[str, str], sep: str, log: str | None) -> AdapterResult | None:
+        """Zeek TSV data lines (trailing CR/LF stripped, no headers or blank lines) by the
+        scan path (fusion.tsv_scan -> fusion.zeek_scan column builders); None when the
+        chunk needs the general path (fusion.sources' split + columns_from_tsv +
+        convert_records): a log the scan path does not build, a header or a line it does
+        not mirror exactly (tsv_scan module doc), or a value a builder declines."""
+        path = log or "<unknown>"
+        if not lines or path not in zeek_scan.COLUMNS or len(lines) > SCAN_MAX_LINES:
+            return None
+        plan = tsv_scan.field_plan(fields, types, zeek_scan.ZEEK_KEYS.index)
+        sep_b, unset, empty = (tsv_scan.text_bytes(v) for v in
+                               (sep, meta["unset_field"], meta["empty_field"]))
+        if plan is None or sep_b is None or len(sep_b) != 1 or unset is None or empty is None:
+            return None
+        buf, starts, ends, joined = join_lines(lines)
+        index = zeek_scan.ZEEK_KEYS.index
+        vs, ve, vt, iv, bad = tsv_scan.scan_tsv(buf, starts, ends, int(sep_b[0]), unset,
+                                                empty, plan[0], plan[1], len(index))
+        if bad.any():
+            return None
+        n = len(lines)
+        k = index["ts"]  # TSV ts is text, split exactly by epoch_times: only exact values
+        _, ts_ok = json_scan.parse_decimal_us(buf, vs[k], ve[k], vt[k], iv[k],
+                                              zeek_scan.TS_MAX_S)
+        if not ts_ok.all():
+            return None
+        if (plan[1] == tsv_scan.VECTOR).any():
+            joined = _tsv_vectors_json(joined, buf, vs, ve, vt, plan, types, meta)
+            if joined is None:
+                return None
+            buf = np.frombuffer(joined, dtype=np.uint8)
+        kind, build = zeek_scan.COLUMNS[path]
+        spans = eve_scan.Spans(buf, joined, vs, ve, vt, iv, index)
+        try:
+            ready = build(spans.group(np.arange(n)), self.observer, self.zone)
+        except eve_scan.Fallback:
+            return None
+        result = AdapterResult(records=n)
+        _add(result, build_batch(kind, n, {}, lines, self.source, ready, self.bounds))
+        return result
 
     # logs of TCP-only protocols often omit `proto`
     _DEFAULT_PROTO = {"http": "tcp", "ssl": "tcp", "ssh": "tcp"}
@@ -1234,6 +1278,41 @@ def _zeek_answer_parts(answers: list, ttls: list, qtype: str) -> list[tuple[str,
     return out
 
 
+def _tsv_vectors_json(joined: bytes, buf: np.ndarray, vs: np.ndarray, ve: np.ndarray,
+                      vt: np.ndarray, plan: tuple[np.ndarray, np.ndarray], types: list[str],
+                      meta: dict[str, str]) -> bytes | None:
+    """The set/vector fields of a TSV scan as the JSON arrays the zeek_scan builders read:
+    each distinct TSV text is converted once by the general path's converter
+    (_tsv_converter), encoded as JSON and appended to the chunk's bytes; the spans of its
+    rows are moved there (in place). None when JSON cannot carry the value exactly (a
+    NaN/infinite float, an integer beyond 64 bits): the chunk takes the general path."""
+    extra: list[bytes] = []
+    size = len(joined)
+    for f in np.flatnonzero(plan[1] == tsv_scan.VECTOR).tolist():
+        k = int(plan[0][f])
+        rows = np.flatnonzero(vt[k] == json_scan.ARR)
+        if not len(rows):
+            continue
+        codes, reps = factorize_spans(buf, vs[k], ve[k], rows)
+        convert = _tsv_converter(types[f], meta["set_separator"], meta["empty_field"])
+        starts, ends = [], []
+        for a, b in zip(vs[k][reps].tolist(), ve[k][reps].tolist(), strict=True):
+            items = convert(joined[a:b].decode())
+            if any(type(x) is float and not math.isfinite(x) for x in items):
+                return None  # orjson writes NaN/inf as null
+            try:
+                blob = orjson.dumps(items)
+            except orjson.JSONEncodeError:
+                return None
+            starts.append(size)
+            size += len(blob)
+            ends.append(size)
+            extra.append(blob)
+        vs[k, rows] = np.array(starts, dtype=np.int64)[codes]
+        ve[k, rows] = np.array(ends, dtype=np.int64)[codes]
+    return joined + b"".join(extra)
+
+
 def columns_from_tsv(header_fields: list[str], rows: list[list[str]], set_sep: str,
                      empty: str, unset: str, types: list[str] | None) -> list[dict]:
     """Zeek TSV rows -> records shaped like Zeek JSON ('-' unset -> absent, '(empty)' ->
@@ -1256,7 +1335,7 @@ def _tsv_converter(zeek_type: str, set_sep: str, empty: str):
         inner = _tsv_converter(zeek_type[zeek_type.index("[") + 1:-1], set_sep, empty)
         return lambda v: [] if v == empty else [inner(x) for x in v.split(set_sep)]
     if zeek_type in ("count", "int", "port"):
-        return lambda v: int(v) if v.lstrip("-").isdecimal() else v
+        return _int_or_text
     if zeek_type in ("double", "interval"):
         return _float_or_text
     if zeek_type == "time":
@@ -1264,6 +1343,17 @@ def _tsv_converter(zeek_type: str, set_sep: str, empty: str):
     if zeek_type == "bool":
         return lambda v: True if v == "T" else (False if v == "F" else v)
     return lambda v: "" if v == empty else v
+
+
+def _int_or_text(v: str):
+    """int(v) for '-'-prefixed decimal text, else the text (dead-lettered by the column
+    builder). '--5' passes isdecimal() but not int(): text, not a crash of the stream."""
+    if v.lstrip("-").isdecimal():
+        try:
+            return int(v)
+        except ValueError:
+            pass
+    return v
 
 
 def _float_or_text(v: str):

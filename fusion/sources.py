@@ -74,36 +74,24 @@ def _zeek_tsv(first: bytes, fh, adapter: ZeekAdapter, log: str | None) -> Iterat
     meta = {"set_separator": ",", "empty_field": "(empty)", "unset_field": "-"}
     fields: list[str] = []
     types: list[str] | None = None
-    rows: list[list[str]] = []
+    # data lines of the chunk, CR/LF stripped: split into rows only by the general path
     originals: list[bytes] = []
 
     def flush() -> AdapterResult:
-        result = AdapterResult(records=len(rows))
-        good_rows, good_orig = [], []
-        for row, orig in zip(rows, originals, strict=True):
-            if len(row) != len(fields):
-                result.reasons["TSV: wrong column count"] += 1
-                result.deadletter.append({"stage": "fusion", "source": "zeek", "kind": None,
-                                          "reason": "TSV: wrong column count",
-                                          "original": orig.decode("utf-8", "replace")})
-            else:
-                good_rows.append(row)
-                good_orig.append(orig)
-        records = columns_from_tsv(fields, good_rows, meta["set_separator"],
-                                   meta["empty_field"], meta["unset_field"], types)
-        adapter.convert_records(records, good_orig, log, result)
-        rows.clear()
+        result = adapter.convert_tsv(originals, fields, types, meta, sep, log)
+        if result is None:
+            result = _tsv_general(originals, sep, fields, types, meta, adapter, log)
         originals.clear()
         return result
 
     for raw in fh:
-        line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
-        if line.startswith("#"):
+        if raw[:1] == b"#":  # a header line (the general path decoded it the same way)
+            line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
             key, _, value = line[1:].partition(sep)
             if key in meta:
                 meta[key] = value
             elif key == "fields":
-                if rows:
+                if originals:
                     yield flush()
                 fields = value.split(sep)
             elif key == "types":
@@ -111,14 +99,36 @@ def _zeek_tsv(first: bytes, fh, adapter: ZeekAdapter, log: str | None) -> Iterat
             elif key == "path":
                 log = value
             continue
+        line = raw.rstrip(b"\r\n")
         if not line:
             continue
-        rows.append(line.split(sep))
-        originals.append(raw.rstrip(b"\r\n"))
-        if len(rows) >= CHUNK_LINES:
+        originals.append(line)
+        if len(originals) >= CHUNK_LINES:
             yield flush()
-    if rows:
+    if originals:
         yield flush()
+
+
+def _tsv_general(originals: list[bytes], sep: str, fields: list[str], types: list[str] | None,
+                 meta: dict[str, str], adapter: ZeekAdapter, log: str | None) -> AdapterResult:
+    """The general TSV path: rows split in Python, converted to Zeek-JSON-shaped records
+    (columns_from_tsv) and mapped by ZeekAdapter.convert_records; defines every result."""
+    result = AdapterResult(records=len(originals))
+    good_rows, good_orig = [], []
+    for orig in originals:
+        row = orig.decode("utf-8", "replace").split(sep)
+        if len(row) != len(fields):
+            result.reasons["TSV: wrong column count"] += 1
+            result.deadletter.append({"stage": "fusion", "source": "zeek", "kind": None,
+                                      "reason": "TSV: wrong column count",
+                                      "original": orig.decode("utf-8", "replace")})
+        else:
+            good_rows.append(row)
+            good_orig.append(orig)
+    records = columns_from_tsv(fields, good_rows, meta["set_separator"],
+                               meta["empty_field"], meta["unset_field"], types)
+    adapter.convert_records(records, good_orig, log, result)
+    return result
 
 
 def zeek_paths(path: str | os.PathLike) -> list[str]:
