@@ -17,6 +17,7 @@ way on both paths.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 
 import msgspec
@@ -38,6 +39,7 @@ from fusion.json_scan import (
     TRUE,
     KeyTable,
     factorize_spans,
+    gather_ascii,
     parse_ipv4,
     parse_iso31,
 )
@@ -118,17 +120,23 @@ class Group:
         if not len(rows):
             return rows, rows, []
         codes, reps = factorize_spans(self.s.buf, vs, ve, rows)
-        joined = self.s.joined
         starts, ends = vs[reps], ve[reps]
         escaped = t[reps] == STR_ESC
-        if escaped.any():  # escaped text (rare): decoded exactly, quotes included
-            starts[escaped] -= 1
-            ends[escaped] += 1
-        uniq = [joined[a:b].decode() for a, b in zip(starts.tolist(), ends.tolist(),
-                                                     strict=True)]
-        for i in np.flatnonzero(escaped).tolist():
-            uniq[i] = orjson.loads(uniq[i])
-        if fn is not None:
+        # ASCII text (the usual case): one decode for all distinct values, then slices;
+        # _name_text is applied by the kernel (fold) there
+        fold = fn is _name_text
+        text, offs, ok = gather_ascii(self.s.buf, starts, ends, escaped, fold)
+        whole = text.tobytes().decode("ascii")
+        offs = offs.tolist()
+        uniq = [whole[a:b] for a, b in zip(offs[:-1], offs[1:], strict=True)]
+        joined = self.s.joined
+        for i in np.flatnonzero(~ok).tolist():  # escaped or non-ASCII text (rare)
+            if escaped[i]:  # decoded exactly, quotes included
+                value = orjson.loads(joined[starts[i] - 1:ends[i] + 1])
+            else:
+                value = joined[starts[i]:ends[i]].decode()
+            uniq[i] = fn(value) if fold else value
+        if fn is not None and not fold:
             uniq = list(map(fn, uniq))  # one call per distinct value
         return rows, codes, uniq
 
@@ -402,9 +410,17 @@ def _name_text(v: str) -> str:
 
 
 def _empty_lists(n: int) -> np.ndarray:
-    """A list column of queries: a new empty list per row (as build_batch makes them)."""
+    """A list column of queries: a new empty list per row (as build_batch makes them).
+    The cyclic GC is paused meanwhile: n new containers trigger collections that walk the
+    whole young heap and cost more than the lists (0.5 vs 0.18 us/row measured)."""
     out = np.empty(n, dtype=object)
-    out[:] = [[] for _ in range(n)]
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        out[:] = [[] for _ in range(n)]
+    finally:
+        if enabled:
+            gc.enable()
     return out
 
 

@@ -30,6 +30,7 @@ from fusion.eve_scan import EVE_KEYS
 from fusion.json_scan import (
     KeyTable,
     factorize_spans,
+    gather_ascii,
     join_lines,
     parse_ipv4,
     parse_iso31,
@@ -153,10 +154,39 @@ def test_column_kernels_stay_in_bounds(spans, data) -> None:
     parse_ipv4(buf, vs, ve, rows, out)
     parse_iso31(buf, vs, ve, rows)
     codes, reps = factorize_spans(buf, vs, ve, rows)
+    skip = np.zeros(len(spans), dtype=bool)
+    gather_ascii(buf, vs, ve, skip, True)
+    gather_ascii(buf, ve, vs, skip, False)  # reversed spans: left empty, not read
     texts = [data[a:b] for a, b in zip(vs.tolist(), ve.tolist(), strict=True)]
     firsts: dict[bytes, int] = {}
     assert codes.tolist() == [firsts.setdefault(t, len(firsts)) for t in texts]
     assert [texts[r] for r in reps.tolist()] == list(firsts)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(alphabet=st.sampled_from("aZ.-\u00e9\x7f0\\"), max_size=8)
+                | st.binary(max_size=8).map(lambda b: b.decode("latin-1")), max_size=8),
+       st.booleans(), st.data())
+def test_gather_ascii_matches_decode_rstrip_lower(texts, fold, data) -> None:
+    """One decode of the gathered spans, sliced, equals a decode (and, with fold, the DNS
+    name normalization rstrip('.').lower()) per span; non-ASCII and skipped spans are
+    left to the caller."""
+    raw = [t.encode("latin-1") if any(ord(c) > 127 for c in t) else t.encode() for t in texts]
+    joined = b"|".join(raw)
+    starts = np.cumsum([0] + [len(r) + 1 for r in raw[:-1]]).astype(np.int64)[:len(raw)]
+    ends = starts + np.array([len(r) for r in raw], dtype=np.int64)
+    skip = np.array(data.draw(st.lists(st.booleans(), min_size=len(raw), max_size=len(raw))),
+                    dtype=bool)
+    out, offs, ok = gather_ascii(np.frombuffer(joined + b"\0", dtype=np.uint8), starts, ends,
+                                 skip, fold)
+    whole = out.tobytes().decode("ascii")
+    for i, r in enumerate(raw):
+        assert ok[i] == (not skip[i] and r.isascii())
+        got = whole[offs[i]:offs[i + 1]]
+        if ok[i]:
+            assert got == (r.decode().rstrip(".").lower() if fold else r.decode())
+        else:
+            assert got == ""
 
 
 def _one_span(text: bytes):
