@@ -36,6 +36,11 @@ this is reassembly "only as far as the parsers need it":
   (ts_ns, direction, payload_len) — packet sizes/directions for analyzers such as SSH.
   Collection of a flow goes on while either direction is below its cap or the list is not
   full; after that only FIN/RST (and the idle clock) are tracked.
+- A consumer that reads only the start of a stream (TLS: its handshake) may pass `trim`
+  (see StreamTrim): the fast path asks it, before copying any payload, how many bytes of
+  each direction it reads, and copies only those; the chunk's data stops there (its
+  ended/capped/gap flags, packets and close are those of the whole flow). Flows of the
+  per-segment loop are not trimmed.
 
 Client (direction 0) = sender of a SYN without ACK; else the receiver of a SYN+ACK; else
 the sender of the payload that matched `client_predicate`; else the endpoint whose port is
@@ -100,6 +105,13 @@ CLOSE_REASONS = ("fin", "rst", "capped")  # reasons a flow closes on one of its 
 _BOOL_PAIRS = ((False, False), (False, True), (True, False), (True, True))
 # client_predicate(head: (n, PREFIX_BYTES) uint8 zero-padded, payload_len: (n,) int) -> bool mask
 ClientPredicate = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# trim(data: uint8, seg_start, seg_size: int64, first_seg, end_seg: (n, 2) int64) -> (n, 2)
+# int64: how many bytes of each flow's directions the consumer reads. Direction d of flow f
+# (0 client -> server, 1 server -> client) is data[seg_start[i] : seg_start[i] + seg_size[i]]
+# for i in first_seg[f, d] .. end_seg[f, d] - 1, back to back (bytes outside data are
+# zero). The chunk's data is cut there (see StreamCollector)
+StreamTrim = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+                      np.ndarray]
 # (vlan, client ip, client port, server ip, server port)
 FlowKey = tuple[int, bytes, int, bytes, int]
 
@@ -554,7 +566,8 @@ class StreamCollector:
     `feed(packets)` returns a chunk for every flow that changed in the batch (new bytes,
     packets, FIN/RST) or became final; `flush()` returns every held flow, final. A consumer
     that has what it needs calls `release(chunk.key)`: the flow's state is dropped and its
-    later segments are skipped column-wise.
+    later segments are skipped column-wise. `trim` (optional): how much of a flow the
+    consumer reads (StreamTrim); the fast path copies no bytes past it.
     """
 
     def __init__(
@@ -569,6 +582,7 @@ class StreamCollector:
         max_packets_meta: int = 64,
         max_ooo_segments: int = 64,
         fast_path: bool = True,
+        trim: StreamTrim | None = None,
     ) -> None:
         self.ports = None if ports is None else frozenset(int(p) for p in ports)
         self._port_array = None if ports is None else np.array(sorted(self.ports), dtype=np.int64)
@@ -580,6 +594,7 @@ class StreamCollector:
         self.max_packets_meta = int(max_packets_meta)
         self.max_ooo_segments = int(max_ooo_segments)
         self.fast_path = bool(fast_path)  # False: every selected segment goes through the loop
+        self.trim = trim
         self.max_ignored = 4 * self.max_flows
         self.flows: OrderedDict[FlowKey, _Flow] = OrderedDict()  # least recently active first
         self._by_hash: dict[int, list[FlowKey]] = {}
@@ -942,10 +957,12 @@ class StreamCollector:
         by_key = carried[np.lexsort((carried, direction[carried], gid[carried]))]
         take = np.clip(cap - before[by_key], 0, plen[by_key])
         at = cols["off"][rows[by_key]]
+        key = gid * 2 + direction
+        if self.trim is not None:  # the consumer reads only so far: copy no more
+            take = self._trimmed(data, at, take, key[by_key], n_keys)
         # every (flow, direction)'s bytes back to back, copied by one compiled loop
         # (sliced through a memoryview: each chunk's bytes are copied once, from the array)
         blob = memoryview(self._spans(data, at, take))
-        key = gid * 2 + direction
         key_end = np.cumsum(np.bincount(key[by_key], weights=take, minlength=n_keys)
                             ).astype(np.int64)
         key_start = np.concatenate([[0], key_end[:-1]])
@@ -1001,6 +1018,22 @@ class StreamCollector:
             repeat(_BOOL_PAIRS[0], n),
             packets, repeat(True, n), reason))
         return _Finished(rows[c], cols["hash"][rows[o]].tolist(), chunks, reason)
+
+    def _trimmed(self, data: np.ndarray, start: np.ndarray, size: np.ndarray,
+                 key: np.ndarray, n_keys: int) -> np.ndarray:
+        """`size` cut so that each (flow, direction) `key` (segments grouped by key, in
+        sequence order) keeps only the bytes the consumer's `trim` says it reads."""
+        if size.size == 0:
+            return size
+        count = np.bincount(key, minlength=n_keys)
+        end_seg = np.cumsum(count)
+        first_seg = end_seg - count
+        wanted = np.asarray(self.trim(data, start, size, first_seg.reshape(-1, 2),
+                                      end_seg.reshape(-1, 2)), dtype=np.int64).reshape(-1)
+        # each segment's offset within its key's bytes; what of it lies below the cut
+        offset = np.cumsum(size) - size
+        within = offset - offset[np.minimum(first_seg, size.size - 1)][key]
+        return np.clip(wanted[key] - within, 0, size)
 
     def _spans(self, data: np.ndarray, start: np.ndarray, size: np.ndarray) -> np.ndarray:
         """The spans' bytes back to back (`_spans_kernel`), in a scratch buffer kept from

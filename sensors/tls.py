@@ -2,10 +2,12 @@
 
 Flows are picked column-wise by their opening payload (a TLS handshake record, 0x16 0x03
 0x00-0x04, carrying a ClientHello), then reassembled by sensors.tcp_stream up to
-`max_bytes_per_dir` per direction. Per direction, the handshake messages are the
-concatenated bodies of the handshake records (content type 22) that come before the first
-ChangeCipherSpec (20) or application-data (23) record: after those, handshake records are
-encrypted.
+`max_bytes_per_dir` per direction; for flows reassembled column-wise (the fast path, nearly
+all), only up to the record header after which nothing read can change (`needed_lengths`,
+the collector's `trim`): application data is not copied. Per direction, the handshake
+messages are the concatenated bodies of the handshake records (content type 22) that come
+before the first ChangeCipherSpec (20) or application-data (23) record: after those,
+handshake records are encrypted.
 
 One "tls" event per flow (the first handshake; renegotiations are not read), emitted when
 the handshake is known to be complete (`established`) or when the flow ends (FIN/RST, idle,
@@ -255,6 +257,107 @@ def frame_records(buf: np.ndarray, starts: np.ndarray, stops: np.ndarray
         hs_stop[d] = out
         flags[d] = seen
     return hs, hs_start, hs_stop, flags
+
+
+
+@njit
+def _byte_at(data: np.ndarray, seg_start: np.ndarray, seg_size: np.ndarray,
+             seg_end: np.ndarray, i: int, v: int) -> tuple[int, int]:
+    """(byte, segment) of position v of the concatenation of all segments (seg_end: the
+    cumulative ends of seg_size), looked up from segment i onwards (reads go forward, so
+    the caller passes back the segment it got; it checked v < the end of its last segment);
+    zero outside `data`."""
+    while seg_end[i] <= v:
+        i += 1
+    at = seg_start[i] + v - (seg_end[i] - seg_size[i])
+    if 0 <= at < data.size:
+        return np.int64(data[at]), i
+    return np.int64(0), i
+
+
+@njit
+def _settled_at(data: np.ndarray, seg_start: np.ndarray, seg_size: np.ndarray,
+                seg_end: np.ndarray, lo: int, hi: int, want: int) -> int:
+    """frame_records' walk of one direction (the segments lo..hi-1 back to back), up to the
+    header of the ChangeCipherSpec or application-data record with which the direction has
+    shown every flag of `want`: returns that header's end, else -1 (not settled)."""
+    if hi <= lo:
+        return -1
+    base = seg_end[lo] - seg_size[lo]
+    end = seg_end[hi - 1] - base
+    i = lo
+    pos = 0
+    records = 0
+    seen = 0
+    while pos + 5 <= end and records < MAX_RECORDS:
+        ctype, i = _byte_at(data, seg_start, seg_size, seg_end, i, base + pos)
+        major, i = _byte_at(data, seg_start, seg_size, seg_end, i, base + pos + 1)
+        if ctype < CONTENT_CCS or ctype > CONTENT_APPDATA or major != 3:
+            return -1
+        records += 1
+        if ctype == CONTENT_CCS:
+            seen |= SEEN_CCS
+        elif ctype == CONTENT_APPDATA:
+            seen |= SEEN_APPDATA
+            if records > 1:
+                seen |= APPDATA_AFTER_FIRST
+        if (seen & want) == want and (ctype == CONTENT_CCS or ctype == CONTENT_APPDATA):
+            return pos + 5
+        high, i = _byte_at(data, seg_start, seg_size, seg_end, i, base + pos + 3)
+        low, i = _byte_at(data, seg_start, seg_size, seg_end, i, base + pos + 4)
+        pos += 5 + ((high << 8) | low)
+    return -1
+
+
+@njit
+def needed_lengths(data: np.ndarray, seg_start: np.ndarray, seg_size: np.ndarray,
+                   first_seg: np.ndarray, end_seg: np.ndarray) -> np.ndarray:
+    """How many bytes of each flow parse_flows needs (the TLS analyzer's `trim` for its
+    stream collector: a flow's application data, most of its bytes, is never copied).
+
+    Direction d of flow f (d = 0 client -> server, 1 server -> client) is the concatenation
+    of data[seg_start[i] : seg_start[i] + seg_size[i]] for i in first_seg[f, d] ..
+    end_seg[f, d] - 1 (bytes outside `data` read as zero). Returns (n, 2) lengths: the
+    prefix of each direction that gives parse_flows exactly what the whole gives (its whole
+    length when nothing can be cut).
+
+    The walk is frame_records' own; a direction is cut after the header of the
+    ChangeCipherSpec / application-data record that settles it. That header alone gives the
+    same flags; cleartext ends with it, so the direction's `hs` bytes are the same, and
+    RECORD_TRUNCATED (cleartext handshake records only) stays unset in both. So
+    server_flights and client_hellos read the same bytes (client_hellos' `data_len < 9`
+    test too: a settled client keeps two records, >= 10 bytes).
+    - Server: settled at its first application-data record. Of its flags only SEEN_CCS and
+      SEEN_APPDATA are read, in `established`, where server SEEN_APPDATA alone makes it true
+      before TLS 1.3 (so a later CCS changes nothing); TLS 1.3 reads neither.
+    - Client: settled once it has shown APPDATA_AFTER_FIRST (so SEEN_APPDATA) plus, unless
+      the server's bytes show application data (then its other flags are not read, as
+      above), SEEN_CCS: all client flags parse_flows reads.
+    """
+    n = first_seg.shape[0]
+    seg_size = np.maximum(seg_size, 0)
+    seg_end = np.cumsum(seg_size)
+    out = np.zeros((n, 2), np.int64)
+    m = seg_size.size
+    first_seg = np.minimum(np.maximum(first_seg, 0), m)  # segment indexes inside the arrays
+    end_seg = np.minimum(np.maximum(end_seg, 0), m)
+    for f in range(n):
+        for d in range(2):
+            lo, hi = first_seg[f, d], end_seg[f, d]
+            if hi > lo:
+                out[f, d] = seg_end[hi - 1] - (seg_end[lo] - seg_size[lo])
+        lo, hi = first_seg[f, 1], end_seg[f, 1]
+        at = _settled_at(data, seg_start, seg_size, seg_end, lo, hi, SEEN_APPDATA)
+        if at >= 0:
+            out[f, 1] = at
+        want = APPDATA_AFTER_FIRST | SEEN_APPDATA
+        if at < 0:
+            want |= SEEN_CCS
+        lo, hi = first_seg[f, 0], end_seg[f, 0]
+        at = _settled_at(data, seg_start, seg_size, seg_end, lo, hi, want)
+        if at >= 0:
+            out[f, 0] = at
+    return out
 
 
 @njit
@@ -941,6 +1044,7 @@ class TlsAnalyzer(Analyzer):
             client_predicate=tls_client_predicate,
             max_bytes_total=int(config.get("max_bytes_total", 128 << 20)),
             max_packets_meta=0,
+            trim=needed_lengths,  # application data after the handshake is not copied
         )
 
     def process(self, packets: DecodedPackets) -> list[EventBatch]:

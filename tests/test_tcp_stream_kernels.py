@@ -154,3 +154,52 @@ def test_fast_walk_leaves_a_host_talking_to_itself_to_the_loop():
             seg(me, me, "FA", 119, 501, t=1.2), seg(me, me, "FA", 501, 120, t=1.2)]
     collector = _fast_and_loop_agree(pkts, [])
     assert collector.stats.get("segments_fast", 0) == 0  # same and reverse at once: looped
+
+
+def _through_zero(data, seg_start, seg_size, first_seg, end_seg):
+    """A `trim` for the test: each direction up to and with its first zero byte (its
+    whole length when none), read segment by segment in Python (zero outside data)."""
+    out = np.zeros(first_seg.shape, dtype=np.int64)
+    for index in np.ndindex(first_seg.shape):
+        stream = bytearray()
+        for i in range(first_seg[index], end_seg[index]):
+            stream += bytes(int(data[at]) if 0 <= at < data.size else 0
+                            for at in range(seg_start[i], seg_start[i] + seg_size[i]))
+        out[index] = stream.index(0) + 1 if 0 in stream else len(stream)
+    return out
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tcp_sessions(), st.binary(min_size=1, max_size=6))
+def test_trim_cuts_only_the_data_of_fast_flows(session, zero_bytes):
+    """A collector with `trim` gives the chunks of one without, except that a fast-path
+    flow's data stops where trim says (here after its first zero byte)."""
+    pkts, cuts = session
+    for p in pkts:  # some payloads get zero bytes, so the cut lands inside a stream
+        load = p["Raw"].load if p.haslayer("Raw") else b""
+        if len(load) >= 2 and zero_bytes[len(load) % len(zero_bytes)] % 2:
+            p["Raw"].load = load[:1] + b"\0" + load[2:]
+    whole = _feed_all(pkts, cuts, StreamCollector({80, 81}, 64, 100, 60))
+    cut = _feed_all(pkts, cuts, StreamCollector({80, 81}, 64, 100, 60, trim=_through_zero))
+    for a_list, b_list in zip(whole, cut, strict=True):
+        assert len(a_list) == len(b_list)
+        for a, b in zip(a_list, b_list, strict=True):
+            for d in (0, 1):
+                zero = a.data[d].find(0)
+                trimmed = a.data[d][: zero + 1] if zero >= 0 else a.data[d]
+                # cut where trim says (fast path) or whole (the loop's flows)
+                assert b.data[d] in (trimmed, a.data[d])
+            b.data = a.data
+            assert a == b
+
+
+def test_trim_is_applied_before_the_copy_on_the_fast_path():
+    pkts = handshake() + [seg(CLIENT, SERVER, "PA", 1001, 5001, b"AB\0CD", t=1.1),
+                          seg(CLIENT, SERVER, "PA", 1006, 5001, b"EFGH", t=1.2),
+                          seg(SERVER, CLIENT, "PA", 5001, 1010, b"XYZ", t=1.3),
+                          seg(CLIENT, SERVER, "FA", 1010, 5004, t=1.4),
+                          seg(SERVER, CLIENT, "FA", 5004, 1011, t=1.5)]
+    collector = StreamCollector({80}, 64, 100, 60, trim=_through_zero)
+    chunks = collector.feed(decode(batch_from_scapy(pkts)))
+    assert [(c.data, c.final, c.reason) for c in chunks] == [((b"AB\0", b"XYZ"), True, "fin")]
+    assert collector.stats["segments_looped"] == 0 and collector.stats["closed_fin"] == 1
