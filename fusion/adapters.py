@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -260,29 +260,16 @@ class EveAdapter:
         names = [joined[a:b].decode() for a, b in zip(et_start[reps].tolist(),
                                                       et_end[reps].tolist(), strict=True)]
         spans = eve_scan.Spans(buf, joined, vs, ve, vt, iv)
-        order = np.argsort(codes, kind="stable")
-        bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
-        result = AdapterResult()
-        for code, et in enumerate(names):
-            rows = order[bounds[code]:bounds[code + 1]]
-            if et not in EVE_HANDLED:
-                result.unmapped[f"suricata.{et}"] += len(rows)
-                result.records += len(rows)
-                continue
-            if et in eve_scan.COLUMNS:
-                kind, build = eve_scan.COLUMNS[et]
-                try:
-                    ready = build(spans.group(rows), self.observer, self.zone)
-                except eve_scan.Fallback:
-                    pass
-                else:
-                    originals = [kept[i] for i in rows.tolist()]
-                    _add(result, build_batch(kind, len(rows), {}, originals, self.source,
-                                             ready, self.bounds))
-                    result.records += len(rows)
-                    continue
-            result.merge(self._convert_decoded([kept[i] for i in rows.tolist()]))
-        return result
+
+        def unmapped(et: str, count: int, result: AdapterResult) -> bool:
+            if et in EVE_HANDLED:
+                return False
+            result.unmapped[f"suricata.{et}"] += count
+            result.records += count
+            return True
+
+        return _convert_groups(self, spans, codes, names, kept, eve_scan.COLUMNS,
+                               self._convert_decoded, skip=unmapped)
 
     def _convert_dicts(self, lines: list) -> AdapterResult:
         """The general path: orjson dicts, every shape and every dead-letter reason."""
@@ -967,25 +954,8 @@ class ZeekAdapter:
         else:
             return None
         spans = eve_scan.Spans(buf, joined, vs, ve, vt, iv, keys.index)
-        order = np.argsort(codes, kind="stable")
-        bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
-        result = AdapterResult()
-        for code, path in enumerate(names):
-            rows = order[bounds[code]:bounds[code + 1]]
-            if path in zeek_scan.COLUMNS:
-                kind, build = zeek_scan.COLUMNS[path]
-                try:
-                    ready = build(spans.group(rows), self.observer, self.zone)
-                except eve_scan.Fallback:
-                    pass
-                else:
-                    originals = [kept[i] for i in rows.tolist()]
-                    _add(result, build_batch(kind, len(rows), {}, originals, self.source,
-                                             ready, self.bounds))
-                    result.records += len(rows)
-                    continue
-            result.merge(self._convert_decoded([kept[i] for i in rows.tolist()], log))
-        return result
+        return _convert_groups(self, spans, codes, names, kept, zeek_scan.COLUMNS,
+                               lambda lines: self._convert_decoded(lines, log))
 
     def convert_records(self, records: list[dict], originals: Sequence, log: str | None,
                         result: AdapterResult) -> None:
@@ -1361,3 +1331,35 @@ def _float_or_text(v: str):
         return float(v)
     except ValueError:
         return v
+
+
+def _convert_groups(adapter, spans, codes: np.ndarray, names: list[str], kept: list,
+                    columns: Mapping, decode: Callable[[list], AdapterResult],
+                    skip: Callable[[str, int, AdapterResult], bool] | None = None
+                    ) -> AdapterResult:
+    """The scan path's result: rows grouped by type code (`names[code]`, first-appearance
+    order), each group built from its spans by `columns[name]`, or through `decode` (the
+    former path, given the group's original lines) when no builder exists or it declines
+    the group (eve_scan.Fallback). `skip(name, count, result)` may count a group instead
+    (True: not converted)."""
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
+    result = AdapterResult()
+    for code, name in enumerate(names):
+        rows = order[bounds[code]:bounds[code + 1]]
+        if skip is not None and skip(name, len(rows), result):
+            continue
+        if name in columns:
+            kind, build = columns[name]
+            try:
+                ready = build(spans.group(rows), adapter.observer, adapter.zone)
+            except eve_scan.Fallback:
+                pass
+            else:
+                originals = [kept[i] for i in rows.tolist()]
+                _add(result, build_batch(kind, len(rows), {}, originals, adapter.source,
+                                         ready, adapter.bounds))
+                result.records += len(rows)
+                continue
+        result.merge(decode([kept[i] for i in rows.tolist()]))
+    return result
