@@ -240,17 +240,9 @@ class EveAdapter:
         take (eve_scan.Fallback) - is decoded and mapped by _convert_decoded."""
         if not lines or len(lines) > SCAN_MAX_LINES or set(map(type, lines)) != {bytes}:
             return None
-        buf, starts, ends, joined = join_lines(lines)
-        vs, ve, vt, iv, flags = scan_lines(buf, starts, ends, EVE_KEYS.names, EVE_KEYS.offsets,
-                                           EVE_KEYS.first, EVE_KEYS.next)
-        kept = lines
-        if (flags == json_scan.FLAG_BLANK).any():  # blank lines are skipped, not records
-            keep = flags != json_scan.FLAG_BLANK
-            idx = np.flatnonzero(keep)
-            kept = [lines[i] for i in idx.tolist()]
-            vs, ve, vt, iv, flags = vs[:, idx], ve[:, idx], vt[:, idx], iv[:, idx], flags[idx]
-            if not kept:
-                return AdapterResult()
+        buf, joined, kept, vs, ve, vt, iv, flags = _scan_chunk(lines, EVE_KEYS)
+        if not kept:
+            return AdapterResult()
         et = EVE_KEYS.index["event_type"]
         types = vt[et]
         if flags.any() or not (types == json_scan.STR).all():
@@ -929,17 +921,9 @@ class ZeekAdapter:
         if not lines or len(lines) > SCAN_MAX_LINES or set(map(type, lines)) != {bytes}:
             return None
         keys = zeek_scan.ZEEK_KEYS
-        buf, starts, ends, joined = join_lines(lines)
-        vs, ve, vt, iv, flags = scan_lines(buf, starts, ends, keys.names, keys.offsets,
-                                           keys.first, keys.next)
-        kept = lines
-        if (flags == json_scan.FLAG_BLANK).any():  # blank lines are skipped, not records
-            keep = flags != json_scan.FLAG_BLANK
-            idx = np.flatnonzero(keep)
-            kept = [lines[i] for i in idx.tolist()]
-            vs, ve, vt, iv, flags = vs[:, idx], ve[:, idx], vt[:, idx], iv[:, idx], flags[idx]
-            if not kept:
-                return AdapterResult()
+        buf, joined, kept, vs, ve, vt, iv, flags = _scan_chunk(lines, keys)
+        if not kept:
+            return AdapterResult()
         if flags.any():
             return None
         n = len(kept)
@@ -1363,3 +1347,17 @@ def _convert_groups(adapter, spans, codes: np.ndarray, names: list[str], kept: l
                 continue
         result.merge(decode([kept[i] for i in rows.tolist()]))
     return result
+
+
+def _scan_chunk(lines: list[bytes], keys: json_scan.KeyTable) -> tuple:
+    """(buf, joined, kept lines, vs, ve, vt, iv, flags): `scan_lines` over the joined chunk,
+    blank lines dropped (they are skipped, not records) from the lines and every span row."""
+    buf, starts, ends, joined = join_lines(lines)
+    vs, ve, vt, iv, flags = scan_lines(buf, starts, ends, keys.names, keys.offsets,
+                                       keys.first, keys.next)
+    kept = lines
+    if (flags == json_scan.FLAG_BLANK).any():
+        idx = np.flatnonzero(flags != json_scan.FLAG_BLANK)
+        kept = [lines[i] for i in idx.tolist()]
+        vs, ve, vt, iv, flags = vs[:, idx], ve[:, idx], vt[:, idx], iv[:, idx], flags[idx]
+    return buf, joined, kept, vs, ve, vt, iv, flags
