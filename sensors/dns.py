@@ -57,7 +57,7 @@ from sensors.dns_kernel import (
     MAX_TCP_MESSAGES,
     MAX_TEXT_BYTES,
 )
-from sensors.packets import DecodedPackets
+from sensors.packets import DecodedPackets, constant_text
 
 __all__ = ["MAX_ANSWERS", "MAX_HEX_BYTES", "MAX_NAME_WIRE_LEN", "MAX_POINTER_JUMPS",
            "MAX_TCP_MESSAGES", "MAX_TEXT_BYTES", "DnsAnalyzer", "MalformedDNS", "dns_events",
@@ -201,14 +201,6 @@ def _answer_dicts(records: np.ndarray, texts: np.ndarray) -> list[dict]:
                 texts[records[:, 4]].tolist(), strict=True)]
 
 
-def _constant_text(n: int, text: str) -> np.ndarray:
-    """An object column holding `text` n times: the one str object shared (np.full makes a
-    new str per row, ~50x slower)."""
-    column = np.empty(n, dtype=object)
-    column.fill(text)
-    return column
-
-
 def _build_batch(packets: DecodedPackets, rows: np.ndarray, kept: dict[str, np.ndarray],
                  answers: np.ndarray, observer_name: str, ingress_zone: str) -> EventBatch:
     n = rows.shape[0]
@@ -221,8 +213,8 @@ def _build_batch(packets: DecodedPackets, rows: np.ndarray, kept: dict[str, np.n
     dst_port = packets.dst_port[rows].astype(np.uint16)
     columns = {
         "timestamp": packets.ts_ns[rows].astype(np.int64),
-        "observer_name": _constant_text(n, observer_name),
-        "ingress_zone": _constant_text(n, ingress_zone),
+        "observer_name": constant_text(n, observer_name),
+        "ingress_zone": constant_text(n, ingress_zone),
         "src_ip": src_ip,
         "dst_ip": dst_ip,
         "src_port": src_port,
