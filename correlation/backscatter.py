@@ -52,6 +52,7 @@ from correlation.network_common import (
     IANA_ICMPV6,
     IANA_UDP,
     WindowGroups,
+    batch_cached,
     in_ports,
     one_ip,
     sample_ips,
@@ -123,22 +124,12 @@ def classify(c: Columns, amp_ports: np.ndarray, ratio: float
 # The backscatter and reflection detectors classify the same batch with the same settings:
 # the last batch's classes are kept (with a reference to its columns, so their identity
 # cannot be reused) and handed to the second select read-only.
-_SELECT_MEMO: list = []  # [(columns, transport column, settings key, (cls, sender_is_orig))]
-
-
 def classify_batch(c: Columns, amp_ports: np.ndarray, ratio: float
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """classify() of a whole batch, memoized on the batch's columns (read-only result)."""
-    settings = (amp_ports.tobytes(), ratio)
-    if _SELECT_MEMO:
-        columns, transport, key, got = _SELECT_MEMO[0]
-        if columns is c and transport is c["transport"] and key == settings:
-            return got
-    got = classify(c, amp_ports, ratio)
-    for a in got:
-        a.flags.writeable = False
-    _SELECT_MEMO[:] = [(c, c["transport"], settings, got)]
-    return got
+    """classify() of a whole batch; while the engine selects one batch (batch_memo), the
+    backscatter and reflection detectors' selects share one computation (batch_cached)."""
+    return batch_cached(("backscatter.classify", amp_ports.tobytes(), ratio), c["transport"],
+                        lambda: classify(c, amp_ports, ratio))
 
 
 class _UnsolicitedDetector(Detector):

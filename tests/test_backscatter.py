@@ -107,9 +107,18 @@ def test_benign_captures_have_no_backscatter(name: str) -> None:
     assert above_low(alerts, "cirtsa.dos") == []
 
 
-def test_batch_classes_are_memoized_per_batch_and_equal_classify() -> None:
-    from correlation.backscatter import classify, classify_batch
+def test_batch_classes_are_memoized_per_batch_and_equal_classify(monkeypatch) -> None:
+    import correlation.backscatter as backscatter
+    from correlation.network_common import batch_memo
 
+    classify = backscatter.classify
+    calls: list[int] = []
+
+    def counted(*args):
+        calls.append(1)
+        return classify(*args)
+
+    monkeypatch.setattr(backscatter, "classify", counted)
     rng = np.random.default_rng(5)
     n = 500
 
@@ -125,13 +134,18 @@ def test_batch_classes_are_memoized_per_batch_and_equal_classify() -> None:
 
     ports = np.array([53, 123], np.uint16)
     first, second = columns(), columns()
-    got = classify_batch(first, ports, 5.0)
-    for a, b in zip(got, classify(first, ports, 5.0), strict=True):
-        assert np.array_equal(a, b) and not a.flags.writeable
-    assert classify_batch(first, ports, 5.0) is got  # the second detector's select
-    other = classify_batch(second, ports, 5.0)  # a new batch: computed afresh
-    assert all(np.array_equal(a, b) for a, b in zip(other, classify(second, ports, 5.0),
-                                                    strict=True))
-    changed = classify_batch(second, ports, 2.0)  # other settings: not the memo's
-    assert all(np.array_equal(a, b) for a, b in zip(changed, classify(second, ports, 2.0),
-                                                    strict=True))
+    with batch_memo():  # as the engine selects one batch
+        got = backscatter.classify_batch(first, ports, 5.0)
+        for a, b in zip(got, classify(first, ports, 5.0), strict=True):
+            assert np.array_equal(a, b)
+        again = backscatter.classify_batch(first, ports, 5.0)  # the second detector's select
+        assert len(calls) == 1
+        assert all(np.array_equal(a, b) for a, b in zip(again, got, strict=True))
+        other = backscatter.classify_batch(second, ports, 5.0)  # a new batch: computed afresh
+        assert len(calls) == 2
+        assert all(np.array_equal(a, b) for a, b in zip(other, classify(second, ports, 5.0),
+                                                        strict=True))
+        changed = backscatter.classify_batch(second, ports, 2.0)  # other settings: not memo's
+        assert len(calls) == 3
+        assert all(np.array_equal(a, b) for a, b in zip(changed, classify(second, ports, 2.0),
+                                                        strict=True))
