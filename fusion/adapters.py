@@ -88,7 +88,7 @@ class AdapterResult:
 Handler = Callable[[list[dict], list, AdapterResult], None]
 # What a mapping raises on a record of a shape it does not expect (a list where a string
 # belongs: unhashable in a lookup, not iterable, ...).
-SHAPE_ERRORS = (TypeError, ValueError, KeyError, AttributeError, IndexError)
+SHAPE_ERRORS = (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError)
 
 
 def _guarded(handler: Handler, recs: list[dict], orig: list, result: AdapterResult,
@@ -1228,8 +1228,20 @@ def _zeek_answer_parts(answers: list, ttls: list, qtype: str) -> list[tuple[str,
         else:
             rtype = "CNAME" if qtype in ("A", "AAAA") else qtype
         ttl = ttls[i] if i < len(ttls) else 0
-        out.append((rtype, int(float(ttl)) if ttl is not None else 0, data))
+        out.append((rtype, _ttl_seconds(ttl), data))
     return out
+
+
+def _ttl_seconds(ttl) -> int:
+    """A Zeek TTL (interval: number or TSV text; unset -> 0) as whole seconds. DNS TTLs are
+    unsigned 32-bit: NaN, infinite, negative or larger values are a malformed record
+    (ValueError: dead-lettered by the caller with this reason), not a crash of the stream."""
+    if ttl is None:
+        return 0
+    seconds = float(ttl)
+    if not 0 <= seconds < 2**32:
+        raise ValueError(f"TTL {ttl!r} is not a DNS TTL (0 to 2^32-1 seconds)")
+    return int(seconds)
 
 
 def _tsv_vectors_json(joined: bytes, buf: np.ndarray, vs: np.ndarray, ve: np.ndarray,

@@ -10,7 +10,7 @@ import random
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fusion import sources, tsv_scan, zeek_scan
@@ -296,6 +296,11 @@ def test_generated_dns_http_identical_and_scanned(tmp_path, log):
                                 st.sampled_from(ODD_VALUES + ["1,2", "nan,1", "a,(empty)",
                                                               "T", "F", "1e999"])),
                       max_size=6))
+# Non-DNS TTLs (hypothesis found the infinite one: it crashed the general path).
+@example(log="dns", seed=0, edits=[(1, DNS_FIELDS.index("TTLs"), "inf")])
+@example(log="dns", seed=0, edits=[(1, DNS_FIELDS.index("TTLs"), "nan,1")])
+@example(log="dns", seed=0, edits=[(2, DNS_FIELDS.index("TTLs"), "-1")])
+@example(log="dns", seed=0, edits=[(3, DNS_FIELDS.index("TTLs"), "4294967296.5")])
 def test_mutated_dns_http_identical(tmp_path, log, seed, edits):
     fields, types, make = LOGS[log]
     rng = random.Random(seed)
@@ -306,3 +311,23 @@ def test_mutated_dns_http_identical(tmp_path, log, seed, edits):
     path.write_bytes((_header(log, fields, types)
                       + "".join("\t".join(r) + "\n" for r in rows)).encode())
     _assert_same(str(path))
+
+
+@pytest.mark.parametrize("ttl", ["inf", "nan", "-1", "1e999", "4294967296"])
+def test_impossible_dns_ttl_is_dead_lettered_with_reason(tmp_path, ttl):
+    """A TTL no DNS record can carry loses only its own line, with a reason naming it."""
+    rng = random.Random(1)
+    rows = [_dns_row(rng) for _ in range(5)]
+    for row in rows:
+        row[DNS_FIELDS.index("answers")] = "1.2.3.4"
+        row[DNS_FIELDS.index("TTLs")] = "60.0"
+    rows[2][DNS_FIELDS.index("TTLs")] = ttl
+    path = tmp_path / "dns.log"
+    path.write_bytes((_header("dns", DNS_FIELDS, DNS_TYPES)
+                      + "".join("\t".join(r) + "\n" for r in rows)).encode())
+    _assert_same(str(path))
+    results = list(sources.zeek_file(str(path), ZeekAdapter()))
+    dead = [d for r in results for d in r.deadletter]
+    assert len(dead) == 1
+    assert "TTL" in str(dead[0])
+    assert sum(len(b) for r in results for b in r.batches) == 4
