@@ -23,7 +23,7 @@ import numpy as np
 
 from correlation.kernels import factorize_u64, factorize_u128, window_copies
 from pipeline.schema import EventBatch
-from sensors.packets import IP_DTYPE
+from sensors.packets import IP_DTYPE, IPV4_MAPPED_PREFIX, ip_column_to_str
 
 NS_PER_S = 1_000_000_000
 
@@ -427,9 +427,24 @@ def sort_ips(column: np.ndarray) -> np.ndarray:
 
 def sorted_unique_ips(column: np.ndarray) -> np.ndarray:
     """Distinct addresses in numeric order (= sort_ips(factorize_ip(column)[1]))."""
+    if column.shape[0] <= 32:  # one finding's evidence: a set of the 16-byte strings
+        # (bytes order = numeric order) is ~3x cheaper than np.unique's generic V16 sort
+        return np.array(sorted(set(column.tolist())), IP_DTYPE)
     if column.shape[0] <= 1024:  # few rows: np.unique's byte-wise (= numeric) sort is cheapest
         return np.unique(column)
     return sort_ips(factorize_ip(column)[1])
+
+
+def ip_text(column: np.ndarray, row: int) -> str:
+    """Text of one address of a 16-byte column: ip_column_to_str(column[row:row + 1])[0].
+
+    Why: evidence names one scanner or victim per finding, and the column helper's fixed
+    cost (~10 µs: array views, a loop) is most of a describe() in an alert burst.
+    """
+    b = column.item(row)  # the 16 bytes (a V16 item is bytes): no array view made
+    if b[:12] == IPV4_MAPPED_PREFIX:
+        return f"{b[12]}.{b[13]}.{b[14]}.{b[15]}"
+    return ip_column_to_str(column[row:row + 1])[0]
 
 
 def sorted_unique_text(values: np.ndarray) -> list[str]:

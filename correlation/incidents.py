@@ -20,13 +20,14 @@ Cross-sensor: an attacker seen by two sensors on two segments is one entity, one
 from __future__ import annotations
 
 import hashlib
+from bisect import bisect_left, insort
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from correlation.alerts import ECS_VERSION, RULESET
+from correlation.alerts import ECS_VERSION, RULESET, gc_paused
+from correlation.alerts import iso_ns as ns_to_iso  # pipeline.schema's, memoized per second
 from pipeline.intel import ATTACK_TACTICS
-from pipeline.schema import ns_to_iso
 
 INCIDENT_DATASET = "cirtsa.incident"
 # Stage order of an intrusion seen from the network: ATT&CK's matrix order, except that
@@ -57,8 +58,33 @@ def severity_label(severity: int) -> str:
 
 
 def _ns(iso: str) -> int:
+    # our own alerts' form "YYYY-MM-DDTHH:MM:SS.ffffffZ": the second memoized (a burst of
+    # alerts shares few seconds), the microseconds read as digits; anything else (and
+    # times the float path below could round differently) takes the general parse
+    if len(iso) == 27 and iso[19] == "." and iso[26] == "Z":
+        sec = _SECONDS.get(iso[:19])
+        if sec is None:
+            sec = _parse_seconds(iso[:19])
+        micros = iso[20:26]
+        if 0 <= sec < 1 << 33 and micros.isdigit() and micros.isascii():  # 1 << 33: year 2242
+            return sec * 1_000_000_000 + int(micros) * 1000
     dt = datetime.fromisoformat(iso.replace("Z", "+00:00"))
     return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
+
+
+_SECONDS: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM:SS" (UTC) -> epoch seconds, bounded
+
+
+def _parse_seconds(head: str) -> int:
+    """Epoch seconds of a UTC "YYYY-MM-DDTHH:MM:SS" (-1 if not that form: slow path)."""
+    try:
+        sec = int(datetime.fromisoformat(head + "+00:00").timestamp())
+    except ValueError:
+        return -1
+    if len(_SECONDS) >= 1 << 16:
+        _SECONDS.clear()
+    _SECONDS[head] = sec
+    return sec
 
 
 def _list(value: object) -> list:
@@ -134,11 +160,18 @@ class IncidentBuilder:
         self.max_open = int(c["max_open"])
         self._incidents: dict[int, _Incident] = {}  # internal handle -> incident
         self._of_alert: dict[str, int] = {}  # alert id -> handle
-        self._entity: dict[str, list[tuple[int, str]]] = {}  # entity -> [(time, alert id)]
+        # entity -> {handle: ascending evidence starts of that incident's alerts naming it}:
+        # linking a new alert is a bisect per (entity, incident), not a scan of every
+        # alert that named the entity (quadratic when thousands of alerts hit one victim)
+        self._entity: dict[str, dict[int, list[int]]] = {}
         self._next = 0
         self.stats = {"alerts_in": 0, "incidents": 0, "merged": 0, "evicted": 0}
 
     def add(self, alerts: list[dict]) -> list[dict]:
+        with gc_paused():  # thousands of small acyclic objects in a burst: see gc_paused
+            return self._add(alerts)
+
+    def _add(self, alerts: list[dict]) -> list[dict]:
         changed: dict[int, None] = {}
         merged_docs: list[dict] = []
         for alert in alerts:  # alerts are few: a loop is fine
@@ -146,10 +179,7 @@ class IncidentBuilder:
             if member.id in self._of_alert:
                 continue  # a replayed alert (same stable id) changes nothing
             self.stats["alerts_in"] += 1
-            linked = {self._of_alert[aid] for e in member.entities()
-                      for t, aid in self._entity.get(e, ())
-                      if abs(t - member.start) <= self.horizon_ns
-                      or abs(t - member.end) <= self.horizon_ns}
+            linked = self._linked(member)
             handle = min(linked) if linked else self._new()
             incident = self._incidents[handle]
             for other in sorted(linked - {handle}):  # merge into the oldest handle
@@ -158,13 +188,18 @@ class IncidentBuilder:
                 for aid, m in gone.members.items():
                     incident.members[aid] = m
                     self._of_alert[aid] = handle
+                for e in {e for m in gone.members.values() for e in m.entities()}:
+                    by_incident = self._entity[e]
+                    moved = by_incident.pop(other, None)
+                    if moved:
+                        by_incident[handle] = sorted(by_incident.get(handle, []) + moved)
                 if gone.id:
                     merged_docs.append(self._merged_doc(gone, handle))
                 self.stats["merged"] += 1
             incident.members[member.id] = member
             self._of_alert[member.id] = handle
             for e in member.entities():
-                self._entity.setdefault(e, []).append((member.start, member.id))
+                insort(self._entity.setdefault(e, {}).setdefault(handle, []), member.start)
             changed[handle] = None
         self._evict()
         docs = []
@@ -190,6 +225,18 @@ class IncidentBuilder:
         return [self.document(i) for i in self._incidents.values()]
 
     # --- internals -----------------------------------------------------------------------
+
+    def _linked(self, member: _Member) -> set[int]:
+        """Incidents with an alert sharing an entity with `member` whose evidence start is
+        within the horizon of the member's start or end."""
+        linked: set[int] = set()
+        h = self.horizon_ns
+        for e in member.entities():
+            for handle, starts in self._entity.get(e, {}).items():
+                if handle not in linked and (_any_within(starts, member.start, h)
+                                             or _any_within(starts, member.end, h)):
+                    linked.add(handle)
+        return linked
 
     def _new(self) -> int:
         self._next += 1
@@ -223,11 +270,11 @@ class IncidentBuilder:
             for aid, m in gone.members.items():
                 self._of_alert.pop(aid, None)
                 for e in m.entities():
-                    kept = [x for x in self._entity.get(e, []) if x[1] != aid]
-                    if kept:
-                        self._entity[e] = kept
-                    else:
-                        self._entity.pop(e, None)
+                    by_incident = self._entity.get(e)
+                    if by_incident is not None:
+                        by_incident.pop(handle, None)
+                        if not by_incident:
+                            del self._entity[e]
             self.stats["evicted"] += 1
 
     def document(self, incident: _Incident, created: bool = False) -> dict:
@@ -283,6 +330,12 @@ class IncidentBuilder:
         if sensors:
             doc["cirtsa"]["observers"] = {"name": sensors, "zone": segments}
         return doc
+
+
+def _any_within(ascending: list[int], t: int, horizon: int) -> bool:
+    """Some value v of the ascending list has |v - t| <= horizon."""
+    i = bisect_left(ascending, t - horizon)
+    return i < len(ascending) and ascending[i] <= t + horizon
 
 
 def _by_count(values) -> list[str]:

@@ -6,20 +6,22 @@ test_brute_force.py): a row names its connection outcome by a Zeek-like label (s
 
 from __future__ import annotations
 
+import gc
+import hashlib
 import re
 
 import numpy as np
 import pytest
 from conftest import assert_ecs
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from correlation.alerts import alert_id
-from correlation.detector import WindowRange, WindowSpec
+from correlation.alerts import alert_id, build_alert, build_alerts, gc_paused, iso_ns
+from correlation.detector import Evidence, Finding, WindowRange, WindowSpec, ip_text
 from correlation.engine import CorrelationEngine, build_detectors, default_config
 from correlation.port_scan import VerticalScanDetector
 from pipeline.schema import DNS, FLOW, EventBatch, SchemaError, ns_to_iso, validate_batch
-from sensors.packets import IP_DTYPE, ip_to_bytes16
+from sensors.packets import IP_DTYPE, IPV4_MAPPED_PREFIX, ip_column_to_str, ip_to_bytes16
 
 pytestmark = pytest.mark.usefixtures("core_detectors_only")
 
@@ -296,6 +298,82 @@ def test_alert_ids_are_stable_and_distinct() -> None:
                 alert_id("r2", "k", 1), alert_id("r|k", "", 1)}) == 5
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.integers(-(2**63), 2**63 - 1))
+def test_memoized_iso_time_is_ns_to_iso(ns: int) -> None:
+    try:
+        expected = ns_to_iso(ns)
+    except (ValueError, OverflowError, OSError):  # beyond datetime's years: same error
+        with pytest.raises((ValueError, OverflowError, OSError)):
+            iso_ns(ns)
+        return
+    assert iso_ns(ns) == expected
+    assert iso_ns(ns) == expected  # memoized second
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.binary(min_size=16, max_size=16),
+                          st.binary(min_size=4, max_size=4).map(IPV4_MAPPED_PREFIX.__add__)),
+                min_size=1, max_size=8), st.data())
+def test_ip_text_is_ip_column_to_str_of_one_row(addresses: list[bytes], data) -> None:
+    column = np.array(addresses, IP_DTYPE)
+    if data.draw(st.booleans()):
+        column = column[::-1]  # a strided view, as gathered columns can be
+    row = data.draw(st.integers(0, column.shape[0] - 1))
+    assert ip_text(column, row) == ip_column_to_str(column[row:row + 1])[0]
+
+
+def test_alert_id_is_the_documented_hash() -> None:
+    text = "cirtsa.scan.vertical\x1f10.0.0.1|10.0.0.2\x1f1700000000000000000"
+    assert alert_id("cirtsa.scan.vertical", "10.0.0.1|10.0.0.2", 1_700_000_000 * 10**9) == \
+        hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def test_batch_alert_builder_is_build_alert_per_finding() -> None:
+    from correlation.dns_tunnel import TUNNEL_RULE
+    from correlation.port_scan import VERTICAL_RULE
+
+    def finding(i: int) -> Finding:
+        t = 1_700_000_000 * 10**9 + i * 7_654_321_987
+        ev = Evidence(first_seen=t, last_seen=t + i * 1_000_123, source_ip=f"10.0.0.{i}",
+                      message=f"m{i}", details={"n": i, "ports": [i, i + 1]},
+                      destination_ip="10.9.9.9" if i % 2 else None,
+                      destination_port=i if i % 3 else None, transport="tcp" if i % 4 else None,
+                      related_ips=[f"10.0.0.{i}"], observers=["s1", "s2"][: i % 3],
+                      zones=["z"][: i % 2],
+                      ecs={"threat": {"indicator": {"ip": "1.2.3.4"}}} if i % 5 == 0 else {})
+        return Finding(rule=VERTICAL_RULE if i % 2 else TUNNEL_RULE, key=f"k{i}",
+                       window_start=t // 60_000_000_000 * 60_000_000_000,
+                       window_end=t + 300 * 10**9, describe=lambda: ev)
+
+    findings = [finding(i) for i in range(40)]
+    one_by_one = [build_alert(f) for f in findings]
+    batch = build_alerts(findings)
+    assert batch == one_by_one
+    assert gc.isenabled()  # restored after the burst
+    # every document is its own: editing one (as the intel merge does) leaves the others
+    batch[0]["threat"]["tactic"]["id"].append("x")
+    batch[0]["event"]["category"].append("x")
+    assert batch[1]["threat"] == one_by_one[1]["threat"]
+    assert batch[2]["threat"]["tactic"]["id"] == [TUNNEL_RULE.tactic_id]
+    assert batch[1]["event"]["category"] == ["network", "intrusion_detection"]
+    assert "indicator" not in batch[1]["threat"] and "indicator" in batch[5]["threat"]
+
+
+def test_gc_paused_restores_the_collector_state() -> None:
+    with pytest.raises(RuntimeError), gc_paused():
+        assert not gc.isenabled()
+        raise RuntimeError("describe failed")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # a caller's own pause is kept
+    finally:
+        gc.enable()
+
+
 def test_alerts_use_only_ecs_fields_and_event_time() -> None:
     alerts, _ = run(_mixed_attack_rows())
     for a in alerts:
@@ -425,6 +503,9 @@ def _address_column(rng: np.random.Generator, n: int, v6_share: float,
 @settings(max_examples=60, deadline=None)
 @given(n=st.integers(1, 3000), v6_share=st.sampled_from([0.0, 0.1, 1.0]),
        distinct=st.sampled_from([3, 1000, 2**32 - 1]), seed=st.integers(0, 99))
+@example(n=7, v6_share=0.1, distinct=3, seed=1)  # a finding's evidence: the set path
+@example(n=32, v6_share=0.1, distinct=1000, seed=2)
+@example(n=33, v6_share=1.0, distinct=3, seed=3)
 def test_factorize_ip_codes_follow_address_order(n: int, v6_share: float, distinct: int,
                                                  seed: int) -> None:
     from correlation.detector import factorize_ip, sort_ips, sorted_unique_ips
