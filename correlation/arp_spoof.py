@@ -20,6 +20,7 @@ from functools import partial
 
 import numpy as np
 
+from correlation.arrival_memo import rows_in_range
 from correlation.detector import (
     Columns,
     Detector,
@@ -32,6 +33,7 @@ from correlation.detector import (
     combine_codes,
     distinct_per_group,
     factorize_ip,
+    ip_codes,
     sorted_unique_text,
 )
 from pipeline.schema import EventBatch, mac_text
@@ -95,20 +97,32 @@ class ArpSpoofDetector(Detector):
     def detect(self, rows: Mapping[str, Columns], windows: WindowRange) -> list[Finding]:
         cols = rows["arp"]
         t = cols["timestamp"]
-        idx = np.flatnonzero(windows.row_mask(t))
+        idx = rows_in_range(t, windows)
         if idx.size == 0:
             return []
-        ip_code, ips = factorize_ip(cols["src_ip"][idx])
+        # factorize_ip's codes, from the engine's interned address ids when it has them
+        ip_code = ip_codes(cols, "src_ip", idx)
+        n_ips = int(ip_code.max()) + 1
+        ips = np.empty(n_ips, IP_DTYPE)
+        ips[ip_code] = cols["src_ip"][idx]  # (rows of one code share its address)
         mac = cols["src_mac"][idx].astype(np.int64)
-        copy_rows, k = windows.assign(t[idx])
-        group, n_groups = combine_codes(k, ip_code[copy_rows])
-        macs = distinct_per_group(group, n_groups, _dense(mac)[copy_rows])
-        groups = Groups.of(group, n_groups)
+        mac_code = _dense(mac)
         gw_codes = {}  # code of each configured gateway present -> its expected MAC
         for b, expected in self.gateways.items():  # (a few gateways, not every address)
             hit = np.flatnonzero(ips == np.frombuffer(b, IP_DTYPE)[0])
             if hit.size:
                 gw_codes[int(hit[0])] = expected
+        # An IP claimed by fewer than two MACs over the whole range has fewer in every
+        # window: unless it is a gateway it cannot be a finding, and its rows (nearly all
+        # rows) are not replicated into windows.
+        reach = distinct_per_group(ip_code, n_ips, mac_code) >= min(self.min_macs, 2)
+        reach[list(gw_codes)] = True
+        sel = np.flatnonzero(reach[ip_code])
+        copy_rows, k = windows.assign(t[idx[sel]])
+        copy_rows = sel[copy_rows]
+        group, n_groups = combine_codes(k, ip_code[copy_rows])
+        macs = distinct_per_group(group, n_groups, mac_code[copy_rows])
+        groups = Groups.of(group, n_groups)
         group_ip = np.full(n_groups, -1, np.int64)
         group_ip[group] = ip_code[copy_rows]
         candidates = (macs >= min(self.min_macs, 2)) | np.isin(group_ip, list(gw_codes))
@@ -116,7 +130,7 @@ class ArpSpoofDetector(Detector):
         for g in np.flatnonzero(candidates).tolist():  # one iteration per (window, IP) hit
             members = groups.rows(g)
             code = int(ip_code[copy_rows[members[0]]])
-            r = idx[copy_rows[members]]
+            r = np.sort(idx[copy_rows[members]])  # arrival order (evidence orders by time)
             rule = None
             if code in gw_codes:
                 expected = gw_codes[code]

@@ -31,6 +31,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from correlation.arrival_memo import rows_in_range
 from correlation.detector import (
     IANA_TCP,
     NS_PER_S,
@@ -199,7 +200,7 @@ class BackscatterDetector(_UnsolicitedDetector):
     def detect(self, rows: Mapping[str, Columns], windows: WindowRange) -> list[Finding]:
         cols = rows["flow"]
         t = cols["timestamp"]
-        idx = np.flatnonzero(windows.row_mask(t))
+        idx = rows_in_range(t, windows)
         if idx.size < self.min_receivers:
             return []
         _, sender, receiver, _ = self._parties(cols, idx)
@@ -247,7 +248,7 @@ class ReflectionDetector(_UnsolicitedDetector):
     def detect(self, rows: Mapping[str, Columns], windows: WindowRange) -> list[Finding]:
         cols = rows["flow"]
         t = cols["timestamp"]
-        idx = np.flatnonzero(windows.row_mask(t))
+        idx = rows_in_range(t, windows)
         if idx.size < self.min_reflectors:
             return []
         _, sender, receiver, reply_bytes = self._parties(cols, idx)

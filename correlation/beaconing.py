@@ -28,6 +28,14 @@ ds_skew, ds_madm) when sizes exist. The histogram is a third of the score becaus
 (a page load: many contacts one second apart, then silence) look perfectly regular to the
 interval statistics; only the spread over time tells them from a timer. Groups with fewer
 than `min_connections` contacts are not scored. Severity low, medium at `medium_score` and above.
+
+Cost: nearly every key (pair, source and name) is a one-off, and every row comes back in
+each of its windows' closes. So each selected row gets a 64-bit hash of its key once, in
+`select` (correlation/arrival_memo.py hands it back at every close); a close keeps only
+the rows whose hash bucket reaches `min_connections` (a superset of the rows of keys that
+do), groups flow pairs by their hashes (checked against the exact pair codes; ranking the
+addresses when two pairs share a hash), and scores only (window, key) groups with enough
+rows. Findings and evidence do not depend on how groups are numbered.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from correlation.arrival_memo import ArrivalMemo, rows_in_range
 from correlation.detector import (
     IANA_TCP,
     NS_PER_S,
@@ -51,6 +60,7 @@ from correlation.detector import (
     ip_codes,
     ip_pair_codes,
 )
+from correlation.kernels import factorize_u64
 from correlation.network_common import (
     GROUP_ADDRESSES,
     IANA_UDP,
@@ -241,6 +251,101 @@ def _distinct_group_seconds(group: np.ndarray, sec: np.ndarray
     return g[first], s[first]
 
 
+@njit
+def _mix(x: np.uint64) -> np.uint64:
+    """splitmix64's finalizer: a bijection of 64-bit words in which every output bit
+    depends on every input bit (IPv4-mapped halves vary in their top 32 bits only)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+@njit
+def _key_hashes(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """A 64-bit hash per row of (first[i, 0], first[i, 1], second[i, 0], second[i, 1]):
+    the native uint64 halves of a source address and of a destination address (or a
+    name's hash twice), chained through _mix. Equal keys hash equal; different keys
+    collide about as rarely as random 64-bit values, and a collision only costs a few
+    extra rows past the count filter (`candidate_rows`) or the exact fallback of
+    `hashed_pair_codes`."""
+    n = first.shape[0]
+    out = np.empty(n, np.uint64)
+    for i in range(n):
+        h = _mix(first[i, 0] ^ np.uint64(0x9E3779B97F4A7C15))
+        h = _mix(h ^ first[i, 1])
+        h = _mix(h ^ second[i, 0])
+        out[i] = _mix(h ^ second[i, 1])
+    return out
+
+
+def _address_halves(column: np.ndarray) -> np.ndarray:
+    """(n, 2) native uint64 view of a 16-byte address column."""
+    n = column.shape[0]
+    return np.ascontiguousarray(column).view(np.uint64).reshape(n, 2)
+
+
+def key_hashes(kind: str, c: Columns, rows: np.ndarray,
+               name_ids: np.ndarray | None = None) -> np.ndarray:
+    """The beacon key hash of `rows` of a batch: (source, destination) for flows, (source,
+    name) for the name kinds: the name's id when `name_ids` (aligned with rows) are given,
+    else Python's cached str hash of the name."""
+    src = _address_halves(c["src_ip"][rows])
+    name_col = _SOURCES[kind][0]
+    if name_col is None:
+        return _key_hashes(src, _address_halves(c["dst_ip"][rows]))
+    if name_ids is None:
+        names = c[name_col][rows].tolist()
+        name_ids = np.fromiter(map(hash, names), np.int64, len(names))
+    named = np.ascontiguousarray(name_ids, np.int64).view(np.uint64)
+    return _key_hashes(src, np.repeat(named, 2).reshape(-1, 2))
+
+
+@njit
+def _bucket_counts_reach(hashes: np.ndarray, bits: int, threshold: int) -> np.ndarray:
+    """Boolean per row: rows in its bucket (the top `bits` bits of its hash) >= threshold.
+    Bucket indices are < 2**bits by the shift (bits in 1..32)."""
+    n = hashes.shape[0]
+    shift = np.uint64(64 - bits)
+    counts = np.zeros(1 << bits, np.uint32)
+    for i in range(n):
+        counts[hashes[i] >> shift] += 1
+    out = np.empty(n, np.bool_)
+    for i in range(n):
+        out[i] = counts[hashes[i] >> shift] >= threshold
+    return out
+
+
+def candidate_rows(hashes: np.ndarray, threshold: int) -> np.ndarray:
+    """Boolean per row: its key hash bucket holds >= threshold rows. Every row of a key
+    with >= threshold rows passes (its rows share a bucket); a colliding row may pass too.
+    Two compiled passes over the top bits of the hash: no sort, no hash table."""
+    n = hashes.shape[0]
+    if n == 0:
+        return np.zeros(0, bool)
+    bits = min(max(n.bit_length(), 8), 24)  # about one row per bucket
+    return _bucket_counts_reach(np.ascontiguousarray(hashes, np.uint64), bits, int(threshold))
+
+
+def hashed_pair_codes(cols: Columns, idx: np.ndarray, hashes: np.ndarray
+                      ) -> tuple[np.ndarray, int] | None:
+    """Group ids of rows idx by (src_ip, dst_ip) from their key hashes (first appearance,
+    one hash pass over mostly repeated keys), or None when two different pairs share a
+    hash (then the caller ranks the addresses). Checked exactly: every row's addresses
+    equal those of the first row of its id."""
+    found = factorize_u64(hashes)
+    if found is None:
+        return None
+    ids, first = found
+    # the engine's pair codes (equal iff the pair is) read only rows idx; plain columns
+    # are compared address by address
+    pairs = raw_address_codes(cols, ("src_ip", "dst_ip"), idx)
+    for exact in ([pairs] if pairs is not None
+                  else [_address_halves(cols[name][idx]) for name in ("src_ip", "dst_ip")]):
+        if not np.array_equal(exact, exact[first][ids]):
+            return None
+    return ids, int(first.shape[0])
+
+
 def established_tcp(c: Columns) -> np.ndarray:
     """TCP flows that were really connections, not probes.
 
@@ -255,6 +360,46 @@ def established_tcp(c: Columns) -> np.ndarray:
     payload = (c["src_payload_bytes"] > 0) | (c["dst_payload_bytes"] > 0)
     return ((c["transport"] == IANA_TCP) & (c["dst_packets"] > 0) & payload
             & (((df & TCP_SYN) != 0) | (c["dst_payload_bytes"] > 0)))
+
+
+def _only_groups(wg: WindowGroups, keep: np.ndarray) -> WindowGroups:
+    """The copies of groups `keep` (ascending), renumbered 0..len(keep)-1 in that order;
+    copies stay in their order (a group's first copy stays first)."""
+    wanted = np.zeros(wg.n_groups, bool)
+    wanted[keep] = True
+    kept = wanted[wg.group]
+    renumber = np.cumsum(wanted) - 1
+    return WindowGroups(wg.idx[kept], wg.k[kept], renumber[wg.group[kept]], int(keep.size))
+
+
+def _source_name_codes(cols: Columns, idx: np.ndarray, name_ids: np.ndarray
+                       ) -> tuple[np.ndarray, int] | None:
+    """Group ids of rows idx by (src_ip, name id) (first appearance), or None when the
+    columns carry no address codes. Only for DNS: its evidence reads nothing that differs
+    between the rows of a group, so group numbering and member order change nothing
+    (TLS/HTTP evidence shows one member's dst_ip: those keep the ranked path)."""
+    src = raw_address_codes(cols, ("src_ip",), idx)
+    packed = None if src is None else pack_codes(src, name_ids)
+    if packed is None:
+        return None
+    ids, first = factorize_u64(packed)
+    return ids, int(first.shape[0])
+
+
+def _enough_copies(wg: WindowGroups, minimum: int) -> WindowGroups:
+    """The (window, key) groups of >= `minimum` rows, renumbered densely in their order:
+    a group with fewer rows has fewer contacts and cannot be a hit, and every score of a
+    group depends on its own rows only, so the scored groups are unchanged."""
+    if wg.n_groups == 0:
+        return wg
+    size = np.bincount(wg.group, minlength=wg.n_groups)
+    big = size >= minimum
+    if big.all():
+        return wg
+    renumber = np.cumsum(big) - 1
+    kept = big[wg.group]
+    return WindowGroups(wg.idx[kept], wg.k[kept], renumber[wg.group[kept]],
+                        int(np.count_nonzero(big)))
 
 
 class BeaconDetector(Detector):
@@ -279,8 +424,37 @@ class BeaconDetector(Detector):
         self._name_ids = TextIds(_NAME_MEMO_MAX)
         kinds = config.get("kinds", list(_SOURCES))
         self.inputs = tuple(s for s in BeaconDetector.inputs if s.kind in kinds)
+        # per kind: each selected row's key hash, computed once on arrival (select), read
+        # back at every close of the row's windows (correlation/arrival_memo.py)
+        # (DNS rows also keep their name id: a close groups them without reading a name)
+        self._key_memo = {spec.kind: ArrivalMemo(
+            {"key": np.uint64, "name": np.int64} if spec.kind == "dns" else {"key": np.uint64},
+            self.max_buffered_rows) for spec in self.inputs}
+        self._name_generation = self._name_ids.generation
 
     def select(self, batch: EventBatch) -> np.ndarray:
+        mask = self._select(batch)
+        memo = self._key_memo.get(batch.kind)
+        if memo is not None:
+            rows = np.flatnonzero(mask)
+            c = batch.columns
+            if batch.kind == "dns":
+                names = self._name_ids.ids(c["qname"][rows])[0]
+                self._check_name_generation()
+                memo.add(c["timestamp"][rows], key=key_hashes("dns", c, rows, names),
+                         name=names)
+            else:
+                memo.add(c["timestamp"][rows], key=key_hashes(batch.kind, c, rows))
+        return mask
+
+    def _check_name_generation(self) -> None:
+        """The name memo started over: the DNS rows memoized before carry stale ids."""
+        if self._name_ids.generation != self._name_generation:
+            self._name_generation = self._name_ids.generation
+            if "dns" in self._key_memo:
+                self._key_memo["dns"].poison()
+
+    def _select(self, batch: EventBatch) -> np.ndarray:
         c = batch.columns
         if batch.kind == "flow":
             # a beacon gets its answer: established TCP, UDP with a reply (scans are elsewhere)
@@ -292,6 +466,7 @@ class BeaconDetector(Detector):
         return c[name_col] != ""
 
     def detect(self, rows: Mapping[str, Columns], windows: WindowRange) -> list[Finding]:
+        self._check_name_generation()  # (a close may have started the name memo over)
         findings: list[Finding] = []
         for kind, cols in rows.items():
             findings += self._detect_kind(kind, cols, windows)
@@ -299,15 +474,31 @@ class BeaconDetector(Detector):
 
     def _detect_kind(self, kind: str, cols: Columns, windows: WindowRange) -> list[Finding]:
         t = cols["timestamp"]
-        idx = np.flatnonzero(windows.row_mask(t))
+        idx = rows_in_range(t, windows)
+        # Keys (pairs, (source, name)) are nearly all one-offs: only rows of keys that can
+        # reach min_connections over the range are keyed exactly below. From the key
+        # hashes of arrival when the memo vouches for them, else from the columns. (Asked
+        # on every close, so that it also releases the rows of closed windows.)
+        memo = self._key_memo.get(kind)
+        known = memo.aligned(windows, t, idx) if memo is not None else None
         if idx.size < self.min_connections:
             return []
         name_col, size_col = _SOURCES[kind]
-        if name_col is not None:  # (source, name) keys are nearly all one-offs
+        hashed = None
+        if known is not None:
+            candidate = candidate_rows(known["key"], self.min_connections)
+            idx = idx[candidate]
+            if name_col is None and idx.size:
+                hashed = hashed_pair_codes(cols, idx, known["key"][candidate])
+            elif kind == "dns" and idx.size:  # (source, name id): exact, no name read
+                hashed = _source_name_codes(cols, idx, known["name"][candidate])
+        elif name_col is not None:
             idx = self._reaching_names(cols, idx, name_col)
-            if idx.size == 0:
-                return []
-        if name_col is None:
+        if idx.size == 0:
+            return []
+        if hashed is not None:  # (group ids need no order: findings and evidence do not
+            key, n_keys = hashed  # depend on how groups are numbered)
+        elif name_col is None:
             key, n_keys = ip_pair_codes(cols, idx)
         else:
             src = ip_codes(cols, "src_ip", idx)
@@ -317,17 +508,27 @@ class BeaconDetector(Detector):
         idx, key = idx[keep], key[keep]
         if idx.size == 0:
             return []
-        wg = WindowGroups.of(windows, t, idx, key)
+        wg = _enough_copies(WindowGroups.of(windows, t, idx, key), self.min_connections)
+        if wg.n_groups == 0:
+            return []
         sizes = None
         if size_col is not None:
             sizes = np.maximum(cols[size_col][wg.idx].astype(np.float64), 0)
         scores = beacon_scores(wg.group, wg.n_groups, t[wg.idx], sizes, self.bins, self.ideal)
         hits = np.flatnonzero((scores["contacts"] >= self.min_connections)
                               & (scores["score"] >= self.min_score))
+        if hits.size == 0:
+            return []
+        scored = np.arange(wg.n_groups)  # scored[g]: g's row in `scores`
+        if name_col is None or kind == "dns":
+            # Only the hit groups' copies go on (findings sort copies by group): their
+            # evidence reads nothing that differs between a group's rows. (TLS/HTTP
+            # evidence shows one member's dst_ip: those keep every copy.)
+            wg, scored, hits = _only_groups(wg, hits), hits, np.arange(hits.size)
 
         def rule_of(g: int) -> Rule:
             base = self._rule(kind, cols, wg, g)
-            if scores["score"][g] >= self.medium_score:
+            if scores["score"][scored[g]] >= self.medium_score:
                 return scaled_rule(base, 47, SEVERITY_LABELS[47])
             return base
 
@@ -337,7 +538,7 @@ class BeaconDetector(Detector):
             return f"{one_ip(cols['src_ip'], row)}|{other_text}"
 
         return wg.findings(hits, windows, rule_of, key_text,
-                           lambda r, g: self._describe(kind, cols, r, scores, g))
+                           lambda r, g: self._describe(kind, cols, r, scores, int(scored[g])))
 
     def _reaching_names(self, cols: Columns, idx: np.ndarray, name_col: str) -> np.ndarray:
         """Rows idx whose (source, name) has >= min_connections rows: the rows the ranked

@@ -20,6 +20,7 @@ from functools import partial
 
 import numpy as np
 
+from correlation.arrival_memo import rows_in_range
 from correlation.detector import (
     IANA_TCP,
     NS_PER_S,
@@ -124,7 +125,7 @@ class BruteForceDetector(Detector):
             cols = rows.get(source.kind)
             if cols is None:
                 continue
-            idx = np.flatnonzero(windows.row_mask(cols["timestamp"]))
+            idx = rows_in_range(cols["timestamp"], windows)
             # a (client, server, port) key with >= threshold distinct units has that many
             # rows, and so have its client and its server: the other rows cannot reach
             # (the reachable filter below keeps the same rows; ranks of a subset keep order)

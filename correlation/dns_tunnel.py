@@ -8,7 +8,9 @@ registrable domains, most of which do not exist (NXDOMAIN).
 
 Per name (computed once per distinct name and memoized; string methods mapped over all new
 names, the PSL split level by level on rule tails, lengths and entropies in compiled passes
-over the code points):
+over the code points; each selected row's feature row is looked up once, in `select`, and
+read back at every close from correlation/arrival_memo.py, so a close touches no name text
+unless it describes a finding):
   parent       registered domain by the Public Suffix List (publicsuffixlist package;
                an unknown but well-formed TLD counts as one label, the PSL default rule);
                names whose TLD is not a valid TLD label (digits, hex: dnscat2 without a
@@ -35,6 +37,7 @@ from operator import itemgetter
 
 import numpy as np
 
+from correlation.arrival_memo import ArrivalMemo, rows_in_range
 from correlation.detector import (
     NS_PER_S,
     Columns,
@@ -331,6 +334,9 @@ class DnsTunnelDetector(Detector):
         self._parent_ids: dict[str, int] = {}
         self._feature_columns: dict[str, np.ndarray] = {}  # (rows beyond _stored_names unused)
         self._stored_names = 0
+        # each selected row's feature row, looked up once on arrival (select) and read back
+        # at every close of its windows (correlation/arrival_memo.py)
+        self._row_memo = ArrivalMemo({"name_row": np.int64}, self.max_buffered_rows)
 
     def select(self, batch: EventBatch) -> np.ndarray:
         # Queries feed the tunnel rules; of the responses only NXDOMAIN (DGA) and those of
@@ -338,7 +344,10 @@ class DnsTunnelDetector(Detector):
         c = batch.columns
         wanted = ~c["is_response"] | (c["rcode"] == _NXDOMAIN) | np.isin(c["qtype"],
                                                                          self.tunnel_qtypes)
-        return wanted & (c["qname"] != "")
+        mask = wanted & (c["qname"] != "")
+        rows = np.flatnonzero(mask)
+        self._row_memo.add(c["timestamp"][rows], name_row=self._name_rows(c["qname"][rows])[0])
+        return mask
 
     # --- per-name features -----------------------------------------------------------------
 
@@ -351,6 +360,7 @@ class DnsTunnelDetector(Detector):
             self._feature_columns = {}
             self._parent_ids = {}
             self._stored_names = 0
+            self._row_memo.poison()  # (the rows it holds carry ids of before)
         if new:
             stored, n_old = self._feature_columns, self._stored_names
             n_new = n_old + len(new)
@@ -392,6 +402,7 @@ class DnsTunnelDetector(Detector):
             if p not in parent_ids:
                 parent_ids[p] = len(parent_ids)
         return {"parent": parent,
+                "named": parent != "", "valid_tld": parent != INVALID_TLD,
                 "parent_id": np.fromiter(map(parent_ids.__getitem__, parents), np.int64,
                                          len(parents)),
                 "sub_len": np.fromiter(map(len, dotless), np.int64, len(dotless)),
@@ -491,23 +502,28 @@ class DnsTunnelDetector(Detector):
     def detect(self, rows: Mapping[str, Columns], windows: WindowRange) -> list[Finding]:
         cols = rows["dns"]
         t = cols["timestamp"]
-        idx = np.flatnonzero(windows.row_mask(t))
+        idx = rows_in_range(t, windows)
+        # distinct names in first-seen order (as factorize_text gives them) from the memo's
+        # row ids: a compiled factorize of integers, no hashing of text per close. The ids
+        # of arrival when the row memo vouches for them (no name text touched at all).
+        known = self._row_memo.aligned(windows, t, idx)  # (also releases closed rows)
         if idx.size == 0:
             return []
-        # distinct names in first-seen order (as factorize_text gives them) from the memo's
-        # row ids: a compiled factorize of integers, no hashing of text per close
-        name_rows, qnames = self._name_rows(cols["qname"][idx])
+        if known is not None:
+            name_rows = known["name_row"]
+        else:
+            name_rows = self._name_rows(cols["qname"][idx])[0]
         name_code, first = factorize_u64(name_rows.view(np.uint64))
-        distinct = list(map(qnames.__getitem__, first.tolist()))
+        distinct = _LazyNames(cols, idx[first])
         distinct_rows = name_rows[first]
-        feats = {key: column[distinct_rows] for key, column in self._feature_columns.items()}
-        parent_of, sub_len, sub_h = feats["parent"], feats["sub_len"], feats["sub_h"]
+        feats = _Gathered(self._feature_columns, distinct_rows)
+        sub_len, sub_h = feats["sub_len"], feats["sub_h"]
         long_name = (sub_len >= self.long_chars) & (sub_h >= self.min_entropy)
         exfil_name = (feats["max_label"] >= self.exfil_label) & (sub_h >= self.min_entropy)
         random_sld = (feats["sld_len"] >= self.dga_label) & (feats["sld_h"] >= self.dga_entropy)
         parent_code_of = factorize_u64(feats["parent_id"].view(np.uint64))[0]
-        named = parent_of != ""  # per distinct name
-        valid_tld = parent_of != INVALID_TLD
+        named = feats["named"]  # per distinct name
+        valid_tld = feats["valid_tld"]
         is_resp = cols["is_response"][idx]
         client = np.where(is_resp, cols["dst_ip"][idx], cols["src_ip"][idx])
         src_raw = raw_address_codes(cols, ("src_ip",), idx)
@@ -515,7 +531,8 @@ class DnsTunnelDetector(Detector):
             client_code, _ = factorize_ip(client)
         else:  # the engine's order-preserving address codes: factorize_ip's, without a sort
             dst_raw = raw_address_codes(cols, ("dst_ip",), idx)
-            client_code, _ = combine_codes(np.where(is_resp, dst_raw, src_raw))
+            # (unordered ids: how clients are numbered changes no finding or evidence)
+            client_code = factorize_u64(np.where(is_resp, dst_raw, src_raw))[0]
         has_parent = named[name_code]
         findings: list[Finding] = []
         ctx = dict(cols=cols, idx=idx, name_code=name_code, distinct=distinct, feats=feats)
@@ -524,7 +541,7 @@ class DnsTunnelDetector(Detector):
         q = np.flatnonzero(~is_resp & has_parent)
         if q.size:
             pcode = parent_code_of[name_code[q]]
-            key, _ = combine_codes(client_code[q], pcode)
+            key = factorize_u64(client_code[q] * (int(pcode.max()) + 1) + pcode)[0]
             n_keys = int(key.max()) + 1
             # A (client, parent) can only be a finding in a window if over the whole range
             # it has >= min_unique distinct names (tunnel) or an exfil-shaped name: the
@@ -554,7 +571,7 @@ class DnsTunnelDetector(Detector):
                 r = member[groups.rows(g)]
                 rule = TUNNEL_RULE if tunnel[g] else EXFIL_NAME_RULE
                 w = int(k[groups.rows(g)[0]])
-                parent = parent_of[name_code[r[0]]]
+                parent = feats["parent"][name_code[r[0]]]
                 src = ip_column_to_str(client[r[:1]])[0]
                 findings.append(Finding(
                     rule=rule, key=f"{src}|{parent}", window_start=int(windows.spec.start(w)),
@@ -672,6 +689,36 @@ class DnsTunnelDetector(Detector):
                      "servers": common["servers"][:10]},
             message=f"{src} got NXDOMAIN for {len(domains)} random-looking domains "
                     f"in {span:.1f} s (e.g. {', '.join(domains[:3])})")
+
+
+class _Gathered(dict):
+    """Per-name feature columns at the rows of one close's distinct names, gathered on
+    first use: the text column `parent` and the evidence-only ones are read only when a
+    finding is described."""
+
+    def __init__(self, columns: dict[str, np.ndarray], rows: np.ndarray) -> None:
+        super().__init__()
+        self._columns, self._rows = columns, rows
+
+    def __missing__(self, key: str) -> np.ndarray:
+        column = self._columns[key][self._rows]
+        self[key] = column
+        return column
+
+
+class _LazyNames:
+    """The distinct names of a close (code -> name), read from the column only when a
+    finding is described: most closes describe nothing, and reading a name touches its
+    str object (a cache miss each)."""
+
+    def __init__(self, cols: Columns, rows: np.ndarray) -> None:
+        self._cols, self._rows = cols, rows  # (the engine gathers a column on first read)
+        self._names: list | None = None
+
+    def __getitem__(self, code: int) -> str:
+        if self._names is None:
+            self._names = self._cols["qname"][self._rows].tolist()
+        return self._names[code]
 
 
 def _answer_bytes(answer: Mapping) -> int:

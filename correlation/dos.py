@@ -27,6 +27,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from correlation.arrival_memo import rows_in_range
 from correlation.detector import (
     IANA_TCP,
     NS_PER_S,
@@ -120,7 +121,7 @@ class SynFloodDetector(Detector):
     def detect(self, rows: Mapping[str, Columns], windows: WindowRange) -> list[Finding]:
         cols = rows["flow"]
         t = cols["timestamp"]
-        idx = np.flatnonzero(windows.row_mask(t))
+        idx = rows_in_range(t, windows)
         if idx.size < self.min_rate:
             return []
         victim = ip_codes(cols, "dst_ip", idx)
@@ -198,7 +199,7 @@ class VolumetricFloodDetector(Detector):
     def detect(self, rows: Mapping[str, Columns], windows: WindowRange) -> list[Finding]:
         cols = rows["flow"]
         t = cols["timestamp"]
-        idx = np.flatnonzero(windows.row_mask(t))
+        idx = rows_in_range(t, windows)
         window_s = windows.spec.size_ns / NS_PER_S
         need = self.min_pps * window_s
         if idx.size == 0 or float(cols["src_packets"][idx].sum()) < need:

@@ -24,6 +24,7 @@ from collections.abc import Hashable, Mapping
 
 import numpy as np
 
+from correlation.arrival_memo import rows_in_range
 from correlation.detector import (
     NS_PER_S,
     Columns,
@@ -121,19 +122,20 @@ class UploadDetector(_OutboundDetector):
     def detect(self, rows: Mapping[str, Columns], windows: WindowRange) -> list[Finding]:
         cols = rows["flow"]
         t = cols["timestamp"]
-        idx = np.flatnonzero(windows.row_mask(t))
+        idx = rows_in_range(t, windows)
         if idx.size == 0:
             return []
-        out = cols["src_payload_bytes"].astype(np.float64)
-        if out[idx].sum() < self.min_bytes:
+        out = cols["src_payload_bytes"]  # (converted for the rows read only, not the buffer)
+        if out[idx].astype(np.float64).sum() < self.min_bytes:
             return []
         # only sources and destinations that got that many bytes at all can hold a pair
         # that did: rank just their rows (the keep below then gives the same rows)
-        idx = pair_candidates(cols, idx, self.min_bytes, weights=out[idx])
+        idx = pair_candidates(cols, idx, self.min_bytes, weights=out[idx].astype(np.float64))
         if idx.size == 0:
             return []
         pair, n_pairs = ip_pair_codes(cols, idx)
-        keep = np.bincount(pair, weights=out[idx], minlength=n_pairs)[pair] >= self.min_bytes
+        keep = np.bincount(pair, weights=out[idx].astype(np.float64),
+                           minlength=n_pairs)[pair] >= self.min_bytes
         idx, pair = idx[keep], pair[keep]
         if idx.size == 0:
             return []
@@ -190,7 +192,7 @@ class VolumeBaselineDetector(_OutboundDetector):
     def detect(self, rows: Mapping[str, Columns], windows: WindowRange) -> list[Finding]:
         cols = rows["flow"]
         t = cols["timestamp"]
-        idx = np.flatnonzero(windows.row_mask(t))
+        idx = rows_in_range(t, windows)
         if idx.size == 0:
             return []
         host, hosts = factorize_ip(cols["src_ip"][idx])
@@ -245,12 +247,19 @@ class VolumeBaselineDetector(_OutboundDetector):
 
 @njit
 def _slot_of(index: np.ndarray, hi: np.ndarray, lo: np.ndarray, key_hi: np.uint64,
-             key_lo: np.uint64) -> tuple[int, int]:
+             key_lo: np.uint64, shift: np.uint64) -> tuple[int, int]:
     """(entry of the key or -1, the index slot where it is or would go); linear probing
-    over a power-of-two index with free slots (kept under half full by the caller)."""
+    over a power-of-two index with free slots (kept under half full by the caller).
+
+    The slot is the top log2(len(index)) bits (shift = 64 - that, _index_shift) of a
+    multiplicative mix, which depend on every key bit. (A middle bit slice of the product,
+    as before, saw only the first octets of an IPv4 address, which sits in the top half of
+    key_lo: every host of a /16 probed from a handful of slots, quadratic in the hosts.)
+    Slots decide nothing but where an entry is found: results do not depend on them.
+    """
     mask = index.shape[0] - 1
-    mixed = (key_hi * np.uint64(0x9E3779B97F4A7C15)) ^ (key_lo * np.uint64(0xC2B2AE3D27D4EB4F))
-    s = np.int64(mixed >> np.uint64(33)) & mask
+    mixed = ((key_hi * np.uint64(0x9E3779B97F4A7C15)) ^ key_lo) * np.uint64(0xC2B2AE3D27D4EB4F)
+    s = np.int64(mixed >> shift) & mask
     while True:
         e = index[s]
         if e < 0 or (hi[e] == key_hi and lo[e] == key_lo):
@@ -259,10 +268,20 @@ def _slot_of(index: np.ndarray, hi: np.ndarray, lo: np.ndarray, key_hi: np.uint6
 
 
 @njit
+def _index_shift(index: np.ndarray) -> np.uint64:
+    """64 - log2(len(index)) for a power-of-two index of >= 2 slots."""
+    bits = 0
+    while (1 << bits) < index.shape[0]:
+        bits += 1
+    return np.uint64(64 - bits)
+
+
+@njit
 def _rebuild_index(index: np.ndarray, hi: np.ndarray, lo: np.ndarray, n: int) -> None:
     index[:] = -1
+    shift = _index_shift(index)
     for e in range(n):
-        _, s = _slot_of(index, hi, lo, hi[e], lo[e])
+        _, s = _slot_of(index, hi, lo, hi[e], lo[e], shift)
         index[s] = e
 
 
@@ -280,8 +299,9 @@ def _update_baselines(index: np.ndarray, hi: np.ndarray, lo: np.ndarray, ewma: n
     m = k.shape[0]
     baseline = np.zeros(m)
     history = np.zeros(m, np.int64)
+    shift = _index_shift(index)
     for i in range(m):
-        e, s = _slot_of(index, hi, lo, key_hi[i], key_lo[i])
+        e, s = _slot_of(index, hi, lo, key_hi[i], key_lo[i], shift)
         if e < 0:
             e = n
             n += 1
@@ -375,7 +395,7 @@ class IcmpTunnelDetector(Detector):
     def detect(self, rows: Mapping[str, Columns], windows: WindowRange) -> list[Finding]:
         cols = rows["flow"]
         t = cols["timestamp"]
-        idx = np.flatnonzero(windows.row_mask(t))
+        idx = rows_in_range(t, windows)
         if idx.size == 0:
             return []
         payload = (cols["src_payload_bytes"] + cols["dst_payload_bytes"]).astype(np.float64)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from correlation.arrival_memo import rows_in_range
 from correlation.detector import (
     Columns,
     Detector,
@@ -98,7 +99,7 @@ class IntelMatchDetector(Detector):
         groups: dict[tuple[int, str, int], list[tuple[str, str, np.ndarray]]] = {}
         for kind, cols in rows.items():
             t = cols["timestamp"]
-            idx = np.flatnonzero(windows.row_mask(t))
+            idx = rows_in_range(t, windows)
             if idx.size == 0:
                 continue
             sub = EventBatch(kind, {c: v[idx] for c, v in cols.items()})

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from correlation.arrival_memo import rows_in_range
 from correlation.detector import (
     NS_PER_S,
     Columns,
@@ -97,7 +98,7 @@ class LongConnectionDetector(Detector):
     def detect(self, rows: Mapping[str, Columns], windows: WindowRange) -> list[Finding]:
         cols = rows["flow"]
         t = cols["timestamp"]
-        idx = np.flatnonzero(windows.row_mask(t))
+        idx = rows_in_range(t, windows)
         if idx.size == 0:
             return []
         src = ip_codes(cols, "src_ip", idx)
@@ -165,7 +166,7 @@ class StrobeDetector(Detector):
     def detect(self, rows: Mapping[str, Columns], windows: WindowRange) -> list[Finding]:
         cols = rows["flow"]
         t = cols["timestamp"]
-        idx = np.flatnonzero(windows.row_mask(t))
+        idx = rows_in_range(t, windows)
         if idx.size < self.min_connections:
             return []
         # thousands of connections per pair: few sources and destinations have that many,

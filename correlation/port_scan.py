@@ -27,6 +27,7 @@ from functools import partial
 
 import numpy as np
 
+from correlation.arrival_memo import rows_in_range
 from correlation.detector import (
     IANA_TCP,
     NS_PER_S,
@@ -121,7 +122,7 @@ class _ScanDetector(Detector):
     def detect(self, rows: Mapping[str, Columns], windows: WindowRange) -> list[Finding]:
         cols = rows["flow"]
         t = cols["timestamp"]
-        idx = np.flatnonzero(windows.row_mask(t))
+        idx = rows_in_range(t, windows)
         if idx.size == 0:
             return []
         # a key with >= threshold distinct targets has >= threshold rows, and so has each of

@@ -62,6 +62,7 @@ class TextIds:
     def __init__(self, limit: int = 1_000_000) -> None:
         self.limit = int(limit)
         self._index: dict = {}
+        self.generation = 0  # +1 at every start-over: ids of different generations differ
 
     def __len__(self) -> int:
         return len(self._index)
@@ -82,6 +83,7 @@ class TextIds:
         reset = len(index) + len(new) > self.limit
         if reset:  # start over: every value of this call gets a fresh id
             index.clear()
+            self.generation += 1
             new = list(dict.fromkeys(items))
             missing = np.arange(n)
         base = len(index)
