@@ -17,10 +17,12 @@ way on both paths.
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import orjson
 
-from fusion.eve_scan import Fallback, Group, _only, _ready
+from fusion.eve_scan import Fallback, Group, _empty_lists, _only, _ready
 from fusion.json_scan import (
     ABSENT,
     ARR,
@@ -32,8 +34,10 @@ from fusion.json_scan import (
     TRUE,
     KeyTable,
     factorize_spans,
+    gather_ascii,
     parse_decimal_us,
 )
+from pipeline.jit import njit
 
 ZEEK_KEYS = KeyTable([
     "_path", "ts", "id.orig_h", "id.resp_h", "id.orig_p", "id.resp_p", "proto", "vlan",
@@ -161,35 +165,263 @@ def dns_columns(g: Group, observer: str, zone: str) -> dict:
     return _ready(cols, ready)
 
 
-def _answers(g: Group, qname: np.ndarray) -> np.ndarray:
-    """_zeek_answers per row (a list of dicts per row is the column's shape). The
-    query-independent part is computed once per distinct (answers, TTLs, qtype) text:
-    lines of one resolver repeat their answers."""
-    from fusion.adapters import _zeek_answer_parts
-    from pipeline.schema import DNS_TYPE_NAMES
+# What answer_items tells of an answer's data (_zeek_answer_parts' type rule): an IPv4
+# literal (A), an IPv6 literal (AAAA), or another text, whose type depends on the query type.
+ANSWER_A, ANSWER_AAAA, ANSWER_OTHER = 0, 1, 2
+_TTL_LIMIT = 2**32  # a DNS TTL is unsigned 32-bit (adapters._ttl_seconds)
+_HEXCOLON = np.zeros(256, dtype=np.bool_)  # the characters of an IPv6 literal, dots too
+_HEXCOLON[list(b"0123456789abcdefABCDEF:.")] = True
 
-    out = np.empty(g.n, dtype=object)
-    out[:] = [[] for _ in range(g.n)]
-    answers_t = g.types("answers")
-    rows = np.flatnonzero(answers_t == ARR)
+
+@njit(inline="always")
+def _skip_ws(buf, p, end):
+    while p < end and (buf[p] == 32 or buf[p] == 9 or buf[p] == 10 or buf[p] == 13):
+        p += 1
+    return p
+
+
+@njit
+def answer_items(buf, a_s, a_e, t_s, t_e, has_ttls, hexcolon):
+    """Each row's answers array buf[a_s[r]:a_e[r]] (and TTLs array buf[t_s[r]:t_e[r]] where
+    has_ttls[r]) -> the items _zeek_answer_parts would make, without a Python object.
+
+    Returns per row (item count, ok) and per item, rows in order: data span (the string's
+    content), TTL in whole seconds, ANSWER_* kind. A row is ok only when every answer is a
+    plain ASCII string (no escape) and every TTL read is null (-> 0) or a plain number
+    0 <= x < 2**32 with at most 6 fractional digits: then int(float(text)) == its integer
+    part (the gap to the next integer, >= 1e-6, exceeds half an ulp below 2**32), exactly
+    what _ttl_seconds gives. Anything else (escapes, non-ASCII, numbers as text, a minus,
+    an exponent, more digits) leaves the row not ok, for the caller's exact Python path;
+    TTLs past the last answer are not read (_zeek_answer_parts does not read them).
+    Spans out of the buffer or not bracketed leave a row not ok: never read out of range."""
+    n = a_s.shape[0]
+    blen = buf.shape[0]
+    cap = 0
+    for r in range(n):
+        if 0 <= a_s[r] < a_e[r] <= blen:
+            cap += (a_e[r] - a_s[r]) // 3 + 1  # an item is >= 3 bytes with its comma
+    counts = np.zeros(n, np.int64)
+    ok = np.zeros(n, np.bool_)
+    ds = np.empty(cap, np.int64)
+    de = np.empty(cap, np.int64)
+    ttl = np.empty(cap, np.int64)
+    kind = np.empty(cap, np.int8)
+    m = 0
+    for r in range(n):
+        s = a_s[r]
+        e = a_e[r]
+        if s < 0 or e > blen or s >= e or buf[s] != 91 or buf[e - 1] != 93:
+            continue
+        e -= 1  # at the closing bracket
+        tp = 0
+        te = 0
+        t_live = False  # TTL items left to read
+        if has_ttls[r]:
+            tp = t_s[r]
+            te = t_e[r]
+            if tp < 0 or te > blen or tp >= te or buf[tp] != 91 or buf[te - 1] != 93:
+                continue
+            te -= 1
+            tp += 1
+            t_live = True
+        m0 = m
+        good = True
+        p = _skip_ws(buf, s + 1, e)
+        i = 0
+        while p < e:
+            if i > 0:  # a comma between items
+                if buf[p] != 44:
+                    good = False
+                    break
+                p = _skip_ws(buf, p + 1, e)
+                if p >= e:
+                    good = False
+                    break
+            if buf[p] != 34 or m >= cap:
+                good = False
+                break
+            q = p + 1
+            dots = 0
+            digits = 0
+            colon = False
+            hexy = True
+            while q < e:
+                c = buf[q]
+                if c == 34:
+                    break
+                if c == 92 or c < 32 or c >= 128:  # escape or non-ASCII: the Python path
+                    good = False
+                    break
+                if c == 46:
+                    dots += 1
+                elif 48 <= c <= 57:
+                    digits += 1
+                elif c == 58:
+                    colon = True
+                hexy = hexy and hexcolon[c]
+                q += 1
+            if not good or q >= e:
+                good = False
+                break
+            size = q - p - 1
+            # data.count(".") == 3 and data.replace(".", "").isdecimal(): A;
+            # ":" in data and only hex digits, ":" and ".": AAAA; else by the query type
+            if dots == 3 and digits > 0 and digits + 3 == size:
+                kind[m] = 0
+            elif colon and hexy:
+                kind[m] = 1
+            else:
+                kind[m] = 2
+            ds[m] = p + 1
+            de[m] = q
+            # this answer's TTL: the next item of the TTLs array, 0 past its end
+            v = 0
+            if t_live:
+                tp = _skip_ws(buf, tp, te)
+                if i > 0 and tp < te:
+                    if buf[tp] != 44:
+                        good = False
+                        break
+                    tp = _skip_ws(buf, tp + 1, te)
+                    if tp >= te:
+                        good = False
+                        break
+                if tp >= te:
+                    t_live = False
+                elif buf[tp] == 110:  # null -> 0
+                    if tp + 4 > te or buf[tp + 1] != 117 or buf[tp + 2] != 108 \
+                            or buf[tp + 3] != 108:
+                        good = False
+                        break
+                    tp += 4
+                elif 48 <= buf[tp] <= 57:
+                    nd = 0
+                    while tp < te and 48 <= buf[tp] <= 57 and nd <= 10:
+                        v = v * 10 + (buf[tp] - 48)
+                        nd += 1
+                        tp += 1
+                    if nd > 10 or v >= _TTL_LIMIT or (nd > 1 and buf[tp - nd] == 48):
+                        good = False
+                        break
+                    if tp < te and buf[tp] == 46:
+                        tp += 1
+                        fd = 0
+                        while tp < te and 48 <= buf[tp] <= 57:
+                            fd += 1
+                            tp += 1
+                        if fd == 0 or fd > 6:
+                            good = False
+                            break
+                    if tp < te and buf[tp] != 44 and buf[tp] != 32 and buf[tp] != 9 \
+                            and buf[tp] != 10 and buf[tp] != 13:
+                        good = False  # an exponent, or anything else after the number
+                        break
+                else:  # text, a minus, true/false, a list...: the Python path
+                    good = False
+                    break
+            ttl[m] = v
+            m += 1
+            i += 1
+            p = _skip_ws(buf, q + 1, e)
+        if good:
+            ok[r] = True
+            counts[r] = m - m0
+        else:
+            m = m0
+    return counts, ok, ds[:m], de[:m], ttl[:m], kind[:m]
+
+
+def _answers(g: Group, qname: np.ndarray) -> np.ndarray:
+    """_zeek_answers per row: a new list of new {name, type, class, ttl, data} dicts per
+    row (the column's shape; nothing is shared between rows, so a consumer may change one
+    event's answers). answer_items reads plain answers in one compiled pass; the rows it
+    declines are computed by _zeek_answer_parts itself, once per distinct
+    (answers, TTLs, qtype) text."""
+    rows = np.flatnonzero(g.types("answers") == ARR)
     if not len(rows):
-        return out
-    joined = g.s.joined
+        return _empty_lists(g.n)
+    buf = g.s.buf
     a_vs, a_ve = g.span("answers")
     t_vs, t_ve = g.span("TTLs")
     has_ttls = (g.types("TTLs") == ARR)[rows]
-    qtype_int = (g.types("qtype") == INT)[rows]
-    qtype_v = g.s.iv[K["qtype"], g.rows][rows]
+    counts, ok, ds, de, ttl, kind = answer_items(
+        buf, a_vs[rows], a_ve[rows], np.where(has_ttls, t_vs[rows], 0),
+        np.where(has_ttls, t_ve[rows], 0), has_ttls, _HEXCOLON)
+    is_int = (g.types("qtype") == INT)[rows]
+    qtype_v = np.where(is_int, g.s.iv[K["qtype"], g.rows][rows], -1)
+    # rows without answers (or none taken by the kernel): a new empty list each
+    out = np.empty(g.n, dtype=object)
+    empty = np.ones(g.n, dtype=bool)
+    empty[rows[ok]] = False
+    if empty.any():
+        out[empty] = _empty_lists(int(empty.sum()))
+    if not ok.all():
+        _answers_by_text(g, qname, rows[~ok], has_ttls[~ok], is_int[~ok], qtype_v[~ok], out)
+    if not len(ds):
+        return out
+    # data: one str per distinct text (ASCII, checked by the kernel)
+    codes, reps = factorize_spans(buf, ds, de, np.arange(len(ds)))
+    text, offs, _ = gather_ascii(buf, ds[reps], de[reps], np.zeros(len(reps), np.bool_), False)
+    whole = text.tobytes().decode("ascii")
+    offs = offs.tolist()
+    data = np.empty(len(reps), dtype=object)
+    data[:] = [whole[a:b] for a, b in zip(offs[:-1], offs[1:], strict=True)]
+    # type: A / AAAA, or by the row's query type (one lookup per distinct query type)
+    good = np.flatnonzero(ok)
+    item_row = np.repeat(good, counts[good])
+    qtypes, qcode = np.unique(qtype_v[item_row], return_inverse=True)
+    type_names = np.empty(2 + len(qtypes), dtype=object)
+    type_names[:] = ["A", "AAAA"] + [_other_type(v) for v in qtypes.tolist()]
+    type_code = np.where(kind == ANSWER_OTHER, 2 + qcode.reshape(-1), kind)
+    names = qname[rows[item_row]].tolist()
+    enabled = gc.isenabled()
+    gc.disable()  # n new containers would trigger collections walking the young heap
+    try:
+        items = zip(names, type_names[type_code].tolist(), ttl.tolist(), data[codes].tolist(),
+                    strict=True)
+        if (counts[good] == 1).all():  # one answer a row (the usual case): no slicing
+            lists = [[{"name": a, "type": b, "class": "IN", "ttl": c, "data": d}]
+                     for a, b, c, d in items]
+        else:
+            dicts = [{"name": a, "type": b, "class": "IN", "ttl": c, "data": d}
+                     for a, b, c, d in items]
+            ends = np.cumsum(counts[good]).tolist()
+            lists = [dicts[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+        out[rows[good]] = np.fromiter(lists, dtype=object, count=len(lists))
+    finally:
+        if enabled:
+            gc.enable()
+    return out
+
+
+def _other_type(qtype: int) -> str:
+    """_zeek_answer_parts' type of an answer that is no address literal (-1: no integer
+    query type)."""
+    from pipeline.schema import DNS_TYPE_NAMES
+
+    name = DNS_TYPE_NAMES.get(qtype, "") if qtype >= 0 else ""
+    return "CNAME" if name in ("A", "AAAA") else name
+
+
+def _answers_by_text(g: Group, qname: np.ndarray, rows: np.ndarray, has_ttls: np.ndarray,
+                     is_int: np.ndarray, qtype_v: np.ndarray, out: np.ndarray) -> None:
+    """The rows answer_items declines, by _zeek_answer_parts itself (the definition),
+    once per distinct (answers, TTLs, qtype) text."""
+    from fusion.adapters import _zeek_answer_parts
+    from pipeline.schema import DNS_TYPE_NAMES
+
+    joined = g.s.joined
+    a_vs, a_ve = g.span("answers")
+    t_vs, t_ve = g.span("TTLs")
     memo: dict[tuple, list] = {}
-    # plain lists: no numpy scalar per row
-    for i, a, b, with_ttls, c, d, is_int, qv, name in zip(
+    for i, a, b, with_ttls, c, d, int_qtype, qv, name in zip(
             rows.tolist(), a_vs[rows].tolist(), a_ve[rows].tolist(), has_ttls.tolist(),
-            t_vs[rows].tolist(), t_ve[rows].tolist(), qtype_int.tolist(), qtype_v.tolist(),
+            t_vs[rows].tolist(), t_ve[rows].tolist(), is_int.tolist(), qtype_v.tolist(),
             qname[rows].tolist(), strict=True):
-        key = (joined[a:b], joined[c:d] if with_ttls else None, qv if is_int else None)
+        key = (joined[a:b], joined[c:d] if with_ttls else None, qv if int_qtype else None)
         parts = memo.get(key)
         if parts is None:
-            qtype = DNS_TYPE_NAMES.get(qv, "") if is_int else ""
+            qtype = DNS_TYPE_NAMES.get(qv, "") if int_qtype else ""
             ttls = orjson.loads(key[1]) if with_ttls else []
             try:
                 parts = _zeek_answer_parts(orjson.loads(key[0]), ttls, qtype)
@@ -198,7 +430,6 @@ def _answers(g: Group, qname: np.ndarray) -> np.ndarray:
             memo[key] = parts
         out[i] = [{"name": name, "type": rtype, "class": "IN", "ttl": ttl, "data": data}
                   for rtype, ttl, data in parts]
-    return out
 
 
 def _http_host(v: str) -> str:

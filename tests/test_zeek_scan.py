@@ -16,13 +16,21 @@ import os
 import numpy as np
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from test_fusion_fastpath import _assert_same
 
-from fusion.adapters import ZeekAdapter
+from fusion.adapters import ZeekAdapter, _zeek_answer_parts
 from fusion.json_scan import FLOAT, INT, STR, parse_decimal_us
-from fusion.zeek_scan import DURATION_MAX_S, TS_MAX_S, ZEEK_KEYS
+from fusion.zeek_scan import (
+    _HEXCOLON,
+    DURATION_MAX_S,
+    TS_MAX_S,
+    ZEEK_KEYS,
+    _other_type,
+    answer_items,
+)
+from pipeline.schema import DNS_TYPE_NAMES
 
 ZEEK_JSON = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference",
                          "sensor-logs", "zeek", "json")
@@ -200,3 +208,145 @@ def test_conn_columns_exact() -> None:
                                                               0x12 | 0x10 | 0x18 | 0x11)
     assert c["src_bytes"].tolist() == [1001] and c["transport"].tolist() == [6]
 
+
+
+# --- DNS answers: answer_items (compiled) == _zeek_answer_parts (the definition) -------------
+
+_ANSWER_TEXT = st.one_of(
+    st.sampled_from(["192.0.2.1", "10.0.0.255", "1.2.3", "1..2.3", "...", "1.2.3.4.",
+                     "2001:db8::1", "::ffff:1.2.3.4", "::", "fe80::1%eth0", "dead:beef",
+                     "www.example.net", "ns1.example.org", "", " ", "a:b", "ABC:1",
+                     "caf\u00e9.example", "\u0661.\u0662.\u0663.\u0664", "tab\there",
+                     'quo"te', "back\\slash", "\x7f", "1.2.3.4 "]),
+    st.text(st.sampled_from("0123456789.:abcdefxyzABCDEF-"), max_size=12),
+    st.text(max_size=6),
+)
+_ANSWER_ITEM = st.one_of(_ANSWER_TEXT, _ANSWER_TEXT, _ANSWER_TEXT, st.integers(-5, 10**6),
+                         st.floats(allow_nan=False, allow_infinity=False), st.none(),
+                         st.booleans(), st.lists(st.integers(), max_size=2))
+_TTL_TEXT = st.one_of(
+    st.sampled_from(["60", "60.0", "0", "0.0", "30.5", "59.999999", "59.9999999", "-0.0",
+                     "-1", "-0.5", "4294967295", "4294967295.999999", "4294967296",
+                     "4294967296.0", "99999999999", "1e3", "1.5E1", "null", "true", '"60"',
+                     '"inf"', '"nan"', "[]", "{}", "0.1234567", "1.000001"]),
+    st.builds(lambda w, f: f"{w}.{f}" if f else str(w), st.integers(0, 2**32 + 5),
+              st.text("0123456789", max_size=8)),
+)
+
+
+@st.composite
+def _answer_arrays(draw) -> tuple[bytes, bytes | None]:
+    """A Zeek answers array and a TTLs array (JSON text; None: no TTLs key), with spacing
+    as other JSON writers put it."""
+    answers = draw(st.lists(_ANSWER_ITEM, max_size=4))
+    sep = draw(st.sampled_from([",", ", ", " , "]))
+    a = "[" + sep.join(json.dumps(x, ensure_ascii=draw(st.booleans())) for x in answers) + "]"
+    if draw(st.integers(0, 5)) == 0:
+        return a.encode(), None
+    ttls = draw(st.lists(_TTL_TEXT, max_size=5))
+    return a.encode(), ("[" + sep.join(ttls) + "]").encode()
+
+
+def _plain(answers: bytes, ttls: bytes | None) -> bool:
+    """What answer_items must take: printable ASCII answer strings that need no escape,
+    and each TTL it reads null or digits[.digits] below 2**32 with <= 6 fractional digits."""
+    items = orjson.loads(answers)
+    if not all(type(x) is str and x.isascii() and x.isprintable() and '"' not in x
+               and "\\" not in x for x in items):
+        return False
+    inner = (ttls or b"[]")[1:-1].decode().strip()
+    for token in [t.strip() for t in inner.split(",")][:len(items)] if inner else []:
+        whole, dot, frac = token.partition(".")
+        if token != "null" and not (whole.isdigit() and int(whole) < 2**32 and len(frac) <= 6
+                                    and (frac.isdigit() or not dot)):
+            return False
+    return True
+
+
+def _parts_or_error(answers: bytes, ttls: bytes | None, qtype: str):
+    try:
+        return _zeek_answer_parts(orjson.loads(answers),
+                                  orjson.loads(ttls) if ttls is not None else [], qtype)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(_answer_arrays(), min_size=1, max_size=6),
+       st.sampled_from([1, 28, 5, 12, 15, 99, 65535, -1]))
+@example([(b'["192.0.2.1","www.example.net"]', b"[60.0,30.5]")], 1)
+@example([(b'["192.0.2.1"]', b"[4294967295.999999]")], 1)
+@example([(b'["192.0.2.1"]', b"[4294967296.0]")], 1)
+@example([(b'["192.0.2.1","x"]', b"[60.0]")], 12)
+@example([(b'["a","b"]', b'[1,"inf"]')], 1)
+@example([(b'["a"]', b'[1,"inf"]')], 1)  # a TTL past the last answer is not read
+def test_answer_items_equal_zeek_answer_parts(arrays, qtype) -> None:
+    """Rows the kernel takes give _zeek_answer_parts' (type, ttl, data) exactly (int TTLs);
+    plain rows (ASCII strings without escapes, in-range TTLs with <= 6 fractional digits)
+    are always taken; declined rows are left to the Python path."""
+    text = b""
+    spans = []
+    for answers, ttls in arrays:
+        a = len(text)
+        text += answers + b" "
+        c = len(text)
+        text += (ttls or b"") + b" "
+        spans.append((a, a + len(answers), c, c + len(ttls or b""), ttls is not None))
+    buf = np.frombuffer(text, dtype=np.uint8)
+    a_s, a_e, t_s, t_e, has = (np.array(x) for x in zip(*spans, strict=True))
+    counts, ok, ds, de, ttl, kind = answer_items(buf, a_s, a_e, t_s, t_e, has.astype(bool),
+                                                 _HEXCOLON)
+    assert len(ds) == counts.sum() and not counts[~ok].any()
+    name = DNS_TYPE_NAMES.get(qtype, "") if qtype >= 0 else ""
+    i = 0
+    for (answers, ttls, *_), row_ok, count in zip(arrays, ok, counts, strict=True):
+        expected = _parts_or_error(answers, ttls, name)
+        if not row_ok:
+            assert not _plain(answers, ttls)  # plain rows are always taken
+            continue
+        assert expected is not None
+        got = []
+        for j in range(i, i + count):
+            data = text[ds[j]:de[j]].decode()
+            rtype = ("A", "AAAA", _other_type(qtype))[kind[j]]
+            got.append((rtype, int(ttl[j]), data))
+        assert got == expected
+        assert all(type(t) is int for _, t, _ in expected)
+        i += count
+
+
+def test_answer_items_hostile_spans_stay_in_bounds() -> None:
+    buf = np.frombuffer(b'["a"] [1] ["b",', dtype=np.uint8)
+    spans = [(-1, 5), (0, 99), (5, 0), (0, 0), (10, 15), (6, 9)]
+    for a, b in spans:
+        for c, d in spans:
+            counts, ok, *_ = answer_items(buf, np.array([a]), np.array([b]), np.array([c]),
+                                          np.array([d]), np.array([True]), _HEXCOLON)
+            assert ok[0] == ((a, b) == (0, 5) and (c, d) == (6, 9))
+            assert counts[0] == ok[0]
+
+
+@pytest.mark.parametrize("ttls", [b"[4294967296.0]", b"[-1]", b'["inf"]', b'["nan"]',
+                                  b"[1e999]", b"[-0.5]"])
+def test_impossible_json_dns_ttl_is_dead_lettered_with_reason(ttls) -> None:
+    """As for TSV: a TTL no DNS record can carry loses its own line, with a reason, on the
+    scan path as on the decoding path."""
+    lines = [orjson.dumps({**_BASE, **_SHAPES["dns"], "answers": ["192.0.2.1"],
+                           "TTLs": [60.0]}) for _ in range(5)]
+    lines[2] = lines[2].replace(b'"TTLs":[60.0]', b'"TTLs":' + ttls)
+    scan, decoded = _both(lines, "dns")
+    _assert_same(scan, decoded)
+    assert len(scan.deadletter) == 1 and "TTL" in str(scan.deadletter[0])
+    assert sum(len(b) for b in scan.batches) == 4
+
+
+def test_dns_answer_dicts_are_not_shared() -> None:
+    """Each row owns its answer list and dicts: changing one event's answers leaves the
+    others alone (consumers may edit the documents built from them)."""
+    lines = [orjson.dumps({**_BASE, **_SHAPES["dns"]}) for _ in range(4)]
+    (batch,) = ZeekAdapter().convert(lines, "dns").batches
+    answers = batch.columns["answers"]
+    assert len({id(a) for a in answers}) == 4
+    assert len({id(d) for a in answers for d in a}) == 8
+    answers[0][0]["ttl"] = 1
+    assert answers[1][0]["ttl"] == 60
