@@ -23,11 +23,14 @@ Parsing: the bytes of every flow of a batch are walked by one compiled kernel
 (non-ASCII digits in Content-Length, odd chunk sizes...) are parsed by `parse_messages`,
 the pure-Python reference the kernel is tested against (tests/test_http_kernel.py).
 
-Event building is column-wise: the requests of flows seen whole in one chunk (the common
-case) are selected from the kernel's flow table with array operations; each text column is
-one gather of its slices (http_kernel.join_slices) and one UTF-8 decode, and the per-value
+Event building is column-wise, on the collector's StreamBatch (`feed_joined`: every flow's
+bytes in one buffer, the chunk fields as columns; sensors.stream_columns): the requests of
+flows seen whole in one chunk (the common case, malformed ones included) are selected from
+the kernel's flow table with array operations, their times and endpoint columns read from
+the batch's columns (no StreamChunk object is made for them); each text column is one
+gather of its slices (http_kernel.join_slices) and one UTF-8 decode, and the per-value
 rules (host without port, MIME type, Basic user) run once per distinct value. Only flows
-seen in pieces, and the reference parser's, go through a per-flow loop.
+seen in pieces, and the reference parser's, go through a per-flow loop (on their chunks).
 
 A request is emitted once its response headers are parsed and its body size is known (or
 cannot become known: the server direction hit its cap or a gap), or when the flow ends
@@ -43,8 +46,6 @@ import binascii
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
-from operator import attrgetter
 
 import numpy as np
 
@@ -79,13 +80,15 @@ from sensors.http_kernel import (
     parse_flows,
 )
 from sensors.packets import DecodedPackets
-from sensors.tcp_stream import (
-    StreamChunk,
-    StreamCollector,
-    endpoint_columns,
-    kind_columns,
-    prefix_predicate,
+from sensors.stream_columns import (
+    StreamColumns,
+    chunks_at,
+    endpoint_columns_at,
+    event_times,
+    read_only,
+    stream_columns,
 )
+from sensors.tcp_stream import StreamChunk, StreamCollector, kind_columns, prefix_predicate
 
 DEFAULT_PORTS = (80, 8080, 8000, 3128)
 METHODS = (b"GET", b"POST", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"CONNECT",
@@ -261,12 +264,10 @@ def request_row(request: Message, response: Message | None) -> dict:
 
 
 def _offset_time(chunk: StreamChunk, offset: int) -> int:
-    """Time of the client packet that carried byte `offset` (see the module doc).
-
-    Called once per event: the walk usually stops at the first listed packet. Measured on
-    the generated mix (7.1k requests), it beats the column-wise forms tried: flattening
-    every listed packet for a kernel (~2x slower) or reading each list's first tuple into
-    an array (~1.2x slower) - any form has to touch the Python tuples."""
+    """Time of the client packet that carried byte `offset` (see the module doc), walking
+    the chunk's packet list: the reference of stream_columns.event_times, which the
+    analyzer uses (one compiled walk for every event of a batch, on the batch's packet
+    columns; tests/test_http_kernel.py checks they agree)."""
     seen = 0
     last = chunk.first_ts[0] if chunk.first_ts[0] >= 0 else chunk.start_ts
     for ts, direction, length in chunk.packets:
@@ -294,13 +295,6 @@ def reference_parse(chunk: StreamChunk) -> tuple[list[Message], bool, list[Messa
     return requests, bad_req, responses, bad_resp
 
 
-def _flags(chunks: list[StreamChunk], name: str) -> np.ndarray:
-    """chunk.<name> (a per-direction flag pair) of every chunk as an (n, 2) bool array,
-    read in C."""
-    return np.fromiter(chain.from_iterable(map(attrgetter(name), chunks)), dtype=bool,
-                       count=2 * len(chunks)).reshape(len(chunks), 2)
-
-
 def _slice_texts(buf: np.ndarray, starts: np.ndarray, stops: np.ndarray,
                  text_of: Callable[[str], str] | None = None) -> np.ndarray:
     """buf[starts[i]:stops[i]] decoded (UTF-8, "replace"), then text_of(...) if given, as an
@@ -323,9 +317,7 @@ def _slice_texts(buf: np.ndarray, starts: np.ndarray, stops: np.ndarray,
         distinct = dict.fromkeys(texts)
         distinct = dict(zip(distinct, map(text_of, distinct), strict=True))
         texts = list(map(distinct.__getitem__, texts))
-    column = np.empty(len(texts), dtype=object)
-    column[:] = texts
-    return column
+    return np.fromiter(texts, dtype=object, count=len(texts))  # (faster than [:] = texts)
 
 
 class _ParsedFlows:
@@ -333,19 +325,15 @@ class _ParsedFlows:
     event columns are built from the kernel's offset columns for the requests emitted
     (`columns`), str objects once per distinct value."""
 
-    def __init__(self, chunks: list[StreamChunk]) -> None:
+    def __init__(self, chunks: StreamColumns | list[StreamChunk]) -> None:
         self.fallbacks = 0  # flows parsed by parse_messages (the kernel was unsure)
-        n = len(chunks)
-        parts = [data for chunk in chunks for data in chunk.data]
-        lengths = np.fromiter(map(len, parts), dtype=np.int64, count=2 * n)
-        starts = np.cumsum(lengths) - lengths
-        complete = (_flags(chunks, "ended") & ~_flags(chunks, "capped")
-                    & ~_flags(chunks, "gap")).reshape(2 * n)  # _complete of each direction
-        self.buf = np.frombuffer(b"".join(parts), dtype=np.uint8)
-        self.table, self.messages = parse_flows(self.buf, starts, lengths, complete)
-        self.flows = self.table.tolist()
-        self.starts = self.messages[:, M_START].tolist()
-        self.bodies = self.messages[:, M_BODY].tolist()
+        batch = stream_columns(chunks)
+        n = len(batch)
+        complete = (batch.ended & ~batch.capped & ~batch.gap).reshape(2 * n)  # _complete
+        self.buf = read_only(batch.buf)
+        self.table, self.messages = parse_flows(
+            self.buf, np.ascontiguousarray(batch.start, dtype=np.int64).reshape(2 * n),
+            np.ascontiguousarray(batch.length, dtype=np.int64).reshape(2 * n), complete)
 
     def flow(self, index: int, chunk: StreamChunk) -> tuple[
             int, bool, bool, list[int], list[int], Callable[[int], dict]]:
@@ -362,7 +350,7 @@ class _ParsedFlows:
         """flow()'s fields, with pair(i) -> (message row of request i, of its response or
         -1) for a flow the kernel parsed, or the event row (a dict) of a flow left to
         parse_messages."""
-        f = self.flows[index]
+        f = self.table[index].tolist()  # one row: most batches send few flows this way
         if f[F_FALLBACK]:
             self.fallbacks += 1
             requests, bad_req, responses, bad_resp = reference_parse(chunk)
@@ -373,20 +361,20 @@ class _ParsedFlows:
         first, n_req, resp_first, n_resp = (f[F_REQ_FIRST], f[F_REQ_COUNT], f[F_RESP_FIRST],
                                             f[F_RESP_COUNT])
         return (n_req, bool(f[F_BAD_REQ]), bool(f[F_BAD_RESP]),
-                self.starts[first : first + n_req],
-                self.bodies[resp_first : resp_first + n_resp],
+                self.messages[first : first + n_req, M_START].tolist(),
+                self.messages[resp_first : resp_first + n_resp, M_BODY].tolist(),
                 lambda i: (first + i, resp_first + i if i < n_resp else -1))
 
     def whole_flows(self, candidates: np.ndarray) -> tuple[
             np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The events of the `candidates` flows (final, nothing emitted before) that the
-        kernel parsed without trouble: every request, paired with its response by order
-        (what _flow_events emits for them), column-wise. Returns the whole flow mask and,
-        per event, (flow index, request row, response row or -1, request start offset); the
-        other flows are left to _flow_events (which also counts the malformed ones)."""
+        kernel parsed (not left to parse_messages): every request, paired with its response
+        by order (what _flow_events emits for a final flow, malformed or not), column-wise.
+        Returns the whole flow mask and, per event, (flow index, request row, response row
+        or -1, request start offset); the other flows are left to _flow_events. The caller
+        counts the malformed whole flows (`malformed`)."""
         table = self.table
-        whole = candidates & (table[:, F_FALLBACK] == 0) & (table[:, F_BAD_REQ] == 0) \
-            & (table[:, F_BAD_RESP] == 0)
+        whole = candidates & (table[:, F_FALLBACK] == 0)
         flows = np.flatnonzero(whole)
         count = table[flows, F_REQ_COUNT]
         flow = np.repeat(flows, count)
@@ -395,6 +383,12 @@ class _ParsedFlows:
         responses = np.where(nth < table[flow, F_RESP_COUNT], table[flow, F_RESP_FIRST] + nth,
                              -1)
         return whole, flow, requests, responses, self.messages[requests, M_START]
+
+    def malformed(self, flows: np.ndarray) -> int:
+        """How many of the kernel-parsed `flows` (a mask) stopped at a malformed request or
+        response (_flow_events' http_malformed count for final flows)."""
+        table = self.table
+        return int((flows & ((table[:, F_BAD_REQ] != 0) | (table[:, F_BAD_RESP] != 0))).sum())
 
     def columns(self, requests: np.ndarray, responses: np.ndarray) -> dict[str, np.ndarray]:
         """The HTTP-specific event columns of request message rows `requests` with their
@@ -507,24 +501,29 @@ class HttpAnalyzer(Analyzer):
         self.emitted: dict[tuple, int] = {}  # flow key -> requests already emitted
 
     def process(self, packets: DecodedPackets) -> list[EventBatch]:
-        return self._events(self.streams.feed(packets))
+        return self._events(self.streams.feed_joined(packets))
 
     def flush(self) -> list[EventBatch]:
-        return self._events(self.streams.flush())
+        return self._events(self.streams.flush_joined())
 
-    def _events(self, chunks: list[StreamChunk]) -> list[EventBatch]:
-        parsed = _ParsedFlows(chunks)
-        n = len(chunks)
+    def _events(self, source: StreamColumns | list[StreamChunk]) -> list[EventBatch]:
+        """Events of a StreamBatch (or of a list of chunks: tests, tools). Whole flows are
+        read from the batch's columns; only the other flows become StreamChunk objects."""
+        batch = stream_columns(source)
+        parsed = _ParsedFlows(batch)
+        n = len(batch)
         emitted = self.emitted
-        fresh = np.fromiter(map(attrgetter("final"), chunks), dtype=bool, count=n)
+        fresh = np.array(batch.final, dtype=bool).reshape(n)
         if emitted:
-            fresh &= ~np.fromiter(map(emitted.__contains__, map(attrgetter("key"), chunks)),
-                                  dtype=bool, count=n)
+            fresh &= ~np.fromiter(map(emitted.__contains__, batch.keys), dtype=bool, count=n)
         # whole flows at once, column-wise: the common case, no per-flow state
         whole, flows, requests, responses, offsets = parsed.whole_flows(fresh)
+        bad_whole = parsed.malformed(whole)
+        if bad_whole:
+            self._count("http_malformed", bad_whole)
         events = _Events()
-        for index in np.flatnonzero(~whole).tolist():
-            chunk = chunks[index]
+        loop_rows = np.flatnonzero(~whole).tolist()
+        for index, chunk in zip(loop_rows, chunks_at(batch, loop_rows), strict=True):
             try:
                 self._flow_events(chunk, parsed, index, events)
             except Exception:  # noqa: BLE001 - hostile bytes must never stop the sensor
@@ -550,9 +549,9 @@ class HttpAnalyzer(Analyzer):
         if not flows.size:
             return []
         self._count("http_requests", int(flows.size))
-        owners = list(map(chunks.__getitem__, flows.tolist()))
-        times = list(map(_offset_time, owners, offsets.tolist()))
-        columns = endpoint_columns(owners, times, self.observer_name, self.ingress_zone)
+        times = event_times(batch, flows, offsets)
+        columns = endpoint_columns_at(batch, flows, times, self.observer_name,
+                                      self.ingress_zone)
         columns.update(_http_columns(parsed, requests, responses, reference_at,
                                      events.reference_rows, skip=columns))
         return [EventBatch(HTTP.name, columns)]

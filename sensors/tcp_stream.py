@@ -62,17 +62,27 @@ by walking back from `payload_offset` (the header length whose data-offset nibbl
 and flags byte agree with the decoded columns).
 
 The byte-level loops are compiled kernels (pipeline.jit): the seq/ack header lookup, the
-payload heads shown to the predicate, hash-set membership of flow hashes (np.isin sorts),
-and the copy of the fast path's payload bytes into one buffer (span by span, into a scratch
-buffer the collector keeps). Each checks every index against the capture buffer
-(tests/test_tcp_stream.py, tests/test_tcp_stream_kernels.py: kernels against plain
-references, on random bytes and offsets).
+payload heads shown to the predicate, the selection's flow tests (one pass with hash tables
+of the held and released/closed flow hashes; np.isin sorts), the fast path's grouping of
+rows by flow (a hash table and counting sorts, no argsort/lexsort), and the copy of the
+fast path's payload bytes into one buffer (span by span, into a scratch buffer the
+collector keeps, or straight into feed_joined's buffer). Each checks every index against
+the capture buffer (tests/test_tcp_stream.py, tests/test_tcp_stream_kernels.py: kernels
+against plain references, on random bytes and offsets; the grouping and selection kernels
+only index arrays they size themselves).
 
 Per batch, not per flow: the candidate rows of a batch with their flow hashes and payload
 heads are computed once per DecodedPackets object and shared by every collector fed that
-object (HTTP and TLS select disjoint flows, but both start from every TCP row); the fast
-path's chunks are built from whole columns turned into lists, and their closes (hashes
-remembered, counters) are applied a run at a time.
+object (HTTP and TLS select disjoint flows, but both start from every TCP row), and so are
+their payload lengths, flags and ports; the fast path's chunks are built from whole columns
+turned into lists, and their closes (hashes remembered, counters) are applied a run at a
+time.
+
+`feed_joined` (beside `feed`) answers with a StreamBatch: the same chunks as columns, every
+flow's bytes in ONE buffer with (start, length) per direction. The fast path then makes no
+object per flow at all (no StreamChunk, no bytes, no (ts, direction, length) tuples; they
+are built only if `chunks`/`chunk(i)` is asked for) and copies each payload byte once, from
+the capture into that buffer. The HTTP and TLS analyzers read it (sensors/stream_columns.py).
 """
 
 from __future__ import annotations
@@ -149,6 +159,174 @@ class StreamChunk:
     @property
     def server_data(self) -> bytes:
         return self.data[1]
+
+
+# StreamBatch's per-chunk columns: name -> (dtype, per-row shape)
+_BATCH_COLUMNS = {
+    "client_ip": (IP_DTYPE, ()), "server_ip": (IP_DTYPE, ()), "client_port": (np.int64, ()),
+    "server_port": (np.int64, ()), "vlan": (np.int64, ()), "client_by": (np.int64, ()),
+    "start_ts": (np.int64, ()), "last_ts": (np.int64, ()), "first_ts": (np.int64, (2,)),
+    "ended": (np.bool_, (2,)), "capped": (np.bool_, (2,)), "gap": (np.bool_, (2,)),
+    "final": (np.bool_, ()), "reason": (object, ()), "packet_start": (np.int64, ()),
+    "packet_stop": (np.int64, ()),
+}
+_PACKET_COLUMNS = ("packet_ts", "packet_dir", "packet_len")  # flat, rows of every chunk
+
+
+class StreamBatch:
+    """feed_joined's answer: what feed returns, as columns, with every chunk's bytes in ONE
+    buffer, and the StreamChunk objects only when asked for.
+
+    Row i is the chunk feed() would have returned at position i:
+    - bytes: direction d (0 client, 1 server) is buf[start[i, d] : start[i, d] +
+      length[i, d]] (== chunks[i].data[d]);
+    - client_ip, server_ip (n,) IP_DTYPE; client_port, server_port, vlan, start_ts, last_ts
+      (n,) int64; client_by (n,) int64, an index into CLIENT_BY; first_ts (n, 2) int64;
+      ended, capped, gap (n, 2) bool; final (n,) bool; reason (n,) object (str);
+    - packets: chunk i's (ts_ns, direction, payload_len) list is rows packet_start[i] ..
+      packet_stop[i] - 1 of the flat columns packet_ts, packet_dir, packet_len (int64);
+    - keys: the FlowKey of every row (a list, built on first use);
+    - chunks: the StreamChunk list feed() returns (built on first use: the fast path's
+      chunks are not made as objects unless asked for); chunk(i): one of them.
+    Analyzers that parse with kernels read the columns and skip a StreamChunk, two bytes
+    objects and a list of tuples per flow, and their own join of the bytes.
+    """
+
+    def __init__(self, columns: dict[str, np.ndarray], buf: np.ndarray, start: np.ndarray,
+                 length: np.ndarray, plain: dict[int, StreamChunk]) -> None:
+        self.buf = buf  # uint8
+        self.start = start  # (n, 2) int64
+        self.length = length  # (n, 2) int64
+        self.client_ip = columns["client_ip"]
+        self.server_ip = columns["server_ip"]
+        self.client_port = columns["client_port"]
+        self.server_port = columns["server_port"]
+        self.vlan = columns["vlan"]
+        self.client_by = columns["client_by"]
+        self.start_ts = columns["start_ts"]
+        self.last_ts = columns["last_ts"]
+        self.first_ts = columns["first_ts"]
+        self.ended = columns["ended"]
+        self.capped = columns["capped"]
+        self.gap = columns["gap"]
+        self.final = columns["final"]
+        self.reason = columns["reason"]
+        self.packet_start = columns["packet_start"]
+        self.packet_stop = columns["packet_stop"]
+        self.packet_ts = columns["packet_ts"]
+        self.packet_dir = columns["packet_dir"]
+        self.packet_len = columns["packet_len"]
+        self._plain = plain  # row -> the chunk object the loop made (returned as is)
+        self._keys: list[FlowKey] | None = None
+        self._chunks: list[StreamChunk] | None = None
+
+    def __len__(self) -> int:
+        return int(self.final.shape[0])
+
+    def column(self, name: str) -> np.ndarray:
+        return getattr(self, name)
+
+    @property
+    def keys(self) -> list[FlowKey]:
+        if self._keys is None:
+            self._keys = list(zip(self.vlan.tolist(), self.client_ip.tolist(),
+                                  self.client_port.tolist(), self.server_ip.tolist(),
+                                  self.server_port.tolist(), strict=True))
+        return self._keys
+
+    @property
+    def chunks(self) -> list[StreamChunk]:
+        if self._chunks is None:
+            self._chunks = self._build(np.arange(len(self), dtype=np.int64))
+        return self._chunks
+
+    def chunk(self, index: int) -> StreamChunk:
+        """chunks[index], without building the others."""
+        if self._chunks is not None:
+            return self._chunks[index]
+        return self._build(np.array([index], dtype=np.int64))[0]
+
+    def _build(self, rows: np.ndarray) -> list[StreamChunk]:
+        view = memoryview(self.buf)
+        lo, size = self.start[rows], self.length[rows]
+        data = ((view[a0 : a0 + n0].tobytes(), view[a1 : a1 + n1].tobytes())
+                for a0, n0, a1, n1 in zip(lo[:, 0].tolist(), size[:, 0].tolist(),
+                                          lo[:, 1].tolist(), size[:, 1].tolist(), strict=True))
+        built = _chunks_from_columns(self.column, rows, data)  # (packets not in row order)
+        plain = self._plain
+        if plain:  # the loop's own objects stay what they are
+            built = [plain.get(row, chunk) for row, chunk in zip(rows.tolist(), built,
+                                                                 strict=True)]
+        return built
+
+
+def _chunks_from_columns(column: Callable[[str], np.ndarray], rows: np.ndarray | None,
+                         data: Iterable[tuple[bytes, bytes]]) -> list[StreamChunk]:
+    """StreamChunks of `rows` (None: all, in order) of per-chunk columns (StreamBatch's
+    names; column(name) gives one), with their `data` pairs: every field a whole column
+    turned into a list, zipped into the chunks."""
+    def take(name: str) -> np.ndarray:
+        return column(name) if rows is None else column(name)[rows]
+
+    vlan = take("vlan").tolist()
+    client_ip = take("client_ip").tolist()
+    server_ip = take("server_ip").tolist()
+    client_port = take("client_port").tolist()
+    server_port = take("server_port").tolist()
+    keys = list(zip(vlan, client_ip, client_port, server_ip, server_port, strict=True))
+    first_ts = take("first_ts")
+    # the rows' (ts, direction, length) tuples, then each chunk's slice of them
+    p_start, p_stop = take("packet_start"), take("packet_stop")
+    if rows is None:  # all rows: their packets are the whole flat columns, in order
+        at = slice(None)
+        lo, hi = p_start.tolist(), p_stop.tolist()
+    else:
+        counts = p_stop - p_start
+        stops = np.cumsum(counts)
+        total = int(stops[-1]) if stops.size else 0
+        at = np.repeat(p_start - (stops - counts), counts) + np.arange(total)
+        lo, hi = (stops - counts).tolist(), stops.tolist()
+    meta = list(zip(column("packet_ts")[at].tolist(), column("packet_dir")[at].tolist(),
+                    column("packet_len")[at].tolist(), strict=True))
+    packets = [meta[a:b] for a, b in zip(lo, hi, strict=True)]
+
+    def pairs(name: str) -> list[tuple[bool, bool]]:
+        flags = take(name)
+        code = 2 * flags[:, 0].astype(np.int64) + flags[:, 1]
+        return list(map(_BOOL_PAIRS.__getitem__, code.tolist()))
+
+    return list(map(
+        StreamChunk, keys, client_ip, server_ip, client_port, server_port, vlan,
+        np.array(CLIENT_BY, dtype=object)[take("client_by")].tolist(),
+        take("start_ts").tolist(), take("last_ts").tolist(),
+        zip(first_ts[:, 0].tolist(), first_ts[:, 1].tolist(), strict=True), data,
+        pairs("ended"), pairs("capped"), pairs("gap"), packets,
+        take("final").tolist(), take("reason").tolist()))
+
+
+def _columns_of(chunks: list[StreamChunk]) -> dict[str, np.ndarray]:
+    """StreamBatch's per-chunk columns of chunk objects (the loop's: few per batch)."""
+    n = len(chunks)
+    out = {
+        "client_ip": np.array([c.client_ip for c in chunks], dtype=IP_DTYPE).reshape(n),
+        "server_ip": np.array([c.server_ip for c in chunks], dtype=IP_DTYPE).reshape(n),
+        "client_by": np.array([CLIENT_BY.index(c.client_by) for c in chunks],
+                              dtype=np.int64).reshape(n),
+        "reason": np.array([c.reason for c in chunks], dtype=object).reshape(n),
+    }
+    for name in ("client_port", "server_port", "vlan", "start_ts", "last_ts", "final"):
+        dtype = _BATCH_COLUMNS[name][0]
+        out[name] = np.array([getattr(c, name) for c in chunks], dtype=dtype).reshape(n)
+    for name in ("first_ts", "ended", "capped", "gap"):
+        dtype = _BATCH_COLUMNS[name][0]
+        out[name] = np.array([getattr(c, name) for c in chunks], dtype=dtype).reshape(n, 2)
+    counts = np.array([len(c.packets) for c in chunks], dtype=np.int64).reshape(n)
+    out["packet_stop"] = np.cumsum(counts)
+    out["packet_start"] = out["packet_stop"] - counts
+    flat = np.array([p for c in chunks for p in c.packets], dtype=np.int64).reshape(-1, 3)
+    for i, name in enumerate(_PACKET_COLUMNS):
+        out[name] = flat[:, i].copy()
+    return out
 
 
 class _Direction:
@@ -243,10 +421,15 @@ def _seq_ack_kernel(data, offset, sport, dport, flags):
             pos = offset[i] - header_len
             if pos < 0:
                 continue
+            # the data-offset nibble first (one byte; zero outside the buffer): most
+            # lengths fail there, before the 14 header bytes are gathered
+            nibble = np.int64(data[pos + 12]) >> 4 if pos + 12 < size else 0
+            if nibble * 4 != header_len:
+                continue
             for j in range(14):  # zero outside the buffer, as a bounds-checked gather
                 head[j] = data[pos + j] if pos + j < size else 0
             if ((head[0] << 8 | head[1]) == sport[i] and (head[2] << 8 | head[3]) == dport[i]
-                    and (head[12] >> 4) * 4 == header_len and head[13] == flags[i]):
+                    and head[13] == flags[i]):
                 seq[i] = head[4] << 24 | head[5] << 16 | head[6] << 8 | head[7]
                 ack[i] = head[8] << 24 | head[9] << 16 | head[10] << 8 | head[11]
                 found[i] = True
@@ -279,9 +462,53 @@ def _spans_kernel(data, start, size, out):
 
 
 @njit
-def _member_kernel(values, keys):
-    """values[i] in keys, by an open-addressing table of `keys` (hashes are already mixed,
-    so their low bits index the table): O(n + m) where np.isin sorts."""
+def _group_kernel(hashes):
+    """(group of each row, number of groups): rows of one hash share a group, groups are
+    numbered in the order their first row appears."""
+    n = hashes.shape[0]
+    size = 16
+    while size < 2 * n:
+        size *= 2
+    mask = size - 1
+    table = np.zeros(size, dtype=np.uint64)
+    used = np.zeros(size, dtype=np.bool_)
+    ids = np.zeros(size, dtype=np.int64)
+    group_of = np.empty(n, dtype=np.int64)
+    groups = 0
+    for i in range(n):
+        value = hashes[i]
+        slot = np.int64(value & np.uint64(mask))
+        while used[slot] and table[slot] != value:
+            slot = (slot + 1) & mask
+        if not used[slot]:
+            used[slot] = True
+            table[slot] = value
+            ids[slot] = groups
+            groups += 1
+        group_of[i] = ids[slot]
+    return group_of, groups
+
+
+@njit
+def _counting_order(keys, n_keys):
+    """The stable permutation that sorts `keys` (ints in [0, n_keys)): a counting sort."""
+    first = np.zeros(n_keys + 1, dtype=np.int64)
+    for k in keys:
+        first[k + 1] += 1
+    for k in range(n_keys):
+        first[k + 1] += first[k]
+    order = np.empty(keys.shape[0], dtype=np.int64)
+    for i in range(keys.shape[0]):
+        k = keys[i]
+        order[first[k]] = i
+        first[k] += 1
+    return order
+
+
+@njit
+def _hash_table(keys):
+    """Open-addressing table of uint64 `keys` (already mixed: low bits index it):
+    (slots, used, mask); duplicates take one slot."""
     size = 16
     while size < 2 * keys.shape[0]:
         size *= 2
@@ -294,15 +521,89 @@ def _member_kernel(values, keys):
             slot = (slot + 1) & mask
         table[slot] = key
         used[slot] = True
+    return table, used, mask
+
+
+@njit
+def _in_table(table, used, mask, value):
+    slot = np.int64(value & np.uint64(mask))
+    while used[slot]:
+        if table[slot] == value:
+            return True
+        slot = (slot + 1) & mask
+    return False
+
+
+@njit
+def _select_kernel(hashes, has_payload, opens, syn, ignored, held):
+    """StreamCollector._select's flow tests in one pass over the candidate rows, with hash
+    tables of the ignored (released/closed) and held flow hashes:
+    - may_open: the row's flow is opened by a payload row of the batch that may open one
+      (`opens`) and is not ignored;
+    - keep: the row's flow is held or in may_open;
+    - handshake: a SYN without payload, on a port that may open, of a flow neither ignored
+      nor kept (to remember for a later batch);
+    - settled: the row's flow is held or ignored (not for the fast path);
+    - fresh: the distinct hashes of the flows this batch may open that are not held, in
+      first-seen order (their remembered handshakes are replayed)."""
+    n = hashes.shape[0]
+    it, iu, im = _hash_table(ignored)
+    ht, hu, hm = _hash_table(held)
+    not_ignored = np.ones(n, dtype=np.bool_)
+    if ignored.shape[0]:
+        for i in range(n):
+            not_ignored[i] = not _in_table(it, iu, im, hashes[i])
+    count = 0
+    for i in range(n):
+        if opens[i] and has_payload[i] and not_ignored[i]:
+            count += 1
+    opening = np.empty(count, dtype=np.uint64)
+    count = 0
+    for i in range(n):
+        if opens[i] and has_payload[i] and not_ignored[i]:
+            opening[count] = hashes[i]
+            count += 1
+    ot, ou, om = _hash_table(opening)
+    may_open = np.zeros(n, dtype=np.bool_)
+    keep = np.zeros(n, dtype=np.bool_)
+    handshake = np.zeros(n, dtype=np.bool_)
+    settled = np.zeros(n, dtype=np.bool_)
+    for i in range(n):
+        value = hashes[i]
+        may_open[i] = count > 0 and _in_table(ot, ou, om, value)
+        is_held = held.shape[0] > 0 and _in_table(ht, hu, hm, value)
+        keep[i] = may_open[i] or is_held
+        settled[i] = is_held or not not_ignored[i]
+        handshake[i] = (syn[i] and not has_payload[i] and opens[i] and not_ignored[i]
+                        and not keep[i])
+    # the opening flows not held, each once, in first-seen order
+    fresh = np.empty(count, dtype=np.uint64)
+    seen_t = np.zeros(ot.shape[0], dtype=np.uint64)
+    seen_u = np.zeros(ot.shape[0], dtype=np.bool_)
+    n_fresh = 0
+    for value in opening:
+        if held.shape[0] > 0 and _in_table(ht, hu, hm, value):
+            continue
+        slot = np.int64(value & np.uint64(om))
+        while seen_u[slot] and seen_t[slot] != value:
+            slot = (slot + 1) & om
+        if seen_u[slot]:
+            continue
+        seen_t[slot] = value
+        seen_u[slot] = True
+        fresh[n_fresh] = value
+        n_fresh += 1
+    return may_open, keep, handshake, settled, fresh[:n_fresh]
+
+
+@njit
+def _member_kernel(values, keys):
+    """values[i] in keys, by an open-addressing table of `keys` (hashes are already mixed,
+    so their low bits index the table): O(n + m) where np.isin sorts."""
+    table, used, mask = _hash_table(keys)
     out = np.zeros(values.shape[0], dtype=np.bool_)
     for i in range(values.shape[0]):
-        value = values[i]
-        slot = np.int64(value & np.uint64(mask))
-        while used[slot]:
-            if table[slot] == value:
-                out[i] = True
-                break
-            slot = (slot + 1) & mask
+        out[i] = _in_table(table, used, mask, values[i])
     return out
 
 
@@ -387,7 +688,7 @@ def _candidates(packets: DecodedPackets, with_heads: bool
     global _last_candidates
     memo = _last_candidates
     if memo is not None and memo[0]() is packets:
-        _, rows, hashes, heads = memo
+        rows, hashes, heads = memo[1:4]
     else:
         tcp = (packets.transport == TCP) & (packets.ip_version != 0)
         control = (packets.tcp_flags & (SYN | FIN | RST)) != 0
@@ -396,11 +697,29 @@ def _candidates(packets: DecodedPackets, with_heads: bool
         heads = None
     if with_heads and heads is None and rows.size:
         heads = payload_heads(packets, rows[packets.payload_len[rows] > 0], PREFIX_BYTES)
+    if memo is not None and memo[0]() is packets:
+        _last_candidates = (memo[0], rows, hashes, heads, *memo[4:])  # heads may be new
+        return rows, hashes, heads
     try:
         _last_candidates = (weakref.ref(packets), rows, hashes, heads)
     except TypeError:  # a batch type without weak references: no memo
         _last_candidates = None
     return rows, hashes, heads
+
+
+def _candidate_columns(packets: DecodedPackets, rows: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(payload_len, tcp_flags, src_port, dst_port) of the candidate `rows` (from
+    _candidates): gathered once per batch object and shared like the candidates."""
+    global _last_candidates
+    memo = _last_candidates
+    if memo is not None and memo[0]() is packets and memo[1] is rows and len(memo) > 4:
+        return memo[4]
+    gathered = (packets.payload_len[rows], packets.tcp_flags[rows],
+                packets.src_port[rows].astype(np.int64), packets.dst_port[rows].astype(np.int64))
+    if memo is not None and memo[0]() is packets and memo[1] is rows:
+        _last_candidates = (*memo[:4], gathered)
+    return gathered
 
 
 @njit
@@ -585,7 +904,10 @@ class StreamCollector:
         trim: StreamTrim | None = None,
     ) -> None:
         self.ports = None if ports is None else frozenset(int(p) for p in ports)
-        self._port_array = None if ports is None else np.array(sorted(self.ports), dtype=np.int64)
+        # port -> selected (a lookup per row, where np.isin sorts)
+        self._port_table = np.zeros(65536, dtype=bool)
+        if self.ports is not None:
+            self._port_table[[p for p in self.ports if 0 <= p < 65536]] = True
         self.max_bytes_per_dir = max(int(max_bytes_per_dir), 1)
         self.max_flows = max(int(max_flows), 1)
         self.idle_ns = int(float(idle_timeout_s) * NS)
@@ -605,6 +927,8 @@ class StreamCollector:
         # SYN/SYN-ACK rows of flows not held yet (columns as the loop reads them)
         self._handshakes: dict[str, np.ndarray] | None = None
         self._scratch = np.zeros(0, dtype=np.uint8)  # see _spans
+        # during feed_joined: the fast path's payload spans, copied once the batch is done
+        self._joined_spans: list | None = None
         self.stats: dict[str, int] = {}
 
     # --- public -------------------------------------------------------------------------------
@@ -624,6 +948,21 @@ class StreamCollector:
                 flow.changed = False
                 out.append(self._chunk(flow, final=False, reason=""))
         return out
+
+    def feed_joined(self, packets: DecodedPackets) -> StreamBatch:
+        """feed(packets), with every chunk's bytes in one buffer (StreamBatch): the fast
+        path's payload is copied once, straight from the capture into that buffer, and its
+        chunks make their `data` bytes only if asked for."""
+        self._joined_spans = []
+        try:
+            chunks = self.feed(packets)
+            return self._join(chunks, self._joined_spans)
+        finally:
+            self._joined_spans = None
+
+    def flush_joined(self) -> StreamBatch:
+        """flush(), as a StreamBatch (see feed_joined)."""
+        return self._join(self.flush(), [])
 
     def flush(self) -> list[StreamChunk]:
         """End of input: every held flow, final (reason "flush")."""
@@ -655,14 +994,14 @@ class StreamCollector:
         held is remembered in a bounded column store and replayed when payload opens its
         flow in a later batch, so orientation and base sequence numbers stay exact.
         """
-        flags = packets.tcp_flags
         rows, hashes, head = _candidates(packets, self.client_predicate is not None)
         if rows.size == 0:
             columns = self._columns(packets, rows, np.zeros(0, dtype=np.uint64),
                                     np.zeros(0, dtype=bool), np.zeros(0, dtype=bool))
             columns["replayed"] = np.zeros(0, dtype=bool)
+            columns["settled"] = np.zeros(0, dtype=bool)
             return columns
-        plen = packets.payload_len[rows]
+        plen, row_flags, sport, dport = _candidate_columns(packets, rows)
         has = plen > 0
         matched = np.zeros(rows.size, dtype=bool)  # payload looks like a client's opening
         if self.client_predicate is not None and has.any():
@@ -671,31 +1010,30 @@ class StreamCollector:
         if self.ports is None:
             opens = np.ones(rows.size, dtype=bool)
         else:
-            opens = (np.isin(packets.src_port[rows], self._port_array)
-                     | np.isin(packets.dst_port[rows], self._port_array)) | matched
+            opens = self._port_table[sport] | self._port_table[dport] | matched
         ignored = self._ignored_hashes()
-        pure_syn = (flags[rows] & (SYN | ACK)) == SYN
+        pure_syn = (row_flags & (SYN | ACK)) == SYN
         if ignored.size and pure_syn.any():
             # a SYN on a released/closed flow's ports is a new connection: forget the old one
-            reused = pure_syn & hash_member(hashes, ignored)
-            for flow_hash in set(hashes[reused].tolist()):
+            syn_hashes = hashes[pure_syn]  # only a pure SYN reopens: test those rows
+            for flow_hash in set(syn_hashes[hash_member(syn_hashes, ignored)].tolist()):
                 self._unignore(flow_hash)
             ignored = self._ignored_hashes()
-        not_ignored = ~hash_member(hashes, ignored) if ignored.size else np.ones(rows.size, bool)
-        # flows this batch may open: those with a payload segment that may open one
-        opening = np.unique(hashes[opens & has & not_ignored])
+        # flows this batch may open (those with a payload segment that may open one), the
+        # rows to keep (theirs and the held flows'), SYNs to remember: one compiled pass
         held = np.fromiter(self._by_hash, dtype=np.uint64, count=len(self._by_hash))
-        in_opening = hash_member(hashes, opening)
-        keep = hash_member(hashes, held) | in_opening
-        handshake = ((flags[rows] & SYN) != 0) & ~has & opens & not_ignored & ~keep
+        in_opening, keep, handshake, settled, fresh = _select_kernel(
+            hashes, has, opens, (row_flags & SYN) != 0, ignored, held)
         self._remember_handshakes(packets, rows[handshake], hashes[handshake])
         self.stats["segments_selected"] = self.stats.get("segments_selected", 0) + int(keep.sum())
         columns = self._columns(packets, rows[keep], hashes[keep], (opens & in_opening)[keep],
                                 matched[keep])
         columns["replayed"] = np.zeros(columns["hash"].size, dtype=bool)
-        replay = self._take_handshakes(np.setdiff1d(opening, held))
+        columns["settled"] = settled[keep]  # held or ignored: left to the loop
+        replay = self._take_handshakes(fresh)
         if replay is not None:
             replay["replayed"] = np.ones(replay["hash"].size, dtype=bool)
+            replay["settled"] = np.ones(replay["hash"].size, dtype=bool)
             columns = {name: np.concatenate([replay[name], columns[name]]) for name in columns}
         return columns
 
@@ -867,12 +1205,17 @@ class StreamCollector:
             return
         out.extend(finished.chunks[lo:hi])
         ignored = self._ignored
-        to_end = ignored.move_to_end
-        for flow_hash in finished.hashes[lo:hi]:
-            ignored[flow_hash] = None
-            to_end(flow_hash)
-        while len(ignored) > self.max_ignored:
-            ignored.popitem(last=False)
+        hashes = finished.hashes[lo:hi]
+        held = len(ignored)
+        ignored.update(dict.fromkeys(hashes))  # in C: each new hash goes to the end
+        if len(ignored) - held != len(hashes):
+            # some were there already (or repeat): one by one, the LRU order of _ignore
+            to_end = ignored.move_to_end
+            for flow_hash in hashes:
+                to_end(flow_hash)
+        pop = ignored.popitem
+        for _ in range(len(ignored) - self.max_ignored):
+            pop(last=False)
         self._ignored_array = None
         stats = self.stats
         stats["flows"] = stats.get("flows", 0) + hi - lo
@@ -899,29 +1242,29 @@ class StreamCollector:
         hashes = cols["hash"]
         n = hashes.size
         loop_rows = np.ones(n, dtype=bool)
-        cand = cols["found"].copy()
-        exclude = [np.fromiter(self._by_hash, dtype=np.uint64, count=len(self._by_hash)),
-                   self._ignored_hashes(), hashes[cols["replayed"]]]
-        exclude = np.concatenate(exclude)
-        if exclude.size:
-            cand &= ~hash_member(hashes, exclude)
+        # not for the fast path: flows held or ignored (_select's "settled") and flows
+        # whose remembered handshake is replayed
+        cand = cols["found"] & ~cols["settled"]
+        replayed = cols["replayed"]
+        if replayed.any():
+            cand &= ~hash_member(hashes, hashes[replayed])
         rows = np.flatnonzero(cand)
         if rows.size == 0:
             return loop_rows, _Finished.empty()
-        rows = rows[np.argsort(hashes[rows], kind="stable")]  # by flow, then time order
-        h = hashes[rows]
-        new_group = np.empty(rows.size, dtype=bool)
-        new_group[0] = True
-        new_group[1:] = h[1:] != h[:-1]
-        starts = np.flatnonzero(new_group)
-        gid = np.cumsum(new_group) - 1
+        # by flow (numbered in first-seen order), then time order: two O(n) passes
+        group_of, n_groups = _group_kernel(hashes[rows])
+        order = _counting_order(group_of, n_groups)
+        rows = rows[order]
+        gid = group_of[order]
+        starts = np.cumsum(np.bincount(gid, minlength=n_groups)) - np.bincount(
+            gid, minlength=n_groups)
         sport = cols["sport"][rows].astype(np.int64)
         dport = cols["dport"][rows].astype(np.int64)
         if self.ports is None:
             sel_s = sel_d = np.zeros(rows.size, dtype=bool)
         else:
-            sel_s = np.isin(sport, self._port_array)
-            sel_d = np.isin(dport, self._port_array)
+            sel_s = self._port_table[sport]
+            sel_d = self._port_table[dport]
         walk = _fast_walk_kernel(
             starts.astype(np.int64), cols["flags"][rows].astype(np.int64), cols["plen"][rows],
             cols["seq"][rows], cols["ack"][rows], sport, dport,
@@ -954,15 +1297,12 @@ class StreamCollector:
         upto &= fast[gid]
         # payload bytes of each (flow, direction), gathered in one go, cut at the cap
         carried = np.flatnonzero(upto & (plen > 0))  # time order within each flow
-        by_key = carried[np.lexsort((carried, direction[carried], gid[carried]))]
+        key = gid * 2 + direction
+        by_key = carried[_counting_order(key[carried], n_keys)]  # stable: time order kept
         take = np.clip(cap - before[by_key], 0, plen[by_key])
         at = cols["off"][rows[by_key]]
-        key = gid * 2 + direction
         if self.trim is not None:  # the consumer reads only so far: copy no more
             take = self._trimmed(data, at, take, key[by_key], n_keys)
-        # every (flow, direction)'s bytes back to back, copied by one compiled loop
-        # (sliced through a memoryview: each chunk's bytes are copied once, from the array)
-        blob = memoryview(self._spans(data, at, take))
         key_end = np.cumsum(np.bincount(key[by_key], weights=take, minlength=n_keys)
                             ).astype(np.int64)
         key_start = np.concatenate([[0], key_end[:-1]])
@@ -970,19 +1310,17 @@ class StreamCollector:
         np.minimum.at(first_data, key[carried], carried)
         first_ts = np.where(first_data < rows.size, ts[np.minimum(first_data, rows.size - 1)], -1)
         # the first max_packets_meta payload segments of each flow, in time order (carried
-        # is grouped by flow): only those become (ts, direction, length) tuples
+        # is grouped by flow): only those are listed as (ts, direction, length)
         per_flow = np.bincount(gid[carried], minlength=starts.size)
         kept = np.minimum(per_flow, self.max_packets_meta)
         meta_stop = np.cumsum(kept)
         meta_start = meta_stop - kept
         rank = np.arange(carried.size) - (np.cumsum(per_flow) - per_flow)[gid[carried]]
         listed = carried[rank < self.max_packets_meta]
-        meta = list(zip(ts[listed].tolist(), direction[listed].tolist(),
-                        plen[listed].tolist(), strict=True))
         last_ts = np.maximum.reduceat(np.where(upto, ts, np.iinfo(np.int64).min), starts)
 
-        # one chunk per finished flow, in closing order (where the loop would close it);
-        # every field is a whole column turned into a list, zipped into the chunks
+        # one chunk per finished flow, in closing order (where the loop would close it),
+        # as columns (StreamBatch's)
         groups = np.flatnonzero(fast)
         groups = groups[np.argsort(rows[close[groups]], kind="stable")]
         o = first_open[groups]
@@ -990,34 +1328,96 @@ class StreamCollector:
         client, how, end0, end1, full0, full1, rst = per_group[groups].T
         client = client.astype(bool)
         src_ip, dst_ip = cols["src_ip"][rows[o]], cols["dst_ip"][rows[o]]
-        sport, dport = cols["sport"][rows[o]], cols["dport"][rows[o]]
-        client_ip = np.where(client, src_ip, dst_ip).view(IP_DTYPE).reshape(-1).tolist()
-        server_ip = np.where(client, dst_ip, src_ip).view(IP_DTYPE).reshape(-1).tolist()
-        client_port = np.where(client, sport, dport).tolist()
-        server_port = np.where(client, dport, sport).tolist()
-        vlan = cols["vlan"][rows[o]].tolist()
-        keys = list(zip(vlan, client_ip, client_port, server_ip, server_port, strict=True))
+        sport = cols["sport"][rows[o]].astype(np.int64)
+        dport = cols["dport"][rows[o]].astype(np.int64)
         k0, k1 = 2 * groups, 2 * groups + 1
-        data0 = [blob[a:b].tobytes()
-                 for a, b in zip(key_start[k0].tolist(), key_end[k0].tolist(), strict=True)]
-        data1 = [blob[a:b].tobytes()
-                 for a, b in zip(key_start[k1].tolist(), key_end[k1].tolist(), strict=True)]
-        packets = [meta[a:b] for a, b in zip(meta_start[groups].tolist(),
-                                              meta_stop[groups].tolist(), strict=True)]
-        reasons = np.where((end0 & end1) != 0, 0, np.where(rst != 0, 1, 2))
-        reason = np.array(CLOSE_REASONS, dtype=object)[reasons].tolist()
+        reason = np.array(CLOSE_REASONS, dtype=object)[
+            np.where((end0 & end1) != 0, 0, np.where(rst != 0, 1, 2))]
         n = groups.size
-        chunks = list(map(
-            StreamChunk, keys, client_ip, server_ip, client_port, server_port, vlan,
-            np.array(CLIENT_BY, dtype=object)[how].tolist(), ts[o].tolist(),
-            last_ts[groups].tolist(),
-            zip(first_ts[k0].tolist(), first_ts[k1].tolist(), strict=True),
-            zip(data0, data1, strict=True),
-            [_BOOL_PAIRS[i] for i in (2 * end0 + end1).tolist()],
-            [_BOOL_PAIRS[i] for i in (2 * full0 + full1).tolist()],
-            repeat(_BOOL_PAIRS[0], n),
-            packets, repeat(True, n), reason))
-        return _Finished(rows[c], cols["hash"][rows[o]].tolist(), chunks, reason)
+        columns = {
+            "client_ip": np.where(client, src_ip, dst_ip).view(IP_DTYPE).reshape(-1),
+            "server_ip": np.where(client, dst_ip, src_ip).view(IP_DTYPE).reshape(-1),
+            "client_port": np.where(client, sport, dport),
+            "server_port": np.where(client, dport, sport),
+            "vlan": cols["vlan"][rows[o]].astype(np.int64), "client_by": how,
+            "start_ts": ts[o], "last_ts": last_ts[groups],
+            "first_ts": np.stack([first_ts[k0], first_ts[k1]], 1),
+            "ended": np.stack([end0, end1], 1).astype(bool),
+            "capped": np.stack([full0, full1], 1).astype(bool),
+            "gap": np.zeros((n, 2), dtype=bool), "final": np.ones(n, dtype=bool),
+            "reason": reason, "packet_start": meta_start[groups],
+            "packet_stop": meta_stop[groups], "packet_ts": ts[listed],
+            "packet_dir": direction[listed], "packet_len": plen[listed].astype(np.int64),
+        }
+        spans = np.stack([key_start[k0], key_end[k0] - key_start[k0],
+                          key_start[k1], key_end[k1] - key_start[k1]], 1)
+        hashes = cols["hash"][rows[o]].tolist()
+        if self._joined_spans is not None:
+            # feed_joined: no objects; the bytes are copied once, into the batch's buffer,
+            # when the batch is complete (_join). The chunks are placeholders: their index
+            self._joined_spans.append((data, at, take, columns, spans))
+            return _Finished(rows[c], hashes, list(range(n)), reason.tolist())
+        # every (flow, direction)'s bytes back to back, copied by one compiled loop
+        # (sliced through a memoryview: each chunk's bytes are copied once, from it)
+        blob = memoryview(self._spans(data, at, take))
+        data0 = [blob[a:b].tobytes() for a, b in zip(key_start[k0].tolist(),
+                                                      key_end[k0].tolist(), strict=True)]
+        data1 = [blob[a:b].tobytes() for a, b in zip(key_start[k1].tolist(),
+                                                      key_end[k1].tolist(), strict=True)]
+        data_pairs = zip(data0, data1, strict=True)
+        chunks = _chunks_from_columns(columns.__getitem__, None, data_pairs)
+        return _Finished(rows[c], hashes, chunks, reason.tolist())
+
+    @staticmethod
+    def _join(out: list, pending: list) -> StreamBatch:
+        """The StreamBatch of feed's `out`: the fast path's rows (`pending`, at most one
+        entry per feed; their places in `out` hold their index) and the loop's chunk
+        objects, merged column by column in `out`'s order; the fast path's spans copied by
+        `_spans_kernel` to the front of the buffer, the other chunks' bytes after them."""
+        n = len(out)
+        if pending:
+            data, at, take, fast_columns, spans = pending[0]
+            fast = np.fromiter(map(isinstance, out, repeat(int)), dtype=bool, count=n)
+            fast_rows = np.flatnonzero(fast)
+            plain_rows = np.flatnonzero(~fast)
+            fast_total = int(take.sum())
+        else:
+            fast_rows = np.zeros(0, dtype=np.int64)
+            plain_rows = np.arange(n, dtype=np.int64)
+            fast_total = 0
+            fast_columns = spans = None
+        plain_list = plain_rows.tolist()
+        plain = [out[i] for i in plain_list]
+        plain_columns = _columns_of(plain)
+        parts = [part for chunk in plain for part in chunk.data]
+        sizes = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts)).reshape(-1, 2)
+        columns: dict[str, np.ndarray] = {}
+        fast_packets = 0 if fast_columns is None else fast_columns["packet_ts"].size
+        for name, (dtype, shape) in _BATCH_COLUMNS.items():
+            column = np.empty((n, *shape), dtype=dtype)
+            if fast_columns is not None:
+                column[fast_rows] = fast_columns[name]
+            column[plain_rows] = plain_columns[name]
+            if name in ("packet_start", "packet_stop"):
+                column[plain_rows] += fast_packets  # after the fast rows' packets
+            columns[name] = column
+        for name in _PACKET_COLUMNS:
+            columns[name] = plain_columns[name] if fast_columns is None else np.concatenate(
+                [fast_columns[name].astype(np.int64), plain_columns[name]])
+        start = np.zeros((n, 2), dtype=np.int64)
+        length = np.zeros((n, 2), dtype=np.int64)
+        if spans is not None:
+            start[fast_rows] = spans[:, 0::2]
+            length[fast_rows] = spans[:, 1::2]
+        length[plain_rows] = sizes
+        start[plain_rows] = fast_total + (np.cumsum(sizes) - sizes.reshape(-1)).reshape(-1, 2)
+        buf = np.empty(fast_total + int(sizes.sum()), dtype=np.uint8)
+        if parts:
+            buf[fast_total:] = np.frombuffer(b"".join(parts), dtype=np.uint8)
+        if pending:
+            _spans_kernel(data, at, take, buf[:fast_total])
+        return StreamBatch(columns, buf, start, length, dict(zip(plain_list, plain,
+                                                                 strict=True)))
 
     def _trimmed(self, data: np.ndarray, start: np.ndarray, size: np.ndarray,
                  key: np.ndarray, n_keys: int) -> np.ndarray:

@@ -25,14 +25,18 @@ eviction, end of input); then the flow is released from reassembly.
   application data after the client's ChangeCipherSpec; for TLS 1.3, an encrypted record
   (its Finished) from the client after the ServerHello.
 
-How: all flows of a batch are parsed at once by numba kernels over the concatenated bytes of
-every direction (`parse_flows`): record framing, then the ClientHello and the server's
-flight, located as offsets. A kernel also writes each ClientHello's fingerprint fields
-(version, ciphers, extension types, groups, point formats, signature algorithms, supported
-versions, ALPN) as one canonical byte string, the "client key": JA3/JA4 strings are built in
-Python only once per distinct key (a network's clients share a few TLS stacks). The JA3S
-server key (version, cipher, extension types) is cached the same way. Python then does per
-event only what yields Python objects: the SNI and ALPN text, the dictionary look-ups.
+How: all flows of a batch are parsed at once by numba kernels over the collector's joined
+buffer (`feed_joined`'s StreamBatch: every direction's bytes in one buffer, the flow fields
+as columns, no StreamChunk object made; `parse_joined`): record framing, then the
+ClientHello and the server's flight, located as offsets. A kernel also writes each
+ClientHello's fingerprint fields (version, ciphers, extension types, groups, point formats,
+signature algorithms, supported versions, ALPN) as one canonical byte string, the "client
+key": JA3/JA4 strings are built in Python only once per distinct key (a network's clients
+share a few TLS stacks). The JA3S server key (version, cipher, extension types) is cached
+the same way. Equal keys (and leaf certificates) are found by a kernel
+(`distinct_slice_ids`), so a bytes object is made per distinct key, not per event. Python
+then does per event only what yields Python objects: the SNI and ALPN text (one decode and
+split per column) and the offered ALPN lists.
 
 Hostile input never raises: parse errors are counted (stats["tls_malformed"]) and the
 flow yields no event (a ClientHello that cannot be read) or an event with what was read.
@@ -46,15 +50,21 @@ import hashlib
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from operator import attrgetter, itemgetter
 
 import numpy as np
 
 from pipeline.jit import njit
 from pipeline.schema import TLS, EventBatch
 from sensors.analyzer import Analyzer
-from sensors.packets import DecodedPackets
-from sensors.tcp_stream import StreamChunk, StreamCollector, endpoint_columns
+from sensors.http_kernel import join_slices
+from sensors.packets import DecodedPackets, constant_text
+from sensors.stream_columns import (
+    StreamColumns,
+    endpoint_columns_at,
+    read_only,
+    stream_columns,
+)
+from sensors.tcp_stream import StreamChunk, StreamCollector
 from sensors.tls_ciphers import CIPHER_SUITE_NAMES
 
 CONTENT_CCS, CONTENT_ALERT, CONTENT_HANDSHAKE, CONTENT_APPDATA = 20, 21, 22, 23
@@ -689,7 +699,18 @@ def parse_flows(client_data: Sequence[bytes], server_data: Sequence[bytes]) -> P
     sizes = np.fromiter(map(len, parts), np.int64, len(parts))
     stops = np.cumsum(sizes)
     buf = np.frombuffer(b"".join(parts), np.uint8)
-    hs, hs_start, hs_stop, flags = frame_records(buf, stops - sizes, stops)
+    return parse_joined(buf, np.stack([stops[:n] - sizes[:n], stops[n:] - sizes[n:]], axis=1),
+                        np.stack([sizes[:n], sizes[n:]], axis=1))
+
+
+def parse_joined(buf: np.ndarray, start: np.ndarray, length: np.ndarray) -> ParsedFlows:
+    """parse_flows of n flows whose direction d (0 client, 1 server) is buf[start[i, d] :
+    start[i, d] + length[i, d]] (a StreamBatch's buffer: no bytes object per flow, no join).
+    frame_records clips every direction to `buf`."""
+    n = start.shape[0]
+    starts = np.concatenate([start[:, 0], start[:, 1]]).astype(np.int64)  # clients, servers
+    sizes = np.concatenate([length[:, 0], length[:, 1]]).astype(np.int64)
+    hs, hs_start, hs_stop, flags = frame_records(read_only(buf), starts, starts + sizes)
     status, sni_start, sni_stop, ckeys, ck_start, ck_stop = client_hellos(
         hs, hs_start[:n], hs_stop[:n], flags[:n], sizes[:n])
     (found, malformed, version, cipher, selected, alpn_start, alpn_stop, cert_start, cert_stop,
@@ -939,16 +960,77 @@ def _texts(values: list[str]) -> np.ndarray:
     return np.array(values, dtype=object)
 
 
-def _distinct(keys: list) -> tuple[list, np.ndarray]:
-    """(the distinct values of `keys` in first-seen order, each key's index among them)."""
-    index: dict = {}
-    ids = [index.setdefault(key, len(index)) for key in keys]
-    return list(index), np.array(ids, dtype=np.int64)
+_FNV_OFFSET = np.uint64(14695981039346656037)
+_FNV_PRIME = np.uint64(1099511628211)
 
 
-def _byte_slices(src: bytes, starts: np.ndarray, stops: np.ndarray) -> list[bytes]:
-    """src[starts[i]:stops[i]] for every i."""
-    return [src[a:b] for a, b in zip(starts.tolist(), stops.tolist(), strict=True)]
+@njit
+def _clipped(size: int, start: int, stop: int) -> tuple[int, int]:
+    """[start, stop) clipped to [0, size), empty (lo == hi) when stop <= start."""
+    lo = min(max(start, 0), size)
+    return lo, max(min(stop, size), lo)
+
+
+@njit
+def distinct_slice_ids(src: np.ndarray, starts: np.ndarray, stops: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Equal byte slices src[starts[i]:stops[i]] (clipped to src) numbered in first-seen
+    order: (ids, first) with ids[i] the number of slice i and first[k] the first slice
+    numbered k. An open-addressing table of FNV-1a hashes; equal hashes are confirmed by
+    comparing the bytes, so the numbering is exact."""
+    n = starts.size
+    size = 64
+    while size < 2 * n:
+        size *= 2
+    mask = size - 1
+    slots = np.full(size, -1, np.int64)
+    slot_hash = np.zeros(size, np.uint64)
+    ids = np.empty(n, np.int64)
+    first = np.empty(n, np.int64)
+    count = 0
+    for i in range(n):
+        lo, hi = _clipped(src.size, starts[i], stops[i])
+        h = _FNV_OFFSET
+        for j in range(lo, hi):
+            h = (h ^ np.uint64(src[j])) * _FNV_PRIME
+        slot = np.int64(h & np.uint64(mask))
+        while True:
+            k = slots[slot]
+            if k < 0:
+                slots[slot] = count
+                slot_hash[slot] = h
+                first[count] = i
+                ids[i] = count
+                count += 1
+                break
+            if slot_hash[slot] == h:
+                lo2, hi2 = _clipped(src.size, starts[first[k]], stops[first[k]])
+                same = hi2 - lo2 == hi - lo
+                if same:
+                    for j in range(hi - lo):
+                        if src[lo + j] != src[lo2 + j]:
+                            same = False
+                            break
+                if same:
+                    ids[i] = k
+                    break
+            slot = (slot + 1) & mask
+    return ids, first[:count]
+
+
+def _distinct_slices(src: np.ndarray, starts: np.ndarray, stops: np.ndarray
+                     ) -> tuple[list[bytes], np.ndarray]:
+    """(the distinct byte slices src[starts[i]:stops[i]] (clipped to src) in first-seen
+    order, each slice's index among them): a bytes object is made only per distinct slice
+    (a network's clients share a few TLS stacks, servers a few certificates), none per
+    row."""
+    starts = np.ascontiguousarray(starts, dtype=np.int64)
+    stops = np.ascontiguousarray(stops, dtype=np.int64)
+    ids, first = distinct_slice_ids(src, starts, stops)
+    values = [src[lo:hi].tobytes() for lo, hi in (
+        _clipped(src.size, a, b) for a, b in zip(starts[first].tolist(), stops[first].tolist(),
+                                                 strict=True))]
+    return values, ids
 
 
 def _names(codes: np.ndarray, name) -> np.ndarray:
@@ -960,8 +1042,18 @@ def _names(codes: np.ndarray, name) -> np.ndarray:
 def _ascii_slices(src: np.ndarray, starts: np.ndarray, stops: np.ndarray,
                   lower: bool = False) -> list[str]:
     """src[starts[i]:stops[i]] as text, bytes outside ASCII as U+FFFD ("replace"), lower-cased
-    if asked: one decode of all slices gathered, then str slices (one character per byte, and
-    lower() keeps it so for ASCII and U+FFFD: the byte offsets are the character offsets)."""
+    if asked (slices clipped as gather_slices does). The slices are joined with "\n", decoded
+    and split at once (the splitting runs in C, no Python slicing per row): ASCII decoding
+    and lower() map each byte to one character on its own, so every piece is its slice's
+    own text. A slice holding a "\n" byte (hostile SNI) makes too many pieces: the texts
+    are then cut from one decode of the slices gathered without separator."""
+    text = join_slices(src, starts, stops, 0x0A).tobytes().decode("ascii", "replace")
+    if lower:
+        text = text.lower()
+    pieces = text.split("\n")
+    pieces.pop()  # after the last separator
+    if len(pieces) == len(starts):
+        return pieces
     sizes = np.maximum(np.minimum(stops, src.size) - np.maximum(starts, 0), 0)
     ends = np.cumsum(sizes)
     text = gather_slices(src, starts, stops).tobytes().decode("ascii", "replace")
@@ -976,14 +1068,12 @@ def event_columns(parsed: ParsedFlows, rows: list[int]) -> dict[str, np.ndarray]
     Per distinct client key / server key / cipher / version: the cached strings; per row
     only the SNI and ALPN text and the list of offered ALPN names."""
     at = np.asarray(rows, dtype=np.int64)
-    client_keys = parsed.client_keys.tobytes()  # small: fingerprint fields only
-    keys, client_ids = _distinct(_byte_slices(client_keys, parsed.client_key_start[at],
-                                              parsed.client_key_stop[at]))
+    keys, client_ids = _distinct_slices(parsed.client_keys, parsed.client_key_start[at],
+                                        parsed.client_key_stop[at])
     summaries = [client_summary(key) for key in keys]
     found = parsed.server_found[at]
-    server_keys = parsed.server_keys.tobytes()
-    skeys, server_ids = _distinct(_byte_slices(server_keys, parsed.server_key_start[at],
-                                               parsed.server_key_stop[at]))
+    skeys, server_ids = _distinct_slices(parsed.server_keys, parsed.server_key_start[at],
+                                         parsed.server_key_stop[at])
     ja3s = np.where(found, _texts([server_ja3s(k) if k else "" for k in skeys])[server_ids], "")
     offered = np.array([s[3] for s in summaries], dtype=np.int64)[client_ids]
     negotiated = np.where(parsed.selected_version[at] != 0, parsed.selected_version[at],
@@ -997,17 +1087,13 @@ def event_columns(parsed: ParsedFlows, rows: list[int]) -> dict[str, np.ndarray]
     server_name = _texts(_ascii_slices(parsed.hs, parsed.sni_start[at], parsed.sni_stop[at],
                                        lower=True))
     next_protocol = _texts(_ascii_slices(parsed.hs, parsed.alpn_start[at], parsed.alpn_stop[at]))
-    cert_sha1, cert_subject, cert_issuer = (np.full(len(rows), "", dtype=object)
-                                            for _ in range(3))
+    cert_sha1, cert_subject, cert_issuer = (constant_text(len(rows), "") for _ in range(3))
     cert_start, cert_stop = parsed.cert_start[at], parsed.cert_stop[at]
     with_cert = np.flatnonzero(cert_stop > cert_start)
     if with_cert.size:  # certificate() once per distinct leaf
-        starts, stops = cert_start[with_cert], cert_stop[with_cert]
-        # the leaves gathered (hs itself is large to copy), clipped as gather_slices does
-        sizes = np.maximum(np.minimum(stops, parsed.hs.size) - np.maximum(starts, 0), 0)
-        ends = np.cumsum(sizes)
-        ders, cert_ids = _distinct(_byte_slices(
-            gather_slices(parsed.hs, starts, stops).tobytes(), ends - sizes, ends))
+        # slices of hs (not copied: it is large), clipped as gather_slices does
+        ders, cert_ids = _distinct_slices(parsed.hs, cert_start[with_cert],
+                                          cert_stop[with_cert])
         for column, values in zip((cert_sha1, cert_subject, cert_issuer),
                                   zip(*map(certificate, ders), strict=True),
                                   strict=True):
@@ -1023,11 +1109,6 @@ def event_columns(parsed: ParsedFlows, rows: list[int]) -> dict[str, np.ndarray]
 
 
 # --- the analyzer ---------------------------------------------------------------------------
-
-
-def _client_flag(chunks: list[StreamChunk], name: str) -> np.ndarray:
-    """chunk.<name>[0] (a per-direction flag of the client side) of every chunk, read in C."""
-    return np.fromiter(map(itemgetter(0), map(attrgetter(name), chunks)), np.bool_, len(chunks))
 
 
 class TlsAnalyzer(Analyzer):
@@ -1048,46 +1129,45 @@ class TlsAnalyzer(Analyzer):
         )
 
     def process(self, packets: DecodedPackets) -> list[EventBatch]:
-        return self._events(self.streams.feed(packets))
+        return self._events(self.streams.feed_joined(packets))
 
     def flush(self) -> list[EventBatch]:
-        return self._events(self.streams.flush())
+        return self._events(self.streams.flush_joined())
 
-    def _events(self, chunks: list[StreamChunk]) -> list[EventBatch]:
-        events = self._handshake_events(chunks) if chunks else []
+    def _events(self, source: StreamColumns | list[StreamChunk]) -> list[EventBatch]:
+        """Events of a StreamBatch (or of a list of chunks: tests, tools), read from its
+        columns: no StreamChunk object is made."""
+        batch = stream_columns(source)
+        events = self._handshake_events(batch) if len(batch) else []
         for key, value in self.streams.stats.items():
             self.stats[f"tls_stream.{key}"] = value
         return events
 
-    def _handshake_events(self, chunks: list[StreamChunk]) -> list[EventBatch]:
+    def _handshake_events(self, batch: StreamColumns) -> list[EventBatch]:
         """One event per flow whose handshake is complete (or whose flow ended); flows that
         are done with, or can never show a ClientHello, are released from reassembly."""
-        n = len(chunks)
-        data = list(map(attrgetter("data"), chunks))
-        parsed = parse_flows(list(map(itemgetter(0), data)), list(map(itemgetter(1), data)))
-        final = np.fromiter(map(attrgetter("final"), chunks), np.bool_, n)
+        parsed = parse_joined(batch.buf, batch.start, batch.length)
+        final = np.asarray(batch.final, dtype=np.bool_)
         # the client side can bring no more bytes: a ClientHello still incomplete stays so
-        stalled = _client_flag(chunks, "capped") | _client_flag(chunks, "gap") \
-            | _client_flag(chunks, "ended")
+        stalled = batch.capped[:, 0] | batch.gap[:, 0] | batch.ended[:, 0]
         malformed = parsed.status == HELLO_MALFORMED
         incomplete = parsed.status == HELLO_INCOMPLETE
         emit = (parsed.status == HELLO_OK) & (parsed.established | final)
         self._count("tls_malformed", int(malformed.sum() + (emit & parsed.server_malformed).sum()))
         self._count("tls_incomplete", int((incomplete & (final | stalled)).sum()))
         release = malformed | (incomplete & stalled & ~final) | (emit & ~final)
-        for i in np.flatnonzero(release).tolist():
-            self.streams.release(chunks[i].key)
-        rows = np.flatnonzero(emit).tolist()
-        if not rows:
+        if release.any():
+            keys = batch.keys
+            for i in np.flatnonzero(release).tolist():
+                self.streams.release(keys[i])
+        at = np.flatnonzero(emit)
+        if not at.size:
             return []
-        self._count("tls_handshakes", len(rows))
-        done = list(map(chunks.__getitem__, rows))
-        first_ts = np.fromiter(map(itemgetter(0), map(attrgetter("first_ts"), done)), np.int64,
-                               len(done))
-        start_ts = np.fromiter(map(attrgetter("start_ts"), done), np.int64, len(done))
-        ts = np.where(first_ts >= 0, first_ts, start_ts)  # the first client payload packet
-        columns = endpoint_columns(done, ts, self.observer_name, self.ingress_zone)
-        tls_columns = event_columns(parsed, rows)
+        self._count("tls_handshakes", int(at.size))
+        first_ts = batch.first_ts[at, 0]
+        ts = np.where(first_ts >= 0, first_ts, batch.start_ts[at])  # the first client packet
+        columns = endpoint_columns_at(batch, at, ts, self.observer_name, self.ingress_zone)
+        tls_columns = event_columns(parsed, at.tolist())
         for spec in TLS.fields:  # the schema's column order
             if spec.column not in columns:
                 columns[spec.column] = tls_columns[spec.column]

@@ -1,6 +1,7 @@
 """The batch-level pieces of sensors/tcp_stream.py against plain references: the span copy
 kernel (bounds: hostile offsets never read out of range), the per-batch candidate memo shared
-by the collectors of one sensor, and the fast path's scratch buffer."""
+by the collectors of one sensor, the fast path's scratch buffer, and feed_joined's columns
+and joined buffer against feed's chunks."""
 
 from __future__ import annotations
 
@@ -16,8 +17,14 @@ from test_tcp_stream import CLIENT, SERVER, _feed_all, _loop_stats, handshake, s
 import sensors.tcp_stream as tcp_stream
 from sensors.decode import decode
 from sensors.tcp_stream import (
+    CLIENT_BY,
     PREFIX_BYTES,
+    StreamBatch,
+    StreamChunk,
     StreamCollector,
+    _counting_order,
+    _group_kernel,
+    _select_kernel,
     _spans_kernel,
     flow_hash_column,
     prefix_predicate,
@@ -203,3 +210,130 @@ def test_trim_is_applied_before_the_copy_on_the_fast_path():
     chunks = collector.feed(decode(batch_from_scapy(pkts)))
     assert [(c.data, c.final, c.reason) for c in chunks] == [((b"AB\0", b"XYZ"), True, "fin")]
     assert collector.stats["segments_looped"] == 0 and collector.stats["closed_fin"] == 1
+
+
+def _assert_batch_is(batch: StreamBatch, chunks: list[StreamChunk]) -> None:
+    """Every column, byte span, key and chunk object of `batch` is what `chunks` say."""
+    assert len(batch) == len(chunks)
+    for i, chunk in enumerate(chunks):
+        for d in (0, 1):
+            lo, size = int(batch.start[i, d]), int(batch.length[i, d])
+            assert batch.buf[lo : lo + size].tobytes() == chunk.data[d]
+        got = (batch.client_ip[i].tobytes(), batch.server_ip[i].tobytes(),
+               int(batch.client_port[i]), int(batch.server_port[i]), int(batch.vlan[i]),
+               CLIENT_BY[batch.client_by[i]], int(batch.start_ts[i]), int(batch.last_ts[i]),
+               tuple(batch.first_ts[i].tolist()), tuple(batch.ended[i].tolist()),
+               tuple(batch.capped[i].tolist()), tuple(batch.gap[i].tolist()),
+               bool(batch.final[i]), batch.reason[i])
+        assert got == (chunk.client_ip, chunk.server_ip, chunk.client_port, chunk.server_port,
+                       chunk.vlan, chunk.client_by, chunk.start_ts, chunk.last_ts,
+                       chunk.first_ts, chunk.ended, chunk.capped, chunk.gap, chunk.final,
+                       chunk.reason)
+        rows = slice(int(batch.packet_start[i]), int(batch.packet_stop[i]))
+        assert list(zip(batch.packet_ts[rows].tolist(), batch.packet_dir[rows].tolist(),
+                        batch.packet_len[rows].tolist(), strict=True)) == chunk.packets
+        assert batch.keys[i] == chunk.key
+    for i in range(len(chunks)):  # one at a time, then all at once
+        assert batch.chunk(i) == chunks[i]
+    assert batch.chunks == chunks
+
+
+def _joined_collectors():
+    """HTTP-, TLS- (trimmed) and SSH-like collectors, with small caps and packet lists."""
+    return [StreamCollector({80}, 40, 100, 60, max_packets_meta=3,
+                            client_predicate=prefix_predicate([b"GET "])),
+            StreamCollector(set(), 40, 100, 60, max_packets_meta=0, trim=_through_zero,
+                            client_predicate=prefix_predicate([b"SSH-", b"GET "])),
+            StreamCollector(None, 24, 100, 60)]
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tcp_sessions(), st.booleans())
+def test_feed_joined_gives_what_feed_gives(session, zeros):
+    """feed_joined/flush_joined: the chunks, columns and bytes of feed/flush (fast path
+    and loop flows mixed, trimmed or not), and the same collector state afterwards."""
+    pkts, cuts = session
+    if zeros:  # zero bytes inside payloads: the trimming collector cuts there
+        for p in pkts:
+            if p.haslayer("Raw") and len(p["Raw"].load) >= 3:
+                p["Raw"].load = p["Raw"].load[:2] + b"\0" + p["Raw"].load[3:]
+    bounds = [0, *cuts, len(pkts)]
+    batches = [decode(batch_from_scapy(pkts[lo:hi]))
+               for lo, hi in zip(bounds, bounds[1:], strict=False) if hi > lo]
+    plain, joined = _joined_collectors(), _joined_collectors()
+    for batch in batches:
+        for a, b in zip(plain, joined, strict=True):
+            _assert_batch_is(b.feed_joined(batch), a.feed(batch))
+    for a, b in zip(plain, joined, strict=True):
+        _assert_batch_is(b.flush_joined(), a.flush())
+        assert _results(a, []) == _results(b, [])
+        assert b._joined_spans is None  # nothing of a batch kept
+
+
+def test_feed_joined_copies_fast_flows_straight_into_one_buffer():
+    """A fast flow and a held (looped) flow in one batch: one buffer holds both; the fast
+    flow's bytes come first, copied from the capture; offsets point at each direction."""
+    other = ("192.0.2.77", 40001)
+    pkts = handshake() + [seg(CLIENT, SERVER, "PA", 1001, 5001, b"GET / HTTP/1.0\r\n\r\n",
+                              t=1.1),
+                          seg(SERVER, CLIENT, "PA", 5001, 1019, b"HTTP/1.0 200 OK\r\n\r\n",
+                              t=1.2),
+                          seg(CLIENT, SERVER, "FA", 1019, 5020, t=1.3),
+                          seg(SERVER, CLIENT, "FA", 5020, 1020, t=1.4),
+                          seg(other, SERVER, "PA", 7, 9, b"GET /x HTTP/1.1\r\n", t=1.5)]
+    collector = StreamCollector({80}, 64, 100, 60)
+    batch = collector.feed_joined(decode(batch_from_scapy(pkts)))
+    assert collector.stats["segments_fast"] == 6 and collector.stats["segments_looped"] == 1
+    assert batch.final.tolist() == [True, False]
+    assert batch.buf.tobytes() == (b"GET / HTTP/1.0\r\n\r\nHTTP/1.0 200 OK\r\n\r\n"
+                                   b"GET /x HTTP/1.1\r\n")
+    assert batch.start.tolist() == [[0, 18], [37, 54]]
+    assert batch.length.tolist() == [[18, 19], [17, 0]]
+    assert batch.reason.tolist() == ["fin", ""]
+    assert [c.data for c in batch.chunks] == [(b"GET / HTTP/1.0\r\n\r\n",
+                                               b"HTTP/1.0 200 OK\r\n\r\n"),
+                                              (b"GET /x HTTP/1.1\r\n", b"")]
+
+
+def _select_reference(hashes, has_payload, opens, syn, ignored, held):
+    """_select_kernel's answers the way _select computed them before, with np.isin."""
+    not_ignored = ~np.isin(hashes, ignored)
+    opening = np.unique(hashes[opens & has_payload & not_ignored])
+    may_open = np.isin(hashes, opening)
+    is_held = np.isin(hashes, held)
+    keep = is_held | may_open
+    handshake = syn & ~has_payload & opens & not_ignored & ~keep
+    return may_open, keep, handshake, is_held | ~not_ignored, np.setdiff1d(opening, held)
+
+
+# few distinct hashes (so rows share flows and sets overlap), some with equal low bits
+_HASHES = st.sampled_from([0, 1, 7, 16, 17, 2**63, 2**64 - 1, 0x9E3779B97F4A7C15, 2**32 + 7])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(_HASHES, st.booleans(), st.booleans(), st.booleans()), max_size=40),
+       st.lists(_HASHES, max_size=6), st.lists(_HASHES, max_size=6))
+def test_select_kernel_equals_the_isin_version(rows, ignored, held):
+    hashes = np.array([r[0] for r in rows], dtype=np.uint64)
+    has, opens, syn = (np.array([r[i] for r in rows], dtype=bool) for i in (1, 2, 3))
+    ignored = np.array(ignored, dtype=np.uint64)
+    held = np.array(held, dtype=np.uint64)
+    got = _select_kernel(hashes, has, opens, syn, ignored, held)
+    want = _select_reference(hashes, has, opens, syn, ignored, held)
+    for a, b in zip(got[:4], want[:4], strict=True):
+        assert a.tolist() == b.tolist()
+    assert sorted(got[4].tolist()) == want[4].tolist()  # each once (order: first seen)
+    assert len(set(got[4].tolist())) == got[4].size
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_HASHES, max_size=60))
+def test_grouping_kernels_give_flows_in_first_seen_order_rows_in_time_order(values):
+    hashes = np.array(values, dtype=np.uint64)
+    group_of, n_groups = _group_kernel(hashes)
+    first_seen = list(dict.fromkeys(values))
+    assert n_groups == len(first_seen)
+    assert group_of.tolist() == [first_seen.index(v) for v in values]
+    order = _counting_order(group_of, n_groups)
+    # stable: by group, then by row index (the time order of the selected rows)
+    assert order.tolist() == sorted(range(len(values)), key=lambda i: (group_of[i], i))

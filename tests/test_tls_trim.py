@@ -283,7 +283,7 @@ def test_the_cut_bytes_are_not_handed_to_the_parser():
     analyzer = tls.TlsAnalyzer({}, "s", "z")
     handed = []
     inner = analyzer._handshake_events
-    analyzer._handshake_events = lambda chunks: handed.extend(chunks) or inner(chunks)
+    analyzer._handshake_events = lambda batch: handed.extend(batch.chunks) or inner(batch)
     analyzer.process(decode(batch_from_scapy(session(client, server))))
     assert [c.data for c in handed] == [(TLS12_CLIENT + appdata(3000)[:5],
                                          TLS12_SERVER + appdata(8000)[:5])]

@@ -12,7 +12,7 @@ import struct
 from dataclasses import dataclass, field
 
 from pipeline.schema import TLS, EventBatch
-from sensors.tcp_stream import StreamChunk, endpoint_columns, kind_columns
+from sensors.tcp_stream import StreamBatch, StreamChunk, endpoint_columns, kind_columns
 from sensors.tls import (
     CONTENT_ALERT,
     CONTENT_APPDATA,
@@ -328,7 +328,8 @@ def _row(hs: Handshake) -> dict:
 class ReferenceTlsAnalyzer(TlsAnalyzer):
     """TlsAnalyzer with the old per-flow event path (parse_handshake + _row per chunk)."""
 
-    def _events(self, chunks: list[StreamChunk]) -> list[EventBatch]:
+    def _events(self, source: StreamBatch | list[StreamChunk]) -> list[EventBatch]:
+        chunks = source if isinstance(source, list) else source.chunks  # the chunk objects
         done: list[tuple[StreamChunk, dict]] = []
         for chunk in chunks:
             try:

@@ -1,0 +1,193 @@
+"""Per-flow columns of reassembled TCP streams, for analyzers that parse with kernels.
+
+`StreamCollector.feed_joined` gives a `StreamBatch` (sensors.tcp_stream): every flow's bytes
+in one buffer (`buf`, `start`/`length` (n, 2)) and the StreamChunk fields as columns, the
+chunk objects made only when asked for. The HTTP and TLS analyzers read those columns and
+never touch a StreamChunk for the flows they handle column-wise. This module holds what they
+share on top of it:
+
+- `stream_columns(source)`: a StreamBatch as is, or the same columns built from a list of
+  StreamChunk objects (tests and tools hand the analyzers chunk lists);
+- `event_times`: the time of the client packet carrying a given byte offset of each event's
+  flow, one compiled walk over the batch's flat packet columns (was one Python call per
+  event walking the chunk's list of tuples);
+- `endpoint_columns_at`: the COMMON + ENDPOINTS event columns of rows of the batch, read from
+  its columns (tcp_stream.endpoint_columns reads them from chunk objects, one per event).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from pipeline.jit import njit
+from sensors.community_id import community_id_column
+from sensors.packets import IP_DTYPE, constant_text
+from sensors.tcp_stream import StreamChunk
+
+TCP = 6
+
+
+class StreamColumns(Protocol):
+    """What the analyzers read of a StreamBatch (row i = the i-th flow's chunk)."""
+
+    buf: np.ndarray  # uint8: direction d of row i is buf[start[i, d] : start[i, d] + length[i, d]]
+    start: np.ndarray  # (n, 2) int64
+    length: np.ndarray  # (n, 2) int64
+    client_ip: np.ndarray  # (n,) IP_DTYPE
+    server_ip: np.ndarray
+    client_port: np.ndarray  # (n,) int
+    server_port: np.ndarray
+    vlan: np.ndarray
+    start_ts: np.ndarray  # (n,) int64
+    last_ts: np.ndarray
+    first_ts: np.ndarray  # (n, 2) int64
+    ended: np.ndarray  # (n, 2) bool
+    capped: np.ndarray
+    gap: np.ndarray
+    final: np.ndarray  # (n,) bool
+    packet_start: np.ndarray  # (n,) int64: row i's packets are packet_*[start:stop]
+    packet_stop: np.ndarray
+    packet_ts: np.ndarray  # flat int64 columns of every row's (ts, direction, length) list
+    packet_dir: np.ndarray
+    packet_len: np.ndarray
+
+    @property
+    def keys(self) -> list: ...
+
+    @property
+    def chunks(self) -> list[StreamChunk]: ...
+
+    def chunk(self, index: int) -> StreamChunk: ...
+
+    def __len__(self) -> int: ...
+
+
+class ChunkColumns:
+    """StreamColumns of a list of StreamChunk objects (tests, tools, the plain `feed`)."""
+
+    def __init__(self, chunks: list[StreamChunk]) -> None:
+        n = len(chunks)
+        self.chunks = chunks
+        self.keys = [c.key for c in chunks]
+        parts = [part for c in chunks for part in c.data]
+        sizes = np.array([len(p) for p in parts], dtype=np.int64).reshape(n, 2)
+        self.length = sizes
+        self.start = (np.cumsum(sizes.reshape(-1)) - sizes.reshape(-1)).reshape(n, 2)
+        # writable like StreamBatch.buf (the analyzers take a read-only view of either)
+        self.buf = np.frombuffer(bytearray(b"".join(parts)), dtype=np.uint8)
+        self.client_ip = np.array([c.client_ip for c in chunks], dtype=IP_DTYPE).reshape(n)
+        self.server_ip = np.array([c.server_ip for c in chunks], dtype=IP_DTYPE).reshape(n)
+        for name in ("client_port", "server_port", "vlan", "start_ts", "last_ts"):
+            setattr(self, name, np.array([getattr(c, name) for c in chunks],
+                                         dtype=np.int64).reshape(n))
+        self.final = np.array([c.final for c in chunks], dtype=bool).reshape(n)
+        self.first_ts = np.array([c.first_ts for c in chunks], dtype=np.int64).reshape(n, 2)
+        for name in ("ended", "capped", "gap"):
+            setattr(self, name, np.array([getattr(c, name) for c in chunks],
+                                         dtype=bool).reshape(n, 2))
+        counts = np.array([len(c.packets) for c in chunks], dtype=np.int64).reshape(n)
+        self.packet_stop = np.cumsum(counts)
+        self.packet_start = self.packet_stop - counts
+        flat = np.array([p for c in chunks for p in c.packets], dtype=np.int64).reshape(-1, 3)
+        self.packet_ts, self.packet_dir, self.packet_len = (flat[:, i].copy() for i in range(3))
+
+    def chunk(self, index: int) -> StreamChunk:
+        return self.chunks[index]
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+
+def stream_columns(source: StreamColumns | list[StreamChunk]) -> StreamColumns:
+    """A StreamBatch as is; a list of chunks as ChunkColumns."""
+    return ChunkColumns(source) if isinstance(source, list) else source
+
+
+def read_only(buf: np.ndarray) -> np.ndarray:
+    """A read-only view: numba compiles a kernel once per array type, and readonly is part of
+    the type, so every caller hands the kernels the same kind of buffer."""
+    view = buf.view()
+    view.flags.writeable = False
+    return view
+
+
+def chunks_at(batch: StreamColumns, rows: list[int]) -> list[StreamChunk]:
+    """The chunk objects of `rows`: one by one when they are few (each is built on its own),
+    else the batch's whole list (built once)."""
+    if len(rows) <= 16:
+        return [batch.chunk(i) for i in rows]
+    chunks = batch.chunks
+    return [chunks[i] for i in rows]
+
+
+@njit
+def _offset_times(packet_ts: np.ndarray, packet_dir: np.ndarray, packet_len: np.ndarray,
+                  lo: np.ndarray, hi: np.ndarray, first_ts: np.ndarray, start_ts: np.ndarray,
+                  last_ts: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """Per event e: the time of the client packet (direction 0) of packets lo[e]..hi[e]-1
+    whose bytes hold client byte `offset[e]`, counting the listed packets' lengths in list
+    order; past the list: the last client packet's time if the list covered more bytes,
+    else last_ts[e]; no client packet listed: first_ts[e] (start_ts[e] when < 0) if the
+    list covered more bytes, else last_ts[e]. The caller checks lo/hi against the columns."""
+    out = np.empty(offset.size, np.int64)
+    for e in range(offset.size):
+        seen = 0
+        last = first_ts[e] if first_ts[e] >= 0 else start_ts[e]
+        found = False
+        for p in range(lo[e], hi[e]):
+            if packet_dir[p] != 0:
+                continue
+            last = packet_ts[p]
+            if offset[e] < seen + packet_len[p]:
+                out[e] = packet_ts[p]
+                found = True
+                break
+            seen += packet_len[p]
+        if not found:
+            out[e] = last if seen > offset[e] else last_ts[e]
+    return out
+
+
+def event_times(batch: StreamColumns, flows: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """int64 time of each event: the client packet that carried byte offsets[e] of flow
+    flows[e] (http._offset_time's rule for each event, over the batch's packet columns)."""
+    flows = np.asarray(flows, dtype=np.int64)
+    size = batch.packet_ts.shape[0]
+    # bounds for the kernel (numba does not check): rows inside the flat columns
+    lo = np.clip(batch.packet_start[flows], 0, size).astype(np.int64)
+    hi = np.clip(batch.packet_stop[flows], lo, size).astype(np.int64)
+    return _offset_times(
+        np.ascontiguousarray(batch.packet_ts, dtype=np.int64),
+        np.ascontiguousarray(batch.packet_dir, dtype=np.int64),
+        np.ascontiguousarray(batch.packet_len, dtype=np.int64), lo, hi,
+        np.ascontiguousarray(batch.first_ts[flows, 0], dtype=np.int64),
+        np.ascontiguousarray(batch.start_ts[flows], dtype=np.int64),
+        np.ascontiguousarray(batch.last_ts[flows], dtype=np.int64),
+        np.ascontiguousarray(offsets, dtype=np.int64))
+
+
+def endpoint_columns_at(batch: StreamColumns, rows: np.ndarray, timestamps: np.ndarray,
+                        observer_name: str, ingress_zone: str) -> dict[str, np.ndarray]:
+    """The COMMON + ENDPOINTS event columns of one event per entry of `rows` (client =
+    source; a row may repeat, e.g. pipelined HTTP): tcp_stream.endpoint_columns, from the
+    batch's columns."""
+    n = rows.shape[0]
+    src_ip = np.ascontiguousarray(batch.client_ip[rows]).view(IP_DTYPE).reshape(n)
+    dst_ip = np.ascontiguousarray(batch.server_ip[rows]).view(IP_DTYPE).reshape(n)
+    src_port = batch.client_port[rows].astype(np.uint16)
+    dst_port = batch.server_port[rows].astype(np.uint16)
+    transport = np.full(n, TCP, dtype=np.uint8)
+    return {
+        "timestamp": np.asarray(timestamps, dtype=np.int64).reshape(n),
+        "observer_name": constant_text(n, observer_name),
+        "ingress_zone": constant_text(n, ingress_zone),
+        "src_ip": src_ip,
+        "dst_ip": dst_ip,
+        "src_port": src_port,
+        "dst_port": dst_port,
+        "transport": transport,
+        "vlan": batch.vlan[rows].astype(np.uint16),
+        "community_id": community_id_column(src_ip, dst_ip, transport, src_port, dst_port),
+    }
