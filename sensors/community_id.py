@@ -104,22 +104,21 @@ def community_id_column(
 ) -> np.ndarray:
     """Community IDs for columns of flow tuples (IP_DTYPE addresses) -> object column.
 
-    ICMP mapping is column-wise; ordering, byte packing, SHA1 and base64 run per row in
-    one compiled pass (_community_id_text).
+    The ICMP port mapping, ordering, byte packing, SHA1 and base64 run per row in one
+    compiled pass (_community_id_text); Python only converts the columns and makes the str
+    objects.
     """
     n = int(np.asarray(transport).shape[0])
     out = np.empty(n, dtype=object)
     if n == 0:
         return out
-    transport = np.asarray(transport).astype(np.uint8)
-    sport, dport, one_way = icmp_port_equivalents(transport, src_port, dst_port)
-    has_ports = np.isin(transport, list(PORT_PROTOS))
-    sport = np.where(has_ports, sport, 0)
-    dport = np.where(has_ports, dport, 0)
     int(seed).to_bytes(2, "big")  # the spec's seed is 16 bits: OverflowError otherwise
-    text = _community_id_text(_raw16(src_ip), _raw16(dst_ip), transport,
-                              sport.astype(np.int64), dport.astype(np.int64), one_way, has_ports,
-                              int(seed))
+    # Ports as int32, as icmp_port_equivalents reads them (a wider value wraps the same way).
+    text = _community_id_text(_raw16(src_ip), _raw16(dst_ip),
+                              np.asarray(transport).astype(np.uint8, copy=False),
+                              np.asarray(src_port).astype(np.int32, copy=False),
+                              np.asarray(dst_port).astype(np.int32, copy=False),
+                              _ICMP4_TABLE, _ICMP6_TABLE, int(seed))
     # One str object per row is the column's contract (object dtype). Cheapest measured way
     # to make them: the rows as 30-byte bytes objects (tolist of an S30 view; rows hold no
     # NUL) decoded in a C-level map - ~2.7x faster than slicing one decoded string.
@@ -141,43 +140,48 @@ _MASK32 = 0xFFFFFFFF
 
 
 @njit
-def _rotl(x: int, bits: int) -> int:
-    """32-bit left rotation of x (0 <= x < 2**32) held in an int64."""
-    return ((x << bits) | (x >> (32 - bits))) & _MASK32
+def _rotl(x: np.uint32, bits: int) -> np.uint32:
+    """32-bit left rotation."""
+    return np.uint32((x << np.uint32(bits)) | (x >> np.uint32(32 - bits)))
 
 
 @njit
 def _sha1_block(block: np.ndarray, w: np.ndarray, out: np.ndarray) -> None:
     """SHA1 of one padded 64-byte block (message + 0x80 + zeros + bit length) into out[:20].
 
-    int64 arithmetic masked to 32 bits (numba widens uint32 operands, and uint64 mixed with
-    int64 literals would turn into floats); `w` is an 80-word scratch array."""
+    uint32 arithmetic throughout (every sum is cast back to uint32, which wraps it); `w`
+    is an 80-word uint32 scratch array."""
     for i in range(16):
-        w[i] = ((np.int64(block[4 * i]) << 24) | (np.int64(block[4 * i + 1]) << 16)
-                | (np.int64(block[4 * i + 2]) << 8) | np.int64(block[4 * i + 3]))
+        w[i] = ((np.uint32(block[4 * i]) << np.uint32(24))
+                | (np.uint32(block[4 * i + 1]) << np.uint32(16))
+                | (np.uint32(block[4 * i + 2]) << np.uint32(8)) | np.uint32(block[4 * i + 3]))
     for i in range(16, 80):
-        w[i] = _rotl(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1)
-    a, b, c, d, e = _H0
+        w[i] = _rotl(np.uint32(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]), 1)
+    a, b, c, d, e = (np.uint32(_H0[0]), np.uint32(_H0[1]), np.uint32(_H0[2]),
+                     np.uint32(_H0[3]), np.uint32(_H0[4]))
     # Four loops of 20 rounds (one round function each) instead of a branch per round.
     for i in range(20):
-        t = (_rotl(a, 5) + ((b & c) | (~b & d)) + e + _K[0] + w[i]) & _MASK32
+        t = np.uint32(_rotl(a, 5) + ((b & c) | (~b & d)) + e + np.uint32(_K[0]) + w[i])
         a, b, c, d, e = t, a, _rotl(b, 30), c, d
     for i in range(20, 40):
-        t = (_rotl(a, 5) + (b ^ c ^ d) + e + _K[1] + w[i]) & _MASK32
+        t = np.uint32(_rotl(a, 5) + (b ^ c ^ d) + e + np.uint32(_K[1]) + w[i])
         a, b, c, d, e = t, a, _rotl(b, 30), c, d
     for i in range(40, 60):
-        t = (_rotl(a, 5) + ((b & c) | (b & d) | (c & d)) + e + _K[2] + w[i]) & _MASK32
+        t = np.uint32(_rotl(a, 5) + ((b & c) | (b & d) | (c & d)) + e + np.uint32(_K[2])
+                      + w[i])
         a, b, c, d, e = t, a, _rotl(b, 30), c, d
     for i in range(60, 80):
-        t = (_rotl(a, 5) + (b ^ c ^ d) + e + _K[3] + w[i]) & _MASK32
+        t = np.uint32(_rotl(a, 5) + (b ^ c ^ d) + e + np.uint32(_K[3]) + w[i])
         a, b, c, d, e = t, a, _rotl(b, 30), c, d
-    h = (a + _H0[0], b + _H0[1], c + _H0[2], d + _H0[3], e + _H0[4])
+    h = (np.uint32(a + np.uint32(_H0[0])), np.uint32(b + np.uint32(_H0[1])),
+         np.uint32(c + np.uint32(_H0[2])), np.uint32(d + np.uint32(_H0[3])),
+         np.uint32(e + np.uint32(_H0[4])))
     for j in range(5):
-        v = h[j] & _MASK32
-        out[4 * j] = (v >> 24) & 0xFF
-        out[4 * j + 1] = (v >> 16) & 0xFF
-        out[4 * j + 2] = (v >> 8) & 0xFF
-        out[4 * j + 3] = v & 0xFF
+        v = h[j]
+        out[4 * j] = (v >> np.uint32(24)) & np.uint32(0xFF)
+        out[4 * j + 1] = (v >> np.uint32(16)) & np.uint32(0xFF)
+        out[4 * j + 2] = (v >> np.uint32(8)) & np.uint32(0xFF)
+        out[4 * j + 3] = v & np.uint32(0xFF)
 
 
 @njit
@@ -196,7 +200,7 @@ def _sha1_rows(buf: np.ndarray, length: np.ndarray) -> np.ndarray:
     n = buf.shape[0]
     digest = np.empty((n, 20), dtype=np.uint8)
     block = np.zeros(64, dtype=np.uint8)
-    w = np.empty(80, dtype=np.int64)
+    w = np.empty(80, dtype=np.uint32)
     for i in range(n):
         ln = min(max(length[i], 0), buf.shape[1])
         for j in range(ln):
@@ -216,26 +220,42 @@ def sha1_rows(buf: np.ndarray, length: np.ndarray) -> np.ndarray:
 
 @njit
 def _community_id_text(src: np.ndarray, dst: np.ndarray, transport: np.ndarray,
-                       sport: np.ndarray, dport: np.ndarray, one_way: np.ndarray,
-                       has_ports: np.ndarray, seed: int) -> np.ndarray:
+                       src_port: np.ndarray, dst_port: np.ndarray, icmp4: np.ndarray,
+                       icmp6: np.ndarray, seed: int) -> np.ndarray:
     """(n, 30) ASCII rows "1:<base64 SHA1>" of the spec's hash input per row.
 
-    src/dst: (n, 16) address bytes (IPv4-mapped rows hash as 4 bytes); ports already Zeek
-    ICMP equivalents. Fixed-size row buffers: every index is bounded by construction."""
+    src/dst: (n, 16) address bytes (IPv4-mapped rows hash as 4 bytes); src_port/dst_port
+    hold ICMP type/code for ICMP rows, mapped here as icmp_port_equivalents does (icmp4/
+    icmp6: its 256-entry counter-type tables). Fixed-size row buffers and table indexes
+    clipped to 0..255: every index is bounded by construction."""
     n = src.shape[0]
     text = np.empty((n, 30), dtype=np.uint8)
     block = np.zeros(64, dtype=np.uint8)
-    w = np.empty(80, dtype=np.int64)
+    w = np.empty(80, dtype=np.uint32)
     digest = np.empty(21, dtype=np.uint8)
     for i in range(n):
+        proto = np.int64(transport[i])
+        sport, dport = np.int64(src_port[i]), np.int64(dst_port[i])
+        one_way = False
+        if proto == PROTO_ICMP or proto == PROTO_ICMP6:
+            table = icmp4 if proto == PROTO_ICMP else icmp6
+            counter = np.int64(table[min(max(sport, 0), 255)])
+            if counter >= 0:
+                dport = counter
+            else:
+                one_way = True
+        has_ports = (proto == PROTO_ICMP or proto == PROTO_TCP or proto == PROTO_UDP
+                     or proto == PROTO_ICMP6 or proto == PROTO_SCTP)
+        if not has_ports:
+            sport, dport = 0, 0
         # Spec: ordered if one-way, or saddr < daddr, or equal addresses and sport < dport.
         cmp = 0
         for j in range(16):
             if src[i, j] != dst[i, j]:
                 cmp = -1 if src[i, j] < dst[i, j] else 1
                 break
-        ordered = one_way[i] or cmp < 0 or (cmp == 0 and sport[i] < dport[i])
-        port_a, port_b = (sport[i], dport[i]) if ordered else (dport[i], sport[i])
+        ordered = one_way or cmp < 0 or (cmp == 0 and sport < dport)
+        port_a, port_b = (sport, dport) if ordered else (dport, sport)
         is_v4 = True
         for j in range(12):
             if (src[i, j] if ordered else dst[i, j]) != _MAPPED[j]:
@@ -250,10 +270,10 @@ def _community_id_text(src: np.ndarray, dst: np.ndarray, transport: np.ndarray,
             block[at_a + j] = src[i, first + j]
             block[at_b + j] = dst[i, first + j]
         at = 2 + 2 * width
-        block[at] = transport[i]
+        block[at] = proto
         block[at + 1] = 0
         at += 2
-        if has_ports[i]:
+        if has_ports:
             block[at] = (port_a >> 8) & 0xFF
             block[at + 1] = port_a & 0xFF
             block[at + 2] = (port_b >> 8) & 0xFF

@@ -44,7 +44,8 @@ the table's live flow of the key. The table is struct-of-arrays numpy columns (~
 flow with the index: compact dtypes, cumulative counters kept as the booleans conn_state
 needs) plus an open-addressing hash index key -> slot (_SlotIndex) and a numpy stack of free
 slots, so no Python object exists per flow; expiry scans the table in one compiled pass
-(_scan_deadlines). Python loops run only over hash-probe rounds and chunks.
+(_scan_deadlines) and the key -> slot index probes are compiled loops too. Python loops
+run only over chunks.
 Memory under a flood: a filling table takes big batches in sub-batches, records are built
 in chunks, and flush() hands the table's pages back while it builds the last records.
 """
@@ -69,7 +70,8 @@ NEVER = np.iinfo(np.int64).max // 4  # "no deadline"; headroom so adding timeout
 
 CONN_STATES = np.array(["OTH", "REJ", "RSTRH", "RSTR", "RSTOS0", "RSTO", "SF", "SH", "S2",
                         "SHR", "S3", "S0", "S1"], dtype=object)
-_CS = {name: i for i, name in enumerate(CONN_STATES)}
+(_CS_OTH, _CS_REJ, _CS_RSTRH, _CS_RSTR, _CS_RSTOS0, _CS_RSTO, _CS_SF, _CS_SH, _CS_S2, _CS_SHR,
+ _CS_S3, _CS_S0, _CS_S1) = range(len(CONN_STATES))
 REASONS = np.array(["fin", "rst", "idle", "active", "eof", "evicted"], dtype=object)
 R_FIN, R_RST, R_IDLE, R_ACTIVE, R_EOF, R_EVICTED = range(6)
 
@@ -133,9 +135,9 @@ def _first_crossing(clock: np.ndarray, threshold: np.ndarray) -> np.ndarray:
     return np.where(found, clock[np.minimum(pos, clock.shape[0] - 1)], NEVER)
 
 
-def _address_words(raw16: np.ndarray) -> np.ndarray:
-    """(n, 16) uint8 addresses -> (n, 2) uint64 big-endian words (numeric order = byte order)."""
-    return np.ascontiguousarray(raw16).view(">u8").astype(np.uint64)
+def _raw16(column: np.ndarray) -> np.ndarray:
+    """IP_DTYPE column -> (n, 16) uint8 address bytes (a view when contiguous)."""
+    return np.ascontiguousarray(column).view(np.uint8).reshape(-1, 16)
 
 
 def _mix64(words: np.ndarray) -> np.ndarray:
@@ -168,24 +170,27 @@ def _be_word(raw: np.ndarray, i: int, at: int) -> np.uint64:
 
 
 @njit
-def _canonical_keys(src: np.ndarray, dst: np.ndarray, sport: np.ndarray, dport: np.ndarray,
-                    transport: np.ndarray, vlan: np.ndarray, icmp4: np.ndarray,
-                    icmp6: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Flow keys of packets in one pass: (n, 5) uint64 words [meta, lo_ip (2), hi_ip (2)]
-    and fwd (the packet travels lo -> hi), lo being the smaller (ip, port) endpoint.
+def _canonical_keys(rows: np.ndarray, src: np.ndarray, dst: np.ndarray, sport: np.ndarray,
+                    dport: np.ndarray, transport: np.ndarray, vlan: np.ndarray,
+                    icmp4: np.ndarray, icmp6: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flow keys of the packets at `rows` in one pass: (n, 5) uint64 words [meta, lo_ip (2),
+    hi_ip (2)] and fwd (the packet travels lo -> hi), lo being the smaller (ip, port)
+    endpoint. The batch columns are read through `rows` (no per-column gathers first).
 
     meta = vlan << 48 | transport << 40 | lo_port << 16 | hi_port. Ports are Zeek's: ICMP
     request/reply types get the counter-type as "port" (icmp4/icmp6: 256-entry tables, -1
     for one-way types) and protocols without ports (not in PORT_PROTOS) get 0.
-    src/dst are (n, 16) address bytes; every index below is < n or < 16 by construction.
+    src/dst are (N, 16) address bytes; rows are row numbers of the batch (flatnonzero), so
+    < N; every other index is < 16 by construction.
     """
-    n = src.shape[0]
+    n = rows.shape[0]
     words = np.empty((n, 5), dtype=np.uint64)
     fwd = np.empty(n, dtype=np.bool_)
     for i in range(n):
-        t = np.int64(transport[i])
-        sp = np.int64(sport[i])
-        dp = np.int64(dport[i])
+        r = rows[i]
+        t = np.int64(transport[r])
+        sp = np.int64(sport[r])
+        dp = np.int64(dport[r])
         if t == 1 or t == 58:
             counter = (icmp4 if t == 1 else icmp6)[min(max(sp, 0), 255)]
             if counter >= 0:
@@ -195,13 +200,13 @@ def _canonical_keys(src: np.ndarray, dst: np.ndarray, sport: np.ndarray, dport: 
             dp = 0
         sp &= 0xFFFF
         dp &= 0xFFFF
-        s0, s1 = _be_word(src, i, 0), _be_word(src, i, 8)
-        d0, d1 = _be_word(dst, i, 0), _be_word(dst, i, 8)
+        s0, s1 = _be_word(src, r, 0), _be_word(src, r, 8)
+        d0, d1 = _be_word(dst, r, 0), _be_word(dst, r, 8)
         src_greater = s0 > d0 or (s0 == d0 and (s1 > d1 or (s1 == d1 and sp > dp)))
         fwd[i] = not src_greater
         if src_greater:
             s0, s1, d0, d1, sp, dp = d0, d1, s0, s1, dp, sp
-        words[i, 0] = ((np.uint64(vlan[i]) << np.uint64(48))
+        words[i, 0] = ((np.uint64(vlan[r]) << np.uint64(48))
                        | (np.uint64(t) << np.uint64(40))
                        | (np.uint64(sp) << np.uint64(16)) | np.uint64(dp))
         words[i, 1] = s0
@@ -248,18 +253,108 @@ def _zeros(n: int, dtype: np.dtype) -> np.ndarray:
     return np.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype, count=n)
 
 
-def _ip_words(column: np.ndarray) -> np.ndarray:
-    """IP_DTYPE column -> (n, 2) uint64 big-endian words."""
-    return _address_words(np.ascontiguousarray(column).view(np.uint8).reshape(-1, 16))
+# Slot key columns: (vlan, transport, lo_port, hi_port, lo_ip, hi_ip) of the table, the IP
+# columns as (n, 16) uint8 views; the index compares a probed slot's key through them.
+KeyColumns = tuple
+
+
+@njit
+def _slot_word(slot: int, j: int, vlan: np.ndarray, transport: np.ndarray,
+               lo_port: np.ndarray, hi_port: np.ndarray, lo_ip: np.ndarray,
+               hi_ip: np.ndarray) -> np.uint64:
+    """Word j of a slot's flow key, the layout _canonical_keys builds (caller bounds slot)."""
+    if j == 0:
+        return ((np.uint64(vlan[slot]) << np.uint64(48))
+                | (np.uint64(transport[slot]) << np.uint64(40))
+                | (np.uint64(lo_port[slot]) << np.uint64(16)) | np.uint64(hi_port[slot]))
+    if j <= 2:
+        return _be_word(lo_ip, slot, 8 * (j - 1))
+    return _be_word(hi_ip, slot, 8 * (j - 3))
+
+
+@njit
+def _slot_key_words(slots: np.ndarray, vlan: np.ndarray, transport: np.ndarray,
+                    lo_port: np.ndarray, hi_port: np.ndarray, lo_ip: np.ndarray,
+                    hi_ip: np.ndarray) -> np.ndarray:
+    """(n, 5) uint64 flow keys of table slots (every slot < the columns' length)."""
+    words = np.empty((slots.shape[0], 5), dtype=np.uint64)
+    for i in range(slots.shape[0]):
+        for j in range(5):
+            words[i, j] = _slot_word(slots[i], j, vlan, transport, lo_port, hi_port, lo_ip,
+                                     hi_ip)
+    return words
+
+
+@njit
+def _index_lookup(table: np.ndarray, key_hash: np.ndarray, key_words: np.ndarray,
+                  vlan: np.ndarray, transport: np.ndarray, lo_port: np.ndarray,
+                  hi_port: np.ndarray, lo_ip: np.ndarray, hi_ip: np.ndarray) -> np.ndarray:
+    """Slot of each key (-1 when absent): linear probing from hash & mask until the key's
+    slot or an EMPTY entry (at most one pass over the table)."""
+    size = table.shape[0]
+    n_slots = vlan.shape[0]
+    found = np.full(key_hash.shape[0], -1, dtype=np.int64)
+    for i in range(key_hash.shape[0]):
+        pos = np.int64(key_hash[i] & np.uint64(size - 1))
+        for _ in range(size):
+            entry = np.int64(table[pos])
+            if entry == -1:  # EMPTY: the key is absent
+                break
+            if 0 <= entry < n_slots:
+                same = True
+                for j in range(5):
+                    if _slot_word(entry, j, vlan, transport, lo_port, hi_port, lo_ip,
+                                  hi_ip) != key_words[i, j]:
+                        same = False
+                        break
+                if same:
+                    found[i] = entry
+                    break
+            pos = (pos + 1) & (size - 1)
+    return found
+
+
+@njit
+def _index_insert(table: np.ndarray, key_hash: np.ndarray, slots: np.ndarray) -> int:
+    """Index slots at the first free (EMPTY or tombstone) entry of their keys' probe
+    sequences. Returns the EMPTY entries taken, or -1 if the table had no free entry."""
+    size = table.shape[0]
+    taken = 0
+    for i in range(key_hash.shape[0]):
+        pos = np.int64(key_hash[i] & np.uint64(size - 1))
+        placed = False
+        for _ in range(size):
+            if table[pos] < 0:
+                taken += table[pos] == -1
+                table[pos] = slots[i]
+                placed = True
+                break
+            pos = (pos + 1) & (size - 1)
+        if not placed:
+            return -1
+    return taken
+
+
+@njit
+def _index_remove(table: np.ndarray, key_hash: np.ndarray, slots: np.ndarray) -> None:
+    """Replace each slot's entry (found along its key's probe sequence) by a tombstone."""
+    size = table.shape[0]
+    for i in range(key_hash.shape[0]):
+        pos = np.int64(key_hash[i] & np.uint64(size - 1))
+        for _ in range(size):
+            if table[pos] == slots[i]:
+                table[pos] = -2  # TOMB
+                break
+            pos = (pos + 1) & (size - 1)
 
 
 class _SlotIndex:
-    """Open-addressing hash index flow key -> table slot, all operations column-wise.
+    """Open-addressing hash index flow key -> table slot.
 
     Linear probing over an int32 array (EMPTY, TOMB or a slot); the keys themselves live in
-    the flow table's columns, so an entry costs 4 bytes (~15 bytes per flow at the load
-    kept here) instead of a dict entry plus a bytes key (~150 bytes). Lookups and inserts
-    run in rounds: each round probes the next position of every key still pending.
+    the flow table's columns (KeyColumns), so an entry costs 4 bytes (~15 bytes per flow at
+    the load kept here) instead of a dict entry plus a bytes key (~150 bytes). Lookups,
+    inserts and removals are compiled loops over the keys (_index_*).
     Deletions leave tombstones; the index is rebuilt from the live slots when live entries
     plus tombstones pass _MAX_LOAD.
     """
@@ -272,63 +367,29 @@ class _SlotIndex:
         self.table = np.full(1024, self.EMPTY, dtype=np.int32)
         self.used = 0  # entries that are not EMPTY (live + tombstones)
 
-    @property
-    def mask(self) -> np.uint64:
-        return np.uint64(self.table.size - 1)
-
-    def lookup(self, key_hash: np.ndarray, key_words: np.ndarray, slot_words) -> np.ndarray:
-        """Slot of each key (int64), -1 when absent. slot_words(slots) -> (n, 5) keys."""
-        found = np.full(key_hash.size, -1, dtype=np.int64)
-        pending = np.arange(key_hash.size)
-        pos = (key_hash & self.mask).astype(np.int64)
-        mask = int(self.mask)
-        while pending.size:
-            entry = self.table[pos]
-            occupied = entry >= 0
-            hit = np.zeros(pending.size, dtype=bool)
-            cand = np.flatnonzero(occupied)
-            if cand.size:
-                same = (slot_words(entry[cand]) == key_words[pending[cand]]).all(axis=1)
-                hit[cand[same]] = True
-                found[pending[cand[same]]] = entry[cand[same]]
-            more = ~hit & (entry != self.EMPTY)
-            pending = pending[more]
-            pos = (pos[more] + 1) & mask
-        return found
+    def lookup(self, key_hash: np.ndarray, key_words: np.ndarray,
+               key_columns: KeyColumns) -> np.ndarray:
+        """Slot of each key (int64), -1 when absent."""
+        return _index_lookup(self.table, np.ascontiguousarray(key_hash, dtype=np.uint64),
+                             np.ascontiguousarray(key_words, dtype=np.uint64), *key_columns)
 
     def insert(self, key_hash: np.ndarray, slots: np.ndarray) -> None:
         """Index new keys (known absent, distinct) at their slots."""
-        pending = np.arange(key_hash.size)
-        pos = (key_hash & self.mask).astype(np.int64)
-        mask = int(self.mask)
-        while pending.size:
-            entry = self.table[pos]
-            free = np.flatnonzero(entry < 0)
-            # Two keys probing the same free position in one round: the first takes it.
-            _, first = np.unique(pos[free], return_index=True)
-            take = free[first]
-            self.used += int((entry[take] == self.EMPTY).sum())
-            self.table[pos[take]] = slots[pending[take]]
-            more = np.ones(pending.size, dtype=bool)
-            more[take] = False
-            pending = pending[more]
-            pos = (pos[more] + 1) & mask
+        taken = _index_insert(self.table, np.ascontiguousarray(key_hash, dtype=np.uint64),
+                              np.ascontiguousarray(slots, dtype=np.int64))
+        if taken < 0:  # cannot happen while needs_rebuild() is honoured; never loop forever
+            raise RuntimeError("flow slot index full")
+        self.used += int(taken)
 
     def remove(self, key_hash: np.ndarray, slots: np.ndarray) -> None:
         """Unindex slots (each present) whose keys hash to key_hash."""
-        pending = np.arange(key_hash.size)
-        pos = (key_hash & self.mask).astype(np.int64)
-        mask = int(self.mask)
-        while pending.size:
-            hit = self.table[pos] == slots[pending]
-            self.table[pos[hit]] = self.TOMB
-            pending = pending[~hit]
-            pos = (pos[~hit] + 1) & mask
+        _index_remove(self.table, np.ascontiguousarray(key_hash, dtype=np.uint64),
+                      np.ascontiguousarray(slots, dtype=np.int64))
 
     def needs_rebuild(self) -> bool:
         return self.used > self._MAX_LOAD * self.table.size
 
-    def resize(self, n_slots: int, live_slots: np.ndarray, slot_words) -> None:
+    def resize(self, n_slots: int, live_slots: np.ndarray, key_columns: KeyColumns) -> None:
         """Rebuild for a table of n_slots slots from its live slots (drops tombstones)."""
         capacity = 1024
         while capacity < self._SIZE_FACTOR * n_slots:
@@ -337,7 +398,7 @@ class _SlotIndex:
         self.used = 0
         for lo in range(0, live_slots.size, _SCAN_CHUNK):
             chunk = live_slots[lo:lo + _SCAN_CHUNK].astype(np.int64)
-            self.insert(_mix64(slot_words(chunk)), chunk)
+            self.insert(_mix64(_slot_key_words(chunk, *key_columns)), chunk)
 
 
 def conn_state(
@@ -349,52 +410,88 @@ def conn_state(
     orig_payload: np.ndarray,
     resp_payload: np.ndarray,
 ) -> np.ndarray:
-    """Zeek conn_state labels from cumulative per-direction flags, packets and payload."""
-    of = orig_flags.astype(np.uint8)
-    rf = resp_flags.astype(np.uint8)
-    o_sent = orig_packets > 0
-    r_sent = resp_packets > 0
-    established = ((of & SYN) > 0) & ((rf & SYN) > 0) & ((of & ACK) > 0)
+    """Zeek conn_state labels from cumulative per-direction flags, packets and payload.
 
-    def endpoint_state(flags: np.ndarray, sent: np.ndarray, syn_state: int) -> np.ndarray:
-        return np.select(
-            [(flags & RST) > 0, (flags & FIN) > 0, ~sent, established, (flags & SYN) > 0],
-            [RESET, CLOSED, INACTIVE, ESTABLISHED, syn_state],
-            default=PARTIAL,
-        )
+    Codes into CONN_STATES (one compiled pass, _conn_state_codes), so the object column
+    holds shared str objects (8 bytes a row), not one new string per flow."""
+    codes = _conn_state_codes(
+        np.asarray(transport) == TCP, np.asarray(orig_flags).astype(np.uint8, copy=False),
+        np.asarray(resp_flags).astype(np.uint8, copy=False), np.asarray(orig_packets) > 0,
+        np.asarray(resp_packets) > 0,
+        (np.asarray(orig_payload) == 0) & (np.asarray(resp_payload) == 0))
+    return CONN_STATES[codes]
 
-    os_ = endpoint_state(of, o_sent, SYN_SENT)
-    rs = endpoint_state(rf, r_sent, SYN_ACK_SENT)
-    o_inactive = (os_ == INACTIVE) | (os_ == PARTIAL)
-    r_inactive = (rs == INACTIVE) | (rs == PARTIAL)
-    no_payload = (orig_payload == 0) & (resp_payload == 0)
-    rstos0 = ((of & SYN) > 0) & ((of & FIN) == 0)
-    # Codes into CONN_STATES, so the object column holds shared str objects (8 bytes a
-    # row), not one new string per flow.
-    tcp = np.select(
-        [
-            (rs == RESET) & ((os_ == SYN_SENT) | (os_ == SYN_ACK_SENT)
-                             | ((os_ == RESET) & no_payload)),
-            (rs == RESET) & o_inactive,
-            rs == RESET,
-            (os_ == RESET) & r_inactive & rstos0,
-            (os_ == RESET) & r_inactive,
-            os_ == RESET,
-            (rs == CLOSED) & (os_ == CLOSED),
-            (os_ == CLOSED) & r_inactive,
-            os_ == CLOSED,
-            (rs == CLOSED) & o_inactive,
-            rs == CLOSED,
-            (os_ == SYN_SENT) & (rs == INACTIVE),
-            (os_ == ESTABLISHED) & (rs == ESTABLISHED),
-        ],
-        [_CS[name] for name in ("REJ", "RSTRH", "RSTR", "RSTOS0", "OTH", "RSTO", "SF", "SH",
-                                "S2", "SHR", "S3", "S0", "S1")],
-        default=_CS["OTH"],
-    )
-    other = np.select([o_sent & r_sent, o_sent, r_sent], [_CS["SF"], _CS["S0"], _CS["SHR"]],
-                      default=_CS["OTH"])
-    return CONN_STATES[np.where(transport == TCP, tcp, other)]
+
+@njit
+def _endpoint_state(flags: int, sent: bool, established: bool, syn_state: int) -> int:
+    """Zeek endpoint state: RESET > CLOSED > INACTIVE > ESTABLISHED > syn_state > PARTIAL."""
+    if flags & RST:
+        return RESET
+    if flags & FIN:
+        return CLOSED
+    if not sent:
+        return INACTIVE
+    if established:
+        return ESTABLISHED
+    if flags & SYN:
+        return syn_state
+    return PARTIAL
+
+
+@njit
+def _conn_state_codes(is_tcp: np.ndarray, orig_flags: np.ndarray, resp_flags: np.ndarray,
+                      o_sent: np.ndarray, r_sent: np.ndarray,
+                      no_payload: np.ndarray) -> np.ndarray:
+    """Per row, the CONN_STATES index of Zeek's conn_state table (TCP) or the UDP rule."""
+    n = is_tcp.shape[0]
+    codes = np.empty(n, dtype=np.intp)
+    for i in range(n):
+        if not is_tcp[i]:
+            if o_sent[i] and r_sent[i]:
+                codes[i] = _CS_SF
+            elif o_sent[i]:
+                codes[i] = _CS_S0
+            elif r_sent[i]:
+                codes[i] = _CS_SHR
+            else:
+                codes[i] = _CS_OTH
+            continue
+        of, rf = np.int64(orig_flags[i]), np.int64(resp_flags[i])
+        established = (of & SYN) != 0 and (rf & SYN) != 0 and (of & ACK) != 0
+        os_ = _endpoint_state(of, o_sent[i], established, SYN_SENT)
+        rs = _endpoint_state(rf, r_sent[i], established, SYN_ACK_SENT)
+        o_inactive = os_ == INACTIVE or os_ == PARTIAL
+        r_inactive = rs == INACTIVE or rs == PARTIAL
+        if rs == RESET:
+            if os_ == SYN_SENT or os_ == SYN_ACK_SENT or (os_ == RESET and no_payload[i]):
+                code = _CS_REJ
+            elif o_inactive:
+                code = _CS_RSTRH
+            else:
+                code = _CS_RSTR
+        elif os_ == RESET:
+            if r_inactive:
+                # RSTOS0 (Zeek: ^S[^HAFGIQ]*R) approximated: originator SYN and no FIN
+                code = _CS_RSTOS0 if (of & SYN) != 0 and (of & FIN) == 0 else _CS_OTH
+            else:
+                code = _CS_RSTO
+        elif os_ == CLOSED:
+            if rs == CLOSED:
+                code = _CS_SF
+            elif r_inactive:
+                code = _CS_SH
+            else:
+                code = _CS_S2
+        elif rs == CLOSED:
+            code = _CS_SHR if o_inactive else _CS_S3
+        elif os_ == SYN_SENT and rs == INACTIVE:
+            code = _CS_S0
+        elif os_ == ESTABLISHED and rs == ESTABLISHED:
+            code = _CS_S1
+        else:
+            code = _CS_OTH
+        codes[i] = code
+    return codes
 
 
 # --- the per-key walk, compiled ---------------------------------------------------------------
@@ -600,7 +697,7 @@ def _slot_deadlines(slots, transport, last_ts, closed_at, pk_lo, pk_hi, flow_sta
 def _scan_deadlines(live, now, transport, last_ts, closed_at, pk_lo, pk_hi, flow_start, piece,
                     idle_ns, tcp_idle_ns, active_ns, linger_ns) -> tuple[np.ndarray, int]:
     """One pass over the table: live slots whose deadline is < now (ascending), and the
-    smallest deadline of all live slots (NEVER when none). No per-slot temporaries."""
+    smallest deadline of the other live slots (NEVER when none). No per-slot temporaries."""
     expired = np.empty(1024, dtype=np.int64)
     count = 0
     earliest = NEVER
@@ -609,7 +706,6 @@ def _scan_deadlines(live, now, transport, last_ts, closed_at, pk_lo, pk_hi, flow
             continue
         deadline = _deadline_of(s, transport, last_ts, closed_at, pk_lo, pk_hi, flow_start,
                                 piece, idle_ns, tcp_idle_ns, active_ns, linger_ns)
-        earliest = min(earliest, deadline)
         if deadline < now:
             if count == expired.shape[0]:
                 grown = np.empty(2 * count, dtype=np.int64)
@@ -617,6 +713,8 @@ def _scan_deadlines(live, now, transport, last_ts, closed_at, pk_lo, pk_hi, flow
                 expired = grown
             expired[count] = s
             count += 1
+        else:
+            earliest = min(earliest, deadline)
     return expired[:count].copy(), earliest
 
 
@@ -727,14 +825,13 @@ class FlowTable:
     # -- batch ingestion --
 
     def _ingest(self, packets: DecodedPackets, rows: np.ndarray, clock_all: np.ndarray) -> list:
-        transport = np.asarray(packets.transport)[rows].astype(np.uint8)
-        src = np.ascontiguousarray(np.asarray(packets.src_ip)[rows]).view(np.uint8).reshape(-1, 16)
-        dst = np.ascontiguousarray(np.asarray(packets.dst_ip)[rows]).view(np.uint8).reshape(-1, 16)
-        vlan = np.asarray(packets.vlan)[rows].astype(np.uint16)
-        # Canonical endpoint order (lo = smaller (ip, port)) and the (n, 5) uint64 key.
-        words, fwd = _canonical_keys(src, dst, np.asarray(packets.src_port)[rows],
-                                     np.asarray(packets.dst_port)[rows], transport, vlan,
-                                     _ICMP4_TABLE, _ICMP6_TABLE)
+        transport = np.asarray(packets.transport).astype(np.uint8, copy=False)
+        vlan = np.asarray(packets.vlan).astype(np.uint16, copy=False)
+        # Canonical endpoint order (lo = smaller (ip, port)) and the (n, 5) uint64 key, read
+        # through `rows` from the whole batch columns.
+        words, fwd = _canonical_keys(rows, _raw16(packets.src_ip), _raw16(packets.dst_ip),
+                                     np.asarray(packets.src_port), np.asarray(packets.dst_port),
+                                     transport, vlan, _ICMP4_TABLE, _ICMP6_TABLE)
 
         # Group by key with one sort on a 64-bit hash, then verify no collision.
         # The low bits of the sort key carry the row index, so a plain (unstable, faster)
@@ -761,10 +858,11 @@ class FlowTable:
         key_rows = order[key_first]
         key_words = words[key_rows]
         key_hash = _mix64(key_words)
-        slot_k = self._index.lookup(key_hash, key_words, self._slot_words)
+        slot_k = self._index.lookup(key_hash, key_words, self._key_columns())
         meta = key_words[:, 0]
+        key_packets = rows[key_rows]
         endpoints = {
-            "vlan": vlan[key_rows], "transport": transport[key_rows],
+            "vlan": vlan[key_packets], "transport": transport[key_packets],
             "lo_ip": np.ascontiguousarray(key_words[:, 1:3].astype(">u8")).view(IP_DTYPE).ravel(),
             "hi_ip": np.ascontiguousarray(key_words[:, 3:5].astype(">u8")).view(IP_DTYPE).ravel(),
             "lo_port": ((meta >> np.uint64(16)) & np.uint64(0xFFFF)).astype(np.uint16),
@@ -865,9 +963,11 @@ class FlowTable:
         if now <= self._deadline:
             return []
         cols = self._cols
-        slots, _ = _scan_deadlines(self._live, now, *self._deadline_columns())
+        slots, rest_deadline = _scan_deadlines(self._live, now, *self._deadline_columns())
+        # The new earliest deadline: the slots not expired keep theirs (min from the same
+        # scan); the kept expired ones get theirs recomputed below (no second table scan).
+        self._deadline = int(rest_deadline)
         if not slots.size:
-            self._deadline = self._min_deadline()
             return []
         rows = self._slot_rows(slots, None)
         rows["reason"] = self._end_reason(rows, clock_all, np.full(slots.size, NEVER))
@@ -881,11 +981,9 @@ class FlowTable:
         for name in ("p_pk_lo", "p_pk_hi", "p_by_lo", "p_by_hi", "p_pay_lo", "p_pay_hi",
                      "p_fl_lo", "p_fl_hi"):
             cols[name][keep] = 0
-        self._deadline = self._min_deadline()
+        if keep.size:
+            self._deadline = min(self._deadline, int(self._deadlines(keep).min()))
         return out
-
-    def _min_deadline(self) -> int:
-        return int(_scan_deadlines(self._live, NEVER, *self._deadline_columns())[1])
 
     def _evict(self) -> list:
         live = np.flatnonzero(self._live)
@@ -945,7 +1043,7 @@ class FlowTable:
         free[self._n_free:self._n_free + new - old] = np.arange(new - 1, old - 1, -1)
         self._free = free
         self._n_free += new - old
-        self._index.resize(new, np.flatnonzero(self._live), self._slot_words)
+        self._index.resize(new, np.flatnonzero(self._live), self._key_columns())
 
     def _release(self, slots: np.ndarray) -> None:
         if not slots.size:
@@ -956,17 +1054,18 @@ class FlowTable:
         self._free[top:top + slots.size] = slots
         self._n_free = top + slots.size
         if self._index.needs_rebuild():
-            self._index.resize(self._live.size, np.flatnonzero(self._live), self._slot_words)
+            self._index.resize(self._live.size, np.flatnonzero(self._live),
+                               self._key_columns())
+
+    def _key_columns(self) -> KeyColumns:
+        cols = self._cols
+        return (cols["vlan"], cols["transport"], cols["lo_port"], cols["hi_port"],
+                cols["lo_ip"].view(np.uint8).reshape(-1, 16),
+                cols["hi_ip"].view(np.uint8).reshape(-1, 16))
 
     def _slot_words(self, slots: np.ndarray) -> np.ndarray:
         """(n, 5) uint64 flow keys of table slots, the layout _ingest builds."""
-        cols = self._cols
-        meta = ((cols["vlan"][slots].astype(np.uint64) << np.uint64(48))
-                | (cols["transport"][slots].astype(np.uint64) << np.uint64(40))
-                | (cols["lo_port"][slots].astype(np.uint64) << np.uint64(16))
-                | cols["hi_port"][slots].astype(np.uint64))
-        return np.column_stack([meta, _ip_words(cols["lo_ip"][slots]),
-                                _ip_words(cols["hi_ip"][slots])])
+        return _slot_key_words(slots.astype(np.int64, copy=False), *self._key_columns())
 
     # -- output --
 

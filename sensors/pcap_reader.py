@@ -4,8 +4,9 @@ The file is memory-mapped once; every batch's `data` is that mapping (zero copy)
 per-packet attribute is a numpy column. The only per-packet loop is the record walk
 (`_walk_pcap`, `_walk_pcapng`): records have variable lengths, so finding where each one
 starts is inherently sequential. Each walk is one small compiled kernel (numba, via
-pipeline.jit) over (buffer, position) returning record start offsets; everything else
-(header fields, timestamps, validation) is decoded column-wise from those offsets.
+pipeline.jit) over (buffer, position) returning record start offsets (the pcap walk also
+the caplen, wire length and timestamp it read on the way); everything else (pcapng block
+fields, validation) is decoded column-wise from those offsets.
 
 Bad input (product rule: a truncated capture is processed up to the damage and reported;
 nothing crashes with a traceback):
@@ -70,6 +71,7 @@ _BLOCK_HEAD_LEN = 28  # type, length and the five 32-bit fields an EPB/PB starts
 _ARANGE_BLOCK_HEAD = np.arange(_BLOCK_HEAD_LEN, dtype=np.int64)
 _ARANGE4 = np.arange(4, dtype=np.int64)
 _RELEASE_STEP = 16 * 1024 * 1024  # drop consumed pages of large files in steps of this
+_TOUCH_AHEAD = 2048  # _walk_pcap reads a byte of each cache line this far ahead of itself
 
 
 class CaptureError(Exception):
@@ -137,8 +139,8 @@ def _gather(data: np.ndarray, starts: np.ndarray, span: np.ndarray) -> np.ndarra
 # ---------------------------------------------------------------------------------------
 # Record walks: the sequential, per-record part, compiled (pipeline.jit). Each walk reads
 # only the record/block headers it steps over, every read bounds-checked against `end`
-# (numba does not check indices), and returns the start offsets; everything else (header
-# fields, timestamps, validation) is decoded column-wise from those offsets.
+# (numba does not check indices), and returns the start offsets (pcap: with the header
+# fields); everything else (pcapng block fields, validation) is decoded column-wise.
 # ---------------------------------------------------------------------------------------
 
 
@@ -154,61 +156,60 @@ def _u32(data: np.ndarray, p: int, big_endian: bool) -> int:
 
 @njit
 def _walk_pcap(data: np.ndarray, pos: int, end: int, big_endian: bool, lengths: int,
-               max_records: int, max_caplen: int) -> tuple[np.ndarray, int, int]:
-    """Start offsets of consecutive pcap records from `pos`.
+               max_records: int, max_caplen: int, frac_to_ns: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int, int]:
+    """Consecutive pcap records from `pos`: start offsets, caplen, wire length and ns
+    timestamp, read in the same pass (each header is read once, while its cache line is in).
 
     `lengths` is the record header layout (_LENGTHS_*): caplen at byte 8, at byte 12, or
     the smaller of the two (v2.3). Stops after `max_records`, when no whole record header
-    fits before `end`, or at a caplen above `max_caplen`. Returns (starts, position after
-    the last record, the implausible caplen or -1). The last record's data may run past
-    `end`: the caller checks.
+    fits before `end`, or at a caplen above `max_caplen`. Returns (starts, caplen, wirelen,
+    ts_ns, position after the last record, the implausible caplen or -1, a checksum of the
+    bytes touched ahead: ignore it, it only keeps those loads). The last record's data may
+    run past `end`: the caller checks.
+
+    Why the touch-ahead: each header's position depends on the previous one, so the walk is
+    one chain of cache misses. Reading a byte of every cache line _TOUCH_AHEAD bytes ahead
+    of the walk (loads that do not depend on the chain, so the CPU overlaps them) brings the
+    coming headers in before the chain gets there (~2x faster on a file not in the caches).
     """
     end = min(end, data.shape[0])
     room = max((end - pos) // _PCAP_RECORD_HEADER_LEN + 1, 0)
-    starts = np.empty(min(max_records, room), dtype=np.int64)
+    size = min(max_records, room)
+    starts = np.empty(size, dtype=np.int64)
+    caplens = np.empty(size, dtype=np.uint32)
+    wirelens = np.empty(size, dtype=np.uint32)
+    ts_ns = np.empty(size, dtype=np.int64)
     count = 0
     last_header = end - _PCAP_RECORD_HEADER_LEN
-    while count < starts.shape[0] and pos <= last_header:
+    touched = pos  # bytes before this were touched ahead already
+    checksum = 0
+    while count < size and pos <= last_header:
+        ahead = min(pos + _TOUCH_AHEAD, end)
+        at = max(touched, pos + 64)
+        while at < ahead:
+            checksum += data[at]
+            at += 64
+        touched = max(touched, at)
         len8 = _u32(data, pos + 8, big_endian)
         len12 = _u32(data, pos + 12, big_endian)
         if lengths == _LENGTHS_NORMAL:
-            caplen = len8
+            caplen, wirelen = len8, len12
         elif lengths == _LENGTHS_SWAPPED:
-            caplen = len12
+            caplen, wirelen = len12, len8
         else:
-            caplen = min(len8, len12)
+            caplen, wirelen = min(len8, len12), max(len8, len12)
         if caplen > max_caplen:
-            return starts[:count], pos, caplen
+            return (starts[:count], caplens[:count], wirelens[:count], ts_ns[:count], pos,
+                    caplen, checksum)
         starts[count] = pos
+        caplens[count] = caplen
+        wirelens[count] = wirelen
+        ts_ns[count] = _u32(data, pos, big_endian) * 1_000_000_000 + _u32(
+            data, pos + 4, big_endian) * frac_to_ns
         count += 1
         pos += _PCAP_RECORD_HEADER_LEN + caplen
-    return starts[:count], pos, -1
-
-
-@njit
-def _pcap_record_columns(data: np.ndarray, starts: np.ndarray, big_endian: bool, lengths: int,
-                         frac_to_ns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """caplen, wire length and ns timestamp of the pcap record headers at `starts` (found by
-    _walk_pcap, so whole headers; a header past the buffer would read as zeros)."""
-    n = starts.shape[0]
-    caplen = np.zeros(n, dtype=np.uint32)
-    wirelen = np.zeros(n, dtype=np.uint32)
-    ts_ns = np.zeros(n, dtype=np.int64)
-    for i in range(n):
-        p = starts[i]
-        if p < 0 or p + _PCAP_RECORD_HEADER_LEN > data.shape[0]:
-            continue
-        len8 = _u32(data, p + 8, big_endian)
-        len12 = _u32(data, p + 12, big_endian)
-        if lengths == _LENGTHS_NORMAL:
-            caplen[i], wirelen[i] = len8, len12
-        elif lengths == _LENGTHS_SWAPPED:
-            caplen[i], wirelen[i] = len12, len8
-        else:
-            caplen[i], wirelen[i] = min(len8, len12), max(len8, len12)
-        ts_ns[i] = _u32(data, p, big_endian) * 1_000_000_000 + _u32(data, p + 4,
-                                                                     big_endian) * frac_to_ns
-    return caplen, wirelen, ts_ns
+    return starts[:count], caplens[:count], wirelens[:count], ts_ns[:count], pos, -1, checksum
 
 
 @njit
@@ -287,9 +288,9 @@ class _PcapSource:
         raise _Damage(4, f"unsupported pcap version {major}.{minor}")
 
     def read(self, max_packets: int) -> tuple[PacketBatch | None, _Damage | None]:
-        starts, pos, bad_caplen = _walk_pcap(
+        starts, caplen, wirelen, ts_ns, pos, bad_caplen, _ = _walk_pcap(
             self.data, self.pos, self.end, self.big_endian, self.lengths, max_packets,
-            self.max_caplen)
+            self.max_caplen, self.frac_to_ns)
         pos, bad_caplen = int(pos), int(bad_caplen)
         damage = None
         if bad_caplen >= 0:
@@ -297,7 +298,9 @@ class _PcapSource:
                                   f"(limit {self.max_caplen})")
         elif pos > self.end:  # the last record's data runs past the end of the file
             pos = int(starts[-1])
-            starts = starts[:-1]
+            keep = starts.size - 1
+            starts, caplen, wirelen, ts_ns = (starts[:keep], caplen[:keep], wirelen[:keep],
+                                              ts_ns[:keep])
             left = self.end - pos - _PCAP_RECORD_HEADER_LEN
             damage = _Damage(pos, f"truncated record data ({left} of "
                                   f"{self._caplen_field(pos)} bytes)")
@@ -308,17 +311,16 @@ class _PcapSource:
         self.finished = damage is not None or pos >= self.end
         if not starts.size:
             return None, damage
-        return self._decode(starts), damage
+        return self._decode(starts, caplen, wirelen, ts_ns), damage
 
     def _caplen_field(self, pos: int) -> int:
         values = self.caplen_at(self.buf, pos)
         return min(values)
 
-    def _decode(self, starts: np.ndarray) -> PacketBatch:
-        """Record headers at `starts` -> columns (all records fit in the file)."""
+    def _decode(self, starts: np.ndarray, caplen: np.ndarray, wirelen: np.ndarray,
+                ts_ns: np.ndarray) -> PacketBatch:
+        """Walked records (all fit in the file) -> a batch, caplen clipped to the snaplen."""
         n = starts.shape[0]
-        caplen, wirelen, ts_ns = _pcap_record_columns(self.data, starts, self.big_endian,
-                                                      self.lengths, self.frac_to_ns)
         offset = starts + _PCAP_RECORD_HEADER_LEN
         caplen = _clip_to_snaplen(caplen, self.snaplen, offset, self.warn)
         _warn_caplen_over_wirelen(caplen, wirelen, offset, self.warn)

@@ -514,13 +514,29 @@ def test_internal_chunking_gives_identical_flows(monkeypatch, chunk):
 
 
 class _Keys:
-    """Stand-in for the table's key columns: slot -> (n, 5) uint64 key words."""
+    """Stand-in for the table's key columns (flow_table.KeyColumns) over `capacity` slots."""
 
     def __init__(self, capacity: int) -> None:
-        self.words = np.zeros((capacity, 5), dtype=np.uint64)
+        self.vlan = np.zeros(capacity, dtype=np.uint16)
+        self.transport = np.zeros(capacity, dtype=np.uint8)
+        self.lo_port = np.zeros(capacity, dtype=np.uint16)
+        self.hi_port = np.zeros(capacity, dtype=np.uint16)
+        self.lo_ip = np.zeros((capacity, 16), dtype=np.uint8)
+        self.hi_ip = np.zeros((capacity, 16), dtype=np.uint8)
 
-    def __call__(self, slots: np.ndarray) -> np.ndarray:
-        return self.words[slots]
+    def set(self, slots: np.ndarray, words: np.ndarray) -> None:
+        """Write (n, 5) key words (meta bits 32-39 zero, as in every real key) to slots."""
+        meta = words[:, 0]
+        self.vlan[slots] = meta >> np.uint64(48)
+        self.transport[slots] = (meta >> np.uint64(40)) & np.uint64(0xFF)
+        self.lo_port[slots] = (meta >> np.uint64(16)) & np.uint64(0xFFFF)
+        self.hi_port[slots] = meta & np.uint64(0xFFFF)
+        self.lo_ip[slots] = words[:, 1:3].astype(">u8").view(np.uint8).reshape(-1, 16)
+        self.hi_ip[slots] = words[:, 3:5].astype(">u8").view(np.uint8).reshape(-1, 16)
+
+    @property
+    def columns(self) -> tuple:
+        return (self.vlan, self.transport, self.lo_port, self.hi_port, self.lo_ip, self.hi_ip)
 
 
 @settings(max_examples=60, deadline=None)
@@ -529,7 +545,7 @@ class _Keys:
                 max_size=25),
        st.sampled_from([None, 0, 3]))
 def test_slot_index_matches_a_dict(ops, hash_bits):
-    """The numpy hash index against a dict, with tombstones, rebuilds and (hash_bits set)
+    """The compiled hash index against a dict, with tombstones, rebuilds and (hash_bits set)
     forced hash collisions: every lookup finds exactly the live keys."""
     import sensors.flow_table as ft
 
@@ -544,10 +560,10 @@ def test_slot_index_matches_a_dict(ops, hash_bits):
     real_mix64 = ft._mix64
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ft, "_mix64", hashes)  # the index rehashes with it when rebuilding
-        _slot_index_run(ops, ft._SlotIndex(), key_words, hashes)
+        _slot_index_run(ops, ft._SlotIndex(), key_words, hashes, ft)
 
 
-def _slot_index_run(ops, index, key_words, hashes) -> None:
+def _slot_index_run(ops, index, key_words, hashes, ft) -> None:
     index._MAX_LOAD = 0.1  # rebuild often
     columns = _Keys(512)
     live: dict[int, int] = {}
@@ -556,7 +572,9 @@ def _slot_index_run(ops, index, key_words, hashes) -> None:
         if op == "add":
             new = [k for k in keys if k not in live]
             slots = np.array([free.pop() for _ in new], dtype=np.int64)
-            columns.words[slots] = key_words(new)
+            columns.set(slots, key_words(new))
+            # the compiled key read-back gives the words just written
+            assert (ft._slot_key_words(slots, *columns.columns) == key_words(new)).all()
             index.insert(hashes(key_words(new)), slots)
             live.update(zip(new, slots.tolist(), strict=True))
         else:
@@ -566,9 +584,9 @@ def _slot_index_run(ops, index, key_words, hashes) -> None:
             free.extend(slots.tolist())
             if index.needs_rebuild():
                 index.resize(512, np.array(sorted(live.values()), dtype=np.int64),
-                             lambda s: columns(s))
+                             columns.columns)
         probe = list(range(0, 301, 7)) + keys
-        found = index.lookup(hashes(key_words(probe)), key_words(probe), columns)
+        found = index.lookup(hashes(key_words(probe)), key_words(probe), columns.columns)
         assert found.tolist() == [live.get(k, -1) for k in probe]
 
 
@@ -612,3 +630,59 @@ def test_flush_chunks_equal_flush_in_order(chunk):
         assert np.array_equal(joined.columns[name], col), name
     assert pieces.flush() is None  # the table was reset after the last piece
     assert pieces.stats == whole.stats
+
+
+# --- conn_state: the compiled table against the numpy np.select formulation it replaced ---
+
+
+def _conn_state_reference(transport, of, rf, o_pk, r_pk, o_pay, r_pay) -> list[str]:
+    """The former column-wise conn_state (np.select over Zeek's table, in its order)."""
+    import sensors.flow_table as ft
+
+    of, rf = of.astype(np.uint8), rf.astype(np.uint8)
+    o_sent, r_sent = o_pk > 0, r_pk > 0
+    established = ((of & ft.SYN) > 0) & ((rf & ft.SYN) > 0) & ((of & ft.ACK) > 0)
+
+    def endpoint_state(flags: np.ndarray, sent: np.ndarray, syn_state: int) -> np.ndarray:
+        return np.select(
+            [(flags & ft.RST) > 0, (flags & ft.FIN) > 0, ~sent, established,
+             (flags & ft.SYN) > 0],
+            [ft.RESET, ft.CLOSED, ft.INACTIVE, ft.ESTABLISHED, syn_state], default=ft.PARTIAL)
+
+    os_ = endpoint_state(of, o_sent, ft.SYN_SENT)
+    rs = endpoint_state(rf, r_sent, ft.SYN_ACK_SENT)
+    o_inactive = (os_ == ft.INACTIVE) | (os_ == ft.PARTIAL)
+    r_inactive = (rs == ft.INACTIVE) | (rs == ft.PARTIAL)
+    no_payload = (o_pay == 0) & (r_pay == 0)
+    rstos0 = ((of & ft.SYN) > 0) & ((of & ft.FIN) == 0)
+    tcp = np.select(
+        [(rs == ft.RESET) & ((os_ == ft.SYN_SENT) | (os_ == ft.SYN_ACK_SENT)
+                             | ((os_ == ft.RESET) & no_payload)),
+         (rs == ft.RESET) & o_inactive, rs == ft.RESET,
+         (os_ == ft.RESET) & r_inactive & rstos0, (os_ == ft.RESET) & r_inactive,
+         os_ == ft.RESET, (rs == ft.CLOSED) & (os_ == ft.CLOSED),
+         (os_ == ft.CLOSED) & r_inactive, os_ == ft.CLOSED, (rs == ft.CLOSED) & o_inactive,
+         rs == ft.CLOSED, (os_ == ft.SYN_SENT) & (rs == ft.INACTIVE),
+         (os_ == ft.ESTABLISHED) & (rs == ft.ESTABLISHED)],
+        ["REJ", "RSTRH", "RSTR", "RSTOS0", "OTH", "RSTO", "SF", "SH", "S2", "SHR", "S3", "S0",
+         "S1"], default="OTH")
+    other = np.select([o_sent & r_sent, o_sent, r_sent], ["SF", "S0", "SHR"], default="OTH")
+    return np.where(transport == ft.TCP, tcp, other).tolist()
+
+
+_flag_bytes = st.integers(0, 255) | st.sampled_from([0x02, 0x12, 0x10, 0x11, 0x14, 0x04, 0x01])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([6, 17, 1, 58, 132]), _flag_bytes, _flag_bytes,
+                          st.integers(0, 3), st.integers(0, 3), st.integers(0, 2),
+                          st.integers(0, 2)), min_size=1, max_size=60),
+       st.booleans())
+def test_conn_state_equals_the_column_formula(rows, as_bools):
+    """Every combination of flags, packets and payload (counts, or the table's booleans)."""
+    cols = [np.array(c) for c in zip(*rows, strict=True)]
+    transport = cols[0].astype(np.uint8)
+    of, rf = cols[1].astype(np.uint8), cols[2].astype(np.uint8)
+    counts = [c.astype(bool) if as_bools else c.astype(np.uint64) for c in cols[3:]]
+    got = conn_state(transport, of, rf, *counts).tolist()
+    assert got == _conn_state_reference(transport, of, rf, *counts)

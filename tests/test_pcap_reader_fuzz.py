@@ -154,19 +154,22 @@ def test_every_truncation_reads_a_prefix(tmp_path: Path, kind: str) -> None:
 
 
 def _reference_walk_pcap(buf: bytes, pos: int, end: int, endian: str, lengths: int,
-                         max_records: int, max_caplen: int) -> tuple[list[int], int, int]:
-    """The former pure-Python _walk_pcap (struct per record header)."""
-    starts: list[int] = []
+                         max_records: int, max_caplen: int, frac_to_ns: int
+                         ) -> tuple[list[tuple[int, int, int, int]], int, int]:
+    """The former pure-Python _walk_pcap (struct per record header), with each record's
+    (start, caplen, wire length, ns timestamp) as the former column decode read them."""
+    records: list[tuple[int, int, int, int]] = []
     for _ in range(max_records):
         if pos > end - 16:
             break
-        len8, len12 = struct.unpack_from(endian + "II", buf, pos + 8)
-        caplen = (len8, len12, min(len8, len12))[lengths]
+        sec, frac, len8, len12 = struct.unpack_from(endian + "IIII", buf, pos)
+        caplen, wirelen = ((len8, len12), (len12, len8),
+                           (min(len8, len12), max(len8, len12)))[lengths]
         if caplen > max_caplen:
-            return starts, pos, caplen
-        starts.append(pos)
+            return records, pos, caplen
+        records.append((pos, caplen, wirelen, sec * 1_000_000_000 + frac * frac_to_ns))
         pos += 16 + caplen
-    return starts, pos, -1
+    return records, pos, -1
 
 
 def _reference_walk_pcapng(buf: bytes, pos: int, end: int, endian: str,
@@ -197,18 +200,21 @@ def _record_stream(draw: st.DrawFn, endian: str) -> bytes:
 
 @settings(max_examples=300, deadline=None, derandomize=True)
 @given(st.data(), st.sampled_from(["<", ">"]), st.integers(0, 2), st.integers(1, 6),
-       st.sampled_from([0, 30, 262144]), st.integers(0, 20))
+       st.sampled_from([0, 30, 262144]), st.integers(0, 20), st.sampled_from([1, 1000]))
 def test_compiled_pcap_walk_equals_python_walk(data, endian, lengths, max_records,
-                                               max_caplen, pos):
+                                               max_caplen, pos, frac_to_ns):
     from sensors import pcap_reader
 
     buf = _record_stream(data.draw, endian)
     end = data.draw(st.integers(0, len(buf)))  # an end inside the buffer, as after a cut
     arr = np.frombuffer(buf, dtype=np.uint8)
-    starts, new_pos, bad = pcap_reader._walk_pcap(arr, pos, end, endian == ">", lengths,
-                                                  max_records, max_caplen)
-    ref = _reference_walk_pcap(buf, pos, end, endian, lengths, max_records, max_caplen)
-    assert (starts.tolist(), int(new_pos), int(bad)) == ref
+    starts, caplen, wirelen, ts_ns, new_pos, bad, _ = pcap_reader._walk_pcap(
+        arr, pos, end, endian == ">", lengths, max_records, max_caplen, frac_to_ns)
+    records = list(zip(starts.tolist(), caplen.tolist(), wirelen.tolist(), ts_ns.tolist(),
+                       strict=True))
+    ref = _reference_walk_pcap(buf, pos, end, endian, lengths, max_records, max_caplen,
+                               frac_to_ns)
+    assert (records, int(new_pos), int(bad)) == ref
 
 
 @settings(max_examples=300, deadline=None, derandomize=True)
