@@ -73,7 +73,11 @@ from sensors.community_id import community_id_column  # noqa: E402
 CAPTURES = [os.path.join(REPO, "..", "shared", "pcaps", c) for c in
             ("brute_force/zeek__sshguess.pcap", "port_scan/simplescan__port_scan.pcap")]
 NS = 10**9
+# The services' metrics interval in the bench: the end of a run is seen in the correlation
+# worker's metrics line, so this is the resolution of the end-to-end clock.
+METRICS_S = 0.1
 CLIENT = [DEFAULT_CLIENT]  # the pipeline's Kafka client library (--client)
+OVERRIDES: dict = {}  # config overrides of the throughput runs (--events-partitions)
 
 
 def sensor_compression(compression: str | None) -> str | None:
@@ -259,6 +263,21 @@ def metrics_lines(log_path: str) -> list[dict]:
                 and (b'"metrics"' in line or b'"stopped"' in line)]
 
 
+def last_timeline(log_path: str) -> dict:
+    """The `time` of the newest metrics line (services.LoopClock.snapshot), {} if none."""
+    return next((d["time"] for d in reversed(metrics_lines(log_path)) if "time" in d), {})
+
+
+def timeline_delta(after: dict, before: dict) -> dict:
+    """A LoopClock snapshot minus an earlier one: the run's own seconds per phase."""
+    if not after:
+        return {}
+    out = {k: after[k] - before.get(k, 0.0) for k in ("elapsed_s", "process_cpu_s")}
+    for part in ("wall_s", "thread_cpu_s"):
+        out[part] = {k: v - before.get(part, {}).get(k, 0.0) for k, v in after[part].items()}
+    return out
+
+
 def correlation_events_in(log_path: str) -> int:
     """Newest events_in the correlation worker reported in its metrics lines."""
     return max((int(d.get("events_in", 0)) for d in metrics_lines(log_path)), default=0)
@@ -272,8 +291,8 @@ class Services:
         # compression None: the services' configured default (auto = lz4 with confluent)
         chosen = {} if compression is None else {"compression": compression}
         config = deep_merge({"kafka": {"client": CLIENT[0]}, "services": {
-            "fusion": {"metrics_interval_s": 0.5, "session_timeout_ms": 2000, **chosen},
-            "correlation": {"metrics_interval_s": 0.5, "session_timeout_ms": 2000,
+            "fusion": {"metrics_interval_s": METRICS_S, "session_timeout_ms": 2000, **chosen},
+            "correlation": {"metrics_interval_s": METRICS_S, "session_timeout_ms": 2000,
                             "idle_flush_s": 0, **chosen}}},
                             overrides or {})
         path = os.path.join(workdir, f"bench-{time.monotonic_ns()}.yaml")
@@ -317,15 +336,43 @@ def cpu_seconds(pid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def warmup_message(template: EventBatch, rows: int = 2000) -> bytes:
+    """A small sensor batch an hour before the measured events, from attackers the measured
+    batches never use (no flow of it looks like one of theirs to fusion's dedupe)."""
+    idx = np.arange(rows)
+    return encode(make_batch(template, 0, rows, 1_700_000_000 * NS - 3600 * NS, NS // 1000,
+                             attacker_ids=6000 + idx % 1000))
+
+
 def run_columnar(kafka: KafkaConfig, messages: list[bytes], events: int, workdir: str,
                  multiplier: int, compression: str | None = None,
-                 broker_pid: int | None = None) -> tuple[float, dict[str, float]]:
+                 broker_pid: int | None = None,
+                 warmup: bytes | None = None) -> tuple[float, dict[str, float], dict]:
     """(events/s end to end, CPU µs per event of each process during the run: the sensor
-    producer (this process), the broker, fusion, correlation)."""
-    services = Services(kafka.bootstrap, workdir, compression=compression)
+    producer (this process), the broker, fusion, correlation; each service's timeline:
+    seconds per phase of its loop during the run, from its metrics lines). `warmup`, when
+    given, goes through the pipeline before the clock starts: each process's one-time
+    costs (first use of compiled kernels, numba's own start-up: ~0.7 s of CPU in a fresh
+    process) are then not counted as the events' cost."""
+    services = Services(kafka.bootstrap, workdir, OVERRIDES, compression=compression)
     pids = {"sensor producer": None, "broker": broker_pid,
             "fusion": services.procs[0].pid, "correlation": services.procs[1].pid}
+    logs = {"fusion": services.fusion_log, "correlation": services.corr_log}
+    warm_events = 0
     try:
+        if warmup is not None:
+            warm_events = len(decode(warmup)) * multiplier
+            with SpoolingProducer(kafka, os.path.join(workdir, "spool-warm"),
+                                  compression_type=sensor_compression(compression)) as producer:
+                producer.send("sa.sensor", b"bench-sensor", warmup)
+                producer.flush(60)
+            deadline = time.monotonic() + 120
+            while correlation_events_in(services.corr_log) < warm_events:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("correlation did not receive the warm-up events")
+                time.sleep(0.05)
+        time.sleep(2 * METRICS_S)  # a metrics line of the idle services: the timeline's zero
+        before = {k: last_timeline(p) for k, p in logs.items()}
         cpu_before = {k: cpu_seconds(p) for k, p in pids.items() if k == "sensor producer"
                       or p is not None}
         start = time.monotonic()
@@ -335,15 +382,34 @@ def run_columnar(kafka: KafkaConfig, messages: list[bytes], events: int, workdir
                 producer.send("sa.sensor", b"bench-sensor", message)
             producer.flush(120)
         deadline = time.monotonic() + 600
-        while correlation_events_in(services.corr_log) < events * multiplier:
+        while correlation_events_in(services.corr_log) < events * multiplier + warm_events:
             if time.monotonic() > deadline:
                 raise RuntimeError("correlation did not receive every event")
-            time.sleep(0.05)
-        rate = events / (time.monotonic() - start)
+            time.sleep(0.01)
+        elapsed = time.monotonic() - start
+        rate = events / elapsed
         cpu = {k: (cpu_seconds(pids[k]) - v) * 1e6 / events for k, v in cpu_before.items()}
-        return rate, cpu
+        timelines = {k: timeline_delta(last_timeline(p), before[k]) for k, p in logs.items()}
+        timelines["run"] = {"elapsed_s": elapsed}
+        return rate, cpu, timelines
     finally:
         services.stop()
+
+
+def print_timelines(timelines: dict) -> None:
+    """Per service: wall seconds per loop phase (main thread), its CPU, and the process
+    CPU beyond the main thread (Kafka client threads)."""
+    for name in ("fusion", "correlation"):
+        t = timelines.get(name)
+        if not t:
+            continue
+        thread_cpu = sum(t["thread_cpu_s"].values())
+        phases = ", ".join(f"{k} {v:.2f} ({t['thread_cpu_s'].get(k, 0):.2f})"
+                           for k, v in sorted(t["wall_s"].items(), key=lambda kv: -kv[1]))
+        print(f"    {name}: {t['elapsed_s']:.2f} s to its last metrics line; wall (main-thread "
+              f"CPU) s per phase: {phases}; rest {t['elapsed_s'] - sum(t['wall_s'].values()):.2f}"
+              f"; CPU s: main thread in phases {thread_cpu:.2f}, whole process "
+              f"{t['process_cpu_s']:.2f}")
 
 
 # --- 3. the per-event JSON anchor -------------------------------------------------------------
@@ -517,15 +583,26 @@ def main() -> int:
     parser.add_argument("--client", default=DEFAULT_CLIENT, choices=CLIENTS,
                         help="Kafka client library of the pipeline (sensor producer and "
                              "services); the per-event JSON anchor is always kafka-python")
+    parser.add_argument("--no-warmup", action="store_true",
+                        help="time the services from their first batch (one-time costs "
+                             "of a fresh process included), as before 2026-11-29 06:40")
+    parser.add_argument("--events-partitions", type=int, default=None,
+                        help="partitions of sa.events (and sa.events.by_dst) in the "
+                             "throughput runs; 1 = one correlation pass, no by_dst "
+                             "(pipeline.services.single_pass); default: the config's")
     args = parser.parse_args()
     CLIENT[0] = args.client
-    config = load_config()
+    if args.events_partitions:
+        OVERRIDES["services"] = {"topics": {"sa.events": args.events_partitions,
+                                            "sa.events.by_dst": args.events_partitions}}
+    config = deep_merge(load_config(), OVERRIDES)
     template = template_flows()
     multiplier = engines_per_event(config)
     messages = sensor_batches(template, args.events, args.batch_rows)
     print(f"{args.events:,} flow events in {len(messages)} sensor batches of "
           f"{args.batch_rows:,} ({len(messages[0]) / args.batch_rows:.0f} bytes/event on the "
-          f"wire), {os.cpu_count()} cores, medians of {args.runs}, client {args.client}",
+          f"wire), {os.cpu_count()} cores, medians of {args.runs}, client {args.client}, "
+          f"sa.events partitions {topic_partitions(config)['sa.events']}",
           flush=True)
 
     if args.only_latency:
@@ -554,19 +631,23 @@ def throughput(args: argparse.Namespace, stages: dict[str, float], produce: floa
           + ", ".join(f"{k} {v:.2f} s" for k, v in STARTUP.items()))
 
     columnar, json_rates, cpus = [], [], []
+    warmup = None if args.no_warmup else warmup_message(template)
     for run in range(args.runs):
         with LocalBroker() as broker, tempfile.TemporaryDirectory() as workdir:
             kafka = KafkaConfig(bootstrap=broker.bootstrap, client=CLIENT[0])
             ensure_topics(kafka, topic_partitions(config))
-            rate, cpu = run_columnar(kafka, messages, args.events, workdir, multiplier,
-                                     args.compression, broker.pid)
+            rate, cpu, timelines = run_columnar(kafka, messages, args.events, workdir,
+                                                multiplier, args.compression, broker.pid,
+                                                warmup)
             columnar.append(rate)
             cpus.append(cpu)
             json_rates.append(run_json(kafka, template, args.json_events))
         print(f"  run {run + 1}: CPU us/event " + ", ".join(f"{k} {v:.2f}"
                                                            for k, v in cpus[-1].items()))
-        print(f"  run {run + 1}: columnar {columnar[-1]:,.0f} ev/s, "
-              f"json {json_rates[-1]:,.0f} ev/s", flush=True)
+        print(f"  run {run + 1}: columnar {columnar[-1]:,.0f} ev/s "
+              f"({timelines['run']['elapsed_s']:.2f} s), json {json_rates[-1]:,.0f} ev/s, "
+              f"load average {os.getloadavg()[0]:.1f}", flush=True)
+        print_timelines(timelines)
     col, js = statistics.median(columnar), statistics.median(json_rates)
     topics = "sa.events + sa.events.by_dst" if multiplier > 1 else "sa.events"
     print(f"\n2./3. end to end, {multiplier} engine(s) per event ({topics}):")

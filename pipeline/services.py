@@ -27,7 +27,8 @@ import tempfile
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any, Protocol
 
@@ -102,8 +103,34 @@ def correlation_section(config: Mapping) -> dict:
     return merge_config(default_config(), config.get("correlation") or {})
 
 
+def single_pass(config: Mapping) -> bool:
+    """True when sa.events has one partition: its one reader (Kafka gives a partition to
+    one group member) sees every event of every key, so every detector runs in one engine
+    on sa.events and sa.events.by_dst is not needed. The repartition topic exists so that
+    each of several workers gets *all* events of the destinations it owns; with one
+    partition that holds already, and skipping it saves a broker hop, an encode and a
+    decode per event (docs/kafka.md, "Keys")."""
+    return topic_partitions(config).get(TOPIC_EVENTS) == 1
+
+
+def check_single_pass(consumer: BatchConsumer, config: Mapping) -> None:
+    """Raise TransportError when the config says sa.events has one partition and the
+    broker's topic has more (created earlier with another setting): one engine per worker
+    would then see only part of each destination's events and miss detections silently."""
+    if not single_pass(config):
+        return
+    real = consumer.partition_count(TOPIC_EVENTS)
+    if real is not None and real != 1:
+        raise TransportError(f"{TOPIC_EVENTS} has {real} partitions but services.topics says "
+                             f"1: set services.topics.{TOPIC_EVENTS} to {real} (or recreate "
+                             f"the topic with one partition)")
+
+
 def needs_destination_keying(config: Mapping) -> bool:
-    """True when an enabled detector declares `partition_key = "destination"`."""
+    """True when sa.events.by_dst is needed: an enabled detector declares
+    `partition_key = "destination"` and sa.events has more than one partition."""
+    if single_pass(config):
+        return False
     return bool(split_detectors(build_detectors(correlation_section(config)))[DESTINATION])
 
 
@@ -123,6 +150,37 @@ class JsonLog:
         with self._lock:
             self.stream.write(line.decode() + "\n")
             self.stream.flush()
+
+
+class LoopClock:
+    """Where a service loop's time goes: wall seconds and main-thread CPU seconds per phase
+    (poll wait, decode, stage, encode + send, flush wait, commit...), logged in the metrics
+    lines as `time` next to the process's whole CPU time (the difference is the Kafka
+    client's and the producer's own threads). Two clock reads per phase entered, per poll
+    or per message: nothing next to a batch of thousands of events."""
+
+    def __init__(self) -> None:
+        self.wall: Counter[str] = Counter()
+        self.cpu: Counter[str] = Counter()
+        self._wall0 = time.perf_counter()
+        self._cpu0 = time.process_time()
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.thread_time()
+        try:
+            yield
+        finally:
+            self.wall[phase] += time.perf_counter() - wall
+            self.cpu[phase] += time.thread_time() - cpu
+
+    def snapshot(self) -> dict:
+        """{elapsed_s, process_cpu_s, wall_s: {phase: s}, thread_cpu_s: {phase: s}} since
+        the clock was made."""
+        return {"elapsed_s": round(time.perf_counter() - self._wall0, 4),
+                "process_cpu_s": round(time.process_time() - self._cpu0, 4),
+                "wall_s": {k: round(v, 4) for k, v in self.wall.items()},
+                "thread_cpu_s": {k: round(v, 4) for k, v in self.cpu.items()}}
 
 
 def temp_spool(service: str) -> str:
@@ -202,41 +260,48 @@ class FusionService:
         self.log = log or JsonLog("fusion")
         self.transform = FusionTransform(config)
         self.stats: Counter[str] = Counter()
+        self.clock = LoopClock()
 
     def process(self, records: Iterable[Record], producer: _Producer) -> None:
         """Decode, fuse, split by key, encode and send every record's output."""
+        clock = self.clock
         for record in records:
             self.stats["messages_in"] += 1
             try:
-                batch = decode(record.value)
+                with clock("decode"):
+                    batch = decode(record.value)
             except WireError as exc:
                 self._dead(producer, record, f"wire: {exc}")
                 continue
             self.stats["events_in"] += len(batch)
             try:
-                events, dead = self.transform(batch)
+                with clock("fuse"):
+                    events, dead = self.transform(batch)
             except (SchemaError, ValueError) as exc:  # a stage bug must not stop the stream
                 self._dead(producer, record, f"fusion: {exc}", kind=batch.kind, rows=len(batch))
                 continue
             for doc in dead:
                 self._dead(producer, record, str(doc.get("reason", "rejected")),
                            **{k: v for k, v in doc.items() if k not in ("reason", "stage")})
-            for out in events:
-                self.stats["events_out"] += len(out)
-                # Text columns are factorized once per batch, then every partition's rows of
-                # every keying are encoded from that (no sub-batch copies, no re-encoding).
-                try:
-                    encoder = BatchEncoder(out)
-                except WireError as exc:  # a value the wire cannot carry: a stage bug
-                    self._dead(producer, record, f"wire encode: {exc}", kind=out.kind,
-                               rows=len(out))
-                    continue
-                for target in self.outputs:
-                    keys = aligned_keys(target.partitions)
-                    for bucket, rows in bucket_rows(out, target.keying, target.partitions):
-                        for chunk in encoder.encode_chunks(self.max_message_bytes, rows):
-                            producer.send(target.topic, keys[bucket], chunk)
-                            self.stats[f"messages_out.{target.topic}"] += 1
+            with clock("encode_send"):
+                for out in events:
+                    self._send_events(record, out, producer)
+
+    def _send_events(self, record: Record, out: EventBatch, producer: _Producer) -> None:
+        self.stats["events_out"] += len(out)
+        # Text columns are factorized once per batch, then every partition's rows of
+        # every keying are encoded from that (no sub-batch copies, no re-encoding).
+        try:
+            encoder = BatchEncoder(out)
+        except WireError as exc:  # a value the wire cannot carry: a stage bug
+            self._dead(producer, record, f"wire encode: {exc}", kind=out.kind, rows=len(out))
+            return
+        for target in self.outputs:
+            keys = aligned_keys(target.partitions)
+            for bucket, rows in bucket_rows(out, target.keying, target.partitions):
+                for chunk in encoder.encode_chunks(self.max_message_bytes, rows):
+                    producer.send(target.topic, keys[bucket], chunk)
+                    self.stats[f"messages_out.{target.topic}"] += 1
 
     def _dead(self, producer: _Producer, record: Record, reason: str, **extra: Any) -> None:
         self.stats["deadletter"] += 1
@@ -252,6 +317,11 @@ class FusionService:
                                  session_timeout_ms=int(s.get("session_timeout_ms", 6000)),
                                  max_poll_records=int(s.get("max_poll_records", 16)),
                                  fetch_max_wait_ms=int(s.get("fetch_max_wait_ms", 500)))
+        try:
+            check_single_pass(consumer, self.config)
+        except TransportError:
+            consumer.close()
+            raise
         producer = SpoolingProducer(self.kafka, spool, topics=self.topics,
                                     linger_ms=int(s.get("linger_ms", 5)),
                                     compression_type=producer_compression(s, self.kafka.client))
@@ -260,37 +330,55 @@ class FusionService:
         self.log("started", group=self.group, outputs=[o.topic for o in self.outputs])
         if ready is not None:
             ready.set()
-        # Pipelining: the outputs of one poll are in flight (the client's I/O thread) while
-        # the next poll is decoded and fused; the producer is flushed and the input
-        # committed once per commit_interval_s, or as soon as the input runs dry.
+        # Pipelining: the outputs of a poll are in flight (librdkafka's threads) while the
+        # next polls are decoded and fused; nothing waits for the broker. Each poll's
+        # records are committed once every output sent up to the end of that poll was
+        # delivered (SpoolingProducer.delivered_through: acknowledged, confirmed, nothing
+        # spooled), checked at most every commit_interval_s and whenever the input runs
+        # dry. Commits trail deliveries, never lead them. Back-pressure: while the broker
+        # is away, or outputs stay unconfirmed for max_unconfirmed_s, the loop stops
+        # polling and flushes (waits) as before.
         commit_every = float(s.get("commit_interval_s", 0.5))
-        uncommitted: list[Record] = []
-        flush_at = 0.0
+        max_unconfirmed_s = float(s.get("max_unconfirmed_s", 5.0))
+        inflight: deque[tuple[int, float, list[Record]]] = deque()  # (mark, when, records)
+        next_commit = 0.0
+        clock = self.clock
         try:
             while not stop.is_set():
-                records = poll_records(consumer, stop, self.log, 0.05 if uncommitted else 0.5)
+                with clock("poll"):
+                    records = poll_records(consumer, stop, self.log,
+                                           0.05 if inflight else 0.5)
                 if records:
-                    if not uncommitted:
-                        flush_at = time.monotonic() + commit_every
                     self.process(records, producer)
-                    uncommitted += records
-                if uncommitted and (not records or time.monotonic() >= flush_at):
-                    _flush_until(producer, stop)
-                    if producer.idle:  # everything acknowledged: commit
-                        commit_records(consumer, uncommitted, self.log)
-                        uncommitted = []
+                    inflight.append((producer.mark(), time.monotonic(), records))
+                now = time.monotonic()
+                if inflight and (producer.backlogged
+                                 or now - inflight[0][1] >= max_unconfirmed_s):
+                    with clock("flush"):
+                        _flush_until(producer, stop)  # waits: back-pressure, not loss
+                if inflight and (not records or now >= next_commit):
+                    next_commit = now + commit_every
+                    done: list[Record] = []
+                    while inflight and producer.delivered_through(inflight[0][0]):
+                        done += inflight.popleft()[2]
+                    if done:
+                        with clock("commit"):
+                            commit_records(consumer, done, self.log)
+                    if inflight:
+                        producer.confirm_soon()  # what was acknowledged, for the next turn
                 if time.monotonic() >= next_metrics:
                     next_metrics = time.monotonic() + metrics_every
-                    self.log("metrics", **self.stats, producer=producer.metrics_snapshot())
+                    self.log("metrics", **self.stats, producer=producer.metrics_snapshot(),
+                             time=clock.snapshot())
         finally:
             flushed = producer.flush(float(s.get("shutdown_flush_s", 10)))
-            if flushed and uncommitted:  # outputs acknowledged: their input is done
-                commit_records(consumer, uncommitted, self.log)
+            if flushed and inflight:  # outputs acknowledged: their input is done
+                commit_records(consumer, [r for *_, rs in inflight for r in rs], self.log)
             producer.close(1.0)
             consumer.close()
             if not s.get("spool_dir"):
                 shutil.rmtree(spool, ignore_errors=True)
-            self.log("stopped", flushed=flushed, **self.stats)
+            self.log("stopped", flushed=flushed, **self.stats, time=self.clock.snapshot())
         return 0
 
 
@@ -386,23 +474,31 @@ class CorrelationService:
         self.group = group or str(self.settings.get("group", "cirtsa-correlation"))
         self.topics = topic_partitions(config)
         self.correlation = correlation_section(config)
-        detectors = split_detectors(build_detectors(self.correlation))
-        self.keyings = [k for k in (SOURCE, DESTINATION) if detectors[k]]
-        self.input_topics = [KEYED_TOPICS[k] for k in self.keyings] or [TOPIC_EVENTS]
+        self.single_pass = single_pass(config)
+        self.input_topics = list(self._engine_detectors()) or [TOPIC_EVENTS]
         self.sinks = list(sinks)
         self.on_alerts = on_alerts
         self.log = log or JsonLog("correlation")
         self.idle_flush_s = float(self.settings.get("idle_flush_s", 30)
                                   if idle_flush_s is None else idle_flush_s)
         self.stats: Counter[str] = Counter()
+        self.clock = LoopClock()
         self.engines: dict[str, CorrelationEngine] = {}
         self.tracked: dict[tuple[str, int], _Tracked] = {}
         self._new_engines()
 
+    def _engine_detectors(self) -> dict[str, list]:
+        """{input topic: the detectors of its engine}: every detector on sa.events when
+        sa.events has one partition (`single_pass`), else one engine per keying."""
+        detectors = build_detectors(self.correlation)
+        if self.single_pass:
+            return {TOPIC_EVENTS: detectors} if detectors else {}
+        split = split_detectors(detectors)
+        return {KEYED_TOPICS[k]: split[k] for k in (SOURCE, DESTINATION) if split[k]}
+
     def _new_engines(self) -> None:
-        detectors = split_detectors(build_detectors(self.correlation))
-        self.engines = {KEYED_TOPICS[k]: CorrelationEngine(self.correlation, detectors[k])
-                        for k in self.keyings}
+        self.engines = {topic: CorrelationEngine(self.correlation, detectors)
+                        for topic, detectors in self._engine_detectors().items()}
         cap = float(self.settings.get("replay_suppression_max_s", 3600))
         self._retain = {t: retain_span_ns(e, cap) for t, e in self.engines.items()}
         self.tracked = {}
@@ -417,6 +513,7 @@ class CorrelationService:
         would make another's events late. So the batches of one poll are pushed oldest
         first (by their earliest event); across polls, how far one partition can run ahead
         is bounded by max_partition_fetch_bytes (docs/kafka.md)."""
+        clock = self.clock
         decoded: list[tuple[int, Record, EventBatch]] = []
         for record in records:
             tp = (record.topic, record.partition)
@@ -426,7 +523,8 @@ class CorrelationService:
                 continue
             self.stats["messages_in"] += 1
             try:
-                batch = decode(record.value)
+                with clock("decode"):
+                    batch = decode(record.value)
             except WireError as exc:  # fusion encoded it: should not happen
                 self._bad(record, exc)
                 continue
@@ -437,7 +535,8 @@ class CorrelationService:
         alerts: list[dict] = []
         for _, record, batch in sorted(decoded, key=lambda item: item[0]):
             try:
-                alerts += self.engines[record.topic].push(batch)
+                with clock("engines"):
+                    alerts += self.engines[record.topic].push(batch)
             except SchemaError as exc:
                 self._bad(record, exc)
                 continue
@@ -522,7 +621,13 @@ class CorrelationService:
             session_timeout_ms=int(s.get("session_timeout_ms", 6000)),
             max_poll_records=int(s.get("max_poll_records", 64)),
             max_partition_fetch_bytes=int(s.get("max_partition_fetch_bytes", 4 << 20)),
-            fetch_max_wait_ms=int(s.get("fetch_max_wait_ms", 500)))
+            fetch_max_wait_ms=int(s.get("fetch_max_wait_ms", 500)),
+            poll_linger_s=float(s.get("poll_linger_ms", 50)) / 1000)
+        try:
+            check_single_pass(consumer, self.config)
+        except TransportError:
+            consumer.close()
+            raise
         producer = SpoolingProducer(self.kafka, spool, topics=self.topics,
                                     linger_ms=int(s.get("linger_ms", 5)),
                                     compression_type=producer_compression(s, self.kafka.client))
@@ -533,19 +638,22 @@ class CorrelationService:
         last_input = time.monotonic()
         assigned: set[tuple[str, int]] = set()
         pending: list[dict] = []  # alerts not yet acknowledged by every output
+        clock = self.clock
         self.log("started", group=self.group, inputs=self.input_topics,
                  idle_flush_s=self.idle_flush_s)
         if ready is not None:
             ready.set()
         try:
             while not stop.is_set():
-                records = poll_records(consumer, stop, self.log, 0.2)
+                with clock("poll"):
+                    records = poll_records(consumer, stop, self.log, 0.2)
                 now_assigned = consumer.assignment()
                 rewound = any(t.rewound(r.offset) for r in records
                               if (t := self.tracked.get((r.topic, r.partition))) is not None)
                 if now_assigned != assigned or rewound:
                     try:
-                        self._rewind(consumer)  # this poll's records come again from the commit
+                        with clock("rewind"):
+                            self._rewind(consumer)  # this poll's records come again from the commit
                     except TransportError as exc:  # broker away: rebuild at the next poll
                         self.log("rewind_failed", reason=str(exc)[:300])
                         assigned = set()
@@ -562,15 +670,19 @@ class CorrelationService:
                     next_commit = 0.0
                 now = time.monotonic()
                 if pending or (now >= next_commit and self.tracked):
-                    if self._deliver(pending, producer, stop):
+                    with clock("deliver"):
+                        delivered = self._deliver(pending, producer, stop)
+                    if delivered:
                         pending = []
-                        self._commit(consumer)
+                        with clock("commit"):
+                            self._commit(consumer)
                         next_commit = now + commit_every
                 if now >= next_metrics:
                     next_metrics = now + metrics_every
                     self.log("metrics", **self.stats, buffered_messages=self.buffered_messages,
                              watermark={t: e.watermark for t, e in self.engines.items()},
-                             engine={t: e.stats for t, e in self.engines.items()})
+                             engine={t: e.stats for t, e in self.engines.items()},
+                             time=clock.snapshot())
         finally:
             # Open windows are NOT flushed: they would be emitted from part of their events.
             # Their messages stay uncommitted and the next owner rebuilds them.
@@ -582,7 +694,8 @@ class CorrelationService:
             consumer.close()
             if not s.get("spool_dir"):
                 shutil.rmtree(spool, ignore_errors=True)
-            self.log("stopped", **self.stats, buffered_messages=self.buffered_messages)
+            self.log("stopped", **self.stats, buffered_messages=self.buffered_messages,
+                     time=self.clock.snapshot())
         return 0
 
 

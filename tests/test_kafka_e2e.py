@@ -100,9 +100,14 @@ def quiet_log(name: str) -> JsonLog:
     return JsonLog(name, open(os.devnull, "w"))  # noqa: SIM115 - process lifetime
 
 
-def test_kafka_path_gives_the_embedded_alerts(broker, tmp_path, kafka_client):
+@pytest.mark.parametrize("events_partitions", [4, 1])
+def test_kafka_path_gives_the_embedded_alerts(broker, tmp_path, kafka_client,
+                                              events_partitions):
+    """4 partitions: two keyings (sa.events + sa.events.by_dst), two engines; 1 partition:
+    one engine with every detector on sa.events (services.single_pass). Same alerts."""
     paths = [shared_pcap(c) for c in CAPTURES]
     config = service_config()
+    config["services"]["topics"]["sa.events"] = events_partitions
     expected = run_pipeline(paths, config).alerts
     assert expected, "the captures must raise alerts for this test to mean anything"
     kafka = KafkaConfig(bootstrap=broker.bootstrap, client=kafka_client)
@@ -127,6 +132,22 @@ def test_kafka_path_gives_the_embedded_alerts(broker, tmp_path, kafka_client):
     on_topic = read_topic(kafka, "sa.alerts", len(alerts))
     assert {r.key.decode() for r in on_topic} == set(got)
     assert all(orjson.loads(r.value)["event"]["id"] == r.key.decode() for r in on_topic)
+
+
+def test_a_one_partition_config_on_a_split_topic_is_refused(broker, kafka_client):
+    """services.topics says sa.events has 1 partition but the broker's topic has 4 (made
+    earlier with another setting): a single-pass worker would see part of the events and
+    miss detections silently, so both services refuse to start."""
+    from pipeline.kafka_transport import TransportError
+
+    config = service_config()
+    kafka = KafkaConfig(bootstrap=broker.bootstrap, client=kafka_client)
+    ensure_topics(kafka, topic_partitions(config))  # sa.events: 4
+    config["services"]["topics"]["sa.events"] = 1
+    for service in (FusionService(kafka, config, log=quiet_log("fusion")),
+                    CorrelationService(kafka, config, log=quiet_log("correlation"))):
+        with pytest.raises(TransportError, match="has 4 partitions"):
+            service.run(threading.Event())
 
 
 def test_garbage_on_sensor_topic_goes_to_deadletter_and_stream_goes_on(broker, tmp_path,

@@ -364,11 +364,17 @@ def test_broker_outage_while_producing_loses_nothing(tmp_path, caplog, kafka_cli
                     while producer.metrics_snapshot()["in_spool"] < 50:
                         assert time.monotonic() < deadline, producer.metrics_snapshot()
                         time.sleep(0.1)
+                    # what fusion's loop asks instead of waiting: nothing sent before this
+                    # point counts as delivered while the spool holds messages
+                    mark = producer.mark()
+                    assert producer.backlogged and not producer.delivered_through(mark)
                     broker.start()
                 producer.send(topic, b"sensor-%d" % (i % 3), message_id(i))
                 time.sleep(0.005)
             assert producer.flush(40), producer.metrics_snapshot()
             metrics = producer.metrics_snapshot()
+            assert producer.delivered_through(mark) and not producer.backlogged
+            assert producer.delivered_through(producer.mark())
         finally:
             producer.close(timeout_s=5)
         with consumer(config, [topic], unique("g")) as reader:
@@ -406,11 +412,16 @@ def test_acks_from_a_restarted_broker_that_forgot_the_topic_are_not_trusted(tmp_
             with consumer(config, [topic], unique("g")) as reader:
                 assert sorted(ids_of(consume(reader, 20))) == list(range(20))
             broker.stop(timeout_s=1)
+            assert producer.delivered_through(producer.mark())
             for i in range(20, 60):  # queued in the client: its cached metadata still works
                 producer.send(topic, b"sensor-%d" % (i % 3), message_id(i))
+            mark = producer.mark()
+            assert not producer.delivered_through(mark)  # nobody can have acknowledged them
             broker.start()  # back within the delivery timeout: no send fails outright
             assert producer.flush(30), producer.metrics_snapshot()
             metrics = producer.metrics_snapshot()
+            # only after the re-sends to the recreated topic were confirmed
+            assert producer.delivered_through(mark)
         with consumer(config, [topic], unique("g")) as reader:
             got = consume(reader, 40, timeout_s=20)
             got += reader.poll_batch(timeout_s=1)  # duplicates, if any, show up
@@ -507,3 +518,67 @@ def test_confluent_delivery_report_before_or_after_the_callbacks_reaches_them_on
     too_large.add_errback(lambda exc: calls.append(exc))
     assert [type(c).__name__ for c in calls] == ["DeliveryError", "DeliveryError"]
     assert not _is_permanent(calls[0]) and _is_permanent(calls[1])  # retry vs reject
+
+
+class _FakeLibrdkafka:
+    """librdkafka's consume(n, timeout) as measured: it returns once n messages are there
+    or when the timeout has passed, so with fewer queued it waits the whole timeout
+    (recorded in `waited` instead of sleeping)."""
+
+    class Message:
+        def __init__(self, offset: int) -> None:
+            self._offset = offset
+
+        def error(self) -> None:
+            return None
+
+        def topic(self) -> str:
+            return "t"
+
+        def partition(self) -> int:
+            return 0
+
+        def offset(self) -> int:
+            return self._offset
+
+        def key(self) -> bytes:
+            return b"k"
+
+        def value(self) -> bytes:
+            return message_id(self._offset)
+
+        def timestamp(self) -> tuple[int, int]:
+            return (1, 0)
+
+    def __init__(self, queued: int) -> None:
+        self.queue = [self.Message(i) for i in range(queued)]
+        self.waited = 0.0
+
+    def consume(self, num_messages: int, timeout: float) -> list:
+        if len(self.queue) < num_messages and timeout > 0:
+            self.waited += timeout
+        out, self.queue = self.queue[:num_messages], self.queue[num_messages:]
+        return out
+
+
+@pytest.mark.parametrize("linger_s", [0.0, 0.05])
+@pytest.mark.parametrize("queued", [0, 1, 3, 20])
+def test_a_confluent_poll_returns_what_is_fetched_without_waiting_for_a_full_batch(queued,
+                                                                                 linger_s):
+    """poll_batch(timeout, max_records) returns the records already there at once, up to
+    max_records, and waits (up to the timeout) only when there are none, as kafka-python's
+    poll does: librdkafka's consume(16, t) would sit out t with 3 records in hand. With
+    poll_linger_s, a poll that has records waits at most that long for more."""
+    from pipeline.kafka_transport import BatchConsumer
+
+    fake = _FakeLibrdkafka(queued)
+    polling = BatchConsumer.__new__(BatchConsumer)  # no broker: only the poll logic
+    polling.config, polling.group_id, polling.max_poll_records = KafkaConfig(), "g", 16
+    polling._confluent, polling._consumer, polling.poll_linger_s = True, fake, linger_s
+    got = []
+    while batch := polling.poll_batch(timeout_s=2.0):
+        assert len(batch) <= 16
+        got += batch
+    assert [r.offset for r in got] == list(range(queued))
+    # the last, empty poll waited its timeout; a poll with a partial batch its linger
+    assert fake.waited == pytest.approx(2.0 + (linger_s if queued else 0.0))

@@ -26,7 +26,13 @@ from pipeline.keys import (
     split_detectors,
 )
 from pipeline.schema import EventBatch
-from pipeline.services import CorrelationService, FusionService, JsonLog, sensor_messages
+from pipeline.services import (
+    CorrelationService,
+    FusionService,
+    JsonLog,
+    needs_destination_keying,
+    sensor_messages,
+)
 from pipeline.wire import decode
 
 CAPTURE = "port_scan/simplescan__port_scan.pcap"
@@ -217,3 +223,65 @@ def test_producer_compression_setting():
     config = load_config()
     assert config["services"]["fusion"]["compression"] == "auto"
     assert producer_compression(config["services"]["fusion"], config["kafka"]["client"]) == "lz4"
+
+
+def _one_partition(config: dict) -> dict:
+    config["services"]["topics"]["sa.events"] = 1
+    return config
+
+
+def test_one_events_partition_runs_every_detector_in_one_engine_without_by_dst():
+    """sa.events with one partition: its single reader sees every key, so the repartition
+    topic is skipped and one engine holds every detector (the embedded pipeline's setup)."""
+    from correlation.engine import build_detectors
+
+    split = load_config()
+    assert split["services"]["topics"]["sa.events"] > 1
+    one = _one_partition(load_config())
+    detectors = build_detectors(CorrelationService(None, one, log=quiet("c")).correlation)
+    assert split_detectors(detectors)[DESTINATION]  # the default set has victim-keyed ones
+    assert needs_destination_keying(split) and not needs_destination_keying(one)
+    service = CorrelationService(None, one, log=quiet("correlation"))
+    assert service.input_topics == ["sa.events"] and list(service.engines) == ["sa.events"]
+    assert ([d.name for d in service.engines["sa.events"].detectors]
+            == [d.name for d in detectors])
+    fusion = FusionService(None, one, log=quiet("fusion"))
+    assert [o.topic for o in fusion.outputs] == ["sa.events"]
+    assert len(CorrelationService(None, split, log=quiet("c")).engines) == 2
+
+
+def test_one_pass_and_two_keyings_give_the_alerts_of_the_embedded_engine():
+    """The same sensor batches through fusion -> correlation with sa.events split four
+    ways (two engines, two topics) and with one partition (one engine, one topic): both
+    give exactly the alerts of one in-process engine."""
+    from correlation.engine import CorrelationEngine
+    from pipeline.services import FusionTransform, topic_partitions
+
+    captures = ["port_scan/simplescan__port_scan.pcap", "brute_force/zeek__sshguess.pcap"]
+    base = load_config()
+    # in the embedded pipeline's capture order (by time): the services push each poll's
+    # batches oldest first, so an input out of event-time order would differ by late events
+    messages = list(sensor_messages([shared_pcap(c) for c in captures], base))
+    transform, engine = FusionTransform(base), CorrelationEngine(base["correlation"])
+    expected = []
+    for message in messages:
+        for batch in transform(decode(message))[0]:
+            expected += engine.push(batch)
+    expected += engine.flush()
+    assert expected
+    for config in (load_config(), _one_partition(load_config())):
+        producer = FakeProducer()
+        FusionService(None, config, log=quiet("fusion")).process(
+            [Record("sa.sensor", 0, i, b"s1", m, 0) for i, m in enumerate(messages)], producer)
+        partitions = topic_partitions(config)
+        offsets: dict[tuple[str, int], int] = {}
+        records = []
+        for topic, key, value in producer.sent:
+            if topic.startswith("sa.events"):
+                tp = (topic, aligned_keys(partitions[topic]).index(key))
+                offsets[tp] = offsets.get(tp, -1) + 1
+                records.append(Record(topic, tp[1], offsets[tp], key, value, 0))
+        service = CorrelationService(None, config, log=quiet("correlation"))
+        got = service.push(records) + service.flush_engines()
+        assert sorted(a["event"]["id"] for a in got) == sorted(a["event"]["id"]
+                                                                for a in expected)
