@@ -15,6 +15,7 @@ incident fusion (correlation/incidents.py, what `es load` does).
     python3 bench/alert_burst.py                 # 1,100 + 1,100 scanners, 5 runs
     python3 bench/alert_burst.py --sources 2000 --runs 3
     python3 bench/alert_burst.py --victims 1     # one victim: one incident of 1,100+ alerts
+    python3 bench/alert_burst.py --mix network   # + UDP scans, ICMP sweeps, SSH brute force
 
 Prints µs per alert of each part and the SHA-256 of the alert and incident documents
 (compare two versions of the code: equal hashes = byte-identical documents).
@@ -23,6 +24,7 @@ Prints µs per alert of each part and the SHA-256 of the alert and incident docu
 from __future__ import annotations
 
 import argparse
+import collections
 import hashlib
 import os
 import statistics
@@ -46,8 +48,10 @@ T0_S = 1_767_225_600  # 2026-01-01T00:00:00Z
 PROBES = 8  # ports per vertical scanner, hosts per horizontal scanner (thresholds: 5)
 
 
-def burst_batches(sources: int, victims: int = 4096, seed: int = 7) -> list[EventBatch]:
-    """[the scans, one later event that closes their first 5-minute window]."""
+def burst_batches(sources: int, victims: int = 4096, seed: int = 7,
+                  mix: str = "scan") -> list[EventBatch]:
+    """[the scans, one later event that closes their first 5-minute window]; mix "network"
+    adds as many UDP vertical scanners, ICMP sweepers and SSH brute-forcers."""
     rng = np.random.default_rng(seed)
     table = Table("flow")
     n = sources * PROBES
@@ -70,6 +74,8 @@ def burst_batches(sources: int, victims: int = 4096, seed: int = 7) -> list[Even
               dst_bytes=refused * 40, src_tcp_flags=TCP_SYN,
               dst_tcp_flags=np.where(refused, TCP_RST, 0), observer_name=SENSOR,
               ingress_zone=ZONE)
+    if mix == "network":
+        _add_network_bursts(table, sources, victims, rng)
     cols = table.build()
     order = np.argsort(cols["timestamp"], kind="stable")
     scans = EventBatch("flow", {c: v[order] for c, v in cols.items()})
@@ -83,6 +89,42 @@ def burst_batches(sources: int, victims: int = 4096, seed: int = 7) -> list[Even
     return [scans, EventBatch("flow", closer.build())]
 
 
+def _add_network_bursts(table: Table, sources: int, victims: int,
+                        rng: np.random.Generator) -> None:
+    """Per source: 12 unanswered UDP ports on one host (udp_scan_vertical), 12 pinged hosts
+    (icmp_sweep), 12 short SSH sessions to one server (brute_force), all inside 40 s."""
+    n = sources * 12
+
+    def times() -> np.ndarray:
+        return _ns(T0_S + 10 + rng.uniform(0, 40, n))
+
+    def per_source(base: int) -> np.ndarray:
+        return base + np.repeat(np.arange(sources), 12)
+
+    t = times()
+    table.add(n, timestamp=t, end=t + 1_000_000, src_ip=per_source(0x6450_0000),
+              dst_ip=0x0A04_0000 + np.repeat(rng.integers(0, victims, sources), 12),
+              src_port=rng.integers(30000, 60000, n),
+              dst_port=np.tile(np.arange(12), sources) * 53 + 2000, transport=17,
+              src_packets=1, dst_packets=0, src_bytes=40, dst_bytes=0,
+              observer_name=SENSOR, ingress_zone=ZONE)
+    t = times()
+    answered = rng.random(n) < 0.3
+    table.add(n, timestamp=t, end=t + 1_000_000, src_ip=per_source(0x6470_0000),
+              dst_ip=0x0A05_0000 + rng.integers(0, 65536, n), src_port=8, dst_port=0,
+              transport=1, src_packets=1, dst_packets=answered.astype(np.int64),
+              src_bytes=84, dst_bytes=answered * 84, observer_name=SENSOR, ingress_zone=ZONE)
+    t = times()
+    table.add(n, timestamp=t, end=t + rng.integers(1, 5, n) * NS, src_ip=per_source(0x6480_0000),
+              dst_ip=0x0A06_0000 + np.repeat(rng.integers(0, victims, sources), 12),
+              src_port=rng.integers(30000, 60000, n), dst_port=22, transport=6,
+              src_packets=20, dst_packets=20, src_bytes=3000, dst_bytes=4000,
+              src_tcp_flags=0x1B, dst_tcp_flags=0x1B,
+              src_payload_bytes=rng.integers(1500, 3000, n),
+              dst_payload_bytes=rng.integers(2000, 4000, n),
+              observer_name=SENSOR, ingress_zone=ZONE)
+
+
 def _ns(seconds) -> np.ndarray:
     return (np.asarray(seconds, np.float64) * NS).astype(np.int64)
 
@@ -93,29 +135,34 @@ class _Timers:
     def __init__(self) -> None:
         self.detect = self.describe = self.build = 0.0
         self.findings = 0
+        self.describe_by: dict[str, list] = {}  # detector name -> [describe CPU s, calls]
 
     def install(self, engine: CorrelationEngine) -> None:
         timers = self
         for d in engine.detectors:
             inner = d.detect
 
-            def detect(rows, windows, inner=inner):
+            def detect(rows, windows, inner=inner, d=d):
                 t0 = time.process_time()
                 findings = inner(rows, windows)
                 timers.detect += time.process_time() - t0
                 timers.findings += len(findings)
                 for f in findings:
-                    f.describe = timers.timed_describe(f.describe)
+                    f.describe = timers.timed_describe(f.describe, d.name)
                 return findings
             d.detect = detect
 
-    def timed_describe(self, describe):
+    def timed_describe(self, describe, name: str):
         def wrapped():
             t0 = time.process_time()
             try:
                 return describe()
             finally:
-                self.describe += time.process_time() - t0
+                dt = time.process_time() - t0
+                self.describe += dt
+                entry = self.describe_by.setdefault(name, [0.0, 0])
+                entry[0] += dt
+                entry[1] += 1
         return wrapped
 
 
@@ -152,6 +199,8 @@ def run_once(batches: list[EventBatch], instrument: bool) -> dict:
                             ).hexdigest()
     return {"alerts": len(alerts), "findings": timers.findings, "total": total,
             "detect": timers.detect, "describe": timers.describe, "build": timers.build,
+            "describe_by": timers.describe_by,
+            "rules": collections.Counter(a["rule"]["id"] for a in alerts),
             "dumps": dumps, "incidents": incident_s, "incident_docs": len(incidents),
             "sha": digest}
 
@@ -163,9 +212,12 @@ def main() -> int:
     parser.add_argument("--victims", type=int, default=4096,
                         help="distinct hosts the vertical scanners pick from (1: every scanner "
                              "hits one host, so every alert joins one incident)")
+    parser.add_argument("--mix", choices=("scan", "network"), default="scan",
+                        help="network: also UDP scans, ICMP sweeps and SSH brute force, as "
+                             "many sources each (their detectors' describe in the burst)")
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    batches = burst_batches(args.sources, args.victims)
+    batches = burst_batches(args.sources, args.victims, mix=args.mix)
     t0 = time.process_time()
     run_once(batches, instrument=False)  # warm-up: kernel cache load / compile
     print(f"{len(batches[0]):,} scan flows from {2 * args.sources:,} scanners; warm-up "
@@ -191,6 +243,13 @@ def main() -> int:
     print(f"instrumented split (total {t_in:.3f} s):")
     for name, s in parts.items():
         print(f"  {name:<46} {s:7.3f} s  {s / n * 1e6:8.1f} µs/alert")
+    rules = plain[0]["rules"]
+    for name in sorted(split[0]["describe_by"]):
+        s = statistics.median(r["describe_by"].get(name, [0.0])[0] for r in split)
+        calls = split[0]["describe_by"][name][1]
+        print(f"    describe of {name:<33} {s:7.3f} s  {s / calls * 1e6:8.1f} µs/call "
+              f"({calls:,} calls)")
+    print("alerts per rule: " + ", ".join(f"{r} {c:,}" for r, c in sorted(rules.items())))
     for name, key in (("orjson.dumps (services.py)", "dumps"),
                       ("IncidentBuilder.add (es load)", "incidents")):
         s = med(plain, key)

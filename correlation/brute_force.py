@@ -37,12 +37,12 @@ from correlation.detector import (
     combine_codes,
     distinct_per_group,
     factorize_ip,
-    sorted_unique_text,
+    ip_text,
 )
+from correlation.evidence_rows import row_lists, time_span, unique_texts
 from correlation.network_common import in_ports
 from correlation.prefilter import pair_candidates
 from pipeline.schema import EventBatch
-from sensors.packets import ip_column_to_str
 
 SESSIONS_RULE = Rule(
     id="cirtsa.brute_force.sessions",
@@ -165,7 +165,8 @@ class BruteForceDetector(Detector):
             members = groups.rows(g)
             r = rows_w[members]
             window_k = int(k[members[0]])
-            src, dst = ip_column_to_str(np.stack([c["src_ip"][r[0]], c["dst_ip"][r[0]]]))
+            r0 = int(r[0])
+            src, dst = ip_text(c["src_ip"], r0), ip_text(c["dst_ip"], r0)
             findings.append(Finding(
                 rule=SESSIONS_RULE, key=f"{src}|{dst}|tcp/{int(c['dst_port'][r[0]])}",
                 window_start=int(windows.spec.start(window_k)),
@@ -174,32 +175,44 @@ class BruteForceDetector(Detector):
         return findings
 
     def _describe(self, c: Columns, r: np.ndarray) -> Evidence:
-        src, dst = ip_column_to_str(np.stack([c["src_ip"][r[0]], c["dst_ip"][r[0]]]))
-        port = int(c["dst_port"][r[0]])
+        # plain Python on the finding's rows (see correlation.evidence_rows)
+        ts, ends, source_of, unit, client_bytes, server_bytes, observers, zones = row_lists(
+            c, r, "timestamp", "end", "source", "unit", "client_bytes", "server_bytes",
+            "observer_name", "ingress_zone")
+        r0 = int(r[0])
+        src, dst = ip_text(c["src_ip"], r0), ip_text(c["dst_ip"], r0)
+        port = int(c["dst_port"][r0])
         service = SERVICE_NAMES.get(port, f"tcp/{port}")
-        first_seen = int(c["timestamp"][r].min())
-        last_seen = int(max(c["end"][r].max(), c["timestamp"][r].max()))
-        duration_s = (c["end"][r] - c["timestamp"][r]) / NS_PER_S
-        details: dict = {"service": service, "flows": int(r.size)}
+        first_seen, last_seen = time_span(ts, ends)
+        duration_s = sorted((e - t) / NS_PER_S for t, e in zip(ts, ends, strict=True))
+        details: dict = {"service": service, "flows": len(ts)}
         for i, source in enumerate(self.sources):
-            details[source.unit] = int(np.unique(c["unit"][r[c["source"][r] == i]]).size)
+            details[source.unit] = len({u for u, s in zip(unit, source_of, strict=True)
+                                        if s == i})
         details.update({
-            "client_payload_bytes": int(c["client_bytes"][r].sum()),
-            "server_payload_bytes": int(c["server_bytes"][r].sum()),
-            "max_session_s": round(float(duration_s.max()), 3),
-            "median_session_s": round(float(np.median(duration_s)), 3),
+            "client_payload_bytes": sum(client_bytes),
+            "server_payload_bytes": sum(server_bytes),
+            "max_session_s": round(duration_s[-1], 3),
+            "median_session_s": round(_median(duration_s), 3),
         })
         counted = details.get("sessions", details["flows"])
         return Evidence(
             first_seen=first_seen, last_seen=last_seen,
             source_ip=src, destination_ip=dst, destination_port=port, transport="tcp",
             related_ips=sorted({src, dst}),
-            observers=sorted_unique_text(c["observer_name"][r]),
-            zones=sorted_unique_text(c["ingress_zone"][r]),
+            observers=unique_texts(observers), zones=unique_texts(zones),
             details=details,
             message=f"{src} opened {counted} short {service} sessions to {dst}:{port} "
                     f"in {(last_seen - first_seen) / NS_PER_S:.1f} s",
         )
+
+
+def _median(ordered: list[float]) -> float:
+    """np.median of sorted values (the mean of the middle two of an even count)."""
+    mid = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[mid]
+    return (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def _flows_to_common(cols: Columns) -> dict[str, np.ndarray]:

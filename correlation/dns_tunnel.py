@@ -170,7 +170,8 @@ class _Psl:
         out = np.fromiter(map(memo.get, tails, repeat(0, len(tails))), np.int64, len(tails))
         missing = np.flatnonzero(out == 0)  # (a public suffix has >= 1 label)
         if missing.size:
-            fresh = {t: self.public_labels(t) for t in map(tails.__getitem__, missing.tolist())}
+            fresh = {t: self.public_labels(t)
+                     for t in set(map(tails.__getitem__, missing.tolist()))}
             out[missing] = np.fromiter(map(fresh.__getitem__, map(tails.__getitem__,
                                                                   missing.tolist())),
                                        np.int64, missing.size)
@@ -219,6 +220,97 @@ class _Psl:
         if len(labels) <= public:
             return "", suffix
         return ".".join(labels[-public - 1:]), suffix
+
+
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)  # 64-bit FNV-1a
+_FNV_PRIME = np.uint64(0x100000001B3)
+_DOT = np.uint64(46)  # "."
+
+
+@njit
+def _reversed_hash_kernel(codes: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """FNV-1a of the bytes of each string codes[bounds[i]:bounds[i + 1]] read right to
+    left (the hash _tail_walk_kernel forms of a name's last labels). Indices are clipped
+    to 0..codes.size."""
+    n = bounds.shape[0] - 1
+    out = np.empty(n, np.uint64)
+    for i in range(n):
+        a, b = max(bounds[i], 0), min(bounds[i + 1], codes.shape[0])
+        h = _FNV_OFFSET
+        for j in range(b - 1, a - 1, -1):
+            h = (h ^ np.uint64(codes[j])) * _FNV_PRIME
+        out[i] = h
+    return out
+
+
+@njit
+def _tail_walk_kernel(codes: np.ndarray, bounds: np.ndarray, tail_hashes: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Walk each name's labels right to left: (labels in the name, d* = levels whose key
+    (last labels) hashes to a rule tail, label starts). Level L of name i starts at
+    starts[bounds[i] + i + L - 1] (offset in the name); a name of k bytes has <= k + 1
+    labels, so its levels fit in its slot of size k + 1.
+
+    codes: lowercase bytes of the names; tail_hashes: sorted _reversed_hash_kernel of the
+    tails. A hash match may be a collision: the caller checks d* on the text.
+    """
+    n = bounds.shape[0] - 1
+    count = np.zeros(n, np.int64)
+    deepest = np.zeros(n, np.int64)
+    starts = np.zeros(codes.shape[0] + n, np.int64)
+    n_tails = tail_hashes.shape[0]
+    for i in range(n):
+        a, b = max(bounds[i], 0), min(bounds[i + 1], codes.shape[0])
+        base = a + i
+        h = _FNV_OFFSET
+        level = 0
+        d = -1
+        for j in range(b - 1, a - 2, -1):
+            if j < a or codes[j] == 46:  # a label starts at j + 1: key of the next level
+                if base + level < starts.shape[0]:
+                    starts[base + level] = j + 1 - a
+                level += 1
+                if d < 0:
+                    k = np.searchsorted(tail_hashes, h)
+                    if k >= n_tails or tail_hashes[k] != h:
+                        d = level - 1
+                if j >= a:
+                    h = (h ^ _DOT) * _FNV_PRIME
+            else:
+                h = (h ^ np.uint64(codes[j])) * _FNV_PRIME
+        count[i] = level
+        deepest[i] = level if d < 0 else d
+    return count, deepest, starts
+
+
+_TAIL_HASHES: list = []  # (tails, their sorted hashes): once per process
+
+
+def _tail_hashes(tails: frozenset[str]) -> np.ndarray:
+    """Sorted distinct _reversed_hash_kernel values of the rule tails."""
+    if not _TAIL_HASHES or _TAIL_HASHES[0][0] is not tails:
+        codes, bounds = _utf8_codes(sorted(tails))
+        _TAIL_HASHES[:] = [(tails, np.unique(_reversed_hash_kernel(codes, bounds)))]
+    return _TAIL_HASHES[0][1]
+
+
+def _utf8_codes(values: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(UTF-8 bytes of the concatenated strings, bounds as in _code_points)."""
+    encoded = [v.encode("utf-8", "surrogatepass") for v in values]
+    lengths = np.fromiter(map(len, encoded), np.int64, len(encoded))
+    bounds = np.zeros(len(values) + 1, np.int64)
+    np.cumsum(lengths, out=bounds[1:])
+    return np.frombuffer(b"".join(encoded), np.uint8), bounds
+
+
+def _slices_from(strings: list[str], starts: np.ndarray) -> list[str]:
+    """strings[i][starts[i]:] of each string (C-level maps, no Python step per string)."""
+    return list(map(str.__getitem__, strings, map(slice, starts.tolist(), repeat(None))))
+
+
+def _slices_between(strings: list[str], starts: np.ndarray, stops: np.ndarray) -> list[str]:
+    """strings[i][starts[i]:stops[i]] of each string."""
+    return list(map(str.__getitem__, strings, map(slice, starts.tolist(), stops.tolist())))
 
 
 _FEATURE_MEMO_MAX = 200_000  # distinct names whose features are kept
@@ -411,51 +503,57 @@ class DnsTunnelDetector(Detector):
                 "sld_len": np.fromiter(map(len, slds), np.int64, len(slds)),
                 "sld_h": entropy(slds)}
 
-    def _split_by_tails(self, names: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(parent, subdomain, registrable label) of ASCII names of two or more non-empty
-        labels with a valid TLD, = what _Psl.split gives, level by level over all names.
+    def _split_by_kernel(self, names: list[str]
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(parent, subdomain, registrable label, checked) of ASCII names of two or more
+        non-empty labels with a valid TLD, = what _Psl.split gives (see _Psl for why the
+        deciding tail is the key one level below the first key that is no rule tail).
 
-        Level d holds, per name, its last d labels lowercased (key), what is left of them
-        (head, original case) and the d-th label from the right. The deciding tail is the
-        key one level below the first key that is no rule tail (see _Psl); its public
-        suffix has `public` labels; the parent is the key one level above that.
+        One compiled walk over the lowercase bytes of all names finds each name's label
+        starts and d* by hashes of the rule tails; d* is then checked on the text (key of
+        level d* a tail, key of level d* + 1 not). A row with checked False (a hash
+        collision) has no answer here: the caller splits it by _Psl.split.
         """
         m = len(names)
         tails = self._psl.tails
-        keys, heads, labels = [np.full(m, "", object)], [_object_column(names)], [None]
-        count = np.full(m, -1)  # labels in the name, once known
-        deepest = np.full(m, -1)  # d*: levels whose key is a rule tail
-        head_list, key_list = names, [""] * m
-        level = 0
-        while level < 2 or (deepest < 0).any() or level < int(deepest.max()) + 2:
-            level += 1
-            parts = list(map(str.rpartition, head_list, repeat(".")))
-            label_list = list(map(str.lower, map(itemgetter(2), parts)))
-            key_list = label_list if level == 1 else list(
-                map("{}.{}".format, label_list, key_list))
-            head_list = list(map(itemgetter(0), parts))
-            keys.append(_object_column(key_list))
-            heads.append(_object_column(head_list))
-            labels.append(_object_column(label_list))
-            ran_out = (count < 0) & ~np.fromiter(map(bool, head_list), bool, m)
-            count[ran_out] = level  # nothing left of the name: it has `level` labels
-            in_rules = np.fromiter(map(tails.__contains__, key_list), bool, m)
-            open_rows = deepest < 0
-            deepest[open_rows & ~in_rules] = level - 1
-            deepest[open_rows & in_rules & ran_out] = level
-            # (ends: no key longer than the longest rule is a rule tail)
-        count[count < 0] = level + 1  # more labels than walked: as good as unbounded
-        keys_2d = np.stack(keys)
-        rows = np.arange(m)
-        decide = keys_2d[np.minimum(count, deepest + 1), rows]
-        public = self._psl.public_labels_of(decide.tolist())
-        has_parent = count > public
-        above = np.minimum(public + 1, count)
-        parent = np.where(has_parent, keys_2d[above, rows], "")
-        sub = np.where(has_parent, np.stack(heads)[above, rows], "")
-        labels[0] = np.full(m, "", object)
-        sld = np.where(has_parent, np.stack(labels)[above, rows], "")
-        return parent.astype(object), sub.astype(object), sld.astype(object)
+        lower = list(map(str.lower, names))
+        codes, bounds = _utf8_codes(lower)  # (ASCII: one byte per character)
+        count, deepest, starts = _tail_walk_kernel(codes, bounds, _tail_hashes(tails))
+        base = bounds[:-1] + np.arange(m) - 1  # starts[base + L]: start of level L
+
+        def level_start(level: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+            """Start of level `level` in each name (of names `rows`; all by default)."""
+            at = (base if rows is None else base[rows]) + np.clip(level, 1, None)
+            return starts[np.minimum(at, starts.size - 1)]
+
+        decide_level = np.minimum(count, deepest + 1)
+        decide = _slices_from(lower, level_start(decide_level))
+        # the hashes' d* on the text: decide (level d* + 1, or the whole name at d* = count)
+        # is a tail exactly when d* = count, and the key of level d* >= 1 is one
+        in_rules = np.fromiter(map(tails.__contains__, decide), bool, m)
+        checked = in_rules == (deepest == count)
+        deep = np.flatnonzero(checked & (deepest >= 1) & (deepest < count))
+        if deep.size:
+            keys = _slices_from(list(map(lower.__getitem__, deep.tolist())),
+                                level_start(deepest[deep], deep))
+            checked[deep] = np.fromiter(map(tails.__contains__, keys), bool, deep.size)
+        public = self._psl.public_labels_of(decide)
+        has_parent = checked & (count > public)
+        parent_start = level_start(public + 1)  # (meaningful where has_parent)
+        rows = np.flatnonzero(has_parent)
+        parent = np.full(m, "", object)
+        sub = np.full(m, "", object)
+        sld = np.full(m, "", object)
+        if rows.size:
+            lower_p = list(map(lower.__getitem__, rows.tolist()))
+            names_p = list(map(names.__getitem__, rows.tolist()))
+            p_start = parent_start[rows]
+            parent[rows] = _object_column(_slices_from(lower_p, p_start))
+            sub[rows] = _object_column(_slices_between(
+                names_p, np.zeros(rows.size, np.int64), np.maximum(p_start - 1, 0)))
+            sld[rows] = _object_column(_slices_between(
+                lower_p, p_start, level_start(public[rows], rows) - 1))
+        return parent, sub, sld, checked
 
     def _split_names(self, names: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(parent, subdomain, registrable label) object columns of names.
@@ -463,7 +561,7 @@ class DnsTunnelDetector(Detector):
         parent as _Psl.split gives it; subdomain = the labels left of the parent (the whole
         name when the TLD is invalid); registrable label = the parent's leftmost label.
         ASCII names of non-empty labels are split level by level with mapped string
-        methods (_split_by_tails); other names go through _Psl.split one by one.
+        methods (_split_by_kernel); other names go through _Psl.split one by one.
         """
         n = len(names)
         parent = np.full(n, "", object)
@@ -485,9 +583,11 @@ class DnsTunnelDetector(Detector):
             fast &= ~np.fromiter(map(str.startswith, names, repeat(".")), bool, n)
             rows = np.flatnonzero(fast)
             if rows.size:
-                p, u, d = self._split_by_tails(list(map(names.__getitem__, rows.tolist())))
+                p, u, d, checked = self._split_by_kernel(
+                    list(map(names.__getitem__, rows.tolist())))
+                rows, p, u, d = rows[checked], p[checked], u[checked], d[checked]
                 parent[rows], sub[rows], sld[rows] = p, u, d
-                todo &= ~fast
+                todo[rows] = False
         for i in np.flatnonzero(todo).tolist():  # the other shapes: one PSL split each
             name = names[i]
             p, suffix = self._psl.split(name)

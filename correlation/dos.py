@@ -43,12 +43,12 @@ from correlation.detector import (
     WindowRange,
     factorize_ip,
     ip_codes,
+    ip_text,
     unique_int,
 )
 from correlation.network_common import (
     GROUP_ADDRESSES,
     WindowGroups,
-    one_ip,
     sample_ips,
     seen_by,
     span,
@@ -92,7 +92,7 @@ def _top_sources(cols: Columns, r: np.ndarray, weights: np.ndarray | None, limit
     load = np.bincount(codes, weights=weights, minlength=uniq.shape[0])
     order = np.argsort(-load, kind="stable")
     n, sample = sample_ips(uniq[order[:limit]], limit)
-    heaviest = one_ip(uniq, int(order[0]))
+    heaviest = ip_text(uniq, int(order[0]))
     return int(uniq.shape[0]), sample, heaviest
 
 
@@ -149,12 +149,12 @@ class SynFloodDetector(Detector):
         hits = np.flatnonzero((peak >= self.min_rate)
                               & (wg.count() >= self.per_port * np.maximum(ports, 1)))
         return wg.findings(hits, windows, lambda g: self.rules[0],
-                           lambda row: one_ip(cols["dst_ip"], row),
+                           lambda row: ip_text(cols["dst_ip"], row),
                            lambda r, g: self._describe(cols, r, int(peak[g])))
 
     def _describe(self, cols: Columns, r: np.ndarray, peak: int) -> Evidence:
         first, last = span(cols, r)
-        victim = one_ip(cols["dst_ip"], r[0])
+        victim = ip_text(cols["dst_ip"], int(r[0]))
         n_src, sources, heaviest = _top_sources(cols, r, None, self.max_sample)
         df = cols["dst_tcp_flags"][r]
         syn_acked = int(((df & TCP_SYN) != 0).sum())
@@ -218,12 +218,12 @@ class VolumetricFloodDetector(Detector):
                               minlength=wg.n_groups)
         hits = np.flatnonzero(packets >= need)
         return wg.findings(hits, windows, lambda g: self.rules[0],
-                           lambda row: one_ip(cols["dst_ip"], row),
+                           lambda row: ip_text(cols["dst_ip"], row),
                            lambda r, g: self._describe(cols, r, packets[g] / window_s))
 
     def _describe(self, cols: Columns, r: np.ndarray, pps: float) -> Evidence:
         first, last = span(cols, r)
-        victim = one_ip(cols["dst_ip"], r[0])
+        victim = ip_text(cols["dst_ip"], int(r[0]))
         n_src, sources, heaviest = _top_sources(
             cols, r, cols["src_packets"][r].astype(np.float64), self.max_sample)
         protos = np.unique(cols["transport"][r])

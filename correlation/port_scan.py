@@ -45,12 +45,17 @@ from correlation.detector import (
     combine_codes,
     distinct_per_group,
     ip_codes,
-    sorted_unique_ips,
-    sorted_unique_text,
+    ip_text,
+)
+from correlation.evidence_rows import (
+    ip_texts,
+    row_lists,
+    sorted_ips,
+    time_span,
+    unique_texts,
 )
 from correlation.prefilter import pair_candidates
 from pipeline.schema import EventBatch
-from sensors.packets import ip_column_to_str
 
 _TACTIC = ("TA0007", "Discovery")
 _TECHNIQUE = ("T1046", "Network Service Discovery")
@@ -181,25 +186,19 @@ class _ScanDetector(Detector):
         raise NotImplementedError
 
 
-def _attempt_outcomes(cols: Columns, r: np.ndarray) -> dict[str, int]:
-    df = cols["dst_tcp_flags"][r]
-    answered = (df & TCP_SYN) != 0
-    refused = ~answered & ((df & TCP_RST) != 0)
+def _attempt_outcomes(dst_flags: list[int]) -> dict[str, int]:
+    answered = refused = 0
+    for f in dst_flags:
+        if f & TCP_SYN:
+            answered += 1
+        elif f & TCP_RST:
+            refused += 1
     return {
-        "attempts": int(r.size),
-        "unanswered": int((~answered & ~refused).sum()),
-        "refused": int(refused.sum()),
-        "half_open": int(answered.sum()),
+        "attempts": len(dst_flags),
+        "unanswered": len(dst_flags) - answered - refused,
+        "refused": refused,
+        "half_open": answered,
     }
-
-
-def _span(cols: Columns, r: np.ndarray) -> tuple[int, int]:
-    first_seen = int(cols["timestamp"][r].min())
-    return first_seen, int(max(cols["end"][r].max(), cols["timestamp"][r].max()))
-
-
-def _one_ip(column: np.ndarray, row: int) -> str:
-    return ip_column_to_str(column[row:row + 1])[0]
 
 
 class VerticalScanDetector(_ScanDetector):
@@ -220,26 +219,30 @@ class VerticalScanDetector(_ScanDetector):
         return key, cols["dst_port"][idx].astype(np.int64)
 
     def _key_text(self, cols: Columns, row: int) -> str:
-        return f"{_one_ip(cols['src_ip'], row)}|{_one_ip(cols['dst_ip'], row)}"
+        return f"{ip_text(cols['src_ip'], row)}|{ip_text(cols['dst_ip'], row)}"
 
     def _describe(self, cols: Columns, r: np.ndarray) -> Evidence:
-        first_seen, last_seen = _span(cols, r)
-        scanner, victim = _one_ip(cols["src_ip"], r[0]), _one_ip(cols["dst_ip"], r[0])
-        ports = np.unique(cols["dst_port"][r])
-        open_ports = np.unique(cols["dst_port"][r][(cols["dst_tcp_flags"][r] & TCP_SYN) != 0])
+        # plain Python on the finding's few rows (see correlation.evidence_rows)
+        ts, ends, dst_port, dst_flags, observers, zones = row_lists(
+            cols, r, "timestamp", "end", "dst_port", "dst_tcp_flags", "observer_name",
+            "ingress_zone")
+        first_seen, last_seen = time_span(ts, ends)
+        r0 = int(r[0])
+        scanner, victim = ip_text(cols["src_ip"], r0), ip_text(cols["dst_ip"], r0)
+        ports = sorted(set(dst_port))
+        open_ports = sorted({p for p, f in zip(dst_port, dst_flags, strict=True) if f & TCP_SYN})
         return Evidence(
             first_seen=first_seen, last_seen=last_seen,
             source_ip=scanner, destination_ip=victim, transport="tcp",
             related_ips=sorted({scanner, victim}),
-            observers=sorted_unique_text(cols["observer_name"][r]),
-            zones=sorted_unique_text(cols["ingress_zone"][r]),
+            observers=unique_texts(observers), zones=unique_texts(zones),
             details={
-                **_attempt_outcomes(cols, r),
-                "distinct_ports": int(ports.size),
-                "ports": ports[: self.max_sample].tolist(),
-                "open_ports": open_ports[: self.max_sample].tolist(),
+                **_attempt_outcomes(dst_flags),
+                "distinct_ports": len(ports),
+                "ports": ports[: self.max_sample],
+                "open_ports": open_ports[: self.max_sample],
             },
-            message=f"{scanner} scanned {ports.size} ports on {victim} "
+            message=f"{scanner} scanned {len(ports)} ports on {victim} "
                     f"in {(last_seen - first_seen) / NS_PER_S:.1f} s",
         )
 
@@ -264,28 +267,30 @@ class HorizontalScanDetector(_ScanDetector):
         return key, dst
 
     def _key_text(self, cols: Columns, row: int) -> str:
-        return f"{_one_ip(cols['src_ip'], row)}|tcp/{int(cols['dst_port'][row])}"
+        return f"{ip_text(cols['src_ip'], row)}|tcp/{int(cols['dst_port'][row])}"
 
     def _describe(self, cols: Columns, r: np.ndarray) -> Evidence:
-        first_seen, last_seen = _span(cols, r)
-        scanner = _one_ip(cols["src_ip"], r[0])
-        port = int(cols["dst_port"][r[0]])
-        hosts = sorted_unique_ips(cols["dst_ip"][r])
-        answered = (cols["dst_tcp_flags"][r] & TCP_SYN) != 0
-        open_hosts = sorted_unique_ips(cols["dst_ip"][r][answered])
-        sample = ip_column_to_str(hosts[: self.max_sample])
+        ts, ends, dst_ip, dst_flags, observers, zones = row_lists(
+            cols, r, "timestamp", "end", "dst_ip", "dst_tcp_flags", "observer_name",
+            "ingress_zone")
+        first_seen, last_seen = time_span(ts, ends)
+        r0 = int(r[0])
+        scanner = ip_text(cols["src_ip"], r0)
+        port = int(cols["dst_port"][r0])
+        hosts = sorted_ips(dst_ip)
+        open_hosts = sorted_ips(h for h, f in zip(dst_ip, dst_flags, strict=True) if f & TCP_SYN)
+        sample = ip_texts(hosts[: self.max_sample])
         return Evidence(
             first_seen=first_seen, last_seen=last_seen,
             source_ip=scanner, destination_port=port, transport="tcp",
             related_ips=[scanner] + [h for h in sample if h != scanner],
-            observers=sorted_unique_text(cols["observer_name"][r]),
-            zones=sorted_unique_text(cols["ingress_zone"][r]),
+            observers=unique_texts(observers), zones=unique_texts(zones),
             details={
-                **_attempt_outcomes(cols, r),
-                "distinct_hosts": int(hosts.size),
+                **_attempt_outcomes(dst_flags),
+                "distinct_hosts": len(hosts),
                 "hosts": sample,
-                "open_hosts": ip_column_to_str(open_hosts[: self.max_sample]),
+                "open_hosts": ip_texts(open_hosts[: self.max_sample]),
             },
-            message=f"{scanner} scanned {hosts.size} hosts on port {port}/tcp "
+            message=f"{scanner} scanned {len(hosts)} hosts on port {port}/tcp "
                     f"in {(last_seen - first_seen) / NS_PER_S:.1f} s",
         )

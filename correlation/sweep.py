@@ -22,12 +22,13 @@ from correlation.detector import (
     InputSpec,
     Rule,
     ip_codes,
+    ip_text,
 )
+from correlation.evidence_rows import row_lists, sample_ip_texts, seen_by_lists, time_span
 from correlation.network_common import (
     GROUP_ADDRESSES,
     DistinctTargetDetector,
     echo_request_flows,
-    one_ip,
     sample_ips,
     seen_by,
     span,
@@ -85,18 +86,21 @@ class IcmpSweepDetector(DistinctTargetDetector):
         return src, dst
 
     def _key_text(self, cols: Columns, row: int) -> str:
-        return one_ip(cols["src_ip"], row)
+        return ip_text(cols["src_ip"], row)
 
     def _describe(self, cols: Columns, r: np.ndarray) -> Evidence:
-        first, last = span(cols, r)
-        src = one_ip(cols["src_ip"], r[0])
-        n_hosts, hosts = sample_ips(cols["dst_ip"][r], self.max_sample)
-        answered = cols["dst_packets"][r] > 0
-        n_alive, alive = sample_ips(cols["dst_ip"][r][answered], self.max_sample)
+        # plain Python on the finding's few rows (see correlation.evidence_rows)
+        ts, ends, dst_ip, dst_packets = row_lists(
+            cols, r, "timestamp", "end", "dst_ip", "dst_packets")
+        first, last = time_span(ts, ends)
+        src = ip_text(cols["src_ip"], int(r[0]))
+        n_hosts, hosts = sample_ip_texts(dst_ip, self.max_sample)
+        n_alive, alive = sample_ip_texts(
+            (h for h, p in zip(dst_ip, dst_packets, strict=True) if p > 0), self.max_sample)
         return Evidence(
             first_seen=first, last_seen=last, source_ip=src, transport="icmp",
-            related_ips=[src] + [h for h in hosts if h != src], **seen_by(cols, r),
-            details={"probes": int(r.size), "distinct_hosts": n_hosts, "hosts": hosts,
+            related_ips=[src] + [h for h in hosts if h != src], **seen_by_lists(cols, r),
+            details={"probes": len(ts), "distinct_hosts": n_hosts, "hosts": hosts,
                      "answering_hosts": n_alive, "alive_hosts": alive},
             message=f"{src} pinged {n_hosts} hosts ({n_alive} answered) "
                     f"in {(last - first) / NS_PER_S:.1f} s",
@@ -128,11 +132,11 @@ class ArpSweepDetector(DistinctTargetDetector):
         return key, np.where(is_reply, 0, dst)
 
     def _key_text(self, cols: Columns, row: int) -> str:
-        return one_ip(cols["src_ip"], row)
+        return ip_text(cols["src_ip"], row)
 
     def _describe(self, cols: Columns, r: np.ndarray) -> Evidence:
         first, last = span(cols, r)
-        sender = one_ip(cols["src_ip"], r[0])
+        sender = ip_text(cols["src_ip"], r[0])
         n_targets, targets = sample_ips(cols["dst_ip"][r], self.max_sample)
         # live targets: those that sent an is-at in the same time span
         times = cols["timestamp"]

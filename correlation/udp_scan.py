@@ -26,16 +26,14 @@ from correlation.detector import (
     Rule,
     combine_codes,
     ip_codes,
+    ip_text,
 )
+from correlation.evidence_rows import row_lists, sample_ip_texts, seen_by_lists, time_span
 from correlation.network_common import (
     GROUP_ADDRESSES,
     IANA_UDP,
     DistinctTargetDetector,
     in_ports,
-    one_ip,
-    sample_ips,
-    seen_by,
-    span,
 )
 from pipeline.schema import EventBatch
 
@@ -108,18 +106,21 @@ class UdpVerticalScanDetector(_UdpScanDetector):
         return key, cols["dst_port"][idx].astype(np.int64)
 
     def _key_text(self, cols: Columns, row: int) -> str:
-        return f"{one_ip(cols['src_ip'], row)}|{one_ip(cols['dst_ip'], row)}"
+        return f"{ip_text(cols['src_ip'], row)}|{ip_text(cols['dst_ip'], row)}"
 
     def _describe(self, cols: Columns, r: np.ndarray) -> Evidence:
-        first, last = span(cols, r)
-        src, dst = one_ip(cols["src_ip"], r[0]), one_ip(cols["dst_ip"], r[0])
-        ports = np.unique(cols["dst_port"][r])
+        # plain Python on the finding's few rows (see correlation.evidence_rows)
+        ts, ends, dst_port = row_lists(cols, r, "timestamp", "end", "dst_port")
+        first, last = time_span(ts, ends)
+        r0 = int(r[0])
+        src, dst = ip_text(cols["src_ip"], r0), ip_text(cols["dst_ip"], r0)
+        ports = sorted(set(dst_port))
         return Evidence(
             first_seen=first, last_seen=last, source_ip=src, destination_ip=dst,
-            transport="udp", related_ips=sorted({src, dst}), **seen_by(cols, r),
-            details={"probes": int(r.size), "distinct_ports": int(ports.size),
-                     "ports": ports[: self.max_sample].tolist()},
-            message=f"{src} probed {ports.size} UDP ports on {dst} without answer "
+            transport="udp", related_ips=sorted({src, dst}), **seen_by_lists(cols, r),
+            details={"probes": len(ts), "distinct_ports": len(ports),
+                     "ports": ports[: self.max_sample]},
+            message=f"{src} probed {len(ports)} UDP ports on {dst} without answer "
                     f"in {(last - first) / NS_PER_S:.1f} s",
         )
 
@@ -139,18 +140,20 @@ class UdpHorizontalScanDetector(_UdpScanDetector):
         return key, dst
 
     def _key_text(self, cols: Columns, row: int) -> str:
-        return f"{one_ip(cols['src_ip'], row)}|udp/{int(cols['dst_port'][row])}"
+        return f"{ip_text(cols['src_ip'], row)}|udp/{int(cols['dst_port'][row])}"
 
     def _describe(self, cols: Columns, r: np.ndarray) -> Evidence:
-        first, last = span(cols, r)
-        src = one_ip(cols["src_ip"], r[0])
-        port = int(cols["dst_port"][r[0]])
-        n_hosts, hosts = sample_ips(cols["dst_ip"][r], self.max_sample)
+        ts, ends, dst_ip = row_lists(cols, r, "timestamp", "end", "dst_ip")
+        first, last = time_span(ts, ends)
+        r0 = int(r[0])
+        src = ip_text(cols["src_ip"], r0)
+        port = int(cols["dst_port"][r0])
+        n_hosts, hosts = sample_ip_texts(dst_ip, self.max_sample)
         return Evidence(
             first_seen=first, last_seen=last, source_ip=src, destination_port=port,
             transport="udp", related_ips=[src] + [h for h in hosts if h != src],
-            **seen_by(cols, r),
-            details={"probes": int(r.size), "distinct_hosts": n_hosts, "hosts": hosts},
+            **seen_by_lists(cols, r),
+            details={"probes": len(ts), "distinct_hosts": n_hosts, "hosts": hosts},
             message=f"{src} probed {n_hosts} hosts on {port}/udp without answer "
                     f"in {(last - first) / NS_PER_S:.1f} s",
         )

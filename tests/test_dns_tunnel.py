@@ -8,6 +8,7 @@ import math
 import random
 import string
 
+import numpy as np
 import pytest
 from conftest import PCAPS, assert_ecs, shared_pcap
 from event_builders import make_batch
@@ -255,6 +256,82 @@ def test_mapped_split_equals_the_per_name_split(names: list[str]) -> None:
     for i, name in enumerate(names):
         assert (got["parent"][i], got["sub_len"][i], got["max_label"][i], got["sld_len"][i],
                 got["sub_h"][i], got["sld_h"][i]) == reference_features(detector, name), name
+
+
+def per_name_split(psl: _Psl, name: str) -> tuple[str, str, str]:
+    """(parent, subdomain, registrable label) from _Psl.split of the one name."""
+    parent, suffix = psl.split(name)
+    if parent == INVALID_TLD:
+        return parent, name, ""
+    if not parent:
+        return "", "", ""
+    return (parent, name[: -len(parent) - 1] if len(name) > len(parent) else "",
+            parent[: -len(suffix) - 1] if len(parent) > len(suffix) else parent)
+
+
+KERNEL_NAMES = st.lists(
+    st.builds(lambda prefix, rule, wild, upper: (lambda n: n.upper() if upper else n)(
+        ".".join([*prefix, rule.replace("*", wild or "x")])),
+        st.lists(NAME_LABELS, max_size=4), st.sampled_from(_RULES),
+        st.sampled_from(["", "x", "www"]), st.booleans())
+    | st.lists(NAME_LABELS, min_size=1, max_size=7).map(".".join),
+    min_size=1, max_size=40)
+
+
+@pytest.mark.skipif(PublicSuffixList is None, reason="publicsuffixlist not installed")
+@settings(max_examples=200, deadline=None)
+@given(KERNEL_NAMES)
+def test_kernel_split_equals_the_per_name_split(names: list[str]) -> None:
+    # names under real rules (wildcards filled in, exceptions as labels), odd labels, case
+    detector = DnsTunnelDetector(load_config()["correlation"]["detectors"]["dns_tunnel"])
+    parent, sub, sld = detector._split_names(names)
+    assert list(zip(parent.tolist(), sub.tolist(), sld.tolist(), strict=True)) == [
+        per_name_split(detector._psl, name) for name in names]
+
+
+@pytest.mark.skipif(PublicSuffixList is None, reason="publicsuffixlist not installed")
+@settings(max_examples=50, deadline=None)
+@given(KERNEL_NAMES)
+def test_kernel_split_checks_hash_matches_on_the_text(names: list[str]) -> None:
+    # every key of every name "matches" a rule tail by hash (as a collision would): the
+    # text check must reject the false matches and the per-name split answer them
+    detector = DnsTunnelDetector(load_config()["correlation"]["detectors"]["dns_tunnel"])
+    keys = [".".join(n.lower().split(".")[-d:]) for n in names
+            for d in range(1, n.count(".") + 2)]
+    real = dns_tunnel._tail_hashes(detector._psl.tails)
+    codes, bounds = dns_tunnel._utf8_codes(keys)
+    colliding = np.union1d(real, dns_tunnel._reversed_hash_kernel(codes, bounds))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dns_tunnel, "_tail_hashes", lambda tails: colliding)
+        parent, sub, sld = detector._split_names(names)
+    assert list(zip(parent.tolist(), sub.tolist(), sld.tolist(), strict=True)) == [
+        per_name_split(detector._psl, name) for name in names]
+
+
+def test_kernel_split_flags_a_false_hash_match() -> None:
+    # "example.com" hashed as a rule tail: the kernel's d* is wrong, the text check says so
+    detector = DnsTunnelDetector(load_config()["correlation"]["detectors"]["dns_tunnel"])
+    if detector._psl.tails is None:
+        pytest.skip("publicsuffixlist rules not reachable")
+    names = ["www.example.com", "a.b.example.org"]
+    codes, bounds = dns_tunnel._utf8_codes(["example.com"])
+    colliding = np.union1d(dns_tunnel._tail_hashes(detector._psl.tails),
+                           dns_tunnel._reversed_hash_kernel(codes, bounds))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dns_tunnel, "_tail_hashes", lambda tails: colliding)
+        parent, _, _, checked = detector._split_by_kernel(names)
+    assert checked.tolist() == [False, True]
+    assert parent[1] == "example.org"
+
+
+def test_tail_walk_kernel_label_starts() -> None:
+    codes, bounds = dns_tunnel._utf8_codes(["a.bb.ccc", "x", ""])
+    none = np.zeros(0, np.uint64)
+    count, deepest, starts = dns_tunnel._tail_walk_kernel(codes, bounds, none)
+    assert count.tolist() == [3, 1, 1]
+    assert deepest.tolist() == [0, 0, 0]  # no tail matches
+    assert starts[:3].tolist() == [5, 2, 0]  # "ccc", "bb.ccc", "a.bb.ccc"
+    assert starts[9] == 0  # "x" (slot 8 + 1)
 
 
 def test_feature_memo_bound_gives_the_same_features(monkeypatch) -> None:
