@@ -44,8 +44,9 @@ the table's live flow of the key. The table is struct-of-arrays numpy columns (~
 flow with the index: compact dtypes, cumulative counters kept as the booleans conn_state
 needs) plus an open-addressing hash index key -> slot (_SlotIndex) and a numpy stack of free
 slots, so no Python object exists per flow; expiry scans the table in one compiled pass
-(_scan_deadlines) and the key -> slot index probes are compiled loops too. Python loops
-run only over chunks.
+(_scan_deadlines) and the key -> slot index probes are compiled loops too, as are the
+seed gather / live-flow write-back around the walk (_gather_seed, _scatter_group) and the
+end-reason search (_end_reasons). Python loops run only over chunks and table columns.
 Memory under a flood: a filling table takes big batches in sub-batches, records are built
 in chunks, and flush() hands the table's pages back while it builds the last records.
 """
@@ -126,13 +127,6 @@ Rows = dict[str, np.ndarray]  # SLOT_FIELDS columns (+ "reason" for emitted rows
 
 
 # --- small column helpers ---------------------------------------------------------------
-
-
-def _first_crossing(clock: np.ndarray, threshold: np.ndarray) -> np.ndarray:
-    """First value of the (non-decreasing) clock column > threshold; NEVER if none."""
-    pos = np.searchsorted(clock, threshold, side="right")
-    found = pos < clock.shape[0]
-    return np.where(found, clock[np.minimum(pos, clock.shape[0] - 1)], NEVER)
 
 
 def _raw16(column: np.ndarray) -> np.ndarray:
@@ -672,6 +666,48 @@ def _walk_flows(order, rows, fwd, ts, cm, flags, wire, pay, transport, key_first
 
 
 @njit
+def _crossing(clock: np.ndarray, threshold: int) -> int:
+    """First value of the non-decreasing clock > threshold; NEVER if none (binary search,
+    as np.searchsorted(side="right"); every index probed is in [0, len))."""
+    n = clock.shape[0]
+    if n == 0 or clock[n - 1] <= threshold:
+        return NEVER
+    lo, hi = 0, n - 1  # clock[hi] > threshold
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if clock[mid] <= threshold:
+            lo = mid + 1
+        else:
+            hi = mid
+    return clock[lo]
+
+
+@njit
+def _end_reasons(clock, transport, last_ts, closed_at, st_fl_lo, st_fl_hi, flow_start, piece,
+                 split_clock, idle_ns, tcp_idle_ns, active_ns, linger_ns) -> np.ndarray:
+    """Per emitted row, its reason code: R_ACTIVE when the clock left the piece (grid end)
+    strictly before the flow ended (first crossing of last packet + idle, close + linger,
+    or the row's split clock); else R_RST / R_FIN when closed, R_IDLE otherwise."""
+    n = transport.shape[0]
+    out = np.empty(n, dtype=np.uint8)
+    for i in range(n):
+        idle = tcp_idle_ns if transport[i] == TCP else idle_ns
+        c_end = min(_crossing(clock, last_ts[i] + idle), split_clock[i])
+        closed = closed_at[i] < NEVER
+        if closed:
+            c_end = min(c_end, _crossing(clock, min(closed_at[i] + linger_ns, NEVER)))
+        piece_end = flow_start[i] + (piece[i] + 1) * active_ns - 1
+        # c_active > piece_end, so a piece end at or past c_end needs no search
+        if piece_end < c_end and _crossing(clock, piece_end) < c_end:
+            out[i] = R_ACTIVE
+        elif closed:
+            out[i] = R_RST if ((st_fl_lo[i] | st_fl_hi[i]) & RST) != 0 else R_FIN
+        else:
+            out[i] = R_IDLE
+    return out
+
+
+@njit
 def _deadline_of(s, transport, last_ts, closed_at, pk_lo, pk_hi, flow_start, piece, idle_ns,
                  tcp_idle_ns, active_ns, linger_ns) -> int:
     """Clock value after which slot s must be looked at: idle, close + linger, piece end."""
@@ -716,6 +752,56 @@ def _scan_deadlines(live, now, transport, last_ts, closed_at, pk_lo, pk_hi, flow
         else:
             earliest = min(earliest, deadline)
     return expired[:count].copy(), earliest
+
+
+def _kernel_view(column: np.ndarray) -> np.ndarray:
+    """A table column as the kernels take it: bool columns as uint8 (0/1) views."""
+    return column.view(np.uint8) if column.dtype == np.bool_ else column
+
+
+@njit
+def _gather_seed(seed: np.ndarray, j: int, column: np.ndarray, slots: np.ndarray,
+                 has_slot: np.ndarray) -> None:
+    """seed[:, j] = column[slots] as int64, 0 where the key has no slot (slots are table
+    slots or the placeholder 0, so in range)."""
+    for k in range(slots.shape[0]):
+        seed[k, j] = np.int64(column[slots[k]]) if has_slot[k] else 0
+
+
+@njit
+def _scatter_group(column: np.ndarray, slots: np.ndarray, g: np.ndarray, j: int,
+                   groups: np.ndarray, as_bool: bool) -> None:
+    """column[slots] = g[groups, j], cast like numpy's astype to the column's dtype: a bool
+    column comes as a uint8 view (as_bool) and gets nonzero -> 1, others wrap like astype.
+    slots/groups are table slots / group rows by construction, so in range."""
+    for i in range(slots.shape[0]):
+        v = g[groups[i], j]
+        if as_bool:
+            column[slots[i]] = 1 if v != 0 else 0
+        else:
+            column[slots[i]] = v
+
+
+def _group_rows(g_int: np.ndarray, endpoints: Rows) -> Rows:
+    """Emitted rows from the walk's int64 group rows (_GROUP_FIELDS) plus key endpoints."""
+    g: Rows = {name: g_int[:, j].astype(SLOT_FIELDS[name]) if name in _UNSIGNED_SUMS
+               else g_int[:, j].astype(np.int64 if name in _WIDE else SLOT_FIELDS[name])
+               for j, name in enumerate(_GROUP_FIELDS)}
+    g.update(endpoints)
+    return g
+
+
+def _key_endpoints(key_words: np.ndarray) -> Rows:
+    """Key columns (vlan, transport, lo/hi ip and port) from (n, 5) flow key words."""
+    meta = key_words[:, 0]
+    return {
+        "vlan": (meta >> np.uint64(48)).astype(np.uint16),
+        "transport": ((meta >> np.uint64(40)) & np.uint64(0xFF)).astype(np.uint8),
+        "lo_ip": np.ascontiguousarray(key_words[:, 1:3].astype(">u8")).view(IP_DTYPE).ravel(),
+        "hi_ip": np.ascontiguousarray(key_words[:, 3:5].astype(">u8")).view(IP_DTYPE).ravel(),
+        "lo_port": ((meta >> np.uint64(16)) & np.uint64(0xFFFF)).astype(np.uint16),
+        "hi_port": (meta & np.uint64(0xFFFF)).astype(np.uint16),
+    }
 
 
 # --- the table ----------------------------------------------------------------------------
@@ -859,38 +945,24 @@ class FlowTable:
         key_words = words[key_rows]
         key_hash = _mix64(key_words)
         slot_k = self._index.lookup(key_hash, key_words, self._key_columns())
-        meta = key_words[:, 0]
-        key_packets = rows[key_rows]
-        endpoints = {
-            "vlan": vlan[key_packets], "transport": transport[key_packets],
-            "lo_ip": np.ascontiguousarray(key_words[:, 1:3].astype(">u8")).view(IP_DTYPE).ravel(),
-            "hi_ip": np.ascontiguousarray(key_words[:, 3:5].astype(">u8")).view(IP_DTYPE).ravel(),
-            "lo_port": ((meta >> np.uint64(16)) & np.uint64(0xFFFF)).astype(np.uint16),
-            "hi_port": (meta & np.uint64(0xFFFF)).astype(np.uint16),
-        }
-        return self._apply(p, slot_k, (key_words, key_hash), endpoints, clock_all)
+        return self._apply(p, slot_k, (key_words, key_hash), clock_all)
 
-    def _apply(self, p: _Packets, slot_k: np.ndarray, keys: tuple, endpoints: Rows,
+    def _apply(self, p: _Packets, slot_k: np.ndarray, keys: tuple,
                clock_all: np.ndarray) -> list:
         """Walk each key's packets (compiled, _walk_flows): flow boundaries, pieces, per-piece
         totals; then emit ended pieces and write each key's live flow back to the table."""
         cols = self._cols
         has_slot = slot_k >= 0
         seed_slots = np.where(has_slot, slot_k, 0)
+        # Seed rows gathered by a kernel per column straight into `seed` (no temporaries).
         seed = np.empty((slot_k.size, len(_SEED_FIELDS)), dtype=np.int64)
         for j, name in enumerate(_SEED_FIELDS):
-            seed[:, j] = cols[name][seed_slots]
-        seed[~has_slot] = 0
+            _gather_seed(seed, j, _kernel_view(cols[name]), seed_slots, has_slot)
         g_int, g_key, g_kind, g_clock, key_emit, key_clock, created = _walk_flows(
             p.order, p.rows, p.fwd, p.ts, p.cm, p.flags, p.wire, p.pay, p.transport,
             p.key_first, has_slot, seed, self.idle_ns, self.tcp_idle_ns,
             self.active_ns, self.linger_ns)
         self.stats["flows_created"] += int(created)
-        g: Rows = {name: g_int[:, j].astype(SLOT_FIELDS[name]) if name in _UNSIGNED_SUMS
-                   else g_int[:, j].astype(np.int64 if name in _WIDE else SLOT_FIELDS[name])
-                   for j, name in enumerate(_GROUP_FIELDS)}
-        for name, values in endpoints.items():
-            g[name] = values[g_key]
 
         out: list[Rows] = []
         # 1. Table pieces that do not merge: the flow moved to a later piece ("active") or
@@ -903,18 +975,24 @@ class FlowTable:
             rows["reason"] = self._end_reason(rows, clock_all, key_clock[ended_keys])
             out.append(_nonempty(rows))
 
-        # 2. Groups that are not the live tail of their key.
-        mid = g_kind == _GROUP_MID
+        # 2. Groups that are not the live tail of their key (few: most keys have one group,
+        #    so row columns are built for these only, not for every group).
+        emitted = np.flatnonzero(g_kind != _GROUP_TAIL)
+        g = _group_rows(g_int[emitted], _key_endpoints(keys[0][g_key[emitted]]))
+        kind = g_kind[emitted]
+        mid = kind == _GROUP_MID
         mid_rows = {k: v[mid] for k, v in g.items()}
         mid_rows["reason"] = np.full(int(mid.sum()), R_ACTIVE, dtype=np.uint8)
         out.append(mid_rows)
-        ended = np.flatnonzero(g_kind == _GROUP_ENDED)
+        ended = np.flatnonzero(kind == _GROUP_ENDED)
         if ended.size:
             rows = {k: v[ended] for k, v in g.items()}
-            rows["reason"] = self._end_reason(rows, clock_all, g_clock[ended])
+            rows["reason"] = self._end_reason(rows, clock_all, g_clock[emitted[ended]])
             out.append(rows)
 
-        # 3. The key's last group becomes (or stays) the live flow in the table.
+        # 3. The key's last group becomes (or stays) the live flow in the table, written
+        #    column by column from the walk's int64 rows by a kernel. Key columns are written
+        #    for new slots only: a found slot's key columns already hold its (exact) key.
         tail = np.flatnonzero(g_kind == _GROUP_TAIL)
         tail_key = g_key[tail]
         slots = slot_k[tail_key].copy()
@@ -922,8 +1000,11 @@ class FlowTable:
         if need.size:
             new_keys = tail_key[need]
             slots[need] = self._allocate(keys[0][new_keys], keys[1][new_keys])
-        for name in SLOT_FIELDS:
-            cols[name][slots] = g[name][tail]
+            for name, values in _key_endpoints(keys[0][new_keys]).items():
+                cols[name][slots[need]] = values
+        for j, name in enumerate(_GROUP_FIELDS):
+            _scatter_group(_kernel_view(cols[name]), slots, g_int, j, tail,
+                           cols[name].dtype == np.bool_)
         self._live[slots] = True
         self._deadline = min(self._deadline, int(self._deadlines(slots).min()))
         return out
@@ -944,19 +1025,13 @@ class FlowTable:
         """Why a flow piece is emitted: the first threshold the clock crossed.
 
         A piece end ("active") that comes strictly before the flow end wins; otherwise the
-        flow end: "fin"/"rst" when closed, else "idle".
+        flow end: "fin"/"rst" when closed, else "idle". One compiled pass (_end_reasons).
         """
-        idle = np.where(rows["transport"] == TCP, self.tcp_idle_ns, self.idle_ns)
-        c_idle = _first_crossing(clock_all, rows["last_ts"] + idle)
-        closed = rows["closed_at"] < NEVER
-        c_close = np.where(closed, _first_crossing(
-            clock_all, np.minimum(rows["closed_at"] + self.linger_ns, NEVER)), NEVER)
-        c_active = _first_crossing(
-            clock_all, rows["flow_start"] + (rows["piece"] + 1) * self.active_ns - 1)
-        c_end = np.minimum(np.minimum(c_idle, c_close), split_clock)
-        had_rst = ((rows["st_fl_lo"] | rows["st_fl_hi"]) & RST) > 0
-        end_reason = np.where(closed, np.where(had_rst, R_RST, R_FIN), R_IDLE)
-        return np.where(c_active < c_end, R_ACTIVE, end_reason).astype(np.uint8)
+        return _end_reasons(np.ascontiguousarray(clock_all, dtype=np.int64), rows["transport"],
+                            rows["last_ts"], rows["closed_at"], rows["st_fl_lo"],
+                            rows["st_fl_hi"], rows["flow_start"], rows["piece"],
+                            np.asarray(split_clock, dtype=np.int64), self.idle_ns,
+                            self.tcp_idle_ns, self.active_ns, self.linger_ns)
 
     def _expire(self, clock_all: np.ndarray) -> list:
         now = int(clock_all[-1])

@@ -686,3 +686,83 @@ def test_conn_state_equals_the_column_formula(rows, as_bools):
     counts = [c.astype(bool) if as_bools else c.astype(np.uint64) for c in cols[3:]]
     got = conn_state(transport, of, rf, *counts).tolist()
     assert got == _conn_state_reference(transport, of, rf, *counts)
+
+
+# --- end reason: the compiled pass against the numpy searchsorted formulation it replaced ---
+
+
+def _end_reason_reference(ft_mod, table, rows, clock, split_clock) -> np.ndarray:
+    """The former column-wise FlowTable._end_reason (three np.searchsorted passes)."""
+    never = ft_mod.NEVER
+
+    def first_crossing(threshold: np.ndarray) -> np.ndarray:
+        pos = np.searchsorted(clock, threshold, side="right")
+        found = pos < clock.shape[0]
+        return np.where(found, clock[np.minimum(pos, clock.shape[0] - 1)], never)
+
+    idle = np.where(rows["transport"] == ft_mod.TCP, table.tcp_idle_ns, table.idle_ns)
+    c_idle = first_crossing(rows["last_ts"] + idle)
+    closed = rows["closed_at"] < never
+    c_close = np.where(closed, first_crossing(
+        np.minimum(rows["closed_at"] + table.linger_ns, never)), never)
+    c_active = first_crossing(rows["flow_start"] + (rows["piece"] + 1) * table.active_ns - 1)
+    c_end = np.minimum(np.minimum(c_idle, c_close), split_clock)
+    had_rst = ((rows["st_fl_lo"] | rows["st_fl_hi"]) & ft_mod.RST) > 0
+    end_reason = np.where(closed, np.where(had_rst, ft_mod.R_RST, ft_mod.R_FIN), ft_mod.R_IDLE)
+    return np.where(c_active < c_end, ft_mod.R_ACTIVE, end_reason).astype(np.uint8)
+
+
+_small_times = st.integers(0, 60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_small_times, min_size=1, max_size=40),
+       st.lists(st.tuples(st.sampled_from([6, 17, 1]), _small_times, _small_times | st.just(-1),
+                          _flag_bytes, _flag_bytes, _small_times, st.integers(0, 6),
+                          _small_times | st.just(-1)), min_size=1, max_size=40))
+def test_end_reasons_equal_the_searchsorted_formula(clock_steps, rows):
+    """Random non-decreasing clocks (repeats included), thresholds before, inside, on and
+    past the clock values, closed or open flows, with or without a split clock."""
+    import sensors.flow_table as ft
+
+    clock = np.cumsum(np.array(clock_steps, dtype=np.int64) % 4) + int(clock_steps[0])
+    table = FlowTable({**CFG, "idle_timeout_s": 1e-8, "tcp_idle_timeout_s": 2e-8,
+                       "active_timeout_s": 5e-9, "closed_linger_s": 3e-9}, "s", "z")
+    cols = [np.array(c, dtype=np.int64) for c in zip(*rows, strict=True)]
+    closed_at = np.where(cols[2] < 0, ft.NEVER, cols[2])
+    split = np.where(cols[7] < 0, ft.NEVER, cols[7])
+    table_rows = {"transport": cols[0].astype(np.uint8), "last_ts": cols[1],
+                  "closed_at": closed_at, "st_fl_lo": cols[3].astype(np.uint8),
+                  "st_fl_hi": cols[4].astype(np.uint8), "flow_start": cols[5],
+                  "piece": cols[6]}
+    got = table._end_reason(table_rows, clock, split)
+    assert got.tolist() == _end_reason_reference(ft, table, table_rows, clock, split).tolist()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(-2**63, 2**63 - 1), min_size=1, max_size=30),
+       st.sampled_from([np.int64, np.uint64, np.uint8, np.bool_]), st.data())
+def test_table_write_back_and_seed_gather_cast_like_numpy(values, dtype, data):
+    """The kernels that write walk groups into table columns and read seeds back cast like
+    the numpy astype/fancy-index assignments they replaced (bool: nonzero -> True)."""
+    import sensors.flow_table as ft
+
+    n = len(values)
+    g = np.zeros((n, 3), dtype=np.int64)
+    g[:, 1] = values
+    slots = np.array(data.draw(st.permutations(range(n))), dtype=np.int64)
+    groups = np.arange(n, dtype=np.int64)[::-1].copy()
+    got = np.zeros(n, dtype=dtype)
+    ft._scatter_group(ft._kernel_view(got), slots, g, 1, groups, got.dtype == np.bool_)
+    expected = np.zeros(n, dtype=dtype)
+    expected[slots] = g[groups, 1].astype(dtype)
+    assert got.tolist() == expected.tolist()
+
+    has_slot = np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+    seed = np.full((n, 2), 7, dtype=np.int64)
+    ft._gather_seed(seed, 1, ft._kernel_view(expected), slots, has_slot)
+    reference = np.zeros(n, dtype=np.int64)
+    reference[:] = expected[slots]
+    reference[~has_slot] = 0
+    assert seed[:, 1].tolist() == reference.tolist()
+    assert (seed[:, 0] == 7).all()
