@@ -7,12 +7,11 @@ tests/test_engine.py). Times are event time: `@timestamp` is the last evidence a
 
 from __future__ import annotations
 
-import gc
 import hashlib
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 from correlation.detector import Finding, Rule
+from pipeline.heap import gc_paused
 from pipeline.schema import ns_to_iso
 
 ECS_VERSION = "8.17.0"
@@ -47,23 +46,6 @@ def iso_ns(ns: int) -> str:
             _ISO_SECONDS.clear()
         head = _ISO_SECONDS[sec] = ns_to_iso(sec * _NS_PER_S)[:-8]  # drop ".000000Z"
     return f"{head}.{rem // 1000:06d}Z"
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection inside (restored after, also on error).
-
-    Why: building thousands of small acyclic dicts triggers generation scans of the whole
-    heap (the engine's buffers, the detectors' state): up to a third of a burst's cost.
-    Nothing built here forms a cycle, so reference counting frees it all the same.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def build_alert(finding: Finding) -> dict:

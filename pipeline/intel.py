@@ -26,9 +26,7 @@ hit), IPv4 text is parsed with inet_pton over the whole column, duplicates go wi
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import gc
 import ipaddress
 import json
 import operator
@@ -44,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.heap import gc_paused
 from pipeline.jit import njit
 from pipeline.schema import EventBatch
 
@@ -329,20 +328,6 @@ _CSV_META = ("description", "confidence", "severity", "reference", "tags", "tact
              "technique")
 
 
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection while a loader makes millions of small lists/tuples:
-    a collection pass walks every live container, so they would run again and again
-    (measured: 3 of 4 seconds of a 1M-row CSV). Nothing made here forms cycles."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def parse_csv(text: str, source: str) -> IndicatorTable:
     """CSV with a header naming at least `value` (optional: type, description, confidence,
     severity, reference, tags (separated by ';'), tactic, technique). Lines starting with
@@ -352,7 +337,7 @@ def parse_csv(text: str, source: str) -> IndicatorTable:
     a metadata key (rows of a feed share a few); IPv4 values are checked and normalized in
     numpy (_parse_ipv4_bulk), other values one by one; an Indicator object is made only
     for a hit (IndicatorTable)."""
-    with _gc_paused():
+    with gc_paused():
         return _parse_csv(text, source)
 
 
@@ -612,7 +597,7 @@ def load_source(spec: Mapping, base_dir: str | os.PathLike | None = None
         path = Path(base_dir) / path
     fmt = str(spec.get("format", "") or path.suffix.lstrip(".")).lower()
     name = str(spec.get("name") or path.stem)
-    with _gc_paused():  # JSON feeds: millions of dicts, see _gc_paused
+    with gc_paused():  # JSON feeds: millions of dicts, see _gc_paused
         return _load_source(spec, path, fmt, name)
 
 

@@ -23,16 +23,14 @@ exception. Format version 1 messages (JSON for every object column) are still re
 from __future__ import annotations
 
 import ctypes
-import gc
 import itertools
 import struct
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import orjson
 
+from pipeline.heap import gc_paused
 from pipeline.schema import KINDS, SCHEMA_VERSION, EventBatch, EventKind, Field
 
 MAGIC = b"CSAB"  # cirt-sa batch
@@ -402,23 +400,9 @@ def read_header(data: bytes | bytearray | memoryview) -> WireHeader:
     return header
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    # Building tens of thousands of small dicts/lists triggers repeated cyclic-GC passes that
-    # find nothing (the objects are acyclic) and can double decode time; msgpack recommends
-    # the same. The previous state is restored.
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 def _json_column(payload: memoryview, rows: int, name: str) -> np.ndarray:
     try:
-        with _gc_paused():
+        with gc_paused():
             values = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
         raise WireError(f"column {name}: invalid JSON: {exc}") from None

@@ -22,9 +22,8 @@ from typing import Protocol
 import numpy as np
 
 from pipeline.jit import njit
-from sensors.community_id import community_id_column
-from sensors.packets import IP_DTYPE, constant_text
-from sensors.tcp_stream import StreamChunk
+from sensors.packets import IP_DTYPE
+from sensors.tcp_stream import StreamChunk, tcp_endpoint_columns
 
 TCP = 6
 
@@ -174,20 +173,8 @@ def endpoint_columns_at(batch: StreamColumns, rows: np.ndarray, timestamps: np.n
     source; a row may repeat, e.g. pipelined HTTP): tcp_stream.endpoint_columns, from the
     batch's columns."""
     n = rows.shape[0]
-    src_ip = np.ascontiguousarray(batch.client_ip[rows]).view(IP_DTYPE).reshape(n)
-    dst_ip = np.ascontiguousarray(batch.server_ip[rows]).view(IP_DTYPE).reshape(n)
-    src_port = batch.client_port[rows].astype(np.uint16)
-    dst_port = batch.server_port[rows].astype(np.uint16)
-    transport = np.full(n, TCP, dtype=np.uint8)
-    return {
-        "timestamp": np.asarray(timestamps, dtype=np.int64).reshape(n),
-        "observer_name": constant_text(n, observer_name),
-        "ingress_zone": constant_text(n, ingress_zone),
-        "src_ip": src_ip,
-        "dst_ip": dst_ip,
-        "src_port": src_port,
-        "dst_port": dst_port,
-        "transport": transport,
-        "vlan": batch.vlan[rows].astype(np.uint16),
-        "community_id": community_id_column(src_ip, dst_ip, transport, src_port, dst_port),
-    }
+    return tcp_endpoint_columns(
+        timestamps, np.ascontiguousarray(batch.client_ip[rows]).view(IP_DTYPE).reshape(n),
+        np.ascontiguousarray(batch.server_ip[rows]).view(IP_DTYPE).reshape(n),
+        batch.client_port[rows].astype(np.uint16), batch.server_port[rows].astype(np.uint16),
+        batch.vlan[rows].astype(np.uint16), observer_name, ingress_zone)

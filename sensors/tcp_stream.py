@@ -1626,10 +1626,20 @@ def endpoint_columns(chunks: list[StreamChunk], timestamps: list[int], observer_
     One event per list entry (a chunk may appear several times, e.g. pipelined HTTP).
     """
     n = len(chunks)
-    src_ip = np.array([c.client_ip for c in chunks], dtype=IP_DTYPE).reshape(n)
-    dst_ip = np.array([c.server_ip for c in chunks], dtype=IP_DTYPE).reshape(n)
-    src_port = np.array([c.client_port for c in chunks], dtype=np.uint16)
-    dst_port = np.array([c.server_port for c in chunks], dtype=np.uint16)
+    return tcp_endpoint_columns(
+        timestamps, np.array([c.client_ip for c in chunks], dtype=IP_DTYPE).reshape(n),
+        np.array([c.server_ip for c in chunks], dtype=IP_DTYPE).reshape(n),
+        np.array([c.client_port for c in chunks], dtype=np.uint16),
+        np.array([c.server_port for c in chunks], dtype=np.uint16),
+        np.array([c.vlan for c in chunks], dtype=np.uint16), observer_name, ingress_zone)
+
+
+def tcp_endpoint_columns(timestamps, src_ip: np.ndarray, dst_ip: np.ndarray,
+                         src_port: np.ndarray, dst_port: np.ndarray, vlan: np.ndarray,
+                         observer_name: str, ingress_zone: str) -> dict[str, np.ndarray]:
+    """COMMON + ENDPOINTS event columns of TCP events from their endpoint columns (uint16
+    ports and VLAN, IP_DTYPE addresses), Community ID included."""
+    n = src_ip.shape[0]
     transport = np.full(n, TCP, dtype=np.uint8)
     return {
         "timestamp": np.asarray(timestamps, dtype=np.int64).reshape(n),
@@ -1640,7 +1650,7 @@ def endpoint_columns(chunks: list[StreamChunk], timestamps: list[int], observer_
         "src_port": src_port,
         "dst_port": dst_port,
         "transport": transport,
-        "vlan": np.array([c.vlan for c in chunks], dtype=np.uint16),
+        "vlan": vlan,
         "community_id": community_id_column(src_ip, dst_ip, transport, src_port, dst_port),
     }
 
