@@ -79,6 +79,11 @@ class FlowDeduplicator:
         # kept flows, sorted by key (equal keys in the order they were kept): key, time
         # bucket, observer, batch no, row in that published batch (aligned arrays)
         self.state = _State.empty()
+        # the newest kept flows, merged into `state` when they reach a fraction of it: a
+        # batch is merged into this small run, not into the whole state (which would cost
+        # O(state) per batch: quadratic for a steady stream of small batches). Entries of
+        # `recent` are newer than all of `state`; positions count `state` first.
+        self.recent = _State.empty()
         # the live time buckets of the state, ascending, and how many entries each holds
         self.live_buckets = np.empty(0, np.int64)
         self.bucket_sizes = np.empty(0, np.int64)
@@ -89,6 +94,7 @@ class FlowDeduplicator:
         # report of one of its flows arrives); dropped with the buckets that refer to it
         self.sides: dict[int, dict[int, list[str]]] = {}
         self.batch_no = 0
+        self.sides_limit = 64  # sides kept before the ones of dead batches are dropped
         self.observers: dict[tuple[int, int], list[str]] = {}  # only flows seen twice+
         self.keys = 0
         self.newest: int | None = None
@@ -126,8 +132,8 @@ class FlowDeduplicator:
         # or a neighbour, from another observer (a sensor never reports one flow twice)
         hit_pos = np.zeros(n, dtype=np.int64)  # that kept report (first in state order)
         if self.keys:
-            found, found_bucket, found_pos = self.state.lookup(keys, bucket, name_codes,
-                                                               keyed, by_key)
+            found, found_bucket, found_pos = _lookup(
+                (self.state, self.recent), keys, bucket, name_codes, keyed, by_key)
             dup[found] = True
             hit_bucket[found] = found_bucket
             hit_pos[found] = found_pos
@@ -193,8 +199,12 @@ class FlowDeduplicator:
         for i in np.flatnonzero(dup).tolist():
             b, k = int(hit_bucket[i]), int(keys[i])
             pos = int(hit_pos[i])  # the first kept report of another observer (lookup)
-            sbatch, srow = self.state.batch, self.state.row
-            first[i] = self.name_of[int(self.state.names[pos])]
+            run = self.state
+            if pos >= run.keys.size:
+                pos -= run.keys.size
+                run = self.recent
+            sbatch, srow = run.batch, run.row
+            first[i] = self.name_of[int(run.names[pos])]
             obs = self.observers.get((b, k))
             if obs is None:
                 obs = self.observers[(b, k)] = [first[i]]
@@ -245,8 +255,10 @@ class FlowDeduplicator:
         the state."""
         if not len(keys):
             return
-        self.state = self.state.merged(_State(
+        self.recent = self.recent.merged(_State(
             keys, bucket, names, np.full(keys.size, self.batch_no, dtype=np.int64), rows))
+        if self.recent.keys.size > max(self.recent_min, self.state.keys.size // 16):
+            self.state, self.recent = self.state.merged(self.recent), _State.empty()
         # bucket bookkeeping column-wise (a batch may touch hundreds of buckets)
         low = int(bucket.min())
         if int(bucket.max()) - low < 4 * bucket.size:  # a dense range: count, no sort
@@ -282,53 +294,42 @@ class FlowDeduplicator:
         if cutoff is not None:
             # dropped entries are marked dead in place (observer code -1) and cut out only
             # when they outnumber the live ones: not a copy of the state per batch
-            if _mark_dead(self.state.bucket, self.state.names, cutoff, _DEAD) > self.keys:
+            dead = sum(_mark_dead(run.bucket, run.names, cutoff, _DEAD)
+                       for run in (self.state, self.recent))
+            if dead > self.keys:
                 self.state = _State(*_compact(*self.state._arrays(), _DEAD))
+                self.recent = _State(*_compact(*self.recent._arrays(), _DEAD))
         if len(self.observers) > 4 * len(self.bucket_sizes) * 1024:  # keep side maps bounded
             live = set(self.live_buckets.tolist())
             self.observers = {k: v for k, v in self.observers.items() if k[0] in live}
-        if len(self.sides) > 64:
-            live = set(np.unique(self.state.batch[self.state.names != _DEAD]).tolist())
+        if len(self.sides) > self.sides_limit:
+            live = {b for run in (self.state, self.recent)
+                    for b in np.unique(run.batch[run.names != _DEAD]).tolist()}
             self.sides = {k: v for k, v in self.sides.items() if k in live}
+            # a scan of the whole state: again only once the map has doubled (every batch
+            # while hundreds of batches are alive would be O(state) per batch); a side kept
+            # longer is only memory, the lookups never reach it
+            self.sides_limit = max(64, 2 * len(self.sides))
         if len(self.name_of) > self.max_names:  # many observer names (hostile input?)
             self._recode_names()
 
     max_names = 65_536  # observer codes kept before the unused ones are dropped
+    recent_min = 65_536  # entries the recent run may hold before it is merged, however small
+    # the state (merged past 1/16 of the state: amortized O(16) copies per entry)
 
     def _recode_names(self) -> None:
         """Codes only for the observers of live state entries (bounds the name table)."""
-        names = self.state.names
+        names = np.concatenate([self.state.names, self.recent.names])
         used = np.unique(names[names != _DEAD])
         new_code = np.full(len(self.name_of) + 1, _DEAD, np.int64)  # [-1] keeps dead dead
         new_code[used] = np.arange(used.size)
-        self.state.names = new_code[names]
+        self.state.names = new_code[self.state.names]
+        self.recent.names = new_code[self.recent.names]
         self.name_of = [self.name_of[c] for c in used.tolist()]
         self.name_code = {name: i for i, name in enumerate(self.name_of)}
 
 
 _DEAD = -1  # observer code of a state entry whose bucket was dropped
-
-
-@njit
-def _sorted_ranges(table: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(left, right) insertion points of ascending `queries` in ascending `table` (what
-    np.searchsorted gives for both sides), by one merge walk: O(len(table) + len(queries))
-    instead of a binary search per query. Indices stay within [0, len(table)]."""
-    n = queries.shape[0]
-    m = table.shape[0]
-    lo = np.empty(n, np.int64)
-    hi = np.empty(n, np.int64)
-    i = 0
-    for j in range(n):
-        q = queries[j]
-        while i < m and table[i] < q:
-            i += 1
-        lo[j] = i
-        k = i
-        while k < m and table[k] == q:
-            k += 1
-        hi[j] = k
-    return lo, hi
 
 
 @njit
@@ -416,23 +417,23 @@ class _State:
             return new
         return _State(*_merge_state(*self._arrays(), *new._arrays()))
 
-    def lookup(self, keys: np.ndarray, bucket: np.ndarray, names: np.ndarray,
-               keyed: np.ndarray, by_key: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per row: (is a kept flow of another observer in the row's time bucket or a
-        neighbour, tried in the order same, previous, next?, that bucket, the first such
-        entry's position). `by_key` = the rows in key order: the search runs over sorted
-        queries (walks the state in order, stays in cache). Buckets and observer codes are
-        compared only for entries whose key matches."""
-        n = keys.size
-        found = np.zeros(n, dtype=bool)
-        sorted_keys = keys[by_key]
+    def candidates(self, sorted_keys: np.ndarray, by_key: np.ndarray, bucket: np.ndarray,
+                   names: np.ndarray, keyed: np.ndarray, offset: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(row, position + offset, bucket step) of the entries with a row's key in its time
+        bucket or a neighbour, from another observer, alive. Binary searches of the sorted
+        queries: O(batch log state), not a walk over the state."""
+        n = sorted_keys.size
+        empty = np.empty(0, np.int64)
+        if not self.keys.size:
+            return empty, empty, empty
         lo = np.empty(n, np.int64)
         hi = np.empty(n, np.int64)
-        lo[by_key], hi[by_key] = _sorted_ranges(self.keys, sorted_keys)
+        lo[by_key] = np.searchsorted(self.keys, sorted_keys, "left")
+        hi[by_key] = np.searchsorted(self.keys, sorted_keys, "right")
         rows = np.flatnonzero((hi > lo) & keyed)
         if not rows.size:
-            return found, np.empty(0, np.int64), np.empty(0, np.int64)
+            return empty, empty, empty
         count = (hi - lo)[rows]
         row_of = np.repeat(rows, count)  # one candidate per (row, entry of its key)
         first = np.cumsum(count) - count
@@ -440,13 +441,35 @@ class _State:
         step = self.bucket[pos] - bucket[row_of]  # -1, 0, +1: neighbours
         owner = self.names[pos]
         near = (np.abs(step) <= 1) & (owner != names[row_of]) & (owner != _DEAD)
-        if not near.any():
-            return found, np.empty(0, np.int64), np.empty(0, np.int64)
-        row_of, pos, step = row_of[near], pos[near], step[near]
-        # preference: same bucket, then previous, then next; then state order (position)
-        rank = np.where(step == 0, 0, np.where(step < 0, 1, 2))
-        order = np.lexsort((pos, rank, row_of))
-        row_of, pos, step = row_of[order], pos[order], step[order]
-        best = np.r_[True, row_of[1:] != row_of[:-1]]
-        found[row_of[best]] = True
-        return found, bucket[row_of[best]] + step[best], pos[best]
+        return row_of[near], pos[near] + offset, step[near]
+
+
+def _lookup(runs: tuple[_State, ...], keys: np.ndarray, bucket: np.ndarray, names: np.ndarray,
+            keyed: np.ndarray, by_key: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row: (is a kept flow of another observer in the row's time bucket or a
+    neighbour, tried in the order same, previous, next?, that bucket, the first such
+    entry's position). `runs` are the state's sorted runs, older first; a position counts
+    the earlier runs' entries first (the order one merged run would have: for an equal key
+    older entries come first). Buckets and observer codes are compared only for entries
+    whose key matches."""
+    n = keys.size
+    found = np.zeros(n, dtype=bool)
+    sorted_keys = keys[by_key]
+    parts = []
+    offset = 0
+    for run in runs:
+        parts.append(run.candidates(sorted_keys, by_key, bucket, names, keyed, offset))
+        offset += run.keys.size
+    row_of = np.concatenate([p[0] for p in parts])
+    if not row_of.size:
+        return found, np.empty(0, np.int64), np.empty(0, np.int64)
+    pos = np.concatenate([p[1] for p in parts])
+    step = np.concatenate([p[2] for p in parts])
+    # preference: same bucket, then previous, then next; then state order (position)
+    rank = np.where(step == 0, 0, np.where(step < 0, 1, 2))
+    order = np.lexsort((pos, rank, row_of))
+    row_of, pos, step = row_of[order], pos[order], step[order]
+    best = np.r_[True, row_of[1:] != row_of[:-1]]
+    found[row_of[best]] = True
+    return found, bucket[row_of[best]] + step[best], pos[best]

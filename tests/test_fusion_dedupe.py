@@ -196,15 +196,18 @@ stream_strategy = st.lists(
              min_size=1, max_size=40), min_size=1, max_size=6)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(stream_strategy, st.sampled_from([10.0, 30.0, 600.0]), st.sampled_from([3, 20, 10**6]),
-       st.booleans())
-def test_stream_of_batches_matches_reference(batches, retention_s, max_keys, recode) -> None:
+       st.booleans(), st.sampled_from([0, 5, 65_536]))
+def test_stream_of_batches_matches_reference(batches, retention_s, max_keys, recode,
+                                             recent_min) -> None:
     """Several batches against the state kept between them, with retention and the key
-    cap at work (the state is one key-sorted set of arrays: lookups, merges, dropped
-    buckets marked dead and compacted; observer codes re-assigned after every batch when
-    `recode`)."""
+    cap at work (the state is two key-sorted runs of arrays, a recent one merged into the
+    older one when it grows: lookups across both, merges, dropped buckets marked dead and
+    compacted; observer codes re-assigned after every batch when `recode`; `recent_min`
+    0 merges after every batch, 65,536 never in these small streams)."""
     dd = FlowDeduplicator(tolerance_s=5.0, retention_s=retention_s, max_keys=max_keys)
+    dd.recent_min = recent_min
     if recode:
         dd.max_names = 1
     expected, evicted = reference_stream(batches, 5 * NS, int(retention_s * NS), max_keys)
