@@ -202,19 +202,21 @@ def main(argv: list[str] | None = None) -> int:
 
     n = stream.events
     e_rate = n / statistics.median(engine_times)
-    p_rate = n / statistics.median(plain_times)
+    e_cpu = statistics.median(engine_cpu)
     print(f"\n{'':28s}{'median s':>10s}{'events/s':>14s}   runs (s)")
     print(f"{'numpy engine':28s}{statistics.median(engine_times):10.2f}{e_rate:14,.0f}   "
           + " ".join(f"{x:.2f}" for x in engine_times))
-    print(f"{'plain-Python twin':28s}{statistics.median(plain_times):10.2f}{p_rate:14,.0f}   "
-          + " ".join(f"{x:.2f}" for x in plain_times))
-    print(f"{'ratio engine / plain':28s}{e_rate / p_rate:24.1f}x")
-    e_cpu, p_cpu = statistics.median(engine_cpu), statistics.median(plain_cpu)
     print(f"{'numpy engine, CPU s':28s}{e_cpu:10.2f}{n / e_cpu:14,.0f}   "
           + " ".join(f"{x:.2f}" for x in engine_cpu))
-    print(f"{'plain-Python twin, CPU s':28s}{p_cpu:10.2f}{n / p_cpu:14,.0f}   "
-          + " ".join(f"{x:.2f}" for x in plain_cpu))
-    print(f"{'ratio engine / plain (CPU)':28s}{p_cpu / e_cpu:24.1f}x")
+    if plain_times:  # --plain-runs 0: engine figures only, nothing compared
+        p_rate = n / statistics.median(plain_times)
+        p_cpu = statistics.median(plain_cpu)
+        print(f"{'plain-Python twin':28s}{statistics.median(plain_times):10.2f}"
+              f"{p_rate:14,.0f}   " + " ".join(f"{x:.2f}" for x in plain_times))
+        print(f"{'plain-Python twin, CPU s':28s}{p_cpu:10.2f}{n / p_cpu:14,.0f}   "
+              + " ".join(f"{x:.2f}" for x in plain_cpu))
+        print(f"{'ratio engine / plain':28s}{e_rate / p_rate:24.1f}x")
+        print(f"{'ratio engine / plain (CPU)':28s}{p_cpu / e_cpu:24.1f}x")
     print(f"warm-up (kernel compile or cache load, config parse; not timed above): "
           f"{warm_s:.2f} s")
     if phase_peaks:
@@ -227,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{rss_engine:.0f} MB after the engine runs, {rss_end:.0f} MB after the plain runs")
     print("engine stats: " + ", ".join(f"{k}={v:,}" for k, v in engine_stats.items()))
 
+    compared = plain_alerts is not None
+    if not compared:
+        plain_alerts = engine_alerts  # not run: the table shows the engine's alerts twice
+        print("\nplain twin not run (--plain-runs 0): alerts not compared")
     e_count = Counter(a["rule"] for a in engine_alerts)
     p_count = Counter(a["rule"] for a in plain_alerts)
     print(f"\n{'rule':34s}{'engine':>8s}{'plain':>8s}")
@@ -243,7 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.per_detector:
         per_detector(stream, config)
 
-    differences = diff_alerts(engine_alerts, plain_alerts)
+    differences = diff_alerts(engine_alerts, plain_alerts) if compared else []
+    if not compared:
+        return 0 if found == len(status) else 1
     if differences:
         print(f"\nALERTS DIFFER ({len(differences)}):")
         for line in differences[:50]:
