@@ -109,9 +109,8 @@ def community_id_column(
     objects.
     """
     n = int(np.asarray(transport).shape[0])
-    out = np.empty(n, dtype=object)
     if n == 0:
-        return out
+        return np.empty(0, dtype=object)
     int(seed).to_bytes(2, "big")  # the spec's seed is 16 bits: OverflowError otherwise
     # Ports as int32, as icmp_port_equivalents reads them (a wider value wraps the same way).
     text = _community_id_text(_raw16(src_ip), _raw16(dst_ip),
@@ -119,11 +118,11 @@ def community_id_column(
                               np.asarray(src_port).astype(np.int32, copy=False),
                               np.asarray(dst_port).astype(np.int32, copy=False),
                               _ICMP4_TABLE, _ICMP6_TABLE, int(seed))
-    # One str object per row is the column's contract (object dtype). Cheapest measured way
-    # to make them: the rows as 30-byte bytes objects (tolist of an S30 view; rows hold no
-    # NUL) decoded in a C-level map - ~2.7x faster than slicing one decoded string.
-    out[:] = list(map(bytes.decode, text.view("S30").ravel().tolist()))
-    return out
+    # One str object per row is the column's contract (object dtype). The rows are UCS4
+    # code points, so numpy reads them as a native "U30" array and makes each str in one
+    # step (astype(object)): ~50 ns a row against ~100-150 ns for 30-byte bytes rows
+    # decoded in a map (two objects a row). Rows hold no NUL, so nothing is stripped.
+    return text.view(np.dtype("U30")).reshape(n).astype(object)
 
 
 # --- Community ID text of one tuple per row, compiled --------------------------------------
@@ -222,14 +221,15 @@ def sha1_rows(buf: np.ndarray, length: np.ndarray) -> np.ndarray:
 def _community_id_text(src: np.ndarray, dst: np.ndarray, transport: np.ndarray,
                        src_port: np.ndarray, dst_port: np.ndarray, icmp4: np.ndarray,
                        icmp6: np.ndarray, seed: int) -> np.ndarray:
-    """(n, 30) ASCII rows "1:<base64 SHA1>" of the spec's hash input per row.
+    """(n, 30) rows "1:<base64 SHA1>" of the spec's hash input per row, as uint32 code
+    points (community_id_column reads them as str).
 
     src/dst: (n, 16) address bytes (IPv4-mapped rows hash as 4 bytes); src_port/dst_port
     hold ICMP type/code for ICMP rows, mapped here as icmp_port_equivalents does (icmp4/
     icmp6: its 256-entry counter-type tables). Fixed-size row buffers and table indexes
     clipped to 0..255: every index is bounded by construction."""
     n = src.shape[0]
-    text = np.empty((n, 30), dtype=np.uint8)
+    text = np.empty((n, 30), dtype=np.uint32)
     block = np.zeros(64, dtype=np.uint8)
     w = np.empty(80, dtype=np.uint32)
     digest = np.empty(21, dtype=np.uint8)

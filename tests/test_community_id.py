@@ -249,3 +249,19 @@ def _check_column_ids(tuples, seed, width: int = 4) -> None:
                               np.array(sport), np.array(dport), seed)
     assert got.dtype == object
     assert got.tolist() == [reference(*t) for t in tuples]
+
+
+def test_column_holds_plain_str_objects_of_30_characters():
+    """The column's contract: builtin str objects (not numpy str_ or bytes), one per row,
+    each the full 30-character "1:<base64>=" text (nothing stripped by the UCS4 read)."""
+    rows = [(_packed(src), _packed(dst), proto, sport, dport)
+            for proto, src, dst, sport, dport, _, _ in ALL_VECTORS]
+    src = np.array([ip_to_bytes16(str(ipaddress.ip_address(s))) for s, *_ in rows], dtype=IP_DTYPE)
+    dst = np.array([ip_to_bytes16(str(ipaddress.ip_address(d))) for _, d, *_ in rows],
+                   dtype=IP_DTYPE)
+    got = community_id_column(src, dst, np.array([r[2] for r in rows], dtype=np.uint8),
+                              np.array([r[3] for r in rows]), np.array([r[4] for r in rows]))
+    assert got.dtype == object and got.shape == (len(rows),)
+    assert all(type(x) is str and len(x) == 30 and x.startswith("1:") and x.endswith("=")
+               for x in got)
+    assert got.tolist() == [cid0 for *_, cid0, _ in ALL_VECTORS]
