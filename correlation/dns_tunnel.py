@@ -6,11 +6,13 @@ name: one client sends many *distinct*, long, high-entropy names under one paren
 PRIVATE). A domain generation algorithm (DGA) makes an infected client try many random
 registrable domains, most of which do not exist (NXDOMAIN).
 
-Per name (computed once per distinct name and memoized; string methods mapped over all new
-names, the PSL split level by level on rule tails, lengths and entropies in compiled passes
-over the code points; each selected row's feature row is looked up once, in `select`, and
-read back at every close from correlation/arrival_memo.py, so a close touches no name text
-unless it describes a finding):
+Per name (computed once per distinct name and memoized; for ASCII names compiled passes over
+the bytes of all new names, with Python only per distinct deciding tail and parent, else
+string methods mapped over all new names, the PSL split level by level on rule tails,
+lengths and entropies in compiled passes over the code points; each selected row's
+feature row is looked up once, in `select`, and read back at every close from
+correlation/arrival_memo.py, so a close touches no name text unless it describes a
+finding):
   parent       registered domain by the Public Suffix List (publicsuffixlist package;
                an unknown but well-formed TLD counts as one label, the PSL default rule);
                names whose TLD is not a valid TLD label (digits, hex: dnscat2 without a
@@ -283,6 +285,144 @@ def _tail_walk_kernel(codes: np.ndarray, bounds: np.ndarray, tail_hashes: np.nda
     return count, deepest, starts
 
 
+_SHAPE_NO_PARENT = 0  # a single label or an empty last label: no parent
+_SHAPE_INVALID_TLD = 1  # the last label is no TLD (digits, hex): INVALID_TLD
+_SHAPE_SPLIT = 2  # a valid TLD, no empty label, no leading dot: split by the tail walk
+_SHAPE_PER_NAME = 3  # a valid TLD but an empty label or a leading dot: _Psl.split
+
+
+@njit
+def _name_shapes(codes: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """The _SHAPE_* of each ASCII name codes[bounds[i]:bounds[i + 1]], as _split_names
+    classifies it: rpartition(".") without a dot or with an empty last label: no parent;
+    a last label neither all letters (str.isalpha) nor starting "xn--": invalid TLD; else
+    a name containing ".." or starting "." goes to the per-name split."""
+    n = bounds.shape[0] - 1
+    out = np.zeros(n, np.int8)
+    for i in range(n):
+        a, b = bounds[i], bounds[i + 1]
+        dot = -1
+        for j in range(b - 1, a - 1, -1):
+            if codes[j] == 46:
+                dot = j
+                break
+        if dot < 0 or dot == b - 1:
+            out[i] = _SHAPE_NO_PARENT
+            continue
+        alpha = True
+        for j in range(dot + 1, b):
+            c = codes[j] | 32  # (ASCII letters only: | 32 lowercases them)
+            if c < 97 or c > 122:
+                alpha = False
+                break
+        xn = (b - dot - 1 >= 4 and codes[dot + 1] == 120 and codes[dot + 2] == 110
+              and codes[dot + 3] == 45 and codes[dot + 4] == 45)  # "xn--"
+        if not (alpha or xn):
+            out[i] = _SHAPE_INVALID_TLD
+            continue
+        regular = codes[a] != 46
+        for j in range(a + 1, b):
+            if codes[j] == 46 and codes[j - 1] == 46:
+                regular = False
+                break
+        out[i] = _SHAPE_SPLIT if regular else _SHAPE_PER_NAME
+    return out
+
+
+@njit
+def _distinct_spans(codes: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+                    use: np.ndarray, tag: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Group the rows with use[i] by the bytes codes[starts[i]:ends[i]] and tag[i]
+    (compared exactly; the hash only picks table slots): (group of each row, -1 where not
+    used; the first row of each group, groups in first-seen order)."""
+    n = starts.shape[0]
+    group = np.full(n, -1, np.int64)
+    reps = np.empty(n, np.int64)
+    bits = 4
+    while (1 << bits) < 2 * n:
+        bits += 1
+    mask = (1 << bits) - 1
+    slots = np.full(1 << bits, -1, np.int64)
+    m = 0
+    for i in range(n):
+        if not use[i]:
+            continue
+        a, b = starts[i], ends[i]
+        h = _FNV_OFFSET ^ np.uint64(tag[i])
+        for j in range(a, b):
+            h = (h ^ np.uint64(codes[j])) * _FNV_PRIME
+        s = np.int64(h >> np.uint64(64 - bits)) & mask
+        while True:
+            g = slots[s]
+            if g < 0:
+                slots[s] = m
+                reps[m] = i
+                group[i] = m
+                m += 1
+                break
+            r = reps[g]
+            ra, rb = starts[r], ends[r]
+            same = rb - ra == b - a and tag[r] == tag[i]
+            if same:
+                for j in range(b - a):
+                    if codes[ra + j] != codes[a + j]:
+                        same = False
+                        break
+            if same:
+                group[i] = g
+                break
+            s = (s + 1) & mask
+    return group, reps[:m]
+
+
+@njit
+def _gather_spans(codes: np.ndarray, starts: np.ndarray, ends: np.ndarray, skip_dots: bool
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(the bytes codes[starts[i]:ends[i]] of every row concatenated, without the dots when
+    skip_dots, and their bounds as in _entropy_kernel)."""
+    n = starts.shape[0]
+    out_bounds = np.zeros(n + 1, np.int64)
+    for i in range(n):
+        k = 0
+        for j in range(starts[i], ends[i]):
+            if not (skip_dots and codes[j] == 46):
+                k += 1
+        out_bounds[i + 1] = out_bounds[i] + k
+    out = np.empty(out_bounds[n], codes.dtype)
+    m = 0
+    for i in range(n):
+        for j in range(starts[i], ends[i]):
+            if not (skip_dots and codes[j] == 46):
+                out[m] = codes[j]
+                m += 1
+    return out, out_bounds
+
+
+@njit
+def _ends_with_any(codes: np.ndarray, bounds: np.ndarray, domain_codes: np.ndarray,
+                   domain_bounds: np.ndarray) -> np.ndarray:
+    """Per name codes[bounds[i]:bounds[i + 1]]: it equals one of the domains or ends with
+    "." + one of them (byte comparison: str == and str.endswith, case-sensitive)."""
+    n = bounds.shape[0] - 1
+    out = np.zeros(n, np.bool_)
+    for i in range(n):
+        a, b = bounds[i], bounds[i + 1]
+        for d in range(domain_bounds.shape[0] - 1):
+            da, db = domain_bounds[d], domain_bounds[d + 1]
+            k = db - da
+            if b - a < k:
+                continue
+            same = True
+            for j in range(k):
+                if codes[b - k + j] != domain_codes[da + j]:
+                    same = False
+                    break
+            if same and (b - a == k or codes[b - k - 1] == 46):
+                out[i] = True
+                break
+    return out
+
+
 _TAIL_HASHES: list = []  # (tails, their sorted hashes): once per process
 
 
@@ -472,8 +612,12 @@ class DnsTunnelDetector(Detector):
         return {key: column[rows] for key, column in self._feature_columns.items()}
 
     def _compute_features(self, names: list[str]) -> dict[str, np.ndarray]:
-        """Feature columns of names not seen before: string methods mapped over the list
+        """Feature columns of names not seen before: compiled passes over the bytes when
+        every name is ASCII (_ascii_features), else string methods mapped over the list
         (C loops, no Python step per name) and compiled passes over the code points."""
+        fast = self._ascii_features(names)
+        if fast is not None:
+            return fast
         parent, sub, sld = self._split_names(names)
         if self.ignore:  # allow-listed parents are never grouped
             n = len(names)
@@ -487,21 +631,133 @@ class DnsTunnelDetector(Detector):
         subs, slds = sub.tolist(), sld.tolist()
         dotless = list(map(str.replace, subs, repeat("."), repeat("")))
         max_label, label_start = _longest_labels(subs)
-        # parent ids: the detector groups by parent without factorizing the text each close
-        parent_ids = self._parent_ids
-        parents = parent.tolist()
-        for p in dict.fromkeys(parents):
-            if p not in parent_ids:
-                parent_ids[p] = len(parent_ids)
-        return {"parent": parent,
-                "named": parent != "", "valid_tld": parent != INVALID_TLD,
-                "parent_id": np.fromiter(map(parent_ids.__getitem__, parents), np.int64,
-                                         len(parents)),
+        return {"parent": parent, **self._parent_features(parent),
                 "sub_len": np.fromiter(map(len, dotless), np.int64, len(dotless)),
                 "max_label": max_label, "label_start": label_start,
                 "sub_h": entropy(dotless),
                 "sld_len": np.fromiter(map(len, slds), np.int64, len(slds)),
                 "sld_h": entropy(slds)}
+
+    def _parent_features(self, parent: np.ndarray) -> dict[str, np.ndarray]:
+        """named, valid_tld and parent_id columns of a parent column; new parents get the
+        next ids in first-seen order (the detector groups by parent without factorizing
+        the text each close)."""
+        parent_ids = self._parent_ids
+        parents = parent.tolist()
+        for p in dict.fromkeys(parents):
+            if p not in parent_ids:
+                parent_ids[p] = len(parent_ids)
+        return {"named": parent != "", "valid_tld": parent != INVALID_TLD,
+                "parent_id": np.fromiter(map(parent_ids.__getitem__, parents), np.int64,
+                                         len(parents))}
+
+    def _ascii_features(self, names: list[str]) -> dict[str, np.ndarray] | None:
+        """_compute_features of names that are all ASCII, from compiled passes over their
+        bytes: the shape tests, the tail walk, the per-name spans of parent, subdomain and
+        registrable label, lengths, longest labels and entropies. Python touches only the
+        distinct deciding tails (the rule-tail check on the text, the public-suffix memo)
+        and the distinct parents (their text and ids); names of other shapes (an empty
+        label, a leading dot, a tail that matched only by hash) go through _Psl.split and
+        the string functions one by one, as in _split_names. None when a name is not ASCII
+        or the rule tails are not reachable (the caller takes the mapped path)."""
+        tails = self._psl.tails
+        joined = "".join(names)
+        if tails is None or not joined.isascii():  # (isascii of a str: a flag, O(1))
+            return None
+        m = len(names)
+        lengths = np.fromiter(map(len, names), np.int64, m)
+        bounds = np.zeros(m + 1, np.int64)
+        np.cumsum(lengths, out=bounds[1:])
+        lower_text = joined.lower()
+        raw = np.frombuffer(joined.encode("ascii"), np.uint8)
+        lower = np.frombuffer(lower_text.encode("ascii"), np.uint8)
+        shape = _name_shapes(raw, bounds)
+        count, deepest, starts = _tail_walk_kernel(lower, bounds, _tail_hashes(tails))
+        base = bounds[:-1] + np.arange(m) - 1  # starts[base + L]: offset of level L
+
+        def level_start(level: np.ndarray) -> np.ndarray:
+            """Offset of level `level` in each name (as _split_by_kernel's level_start)."""
+            return starts[np.minimum(base + np.clip(level, 1, None), starts.size - 1)]
+
+        # the hashes' d* checked on the text once per distinct deciding tail (with whether
+        # d* = count: the same tail can decide at either)
+        split = shape == _SHAPE_SPLIT
+        at_count = deepest == count
+        decide_start = bounds[:-1] + level_start(np.minimum(count, deepest + 1))
+        group, reps = _distinct_spans(lower, decide_start, bounds[1:], split,
+                                      at_count.astype(np.int64))
+        checked_g = np.zeros(reps.size, bool)
+        public_g = np.zeros(reps.size, np.int64)
+        for g, (a, b, whole, deep) in enumerate(zip(
+                decide_start[reps].tolist(), bounds[reps + 1].tolist(),
+                at_count[reps].tolist(), (deepest[reps] >= 1).tolist(), strict=True)):
+            decide = lower_text[a:b]
+            ok = (decide in tails) == whole
+            if ok and not whole and deep:  # the key of level d* must be a tail too
+                ok = decide.partition(".")[2] in tails
+            if ok:
+                checked_g[g] = True
+                public_g[g] = self._psl.public_labels(decide)
+        checked = np.zeros(m, bool)
+        public = np.zeros(m, np.int64)
+        checked[split], public[split] = checked_g[group[split]], public_g[group[split]]
+        has_parent = checked & (count > public)
+        # spans: parent and registrable label in the lowercase bytes, subdomain in the name
+        name_start = bounds[:-1]
+        parent_start = name_start + level_start(public + 1)
+        sub_end = np.where(has_parent, np.maximum(parent_start - 1, name_start), name_start)
+        invalid = shape == _SHAPE_INVALID_TLD
+        sub_end[invalid] = bounds[1:][invalid]
+        sld_start = np.where(has_parent, parent_start, name_start)
+        sld_end = np.where(has_parent, name_start + level_start(public) - 1, name_start)
+        # distinct parents: their text once each, then an object gather
+        parent_group, parent_reps = _distinct_spans(lower, parent_start, bounds[1:], has_parent,
+                                                    np.zeros(m, np.int64))
+        texts = _object_column([lower_text[a:b] for a, b in zip(
+            parent_start[parent_reps].tolist(), bounds[1:][parent_reps].tolist(), strict=True)]
+            + ["", INVALID_TLD])
+        slot = np.full(m, texts.size - 2, np.int64)  # ""
+        slot[has_parent] = parent_group[has_parent]
+        slot[invalid] = texts.size - 1
+        parent = texts[slot]
+        sub_codes, sub_bounds = _gather_spans(raw, name_start, sub_end, False)
+        max_label, label_start = _longest_label_kernel(sub_codes, sub_bounds)
+        dotless_codes, dotless_bounds = _gather_spans(raw, name_start, sub_end, True)
+        sld_codes, sld_bounds = _gather_spans(lower, sld_start, sld_end, False)
+        feats = {"parent": parent, "sub_len": np.diff(dotless_bounds),
+                 "max_label": max_label, "label_start": label_start,
+                 "sub_h": _entropy_kernel(dotless_codes, dotless_bounds),
+                 "sld_len": np.diff(sld_bounds), "sld_h": _entropy_kernel(sld_codes, sld_bounds)}
+        # the other shapes and the hash-only matches: one PSL split each (rare)
+        other = np.flatnonzero((shape == _SHAPE_PER_NAME) | (split & ~checked))
+        if other.size:
+            rest = [names[i] for i in other.tolist()]
+            p, sub, sld = _object_column(rest), _object_column(rest), _object_column(rest)
+            for j, name in enumerate(rest):
+                p[j], suffix = self._psl.split(name)
+                sub[j] = sld[j] = ""
+                if p[j] == INVALID_TLD:
+                    sub[j] = name
+                elif p[j]:
+                    sub[j] = name[: -len(p[j]) - 1] if len(name) > len(p[j]) else ""
+                    sld[j] = p[j][: -len(suffix) - 1] if len(p[j]) > len(suffix) else p[j]
+            subs, slds = sub.tolist(), sld.tolist()
+            dotless = list(map(str.replace, subs, repeat("."), repeat("")))
+            feats["parent"][other] = p
+            feats["max_label"][other], feats["label_start"][other] = _longest_labels(subs)
+            feats["sub_len"][other] = np.fromiter(map(len, dotless), np.int64, len(dotless))
+            feats["sub_h"][other] = entropy(dotless)
+            feats["sld_len"][other] = np.fromiter(map(len, slds), np.int64, len(slds))
+            feats["sld_h"][other] = entropy(slds)
+        parent = feats["parent"]
+        if self.ignore:  # allow-listed parents are never grouped
+            ignored = frozenset(self.ignore)
+            named = (parent != "") & (parent != INVALID_TLD)
+            listed = np.fromiter(map(ignored.__contains__, parent.tolist()), bool, m)
+            listed |= _ends_with_any(raw, bounds, *_utf8_codes(list(self.ignore)))
+            parent[named & listed] = ""
+        feats.update(self._parent_features(parent))
+        return feats
 
     def _split_by_kernel(self, names: list[str]
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -21,6 +21,7 @@ not (`destinations: any` counts every destination, for labs on one segment or lo
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
+from functools import partial
 
 import numpy as np
 
@@ -122,11 +123,14 @@ class UploadDetector(_OutboundDetector):
     def detect(self, rows: Mapping[str, Columns], windows: WindowRange) -> list[Finding]:
         cols = rows["flow"]
         t = cols["timestamp"]
+        out = cols["src_payload_bytes"]  # (converted for the rows read only, not the buffer)
+        # most closes end here: all the range's uploads together are below the threshold
+        # (one compiled pass over the held rows, no index array)
+        start, end = int(windows.spec.start(windows.first)), int(windows.spec.end(windows.last))
+        if _sum_in_range(np.ascontiguousarray(t, np.int64), out, start, end) < self.min_bytes:
+            return []
         idx = rows_in_range(t, windows)
         if idx.size == 0:
-            return []
-        out = cols["src_payload_bytes"]  # (converted for the rows read only, not the buffer)
-        if out[idx].astype(np.float64).sum() < self.min_bytes:
             return []
         # only sources and destinations that got that many bytes at all can hold a pair
         # that did: rank just their rows (the keep below then gives the same rows)
@@ -195,36 +199,42 @@ class VolumeBaselineDetector(_OutboundDetector):
         idx = rows_in_range(t, windows)
         if idx.size == 0:
             return []
-        host, hosts = factorize_ip(cols["src_ip"][idx])
-        wg = WindowGroups.of(windows, t, idx, host)
-        if wg.n_groups == 0:
-            return []
-        sent = wg.sum(cols["src_bytes"])
-        received = wg.sum(cols["dst_bytes"])
-        # (window, host) of each group: groups are dense over sorted (k, host) pairs
-        group_k = np.zeros(wg.n_groups, np.int64)
-        group_host = np.zeros(wg.n_groups, np.int64)
-        group_k[wg.group] = wg.k
-        full_host = np.zeros(t.shape[0], np.int64)
-        full_host[idx] = host
-        group_host[wg.group] = full_host[wg.idx]
-        # the state update is sequential per host (window after window): compiled
-        order = np.lexsort((group_host, group_k))
-        words = np.ascontiguousarray(hosts).view(np.uint64).reshape(-1, 2)
-        in_order = self.baseline.update(words[group_host[order], 0],
-                                        words[group_host[order], 1], group_k[order],
+        # (window, host) groups, their first row and byte sums in one compiled hash pass
+        # over the rows (tumbling windows: each row is in exactly one window of the range);
+        # group ids are first-seen, so the update below orders the groups itself
+        words = _address_words(cols["src_ip"])
+        group, group_k, group_row, sent, received = _host_window_sums(
+            idx, np.ascontiguousarray(t, np.int64), words, cols["src_bytes"],
+            cols["dst_bytes"], int(self.window.hop_ns), int(windows.first), int(windows.last))
+        n_groups = group_k.shape[0]
+        host_hi, host_lo = words[group_row, 0], words[group_row, 1]
+        # the state update is sequential per host (window after window) and inserts new
+        # hosts in (window, address words) order, as the ranked codes did: compiled
+        order = np.lexsort((host_lo, host_hi, group_k))
+        in_order = self.baseline.update(host_hi[order], host_lo[order], group_k[order],
                                         sent[order], self.alpha)
-        baseline = np.empty(wg.n_groups)
-        history = np.empty(wg.n_groups, np.int64)
+        baseline = np.empty(n_groups)
+        history = np.empty(n_groups, np.int64)
         baseline[order], history[order] = in_order
         self.stats["hosts_evicted"] += self.baseline.bound(self.max_hosts)
         hits = np.flatnonzero((sent >= self.min_bytes) & (history >= self.min_history)
                               & (sent >= self.factor * np.maximum(baseline, 1.0))
                               & (sent >= self.min_ratio * received))
-        return wg.findings(hits, windows, lambda g: self.rules[0],
-                           lambda row: one_ip(cols["src_ip"], row),
-                           lambda r, g: self._describe(cols, r, float(baseline[g]),
-                                                       int(history[g])))
+        # (hits are rare: a hit's rows are found when it is described, by one pass over
+        # the groups; the evidence does not depend on the order of its rows)
+        findings = []
+        for g in hits.tolist():
+            w = int(group_k[g])
+            findings.append(Finding(
+                rule=self.rules[0], key=one_ip(cols["src_ip"], int(group_row[g])),
+                window_start=int(windows.spec.start(w)), window_end=int(windows.spec.end(w)),
+                describe=partial(self._describe_group, cols, idx, group, g,
+                                 float(baseline[g]), int(history[g]))))
+        return findings
+
+    def _describe_group(self, cols: Columns, idx: np.ndarray, group: np.ndarray, g: int,
+                        baseline: float, history: int) -> Evidence:
+        return self._describe(cols, idx[group == g], baseline, history)
 
     def _describe(self, cols: Columns, r: np.ndarray, baseline: float, history: int
                   ) -> Evidence:
@@ -243,6 +253,88 @@ class VolumeBaselineDetector(_OutboundDetector):
             message=f"{src} sent {sent:,} bytes out, {sent / max(baseline, 1.0):.0f}x its "
                     f"baseline of {baseline:,.0f}",
         )
+
+
+def _address_words(column: np.ndarray) -> np.ndarray:
+    """(rows, 2) native uint64 view of a 16-byte address column (a copy only when the
+    column is not contiguous)."""
+    return np.ascontiguousarray(column).view(np.uint64).reshape(-1, 2)
+
+
+@njit
+def _mix_words(a: np.uint64, b: np.uint64, c: np.uint64) -> np.uint64:
+    """64-bit hash of three words (multiply-xorshift chain); only picks table slots."""
+    h = np.uint64(0x9E3779B97F4A7C15)
+    for w in (a, b, c):
+        h = (h ^ w) * np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(31)
+    return h
+
+
+@njit
+def _sum_in_range(times: np.ndarray, values: np.ndarray, start: int, end: int) -> float:
+    """Sum of values[i] (as float64, in row order) over the rows with start <= times[i] <
+    end."""
+    total = 0.0
+    for i in range(times.shape[0]):
+        if start <= times[i] < end:
+            total += float(values[i])
+    return total
+
+
+@njit
+def _host_window_sums(idx: np.ndarray, times: np.ndarray, words: np.ndarray,
+                      sent_col: np.ndarray, received_col: np.ndarray, hop: int, first: int,
+                      last: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                          np.ndarray]:
+    """Rows idx of tumbling windows first..last (window = time // hop) grouped by (window,
+    address): (group of each row, then per group in first-seen order: window, first row,
+    sums of sent_col and received_col as float64 in row order, as np.bincount sums).
+    first == last: every row is in that window (no 64-bit division per row)."""
+    n = idx.shape[0]
+    bits = 10  # the table grows with the groups (few hosts: it stays in cache)
+    mask = (1 << bits) - 1
+    shift = np.uint64(64 - bits)
+    slots = np.full(1 << bits, -1, np.int64)
+    group = np.empty(n, np.int64)
+    group_k = np.empty(n, np.int64)
+    group_row = np.empty(n, np.int64)
+    sent = np.zeros(n)
+    received = np.zeros(n)
+    m = 0
+    for i in range(n):
+        r = idx[i]
+        k = first if first == last else times[r] // hop
+        hi, lo = words[r, 0], words[r, 1]
+        if 2 * (m + 1) > mask + 1:  # keep the table at most half full: double, reinsert
+            bits += 1
+            mask = (1 << bits) - 1
+            shift = np.uint64(64 - bits)
+            slots = np.full(1 << bits, -1, np.int64)
+            for g in range(m):
+                f = group_row[g]
+                s = np.int64(_mix_words(np.uint64(group_k[g]), words[f, 0], words[f, 1])
+                             >> shift) & mask
+                while slots[s] >= 0:
+                    s = (s + 1) & mask
+                slots[s] = g
+        s = np.int64(_mix_words(np.uint64(k), hi, lo) >> shift) & mask
+        while True:
+            g = slots[s]
+            if g < 0:
+                g = m
+                m += 1
+                slots[s] = g
+                group_k[g], group_row[g] = k, r
+                break
+            f = group_row[g]
+            if group_k[g] == k and words[f, 0] == hi and words[f, 1] == lo:
+                break
+            s = (s + 1) & mask
+        group[i] = g
+        sent[g] += float(sent_col[r])
+        received[g] += float(received_col[r])
+    return group, group_k[:m], group_row[:m], sent[:m], received[:m]
 
 
 @njit
