@@ -27,9 +27,10 @@ Event building is column-wise, on the collector's StreamBatch (`feed_joined`: ev
 bytes in one buffer, the chunk fields as columns; sensors.stream_columns): the requests of
 flows seen whole in one chunk (the common case, malformed ones included) are selected from
 the kernel's flow table with array operations, their times and endpoint columns read from
-the batch's columns (no StreamChunk object is made for them); each text column is one
-gather of its slices (http_kernel.join_slices) and one UTF-8 decode, and the per-value
-rules (host without port, MIME type, Basic user) run once per distinct value. Only flows
+the batch's columns (no StreamChunk object is made for them); the text columns' equal
+slices are numbered by one kernel pass (http_kernel.distinct_slice_table), the distinct
+ones gathered (join_slices) and decoded at once, and the per-value rules (host without
+port, MIME type, Basic user) run once per distinct value. Only flows
 seen in pieces, and the reference parser's, go through a per-flow loop (on their chunks).
 
 A request is emitted once its response headers are parsed and its body size is known (or
@@ -76,11 +77,13 @@ from sensors.http_kernel import (
     M_STATUS,
     MAX_HEADER_BYTES,
     MAX_MESSAGES,
+    distinct_slice_table,
     join_slices,
     parse_flows,
 )
 from sensors.packets import DecodedPackets
 from sensors.stream_columns import (
+    ChunkColumns,
     StreamColumns,
     chunks_at,
     endpoint_columns_at,
@@ -295,29 +298,44 @@ def reference_parse(chunk: StreamChunk) -> tuple[list[Message], bool, list[Messa
     return requests, bad_req, responses, bad_resp
 
 
-def _slice_texts(buf: np.ndarray, starts: np.ndarray, stops: np.ndarray,
-                 text_of: Callable[[str], str] | None = None) -> np.ndarray:
-    """buf[starts[i]:stops[i]] decoded (UTF-8, "replace"), then text_of(...) if given, as an
-    object column ("" where starts < 0).
+def _text_columns(buf: np.ndarray, slices: Sequence[tuple[np.ndarray, np.ndarray,
+                                                            Callable[[str], str] | None]]
+                  ) -> list[np.ndarray]:
+    """One object column per (starts, stops, text_of) of `slices`: buf[starts[i]:stops[i]]
+    decoded (UTF-8, "replace"), then text_of(...) if given ("" where starts < 0).
 
-    The slices are joined with "\n" and decoded at once: none holds a "\n" (header values
-    and request-line fields end at the line's end, a URI has no white space), and UTF-8
-    decoding with "replace" restarts at every ASCII byte, so each piece is the slice's own
-    decoding (tests/test_http_kernel.py). text_of runs once per distinct text (hosts,
-    content types, Authorization values repeat)."""
-    absent = starts < 0
-    blob = join_slices(buf, np.where(absent, 0, starts), np.where(absent, 0, stops), 0x0A)
+    Equal slices of a column are found by one kernel call over every column
+    (distinct_slice_table, row by row: each row's slices share cache lines) and only the
+    distinct ones are decoded, passed to text_of and made str objects (methods, hosts,
+    user agents, content types repeat); each column is one take of those. They are joined
+    with "\n" and decoded at once: none holds a "\n" (header values and request-line
+    fields end at the line's end, a URI has no white space), and UTF-8 decoding with
+    "replace" restarts at every ASCII byte, so each piece is the slice's own decoding
+    (tests/test_http_kernel.py)."""
+    starts = np.stack([np.where(a < 0, 0, a) for a, _, _ in slices], axis=1)
+    stops = np.stack([np.where(a < 0, 0, b) for a, b, _ in slices], axis=1)
+    ids, first = distinct_slice_table(buf, starts, stops)
+    starts, stops = starts.reshape(-1)[first], stops.reshape(-1)[first]
+    blob = join_slices(buf, starts, stops, 0x0A)
     texts = blob.tobytes().decode("utf-8", "replace").split("\n")
     texts.pop()  # after the last separator
     if len(texts) != len(starts):  # a slice held "\n" after all: decode one by one
         raw = buf.tobytes()
-        texts = [raw[a:b].decode("utf-8", "replace") if a >= 0 else ""
+        texts = [raw[a : max(a, b)].decode("utf-8", "replace")  # clipped as join_slices
                  for a, b in zip(starts.tolist(), stops.tolist(), strict=True)]
-    if text_of is not None:
-        distinct = dict.fromkeys(texts)
-        distinct = dict(zip(distinct, map(text_of, distinct), strict=True))
-        texts = list(map(distinct.__getitem__, texts))
-    return np.fromiter(texts, dtype=object, count=len(texts))  # (faster than [:] = texts)
+    column_of = first % len(slices)
+    for c, (_, _, text_of) in enumerate(slices):
+        if text_of is not None:
+            for at in np.flatnonzero(column_of == c).tolist():
+                texts[at] = text_of(texts[at])
+    values = np.fromiter(texts, dtype=object, count=len(texts))
+    return [values[ids[:, c]] for c in range(len(slices))]
+
+
+def _slice_texts(buf: np.ndarray, starts: np.ndarray, stops: np.ndarray,
+                 text_of: Callable[[str], str] | None = None) -> np.ndarray:
+    """_text_columns of one column (tests)."""
+    return _text_columns(buf, [(starts, stops, text_of)])[0]
 
 
 class _ParsedFlows:
@@ -406,18 +424,28 @@ class _ParsedFlows:
             start = rows[:, at] if where is None else np.where(where, rows[:, at], -1)
             return start, rows[:, at + 1]
 
+        method, host, uri, version, user_agent, referrer, mime, user = _text_columns(buf, [
+            (req[:, M_A0], req[:, M_A1], None),  # [A-Z_-] only
+            (*value(req, H_HOST), host_without_port),
+            (req[:, M_B0], req[:, M_B1], None),
+            (req[:, M_C0], req[:, M_C1], None),  # digits and "."
+            (*value(req, H_UA), None),
+            (*value(req, H_REFERER), None),
+            (*value(resp, H_CTYPE, answered), _mime),
+            (*value(req, H_AUTH), basic_auth_user),
+        ])
         return {
-            "method": _slice_texts(buf, req[:, M_A0], req[:, M_A1]),  # [A-Z_-] only
-            "host": _slice_texts(buf, *value(req, H_HOST), host_without_port),
-            "uri": _slice_texts(buf, req[:, M_B0], req[:, M_B1]),
-            "version": _slice_texts(buf, req[:, M_C0], req[:, M_C1]),  # digits and "."
-            "user_agent": _slice_texts(buf, *value(req, H_UA)),
-            "referrer": _slice_texts(buf, *value(req, H_REFERER)),
+            "method": method,
+            "host": host,
+            "uri": uri,
+            "version": version,
+            "user_agent": user_agent,
+            "referrer": referrer,
             "status": np.where(answered, resp[:, M_STATUS], 0),
             "request_body_bytes": req[:, M_BODY],
             "response_body_bytes": np.where(answered, resp[:, M_BODY], -1),
-            "response_mime_type": _slice_texts(buf, *value(resp, H_CTYPE, answered), _mime),
-            "basic_auth_user": _slice_texts(buf, *value(req, H_AUTH), basic_auth_user),
+            "response_mime_type": mime,
+            "basic_auth_user": user,
         }
 
     def rows(self, requests: Sequence[int], responses: Sequence[int]) -> list[dict]:
@@ -483,6 +511,30 @@ def _http_columns(parsed: _ParsedFlows, requests: np.ndarray, responses: np.ndar
     return out
 
 
+def keys_at(batch: StreamColumns, rows: np.ndarray) -> list:
+    """batch.keys[i] for i in rows, made for those rows only: the FlowKey tuple
+    (vlan, client_ip, client_port, server_ip, server_port) StreamBatch.keys builds
+    (tests/test_http_emitted.py checks they agree). Chunk lists keep their chunks' keys."""
+    if isinstance(batch, ChunkColumns):
+        return [batch.keys[i] for i in rows.tolist()]
+    return list(zip(batch.vlan[rows].tolist(), batch.client_ip[rows].tolist(),
+                    batch.client_port[rows].tolist(), batch.server_ip[rows].tolist(),
+                    batch.server_port[rows].tolist(), strict=True))
+
+
+def _emitted_rows(batch: StreamColumns, rows: np.ndarray, emitted: Mapping) -> np.ndarray:
+    """The `rows` (a mask) whose flow key is in `emitted`. The flows emitted in pieces are
+    few, so rows are first narrowed to those with one of their client ports, and keys are
+    made only for those (not a tuple per row of the batch)."""
+    ports = np.fromiter({key[2] for key in emitted}, dtype=np.int64)
+    candidates = np.flatnonzero(rows & np.isin(batch.client_port, ports))
+    if not candidates.size:
+        return candidates
+    found = np.fromiter(map(emitted.__contains__, keys_at(batch, candidates)), dtype=bool,
+                        count=candidates.size)
+    return candidates[found]
+
+
 class HttpAnalyzer(Analyzer):
     """HTTP/1.x request/response events (see the module doc). Settings (all optional):
     ports, max_bytes_per_dir, max_flows, max_bytes_total, idle_timeout_s, max_packets_meta."""
@@ -515,7 +567,7 @@ class HttpAnalyzer(Analyzer):
         emitted = self.emitted
         fresh = np.array(batch.final, dtype=bool).reshape(n)
         if emitted:
-            fresh &= ~np.fromiter(map(emitted.__contains__, batch.keys), dtype=bool, count=n)
+            fresh[_emitted_rows(batch, fresh, emitted)] = False
         # whole flows at once, column-wise: the common case, no per-flow state
         whole, flows, requests, responses, offsets = parsed.whole_flows(fresh)
         bad_whole = parsed.malformed(whole)

@@ -48,6 +48,13 @@ for _i, _n in enumerate(_NAMES):
 
 _FAIL, _OK, _FALLBACK = 0, 1, 2
 
+# byte patterns of _walk: module arrays are compile-time constants for numba (made in the
+# kernel, they were four allocations per flow direction)
+_CRLF = np.array([13, 10], dtype=np.uint8)
+_CRLF2 = np.array([13, 10, 13, 10], dtype=np.uint8)
+_LFLF = np.array([10, 10], dtype=np.uint8)
+_CHUNKED = np.frombuffer(b"chunked", dtype=np.uint8).copy()
+
 
 @njit
 def _is_space(c: int) -> bool:
@@ -304,10 +311,7 @@ def _walk(buf, lo, hi, requests, ended, flow, heads, n_heads, table, count, name
 
     Requests fill `heads` (is the i-th request a HEAD); responses read it. 1xx responses
     are not stored (the analyzer drops them)."""
-    crlf = np.array([13, 10], dtype=np.uint8)
-    crlf2 = np.array([13, 10, 13, 10], dtype=np.uint8)
-    lflf = np.array([10, 10], dtype=np.uint8)
-    te = np.array([99, 104, 117, 110, 107, 101, 100], dtype=np.uint8)  # "chunked"
+    crlf, crlf2, lflf, te = _CRLF, _CRLF2, _LFLF, _CHUNKED  # constants: no allocation per call
     pos = lo
     parsed = 0
     answered = 0
@@ -468,6 +472,21 @@ def parse_flows(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
 
 
 @njit
+def copy_bytes(dst, at, src, lo, hi):
+    """dst[at : at + hi - lo] = src[lo:hi] (the caller checked both ranges); returns the end
+    in dst. A loop over two views, which LLVM vectorizes: numba's own slice assignment and
+    a loop over absolute indexes copy a byte at a time (3-4x slower on TLS handshakes)."""
+    size = hi - lo
+    if size <= 0:
+        return at
+    to = dst[at : at + size]
+    from_ = src[lo:hi]
+    for j in range(size):
+        to[j] = from_[j]
+    return at + size
+
+
+@njit
 def _join_slices(src, starts, stops, sep):
     total = 0
     for i in range(starts.shape[0]):
@@ -477,9 +496,7 @@ def _join_slices(src, starts, stops, sep):
     at = 0
     for i in range(starts.shape[0]):
         lo, hi = max(starts[i], 0), min(stops[i], src.shape[0])
-        for j in range(lo, hi):
-            out[at] = src[j]
-            at += 1
+        at = copy_bytes(out, at, src, lo, hi)
         out[at] = sep
         at += 1
     return out
@@ -490,3 +507,111 @@ def join_slices(src: np.ndarray, starts: np.ndarray, stops: np.ndarray, sep: int
     clipped to src (empty when start < 0 or stop <= start): one buffer to decode at once."""
     return _join_slices(src, np.ascontiguousarray(starts, dtype=np.int64),
                         np.ascontiguousarray(stops, dtype=np.int64), np.uint8(sep))
+
+
+_FNV_OFFSET = np.uint64(14695981039346656037)
+_FNV_PRIME = np.uint64(1099511628211)
+_MIX1 = np.uint64(0xFF51AFD7ED558CCD)
+_MIX2 = np.uint64(0xC4CEB9FE1A85EC53)
+_U8, _U16, _U24, _U32 = np.uint64(8), np.uint64(16), np.uint64(24), np.uint64(32)
+_U33, _U40, _U48, _U56 = np.uint64(33), np.uint64(40), np.uint64(48), np.uint64(56)
+
+
+@njit
+def _slice_hash(src: np.ndarray, lo: int, hi: int) -> np.uint64:
+    """A 64-bit hash of src[lo:hi] for distinct_slice_ids' table: FNV-1a over 8-byte words
+    (the byte-at-a-time FNV-1a is a chain of one multiply per byte), then the tail bytes,
+    then MurmurHash3's fmix64, because the slot is taken from the low bits, which the
+    multiplications leave independent of each word's higher bytes."""
+    h = _FNV_OFFSET
+    j = lo
+    while j + 8 <= hi:
+        word = (np.uint64(src[j]) | (np.uint64(src[j + 1]) << _U8)
+                | (np.uint64(src[j + 2]) << _U16) | (np.uint64(src[j + 3]) << _U24)
+                | (np.uint64(src[j + 4]) << _U32) | (np.uint64(src[j + 5]) << _U40)
+                | (np.uint64(src[j + 6]) << _U48) | (np.uint64(src[j + 7]) << _U56))
+        h = (h ^ word) * _FNV_PRIME
+        j += 8
+    while j < hi:
+        h = (h ^ np.uint64(src[j])) * _FNV_PRIME
+        j += 1
+    h ^= h >> _U33
+    h *= _MIX1
+    h ^= h >> _U33
+    h *= _MIX2
+    h ^= h >> _U33
+    return h
+
+
+@njit
+def clip_slice(size: int, start: int, stop: int) -> tuple[int, int]:
+    """[start, stop) clipped to [0, size), empty (lo == hi) when stop <= start."""
+    lo = min(max(start, 0), size)
+    return lo, max(min(stop, size), lo)
+
+
+@njit
+def _distinct_table(src, starts, stops):
+    """distinct_slice_table's kernel (starts, stops: (n, k) int64, C order)."""
+    n, k = starts.shape
+    size = 64
+    while size < 2 * n * k:
+        size *= 2
+    mask = size - 1
+    slots = np.full(size, -1, np.int64)
+    slot_hash = np.zeros(size, np.uint64)
+    ids = np.empty((n, k), np.int64)
+    first = np.empty(n * k, np.int64)
+    count = 0
+    for i in range(n):
+        for c in range(k):  # a row's slices one after the other: their bytes are close
+            lo, hi = clip_slice(src.size, starts[i, c], stops[i, c])
+            h = _slice_hash(src, lo, hi) ^ (np.uint64(c) * _FNV_PRIME)
+            slot = np.int64(h & np.uint64(mask))
+            while True:
+                m = slots[slot]
+                if m < 0:
+                    slots[slot] = count
+                    slot_hash[slot] = h
+                    first[count] = i * k + c
+                    ids[i, c] = count
+                    count += 1
+                    break
+                if slot_hash[slot] == h and first[m] % k == c:
+                    row = first[m] // k
+                    lo2, hi2 = clip_slice(src.size, starts[row, c], stops[row, c])
+                    same = hi2 - lo2 == hi - lo
+                    if same:
+                        for j in range(hi - lo):
+                            if src[lo + j] != src[lo2 + j]:
+                                same = False
+                                break
+                    if same:
+                        ids[i, c] = m
+                        break
+                slot = (slot + 1) & mask
+    return ids, first[:count]
+
+
+def distinct_slice_table(src: np.ndarray, starts: np.ndarray, stops: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Equal byte slices src[starts[i, c]:stops[i, c]] (clipped to src) of each column c of
+    (n, k) starts/stops, numbered in first-seen order (row by row): (ids, first) with
+    ids[i, c] the number of slice (i, c) and first[m] the flat index i * k + c of the first
+    slice numbered m (its column: first[m] % k). Slices of different columns are never the
+    same number. An open-addressing table of hashes; equal hashes are confirmed by comparing
+    the bytes, so the numbering is exact. A row's k slices are read one after the other:
+    over a large buffer (HTTP's reassembled bytes), one pass per column would miss the
+    cache on every row in every pass."""
+    return _distinct_table(src, np.ascontiguousarray(starts, dtype=np.int64),
+                           np.ascontiguousarray(stops, dtype=np.int64))
+
+
+def distinct_slice_ids(src: np.ndarray, starts: np.ndarray, stops: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Equal byte slices src[starts[i]:stops[i]] (clipped to src) numbered in first-seen
+    order: (ids, first) with ids[i] the number of slice i and first[k] the first slice
+    numbered k (distinct_slice_table of one column)."""
+    ids, first = distinct_slice_table(src, np.reshape(starts, (-1, 1)),
+                                      np.reshape(stops, (-1, 1)))
+    return ids.reshape(-1), first

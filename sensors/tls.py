@@ -33,10 +33,10 @@ ClientHello's fingerprint fields (version, ciphers, extension types, groups, poi
 signature algorithms, supported versions, ALPN) as one canonical byte string, the "client
 key": JA3/JA4 strings are built in Python only once per distinct key (a network's clients
 share a few TLS stacks). The JA3S server key (version, cipher, extension types) is cached
-the same way. Equal keys (and leaf certificates) are found by a kernel
-(`distinct_slice_ids`), so a bytes object is made per distinct key, not per event. Python
-then does per event only what yields Python objects: the SNI and ALPN text (one decode and
-split per column) and the offered ALPN lists.
+the same way. Equal keys (and leaf certificates, SNIs, ALPN names) are found by a kernel
+(`distinct_slice_ids`), so a bytes or str object is made per distinct value, not per event;
+version and cipher names per distinct code. Per event, Python makes only the offered ALPN
+list (a new list per row: lists are mutable).
 
 Hostile input never raises: parse errors are counted (stats["tls_malformed"]) and the
 flow yields no event (a ClientHello that cannot be read) or an event with what was read.
@@ -56,7 +56,7 @@ import numpy as np
 from pipeline.jit import njit
 from pipeline.schema import TLS, EventBatch
 from sensors.analyzer import Analyzer
-from sensors.http_kernel import join_slices
+from sensors.http_kernel import clip_slice, copy_bytes, distinct_slice_ids, join_slices
 from sensors.packets import DecodedPackets, constant_text
 from sensors.stream_columns import (
     StreamColumns,
@@ -198,10 +198,8 @@ def _span(buf: np.ndarray, pos: int, end: int, len_bytes: int) -> tuple[int, int
 @njit
 def _put_section(out: np.ndarray, at: int, src: np.ndarray, start: int, stop: int) -> int:
     """Write src[start:stop] to `out` at `at` after its 4-byte length; returns the end."""
-    size = stop - start
-    _put_length(out, at, size)
-    out[at + 4 : at + 4 + size] = src[start:stop]
-    return at + 4 + size
+    _put_length(out, at, stop - start)
+    return copy_bytes(out, at + 4, src, start, stop)
 
 
 @njit
@@ -260,9 +258,7 @@ def frame_records(buf: np.ndarray, starts: np.ndarray, stops: np.ndarray
                 if ctype != CONTENT_ALERT:
                     cleartext = False  # after CCS / application data: encrypted
             elif cleartext:
-                size = stop - pos - 5
-                hs[out : out + size] = buf[pos + 5 : stop]
-                out += size
+                out = copy_bytes(hs, out, buf, pos + 5, stop)
             pos = stop
         hs_stop[d] = out
         flags[d] = seen
@@ -657,9 +653,7 @@ def gather_slices(src: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> np.
     at = 0
     for i in range(starts.size):
         start = max(starts[i], 0)
-        size = max(min(stops[i], src.size) - start, 0)
-        out[at : at + size] = src[start : start + size]
-        at += size
+        at = copy_bytes(out, at, src, start, start + max(min(stops[i], src.size) - start, 0))
     return out
 
 
@@ -960,64 +954,6 @@ def _texts(values: list[str]) -> np.ndarray:
     return np.array(values, dtype=object)
 
 
-_FNV_OFFSET = np.uint64(14695981039346656037)
-_FNV_PRIME = np.uint64(1099511628211)
-
-
-@njit
-def _clipped(size: int, start: int, stop: int) -> tuple[int, int]:
-    """[start, stop) clipped to [0, size), empty (lo == hi) when stop <= start."""
-    lo = min(max(start, 0), size)
-    return lo, max(min(stop, size), lo)
-
-
-@njit
-def distinct_slice_ids(src: np.ndarray, starts: np.ndarray, stops: np.ndarray
-                       ) -> tuple[np.ndarray, np.ndarray]:
-    """Equal byte slices src[starts[i]:stops[i]] (clipped to src) numbered in first-seen
-    order: (ids, first) with ids[i] the number of slice i and first[k] the first slice
-    numbered k. An open-addressing table of FNV-1a hashes; equal hashes are confirmed by
-    comparing the bytes, so the numbering is exact."""
-    n = starts.size
-    size = 64
-    while size < 2 * n:
-        size *= 2
-    mask = size - 1
-    slots = np.full(size, -1, np.int64)
-    slot_hash = np.zeros(size, np.uint64)
-    ids = np.empty(n, np.int64)
-    first = np.empty(n, np.int64)
-    count = 0
-    for i in range(n):
-        lo, hi = _clipped(src.size, starts[i], stops[i])
-        h = _FNV_OFFSET
-        for j in range(lo, hi):
-            h = (h ^ np.uint64(src[j])) * _FNV_PRIME
-        slot = np.int64(h & np.uint64(mask))
-        while True:
-            k = slots[slot]
-            if k < 0:
-                slots[slot] = count
-                slot_hash[slot] = h
-                first[count] = i
-                ids[i] = count
-                count += 1
-                break
-            if slot_hash[slot] == h:
-                lo2, hi2 = _clipped(src.size, starts[first[k]], stops[first[k]])
-                same = hi2 - lo2 == hi - lo
-                if same:
-                    for j in range(hi - lo):
-                        if src[lo + j] != src[lo2 + j]:
-                            same = False
-                            break
-                if same:
-                    ids[i] = k
-                    break
-            slot = (slot + 1) & mask
-    return ids, first[:count]
-
-
 def _distinct_slices(src: np.ndarray, starts: np.ndarray, stops: np.ndarray
                      ) -> tuple[list[bytes], np.ndarray]:
     """(the distinct byte slices src[starts[i]:stops[i]] (clipped to src) in first-seen
@@ -1028,15 +964,41 @@ def _distinct_slices(src: np.ndarray, starts: np.ndarray, stops: np.ndarray
     stops = np.ascontiguousarray(stops, dtype=np.int64)
     ids, first = distinct_slice_ids(src, starts, stops)
     values = [src[lo:hi].tobytes() for lo, hi in (
-        _clipped(src.size, a, b) for a, b in zip(starts[first].tolist(), stops[first].tolist(),
+        clip_slice(src.size, a, b) for a, b in zip(starts[first].tolist(), stops[first].tolist(),
                                                  strict=True))]
     return values, ids
 
 
-def _names(codes: np.ndarray, name) -> np.ndarray:
-    """name(code) per row as an object column, computed once per distinct code."""
-    distinct, ids = np.unique(codes, return_inverse=True)
-    return _texts([name(int(c)) for c in distinct])[ids.reshape(-1)]
+def _names(codes: np.ndarray, name, where: np.ndarray | None = None) -> np.ndarray:
+    """name(code) per row as an object column, computed once per distinct code ("" where
+    `where` is False). Codes are 16-bit (versions, cipher suites): distinct ones are found
+    by a table of 2**16 flags rather than np.unique's sort."""
+    codes = np.asarray(codes, dtype=np.int64)
+    if codes.size and (codes.min() < 0 or codes.max() > 0xFFFF):  # not 16-bit: sort
+        distinct, ids = np.unique(codes, return_inverse=True)
+        texts = [name(c) for c in distinct.tolist()]
+        column = np.fromiter(texts, dtype=object, count=len(texts))[ids.reshape(-1)]
+        return column if where is None else np.where(where, column, "")
+    if where is not None:
+        codes = np.where(where, codes, -1)  # -1: ""
+    present = np.zeros(0x10001, dtype=np.bool_)
+    present[codes + 1] = True
+    distinct = np.flatnonzero(present) - 1
+    number = np.empty(0x10001, dtype=np.int64)
+    number[distinct + 1] = np.arange(distinct.size)
+    texts = [name(c) if c >= 0 else "" for c in distinct.tolist()]
+    return np.fromiter(texts, dtype=object, count=len(texts))[number[codes + 1]]
+
+
+def _distinct_texts(src: np.ndarray, starts: np.ndarray, stops: np.ndarray,
+                    lower: bool = False) -> np.ndarray:
+    """_ascii_slices as an object column, decoded once per distinct slice (SNIs and ALPN
+    names repeat): one take of the distinct texts."""
+    starts = np.ascontiguousarray(starts, dtype=np.int64)
+    stops = np.ascontiguousarray(stops, dtype=np.int64)
+    ids, first = distinct_slice_ids(src, starts, stops)
+    texts = _ascii_slices(src, starts[first], stops[first], lower)
+    return np.fromiter(texts, dtype=object, count=len(texts))[ids]
 
 
 def _ascii_slices(src: np.ndarray, starts: np.ndarray, stops: np.ndarray,
@@ -1062,11 +1024,12 @@ def _ascii_slices(src: np.ndarray, starts: np.ndarray, stops: np.ndarray,
     return [text[a:b] for a, b in zip((ends - sizes).tolist(), ends.tolist(), strict=True)]
 
 
-def event_columns(parsed: ParsedFlows, rows: list[int]) -> dict[str, np.ndarray]:
+def event_columns(parsed: ParsedFlows, rows: Sequence[int] | np.ndarray
+                  ) -> dict[str, np.ndarray]:
     """The TLS-specific event columns of flows `rows` (with a readable ClientHello).
 
-    Per distinct client key / server key / cipher / version: the cached strings; per row
-    only the SNI and ALPN text and the list of offered ALPN names."""
+    Per distinct client key / server key / cipher / version / SNI / ALPN name: the
+    (cached) strings; per row only the list of offered ALPN names."""
     at = np.asarray(rows, dtype=np.int64)
     keys, client_ids = _distinct_slices(parsed.client_keys, parsed.client_key_start[at],
                                         parsed.client_key_stop[at])
@@ -1079,14 +1042,14 @@ def event_columns(parsed: ParsedFlows, rows: list[int]) -> dict[str, np.ndarray]
     negotiated = np.where(parsed.selected_version[at] != 0, parsed.selected_version[at],
                           parsed.server_version[at])
     version = _names(np.where(found, negotiated, offered), version_name)
-    cipher = np.where(found, _names(parsed.cipher[at], cipher_name), "")
+    cipher = _names(parsed.cipher[at], cipher_name, found)
     alpn_offered = [s[2] for s in summaries]
     # a new list per row (lists are mutable), made in C: fromiter keeps lists as elements
     client_alpn = np.fromiter(map(list, map(alpn_offered.__getitem__, client_ids.tolist())),
                               dtype=object, count=len(rows))
-    server_name = _texts(_ascii_slices(parsed.hs, parsed.sni_start[at], parsed.sni_stop[at],
-                                       lower=True))
-    next_protocol = _texts(_ascii_slices(parsed.hs, parsed.alpn_start[at], parsed.alpn_stop[at]))
+    server_name = _distinct_texts(parsed.hs, parsed.sni_start[at], parsed.sni_stop[at],
+                                  lower=True)
+    next_protocol = _distinct_texts(parsed.hs, parsed.alpn_start[at], parsed.alpn_stop[at])
     cert_sha1, cert_subject, cert_issuer = (constant_text(len(rows), "") for _ in range(3))
     cert_start, cert_stop = parsed.cert_start[at], parsed.cert_stop[at]
     with_cert = np.flatnonzero(cert_stop > cert_start)
@@ -1167,7 +1130,7 @@ class TlsAnalyzer(Analyzer):
         first_ts = batch.first_ts[at, 0]
         ts = np.where(first_ts >= 0, first_ts, batch.start_ts[at])  # the first client packet
         columns = endpoint_columns_at(batch, at, ts, self.observer_name, self.ingress_zone)
-        tls_columns = event_columns(parsed, at.tolist())
+        tls_columns = event_columns(parsed, at)
         for spec in TLS.fields:  # the schema's column order
             if spec.column not in columns:
                 columns[spec.column] = tls_columns[spec.column]
