@@ -591,7 +591,20 @@ def _column_values(f: Field, values: np.ndarray) -> list:
         return [text[i] for i in inverse.ravel()]
     if f.ecs in ("@timestamp", "event.end"):
         return [ns_to_iso(v) for v in values.tolist()]
+    if f.dtype == OBJ:
+        return list(map(_own_copy, values.tolist()))
     return values.tolist()
+
+
+def _own_copy(value: object) -> object:
+    """A document's own copy of a nested cell value. Why: the sensor shares one list/dict
+    between the rows of a batch with equal values (DNS answers: one object per distinct
+    answer set), so cells are read-only; a document is the consumer's to edit."""
+    if type(value) is list:
+        return [dict(x) if type(x) is dict else x for x in value]
+    if type(value) is dict:
+        return dict(value)
+    return value
 
 
 def batch_to_ecs(batch: EventBatch) -> list[dict]:

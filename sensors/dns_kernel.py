@@ -11,6 +11,10 @@ is made per byte, label or record field.
 `split_tcp_segments` cuts TCP/53 segments into their length-prefixed messages (no stream
 reassembly: a segment must carry whole messages).
 
+`answer_sets` numbers equal answer records and equal answer lists of a batch, and
+`flow_groups` equal flow tuples (optionally both directions as one), so that sensors/dns.py
+makes one Python object per distinct value rather than one per event.
+
 The rules (the text form of names and rdata, what is malformed, what only damages the
 answer section) are those of the pure-Python reference parser the tests compare against
 (tests/dns_reference.py) and are documented in sensors/dns.py. Every read is checked
@@ -362,6 +366,18 @@ def _intern(text: np.ndarray, start: int, stop: int, slots: np.ndarray, slot_has
 
 
 @njit
+def _repeats_question(data: np.ndarray, base: int, size: int, pos: int, q_end: int) -> bool:
+    """The bytes at message offset `pos` are those of the question name, [12, q_end)."""
+    length = q_end - HEADER_LEN
+    if pos + length > size:
+        return False
+    for k in range(length):
+        if data[base + pos + k] != data[base + HEADER_LEN + k]:
+            return False
+    return True
+
+
+@njit
 def parse_messages(data: np.ndarray, msg_start: np.ndarray, msg_len: np.ndarray):
     """DNS messages data[msg_start[i] : msg_start[i] + msg_len[i]] -> columns.
 
@@ -410,17 +426,19 @@ def parse_messages(data: np.ndarray, msg_start: np.ndarray, msg_len: np.ndarray)
         ancount = _word(data, base + 6)
         pos = np.int64(HEADER_LEN)
         qtype = qclass = 0
+        q_end = np.int64(HEADER_LEN)  # wire end of the question name (offset 12 on)
         if o + TEXT_RESERVE > text.shape[0]:
             text = _grown(text, o)
-        q_end = o
+        q_stop = o
         if qdcount:
-            end, q_end = read_name(data, base, size, pos, text, o)
+            end, q_stop = read_name(data, base, size, pos, text, o)
             if end < 0 or end + 4 > size:
                 continue  # MALFORMED
             qtype = _word(data, base + end)
             qclass = _word(data, base + end + 2)
+            q_end = end
             pos = end + 4
-        qname, o, texts = _intern(text, o, q_end, slots, slot_hash, text_start,
+        qname, o, texts = _intern(text, o, q_stop, slots, slot_hash, text_start,
                                   texts)
         msg[i, 1] = _word(data, base)
         msg[i, 2] = _word(data, base + 2)
@@ -442,7 +460,21 @@ def parse_messages(data: np.ndarray, msg_start: np.ndarray, msg_len: np.ndarray)
         for _ in range(min(ancount, MAX_ANSWERS)):
             if o + TEXT_RESERVE > text.shape[0]:
                 text = _grown(text, o)
-            end, o2 = read_name(data, base, size, pos, text, o)
+            # The usual owner is the question name: as a pointer to it, or written out again.
+            # read_name would render the text already interned as `qname`, so it is skipped.
+            if (qdcount and pos + 1 < size and data[base + pos] == 0xC0
+                    and data[base + pos + 1] == HEADER_LEN):
+                # read_name would follow the pointer to the name read at offset 12: one
+                # jump more, still far below the cap (that name's own pointers can only go
+                # into the 12-byte header, each further back).
+                end, o2, name = pos + 2, o, qname
+            elif qdcount and _repeats_question(data, base, size, pos, q_end):
+                # The same bytes read the same way: the same labels, and any pointer among
+                # them has the same target (< 12 < pos, so allowed here too).
+                end, o2, name = pos + q_end - HEADER_LEN, o, qname
+            else:
+                end, o2 = read_name(data, base, size, pos, text, o)
+                name = -1
             if end < 0 or end + 10 > size or rows >= capacity:
                 damaged = True
                 break
@@ -454,8 +486,9 @@ def parse_messages(data: np.ndarray, msg_start: np.ndarray, msg_len: np.ndarray)
             if pos + rdlength > size:
                 damaged = True
                 break
-            name, o, texts = _intern(text, o, o2, slots, slot_hash, text_start,
-                                     texts)
+            if name < 0:
+                name, o, texts = _intern(text, o, o2, slots, slot_hash, text_start,
+                                         texts)
             o2 = _put_rdata(data, base, size, rtype, pos, rdlength, text, o)
             rdata, o, texts = _intern(text, o, o2, slots, slot_hash, text_start,
                                       texts)
@@ -506,3 +539,168 @@ def split_tcp_segments(data: np.ndarray, seg_start: np.ndarray, seg_len: np.ndar
             found += 1
             pos += 2 + prefix
     return segment[:count], start[:count], length[:count], incomplete
+
+
+_MIX = np.uint64(0x9E3779B97F4A7C15)  # golden-ratio multiplier: spreads keys over the table
+
+
+@njit
+def _table_size(count: int) -> int:
+    """A power of two at least twice `count` (open addressing stays at most half full)."""
+    size = 64
+    while size < 2 * count:
+        size *= 2
+    return size
+
+
+@njit
+def _finish(h: np.uint64) -> np.uint64:
+    """High bits folded into the low ones, which pick the slot (a product's low bits depend
+    only on its operands' low bits: IPv4 addresses sit in the high half of a uint64 view)."""
+    h ^= h >> np.uint64(33)
+    h *= _MIX
+    return h ^ (h >> np.uint64(29))
+
+
+@njit
+def _record_hash(records: np.ndarray, row: int) -> np.uint64:
+    h = _FNV_OFFSET
+    for k in range(5):
+        h = (h ^ np.uint64(records[row, k])) * _MIX
+    return _finish(h)
+
+
+@njit
+def answer_sets(first_row: np.ndarray, count: np.ndarray, records: np.ndarray):
+    """Equal answer records, and equal answer lists, of a batch numbered once.
+
+    first_row/count: per message, its answer rows in `records` (parse_messages' msg
+    columns 6 and 7); records: parse_messages' answer rows. Two records are equal when all
+    five numbers are (text indexes are interned, so an equal index is an equal text; long
+    texts are not interned and then only equal to themselves: fewer shared, never wrong).
+
+    Returns (record_first, record_of_row, set_of_msg, set_records, set_bounds):
+    record_first[r] the first row of distinct record r (first-seen order), record_of_row the
+    distinct record of each row; set_of_msg the distinct non-empty answer list of each
+    message (-1: no answers); distinct list s is records set_records[set_bounds[s]:
+    set_bounds[s + 1]] (distinct record numbers, in wire order).
+    """
+    m = records.shape[0]
+    n = first_row.shape[0]
+    record_of_row = np.empty(m, dtype=np.int64)
+    record_first = np.empty(m, dtype=np.int64)
+    size = _table_size(m)
+    slots = np.full(size, -1, dtype=np.int64)
+    distinct = 0
+    for row in range(m):
+        slot = np.int64(_record_hash(records, row) & np.uint64(size - 1))
+        while True:
+            r = slots[slot]
+            if r < 0:
+                slots[slot] = distinct
+                record_first[distinct] = row
+                record_of_row[row] = distinct
+                distinct += 1
+                break
+            earlier = record_first[r]
+            same = True
+            for k in range(5):
+                if records[earlier, k] != records[row, k]:
+                    same = False
+                    break
+            if same:
+                record_of_row[row] = r
+                break
+            slot = (slot + 1) & (size - 1)
+    # Lists: the same open addressing over each message's sequence of record numbers.
+    set_of_msg = np.full(n, -1, dtype=np.int64)
+    set_msg = np.empty(n, dtype=np.int64)  # first message of each distinct list
+    set_records = np.empty(m, dtype=np.int64)
+    set_bounds = np.zeros(n + 1, dtype=np.int64)
+    size = _table_size(n)
+    slots = np.full(size, -1, dtype=np.int64)
+    sets = 0
+    used = 0
+    for i in range(n):
+        c = count[i]
+        if c == 0:
+            continue
+        a = first_row[i]
+        h = np.uint64(c) * _MIX
+        for k in range(a, a + c):
+            h = (h ^ np.uint64(record_of_row[k])) * _MIX
+        slot = np.int64(_finish(h) & np.uint64(size - 1))
+        while True:
+            s = slots[slot]
+            if s < 0:
+                slots[slot] = sets
+                set_msg[sets] = i
+                for k in range(a, a + c):
+                    set_records[used] = record_of_row[k]
+                    used += 1
+                set_bounds[sets + 1] = used
+                set_of_msg[i] = sets
+                sets += 1
+                break
+            j = set_msg[s]
+            same = count[j] == c
+            if same:
+                b = first_row[j]
+                for k in range(c):
+                    if record_of_row[a + k] != record_of_row[b + k]:
+                        same = False
+                        break
+            if same:
+                set_of_msg[i] = s
+                break
+            slot = (slot + 1) & (size - 1)
+    return (record_first[:distinct], record_of_row, set_of_msg, set_records[:used],
+            set_bounds[:sets + 1])
+
+
+@njit
+def flow_groups(src: np.ndarray, dst: np.ndarray, transport: np.ndarray,
+                src_port: np.ndarray, dst_port: np.ndarray, both_directions: bool):
+    """Rows numbered by flow tuple: (first, group), first[g] the first row of flow g,
+    group[i] the flow of row i. src/dst: (n, 2) uint64 views of the 16-byte addresses.
+    With both_directions, (a, b, pa, pb) and (b, a, pb, pa) are one flow (a query and its
+    response); otherwise each direction is its own tuple."""
+    n = transport.shape[0]
+    group = np.empty(n, dtype=np.int64)
+    first = np.empty(n, dtype=np.int64)
+    size = _table_size(n)
+    mask = np.uint64(size - 1)
+    slots = np.full(size, -1, dtype=np.int64)
+    key = np.empty((n, 7), dtype=np.uint64)  # canonical tuple per row, compared on probes
+    flows = 0
+    for i in range(n):
+        a0, a1, pa = src[i, 0], src[i, 1], np.uint64(src_port[i])
+        b0, b1, pb = dst[i, 0], dst[i, 1], np.uint64(dst_port[i])
+        if both_directions and (a0 > b0 or (a0 == b0 and (a1 > b1 or (a1 == b1 and pa > pb)))):
+            a0, a1, pa, b0, b1, pb = b0, b1, pb, a0, a1, pa
+        key[i, 0], key[i, 1], key[i, 2] = a0, a1, pa
+        key[i, 3], key[i, 4], key[i, 5] = b0, b1, pb
+        key[i, 6] = np.uint64(transport[i])
+        h = _FNV_OFFSET
+        for k in range(7):
+            h = (h ^ key[i, k]) * _MIX
+        slot = np.int64(_finish(h) & mask)
+        while True:
+            g = slots[slot]
+            if g < 0:
+                slots[slot] = flows
+                first[flows] = i
+                group[i] = flows
+                flows += 1
+                break
+            j = first[g]
+            same = True
+            for k in range(7):
+                if key[j, k] != key[i, k]:
+                    same = False
+                    break
+            if same:
+                group[i] = g
+                break
+            slot = (slot + 1) & np.int64(mask)
+    return first[:flows], group

@@ -73,8 +73,12 @@ def icmp_events(
     transport = packets.transport[rows].astype(np.uint8)
     icmp_type = packets.icmp_type[rows].astype(np.uint8)
     icmp_code = packets.icmp_code[rows].astype(np.uint8)
-    is_echo = np.where(transport == PROTO_ICMP, np.isin(icmp_type, ECHO_TYPES_V4),
-                       np.isin(icmp_type, ECHO_TYPES_V6))
+    # Plain comparisons: np.isin sorts and merges per call (~10x the cost at 1k rows).
+    v4_reply, v4_request = ECHO_TYPES_V4
+    v6_request, v6_reply = ECHO_TYPES_V6
+    is_echo = np.where(transport == PROTO_ICMP,
+                       (icmp_type == v4_reply) | (icmp_type == v4_request),
+                       (icmp_type == v6_request) | (icmp_type == v6_reply))
     # Identifier and sequence: the last 4 header bytes, just before payload_offset.
     rest_at = packets.payload_offset[rows].astype(np.int64) - 4
     rest = data[rest_at[:, None] + np.arange(4)].astype(np.uint16)

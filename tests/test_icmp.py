@@ -66,6 +66,20 @@ def test_icmpv6_echo_and_vlan():
     assert c["vlan"].tolist() == [42]
 
 
+def test_echo_types_are_per_ip_version():
+    # Echo id/seq only for ICMP 0/8 and ICMPv6 128/129; the other version's echo type
+    # numbers are not echo messages there.
+    header = bytes([0, 0, 0, 0, 0x12, 0x34, 0, 7])
+    frames = [ETH / IPv6(src="2001:db8::1", dst="2001:db8::2", nh=58)
+              / Raw(bytes([t]) + header[1:]) for t in (129, 128, 0, 8)]
+    frames += [ETH / IP(src=A, dst=B, proto=1) / Raw(bytes([t]) + header[1:])
+               for t in (128, 129, 0, 8)]
+    c = events(frames).columns
+    assert c["icmp_type"].tolist() == [129, 128, 0, 8, 128, 129, 0, 8]
+    assert c["echo_id"].tolist() == [0x1234, 0x1234, 0, 0, 0, 0, 0x1234, 0x1234]
+    assert c["echo_seq"].tolist() == [7, 7, 0, 0, 0, 0, 7, 7]
+
+
 def test_padding_not_counted_as_payload():
     frame = bytes(ETH / IP(src=A, dst=B) / ICMP(type=8, id=1, seq=1)) + bytes(20)
     c = icmp_events(decode(batch_from_frames([frame])), "s", "z").columns

@@ -226,3 +226,22 @@ def test_arp_and_login_values():
     assert login == ["unknown", "failure", "success"]
     alert = batch_to_ecs(_synthetic("ids_alert"))[0]
     assert alert["event"]["kind"] == "alert" and alert["rule"]["ruleset"] == "x"
+
+
+def test_documents_own_their_nested_values():
+    """The sensor shares one answers list (and its dicts) between rows with equal answers:
+    each document must get its own copy, so editing one document edits no other and no
+    batch cell."""
+    batch = dns_batch()
+    shared = [{"name": "example.org", "type": "A", "class": "IN", "ttl": 60,
+               "data": "192.0.2.7"}]
+    answers = np.empty(2, object)
+    answers[0] = answers[1] = shared
+    batch.columns["answers"] = answers
+    first, second = batch_to_ecs(batch)
+    assert first["dns"]["answers"] == second["dns"]["answers"] == shared
+    first["dns"]["answers"][0]["data"] = "198.51.100.1"
+    first["dns"]["answers"].append({"name": "x", "type": "A"})
+    assert second["dns"]["answers"] == shared
+    assert shared == [{"name": "example.org", "type": "A", "class": "IN", "ttl": 60,
+                       "data": "192.0.2.7"}]
