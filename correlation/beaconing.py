@@ -35,7 +35,11 @@ each of its windows' closes. So each selected row gets a 64-bit hash of its key 
 the rows whose hash bucket reaches `min_connections` (a superset of the rows of keys that
 do), groups flow pairs by their hashes (checked against the exact pair codes; ranking the
 addresses when two pairs share a hash), and scores only (window, key) groups with enough
-rows. Findings and evidence do not depend on how groups are numbered.
+rows. Findings and evidence do not depend on how groups are numbered. Flow pair hashes
+are computed over a whole batch once and shared with strobe's select (`pair_hashes`); DNS
+keys hash the name's str hash, and only a close's candidate rows get exact name ids. Other
+columns are read at the rows used (`take_rows`: sizes of the candidates, one row for a
+finding's key, a finding's own rows for its evidence), not gathered whole per close.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ from correlation.network_common import (
     IANA_UDP,
     SEVERITY_LABELS,
     WindowGroups,
+    batch_cached,
     one_ip,
     scaled_rule,
     seen_by,
@@ -77,6 +82,73 @@ from pipeline.schema import EventBatch
 from pipeline.text_codes import TextIds
 
 _C2 = ("TA0011", "Command and Control")
+
+
+def take_rows(cols: Columns, name: str, rows: np.ndarray) -> np.ndarray:
+    """cols[name][rows] without gathering the whole column first.
+
+    The engine's column views gather every held row of a column on its first read
+    (~200k rows for an hour of flows), and a close reads most columns for a handful of
+    rows only (sizes of the candidate rows, one row's addresses for a finding's key, a
+    finding's evidence). Reads the engine's shared buffer at those rows' positions
+    instead; a plain mapping of columns, or a column already gathered, is indexed as is.
+    (Private use of engine internals, read only; belongs in the engine as a view method.)
+    """
+    store = getattr(cols, "_store", None)
+    positions = getattr(cols, "_positions", None)
+    if (store is None or positions is None or dict.__contains__(cols, name)
+            or name not in cols):
+        return cols[name][rows]
+    at = positions[rows]
+    if name not in store.pieces:
+        return store.column(name)[at]
+    if at.size < 2 or bool(np.all(at[1:] > at[:-1])):  # the piece reader wants ascending
+        return store.gather_pieces(name, at)
+    distinct, back = np.unique(at, return_inverse=True)
+    return store.gather_pieces(name, distinct)[back]
+
+
+@njit
+def _count_at(times: np.ndarray, positions: np.ndarray, start: int, end: int) -> int:
+    """Positions whose time is in [start, end) (positions index times: the engine's)."""
+    n = 0
+    for p in positions:
+        if start <= times[p] < end:
+            n += 1
+    return n
+
+
+def count_in_range(cols: Columns, windows: WindowRange) -> int:
+    """= rows_in_range(cols["timestamp"], windows).size, counted at the engine buffer's
+    positions when the view has not gathered the column (no gather: a close that only
+    needs the count reads each time once and writes nothing). Same private reads as
+    take_rows."""
+    store = getattr(cols, "_store", None)
+    positions = getattr(cols, "_positions", None)
+    if store is None or positions is None or dict.__contains__(cols, "timestamp"):
+        return int(rows_in_range(cols["timestamp"], windows).size)
+    return int(_count_at(np.ascontiguousarray(store.column("timestamp"), np.int64),
+                         np.ascontiguousarray(positions, np.int64),
+                         int(windows.spec.start(windows.first)),
+                         int(windows.spec.end(windows.last))))
+
+
+class RowColumns(dict):
+    """The columns of a few buffered rows (cols[name][rows]), read on first access through
+    take_rows: a finding's evidence reads its own rows, not whole buffered columns."""
+
+    def __init__(self, cols: Columns, rows: np.ndarray) -> None:
+        super().__init__()
+        self._cols = cols
+        self._rows = rows
+
+    def __missing__(self, name: str) -> np.ndarray:
+        column = take_rows(self._cols, name, self._rows)
+        self[name] = column
+        return column
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._cols
 
 
 def _rule(rid: str, name: str, what: str, tech: tuple[str, str]) -> Rule:
@@ -289,15 +361,24 @@ def key_hashes(kind: str, c: Columns, rows: np.ndarray,
     """The beacon key hash of `rows` of a batch: (source, destination) for flows, (source,
     name) for the name kinds: the name's id when `name_ids` (aligned with rows) are given,
     else Python's cached str hash of the name."""
-    src = _address_halves(c["src_ip"][rows])
     name_col = _SOURCES[kind][0]
     if name_col is None:
-        return _key_hashes(src, _address_halves(c["dst_ip"][rows]))
+        return pair_hashes(c)[rows]
+    src = _address_halves(c["src_ip"][rows])
     if name_ids is None:
         names = c[name_col][rows].tolist()
         name_ids = np.fromiter(map(hash, names), np.int64, len(names))
     named = np.ascontiguousarray(name_ids, np.int64).view(np.uint64)
     return _key_hashes(src, np.repeat(named, 2).reshape(-1, 2))
+
+
+def pair_hashes(c: Columns) -> np.ndarray:
+    """The (src_ip, dst_ip) key hash of every row of a batch's columns. Over every row
+    (no gather) and, while the engine selects a batch, computed once for beaconing's and
+    strobe's selects (batch_cached)."""
+    return batch_cached(("beacon.pair_hash",), c["src_ip"],
+                        lambda: _key_hashes(_address_halves(c["src_ip"]),
+                                            _address_halves(c["dst_ip"])))
 
 
 @njit
@@ -425,12 +506,11 @@ class BeaconDetector(Detector):
         kinds = config.get("kinds", list(_SOURCES))
         self.inputs = tuple(s for s in BeaconDetector.inputs if s.kind in kinds)
         # per kind: each selected row's key hash, computed once on arrival (select), read
-        # back at every close of the row's windows (correlation/arrival_memo.py)
-        # (DNS rows also keep their name id: a close groups them without reading a name)
-        self._key_memo = {spec.kind: ArrivalMemo(
-            {"key": np.uint64, "name": np.int64} if spec.kind == "dns" else {"key": np.uint64},
-            self.max_buffered_rows) for spec in self.inputs}
-        self._name_generation = self._name_ids.generation
+        # back at every close of the row's windows (correlation/arrival_memo.py). DNS keys
+        # hash the name's str hash, not its memo id: a memo lookup per query costs ~2x
+        # the (cached) str hash, and only a close's candidate rows need exact name ids.
+        self._key_memo = {spec.kind: ArrivalMemo({"key": np.uint64}, self.max_buffered_rows)
+                          for spec in self.inputs}
 
     def select(self, batch: EventBatch) -> np.ndarray:
         mask = self._select(batch)
@@ -438,21 +518,8 @@ class BeaconDetector(Detector):
         if memo is not None:
             rows = np.flatnonzero(mask)
             c = batch.columns
-            if batch.kind == "dns":
-                names = self._name_ids.ids(c["qname"][rows])[0]
-                self._check_name_generation()
-                memo.add(c["timestamp"][rows], key=key_hashes("dns", c, rows, names),
-                         name=names)
-            else:
-                memo.add(c["timestamp"][rows], key=key_hashes(batch.kind, c, rows))
+            memo.add(c["timestamp"][rows], key=key_hashes(batch.kind, c, rows))
         return mask
-
-    def _check_name_generation(self) -> None:
-        """The name memo started over: the DNS rows memoized before carry stale ids."""
-        if self._name_ids.generation != self._name_generation:
-            self._name_generation = self._name_ids.generation
-            if "dns" in self._key_memo:
-                self._key_memo["dns"].poison()
 
     def _select(self, batch: EventBatch) -> np.ndarray:
         c = batch.columns
@@ -466,7 +533,6 @@ class BeaconDetector(Detector):
         return c[name_col] != ""
 
     def detect(self, rows: Mapping[str, Columns], windows: WindowRange) -> list[Finding]:
-        self._check_name_generation()  # (a close may have started the name memo over)
         findings: list[Finding] = []
         for kind, cols in rows.items():
             findings += self._detect_kind(kind, cols, windows)
@@ -490,8 +556,9 @@ class BeaconDetector(Detector):
             idx = idx[candidate]
             if name_col is None and idx.size:
                 hashed = hashed_pair_codes(cols, idx, known["key"][candidate])
-            elif kind == "dns" and idx.size:  # (source, name id): exact, no name read
-                hashed = _source_name_codes(cols, idx, known["name"][candidate])
+            elif kind == "dns" and idx.size:  # (source, name id): exact, candidates' names
+                names = self._name_ids.ids(take_rows(cols, name_col, idx))[0]
+                hashed = _source_name_codes(cols, idx, names)
         elif name_col is not None:
             idx = self._reaching_names(cols, idx, name_col)
         if idx.size == 0:
@@ -513,7 +580,7 @@ class BeaconDetector(Detector):
             return []
         sizes = None
         if size_col is not None:
-            sizes = np.maximum(cols[size_col][wg.idx].astype(np.float64), 0)
+            sizes = np.maximum(take_rows(cols, size_col, wg.idx).astype(np.float64), 0)
         scores = beacon_scores(wg.group, wg.n_groups, t[wg.idx], sizes, self.bins, self.ideal)
         hits = np.flatnonzero((scores["contacts"] >= self.min_connections)
                               & (scores["score"] >= self.min_score))
@@ -533,9 +600,9 @@ class BeaconDetector(Detector):
             return base
 
         def key_text(row: int) -> str:
-            other_text = (one_ip(cols["dst_ip"], row) if name_col is None
-                          else str(cols[name_col][row]))
-            return f"{one_ip(cols['src_ip'], row)}|{other_text}"
+            one = RowColumns(cols, np.array([row]))
+            other_text = one_ip(one["dst_ip"], 0) if name_col is None else str(one[name_col][0])
+            return f"{one_ip(one['src_ip'], 0)}|{other_text}"
 
         return wg.findings(hits, windows, rule_of, key_text,
                            lambda r, g: self._describe(kind, cols, r, scores, int(scored[g])))
@@ -553,11 +620,13 @@ class BeaconDetector(Detector):
     def _rule(self, kind: str, cols: Columns, wg: WindowGroups, g: int) -> Rule:
         if kind == "flow":
             row = int(wg.idx[np.argmax(wg.group == g)])
-            return FLOW_TLS_RULE if cols["dst_port"][row] in TLS_PORTS else FLOW_RULE
+            port = take_rows(cols, "dst_port", np.array([row]))[0]
+            return FLOW_TLS_RULE if port in TLS_PORTS else FLOW_RULE
         return {"dns": DNS_RULE, "http": HTTP_RULE, "tls": TLS_RULE}[kind]
 
-    def _describe(self, kind: str, cols: Columns, r: np.ndarray, scores: dict, g: int
+    def _describe(self, kind: str, cols: Columns, rows: np.ndarray, scores: dict, g: int
                   ) -> Evidence:
+        cols, r = RowColumns(cols, rows), np.arange(rows.size)  # only this group's rows
         first, last = span(cols, r)
         src = one_ip(cols["src_ip"], r[0])
         details = {k: round(float(v[g]), 3) for k, v in scores.items()
