@@ -65,18 +65,20 @@ The byte-level loops are compiled kernels (pipeline.jit): the seq/ack header loo
 payload heads shown to the predicate, the selection's flow tests (one pass with hash tables
 of the held and released/closed flow hashes; np.isin sorts), the fast path's grouping of
 rows by flow (a hash table and counting sorts, no argsort/lexsort), and the copy of the
-fast path's payload bytes into one buffer (span by span, into a scratch buffer the
-collector keeps, or straight into feed_joined's buffer). Each checks every index against
+fast path's payload bytes into one buffer (span by span, one memcpy each, into a scratch
+buffer the collector keeps, or straight into feed_joined's buffer). Each checks every index against
 the capture buffer (tests/test_tcp_stream.py, tests/test_tcp_stream_kernels.py: kernels
 against plain references, on random bytes and offsets; the grouping and selection kernels
 only index arrays they size themselves).
 
-Per batch, not per flow: the candidate rows of a batch with their flow hashes and payload
-heads are computed once per DecodedPackets object and shared by every collector fed that
-object (HTTP and TLS select disjoint flows, but both start from every TCP row), and so are
-their payload lengths, flags and ports; the fast path's chunks are built from whole columns
-turned into lists, and their closes (hashes remembered, counters) are applied a run at a
-time.
+Per batch, not per flow: the candidate rows of a batch with their flow hashes, payload
+heads and sequence/ack numbers (one compiled pass over the capture, `candidate_scan`) are
+computed once per DecodedPackets object and shared by every collector fed that object (HTTP
+and TLS select disjoint flows, but both start from every TCP row), and so are their payload
+lengths, flags and ports; the released/closed flow hashes are a hash table kept from batch
+to batch (`_HashSet`, changes applied per batch), not rebuilt from the LRU; the fast path's
+chunks are built from whole columns turned into lists, and their closes (hashes
+remembered, counters) are applied a run at a time.
 
 `feed_joined` (beside `feed`) answers with a StreamBatch: the same chunks as columns, every
 flow's bytes in ONE buffer with (start, length) per direction. The fast path then makes no
@@ -95,6 +97,9 @@ from dataclasses import dataclass
 from itertools import repeat
 
 import numpy as np
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from pipeline.jit import njit
 from pipeline.schema import EventKind
@@ -408,40 +413,157 @@ def payload_heads(packets: DecodedPackets, rows: np.ndarray, width: int) -> np.n
                          packets.payload_len[rows].astype(np.int64), width)
 
 
+@njit(inline="always")  # no call, no reference counting per row
+def _byte_at(data, at):
+    """data[at] as int64 (at >= 0), zero past the end."""
+    return np.int64(data[at]) if at < data.shape[0] else np.int64(0)
+
+
+@njit(inline="always")  # no call, no reference counting per row
+def _seq_ack_row(data, offset, sport, dport, flags, seq, ack, found, i):
+    """tcp_seq_ack's answer for one row, into seq[i], ack[i], found[i]: the TCP header is
+    read in place, no scratch array (one per row cost more than the reads)."""
+    size = data.shape[0]
+    for header_len in range(20, 64, 4):
+        pos = offset - header_len
+        if pos < 0:
+            continue
+        if pos + 14 <= size:  # the usual case: the 14 bytes inside data, read as they are
+            # the data-offset nibble first: most lengths fail there
+            if (np.int64(data[pos + 12]) >> 4) * 4 != header_len:
+                continue
+            if ((np.int64(data[pos]) << 8 | np.int64(data[pos + 1])) == sport
+                    and (np.int64(data[pos + 2]) << 8 | np.int64(data[pos + 3])) == dport
+                    and np.int64(data[pos + 13]) == flags):
+                seq[i] = (np.int64(data[pos + 4]) << 24 | np.int64(data[pos + 5]) << 16
+                          | np.int64(data[pos + 6]) << 8 | np.int64(data[pos + 7]))
+                ack[i] = (np.int64(data[pos + 8]) << 24 | np.int64(data[pos + 9]) << 16
+                          | np.int64(data[pos + 10]) << 8 | np.int64(data[pos + 11]))
+                found[i] = True
+                return
+            continue
+        # a header running past the end of data: byte by byte, zero outside
+        if (_byte_at(data, pos + 12) >> 4) * 4 != header_len:
+            continue
+        if ((_byte_at(data, pos) << 8 | _byte_at(data, pos + 1)) == sport
+                and (_byte_at(data, pos + 2) << 8 | _byte_at(data, pos + 3)) == dport
+                and _byte_at(data, pos + 13) == flags):
+            seq[i] = (_byte_at(data, pos + 4) << 24 | _byte_at(data, pos + 5) << 16
+                      | _byte_at(data, pos + 6) << 8 | _byte_at(data, pos + 7))
+            ack[i] = (_byte_at(data, pos + 8) << 24 | _byte_at(data, pos + 9) << 16
+                      | _byte_at(data, pos + 10) << 8 | _byte_at(data, pos + 11))
+            found[i] = True
+            return
+
+
 @njit
 def _seq_ack_kernel(data, offset, sport, dport, flags):
     n = offset.shape[0]
-    size = data.shape[0]
     seq = np.zeros(n, dtype=np.int64)
     ack = np.zeros(n, dtype=np.int64)
     found = np.zeros(n, dtype=np.bool_)
-    head = np.zeros(14, dtype=np.int64)
     for i in range(n):
-        for header_len in range(20, 64, 4):
-            pos = offset[i] - header_len
-            if pos < 0:
-                continue
-            # the data-offset nibble first (one byte; zero outside the buffer): most
-            # lengths fail there, before the 14 header bytes are gathered
-            nibble = np.int64(data[pos + 12]) >> 4 if pos + 12 < size else 0
-            if nibble * 4 != header_len:
-                continue
-            for j in range(14):  # zero outside the buffer, as a bounds-checked gather
-                head[j] = data[pos + j] if pos + j < size else 0
-            if ((head[0] << 8 | head[1]) == sport[i] and (head[2] << 8 | head[3]) == dport[i]
-                    and head[13] == flags[i]):
-                seq[i] = head[4] << 24 | head[5] << 16 | head[6] << 8 | head[7]
-                ack[i] = head[8] << 24 | head[9] << 16 | head[10] << 8 | head[11]
-                found[i] = True
-                break
+        _seq_ack_row(data, offset[i], sport[i], dport[i], flags[i], seq, ack, found, i)
     return seq, ack, found
+
+
+@njit(inline="always")  # no call, no reference counting per row
+def _mix_one(x):
+    """_mix of one uint64."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+@njit(inline="always")  # no call, no reference counting per row
+def _endpoint_hash(ip_high, ip_low, port):
+    """flow_hash_column's hash of one endpoint (the address as its two uint64 halves)."""
+    h = _mix_one(ip_high ^ np.uint64(0x9E3779B97F4A7C15))
+    h = _mix_one(h ^ ip_low)
+    return _mix_one(h ^ np.uint64(port))
+
+
+@njit
+def _candidate_kernel(data, rows, offset, length, sport, dport, flags, src_ip, dst_ip, vlan,
+                      width):
+    """Per row of `rows`, one pass over the capture: its flow hash (flow_hash_column's),
+    seq/ack/found (tcp_seq_ack's) and, for the rows with payload, the first `width` payload
+    bytes (payload_heads'). One pass because the TCP header and the payload's first bytes
+    share cache lines: the header walk and the heads each missed the cache on every row.
+    src_ip/dst_ip: (packets, 2) uint64 halves of the addresses; every packet column is
+    indexed by rows (which the caller takes from the batch) only."""
+    n = rows.shape[0]
+    size = data.shape[0]
+    hashes = np.empty(n, dtype=np.uint64)
+    seq = np.zeros(n, dtype=np.int64)
+    ack = np.zeros(n, dtype=np.int64)
+    found = np.zeros(n, dtype=np.bool_)
+    n_heads = 0
+    for i in range(n):
+        if length[rows[i]] > 0:
+            n_heads += 1
+    heads = np.zeros((n_heads, width), dtype=np.uint8)
+    at_head = 0
+    for i in range(n):
+        r = rows[i]
+        # scalars, not row views (a view per row costs reference counting)
+        both = (_endpoint_hash(src_ip[r, 0], src_ip[r, 1], sport[r])
+                + _endpoint_hash(dst_ip[r, 0], dst_ip[r, 1], dport[r]))
+        hashes[i] = _mix_one(both ^ (np.uint64(vlan[r]) << np.uint64(48)))
+        off = np.int64(offset[r])
+        _seq_ack_row(data, off, np.int64(sport[r]), np.int64(dport[r]), np.int64(flags[r]),
+                     seq, ack, found, i)
+        size_r = np.int64(length[r])
+        if size_r > 0:
+            for j in range(min(width, size_r)):
+                if 0 <= off + j < size:
+                    heads[at_head, j] = data[off + j]
+            at_head += 1
+    return hashes, seq, ack, found, heads
+
+
+def candidate_scan(packets: DecodedPackets, rows: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(flow hashes, seq, ack, found, payload heads of the rows with payload) of `rows`
+    (in range of the batch): flow_hash_column, tcp_seq_ack and payload_heads in one
+    compiled pass."""
+    rows = np.asarray(rows, dtype=np.int64)
+    return _candidate_kernel(
+        np.asarray(packets.data).reshape(-1), rows, packets.payload_offset,
+        packets.payload_len, packets.src_port, packets.dst_port, packets.tcp_flags,
+        np.ascontiguousarray(packets.src_ip).view(np.uint64).reshape(-1, 2),
+        np.ascontiguousarray(packets.dst_ip).view(np.uint64).reshape(-1, 2), packets.vlan,
+        PREFIX_BYTES)
+
+
+@intrinsic
+def _copy_bytes(typingctx, dst, dst_at, src, src_at, count):
+    """dst[dst_at : dst_at + count] = src[src_at : src_at + count] as one memcpy, for 1-D
+    C-contiguous arrays of one-byte items; the caller keeps both ranges inside the arrays.
+    Why: numba compiles a slice assignment to an element loop (~1.6 GB/s on this machine,
+    ~0.9 ns per payload byte in _spans_kernel); memcpy runs at memory speed."""
+    for array in (dst, src):
+        if not (isinstance(array, types.Array) and array.ndim == 1 and array.layout == "C"
+                and array.dtype.bitwidth == 8):
+            return None  # not typed: the call does not compile
+    sig = types.void(dst, types.int64, src, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        dst_value, dst_offset, src_value, src_offset, n = args
+        dst_array = context.make_array(signature.args[0])(context, builder, dst_value)
+        src_array = context.make_array(signature.args[2])(context, builder, src_value)
+        cgutils.raw_memcpy(builder, builder.gep(dst_array.data, [dst_offset]),
+                           builder.gep(src_array.data, [src_offset]), n, 1)
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @njit
 def _spans_kernel(data, start, size, out):
     """data[start[i] : start[i] + size[i]] for every i, back to back into `out` (uint8, its
     whole length: spans past its end are cut, what they leave unfilled is zero; bytes
-    outside `data` are zero). Each span is clipped to `data` and copied as one slice."""
+    outside `data` are zero). Each span is clipped to `data` and copied by one memcpy."""
     total = out.shape[0]
     limit = data.shape[0]
     at = 0
@@ -455,7 +577,8 @@ def _spans_kernel(data, start, size, out):
         head = min(max(inside_lo - lo, 0), take)  # bytes before data (lo < 0): zero
         out[at : at + head] = 0
         copied = max(inside_hi - inside_lo, 0)
-        out[at + head : at + head + copied] = data[inside_lo:inside_hi]
+        if copied > 0:  # inside both arrays by the clipping above
+            _copy_bytes(out, at + head, data, inside_lo, copied)
         out[at + head + copied : at + take] = 0  # bytes past the end of data: zero
         at += take
     out[at:] = 0
@@ -535,9 +658,126 @@ def _in_table(table, used, mask, value):
 
 
 @njit
+def _set_rehash(table, used, size):
+    """The entries of an open-addressing table of (mixed) uint64 hashes, in a new table of
+    `size` slots (a power of two larger than twice the entries)."""
+    mask = size - 1
+    new_table = np.zeros(size, dtype=np.uint64)
+    new_used = np.zeros(size, dtype=np.bool_)
+    for old in range(table.shape[0]):
+        if used[old]:
+            value = table[old]
+            slot = np.int64(value & np.uint64(mask))
+            while new_used[slot]:
+                slot = (slot + 1) & mask
+            new_table[slot] = value
+            new_used[slot] = True
+    return new_table, new_used
+
+
+@njit
+def _set_apply(table, used, values, adds):
+    """Add (adds[i]) or remove values[i], in order, in an open-addressing table (linear
+    probing, at most half full: every probe ends); a removal shifts the entries after it
+    back instead of leaving a tombstone. Returns the change in the number of entries."""
+    mask = table.shape[0] - 1
+    delta = 0
+    for i in range(values.shape[0]):
+        value = values[i]
+        slot = np.int64(value & np.uint64(mask))
+        while used[slot] and table[slot] != value:
+            slot = (slot + 1) & mask
+        if adds[i]:
+            if not used[slot]:
+                table[slot] = value
+                used[slot] = True
+                delta += 1
+            continue
+        if not used[slot]:
+            continue  # not there
+        delta -= 1
+        hole = slot
+        at = slot
+        while True:
+            at = (at + 1) & mask
+            if not used[at]:
+                break
+            home = np.int64(table[at] & np.uint64(mask))
+            # the entry at `at` may move into the hole when the hole is on its probe path
+            if ((at - home) & mask) >= ((at - hole) & mask):
+                table[hole] = table[at]
+                hole = at
+        used[hole] = False
+    return delta
+
+
+@njit
+def _set_member(table, used, values):
+    """values[i] in the open-addressing table (see _set_apply)."""
+    mask = table.shape[0] - 1
+    out = np.zeros(values.shape[0], dtype=np.bool_)
+    for i in range(values.shape[0]):
+        out[i] = _in_table(table, used, mask, values[i])
+    return out
+
+
+class _HashSet:
+    """A set of uint64 flow hashes as an open-addressing table kept from batch to batch.
+
+    Why: the released/closed hashes (StreamCollector._ignored, an LRU of up to 4 * max_flows)
+    were turned into an array (np.fromiter over the OrderedDict) and a fresh table on every
+    batch and collector: O(set) per batch, ~5-10 ms at 80k hashes. Here each change is
+    logged (a list append) and the log is applied by one kernel call when the table is
+    read: O(changes) per batch."""
+
+    __slots__ = ("table", "used", "count", "_values", "_adds")
+
+    def __init__(self) -> None:
+        self.table = np.zeros(16, dtype=np.uint64)
+        self.used = np.zeros(16, dtype=bool)
+        self.count = 0
+        self._values: list[int] = []
+        self._adds: list[bool] = []
+
+    def add(self, value: int) -> None:
+        self._values.append(value)
+        self._adds.append(True)
+
+    def add_all(self, values: list[int]) -> None:
+        self._values.extend(values)
+        self._adds.extend([True] * len(values))
+
+    def discard(self, value: int) -> None:
+        self._values.append(value)
+        self._adds.append(False)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(table, used) with every logged change applied (valid until the next change)."""
+        if self._values:
+            values = np.array(self._values, dtype=np.uint64)
+            adds = np.array(self._adds, dtype=bool)
+            self._values, self._adds = [], []
+            size = self.table.size
+            while size < 2 * (self.count + int(adds.sum())):  # at most half full, always
+                size *= 2
+            if size != self.table.size:
+                self.table, self.used = _set_rehash(self.table, self.used, size)
+            self.count += _set_apply(self.table, self.used, values, adds)
+        return self.table, self.used
+
+
+@njit
 def _select_kernel(hashes, has_payload, opens, syn, ignored, held):
+    """_select_core with a table built from the array of ignored hashes (tests, tools)."""
+    it, iu, _ = _hash_table(ignored)
+    return _select_core(hashes, has_payload, opens, syn, it, iu, ignored.shape[0] > 0, held)
+
+
+@njit
+def _select_core(hashes, has_payload, opens, syn, it, iu, any_ignored, held):
     """StreamCollector._select's flow tests in one pass over the candidate rows, with hash
-    tables of the ignored (released/closed) and held flow hashes:
+    tables of the ignored (released/closed: `it`/`iu`, an open-addressing table; empty
+    when not `any_ignored`) and held flow hashes:
     - may_open: the row's flow is opened by a payload row of the batch that may open one
       (`opens`) and is not ignored;
     - keep: the row's flow is held or in may_open;
@@ -547,10 +787,10 @@ def _select_kernel(hashes, has_payload, opens, syn, ignored, held):
     - fresh: the distinct hashes of the flows this batch may open that are not held, in
       first-seen order (their remembered handshakes are replayed)."""
     n = hashes.shape[0]
-    it, iu, im = _hash_table(ignored)
+    im = it.shape[0] - 1
     ht, hu, hm = _hash_table(held)
     not_ignored = np.ones(n, dtype=np.bool_)
-    if ignored.shape[0]:
+    if any_ignored:
         for i in range(n):
             not_ignored[i] = not _in_table(it, iu, im, hashes[i])
     count = 0
@@ -672,39 +912,36 @@ class _Finished:
         return _Finished(np.zeros(0, dtype=np.int64), [], [], [])
 
 
-# The candidate rows of the last batch seen, with their flow hashes and payload heads:
-# (weak reference to the batch, rows, hashes, heads or None). Every collector of a sensor
-# (HTTP, TLS) is fed the same DecodedPackets object and starts from the same candidates;
-# the second one takes them from here. A weak reference: the memo never keeps a batch alive,
-# and a dead one never matches a new batch that happens to reuse its id.
+# The candidate rows of the last batch seen, with their flow hashes, payload heads and
+# sequence numbers: (weak reference to the batch, rows, hashes, heads, seq, ack, found[,
+# gathered columns]). Every collector of a sensor (HTTP, TLS) is fed the same DecodedPackets
+# object and starts from the same candidates; the second one takes them from here. A weak
+# reference: the memo never keeps a batch alive, and a dead one never matches a new batch
+# that happens to reuse its id.
 _last_candidates: tuple | None = None
+_NO_CANDIDATES = (np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64),
+                  np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool),
+                  np.zeros((0, PREFIX_BYTES), dtype=np.uint8))
 
 
-def _candidates(packets: DecodedPackets, with_heads: bool
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(rows, flow hashes, payload heads of the rows with payload or None) of the TCP
-    segments of `packets` that carry payload or SYN/FIN/RST: the same for every collector,
-    so computed once per batch object (module memo, see above)."""
+def _candidates(packets: DecodedPackets) -> tuple[np.ndarray, ...]:
+    """(rows, flow hashes, payload heads of the rows with payload, seq, ack, found) of the
+    TCP segments of `packets` that carry payload or SYN/FIN/RST (candidate_scan): the same
+    for every collector, so computed once per batch object (module memo, see above)."""
     global _last_candidates
     memo = _last_candidates
     if memo is not None and memo[0]() is packets:
-        rows, hashes, heads = memo[1:4]
-    else:
-        tcp = (packets.transport == TCP) & (packets.ip_version != 0)
-        control = (packets.tcp_flags & (SYN | FIN | RST)) != 0
-        rows = np.flatnonzero(tcp & ((packets.payload_len > 0) | control))
-        hashes = flow_hash_column(packets, rows) if rows.size else np.zeros(0, np.uint64)
-        heads = None
-    if with_heads and heads is None and rows.size:
-        heads = payload_heads(packets, rows[packets.payload_len[rows] > 0], PREFIX_BYTES)
-    if memo is not None and memo[0]() is packets:
-        _last_candidates = (memo[0], rows, hashes, heads, *memo[4:])  # heads may be new
-        return rows, hashes, heads
+        return memo[1:7]
+    tcp = (packets.transport == TCP) & (packets.ip_version != 0)
+    control = (packets.tcp_flags & (SYN | FIN | RST)) != 0
+    rows = np.flatnonzero(tcp & ((packets.payload_len > 0) | control))
+    hashes, seq, ack, found, heads = (candidate_scan(packets, rows) if rows.size
+                                      else _NO_CANDIDATES)
     try:
-        _last_candidates = (weakref.ref(packets), rows, hashes, heads)
+        _last_candidates = (weakref.ref(packets), rows, hashes, heads, seq, ack, found)
     except TypeError:  # a batch type without weak references: no memo
         _last_candidates = None
-    return rows, hashes, heads
+    return rows, hashes, heads, seq, ack, found
 
 
 def _candidate_columns(packets: DecodedPackets, rows: np.ndarray
@@ -713,12 +950,12 @@ def _candidate_columns(packets: DecodedPackets, rows: np.ndarray
     _candidates): gathered once per batch object and shared like the candidates."""
     global _last_candidates
     memo = _last_candidates
-    if memo is not None and memo[0]() is packets and memo[1] is rows and len(memo) > 4:
-        return memo[4]
+    if memo is not None and memo[0]() is packets and memo[1] is rows and len(memo) > 7:
+        return memo[7]
     gathered = (packets.payload_len[rows], packets.tcp_flags[rows],
                 packets.src_port[rows].astype(np.int64), packets.dst_port[rows].astype(np.int64))
     if memo is not None and memo[0]() is packets and memo[1] is rows:
-        _last_candidates = (*memo[:4], gathered)
+        _last_candidates = (*memo[:7], gathered)
     return gathered
 
 
@@ -921,7 +1158,7 @@ class StreamCollector:
         self.flows: OrderedDict[FlowKey, _Flow] = OrderedDict()  # least recently active first
         self._by_hash: dict[int, list[FlowKey]] = {}
         self._ignored: OrderedDict[int, None] = OrderedDict()  # released/closed flow hashes
-        self._ignored_array: np.ndarray | None = None  # sorted cache of _ignored keys
+        self._ignored_set = _HashSet()  # _ignored's keys, as a table for the kernels
         self.held_bytes = 0
         self.clock = np.iinfo(np.int64).min
         # SYN/SYN-ACK rows of flows not held yet (columns as the loop reads them)
@@ -994,7 +1231,7 @@ class StreamCollector:
         held is remembered in a bounded column store and replayed when payload opens its
         flow in a later batch, so orientation and base sequence numbers stay exact.
         """
-        rows, hashes, head = _candidates(packets, self.client_predicate is not None)
+        rows, hashes, head, seq, ack, found = _candidates(packets)
         if rows.size == 0:
             columns = self._columns(packets, rows, np.zeros(0, dtype=np.uint64),
                                     np.zeros(0, dtype=bool), np.zeros(0, dtype=bool))
@@ -1011,25 +1248,30 @@ class StreamCollector:
             opens = np.ones(rows.size, dtype=bool)
         else:
             opens = self._port_table[sport] | self._port_table[dport] | matched
-        ignored = self._ignored_hashes()
+        table, used = self._ignored_set.arrays()
         pure_syn = (row_flags & (SYN | ACK)) == SYN
-        if ignored.size and pure_syn.any():
+        if self._ignored and pure_syn.any():
             # a SYN on a released/closed flow's ports is a new connection: forget the old one
             syn_hashes = hashes[pure_syn]  # only a pure SYN reopens: test those rows
-            for flow_hash in set(syn_hashes[hash_member(syn_hashes, ignored)].tolist()):
+            for flow_hash in set(syn_hashes[_set_member(table, used, syn_hashes)].tolist()):
                 self._unignore(flow_hash)
-            ignored = self._ignored_hashes()
+            table, used = self._ignored_set.arrays()
         # flows this batch may open (those with a payload segment that may open one), the
         # rows to keep (theirs and the held flows'), SYNs to remember: one compiled pass
         held = np.fromiter(self._by_hash, dtype=np.uint64, count=len(self._by_hash))
-        in_opening, keep, handshake, settled, fresh = _select_kernel(
-            hashes, has, opens, (row_flags & SYN) != 0, ignored, held)
-        self._remember_handshakes(packets, rows[handshake], hashes[handshake])
-        self.stats["segments_selected"] = self.stats.get("segments_selected", 0) + int(keep.sum())
-        columns = self._columns(packets, rows[keep], hashes[keep], (opens & in_opening)[keep],
-                                matched[keep])
+        in_opening, keep, handshake, settled, fresh = _select_core(
+            hashes, has, opens, (row_flags & SYN) != 0, table, used, len(self._ignored) > 0,
+            held)
+        # positions, not masks: each boolean-mask index would search the mask again
+        at = np.flatnonzero(handshake)
+        if at.size:
+            self._remember_handshakes(packets, rows[at], hashes[at], (seq[at], ack[at], found[at]))
+        at = np.flatnonzero(keep)
+        self.stats["segments_selected"] = self.stats.get("segments_selected", 0) + int(at.size)
+        columns = self._columns(packets, rows[at], hashes[at], (opens & in_opening)[at],
+                                matched[at], (seq[at], ack[at], found[at]))
         columns["replayed"] = np.zeros(columns["hash"].size, dtype=bool)
-        columns["settled"] = settled[keep]  # held or ignored: left to the loop
+        columns["settled"] = settled[at]  # held or ignored: left to the loop
         replay = self._take_handshakes(fresh)
         if replay is not None:
             replay["replayed"] = np.ones(replay["hash"].size, dtype=bool)
@@ -1039,9 +1281,12 @@ class StreamCollector:
 
     @staticmethod
     def _columns(packets: DecodedPackets, rows: np.ndarray, hashes: np.ndarray,
-                 may_open: np.ndarray, predicate: np.ndarray) -> dict[str, np.ndarray]:
-        """The per-segment columns the loop reads, for `rows`."""
-        seq, ack, found = tcp_seq_ack(packets, rows)
+                 may_open: np.ndarray, predicate: np.ndarray,
+                 seq_ack: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+                 ) -> dict[str, np.ndarray]:
+        """The per-segment columns the loop reads, for `rows` (`seq_ack`: their (seq, ack,
+        found) when already known, else read here)."""
+        seq, ack, found = tcp_seq_ack(packets, rows) if seq_ack is None else seq_ack
         return {"hash": hashes, "may_open": may_open, "predicate": predicate, "seq": seq,
                 "ack": ack, "found": found, "sport": packets.src_port[rows],
                 "dport": packets.dst_port[rows], "vlan": packets.vlan[rows],
@@ -1051,13 +1296,14 @@ class StreamCollector:
                 "src_ip": packets.src_ip[rows], "dst_ip": packets.dst_ip[rows]}
 
     def _remember_handshakes(self, packets: DecodedPackets, rows: np.ndarray,
-                             hashes: np.ndarray) -> None:
+                             hashes: np.ndarray,
+                             seq_ack: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
         """Keep SYN/SYN-ACK rows of flows not held (the latest of each kind per flow,
         at most max_flows, none older than the idle timeout): all column-wise."""
         if rows.size == 0:
             return
         fresh = self._columns(packets, rows, hashes, np.ones(rows.size, dtype=bool),
-                              np.zeros(rows.size, dtype=bool))
+                              np.zeros(rows.size, dtype=bool), seq_ack)
         fresh["off"][:] = 0
         fresh["plen"][:] = 0
         store = fresh if self._handshakes is None else {
@@ -1088,22 +1334,16 @@ class StreamCollector:
         order = np.argsort(taken["ts"], kind="stable")
         return {name: column[order] for name, column in taken.items()}
 
-    def _ignored_hashes(self) -> np.ndarray:
-        if self._ignored_array is None:
-            self._ignored_array = np.fromiter(self._ignored, dtype=np.uint64,
-                                              count=len(self._ignored))
-        return self._ignored_array
-
     def _ignore(self, flow_hash: int) -> None:
         self._ignored[flow_hash] = None
         self._ignored.move_to_end(flow_hash)
+        self._ignored_set.add(flow_hash)
         while len(self._ignored) > self.max_ignored:
-            self._ignored.popitem(last=False)
-        self._ignored_array = None
+            self._ignored_set.discard(self._ignored.popitem(last=False)[0])
 
     def _unignore(self, flow_hash: int) -> None:
         if self._ignored.pop(flow_hash, 0) is None:
-            self._ignored_array = None
+            self._ignored_set.discard(flow_hash)
 
     # --- the per-segment loop (selected rows only) --------------------------------------------
 
@@ -1213,10 +1453,11 @@ class StreamCollector:
             to_end = ignored.move_to_end
             for flow_hash in hashes:
                 to_end(flow_hash)
+        self._ignored_set.add_all(hashes)
         pop = ignored.popitem
+        discard = self._ignored_set.discard
         for _ in range(len(ignored) - self.max_ignored):
-            pop(last=False)
-        self._ignored_array = None
+            discard(pop(last=False)[0])
         stats = self.stats
         stats["flows"] = stats.get("flows", 0) + hi - lo
         reasons = finished.reasons[lo:hi]

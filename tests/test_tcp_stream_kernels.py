@@ -103,8 +103,9 @@ def test_memo_never_keeps_a_batch_alive_nor_answers_for_another_batch():
     # a new batch (perhaps at the dead one's address) gets its own candidates: the SYN-ACK
     # and the payload (the bare ACK is no candidate)
     fresh = decode(batch_from_scapy(pkts[1:]))
-    rows, hashes, heads = tcp_stream._candidates(fresh, True)
+    rows, hashes, heads, seq, ack, found = tcp_stream._candidates(fresh)
     assert rows.tolist() == [0, 2] and tcp_stream._last_candidates[0]() is fresh
+    assert found.tolist() == [True, True] and seq.tolist() == [5000, 1001]
     assert hashes.tolist() == flow_hash_column(fresh, rows).tolist()
     assert heads[:, :4].tobytes() == b"GET " and heads.shape == (1, PREFIX_BYTES)
 
@@ -146,12 +147,17 @@ def test_fast_walk_with_every_flow_hash_colliding_gives_what_the_loop_gives(sess
     # One hash for every flow: the fast path's groups mix flows (rows neither of the
     # opening row's direction nor the reverse), which it must leave to the loop.
     pkts, cuts = session
-    real = tcp_stream.flow_hash_column
-    tcp_stream.flow_hash_column = lambda packets, rows: np.full(len(rows), 7, dtype=np.uint64)
+    real = tcp_stream.candidate_scan
+
+    def colliding(packets, rows):
+        hashes, *rest = real(packets, rows)
+        return (np.full(len(rows), 7, dtype=np.uint64), *rest)
+
+    tcp_stream.candidate_scan = colliding
     try:
         _fast_and_loop_agree(pkts, cuts)
     finally:
-        tcp_stream.flow_hash_column = real
+        tcp_stream.candidate_scan = real
 
 
 def test_fast_walk_leaves_a_host_talking_to_itself_to_the_loop():
