@@ -16,6 +16,13 @@ incident fusion (correlation/incidents.py, what `es load` does).
     python3 bench/alert_burst.py --sources 2000 --runs 3
     python3 bench/alert_burst.py --victims 1     # one victim: one incident of 1,100+ alerts
     python3 bench/alert_burst.py --mix network   # + UDP scans, ICMP sweeps, SSH brute force
+    python3 bench/alert_burst.py --mix large --sources 500 --runs 3
+                                                 # hundreds of rows per alert (below)
+
+Mix "large" has the shape of the 90 s latency run's burst (bench/kafka.py, issue #4: 3,200
+alerts of ~650 rows each): `--sources` vertical scanners of `--group-rows` ports each, as
+many horizontal scanners of as many hosts, SSH brute-forcers of as many sessions, UDP
+scanners of as many ports and ICMP sweepers of as many hosts, instead of the small scans.
 
 Prints µs per alert of each part and the SHA-256 of the alert and incident documents
 (compare two versions of the code: equal hashes = byte-identical documents).
@@ -49,11 +56,33 @@ PROBES = 8  # ports per vertical scanner, hosts per horizontal scanner (threshol
 
 
 def burst_batches(sources: int, victims: int = 4096, seed: int = 7,
-                  mix: str = "scan") -> list[EventBatch]:
+                  mix: str = "scan", group_rows: int = 640) -> list[EventBatch]:
     """[the scans, one later event that closes their first 5-minute window]; mix "network"
-    adds as many UDP vertical scanners, ICMP sweepers and SSH brute-forcers."""
+    adds as many UDP vertical scanners, ICMP sweepers and SSH brute-forcers; mix "large"
+    has vertical and horizontal scanners and SSH brute-forcers of group_rows rows each."""
     rng = np.random.default_rng(seed)
     table = Table("flow")
+    if mix == "large":
+        _add_large_bursts(table, sources, victims, group_rows, rng)
+    else:
+        _add_scans(table, sources, victims, rng)
+    if mix == "network":
+        _add_network_bursts(table, sources, victims, rng)
+    cols = table.build()
+    order = np.argsort(cols["timestamp"], kind="stable")
+    scans = EventBatch("flow", {c: v[order] for c, v in cols.items()})
+    closer = Table("flow")
+    # a benign flow 7 minutes later: the watermark passes the first window's end
+    closer.add(1, timestamp=_ns(T0_S + 420 + 600), end=_ns(T0_S + 421 + 600),
+               src_ip=0x0A01_0009, dst_ip=0x0A01_000A, src_port=40000, dst_port=443,
+               transport=6, src_packets=5, dst_packets=5, src_bytes=900, dst_bytes=5000,
+               src_tcp_flags=0x1B, dst_tcp_flags=0x1B, src_payload_bytes=500,
+               dst_payload_bytes=4000)
+    return [scans, EventBatch("flow", closer.build())]
+
+
+def _add_scans(table: Table, sources: int, victims: int, rng: np.random.Generator) -> None:
+    """Per source: a vertical scan of PROBES ports, a horizontal one of PROBES hosts."""
     n = sources * PROBES
     # vertical: scanner 100.64.x.y -> one victim 10.2.x.y, PROBES distinct ports
     scanner = 0x6440_0000 + np.repeat(np.arange(sources), PROBES)
@@ -74,19 +103,69 @@ def burst_batches(sources: int, victims: int = 4096, seed: int = 7,
               dst_bytes=refused * 40, src_tcp_flags=TCP_SYN,
               dst_tcp_flags=np.where(refused, TCP_RST, 0), observer_name=SENSOR,
               ingress_zone=ZONE)
-    if mix == "network":
-        _add_network_bursts(table, sources, victims, rng)
-    cols = table.build()
-    order = np.argsort(cols["timestamp"], kind="stable")
-    scans = EventBatch("flow", {c: v[order] for c, v in cols.items()})
-    closer = Table("flow")
-    # a benign flow 7 minutes later: the watermark passes the first window's end
-    closer.add(1, timestamp=_ns(T0_S + 420 + 600), end=_ns(T0_S + 421 + 600),
-               src_ip=0x0A01_0009, dst_ip=0x0A01_000A, src_port=40000, dst_port=443,
-               transport=6, src_packets=5, dst_packets=5, src_bytes=900, dst_bytes=5000,
-               src_tcp_flags=0x1B, dst_tcp_flags=0x1B, src_payload_bytes=500,
-               dst_payload_bytes=4000)
-    return [scans, EventBatch("flow", closer.build())]
+
+
+def _add_large_bursts(table: Table, sources: int, victims: int, group_rows: int,
+                      rng: np.random.Generator) -> None:
+    """Per source, group_rows rows inside 40 s: failed attempts on as many ports of one host
+    (port_scan_vertical), on one port of as many hosts (port_scan_horizontal), short SSH
+    sessions to one server (brute_force), unanswered UDP to as many ports of one host
+    (udp_scan_vertical), pings to as many hosts (icmp_sweep); two sensors and zones."""
+    n = sources * group_rows
+
+    def times() -> np.ndarray:
+        return _ns(T0_S + 10 + rng.uniform(0, 40, n))
+
+    def per_source(base: int) -> np.ndarray:
+        return base + np.repeat(np.arange(sources), group_rows)
+
+    observers = np.array([SENSOR, SENSOR + "-b"], object)[rng.integers(0, 2, n)]
+    zones = np.array([ZONE, ZONE + "-b"], object)[(rng.random(n) < 0.1).astype(np.int64)]
+    t = times()
+    refused = rng.random(n) < 0.5
+    answered = ~refused & (rng.random(n) < 0.2)  # half-open: SYN-ACK then RST
+    table.add(n, timestamp=t, end=t + 1_000_000, src_ip=per_source(0x6440_0000),
+              dst_ip=0x0A02_0000 + np.repeat(rng.integers(0, victims, sources), group_rows),
+              src_port=rng.integers(30000, 60000, n),
+              dst_port=np.tile(np.arange(group_rows), sources) * 7 + 1000, transport=6,
+              src_packets=1, dst_packets=(refused | answered).astype(np.int64), src_bytes=60,
+              dst_bytes=(refused | answered) * 40, src_tcp_flags=TCP_SYN | (answered * TCP_RST),
+              dst_tcp_flags=np.where(refused, TCP_RST, np.where(answered, TCP_SYN | 0x10, 0)),
+              observer_name=observers, ingress_zone=zones)
+    t = times()
+    refused = rng.random(n) < 0.5
+    table.add(n, timestamp=t, end=t + 1_000_000, src_ip=per_source(0x6460_0000),
+              dst_ip=0x0A03_0000 + rng.integers(0, 65536, n),
+              src_port=rng.integers(30000, 60000, n),
+              dst_port=np.repeat(rng.choice([22, 23, 445, 3389, 5900], sources), group_rows),
+              transport=6, src_packets=1, dst_packets=refused.astype(np.int64), src_bytes=60,
+              dst_bytes=refused * 40, src_tcp_flags=TCP_SYN,
+              dst_tcp_flags=np.where(refused, TCP_RST, 0), observer_name=observers,
+              ingress_zone=zones)
+    t = times()
+    table.add(n, timestamp=t, end=t + rng.integers(100, 5000, n) * 1_000_000,
+              src_ip=per_source(0x6480_0000),
+              dst_ip=0x0A06_0000 + np.repeat(rng.integers(0, victims, sources), group_rows),
+              src_port=rng.integers(1024, 65536, n), dst_port=22, transport=6,
+              src_packets=20, dst_packets=20, src_bytes=3000, dst_bytes=4000,
+              src_tcp_flags=0x1B, dst_tcp_flags=0x1B,
+              src_payload_bytes=rng.integers(1500, 3000, n),
+              dst_payload_bytes=rng.integers(2000, 4000, n),
+              observer_name=observers, ingress_zone=zones)
+    t = times()
+    table.add(n, timestamp=t, end=t + 1_000_000, src_ip=per_source(0x6450_0000),
+              dst_ip=0x0A04_0000 + np.repeat(rng.integers(0, victims, sources), group_rows),
+              src_port=rng.integers(30000, 60000, n),
+              dst_port=np.tile(np.arange(group_rows), sources) * 3 + 2000, transport=17,
+              src_packets=1, dst_packets=0, src_bytes=40, dst_bytes=0,
+              observer_name=observers, ingress_zone=zones)
+    t = times()
+    answered = rng.random(n) < 0.3
+    table.add(n, timestamp=t, end=t + 1_000_000, src_ip=per_source(0x6470_0000),
+              dst_ip=0x0A05_0000 + rng.integers(0, 65536, n), src_port=8, dst_port=0,
+              transport=1, src_packets=1, dst_packets=answered.astype(np.int64),
+              src_bytes=84, dst_bytes=answered * 84, observer_name=observers,
+              ingress_zone=zones)
 
 
 def _add_network_bursts(table: Table, sources: int, victims: int,
@@ -212,12 +291,16 @@ def main() -> int:
     parser.add_argument("--victims", type=int, default=4096,
                         help="distinct hosts the vertical scanners pick from (1: every scanner "
                              "hits one host, so every alert joins one incident)")
-    parser.add_argument("--mix", choices=("scan", "network"), default="scan",
+    parser.add_argument("--mix", choices=("scan", "network", "large"), default="scan",
                         help="network: also UDP scans, ICMP sweeps and SSH brute force, as "
-                             "many sources each (their detectors' describe in the burst)")
+                             "many sources each (their detectors' describe in the burst); "
+                             "large: scans and SSH brute force of --group-rows rows each")
+    parser.add_argument("--group-rows", type=int, default=640,
+                        help="rows per alert of mix large (the latency run's burst: ~650)")
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    batches = burst_batches(args.sources, args.victims, mix=args.mix)
+    batches = burst_batches(args.sources, args.victims, mix=args.mix,
+                            group_rows=args.group_rows)
     t0 = time.process_time()
     run_once(batches, instrument=False)  # warm-up: kernel cache load / compile
     print(f"{len(batches[0]):,} scan flows from {2 * args.sources:,} scanners; warm-up "

@@ -37,9 +37,10 @@ from correlation.detector import (
     combine_codes,
     distinct_per_group,
     factorize_ip,
+    ip_pair_codes,
     ip_text,
 )
-from correlation.evidence_rows import row_lists, time_span, unique_texts
+from correlation.evidence_rows import HitRows, LazyEvidence
 from correlation.network_common import in_ports
 from correlation.prefilter import pair_candidates
 from pipeline.schema import EventBatch
@@ -60,12 +61,21 @@ SERVICE_NAMES = {21: "ftp", 22: "ssh", 23: "telnet", 25: "smtp", 110: "pop3", 14
                  993: "imaps", 995: "pop3s", 1433: "mssql", 1521: "oracle", 3306: "mysql",
                  3389: "rdp", 5432: "postgresql", 5900: "vnc", 5985: "winrm", 5986: "winrm"}
 
-# Common columns every evidence source maps its rows to.
-_COMMON = ("timestamp", "end", "src_ip", "dst_ip", "dst_port", "unit", "observer_name",
-           "ingress_zone", "client_bytes", "server_bytes")
+# Common columns every evidence source maps its rows to (the keys of _FLOWS_TO_COMMON), and
+# their dtype where it is fixed.
+_COMMON_DTYPES = {"unit": np.int64, "client_bytes": np.int64, "server_bytes": np.int64}
 
 _FLOW_COLUMNS = ("timestamp", "end", "src_ip", "dst_ip", "src_port", "dst_port",
                  "src_payload_bytes", "dst_payload_bytes", "observer_name", "ingress_zone")
+
+# A session is counted once per client port: the same session reported by two sensors
+# (or split by the flow table) does not count twice.
+_FLOWS_TO_COMMON = {
+    "timestamp": "timestamp", "end": "end", "src_ip": "src_ip", "dst_ip": "dst_ip",
+    "dst_port": "dst_port", "unit": "src_port", "observer_name": "observer_name",
+    "ingress_zone": "ingress_zone", "client_bytes": "src_payload_bytes",
+    "server_bytes": "dst_payload_bytes",
+}
 
 
 @dataclass(frozen=True)
@@ -75,9 +85,62 @@ class EvidenceSource:
     kind: str
     columns: tuple[str, ...]
     select: Callable[[EventBatch], np.ndarray]
-    to_common: Callable[[Columns], dict[str, np.ndarray]]
+    to_common: Mapping[str, str]  # common column -> this kind's column (_COMMON_DTYPES cast)
     threshold: int
     unit: str  # what is counted, as named in the evidence ("sessions", "failed_logins")
+
+
+class _CommonRows:
+    """The sources' candidate rows, concatenated, as common columns gathered on demand.
+
+    Why: grouping needs five columns of every candidate row, the evidence the others of
+    the hit rows only; gathering all ten for every candidate cost as much as grouping."""
+
+    def __init__(self, parts: list[tuple[EvidenceSource, Columns, np.ndarray]]) -> None:
+        self.parts = parts  # (source, its columns, its candidate rows)
+        self.offsets = np.cumsum([0] + [idx.shape[0] for _, _, idx in parts])
+        self._rows_at: tuple = (None, None)  # (at, idx[at]) of one source: columns share it
+
+    def column(self, name: str, at: np.ndarray | None = None, cast: bool = True
+               ) -> np.ndarray:
+        """Common column `name` of every row, or of rows `at` (positions in the
+        concatenation); cast=False leaves it in the source's dtype."""
+        dtype = _COMMON_DTYPES.get(name) if cast else None
+
+        def of(p: int, rows: np.ndarray) -> np.ndarray:
+            source, cols, idx = self.parts[p]
+            if rows is None:
+                positions = idx
+            elif len(self.parts) == 1 and self._rows_at[0] is rows:
+                positions = self._rows_at[1]
+            else:
+                positions = idx[rows]
+                if len(self.parts) == 1:
+                    self._rows_at = (rows, positions)
+            values = cols[source.to_common[name]][positions]
+            return values if dtype is None else values.astype(dtype)
+
+        if len(self.parts) == 1:
+            return of(0, at)
+        if at is None:
+            return np.concatenate([of(p, None) for p in range(len(self.parts))])
+        part = np.searchsorted(self.offsets[1:], at, side="right")
+        pieces = [of(p, at[part == p] - self.offsets[p]) for p in range(len(self.parts))]
+        out = np.empty(at.shape[0], np.result_type(*pieces))
+        for p, piece in enumerate(pieces):
+            out[part == p] = piece
+        return out
+
+    def names(self, hit_rows: HitRows, name: str) -> list[list[str]]:
+        """hit_rows.names of object column `name` (hit_rows.rows: positions here)."""
+        if len(self.parts) == 1:  # the column itself: its objects are not gathered
+            source, cols, idx = self.parts[0]
+            return hit_rows.names(cols[source.to_common[name]], idx[hit_rows.rows])
+        return hit_rows.names(self.column(name), hit_rows.rows)
+
+    def source(self) -> np.ndarray:
+        """Source number (in self.parts' sources) of every row."""
+        return np.repeat(np.arange(len(self.parts), dtype=np.int64), np.diff(self.offsets))
 
 
 class BruteForceDetector(Detector):
@@ -96,7 +159,7 @@ class BruteForceDetector(Detector):
         self.max_client = int(config["max_client_payload_bytes"])
         self.max_server = int(config["max_server_payload_bytes"])
         self.sources = (
-            EvidenceSource("flow", _FLOW_COLUMNS, self._select_flows, _flows_to_common,
+            EvidenceSource("flow", _FLOW_COLUMNS, self._select_flows, _FLOWS_TO_COMMON,
                            int(config["min_sessions"]), "sessions"),
         )
         self.inputs = tuple(InputSpec(s.kind, s.columns) for s in self.sources)
@@ -121,7 +184,7 @@ class BruteForceDetector(Detector):
 
     def detect(self, rows: Mapping[str, Columns], windows: WindowRange) -> list[Finding]:
         parts = []
-        for i, source in enumerate(self.sources):
+        for source in self.sources:
             cols = rows.get(source.kind)
             if cols is None:
                 continue
@@ -132,97 +195,131 @@ class BruteForceDetector(Detector):
             if "src_ip" in cols and "dst_ip" in cols:
                 idx = pair_candidates(cols, idx, source.threshold)
             if idx.size:
-                common = source.to_common({k: v[idx] for k, v in cols.items()})
-                common["source"] = np.full(idx.size, i, np.int64)
-                parts.append(common)
+                parts.append((source, cols, idx))
         if not parts:
             return []
-        c = {k: np.concatenate([p[k] for p in parts]) for k in (*_COMMON, "source")}
-        src, _ = factorize_ip(c["src_ip"])
-        dst, _ = factorize_ip(c["dst_ip"])
-        key, n_keys = combine_codes(src, dst, c["dst_port"].astype(np.int64))
-        unit = c["unit"].astype(np.int64)
+        c = _CommonRows(parts)
+        only, only_cols, only_idx = parts[0]
+        if len(parts) == 1 and only.to_common["src_ip"] == "src_ip" \
+                and only.to_common["dst_ip"] == "dst_ip":
+            # the engine's address codes of the pair: no sort of the gathered addresses
+            pair, _ = ip_pair_codes(only_cols, only_idx)
+        else:
+            pair, _ = combine_codes(factorize_ip(c.column("src_ip"))[0],
+                                    factorize_ip(c.column("dst_ip"))[0])
+        key, n_keys = combine_codes(pair, c.column("dst_port").astype(np.int64))
+        unit = c.column("unit")
+        source_of = c.source()
         # Necessary condition over the whole range, before replicating rows into windows.
-        reachable = np.zeros(c["unit"].shape[0], bool)
-        for i, source in enumerate(self.sources):
-            mine = c["source"] == i
+        reachable = np.zeros(unit.shape[0], bool)
+        for i, (source, _, _) in enumerate(parts):
+            mine = source_of == i
             counts = distinct_per_group(key[mine], n_keys, unit[mine])
             reachable |= mine & (counts[key] >= source.threshold)
         keep = np.flatnonzero(reachable)
         if keep.size == 0:
             return []
-        copy_rows, k = windows.assign(c["timestamp"][keep])
+        copy_rows, k = windows.assign(c.column("timestamp", keep))
         rows_w = keep[copy_rows]
         group, n_groups = combine_codes(k, key[rows_w])
         hit = np.zeros(n_groups, bool)
-        for i, source in enumerate(self.sources):
-            mine = c["source"][rows_w] == i
+        for i, (source, _, _) in enumerate(parts):
+            mine = source_of[rows_w] == i
             counts = distinct_per_group(group[mine], n_groups, unit[rows_w][mine])
             hit |= counts >= source.threshold
+        hits = np.flatnonzero(hit)
+        if hits.size == 0:
+            return []
         groups = Groups.of(group, n_groups)
+        # Identity of every hit at once; the evidence of all of them on the first describe.
+        first = groups.order[groups.bounds[hits]]  # first member copy of each hit group
+        first_rows = rows_w[first]
+        src_ip, dst_ip = c.column("src_ip", first_rows), c.column("dst_ip", first_rows)
+        ports = c.column("dst_port", first_rows).tolist()
+        window_k = k[first]
+        starts = windows.spec.start(window_k).tolist()
+        ends = windows.spec.end(window_k).tolist()
+        # evidence of a window's hits at once, on the first describe of one of them
+        evidence = LazyEvidence(window_k, partial(_evidence, self, c, groups, hits, rows_w,
+                                                  source_of))
         findings = []
-        for g in np.flatnonzero(hit).tolist():  # one iteration per finding
-            members = groups.rows(g)
-            r = rows_w[members]
-            window_k = int(k[members[0]])
-            r0 = int(r[0])
-            src, dst = ip_text(c["src_ip"], r0), ip_text(c["dst_ip"], r0)
+        for i in range(hits.shape[0]):  # one iteration per finding
+            src, dst = ip_text(src_ip, i), ip_text(dst_ip, i)
             findings.append(Finding(
-                rule=SESSIONS_RULE, key=f"{src}|{dst}|tcp/{int(c['dst_port'][r[0]])}",
-                window_start=int(windows.spec.start(window_k)),
-                window_end=int(windows.spec.end(window_k)),
-                describe=partial(self._describe, c, r)))
+                rule=SESSIONS_RULE, key=f"{src}|{dst}|tcp/{ports[i]}",
+                window_start=starts[i], window_end=ends[i],
+                describe=partial(evidence.describe, i)))
         return findings
 
-    def _describe(self, c: Columns, r: np.ndarray) -> Evidence:
-        # plain Python on the finding's rows (see correlation.evidence_rows)
-        ts, ends, source_of, unit, client_bytes, server_bytes, observers, zones = row_lists(
-            c, r, "timestamp", "end", "source", "unit", "client_bytes", "server_bytes",
-            "observer_name", "ingress_zone")
-        r0 = int(r[0])
-        src, dst = ip_text(c["src_ip"], r0), ip_text(c["dst_ip"], r0)
-        port = int(c["dst_port"][r0])
+
+def _evidence(detector: BruteForceDetector, c: _CommonRows, groups: Groups,
+              hits: np.ndarray, rows_w: np.ndarray, source_of: np.ndarray,
+              members: np.ndarray) -> Callable[[int], Evidence]:
+    """Aggregates of hits[members] from their rows (numpy over all of them); returns
+    describe(position among those hits)."""
+    hit_rows = HitRows(groups, hits[members], rows_w)
+    at = hit_rows.rows
+    ts, ends = c.column("timestamp", at), c.column("end", at)
+    first_seen, last_seen = hit_rows.time_span(ts, ends)
+    flows = np.diff(hit_rows.bounds).tolist()
+    units = c.column("unit", at)
+    units -= units.min()  # distinct() takes non-negative codes
+    sources = source_of[at]
+    # distinct units per hit of each of the detector's sources (none: no rows of it here)
+    unit_counts: list[list[int] | None] = [None] * len(detector.sources)
+    for i, (source, _, _) in enumerate(c.parts):
+        mine = None if len(c.parts) == 1 else sources == i
+        unit_counts[detector.sources.index(source)] = hit_rows.distinct(units, 0, mine)[0]
+    # sums in int64 without an int64 copy of the payload columns
+    client_bytes = hit_rows.sum(c.column("client_bytes", at, cast=False)).tolist()
+    server_bytes = hit_rows.sum(c.column("server_bytes", at, cast=False)).tolist()
+    longest, median = _session_lengths(hit_rows, ends - ts)
+    observers = c.names(hit_rows, "observer_name")
+    zones = c.names(hit_rows, "ingress_zone")
+    r0 = at[hit_rows.bounds[:-1]]
+    src_ip, dst_ip = c.column("src_ip", r0), c.column("dst_ip", r0)
+    ports = c.column("dst_port", r0).tolist()
+
+    def describe(i: int) -> Evidence:
+        src, dst = ip_text(src_ip, i), ip_text(dst_ip, i)
+        port = ports[i]
         service = SERVICE_NAMES.get(port, f"tcp/{port}")
-        first_seen, last_seen = time_span(ts, ends)
-        duration_s = sorted((e - t) / NS_PER_S for t, e in zip(ts, ends, strict=True))
-        details: dict = {"service": service, "flows": len(ts)}
-        for i, source in enumerate(self.sources):
-            details[source.unit] = len({u for u, s in zip(unit, source_of, strict=True)
-                                        if s == i})
+        details: dict = {"service": service, "flows": flows[i]}
+        for source, counts in zip(detector.sources, unit_counts, strict=True):
+            details[source.unit] = 0 if counts is None else counts[i]
         details.update({
-            "client_payload_bytes": sum(client_bytes),
-            "server_payload_bytes": sum(server_bytes),
-            "max_session_s": round(duration_s[-1], 3),
-            "median_session_s": round(_median(duration_s), 3),
+            "client_payload_bytes": client_bytes[i],
+            "server_payload_bytes": server_bytes[i],
+            "max_session_s": round(longest[i], 3),
+            "median_session_s": round(median[i], 3),
         })
         counted = details.get("sessions", details["flows"])
+        first, last = first_seen[i], last_seen[i]
         return Evidence(
-            first_seen=first_seen, last_seen=last_seen,
+            first_seen=first, last_seen=last,
             source_ip=src, destination_ip=dst, destination_port=port, transport="tcp",
             related_ips=sorted({src, dst}),
-            observers=unique_texts(observers), zones=unique_texts(zones),
+            observers=observers[i], zones=zones[i],
             details=details,
             message=f"{src} opened {counted} short {service} sessions to {dst}:{port} "
-                    f"in {(last_seen - first_seen) / NS_PER_S:.1f} s",
+                    f"in {(last - first) / NS_PER_S:.1f} s",
         )
+    return describe
 
 
-def _median(ordered: list[float]) -> float:
-    """np.median of sorted values (the mean of the middle two of an even count)."""
-    mid = len(ordered) // 2
-    if len(ordered) % 2:
-        return ordered[mid]
-    return (ordered[mid - 1] + ordered[mid]) / 2
-
-
-def _flows_to_common(cols: Columns) -> dict[str, np.ndarray]:
-    # A session is counted once per client port: the same session reported by two sensors
-    # (or split by the flow table) does not count twice.
-    return {
-        "timestamp": cols["timestamp"], "end": cols["end"], "src_ip": cols["src_ip"],
-        "dst_ip": cols["dst_ip"], "dst_port": cols["dst_port"],
-        "unit": cols["src_port"].astype(np.int64),
-        "observer_name": cols["observer_name"], "ingress_zone": cols["ingress_zone"],
-        "client_bytes": cols["src_payload_bytes"].astype(np.int64),
-        "server_bytes": cols["dst_payload_bytes"].astype(np.int64),
-    }
+def _session_lengths(hit_rows: HitRows, lengths_ns: np.ndarray
+                     ) -> tuple[list[float], list[float]]:
+    """Per hit: (longest, median) session length in s, as np.median of the sorted
+    (end - timestamp) / NS_PER_S values (the mean of the middle two of an even count)."""
+    ordered = hit_rows.sorted_per_hit(lengths_ns.astype(np.int64))
+    if ordered.size and max(-int(ordered.min()), int(ordered.max())) >= 2**53:
+        # int -> float would round before the division: Python's exact int division
+        seconds = np.array([v / NS_PER_S for v in ordered.tolist()], np.float64)
+    else:
+        seconds = ordered / NS_PER_S
+    start, end = hit_rows.bounds[:-1], hit_rows.bounds[1:]
+    count = end - start
+    upper = seconds[start + count // 2]
+    lower = seconds[start + (count - 1) // 2]  # = upper for an odd count
+    median = np.where(count % 2 == 1, upper, (lower + upper) / 2)
+    return seconds[end - 1].tolist(), median.tolist()

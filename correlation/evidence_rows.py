@@ -1,10 +1,13 @@
-"""Evidence of one finding from its few rows, in plain Python.
+"""Evidence of findings: of all hit groups at once with numpy (HitRows, LazyEvidence, below:
+what the network detectors use), and of one finding's few rows in plain Python (the
+helpers first, kept as the per-row reference of tests/test_burst_evidence.py).
 
-Why: when thousands of alerts close at once (issue #4), describe() runs once per alert on a
-few dozen rows. There, each numpy call (a fancy index, a reduction, np.unique of a tiny
-array, ip_column_to_str of one address) costs a fixed 1-10 µs that dwarfs the work; one
-gather + `.tolist()` per column and Python's min/max/set/sorted on the lists is several
-times cheaper, and stays linear (no worse than numpy's sorts) on the rare large finding.
+Why the per-row helpers: when thousands of alerts close at once (issue #4), describe() ran
+once per alert on a few dozen rows. There, each numpy call (a fancy index, a reduction,
+np.unique of a tiny array, ip_column_to_str of one address) costs a fixed 1-10 µs that
+dwarfs the work; one gather + `.tolist()` per column and Python's min/max/set/sorted on
+the lists is several times cheaper; but it is linear Python per row, ~1 ms per alert of
+~650 rows (the 90 s latency run's burst), which the all-hits numpy passes avoid.
 
 Results equal those of the numpy helpers they replace (correlation.network_common's span,
 seen_by and sample_ips, correlation.detector's sorted_unique_ips/_text): addresses are the
@@ -13,11 +16,14 @@ seen_by and sample_ips, correlation.detector's sorted_unique_ips/_text): address
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import ctypes
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from correlation.detector import Columns
+from correlation.detector import Columns, Evidence, Groups, factorize_ip, unique_int
+from correlation.kernels import factorize_u64
+from pipeline.text_codes import factorize_text
 from sensors.packets import IP_DTYPE, ip_column_to_str
 
 _V4_PREFIX = bytes(10) + b"\xff\xff"  # IPv4-mapped IPv6 (sensors.packets.IP_DTYPE)
@@ -69,3 +75,196 @@ def seen_by_lists(cols: Columns, r: np.ndarray) -> dict:
     """Evidence keyword arguments naming the sensors and zones of rows r (= seen_by)."""
     observers, zones = row_lists(cols, r, "observer_name", "ingress_zone")
     return {"observers": unique_texts(observers), "zones": unique_texts(zones)}
+
+
+# --- evidence of every hit group at once --------------------------------------------------
+#
+# Why: an alert burst can close thousands of findings of hundreds of rows each (issue #4's
+# latency run: 3,200 alerts of ~650 rows, ~1 ms of per-row Python each). Numpy passes over
+# the rows of all hit groups together (sorted by hit) make the per-alert cost a constant:
+# describe() only picks its hit's values and formats them. Results equal the per-row
+# helpers above (tests/test_burst_evidence.py).
+
+class LazyEvidence:
+    """The evidence of a detect's hits, computed for all hits of a window on the first
+    describe of one of them.
+
+    Why per window: findings the engine suppresses as repeats (the same key in the next
+    overlapping windows of one close) are never described, so a window of only repeats
+    costs nothing; the kept findings of a window are described together.
+    """
+
+    def __init__(self, window_of_hit: np.ndarray,
+                 make: Callable[[np.ndarray], Callable[[int], Evidence]]) -> None:
+        """window_of_hit: window index of each hit; make(hit numbers) -> describe(position
+        among those hits)."""
+        self._window_of_hit = window_of_hit
+        self._windows = window_of_hit.tolist()
+        self._make = make
+        self._position = np.zeros(window_of_hit.shape[0], np.int64)
+        self._batches: dict[int, Callable[[int], Evidence]] = {}
+
+    def describe(self, hit: int) -> Evidence:
+        k = self._windows[hit]
+        batch = self._batches.get(k)
+        if batch is None:
+            members = np.flatnonzero(self._window_of_hit == k)
+            self._position[members] = np.arange(members.shape[0])
+            batch = self._batches[k] = self._make(members)
+        return batch(int(self._position[hit]))
+
+
+def hit_evidence(evidence: Callable[[HitRows], Callable[[int], Evidence]], groups: Groups,
+                 hits: np.ndarray, row_of: np.ndarray, members: np.ndarray
+                 ) -> Callable[[int], Evidence]:
+    """LazyEvidence's make for hits[members]: evidence(their HitRows)."""
+    return evidence(HitRows(groups, hits[members], row_of))
+
+
+class HitRows:
+    """The rows of the hit groups, sorted by hit: hit i's rows are rows[bounds[i]:bounds[i+1]]
+    (each hit has >= 1 row), `hit` is the hit number of each."""
+
+    def __init__(self, groups: Groups, hits: np.ndarray, row_of: np.ndarray) -> None:
+        """groups: the detector's groups of copies; hits: the hit group ids, in finding
+        order; row_of: the row (of the detector's columns) of each copy."""
+        starts = groups.bounds[hits]
+        counts = groups.bounds[hits + 1] - starts
+        self.n = int(hits.shape[0])
+        self.bounds = np.zeros(self.n + 1, np.int64)
+        np.cumsum(counts, out=self.bounds[1:])
+        self.hit = np.repeat(np.arange(self.n, dtype=np.int64), counts)
+        # position in groups.order of each hit row: its hit's start + its rank in the hit
+        at = np.arange(int(self.bounds[-1]), dtype=np.int64)
+        at += np.repeat(starts - self.bounds[:-1], counts)
+        self.rows = row_of[groups.order[at]]
+
+    def gather(self, cols: Columns, name: str) -> np.ndarray:
+        return cols[name][self.rows]
+
+    def min(self, values: np.ndarray) -> np.ndarray:
+        return np.minimum.reduceat(values, self.bounds[:-1])
+
+    def max(self, values: np.ndarray) -> np.ndarray:
+        return np.maximum.reduceat(values, self.bounds[:-1])
+
+    def sum(self, values: np.ndarray) -> np.ndarray:
+        """Per-hit sums; integers summed in int64 (float64 for floats)."""
+        dtype = np.int64 if values.dtype.kind in "iub" else None
+        return np.add.reduceat(values, self.bounds[:-1], dtype=dtype)
+
+    def count(self, mask: np.ndarray) -> np.ndarray:
+        """Rows per hit where mask holds."""
+        return np.bincount(self.hit[mask], minlength=self.n)
+
+    def time_span(self, timestamps: np.ndarray, ends: np.ndarray | None = None
+                  ) -> tuple[list[int], list[int]]:
+        """Per hit (first evidence time, last evidence activity) as in time_span."""
+        last = self.max(timestamps)
+        if ends is not None:
+            np.maximum(last, self.max(ends), out=last)
+        return self.min(timestamps).tolist(), last.tolist()
+
+    def distinct(self, codes: np.ndarray, limit: int, mask: np.ndarray | None = None
+                 ) -> tuple[list[int], list[list[int]]]:
+        """Per hit: (number of distinct codes, the `limit` smallest of them, ascending), of
+        the rows where mask holds (all rows without a mask). codes: non-negative ints."""
+        hit = self.hit if mask is None else self.hit[mask]
+        codes = codes if mask is None else codes[mask]
+        radix = int(codes.max()) + 1 if codes.size else 1
+        pairs = hit * radix + codes.astype(np.int64)
+        if self.n * radix <= 4 * pairs.shape[0] + 256:  # few codes (names): a presence table
+            present = np.zeros(self.n * radix, bool)
+            present[pairs] = True
+            pairs = np.flatnonzero(present)
+        else:
+            pairs = unique_int(pairs)
+        pair_hit = pairs // radix
+        counts = np.bincount(pair_hit, minlength=self.n)
+        first = np.zeros(self.n + 1, np.int64)
+        np.cumsum(counts, out=first[1:])
+        sampled = (np.arange(pairs.shape[0]) - first[pair_hit]) < limit
+        kept = np.minimum(counts, limit)
+        return counts.tolist(), _split((pairs[sampled] % radix).tolist(), kept)
+
+    def sorted_per_hit(self, values: np.ndarray) -> np.ndarray:
+        """values (int64) sorted within each hit (the hits stay in order)."""
+        if values.size == 0:
+            return values.copy()
+        low = int(values.min())
+        span = int(values.max()) - low + 1
+        if span * self.n < 2**62:  # one int64 key (hit, value): a plain sort
+            shift = self.hit * span
+            return np.sort(shift + (values - low)) - shift + low
+        return values[np.lexsort((values, self.hit))]
+
+    def names(self, column: np.ndarray, rows: np.ndarray | None = None) -> list[list[str]]:
+        """Per hit: unique_texts of an object column (observer, zone names) at its rows
+        (self.rows, or `rows`: the row in column of each hit row)."""
+        codes, uniques = object_codes(column, self.rows if rows is None else rows)
+        _, per_hit = self.distinct(codes, len(uniques))
+        memo: dict[tuple, list[str]] = {}  # hits mostly share one sensor and zone
+        out = []
+        for hit_codes in per_hit:
+            key = tuple(hit_codes)
+            texts = memo.get(key)
+            if texts is None:
+                texts = memo[key] = unique_texts(uniques[c] for c in hit_codes)
+            out.append(texts)
+        return out
+
+
+def _split(values: list, counts: np.ndarray) -> list[list]:
+    """values cut into consecutive lists of the given lengths."""
+    out = []
+    start = 0
+    for c in counts.tolist():
+        out.append(values[start:start + c])
+        start += c
+    return out
+
+
+def object_codes(column: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, list]:
+    """(int64 code of each of column[rows], the distinct values), equal values (as a set
+    sees them) sharing a code.
+
+    Why: an object column has no codes, and hashing or comparing a Python object per row
+    costs ~0.1 µs (a gather of objects as much again); rows of one name mostly hold the
+    same object, so the column's object pointers (a uint64 view, no object touched) are
+    factorized, and only the few distinct objects are compared as values. Mostly distinct
+    objects (names decoded row by row) are factorized by their str hash instead.
+    """
+    n = rows.shape[0]
+    if n == 0:
+        return np.empty(0, np.int64), []
+    column = np.ascontiguousarray(column)  # (a copy only of a strided view)
+    addresses = _object_addresses(column)
+    pointers = addresses[rows]
+    if pointers.min() == pointers.max():  # one object in every row (one sensor, one zone)
+        return np.zeros(n, np.int64), [column[rows[0]]]
+    found = factorize_u64(pointers, limit=n // 16 + 64)
+    if found is None:
+        return factorize_text(column[rows])
+    pointer_codes, first = found
+    index: dict = {}  # distinct value -> code (equal strings at two addresses: one code)
+    code_of_pointer = np.array(
+        [index.setdefault(v, len(index)) for v in column[rows[first]].tolist()], np.int64)
+    return code_of_pointer[pointer_codes], list(index)
+
+
+def _object_addresses(column: np.ndarray) -> np.ndarray:
+    """The object pointers of an object column, as uint64 (valid while column lives)."""
+    if column.dtype != object or column.itemsize != 8 or not column.flags.c_contiguous:
+        raise ValueError("not a contiguous object column of 8-byte pointers")
+    pointers = ctypes.cast(column.ctypes.data, ctypes.POINTER(ctypes.c_uint64))
+    return np.ctypeslib.as_array(pointers, shape=(column.shape[0],))
+
+
+def ip_numeric_codes(column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(code of each address, the distinct addresses) with codes in numeric order."""
+    codes, uniques = factorize_ip(column)
+    halves = np.ascontiguousarray(uniques).view(">u8").reshape(uniques.shape[0], 2)
+    order = np.lexsort((halves[:, 1], halves[:, 0]))
+    rank = np.empty(order.shape[0], np.int64)
+    rank[order] = np.arange(order.shape[0])
+    return rank[codes], uniques[order]

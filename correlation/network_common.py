@@ -27,7 +27,13 @@ from correlation.detector import (
     WindowRange,
     combine_codes,
     distinct_per_group,
-    sorted_unique_text,
+)
+from correlation.evidence_rows import (
+    HitRows,
+    LazyEvidence,
+    hit_evidence,
+    object_codes,
+    unique_texts,
 )
 from correlation.kernels import in_networks, lookup_u16
 from sensors.packets import IP_DTYPE, ip_column_to_str, ip_to_bytes16
@@ -53,9 +59,14 @@ def span(cols: Columns, r: np.ndarray) -> tuple[int, int]:
 
 
 def seen_by(cols: Columns, r: np.ndarray) -> dict:
-    """Evidence keyword arguments naming the sensors and zones of rows r."""
-    return {"observers": sorted_unique_text(cols["observer_name"][r]),
-            "zones": sorted_unique_text(cols["ingress_zone"][r])}
+    """Evidence keyword arguments naming the sensors and zones of rows r.
+
+    The distinct objects first (object_codes: no Python step per row), then their names:
+    a flood's alert can have millions of rows, nearly all of one sensor and zone."""
+    rows = np.asarray(r)
+    rows = np.flatnonzero(rows) if rows.dtype == bool else rows.reshape(-1)
+    return {"observers": unique_texts(object_codes(cols["observer_name"], rows)[1]),
+            "zones": unique_texts(object_codes(cols["ingress_zone"], rows)[1])}
 
 
 def scaled_rule(rule: Rule, severity: int, label: str) -> Rule:
@@ -259,6 +270,27 @@ class WindowGroups:
         return out
 
 
+    def evidence_findings(self, hits: np.ndarray, windows: WindowRange, rule: Rule,
+                          key_text: Callable[[int], str],
+                          evidence: Callable[[HitRows], Callable[[int], Evidence]]
+                          ) -> list[Finding]:
+        """One Finding per hit group; evidence(hit rows of some hits) -> describe(position
+        among them) builds the evidence of all hits of a window at once, on the first
+        describe of one of them (evidence_rows.LazyEvidence)."""
+        if hits.size == 0:
+            return []
+        groups = Groups.of(self.group, self.n_groups)
+        first = groups.order[groups.bounds[hits]]  # first member copy of each hit group
+        first_rows = self.idx[first].tolist()
+        window_k = self.k[first]
+        starts = windows.spec.start(window_k).tolist()
+        ends = windows.spec.end(window_k).tolist()
+        lazy = LazyEvidence(window_k, partial(hit_evidence, evidence, groups, hits, self.idx))
+        return [Finding(rule=rule, key=key_text(first_rows[i]), window_start=starts[i],
+                        window_end=ends[i], describe=partial(lazy.describe, i))
+                for i in range(hits.shape[0])]
+
+
 def _describe_group(describe: Callable[[np.ndarray, int], Evidence], idx: np.ndarray,
                     groups: Groups, g: int) -> Evidence:
     return describe(idx[groups.rows(g)], g)
@@ -290,6 +322,13 @@ class DistinctTargetDetector(Detector):
     def _describe(self, cols: Columns, r: np.ndarray) -> Evidence:
         raise NotImplementedError
 
+    def _evidence(self, cols: Columns, hit_rows: HitRows) -> Callable[[int], Evidence]:
+        """describe(position) of the hits of hit_rows. This default describes each hit
+        from its rows (_describe); detectors whose findings can have many rows override
+        it with numpy over all hits at once."""
+        rows, bounds = hit_rows.rows, hit_rows.bounds.tolist()
+        return lambda i: self._describe(cols, rows[bounds[i]:bounds[i + 1]])
+
     def detect(self, rows: Mapping[str, Columns], windows: WindowRange) -> list[Finding]:
         cols = rows.get(self.kind)
         if cols is None:
@@ -307,9 +346,8 @@ class DistinctTargetDetector(Detector):
         full_target[idx] = target
         wg = WindowGroups.of(windows, t, idx, key)
         hits = np.flatnonzero(wg.distinct(full_target) >= self.threshold)
-        return wg.findings(hits, windows, lambda g: self.rules[0],
-                           partial(self._key_text, cols),
-                           lambda r, g: self._describe(cols, r))
+        return wg.evidence_findings(hits, windows, self.rules[0], partial(self._key_text, cols),
+                                    partial(self._evidence, cols))
 
 
 def sample_ips(column: np.ndarray, limit: int) -> tuple[int, list[str]]:

@@ -22,7 +22,7 @@ no SYN of its own.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from functools import partial
 
 import numpy as np
@@ -45,15 +45,10 @@ from correlation.detector import (
     combine_codes,
     distinct_per_group,
     ip_codes,
+    ip_pair_codes,
     ip_text,
 )
-from correlation.evidence_rows import (
-    ip_texts,
-    row_lists,
-    sorted_ips,
-    time_span,
-    unique_texts,
-)
+from correlation.evidence_rows import HitRows, LazyEvidence, ip_numeric_codes, ip_texts
 from correlation.prefilter import pair_candidates
 from pipeline.schema import EventBatch
 
@@ -159,46 +154,46 @@ class _ScanDetector(Detector):
         window_k = k[first]
         starts = windows.spec.start(window_k).tolist()
         ends = windows.spec.end(window_k).tolist()
-        copy_row = idx[copy_rows]  # buffered row of each copy, shared by all findings
+        # evidence of a window's hits at once, on the first describe of one of them
+        evidence = LazyEvidence(window_k, partial(self._hit_evidence, cols, groups, hits,
+                                                  idx[copy_rows]))
         findings = []
         key_texts: dict[int, str] = {}  # a key recurs in every overlapping window: format once
-        for i, g in enumerate(hits.tolist()):  # one iteration per finding
+        for i in range(hits.shape[0]):  # one iteration per finding
             text = key_texts.get(key_codes[i])
             if text is None:
                 text = key_texts[key_codes[i]] = self._key_text(cols, first_rows[i])
             findings.append(Finding(
                 rule=self.rules[0], key=text, window_start=starts[i], window_end=ends[i],
-                describe=partial(self._describe_group, cols, copy_row, groups, g)))
+                describe=partial(evidence.describe, i)))
         return findings
 
     def _candidates(self, cols: Columns, idx: np.ndarray) -> np.ndarray:
         """A superset of the rows of keys with >= threshold rows (two bincounts)."""
         raise NotImplementedError
 
-    def _describe_group(self, cols: Columns, copy_row: np.ndarray, groups: Groups,
-                        g: int) -> Evidence:
-        return self._describe(cols, copy_row[groups.rows(g)])
-
     def _key_text(self, cols: Columns, row: int) -> str:
         raise NotImplementedError
 
-    def _describe(self, cols: Columns, r: np.ndarray) -> Evidence:
+    def _hit_evidence(self, cols: Columns, groups: Groups, hits: np.ndarray,
+                      row_of: np.ndarray, members: np.ndarray) -> Callable[[int], Evidence]:
+        return self._evidence(cols, HitRows(groups, hits[members], row_of))
+
+    def _evidence(self, cols: Columns, hit_rows: HitRows) -> Callable[[int], Evidence]:
+        """Aggregates of the hits from their rows (numpy over all of them); returns
+        describe(position among the hits)."""
         raise NotImplementedError
 
 
-def _attempt_outcomes(dst_flags: list[int]) -> dict[str, int]:
-    answered = refused = 0
-    for f in dst_flags:
-        if f & TCP_SYN:
-            answered += 1
-        elif f & TCP_RST:
-            refused += 1
-    return {
-        "attempts": len(dst_flags),
-        "unanswered": len(dst_flags) - answered - refused,
-        "refused": refused,
-        "half_open": answered,
-    }
+def _attempt_outcomes(hit_rows: HitRows, dst_flags: np.ndarray) -> list[dict[str, int]]:
+    """Per hit: attempts and how the responder answered them."""
+    answered = (dst_flags & TCP_SYN) != 0
+    attempts = np.diff(hit_rows.bounds)
+    half_open = hit_rows.count(answered)
+    refused = hit_rows.count(~answered & ((dst_flags & TCP_RST) != 0))
+    return [{"attempts": a, "unanswered": a - h - r, "refused": r, "half_open": h}
+            for a, h, r in zip(attempts.tolist(), half_open.tolist(), refused.tolist(),
+                               strict=True)]
 
 
 class VerticalScanDetector(_ScanDetector):
@@ -213,38 +208,42 @@ class VerticalScanDetector(_ScanDetector):
         return pair_candidates(cols, idx, self.threshold)
 
     def _key_and_target(self, cols: Columns, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        src = ip_codes(cols, "src_ip", idx)
-        dst = ip_codes(cols, "dst_ip", idx)
-        key, _ = combine_codes(src, dst)
+        key, _ = ip_pair_codes(cols, idx)  # = combine_codes of both ip_codes, in one pass
         return key, cols["dst_port"][idx].astype(np.int64)
 
     def _key_text(self, cols: Columns, row: int) -> str:
         return f"{ip_text(cols['src_ip'], row)}|{ip_text(cols['dst_ip'], row)}"
 
-    def _describe(self, cols: Columns, r: np.ndarray) -> Evidence:
-        # plain Python on the finding's few rows (see correlation.evidence_rows)
-        ts, ends, dst_port, dst_flags, observers, zones = row_lists(
-            cols, r, "timestamp", "end", "dst_port", "dst_tcp_flags", "observer_name",
-            "ingress_zone")
-        first_seen, last_seen = time_span(ts, ends)
-        r0 = int(r[0])
-        scanner, victim = ip_text(cols["src_ip"], r0), ip_text(cols["dst_ip"], r0)
-        ports = sorted(set(dst_port))
-        open_ports = sorted({p for p, f in zip(dst_port, dst_flags, strict=True) if f & TCP_SYN})
-        return Evidence(
-            first_seen=first_seen, last_seen=last_seen,
-            source_ip=scanner, destination_ip=victim, transport="tcp",
-            related_ips=sorted({scanner, victim}),
-            observers=unique_texts(observers), zones=unique_texts(zones),
-            details={
-                **_attempt_outcomes(dst_flags),
-                "distinct_ports": len(ports),
-                "ports": ports[: self.max_sample],
-                "open_ports": open_ports[: self.max_sample],
-            },
-            message=f"{scanner} scanned {len(ports)} ports on {victim} "
-                    f"in {(last_seen - first_seen) / NS_PER_S:.1f} s",
-        )
+    def _evidence(self, cols: Columns, hit_rows: HitRows) -> Callable[[int], Evidence]:
+        first_seen, last_seen = hit_rows.time_span(hit_rows.gather(cols, "timestamp"),
+                                                   hit_rows.gather(cols, "end"))
+        dst_port = hit_rows.gather(cols, "dst_port")
+        dst_flags = hit_rows.gather(cols, "dst_tcp_flags")
+        outcomes = _attempt_outcomes(hit_rows, dst_flags)
+        n_ports, ports = hit_rows.distinct(dst_port, self.max_sample)
+        _, open_ports = hit_rows.distinct(dst_port, self.max_sample,
+                                          (dst_flags & TCP_SYN) != 0)
+        observers = hit_rows.names(cols["observer_name"])
+        zones = hit_rows.names(cols["ingress_zone"])
+        r0 = hit_rows.rows[hit_rows.bounds[:-1]].tolist()
+
+        def describe(i: int) -> Evidence:
+            scanner, victim = ip_text(cols["src_ip"], r0[i]), ip_text(cols["dst_ip"], r0[i])
+            return Evidence(
+                first_seen=first_seen[i], last_seen=last_seen[i],
+                source_ip=scanner, destination_ip=victim, transport="tcp",
+                related_ips=sorted({scanner, victim}),
+                observers=observers[i], zones=zones[i],
+                details={
+                    **outcomes[i],
+                    "distinct_ports": n_ports[i],
+                    "ports": ports[i],
+                    "open_ports": open_ports[i],
+                },
+                message=f"{scanner} scanned {n_ports[i]} ports on {victim} "
+                        f"in {(last_seen[i] - first_seen[i]) / NS_PER_S:.1f} s",
+            )
+        return describe
 
 
 class HorizontalScanDetector(_ScanDetector):
@@ -269,28 +268,38 @@ class HorizontalScanDetector(_ScanDetector):
     def _key_text(self, cols: Columns, row: int) -> str:
         return f"{ip_text(cols['src_ip'], row)}|tcp/{int(cols['dst_port'][row])}"
 
-    def _describe(self, cols: Columns, r: np.ndarray) -> Evidence:
-        ts, ends, dst_ip, dst_flags, observers, zones = row_lists(
-            cols, r, "timestamp", "end", "dst_ip", "dst_tcp_flags", "observer_name",
-            "ingress_zone")
-        first_seen, last_seen = time_span(ts, ends)
-        r0 = int(r[0])
-        scanner = ip_text(cols["src_ip"], r0)
-        port = int(cols["dst_port"][r0])
-        hosts = sorted_ips(dst_ip)
-        open_hosts = sorted_ips(h for h, f in zip(dst_ip, dst_flags, strict=True) if f & TCP_SYN)
-        sample = ip_texts(hosts[: self.max_sample])
-        return Evidence(
-            first_seen=first_seen, last_seen=last_seen,
-            source_ip=scanner, destination_port=port, transport="tcp",
-            related_ips=[scanner] + [h for h in sample if h != scanner],
-            observers=unique_texts(observers), zones=unique_texts(zones),
-            details={
-                **_attempt_outcomes(dst_flags),
-                "distinct_hosts": len(hosts),
-                "hosts": sample,
-                "open_hosts": ip_texts(open_hosts[: self.max_sample]),
-            },
-            message=f"{scanner} scanned {len(hosts)} hosts on port {port}/tcp "
-                    f"in {(last_seen - first_seen) / NS_PER_S:.1f} s",
-        )
+    def _evidence(self, cols: Columns, hit_rows: HitRows) -> Callable[[int], Evidence]:
+        first_seen, last_seen = hit_rows.time_span(hit_rows.gather(cols, "timestamp"),
+                                                   hit_rows.gather(cols, "end"))
+        host, hosts = ip_numeric_codes(hit_rows.gather(cols, "dst_ip"))
+        dst_flags = hit_rows.gather(cols, "dst_tcp_flags")
+        outcomes = _attempt_outcomes(hit_rows, dst_flags)
+        n_hosts, sample = hit_rows.distinct(host, self.max_sample)
+        _, open_hosts = hit_rows.distinct(host, self.max_sample, (dst_flags & TCP_SYN) != 0)
+        observers = hit_rows.names(cols["observer_name"])
+        zones = hit_rows.names(cols["ingress_zone"])
+        r0 = hit_rows.rows[hit_rows.bounds[:-1]].tolist()
+        host_bytes = hosts.tolist()
+
+        def texts(codes: list[int]) -> list[str]:
+            return ip_texts(host_bytes[c] for c in codes)
+
+        def describe(i: int) -> Evidence:
+            scanner = ip_text(cols["src_ip"], r0[i])
+            port = int(cols["dst_port"][r0[i]])
+            hosts_i = texts(sample[i])
+            return Evidence(
+                first_seen=first_seen[i], last_seen=last_seen[i],
+                source_ip=scanner, destination_port=port, transport="tcp",
+                related_ips=[scanner] + [h for h in hosts_i if h != scanner],
+                observers=observers[i], zones=zones[i],
+                details={
+                    **outcomes[i],
+                    "distinct_hosts": n_hosts[i],
+                    "hosts": hosts_i,
+                    "open_hosts": texts(open_hosts[i]),
+                },
+                message=f"{scanner} scanned {n_hosts[i]} hosts on port {port}/tcp "
+                        f"in {(last_seen[i] - first_seen[i]) / NS_PER_S:.1f} s",
+            )
+        return describe

@@ -13,6 +13,8 @@ LAN. Replies from the targets (is-at from a target address) mark live hosts in t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from correlation.detector import (
@@ -24,7 +26,7 @@ from correlation.detector import (
     ip_codes,
     ip_text,
 )
-from correlation.evidence_rows import row_lists, sample_ip_texts, seen_by_lists, time_span
+from correlation.evidence_rows import HitRows, ip_numeric_codes, ip_texts
 from correlation.network_common import (
     GROUP_ADDRESSES,
     DistinctTargetDetector,
@@ -88,23 +90,34 @@ class IcmpSweepDetector(DistinctTargetDetector):
     def _key_text(self, cols: Columns, row: int) -> str:
         return ip_text(cols["src_ip"], row)
 
-    def _describe(self, cols: Columns, r: np.ndarray) -> Evidence:
-        # plain Python on the finding's few rows (see correlation.evidence_rows)
-        ts, ends, dst_ip, dst_packets = row_lists(
-            cols, r, "timestamp", "end", "dst_ip", "dst_packets")
-        first, last = time_span(ts, ends)
-        src = ip_text(cols["src_ip"], int(r[0]))
-        n_hosts, hosts = sample_ip_texts(dst_ip, self.max_sample)
-        n_alive, alive = sample_ip_texts(
-            (h for h, p in zip(dst_ip, dst_packets, strict=True) if p > 0), self.max_sample)
-        return Evidence(
-            first_seen=first, last_seen=last, source_ip=src, transport="icmp",
-            related_ips=[src] + [h for h in hosts if h != src], **seen_by_lists(cols, r),
-            details={"probes": len(ts), "distinct_hosts": n_hosts, "hosts": hosts,
-                     "answering_hosts": n_alive, "alive_hosts": alive},
-            message=f"{src} pinged {n_hosts} hosts ({n_alive} answered) "
-                    f"in {(last - first) / NS_PER_S:.1f} s",
-        )
+    def _evidence(self, cols: Columns, hit_rows: HitRows) -> Callable[[int], Evidence]:
+        # numpy over the rows of all hits at once (see correlation.evidence_rows)
+        first, last = hit_rows.time_span(hit_rows.gather(cols, "timestamp"),
+                                         hit_rows.gather(cols, "end"))
+        host, hosts = ip_numeric_codes(hit_rows.gather(cols, "dst_ip"))
+        n_hosts, sample = hit_rows.distinct(host, self.max_sample)
+        n_alive, alive = hit_rows.distinct(host, self.max_sample,
+                                           hit_rows.gather(cols, "dst_packets") > 0)
+        probes = np.diff(hit_rows.bounds).tolist()
+        observers = hit_rows.names(cols["observer_name"])
+        zones = hit_rows.names(cols["ingress_zone"])
+        r0 = hit_rows.rows[hit_rows.bounds[:-1]].tolist()
+        host_bytes = hosts.tolist()
+
+        def describe(i: int) -> Evidence:
+            src = ip_text(cols["src_ip"], r0[i])
+            hosts_i = ip_texts(host_bytes[c] for c in sample[i])
+            return Evidence(
+                first_seen=first[i], last_seen=last[i], source_ip=src, transport="icmp",
+                related_ips=[src] + [h for h in hosts_i if h != src],
+                observers=observers[i], zones=zones[i],
+                details={"probes": probes[i], "distinct_hosts": n_hosts[i], "hosts": hosts_i,
+                         "answering_hosts": n_alive[i],
+                         "alive_hosts": ip_texts(host_bytes[c] for c in alive[i])},
+                message=f"{src} pinged {n_hosts[i]} hosts ({n_alive[i]} answered) "
+                        f"in {(last[i] - first[i]) / NS_PER_S:.1f} s",
+            )
+        return describe
 
 
 class ArpSweepDetector(DistinctTargetDetector):

@@ -14,7 +14,7 @@ Horizontal: distinct hosts on one destination port (key: source, port).
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 
 import numpy as np
 
@@ -28,7 +28,7 @@ from correlation.detector import (
     ip_codes,
     ip_text,
 )
-from correlation.evidence_rows import row_lists, sample_ip_texts, seen_by_lists, time_span
+from correlation.evidence_rows import HitRows, ip_numeric_codes, ip_texts
 from correlation.network_common import (
     GROUP_ADDRESSES,
     IANA_UDP,
@@ -108,21 +108,28 @@ class UdpVerticalScanDetector(_UdpScanDetector):
     def _key_text(self, cols: Columns, row: int) -> str:
         return f"{ip_text(cols['src_ip'], row)}|{ip_text(cols['dst_ip'], row)}"
 
-    def _describe(self, cols: Columns, r: np.ndarray) -> Evidence:
-        # plain Python on the finding's few rows (see correlation.evidence_rows)
-        ts, ends, dst_port = row_lists(cols, r, "timestamp", "end", "dst_port")
-        first, last = time_span(ts, ends)
-        r0 = int(r[0])
-        src, dst = ip_text(cols["src_ip"], r0), ip_text(cols["dst_ip"], r0)
-        ports = sorted(set(dst_port))
-        return Evidence(
-            first_seen=first, last_seen=last, source_ip=src, destination_ip=dst,
-            transport="udp", related_ips=sorted({src, dst}), **seen_by_lists(cols, r),
-            details={"probes": len(ts), "distinct_ports": len(ports),
-                     "ports": ports[: self.max_sample]},
-            message=f"{src} probed {len(ports)} UDP ports on {dst} without answer "
-                    f"in {(last - first) / NS_PER_S:.1f} s",
-        )
+    def _evidence(self, cols: Columns, hit_rows: HitRows) -> Callable[[int], Evidence]:
+        # numpy over the rows of all hits at once (see correlation.evidence_rows)
+        first, last = hit_rows.time_span(hit_rows.gather(cols, "timestamp"),
+                                         hit_rows.gather(cols, "end"))
+        n_ports, ports = hit_rows.distinct(hit_rows.gather(cols, "dst_port"), self.max_sample)
+        probes = np.diff(hit_rows.bounds).tolist()
+        observers = hit_rows.names(cols["observer_name"])
+        zones = hit_rows.names(cols["ingress_zone"])
+        r0 = hit_rows.rows[hit_rows.bounds[:-1]].tolist()
+
+        def describe(i: int) -> Evidence:
+            src, dst = ip_text(cols["src_ip"], r0[i]), ip_text(cols["dst_ip"], r0[i])
+            return Evidence(
+                first_seen=first[i], last_seen=last[i], source_ip=src, destination_ip=dst,
+                transport="udp", related_ips=sorted({src, dst}),
+                observers=observers[i], zones=zones[i],
+                details={"probes": probes[i], "distinct_ports": n_ports[i],
+                         "ports": ports[i]},
+                message=f"{src} probed {n_ports[i]} UDP ports on {dst} without answer "
+                        f"in {(last[i] - first[i]) / NS_PER_S:.1f} s",
+            )
+        return describe
 
 
 class UdpHorizontalScanDetector(_UdpScanDetector):
@@ -142,18 +149,27 @@ class UdpHorizontalScanDetector(_UdpScanDetector):
     def _key_text(self, cols: Columns, row: int) -> str:
         return f"{ip_text(cols['src_ip'], row)}|udp/{int(cols['dst_port'][row])}"
 
-    def _describe(self, cols: Columns, r: np.ndarray) -> Evidence:
-        ts, ends, dst_ip = row_lists(cols, r, "timestamp", "end", "dst_ip")
-        first, last = time_span(ts, ends)
-        r0 = int(r[0])
-        src = ip_text(cols["src_ip"], r0)
-        port = int(cols["dst_port"][r0])
-        n_hosts, hosts = sample_ip_texts(dst_ip, self.max_sample)
-        return Evidence(
-            first_seen=first, last_seen=last, source_ip=src, destination_port=port,
-            transport="udp", related_ips=[src] + [h for h in hosts if h != src],
-            **seen_by_lists(cols, r),
-            details={"probes": len(ts), "distinct_hosts": n_hosts, "hosts": hosts},
-            message=f"{src} probed {n_hosts} hosts on {port}/udp without answer "
-                    f"in {(last - first) / NS_PER_S:.1f} s",
-        )
+    def _evidence(self, cols: Columns, hit_rows: HitRows) -> Callable[[int], Evidence]:
+        first, last = hit_rows.time_span(hit_rows.gather(cols, "timestamp"),
+                                         hit_rows.gather(cols, "end"))
+        host, hosts = ip_numeric_codes(hit_rows.gather(cols, "dst_ip"))
+        n_hosts, sample = hit_rows.distinct(host, self.max_sample)
+        probes = np.diff(hit_rows.bounds).tolist()
+        observers = hit_rows.names(cols["observer_name"])
+        zones = hit_rows.names(cols["ingress_zone"])
+        r0 = hit_rows.rows[hit_rows.bounds[:-1]].tolist()
+        host_bytes = hosts.tolist()
+
+        def describe(i: int) -> Evidence:
+            src = ip_text(cols["src_ip"], r0[i])
+            port = int(cols["dst_port"][r0[i]])
+            hosts_i = ip_texts(host_bytes[c] for c in sample[i])
+            return Evidence(
+                first_seen=first[i], last_seen=last[i], source_ip=src, destination_port=port,
+                transport="udp", related_ips=[src] + [h for h in hosts_i if h != src],
+                observers=observers[i], zones=zones[i],
+                details={"probes": probes[i], "distinct_hosts": n_hosts[i], "hosts": hosts_i},
+                message=f"{src} probed {n_hosts[i]} hosts on {port}/udp without answer "
+                        f"in {(last[i] - first[i]) / NS_PER_S:.1f} s",
+            )
+        return describe
