@@ -39,7 +39,14 @@ from correlation.detector import (
     WindowRange,
     combine_codes,
 )
-from correlation.kernels import AddressTable, count_stale, ranked_codes, release_stale
+from correlation.kernels import (
+    AddressTable,
+    count_stale,
+    hold_rows,
+    keep_rows,
+    ranked_codes,
+    release_stale,
+)
 from correlation.network_common import batch_memo
 from pipeline.config import deep_merge, load_class, load_config
 from pipeline.heap import freeze_startup_heap
@@ -121,8 +128,10 @@ class _SharedBuffer:
         """Append the rows any user selected; selected[u] = sorted row indices of user u."""
         n_in = next(iter(columns.values())).shape[0]
         holders = np.zeros(n_in, np.int16)
-        for idx in selected:
-            holders[idx] += 1  # idx holds distinct rows: no repeated index
+        # count the holders of each row and each user's earliest time in one compiled pass
+        # (idx holds distinct rows)
+        earliest_of = [hold_rows(holders, idx, columns["timestamp"]) if idx.size else None
+                       for idx in selected]
         rows = np.flatnonzero(holders)
         n = rows.size
         if n == 0:
@@ -146,7 +155,7 @@ class _SharedBuffer:
             landing[rows] = np.arange(self.rows, need, dtype=np.int64)
         for u, idx in enumerate(selected):
             if idx.size:
-                earliest = int(columns["timestamp"][idx].min())
+                earliest = int(earliest_of[u])
                 if self.held[u] == 0:
                     self.first_time[u] = earliest
                 elif self.first_time[u] is not None:
@@ -271,15 +280,18 @@ class _SharedBuffer:
         if self.free <= self.rows // 4:
             return
         used = self.holders[: self.rows] > 0
-        n_used = self.rows - self.free
-        for a in self.arrays.values():
-            a[:n_used] = a[: self.rows][used]
-        for a in self.address_ids.values():
-            a[:n_used] = a[: self.rows][used]
-        self.holders[:n_used] = self.holders[: self.rows][used]
-        self.holders[n_used:self.rows] = 0
+        keep = np.flatnonzero(used)
+        n_used = keep.shape[0]
         for c in self.pieces:
-            self.pieces[c] = [self.column(c)[used]]  # dropped rows' references go
+            # gathered piece by piece (no join of the whole buffer first); a fresh array,
+            # so the dropped rows' references go
+            column = self.gather_pieces(c, keep)
+            self.pieces[c] = [column if column.base is None else column.copy()]
+            self.piece_starts[c] = [0]
+        # in place, one compiled pass per column (kernels.keep_rows: no temporaries)
+        for a in (*self.arrays.values(), *self.address_ids.values(), self.holders):
+            keep_rows(a, keep)
+        self.holders[n_used:self.rows] = 0
         # every held row is used: its new position is the count of used rows before it
         new_position = np.cumsum(used, dtype=np.int64) - 1
         for u in range(len(self._positions)):
