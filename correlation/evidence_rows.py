@@ -16,13 +16,13 @@ seen_by and sample_ips, correlation.detector's sorted_unique_ips/_text): address
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Callable, Iterable
 
 import numpy as np
 
 from correlation.detector import Columns, Evidence, Groups, factorize_ip, unique_int
 from correlation.kernels import factorize_u64
+from pipeline.schema import object_addresses
 from pipeline.text_codes import factorize_text
 from sensors.packets import IP_DTYPE, ip_column_to_str
 
@@ -238,7 +238,7 @@ def object_codes(column: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, list
     if n == 0:
         return np.empty(0, np.int64), []
     column = np.ascontiguousarray(column)  # (a copy only of a strided view)
-    addresses = _object_addresses(column)
+    addresses = object_addresses(column)
     pointers = addresses[rows]
     if pointers.min() == pointers.max():  # one object in every row (one sensor, one zone)
         return np.zeros(n, np.int64), [column[rows[0]]]
@@ -250,14 +250,6 @@ def object_codes(column: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, list
     code_of_pointer = np.array(
         [index.setdefault(v, len(index)) for v in column[rows[first]].tolist()], np.int64)
     return code_of_pointer[pointer_codes], list(index)
-
-
-def _object_addresses(column: np.ndarray) -> np.ndarray:
-    """The object pointers of an object column, as uint64 (valid while column lives)."""
-    if column.dtype != object or column.itemsize != 8 or not column.flags.c_contiguous:
-        raise ValueError("not a contiguous object column of 8-byte pointers")
-    pointers = ctypes.cast(column.ctypes.data, ctypes.POINTER(ctypes.c_uint64))
-    return np.ctypeslib.as_array(pointers, shape=(column.shape[0],))
 
 
 def ip_numeric_codes(column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,7 @@ Column conventions:
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -488,6 +489,8 @@ def fold_observer_names(batch: EventBatch) -> EventBatch:
     names = batch.columns.get("observer_names")
     if batch.kind != "flow" or names is None or not len(batch):
         return batch
+    if not names[0] and _one_object(names):  # the usual batch: one shared '' (one sensor)
+        return batch
     multi = names.astype(bool)
     if not multi.any():
         return batch
@@ -500,6 +503,25 @@ def fold_observer_names(batch: EventBatch) -> EventBatch:
         multi = names.astype(bool)
     folded = np.where(multi, names, batch.columns["observer_name"])
     return EventBatch(batch.kind, {**batch.columns, "observer_name": folded})
+
+
+def object_addresses(column: np.ndarray) -> np.ndarray:
+    """The object pointers of a contiguous object column as uint64 (valid while the column
+    lives). Why: a text column mostly repeats a few str objects (the wire decode and the
+    stages share one object per distinct value), so grouping or testing rows by pointer
+    touches no Python object per row."""
+    if column.dtype != object or column.itemsize != 8 or not column.flags.c_contiguous:
+        raise ValueError("not a contiguous object column of 8-byte pointers")
+    pointers = ctypes.cast(column.ctypes.data, ctypes.POINTER(ctypes.c_uint64))
+    return np.ctypeslib.as_array(pointers, shape=(column.shape[0],))
+
+
+def _one_object(column: np.ndarray) -> bool:
+    """Every row of an object column holds the same object."""
+    if not column.flags.c_contiguous:
+        return False
+    pointers = object_addresses(column)
+    return bool((pointers == pointers[0]).all())
 
 
 def _merge_updates(batch: EventBatch, updates: np.ndarray) -> np.ndarray:

@@ -245,3 +245,33 @@ def test_documents_own_their_nested_values():
     assert second["dns"]["answers"] == shared
     assert shared == [{"name": "example.org", "type": "A", "class": "IN", "ttl": 60,
                        "data": "192.0.2.7"}]
+
+
+def _folding_flows(names: np.ndarray) -> EventBatch:
+    n = len(names)
+    return EventBatch("flow", {
+        "community_id": _obj(*[f"1:{i}" for i in range(n)]),
+        "timestamp": np.zeros(n, np.int64),
+        "observer_name": _obj(*["s1"] * n),
+        "observer_names": names})
+
+
+def test_fold_observer_names_shortcut_only_for_one_shared_empty_object():
+    from pipeline.schema import fold_observer_names, object_addresses
+
+    empty = ""
+    shared = np.empty(4, object)
+    shared[:] = [empty] * 4
+    assert len(set(object_addresses(shared).tolist())) == 1
+    plain = _folding_flows(shared)
+    assert fold_observer_names(plain) is plain
+    # row 0 empty, later rows named: the pointers differ, the names are folded
+    mixed = np.empty(4, object)
+    mixed[:] = ["", "s1|s2", "", "s1|zeek"]
+    folded = fold_observer_names(_folding_flows(mixed))
+    assert folded.columns["observer_name"].tolist() == ["s1", "s1|s2", "s1", "s1|zeek"]
+    # a strided view (not contiguous) takes the general path with the same result
+    wide = np.empty(8, object)
+    wide[:] = ["", "x", "s1|s2", "x", "", "x", "s1|zeek", "x"]
+    folded = fold_observer_names(_folding_flows(wide[::2]))
+    assert folded.columns["observer_name"].tolist() == ["s1", "s1|s2", "s1", "s1|zeek"]
