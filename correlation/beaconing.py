@@ -85,52 +85,20 @@ _C2 = ("TA0011", "Command and Control")
 
 
 def take_rows(cols: Columns, name: str, rows: np.ndarray) -> np.ndarray:
-    """cols[name][rows] without gathering the whole column first.
-
-    The engine's column views gather every held row of a column on its first read
-    (~200k rows for an hour of flows), and a close reads most columns for a handful of
-    rows only (sizes of the candidate rows, one row's addresses for a finding's key, a
-    finding's evidence). Reads the engine's shared buffer at those rows' positions
-    instead; a plain mapping of columns, or a column already gathered, is indexed as is.
-    (Private use of engine internals, read only; belongs in the engine as a view method.)
-    """
-    store = getattr(cols, "_store", None)
-    positions = getattr(cols, "_positions", None)
-    if (store is None or positions is None or dict.__contains__(cols, name)
-            or name not in cols):
-        return cols[name][rows]
-    at = positions[rows]
-    if name not in store.pieces:
-        return store.column(name)[at]
-    if at.size < 2 or bool(np.all(at[1:] > at[:-1])):  # the piece reader wants ascending
-        return store.gather_pieces(name, at)
-    distinct, back = np.unique(at, return_inverse=True)
-    return store.gather_pieces(name, distinct)[back]
-
-
-@njit
-def _count_at(times: np.ndarray, positions: np.ndarray, start: int, end: int) -> int:
-    """Positions whose time is in [start, end) (positions index times: the engine's)."""
-    n = 0
-    for p in positions:
-        if start <= times[p] < end:
-            n += 1
-    return n
+    """cols[name][rows] without gathering the whole column first: the engine's column view
+    reads only those rows of its buffer (`take`), a close reading a handful of rows of an
+    hour's flows; a plain mapping of columns is indexed as is."""
+    take = getattr(cols, "take", None)
+    return cols[name][rows] if take is None else take(name, rows)
 
 
 def count_in_range(cols: Columns, windows: WindowRange) -> int:
-    """= rows_in_range(cols["timestamp"], windows).size, counted at the engine buffer's
-    positions when the view has not gathered the column (no gather: a close that only
-    needs the count reads each time once and writes nothing). Same private reads as
-    take_rows."""
-    store = getattr(cols, "_store", None)
-    positions = getattr(cols, "_positions", None)
-    if store is None or positions is None or dict.__contains__(cols, "timestamp"):
+    """= rows_in_range(cols["timestamp"], windows).size; the engine's view counts at its
+    buffer positions without gathering the column."""
+    count = getattr(cols, "count_in_range", None)
+    if count is None:
         return int(rows_in_range(cols["timestamp"], windows).size)
-    return int(_count_at(np.ascontiguousarray(store.column("timestamp"), np.int64),
-                         np.ascontiguousarray(positions, np.int64),
-                         int(windows.spec.start(windows.first)),
-                         int(windows.spec.end(windows.last))))
+    return count(windows)
 
 
 class RowColumns(dict):

@@ -32,6 +32,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from correlation.alerts import build_alerts, gc_paused
+from correlation.arrival_memo import rows_in_range
 from correlation.detector import (
     NS_PER_S,
     Detector,
@@ -41,6 +42,7 @@ from correlation.detector import (
 )
 from correlation.kernels import (
     AddressTable,
+    count_at,
     count_stale,
     hold_rows,
     keep_rows,
@@ -357,6 +359,30 @@ class _UserColumns(dict):
             column = full[p]
         self[name] = column
         return column
+
+    def take(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """self[name][rows] without gathering the whole column first: a close that reads a
+        few rows of an hour's buffer (a finding's evidence, candidate rows' sizes) reads
+        the shared buffer at those rows' positions only."""
+        if dict.__contains__(self, name) or name not in self._names:
+            return self[name][rows]
+        at = self._positions[rows]
+        if name not in self._store.pieces:
+            return self._store.column(name)[at]
+        if at.size < 2 or bool(np.all(at[1:] > at[:-1])):  # the piece reader wants ascending
+            return self._store.gather_pieces(name, at)
+        distinct, back = np.unique(at, return_inverse=True)
+        return self._store.gather_pieces(name, distinct)[back]
+
+    def count_in_range(self, windows: WindowRange) -> int:
+        """= rows_in_range(self["timestamp"], windows).size, counted at the buffer's
+        positions when the column is not gathered (reads each time once, writes nothing)."""
+        if dict.__contains__(self, "timestamp"):
+            return int(rows_in_range(self["timestamp"], windows).size)
+        return count_at(np.ascontiguousarray(self._store.column("timestamp"), np.int64),
+                        np.ascontiguousarray(self._positions, np.int64),
+                        int(windows.spec.start(windows.first)),
+                        int(windows.spec.end(windows.last)))
 
     def address_codes(self, names: tuple[str, ...],
                       idx: np.ndarray | None = None) -> np.ndarray | None:

@@ -609,3 +609,13 @@ def hold_rows(holders: np.ndarray, rows: np.ndarray, times: np.ndarray) -> int:
         if times[r] < earliest:
             earliest = times[r]
     return earliest
+
+
+@njit
+def count_at(times: np.ndarray, positions: np.ndarray, start: int, end: int) -> int:
+    """How many of times[positions] are in [start, end)."""
+    n = 0
+    for p in positions:
+        if start <= times[p] < end:
+            n += 1
+    return n
