@@ -41,10 +41,11 @@ from correlation.detector import (
     InputSpec,
     Rule,
     WindowRange,
+    combine_codes,
+    distinct_per_group,
     factorize_ip,
     ip_codes,
     ip_text,
-    unique_int,
 )
 from correlation.network_common import (
     GROUP_ADDRESSES,
@@ -96,6 +97,77 @@ def _top_sources(cols: Columns, r: np.ndarray, weights: np.ndarray | None, limit
     return int(uniq.shape[0]), sample, heaviest
 
 
+def _peak_per_group(group: np.ndarray, n_groups: int, second: np.ndarray, radix: int
+                    ) -> np.ndarray:
+    """Most rows of each group 0..n_groups-1 in one `second` (0..radix-1); no sort of many rows.
+
+    Few (group, second) cells: one bincount over a table of all of them. Otherwise (hours
+    of range: a table would hold one slot per group per second, quiet ones included) the
+    occupied cells get dense ids from combine_codes (hashed; ids are ranks, so a group's
+    cells are consecutive), or for a few rows a sort, and the counts of each group's cells
+    are reduced at once.
+    """
+    peak = np.zeros(n_groups, np.int64)
+    if group.size == 0:
+        return peak
+    if n_groups * radix <= 16 * group.size + 4096:
+        cells = np.bincount(group.astype(np.int64) * radix + second, minlength=n_groups * radix)
+        return cells.reshape(n_groups, radix).max(axis=1)
+    if group.size <= 4096:  # few rows: one small sort beats the hash passes' overheads
+        ordered = np.sort(group.astype(np.int64) * radix + second)
+        starts = np.flatnonzero(_run_starts(ordered))
+        counts = np.diff(np.append(starts, ordered.size))
+        cell_group = ordered[starts] // radix
+    else:
+        cell, n_cells = combine_codes(group, second)
+        counts = np.bincount(cell, minlength=n_cells)
+        cell_group = np.empty(n_cells, np.int64)
+        cell_group[cell] = group
+        if cell_group.size > 1 and bool((cell_group[1:] < cell_group[:-1]).any()):
+            np.maximum.at(peak, cell_group, counts)  # (ids not in group order: never expected)
+            return peak
+    starts = np.flatnonzero(_run_starts(cell_group))
+    peak[cell_group[starts]] = np.maximum.reduceat(counts, starts)
+    return peak
+
+
+def _run_starts(ordered: np.ndarray) -> np.ndarray:
+    """True where a run of equal values begins."""
+    new = np.empty(ordered.size, bool)
+    new[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
+    return new
+
+
+def _window_victim_groups(windows: WindowRange, times: np.ndarray, idx: np.ndarray,
+                          victim: np.ndarray, n_victims: int, order_free: bool = False
+                          ) -> tuple[WindowGroups, np.ndarray]:
+    """WindowGroups.of(windows, times, idx, victim) and the position in idx of each copy
+    (idx: rows inside the closing range only).
+
+    victim: dense codes 0..n_victims-1. Few (window, victim) pairs (a flood has few
+    victims): group = window offset * n_victims + victim, the same (window, victim) order
+    as WindowGroups.of's dense ranks, with ids of empty pairs left unused (no re-ranking
+    pass over the copies). order_free: the caller's reductions do not depend on the order
+    of the copies (integer counts), so one closing window needs no assign pass.
+    """
+    if order_free and windows.first == windows.last:
+        # one closing window: idx holds only its rows (rows_in_range), one copy each, in
+        # row order (assign lists them by window offset, then row: only float sums care)
+        copy_rows = np.arange(idx.size, dtype=np.int64)
+        k = np.full(idx.size, windows.first, np.int64)
+    else:
+        copy_rows, k = windows.assign(times[idx])
+    n_pairs = (int(windows.last) - int(windows.first) + 1) * n_victims
+    if copy_rows.size == 0:
+        return WindowGroups(copy_rows, k, copy_rows, 0), copy_rows
+    if n_pairs > 4 * copy_rows.size + 4096:  # as WindowGroups.of: dense ranks
+        group, n_groups = combine_codes(k, victim[copy_rows])
+        return WindowGroups(idx[copy_rows], k, group, n_groups), copy_rows
+    group = (k - int(windows.first)) * n_victims + victim[copy_rows]
+    return WindowGroups(idx[copy_rows], k, group, n_pairs), copy_rows
+
+
 class SynFloodDetector(Detector):
     """Peak per-second never-completed TCP attempts per victim >= min_syn_per_s."""
 
@@ -127,25 +199,21 @@ class SynFloodDetector(Detector):
         victim = ip_codes(cols, "dst_ip", idx)
         second = (t[idx] // NS_PER_S).astype(np.int64)
         second -= second.min()
-        # necessary condition: some second of the range holds min_rate attempts at the victim.
-        # Counted sparsely (sort of the occupied (victim, second) values): a bincount would
-        # allocate one slot per victim per second of the whole range, hours of quiet included.
         radix = int(second.max()) + 1
-        pairs, per_pair = np.unique(victim * radix + second, return_counts=True)
-        hot_victims = unique_int(pairs[per_pair >= self.min_rate] // radix)
-        keep = np.isin(victim, hot_victims)
-        idx, victim, second = idx[keep], victim[keep], second[keep]
-        if idx.size == 0:
+        # necessary condition: some second of the range holds min_rate attempts at the victim
+        hot_victim = _peak_per_group(victim, int(victim.max()) + 1, second, radix) >= self.min_rate
+        keep = hot_victim[victim]
+        if not keep.any():
             return []
-        wg = WindowGroups.of(windows, t, idx, victim)
-        sec_of = np.zeros(t.shape[0], np.int64)
-        sec_of[idx] = second
-        pair = wg.group.astype(np.int64) * radix + sec_of[wg.idx]
-        pairs, counts = np.unique(pair, return_counts=True)
-        peak = np.zeros(wg.n_groups, np.int64)
-        np.maximum.at(peak, pairs // radix, counts)
+        # the hot victims, densely numbered in the same order (a lookup, no re-ranking)
+        hot_code = np.cumsum(hot_victim) - 1
+        idx, victim, second = idx[keep], hot_code[victim[keep]], second[keep]
+        wg, copy_rows = _window_victim_groups(windows, t, idx, victim, int(hot_code[-1]) + 1,
+                                              order_free=True)
+        peak = _peak_per_group(wg.group, wg.n_groups, second[copy_rows], radix)
         # a flood hammers its service ports; a fast port scan touches each port once or twice
-        ports = wg.distinct(cols["dst_port"].astype(np.int64))
+        ports = distinct_per_group(wg.group, wg.n_groups,
+                                   cols["dst_port"][wg.idx].astype(np.int64))
         hits = np.flatnonzero((peak >= self.min_rate)
                               & (wg.count() >= self.per_port * np.maximum(ports, 1)))
         return wg.findings(hits, windows, lambda g: self.rules[0],
@@ -206,11 +274,13 @@ class VolumetricFloodDetector(Detector):
             return []
         victim = ip_codes(cols, "dst_ip", idx)
         total = np.bincount(victim, weights=cols["src_packets"][idx].astype(np.float64))
-        keep = total[victim] >= need  # necessary: enough packets over the whole range
-        idx, victim = idx[keep], victim[keep]
-        if idx.size == 0:
+        hot_victim = total >= need  # necessary: enough packets over the whole range
+        keep = hot_victim[victim]
+        if not keep.any():
             return []
-        wg = WindowGroups.of(windows, t, idx, victim)
+        hot_code = np.cumsum(hot_victim) - 1
+        idx, victim = idx[keep], hot_code[victim[keep]]
+        wg, _ = _window_victim_groups(windows, t, idx, victim, int(hot_code[-1]) + 1)
         start = t[wg.idx]
         dur = np.maximum(cols["end"][wg.idx] - start, 1)
         inside = np.clip((windows.spec.end(wg.k) - start) / dur, 0.0, 1.0)
