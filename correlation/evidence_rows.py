@@ -121,6 +121,27 @@ def hit_evidence(evidence: Callable[[HitRows], Callable[[int], Evidence]], group
     return evidence(HitRows(groups, hits[members], row_of))
 
 
+class TargetEvidence:
+    """What every host-probing finding (ICMP sweep, UDP scan) reports, for all hits at
+    once: time span, probes, distinct target hosts with a numerically sorted sample,
+    sensors and zones, the first row of each hit (its key's addresses)."""
+
+    def __init__(self, cols: Columns, hit_rows: HitRows, max_sample: int) -> None:
+        self.first, self.last = hit_rows.time_span(hit_rows.gather(cols, "timestamp"),
+                                                   hit_rows.gather(cols, "end"))
+        self.host, hosts = ip_numeric_codes(hit_rows.gather(cols, "dst_ip"))
+        self.n_hosts, self.sample = hit_rows.distinct(self.host, max_sample)
+        self.probes = np.diff(hit_rows.bounds).tolist()
+        self.observers = hit_rows.names(cols["observer_name"])
+        self.zones = hit_rows.names(cols["ingress_zone"])
+        self.first_row = hit_rows.rows[hit_rows.bounds[:-1]].tolist()
+        self.host_bytes = hosts.tolist()
+
+    def host_texts(self, codes: Iterable[int]) -> list[str]:
+        """Texts of hosts by their codes (self.host's)."""
+        return ip_texts(self.host_bytes[c] for c in codes)
+
+
 class HitRows:
     """The rows of the hit groups, sorted by hit: hit i's rows are rows[bounds[i]:bounds[i+1]]
     (each hit has >= 1 row), `hit` is the hit number of each."""

@@ -26,7 +26,7 @@ from correlation.detector import (
     ip_codes,
     ip_text,
 )
-from correlation.evidence_rows import HitRows, ip_numeric_codes, ip_texts
+from correlation.evidence_rows import HitRows, TargetEvidence
 from correlation.network_common import (
     GROUP_ADDRESSES,
     DistinctTargetDetector,
@@ -92,30 +92,23 @@ class IcmpSweepDetector(DistinctTargetDetector):
 
     def _evidence(self, cols: Columns, hit_rows: HitRows) -> Callable[[int], Evidence]:
         # numpy over the rows of all hits at once (see correlation.evidence_rows)
-        first, last = hit_rows.time_span(hit_rows.gather(cols, "timestamp"),
-                                         hit_rows.gather(cols, "end"))
-        host, hosts = ip_numeric_codes(hit_rows.gather(cols, "dst_ip"))
-        n_hosts, sample = hit_rows.distinct(host, self.max_sample)
-        n_alive, alive = hit_rows.distinct(host, self.max_sample,
+        hits = TargetEvidence(cols, hit_rows, self.max_sample)
+        n_alive, alive = hit_rows.distinct(hits.host, self.max_sample,
                                            hit_rows.gather(cols, "dst_packets") > 0)
-        probes = np.diff(hit_rows.bounds).tolist()
-        observers = hit_rows.names(cols["observer_name"])
-        zones = hit_rows.names(cols["ingress_zone"])
-        r0 = hit_rows.rows[hit_rows.bounds[:-1]].tolist()
-        host_bytes = hosts.tolist()
 
         def describe(i: int) -> Evidence:
-            src = ip_text(cols["src_ip"], r0[i])
-            hosts_i = ip_texts(host_bytes[c] for c in sample[i])
+            src = ip_text(cols["src_ip"], hits.first_row[i])
+            hosts_i = hits.host_texts(hits.sample[i])
+            first, last, n_hosts = hits.first[i], hits.last[i], hits.n_hosts[i]
             return Evidence(
-                first_seen=first[i], last_seen=last[i], source_ip=src, transport="icmp",
+                first_seen=first, last_seen=last, source_ip=src, transport="icmp",
                 related_ips=[src] + [h for h in hosts_i if h != src],
-                observers=observers[i], zones=zones[i],
-                details={"probes": probes[i], "distinct_hosts": n_hosts[i], "hosts": hosts_i,
-                         "answering_hosts": n_alive[i],
-                         "alive_hosts": ip_texts(host_bytes[c] for c in alive[i])},
-                message=f"{src} pinged {n_hosts[i]} hosts ({n_alive[i]} answered) "
-                        f"in {(last[i] - first[i]) / NS_PER_S:.1f} s",
+                observers=hits.observers[i], zones=hits.zones[i],
+                details={"probes": hits.probes[i], "distinct_hosts": n_hosts,
+                         "hosts": hosts_i, "answering_hosts": n_alive[i],
+                         "alive_hosts": hits.host_texts(alive[i])},
+                message=f"{src} pinged {n_hosts} hosts ({n_alive[i]} answered) "
+                        f"in {(last - first) / NS_PER_S:.1f} s",
             )
         return describe
 

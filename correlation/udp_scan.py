@@ -28,7 +28,7 @@ from correlation.detector import (
     ip_codes,
     ip_text,
 )
-from correlation.evidence_rows import HitRows, ip_numeric_codes, ip_texts
+from correlation.evidence_rows import HitRows, TargetEvidence
 from correlation.network_common import (
     GROUP_ADDRESSES,
     IANA_UDP,
@@ -150,26 +150,20 @@ class UdpHorizontalScanDetector(_UdpScanDetector):
         return f"{ip_text(cols['src_ip'], row)}|udp/{int(cols['dst_port'][row])}"
 
     def _evidence(self, cols: Columns, hit_rows: HitRows) -> Callable[[int], Evidence]:
-        first, last = hit_rows.time_span(hit_rows.gather(cols, "timestamp"),
-                                         hit_rows.gather(cols, "end"))
-        host, hosts = ip_numeric_codes(hit_rows.gather(cols, "dst_ip"))
-        n_hosts, sample = hit_rows.distinct(host, self.max_sample)
-        probes = np.diff(hit_rows.bounds).tolist()
-        observers = hit_rows.names(cols["observer_name"])
-        zones = hit_rows.names(cols["ingress_zone"])
-        r0 = hit_rows.rows[hit_rows.bounds[:-1]].tolist()
-        host_bytes = hosts.tolist()
+        hits = TargetEvidence(cols, hit_rows, self.max_sample)
 
         def describe(i: int) -> Evidence:
-            src = ip_text(cols["src_ip"], r0[i])
-            port = int(cols["dst_port"][r0[i]])
-            hosts_i = ip_texts(host_bytes[c] for c in sample[i])
+            src = ip_text(cols["src_ip"], hits.first_row[i])
+            port = int(cols["dst_port"][hits.first_row[i]])
+            hosts_i = hits.host_texts(hits.sample[i])
+            first, last, n_hosts = hits.first[i], hits.last[i], hits.n_hosts[i]
             return Evidence(
-                first_seen=first[i], last_seen=last[i], source_ip=src, destination_port=port,
+                first_seen=first, last_seen=last, source_ip=src, destination_port=port,
                 transport="udp", related_ips=[src] + [h for h in hosts_i if h != src],
-                observers=observers[i], zones=zones[i],
-                details={"probes": probes[i], "distinct_hosts": n_hosts[i], "hosts": hosts_i},
-                message=f"{src} probed {n_hosts[i]} hosts on {port}/udp without answer "
-                        f"in {(last[i] - first[i]) / NS_PER_S:.1f} s",
+                observers=hits.observers[i], zones=hits.zones[i],
+                details={"probes": hits.probes[i], "distinct_hosts": n_hosts,
+                         "hosts": hosts_i},
+                message=f"{src} probed {n_hosts} hosts on {port}/udp without answer "
+                        f"in {(last - first) / NS_PER_S:.1f} s",
             )
         return describe
