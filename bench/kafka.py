@@ -585,6 +585,8 @@ def main() -> int:
                         help="paced rates (events/s) of the latency runs, comma-separated")
     parser.add_argument("--latency-seconds", type=float, default=30.0)
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--only-all", action="store_true",
+                        help="latency runs: the all-detector run only (no light set)")
     parser.add_argument("--hop-phase", type=float, default=None,
                         help="all-detector latency run: start producing this many seconds "
                              "before a whole minute, so the 60 s hop boundary (the alert "
@@ -688,7 +690,7 @@ def latency(args: argparse.Namespace, template: EventBatch) -> None:
     for rate in ([] if args.skip_latency else [int(r) for r in args.rates.split(",")]):
         print(f"\n4. paced at {rate:,} events/s for {args.latency_seconds:.0f} s, event "
               f"time = wall clock, allowed lateness {LATENCY_LATENESS_S} s:")
-        for light in (True, False):
+        for light in (False,) if args.only_all else (True, False):
             with tempfile.TemporaryDirectory() as workdir:
                 r = run_latency(template, rate, args.latency_seconds, light, workdir,
                                 None if light else args.hop_phase)
