@@ -563,11 +563,45 @@ def _finish(h: np.uint64) -> np.uint64:
 
 
 @njit
-def _record_hash(records: np.ndarray, row: int) -> np.uint64:
+def _row_hash(rows: np.ndarray, i: int) -> np.uint64:
     h = _FNV_OFFSET
-    for k in range(5):
-        h = (h ^ np.uint64(records[row, k])) * _MIX
+    for k in range(rows.shape[1]):
+        h = (h ^ np.uint64(rows[i, k])) * _MIX
     return _finish(h)
+
+
+@njit
+def number_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Equal rows of a 2-D integer array numbered once, in first-seen order (open addressing
+    on a hash of the whole row, rows compared in full on a probe): (first, group), first[g]
+    the first row of distinct row g, group[i] the number of row i."""
+    n = rows.shape[0]
+    group = np.empty(n, dtype=np.int64)
+    first = np.empty(n, dtype=np.int64)
+    size = _table_size(n)
+    slots = np.full(size, -1, dtype=np.int64)
+    distinct = 0
+    for i in range(n):
+        slot = np.int64(_row_hash(rows, i) & np.uint64(size - 1))
+        while True:
+            g = slots[slot]
+            if g < 0:
+                slots[slot] = distinct
+                first[distinct] = i
+                group[i] = distinct
+                distinct += 1
+                break
+            j = first[g]
+            same = True
+            for k in range(rows.shape[1]):
+                if rows[j, k] != rows[i, k]:
+                    same = False
+                    break
+            if same:
+                group[i] = g
+                break
+            slot = (slot + 1) & (size - 1)
+    return first[:distinct], group
 
 
 @njit
@@ -587,31 +621,7 @@ def answer_sets(first_row: np.ndarray, count: np.ndarray, records: np.ndarray):
     """
     m = records.shape[0]
     n = first_row.shape[0]
-    record_of_row = np.empty(m, dtype=np.int64)
-    record_first = np.empty(m, dtype=np.int64)
-    size = _table_size(m)
-    slots = np.full(size, -1, dtype=np.int64)
-    distinct = 0
-    for row in range(m):
-        slot = np.int64(_record_hash(records, row) & np.uint64(size - 1))
-        while True:
-            r = slots[slot]
-            if r < 0:
-                slots[slot] = distinct
-                record_first[distinct] = row
-                record_of_row[row] = distinct
-                distinct += 1
-                break
-            earlier = record_first[r]
-            same = True
-            for k in range(5):
-                if records[earlier, k] != records[row, k]:
-                    same = False
-                    break
-            if same:
-                record_of_row[row] = r
-                break
-            slot = (slot + 1) & (size - 1)
+    record_first, record_of_row = number_rows(records)
     # Lists: the same open addressing over each message's sequence of record numbers.
     set_of_msg = np.full(n, -1, dtype=np.int64)
     set_msg = np.empty(n, dtype=np.int64)  # first message of each distinct list
@@ -654,7 +664,7 @@ def answer_sets(first_row: np.ndarray, count: np.ndarray, records: np.ndarray):
                 set_of_msg[i] = s
                 break
             slot = (slot + 1) & (size - 1)
-    return (record_first[:distinct], record_of_row, set_of_msg, set_records[:used],
+    return (record_first, record_of_row, set_of_msg, set_records[:used],
             set_bounds[:sets + 1])
 
 
@@ -666,13 +676,7 @@ def flow_groups(src: np.ndarray, dst: np.ndarray, transport: np.ndarray,
     With both_directions, (a, b, pa, pb) and (b, a, pb, pa) are one flow (a query and its
     response); otherwise each direction is its own tuple."""
     n = transport.shape[0]
-    group = np.empty(n, dtype=np.int64)
-    first = np.empty(n, dtype=np.int64)
-    size = _table_size(n)
-    mask = np.uint64(size - 1)
-    slots = np.full(size, -1, dtype=np.int64)
     key = np.empty((n, 7), dtype=np.uint64)  # canonical tuple per row, compared on probes
-    flows = 0
     for i in range(n):
         a0, a1, pa = src[i, 0], src[i, 1], np.uint64(src_port[i])
         b0, b1, pb = dst[i, 0], dst[i, 1], np.uint64(dst_port[i])
@@ -681,26 +685,4 @@ def flow_groups(src: np.ndarray, dst: np.ndarray, transport: np.ndarray,
         key[i, 0], key[i, 1], key[i, 2] = a0, a1, pa
         key[i, 3], key[i, 4], key[i, 5] = b0, b1, pb
         key[i, 6] = np.uint64(transport[i])
-        h = _FNV_OFFSET
-        for k in range(7):
-            h = (h ^ key[i, k]) * _MIX
-        slot = np.int64(_finish(h) & mask)
-        while True:
-            g = slots[slot]
-            if g < 0:
-                slots[slot] = flows
-                first[flows] = i
-                group[i] = flows
-                flows += 1
-                break
-            j = first[g]
-            same = True
-            for k in range(7):
-                if key[j, k] != key[i, k]:
-                    same = False
-                    break
-            if same:
-                group[i] = g
-                break
-            slot = (slot + 1) & np.int64(mask)
-    return first[:flows], group
+    return number_rows(key)
