@@ -417,3 +417,33 @@ def test_batch_cached_computes_once_per_column_inside_batch_memo_only() -> None:
     assert all(np.array_equal(x, y) for x, y in zip(b, first, strict=True))
     batch_cached("classify", column, classify)  # memo forgotten on exit
     assert len(calls) == 6
+
+
+def test_drop_oldest_keeps_positions_in_place_and_handed_out_views_intact() -> None:
+    """At the row cap drop_oldest runs on every push: it must not copy the held positions
+    (that made each push cost the whole buffer), and positions handed out before must not
+    change when later rows are appended into the spare capacity."""
+    store = _SharedBuffer(("timestamp",), 1)
+
+    def push(first: int, n: int) -> None:
+        store.append({"timestamp": np.arange(first, first + n, dtype=np.int64)},
+                     [np.arange(n)])
+
+    push(0, 1000)
+    before = store.positions(0)
+    kept = before.copy()
+    copies = 0
+    for step in range(50):  # the cap: drop as many as arrive
+        held_array = store._positions[0]
+        store.drop_oldest(0, 100)
+        copies += not np.shares_memory(store._positions[0], held_array)
+        held_array = store._positions[0]
+        push(1000 + 100 * step, 100)
+        copies += not np.shares_memory(store._positions[0], held_array)
+    # a growth copies the held rows once per ~held rows appended (amortized), never a
+    # copy per drop: 50 pushes of 100 at 1000 held need ~5 growths
+    assert copies <= 8
+    assert np.array_equal(before, kept)
+    view = store.view(0, ("timestamp",))
+    assert np.array_equal(view["timestamp"], np.arange(5000, 6000))
+    assert store.held[0] == 1000 and store.min_time(0) == 5000
