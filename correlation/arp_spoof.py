@@ -36,6 +36,7 @@ from correlation.detector import (
     ip_codes,
     sorted_unique_text,
 )
+from pipeline.jit import njit
 from pipeline.schema import EventBatch, mac_text
 from sensors.packets import IP_DTYPE, ip_column_to_str, ip_to_bytes16
 
@@ -89,6 +90,9 @@ class ArpSpoofDetector(Detector):
             mac = entry.get("mac")
             self.gateways[ip_to_bytes16(str(entry["ip"]))] = _mac_value(mac) if mac else None
         self.max_sample = int(config.get("evidence_sample", 10))
+        # the configured gateways as (n, 2) native address words (the fast exit's test)
+        self._gateway_words = np.frombuffer(b"".join(self.gateways) or b"", np.uint64
+                                            ).reshape(-1, 2).copy()
 
     def select(self, batch: EventBatch) -> np.ndarray:
         c = batch.columns
@@ -98,7 +102,7 @@ class ArpSpoofDetector(Detector):
         cols = rows["arp"]
         t = cols["timestamp"]
         idx = rows_in_range(t, windows)
-        if idx.size == 0:
+        if idx.size == 0 or self._quiet(cols, idx):
             return []
         # factorize_ip's codes, from the engine's interned address ids when it has them
         ip_code = ip_codes(cols, "src_ip", idx)
@@ -166,6 +170,22 @@ class ArpSpoofDetector(Detector):
                     describe=partial(self._describe_storm, cols, r)))
         return findings
 
+    def _quiet(self, cols: Columns, idx: np.ndarray) -> bool:
+        """True when no window of the range can hold a finding, by necessary conditions
+        over the whole range (one compiled pass instead of the grouping below, which most
+        closes of ordinary ARP traffic run only to find nothing): every IP claimed by one
+        MAC, no configured gateway seen, no MAC with min_gratuitous gratuitous ARPs."""
+        if self.min_macs < 2 or self.min_gratuitous < 1:
+            return False  # every IP / every gratuitous row is a candidate: the full path
+        words = np.ascontiguousarray(cols["src_ip"]).view(np.uint64).reshape(-1, 2)
+        macs = np.ascontiguousarray(cols["src_mac"], np.int64)
+        if _some_ip_has_two_macs(idx, words, macs, self._gateway_words):
+            return False
+        grat = idx[np.flatnonzero(cols["gratuitous"][idx])]
+        if grat.size < self.min_gratuitous:
+            return True
+        return int(np.unique(macs[grat], return_counts=True)[1].max()) < self.min_gratuitous
+
     def _describe_conflict(self, cols: Columns, r: np.ndarray, ip: str,
                            expected: int | None) -> Evidence:
         times = cols["timestamp"][r]
@@ -208,6 +228,39 @@ class ArpSpoofDetector(Detector):
             ecs={"source": {"mac": mac}},
             message=f"{mac} sent {r.size} gratuitous ARPs for {', '.join(announced[:3])} "
                     f"in {span:.1f} s")
+
+
+@njit
+def _some_ip_has_two_macs(idx: np.ndarray, words: np.ndarray, macs: np.ndarray,
+                          gateways: np.ndarray) -> bool:
+    """Whether some address among rows idx is claimed by two different MACs or is one of
+    the gateways: an open-addressing table of address -> first MAC."""
+    n = idx.shape[0]
+    bits = 4
+    while (1 << bits) < 2 * n:
+        bits += 1
+    mask = (1 << bits) - 1
+    shift = np.uint64(64 - bits)
+    slot_row = np.full(1 << bits, -1, np.int64)
+    for i in range(n):
+        r = idx[i]
+        hi, lo = words[r, 0], words[r, 1]
+        for g in range(gateways.shape[0]):
+            if gateways[g, 0] == hi and gateways[g, 1] == lo:
+                return True
+        s = np.int64((((hi * np.uint64(0x9E3779B97F4A7C15)) ^ lo)
+                      * np.uint64(0xC2B2AE3D27D4EB4F)) >> shift) & mask
+        while True:
+            f = slot_row[s]
+            if f < 0:
+                slot_row[s] = r
+                break
+            if words[f, 0] == hi and words[f, 1] == lo:
+                if macs[f] != macs[r]:
+                    return True
+                break
+            s = (s + 1) & mask
+    return False
 
 
 def _dense(values: np.ndarray) -> np.ndarray:

@@ -20,8 +20,8 @@ not (`destinations: any` counts every destination, for labs on one segment or lo
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
-from functools import partial
+from collections.abc import Mapping
+from functools import lru_cache, partial
 
 import numpy as np
 
@@ -39,6 +39,7 @@ from correlation.detector import (
     factorize_ip,
     ip_pair_codes,
 )
+from correlation.exfil_sketch import SliceSums, source_buckets
 from correlation.network_common import (
     Networks,
     WindowGroups,
@@ -90,9 +91,11 @@ class _OutboundDetector(Detector):
 
     def __init__(self, config: Mapping) -> None:
         super().__init__(config)
-        self.internal = Networks.of(config.get("internal_networks", DEFAULT_INTERNAL))
         self.internal_key = tuple(str(n) for n in config.get("internal_networks",
                                                             DEFAULT_INTERNAL))
+        # one object per network list: Networks.contains is remembered per batch and
+        # object, so upload's and volume's selects test each address column once
+        self.internal = _networks(self.internal_key)
         self.any_destination = str(config.get("destinations", "external")) == "any"
         self.min_ratio = float(config["min_out_in_ratio"])
         self.max_sample = int(config.get("evidence_sample", 20))
@@ -103,10 +106,6 @@ class _OutboundDetector(Detector):
         if not self.any_destination:
             outbound &= ~self.internal.contains(c["dst_ip"])
         return outbound & (c["src_payload_bytes"] > 0)
-
-    def select_key(self, kind: str) -> Hashable:
-        # upload and volume select the same outbound rows when their networks agree
-        return ("outbound", kind, self.internal_key, self.any_destination)
 
 
 class UploadDetector(_OutboundDetector):
@@ -119,17 +118,42 @@ class UploadDetector(_OutboundDetector):
     def __init__(self, config: Mapping) -> None:
         super().__init__(config)
         self.min_bytes = float(config["min_upload_bytes"])
+        # payload bytes per (hop slice, source bucket), added on arrival (exfil_sketch)
+        self.arrivals = SliceSums(self.window.hop_ns)
+        self.use_arrivals = True  # False: every close takes the exact path (tests)
+        self.stats = {"closes_ruled_out_on_arrival_sums": 0}
+
+    def select(self, batch: EventBatch) -> np.ndarray:
+        keep = super().select(batch)
+        if self.use_arrivals:
+            c = batch.columns
+            self.arrivals.add_rows(keep, c["timestamp"], _address_words(c["src_ip"]),
+                                   c["src_payload_bytes"])
+        return keep
 
     def detect(self, rows: Mapping[str, Columns], windows: WindowRange) -> list[Finding]:
         cols = rows["flow"]
+        hot = self._hot_buckets(cols, windows)
+        if hot is not None and hot.size == 0:  # no source reaches the threshold: no rows read
+            self.stats["closes_ruled_out_on_arrival_sums"] += 1
+            return []
         t = cols["timestamp"]
         out = cols["src_payload_bytes"]  # (converted for the rows read only, not the buffer)
-        # most closes end here: all the range's uploads together are below the threshold
-        # (one compiled pass over the held rows, no index array)
-        start, end = int(windows.spec.start(windows.first)), int(windows.spec.end(windows.last))
-        if _sum_in_range(np.ascontiguousarray(t, np.int64), out, start, end) < self.min_bytes:
-            return []
+        if hot is None:
+            # most closes end here: all the range's uploads together are below the
+            # threshold (one compiled pass over the held rows, no index array)
+            start = int(windows.spec.start(windows.first))
+            end = int(windows.spec.end(windows.last))
+            if _sum_in_range(np.ascontiguousarray(t, np.int64), out, start, end) < self.min_bytes:
+                return []
         idx = rows_in_range(t, windows)
+        if hot is not None and idx.size:
+            # every row of every source that can reach the threshold (all of a source's
+            # rows are in its bucket): the grouping below keeps the same pairs
+            bucket = source_buckets(_address_words(cols["src_ip"][idx]), self.arrivals.bits)
+            hot_table = np.zeros(1 << self.arrivals.bits, bool)
+            hot_table[hot] = True
+            idx = idx[hot_table[bucket]]
         if idx.size == 0:
             return []
         # only sources and destinations that got that many bytes at all can hold a pair
@@ -152,6 +176,19 @@ class UploadDetector(_OutboundDetector):
                            lambda row: f"{one_ip(cols['src_ip'], row)}|"
                                        f"{one_ip(cols['dst_ip'], row)}",
                            lambda r, g: self._describe(cols, r))
+
+    def _hot_buckets(self, cols: Columns, windows: WindowRange) -> np.ndarray | None:
+        """Source buckets that reach min_bytes in some closing window by the arrival sums,
+        or None when the sums cannot vouch for the held rows (then: exact path). Forgets
+        the slices of this range either way."""
+        if not self.use_arrivals:
+            return None
+        count = getattr(cols, "count_in_range", None)  # the engine's columns have it
+        held = count(windows) if count is not None else None
+        hot = (self.arrivals.hot_buckets(windows, self.min_bytes)
+               if self.arrivals.covers(windows, held) else None)
+        self.arrivals.release(windows)
+        return hot
 
     def _describe(self, cols: Columns, r: np.ndarray) -> Evidence:
         first, last = span(cols, r)
@@ -253,6 +290,11 @@ class VolumeBaselineDetector(_OutboundDetector):
             message=f"{src} sent {sent:,} bytes out, {sent / max(baseline, 1.0):.0f}x its "
                     f"baseline of {baseline:,.0f}",
         )
+
+
+@lru_cache(maxsize=16)
+def _networks(cidrs: tuple[str, ...]) -> Networks:
+    return Networks.of(cidrs)
 
 
 def _address_words(column: np.ndarray) -> np.ndarray:
