@@ -83,6 +83,9 @@ class ArpSpoofDetector(Detector):
     def __init__(self, config: Mapping) -> None:
         super().__init__(config)
         self.min_macs = int(config["min_macs"])
+        if self.min_macs < 2:  # one MAC per IP is normal ARP, not a conflict
+            raise ValueError(f"arp_spoof: min_macs must be >= 2 (distinct MACs claiming one "
+                             f"IP), got {self.min_macs}")
         self.min_gratuitous = int(config["min_gratuitous"])
         self.gateways: dict[bytes, int | None] = {}
         for gw in config.get("gateways") or []:

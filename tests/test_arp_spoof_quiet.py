@@ -5,6 +5,7 @@ every other close are the full path's."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from event_builders import make_batch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -33,8 +34,6 @@ def described(findings: list) -> list[tuple]:
                           st.booleans()), min_size=1, max_size=60),
        st.integers(2, 3), st.integers(1, 6), st.booleans())
 def test_quiet_exit_changes_no_finding(rows, min_macs, min_gratuitous, gateway) -> None:
-    # (min_macs 1 never takes the exit; it also makes the gateway's own claims a conflict
-    # whose evidence fails on HEAD: no spoofing MAC to name)
     section = {"min_macs": min_macs, "min_gratuitous": min_gratuitous}
     if gateway:
         section["gateways"] = [{"ip": IPS[0], "mac": MACS[0]}]
@@ -84,3 +83,8 @@ def test_some_ip_has_two_macs_grows_past_small_tables() -> None:
     assert not _some_ip_has_two_macs(idx[:10], words, macs, gateway)
     words[5] = gateway[0]
     assert _some_ip_has_two_macs(idx[:10], words, macs, gateway)
+
+
+def test_min_macs_below_two_is_a_config_error() -> None:
+    with pytest.raises(ValueError, match="min_macs must be >= 2"):
+        detector(min_macs=1)
