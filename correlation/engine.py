@@ -46,6 +46,7 @@ from correlation.kernels import (
     count_stale,
     hold_rows,
     keep_rows,
+    min_max,
     ranked_codes,
     release_stale,
 )
@@ -423,11 +424,39 @@ class _UserColumns(dict):
 
 
 class _DetectorState:
-    def __init__(self, detector: Detector, users: dict[str, int]) -> None:
+    """A detector's window position, its buffer inputs and its suppression memory.
+
+    `close_at` and `late_before` are what every push asks about the detector, kept as plain
+    ints so that a push in which none of its windows close skips it with one comparison
+    (the closed form of last_k >= next_k) and an in-order batch skips its late check."""
+
+    def __init__(self, detector: Detector, users: dict[str, int],
+                 stores: dict[str, _SharedBuffer]) -> None:
         self.detector = detector
         self.users = users  # kind -> this detector's user number in that kind's buffer
+        # (kind, its shared buffer, user number, declared columns) per consumed kind
+        self.inputs = [(kind, stores[kind], u, detector.input_spec(kind).columns)
+                       for kind, u in users.items()]
         self.next_k: int | None = None  # first window index not closed yet
+        # watermark at which window next_k closes (end(next_k)); before the first close
+        # (next_k None) every push asks _close, which finds the first window from the rows
+        self.close_at = _NEVER
+        # a row is late iff t < end(next_k - 1); no row can be before any window closed
+        self.late_before = _NEVER
         self.last_alert: dict[tuple[str, str], int] = {}  # (rule, key) -> window start
+        # earliest start + span among last_alert: nothing is forgotten before that horizon
+        self.forget_at = _FOREVER
+
+    def advance(self, next_k: int) -> None:
+        """Windows before next_k are closed."""
+        spec = self.detector.window
+        self.next_k = next_k
+        self.close_at = int(spec.end(next_k))
+        self.late_before = int(spec.end(next_k - 1))
+
+
+_NEVER = -(1 << 63)  # below every event time and watermark
+_FOREVER = 1 << 63  # above every horizon
 
 
 class CorrelationEngine:
@@ -444,6 +473,9 @@ class CorrelationEngine:
         self.lateness_ns = int(round(float(self.config["allowed_lateness_s"]) * NS_PER_S))
         self.detectors = build_detectors(self.config) if detectors is None else list(detectors)
         self._stores, self._states = _shared_buffers(self.detectors)
+        # kind -> (state, user number) of the detectors consuming it, in detector order
+        self._consumers = {kind: [(s, s.users[kind]) for s in self._states if kind in s.users]
+                           for kind in self._stores}
         self._max_time: int | None = None
         self.stats: dict[str, int] = {
             "events_in": 0,  # rows pushed, all kinds
@@ -472,27 +504,29 @@ class CorrelationEngine:
         if n == 0:
             return []
         self.stats["events_in"] += n
-        late = np.zeros(n, bool)
-        dropped = np.zeros(n, bool)
+        batch_min, batch_max = min_max(batch.columns["timestamp"])
         store = self._stores.get(batch.kind)
         if store is not None:
             with batch_memo():  # selects share masks of this batch's columns
-                self._buffer(store, batch, late, dropped)
-        self.stats["late_events"] += int(late.sum())
-        self.stats["late_dropped"] += int(dropped.sum())
-        batch_max = int(batch.columns["timestamp"].max())
+                self._buffer(store, batch, int(batch_min))
+        batch_max = int(batch_max)
         self._max_time = batch_max if self._max_time is None else max(self._max_time, batch_max)
         watermark = self._max_time - self.lateness_ns
-        alerts = []
-        # Closes run with the cyclic GC paused: a burst of findings and alert documents
-        # (thousands of small acyclic objects) otherwise pays generation scans of the
-        # whole heap, ~30% of a 2,000-alert close (bench/alert_burst.py).
-        with gc_paused():
-            for state in self._states:
-                # window k is closed once k * hop + size <= watermark
-                spec = state.detector.window
-                alerts += self._close(state, (watermark - spec.size_ns) // spec.hop_ns)
-            alerts = self._emit(alerts)
+        # window k is closed once end(k) = k * hop + size <= watermark: a detector none of
+        # whose windows close is skipped by one comparison (its close_at is end(next_k))
+        closing = [state for state in self._states if state.close_at <= watermark]
+        if not closing:
+            alerts = self._emit([])
+        else:
+            alerts = []
+            # Closes run with the cyclic GC paused: a burst of findings and alert documents
+            # (thousands of small acyclic objects) otherwise pays generation scans of the
+            # whole heap, ~30% of a 2,000-alert close (bench/alert_burst.py).
+            with gc_paused():
+                for state in closing:
+                    spec = state.detector.window
+                    alerts += self._close(state, (watermark - spec.size_ns) // spec.hop_ns)
+                alerts = self._emit(alerts)
         freeze_startup_heap()  # detectors' kernels are loaded now (see pipeline/heap.py)
         return alerts
 
@@ -501,8 +535,7 @@ class CorrelationEngine:
         alerts = []
         with gc_paused():  # as in push
             for state in self._states:
-                ends = [self._stores[kind].max_time(u) for kind, u in state.users.items()
-                        if self._stores[kind].held[u]]
+                ends = [store.max_time(u) for _, store, u, _ in state.inputs if store.held[u]]
                 if ends:
                     alerts += self._close(state,
                                           int(state.detector.window.last_index(max(ends))))
@@ -510,34 +543,43 @@ class CorrelationEngine:
 
     # --- internals ---------------------------------------------------------------------------
 
-    def _buffer(self, store: _SharedBuffer, batch: EventBatch, late: np.ndarray,
-                dropped: np.ndarray) -> None:
+    def _buffer(self, store: _SharedBuffer, batch: EventBatch, earliest: int) -> None:
+        """Buffer the rows each consuming detector selects (earliest: the batch's first
+        event time); count late and dropped rows."""
         selected = []
-        consumers = [s for s in self._states if batch.kind in s.users]
-        earliest = int(batch.columns["timestamp"].min())
+        consumers = self._consumers[batch.kind]
+        times = batch.columns["timestamp"]
+        late = dropped = None  # row flags, made only when some row can be late
         shared: dict = {}  # select_key -> selected rows (detectors promising equal selects)
-        for state in consumers:
+        for state, _ in consumers:
             detector = state.detector
             key = detector.select_key(batch.kind)
             idx = shared.get(key) if key is not None else None
             if idx is None:
-                idx = np.flatnonzero(detector.select(batch))
+                mask = detector.select(batch)
+                idx = (mask.nonzero()[0] if type(mask) is np.ndarray and mask.ndim == 1
+                       else np.flatnonzero(mask))
                 if key is not None:
                     shared[key] = idx  # read-only below: the late filter makes a new array
             # a row is late iff t < end(next_k - 1); in-order input skips the row checks
-            if (idx.size and state.next_k is not None
-                    and earliest < int(detector.window.end(state.next_k - 1))):
-                t = batch.columns["timestamp"][idx]
+            if idx.size and earliest < state.late_before:
+                t = times[idx]
                 is_late = detector.window.first_index(t) < state.next_k
                 all_closed = detector.window.last_index(t) < state.next_k
+                if late is None:
+                    late = np.zeros(len(batch), bool)
+                    dropped = np.zeros(len(batch), bool)
                 late[idx[is_late]] = True
                 dropped[idx[all_closed]] = True
                 idx = idx[~all_closed]
             selected.append(idx)
+        if late is not None:
+            self.stats["late_events"] += int(np.count_nonzero(late))
+            self.stats["late_dropped"] += int(np.count_nonzero(dropped))
         store.append(batch.columns, selected)
-        for state in consumers:
-            u = state.users[batch.kind]
-            excess = store.held[u] - state.detector.max_buffered_rows
+        held = store.held
+        for state, u in consumers:
+            excess = held[u] - state.detector.max_buffered_rows
             if excess > 0:  # hard cap: oldest arrivals go first
                 self.stats["rows_dropped_overflow"] += excess
                 store.drop_oldest(u, excess)
@@ -547,10 +589,9 @@ class CorrelationEngine:
         """Close windows state.next_k..last_k; return (order, alert) of the unsuppressed."""
         spec = state.detector.window
         if state.next_k is None:
-            starts = [self._stores[kind].min_time(u) for kind, u in state.users.items()
-                      if self._stores[kind].held[u]]
+            starts = [store.min_time(u) for _, store, u, _ in state.inputs if store.held[u]]
             if not starts:  # nothing buffered: those windows close empty
-                state.next_k = last_k + 1
+                state.advance(last_k + 1)
                 return []
             first = int(spec.first_index(min(starts)))
             if last_k < first:  # the watermark has not passed any window holding a row
@@ -559,17 +600,17 @@ class CorrelationEngine:
         if last_k < state.next_k:
             return []
         windows = WindowRange(spec, state.next_k, last_k)
-        rows = {kind: self._stores[kind].view(u, state.detector.input_spec(kind).columns)
-                for kind, u in state.users.items() if self._stores[kind].held[u]}
+        rows = {kind: store.view(u, columns) for kind, store, u, columns in state.inputs
+                if store.held[u]}
         findings = state.detector.detect(rows, windows) if rows else []
         self.stats["windows_closed"] += last_k - state.next_k + 1
-        state.next_k = last_k + 1
+        state.advance(last_k + 1)
         horizon = int(spec.start(state.next_k))  # rows before it belong to closed windows only
         # Build the alerts now: findings describe themselves from views of the buffers.
         kept = self._suppress(state, findings, horizon)
-        alerts = list(zip(map(_finding_order, kept), build_alerts(kept), strict=True))
-        for kind, u in state.users.items():
-            store = self._stores[kind]
+        alerts = (list(zip(map(_finding_order, kept), build_alerts(kept), strict=True))
+                  if kept else [])
+        for _, store, u, _ in state.inputs:
             if store.held[u]:
                 # Release only when it frees a good share: detectors skip stale rows anyway
                 # (WindowRange.row_mask), so pruning every close would just copy.
@@ -580,18 +621,24 @@ class CorrelationEngine:
     def _suppress(self, state: _DetectorState, findings: list[Finding],
                   horizon: int) -> list[Finding]:
         span = max(state.detector.suppress_ns, state.detector.window.size_ns)
-        self.stats["findings"] += len(findings)
         kept = []
-        for f in sorted(findings, key=_finding_order):  # window order: deterministic
-            key = (f.rule.id, f.key)
-            last = state.last_alert.get(key)
-            if last is not None and f.window_start < last + span:
-                self.stats["alerts_suppressed"] += 1
-                continue
-            state.last_alert[key] = f.window_start
-            kept.append(f)
-        # Forget keys no future window (start >= horizon) can be suppressed by.
-        state.last_alert = {k: s for k, s in state.last_alert.items() if s + span > horizon}
+        if findings:
+            self.stats["findings"] += len(findings)
+            last_alert = state.last_alert
+            for f in sorted(findings, key=_finding_order):  # window order: deterministic
+                key = (f.rule.id, f.key)
+                last = last_alert.get(key)
+                if last is not None and f.window_start < last + span:
+                    self.stats["alerts_suppressed"] += 1
+                    continue
+                last_alert[key] = f.window_start
+                state.forget_at = min(state.forget_at, f.window_start + span)
+                kept.append(f)
+        # Forget keys no future window (start >= horizon) can be suppressed by; none is
+        # before the earliest start + span (most closes: a comparison, no dict rebuild).
+        if state.forget_at <= horizon:
+            state.last_alert = {k: s for k, s in state.last_alert.items() if s + span > horizon}
+            state.forget_at = min(state.last_alert.values(), default=_FOREVER - span) + span
         return kept
 
     def _emit(self, alerts: list[tuple[tuple, dict]]) -> list[dict]:
@@ -610,8 +657,8 @@ def _shared_buffers(detectors: list[Detector]
             users.setdefault(spec.kind, []).append(d)
             columns.setdefault(spec.kind, {}).update(dict.fromkeys(spec.columns))
     stores = {kind: _SharedBuffer(tuple(columns[kind]), len(ds)) for kind, ds in users.items()}
-    states = [_DetectorState(d, {spec.kind: users[spec.kind].index(d) for spec in d.inputs})
-              for d in detectors]
+    states = [_DetectorState(d, {spec.kind: users[spec.kind].index(d) for spec in d.inputs},
+                             stores) for d in detectors]
     return stores, states
 
 
