@@ -604,10 +604,15 @@ _KERNEL_COLUMNS = ("vlan", "ethertype", "ip_version", "transport", "src_port", "
                    "payload_len")
 
 
-def _bounds(batch: PacketBatch, gather: _ByteGather) -> tuple[np.ndarray, np.ndarray]:
+def _bounds(batch: PacketBatch, gather: _ByteGather,
+            rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end of each packet's bytes (of `rows` only, if given) in the buffer."""
+    offset, caplen = np.asarray(batch.offset), np.asarray(batch.caplen)
+    if rows is not None:
+        offset, caplen = offset[rows], caplen[rows]
     # Clamp to the buffer so a reader bug can't make us index outside `data`.
-    start = np.clip(np.asarray(batch.offset).astype(np.int64), 0, gather.size)
-    end = np.minimum(start + np.asarray(batch.caplen).astype(np.int64), gather.size)
+    start = np.clip(offset.astype(np.int64), 0, gather.size)
+    end = np.minimum(start + caplen.astype(np.int64), gather.size)
     return start, end
 
 
@@ -634,12 +639,20 @@ def decode(batch: PacketBatch) -> DecodedPackets:
 
     Never raises on packet content: damaged packets get ip_version 0 (or zero ports) and a
     count in `weird`. Common-case rows are decoded by a compiled kernel (_decode_common),
-    the rest column-wise; the result equals decode_columnwise(batch).
+    or were already decoded by the capture reader (batch.common_headers), the rest
+    column-wise; the result equals decode_columnwise(batch).
     """
     gather = _ByteGather(batch.data)
-    start, end = _bounds(batch, gather)
-    linktype = np.asarray(batch.linktype).astype(np.int64)
-    done, fast, src, dst = _decode_common(gather.buf, start, end, linktype)
+    headers = batch.common_headers
+    if headers is not None and headers.decoded_from(batch):  # the reader decoded them
+        # Taken, not shared: the columns below are completed in place and become this
+        # result's own (a second decode of the batch decodes afresh).
+        batch.common_headers = None
+        done, fast, src, dst = headers.columns
+    else:
+        start, end = _bounds(batch, gather)
+        linktype = np.asarray(batch.linktype).astype(np.int64)
+        done, fast, src, dst = _decode_common(gather.buf, start, end, linktype)
     columns = dict(zip(_KERNEL_COLUMNS, fast, strict=True))
     columns["src_ip"] = src.view(IP_DTYPE).reshape(-1)
     columns["dst_ip"] = dst.view(IP_DTYPE).reshape(-1)
@@ -647,7 +660,8 @@ def decode(batch: PacketBatch) -> DecodedPackets:
     rest = np.flatnonzero(~done)
     if rest.size:  # only these rows can count weirds
         lt = np.asarray(batch.linktype)[rest]
-        slow = _decode_rows(gather, start[rest], end[rest], lt, weird)
+        start, end = _bounds(batch, gather, rest)
+        slow = _decode_rows(gather, start, end, lt, weird)
         for name, values in slow.items():
             columns[name][rest] = values
     return _packets(batch, columns, weird)
@@ -673,26 +687,37 @@ def _decode_common(data: np.ndarray, start: np.ndarray, end: np.ndarray,
                    linktype: np.ndarray) -> tuple:
     """Decode the common-case rows; returns (done mask, the DecodedPackets columns in
     _KERNEL_COLUMNS order, src and dst as (n, 16) address bytes). Rows not done are left
-    for the column-wise path (their values here are partial and get overwritten).
+    for the column-wise path (their values here are partial and get overwritten)."""
+    n = start.shape[0]
+    out = _common_columns(n)
+    _decode_common_range(data, start, end, linktype, 0, n, out)
+    return out
+
+
+@njit
+def _common_columns(n: int) -> tuple:
+    """Zeroed output of the common-case decoder for n rows: (done mask, the DecodedPackets
+    columns in _KERNEL_COLUMNS order, src and dst as (n, 16) address bytes)."""
+    return (np.zeros(n, dtype=np.bool_),
+            (np.zeros(n, dtype=np.uint16), np.zeros(n, dtype=np.uint16),
+             np.zeros(n, dtype=np.uint8), np.zeros(n, dtype=np.uint8),
+             np.zeros(n, dtype=np.uint16), np.zeros(n, dtype=np.uint16),
+             np.zeros(n, dtype=np.uint8), np.zeros(n, dtype=np.uint8),
+             np.zeros(n, dtype=np.uint8), np.zeros(n, dtype=np.uint32),
+             np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int32)),
+            np.zeros((n, 16), dtype=np.uint8), np.zeros((n, 16), dtype=np.uint8))
+
+
+@njit
+def _decode_common_range(data: np.ndarray, start: np.ndarray, end: np.ndarray,
+                         linktype: np.ndarray, lo: int, hi: int, out: tuple) -> None:
+    """Decode the common-case rows lo..hi-1 into `out` (_common_columns).
 
     Every byte read is below `end[i]` (checked before each read), and end <= len(data)."""
-    n = start.shape[0]
-    done = np.zeros(n, dtype=np.bool_)
-    vlan_col = np.zeros(n, dtype=np.uint16)
-    ethertype_col = np.zeros(n, dtype=np.uint16)
-    version_col = np.zeros(n, dtype=np.uint8)
-    transport_col = np.zeros(n, dtype=np.uint8)
-    sport_col = np.zeros(n, dtype=np.uint16)
-    dport_col = np.zeros(n, dtype=np.uint16)
-    flags_col = np.zeros(n, dtype=np.uint8)
-    icmp_type_col = np.zeros(n, dtype=np.uint8)
-    icmp_code_col = np.zeros(n, dtype=np.uint8)
-    total_col = np.zeros(n, dtype=np.uint32)
-    payload_offset_col = np.zeros(n, dtype=np.int64)
-    payload_len_col = np.zeros(n, dtype=np.int32)
-    src = np.zeros((n, 16), dtype=np.uint8)
-    dst = np.zeros((n, 16), dtype=np.uint8)
-    for i in range(n):
+    done, columns, src, dst = out
+    (vlan_col, ethertype_col, version_col, transport_col, sport_col, dport_col, flags_col,
+     icmp_type_col, icmp_code_col, total_col, payload_offset_col, payload_len_col) = columns
+    for i in range(lo, hi):
         s, e = start[i], end[i]
         if linktype[i] != LINKTYPE_ETHERNET or s + 14 > e:
             continue
@@ -781,6 +806,3 @@ def _decode_common(data: np.ndarray, start: np.ndarray, end: np.ndarray,
         payload_offset_col[i] = l4 + header_len
         payload_len_col[i] = room - header_len
         done[i] = True
-    return (done, (vlan_col, ethertype_col, version_col, transport_col, sport_col, dport_col,
-                   flags_col, icmp_type_col, icmp_code_col, total_col, payload_offset_col,
-                   payload_len_col), src, dst)

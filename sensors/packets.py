@@ -43,9 +43,32 @@ class PacketBatch:
     linktype: np.ndarray  # uint16, LINKTYPE_* of the interface the packet came from
     interface: np.ndarray  # uint16, interface index (pcapng IDB order; 0 for classic pcap)
     first_index: int = 0  # index of the first packet of this batch in its capture (for errors)
+    # Headers the capture reader decoded while walking the records (see CommonHeaders).
+    common_headers: CommonHeaders | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return int(self.offset.shape[0])
+
+
+@dataclass
+class CommonHeaders:
+    """The common-case header columns of a batch's packets (sensors.decode._common_columns:
+    done mask, the kernel columns, src and dst address bytes), decoded by the capture reader
+    while each record was in the caches. sensors.decode.decode uses them instead of decoding
+    again only while the batch still holds the very arrays they were decoded from (`data`,
+    `offset`, `caplen`, `linktype`): replacing any of those columns drops them (changing
+    them in place is not detected: do not)."""
+
+    data: np.ndarray
+    offset: np.ndarray
+    caplen: np.ndarray
+    linktype: np.ndarray
+    columns: tuple
+
+    def decoded_from(self, batch: PacketBatch) -> bool:
+        """Whether these headers were decoded from `batch`'s current columns."""
+        return (batch.data is self.data and batch.offset is self.offset
+                and batch.caplen is self.caplen and batch.linktype is self.linktype)
 
 
 @dataclass

@@ -32,7 +32,8 @@ from types import TracebackType
 import numpy as np
 
 from pipeline.jit import njit
-from sensors.packets import PacketBatch
+from sensors.decode import _common_columns, _decode_common_range
+from sensors.packets import CommonHeaders, PacketBatch
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ _ARANGE_BLOCK_HEAD = np.arange(_BLOCK_HEAD_LEN, dtype=np.int64)
 _ARANGE4 = np.arange(4, dtype=np.int64)
 _RELEASE_STEP = 16 * 1024 * 1024  # drop consumed pages of large files in steps of this
 _TOUCH_AHEAD = 2048  # _walk_pcap reads a byte of each cache line this far ahead of itself
+_DECODE_CHUNK = 256  # _walk_pcap decodes the headers of this many records at a time
 
 
 class CaptureError(Exception):
@@ -156,22 +158,29 @@ def _u32(data: np.ndarray, p: int, big_endian: bool) -> int:
 
 @njit
 def _walk_pcap(data: np.ndarray, pos: int, end: int, big_endian: bool, lengths: int,
-               max_records: int, max_caplen: int, frac_to_ns: int
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int, int]:
+               max_records: int, max_caplen: int, frac_to_ns: int, snaplen: int,
+               linktype: int) -> tuple:
     """Consecutive pcap records from `pos`: start offsets, caplen, wire length and ns
-    timestamp, read in the same pass (each header is read once, while its cache line is in).
+    timestamp, read in the same pass (each header is read once, while its cache line is in),
+    and the records' common-case headers decoded (sensors.decode._decode_common_range).
 
     `lengths` is the record header layout (_LENGTHS_*): caplen at byte 8, at byte 12, or
     the smaller of the two (v2.3). Stops after `max_records`, when no whole record header
     fits before `end`, or at a caplen above `max_caplen`. Returns (starts, caplen, wirelen,
     ts_ns, position after the last record, the implausible caplen or -1, a checksum of the
-    bytes touched ahead: ignore it, it only keeps those loads). The last record's data may
-    run past `end`: the caller checks.
+    bytes touched ahead (ignore it: it only keeps those loads), the link type column (all
+    `linktype`), the decoded headers). The headers are decode._common_columns of each
+    record's packet as decode() bounds it: data[start + 16:][:caplen], caplen clipped to
+    `snaplen` when > 0 (as _clip_to_snaplen does) and to the buffer. The last record's data
+    may run past `end`: the caller checks.
 
     Why the touch-ahead: each header's position depends on the previous one, so the walk is
     one chain of cache misses. Reading a byte of every cache line _TOUCH_AHEAD bytes ahead
     of the walk (loads that do not depend on the chain, so the CPU overlaps them) brings the
     coming headers in before the chain gets there (~2x faster on a file not in the caches).
+    Why decode here: the packets of the last _DECODE_CHUNK records are still in the caches
+    (the touch-ahead loaded them); a separate decode pass over the batch meets them again
+    only after they were evicted (about half of its time was memory stalls).
     """
     end = min(end, data.shape[0])
     room = max((end - pos) // _PCAP_RECORD_HEADER_LEN + 1, 0)
@@ -180,7 +189,13 @@ def _walk_pcap(data: np.ndarray, pos: int, end: int, big_endian: bool, lengths: 
     caplens = np.empty(size, dtype=np.uint32)
     wirelens = np.empty(size, dtype=np.uint32)
     ts_ns = np.empty(size, dtype=np.int64)
+    packet_start = np.empty(size, dtype=np.int64)
+    packet_end = np.empty(size, dtype=np.int64)
+    linktypes = np.full(size, linktype, dtype=np.uint16)
+    common = _common_columns(size)
     count = 0
+    decoded = 0
+    bad_caplen = -1
     last_header = end - _PCAP_RECORD_HEADER_LEN
     touched = pos  # bytes before this were touched ahead already
     checksum = 0
@@ -200,16 +215,36 @@ def _walk_pcap(data: np.ndarray, pos: int, end: int, big_endian: bool, lengths: 
         else:
             caplen, wirelen = min(len8, len12), max(len8, len12)
         if caplen > max_caplen:
-            return (starts[:count], caplens[:count], wirelens[:count], ts_ns[:count], pos,
-                    caplen, checksum)
+            bad_caplen = caplen
+            break
         starts[count] = pos
         caplens[count] = caplen
         wirelens[count] = wirelen
         ts_ns[count] = _u32(data, pos, big_endian) * 1_000_000_000 + _u32(
             data, pos + 4, big_endian) * frac_to_ns
+        # decode's bounds (_bounds) of this record after _clip_to_snaplen
+        packet_start[count] = pos + _PCAP_RECORD_HEADER_LEN
+        packet_end[count] = min(packet_start[count] + (
+            caplen if snaplen <= 0 or caplen <= snaplen else snaplen), data.shape[0])
         count += 1
         pos += _PCAP_RECORD_HEADER_LEN + caplen
-    return starts[:count], caplens[:count], wirelens[:count], ts_ns[:count], pos, -1, checksum
+        if count - decoded == _DECODE_CHUNK:
+            _decode_common_range(data, packet_start, packet_end, linktypes, decoded, count,
+                                 common)
+            decoded = count
+    _decode_common_range(data, packet_start, packet_end, linktypes, decoded, count, common)
+    done, columns, src, dst = common
+    return (starts[:count], caplens[:count], wirelens[:count], ts_ns[:count], pos, bad_caplen,
+            checksum, linktypes[:count],
+            (done[:count], _head_columns(columns, count), src[:count], dst[:count]))
+
+
+@njit
+def _head_columns(columns: tuple, count: int) -> tuple:
+    """The first `count` rows of each decoded header column."""
+    return (columns[0][:count], columns[1][:count], columns[2][:count], columns[3][:count],
+            columns[4][:count], columns[5][:count], columns[6][:count], columns[7][:count],
+            columns[8][:count], columns[9][:count], columns[10][:count], columns[11][:count])
 
 
 @njit
@@ -288,9 +323,9 @@ class _PcapSource:
         raise _Damage(4, f"unsupported pcap version {major}.{minor}")
 
     def read(self, max_packets: int) -> tuple[PacketBatch | None, _Damage | None]:
-        starts, caplen, wirelen, ts_ns, pos, bad_caplen, _ = _walk_pcap(
+        starts, caplen, wirelen, ts_ns, pos, bad_caplen, _, linktype, headers = _walk_pcap(
             self.data, self.pos, self.end, self.big_endian, self.lengths, max_packets,
-            self.max_caplen, self.frac_to_ns)
+            self.max_caplen, self.frac_to_ns, self.snaplen, self.linktype)
         pos, bad_caplen = int(pos), int(bad_caplen)
         damage = None
         if bad_caplen >= 0:
@@ -299,8 +334,11 @@ class _PcapSource:
         elif pos > self.end:  # the last record's data runs past the end of the file
             pos = int(starts[-1])
             keep = starts.size - 1
-            starts, caplen, wirelen, ts_ns = (starts[:keep], caplen[:keep], wirelen[:keep],
-                                              ts_ns[:keep])
+            starts, caplen, wirelen, ts_ns, linktype = (
+                starts[:keep], caplen[:keep], wirelen[:keep], ts_ns[:keep], linktype[:keep])
+            done, columns, src, dst = headers
+            headers = (done[:keep], tuple(column[:keep] for column in columns), src[:keep],
+                       dst[:keep])
             left = self.end - pos - _PCAP_RECORD_HEADER_LEN
             damage = _Damage(pos, f"truncated record data ({left} of "
                                   f"{self._caplen_field(pos)} bytes)")
@@ -311,23 +349,25 @@ class _PcapSource:
         self.finished = damage is not None or pos >= self.end
         if not starts.size:
             return None, damage
-        return self._decode(starts, caplen, wirelen, ts_ns), damage
+        return self._decode(starts, caplen, wirelen, ts_ns, linktype, headers), damage
 
     def _caplen_field(self, pos: int) -> int:
         values = self.caplen_at(self.buf, pos)
         return min(values)
 
     def _decode(self, starts: np.ndarray, caplen: np.ndarray, wirelen: np.ndarray,
-                ts_ns: np.ndarray) -> PacketBatch:
-        """Walked records (all fit in the file) -> a batch, caplen clipped to the snaplen."""
+                ts_ns: np.ndarray, linktype: np.ndarray, headers: tuple) -> PacketBatch:
+        """Walked records (all fit in the file) -> a batch, caplen clipped to the snaplen,
+        carrying the headers the walk decoded (for sensors.decode.decode)."""
         n = starts.shape[0]
         offset = starts + _PCAP_RECORD_HEADER_LEN
         caplen = _clip_to_snaplen(caplen, self.snaplen, offset, self.warn)
         _warn_caplen_over_wirelen(caplen, wirelen, offset, self.warn)
-        return PacketBatch(
+        batch = PacketBatch(
             data=self.data, offset=offset, caplen=caplen, wirelen=wirelen, ts_ns=ts_ns,
-            linktype=np.full(n, self.linktype, dtype=np.uint16),
-            interface=np.zeros(n, dtype=np.uint16))
+            linktype=linktype, interface=np.zeros(n, dtype=np.uint16))
+        batch.common_headers = CommonHeaders(batch.data, offset, caplen, linktype, headers)
+        return batch
 
 
 def _clip_to_snaplen(caplen: np.ndarray, snaplen: np.ndarray | int, offset: np.ndarray,

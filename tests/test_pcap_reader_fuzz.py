@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sensors.decode import _decode_common
 from sensors.pcap_reader import CaptureError, CaptureReader
 
 _PCAP_MAGICS = [b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d"]
@@ -208,13 +209,34 @@ def test_compiled_pcap_walk_equals_python_walk(data, endian, lengths, max_record
     buf = _record_stream(data.draw, endian)
     end = data.draw(st.integers(0, len(buf)))  # an end inside the buffer, as after a cut
     arr = np.frombuffer(buf, dtype=np.uint8)
-    starts, caplen, wirelen, ts_ns, new_pos, bad, _ = pcap_reader._walk_pcap(
-        arr, pos, end, endian == ">", lengths, max_records, max_caplen, frac_to_ns)
+    snaplen = data.draw(st.sampled_from([0, 14, 40]))
+    linktype = data.draw(st.sampled_from([1, 101]))
+    starts, caplen, wirelen, ts_ns, new_pos, bad, _, linktypes, headers = pcap_reader._walk_pcap(
+        arr, pos, end, endian == ">", lengths, max_records, max_caplen, frac_to_ns, snaplen,
+        linktype)
     records = list(zip(starts.tolist(), caplen.tolist(), wirelen.tolist(), ts_ns.tolist(),
                        strict=True))
     ref = _reference_walk_pcap(buf, pos, end, endian, lengths, max_records, max_caplen,
                                frac_to_ns)
     assert (records, int(new_pos), int(bad)) == ref
+    # The headers decoded on the way are the decoder's kernel on the same packet bounds
+    # (caplen clipped to the snaplen, as the reader clips it, and to the buffer).
+    assert linktypes.tolist() == [linktype] * len(records)
+    start = starts + 16
+    clipped = np.minimum(caplen, snaplen) if snaplen else caplen
+    stop = np.minimum(start + clipped.astype(np.int64), arr.size)
+    _assert_same_headers(headers, _decode_common(arr, start, stop, linktypes.astype(np.int64)))
+
+
+def _assert_same_headers(got: tuple, expected: tuple) -> None:
+    """Equal _common_columns outputs: done mask, every kernel column, src and dst."""
+    (done, columns, src, dst), (e_done, e_columns, e_src, e_dst) = got, expected
+    assert np.array_equal(done, e_done)
+    # Rows not done are partial by contract (the column-wise path overwrites them).
+    for column, e_column in zip(columns, e_columns, strict=True):
+        assert column.dtype == e_column.dtype
+        assert np.array_equal(column[done], e_column[done])
+    assert np.array_equal(src[done], e_src[done]) and np.array_equal(dst[done], e_dst[done])
 
 
 @settings(max_examples=300, deadline=None, derandomize=True)
