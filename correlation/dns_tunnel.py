@@ -7,11 +7,14 @@ PRIVATE). A domain generation algorithm (DGA) makes an infected client try many 
 registrable domains, most of which do not exist (NXDOMAIN).
 
 Per name (computed once per distinct name and memoized; for ASCII names compiled passes over
-the bytes of all new names, with Python only per distinct deciding tail and parent, else
-string methods mapped over all new names, the PSL split level by level on rule tails,
-lengths and entropies in compiled passes over the code points; each selected row's
-feature row is looked up once, in `select`, and read back at every close from
-correlation/arrival_memo.py, so a close touches no name text unless it describes a
+the bytes of all new names: an exact rule-tail table gives each name's deciding PSL tail,
+whose public-suffix length the library is asked once per tail and process, and one pass
+gives the spans, lengths and entropies, with Python only per distinct parent; else string
+methods mapped over all new names, the PSL split level by level on rule tails, lengths and
+entropies in compiled passes over the code points. Each selected row's feature row and
+client are looked up once, in `select`, and read back at every close from
+correlation/arrival_memo.py; a close then finds the rows that can make a finding in one
+compiled pass, correlation/dns_reach.py, and touches no name text unless it describes a
 finding):
   parent       registered domain by the Public Suffix List (publicsuffixlist package;
                an unknown but well-formed TLD counts as one label, the PSL default rule);
@@ -55,8 +58,8 @@ from correlation.detector import (
     factorize_ip,
     sorted_unique_text,
 )
-from correlation.kernels import factorize_u64
-from correlation.prefilter import raw_address_codes
+from correlation.dns_reach import tunnel_reach
+from correlation.kernels import factorize_u64, factorize_u128
 from pipeline.jit import njit
 from pipeline.schema import EventBatch, dns_type_name
 from pipeline.text_codes import TextIds
@@ -285,6 +288,127 @@ def _tail_walk_kernel(codes: np.ndarray, bounds: np.ndarray, tail_hashes: np.nda
     return count, deepest, starts
 
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: spreads hashes over the slots
+
+
+@njit
+def _tail_slots(hashes: np.ndarray, bits: int) -> np.ndarray:
+    """Open-addressing table of 2**bits slots (> 2 * hashes.size) holding the index of each
+    rule tail at the slot its hash picks (linear probing), -1 where empty."""
+    shift = np.uint64(64 - bits)
+    mask = (1 << bits) - 1
+    slots = np.full(1 << bits, -1, np.int64)
+    for t in range(hashes.shape[0]):
+        s = np.int64((hashes[t] * _GOLDEN) >> shift)
+        while slots[s] >= 0:
+            s = (s + 1) & mask
+        slots[s] = t
+    return slots
+
+
+@njit
+def _exact_tail_walk(codes: np.ndarray, bounds: np.ndarray, tail_codes: np.ndarray,
+                     tail_bounds: np.ndarray, tail_hashes: np.ndarray, slots: np.ndarray,
+                     hash_mask: np.uint64
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """_tail_walk_kernel with exact rule-tail matches: (labels in the name, d*, label
+    starts, index of the level-d* rule tail or -1 at d* = 0). A level's key (the name's
+    last labels) is looked up in the slot table by its hash (& hash_mask: tests narrow it
+    to force collisions) and compared byte by byte with the candidate tails, so d* needs
+    no check on the text.
+
+    codes: lowercase bytes of the names; tail_*: the rule tails' bytes, bounds and
+    _reversed_hash_kernel values (& hash_mask), slots: _tail_slots of those hashes.
+    """
+    n = bounds.shape[0] - 1
+    count = np.zeros(n, np.int64)
+    deepest = np.zeros(n, np.int64)
+    tail = np.full(n, -1, np.int64)
+    starts = np.zeros(codes.shape[0] + n, np.int64)
+    bits = 0
+    while (1 << bits) < slots.shape[0]:
+        bits += 1
+    shift = np.uint64(64 - bits)
+    mask = slots.shape[0] - 1
+    for i in range(n):
+        a, b = max(bounds[i], 0), min(bounds[i + 1], codes.shape[0])
+        base = a + i
+        h = _FNV_OFFSET
+        level = 0
+        searching = True
+        for j in range(b - 1, a - 2, -1):
+            if j < a or codes[j] == 46:  # a label starts at j + 1: key of the next level
+                if base + level < starts.shape[0]:
+                    starts[base + level] = j + 1 - a
+                level += 1
+                if searching:
+                    key = h & hash_mask
+                    s = np.int64((key * _GOLDEN) >> shift)
+                    found = -1
+                    while slots[s] >= 0:
+                        t = slots[s]
+                        ta, tb = tail_bounds[t], tail_bounds[t + 1]
+                        if tail_hashes[t] == key and tb - ta == b - j - 1:
+                            same = True
+                            for x in range(tb - ta):
+                                if tail_codes[ta + x] != codes[j + 1 + x]:
+                                    same = False
+                                    break
+                            if same:
+                                found = t
+                                break
+                        s = (s + 1) & mask
+                    if found < 0:
+                        searching = False  # (no deeper key is a tail: tails drop left labels)
+                    else:
+                        deepest[i] = level
+                        tail[i] = found
+                if j >= a:
+                    h = (h ^ _DOT) * _FNV_PRIME
+            else:
+                h = (h ^ np.uint64(codes[j])) * _FNV_PRIME
+        count[i] = level
+    return count, deepest, starts, tail
+
+
+class _TailTable:
+    """The rule tails as bytes with an exact hash table over them (_exact_tail_walk), and
+    the public-suffix labels of the names each tail decides, filled in as tails are met.
+
+    A name whose level-d* key is tail T and whose next key is no tail (d* < labels): the
+    library's rule walk over that deciding key ("x." + T) checks "!" + key, "*." + key and
+    key at the top level, none of which can be a rule (each would make the key a tail), and
+    then only suffixes of T, always below the top level: so the public-suffix labels are
+    the same for every such name, `public_below[T]`. A name that is itself a tail
+    (d* = labels) has `public_whole[T]`, the library's answer for T.
+    """
+
+    def __init__(self, tails: frozenset[str], hash_mask: int = (1 << 64) - 1) -> None:
+        self.tails = tails
+        self.texts = sorted(tails)
+        self.codes, self.bounds = _utf8_codes(self.texts)
+        self.hash_mask = np.uint64(hash_mask)
+        self.hashes = _reversed_hash_kernel(self.codes, self.bounds) & self.hash_mask
+        self.slots = _tail_slots(self.hashes, max(4, (4 * len(self.texts)).bit_length()))
+        self.public_below = np.zeros(len(self.texts), np.int64)  # 0: not known yet
+        self.public_whole = np.zeros(len(self.texts), np.int64)
+
+    def walk(self, lower: np.ndarray, bounds: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """_exact_tail_walk of the names lower[bounds[i]:bounds[i + 1]]."""
+        return _exact_tail_walk(lower, bounds, self.codes, self.bounds, self.hashes,
+                                self.slots, self.hash_mask)
+
+
+_TAIL_TABLE: list = []  # the _TailTable of the loaded rules: once per process
+
+
+def _tail_table(tails: frozenset[str]) -> _TailTable:
+    if not _TAIL_TABLE or _TAIL_TABLE[0].tails is not tails:
+        _TAIL_TABLE[:] = [_TailTable(tails)]
+    return _TAIL_TABLE[0]
+
+
 _SHAPE_NO_PARENT = 0  # a single label or an empty last label: no parent
 _SHAPE_INVALID_TLD = 1  # the last label is no TLD (digits, hex): INVALID_TLD
 _SHAPE_SPLIT = 2  # a valid TLD, no empty label, no leading dot: split by the tail walk
@@ -376,29 +500,6 @@ def _distinct_spans(codes: np.ndarray, starts: np.ndarray, ends: np.ndarray,
 
 
 @njit
-def _gather_spans(codes: np.ndarray, starts: np.ndarray, ends: np.ndarray, skip_dots: bool
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """(the bytes codes[starts[i]:ends[i]] of every row concatenated, without the dots when
-    skip_dots, and their bounds as in _entropy_kernel)."""
-    n = starts.shape[0]
-    out_bounds = np.zeros(n + 1, np.int64)
-    for i in range(n):
-        k = 0
-        for j in range(starts[i], ends[i]):
-            if not (skip_dots and codes[j] == 46):
-                k += 1
-        out_bounds[i + 1] = out_bounds[i] + k
-    out = np.empty(out_bounds[n], codes.dtype)
-    m = 0
-    for i in range(n):
-        for j in range(starts[i], ends[i]):
-            if not (skip_dots and codes[j] == 46):
-                out[m] = codes[j]
-                m += 1
-    return out, out_bounds
-
-
-@njit
 def _ends_with_any(codes: np.ndarray, bounds: np.ndarray, domain_codes: np.ndarray,
                    domain_bounds: np.ndarray) -> np.ndarray:
     """Per name codes[bounds[i]:bounds[i + 1]]: it equals one of the domains or ends with
@@ -463,9 +564,34 @@ def _object_column(values: list) -> np.ndarray:
 
 
 @njit
+def _span_entropy(codes: np.ndarray, a: int, b: int, skip_dots: bool,
+                  counts: np.ndarray) -> float:
+    """Shannon entropy of codes[a:b] (without the dots when skip_dots; code points above
+    255 share one bucket), summed over the buckets in ascending order. counts: 256 zeros,
+    left zero."""
+    length = 0
+    low, high = 255, 0
+    for j in range(a, b):
+        c = min(codes[j], 255)
+        if skip_dots and c == 46:
+            continue
+        counts[c] += 1
+        length += 1
+        low, high = min(low, c), max(high, c)
+    if length == 0:
+        return 0.0
+    h = 0.0
+    for c in range(low, high + 1):  # (the used buckets, still in ascending order)
+        if counts[c]:
+            p = counts[c] / length
+            h += p * np.log2(p)
+            counts[c] = 0
+    return -h
+
+
+@njit
 def _entropy_kernel(codes: np.ndarray, bounds: np.ndarray) -> np.ndarray:
-    """Shannon entropy of each string codes[bounds[i]:bounds[i + 1]] (code points; those
-    above 255 share one bucket), summed over the buckets in ascending order.
+    """Shannon entropy of each string codes[bounds[i]:bounds[i + 1]] (_span_entropy).
 
     bounds is ascending with bounds[-1] <= codes.size (the caller builds it from lengths),
     and every bucket index is clipped to 0..255.
@@ -474,20 +600,67 @@ def _entropy_kernel(codes: np.ndarray, bounds: np.ndarray) -> np.ndarray:
     out = np.zeros(n)
     counts = np.zeros(256, np.int64)
     for i in range(n):
-        a, b = bounds[i], bounds[i + 1]
-        if b <= a:
-            continue
-        for j in range(a, b):
-            counts[min(codes[j], 255)] += 1
-        length = b - a
-        h = 0.0
-        for c in range(256):
-            if counts[c]:
-                p = counts[c] / length
-                h += p * np.log2(p)
-                counts[c] = 0
-        out[i] = -h
+        out[i] = _span_entropy(codes, bounds[i], bounds[i + 1], False, counts)
     return out
+
+
+@njit
+def _span_features(raw: np.ndarray, lower: np.ndarray, bounds: np.ndarray,
+                   starts: np.ndarray, count: np.ndarray, public: np.ndarray,
+                   shape: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                               np.ndarray, np.ndarray, np.ndarray,
+                                               np.ndarray, np.ndarray]:
+    """Per name raw[bounds[i]:bounds[i + 1]] (lower: the same lowercased) with its label
+    starts from the tail walk and the labels of its public suffix: (has a parent, parent
+    start in lower, subdomain characters without dots, longest subdomain label and its
+    start, subdomain entropy without dots, registrable label length and entropy).
+
+    The subdomain is the name left of the parent's dot (the whole name for an invalid
+    TLD, empty without a parent), in the raw bytes; the registrable label is the parent's
+    first label, in the lowercase bytes: as _longest_label_kernel and _entropy_kernel
+    over those spans, gathered, give them. Level L of name i starts at
+    starts[bounds[i] + i + L - 1] (clipped into starts).
+    """
+    n = bounds.shape[0] - 1
+    has_parent = np.zeros(n, np.bool_)
+    parent_start = np.zeros(n, np.int64)
+    sub_len = np.zeros(n, np.int64)
+    max_label = np.zeros(n, np.int64)
+    label_start = np.zeros(n, np.int64)
+    sub_h = np.zeros(n)
+    sld_len = np.zeros(n, np.int64)
+    sld_h = np.zeros(n)
+    counts = np.zeros(256, np.int64)
+    last = starts.shape[0] - 1
+    for i in range(n):
+        a, b = bounds[i], bounds[i + 1]
+        base = a + i - 1
+        pub = public[i]
+        parent = shape[i] == _SHAPE_SPLIT and count[i] > pub
+        has_parent[i] = parent
+        p_start = a + starts[min(base + max(pub + 1, 1), last)]
+        parent_start[i] = p_start
+        sub_end = a
+        sld_start, sld_end = a, a
+        if parent:
+            sub_end = max(p_start - 1, a)
+            sld_start = p_start
+            sld_end = a + starts[min(base + max(pub, 1), last)] - 1
+        elif shape[i] == _SHAPE_INVALID_TLD:
+            sub_end = b
+        dots = 0
+        label = a
+        for j in range(a, sub_end + 1):
+            if j == sub_end or raw[j] == 46:
+                if j - label > max_label[i]:
+                    max_label[i], label_start[i] = j - label, label - a
+                label = j + 1
+                dots += j < sub_end
+        sub_len[i] = sub_end - a - dots
+        sub_h[i] = _span_entropy(raw, a, sub_end, True, counts)
+        sld_len[i] = max(sld_end - sld_start, 0)
+        sld_h[i] = _span_entropy(lower, sld_start, sld_end, False, counts)
+    return has_parent, parent_start, sub_len, max_label, label_start, sub_h, sld_len, sld_h
 
 
 @njit
@@ -558,6 +731,7 @@ class DnsTunnelDetector(Detector):
         self.dga_entropy = float(c["dga_min_entropy"])
         self.large_answer = int(c.get("large_answer_bytes", 200))
         self.ignore = tuple(str(d).lower().strip(".") for d in c.get("ignore_domains") or ())
+        self._ignore_codes = _utf8_codes(list(self.ignore))  # (bytes for _ends_with_any)
         self.max_sample = int(c.get("evidence_sample", 10))
         self._psl = _Psl()
         # name -> row of the per-name feature columns (bounded memo: names repeat, and each
@@ -568,7 +742,8 @@ class DnsTunnelDetector(Detector):
         self._stored_names = 0
         # each selected row's feature row, looked up once on arrival (select) and read back
         # at every close of its windows (correlation/arrival_memo.py)
-        self._row_memo = ArrivalMemo({"name_row": np.int64}, self.max_buffered_rows)
+        self._row_memo = ArrivalMemo({"name_row": np.int64, "client_hi": np.uint64,
+                                      "client_lo": np.uint64}, self.max_buffered_rows)
 
     def select(self, batch: EventBatch) -> np.ndarray:
         # Queries feed the tunnel rules; of the responses only NXDOMAIN (DGA) and those of
@@ -578,7 +753,9 @@ class DnsTunnelDetector(Detector):
                                                                          self.tunnel_qtypes)
         mask = wanted & (c["qname"] != "")
         rows = np.flatnonzero(mask)
-        self._row_memo.add(c["timestamp"][rows], name_row=self._name_rows(c["qname"][rows])[0])
+        client = _client_words(c["is_response"][rows], c["dst_ip"][rows], c["src_ip"][rows])
+        self._row_memo.add(c["timestamp"][rows], name_row=self._name_rows(c["qname"][rows])[0],
+                           client_hi=client[:, 0], client_lo=client[:, 1])
         return mask
 
     # --- per-name features -----------------------------------------------------------------
@@ -596,7 +773,9 @@ class DnsTunnelDetector(Detector):
         if new:
             stored, n_old = self._feature_columns, self._stored_names
             n_new = n_old + len(new)
-            for key, column in self._compute_features(new).items():
+            features = self._compute_features(new)
+            features.update(self._rule_flags(features))
+            for key, column in features.items():
                 if key not in stored or stored[key].shape[0] < n_new:  # amortized growth
                     grown = np.empty(max(2 * n_new, 1024), column.dtype)
                     if key in stored:
@@ -605,6 +784,17 @@ class DnsTunnelDetector(Detector):
                 stored[key][n_old:n_new] = column
             self._stored_names = n_new
         return rows, items
+
+    def _rule_flags(self, feats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The per-name tests of the rules with this detector's thresholds, stored with the
+        features (once per name, not per row and close): long_name (long, high-entropy
+        subdomain), exfil_name (one long high-entropy label), dga_name (a parent with a
+        valid TLD and a random-looking registrable label)."""
+        high = feats["sub_h"] >= self.min_entropy
+        random_sld = (feats["sld_len"] >= self.dga_label) & (feats["sld_h"] >= self.dga_entropy)
+        return {"long_name": (feats["sub_len"] >= self.long_chars) & high,
+                "exfil_name": (feats["max_label"] >= self.exfil_label) & high,
+                "dga_name": feats["named"] & feats["valid_tld"] & random_sld}
 
     def _name_features(self, names: np.ndarray | list[str]) -> dict[str, np.ndarray]:
         """Per-name feature columns aligned with `names`."""
@@ -653,13 +843,13 @@ class DnsTunnelDetector(Detector):
 
     def _ascii_features(self, names: list[str]) -> dict[str, np.ndarray] | None:
         """_compute_features of names that are all ASCII, from compiled passes over their
-        bytes: the shape tests, the tail walk, the per-name spans of parent, subdomain and
-        registrable label, lengths, longest labels and entropies. Python touches only the
-        distinct deciding tails (the rule-tail check on the text, the public-suffix memo)
-        and the distinct parents (their text and ids); names of other shapes (an empty
-        label, a leading dot, a tail that matched only by hash) go through _Psl.split and
-        the string functions one by one, as in _split_names. None when a name is not ASCII
-        or the rule tails are not reachable (the caller takes the mapped path)."""
+        bytes: the shape tests, the exact tail walk, the per-name spans of parent, subdomain
+        and registrable label, lengths, longest labels and entropies. Python touches only
+        the rule tails met for the first time (one library call each, _TailTable) and the
+        distinct parents (their text and ids); names of other shapes (an empty label, a
+        leading dot) go through _Psl.split and the string functions one by one, as in
+        _split_names. None when a name is not ASCII or the rule tails are not reachable
+        (the caller takes the mapped path)."""
         tails = self._psl.tails
         joined = "".join(names)
         if tails is None or not joined.isascii():  # (isascii of a str: a flag, O(1))
@@ -672,64 +862,27 @@ class DnsTunnelDetector(Detector):
         raw = np.frombuffer(joined.encode("ascii"), np.uint8)
         lower = np.frombuffer(lower_text.encode("ascii"), np.uint8)
         shape = _name_shapes(raw, bounds)
-        count, deepest, starts = _tail_walk_kernel(lower, bounds, _tail_hashes(tails))
-        base = bounds[:-1] + np.arange(m) - 1  # starts[base + L]: offset of level L
-
-        def level_start(level: np.ndarray) -> np.ndarray:
-            """Offset of level `level` in each name (as _split_by_kernel's level_start)."""
-            return starts[np.minimum(base + np.clip(level, 1, None), starts.size - 1)]
-
-        # the hashes' d* checked on the text once per distinct deciding tail (with whether
-        # d* = count: the same tail can decide at either)
-        split = shape == _SHAPE_SPLIT
-        at_count = deepest == count
-        decide_start = bounds[:-1] + level_start(np.minimum(count, deepest + 1))
-        group, reps = _distinct_spans(lower, decide_start, bounds[1:], split,
-                                      at_count.astype(np.int64))
-        checked_g = np.zeros(reps.size, bool)
-        public_g = np.zeros(reps.size, np.int64)
-        for g, (a, b, whole, deep) in enumerate(zip(
-                decide_start[reps].tolist(), bounds[reps + 1].tolist(),
-                at_count[reps].tolist(), (deepest[reps] >= 1).tolist(), strict=True)):
-            decide = lower_text[a:b]
-            ok = (decide in tails) == whole
-            if ok and not whole and deep:  # the key of level d* must be a tail too
-                ok = decide.partition(".")[2] in tails
-            if ok:
-                checked_g[g] = True
-                public_g[g] = self._psl.public_labels(decide)
-        checked = np.zeros(m, bool)
-        public = np.zeros(m, np.int64)
-        checked[split], public[split] = checked_g[group[split]], public_g[group[split]]
-        has_parent = checked & (count > public)
-        # spans: parent and registrable label in the lowercase bytes, subdomain in the name
-        name_start = bounds[:-1]
-        parent_start = name_start + level_start(public + 1)
-        sub_end = np.where(has_parent, np.maximum(parent_start - 1, name_start), name_start)
+        table = _tail_table(tails)
+        count, deepest, starts, tail = table.walk(lower, bounds)
+        public = self._public_labels_by_tail(table, shape == _SHAPE_SPLIT, count, deepest,
+                                             tail, starts, bounds, lower_text)
+        (has_parent, parent_start, sub_len, max_label, label_start, sub_h, sld_len,
+         sld_h) = _span_features(raw, lower, bounds, starts, count, public, shape)
         invalid = shape == _SHAPE_INVALID_TLD
-        sub_end[invalid] = bounds[1:][invalid]
-        sld_start = np.where(has_parent, parent_start, name_start)
-        sld_end = np.where(has_parent, name_start + level_start(public) - 1, name_start)
-        # distinct parents: their text once each, then an object gather
+        # distinct parents: their text once each; each name's parent is a slot of `texts`
         parent_group, parent_reps = _distinct_spans(lower, parent_start, bounds[1:], has_parent,
                                                     np.zeros(m, np.int64))
-        texts = _object_column([lower_text[a:b] for a, b in zip(
-            parent_start[parent_reps].tolist(), bounds[1:][parent_reps].tolist(), strict=True)]
-            + ["", INVALID_TLD])
-        slot = np.full(m, texts.size - 2, np.int64)  # ""
+        texts = [lower_text[a:b] for a, b in zip(parent_start[parent_reps].tolist(),
+                                                 bounds[1:][parent_reps].tolist(), strict=True)]
+        empty = len(texts)
+        texts += ["", INVALID_TLD]
+        slot = np.full(m, empty, np.int64)
         slot[has_parent] = parent_group[has_parent]
-        slot[invalid] = texts.size - 1
-        parent = texts[slot]
-        sub_codes, sub_bounds = _gather_spans(raw, name_start, sub_end, False)
-        max_label, label_start = _longest_label_kernel(sub_codes, sub_bounds)
-        dotless_codes, dotless_bounds = _gather_spans(raw, name_start, sub_end, True)
-        sld_codes, sld_bounds = _gather_spans(lower, sld_start, sld_end, False)
-        feats = {"parent": parent, "sub_len": np.diff(dotless_bounds),
-                 "max_label": max_label, "label_start": label_start,
-                 "sub_h": _entropy_kernel(dotless_codes, dotless_bounds),
-                 "sld_len": np.diff(sld_bounds), "sld_h": _entropy_kernel(sld_codes, sld_bounds)}
-        # the other shapes and the hash-only matches: one PSL split each (rare)
-        other = np.flatnonzero((shape == _SHAPE_PER_NAME) | (split & ~checked))
+        slot[invalid] = empty + 1
+        feats = {"sub_len": sub_len, "max_label": max_label, "label_start": label_start,
+                 "sub_h": sub_h, "sld_len": sld_len, "sld_h": sld_h}
+        # the other shapes: one PSL split each (rare); their parents get slots of their own
+        other = np.flatnonzero(shape == _SHAPE_PER_NAME)
         if other.size:
             rest = [names[i] for i in other.tolist()]
             p, sub, sld = _object_column(rest), _object_column(rest), _object_column(rest)
@@ -743,21 +896,68 @@ class DnsTunnelDetector(Detector):
                     sld[j] = p[j][: -len(suffix) - 1] if len(p[j]) > len(suffix) else p[j]
             subs, slds = sub.tolist(), sld.tolist()
             dotless = list(map(str.replace, subs, repeat("."), repeat("")))
-            feats["parent"][other] = p
+            slot[other] = len(texts) + np.arange(other.size)
+            texts += p.tolist()
             feats["max_label"][other], feats["label_start"][other] = _longest_labels(subs)
             feats["sub_len"][other] = np.fromiter(map(len, dotless), np.int64, len(dotless))
             feats["sub_h"][other] = entropy(dotless)
             feats["sld_len"][other] = np.fromiter(map(len, slds), np.int64, len(slds))
             feats["sld_h"][other] = entropy(slds)
-        parent = feats["parent"]
+        is_domain = np.fromiter((t != "" and t != INVALID_TLD for t in texts), bool, len(texts))
         if self.ignore:  # allow-listed parents are never grouped
-            ignored = frozenset(self.ignore)
-            named = (parent != "") & (parent != INVALID_TLD)
-            listed = np.fromiter(map(ignored.__contains__, parent.tolist()), bool, m)
-            listed |= _ends_with_any(raw, bounds, *_utf8_codes(list(self.ignore)))
-            parent[named & listed] = ""
-        feats.update(self._parent_features(parent))
+            listed = np.fromiter(map(frozenset(self.ignore).__contains__, texts), bool,
+                                 len(texts))[slot]
+            listed |= _ends_with_any(raw, bounds, *self._ignore_codes)
+            slot[is_domain[slot] & listed] = empty
+        feats.update(self._slot_parent_features(_object_column(texts), slot))
         return feats
+
+    def _slot_parent_features(self, texts: np.ndarray, slot: np.ndarray
+                              ) -> dict[str, np.ndarray]:
+        """parent, named, valid_tld and parent_id columns of names whose parents are
+        texts[slot]: = _parent_features(texts[slot]), with the text tests and the id
+        lookups once per distinct slot (factorized in first-seen order, so new parents get
+        their ids in the order of their first names, as there)."""
+        code, first = factorize_u64(slot.view(np.uint64))
+        distinct = texts[slot[first]]
+        parent_ids = self._parent_ids
+        for p in distinct.tolist():
+            if p not in parent_ids:
+                parent_ids[p] = len(parent_ids)
+        ids = np.fromiter(map(parent_ids.__getitem__, distinct.tolist()), np.int64,
+                          distinct.size)
+        return {"parent": distinct[code], "named": (distinct != "")[code],
+                "valid_tld": (distinct != INVALID_TLD)[code], "parent_id": ids[code]}
+
+    def _public_labels_by_tail(self, table: _TailTable, split: np.ndarray, count: np.ndarray,
+                               deepest: np.ndarray, tail: np.ndarray, starts: np.ndarray,
+                               bounds: np.ndarray, lower_text: str) -> np.ndarray:
+        """Labels of the public suffix of each name of the split shape (1 elsewhere), from
+        the exact tail walk: 1 at d* = 0 (the deciding key is the TLD alone), else the
+        tail table's answer for the level-d* tail (see _TailTable), asked of the library
+        once per tail, for the first name that needs it."""
+        public = np.ones(split.size, np.int64)
+        whole = split & (deepest == count)
+        below = split & (deepest >= 1) & ~whole
+        for rows, known in ((np.flatnonzero(below), table.public_below),
+                            (np.flatnonzero(whole), table.public_whole)):
+            if rows.size == 0:
+                continue
+            t = tail[rows]
+            labels = known[t]
+            missing = np.flatnonzero(labels == 0)  # (a public suffix has >= 1 label)
+            if missing.size:
+                fresh, first = np.unique(t[missing], return_index=True)
+                for f, r in zip(fresh.tolist(), rows[missing[first]].tolist(), strict=True):
+                    if known is table.public_whole:
+                        text = table.texts[f]
+                    else:  # the deciding key: the name from level d* + 1 (walk's starts)
+                        a = int(bounds[r])
+                        text = lower_text[a + int(starts[a + r + deepest[r]]):int(bounds[r + 1])]
+                    known[f] = self._psl.public_labels(text)
+                labels = known[t]
+            public[rows] = labels
+        return public
 
     def _split_by_kernel(self, names: list[str]
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -859,66 +1059,46 @@ class DnsTunnelDetector(Detector):
         cols = rows["dns"]
         t = cols["timestamp"]
         idx = rows_in_range(t, windows)
-        # distinct names in first-seen order (as factorize_text gives them) from the memo's
-        # row ids: a compiled factorize of integers, no hashing of text per close. The ids
-        # of arrival when the row memo vouches for them (no name text touched at all).
+        # each row's name row (the per-name feature columns) from the memo of arrival when
+        # it vouches for them (no name text touched at all), else looked up now
         known = self._row_memo.aligned(windows, t, idx)  # (also releases closed rows)
         if idx.size == 0:
             return []
         if known is not None:
             name_rows = known["name_row"]
+            client_hi, client_lo = known["client_hi"], known["client_lo"]
         else:
             name_rows = self._name_rows(cols["qname"][idx])[0]
-        name_code, first = factorize_u64(name_rows.view(np.uint64))
-        distinct = _LazyNames(cols, idx[first])
-        distinct_rows = name_rows[first]
-        feats = _Gathered(self._feature_columns, distinct_rows)
-        sub_len, sub_h = feats["sub_len"], feats["sub_h"]
-        long_name = (sub_len >= self.long_chars) & (sub_h >= self.min_entropy)
-        exfil_name = (feats["max_label"] >= self.exfil_label) & (sub_h >= self.min_entropy)
-        random_sld = (feats["sld_len"] >= self.dga_label) & (feats["sld_h"] >= self.dga_entropy)
-        parent_code_of = factorize_u64(feats["parent_id"].view(np.uint64))[0]
-        named = feats["named"]  # per distinct name
-        valid_tld = feats["valid_tld"]
+            client = _client_words(cols["is_response"][idx], cols["dst_ip"][idx],
+                                   cols["src_ip"][idx])
+            client_hi, client_lo = client[:, 0], client[:, 1]
+        stored = self._feature_columns
         is_resp = cols["is_response"][idx]
-        client = np.where(is_resp, cols["dst_ip"][idx], cols["src_ip"][idx])
-        src_raw = raw_address_codes(cols, ("src_ip",), idx)
-        if src_raw is None:
-            client_code, _ = factorize_ip(client)
-        else:  # the engine's order-preserving address codes: factorize_ip's, without a sort
-            dst_raw = raw_address_codes(cols, ("dst_ip",), idx)
-            # (unordered ids: how clients are numbered changes no finding or evidence)
-            client_code = factorize_u64(np.where(is_resp, dst_raw, src_raw))[0]
-        has_parent = named[name_code]
+        # the rows that can make a finding, in one compiled pass (correlation/dns_reach.py):
+        # queries of (client, parent) keys with >= min_unique distinct names or an exfil
+        # name over the whole range, NXDOMAIN answers of clients with >= dga_min domains;
+        # only they are replicated into windows. Key ids follow first appearance; the
+        # evidence does not depend on the order of a group's rows.
+        q, key, nx = tunnel_reach(name_rows, client_hi, client_lo, is_resp,
+                                  cols["rcode"][idx] == _NXDOMAIN, stored["named"],
+                                  stored["parent_id"], stored["exfil_name"], stored["dga_name"],
+                                  self.min_unique, self.dga_min)
         findings: list[Finding] = []
-        ctx = dict(cols=cols, idx=idx, name_code=name_code, distinct=distinct, feats=feats)
+        ctx = _CloseContext(cols, idx, name_rows, stored)
 
         # tunnel and exfil names: queries grouped by (window, client, parent)
-        q = np.flatnonzero(~is_resp & has_parent)
-        if q.size:
-            pcode = parent_code_of[name_code[q]]
-            key = factorize_u64(client_code[q] * (int(pcode.max()) + 1) + pcode)[0]
-            n_keys = int(key.max()) + 1
-            # A (client, parent) can only be a finding in a window if over the whole range
-            # it has >= min_unique distinct names (tunnel) or an exfil-shaped name: the
-            # other keys (nearly all: a client meets most parents a few times) are dropped
-            # before rows are replicated into windows. Group ids stay ordered; the evidence
-            # does not depend on the order of a group's rows.
-            reach = ((distinct_per_group(key, n_keys, name_code[q]) >= self.min_unique)
-                     | (np.bincount(key, weights=exfil_name[name_code[q]], minlength=n_keys)
-                        > 0))[key]
-            q, key = q[reach], key[reach]
         if q.size:
             copy_rows, k = windows.assign(t[idx[q]])
             group, n_groups = combine_codes(k, key[copy_rows])
             member = q[copy_rows]
-            names_g = distinct_per_group(group, n_groups, name_code[member])
-            nc = name_code[member]
-            long_g = distinct_per_group(group[long_name[nc]], n_groups, nc[long_name[nc]]) \
-                if long_name[nc].any() else np.zeros(n_groups, np.int64)
+            nr = name_rows[member]
+            names_g = distinct_per_group(group, n_groups, nr)
+            long_name = stored["long_name"][nr]
+            long_g = distinct_per_group(group[long_name], n_groups, nr[long_name]) \
+                if long_name.any() else np.zeros(n_groups, np.int64)
             types_g = np.bincount(group, weights=np.isin(cols["qtype"][idx[member]],
                                                          self.tunnel_qtypes), minlength=n_groups)
-            exfil_g = np.bincount(group, weights=exfil_name[nc], minlength=n_groups)
+            exfil_g = np.bincount(group, weights=stored["exfil_name"][nr], minlength=n_groups)
             tunnel = (names_g >= self.min_unique) & ((long_g >= self.min_long)
                                                      | (types_g >= self.min_tunnel_types))
             exfil = (exfil_g > 0) & ~tunnel
@@ -927,31 +1107,30 @@ class DnsTunnelDetector(Detector):
                 r = member[groups.rows(g)]
                 rule = TUNNEL_RULE if tunnel[g] else EXFIL_NAME_RULE
                 w = int(k[groups.rows(g)[0]])
-                parent = feats["parent"][name_code[r[0]]]
-                src = ip_column_to_str(client[r[:1]])[0]
+                parent = stored["parent"][name_rows[r[0]]]
+                src = _client_text(cols, idx[r[0]], bool(is_resp[r[0]]))
                 findings.append(Finding(
                     rule=rule, key=f"{src}|{parent}", window_start=int(windows.spec.start(w)),
                     window_end=int(windows.spec.end(w)),
                     describe=partial(self._describe_tunnel, ctx, r, src, parent, rule)))
 
         # DGA: NXDOMAIN responses for random-looking registrable domains, per (window, client)
-        nx = np.flatnonzero(is_resp & (cols["rcode"][idx] == _NXDOMAIN) & has_parent
-                            & (valid_tld & random_sld)[name_code])
         if nx.size:
-            pcode = parent_code_of[name_code[nx]]
-            reach = distinct_per_group(client_code[nx], int(client_code.max()) + 1,
-                                       pcode)[client_code[nx]] >= self.dga_min
-            nx = nx[reach]
-        if nx.size:
+            if getattr(cols, "address_codes", None) is None:  # plain columns: address order
+                client_code = factorize_ip(np.where(is_resp, cols["dst_ip"][idx],
+                                                    cols["src_ip"][idx]))[0]
+            else:  # (the engine's address codes gave the clients first-appearance ranks)
+                client_code = factorize_u128(client_hi, client_lo)[0]
             copy_rows, k = windows.assign(t[idx[nx]])
             member = nx[copy_rows]
             group, n_groups = combine_codes(k, client_code[member])
-            domains_g = distinct_per_group(group, n_groups, parent_code_of[name_code[member]])
+            domains_g = distinct_per_group(group, n_groups,
+                                           stored["parent_id"][name_rows[member]])
             groups = Groups.of(group, n_groups)
             for g in np.flatnonzero(domains_g >= self.dga_min).tolist():
                 r = member[groups.rows(g)]
                 w = int(k[groups.rows(g)[0]])
-                src = ip_column_to_str(client[r[:1]])[0]
+                src = _client_text(cols, idx[r[0]], bool(is_resp[r[0]]))
                 findings.append(Finding(
                     rule=DGA_RULE, key=src, window_start=int(windows.spec.start(w)),
                     window_end=int(windows.spec.end(w)),
@@ -1045,6 +1224,39 @@ class DnsTunnelDetector(Detector):
                      "servers": common["servers"][:10]},
             message=f"{src} got NXDOMAIN for {len(domains)} random-looking domains "
                     f"in {span:.1f} s (e.g. {', '.join(domains[:3])})")
+
+
+def _client_words(is_response: np.ndarray, dst: np.ndarray, src: np.ndarray) -> np.ndarray:
+    """The client address of each row (the destination of a response, the source of a
+    query) as its two native uint64 words, shape (rows, 2): equal words, equal client."""
+    client = np.where(is_response, dst, src)
+    return np.ascontiguousarray(client).view(np.uint64).reshape(client.shape[0], 2)
+
+
+def _client_text(cols: Columns, row: int, is_response: bool) -> str:
+    """The client address of buffered row `row` as text: the destination of a response,
+    the source of a query."""
+    return ip_column_to_str(cols["dst_ip" if is_response else "src_ip"][row:row + 1])[0]
+
+
+class _CloseContext(dict):
+    """What a close's findings describe themselves from: cols and idx, and, computed on
+    first use (most closes describe nothing), name_code (the rows' distinct names numbered
+    in first-seen order), distinct (code -> name) and feats (per-name features by code)."""
+
+    def __init__(self, cols: Columns, idx: np.ndarray, name_rows: np.ndarray,
+                 columns: dict[str, np.ndarray]) -> None:
+        super().__init__(cols=cols, idx=idx)
+        self._name_rows, self._columns = name_rows, columns
+
+    def __missing__(self, key: str):
+        if key not in ("name_code", "distinct", "feats"):
+            raise KeyError(key)
+        name_code, first = factorize_u64(self._name_rows.view(np.uint64))
+        self["name_code"] = name_code
+        self["distinct"] = _LazyNames(self["cols"], self["idx"][first])
+        self["feats"] = _Gathered(self._columns, self._name_rows[first])
+        return self[key]
 
 
 class _Gathered(dict):

@@ -77,21 +77,46 @@ def test_non_ascii_names_take_the_mapped_path() -> None:
     assert detector()._ascii_features(["www.exämple.com", "a.com"]) is None
 
 
-def test_ascii_features_check_hash_matches_on_the_text() -> None:
-    # "example.com" and "b.example.org" hashed as rule tails (as a collision would): the
-    # text check rejects them and those names are split one by one
-    names = ["www.example.com", "a.b.example.org", "x.example.net", "b.example.org"]
-    keys = ["example.com", "b.example.org", "example.org"]
-    codes, bounds = dns_tunnel._utf8_codes(keys)
+@settings(max_examples=100, deadline=None)
+@given(ASCII_NAMES, st.sampled_from([0, 0xF, 0xFFFF]))
+def test_ascii_features_compare_rule_tails_exactly(names, hash_mask) -> None:
+    # a tail table whose hashes keep only a few bits (every key collides with many tails):
+    # the byte comparison alone must decide, and the features stay those of the mapped path
+    names = list(dict.fromkeys(names))
     d = detector()
-    colliding = np.union1d(dns_tunnel._tail_hashes(d._psl.tails),
-                           dns_tunnel._reversed_hash_kernel(codes, bounds))
+    narrow = dns_tunnel._TailTable(d._psl.tails, hash_mask)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(dns_tunnel, "_tail_hashes", lambda tails: colliding)
+        patch.setattr(dns_tunnel, "_tail_table", lambda tails: narrow)
         got = d._ascii_features(names)
-    assert got["parent"].tolist() == ["example.com", "example.org", "example.net",
-                                      "example.org"]
     assert_same(got, mapped_features(names), names)
+
+
+def test_exact_tail_walk_finds_the_deepest_rule_tail() -> None:
+    table = dns_tunnel._TailTable(detector()._psl.tails, 0)  # (all hashes collide)
+    names = ["a.b.city.kobe.jp", "www.example.co.uk", "x.unknowntld", "co.uk"]
+    codes, bounds = dns_tunnel._utf8_codes(names)
+    count, deepest, _, tail = table.walk(codes, bounds)
+    assert count.tolist() == [5, 4, 2, 2]
+    assert deepest.tolist() == [3, 2, 0, 2]  # city.kobe.jp (from !city.kobe.jp), co.uk
+    assert [table.texts[t] if t >= 0 else None for t in tail.tolist()] == [
+        "city.kobe.jp", "co.uk", None, "co.uk"]
+
+
+def test_public_labels_by_tail_equal_the_library_under_every_rule() -> None:
+    # every rule of the list (wildcards filled in, exceptions as plain labels) under one
+    # and two more labels, and alone: one batch, so the tail table's per-tail answers are
+    # filled by some names and reused for the others
+    from test_dns_tunnel import _RULES, library_split
+    names = []
+    for rule in _RULES:
+        if not rule.isascii():
+            continue
+        text = rule.lstrip("!").replace("*", "w")
+        names += [f"q.{text}", f"a.b.{text}", text]
+    names = list(dict.fromkeys(names))
+    got = detector(ignore_domains=[])._ascii_features(names)
+    assert got["parent"].tolist() == [library_split(n)[0] for n in names]
+    assert_same(got, mapped_features(names, ignore_domains=[]), names)
 
 
 def test_distinct_spans_compare_the_bytes() -> None:
