@@ -19,6 +19,11 @@ directly by a test) and returns None when it fails: the caller then computes the
 the exact way, from the columns. After `poison` (the values of the rows so far became
 invalid, e.g. a bounded text memo started over) it returns None for every range that can
 hold a row added before.
+
+Cost per close: one compiled pass over the memo's rows. Usually the memo holds exactly the
+buffered rows (both released the same ones): then the pass compares the two timestamp
+columns element for element and memo row i is buffered row i; else it walks the memo's
+rows inside the range against the held rows. Released rows are compacted in place.
 """
 
 from __future__ import annotations
@@ -41,6 +46,74 @@ def _in_range(times: np.ndarray, start: int, end: int) -> np.ndarray:
             out[m] = i
             m += 1
     return out[:m]
+
+
+@njit
+def _aligned_inside(times: np.ndarray, start: int, end: int, held_times: np.ndarray,
+                    idx: np.ndarray, horizon: int) -> tuple[np.ndarray, int]:
+    """(Indices of the times in [start, end), count of the times < horizon) when, in order,
+    the former equal held_times[idx] (as many, every timestamp equal); else ([-1], count)
+    (a real answer never holds -1). The range test, the gather of the held times, the
+    comparison and the release count in one pass, no temporaries. Indices stay in range:
+    j < idx.shape[0] is checked before idx[j] is read, and idx holds indices of
+    held_times (the caller's contract)."""
+    n = times.shape[0]
+    n_held = idx.shape[0]
+    out = np.empty(n_held, np.int64)
+    aligned = True
+    j = 0
+    n_stale = 0
+    for i in range(n):
+        t = times[i]
+        if t < horizon:
+            n_stale += 1
+        if aligned and start <= t < end:
+            if j == n_held or held_times[idx[j]] != t:
+                aligned = False
+            else:
+                out[j] = i
+                j += 1
+    if not aligned or j != n_held:
+        return np.full(1, -1, np.int64), n_stale
+    return out, n_stale
+
+
+@njit
+def _same_times(times: np.ndarray, held_times: np.ndarray, horizon: int) -> tuple[bool, int]:
+    """(times equal held_times element for element, count of times < horizon): when the
+    memo holds exactly the buffered rows (both released the same rows), memo row i is
+    buffered row i. Same lengths (the caller's check)."""
+    same = True
+    n_stale = 0
+    for i in range(times.shape[0]):
+        t = times[i]
+        if t < horizon:
+            n_stale += 1
+        if t != held_times[i]:
+            same = False
+    return same, n_stale
+
+
+@njit
+def _count_before(times: np.ndarray, horizon: int) -> int:
+    n = 0
+    for i in range(times.shape[0]):
+        if times[i] < horizon:
+            n += 1
+    return n
+
+
+@njit
+def _compact_from(times: np.ndarray, horizon: int, column: np.ndarray) -> int:
+    """Move column's rows whose time is >= horizon to its front, in order (in place:
+    the write position never passes the read one); the kept count. column may be times
+    itself (each time is read before its place can be written)."""
+    j = 0
+    for i in range(times.shape[0]):
+        if times[i] >= horizon:
+            column[j] = column[i]
+            j += 1
+    return j
 
 
 def rows_in_range(times: np.ndarray, windows: WindowRange) -> np.ndarray:
@@ -91,35 +164,61 @@ class ArrivalMemo:
                                     else max(self._poisoned_until, self.max_time))
         self.rows = 0
 
-    def aligned(self, windows: WindowRange, held_times: np.ndarray, idx: np.ndarray
-                ) -> dict[str, np.ndarray] | None:
+    def aligned(self, windows: WindowRange, held_times: np.ndarray, idx: np.ndarray,
+                copy: bool = True) -> dict[str, np.ndarray] | None:
         """The values of buffered rows `idx` (the detector's rows inside the closing range,
         ascending; held_times = the buffered timestamp column), or None when the memo
-        cannot vouch for them. Afterwards rows before the next range are released."""
+        cannot vouch for them. Afterwards rows before the next range are released.
+
+        copy=False may hand back read-only views of the memo's own columns (when the rows
+        are consecutive in the memo and no release moves them in this call): valid only
+        until the memo's next add or aligned; for a caller that is done with them by then."""
         start = int(windows.spec.start(windows.first))
+        horizon = int(windows.spec.start(windows.last + 1))
         times = self.times[: self.rows]
-        inside = rows_in_range(times, windows)
         out = None
-        if ((self._poisoned_until is None or start > self._poisoned_until)
-                and inside.shape[0] == idx.shape[0]
-                and np.array_equal(times[inside], held_times[idx])):
-            out = {name: column[inside] for name, column in self.values.items()}
-        self._release(int(windows.spec.start(windows.last + 1)))
+        if self._poisoned_until is None or start > self._poisoned_until:
+            held = np.ascontiguousarray(held_times, np.int64)
+            inside = np.ascontiguousarray(idx, np.int64)
+            same = False
+            if held.shape[0] == self.rows:  # usually: the engine released the same rows
+                same, n_stale = _same_times(times, held, horizon)
+            if not same:
+                inside, n_stale = _aligned_inside(times, start,
+                                                  int(windows.spec.end(windows.last)), held,
+                                                  inside, horizon)
+            if inside.shape[0] != 1 or inside[0] >= 0:  # [-1]: not aligned
+                out = self._take(inside, copy or self._releases(n_stale))
+        else:
+            n_stale = _count_before(times, horizon)
+        if self._releases(n_stale):
+            self._release(horizon)
         return out
 
+    def _take(self, inside: np.ndarray, copy: bool) -> dict[str, np.ndarray]:
+        """The values at memo rows `inside` (ascending): a read-only view when they are
+        consecutive and copy is False, else a gather."""
+        if not copy and (inside.shape[0] == 0 or inside[-1] - inside[0] + 1 == inside.shape[0]):
+            lo = int(inside[0]) if inside.shape[0] else 0
+            out = {}
+            for name, column in self.values.items():
+                view = column[lo: lo + inside.shape[0]]
+                view.flags.writeable = False
+                out[name] = view
+            return out
+        return {name: column[inside] for name, column in self.values.items()}
+
+    def _releases(self, n_stale: int) -> bool:
+        """Rows before the horizon are dropped once they are over a quarter of the rows
+        (amortized: a copy per many closes)."""
+        return n_stale > 0 and n_stale > self.rows // 4
+
     def _release(self, horizon: int) -> None:
-        """Drop rows before `horizon` (no later range holds them) once they are over a
-        quarter of the rows (amortized: a copy per many closes)."""
+        """Drop rows before `horizon` (no later range holds them), in place."""
         times = self.times[: self.rows]
-        n_stale = int(np.count_nonzero(times < horizon))
-        if n_stale == 0 or n_stale <= self.rows // 4:
-            return
-        keep = times >= horizon
-        n = self.rows - n_stale
-        self.times[:n] = times[keep]
         for column in self.values.values():
-            column[:n] = column[: self.rows][keep]
-        self.rows = n
+            _compact_from(times, horizon, column[: self.rows])
+        self.rows = _compact_from(times, horizon, times)  # the times last: read above
 
 
 def _grown(column: np.ndarray, capacity: int, used: int) -> np.ndarray:

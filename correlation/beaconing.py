@@ -39,7 +39,10 @@ rows. Findings and evidence do not depend on how groups are numbered. Flow pair 
 are computed over a whole batch once and shared with strobe's select (`pair_hashes`); DNS
 keys hash the name's str hash, and only a close's candidate rows get exact name ids. Other
 columns are read at the rows used (`take_rows`: sizes of the candidates, one row for a
-finding's key, a finding's own rows for its evidence), not gathered whole per close.
+finding's key, a finding's own rows for its evidence), not gathered whole per close. A
+scored group's contacts, interval statistics and histogram come from one compiled pass
+over its sorted seconds (`_contact_kernel`); the score arithmetic after it is numpy's, so
+every score is the same float as the whole-array implementation's (tests/test_beacon_stats.py).
 """
 
 from __future__ import annotations
@@ -170,6 +173,36 @@ def _sorted_quantile(v: np.ndarray, q: float) -> float:
 
 
 @njit
+def _segment_bowley(seg: np.ndarray, dev: np.ndarray) -> tuple[float, float, float]:
+    """(Bowley skew, MADM, median) of an ascending non-empty array; dev: scratch of the
+    same length (sorted in place: no allocation per group)."""
+    q1 = _sorted_quantile(seg, 0.25)
+    q2 = _sorted_quantile(seg, 0.5)
+    q3 = _sorted_quantile(seg, 0.75)
+    den = q3 - q1
+    skew = 0.0
+    if den > 0 and q2 != q1 and q2 != q3:
+        skew = (q1 + q3 - 2 * q2) / den
+    for j in range(seg.shape[0]):
+        dev[j] = abs(seg[j] - q2)
+    dev.sort()
+    return skew, _sorted_quantile(dev, 0.5), q2
+
+
+@njit
+def _group_starts(group: np.ndarray, n_groups: int) -> np.ndarray:
+    """starts[g]:starts[g + 1] = group g's slice after a counting sort by group; raises
+    on a group id outside [0, n_groups)."""
+    counts = np.zeros(n_groups + 1, np.int64)
+    for i in range(group.shape[0]):
+        g = group[i]
+        if g < 0 or g >= n_groups:
+            raise ValueError("group id out of range")
+        counts[g + 1] += 1
+    return np.cumsum(counts)
+
+
+@njit
 def _bowley_madm_kernel(group: np.ndarray, values: np.ndarray, n_groups: int
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per group: (Bowley skew, MADM, median); 0, 0, 0 for an empty group.
@@ -179,13 +212,7 @@ def _bowley_madm_kernel(group: np.ndarray, values: np.ndarray, n_groups: int
     the arrays: group ids are in [0, n_groups) (checked), slices come from the counts.
     """
     n = group.shape[0]
-    counts = np.zeros(n_groups + 1, np.int64)
-    for i in range(n):
-        g = group[i]
-        if g < 0 or g >= n_groups:
-            raise ValueError("group id out of range")
-        counts[g + 1] += 1
-    starts = np.cumsum(counts)  # group g is starts[g]:starts[g + 1]
+    starts = _group_starts(group, n_groups)  # group g is starts[g]:starts[g + 1]
     fill = starts[:-1].copy()
     v = np.empty(n, np.float64)
     for i in range(n):
@@ -200,19 +227,77 @@ def _bowley_madm_kernel(group: np.ndarray, values: np.ndarray, n_groups: int
         a, b = starts[g], starts[g + 1]
         if b == a:
             continue
-        seg = np.sort(v[a:b])
-        q1 = _sorted_quantile(seg, 0.25)
-        q2 = _sorted_quantile(seg, 0.5)
-        q3 = _sorted_quantile(seg, 0.75)
-        den = q3 - q1
-        if den > 0 and q2 != q1 and q2 != q3:
-            skew[g] = (q1 + q3 - 2 * q2) / den
-        d = dev[a:b]
-        for j in range(b - a):
-            d[j] = abs(seg[j] - q2)
-        madm[g] = _sorted_quantile(np.sort(d), 0.5)
-        median[g] = q2
+        seg = v[a:b]
+        seg.sort()  # in place: v is this kernel's own copy
+        sk, md, me = _segment_bowley(seg, dev[a:b])
+        skew[g] = sk
+        madm[g] = md
+        median[g] = me
     return skew, madm, median
+
+
+@njit
+def _ascending(v: np.ndarray) -> bool:
+    for i in range(1, v.shape[0]):
+        if v[i] < v[i - 1]:
+            return False
+    return True
+
+
+@njit
+def _contact_kernel(group: np.ndarray, sec: np.ndarray, n_groups: int, bins: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per group, from its rows' seconds: (distinct seconds = contacts, Bowley skew, MADM
+    and median of the intervals between consecutive distinct seconds, histogram of the
+    distinct seconds in `bins` equal bins over the group's own span [first, last + 1)).
+
+    One counting sort by group and a small sort per group, instead of a packed sort, a
+    dedupe, a bincount and the interval kernel's own counting sort over the same rows.
+    Indices stay inside the arrays: group ids are checked by _group_starts, slices come
+    from the counts, a bin is clipped to [0, bins) (seconds >= the group's first)."""
+    n = group.shape[0]
+    starts = _group_starts(group, n_groups)
+    fill = starts[:-1].copy()
+    v = np.empty(n, np.int64)
+    for i in range(n):
+        g = group[i]
+        v[fill[g]] = sec[i]
+        fill[g] += 1
+    contacts = np.zeros(n_groups, np.int64)
+    skew = np.zeros(n_groups)
+    madm = np.zeros(n_groups)
+    median = np.zeros(n_groups)
+    hist = np.zeros((n_groups, bins), np.int64)
+    intervals = np.empty(n, np.float64)
+    dev = np.empty(n, np.float64)
+    for g in range(n_groups):
+        a, b = starts[g], starts[g + 1]
+        if b == a:
+            continue
+        seg = v[a:b]
+        if not _ascending(seg):  # rows mostly arrive in time order: often sorted already
+            seg.sort()  # in place: v is this kernel's own copy
+        m = 1  # distinct seconds, compacted to seg[:m]
+        for j in range(1, b - a):
+            if seg[j] != seg[m - 1]:
+                seg[m] = seg[j]
+                m += 1
+        contacts[g] = m
+        if m > 1:
+            for j in range(m - 1):
+                intervals[j] = np.float64(seg[j + 1] - seg[j])
+            gaps = intervals[:m - 1]
+            gaps.sort()
+            sk, md, me = _segment_bowley(gaps, dev[:m - 1])
+            skew[g] = sk
+            madm[g] = md
+            median[g] = me
+        lo = seg[0]
+        width = max((seg[m - 1] - lo + 1) / bins, 1e-9)
+        for j in range(m):
+            k = int((seg[j] - lo) / width)
+            hist[g, min(k, bins - 1)] += 1
+    return contacts, skew, madm, median, hist
 
 
 def bowley_madm(group: np.ndarray, values: np.ndarray, n_groups: int
@@ -229,27 +314,15 @@ def bowley_madm(group: np.ndarray, values: np.ndarray, n_groups: int
 def beacon_scores(group: np.ndarray, n_groups: int, times_ns: np.ndarray,
                   sizes: np.ndarray | None, bins: int, ideal: int) -> dict[str, np.ndarray]:
     """Per-group beacon score components (see module doc); `contacts` = distinct seconds."""
-    g, s = _distinct_group_seconds(group, times_ns // NS_PER_S)  # one contact per second
-    contacts = np.bincount(g, minlength=n_groups)
-    same = g[1:] == g[:-1]
-    iv_group = g[1:][same]
-    intervals = (s[1:] - s[:-1])[same].astype(np.float64)
-    skew, madm, median = bowley_madm(iv_group, intervals, n_groups)
+    contacts, skew, madm, median, hist = _contact_kernel(
+        np.asarray(group, np.int64), np.asarray(times_ns // NS_PER_S, np.int64), int(n_groups),
+        int(bins))  # one contact per second
     out = {"contacts": contacts, "median_interval_s": median,
            "ts_skew": 1 - np.abs(skew),
            "ts_madm": np.clip(1 - madm / np.maximum(median, 1.0), 0, 1),
            "count": np.minimum(1.0, contacts / float(ideal))}
-    # histogram of contacts over each group's own active span
-    # (g, s) ascending: a group's first and last contact bound its span
-    lo = np.full(n_groups, np.iinfo(np.int64).max)
-    hi = np.full(n_groups, np.iinfo(np.int64).min)
-    present = contacts > 0
-    ends = np.cumsum(contacts)
-    lo[present] = s[(ends - contacts)[present]]
-    hi[present] = s[ends[present] - 1]
-    width = np.maximum((hi - lo + 1) / bins, 1e-9)
-    b = np.minimum(((s - lo[g]) / width[g]).astype(np.int64), bins - 1)
-    hist = np.bincount(g * bins + b, minlength=n_groups * bins).reshape(n_groups, bins)
+    # histogram of contacts over each group's own active span: a steady caller fills the
+    # bins evenly
     mean = hist.mean(axis=1)
     cv = np.divide(hist.std(axis=1), mean, out=np.full(n_groups, np.inf), where=mean > 0)
     out["hist"] = np.clip(1 - cv, 0, 1)
@@ -264,31 +337,6 @@ def beacon_scores(group: np.ndarray, n_groups: int, times_ns: np.ndarray,
         parts.append(out["ds_score"])
     out["score"] = np.mean(parts, axis=0)
     return out
-
-
-def _distinct_group_seconds(group: np.ndarray, sec: np.ndarray
-                            ) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct (group, second) pairs, ascending by group then second.
-
-    Packed as group * span + (second - first second) into one int64 and sorted (np.sort is
-    several times faster than a two-key lexsort); lexsort when the product would overflow.
-    """
-    if group.size == 0:
-        return group.astype(np.int64), sec.astype(np.int64)
-    s0 = int(sec.min())
-    span = int(sec.max()) - s0 + 1
-    if (int(group.max()) + 1) * span < 2**62:
-        packed = np.sort(group.astype(np.int64) * span + (sec - s0))
-        keep = np.empty(packed.size, bool)
-        keep[0] = True
-        np.not_equal(packed[1:], packed[:-1], out=keep[1:])
-        packed = packed[keep]
-        return packed // span, packed % span + s0
-    order = np.lexsort((sec, group))
-    g, s = group[order], sec[order]
-    first = np.ones(g.size, bool)
-    first[1:] = (g[1:] != g[:-1]) | (s[1:] != s[:-1])
-    return g[first], s[first]
 
 
 @njit
@@ -352,12 +400,16 @@ def pair_hashes(c: Columns) -> np.ndarray:
 @njit
 def _bucket_counts_reach(hashes: np.ndarray, bits: int, threshold: int) -> np.ndarray:
     """Boolean per row: rows in its bucket (the top `bits` bits of its hash) >= threshold.
-    Bucket indices are < 2**bits by the shift (bits in 1..32)."""
+    Bucket indices are < 2**bits by the shift (bits in 1..32). Counts saturate at 255
+    (one byte a bucket: a table 4x smaller than uint32 counts stays in cache); the
+    caller passes threshold <= 255, so a saturated bucket reaches it."""
     n = hashes.shape[0]
     shift = np.uint64(64 - bits)
-    counts = np.zeros(1 << bits, np.uint32)
+    counts = np.zeros(1 << bits, np.uint8)
     for i in range(n):
-        counts[hashes[i] >> shift] += 1
+        b = hashes[i] >> shift
+        if counts[b] != 255:
+            counts[b] += 1
     out = np.empty(n, np.bool_)
     for i in range(n):
         out[i] = counts[hashes[i] >> shift] >= threshold
@@ -371,6 +423,10 @@ def candidate_rows(hashes: np.ndarray, threshold: int) -> np.ndarray:
     n = hashes.shape[0]
     if n == 0:
         return np.zeros(0, bool)
+    if threshold <= 1:
+        return np.ones(n, bool)
+    if threshold > 255:  # beyond the byte counts: exact counts per key (a hash pass)
+        return reaching(np.ascontiguousarray(hashes, np.uint64).view(np.int64), threshold)
     bits = min(max(n.bit_length(), 8), 24)  # about one row per bucket
     return _bucket_counts_reach(np.ascontiguousarray(hashes, np.uint64), bits, int(threshold))
 
@@ -514,7 +570,8 @@ class BeaconDetector(Detector):
         # hashes of arrival when the memo vouches for them, else from the columns. (Asked
         # on every close, so that it also releases the rows of closed windows.)
         memo = self._key_memo.get(kind)
-        known = memo.aligned(windows, t, idx) if memo is not None else None
+        # (views: the keys are read before this detector's next select or close)
+        known = memo.aligned(windows, t, idx, copy=False) if memo is not None else None
         if idx.size < self.min_connections:
             return []
         name_col, size_col = _SOURCES[kind]

@@ -166,88 +166,103 @@ def _pair_text(cols: Columns, row: int) -> str:
 # pair hash buckets per hop slot (2**14 uint32 counts: 64 kB a slot; an hour's range of
 # ~10^5 flows puts a few rows in a bucket, thousands only where a pair has them)
 _SLOT_BUCKET_BITS = 14
-# slots kept at most (16 MB): closes release slots as the watermark passes them, so only
-# rows that never reach a close (all dropped as late) can pile up; the oldest slots go
-# first, and a close over a forgotten slot counts too few rows: the exact path
+# slots kept at most (a ring of 16 MB, zero pages until used): slot s lives at s % _MAX_SLOTS
+# and a newer slot takes the place of an older one; a close over a forgotten slot (or a
+# row older than its place's slot, not counted) counts too few rows: the exact path
 _MAX_SLOTS = 256
+_NO_SLOT = np.iinfo(np.int64).min
 
 
 @njit
-def _slot_bucket_counts(hashes: np.ndarray, mask: np.ndarray, times: np.ndarray, hop: int,
-                        bits: int) -> tuple[int, np.ndarray, np.ndarray]:
-    """(first slot, rows[slot - first], counts[slot - first, bucket]) of the rows where
-    mask holds: per hop slot (time // hop) and pair bucket (the top `bits` bits of the
-    row's pair hash); first = -1 and empty arrays when no row does. Indices stay in
-    range: the first pass finds the slots' min and max, buckets are < 2**bits by the
-    shift."""
-    n = mask.shape[0]
-    first = np.int64(0)
-    last = np.int64(0)
-    seen = False
-    for i in range(n):
-        if mask[i]:
-            s = times[i] // hop
-            if not seen:
-                first = s
-                last = s
-                seen = True
-            elif s < first:
-                first = s
-            elif s > last:
-                last = s
-    if not seen:
-        return -1, np.zeros(0, np.int64), np.zeros((0, 1 << bits), np.uint32)
-    rows = np.zeros(last - first + 1, np.int64)
-    counts = np.zeros((last - first + 1, 1 << bits), np.uint32)
+def _count_into_slots(hashes: np.ndarray, mask: np.ndarray, times: np.ndarray, hop: int,
+                      bits: int, slot_of: np.ndarray, rows: np.ndarray, counts: np.ndarray
+                      ) -> None:
+    """Count the rows where mask holds into their hop slot's (time // hop) row count and
+    pair bucket (the top `bits` bits of the row's pair hash), in place. Slot s lives at
+    place s % places: a newer slot clears and takes an older slot's place; a row older
+    than its place's slot is not counted. Indices stay in range: a place is < places
+    (non-negative modulo), a bucket < 2**bits by the shift (counts has 2**bits columns)."""
+    places = slot_of.shape[0]
     shift = np.uint64(64 - bits)
-    for i in range(n):
-        if mask[i]:
-            s = times[i] // hop - first
-            rows[s] += 1
-            counts[s, hashes[i] >> shift] += 1
-    return first, rows, counts
+    # rows come mostly in time order: the previous row's slot [lo, lo + hop) usually
+    # holds the next one too, and two integer divisions per row are the kernel's cost
+    lo = np.int64(0)
+    p = -1  # place of the slot [lo, lo + hop); -1: none (skipped rows)
+    for i in range(mask.shape[0]):
+        if not mask[i]:
+            continue
+        t = times[i]
+        if t < lo or t - lo >= hop or p < 0:
+            s = t // hop
+            lo = s * hop
+            p = s % places
+            if slot_of[p] != s:
+                if slot_of[p] > s:
+                    p = -1
+                    continue  # forgotten already: the closes over it take the exact path
+                slot_of[p] = s
+                rows[p] = 0
+                counts[p, :] = 0
+        rows[p] += 1
+        counts[p, hashes[i] >> shift] += 1
+
+
+@njit
+def _quiet_slots(slot_of: np.ndarray, rows: np.ndarray, counts: np.ndarray, first_slot: int,
+                 end_slot: int, held: int, threshold: int) -> bool:
+    """Slots first_slot..end_slot-1 counted exactly `held` rows and no bucket of their sum
+    reaches `threshold` (see _SlotCounts.quiet)."""
+    places = slot_of.shape[0]
+    total_rows = 0
+    present = np.zeros(places, np.bool_)
+    for s in range(first_slot, end_slot):
+        p = s % places
+        if slot_of[p] == s:
+            total_rows += rows[p]
+            present[p] = True
+    if total_rows != held:
+        return False
+    total = np.zeros(counts.shape[1], np.int64)
+    for p in range(places):
+        if present[p]:
+            for b in range(counts.shape[1]):
+                total[b] += counts[p, b]
+    for b in range(counts.shape[1]):
+        if total[b] >= threshold:
+            return False
+    return True
 
 
 class _SlotCounts:
-    """Per hop slot: rows counted and their pair bucket counts (see the module doc)."""
+    """Per hop slot: rows counted and their pair bucket counts (see the module doc), in a
+    ring of _MAX_SLOTS places counted into by one compiled pass per batch."""
 
     def __init__(self, hop_ns: int) -> None:
         self.hop_ns = hop_ns
-        self.rows: dict[int, int] = {}
-        self.buckets: dict[int, np.ndarray] = {}
+        self.slot_of = np.full(_MAX_SLOTS, _NO_SLOT, np.int64)
+        self.rows = np.zeros(_MAX_SLOTS, np.int64)
+        self.buckets = np.zeros((_MAX_SLOTS, 1 << _SLOT_BUCKET_BITS), np.uint32)
 
     def add(self, batch: EventBatch, mask: np.ndarray) -> None:
         c = batch.columns
-        first, rows, counts = _slot_bucket_counts(
-            pair_hashes(c), np.ascontiguousarray(mask, np.bool_),
-            np.ascontiguousarray(c["timestamp"], np.int64), self.hop_ns, _SLOT_BUCKET_BITS)
-        for offset, n in enumerate(rows.tolist()):
-            if n:
-                slot = first + offset
-                self.rows[slot] = self.rows.get(slot, 0) + n
-                held = self.buckets.get(slot)
-                self.buckets[slot] = counts[offset] if held is None else held + counts[offset]
-        if len(self.rows) > _MAX_SLOTS:
-            self.release(sorted(self.rows)[-_MAX_SLOTS])
+        _count_into_slots(pair_hashes(c), np.ascontiguousarray(mask, np.bool_),
+                          np.ascontiguousarray(c["timestamp"], np.int64), self.hop_ns,
+                          _SLOT_BUCKET_BITS, self.slot_of, self.rows, self.buckets)
+
+    def held(self) -> dict[int, int]:
+        """{slot: rows counted} of the slots kept."""
+        kept = np.flatnonzero(self.slot_of != _NO_SLOT)
+        return dict(zip(self.slot_of[kept].tolist(), self.rows[kept].tolist(), strict=True))
 
     def quiet(self, first_slot: int, end_slot: int, rows: int, threshold: int) -> bool:
         """Slots first_slot..end_slot-1 counted exactly `rows` rows and no bucket of their
         sum reaches `threshold`."""
-        slots = [s for s in range(first_slot, end_slot) if s in self.rows]
-        if sum(self.rows[s] for s in slots) != rows:
-            return False
-        if not slots:
-            return True
-        total = self.buckets[slots[0]].astype(np.int64)
-        for s in slots[1:]:
-            total += self.buckets[s]
-        return int(total.max()) < threshold
+        return bool(_quiet_slots(self.slot_of, self.rows, self.buckets, int(first_slot),
+                                 int(end_slot), int(rows), int(threshold)))
 
     def release(self, before_slot: int) -> None:
         """Forget slots before `before_slot` (no range still to close holds them)."""
-        for s in [s for s in self.rows if s < before_slot]:
-            del self.rows[s]
-            del self.buckets[s]
+        self.slot_of[self.slot_of < before_slot] = _NO_SLOT
 
 
 class StrobeDetector(Detector):

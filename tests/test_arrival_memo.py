@@ -37,11 +37,11 @@ SPEC = WindowSpec(size_ns=40, hop_ns=10)
 @given(st.lists(st.lists(st.integers(0, 300), min_size=0, max_size=12), min_size=1,
                 max_size=25),
        st.lists(st.integers(0, 3), min_size=25, max_size=25),
-       st.sets(st.integers(0, 120), max_size=4), st.integers(-1, 24))
+       st.sets(st.integers(0, 120), max_size=4), st.integers(-1, 24), st.booleans())
 def test_aligned_values_are_the_held_rows_or_nothing(batches: list[list[int]],
                                                       lateness: list[int],
                                                       cap_drops: set[int],
-                                                      poison_at: int) -> None:
+                                                      poison_at: int, copy: bool) -> None:
     """A model engine: rows arrive in batches, each close takes every window the watermark
     passed, rows of closed windows only are dropped on arrival (late) or released after a
     close, and a few rows vanish (a cap). Whatever the memo answers is the held rows'."""
@@ -81,9 +81,11 @@ def test_aligned_values_are_the_held_rows_or_nothing(batches: list[list[int]],
         ht = np.array(held_t, np.int64)
         idx = rows_in_range(ht, windows)
         assert np.array_equal(idx, np.flatnonzero(windows.row_mask(ht)))
-        got = memo.aligned(windows, ht, idx)
+        got = memo.aligned(windows, ht, idx, copy=copy)  # views too (copy=False)
         if got is not None:
             assert got["value"].tolist() == np.array(held_v, np.int64)[idx].tolist()
+            if not copy and got["value"].base is not None:
+                assert not got["value"].flags.writeable  # the memo's own rows
         elif not cap_drops and poison_at < 0:
             pytest.fail("nothing was lost: the memo must vouch for the rows")
         next_k = int(last_k) + 1
@@ -91,6 +93,40 @@ def test_aligned_values_are_the_held_rows_or_nothing(batches: list[list[int]],
         keep = [i for i, t in enumerate(held_t) if t >= horizon]
         held_t = [held_t[i] for i in keep]
         held_v = [held_v[i] for i in keep]
+
+
+def test_views_only_when_consecutive_and_nothing_moves() -> None:
+    memo = ArrivalMemo({"value": np.int64})
+    memo.add(np.array([5, 15, 25, 35, 12], np.int64), value=np.arange(5, dtype=np.int64))
+    held = np.array([5, 15, 25, 35, 12], np.int64)
+    # [10, 50): rows 1, 2, 3 and 4 of the memo, consecutive; the horizon 20 releases 2
+    # of 5 rows (over a quarter): moved in place, so the answer is a copy
+    got = memo.aligned(WindowRange(SPEC, 1, 1), held, np.array([1, 2, 3, 4]), copy=False)
+    assert got["value"].tolist() == [1, 2, 3, 4] and got["value"].flags.writeable
+    assert memo.times[: memo.rows].tolist() == [25, 35] and len(memo) == 2
+    memo.add(np.array([45, 55], np.int64), value=np.array([5, 6], np.int64))
+    held = np.array([25, 35, 45, 55], np.int64)
+    got = memo.aligned(WindowRange(SPEC, 2, 2), held, np.array([0, 1, 2, 3]), copy=False)
+    assert got["value"].tolist() == [2, 3, 5, 6]  # [20, 60): horizon 30 drops 1 of 4: kept
+    assert not got["value"].flags.writeable and got["value"].base is not None
+    memo.add(np.array([95, 65], np.int64), value=np.array([7, 8], np.int64))
+    held = np.array([25, 35, 45, 55, 95, 65], np.int64)
+    got = memo.aligned(WindowRange(SPEC, 3, 3), held, np.array([1, 2, 3, 5]), copy=False)
+    assert got["value"].tolist() == [3, 5, 6, 8] and got["value"].flags.writeable  # gather
+    assert memo.aligned(WindowRange(SPEC, 3, 3), held, np.array([1, 2, 3]), copy=False) is None
+
+
+def test_as_many_rows_as_held_but_other_times_is_not_aligned() -> None:
+    # the one-to-one fast path (memo row i = buffered row i) needs every time equal
+    memo = ArrivalMemo({"value": np.int64})
+    memo.add(np.array([5, 15, 25, 12], np.int64), value=np.arange(4, dtype=np.int64))
+    held = np.array([5, 16, 25, 12], np.int64)  # as many rows, one other
+    assert memo.aligned(WindowRange(SPEC, 1, 1), held, np.array([1, 2, 3])) is None
+    memo = ArrivalMemo({"value": np.int64})  # (the close above released rows)
+    memo.add(np.array([5, 15, 25, 12], np.int64), value=np.arange(4, dtype=np.int64))
+    held = np.array([5, 15, 25, 12], np.int64)
+    got = memo.aligned(WindowRange(SPEC, 1, 1), held, np.array([1, 2, 3]))
+    assert got["value"].tolist() == [1, 2, 3]
 
 
 def test_poison_refuses_ranges_that_can_hold_earlier_rows() -> None:
@@ -132,6 +168,24 @@ def test_candidates_keep_every_row_of_a_reaching_pair(n: int, n_src: int, n_dst:
     assert n_ids == (int(pair.max()) + 1 if n else 0)
     if n:
         assert len(set(zip(ids.tolist(), pair.tolist(), strict=True))) == n_ids
+
+
+@pytest.mark.parametrize("threshold", [2, 10, 254, 255, 256, 299, 300, 301])
+def test_candidates_saturating_counts(threshold: int) -> None:
+    # one key of 300 rows (bucket counts saturate at 255), 40 of 2 rows, 500 one-offs
+    rng = np.random.default_rng(threshold)
+    keys = np.concatenate([np.full(300, 7), np.repeat(np.arange(100, 140), 2),
+                           np.arange(1000, 1500)]).astype(np.uint64)
+    hashes = np.array([beaconing._mix(np.uint64(k)) for k in keys.tolist()], np.uint64)
+    perm = rng.permutation(hashes.size)
+    hashes, keys = hashes[perm], keys[perm]
+    passed = candidate_rows(hashes, threshold)
+    counts = {k: int(n) for k, n in zip(*np.unique(keys, return_counts=True), strict=True)}
+    reaching = np.array([counts[k] >= threshold for k in keys.tolist()])
+    assert not (reaching & ~passed).any()  # every row of a reaching key
+    assert passed[keys == 7].all() == (threshold <= 300)
+    if threshold > 255:  # counted exactly past the byte counts
+        assert np.array_equal(passed, reaching)
 
 
 def test_a_hash_shared_by_two_pairs_falls_back_to_ranking() -> None:
@@ -186,7 +240,7 @@ def _alert_docs(batches: list[EventBatch], config: dict, memo_on: bool,
                 monkeypatch) -> list[str]:
     with monkeypatch.context() as m:
         if not memo_on:
-            m.setattr(ArrivalMemo, "aligned", lambda self, *a: None)
+            m.setattr(ArrivalMemo, "aligned", lambda self, *a, **k: None)
         engine = CorrelationEngine(config)
         docs = []
         for batch in batches:

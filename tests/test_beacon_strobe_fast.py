@@ -115,14 +115,16 @@ def test_quiet_needs_the_exact_row_count_and_no_full_bucket() -> None:
     with pytest.MonkeyPatch.context() as m:
         m.setattr(long_connections, "pair_hashes", lambda c: counts["key"])
         slots.add(batch, np.array([True, True, True, True]))
-    assert slots.rows == {0: 2, 1: 1, 2: 1}
+    assert slots.held() == {0: 2, 1: 1, 2: 1}
     assert slots.quiet(0, 3, 4, 4)
     assert not slots.quiet(0, 3, 4, 3)  # bucket 5 holds 3 rows of slots 0..2
     assert slots.quiet(0, 2, 3, 3)  # slots 0..1: bucket 5 holds 2
     assert not slots.quiet(0, 3, 5, 4)  # the engine holds a row the slots did not count
     assert not slots.quiet(0, 3, 3, 4)  # or the slots counted a row the engine dropped
     slots.release(2)
-    assert set(slots.rows) == set(slots.buckets) == {2}
+    assert slots.held() == {2: 1}
+    assert not slots.quiet(0, 3, 4, 4)  # slots 0 and 1 are forgotten: counts fall short
+    assert slots.quiet(2, 3, 1, 2)
 
 
 def test_slots_are_bounded_and_a_forgotten_slot_is_not_quiet(monkeypatch) -> None:
@@ -133,9 +135,24 @@ def test_slots_are_bounded_and_a_forgotten_slot_is_not_quiet(monkeypatch) -> Non
     for t in range(0, 60, 10):  # slots 0..5, one row each
         slots.add(EventBatch("flow", {"timestamp": np.array([t], np.int64)}),
                   np.array([True]))
-    assert sorted(slots.rows) == [3, 4, 5]
+    assert sorted(slots.held()) == [3, 4, 5]
     assert slots.quiet(3, 6, 3, 4)
     assert not slots.quiet(2, 6, 4, 5)  # slot 2's row was forgotten: counts fall short
+
+
+def test_a_row_older_than_its_ring_place_is_not_counted(monkeypatch) -> None:
+    monkeypatch.setattr(long_connections, "_MAX_SLOTS", 4)
+    monkeypatch.setattr(long_connections, "pair_hashes",
+                        lambda c: np.zeros(c["timestamp"].shape[0], np.uint64))
+    slots = _SlotCounts(10)
+    slots.add(EventBatch("flow", {"timestamp": np.array([55, -5], np.int64)}),
+              np.array([True, True]))  # slots 5 and -1 (floor): places 1 and 3
+    slots.add(EventBatch("flow", {"timestamp": np.array([15, 56], np.int64)}),
+              np.array([True, True]))  # slot 1 is older than place 1's slot 5
+    assert slots.held() == {5: 2, -1: 1}
+    assert not slots.quiet(1, 2, 1, 10)  # the engine holds slot 1's row: exact path
+    assert slots.quiet(-1, 6, 3, 4)
+    assert not slots.quiet(-1, 6, 3, 3)  # bucket 0 holds 3 rows
 
 
 def _config(extra: dict) -> dict:

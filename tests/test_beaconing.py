@@ -33,7 +33,6 @@ from scapy.layers.inet import IP, TCP
 from scapy.utils import wrpcap
 
 from correlation.beaconing import (
-    _distinct_group_seconds,
     beacon_scores,
     bowley_madm,
     established_tcp,
@@ -119,17 +118,6 @@ def test_bowley_kernel_equals_the_numpy_reference_exactly(rows: list, extra: int
     want = reference_bowley_madm(group, values, n_groups)
     for a, b in zip(got, want, strict=True):
         assert a.tolist() == b.tolist()
-
-
-@settings(max_examples=100, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 50), st.integers(0, 3)), max_size=150),
-       st.sampled_from([1_767_225_600, 0, 2**40]))
-def test_distinct_group_seconds_equal_lexsort_dedupe(rows: list, base: int) -> None:
-    group = np.array([g for g, _ in rows], np.int64)
-    sec = np.array([s for _, s in rows], np.int64) + base
-    g, s = _distinct_group_seconds(group, sec)
-    want = sorted(set(zip(group.tolist(), sec.tolist(), strict=True)))
-    assert list(zip(g.tolist(), s.tolist(), strict=True)) == want
 
 
 def test_regular_beacon_with_jitter_alerts_as_encrypted_c2() -> None:
