@@ -17,6 +17,12 @@ tests/test_ssh.py and tests/test_logins.py compare the events with and without i
 
 Marked ports are never forgotten (a 65536-entry table): the superset only grows, so the
 worst case is today's cost, never a missed segment.
+
+The rows are chosen by one compiled pass over the batch (`_prefilter_rows`). A prefix is
+compared in the payload heads the HTTP/TLS collectors already scanned for the same batch
+object (tcp_stream.known_heads), when there are any, instead of in the capture: by the
+time SSH and logins run, those packets' cache lines are usually evicted
+(tests/test_stream_prefilter_rows.py checks both ways against the numpy version).
 """
 
 from __future__ import annotations
@@ -27,10 +33,11 @@ import numpy as np
 
 from pipeline.jit import njit
 from sensors.packets import DecodedPackets
-from sensors.tcp_stream import StreamChunk, StreamCollector
+from sensors.tcp_stream import PREFIX_BYTES, StreamChunk, StreamCollector, known_heads
 
 PROTO_TCP = 6
 _FIELDS = tuple(f.name for f in fields(DecodedPackets))
+_NO_HEADS = (np.zeros(0, dtype=np.int64), np.zeros((0, PREFIX_BYTES), dtype=np.uint8))
 
 
 @njit
@@ -55,6 +62,70 @@ def _starts_with(data: np.ndarray, offset: np.ndarray, length: np.ndarray,
     return out
 
 
+@njit
+def _prefilter_rows(transport, src_port, dst_port, payload_len, payload_offset, data, marked,
+                    pattern_bytes, pattern_stops, head_rows, heads):
+    """PortPrefilter.rows in one pass over the batch (plus a second one only when a payload
+    off the marked ports starts with a pattern): the TCP rows on a marked port, and the TCP
+    rows sharing a port with a TCP row whose payload, not on a marked port, starts with one
+    of the patterns (pattern k = pattern_bytes[pattern_stops[k-1]:pattern_stops[k]];
+    _starts_with's test). Reads data only inside it.
+
+    head_rows/heads: rows (ascending) and the first heads.shape[1] payload bytes of those of
+    them with payload (tcp_stream's candidate heads, when already computed for this batch;
+    empty otherwise): a pattern that fits in a row's head is compared there, not in the
+    capture, whose line of that packet is likely out of the cache by now."""
+    n = transport.shape[0]
+    keep = np.zeros(n, dtype=np.bool_)
+    hit_ports = np.zeros(65536, dtype=np.bool_)
+    any_hit = False
+    size = data.shape[0]
+    at_row = 0  # head_rows[at_row] is the first of them >= the row being read
+    at_head = 0  # heads[at_head]: the head of head_rows[at_row] (when it has payload)
+    for i in range(n):
+        if transport[i] != PROTO_TCP:
+            continue
+        if marked[src_port[i]] or marked[dst_port[i]]:
+            keep[i] = True
+            continue
+        length = payload_len[i]
+        if length <= 0:
+            continue
+        start = np.int64(payload_offset[i])
+        while at_row < head_rows.shape[0] and head_rows[at_row] < i:  # the head of row i
+            if payload_len[head_rows[at_row]] > 0:
+                at_head += 1
+            at_row += 1
+        has_head = at_row < head_rows.shape[0] and head_rows[at_row] == i
+        lo = 0
+        for k in range(pattern_stops.shape[0]):
+            width = pattern_stops[k] - lo
+            if length >= width and start >= 0 and start + width <= size:
+                match = True
+                if has_head and width <= heads.shape[1]:  # the same bytes, in the head
+                    for j in range(width):
+                        if heads[at_head, j] != pattern_bytes[lo + j]:
+                            match = False
+                            break
+                else:
+                    for j in range(width):
+                        if data[start + j] != pattern_bytes[lo + j]:
+                            match = False
+                            break
+                if match:
+                    hit_ports[src_port[i]] = True
+                    hit_ports[dst_port[i]] = True
+                    any_hit = True
+                    break
+            lo = pattern_stops[k]
+    if any_hit:
+        for i in range(n):
+            if (transport[i] == PROTO_TCP and not keep[i]
+                    and (hit_ports[src_port[i]] or hit_ports[dst_port[i]])):
+                keep[i] = True
+    return np.flatnonzero(keep)
+
+
 class PortPrefilter:
     """The rows of a batch a StreamCollector on `ports` (and `prefixes`) can select."""
 
@@ -62,32 +133,24 @@ class PortPrefilter:
         self.marked = np.zeros(65536, dtype=bool)  # configured ports + ports of seen flows
         self.marked[np.asarray(sorted(ports), dtype=np.int64)] = True
         self.patterns = [np.frombuffer(p, dtype=np.uint8).copy() for p in prefixes if p]
+        # the patterns back to back, for the kernel: pattern k is bytes[stops[k-1]:stops[k]]
+        self._pattern_bytes = np.frombuffer(b"".join(p for p in prefixes if p),
+                                            dtype=np.uint8).copy()
+        self._pattern_stops = np.cumsum([len(p) for p in prefixes if p], dtype=np.int64)
 
     def rows(self, packets: DecodedPackets) -> np.ndarray:
         """Row indices (capture order) of the TCP rows the collector may need."""
-        tcp = np.flatnonzero(packets.transport == PROTO_TCP)
-        if tcp.size == 0:
-            return tcp
-        src_port = packets.src_port[tcp]
-        dst_port = packets.dst_port[tcp]
-        on_port = self.marked[src_port] | self.marked[dst_port]
-        if self.patterns:
-            candidates = np.flatnonzero((packets.payload_len[tcp] > 0) & ~on_port)
-            if candidates.size:
-                rows = tcp[candidates]
-                data = np.asarray(packets.data).reshape(-1).view(np.uint8)
-                offset = packets.payload_offset[rows].astype(np.int64)
-                length = packets.payload_len[rows].astype(np.int64)
-                hit = np.zeros(candidates.size, dtype=bool)
-                for pattern in self.patterns:
-                    hit |= _starts_with(data, offset, length, pattern)
-                if hit.any():
-                    # every row of the flows these segments may open (same ports), this batch
-                    ports = np.zeros(65536, dtype=bool)
-                    ports[src_port[candidates[hit]]] = True
-                    ports[dst_port[candidates[hit]]] = True
-                    on_port |= ports[src_port] | ports[dst_port]
-        return tcp[on_port]
+        if len(packets) == 0:
+            return np.zeros(0, dtype=np.int64)
+        head_rows, heads = _NO_HEADS
+        if self._pattern_stops.size:
+            known = known_heads(packets)  # never computed here: only if already known
+            if known is not None:
+                head_rows, heads = known
+        return _prefilter_rows(
+            packets.transport, packets.src_port, packets.dst_port, packets.payload_len,
+            packets.payload_offset, np.asarray(packets.data).reshape(-1).view(np.uint8),
+            self.marked, self._pattern_bytes, self._pattern_stops, head_rows, heads)
 
     def note(self, chunks: list[StreamChunk]) -> None:
         """Mark the server port of every flow the collector returned (held or released)."""

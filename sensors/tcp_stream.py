@@ -62,11 +62,14 @@ by walking back from `payload_offset` (the header length whose data-offset nibbl
 and flags byte agree with the decoded columns).
 
 The byte-level loops are compiled kernels (pipeline.jit): the seq/ack header lookup, the
-payload heads shown to the predicate, the selection's flow tests (one pass with hash tables
-of the held and released/closed flow hashes; np.isin sorts), the fast path's grouping of
-rows by flow (a hash table and counting sorts, no argsort/lexsort), and the copy of the
-fast path's payload bytes into one buffer (span by span, one memcpy each, into a scratch
-buffer the collector keeps, or straight into feed_joined's buffer). Each checks every index against
+payload heads shown to the predicate (and prefix_predicate's test of them), the selection's
+per-row flags and flow tests (one pass with hash tables of the held and released/closed
+flow hashes; np.isin sorts), the gather of the selected rows' columns, the fast path's
+grouping of rows by flow (a hash table and counting sorts, no argsort/lexsort), its walk
+(which gathers its own inputs), its segment layout and chunk columns (two passes where
+there were ~40 numpy calls per batch), and the copy of the fast path's payload bytes into
+one buffer (span by span, one memcpy each, into a scratch buffer the collector keeps, or
+straight into feed_joined's buffer). Each checks every index against
 the capture buffer (tests/test_tcp_stream.py, tests/test_tcp_stream_kernels.py: kernels
 against plain references, on random bytes and offsets; the grouping and selection kernels
 only index arrays they size themselves).
@@ -78,7 +81,8 @@ and TLS select disjoint flows, but both start from every TCP row), and so are th
 lengths, flags and ports; the released/closed flow hashes are a hash table kept from batch
 to batch (`_HashSet`, changes applied per batch), not rebuilt from the LRU; the fast path's
 chunks are built from whole columns turned into lists, and their closes (hashes
-remembered, counters) are applied a run at a time.
+remembered, counters) are applied a run at a time. A PortPrefilter (SSH, logins) reads
+the memoised payload heads (`known_heads`) instead of the capture when they are there.
 
 `feed_joined` (beside `feed`) answers with a StreamBatch: the same chunks as columns, every
 flow's bytes in ONE buffer with (start, length) per direction. The fast path then makes no
@@ -870,28 +874,42 @@ def tcp_seq_ack(packets: DecodedPackets, rows: np.ndarray) -> tuple[np.ndarray, 
                            packets.tcp_flags[rows].astype(np.int64))
 
 
+@njit
+def _prefix_kernel(head, payload_len, words, bits, sizes):
+    """Per row: its 8 head bytes, as one little-endian word, masked by bits[k], equal
+    words[k] with payload_len >= sizes[k], for some pattern k. One pass over the rows
+    instead of two whole-column operations per pattern."""
+    n = head.shape[0]
+    width = min(head.shape[1], 8)
+    out = np.zeros(n, dtype=np.bool_)
+    for i in range(n):
+        row = np.uint64(0)
+        for j in range(width):
+            row |= np.uint64(head[i, j]) << np.uint64(8 * j)
+        for k in range(words.shape[0]):
+            if (row & bits[k]) == words[k] and payload_len[i] >= sizes[k]:
+                out[i] = True
+                break
+    return out
+
+
 def prefix_predicate(prefixes: Iterable[bytes]) -> ClientPredicate:
     """A client_predicate: payload starts with one of `prefixes` (each <= PREFIX_BYTES)."""
     patterns = [bytes(p) for p in prefixes if 0 < len(p) <= PREFIX_BYTES]
-    # each pattern as one 8-byte word and mask: a row's 8 head bytes are one uint64, so a
-    # pattern costs two whole-column operations instead of a per-byte comparison
-    words = [(int(np.frombuffer(p.ljust(PREFIX_BYTES, b"\0"), dtype=np.uint64)[0]),
-              int(np.frombuffer(b"\xff" * len(p) + b"\0" * (PREFIX_BYTES - len(p)),
-                                dtype=np.uint64)[0]), len(p)) for p in patterns]
+    # each pattern as one 8-byte word and mask: a row's 8 head bytes are one uint64
+    words = np.array([int(np.frombuffer(p.ljust(PREFIX_BYTES, b"\0"), dtype="<u8")[0])
+                      for p in patterns], dtype=np.uint64)
+    bits = np.array([int(np.frombuffer(b"\xff" * len(p) + b"\0" * (PREFIX_BYTES - len(p)),
+                                       dtype="<u8")[0]) for p in patterns], dtype=np.uint64)
+    sizes = np.array([len(p) for p in patterns], dtype=np.int64)
 
     def predicate(head: np.ndarray, payload_len: np.ndarray) -> np.ndarray:
-        mask = np.zeros(head.shape[0], dtype=bool)
         if head.shape[0] == 0:
-            return mask
-        packed = np.zeros((head.shape[0], PREFIX_BYTES), dtype=np.uint8)
-        width = min(head.shape[1], PREFIX_BYTES)
-        packed[:, :width] = head[:, :width]
-        rows = packed.view(np.uint64).reshape(-1)
-        for word, bits, size in words:
-            if size > head.shape[1]:
-                continue  # the head does not show that many bytes
-            mask |= ((rows & np.uint64(bits)) == np.uint64(word)) & (payload_len >= size)
-        return mask
+            return np.zeros(0, dtype=bool)
+        shown = sizes <= head.shape[1]  # a pattern longer than the head shows: never
+        return _prefix_kernel(np.ascontiguousarray(head, dtype=np.uint8),
+                              np.ascontiguousarray(payload_len), words[shown], bits[shown],
+                              sizes[shown])
 
     return predicate
 
@@ -944,6 +962,15 @@ def _candidates(packets: DecodedPackets) -> tuple[np.ndarray, ...]:
     return rows, hashes, heads, seq, ack, found
 
 
+def known_heads(packets: DecodedPackets) -> tuple[np.ndarray, np.ndarray] | None:
+    """(candidate rows, payload heads of those with payload) of `packets` if a collector
+    already scanned this batch object (the memo above), else None: never scans."""
+    memo = _last_candidates
+    if memo is not None and memo[0]() is packets:
+        return memo[1], memo[3]
+    return None
+
+
 def _candidate_columns(packets: DecodedPackets, rows: np.ndarray
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(payload_len, tcp_flags, src_port, dst_port) of the candidate `rows` (from
@@ -959,9 +986,76 @@ def _candidate_columns(packets: DecodedPackets, rows: np.ndarray
     return gathered
 
 
+_NO_MATCH = np.zeros(0, dtype=bool)
+
+
 @njit
-def _fast_walk_kernel(starts, flags, plen, seq, ack, sport, dport, vlan, src, dst, may_open,
-                      predicate, sel_s, sel_d, cap, max_meta):
+def _opening_kernel(plen, flags, sport, dport, head_matched, port_table, any_ports):
+    """_select's per-row flags of the candidate rows, one pass: has payload; matched (the
+    client predicate's answer `head_matched`, given per row with payload, in order; all
+    False when it is empty); opens (matched or on a selected port; every row when not
+    `any_ports`); SYN; pure SYN (SYN without ACK); and whether any row is a pure SYN."""
+    n = plen.shape[0]
+    has = np.empty(n, dtype=np.bool_)
+    matched = np.zeros(n, dtype=np.bool_)
+    opens = np.empty(n, dtype=np.bool_)
+    syn = np.empty(n, dtype=np.bool_)
+    pure_syn = np.empty(n, dtype=np.bool_)
+    any_pure_syn = False
+    use_match = head_matched.shape[0] > 0
+    at = 0
+    for i in range(n):
+        has[i] = plen[i] > 0
+        if has[i] and use_match:
+            matched[i] = head_matched[at]
+            at += 1
+        if any_ports:
+            opens[i] = port_table[sport[i]] or port_table[dport[i]] or matched[i]
+        else:
+            opens[i] = True
+        f = flags[i]
+        syn[i] = (f & SYN) != 0
+        pure_syn[i] = (f & (SYN | ACK)) == SYN
+        any_pure_syn = any_pure_syn or pure_syn[i]
+    return has, matched, opens, syn, pure_syn, any_pure_syn
+
+
+@njit
+def _gather_kernel(rows, src_port, dst_port, vlan, tcp_flags, ts_ns, payload_offset,
+                   payload_len, src_ip, dst_ip):
+    """StreamCollector._columns' packet columns at `rows`, in one pass: each in its own
+    dtype, but the payload offset and length as int64; the addresses as (rows, 2) uint64
+    halves of src_ip/dst_ip ((packets, 2) uint64)."""
+    m = rows.shape[0]
+    sport = np.empty(m, dtype=src_port.dtype)
+    dport = np.empty(m, dtype=dst_port.dtype)
+    vlan_out = np.empty(m, dtype=vlan.dtype)
+    flags = np.empty(m, dtype=tcp_flags.dtype)
+    ts = np.empty(m, dtype=ts_ns.dtype)
+    off = np.empty(m, dtype=np.int64)
+    plen = np.empty(m, dtype=np.int64)
+    src = np.empty((m, 2), dtype=np.uint64)
+    dst = np.empty((m, 2), dtype=np.uint64)
+    for i in range(m):
+        r = rows[i]
+        sport[i] = src_port[r]
+        dport[i] = dst_port[r]
+        vlan_out[i] = vlan[r]
+        flags[i] = tcp_flags[r]
+        ts[i] = ts_ns[r]
+        off[i] = payload_offset[r]
+        plen[i] = payload_len[r]
+        src[i, 0] = src_ip[r, 0]
+        src[i, 1] = src_ip[r, 1]
+        dst[i, 0] = dst_ip[r, 0]
+        dst[i, 1] = dst_ip[r, 1]
+    return sport, dport, vlan_out, flags, ts, off, plen, src, dst
+
+
+@njit
+def _fast_walk_kernel(starts, rows, flags_col, plen_col, seq_col, ack_col, sport_col,
+                      dport_col, vlan_col, src_col, dst_col, may_open_col, predicate_col,
+                      port_table, any_ports, cap, max_meta):
     """The fast path's test, one walk per flow (rows grouped by flow hash, time order within;
     a group runs from starts[g] to the next start). Per flow: its opening row (the first that
     may open it and is no RST), the sender's role (as StreamCollector._open), each row's
@@ -973,13 +1067,49 @@ def _fast_walk_kernel(starts, flags, plen, seq, ack, sport, dport, vlan, src, ds
     after the opening row (also none after the close), and each payload continues its
     direction exactly where its bytes end, before any FIN of that side.
 
+    The rows are positions `rows` of the selected segments' columns (*_col; src_col and
+    dst_col as (segments, 2) uint64 halves), gathered here in one pass rather than by a
+    numpy call per column; sel_s/sel_d (the source/destination port is selected) come from
+    `port_table` when `any_ports` (else all False: every port is selected).
+
     Returns per row (direction, before = bytes of its direction before it, upto = part of
     the flow up to its close), per group (first_open, close: row positions or len(rows) + 1
     when none; fast; never = no row may open it) and a (groups, 7) int64 table per group:
     client is the opening row's sender, how (CLIENT_BY index), FIN/RST seen per direction
     at the close, cap reached per direction at the close, RST on the closing row. Only
     indexes inside [0, len(rows)) are read."""
-    m = flags.shape[0]
+    m = rows.shape[0]
+    flags = np.empty(m, dtype=np.int64)
+    plen = np.empty(m, dtype=np.int64)
+    seq = np.empty(m, dtype=np.int64)
+    ack = np.empty(m, dtype=np.int64)
+    sport = np.empty(m, dtype=np.int64)
+    dport = np.empty(m, dtype=np.int64)
+    vlan = np.empty(m, dtype=np.int64)
+    src = np.empty((m, 2), dtype=np.uint64)
+    dst = np.empty((m, 2), dtype=np.uint64)
+    may_open = np.empty(m, dtype=np.bool_)
+    predicate = np.empty(m, dtype=np.bool_)
+    sel_s = np.zeros(m, dtype=np.bool_)
+    sel_d = np.zeros(m, dtype=np.bool_)
+    for p in range(m):
+        r = rows[p]
+        flags[p] = flags_col[r]
+        plen[p] = plen_col[r]
+        seq[p] = seq_col[r]
+        ack[p] = ack_col[r]
+        sport[p] = sport_col[r]
+        dport[p] = dport_col[r]
+        vlan[p] = vlan_col[r]
+        src[p, 0] = src_col[r, 0]
+        src[p, 1] = src_col[r, 1]
+        dst[p, 0] = dst_col[r, 0]
+        dst[p, 1] = dst_col[r, 1]
+        may_open[p] = may_open_col[r]
+        predicate[p] = predicate_col[r]
+        if any_ports:
+            sel_s[p] = port_table[sport[p]]
+            sel_d[p] = port_table[dport[p]]
     n_groups = starts.shape[0]
     big = m + 1
     direction = np.zeros(m, dtype=np.int64)
@@ -1116,6 +1246,178 @@ def _fast_walk_kernel(starts, flags, plen, seq, ack, sport, dport, vlan, src, ds
     return direction, before, upto, first_open, close, fast, never, per_group
 
 
+_CLOSE_REASON_OBJECTS = np.array(CLOSE_REASONS, dtype=object)  # reason code -> str
+# int64 bounds for the kernels, as module constants (numba freezes them into the code)
+_INT64_MAX = np.int64(np.iinfo(np.int64).max)
+_INT64_MIN = np.int64(np.iinfo(np.int64).min)
+
+
+@njit
+def _fast_segments_kernel(gid, direction, before, upto, fast, plen_col, off_col, rows, n_keys,
+                          cap):
+    """_fast_chunks' first pass. Rows (positions p into `rows`, grouped by flow, time order
+    within) up to their fast flow's close that carry payload are `carried`; grouped by
+    key = 2 * flow + direction (stable: time order kept) they are the segments to copy:
+    their key, how many bytes each adds below the cap (`take`) and where its payload is
+    (`at`). `upto` is narrowed to the fast flows' rows, in place (the second pass reads
+    it). plen_col/off_col: columns of the selected segments, read at rows[p]."""
+    m = rows.shape[0]
+    n_carried = 0
+    for p in range(m):
+        upto[p] = upto[p] and fast[gid[p]]
+        if upto[p] and plen_col[rows[p]] > 0:
+            n_carried += 1
+    carried = np.empty(n_carried, dtype=np.int64)
+    first = np.zeros(n_keys + 1, dtype=np.int64)  # counting sort by key
+    at_c = 0
+    for p in range(m):
+        if upto[p] and plen_col[rows[p]] > 0:
+            carried[at_c] = p
+            at_c += 1
+            first[2 * gid[p] + direction[p] + 1] += 1
+    for k in range(n_keys):
+        first[k + 1] += first[k]
+    key_seg = np.empty(n_carried, dtype=np.int64)
+    take = np.empty(n_carried, dtype=np.int64)
+    at = np.empty(n_carried, dtype=np.int64)
+    for c in range(n_carried):
+        p = carried[c]
+        k = 2 * gid[p] + direction[p]
+        j = first[k]
+        first[k] += 1
+        key_seg[j] = k
+        size = np.int64(plen_col[rows[p]])
+        take[j] = min(max(cap - before[p], 0), size)
+        at[j] = off_col[rows[p]]
+    return carried, key_seg, take, at
+
+
+@njit
+def _fast_rows_kernel(take, key_seg, carried, gid, direction, upto, fast, starts, first_open,
+                      close, per_group, rows, plen_col, ts_col, sport_col, dport_col,
+                      vlan_col, hash_col, src_ip, dst_ip, max_meta):
+    """_fast_chunks' second pass: the StreamBatch columns of the fast flows, one row per
+    flow in closing order (the order of their closing rows), as the loop would emit them.
+    Per (flow, direction) key its bytes are [key_start, key_end) of the copied segments
+    (in key order); packets are the first max_meta payload segments of each flow, listed
+    in flow order (packet_start/stop index them); times, ports, addresses and flags as
+    StreamCollector._chunk gives them. src_ip/dst_ip: (segments, 2) uint64 halves."""
+    m = rows.shape[0]
+    n_groups = starts.shape[0]
+    n_keys = 2 * n_groups
+    big = _INT64_MAX
+    key_end = np.zeros(n_keys, dtype=np.int64)
+    for j in range(take.shape[0]):
+        key_end[key_seg[j]] += take[j]
+    total = 0
+    for k in range(n_keys):
+        total += key_end[k]
+        key_end[k] = total
+    # first payload row per key (carried is in row order), payload rows per flow
+    first_data = np.full(n_keys, big, dtype=np.int64)
+    per_flow = np.zeros(n_groups, dtype=np.int64)
+    for c in range(carried.shape[0]):
+        p = carried[c]
+        k = 2 * gid[p] + direction[p]
+        if first_data[k] == big:
+            first_data[k] = p
+        per_flow[gid[p]] += 1
+    meta_stop_g = np.empty(n_groups, dtype=np.int64)
+    listed_total = 0
+    for g in range(n_groups):
+        listed_total += min(per_flow[g], max_meta)
+        meta_stop_g[g] = listed_total
+    packet_ts = np.empty(listed_total, dtype=np.int64)
+    packet_dir = np.empty(listed_total, dtype=np.int64)
+    packet_len = np.empty(listed_total, dtype=np.int64)
+    seen = np.zeros(n_groups, dtype=np.int64)
+    at_l = 0
+    for c in range(carried.shape[0]):  # grouped by flow: each flow's first max_meta rows
+        p = carried[c]
+        g = gid[p]
+        if seen[g] < max_meta:
+            packet_ts[at_l] = ts_col[rows[p]]
+            packet_dir[at_l] = direction[p]
+            packet_len[at_l] = plen_col[rows[p]]
+            at_l += 1
+        seen[g] += 1
+    # the fast flows, in closing order (their closing rows are distinct)
+    n = 0
+    for g in range(n_groups):
+        if fast[g]:
+            n += 1
+    groups = np.empty(n, dtype=np.int64)
+    close_key = np.empty(n, dtype=np.int64)
+    n = 0
+    for g in range(n_groups):
+        if fast[g]:
+            groups[n] = g
+            close_key[n] = rows[close[g]]
+            n += 1
+    groups = groups[np.argsort(close_key, kind="mergesort")]
+    close_at = np.empty(n, dtype=np.int64)
+    hash_values = np.empty(n, dtype=np.uint64)
+    spans = np.empty((n, 4), dtype=np.int64)
+    first_ts = np.empty((n, 2), dtype=np.int64)
+    meta_start = np.empty(n, dtype=np.int64)
+    meta_stop = np.empty(n, dtype=np.int64)
+    last_ts = np.empty(n, dtype=np.int64)
+    client_ip = np.empty((n, 2), dtype=np.uint64)
+    server_ip = np.empty((n, 2), dtype=np.uint64)
+    client_port = np.empty(n, dtype=np.int64)
+    server_port = np.empty(n, dtype=np.int64)
+    vlan = np.empty(n, dtype=np.int64)
+    how = np.empty(n, dtype=np.int64)
+    start_ts = np.empty(n, dtype=np.int64)
+    ended = np.empty((n, 2), dtype=np.bool_)
+    capped = np.empty((n, 2), dtype=np.bool_)
+    reason_code = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        g = groups[i]
+        o = rows[first_open[g]]
+        close_at[i] = rows[close[g]]
+        hash_values[i] = hash_col[o]
+        for d in range(2):
+            k = 2 * g + d
+            lo = key_end[k - 1] if k > 0 else 0
+            spans[i, 2 * d] = lo
+            spans[i, 2 * d + 1] = key_end[k] - lo
+            first_ts[i, d] = ts_col[rows[first_data[k]]] if first_data[k] != big else -1
+        meta_stop[i] = meta_stop_g[g]
+        meta_start[i] = meta_stop_g[g] - min(per_flow[g], max_meta)
+        lo_p = starts[g]
+        hi_p = starts[g + 1] if g + 1 < n_groups else m
+        latest = _INT64_MIN
+        for p in range(lo_p, hi_p):
+            if upto[p]:
+                latest = max(latest, np.int64(ts_col[rows[p]]))
+        last_ts[i] = latest
+        client = per_group[g, 0] != 0
+        sport = np.int64(sport_col[o])
+        dport = np.int64(dport_col[o])
+        for h in range(2):
+            client_ip[i, h] = src_ip[o, h] if client else dst_ip[o, h]
+            server_ip[i, h] = dst_ip[o, h] if client else src_ip[o, h]
+        client_port[i] = sport if client else dport
+        server_port[i] = dport if client else sport
+        vlan[i] = vlan_col[o]
+        how[i] = per_group[g, 1]
+        start_ts[i] = ts_col[o]
+        ended[i, 0] = per_group[g, 2] != 0
+        ended[i, 1] = per_group[g, 3] != 0
+        capped[i, 0] = per_group[g, 4] != 0
+        capped[i, 1] = per_group[g, 5] != 0
+        if per_group[g, 2] != 0 and per_group[g, 3] != 0:
+            reason_code[i] = 0  # fin
+        elif per_group[g, 6] != 0:
+            reason_code[i] = 1  # rst
+        else:
+            reason_code[i] = 2  # capped
+    return (close_at, hash_values, spans, first_ts, meta_start, meta_stop, packet_ts,
+            packet_dir, packet_len, last_ts, client_ip, server_ip, client_port, server_port,
+            vlan, how, start_ts, ended, capped, reason_code)
+
+
 class StreamCollector:
     """Per-flow, per-direction bounded reassembly of selected TCP flows (see module doc).
 
@@ -1239,18 +1541,15 @@ class StreamCollector:
             columns["settled"] = np.zeros(0, dtype=bool)
             return columns
         plen, row_flags, sport, dport = _candidate_columns(packets, rows)
-        has = plen > 0
-        matched = np.zeros(rows.size, dtype=bool)  # payload looks like a client's opening
-        if self.client_predicate is not None and has.any():
-            lens = plen[has].astype(np.int64)
-            matched[has] = np.asarray(self.client_predicate(head, lens), dtype=bool)
-        if self.ports is None:
-            opens = np.ones(rows.size, dtype=bool)
-        else:
-            opens = self._port_table[sport] | self._port_table[dport] | matched
+        head_matched = _NO_MATCH  # per row with payload: looks like a client's opening
+        if self.client_predicate is not None and head.shape[0]:
+            head_matched = np.asarray(self.client_predicate(head, plen[plen > 0]), dtype=bool)
+        # per row: has payload, matched, may open (its port or the predicate), SYN, pure SYN
+        has, matched, opens, syn, pure_syn, any_pure_syn = _opening_kernel(
+            plen, row_flags, sport, dport, head_matched, self._port_table,
+            self.ports is not None)
         table, used = self._ignored_set.arrays()
-        pure_syn = (row_flags & (SYN | ACK)) == SYN
-        if self._ignored and pure_syn.any():
+        if self._ignored and any_pure_syn:
             # a SYN on a released/closed flow's ports is a new connection: forget the old one
             syn_hashes = hashes[pure_syn]  # only a pure SYN reopens: test those rows
             for flow_hash in set(syn_hashes[_set_member(table, used, syn_hashes)].tolist()):
@@ -1260,8 +1559,7 @@ class StreamCollector:
         # rows to keep (theirs and the held flows'), SYNs to remember: one compiled pass
         held = np.fromiter(self._by_hash, dtype=np.uint64, count=len(self._by_hash))
         in_opening, keep, handshake, settled, fresh = _select_core(
-            hashes, has, opens, (row_flags & SYN) != 0, table, used, len(self._ignored) > 0,
-            held)
+            hashes, has, opens, syn, table, used, len(self._ignored) > 0, held)
         # positions, not masks: each boolean-mask index would search the mask again
         at = np.flatnonzero(handshake)
         if at.size:
@@ -1287,13 +1585,20 @@ class StreamCollector:
         """The per-segment columns the loop reads, for `rows` (`seq_ack`: their (seq, ack,
         found) when already known, else read here)."""
         seq, ack, found = tcp_seq_ack(packets, rows) if seq_ack is None else seq_ack
+        rows = np.asarray(rows, dtype=np.int64)
+        # one compiled gather of the nine packet columns (a numpy call each cost more)
+        sport, dport, vlan, flags, ts, off, plen, src_ip, dst_ip = _gather_kernel(
+            rows, packets.src_port, packets.dst_port, packets.vlan, packets.tcp_flags,
+            packets.ts_ns, packets.payload_offset, packets.payload_len,
+            np.ascontiguousarray(packets.src_ip).view(np.uint64).reshape(-1, 2),
+            np.ascontiguousarray(packets.dst_ip).view(np.uint64).reshape(-1, 2))
         return {"hash": hashes, "may_open": may_open, "predicate": predicate, "seq": seq,
-                "ack": ack, "found": found, "sport": packets.src_port[rows],
-                "dport": packets.dst_port[rows], "vlan": packets.vlan[rows],
-                "flags": packets.tcp_flags[rows], "ts": packets.ts_ns[rows],
-                "off": packets.payload_offset[rows].astype(np.int64),
-                "plen": packets.payload_len[rows].astype(np.int64),
-                "src_ip": packets.src_ip[rows], "dst_ip": packets.dst_ip[rows]}
+                "ack": ack, "found": found, "sport": sport, "dport": dport, "vlan": vlan,
+                "flags": flags, "ts": ts, "off": off, "plen": plen,
+                "src_ip": src_ip.view(packets.src_ip.dtype).reshape(rows.size,
+                                                                    *packets.src_ip.shape[1:]),
+                "dst_ip": dst_ip.view(packets.dst_ip.dtype).reshape(rows.size,
+                                                                    *packets.dst_ip.shape[1:])}
 
     def _remember_handshakes(self, packets: DecodedPackets, rows: np.ndarray,
                              hashes: np.ndarray,
@@ -1447,7 +1752,9 @@ class StreamCollector:
         ignored = self._ignored
         hashes = finished.hashes[lo:hi]
         held = len(ignored)
-        ignored.update(dict.fromkeys(hashes))  # in C: each new hash goes to the end
+        # in C: each new hash goes to the end (from an iterator of pairs: OrderedDict.update
+        # given a dict is ~3x slower, it reads the keys and looks each one up again)
+        ignored.update(zip(hashes, repeat(None)))
         if len(ignored) - held != len(hashes):
             # some were there already (or repeat): one by one, the LRU order of _ignore
             to_end = ignored.move_to_end
@@ -1499,20 +1806,12 @@ class StreamCollector:
         gid = group_of[order]
         starts = np.cumsum(np.bincount(gid, minlength=n_groups)) - np.bincount(
             gid, minlength=n_groups)
-        sport = cols["sport"][rows].astype(np.int64)
-        dport = cols["dport"][rows].astype(np.int64)
-        if self.ports is None:
-            sel_s = sel_d = np.zeros(rows.size, dtype=bool)
-        else:
-            sel_s = self._port_table[sport]
-            sel_d = self._port_table[dport]
         walk = _fast_walk_kernel(
-            starts.astype(np.int64), cols["flags"][rows].astype(np.int64), cols["plen"][rows],
-            cols["seq"][rows], cols["ack"][rows], sport, dport,
-            cols["vlan"][rows].astype(np.int64),
-            np.ascontiguousarray(cols["src_ip"][rows]).view(np.uint64).reshape(-1, 2),
-            np.ascontiguousarray(cols["dst_ip"][rows]).view(np.uint64).reshape(-1, 2),
-            cols["may_open"][rows], cols["predicate"][rows], sel_s, sel_d,
+            starts.astype(np.int64), rows, cols["flags"], cols["plen"], cols["seq"],
+            cols["ack"], cols["sport"], cols["dport"], cols["vlan"],
+            np.ascontiguousarray(cols["src_ip"]).view(np.uint64).reshape(-1, 2),
+            np.ascontiguousarray(cols["dst_ip"]).view(np.uint64).reshape(-1, 2),
+            cols["may_open"], cols["predicate"], self._port_table, self.ports is not None,
             self.max_bytes_per_dir, self.max_packets_meta)
         direction, before, upto, first_open, close, fast, never, per_group = walk
         drop = never | fast  # never opened: the loop would skip every row; fast: done here
@@ -1530,84 +1829,52 @@ class StreamCollector:
                      direction: np.ndarray, before: np.ndarray, per_group: np.ndarray
                      ) -> _Finished:
         """The final chunks of the flows `_fast_flows` finished (groups where `fast`);
-        `per_group` is `_fast_walk_kernel`'s (groups, 7) table."""
-        cap = self.max_bytes_per_dir
+        `per_group` is `_fast_walk_kernel`'s (groups, 7) table. Two compiled passes (the
+        consumer's trim between them) where there were ~40 whole-column numpy calls."""
         n_keys = 2 * starts.size
-        plen = cols["plen"][rows]
-        ts = cols["ts"][rows].astype(np.int64)
-        upto &= fast[gid]
         # payload bytes of each (flow, direction), gathered in one go, cut at the cap
-        carried = np.flatnonzero(upto & (plen > 0))  # time order within each flow
-        key = gid * 2 + direction
-        by_key = carried[_counting_order(key[carried], n_keys)]  # stable: time order kept
-        take = np.clip(cap - before[by_key], 0, plen[by_key])
-        at = cols["off"][rows[by_key]]
+        carried, key_seg, take, at = _fast_segments_kernel(
+            gid, direction, before, upto, fast, cols["plen"], cols["off"], rows, n_keys,
+            self.max_bytes_per_dir)
         if self.trim is not None:  # the consumer reads only so far: copy no more
-            take = self._trimmed(data, at, take, key[by_key], n_keys)
-        key_end = np.cumsum(np.bincount(key[by_key], weights=take, minlength=n_keys)
-                            ).astype(np.int64)
-        key_start = np.concatenate([[0], key_end[:-1]])
-        first_data = np.full(n_keys, rows.size, dtype=np.int64)
-        np.minimum.at(first_data, key[carried], carried)
-        first_ts = np.where(first_data < rows.size, ts[np.minimum(first_data, rows.size - 1)], -1)
-        # the first max_packets_meta payload segments of each flow, in time order (carried
-        # is grouped by flow): only those are listed as (ts, direction, length)
-        per_flow = np.bincount(gid[carried], minlength=starts.size)
-        kept = np.minimum(per_flow, self.max_packets_meta)
-        meta_stop = np.cumsum(kept)
-        meta_start = meta_stop - kept
-        rank = np.arange(carried.size) - (np.cumsum(per_flow) - per_flow)[gid[carried]]
-        listed = carried[rank < self.max_packets_meta]
-        last_ts = np.maximum.reduceat(np.where(upto, ts, np.iinfo(np.int64).min), starts)
-
-        # one chunk per finished flow, in closing order (where the loop would close it),
-        # as columns (StreamBatch's)
-        groups = np.flatnonzero(fast)
-        groups = groups[np.argsort(rows[close[groups]], kind="stable")]
-        o = first_open[groups]
-        c = close[groups]
-        client, how, end0, end1, full0, full1, rst = per_group[groups].T
-        client = client.astype(bool)
-        src_ip, dst_ip = cols["src_ip"][rows[o]], cols["dst_ip"][rows[o]]
-        sport = cols["sport"][rows[o]].astype(np.int64)
-        dport = cols["dport"][rows[o]].astype(np.int64)
-        k0, k1 = 2 * groups, 2 * groups + 1
-        reason = np.array(CLOSE_REASONS, dtype=object)[
-            np.where((end0 & end1) != 0, 0, np.where(rst != 0, 1, 2))]
-        n = groups.size
+            take = self._trimmed(data, at, take, key_seg, n_keys)
+        (close_at, hash_values, spans, first_ts, meta_start, meta_stop, packet_ts, packet_dir,
+         packet_len, last_ts, client_ip, server_ip, client_port, server_port, vlan, how,
+         start_ts, ended, capped, reason_code) = _fast_rows_kernel(
+            take, key_seg, carried, gid, direction, upto, fast, starts, first_open, close,
+            per_group, rows, cols["plen"], cols["ts"], cols["sport"], cols["dport"],
+            cols["vlan"], cols["hash"],
+            np.ascontiguousarray(cols["src_ip"]).view(np.uint64).reshape(-1, 2),
+            np.ascontiguousarray(cols["dst_ip"]).view(np.uint64).reshape(-1, 2),
+            self.max_packets_meta)
+        reason = _CLOSE_REASON_OBJECTS[reason_code]
+        n = close_at.size
         columns = {
-            "client_ip": np.where(client, src_ip, dst_ip).view(IP_DTYPE).reshape(-1),
-            "server_ip": np.where(client, dst_ip, src_ip).view(IP_DTYPE).reshape(-1),
-            "client_port": np.where(client, sport, dport),
-            "server_port": np.where(client, dport, sport),
-            "vlan": cols["vlan"][rows[o]].astype(np.int64), "client_by": how,
-            "start_ts": ts[o], "last_ts": last_ts[groups],
-            "first_ts": np.stack([first_ts[k0], first_ts[k1]], 1),
-            "ended": np.stack([end0, end1], 1).astype(bool),
-            "capped": np.stack([full0, full1], 1).astype(bool),
+            "client_ip": client_ip.view(IP_DTYPE).reshape(-1),
+            "server_ip": server_ip.view(IP_DTYPE).reshape(-1),
+            "client_port": client_port, "server_port": server_port, "vlan": vlan,
+            "client_by": how, "start_ts": start_ts, "last_ts": last_ts, "first_ts": first_ts,
+            "ended": ended, "capped": capped,
             "gap": np.zeros((n, 2), dtype=bool), "final": np.ones(n, dtype=bool),
-            "reason": reason, "packet_start": meta_start[groups],
-            "packet_stop": meta_stop[groups], "packet_ts": ts[listed],
-            "packet_dir": direction[listed], "packet_len": plen[listed].astype(np.int64),
+            "reason": reason, "packet_start": meta_start, "packet_stop": meta_stop,
+            "packet_ts": packet_ts, "packet_dir": packet_dir, "packet_len": packet_len,
         }
-        spans = np.stack([key_start[k0], key_end[k0] - key_start[k0],
-                          key_start[k1], key_end[k1] - key_start[k1]], 1)
-        hashes = cols["hash"][rows[o]].tolist()
+        hashes = hash_values.tolist()
         if self._joined_spans is not None:
             # feed_joined: no objects; the bytes are copied once, into the batch's buffer,
             # when the batch is complete (_join). The chunks are placeholders: their index
             self._joined_spans.append((data, at, take, columns, spans))
-            return _Finished(rows[c], hashes, list(range(n)), reason.tolist())
+            return _Finished(close_at, hashes, list(range(n)), reason.tolist())
         # every (flow, direction)'s bytes back to back, copied by one compiled loop
         # (sliced through a memoryview: each chunk's bytes are copied once, from it)
         blob = memoryview(self._spans(data, at, take))
-        data0 = [blob[a:b].tobytes() for a, b in zip(key_start[k0].tolist(),
-                                                      key_end[k0].tolist(), strict=True)]
-        data1 = [blob[a:b].tobytes() for a, b in zip(key_start[k1].tolist(),
-                                                      key_end[k1].tolist(), strict=True)]
+        lo0, hi0 = spans[:, 0], spans[:, 0] + spans[:, 1]
+        lo1, hi1 = spans[:, 2], spans[:, 2] + spans[:, 3]
+        data0 = [blob[a:b].tobytes() for a, b in zip(lo0.tolist(), hi0.tolist(), strict=True)]
+        data1 = [blob[a:b].tobytes() for a, b in zip(lo1.tolist(), hi1.tolist(), strict=True)]
         data_pairs = zip(data0, data1, strict=True)
         chunks = _chunks_from_columns(columns.__getitem__, None, data_pairs)
-        return _Finished(rows[c], hashes, chunks, reason.tolist())
+        return _Finished(close_at, hashes, chunks, reason.tolist())
 
     @staticmethod
     def _join(out: list, pending: list) -> StreamBatch:
