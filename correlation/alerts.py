@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Sequence
 
 from correlation.detector import Finding, Rule
+from correlation.evidence_rows import expect_described
 from pipeline.heap import gc_paused
 from pipeline.schema import ns_to_iso
 
@@ -56,10 +57,14 @@ def build_alert(finding: Finding) -> dict:
 def build_alerts(findings: Sequence[Finding]) -> list[dict]:
     """The ECS alert documents of many findings (same as build_alert on each, in order).
 
-    A burst (thousands of findings of one window close) is built with the garbage
-    collector paused; each document is fresh (no shared mutable parts), so callers may
-    edit one without touching another.
+    The findings' hits are announced to their LazyEvidence first (the evidence of the
+    suppressed findings of the same windows is then never computed). A burst (thousands
+    of findings of one window close) is built with the garbage collector paused; each
+    document is fresh (no shared mutable parts), so callers may edit one without
+    touching another.
     """
+    # evidence computed per window for all hits at once: only for these findings' hits
+    expect_described(f.describe for f in findings)
     if len(findings) < 8:
         return [_document(f) for f in findings]
     with gc_paused():

@@ -39,6 +39,8 @@ from correlation.detector import (
     factorize_ip,
     ip_pair_codes,
     ip_text,
+    one_window_groups,
+    take,
 )
 from correlation.evidence_rows import HitRows, LazyEvidence
 from correlation.network_common import in_ports
@@ -117,7 +119,7 @@ class _CommonRows:
                 positions = idx[rows]
                 if len(self.parts) == 1:
                     self._rows_at = (rows, positions)
-            values = cols[source.to_common[name]][positions]
+            values = take(cols, source.to_common[name], positions)
             return values if dtype is None else values.astype(dtype)
 
         if len(self.parts) == 1:
@@ -140,6 +142,8 @@ class _CommonRows:
 
     def source(self) -> np.ndarray:
         """Source number (in self.parts' sources) of every row."""
+        if len(self.parts) == 1:
+            return np.zeros(int(self.offsets[-1]), np.int64)
         return np.repeat(np.arange(len(self.parts), dtype=np.int64), np.diff(self.offsets))
 
 
@@ -211,26 +215,37 @@ class BruteForceDetector(Detector):
         unit = c.column("unit")
         source_of = c.source()
         # Necessary condition over the whole range, before replicating rows into windows.
-        reachable = np.zeros(unit.shape[0], bool)
-        for i, (source, _, _) in enumerate(parts):
-            mine = source_of == i
-            counts = distinct_per_group(key[mine], n_keys, unit[mine])
-            reachable |= mine & (counts[key] >= source.threshold)
+        if len(parts) == 1:  # (the loop below without its row masks: passes over millions)
+            reachable = distinct_per_group(key, n_keys, unit)[key] >= parts[0][0].threshold
+        else:
+            reachable = np.zeros(unit.shape[0], bool)
+            for i, (source, _, _) in enumerate(parts):
+                mine = source_of == i
+                counts = distinct_per_group(key[mine], n_keys, unit[mine])
+                reachable |= mine & (counts[key] >= source.threshold)
         keep = np.flatnonzero(reachable)
         if keep.size == 0:
             return []
-        copy_rows, k = windows.assign(c.column("timestamp", keep))
-        rows_w = keep[copy_rows]
-        group, n_groups = combine_codes(k, key[rows_w])
-        hit = np.zeros(n_groups, bool)
-        for i, (source, _, _) in enumerate(parts):
-            mine = source_of[rows_w] == i
-            counts = distinct_per_group(group[mine], n_groups, unit[rows_w][mine])
-            hit |= counts >= source.threshold
-        hits = np.flatnonzero(hit)
+        one = one_window_groups(windows, key[keep])
+        if one is not None:
+            # one closing window holds every row of the range: each kept row's key reached
+            # a source's threshold over the range, i.e. in the window: every group is a hit
+            copy_rows, k, group, n_groups = one
+            rows_w = keep
+            hits = np.arange(n_groups, dtype=np.int64)
+        else:
+            copy_rows, k = windows.assign(c.column("timestamp", keep))
+            rows_w = keep[copy_rows]
+            group, n_groups = combine_codes(k, key[rows_w])
+            hit = np.zeros(n_groups, bool)
+            for i, (source, _, _) in enumerate(parts):
+                mine = source_of[rows_w] == i
+                counts = distinct_per_group(group[mine], n_groups, unit[rows_w][mine])
+                hit |= counts >= source.threshold
+            hits = np.flatnonzero(hit)
         if hits.size == 0:
             return []
-        groups = Groups.of(group, n_groups)
+        groups = Groups.counted(group, n_groups)  # evidence: per-hit sets, sums, extremes
         # Identity of every hit at once; the evidence of all of them on the first describe.
         first = groups.order[groups.bounds[hits]]  # first member copy of each hit group
         first_rows = rows_w[first]

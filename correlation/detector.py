@@ -23,10 +23,12 @@ import numpy as np
 
 from correlation.kernels import (
     dense_in_span,
+    distinct_counts_in_bits,
     distinct_counts_in_span,
     distinct_in_span,
     factorize_u64,
     factorize_u128,
+    group_order,
     min_max,
     pair_values,
     window_copies,
@@ -142,6 +144,32 @@ class WindowRange:
     def row_mask(self, times: np.ndarray) -> np.ndarray:
         """Rows that fall into at least one of the closing windows."""
         return (times >= self.spec.start(self.first)) & (times < self.spec.end(self.last))
+
+
+def take(cols: Columns, name: str, rows: np.ndarray) -> np.ndarray:
+    """cols[name][rows], read at those rows only when the engine's columns have not
+    gathered the column yet (engine._UserColumns.take).
+
+    Why: evidence and finding keys read a few of a window's rows (the first row of each
+    hit: its addresses), and gathering a whole column of a 5M-row buffer for them cost
+    more than the rest of the read (issue #4: 16-byte addresses, 80 MB per column)."""
+    reader = getattr(cols, "take", None)
+    return reader(name, rows) if reader is not None else cols[name][rows]
+
+
+def one_window_groups(windows: WindowRange, key: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
+    """When a single window closes (a hop close): (copy rows, window index, group id,
+    group count) of the range's rows with int64 codes `key`: the copies of windows.assign
+    with their combine_codes(window index, key), in row order (assign lists them by
+    window offset, then row), without replicating rows (each row of the range is in the
+    one window once); None when several windows close. Group ids are equal; only the order
+    of a group's rows differs."""
+    if windows.first != windows.last:
+        return None
+    group, n_groups = combine_codes(key.astype(np.int64, copy=False))
+    return (np.arange(key.shape[0], dtype=np.int64),
+            np.full(key.shape[0], windows.first, np.int64), group, n_groups)
 
 
 @dataclass
@@ -312,8 +340,27 @@ def ip_pair_codes(cols: Columns, idx: np.ndarray, first: str = "src_ip",
     codes = shared((first, second), idx) if shared is not None else None
     if codes is None:
         return combine_codes(ip_codes(cols, first, idx), ip_codes(cols, second, idx))
-    # (client, server) pairs of flows are mostly distinct: sorting beats hashing
-    return _dense(codes, hashed=False)
+    # (client, server) pairs of flows are mostly distinct: sorting beats hashing, unless
+    # there are few (a hop close of guessing or scan campaigns: millions of rows of a few
+    # thousand pairs, where the sort of every row was most of a detect)
+    few = _dense_few(codes) if codes.shape[0] > _FEW_MIN_ROWS else None
+    return few if few is not None else _dense(codes, hashed=False)
+
+
+# A hash attempt on mostly distinct values gives up after 1/_FEW_SHARE of the rows (~2% of a
+# sort's cost wasted); few distinct values (<= 1/_FEW_SHARE) are ranked without a row sort.
+_FEW_SHARE = 64
+_FEW_MIN_ROWS = 1 << 16
+
+
+def _dense_few(values: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """_dense of non-negative int64 values when at most 1/_FEW_SHARE of them are distinct
+    (a hash pass, then a sort of the distinct values only); None otherwise."""
+    found = factorize_u64(values.view(np.uint64), limit=values.shape[0] // _FEW_SHARE)
+    if found is None:
+        return None
+    ids, first = found
+    return _ranks(np.argsort(values[first]))[ids], int(first.shape[0])
 
 
 def combine_codes(*codes: np.ndarray) -> tuple[np.ndarray, int]:
@@ -434,6 +481,15 @@ def distinct_per_group(group: np.ndarray, n_groups: int, values: np.ndarray) -> 
                                          values.astype(np.int64, copy=False), n_groups, radix)
         if counts.size:
             return counts
+    if (group.size > 1024 and n_groups > 0 and radix > 0
+            and n_groups * radix <= 128 * group.size):
+        # many distinct pairs of a bounded span (clients' ports per service): a bit per
+        # pair (a table of 16 bytes per row at most, as the pairs and the sort below), no
+        # hash pass that gives up and no sort of every row
+        counts = distinct_counts_in_bits(group.astype(np.int64, copy=False),
+                                         values.astype(np.int64, copy=False), n_groups, radix)
+        if counts.size:
+            return counts
     pairs = group * radix + values.astype(np.int64)
     if pairs.size > 1024:  # hash pass: the distinct pairs need no order, only counting
         found = factorize_u64(pairs, limit=pairs.size // (2 * _HASH_MAX_DISTINCT_SHARE))
@@ -455,6 +511,13 @@ class Groups:
         counts = np.bincount(group, minlength=n_groups)
         bounds = np.zeros(n_groups + 1, np.int64)
         np.cumsum(counts, out=bounds[1:])
+        return cls(order, bounds)
+
+    @classmethod
+    def counted(cls, group: np.ndarray, n_groups: int) -> Groups:
+        """Groups.of in linear time (a counting sort), rows ascending within a group (of
+        leaves their order unspecified): for detectors whose results do not depend on it."""
+        order, bounds = group_order(np.ascontiguousarray(group, np.int64), int(n_groups))
         return cls(order, bounds)
 
     def rows(self, g: int) -> np.ndarray:

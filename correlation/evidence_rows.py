@@ -17,10 +17,11 @@ seen_by and sample_ips, correlation.detector's sorted_unique_ips/_text): address
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from functools import partial
 
 import numpy as np
 
-from correlation.detector import Columns, Evidence, Groups, factorize_ip, unique_int
+from correlation.detector import Columns, Evidence, Groups, factorize_ip, take, unique_int
 from correlation.kernels import factorize_u64
 from pipeline.schema import object_addresses
 from pipeline.text_codes import factorize_text
@@ -87,31 +88,62 @@ def seen_by_lists(cols: Columns, r: np.ndarray) -> dict:
 
 class LazyEvidence:
     """The evidence of a detect's hits, computed for all hits of a window on the first
-    describe of one of them.
+    describe of one of them (only for the hits `expect` announced, when it did).
 
     Why per window: findings the engine suppresses as repeats (the same key in the next
     overlapping windows of one close) are never described, so a window of only repeats
-    costs nothing; the kept findings of a window are described together.
+    costs nothing; the kept findings of a window are described together. Why `expect`:
+    a hop close of 300 s windows holds the hits of five hops, of which only the newest
+    hop's are not repeats (issue #4: 5M rows of evidence for 2,400 alerts of ~1/2 of them);
+    build_alerts announces the kept ones, so the suppressed ones' rows are never read.
     """
 
     def __init__(self, window_of_hit: np.ndarray,
                  make: Callable[[np.ndarray], Callable[[int], Evidence]]) -> None:
         """window_of_hit: window index of each hit; make(hit numbers) -> describe(position
-        among those hits)."""
+        among those hits). make's results per hit must not depend on the other hits."""
         self._window_of_hit = window_of_hit
         self._windows = window_of_hit.tolist()
         self._make = make
         self._position = np.zeros(window_of_hit.shape[0], np.int64)
-        self._batches: dict[int, Callable[[int], Evidence]] = {}
+        self._batch_of = np.full(window_of_hit.shape[0], -1, np.int64)  # -1: not computed
+        self._expected: np.ndarray | None = None  # bool per hit, once announced
+        self._batches: list[Callable[[int], Evidence]] = []
+
+    def expect(self, hits: np.ndarray) -> None:
+        """Announce the hits that will be described (more may be, at a further cost)."""
+        if self._expected is None:
+            self._expected = np.zeros(self._window_of_hit.shape[0], bool)
+        self._expected[hits] = True
 
     def describe(self, hit: int) -> Evidence:
-        k = self._windows[hit]
-        batch = self._batches.get(k)
-        if batch is None:
-            members = np.flatnonzero(self._window_of_hit == k)
+        b = int(self._batch_of[hit])
+        if b < 0:
+            pending = (self._window_of_hit == self._windows[hit]) & (self._batch_of < 0)
+            if self._expected is not None and self._expected[hit]:
+                pending &= self._expected
+            members = np.flatnonzero(pending)
             self._position[members] = np.arange(members.shape[0])
-            batch = self._batches[k] = self._make(members)
-        return batch(int(self._position[hit]))
+            b = len(self._batches)
+            self._batch_of[members] = b
+            self._batches.append(self._make(members))
+        return self._batches[b](int(self._position[hit]))
+
+
+def expect_described(describes: Iterable[Callable[[], Evidence]]) -> None:
+    """Announce to their LazyEvidence the hits of describe callables
+    `partial(lazy.describe, hit)` that are about to be called (others are ignored)."""
+    announced: dict[int, tuple[LazyEvidence, list[int]]] = {}
+    for d in describes:
+        if type(d) is partial and len(d.args) == 1 and not d.keywords:
+            lazy = getattr(d.func, "__self__", None)
+            if type(lazy) is LazyEvidence and d.func.__func__ is LazyEvidence.describe:
+                entry = announced.get(id(lazy))
+                if entry is None:
+                    entry = announced[id(lazy)] = (lazy, [])
+                entry[1].append(d.args[0])
+    for lazy, hits in announced.values():
+        lazy.expect(np.asarray(hits, np.int64))
 
 
 def hit_evidence(evidence: Callable[[HitRows], Callable[[int], Evidence]], groups: Groups,
@@ -161,7 +193,8 @@ class HitRows:
         self.rows = row_of[groups.order[at]]
 
     def gather(self, cols: Columns, name: str) -> np.ndarray:
-        return cols[name][self.rows]
+        """cols[name] at the hit rows (read at those rows only: detector.take)."""
+        return take(cols, name, self.rows)
 
     def min(self, values: np.ndarray) -> np.ndarray:
         return np.minimum.reduceat(values, self.bounds[:-1])

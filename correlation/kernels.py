@@ -619,3 +619,53 @@ def count_at(times: np.ndarray, positions: np.ndarray, start: int, end: int) -> 
         if start <= times[p] < end:
             n += 1
     return n
+
+
+@njit
+def group_order(group: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows ordered by group, ascending rows within a group; bounds: group g's rows are
+    order[bounds[g]:bounds[g + 1]]) of group ids in [0, n_groups): a counting sort.
+    Raises IndexError on a group id outside that range.
+
+    Why: grouping the rows of a hop close (millions) by an argsort cost ~0.2 s per
+    detector; two passes over the rows do it in linear time."""
+    n = group.shape[0]
+    bounds = np.zeros(n_groups + 1, np.int64)
+    for i in range(n):
+        g = group[i]
+        if g < 0 or g >= n_groups:
+            raise IndexError("group id out of range")
+        bounds[g + 1] += 1
+    for g in range(n_groups):
+        bounds[g + 1] += bounds[g]
+    fill = bounds[:-1].copy()
+    order = np.empty(n, np.int64)
+    for i in range(n):
+        g = group[i]
+        order[fill[g]] = i
+        fill[g] += 1
+    return order, bounds
+
+
+@njit
+def distinct_counts_in_bits(group: np.ndarray, values: np.ndarray, n_groups: int,
+                            radix: int) -> np.ndarray:
+    """distinct_counts_in_span with a bit per (group, value) and counts kept on the way
+    (a table 8x smaller, never scanned): for wide values (client ports: 65,536 per
+    group) of millions of rows, where the hash pass gave up and a sort ranked every row.
+    Returns an empty array when a group or value lies outside the ranges."""
+    n = group.shape[0]
+    bits = np.zeros((n_groups * radix + 63) // 64, np.uint64)
+    counts = np.zeros(n_groups, np.int64)
+    for i in range(n):
+        g = group[i]
+        v = values[i]
+        if g < 0 or g >= n_groups or v < 0 or v >= radix:
+            return np.empty(0, np.int64)
+        slot = g * radix + v
+        word = slot >> 6
+        mask = np.uint64(1) << np.uint64(slot & 63)
+        if not bits[word] & mask:
+            bits[word] |= mask
+            counts[g] += 1
+    return counts

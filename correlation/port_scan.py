@@ -47,6 +47,8 @@ from correlation.detector import (
     ip_codes,
     ip_pair_codes,
     ip_text,
+    one_window_groups,
+    take,
 )
 from correlation.evidence_rows import HitRows, LazyEvidence, ip_numeric_codes, ip_texts
 from correlation.prefilter import pair_candidates
@@ -139,30 +141,39 @@ class _ScanDetector(Detector):
         idx, key, target = idx[reachable], key[reachable], target[reachable]
         if idx.size == 0:
             return []
-        copy_rows, k = windows.assign(t[idx])
-        group, n_groups = combine_codes(k, key[copy_rows])
-        distinct = distinct_per_group(group, n_groups, target[copy_rows])
-        hits = np.flatnonzero(distinct >= self.threshold)
+        one = one_window_groups(windows, key)
+        if one is not None:
+            # one closing window holds every row of the range: the keys reaching the
+            # threshold over the range (all kept) are its hit groups
+            copy_rows, k, group, n_groups = one
+            hits = np.arange(n_groups, dtype=np.int64)
+        else:
+            copy_rows, k = windows.assign(t[idx])
+            group, n_groups = combine_codes(k, key[copy_rows])
+            distinct = distinct_per_group(group, n_groups, target[copy_rows])
+            hits = np.flatnonzero(distinct >= self.threshold)
         if hits.size == 0:
             return []
-        groups = Groups.of(group, n_groups)
+        groups = Groups.counted(group, n_groups)  # evidence: per-hit sets, sums, extremes
         # Identity of every hit at once; its rows are gathered only if the engine keeps it
         # (most findings of overlapping windows are suppressed repeats).
         first = groups.order[groups.bounds[hits]]  # first member copy of each hit group
-        first_rows = idx[copy_rows[first]].tolist()
+        first_rows = idx[copy_rows[first]]
         key_codes = key[copy_rows[first]].tolist()
+        row_of = idx if one is not None else idx[copy_rows]  # (one window: copy i = row i)
         window_k = k[first]
         starts = windows.spec.start(window_k).tolist()
         ends = windows.spec.end(window_k).tolist()
         # evidence of a window's hits at once, on the first describe of one of them
         evidence = LazyEvidence(window_k, partial(self._hit_evidence, cols, groups, hits,
-                                                  idx[copy_rows]))
+                                                  row_of))
         findings = []
+        key_parts = self._key_parts(cols, first_rows)
         key_texts: dict[int, str] = {}  # a key recurs in every overlapping window: format once
         for i in range(hits.shape[0]):  # one iteration per finding
             text = key_texts.get(key_codes[i])
             if text is None:
-                text = key_texts[key_codes[i]] = self._key_text(cols, first_rows[i])
+                text = key_texts[key_codes[i]] = self._key_text(key_parts, i)
             findings.append(Finding(
                 rule=self.rules[0], key=text, window_start=starts[i], window_end=ends[i],
                 describe=partial(evidence.describe, i)))
@@ -172,7 +183,12 @@ class _ScanDetector(Detector):
         """A superset of the rows of keys with >= threshold rows (two bincounts)."""
         raise NotImplementedError
 
-    def _key_text(self, cols: Columns, row: int) -> str:
+    def _key_parts(self, cols: Columns, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The two key columns (source address, and address or port) at rows."""
+        raise NotImplementedError
+
+    def _key_text(self, parts: tuple[np.ndarray, np.ndarray], i: int) -> str:
+        """Key text of row i of _key_parts."""
         raise NotImplementedError
 
     def _hit_evidence(self, cols: Columns, groups: Groups, hits: np.ndarray,
@@ -211,8 +227,11 @@ class VerticalScanDetector(_ScanDetector):
         key, _ = ip_pair_codes(cols, idx)  # = combine_codes of both ip_codes, in one pass
         return key, cols["dst_port"][idx].astype(np.int64)
 
-    def _key_text(self, cols: Columns, row: int) -> str:
-        return f"{ip_text(cols['src_ip'], row)}|{ip_text(cols['dst_ip'], row)}"
+    def _key_parts(self, cols: Columns, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return take(cols, "src_ip", rows), take(cols, "dst_ip", rows)
+
+    def _key_text(self, parts: tuple[np.ndarray, np.ndarray], i: int) -> str:
+        return f"{ip_text(parts[0], i)}|{ip_text(parts[1], i)}"
 
     def _evidence(self, cols: Columns, hit_rows: HitRows) -> Callable[[int], Evidence]:
         first_seen, last_seen = hit_rows.time_span(hit_rows.gather(cols, "timestamp"),
@@ -225,10 +244,11 @@ class VerticalScanDetector(_ScanDetector):
                                           (dst_flags & TCP_SYN) != 0)
         observers = hit_rows.names(cols["observer_name"])
         zones = hit_rows.names(cols["ingress_zone"])
-        r0 = hit_rows.rows[hit_rows.bounds[:-1]].tolist()
+        r0 = hit_rows.rows[hit_rows.bounds[:-1]]
+        src_ip, dst_ip = take(cols, "src_ip", r0), take(cols, "dst_ip", r0)
 
         def describe(i: int) -> Evidence:
-            scanner, victim = ip_text(cols["src_ip"], r0[i]), ip_text(cols["dst_ip"], r0[i])
+            scanner, victim = ip_text(src_ip, i), ip_text(dst_ip, i)
             return Evidence(
                 first_seen=first_seen[i], last_seen=last_seen[i],
                 source_ip=scanner, destination_ip=victim, transport="tcp",
@@ -265,8 +285,11 @@ class HorizontalScanDetector(_ScanDetector):
         key, _ = combine_codes(src, cols["dst_port"][idx].astype(np.int64))
         return key, dst
 
-    def _key_text(self, cols: Columns, row: int) -> str:
-        return f"{ip_text(cols['src_ip'], row)}|tcp/{int(cols['dst_port'][row])}"
+    def _key_parts(self, cols: Columns, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return take(cols, "src_ip", rows), take(cols, "dst_port", rows)
+
+    def _key_text(self, parts: tuple[np.ndarray, np.ndarray], i: int) -> str:
+        return f"{ip_text(parts[0], i)}|tcp/{int(parts[1][i])}"
 
     def _evidence(self, cols: Columns, hit_rows: HitRows) -> Callable[[int], Evidence]:
         first_seen, last_seen = hit_rows.time_span(hit_rows.gather(cols, "timestamp"),
@@ -278,15 +301,16 @@ class HorizontalScanDetector(_ScanDetector):
         _, open_hosts = hit_rows.distinct(host, self.max_sample, (dst_flags & TCP_SYN) != 0)
         observers = hit_rows.names(cols["observer_name"])
         zones = hit_rows.names(cols["ingress_zone"])
-        r0 = hit_rows.rows[hit_rows.bounds[:-1]].tolist()
+        r0 = hit_rows.rows[hit_rows.bounds[:-1]]
+        src_ip, ports = take(cols, "src_ip", r0), take(cols, "dst_port", r0).tolist()
         host_bytes = hosts.tolist()
 
         def texts(codes: list[int]) -> list[str]:
             return ip_texts(host_bytes[c] for c in codes)
 
         def describe(i: int) -> Evidence:
-            scanner = ip_text(cols["src_ip"], r0[i])
-            port = int(cols["dst_port"][r0[i]])
+            scanner = ip_text(src_ip, i)
+            port = ports[i]
             hosts_i = texts(sample[i])
             return Evidence(
                 first_seen=first_seen[i], last_seen=last_seen[i],
