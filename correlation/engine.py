@@ -40,12 +40,13 @@ from correlation.detector import (
     WindowRange,
     combine_codes,
 )
+from correlation.engine_kernels import held_rows, kept_runs, move_kept_runs, renumber_positions
 from correlation.kernels import (
     AddressTable,
     count_at,
     count_stale,
+    factorize_u64,
     hold_rows,
-    keep_rows,
     min_max,
     ranked_codes,
     release_stale,
@@ -53,7 +54,7 @@ from correlation.kernels import (
 from correlation.network_common import batch_memo
 from pipeline.config import deep_merge, load_class, load_config
 from pipeline.heap import freeze_startup_heap
-from pipeline.schema import EventBatch, fold_observer_names, validate_batch
+from pipeline.schema import EventBatch, fold_observer_names, object_addresses, validate_batch
 from sensors.packets import IP_DTYPE
 
 
@@ -97,18 +98,25 @@ class _SharedBuffer:
     the hour-long ones keep at 10^5 rows, and a bit row made every view, prune and stale
     scan of theirs cost the whole buffer; with positions each costs the user's own rows.
     Rows no user holds are compacted away once they are over a quarter of the buffer (a
-    per-row holder count says how many). Object (text) columns are kept as the list of
-    appended pieces, never joined on a read: most detectors read them only for the
-    evidence of a finding, and copying object references is the costliest copy (a read
-    gathers the held rows piece by piece; compaction joins them). Address columns also
-    keep an id per row into one AddressTable per kind.
+    per-row holder count says how many). Object (text) columns are kept as an int32 code
+    per row into a table of the distinct objects appended (factorized by object pointer,
+    no Python object touched per row): a sensor's columns repeat a few str objects, and
+    copying one object reference per row was the costliest part of appends and of
+    compacting a 10^7-row buffer (a read is a gather of the same objects, identity kept).
+    Address columns also keep an id per row into one AddressTable per kind.
     """
 
     def __init__(self, columns: tuple[str, ...], users: int) -> None:
         self.names = columns
         self.arrays: dict[str, np.ndarray] = {}  # numeric columns, growable
-        self.pieces: dict[str, list[np.ndarray]] = {}  # object columns, appended pieces
-        self.piece_starts: dict[str, list[int]] = {}  # buffer row of each piece's first row
+        # object columns: code per row (growable) into a growable object array of the
+        # objects appended (objects[c][:object_count[c]]); `_code_of` maps the pointer of a
+        # tabled object to its code (the table keeps the object alive, so its address
+        # cannot be reused while the entry exists)
+        self.object_codes: dict[str, np.ndarray] = {}
+        self.objects: dict[str, np.ndarray] = {}
+        self.object_count: dict[str, int] = {}
+        self._code_of: dict[str, dict[int, int]] = {}
         self.capacity = 0  # rows the numeric columns have room for
         # _positions[u][:held[u]]: ascending buffer rows user u holds (growable; positions
         # handed out are never written again: releases build new arrays, appends go past)
@@ -147,9 +155,9 @@ class _SharedBuffer:
         everything = n == n_in  # skip the gather when every row is wanted
         for c in self.arrays:
             self.arrays[c][self.rows:need] = columns[c] if everything else columns[c][rows]
-        for c, pieces in self.pieces.items():
-            pieces.append(columns[c] if everything else columns[c][rows])
-            self.piece_starts[c].append(self.rows)
+        for c, codes in self.object_codes.items():
+            codes[self.rows:need] = self._object_codes_of(c, columns[c],
+                                                          None if everything else rows)
         for c, ids in self.address_ids.items():
             ids[self.rows:need] = self.addresses.intern(self.arrays[c][self.rows:need])
         # where each input row lands in the buffer (an offset when every row is appended)
@@ -167,6 +175,60 @@ class _SharedBuffer:
         self.holders[self.rows:need] = holders if everything else holders[rows]
         self.rows = need
 
+    def _object_codes_of(self, name: str, column: np.ndarray,
+                         rows: np.ndarray | None) -> np.ndarray:
+        """Codes of column[rows] (every row when None), new objects added to the table."""
+        # (a text column of another dtype, if a producer sends one: as objects, as before)
+        column = np.ascontiguousarray(column, dtype=object)
+        pointers = object_addresses(column)
+        if rows is not None:
+            pointers = pointers[rows]
+        n = pointers.shape[0]
+        if n == 0:
+            return np.empty(0, np.int32)
+        code_of = self._code_of[name]
+        first_pointer = int(pointers[0])
+        if pointers.min() == pointers.max():  # one object in every row (one sensor/zone)
+            code = code_of.get(first_pointer)
+            if code is None:
+                code = code_of[first_pointer] = self._table_objects(
+                    name, column[rows[:1] if rows is not None else slice(0, 1)])
+            return np.full(n, code, np.int32)
+        # (a few distinct objects: a Python step per distinct one, so at most 64 of them)
+        found = factorize_u64(pointers, limit=64)
+        if found is None or 2 * found[1].shape[0] > n:
+            # mostly distinct objects (names): a code per row, no pointer entries
+            start = self._table_objects(name, column if rows is None else column[rows])
+            return np.arange(start, start + n, dtype=np.int32)
+        pointer_codes, first = found
+        at = first if rows is None else rows[first]
+        code_of_distinct = np.empty(first.shape[0], np.int32)
+        for i, pointer in enumerate(pointers[first].tolist()):
+            code = code_of.get(pointer)
+            if code is None:
+                code = code_of[pointer] = self._table_objects(name, column[at[i:i + 1]])
+            code_of_distinct[i] = code
+        return code_of_distinct[pointer_codes]
+
+    def _table_objects(self, name: str, objects: np.ndarray) -> int:
+        """Append objects to a column's table (amortized growth); the first one's code."""
+        start = self.object_count[name]
+        end = start + objects.shape[0]
+        if end >= 2**31:
+            raise OverflowError("object table beyond int32 codes")
+        table = self.objects[name]
+        if end > table.shape[0]:
+            grown = np.empty(max(end, 2 * table.shape[0], 64), object)
+            grown[:start] = table[:start]
+            self.objects[name] = table = grown
+        table[start:end] = objects
+        self.object_count[name] = end
+        return start
+
+    def gather_objects(self, name: str, positions: np.ndarray | slice) -> np.ndarray:
+        """An object column at `positions` (any order): the same objects as appended."""
+        return self.objects[name].take(self.object_codes[name][positions])
+
     def _add_positions(self, user: int, new: np.ndarray) -> None:
         """Append ascending positions past the user's last one (amortized growth)."""
         held = self.held[user]
@@ -180,13 +242,16 @@ class _SharedBuffer:
         self.held[user] = end
 
     def _grow(self, size: int, columns: Mapping[str, np.ndarray]) -> None:
-        if not self.arrays and not self.pieces:  # first rows: sort the columns by storage
-            self.pieces = {c: [] for c in self.names if columns[c].dtype == object}
-            self.piece_starts = {c: [] for c in self.pieces}
+        if not self.arrays and not self.object_codes:  # first rows: columns by storage
+            self.object_codes = {c: np.empty(0, np.int32) for c in self.names
+                                 if columns[c].dtype == object}
+            self.objects = {c: np.empty(0, object) for c in self.object_codes}
+            self.object_count = {c: 0 for c in self.object_codes}
+            self._code_of = {c: {} for c in self.object_codes}
             self.address_ids = {c: np.empty(0, np.int64) for c in self.names
                                 if columns[c].dtype == IP_DTYPE}
         grown = {c: np.empty(size, columns[c].dtype) for c in self.names
-                 if c not in self.pieces}
+                 if c not in self.object_codes}
         for c, old in self.arrays.items():
             grown[c][: self.rows] = old[: self.rows]
         self.arrays = grown
@@ -194,39 +259,20 @@ class _SharedBuffer:
             ids = np.empty(size, np.int64)
             ids[: self.rows] = old[: self.rows]
             self.address_ids[c] = ids
+        for c, old in self.object_codes.items():
+            codes = np.empty(size, np.int32)
+            codes[: self.rows] = old[: self.rows]
+            self.object_codes[c] = codes
         holders = np.zeros(size, np.int16)
         holders[: self.rows] = self.holders[: self.rows]
         self.holders = holders
         self.capacity = size
 
     def column(self, name: str) -> np.ndarray:
-        """Every row of one column (a view of a numeric column; object pieces joined once)."""
+        """Every row of one column (a view of a numeric column; objects gathered)."""
         if name in self.arrays:
             return self.arrays[name][: self.rows]
-        pieces = self.pieces[name]
-        if len(pieces) != 1:
-            self.pieces[name] = pieces = [np.concatenate(pieces) if pieces
-                                          else np.empty(0, object)]
-            self.piece_starts[name] = [0]
-        return pieces[0]
-
-    def gather_pieces(self, name: str, positions: np.ndarray) -> np.ndarray:
-        """An object column at ascending `positions`, gathered piece by piece: a read costs
-        the rows read, not a join of the whole buffer (a loop over pieces, not rows)."""
-        pieces = self.pieces[name]
-        starts = self.piece_starts[name]
-        cuts = np.searchsorted(positions, starts + [self.rows]).tolist()
-        parts = []
-        for i, piece in enumerate(pieces):
-            lo, hi = cuts[i], cuts[i + 1]
-            if lo < hi:
-                first, last = int(positions[lo]) - starts[i], int(positions[hi - 1]) - starts[i]
-                # a run of consecutive rows is a slice (a view), not a gather
-                parts.append(piece[first:last + 1] if last - first + 1 == hi - lo
-                             else piece[positions[lo:hi] - starts[i]])
-        if len(parts) == 1:
-            return parts[0]
-        return np.concatenate(parts) if parts else np.empty(0, object)
+        return self.gather_objects(name, slice(0, self.rows))
 
     def positions(self, user: int) -> np.ndarray:
         """Ascending buffer rows the user holds (a view; never written afterwards)."""
@@ -286,26 +332,42 @@ class _SharedBuffer:
         """Drop rows no user holds once they are over a quarter of the buffer."""
         if self.free <= self.rows // 4:
             return
-        used = self.holders[: self.rows] > 0
-        keep = np.flatnonzero(used)
+        # int32 row indices, no whole-buffer bool or int64 temporaries (engine_kernels)
+        keep = held_rows(self.holders, self.rows)
         n_used = keep.shape[0]
-        for c in self.pieces:
-            # gathered piece by piece (no join of the whole buffer first); a fresh array,
-            # so the dropped rows' references go
-            column = self.gather_pieces(c, keep)
-            self.pieces[c] = [column if column.base is None else column.copy()]
-            self.piece_starts[c] = [0]
-        # in place, one compiled pass per column (kernels.keep_rows: no temporaries)
-        for a in (*self.arrays.values(), *self.address_ids.values(), self.holders):
-            keep_rows(a, keep)
+        # in place, one compiled pass per column by runs of kept rows (no temporaries, no
+        # index read per row); object codes included
+        runs = kept_runs(keep, self.rows)
+        for a in (*self.arrays.values(), *self.address_ids.values(),
+                  *self.object_codes.values(), self.holders):
+            move_kept_runs(a, runs)
         self.holders[n_used:self.rows] = 0
-        # every held row is used: its new position is the count of used rows before it
-        new_position = np.cumsum(used, dtype=np.int64) - 1
+        # every held row is kept: its new position is its index in `keep` (a merge walk
+        # per user; a cumsum over the whole buffer was a fresh 100 MB temporary at 10^7 rows)
         for u in range(len(self._positions)):
-            self._positions[u] = new_position[self.positions(u)]
+            self._positions[u] = renumber_positions(self.positions(u), keep)
         self.rows = n_used
         self.free = 0
         self._forget_addresses()
+        self._forget_objects()
+
+    def _forget_objects(self) -> None:
+        """Drop the objects no row refers to once they are most of a table (a column of
+        mostly distinct objects gets a code per row), so that tables stay bounded."""
+        for c, codes in self.object_codes.items():
+            count = self.object_count[c]
+            if count <= 2 * self.rows + 1024:
+                continue
+            live = np.zeros(count, bool)
+            live[codes[: self.rows]] = True
+            kept = np.flatnonzero(live)
+            remap = np.full(count, -1, np.int32)
+            remap[kept] = np.arange(kept.shape[0], dtype=np.int32)
+            codes[: self.rows] = remap[codes[: self.rows]]
+            self.objects[c] = self.objects[c].take(kept)  # a fresh array: the rest go
+            self.object_count[c] = kept.shape[0]
+            self._code_of[c] = {p: int(remap[code]) for p, code in self._code_of[c].items()
+                                if live[code]}
 
     def _forget_addresses(self) -> None:
         """Renumber the address table to the live rows' addresses once most ids are dead, so
@@ -352,8 +414,10 @@ class _UserColumns(dict):
         if name not in self._names:
             raise KeyError(name)
         p = self._positions
-        if name in self._store.pieces:
-            column = self._store.gather_pieces(name, p)
+        if name in self._store.object_codes:
+            # consecutive rows held: codes of a slice (a view), else a gather
+            run = p.size and p[-1] - p[0] + 1 == p.size
+            column = self._store.gather_objects(name, slice(p[0], p[-1] + 1) if run else p)
             self[name] = column
             return column
         full = self._store.column(name)
@@ -372,12 +436,9 @@ class _UserColumns(dict):
         if dict.__contains__(self, name) or name not in self._names:
             return self[name][rows]
         at = self._positions[rows]
-        if name not in self._store.pieces:
+        if name not in self._store.object_codes:
             return self._store.column(name)[at]
-        if at.size < 2 or bool(np.all(at[1:] > at[:-1])):  # the piece reader wants ascending
-            return self._store.gather_pieces(name, at)
-        distinct, back = np.unique(at, return_inverse=True)
-        return self._store.gather_pieces(name, distinct)[back]
+        return self._store.gather_objects(name, at)
 
     def count_in_range(self, windows: WindowRange) -> int:
         """= rows_in_range(self["timestamp"], windows).size, counted at the buffer's

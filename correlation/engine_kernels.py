@@ -1,0 +1,125 @@
+"""Compiled kernels of the engine's shared buffer compaction (correlation/engine.py).
+
+Why separate from correlation/kernels.py: these serve only `_SharedBuffer.compact`, which on
+a sustained stream moves buffers of ~10^7 rows; the point of each kernel is to do it
+without a whole-buffer temporary (in this VM a fresh 100 MB array costs more in first-touch
+page faults than the pass that fills it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.jit import njit
+
+
+def held_rows(holders: np.ndarray, rows: int) -> np.ndarray:
+    """Ascending indices of holders[:rows] > 0: int32 when the buffer allows (half the
+    memory of flatnonzero's int64, read once per compacted column), int64 beyond 2^31."""
+    used = holders[:rows]
+    out = np.empty(int(np.count_nonzero(used)), np.int32 if rows < 2**31 else np.int64)
+    _fill_held(used, out)
+    return out
+
+
+@njit
+def _fill_held(used: np.ndarray, out: np.ndarray) -> None:
+    j = 0
+    for i in range(used.shape[0]):
+        if used[i] > 0:
+            out[j] = i
+            j += 1
+
+
+_UINT_OF_SIZE = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+@njit
+def renumber_positions(positions: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """The index in `keep` of each of the ascending `positions` (every one a kept row):
+    a merge walk from the first one's place, so it costs the user's rows plus the span of
+    kept rows they cover, instead of a prefix count (cumsum) over the whole buffer.
+    Raises ValueError on a position that is not a kept row."""
+    n = positions.shape[0]
+    out = np.empty(n, np.int64)
+    if n == 0:
+        return out
+    j = np.searchsorted(keep, positions[0])
+    m = keep.shape[0]
+    for i in range(n):
+        p = positions[i]
+        while j < m and keep[j] < p:
+            j += 1
+        if j == m or keep[j] != p:
+            raise ValueError("position not among the kept rows")
+        out[i] = j
+    return out
+
+
+@njit
+def kept_runs(keep: np.ndarray, rows: int) -> np.ndarray:
+    """Runs of consecutive kept rows as a (runs, 3) int64 array of (first row, its new
+    row, length); raises IndexError on an index not ascending or not below `rows`.
+    Why: compaction moves ~20 columns by the same rows, and the kept rows of a sustained
+    stream's buffer come in runs of ~10^2 (a copy per run reads no index per row)."""
+    n = keep.shape[0]
+    runs = 0
+    previous = -1
+    for i in range(n):
+        k = keep[i]
+        if k <= previous or k >= rows:
+            raise IndexError("kept row out of range or not ascending")
+        if k != previous + 1 or i == 0:
+            runs += 1
+        previous = k
+    out = np.empty((runs, 3), np.int64)
+    r = -1
+    for i in range(n):
+        k = keep[i]
+        if i == 0 or k != keep[i - 1] + 1:
+            r += 1
+            out[r, 0] = k
+            out[r, 1] = i
+            out[r, 2] = 0
+        out[r, 2] += 1
+    return out
+
+
+@njit
+def _move_runs_1d(column: np.ndarray, runs: np.ndarray) -> None:
+    n = column.shape[0]
+    for r in range(runs.shape[0]):
+        src, dst, length = runs[r, 0], runs[r, 1], runs[r, 2]
+        if src + length > n or dst > src:
+            raise IndexError("run out of range or moving up")
+        for j in range(length):
+            column[dst + j] = column[src + j]
+
+
+@njit
+def _move_runs_2d(column: np.ndarray, runs: np.ndarray) -> None:
+    n = column.shape[0]
+    for r in range(runs.shape[0]):
+        src, dst, length = runs[r, 0], runs[r, 1], runs[r, 2]
+        if src + length > n or dst > src:
+            raise IndexError("run out of range or moving up")
+        for j in range(length):
+            for k in range(column.shape[1]):
+                column[dst + j, k] = column[src + j, k]
+
+
+def move_kept_runs(column: np.ndarray, runs: np.ndarray) -> None:
+    """column[:len(keep)] = column[keep] in place, given kept_runs(keep): every run moves
+    down or stays, so a forward copy never reads a row it overwrote. Numeric columns of any
+    dtype, moved as unsigned ints of their item size (kernels.keep_rows' form)."""
+    if not column.flags.c_contiguous or column.ndim != 1:
+        raise ValueError("move_kept_runs needs a contiguous 1-D column")
+    if column.dtype.hasobject:
+        raise TypeError("move_kept_runs moves numeric columns only")
+    size = column.dtype.itemsize
+    if size in _UINT_OF_SIZE:
+        _move_runs_1d(column.view(_UINT_OF_SIZE[size]), runs)
+    elif size % 8 == 0:
+        _move_runs_2d(column.view(np.uint64).reshape(column.shape[0], size // 8), runs)
+    else:
+        _move_runs_2d(column.view(np.uint8).reshape(column.shape[0], size), runs)
