@@ -203,6 +203,19 @@ def _group_starts(group: np.ndarray, n_groups: int) -> np.ndarray:
 
 
 @njit
+def _by_group(group: np.ndarray, values: np.ndarray, starts: np.ndarray,
+              out: np.ndarray) -> np.ndarray:
+    """values placed in `out` by group (counting sort; arrival order within a group):
+    group g's rows are out[starts[g]:starts[g + 1]]."""
+    fill = starts[:-1].copy()
+    for i in range(group.shape[0]):
+        g = group[i]
+        out[fill[g]] = values[i]
+        fill[g] += 1
+    return out
+
+
+@njit
 def _bowley_madm_kernel(group: np.ndarray, values: np.ndarray, n_groups: int
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per group: (Bowley skew, MADM, median); 0, 0, 0 for an empty group.
@@ -213,12 +226,7 @@ def _bowley_madm_kernel(group: np.ndarray, values: np.ndarray, n_groups: int
     """
     n = group.shape[0]
     starts = _group_starts(group, n_groups)  # group g is starts[g]:starts[g + 1]
-    fill = starts[:-1].copy()
-    v = np.empty(n, np.float64)
-    for i in range(n):
-        g = group[i]
-        v[fill[g]] = values[i]
-        fill[g] += 1
+    v = _by_group(group, values, starts, np.empty(n, np.float64))
     skew = np.zeros(n_groups)
     madm = np.zeros(n_groups)
     median = np.zeros(n_groups)
@@ -257,12 +265,7 @@ def _contact_kernel(group: np.ndarray, sec: np.ndarray, n_groups: int, bins: int
     from the counts, a bin is clipped to [0, bins) (seconds >= the group's first)."""
     n = group.shape[0]
     starts = _group_starts(group, n_groups)
-    fill = starts[:-1].copy()
-    v = np.empty(n, np.int64)
-    for i in range(n):
-        g = group[i]
-        v[fill[g]] = sec[i]
-        fill[g] += 1
+    v = _by_group(group, sec, starts, np.empty(n, np.int64))
     contacts = np.zeros(n_groups, np.int64)
     skew = np.zeros(n_groups)
     madm = np.zeros(n_groups)
