@@ -111,7 +111,7 @@ def _move_runs_2d(column: np.ndarray, runs: np.ndarray) -> None:
 def move_kept_runs(column: np.ndarray, runs: np.ndarray) -> None:
     """column[:len(keep)] = column[keep] in place, given kept_runs(keep): every run moves
     down or stays, so a forward copy never reads a row it overwrote. Numeric columns of any
-    dtype, moved as unsigned ints of their item size (kernels.keep_rows' form)."""
+    dtype, moved as unsigned ints of their item size (16-byte addresses as two uint64)."""
     if not column.flags.c_contiguous or column.ndim != 1:
         raise ValueError("move_kept_runs needs a contiguous 1-D column")
     if column.dtype.hasobject:
@@ -123,3 +123,10 @@ def move_kept_runs(column: np.ndarray, runs: np.ndarray) -> None:
         _move_runs_2d(column.view(np.uint64).reshape(column.shape[0], size // 8), runs)
     else:
         _move_runs_2d(column.view(np.uint8).reshape(column.shape[0], size), runs)
+
+
+def keep_rows(column: np.ndarray, keep: np.ndarray) -> None:
+    """column[:len(keep)] = column[keep] in place, for ascending distinct `keep`: the runs
+    of `keep` (kept_runs, which raises IndexError on a descending or out-of-range index
+    before any write) moved by move_kept_runs."""
+    move_kept_runs(column, kept_runs(np.ascontiguousarray(keep), column.shape[0]))

@@ -435,58 +435,6 @@ def lookup_u16(values: np.ndarray, table: np.ndarray) -> np.ndarray:
 
 
 @njit
-def _keep_rows_1d(column: np.ndarray, keep: np.ndarray) -> None:
-    n = column.shape[0]
-    previous = -1
-    for i in range(keep.shape[0]):
-        k = keep[i]
-        if k <= previous or k >= n:
-            raise IndexError("kept row out of range or not ascending")
-        previous = k
-        column[i] = column[k]
-
-
-@njit
-def _keep_rows_2d(column: np.ndarray, keep: np.ndarray) -> None:
-    n = column.shape[0]
-    previous = -1
-    for i in range(keep.shape[0]):
-        k = keep[i]
-        if k <= previous or k >= n:
-            raise IndexError("kept row out of range or not ascending")
-        previous = k
-        for j in range(column.shape[1]):
-            column[i, j] = column[k, j]
-
-
-_UINT_OF_SIZE = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
-
-
-def keep_rows(column: np.ndarray, keep: np.ndarray) -> None:
-    """column[:len(keep)] = column[keep] in place, for ascending distinct `keep` (so every
-    row moves down or stays: a forward pass never reads a row it already overwrote).
-
-    Why: the boolean-mask form (a[:m] = a[:n][used]) allocates a temporary per column and
-    copies twice; on the engine's 3*10^5-row buffers of ~20 columns it was ~7x slower
-    (measured). Numeric columns of any dtype are moved as unsigned ints of their item size
-    (16-byte addresses as two uint64), so a few compiled signatures serve every column.
-    Raises IndexError (before any write past it) on a descending or out-of-range index.
-    """
-    keep = np.ascontiguousarray(keep, dtype=np.int64)
-    if not column.flags.c_contiguous or column.ndim != 1:
-        raise ValueError("keep_rows needs a contiguous 1-D column")
-    size = column.dtype.itemsize
-    if column.dtype.hasobject:
-        raise TypeError("keep_rows moves numeric columns only")
-    if size in _UINT_OF_SIZE:
-        _keep_rows_1d(column.view(_UINT_OF_SIZE[size]), keep)
-    elif size % 8 == 0:
-        _keep_rows_2d(column.view(np.uint64).reshape(column.shape[0], size // 8), keep)
-    else:
-        _keep_rows_2d(column.view(np.uint8).reshape(column.shape[0], size), keep)
-
-
-@njit
 def min_max(values: np.ndarray) -> tuple[int, int]:
     """(min, max) of a non-empty int64 array in one pass (numpy needs two)."""
     low = values[0]

@@ -1,4 +1,4 @@
-"""The engine's compiled compaction (kernels.keep_rows) and the compiled paths of the shared
+"""The engine's compiled compaction (engine_kernels.keep_rows) and the compiled paths of the shared
 grouping helpers (detector._dense / combine_codes via kernels.min_max, dense_in_span,
 pair_values): same results as the numpy forms they replace, on every dtype and range."""
 
@@ -11,13 +11,13 @@ from hypothesis import strategies as st
 
 from correlation.detector import _dense, combine_codes, distinct_per_group, unique_int
 from correlation.engine import _SharedBuffer
+from correlation.engine_kernels import keep_rows
 from correlation.kernels import (
     AddressTable,
     dense_in_span,
     distinct_counts_in_span,
     distinct_in_span,
     hold_rows,
-    keep_rows,
     merge_ordered_ids,
     min_max,
     pair_values,
