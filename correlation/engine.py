@@ -123,8 +123,12 @@ class _SharedBuffer:
         self._positions = [np.empty(0, np.int64) for _ in range(users)]
         self.held = [0] * users  # rows each user holds (its former buffer size)
         # earliest time each user holds, kept up to date on append (the engine asks on
-        # every push until a detector's first window closes); None = recompute
+        # every push until a detector's first window closes); None = recompute. After a
+        # release it is kept as a lower bound (first_exact False): releases only raise the
+        # minimum, and a bound answers "can a window close yet?" without a pass over
+        # millions of held rows on every push of a capped buffer (issue #4).
         self.first_time: list[int | None] = [None] * users
+        self.first_exact = [True] * users
         self.rows = 0
         # holders[row]: how many users hold the row; `free` rows no user holds (compaction)
         self.holders = np.zeros(0, np.int16)
@@ -169,6 +173,7 @@ class _SharedBuffer:
                 earliest = int(earliest_of[u])
                 if self.held[u] == 0:
                     self.first_time[u] = earliest
+                    self.first_exact[u] = True
                 elif self.first_time[u] is not None:
                     self.first_time[u] = min(self.first_time[u], earliest)
                 self._add_positions(u, (idx + self.rows) if everything else landing[idx])
@@ -285,11 +290,26 @@ class _SharedBuffer:
         return self.arrays["timestamp"][self.positions(user)]
 
     def min_time(self, user: int) -> int | None:
+        """Earliest event time the user holds (None: holds nothing)."""
+        if not self.held[user]:
+            return None
+        if self.first_time[user] is None or not self.first_exact[user]:
+            self.first_time[user] = int(self.times(user).min())
+            self.first_exact[user] = True
+        return self.first_time[user]
+
+    def min_time_bound(self, user: int) -> int | None:
+        """A time <= every event time the user holds (None: holds nothing): the exact
+        minimum, or the one before rows were released, without a pass over the rows."""
         if not self.held[user]:
             return None
         if self.first_time[user] is None:
-            self.first_time[user] = int(self.times(user).min())
+            return self.min_time(user)
         return self.first_time[user]
+
+    def _released(self, user: int) -> None:
+        """Rows of the user went: its minimum can only have risen (a bound now)."""
+        self.first_exact[user] = False
 
     def max_time(self, user: int) -> int | None:
         return int(self.times(user).max()) if self.held[user] else None
@@ -307,7 +327,7 @@ class _SharedBuffer:
         # The prefix's memory goes at the next growth, which copies only the held rows.
         self._positions[user] = buf[count:]
         self.held[user] -= count
-        self.first_time[user] = None
+        self._released(user)
 
     def prune(self, user: int, horizon: int) -> None:
         """Release the user's rows before `horizon` when they are over a quarter of its rows.
@@ -326,7 +346,7 @@ class _SharedBuffer:
             self._positions[user] = kept
             self.held[user] = int(kept.shape[0])
             self.free += freed
-            self.first_time[user] = None
+            self._released(user)
 
     def compact(self) -> None:
         """Drop rows no user holds once they are over a quarter of the buffer."""
@@ -650,10 +670,16 @@ class CorrelationEngine:
         """Close windows state.next_k..last_k; return (order, alert) of the unsuppressed."""
         spec = state.detector.window
         if state.next_k is None:
-            starts = [store.min_time(u) for _, store, u, _ in state.inputs if store.held[u]]
-            if not starts:  # nothing buffered: those windows close empty
+            # a lower bound of the held times first: until the first window closes this
+            # runs on every push, and the exact minimum is a pass over every held row
+            bounds = [store.min_time_bound(u) for _, store, u, _ in state.inputs
+                      if store.held[u]]
+            if not bounds:  # nothing buffered: those windows close empty
                 state.advance(last_k + 1)
                 return []
+            if last_k < int(spec.first_index(min(bounds))):
+                return []  # the watermark has not passed any window that can hold a row
+            starts = [store.min_time(u) for _, store, u, _ in state.inputs if store.held[u]]
             first = int(spec.first_index(min(starts)))
             if last_k < first:  # the watermark has not passed any window holding a row
                 return []

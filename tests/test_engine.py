@@ -18,7 +18,12 @@ from hypothesis import strategies as st
 
 from correlation.alerts import alert_id, build_alert, build_alerts, gc_paused, iso_ns
 from correlation.detector import Evidence, Finding, WindowRange, WindowSpec, ip_text
-from correlation.engine import CorrelationEngine, build_detectors, default_config
+from correlation.engine import (
+    CorrelationEngine,
+    _SharedBuffer,
+    build_detectors,
+    default_config,
+)
 from correlation.port_scan import VerticalScanDetector
 from pipeline.schema import DNS, FLOW, EventBatch, SchemaError, ns_to_iso, validate_batch
 from sensors.packets import IP_DTYPE, IPV4_MAPPED_PREFIX, ip_column_to_str, ip_to_bytes16
@@ -628,3 +633,34 @@ def test_detectors_with_one_select_key_are_selected_once_per_batch() -> None:
     alone, _ = run(batches, detectors=[VerticalScanDetector(section),
                                        VerticalScanDetector(short)])
     assert len(shared) >= 2 and shared == alone
+
+
+def test_a_capped_buffer_before_the_first_close_is_not_rescanned_per_push(monkeypatch) -> None:
+    """Until a detector's first window closes, every push asks whether one can. At the row
+    cap every push also drops rows, and recomputing the exact earliest held time after each
+    drop was a pass over every held row per push (issue #4: a 50k events/s service fell
+    behind once hour-long windows held their 5M-row cap). A lower bound answers; the exact
+    minimum is computed only when a window may close, and the alerts are those of the
+    exact minimum asked on every push."""
+    section = default_config()["detectors"]["port_scan_vertical"]
+    hourly = dict(section, window_s=3600, hop_s=600, max_buffered_rows=100)
+    rows = vertical_scan(ports=range(1, 401), step=1.0)  # one new port a second
+    batches = [flow_batch(rows[i:i + 10]) for i in range(0, len(rows), 10)]
+    scans = []
+    real_times = _SharedBuffer.times
+
+    def counted(self, user):
+        scans.append(user)
+        return real_times(self, user)
+
+    monkeypatch.setattr(_SharedBuffer, "times", counted)
+    engine = CorrelationEngine({}, detectors=[VerticalScanDetector(hourly)])
+    for b in batches:
+        assert engine.push(b) == []  # no window can close within these 400 s
+    assert engine.stats["rows_dropped_overflow"] == 300  # the cap did bite on every push
+    assert scans == []  # no pass over the held rows to answer "nothing closes yet"
+    alerts = engine.flush()
+    monkeypatch.setattr(_SharedBuffer, "min_time_bound", _SharedBuffer.min_time)
+    exact, _ = run(batches, detectors=[VerticalScanDetector(hourly)])
+    assert len(alerts) == 1 and alerts == exact
+    assert alerts[0]["cirtsa"]["evidence"]["distinct_ports"] == 100  # the newest 100 rows
