@@ -130,3 +130,71 @@ def keep_rows(column: np.ndarray, keep: np.ndarray) -> None:
     of `keep` (kept_runs, which raises IndexError on a descending or out-of-range index
     before any write) moved by move_kept_runs."""
     move_kept_runs(column, kept_runs(np.ascontiguousarray(keep), column.shape[0]))
+
+
+
+
+@njit
+def ranks_among(ids: np.ndarray, hi: np.ndarray, lo: np.ndarray, mark: np.ndarray,
+                slot: np.ndarray, epoch: int) -> tuple[np.ndarray, int]:
+    """(rank of each ids[i]'s key among the distinct keys of `ids`, in ascending (hi[id],
+    lo[id]) order; how many distinct): the order of AddressTable.ranks() restricted to
+    the ids read, without ranking the whole table (ids of distinct keys: no ties).
+
+    mark / slot: the caller's scratch arrays of at least one entry per id; an id is
+    distinct-counted once per call by setting mark[id] = epoch (a value no earlier call
+    used, so the arrays are never cleared) and slot[id] = its index among the distinct
+    ids; only the distinct ids get sorted. Raises IndexError on an id outside hi / lo /
+    the scratch arrays."""
+    n = ids.shape[0]
+    size = min(hi.shape[0], lo.shape[0], mark.shape[0], slot.shape[0])
+    distinct = np.empty(n, np.int64)
+    local = np.empty(n, np.int64)  # index of each row's id among the distinct ids
+    d = 0
+    for i in range(n):
+        a = ids[i]
+        if a < 0 or a >= size:
+            raise IndexError("address id out of range")
+        if mark[a] != epoch:
+            mark[a] = epoch
+            slot[a] = d
+            distinct[d] = a
+            d += 1
+        local[i] = slot[a]
+    order = _key_order(hi, lo, distinct[:d])
+    rank = np.empty(d, np.int64)
+    for k in range(d):
+        rank[order[k]] = k
+    out = np.empty(n, np.int64)
+    for i in range(n):
+        out[i] = rank[local[i]]
+    return out, d
+
+@njit
+def _key_order(hi: np.ndarray, lo: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Indices of the (distinct) keys of `ids` in ascending (hi, lo) order."""
+    d = ids.shape[0]
+    if d == 0:
+        return np.empty(0, np.int64)
+    bits = 1
+    while (1 << bits) < d:
+        bits += 1
+    low32 = np.uint64(0xFFFFFFFF)
+    same = bits <= 32
+    for k in range(1, d):
+        if hi[ids[k]] != hi[ids[0]] or (lo[ids[k]] & low32) != (lo[ids[0]] & low32):
+            same = False
+            break
+    if same:  # IPv4-mapped (as AddressTable's order): the upper half of lo decides
+        packed = np.empty(d, np.uint64)
+        for k in range(d):
+            packed[k] = ((lo[ids[k]] >> np.uint64(32)) << np.uint64(bits)) | np.uint64(k)
+        packed.sort()
+        order = np.empty(d, np.int64)
+        mask = np.uint64((1 << bits) - 1)
+        for k in range(d):
+            order[k] = np.int64(packed[k] & mask)
+        return order
+    # stable sorts by the minor key, then by the major one
+    order = np.argsort(lo[ids], kind="mergesort")
+    return order[np.argsort(hi[ids[order]], kind="mergesort")]

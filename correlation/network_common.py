@@ -335,7 +335,9 @@ class DistinctTargetDetector(Detector):
             return []
         t = cols["timestamp"]
         idx = np.flatnonzero(windows.row_mask(t))
-        if idx.size == 0:
+        if idx.size < max(self.threshold, 1):
+            # no key has more distinct targets than rows: none can reach the threshold,
+            # so a quiet short-hop close skips the address codes of _key_and_target
             return []
         key, target = self._key_and_target(cols, idx)
         reachable = distinct_per_group(key, int(key.max()) + 1, target)[key] >= self.threshold
