@@ -28,6 +28,7 @@ from functools import partial
 import numpy as np
 
 from correlation.arrival_memo import rows_in_range
+from correlation.close_keys import as_range, pair_key_groups
 from correlation.detector import (
     IANA_TCP,
     NS_PER_S,
@@ -127,41 +128,24 @@ class _ScanDetector(Detector):
         idx = rows_in_range(t, windows)
         if idx.size == 0:
             return []
-        # a key with >= threshold distinct targets has >= threshold rows, and so has each of
-        # its parts: only rows whose parts do get ranked (the reachable filter below keeps
-        # exactly the rows it kept on all of idx; ranks of a subset keep their order)
-        idx = self._candidates(cols, idx)
-        if idx.size == 0:
-            return []
-        key, target = self._key_and_target(cols, idx)
-        n_keys = int(key.max()) + 1
-        # A key needs >= threshold distinct targets over the whole range to reach it in any
-        # one window: drop the rest before replicating rows into windows (spoofed SYN floods).
-        reachable = distinct_per_group(key, n_keys, target)[key] >= self.threshold
-        idx, key, target = idx[reachable], key[reachable], target[reachable]
-        if idx.size == 0:
-            return []
-        one = one_window_groups(windows, key)
-        if one is not None:
-            # one closing window holds every row of the range: the keys reaching the
-            # threshold over the range (all kept) are its hit groups
-            copy_rows, k, group, n_groups = one
+        one_close = self._hop_close(cols, idx, windows)
+        if one_close is not None:
+            # one closing window: its kept rows and their groups in one compiled pass
+            keep, groups = one_close
+            n_groups = groups.bounds.shape[0] - 1
+            if n_groups == 0:
+                return []
+            row_of = idx[keep]
             hits = np.arange(n_groups, dtype=np.int64)
+            first = groups.order[groups.bounds[:-1]]  # first row of each (hit) group
+            first_rows = row_of[first]
+            key_codes = hits.tolist()  # (one window: each group is a distinct key)
+            window_k = np.full(n_groups, windows.first, np.int64)
         else:
-            copy_rows, k = windows.assign(t[idx])
-            group, n_groups = combine_codes(k, key[copy_rows])
-            distinct = distinct_per_group(group, n_groups, target[copy_rows])
-            hits = np.flatnonzero(distinct >= self.threshold)
-        if hits.size == 0:
-            return []
-        groups = Groups.counted(group, n_groups)  # evidence: per-hit sets, sums, extremes
-        # Identity of every hit at once; its rows are gathered only if the engine keeps it
-        # (most findings of overlapping windows are suppressed repeats).
-        first = groups.order[groups.bounds[hits]]  # first member copy of each hit group
-        first_rows = idx[copy_rows[first]]
-        key_codes = key[copy_rows[first]].tolist()
-        row_of = idx if one is not None else idx[copy_rows]  # (one window: copy i = row i)
-        window_k = k[first]
+            grouped = self._grouped(cols, idx, windows)
+            if grouped is None:
+                return []
+            groups, hits, row_of, first_rows, key_codes, window_k = grouped
         starts = windows.spec.start(window_k).tolist()
         ends = windows.spec.end(window_k).tolist()
         # evidence of a window's hits at once, on the first describe of one of them
@@ -178,6 +162,52 @@ class _ScanDetector(Detector):
                 rule=self.rules[0], key=text, window_start=starts[i], window_end=ends[i],
                 describe=partial(evidence.describe, i)))
         return findings
+
+    def _hop_close(self, cols: Columns, idx: np.ndarray, windows: WindowRange
+                   ) -> tuple[np.ndarray, Groups] | None:
+        """(kept rows of idx, their Groups) of a one-window close in one compiled pass
+        (close_keys), numbered as _grouped numbers them; None: _grouped."""
+        return None
+
+    def _grouped(self, cols: Columns, idx: np.ndarray, windows: WindowRange) -> tuple | None:
+        """(groups, hit groups, buffer row of each copy, first row of each hit, an equality
+        code of each hit's key, window of each hit) of rows idx in range; None: no hit."""
+        # a key with >= threshold distinct targets has >= threshold rows, and so has each of
+        # its parts: only rows whose parts do get ranked (the reachable filter below keeps
+        # exactly the rows it kept on all of idx; ranks of a subset keep their order)
+        idx = self._candidates(cols, idx)
+        if idx.size == 0:
+            return None
+        key, target = self._key_and_target(cols, idx)
+        n_keys = int(key.max()) + 1
+        # A key needs >= threshold distinct targets over the whole range to reach it in any
+        # one window: drop the rest before replicating rows into windows (spoofed SYN floods).
+        reachable = distinct_per_group(key, n_keys, target)[key] >= self.threshold
+        idx, key, target = idx[reachable], key[reachable], target[reachable]
+        if idx.size == 0:
+            return None
+        one = one_window_groups(windows, key)
+        if one is not None:
+            # one closing window holds every row of the range: the keys reaching the
+            # threshold over the range (all kept) are its hit groups
+            copy_rows, k, group, n_groups = one  # (the copy rows of one window: 0..n-1)
+            hits = np.arange(n_groups, dtype=np.int64)
+        else:
+            copy_rows, k = windows.assign(cols["timestamp"][idx])
+            group, n_groups = combine_codes(k, key[copy_rows])
+            distinct = distinct_per_group(group, n_groups, target[copy_rows])
+            hits = np.flatnonzero(distinct >= self.threshold)
+        if hits.size == 0:
+            return None
+        groups = Groups.counted(group, n_groups)  # evidence: per-hit sets, sums, extremes
+        # Identity of every hit at once; its rows are gathered only if the engine keeps it
+        # (most findings of overlapping windows are suppressed repeats).
+        first = groups.order[groups.bounds[hits]]  # first member copy of each hit group
+        first_rows = idx[copy_rows[first]]
+        key_codes = key[copy_rows[first]].tolist()
+        row_of = idx if one is not None else idx[copy_rows]  # (one window: copy i = row i)
+        window_k = k[first]
+        return groups, hits, row_of, first_rows, key_codes, window_k
 
     def _candidates(self, cols: Columns, idx: np.ndarray) -> np.ndarray:
         """A superset of the rows of keys with >= threshold rows (two bincounts)."""
@@ -222,6 +252,19 @@ class VerticalScanDetector(_ScanDetector):
 
     def _candidates(self, cols: Columns, idx: np.ndarray) -> np.ndarray:
         return pair_candidates(cols, idx, self.threshold)
+
+    def _hop_close(self, cols: Columns, idx: np.ndarray, windows: WindowRange
+                   ) -> tuple[np.ndarray, Groups] | None:
+        # Why: the numpy form made a dozen passes over the ~5M rows of a full 300 s window
+        # (issue #4, the 60 s hop close of the 50k events/s stream).
+        shared = getattr(cols, "address_codes", None)
+        if windows.first != windows.last or shared is None:
+            return None
+        at = as_range(idx)
+        src, dst = shared(("src_ip",), at), shared(("dst_ip",), at)
+        if src is None or dst is None:
+            return None
+        return pair_key_groups(src, dst, None, take(cols, "dst_port", at), self.threshold)
 
     def _key_and_target(self, cols: Columns, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         key, _ = ip_pair_codes(cols, idx)  # = combine_codes of both ip_codes, in one pass
