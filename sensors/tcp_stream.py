@@ -69,10 +69,14 @@ grouping of rows by flow (a hash table and counting sorts, no argsort/lexsort), 
 (which gathers its own inputs), its segment layout and chunk columns (two passes where
 there were ~40 numpy calls per batch), and the copy of the fast path's payload bytes into
 one buffer (span by span, one memcpy each, into a scratch buffer the collector keeps, or
-straight into feed_joined's buffer). Each checks every index against
-the capture buffer (tests/test_tcp_stream.py, tests/test_tcp_stream_kernels.py: kernels
-against plain references, on random bytes and offsets; the grouping and selection kernels
-only index arrays they size themselves).
+straight into feed_joined's buffer). A collector's selection after the candidate scan
+(per-row opening flags, flow tests, the kept rows' columns) is one kernel
+(`_select_rows_kernel`), and the candidate scan asks the CPU for the capture lines of the
+rows a few ahead (`prefetch`), as TLS's needed_lengths does for its flows' first records.
+Each checks every index against the capture buffer (tests/test_tcp_stream.py,
+tests/test_tcp_stream_kernels.py: kernels against plain references, on random bytes and
+offsets; the grouping and selection kernels only index arrays they size themselves;
+tests/test_stream_select.py: the selection kernel against the steps it replaced).
 
 Per batch, not per flow: the candidate rows of a batch with their flow hashes, payload
 heads and sequence/ack numbers (one compiled pass over the capture, `candidate_scan`) are
@@ -101,6 +105,8 @@ from dataclasses import dataclass
 from itertools import repeat
 
 import numpy as np
+from llvmlite import ir
+from llvmlite.binding import llvm_version_info
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
@@ -487,6 +493,46 @@ def _endpoint_hash(ip_high, ip_low, port):
     return _mix_one(h ^ np.uint64(port))
 
 
+# The intrinsic's name carries its pointer type: "p0" once LLVM has only opaque pointers
+# (17 on; numba 0.68's llvmlite has 22), "p0i8" for the typed i8* of older LLVMs.
+_PREFETCH_NAME = ("llvm.prefetch.p0" if llvm_version_info[0] >= 17
+                  else "llvm.prefetch.p0i8")
+
+
+@intrinsic
+def prefetch(typingctx, array, at):
+    """A hint to the CPU to start loading the cache line of array[at] (1-D; nothing when
+    not C-contiguous; the caller keeps `at` inside the array). No effect on results:
+    llvm.prefetch never faults and changes no memory. Why: a kernel reading one packet per
+    row of a batch (~20 MB, past the caches) waits for every row's line in turn (a
+    data-dependent header walk gives the CPU no loads of later rows to overlap); a hint
+    issued some rows ahead overlaps those waits."""
+    if not (isinstance(array, types.Array) and array.ndim == 1):
+        return None  # not typed: the call does not compile
+    sig = types.void(array, types.int64)
+    contiguous = array.layout == "C"  # else no hint (the address would need the stride)
+
+    def codegen(context, builder, signature, args):
+        if not contiguous:
+            return context.get_dummy_value()
+        array_value, index = args
+        data = context.make_array(signature.args[0])(context, builder, array_value)
+        byte_ptr = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        hint = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32]),
+            _PREFETCH_NAME)
+        # read access, high temporal locality, data cache
+        builder.call(hint, [builder.bitcast(builder.gep(data.data, [index]), byte_ptr),
+                            i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+PREFETCH_ROWS = 16  # how many candidate rows ahead _candidate_kernel asks for a packet's lines
+
+
 @njit
 def _candidate_kernel(data, rows, offset, length, sport, dport, flags, src_ip, dst_ip, vlan,
                       width):
@@ -509,6 +555,12 @@ def _candidate_kernel(data, rows, offset, length, sport, dport, flags, src_ip, d
     heads = np.zeros((n_heads, width), dtype=np.uint8)
     at_head = 0
     for i in range(n):
+        if i + PREFETCH_ROWS < n and size > 0:
+            # the lines of a later row's TCP header and payload head (see prefetch): the
+            # scan was waiting on memory, one row at a time (21 -> 8 ms per 300k packets)
+            ahead = np.int64(offset[rows[i + PREFETCH_ROWS]])
+            prefetch(data, min(max(ahead - 32, 0), size - 1))
+            prefetch(data, min(max(ahead + 8, 0), size - 1))
         r = rows[i]
         # scalars, not row views (a view per row costs reference counting)
         both = (_endpoint_hash(src_ip[r, 0], src_ip[r, 1], sport[r])
@@ -533,7 +585,7 @@ def candidate_scan(packets: DecodedPackets, rows: np.ndarray
     compiled pass."""
     rows = np.asarray(rows, dtype=np.int64)
     return _candidate_kernel(
-        np.asarray(packets.data).reshape(-1), rows, packets.payload_offset,
+        np.ascontiguousarray(np.asarray(packets.data).reshape(-1)), rows, packets.payload_offset,
         packets.payload_len, packets.src_port, packets.dst_port, packets.tcp_flags,
         np.ascontiguousarray(packets.src_ip).view(np.uint64).reshape(-1, 2),
         np.ascontiguousarray(packets.dst_ip).view(np.uint64).reshape(-1, 2), packets.vlan,
@@ -841,6 +893,153 @@ def _select_core(hashes, has_payload, opens, syn, it, iu, any_ignored, held):
 
 
 @njit
+def _reopened_kernel(flags, hashes, table, used):
+    """The hashes (row order, repeats kept) of the pure-SYN rows (SYN without ACK) whose
+    flow is in the open-addressing table of released/closed hashes (see _set_apply)."""
+    mask = table.shape[0] - 1
+    hits = 0
+    out = np.empty(flags.shape[0], dtype=np.uint64)
+    for i in range(flags.shape[0]):
+        if (flags[i] & (SYN | ACK)) == SYN and _in_table(table, used, mask, hashes[i]):
+            out[hits] = hashes[i]
+            hits += 1
+    return out[:hits]
+
+
+@njit
+def _select_rows_kernel(rows, hashes, seq, ack, found, plen, flags, sport, dport, head_matched,
+                        port_table, any_ports, it, iu, any_ignored, held, src_port, dst_port,
+                        vlan, tcp_flags, ts_ns, payload_offset, src_ip, dst_ip):
+    """StreamCollector._select after the reopening test, in one kernel: _opening_kernel's
+    per-row flags, _select_core's flow tests, and the columns of the kept candidate rows
+    (`_columns`' gather, the candidate columns indexed). Why: the three steps were three
+    passes over the candidate rows plus ~12 numpy gathers per collector and batch.
+
+    rows/hashes/seq/ack/found/plen/flags/sport/dport: the candidate rows (positions into
+    the batch) and their columns; head_matched: the client predicate's answer per row with
+    payload (empty: none matched); it/iu: the ignored hashes' table; held: held hashes;
+    src_port..dst_ip: the batch's packet columns (addresses as (packets, 2) uint64).
+    Returns (positions of the kept rows, positions of the handshake rows, fresh, and the
+    kept rows' columns: hash, may_open, predicate, seq, ack, found, settled, then
+    _gather_kernel's nine)."""
+    n = hashes.shape[0]
+    im = it.shape[0] - 1
+    ht, hu, hm = _hash_table(held)
+    any_held = held.shape[0] > 0
+    matched = np.zeros(n, dtype=np.bool_)
+    opens = np.empty(n, dtype=np.bool_)
+    not_ignored = np.ones(n, dtype=np.bool_)
+    use_match = head_matched.shape[0] > 0
+    count = 0
+    at = 0
+    for i in range(n):
+        has = plen[i] > 0
+        if has and use_match:
+            matched[i] = head_matched[at]
+            at += 1
+        if any_ports:
+            opens[i] = port_table[sport[i]] or port_table[dport[i]] or matched[i]
+        else:
+            opens[i] = True
+        if any_ignored:
+            not_ignored[i] = not _in_table(it, iu, im, hashes[i])
+        if opens[i] and has and not_ignored[i]:
+            count += 1
+    opening = np.empty(count, dtype=np.uint64)
+    count = 0
+    for i in range(n):
+        if opens[i] and plen[i] > 0 and not_ignored[i]:
+            opening[count] = hashes[i]
+            count += 1
+    ot, ou, om = _hash_table(opening)
+    may_open = np.zeros(n, dtype=np.bool_)
+    keep = np.zeros(n, dtype=np.bool_)
+    settled = np.zeros(n, dtype=np.bool_)
+    n_keep = 0
+    n_handshake = 0
+    for i in range(n):
+        value = hashes[i]
+        may_open[i] = count > 0 and _in_table(ot, ou, om, value)
+        is_held = any_held and _in_table(ht, hu, hm, value)
+        keep[i] = may_open[i] or is_held
+        settled[i] = is_held or not not_ignored[i]
+        if keep[i]:
+            n_keep += 1
+        elif ((flags[i] & SYN) != 0 and plen[i] <= 0 and opens[i] and not_ignored[i]):
+            n_handshake += 1
+    keep_at = np.empty(n_keep, dtype=np.int64)
+    handshake_at = np.empty(n_handshake, dtype=np.int64)
+    n_keep = 0
+    n_handshake = 0
+    for i in range(n):
+        if keep[i]:
+            keep_at[n_keep] = i
+            n_keep += 1
+        elif ((flags[i] & SYN) != 0 and plen[i] <= 0 and opens[i] and not_ignored[i]):
+            handshake_at[n_handshake] = i
+            n_handshake += 1
+    # the opening flows not held, each once, in first-seen order
+    fresh = np.empty(count, dtype=np.uint64)
+    seen_t = np.zeros(ot.shape[0], dtype=np.uint64)
+    seen_u = np.zeros(ot.shape[0], dtype=np.bool_)
+    n_fresh = 0
+    for value in opening:
+        if any_held and _in_table(ht, hu, hm, value):
+            continue
+        slot = np.int64(value & np.uint64(om))
+        while seen_u[slot] and seen_t[slot] != value:
+            slot = (slot + 1) & om
+        if seen_u[slot]:
+            continue
+        seen_t[slot] = value
+        seen_u[slot] = True
+        fresh[n_fresh] = value
+        n_fresh += 1
+    # the kept rows' columns
+    m = n_keep
+    k_hash = np.empty(m, dtype=np.uint64)
+    k_may_open = np.empty(m, dtype=np.bool_)
+    k_predicate = np.empty(m, dtype=np.bool_)
+    k_seq = np.empty(m, dtype=np.int64)
+    k_ack = np.empty(m, dtype=np.int64)
+    k_found = np.empty(m, dtype=np.bool_)
+    k_settled = np.empty(m, dtype=np.bool_)
+    k_sport = np.empty(m, dtype=src_port.dtype)
+    k_dport = np.empty(m, dtype=dst_port.dtype)
+    k_vlan = np.empty(m, dtype=vlan.dtype)
+    k_flags = np.empty(m, dtype=tcp_flags.dtype)
+    k_ts = np.empty(m, dtype=ts_ns.dtype)
+    k_off = np.empty(m, dtype=np.int64)
+    k_plen = np.empty(m, dtype=np.int64)
+    k_src = np.empty((m, 2), dtype=np.uint64)
+    k_dst = np.empty((m, 2), dtype=np.uint64)
+    for j in range(m):
+        i = keep_at[j]
+        r = rows[i]
+        k_hash[j] = hashes[i]
+        k_may_open[j] = opens[i] and may_open[i]
+        k_predicate[j] = matched[i]
+        k_seq[j] = seq[i]
+        k_ack[j] = ack[i]
+        k_found[j] = found[i]
+        k_settled[j] = settled[i]
+        k_sport[j] = src_port[r]
+        k_dport[j] = dst_port[r]
+        k_vlan[j] = vlan[r]
+        k_flags[j] = tcp_flags[r]
+        k_ts[j] = ts_ns[r]
+        k_off[j] = payload_offset[r]
+        k_plen[j] = plen[i]
+        k_src[j, 0] = src_ip[r, 0]
+        k_src[j, 1] = src_ip[r, 1]
+        k_dst[j, 0] = dst_ip[r, 0]
+        k_dst[j, 1] = dst_ip[r, 1]
+    return (keep_at, handshake_at, fresh[:n_fresh], k_hash, k_may_open, k_predicate, k_seq,
+            k_ack, k_found, k_settled, k_sport, k_dport, k_vlan, k_flags, k_ts, k_off, k_plen,
+            k_src, k_dst)
+
+
+@njit
 def _member_kernel(values, keys):
     """values[i] in keys, by an open-addressing table of `keys` (hashes are already mixed,
     so their low bits index the table): O(n + m) where np.isin sorts."""
@@ -991,10 +1190,12 @@ _NO_MATCH = np.zeros(0, dtype=bool)
 
 @njit
 def _opening_kernel(plen, flags, sport, dport, head_matched, port_table, any_ports):
-    """_select's per-row flags of the candidate rows, one pass: has payload; matched (the
-    client predicate's answer `head_matched`, given per row with payload, in order; all
-    False when it is empty); opens (matched or on a selected port; every row when not
-    `any_ports`); SYN; pure SYN (SYN without ACK); and whether any row is a pure SYN."""
+    """_select's former per-row flags of the candidate rows, one pass (now inside
+    _select_rows_kernel; kept as its reference in tests/test_stream_select.py): has
+    payload; matched (the client predicate's answer `head_matched`, given per row with
+    payload, in order; all False when it is empty); opens (matched or on a selected port;
+    every row when not `any_ports`); SYN; pure SYN (SYN without ACK); and whether any row
+    is a pure SYN."""
     n = plen.shape[0]
     has = np.empty(n, dtype=np.bool_)
     matched = np.zeros(n, dtype=np.bool_)
@@ -1544,32 +1745,42 @@ class StreamCollector:
         head_matched = _NO_MATCH  # per row with payload: looks like a client's opening
         if self.client_predicate is not None and head.shape[0]:
             head_matched = np.asarray(self.client_predicate(head, plen[plen > 0]), dtype=bool)
-        # per row: has payload, matched, may open (its port or the predicate), SYN, pure SYN
-        has, matched, opens, syn, pure_syn, any_pure_syn = _opening_kernel(
-            plen, row_flags, sport, dport, head_matched, self._port_table,
-            self.ports is not None)
         table, used = self._ignored_set.arrays()
-        if self._ignored and any_pure_syn:
+        if self._ignored:
             # a SYN on a released/closed flow's ports is a new connection: forget the old one
-            syn_hashes = hashes[pure_syn]  # only a pure SYN reopens: test those rows
-            for flow_hash in set(syn_hashes[_set_member(table, used, syn_hashes)].tolist()):
-                self._unignore(flow_hash)
-            table, used = self._ignored_set.arrays()
-        # flows this batch may open (those with a payload segment that may open one), the
-        # rows to keep (theirs and the held flows'), SYNs to remember: one compiled pass
+            # (only a pure SYN reopens)
+            reopened = _reopened_kernel(row_flags, hashes, table, used)
+            if reopened.size:
+                for flow_hash in set(reopened.tolist()):
+                    self._unignore(flow_hash)
+                table, used = self._ignored_set.arrays()
+        # per row: may it open a flow (its port or the predicate); the flows this batch may
+        # open, the rows to keep (theirs and the held flows'), SYNs to remember, and the kept
+        # rows' columns: one compiled pass (_select_rows_kernel)
         held = np.fromiter(self._by_hash, dtype=np.uint64, count=len(self._by_hash))
-        in_opening, keep, handshake, settled, fresh = _select_core(
-            hashes, has, opens, syn, table, used, len(self._ignored) > 0, held)
-        # positions, not masks: each boolean-mask index would search the mask again
-        at = np.flatnonzero(handshake)
-        if at.size:
+        (keep_at, handshake_at, fresh, k_hash, k_may_open, k_predicate, k_seq, k_ack, k_found,
+         k_settled, k_sport, k_dport, k_vlan, k_flags, k_ts, k_off, k_plen, k_src,
+         k_dst) = _select_rows_kernel(
+            rows, hashes, seq, ack, found, plen, row_flags, sport, dport, head_matched,
+            self._port_table, self.ports is not None, table, used, len(self._ignored) > 0,
+            held, packets.src_port, packets.dst_port, packets.vlan, packets.tcp_flags,
+            packets.ts_ns, packets.payload_offset,
+            np.ascontiguousarray(packets.src_ip).view(np.uint64).reshape(-1, 2),
+            np.ascontiguousarray(packets.dst_ip).view(np.uint64).reshape(-1, 2))
+        if handshake_at.size:
+            at = handshake_at
             self._remember_handshakes(packets, rows[at], hashes[at], (seq[at], ack[at], found[at]))
-        at = np.flatnonzero(keep)
-        self.stats["segments_selected"] = self.stats.get("segments_selected", 0) + int(at.size)
-        columns = self._columns(packets, rows[at], hashes[at], (opens & in_opening)[at],
-                                matched[at], (seq[at], ack[at], found[at]))
-        columns["replayed"] = np.zeros(columns["hash"].size, dtype=bool)
-        columns["settled"] = settled[at]  # held or ignored: left to the loop
+        self.stats["segments_selected"] = (self.stats.get("segments_selected", 0)
+                                           + int(keep_at.size))
+        m = keep_at.size
+        columns = {"hash": k_hash, "may_open": k_may_open, "predicate": k_predicate,
+                   "seq": k_seq, "ack": k_ack, "found": k_found, "sport": k_sport,
+                   "dport": k_dport, "vlan": k_vlan, "flags": k_flags, "ts": k_ts,
+                   "off": k_off, "plen": k_plen,
+                   "src_ip": k_src.view(packets.src_ip.dtype).reshape(m, *packets.src_ip.shape[1:]),
+                   "dst_ip": k_dst.view(packets.dst_ip.dtype).reshape(m, *packets.dst_ip.shape[1:]),
+                   "replayed": np.zeros(m, dtype=bool),
+                   "settled": k_settled}  # held or ignored: left to the loop
         replay = self._take_handshakes(fresh)
         if replay is not None:
             replay["replayed"] = np.ones(replay["hash"].size, dtype=bool)

@@ -64,7 +64,7 @@ from sensors.stream_columns import (
     read_only,
     stream_columns,
 )
-from sensors.tcp_stream import StreamChunk, StreamCollector
+from sensors.tcp_stream import StreamChunk, StreamCollector, prefetch
 from sensors.tls_ciphers import CIPHER_SUITE_NAMES
 
 CONTENT_CCS, CONTENT_ALERT, CONTENT_HANDSHAKE, CONTENT_APPDATA = 20, 21, 22, 23
@@ -315,6 +315,9 @@ def _settled_at(data: np.ndarray, seg_start: np.ndarray, seg_size: np.ndarray,
     return -1
 
 
+PREFETCH_FLOWS = 4  # how many flows ahead needed_lengths asks for their first lines
+
+
 @njit
 def needed_lengths(data: np.ndarray, seg_start: np.ndarray, seg_size: np.ndarray,
                    first_seg: np.ndarray, end_seg: np.ndarray) -> np.ndarray:
@@ -347,7 +350,15 @@ def needed_lengths(data: np.ndarray, seg_start: np.ndarray, seg_size: np.ndarray
     m = seg_size.size
     first_seg = np.minimum(np.maximum(first_seg, 0), m)  # segment indexes inside the arrays
     end_seg = np.minimum(np.maximum(end_seg, 0), m)
+    size = data.shape[0]
     for f in range(n):
+        if f + PREFETCH_FLOWS < n and size > 0:
+            # the first record header of a later flow's directions (see tcp_stream.prefetch:
+            # each walk starts with a wait for the capture's line otherwise)
+            for d in range(2):
+                ahead = first_seg[f + PREFETCH_FLOWS, d]
+                if ahead < end_seg[f + PREFETCH_FLOWS, d]:
+                    prefetch(data, min(max(seg_start[ahead], 0), size - 1))
         for d in range(2):
             lo, hi = first_seg[f, d], end_seg[f, d]
             if hi > lo:
