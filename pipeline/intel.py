@@ -708,61 +708,134 @@ def suffix_hashes(values: Sequence | np.ndarray, domains: bool = True
 
 
 @njit
+def _separator_ends(codes: np.ndarray, n: int) -> np.ndarray:
+    """Where each of n NUL-joined names ends (its separator; the last: len(codes)), or a
+    shorter array when there are not exactly n - 1 NULs."""
+    ends = np.empty(n, np.int64)
+    row = 0
+    for j in range(codes.shape[0]):
+        if codes[j] == 0:
+            if row == n - 1:
+                return ends[:0]  # more separators than names
+            ends[row] = j
+            row += 1
+    if row != n - 1:
+        return ends[:0]
+    ends[n - 1] = codes.shape[0]
+    return ends
+
+
+@njit
 def _joined_domain_kernel(codes: np.ndarray, n: int, keys: np.ndarray, payload: np.ndarray,
                           packed: np.ndarray, shift: np.uint64, text: np.ndarray,
-                          text_bounds: np.ndarray) -> tuple[bool, np.ndarray]:
+                          text_bounds: np.ndarray, longest: int, tail_len: int,
+                          tail_packed: np.ndarray, tail_shift: np.uint64
+                          ) -> tuple[bool, np.ndarray]:
     """match_domains over n names joined by NUL (codes: their code points): per name the
     payload of the longest label suffix that is listed, -1 when none.
 
-    One right-to-left walk over all code points (a NUL ends a name): the suffix hash of
-    suffix_hashes, at each label start the packed bitmap filter, then a binary search in
-    the sorted unique `keys` (a _KeyTable), then the suffix's code points are compared
-    with the listed value text[text_bounds[k]:text_bounds[k + 1]] of key k, so a hash
-    collision cannot make a hit. Walking right to left, a later hit in a name is a longer
-    suffix: it overwrites. First of the result: whether there were exactly n - 1 NULs;
-    False (a name contains a NUL itself) means the output is meaningless."""
+    First a forward scan finds the separators (_separator_ends). Per name then:
+    * the tail filter: a listed suffix is at least tail_len code points long, and the
+      hash of the name's last tail_len code points (the same suffix hash) must be flagged
+      in tail_packed, a bitmap of those hashes of every listed text: with few indicators
+      most names stop here after tail_len steps, where the walk below took one multiply
+      per code point of the name (a latency-bound chain);
+    * a right-to-left walk over the name's last `longest` code points (a longer suffix
+      cannot be listed): the suffix hash of suffix_hashes, at each label start the packed
+      bitmap filter, then a binary search in the sorted unique `keys` (a _KeyTable), then
+      the suffix's code points are compared with the listed value
+      text[text_bounds[k]:text_bounds[k + 1]] of key k, so a hash collision cannot make
+      a hit. Walking right to left, a later hit in a name is a longer suffix: it
+      overwrites.
+    First of the result: whether there were exactly n - 1 NULs; False (a name contains
+    a NUL itself) means the output is meaningless."""
     out = np.full(n, -1, np.int64)
     size = keys.shape[0]
     one, three, seven = np.uint64(1), np.uint64(3), np.uint64(7)
-    row = n - 1
-    end = codes.shape[0]  # one past the current name's last code point
-    h = np.uint64(0)
-    for j in range(codes.shape[0] - 1, -1, -1):
-        c = codes[j]
-        if c == 0:  # the separator before name `row`
-            if row == 0:
-                return False, out  # more separators than names
-            row -= 1
-            end = j
-            h = np.uint64(0)
+    ends = _separator_ends(codes, n)  # one past each name's last code point
+    if ends.shape[0] != n:
+        return False, out
+    start = 0
+    for r in range(n):
+        end = ends[r]
+        name_start = start
+        start = end + 1
+        if end - name_start < tail_len:
             continue
-        h = h * _PRIME + np.uint64(c)
-        if not (j == 0 or codes[j - 1] == _DOT or codes[j - 1] == 0):
+        h = np.uint64(0)
+        for j in range(end - 1, end - tail_len - 1, -1):
+            h = h * _PRIME + np.uint64(codes[j])
+        slot = (h * _MIX) >> tail_shift
+        if not (tail_packed[slot >> three] >> (slot & seven)) & one:
             continue
-        slot = (h * _MIX) >> shift
-        if not (packed[slot >> three] >> (slot & seven)) & one:
+        h = np.uint64(0)
+        for j in range(end - 1, max(name_start, end - longest) - 1, -1):
+            h = h * _PRIME + np.uint64(codes[j])
+            if not (j == name_start or codes[j - 1] == _DOT):
+                continue
+            slot = (h * _MIX) >> shift
+            if not (packed[slot >> three] >> (slot & seven)) & one:
+                continue
+            lo = 0
+            hi = size
+            while lo < hi:  # leftmost keys[k] >= h
+                mid = (lo + hi) >> 1
+                if keys[mid] < h:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            if lo == size or keys[lo] != h:
+                continue
+            a, b = text_bounds[lo], text_bounds[lo + 1]
+            if b - a != end - j:
+                continue
+            same = True
+            for k in range(b - a):
+                if text[a + k] != codes[j + k]:
+                    same = False
+                    break
+            if same:
+                out[r] = payload[lo]
+    return True, out
+
+
+@njit
+def _tail_hashes(text: np.ndarray, bounds: np.ndarray, tail_len: int) -> np.ndarray:
+    """The suffix hash of the last tail_len code points of each listed text at least
+    that long (the tail filter of _joined_domain_kernel)."""
+    m = bounds.shape[0] - 1
+    out = np.empty(m, np.uint64)
+    k = 0
+    for i in range(m):
+        a, b = bounds[i], bounds[i + 1]
+        if b - a < tail_len:
             continue
-        lo = 0
-        hi = size
-        while lo < hi:  # leftmost keys[k] >= h
-            mid = (lo + hi) >> 1
-            if keys[mid] < h:
-                lo = mid + 1
-            else:
-                hi = mid
-        if lo == size or keys[lo] != h:
-            continue
-        a, b = text_bounds[lo], text_bounds[lo + 1]
-        if b - a != end - j:
-            continue
-        same = True
-        for k in range(b - a):
-            if text[a + k] != codes[j + k]:
-                same = False
-                break
-        if same:
-            out[row] = payload[lo]
-    return row == 0, out
+        h = np.uint64(0)
+        for j in range(b - 1, b - tail_len - 1, -1):
+            h = h * _PRIME + np.uint64(text[j])
+        out[k] = h
+        k += 1
+    return out[:k]
+
+
+_TAIL_MAX = 4  # code points hashed by the tail filter
+
+
+def _tail_filter(text: np.ndarray, bounds: np.ndarray) -> tuple[int, np.ndarray, np.uint64]:
+    """(tail_len, packed bitmap, shift) of _joined_domain_kernel's tail filter over the
+    listed domain texts: tail_len = min(_TAIL_MAX, the shortest non-empty text), ~16 bits
+    per distinct tail hash (a miss passes with probability ~6 %). No non-empty text: a
+    tail_len no name reaches."""
+    lengths = np.diff(bounds)
+    lengths = lengths[lengths > 0]
+    if lengths.size == 0:
+        return np.iinfo(np.int64).max, np.zeros(1, np.uint8), np.uint64(63)
+    tail_len = int(min(_TAIL_MAX, lengths.min()))
+    tails = np.unique(_tail_hashes(text, bounds, tail_len))
+    bits = max(16, min(30, int(np.ceil(np.log2(max(tails.size, 1) * 16)))))
+    flags = np.zeros(1 << bits, bool)
+    flags[((tails * _MIX) >> np.uint64(64 - bits)).astype(np.int64)] = True
+    return tail_len, np.packbits(flags, bitorder="little"), np.uint64(64 - bits)
 
 
 def _code_points(items: list[str], separator: str = "") -> np.ndarray:
@@ -908,6 +981,14 @@ class _V4Table:
                           self.last_16)
 
 
+    def hits(self, column: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """(rows that hit, ascending; their owners; how many addresses are not
+        IPv4-mapped): lookup's non-negative entries without its per-row output."""
+        return _v4_hits(_le_words(column), self.filter, self.exact, self.exact_16,
+                        self.exact_owner, self.bounds, self.piece_owner, self.first_16,
+                        self.last_16)
+
+
 def _le_words(column: np.ndarray) -> np.ndarray:
     """16-byte address column -> n x 2 uint64, each the little-endian reading of 8 bytes
     (a view on little-endian machines, a byte-swapped copy elsewhere)."""
@@ -975,6 +1056,67 @@ def _v4_lookup(words: np.ndarray, bits: np.ndarray, exact: np.ndarray, exact_16:
         if lo >= 0:
             out[i] = piece_owner[lo]
     return out, others
+
+
+@njit
+def _v4_hits(words: np.ndarray, bits: np.ndarray, exact: np.ndarray, exact_16: np.ndarray,
+             exact_owner: np.ndarray, bounds: np.ndarray, piece_owner: np.ndarray,
+             first_16: np.ndarray, last_16: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """_v4_lookup's hits only: (rows, owners, not-IPv4-mapped count). Most addresses miss
+    the /24 filter, so the streaming pass tests the filter too and keeps only the
+    candidates (no per-row output, no later scan for the hits); the searches then run
+    over the candidates in a tight loop, as in _v4_lookup. Same arguments and results."""
+    n = words.shape[0]
+    cand = np.empty(n, np.int64)  # (pages are touched only for candidates)
+    cand_addr = np.empty(n, np.uint32)
+    m = 0
+    others = 0
+    for i in range(n):
+        low = words[i, 1]
+        if words[i, 0] != 0 or (low & np.uint64(0xFFFFFFFF)) != np.uint64(0xFFFF0000):
+            others += 1
+            continue
+        x = low >> np.uint64(32)  # the address bytes, least significant first: swap them
+        a = np.uint32(((x & np.uint64(0xFF)) << np.uint64(24))
+                      | ((x & np.uint64(0xFF00)) << np.uint64(8))
+                      | ((x >> np.uint64(8)) & np.uint64(0xFF00)) | (x >> np.uint64(24)))
+        block = a >> 8
+        if (bits[block >> 3] >> (block & 7)) & 1:
+            cand[m] = i
+            cand_addr[m] = a
+            m += 1
+    rows = np.empty(m, np.int64)
+    owners = np.empty(m, np.int64)
+    h = 0
+    for j in range(m):
+        a = cand_addr[j]
+        b = a >> 16
+        lo = exact_16[b]
+        hi = exact_16[b + 1]
+        while lo < hi:  # leftmost exact[k] >= a in [lo, hi)
+            mid = (lo + hi) >> 1
+            if exact[mid] < a:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < exact_16[b + 1] and exact[lo] == a:
+            rows[h] = cand[j]
+            owners[h] = exact_owner[lo]
+            h += 1
+            continue
+        lo = first_16[b]
+        hi = last_16[b]
+        while lo < hi:  # last piece starting at or before a, in [lo, hi]
+            mid = (lo + hi + 1) >> 1
+            if bounds[mid] <= a:
+                lo = mid
+            else:
+                hi = mid - 1
+        if lo >= 0 and piece_owner[lo] >= 0:  # (-1: a gap between the cidrs)
+            rows[h] = cand[j]
+            owners[h] = piece_owner[lo]
+            h += 1
+    return rows[:h], owners[:h], others
 
 
 class _KeyTable:
@@ -1200,6 +1342,8 @@ class IndicatorSet:
         self._domain_text_bounds = np.zeros(len(domain_values) + 1, np.int64)
         np.cumsum(np.fromiter(map(len, domain_values), np.int64, len(domain_values)),
                   out=self._domain_text_bounds[1:])
+        self._domain_longest = int(np.diff(self._domain_text_bounds).max(initial=0))
+        self._domain_tails = _tail_filter(self._domain_text, self._domain_text_bounds)
         self._counts = {k: int(v.size) for k, v in by_type.items()}
         self._values = all_values  # normalized value per indicator: verifies hash hits
 
@@ -1228,6 +1372,20 @@ class IndicatorSet:
                 out[rows[pos[free]]] = payload[free]
         return out
 
+    def ip_hits(self, column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rows that hit, ascending; their indicator index) of a 16-byte address column:
+        = match_ips's non-negative entries, without a per-row output when no IPv6 row
+        meets an IPv6 indicator (the usual case)."""
+        if column.shape[0] and self._v4 is not None:
+            rows, owners, others = self._v4.hits(column)
+            if not (self._v6 and others):
+                return rows, owners
+        elif not self._v6 or column.shape[0] == 0:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        got = self.match_ips(column)  # IPv6 rows and IPv6 indicators: the full pass
+        rows = np.flatnonzero(got >= 0)
+        return rows, got[rows]
+
     def match_domains(self, names: Sequence | np.ndarray) -> np.ndarray:
         """Indicator index per name: a domain indicator hits itself and all its subdomains."""
         arr = _as_text(names)
@@ -1241,7 +1399,8 @@ class IndicatorSet:
         items = arr.tolist()
         separated, found = _joined_domain_kernel(
             _code_points(items, "\0"), len(items), table.keys, table.payload, table.packed,
-            np.uint64(64 - table.bits), self._domain_text, self._domain_text_bounds)
+            np.uint64(64 - table.bits), self._domain_text, self._domain_text_bounds,
+            self._domain_longest, *self._domain_tails)
         if separated:
             return found
         # Rare: a name contains a NUL itself. Split by lengths, verify hits one by one.
@@ -1298,7 +1457,10 @@ class IndicatorSet:
             if kind == "ip":
                 if self._v4 is None and not self._v6:
                     continue
-                got = self.match_ips(cols[column])
+                rows, found = self.ip_hits(cols[column])
+                if rows.size:
+                    hits.append(Hit(column, rows, found))
+                continue
             elif not self._counts.get(kind):
                 continue
             elif kind == "domain":
