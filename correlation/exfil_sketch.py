@@ -61,6 +61,15 @@ def source_buckets(words: np.ndarray, bits: int = BUCKET_BITS) -> np.ndarray:
     return (mixed >> np.uint64(64 - bits)).astype(np.int64)
 
 
+@njit
+def hot_rows(words: np.ndarray, bits: int, hot: np.ndarray) -> np.ndarray:
+    """hot[source_buckets(words, bits)] in one compiled pass (no uint64 temporaries)."""
+    out = np.empty(words.shape[0], np.bool_)
+    for i in range(words.shape[0]):
+        out[i] = hot[_bucket(words[i, 0], words[i, 1], bits)]
+    return out
+
+
 class SliceSums:
     """Per hop slice (slice j = [j * hop, (j + 1) * hop)): a sum per source bucket and
     the number of rows added."""

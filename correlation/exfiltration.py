@@ -38,8 +38,9 @@ from correlation.detector import (
     combine_codes,
     factorize_ip,
     ip_pair_codes,
+    take,
 )
-from correlation.exfil_sketch import SliceSums, source_buckets
+from correlation.exfil_sketch import SliceSums, hot_rows
 from correlation.network_common import (
     Networks,
     WindowGroups,
@@ -79,16 +80,16 @@ ICMP_RULE = _rule("cirtsa.exfil.icmp_tunnel", "ICMP tunnel / payload exfiltratio
 DEFAULT_INTERNAL = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
                     "169.254.0.0/16", "fc00::/7", "fe80::/10")
 
-_COLUMNS = ("timestamp", "end", "src_ip", "dst_ip", "dst_port", "transport", "src_bytes",
-            "dst_bytes", "src_payload_bytes", "dst_payload_bytes", "observer_name",
-            "ingress_zone")
+# Each detector buffers only the columns its detect and evidence read (select reads the
+# batch): every declared column is copied on arrival and moved by every compaction.
+_EVIDENCE_COLUMNS = ("timestamp", "end", "src_ip", "dst_ip", "observer_name", "ingress_zone")
+_UPLOAD_COLUMNS = _EVIDENCE_COLUMNS + ("dst_port", "src_payload_bytes", "dst_payload_bytes")
+_VOLUME_COLUMNS = _EVIDENCE_COLUMNS + ("src_bytes", "dst_bytes")
 _ICMP_COLUMNS = ("timestamp", "end", "src_ip", "dst_ip", "src_packets", "dst_packets",
                  "src_payload_bytes", "dst_payload_bytes", "observer_name", "ingress_zone")
 
 
 class _OutboundDetector(Detector):
-    inputs = (InputSpec("flow", _COLUMNS),)
-
     def __init__(self, config: Mapping) -> None:
         super().__init__(config)
         self.internal_key = tuple(str(n) for n in config.get("internal_networks",
@@ -113,6 +114,7 @@ class UploadDetector(_OutboundDetector):
 
     name = "exfil_upload"
     rules = (UPLOAD_RULE,)
+    inputs = (InputSpec("flow", _UPLOAD_COLUMNS),)
     threshold_keys = ("min_upload_bytes", "min_out_in_ratio")
 
     def __init__(self, config: Mapping) -> None:
@@ -138,43 +140,48 @@ class UploadDetector(_OutboundDetector):
             self.stats["closes_ruled_out_on_arrival_sums"] += 1
             return []
         t = cols["timestamp"]
-        out = cols["src_payload_bytes"]  # (converted for the rows read only, not the buffer)
         if hot is None:
             # most closes end here: all the range's uploads together are below the
             # threshold (one compiled pass over the held rows, no index array)
             start = int(windows.spec.start(windows.first))
             end = int(windows.spec.end(windows.last))
+            out = cols["src_payload_bytes"]
             if _sum_in_range(np.ascontiguousarray(t, np.int64), out, start, end) < self.min_bytes:
                 return []
         idx = rows_in_range(t, windows)
         if hot is not None and idx.size:
             # every row of every source that can reach the threshold (all of a source's
             # rows are in its bucket): the grouping below keeps the same pairs
-            bucket = source_buckets(_address_words(cols["src_ip"][idx]), self.arrivals.bits)
             hot_table = np.zeros(1 << self.arrivals.bits, bool)
             hot_table[hot] = True
-            idx = idx[hot_table[bucket]]
+            idx = idx[hot_rows(_address_words(take(cols, "src_ip", idx)), self.arrivals.bits,
+                               hot_table)]
         if idx.size == 0:
             return []
+        # (byte columns are read at the rows still in play only: take, not whole columns)
         # only sources and destinations that got that many bytes at all can hold a pair
         # that did: rank just their rows (the keep below then gives the same rows)
-        idx = pair_candidates(cols, idx, self.min_bytes, weights=out[idx].astype(np.float64))
+        idx = pair_candidates(cols, idx, self.min_bytes,
+                              weights=_floats_at(cols, "src_payload_bytes", idx))
         if idx.size == 0:
             return []
         pair, n_pairs = ip_pair_codes(cols, idx)
-        keep = np.bincount(pair, weights=out[idx].astype(np.float64),
+        keep = np.bincount(pair, weights=_floats_at(cols, "src_payload_bytes", idx),
                            minlength=n_pairs)[pair] >= self.min_bytes
         idx, pair = idx[keep], pair[keep]
         if idx.size == 0:
             return []
         wg = WindowGroups.of(windows, t, idx, pair)
-        sent = wg.sum(out)
-        received = wg.sum(cols["dst_payload_bytes"])
+        # (= wg.sum of the columns)
+        sent = np.bincount(wg.group, weights=_floats_at(cols, "src_payload_bytes", wg.idx),
+                           minlength=wg.n_groups)
+        received = np.bincount(wg.group, weights=_floats_at(cols, "dst_payload_bytes", wg.idx),
+                               minlength=wg.n_groups)
         hits = np.flatnonzero((sent >= self.min_bytes)
                               & (sent >= self.min_ratio * received))
         return wg.findings(hits, windows, lambda g: self.rules[0],
-                           lambda row: f"{one_ip(cols['src_ip'], row)}|"
-                                       f"{one_ip(cols['dst_ip'], row)}",
+                           lambda row: f"{_ip_at(cols, 'src_ip', row)}|"
+                                       f"{_ip_at(cols, 'dst_ip', row)}",
                            lambda r, g: self._describe(cols, r))
 
     def _hot_buckets(self, cols: Columns, windows: WindowRange) -> np.ndarray | None:
@@ -191,11 +198,12 @@ class UploadDetector(_OutboundDetector):
         return hot
 
     def _describe(self, cols: Columns, r: np.ndarray) -> Evidence:
+        cols, r = _finding_rows(cols, r, _UPLOAD_COLUMNS)
         first, last = span(cols, r)
-        src, dst = one_ip(cols["src_ip"], r[0]), one_ip(cols["dst_ip"], r[0])
-        sent = int(cols["src_payload_bytes"][r].sum())
-        received = int(cols["dst_payload_bytes"][r].sum())
-        ports = np.unique(cols["dst_port"][r])
+        src, dst = one_ip(cols["src_ip"], 0), one_ip(cols["dst_ip"], 0)
+        sent = int(cols["src_payload_bytes"].sum())
+        received = int(cols["dst_payload_bytes"].sum())
+        ports = np.unique(cols["dst_port"])
         return Evidence(
             first_seen=first, last_seen=last, source_ip=src, destination_ip=dst,
             destination_port=int(ports[0]) if ports.size == 1 else None,
@@ -213,6 +221,7 @@ class VolumeBaselineDetector(_OutboundDetector):
 
     name = "exfil_volume"
     rules = (VOLUME_RULE,)
+    inputs = (InputSpec("flow", _VOLUME_COLUMNS),)
     threshold_keys = ("min_out_bytes", "baseline_factor", "min_out_in_ratio",
                       "min_history_windows", "ewma_alpha", "max_hosts")
 
@@ -240,7 +249,7 @@ class VolumeBaselineDetector(_OutboundDetector):
         # over the rows (tumbling windows: each row is in exactly one window of the range);
         # group ids are first-seen, so the update below orders the groups itself
         words = _address_words(cols["src_ip"])
-        group, group_k, group_row, sent, received = _host_window_sums(
+        group_k, group_row, sent, received = _host_window_sums(
             idx, np.ascontiguousarray(t, np.int64), words, cols["src_bytes"],
             cols["dst_bytes"], int(self.window.hop_ns), int(windows.first), int(windows.last))
         n_groups = group_k.shape[0]
@@ -258,28 +267,34 @@ class VolumeBaselineDetector(_OutboundDetector):
                               & (sent >= self.factor * np.maximum(baseline, 1.0))
                               & (sent >= self.min_ratio * received))
         # (hits are rare: a hit's rows are found when it is described, by one pass over
-        # the groups; the evidence does not depend on the order of its rows)
+        # the range's rows; the evidence does not depend on the order of its rows)
         findings = []
         for g in hits.tolist():
             w = int(group_k[g])
             findings.append(Finding(
                 rule=self.rules[0], key=one_ip(cols["src_ip"], int(group_row[g])),
                 window_start=int(windows.spec.start(w)), window_end=int(windows.spec.end(w)),
-                describe=partial(self._describe_group, cols, idx, group, g,
-                                 float(baseline[g]), int(history[g]))))
+                describe=partial(self._describe_group, cols, idx, words,
+                                 int(group_row[g]), w, float(baseline[g]),
+                                 int(history[g]))))
         return findings
 
-    def _describe_group(self, cols: Columns, idx: np.ndarray, group: np.ndarray, g: int,
-                        baseline: float, history: int) -> Evidence:
-        return self._describe(cols, idx[group == g], baseline, history)
+    def _describe_group(self, cols: Columns, idx: np.ndarray, words: np.ndarray,
+                        first_row: int, w: int, baseline: float, history: int) -> Evidence:
+        """Evidence of the (window w, host of first_row) group: its rows among idx."""
+        mine = ((words[idx, 0] == words[first_row, 0])
+                & (words[idx, 1] == words[first_row, 1])
+                & (np.asarray(cols["timestamp"], np.int64)[idx] // self.window.hop_ns == w))
+        return self._describe(cols, idx[mine], baseline, history)
 
     def _describe(self, cols: Columns, r: np.ndarray, baseline: float, history: int
                   ) -> Evidence:
+        cols, r = _finding_rows(cols, r, _VOLUME_COLUMNS)
         first, last = span(cols, r)
-        src = one_ip(cols["src_ip"], r[0])
-        sent = int(cols["src_bytes"][r].sum())
-        received = int(cols["dst_bytes"][r].sum())
-        n_dst, dsts = sample_ips(cols["dst_ip"][r], self.max_sample)
+        src = one_ip(cols["src_ip"], 0)
+        sent = int(cols["src_bytes"].sum())
+        received = int(cols["dst_bytes"].sum())
+        n_dst, dsts = sample_ips(cols["dst_ip"], self.max_sample)
         return Evidence(
             first_seen=first, last_seen=last, source_ip=src,
             related_ips=[src] + [d for d in dsts if d != src], **seen_by(cols, r),
@@ -290,6 +305,25 @@ class VolumeBaselineDetector(_OutboundDetector):
             message=f"{src} sent {sent:,} bytes out, {sent / max(baseline, 1.0):.0f}x its "
                     f"baseline of {baseline:,.0f}",
         )
+
+
+def _floats_at(cols: Columns, name: str, rows: np.ndarray) -> np.ndarray:
+    """cols[name][rows] as float64, read at those rows only (take)."""
+    return take(cols, name, rows).astype(np.float64)
+
+
+def _ip_at(cols: Columns, name: str, row: int) -> str:
+    """one_ip(cols[name], row), read at that row only (take)."""
+    return one_ip(take(cols, name, np.array([row], np.int64)), 0)
+
+
+def _finding_rows(cols: Columns, r: np.ndarray, names: tuple[str, ...]
+                  ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """(the named columns at rows r only, positions 0..len(r) - 1 into them): a finding's
+    evidence reads its own rows, not whole columns of an hour's buffer (the engine's
+    columns gather a column on first access; take reads the buffer at r)."""
+    return ({name: take(cols, name, r) for name in names if name in cols},
+            np.arange(r.shape[0]))
 
 
 @lru_cache(maxsize=16)
@@ -327,56 +361,70 @@ def _sum_in_range(times: np.ndarray, values: np.ndarray, start: int, end: int) -
 @njit
 def _host_window_sums(idx: np.ndarray, times: np.ndarray, words: np.ndarray,
                       sent_col: np.ndarray, received_col: np.ndarray, hop: int, first: int,
-                      last: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
-                                          np.ndarray]:
+                      last: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Rows idx of tumbling windows first..last (window = time // hop) grouped by (window,
-    address): (group of each row, then per group in first-seen order: window, first row,
-    sums of sent_col and received_col as float64 in row order, as np.bincount sums).
-    first == last: every row is in that window (no 64-bit division per row)."""
+    address): per group in first-seen order, its window, first row, and the sums of
+    sent_col and received_col as float64 in row order (as np.bincount sums).
+    first == last: every row is in that window (no 64-bit division per row).
+
+    Every array is sized by the groups, none by the rows, and each group keeps its key
+    words: a dense hour's 170k rows of 4k hosts used to allocate six 170k-row arrays per
+    call (fresh pages: their first touches cost more than the hashing) and to compare
+    each probe against the words of the group's first row, anywhere in the column."""
     n = idx.shape[0]
     bits = 10  # the table grows with the groups (few hosts: it stays in cache)
     mask = (1 << bits) - 1
     shift = np.uint64(64 - bits)
     slots = np.full(1 << bits, -1, np.int64)
-    group = np.empty(n, np.int64)
-    group_k = np.empty(n, np.int64)
-    group_row = np.empty(n, np.int64)
-    sent = np.zeros(n)
-    received = np.zeros(n)
+    capacity = 1 << (bits - 1)  # groups: the table stays at most half full
+    group_k = np.empty(capacity, np.int64)
+    group_row = np.empty(capacity, np.int64)
+    group_hi = np.empty(capacity, np.uint64)
+    group_lo = np.empty(capacity, np.uint64)
+    sent = np.zeros(capacity)
+    received = np.zeros(capacity)
     m = 0
     for i in range(n):
         r = idx[i]
         k = first if first == last else times[r] // hop
         hi, lo = words[r, 0], words[r, 1]
-        if 2 * (m + 1) > mask + 1:  # keep the table at most half full: double, reinsert
-            bits += 1
-            mask = (1 << bits) - 1
-            shift = np.uint64(64 - bits)
-            slots = np.full(1 << bits, -1, np.int64)
-            for g in range(m):
-                f = group_row[g]
-                s = np.int64(_mix_words(np.uint64(group_k[g]), words[f, 0], words[f, 1])
-                             >> shift) & mask
-                while slots[s] >= 0:
-                    s = (s + 1) & mask
-                slots[s] = g
         s = np.int64(_mix_words(np.uint64(k), hi, lo) >> shift) & mask
         while True:
             g = slots[s]
             if g < 0:
+                if m == capacity:  # full: double the table and the groups, reinsert
+                    bits += 1
+                    mask = (1 << bits) - 1
+                    shift = np.uint64(64 - bits)
+                    slots = np.full(1 << bits, -1, np.int64)
+                    more = capacity
+                    capacity *= 2
+                    group_k = np.concatenate((group_k, np.empty(more, np.int64)))
+                    group_row = np.concatenate((group_row, np.empty(more, np.int64)))
+                    group_hi = np.concatenate((group_hi, np.empty(more, np.uint64)))
+                    group_lo = np.concatenate((group_lo, np.empty(more, np.uint64)))
+                    sent = np.concatenate((sent, np.zeros(more)))
+                    received = np.concatenate((received, np.zeros(more)))
+                    for q in range(m):
+                        t = np.int64(_mix_words(np.uint64(group_k[q]), group_hi[q],
+                                                group_lo[q]) >> shift) & mask
+                        while slots[t] >= 0:
+                            t = (t + 1) & mask
+                        slots[t] = q
+                    s = np.int64(_mix_words(np.uint64(k), hi, lo) >> shift) & mask
+                    continue  # probe the new table
                 g = m
                 m += 1
                 slots[s] = g
                 group_k[g], group_row[g] = k, r
+                group_hi[g], group_lo[g] = hi, lo
                 break
-            f = group_row[g]
-            if group_k[g] == k and words[f, 0] == hi and words[f, 1] == lo:
+            if group_lo[g] == lo and group_hi[g] == hi and group_k[g] == k:
                 break
             s = (s + 1) & mask
-        group[i] = g
         sent[g] += float(sent_col[r])
         received[g] += float(received_col[r])
-    return group, group_k[:m], group_row[:m], sent[:m], received[:m]
+    return group_k[:m], group_row[:m], sent[:m], received[:m]
 
 
 @njit
@@ -534,6 +582,8 @@ class IcmpTunnelDetector(Detector):
             return []
         payload = (cols["src_payload_bytes"] + cols["dst_payload_bytes"]).astype(np.float64)
         packets = (cols["src_packets"] + cols["dst_packets"]).astype(np.float64)
+        if not self._some_large_echo(payload[idx], packets[idx]):
+            return []
         # a tunnel talks both ways, each side may ping the other: key on the unordered pair
         pair, n_pairs = _unordered_pair(cols, idx)
         keep = np.bincount(pair, weights=payload[idx], minlength=n_pairs)[pair] >= self.min_bytes
@@ -548,14 +598,26 @@ class IcmpTunnelDetector(Detector):
                            lambda row: _pair_key(cols, row),
                            lambda r, g: self._describe(cols, r))
 
+    def _some_large_echo(self, payload: np.ndarray, packets: np.ndarray) -> bool:
+        """False only when no group of these rows can have a mean payload per packet above
+        `max_normal_payload_bytes` at >= min_payload_bytes: a group's mean is above it
+        only if one of its rows' is (the mean of sums lies between the rows' means), and a
+        group without packets has no payload. Most closes see ordinary pings only and end
+        here, before the pair grouping. (The 1e-9 margin covers the float rounding of the
+        products and of the group sums: the test stays one-sided.)"""
+        if self.min_bytes <= 0 or self.normal < 0:
+            return True
+        return bool((payload >= self.normal * (1 - 1e-9) * packets).any())
+
     def _describe(self, cols: Columns, r: np.ndarray) -> Evidence:
+        cols, r = _finding_rows(cols, r, _ICMP_COLUMNS)
         first, last = span(cols, r)
         # the source of the alert: the side that sent the most echo-request payload
-        src_pay = cols["src_payload_bytes"][r].astype(np.int64)
-        lead = r[int(np.argmax(src_pay))]
+        src_pay = cols["src_payload_bytes"].astype(np.int64)
+        lead = int(np.argmax(src_pay))
         src, dst = one_ip(cols["src_ip"], lead), one_ip(cols["dst_ip"], lead)
-        payload = int((cols["src_payload_bytes"][r] + cols["dst_payload_bytes"][r]).sum())
-        packets = int((cols["src_packets"][r] + cols["dst_packets"][r]).sum())
+        payload = int((cols["src_payload_bytes"] + cols["dst_payload_bytes"]).sum())
+        packets = int((cols["src_packets"] + cols["dst_packets"]).sum())
         return Evidence(
             first_seen=first, last_seen=last, source_ip=src, destination_ip=dst,
             transport="icmp", related_ips=sorted({src, dst}), **seen_by(cols, r),
