@@ -305,7 +305,8 @@ class VolumetricFloodDetector(Detector):
             transport=names[0] if len(names) == 1 else None,
             related_ips=[victim] + [s for s in sources if s != victim], **seen_by(cols, r),
             details={"flows": int(r.size), "packets": int(cols["src_packets"][r].sum()),
-                     "bytes": int(cols["src_bytes"][r].sum()), "estimated_pps": round(pps, 1),
+                     "bytes": int(cols["src_bytes"][r].sum()),
+                     "estimated_pps": round(float(pps), 1),  # a numpy float breaks NDJSON
                      "mbps": round(mbps, 2), "distinct_sources": n_src, "sources": sources,
                      "transports": names},
             message=f"Flood on {victim}: ~{pps:,.0f} packets/s one-way from {n_src} source(s)",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+import orjson
 import pytest
 import yaml
 from hypothesis import settings
@@ -71,7 +72,9 @@ _ECS_TYPE_CHECKS = {
 
 
 def assert_ecs(doc: dict) -> None:
-    """Every field of `doc` is an ECS field with a value of its type, or under cirtsa.*."""
+    """Every field of `doc` is an ECS field with a value of its type, or under cirtsa.*,
+    and the document is plain JSON data (the NDJSON sink dumps it without numpy support)."""
+    orjson.dumps(doc)  # TypeError on a numpy scalar left in the document
     fields = ecs_fields()
     for path, value in flatten(doc).items():
         if path.startswith("cirtsa."):
