@@ -1033,28 +1033,8 @@ def _v4_lookup(words: np.ndarray, bits: np.ndarray, exact: np.ndarray, exact_16:
         block = a >> 8
         if not (bits[block >> 3] >> (block & 7)) & 1:
             continue
-        b = a >> 16
-        lo = exact_16[b]
-        hi = exact_16[b + 1]
-        while lo < hi:  # leftmost exact[k] >= a in [lo, hi)
-            mid = (lo + hi) >> 1
-            if exact[mid] < a:
-                lo = mid + 1
-            else:
-                hi = mid
-        if lo < exact_16[b + 1] and exact[lo] == a:
-            out[i] = exact_owner[lo]
-            continue
-        lo = first_16[b]
-        hi = last_16[b]
-        while lo < hi:  # last piece starting at or before a, in [lo, hi]
-            mid = (lo + hi + 1) >> 1
-            if bounds[mid] <= a:
-                lo = mid
-            else:
-                hi = mid - 1
-        if lo >= 0:
-            out[i] = piece_owner[lo]
+        out[i] = _v4_owner(a, exact, exact_16, exact_owner, bounds, piece_owner, first_16,
+                           last_16)
     return out, others
 
 
@@ -1089,34 +1069,42 @@ def _v4_hits(words: np.ndarray, bits: np.ndarray, exact: np.ndarray, exact_16: n
     owners = np.empty(m, np.int64)
     h = 0
     for j in range(m):
-        a = cand_addr[j]
-        b = a >> 16
-        lo = exact_16[b]
-        hi = exact_16[b + 1]
-        while lo < hi:  # leftmost exact[k] >= a in [lo, hi)
-            mid = (lo + hi) >> 1
-            if exact[mid] < a:
-                lo = mid + 1
-            else:
-                hi = mid
-        if lo < exact_16[b + 1] and exact[lo] == a:
+        owner = _v4_owner(cand_addr[j], exact, exact_16, exact_owner, bounds, piece_owner,
+                          first_16, last_16)
+        if owner >= 0:  # (-1: no indicator, or a gap between the cidrs)
             rows[h] = cand[j]
-            owners[h] = exact_owner[lo]
-            h += 1
-            continue
-        lo = first_16[b]
-        hi = last_16[b]
-        while lo < hi:  # last piece starting at or before a, in [lo, hi]
-            mid = (lo + hi + 1) >> 1
-            if bounds[mid] <= a:
-                lo = mid
-            else:
-                hi = mid - 1
-        if lo >= 0 and piece_owner[lo] >= 0:  # (-1: a gap between the cidrs)
-            rows[h] = cand[j]
-            owners[h] = piece_owner[lo]
+            owners[h] = owner
             h += 1
     return rows[:h], owners[:h], others
+
+
+@njit
+def _v4_owner(a, exact: np.ndarray, exact_16: np.ndarray, exact_owner: np.ndarray,
+              bounds: np.ndarray, piece_owner: np.ndarray, first_16: np.ndarray,
+              last_16: np.ndarray) -> int:
+    """The indicator owning IPv4 address a (passed the /24 filter), -1 for none: a binary
+    search for a in exact[exact_16[b]:exact_16[b + 1]] (b = a >> 16), then the last cidr
+    piece p in first_16[b]..last_16[b] with bounds[p] <= a (see _v4_lookup)."""
+    b = a >> 16
+    lo = exact_16[b]
+    hi = exact_16[b + 1]
+    while lo < hi:  # leftmost exact[k] >= a in [lo, hi)
+        mid = (lo + hi) >> 1
+        if exact[mid] < a:
+            lo = mid + 1
+        else:
+            hi = mid
+    if lo < exact_16[b + 1] and exact[lo] == a:
+        return exact_owner[lo]
+    lo = first_16[b]
+    hi = last_16[b]
+    while lo < hi:  # last piece starting at or before a, in [lo, hi]
+        mid = (lo + hi + 1) >> 1
+        if bounds[mid] <= a:
+            lo = mid
+        else:
+            hi = mid - 1
+    return piece_owner[lo] if lo >= 0 else -1
 
 
 class _KeyTable:

@@ -9,21 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from network_builders import flows, only, run
+from test_engine import _address_column
 
 from correlation.detector import _dense, combine_codes, factorize_ip
 from correlation.engine import _LOCAL_RANK_SHARE, _SharedBuffer
 from correlation.engine_kernels import ranks_among
-from sensors.packets import IP_DTYPE
-
-
-def _address_column(rng: np.random.Generator, n: int, v6_share: float,
-                    distinct: int) -> np.ndarray:
-    ips = np.zeros((n, 16), np.uint8)
-    ips[:, 10:12] = 0xFF
-    ips[:, 12:16] = rng.integers(0, distinct, n).astype(">u4").view(np.uint8).reshape(n, 4)
-    v6 = rng.random(n) < v6_share
-    ips[v6] = rng.integers(0, 4, (int(v6.sum()), 16))
-    return ips.view(IP_DTYPE).reshape(n)
 
 
 def _reference_ranks(ids: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, int]:

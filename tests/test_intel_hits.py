@@ -16,6 +16,7 @@ import ipaddress
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_intel_match_paths import ADDRESS_ROWS, _column, _reference_ip
 
 from pipeline.intel import (
     MATCH_FIELDS,
@@ -32,32 +33,11 @@ from sensors.packets import IP_DTYPE
 _V4_NETS = ("192.0.2.0/24", "192.0.2.128/25", "198.51.100.7", "10.0.0.0/8", "10.1.2.3",
             "0.0.0.0/0")
 _V6_NETS = ("2001:db8::/32", "2001:db8::1", "::/96", "::fffe:0:0/96")
-_PREFIXES = (bytes(10) + b"\xff\xff", bytes(10) + b"\xff\xfe", bytes(12),
-             b"\x01" + bytes(9) + b"\xff\xff", bytes.fromhex("20010db8") + bytes(8))
-_TAILS = (bytes([192, 0, 2, 130]), bytes([192, 0, 2, 5]), bytes([198, 51, 100, 7]),
-          bytes([10, 1, 2, 3]), bytes([10, 200, 0, 1]), bytes([0, 0, 0, 1]),
-          bytes([203, 0, 113, 9]))
 
-
-def _column(raw: list[bytes]) -> np.ndarray:
-    return np.frombuffer(b"".join(raw), IP_DTYPE).copy()
-
-
-def _reference_ip(networks: list, raw: bytes) -> int:
-    """Longest prefix holding the row's address, the first loaded among equals."""
-    mapped = raw[:12] == bytes(10) + b"\xff\xff"
-    addr = ipaddress.IPv4Address(raw[12:]) if mapped else ipaddress.IPv6Address(raw)
-    covering = [(net.prefixlen, -i) for i, net in enumerate(networks)
-                if net.version == addr.version and addr in net]
-    return -max(covering)[1] if covering else -1
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.sampled_from(_V4_NETS + _V6_NETS), min_size=1, max_size=8),
-       st.lists(st.tuples(st.sampled_from(_PREFIXES),
-                          st.one_of(st.sampled_from(_TAILS), st.binary(min_size=4,
-                                                                       max_size=4))),
-                max_size=60))
+@given(st.lists(st.sampled_from(_V4_NETS + _V6_NETS), min_size=1, max_size=8), ADDRESS_ROWS)
 def test_ip_hits_are_the_hits_of_match_ips_and_of_the_reference(nets, rows) -> None:
     raw = [p + t for p, t in rows]
     networks = [ipaddress.ip_network(n) for n in nets]

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from stream_select_reference import _opening_kernel, _select_core
 
 from sensors.packets import IP_DTYPE
 from sensors.tcp_stream import (
     _hash_table,
     _HashSet,
-    _opening_kernel,
     _reopened_kernel,
-    _select_core,
     _select_rows_kernel,
     _set_member,
 )
