@@ -843,7 +843,8 @@ def _select_rows_kernel(rows, hashes, seq, ack, found, plen, flags, sport, dport
     """StreamCollector._select after the reopening test, in one kernel: _opening_kernel's
     per-row flags, _select_core's flow tests, and the columns of the kept candidate rows
     (`_columns`' gather, the candidate columns indexed). Why: the three steps were three
-    passes over the candidate rows plus ~12 numpy gathers per collector and batch.
+    passes over the candidate rows plus ~12 numpy gathers per collector and batch (the
+    former kernels are the tests' reference: tests/stream_select_reference.py).
 
     rows/hashes/seq/ack/found/plen/flags/sport/dport: the candidate rows (positions into
     the batch) and their columns; head_matched: the client predicate's answer per row with
