@@ -33,9 +33,6 @@ def alert_id(rule_id: str, key: str, window_start_ns: int) -> str:
                           ).hexdigest()[:32]
 
 
-_sha256 = hashlib.sha256
-
-
 # Second -> "YYYY-MM-DDTHH:MM:SS". Why: datetime.strftime costs ~5-20 µs, and an alert
 # has 7 timestamps, an incident 4; in a burst most share their second. Bounded: cleared
 # when full (a miss just formats again).
@@ -131,14 +128,12 @@ class _RuleTexts:
 
     __slots__ = ("rule", "id", "name", "description", "category", "version", "severity",
                  "risk_score", "severity_label", "tactic_id", "tactic_name",
-                 "tactic_reference", "technique_id", "technique_name", "technique_reference",
-                 "id_prefix")
+                 "tactic_reference", "technique_id", "technique_name", "technique_reference")
 
     def __init__(self, rule: Rule) -> None:
         self.rule = rule
-        for name in self.__slots__[1:-1]:
+        for name in self.__slots__[1:]:
             setattr(self, name, getattr(rule, name))
-        self.id_prefix = f"{rule.id}\x1f"
 
 
 # id(rule) -> its texts (an entry holds its rule, so the id stays that rule's; a frozen
@@ -161,8 +156,6 @@ def _document(finding: Finding, ev: Evidence, first_seen: str, last_seen: str,
     rule = _rule_texts(finding.rule)
     technique_reference = rule.technique_reference
     source_ip = ev.source_ip
-    alert_id = _sha256(f"{rule.id_prefix}{finding.key}\x1f{int(finding.window_start)}"
-                       .encode()).hexdigest()[:32]
     doc: dict = {
         "@timestamp": last_seen,
         "ecs": {"version": ECS_VERSION},
@@ -171,7 +164,7 @@ def _document(finding: Finding, ev: Evidence, first_seen: str, last_seen: str,
             "kind": "alert",
             "category": ["network", "intrusion_detection"],
             "type": ["info"],
-            "id": alert_id,
+            "id": alert_id(rule.id, finding.key, finding.window_start),
             "dataset": ALERT_DATASET,
             "module": "cirtsa",
             "severity": rule.severity,
