@@ -92,8 +92,8 @@ def build_detectors(config: Mapping) -> list[Detector]:
 
 
 class _AddressTable(AddressTable):
-    """AddressTable that also tells whether ranks() would re-rank, and counts the ids
-    ranked locally since its ranks went stale (see _SharedBuffer.address_codes)."""
+    """AddressTable with ranks_among's scratch, counting the ids ranked locally since its
+    ranks went stale (see _SharedBuffer.address_codes)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -112,9 +112,6 @@ class _AddressTable(AddressTable):
         epoch = self._epoch
         self._epoch += 1
         return ranks_among(ids, self.hi, self.lo, self._mark, self._slot, epoch)
-
-    def ranks_stale(self) -> bool:
-        return self._ranks is None  # new addresses (or a rebuild) since the last ranks()
 
     def ranks(self) -> np.ndarray:
         self.ranked_locally = 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from correlation.kernels import _address_order
 from pipeline.jit import njit
 
 
@@ -132,24 +133,15 @@ def keep_rows(column: np.ndarray, keep: np.ndarray) -> None:
     move_kept_runs(column, kept_runs(np.ascontiguousarray(keep), column.shape[0]))
 
 
-
-
 @njit
-def ranks_among(ids: np.ndarray, hi: np.ndarray, lo: np.ndarray, mark: np.ndarray,
-                slot: np.ndarray, epoch: int) -> tuple[np.ndarray, int]:
-    """(rank of each ids[i]'s key among the distinct keys of `ids`, in ascending (hi[id],
-    lo[id]) order; how many distinct): the order of AddressTable.ranks() restricted to
-    the ids read, without ranking the whole table (ids of distinct keys: no ties).
-
-    mark / slot: the caller's scratch arrays of at least one entry per id; an id is
-    distinct-counted once per call by setting mark[id] = epoch (a value no earlier call
-    used, so the arrays are never cleared) and slot[id] = its index among the distinct
-    ids; only the distinct ids get sorted. Raises IndexError on an id outside hi / lo /
-    the scratch arrays."""
+def _distinct_ids(ids: np.ndarray, size: int, mark: np.ndarray, slot: np.ndarray,
+                  epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct ids of `ids` in first-seen order, each row's index among them), an id
+    counted once per call by mark[id] = epoch and slot[id] = its index (see ranks_among).
+    Raises IndexError on an id outside [0, size)."""
     n = ids.shape[0]
-    size = min(hi.shape[0], lo.shape[0], mark.shape[0], slot.shape[0])
     distinct = np.empty(n, np.int64)
-    local = np.empty(n, np.int64)  # index of each row's id among the distinct ids
+    local = np.empty(n, np.int64)
     d = 0
     for i in range(n):
         a = ids[i]
@@ -161,40 +153,24 @@ def ranks_among(ids: np.ndarray, hi: np.ndarray, lo: np.ndarray, mark: np.ndarra
             distinct[d] = a
             d += 1
         local[i] = slot[a]
-    order = _key_order(hi, lo, distinct[:d])
-    rank = np.empty(d, np.int64)
-    for k in range(d):
-        rank[order[k]] = k
-    out = np.empty(n, np.int64)
-    for i in range(n):
-        out[i] = rank[local[i]]
-    return out, d
+    return distinct[:d], local
 
-@njit
-def _key_order(hi: np.ndarray, lo: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Indices of the (distinct) keys of `ids` in ascending (hi, lo) order."""
-    d = ids.shape[0]
-    if d == 0:
-        return np.empty(0, np.int64)
-    bits = 1
-    while (1 << bits) < d:
-        bits += 1
-    low32 = np.uint64(0xFFFFFFFF)
-    same = bits <= 32
-    for k in range(1, d):
-        if hi[ids[k]] != hi[ids[0]] or (lo[ids[k]] & low32) != (lo[ids[0]] & low32):
-            same = False
-            break
-    if same:  # IPv4-mapped (as AddressTable's order): the upper half of lo decides
-        packed = np.empty(d, np.uint64)
-        for k in range(d):
-            packed[k] = ((lo[ids[k]] >> np.uint64(32)) << np.uint64(bits)) | np.uint64(k)
-        packed.sort()
-        order = np.empty(d, np.int64)
-        mask = np.uint64((1 << bits) - 1)
-        for k in range(d):
-            order[k] = np.int64(packed[k] & mask)
-        return order
-    # stable sorts by the minor key, then by the major one
-    order = np.argsort(lo[ids], kind="mergesort")
-    return order[np.argsort(hi[ids[order]], kind="mergesort")]
+
+def ranks_among(ids: np.ndarray, hi: np.ndarray, lo: np.ndarray, mark: np.ndarray,
+                slot: np.ndarray, epoch: int) -> tuple[np.ndarray, int]:
+    """(rank of each ids[i]'s key among the distinct keys of `ids`, in ascending (hi[id],
+    lo[id]) order; how many distinct): the order of AddressTable.ranks() restricted to
+    the ids read, without ranking the whole table (ids of distinct keys: no ties).
+
+    mark / slot: the caller's scratch arrays of at least one entry per id; an id is
+    distinct-counted once per call by setting mark[id] = epoch (a value no earlier call
+    used, so the arrays are never cleared) and slot[id] = its index among the distinct
+    ids; only the distinct ids get sorted, by AddressTable's own order (_address_order).
+    Raises IndexError on an id outside hi / lo / the scratch arrays."""
+    size = min(hi.shape[0], lo.shape[0], mark.shape[0], slot.shape[0])
+    distinct, local = _distinct_ids(np.ascontiguousarray(ids, np.int64), size, mark, slot,
+                                    epoch)
+    d = distinct.shape[0]
+    rank = np.empty(d, np.int64)
+    rank[_address_order(hi[distinct], lo[distinct])] = np.arange(d, dtype=np.int64)
+    return rank[local], d

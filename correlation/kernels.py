@@ -244,6 +244,10 @@ class AddressTable(KeyTable):
         self._ranks = None
         self._order = None
 
+    def ranks_stale(self) -> bool:
+        """Whether ranks() would recompute: new addresses (or a clear) since its last call."""
+        return self._ranks is None
+
     def ranks(self) -> np.ndarray:
         """int64 rank of each id in address order (distinct ids, distinct ranks)."""
         if self._ranks is None:
