@@ -63,30 +63,32 @@ and flags byte agree with the decoded columns).
 
 The byte-level loops are compiled kernels (pipeline.jit): the seq/ack header lookup, the
 payload heads shown to the predicate (and prefix_predicate's test of them), the selection's
-per-row flags and flow tests (one pass with hash tables of the held and released/closed
-flow hashes; np.isin sorts), the gather of the selected rows' columns, the fast path's
-grouping of rows by flow (a hash table and counting sorts, no argsort/lexsort), its walk
-(which gathers its own inputs), its segment layout and chunk columns (two passes where
-there were ~40 numpy calls per batch), and the copy of the fast path's payload bytes into
-one buffer (span by span, one memcpy each, into a scratch buffer the collector keeps, or
-straight into feed_joined's buffer). A collector's selection after the candidate scan
-(per-row opening flags, flow tests, the kept rows' columns) is one kernel
-(`_select_rows_kernel`), and the candidate scan asks the CPU for the capture lines of the
-rows a few ahead (`prefetch`), as TLS's needed_lengths does for its flows' first records.
-Each checks every index against the capture buffer (tests/test_tcp_stream.py,
-tests/test_tcp_stream_kernels.py: kernels against plain references, on random bytes and
-offsets; the grouping and selection kernels only index arrays they size themselves;
-tests/test_stream_select.py: the selection kernel against the steps it replaced).
+per-row flags and flow tests (per flow, not per row: the batch's candidate rows grouped by
+flow hash once, the held and released/closed hashes probed once per flow; np.isin sorts),
+the gather of the selected rows' columns, the fast path's grouping of rows by flow (a hash
+table and counting sorts, no argsort/lexsort), its walk (which gathers its own inputs), its
+segment layout and chunk columns (two passes where there were ~40 numpy calls per batch),
+and the copy of the fast path's payload bytes into one buffer (span by span, one memcpy
+each, into a scratch buffer the collector keeps, or straight into feed_joined's buffer). A
+collector's selection after the candidate scan (per-row opening flags, flow tests, the kept
+rows' columns) is one kernel (`_select_rows_kernel`), and the candidate scan asks the CPU
+for the capture lines of the rows a few ahead (`prefetch`), as TLS's needed_lengths does
+for its flows' first records. Each checks every index against the capture buffer
+(tests/test_tcp_stream.py, tests/test_tcp_stream_kernels.py: kernels against plain
+references, on random bytes and offsets; the grouping and selection kernels only index
+arrays they size themselves; tests/test_stream_select.py: the selection kernel against the
+steps it replaced).
 
 Per batch, not per flow: the candidate rows of a batch with their flow hashes, payload
 heads and sequence/ack numbers (one compiled pass over the capture, `candidate_scan`) are
 computed once per DecodedPackets object and shared by every collector fed that object (HTTP
 and TLS select disjoint flows, but both start from every TCP row), and so are their payload
-lengths, flags and ports; the released/closed flow hashes are a hash table kept from batch
-to batch (`_HashSet`, changes applied per batch), not rebuilt from the LRU; the fast path's
-chunks are built from whole columns turned into lists, and their closes (hashes
-remembered, counters) are applied a run at a time. A PortPrefilter (SSH, logins) reads
-the memoised payload heads (`known_heads`) instead of the capture when they are there.
+lengths, flags and ports and their grouping by flow (`_candidate_groups`); the
+released/closed flow hashes are a hash table kept from batch to batch (`_HashSet`, changes
+applied per batch), not rebuilt from the LRU; the fast path's chunks are built from whole
+columns turned into lists, and their closes (hashes remembered, counters) are applied a run
+at a time. A PortPrefilter (SSH, logins) reads the memoised payload heads (`known_heads`)
+instead of the capture when they are there.
 
 `feed_joined` (beside `feed`) answers with a StreamBatch: the same chunks as columns, every
 flow's bytes in ONE buffer with (start, length) per direction. The fast path then makes no
@@ -669,6 +671,49 @@ def _group_kernel(hashes):
 
 
 @njit
+def _flow_groups_kernel(hashes):
+    """(group of each row, hash of each group): _group_kernel's numbering (rows of one hash
+    share a group, numbered in the order their first row appears), for a whole batch's
+    candidate rows (~8 per flow). The table holds group numbers (int32, -1 empty; a slot's
+    hash is its group's) and grows with the groups, at most half full: _group_kernel's,
+    sized by the rows and holding the hashes, is ~1 MB of fresh pages per batch there
+    (page faults) where this one is ~64 KB. (For the fast path's fewer rows _group_kernel
+    measured faster.)"""
+    n = hashes.shape[0]
+    size = 64
+    while size < 2 * min(n, 512):
+        size *= 2
+    mask = size - 1
+    slots = np.full(size, -1, dtype=np.int32)
+    group_hash = np.empty(n, dtype=np.uint64)
+    group_of = np.empty(n, dtype=np.int64)
+    groups = 0
+    for i in range(n):
+        value = hashes[i]
+        slot = np.int64(value & np.uint64(mask))
+        group = slots[slot]
+        while group >= 0 and group_hash[group] != value:
+            slot = (slot + 1) & mask
+            group = slots[slot]
+        if group < 0:
+            group = groups
+            group_hash[group] = value
+            groups += 1
+            slots[slot] = group
+            if 2 * groups > size:  # grow: the groups' (distinct) hashes in a table twice as large
+                size *= 2
+                mask = size - 1
+                slots = np.full(size, -1, dtype=np.int32)
+                for k in range(groups):
+                    at = np.int64(group_hash[k] & np.uint64(mask))
+                    while slots[at] >= 0:
+                        at = (at + 1) & mask
+                    slots[at] = k
+        group_of[i] = group
+    return group_of, group_hash[:groups]
+
+
+@njit
 def _counting_order(keys, n_keys):
     """The stable permutation that sorts `keys` (ints in [0, n_keys)): a counting sort."""
     first = np.zeros(n_keys + 1, dtype=np.int64)
@@ -837,95 +882,85 @@ def _reopened_kernel(flags, hashes, table, used):
 
 
 @njit
-def _select_rows_kernel(rows, hashes, seq, ack, found, plen, flags, sport, dport, head_matched,
-                        port_table, any_ports, it, iu, any_ignored, held, src_port, dst_port,
-                        vlan, tcp_flags, ts_ns, payload_offset, src_ip, dst_ip):
-    """StreamCollector._select after the reopening test, in one kernel: _opening_kernel's
-    per-row flags, _select_core's flow tests, and the columns of the kept candidate rows
-    (`_columns`' gather, the candidate columns indexed). Why: the three steps were three
-    passes over the candidate rows plus ~12 numpy gathers per collector and batch (the
-    former kernels are the tests' reference: tests/stream_select_reference.py).
+def _select_rows_kernel(rows, group_of, group_hash, seq, ack, found, plen, flags, sport,
+                        dport, head_matched, port_table, any_ports, it, iu, any_ignored, held,
+                        src_port, dst_port, vlan, tcp_flags, ts_ns, payload_offset, src_ip,
+                        dst_ip):
+    """StreamCollector._select after the reopening test, in one kernel: the per-row opening
+    flags, the flow tests, and the columns of the kept candidate rows (the steps it
+    replaced are the tests' reference: tests/stream_select_reference.py).
 
-    rows/hashes/seq/ack/found/plen/flags/sport/dport: the candidate rows (positions into
-    the batch) and their columns; head_matched: the client predicate's answer per row with
+    The flow tests are per flow, not per row: the candidate rows come grouped by flow hash
+    (`group_of`, `group_hash`: _flow_groups_kernel's, computed once per batch and shared by
+    the collectors), so the ignored table is probed once per flow, and only for flows with
+    a row that may open one (the others' answer is never read: a kept row is held, or of a
+    flow a non-ignored row opens), the held table once per flow, and the rows' tests are
+    lookups in per-flow flags (a few KB) where there were one to three hash probes per row
+    (~35 ns per candidate row, per collector).
+
+    rows/seq/ack/found/plen/flags/sport/dport: the candidate rows (positions into the
+    batch) and their columns; head_matched: the client predicate's answer per row with
     payload (empty: none matched); it/iu: the ignored hashes' table; held: held hashes;
     src_port..dst_ip: the batch's packet columns (addresses as (packets, 2) uint64).
     Returns (positions of the kept rows, positions of the handshake rows, fresh, and the
     kept rows' columns: hash, may_open, predicate, seq, ack, found, settled, then
     _gather_kernel's nine)."""
-    n = hashes.shape[0]
+    n = group_of.shape[0]
+    n_groups = group_hash.shape[0]
     im = it.shape[0] - 1
-    ht, hu, hm = _hash_table(held)
-    any_held = held.shape[0] > 0
-    matched = np.zeros(n, dtype=np.bool_)
-    opens = np.empty(n, dtype=np.bool_)
-    not_ignored = np.ones(n, dtype=np.bool_)
+    # per flow: bit 0 ignore-tested, 1 ignored, 2 opened by a row of this batch, 3 held
+    state = np.zeros(n_groups, dtype=np.uint8)
+    if held.shape[0] > 0:
+        ht, hu, hm = _hash_table(held)
+        for g in range(n_groups):
+            if _in_table(ht, hu, hm, group_hash[g]):
+                state[g] = 8
+    # per row: bit 0 may open (port or predicate), bit 1 the predicate matched
+    row_code = np.empty(n, dtype=np.uint8)
+    opened_order = np.empty(n_groups, dtype=np.int64)  # flows in the order a row opens them
+    n_opened = 0
     use_match = head_matched.shape[0] > 0
-    count = 0
     at = 0
     for i in range(n):
         has = plen[i] > 0
+        matched = False
         if has and use_match:
-            matched[i] = head_matched[at]
+            matched = head_matched[at]
             at += 1
-        if any_ports:
-            opens[i] = port_table[sport[i]] or port_table[dport[i]] or matched[i]
-        else:
-            opens[i] = True
-        if any_ignored:
-            not_ignored[i] = not _in_table(it, iu, im, hashes[i])
-        if opens[i] and has and not_ignored[i]:
-            count += 1
-    opening = np.empty(count, dtype=np.uint64)
-    count = 0
-    for i in range(n):
-        if opens[i] and plen[i] > 0 and not_ignored[i]:
-            opening[count] = hashes[i]
-            count += 1
-    ot, ou, om = _hash_table(opening)
-    may_open = np.zeros(n, dtype=np.bool_)
-    keep = np.zeros(n, dtype=np.bool_)
-    settled = np.zeros(n, dtype=np.bool_)
+        opens = (not any_ports) or port_table[sport[i]] or port_table[dport[i]] or matched
+        row_code[i] = (1 if opens else 0) | (2 if matched else 0)
+        if opens and (has or (flags[i] & SYN) != 0):  # opening or a handshake: ignored?
+            g = group_of[i]
+            s = state[g]
+            if any_ignored and (s & 1) == 0:
+                s |= 1
+                if _in_table(it, iu, im, group_hash[g]):
+                    s |= 2
+            if has and (s & 6) == 0:  # the first opening row of a flow not ignored
+                s |= 4
+                opened_order[n_opened] = g
+                n_opened += 1
+            state[g] = s
+    keep_at = np.empty(n, dtype=np.int64)
+    handshake_at = np.empty(n, dtype=np.int64)
     n_keep = 0
     n_handshake = 0
     for i in range(n):
-        value = hashes[i]
-        may_open[i] = count > 0 and _in_table(ot, ou, om, value)
-        is_held = any_held and _in_table(ht, hu, hm, value)
-        keep[i] = may_open[i] or is_held
-        settled[i] = is_held or not not_ignored[i]
-        if keep[i]:
-            n_keep += 1
-        elif ((flags[i] & SYN) != 0 and plen[i] <= 0 and opens[i] and not_ignored[i]):
-            n_handshake += 1
-    keep_at = np.empty(n_keep, dtype=np.int64)
-    handshake_at = np.empty(n_handshake, dtype=np.int64)
-    n_keep = 0
-    n_handshake = 0
-    for i in range(n):
-        if keep[i]:
+        s = state[group_of[i]]
+        if (s & 12) != 0:  # opened or held
             keep_at[n_keep] = i
             n_keep += 1
-        elif ((flags[i] & SYN) != 0 and plen[i] <= 0 and opens[i] and not_ignored[i]):
+        elif (flags[i] & SYN) != 0 and plen[i] <= 0 and (row_code[i] & 1) != 0 and (s & 2) == 0:
             handshake_at[n_handshake] = i
             n_handshake += 1
     # the opening flows not held, each once, in first-seen order
-    fresh = np.empty(count, dtype=np.uint64)
-    seen_t = np.zeros(ot.shape[0], dtype=np.uint64)
-    seen_u = np.zeros(ot.shape[0], dtype=np.bool_)
+    fresh = np.empty(n_opened, dtype=np.uint64)
     n_fresh = 0
-    for value in opening:
-        if any_held and _in_table(ht, hu, hm, value):
-            continue
-        slot = np.int64(value & np.uint64(om))
-        while seen_u[slot] and seen_t[slot] != value:
-            slot = (slot + 1) & om
-        if seen_u[slot]:
-            continue
-        seen_t[slot] = value
-        seen_u[slot] = True
-        fresh[n_fresh] = value
-        n_fresh += 1
+    for k in range(n_opened):
+        g = opened_order[k]
+        if (state[g] & 8) == 0:
+            fresh[n_fresh] = group_hash[g]
+            n_fresh += 1
     # the kept rows' columns
     m = n_keep
     k_hash = np.empty(m, dtype=np.uint64)
@@ -947,13 +982,17 @@ def _select_rows_kernel(rows, hashes, seq, ack, found, plen, flags, sport, dport
     for j in range(m):
         i = keep_at[j]
         r = rows[i]
-        k_hash[j] = hashes[i]
-        k_may_open[j] = opens[i] and may_open[i]
-        k_predicate[j] = matched[i]
+        g = group_of[i]
+        s = state[g]
+        code = row_code[i]
+        k_hash[j] = group_hash[g]
+        # a kept row's flow is held (settled) or opened by a row that is not ignored
+        k_may_open[j] = (code & 1) != 0 and (s & 4) != 0
+        k_predicate[j] = (code & 2) != 0
         k_seq[j] = seq[i]
         k_ack[j] = ack[i]
         k_found[j] = found[i]
-        k_settled[j] = settled[i]
+        k_settled[j] = (s & 8) != 0
         k_sport[j] = src_port[r]
         k_dport[j] = dst_port[r]
         k_vlan[j] = vlan[r]
@@ -965,9 +1004,9 @@ def _select_rows_kernel(rows, hashes, seq, ack, found, plen, flags, sport, dport
         k_src[j, 1] = src_ip[r, 1]
         k_dst[j, 0] = dst_ip[r, 0]
         k_dst[j, 1] = dst_ip[r, 1]
-    return (keep_at, handshake_at, fresh[:n_fresh], k_hash, k_may_open, k_predicate, k_seq,
-            k_ack, k_found, k_settled, k_sport, k_dport, k_vlan, k_flags, k_ts, k_off, k_plen,
-            k_src, k_dst)
+    return (keep_at[:n_keep], handshake_at[:n_handshake], fresh[:n_fresh], k_hash, k_may_open,
+            k_predicate, k_seq, k_ack, k_found, k_settled, k_sport, k_dport, k_vlan, k_flags,
+            k_ts, k_off, k_plen, k_src, k_dst)
 
 
 @njit
@@ -1061,11 +1100,11 @@ class _Finished:
 
 
 # The candidate rows of the last batch seen, with their flow hashes, payload heads and
-# sequence numbers: (weak reference to the batch, rows, hashes, heads, seq, ack, found[,
-# gathered columns]). Every collector of a sensor (HTTP, TLS) is fed the same DecodedPackets
-# object and starts from the same candidates; the second one takes them from here. A weak
-# reference: the memo never keeps a batch alive, and a dead one never matches a new batch
-# that happens to reuse its id.
+# sequence numbers: (weak reference to the batch, rows, hashes, heads, seq, ack, found,
+# {name: what _shared computed from them: gathered columns, flow groups}). Every collector of
+# a sensor (HTTP, TLS) is fed the same DecodedPackets object and starts from the same
+# candidates; the second one takes them from here. A weak reference: the memo never keeps a
+# batch alive, and a dead one never matches a new batch that happens to reuse its id.
 _last_candidates: tuple | None = None
 _NO_CANDIDATES = (np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64),
                   np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool),
@@ -1086,7 +1125,7 @@ def _candidates(packets: DecodedPackets) -> tuple[np.ndarray, ...]:
     hashes, seq, ack, found, heads = (candidate_scan(packets, rows) if rows.size
                                       else _NO_CANDIDATES)
     try:
-        _last_candidates = (weakref.ref(packets), rows, hashes, heads, seq, ack, found)
+        _last_candidates = (weakref.ref(packets), rows, hashes, heads, seq, ack, found, {})
     except TypeError:  # a batch type without weak references: no memo
         _last_candidates = None
     return rows, hashes, heads, seq, ack, found
@@ -1105,15 +1144,30 @@ def _candidate_columns(packets: DecodedPackets, rows: np.ndarray
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(payload_len, tcp_flags, src_port, dst_port) of the candidate `rows` (from
     _candidates): gathered once per batch object and shared like the candidates."""
-    global _last_candidates
+    return _shared(packets, rows, "columns", lambda: (
+        packets.payload_len[rows], packets.tcp_flags[rows],
+        packets.src_port[rows].astype(np.int64), packets.dst_port[rows].astype(np.int64)))
+
+
+def _candidate_groups(packets: DecodedPackets, rows: np.ndarray, hashes: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """(group of each candidate row, hash of each group) of the candidate `rows` and their
+    `hashes` (from _candidates; _flow_groups_kernel): computed once per batch object and
+    shared like the candidates (every collector's selection tests flows, not rows)."""
+    return _shared(packets, rows, "groups", lambda: _flow_groups_kernel(hashes))
+
+
+def _shared(packets: DecodedPackets, rows: np.ndarray, name: str,
+            compute: Callable[[], tuple]) -> tuple:
+    """compute(), kept under `name` in the candidates' memo while it holds `rows` of
+    `packets` (else computed for this call only)."""
     memo = _last_candidates
-    if memo is not None and memo[0]() is packets and memo[1] is rows and len(memo) > 7:
-        return memo[7]
-    gathered = (packets.payload_len[rows], packets.tcp_flags[rows],
-                packets.src_port[rows].astype(np.int64), packets.dst_port[rows].astype(np.int64))
-    if memo is not None and memo[0]() is packets and memo[1] is rows:
-        _last_candidates = (*memo[:7], gathered)
-    return gathered
+    if memo is None or memo[0]() is not packets or memo[1] is not rows:
+        return compute()
+    extras = memo[7]
+    if name not in extras:
+        extras[name] = compute()
+    return extras[name]
 
 
 _NO_MATCH = np.zeros(0, dtype=bool)
@@ -1640,6 +1694,7 @@ class StreamCollector:
             columns["settled"] = np.zeros(0, dtype=bool)
             return columns
         plen, row_flags, sport, dport = _candidate_columns(packets, rows)
+        group_of, group_hash = _candidate_groups(packets, rows, hashes)
         head_matched = _NO_MATCH  # per row with payload: looks like a client's opening
         if self.client_predicate is not None and head.shape[0]:
             head_matched = np.asarray(self.client_predicate(head, plen[plen > 0]), dtype=bool)
@@ -1659,10 +1714,10 @@ class StreamCollector:
         (keep_at, handshake_at, fresh, k_hash, k_may_open, k_predicate, k_seq, k_ack, k_found,
          k_settled, k_sport, k_dport, k_vlan, k_flags, k_ts, k_off, k_plen, k_src,
          k_dst) = _select_rows_kernel(
-            rows, hashes, seq, ack, found, plen, row_flags, sport, dport, head_matched,
-            self._port_table, self.ports is not None, table, used, len(self._ignored) > 0,
-            held, packets.src_port, packets.dst_port, packets.vlan, packets.tcp_flags,
-            packets.ts_ns, packets.payload_offset,
+            rows, group_of, group_hash, seq, ack, found, plen, row_flags, sport, dport,
+            head_matched, self._port_table, self.ports is not None, table, used,
+            len(self._ignored) > 0, held, packets.src_port, packets.dst_port, packets.vlan,
+            packets.tcp_flags, packets.ts_ns, packets.payload_offset,
             np.ascontiguousarray(packets.src_ip).view(np.uint64).reshape(-1, 2),
             np.ascontiguousarray(packets.dst_ip).view(np.uint64).reshape(-1, 2))
         if handshake_at.size:

@@ -11,6 +11,8 @@ from stream_select_reference import _opening_kernel, _select_core
 
 from sensors.packets import IP_DTYPE
 from sensors.tcp_stream import (
+    _flow_groups_kernel,
+    _group_kernel,
     _hash_table,
     _HashSet,
     _reopened_kernel,
@@ -82,10 +84,11 @@ def _reference(rows, hashes, seq, ack, found, plen, flags, sport, dport, head_ma
 @pytest.mark.parametrize("seed", range(60))
 def test_select_rows_kernel_equals_the_three_steps_it_replaces(seed):
     case = _case(seed)
-    *args, columns = case
+    rows, hashes, *args, columns = case
+    group_of, group_hash = _flow_groups_kernel(hashes)
     got = _select_rows_kernel(
-        *args, columns["src_port"], columns["dst_port"], columns["vlan"], columns["tcp_flags"],
-        columns["ts_ns"], columns["payload_offset"],
+        rows, group_of, group_hash, *args, columns["src_port"], columns["dst_port"],
+        columns["vlan"], columns["tcp_flags"], columns["ts_ns"], columns["payload_offset"],
         columns["src_ip"].view(np.uint64).reshape(-1, 2),
         columns["dst_ip"].view(np.uint64).reshape(-1, 2))
     want = _reference(*case)
@@ -101,6 +104,76 @@ def test_reopened_rows_are_the_pure_syns_of_ignored_flows(seed):
     pure_syn = (flags & 0x12) == 0x02
     want = hashes[pure_syn][_set_member(table, used, hashes[pure_syn])]
     assert _reopened_kernel(flags, hashes, table, used).tolist() == want.tolist()
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_flow_groups_number_hashes_in_first_seen_order(seed):
+    """Rows of one hash share a group, groups are numbered as their first row appears
+    (_group_kernel's), and each group carries its rows' hash."""
+    hashes = _case(seed)[1]
+    group_of, group_hash = _flow_groups_kernel(hashes)
+    distinct, first = np.unique(hashes, return_index=True)
+    order = np.argsort(first, kind="stable")
+    assert group_hash.tolist() == distinct[order].tolist()
+    assert np.array_equal(group_hash[group_of], hashes)
+    want_of, n_groups = _group_kernel(hashes)
+    assert np.array_equal(group_of, want_of) and n_groups == group_hash.size
+
+
+@pytest.mark.parametrize("distinct", [1, 31, 33, 600, 5000])
+def test_flow_groups_survive_the_table_growing(distinct):
+    """Many flows (the table starts small and doubles, its slots reinserted): each row
+    still finds its own group, repeats and zero hashes included."""
+    rng = np.random.default_rng(distinct)
+    flows = rng.integers(0, 2**64, distinct, dtype=np.uint64)
+    flows[0] = 0
+    hashes = flows[rng.integers(0, distinct, 4 * distinct)]
+    hashes[: distinct] = flows  # every flow appears, first in this order
+    group_of, group_hash = _flow_groups_kernel(hashes)
+    assert np.array_equal(group_hash, flows)
+    assert np.array_equal(group_hash[group_of], hashes)
+
+
+def test_ignored_flows_are_tested_only_where_an_answer_is_read():
+    """The ignored table is probed per flow and only for flows with a row that may open:
+    an ignored flow of rows that may not open, but held, is kept and settled; one that is
+    neither held nor opened by another row is dropped; an ignored flow's payload row on a
+    selected port opens nothing and its SYN is no handshake."""
+    case = list(_case(0))
+    columns = case[-1]
+    packets = columns["src_port"].size
+    flows = np.array([11, 22, 33, 44], dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    rows = np.arange(8, dtype=np.int64) % max(packets, 1)
+    hashes = flows[[0, 0, 1, 1, 2, 2, 3, 3]]
+    plen = np.array([0, 10, 0, 10, 10, 0, 10, 0], dtype=np.int32)
+    flags = np.array([0x10, 0x18, 0x10, 0x18, 0x18, 0x02, 0x18, 0x02], dtype=np.uint8)
+    sport = np.array([5000] * 8, dtype=np.int64)
+    # flows 0 and 1 on unselected ports, flows 2 and 3 on port 80
+    dport = np.array([9, 9, 9, 9, 80, 80, 80, 80], dtype=np.int64)
+    port_table = np.zeros(65536, dtype=bool)
+    port_table[80] = True
+    ignored = _HashSet()
+    ignored.add_all([int(flows[0]), int(flows[1]), int(flows[2])])
+    table, used = ignored.arrays()
+    held = flows[[0]]  # flow 0 held (and ignored), flow 1 only ignored
+    seq = np.arange(8, dtype=np.int64)
+    case[:16] = [rows, hashes, seq, seq, np.ones(8, dtype=bool), plen, flags, sport, dport,
+                 np.zeros(0, dtype=bool), port_table, True, table, used, True, held]
+    group_of, group_hash = _flow_groups_kernel(hashes)
+    got = _select_rows_kernel(
+        rows, group_of, group_hash, *case[2:16], columns["src_port"], columns["dst_port"],
+        columns["vlan"], columns["tcp_flags"], columns["ts_ns"], columns["payload_offset"],
+        columns["src_ip"].view(np.uint64).reshape(-1, 2),
+        columns["dst_ip"].view(np.uint64).reshape(-1, 2))
+    keep_at, handshake_at, fresh, k_hash, k_may_open = got[:5]
+    settled = got[9]
+    assert keep_at.tolist() == [0, 1, 6, 7]  # flow 0 (held), flow 3 (opened)
+    assert handshake_at.tolist() == []  # flow 2's SYN: ignored; flow 3's: kept
+    assert fresh.tolist() == [int(flows[3])]
+    assert settled.tolist() == [True, True, False, False]
+    assert k_may_open.tolist() == [False, False, True, True]
+    for index, (g, w) in enumerate(zip(got, _reference(*case), strict=True)):
+        assert np.array_equal(g, w), index
 
 
 def test_a_case_exercises_every_outcome():
