@@ -44,6 +44,7 @@ import dpkt
 import numpy as np
 
 import sensors.dns as dns_module
+from sensors import dns_kernel
 from sensors.decode import decode
 from sensors.packets import DecodedPackets
 from sensors.pcap_reader import CaptureReader
@@ -93,8 +94,11 @@ def _payloads(decoded: list) -> list[bytes]:
     a whole first message), as bytes, for the dpkt loop."""
     out = []
     for d in decoded:
-        udp, tcp = dns_module._candidate_rows(d)
         data = np.asarray(d.data).reshape(-1)
+        port53 = np.flatnonzero((d.src_port == dns_module.DNS_PORT)
+                                | (d.dst_port == dns_module.DNS_PORT))
+        udp, _, _, tcp = dns_kernel.port_candidates(port53, d.ip_version, d.transport,
+                                                    d.payload_len, d.payload_offset, data.size)
         for row in udp.tolist():
             start = int(d.payload_offset[row])
             out.append(data[start : start + int(d.payload_len[row])].tobytes())

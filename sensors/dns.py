@@ -43,6 +43,8 @@ prefix must match the segment's length exactly or leave room for another message
 
 from __future__ import annotations
 
+from itertools import chain
+
 import numpy as np
 
 from pipeline.schema import DNS, DNS_CLASS_NAMES, EventBatch, dns_type_name
@@ -50,7 +52,6 @@ from sensors import dns_kernel
 from sensors.analyzer import Analyzer
 from sensors.community_id import community_id_column
 from sensors.dns_kernel import (
-    HEADER_LEN,
     MAX_ANSWERS,
     MAX_HEX_BYTES,
     MAX_NAME_WIRE_LEN,
@@ -65,8 +66,6 @@ __all__ = ["MAX_ANSWERS", "MAX_HEX_BYTES", "MAX_NAME_WIRE_LEN", "MAX_POINTER_JUM
            "parse_message"]
 
 DNS_PORT = 53
-PROTO_TCP = 6
-PROTO_UDP = 17
 
 
 class MalformedDNS(ValueError):
@@ -84,33 +83,23 @@ def _read_only_bytes(buffer: np.ndarray) -> np.ndarray:
     return flat
 
 
-def _candidate_rows(packets: DecodedPackets) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices of UDP and TCP packets to/from port 53 with room for a DNS header."""
-    port53 = (packets.src_port == DNS_PORT) | (packets.dst_port == DNS_PORT)
-    if not port53.any():  # most batches of a busy link: one pass, nothing else computed
-        empty = np.empty(0, dtype=np.int64)
-        return empty, empty
-    rows = np.flatnonzero(port53 & (packets.ip_version != 0))
-    transport = packets.transport[rows]
-    length = packets.payload_len[rows]
-    udp = rows[(transport == PROTO_UDP) & (length >= HEADER_LEN)]
-    tcp = rows[(transport == PROTO_TCP) & (length >= HEADER_LEN + 2)]
-    return udp, tcp
-
-
 def _bump(stats: dict[str, int] | None, key: str, count: int = 1) -> None:
     if stats is not None and count:
         stats[key] = stats.get(key, 0) + count
 
 
-def _messages(packets: DecodedPackets, data: np.ndarray, udp_rows: np.ndarray,
-              tcp_rows: np.ndarray, stats: dict[str, int] | None
+def _messages(packets: DecodedPackets, data: np.ndarray, stats: dict[str, int] | None
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(row, buffer offset, length) of every message, in capture order: one per UDP row,
-    the whole length-prefixed messages at the start of each TCP segment."""
-    rows = udp_rows
-    start = packets.payload_offset[udp_rows].astype(np.int64)
-    length = packets.payload_len[udp_rows].astype(np.int64)
+    """(row, buffer offset, length) of every message, in capture order: one per UDP
+    packet to/from port 53 with room for a DNS header, the whole length-prefixed messages
+    at the start of each TCP/53 segment. Every span lies inside `data`."""
+    port53 = (packets.src_port == DNS_PORT) | (packets.dst_port == DNS_PORT)
+    if not port53.any():  # many batches of a busy link: nothing else computed
+        empty = np.empty(0, dtype=np.int64)
+        return empty, empty, empty
+    rows, start, length, tcp_rows = dns_kernel.port_candidates(
+        np.flatnonzero(port53), packets.ip_version, packets.transport, packets.payload_len,
+        packets.payload_offset, data.shape[0])
     if tcp_rows.size:
         seg_start = packets.payload_offset[tcp_rows].astype(np.int64)
         seg_len = _inside(seg_start, packets.payload_len[tcp_rows].astype(np.int64), data)
@@ -119,11 +108,11 @@ def _messages(packets: DecodedPackets, data: np.ndarray, udp_rows: np.ndarray,
         _bump(stats, "dns_tcp_incomplete", int(incomplete.sum()))
         rows = np.concatenate([rows, tcp_rows[segment]])
         start = np.concatenate([start, t_start])
-        length = np.concatenate([length, t_len])
+        length = np.concatenate([length, _inside(t_start, t_len, data)])
         # Restore capture order; stable, so several messages of one segment keep theirs.
         order = np.argsort(rows, kind="stable")
         rows, start, length = rows[order], start[order], length[order]
-    return rows, start, _inside(start, length, data)
+    return rows, start, length
 
 
 def _inside(start: np.ndarray, length: np.ndarray, data: np.ndarray) -> np.ndarray:
@@ -145,11 +134,8 @@ def dns_events(
     dropped: header/question unreadable), dns_answers_damaged (events whose answer section
     was cut short), dns_tcp_incomplete (TCP segments without a whole message).
     """
-    udp_rows, tcp_rows = _candidate_rows(packets)
-    if udp_rows.size == 0 and tcp_rows.size == 0:
-        return None
     data = _read_only_bytes(packets.data)
-    rows, start, length = _messages(packets, data, udp_rows, tcp_rows, stats)
+    rows, start, length = _messages(packets, data, stats)
     if rows.size == 0:
         return None
     parsed = dns_kernel.parse_messages(data, start, length)
@@ -188,33 +174,28 @@ def _parsed_columns(msg: np.ndarray, records: np.ndarray, text: np.ndarray,
 def _answer_column(first_row: np.ndarray, count: np.ndarray, records: np.ndarray,
                    texts: np.ndarray) -> np.ndarray:
     """The answers object column: per message the list of its records' dicts."""
-    n = first_row.shape[0]
-    answers = np.empty(n, dtype=object)
     record_first, _, set_of_msg, set_records, set_bounds = dns_kernel.answer_sets(
         first_row, count, records)
-    has_answers = set_of_msg >= 0
-    if set_bounds.shape[0] > 1:
-        dicts = _answer_dicts(records[record_first], texts)
-        members = list(map(dicts.__getitem__, set_records.tolist()))
-        bounds = set_bounds.tolist()
-        # one list per distinct answer set, sliced in C (map over slice objects)
-        lists = np.fromiter(map(members.__getitem__, map(slice, bounds[:-1], bounds[1:])),
-                            dtype=object, count=len(bounds) - 1)
-        answers[has_answers] = lists[set_of_msg[has_answers]]
-    if set_bounds.shape[0] - 1 < n:
-        # Messages without answers (every query) share one empty list: a list per row
-        # cost more than the rest of this function (allocation and the collections it
-        # triggers).
-        no_answers = np.empty(1, dtype=object)
-        no_answers[0] = []
-        answers[~has_answers] = no_answers
-    return answers
+    sets = set_bounds.shape[0] - 1
+    dicts = _answer_dicts(records[record_first], texts)
+    members = list(map(dicts.__getitem__, set_records.tolist()))
+    bounds = set_bounds.tolist()
+    # One list per distinct answer set, sliced in C (map over slice objects), then one
+    # empty list that every message without answers (every query) shares: a list per row
+    # cost more than the rest of this function (allocation and the collections it
+    # triggers).
+    lists = np.fromiter(chain(map(members.__getitem__, map(slice, bounds[:-1], bounds[1:])),
+                              ([],)), dtype=object, count=sets + 1)
+    # One take for the whole column: boolean-mask assignments of object arrays cost ~3x.
+    return lists.take(np.where(set_of_msg >= 0, set_of_msg, sets))
 
 
-def _names(numbers: np.ndarray, name_of) -> np.ndarray:
-    """Text of each type/class number (an object column), one lookup per distinct number."""
-    distinct, inverse = np.unique(numbers, return_inverse=True)
-    return np.array([name_of(int(v)) for v in distinct], dtype=object)[inverse]
+def _names(numbers: np.ndarray, name_of) -> list[str]:
+    """Text of each type/class number, one lookup per distinct number (a dict: records
+    are few per batch once equal ones are shared, so np.unique's sort cost more)."""
+    values = numbers.tolist()
+    names = {value: name_of(value) for value in set(values)}
+    return list(map(names.__getitem__, values))
 
 
 def _class_name(number: int) -> str:
@@ -227,8 +208,8 @@ def _answer_dicts(records: np.ndarray, texts: np.ndarray) -> list[dict]:
         return []
     return [{"name": name, "type": rtype, "class": rclass, "ttl": ttl, "data": data}
             for name, rtype, rclass, ttl, data in zip(
-                texts[records[:, 0]].tolist(), _names(records[:, 1], dns_type_name).tolist(),
-                _names(records[:, 2], _class_name).tolist(), records[:, 3].tolist(),
+                texts[records[:, 0]].tolist(), _names(records[:, 1], dns_type_name),
+                _names(records[:, 2], _class_name), records[:, 3].tolist(),
                 texts[records[:, 4]].tolist(), strict=True)]
 
 
@@ -239,11 +220,12 @@ def _build_batch(packets: DecodedPackets, rows: np.ndarray, kept: dict[str, np.n
     is_response = (flags & 0x8000) != 0
     src_ip = packets.src_ip[rows]
     dst_ip = packets.dst_ip[rows]
-    transport = packets.transport[rows].astype(np.uint8)
-    src_port = packets.src_port[rows].astype(np.uint16)
-    dst_port = packets.dst_port[rows].astype(np.uint16)
+    # copy=False: these gathers are fresh arrays, mostly of the column's dtype already
+    transport = packets.transport[rows].astype(np.uint8, copy=False)
+    src_port = packets.src_port[rows].astype(np.uint16, copy=False)
+    dst_port = packets.dst_port[rows].astype(np.uint16, copy=False)
     columns = {
-        "timestamp": packets.ts_ns[rows].astype(np.int64),
+        "timestamp": packets.ts_ns[rows].astype(np.int64, copy=False),
         "observer_name": constant_text(n, observer_name),
         "ingress_zone": constant_text(n, ingress_zone),
         "src_ip": src_ip,
@@ -251,7 +233,7 @@ def _build_batch(packets: DecodedPackets, rows: np.ndarray, kept: dict[str, np.n
         "src_port": src_port,
         "dst_port": dst_port,
         "transport": transport,
-        "vlan": packets.vlan[rows].astype(np.uint16),
+        "vlan": packets.vlan[rows].astype(np.uint16, copy=False),
         "community_id": flow_community_ids(src_ip, dst_ip, transport, src_port, dst_port,
                                            both_directions=True),
         "dns_id": kept["dns_id"],

@@ -193,7 +193,7 @@ def tcp_segments(draw) -> bytes:
 def test_dns_events_tcp_segments(payloads):
     # As TCP segments, payloads are read through their length prefixes: the events are the
     # reference's messages of each segment in order, at most MAX_TCP_MESSAGES per segment.
-    payloads = [p for p in payloads if len(p) >= 14]  # what _candidate_rows selects
+    payloads = [p for p in payloads if len(p) >= 14]  # what dns_kernel.port_candidates selects
     if not payloads:
         return
     stats: dict[str, int] = {}

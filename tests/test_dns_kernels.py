@@ -238,3 +238,52 @@ def test_equal_texts_share_one_str_and_near_equal_ones_stay_apart():
     assert qnames[0] == qnames[5] == "a.z" and qnames[0] is qnames[5]
     assert qnames[0] is got[0][0][5][0]["name"]  # the answer's owner name too
     assert qnames[7] == qnames[8] and len(qnames[7]) > dns_kernel.INTERN_MAX_LEN
+
+
+def test_outputs_grow_between_messages_and_equal_texts_stay_shared():
+    # Far more answer rows, text bytes and distinct texts than parse_messages starts with
+    # (n + 64 rows, 64 bytes per message, a 1024-slot intern table): they grow between
+    # messages (the table rehashed several times), and a message repeated after that
+    # still shares its texts with its first copy.
+    messages = []
+    for k in range(300):
+        name = b"\x05h%04d\x07example\x00" % k
+        records = b"".join(b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4)
+                           + bytes([10, k >> 8, k & 0xFF, a]) for a in range(20))
+        messages.append(struct.pack("!HHHHHH", k, 0x8180, 1, 20, 0, 0) + name
+                        + b"\x00\x01\x00\x01" + records)
+    messages.append(messages[0])
+    buffer = b"".join(messages)
+    starts = np.cumsum([0] + [len(m) for m in messages[:-1]]).tolist()
+    lengths = [len(m) for m in messages]
+    parsed = dns_kernel.parse_messages(np.frombuffer(buffer, dtype=np.uint8),
+                                       np.array(starts, dtype=np.int64),
+                                       np.array(lengths, dtype=np.int64))
+    msg, records, text, used = parsed
+    assert records.shape[0] == 301 * 20
+    texts = text[:used].tobytes().decode("ascii").split("\n")[:-1]
+    assert len(texts) == 300 * 21 and len(set(texts)) == len(texts)  # each text once
+    assert (msg[300, 1:] == np.r_[0, msg[0, 2:6], 300 * 20, 20]).all()
+    assert (records[300 * 20:] == records[:20]).all()  # the same text indexes
+    got = _kernel_batch(buffer, starts, lengths)
+    assert got == [_reference(m) for m in messages]
+    assert got[300][0][2] is got[0][0][2] and got[300][0][5] is got[0][0][5]
+
+
+def test_port_candidates_selects_dns_rows_and_cuts_spans_to_the_buffer():
+    # rows (to/from port 53) -> UDP rows with a DNS header of payload, their spans inside
+    # the 1000-byte buffer; TCP rows with a length prefix too; not IP: none.
+    #           0    1    2    3    4    5    6    7    8
+    ip_version = np.array([4, 6, 4, 4, 0, 4, 4, 4, 4], dtype=np.uint8)
+    transport = np.array([17, 17, 17, 6, 17, 6, 1, 17, 17], dtype=np.uint8)
+    length = np.array([12, 40, 11, 14, 40, 13, 40, 40, 40], dtype=np.int32)
+    offset = np.array([0, 100, 200, 300, 400, 500, 600, 980, 1200], dtype=np.int64)
+    rows = np.arange(9, dtype=np.int64)
+    udp, start, udp_len, tcp = dns_kernel.port_candidates(rows, ip_version, transport,
+                                                          length, offset, 1000)
+    assert udp.tolist() == [0, 1, 7, 8] and tcp.tolist() == [3]
+    assert start.tolist() == [0, 100, 980, 1200]
+    assert udp_len.tolist() == [12, 40, 20, 0]
+    udp, _, _, tcp = dns_kernel.port_candidates(rows[[1, 3]], ip_version, transport, length,
+                                                offset, 1000)
+    assert udp.tolist() == [1] and tcp.tolist() == [3]
