@@ -925,7 +925,8 @@ class FlowTable:
         # keys would interleave them, which the exact check in _group_sorted catches.
         index_bits = max(int(words.shape[0]).bit_length(), 1)
         low_mask = np.uint64((1 << index_bits) - 1)
-        sort_key = (_mix64(words) & ~low_mask) | np.arange(words.shape[0], dtype=np.uint64)
+        row_hash = _mix64(words)
+        sort_key = (row_hash & ~low_mask) | np.arange(words.shape[0], dtype=np.uint64)
         sort_key.sort()
         order, key_first, exact = _group_sorted(sort_key, low_mask, words)
         if not exact:  # hash collision: group by exact key
@@ -943,7 +944,7 @@ class FlowTable:
             transport=np.asarray(packets.transport), key_first=key_first)
         key_rows = order[key_first]
         key_words = words[key_rows]
-        key_hash = _mix64(key_words)
+        key_hash = row_hash[key_rows]  # a key's hash is its first packet's (same words)
         slot_k = self._index.lookup(key_hash, key_words, self._key_columns())
         return self._apply(p, slot_k, (key_words, key_hash), clock_all)
 
@@ -971,23 +972,22 @@ class FlowTable:
         out.append(self._slot_rows(slot_k[moved], R_ACTIVE))
         ended_keys = np.flatnonzero(key_emit == _EMIT_ENDED)
         if ended_keys.size:
+            ended_keys = ended_keys[self._nonempty_mask(slot_k[ended_keys])]
             rows = self._slot_rows(slot_k[ended_keys], None)
             rows["reason"] = self._end_reason(rows, clock_all, key_clock[ended_keys])
-            out.append(_nonempty(rows))
+            out.append(rows)
 
         # 2. Groups that are not the live tail of their key (few: most keys have one group,
         #    so row columns are built for these only, not for every group).
-        emitted = np.flatnonzero(g_kind != _GROUP_TAIL)
-        g = _group_rows(g_int[emitted], _key_endpoints(keys[0][g_key[emitted]]))
-        kind = g_kind[emitted]
-        mid = kind == _GROUP_MID
-        mid_rows = {k: v[mid] for k, v in g.items()}
-        mid_rows["reason"] = np.full(int(mid.sum()), R_ACTIVE, dtype=np.uint8)
-        out.append(mid_rows)
-        ended = np.flatnonzero(kind == _GROUP_ENDED)
-        if ended.size:
-            rows = {k: v[ended] for k, v in g.items()}
-            rows["reason"] = self._end_reason(rows, clock_all, g_clock[emitted[ended]])
+        #    Built per kind straight from the walk's rows (no build-all-then-filter).
+        for kind in (_GROUP_MID, _GROUP_ENDED):
+            chosen = np.flatnonzero(g_kind == kind)
+            if not chosen.size:
+                continue
+            rows = _group_rows(g_int[chosen], _key_endpoints(keys[0][g_key[chosen]]))
+            rows["reason"] = (np.full(chosen.size, R_ACTIVE, dtype=np.uint8)
+                              if kind == _GROUP_MID
+                              else self._end_reason(rows, clock_all, g_clock[chosen]))
             out.append(rows)
 
         # 3. The key's last group becomes (or stays) the live flow in the table, written
@@ -1044,13 +1044,15 @@ class FlowTable:
         self._deadline = int(rest_deadline)
         if not slots.size:
             return []
-        rows = self._slot_rows(slots, None)
-        rows["reason"] = self._end_reason(rows, clock_all, np.full(slots.size, NEVER))
-        out = [_nonempty(rows)]
+        rows = self._slot_rows(slots[self._nonempty_mask(slots)], None)
+        rows["reason"] = self._end_reason(rows, clock_all, np.full(rows["piece"].size, NEVER))
+        out = [rows]
         # The flow itself ends when idle/close crossed; otherwise only the piece was emitted.
-        idle = np.where(rows["transport"] == TCP, self.tcp_idle_ns, self.idle_ns)
-        flow_over = (now > rows["last_ts"] + idle) | (
-            (rows["closed_at"] < NEVER) & (now > rows["closed_at"] + self.linger_ns))
+        transport, last_ts, closed_at = (cols[name][slots]
+                                         for name in ("transport", "last_ts", "closed_at"))
+        idle = np.where(transport == TCP, self.tcp_idle_ns, self.idle_ns)
+        flow_over = (now > last_ts + idle) | (
+            (closed_at < NEVER) & (now > closed_at + self.linger_ns))
         self._release(slots[flow_over])
         keep = slots[~flow_over]
         for name in ("p_pk_lo", "p_pk_hi", "p_by_lo", "p_by_hi", "p_pay_lo", "p_pay_hi",
@@ -1078,13 +1080,21 @@ class FlowTable:
         self._release(victims)
         self.stats["flows_evicted"] += int(victims.size)
         self.stats["flows_live"] = int(live.size - excess)
-        return [_nonempty(rows)]
+        return [rows]
+
+    def _nonempty_mask(self, slots: np.ndarray) -> np.ndarray:
+        """Which slots' current piece holds packets (an empty piece emits no record)."""
+        cols = self._cols
+        return (cols["p_pk_lo"][slots] + cols["p_pk_hi"][slots]) > 0
 
     def _slot_rows(self, slots: np.ndarray, reason: int | None) -> Rows:
+        """Table rows of `slots`; with a reason, of the non-empty ones only (filtered before
+        the gather: one pass per column instead of a gather and a filter)."""
+        if reason is not None:
+            slots = slots[self._nonempty_mask(slots)]
         rows = {name: col[slots] for name, col in self._cols.items()}
         if reason is not None:
             rows["reason"] = np.full(slots.size, reason, dtype=np.uint8)
-            rows = _nonempty(rows)
         return rows
 
     def _allocate(self, key_words: np.ndarray, key_hash: np.ndarray) -> np.ndarray:
@@ -1148,7 +1158,9 @@ class FlowTable:
         parts = [r for r in parts if r and r["reason"].size]
         if not parts:
             return None
-        rows = {k: np.concatenate([r[k] for r in parts]) for k in parts[0]}
+        # One part (the usual case) is used as it is: its arrays are this batch's own.
+        rows = parts[0] if len(parts) == 1 else {
+            k: np.concatenate([r[k] for r in parts]) for k in parts[0]}
         n = rows["reason"].size
         batch = _join_batches([
             flow_records({k: v[lo:lo + _RECORD_CHUNK] for k, v in rows.items()},
@@ -1189,13 +1201,11 @@ class _Packets:
             setattr(self, name, values)
 
 
-def _nonempty(rows: Rows) -> Rows:
-    keep = (rows["p_pk_lo"] + rows["p_pk_hi"]) > 0
-    return {k: v[keep] for k, v in rows.items()}
-
-
 def flow_records(rows: Rows, observer_name: str, ingress_zone: str, seed: int = 0) -> EventBatch:
-    """Table rows (lo/hi terms) -> FLOW EventBatch in originator/responder terms."""
+    """Table rows (lo/hi terms) -> FLOW EventBatch in originator/responder terms.
+
+    Columns already of their output dtype are used as they are (astype copy=False): `rows`
+    are this call's own arrays (gathered or concatenated), never views of the table."""
     o = rows["orig_is_lo"]
 
     def pick(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -1205,29 +1215,30 @@ def flow_records(rows: Rows, observer_name: str, ingress_zone: str, seed: int = 
     src_port, dst_port = pick(rows["lo_port"], rows["hi_port"])
     n = src_ip.shape[0]
     cols: dict[str, np.ndarray] = {
-        "timestamp": rows["p_first"].astype(np.int64),
+        "timestamp": rows["p_first"].astype(np.int64, copy=False),
         "observer_name": constant_text(n, observer_name),
         "ingress_zone": constant_text(n, ingress_zone),
-        "src_ip": src_ip.astype(IP_DTYPE),
-        "dst_ip": dst_ip.astype(IP_DTYPE),
-        "src_port": src_port.astype(np.uint16),
-        "dst_port": dst_port.astype(np.uint16),
-        "transport": rows["transport"].astype(np.uint8),
-        "vlan": rows["vlan"].astype(np.uint16),
-        "end": rows["p_end"].astype(np.int64),
+        "src_ip": src_ip.astype(IP_DTYPE, copy=False),
+        "dst_ip": dst_ip.astype(IP_DTYPE, copy=False),
+        "src_port": src_port.astype(np.uint16, copy=False),
+        "dst_port": dst_port.astype(np.uint16, copy=False),
+        "transport": rows["transport"].astype(np.uint8, copy=False),
+        "vlan": rows["vlan"].astype(np.uint16, copy=False),
+        "end": rows["p_end"].astype(np.int64, copy=False),
     }
     for ours, lo, hi in (("packets", "p_pk_lo", "p_pk_hi"), ("bytes", "p_by_lo", "p_by_hi"),
                          ("payload_bytes", "p_pay_lo", "p_pay_hi")):
         s, d = pick(rows[lo], rows[hi])
-        cols[f"src_{ours}"] = s.astype(np.uint64)
-        cols[f"dst_{ours}"] = d.astype(np.uint64)
+        cols[f"src_{ours}"] = s.astype(np.uint64, copy=False)
+        cols[f"dst_{ours}"] = d.astype(np.uint64, copy=False)
     s, d = pick(rows["p_fl_lo"], rows["p_fl_hi"])
-    cols["src_tcp_flags"], cols["dst_tcp_flags"] = s.astype(np.uint8), d.astype(np.uint8)
+    cols["src_tcp_flags"] = s.astype(np.uint8, copy=False)
+    cols["dst_tcp_flags"] = d.astype(np.uint8, copy=False)
     of, rf = pick(rows["st_fl_lo"], rows["st_fl_hi"])
     opk, rpk = pick(rows["cum_pk_lo"], rows["cum_pk_hi"])
     opay, rpay = pick(rows["cum_pay_lo"], rows["cum_pay_hi"])
     cols["conn_state"] = conn_state(cols["transport"], of, rf, opk, rpk, opay, rpay)
-    cols["end_reason"] = REASONS[rows["reason"].astype(np.intp)]
+    cols["end_reason"] = REASONS[rows["reason"].astype(np.intp, copy=False)]
     cols["community_id"] = community_id_column(src_ip, dst_ip, cols["transport"], src_port,
                                                dst_port, seed)
     # optional columns (observer_names: fusion's) are filled by EventBatch
