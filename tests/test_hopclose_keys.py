@@ -79,6 +79,107 @@ def test_pair_key_groups_equal_the_numpy_path(n, n_src, n_dst, n_extra, n_units,
     assert got[2] == want[2]
 
 
+_PATHS = {"direct": {"_DIRECT_SHARE": 1, "_DIRECT_MIN": 10**9},  # every key space direct
+          "hashed": {"_DIRECT_SHARE": 10**12, "_DIRECT_MIN": 0}}  # none
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.sampled_from(sorted(_PATHS)), st.integers(0, 2000), st.integers(1, 30),
+       st.integers(1, 30), st.integers(1, 5), st.integers(1, 40), st.integers(-1, 14),
+       st.booleans(), st.booleans(), st.sampled_from([1, 37, 600]),
+       st.integers(0, 2**32 - 1))
+def test_both_key_id_paths_equal_the_numpy_path(path, n, n_src, n_dst, n_extra, n_units,
+                                                threshold, with_extra, paired, unit_step,
+                                                seed):
+    """Key ids by index into the ranks' space and by hash give the reference's groups;
+    paired: each src talks to one dst (a sparse key space: most indices hold no key);
+    unit_step: units one bit block apart or more (_BLOCK_UNITS)."""
+    rng = np.random.default_rng(seed)
+    src = rng.integers(0, n_src, n) * 3 + 2
+    dst = (src * 7 + 1) % 61 if paired else rng.integers(0, n_dst, n) * 5
+    extra = rng.integers(0, n_extra, n).astype(np.uint16) * 11 if with_extra else None
+    units = (rng.integers(0, n_units, n) * unit_step).astype(
+        np.uint16 if seed % 2 else np.int64)
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in _PATHS[path].items():
+            patch.setattr(close_keys, name, value)
+        got = _as_groups(pair_key_groups(src, dst, extra, units, threshold))
+    if got is None:  # gave up: only with more than 1/64 distinct keys among the rows
+        assert len(set(zip(src.tolist(), dst.tolist(), [0] * n if extra is None
+                           else extra.tolist(), strict=True))) > max(n // 64, 1)
+        return
+    want = _reference(src, dst, extra, units, threshold)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    assert got[2] == want[2]
+
+
+def test_a_close_of_few_attackers_takes_direct_key_ids():
+    """The p99 close's shape (thousands of sources, one target, one port): key ids are
+    indices in (src, dst, port) order, not hashed (see close_keys._direct_ids); and with
+    the key space too big for it, hashed ids (first seen) give the same groups."""
+    rng = np.random.default_rng(11)
+    n = 300_000
+    src = rng.integers(0, 4000, n) * 3
+    dst = np.full(n, 12_001)
+    port = np.full(n, 22, np.uint16)
+    units = rng.integers(1024, 65_024, n).astype(np.uint16)
+    args = (src, dst, port, units, 10, n // 64, 128 * n)
+    ids, per_key, counts, key_hi, key_lo, m = close_keys._key_groups(*args, 4000)
+    assert m == 4000 and ids.dtype == np.int32
+    np.testing.assert_array_equal(key_hi, np.arange(4000))
+    np.testing.assert_array_equal(ids, np.unique(src, return_inverse=True)[1].ravel())
+    hashed = close_keys._key_groups(*args, 3999)
+    assert hashed[5] == 4000 and not np.array_equal(hashed[0], ids)
+    want = _reference(src, dst, port, units, 10)
+    for direct_min in (4096, 0):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(close_keys, "_DIRECT_MIN", direct_min)
+            patch.setattr(close_keys, "_DIRECT_SHARE", 10**12)
+            got = _as_groups(pair_key_groups(src, dst, port, units, 10))
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("path", sorted(_PATHS))
+def test_rows_of_a_short_destination_stay_out_when_every_source_reaches(path):
+    """Every src code reaches but dst 9 has 2 rows (< threshold): its rows are no
+    candidates (pair_candidates' second filter), whichever way the key ids are taken."""
+    src = np.repeat([1, 2], 150)  # (300 rows: up to 4 keys before pair_key_groups gives up)
+    dst = np.full(300, 7)
+    dst[[200, 250]] = 9
+    units = np.arange(300, dtype=np.uint16)
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in _PATHS[path].items():
+            patch.setattr(close_keys, name, value)
+        got = _as_groups(pair_key_groups(src, dst, None, units, 5))
+    want = _reference(src, dst, None, units, 5)
+    assert got[2] == want[2] == 2
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_distinct_units_count_only_keys_that_can_reach():
+    """Keys of fewer rows than the threshold get no bits (0 distinct), the others their
+    distinct units up to the threshold (units in several bit blocks: 1030 and 1031 are in
+    one, 5 and 2 in another); bits of the reachable keys only decide whether the kernel
+    counts (a key space whose bits would not fit counts them in the caller)."""
+    ids = np.array([0, 1, 1, 1, 2, 2, -1, 1, 2, 3, 3, 3, 3, 3], np.int32)
+    units = np.array([5, 1, 1, 2, 7, 7, 3, 9, 8, 1030, 1031, 1030, 5, 2], np.uint16)
+    per_key = np.bincount(ids[ids >= 0], minlength=4).astype(np.int64)
+    counts = close_keys._distinct_units(ids, units, per_key, 3, 1040, 10**6)
+    np.testing.assert_array_equal(counts, [0, 3, 2, 3])  # (key 3: 4 distinct, counted to 3)
+    counts = close_keys._distinct_units(ids, units, per_key, 5, 1040, 10**6)
+    np.testing.assert_array_equal(counts, [0, 0, 0, 4])
+    # units a block apart share no bit: 0, 512 and 1024 are three units, not one or two
+    spread = np.array([0, 512, 1024, 512], np.uint16)
+    counts = close_keys._distinct_units(np.zeros(4, np.int32), spread,
+                                        np.array([4], np.int64), 4, 1025, 10**6)
+    np.testing.assert_array_equal(counts, [3])
+    assert close_keys._distinct_units(ids, units, per_key, 3, 10, 29).size == 0
+    assert close_keys._distinct_units(ids[:9], units[:9], per_key[:3], 3, 10, 20).size == 3
+
+
 def test_pair_key_groups_gives_up_on_many_keys_and_bad_codes():
     rng = np.random.default_rng(3)
     n = 100_000
