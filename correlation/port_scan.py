@@ -27,6 +27,7 @@ from functools import partial
 
 import numpy as np
 
+from correlation.alert_kernels import sources_reaching
 from correlation.arrival_memo import rows_in_range
 from correlation.close_keys import as_range, pair_key_groups
 from correlation.detector import (
@@ -47,11 +48,18 @@ from correlation.detector import (
     distinct_per_group,
     ip_codes,
     ip_pair_codes,
-    ip_text,
     one_window_groups,
     take,
 )
-from correlation.evidence_rows import HitRows, LazyEvidence, ip_numeric_codes, ip_texts
+from correlation.evidence_rows import (
+    HitRows,
+    LazyEvidence,
+    ip_column_texts,
+    ip_numeric_codes,
+    ip_texts,
+    sorted_pair,
+)
+from correlation.kernels import min_max
 from correlation.prefilter import pair_candidates
 from pipeline.schema import EventBatch
 
@@ -79,6 +87,9 @@ HORIZONTAL_RULE = Rule(
     technique_id=_TECHNIQUE[0], technique_name=_TECHNIQUE[1],
     severity=21, severity_label="low", risk_score=21.0,
 )
+
+# Most distinct hosts per source the horizontal prefilter remembers (its threshold - 1).
+_MAX_SEEN = 64
 
 _SCAN_COLUMNS = ("timestamp", "end", "src_ip", "dst_ip", "dst_port", "src_tcp_flags",
                  "dst_tcp_flags", "observer_name", "ingress_zone")
@@ -139,29 +150,23 @@ class _ScanDetector(Detector):
             hits = np.arange(n_groups, dtype=np.int64)
             first = groups.order[groups.bounds[:-1]]  # first row of each (hit) group
             first_rows = row_of[first]
-            key_codes = hits.tolist()  # (one window: each group is a distinct key)
             window_k = np.full(n_groups, windows.first, np.int64)
         else:
             grouped = self._grouped(cols, idx, windows)
             if grouped is None:
                 return []
-            groups, hits, row_of, first_rows, key_codes, window_k = grouped
+            groups, hits, row_of, first_rows, window_k = grouped
         starts = windows.spec.start(window_k).tolist()
         ends = windows.spec.end(window_k).tolist()
+        keys, identity = self._key_texts(cols, first_rows)
         # evidence of a window's hits at once, on the first describe of one of them
         evidence = LazyEvidence(window_k, partial(self._hit_evidence, cols, groups, hits,
-                                                  row_of))
-        findings = []
-        key_parts = self._key_parts(cols, first_rows)
-        key_texts: dict[int, str] = {}  # a key recurs in every overlapping window: format once
-        for i in range(hits.shape[0]):  # one iteration per finding
-            text = key_texts.get(key_codes[i])
-            if text is None:
-                text = key_texts[key_codes[i]] = self._key_text(key_parts, i)
-            findings.append(Finding(
-                rule=self.rules[0], key=text, window_start=starts[i], window_end=ends[i],
-                describe=partial(evidence.describe, i)))
-        return findings
+                                                  row_of, identity))
+        describe = evidence.describe
+        rule = self.rules[0]
+        return [Finding(rule=rule, key=key, window_start=start, window_end=end,
+                        describe=partial(describe, i))
+                for i, (key, start, end) in enumerate(zip(keys, starts, ends, strict=True))]
 
     def _hop_close(self, cols: Columns, idx: np.ndarray, windows: WindowRange
                    ) -> tuple[np.ndarray, Groups] | None:
@@ -170,8 +175,8 @@ class _ScanDetector(Detector):
         return None
 
     def _grouped(self, cols: Columns, idx: np.ndarray, windows: WindowRange) -> tuple | None:
-        """(groups, hit groups, buffer row of each copy, first row of each hit, an equality
-        code of each hit's key, window of each hit) of rows idx in range; None: no hit."""
+        """(groups, hit groups, buffer row of each copy, first row of each hit, window of
+        each hit) of rows idx in range; None: no hit."""
         # a key with >= threshold distinct targets has >= threshold rows, and so has each of
         # its parts: only rows whose parts do get ranked (the reachable filter below keeps
         # exactly the rows it kept on all of idx; ranks of a subset keep their order)
@@ -204,30 +209,34 @@ class _ScanDetector(Detector):
         # (most findings of overlapping windows are suppressed repeats).
         first = groups.order[groups.bounds[hits]]  # first member copy of each hit group
         first_rows = idx[copy_rows[first]]
-        key_codes = key[copy_rows[first]].tolist()
         row_of = idx if one is not None else idx[copy_rows]  # (one window: copy i = row i)
         window_k = k[first]
-        return groups, hits, row_of, first_rows, key_codes, window_k
+        return groups, hits, row_of, first_rows, window_k
 
     def _candidates(self, cols: Columns, idx: np.ndarray) -> np.ndarray:
         """A superset of the rows of keys with >= threshold rows (two bincounts)."""
         raise NotImplementedError
 
-    def _key_parts(self, cols: Columns, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The two key columns (source address, and address or port) at rows."""
-        raise NotImplementedError
+    def _key_texts(self, cols: Columns, rows: np.ndarray
+                   ) -> tuple[list[str], tuple[list[str], list]]:
+        """(key text, and its two parts: source address text, and address text or port)
+        of each of rows, formatted all at once.
 
-    def _key_text(self, parts: tuple[np.ndarray, np.ndarray], i: int) -> str:
-        """Key text of row i of _key_parts."""
+        Why: an f-string per address cost ~1 µs, thousands per close (issue #4); the
+        evidence reuses the parts (a hit's rows share its key's)."""
         raise NotImplementedError
 
     def _hit_evidence(self, cols: Columns, groups: Groups, hits: np.ndarray,
-                      row_of: np.ndarray, members: np.ndarray) -> Callable[[int], Evidence]:
-        return self._evidence(cols, HitRows(groups, hits[members], row_of))
+                      row_of: np.ndarray, identity: tuple[list, list],
+                      members: np.ndarray) -> Callable[[int], Evidence]:
+        at = members.tolist()
+        return self._evidence(cols, HitRows(groups, hits[members], row_of),
+                              tuple([part[m] for m in at] for part in identity))
 
-    def _evidence(self, cols: Columns, hit_rows: HitRows) -> Callable[[int], Evidence]:
+    def _evidence(self, cols: Columns, hit_rows: HitRows, identity: tuple[list, list]
+                  ) -> Callable[[int], Evidence]:
         """Aggregates of the hits from their rows (numpy over all of them); returns
-        describe(position among the hits)."""
+        describe(position among the hits). identity: _key_texts' parts of each hit."""
         raise NotImplementedError
 
 
@@ -270,13 +279,15 @@ class VerticalScanDetector(_ScanDetector):
         key, _ = ip_pair_codes(cols, idx)  # = combine_codes of both ip_codes, in one pass
         return key, cols["dst_port"][idx].astype(np.int64)
 
-    def _key_parts(self, cols: Columns, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return take(cols, "src_ip", rows), take(cols, "dst_ip", rows)
+    def _key_texts(self, cols: Columns, rows: np.ndarray
+                   ) -> tuple[list[str], tuple[list[str], list]]:
+        scanners = ip_column_texts(take(cols, "src_ip", rows))
+        victims = ip_column_texts(take(cols, "dst_ip", rows))
+        return [f"{s}|{v}" for s, v in zip(scanners, victims, strict=True)], (scanners,
+                                                                               victims)
 
-    def _key_text(self, parts: tuple[np.ndarray, np.ndarray], i: int) -> str:
-        return f"{ip_text(parts[0], i)}|{ip_text(parts[1], i)}"
-
-    def _evidence(self, cols: Columns, hit_rows: HitRows) -> Callable[[int], Evidence]:
+    def _evidence(self, cols: Columns, hit_rows: HitRows, identity: tuple[list, list]
+                  ) -> Callable[[int], Evidence]:
         first_seen, last_seen = hit_rows.time_span(hit_rows.gather(cols, "timestamp"),
                                                    hit_rows.gather(cols, "end"))
         dst_port = hit_rows.gather(cols, "dst_port")
@@ -285,17 +296,16 @@ class VerticalScanDetector(_ScanDetector):
         n_ports, ports = hit_rows.distinct(dst_port, self.max_sample)
         _, open_ports = hit_rows.distinct(dst_port, self.max_sample,
                                           (dst_flags & TCP_SYN) != 0)
-        observers = hit_rows.names(cols["observer_name"])
-        zones = hit_rows.names(cols["ingress_zone"])
-        r0 = hit_rows.rows[hit_rows.bounds[:-1]]
-        src_ip, dst_ip = take(cols, "src_ip", r0), take(cols, "dst_ip", r0)
+        observers = hit_rows.names_in(cols, "observer_name")
+        zones = hit_rows.names_in(cols, "ingress_zone")
+        scanners, victims = identity
 
         def describe(i: int) -> Evidence:
-            scanner, victim = ip_text(src_ip, i), ip_text(dst_ip, i)
+            scanner, victim = scanners[i], victims[i]
             return Evidence(
                 first_seen=first_seen[i], last_seen=last_seen[i],
                 source_ip=scanner, destination_ip=victim, transport="tcp",
-                related_ips=sorted({scanner, victim}),
+                related_ips=sorted_pair(scanner, victim),
                 observers=observers[i], zones=zones[i],
                 details={
                     **outcomes[i],
@@ -318,9 +328,34 @@ class HorizontalScanDetector(_ScanDetector):
     threshold_keys = ("horizontal_hosts",)
 
     def _candidates(self, cols: Columns, idx: np.ndarray) -> np.ndarray:
+        idx = self._reaching_sources(cols, idx)
         port = cols["dst_port"][idx]
         idx = idx[np.bincount(port)[port] >= self.threshold]
         return pair_candidates(cols, idx, self.threshold, second=None)
+
+    def _reaching_sources(self, cols: Columns, idx: np.ndarray) -> np.ndarray:
+        """The rows of idx whose source tried >= threshold distinct hosts (a key's source
+        needs as many), from one compiled pass over the engine's address codes; idx when
+        the columns carry none, or their codes span too far for a table per source.
+
+        Why: the vertical scans of issue #4's hop close fill the window with ~5M failed
+        attempts of sources that each try one host: the port and source bincounts keep
+        them all, and coding their (source, port) keys cost 0.35 s for no finding."""
+        shared = getattr(cols, "address_codes", None)
+        if shared is None or idx.size == 0 or not 1 <= self.threshold <= _MAX_SEEN:
+            return idx
+        at = as_range(idx)
+        src, dst = shared(("src_ip",), at), shared(("dst_ip",), at)
+        if src is None or dst is None:
+            return idx
+        low, high = min_max(src)
+        if (low < 0 or int(dst.min()) < 0
+                or (int(high) + 1) * (self.threshold - 1) > 8 * idx.size + 65536):
+            return idx  # (a table of threshold - 1 hosts per source code: <= 8 per row)
+        reaching = sources_reaching(np.ascontiguousarray(src, np.int64),
+                                    np.ascontiguousarray(dst, np.int64),
+                                    self.threshold, int(high) + 1)
+        return idx[reaching]
 
     def _key_and_target(self, cols: Columns, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         src = ip_codes(cols, "src_ip", idx)
@@ -328,13 +363,15 @@ class HorizontalScanDetector(_ScanDetector):
         key, _ = combine_codes(src, cols["dst_port"][idx].astype(np.int64))
         return key, dst
 
-    def _key_parts(self, cols: Columns, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return take(cols, "src_ip", rows), take(cols, "dst_port", rows)
+    def _key_texts(self, cols: Columns, rows: np.ndarray
+                   ) -> tuple[list[str], tuple[list[str], list]]:
+        scanners = ip_column_texts(take(cols, "src_ip", rows))
+        ports = take(cols, "dst_port", rows).tolist()
+        return [f"{s}|tcp/{p}" for s, p in zip(scanners, ports, strict=True)], (scanners,
+                                                                                ports)
 
-    def _key_text(self, parts: tuple[np.ndarray, np.ndarray], i: int) -> str:
-        return f"{ip_text(parts[0], i)}|tcp/{int(parts[1][i])}"
-
-    def _evidence(self, cols: Columns, hit_rows: HitRows) -> Callable[[int], Evidence]:
+    def _evidence(self, cols: Columns, hit_rows: HitRows, identity: tuple[list, list]
+                  ) -> Callable[[int], Evidence]:
         first_seen, last_seen = hit_rows.time_span(hit_rows.gather(cols, "timestamp"),
                                                    hit_rows.gather(cols, "end"))
         host, hosts = ip_numeric_codes(hit_rows.gather(cols, "dst_ip"))
@@ -342,17 +379,16 @@ class HorizontalScanDetector(_ScanDetector):
         outcomes = _attempt_outcomes(hit_rows, dst_flags)
         n_hosts, sample = hit_rows.distinct(host, self.max_sample)
         _, open_hosts = hit_rows.distinct(host, self.max_sample, (dst_flags & TCP_SYN) != 0)
-        observers = hit_rows.names(cols["observer_name"])
-        zones = hit_rows.names(cols["ingress_zone"])
-        r0 = hit_rows.rows[hit_rows.bounds[:-1]]
-        src_ip, ports = take(cols, "src_ip", r0), take(cols, "dst_port", r0).tolist()
+        observers = hit_rows.names_in(cols, "observer_name")
+        zones = hit_rows.names_in(cols, "ingress_zone")
+        scanners, ports = identity
         host_bytes = hosts.tolist()
 
         def texts(codes: list[int]) -> list[str]:
             return ip_texts(host_bytes[c] for c in codes)
 
         def describe(i: int) -> Evidence:
-            scanner = ip_text(src_ip, i)
+            scanner = scanners[i]
             port = ports[i]
             hosts_i = texts(sample[i])
             return Evidence(
