@@ -21,9 +21,11 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.jit import njit
+from sensors.tcp_stream import prefetch
 
 MAX_HEADER_BYTES = 16384
 MAX_MESSAGES = 256  # requests (and responses) parsed per direction
+PREFETCH_FLOWS = 8  # how many flows ahead _parse_flows asks for their first lines
 MAX_CHUNKS = 100000  # chunks walked per chunked body (as _chunked_length)
 
 # message table columns (int64; -1 = absent)
@@ -51,7 +53,6 @@ _FAIL, _OK, _FALLBACK = 0, 1, 2
 # byte patterns of _walk: module arrays are compile-time constants for numba (made in the
 # kernel, they were four allocations per flow direction)
 _CRLF = np.array([13, 10], dtype=np.uint8)
-_CRLF2 = np.array([13, 10, 13, 10], dtype=np.uint8)
 _LFLF = np.array([10, 10], dtype=np.uint8)
 _CHUNKED = np.frombuffer(b"chunked", dtype=np.uint8).copy()
 
@@ -76,6 +77,26 @@ def _find(buf, lo, hi, pattern):
             if j == m:
                 return i
         i += 1
+    return -1
+
+
+@njit
+def _find_crlf2(buf, lo, hi):
+    """bytes.find(b"\\r\\n\\r\\n", lo, hi) over buf: Horspool's skip on the byte under the
+    pattern's last position (most header bytes are neither CR nor LF: 4 bytes a step rather
+    than one; the header block is the kernel's main scan)."""
+    i = lo
+    last = hi - 4
+    while i <= last:
+        c = buf[i + 3]
+        if c == 10:
+            if buf[i + 2] == 13 and buf[i + 1] == 10 and buf[i] == 13:
+                return i
+            i += 2  # LF's other place in the pattern is 1: align it
+        elif c == 13:
+            i += 1  # CR at 2
+        else:
+            i += 4
     return -1
 
 
@@ -204,13 +225,17 @@ def _headers(buf, lo, hi, row, names, name_len):
         row[M_HEADERS + 2 * k + 1] = -1
     i = lo
     while i <= hi:
+        # one pass for the first ':' and the line's end (two scans of every line before)
+        colon = -1
         eol = i
-        while eol < hi and buf[eol] != 10:
+        while eol < hi:
+            c = buf[eol]
+            if c == 10:
+                break
+            if c == 58 and colon < 0:
+                colon = eol
             eol += 1
-        colon = i
-        while colon < eol and buf[colon] != 58:
-            colon += 1
-        if colon < eol:
+        if colon >= 0:
             n0, n1 = _strip(buf, i, colon)
             k = _header_slot(buf, n0, n1, names, name_len)
             if k >= 0 and row[M_HEADERS + 2 * k] < 0:
@@ -267,7 +292,7 @@ def _chunked(buf, lo, hi, te):
 
 
 @njit
-def _chunked_length(buf, pos, hi, crlf, crlf2):
+def _chunked_length(buf, pos, hi, crlf):
     """_chunked_length: (code, body bytes, end offset); code _FAIL = malformed chunk size,
     _FALLBACK = a size Python's int() might read differently; (-1, -1) if not all visible."""
     total = 0
@@ -296,7 +321,7 @@ def _chunked_length(buf, pos, hi, crlf, crlf2):
                 return _FALLBACK, 0, 0
         pos = eol + 2
         if size == 0:
-            end = _find(buf, pos - 2, hi, crlf2)
+            end = _find_crlf2(buf, pos - 2, hi)
             return (_OK, total, end + 4) if end >= 0 else (_OK, total, -1)
         total += size
         pos += size + 2
@@ -311,7 +336,7 @@ def _walk(buf, lo, hi, requests, ended, flow, heads, n_heads, table, count, name
 
     Requests fill `heads` (is the i-th request a HEAD); responses read it. 1xx responses
     are not stored (the analyzer drops them)."""
-    crlf, crlf2, lflf, te = _CRLF, _CRLF2, _LFLF, _CHUNKED  # constants: no allocation per call
+    crlf, lflf, te = _CRLF, _LFLF, _CHUNKED  # constants: no allocation per call
     pos = lo
     parsed = 0
     answered = 0
@@ -325,7 +350,7 @@ def _walk(buf, lo, hi, requests, ended, flow, heads, n_heads, table, count, name
             # the window: skip the two window scans (bulk data on an HTTP port)
             return table, count, True, False, n_heads
         window = min(pos + MAX_HEADER_BYTES, hi)
-        end = _find(buf, pos, window, crlf2)
+        end = _find_crlf2(buf, pos, window)
         sep = 4
         if end < 0:
             end = _find(buf, pos, window, lflf)
@@ -380,7 +405,7 @@ def _walk(buf, lo, hi, requests, ended, flow, heads, n_heads, table, count, name
             body = 0
             next_pos = body_start
         elif chunked == 1:
-            code, body, next_pos = _chunked_length(buf, body_start, hi, crlf, crlf2)
+            code, body, next_pos = _chunked_length(buf, body_start, hi, crlf)
             if code == _FALLBACK:
                 return table, count, False, True, n_heads
             if code == _FAIL:
@@ -420,7 +445,13 @@ def _parse_flows(buf, starts, lengths, complete, names, name_len):
     table = np.empty((max(16, 2 * n), N_COLUMNS), dtype=np.int64)
     heads = np.zeros(MAX_MESSAGES, dtype=np.bool_)
     count = 0
+    size = buf.shape[0]
     for f in range(n):
+        if f + PREFETCH_FLOWS < n and size > 0:
+            # both directions' first lines of a later flow: each walk starts with a wait for
+            # its headers otherwise (the flows lie apart in a buffer past the L2 cache)
+            for d in range(2):
+                prefetch(buf, min(max(starts[2 * (f + PREFETCH_FLOWS) + d], 0), size - 1))
         lo, hi = starts[2 * f], starts[2 * f] + lengths[2 * f]
         if lo < 0 or hi > buf.shape[0] or lo > hi:
             flows[f, F_FALLBACK] = 1  # not a valid slice of buf: let Python decide
@@ -564,6 +595,11 @@ def _distinct_table(src, starts, stops):
     first = np.empty(n * k, np.int64)
     count = 0
     for i in range(n):
+        if k > 1 and i + PREFETCH_FLOWS < n and src.size > 0:
+            # a later row's slices: HTTP's rows lie apart in a large buffer (one column's
+            # slices ascend through it, which the hardware prefetcher follows: no hint)
+            for c in range(k):
+                prefetch(src, min(max(starts[i + PREFETCH_FLOWS, c], 0), src.size - 1))
         for c in range(k):  # a row's slices one after the other: their bytes are close
             lo, hi = clip_slice(src.size, starts[i, c], stops[i, c])
             h = _slice_hash(src, lo, hi) ^ (np.uint64(c) * _FNV_PRIME)

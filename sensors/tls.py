@@ -315,7 +315,8 @@ def _settled_at(data: np.ndarray, seg_start: np.ndarray, seg_size: np.ndarray,
     return -1
 
 
-PREFETCH_FLOWS = 4  # how many flows ahead needed_lengths asks for their first lines
+PREFETCH_FLOWS = 8  # how many flows ahead needed_lengths asks for their segments' first lines
+PREFETCH_SEGMENTS = 4  # of how many of each direction's segments
 
 
 @njit
@@ -355,10 +356,14 @@ def needed_lengths(data: np.ndarray, seg_start: np.ndarray, seg_size: np.ndarray
         if f + PREFETCH_FLOWS < n and size > 0:
             # the first record header of a later flow's directions (see tcp_stream.prefetch:
             # each walk starts with a wait for the capture's line otherwise)
+            # every segment's first line, not only the first: a record header that settles a
+            # direction (CCS, application data) opens a later packet of the flow, as far from
+            # the first as any other flow's
             for d in range(2):
                 ahead = first_seg[f + PREFETCH_FLOWS, d]
-                if ahead < end_seg[f + PREFETCH_FLOWS, d]:
-                    prefetch(data, min(max(seg_start[ahead], 0), size - 1))
+                stop = min(end_seg[f + PREFETCH_FLOWS, d], ahead + PREFETCH_SEGMENTS)
+                for s in range(ahead, stop):
+                    prefetch(data, min(max(seg_start[s], 0), size - 1))
         for d in range(2):
             lo, hi = first_seg[f, d], end_seg[f, d]
             if hi > lo:
