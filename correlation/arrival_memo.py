@@ -31,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from correlation.detector import WindowRange
+from correlation.engine_kernels import grow_column
 from pipeline.jit import njit
 
 
@@ -147,8 +148,10 @@ class ArrivalMemo:
         need = self.rows + n
         if need > self.times.shape[0]:
             capacity = max(need, 2 * self.times.shape[0], 1024)
-            self.times = _grown(self.times, capacity, self.rows)
-            self.values = {k: _grown(v, capacity, self.rows) for k, v in self.values.items()}
+            # in place where numpy can (no copy, no fault on new pages: grow_column)
+            grow_column(self.__dict__, "times", capacity, self.rows)
+            for name in self.values:
+                grow_column(self.values, name, capacity, self.rows)
         self.times[self.rows:need] = times
         for name, column in self.values.items():
             column[self.rows:need] = values[name]
@@ -219,9 +222,3 @@ class ArrivalMemo:
         for column in self.values.values():
             _compact_from(times, horizon, column[: self.rows])
         self.rows = _compact_from(times, horizon, times)  # the times last: read above
-
-
-def _grown(column: np.ndarray, capacity: int, used: int) -> np.ndarray:
-    grown = np.empty(capacity, column.dtype)
-    grown[:used] = column[:used]
-    return grown

@@ -41,6 +41,7 @@ from correlation.detector import (
     combine_codes,
 )
 from correlation.engine_kernels import (
+    grow_column,
     held_rows,
     kept_runs,
     move_kept_runs,
@@ -289,19 +290,14 @@ class _SharedBuffer:
             self._code_of = {c: {} for c in self.object_codes}
             self.address_ids = {c: np.empty(0, np.int64) for c in self.names
                                 if columns[c].dtype == IP_DTYPE}
-        grown = {c: np.empty(size, columns[c].dtype) for c in self.names
-                 if c not in self.object_codes}
-        for c, old in self.arrays.items():
-            grown[c][: self.rows] = old[: self.rows]
-        self.arrays = grown
-        for c, old in self.address_ids.items():
-            ids = np.empty(size, np.int64)
-            ids[: self.rows] = old[: self.rows]
-            self.address_ids[c] = ids
-        for c, old in self.object_codes.items():
-            codes = np.empty(size, np.int32)
-            codes[: self.rows] = old[: self.rows]
-            self.object_codes[c] = codes
+            self.arrays = {c: np.empty(0, columns[c].dtype) for c in self.names
+                           if c not in self.object_codes}
+        # in place where numpy can (an mremap, no copy: see grow_column); the tails stay
+        # uninitialized (append writes every row it adds)
+        for group in (self.arrays, self.address_ids, self.object_codes):
+            for c in group:
+                grow_column(group, c, size, self.rows)
+        # holders past `rows` stay zero (2 bytes a row: a copy into calloc'ed zeros is cheap)
         holders = np.zeros(size, np.int16)
         holders[: self.rows] = self.holders[: self.rows]
         self.holders = holders

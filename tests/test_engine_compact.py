@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from correlation import engine_kernels
 from correlation.engine import _SharedBuffer
 from correlation.engine_kernels import (
     held_rows,
@@ -144,3 +145,36 @@ def test_object_table_forgets_dropped_objects() -> None:
     assert store.object_count["name"] == 2010  # the dropped rows' objects went
     assert store.view(0, ("name",))["name"].tolist() == (
         [f"n4-{i}" for i in range(1990, 2000)] + [f"n5-{i}" for i in range(2000)])
+
+
+@pytest.mark.parametrize("dtype", ["i8", "u2", "u1", "i4", IP_DTYPE, "V3"])
+@pytest.mark.parametrize("long_run", [50, 1 << 15])
+def test_move_kept_runs_moves_long_runs_by_memmove(monkeypatch, dtype, long_run: int) -> None:
+    # long runs (numpy slice moves) mixed with short ones (the kernel), in run order: a
+    # dead prefix, scattered rows, a long run, scattered rows, a long tail run
+    monkeypatch.setattr(engine_kernels, "_LONG_RUN", long_run)
+    rng = np.random.default_rng(3)
+    dt = np.dtype(dtype)
+    n = 3 * (1 << 15) + 5000
+    column = rng.integers(0, 256, n * dt.itemsize, dtype=np.uint8).view(dt)
+    used = rng.random(n) < 0.4
+    used[:700] = False
+    used[2000:2000 + (1 << 15)] = True
+    used[n - (1 << 15) - 100:] = True
+    keep = np.flatnonzero(used).astype(np.int32)
+    runs = kept_runs(keep, n)
+    assert (runs[:, 2] >= long_run).sum() >= 2 and (runs[:, 2] < long_run).sum() > 100
+    expected, tail = column[used].copy(), column[keep.size:].copy()
+    move_kept_runs(column, runs)
+    assert column[: keep.size].tobytes() == expected.tobytes()
+    assert column[keep.size:].tobytes() == tail.tobytes()
+
+
+def test_move_kept_runs_checks_long_runs(monkeypatch) -> None:
+    monkeypatch.setattr(engine_kernels, "_LONG_RUN", 2)
+    column = np.arange(10, dtype=np.int64)
+    with pytest.raises(IndexError):  # past the column's rows
+        move_kept_runs(column, np.array([[6, 0, 5]], np.int64))
+    with pytest.raises(IndexError):  # moving up
+        move_kept_runs(column, np.array([[2, 4, 3]], np.int64))
+    assert column.tolist() == list(range(10))
