@@ -114,8 +114,8 @@ class UdpVerticalScanDetector(_UdpScanDetector):
                                          hit_rows.gather(cols, "end"))
         n_ports, ports = hit_rows.distinct(hit_rows.gather(cols, "dst_port"), self.max_sample)
         probes = np.diff(hit_rows.bounds).tolist()
-        observers = hit_rows.names(cols["observer_name"])
-        zones = hit_rows.names(cols["ingress_zone"])
+        observers = hit_rows.names_in(cols, "observer_name")
+        zones = hit_rows.names_in(cols, "ingress_zone")
         r0 = hit_rows.rows[hit_rows.bounds[:-1]].tolist()
 
         def describe(i: int) -> Evidence:

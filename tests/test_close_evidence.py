@@ -248,3 +248,28 @@ def test_sources_reaching_count_distinct_hosts(rows: list[tuple[int, int]],
         hosts.setdefault(s_, set()).add(d)
     want = [len(hosts[s_]) >= threshold for s_, _ in rows]
     assert sources_reaching(src, dst, threshold, 10).tolist() == want
+
+
+def test_udp_scan_reads_object_columns_at_the_hit_rows_only() -> None:
+    """The UDP vertical scan's evidence names its sensors and zones from the hit rows, as
+    the TCP scans' does (no whole-column gather of an engine object column)."""
+    from correlation.udp_scan import UdpVerticalScanDetector
+
+    detector = UdpVerticalScanDetector(default_config()["detectors"]["udp_scan_vertical"])
+    rows = [dict(src="10.4.0.1", dst="10.9.0.5", dport=1000 + i, sport=45000, proto=17,
+                 t=5.0 + i * 0.01, state="S0", observer=f"sensor-{i % 2}", zone="dmz")
+            for i in range(200)]
+    rows += [dict(src="10.4.0.2", dst="10.9.0.6", dport=53, sport=45001 + i, proto=17,
+                  t=6.0 + i, state="S0", observer="sensor-9", zone="wan")
+             for i in range(5)]  # unanswered, one port: no finding
+    batch = flow_batch(rows)
+    keep = detector.select(batch)
+    plain = {name: column[keep] for name, column in batch.columns.items()}
+    windows = _one_window(detector, plain)
+    want = _alerts(detector, plain, windows)
+    assert len(want) == 1 and want[0]["cirtsa"]["observers"]["name"] == ["sensor-0",
+                                                                            "sensor-1"]
+    reader = TakeOnlyColumns(plain, codes=False)
+    assert _alerts(detector, reader, windows) == want
+    object_takes = [n for name, n in reader.taken if name in OBJECT_COLUMNS]
+    assert object_takes == [200, 200]  # observer and zone, at the hit rows only
