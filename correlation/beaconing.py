@@ -146,7 +146,8 @@ TLS_PORTS = np.array([443, 465, 563, 636, 853, 989, 990, 992, 993, 994, 995, 506
                      np.uint16)
 
 _BASE = ("timestamp", "src_ip", "observer_name", "ingress_zone")
-_FLOW_COLUMNS = _BASE + ("end", "dst_ip", "dst_port", "transport", "src_bytes")
+# only the columns a close reads (select reads its batch): the engine buffers each one
+_FLOW_COLUMNS = _BASE + ("end", "dst_ip", "dst_port", "src_bytes")
 _DNS_COLUMNS = _BASE + ("qname",)
 _TLS_COLUMNS = _BASE + ("server_name", "dst_ip")
 _HTTP_COLUMNS = _BASE + ("host", "dst_ip", "request_body_bytes")
@@ -314,12 +315,28 @@ def bowley_madm(group: np.ndarray, values: np.ndarray, n_groups: int
                                int(n_groups))
 
 
+def contact_stats(group: np.ndarray, n_groups: int, times_ns: np.ndarray, bins: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per group: (contacts, interval Bowley skew, MADM, median, histogram): _contact_kernel
+    over the rows' seconds (one contact per second)."""
+    return _contact_kernel(np.asarray(group, np.int64),
+                           np.asarray(times_ns // NS_PER_S, np.int64), int(n_groups), int(bins))
+
+
 def beacon_scores(group: np.ndarray, n_groups: int, times_ns: np.ndarray,
                   sizes: np.ndarray | None, bins: int, ideal: int) -> dict[str, np.ndarray]:
     """Per-group beacon score components (see module doc); `contacts` = distinct seconds."""
-    contacts, skew, madm, median, hist = _contact_kernel(
-        np.asarray(group, np.int64), np.asarray(times_ns // NS_PER_S, np.int64), int(n_groups),
-        int(bins))  # one contact per second
+    return finish_scores(contact_stats(group, n_groups, times_ns, bins), group, n_groups,
+                         sizes, ideal)
+
+
+def finish_scores(stats: tuple[np.ndarray, ...], group: np.ndarray, n_groups: int,
+                  sizes: np.ndarray | None, ideal: int) -> dict[str, np.ndarray]:
+    """beacon_scores from the groups' contact_stats. Every output of a group depends on
+    that group's own stats and sizes only (element-wise numpy, per-row reductions of the
+    histogram's integer counts), so the stats of a subset of groups (stats[g][keep], with
+    their rows' group ids renumbered) give those groups' scores to the bit."""
+    contacts, skew, madm, median, hist = stats
     out = {"contacts": contacts, "median_interval_s": median,
            "ts_skew": 1 - np.abs(skew),
            "ts_madm": np.clip(1 - madm / np.maximum(median, 1.0), 0, 1),
@@ -340,6 +357,50 @@ def beacon_scores(group: np.ndarray, n_groups: int, times_ns: np.ndarray,
         parts.append(out["ds_score"])
     out["score"] = np.mean(parts, axis=0)
     return out
+
+
+# a bound computed in another order than numpy's differs from its score by a few ulps
+_BOUND_SLACK = 1e-9
+
+
+@njit
+def _may_hit_kernel(contacts: np.ndarray, skew: np.ndarray, madm: np.ndarray,
+                    median: np.ndarray, hist: np.ndarray, ideal: float, sized: bool,
+                    min_contacts: int, floor: float) -> np.ndarray:
+    """Groups with >= min_contacts contacts whose score, with the data-size score at its
+    maximum of 1 when sized, is >= floor (the same formulas as finish_scores)."""
+    n, bins = hist.shape
+    out = np.zeros(n, np.bool_)
+    for g in range(n):
+        if contacts[g] < min_contacts:
+            continue
+        ts_madm = min(max(1 - madm[g] / max(median[g], 1.0), 0.0), 1.0)
+        ts = (1 - abs(skew[g]) + ts_madm + min(1.0, contacts[g] / ideal)) / 3
+        total = 0.0
+        for b in range(bins):
+            total += hist[g, b]
+        mean = total / bins
+        hist_score = 0.0
+        if mean > 0:
+            dev = 0.0
+            for b in range(bins):
+                dev += (hist[g, b] - mean) ** 2
+            hist_score = min(max(1 - np.sqrt(dev / bins) / mean, 0.0), 1.0)
+        bound = (ts + hist_score + 1) / 3 if sized else (ts + hist_score) / 2
+        out[g] = bound >= floor
+    return out
+
+
+def may_hit(stats: tuple[np.ndarray, ...], ideal: int, sized: bool, min_contacts: int,
+            min_score: float) -> np.ndarray:
+    """The groups (ascending ids) that can be hits: enough contacts, and a score bound
+    (data-size score taken as 1) >= min_score less a slack far above the bound's rounding
+    difference from numpy. Every hit is among them; the others need no data-size
+    statistics and no score arithmetic."""
+    contacts, skew, madm, median, hist = stats
+    return np.flatnonzero(_may_hit_kernel(contacts, skew, madm, median, hist, float(ideal),
+                                          bool(sized), int(min_contacts),
+                                          float(min_score) - _BOUND_SLACK))
 
 
 @njit
@@ -606,20 +667,33 @@ class BeaconDetector(Detector):
         wg = _enough_copies(WindowGroups.of(windows, t, idx, key), self.min_connections)
         if wg.n_groups == 0:
             return []
+        # Contacts and interval statistics of every group, then the rest of the score
+        # (sizes' statistics, numpy arithmetic) only for the few groups whose bound can
+        # reach min_score: nearly every close has none.
+        stats = contact_stats(wg.group, wg.n_groups, t[wg.idx], self.bins)
+        keep = may_hit(stats, self.ideal, size_col is not None, self.min_connections,
+                       self.min_score)
+        if keep.size == 0:
+            return []
+        sub = _only_groups(wg, keep)
         sizes = None
         if size_col is not None:
-            sizes = np.maximum(take_rows(cols, size_col, wg.idx).astype(np.float64), 0)
-        scores = beacon_scores(wg.group, wg.n_groups, t[wg.idx], sizes, self.bins, self.ideal)
-        hits = np.flatnonzero((scores["contacts"] >= self.min_connections)
-                              & (scores["score"] >= self.min_score))
-        if hits.size == 0:
+            sizes = np.maximum(take_rows(cols, size_col, sub.idx).astype(np.float64), 0)
+        scores = finish_scores(tuple(s[keep] for s in stats), sub.group, sub.n_groups, sizes,
+                               self.ideal)
+        sub_hits = np.flatnonzero((scores["contacts"] >= self.min_connections)
+                                  & (scores["score"] >= self.min_score))
+        if sub_hits.size == 0:
             return []
-        scored = np.arange(wg.n_groups)  # scored[g]: g's row in `scores`
+        hits = keep[sub_hits]
         if name_col is None or kind == "dns":
             # Only the hit groups' copies go on (findings sort copies by group): their
             # evidence reads nothing that differs between a group's rows. (TLS/HTTP
             # evidence shows one member's dst_ip: those keep every copy.)
-            wg, scored, hits = _only_groups(wg, hits), hits, np.arange(hits.size)
+            wg, scored, hits = _only_groups(wg, hits), sub_hits, np.arange(hits.size)
+        else:
+            scored = np.zeros(wg.n_groups, np.int64)  # scored[g]: g's row in `scores`
+            scored[keep] = np.arange(keep.size)
 
         def rule_of(g: int) -> Rule:
             base = self._rule(kind, cols, wg, g)

@@ -68,7 +68,7 @@ def test_take_rows_equals_the_gathered_column_and_gathers_nothing(monkeypatch) -
         assert counted == rows_in_range(cols["timestamp"], windows).size
         assert count_in_range(cols, windows) == counted  # (from the gathered column)
         pick = np.array([n - 1, 0, n // 2, 0])  # unordered, repeated
-        for name in ("src_ip", "dst_port", "src_bytes", "observer_name", "ingress_zone"):
+        for name in ("src_ip", "dst_port", "end", "observer_name", "ingress_zone"):
             taken = take_rows(cols, name, pick)
             assert not dict.__contains__(cols, name)  # no whole-column gather
             assert np.array_equal(taken, cols[name][pick])
