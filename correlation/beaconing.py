@@ -495,6 +495,45 @@ def candidate_rows(hashes: np.ndarray, threshold: int) -> np.ndarray:
     return _bucket_counts_reach(np.ascontiguousarray(hashes, np.uint64), bits, int(threshold))
 
 
+@njit
+def _bucket_candidates(hashes: np.ndarray, idx: np.ndarray, bits: int, threshold: int
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """(idx, hashes) at the rows whose bucket reaches threshold: _bucket_counts_reach's
+    two passes, the second writing the kept rows' indices and hashes (no mask, no two
+    selections over the range). Same bounds as there; idx and hashes have equal lengths
+    (the caller's check)."""
+    n = hashes.shape[0]
+    shift = np.uint64(64 - bits)
+    counts = np.zeros(1 << bits, np.uint8)
+    for i in range(n):
+        b = hashes[i] >> shift
+        if counts[b] != 255:
+            counts[b] += 1
+    out_idx = np.empty(n, np.int64)
+    out_hash = np.empty(n, np.uint64)
+    m = 0
+    for i in range(n):
+        if counts[hashes[i] >> shift] >= threshold:
+            out_idx[m] = idx[i]
+            out_hash[m] = hashes[i]
+            m += 1
+    return out_idx[:m], out_hash[:m]
+
+
+def candidates(idx: np.ndarray, hashes: np.ndarray, threshold: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(idx[passed], hashes[passed]) for passed = candidate_rows(hashes, threshold)."""
+    n = hashes.shape[0]
+    if n != idx.shape[0]:
+        raise ValueError("idx and hashes differ in length")
+    if n == 0 or threshold <= 1 or threshold > 255:
+        passed = candidate_rows(hashes, threshold)
+        return idx[passed], hashes[passed]
+    bits = min(max(n.bit_length(), 8), 24)  # as candidate_rows
+    return _bucket_candidates(np.ascontiguousarray(hashes, np.uint64),
+                              np.ascontiguousarray(idx, np.int64), bits, int(threshold))
+
+
 def hashed_pair_codes(cols: Columns, idx: np.ndarray, hashes: np.ndarray
                       ) -> tuple[np.ndarray, int] | None:
     """Group ids of rows idx by (src_ip, dst_ip) from their key hashes (first appearance,
@@ -553,6 +592,39 @@ def _source_name_codes(cols: Columns, idx: np.ndarray, name_ids: np.ndarray
         return None
     ids, first = factorize_u64(packed)
     return ids, int(first.shape[0])
+
+
+def _key_texts(cols: Columns, rows: np.ndarray, name_col: str | None) -> list[str]:
+    """A finding's key, "source|destination" (flows) or "source|name", of each of rows."""
+    src = take_rows(cols, "src_ip", rows)
+    other = take_rows(cols, "dst_ip" if name_col is None else name_col, rows)
+    return [f"{one_ip(src, i)}|{one_ip(other, i) if name_col is None else str(other[i])}"
+            for i in range(rows.shape[0])]
+
+
+def _flow_rules(cols: Columns, rows: np.ndarray) -> list[Rule]:
+    """The flow rule of a group whose first row is each of rows: TLS ports are encrypted."""
+    ports = take_rows(cols, "dst_port", rows)
+    return [FLOW_TLS_RULE if port in TLS_PORTS else FLOW_RULE for port in ports]
+
+
+def key_window_groups(windows: WindowRange, times: np.ndarray, idx: np.ndarray,
+                      key: np.ndarray, n_keys: int) -> WindowGroups:
+    """= WindowGroups.of(windows, times, idx, key) for key codes in [0, n_keys): the same
+    copies in the same order, and the same group ids, the dense ranks of (window, key)
+    that combine_codes gives, here read off a presence table of the (window, key) cells
+    (a cumsum) instead of two ranking passes; WindowGroups.of when the table would be
+    large next to the copies."""
+    copy_rows, k = windows.assign(times[idx])
+    n_windows = int(windows.last) - int(windows.first) + 1
+    cells = n_windows * int(n_keys)
+    if copy_rows.size == 0 or cells > max(4 * copy_rows.size, 1 << 16):
+        return WindowGroups.of(windows, times, idx, key)
+    cell = (k - int(windows.first)) * int(n_keys) + key[copy_rows]
+    present = np.zeros(cells, bool)
+    present[cell] = True
+    rank = np.cumsum(present) - 1
+    return WindowGroups(idx[copy_rows], k, rank[cell], int(rank[-1]) + 1)
 
 
 def _enough_copies(wg: WindowGroups, minimum: int) -> WindowGroups:
@@ -641,10 +713,9 @@ class BeaconDetector(Detector):
         name_col, size_col = _SOURCES[kind]
         hashed = None
         if known is not None:
-            candidate = candidate_rows(known["key"], self.min_connections)
-            idx = idx[candidate]
+            idx, keys = candidates(idx, known["key"], self.min_connections)
             if name_col is None and idx.size:
-                hashed = hashed_pair_codes(cols, idx, known["key"][candidate])
+                hashed = hashed_pair_codes(cols, idx, keys)
             elif kind == "dns" and idx.size:  # (source, name id): exact, candidates' names
                 names = self._name_ids.ids(take_rows(cols, name_col, idx))[0]
                 hashed = _source_name_codes(cols, idx, names)
@@ -664,7 +735,8 @@ class BeaconDetector(Detector):
         idx, key = idx[keep], key[keep]
         if idx.size == 0:
             return []
-        wg = _enough_copies(WindowGroups.of(windows, t, idx, key), self.min_connections)
+        wg = _enough_copies(key_window_groups(windows, t, idx, key, n_keys),
+                            self.min_connections)
         if wg.n_groups == 0:
             return []
         # Contacts and interval statistics of every group, then the rest of the score
@@ -695,16 +767,22 @@ class BeaconDetector(Detector):
             scored = np.zeros(wg.n_groups, np.int64)  # scored[g]: g's row in `scores`
             scored[keep] = np.arange(keep.size)
 
+        # the first copy's row of each hit group (what findings keys and the flow rule
+        # read), its columns read once for all hits instead of per hit
+        first_rows = wg.idx[np.unique(wg.group, return_index=True)[1][hits]]
+        texts = dict(zip(first_rows.tolist(), _key_texts(cols, first_rows, name_col),
+                         strict=True))
+        rules = (dict(zip(hits.tolist(), _flow_rules(cols, first_rows), strict=True))
+                 if kind == "flow" else {})
+
         def rule_of(g: int) -> Rule:
-            base = self._rule(kind, cols, wg, g)
+            base = rules[g] if g in rules else self._rule(kind, cols, wg, g)
             if scores["score"][scored[g]] >= self.medium_score:
                 return scaled_rule(base, 47, SEVERITY_LABELS[47])
             return base
 
         def key_text(row: int) -> str:
-            one = RowColumns(cols, np.array([row]))
-            other_text = one_ip(one["dst_ip"], 0) if name_col is None else str(one[name_col][0])
-            return f"{one_ip(one['src_ip'], 0)}|{other_text}"
+            return texts[row] if row in texts else _key_texts(cols, np.array([row]), name_col)[0]
 
         return wg.findings(hits, windows, rule_of, key_text,
                            lambda r, g: self._describe(kind, cols, r, scores, int(scored[g])))
@@ -721,9 +799,7 @@ class BeaconDetector(Detector):
 
     def _rule(self, kind: str, cols: Columns, wg: WindowGroups, g: int) -> Rule:
         if kind == "flow":
-            row = int(wg.idx[np.argmax(wg.group == g)])
-            port = take_rows(cols, "dst_port", np.array([row]))[0]
-            return FLOW_TLS_RULE if port in TLS_PORTS else FLOW_RULE
+            return _flow_rules(cols, wg.idx[[np.argmax(wg.group == g)]])[0]
         return {"dns": DNS_RULE, "http": HTTP_RULE, "tls": TLS_RULE}[kind]
 
     def _describe(self, kind: str, cols: Columns, rows: np.ndarray, scores: dict, g: int

@@ -12,10 +12,15 @@ from hypothesis import strategies as st
 from correlation.beaconing import (
     NS_PER_S,
     beacon_scores,
+    candidate_rows,
+    candidates,
     contact_stats,
     finish_scores,
+    key_window_groups,
     may_hit,
 )
+from correlation.detector import WindowRange, WindowSpec
+from correlation.network_common import WindowGroups
 
 
 def _groups(seed: int, n_groups: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -91,3 +96,43 @@ def test_the_bound_is_tight_for_sizeless_groups() -> None:
         score = float(full["score"][g])
         assert g in may_hit(stats, 30, False, 10, score).tolist()
         assert g not in may_hit(stats, 30, False, 10, score + 1e-6).tolist()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 3000), st.sampled_from([1, 2, 10, 255, 300]))
+def test_candidates_are_the_rows_candidate_rows_passes(seed: int, n: int,
+                                                        threshold: int) -> None:
+    rng = np.random.default_rng(seed)
+    hashes = rng.integers(0, 2**63, n, dtype=np.int64).astype(np.uint64)
+    if n:  # some keys repeated up to a few hundred times
+        often = rng.integers(0, n, int(rng.integers(0, n + 1)))
+        hashes[often] = hashes[rng.integers(0, max(n // 50, 1), often.size)]
+    idx = np.sort(rng.choice(10 * n + 1, n, replace=False)).astype(np.int64)
+    passed = candidate_rows(hashes, threshold)
+    got_idx, got_hashes = candidates(idx, hashes, threshold)
+    assert got_idx.tolist() == idx[passed].tolist()
+    assert got_hashes.tolist() == hashes[passed].tolist()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 400), st.integers(1, 300),
+       st.sampled_from([(3600, 900), (3600, 3600), (600, 60), (300, 100)]),
+       st.integers(0, 6))
+def test_key_window_groups_equal_window_groups_of(seed: int, n: int, n_keys: int,
+                                                  size_hop: tuple[int, int],
+                                                  extra_windows: int) -> None:
+    """Copies, their order, window indices and group ids: as WindowGroups.of gives them
+    (one and several closing windows, keys not all present, rows out of time order)."""
+    rng = np.random.default_rng(seed)
+    spec = WindowSpec(size_hop[0] * NS_PER_S, size_hop[1] * NS_PER_S)
+    first = 1_963_000 + int(rng.integers(0, 50))
+    windows = WindowRange(spec, first, first + extra_windows)
+    lo, hi = int(spec.start(first)) - spec.size_ns, int(spec.end(first + extra_windows))
+    times = rng.integers(lo, hi + spec.size_ns, n + 50)  # some outside the range
+    idx = np.sort(rng.choice(times.size, n, replace=False)).astype(np.int64)
+    key = rng.integers(0, n_keys, n).astype(np.int64)
+    want = WindowGroups.of(windows, times, idx, key)
+    got = key_window_groups(windows, times, idx, key, n_keys)
+    assert got.n_groups == want.n_groups
+    for name in ("idx", "k", "group"):
+        assert getattr(got, name).tolist() == getattr(want, name).tolist(), name
