@@ -265,3 +265,22 @@ def test_column_holds_plain_str_objects_of_30_characters():
     assert all(type(x) is str and len(x) == 30 and x.startswith("1:") and x.endswith("=")
                for x in got)
     assert got.tolist() == [cid0 for *_, cid0, _ in ALL_VECTORS]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(_ADDR, _ADDR, st.integers(0, 255), st.integers(-70000, 70000),
+                          st.integers(-70000, 70000)), min_size=1, max_size=40),
+       st.integers(0, 65535))
+def test_sha_extension_kernel_equals_the_scalar_kernel(tuples, seed):
+    """Both text kernels give the same rows: the SHA-NI one (used where the CPU has the SHA
+    extensions) and the portable scalar one (used elsewhere, so tested here too)."""
+    from sensors import community_id as cid
+
+    if not cid._SHA_NI:
+        pytest.skip("this CPU (or the numba target) has no SHA extensions")
+    src, dst, proto, sport, dport = (list(x) for x in zip(*tuples, strict=True))
+    args = (np.array(src, dtype=IP_DTYPE).view(np.uint8).reshape(-1, 16),
+            np.array(dst, dtype=IP_DTYPE).view(np.uint8).reshape(-1, 16),
+            np.array(proto, dtype=np.uint8), np.array(sport, dtype=np.int32),
+            np.array(dport, dtype=np.int32), seed)
+    assert np.array_equal(cid._community_id_text_ni(*args), cid._community_id_text(*args))
