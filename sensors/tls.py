@@ -307,13 +307,28 @@ def _settled_at(data: np.ndarray, seg_start: np.ndarray, seg_size: np.ndarray,
         return -1
     base = seg_end[lo] - seg_size[lo]
     end = seg_end[hi - 1] - base
+    size = data.shape[0]
     i = lo
     pos = 0
     records = 0
     seen = 0
     while pos + 5 <= end and records < MAX_RECORDS:
-        ctype, i = _byte_at(data, seg_start, seg_size, seg_end, i, base + pos)
-        major, i = _byte_at(data, seg_start, seg_size, seg_end, i, base + pos + 1)
+        v = base + pos
+        while seg_end[i] <= v:
+            i += 1
+        at = seg_start[i] + v - (seg_end[i] - seg_size[i])
+        if v + 5 <= seg_end[i] and 0 <= at and at + 5 <= size:
+            # the whole header in one segment (nearly always): read in place, not by
+            # _byte_at's per-byte segment lookup (twice as fast)
+            ctype = np.int64(data[at])
+            major = np.int64(data[at + 1])
+            high = np.int64(data[at + 3])
+            low = np.int64(data[at + 4])
+        else:  # the header spans segments (or leaves `data`)
+            ctype, i = _byte_at(data, seg_start, seg_size, seg_end, i, v)
+            major, i = _byte_at(data, seg_start, seg_size, seg_end, i, v + 1)
+            high, j = _byte_at(data, seg_start, seg_size, seg_end, i, v + 3)
+            low, j = _byte_at(data, seg_start, seg_size, seg_end, j, v + 4)
         if ctype < CONTENT_CCS or ctype > CONTENT_APPDATA or major != 3:
             return -1
         records += 1
@@ -325,8 +340,6 @@ def _settled_at(data: np.ndarray, seg_start: np.ndarray, seg_size: np.ndarray,
                 seen |= APPDATA_AFTER_FIRST
         if (seen & want) == want and (ctype == CONTENT_CCS or ctype == CONTENT_APPDATA):
             return pos + 5
-        high, i = _byte_at(data, seg_start, seg_size, seg_end, i, base + pos + 3)
-        low, i = _byte_at(data, seg_start, seg_size, seg_end, i, base + pos + 4)
         pos += 5 + ((high << 8) | low)
     return -1
 
