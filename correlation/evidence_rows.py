@@ -238,12 +238,18 @@ class TargetEvidence:
         self.probes = np.diff(hit_rows.bounds).tolist()
         self.observers = hit_rows.names_in(cols, "observer_name")
         self.zones = hit_rows.names_in(cols, "ingress_zone")
-        self.first_row = hit_rows.rows[hit_rows.bounds[:-1]].tolist()
+        self._first_rows = hit_rows.rows[hit_rows.bounds[:-1]]
+        self.first_row = self._first_rows.tolist()
         self.hosts = hosts  # the distinct hosts, in code order
         # texts of every host at once when the hits' samples (and their subsets: answering
         # hosts) could name a good share of them; else one by one
         self._all_texts = hosts.shape[0] <= 8 * max_sample * hit_rows.n + 4096
         self._host_texts: list[str] | None = None
+
+    def first_texts(self, cols: Columns, name: str) -> list[str]:
+        """Per hit: the text of address column `name` at its first row (a key address:
+        every row of the hit has it), read and formatted at those rows only."""
+        return ip_column_texts(take(cols, name, self._first_rows))
 
     def host_texts(self, codes: Iterable[int]) -> list[str]:
         """Texts of hosts by their codes (self.host's)."""

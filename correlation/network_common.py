@@ -271,22 +271,23 @@ class WindowGroups:
 
 
     def evidence_findings(self, hits: np.ndarray, windows: WindowRange, rule: Rule,
-                          key_text: Callable[[int], str],
+                          key_texts: Callable[[np.ndarray], list[str]],
                           evidence: Callable[[HitRows], Callable[[int], Evidence]]
                           ) -> list[Finding]:
-        """One Finding per hit group; evidence(hit rows of some hits) -> describe(position
-        among them) builds the evidence of all hits of a window at once, on the first
-        describe of one of them (evidence_rows.LazyEvidence)."""
+        """One Finding per hit group, keyed by key_texts(first row of each hit);
+        evidence(hit rows of some hits) -> describe(position among them) builds the
+        evidence of all hits of a window at once, on the first describe of one of them
+        (evidence_rows.LazyEvidence)."""
         if hits.size == 0:
             return []
         groups = Groups.of(self.group, self.n_groups)
         first = groups.order[groups.bounds[hits]]  # first member copy of each hit group
-        first_rows = self.idx[first].tolist()
+        keys = key_texts(self.idx[first])
         window_k = self.k[first]
         starts = windows.spec.start(window_k).tolist()
         ends = windows.spec.end(window_k).tolist()
         lazy = LazyEvidence(window_k, partial(hit_evidence, evidence, groups, hits, self.idx))
-        return [Finding(rule=rule, key=key_text(first_rows[i]), window_start=starts[i],
+        return [Finding(rule=rule, key=keys[i], window_start=starts[i],
                         window_end=ends[i], describe=partial(lazy.describe, i))
                 for i in range(hits.shape[0])]
 
@@ -319,6 +320,11 @@ class DistinctTargetDetector(Detector):
     def _key_text(self, cols: Columns, row: int) -> str:
         raise NotImplementedError
 
+    def _key_texts(self, cols: Columns, rows: np.ndarray) -> list[str]:
+        """_key_text of each of rows (the first row of each hit). A detector whose closes
+        can have many findings formats them all at once (udp_scan)."""
+        return [self._key_text(cols, row) for row in rows.tolist()]
+
     def _describe(self, cols: Columns, r: np.ndarray) -> Evidence:
         raise NotImplementedError
 
@@ -348,7 +354,7 @@ class DistinctTargetDetector(Detector):
         full_target[idx] = target
         wg = WindowGroups.of(windows, t, idx, key)
         hits = np.flatnonzero(wg.distinct(full_target) >= self.threshold)
-        return wg.evidence_findings(hits, windows, self.rules[0], partial(self._key_text, cols),
+        return wg.evidence_findings(hits, windows, self.rules[0], partial(self._key_texts, cols),
                                     partial(self._evidence, cols))
 
 

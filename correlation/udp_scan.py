@@ -26,9 +26,9 @@ from correlation.detector import (
     Rule,
     combine_codes,
     ip_codes,
-    ip_text,
+    take,
 )
-from correlation.evidence_rows import HitRows, TargetEvidence
+from correlation.evidence_rows import HitRows, TargetEvidence, ip_column_texts, sorted_pair
 from correlation.network_common import (
     GROUP_ADDRESSES,
     IANA_UDP,
@@ -105,8 +105,12 @@ class UdpVerticalScanDetector(_UdpScanDetector):
         key, _ = combine_codes(src, dst)
         return key, cols["dst_port"][idx].astype(np.int64)
 
-    def _key_text(self, cols: Columns, row: int) -> str:
-        return f"{ip_text(cols['src_ip'], row)}|{ip_text(cols['dst_ip'], row)}"
+    def _key_texts(self, cols: Columns, rows: np.ndarray) -> list[str]:
+        # every hit's key at once, its addresses read at those rows only (as port_scan's:
+        # cols[name] would gather the engine's whole 16-byte column for a few rows)
+        sources = ip_column_texts(take(cols, "src_ip", rows))
+        targets = ip_column_texts(take(cols, "dst_ip", rows))
+        return [f"{s}|{d}" for s, d in zip(sources, targets, strict=True)]
 
     def _evidence(self, cols: Columns, hit_rows: HitRows) -> Callable[[int], Evidence]:
         # numpy over the rows of all hits at once (see correlation.evidence_rows)
@@ -116,13 +120,15 @@ class UdpVerticalScanDetector(_UdpScanDetector):
         probes = np.diff(hit_rows.bounds).tolist()
         observers = hit_rows.names_in(cols, "observer_name")
         zones = hit_rows.names_in(cols, "ingress_zone")
-        r0 = hit_rows.rows[hit_rows.bounds[:-1]].tolist()
+        r0 = hit_rows.rows[hit_rows.bounds[:-1]]  # the key's addresses: those of any row
+        sources = ip_column_texts(take(cols, "src_ip", r0))
+        targets = ip_column_texts(take(cols, "dst_ip", r0))
 
         def describe(i: int) -> Evidence:
-            src, dst = ip_text(cols["src_ip"], r0[i]), ip_text(cols["dst_ip"], r0[i])
+            src, dst = sources[i], targets[i]
             return Evidence(
                 first_seen=first[i], last_seen=last[i], source_ip=src, destination_ip=dst,
-                transport="udp", related_ips=sorted({src, dst}),
+                transport="udp", related_ips=sorted_pair(src, dst),
                 observers=observers[i], zones=zones[i],
                 details={"probes": probes[i], "distinct_ports": n_ports[i],
                          "ports": ports[i]},
@@ -146,15 +152,20 @@ class UdpHorizontalScanDetector(_UdpScanDetector):
         key, _ = combine_codes(src, cols["dst_port"][idx].astype(np.int64))
         return key, dst
 
-    def _key_text(self, cols: Columns, row: int) -> str:
-        return f"{ip_text(cols['src_ip'], row)}|udp/{int(cols['dst_port'][row])}"
+    def _key_texts(self, cols: Columns, rows: np.ndarray) -> list[str]:
+        # (see the vertical scan's)
+        sources = ip_column_texts(take(cols, "src_ip", rows))
+        ports = take(cols, "dst_port", rows).tolist()
+        return [f"{s}|udp/{p}" for s, p in zip(sources, ports, strict=True)]
 
     def _evidence(self, cols: Columns, hit_rows: HitRows) -> Callable[[int], Evidence]:
         hits = TargetEvidence(cols, hit_rows, self.max_sample)
+        sources = hits.first_texts(cols, "src_ip")
+        ports = take(cols, "dst_port", hit_rows.rows[hit_rows.bounds[:-1]]).tolist()
 
         def describe(i: int) -> Evidence:
-            src = ip_text(cols["src_ip"], hits.first_row[i])
-            port = int(cols["dst_port"][hits.first_row[i]])
+            src = sources[i]
+            port = ports[i]
             hosts_i = hits.host_texts(hits.sample[i])
             first, last, n_hosts = hits.first[i], hits.last[i], hits.n_hosts[i]
             return Evidence(
