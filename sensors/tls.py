@@ -227,7 +227,40 @@ def _put_length(out: np.ndarray, at: int, size: int) -> None:
 
 
 @njit
-def frame_records(buf: np.ndarray, starts: np.ndarray, stops: np.ndarray
+def _server_messages(hs: np.ndarray, out: int, buf: np.ndarray, p: int, stop: int, left: int,
+                     keep: bool, head: int) -> tuple[int, int, bool, int]:
+    """Append the handshake record body buf[p:stop] of a server direction to hs[out:] as
+    messages: a ServerHello's or Certificate's whole, any other message's header alone with
+    its length set to 0 (server_flights reads nothing else: it steps over those messages, and
+    one whose body runs past the bytes has only body bytes after it). `left` body bytes of
+    the current message are still to come (copied if `keep`); `head` bytes of the next
+    header are already in hs (a header may span records). Returns (out, left, keep, head)."""
+    while p < stop:
+        if left > 0:
+            take = min(left, stop - p)
+            if keep:
+                out = _copy(hs, out, buf, p, p + take)
+            left -= take
+            p += take
+            continue
+        hs[out] = buf[p]
+        out += 1
+        p += 1
+        head += 1
+        if head == 4:  # a whole header: hs[out - 4 : out]
+            head = 0
+            left = _u24(hs, out - 3)
+            keep = hs[out - 4] == HS_SERVER_HELLO or hs[out - 4] == HS_CERTIFICATE
+            if not keep:
+                hs[out - 3] = 0
+                hs[out - 2] = 0
+                hs[out - 1] = 0
+    return out, left, keep, head
+
+
+@njit
+def frame_records(buf: np.ndarray, starts: np.ndarray, stops: np.ndarray,
+                  servers_from: int = -1
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Record layer of each direction buf[starts[d]:stops[d]].
 
@@ -235,6 +268,8 @@ def frame_records(buf: np.ndarray, starts: np.ndarray, stops: np.ndarray
     cleartext handshake records, concatenated (direction d's are hs[hs_start[d]:hs_stop[d]]);
     flags are the SEEN_* / APPDATA_AFTER_FIRST / RECORD_TRUNCATED bits of its first
     MAX_RECORDS records. Reading stops at the first byte pair that is not a TLS record header.
+    Directions from `servers_from` on (>= 0) are servers': of their messages only what
+    server_flights reads is copied (see _server_messages), not e.g. key exchange bodies.
     """
     n = starts.size
     total = 0
@@ -254,6 +289,10 @@ def frame_records(buf: np.ndarray, starts: np.ndarray, stops: np.ndarray
         records = 0
         cleartext = True
         seen = 0
+        messages = 0 <= servers_from <= d
+        left = 0  # (messages) body bytes of the current message still to come
+        keep = True
+        head = 0  # (messages) bytes of the next message header seen
         while pos + 5 <= end and records < MAX_RECORDS:
             ctype = buf[pos]
             if ctype < CONTENT_CCS or ctype > CONTENT_APPDATA or buf[pos + 1] != 3:
@@ -274,7 +313,11 @@ def frame_records(buf: np.ndarray, starts: np.ndarray, stops: np.ndarray
                 if ctype != CONTENT_ALERT:
                     cleartext = False  # after CCS / application data: encrypted
             elif cleartext:
-                out = _copy(hs, out, buf, pos + 5, stop)
+                if messages:
+                    out, left, keep, head = _server_messages(hs, out, buf, pos + 5, stop, left,
+                                                             keep, head)
+                else:
+                    out = _copy(hs, out, buf, pos + 5, stop)
             pos = stop
         hs_stop[d] = out
         flags[d] = seen
@@ -710,7 +753,8 @@ def gather_slices(src: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> np.
 class ParsedFlows:
     """The kernels' findings for n flows (columns indexed by flow; slices are into `hs`)."""
 
-    hs: np.ndarray  # uint8: every direction's cleartext handshake bytes, concatenated
+    hs: np.ndarray  # uint8: every direction's cleartext handshake bytes, concatenated (a
+    # server's: its messages as server_flights reads them, see frame_records)
     status: np.ndarray  # int8: HELLO_OK / HELLO_INCOMPLETE / HELLO_MALFORMED
     sni_start: np.ndarray
     sni_stop: np.ndarray
@@ -750,7 +794,7 @@ def parse_joined(buf: np.ndarray, start: np.ndarray, length: np.ndarray) -> Pars
     n = start.shape[0]
     starts = np.concatenate([start[:, 0], start[:, 1]]).astype(np.int64)  # clients, servers
     sizes = np.concatenate([length[:, 0], length[:, 1]]).astype(np.int64)
-    hs, hs_start, hs_stop, flags = frame_records(read_only(buf), starts, starts + sizes)
+    hs, hs_start, hs_stop, flags = frame_records(read_only(buf), starts, starts + sizes, n)
     status, sni_start, sni_stop, ckeys, ck_start, ck_stop = client_hellos(
         hs, hs_start[:n], hs_stop[:n], flags[:n], sizes[:n])
     (found, malformed, version, cipher, selected, alpn_start, alpn_stop, cert_start, cert_stop,
