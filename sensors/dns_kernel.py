@@ -4,9 +4,10 @@
 MAX_ANSWERS records) of many messages lying in one uint8 buffer (the batch's packet bytes;
 each message = an offset and a length) and returns numbers only: per-message and per-answer
 columns, plus one text buffer holding every name and rendered rdata, each followed by
-TEXT_SEP (short texts that repeat within the batch are kept once: see _intern). The caller
-turns the whole text buffer into str objects with one decode + split, so no Python object
-is made per byte, label or record field.
+TEXT_SEP (short texts that repeat within the batch are kept once: see _intern; repeated
+question names and A-record addresses are not even rendered again: see _plain_name_length
+and _address_key). The caller turns the whole text buffer into str objects with one
+decode + split, so no Python object is made per byte, label or record field.
 
 `split_tcp_segments` cuts TCP/53 segments into their length-prefixed messages (no stream
 reassembly: a segment must carry whole messages).
@@ -338,6 +339,7 @@ def _grown_rows(rows: np.ndarray, used: int, wanted: int) -> np.ndarray:
 INTERN_MAX_LEN = 64  # texts up to this long are shared within a batch (see _intern)
 _FNV_OFFSET = np.uint64(14695981039346656037)
 _FNV_PRIME = np.uint64(1099511628211)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing multiplier
 
 
 @njit
@@ -379,6 +381,97 @@ def _intern(text: np.ndarray, start: int, stop: int, slots: np.ndarray, slot_has
 
 
 INTERN_FIRST_SLOTS = 1024  # a batch's table starts this small: most have few distinct texts
+ADDRESS_MEMO_BITS = 8
+ADDRESS_MEMO_SLOTS = 1 << ADDRESS_MEMO_BITS  # A-record addresses remembered (_address_key)
+_NO_ADDRESS = np.uint64(1) << np.uint64(32)  # a memo key no 4-byte address has
+
+
+NAME_MEMO_BITS = 6
+NAME_MEMO_SLOTS = 1 << NAME_MEMO_BITS  # question names remembered (_plain_name_length)
+NAME_MEMO_BYTES = 64  # longest wire form remembered
+
+
+@njit
+def _plain_name_length(data: np.ndarray, base: int, size: int, pos: int) -> int:
+    """Wire length of the name at message offset `pos` when it has no compression pointer
+    and read_name reads it without error (labels below 64 bytes, at most
+    MAX_NAME_WIRE_LEN bytes, inside the message); else -1.
+
+    Why (parse_messages' name memo, direct-mapped, NAME_MEMO_SLOTS of names up to
+    NAME_MEMO_BYTES): a batch asks for the same names again and again, and rendering a
+    question name (a branch per byte) and interning it (hash, probe, compare) were most of
+    a query's walk. Such a name's text is a function of its wire bytes alone, so a name
+    whose bytes equal a remembered one has that one's text; the text is remembered only
+    when it was interned (at most INTERN_MAX_LEN characters), so the index is the one
+    _intern would return for it again and a hit changes nothing else (_intern drops a
+    repeated text's bytes): the output is the same with or without the memo."""
+    wire = 1
+    while True:
+        if pos >= size:
+            return -1
+        length = np.int64(data[base + pos])
+        if length == 0:
+            return wire
+        if length & 0xC0:
+            return -1  # a pointer (read_name's job) or a reserved label type
+        wire += length + 1
+        pos += 1 + length
+        if wire > MAX_NAME_WIRE_LEN or pos > size:
+            return -1
+
+
+@njit
+def _name_slot(data: np.ndarray, at: int, wire: int) -> int:
+    """Memo slot of the name data[at:at+wire]: its first 8 bytes and length, hashed."""
+    h = np.uint64(wire)
+    for k in range(min(wire, 8)):
+        h = (h << np.uint64(8)) | np.uint64(data[at + k])
+    return np.int64(((h ^ (np.uint64(wire) << np.uint64(56))) * _GOLDEN)
+                    >> np.uint64(64 - NAME_MEMO_BITS))
+
+
+@njit
+def _memo_lookup(memo: np.ndarray, memo_len: np.ndarray, memo_text: np.ndarray,
+                 data: np.ndarray, at: int, wire: int) -> int:
+    """The text index the name memo holds for the bytes data[at:at+wire], or -1."""
+    slot = _name_slot(data, at, wire)
+    if memo_len[slot] != wire:
+        return -1
+    for k in range(wire):
+        if memo[slot, k] != data[at + k]:
+            return -1
+    return memo_text[slot]
+
+
+@njit
+def _memo_put(memo: np.ndarray, memo_len: np.ndarray, memo_text: np.ndarray,
+              data: np.ndarray, at: int, wire: int, index: int) -> None:
+    """Remember that the name data[at:at+wire] has text index `index`."""
+    slot = _name_slot(data, at, wire)
+    for k in range(wire):
+        memo[slot, k] = data[at + k]
+    memo_len[slot] = wire
+    memo_text[slot] = index
+
+
+@njit
+def _address_key(data: np.ndarray, at: int) -> np.uint64:
+    """The 4 address bytes of an A record at data[at:at+4] as a memo key.
+
+    Why a memo (parse_messages' memo_key/memo_text, direct-mapped, ADDRESS_MEMO_SLOTS):
+    rendering a dotted quad (four decimal conversions) and interning it (hash, probe,
+    compare) cost ~40 % of the walk on a batch whose answers are mostly A records.
+    The text (at most 15 characters) is always interned, so the remembered index is the
+    one _intern would return for the same address again, and a hit changes nothing else
+    (_intern drops a repeated text's bytes): the output is the same with or without it."""
+    return ((np.uint64(data[at]) << np.uint64(24)) | (np.uint64(data[at + 1]) << np.uint64(16))
+            | (np.uint64(data[at + 2]) << np.uint64(8)) | np.uint64(data[at + 3]))
+
+
+@njit
+def _address_slot(key: np.uint64) -> int:
+    """Memo slot of an address key: the top bits of a Fibonacci hash."""
+    return np.int64((key * _GOLDEN) >> np.uint64(64 - ADDRESS_MEMO_BITS))
 
 
 @njit
@@ -443,6 +536,13 @@ def parse_messages(data: np.ndarray, msg_start: np.ndarray, msg_len: np.ndarray)
     slots = np.full(INTERN_FIRST_SLOTS, -1, dtype=np.int64)
     slot_hash = np.empty(INTERN_FIRST_SLOTS, dtype=np.uint64)
     slot_start = np.empty(INTERN_FIRST_SLOTS, dtype=np.int64)
+    # A-record address -> its text index (_address_key); the key no address has = empty
+    memo_key = np.full(ADDRESS_MEMO_SLOTS, _NO_ADDRESS, dtype=np.uint64)
+    memo_text = np.empty(ADDRESS_MEMO_SLOTS, dtype=np.int64)
+    # question name wire bytes -> its text index (_plain_name_length); length 0 = empty
+    name_memo = np.empty((NAME_MEMO_SLOTS, NAME_MEMO_BYTES), dtype=np.uint8)
+    name_len = np.zeros(NAME_MEMO_SLOTS, dtype=np.int64)
+    name_text = np.empty(NAME_MEMO_SLOTS, dtype=np.int64)
     # np.int64(): plain literals would make numba compile the helpers once more for
     # Literal[int] arguments (compile time, not speed).
     i = np.int64(0)  # next message
@@ -451,7 +551,8 @@ def parse_messages(data: np.ndarray, msg_start: np.ndarray, msg_len: np.ndarray)
     rows = np.int64(0)  # answer rows used
     while True:
         i, o, texts, rows = _parse_run(data, msg_start, msg_len, i, msg, answers, rows, text,
-                                       o, slots, slot_hash, slot_start, texts)
+                                       o, slots, slot_hash, slot_start, texts, memo_key,
+                                       memo_text, name_memo, name_len, name_text)
         if i == n:
             return msg, answers[:rows], text, o
         # Message i might not fit: grow whatever is short for its worst case.
@@ -468,7 +569,8 @@ def parse_messages(data: np.ndarray, msg_start: np.ndarray, msg_len: np.ndarray)
 def _parse_run(data: np.ndarray, msg_start: np.ndarray, msg_len: np.ndarray, first: int,
                msg: np.ndarray, answers: np.ndarray, rows: int, text: np.ndarray, o: int,
                slots: np.ndarray, slot_hash: np.ndarray, slot_start: np.ndarray,
-               texts: int) -> tuple[int, int, int, int]:
+               texts: int, memo_key: np.ndarray, memo_text: np.ndarray, name_memo: np.ndarray,
+               name_len: np.ndarray, name_text: np.ndarray) -> tuple[int, int, int, int]:
     """parse_messages' walk from message `first` on, up to a message whose worst case might
     not fit the room left in answers, text or the intern table (returned: its index; n
     when all were parsed), with the counts (text bytes, texts, answer rows) reached.
@@ -506,15 +608,32 @@ def _parse_run(data: np.ndarray, msg_start: np.ndarray, msg_len: np.ndarray, fir
         qtype = qclass = 0
         q_end = np.int64(HEADER_LEN)  # wire end of the question name (offset 12 on)
         q_stop = o
+        wire = 0  # wire length of a question name the memo can hold (_plain_name_length)
+        known = -1  # its text index when the memo holds it
         if qdcount:
-            end, q_stop = read_name(data, base, size, pos, text, o)
+            wire = _plain_name_length(data, base, size, pos)
+            if not 0 < wire <= NAME_MEMO_BYTES:
+                wire = 0
+            else:
+                known = _memo_lookup(name_memo, name_len, name_text, data, base + pos, wire)
+            if known >= 0:
+                end = pos + wire
+            else:
+                end, q_stop = read_name(data, base, size, pos, text, o)
             if end < 0 or end + 4 > size:
                 continue  # MALFORMED
             qtype = _word(data, base + end)
             qclass = _word(data, base + end + 2)
             q_end = end
             pos = end + 4
-        qname, o, texts = _intern(text, o, q_stop, slots, slot_hash, slot_start, texts)
+        if known >= 0:
+            qname = known
+        else:
+            q_start = o
+            qname, o, texts = _intern(text, o, q_stop, slots, slot_hash, slot_start, texts)
+            if wire and q_stop - q_start <= INTERN_MAX_LEN:  # interned: shared, memo it
+                _memo_put(name_memo, name_len, name_text, data, base + HEADER_LEN, wire,
+                          qname)
         msg[i, 1] = _word(data, base)
         msg[i, 2] = _word(data, base + 2)
         msg[i, 3] = qtype
@@ -559,8 +678,19 @@ def _parse_run(data: np.ndarray, msg_start: np.ndarray, msg_len: np.ndarray, fir
                 break
             if name < 0:
                 name, o, texts = _intern(text, o, o2, slots, slot_hash, slot_start, texts)
-            o2 = _put_rdata(data, base, size, rtype, pos, rdlength, text, o)
-            rdata, o, texts = _intern(text, o, o2, slots, slot_hash, slot_start, texts)
+            # Most answers are A records, and a batch repeats few addresses: a memo of
+            # address -> text index skips rendering and interning a repeat (_address_key).
+            key = _address_key(data, base + pos) if rtype == TYPE_A and rdlength == 4 \
+                else _NO_ADDRESS
+            slot = _address_slot(key)
+            if key != _NO_ADDRESS and memo_key[slot] == key:
+                rdata = memo_text[slot]
+            else:
+                o2 = _put_rdata(data, base, size, rtype, pos, rdlength, text, o)
+                rdata, o, texts = _intern(text, o, o2, slots, slot_hash, slot_start, texts)
+                if key != _NO_ADDRESS:
+                    memo_key[slot] = key
+                    memo_text[slot] = rdata
             answers[rows, 0] = name
             answers[rows, 1] = rtype
             answers[rows, 2] = rclass
