@@ -44,17 +44,17 @@ from correlation.engine_kernels import (
     grow_column,
     held_rows,
     kept_runs,
-    move_kept_runs,
+    move_columns_by_runs,
     ranks_among,
-    renumber_positions,
+    renumber_by_runs,
 )
 from correlation.kernels import (
     AddressTable,
     count_at,
-    count_stale,
     factorize_u64,
     hold_rows,
     min_max,
+    more_stale_than,
     ranked_codes,
     release_stale,
 )
@@ -196,8 +196,8 @@ class _SharedBuffer:
         for c, codes in self.object_codes.items():
             codes[self.rows:need] = self._object_codes_of(c, columns[c],
                                                           None if everything else rows)
-        for c, ids in self.address_ids.items():
-            ids[self.rows:need] = self.addresses.intern(self.arrays[c][self.rows:need])
+        for c, ids in self.address_ids.items():  # (ids written in place)
+            self.addresses.intern(self.arrays[c][self.rows:need], out=ids[self.rows:need])
         # where each input row lands in the buffer (an offset when every row is appended)
         if not everything:
             landing = np.empty(n_in, np.int64)
@@ -210,7 +210,7 @@ class _SharedBuffer:
                     self.first_exact[u] = True
                 elif self.first_time[u] is not None:
                     self.first_time[u] = min(self.first_time[u], earliest)
-                self._add_positions(u, (idx + self.rows) if everything else landing[idx])
+                self._add_positions(u, idx, self.rows if everything else landing)
         self.holders[self.rows:need] = holders if everything else holders[rows]
         self.rows = need
 
@@ -269,16 +269,21 @@ class _SharedBuffer:
         """An object column at `positions` (any order): the same objects as appended."""
         return self.objects[name].take(self.object_codes[name][positions])
 
-    def _add_positions(self, user: int, new: np.ndarray) -> None:
-        """Append ascending positions past the user's last one (amortized growth)."""
+    def _add_positions(self, user: int, idx: np.ndarray, landing: np.ndarray | int) -> None:
+        """Append the buffer rows of input rows idx (landing[idx], or idx + landing when it
+        is an offset: ascending, past the user's last one) to the user's positions,
+        computed in place (amortized growth)."""
         held = self.held[user]
-        end = held + new.shape[0]
+        end = held + idx.shape[0]
         buf = self._positions[user]
         if end > buf.shape[0]:
             grown = np.empty(max(end, 2 * buf.shape[0], 256), np.int64)
             grown[:held] = buf[:held]
             self._positions[user] = buf = grown
-        buf[held:end] = new
+        if type(landing) is int:
+            np.add(idx, landing, out=buf[held:end])
+        else:
+            np.take(landing, idx, out=buf[held:end])
         self.held[user] = end
 
     def _grow(self, size: int, columns: Mapping[str, np.ndarray]) -> None:
@@ -371,7 +376,7 @@ class _SharedBuffer:
             return
         mine = self.positions(user)
         times = self.arrays["timestamp"]
-        if count_stale(mine, times, horizon) > self.held[user] // 4:
+        if more_stale_than(mine, times, horizon, self.held[user] // 4):
             kept, freed = release_stale(mine, times, horizon, self.holders)
             self._positions[user] = kept
             self.held[user] = int(kept.shape[0])
@@ -388,14 +393,13 @@ class _SharedBuffer:
         # in place, one compiled pass per column by runs of kept rows (no temporaries, no
         # index read per row); object codes included
         runs = kept_runs(keep, self.rows)
-        for a in (*self.arrays.values(), *self.address_ids.values(),
-                  *self.object_codes.values(), self.holders):
-            move_kept_runs(a, runs)
+        move_columns_by_runs((*self.arrays.values(), *self.address_ids.values(),
+                              *self.object_codes.values(), self.holders), runs)
         self.holders[n_used:self.rows] = 0
-        # every held row is kept: its new position is its index in `keep` (a merge walk
-        # per user; a cumsum over the whole buffer was a fresh 100 MB temporary at 10^7 rows)
+        # every held row is kept: its run's shift gives its new position (a merge walk over
+        # the user's positions and the runs they cover)
         for u in range(len(self._positions)):
-            self._positions[u] = renumber_positions(self.positions(u), keep)
+            self._positions[u] = renumber_by_runs(self.positions(u), runs)
         self.rows = n_used
         self.free = 0
         self._forget_addresses()
@@ -451,6 +455,23 @@ class _SharedBuffer:
         ids = self.address_ids[names[0]]
         second = self.address_ids[names[1]] if len(names) == 2 else ids
         return ranked_codes(ranks, ids, second, positions, radix if len(names) == 2 else 0)
+
+    def address_equality_codes(self, names: tuple[str, ...], positions: np.ndarray
+                               ) -> np.ndarray:
+        """Codes of the address tuple `names` at `positions` that are equal iff the tuples
+        are, in no particular order: the interned ids themselves (packed for a pair). Why:
+        callers that only compare or count keys (prefilter.raw_address_codes) need no
+        ranks, whose refresh after every push that brought a new address costs the table
+        or a local sort."""
+        radix = max(1, self.addresses.size)
+        if len(names) > 2 or (len(names) == 2 and radix > 3_000_000_000):  # int64 overflow
+            return self.address_codes(names, positions)
+        first = self.address_ids[names[0]][positions]
+        if len(names) == 1:
+            return first
+        first *= radix
+        first += self.address_ids[names[1]][positions]
+        return first
 
     def _local_address_codes(self, names: tuple[str, ...], positions: np.ndarray
                              ) -> np.ndarray:
@@ -553,6 +574,18 @@ class _UserColumns(dict):
         if any(name not in self._store.address_ids for name in names):
             return None
         return self._store.address_codes(
+            names, self._positions if idx is None else self._positions[idx])
+
+    def address_ids(self, names: tuple[str, ...], idx: np.ndarray | slice | None = None
+                    ) -> np.ndarray | None:
+        """Equality (not order-preserving) int codes of a tuple of address columns, one
+        per row (of `idx` when given): non-negative, equal iff the addresses are; None when
+        a column is not an address column. See _SharedBuffer.address_equality_codes."""
+        if any(name not in self._names for name in names):
+            raise KeyError(names)
+        if any(name not in self._store.address_ids for name in names):
+            return None
+        return self._store.address_equality_codes(
             names, self._positions if idx is None else self._positions[idx])
 
     def get(self, name, default=None):
@@ -685,6 +718,7 @@ class CorrelationEngine:
                     spec = state.detector.window
                     alerts += self._close(state, (watermark - spec.size_ns) // spec.hop_ns)
                 alerts = self._emit(alerts)
+        self._compact()
         freeze_startup_heap()  # detectors' kernels are loaded now (see pipeline/heap.py)
         return alerts
 
@@ -697,6 +731,7 @@ class CorrelationEngine:
                 if ends:
                     alerts += self._close(state,
                                           int(state.detector.window.last_index(max(ends))))
+            self._compact()
             return self._emit(alerts)
 
     # --- internals ---------------------------------------------------------------------------
@@ -741,7 +776,6 @@ class CorrelationEngine:
             if excess > 0:  # hard cap: oldest arrivals go first
                 self.stats["rows_dropped_overflow"] += excess
                 store.drop_oldest(u, excess)
-        store.compact()
 
     def _close(self, state: _DetectorState, last_k: int) -> list[tuple[tuple, dict]]:
         """Close windows state.next_k..last_k; return (order, alert) of the unsuppressed."""
@@ -779,8 +813,15 @@ class CorrelationEngine:
                 # Release only when it frees a good share: detectors skip stale rows anyway
                 # (WindowRange.row_mask), so pruning every close would just copy.
                 store.prune(u, horizon)
-                store.compact()
         return alerts
+
+    def _compact(self) -> None:
+        """Compact the buffers once per push, after its append and every close: the closes of
+        one push release rows in turns, and a compaction after each moved the rows the next
+        one released (at the end of a stream: ~2*10^5 rows moved in runs of a few rows, only
+        to be released by the next close)."""
+        for store in self._stores.values():
+            store.compact()
 
     def _suppress(self, state: _DetectorState, findings: list[Finding],
                   horizon: int) -> list[Finding]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -86,25 +87,43 @@ def _advise_huge_pages(column: np.ndarray) -> None:
     _madvise(aligned, start + column.nbytes - aligned, _MADV_HUGEPAGE)
 
 
-@njit
 def renumber_positions(positions: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """The index in `keep` of each of the ascending `positions` (every one a kept row):
-    a merge walk from the first one's place, so it costs the user's rows plus the span of
-    kept rows they cover, instead of a prefix count (cumsum) over the whole buffer.
+    """The index in `keep` (ascending kept rows) of each of the ascending `positions`
+    (every one a kept row). Raises ValueError on a position that is not a kept row."""
+    rows = int(keep[-1]) + 1 if keep.shape[0] else 0
+    return renumber_by_runs(positions, kept_runs(np.ascontiguousarray(keep), rows))
+
+
+@njit
+def renumber_by_runs(positions: np.ndarray, runs: np.ndarray) -> np.ndarray:
+    """The new row of each of the ascending `positions` (every one a kept row) after the
+    moves of kept_runs: a run's rows shift by the same amount, so a merge walk over the
+    positions and the runs they cover costs the user's rows plus those runs (~10^2 rows a
+    run), not the kept rows in between (a cumsum over the whole buffer was a fresh 100 MB
+    temporary at 10^7 rows; a walk over every kept row cost the buffer per user).
     Raises ValueError on a position that is not a kept row."""
     n = positions.shape[0]
     out = np.empty(n, np.int64)
     if n == 0:
         return out
-    j = np.searchsorted(keep, positions[0])
-    m = keep.shape[0]
+    m = runs.shape[0]
+    # the last run starting at or before the first position (binary search)
+    lo, hi = 0, m
+    first = positions[0]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if runs[mid, 0] <= first:
+            lo = mid + 1
+        else:
+            hi = mid
+    r = max(lo - 1, 0)
     for i in range(n):
         p = positions[i]
-        while j < m and keep[j] < p:
-            j += 1
-        if j == m or keep[j] != p:
+        while r < m and runs[r, 0] + runs[r, 2] <= p:
+            r += 1
+        if r == m or p < runs[r, 0]:
             raise ValueError("position not among the kept rows")
-        out[i] = j
+        out[i] = p - runs[r, 0] + runs[r, 1]
     return out
 
 
@@ -174,35 +193,62 @@ def move_kept_runs(column: np.ndarray, runs: np.ndarray) -> None:
     an earlier run's source). Why: a capped sustained stream's buffer keeps most rows in
     one run of ~10^7 behind a dead prefix, and memmove moves it 2-10x faster than the
     element loop (issue #4: the first compaction of a 10^7-row buffer)."""
-    if not column.flags.c_contiguous or column.ndim != 1:
-        raise ValueError("move_kept_runs needs a contiguous 1-D column")
-    if column.dtype.hasobject:
-        raise TypeError("move_kept_runs moves numeric columns only")
-    size = column.dtype.itemsize
-    n = column.shape[0]
-    if size in _UINT_OF_SIZE:
-        rows, move = column.view(_UINT_OF_SIZE[size]), _move_runs_1d
-    elif size % 8 == 0:
-        rows, move = column.view(np.uint64).reshape(n, size // 8), _move_runs_2d
-    else:
-        rows, move = column.view(np.uint8).reshape(n, size), _move_runs_2d
-    long_runs = np.flatnonzero(runs[:, 2] >= _LONG_RUN) if runs.shape[0] else ()
-    if not len(long_runs):
-        move(rows, runs)
-        return
-    flat = column.view(np.uint8)
-    done = 0  # runs before this one are moved
-    for r in long_runs.tolist():
+    move_columns_by_runs((column,), runs)
+
+
+def move_columns_by_runs(columns: Iterable[np.ndarray], runs: np.ndarray) -> None:
+    """move_kept_runs of each column by the same runs, the runs split into long ones and
+    the stretches between them once for all columns (a compaction moves ~20 columns, and
+    the split's numpy calls cost more than moving a small buffer's column)."""
+    pieces = _run_pieces(runs)
+    for column in columns:
+        if not column.flags.c_contiguous or column.ndim != 1:
+            raise ValueError("move_kept_runs needs a contiguous 1-D column")
+        if column.dtype.hasobject:
+            raise TypeError("move_kept_runs moves numeric columns only")
+        size = column.dtype.itemsize
+        n = column.shape[0]
+        if size in _UINT_OF_SIZE:
+            rows, move = column.view(_UINT_OF_SIZE[size]), _move_runs_1d
+        elif size % 8 == 0:
+            rows, move = column.view(np.uint64).reshape(n, size // 8), _move_runs_2d
+        else:
+            rows, move = column.view(np.uint8).reshape(n, size), _move_runs_2d
+        for piece in pieces:
+            if type(piece) is tuple:  # a long run: bytes moved by numpy
+                src, dst, length = piece
+                if src + length > n:  # the kernel's check (the others hold by kept_runs)
+                    raise IndexError("run out of range or moving up")
+                if dst != src:
+                    flat = column.view(np.uint8)
+                    flat[dst * size:(dst + length) * size] = flat[src * size:
+                                                                  (src + length) * size]
+            else:
+                move(rows, piece)
+
+
+def _run_pieces(runs: np.ndarray) -> list:
+    """runs in order as pieces: a (src, dst, length) tuple per run of _LONG_RUN rows or
+    more, and the runs between them as (k, 3) arrays for the kernels. Raises IndexError on
+    a long run moving up or below row 0 (the kernels check their own)."""
+    if runs.shape[0] == 0:
+        return []
+    long_runs = (runs[:, 2] >= _LONG_RUN).nonzero()[0].tolist()
+    if not long_runs:
+        return [runs]
+    pieces: list = []
+    done = 0  # runs before this one are in pieces
+    for r in long_runs:
         if done < r:
-            move(rows, runs[done:r])
+            pieces.append(runs[done:r])
         src, dst, length = (int(v) for v in runs[r])
-        if src + length > n or dst > src or dst < 0:  # the kernel's checks
+        if dst > src or dst < 0:
             raise IndexError("run out of range or moving up")
-        if dst != src:
-            flat[dst * size:(dst + length) * size] = flat[src * size:(src + length) * size]
+        pieces.append((src, dst, length))
         done = r + 1
     if done < runs.shape[0]:
-        move(rows, runs[done:])
+        pieces.append(runs[done:])
+    return pieces
 
 
 def keep_rows(column: np.ndarray, keep: np.ndarray) -> None:

@@ -128,22 +128,71 @@ def factorize_u128(hi: np.ndarray, lo: np.ndarray, limit: int | None = None
 
 
 @njit
-def _intern(hi: np.ndarray, lo: np.ndarray, slots: np.ndarray, key_hi: np.ndarray,
-            key_lo: np.ndarray, m: int) -> tuple[np.ndarray, int]:
-    """Ids of (hi, lo) keys in a persistent table holding m keys; new keys are appended.
+def _intern(halves: np.ndarray, table: np.ndarray, key_hi: np.ndarray, key_lo: np.ndarray,
+            m: int, ids: np.ndarray) -> tuple[int, np.ndarray]:
+    """ids[i] = the id of row i of `halves` (n, 2: (hi, lo) keys) in a persistent table
+    holding m keys; returns (keys held after, the table: the same one, or a twice larger one
+    it grew into). New keys are appended to key_hi / key_lo (the caller makes them >= m + n
+    long) and get the next id. Raises IndexError when ids is shorter than halves.
 
-    The caller guarantees len(slots) is a power of two >= 2 * (m + n) and len(key_*) >= m + n,
-    so probing always ends and every write is in range.
-    """
-    n = hi.shape[0]
+    Each slot holds its key next to its id (table[s] = (hi, lo, id); id -1: empty), so a
+    probe reads one slot instead of the slot, then the key's two halves by id: three cache
+    misses per row when the table is out of cache, which it is on every append (the
+    buffer's own traffic evicts it). The table doubles whenever half full (a probe always
+    ends; it stays the size of the keys, not of the keys plus a whole batch)."""
+    n = halves.shape[0]
+    size = table.shape[0]
     bits = 0
-    while (1 << bits) < slots.shape[0]:
+    while (1 << bits) < size:
         bits += 1
     shift = np.uint64(64 - bits)
-    ids = np.empty(n, np.int64)
+    mask = size - 1
+    if ids.shape[0] < n:
+        raise IndexError("ids shorter than the keys")
     for i in range(n):
-        ids[i], m = _find_or_add(slots, key_hi, key_lo, hi[i], lo[i], shift, m)
-    return ids, m
+        a = halves[i, 0]
+        b = halves[i, 1]
+        h = _slot(a, b, shift)
+        while True:
+            s = table[h, 2]
+            if s < 0:
+                table[h, 0] = np.int64(a)
+                table[h, 1] = np.int64(b)
+                table[h, 2] = m
+                key_hi[m] = a
+                key_lo[m] = b
+                ids[i] = m
+                m += 1
+                if 2 * m >= size:
+                    bits += 1
+                    shift = np.uint64(64 - bits)
+                    table = _rehash_inline(key_hi, key_lo, m, bits)
+                    size = table.shape[0]
+                    mask = size - 1
+                break
+            if table[h, 0] == np.int64(a) and table[h, 1] == np.int64(b):
+                ids[i] = s
+                break
+            h = (h + 1) & mask
+    return m, table
+
+
+@njit
+def _rehash_inline(key_hi: np.ndarray, key_lo: np.ndarray, m: int, bits: int) -> np.ndarray:
+    """A fresh inline table (see _intern) of 2**bits slots holding ids 0..m-1 (caller:
+    2**bits > 2m)."""
+    size = 1 << bits
+    mask = size - 1
+    shift = np.uint64(64 - bits)
+    table = np.full((size, 3), -1, np.int64)
+    for j in range(m):
+        h = _slot(key_hi[j], key_lo[j], shift)
+        while table[h, 2] >= 0:
+            h = (h + 1) & mask
+        table[h, 0] = np.int64(key_hi[j])
+        table[h, 1] = np.int64(key_lo[j])
+        table[h, 2] = j
+    return table
 
 
 class KeyTable:
@@ -154,8 +203,8 @@ class KeyTable:
 
     def __init__(self) -> None:
         self.size = 0  # distinct keys interned
-        self._slots = np.full(2, -1, np.int64)
-        self._hi = np.empty(0, np.uint64)
+        self._table = _rehash_inline(np.empty(0, np.uint64), np.empty(0, np.uint64), 0, 1)
+        self._hi = np.empty(0, np.uint64)  # key halves by id
         self._lo = np.empty(0, np.uint64)
 
     @property
@@ -171,10 +220,18 @@ class KeyTable:
         n = hi.shape[0]
         if n == 0:
             return np.empty(0, np.int64)
-        self._reserve(self.size + n)
-        ids, self.size = _intern(np.ascontiguousarray(hi, dtype=np.uint64),
-                                 np.ascontiguousarray(lo, dtype=np.uint64),
-                                 self._slots, self._hi, self._lo, self.size)
+        halves = np.empty((n, 2), np.uint64)
+        halves[:, 0] = hi
+        halves[:, 1] = lo
+        return self._intern_rows(halves)
+
+    def _intern_rows(self, halves: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """intern_halves of a C-contiguous (n, 2) uint64 array of (hi, lo) rows, written
+        into `out` (int64, n long) when given."""
+        ids = np.empty(halves.shape[0], np.int64) if out is None else out
+        self._reserve(self.size + halves.shape[0])
+        self.size, self._table = _intern(halves, self._table, self._hi, self._lo, self.size,
+                                         ids)
         return ids
 
     def rebuild(self, live: np.ndarray) -> np.ndarray:
@@ -185,19 +242,21 @@ class KeyTable:
         remap[keep] = np.arange(keep.size, dtype=np.int64)
         hi, lo = self._hi[keep], self._lo[keep]
         self.clear()
-        if keep.size:
-            self._reserve(keep.size)
-            _, self.size = _intern(hi, lo, self._slots, self._hi, self._lo, 0)
+        self._reserve(keep.size)
+        self._hi[: keep.size] = hi
+        self._lo[: keep.size] = lo
+        self.size = int(keep.size)
+        self._table = _rehash_inline(self._hi, self._lo, self.size, _table_bits(self.size))
         return remap
 
     def clear(self) -> None:
         self.size = 0
-        self._slots = np.full(2, -1, np.int64)
+        self._table = _rehash_inline(np.empty(0, np.uint64), np.empty(0, np.uint64), 0, 1)
         self._hi = np.empty(0, np.uint64)
         self._lo = np.empty(0, np.uint64)
 
     def _reserve(self, needed: int) -> None:
-        """Room for `needed` keys: key arrays >= needed, slots >= 2 * needed (load <= 1/2)."""
+        """Key arrays with room for `needed` keys (the slot table grows inside _intern)."""
         if needed > self._hi.shape[0]:
             capacity = max(needed, 2 * self._hi.shape[0], 1024)
             hi = np.empty(capacity, np.uint64)
@@ -205,12 +264,6 @@ class KeyTable:
             hi[: self.size] = self._hi[: self.size]
             lo[: self.size] = self._lo[: self.size]
             self._hi, self._lo = hi, lo
-        if 2 * needed > self._slots.shape[0]:
-            slots = np.full(1 << _table_bits(max(needed, self._hi.shape[0])), -1, np.int64)
-            # re-insert the existing keys (ids unchanged: the same order, m restarts at 0)
-            _intern(self._hi[: self.size].copy(), self._lo[: self.size].copy(), slots,
-                    self._hi, self._lo, 0)
-            self._slots = slots
 
 
 class AddressTable(KeyTable):
@@ -229,12 +282,16 @@ class AddressTable(KeyTable):
         # again after each batch that brought a new one
         self._order: np.ndarray | None = None
 
-    def intern(self, column: np.ndarray) -> np.ndarray:
-        """int64 id of every address of an IP_DTYPE column (new addresses are added)."""
+    def intern(self, column: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """int64 id of every address of an IP_DTYPE column (new addresses are added),
+        written into `out` (int64, as long as the column) when given."""
         n = column.shape[0]
+        if n == 0:
+            return np.empty(0, np.int64) if out is None else out
+        # (the rows' own bytes as (hi, lo) pairs: no copy of either half)
         halves = np.ascontiguousarray(column).view(np.uint64).reshape(n, 2)
         before = self.size
-        ids = self.intern_halves(halves[:, 0], halves[:, 1])
+        ids = self._intern_rows(halves, out)
         if self.size != before:
             self._ranks = None
         return ids
@@ -373,6 +430,28 @@ def count_stale(positions: np.ndarray, times: np.ndarray, horizon: int) -> int:
         if times[p] < horizon:
             count += 1
     return count
+
+
+@njit
+def more_stale_than(positions: np.ndarray, times: np.ndarray, horizon: int, limit: int
+                    ) -> bool:
+    """count_stale(positions, times, horizon) > limit, stopping as soon as the answer is
+    known: stale rows are mostly the earliest arrivals (the front of the positions), so a
+    close that releases stops after ~limit rows, and one that cannot reach the limit stops
+    once too few rows are left. Raises IndexError on a position read outside `times`."""
+    count = 0
+    n = positions.shape[0]
+    for i in range(n):
+        if count + n - i <= limit:  # even if every row left were stale
+            return False
+        p = positions[i]
+        if p < 0 or p >= times.shape[0]:
+            raise IndexError("buffered row position out of range")
+        if times[p] < horizon:
+            count += 1
+            if count > limit:
+                return True
+    return False
 
 
 @njit

@@ -24,10 +24,11 @@ from correlation.kernels import factorize_u64
 
 def raw_address_codes(cols: Columns, names: tuple[str, ...], idx: np.ndarray
                       ) -> np.ndarray | None:
-    """Equality codes (int64, not dense) of the address tuple `names` at rows idx, from the
-    engine's interned address ids; None when the columns do not carry them (a plain dict of
-    columns, as tests may pass)."""
-    shared = getattr(cols, "address_codes", None)
+    """Equality codes (int64, non-negative, not dense, in no particular order) of the
+    address tuple `names` at rows idx, from the engine's interned address ids (its
+    address_ids: no ranks needed; else its order-preserving address_codes); None when the
+    columns do not carry them (a plain dict of columns, as tests may pass)."""
+    shared = getattr(cols, "address_ids", None) or getattr(cols, "address_codes", None)
     return shared(names, idx) if shared is not None else None
 
 
