@@ -37,16 +37,19 @@ sizes and packet counts (cumulative over the flow up to the record's end):
   "OTH"; we use the UDP rule because "was there a reply" is what detectors need.)
 
 Implementation: per batch, keys are canonicalized and hashed to uint64 in one compiled pass
-(_canonical_keys, _mix64), packets are grouped by one sort on the hash (collisions checked
-exactly), and one compiled walk over each key's packets in capture order (_walk_flows) finds
-flow boundaries (idle, close linger, port reuse), pieces and per-piece totals, continuing
-the table's live flow of the key. The table is struct-of-arrays numpy columns (~160 bytes a
-flow with the index: compact dtypes, cumulative counters kept as the booleans conn_state
-needs) plus an open-addressing hash index key -> slot (_SlotIndex) and a numpy stack of free
-slots, so no Python object exists per flow; expiry scans the table in one compiled pass
-(_scan_deadlines) and the key -> slot index probes are compiled loops too, as are the
-seed gather / live-flow write-back around the walk (_gather_seed, _scatter_group) and the
-end-reason search (_end_reasons). Python loops run only over chunks and table columns.
+(_canonical_keys, the same hash as _mix64), packets are grouped by one sort on the hash
+(collisions checked exactly), and one compiled walk over each key's packets in capture order
+(_walk_flows) finds flow boundaries (idle, close linger, port reuse), pieces and per-piece
+totals, continuing the table's live flow of the key. The table is struct-of-arrays numpy
+columns (~160 bytes a flow with the index: compact dtypes, cumulative counters kept as the
+booleans conn_state needs) plus an open-addressing hash index key -> slot (_SlotIndex) and a
+numpy stack of free slots, so no Python object exists per flow; expiry scans the table in
+one compiled pass (_scan_deadlines) and the key -> slot index probes are compiled loops too,
+as are the seed gather / live-flow write-back around the walk (_gather_seed, _scatter_group,
+one call per column dtype) and the end-reason search (_end_reasons: one bucketed search of
+the batch clock per row, _clock_index). The grouping and the walk read the batch's rows in
+key order, so they ask for the lines of the rows a few ahead (tcp_stream.prefetch). Python
+loops run only over chunks and table columns.
 Memory under a flood: a filling table takes big batches in sub-batches, records are built
 in chunks, and flush() hands the table's pages back while it builds the last records.
 """
@@ -63,6 +66,7 @@ from pipeline.jit import njit
 from pipeline.schema import FLOW, EventBatch
 from sensors.community_id import _ICMP4_TABLE, _ICMP6_TABLE, community_id_column
 from sensors.packets import IP_DTYPE, DecodedPackets, constant_text
+from sensors.tcp_stream import prefetch
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 TCP = 6
@@ -86,6 +90,7 @@ _MAPPED_MIN = 1 << 20  # table columns at least this large live in their own map
 _RECORD_CHUNK = 16384  # rows per flow_records call (its temporaries are ~0.5 KB a row)
 _GROW_HEADROOM = 65536  # slots above max_flows before growth falls back to exact sizes
 _SCAN_CHUNK = 262144  # slots per step when scanning the whole table (bounds temporaries)
+_AHEAD = 16  # rows ahead whose lines the grouping and the walk ask for (tcp_stream.prefetch)
 
 # Per-slot table columns. "lo"/"hi" are the canonical endpoints (smaller (ip, port) first);
 # records are turned into originator/responder terms only when emitted.
@@ -139,17 +144,24 @@ def _mix64(words: np.ndarray) -> np.ndarray:
     return _mix64_rows(np.ascontiguousarray(words, dtype=np.uint64))
 
 
+@njit(inline="always")
+def _mix_step(x: np.uint64, word: np.uint64) -> np.uint64:
+    """One word into the running hash of _mix64_rows."""
+    x ^= word
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(31)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(29)
+    return x
+
+
 @njit
 def _mix64_rows(words: np.ndarray) -> np.ndarray:
     h = np.empty(words.shape[0], dtype=np.uint64)
     for i in range(words.shape[0]):
         x = np.uint64(0x9E3779B97F4A7C15)
         for j in range(words.shape[1]):
-            x ^= words[i, j]
-            x *= np.uint64(0xBF58476D1CE4E5B9)
-            x ^= x >> np.uint64(31)
-            x *= np.uint64(0x94D049BB133111EB)
-            x ^= x >> np.uint64(29)
+            x = _mix_step(x, words[i, j])
         h[i] = x
     return h
 
@@ -166,27 +178,34 @@ def _be_word(raw: np.ndarray, i: int, at: int) -> np.uint64:
 @njit
 def _canonical_keys(rows: np.ndarray, src: np.ndarray, dst: np.ndarray, sport: np.ndarray,
                     dport: np.ndarray, transport: np.ndarray, vlan: np.ndarray,
-                    icmp4: np.ndarray, icmp6: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                    low_mask: np.uint64) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                  np.ndarray]:
     """Flow keys of the packets at `rows` in one pass: (n, 5) uint64 words [meta, lo_ip (2),
-    hi_ip (2)] and fwd (the packet travels lo -> hi), lo being the smaller (ip, port)
-    endpoint. The batch columns are read through `rows` (no per-column gathers first).
+    hi_ip (2)], fwd (the packet travels lo -> hi), lo being the smaller (ip, port)
+    endpoint, each key's hash (_mix64 of its words) and the sort keys (hash bits above
+    low_mask | i). The batch columns are read through `rows` (no per-column gathers first).
 
     meta = vlan << 48 | transport << 40 | lo_port << 16 | hi_port. Ports are Zeek's: ICMP
-    request/reply types get the counter-type as "port" (icmp4/icmp6: 256-entry tables, -1
-    for one-way types) and protocols without ports (not in PORT_PROTOS) get 0.
+    request/reply types get the counter-type as "port" (community_id's 256-entry tables, -1
+    for one-way types, read as globals: frozen constants, cheaper than array arguments)
+    and protocols without ports (not in PORT_PROTOS) get 0.
     src/dst are (N, 16) address bytes; rows are row numbers of the batch (flatnonzero), so
-    < N; every other index is < 16 by construction.
+    < N; every other index is < 16 by construction; low_mask >= n - 1.
     """
     n = rows.shape[0]
     words = np.empty((n, 5), dtype=np.uint64)
     fwd = np.empty(n, dtype=np.bool_)
+    row_hash = np.empty(n, dtype=np.uint64)
+    sort_key = np.empty(n, dtype=np.uint64)
+    high = ~low_mask
     for i in range(n):
         r = rows[i]
         t = np.int64(transport[r])
         sp = np.int64(sport[r])
         dp = np.int64(dport[r])
         if t == 1 or t == 58:
-            counter = (icmp4 if t == 1 else icmp6)[min(max(sp, 0), 255)]
+            counter = (_ICMP4_TABLE[min(max(sp, 0), 255)] if t == 1
+                       else _ICMP6_TABLE[min(max(sp, 0), 255)])
             if counter >= 0:
                 dp = np.int64(counter)
         if not (t == 1 or t == 6 or t == 17 or t == 58 or t == 132):
@@ -200,14 +219,19 @@ def _canonical_keys(rows: np.ndarray, src: np.ndarray, dst: np.ndarray, sport: n
         fwd[i] = not src_greater
         if src_greater:
             s0, s1, d0, d1, sp, dp = d0, d1, s0, s1, dp, sp
-        words[i, 0] = ((np.uint64(vlan[r]) << np.uint64(48))
-                       | (np.uint64(t) << np.uint64(40))
-                       | (np.uint64(sp) << np.uint64(16)) | np.uint64(dp))
+        meta = ((np.uint64(vlan[r]) << np.uint64(48)) | (np.uint64(t) << np.uint64(40))
+                | (np.uint64(sp) << np.uint64(16)) | np.uint64(dp))
+        words[i, 0] = meta
         words[i, 1] = s0
         words[i, 2] = s1
         words[i, 3] = d0
         words[i, 4] = d1
-    return words, fwd
+        # the same hash as _mix64 over these five words
+        x = _mix_step(np.uint64(0x9E3779B97F4A7C15), meta)
+        x = _mix_step(_mix_step(_mix_step(_mix_step(x, s0), s1), d0), d1)
+        row_hash[i] = x
+        sort_key[i] = (x & high) | np.uint64(i)
+    return words, fwd, row_hash, sort_key
 
 
 @njit
@@ -224,9 +248,14 @@ def _group_sorted(sort_key: np.ndarray, low_mask: np.uint64,
     high = ~low_mask
     k = -1
     exact = True
+    flat = words.reshape(-1)
     for i in range(n):
         row = np.int64(sort_key[i] & low_mask)
         order[i] = row
+        # a later row's key words (random rows of the batch): a hint, so the comparisons
+        # below do not wait on each row's line in turn
+        ahead = np.int64(sort_key[min(i + _AHEAD, n - 1)] & low_mask)
+        prefetch(flat, ahead * 5)
         if i == 0 or (sort_key[i] & high) != (sort_key[i - 1] & high):
             k += 1
             key_first[k] = i
@@ -535,7 +564,8 @@ def _walk_flows(order, rows, fwd, ts, cm, flags, wire, pay, transport, key_first
     clock leaves the current piece of the active-timeout grid. Returns per group (in key
     order) its int64 columns (_GROUP_FIELDS), key, kind (_GROUP_*) and the clock value of
     the packet that ended its flow (kind ENDED); per key what happens to its table piece
-    (_EMIT_*) and that clock; and the number of flows created.
+    (_EMIT_*) and that clock; the number of flows created; and the earliest deadline
+    (_deadline_of) of the keys' live flows (the tail groups) as written back to the table.
     """
     n = order.shape[0]
     n_keys = key_first.shape[0]
@@ -550,6 +580,7 @@ def _walk_flows(order, rows, fwd, ts, cm, flags, wire, pay, transport, key_first
     #                                     last_ts, piece
     n_groups = 0
     created = 0
+    tail_deadline = NEVER
     for k in range(n_keys):
         lo = key_first[k]
         hi = key_first[k + 1] if k + 1 < n_keys else n
@@ -560,6 +591,17 @@ def _walk_flows(order, rows, fwd, ts, cm, flags, wire, pay, transport, key_first
         for i in range(lo, hi):
             ip_row = order[i]
             row = rows[ip_row]
+            # a later packet's columns (random rows of the batch): hints, so the walk does
+            # not wait on each packet's lines in turn
+            ip_ahead = order[min(i + _AHEAD, n - 1)]
+            ahead = rows[ip_ahead]
+            prefetch(ts, ahead)
+            prefetch(cm, ahead)
+            prefetch(wire, ahead)
+            prefetch(pay, ahead)
+            prefetch(flags, ahead)
+            prefetch(transport, ahead)
+            prefetch(fwd, ip_ahead)
             is_tcp = transport[row] == TCP
             fl = np.int64(flags[row]) if is_tcp else 0
             t = ts[row]
@@ -661,44 +703,114 @@ def _walk_flows(order, rows, fwd, ts, cm, flags, wire, pay, transport, key_first
         g_key[n_groups] = k
         g_kind[n_groups] = _GROUP_TAIL
         n_groups += 1
+        # _deadline_of of this live flow as the table will hold it (saves a gather later)
+        idle = tcp_idle_ns if transport[rows[order[lo]]] == TCP else idle_ns
+        deadline = min(seg[9] + idle, min(seg[6] + linger_ns, NEVER))
+        if acc[2] != 0 or acc[3] != 0:
+            deadline = min(deadline, seg[8] + (seg[10] + 1) * active_ns - 1)
+        tail_deadline = min(tail_deadline, deadline)
     return (g[:n_groups], g_key[:n_groups], g_kind[:n_groups], g_clock[:n_groups], key_emit,
-            key_clock, created)
+            key_clock, created, tail_deadline)
 
 
 @njit
-def _crossing(clock: np.ndarray, threshold: int) -> int:
-    """First value of the non-decreasing clock > threshold; NEVER if none (binary search,
-    as np.searchsorted(side="right"); every index probed is in [0, len))."""
+def _running_max(ts: np.ndarray, start: int) -> np.ndarray:
+    """The event clock: running maximum of the packet times, starting from `start` (one
+    pass; np.maximum.accumulate and np.maximum took two, the first ~3 ns a value)."""
+    clock = np.empty(ts.shape[0], dtype=np.int64)
+    c = start
+    for i in range(ts.shape[0]):
+        c = max(c, ts[i])
+        clock[i] = c
+    return clock
+
+
+@njit
+def _clock_index(clock: np.ndarray) -> tuple[int, np.ndarray]:
+    """Bucket index of a non-empty non-decreasing clock for _position: ~2 values a bucket
+    on average, bucket b holding the values v with (v - clock[0]) >> shift == b; starts[b]
+    is the first index whose value is in bucket b or later (starts[-1] = len(clock))."""
+    n = clock.shape[0]
+    buckets = max(n // 2, 1)
+    if n == 0:
+        return 0, np.zeros(buckets + 1, dtype=np.int64)
+    span = clock[n - 1] - clock[0]
+    shift = 0
+    while (span >> shift) >= buckets:
+        shift += 1
+    # Without branches (a bucket change per value was a branch miss per value): each
+    # bucket gets its smallest index (written last, walking down), then empty buckets take
+    # the next bucket's start.
+    starts = np.full(buckets + 1, n, dtype=np.int64)
+    for i in range(n - 1, -1, -1):
+        starts[(clock[i] - clock[0]) >> shift] = i
+    for b in range(buckets - 1, -1, -1):
+        starts[b] = min(starts[b], starts[b + 1])
+    return shift, starts
+
+
+@njit
+def _position(clock: np.ndarray, starts: np.ndarray, shift: int, threshold: int) -> int:
+    """Index of the first value of the non-decreasing clock > threshold, len(clock) if none
+    (as np.searchsorted(side="right")). The threshold's bucket (_clock_index) bounds the
+    binary search to a few values: random thresholds made a whole-clock search ~80 ns of
+    branch misses and dependent loads. Every index probed is in [0, len)."""
     n = clock.shape[0]
     if n == 0 or clock[n - 1] <= threshold:
-        return NEVER
-    lo, hi = 0, n - 1  # clock[hi] > threshold
+        return n
+    if threshold < clock[0]:
+        return 0
+    b = (threshold - clock[0]) >> shift  # < len(starts) - 1, as threshold < clock[n - 1]
+    # values before starts[b] are below the bucket (<= threshold); the value at
+    # starts[b + 1] (if any) is above it (> threshold)
+    lo, hi = starts[b], min(starts[b + 1], n - 1)
     while lo < hi:
         mid = (lo + hi) >> 1
         if clock[mid] <= threshold:
             lo = mid + 1
         else:
             hi = mid
-    return clock[lo]
+    return lo
 
 
 @njit
-def _end_reasons(clock, transport, last_ts, closed_at, st_fl_lo, st_fl_hi, flow_start, piece,
-                 split_clock, idle_ns, tcp_idle_ns, active_ns, linger_ns) -> np.ndarray:
+def _end_reasons(clock, starts, shift, transport, last_ts, closed_at, st_fl_lo, st_fl_hi,
+                 flow_start, piece, split_clock, idle_ns, tcp_idle_ns, active_ns,
+                 linger_ns) -> np.ndarray:
     """Per emitted row, its reason code: R_ACTIVE when the clock left the piece (grid end)
     strictly before the flow ended (first crossing of last packet + idle, close + linger,
-    or the row's split clock); else R_RST / R_FIN when closed, R_IDLE otherwise."""
+    or the row's split clock); else R_RST / R_FIN when closed, R_IDLE otherwise.
+
+    One search per row where three were: the first crossing of the smaller of the idle and
+    close thresholds is the earlier of the two crossings (crossings are monotone in the
+    threshold), and "the clock crossed the piece end before c_end" is "the value just before
+    the first clock value >= c_end is > piece end", read at the crossing's position (a
+    crossing at position p has clock[p - 1] < clock[p]). Only a split clock earlier than the
+    crossing needs a search for that position."""
     n = transport.shape[0]
+    m = clock.shape[0]
     out = np.empty(n, dtype=np.uint8)
     for i in range(n):
         idle = tcp_idle_ns if transport[i] == TCP else idle_ns
-        c_end = min(_crossing(clock, last_ts[i] + idle), split_clock[i])
+        threshold = last_ts[i] + idle
         closed = closed_at[i] < NEVER
         if closed:
-            c_end = min(c_end, _crossing(clock, min(closed_at[i] + linger_ns, NEVER)))
+            threshold = min(threshold, min(closed_at[i] + linger_ns, NEVER))
+        # at: the first index with clock >= c_end, or -1 when not known
+        at = _position(clock, starts, shift, threshold)
+        c_end = clock[at] if at < m else NEVER
+        if at == m:
+            at = -1
+        if split_clock[i] < c_end:
+            c_end = split_clock[i]
+            at = -1
         piece_end = flow_start[i] + (piece[i] + 1) * active_ns - 1
-        # c_active > piece_end, so a piece end at or past c_end needs no search
-        if piece_end < c_end and _crossing(clock, piece_end) < c_end:
+        active = False
+        if piece_end < c_end:
+            if at < 0:
+                at = _position(clock, starts, shift, c_end - 1)
+            active = at > 0 and clock[at - 1] > piece_end
+        if active:
             out[i] = R_ACTIVE
         elif closed:
             out[i] = R_RST if ((st_fl_lo[i] | st_fl_hi[i]) & RST) != 0 else R_FIN
@@ -760,26 +872,46 @@ def _kernel_view(column: np.ndarray) -> np.ndarray:
 
 
 @njit
-def _gather_seed(seed: np.ndarray, j: int, column: np.ndarray, slots: np.ndarray,
+def _gather_seed(seed: np.ndarray, columns: tuple, js: np.ndarray, slots: np.ndarray,
                  has_slot: np.ndarray) -> None:
-    """seed[:, j] = column[slots] as int64, 0 where the key has no slot (slots are table
-    slots or the placeholder 0, so in range)."""
-    for k in range(slots.shape[0]):
-        seed[k, j] = np.int64(column[slots[k]]) if has_slot[k] else 0
+    """seed[:, js[c]] = columns[c][slots] as int64, 0 where the key has no slot (columns:
+    table columns of one dtype; slots are table slots or the placeholder 0, so in range)."""
+    for c in range(len(columns)):
+        column = columns[c]
+        j = js[c]
+        for k in range(slots.shape[0]):
+            seed[k, j] = np.int64(column[slots[k]]) if has_slot[k] else 0
 
 
 @njit
-def _scatter_group(column: np.ndarray, slots: np.ndarray, g: np.ndarray, j: int,
+def _scatter_group(columns: tuple, slots: np.ndarray, g: np.ndarray, js: np.ndarray,
                    groups: np.ndarray, as_bool: bool) -> None:
-    """column[slots] = g[groups, j], cast like numpy's astype to the column's dtype: a bool
-    column comes as a uint8 view (as_bool) and gets nonzero -> 1, others wrap like astype.
-    slots/groups are table slots / group rows by construction, so in range."""
-    for i in range(slots.shape[0]):
-        v = g[groups[i], j]
-        if as_bool:
-            column[slots[i]] = 1 if v != 0 else 0
-        else:
-            column[slots[i]] = v
+    """columns[c][slots] = g[groups, js[c]], cast like numpy's astype to the columns' dtype
+    (one dtype per call): bool columns come as uint8 views (as_bool) and get nonzero -> 1,
+    others wrap like astype. slots/groups are table slots / group rows by construction,
+    so in range."""
+    for c in range(len(columns)):
+        column = columns[c]
+        j = js[c]
+        for i in range(slots.shape[0]):
+            v = g[groups[i], j]
+            if as_bool:
+                column[slots[i]] = 1 if v != 0 else 0
+            else:
+                column[slots[i]] = v
+
+
+def _by_dtype(fields: tuple) -> list:
+    """(column names, their indexes in `fields`, is bool) per table column dtype."""
+    groups: dict[np.dtype, list] = {}
+    for j, name in enumerate(fields):
+        groups.setdefault(SLOT_FIELDS[name], []).append((name, j))
+    return [(tuple(n for n, _ in members), np.array([j for _, j in members], dtype=np.int64),
+             dtype == np.bool_) for dtype, members in groups.items()]
+
+
+_SEED_BY_DTYPE = _by_dtype(_SEED_FIELDS)
+_GROUP_BY_DTYPE = _by_dtype(_GROUP_FIELDS)
 
 
 def _group_rows(g_int: np.ndarray, endpoints: Rows) -> Rows:
@@ -826,6 +958,7 @@ class FlowTable:
             "flows_emitted": 0, "flows_evicted": 0, "flows_live": 0,
         }
         self._clock = np.iinfo(np.int64).min  # running max of packet times
+        self._clock_index: tuple = (None,)  # (clock, shift, starts) of the latest batch
         self._reset()
 
     def _reset(self) -> None:
@@ -866,7 +999,7 @@ class FlowTable:
         if n == 0:
             return None
         ts_all = np.asarray(packets.ts_ns, dtype=np.int64)
-        clock = np.maximum(np.maximum.accumulate(ts_all), self._clock)
+        clock = _running_max(ts_all, self._clock)
         ip_rows = np.flatnonzero(np.asarray(packets.ip_version) != 0)
         self.stats["packets"] += n
         self.stats["packets_ip"] += int(ip_rows.size)
@@ -913,20 +1046,17 @@ class FlowTable:
     def _ingest(self, packets: DecodedPackets, rows: np.ndarray, clock_all: np.ndarray) -> list:
         transport = np.asarray(packets.transport).astype(np.uint8, copy=False)
         vlan = np.asarray(packets.vlan).astype(np.uint16, copy=False)
-        # Canonical endpoint order (lo = smaller (ip, port)) and the (n, 5) uint64 key, read
-        # through `rows` from the whole batch columns.
-        words, fwd = _canonical_keys(rows, _raw16(packets.src_ip), _raw16(packets.dst_ip),
-                                     np.asarray(packets.src_port), np.asarray(packets.dst_port),
-                                     transport, vlan, _ICMP4_TABLE, _ICMP6_TABLE)
-
+        # Canonical endpoint order (lo = smaller (ip, port)), the (n, 5) uint64 key and its
+        # hash, read through `rows` from the whole batch columns, in one compiled pass.
         # Group by key with one sort on a 64-bit hash, then verify no collision.
         # The low bits of the sort key carry the row index, so a plain (unstable, faster)
         # sort keeps capture order inside each key; equal high hash bits of two different
         # keys would interleave them, which the exact check in _group_sorted catches.
-        index_bits = max(int(words.shape[0]).bit_length(), 1)
+        index_bits = max(int(rows.size).bit_length(), 1)
         low_mask = np.uint64((1 << index_bits) - 1)
-        row_hash = _mix64(words)
-        sort_key = (row_hash & ~low_mask) | np.arange(words.shape[0], dtype=np.uint64)
+        words, fwd, row_hash, sort_key = _canonical_keys(
+            rows, _raw16(packets.src_ip), _raw16(packets.dst_ip), np.asarray(packets.src_port),
+            np.asarray(packets.dst_port), transport, vlan, low_mask)
         sort_key.sort()
         order, key_first, exact = _group_sorted(sort_key, low_mask, words)
         if not exact:  # hash collision: group by exact key
@@ -955,11 +1085,14 @@ class FlowTable:
         cols = self._cols
         has_slot = slot_k >= 0
         seed_slots = np.where(has_slot, slot_k, 0)
-        # Seed rows gathered by a kernel per column straight into `seed` (no temporaries).
+        # Seed rows gathered straight into `seed` (no temporaries), one kernel call per
+        # column dtype (4 calls, not one per column: numba's call overhead is per call).
         seed = np.empty((slot_k.size, len(_SEED_FIELDS)), dtype=np.int64)
-        for j, name in enumerate(_SEED_FIELDS):
-            _gather_seed(seed, j, _kernel_view(cols[name]), seed_slots, has_slot)
-        g_int, g_key, g_kind, g_clock, key_emit, key_clock, created = _walk_flows(
+        for names, js, _ in _SEED_BY_DTYPE:
+            _gather_seed(seed, tuple(_kernel_view(cols[name]) for name in names), js,
+                         seed_slots, has_slot)
+        (g_int, g_key, g_kind, g_clock, key_emit, key_clock, created,
+         tail_deadline) = _walk_flows(
             p.order, p.rows, p.fwd, p.ts, p.cm, p.flags, p.wire, p.pay, p.transport,
             p.key_first, has_slot, seed, self.idle_ns, self.tcp_idle_ns,
             self.active_ns, self.linger_ns)
@@ -1002,11 +1135,11 @@ class FlowTable:
             slots[need] = self._allocate(keys[0][new_keys], keys[1][new_keys])
             for name, values in _key_endpoints(keys[0][new_keys]).items():
                 cols[name][slots[need]] = values
-        for j, name in enumerate(_GROUP_FIELDS):
-            _scatter_group(_kernel_view(cols[name]), slots, g_int, j, tail,
-                           cols[name].dtype == np.bool_)
+        for names, js, as_bool in _GROUP_BY_DTYPE:
+            _scatter_group(tuple(_kernel_view(cols[name]) for name in names), slots, g_int, js,
+                           tail, as_bool)
         self._live[slots] = True
-        self._deadline = min(self._deadline, int(self._deadlines(slots).min()))
+        self._deadline = min(self._deadline, int(tail_deadline))
         return out
 
     # -- expiry, eviction, slots --
@@ -1027,7 +1160,11 @@ class FlowTable:
         A piece end ("active") that comes strictly before the flow end wins; otherwise the
         flow end: "fin"/"rst" when closed, else "idle". One compiled pass (_end_reasons).
         """
-        return _end_reasons(np.ascontiguousarray(clock_all, dtype=np.int64), rows["transport"],
+        clock = np.ascontiguousarray(clock_all, dtype=np.int64)
+        if self._clock_index[0] is not clock:  # one bucket index per batch clock
+            self._clock_index = (clock, *_clock_index(clock))
+        _, shift, starts = self._clock_index
+        return _end_reasons(clock, starts, shift, rows["transport"],
                             rows["last_ts"], rows["closed_at"], rows["st_fl_lo"],
                             rows["st_fl_hi"], rows["flow_start"], rows["piece"],
                             np.asarray(split_clock, dtype=np.int64), self.idle_ns,

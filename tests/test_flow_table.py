@@ -753,14 +753,15 @@ def test_table_write_back_and_seed_gather_cast_like_numpy(values, dtype, data):
     slots = np.array(data.draw(st.permutations(range(n))), dtype=np.int64)
     groups = np.arange(n, dtype=np.int64)[::-1].copy()
     got = np.zeros(n, dtype=dtype)
-    ft._scatter_group(ft._kernel_view(got), slots, g, 1, groups, got.dtype == np.bool_)
+    one = np.array([1], dtype=np.int64)  # the kernels take the columns of one dtype at once
+    ft._scatter_group((ft._kernel_view(got),), slots, g, one, groups, got.dtype == np.bool_)
     expected = np.zeros(n, dtype=dtype)
     expected[slots] = g[groups, 1].astype(dtype)
     assert got.tolist() == expected.tolist()
 
     has_slot = np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)))
     seed = np.full((n, 2), 7, dtype=np.int64)
-    ft._gather_seed(seed, 1, ft._kernel_view(expected), slots, has_slot)
+    ft._gather_seed(seed, (ft._kernel_view(expected),), one, slots, has_slot)
     reference = np.zeros(n, dtype=np.int64)
     reference[:] = expected[slots]
     reference[~has_slot] = 0
