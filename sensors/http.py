@@ -79,6 +79,7 @@ from sensors.http_kernel import (
     MAX_MESSAGES,
     distinct_slice_table,
     join_slices,
+    needed_lengths,
     parse_flows,
 )
 from sensors.packets import DecodedPackets
@@ -156,12 +157,17 @@ def _headers(block: bytes) -> dict[str, str]:
 
 
 def parse_messages(data: bytes, requests: bool, ended: bool,
-                   head_requests: list[bool] | None = None) -> tuple[list[Message], bool]:
+                   head_requests: list[bool] | None = None,
+                   whole: int | None = None) -> tuple[list[Message], bool]:
     """Complete messages at the start of one direction -> (messages, malformed).
 
     `ended`: the direction's bytes are complete (FIN seen, no cap/gap), so a response body
     without length runs to the end. `head_requests[i]` says response i answers a HEAD.
+    `whole`: the direction's length when `data` is its start only (the collector's trim,
+    http_kernel.needed_lengths, cut it): header blocks are looked for up to MAX_HEADER_BYTES
+    of the whole direction.
     """
+    size = len(data) if whole is None else max(whole, len(data))
     out: list[Message] = []
     pos = 0
     answered = 0  # final (non-1xx) responses seen, to match HEAD requests
@@ -176,7 +182,7 @@ def parse_messages(data: bytes, requests: bool, ended: bool,
             end = data.find(b"\n\n", pos, pos + MAX_HEADER_BYTES)
             sep = 2
         if end < 0:
-            if len(data) - pos >= MAX_HEADER_BYTES:
+            if size - pos >= MAX_HEADER_BYTES:
                 return out, True
             break  # headers not complete yet
         head = data[pos:end]
@@ -288,12 +294,16 @@ def _complete(chunk: StreamChunk, direction: int) -> bool:
     return chunk.ended[direction] and not (chunk.capped[direction] or chunk.gap[direction])
 
 
-def reference_parse(chunk: StreamChunk) -> tuple[list[Message], bool, list[Message], bool]:
+def reference_parse(chunk: StreamChunk, whole: tuple[int, int] | None = None
+                    ) -> tuple[list[Message], bool, list[Message], bool]:
     """(requests, malformed, final responses, malformed) of a flow by parse_messages: the
-    pure-Python parser, for the flows the kernel leaves to it and as the tests' reference."""
-    requests, bad_req = parse_messages(chunk.client_data, True, _complete(chunk, 0))
+    pure-Python parser, for the flows the kernel leaves to it and as the tests' reference
+    (`whole`: the directions' lengths before the trim, StreamBatch.whole)."""
+    w0, w1 = (None, None) if whole is None else whole
+    requests, bad_req = parse_messages(chunk.client_data, True, _complete(chunk, 0), whole=w0)
     heads = [r.line[0] == "HEAD" for r in requests]
-    responses, bad_resp = parse_messages(chunk.server_data, False, _complete(chunk, 1), heads)
+    responses, bad_resp = parse_messages(chunk.server_data, False, _complete(chunk, 1), heads,
+                                         whole=w1)
     responses = [r for r in responses if not 100 <= int(r.line[1]) < 200]
     return requests, bad_req, responses, bad_resp
 
@@ -349,9 +359,11 @@ class _ParsedFlows:
         n = len(batch)
         complete = (batch.ended & ~batch.capped & ~batch.gap).reshape(2 * n)  # _complete
         self.buf = read_only(batch.buf)
+        self.whole = np.ascontiguousarray(batch.whole, dtype=np.int64).reshape(n, 2)
         self.table, self.messages = parse_flows(
             self.buf, np.ascontiguousarray(batch.start, dtype=np.int64).reshape(2 * n),
-            np.ascontiguousarray(batch.length, dtype=np.int64).reshape(2 * n), complete)
+            np.ascontiguousarray(batch.length, dtype=np.int64).reshape(2 * n), complete,
+            self.whole.reshape(2 * n))
 
     def flow(self, index: int, chunk: StreamChunk) -> tuple[
             int, bool, bool, list[int], list[int], Callable[[int], dict]]:
@@ -371,7 +383,8 @@ class _ParsedFlows:
         f = self.table[index].tolist()  # one row: most batches send few flows this way
         if f[F_FALLBACK]:
             self.fallbacks += 1
-            requests, bad_req, responses, bad_resp = reference_parse(chunk)
+            requests, bad_req, responses, bad_resp = reference_parse(
+                chunk, tuple(self.whole[index].tolist()))
             return (len(requests), bad_req, bad_resp, [r.start for r in requests],
                     [r.body_bytes for r in responses],
                     lambda i: request_row(requests[i], responses[i] if i < len(responses)
@@ -549,6 +562,7 @@ class HttpAnalyzer(Analyzer):
             client_predicate=prefix_predicate(m + b" " for m in METHODS),
             max_bytes_total=int(config.get("max_bytes_total", 128 << 20)),
             max_packets_meta=int(config.get("max_packets_meta", 256)),
+            trim=needed_lengths,  # bulk data that opens no message is not copied
         )
         self.emitted: dict[tuple, int] = {}  # flow key -> requests already emitted
 

@@ -331,8 +331,10 @@ def _chunked_length(buf, pos, hi, crlf):
 
 
 @njit
-def _walk(buf, lo, hi, requests, ended, flow, heads, n_heads, table, count, names, name_len):
+def _walk(buf, lo, hi, whole, requests, ended, flow, heads, n_heads, table, count, names,
+          name_len):
     """parse_messages over buf[lo:hi] -> (table, count, malformed, fallback, n_heads).
+    `whole`: the direction's length before the collector's trim (parse_messages' `whole`).
 
     Requests fill `heads` (is the i-th request a HEAD); responses read it. 1xx responses
     are not stored (the analyzer drops them)."""
@@ -345,7 +347,8 @@ def _walk(buf, lo, hi, requests, ended, flow, heads, n_heads, table, count, name
             pos += 2
         if pos >= hi:
             break
-        if hi - pos >= MAX_HEADER_BYTES and not _line_may_match(buf, pos, hi, requests):
+        if lo + whole - pos >= MAX_HEADER_BYTES and not _line_may_match(buf, pos, hi,
+                                                                         requests):
             # parse_messages would call this malformed whether or not the headers end in
             # the window: skip the two window scans (bulk data on an HTTP port)
             return table, count, True, False, n_heads
@@ -356,7 +359,7 @@ def _walk(buf, lo, hi, requests, ended, flow, heads, n_heads, table, count, name
             end = _find(buf, pos, window, lflf)
             sep = 2
         if end < 0:
-            if hi - pos >= MAX_HEADER_BYTES:
+            if lo + whole - pos >= MAX_HEADER_BYTES:
                 return table, count, True, False, n_heads
             break
         if count == table.shape[0]:
@@ -439,7 +442,7 @@ def _walk(buf, lo, hi, requests, ended, flow, heads, n_heads, table, count, name
 
 
 @njit
-def _parse_flows(buf, starts, lengths, complete, names, name_len):
+def _parse_flows(buf, starts, lengths, wholes, complete, names, name_len):
     n = starts.shape[0] // 2
     flows = np.zeros((n, 7), dtype=np.int64)
     table = np.empty((max(16, 2 * n), N_COLUMNS), dtype=np.int64)
@@ -458,7 +461,8 @@ def _parse_flows(buf, starts, lengths, complete, names, name_len):
             continue
         first = count
         table, count, bad, fallback, n_heads = _walk(
-            buf, lo, hi, True, complete[2 * f], f, heads, 0, table, count, names, name_len)
+            buf, lo, hi, max(wholes[2 * f], hi - lo), True, complete[2 * f], f, heads, 0,
+            table, count, names, name_len)
         flows[f, F_REQ_FIRST] = first
         flows[f, F_REQ_COUNT] = count - first
         flows[f, F_BAD_REQ] = bad
@@ -473,8 +477,8 @@ def _parse_flows(buf, starts, lengths, complete, names, name_len):
             continue
         second = count
         table, count, bad, fallback, n_heads = _walk(
-            buf, lo, hi, False, complete[2 * f + 1], f, heads, n_heads, table, count, names,
-            name_len)
+            buf, lo, hi, max(wholes[2 * f + 1], hi - lo), False, complete[2 * f + 1], f, heads,
+            n_heads, table, count, names, name_len)
         flows[f, F_RESP_FIRST] = second
         flows[f, F_RESP_COUNT] = count - second
         flows[f, F_BAD_RESP] = bad
@@ -485,10 +489,12 @@ def _parse_flows(buf, starts, lengths, complete, names, name_len):
 
 
 def parse_flows(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
-                complete: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                complete: np.ndarray, wholes: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
     """Parse flows whose direction d bytes are buf[starts[2f+d] : starts[2f+d]+lengths[2f+d]]
     (d 0 = client requests, 1 = server responses; `complete[2f+d]`: the direction ended with
-    all its bytes, as parse_messages' `ended`).
+    all its bytes, as parse_messages' `ended`; `wholes[2f+d]`: its length before the
+    collector's trim cut it, as parse_messages' `whole`; None: not cut).
 
     Returns (flows, messages): flows (n, 7) int64 with columns F_* (first row and count of
     its requests / final responses in `messages`, malformed flags, fallback), messages
@@ -496,9 +502,11 @@ def parse_flows(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
     M_HEADERS + 2 * H_* (absolute offsets into buf; -1 absent). Offsets of the request
     line: M_A* method, M_B* uri, M_C* version digits; of a status line: M_A* version.
     """
+    lengths = np.ascontiguousarray(lengths, dtype=np.int64)
     return _parse_flows(np.ascontiguousarray(buf, dtype=np.uint8),
-                        np.ascontiguousarray(starts, dtype=np.int64),
-                        np.ascontiguousarray(lengths, dtype=np.int64),
+                        np.ascontiguousarray(starts, dtype=np.int64), lengths,
+                        lengths if wholes is None else np.ascontiguousarray(wholes,
+                                                                            dtype=np.int64),
                         np.ascontiguousarray(complete, dtype=np.bool_), _NAME_TABLE, _NAME_LEN)
 
 
@@ -651,3 +659,55 @@ def distinct_slice_ids(src: np.ndarray, starts: np.ndarray, stops: np.ndarray
     ids, first = distinct_slice_table(src, np.reshape(starts, (-1, 1)),
                                       np.reshape(stops, (-1, 1)))
     return ids.reshape(-1), first
+
+
+
+NOT_MESSAGE_BYTES = 32  # what needed_lengths keeps of a direction that opens with no message
+
+
+@njit
+def _needed_lengths(data, seg_start, seg_size, first_seg, end_seg):
+    n = first_seg.shape[0]
+    m = seg_size.shape[0]
+    seg_size = np.maximum(seg_size, 0)
+    seg_end = np.cumsum(seg_size)
+    out = np.zeros((n, 2), np.int64)
+    for f in range(n):
+        for d in range(2):
+            lo = min(max(first_seg[f, d], 0), m)
+            hi = min(max(end_seg[f, d], 0), m)
+            if hi <= lo:
+                continue
+            total = seg_end[hi - 1] - (seg_end[lo] - seg_size[lo])
+            out[f, d] = total
+            if total < MAX_HEADER_BYTES:
+                continue  # the usual case: whole, and its bytes are not read here
+            a, size = seg_start[lo], seg_size[lo]
+            # the first segment holds the bytes _line_may_match reads (at most 22) and no
+            # stray CRLF comes first (the parsers would skip it)
+            if (size >= NOT_MESSAGE_BYTES and 0 <= a and a + size <= data.shape[0]
+                    and data[a] != 13 and not _line_may_match(data, a, a + size, d == 0)):
+                out[f, d] = NOT_MESSAGE_BYTES
+    return out
+
+
+def needed_lengths(data: np.ndarray, seg_start: np.ndarray, seg_size: np.ndarray,
+                   first_seg: np.ndarray, end_seg: np.ndarray) -> np.ndarray:
+    """How many bytes of each flow's directions parse_flows needs: the HTTP analyzer's
+    `trim` for its stream collector (tcp_stream.StreamTrim: direction d of flow f is
+    data[seg_start[i] : seg_start[i] + seg_size[i]] for i in first_seg[f, d] ..
+    end_seg[f, d] - 1, back to back).
+
+    A direction at least MAX_HEADER_BYTES long whose first bytes rule out a request (status)
+    line (bulk data on an HTTP port, most of what HTTP copied) is cut after
+    NOT_MESSAGE_BYTES: both parsers call it malformed, with no message, from those bytes
+    and its whole length alone (_walk's early test; parse_messages finds no header end in
+    the window, or one after a line that does not match). So the cut bytes must be parsed
+    with the whole lengths (StreamBatch.whole: parse_flows' `wholes`, parse_messages'
+    `whole`). Every other direction is kept whole: cutting a lone message's body after its
+    headers would need a header parse here, which cost more than the copy it saved."""
+    return _needed_lengths(np.ascontiguousarray(data, dtype=np.uint8),
+                           np.ascontiguousarray(seg_start, dtype=np.int64),
+                           np.ascontiguousarray(seg_size, dtype=np.int64),
+                           np.ascontiguousarray(first_seg, dtype=np.int64),
+                           np.ascontiguousarray(end_seg, dtype=np.int64))

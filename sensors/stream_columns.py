@@ -34,6 +34,7 @@ class StreamColumns(Protocol):
     buf: np.ndarray  # uint8: direction d of row i is buf[start[i, d] : start[i, d] + length[i, d]]
     start: np.ndarray  # (n, 2) int64
     length: np.ndarray  # (n, 2) int64
+    whole: np.ndarray  # (n, 2) int64: the lengths before a consumer's trim (>= length)
     client_ip: np.ndarray  # (n,) IP_DTYPE
     server_ip: np.ndarray
     client_port: np.ndarray  # (n,) int
@@ -73,6 +74,7 @@ class ChunkColumns:
         parts = [part for c in chunks for part in c.data]
         sizes = np.array([len(p) for p in parts], dtype=np.int64).reshape(n, 2)
         self.length = sizes
+        self.whole = sizes  # chunks carry no trim: their bytes are whole
         self.start = (np.cumsum(sizes.reshape(-1)) - sizes.reshape(-1)).reshape(n, 2)
         # writable like StreamBatch.buf (the analyzers take a read-only view of either)
         self.buf = np.frombuffer(bytearray(b"".join(parts)), dtype=np.uint8)

@@ -39,8 +39,8 @@ this is reassembly "only as far as the parsers need it":
 - A consumer that reads only the start of a stream (TLS: its handshake) may pass `trim`
   (see StreamTrim): the fast path asks it, before copying any payload, how many bytes of
   each direction it reads, and copies only those; the chunk's data stops there (its
-  ended/capped/gap flags, packets and close are those of the whole flow). Flows of the
-  per-segment loop are not trimmed.
+  ended/capped/gap flags, packets and close are those of the whole flow; StreamBatch.whole
+  keeps each direction's uncut length). Flows of the per-segment loop are not trimmed.
 
 Client (direction 0) = sender of a SYN without ACK; else the receiver of a SYN+ACK; else
 the sender of the payload that matched `client_predicate`; else the endpoint whose port is
@@ -99,6 +99,7 @@ the capture into that buffer. The HTTP and TLS analyzers read it (sensors/stream
 
 from __future__ import annotations
 
+import sys
 import weakref
 from bisect import bisect_right
 from collections import OrderedDict
@@ -196,7 +197,8 @@ class StreamBatch:
 
     Row i is the chunk feed() would have returned at position i:
     - bytes: direction d (0 client, 1 server) is buf[start[i, d] : start[i, d] +
-      length[i, d]] (== chunks[i].data[d]);
+      length[i, d]] (== chunks[i].data[d]); whole[i, d]: its length before the collector's
+      `trim` cut it (== length where nothing was cut);
     - client_ip, server_ip (n,) IP_DTYPE; client_port, server_port, vlan, start_ts, last_ts
       (n,) int64; client_by (n,) int64, an index into CLIENT_BY; first_ts (n, 2) int64;
       ended, capped, gap (n, 2) bool; final (n,) bool; reason (n,) object (str);
@@ -210,10 +212,13 @@ class StreamBatch:
     """
 
     def __init__(self, columns: dict[str, np.ndarray], buf: np.ndarray, start: np.ndarray,
-                 length: np.ndarray, plain: dict[int, StreamChunk]) -> None:
+                 length: np.ndarray, plain: dict[int, StreamChunk],
+                 whole: np.ndarray | None = None) -> None:
         self.buf = buf  # uint8
         self.start = start  # (n, 2) int64
         self.length = length  # (n, 2) int64
+        # (n, 2) int64: each direction's length before the consumer's trim cut it (>= length)
+        self.whole = length if whole is None else whole
         self.client_ip = columns["client_ip"]
         self.server_ip = columns["server_ip"]
         self.client_port = columns["client_port"]
@@ -1568,7 +1573,7 @@ def _fast_rows_kernel(take, key_seg, carried, gid, direction, upto, fast, starts
             reason_code[i] = 2  # capped
     return (close_at, hash_values, spans, first_ts, meta_start, meta_stop, packet_ts,
             packet_dir, packet_len, last_ts, client_ip, server_ip, client_port, server_port,
-            vlan, how, start_ts, ended, capped, reason_code)
+            vlan, how, start_ts, ended, capped, reason_code, groups)
 
 
 class StreamCollector:
@@ -1619,6 +1624,7 @@ class StreamCollector:
         # SYN/SYN-ACK rows of flows not held yet (columns as the loop reads them)
         self._handshakes: dict[str, np.ndarray] | None = None
         self._scratch = np.zeros(0, dtype=np.uint8)  # see _spans
+        self._batch_buf = np.zeros(0, dtype=np.uint8)  # see _batch_buffer
         # during feed_joined: the fast path's payload spans, copied once the batch is done
         self._joined_spans: list | None = None
         self.stats: dict[str, int] = {}
@@ -2000,11 +2006,14 @@ class StreamCollector:
         carried, key_seg, take, at = _fast_segments_kernel(
             gid, direction, before, upto, fast, cols["plen"], cols["off"], rows, n_keys,
             self.max_bytes_per_dir)
+        whole = None
         if self.trim is not None:  # the consumer reads only so far: copy no more
+            # each (flow, direction)'s length before the cut (StreamBatch.whole)
+            whole = np.bincount(key_seg, weights=take, minlength=n_keys).astype(np.int64)
             take = self._trimmed(data, at, take, key_seg, n_keys)
         (close_at, hash_values, spans, first_ts, meta_start, meta_stop, packet_ts, packet_dir,
          packet_len, last_ts, client_ip, server_ip, client_port, server_port, vlan, how,
-         start_ts, ended, capped, reason_code) = _fast_rows_kernel(
+         start_ts, ended, capped, reason_code, groups) = _fast_rows_kernel(
             take, key_seg, carried, gid, direction, upto, fast, starts, first_open, close,
             per_group, rows, cols["plen"], cols["ts"], cols["sport"], cols["dport"],
             cols["vlan"], cols["hash"],
@@ -2022,6 +2031,7 @@ class StreamCollector:
             "gap": np.zeros((n, 2), dtype=bool), "final": np.ones(n, dtype=bool),
             "reason": reason, "packet_start": meta_start, "packet_stop": meta_stop,
             "packet_ts": packet_ts, "packet_dir": packet_dir, "packet_len": packet_len,
+            "whole": spans[:, 1::2] if whole is None else whole.reshape(-1, 2)[groups],
         }
         hashes = hash_values.tolist()
         if self._joined_spans is not None:
@@ -2040,8 +2050,7 @@ class StreamCollector:
         chunks = _chunks_from_columns(columns.__getitem__, None, data_pairs)
         return _Finished(close_at, hashes, chunks, reason.tolist())
 
-    @staticmethod
-    def _join(out: list, pending: list) -> StreamBatch:
+    def _join(self, out: list, pending: list) -> StreamBatch:
         """The StreamBatch of feed's `out`: the fast path's rows (`pending`, at most one
         entry per feed; their places in `out` hold their index) and the loop's chunk
         objects, merged column by column in `out`'s order; the fast path's spans copied by
@@ -2078,18 +2087,38 @@ class StreamCollector:
                 [fast_columns[name].astype(np.int64), plain_columns[name]])
         start = np.zeros((n, 2), dtype=np.int64)
         length = np.zeros((n, 2), dtype=np.int64)
+        whole = length
         if spans is not None:
             start[fast_rows] = spans[:, 0::2]
             length[fast_rows] = spans[:, 1::2]
+            whole = np.empty((n, 2), dtype=np.int64)
+            whole[fast_rows] = fast_columns["whole"]
+            whole[plain_rows] = sizes
         length[plain_rows] = sizes
         start[plain_rows] = fast_total + (np.cumsum(sizes) - sizes.reshape(-1)).reshape(-1, 2)
-        buf = np.empty(fast_total + int(sizes.sum()), dtype=np.uint8)
+        buf = self._batch_buffer(fast_total + int(sizes.sum()))
         if parts:
             buf[fast_total:] = np.frombuffer(b"".join(parts), dtype=np.uint8)
         if pending:
             _spans_kernel(data, at, take, buf[:fast_total])
         return StreamBatch(columns, buf, start, length, dict(zip(plain_list, plain,
-                                                                 strict=True)))
+                                                                 strict=True)), whole)
+
+    def _batch_buffer(self, size: int) -> np.ndarray:
+        """An uninitialized uint8 buffer of `size` for a StreamBatch (which writes all of
+        it): the previous batch's when nothing refers to it or to a view of it any more,
+        else a new one, kept for the next batch. Why: a fresh buffer of megabytes is a
+        fresh mmap of glibc's (above its mmap threshold, which other allocations move), one
+        page fault per 4 KB, about as much CPU as the copy into it."""
+        kept = self._batch_buf
+        # references: the attribute, `kept` and getrefcount's argument; a view adds one
+        if kept.size >= size and sys.getrefcount(kept) == 3:
+            return kept[:size]
+        if size > MAX_SCRATCH_BYTES:
+            return np.empty(size, dtype=np.uint8)  # too large to keep: this batch only
+        self._batch_buf = np.empty(max(size, min(2 * kept.size, MAX_SCRATCH_BYTES)),
+                                   dtype=np.uint8)
+        return self._batch_buf[:size]
 
     def _trimmed(self, data: np.ndarray, start: np.ndarray, size: np.ndarray,
                  key: np.ndarray, n_keys: int) -> np.ndarray:
