@@ -11,8 +11,9 @@ this is reassembly "only as far as the parsers need it":
   in the batch are kept, also those after the opening one. Payload-less segments never
   create state: a SYN flood costs column operations only. Instead, SYN and SYN-ACK rows of
   flows not held are remembered column-wise (the latest of each per flow, at most
-  `max_flows`, none older than the idle timeout) and replayed ahead of the segment that
-  opens their flow in a later batch, so orientation and sequence bases do not depend on
+  `max_flows`, none older than the idle timeout, each with the time of the first of its
+  retransmissions) and replayed, at those times, ahead of the segment that opens their
+  flow in a later batch, so orientation, sequence bases and start times do not depend on
   batch boundaries. Rows of flows the consumer released (`release`) are dropped by a hash
   test, also column-wise. Only the remaining rows enter the Python loop
   (stats["segments_looped"]).
@@ -1770,26 +1771,64 @@ class StreamCollector:
                 "dst_ip": dst_ip.view(packets.dst_ip.dtype).reshape(rows.size,
                                                                     *packets.dst_ip.shape[1:])}
 
+    @staticmethod
+    def _first_retransmission_times(store: dict[str, np.ndarray], is_synack: np.ndarray) -> None:
+        """store["first_ts"] = the smallest first_ts of the rows that repeat the same handshake
+        packet (same flow, kind, seq and ack: retransmissions), for each row. A SYN with a new
+        ISN is a new attempt, and so a flow of its own when one batch holds them all.
+
+        Rows are grouped by one sort of a 64-bit key mixing the four (a lexsort of them cost
+        ~20x more under a SYN flood's 75k remembered rows per batch); a run counts as one packet
+        only where the four columns are equal too, so a key collision never merges two."""
+        n = store["hash"].size
+        if n < 2:
+            return
+        seq = store["seq"].astype(np.uint64)
+        ack = store["ack"].astype(np.uint64)
+        with np.errstate(over="ignore"):  # wrapping multiply: a mix, not a number
+            key = store["hash"] ^ (((seq << np.uint64(32)) | ack) * np.uint64(0x9E3779B97F4A7C15)
+                                   + is_synack.astype(np.uint64))
+        order = np.argsort(key)  # (runs are reduced with min: no stable order needed)
+        same = np.zeros(n, dtype=bool)  # row order[i] repeats row order[i - 1]
+        same[1:] = key[order[1:]] == key[order[:-1]]
+        if not same.any():
+            return  # no retransmission remembered (a spoofed flood): nothing to carry
+        for column in (store["hash"], is_synack, seq, ack):
+            ranked = column[order]
+            same[1:] &= ranked[1:] == ranked[:-1]
+        starts = np.flatnonzero(~same)
+        earliest = np.minimum.reduceat(store["first_ts"][order], starts)
+        first_ts = np.empty_like(store["first_ts"])
+        first_ts[order] = np.repeat(earliest, np.diff(np.append(starts, n)))
+        store["first_ts"] = first_ts
+
     def _remember_handshakes(self, packets: DecodedPackets, rows: np.ndarray,
                              hashes: np.ndarray,
                              seq_ack: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
         """Keep SYN/SYN-ACK rows of flows not held (the latest of each kind per flow,
-        at most max_flows, none older than the idle timeout): all column-wise."""
+        at most max_flows, none older than the idle timeout; first_ts: the earliest time
+        of its retransmissions remembered): all column-wise."""
         if rows.size == 0:
             return
         fresh = self._columns(packets, rows, hashes, np.ones(rows.size, dtype=bool),
                               np.zeros(rows.size, dtype=bool), seq_ack)
         fresh["off"][:] = 0
         fresh["plen"][:] = 0
+        fresh["first_ts"] = fresh["ts"].copy()
         store = fresh if self._handshakes is None else {
             name: np.concatenate([self._handshakes[name], fresh[name]]) for name in fresh}
         # the latest row per (flow, SYN or SYN-ACK): first index in the reversed order
         pick_parts = []
+        repeated = False  # some flow has several rows of a kind (retransmissions?)
         is_synack = (store["flags"] & ACK) != 0
         for kind in (~is_synack, is_synack):
             where = np.flatnonzero(kind)[::-1]
-            _, first = np.unique(store["hash"][where], return_index=True)
+            _, first, count = np.unique(store["hash"][where], return_index=True,
+                                        return_counts=True)
             pick_parts.append(where[first])
+            repeated = repeated or bool(count.max(initial=1) > 1)
+        if repeated:
+            self._first_retransmission_times(store, is_synack)
         pick = np.sort(np.concatenate(pick_parts))
         pick = pick[store["found"][pick] & (store["ts"][pick] >= self.clock - self.idle_ns)]
         pick = pick[-self.max_flows:]
@@ -1806,6 +1845,9 @@ class StreamCollector:
             return None
         taken = {name: column[take] for name, column in store.items()}
         self._handshakes = {name: column[~take] for name, column in store.items()}
+        # each at its first retransmission's time: the flow opens where, and as, it would
+        # have with every handshake packet in the batch of its payload
+        taken["ts"] = taken["first_ts"]
         order = np.argsort(taken["ts"], kind="stable")
         return {name: column[order] for name, column in taken.items()}
 

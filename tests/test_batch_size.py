@@ -54,15 +54,13 @@ def sensor_rows(path, batch_packets: int) -> dict[str, Counter]:
     return rows
 
 
-# A known difference (S1 report): the SSH event of the connection with three SYN / SYN-ACK
-# pairs (src port 51489) starts at its third SYN instead of its first when a batch boundary
-# falls where it does at 97 packets. sensors/ssh.py / tcp_stream.py, not the flow table.
-SSH_HANDSHAKE_SPLIT = pytest.mark.xfail(
-    reason="ssh start time of a retransmitted handshake depends on batch boundaries")
-CASES = [pytest.param(name, size, id=f"{name}-{size}",
-                      marks=[SSH_HANDSHAKE_SPLIT] if (name, size) == ("large/zeek__ssh.pcap", 97)
-                      else [])
-         for name in CAPTURES for size in (1000, 97)]
+# large/zeek__ssh.pcap at 97 (and 13) packets: a batch boundary falls after the three SYN /
+# SYN-ACK pairs of the connection from port 51489 and before its first payload, so its
+# handshake is remembered by the stream collector and replayed; the SSH event must still
+# start at the first SYN (tcp_stream keeps each flow's earliest handshake time).
+CASES = [pytest.param(name, size, id=f"{name}-{size}")
+         for name in CAPTURES for size in (1000, 97, 13)
+         if size != 13 or name == "large/zeek__ssh.pcap"]
 
 
 @pytest.mark.parametrize(("name", "batch_packets"), CASES)
