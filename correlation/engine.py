@@ -191,8 +191,15 @@ class _SharedBuffer:
             # numeric columns is never touched, so it costs address space, not memory
             self._grow(max(need, 4 * self.capacity, 1024), columns)
         everything = n == n_in  # skip the gather when every row is wanted
+        # numeric columns gathered straight into the buffer (no temporary); mode "clip":
+        # numpy buffers `out` under the default "raise", and rows are in range by
+        # construction (nonzero of a per-input-row count), as the users' idx are (hold_rows
+        # raised on any out-of-range row)
         for c in self.arrays:
-            self.arrays[c][self.rows:need] = columns[c] if everything else columns[c][rows]
+            if everything:
+                self.arrays[c][self.rows:need] = columns[c]
+            else:
+                np.take(columns[c], rows, out=self.arrays[c][self.rows:need], mode="clip")
         for c, codes in self.object_codes.items():
             codes[self.rows:need] = self._object_codes_of(c, columns[c],
                                                           None if everything else rows)
@@ -211,7 +218,10 @@ class _SharedBuffer:
                 elif self.first_time[u] is not None:
                     self.first_time[u] = min(self.first_time[u], earliest)
                 self._add_positions(u, idx, self.rows if everything else landing)
-        self.holders[self.rows:need] = holders if everything else holders[rows]
+        if everything:
+            self.holders[self.rows:need] = holders
+        else:
+            np.take(holders, rows, out=self.holders[self.rows:need], mode="clip")
         self.rows = need
 
     def _object_codes_of(self, name: str, column: np.ndarray,
@@ -283,7 +293,7 @@ class _SharedBuffer:
         if type(landing) is int:
             np.add(idx, landing, out=buf[held:end])
         else:
-            np.take(landing, idx, out=buf[held:end])
+            np.take(landing, idx, out=buf[held:end], mode="clip")
         self.held[user] = end
 
     def _grow(self, size: int, columns: Mapping[str, np.ndarray]) -> None:
@@ -468,10 +478,10 @@ class _SharedBuffer:
             return self.address_codes(names, positions)
         first = self.address_ids[names[0]][positions]
         if len(names) == 1:
-            return first
-        first *= radix
-        first += self.address_ids[names[1]][positions]
-        return first
+            return first if first.base is None else first.copy()  # (a slice: not a view)
+        codes = first * radix  # (a new array: positions may be a slice, first a view)
+        codes += self.address_ids[names[1]][positions]
+        return codes
 
     def _local_address_codes(self, names: tuple[str, ...], positions: np.ndarray
                              ) -> np.ndarray:

@@ -136,9 +136,12 @@ def test_equality_codes_match_ranked_codes_as_a_partition() -> None:
         first_a = {}
         assert all(first_a.setdefault(x, y) == y for x, y in zip(a, b, strict=True))
         assert len(set(a.tolist())) == len(set(b.tolist()))
-    # the buffer's own ids are not changed by a read (codes are built in a fresh array)
+    # the buffer's own ids are not changed by a read or a change of the codes read
+    # (fresh arrays, also for a slice of positions)
     before = store.address_ids["src_ip"][: store.rows].copy()
-    store.address_equality_codes(("src_ip", "dst_ip"), positions)
+    for at in (positions, slice(0, store.rows)):
+        for names in (("src_ip",), ("src_ip", "dst_ip")):
+            store.address_equality_codes(names, at)[:] = -1
     assert np.array_equal(store.address_ids["src_ip"][: store.rows], before)
 
 
