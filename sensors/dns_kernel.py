@@ -775,6 +775,8 @@ def split_tcp_segments(data: np.ndarray, seg_start: np.ndarray, seg_len: np.ndar
 
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # golden-ratio multiplier: spreads keys over the table
+_MIX2 = np.uint64(0xC2B2AE3D27D4EB4F)  # further odd multipliers (xxhash's) for flow_groups
+_GOLDEN_ODD = np.uint64(0x165667B19E3779F9)
 
 
 @njit
@@ -907,15 +909,42 @@ def flow_groups(src: np.ndarray, dst: np.ndarray, transport: np.ndarray,
     """Rows numbered by flow tuple: (first, group), first[g] the first row of flow g,
     group[i] the flow of row i. src/dst: (n, 2) uint64 views of the 16-byte addresses.
     With both_directions, (a, b, pa, pb) and (b, a, pb, pa) are one flow (a query and its
-    response); otherwise each direction is its own tuple."""
+    response); otherwise each direction is its own tuple.
+
+    number_rows' numbering (first-seen order, open addressing, full compare on a probe),
+    without materialising every row's key: only the distinct flows' canonical tuples are
+    kept, and the hash multiplies the tuple's words independently (no serial chain)."""
     n = transport.shape[0]
-    key = np.empty((n, 7), dtype=np.uint64)  # canonical tuple per row, compared on probes
+    group = np.empty(n, dtype=np.int64)
+    first = np.empty(n, dtype=np.int64)
+    key = np.empty((n, 6), dtype=np.uint64)  # canonical tuple of each distinct flow
+    size = _table_size(n)
+    mask = np.uint64(size - 1)
+    slots = np.full(size, -1, dtype=np.int64)
+    distinct = 0
     for i in range(n):
         a0, a1, pa = src[i, 0], src[i, 1], np.uint64(src_port[i])
         b0, b1, pb = dst[i, 0], dst[i, 1], np.uint64(dst_port[i])
         if both_directions and (a0 > b0 or (a0 == b0 and (a1 > b1 or (a1 == b1 and pa > pb)))):
             a0, a1, pa, b0, b1, pb = b0, b1, pb, a0, a1, pa
-        key[i, 0], key[i, 1], key[i, 2] = a0, a1, pa
-        key[i, 3], key[i, 4], key[i, 5] = b0, b1, pb
-        key[i, 6] = np.uint64(transport[i])
-    return number_rows(key)
+        # ports below 2**32 and one byte of protocol: one word for the three
+        ports = (pa << np.uint64(32)) ^ pb ^ (np.uint64(transport[i]) << np.uint64(56))
+        h = (a0 * _MIX) ^ (a1 * _FNV_PRIME) ^ ((b0 ^ ports) * _GOLDEN_ODD) ^ (b1 * _MIX2)
+        slot = np.int64(_finish(h ^ ports) & mask)
+        while True:
+            g = slots[slot]
+            if g < 0:
+                slots[slot] = distinct
+                first[distinct] = i
+                key[distinct, 0], key[distinct, 1], key[distinct, 2] = a0, a1, pa
+                key[distinct, 3], key[distinct, 4], key[distinct, 5] = b0, b1, pb
+                group[i] = distinct
+                distinct += 1
+                break
+            if (key[g, 0] == a0 and key[g, 1] == a1 and key[g, 2] == pa and key[g, 3] == b0
+                    and key[g, 4] == b1 and key[g, 5] == pb
+                    and transport[first[g]] == transport[i]):
+                group[i] = g
+                break
+            slot = (slot + 1) & (size - 1)
+    return first[:distinct], group
