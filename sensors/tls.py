@@ -1114,6 +1114,29 @@ def _ascii_slices(src: np.ndarray, starts: np.ndarray, stops: np.ndarray,
     return [text[a:b] for a, b in zip((ends - sizes).tolist(), ends.tolist(), strict=True)]
 
 
+def _server_columns(parsed: ParsedFlows, at: np.ndarray, found: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ja3s, cipher, next_protocol) of flows `at`: "" where no ServerHello was read
+    (`found`), so only the rows with one are looked at (a batch's flows whose server did not
+    answer cost no distinct-value passes)."""
+    n = at.size
+    served = np.flatnonzero(found)
+    if not served.size:
+        return tuple(constant_text(n, "") for _ in range(3))
+    rows = at[served]
+    skeys, server_ids = _distinct_slices(parsed.server_keys, parsed.server_key_start[rows],
+                                         parsed.server_key_stop[rows])
+    columns = (_texts([server_ja3s(k) if k else "" for k in skeys])[server_ids],
+               _names(parsed.cipher[rows], cipher_name),
+               _distinct_texts(parsed.hs, parsed.alpn_start[rows], parsed.alpn_stop[rows]))
+    if served.size == n:
+        return columns
+    out = tuple(constant_text(n, "") for _ in range(3))
+    for column, values in zip(out, columns, strict=True):
+        column[served] = values
+    return out
+
+
 def event_columns(parsed: ParsedFlows, rows: Sequence[int] | np.ndarray
                   ) -> dict[str, np.ndarray]:
     """The TLS-specific event columns of flows `rows` (with a readable ClientHello).
@@ -1125,21 +1148,17 @@ def event_columns(parsed: ParsedFlows, rows: Sequence[int] | np.ndarray
                                         parsed.client_key_stop[at])
     summaries = [client_summary(key) for key in keys]
     found = parsed.server_found[at]
-    skeys, server_ids = _distinct_slices(parsed.server_keys, parsed.server_key_start[at],
-                                         parsed.server_key_stop[at])
-    ja3s = np.where(found, _texts([server_ja3s(k) if k else "" for k in skeys])[server_ids], "")
+    ja3s, cipher, next_protocol = _server_columns(parsed, at, found)
     offered = np.array([s[3] for s in summaries], dtype=np.int64)[client_ids]
     negotiated = np.where(parsed.selected_version[at] != 0, parsed.selected_version[at],
                           parsed.server_version[at])
     version = _names(np.where(found, negotiated, offered), version_name)
-    cipher = _names(parsed.cipher[at], cipher_name, found)
     alpn_offered = [s[2] for s in summaries]
     # a new list per row (lists are mutable), made in C: fromiter keeps lists as elements
     client_alpn = np.fromiter(map(list, map(alpn_offered.__getitem__, client_ids.tolist())),
                               dtype=object, count=len(rows))
     server_name = _distinct_texts(parsed.hs, parsed.sni_start[at], parsed.sni_stop[at],
                                   lower=True)
-    next_protocol = _distinct_texts(parsed.hs, parsed.alpn_start[at], parsed.alpn_stop[at])
     cert_sha1, cert_subject, cert_issuer = (constant_text(len(rows), "") for _ in range(3))
     cert_start, cert_stop = parsed.cert_start[at], parsed.cert_stop[at]
     with_cert = np.flatnonzero(cert_stop > cert_start)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_tls_kernels import as_records, mutate, server_streams
+from test_tls_kernels import as_records, client_streams, mutate, server_streams
 
 from sensors import tls
 
@@ -83,3 +83,19 @@ def test_other_messages_are_not_copied():
                                            np.zeros(1, np.int64),
                                            np.array([len(data)], np.int64), 0)
     assert hs[start[0]:stop[0]].tobytes() == body + bytes([12, 0, 0, 0])
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(client_streams(), server_streams() | st.just(b"")), min_size=1,
+                max_size=5))
+def test_event_columns_of_a_batch_equal_each_flow_alone(flows):
+    """Server columns (JA3S, cipher, ALPN chosen) are computed for the flows with a
+    ServerHello only; "" elsewhere, as for each flow on its own."""
+    parsed = tls.parse_flows([c for c, _ in flows], [s for _, s in flows])
+    rows = np.flatnonzero(parsed.status == tls.HELLO_OK)
+    together = tls.event_columns(parsed, rows)
+    for k, i in enumerate(rows.tolist()):
+        alone = tls.parse_flows([flows[i][0]], [flows[i][1]])
+        one = tls.event_columns(alone, [0])
+        for name, column in together.items():
+            assert column[k] == one[name][0] and type(column[k]) is type(one[name][0]), name
