@@ -5,14 +5,22 @@ numpy (a 2M-packet file takes a few seconds):
 
 - mixed: a realistic mix of conversations between ~65k clients (10.x.y.z) and 500 servers
   (192.0.2.0/24 ... 198.51.100.0/24), each built from a template conversation made once
-  with scapy and replicated with per-conversation addresses, ports and timing:
-    http   TCP handshake, GET with a Host header, 200 response, FIN close     (9 packets)
-    tls    TCP handshake, ClientHello with SNI, server flight, app data, FIN  (16 packets)
-    bulk   TCP handshake, 24 data segments + ACKs, FIN close                  (~40 packets)
-    dns    A query + answer over UDP 53 (several names)                       (2 packets)
+  and replicated with per-conversation addresses, ports and timing:
+    http   12 exchanges: GET/POST, varied hosts, URIs, user agents, statuses (200, 201,
+           301, 302, 304, 404) and bodies up to 14 KB over several segments  (10-28 packets)
+    tls    16 server names: a browser-like ClientHello (SNI, ALPN, groups, signature
+           algorithms), the server's flight (ServerHello with ALPN, a real DER leaf + CA
+           certificate chain, ServerKeyExchange, ServerHelloDone), key exchange and
+           Finished both ways, application data                                (~22 packets)
+    bulk   TCP handshake, 16 data segments + ACKs, FIN close                  (~38 packets)
+    dns    768 distinct lookups: A and AAAA, 1-4 addresses, CNAME chains, NXDOMAIN,
+           varied TTLs, names of two to five labels                          (2 packets)
     ntp    UDP 123 request + reply                                            (2 packets)
     icmp   echo request + reply                                               (2 packets)
     rej    SYN answered by RST/ACK (closed port)                              (2 packets)
+  Until 2026-11-29 (MIX_VERSION 1) the mix had 3 HTTP and 3 TLS templates and 4 DNS names,
+  and the TLS server flight was one opaque record: parsers met the same few names over and
+  over, and no ServerHello or certificate. Version 2 is the one above.
   Packets of all conversations are interleaved in time order. IP header checksums are
   correct; TCP checksums are those of the template (wrong after patching: no tool used here
   verifies them by default) and UDP checksums are 0 ("none").
@@ -39,6 +47,7 @@ RECORD = np.dtype([("sec", "<u4"), ("usec", "<u4"), ("caplen", "<u4"), ("wirelen
 # Ethernet + IPv4 without options: where the fields patched per conversation sit.
 IP_AT, SRC_AT, DST_AT, SPORT_AT, DPORT_AT = 14, 26, 30, 34, 36
 T0 = 1_700_000_000  # capture start, seconds since the epoch
+MIX_VERSION = 2  # part of the benchmark's cached file name: bump when the mix changes
 
 
 @dataclass
@@ -48,16 +57,214 @@ class Frame:
     offset_s: float  # time after the conversation start (scaled per conversation)
 
 
-def _tls_client_hello(server_name: str) -> bytes:
-    """A minimal TLS 1.2 ClientHello record with an SNI extension."""
+_SEGMENT = 1448  # TCP payload bytes per segment (Ethernet MTU, timestamps off)
+
+
+def _segments(from_client: bool, payload: bytes) -> list[tuple[bool, bytes]]:
+    """One exchange item per MSS-sized segment of `payload`."""
+    return [(from_client, payload[at:at + _SEGMENT]) for at in range(0, len(payload), _SEGMENT)]
+
+
+def _filler(size: int, seed: int) -> bytes:
+    """Deterministic incompressible-looking bytes (bodies, certificates, ciphertext)."""
+    return np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes()
+
+
+# HTTP: (method, host, URI, status, response body bytes); varied hosts, paths, query
+# strings, statuses and body sizes (bodies above one segment span several).
+_HTTP_EXCHANGES = [
+    ("GET", "www.example.com", "/index.html", 200, 900),
+    ("GET", "intranet.example.org", "/portal/home?user=4711&lang=en", 200, 5200),
+    ("GET", "cdn.example.net", "/static/js/app.3f9a1c.js", 200, 14300),
+    ("GET", "cdn.example.net", "/img/logo.png", 304, 0),
+    ("POST", "api.example.gov", "/v2/reports/submit", 201, 120),
+    ("GET", "news.example.com", "/2026/11/28/national-cirt-exercise", 200, 9800),
+    ("GET", "www.example.com", "/missing/page.php?id=17", 404, 310),
+    ("GET", "example.org", "/", 301, 0),
+    ("GET", "updates.example.net", "/pkg/dists/stable/InRelease", 200, 2900),
+    ("POST", "login.example.org", "/session", 302, 0),
+    ("GET", "wiki.example.edu", "/wiki/Situational_awareness", 200, 7600),
+    ("GET", "shop.example.com", "/search?q=router&page=2", 200, 4100),
+]
+_USER_AGENTS = [
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/131.0 Safari/537.36",
+    "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0",
+    "curl/8.5.0",
+    "Debian APT-HTTP/1.3 (2.6.1)",
+]
+_REASONS = {200: "OK", 201: "Created", 301: "Moved Permanently", 302: "Found",
+            304: "Not Modified", 404: "Not Found"}
+
+
+def _http_exchange(method: str, host: str, uri: str, status: int, size: int,
+                   index: int) -> list[tuple[bool, bytes]]:
+    body = b"user=analyst&report=weekly" if method == "POST" else b""
+    request = (f"{method} {uri} HTTP/1.1\r\nHost: {host}\r\n"
+               f"User-Agent: {_USER_AGENTS[index % len(_USER_AGENTS)]}\r\n"
+               "Accept: */*\r\nAccept-Encoding: gzip, deflate\r\nConnection: keep-alive\r\n")
+    if body:
+        request += ("Content-Type: application/x-www-form-urlencoded\r\n"
+                    f"Content-Length: {len(body)}\r\n")
+    head = (f"HTTP/1.1 {status} {_REASONS[status]}\r\nServer: nginx/1.24.0\r\n"
+            "Date: Sat, 28 Nov 2026 10:00:00 GMT\r\n")
+    if status in (301, 302):
+        head += f"Location: https://{host}/\r\n"
+    if status != 304:
+        head += f"Content-Type: text/html; charset=utf-8\r\nContent-Length: {size}\r\n"
+    response = head.encode() + b"\r\n" + _filler(size, 100 + index)
+    return [(True, request.encode() + b"\r\n" + body), *_segments(False, response)]
+
+
+_TLS_NAMES = [
+    "api.example.com", "mail.example.org", "login.example.net", "www.example.gov",
+    "cdn.example.net", "update.example.com", "telemetry.example.org", "auth.example.edu",
+    "chat.example.com", "files.example.net", "video.example.com", "pay.bank.example",
+    "vpn.ministry.example", "portal.example.gov", "static.example.org", "ocsp.example.net",
+]
+
+
+def _tls_record(content_type: int, body: bytes) -> bytes:
+    return bytes([content_type]) + b"\x03\x03" + struct.pack("!H", len(body)) + body
+
+
+def _handshake(kind: int, body: bytes) -> bytes:
+    return bytes([kind]) + len(body).to_bytes(3, "big") + body
+
+
+def _extension(kind: int, body: bytes) -> bytes:
+    return struct.pack("!HH", kind, len(body)) + body
+
+
+def _alpn(*protocols: bytes) -> bytes:
+    names = b"".join(bytes([len(p)]) + p for p in protocols)
+    return _extension(0x0010, struct.pack("!H", len(names)) + names)
+
+
+_CIPHERS = bytes.fromhex("c02bc02fc02cc030cca9cca8c013c014009c009d002f0035")
+
+
+def _tls_client_hello(server_name: str, index: int = 0) -> bytes:
+    """A TLS 1.2 ClientHello record as browsers send it: SNI, groups, point formats,
+    signature algorithms, ALPN (h2, http/1.1), extended master secret, renegotiation."""
     name = server_name.encode()
-    sni = struct.pack("!HHHBH", 0, len(name) + 5, len(name) + 3, 0, len(name)) + name
-    extensions = sni + struct.pack("!HHH", 0x000A, 4, 2) + b"\x00\x17"  # supported_groups
-    body = (b"\x03\x03" + bytes(range(32)) + b"\x00" + struct.pack("!H", 4)
-            + b"\xc0\x2f\x00\x9c" + b"\x01\x00" + struct.pack("!H", len(extensions))
-            + extensions)
-    handshake = b"\x01" + len(body).to_bytes(3, "big") + body
-    return b"\x16\x03\x01" + struct.pack("!H", len(handshake)) + handshake
+    extensions = (
+        _extension(0x0000, struct.pack("!HBH", len(name) + 3, 0, len(name)) + name)
+        + _extension(0x0017, b"") + _extension(0xFF01, b"\x00")
+        + _extension(0x000A, bytes.fromhex("0008001d001700180019"))
+        + _extension(0x000B, b"\x01\x00")
+        + _extension(0x000D, bytes.fromhex("0012040305030603080408050806040105010601"))
+        + _alpn(b"h2", b"http/1.1"))
+    body = (b"\x03\x03" + _filler(32, 300 + index) + b"\x20" + _filler(32, 400 + index)
+            + struct.pack("!H", len(_CIPHERS)) + _CIPHERS + b"\x01\x00"
+            + struct.pack("!H", len(extensions)) + extensions)
+    return _tls_record(0x16, _handshake(0x01, body))
+
+
+def _certificate_chain(server_name: str) -> list[bytes]:
+    """DER leaf certificate for `server_name` and its issuing CA, as a server sends them.
+    Ed25519 keys derived from the names and fixed dates: signatures are deterministic, so
+    the capture is the same at every generation (the sensor's certificate SHA1 included)."""
+    import datetime
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    def key(label: str) -> Ed25519PrivateKey:
+        return Ed25519PrivateKey.from_private_bytes(hashlib.sha256(label.encode()).digest())
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "XX"),
+                          x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Example Trust Services"),
+                          x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    start = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    ca_key, leaf_key = key("bench-ca"), key(server_name)
+    ca_name = name("Example Issuing CA 2")
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(name("Example Root CA"))
+          .public_key(ca_key.public_key()).serial_number(0x1000)
+          .not_valid_before(start).not_valid_after(start + datetime.timedelta(days=3650))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .sign(key("bench-root"), None))
+    zone = server_name.split(".", 1)[1]
+    leaf = (x509.CertificateBuilder().subject_name(name(server_name)).issuer_name(ca_name)
+            .public_key(leaf_key.public_key())
+            .serial_number(int.from_bytes(hashlib.sha1(server_name.encode()).digest()[:8], "big"))
+            .not_valid_before(start).not_valid_after(start + datetime.timedelta(days=398))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName(server_name), x509.DNSName(zone), x509.DNSName(f"*.{zone}")]),
+                critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                           critical=False)
+            .add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
+                [x509.UniformResourceIdentifier("http://crl.example-trust.example/ca2.crl")],
+                None, None, None)]), critical=False)
+            .sign(ca_key, None))
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return [leaf.public_bytes(Encoding.DER), ca.public_bytes(Encoding.DER)]
+
+
+def _tls_exchange(server_name: str, index: int) -> list[tuple[bool, bytes]]:
+    """ClientHello; the server's flight (ServerHello with ALPN, a two-certificate chain,
+    ServerKeyExchange, ServerHelloDone) in one record over several segments; the client's
+    key exchange, ChangeCipherSpec and Finished; the server's; then application data."""
+    server_hello = (b"\x03\x03" + _filler(32, 500 + index) + b"\x20" + _filler(32, 600 + index)
+                    + b"\xc0\x2f\x00")
+    extensions = _extension(0xFF01, b"\x00") + _extension(0x0017, b"") + _alpn(b"h2")
+    server_hello += struct.pack("!H", len(extensions)) + extensions
+    ders = _certificate_chain(server_name)
+    certificates = b"".join(len(der).to_bytes(3, "big") + der for der in ders)
+    key_exchange = b"\x03\x00\x1d\x20" + _filler(32, 800 + index) + b"\x04\x01\x01\x00" + _filler(
+        256, 900 + index)
+    flight = (_handshake(0x02, server_hello)
+              + _handshake(0x0B, len(certificates).to_bytes(3, "big") + certificates)
+              + _handshake(0x0C, key_exchange) + _handshake(0x0E, b""))
+    client_keys = (_tls_record(0x16, _handshake(0x10, b"\x20" + _filler(32, 1000 + index)))
+                   + _tls_record(0x14, b"\x01") + _tls_record(0x16, _filler(40, 1100 + index)))
+    server_finish = _tls_record(0x14, b"\x01") + _tls_record(0x16, _filler(40, 1200 + index))
+    return [(True, _tls_client_hello(server_name, index)),
+            *_segments(False, _tls_record(0x16, flight)),
+            (True, client_keys), (False, server_finish),
+            (True, _tls_record(0x17, _filler(420, 1300 + index))),
+            *_segments(False, _tls_record(0x17, _filler(2600 + 113 * index, 1400 + index)))]
+
+
+_DNS_WORDS = ["www", "api", "mail", "cdn", "static", "img", "login", "update", "ws", "edge",
+              "auth", "app", "portal", "docs", "news", "shop", "video", "m", "support",
+              "files", "time", "vpn", "owa", "sso", "telemetry", "assets", "media", "git"]
+_DNS_ZONES = ["example.com", "example.org", "example.net", "example.gov", "example.edu",
+              "bank.example", "ministry.example", "univ.example", "isp.example",
+              "cloud.example.net", "co.example", "health.example"]
+
+
+def _dns_lookups(count: int = 768) -> list[tuple[str, str, int, list]]:
+    """(query name, type, rcode, answers) of `count` distinct lookups: names of two to five
+    labels, A (most) and AAAA queries, one to four addresses, CNAME chains to a CDN name,
+    some NXDOMAIN, varied TTLs. A segment's resolver traffic repeats popular names and
+    sees many others once; the mix draws lookups uniformly from this set."""
+    lookups = []
+    for i in range(count):
+        word, zone = _DNS_WORDS[i % len(_DNS_WORDS)], _DNS_ZONES[(i // 3) % len(_DNS_ZONES)]
+        serial = i // len(_DNS_WORDS)
+        name = f"{word}{serial or ''}.{zone}" if i % 4 else f"{word}.host{serial}.eu.{zone}"
+        qtype = "AAAA" if i % 7 == 3 else "A"
+        if i % 19 == 5:
+            lookups.append((name, qtype, 3, []))
+            continue
+        ttl = (60, 300, 3600, 86400)[i % 4]
+        owner, answers = name, []
+        if i % 5 == 0:
+            owner = f"{word}{serial}.edge{i % 9}.cdn-provider.example"
+            answers.append((name, "CNAME", ttl, owner))
+        for k in range(1 + i % 4 if qtype == "A" else 1 + i % 2):
+            data = (f"198.18.{(i * 7 + k) % 256}.{(i * 13 + k * 31) % 254 + 1}" if qtype == "A"
+                    else f"2001:db8:{i % 4096:x}::{k + 1:x}")
+            answers.append((owner, qtype, 60 if owner != name else ttl, data))
+        lookups.append((name, qtype, 0, answers))
+    return lookups
 
 
 def _templates() -> dict[str, list[Frame]]:
@@ -113,24 +320,18 @@ def _templates() -> dict[str, list[Frame]]:
             f.data = bytes(raw)
         return frames
 
-    http_response = (b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 900\r\n\r\n"
-                     + b"x" * 900)
     templates: dict[str, list[Frame]] = {}
-    for i, host in enumerate(("www.example.com", "intranet.example.org", "cdn.example.net")):
-        get = f"GET /index{i}.html HTTP/1.1\r\nHost: {host}\r\nUser-Agent: bench/1.0\r\n\r\n"
-        templates[f"http{i}"] = tcp_conv(80, [(True, get.encode()), (False, http_response)])
-    for i, name in enumerate(("api.example.com", "mail.example.org", "login.example.net")):
-        templates[f"tls{i}"] = tcp_conv(443, [
-            (True, _tls_client_hello(name)), (False, b"\x16\x03\x03" + b"\x05\xa0" + b"s" * 1440),
-            (True, b"\x17\x03\x03\x00\x40" + b"a" * 64),
-            (False, b"\x17\x03\x03\x05\x00" + b"b" * 1280),
-            (False, b"\x17\x03\x03\x05\x00" + b"b" * 1280)])
+    for i, (method, host, uri, status, size) in enumerate(_HTTP_EXCHANGES):
+        templates[f"http{i}"] = tcp_conv(80, _http_exchange(method, host, uri, status, size, i))
+    for i, name in enumerate(_TLS_NAMES):
+        templates[f"tls{i}"] = tcp_conv(443, _tls_exchange(name, i))
     templates["bulk"] = tcp_conv(8080, [(False, b"d" * 1448)] * 16)
-    for i, name in enumerate(("www.example.com", "update.example.org", "a.b.example.net",
-                              "ns1.example.com")):
-        query = bytes(DNS(id=0x1234 + i, rd=1, qd=DNSQR(qname=name, qtype="A")))
-        answer = bytes(DNS(id=0x1234 + i, qr=1, rd=1, ra=1, qd=DNSQR(qname=name, qtype="A"),
-                           an=DNSRR(rrname=name, type="A", ttl=300, rdata="192.0.2.53")))
+    for i, (name, qtype, rcode, answers) in enumerate(_dns_lookups()):
+        query = bytes(DNS(id=(0x1234 + i) & 0xFFFF, rd=1, qd=DNSQR(qname=name, qtype=qtype)))
+        records = [DNSRR(rrname=owner, type=kind, ttl=ttl, rdata=data)
+                   for owner, kind, ttl, data in answers]
+        answer = bytes(DNS(id=(0x1234 + i) & 0xFFFF, qr=1, rd=1, ra=1, rcode=rcode,
+                           qd=DNSQR(qname=name, qtype=qtype), an=records))
         templates[f"dns{i}"] = udp_pair(53000, 53, query, answer)
     templates["ntp"] = udp_pair(40123, 123, b"\x23" + bytes(47), b"\x24" + bytes(47))
     echo_q = Ether(src=cmac, dst=smac) / IP(src=c, dst=s) / ICMP(type=8, id=7, seq=1) / (b"p" * 56)
@@ -183,8 +384,10 @@ def _render(frames: list[bytes], frame_of: np.ndarray, ts_us: np.ndarray,
     records["caplen"] = lengths
     records["wirelen"] = np.maximum(lengths, 60)  # Ethernet minimum frame (FCS not counted)
     _strided(buf, 16)[starts] = records.view("V16")
+    by_frame = np.argsort(frame_of, kind="stable")  # rows of each template, one sort
+    bounds = np.searchsorted(frame_of[by_frame], np.arange(len(frames) + 1))
     for index, frame in enumerate(frames):  # loop over templates, not packets
-        rows = np.flatnonzero(frame_of == index)
+        rows = by_frame[bounds[index]:bounds[index + 1]]
         if rows.size:
             _strided(buf, len(frame))[starts[rows] + 16] = np.frombuffer(frame, f"V{len(frame)}")
     for at, column in patches.items():

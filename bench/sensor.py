@@ -236,10 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     inputs = sorted(LARGE.glob("*.pcap*"), key=lambda p: p.stat().st_size,
                     reverse=True)[:args.large] if LARGE.is_dir() else []
     global WARM
-    WARM = work / "warm-20000.pcap"
+    WARM = work / f"warm-v{gen_capture.MIX_VERSION}-20000.pcap"
     if not WARM.exists():
         gen_capture.write_mixed(WARM, 20000)
-    mixed = work / f"mixed-{args.packets}.pcap"
+    mixed = work / f"mixed-v{gen_capture.MIX_VERSION}-{args.packets}.pcap"
     if not mixed.exists():
         gen_capture.write_mixed(mixed, args.packets)
     inputs.append(mixed)
