@@ -1161,6 +1161,56 @@ class BatchConsumer:
             positions[(tp.topic, tp.partition)] = tp.offset if tp.offset >= 0 else -1
         return positions
 
+    def pause(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """Stop fetching these partitions (those not assigned are skipped). Records of
+        them fetched but not handed out yet are dropped by the client and fetched again
+        from the position after resume(): nothing is skipped."""
+        self._pause_or_resume(partitions, pause=True)
+
+    def resume(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """Fetch paused partitions again, from the record after the last one handed out."""
+        self._pause_or_resume(partitions, pause=False)
+
+    def _pause_or_resume(self, partitions: Iterable[tuple[str, int]], *, pause: bool) -> None:
+        todo = sorted(set(partitions) & self.assignment())
+        if not todo:
+            return
+        try:
+            if self._confluent:
+                tps = [confluent_kafka.TopicPartition(t, p) for t, p in todo]
+                (self._consumer.pause if pause else self._consumer.resume)(tps)
+            else:
+                tps = [TopicPartition(t, p) for t, p in todo]
+                (self._consumer.pause if pause else self._consumer.resume)(*tps)
+        except (confluent_kafka.KafkaException, kafka_errors.KafkaError) as exc:
+            raise TransportError(f"{'pause' if pause else 'resume'} of {todo} failed: "
+                                 f"{_reason(exc)}") from None
+
+    def end_offsets(self, partitions: Iterable[tuple[str, int]], *, query: bool = False,
+                    timeout_s: float = 2.0) -> dict[tuple[str, int], int | None]:
+        """{(topic, partition): end (high-water) offset, None when unknown}. By default the
+        client's cached value from its last fetch response for the partition (no request;
+        unknown before the first fetch, and with librdkafka until the partition has had a
+        message). `query=True` asks the broker (one request; failures give None)."""
+        out: dict[tuple[str, int], int | None] = {}
+        for t, p in partitions:
+            end: int | None = None
+            try:
+                if self._confluent:
+                    _, high = self._consumer.get_watermark_offsets(
+                        confluent_kafka.TopicPartition(t, p), timeout=timeout_s,
+                        cached=not query)
+                    end = high if high is not None and high >= 0 else None
+                elif query:
+                    end = self._consumer.end_offsets([TopicPartition(t, p)]).get(
+                        TopicPartition(t, p))
+                else:
+                    end = self._consumer.highwater(TopicPartition(t, p))
+            except (confluent_kafka.KafkaException, kafka_errors.KafkaError) as exc:
+                log.debug("end offset of %s:%s: %s", t, p, _reason(exc))
+            out[(t, p)] = end
+        return out
+
     def close(self) -> None:
         """Leave the group (no commit: uncommitted records are delivered again)."""
         if self._confluent:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import importlib.util
+import math
 import os
 import shutil
 import sys
@@ -422,13 +423,18 @@ class AlertSink(Protocol):
 
 class _Tracked:
     """Per input partition: (offset, newest event time) of the messages whose events the
-    engine may still need, in offset order, and the next offset expected."""
+    engine may still need, in offset order, the next offset expected, and for flow
+    control the newest event time pushed and when the partition last gave a record."""
 
-    __slots__ = ("messages", "next_offset")
+    __slots__ = ("messages", "next_offset", "newest_ns", "last_record_s", "held")
 
     def __init__(self) -> None:
         self.messages: deque[tuple[int, int]] = deque()
         self.next_offset: int | None = None
+        self.newest_ns: int | None = None
+        self.last_record_s = 0.0
+        # decoded, not pushed yet (flow control): (oldest, newest event time, record, batch)
+        self.held: deque[tuple[int, int, Record, EventBatch]] = deque()
 
     def release_before(self, horizon_ns: float) -> None:
         while self.messages and self.messages[0][1] < horizon_ns:
@@ -439,8 +445,95 @@ class _Tracked:
         return self.next_offset is not None and offset < self.next_offset
 
     def low_water(self) -> int | None:
-        """The offset to commit: the oldest message still needed, else the next one."""
-        return self.messages[0][0] if self.messages else self.next_offset
+        """The offset to commit: the oldest message still needed (pushed or held), else
+        the next one."""
+        if self.messages:
+            return self.messages[0][0]
+        return self.held[0][2].offset if self.held else self.next_offset
+
+
+class _FlowConsumer(Protocol):
+    def assignment(self) -> set[tuple[str, int]]: ...
+
+    def pause(self, partitions: Iterable[tuple[str, int]]) -> None: ...
+
+    def resume(self, partitions: Iterable[tuple[str, int]]) -> None: ...
+
+    def end_offsets(self, partitions: Iterable[tuple[str, int]], *,
+                    query: bool = False) -> dict[tuple[str, int], int | None]: ...
+
+
+class PartitionFlow:
+    """Per-partition event-time flow control of the correlation worker (docs/kafka.md,
+    "Event time across partitions"): which partitions still have unread records at the
+    broker (`backlog`), and pausing the partitions whose records the worker holds back.
+
+    A partition is in the backlog while its position is before its end offset (unknown
+    end: until the broker answered), unless it gave no record for `hold_s` (a fetch that
+    fails): it then holds nothing back, so flow control never stalls a worker longer. A
+    caught-up partition holds nothing back either (a quiet sensor must not stall the
+    pipeline). CorrelationService.release decides what to push from this.
+    """
+
+    def __init__(self, margin_ns: int, hold_s: float) -> None:
+        self.margin_ns = margin_ns
+        self.hold_s = hold_s
+        self.query_after_s = min(1.0, hold_s)
+        self.paused: set[tuple[str, int]] = set()
+        self.backlog: set[tuple[str, int]] = set()
+        self.stats: Counter[str] = Counter()
+        self._start: dict[tuple[str, int], int] = {}
+        self._queried: dict[tuple[str, int], int | None] = {}
+        self._resumed: dict[tuple[str, int], float] = {}
+        self._since = 0.0
+
+    def reset(self, consumer: _FlowConsumer, positions: Mapping[tuple[str, int], int],
+              now: float) -> None:
+        """After a rebuild: nothing paused, every partition read from `positions`."""
+        if self.paused:
+            consumer.resume(self.paused)
+        self.paused = set()
+        self.backlog = set(positions)  # unread until the first update says otherwise
+        self._start = dict(positions)
+        self._queried = {}
+        self._resumed = {}
+        self._since = now
+
+    def update(self, consumer: _FlowConsumer, tracked: Mapping[tuple[str, int], _Tracked],
+               now: float) -> None:
+        """Refresh the backlog; pause the partitions with held records, resume the others."""
+        assigned = consumer.assignment()
+        ends = consumer.end_offsets(assigned)
+        unknown = [tp for tp, end in ends.items() if end is None and tp not in self._queried]
+        if unknown and now - self._since >= self.query_after_s:
+            # librdkafka caches no end offset before a partition's first message (an empty
+            # partition has none): ask the broker once, after the first fetches had time
+            # to bring it (Tansu answers "latest" one batch short, docs/kafka.md).
+            self._queried.update(consumer.end_offsets(unknown, query=True))
+        self.backlog = {tp for tp in assigned
+                        if self._unread(tp, tracked.get(tp), ends.get(tp), now)}
+        held = {tp for tp in assigned if (t := tracked.get(tp)) is not None and t.held}
+        if held - self.paused:  # the client would fetch on: it is ahead anyway
+            consumer.pause(held - self.paused)
+            self.stats["pauses"] += len(held - self.paused)
+        if self.paused - held:
+            consumer.resume(self.paused - held)
+            for tp in self.paused - held:
+                self._resumed[tp] = now  # its next fetch is not a stall
+        self.paused = held
+
+    def _unread(self, tp: tuple[str, int], t: _Tracked | None, end: int | None,
+                now: float) -> bool:
+        if end is None:
+            end = self._queried.get(tp)
+        position = t.next_offset if t is not None and t.next_offset is not None else None
+        if position is None:
+            position = max(self._start.get(tp, -1), 0)
+        if end is not None and position >= end:
+            return False  # caught up
+        last = max(self._since, self._resumed.get(tp, 0.0),
+                   t.last_record_s if t is not None else 0.0)
+        return now - last < self.hold_s
 
 
 def retain_span_ns(engine: CorrelationEngine, suppression_cap_s: float) -> int:
@@ -485,6 +578,10 @@ class CorrelationService:
         self.clock = LoopClock()
         self.engines: dict[str, CorrelationEngine] = {}
         self.tracked: dict[tuple[str, int], _Tracked] = {}
+        lateness_s = float(self.correlation.get("allowed_lateness_s", 360))
+        self.flow = PartitionFlow(
+            int(float(self.settings.get("flow_margin_s", lateness_s / 2)) * NS_PER_S),
+            float(self.settings.get("flow_hold_s", 15)))
         self._new_engines()
 
     def _engine_detectors(self) -> dict[str, list]:
@@ -509,16 +606,17 @@ class CorrelationService:
         """Feed records to the engines; the alerts of the windows their events closed.
 
         The engine has one watermark (newest event time seen - allowed lateness), but a
-        poll interleaves partitions in no event-time order: a partition that runs ahead
-        would make another's events late. So the batches of one poll are pushed oldest
-        first (by their earliest event); across polls, how far one partition can run ahead
-        is bounded by max_partition_fetch_bytes (docs/kafka.md)."""
+        poll interleaves partitions in no event-time order, and a poll can hold a whole
+        backlog of one partition: a partition that runs ahead would make another's events
+        late. So records are decoded into per-partition queues and `release` pushes them
+        oldest first, as far as the partitions still being read allow."""
         clock = self.clock
-        decoded: list[tuple[int, Record, EventBatch]] = []
+        now = time.monotonic()
         for record in records:
             tp = (record.topic, record.partition)
             tracked = self.tracked.setdefault(tp, _Tracked())
             tracked.next_offset = record.offset + 1
+            tracked.last_record_s = now
             if record.topic not in self.engines:
                 continue
             self.stats["messages_in"] += 1
@@ -530,18 +628,61 @@ class CorrelationService:
                 continue
             if len(batch):
                 times = batch.columns["timestamp"]
-                tracked.messages.append((record.offset, int(times.max())))
-                decoded.append((int(times.min()), record, batch))
+                tracked.held.append((int(times.min()), int(times.max()), record, batch))
+        return self.release()
+
+    def release(self) -> list[dict]:
+        """Push held batches, per engine the oldest first (each partition's in offset
+        order). A batch waits while its newest event is more than flow.margin_ns past the
+        *reference*: the oldest next event of the partitions still being read (a held
+        batch's oldest event; for a partition in flow.backlog with nothing held, the
+        newest event it gave, or minus infinity before its first record). The batch
+        defining the reference always goes, so the oldest partition always progresses."""
         alerts: list[dict] = []
-        for _, record, batch in sorted(decoded, key=lambda item: item[0]):
-            try:
-                with clock("engines"):
-                    alerts += self.engines[record.topic].push(batch)
-            except SchemaError as exc:
-                self._bad(record, exc)
-                continue
-            self.stats["events_in"] += len(batch)
+        for topic in self.engines:
+            parts = [t for (name, _), t in self.tracked.items() if name == topic]
+            waiting = [tp for tp in self.flow.backlog
+                       if tp[0] == topic and tp not in self.tracked]
+            backlogged = self._backlogged
+            while True:
+                reference = -math.inf if waiting else math.inf
+                head: _Tracked | None = None
+                for t in parts:
+                    if t.held:
+                        front = t.held[0][0]
+                        if head is None or front < head.held[0][0]:
+                            head = t
+                    elif t in backlogged:
+                        front = -math.inf if t.newest_ns is None else t.newest_ns
+                    else:
+                        continue
+                    reference = min(reference, front)
+                if head is None:
+                    break
+                oldest, newest, record, batch = head.held[0]
+                if oldest > reference and newest > reference + self.flow.margin_ns:
+                    break
+                head.held.popleft()
+                alerts += self._push_batch(head, record, batch, newest)
         self._release()
+        return alerts
+
+    @property
+    def _backlogged(self) -> set[_Tracked]:
+        return {t for tp in self.flow.backlog if (t := self.tracked.get(tp)) is not None}
+
+    def _push_batch(self, tracked: _Tracked, record: Record, batch: EventBatch,
+                    newest: int) -> list[dict]:
+        try:
+            with self.clock("engines"):
+                alerts = self.engines[record.topic].push(batch)
+        except SchemaError as exc:
+            self._bad(record, exc)
+            return []
+        self.stats["events_in"] += len(batch)
+        tracked.messages.append((record.offset, newest))
+        if tracked.newest_ns is None or newest > tracked.newest_ns:
+            tracked.newest_ns = newest
         return alerts
 
     def _bad(self, record: Record, exc: Exception) -> None:
@@ -551,7 +692,7 @@ class CorrelationService:
 
     def flush_engines(self) -> list[dict]:
         """Close every window holding events (idle input); every tracked message is done."""
-        alerts: list[dict] = []
+        alerts = self.release()  # (nothing is held back without a backlog)
         for engine in self.engines.values():
             alerts += engine.flush()
         for tracked in self.tracked.values():
@@ -575,7 +716,7 @@ class CorrelationService:
 
     @property
     def buffered_messages(self) -> int:
-        return sum(len(t.messages) for t in self.tracked.values())
+        return sum(len(t.messages) + len(t.held) for t in self.tracked.values())
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -606,9 +747,27 @@ class CorrelationService:
             # The records come again (to us or to the partition's new owner): at-least-once.
             self.log("commit_failed", reason=str(exc))
 
+    def _flow(self, consumer: BatchConsumer) -> None:
+        """Pause/resume partitions by event time; logs the changes (backlogs only: in a
+        steady stream every partition is near the others)."""
+        before = set(self.flow.paused)
+        try:
+            with self.clock("flow"):
+                self.flow.update(consumer, self.tracked, time.monotonic())
+        except TransportError as exc:  # retried at the next poll
+            self.log("flow_failed", reason=str(exc)[:300])
+            return
+        if self.flow.paused != before:
+            self.log("flow", paused=sorted(f"{t}:{p}" for t, p in self.flow.paused - before),
+                     resumed=sorted(f"{t}:{p}" for t, p in before - self.flow.paused),
+                     newest_s={f"{t}:{p}": round(x.newest_ns / NS_PER_S, 3)
+                               for (t, p), x in self.tracked.items()
+                               if x.newest_ns is not None})
+
     def _rewind(self, consumer: BatchConsumer) -> None:
         self._new_engines()
         positions = consumer.rewind_to_committed()
+        self.flow.reset(consumer, positions, time.monotonic())
         self.stats["rebuilds"] += 1
         self.log("rebuild", assignment=sorted(f"{t}:{p}" for t, p in positions),
                  positions={f"{t}:{p}": o for (t, p), o in positions.items()})
@@ -660,14 +819,20 @@ class CorrelationService:
                         stop.wait(1.0)
                         continue
                     assigned = now_assigned
+                    self._flow(consumer)  # the backlog before the first poll of the replay
                     continue
                 if records:
                     last_input = time.monotonic()
                     pending += self.push(records)
-                elif (self.idle_flush_s > 0 and self.buffered_messages
+                elif (self.idle_flush_s > 0 and self.buffered_messages and not self.flow.backlog
                       and time.monotonic() - last_input >= self.idle_flush_s):
+                    # (a partition with unread records, paused or slow to fetch under load,
+                    # means the input is not idle: flushing would close windows early)
                     pending += self.flush_engines()
                     next_commit = 0.0
+                self._flow(consumer)
+                if self.flow.paused or self.flow.backlog:
+                    pending += self.release()  # what the new backlog lets through
                 now = time.monotonic()
                 if pending or (now >= next_commit and self.tracked):
                     with clock("deliver"):
@@ -680,6 +845,11 @@ class CorrelationService:
                 if now >= next_metrics:
                     next_metrics = now + metrics_every
                     self.log("metrics", **self.stats, buffered_messages=self.buffered_messages,
+                             paused=sorted(f"{t}:{p}" for t, p in self.flow.paused),
+                             backlog=sorted(f"{t}:{p}" for t, p in self.flow.backlog),
+                             positions={f"{t}:{p}": x.next_offset
+                                        for (t, p), x in self.tracked.items()},
+                             flow=dict(self.flow.stats),
                              watermark={t: e.watermark for t, e in self.engines.items()},
                              engine={t: e.stats for t, e in self.engines.items()},
                              time=clock.snapshot())
