@@ -18,8 +18,9 @@ from pipeline.config import load_config
 from sensors.pcap_reader import CaptureReader
 from sensors.sensor import Sensor
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import gen_capture  # noqa: E402
+# the repository root, not bench/ itself: bench/elasticsearch.py would shadow the client
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import gen_capture  # noqa: E402
 
 
 @pytest.fixture(scope="module")
