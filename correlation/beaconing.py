@@ -462,6 +462,18 @@ def pair_hashes(c: Columns) -> np.ndarray:
 
 
 @njit
+def _bucket_counts(hashes: np.ndarray, bits: int) -> np.ndarray:
+    """Rows per bucket (the top `bits` bits of the hash), saturating at 255."""
+    shift = np.uint64(64 - bits)
+    counts = np.zeros(1 << bits, np.uint8)
+    for i in range(hashes.shape[0]):
+        b = hashes[i] >> shift
+        if counts[b] != 255:
+            counts[b] += 1
+    return counts
+
+
+@njit
 def _bucket_counts_reach(hashes: np.ndarray, bits: int, threshold: int) -> np.ndarray:
     """Boolean per row: rows in its bucket (the top `bits` bits of its hash) >= threshold.
     Bucket indices are < 2**bits by the shift (bits in 1..32). Counts saturate at 255
@@ -469,11 +481,7 @@ def _bucket_counts_reach(hashes: np.ndarray, bits: int, threshold: int) -> np.nd
     caller passes threshold <= 255, so a saturated bucket reaches it."""
     n = hashes.shape[0]
     shift = np.uint64(64 - bits)
-    counts = np.zeros(1 << bits, np.uint8)
-    for i in range(n):
-        b = hashes[i] >> shift
-        if counts[b] != 255:
-            counts[b] += 1
+    counts = _bucket_counts(hashes, bits)
     out = np.empty(n, np.bool_)
     for i in range(n):
         out[i] = counts[hashes[i] >> shift] >= threshold
@@ -504,11 +512,7 @@ def _bucket_candidates(hashes: np.ndarray, idx: np.ndarray, bits: int, threshold
     (the caller's check)."""
     n = hashes.shape[0]
     shift = np.uint64(64 - bits)
-    counts = np.zeros(1 << bits, np.uint8)
-    for i in range(n):
-        b = hashes[i] >> shift
-        if counts[b] != 255:
-            counts[b] += 1
+    counts = _bucket_counts(hashes, bits)
     out_idx = np.empty(n, np.int64)
     out_hash = np.empty(n, np.uint64)
     m = 0

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from sensors.http import _slice_texts, _text_columns
 from sensors.http_kernel import (
     _slice_hash,
-    copy_bytes,
     distinct_slice_ids,
     distinct_slice_table,
     join_slices,
@@ -67,19 +66,6 @@ def test_slice_hash_mixes_every_byte_into_the_low_bits():
         other[i] = 1
         moved += (_slice_hash(other, 0, 16) & np.uint64(0xFF)) != low
     assert moved >= 14
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.binary(max_size=64), st.integers(0, 64), st.integers(0, 64), st.integers(0, 20))
-def test_copy_bytes_is_a_slice_copy(data, lo, hi, at):
-    src = np.frombuffer(data, np.uint8)
-    lo, hi = min(lo, len(data)), min(hi, len(data))
-    dst = np.full(at + max(hi - lo, 0) + 3, 7, np.uint8)
-    want = dst.copy()
-    if hi > lo:
-        want[at : at + hi - lo] = src[lo:hi]
-    assert copy_bytes(dst, at, src, lo, hi) == at + max(hi - lo, 0)
-    assert dst.tolist() == want.tolist()
 
 
 def test_join_slices_clips_and_separates():

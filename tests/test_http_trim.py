@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import shared_pcap
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from packet_builders import batch_from_scapy
 from test_http_kernel import ODD_RESPONSES, REQUESTS, RESPONSES
-from test_tls_trim import segmented, session
+from test_tls_trim import analyzer_events as trim_analyzer_events
+from test_tls_trim import assert_cut_changes_nothing, segmented, session
 
-from pipeline.schema import batch_to_ecs
 from sensors.decode import decode
 from sensors.http import HttpAnalyzer, parse_messages
 from sensors.http_kernel import (
@@ -37,7 +36,6 @@ from sensors.http_kernel import (
     needed_lengths,
     parse_flows,
 )
-from sensors.pcap_reader import CaptureReader
 
 # message table columns holding offsets into the buffer
 OFFSETS = frozenset([*range(M_A0, M_C1 + 1), *range(M_HEADERS, N_COLUMNS)])
@@ -216,14 +214,7 @@ def test_hostile_bytes_and_segment_indexes_stay_in_bounds(client, server, bounds
 
 
 def analyzer_events(batches, cut: bool):
-    analyzer = HttpAnalyzer({}, "s", "z")
-    if not cut:
-        analyzer.streams.trim = None
-    out = []
-    for batch in batches:
-        out += analyzer.process(batch)
-    out += analyzer.flush()
-    return [doc for b in out for doc in batch_to_ecs(b)], analyzer.stats
+    return trim_analyzer_events(batches, cut, HttpAnalyzer)
 
 
 def http_session(client: bytes, server: bytes, port: int):
@@ -257,12 +248,7 @@ def test_the_cut_bytes_are_not_handed_to_the_parser():
                                   "benign/zeek__bro.org.pcap", "large/ndpi__1kxun.pcap",
                                   "malformed/suricata-verify__http-mime-truncated.pcap"])
 def test_analyzer_events_equal_with_and_without_the_cut_on_captures(name):
-    path = shared_pcap(name)
-    with CaptureReader(path) as reader:
-        batches = [decode(batch) for batch in reader.batches()]
-    cut_docs, cut_stats = analyzer_events(batches, cut=True)
-    whole_docs, whole_stats = analyzer_events(batches, cut=False)
-    assert cut_docs and cut_docs == whole_docs and cut_stats == whole_stats
+    assert_cut_changes_nothing(name, HttpAnalyzer)
 
 
 # --- the StreamBatch buffer, reused from batch to batch ------------------------------------------

@@ -232,8 +232,9 @@ def test_hostile_bytes_and_segment_indexes_stay_in_bounds(client, server, bounds
 # --- the analyzer: events with and without the cut ------------------------------------------------
 
 
-def analyzer_events(batches, cut: bool):
-    analyzer = tls.TlsAnalyzer({}, "s", "z")
+def analyzer_events(batches, cut: bool, analyzer_class=tls.TlsAnalyzer):
+    """ECS docs and stats of `analyzer_class` over `batches`, with or without its trim."""
+    analyzer = analyzer_class({}, "s", "z")
     if not cut:
         analyzer.streams.trim = None
     out = []
@@ -290,11 +291,16 @@ def test_the_cut_bytes_are_not_handed_to_the_parser():
     assert analyzer.stats["tls_handshakes"] == 1
 
 
+def assert_cut_changes_nothing(name: str, analyzer_class=tls.TlsAnalyzer) -> None:
+    """The analyzer's events and stats on shared capture `name` are the same with and
+    without its trim (and there are events)."""
+    with CaptureReader(shared_pcap(name)) as reader:
+        batches = [decode(batch) for batch in reader.batches()]
+    cut_docs, cut_stats = analyzer_events(batches, True, analyzer_class)
+    whole_docs, whole_stats = analyzer_events(batches, False, analyzer_class)
+    assert cut_docs and cut_docs == whole_docs and cut_stats == whole_stats
+
+
 @pytest.mark.parametrize("name", TLS_CAPTURES)
 def test_analyzer_events_equal_with_and_without_the_cut_on_captures(name):
-    path = shared_pcap(name)
-    with CaptureReader(path) as reader:
-        batches = [decode(batch) for batch in reader.batches()]
-    cut_docs, cut_stats = analyzer_events(batches, cut=True)
-    whole_docs, whole_stats = analyzer_events(batches, cut=False)
-    assert cut_docs and cut_docs == whole_docs and cut_stats == whole_stats
+    assert_cut_changes_nothing(name)
