@@ -56,7 +56,7 @@ import numpy as np
 from pipeline.jit import njit
 from pipeline.schema import TLS, EventBatch
 from sensors.analyzer import Analyzer
-from sensors.http_kernel import clip_slice, distinct_slice_ids, join_slices
+from sensors.http_kernel import clip_slice, copy_bytes, distinct_slice_ids, join_slices
 from sensors.packets import DecodedPackets, constant_text
 from sensors.stream_columns import (
     StreamColumns,
@@ -196,26 +196,10 @@ def _span(buf: np.ndarray, pos: int, end: int, len_bytes: int) -> tuple[int, int
 
 
 @njit
-def _copy(dst: np.ndarray, at: int, src: np.ndarray, lo: int, hi: int) -> int:
-    """dst[at : at + hi - lo] = src[lo:hi] (the caller checked both ranges); returns the end
-    in dst. Unsigned indexes: numba then drops its negative-index wraparound and LLVM turns
-    the loop into a memcpy. No array views either: a view of an argument costs an atomic
-    reference count increment and decrement (http_kernel.copy_bytes makes two per call,
-    ~25 ns, most of a ClientHello's parse when called per key section)."""
-    if hi <= lo:
-        return at
-    to = np.uint64(at)
-    from_ = np.uint64(lo)
-    for j in range(np.uint64(hi - lo)):
-        dst[to + j] = src[from_ + j]
-    return at + (hi - lo)
-
-
-@njit
 def _put_section(out: np.ndarray, at: int, src: np.ndarray, start: int, stop: int) -> int:
     """Write src[start:stop] to `out` at `at` after its 4-byte length; returns the end."""
     _put_length(out, at, stop - start)
-    return _copy(out, at + 4, src, start, stop)
+    return copy_bytes(out, at + 4, src, start, stop)
 
 
 @njit
@@ -239,7 +223,7 @@ def _server_messages(hs: np.ndarray, out: int, buf: np.ndarray, p: int, stop: in
         if left > 0:
             take = min(left, stop - p)
             if keep:
-                out = _copy(hs, out, buf, p, p + take)
+                out = copy_bytes(hs, out, buf, p, p + take)
             left -= take
             p += take
             continue
@@ -317,7 +301,7 @@ def frame_records(buf: np.ndarray, starts: np.ndarray, stops: np.ndarray,
                     out, left, keep, head = _server_messages(hs, out, buf, pos + 5, stop, left,
                                                              keep, head)
                 else:
-                    out = _copy(hs, out, buf, pos + 5, stop)
+                    out = copy_bytes(hs, out, buf, pos + 5, stop)
             pos = stop
         hs_stop[d] = out
         flags[d] = seen
@@ -540,7 +524,7 @@ def _client_hello(hs: np.ndarray, pos: int, end: int, key: np.ndarray, at: int
                 if item_stop < 0:
                     return False, 0, 0, at
                 key[k] = item_stop - item_start
-                k = _copy(key, k + 1, hs, item_start, item_stop)
+                k = copy_bytes(key, k + 1, hs, item_start, item_stop)
                 alpn_count += 1
                 at_item = item_stop
         elif ext_type == EXT_GROUPS or ext_type == EXT_SIG_ALGS:
@@ -631,7 +615,7 @@ def _server_hello(hs: np.ndarray, pos: int, end: int, key: np.ndarray, at: int
         return False, 0, 0, 0, -1, -1, at
     version = _u16(hs, pos)
     cipher = _u16(hs, p)
-    key[at] = hs[pos]  # byte stores: a slice assignment makes two views (see _copy)
+    key[at] = hs[pos]  # byte stores: a slice makes two views (see copy_bytes)
     key[at + 1] = hs[pos + 1]
     key[at + 2] = hs[p]
     key[at + 3] = hs[p + 1]
@@ -742,7 +726,7 @@ def gather_slices(src: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> np.
     at = 0
     for i in range(starts.size):
         start = max(starts[i], 0)
-        at = _copy(out, at, src, start, start + max(min(stops[i], src.size) - start, 0))
+        at = copy_bytes(out, at, src, start, start + max(min(stops[i], src.size) - start, 0))
     return out
 
 
