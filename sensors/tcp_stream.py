@@ -438,9 +438,10 @@ def _byte_at(data, at):
 
 
 @njit(inline="always")  # no call, no reference counting per row
-def _seq_ack_row(data, offset, sport, dport, flags, seq, ack, found, i):
-    """tcp_seq_ack's answer for one row, into seq[i], ack[i], found[i]: the TCP header is
-    read in place, no scratch array (one per row cost more than the reads)."""
+def _seq_ack_row(data, offset, sport, dport, flags):
+    """tcp_seq_ack's answer for one row: (seq, ack, found), the TCP header read in place.
+    Returned, not stored into the callers' arrays: with the stores inside the walk (arrays
+    LLVM cannot prove apart from `data`) the walk cost ~46 ns a row in cache, ~14 returned."""
     size = data.shape[0]
     for header_len in range(20, 64, 4):
         pos = offset - header_len
@@ -453,12 +454,10 @@ def _seq_ack_row(data, offset, sport, dport, flags, seq, ack, found, i):
             if ((np.int64(data[pos]) << 8 | np.int64(data[pos + 1])) == sport
                     and (np.int64(data[pos + 2]) << 8 | np.int64(data[pos + 3])) == dport
                     and np.int64(data[pos + 13]) == flags):
-                seq[i] = (np.int64(data[pos + 4]) << 24 | np.int64(data[pos + 5]) << 16
-                          | np.int64(data[pos + 6]) << 8 | np.int64(data[pos + 7]))
-                ack[i] = (np.int64(data[pos + 8]) << 24 | np.int64(data[pos + 9]) << 16
-                          | np.int64(data[pos + 10]) << 8 | np.int64(data[pos + 11]))
-                found[i] = True
-                return
+                return ((np.int64(data[pos + 4]) << 24 | np.int64(data[pos + 5]) << 16
+                         | np.int64(data[pos + 6]) << 8 | np.int64(data[pos + 7])),
+                        (np.int64(data[pos + 8]) << 24 | np.int64(data[pos + 9]) << 16
+                         | np.int64(data[pos + 10]) << 8 | np.int64(data[pos + 11])), True)
             continue
         # a header running past the end of data: byte by byte, zero outside
         if (_byte_at(data, pos + 12) >> 4) * 4 != header_len:
@@ -466,12 +465,11 @@ def _seq_ack_row(data, offset, sport, dport, flags, seq, ack, found, i):
         if ((_byte_at(data, pos) << 8 | _byte_at(data, pos + 1)) == sport
                 and (_byte_at(data, pos + 2) << 8 | _byte_at(data, pos + 3)) == dport
                 and _byte_at(data, pos + 13) == flags):
-            seq[i] = (_byte_at(data, pos + 4) << 24 | _byte_at(data, pos + 5) << 16
-                      | _byte_at(data, pos + 6) << 8 | _byte_at(data, pos + 7))
-            ack[i] = (_byte_at(data, pos + 8) << 24 | _byte_at(data, pos + 9) << 16
-                      | _byte_at(data, pos + 10) << 8 | _byte_at(data, pos + 11))
-            found[i] = True
-            return
+            return ((_byte_at(data, pos + 4) << 24 | _byte_at(data, pos + 5) << 16
+                     | _byte_at(data, pos + 6) << 8 | _byte_at(data, pos + 7)),
+                    (_byte_at(data, pos + 8) << 24 | _byte_at(data, pos + 9) << 16
+                     | _byte_at(data, pos + 10) << 8 | _byte_at(data, pos + 11)), True)
+    return np.int64(0), np.int64(0), False
 
 
 @njit
@@ -481,7 +479,8 @@ def _seq_ack_kernel(data, offset, sport, dport, flags):
     ack = np.zeros(n, dtype=np.int64)
     found = np.zeros(n, dtype=np.bool_)
     for i in range(n):
-        _seq_ack_row(data, offset[i], sport[i], dport[i], flags[i], seq, ack, found, i)
+        seq[i], ack[i], found[i] = _seq_ack_row(data, np.int64(offset[i]), np.int64(sport[i]),
+                                                np.int64(dport[i]), np.int64(flags[i]))
     return seq, ack, found
 
 
@@ -575,8 +574,8 @@ def _candidate_kernel(data, rows, offset, length, sport, dport, flags, src_ip, d
                 + _endpoint_hash(dst_ip[r, 0], dst_ip[r, 1], dport[r]))
         hashes[i] = _mix_one(both ^ (np.uint64(vlan[r]) << np.uint64(48)))
         off = np.int64(offset[r])
-        _seq_ack_row(data, off, np.int64(sport[r]), np.int64(dport[r]), np.int64(flags[r]),
-                     seq, ack, found, i)
+        seq[i], ack[i], found[i] = _seq_ack_row(data, off, np.int64(sport[r]),
+                                                np.int64(dport[r]), np.int64(flags[r]))
         size_r = np.int64(length[r])
         if size_r > 0:
             for j in range(min(width, size_r)):
