@@ -924,40 +924,45 @@ def _select_rows_kernel(rows, group_of, group_hash, seq, ack, found, plen, flags
     row_code = np.empty(n, dtype=np.uint8)
     opened_order = np.empty(n_groups, dtype=np.int64)  # flows in the order a row opens them
     n_opened = 0
-    use_match = head_matched.shape[0] > 0
+    n_match = head_matched.shape[0]
+    use_match = n_match > 0
+    all_ports = not any_ports
     at = 0
+    # the per-row tests as 0/1 values, only the once-per-flow cases as branches: as
+    # branches they mispredicted (rows of flows that open and of flows that do not
+    # interleave), ~0.8 ms of ~7 per 300k packets for both collectors
     for i in range(n):
         has = plen[i] > 0
         matched = False
-        if has and use_match:
-            matched = head_matched[at]
-            at += 1
-        opens = (not any_ports) or port_table[sport[i]] or port_table[dport[i]] or matched
-        row_code[i] = (1 if opens else 0) | (2 if matched else 0)
-        if opens and (has or (flags[i] & SYN) != 0):  # opening or a handshake: ignored?
-            g = group_of[i]
-            s = state[g]
-            if any_ignored and (s & 1) == 0:
-                s |= 1
-                if _in_table(it, iu, im, group_hash[g]):
-                    s |= 2
-            if has and (s & 6) == 0:  # the first opening row of a flow not ignored
-                s |= 4
-                opened_order[n_opened] = g
-                n_opened += 1
-            state[g] = s
+        if use_match:  # head_matched has one entry per row with payload
+            matched = head_matched[min(at, n_match - 1)] & has
+            at += has
+        opens = all_ports | port_table[sport[i]] | port_table[dport[i]] | matched
+        row_code[i] = np.uint8(opens) | (np.uint8(matched) << np.uint8(1))
+        act = opens & (has | ((flags[i] & SYN) != 0))  # opening or a handshake: ignored?
+        g = group_of[i]
+        s = state[g]
+        if act and any_ignored and (s & 1) == 0:
+            s |= 1
+            if _in_table(it, iu, im, group_hash[g]):
+                s |= 2
+        if act and has and (s & 6) == 0:  # the first opening row of a flow not ignored
+            s |= 4
+            opened_order[n_opened] = g
+            n_opened += 1
+        state[g] = s
     keep_at = np.empty(n, dtype=np.int64)
     handshake_at = np.empty(n, dtype=np.int64)
     n_keep = 0
     n_handshake = 0
     for i in range(n):
         s = state[group_of[i]]
-        if (s & 12) != 0:  # opened or held
-            keep_at[n_keep] = i
-            n_keep += 1
-        elif (flags[i] & SYN) != 0 and plen[i] <= 0 and (row_code[i] & 1) != 0 and (s & 2) == 0:
-            handshake_at[n_handshake] = i
-            n_handshake += 1
+        kept = (s & 12) != 0  # opened or held
+        keep_at[n_keep] = i  # a slot past the kept ones is overwritten by the next
+        n_keep += kept
+        handshake_at[n_handshake] = i
+        n_handshake += ((not kept) & ((flags[i] & SYN) != 0) & (plen[i] <= 0)
+                        & ((row_code[i] & 1) != 0) & ((s & 2) == 0))
     # the opening flows not held, each once, in first-seen order
     fresh = np.empty(n_opened, dtype=np.uint64)
     n_fresh = 0
@@ -984,7 +989,19 @@ def _select_rows_kernel(rows, group_of, group_hash, seq, ack, found, plen, flags
     k_plen = np.empty(m, dtype=np.int64)
     k_src = np.empty((m, 2), dtype=np.uint64)
     k_dst = np.empty((m, 2), dtype=np.uint64)
+    src_flat = src_ip.reshape(-1)
+    dst_flat = dst_ip.reshape(-1)
     for j in range(m):
+        if j + PREFETCH_ROWS < m:
+            # the packet columns' lines of a kept row some rows ahead (see prefetch): the
+            # kept rows are ~1 in 6 of a batch, so each row's columns miss the cache
+            ahead = rows[keep_at[j + PREFETCH_ROWS]]
+            prefetch(src_flat, 2 * ahead)
+            prefetch(dst_flat, 2 * ahead)
+            prefetch(ts_ns, ahead)
+            prefetch(payload_offset, ahead)
+            prefetch(src_port, ahead)
+            prefetch(tcp_flags, ahead)
         i = keep_at[j]
         r = rows[i]
         g = group_of[i]
