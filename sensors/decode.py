@@ -678,8 +678,16 @@ def decode(batch: PacketBatch) -> DecodedPackets:
 
 
 @njit
+def _byte(data: np.ndarray, p: int) -> int:
+    """data[p] for p >= 0. Why unsigned: numba adds a negative-index fix-up to every
+    access with a signed index, which LLVM cannot drop here (~30 % of the common-case
+    decode's time); the decode's positions are never negative."""
+    return data[np.uint64(p)]
+
+
+@njit
 def _be16_at(data: np.ndarray, p: int) -> int:
-    return (np.int64(data[p]) << 8) | np.int64(data[p + 1])
+    return (np.int64(_byte(data, p)) << 8) | np.int64(_byte(data, p + 1))
 
 
 @njit
@@ -719,8 +727,9 @@ def _decode_common_range(data: np.ndarray, start: np.ndarray, end: np.ndarray,
     (vlan_col, ethertype_col, version_col, transport_col, sport_col, dport_col, flags_col,
      icmp_type_col, icmp_code_col, total_col, payload_offset_col, payload_len_col) = columns
     for i in range(lo, hi):
-        s, e = start[i], end[i]
-        if linktype[i] != LINKTYPE_ETHERNET or s + 14 > e:
+        row = np.uint64(i)  # unsigned: no negative-index fix-up (see _byte)
+        s, e = start[row], end[row]
+        if linktype[row] != LINKTYPE_ETHERNET or s + 14 > e:
             continue
         ethertype = _be16_at(data, s + 12)
         l3 = s + 14
@@ -736,50 +745,52 @@ def _decode_common_range(data: np.ndarray, start: np.ndarray, end: np.ndarray,
                 or ethertype == 0x8864 or ethertype == 0x8847 or ethertype == 0x8848 \
                 or ethertype == 0x6558:
             continue
-        vlan_col[i] = vlan
-        ethertype_col[i] = ethertype
+        vlan_col[row] = vlan
+        ethertype_col[row] = ethertype
         if ethertype == ETHERTYPE_IPV4:
-            if l3 + 20 > e or (data[l3] >> 4) != 4:
+            if l3 + 20 > e or (_byte(data, l3) >> 4) != 4:
                 continue
-            ihl = np.int64(data[l3] & 0x0F) * 4
+            ihl = np.int64(_byte(data, l3) & 0x0F) * 4
             total = _be16_at(data, l3 + 2)
             if ihl < 20 or total < ihl or l3 + ihl > e or (_be16_at(data, l3 + 6) & 0x1FFF) != 0:
                 continue
-            proto = np.int64(data[l3 + 9])
+            proto = np.int64(_byte(data, l3 + 9))
             l4 = l3 + ihl
             # zeroed output: only the ::ffff: marker and the address bytes are written;
             # loads first, then stores, so the compiler can merge them into word moves
-            s0, s1, s2, s3 = data[l3 + 12], data[l3 + 13], data[l3 + 14], data[l3 + 15]
-            d0, d1, d2, d3 = data[l3 + 16], data[l3 + 17], data[l3 + 18], data[l3 + 19]
-            src[i, 10] = 0xFF
-            src[i, 11] = 0xFF
-            src[i, 12] = s0
-            src[i, 13] = s1
-            src[i, 14] = s2
-            src[i, 15] = s3
-            dst[i, 10] = 0xFF
-            dst[i, 11] = 0xFF
-            dst[i, 12] = d0
-            dst[i, 13] = d1
-            dst[i, 14] = d2
-            dst[i, 15] = d3
+            s0, s1 = _byte(data, l3 + 12), _byte(data, l3 + 13)
+            s2, s3 = _byte(data, l3 + 14), _byte(data, l3 + 15)
+            d0, d1 = _byte(data, l3 + 16), _byte(data, l3 + 17)
+            d2, d3 = _byte(data, l3 + 18), _byte(data, l3 + 19)
+            src[row, 10] = 0xFF
+            src[row, 11] = 0xFF
+            src[row, 12] = s0
+            src[row, 13] = s1
+            src[row, 14] = s2
+            src[row, 15] = s3
+            dst[row, 10] = 0xFF
+            dst[row, 11] = 0xFF
+            dst[row, 12] = d0
+            dst[row, 13] = d1
+            dst[row, 14] = d2
+            dst[row, 15] = d3
             version = 4
         elif ethertype == ETHERTYPE_IPV6:
-            if l3 + 40 > e or (data[l3] >> 4) != 6:
+            if l3 + 40 > e or (_byte(data, l3) >> 4) != 6:
                 continue
-            proto = np.int64(data[l3 + 6])
+            proto = np.int64(_byte(data, l3 + 6))
             if proto == 0 or proto == 43 or proto == 44 or proto == 51 or proto == 60:
                 continue
             total = 40 + _be16_at(data, l3 + 4)
             l4 = l3 + 40
             for j in range(16):
-                src[i, j] = data[l3 + 8 + j]
-                dst[i, j] = data[l3 + 24 + j]
+                src[row, np.uint64(j)] = _byte(data, l3 + 8 + j)
+                dst[row, np.uint64(j)] = _byte(data, l3 + 24 + j)
             version = 6
         else:  # not IP: the L3 bytes are the payload (ARP ...)
-            payload_offset_col[i] = l3
-            payload_len_col[i] = e - l3
-            done[i] = True
+            payload_offset_col[row] = l3
+            payload_len_col[row] = e - l3
+            done[row] = True
             continue
         l4_end = min(l3 + total, e)
         room = l4_end - l4
@@ -787,29 +798,29 @@ def _decode_common_range(data: np.ndarray, start: np.ndarray, end: np.ndarray,
         if proto == 6:
             if room < 20:
                 continue
-            header_len = np.int64(data[l4 + 12] >> 4) * 4
+            header_len = np.int64(_byte(data, l4 + 12) >> 4) * 4
             if header_len < 20 or header_len > room:
                 continue
-            sport_col[i] = _be16_at(data, l4)
-            dport_col[i] = _be16_at(data, l4 + 2)
-            flags_col[i] = data[l4 + 13]
+            sport_col[row] = _be16_at(data, l4)
+            dport_col[row] = _be16_at(data, l4 + 2)
+            flags_col[row] = _byte(data, l4 + 13)
         elif proto == 17:
             if room < 8:
                 continue
             header_len = 8
-            sport_col[i] = _be16_at(data, l4)
-            dport_col[i] = _be16_at(data, l4 + 2)
+            sport_col[row] = _be16_at(data, l4)
+            dport_col[row] = _be16_at(data, l4 + 2)
         elif proto == 1 or proto == 58:
             if room < 8:
                 continue
             header_len = 8
-            sport_col[i] = data[l4]
-            dport_col[i] = data[l4 + 1]
-            icmp_type_col[i] = data[l4]
-            icmp_code_col[i] = data[l4 + 1]
-        version_col[i] = version
-        transport_col[i] = proto
-        total_col[i] = total
-        payload_offset_col[i] = l4 + header_len
-        payload_len_col[i] = room - header_len
-        done[i] = True
+            sport_col[row] = _byte(data, l4)
+            dport_col[row] = _byte(data, l4 + 1)
+            icmp_type_col[row] = _byte(data, l4)
+            icmp_code_col[row] = _byte(data, l4 + 1)
+        version_col[row] = version
+        transport_col[row] = proto
+        total_col[row] = total
+        payload_offset_col[row] = l4 + header_len
+        payload_len_col[row] = room - header_len
+        done[row] = True

@@ -34,6 +34,7 @@ import numpy as np
 from pipeline.jit import njit
 from sensors.decode import _common_columns, _decode_common_range
 from sensors.packets import CommonHeaders, PacketBatch
+from sensors.tcp_stream import prefetch
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,13 @@ _BLOCK_HEAD_LEN = 28  # type, length and the five 32-bit fields an EPB/PB starts
 _ARANGE_BLOCK_HEAD = np.arange(_BLOCK_HEAD_LEN, dtype=np.int64)
 _ARANGE4 = np.arange(4, dtype=np.int64)
 _RELEASE_STEP = 16 * 1024 * 1024  # drop consumed pages of large files in steps of this
-_TOUCH_AHEAD = 2048  # _walk_pcap reads a byte of each cache line this far ahead of itself
+# Map the file's pages ahead of each batch in one madvise call (Linux >= 5.14), not by a
+# page fault per 64 KB as the walk meets them: the first batch this many bytes, later ones
+# the previous batch's bytes per packet times the batch size, with this much spare.
+_POPULATE_FIRST = 16 * 1024 * 1024
+_POPULATE_SPARE = 1.125
+_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
+_TOUCH_AHEAD = 4096  # _walk_pcap prefetches each cache line this far ahead of itself
 _DECODE_CHUNK = 256  # _walk_pcap decodes the headers of this many records at a time
 
 
@@ -149,8 +156,9 @@ def _gather(data: np.ndarray, starts: np.ndarray, span: np.ndarray) -> np.ndarra
 @njit
 def _u32(data: np.ndarray, p: int, big_endian: bool) -> int:
     """Unsigned 32-bit field at data[p:p+4] (the caller checked p + 4 <= len(data))."""
-    b0, b1, b2, b3 = np.uint32(data[p]), np.uint32(data[p + 1]), np.uint32(data[p + 2]), \
-        np.uint32(data[p + 3])
+    q = np.uint64(p)  # unsigned: no negative-index fix-up (see decode._byte)
+    b0, b1 = np.uint32(data[q]), np.uint32(data[q + np.uint64(1)])
+    b2, b3 = np.uint32(data[q + np.uint64(2)]), np.uint32(data[q + np.uint64(3)])
     if big_endian:
         return np.int64((b0 << 24) | (b1 << 16) | (b2 << 8) | b3)
     return np.int64((b3 << 24) | (b2 << 16) | (b1 << 8) | b0)
@@ -167,17 +175,19 @@ def _walk_pcap(data: np.ndarray, pos: int, end: int, big_endian: bool, lengths: 
     `lengths` is the record header layout (_LENGTHS_*): caplen at byte 8, at byte 12, or
     the smaller of the two (v2.3). Stops after `max_records`, when no whole record header
     fits before `end`, or at a caplen above `max_caplen`. Returns (starts, caplen, wirelen,
-    ts_ns, position after the last record, the implausible caplen or -1, a checksum of the
-    bytes touched ahead (ignore it: it only keeps those loads), the link type column (all
-    `linktype`), the decoded headers). The headers are decode._common_columns of each
+    ts_ns, position after the last record, the implausible caplen or -1, the link type
+    column (all `linktype`), the decoded headers). The headers are decode._common_columns of each
     record's packet as decode() bounds it: data[start + 16:][:caplen], caplen clipped to
     `snaplen` when > 0 (as _clip_to_snaplen does) and to the buffer. The last record's data
     may run past `end`: the caller checks.
 
     Why the touch-ahead: each header's position depends on the previous one, so the walk is
-    one chain of cache misses. Reading a byte of every cache line _TOUCH_AHEAD bytes ahead
-    of the walk (loads that do not depend on the chain, so the CPU overlaps them) brings the
-    coming headers in before the chain gets there (~2x faster on a file not in the caches).
+    one chain of cache misses. A prefetch of every cache line _TOUCH_AHEAD bytes ahead of
+    the walk (hints that do not depend on the chain, so the CPU overlaps them) brings the
+    coming headers in before the chain gets there (~2x faster on a file not in the caches;
+    hints rather than loads: they do not hold up the walk's instructions, ~15 % less time).
+    A hint to a page not mapped yet is dropped: the reader maps the batch's pages in first
+    (CaptureReader._populate).
     Why decode here: the packets of the last _DECODE_CHUNK records are still in the caches
     (the touch-ahead loaded them); a separate decode pass over the batch meets them again
     only after they were evicted (about half of its time was memory stalls).
@@ -198,12 +208,11 @@ def _walk_pcap(data: np.ndarray, pos: int, end: int, big_endian: bool, lengths: 
     bad_caplen = -1
     last_header = end - _PCAP_RECORD_HEADER_LEN
     touched = pos  # bytes before this were touched ahead already
-    checksum = 0
     while count < size and pos <= last_header:
         ahead = min(pos + _TOUCH_AHEAD, end)
         at = max(touched, pos + 64)
         while at < ahead:
-            checksum += data[at]
+            prefetch(data, at)
             at += 64
         touched = max(touched, at)
         len8 = _u32(data, pos + 8, big_endian)
@@ -217,14 +226,15 @@ def _walk_pcap(data: np.ndarray, pos: int, end: int, big_endian: bool, lengths: 
         if caplen > max_caplen:
             bad_caplen = caplen
             break
-        starts[count] = pos
-        caplens[count] = caplen
-        wirelens[count] = wirelen
-        ts_ns[count] = _u32(data, pos, big_endian) * 1_000_000_000 + _u32(
+        row = np.uint64(count)  # unsigned: no negative-index fix-up
+        starts[row] = pos
+        caplens[row] = caplen
+        wirelens[row] = wirelen
+        ts_ns[row] = _u32(data, pos, big_endian) * 1_000_000_000 + _u32(
             data, pos + 4, big_endian) * frac_to_ns
         # decode's bounds (_bounds) of this record after _clip_to_snaplen
-        packet_start[count] = pos + _PCAP_RECORD_HEADER_LEN
-        packet_end[count] = min(packet_start[count] + (
+        packet_start[row] = pos + _PCAP_RECORD_HEADER_LEN
+        packet_end[row] = min(pos + _PCAP_RECORD_HEADER_LEN + (
             caplen if snaplen <= 0 or caplen <= snaplen else snaplen), data.shape[0])
         count += 1
         pos += _PCAP_RECORD_HEADER_LEN + caplen
@@ -235,7 +245,7 @@ def _walk_pcap(data: np.ndarray, pos: int, end: int, big_endian: bool, lengths: 
     _decode_common_range(data, packet_start, packet_end, linktypes, decoded, count, common)
     done, columns, src, dst = common
     return (starts[:count], caplens[:count], wirelens[:count], ts_ns[:count], pos, bad_caplen,
-            checksum, linktypes[:count],
+            linktypes[:count],
             (done[:count], _head_columns(columns, count), src[:count], dst[:count]))
 
 
@@ -323,7 +333,7 @@ class _PcapSource:
         raise _Damage(4, f"unsupported pcap version {major}.{minor}")
 
     def read(self, max_packets: int) -> tuple[PacketBatch | None, _Damage | None]:
-        starts, caplen, wirelen, ts_ns, pos, bad_caplen, _, linktype, headers = _walk_pcap(
+        starts, caplen, wirelen, ts_ns, pos, bad_caplen, linktype, headers = _walk_pcap(
             self.data, self.pos, self.end, self.big_endian, self.lengths, max_packets,
             self.max_caplen, self.frac_to_ns, self.snaplen, self.linktype)
         pos, bad_caplen = int(pos), int(bad_caplen)
@@ -698,6 +708,8 @@ class CaptureReader:
         self._source: _PcapSource | _PcapngSource | None = None
         self._data: np.ndarray | None = None
         self._released = 0  # mapped bytes already dropped from the resident set
+        self._populated = 0  # mapped bytes before this were mapped in ahead (or released)
+        self._populate_span = _POPULATE_FIRST  # bytes to map in ahead of the next batch
         try:
             self._open_buffer()
             self._source = self._open_source()
@@ -754,8 +766,12 @@ class CaptureReader:
         file or the first damage (then `damage` is set before the last batch is yielded).
         Calling it again continues where the previous iteration stopped."""
         while self._source is not None and not self._source.finished:
+            start = self._source.pos
+            self._populate(start)
             batch, damage = self._source.read(self.batch_packets)
             count = 0 if batch is None else len(batch)
+            if count:
+                self._plan_populate(self._source.pos - start, count)
             if damage is not None:
                 self.damage = CaptureDamage(self.path, damage.offset, damage.reason,
                                             self.packets + count)
@@ -765,6 +781,30 @@ class CaptureReader:
             self.packets += count
             yield batch
             self._release_pages(int(batch.offset[-1]) if count else 0)
+
+    def _populate(self, pos: int) -> None:
+        """Map in the file's pages from `pos` for the coming batch (MADV_POPULATE_READ):
+        one call costs less CPU than the ~1,500 page faults per 100 MB the walk would take
+        (each maps 64 KB). Only a hint: any failure (older kernel, file shrunk) turns it
+        off and the walk faults the pages in as before."""
+        if self._map is None or self._populate_span <= 0:
+            return
+        begin = max(pos, self._populated)
+        begin -= begin % mmap.PAGESIZE
+        stop = min(pos + self._populate_span, len(self._map))
+        if stop <= begin:
+            return
+        try:
+            self._map.madvise(_MADV_POPULATE_READ, begin, stop - begin)
+        except (OSError, ValueError):
+            self._populate_span = 0
+            return
+        self._populated = stop
+
+    def _plan_populate(self, span: int, count: int) -> None:
+        """Size the next batch's populate from this batch's bytes per packet."""
+        if self._populate_span > 0:
+            self._populate_span = int(span / count * self.batch_packets * _POPULATE_SPARE)
 
     def _release_pages(self, upto: int) -> None:
         """Drop the mapped pages before byte `upto` from this process's resident set once

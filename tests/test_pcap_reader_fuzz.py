@@ -211,7 +211,7 @@ def test_compiled_pcap_walk_equals_python_walk(data, endian, lengths, max_record
     arr = np.frombuffer(buf, dtype=np.uint8)
     snaplen = data.draw(st.sampled_from([0, 14, 40]))
     linktype = data.draw(st.sampled_from([1, 101]))
-    starts, caplen, wirelen, ts_ns, new_pos, bad, _, linktypes, headers = pcap_reader._walk_pcap(
+    starts, caplen, wirelen, ts_ns, new_pos, bad, linktypes, headers = pcap_reader._walk_pcap(
         arr, pos, end, endian == ">", lengths, max_records, max_caplen, frac_to_ns, snaplen,
         linktype)
     records = list(zip(starts.tolist(), caplen.tolist(), wirelen.tolist(), ts_ns.tolist(),
