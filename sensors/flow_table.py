@@ -36,19 +36,19 @@ sizes and packet counts (cumulative over the flow up to the record's end):
   -> "SF", only the originator -> "S0", only the responder -> "SHR". (Zeek itself labels ICMP
   "OTH"; we use the UDP rule because "was there a reply" is what detectors need.)
 
-Implementation: per batch, keys are canonicalized and hashed to uint64 in one compiled pass
-(_canonical_keys, the same hash as _mix64), packets are grouped by one sort on the hash
-(collisions checked exactly), and one compiled walk over each key's packets in capture order
-(_walk_flows) finds flow boundaries (idle, close linger, port reuse), pieces and per-piece
-totals, continuing the table's live flow of the key. The table is struct-of-arrays numpy
-columns (~160 bytes a flow with the index: compact dtypes, cumulative counters kept as the
-booleans conn_state needs) plus an open-addressing hash index key -> slot (_SlotIndex) and a
-numpy stack of free slots, so no Python object exists per flow; expiry scans the table in
-one compiled pass (_scan_deadlines) and the key -> slot index probes are compiled loops too,
-as are the seed gather / live-flow write-back around the walk (_gather_seed, _scatter_group,
-one call per column dtype) and the end-reason search (_end_reasons: one bucketed search of
-the batch clock per row, _clock_index). The grouping and the walk read the batch's rows in
-key order, so they ask for the lines of the rows a few ahead (tcp_stream.prefetch). Python
+Implementation: per batch, one compiled pass in capture order (_batch_keys) canonicalizes
+each packet's key and finds the batch's distinct keys in a per-batch open-addressing table
+(keys compared exactly), each with its _mix64 hash; keys are ordered by that hash (exact
+key order when two share its high bits), and one compiled walk over the packets in capture
+order (_walk_flows, one state row per key) finds flow boundaries (idle, close linger, port
+reuse), pieces and per-piece totals, continuing the table's live flow of the key. The table
+is struct-of-arrays numpy columns (~160 bytes a flow with the index: compact dtypes,
+cumulative counters kept as the booleans conn_state needs) plus an open-addressing hash
+index key -> slot (_SlotIndex) and a numpy stack of free slots, so no Python object exists
+per flow; expiry scans the table in one compiled pass (_scan_deadlines) and the key -> slot
+index probes are compiled loops too, as are the seed gather / live-flow write-back around
+the walk (_gather_seed, _scatter_group, one call per column dtype) and the end-reason
+search (_end_reasons: one bucketed search of the batch clock per row, _clock_index). Python
 loops run only over chunks and table columns.
 Memory under a flood: a filling table takes big batches in sub-batches, records are built
 in chunks, and flush() hands the table's pages back while it builds the last records.
@@ -139,6 +139,11 @@ def _raw16(column: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(column).view(np.uint8).reshape(-1, 16)
 
 
+def _words16(column: np.ndarray) -> np.ndarray:
+    """IP_DTYPE column -> (n, 2) native uint64 words (a view when contiguous)."""
+    return np.ascontiguousarray(column).view("<u8").reshape(-1, 2)  # little-endian words
+
+
 def _mix64(words: np.ndarray) -> np.ndarray:
     """Hash (n, k) uint64 words to uint64 (splitmix-style); collisions are checked by caller."""
     return _mix64_rows(np.ascontiguousarray(words, dtype=np.uint64))
@@ -175,96 +180,114 @@ def _be_word(raw: np.ndarray, i: int, at: int) -> np.uint64:
     return w
 
 
-@njit
-def _canonical_keys(rows: np.ndarray, src: np.ndarray, dst: np.ndarray, sport: np.ndarray,
-                    dport: np.ndarray, transport: np.ndarray, vlan: np.ndarray,
-                    low_mask: np.uint64) -> tuple[np.ndarray, np.ndarray, np.ndarray,
-                                                  np.ndarray]:
-    """Flow keys of the packets at `rows` in one pass: (n, 5) uint64 words [meta, lo_ip (2),
-    hi_ip (2)], fwd (the packet travels lo -> hi), lo being the smaller (ip, port)
-    endpoint, each key's hash (_mix64 of its words) and the sort keys (hash bits above
-    low_mask | i). The batch columns are read through `rows` (no per-column gathers first).
+@njit(inline="always")
+def _bswap(x: np.uint64) -> np.uint64:
+    """Byte-reversed x (LLVM turns the pattern into one bswap): an address's 8 bytes
+    loaded as one little-endian word -> their big-endian value, as _be_word."""
+    x = (((x & np.uint64(0x00FF00FF00FF00FF)) << np.uint64(8))
+         | ((x >> np.uint64(8)) & np.uint64(0x00FF00FF00FF00FF)))
+    x = (((x & np.uint64(0x0000FFFF0000FFFF)) << np.uint64(16))
+         | ((x >> np.uint64(16)) & np.uint64(0x0000FFFF0000FFFF)))
+    return (x << np.uint64(32)) | (x >> np.uint64(32))
 
-    meta = vlan << 48 | transport << 40 | lo_port << 16 | hi_port. Ports are Zeek's: ICMP
-    request/reply types get the counter-type as "port" (community_id's 256-entry tables, -1
-    for one-way types, read as globals: frozen constants, cheaper than array arguments)
-    and protocols without ports (not in PORT_PROTOS) get 0.
-    src/dst are (N, 16) address bytes; rows are row numbers of the batch (flatnonzero), so
-    < N; every other index is < 16 by construction; low_mask >= n - 1.
+
+@njit(inline="always")
+def _packet_key(r, src, dst, sport, dport, transport, vlan):
+    """Flow key of packet row r: (meta, lo_ip words (2), hi_ip words (2), fwd, hash).
+
+    fwd: the packet travels lo -> hi, lo being the smaller (ip, port) endpoint; the hash is
+    _mix64 of the five words. meta = vlan << 48 | transport << 40 | lo_port << 16 | hi_port.
+    Ports are Zeek's: ICMP request/reply types get the counter-type as "port"
+    (community_id's 256-entry tables, -1 for one-way types, read as globals: frozen
+    constants, cheaper than array arguments) and protocols without ports (not in
+    PORT_PROTOS) get 0. src/dst are the (N, 2) native uint64 words of the addresses
+    (_words16); r < N (a row of the batch)."""
+    t = np.int64(transport[r])
+    sp = np.int64(sport[r])
+    dp = np.int64(dport[r])
+    if t == 1 or t == 58:
+        counter = (_ICMP4_TABLE[min(max(sp, 0), 255)] if t == 1
+                   else _ICMP6_TABLE[min(max(sp, 0), 255)])
+        if counter >= 0:
+            dp = np.int64(counter)
+    if not (t == 1 or t == 6 or t == 17 or t == 58 or t == 132):
+        sp = 0
+        dp = 0
+    sp &= 0xFFFF
+    dp &= 0xFFFF
+    s0, s1 = _bswap(src[r, 0]), _bswap(src[r, 1])
+    d0, d1 = _bswap(dst[r, 0]), _bswap(dst[r, 1])
+    src_greater = s0 > d0 or (s0 == d0 and (s1 > d1 or (s1 == d1 and sp > dp)))
+    if src_greater:
+        s0, s1, d0, d1, sp, dp = d0, d1, s0, s1, dp, sp
+    meta = ((np.uint64(vlan[r]) << np.uint64(48)) | (np.uint64(t) << np.uint64(40))
+            | (np.uint64(sp) << np.uint64(16)) | np.uint64(dp))
+    # the batch table's probe hash: independent multiplies (no serial chain); the flow
+    # hash (_key_hash) is made once per key
+    x = ((meta * np.uint64(0x9E3779B97F4A7C15)) ^ (s0 * np.uint64(0xBF58476D1CE4E5B9))
+         ^ (s1 * np.uint64(0x94D049BB133111EB)) ^ (d0 * np.uint64(0xD6E8FEB86659FD93))
+         ^ (d1 * np.uint64(0xC2B2AE3D27D4EB4F)))
+    x ^= x >> np.uint64(32)
+    return meta, s0, s1, d0, d1, not src_greater, x
+
+
+@njit(inline="always")
+def _key_hash(meta, s0, s1, d0, d1):
+    """_mix64 of a flow key's five words."""
+    x = _mix_step(np.uint64(0x9E3779B97F4A7C15), meta)
+    return _mix_step(_mix_step(_mix_step(_mix_step(x, s0), s1), d0), d1)
+
+
+@njit
+def _batch_keys(rows: np.ndarray, src: np.ndarray, dst: np.ndarray, sport: np.ndarray,
+                dport: np.ndarray, transport: np.ndarray, vlan: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct flow keys of the packets at `rows`, in one pass in capture order.
+
+    Returns (key_of: each packet's key id, fwd: the packet travels lo -> hi, key_words:
+    (keys, 5) uint64 [meta, lo_ip (2), hi_ip (2)] (_packet_key), key_hash: _mix64 of them);
+    key ids count keys in order of their first packet. A per-batch open-addressing table
+    (hash -> key id, keys compared exactly) finds them: it replaced a sort of every
+    packet's hash plus a grouping pass that read the packets' key words in hash order
+    (random rows), and the (rows, 5) per-packet words. rows are rows of the batch, so < N.
     """
     n = rows.shape[0]
-    words = np.empty((n, 5), dtype=np.uint64)
+    size = 16
+    while size < 2 * n:
+        size *= 2
+    mask = np.uint64(size - 1)
+    table = np.full(size, -1, dtype=np.int32)
+    key_of = np.empty(n, dtype=np.int32)
     fwd = np.empty(n, dtype=np.bool_)
-    row_hash = np.empty(n, dtype=np.uint64)
-    sort_key = np.empty(n, dtype=np.uint64)
-    high = ~low_mask
+    words = np.empty((n, 5), dtype=np.uint64)  # at most one key a packet
+    key_hash = np.empty(n, dtype=np.uint64)
+    probe = np.empty(n, dtype=np.uint64)  # each key's probe hash
+    n_keys = 0
     for i in range(n):
-        r = rows[i]
-        t = np.int64(transport[r])
-        sp = np.int64(sport[r])
-        dp = np.int64(dport[r])
-        if t == 1 or t == 58:
-            counter = (_ICMP4_TABLE[min(max(sp, 0), 255)] if t == 1
-                       else _ICMP6_TABLE[min(max(sp, 0), 255)])
-            if counter >= 0:
-                dp = np.int64(counter)
-        if not (t == 1 or t == 6 or t == 17 or t == 58 or t == 132):
-            sp = 0
-            dp = 0
-        sp &= 0xFFFF
-        dp &= 0xFFFF
-        s0, s1 = _be_word(src, r, 0), _be_word(src, r, 8)
-        d0, d1 = _be_word(dst, r, 0), _be_word(dst, r, 8)
-        src_greater = s0 > d0 or (s0 == d0 and (s1 > d1 or (s1 == d1 and sp > dp)))
-        fwd[i] = not src_greater
-        if src_greater:
-            s0, s1, d0, d1, sp, dp = d0, d1, s0, s1, dp, sp
-        meta = ((np.uint64(vlan[r]) << np.uint64(48)) | (np.uint64(t) << np.uint64(40))
-                | (np.uint64(sp) << np.uint64(16)) | np.uint64(dp))
-        words[i, 0] = meta
-        words[i, 1] = s0
-        words[i, 2] = s1
-        words[i, 3] = d0
-        words[i, 4] = d1
-        # the same hash as _mix64 over these five words
-        x = _mix_step(np.uint64(0x9E3779B97F4A7C15), meta)
-        x = _mix_step(_mix_step(_mix_step(_mix_step(x, s0), s1), d0), d1)
-        row_hash[i] = x
-        sort_key[i] = (x & high) | np.uint64(i)
-    return words, fwd, row_hash, sort_key
-
-
-@njit
-def _group_sorted(sort_key: np.ndarray, low_mask: np.uint64,
-                  words: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Groups of packets with the same key from sorted (hash high bits | row) sort keys.
-
-    Returns (order: rows in key order, key_first: the first sorted position of each key,
-    exact): exact is False when two different keys share their hash high bits (then the
-    caller groups by the exact key instead)."""
-    n = sort_key.shape[0]
-    order = np.empty(n, dtype=np.int64)
-    key_first = np.empty(n, dtype=np.int64)
-    high = ~low_mask
-    k = -1
-    exact = True
-    flat = words.reshape(-1)
-    for i in range(n):
-        row = np.int64(sort_key[i] & low_mask)
-        order[i] = row
-        # a later row's key words (random rows of the batch): a hint, so the comparisons
-        # below do not wait on each row's line in turn
-        ahead = np.int64(sort_key[min(i + _AHEAD, n - 1)] & low_mask)
-        prefetch(flat, ahead * 5)
-        if i == 0 or (sort_key[i] & high) != (sort_key[i - 1] & high):
-            k += 1
-            key_first[k] = i
-        else:
-            first = order[key_first[k]]
-            for j in range(5):
-                if words[row, j] != words[first, j]:
-                    exact = False
-    return order, key_first[:k + 1], exact
+        meta, s0, s1, d0, d1, forward, x = _packet_key(rows[i], src, dst, sport, dport,
+                                                        transport, vlan)
+        fwd[i] = forward
+        pos = np.int64(x & mask)
+        while True:  # the table is at most half full: an EMPTY entry ends every probe
+            e = table[pos]
+            if e < 0:
+                table[pos] = n_keys
+                words[n_keys, 0] = meta
+                words[n_keys, 1] = s0
+                words[n_keys, 2] = s1
+                words[n_keys, 3] = d0
+                words[n_keys, 4] = d1
+                probe[n_keys] = x
+                key_hash[n_keys] = _key_hash(meta, s0, s1, d0, d1)
+                e = n_keys
+                n_keys += 1
+                break
+            if (probe[e] == x and words[e, 0] == meta and words[e, 1] == s0
+                    and words[e, 2] == s1 and words[e, 3] == d0 and words[e, 4] == d1):
+                break
+            pos = (pos + 1) & (size - 1)
+        key_of[i] = e
+    return key_of, fwd, words[:n_keys], key_hash[:n_keys]
 
 
 def _zeros(n: int, dtype: np.dtype) -> np.ndarray:
@@ -285,7 +308,7 @@ KeyColumns = tuple
 def _slot_word(slot: int, j: int, vlan: np.ndarray, transport: np.ndarray,
                lo_port: np.ndarray, hi_port: np.ndarray, lo_ip: np.ndarray,
                hi_ip: np.ndarray) -> np.uint64:
-    """Word j of a slot's flow key, the layout _canonical_keys builds (caller bounds slot)."""
+    """Word j of a slot's flow key, the layout _packet_key builds (caller bounds slot)."""
     if j == 0:
         return ((np.uint64(vlan[slot]) << np.uint64(48))
                 | (np.uint64(transport[slot]) << np.uint64(40))
@@ -539,178 +562,193 @@ _GROUP_MID, _GROUP_ENDED, _GROUP_TAIL = 0, 1, 2  # piece moved on / flow ended /
 _EMIT_NONE, _EMIT_MOVED, _EMIT_ENDED = 0, 1, 2  # what happens to a key's table piece
 
 
-@njit
-def _close_group(g: np.ndarray, at: int, acc: np.ndarray, seg: np.ndarray) -> None:
-    """Write the open group (piece accumulators `acc`, segment state `seg`) to row `at`."""
-    for j in range(10):
-        g[at, j] = acc[j]
-    for j in range(10, 21):
-        g[at, j] = seg[j - 10]
+# Per-key walk state columns after the group row's 21 (_GROUP_FIELDS): previous packet
+# time, "closed" (0/1), the smallest piece index, "seen in this batch", the key's idle timeout.
+_W_PREV, _W_CLOSED, _W_PIECE_MIN, _W_SEEN, _W_IDLE = range(21, 26)
+
+
+@njit(inline="always")
+def _copy_group(dst: np.ndarray, at: int, st: np.ndarray, k: int) -> None:
+    """dst[at] = the open group of key k (its state row's first 21 columns)."""
+    for j in range(21):
+        dst[at, j] = st[k, j]
 
 
 @njit
-def _walk_flows(order, rows, fwd, ts, cm, flags, wire, pay, transport, key_first, has_slot,
+def _walk_flows(key_of, rank_of, rows, fwd, ts, cm, flags, wire, pay, transport, has_slot,
                 seed, idle_ns, tcp_idle_ns, active_ns, linger_ns):
-    """Flows and pieces of one batch's IP packets, sorted by key (capture order inside).
+    """Flows and pieces of one batch's IP packets, walked in capture order.
 
-    Sorted position i is IP row order[i] (fwd's index) and packet rows[order[i]] (the index
-    of the batch columns ts, cm, flags, wire, pay, transport); key_first: the first sorted
-    position of each key. Indices come from the caller's argsort, so they are in range.
+    IP row i is packet rows[i] (the index of the batch columns ts, cm, flags, wire, pay,
+    transport) of key rank_of[key_of[i]] (keys numbered in the caller's key order; every
+    index in range by construction). Each key keeps its open group and walk state in a row
+    of `st`, so the packets are read in capture order (sequential lines) instead of one key
+    after the other (random rows of the batch).
 
     Per key, packets are walked in order, continuing the table's live flow (`seed` row)
     when there is one. A packet starts a new flow of its key when the clock passed the
     previous packet + idle timeout, or, on a closed flow, passed close time + linger or the
     packet is a SYN without ACK (port reuse). A new piece (group) starts when the packet's
     clock leaves the current piece of the active-timeout grid. Returns per group (in key
-    order) its int64 columns (_GROUP_FIELDS), key, kind (_GROUP_*) and the clock value of
-    the packet that ended its flow (kind ENDED); per key what happens to its table piece
-    (_EMIT_*) and that clock; the number of flows created; and the earliest deadline
-    (_deadline_of) of the keys' live flows (the tail groups) as written back to the table.
+    order, a key's groups in capture order, its live tail last) its int64 columns
+    (_GROUP_FIELDS), key, kind (_GROUP_*) and the clock value of the packet that ended its
+    flow (kind ENDED); per key what happens to its table piece (_EMIT_*) and that clock;
+    the number of flows created; and the earliest deadline (_deadline_of) of the keys' live
+    flows (the tail groups) as written back to the table.
     """
-    n = order.shape[0]
-    n_keys = key_first.shape[0]
-    g = np.empty((n, 21), dtype=np.int64)  # at most one group per packet
-    g_key = np.empty(n, dtype=np.int64)
-    g_kind = np.empty(n, dtype=np.int8)
-    g_clock = np.empty(n, dtype=np.int64)
+    n = rows.shape[0]
+    n_keys = has_slot.shape[0]
+    st = np.zeros((n_keys, 26), dtype=np.int64)
+    side = np.empty((n, 21), dtype=np.int64)  # groups before a key's tail (few)
+    side_key = np.empty(n, dtype=np.int64)
+    side_kind = np.empty(n, dtype=np.int8)
+    side_clock = np.empty(n, dtype=np.int64)
     key_emit = np.zeros(n_keys, dtype=np.int8)
     key_clock = np.zeros(n_keys, dtype=np.int64)
-    acc = np.zeros(10, dtype=np.int64)  # p_first, p_end, pk lo/hi, bytes lo/hi, pay lo/hi, fl
-    seg = np.zeros(11, dtype=np.int64)  # st lo/hi, cum pk/pay lo/hi, closed_at, orig, start,
-    #                                     last_ts, piece
-    n_groups = 0
+    n_side = 0
     created = 0
-    tail_deadline = NEVER
-    for k in range(n_keys):
-        lo = key_first[k]
-        hi = key_first[k + 1] if k + 1 < n_keys else n
+    flat = st.reshape(-1)
+    for i in range(n):
+        k = rank_of[key_of[i]]
+        row = rows[i]
+        # the state row of a later packet's key (random rows of `st`, which outgrows the
+        # caches): hints, so the walk does not wait on each key's lines in turn
+        ahead = rank_of[key_of[min(i + _AHEAD, n - 1)]] * 26
+        prefetch(flat, ahead)
+        prefetch(flat, ahead + 8)
+        prefetch(flat, ahead + 16)
+        prefetch(flat, ahead + 25)
+        is_tcp = transport[row] == TCP
+        fl = np.int64(flags[row]) if is_tcp else 0
+        t = ts[row]
+        c = cm[row]
+        forward = fwd[i]
+        bytes_ = np.int64(wire[row])
+        payload = max(np.int64(pay[row]), 0)
+        idle = tcp_idle_ns if is_tcp else idle_ns
+        first = st[k, _W_SEEN] == 0
         slot = has_slot[k]
-        prev_ts = seed[k, _S_LAST]
-        closed = False
-        piece_min = 0
-        for i in range(lo, hi):
-            ip_row = order[i]
-            row = rows[ip_row]
-            # a later packet's columns (random rows of the batch): hints, so the walk does
-            # not wait on each packet's lines in turn
-            ip_ahead = order[min(i + _AHEAD, n - 1)]
-            ahead = rows[ip_ahead]
-            prefetch(ts, ahead)
-            prefetch(cm, ahead)
-            prefetch(wire, ahead)
-            prefetch(pay, ahead)
-            prefetch(flags, ahead)
-            prefetch(transport, ahead)
-            prefetch(fwd, ip_ahead)
-            is_tcp = transport[row] == TCP
-            fl = np.int64(flags[row]) if is_tcp else 0
-            t = ts[row]
-            c = cm[row]
-            forward = fwd[ip_row]
-            bytes_ = np.int64(wire[row])
-            payload = max(np.int64(pay[row]), 0)
-            idle = tcp_idle_ns if is_tcp else idle_ns
-            first = i == lo
-            split = (not first or slot) and c > prev_ts + idle
-            prev_ts = t
-            if not split and (not first or slot):
-                # closed before this packet: linger passed or SYN without ACK -> new flow
-                closed_before = closed if not first else seed[k, _S_CLOSED_AT] < NEVER
-                if closed_before:
-                    closed_at = seg[6] if not first else seed[k, _S_CLOSED_AT]
-                    if c > closed_at + linger_ns or (fl & (SYN | ACK)) == SYN:
-                        split = True
-            if first or split:
-                if not first:  # the key's previous flow ended at this packet
-                    _close_group(g, n_groups, acc, seg)
-                    g_key[n_groups] = k
-                    g_kind[n_groups] = _GROUP_ENDED
-                    g_clock[n_groups] = c
-                    n_groups += 1
-                elif split:  # the table's flow ended at the key's first packet
+        prev_ts = seed[k, _S_LAST] if first else st[k, _W_PREV]
+        split = (not first or slot) and c > prev_ts + idle
+        st[k, _W_PREV] = t
+        if not split and (not first or slot):
+            # closed before this packet: linger passed or SYN without ACK -> new flow
+            closed_before = st[k, _W_CLOSED] != 0 if not first else seed[k, _S_CLOSED_AT] < NEVER
+            if closed_before:
+                closed_at = st[k, 16] if not first else seed[k, _S_CLOSED_AT]
+                if c > closed_at + linger_ns or (fl & (SYN | ACK)) == SYN:
+                    split = True
+        if first or split:
+            if not first:  # the key's previous flow ended at this packet
+                _copy_group(side, n_side, st, k)
+                side_key[n_side] = k
+                side_kind[n_side] = _GROUP_ENDED
+                side_clock[n_side] = c
+                n_side += 1
+            else:
+                st[k, _W_SEEN] = 1
+                st[k, _W_IDLE] = idle
+                if split:  # the table's flow ended at the key's first packet
                     key_emit[k] = _EMIT_ENDED
                     key_clock[k] = c
-                cont = first and slot and not split
-                if cont:
-                    for j in range(6):
-                        seg[j] = seed[k, _S_ST_LO + j]
-                    seg[6] = seed[k, _S_CLOSED_AT]
-                    seg[7] = seed[k, _S_ORIG_IS_LO]
-                    seg[8] = seed[k, _S_FLOW_START]
-                    piece_min = seed[k, _S_PIECE]
-                    closed = seg[6] < NEVER
-                else:
-                    for j in range(6):
-                        seg[j] = 0
-                    seg[6] = NEVER
-                    syn_ack = (fl & (SYN | ACK)) == (SYN | ACK)
-                    seg[7] = 1 if forward != syn_ack else 0
-                    seg[8] = t
-                    piece_min = 0
-                    closed = False
-                    created += 1
-                piece = max(max((c - seg[8]) // active_ns, 0), piece_min)
+            cont = first and slot and not split
+            if cont:
+                for j in range(6):
+                    st[k, 10 + j] = seed[k, _S_ST_LO + j]
+                st[k, 16] = seed[k, _S_CLOSED_AT]
+                st[k, 17] = seed[k, _S_ORIG_IS_LO]
+                st[k, 18] = seed[k, _S_FLOW_START]
+                piece_min = seed[k, _S_PIECE]
+                st[k, _W_CLOSED] = 1 if st[k, 16] < NEVER else 0
+            else:
+                for j in range(6):
+                    st[k, 10 + j] = 0
+                st[k, 16] = NEVER
+                syn_ack = (fl & (SYN | ACK)) == (SYN | ACK)
+                st[k, 17] = 1 if forward != syn_ack else 0
+                st[k, 18] = t
+                piece_min = 0
+                st[k, _W_CLOSED] = 0
+                created += 1
+            st[k, _W_PIECE_MIN] = piece_min
+            piece = max(max((c - st[k, 18]) // active_ns, 0), piece_min)
+            for j in range(2, 10):
+                st[k, j] = 0
+            st[k, 0] = t
+            st[k, 1] = t
+            if cont:
+                t_pk = seed[k, _S_P_PK_LO] + seed[k, _S_P_PK_HI]
+                if t_pk > 0 and piece == seed[k, _S_PIECE]:  # same piece: merge into it
+                    st[k, 0] = min(t, seed[k, _S_P_FIRST])
+                    st[k, 1] = max(t, seed[k, _S_P_END])
+                    for j in range(8):
+                        st[k, 2 + j] = seed[k, _S_P_PK_LO + j]
+                elif t_pk > 0:
+                    key_emit[k] = _EMIT_MOVED
+            st[k, 20] = piece
+        else:
+            piece = max(max((c - st[k, 18]) // active_ns, 0), st[k, _W_PIECE_MIN])
+            if piece != st[k, 20]:  # the clock left the piece: it is emitted
+                _copy_group(side, n_side, st, k)
+                side_key[n_side] = k
+                side_kind[n_side] = _GROUP_MID
+                side_clock[n_side] = 0
+                n_side += 1
                 for j in range(2, 10):
-                    acc[j] = 0
-                acc[0] = t
-                acc[1] = t
-                if cont:
-                    t_pk = seed[k, _S_P_PK_LO] + seed[k, _S_P_PK_HI]
-                    if t_pk > 0 and piece == seed[k, _S_PIECE]:  # same piece: merge into it
-                        acc[0] = min(t, seed[k, _S_P_FIRST])
-                        acc[1] = max(t, seed[k, _S_P_END])
-                        for j in range(8):
-                            acc[2 + j] = seed[k, _S_P_PK_LO + j]
-                    elif t_pk > 0:
-                        key_emit[k] = _EMIT_MOVED
-                seg[10] = piece
-            else:
-                piece = max(max((c - seg[8]) // active_ns, 0), piece_min)
-                if piece != seg[10]:  # the clock left the piece: it is emitted
-                    _close_group(g, n_groups, acc, seg)
-                    g_key[n_groups] = k
-                    g_kind[n_groups] = _GROUP_MID
-                    n_groups += 1
-                    for j in range(2, 10):
-                        acc[j] = 0
-                    acc[0] = t
-                    acc[1] = t
-                    seg[10] = piece
-            # the packet's share of the piece and of the flow's cumulative state
-            acc[0] = min(acc[0], t)
-            acc[1] = max(acc[1], t)
-            if forward:
-                acc[2] += 1
-                acc[4] += bytes_
-                acc[6] += payload
-                acc[8] |= fl
-                seg[0] |= fl
-                seg[2] += 1
-                seg[4] += payload
-            else:
-                acc[3] += 1
-                acc[5] += bytes_
-                acc[7] += payload
-                acc[9] |= fl
-                seg[1] |= fl
-                seg[3] += 1
-                seg[5] += payload
-            seg[9] = t
-            if not closed and (((seg[0] & seg[1] & FIN) != 0) or (((seg[0] | seg[1]) & RST) != 0)):
-                closed = True
-                seg[6] = c
-        _close_group(g, n_groups, acc, seg)
-        g_key[n_groups] = k
-        g_kind[n_groups] = _GROUP_TAIL
-        n_groups += 1
+                    st[k, j] = 0
+                st[k, 0] = t
+                st[k, 1] = t
+                st[k, 20] = piece
+        # the packet's share of the piece and of the flow's cumulative state
+        st[k, 0] = min(st[k, 0], t)
+        st[k, 1] = max(st[k, 1], t)
+        d = 0 if forward else 1
+        st[k, 2 + d] += 1
+        st[k, 4 + d] += bytes_
+        st[k, 6 + d] += payload
+        st[k, 8 + d] |= fl
+        st[k, 10 + d] |= fl
+        st[k, 12 + d] += 1
+        st[k, 14 + d] += payload
+        st[k, 19] = t
+        if st[k, _W_CLOSED] == 0 and (((st[k, 10] & st[k, 11] & FIN) != 0)
+                                      or (((st[k, 10] | st[k, 11]) & RST) != 0)):
+            st[k, _W_CLOSED] = 1
+            st[k, 16] = c
+    # Groups in key order: a key's earlier groups (capture order), then its live tail.
+    at = np.empty(n_keys + 1, dtype=np.int64)  # first group row of each key
+    at[0] = 0
+    per_key = np.ones(n_keys, dtype=np.int64)
+    for s in range(n_side):
+        per_key[side_key[s]] += 1
+    for k in range(n_keys):
+        at[k + 1] = at[k] + per_key[k]
+    n_groups = n_side + n_keys
+    g = np.empty((n_groups, 21), dtype=np.int64)
+    g_key = np.empty(n_groups, dtype=np.int64)
+    g_kind = np.empty(n_groups, dtype=np.int8)
+    g_clock = np.zeros(n_groups, dtype=np.int64)
+    for s in range(n_side):
+        k = side_key[s]
+        to = at[k]
+        at[k] += 1
+        for j in range(21):
+            g[to, j] = side[s, j]
+        g_key[to] = k
+        g_kind[to] = side_kind[s]
+        g_clock[to] = side_clock[s]
+    tail_deadline = NEVER
+    for k in range(n_keys):
+        to = at[k]
+        _copy_group(g, to, st, k)
+        g_key[to] = k
+        g_kind[to] = _GROUP_TAIL
         # _deadline_of of this live flow as the table will hold it (saves a gather later)
-        idle = tcp_idle_ns if transport[rows[order[lo]]] == TCP else idle_ns
-        deadline = min(seg[9] + idle, min(seg[6] + linger_ns, NEVER))
-        if acc[2] != 0 or acc[3] != 0:
-            deadline = min(deadline, seg[8] + (seg[10] + 1) * active_ns - 1)
+        deadline = min(st[k, 19] + st[k, _W_IDLE], min(st[k, 16] + linger_ns, NEVER))
+        if st[k, 2] != 0 or st[k, 3] != 0:
+            deadline = min(deadline, st[k, 18] + (st[k, 20] + 1) * active_ns - 1)
         tail_deadline = min(tail_deadline, deadline)
-    return (g[:n_groups], g_key[:n_groups], g_kind[:n_groups], g_clock[:n_groups], key_emit,
-            key_clock, created, tail_deadline)
+    return g, g_key, g_kind, g_clock, key_emit, key_clock, created, tail_deadline
 
 
 @njit
@@ -1053,35 +1091,31 @@ class FlowTable:
     def _ingest(self, packets: DecodedPackets, rows: np.ndarray, clock_all: np.ndarray) -> list:
         transport = np.asarray(packets.transport).astype(np.uint8, copy=False)
         vlan = np.asarray(packets.vlan).astype(np.uint16, copy=False)
-        # Canonical endpoint order (lo = smaller (ip, port)), the (n, 5) uint64 key and its
-        # hash, read through `rows` from the whole batch columns, in one compiled pass.
-        # Group by key with one sort on a 64-bit hash, then verify no collision.
-        # The low bits of the sort key carry the row index, so a plain (unstable, faster)
-        # sort keeps capture order inside each key; equal high hash bits of two different
-        # keys would interleave them, which the exact check in _group_sorted catches.
+        # Each packet's flow key (lo = smaller (ip, port) endpoint), the distinct keys and
+        # their hashes, in one compiled pass in capture order (_batch_keys).
+        key_of, fwd, words, row_hash = _batch_keys(
+            rows, _words16(packets.src_ip), _words16(packets.dst_ip), np.asarray(packets.src_port),
+            np.asarray(packets.dst_port), transport, vlan)
+        # Key order (it decides output row order and slot allocation): by the hash's bits
+        # above the row-index bits, as a sort of (hash high bits | row) once gave; exact
+        # key order when two keys share those bits.
         index_bits = max(int(rows.size).bit_length(), 1)
-        low_mask = np.uint64((1 << index_bits) - 1)
-        words, fwd, row_hash, sort_key = _canonical_keys(
-            rows, _raw16(packets.src_ip), _raw16(packets.dst_ip), np.asarray(packets.src_port),
-            np.asarray(packets.dst_port), transport, vlan, low_mask)
-        sort_key.sort()
-        order, key_first, exact = _group_sorted(sort_key, low_mask, words)
-        if not exact:  # hash collision: group by exact key
-            order = np.lexsort(words.T[::-1])
-            ws = words[order]
-            new_key = np.ones(order.size, dtype=bool)
-            new_key[1:] = (ws[1:] != ws[:-1]).any(axis=1)
-            key_first = np.flatnonzero(new_key)
+        high = row_hash & ~np.uint64((1 << index_bits) - 1)
+        key_order = np.argsort(high)
+        sorted_high = high[key_order]
+        if sorted_high.size > 1 and (sorted_high[1:] == sorted_high[:-1]).any():
+            key_order = np.lexsort(words.T[::-1])
+        rank_of = np.empty(key_order.size, dtype=np.int64)
+        rank_of[key_order] = np.arange(key_order.size)
 
-        # The walk reads each packet's columns through (order, rows): no per-column gathers.
+        # The walk reads each packet's columns in capture order.
         p = _Packets(
-            order=order, rows=rows, fwd=fwd, ts=np.asarray(packets.ts_ns, dtype=np.int64),
-            cm=clock_all, flags=np.asarray(packets.tcp_flags),
-            wire=np.asarray(packets.wirelen), pay=np.asarray(packets.payload_len),
-            transport=np.asarray(packets.transport), key_first=key_first)
-        key_rows = order[key_first]
-        key_words = words[key_rows]
-        key_hash = row_hash[key_rows]  # a key's hash is its first packet's (same words)
+            key_of=key_of, rank_of=rank_of, rows=rows, fwd=fwd,
+            ts=np.asarray(packets.ts_ns, dtype=np.int64), cm=clock_all,
+            flags=np.asarray(packets.tcp_flags), wire=np.asarray(packets.wirelen),
+            pay=np.asarray(packets.payload_len), transport=np.asarray(packets.transport))
+        key_words = words[key_order]
+        key_hash = row_hash[key_order]
         slot_k = self._index.lookup(key_hash, key_words, self._key_columns())
         return self._apply(p, slot_k, (key_words, key_hash), clock_all)
 
@@ -1100,8 +1134,8 @@ class FlowTable:
                          seed_slots, has_slot)
         (g_int, g_key, g_kind, g_clock, key_emit, key_clock, created,
          tail_deadline) = _walk_flows(
-            p.order, p.rows, p.fwd, p.ts, p.cm, p.flags, p.wire, p.pay, p.transport,
-            p.key_first, has_slot, seed, self.idle_ns, self.tcp_idle_ns,
+            p.key_of, p.rank_of, p.rows, p.fwd, p.ts, p.cm, p.flags, p.wire, p.pay,
+            p.transport, has_slot, seed, self.idle_ns, self.tcp_idle_ns,
             self.active_ns, self.linger_ns)
         self.stats["flows_created"] += int(created)
 
@@ -1334,11 +1368,11 @@ def _slice_packets(packets: DecodedPackets, lo: int, hi: int) -> DecodedPackets:
 
 
 class _Packets:
-    """A batch's packet columns and the IP rows' order by flow key (then capture order):
-    sorted position i is IP row order[i], packet rows[order[i]]; fwd is per IP row."""
+    """A batch's packet columns and the IP rows' keys: IP row i is packet rows[i] of key
+    rank_of[key_of[i]] (keys in key order); fwd is per IP row."""
 
-    __slots__ = ("order", "rows", "fwd", "ts", "cm", "flags", "wire", "pay", "transport",
-                 "key_first")
+    __slots__ = ("key_of", "rank_of", "rows", "fwd", "ts", "cm", "flags", "wire", "pay",
+                 "transport")
 
     def __init__(self, **columns: np.ndarray) -> None:
         for name, values in columns.items():
