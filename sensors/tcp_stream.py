@@ -622,6 +622,9 @@ def _copy_bytes(typingctx, dst, dst_at, src, src_at, count):
     return sig, codegen
 
 
+SPAN_PREFETCH = 4  # how many spans ahead _spans_kernel asks for a span's first line
+
+
 @njit
 def _spans_kernel(data, start, size, out):
     """data[start[i] : start[i] + size[i]] for every i, back to back into `out` (uint8, its
@@ -630,19 +633,30 @@ def _spans_kernel(data, start, size, out):
     total = out.shape[0]
     limit = data.shape[0]
     at = 0
-    for i in range(start.shape[0]):
+    n = start.shape[0]
+    for i in range(n):
         if at >= total:
             break
+        if i + SPAN_PREFETCH < n:
+            # a later span's first line (see prefetch): spans average a few hundred bytes,
+            # so each one's first line waited on memory; ~0.3 ms of ~6 per 300k packets
+            ahead = start[i + SPAN_PREFETCH]
+            if 0 <= ahead < limit:
+                prefetch(data, ahead)
         take = min(max(size[i], 0), total - at)
         lo = start[i]
         inside_lo = min(max(lo, 0), limit)  # the part of [lo, lo + take) inside data
         inside_hi = min(max(lo + take, 0), limit)
         head = min(max(inside_lo - lo, 0), take)  # bytes before data (lo < 0): zero
-        out[at : at + head] = 0
+        # the zero fills only when there is something to fill: an empty slice assignment
+        # still costs a view (a third of the spans are empty; ~0.8 ms per 300k packets)
+        if head > 0:
+            out[at : at + head] = 0
         copied = max(inside_hi - inside_lo, 0)
         if copied > 0:  # inside both arrays by the clipping above
             _copy_bytes(out, at + head, data, inside_lo, copied)
-        out[at + head + copied : at + take] = 0  # bytes past the end of data: zero
+        if head + copied < take:
+            out[at + head + copied : at + take] = 0  # bytes past the end of data: zero
         at += take
     out[at:] = 0
 
