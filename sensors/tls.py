@@ -73,6 +73,8 @@ EXT_SNI, EXT_GROUPS, EXT_POINT_FORMATS, EXT_SIG_ALGS, EXT_ALPN = 0, 10, 11, 13, 
 EXT_SUPPORTED_VERSIONS = 43
 MAX_RECORDS = 256  # records scanned per direction
 MAX_LIST = 512  # entries read from one list (ciphers, extensions ...)
+PREFETCH_FLOWS = 8  # how many flows (directions) ahead the kernels ask for their first lines
+PREFETCH_DIRECTION_BYTES = 4096  # of a direction, how many first bytes frame_records asks for
 
 VERSION_NAMES = {0x0300: "3.0", 0x0301: "1.0", 0x0302: "1.1", 0x0303: "1.2", 0x0304: "1.3"}
 JA4_VERSIONS = {0x0304: "13", 0x0303: "12", 0x0302: "11", 0x0301: "10", 0x0300: "s3",
@@ -267,6 +269,14 @@ def frame_records(buf: np.ndarray, starts: np.ndarray, stops: np.ndarray,
     flags = np.zeros(n, np.uint8)
     out = 0  # bytes copied <= the direction's size: `hs` cannot overflow
     for d in range(n):
+        if d + PREFETCH_FLOWS < n and buf.size > 0:
+            # a later direction's lines (see tcp_stream.prefetch): the directions lie apart
+            # in `buf`, and the walk of each one started with waits for its lines (a record
+            # header gives the CPU no loads of the next direction to overlap)
+            ahead = min(max(starts[d + PREFETCH_FLOWS], 0), buf.size)
+            for at in range(ahead, min(stops[d + PREFETCH_FLOWS], buf.size,
+                                       ahead + PREFETCH_DIRECTION_BYTES), 64):
+                prefetch(buf, at)
         pos = max(starts[d], 0)
         end = min(stops[d], buf.size)
         hs_start[d] = out
@@ -371,7 +381,6 @@ def _settled_at(data: np.ndarray, seg_start: np.ndarray, seg_size: np.ndarray,
     return -1
 
 
-PREFETCH_FLOWS = 8  # how many flows ahead needed_lengths asks for their segments' first lines
 PREFETCH_SEGMENTS = 4  # of how many of each direction's segments
 
 
@@ -594,7 +603,7 @@ def client_hellos(hs: np.ndarray, hs_start: np.ndarray, hs_stop: np.ndarray,
             ok, sni_start[f], sni_stop[f], key_stop[f] = _client_hello(
                 hs, start + 4, body_stop, keys, at)
             status[f] = HELLO_OK if ok else HELLO_MALFORMED
-        at += end - start + CLIENT_KEY_SLACK  # this flow's region of `keys`
+        at = key_stop[f]  # the next key right after this one (see server_flights)
     return status, sni_start, sni_stop, keys, key_start, key_stop
 
 
@@ -710,7 +719,9 @@ def server_flights(hs: np.ndarray, hs_start: np.ndarray, hs_stop: np.ndarray
                     break
                 cert_start[f], cert_stop[f] = leaf_start, leaf_stop
             pos = stop
-        at += hs_stop[f] - hs_start[f] + SERVER_KEY_SLACK  # this flow's region of `keys`
+        # the next key right after this one: keys are a few bytes, regions of a flight's
+        # size apart made every page of `keys` fault in (~1 page fault per flow)
+        at = key_stop[f]
     return (found, malformed, version, cipher, selected, alpn_start, alpn_stop, cert_start,
             cert_stop, keys, key_start, key_stop)
 
