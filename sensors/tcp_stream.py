@@ -2128,18 +2128,26 @@ class StreamCollector:
         objects, merged column by column in `out`'s order; the fast path's spans copied by
         `_spans_kernel` to the front of the buffer, the other chunks' bytes after them."""
         n = len(out)
+        fast_columns = spans = None
+        n_fast = 0
         if pending:
             data, at, take, fast_columns, spans = pending[0]
+            n_fast = spans.shape[0]
+        # the placeholders are 0 .. n_fast - 1 in order, so out[n_fast - 1] == n_fast - 1
+        # means every fast row comes first (the usual case: the loop's chunks, ~1 a batch,
+        # are the held flows that changed, appended last); columns are then concatenated
+        fast_first = n_fast == 0 or (out[n_fast - 1].__class__ is int
+                                     and out[n_fast - 1] == n_fast - 1)
+        if fast_first:
+            fast_rows = slice(0, n_fast)
+            plain_rows = slice(n_fast, n)
+            plain_list = list(range(n_fast, n))
+        else:
             fast = np.fromiter(map(isinstance, out, repeat(int)), dtype=bool, count=n)
             fast_rows = np.flatnonzero(fast)
             plain_rows = np.flatnonzero(~fast)
-            fast_total = int(take.sum())
-        else:
-            fast_rows = np.zeros(0, dtype=np.int64)
-            plain_rows = np.arange(n, dtype=np.int64)
-            fast_total = 0
-            fast_columns = spans = None
-        plain_list = plain_rows.tolist()
+            plain_list = plain_rows.tolist()
+        fast_total = int(take.sum()) if pending else 0
         plain = [out[i] for i in plain_list]
         plain_columns = _columns_of(plain)
         parts = [part for chunk in plain for part in chunk.data]
@@ -2147,13 +2155,19 @@ class StreamCollector:
         columns: dict[str, np.ndarray] = {}
         fast_packets = 0 if fast_columns is None else fast_columns["packet_ts"].size
         for name, (dtype, shape) in _BATCH_COLUMNS.items():
-            column = np.empty((n, *shape), dtype=dtype)
-            if fast_columns is not None:
-                column[fast_rows] = fast_columns[name]
-            column[plain_rows] = plain_columns[name]
+            plain_column = plain_columns[name]
             if name in ("packet_start", "packet_stop"):
-                column[plain_rows] += fast_packets  # after the fast rows' packets
-            columns[name] = column
+                plain_column = plain_column + fast_packets  # after the fast rows' packets
+            if fast_columns is None:
+                columns[name] = plain_column.astype(dtype, copy=False)
+            elif fast_first:  # assignment's casting, as the scatter below
+                columns[name] = np.concatenate([fast_columns[name], plain_column],
+                                               dtype=dtype, casting="unsafe")
+            else:
+                column = np.empty((n, *shape), dtype=dtype)
+                column[fast_rows] = fast_columns[name]
+                column[plain_rows] = plain_column
+                columns[name] = column
         for name in _PACKET_COLUMNS:
             columns[name] = plain_columns[name] if fast_columns is None else np.concatenate(
                 [fast_columns[name].astype(np.int64), plain_columns[name]])
