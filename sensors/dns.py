@@ -4,9 +4,9 @@ Packets are selected column-wise (UDP or TCP, port 53, enough payload). Every se
 message of a batch (one per UDP datagram; the whole length-prefixed messages of a TCP
 segment) is then parsed by one compiled kernel (sensors/dns_kernel.py) that returns
 per-message and per-answer columns and one buffer with every name and rendered rdata;
-Python objects are made only for what the events carry (one decode + split for all texts,
-one dict per distinct answer record and one list per distinct answer set of the batch:
-rows with equal answers share them, see _parsed_columns).
+Python objects are made only for what the events carry, and only once per distinct value
+for as long as the analyzer runs (DnsObjects: one str per text, one dict per answer record
+and one list per answer list; rows with equal answers share them, also across batches).
 
 What is parsed: the header, the first question, and the answer section (at most
 MAX_ANSWERS records). Authority and additional sections are not read.
@@ -43,7 +43,7 @@ prefix must match the segment's length exactly or leave room for another message
 
 from __future__ import annotations
 
-from itertools import chain
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -127,19 +127,23 @@ def dns_events(
     observer_name: str,
     ingress_zone: str,
     stats: dict[str, int] | None = None,
+    objects: DnsObjects | None = None,
 ) -> EventBatch | None:
     """DNS messages in a decoded batch -> a "dns" EventBatch (None when there are none).
 
     `stats`, when given, is incremented: dns_messages (events), dns_malformed (messages
     dropped: header/question unreadable), dns_answers_damaged (events whose answer section
     was cut short), dns_tcp_incomplete (TCP segments without a whole message).
+    `objects`: the caller's DnsObjects, kept across its batches (see _kept_columns).
     """
     data = _read_only_bytes(packets.data)
     rows, start, length = _messages(packets, data, stats)
     if rows.size == 0:
         return None
-    parsed = dns_kernel.parse_messages(data, start, length)
-    kept, answers = _parsed_columns(*parsed)
+    if objects is None:
+        objects = DnsObjects()
+    msg, records = objects.parse(data, start, length)
+    kept, answers = _kept_columns(msg, records, objects)
     _bump(stats, "dns_malformed", int(rows.size - kept["status"].size))
     if kept["status"].size == 0:
         return None
@@ -151,43 +155,132 @@ def dns_events(
 
 def _parsed_columns(msg: np.ndarray, records: np.ndarray, text: np.ndarray,
                     text_used: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """parse_messages' output (one call, its own texts) -> _kept_columns."""
+    objects = DnsObjects()
+    objects.add_texts(text, 0, text_used)
+    return _kept_columns(msg, records, objects)
+
+
+def _kept_columns(msg: np.ndarray, records: np.ndarray, objects: DnsObjects
+                  ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Kernel output -> columns of the messages that make an event, and their answers
     (an object array: one list of record dicts per message).
 
-    Equal answer records of the batch share one dict, and messages with equal answers
-    share one list (a busy resolver answers the same names over and over; every query has
-    the empty list): Python objects are made per distinct record and list, not per event.
-    Consumers only read these values (ECS documents, wire format, detectors); anything
-    that wants to change one must copy it first.
+    `objects` (whose texts the text indexes of msg and records number) makes one str per
+    distinct text, one dict per distinct answer record and one list per distinct answer
+    list, shared by every event that has them: a busy resolver answers the same names over
+    and over, and every query has the empty list. Consumers only read these values (ECS
+    documents, wire format, detectors); anything that wants to change one must copy it
+    first.
     """
     index = np.flatnonzero(msg[:, 0] != dns_kernel.MALFORMED)
     if index.shape[0] < msg.shape[0]:
         msg = np.take(msg, index, axis=0)  # take: ~4x faster than msg[index] here
-    # One decode + split makes every text at C speed; they are ASCII by construction.
-    texts = np.array(text[:text_used].tobytes().decode("ascii").split("\n"), dtype=object)
+    qname, answers = objects.columns(msg, records)
     kept = {"index": index, "status": msg[:, 0], "dns_id": msg[:, 1].astype(np.uint16),
             "flags": msg[:, 2].astype(np.uint16), "qtype": msg[:, 3].astype(np.uint16),
-            "qclass": msg[:, 4].astype(np.uint16), "qname": texts[msg[:, 5]]}
-    return kept, _answer_column(msg[:, 6], msg[:, 7], records, texts)
+            "qclass": msg[:, 4].astype(np.uint16), "qname": qname}
+    return kept, answers
 
 
-def _answer_column(first_row: np.ndarray, count: np.ndarray, records: np.ndarray,
-                   texts: np.ndarray) -> np.ndarray:
-    """The answers object column: per message the list of its records' dicts."""
-    record_first, _, set_of_msg, set_records, set_bounds = dns_kernel.answer_sets(
-        first_row, count, records)
-    sets = set_bounds.shape[0] - 1
-    dicts = _answer_dicts(records[record_first], texts)
-    members = list(map(dicts.__getitem__, set_records.tolist()))
-    bounds = set_bounds.tolist()
-    # One list per distinct answer set, sliced in C (map over slice objects), then one
-    # empty list that every message without answers (every query) shares: a list per row
-    # cost more than the rest of this function (allocation and the collections it
-    # triggers).
-    lists = np.fromiter(chain(map(members.__getitem__, map(slice, bounds[:-1], bounds[1:])),
-                              ([],)), dtype=object, count=sets + 1)
-    # One take for the whole column: boolean-mask assignments of object arrays cost ~3x.
-    return lists.take(np.where(set_of_msg >= 0, set_of_msg, sets))
+def _grown_objects(column: np.ndarray, used: int, wanted: int) -> np.ndarray:
+    """An object array holding column[:used] with room for `wanted` more."""
+    if used + wanted <= column.shape[0]:
+        return column
+    grown = np.empty(max(2 * column.shape[0], used + wanted), dtype=object)
+    grown[:used] = column[:used]
+    return grown
+
+
+class DnsObjects:
+    """The texts and Python objects of a DNS analyzer's events, kept across batches: each
+    distinct text (name, rendered rdata), answer record and answer list is rendered and
+    made once, when first seen, and numbered in dns_kernel's lasting tables
+    (parse_messages_into, global_records, global_sets). Everything is dropped when a table
+    passes its cap (tunnels and changing TTLs make many values that never repeat), so
+    memory stays bounded."""
+
+    MAX_TEXTS = 1 << 16
+    MAX_TEXT_BYTES = 1 << 22
+    MAX_RECORDS = 1 << 16
+    MAX_SETS = 1 << 16
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every value (the next batch makes its objects anew)."""
+        size = dns_kernel.INTERN_FIRST_SLOTS
+        self.parse_state = dns_kernel.new_parse_state(1 << 14)
+        self.texts = np.empty(size, dtype=object)
+        self.text_count = 0
+        self.record_keys = np.empty((size, 5), dtype=np.int64)
+        self.record_slots = np.full(size, -1, dtype=np.int64)
+        self.dicts: list[dict] = []
+        self.members = np.empty(size, dtype=np.int64)
+        self.bounds = np.zeros(size, dtype=np.int64)
+        self.set_slots = np.full(size, -1, dtype=np.int64)
+        self.lists = np.empty(size, dtype=object)
+        self.lists[0] = []  # list 0: the one empty list of every message without answers
+        self.set_count = 1
+
+    def parse(self, data: np.ndarray, start: np.ndarray, length: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """parse_messages_into over the kept tables -> (msg, answers); the new texts are
+        made into str objects."""
+        text_used, text_count = int(self.parse_state[1]), int(self.parse_state[5])
+        if (text_count > self.MAX_TEXTS or text_used > self.MAX_TEXT_BYTES
+                or len(self.dicts) > self.MAX_RECORDS or self.set_count > self.MAX_SETS):
+            self.reset()
+            text_used = 0
+        msg, answers, *state = dns_kernel.parse_messages_into(data, start, length,
+                                                              *self.parse_state)
+        self.parse_state = (*state, *self.parse_state[6:])
+        self.add_texts(state[0], text_used, int(state[1]))
+        return msg, answers
+
+    def add_texts(self, text: np.ndarray, start: int, stop: int) -> None:
+        """The texts text[start:stop] (each ended by TEXT_SEP) are the next ones."""
+        if stop > start:
+            # One decode + split makes every new text at C speed; ASCII by construction.
+            new = text[start:stop - 1].tobytes().decode("ascii").split("\n")
+            self.texts = _grown_objects(self.texts, self.text_count, len(new))
+            self.texts[self.text_count:self.text_count + len(new)] = new
+            self.text_count += len(new)
+
+    def columns(self, msg: np.ndarray, records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(qname, answers) object columns of the kept messages `msg` (malformed rows
+        dropped) from their answer rows."""
+        record_ids = self._records(records)
+        set_ids = self._sets(msg[:, 6], msg[:, 7], record_ids)
+        return self.texts.take(msg[:, 5]), self.lists.take(set_ids)
+
+    def _records(self, records: np.ndarray) -> np.ndarray:
+        old = len(self.dicts)
+        ids, self.record_keys, self.record_slots, count = dns_kernel.global_records(
+            records, self.record_keys, self.record_slots, old)
+        if count > old:
+            self.dicts.extend(_answer_dicts(self.record_keys[old:count], self.texts))
+        return ids
+
+    def _sets(self, first_row: np.ndarray, count: np.ndarray, record_ids: np.ndarray
+              ) -> np.ndarray:
+        old = self.set_count
+        ids, self.members, self.bounds, self.set_slots, self.set_count = \
+            dns_kernel.global_sets(first_row, count, record_ids, self.members, self.bounds,
+                                   self.set_slots, old)
+        if self.set_count > old:
+            bounds = self.bounds[old:self.set_count + 1].tolist()
+            members = list(map(self.dicts.__getitem__,
+                               self.members[bounds[0]:bounds[-1]].tolist()))
+            first = bounds[0]
+            self.lists = _grown_objects(self.lists, old, self.set_count - old)
+            # One list per new answer list, sliced in C (map over slice objects).
+            self.lists[old:self.set_count] = np.fromiter(
+                map(members.__getitem__, map(slice, [b - first for b in bounds[:-1]],
+                                             [b - first for b in bounds[1:]])),
+                dtype=object, count=self.set_count - old)
+        return ids
 
 
 def _names(numbers: np.ndarray, name_of) -> list[str]:
@@ -293,6 +386,11 @@ def parse_message(msg: bytes) -> tuple[tuple[int, int, str, int, int, list[dict]
 class DnsAnalyzer(Analyzer):
     """DNS over UDP/53 and single-segment TCP/53 (see `dns_events`)."""
 
+    def __init__(self, config: Mapping, observer_name: str, ingress_zone: str) -> None:
+        super().__init__(config, observer_name, ingress_zone)
+        self.objects = DnsObjects()
+
     def process(self, packets: DecodedPackets) -> list[EventBatch]:
-        batch = dns_events(packets, self.observer_name, self.ingress_zone, stats=self.stats)
+        batch = dns_events(packets, self.observer_name, self.ingress_zone, stats=self.stats,
+                           objects=self.objects)
         return [batch] if batch is not None and len(batch) else []

@@ -5,16 +5,17 @@ MAX_ANSWERS records) of many messages lying in one uint8 buffer (the batch's pac
 each message = an offset and a length) and returns numbers only: per-message and per-answer
 columns, plus one text buffer holding every name and rendered rdata, each followed by
 TEXT_SEP (short texts that repeat within the batch are kept once: see _intern; repeated
-question names and A-record addresses are not even rendered again: see _plain_name_length
-and _address_key). The caller turns the whole text buffer into str objects with one
+plain names and A/AAAA addresses are not even rendered again: see _plain_name_length and
+_address_key). The caller turns the whole text buffer into str objects with one
 decode + split, so no Python object is made per byte, label or record field.
 
 `split_tcp_segments` cuts TCP/53 segments into their length-prefixed messages (no stream
 reassembly: a segment must carry whole messages).
 
-`answer_sets` numbers equal answer records and equal answer lists of a batch, and
-`flow_groups` equal flow tuples (optionally both directions as one), so that sensors/dns.py
-makes one Python object per distinct value rather than one per event.
+`parse_messages_into` (texts), `global_records` and `global_sets` number equal texts, answer
+records and answer lists in tables kept across batches, and `flow_groups` equal flow tuples
+(optionally both directions as one), so that sensors/dns.py makes one Python object per
+distinct value rather than one per event.
 
 The rules (the text form of names and rdata, what is malformed, what only damages the
 answer section) are those of the pure-Python reference parser the tests compare against
@@ -272,6 +273,15 @@ def _put_txt(data: np.ndarray, base: int, start: int, stop: int, out: np.ndarray
 
 
 @njit
+def _is_name_type(rtype: int) -> bool:
+    """Whether the record data of this type is one domain name (NAME_TYPES)."""
+    for t in NAME_TYPES:
+        if rtype == t:
+            return True
+    return False
+
+
+@njit
 def _put_rdata(data: np.ndarray, base: int, size: int, rtype: int, start: int,
                rdlength: int, out: np.ndarray, o: int) -> int:
     """Text form of one record's data (start/rdlength: message offsets, inside the message);
@@ -287,11 +297,7 @@ def _put_rdata(data: np.ndarray, base: int, size: int, rtype: int, start: int,
         return o
     if rtype == TYPE_AAAA and rdlength == 16:
         return _put_ipv6(data, at, out, o)
-    is_name_type = False
-    for t in NAME_TYPES:
-        if rtype == t:
-            is_name_type = True
-    if is_name_type:
+    if _is_name_type(rtype):
         end, o2 = read_name(data, base, size, start, out, o)
         if end == stop:
             return o2
@@ -381,26 +387,28 @@ def _intern(text: np.ndarray, start: int, stop: int, slots: np.ndarray, slot_has
 
 
 INTERN_FIRST_SLOTS = 1024  # a batch's table starts this small: most have few distinct texts
-ADDRESS_MEMO_BITS = 8
+ADDRESS_MEMO_BITS = 12
 ADDRESS_MEMO_SLOTS = 1 << ADDRESS_MEMO_BITS  # A-record addresses remembered (_address_key)
 _NO_ADDRESS = np.uint64(1) << np.uint64(32)  # a memo key no 4-byte address has
 
 
-NAME_MEMO_BITS = 6
-NAME_MEMO_SLOTS = 1 << NAME_MEMO_BITS  # question names remembered (_plain_name_length)
+NAME_MEMO_BITS = 10
+NAME_MEMO_SLOTS = 1 << NAME_MEMO_BITS  # plain names remembered (_plain_name_length)
 NAME_MEMO_BYTES = 64  # longest wire form remembered
 
 
-@njit
+@njit(inline="always")
 def _plain_name_length(data: np.ndarray, base: int, size: int, pos: int) -> int:
     """Wire length of the name at message offset `pos` when it has no compression pointer
     and read_name reads it without error (labels below 64 bytes, at most
     MAX_NAME_WIRE_LEN bytes, inside the message); else -1.
 
     Why (parse_messages' name memo, direct-mapped, NAME_MEMO_SLOTS of names up to
-    NAME_MEMO_BYTES): a batch asks for the same names again and again, and rendering a
-    question name (a branch per byte) and interning it (hash, probe, compare) were most of
-    a query's walk. Such a name's text is a function of its wire bytes alone, so a name
+    NAME_MEMO_BYTES, kept across batches by parse_messages_into): traffic asks for the
+    same names again and again, and rendering a name (a branch per byte) and interning it
+    (hash, probe, compare) were most of a query's walk; the memo serves question names,
+    answer owners other than the question and name-type record data (CNAME ...) written
+    out without pointers. Such a name's text is a function of its wire bytes alone, so a name
     whose bytes equal a remembered one has that one's text; the text is remembered only
     when it was interned (at most INTERN_MAX_LEN characters), so the index is the one
     _intern would return for it again and a hit changes nothing else (_intern drops a
@@ -420,7 +428,7 @@ def _plain_name_length(data: np.ndarray, base: int, size: int, pos: int) -> int:
             return -1
 
 
-@njit
+@njit(inline="always")
 def _name_slot(data: np.ndarray, at: int, wire: int) -> int:
     """Memo slot of the name data[at:at+wire]: its first 8 bytes and length, hashed."""
     h = np.uint64(wire)
@@ -430,7 +438,7 @@ def _name_slot(data: np.ndarray, at: int, wire: int) -> int:
                     >> np.uint64(64 - NAME_MEMO_BITS))
 
 
-@njit
+@njit(inline="always")
 def _memo_lookup(memo: np.ndarray, memo_len: np.ndarray, memo_text: np.ndarray,
                  data: np.ndarray, at: int, wire: int) -> int:
     """The text index the name memo holds for the bytes data[at:at+wire], or -1."""
@@ -463,7 +471,10 @@ def _address_key(data: np.ndarray, at: int) -> np.uint64:
     compare) cost ~40 % of the walk on a batch whose answers are mostly A records.
     The text (at most 15 characters) is always interned, so the remembered index is the
     one _intern would return for the same address again, and a hit changes nothing else
-    (_intern drops a repeated text's bytes): the output is the same with or without it."""
+    (_intern drops a repeated text's bytes): the output is the same with or without it.
+    AAAA addresses (memo6_key: two words of two keys each) are remembered the same way:
+    their text (at most 39 characters) is always interned too. The memos are kept across
+    batches (parse_messages_into)."""
     return ((np.uint64(data[at]) << np.uint64(24)) | (np.uint64(data[at + 1]) << np.uint64(16))
             | (np.uint64(data[at + 2]) << np.uint64(8)) | np.uint64(data[at + 3]))
 
@@ -496,7 +507,7 @@ def _rehashed(slots: np.ndarray, slot_hash: np.ndarray, slot_start: np.ndarray
     return new_slots, new_hash, new_start
 
 
-@njit
+@njit(inline="always")
 def _repeats_question(data: np.ndarray, base: int, size: int, pos: int, q_end: int) -> bool:
     """The bytes at message offset `pos` are those of the question name, [12, q_end)."""
     length = q_end - HEADER_LEN
@@ -526,35 +537,67 @@ def parse_messages(data: np.ndarray, msg_start: np.ndarray, msg_len: np.ndarray)
     `data` read-only (as the capture reader maps files): one compiled variant.
     """
     n = msg_start.shape[0]
-    msg = np.zeros((n, 8), dtype=np.int64)
-    # The outputs start small and grow between runs of _parse_run (which stops before a
-    # message that might not fit), rather than being sized for the worst case up front:
-    # that needed each message's ancount (a pass over the batch's messages, each a cache
-    # miss) and zeroed a text table sized for two texts per possible record.
-    answers = np.empty((n + 64, 5), dtype=np.int64)
-    text = np.empty(max(TEXT_RESERVE, 64 * n), dtype=np.uint8)
+    (text, o, slots, slot_hash, slot_start, texts, memo_key, memo_text, memo6_key, memo6_text,
+     name_memo, name_len, name_text) = new_parse_state(max(TEXT_RESERVE, 64 * n))
+    msg, answers, text, o = parse_messages_into(
+        data, msg_start, msg_len, text, o, slots, slot_hash, slot_start, texts, memo_key,
+        memo_text, memo6_key, memo6_text, name_memo, name_len, name_text)[:4]
+    return msg, answers, text, o
+
+
+@njit
+def new_parse_state(text_bytes: int):
+    """The empty tables parse_messages_into starts from (its arguments after msg_len): a
+    text buffer of `text_bytes`, no texts, empty intern table and memos."""
+    text = np.empty(text_bytes, dtype=np.uint8)
     slots = np.full(INTERN_FIRST_SLOTS, -1, dtype=np.int64)
     slot_hash = np.empty(INTERN_FIRST_SLOTS, dtype=np.uint64)
     slot_start = np.empty(INTERN_FIRST_SLOTS, dtype=np.int64)
     # A-record address -> its text index (_address_key); the key no address has = empty
     memo_key = np.full(ADDRESS_MEMO_SLOTS, _NO_ADDRESS, dtype=np.uint64)
     memo_text = np.empty(ADDRESS_MEMO_SLOTS, dtype=np.int64)
-    # question name wire bytes -> its text index (_plain_name_length); length 0 = empty
+    # AAAA-record address (two words) -> its text index; text -1 = empty
+    memo6_key = np.empty((ADDRESS_MEMO_SLOTS, 2), dtype=np.uint64)
+    memo6_text = np.full(ADDRESS_MEMO_SLOTS, -1, dtype=np.int64)
+    # plain name wire bytes -> its text index (_plain_name_length); length 0 = empty
     name_memo = np.empty((NAME_MEMO_SLOTS, NAME_MEMO_BYTES), dtype=np.uint8)
     name_len = np.zeros(NAME_MEMO_SLOTS, dtype=np.int64)
     name_text = np.empty(NAME_MEMO_SLOTS, dtype=np.int64)
     # np.int64(): plain literals would make numba compile the helpers once more for
     # Literal[int] arguments (compile time, not speed).
+    return (text, np.int64(0), slots, slot_hash, slot_start, np.int64(0), memo_key, memo_text,
+            memo6_key, memo6_text, name_memo, name_len, name_text)
+
+
+@njit
+def parse_messages_into(data: np.ndarray, msg_start: np.ndarray, msg_len: np.ndarray,
+                        text: np.ndarray, o: int, slots: np.ndarray, slot_hash: np.ndarray,
+                        slot_start: np.ndarray, texts: int, memo_key: np.ndarray,
+                        memo_text: np.ndarray, memo6_key: np.ndarray, memo6_text: np.ndarray,
+                        name_memo: np.ndarray, name_len: np.ndarray, name_text: np.ndarray):
+    """parse_messages continuing from earlier batches' texts, intern table and memos
+    (new_parse_state's tuple, as this returned it last): text indexes then number the texts
+    of every batch so far, and the new texts are text[o_before:o]. Returns (msg, answers,
+    text, o, slots, slot_hash, slot_start, texts), the last six to pass back next time
+    (grown arrays are new ones). Why: a resolver's names and answers repeat from batch to
+    batch, so their texts are rendered and made into Python objects once (sensors/dns.py,
+    DnsObjects), and the memos keep hitting."""
+    n = msg_start.shape[0]
+    msg = np.zeros((n, 8), dtype=np.int64)
+    # The outputs start small and grow between runs of _parse_run (which stops before a
+    # message that might not fit), rather than being sized for the worst case up front:
+    # that needed each message's ancount (a pass over the batch's messages, each a cache
+    # miss) and zeroed a text table sized for two texts per possible record.
+    answers = np.empty((n + 64, 5), dtype=np.int64)
     i = np.int64(0)  # next message
-    o = np.int64(0)  # text bytes used
-    texts = np.int64(0)  # texts completed
     rows = np.int64(0)  # answer rows used
     while True:
         i, o, texts, rows = _parse_run(data, msg_start, msg_len, i, msg, answers, rows, text,
                                        o, slots, slot_hash, slot_start, texts, memo_key,
-                                       memo_text, name_memo, name_len, name_text)
+                                       memo_text, memo6_key, memo6_text, name_memo, name_len,
+                                       name_text)
         if i == n:
-            return msg, answers[:rows], text, o
+            return msg, answers[:rows], text, o, slots, slot_hash, slot_start, texts
         # Message i might not fit: grow whatever is short for its worst case.
         records = min(_word(data, msg_start[i] + 6), MAX_ANSWERS)
         if o + TEXT_RESERVE * (1 + records) > text.shape[0]:
@@ -569,7 +612,8 @@ def parse_messages(data: np.ndarray, msg_start: np.ndarray, msg_len: np.ndarray)
 def _parse_run(data: np.ndarray, msg_start: np.ndarray, msg_len: np.ndarray, first: int,
                msg: np.ndarray, answers: np.ndarray, rows: int, text: np.ndarray, o: int,
                slots: np.ndarray, slot_hash: np.ndarray, slot_start: np.ndarray,
-               texts: int, memo_key: np.ndarray, memo_text: np.ndarray, name_memo: np.ndarray,
+               texts: int, memo_key: np.ndarray, memo_text: np.ndarray,
+               memo6_key: np.ndarray, memo6_text: np.ndarray, name_memo: np.ndarray,
                name_len: np.ndarray, name_text: np.ndarray) -> tuple[int, int, int, int]:
     """parse_messages' walk from message `first` on, up to a message whose worst case might
     not fit the room left in answers, text or the intern table (returned: its index; n
@@ -652,6 +696,7 @@ def _parse_run(data: np.ndarray, msg_start: np.ndarray, msg_len: np.ndarray, fir
         for _ in range(records):
             # The usual owner is the question name: as a pointer to it, or written out again.
             # read_name would render the text already interned as `qname`, so it is skipped.
+            owner_wire = 0
             if (qdcount and pos + 1 < size and data[base + pos] == 0xC0
                     and data[base + pos + 1] == HEADER_LEN):
                 # read_name would follow the pointer to the name read at offset 12: one
@@ -663,11 +708,23 @@ def _parse_run(data: np.ndarray, msg_start: np.ndarray, msg_len: np.ndarray, fir
                 # them has the same target (< 12 < pos, so allowed here too).
                 end, o2, name = pos + q_end - HEADER_LEN, o, qname
             else:
-                end, o2 = read_name(data, base, size, pos, text, o)
+                # Other owners (a CNAME target's records, uncompressed answers): the name
+                # memo, when the owner is a plain name (see _plain_name_length).
+                owner_wire = _plain_name_length(data, base, size, pos)
                 name = -1
+                if 0 < owner_wire <= NAME_MEMO_BYTES:
+                    name = _memo_lookup(name_memo, name_len, name_text, data, base + pos,
+                                        owner_wire)
+                else:
+                    owner_wire = 0
+                if name >= 0:
+                    end, o2 = pos + owner_wire, o
+                else:
+                    end, o2 = read_name(data, base, size, pos, text, o)
             if end < 0 or end + 10 > size:
                 damaged = True
                 break
+            owner = pos
             rtype = _word(data, base + end)
             rclass = _word(data, base + end + 2)
             ttl = (_word(data, base + end + 4) << 16) | _word(data, base + end + 6)
@@ -677,20 +734,55 @@ def _parse_run(data: np.ndarray, msg_start: np.ndarray, msg_len: np.ndarray, fir
                 damaged = True
                 break
             if name < 0:
+                name_start = o
                 name, o, texts = _intern(text, o, o2, slots, slot_hash, slot_start, texts)
+                if owner_wire and o2 - name_start <= INTERN_MAX_LEN:  # interned: memo it
+                    _memo_put(name_memo, name_len, name_text, data, base + owner, owner_wire,
+                              name)
             # Most answers are A records, and a batch repeats few addresses: a memo of
             # address -> text index skips rendering and interning a repeat (_address_key).
-            key = _address_key(data, base + pos) if rtype == TYPE_A and rdlength == 4 \
-                else _NO_ADDRESS
-            slot = _address_slot(key)
-            if key != _NO_ADDRESS and memo_key[slot] == key:
-                rdata = memo_text[slot]
-            else:
+            # AAAA addresses and names (CNAME ...) have memos of their own.
+            rdata = -1
+            memo = 0  # which memo the data's text goes to when rendered: 1 A, 2 AAAA, 3 name
+            slot = 0
+            key = key0 = key1 = np.uint64(0)
+            data_wire = 0
+            if rtype == TYPE_A and rdlength == 4:
+                memo = 1
+                key = _address_key(data, base + pos)
+                slot = _address_slot(key)
+                if memo_key[slot] == key:
+                    rdata = memo_text[slot]
+            elif rtype == TYPE_AAAA and rdlength == 16:
+                key0 = _address_key(data, base + pos) << np.uint64(32) \
+                    | _address_key(data, base + pos + 4)
+                key1 = _address_key(data, base + pos + 8) << np.uint64(32) \
+                    | _address_key(data, base + pos + 12)
+                memo = 2
+                slot = _address_slot(key0 ^ (key1 * _GOLDEN))
+                if memo6_text[slot] >= 0 and memo6_key[slot, 0] == key0 \
+                        and memo6_key[slot, 1] == key1:
+                    rdata = memo6_text[slot]
+            elif _is_name_type(rtype):
+                data_wire = _plain_name_length(data, base, size, pos)
+                if data_wire == rdlength and data_wire <= NAME_MEMO_BYTES:
+                    memo = 3
+                    rdata = _memo_lookup(name_memo, name_len, name_text, data, base + pos,
+                                         data_wire)
+            if rdata < 0:
+                data_start = o
                 o2 = _put_rdata(data, base, size, rtype, pos, rdlength, text, o)
                 rdata, o, texts = _intern(text, o, o2, slots, slot_hash, slot_start, texts)
-                if key != _NO_ADDRESS:
+                if memo == 1:
                     memo_key[slot] = key
                     memo_text[slot] = rdata
+                elif memo == 2:
+                    memo6_key[slot, 0] = key0
+                    memo6_key[slot, 1] = key1
+                    memo6_text[slot] = rdata
+                elif memo == 3 and o2 - data_start <= INTERN_MAX_LEN:
+                    _memo_put(name_memo, name_len, name_text, data, base + pos, data_wire,
+                              rdata)
             answers[rows, 0] = name
             answers[rows, 1] = rtype
             answers[rows, 2] = rclass
@@ -806,104 +898,6 @@ def _row_hash(rows: np.ndarray, i: int) -> np.uint64:
 
 
 @njit
-def number_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Equal rows of a 2-D integer array numbered once, in first-seen order (open addressing
-    on a hash of the whole row, rows compared in full on a probe): (first, group), first[g]
-    the first row of distinct row g, group[i] the number of row i."""
-    n = rows.shape[0]
-    group = np.empty(n, dtype=np.int64)
-    first = np.empty(n, dtype=np.int64)
-    size = _table_size(n)
-    slots = np.full(size, -1, dtype=np.int64)
-    distinct = 0
-    for i in range(n):
-        slot = np.int64(_row_hash(rows, i) & np.uint64(size - 1))
-        while True:
-            g = slots[slot]
-            if g < 0:
-                slots[slot] = distinct
-                first[distinct] = i
-                group[i] = distinct
-                distinct += 1
-                break
-            j = first[g]
-            same = True
-            for k in range(rows.shape[1]):
-                if rows[j, k] != rows[i, k]:
-                    same = False
-                    break
-            if same:
-                group[i] = g
-                break
-            slot = (slot + 1) & (size - 1)
-    return first[:distinct], group
-
-
-@njit
-def answer_sets(first_row: np.ndarray, count: np.ndarray, records: np.ndarray):
-    """Equal answer records, and equal answer lists, of a batch numbered once.
-
-    first_row/count: per message, its answer rows in `records` (parse_messages' msg
-    columns 6 and 7); records: parse_messages' answer rows. Two records are equal when all
-    five numbers are (text indexes are interned, so an equal index is an equal text; long
-    texts are not interned and then only equal to themselves: fewer shared, never wrong).
-
-    Returns (record_first, record_of_row, set_of_msg, set_records, set_bounds):
-    record_first[r] the first row of distinct record r (first-seen order), record_of_row the
-    distinct record of each row; set_of_msg the distinct non-empty answer list of each
-    message (-1: no answers); distinct list s is records set_records[set_bounds[s]:
-    set_bounds[s + 1]] (distinct record numbers, in wire order).
-    """
-    m = records.shape[0]
-    n = first_row.shape[0]
-    record_first, record_of_row = number_rows(records)
-    # Lists: the same open addressing over each message's sequence of record numbers.
-    set_of_msg = np.full(n, -1, dtype=np.int64)
-    set_msg = np.empty(n, dtype=np.int64)  # first message of each distinct list
-    set_records = np.empty(m, dtype=np.int64)
-    set_bounds = np.zeros(n + 1, dtype=np.int64)
-    size = _table_size(n)
-    slots = np.full(size, -1, dtype=np.int64)
-    sets = 0
-    used = 0
-    for i in range(n):
-        c = count[i]
-        if c == 0:
-            continue
-        a = first_row[i]
-        h = np.uint64(c) * _MIX
-        for k in range(a, a + c):
-            h = (h ^ np.uint64(record_of_row[k])) * _MIX
-        slot = np.int64(_finish(h) & np.uint64(size - 1))
-        while True:
-            s = slots[slot]
-            if s < 0:
-                slots[slot] = sets
-                set_msg[sets] = i
-                for k in range(a, a + c):
-                    set_records[used] = record_of_row[k]
-                    used += 1
-                set_bounds[sets + 1] = used
-                set_of_msg[i] = sets
-                sets += 1
-                break
-            j = set_msg[s]
-            same = count[j] == c
-            if same:
-                b = first_row[j]
-                for k in range(c):
-                    if record_of_row[a + k] != record_of_row[b + k]:
-                        same = False
-                        break
-            if same:
-                set_of_msg[i] = s
-                break
-            slot = (slot + 1) & (size - 1)
-    return (record_first, record_of_row, set_of_msg, set_records[:used],
-            set_bounds[:sets + 1])
-
-
-@njit
 def flow_groups(src: np.ndarray, dst: np.ndarray, transport: np.ndarray,
                 src_port: np.ndarray, dst_port: np.ndarray, both_directions: bool):
     """Rows numbered by flow tuple: (first, group), first[g] the first row of flow g,
@@ -911,8 +905,8 @@ def flow_groups(src: np.ndarray, dst: np.ndarray, transport: np.ndarray,
     With both_directions, (a, b, pa, pb) and (b, a, pb, pa) are one flow (a query and its
     response); otherwise each direction is its own tuple.
 
-    number_rows' numbering (first-seen order, open addressing, full compare on a probe),
-    without materialising every row's key: only the distinct flows' canonical tuples are
+    Numbered in first-seen order (open addressing, full compare on a probe), without
+    materialising every row's key: only the distinct flows' canonical tuples are
     kept, and the hash multiplies the tuple's words independently (no serial chain)."""
     n = transport.shape[0]
     group = np.empty(n, dtype=np.int64)
@@ -948,3 +942,148 @@ def flow_groups(src: np.ndarray, dst: np.ndarray, transport: np.ndarray,
                 break
             slot = (slot + 1) & (size - 1)
     return first[:distinct], group
+
+
+# --- Objects kept across batches ------------------------------------------------------------
+# A resolver's traffic repeats names, answers and whole answer lists from batch to batch, and
+# making their Python objects (str, one dict per record, one list per answer list) again in
+# every batch cost more than parsing the messages. parse_messages_into numbers texts, and
+# these kernels records and answer lists, in tables that live as long as the analyzer
+# (sensors/dns.py, DnsObjects), so Python objects are made only for values not seen before.
+# Each kernel grows its tables before its loop (see _parse_run on why not inside).
+
+
+@njit
+def global_records(records: np.ndarray, keys: np.ndarray, slots: np.ndarray, count: int):
+    """A batch's answer rows (parse_messages_into's answers, whose text indexes hold across
+    batches) -> lasting record ids: (ids, keys, slots, count), keys[r] record r's five
+    numbers.
+    The arrays are returned grown when they had to be."""
+    m = records.shape[0]
+    if count + m > keys.shape[0]:
+        keys = _grown_rows(keys, count, m)
+    if 2 * (count + m) > slots.shape[0]:
+        size = slots.shape[0]
+        while 2 * (count + m) > size:
+            size *= 2
+        slots = np.full(size, -1, dtype=np.int64)  # refilled from keys (its hashes)
+        for r in range(count):
+            _number_key(keys, r, slots, r)
+    ids = np.empty(m, dtype=np.int64)
+    count = _global_records_run(records, ids, keys, slots, count)
+    return ids, keys, slots, count
+
+
+@njit
+def _number_key(keys: np.ndarray, r: int, slots: np.ndarray, count: int) -> int:
+    """The id of keys[r]'s record among keys[:count] (open addressing over `slots`), or
+    `count` after taking a free slot for it."""
+    mask = slots.shape[0] - 1
+    slot = np.int64(_row_hash(keys, r) & np.uint64(mask))
+    while True:
+        g = slots[slot]
+        if g < 0:
+            slots[slot] = count
+            return count
+        if (keys[g, 0] == keys[r, 0] and keys[g, 1] == keys[r, 1] and keys[g, 2] == keys[r, 2]
+                and keys[g, 3] == keys[r, 3] and keys[g, 4] == keys[r, 4]):
+            return g
+        slot = (slot + 1) & mask
+
+
+@njit
+def _global_records_run(records: np.ndarray, ids: np.ndarray, keys: np.ndarray,
+                        slots: np.ndarray, count: int) -> int:
+    """global_records' loop over tables with room for every row of the batch: each row's key
+    is written at keys[count] and kept there only when it is new."""
+    for i in range(records.shape[0]):
+        keys[count, 0] = records[i, 0]
+        keys[count, 1] = records[i, 1]
+        keys[count, 2] = records[i, 2]
+        keys[count, 3] = records[i, 3]
+        keys[count, 4] = records[i, 4]
+        g = _number_key(keys, count, slots, count)
+        ids[i] = g
+        if g == count:
+            count += 1
+    return count
+
+
+@njit
+def global_sets(first_row: np.ndarray, count: np.ndarray, record_ids: np.ndarray,
+                members: np.ndarray, bounds: np.ndarray, slots: np.ndarray, sets: int):
+    """Each message's answer list (its rows first_row..+count, as global_records ids) ->
+    a lasting list id (0: the empty list, for every message without answers):
+    (ids, members, bounds, slots, sets). List s is members[bounds[s]:bounds[s + 1]];
+    bounds[0] = bounds[1] = 0. The arrays are returned grown when they had to be."""
+    n = first_row.shape[0]
+    used = bounds[sets]
+    if used + record_ids.shape[0] > members.shape[0]:
+        grown = np.empty(max(2 * members.shape[0], used + record_ids.shape[0]),
+                         dtype=np.int64)
+        grown[:used] = members[:used]
+        members = grown
+    if sets + n + 1 > bounds.shape[0]:
+        grown = np.empty(max(2 * bounds.shape[0], sets + n + 1), dtype=np.int64)
+        grown[:sets + 1] = bounds[:sets + 1]
+        bounds = grown
+    if 2 * (sets + n) > slots.shape[0]:
+        size = slots.shape[0]
+        while 2 * (sets + n) > size:
+            size *= 2
+        slots = np.full(size, -1, dtype=np.int64)  # refilled from members
+        for s in range(1, sets):
+            _number_set(members, bounds[s], bounds[s + 1] - bounds[s], members, bounds,
+                        slots, s)
+    ids = np.empty(n, dtype=np.int64)
+    sets = _global_sets_run(first_row, count, record_ids, ids, members, bounds, slots, sets)
+    return ids, members, bounds, slots, sets
+
+
+@njit
+def _number_set(values: np.ndarray, a: int, c: int, members: np.ndarray, bounds: np.ndarray,
+                slots: np.ndarray, sets: int) -> int:
+    """The id of the list values[a:a+c] among the `sets` lists of members/bounds, or `sets`
+    after taking a free slot for it (the caller then stores it)."""
+    h = np.uint64(c) * _MIX
+    for k in range(a, a + c):
+        h = (h ^ np.uint64(values[k])) * _MIX
+    mask = slots.shape[0] - 1
+    slot = np.int64(_finish(h) & np.uint64(mask))
+    while True:
+        s = slots[slot]
+        if s < 0:
+            slots[slot] = sets
+            return sets
+        b = bounds[s]
+        if bounds[s + 1] - b == c:
+            same = True
+            for k in range(c):
+                if members[b + k] != values[a + k]:
+                    same = False
+                    break
+            if same:
+                return s
+        slot = (slot + 1) & mask
+
+
+@njit
+def _global_sets_run(first_row: np.ndarray, count: np.ndarray, record_ids: np.ndarray,
+                     ids: np.ndarray, members: np.ndarray, bounds: np.ndarray,
+                     slots: np.ndarray, sets: int) -> int:
+    """global_sets' loop over tables with room for every list of the batch."""
+    for i in range(first_row.shape[0]):
+        c = count[i]
+        if c == 0:
+            ids[i] = 0
+            continue
+        a = first_row[i]
+        s = _number_set(record_ids, a, c, members, bounds, slots, sets)
+        if s == sets:
+            used = bounds[sets]
+            for k in range(c):
+                members[used + k] = record_ids[a + k]
+            bounds[sets + 1] = used + c
+            sets += 1
+        ids[i] = s
+    return sets

@@ -1,7 +1,7 @@
 """DNS event objects made once per distinct value (sensors/dns.py, sensors/dns_kernel.py):
-answer dicts and lists shared between equal records/answer sets, Community IDs computed once
-per flow, and the owner-name shortcut of the parse kernel - each compared with the plain
-per-row result it replaces."""
+answer lists shared between equal answer sets, Community IDs computed once per flow, and the
+owner-name shortcut of the parse kernel - each compared with the plain per-row result it
+replaces (answer objects kept across batches: tests/test_dns_objects.py)."""
 
 from __future__ import annotations
 
@@ -11,60 +11,12 @@ import struct
 import dns_reference as ref
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from test_dns import QUESTION_EXAMPLE, events_for, header, udp_frame
 
-from pipeline.schema import DNS_CLASS_NAMES, dns_type_name
 from sensors import dns_kernel
 from sensors.community_id import community_id_column
-from sensors.dns import MalformedDNS, _answer_column, flow_community_ids, parse_message
+from sensors.dns import MalformedDNS, flow_community_ids, parse_message
 from sensors.packets import IP_DTYPE, ip_to_bytes16
-
-TEXTS = np.array(["", "example.com", "192.0.2.1", "a.example", "2001:db8::1"], dtype=object)
-
-
-def _per_row_answers(first_row, count, records) -> list[list[dict]]:
-    """What the answers column holds, built the plain way: a new dict per record."""
-    return [[{"name": TEXTS[r[0]], "type": dns_type_name(int(r[1])),
-              "class": DNS_CLASS_NAMES.get(int(r[2]), f"CLASS{int(r[2])}"),
-              "ttl": int(r[3]), "data": TEXTS[r[4]]}
-             for r in records[a:a + c].tolist()]
-            for a, c in zip(first_row.tolist(), count.tolist(), strict=True)]
-
-
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.lists(st.tuples(st.integers(0, 4), st.sampled_from([1, 5, 28, 99]),
-                                   st.sampled_from([1, 3]), st.sampled_from([0, 60, 2**31]),
-                                   st.integers(0, 4)), max_size=4), max_size=40))
-def test_shared_answer_objects_equal_per_row_objects(messages):
-    count = np.array([len(m) for m in messages], dtype=np.int64)
-    first_row = np.cumsum(count) - count
-    records = np.array([r for m in messages for r in m], dtype=np.int64).reshape(-1, 5)
-    column = _answer_column(first_row, count, records, TEXTS)
-    assert column.dtype == object and column.shape == (len(messages),)
-    got = column.tolist()
-    assert got == _per_row_answers(first_row, count, records)
-    assert all(type(v) is list and all(type(d) is dict for d in v) for v in got)
-    # Sharing: one list per distinct answer list, one dict per distinct record.
-    assert len({id(v) for v in got}) == len({tuple(m) for m in messages})
-    dict_ids = {id(d) for v in got for d in v}
-    assert len(dict_ids) == len({r for m in messages for r in m})
-
-
-def test_answer_sets_numbers_equal_records_and_lists():
-    records = np.array([[1, 1, 1, 60, 2], [1, 1, 1, 60, 2], [1, 1, 1, 61, 2],
-                        [1, 1, 1, 60, 2], [1, 1, 1, 61, 2]], dtype=np.int64)
-    # messages: rows [0], [1], [2], none, [3, 4]
-    first_row = np.array([0, 1, 2, 3, 3], dtype=np.int64)
-    count = np.array([1, 1, 1, 0, 2], dtype=np.int64)
-    record_first, record_of_row, set_of_msg, set_records, set_bounds = \
-        dns_kernel.answer_sets(first_row, count, records)
-    assert record_first.tolist() == [0, 2]
-    assert record_of_row.tolist() == [0, 0, 1, 0, 1]
-    assert set_of_msg.tolist() == [0, 0, 1, -1, 2]
-    assert set_records.tolist() == [0, 1, 0, 1]
-    assert set_bounds.tolist() == [0, 1, 2, 4]
 
 
 def test_query_and_response_rows_share_nothing_they_should_not():
