@@ -290,6 +290,20 @@ def _batch_keys(rows: np.ndarray, src: np.ndarray, dst: np.ndarray, sport: np.nd
     return key_of, fwd, words[:n_keys], key_hash[:n_keys]
 
 
+def _key_order(key_hash: np.ndarray, key_words: np.ndarray, n_packets: int) -> np.ndarray:
+    """The batch's keys in key order (it decides output row order and slot allocation):
+    by their hash's bits above the bits a packet index of the batch needs, as the sort of
+    (hash high bits | packet index) that grouped packets before gave; by the exact key
+    words when two keys share those bits."""
+    index_bits = max(n_packets.bit_length(), 1)
+    high = key_hash & ~np.uint64((1 << index_bits) - 1)
+    order = np.argsort(high)
+    sorted_high = high[order]
+    if sorted_high.size > 1 and (sorted_high[1:] == sorted_high[:-1]).any():
+        order = np.lexsort(key_words.T[::-1])
+    return order
+
+
 def _zeros(n: int, dtype: np.dtype) -> np.ndarray:
     """np.zeros, in its own anonymous mapping when large, so its pages go back to the OS
     when the column is dropped (memory from malloc's heap can stay resident)."""
@@ -1091,15 +1105,7 @@ class FlowTable:
         key_of, fwd, words, row_hash = _batch_keys(
             rows, _words16(packets.src_ip), _words16(packets.dst_ip), np.asarray(packets.src_port),
             np.asarray(packets.dst_port), transport, vlan)
-        # Key order (it decides output row order and slot allocation): by the hash's bits
-        # above the row-index bits, as a sort of (hash high bits | row) once gave; exact
-        # key order when two keys share those bits.
-        index_bits = max(int(rows.size).bit_length(), 1)
-        high = row_hash & ~np.uint64((1 << index_bits) - 1)
-        key_order = np.argsort(high)
-        sorted_high = high[key_order]
-        if sorted_high.size > 1 and (sorted_high[1:] == sorted_high[:-1]).any():
-            key_order = np.lexsort(words.T[::-1])
+        key_order = _key_order(row_hash, words, int(rows.size))
         rank_of = np.empty(key_order.size, dtype=np.int64)
         rank_of[key_order] = np.arange(key_order.size)
 

@@ -1,0 +1,82 @@
+"""FlowTable batch keys (task X4): the per-batch hash table of _batch_keys against a plain
+Python reference (canonical endpoints, Zeek's ICMP ports, key ids by first packet, the
+_mix64 hash), and the key order of _key_order, including its exact fallback when two keys
+share their hash's high bits."""
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sensors.flow_table as ft
+from sensors.community_id import _ICMP4_TABLE, _ICMP6_TABLE
+from sensors.packets import IP_DTYPE
+
+_ADDRS = [bytes(16), bytes(15) + b"\x01", bytes(15) + b"\x02", b"\x20\x01" + bytes(13) + b"\x01",
+          bytes(10) + b"\xff\xff\x0a\x00\x00\x01", bytes(10) + b"\xff\xff\x0a\x00\x00\x02"]
+_packet = st.tuples(st.sampled_from(range(len(_ADDRS))), st.sampled_from(range(len(_ADDRS))),
+                    st.sampled_from([0, 1, 8, 13, 80, 443, 65535]),
+                    st.sampled_from([0, 3, 8, 53, 80, 128, 129, 65535]),
+                    st.sampled_from([1, 6, 17, 47, 58, 132]), st.sampled_from([0, 1, 4095]))
+
+
+def _reference_key(src: bytes, dst: bytes, sport: int, dport: int, proto: int,
+                   vlan: int) -> tuple[tuple, bool]:
+    """(key words, fwd) written out plainly: the layout _packet_key builds."""
+    if proto in (1, 58):
+        counter = (_ICMP4_TABLE if proto == 1 else _ICMP6_TABLE)[min(sport, 255)]
+        if counter >= 0:
+            dport = int(counter)
+    if proto not in (1, 6, 17, 58, 132):
+        sport = dport = 0
+    fwd = (src, sport) <= (dst, dport)
+    (lo, lp), (hi, hp) = ((src, sport), (dst, dport)) if fwd else ((dst, dport), (src, sport))
+    meta = vlan << 48 | proto << 40 | lp << 16 | hp
+    words = (meta, int.from_bytes(lo[:8], "big"), int.from_bytes(lo[8:], "big"),
+             int.from_bytes(hi[:8], "big"), int.from_bytes(hi[8:], "big"))
+    return words, fwd
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_packet, min_size=1, max_size=60), st.data())
+def test_batch_keys_equal_a_plain_reference(packets, data):
+    n = len(packets)
+    # the kernel reads the batch through `rows` (IP rows): leave some batch rows out
+    rows = np.array(sorted(data.draw(st.sets(st.integers(0, n - 1), min_size=1))),
+                    dtype=np.int64)
+    src = np.array([_ADDRS[p[0]] for p in packets], dtype=IP_DTYPE)
+    dst = np.array([_ADDRS[p[1]] for p in packets], dtype=IP_DTYPE)
+    key_of, fwd, words, key_hash = ft._batch_keys(
+        rows, ft._words16(src), ft._words16(dst),
+        np.array([p[2] for p in packets], dtype=np.uint16),
+        np.array([p[3] for p in packets], dtype=np.uint16),
+        np.array([p[4] for p in packets], dtype=np.uint8),
+        np.array([p[5] for p in packets], dtype=np.uint16))
+    ids: dict[tuple, int] = {}
+    for i, r in enumerate(rows):
+        s, d, sport, dport, proto, vlan = packets[r]
+        key, forward = _reference_key(_ADDRS[s], _ADDRS[d], sport, dport, proto, vlan)
+        ids.setdefault(key, len(ids))  # ids count keys in order of their first packet
+        assert key_of[i] == ids[key]
+        assert fwd[i] == forward
+    assert [tuple(int(w) for w in row) for row in words] == list(ids)
+    assert np.array_equal(key_hash, ft._mix64(words))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=40, unique=True),
+       st.integers(1, 70_000), st.data())
+def test_key_order_is_hash_order_or_exact_when_high_bits_collide(hashes, n_packets, data):
+    k = len(hashes)
+    words = np.array(data.draw(st.lists(st.lists(st.integers(0, 2**64 - 1), min_size=5,
+                                                 max_size=5), min_size=k, max_size=k,
+                                        unique_by=tuple)), dtype=np.uint64).reshape(k, 5)
+    if data.draw(st.booleans()) and k > 1:  # two keys share the bits above the index bits
+        hashes[1] = hashes[0] ^ 1
+    key_hash = np.array(hashes, dtype=np.uint64)
+    order = ft._key_order(key_hash, words, n_packets)
+    high = [h >> max(n_packets.bit_length(), 1) for h in hashes]
+    if len(set(high)) == k:
+        assert [high[i] for i in order] == sorted(high)
+    else:
+        assert [tuple(words[i]) for i in order] == sorted(tuple(w) for w in words)
