@@ -383,7 +383,12 @@ class _PcapSource:
 def _clip_to_snaplen(caplen: np.ndarray, snaplen: np.ndarray | int, offset: np.ndarray,
                      warn: Callable[[int, str], None]) -> np.ndarray:
     """caplen > snaplen (0 = unlimited): keep the first snaplen bytes, as libpcap does."""
-    limit = np.where(np.asarray(snaplen) > 0, snaplen, np.iinfo(np.uint32).max)
+    if isinstance(snaplen, int):  # classic pcap: one snaplen for the file
+        if not 0 < snaplen <= 0xFFFFFFFF:
+            return caplen  # unlimited, or above any uint32 caplen
+        limit = np.uint32(snaplen)  # a uint32 compare (vs int64: 4x the time per batch)
+    else:
+        limit = np.where(np.asarray(snaplen) > 0, snaplen, np.iinfo(np.uint32).max)
     over = caplen > limit
     if not over.any():
         return caplen

@@ -134,3 +134,14 @@ def test_real_captures_decode_the_same_with_the_walk_headers(name):
     if not path.is_file():
         pytest.skip(f"{path} not available (tests need the shared captures beside the repo)")
     assert check_batches(path, 777) > 0
+
+
+@pytest.mark.parametrize("batch_packets", [255, 256, 600, 65536])
+def test_walk_headers_across_decode_chunks(tmp_path, batch_packets):
+    """The walk decodes every _DECODE_CHUNK (256) records from a reused bounds buffer:
+    rows on both sides of each chunk edge and of batch edges decode like the decoder."""
+    frames = [TEMPLATES[i % len(TEMPLATES)][0][:max(0, 90 - i % 97)] if i % 5 == 0
+              else TEMPLATES[(i * 7) % len(TEMPLATES)][0] for i in range(1300)]
+    for snaplen in (0, 54, 65535):
+        path = pcap_file(tmp_path, frames, snaplen)
+        assert check_batches(path, batch_packets) == len(frames)
