@@ -578,9 +578,16 @@ def _candidate_kernel(data, rows, offset, length, sport, dport, flags, src_ip, d
                                                 np.int64(dport[r]), np.int64(flags[r]))
         size_r = np.int64(length[r])
         if size_r > 0:
-            for j in range(min(width, size_r)):
-                if 0 <= off + j < size:
+            if (width == PREFIX_BYTES and size_r >= PREFIX_BYTES and off >= 0
+                    and off + PREFIX_BYTES <= size):
+                # the usual row: a fixed count of bytes, all inside (an unrolled copy, no
+                # test per byte; ~0.6 of ~5.4 ms per 300k packets)
+                for j in range(PREFIX_BYTES):
                     heads[at_head, j] = data[off + j]
+            else:
+                for j in range(min(width, size_r)):
+                    if 0 <= off + j < size:
+                        heads[at_head, j] = data[off + j]
             at_head += 1
     return hashes, seq, ack, found, heads
 
@@ -1281,22 +1288,36 @@ def _fast_walk_kernel(starts, rows, flags_col, plen_col, seq_col, ack_col, sport
     predicate = np.empty(m, dtype=np.bool_)
     sel_s = np.zeros(m, dtype=np.bool_)
     sel_d = np.zeros(m, dtype=np.bool_)
+    # one gather loop per column: the fused loop (13 loads and stores a row) measured
+    # ~0.45 ms slower per 300k packets (of ~3.3)
+    for p in range(m):
+        flags[p] = flags_col[rows[p]]
+    for p in range(m):
+        plen[p] = plen_col[rows[p]]
+    for p in range(m):
+        seq[p] = seq_col[rows[p]]
+    for p in range(m):
+        ack[p] = ack_col[rows[p]]
+    for p in range(m):
+        sport[p] = sport_col[rows[p]]
+    for p in range(m):
+        dport[p] = dport_col[rows[p]]
+    for p in range(m):
+        vlan[p] = vlan_col[rows[p]]
     for p in range(m):
         r = rows[p]
-        flags[p] = flags_col[r]
-        plen[p] = plen_col[r]
-        seq[p] = seq_col[r]
-        ack[p] = ack_col[r]
-        sport[p] = sport_col[r]
-        dport[p] = dport_col[r]
-        vlan[p] = vlan_col[r]
         src[p, 0] = src_col[r, 0]
         src[p, 1] = src_col[r, 1]
+    for p in range(m):
+        r = rows[p]
         dst[p, 0] = dst_col[r, 0]
         dst[p, 1] = dst_col[r, 1]
-        may_open[p] = may_open_col[r]
-        predicate[p] = predicate_col[r]
-        if any_ports:
+    for p in range(m):
+        may_open[p] = may_open_col[rows[p]]
+    for p in range(m):
+        predicate[p] = predicate_col[rows[p]]
+    if any_ports:
+        for p in range(m):
             sel_s[p] = port_table[sport[p]]
             sel_d[p] = port_table[dport[p]]
     n_groups = starts.shape[0]
