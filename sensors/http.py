@@ -47,6 +47,7 @@ import binascii
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -60,27 +61,16 @@ from sensors.http_kernel import (
     F_REQ_FIRST,
     F_RESP_COUNT,
     F_RESP_FIRST,
-    H_AUTH,
-    H_CTYPE,
-    H_HOST,
-    H_REFERER,
-    H_UA,
-    M_A0,
-    M_A1,
-    M_B0,
-    M_B1,
     M_BODY,
-    M_C0,
-    M_C1,
-    M_HEADERS,
     M_START,
-    M_STATUS,
     MAX_HEADER_BYTES,
     MAX_MESSAGES,
     distinct_slice_table,
+    event_fields,
     join_slices,
     needed_lengths,
     parse_flows,
+    whole_events,
 )
 from sensors.packets import DecodedPackets
 from sensors.stream_columns import (
@@ -254,6 +244,19 @@ def _mime(value: str) -> str:
     return value.split(";", 1)[0].strip().lower()
 
 
+# the rule of each text field of event_fields (T_* order), for _texts
+_TEXT_RULES: tuple[Callable[[str], str] | None, ...] = (
+    None,  # method: [A-Z_-] only
+    host_without_port,
+    None,  # uri
+    None,  # version: digits and "."
+    None,  # user agent
+    None,  # referrer
+    _mime,
+    basic_auth_user,
+)
+
+
 def request_row(request: Message, response: Message | None) -> dict:
     method, uri, version = request.line
     h = request.headers
@@ -312,18 +315,27 @@ def _text_columns(buf: np.ndarray, slices: Sequence[tuple[np.ndarray, np.ndarray
                                                             Callable[[str], str] | None]]
                   ) -> list[np.ndarray]:
     """One object column per (starts, stops, text_of) of `slices`: buf[starts[i]:stops[i]]
-    decoded (UTF-8, "replace"), then text_of(...) if given ("" where starts < 0).
+    decoded (UTF-8, "replace"), then text_of(...) if given ("" where starts < 0); _texts
+    of those columns."""
+    starts = np.stack([np.where(a < 0, 0, a) for a, _, _ in slices], axis=1)
+    stops = np.stack([np.where(a < 0, 0, b) for a, b, _ in slices], axis=1)
+    return _texts(buf, starts, stops, [text_of for _, _, text_of in slices])
+
+
+def _texts(buf: np.ndarray, starts: np.ndarray, stops: np.ndarray,
+           rules: Sequence[Callable[[str], str] | None]) -> list[np.ndarray]:
+    """One object column per column c of (n, k) `starts`/`stops` (slices of buf, empty
+    where start == stop): each slice decoded (UTF-8, "replace"), then rules[c](...) if given.
 
     Equal slices of a column are found by one kernel call over every column
     (distinct_slice_table, row by row: each row's slices share cache lines) and only the
-    distinct ones are decoded, passed to text_of and made str objects (methods, hosts,
+    distinct ones are decoded, passed to their rule and made str objects (methods, hosts,
     user agents, content types repeat); each column is one take of those. They are joined
     with "\n" and decoded at once: none holds a "\n" (header values and request-line
     fields end at the line's end, a URI has no white space), and UTF-8 decoding with
     "replace" restarts at every ASCII byte, so each piece is the slice's own decoding
     (tests/test_http_kernel.py)."""
-    starts = np.stack([np.where(a < 0, 0, a) for a, _, _ in slices], axis=1)
-    stops = np.stack([np.where(a < 0, 0, b) for a, b, _ in slices], axis=1)
+    k = len(rules)
     ids, first = distinct_slice_table(buf, starts, stops)
     starts, stops = starts.reshape(-1)[first], stops.reshape(-1)[first]
     blob = join_slices(buf, starts, stops, 0x0A)
@@ -333,13 +345,13 @@ def _text_columns(buf: np.ndarray, slices: Sequence[tuple[np.ndarray, np.ndarray
         raw = buf.tobytes()
         texts = [raw[a : max(a, b)].decode("utf-8", "replace")  # clipped as join_slices
                  for a, b in zip(starts.tolist(), stops.tolist(), strict=True)]
-    column_of = first % len(slices)
-    for c, (_, _, text_of) in enumerate(slices):
+    column_of = first % k
+    for c, text_of in enumerate(rules):
         if text_of is not None:
             for at in np.flatnonzero(column_of == c).tolist():
                 texts[at] = text_of(texts[at])
     values = np.fromiter(texts, dtype=object, count=len(texts))
-    return [values[ids[:, c]] for c in range(len(slices))]
+    return [values[ids[:, c]] for c in range(k)]
 
 
 def _slice_texts(buf: np.ndarray, starts: np.ndarray, stops: np.ndarray,
@@ -396,6 +408,15 @@ class _ParsedFlows:
                 self.messages[resp_first : resp_first + n_resp, M_BODY].tolist(),
                 lambda i: (first + i, resp_first + i if i < n_resp else -1))
 
+    def pair_rows(self, index: int, lo: int, hi: int) -> tuple[range, list[int]]:
+        """(request rows, response rows or -1) of requests lo..hi-1 of the kernel-parsed
+        flow `index`: messages_of's pair(i) for each i."""
+        first, resp_first, n_resp = self.table[index, [F_REQ_FIRST, F_RESP_FIRST,
+                                                       F_RESP_COUNT]].tolist()
+        answered = max(min(hi, n_resp), lo)
+        return (range(first + lo, first + hi),
+                [*range(resp_first + lo, resp_first + answered), *[-1] * (hi - answered)])
+
     def whole_flows(self, candidates: np.ndarray) -> tuple[
             np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The events of the `candidates` flows (final, nothing emitted before) that the
@@ -404,16 +425,8 @@ class _ParsedFlows:
         Returns the whole flow mask and, per event, (flow index, request row, response row
         or -1, request start offset); the other flows are left to _flow_events. The caller
         counts the malformed whole flows (`malformed`)."""
-        table = self.table
-        whole = candidates & (table[:, F_FALLBACK] == 0)
-        flows = np.flatnonzero(whole)
-        count = table[flows, F_REQ_COUNT]
-        flow = np.repeat(flows, count)
-        nth = np.arange(flow.size) - np.repeat(np.cumsum(count) - count, count)
-        requests = table[flow, F_REQ_FIRST] + nth
-        responses = np.where(nth < table[flow, F_RESP_COUNT], table[flow, F_RESP_FIRST] + nth,
-                             -1)
-        return whole, flow, requests, responses, self.messages[requests, M_START]
+        whole = candidates & (self.table[:, F_FALLBACK] == 0)
+        return whole, *whole_events(self.table, self.messages, whole)
 
     def malformed(self, flows: np.ndarray) -> int:
         """How many of the kernel-parsed `flows` (a mask) stopped at a malformed request or
@@ -425,28 +438,10 @@ class _ParsedFlows:
         """The HTTP-specific event columns of request message rows `requests` with their
         response rows `responses` (-1: none), as request_row gives them (see
         tests/test_http_kernel.py)."""
-        buf = self.buf
-        req = self.messages[requests]
-        answered = responses >= 0
-        resp = self.messages[np.where(answered, responses, 0)] if len(self.messages) \
-            else np.zeros((0, self.messages.shape[1]), dtype=np.int64)
-
-        def value(rows: np.ndarray, slot: int, where: np.ndarray | None = None) -> tuple:
-            # header value slots: (start, end) at M_HEADERS + 2 * H_*; start -1 = absent
-            at = M_HEADERS + 2 * slot
-            start = rows[:, at] if where is None else np.where(where, rows[:, at], -1)
-            return start, rows[:, at + 1]
-
-        method, host, uri, version, user_agent, referrer, mime, user = _text_columns(buf, [
-            (req[:, M_A0], req[:, M_A1], None),  # [A-Z_-] only
-            (*value(req, H_HOST), host_without_port),
-            (req[:, M_B0], req[:, M_B1], None),
-            (req[:, M_C0], req[:, M_C1], None),  # digits and "."
-            (*value(req, H_UA), None),
-            (*value(req, H_REFERER), None),
-            (*value(resp, H_CTYPE, answered), _mime),
-            (*value(req, H_AUTH), basic_auth_user),
-        ])
+        starts, stops, status, request_body, response_body = event_fields(
+            self.messages, requests, responses)
+        method, host, uri, version, user_agent, referrer, mime, user = _texts(
+            self.buf, starts, stops, _TEXT_RULES)
         return {
             "method": method,
             "host": host,
@@ -454,9 +449,9 @@ class _ParsedFlows:
             "version": version,
             "user_agent": user_agent,
             "referrer": referrer,
-            "status": np.where(answered, resp[:, M_STATUS], 0),
-            "request_body_bytes": req[:, M_BODY],
-            "response_body_bytes": np.where(answered, resp[:, M_BODY], -1),
+            "status": status,
+            "request_body_bytes": request_body,
+            "response_body_bytes": response_body,
             "response_mime_type": mime,
             "basic_auth_user": user,
         }
@@ -491,6 +486,29 @@ class _Events:
             pair = (-1, -1)
         self.requests.append(pair[0])
         self.responses.append(pair[1])
+
+    def add_rows(self, index: int, offsets: Sequence[int], requests: Sequence[int],
+                 responses: Sequence[int]) -> None:
+        """add() of several kernel pairs of one flow."""
+        self.flows.extend([index] * len(requests))
+        self.offsets.extend(offsets)
+        self.requests.extend(requests)
+        self.responses.extend(responses)
+
+
+def _ready(done: int, n_requests: int, bodies: Sequence[int],
+           chunk: StreamChunk | _FlowFlags) -> int:
+    """_flow_events emits requests done..upto-1: each has its response with a known body
+    size, or that size cannot come (the server direction hit its cap or a gap), or the flow
+    ended (then every request, answered or not)."""
+    if chunk.final:
+        return n_requests
+    upto = min(n_requests, len(bodies))  # a request waits for its response
+    if not (chunk.capped[1] or chunk.gap[1]):
+        for i in range(done, upto):
+            if bodies[i] < 0:
+                return i  # body size still to come (chunked, or up to the FIN)
+    return upto
 
 
 def _int64_sizes(row: dict) -> dict:
@@ -548,6 +566,35 @@ def _emitted_rows(batch: StreamColumns, rows: np.ndarray, emitted: Mapping) -> n
     return candidates[found]
 
 
+class _FlowFlags(NamedTuple):
+    """What _flow_events reads of the chunk of a flow the kernel parsed: no StreamChunk is
+    built for it (its bytes and packet list cost ~0.1 ms a flow)."""
+
+    key: tuple
+    final: bool
+    capped: tuple[bool, bool]
+    gap: tuple[bool, bool]
+
+
+def _loop_flows(batch: StreamColumns, parsed: _ParsedFlows, rows: np.ndarray
+                ) -> list[StreamChunk | _FlowFlags]:
+    """Per row of `rows` (the flows _flow_events handles): its StreamChunk when the kernel
+    left it to parse_messages (which reads the chunk's bytes), else its _FlowFlags."""
+    out: list[StreamChunk | _FlowFlags] = []
+    if not rows.size:
+        return out
+    reference = parsed.table[rows, F_FALLBACK] != 0
+    chunks = iter(chunks_at(batch, rows[reference].tolist()))
+    keys = keys_at(batch, rows)
+    final = np.asarray(batch.final, dtype=bool)[rows].tolist()
+    capped = np.asarray(batch.capped, dtype=bool)[rows].tolist()
+    gap = np.asarray(batch.gap, dtype=bool)[rows].tolist()
+    for i, own in enumerate(reference.tolist()):
+        out.append(next(chunks) if own else _FlowFlags(keys[i], final[i], tuple(capped[i]),
+                                                        tuple(gap[i])))
+    return out
+
+
 class HttpAnalyzer(Analyzer):
     """HTTP/1.x request/response events (see the module doc). Settings (all optional):
     ports, max_bytes_per_dir, max_flows, max_bytes_total, idle_timeout_s, max_packets_meta."""
@@ -588,8 +635,9 @@ class HttpAnalyzer(Analyzer):
         if bad_whole:
             self._count("http_malformed", bad_whole)
         events = _Events()
-        loop_rows = np.flatnonzero(~whole).tolist()
-        for index, chunk in zip(loop_rows, chunks_at(batch, loop_rows), strict=True):
+        loop_rows = np.flatnonzero(~whole)
+        for index, chunk in zip(loop_rows.tolist(), _loop_flows(batch, parsed, loop_rows),
+                                strict=True):
             try:
                 self._flow_events(chunk, parsed, index, events)
             except Exception:  # noqa: BLE001 - hostile bytes must never stop the sensor
@@ -622,7 +670,7 @@ class HttpAnalyzer(Analyzer):
                                      events.reference_rows, skip=columns))
         return [EventBatch(HTTP.name, columns)]
 
-    def _flow_events(self, chunk: StreamChunk, parsed: _ParsedFlows, index: int,
+    def _flow_events(self, chunk: StreamChunk | _FlowFlags, parsed: _ParsedFlows, index: int,
                      events: _Events) -> None:
         done = self.emitted.get(chunk.key, 0)
         if chunk.final:
@@ -630,15 +678,14 @@ class HttpAnalyzer(Analyzer):
         n_requests, bad_req, bad_resp, starts, bodies, pair = parsed.messages_of(index, chunk)
         if (bad_req or bad_resp) and chunk.final:
             self._count("http_malformed")
-        for i in range(done, n_requests):
-            has_response = i < len(bodies)
-            if not has_response and not chunk.final:
-                break  # wait for the response (or the end of the flow)
-            if has_response and bodies[i] < 0 and not chunk.final \
-                    and not (chunk.capped[1] or chunk.gap[1]):
-                break  # body size still to come (chunked, or up to the FIN)
-            events.add(index, starts[i], pair(i))
-            done = i + 1
+        upto = _ready(done, n_requests, bodies, chunk)
+        if upto > done:
+            if parsed.table[index, F_FALLBACK]:
+                for i in range(done, upto):
+                    events.add(index, starts[i], pair(i))
+            else:  # kernel rows: ranges, not a Python call per request
+                events.add_rows(index, starts[done:upto], *parsed.pair_rows(index, done, upto))
+            done = upto
         if not chunk.final:
             self.emitted[chunk.key] = done
             if not n_requests and (bad_req or chunk.capped[0] or chunk.gap[0]):
