@@ -418,21 +418,16 @@ class _ParsedFlows:
                 [*range(resp_first + lo, resp_first + answered), *[-1] * (hi - answered)])
 
     def whole_flows(self, candidates: np.ndarray) -> tuple[
-            np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+            np.ndarray, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The events of the `candidates` flows (final, nothing emitted before) that the
         kernel parsed (not left to parse_messages): every request, paired with its response
         by order (what _flow_events emits for a final flow, malformed or not), column-wise.
-        Returns the whole flow mask and, per event, (flow index, request row, response row
-        or -1, request start offset); the other flows are left to _flow_events. The caller
-        counts the malformed whole flows (`malformed`)."""
+        Returns the whole flow mask, how many of those flows stopped at a malformed request
+        or response (_flow_events' http_malformed count for final flows) and, per event,
+        (flow index, request row, response row or -1, request start offset); the other
+        flows are left to _flow_events."""
         whole = candidates & (self.table[:, F_FALLBACK] == 0)
         return whole, *whole_events(self.table, self.messages, whole)
-
-    def malformed(self, flows: np.ndarray) -> int:
-        """How many of the kernel-parsed `flows` (a mask) stopped at a malformed request or
-        response (_flow_events' http_malformed count for final flows)."""
-        table = self.table
-        return int((flows & ((table[:, F_BAD_REQ] != 0) | (table[:, F_BAD_RESP] != 0))).sum())
 
     def columns(self, requests: np.ndarray, responses: np.ndarray) -> dict[str, np.ndarray]:
         """The HTTP-specific event columns of request message rows `requests` with their
@@ -525,8 +520,12 @@ def _http_columns(parsed: _ParsedFlows, requests: np.ndarray, responses: np.ndar
                   skip: Mapping) -> dict[str, np.ndarray]:
     """The HTTP columns (schema order, names in `skip` left out): kernel pairs column-wise,
     reference rows (at positions reference_at) through kind_columns."""
-    kernel_at = np.flatnonzero(requests >= 0)
-    kernel = parsed.columns(requests[kernel_at], responses[kernel_at])
+    if not reference_rows:  # the usual batch: every event is a kernel pair
+        kernel_at = None
+        kernel = parsed.columns(requests, responses)
+    else:
+        kernel_at = np.flatnonzero(requests >= 0)
+        kernel = parsed.columns(requests[kernel_at], responses[kernel_at])
     reference = kind_columns(HTTP, reference_rows, skip=skip) if reference_rows else {}
     out: dict[str, np.ndarray] = {}
     for spec in HTTP.fields:
@@ -630,8 +629,7 @@ class HttpAnalyzer(Analyzer):
         if emitted:
             fresh[_emitted_rows(batch, fresh, emitted)] = False
         # whole flows at once, column-wise: the common case, no per-flow state
-        whole, flows, requests, responses, offsets = parsed.whole_flows(fresh)
-        bad_whole = parsed.malformed(whole)
+        whole, bad_whole, flows, requests, responses, offsets = parsed.whole_flows(fresh)
         if bad_whole:
             self._count("http_malformed", bad_whole)
         events = _Events()

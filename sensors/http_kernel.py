@@ -596,9 +596,12 @@ def _whole_events(flows, messages, whole):
     responses = np.empty(n, np.int64)
     offsets = np.empty(n, np.int64)
     e = 0
+    malformed = 0
     for f in range(whole.shape[0]):
         if not whole[f]:
             continue
+        if flows[f, F_BAD_REQ] != 0 or flows[f, F_BAD_RESP] != 0:
+            malformed += 1
         first, resp_first, n_resp = flows[f, F_REQ_FIRST], flows[f, F_RESP_FIRST], \
             flows[f, F_RESP_COUNT]
         for j in range(flows[f, F_REQ_COUNT]):
@@ -607,15 +610,16 @@ def _whole_events(flows, messages, whole):
             responses[e] = resp_first + j if j < n_resp else -1
             offsets[e] = messages[first + j, M_START]
             e += 1
-    return flow, requests, responses, offsets
+    return malformed, flow, requests, responses, offsets
 
 
 def whole_events(flows: np.ndarray, messages: np.ndarray, whole: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                 ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Every request of the flows marked in `whole` (parse_flows' (flows, messages)), in
-    flow order, paired with its response by order: (flow index, request row, response row
-    or -1, request start offset) per event. One pass instead of a dozen numpy passes over
-    the batch's ~1k flows."""
+    flow order, paired with its response by order: how many of those flows stopped at a
+    malformed request or response, then (flow index, request row, response row or -1,
+    request start offset) per event. One pass instead of a dozen numpy passes over the
+    batch's ~1k flows."""
     return _whole_events(np.ascontiguousarray(flows, dtype=np.int64),
                          np.ascontiguousarray(messages, dtype=np.int64),
                          np.ascontiguousarray(whole, dtype=np.bool_))

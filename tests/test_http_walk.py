@@ -84,11 +84,13 @@ def test_header_end_at_the_window_edge():
 def test_whole_events_pairs_by_order():
     chunks = [_chunk(b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
                      b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
-              _chunk(b"not http", b""),
+              _chunk(b"not http\r\n\r\n", b""),
               _chunk(b"HEAD /c HTTP/1.1\r\nHost: x\r\n\r\n", b"HTTP/1.1 204\r\n\r\n")]
     parsed = _ParsedFlows(chunks)
     whole = np.array([True, True, False])
-    flow, requests, responses, offsets = whole_events(parsed.table, parsed.messages, whole)
+    bad, flow, requests, responses, offsets = whole_events(parsed.table, parsed.messages,
+                                                           whole)
+    assert bad == 1  # "not http": a malformed request side
     assert flow.tolist() == [0, 0]
     assert offsets.tolist() == [0, 19]
     assert responses[1] == -1 and responses[0] >= 0
