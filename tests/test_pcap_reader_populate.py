@@ -1,6 +1,6 @@
-"""The reader maps a capture's pages in ahead of each batch (MADV_POPULATE_READ), only as a
-hint: the packets, damage and warnings are the same with it, without it (span 0) and when
-the kernel refuses it (the reader then stops asking and the walk faults pages in)."""
+"""The reader maps a capture's pages in ahead of each batch (a read per fault-around
+window, pcap_reader._map_in): the packets, damage and warnings are the same with it, with a
+first span shorter than a batch and without it (span 0)."""
 
 from __future__ import annotations
 
@@ -55,11 +55,10 @@ def test_populate_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert set(without[3]) == {0}
 
 
-def test_refused_populate_turns_itself_off(tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    path = _pcap(tmp_path / "b.pcap", [60 + n % 1400 for n in range(400)])
-    expected = _read(path, 50)
-    monkeypatch.setattr(pcap_reader, "_MADV_POPULATE_READ", 0x7FFF)  # EINVAL from madvise
-    refused = _read(path, 50)
-    assert refused[:3] == expected[:3]
-    assert set(refused[3]) == {0}
+@pytest.mark.parametrize(("begin", "stop"), [(0, 0), (0, 1), (5, 70000), (0, 200000),
+                                             (131072, 300000), (299999, 400000)])
+def test_map_in_reads_a_byte_per_fault_window_and_the_last(begin: int, stop: int) -> None:
+    data = np.random.default_rng(begin).integers(0, 256, 300000).astype(np.uint8)
+    end = min(stop, data.size)
+    reads = list(range(begin, end, pcap_reader._FAULT_AROUND)) + ([end - 1] if end > begin else [])
+    assert pcap_reader._map_in(data, begin, stop) == int(data[reads].astype(np.int64).sum())
