@@ -5,6 +5,7 @@ share their hash's high bits."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -80,3 +81,24 @@ def test_key_order_is_hash_order_or_exact_when_high_bits_collide(hashes, n_packe
         assert [high[i] for i in order] == sorted(high)
     else:
         assert [tuple(words[i]) for i in order] == sorted(tuple(w) for w in words)
+
+
+@pytest.mark.parametrize("byte", [0, 1, 6, 8, 14])
+@pytest.mark.parametrize("side", ["src", "dst"])
+def test_probe_hash_spreads_keys_that_differ_in_two_address_bytes(byte, side):
+    """Keys that differ only in two bytes of one address (e.g. the first bytes: the high bits
+    of a word) must still spread over the batch table: positions shared by many keys would
+    make its linear probing quadratic (a flood of such keys)."""
+    n = 4096
+    values = np.random.default_rng(byte).permutation(1 << 16)[:n]
+    varied = np.zeros((n, 16), dtype=np.uint8)
+    varied[:, byte], varied[:, byte + 1] = values >> 8, values & 0xFF
+    other = np.full((n, 16), 0xFF, dtype=np.uint8)
+    src, dst = (varied, other) if side == "src" else (other, varied)
+    words = [np.ascontiguousarray(a).view(np.uint64).reshape(-1, 2) for a in (src, dst)]
+    ports = np.full(n, 443, dtype=np.uint16)
+    positions = {int(ft._packet_key(r, words[0], words[1], ports, ports,
+                                    np.full(n, 6, dtype=np.uint8),
+                                    np.zeros(n, dtype=np.uint16))[6]) & (2 * n - 1)
+                 for r in range(n)}
+    assert len(positions) > n // 2  # random positions: ~0.79 n distinct in 2n
