@@ -196,7 +196,7 @@ class DnsObjects:
     """The texts and Python objects of a DNS analyzer's events, kept across batches: each
     distinct text (name, rendered rdata), answer record and answer list is rendered and
     made once, when first seen, and numbered in dns_kernel's lasting tables
-    (parse_messages_into, global_records, global_sets). Everything is dropped when a table
+    (parse_messages_into, global_answers). Everything is dropped when a table
     passes its cap (tunnels and changing TTLs make many values that never repeat), so
     memory stays bounded."""
 
@@ -217,6 +217,7 @@ class DnsObjects:
         self.record_keys = np.empty((size, 5), dtype=np.int64)
         self.record_slots = np.full(size, -1, dtype=np.int64)
         self.dicts: list[dict] = []
+        self.set_rows = np.empty((size, 5), dtype=np.int64)
         self.members = np.empty(size, dtype=np.int64)
         self.bounds = np.zeros(size, dtype=np.int64)
         self.set_slots = np.full(size, -1, dtype=np.int64)
@@ -251,35 +252,32 @@ class DnsObjects:
     def columns(self, msg: np.ndarray, records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(qname, answers) object columns of the kept messages `msg` (malformed rows
         dropped) from their answer rows."""
-        record_ids = self._records(records)
-        set_ids = self._sets(msg[:, 6], msg[:, 7], record_ids)
+        set_ids = self._answers(msg[:, 6], msg[:, 7], records)
         return self.texts.take(msg[:, 5]), self.lists.take(set_ids)
 
-    def _records(self, records: np.ndarray) -> np.ndarray:
-        old = len(self.dicts)
-        ids, self.record_keys, self.record_slots, count = dns_kernel.global_records(
-            records, self.record_keys, self.record_slots, old)
-        if count > old:
-            self.dicts.extend(_answer_dicts(self.record_keys[old:count], self.texts))
-        return ids
-
-    def _sets(self, first_row: np.ndarray, count: np.ndarray, record_ids: np.ndarray
-              ) -> np.ndarray:
-        old = self.set_count
-        ids, self.members, self.bounds, self.set_slots, self.set_count = \
-            dns_kernel.global_sets(first_row, count, record_ids, self.members, self.bounds,
-                                   self.set_slots, old)
-        if self.set_count > old:
-            bounds = self.bounds[old:self.set_count + 1].tolist()
+    def _answers(self, first_row: np.ndarray, count: np.ndarray, records: np.ndarray
+                 ) -> np.ndarray:
+        """The lasting answer-list id of each message (global_answers); the new records'
+        dicts and the new lists are made here."""
+        old_records, old_sets = len(self.dicts), self.set_count
+        (ids, self.record_keys, self.record_slots, record_count, self.set_rows, self.members,
+         self.bounds, self.set_slots, self.set_count) = dns_kernel.global_answers(
+            first_row, count, records, self.record_keys, self.record_slots, old_records,
+            self.set_rows, self.members, self.bounds, self.set_slots, old_sets)
+        if record_count > old_records:
+            self.dicts.extend(_answer_dicts(self.record_keys[old_records:record_count],
+                                            self.texts))
+        if self.set_count > old_sets:
+            bounds = self.bounds[old_sets:self.set_count + 1].tolist()
             members = list(map(self.dicts.__getitem__,
                                self.members[bounds[0]:bounds[-1]].tolist()))
             first = bounds[0]
-            self.lists = _grown_objects(self.lists, old, self.set_count - old)
+            self.lists = _grown_objects(self.lists, old_sets, self.set_count - old_sets)
             # One list per new answer list, sliced in C (map over slice objects).
-            self.lists[old:self.set_count] = np.fromiter(
+            self.lists[old_sets:self.set_count] = np.fromiter(
                 map(members.__getitem__, map(slice, [b - first for b in bounds[:-1]],
                                              [b - first for b in bounds[1:]])),
-                dtype=object, count=self.set_count - old)
+                dtype=object, count=self.set_count - old_sets)
         return ids
 
 

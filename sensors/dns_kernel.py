@@ -12,10 +12,10 @@ decode + split, so no Python object is made per byte, label or record field.
 `split_tcp_segments` cuts TCP/53 segments into their length-prefixed messages (no stream
 reassembly: a segment must carry whole messages).
 
-`parse_messages_into` (texts), `global_records` and `global_sets` number equal texts, answer
-records and answer lists in tables kept across batches, and `flow_groups` equal flow tuples
-(optionally both directions as one), so that sensors/dns.py makes one Python object per
-distinct value rather than one per event.
+`parse_messages_into` (texts) and `global_answers` (records, answer lists) number equal
+texts, answer records and answer lists in tables kept across batches, and `flow_groups`
+equal flow tuples (optionally both directions as one), so that sensors/dns.py makes one
+Python object per distinct value rather than one per event.
 
 The rules (the text form of names and rdata, what is malformed, what only damages the
 answer section) are those of the pure-Python reference parser the tests compare against
@@ -42,6 +42,7 @@ MAX_TCP_MESSAGES = 16  # length-prefixed messages parsed from one TCP segment
 MAX_TEXT_BYTES = 512  # TXT rdata bytes rendered before "..."
 MAX_HEX_BYTES = 128  # rdata bytes rendered as hex before "..."
 PREFETCH_MESSAGES = 16  # how many messages ahead parse_messages asks for a message's lines
+PREFETCH_LINES = 8  # at most this many lines of a message asked for (512 bytes)
 
 TEXT_SEP = 0x0A  # "\n" ends every text; never part of one (escaped as \010 in names/TXT)
 # Room reserved in the text buffer before one question or one answer is rendered. The
@@ -632,8 +633,15 @@ def _parse_run(data: np.ndarray, msg_start: np.ndarray, msg_len: np.ndarray, fir
             # memory in turn
             ahead = msg_start[i + PREFETCH_MESSAGES]
             if 0 <= ahead < size_of_data:
-                prefetch(data, ahead)
-                prefetch(data, min(ahead + msg_len[i + PREFETCH_MESSAGES], size_of_data) - 1)
+                # every line the message spans, up to PREFETCH_LINES (a response often
+                # spans three: first and last alone left the middle one to wait for)
+                stop = min(ahead + msg_len[i + PREFETCH_MESSAGES], size_of_data) - 1
+                line = ahead - (ahead & 63)
+                for _ in range(PREFETCH_LINES):
+                    if line > stop:
+                        break
+                    prefetch(data, max(line, ahead))
+                    line += 64
         base = msg_start[i]
         size = msg_len[i]
         if size < HEADER_LEN:
@@ -948,30 +956,69 @@ def flow_groups(src: np.ndarray, dst: np.ndarray, transport: np.ndarray,
 # A resolver's traffic repeats names, answers and whole answer lists from batch to batch, and
 # making their Python objects (str, one dict per record, one list per answer list) again in
 # every batch cost more than parsing the messages. parse_messages_into numbers texts, and
-# these kernels records and answer lists, in tables that live as long as the analyzer
+# global_answers records and answer lists, in tables that live as long as the analyzer
 # (sensors/dns.py, DnsObjects), so Python objects are made only for values not seen before.
 # Each kernel grows its tables before its loop (see _parse_run on why not inside).
 
 
 @njit
-def global_records(records: np.ndarray, keys: np.ndarray, slots: np.ndarray, count: int):
-    """A batch's answer rows (parse_messages_into's answers, whose text indexes hold across
-    batches) -> lasting record ids: (ids, keys, slots, count), keys[r] record r's five
-    numbers.
-    The arrays are returned grown when they had to be."""
+def _grown_table(slots: np.ndarray, wanted: int) -> np.ndarray:
+    """slots, or an empty table (all -1) of at least twice `wanted` slots when it is
+    smaller (open addressing stays at most half full); the caller refills it."""
+    if 2 * wanted <= slots.shape[0]:
+        return slots
+    size = slots.shape[0]
+    while 2 * wanted > size:
+        size *= 2
+    return np.full(size, -1, dtype=np.int64)
+
+
+@njit
+def global_answers(first_row: np.ndarray, count: np.ndarray, records: np.ndarray,
+                   keys: np.ndarray, record_slots: np.ndarray, record_count: int,
+                   set_rows: np.ndarray, members: np.ndarray, bounds: np.ndarray,
+                   set_slots: np.ndarray, sets: int):
+    """Each message's answer list (its rows first_row..+count of parse_messages_into's
+    answers, whose text indexes hold across batches) -> a lasting list id, 0 for the empty
+    list of every message without answers.
+
+    Lists are looked up by their rows' values (set_rows[bounds[s]:bounds[s + 1]] are list
+    s's rows), so a list seen before costs one probe, not one per record. A new list's
+    records are numbered in the record table (keys[r]: record r's five numbers) and kept
+    as members[bounds[s]:bounds[s + 1]]; bounds[0] = bounds[1] = 0.
+
+    Returns (ids, keys, record_slots, record_count, set_rows, members, bounds, set_slots,
+    sets); the arrays are returned grown when they had to be (tables refilled)."""
+    n = first_row.shape[0]
     m = records.shape[0]
-    if count + m > keys.shape[0]:
-        keys = _grown_rows(keys, count, m)
-    if 2 * (count + m) > slots.shape[0]:
-        size = slots.shape[0]
-        while 2 * (count + m) > size:
-            size *= 2
-        slots = np.full(size, -1, dtype=np.int64)  # refilled from keys (its hashes)
-        for r in range(count):
-            _number_key(keys, r, slots, r)
-    ids = np.empty(m, dtype=np.int64)
-    count = _global_records_run(records, ids, keys, slots, count)
-    return ids, keys, slots, count
+    used = bounds[sets]
+    if record_count + m > keys.shape[0]:
+        keys = _grown_rows(keys, record_count, m)
+    if used + m > set_rows.shape[0]:
+        set_rows = _grown_rows(set_rows, used, m)
+        grown = np.empty(set_rows.shape[0], dtype=np.int64)
+        grown[:used] = members[:used]
+        members = grown
+    if sets + n + 1 > bounds.shape[0]:
+        grown = np.empty(max(2 * bounds.shape[0], sets + n + 1), dtype=np.int64)
+        grown[:sets + 1] = bounds[:sets + 1]
+        bounds = grown
+    new_slots = _grown_table(record_slots, record_count + m)
+    if new_slots.shape[0] != record_slots.shape[0]:
+        record_slots = new_slots
+        for r in range(record_count):
+            _number_key(keys, r, record_slots, r)
+    new_slots = _grown_table(set_slots, sets + n)
+    if new_slots.shape[0] != set_slots.shape[0]:
+        set_slots = new_slots
+        for s in range(1, sets):
+            _number_set(set_rows, bounds[s], bounds[s + 1] - bounds[s], set_rows, bounds,
+                        set_slots, s)
+    ids = np.empty(n, dtype=np.int64)
+    record_count, sets = _global_answers_run(first_row, count, records, ids, keys,
+                                             record_slots, record_count, set_rows, members,
+                                             bounds, set_slots, sets)
+    return ids, keys, record_slots, record_count, set_rows, members, bounds, set_slots, sets
 
 
 @njit
@@ -992,62 +1039,17 @@ def _number_key(keys: np.ndarray, r: int, slots: np.ndarray, count: int) -> int:
 
 
 @njit
-def _global_records_run(records: np.ndarray, ids: np.ndarray, keys: np.ndarray,
-                        slots: np.ndarray, count: int) -> int:
-    """global_records' loop over tables with room for every row of the batch: each row's key
-    is written at keys[count] and kept there only when it is new."""
-    for i in range(records.shape[0]):
-        keys[count, 0] = records[i, 0]
-        keys[count, 1] = records[i, 1]
-        keys[count, 2] = records[i, 2]
-        keys[count, 3] = records[i, 3]
-        keys[count, 4] = records[i, 4]
-        g = _number_key(keys, count, slots, count)
-        ids[i] = g
-        if g == count:
-            count += 1
-    return count
-
-
-@njit
-def global_sets(first_row: np.ndarray, count: np.ndarray, record_ids: np.ndarray,
-                members: np.ndarray, bounds: np.ndarray, slots: np.ndarray, sets: int):
-    """Each message's answer list (its rows first_row..+count, as global_records ids) ->
-    a lasting list id (0: the empty list, for every message without answers):
-    (ids, members, bounds, slots, sets). List s is members[bounds[s]:bounds[s + 1]];
-    bounds[0] = bounds[1] = 0. The arrays are returned grown when they had to be."""
-    n = first_row.shape[0]
-    used = bounds[sets]
-    if used + record_ids.shape[0] > members.shape[0]:
-        grown = np.empty(max(2 * members.shape[0], used + record_ids.shape[0]),
-                         dtype=np.int64)
-        grown[:used] = members[:used]
-        members = grown
-    if sets + n + 1 > bounds.shape[0]:
-        grown = np.empty(max(2 * bounds.shape[0], sets + n + 1), dtype=np.int64)
-        grown[:sets + 1] = bounds[:sets + 1]
-        bounds = grown
-    if 2 * (sets + n) > slots.shape[0]:
-        size = slots.shape[0]
-        while 2 * (sets + n) > size:
-            size *= 2
-        slots = np.full(size, -1, dtype=np.int64)  # refilled from members
-        for s in range(1, sets):
-            _number_set(members, bounds[s], bounds[s + 1] - bounds[s], members, bounds,
-                        slots, s)
-    ids = np.empty(n, dtype=np.int64)
-    sets = _global_sets_run(first_row, count, record_ids, ids, members, bounds, slots, sets)
-    return ids, members, bounds, slots, sets
-
-
-@njit
-def _number_set(values: np.ndarray, a: int, c: int, members: np.ndarray, bounds: np.ndarray,
+def _number_set(rows: np.ndarray, a: int, c: int, set_rows: np.ndarray, bounds: np.ndarray,
                 slots: np.ndarray, sets: int) -> int:
-    """The id of the list values[a:a+c] among the `sets` lists of members/bounds, or `sets`
-    after taking a free slot for it (the caller then stores it)."""
+    """The id of the list of rows[a:a+c] among the `sets` lists of set_rows/bounds (equal
+    when every row is), or `sets` after taking a free slot for it (the caller then stores
+    it)."""
     h = np.uint64(c) * _MIX
     for k in range(a, a + c):
-        h = (h ^ np.uint64(values[k])) * _MIX
+        # the five numbers multiplied independently, one chained step per row
+        h = (h ^ (np.uint64(rows[k, 0]) * _MIX) ^ (np.uint64(rows[k, 1]) * _MIX2)
+             ^ (np.uint64(rows[k, 2]) << np.uint64(48)) ^ (np.uint64(rows[k, 3]) * _GOLDEN_ODD)
+             ^ (np.uint64(rows[k, 4]) * _FNV_PRIME)) * _MIX
     mask = slots.shape[0] - 1
     slot = np.int64(_finish(h) & np.uint64(mask))
     while True:
@@ -1059,7 +1061,10 @@ def _number_set(values: np.ndarray, a: int, c: int, members: np.ndarray, bounds:
         if bounds[s + 1] - b == c:
             same = True
             for k in range(c):
-                if members[b + k] != values[a + k]:
+                if (set_rows[b + k, 0] != rows[a + k, 0] or set_rows[b + k, 1] != rows[a + k, 1]
+                        or set_rows[b + k, 2] != rows[a + k, 2]
+                        or set_rows[b + k, 3] != rows[a + k, 3]
+                        or set_rows[b + k, 4] != rows[a + k, 4]):
                     same = False
                     break
             if same:
@@ -1068,22 +1073,30 @@ def _number_set(values: np.ndarray, a: int, c: int, members: np.ndarray, bounds:
 
 
 @njit
-def _global_sets_run(first_row: np.ndarray, count: np.ndarray, record_ids: np.ndarray,
-                     ids: np.ndarray, members: np.ndarray, bounds: np.ndarray,
-                     slots: np.ndarray, sets: int) -> int:
-    """global_sets' loop over tables with room for every list of the batch."""
+def _global_answers_run(first_row: np.ndarray, count: np.ndarray, records: np.ndarray,
+                        ids: np.ndarray, keys: np.ndarray, record_slots: np.ndarray,
+                        record_count: int, set_rows: np.ndarray, members: np.ndarray,
+                        bounds: np.ndarray, set_slots: np.ndarray, sets: int
+                        ) -> tuple[int, int]:
+    """global_answers' loop over tables with room for every row and list of the batch."""
     for i in range(first_row.shape[0]):
         c = count[i]
         if c == 0:
             ids[i] = 0
             continue
         a = first_row[i]
-        s = _number_set(record_ids, a, c, members, bounds, slots, sets)
-        if s == sets:
+        s = _number_set(records, a, c, set_rows, bounds, set_slots, sets)
+        if s == sets:  # a new list: its rows kept, its records numbered
             used = bounds[sets]
             for k in range(c):
-                members[used + k] = record_ids[a + k]
+                for j in range(5):
+                    set_rows[used + k, j] = records[a + k, j]
+                    keys[record_count, j] = records[a + k, j]
+                g = _number_key(keys, record_count, record_slots, record_count)
+                members[used + k] = g
+                if g == record_count:
+                    record_count += 1
             bounds[sets + 1] = used + c
             sets += 1
         ids[i] = s
-    return sets
+    return record_count, sets

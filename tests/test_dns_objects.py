@@ -170,29 +170,38 @@ def test_shared_answer_objects_equal_per_row_objects(batches):
     assert len({i for i in seen_lists.values()}) == len(seen_lists)
 
 
-def test_global_records_and_sets_number_equal_records_and_lists():
-    records = np.array([[1, 1, 1, 60, 2], [1, 1, 1, 60, 2], [1, 1, 1, 61, 2],
-                        [1, 1, 1, 60, 2], [1, 1, 1, 61, 2]], dtype=np.int64)
+def _global_answers(first_row, count, records, tables):
+    """global_answers over `tables` (updated in place): the batch's list ids."""
+    ids, *rest = dns_kernel.global_answers(np.array(first_row, dtype=np.int64),
+                                           np.array(count, dtype=np.int64),
+                                           np.array(records, dtype=np.int64).reshape(-1, 5),
+                                           *tables)
+    tables[:] = rest
+    return ids.tolist()
+
+
+def test_global_answers_number_equal_records_and_lists():
+    # tables far too small: the kernel grows them (and refills their slots)
+    tables = [np.empty((1, 5), dtype=np.int64), np.full(2, -1, dtype=np.int64), 0,
+              np.empty((1, 5), dtype=np.int64), np.empty(1, dtype=np.int64),
+              np.zeros(2, dtype=np.int64), np.full(2, -1, dtype=np.int64), 1]
+    records = [[1, 1, 1, 60, 2], [1, 1, 1, 60, 2], [1, 1, 1, 61, 2],
+               [1, 1, 1, 60, 2], [1, 1, 1, 61, 2]]
     # messages: rows [0], [1], [2], none, [3, 4]
-    first_row = np.array([0, 1, 2, 3, 3], dtype=np.int64)
-    count = np.array([1, 1, 1, 0, 2], dtype=np.int64)
-    # tables far too small: both kernels grow them
-    keys = np.empty((1, 5), dtype=np.int64)
-    ids, keys, slots, n = dns_kernel.global_records(records, keys,
-                                                    np.full(2, -1, dtype=np.int64), 0)
-    assert ids.tolist() == [0, 0, 1, 0, 1] and n == 2
-    assert keys[:n].tolist() == [[1, 1, 1, 60, 2], [1, 1, 1, 61, 2]]
-    set_ids, members, bounds, set_slots, sets = dns_kernel.global_sets(
-        first_row, count, ids, np.empty(1, dtype=np.int64), np.zeros(2, dtype=np.int64),
-        np.full(2, -1, dtype=np.int64), 1)
-    assert set_ids.tolist() == [1, 1, 2, 0, 3] and sets == 4
-    assert members[:bounds[sets]].tolist() == [0, 1, 0, 1]
-    assert bounds[:sets + 1].tolist() == [0, 0, 1, 2, 4]
+    assert _global_answers([0, 1, 2, 3, 3], [1, 1, 1, 0, 2], records, tables) == [1, 1, 2, 0, 3]
+    keys, _, record_count, set_rows, members, bounds, _, sets = tables
+    assert record_count == 2 and keys[:2].tolist() == [[1, 1, 1, 60, 2], [1, 1, 1, 61, 2]]
+    assert sets == 4 and bounds[:5].tolist() == [0, 0, 1, 2, 4]
+    assert members[:4].tolist() == [0, 1, 0, 1]
+    assert set_rows[:4].tolist() == [records[0], records[2], records[3], records[4]]
     # a later batch: known records and lists keep their numbers, new ones follow
-    later = np.array([[1, 1, 1, 61, 2], [2, 1, 1, 60, 2], [1, 1, 1, 60, 2]], dtype=np.int64)
-    ids2, keys, slots, n = dns_kernel.global_records(later, keys, slots, n)
-    assert ids2.tolist() == [1, 2, 0] and n == 3
-    set_ids2, members, bounds, set_slots, sets = dns_kernel.global_sets(
-        np.array([0, 1, 2], dtype=np.int64), np.array([1, 1, 1], dtype=np.int64), ids2,
-        members, bounds, set_slots, sets)
-    assert set_ids2.tolist() == [2, 4, 1] and sets == 5
+    later = [[1, 1, 1, 61, 2], [2, 1, 1, 60, 2], [1, 1, 1, 60, 2], [1, 1, 1, 61, 2]]
+    assert _global_answers([0, 1, 2, 0], [1, 1, 1, 0], later, tables) == [2, 4, 1, 0]
+    keys, _, record_count, set_rows, members, bounds, _, sets = tables
+    assert record_count == 3 and keys[2].tolist() == [2, 1, 1, 60, 2]
+    assert sets == 5 and members[bounds[4]:bounds[5]].tolist() == [2]
+    # many lists at once (slot tables grown several times): ids stay first-seen numbers
+    many = [[k % 7, 1, 1, k, 2] for k in range(300)]
+    ids = _global_answers(list(range(300)), [1] * 300, many, tables)
+    assert ids == list(range(5, 305))
+    assert _global_answers(list(range(300)), [1] * 300, many, tables) == ids
