@@ -76,6 +76,13 @@ def _prefilter_rows(transport, src_port, dst_port, payload_len, payload_offset, 
     empty otherwise): a pattern that fits in a row's head is compared there, not in the
     capture, whose line of that packet is likely out of the cache by now."""
     n = transport.shape[0]
+    if pattern_stops.shape[0] == 0:
+        # port test only (logins): without branches (TCP or not, marked or not, alternate
+        # unpredictably row to row: the branchy loop was mostly mispredictions, ~4 ns a row)
+        marks = np.empty(n, dtype=np.bool_)
+        for i in range(n):
+            marks[i] = (transport[i] == PROTO_TCP) & (marked[src_port[i]] | marked[dst_port[i]])
+        return np.flatnonzero(marks)
     keep = np.zeros(n, dtype=np.bool_)
     hit_ports = np.zeros(65536, dtype=np.bool_)
     any_hit = False
