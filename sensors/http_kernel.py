@@ -717,6 +717,7 @@ def join_slices(src: np.ndarray, starts: np.ndarray, stops: np.ndarray, sep: int
 
 
 PREFETCH_SLICE_BYTES = 4096  # of a slice, how many first bytes _distinct_table asks for
+MEMO_LENGTHS = 64  # _distinct_table's last numbers per column, by slice length (a power of 2)
 _FNV_PRIME = np.uint64(1099511628211)  # column salt of _distinct_table's hashes
 # XXH64's primes: _slice_hash is XXH64's structure (seed 0) over unaligned word loads
 _P1 = np.uint64(0x9E3779B185EBCA87)
@@ -848,6 +849,10 @@ def _distinct_table(src, starts, stops):
     first_col = np.empty(n * k, np.int64)
     first_lo = np.empty(n * k, np.int64)
     first_hi = np.empty(n * k, np.int64)
+    # per column, the number last given to a slice of each length (mod MEMO_LENGTHS): a
+    # slice equal to it is numbered by one compare, without hashing (a server's certificate
+    # repeats flow after flow). A wrong guess costs at most one compare of the slice.
+    memo = np.full((k, MEMO_LENGTHS), -1, np.int64)
     count = 0
     for i in range(n):
         if i + PREFETCH_FLOWS < n and src.size > 0:
@@ -862,6 +867,11 @@ def _distinct_table(src, starts, stops):
                     prefetch(src, at)
         for c in range(k):  # a row's slices one after the other: their bytes are close
             lo, hi = clip_slice(src.size, starts[i, c], stops[i, c])
+            guess = memo[c, (hi - lo) & (MEMO_LENGTHS - 1)]
+            if (guess >= 0 and first_hi[guess] - first_lo[guess] == hi - lo
+                    and _same_bytes(src, lo, first_lo[guess], hi - lo)):
+                ids[i, c] = guess
+                continue
             h = _slice_hash(src, lo, hi) ^ (np.uint64(c) * _FNV_PRIME)
             slot = np.int64(h & np.uint64(mask))
             while True:
@@ -882,6 +892,7 @@ def _distinct_table(src, starts, stops):
                     ids[i, c] = m
                     break
                 slot = (slot + 1) & mask
+            memo[c, (hi - lo) & (MEMO_LENGTHS - 1)] = ids[i, c]
     return ids, first[:count]
 
 
