@@ -85,11 +85,11 @@ heads and sequence/ack numbers (one compiled pass over the capture, `candidate_s
 computed once per DecodedPackets object and shared by every collector fed that object (HTTP
 and TLS select disjoint flows, but both start from every TCP row), and so are their payload
 lengths, flags and ports and their grouping by flow (`_candidate_groups`); the
-released/closed flow hashes are a hash table kept from batch to batch (`_HashSet`, changes
-applied per batch), not rebuilt from the LRU; the fast path's chunks are built from whole
-columns turned into lists, and their closes (hashes remembered, counters) are applied a run
-at a time. A PortPrefilter (SSH, logins) reads the memoised payload heads (`known_heads`)
-instead of the capture when they are there.
+released/closed flow hashes are an LRU hash table kept from batch to batch (`_HashLru`,
+a batch's closes added by one kernel call), not rebuilt from a Python LRU; the fast path's
+chunks are built from whole columns turned into lists, and their closes (hashes remembered,
+counters) are applied a run at a time. A PortPrefilter (SSH, logins) reads the memoised
+payload heads (`known_heads`) instead of the capture when they are there.
 
 `feed_joined` (beside `feed`) answers with a StreamBatch: the same chunks as columns, every
 flow's bytes in ONE buffer with (start, length) per direction. The fast path then makes no
@@ -104,7 +104,7 @@ import sys
 import weakref
 from bisect import bisect_right
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import repeat
 
@@ -785,12 +785,23 @@ def _in_table(table, used, mask, value):
 
 
 @njit
-def _set_rehash(table, used, size):
-    """The entries of an open-addressing table of (mixed) uint64 hashes, in a new table of
-    `size` slots (a power of two larger than twice the entries)."""
+def _set_member(table, used, values):
+    """values[i] in the open-addressing table (see _in_table)."""
+    mask = table.shape[0] - 1
+    out = np.zeros(values.shape[0], dtype=np.bool_)
+    for i in range(values.shape[0]):
+        out[i] = _in_table(table, used, mask, values[i])
+    return out
+
+
+@njit
+def _lru_rehash(table, used, stamps, size):
+    """The entries of an open-addressing table of (mixed) uint64 hashes and their stamps, in
+    a new table of `size` slots (a power of two larger than twice the entries)."""
     mask = size - 1
     new_table = np.zeros(size, dtype=np.uint64)
     new_used = np.zeros(size, dtype=np.bool_)
+    new_stamps = np.zeros(size, dtype=np.int64)
     for old in range(table.shape[0]):
         if used[old]:
             value = table[old]
@@ -799,104 +810,199 @@ def _set_rehash(table, used, size):
                 slot = (slot + 1) & mask
             new_table[slot] = value
             new_used[slot] = True
-    return new_table, new_used
+            new_stamps[slot] = stamps[old]
+    return new_table, new_used, new_stamps
+
+
+@njit(inline="always")  # no call per removal
+def _lru_delete(table, used, stamps, slot, mask):
+    """Empty `slot` of the table: the entries after it shift back (no tombstones)."""
+    hole = slot
+    at = slot
+    while True:
+        at = (at + 1) & mask
+        if not used[at]:
+            break
+        home = np.int64(table[at] & np.uint64(mask))
+        # the entry at `at` may move into the hole when the hole is on its probe path
+        if ((at - home) & mask) >= ((at - hole) & mask):
+            table[hole] = table[at]
+            stamps[hole] = stamps[at]
+            hole = at
+    used[hole] = False
 
 
 @njit
-def _set_apply(table, used, values, adds):
-    """Add (adds[i]) or remove values[i], in order, in an open-addressing table (linear
-    probing, at most half full: every probe ends); a removal shifts the entries after it
-    back instead of leaving a tombstone. Returns the change in the number of entries."""
+def _lru_touch(table, used, stamps, log_hash, log_stamp, state, values, cap):
+    """Each of `values` in turn becomes the most recent entry (added, or moved to the end),
+    then the least recent entries go until at most `cap` are left. state: [entries, next
+    stamp, log head, log tail]; the log lists (hash, stamp) touches oldest first, an entry
+    whose stamp is no longer its hash's is stale (touched again later, or removed). The
+    caller makes room: the table stays at most half full, the log holds the new touches."""
     mask = table.shape[0] - 1
-    delta = 0
+    count = state[0]
+    stamp = state[1]
+    tail = state[3]
     for i in range(values.shape[0]):
         value = values[i]
         slot = np.int64(value & np.uint64(mask))
         while used[slot] and table[slot] != value:
             slot = (slot + 1) & mask
-        if adds[i]:
-            if not used[slot]:
-                table[slot] = value
-                used[slot] = True
-                delta += 1
-            continue
         if not used[slot]:
-            continue  # not there
-        delta -= 1
-        hole = slot
-        at = slot
-        while True:
-            at = (at + 1) & mask
-            if not used[at]:
-                break
-            home = np.int64(table[at] & np.uint64(mask))
-            # the entry at `at` may move into the hole when the hole is on its probe path
-            if ((at - home) & mask) >= ((at - hole) & mask):
-                table[hole] = table[at]
-                hole = at
-        used[hole] = False
-    return delta
+            table[slot] = value
+            used[slot] = True
+            count += 1
+        stamps[slot] = stamp
+        log_hash[tail] = value
+        log_stamp[tail] = stamp
+        tail += 1
+        stamp += 1
+    head = state[2]
+    while count > cap:
+        value = log_hash[head]
+        old = log_stamp[head]
+        head += 1
+        slot = np.int64(value & np.uint64(mask))
+        while used[slot] and table[slot] != value:
+            slot = (slot + 1) & mask
+        if used[slot] and stamps[slot] == old:
+            _lru_delete(table, used, stamps, slot, mask)
+            count -= 1
+    state[0] = count
+    state[1] = stamp
+    state[2] = head
+    state[3] = tail
 
 
 @njit
-def _set_member(table, used, values):
-    """values[i] in the open-addressing table (see _set_apply)."""
+def _lru_remove(table, used, stamps, state, values):
+    """Remove `values` (those present) from the table; their log entries become stale."""
     mask = table.shape[0] - 1
-    out = np.zeros(values.shape[0], dtype=np.bool_)
+    count = state[0]
     for i in range(values.shape[0]):
-        out[i] = _in_table(table, used, mask, values[i])
-    return out
+        value = values[i]
+        slot = np.int64(value & np.uint64(mask))
+        while used[slot] and table[slot] != value:
+            slot = (slot + 1) & mask
+        if used[slot]:
+            _lru_delete(table, used, stamps, slot, mask)
+            count -= 1
+    state[0] = count
 
 
-class _HashSet:
-    """A set of uint64 flow hashes as an open-addressing table kept from batch to batch.
+@njit
+def _lru_compact(table, used, stamps, log_hash, log_stamp, state):
+    """Move the log's live entries (oldest first) to its front; drop the stale ones."""
+    mask = table.shape[0] - 1
+    out = 0
+    for j in range(state[2], state[3]):
+        value = log_hash[j]
+        slot = np.int64(value & np.uint64(mask))
+        while used[slot] and table[slot] != value:
+            slot = (slot + 1) & mask
+        if used[slot] and stamps[slot] == log_stamp[j]:
+            log_hash[out] = value
+            log_stamp[out] = log_stamp[j]
+            out += 1
+    state[2] = 0
+    state[3] = out
 
-    Why: the released/closed hashes (StreamCollector._ignored, an LRU of up to 4 * max_flows)
-    were turned into an array (np.fromiter over the OrderedDict) and a fresh table on every
-    batch and collector: O(set) per batch, ~5-10 ms at 80k hashes. Here each change is
-    logged (a list append) and the log is applied by one kernel call when the table is
-    read: O(changes) per batch."""
 
-    __slots__ = ("table", "used", "count", "_values", "_adds")
+@njit
+def _lru_order(table, used, stamps, log_hash, log_stamp, head, tail):
+    """The held hashes, least recent first (the log's live entries)."""
+    mask = table.shape[0] - 1
+    out = np.empty(tail - head, dtype=np.uint64)
+    n = 0
+    for j in range(head, tail):
+        value = log_hash[j]
+        slot = np.int64(value & np.uint64(mask))
+        while used[slot] and table[slot] != value:
+            slot = (slot + 1) & mask
+        if used[slot] and stamps[slot] == log_stamp[j]:
+            out[n] = value
+            n += 1
+    return out[:n]
 
-    def __init__(self) -> None:
+
+@njit
+def _lru_member(table, used, value):
+    return _in_table(table, used, table.shape[0] - 1, value)
+
+
+class _HashLru:
+    """An LRU set of uint64 flow hashes (StreamCollector._ignored: released/closed flows, at
+    most `cap`) as an open-addressing table the kernels read, kept from batch to batch.
+
+    Why: an OrderedDict of Python ints plus a table rebuilt from a change log cost ~2.5 ms
+    per 300k v2 mix for ~1,400 closed flows per batch and collector (the update, the lists
+    of changes turned into arrays). Here a batch's closed hashes go in as their array, by
+    one kernel call: each touch gets a new stamp, logged; eviction walks the log from its
+    oldest entry and skips the stale ones (the same order as the OrderedDict's)."""
+
+    __slots__ = ("cap", "table", "used", "stamps", "log_hash", "log_stamp", "state")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = int(cap)
         self.table = np.zeros(16, dtype=np.uint64)
         self.used = np.zeros(16, dtype=bool)
-        self.count = 0
-        self._values: list[int] = []
-        self._adds: list[bool] = []
+        self.stamps = np.zeros(16, dtype=np.int64)
+        self.log_hash = np.zeros(64, dtype=np.uint64)
+        self.log_stamp = np.zeros(64, dtype=np.int64)
+        self.state = np.zeros(4, dtype=np.int64)  # see _lru_touch
 
-    def add(self, value: int) -> None:
-        self._values.append(value)
-        self._adds.append(True)
+    def __len__(self) -> int:
+        return int(self.state[0])
 
-    def add_all(self, values: list[int]) -> None:
-        self._values.extend(values)
-        self._adds.extend([True] * len(values))
+    def __contains__(self, value: int) -> bool:
+        return bool(_lru_member(self.table, self.used, np.uint64(value)))
 
-    def discard(self, value: int) -> None:
-        self._values.append(value)
-        self._adds.append(False)
+    def __iter__(self) -> Iterator[int]:
+        """The held hashes, least recent first (tests, debugging)."""
+        order = _lru_order(self.table, self.used, self.stamps, self.log_hash, self.log_stamp,
+                           int(self.state[2]), int(self.state[3]))
+        return iter(order.tolist())
+
+    def touch(self, values: np.ndarray) -> None:
+        """Each of the uint64 `values` becomes the most recent, in order; then the least
+        recent go while more than `cap` are held."""
+        n = values.shape[0]
+        if n == 0:
+            return
+        size = self.table.size
+        while size < 2 * (int(self.state[0]) + n):  # at most half full, always
+            size *= 2
+        if size != self.table.size:
+            self.table, self.used, self.stamps = _lru_rehash(self.table, self.used,
+                                                             self.stamps, size)
+        if int(self.state[3]) + n > self.log_hash.size:
+            _lru_compact(self.table, self.used, self.stamps, self.log_hash, self.log_stamp,
+                         self.state)
+            live = int(self.state[3])
+            if 2 * (live + n) > self.log_hash.size:  # grow: compactions stay O(1) a touch
+                grown = max(2 * self.log_hash.size, 2 * (live + n))
+                log_hash = np.zeros(grown, dtype=np.uint64)
+                log_stamp = np.zeros(grown, dtype=np.int64)
+                log_hash[:live] = self.log_hash[:live]
+                log_stamp[:live] = self.log_stamp[:live]
+                self.log_hash, self.log_stamp = log_hash, log_stamp
+        _lru_touch(self.table, self.used, self.stamps, self.log_hash, self.log_stamp,
+                   self.state, values, self.cap)
+
+    def remove(self, values: np.ndarray) -> None:
+        """Remove the uint64 `values` that are held."""
+        if values.shape[0] and self.state[0]:
+            _lru_remove(self.table, self.used, self.stamps, self.state, values)
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """(table, used) with every logged change applied (valid until the next change)."""
-        if self._values:
-            values = np.array(self._values, dtype=np.uint64)
-            adds = np.array(self._adds, dtype=bool)
-            self._values, self._adds = [], []
-            size = self.table.size
-            while size < 2 * (self.count + int(adds.sum())):  # at most half full, always
-                size *= 2
-            if size != self.table.size:
-                self.table, self.used = _set_rehash(self.table, self.used, size)
-            self.count += _set_apply(self.table, self.used, values, adds)
+        """(table, used): the open-addressing table of the held hashes (see _in_table)."""
         return self.table, self.used
 
 
 @njit
 def _reopened_kernel(flags, hashes, table, used):
     """The hashes (row order, repeats kept) of the pure-SYN rows (SYN without ACK) whose
-    flow is in the open-addressing table of released/closed hashes (see _set_apply)."""
+    flow is in the open-addressing table of released/closed hashes (see _HashLru)."""
     mask = table.shape[0] - 1
     hits = 0
     out = np.empty(flags.shape[0], dtype=np.uint64)
@@ -1141,13 +1247,13 @@ class _Finished:
     chunk and its close reason."""
 
     close_at: np.ndarray
-    hashes: list[int]
+    hashes: np.ndarray  # uint64
     chunks: list[StreamChunk]
     reasons: list[str]
 
     @staticmethod
     def empty() -> _Finished:
-        return _Finished(np.zeros(0, dtype=np.int64), [], [], [])
+        return _Finished(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint64), [], [])
 
 
 # The candidate rows of the last batch seen, with their flow hashes, payload heads and
@@ -1677,8 +1783,7 @@ class StreamCollector:
         self.max_ignored = 4 * self.max_flows
         self.flows: OrderedDict[FlowKey, _Flow] = OrderedDict()  # least recently active first
         self._by_hash: dict[int, list[FlowKey]] = {}
-        self._ignored: OrderedDict[int, None] = OrderedDict()  # released/closed flow hashes
-        self._ignored_set = _HashSet()  # _ignored's keys, as a table for the kernels
+        self._ignored = _HashLru(self.max_ignored)  # released/closed flow hashes, LRU
         self.held_bytes = 0
         self.clock = np.iinfo(np.int64).min
         # SYN/SYN-ACK rows of flows not held yet (columns as the loop reads them)
@@ -1764,15 +1869,14 @@ class StreamCollector:
         head_matched = _NO_MATCH  # per row with payload: looks like a client's opening
         if self.client_predicate is not None and head.shape[0]:
             head_matched = np.asarray(self.client_predicate(head, plen[plen > 0]), dtype=bool)
-        table, used = self._ignored_set.arrays()
-        if self._ignored:
+        table, used = self._ignored.arrays()
+        if len(self._ignored):
             # a SYN on a released/closed flow's ports is a new connection: forget the old one
             # (only a pure SYN reopens)
             reopened = _reopened_kernel(row_flags, hashes, table, used)
             if reopened.size:
-                for flow_hash in set(reopened.tolist()):
-                    self._unignore(flow_hash)
-                table, used = self._ignored_set.arrays()
+                self._ignored.remove(reopened)
+                table, used = self._ignored.arrays()
         # per row: may it open a flow (its port or the predicate); the flows this batch may
         # open, the rows to keep (theirs and the held flows'), SYNs to remember, and the kept
         # rows' columns: one compiled pass (_select_rows_kernel)
@@ -1911,15 +2015,10 @@ class StreamCollector:
         return {name: column[order] for name, column in taken.items()}
 
     def _ignore(self, flow_hash: int) -> None:
-        self._ignored[flow_hash] = None
-        self._ignored.move_to_end(flow_hash)
-        self._ignored_set.add(flow_hash)
-        while len(self._ignored) > self.max_ignored:
-            self._ignored_set.discard(self._ignored.popitem(last=False)[0])
+        self._ignored.touch(np.array([flow_hash], dtype=np.uint64))
 
     def _unignore(self, flow_hash: int) -> None:
-        if self._ignored.pop(flow_hash, 0) is None:
-            self._ignored_set.discard(flow_hash)
+        self._ignored.remove(np.array([flow_hash], dtype=np.uint64))
 
     # --- the per-segment loop (selected rows only) --------------------------------------------
 
@@ -2020,22 +2119,8 @@ class StreamCollector:
         if hi <= lo:
             return
         out.extend(finished.chunks[lo:hi])
-        ignored = self._ignored
-        hashes = finished.hashes[lo:hi]
-        held = len(ignored)
-        # in C: each new hash goes to the end (from an iterator of pairs: OrderedDict.update
-        # given a dict is ~3x slower, it reads the keys and looks each one up again)
-        ignored.update(zip(hashes, repeat(None)))
-        if len(ignored) - held != len(hashes):
-            # some were there already (or repeat): one by one, the LRU order of _ignore
-            to_end = ignored.move_to_end
-            for flow_hash in hashes:
-                to_end(flow_hash)
-        self._ignored_set.add_all(hashes)
-        pop = ignored.popitem
-        discard = self._ignored_set.discard
-        for _ in range(len(ignored) - self.max_ignored):
-            discard(pop(last=False)[0])
+        # one kernel call: in order, each as _ignore would (most recent, oldest evicted)
+        self._ignored.touch(finished.hashes[lo:hi])
         stats = self.stats
         stats["flows"] = stats.get("flows", 0) + hi - lo
         reasons = finished.reasons[lo:hi]
@@ -2134,7 +2219,7 @@ class StreamCollector:
             "packet_ts": packet_ts, "packet_dir": packet_dir, "packet_len": packet_len,
             "whole": spans[:, 1::2] if whole is None else whole.reshape(-1, 2)[groups],
         }
-        hashes = hash_values.tolist()
+        hashes = hash_values
         if self._joined_spans is not None:
             # feed_joined: no objects; the bytes are copied once, into the batch's buffer,
             # when the batch is complete (_join). The chunks are placeholders: their index

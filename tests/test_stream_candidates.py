@@ -6,6 +6,7 @@ when its LRU forgets a hash."""
 from __future__ import annotations
 
 import struct
+from collections import OrderedDict
 from types import SimpleNamespace
 
 import numpy as np
@@ -19,7 +20,7 @@ from sensors.packets import IP_DTYPE
 from sensors.tcp_stream import (
     PREFIX_BYTES,
     StreamCollector,
-    _HashSet,
+    _HashLru,
     _set_member,
     candidate_scan,
     flow_hash_column,
@@ -71,37 +72,40 @@ def test_candidate_scan_equals_hash_seq_ack_and_heads(blob, rows, salt):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.booleans(), st.integers(0, 40)), max_size=300),
-       st.lists(st.integers(0, 10), max_size=8), st.integers(0, 2**64 - 1))
-def test_hash_set_equals_a_python_set(ops, reads, high):
-    """Adds and removals in any order (values crowded on few low bits, so probes collide
-    and removals shift clusters; sizes growing past the table), read at random points."""
+@given(st.lists(st.tuples(st.integers(0, 2), st.lists(st.integers(0, 40), max_size=12)),
+                max_size=60),
+       st.integers(1, 30), st.integers(0, 2**64 - 1))
+def test_hash_lru_equals_an_ordered_dict(ops, cap, high):
+    """Touches (runs of values, repeats included) and removals in any order against an
+    OrderedDict LRU of the same cap (values crowded on few low bits, so probes collide and
+    removals shift clusters; the table and the log growing and compacting)."""
     values = [(v * 64) % (1 << 64) ^ (high if v % 3 == 0 else 0) for v in range(41)]
-    table = _HashSet()
-    want: set[int] = set()
-    checkpoints = set(reads)
-    for step, (add, pick) in enumerate(ops):
-        value = values[pick]
-        if add:
-            table.add(value)
-            want.add(value)
+    lru = _HashLru(cap)
+    want: OrderedDict[int, None] = OrderedDict()
+    for kind, picks in ops:
+        run = [values[p] for p in picks]
+        if kind:
+            lru.touch(np.array(run, dtype=np.uint64))
+            for value in run:
+                want[value] = None
+                want.move_to_end(value)
+            while len(want) > cap:
+                want.popitem(last=False)
         else:
-            table.discard(value)
-            want.discard(value)
-        if step % 11 in checkpoints:
-            t, u = table.arrays()
-            got = _set_member(t, u, np.array(values, dtype=np.uint64)).tolist()
-            assert got == [v in want for v in values]
-            assert table.count == len(want) and int(u.sum()) == len(want)
-            assert 2 * table.count <= t.size
-    t, u = table.arrays()
-    assert _set_member(t, u, np.array(values, dtype=np.uint64)).tolist() == [
-        v in want for v in values]
-    assert table.count == len(want)
+            lru.remove(np.array(run, dtype=np.uint64))
+            for value in run:
+                want.pop(value, None)
+        t, u = lru.arrays()
+        assert _set_member(t, u, np.array(values, dtype=np.uint64)).tolist() == [
+            v in want for v in values]
+        assert len(lru) == len(want) and int(u.sum()) == len(want)
+        assert 2 * len(lru) <= t.size
+        assert list(lru) == list(want)
+        assert all((value in lru) == (value in want) for value in values)
 
 
 def _members(collector: StreamCollector) -> set[int]:
-    table, used = collector._ignored_set.arrays()
+    table, used = collector._ignored.arrays()
     return set(table[used].tolist())
 
 

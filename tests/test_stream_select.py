@@ -14,7 +14,7 @@ from sensors.tcp_stream import (
     _flow_groups_kernel,
     _group_kernel,
     _hash_table,
-    _HashSet,
+    _HashLru,
     _reopened_kernel,
     _select_rows_kernel,
     _set_member,
@@ -39,8 +39,8 @@ def _case(seed: int):
                     else np.zeros(0, dtype=bool))
     port_table = np.zeros(65536, dtype=bool)
     port_table[[80, 443]] = True
-    ignored = _HashSet()
-    ignored.add_all(flows[rng.random(flows.size) < 0.3].tolist())
+    ignored = _HashLru(1 << 20)
+    ignored.touch(flows[rng.random(flows.size) < 0.3])
     table, used = ignored.arrays()
     held = flows[rng.random(flows.size) < 0.2]
     seq = rng.integers(0, 2**32, n)
@@ -58,7 +58,7 @@ def _case(seed: int):
         "dst_ip": rng.integers(0, 256, (packets, 16)).astype(np.uint8).view(IP_DTYPE).reshape(-1),
     }
     return (rows, hashes, seq, ack, found, plen, flags, sport, dport, head_matched, port_table,
-            bool(rng.random() < 0.8), table, used, bool(ignored.count > 0), held, columns)
+            bool(rng.random() < 0.8), table, used, len(ignored) > 0, held, columns)
 
 
 def _reference(rows, hashes, seq, ack, found, plen, flags, sport, dport, head_matched,
@@ -152,8 +152,8 @@ def test_ignored_flows_are_tested_only_where_an_answer_is_read():
     dport = np.array([9, 9, 9, 9, 80, 80, 80, 80], dtype=np.int64)
     port_table = np.zeros(65536, dtype=bool)
     port_table[80] = True
-    ignored = _HashSet()
-    ignored.add_all([int(flows[0]), int(flows[1]), int(flows[2])])
+    ignored = _HashLru(16)
+    ignored.touch(flows[:3])
     table, used = ignored.arrays()
     held = flows[[0]]  # flow 0 held (and ignored), flow 1 only ignored
     seq = np.arange(8, dtype=np.int64)
