@@ -23,10 +23,18 @@ compared in the payload heads the HTTP/TLS collectors already scanned for the sa
 object (tcp_stream.known_heads), when there are any, instead of in the capture: by the
 time SSH and logins run, those packets' cache lines are usually evicted
 (tests/test_stream_prefilter_rows.py checks both ways against the numpy version).
+
+When those candidate rows are known, only they are read (`_candidate_rows`): a collector
+selects nothing but candidate rows (TCP with an IP version, payload or SYN/FIN/RST) of what
+it is fed, so the kept candidate rows give it the same chunks, and the pass skips the other
+half of the batch (pure ACKs, UDP, ...). The candidate rows are remembered here per batch
+object (`_batch_candidates`) because the first prefiltered collector's feed replaces
+tcp_stream's memo with its own subset's: the next prefilter (logins after SSH) reuses them.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import fields
 
 import numpy as np
@@ -38,6 +46,7 @@ from sensors.tcp_stream import PREFIX_BYTES, StreamChunk, StreamCollector, known
 PROTO_TCP = 6
 _FIELDS = tuple(f.name for f in fields(DecodedPackets))
 _NO_HEADS = (np.zeros(0, dtype=np.int64), np.zeros((0, PREFIX_BYTES), dtype=np.uint8))
+_HEAD_WORD = 8  # a head read as one little-endian uint64 (PREFIX_BYTES == 8)
 
 
 @njit
@@ -133,6 +142,72 @@ def _prefilter_rows(transport, src_port, dst_port, payload_len, payload_offset, 
     return np.flatnonzero(keep)
 
 
+@njit
+def _candidate_rows(rows, src_port, dst_port, payload_len, payload_offset, size, marked,
+                    pattern_words, pattern_masks, pattern_widths, pattern_bytes,
+                    pattern_stops, data, head_words):
+    """PortPrefilter.rows over the candidate `rows` only (tcp_stream's, ascending; every one
+    TCP): those on a marked port, and those sharing a port with one whose payload, not on a
+    marked port, starts with a pattern (pattern k = pattern_bytes[pattern_stops[k-1]:
+    pattern_stops[k]], pattern_widths[k] long; _starts_with's bounds).
+
+    head_words[h]: the first 8 payload bytes (little-endian) of the h-th of the rows with
+    payload. A pattern's first bytes are looked for in those words alone (masked compare, a
+    branch that is almost never taken) and only a word that matches is traced to its row
+    (its port, length and bounds; the rest of a pattern longer than 8 bytes in `data`): a
+    test per row for the rare hit was ~10x slower (unpredictable payload/port branches)."""
+    n = rows.shape[0]
+    keep = np.empty(n, dtype=np.bool_)
+    for i in range(n):
+        r = rows[i]
+        keep[i] = marked[src_port[r]] | marked[dst_port[r]]
+    hit_ports = np.zeros(0, dtype=np.bool_)  # allocated at the first hit
+    with_payload = np.zeros(0, dtype=np.int64)  # index in rows of each head (at a hit)
+    lo = 0
+    for k in range(pattern_widths.shape[0]):
+        width = pattern_widths[k]
+        word = pattern_words[k]
+        mask = pattern_masks[k]
+        for h in range(head_words.shape[0]):
+            if (head_words[h] & mask) != word:
+                continue
+            if with_payload.shape[0] == 0:
+                with_payload = np.empty(head_words.shape[0] + 1, dtype=np.int64)
+                at = 0
+                for i in range(n):
+                    with_payload[at] = i
+                    at += payload_len[rows[i]] > 0
+            i = with_payload[h]
+            r = rows[i]
+            start = np.int64(payload_offset[r])
+            if keep[i] or payload_len[r] < width or start < 0 or start + width > size:
+                continue
+            match = True
+            for j in range(_HEAD_WORD, width):
+                if data[start + j] != pattern_bytes[lo + j]:
+                    match = False
+                    break
+            if match:
+                if hit_ports.shape[0] == 0:
+                    hit_ports = np.zeros(65536, dtype=np.bool_)
+                hit_ports[src_port[r]] = True
+                hit_ports[dst_port[r]] = True
+        lo = pattern_stops[k]
+    if hit_ports.shape[0]:
+        for i in range(n):
+            r = rows[i]
+            keep[i] |= hit_ports[src_port[r]] | hit_ports[dst_port[r]]
+    count = 0
+    for i in range(n):
+        count += keep[i]
+    out = np.empty(count + 1, dtype=np.int64)  # +1: the slot written after the last kept
+    at = 0
+    for i in range(n):  # without a branch: kept or not alternates unpredictably
+        out[at] = rows[i]
+        at += keep[i]
+    return out[:count]
+
+
 class PortPrefilter:
     """The rows of a batch a StreamCollector on `ports` (and `prefixes`) can select."""
 
@@ -144,16 +219,30 @@ class PortPrefilter:
         self._pattern_bytes = np.frombuffer(b"".join(p for p in prefixes if p),
                                             dtype=np.uint8).copy()
         self._pattern_stops = np.cumsum([len(p) for p in prefixes if p], dtype=np.int64)
+        # the same patterns as (word, mask) pairs on a head read as one little-endian word
+        # (only the first 8 bytes of a longer one: the kernel compares those in the capture)
+        self._pattern_widths = np.array([len(p) for p in prefixes if p], dtype=np.int64)
+        self._pattern_words = np.array(
+            [int.from_bytes(p[:_HEAD_WORD], "little") for p in prefixes if p], dtype=np.uint64)
+        self._pattern_masks = np.array(
+            [(1 << (8 * min(len(p), _HEAD_WORD))) - 1 for p in prefixes if p], dtype=np.uint64)
 
     def rows(self, packets: DecodedPackets) -> np.ndarray:
         """Row indices (capture order) of the TCP rows the collector may need."""
         if len(packets) == 0:
             return np.zeros(0, dtype=np.int64)
+        known = _batch_candidates(packets)  # never computed here: only if already known
+        if known is not None and known[1].shape[1] == _HEAD_WORD:
+            head_rows, heads = known
+            data = np.asarray(packets.data).reshape(-1).view(np.uint8)
+            return _candidate_rows(
+                head_rows, packets.src_port, packets.dst_port, packets.payload_len,
+                packets.payload_offset, data.shape[0], self.marked, self._pattern_words,
+                self._pattern_masks, self._pattern_widths, self._pattern_bytes,
+                self._pattern_stops, data, np.ascontiguousarray(heads).view(np.uint64)[:, 0])
         head_rows, heads = _NO_HEADS
-        if self._pattern_stops.size:
-            known = known_heads(packets)  # never computed here: only if already known
-            if known is not None:
-                head_rows, heads = known
+        if self._pattern_stops.size and known is not None:
+            head_rows, heads = known
         return _prefilter_rows(
             packets.transport, packets.src_port, packets.dst_port, packets.payload_len,
             packets.payload_offset, np.asarray(packets.data).reshape(-1).view(np.uint8),
@@ -174,6 +263,28 @@ class PortPrefilter:
         chunks = collector.feed(packets)
         self.note(chunks)
         return chunks
+
+
+# (weak reference to a batch, its candidate rows and heads): see _batch_candidates
+_last_known: tuple | None = None
+
+
+def _batch_candidates(packets: DecodedPackets) -> tuple[np.ndarray, np.ndarray] | None:
+    """tcp_stream.known_heads(packets), remembered for the batch object: a prefiltered
+    collector's feed makes tcp_stream memoise its subset instead, so a later prefilter of
+    the same batch would find nothing there. Never scans."""
+    global _last_known
+    known = known_heads(packets)
+    if known is not None:
+        try:
+            _last_known = (weakref.ref(packets), known)
+        except TypeError:  # a batch type without weak references: nothing remembered
+            _last_known = None
+        return known
+    memo = _last_known
+    if memo is not None and memo[0]() is packets:
+        return memo[1]
+    return None
 
 
 def subset(packets: DecodedPackets, rows: np.ndarray) -> DecodedPackets:

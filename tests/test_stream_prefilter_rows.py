@@ -1,13 +1,16 @@
 """PortPrefilter.rows as one compiled pass (sensors/stream_prefilter.py, task SA, issue #3):
 the same rows as the former numpy version, whether the patterns are compared in the
 capture or in the payload heads a collector already scanned for the batch (tcp_stream's
-candidate memo); and prefix_predicate's kernel against a per-row reference."""
+candidate memo); and prefix_predicate's kernel against a per-row reference. With the
+candidate rows known, only those are kept (task Y4): the SSH and logins events stay those
+without a prefilter, for both analyzers in the pipeline's order."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+import sensors.stream_prefilter as stream_prefilter
 import sensors.tcp_stream as tcp_stream
 from sensors.packets import IP_DTYPE
 from sensors.stream_prefilter import PortPrefilter, _starts_with
@@ -24,9 +27,12 @@ class _Batch:
         return int(self.transport.shape[0])
 
 
-def _rows_reference(prefilter: PortPrefilter, packets: _Batch) -> np.ndarray:
-    """The numpy version PortPrefilter.rows replaced (HEAD before task SA)."""
-    tcp = np.flatnonzero(packets.transport == 6)
+def _rows_reference(prefilter: PortPrefilter, packets: _Batch,
+                    tcp: np.ndarray | None = None) -> np.ndarray:
+    """The numpy version PortPrefilter.rows replaced (HEAD before task SA), over the TCP
+    rows or the given rows (tcp_stream's candidate rows)."""
+    if tcp is None:
+        tcp = np.flatnonzero(packets.transport == 6)
     if tcp.size == 0:
         return tcp
     src_port = packets.src_port[tcp]
@@ -97,7 +103,10 @@ def test_rows_equal_the_numpy_version_with_and_without_candidate_heads(seed, mak
     with_heads = make().rows(packets)
     assert without.dtype == np.int64 and with_heads.dtype == np.int64
     np.testing.assert_array_equal(without, expected)
-    np.testing.assert_array_equal(with_heads, expected)
+    # only the candidate rows (the only ones a collector selects) are read and kept
+    candidates = known_heads(packets)[0]
+    np.testing.assert_array_equal(with_heads, _rows_reference(make(), packets, candidates))
+    assert np.isin(with_heads, expected).all()
 
 
 def test_heads_are_read_for_the_rows_they_belong_to():
@@ -137,3 +146,79 @@ def test_prefix_predicate_kernel_against_per_row_bytes(width, seed):
     want = [any(len(p) <= width and payload_len[i] >= len(p)
                 and head[i, : len(p)].tobytes() == p for p in shown) for i in range(n)]
     assert got.dtype == bool and got.tolist() == want
+
+
+# --- SSH then logins on the candidate rows the HTTP/TLS collectors leave -----------------------
+
+def _pipeline_events(batches, prefilter: bool) -> tuple:
+    """(SSH events, login events) of both analyzers fed each batch in the default config's
+    order, after the batch's candidate rows were memoised as the HTTP/TLS collectors do
+    (SSH's feed of its subset replaces that memo: logins must still find the rows)."""
+    from sensors.logins import LoginAnalyzer
+    from sensors.ssh import SshAnalyzer
+
+    ssh, logins = SshAnalyzer({}, "s", "z"), LoginAnalyzer({}, "s", "z")
+    if not prefilter:
+        ssh.prefilter = logins.prefilter = None
+    out: tuple[list, list] = ([], [])
+    for decoded in batches:
+        tcp_stream._candidates(decoded)
+        out[0].extend(ssh.process(decoded))
+        if prefilter and len(decoded):
+            assert stream_prefilter._batch_candidates(decoded) is not None
+        out[1].extend(logins.process(decoded))
+    out[0].extend(ssh.flush())
+    out[1].extend(logins.flush())
+    return tuple(_columns(events) for events in out)
+
+
+def _columns(events: list) -> dict | None:
+    from pipeline.schema import concat_batches
+
+    batch = concat_batches(events)
+    return None if batch is None else {k: v.tolist() for k, v in batch.columns.items()}
+
+
+@pytest.mark.parametrize("capture", ["large/zeek__ssh.pcap", "brute_force/zeek__sshguess.pcap",
+                                     "brute_force/zeek__ftp_bruteforce.pcap",
+                                     "benign/zeek__smtp.pcap", "large/ndpi__1kxun.pcap"])
+@pytest.mark.parametrize("batch_packets", [7, 256])
+def test_candidate_rows_give_the_same_events_on_real_captures(capture, batch_packets):
+    from conftest import shared_pcap
+
+    from sensors.decode import decode
+    from sensors.pcap_reader import CaptureReader
+
+    with CaptureReader(shared_pcap(capture), batch_packets=batch_packets) as reader:
+        batches = [decode(b) for b in reader.batches()]
+    with_prefilter = _pipeline_events(batches, True)
+    assert with_prefilter == _pipeline_events(batches, False)
+    if "1kxun" not in capture:
+        assert with_prefilter != (None, None)  # the comparison covers real events
+
+
+def test_candidate_rows_same_events_other_ports_and_noise():
+    # SSH on 2222 (server banner first) and 22, FTP on 21 with a client on port 2222, HTTP
+    # noise on a service port: every 3 frames a batch
+    from packet_builders import batch_from_scapy
+    from tcp_sessions import tcp_session
+
+    from sensors.decode import decode
+
+    banner = [(1, b"SSH-2.0-OpenSSH_9.6\r\n"), (0, b"SSH-2.0-OpenSSH_9.6\r\n"),
+              (0, b"\0" * 40), (1, b"\0" * 60)]
+    sessions = [
+        tcp_session(banner, dport=2222, t0=1000.0),
+        tcp_session(banner, dport=22, sport=41000, t0=1000.2),
+        tcp_session([(1, b"220 ftp\r\n"), (0, b"USER bob\r\n"), (1, b"331 pw\r\n"),
+                     (0, b"PASS x\r\n"), (1, b"530 no\r\n")], dport=21, sport=2222,
+                    client="192.0.2.7", t0=1000.1),
+        tcp_session([(0, b"GET / HTTP/1.1\r\n\r\n"), (1, b"HTTP/1.1 200 OK\r\n\r\n")],
+                    dport=80, sport=21, client="192.0.2.99", t0=1000.05),
+    ]
+    frames = sorted((f for s in sessions for f in s), key=lambda f: float(f.time))
+    batches = [decode(batch_from_scapy(frames[i : i + 3])) for i in range(0, len(frames), 3)]
+    with_prefilter = _pipeline_events(batches, True)
+    assert with_prefilter == _pipeline_events(batches, False)
+    assert len(with_prefilter[0]["dst_port"]) == 2 and 22 in with_prefilter[0]["dst_port"]
+    assert with_prefilter[1] is not None
