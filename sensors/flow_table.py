@@ -87,7 +87,7 @@ _FLUSH_CHUNK = 65536  # flows per piece of flush_chunks()
 _UPDATE_CHUNK = 16384  # packets per internal update step once the table is filling
 _SUB_BATCH_FILL = 0.5  # "filling": live flows >= this fraction of max_flows
 _MAPPED_MIN = 1 << 20  # table columns at least this large live in their own mapping
-_RECORD_CHUNK = 16384  # rows per flow_records call (its temporaries are ~0.5 KB a row)
+_RECORD_CHUNK = 16384  # rows per community_id_column call (bounds its temporaries)
 _GROW_HEADROOM = 65536  # slots above max_flows before growth falls back to exact sizes
 _SCAN_CHUNK = 262144  # slots per step when scanning the whole table (bounds temporaries)
 _AHEAD = 16  # rows ahead whose lines the grouping and the walk ask for (tcp_stream.prefetch)
@@ -511,52 +511,52 @@ def _conn_state_codes(is_tcp: np.ndarray, orig_flags: np.ndarray, resp_flags: np
     n = is_tcp.shape[0]
     codes = np.empty(n, dtype=np.intp)
     for i in range(n):
-        if not is_tcp[i]:
-            if o_sent[i] and r_sent[i]:
-                codes[i] = _CS_SF
-            elif o_sent[i]:
-                codes[i] = _CS_S0
-            elif r_sent[i]:
-                codes[i] = _CS_SHR
-            else:
-                codes[i] = _CS_OTH
-            continue
-        of, rf = np.int64(orig_flags[i]), np.int64(resp_flags[i])
-        established = (of & SYN) != 0 and (rf & SYN) != 0 and (of & ACK) != 0
-        os_ = _endpoint_state(of, o_sent[i], established, SYN_SENT)
-        rs = _endpoint_state(rf, r_sent[i], established, SYN_ACK_SENT)
-        o_inactive = os_ == INACTIVE or os_ == PARTIAL
-        r_inactive = rs == INACTIVE or rs == PARTIAL
-        if rs == RESET:
-            if os_ == SYN_SENT or os_ == SYN_ACK_SENT or (os_ == RESET and no_payload[i]):
-                code = _CS_REJ
-            elif o_inactive:
-                code = _CS_RSTRH
-            else:
-                code = _CS_RSTR
-        elif os_ == RESET:
-            if r_inactive:
-                # RSTOS0 (Zeek: ^S[^HAFGIQ]*R) approximated: originator SYN and no FIN
-                code = _CS_RSTOS0 if (of & SYN) != 0 and (of & FIN) == 0 else _CS_OTH
-            else:
-                code = _CS_RSTO
-        elif os_ == CLOSED:
-            if rs == CLOSED:
-                code = _CS_SF
-            elif r_inactive:
-                code = _CS_SH
-            else:
-                code = _CS_S2
-        elif rs == CLOSED:
-            code = _CS_SHR if o_inactive else _CS_S3
-        elif os_ == SYN_SENT and rs == INACTIVE:
-            code = _CS_S0
-        elif os_ == ESTABLISHED and rs == ESTABLISHED:
-            code = _CS_S1
-        else:
-            code = _CS_OTH
-        codes[i] = code
+        codes[i] = _conn_code(is_tcp[i], np.int64(orig_flags[i]), np.int64(resp_flags[i]),
+                              o_sent[i], r_sent[i], no_payload[i])
     return codes
+
+
+@njit(inline="always")
+def _conn_code(is_tcp: bool, of: int, rf: int, o_sent: bool, r_sent: bool,
+               no_payload: bool) -> int:
+    """The CONN_STATES index of one flow (see _conn_state_codes)."""
+    if not is_tcp:
+        if o_sent and r_sent:
+            return _CS_SF
+        if o_sent:
+            return _CS_S0
+        if r_sent:
+            return _CS_SHR
+        return _CS_OTH
+    established = (of & SYN) != 0 and (rf & SYN) != 0 and (of & ACK) != 0
+    os_ = _endpoint_state(of, o_sent, established, SYN_SENT)
+    rs = _endpoint_state(rf, r_sent, established, SYN_ACK_SENT)
+    o_inactive = os_ == INACTIVE or os_ == PARTIAL
+    r_inactive = rs == INACTIVE or rs == PARTIAL
+    if rs == RESET:
+        if os_ == SYN_SENT or os_ == SYN_ACK_SENT or (os_ == RESET and no_payload):
+            return _CS_REJ
+        if o_inactive:
+            return _CS_RSTRH
+        return _CS_RSTR
+    if os_ == RESET:
+        if r_inactive:
+            # RSTOS0 (Zeek: ^S[^HAFGIQ]*R) approximated: originator SYN and no FIN
+            return _CS_RSTOS0 if (of & SYN) != 0 and (of & FIN) == 0 else _CS_OTH
+        return _CS_RSTO
+    if os_ == CLOSED:
+        if rs == CLOSED:
+            return _CS_SF
+        if r_inactive:
+            return _CS_SH
+        return _CS_S2
+    if rs == CLOSED:
+        return _CS_SHR if o_inactive else _CS_S3
+    if os_ == SYN_SENT and rs == INACTIVE:
+        return _CS_S0
+    if os_ == ESTABLISHED and rs == ESTABLISHED:
+        return _CS_S1
+    return _CS_OTH
 
 
 # --- the per-key walk, compiled ---------------------------------------------------------------
@@ -574,9 +574,8 @@ _GROUP_FIELDS = ("p_first", "p_end", "p_pk_lo", "p_pk_hi", "p_by_lo", "p_by_hi",
                  "p_pay_hi", "p_fl_lo", "p_fl_hi", "st_fl_lo", "st_fl_hi", "cum_pk_lo",
                  "cum_pk_hi", "cum_pay_lo", "cum_pay_hi", "closed_at", "orig_is_lo",
                  "flow_start", "last_ts", "piece")
-_UNSIGNED_SUMS = frozenset({"p_pk_lo", "p_pk_hi", "p_by_lo", "p_by_hi", "p_pay_lo", "p_pay_hi"})
-# Cumulative counts stay counts in emitted rows (the table keeps them as booleans).
-_WIDE = frozenset({"cum_pk_lo", "cum_pk_hi", "cum_pay_lo", "cum_pay_hi"})
+# Piece columns an expiry empties besides p_pk_lo/p_pk_hi (_expired_flows' order).
+_PIECE_SUMS = ("p_by_lo", "p_by_hi", "p_pay_lo", "p_pay_hi", "p_fl_lo", "p_fl_hi")
 _GROUP_MID, _GROUP_ENDED = 0, 1  # an emitted group: the piece moved on / the flow ended
 _EMIT_NONE, _EMIT_MOVED, _EMIT_ENDED = 0, 1, 2  # what happens to a key's table piece
 
@@ -839,36 +838,44 @@ def _end_reasons(clock, starts, shift, transport, last_ts, closed_at, st_fl_lo, 
     the first clock value >= c_end is > piece end", read at the crossing's position (a
     crossing at position p has clock[p - 1] < clock[p]). Only a split clock earlier than the
     crossing needs a search for that position."""
-    n = transport.shape[0]
-    m = clock.shape[0]
-    out = np.empty(n, dtype=np.uint8)
-    for i in range(n):
-        idle = tcp_idle_ns if transport[i] == TCP else idle_ns
-        threshold = last_ts[i] + idle
-        closed = closed_at[i] < NEVER
-        if closed:
-            threshold = min(threshold, min(closed_at[i] + linger_ns, NEVER))
-        # at: the first index with clock >= c_end, or -1 when not known
-        at = _position(clock, starts, shift, threshold)
-        c_end = clock[at] if at < m else NEVER
-        if at == m:
-            at = -1
-        if split_clock[i] < c_end:
-            c_end = split_clock[i]
-            at = -1
-        piece_end = flow_start[i] + (piece[i] + 1) * active_ns - 1
-        active = False
-        if piece_end < c_end:
-            if at < 0:
-                at = _position(clock, starts, shift, c_end - 1)
-            active = at > 0 and clock[at - 1] > piece_end
-        if active:
-            out[i] = R_ACTIVE
-        elif closed:
-            out[i] = R_RST if ((st_fl_lo[i] | st_fl_hi[i]) & RST) != 0 else R_FIN
-        else:
-            out[i] = R_IDLE
+    out = np.empty(transport.shape[0], dtype=np.uint8)
+    for i in range(transport.shape[0]):
+        out[i] = _reason_of(clock, starts, shift, transport[i] == TCP, last_ts[i],
+                            closed_at[i], np.int64(st_fl_lo[i] | st_fl_hi[i]), flow_start[i],
+                            piece[i], split_clock[i], idle_ns, tcp_idle_ns, active_ns,
+                            linger_ns)
     return out
+
+
+@njit(inline="always")
+def _reason_of(clock, starts, shift, is_tcp, last_ts, closed_at, st_fl, flow_start, piece,
+               split_clock, idle_ns, tcp_idle_ns, active_ns, linger_ns):
+    """The reason code of one emitted row (see _end_reasons); st_fl: both sides' flags."""
+    m = clock.shape[0]
+    idle = tcp_idle_ns if is_tcp else idle_ns
+    threshold = last_ts + idle
+    closed = closed_at < NEVER
+    if closed:
+        threshold = min(threshold, min(closed_at + linger_ns, NEVER))
+    # at: the first index with clock >= c_end, or -1 when not known
+    at = _position(clock, starts, shift, threshold)
+    c_end = clock[at] if at < m else NEVER
+    if at == m:
+        at = -1
+    if split_clock < c_end:
+        c_end = split_clock
+        at = -1
+    piece_end = flow_start + (piece + 1) * active_ns - 1
+    active = False
+    if piece_end < c_end:
+        if at < 0:
+            at = _position(clock, starts, shift, c_end - 1)
+        active = at > 0 and clock[at - 1] > piece_end
+    if active:
+        return R_ACTIVE
+    if closed:
+        return R_RST if (st_fl & RST) != 0 else R_FIN
+    return R_IDLE
 
 
 @njit
@@ -880,17 +887,6 @@ def _deadline_of(s, transport, last_ts, closed_at, pk_lo, pk_hi, flow_start, pie
     # a non-empty piece ends on the active grid (a select, not a branch: scans vectorize)
     piece_end = flow_start[s] + (piece[s] + 1) * active_ns - 1
     return min(deadline, piece_end) if (pk_lo[s] | pk_hi[s]) != 0 else deadline
-
-
-@njit
-def _slot_deadlines(slots, transport, last_ts, closed_at, pk_lo, pk_hi, flow_start, piece,
-                    idle_ns, tcp_idle_ns, active_ns, linger_ns) -> np.ndarray:
-    """_deadline_of for each of `slots` (table slots, so in range of every column)."""
-    out = np.empty(slots.shape[0], dtype=np.int64)
-    for i in range(slots.shape[0]):
-        out[i] = _deadline_of(slots[i], transport, last_ts, closed_at, pk_lo, pk_hi, flow_start,
-                              piece, idle_ns, tcp_idle_ns, active_ns, linger_ns)
-    return out
 
 
 @njit
@@ -920,6 +916,37 @@ def _scan_deadlines(live, now, transport, last_ts, closed_at, pk_lo, pk_hi, flow
                 expired[at] = s
                 at += 1
     return expired, earliest
+
+
+@njit
+def _expired_flows(slots, now, transport, last_ts, closed_at, pk_lo, pk_hi, flow_start, piece,
+                   idle_ns, tcp_idle_ns, active_ns, linger_ns, p_by_lo, p_by_hi, p_pay_lo,
+                   p_pay_hi, p_fl_lo, p_fl_hi) -> tuple[np.ndarray, int]:
+    """After expired slots were emitted: the slots whose flow is over (idle or close +
+    linger crossed; in order) and, for the others (only their piece was emitted), their
+    piece emptied and the smallest of their new deadlines (NEVER when none)."""
+    over = np.empty(slots.shape[0], dtype=np.int64)
+    n_over = 0
+    earliest = NEVER
+    for i in range(slots.shape[0]):
+        s = slots[i]
+        idle = tcp_idle_ns if transport[s] == TCP else idle_ns
+        if now > last_ts[s] + idle or (closed_at[s] < NEVER and now > closed_at[s] + linger_ns):
+            over[n_over] = s
+            n_over += 1
+            continue
+        pk_lo[s] = 0
+        pk_hi[s] = 0
+        p_by_lo[s] = 0
+        p_by_hi[s] = 0
+        p_pay_lo[s] = 0
+        p_pay_hi[s] = 0
+        p_fl_lo[s] = 0
+        p_fl_hi[s] = 0
+        earliest = min(earliest, _deadline_of(s, transport, last_ts, closed_at, pk_lo, pk_hi,
+                                              flow_start, piece, idle_ns, tcp_idle_ns,
+                                              active_ns, linger_ns))
+    return over[:n_over], earliest
 
 
 def _kernel_view(column: np.ndarray) -> np.ndarray:
@@ -960,6 +987,142 @@ def _scatter_group(columns: tuple, slots: np.ndarray, g: np.ndarray, js: np.ndar
                 columns[c][slot] = v
 
 
+# --- emitted records, compiled -------------------------------------------------------------
+# A part of a batch's output is FLOW's numeric columns in originator/responder terms, built
+# in one pass straight from table slots (_slot_records) or the walk's groups
+# (_group_records): the row dicts, 27 gathers, ~20 np.where picks and astypes a part were
+# ~40 ns a row. Order: _RECORD_COLUMNS; the addresses as (n, 2) native uint64 words (their
+# 16 bytes), conn_state and end_reason as codes into CONN_STATES / REASONS.
+_RECORD_COLUMNS = ("timestamp", "end", "src_ip", "dst_ip", "src_port", "dst_port", "transport",
+                   "vlan", "src_packets", "dst_packets", "src_bytes", "dst_bytes",
+                   "src_payload_bytes", "dst_payload_bytes", "src_tcp_flags", "dst_tcp_flags",
+                   "conn_state", "end_reason")
+_NO_CLOCK = (np.zeros(0, dtype=np.int64), 0, np.zeros(1, dtype=np.int64))  # fixed reasons
+_NO_SPLIT = np.zeros(0, dtype=np.int64)  # no split clock: NEVER for every row
+# table columns _slot_records reads after the key columns, in its argument order
+_RECORD_SOURCES = ("orig_is_lo", "flow_start", "last_ts", "closed_at", "piece", "st_fl_lo",
+                   "st_fl_hi", "cum_pk_lo", "cum_pk_hi", "cum_pay_lo", "cum_pay_hi", "p_first",
+                   "p_end", "p_pk_lo", "p_pk_hi", "p_by_lo", "p_by_hi", "p_pay_lo", "p_pay_hi",
+                   "p_fl_lo", "p_fl_hi")
+
+
+@njit
+def _new_records(n: int) -> tuple:
+    """Empty record columns for n rows (_RECORD_COLUMNS)."""
+    return (np.empty(n, np.int64), np.empty(n, np.int64), np.empty((n, 2), np.uint64),
+            np.empty((n, 2), np.uint64), np.empty(n, np.uint16), np.empty(n, np.uint16),
+            np.empty(n, np.uint8), np.empty(n, np.uint16), np.empty(n, np.uint64),
+            np.empty(n, np.uint64), np.empty(n, np.uint64), np.empty(n, np.uint64),
+            np.empty(n, np.uint64), np.empty(n, np.uint64), np.empty(n, np.uint8),
+            np.empty(n, np.uint8), np.empty(n, np.intp), np.empty(n, np.uint8))
+
+
+@njit(inline="always")
+def _put_record(rec, r, o, transport, vlan, lo0, lo1, hi0, hi1, lo_port, hi_port, first, end,
+                pk_lo, pk_hi, by_lo, by_hi, pay_lo, pay_hi, fl_lo, fl_hi, st_lo, st_hi,
+                sent_lo, sent_hi, no_payload, reason) -> None:
+    """Record row r of a flow piece given in lo/hi terms; o: the originator is lo."""
+    # selects, not branches: which side originated is unpredictable row to row
+    rec[0][r] = first
+    rec[1][r] = end
+    rec[2][r, 0] = lo0 if o else hi0
+    rec[2][r, 1] = lo1 if o else hi1
+    rec[3][r, 0] = hi0 if o else lo0
+    rec[3][r, 1] = hi1 if o else lo1
+    rec[4][r] = lo_port if o else hi_port
+    rec[5][r] = hi_port if o else lo_port
+    rec[8][r] = pk_lo if o else pk_hi
+    rec[9][r] = pk_hi if o else pk_lo
+    rec[10][r] = by_lo if o else by_hi
+    rec[11][r] = by_hi if o else by_lo
+    rec[12][r] = pay_lo if o else pay_hi
+    rec[13][r] = pay_hi if o else pay_lo
+    rec[14][r] = fl_lo if o else fl_hi
+    rec[15][r] = fl_hi if o else fl_lo
+    of = st_lo if o else st_hi
+    rf = st_hi if o else st_lo
+    o_sent = sent_lo if o else sent_hi
+    r_sent = sent_hi if o else sent_lo
+    rec[6][r] = transport
+    rec[7][r] = vlan
+    rec[16][r] = _conn_code(transport == TCP, of, rf, o_sent, r_sent, no_payload)
+    rec[17][r] = reason
+
+
+@njit
+def _slot_records(slots, reason, split_clock, clock, starts, shift, idle_ns, tcp_idle_ns,
+                  active_ns, linger_ns, vlan, transport, lo_ip, hi_ip, lo_port, hi_port,
+                  orig_is_lo, flow_start, last_ts, closed_at, piece, st_fl_lo, st_fl_hi,
+                  cum_pk_lo, cum_pk_hi, cum_pay_lo, cum_pay_hi, p_first, p_end, p_pk_lo,
+                  p_pk_hi, p_by_lo, p_by_hi, p_pay_lo, p_pay_hi, p_fl_lo, p_fl_hi):
+    """Records of the table slots whose current piece holds packets, in the slots' order.
+    reason < 0: each row's end reason
+    (_reason_of, split clock split_clock[i] of slots[i], NEVER when split_clock is empty);
+    else that code for every row. lo_ip/hi_ip: (slots, 2) native words; bool columns as
+    uint8 views; slots are table slots, so in range."""
+    # two passes: the end-reason searches (dependent loads) overlap better in a pass of
+    # their own than between the record stores
+    n = slots.shape[0]
+    kept = np.empty(n, dtype=np.int64)
+    codes = np.empty(n, dtype=np.int64)
+    m = 0
+    for i in range(n):
+        s = slots[i]
+        if p_pk_lo[s] + p_pk_hi[s] == 0:  # an empty piece emits no record
+            continue
+        code = np.int64(reason)
+        if reason < 0:
+            split = split_clock[i] if split_clock.shape[0] else NEVER
+            code = _reason_of(clock, starts, shift, transport[s] == TCP, last_ts[s],
+                              closed_at[s], np.int64(st_fl_lo[s] | st_fl_hi[s]),
+                              flow_start[s], piece[s], split, idle_ns, tcp_idle_ns,
+                              active_ns, linger_ns)
+        kept[m] = s
+        codes[m] = code
+        m += 1
+    rec = _new_records(m)
+    for i in range(m):
+        s = kept[i]
+        _put_record(rec, i, orig_is_lo[s] != 0, np.int64(transport[s]), vlan[s], lo_ip[s, 0],
+                    lo_ip[s, 1], hi_ip[s, 0], hi_ip[s, 1], lo_port[s], hi_port[s], p_first[s],
+                    p_end[s], p_pk_lo[s], p_pk_hi[s], p_by_lo[s], p_by_hi[s], p_pay_lo[s],
+                    p_pay_hi[s], p_fl_lo[s], p_fl_hi[s], np.int64(st_fl_lo[s]),
+                    np.int64(st_fl_hi[s]), cum_pk_lo[s] != 0, cum_pk_hi[s] != 0,
+                    cum_pay_lo[s] == 0 and cum_pay_hi[s] == 0, codes[i])
+    return rec
+
+
+@njit
+def _group_records(chosen, g, g_key, g_clock, key_words, reason, clock, starts, shift,
+                   idle_ns, tcp_idle_ns, active_ns, linger_ns):
+    """Records of the walk's group rows `chosen` (int64 rows, _GROUP_FIELDS) of keys g_key
+    (rows of key_words, _packet_key's layout). reason < 0: each row's end reason (split clock
+    g_clock[row]); else that code. Casts as the astypes of the columns' table dtypes did."""
+    n = chosen.shape[0]
+    rec = _new_records(n)
+    for i in range(n):
+        row = chosen[i]
+        k = g_key[row]
+        meta = key_words[k, 0]
+        t = np.int64((meta >> np.uint64(40)) & np.uint64(0xFF))
+        code = np.int64(reason)
+        if reason < 0:
+            code = _reason_of(clock, starts, shift, t == TCP, g[row, 19], g[row, 16],
+                              (g[row, 10] | g[row, 11]) & 0xFF, g[row, 18], g[row, 20],
+                              g_clock[row], idle_ns, tcp_idle_ns, active_ns, linger_ns)
+        _put_record(rec, i, g[row, 17] != 0, t, np.uint16(meta >> np.uint64(48)),
+                    _bswap(key_words[k, 1]), _bswap(key_words[k, 2]), _bswap(key_words[k, 3]),
+                    _bswap(key_words[k, 4]),
+                    np.uint16((meta >> np.uint64(16)) & np.uint64(0xFFFF)),
+                    np.uint16(meta & np.uint64(0xFFFF)), g[row, 0], g[row, 1],
+                    np.uint64(g[row, 2]), np.uint64(g[row, 3]), np.uint64(g[row, 4]),
+                    np.uint64(g[row, 5]), np.uint64(g[row, 6]), np.uint64(g[row, 7]),
+                    np.uint8(g[row, 8] & 0xFF), np.uint8(g[row, 9] & 0xFF),
+                    g[row, 10] & 0xFF, g[row, 11] & 0xFF, g[row, 12] > 0, g[row, 13] > 0,
+                    g[row, 14] == 0 and g[row, 15] == 0, code)
+    return rec
+
+
 def _by_dtype(fields: tuple) -> list:
     """(column names, their indexes in `fields`, is bool) per table column dtype."""
     groups: dict[np.dtype, list] = {}
@@ -973,26 +1136,23 @@ _SEED_BY_DTYPE = _by_dtype(_SEED_FIELDS)
 _GROUP_BY_DTYPE = _by_dtype(_GROUP_FIELDS)
 
 
-def _group_rows(g_int: np.ndarray, endpoints: Rows) -> Rows:
-    """Emitted rows from the walk's int64 group rows (_GROUP_FIELDS) plus key endpoints."""
-    g: Rows = {name: g_int[:, j].astype(SLOT_FIELDS[name]) if name in _UNSIGNED_SUMS
-               else g_int[:, j].astype(np.int64 if name in _WIDE else SLOT_FIELDS[name])
-               for j, name in enumerate(_GROUP_FIELDS)}
-    g.update(endpoints)
-    return g
-
-
-def _key_endpoints(key_words: np.ndarray) -> Rows:
-    """Key columns (vlan, transport, lo/hi ip and port) from (n, 5) flow key words."""
-    meta = key_words[:, 0]
-    return {
-        "vlan": (meta >> np.uint64(48)).astype(np.uint16),
-        "transport": ((meta >> np.uint64(40)) & np.uint64(0xFF)).astype(np.uint8),
-        "lo_ip": np.ascontiguousarray(key_words[:, 1:3].astype(">u8")).view(IP_DTYPE).ravel(),
-        "hi_ip": np.ascontiguousarray(key_words[:, 3:5].astype(">u8")).view(IP_DTYPE).ravel(),
-        "lo_port": ((meta >> np.uint64(16)) & np.uint64(0xFFFF)).astype(np.uint16),
-        "hi_port": (meta & np.uint64(0xFFFF)).astype(np.uint16),
-    }
+@njit
+def _write_keys(slots, key_words, keys, vlan, transport, lo_ip, hi_ip, lo_port, hi_port) -> None:
+    """Key columns of table slots[i] from key_words[keys[i]] (_packet_key's layout); lo_ip /
+    hi_ip as (slots, 2) native words (the address bytes). Indices are in range by
+    construction (new slots, keys of the batch)."""
+    for i in range(slots.shape[0]):
+        s = slots[i]
+        k = keys[i]
+        meta = key_words[k, 0]
+        vlan[s] = np.uint16(meta >> np.uint64(48))
+        transport[s] = np.uint8((meta >> np.uint64(40)) & np.uint64(0xFF))
+        lo_port[s] = np.uint16((meta >> np.uint64(16)) & np.uint64(0xFFFF))
+        hi_port[s] = np.uint16(meta & np.uint64(0xFFFF))
+        lo_ip[s, 0] = _bswap(key_words[k, 1])
+        lo_ip[s, 1] = _bswap(key_words[k, 2])
+        hi_ip[s, 0] = _bswap(key_words[k, 3])
+        hi_ip[s, 1] = _bswap(key_words[k, 4])
 
 
 # --- the table ----------------------------------------------------------------------------
@@ -1090,7 +1250,7 @@ class FlowTable:
         records ~220 MB). Abandoning the iterator leaves the table as it was."""
         slots = np.flatnonzero(self._live)
         for lo in range(0, slots.size, chunk_flows):
-            batch = self._to_batch([self._slot_rows(slots[lo:lo + chunk_flows], R_EOF)])
+            batch = self._to_batch([self._slot_records(slots[lo:lo + chunk_flows], R_EOF)])
             if batch is not None and len(batch):
                 yield batch
         self._reset()
@@ -1145,32 +1305,29 @@ class FlowTable:
             self.active_ns, self.linger_ns)
         self.stats["flows_created"] += int(created)
 
-        out: list[Rows] = []
+        out: list[tuple] = []
         # 1. Table pieces that do not merge: the flow moved to a later piece ("active") or
         #    ended at the key's first packet in this batch (split).
         moved = np.flatnonzero(key_emit == _EMIT_MOVED)
         if moved.size:
-            out.append(self._slot_rows(slot_k[moved], R_ACTIVE))
+            out.append(self._slot_records(slot_k[moved], R_ACTIVE))
         ended_keys = np.flatnonzero(key_emit == _EMIT_ENDED)
         if ended_keys.size:
-            ended_keys = ended_keys[self._nonempty_mask(slot_k[ended_keys])]
-            rows = self._slot_rows(slot_k[ended_keys], None)
-            rows["reason"] = self._end_reason(rows, clock_all, key_clock[ended_keys])
-            out.append(rows)
+            out.append(self._slot_records(slot_k[ended_keys], -1, key_clock[ended_keys],
+                                          clock_all))
 
-        # 2. Groups that are not the live tail of their key (few: most keys have one group,
-        #    so row columns are built for these only, not for every group).
-        #    Built per kind straight from the walk's rows (no build-all-then-filter).
+        # 2. Groups that are not the live tail of their key (few: most keys have one group),
+        #    records straight from the walk's rows, per kind.
         for kind in (_GROUP_MID, _GROUP_ENDED):
             chosen = np.flatnonzero(g_kind == kind)
             if not chosen.size:
                 continue
-            rows = _group_rows(g_int[chosen],
-                               _key_endpoints(np.take(keys[0], g_key[chosen], axis=0)))
-            rows["reason"] = (np.full(chosen.size, R_ACTIVE, dtype=np.uint8)
-                              if kind == _GROUP_MID
-                              else self._end_reason(rows, clock_all, g_clock[chosen]))
-            out.append(rows)
+            mid = kind == _GROUP_MID
+            clock, shift, starts = _NO_CLOCK if mid else self._clock_search(clock_all)
+            out.append(_group_records(chosen, g_int, g_key, g_clock, keys[0],
+                                      R_ACTIVE if mid else -1, clock, starts, shift,
+                                      self.idle_ns, self.tcp_idle_ns, self.active_ns,
+                                      self.linger_ns))
 
         # 3. The key's last group becomes (or stays) the live flow in the table, written
         #    column by column from the walk's int64 rows by a kernel. Key columns are written
@@ -1178,9 +1335,11 @@ class FlowTable:
         slots = slot_k.copy()  # every key has one live tail, its row of `tails`
         need = np.flatnonzero(~has_slot)
         if need.size:
-            slots[need] = self._allocate(np.take(keys[0], need, axis=0), keys[1][need])
-            for name, values in _key_endpoints(np.take(keys[0], need, axis=0)).items():
-                cols[name][slots[need]] = values
+            new_slots = self._allocate(keys[1][need])
+            slots[need] = new_slots
+            _write_keys(new_slots, keys[0], need, cols["vlan"], cols["transport"],
+                        _words16(cols["lo_ip"]), _words16(cols["hi_ip"]), cols["lo_port"],
+                        cols["hi_port"])
         key_rows = np.arange(slots.size)
         for names, js, as_bool in _GROUP_BY_DTYPE:
             _scatter_group(tuple(_kernel_view(cols[name]) for name in names), slots, tails, js,
@@ -1197,25 +1356,42 @@ class FlowTable:
                 cols["p_pk_hi"], cols["flow_start"], cols["piece"], self.idle_ns,
                 self.tcp_idle_ns, self.active_ns, self.linger_ns)
 
-    def _deadlines(self, slots: np.ndarray) -> np.ndarray:
-        """Clock value after which each slot must be looked at (idle, close, piece end)."""
-        return _slot_deadlines(slots.astype(np.int64, copy=False), *self._deadline_columns())
-
     def _end_reason(self, rows: Rows, clock_all: np.ndarray, split_clock: np.ndarray) -> np.ndarray:
         """Why a flow piece is emitted: the first threshold the clock crossed.
 
         A piece end ("active") that comes strictly before the flow end wins; otherwise the
         flow end: "fin"/"rst" when closed, else "idle". One compiled pass (_end_reasons).
         """
-        clock = np.ascontiguousarray(clock_all, dtype=np.int64)
-        if self._clock_index[0] is not clock:  # one bucket index per batch clock
-            self._clock_index = (clock, *_clock_index(clock))
-        _, shift, starts = self._clock_index
+        clock, shift, starts = self._clock_search(clock_all)
         return _end_reasons(clock, starts, shift, rows["transport"],
                             rows["last_ts"], rows["closed_at"], rows["st_fl_lo"],
                             rows["st_fl_hi"], rows["flow_start"], rows["piece"],
                             np.asarray(split_clock, dtype=np.int64), self.idle_ns,
                             self.tcp_idle_ns, self.active_ns, self.linger_ns)
+
+    def _clock_search(self, clock_all: np.ndarray) -> tuple:
+        """(clock, shift, starts): the batch clock and its bucket index (_clock_index),
+        built once per batch clock."""
+        clock = np.ascontiguousarray(clock_all, dtype=np.int64)
+        if self._clock_index[0] is not clock:
+            self._clock_index = (clock, *_clock_index(clock))
+        return self._clock_index
+
+    def _slot_records(self, slots: np.ndarray, reason: int,
+                      split_clock: np.ndarray = _NO_SPLIT,
+                      clock_all: np.ndarray | None = None) -> tuple:
+        """Records (_RECORD_COLUMNS) of the slots whose current piece holds packets (an
+        empty piece emits none), in order: reason `reason`, or when it is -1 each row's end
+        reason (split clocks split_clock, one a slot, none when empty; clock_all the batch
+        clock)."""
+        clock, shift, starts = _NO_CLOCK if reason >= 0 else self._clock_search(clock_all)
+        cols = self._cols
+        return _slot_records(
+            np.ascontiguousarray(slots, dtype=np.int64), reason,
+            np.asarray(split_clock, dtype=np.int64), clock, starts, shift, self.idle_ns,
+            self.tcp_idle_ns, self.active_ns, self.linger_ns, cols["vlan"], cols["transport"],
+            _words16(cols["lo_ip"]), _words16(cols["hi_ip"]), cols["lo_port"], cols["hi_port"],
+            *(_kernel_view(cols[name]) for name in _RECORD_SOURCES))
 
     def _expire(self, clock_all: np.ndarray) -> list:
         now = int(clock_all[-1])
@@ -1228,22 +1404,12 @@ class FlowTable:
         self._deadline = int(rest_deadline)
         if not slots.size:
             return []
-        rows = self._slot_rows(slots[self._nonempty_mask(slots)], None)
-        rows["reason"] = self._end_reason(rows, clock_all, np.full(rows["piece"].size, NEVER))
-        out = [rows]
+        out = [self._slot_records(slots, -1, _NO_SPLIT, clock_all)]
         # The flow itself ends when idle/close crossed; otherwise only the piece was emitted.
-        transport, last_ts, closed_at = (cols[name][slots]
-                                         for name in ("transport", "last_ts", "closed_at"))
-        idle = np.where(transport == TCP, self.tcp_idle_ns, self.idle_ns)
-        flow_over = (now > last_ts + idle) | (
-            (closed_at < NEVER) & (now > closed_at + self.linger_ns))
-        self._release(slots[flow_over])
-        keep = slots[~flow_over]
-        for name in ("p_pk_lo", "p_pk_hi", "p_by_lo", "p_by_hi", "p_pay_lo", "p_pay_hi",
-                     "p_fl_lo", "p_fl_hi"):
-            cols[name][keep] = 0
-        if keep.size:
-            self._deadline = min(self._deadline, int(self._deadlines(keep).min()))
+        over, kept_deadline = _expired_flows(slots, now, *self._deadline_columns(),
+                                             *(cols[name] for name in _PIECE_SUMS))
+        self._release(over)
+        self._deadline = min(self._deadline, int(kept_deadline))
         return out
 
     def _evict(self) -> list:
@@ -1260,28 +1426,13 @@ class FlowTable:
         at_cut = live[last == cut][:excess - below.size]  # live is in slot order
         victims = np.concatenate([below, at_cut])
         victims = victims[np.lexsort((victims, self._cols["last_ts"][victims]))]
-        rows = self._slot_rows(victims, R_EVICTED)
+        rows = self._slot_records(victims, R_EVICTED)
         self._release(victims)
         self.stats["flows_evicted"] += int(victims.size)
         self.stats["flows_live"] = int(live.size - excess)
         return [rows]
 
-    def _nonempty_mask(self, slots: np.ndarray) -> np.ndarray:
-        """Which slots' current piece holds packets (an empty piece emits no record)."""
-        cols = self._cols
-        return (cols["p_pk_lo"][slots] + cols["p_pk_hi"][slots]) > 0
-
-    def _slot_rows(self, slots: np.ndarray, reason: int | None) -> Rows:
-        """Table rows of `slots`; with a reason, of the non-empty ones only (filtered before
-        the gather: one pass per column instead of a gather and a filter)."""
-        if reason is not None:
-            slots = slots[self._nonempty_mask(slots)]
-        rows = {name: col[slots] for name, col in self._cols.items()}
-        if reason is not None:
-            rows["reason"] = np.full(slots.size, reason, dtype=np.uint8)
-        return rows
-
-    def _allocate(self, key_words: np.ndarray, key_hash: np.ndarray) -> np.ndarray:
+    def _allocate(self, key_hash: np.ndarray) -> np.ndarray:
         """Slots for new keys (absent from the index): popped from the free stack, indexed."""
         k = key_hash.size
         need = k - self._n_free
@@ -1339,17 +1490,14 @@ class FlowTable:
     # -- output --
 
     def _to_batch(self, parts: list) -> EventBatch | None:
-        parts = [r for r in parts if r and r["reason"].size]
+        """One FLOW batch from record parts (_RECORD_COLUMNS), in order."""
+        parts = [r for r in parts if r[0].size]
         if not parts:
             return None
         # One part (the usual case) is used as it is: its arrays are this batch's own.
-        rows = parts[0] if len(parts) == 1 else {
-            k: np.concatenate([r[k] for r in parts]) for k in parts[0]}
-        n = rows["reason"].size
-        batch = _join_batches([
-            flow_records({k: v[lo:lo + _RECORD_CHUNK] for k, v in rows.items()},
-                         self.observer_name, self.ingress_zone, self.community_id_seed)
-            for lo in range(0, n, _RECORD_CHUNK)])
+        rec = parts[0] if len(parts) == 1 else tuple(
+            np.concatenate(columns) for columns in zip(*parts, strict=True))
+        batch = flow_batch(rec, self.observer_name, self.ingress_zone, self.community_id_seed)
         self.stats["flows_emitted"] += len(batch)
         return batch
 
@@ -1385,46 +1533,24 @@ class _Packets:
             setattr(self, name, values)
 
 
-def flow_records(rows: Rows, observer_name: str, ingress_zone: str, seed: int = 0) -> EventBatch:
-    """Table rows (lo/hi terms) -> FLOW EventBatch in originator/responder terms.
-
-    Columns already of their output dtype are used as they are (astype copy=False): `rows`
-    are this call's own arrays (gathered or concatenated), never views of the table."""
-    o = rows["orig_is_lo"]
-
-    def pick(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return np.where(o, lo, hi), np.where(o, hi, lo)
-
-    src_ip, dst_ip = pick(rows["lo_ip"], rows["hi_ip"])
-    src_port, dst_port = pick(rows["lo_port"], rows["hi_port"])
-    n = src_ip.shape[0]
-    cols: dict[str, np.ndarray] = {
-        "timestamp": rows["p_first"].astype(np.int64, copy=False),
-        "observer_name": constant_text(n, observer_name),
-        "ingress_zone": constant_text(n, ingress_zone),
-        "src_ip": src_ip.astype(IP_DTYPE, copy=False),
-        "dst_ip": dst_ip.astype(IP_DTYPE, copy=False),
-        "src_port": src_port.astype(np.uint16, copy=False),
-        "dst_port": dst_port.astype(np.uint16, copy=False),
-        "transport": rows["transport"].astype(np.uint8, copy=False),
-        "vlan": rows["vlan"].astype(np.uint16, copy=False),
-        "end": rows["p_end"].astype(np.int64, copy=False),
-    }
-    for ours, lo, hi in (("packets", "p_pk_lo", "p_pk_hi"), ("bytes", "p_by_lo", "p_by_hi"),
-                         ("payload_bytes", "p_pay_lo", "p_pay_hi")):
-        s, d = pick(rows[lo], rows[hi])
-        cols[f"src_{ours}"] = s.astype(np.uint64, copy=False)
-        cols[f"dst_{ours}"] = d.astype(np.uint64, copy=False)
-    s, d = pick(rows["p_fl_lo"], rows["p_fl_hi"])
-    cols["src_tcp_flags"] = s.astype(np.uint8, copy=False)
-    cols["dst_tcp_flags"] = d.astype(np.uint8, copy=False)
-    of, rf = pick(rows["st_fl_lo"], rows["st_fl_hi"])
-    opk, rpk = pick(rows["cum_pk_lo"], rows["cum_pk_hi"])
-    opay, rpay = pick(rows["cum_pay_lo"], rows["cum_pay_hi"])
-    cols["conn_state"] = conn_state(cols["transport"], of, rf, opk, rpk, opay, rpay)
-    cols["end_reason"] = REASONS[rows["reason"].astype(np.intp, copy=False)]
-    cols["community_id"] = community_id_column(src_ip, dst_ip, cols["transport"], src_port,
-                                               dst_port, seed)
+def flow_batch(rec: tuple, observer_name: str, ingress_zone: str, seed: int = 0) -> EventBatch:
+    """Record columns (_RECORD_COLUMNS, the batch's own arrays) -> FLOW EventBatch."""
+    cols = dict(zip(_RECORD_COLUMNS, rec, strict=True))
+    n = cols["timestamp"].size
+    cols["src_ip"] = cols["src_ip"].view(IP_DTYPE).reshape(n)
+    cols["dst_ip"] = cols["dst_ip"].view(IP_DTYPE).reshape(n)
+    cols["observer_name"] = constant_text(n, observer_name)
+    cols["ingress_zone"] = constant_text(n, ingress_zone)
+    cols["conn_state"] = CONN_STATES[cols["conn_state"]]
+    cols["end_reason"] = REASONS[cols["end_reason"]]
+    # in chunks: the text kernel's temporaries are ~130 bytes a row
+    ids = [community_id_column(cols["src_ip"][lo:lo + _RECORD_CHUNK],
+                               cols["dst_ip"][lo:lo + _RECORD_CHUNK],
+                               cols["transport"][lo:lo + _RECORD_CHUNK],
+                               cols["src_port"][lo:lo + _RECORD_CHUNK],
+                               cols["dst_port"][lo:lo + _RECORD_CHUNK], seed)
+           for lo in range(0, n, _RECORD_CHUNK)] or [np.empty(0, dtype=object)]
+    cols["community_id"] = ids[0] if len(ids) == 1 else np.concatenate(ids)
     # optional columns (observer_names: fusion's) are filled by EventBatch
     return EventBatch(FLOW.name, {f.column: cols[f.column] for f in FLOW.fields
                                   if not f.optional})
