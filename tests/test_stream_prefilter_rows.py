@@ -109,6 +109,29 @@ def test_rows_equal_the_numpy_version_with_and_without_candidate_heads(seed, mak
     assert np.isin(with_heads, expected).all()
 
 
+def test_shared_port_pass_follows_each_prefilters_ports():
+    """The prefilters reading one batch share a port pass (_SharedPass): each one's rows stay
+    its own, whatever the order of calls, a prefilter joining later, and ports marked (note)
+    between batches or between two calls for the same batch."""
+    from types import SimpleNamespace
+
+    ssh, logins, late = PortPrefilter({22}, (b"SSH-",)), PortPrefilter({21, 110}), \
+        PortPrefilter({80}, (b"USER ",))
+    for seed in range(10):
+        packets = _batch(seed, 150 + 10 * seed)
+        tcp_stream._candidates(packets)
+        candidates = known_heads(packets)[0]
+        order = [ssh, logins, late] if seed >= 3 else [ssh, logins]
+        if seed % 2:
+            order.reverse()
+        for i, prefilter in enumerate(order):
+            if seed % 3 == 0 and i == 1:  # a port marked after the pass ran for this batch
+                prefilter.note([SimpleNamespace(server_port=[5000, 41001, 5001, 41000][seed % 4])])
+            got = prefilter.rows(packets)
+            np.testing.assert_array_equal(got, _rows_reference(prefilter, packets, candidates))
+        ssh.note([SimpleNamespace(server_port=[2222, 80, 5000][seed % 3])])
+
+
 def test_heads_are_read_for_the_rows_they_belong_to():
     """A head of another row must not decide: SSH- only in the capture of row 1, while the
     memo holds (wrongly placed) heads would say otherwise if rows were mismatched."""
