@@ -1301,9 +1301,26 @@ def _candidate_columns(packets: DecodedPackets, rows: np.ndarray
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(payload_len, tcp_flags, src_port, dst_port) of the candidate `rows` (from
     _candidates): gathered once per batch object and shared like the candidates."""
-    return _shared(packets, rows, "columns", lambda: (
-        packets.payload_len[rows], packets.tcp_flags[rows],
-        packets.src_port[rows].astype(np.int64), packets.dst_port[rows].astype(np.int64)))
+    return _shared(packets, rows, "columns", lambda: _candidate_columns_kernel(
+        rows, packets.payload_len, packets.tcp_flags, packets.src_port, packets.dst_port))
+
+
+@njit
+def _candidate_columns_kernel(rows, payload_len, tcp_flags, src_port, dst_port):
+    """_candidate_columns' four gathers in one pass (the ports as int64): four fancy
+    indexes and two casts were six passes over the rows."""
+    n = rows.shape[0]
+    plen = np.empty(n, dtype=payload_len.dtype)
+    flags = np.empty(n, dtype=tcp_flags.dtype)
+    sport = np.empty(n, dtype=np.int64)
+    dport = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        r = rows[i]
+        plen[i] = payload_len[r]
+        flags[i] = tcp_flags[r]
+        sport[i] = src_port[r]
+        dport[i] = dst_port[r]
+    return plen, flags, sport, dport
 
 
 def _candidate_groups(packets: DecodedPackets, rows: np.ndarray, hashes: np.ndarray
@@ -1577,14 +1594,76 @@ _INT64_MIN = np.int64(np.iinfo(np.int64).min)
 
 
 @njit
+def _fast_groups_kernel(hashes, found, settled, excluded):
+    """The rows the fast path may take (found, not settled, not excluded: `excluded` empty
+    for none) by flow (_group_kernel's numbering, first-seen order), time order within:
+    (rows, group of each, each group's first position in them). One pass where a mask,
+    a gather, two permutations, a bincount and a cumsum were seven."""
+    n = hashes.shape[0]
+    any_excluded = excluded.shape[0] > 0
+    m = 0
+    for i in range(n):
+        if found[i] and not settled[i] and not (any_excluded and excluded[i]):
+            m += 1
+    picked = np.empty(m, dtype=np.int64)
+    picked_hash = np.empty(m, dtype=np.uint64)
+    m = 0
+    for i in range(n):
+        if found[i] and not settled[i] and not (any_excluded and excluded[i]):
+            picked[m] = i
+            picked_hash[m] = hashes[i]
+            m += 1
+    group_of, n_groups = _group_kernel(picked_hash)
+    first = np.zeros(n_groups + 1, dtype=np.int64)  # counting sort by group (stable)
+    for i in range(m):
+        first[group_of[i] + 1] += 1
+    for g in range(n_groups):
+        first[g + 1] += first[g]
+    starts = first[:n_groups].copy()
+    rows = np.empty(m, dtype=np.int64)
+    gid = np.empty(m, dtype=np.int64)
+    for i in range(m):
+        g = group_of[i]
+        j = first[g]
+        first[g] += 1
+        rows[j] = picked[i]
+        gid[j] = g
+    return rows, gid, starts
+
+
+@njit
+def _loop_rows_kernel(n, rows, gid, never, fast):
+    """The positions of the n selected rows the loop still sees: all but the rows of
+    groups that never open (the loop would skip every one) or that the fast path
+    finished."""
+    loop_rows = np.ones(n, dtype=np.bool_)
+    for p in range(rows.shape[0]):
+        g = gid[p]
+        if never[g] or fast[g]:
+            loop_rows[rows[p]] = False
+    looped = 0
+    for i in range(n):
+        looped += loop_rows[i]
+    looped_at = np.empty(looped, dtype=np.int64)
+    looped = 0
+    for i in range(n):
+        if loop_rows[i]:
+            looped_at[looped] = i
+            looped += 1
+    return looped_at
+
+
+@njit
 def _fast_segments_kernel(gid, direction, before, upto, fast, plen_col, off_col, rows, n_keys,
                           cap):
     """_fast_chunks' first pass. Rows (positions p into `rows`, grouped by flow, time order
     within) up to their fast flow's close that carry payload are `carried`; grouped by
     key = 2 * flow + direction (stable: time order kept) they are the segments to copy:
     their key, how many bytes each adds below the cap (`take`) and where its payload is
-    (`at`). `upto` is narrowed to the fast flows' rows, in place (the second pass reads
-    it). plen_col/off_col: columns of the selected segments, read at rows[p]."""
+    (`at`); key k's segments are bounds[k]:bounds[k + 1], and whole[k] is their `take`
+    (the key's length before a consumer's trim). `upto` is narrowed to the fast flows'
+    rows, in place (the second pass reads it). plen_col/off_col: columns of the selected
+    segments, read at rows[p]."""
     m = rows.shape[0]
     n_carried = 0
     for p in range(m):
@@ -1601,9 +1680,11 @@ def _fast_segments_kernel(gid, direction, before, upto, fast, plen_col, off_col,
             first[2 * gid[p] + direction[p] + 1] += 1
     for k in range(n_keys):
         first[k + 1] += first[k]
+    bounds = first.copy()
     key_seg = np.empty(n_carried, dtype=np.int64)
     take = np.empty(n_carried, dtype=np.int64)
     at = np.empty(n_carried, dtype=np.int64)
+    whole = np.zeros(n_keys, dtype=np.int64)
     for c in range(n_carried):
         p = carried[c]
         k = 2 * gid[p] + direction[p]
@@ -1611,9 +1692,25 @@ def _fast_segments_kernel(gid, direction, before, upto, fast, plen_col, off_col,
         first[k] += 1
         key_seg[j] = k
         size = np.int64(plen_col[rows[p]])
-        take[j] = min(max(cap - before[p], 0), size)
+        part = min(max(cap - before[p], 0), size)
+        take[j] = part
+        whole[k] += part
         at[j] = off_col[rows[p]]
-    return carried, key_seg, take, at
+    return carried, key_seg, take, at, bounds, whole
+
+
+@njit
+def _cut_kernel(take, bounds, wanted):
+    """`take` cut so that each key k (segments bounds[k]:bounds[k + 1], in sequence order)
+    keeps only its first wanted[k] bytes (a new array)."""
+    out = np.empty_like(take)
+    for k in range(bounds.shape[0] - 1):
+        left = wanted[k]
+        for j in range(bounds[k], bounds[k + 1]):
+            part = min(max(left, 0), take[j])
+            out[j] = part
+            left -= take[j]
+    return out
 
 
 @njit
@@ -2030,20 +2127,19 @@ class StreamCollector:
             self.stats["no_tcp_header"] = self.stats.get("no_tcp_header", 0) + bad
         flat = np.ascontiguousarray(packets.data).reshape(-1)
         if self.fast_path:
-            loop_rows, finished = self._fast_flows(flat, cols)
+            looped_at, finished = self._fast_flows(flat, cols)
         else:
-            loop_rows, finished = np.ones(found.size, dtype=bool), _Finished.empty()
-        looped = int(loop_rows.sum())
+            looped_at, finished = np.arange(found.size), _Finished.empty()
+        looped = looped_at.size
         self.stats["segments_looped"] = self.stats.get("segments_looped", 0) + looped
         if looped < found.size:
             self.stats["segments_fast"] = (self.stats.get("segments_fast", 0) + found.size
                                            - looped)
-        if not loop_rows.all():
-            cols = {name: column[loop_rows] for name, column in cols.items()}
+            # (a take of the few looped rows: a boolean mask reads every row per column)
+            cols = {name: column[looped_at] for name, column in cols.items()}
             found = cols["found"]
         # Flows finished column-wise are emitted where the loop would have closed them:
         # before the first looped segment that follows their closing segment.
-        looped_at = np.flatnonzero(loop_rows)
         n_finished = len(finished.chunks)
         emit_before = np.searchsorted(looped_at, finished.close_at).tolist()
         pending = 0
@@ -2139,43 +2235,33 @@ class StreamCollector:
         loop), they cost column operations plus one chunk object per flow, and their rows
         skip the loop.
 
-        Returns (mask of the rows the loop must still see, the finished flows in closing
-        order). Rows of flows that never open (no segment may open them) are dropped too:
+        Returns (positions of the rows the loop must still see, the finished flows in
+        closing order). Rows of flows that never open (no segment may open them) are dropped too:
         the loop would skip every one.
         """
         hashes = cols["hash"]
         n = hashes.size
-        loop_rows = np.ones(n, dtype=bool)
         # not for the fast path: flows held or ignored (_select's "settled") and flows
         # whose remembered handshake is replayed
-        cand = cols["found"] & ~cols["settled"]
         replayed = cols["replayed"]
-        if replayed.any():
-            cand &= ~hash_member(hashes, hashes[replayed])
-        rows = np.flatnonzero(cand)
+        excluded = hash_member(hashes, hashes[replayed]) if replayed.any() else _NO_MATCH
+        # by flow (numbered in first-seen order), then time order
+        rows, gid, starts = _fast_groups_kernel(hashes, cols["found"], cols["settled"],
+                                                excluded)
         if rows.size == 0:
-            return loop_rows, _Finished.empty()
-        # by flow (numbered in first-seen order), then time order: two O(n) passes
-        group_of, n_groups = _group_kernel(hashes[rows])
-        order = _counting_order(group_of, n_groups)
-        rows = rows[order]
-        gid = group_of[order]
-        counts = np.bincount(gid, minlength=n_groups)
-        starts = np.cumsum(counts) - counts
+            return np.arange(n), _Finished.empty()
         walk = _fast_walk_kernel(
-            starts.astype(np.int64, copy=False), rows, cols["flags"], cols["plen"], cols["seq"],
+            starts, rows, cols["flags"], cols["plen"], cols["seq"],
             cols["ack"], cols["sport"], cols["dport"], cols["vlan"],
             np.ascontiguousarray(cols["src_ip"]).view(np.uint64).reshape(-1, 2),
             np.ascontiguousarray(cols["dst_ip"]).view(np.uint64).reshape(-1, 2),
             cols["may_open"], cols["predicate"], self._port_table, self.ports is not None,
             self.max_bytes_per_dir, self.max_packets_meta)
         direction, before, upto, first_open, close, fast, never, per_group = walk
-        drop = never | fast  # never opened: the loop would skip every row; fast: done here
-        if drop.any():
-            loop_rows[rows[drop[gid]]] = False
+        looped_at = _loop_rows_kernel(n, rows, gid, never, fast)
         if not fast.any():
-            return loop_rows, _Finished.empty()
-        return loop_rows, self._fast_chunks(
+            return looped_at, _Finished.empty()
+        return looped_at, self._fast_chunks(
             data, cols, rows, gid, starts, fast, first_open, close, upto, direction, before,
             per_group)
 
@@ -2189,14 +2275,14 @@ class StreamCollector:
         consumer's trim between them) where there were ~40 whole-column numpy calls."""
         n_keys = 2 * starts.size
         # payload bytes of each (flow, direction), gathered in one go, cut at the cap
-        carried, key_seg, take, at = _fast_segments_kernel(
+        carried, key_seg, take, at, bounds, whole = _fast_segments_kernel(
             gid, direction, before, upto, fast, cols["plen"], cols["off"], rows, n_keys,
             self.max_bytes_per_dir)
-        whole = None
         if self.trim is not None:  # the consumer reads only so far: copy no more
-            # each (flow, direction)'s length before the cut (StreamBatch.whole)
-            whole = np.bincount(key_seg, weights=take, minlength=n_keys).astype(np.int64)
-            take = self._trimmed(data, at, take, key_seg, n_keys)
+            # (whole: each (flow, direction)'s length before the cut, StreamBatch.whole)
+            take = self._trimmed(data, at, take, bounds)
+        else:
+            whole = None
         (close_at, hash_values, spans, first_ts, meta_start, meta_stop, packet_ts, packet_dir,
          packet_len, last_ts, client_ip, server_ip, client_port, server_port, vlan, how,
          start_ts, ended, capped, reason_code, groups) = _fast_rows_kernel(
@@ -2321,20 +2407,15 @@ class StreamCollector:
         return self._batch_buf[:size]
 
     def _trimmed(self, data: np.ndarray, start: np.ndarray, size: np.ndarray,
-                 key: np.ndarray, n_keys: int) -> np.ndarray:
-        """`size` cut so that each (flow, direction) `key` (segments grouped by key, in
-        sequence order) keeps only the bytes the consumer's `trim` says it reads."""
+                 bounds: np.ndarray) -> np.ndarray:
+        """`size` cut so that each (flow, direction) key k (segments bounds[k] ..
+        bounds[k + 1] - 1, in sequence order) keeps only the bytes the consumer's `trim`
+        says it reads."""
         if size.size == 0:
             return size
-        count = np.bincount(key, minlength=n_keys)
-        end_seg = np.cumsum(count)
-        first_seg = end_seg - count
-        wanted = np.asarray(self.trim(data, start, size, first_seg.reshape(-1, 2),
-                                      end_seg.reshape(-1, 2)), dtype=np.int64).reshape(-1)
-        # each segment's offset within its key's bytes; what of it lies below the cut
-        offset = np.cumsum(size) - size
-        within = offset - offset[np.minimum(first_seg, size.size - 1)][key]
-        return np.clip(wanted[key] - within, 0, size)
+        wanted = np.asarray(self.trim(data, start, size, bounds[:-1].reshape(-1, 2),
+                                      bounds[1:].reshape(-1, 2)), dtype=np.int64).reshape(-1)
+        return _cut_kernel(size, bounds, wanted)
 
     def _spans(self, data: np.ndarray, start: np.ndarray, size: np.ndarray) -> np.ndarray:
         """The spans' bytes back to back (`_spans_kernel`), in a scratch buffer kept from
