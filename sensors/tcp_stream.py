@@ -330,6 +330,12 @@ def _chunks_from_columns(column: Callable[[str], np.ndarray], rows: np.ndarray |
 def _columns_of(chunks: list[StreamChunk]) -> dict[str, np.ndarray]:
     """StreamBatch's per-chunk columns of chunk objects (the loop's: few per batch)."""
     n = len(chunks)
+    if n == 0:  # fresh empty columns (~20 array builds from empty lists cost ~50 us)
+        out = {name: np.empty((0, *shape), dtype=dtype)
+               for name, (dtype, shape) in _BATCH_COLUMNS.items()}
+        for name in _PACKET_COLUMNS:
+            out[name] = np.empty(0, dtype=np.int64)
+        return out
     out = {
         "client_ip": np.array([c.client_ip for c in chunks], dtype=IP_DTYPE).reshape(n),
         "server_ip": np.array([c.server_ip for c in chunks], dtype=IP_DTYPE).reshape(n),
@@ -1965,7 +1971,9 @@ class StreamCollector:
         group_of, group_hash = _candidate_groups(packets, rows, hashes)
         head_matched = _NO_MATCH  # per row with payload: looks like a client's opening
         if self.client_predicate is not None and head.shape[0]:
-            head_matched = np.asarray(self.client_predicate(head, plen[plen > 0]), dtype=bool)
+            # (the lengths of the rows with payload: shared by the collectors, like plen)
+            with_payload = _shared(packets, rows, "payload_lengths", lambda: plen[plen > 0])
+            head_matched = np.asarray(self.client_predicate(head, with_payload), dtype=bool)
         table, used = self._ignored.arrays()
         if len(self._ignored):
             # a SYN on a released/closed flow's ports is a new connection: forget the old one
