@@ -95,8 +95,8 @@ OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 5000\r
 
 
 @pytest.mark.parametrize("client, server", [
-    (GET, OK_HEAD + bytes(5000)),  # a lone body: a header parse here costs more than the copy
-    (b"POST /u HTTP/1.1\r\nContent-Length: 900\r\n\r\n" + bytes(900), b""),
+    (b"POST /u HTTP/1.1\r\nContent-Length: 900\r\n\r\n" + bytes(900), b""),  # short
+    (GET, b"HTTP/1.1 200 OK\r\nContent-Length: 3000\r\n\r\n" + bytes(3000)),  # < CUT_MIN_BYTES
     (GET + GET, OK_HEAD + bytes(5000) + OK_HEAD),  # another message after the body
     (GET, OK_HEAD + bytes(5000) + b"x"),
     (b"HEAD /x HTTP/1.1\r\n\r\n", OK_HEAD + bytes(5000)),  # a HEAD response has no body
@@ -105,7 +105,8 @@ OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 5000\r
     (GET, b"HTTP/1.1 204 No\r\nContent-Length: 5000\r\n\r\n" + bytes(5000)),
     (GET, b"HTTP/1.1 100 Continue\r\nContent-Length: 5000\r\n\r\n" + bytes(5000)),
     (GET, OK_HEAD.replace(b"5000", b"5\xd9\xa1") + bytes(5000)),  # not ASCII digits
-    (GET, OK_HEAD.replace(b"Content-Type", b"Transfer-Encoding") + bytes(5000)),
+    (GET, OK_HEAD.replace(b"Content-Type: text/html", b"Transfer-Encoding: chunked")
+     + bytes(5000)),  # chunked wins over the length: its walk reads the body
     (GET, b"HTTP/1.1 200 OK\r\n\r\n" + bytes(5000)),  # body up to the FIN: length matters
     (GET, b"HTTP/1.1 200 OK\nContent-Length: 5000\n\n" + bytes(5000)),  # LF only
     (GET, BULK[: MAX_HEADER_BYTES - 1]),  # short bulk: malformed only if a header end shows
@@ -116,6 +117,26 @@ OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 5000\r
 def test_what_is_not_cut(client, server):
     assert lengths(client, server) == (len(client), len(server))
     same_parse(client, server, lengths(client, server))
+
+
+PUT = b"PUT /u HTTP/1.1\r\nContent-Length: 6000\r\n\r\n"
+SHORT_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n"
+
+
+@pytest.mark.parametrize("client, server, head", [
+    (GET, OK_HEAD + bytes(5000), OK_HEAD),  # the usual response
+    (GET, OK_HEAD + bytes(4100), OK_HEAD),  # the body runs past the cap (or the batch)
+    (GET, OK_HEAD.replace(b"Content-Type", b"Transfer-Encoding") + bytes(5000),
+     OK_HEAD.replace(b"Content-Type", b"Transfer-Encoding")),  # not chunked: the length
+    (b"G", OK_HEAD + bytes(5000), OK_HEAD),  # the request not seen whole
+    (b"", OK_HEAD + bytes(5000), OK_HEAD),  # no request at all
+    (PUT + bytes(6000), SHORT_OK + BULK[:5000], SHORT_OK),  # an upload, bulk body bytes
+])
+def test_a_lone_body_is_cut_after_its_headers(client, server, head):
+    cut = lengths(client, server)
+    assert cut[1] == len(head)
+    assert cut[0] == (len(PUT) if client.startswith(PUT) else len(client))
+    same_parse(client, server, cut)
 
 
 def test_long_bytes_that_open_no_message_are_cut_short():
@@ -143,7 +164,7 @@ def messages(draw, requests: bool) -> bytes:
     else:
         status = draw(st.sampled_from([b"200", b"404", b"204", b"304", b"100"]))
         line = b"HTTP/1.1 " + status + b" X\r\n"
-    size = draw(st.sampled_from([0, 1, 100, 3000, 20000]))
+    size = draw(st.sampled_from([0, 1, 100, 3000, 6000, 20000]))
     kind = draw(st.sampled_from(["cl", "cl", "cl", "none", "chunked", "odd"]))
     sep = draw(st.sampled_from([b"\r\n", b"\r\n", b"\n"]))
     if kind == "cl":
@@ -239,7 +260,7 @@ def test_the_cut_bytes_are_not_handed_to_the_parser():
     analyzer = HttpAnalyzer({}, "s", "z")
     batch = analyzer.streams.feed_joined(decode(batch_from_scapy(
         http_session(GET, OK_HEAD + bytes(5000), 40000) + http_session(b"", BULK, 40001))))
-    assert batch.length.tolist() == [[len(GET), len(OK_HEAD) + 5000], [0, NOT_MESSAGE_BYTES]]
+    assert batch.length.tolist() == [[len(GET), len(OK_HEAD)], [0, NOT_MESSAGE_BYTES]]
     assert batch.whole.tolist() == [[len(GET), len(OK_HEAD) + 5000], [0, len(BULK[:16384])]]
 
 
@@ -252,6 +273,26 @@ def test_analyzer_events_equal_with_and_without_the_cut_on_captures(name):
 
 
 # --- the StreamBatch buffer, reused from batch to batch ------------------------------------------
+
+
+def test_lone_bodies_cut_at_any_batch_size_give_the_same_events():
+    """Keep-alive, pipelined, chunked and lone-body flows, fed in batches of every few
+    packets (bodies over several segments end up in different batches: only the flows that
+    end inside a batch go through the fast path and its trim): same events and counters with
+    and without the cut."""
+    chunked = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"7d0\r\n" + bytes(2000) + b"\r\n0\r\n\r\n")
+    flows_ = [(GET, OK_HEAD + bytes(5000)), (GET + GET, OK_HEAD + bytes(5000) + chunked),
+              (GET + GET, OK_HEAD + bytes(5000) + OK_HEAD + bytes(4000)),
+              (PUT + bytes(6000), SHORT_OK + bytes(5000)), (GET, chunked),
+              (b"HEAD /x HTTP/1.1\r\n\r\n", OK_HEAD + bytes(5000))]
+    pkts = [p for i, (c, s) in enumerate(flows_) for p in http_session(c, s, 41000 + i)]
+    for size in (3, 7, len(pkts)):
+        batches = [decode(batch_from_scapy(pkts[i : i + size]))
+                   for i in range(0, len(pkts), size)]
+        cut_docs, cut_stats = analyzer_events(batches, cut=True)
+        whole_docs, whole_stats = analyzer_events(batches, cut=False)
+        assert len(cut_docs) == 8 and cut_docs == whole_docs and cut_stats == whole_stats
 
 
 def test_a_batch_buffer_still_held_is_not_reused_and_a_dropped_one_is():
