@@ -47,9 +47,11 @@ cumulative counters kept as the booleans conn_state needs) plus an open-addressi
 index key -> slot (_SlotIndex) and a numpy stack of free slots, so no Python object exists
 per flow; expiry scans the table in one compiled pass (_scan_deadlines) and the key -> slot
 index probes are compiled loops too, as are the seed gather / live-flow write-back around
-the walk (_gather_seed, _scatter_group, one call per column dtype) and the end-reason
-search (_end_reasons: one bucketed search of the batch clock per row, _clock_index). Python
-loops run only over chunks and table columns.
+the walk (_gather_seed, _scatter_group, one call per column dtype). Emitted records are
+FLOW's numeric columns built by kernels straight from table slots or the walk's groups
+(_slot_records, _group_records: originator picks, conn_state code, end reason from a
+bucketed search of the batch clock, _clock_index / _positions); flow_batch adds the object
+columns. Python loops run only over chunks and table columns.
 Memory under a flood: a filling table takes big batches in sub-batches, records are built
 in chunks, and flush() hands the table's pages back while it builds the last records.
 """
@@ -848,17 +850,22 @@ def _end_reasons(clock, starts, shift, transport, last_ts, closed_at, st_fl_lo, 
 
 
 @njit(inline="always")
-def _reason_of(clock, starts, shift, is_tcp, last_ts, closed_at, st_fl, flow_start, piece,
-               split_clock, idle_ns, tcp_idle_ns, active_ns, linger_ns):
-    """The reason code of one emitted row (see _end_reasons); st_fl: both sides' flags."""
-    m = clock.shape[0]
-    idle = tcp_idle_ns if is_tcp else idle_ns
-    threshold = last_ts + idle
-    closed = closed_at < NEVER
-    if closed:
+def _end_threshold(is_tcp, last_ts, closed_at, idle_ns, tcp_idle_ns, linger_ns):
+    """The clock value whose first crossing ends a flow: last packet + idle, or close +
+    linger when that is earlier."""
+    threshold = last_ts + (tcp_idle_ns if is_tcp else idle_ns)
+    if closed_at < NEVER:
         threshold = min(threshold, min(closed_at + linger_ns, NEVER))
+    return threshold
+
+
+@njit(inline="always")
+def _reason_at(at, clock, starts, shift, closed, st_fl, flow_start, piece, split_clock,
+               active_ns):
+    """The reason code of one emitted row (see _end_reasons) given `at`, the position of
+    its _end_threshold in the clock (_position); st_fl: both sides' flags."""
+    m = clock.shape[0]
     # at: the first index with clock >= c_end, or -1 when not known
-    at = _position(clock, starts, shift, threshold)
     c_end = clock[at] if at < m else NEVER
     if at == m:
         at = -1
@@ -876,6 +883,50 @@ def _reason_of(clock, starts, shift, is_tcp, last_ts, closed_at, st_fl, flow_sta
     if closed:
         return R_RST if (st_fl & RST) != 0 else R_FIN
     return R_IDLE
+
+
+@njit(inline="always")
+def _reason_of(clock, starts, shift, is_tcp, last_ts, closed_at, st_fl, flow_start, piece,
+               split_clock, idle_ns, tcp_idle_ns, active_ns, linger_ns):
+    """The reason code of one emitted row (see _end_reasons); st_fl: both sides' flags."""
+    threshold = _end_threshold(is_tcp, last_ts, closed_at, idle_ns, tcp_idle_ns, linger_ns)
+    return _reason_at(_position(clock, starts, shift, threshold), clock, starts, shift,
+                      closed_at < NEVER, st_fl, flow_start, piece, split_clock, active_ns)
+
+
+@njit
+def _positions(clock: np.ndarray, starts: np.ndarray, shift: int,
+               thresholds: np.ndarray) -> np.ndarray:
+    """_position of each threshold, in passes whose rows do not wait on each other (bucket
+    bounds, then the short searches): one row at a time, each search waited on its two
+    dependent cache misses (~60 ns a row over a 65k clock)."""
+    n = clock.shape[0]
+    k = thresholds.shape[0]
+    lo = np.empty(k, dtype=np.int64)
+    hi = np.empty(k, dtype=np.int64)
+    for i in range(k):
+        t = thresholds[i]
+        if n == 0 or clock[n - 1] <= t:
+            lo[i] = n
+            hi[i] = n
+        elif t < clock[0]:
+            lo[i] = 0
+            hi[i] = 0
+        else:
+            b = (t - clock[0]) >> shift
+            lo[i] = starts[b]
+            hi[i] = min(starts[b + 1], n - 1)
+    for i in range(k):
+        t = thresholds[i]
+        a, z = lo[i], hi[i]
+        while a < z:
+            mid = (a + z) >> 1
+            if clock[mid] <= t:
+                a = mid + 1
+            else:
+                z = mid
+        lo[i] = a
+    return lo
 
 
 @njit
@@ -1056,30 +1107,34 @@ def _slot_records(slots, reason, split_clock, clock, starts, shift, idle_ns, tcp
                   cum_pk_lo, cum_pk_hi, cum_pay_lo, cum_pay_hi, p_first, p_end, p_pk_lo,
                   p_pk_hi, p_by_lo, p_by_hi, p_pay_lo, p_pay_hi, p_fl_lo, p_fl_hi):
     """Records of the table slots whose current piece holds packets, in the slots' order.
-    reason < 0: each row's end reason
-    (_reason_of, split clock split_clock[i] of slots[i], NEVER when split_clock is empty);
-    else that code for every row. lo_ip/hi_ip: (slots, 2) native words; bool columns as
-    uint8 views; slots are table slots, so in range."""
-    # two passes: the end-reason searches (dependent loads) overlap better in a pass of
-    # their own than between the record stores
+    reason < 0: each row's end reason (as _reason_of; split clock split_clock[i] of
+    slots[i], NEVER when split_clock is empty); else that code for every row. lo_ip/hi_ip:
+    (slots, 2) native words; bool columns as uint8 views; slots are table slots, so in
+    range."""
+    # the end reasons' clock searches in passes of their own (_positions): between the
+    # record stores, each row waited on its searches' cache misses
     n = slots.shape[0]
     kept = np.empty(n, dtype=np.int64)
-    codes = np.empty(n, dtype=np.int64)
+    split = np.empty(n, dtype=np.int64)
+    thresholds = np.empty(n, dtype=np.int64)
     m = 0
     for i in range(n):
         s = slots[i]
         if p_pk_lo[s] + p_pk_hi[s] == 0:  # an empty piece emits no record
             continue
-        code = np.int64(reason)
-        if reason < 0:
-            split = split_clock[i] if split_clock.shape[0] else NEVER
-            code = _reason_of(clock, starts, shift, transport[s] == TCP, last_ts[s],
-                              closed_at[s], np.int64(st_fl_lo[s] | st_fl_hi[s]),
-                              flow_start[s], piece[s], split, idle_ns, tcp_idle_ns,
-                              active_ns, linger_ns)
         kept[m] = s
-        codes[m] = code
+        split[m] = split_clock[i] if split_clock.shape[0] else NEVER
+        thresholds[m] = _end_threshold(transport[s] == TCP, last_ts[s], closed_at[s], idle_ns,
+                                       tcp_idle_ns, linger_ns)
         m += 1
+    codes = np.full(m, reason, dtype=np.int64)
+    if reason < 0:
+        at = _positions(clock, starts, shift, thresholds[:m])
+        for i in range(m):
+            s = kept[i]
+            codes[i] = _reason_at(at[i], clock, starts, shift, closed_at[s] < NEVER,
+                                  np.int64(st_fl_lo[s] | st_fl_hi[s]), flow_start[s],
+                                  piece[s], split[i], active_ns)
     rec = _new_records(m)
     for i in range(m):
         s = kept[i]

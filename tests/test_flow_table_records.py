@@ -152,3 +152,18 @@ def test_group_records_equal_the_numpy_rows(rows, clock_steps, reason, data):
     codes = (table._end_reason(gathered, clock, g_clock[chosen]) if reason < 0
              else np.full(chosen.size, reason, dtype=np.uint8))
     _assert_same(ft.flow_batch(rec, "s", "z"), _reference(gathered, codes))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 7), min_size=0, max_size=60),
+       st.lists(st.integers(-5, 200), min_size=0, max_size=40), st.integers(0, 10**6))
+def test_positions_equal_position(steps, thresholds, base):
+    """The batched clock search gives _position's answer for every threshold (before, on,
+    inside and past the clock, repeated values)."""
+    clock = (np.cumsum(np.array(steps, dtype=np.int64) % 3) + base if steps
+             else np.zeros(0, dtype=np.int64))
+    shift, starts = ft._clock_index(clock)
+    values = np.array(thresholds, dtype=np.int64) + base
+    got = ft._positions(clock, starts, shift, values)
+    assert got.tolist() == [ft._position(clock, starts, shift, int(t)) for t in values]
+    assert got.tolist() == np.searchsorted(clock, values, side="right").tolist()
