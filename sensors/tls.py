@@ -35,8 +35,9 @@ key": JA3/JA4 strings are built in Python only once per distinct key (a network'
 share a few TLS stacks). The JA3S server key (version, cipher, extension types) is cached
 the same way. Equal keys (and leaf certificates, SNIs, ALPN names) are found by a kernel
 (`distinct_slice_ids`), so a bytes or str object is made per distinct value, not per event;
-version and cipher names per distinct code. Per event, Python makes only the offered ALPN
-list (a new list per row: lists are mutable).
+version and cipher names per distinct code. The offered ALPN list is one list per distinct
+client key, shared by the events that have it (as DNS answer lists are): consumers only
+read it, and one that wants to change it must copy it first.
 
 Hostile input never raises: parse errors are counted (stats["tls_malformed"]) and the
 flow yields no event (a ClientHello that cannot be read) or an event with what was read.
@@ -1070,6 +1071,11 @@ def _texts(values: list[str]) -> np.ndarray:
     return np.array(values, dtype=object)
 
 
+def _shared_lists(values: list[tuple[str, ...]]) -> np.ndarray:
+    """A new list per value, as an object column (np.array would make a 2-D array)."""
+    return np.fromiter(map(list, values), dtype=object, count=len(values))
+
+
 def _distinct_slices(src: np.ndarray, starts: np.ndarray, stops: np.ndarray
                      ) -> tuple[list[bytes], np.ndarray]:
     """(the distinct byte slices src[starts[i]:stops[i]] (clipped to src) in first-seen
@@ -1179,10 +1185,10 @@ def event_columns(parsed: ParsedFlows, rows: Sequence[int] | np.ndarray
     negotiated = np.where(parsed.selected_version[at] != 0, parsed.selected_version[at],
                           parsed.server_version[at])
     version = _names(np.where(found, negotiated, offered), version_name)
-    alpn_offered = [s[2] for s in summaries]
-    # a new list per row (lists are mutable), made in C: fromiter keeps lists as elements
-    client_alpn = np.fromiter(map(list, map(alpn_offered.__getitem__, client_ids.tolist())),
-                              dtype=object, count=len(rows))
+    # one list per distinct client key, shared by its rows (as DNS shares answer lists): a
+    # new list per row cost ~0.6-1.1 ms per 300k packets of mix v2, mostly cyclic GC scans;
+    # consumers only read it (fusion copies it)
+    client_alpn = _shared_lists([s[2] for s in summaries])[client_ids]
     server_name = _distinct_texts(parsed.hs, parsed.sni_start[at], parsed.sni_stop[at],
                                   lower=True)
     cert_sha1, cert_subject, cert_issuer = (constant_text(len(rows), "") for _ in range(3))
