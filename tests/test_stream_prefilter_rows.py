@@ -245,3 +245,41 @@ def test_candidate_rows_same_events_other_ports_and_noise():
     assert with_prefilter == _pipeline_events(batches, False)
     assert len(with_prefilter[0]["dst_port"]) == 2 and 22 in with_prefilter[0]["dst_port"]
     assert with_prefilter[1] is not None
+
+
+def test_feed_of_no_rows_while_nothing_is_held_is_skipped_safely():
+    """PortPrefilter.feed skips collector.feed when no row is kept and no flow is held: such
+    a feed changes nothing but the clock (set before). Checked against a collector that is
+    fed the empty batches, with a SYN remembered while nothing is held."""
+    import copy
+
+    from packet_builders import batch_from_scapy
+    from tcp_sessions import tcp_session
+
+    from sensors.decode import decode
+    from sensors.ssh import SshAnalyzer
+    from sensors.stream_prefilter import subset
+
+    frames = tcp_session([(1, b"SSH-2.0-x\r\n"), (0, b"SSH-2.0-y\r\n")], dport=22, t0=1000.0)
+    noise = tcp_session([(0, b"GET / HTTP/1.1\r\n\r\n")], dport=80, sport=41000, t0=1000.0)
+    batches = [decode(batch_from_scapy(frames[:1])), decode(batch_from_scapy(noise)),
+               decode(batch_from_scapy(frames[1:]))]
+    fed, skipping = SshAnalyzer({}, "s", "z"), None
+    out_fed, out_skipping = [], []
+    for i, batch in enumerate(batches):
+        if i == 1:
+            assert fed.collector.held_flows == 0  # the SYN is remembered, no flow held
+            skipping = copy.deepcopy(fed)
+            empty = subset(batch, np.zeros(0, dtype=np.int64))
+            fed.collector.clock = max(fed.collector.clock, int(batch.ts_ns.max()))
+            out_fed += fed._events(fed.collector.feed(empty))
+            out_skipping += skipping.process(batch)
+        elif skipping is None:
+            out_fed += fed.process(batch)
+        else:
+            out_fed += fed.process(batch)
+            out_skipping += skipping.process(batch)
+    out_fed += fed.flush()
+    out_skipping += skipping.flush()
+    assert _columns(out_fed) == _columns(out_skipping) is not None
+    assert fed.collector.stats == skipping.collector.stats
