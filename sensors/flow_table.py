@@ -802,21 +802,25 @@ def _clock_index(clock: np.ndarray) -> tuple[int, np.ndarray]:
     return shift, starts
 
 
-@njit
-def _position(clock: np.ndarray, starts: np.ndarray, shift: int, threshold: int) -> int:
-    """Index of the first value of the non-decreasing clock > threshold, len(clock) if none
-    (as np.searchsorted(side="right")). The threshold's bucket (_clock_index) bounds the
-    binary search to a few values: random thresholds made a whole-clock search ~80 ns of
-    branch misses and dependent loads. Every index probed is in [0, len)."""
+@njit(inline="always")
+def _bucket_bounds(clock: np.ndarray, starts: np.ndarray, shift: int, threshold: int
+                   ) -> tuple[int, int]:
+    """[lo, hi]: where _position's answer for `threshold` lies (lo == hi: it is lo). The
+    threshold's bucket (_clock_index) bounds the search to a few values: values before
+    starts[b] are below the bucket (<= threshold); the value at starts[b + 1] (if any) is
+    above it (> threshold)."""
     n = clock.shape[0]
     if n == 0 or clock[n - 1] <= threshold:
-        return n
+        return n, n
     if threshold < clock[0]:
-        return 0
+        return 0, 0
     b = (threshold - clock[0]) >> shift  # < len(starts) - 1, as threshold < clock[n - 1]
-    # values before starts[b] are below the bucket (<= threshold); the value at
-    # starts[b + 1] (if any) is above it (> threshold)
-    lo, hi = starts[b], min(starts[b + 1], n - 1)
+    return starts[b], min(starts[b + 1], n - 1)
+
+
+@njit(inline="always")
+def _search_right(clock: np.ndarray, threshold: int, lo: int, hi: int) -> int:
+    """The first index in [lo, hi] whose clock value is > threshold (hi if none before it)."""
     while lo < hi:
         mid = (lo + hi) >> 1
         if clock[mid] <= threshold:
@@ -824,6 +828,16 @@ def _position(clock: np.ndarray, starts: np.ndarray, shift: int, threshold: int)
         else:
             hi = mid
     return lo
+
+
+@njit
+def _position(clock: np.ndarray, starts: np.ndarray, shift: int, threshold: int) -> int:
+    """Index of the first value of the non-decreasing clock > threshold, len(clock) if none
+    (as np.searchsorted(side="right")). The bucket bounds (_bucket_bounds) keep the binary
+    search to a few values: random thresholds made a whole-clock search ~80 ns of branch
+    misses and dependent loads. Every index probed is in [0, len)."""
+    lo, hi = _bucket_bounds(clock, starts, shift, threshold)
+    return _search_right(clock, threshold, lo, hi)
 
 
 @njit
@@ -900,32 +914,13 @@ def _positions(clock: np.ndarray, starts: np.ndarray, shift: int,
     """_position of each threshold, in passes whose rows do not wait on each other (bucket
     bounds, then the short searches): one row at a time, each search waited on its two
     dependent cache misses (~60 ns a row over a 65k clock)."""
-    n = clock.shape[0]
     k = thresholds.shape[0]
     lo = np.empty(k, dtype=np.int64)
     hi = np.empty(k, dtype=np.int64)
     for i in range(k):
-        t = thresholds[i]
-        if n == 0 or clock[n - 1] <= t:
-            lo[i] = n
-            hi[i] = n
-        elif t < clock[0]:
-            lo[i] = 0
-            hi[i] = 0
-        else:
-            b = (t - clock[0]) >> shift
-            lo[i] = starts[b]
-            hi[i] = min(starts[b + 1], n - 1)
+        lo[i], hi[i] = _bucket_bounds(clock, starts, shift, thresholds[i])
     for i in range(k):
-        t = thresholds[i]
-        a, z = lo[i], hi[i]
-        while a < z:
-            mid = (a + z) >> 1
-            if clock[mid] <= t:
-                a = mid + 1
-            else:
-                z = mid
-        lo[i] = a
+        lo[i] = _search_right(clock, thresholds[i], lo[i], hi[i])
     return lo
 
 
