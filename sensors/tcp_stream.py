@@ -1168,11 +1168,8 @@ def _select_rows_kernel(rows, group_of, group_hash, seq, ack, found, plen, flags
 def _member_kernel(values, keys):
     """values[i] in keys, by an open-addressing table of `keys` (hashes are already mixed,
     so their low bits index the table): O(n + m) where np.isin sorts."""
-    table, used, mask = _hash_table(keys)
-    out = np.zeros(values.shape[0], dtype=np.bool_)
-    for i in range(values.shape[0]):
-        out[i] = _in_table(table, used, mask, values[i])
-    return out
+    table, used, _ = _hash_table(keys)
+    return _set_member(table, used, values)
 
 
 def hash_member(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
