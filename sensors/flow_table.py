@@ -840,29 +840,6 @@ def _position(clock: np.ndarray, starts: np.ndarray, shift: int, threshold: int)
     return _search_right(clock, threshold, lo, hi)
 
 
-@njit
-def _end_reasons(clock, starts, shift, transport, last_ts, closed_at, st_fl_lo, st_fl_hi,
-                 flow_start, piece, split_clock, idle_ns, tcp_idle_ns, active_ns,
-                 linger_ns) -> np.ndarray:
-    """Per emitted row, its reason code: R_ACTIVE when the clock left the piece (grid end)
-    strictly before the flow ended (first crossing of last packet + idle, close + linger,
-    or the row's split clock); else R_RST / R_FIN when closed, R_IDLE otherwise.
-
-    One search per row where three were: the first crossing of the smaller of the idle and
-    close thresholds is the earlier of the two crossings (crossings are monotone in the
-    threshold), and "the clock crossed the piece end before c_end" is "the value just before
-    the first clock value >= c_end is > piece end", read at the crossing's position (a
-    crossing at position p has clock[p - 1] < clock[p]). Only a split clock earlier than the
-    crossing needs a search for that position."""
-    out = np.empty(transport.shape[0], dtype=np.uint8)
-    for i in range(transport.shape[0]):
-        out[i] = _reason_of(clock, starts, shift, transport[i] == TCP, last_ts[i],
-                            closed_at[i], np.int64(st_fl_lo[i] | st_fl_hi[i]), flow_start[i],
-                            piece[i], split_clock[i], idle_ns, tcp_idle_ns, active_ns,
-                            linger_ns)
-    return out
-
-
 @njit(inline="always")
 def _end_threshold(is_tcp, last_ts, closed_at, idle_ns, tcp_idle_ns, linger_ns):
     """The clock value whose first crossing ends a flow: last packet + idle, or close +
@@ -876,7 +853,7 @@ def _end_threshold(is_tcp, last_ts, closed_at, idle_ns, tcp_idle_ns, linger_ns):
 @njit(inline="always")
 def _reason_at(at, clock, starts, shift, closed, st_fl, flow_start, piece, split_clock,
                active_ns):
-    """The reason code of one emitted row (see _end_reasons) given `at`, the position of
+    """The reason code of one emitted row (see _reason_of) given `at`, the position of
     its _end_threshold in the clock (_position); st_fl: both sides' flags."""
     m = clock.shape[0]
     # at: the first index with clock >= c_end, or -1 when not known
@@ -902,7 +879,17 @@ def _reason_at(at, clock, starts, shift, closed, st_fl, flow_start, piece, split
 @njit(inline="always")
 def _reason_of(clock, starts, shift, is_tcp, last_ts, closed_at, st_fl, flow_start, piece,
                split_clock, idle_ns, tcp_idle_ns, active_ns, linger_ns):
-    """The reason code of one emitted row (see _end_reasons); st_fl: both sides' flags."""
+    """The reason code of one emitted row (st_fl: both sides' flags): R_ACTIVE when the
+    clock left the piece (grid end) strictly before the flow ended (first crossing of last
+    packet + idle, close + linger, or the row's split clock); else R_RST / R_FIN when
+    closed, R_IDLE otherwise.
+
+    One search per row where three were: the first crossing of the smaller of the idle and
+    close thresholds is the earlier of the two crossings (crossings are monotone in the
+    threshold), and "the clock crossed the piece end before c_end" is "the value just before
+    the first clock value >= c_end is > piece end", read at the crossing's position (a
+    crossing at position p has clock[p - 1] < clock[p]). Only a split clock earlier than the
+    crossing needs a search for that position."""
     threshold = _end_threshold(is_tcp, last_ts, closed_at, idle_ns, tcp_idle_ns, linger_ns)
     return _reason_at(_position(clock, starts, shift, threshold), clock, starts, shift,
                       closed_at < NEVER, st_fl, flow_start, piece, split_clock, active_ns)
@@ -1405,19 +1392,6 @@ class FlowTable:
         return (cols["transport"], cols["last_ts"], cols["closed_at"], cols["p_pk_lo"],
                 cols["p_pk_hi"], cols["flow_start"], cols["piece"], self.idle_ns,
                 self.tcp_idle_ns, self.active_ns, self.linger_ns)
-
-    def _end_reason(self, rows: Rows, clock_all: np.ndarray, split_clock: np.ndarray) -> np.ndarray:
-        """Why a flow piece is emitted: the first threshold the clock crossed.
-
-        A piece end ("active") that comes strictly before the flow end wins; otherwise the
-        flow end: "fin"/"rst" when closed, else "idle". One compiled pass (_end_reasons).
-        """
-        clock, shift, starts = self._clock_search(clock_all)
-        return _end_reasons(clock, starts, shift, rows["transport"],
-                            rows["last_ts"], rows["closed_at"], rows["st_fl_lo"],
-                            rows["st_fl_hi"], rows["flow_start"], rows["piece"],
-                            np.asarray(split_clock, dtype=np.int64), self.idle_ns,
-                            self.tcp_idle_ns, self.active_ns, self.linger_ns)
 
     def _clock_search(self, clock_all: np.ndarray) -> tuple:
         """(clock, shift, starts): the batch clock and its bucket index (_clock_index),

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
+from flow_end_reason_reference import end_reason_reference
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -688,28 +689,8 @@ def test_conn_state_equals_the_column_formula(rows, as_bools):
     assert got == _conn_state_reference(transport, of, rf, *counts)
 
 
-# --- end reason: the compiled pass against the numpy searchsorted formulation it replaced ---
-
-
-def _end_reason_reference(ft_mod, table, rows, clock, split_clock) -> np.ndarray:
-    """The former column-wise FlowTable._end_reason (three np.searchsorted passes)."""
-    never = ft_mod.NEVER
-
-    def first_crossing(threshold: np.ndarray) -> np.ndarray:
-        pos = np.searchsorted(clock, threshold, side="right")
-        found = pos < clock.shape[0]
-        return np.where(found, clock[np.minimum(pos, clock.shape[0] - 1)], never)
-
-    idle = np.where(rows["transport"] == ft_mod.TCP, table.tcp_idle_ns, table.idle_ns)
-    c_idle = first_crossing(rows["last_ts"] + idle)
-    closed = rows["closed_at"] < never
-    c_close = np.where(closed, first_crossing(
-        np.minimum(rows["closed_at"] + table.linger_ns, never)), never)
-    c_active = first_crossing(rows["flow_start"] + (rows["piece"] + 1) * table.active_ns - 1)
-    c_end = np.minimum(np.minimum(c_idle, c_close), split_clock)
-    had_rst = ((rows["st_fl_lo"] | rows["st_fl_hi"]) & ft_mod.RST) > 0
-    end_reason = np.where(closed, np.where(had_rst, ft_mod.R_RST, ft_mod.R_FIN), ft_mod.R_IDLE)
-    return np.where(c_active < c_end, ft_mod.R_ACTIVE, end_reason).astype(np.uint8)
+# --- end reason: the compiled per-row reason against the numpy searchsorted formulation it
+# replaced (tests/flow_end_reason_reference.py) ---
 
 
 _small_times = st.integers(0, 60)
@@ -735,8 +716,14 @@ def test_end_reasons_equal_the_searchsorted_formula(clock_steps, rows):
                   "closed_at": closed_at, "st_fl_lo": cols[3].astype(np.uint8),
                   "st_fl_hi": cols[4].astype(np.uint8), "flow_start": cols[5],
                   "piece": cols[6]}
-    got = table._end_reason(table_rows, clock, split)
-    assert got.tolist() == _end_reason_reference(ft, table, table_rows, clock, split).tolist()
+    clock, shift, starts = table._clock_search(clock)
+    got = [ft._reason_of(clock, starts, shift, t == ft.TCP, last, closed, np.int64(lo | hi),
+                         start, piece, cut, table.idle_ns, table.tcp_idle_ns, table.active_ns,
+                         table.linger_ns)
+           for t, last, closed, lo, hi, start, piece, cut in zip(
+               cols[0], cols[1], closed_at, cols[3], cols[4], cols[5], cols[6], split,
+               strict=True)]
+    assert got == end_reason_reference(table, table_rows, clock, split).tolist()
 
 
 @settings(max_examples=100, deadline=None)

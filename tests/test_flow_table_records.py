@@ -4,6 +4,7 @@ conn_state, the end-reason pass), on random table rows and walk groups."""
 from __future__ import annotations
 
 import numpy as np
+from flow_end_reason_reference import end_reason_reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -95,8 +96,8 @@ def test_slot_records_equal_the_numpy_rows(rows, clock_steps, reason, with_split
     gathered = {name: col[kept] for name, col in table._cols.items()}
     if reason < 0:
         split_kept = split[(table._cols["p_pk_lo"][slots] + table._cols["p_pk_hi"][slots]) > 0]
-        codes = table._end_reason(gathered, clock, split_kept if with_split
-                                  else np.full(kept.size, ft.NEVER))
+        codes = end_reason_reference(table, gathered, clock, split_kept if with_split
+                                     else np.full(kept.size, ft.NEVER))
     else:
         codes = np.full(kept.size, reason, dtype=np.uint8)
     if not kept.size:
@@ -149,7 +150,7 @@ def test_group_records_equal_the_numpy_rows(rows, clock_steps, reason, data):
             IP_DTYPE).ravel(),
         "lo_port": ((meta >> np.uint64(16)) & np.uint64(0xFFFF)).astype(np.uint16),
         "hi_port": (meta & np.uint64(0xFFFF)).astype(np.uint16)})
-    codes = (table._end_reason(gathered, clock, g_clock[chosen]) if reason < 0
+    codes = (end_reason_reference(table, gathered, clock, g_clock[chosen]) if reason < 0
              else np.full(chosen.size, reason, dtype=np.uint8))
     _assert_same(ft.flow_batch(rec, "s", "z"), _reference(gathered, codes))
 
