@@ -341,17 +341,23 @@ def _community_id_text(src: np.ndarray, dst: np.ndarray, transport: np.ndarray,
 @njit
 def _community_id_text_ni(src: np.ndarray, dst: np.ndarray, transport: np.ndarray,
                           src_port: np.ndarray, dst_port: np.ndarray, seed: int) -> np.ndarray:
-    """_community_id_text with SHA1 on the CPU's SHA extensions (_sha1_ni): only called
-    when _SHA_NI says the compile target has them."""
+    """_community_id_text with SHA1 on the CPU's SHA extensions: only called when _SHA_NI
+    says the compile target has them. Rows go SHA_LANES at a time through _sha1_ni_lanes,
+    whose independent round chains overlap (one chain waits on each sha1rnds4's latency:
+    ~36 ns a row alone); a last short group repeats its last row in the spare lanes."""
     n = src.shape[0]
     text = np.empty((n, 30), dtype=np.uint32)
-    block = np.zeros(64, dtype=np.uint8)
-    digest = np.zeros(21, dtype=np.uint8)
-    length = 0
-    for i in range(n):
-        length = _hash_input(src, dst, transport, src_port, dst_port, seed, i, block, length)
-        _sha1_ni(block, digest)
-        _text_row(text, i, digest)
+    blocks = np.zeros((SHA_LANES, 64), dtype=np.uint8)
+    digests = np.zeros((SHA_LANES, _DIGEST_ROW), dtype=np.uint8)
+    lengths = np.zeros(SHA_LANES, dtype=np.int64)
+    for first in range(0, n, SHA_LANES):
+        for lane in range(SHA_LANES):
+            i = min(first + lane, n - 1)
+            lengths[lane] = _hash_input(src, dst, transport, src_port, dst_port, seed, i,
+                                        blocks[lane], lengths[lane])
+        _sha1_ni_lanes(blocks, digests)
+        for lane in range(min(SHA_LANES, n - first)):
+            _text_row(text, first + lane, digests[lane])
     return text
 
 
@@ -383,62 +389,79 @@ def _sha_ni_target() -> bool:
 _SHA_NI = _sha_ni_target()
 
 
-@intrinsic
-def _sha1_ni(typingctx, block, digest):  # noqa: ARG001 (numba's intrinsic signature)
-    """digest[:20] = SHA1 of one padded 64-byte block (block: 64 uint8, digest: >= 20 uint8)."""
-    sig = types.void(block, digest)
+SHA_LANES = 4  # rows hashed together by _community_id_text_ni
+_DIGEST_ROW = 24  # bytes per lane of its digests: 20, a zero for _text_row, 3 unused
 
-    def codegen(context, builder, signature, args):
-        module = builder.module
 
-        def declare(name: str) -> ir.Function:
-            full = f"llvm.x86.{name}"
-            if full in module.globals:
-                return module.globals[full]
-            extra = [ir.IntType(8)] if name == "sha1rnds4" else []
-            return ir.Function(module, ir.FunctionType(_V4, [_V4, _V4] + extra), full)
+def _emit_sha1(builder: ir.IRBuilder, src: ir.Value, out: ir.Value, lanes: int) -> None:
+    """SHA1 of `lanes` padded 64-byte blocks (src + 64 * lane) into out + _DIGEST_ROW * lane
+    (20 bytes each), the lanes' instructions interleaved group by group."""
+    module = builder.module
 
-        rnds4, nexte, msg1, msg2 = (declare(n) for n in ("sha1rnds4", "sha1nexte", "sha1msg1",
-                                                         "sha1msg2"))
-        i32 = ir.IntType(32)
-        src = context.make_array(signature.args[0])(context, builder, args[0]).data
-        out = context.make_array(signature.args[1])(context, builder, args[1]).data
-        undef = ir.Constant(_B16, ir.Undefined)
+    def declare(name: str) -> ir.Function:
+        full = f"llvm.x86.{name}"
+        if full in module.globals:
+            return module.globals[full]
+        extra = [ir.IntType(8)] if name == "sha1rnds4" else []
+        return ir.Function(module, ir.FunctionType(_V4, [_V4, _V4] + extra), full)
 
-        def load_words(at: int) -> ir.Value:
-            """Block bytes at..at+16 as 4 big-endian words, word 0 in lane 3 (one pshufb)."""
-            raw = builder.load(builder.bitcast(builder.gep(src, [ir.Constant(i32, at)]),
-                                               _B16.as_pointer()), align=1)
-            return builder.bitcast(builder.shuffle_vector(raw, undef, _REVERSE16), _V4)
+    rnds4, nexte, msg1, msg2 = (declare(n) for n in ("sha1rnds4", "sha1nexte", "sha1msg1",
+                                                     "sha1msg2"))
+    i32 = ir.IntType(32)
+    undef = ir.Constant(_B16, ir.Undefined)
 
-        abcd = ir.Constant(_V4, list(reversed(_H0[:4])))  # a in lane 3
-        e = [ir.Constant(_V4, [0, 0, 0, _H0[4]]), None]
-        m = [load_words(16 * q) for q in range(4)]
-        for g in range(20):  # 4 rounds each; the message schedule runs 1-3 groups ahead
-            cur = g % 2
+    def load_words(at: int) -> ir.Value:
+        """Bytes at..at+16 as 4 big-endian words, word 0 in lane 3 (one pshufb)."""
+        raw = builder.load(builder.bitcast(builder.gep(src, [ir.Constant(i32, at)]),
+                                           _B16.as_pointer()), align=1)
+        return builder.bitcast(builder.shuffle_vector(raw, undef, _REVERSE16), _V4)
+
+    abcd = [ir.Constant(_V4, list(reversed(_H0[:4])))] * lanes  # a in lane 3
+    e = [[ir.Constant(_V4, [0, 0, 0, _H0[4]]), None] for _ in range(lanes)]
+    m = [[load_words(64 * lane + 16 * q) for q in range(4)] for lane in range(lanes)]
+    for g in range(20):  # 4 rounds each; the message schedule runs 1-3 groups ahead
+        cur = g % 2
+        for k in range(lanes):
             if g == 0:
-                e[0] = builder.add(e[0], m[0])
+                e[k][0] = builder.add(e[k][0], m[k][0])
             else:
-                e[cur] = builder.call(nexte, [e[cur], m[g % 4]])
-            e[1 - cur] = abcd
+                e[k][cur] = builder.call(nexte, [e[k][cur], m[k][g % 4]])
+            e[k][1 - cur] = abcd[k]
             if 3 <= g <= 18:
-                m[(g + 1) % 4] = builder.call(msg2, [m[(g + 1) % 4], m[g % 4]])
+                m[k][(g + 1) % 4] = builder.call(msg2, [m[k][(g + 1) % 4], m[k][g % 4]])
             if 1 <= g <= 16:
-                m[(g + 3) % 4] = builder.call(msg1, [m[(g + 3) % 4], m[g % 4]])
+                m[k][(g + 3) % 4] = builder.call(msg1, [m[k][(g + 3) % 4], m[k][g % 4]])
             if 2 <= g <= 17:
-                m[(g + 2) % 4] = builder.xor(m[(g + 2) % 4], m[g % 4])
-            abcd = builder.call(rnds4, [abcd, e[cur], ir.Constant(ir.IntType(8), g // 5)])
+                m[k][(g + 2) % 4] = builder.xor(m[k][(g + 2) % 4], m[k][g % 4])
+            abcd[k] = builder.call(rnds4, [abcd[k], e[k][cur], ir.Constant(ir.IntType(8), g // 5)])
+    for k in range(lanes):
         # group 19 left the last ABCD in e[0]: e = rotl(that a, 30) + H0's e, in lane 3
-        e_out = builder.call(nexte, [e[0], ir.Constant(_V4, [0, 0, 0, _H0[4]])])
-        abcd = builder.add(abcd, ir.Constant(_V4, list(reversed(_H0[:4]))))
+        e_out = builder.call(nexte, [e[k][0], ir.Constant(_V4, [0, 0, 0, _H0[4]])])
+        final = builder.add(abcd[k], ir.Constant(_V4, list(reversed(_H0[:4]))))
         # a..d big-endian from lanes 3..0 is the byte-reversed vector; e: its lane 3 bytes
-        builder.store(builder.shuffle_vector(builder.bitcast(abcd, _B16), undef, _REVERSE16),
-                      builder.bitcast(out, _B16.as_pointer()), align=1)
+        dest = builder.gep(out, [ir.Constant(i32, _DIGEST_ROW * k)])
+        builder.store(builder.shuffle_vector(builder.bitcast(final, _B16), undef, _REVERSE16),
+                      builder.bitcast(dest, _B16.as_pointer()), align=1)
         e_bytes = builder.shuffle_vector(builder.bitcast(e_out, _B16), undef,
                                          ir.Constant(ir.VectorType(i32, 4), [15, 14, 13, 12]))
-        builder.store(e_bytes, builder.bitcast(builder.gep(out, [ir.Constant(i32, 16)]),
+        builder.store(e_bytes, builder.bitcast(builder.gep(dest, [ir.Constant(i32, 16)]),
                                                ir.VectorType(ir.IntType(8), 4).as_pointer()),
                       align=1)
+
+
+@intrinsic
+def _sha1_ni_lanes(typingctx, blocks, digests):  # noqa: ARG001 (numba's intrinsic signature)
+    """digests[k, :20] = SHA1 of padded block blocks[k] for k < SHA_LANES, interleaved
+    (blocks: C-contiguous (SHA_LANES, 64) uint8, digests: (SHA_LANES, _DIGEST_ROW) uint8)."""
+    for array in (blocks, digests):
+        if not (isinstance(array, types.Array) and array.ndim == 2 and array.layout == "C"):
+            return None
+    sig = types.void(blocks, digests)
+
+    def codegen(context, builder, signature, args):
+        src = context.make_array(signature.args[0])(context, builder, args[0]).data
+        out = context.make_array(signature.args[1])(context, builder, args[1]).data
+        _emit_sha1(builder, src, out, SHA_LANES)
         return context.get_dummy_value()
 
     return sig, codegen

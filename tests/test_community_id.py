@@ -284,3 +284,21 @@ def test_sha_extension_kernel_equals_the_scalar_kernel(tuples, seed):
             np.array(proto, dtype=np.uint8), np.array(sport, dtype=np.int32),
             np.array(dport, dtype=np.int32), seed)
     assert np.array_equal(cid._community_id_text_ni(*args), cid._community_id_text(*args))
+
+
+@pytest.mark.parametrize("rows", range(1, 11))
+def test_sha_extension_kernel_every_group_size(rows):
+    """The SHA-NI kernel hashes rows SHA_LANES at a time; every count (full groups, a short
+    last group whose spare lanes repeat its last row) gives the scalar kernel's rows, IPv4
+    and IPv6 tuples mixed so consecutive lanes hold inputs of different lengths."""
+    from sensors import community_id as cid
+
+    if not cid._SHA_NI:
+        pytest.skip("this CPU (or the numba target) has no SHA extensions")
+    rng = np.random.default_rng(rows)
+    addrs = rng.integers(0, 256, (2, rows, 16), dtype=np.uint8)
+    addrs[:, ::2, :12] = np.frombuffer(IPV4_MAPPED_PREFIX, dtype=np.uint8)
+    args = (addrs[0], addrs[1], rng.choice(np.array([1, 6, 17, 47, 58], dtype=np.uint8), rows),
+            rng.integers(0, 65536, rows).astype(np.int32),
+            rng.integers(0, 65536, rows).astype(np.int32), 7)
+    assert np.array_equal(cid._community_id_text_ni(*args), cid._community_id_text(*args))
