@@ -1,6 +1,6 @@
-"""TLS event columns built once per distinct value: _names (16-bit codes through a flag
-table, anything else through np.unique) and _distinct_texts (SNI / ALPN text decoded once
-per distinct slice) give what one call per row gives."""
+"""TLS event columns built once per distinct value: _names (16-bit codes through a sparse
+index, anything else through np.unique) and _hs_columns (SNI / ALPN text and certificate
+columns made once per distinct slice) give what one call per row gives."""
 
 from __future__ import annotations
 
@@ -38,17 +38,25 @@ def test_names_per_distinct_code(codes, where, odd):
 
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=48),
-       st.lists(st.tuples(st.integers(-3, 50), st.integers(-3, 50)), max_size=12),
-       st.booleans(), st.booleans())
-def test_distinct_texts_equal_ascii_slices(data, spans, lower, newlines):
+       st.lists(st.tuples(*[st.tuples(st.integers(-3, 50), st.integers(-3, 50))] * 3),
+                max_size=12),
+       st.booleans())
+def test_hs_columns_equal_each_row_alone(data, rows, newlines):
+    """SNI / ALPN / certificate columns numbered by one three-column table equal each
+    row's own texts: the columns never share numbers, even for equal bytes."""
     if newlines:
         data = data.replace(b"a", b"\n")
     src = np.frombuffer(data, np.uint8)
-    starts = np.array([a for a, _ in spans], np.int64)
-    stops = np.array([b for _, b in spans], np.int64)
-    got = tls._distinct_texts(src, starts, stops, lower)
-    assert got.dtype == object and got.shape == (len(spans),)
-    assert got.tolist() == tls._ascii_slices(src, starts, stops, lower)
+    starts = np.array([[a for a, _ in row] for row in rows], np.int64).reshape(-1, 3)
+    stops = np.array([[b for _, b in row] for row in rows], np.int64).reshape(-1, 3)
+    got = tls._hs_columns(src, starts, stops)
+    assert all(column.dtype == object and column.shape == (len(rows),) for column in got)
+    assert got[0].tolist() == tls._ascii_slices(src, starts[:, 0], stops[:, 0], True)
+    assert got[1].tolist() == tls._ascii_slices(src, starts[:, 1], stops[:, 1], False)
+    for i, (a, b) in enumerate(zip(starts[:, 2].tolist(), stops[:, 2].tolist(), strict=True)):
+        der = data[max(a, 0) : max(b, 0)] if b > a else b""
+        expected = tls.certificate(der) if der else ("", "", "")
+        assert (got[2][i], got[3][i], got[4][i]) == expected
 
 
 @settings(max_examples=100, deadline=None)
