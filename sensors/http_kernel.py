@@ -67,13 +67,11 @@ _FAIL, _OK, _FALLBACK = 0, 1, 2
 _CRLF = np.array([13, 10], dtype=np.uint8)
 _LFLF = np.array([10, 10], dtype=np.uint8)
 _CHUNKED = np.frombuffer(b"chunked", dtype=np.uint8).copy()
-# _find_lf's word test (a zero byte of word ^ _LF8); the word trick needs the first byte in
-# the low bits (little-endian), else _find_lf walks bytes
+# _byte_mask's bit j is the vector's element j: the first byte in the low bit on a
+# little-endian machine (else _find_byte walks bytes)
 _LITTLE_ENDIAN = sys.byteorder == "little"
-_LF8 = np.uint64(0x0A0A0A0A0A0A0A0A)
-_LOW8 = np.uint64(0x0101010101010101)
-_HIGH8 = np.uint64(0x8080808080808080)
-_U3 = np.uint64(3)
+_LF, _COLON = np.uint8(10), np.uint8(58)
+_MASK_BYTES = 64  # bytes compared at once by _byte_mask (one AVX-512 compare; two AVX2)
 
 
 @njit
@@ -260,17 +258,24 @@ def _headers(buf, lo, hi, table, at):
 
 @njit
 def _find_lf(buf, i, hi):
-    """bytes.find(b"\\n", i, hi) over buf: 8 bytes a step (a zero byte of word ^ 0x0A..: the
-    lowest flagged byte is exact), the tail byte by byte. Header lines average ~37 bytes."""
-    if _LITTLE_ENDIAN:
-        while i + 8 <= hi:
-            x = _load_u64(buf, i) ^ _LF8
-            t = (x - _LOW8) & ~x & _HIGH8
-            if t != 0:
-                return i + np.int64(trailing_zeros(t) >> _U3)
-            i += 8
+    """bytes.find(b"\\n", i, hi) over buf: 64 bytes a step (one vector compare, _byte_mask),
+    the buffer's last bytes one by one. Header lines average ~31 bytes: most are one step."""
+    return _find_byte(buf, i, hi, _LF)
+
+
+@njit
+def _find_byte(buf, i, hi, byte):
+    """bytes.find(bytes([byte]), i, hi) over buf (-1: none). Reads up to 63 bytes past hi
+    (inside buf): the mask of those is dropped by the bound test."""
+    last = buf.shape[0] - _MASK_BYTES if _LITTLE_ENDIAN else -1
+    while i < hi and i <= last:
+        m = _byte_mask(buf, i, byte)
+        if m != _U0:
+            p = i + np.int64(trailing_zeros(m))
+            return p if p < hi else -1
+        i += _MASK_BYTES
     while i < hi:
-        if buf[i] == 10:
+        if buf[i] == byte:
             return i
         i += 1
     return -1
@@ -362,7 +367,9 @@ def _chunked_length(buf, pos, hi):
 
 @njit(inline="always")  # a call per direction cost ~10% of the walk (reference counts)
 def _walk(buf, lo, hi, whole, requests, ended, flow, heads, n_heads, table, count):
-    """parse_messages over buf[lo:hi] -> (table, count, malformed, fallback, n_heads).
+    """parse_messages over buf[lo:hi] -> (count, malformed, fallback, n_heads): the messages
+    are table[count_in:count]; `table` has room for MAX_MESSAGES more rows (the caller
+    grows it: a table reassigned in the walk cost reference counts per message).
     `whole`: the direction's length before the collector's trim (parse_messages' `whole`).
 
     Requests fill `heads` (is the i-th request a HEAD); responses read it. 1xx responses
@@ -382,12 +389,8 @@ def _walk(buf, lo, hi, whole, requests, ended, flow, heads, n_heads, table, coun
                                                                          requests):
             # parse_messages would call this malformed whether or not the headers end in
             # the window: skip the window scan (bulk data on an HTTP port)
-            return table, count, True, False, n_heads
+            return count, True, False, n_heads
         window = min(pos + MAX_HEADER_BYTES, hi)
-        if count == table.shape[0]:
-            grown = np.empty((2 * table.shape[0], table.shape[1]), dtype=np.int64)
-            grown[:count] = table[:count]
-            table = grown
         for k in range(N_HEADERS):
             table[count, M_HEADERS + 2 * k] = -1
             table[count, M_HEADERS + 2 * k + 1] = -1
@@ -408,10 +411,8 @@ def _walk(buf, lo, hi, whole, requests, ended, flow, heads, n_heads, table, coun
                 nl = p - 1 if last else p  # no LF before the end: the line ends there
             else:  # header line buf[i:stop] (_headers' body)
                 stop = p - 1 if last else p
-                colon = i
-                while colon < stop and buf[colon] != 58:
-                    colon += 1
-                if colon < stop:
+                colon = _find_byte(buf, i, stop, _COLON)
+                if colon >= 0:
                     n0, n1 = _strip(buf, i, colon)
                     k = _header_slot(buf, n0, n1)
                     if k >= 0 and table[count, M_HEADERS + 2 * k] < 0:
@@ -428,7 +429,7 @@ def _walk(buf, lo, hi, whole, requests, ended, flow, heads, n_heads, table, coun
             sep = 2
             if end < 0:
                 if lo + whole - pos >= MAX_HEADER_BYTES:
-                    return table, count, True, False, n_heads
+                    return count, True, False, n_heads
                 break
             nl = pos
             while nl < end and buf[nl] != 10:
@@ -442,7 +443,7 @@ def _walk(buf, lo, hi, whole, requests, ended, flow, heads, n_heads, table, coun
         if requests:
             ok, a0, a1, b0, b1, c0, c1 = _request_line(buf, pos, line_end)
             if not ok:
-                return table, count, True, False, n_heads
+                return count, True, False, n_heads
             table[count, M_A0] = a0
             table[count, M_A1] = a1
             table[count, M_B0] = b0
@@ -453,7 +454,7 @@ def _walk(buf, lo, hi, whole, requests, ended, flow, heads, n_heads, table, coun
         else:
             ok, status = _status_line(buf, pos, line_end)
             if not ok:
-                return table, count, True, False, n_heads
+                return count, True, False, n_heads
             table[count, M_A0] = pos + 5
             table[count, M_A1] = pos + 8
             table[count, M_STATUS] = status
@@ -461,7 +462,7 @@ def _walk(buf, lo, hi, whole, requests, ended, flow, heads, n_heads, table, coun
         chunked = _chunked(buf, table[count, M_HEADERS + 2 * H_TE],
                            table[count, M_HEADERS + 2 * H_TE + 1], te)
         if chunked < 0:
-            return table, count, False, True, n_heads
+            return count, False, True, n_heads
         interim = False
         no_body = False
         if requests:
@@ -481,17 +482,17 @@ def _walk(buf, lo, hi, whole, requests, ended, flow, heads, n_heads, table, coun
         elif chunked == 1:
             code, body, next_pos = _chunked_length(buf, body_start, hi)
             if code == _FALLBACK:
-                return table, count, False, True, n_heads
+                return count, False, True, n_heads
             if code == _FAIL:
                 table[count, M_BODY] = -1
                 if not interim:
                     count += 1
-                return table, count, True, False, n_heads
+                return count, True, False, n_heads
         else:
             code, length = _content_length(buf, table[count, M_HEADERS + 2 * H_CLEN],
                                            table[count, M_HEADERS + 2 * H_CLEN + 1])
             if code == _FALLBACK:
-                return table, count, False, True, n_heads
+                return count, False, True, n_heads
             if code == _OK:
                 body = length
                 next_pos = body_start + length
@@ -510,17 +511,29 @@ def _walk(buf, lo, hi, whole, requests, ended, flow, heads, n_heads, table, coun
         if next_pos < 0 or next_pos > hi:
             break
         pos = next_pos
-    return table, count, False, False, n_heads
+    return count, False, False, n_heads
+
+
+@njit
+def _grown(table, count):
+    """table with twice the rows, its first `count` rows copied."""
+    grown = np.empty((2 * table.shape[0], table.shape[1]), dtype=np.int64)
+    grown[:count] = table[:count]
+    return grown
 
 
 @njit
 def _parse_flows(buf, starts, lengths, wholes, complete):
     n = starts.shape[0] // 2
     flows = np.zeros((n, 7), dtype=np.int64)
-    table = np.empty((max(16, 2 * n), N_COLUMNS), dtype=np.int64)
+    table = np.empty((2 * n + MAX_MESSAGES, N_COLUMNS), dtype=np.int64)
     heads = np.zeros(MAX_MESSAGES, dtype=np.bool_)
     count = 0
     size = buf.shape[0]
+    # the walk's arrays without reference counts (see _borrowed); owners kept here
+    view = _borrowed(buf)
+    rows = _borrowed(table)
+    answers = _borrowed(heads)
     for f in range(n):
         if f + PREFETCH_FLOWS < n and size > 0:
             # both directions' header lines of a later flow: each walk starts with a wait for
@@ -534,10 +547,13 @@ def _parse_flows(buf, starts, lengths, wholes, complete):
         if lo < 0 or hi > buf.shape[0] or lo > hi:
             flows[f, F_FALLBACK] = 1  # not a valid slice of buf: let Python decide
             continue
+        if count + 2 * MAX_MESSAGES > table.shape[0]:
+            table = _grown(table, count)
+            rows = _borrowed(table)
         first = count
-        table, count, bad, fallback, n_heads = _walk(
-            buf, lo, hi, max(wholes[2 * f], hi - lo), True, complete[2 * f], f, heads, 0,
-            table, count)
+        count, bad, fallback, n_heads = _walk(
+            view, lo, hi, max(wholes[2 * f], hi - lo), True, complete[2 * f], f, answers, 0,
+            rows, count)
         flows[f, F_REQ_FIRST] = first
         flows[f, F_REQ_COUNT] = count - first
         flows[f, F_BAD_REQ] = bad
@@ -551,9 +567,9 @@ def _parse_flows(buf, starts, lengths, wholes, complete):
             count = first
             continue
         second = count
-        table, count, bad, fallback, n_heads = _walk(
-            buf, lo, hi, max(wholes[2 * f + 1], hi - lo), False, complete[2 * f + 1], f, heads,
-            n_heads, table, count)
+        count, bad, fallback, n_heads = _walk(
+            view, lo, hi, max(wholes[2 * f + 1], hi - lo), False, complete[2 * f + 1], f,
+            answers, n_heads, rows, count)
         flows[f, F_RESP_FIRST] = second
         flows[f, F_RESP_COUNT] = count - second
         flows[f, F_BAD_RESP] = bad
@@ -929,7 +945,7 @@ NOT_MESSAGE_BYTES = 32  # what needed_lengths keeps of a direction that opens wi
 CUT_MIN_BYTES = 4096
 
 
-@njit
+@njit(inline="always")  # its arrays borrowed by the caller: no reference counts
 def _lone_cut(data, a, seg_end, total, requests, table, heads):
     """Where a direction whose first segment is data[a:seg_end] (`total` bytes in all) can be
     cut after its headers, or 0: when its first (final) message's header block ends
@@ -944,13 +960,14 @@ def _lone_cut(data, a, seg_end, total, requests, table, heads):
     header block's end when the walk found a CRLFCRLF (the parsers' header end); an
     LF-only block has none in the window and is not cut (the whole direction might hold a
     CRLFCRLF past this segment). HEAD answers: the caller does not cut a response when the
-    request direction may open with HEAD. `table` (1, N_COLUMNS) and `heads` (1,): the
-    walk's scratch, made once per call of the trim."""
+    request direction may open with HEAD. `table` (MAX_MESSAGES, N_COLUMNS) and `heads`
+    (MAX_MESSAGES,): the walk's scratch, made once per call of the trim (a segment may hold
+    up to MAX_MESSAGES messages: the walk stores each before this call can look at them)."""
     if data[a] == 13:
         return 0  # a stray CRLF first: the parsers skip it, keep the plain case only
     window = min(a + MAX_HEADER_BYTES, seg_end)
-    table, count, bad, fallback, _ = _walk(data, a, window, total, requests, False, 0,
-                                           heads, 0, table, 0)
+    count, bad, fallback, _ = _walk(data, a, window, total, requests, False, 0, heads, 0,
+                                    table, 0)
     if count != 1 or bad or fallback:
         return 0
     body = table[0, M_BODY]
@@ -973,8 +990,10 @@ def _needed_lengths(data, seg_start, seg_size, first_seg, end_seg):
     seg_size = np.maximum(seg_size, 0)
     seg_end = np.cumsum(seg_size)
     out = np.zeros((n, 2), np.int64)
-    table = np.empty((1, N_COLUMNS), dtype=np.int64)
-    heads = np.zeros(1, dtype=np.bool_)
+    table = np.empty((MAX_MESSAGES, N_COLUMNS), dtype=np.int64)
+    heads = np.zeros(MAX_MESSAGES, dtype=np.bool_)
+    # _lone_cut's arrays without reference counts (_borrowed); the owners live on here
+    view, rows, answers = _borrowed(data), _borrowed(table), _borrowed(heads)
     size_all = data.shape[0]
     for f in range(n):
         if f + PREFETCH_FLOWS < n and size_all > 0:
@@ -1014,7 +1033,7 @@ def _needed_lengths(data, seg_start, seg_size, first_seg, end_seg):
                 continue
             if d == 1 and may_head:
                 continue
-            cut = _lone_cut(data, a, a + size, total, d == 0, table, heads)
+            cut = _lone_cut(view, a, a + size, total, d == 0, rows, answers)
             if cut > 0:
                 out[f, d] = cut
     return out
@@ -1044,3 +1063,51 @@ def needed_lengths(data: np.ndarray, seg_start: np.ndarray, seg_size: np.ndarray
                            np.ascontiguousarray(seg_size, dtype=np.int64),
                            np.ascontiguousarray(first_seg, dtype=np.int64),
                            np.ascontiguousarray(end_seg, dtype=np.int64))
+
+
+_V64 = ir.VectorType(ir.IntType(8), 64)
+
+
+@intrinsic
+def _byte_mask(typingctx, array, at, byte):  # noqa: ARG001 (numba's intrinsic signature)
+    """Bit j set where array[at + j] == byte, j < 64 (one unaligned 64-byte vector load and
+    compare: a single vpcmpeqb + kmov with AVX-512; the caller keeps at + 64 <= size).
+    Why: header walks spent most of their time in byte loops and word loops whose exits
+    mispredict once a line; a mask finds a line's LF or ':' in one step."""
+    if not (isinstance(array, types.Array) and array.ndim == 1 and array.layout == "C"
+            and array.dtype.bitwidth == 8):
+        return None  # not typed: the call does not compile
+    sig = types.uint64(array, types.int64, types.uint8)
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = builder.bitcast(builder.gep(data.data, [args[1]]), _V64.as_pointer())
+        vec = builder.load(ptr, align=1)
+        one = builder.insert_element(ir.Constant(_V64, ir.Undefined), args[2],
+                                     ir.IntType(32)(0))
+        splat = builder.shuffle_vector(one, ir.Constant(_V64, ir.Undefined),
+                                       ir.Constant(ir.VectorType(ir.IntType(32), 64), [0] * 64))
+        bits = builder.icmp_unsigned("==", vec, splat)
+        return builder.bitcast(bits, ir.IntType(64))
+
+    return sig, codegen
+
+
+@intrinsic
+def _borrowed(typingctx, array):  # noqa: ARG001 (numba's intrinsic signature)
+    """`array` without its owner (meminfo and parent NULL): the reference count operations
+    numba emits for it are then calls that return at once, not atomic operations. Why: the
+    inlined _walk's array arguments cost an atomic increment and decrement each per
+    direction walked (~40 ns a direction, a third of parse_flows on short flows). The
+    caller keeps the owned array alive for as long as the borrowed one is used."""
+    if not isinstance(array, types.Array):
+        return None  # not typed: the call does not compile
+    sig = array(array)
+
+    def codegen(context, builder, signature, args):
+        view = context.make_array(signature.args[0])(context, builder, value=args[0])
+        view.meminfo = ir.Constant(view.meminfo.type, None)
+        view.parent = ir.Constant(view.parent.type, None)
+        return view._getvalue()
+
+    return sig, codegen

@@ -1,5 +1,5 @@
 """The HTTP kernel's one-walk header block (sensors.http_kernel._walk: LF to LF, the block's
-end found as the first CRLFCRLF, the header lines read on the way) and its word-at-a-time LF
+end found as the first CRLFCRLF, the header lines read on the way) and its vector byte
 search, against bytes.find and the pure-Python parser; the event fields and whole-flow pairs
 built from the kernel's tables against the per-request reference rows."""
 
@@ -13,6 +13,7 @@ from sensors.http import _ParsedFlows, parse_messages, reference_parse, request_
 from sensors.http_kernel import (
     F_FALLBACK,
     MAX_HEADER_BYTES,
+    _find_byte,
     _find_lf,
     parse_flows,
     whole_events,
@@ -51,6 +52,18 @@ def test_find_lf_equals_bytes_find(data, lo, hi):
     buf = np.frombuffer(data, dtype=np.uint8)
     lo, hi = min(lo, len(data)), min(hi, len(data))
     assert int(_find_lf(buf, lo, hi)) == data.find(b"\n", lo, max(lo, hi))
+
+
+@settings(deadline=None)
+@given(st.binary(max_size=300).map(lambda raw: bytes(b":a\n"[c % 3] if c < 40 else 97
+                                                     for c in raw)),
+       st.integers(0, 320), st.integers(0, 320), st.sampled_from([b":", b"\n", b"a"]))
+def test_find_byte_equals_bytes_find(data, lo, hi, byte):
+    """The 64-byte mask steps, the bytes past `hi` it reads, the buffer's last 63 bytes
+    walked one by one."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    lo, hi = min(lo, len(data)), min(hi, len(data))
+    assert int(_find_byte(buf, lo, hi, np.uint8(byte[0]))) == data.find(byte, lo, max(lo, hi))
 
 
 @settings(deadline=None)
