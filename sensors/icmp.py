@@ -25,7 +25,7 @@ from pipeline.jit import njit
 from pipeline.schema import ICMP, EventBatch
 from sensors.analyzer import Analyzer
 from sensors.community_id import community_id_column
-from sensors.packets import DecodedPackets, constant_text
+from sensors.packets import IP_DTYPE, DecodedPackets, constant_text
 from sensors.tcp_stream import prefetch
 
 PROTO_ICMP = 1
@@ -63,6 +63,12 @@ def _scan(ip_version: np.ndarray, transport: np.ndarray, payload_offset: np.ndar
     echo_seq = np.zeros(found, dtype=np.uint16)
     kept = 0
     for k in range(found):
+        if k + 2 * PREFETCH_ROWS < found:  # the row's columns, then (below) its header
+            later = candidates[k + 2 * PREFETCH_ROWS]
+            prefetch(payload_offset, later)
+            prefetch(icmp_type, later)
+            prefetch(icmp_code, later)
+            prefetch(transport, later)
         if k + PREFETCH_ROWS < found:
             ahead = np.int64(payload_offset[candidates[k + PREFETCH_ROWS]]) - ICMP_HEADER_LEN
             if 0 <= ahead < size:
@@ -86,10 +92,54 @@ def _scan(ip_version: np.ndarray, transport: np.ndarray, payload_offset: np.ndar
     return rows[:kept], found - kept, echo_id[:kept], echo_seq[:kept]
 
 
+@njit
+def _event_rows(rows: np.ndarray, ts_ns: np.ndarray, vlan: np.ndarray, payload_len: np.ndarray,
+                transport: np.ndarray, icmp_type: np.ndarray, icmp_code: np.ndarray,
+                src: np.ndarray, dst: np.ndarray):
+    """The event columns of `rows` (ts_ns, vlan, payload_len as uint32, transport, type,
+    code, and the (k, 16) address bytes) in one pass. Why: ten numpy gathers each read their
+    column at the ~2 % ICMP rows, out of the caches by this stage; here each row's lines are
+    asked for PREFETCH_ROWS rows ahead."""
+    k = rows.shape[0]
+    out_ts = np.empty(k, dtype=np.int64)
+    out_vlan = np.empty(k, dtype=np.uint16)
+    out_len = np.empty(k, dtype=np.uint32)
+    out_transport = np.empty(k, dtype=np.uint8)
+    out_type = np.empty(k, dtype=np.uint8)
+    out_code = np.empty(k, dtype=np.uint8)
+    out_src = np.empty((k, 16), dtype=np.uint8)
+    out_dst = np.empty((k, 16), dtype=np.uint8)
+    flat_src = src.reshape(-1)
+    flat_dst = dst.reshape(-1)
+    for j in range(k):
+        if j + PREFETCH_ROWS < k:
+            later = rows[j + PREFETCH_ROWS]
+            prefetch(ts_ns, later)
+            prefetch(vlan, later)
+            prefetch(payload_len, later)
+            prefetch(flat_src, later * 16)
+            prefetch(flat_dst, later * 16)
+        i = rows[j]
+        out_ts[j] = ts_ns[i]
+        out_vlan[j] = vlan[i]
+        out_len[j] = np.uint32(payload_len[i])
+        out_transport[j] = transport[i]
+        out_type[j] = icmp_type[i]
+        out_code[j] = icmp_code[i]
+        for b in range(16):
+            out_src[j, b] = src[i, b]
+            out_dst[j, b] = dst[i, b]
+    return out_ts, out_vlan, out_len, out_transport, out_type, out_code, out_src, out_dst
+
+
 def _icmp_scan(packets: DecodedPackets) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
     return _scan(packets.ip_version, packets.transport, packets.payload_offset,
                  packets.icmp_type, packets.icmp_code,
                  np.asarray(packets.data).reshape(-1).view(np.uint8))
+
+
+def _address_bytes(column: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(column).view(np.uint8).reshape(-1, 16)
 
 
 def icmp_rows(packets: DecodedPackets) -> tuple[np.ndarray, int]:
@@ -115,25 +165,26 @@ def icmp_events(
     if rows.size == 0:
         return None
     n = rows.size
-    transport = packets.transport[rows].astype(np.uint8)
-    icmp_type = packets.icmp_type[rows].astype(np.uint8)
-    icmp_code = packets.icmp_code[rows].astype(np.uint8)
-    src_ip = packets.src_ip[rows]
-    dst_ip = packets.dst_ip[rows]
+    timestamp, vlan, payload_bytes, transport, icmp_type, icmp_code, src, dst = _event_rows(
+        rows, packets.ts_ns, packets.vlan, packets.payload_len, packets.transport,
+        packets.icmp_type, packets.icmp_code, _address_bytes(packets.src_ip),
+        _address_bytes(packets.dst_ip))
+    src_ip = src.view(IP_DTYPE).reshape(n)
+    dst_ip = dst.view(IP_DTYPE).reshape(n)
     columns = {
-        "timestamp": packets.ts_ns[rows].astype(np.int64),
+        "timestamp": timestamp,
         "observer_name": constant_text(n, observer_name),
         "ingress_zone": constant_text(n, ingress_zone),
         "src_ip": src_ip,
         "dst_ip": dst_ip,
         "transport": transport,
-        "vlan": packets.vlan[rows].astype(np.uint16),
+        "vlan": vlan,
         "community_id": community_id_column(src_ip, dst_ip, transport, icmp_type, icmp_code),
         "icmp_type": icmp_type,
         "icmp_code": icmp_code,
         "echo_id": echo_id,
         "echo_seq": echo_seq,
-        "payload_bytes": packets.payload_len[rows].astype(np.uint32),
+        "payload_bytes": payload_bytes,
     }
     return EventBatch(ICMP.name, columns)
 
