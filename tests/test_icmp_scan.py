@@ -51,3 +51,33 @@ def test_scan_equals_the_numpy_reference(n, raw, rnd):
     assert np.array_equal(got[0], want[0]) and got[1] == want[1]
     assert np.array_equal(got[2], want[2]) and np.array_equal(got[3], want[3])
     assert got[2].dtype == want[2].dtype == np.uint16
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 80), st.randoms())
+def test_event_rows_equal_the_numpy_gathers(n, rnd):
+    """icmp._event_rows (one kernel, prefetching ahead) gives the columns and dtypes of the
+    numpy gathers it replaced, rows in any order and repeated, more rows than its prefetch
+    distance."""
+    from sensors.icmp import _event_rows
+    from sensors.packets import IP_DTYPE
+
+    rng = np.random.default_rng(rnd.randint(0, 2**32))
+    ts_ns = rng.integers(-2**62, 2**62, n, dtype=np.int64)
+    vlan = rng.integers(0, 4096, n).astype(np.uint16)
+    payload_len = rng.integers(-5, 70000, n).astype(np.int32)
+    transport = rng.choice(np.array([1, 58], dtype=np.uint8), n)
+    icmp_type = rng.integers(0, 256, n).astype(np.uint8)
+    icmp_code = rng.integers(0, 256, n).astype(np.uint8)
+    src = rng.integers(0, 256, (n, 16)).astype(np.uint8)
+    dst = rng.integers(0, 256, (n, 16)).astype(np.uint8)
+    rows = rng.integers(0, n, rnd.randint(0, 3 * n))
+    got = _event_rows(rows, ts_ns, vlan, payload_len, transport, icmp_type, icmp_code, src, dst)
+    want = (ts_ns[rows].astype(np.int64), vlan[rows].astype(np.uint16),
+            payload_len[rows].astype(np.uint32), transport[rows].astype(np.uint8),
+            icmp_type[rows].astype(np.uint8), icmp_code[rows].astype(np.uint8),
+            src.view(IP_DTYPE).reshape(n)[rows], dst.view(IP_DTYPE).reshape(n)[rows])
+    for g, w in zip(got[:6], want[:6], strict=True):
+        assert g.dtype == w.dtype and np.array_equal(g, w)
+    for g, w in zip(got[6:], want[6:], strict=True):
+        assert np.array_equal(g.view(IP_DTYPE).reshape(rows.size), w)
