@@ -42,21 +42,47 @@ def test_names_per_distinct_code(codes, where, odd):
                 max_size=12),
        st.booleans())
 def test_hs_columns_equal_each_row_alone(data, rows, newlines):
-    """SNI / ALPN / certificate columns numbered by one three-column table equal each
-    row's own texts: the columns never share numbers, even for equal bytes."""
+    """SNI / ALPN columns numbered by one two-column table and leaves by _leaf_numbers
+    equal each row's own texts: the columns never share numbers, even for equal bytes."""
     if newlines:
         data = data.replace(b"a", b"\n")
     src = np.frombuffer(data, np.uint8)
-    starts = np.array([[a for a, _ in row] for row in rows], np.int64).reshape(-1, 3)
-    stops = np.array([[b for _, b in row] for row in rows], np.int64).reshape(-1, 3)
-    got = tls._hs_columns(src, starts, stops)
+    bounds = np.array(rows, np.int64).reshape(-1, 3, 2)
+    starts, stops = bounds[:, :2, 0].copy(), bounds[:, :2, 1].copy()
+    leaf_lo, leaf_hi = bounds[:, 2, 0].copy(), bounds[:, 2, 1].copy()
+    got = tls._hs_columns(src, starts, stops, leaf_lo, leaf_hi)
     assert all(column.dtype == object and column.shape == (len(rows),) for column in got)
     assert got[0].tolist() == tls._ascii_slices(src, starts[:, 0], stops[:, 0], True)
     assert got[1].tolist() == tls._ascii_slices(src, starts[:, 1], stops[:, 1], False)
-    for i, (a, b) in enumerate(zip(starts[:, 2].tolist(), stops[:, 2].tolist(), strict=True)):
+    for i, (a, b) in enumerate(zip(leaf_lo.tolist(), leaf_hi.tolist(), strict=True)):
         der = data[max(a, 0) : max(b, 0)] if b > a else b""
         expected = tls.certificate(der) if der else ("", "", "")
         assert (got[2][i], got[3][i], got[4][i]) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(min_size=0, max_size=80), min_size=1, max_size=6),
+       st.lists(st.tuples(st.integers(0, 5), st.integers(0, 79), st.integers(0, 255)),
+                max_size=40))
+def test_leaf_numbers_exact(pool, picks):
+    """_leaf_numbers numbers slices equal exactly when their bytes are equal, in first-seen
+    order, whatever the memo guesses: slices of a small pool repeat (memo hits), some with
+    one byte changed (same length and often the same last bytes: wrong guesses)."""
+    parts = []
+    for which, at, value in picks:
+        piece = bytearray(pool[which % len(pool)])
+        if piece and value % 3 == 0:
+            piece[at % len(piece)] = value
+        parts.append(bytes(piece))
+    src = np.frombuffer(b"".join(parts), np.uint8)
+    sizes = np.array([len(p) for p in parts], np.int64)
+    stops = np.cumsum(sizes)
+    starts = stops - sizes
+    ids, first = tls._leaf_numbers(src, starts, stops)
+    seen: dict[bytes, int] = {}
+    expected = [seen.setdefault(p, len(seen)) for p in parts]
+    assert ids.tolist() == expected
+    assert [parts[i] for i in first.tolist()] == list(seen)
 
 
 @settings(max_examples=100, deadline=None)
