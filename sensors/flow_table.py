@@ -132,6 +132,30 @@ SLOT_FIELDS: dict[str, np.dtype] = {
 
 Rows = dict[str, np.ndarray]  # SLOT_FIELDS columns (+ "reason" for emitted rows)
 
+# The fields the walk reads and writes per key (its seed and live tail, _SEED_FIELDS) live
+# in one row per slot of a structured array, the int64 ones first (8-aligned), padded to
+# 104 bytes; the table's columns for them are strided views of it. A key's seed gather,
+# write-back and record then touch 2-3 cache lines instead of one line per column (21).
+# last_ts stays a column of its own: eviction reads it for every live slot (strided in
+# 104-byte rows, a 1M-flow flood read a line per slot per sub-batch: +28% CPU).
+_HOT_NAMES = ("closed_at", "flow_start", "piece", "p_first", "p_end", "p_pk_lo",
+              "p_pk_hi", "p_by_lo", "p_by_hi", "p_pay_lo", "p_pay_hi", "orig_is_lo",
+              "st_fl_lo", "st_fl_hi", "cum_pk_lo", "cum_pk_hi", "cum_pay_lo", "cum_pay_hi",
+              "p_fl_lo", "p_fl_hi")
+
+
+def _hot_dtype() -> np.dtype:
+    offsets, at = [], 0
+    for name in _HOT_NAMES:
+        offsets.append(at)
+        at += SLOT_FIELDS[name].itemsize
+    return np.dtype({"names": list(_HOT_NAMES), "formats": [SLOT_FIELDS[n] for n in _HOT_NAMES],
+                     "offsets": offsets, "itemsize": (at + 7) // 8 * 8})
+
+
+_HOT_DTYPE = _hot_dtype()
+_COLD_NAMES = tuple(name for name in SLOT_FIELDS if name not in _HOT_NAMES)  # own columns
+
 
 # --- small column helpers ---------------------------------------------------------------
 
@@ -311,11 +335,12 @@ def _key_order(key_hash: np.ndarray, key_words: np.ndarray, n_packets: int) -> n
     return order
 
 
-def _zeros(n: int, dtype: np.dtype) -> np.ndarray:
+def _zeros(n: int, dtype: np.dtype, itemsize: int = 0) -> np.ndarray:
     """np.zeros, in its own anonymous mapping when large, so its pages go back to the OS
-    when the column is dropped (memory from malloc's heap can stay resident)."""
+    when the column is dropped (memory from malloc's heap can stay resident). Large: n
+    items of `itemsize` bytes (dtype's by default) would take _MAPPED_MIN or more."""
     nbytes = n * np.dtype(dtype).itemsize
-    if nbytes < _MAPPED_MIN:
+    if n * (itemsize or np.dtype(dtype).itemsize) < _MAPPED_MIN:
         return np.zeros(n, dtype=dtype)
     return np.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype, count=n)
 
@@ -614,8 +639,8 @@ def _walk_flows(key_of, rank_of, rows, fwd, ts, cm, flags, wire, pay, transport,
     int64 columns (_GROUP_FIELDS), key, kind (_GROUP_MID/_GROUP_ENDED) and the clock value
     of the packet that ended its flow (kind ENDED); the keys' state rows, whose first 21
     columns are their live tails' group columns; per key what happens to its table piece
-    (_EMIT_*) and that clock; the number of flows created; and the earliest deadline
-    (_deadline_of) of the keys' live flows (the tails) as written back to the table.
+    (_EMIT_*) and that clock; the number of flows created; and the deadline (_deadline_of)
+    of each key's live flow (the tail) as written back to the table, and their minimum.
     """
     n = rows.shape[0]
     n_keys = has_slot.shape[0]
@@ -757,13 +782,16 @@ def _walk_flows(key_of, rank_of, rows, fwd, ts, cm, flags, wire, pay, transport,
         g_kind[to] = side_kind[s]
         g_clock[to] = side_clock[s]
     tail_deadline = NEVER
+    key_deadline = np.empty(n_keys, dtype=np.int64)
     for k in range(n_keys):
         # _deadline_of of this live flow as the table will hold it (saves a gather later)
         deadline = min(st[k, 19] + st[k, _W_IDLE], min(st[k, 16] + linger_ns, NEVER))
         if st[k, 2] != 0 or st[k, 3] != 0:
             deadline = min(deadline, st[k, 18] + (st[k, 20] + 1) * active_ns - 1)
+        key_deadline[k] = deadline
         tail_deadline = min(tail_deadline, deadline)
-    return g, g_key, g_kind, g_clock, st, key_emit, key_clock, created, tail_deadline
+    return (g, g_key, g_kind, g_clock, st, key_emit, key_clock, created, key_deadline,
+            tail_deadline)
 
 
 @njit
@@ -869,11 +897,35 @@ def _reason_at(at, clock, starts, shift, closed, st_fl, flow_start, piece, split
         if at < 0:
             at = _position(clock, starts, shift, c_end - 1)
         active = at > 0 and clock[at - 1] > piece_end
-    if active:
-        return R_ACTIVE
+    return R_ACTIVE if active else _closed_reason(closed, st_fl)
+
+
+@njit(inline="always")
+def _closed_reason(closed, st_fl):
+    """The reason of a row that did not end on the active grid: R_RST / R_FIN when closed,
+    else R_IDLE."""
     if closed:
         return R_RST if (st_fl & RST) != 0 else R_FIN
     return R_IDLE
+
+
+@njit(inline="always")
+def _needs_clock(threshold, flow_start, piece, active_ns) -> bool:
+    """Whether a row's reason needs the clock (a search): only when its piece ends before
+    its end threshold. Otherwise no clock value lies in (piece end, threshold], so the
+    clock cannot have left the piece before the flow ended, whatever the split clock (most
+    rows: the active timeout is long), and the reason is _closed_reason."""
+    return flow_start + (piece + 1) * active_ns - 1 < threshold
+
+
+@njit
+def _search_index(clock: np.ndarray, shift: int, starts: np.ndarray, needed: bool
+                  ) -> tuple[int, np.ndarray]:
+    """(shift, starts) of the clock's bucket index: the given one, or built now when a row
+    needs it and none was given (empty starts): most batches need none (_needs_clock)."""
+    if needed and starts.shape[0] == 0:
+        return _clock_index(clock)
+    return shift, starts
 
 
 @njit(inline="always")
@@ -891,6 +943,8 @@ def _reason_of(clock, starts, shift, is_tcp, last_ts, closed_at, st_fl, flow_sta
     crossing at position p has clock[p - 1] < clock[p]). Only a split clock earlier than the
     crossing needs a search for that position."""
     threshold = _end_threshold(is_tcp, last_ts, closed_at, idle_ns, tcp_idle_ns, linger_ns)
+    if not _needs_clock(threshold, flow_start, piece, active_ns):
+        return _closed_reason(closed_at < NEVER, st_fl)
     return _reason_at(_position(clock, starts, shift, threshold), clock, starts, shift,
                       closed_at < NEVER, st_fl, flow_start, piece, split_clock, active_ns)
 
@@ -923,41 +977,40 @@ def _deadline_of(s, transport, last_ts, closed_at, pk_lo, pk_hi, flow_start, pie
 
 
 @njit
-def _scan_deadlines(live, now, transport, last_ts, closed_at, pk_lo, pk_hi, flow_start, piece,
-                    idle_ns, tcp_idle_ns, active_ns, linger_ns) -> tuple[np.ndarray, int]:
-    """One pass over the table: live slots whose deadline is < now (ascending), and the
-    smallest deadline of the other live slots (NEVER when none).
+def _scan_deadlines(live: np.ndarray, due: np.ndarray, now: int) -> tuple[np.ndarray, int]:
+    """One pass over the table: live slots whose deadline (due, _deadline_of as kept at
+    each write) is < now (ascending), and the smallest deadline of the other live slots
+    (NEVER when none).
 
     Two branch-free passes (count, then fill an array of that size) instead of one that
     appended to a growing array: the append loop ran at ~28 ns a slot (it reassigned an
-    array, so it could not be vectorized and paid reference counting), these ~1 ns."""
+    array, so it could not be vectorized and paid reference counting), these ~1 ns. The
+    kept deadline column makes it 9 bytes a slot (the 7 fields _deadline_of reads were
+    ~50, strided in the hot rows)."""
     count = 0
     earliest = NEVER
     for s in range(live.shape[0]):
-        deadline = _deadline_of(s, transport, last_ts, closed_at, pk_lo, pk_hi, flow_start,
-                                piece, idle_ns, tcp_idle_ns, active_ns, linger_ns)
-        hit = live[s] and deadline < now
+        hit = live[s] and due[s] < now
         count += 1 if hit else 0
-        earliest = min(earliest, deadline if live[s] and not hit else NEVER)
+        earliest = min(earliest, due[s] if live[s] and not hit else NEVER)
     expired = np.empty(count, dtype=np.int64)
     if count:
         at = 0
         for s in range(live.shape[0]):
-            if live[s] and _deadline_of(s, transport, last_ts, closed_at, pk_lo, pk_hi,
-                                        flow_start, piece, idle_ns, tcp_idle_ns, active_ns,
-                                        linger_ns) < now:
+            if live[s] and due[s] < now:
                 expired[at] = s
                 at += 1
     return expired, earliest
 
 
 @njit
-def _expired_flows(slots, now, transport, last_ts, closed_at, pk_lo, pk_hi, flow_start, piece,
-                   idle_ns, tcp_idle_ns, active_ns, linger_ns, p_by_lo, p_by_hi, p_pay_lo,
-                   p_pay_hi, p_fl_lo, p_fl_hi) -> tuple[np.ndarray, int]:
+def _expired_flows(slots, now, due, transport, last_ts, closed_at, pk_lo, pk_hi, flow_start,
+                   piece, idle_ns, tcp_idle_ns, active_ns, linger_ns, p_by_lo, p_by_hi,
+                   p_pay_lo, p_pay_hi, p_fl_lo, p_fl_hi) -> tuple[np.ndarray, int]:
     """After expired slots were emitted: the slots whose flow is over (idle or close +
     linger crossed; in order) and, for the others (only their piece was emitted), their
-    piece emptied and the smallest of their new deadlines (NEVER when none)."""
+    piece emptied, their new deadline written to `due` and the smallest of those (NEVER
+    when none)."""
     over = np.empty(slots.shape[0], dtype=np.int64)
     n_over = 0
     earliest = NEVER
@@ -976,9 +1029,9 @@ def _expired_flows(slots, now, transport, last_ts, closed_at, pk_lo, pk_hi, flow
         p_pay_hi[s] = 0
         p_fl_lo[s] = 0
         p_fl_hi[s] = 0
-        earliest = min(earliest, _deadline_of(s, transport, last_ts, closed_at, pk_lo, pk_hi,
-                                              flow_start, piece, idle_ns, tcp_idle_ns,
-                                              active_ns, linger_ns))
+        due[s] = _deadline_of(s, transport, last_ts, closed_at, pk_lo, pk_hi, flow_start, piece,
+                              idle_ns, tcp_idle_ns, active_ns, linger_ns)
+        earliest = min(earliest, due[s])
     return over[:n_over], earliest
 
 
@@ -987,37 +1040,62 @@ def _kernel_view(column: np.ndarray) -> np.ndarray:
     return column.view(np.uint8) if column.dtype == np.bool_ else column
 
 
+# Hot row layout (_HOT_DTYPE) as the row kernels see it: int64 words 0.._HOT_WORDS-1, then
+# one byte each from byte _HOT_BYTE0 on; per word / byte, its column in the seed matrix
+# (_SEED_FIELDS) and in a walk group row (_GROUP_FIELDS). Module globals: numba freezes
+# them (an array argument cost ~50 ns a row even unused).
+_HOT_WORDS = sum(SLOT_FIELDS[name].itemsize == 8 for name in _HOT_NAMES)
+_HOT_BYTE0 = 8 * _HOT_WORDS
+_HOT_SEED_COL = np.array([_SEED_FIELDS.index(name) for name in _HOT_NAMES], dtype=np.int64)
+_HOT_GROUP_COL = np.array([_GROUP_FIELDS.index(name) for name in _HOT_NAMES], dtype=np.int64)
+_G_LAST = _GROUP_FIELDS.index("last_ts")
+_HOT_IS_BOOL = np.array([SLOT_FIELDS[name] == np.bool_ for name in _HOT_NAMES])
+
+
+def _hot_views(hot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The hot rows as (slots, words) int64 and (slots, itemsize) uint8 views."""
+    n = hot.shape[0]
+    return (hot.view(np.int64).reshape(n, _HOT_DTYPE.itemsize // 8),
+            hot.view(np.uint8).reshape(n, _HOT_DTYPE.itemsize))
+
+
 @njit
-def _gather_seed(seed: np.ndarray, columns: tuple, js: np.ndarray, slots: np.ndarray,
-                 has_slot: np.ndarray) -> None:
-    """seed[:, js[c]] = columns[c][slots] as int64, 0 where the key has no slot (columns:
-    table columns of one dtype; slots are table slots or the placeholder 0, so in range)."""
-    # key by key (each seed row written once), the columns of this dtype inside: a pass
-    # per column strode through the whole (keys, 21) seed matrix each time
+def _gather_seed(seed: np.ndarray, words: np.ndarray, bytes_: np.ndarray,
+                 last_ts: np.ndarray, slots: np.ndarray, has_slot: np.ndarray) -> None:
+    """seed[k] = the hot row and last_ts of table slot slots[k] as int64 (_SEED_FIELDS),
+    zeros where the key has no slot (words/bytes_: _hot_views; slots are table slots or the
+    placeholder 0, so in range). 2-3 cache lines of a row and one of last_ts a key."""
     for k in range(slots.shape[0]):
-        slot = slots[k]
-        present = has_slot[k]
-        for c in range(len(columns)):
-            seed[k, js[c]] = np.int64(columns[c][slot]) if present else 0
+        s = slots[k]
+        seed[k, _S_LAST] = last_ts[s] if has_slot[k] else 0
+        if has_slot[k]:
+            for c in range(_HOT_WORDS):
+                seed[k, _HOT_SEED_COL[c]] = words[s, c]
+            for c in range(_HOT_WORDS, len(_HOT_SEED_COL)):
+                seed[k, _HOT_SEED_COL[c]] = np.int64(bytes_[s, _HOT_BYTE0 + c - _HOT_WORDS])
+        else:
+            for c in range(len(_HOT_SEED_COL)):
+                seed[k, _HOT_SEED_COL[c]] = 0
 
 
 @njit
-def _scatter_group(columns: tuple, slots: np.ndarray, g: np.ndarray, js: np.ndarray,
-                   groups: np.ndarray, as_bool: bool) -> None:
-    """columns[c][slots] = g[groups, js[c]], cast like numpy's astype to the columns' dtype
-    (one dtype per call): bool columns come as uint8 views (as_bool) and get nonzero -> 1,
-    others wrap like astype. slots/groups are table slots / group rows by construction,
-    so in range."""
-    # group by group (each walk row read once), as _gather_seed
+def _scatter_group(words: np.ndarray, bytes_: np.ndarray, last_ts: np.ndarray,
+                   due: np.ndarray, slots: np.ndarray, g: np.ndarray,
+                   deadlines: np.ndarray) -> None:
+    """The hot row and last_ts of table slot slots[i] = group row g[i] (_GROUP_FIELDS), cast
+    like numpy's astype to the fields' dtypes: int64/uint64 keep their bits, bool fields get
+    nonzero -> 1, uint8 fields wrap; its deadline due[slots[i]] = deadlines[i]. slots are
+    table slots, so in range."""
     for i in range(slots.shape[0]):
-        slot = slots[i]
-        row = groups[i]
-        for c in range(len(columns)):
-            v = g[row, js[c]]
-            if as_bool:
-                columns[c][slot] = 1 if v != 0 else 0
-            else:
-                columns[c][slot] = v
+        s = slots[i]
+        due[s] = deadlines[i]
+        last_ts[s] = g[i, _G_LAST]
+        for c in range(_HOT_WORDS):
+            words[s, c] = g[i, _HOT_GROUP_COL[c]]
+        for c in range(_HOT_WORDS, len(_HOT_GROUP_COL)):
+            v = g[i, _HOT_GROUP_COL[c]]
+            b = c - _HOT_WORDS
+            bytes_[s, _HOT_BYTE0 + b] = (1 if v != 0 else 0) if _HOT_IS_BOOL[c] else v & 0xFF
 
 
 # --- emitted records, compiled -------------------------------------------------------------
@@ -1031,6 +1109,7 @@ _RECORD_COLUMNS = ("timestamp", "end", "src_ip", "dst_ip", "src_port", "dst_port
                    "src_payload_bytes", "dst_payload_bytes", "src_tcp_flags", "dst_tcp_flags",
                    "conn_state", "end_reason")
 _NO_CLOCK = (np.zeros(0, dtype=np.int64), 0, np.zeros(1, dtype=np.int64))  # fixed reasons
+_NO_INDEX = np.zeros(0, dtype=np.int64)  # a clock bucket index not built (yet)
 _NO_SPLIT = np.zeros(0, dtype=np.int64)  # no split clock: NEVER for every row
 # table columns _slot_records reads after the key columns, in its argument order
 _RECORD_SOURCES = ("orig_is_lo", "flow_start", "last_ts", "closed_at", "piece", "st_fl_lo",
@@ -1092,7 +1171,8 @@ def _slot_records(slots, reason, split_clock, clock, starts, shift, idle_ns, tcp
     reason < 0: each row's end reason (as _reason_of; split clock split_clock[i] of
     slots[i], NEVER when split_clock is empty); else that code for every row. lo_ip/hi_ip:
     (slots, 2) native words; bool columns as uint8 views; slots are table slots, so in
-    range."""
+    range. Returns the records and the clock's bucket index (starts empty: none given or
+    needed, _search_index)."""
     # the end reasons' clock searches in passes of their own (_positions): between the
     # record stores, each row waited on its searches' cache misses
     n = slots.shape[0]
@@ -1111,12 +1191,26 @@ def _slot_records(slots, reason, split_clock, clock, starts, shift, idle_ns, tcp
         m += 1
     codes = np.full(m, reason, dtype=np.int64)
     if reason < 0:
-        at = _positions(clock, starts, shift, thresholds[:m])
+        # only rows whose piece ends before their end threshold search the clock
+        need = np.empty(m, dtype=np.int64)
+        n_need = 0
         for i in range(m):
             s = kept[i]
-            codes[i] = _reason_at(at[i], clock, starts, shift, closed_at[s] < NEVER,
-                                  np.int64(st_fl_lo[s] | st_fl_hi[s]), flow_start[s],
-                                  piece[s], split[i], active_ns)
+            if _needs_clock(thresholds[i], flow_start[s], piece[s], active_ns):
+                need[n_need] = i
+                n_need += 1
+            else:
+                codes[i] = _closed_reason(closed_at[s] < NEVER,
+                                          np.int64(st_fl_lo[s] | st_fl_hi[s]))
+        shift, starts = _search_index(clock, shift, starts, n_need > 0)
+        if n_need:
+            at = _positions(clock, starts, shift, thresholds[need[:n_need]])
+            for j in range(n_need):
+                i = need[j]
+                s = kept[i]
+                codes[i] = _reason_at(at[j], clock, starts, shift, closed_at[s] < NEVER,
+                                      np.int64(st_fl_lo[s] | st_fl_hi[s]), flow_start[s],
+                                      piece[s], split[i], active_ns)
     rec = _new_records(m)
     for i in range(m):
         s = kept[i]
@@ -1126,7 +1220,7 @@ def _slot_records(slots, reason, split_clock, clock, starts, shift, idle_ns, tcp
                     p_pay_hi[s], p_fl_lo[s], p_fl_hi[s], np.int64(st_fl_lo[s]),
                     np.int64(st_fl_hi[s]), cum_pk_lo[s] != 0, cum_pk_hi[s] != 0,
                     cum_pay_lo[s] == 0 and cum_pay_hi[s] == 0, codes[i])
-    return rec
+    return rec, shift, starts
 
 
 @njit
@@ -1134,8 +1228,18 @@ def _group_records(chosen, g, g_key, g_clock, key_words, reason, clock, starts, 
                    idle_ns, tcp_idle_ns, active_ns, linger_ns):
     """Records of the walk's group rows `chosen` (int64 rows, _GROUP_FIELDS) of keys g_key
     (rows of key_words, _packet_key's layout). reason < 0: each row's end reason (split clock
-    g_clock[row]); else that code. Casts as the astypes of the columns' table dtypes did."""
+    g_clock[row]); else that code. Casts as the astypes of the columns' table dtypes did.
+    Returns the records and the clock's bucket index (starts empty: none given or needed)."""
     n = chosen.shape[0]
+    if reason < 0:
+        needed = False
+        for i in range(n):
+            row = chosen[i]
+            t = (key_words[g_key[row], 0] >> np.uint64(40)) & np.uint64(0xFF)
+            needed |= _needs_clock(_end_threshold(t == TCP, g[row, 19], g[row, 16], idle_ns,
+                                                  tcp_idle_ns, linger_ns),
+                                   g[row, 18], g[row, 20], active_ns)
+        shift, starts = _search_index(clock, shift, starts, needed)
     rec = _new_records(n)
     for i in range(n):
         row = chosen[i]
@@ -1157,20 +1261,7 @@ def _group_records(chosen, g, g_key, g_clock, key_words, reason, clock, starts, 
                     np.uint8(g[row, 8] & 0xFF), np.uint8(g[row, 9] & 0xFF),
                     g[row, 10] & 0xFF, g[row, 11] & 0xFF, g[row, 12] > 0, g[row, 13] > 0,
                     g[row, 14] == 0 and g[row, 15] == 0, code)
-    return rec
-
-
-def _by_dtype(fields: tuple) -> list:
-    """(column names, their indexes in `fields`, is bool) per table column dtype."""
-    groups: dict[np.dtype, list] = {}
-    for j, name in enumerate(fields):
-        groups.setdefault(SLOT_FIELDS[name], []).append((name, j))
-    return [(tuple(n for n, _ in members), np.array([j for _, j in members], dtype=np.int64),
-             dtype == np.bool_) for dtype, members in groups.items()]
-
-
-_SEED_BY_DTYPE = _by_dtype(_SEED_FIELDS)
-_GROUP_BY_DTYPE = _by_dtype(_GROUP_FIELDS)
+    return rec, shift, starts
 
 
 @njit
@@ -1225,7 +1316,10 @@ class FlowTable:
         self._free = np.zeros(0, dtype=np.int32)
         self._n_free = 0
         self._live = np.zeros(0, dtype=bool)
-        self._cols: Rows = {name: np.zeros(0, dtype=dt) for name, dt in SLOT_FIELDS.items()}
+        self._hot = np.zeros(0, dtype=_HOT_DTYPE)
+        self._due = np.zeros(0, dtype=np.int64)  # each live slot's _deadline_of, kept
+        self._cols: Rows = {name: np.zeros(0, dtype=SLOT_FIELDS[name]) for name in _COLD_NAMES}
+        self._cols.update({name: self._hot[name] for name in _HOT_NAMES})
         self._deadline = NEVER  # lower bound of the earliest expiry time of any live slot
         self.stats["flows_live"] = 0
         self._grow(1)  # never empty, so gathers with placeholder slot 0 are always in bounds
@@ -1329,13 +1423,10 @@ class FlowTable:
         cols = self._cols
         has_slot = slot_k >= 0
         seed_slots = np.where(has_slot, slot_k, 0)
-        # Seed rows gathered straight into `seed` (no temporaries), one kernel call per
-        # column dtype (4 calls, not one per column: numba's call overhead is per call).
+        # Seed rows gathered straight into `seed` (no temporaries), a hot row a key.
         seed = np.empty((slot_k.size, len(_SEED_FIELDS)), dtype=np.int64)
-        for names, js, _ in _SEED_BY_DTYPE:
-            _gather_seed(seed, tuple(_kernel_view(cols[name]) for name in names), js,
-                         seed_slots, has_slot)
-        (g_int, g_key, g_kind, g_clock, tails, key_emit, key_clock, created,
+        _gather_seed(seed, *_hot_views(self._hot), cols["last_ts"], seed_slots, has_slot)
+        (g_int, g_key, g_kind, g_clock, tails, key_emit, key_clock, created, key_deadline,
          tail_deadline) = _walk_flows(
             p.key_of, p.rank_of, p.rows, p.fwd, p.ts, p.cm, p.flags, p.wire, p.pay,
             p.transport, has_slot, seed, self.idle_ns, self.tcp_idle_ns,
@@ -1360,11 +1451,14 @@ class FlowTable:
             if not chosen.size:
                 continue
             mid = kind == _GROUP_MID
-            clock, shift, starts = _NO_CLOCK if mid else self._clock_search(clock_all)
-            out.append(_group_records(chosen, g_int, g_key, g_clock, keys[0],
-                                      R_ACTIVE if mid else -1, clock, starts, shift,
-                                      self.idle_ns, self.tcp_idle_ns, self.active_ns,
-                                      self.linger_ns))
+            clock, shift, starts = _NO_CLOCK if mid else self._batch_clock(clock_all)
+            rec, shift, starts = _group_records(chosen, g_int, g_key, g_clock, keys[0],
+                                                R_ACTIVE if mid else -1, clock, starts, shift,
+                                                self.idle_ns, self.tcp_idle_ns,
+                                                self.active_ns, self.linger_ns)
+            if not mid:
+                self._keep_index(clock, shift, starts)
+            out.append(rec)
 
         # 3. The key's last group becomes (or stays) the live flow in the table, written
         #    column by column from the walk's int64 rows by a kernel. Key columns are written
@@ -1377,10 +1471,8 @@ class FlowTable:
             _write_keys(new_slots, keys[0], need, cols["vlan"], cols["transport"],
                         _words16(cols["lo_ip"]), _words16(cols["hi_ip"]), cols["lo_port"],
                         cols["hi_port"])
-        key_rows = np.arange(slots.size)
-        for names, js, as_bool in _GROUP_BY_DTYPE:
-            _scatter_group(tuple(_kernel_view(cols[name]) for name in names), slots, tails, js,
-                           key_rows, as_bool)
+        _scatter_group(*_hot_views(self._hot), cols["last_ts"], self._due, slots, tails,
+                       key_deadline)
         self._live[slots] = True
         self._deadline = min(self._deadline, int(tail_deadline))
         return out
@@ -1396,10 +1488,23 @@ class FlowTable:
     def _clock_search(self, clock_all: np.ndarray) -> tuple:
         """(clock, shift, starts): the batch clock and its bucket index (_clock_index),
         built once per batch clock."""
-        clock = np.ascontiguousarray(clock_all, dtype=np.int64)
-        if self._clock_index[0] is not clock:
+        clock, shift, starts = self._batch_clock(clock_all)
+        if not starts.size:
             self._clock_index = (clock, *_clock_index(clock))
         return self._clock_index
+
+    def _batch_clock(self, clock_all: np.ndarray) -> tuple:
+        """(clock, shift, starts) as _clock_search, but starts empty when the index was not
+        built yet: the record kernels build it only if a row needs it (_search_index)."""
+        clock = np.ascontiguousarray(clock_all, dtype=np.int64)
+        if self._clock_index[0] is not clock:
+            self._clock_index = (clock, 0, _NO_INDEX)
+        return self._clock_index
+
+    def _keep_index(self, clock: np.ndarray, shift: int, starts: np.ndarray) -> None:
+        """Keep a bucket index a record kernel built for the batch clock."""
+        if starts.size:
+            self._clock_index = (clock, int(shift), starts)
 
     def _slot_records(self, slots: np.ndarray, reason: int,
                       split_clock: np.ndarray = _NO_SPLIT,
@@ -1408,21 +1513,24 @@ class FlowTable:
         empty piece emits none), in order: reason `reason`, or when it is -1 each row's end
         reason (split clocks split_clock, one a slot, none when empty; clock_all the batch
         clock)."""
-        clock, shift, starts = _NO_CLOCK if reason >= 0 else self._clock_search(clock_all)
+        clock, shift, starts = _NO_CLOCK if reason >= 0 else self._batch_clock(clock_all)
         cols = self._cols
-        return _slot_records(
+        rec, shift, starts = _slot_records(
             np.ascontiguousarray(slots, dtype=np.int64), reason,
             np.asarray(split_clock, dtype=np.int64), clock, starts, shift, self.idle_ns,
             self.tcp_idle_ns, self.active_ns, self.linger_ns, cols["vlan"], cols["transport"],
             _words16(cols["lo_ip"]), _words16(cols["hi_ip"]), cols["lo_port"], cols["hi_port"],
             *(_kernel_view(cols[name]) for name in _RECORD_SOURCES))
+        if reason < 0:
+            self._keep_index(clock, shift, starts)
+        return rec
 
     def _expire(self, clock_all: np.ndarray) -> list:
         now = int(clock_all[-1])
         if now <= self._deadline:
             return []
         cols = self._cols
-        slots, rest_deadline = _scan_deadlines(self._live, now, *self._deadline_columns())
+        slots, rest_deadline = _scan_deadlines(self._live, self._due, now)
         # The new earliest deadline: the slots not expired keep theirs (min from the same
         # scan); the kept expired ones get theirs recomputed below (no second table scan).
         self._deadline = int(rest_deadline)
@@ -1430,7 +1538,7 @@ class FlowTable:
             return []
         out = [self._slot_records(slots, -1, _NO_SPLIT, clock_all)]
         # The flow itself ends when idle/close crossed; otherwise only the piece was emitted.
-        over, kept_deadline = _expired_flows(slots, now, *self._deadline_columns(),
+        over, kept_deadline = _expired_flows(slots, now, self._due, *self._deadline_columns(),
                                              *(cols[name] for name in _PIECE_SUMS))
         self._release(over)
         self._deadline = min(self._deadline, int(kept_deadline))
@@ -1475,10 +1583,20 @@ class FlowTable:
         # batch's new keys, so a full table of 1M flows needs ~1.1M slots, not 2M (a flood
         # otherwise doubles the table's memory for nothing).
         new = max(old + need, min(max(old * 2, 1024), self.max_flows + _GROW_HEADROOM))
-        for name, col in self._cols.items():
-            grown = _zeros(new, col.dtype)
-            grown[:old] = col
+        for name in _COLD_NAMES:
+            grown = _zeros(new, self._cols[name].dtype)
+            grown[:old] = self._cols[name]
             self._cols[name] = grown
+        # mapped from the table size where its 8-byte columns were (a fresh mapping's
+        # first touches fault: 1-2 MB of hot rows made growth ~0.5 ms dearer)
+        hot = _zeros(new, _HOT_DTYPE, 8)
+        # as raw words: numpy copies a padded structured dtype field by field (~3x slower)
+        _hot_views(hot)[0][:old] = _hot_views(self._hot)[0]
+        self._hot = hot
+        due = _zeros(new, np.int64)
+        due[:old] = self._due
+        self._due = due
+        self._cols.update({name: hot[name] for name in _HOT_NAMES})
         live = np.zeros(new, dtype=bool)
         live[:old] = self._live
         self._live = live

@@ -727,30 +727,33 @@ def test_end_reasons_equal_the_searchsorted_formula(clock_steps, rows):
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.integers(-2**63, 2**63 - 1), min_size=1, max_size=30),
-       st.sampled_from([np.int64, np.uint64, np.uint8, np.bool_]), st.data())
-def test_table_write_back_and_seed_gather_cast_like_numpy(values, dtype, data):
-    """The kernels that write walk groups into table columns and read seeds back cast like
-    the numpy astype/fancy-index assignments they replaced (bool: nonzero -> True)."""
+@given(st.integers(1, 30), st.data())
+def test_table_write_back_and_seed_gather_cast_like_numpy(n, data):
+    """The kernels that write walk groups into the table's hot rows and read seeds back
+    cast like the numpy astype/fancy-index assignments of per-field columns they replaced
+    (bool: nonzero -> True, uint8 wraps), field by field."""
     import sensors.flow_table as ft
 
-    n = len(values)
-    g = np.zeros((n, 3), dtype=np.int64)
-    g[:, 1] = values
+    values = st.lists(st.integers(-2**63, 2**63 - 1), min_size=n, max_size=n)
+    g = np.array([data.draw(values) for _ in ft._GROUP_FIELDS], dtype=np.int64).T.copy()
+    deadlines = np.array(data.draw(values), dtype=np.int64)
     slots = np.array(data.draw(st.permutations(range(n))), dtype=np.int64)
-    groups = np.arange(n, dtype=np.int64)[::-1].copy()
-    got = np.zeros(n, dtype=dtype)
-    one = np.array([1], dtype=np.int64)  # the kernels take the columns of one dtype at once
-    ft._scatter_group((ft._kernel_view(got),), slots, g, one, groups, got.dtype == np.bool_)
-    expected = np.zeros(n, dtype=dtype)
-    expected[slots] = g[groups, 1].astype(dtype)
-    assert got.tolist() == expected.tolist()
+    hot = np.zeros(n, dtype=ft._HOT_DTYPE)
+    last_ts = np.zeros(n, dtype=np.int64)
+    due = np.zeros(n, dtype=np.int64)
+    ft._scatter_group(*ft._hot_views(hot), last_ts, due, slots, g, deadlines)
+    expected = {}
+    for j, name in enumerate(ft._GROUP_FIELDS):
+        expected[name] = np.zeros(n, dtype=ft.SLOT_FIELDS[name])
+        expected[name][slots] = g[:, j].astype(ft.SLOT_FIELDS[name])
+        got = last_ts if name == "last_ts" else hot[name]
+        assert got.tolist() == expected[name].tolist(), name
+    assert due[slots].tolist() == deadlines.tolist()
 
     has_slot = np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)))
-    seed = np.full((n, 2), 7, dtype=np.int64)
-    ft._gather_seed(seed, (ft._kernel_view(expected),), one, slots, has_slot)
-    reference = np.zeros(n, dtype=np.int64)
-    reference[:] = expected[slots]
-    reference[~has_slot] = 0
-    assert seed[:, 1].tolist() == reference.tolist()
-    assert (seed[:, 0] == 7).all()
+    seed = np.full((n, len(ft._SEED_FIELDS)), 7, dtype=np.int64)
+    ft._gather_seed(seed, *ft._hot_views(hot), last_ts, slots, has_slot)
+    for j, name in enumerate(ft._SEED_FIELDS):
+        reference = expected[name][slots].astype(np.int64)
+        reference[~has_slot] = 0
+        assert seed[:, j].tolist() == reference.tolist(), name
