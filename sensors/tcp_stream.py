@@ -635,7 +635,8 @@ def _copy_bytes(typingctx, dst, dst_at, src, src_at, count):
     return sig, codegen
 
 
-SPAN_PREFETCH = 4  # how many spans ahead _spans_kernel asks for a span's first line
+SPAN_PREFETCH = 4  # how many non-empty spans ahead _spans_kernel asks for a span's lines
+SPAN_PREFETCH_LINES = 12  # how many of its first 64-byte lines
 
 
 @njit
@@ -647,15 +648,29 @@ def _spans_kernel(data, start, size, out):
     limit = data.shape[0]
     at = 0
     n = start.shape[0]
+    ahead = 0  # the next span to prefetch
+    queued = 0  # non-empty spans prefetched, not copied yet
     for i in range(n):
         if at >= total:
             break
-        if i + SPAN_PREFETCH < n:
-            # a later span's first line (see prefetch): spans average a few hundred bytes,
-            # so each one's first line waited on memory; ~0.3 ms of ~6 per 300k packets
-            ahead = start[i + SPAN_PREFETCH]
-            if 0 <= ahead < limit:
-                prefetch(data, ahead)
+        # the lines of the non-empty spans a few ahead (see prefetch): each span's first
+        # line waited on memory, and the hardware's prefetch starts only after a span's
+        # first misses. Empty spans (a third: cut by the consumer's trim) are skipped, so
+        # the distance is in spans copied. ~0.5 ms of ~4.6 per 300k v2, caches cold
+        if ahead <= i:
+            ahead = i + 1
+            queued = 0
+        while ahead < n and queued < SPAN_PREFETCH:
+            if size[ahead] > 0:
+                first = start[ahead]
+                end = first + min(size[ahead], 64 * SPAN_PREFETCH_LINES)
+                for line in range(first, end, 64):
+                    if 0 <= line < limit:
+                        prefetch(data, line)
+                queued += 1
+            ahead += 1
+        if size[i] > 0 and queued > 0:
+            queued -= 1
         take = min(max(size[i], 0), total - at)
         lo = start[i]
         inside_lo = min(max(lo, 0), limit)  # the part of [lo, lo + take) inside data
@@ -707,20 +722,45 @@ def _flow_groups_kernel(hashes):
     """(group of each row, hash of each group): _group_kernel's numbering (rows of one hash
     share a group, numbered in the order their first row appears), for a whole batch's
     candidate rows (~8 per flow). The table holds group numbers (int32, -1 empty; a slot's
-    hash is its group's) and grows with the groups, at most half full: _group_kernel's,
-    sized by the rows and holding the hashes, is ~1 MB of fresh pages per batch there
-    (page faults) where this one is ~64 KB. (For the fast path's fewer rows _group_kernel
-    measured faster.)"""
+    hash is its group's): _group_kernel's, sized by the rows and holding the hashes, is
+    ~1 MB of fresh pages per batch there (page faults) where this one is ~64 KB. (For the
+    fast path's fewer rows _group_kernel measured faster.)
+
+    The table starts at 4 slots per row up to 4,096 rows (a batch's ~3k flows fill a
+    sixth of it) and doubles when half full, between runs of _group_run: a table
+    reassigned inside the row loop (the growth) made every probe ~4x slower, and at a
+    third full probes were ~2x slower than at a sixth (1.95 -> 0.42 ms per 300k v2)."""
     n = hashes.shape[0]
     size = 64
-    while size < 2 * min(n, 512):
+    while size < 4 * min(n, 4096):
         size *= 2
-    mask = size - 1
     slots = np.full(size, -1, dtype=np.int32)
     group_hash = np.empty(n, dtype=np.uint64)
     group_of = np.empty(n, dtype=np.int64)
     groups = 0
-    for i in range(n):
+    i = 0
+    while i < n:
+        i, groups = _group_run(hashes, i, slots, group_hash, group_of, groups)
+        if 2 * groups > slots.shape[0]:  # grow: the groups' (distinct) hashes, twice as large
+            size = 2 * slots.shape[0]
+            mask = size - 1
+            slots = np.full(size, -1, dtype=np.int32)
+            for k in range(groups):
+                at = np.int64(group_hash[k] & np.uint64(mask))
+                while slots[at] >= 0:
+                    at = (at + 1) & mask
+                slots[at] = k
+    return group_of, group_hash[:groups]
+
+
+@njit
+def _group_run(hashes, start, slots, group_hash, group_of, groups):
+    """_flow_groups_kernel's rows from `start` on, until the table is more than half full:
+    (the next row, the number of groups)."""
+    n = hashes.shape[0]
+    mask = slots.shape[0] - 1
+    limit = slots.shape[0] // 2
+    for i in range(start, n):
         value = hashes[i]
         slot = np.int64(value & np.uint64(mask))
         group = slots[slot]
@@ -732,17 +772,11 @@ def _flow_groups_kernel(hashes):
             group_hash[group] = value
             groups += 1
             slots[slot] = group
-            if 2 * groups > size:  # grow: the groups' (distinct) hashes in a table twice as large
-                size *= 2
-                mask = size - 1
-                slots = np.full(size, -1, dtype=np.int32)
-                for k in range(groups):
-                    at = np.int64(group_hash[k] & np.uint64(mask))
-                    while slots[at] >= 0:
-                        at = (at + 1) & mask
-                    slots[at] = k
+            if groups > limit:
+                group_of[i] = group
+                return i + 1, groups
         group_of[i] = group
-    return group_of, group_hash[:groups]
+    return n, groups
 
 
 @njit
@@ -1399,8 +1433,8 @@ def _fast_walk_kernel(starts, rows, flags_col, plen_col, seq_col, ack_col, sport
 
     The rows are positions `rows` of the selected segments' columns (*_col; src_col and
     dst_col as (segments, 2) uint64 halves), gathered here in one pass rather than by a
-    numpy call per column; sel_s/sel_d (the source/destination port is selected) come from
-    `port_table` when `any_ports` (else all False: every port is selected).
+    numpy call per column; whether the opening row's source/destination port is selected
+    comes from `port_table` when `any_ports` (else neither is: every port is selected).
 
     Returns per row (direction, before = bytes of its direction before it, upto = part of
     the flow up to its close), per group (first_open, close: row positions or len(rows) + 1
@@ -1412,26 +1446,21 @@ def _fast_walk_kernel(starts, rows, flags_col, plen_col, seq_col, ack_col, sport
     flags = np.empty(m, dtype=np.int64)
     plen = np.empty(m, dtype=np.int64)
     seq = np.empty(m, dtype=np.int64)
-    ack = np.empty(m, dtype=np.int64)
     sport = np.empty(m, dtype=np.int64)
     dport = np.empty(m, dtype=np.int64)
     vlan = np.empty(m, dtype=np.int64)
     src = np.empty((m, 2), dtype=np.uint64)
     dst = np.empty((m, 2), dtype=np.uint64)
-    may_open = np.empty(m, dtype=np.bool_)
-    predicate = np.empty(m, dtype=np.bool_)
-    sel_s = np.zeros(m, dtype=np.bool_)
-    sel_d = np.zeros(m, dtype=np.bool_)
     # one gather loop per column: the fused loop (13 loads and stores a row) measured
-    # ~0.45 ms slower per 300k packets (of ~3.3)
+    # ~0.45 ms slower per 300k packets (of ~3.3). Only the columns read at most rows are
+    # gathered; those read at a flow's opening row or first ACK rows only (ack, may_open,
+    # predicate, the selected-port flags) are read through `rows` where needed
     for p in range(m):
         flags[p] = flags_col[rows[p]]
     for p in range(m):
         plen[p] = plen_col[rows[p]]
     for p in range(m):
         seq[p] = seq_col[rows[p]]
-    for p in range(m):
-        ack[p] = ack_col[rows[p]]
     for p in range(m):
         sport[p] = sport_col[rows[p]]
     for p in range(m):
@@ -1446,14 +1475,6 @@ def _fast_walk_kernel(starts, rows, flags_col, plen_col, seq_col, ack_col, sport
         r = rows[p]
         dst[p, 0] = dst_col[r, 0]
         dst[p, 1] = dst_col[r, 1]
-    for p in range(m):
-        may_open[p] = may_open_col[rows[p]]
-    for p in range(m):
-        predicate[p] = predicate_col[rows[p]]
-    if any_ports:
-        for p in range(m):
-            sel_s[p] = port_table[sport[p]]
-            sel_d[p] = port_table[dport[p]]
     n_groups = starts.shape[0]
     big = m + 1
     direction = np.zeros(m, dtype=np.int64)
@@ -1469,7 +1490,7 @@ def _fast_walk_kernel(starts, rows, flags_col, plen_col, seq_col, ack_col, sport
         hi = starts[g + 1] if g + 1 < n_groups else m
         o = big
         for p in range(lo, hi):
-            if may_open[p] and (flags[p] & RST) == 0:
+            if may_open_col[rows[p]] and (flags[p] & RST) == 0:
                 o = p
                 break
         first_open[g] = o
@@ -1482,10 +1503,10 @@ def _fast_walk_kernel(starts, rows, flags_col, plen_col, seq_col, ack_col, sport
             client, how = True, 0
         elif (of & SYN) != 0:
             client, how = False, 1
-        elif predicate[o]:
+        elif predicate_col[rows[o]]:
             client, how = True, 2
-        elif sel_s[o] != sel_d[o]:
-            client, how = sel_d[o], 3
+        elif any_ports and port_table[sport[o]] != port_table[dport[o]]:
+            client, how = port_table[dport[o]], 3
         else:
             client, how = sport[o] > dport[o], 4
         # first pass: directions, per-row faults, first rows and SYNs per direction
@@ -1528,14 +1549,14 @@ def _fast_walk_kernel(starts, rows, flags_col, plen_col, seq_col, ack_col, sport
             if f0 < first_ack0 or syn0 == 1:
                 base0 = (seq[f0] + syn0) % SEQ_MOD
             else:
-                base0 = ack[first_ack0] % SEQ_MOD
+                base0 = ack_col[rows[first_ack0]] % SEQ_MOD
         if first_row1 != big:
             f1 = first_row1
             syn1 = 1 if (flags[f1] & SYN) != 0 else 0
             if f1 < first_ack1 or syn1 == 1:
                 base1 = (seq[f1] + syn1) % SEQ_MOD
             else:
-                base1 = ack[first_ack1] % SEQ_MOD
+                base1 = ack_col[rows[first_ack1]] % SEQ_MOD
         # second pass, in time order: running counts, faults up to the close, the close
         sent0, sent1, fins0, fins1, meta = 0, 0, 0, 0, 0
         c = big
@@ -1597,26 +1618,35 @@ _INT64_MIN = np.int64(np.iinfo(np.int64).min)
 
 
 @njit
-def _fast_groups_kernel(hashes, found, settled, excluded):
+def _fast_groups_kernel(flow_of, found, settled, excluded):
     """The rows the fast path may take (found, not settled, not excluded: `excluded` empty
     for none) by flow (_group_kernel's numbering, first-seen order), time order within:
     (rows, group of each, each group's first position in them). One pass where a mask,
-    a gather, two permutations, a bincount and a cumsum were seven."""
-    n = hashes.shape[0]
+    a gather, two permutations, a bincount and a cumsum were seven. `flow_of`: each row's
+    flow as the batch's grouping numbers it (_candidate_groups' group_of; -1 for replayed
+    rows, which are never taken), so flows are renumbered by a lookup, not a hash table
+    (~1 ms per 300k packets)."""
+    n = flow_of.shape[0]
     any_excluded = excluded.shape[0] > 0
+    n_flows = 0
+    for i in range(n):
+        n_flows = max(n_flows, flow_of[i] + 1)
+    number = np.full(n_flows, -1, dtype=np.int64)  # batch flow -> fast-path group
+    picked = np.empty(n, dtype=np.int64)
+    group_of = np.empty(n, dtype=np.int64)
     m = 0
+    n_groups = 0
     for i in range(n):
         if found[i] and not settled[i] and not (any_excluded and excluded[i]):
-            m += 1
-    picked = np.empty(m, dtype=np.int64)
-    picked_hash = np.empty(m, dtype=np.uint64)
-    m = 0
-    for i in range(n):
-        if found[i] and not settled[i] and not (any_excluded and excluded[i]):
+            f = flow_of[i]
+            g = number[f]
+            if g < 0:
+                g = n_groups
+                number[f] = g
+                n_groups += 1
             picked[m] = i
-            picked_hash[m] = hashes[i]
+            group_of[m] = g
             m += 1
-    group_of, n_groups = _group_kernel(picked_hash)
     first = np.zeros(n_groups + 1, dtype=np.int64)  # counting sort by group (stable)
     for i in range(m):
         first[group_of[i] + 1] += 1
@@ -1963,6 +1993,7 @@ class StreamCollector:
                                     np.zeros(0, dtype=bool), np.zeros(0, dtype=bool))
             columns["replayed"] = np.zeros(0, dtype=bool)
             columns["settled"] = np.zeros(0, dtype=bool)
+            columns["flow"] = np.zeros(0, dtype=np.int64)
             return columns
         plen, row_flags, sport, dport = _candidate_columns(packets, rows)
         group_of, group_hash = _candidate_groups(packets, rows, hashes)
@@ -1975,7 +2006,10 @@ class StreamCollector:
         if len(self._ignored):
             # a SYN on a released/closed flow's ports is a new connection: forget the old one
             # (only a pure SYN reopens)
-            reopened = _reopened_kernel(row_flags, hashes, table, used)
+            # (the pure-SYN rows' positions: per batch, shared by the collectors)
+            syn_at = _shared(packets, rows, "pure_syn",
+                             lambda: np.flatnonzero((row_flags & (SYN | ACK)) == SYN))
+            reopened = _reopened_kernel(row_flags[syn_at], hashes[syn_at], table, used)
             if reopened.size:
                 self._ignored.remove(reopened)
                 table, used = self._ignored.arrays()
@@ -2005,11 +2039,13 @@ class StreamCollector:
                    "src_ip": k_src.view(packets.src_ip.dtype).reshape(m, *packets.src_ip.shape[1:]),
                    "dst_ip": k_dst.view(packets.dst_ip.dtype).reshape(m, *packets.dst_ip.shape[1:]),
                    "replayed": np.zeros(m, dtype=bool),
-                   "settled": k_settled}  # held or ignored: left to the loop
+                   "settled": k_settled,  # held or ignored: left to the loop
+                   "flow": group_of[keep_at]}  # the batch's flow numbers (fast path)
         replay = self._take_handshakes(fresh)
         if replay is not None:
             replay["replayed"] = np.ones(replay["hash"].size, dtype=bool)
             replay["settled"] = np.ones(replay["hash"].size, dtype=bool)
+            replay["flow"] = np.full(replay["hash"].size, -1, dtype=np.int64)
             columns = {name: np.concatenate([replay[name], columns[name]]) for name in columns}
         return columns
 
@@ -2251,7 +2287,7 @@ class StreamCollector:
         replayed = cols["replayed"]
         excluded = hash_member(hashes, hashes[replayed]) if replayed.any() else _NO_MATCH
         # by flow (numbered in first-seen order), then time order
-        rows, gid, starts = _fast_groups_kernel(hashes, cols["found"], cols["settled"],
+        rows, gid, starts = _fast_groups_kernel(cols["flow"], cols["found"], cols["settled"],
                                                 excluded)
         if rows.size == 0:
             return np.arange(n), _Finished.empty()
