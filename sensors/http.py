@@ -70,6 +70,7 @@ from sensors.http_kernel import (
     join_slices,
     needed_lengths,
     parse_flows,
+    rows_with_ports,
     whole_events,
 )
 from sensors.packets import DecodedPackets
@@ -336,7 +337,7 @@ def _texts(buf: np.ndarray, starts: np.ndarray, stops: np.ndarray,
     "replace" restarts at every ASCII byte, so each piece is the slice's own decoding
     (tests/test_http_kernel.py)."""
     k = len(rules)
-    ids, first = distinct_slice_table(buf, starts, stops)
+    ids, first = distinct_slice_table(buf, starts, stops, hints=False)  # just parsed
     starts, stops = starts.reshape(-1)[first], stops.reshape(-1)[first]
     blob = join_slices(buf, starts, stops, 0x0A)
     texts = blob.tobytes().decode("utf-8", "replace").split("\n")
@@ -557,7 +558,7 @@ def _emitted_rows(batch: StreamColumns, rows: np.ndarray, emitted: Mapping) -> n
     few, so rows are first narrowed to those with one of their client ports, and keys are
     made only for those (not a tuple per row of the batch)."""
     ports = np.fromiter({key[2] for key in emitted}, dtype=np.int64)
-    candidates = np.flatnonzero(rows & np.isin(batch.client_port, ports))
+    candidates = rows_with_ports(batch.client_port, rows, ports)
     if not candidates.size:
         return candidates
     found = np.fromiter(map(emitted.__contains__, keys_at(batch, candidates)), dtype=bool,

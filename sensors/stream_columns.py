@@ -125,19 +125,28 @@ def chunks_at(batch: StreamColumns, rows: list[int]) -> list[StreamChunk]:
 
 @njit
 def _offset_times(packet_ts: np.ndarray, packet_dir: np.ndarray, packet_len: np.ndarray,
-                  lo: np.ndarray, hi: np.ndarray, first_ts: np.ndarray, start_ts: np.ndarray,
-                  last_ts: np.ndarray, offset: np.ndarray) -> np.ndarray:
-    """Per event e: the time of the client packet (direction 0) of packets lo[e]..hi[e]-1
-    whose bytes hold client byte `offset[e]`, counting the listed packets' lengths in list
-    order; past the list: the last client packet's time if the list covered more bytes,
-    else last_ts[e]; no client packet listed: first_ts[e] (start_ts[e] when < 0) if the
-    list covered more bytes, else last_ts[e]. The caller checks lo/hi against the columns."""
+                  packet_start: np.ndarray, packet_stop: np.ndarray, first_ts: np.ndarray,
+                  start_ts: np.ndarray, last_ts: np.ndarray, flows: np.ndarray,
+                  offset: np.ndarray) -> np.ndarray:
+    """Per event e of row f = flows[e]: the time of the client packet (direction 0) of the
+    row's packets (packet_start[f]..packet_stop[f]-1, clipped to the flat columns) whose bytes
+    hold client byte `offset[e]`, counting the listed packets' lengths in list order; past
+    the list: the last client packet's time if the list covered more bytes, else
+    last_ts[f]; no client packet listed: first_ts[f, 0] (start_ts[f] when < 0) if the list
+    covered more bytes, else last_ts[f]. The rows' columns are read here, not gathered per
+    event by numpy first (eight passes and arrays a batch)."""
+    size = packet_ts.shape[0]
     out = np.empty(offset.size, np.int64)
     for e in range(offset.size):
+        f = flows[e]
+        if f < 0 or f >= start_ts.shape[0]:
+            raise IndexError("event_times: a flow outside the batch")
+        lo = min(max(packet_start[f], 0), size)
+        hi = min(max(packet_stop[f], lo), size)
         seen = 0
-        last = first_ts[e] if first_ts[e] >= 0 else start_ts[e]
+        last = first_ts[f, 0] if first_ts[f, 0] >= 0 else start_ts[f]
         found = False
-        for p in range(lo[e], hi[e]):
+        for p in range(lo, hi):
             if packet_dir[p] != 0:
                 continue
             last = packet_ts[p]
@@ -147,26 +156,23 @@ def _offset_times(packet_ts: np.ndarray, packet_dir: np.ndarray, packet_len: np.
                 break
             seen += packet_len[p]
         if not found:
-            out[e] = last if seen > offset[e] else last_ts[e]
+            out[e] = last if seen > offset[e] else last_ts[f]
     return out
+
+
+def _int64(column: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(column, dtype=np.int64)
 
 
 def event_times(batch: StreamColumns, flows: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """int64 time of each event: the client packet that carried byte offsets[e] of flow
     flows[e] (http._offset_time's rule for each event, over the batch's packet columns)."""
-    flows = np.asarray(flows, dtype=np.int64)
-    size = batch.packet_ts.shape[0]
-    # bounds for the kernel (numba does not check): rows inside the flat columns
-    lo = np.clip(batch.packet_start[flows], 0, size).astype(np.int64)
-    hi = np.clip(batch.packet_stop[flows], lo, size).astype(np.int64)
+    n = len(batch)
     return _offset_times(
-        np.ascontiguousarray(batch.packet_ts, dtype=np.int64),
-        np.ascontiguousarray(batch.packet_dir, dtype=np.int64),
-        np.ascontiguousarray(batch.packet_len, dtype=np.int64), lo, hi,
-        np.ascontiguousarray(batch.first_ts[flows, 0], dtype=np.int64),
-        np.ascontiguousarray(batch.start_ts[flows], dtype=np.int64),
-        np.ascontiguousarray(batch.last_ts[flows], dtype=np.int64),
-        np.ascontiguousarray(offsets, dtype=np.int64))
+        _int64(batch.packet_ts), _int64(batch.packet_dir), _int64(batch.packet_len),
+        _int64(batch.packet_start).reshape(n), _int64(batch.packet_stop).reshape(n),
+        _int64(batch.first_ts).reshape(n, 2), _int64(batch.start_ts).reshape(n),
+        _int64(batch.last_ts).reshape(n), _int64(flows), _int64(offsets))
 
 
 def endpoint_columns_at(batch: StreamColumns, rows: np.ndarray, timestamps: np.ndarray,

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 from conftest import shared_pcap
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sensors.decode import decode
 from sensors.http import HttpAnalyzer, _emitted_rows, keys_at
+from sensors.http_kernel import rows_with_ports
 from sensors.pcap_reader import CaptureReader
 from sensors.stream_columns import ChunkColumns
 
@@ -46,3 +49,15 @@ def test_emitted_rows_are_the_rows_whose_key_was_emitted():
     want = [i for i in range(n) if mask[i] and keys[i] in emitted]
     assert _emitted_rows(batch, mask, emitted).tolist() == want
     assert _emitted_rows(batch, mask, {(0, b"", -5, b"", 0): 1}).tolist() == []
+
+
+@settings(deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 12), st.booleans()), max_size=60),
+       st.lists(st.integers(0, 12), max_size=8))
+def test_rows_with_ports_equals_isin(rows, ports):
+    """rows_with_ports (one pass, binary search in the sorted ports) against numpy's isin."""
+    column = np.array([port for port, _ in rows], dtype=np.int64)
+    mask = np.array([keep for _, keep in rows], dtype=bool)
+    wanted = np.asarray(ports, dtype=np.int64)
+    assert np.array_equal(rows_with_ports(column, mask, wanted),
+                          np.flatnonzero(mask & np.isin(column, wanted)))
