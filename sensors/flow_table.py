@@ -41,16 +41,19 @@ each packet's key and finds the batch's distinct keys in a per-batch open-addres
 (keys compared exactly), each with its _mix64 hash; keys are ordered by that hash (exact
 key order when two share its high bits), and one compiled walk over the packets in capture
 order (_walk_flows, one state row per key) finds flow boundaries (idle, close linger, port
-reuse), pieces and per-piece totals, continuing the table's live flow of the key. The table
-is struct-of-arrays numpy columns (~160 bytes a flow with the index: compact dtypes,
-cumulative counters kept as the booleans conn_state needs) plus an open-addressing hash
-index key -> slot (_SlotIndex) and a numpy stack of free slots, so no Python object exists
-per flow; expiry scans the table in one compiled pass (_scan_deadlines) and the key -> slot
-index probes are compiled loops too, as are the seed gather / live-flow write-back around
-the walk (_gather_seed, _scatter_group, one call per column dtype). Emitted records are
+reuse), pieces and per-piece totals, continuing the table's live flow of the key (read from
+its table row at the key's first packet). The table is numpy columns for the key, last_ts
+and a kept deadline, plus one 104-byte row per slot of the fields the walk reads and
+writes (_HOT_DTYPE; the table's columns for them are views): ~170 bytes a flow with the
+index (compact dtypes, cumulative counters kept as the booleans conn_state needs), an
+open-addressing hash index key -> slot (_SlotIndex) and a numpy stack of free slots, so no
+Python object exists per flow; expiry scans the deadline column in one compiled pass
+(_scan_deadlines) and the key -> slot index probes are compiled loops too, as is the
+live-flow write-back after the walk (_scatter_group, a row a key). Emitted records are
 FLOW's numeric columns built by kernels straight from table slots or the walk's groups
 (_slot_records, _group_records: originator picks, conn_state code, end reason from a
-bucketed search of the batch clock, _clock_index / _positions); flow_batch adds the object
+bucketed search of the batch clock when the piece ends first, _clock_index / _positions);
+flow_batch adds the object
 columns. Python loops run only over chunks and table columns.
 Memory under a flood: a filling table takes big batches in sub-batches, records are built
 in chunks, and flush() hands the table's pages back while it builds the last records.
@@ -132,10 +135,11 @@ SLOT_FIELDS: dict[str, np.dtype] = {
 
 Rows = dict[str, np.ndarray]  # SLOT_FIELDS columns (+ "reason" for emitted rows)
 
-# The fields the walk reads and writes per key (its seed and live tail, _SEED_FIELDS) live
-# in one row per slot of a structured array, the int64 ones first (8-aligned), padded to
-# 104 bytes; the table's columns for them are strided views of it. A key's seed gather,
-# write-back and record then touch 2-3 cache lines instead of one line per column (21).
+# The fields the walk reads and writes per key (a live flow it continues, the live tail it
+# writes back) live in one row per slot of a structured array, the int64 ones first
+# (8-aligned), padded to 104 bytes; the table's columns for them are strided views of it. A
+# key's seed read, write-back and record then touch 2-3 cache lines instead of one line per
+# column (20).
 # last_ts stays a column of its own: eviction reads it for every live slot (strided in
 # 104-byte rows, a 1M-flow flood read a line per slot per sub-batch: +28% CPU).
 _HOT_NAMES = ("closed_at", "flow_start", "piece", "p_first", "p_end", "p_pk_lo",
@@ -154,6 +158,22 @@ def _hot_dtype() -> np.dtype:
 
 
 _HOT_DTYPE = _hot_dtype()
+# The kernels' view of a hot row (_hot_views): int64 words 0.._HOT_WORDS-1, then one byte a
+# field from byte _HOT_BYTE0 on; where the walk reads a live flow's fields (_HW_*: word,
+# _HB_*: byte; runs of fields the walk reads in a loop are consecutive).
+_HOT_WORDS = sum(SLOT_FIELDS[name].itemsize == 8 for name in _HOT_NAMES)
+_HOT_BYTE0 = 8 * _HOT_WORDS
+(_HW_CLOSED_AT, _HW_FLOW_START, _HW_PIECE, _HW_P_FIRST, _HW_P_END, _HW_P_PK_LO) = (
+    _HOT_NAMES.index(name) for name in ("closed_at", "flow_start", "piece", "p_first", "p_end",
+                                        "p_pk_lo"))
+(_HB_ORIG_IS_LO, _HB_ST_FL_LO, _HB_P_FL_LO) = (
+    _HOT_BYTE0 + _HOT_NAMES.index(name) - _HOT_WORDS
+    for name in ("orig_is_lo", "st_fl_lo", "p_fl_lo"))
+assert _HOT_NAMES[_HW_P_PK_LO:_HW_P_PK_LO + 6] == ("p_pk_lo", "p_pk_hi", "p_by_lo", "p_by_hi",
+                                                   "p_pay_lo", "p_pay_hi")
+assert _HOT_NAMES[_HB_ST_FL_LO - _HOT_BYTE0 + _HOT_WORDS:][:6] == (
+    "st_fl_lo", "st_fl_hi", "cum_pk_lo", "cum_pk_hi", "cum_pay_lo", "cum_pay_hi")
+assert _HOT_NAMES[_HB_P_FL_LO - _HOT_BYTE0 + _HOT_WORDS:][:2] == ("p_fl_lo", "p_fl_hi")
 _COLD_NAMES = tuple(name for name in SLOT_FIELDS if name not in _HOT_NAMES)  # own columns
 
 
@@ -587,15 +607,6 @@ def _conn_code(is_tcp: bool, of: int, rf: int, o_sent: bool, r_sent: bool,
 
 
 # --- the per-key walk, compiled ---------------------------------------------------------------
-# Table columns a key's walk starts from (its live flow, if any), as int64 columns of `seed`.
-_SEED_FIELDS = ("last_ts", "closed_at", "orig_is_lo", "flow_start", "piece", "st_fl_lo",
-                "st_fl_hi", "cum_pk_lo", "cum_pk_hi", "cum_pay_lo", "cum_pay_hi", "p_first",
-                "p_end", "p_pk_lo", "p_pk_hi", "p_by_lo", "p_by_hi", "p_pay_lo", "p_pay_hi",
-                "p_fl_lo", "p_fl_hi")
-(_S_LAST, _S_CLOSED_AT, _S_ORIG_IS_LO, _S_FLOW_START, _S_PIECE, _S_ST_LO, _S_ST_HI,
- _S_CUM_PK_LO, _S_CUM_PK_HI, _S_CUM_PAY_LO, _S_CUM_PAY_HI, _S_P_FIRST, _S_P_END, _S_P_PK_LO,
- _S_P_PK_HI, _S_P_BY_LO, _S_P_BY_HI, _S_P_PAY_LO, _S_P_PAY_HI, _S_P_FL_LO,
- _S_P_FL_HI) = range(len(_SEED_FIELDS))
 # Columns of one emitted group (a piece of a flow), in the order _walk_flows writes them.
 _GROUP_FIELDS = ("p_first", "p_end", "p_pk_lo", "p_pk_hi", "p_by_lo", "p_by_hi", "p_pay_lo",
                  "p_pay_hi", "p_fl_lo", "p_fl_hi", "st_fl_lo", "st_fl_hi", "cum_pk_lo",
@@ -621,7 +632,7 @@ def _copy_group(dst: np.ndarray, at: int, st: np.ndarray, k: int) -> None:
 
 @njit
 def _walk_flows(key_of, rank_of, rows, fwd, ts, cm, flags, wire, pay, transport, has_slot,
-                seed, idle_ns, tcp_idle_ns, active_ns, linger_ns):
+                slot_at, hw, hb, last_col, idle_ns, tcp_idle_ns, active_ns, linger_ns):
     """Flows and pieces of one batch's IP packets, walked in capture order.
 
     IP row i is packet rows[i] (the index of the batch columns ts, cm, flags, wire, pay,
@@ -630,11 +641,13 @@ def _walk_flows(key_of, rank_of, rows, fwd, ts, cm, flags, wire, pay, transport,
     of `st`, so the packets are read in capture order (sequential lines) instead of one key
     after the other (random rows of the batch).
 
-    Per key, packets are walked in order, continuing the table's live flow (`seed` row)
-    when there is one. A packet starts a new flow of its key when the clock passed the
-    previous packet + idle timeout, or, on a closed flow, passed close time + linger or the
-    packet is a SYN without ACK (port reuse). A new piece (group) starts when the packet's
-    clock leaves the current piece of the active-timeout grid. Returns per emitted group
+    Per key, packets are walked in order, continuing the table's live flow when there is
+    one (has_slot; slot slot_at[k], its hot row read through the _hot_views hw/hb and
+    last_col, the table's last_ts, at the key's first packet). A packet starts a new flow
+    of its key when the clock passed the previous packet + idle timeout, or, on a closed
+    flow, passed close time + linger or the packet is a SYN without ACK (port reuse). A new
+    piece (group) starts when the packet's clock leaves the current piece of the
+    active-timeout grid. Returns per emitted group
     (the groups before each key's live tail; in key order, a key's in capture order) its
     int64 columns (_GROUP_FIELDS), key, kind (_GROUP_MID/_GROUP_ENDED) and the clock value
     of the packet that ended its flow (kind ENDED); the keys' state rows, whose first 21
@@ -674,14 +687,15 @@ def _walk_flows(key_of, rank_of, rows, fwd, ts, cm, flags, wire, pay, transport,
         idle = tcp_idle_ns if is_tcp else idle_ns
         first = st[k, _W_SEEN] == 0
         slot = has_slot[k]
-        prev_ts = seed[k, _S_LAST] if first else st[k, _W_PREV]
+        s = slot_at[k]  # its table slot (placeholder 0 when none: only read with `slot`)
+        prev_ts = last_col[s] if first else st[k, _W_PREV]
         split = (not first or slot) and c > prev_ts + idle
         st[k, _W_PREV] = t
         if not split and (not first or slot):
             # closed before this packet: linger passed or SYN without ACK -> new flow
-            closed_before = st[k, _W_CLOSED] != 0 if not first else seed[k, _S_CLOSED_AT] < NEVER
+            closed_before = st[k, _W_CLOSED] != 0 if not first else hw[s, _HW_CLOSED_AT] < NEVER
             if closed_before:
-                closed_at = st[k, 16] if not first else seed[k, _S_CLOSED_AT]
+                closed_at = st[k, 16] if not first else hw[s, _HW_CLOSED_AT]
                 if c > closed_at + linger_ns or (fl & (SYN | ACK)) == SYN:
                     split = True
         if first or split:
@@ -700,11 +714,11 @@ def _walk_flows(key_of, rank_of, rows, fwd, ts, cm, flags, wire, pay, transport,
             cont = first and slot and not split
             if cont:
                 for j in range(6):
-                    st[k, 10 + j] = seed[k, _S_ST_LO + j]
-                st[k, 16] = seed[k, _S_CLOSED_AT]
-                st[k, 17] = seed[k, _S_ORIG_IS_LO]
-                st[k, 18] = seed[k, _S_FLOW_START]
-                piece_min = seed[k, _S_PIECE]
+                    st[k, 10 + j] = np.int64(hb[s, _HB_ST_FL_LO + j])
+                st[k, 16] = hw[s, _HW_CLOSED_AT]
+                st[k, 17] = np.int64(hb[s, _HB_ORIG_IS_LO])
+                st[k, 18] = hw[s, _HW_FLOW_START]
+                piece_min = hw[s, _HW_PIECE]
                 st[k, _W_CLOSED] = 1 if st[k, 16] < NEVER else 0
             else:
                 for j in range(6):
@@ -723,12 +737,14 @@ def _walk_flows(key_of, rank_of, rows, fwd, ts, cm, flags, wire, pay, transport,
             st[k, 0] = t
             st[k, 1] = t
             if cont:
-                t_pk = seed[k, _S_P_PK_LO] + seed[k, _S_P_PK_HI]
-                if t_pk > 0 and piece == seed[k, _S_PIECE]:  # same piece: merge into it
-                    st[k, 0] = min(t, seed[k, _S_P_FIRST])
-                    st[k, 1] = max(t, seed[k, _S_P_END])
-                    for j in range(8):
-                        st[k, 2 + j] = seed[k, _S_P_PK_LO + j]
+                t_pk = hw[s, _HW_P_PK_LO] + hw[s, _HW_P_PK_LO + 1]
+                if t_pk > 0 and piece == hw[s, _HW_PIECE]:  # same piece: merge into it
+                    st[k, 0] = min(t, hw[s, _HW_P_FIRST])
+                    st[k, 1] = max(t, hw[s, _HW_P_END])
+                    for j in range(6):  # packets, bytes, payload: words
+                        st[k, 2 + j] = hw[s, _HW_P_PK_LO + j]
+                    for j in range(2):  # flags: bytes
+                        st[k, 8 + j] = np.int64(hb[s, _HB_P_FL_LO + j])
                 elif t_pk > 0:
                     key_emit[k] = _EMIT_MOVED
             st[k, 20] = piece
@@ -1040,13 +1056,8 @@ def _kernel_view(column: np.ndarray) -> np.ndarray:
     return column.view(np.uint8) if column.dtype == np.bool_ else column
 
 
-# Hot row layout (_HOT_DTYPE) as the row kernels see it: int64 words 0.._HOT_WORDS-1, then
-# one byte each from byte _HOT_BYTE0 on; per word / byte, its column in the seed matrix
-# (_SEED_FIELDS) and in a walk group row (_GROUP_FIELDS). Module globals: numba freezes
-# them (an array argument cost ~50 ns a row even unused).
-_HOT_WORDS = sum(SLOT_FIELDS[name].itemsize == 8 for name in _HOT_NAMES)
-_HOT_BYTE0 = 8 * _HOT_WORDS
-_HOT_SEED_COL = np.array([_SEED_FIELDS.index(name) for name in _HOT_NAMES], dtype=np.int64)
+# Per hot word / byte, its column in a walk group row (_GROUP_FIELDS). Module globals:
+# numba freezes them (an array argument cost ~50 ns a row even unused).
 _HOT_GROUP_COL = np.array([_GROUP_FIELDS.index(name) for name in _HOT_NAMES], dtype=np.int64)
 _G_LAST = _GROUP_FIELDS.index("last_ts")
 _HOT_IS_BOOL = np.array([SLOT_FIELDS[name] == np.bool_ for name in _HOT_NAMES])
@@ -1057,25 +1068,6 @@ def _hot_views(hot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n = hot.shape[0]
     return (hot.view(np.int64).reshape(n, _HOT_DTYPE.itemsize // 8),
             hot.view(np.uint8).reshape(n, _HOT_DTYPE.itemsize))
-
-
-@njit
-def _gather_seed(seed: np.ndarray, words: np.ndarray, bytes_: np.ndarray,
-                 last_ts: np.ndarray, slots: np.ndarray, has_slot: np.ndarray) -> None:
-    """seed[k] = the hot row and last_ts of table slot slots[k] as int64 (_SEED_FIELDS),
-    zeros where the key has no slot (words/bytes_: _hot_views; slots are table slots or the
-    placeholder 0, so in range). 2-3 cache lines of a row and one of last_ts a key."""
-    for k in range(slots.shape[0]):
-        s = slots[k]
-        seed[k, _S_LAST] = last_ts[s] if has_slot[k] else 0
-        if has_slot[k]:
-            for c in range(_HOT_WORDS):
-                seed[k, _HOT_SEED_COL[c]] = words[s, c]
-            for c in range(_HOT_WORDS, len(_HOT_SEED_COL)):
-                seed[k, _HOT_SEED_COL[c]] = np.int64(bytes_[s, _HOT_BYTE0 + c - _HOT_WORDS])
-        else:
-            for c in range(len(_HOT_SEED_COL)):
-                seed[k, _HOT_SEED_COL[c]] = 0
 
 
 @njit
@@ -1422,15 +1414,13 @@ class FlowTable:
         totals; then emit ended pieces and write each key's live flow back to the table."""
         cols = self._cols
         has_slot = slot_k >= 0
-        seed_slots = np.where(has_slot, slot_k, 0)
-        # Seed rows gathered straight into `seed` (no temporaries), a hot row a key.
-        seed = np.empty((slot_k.size, len(_SEED_FIELDS)), dtype=np.int64)
-        _gather_seed(seed, *_hot_views(self._hot), cols["last_ts"], seed_slots, has_slot)
+        # the walk reads a key's live flow (if any) from its table row at its first packet
+        slot_at = np.where(has_slot, slot_k, 0)
         (g_int, g_key, g_kind, g_clock, tails, key_emit, key_clock, created, key_deadline,
          tail_deadline) = _walk_flows(
             p.key_of, p.rank_of, p.rows, p.fwd, p.ts, p.cm, p.flags, p.wire, p.pay,
-            p.transport, has_slot, seed, self.idle_ns, self.tcp_idle_ns,
-            self.active_ns, self.linger_ns)
+            p.transport, has_slot, slot_at, *_hot_views(self._hot), cols["last_ts"],
+            self.idle_ns, self.tcp_idle_ns, self.active_ns, self.linger_ns)
         self.stats["flows_created"] += int(created)
 
         out: list[tuple] = []
