@@ -96,6 +96,25 @@ def _put_label_byte(out: np.ndarray, o: int, value: int) -> int:
     return _put_decimal3(out, o, value)
 
 
+def _label_chars() -> np.ndarray:
+    """Per byte value, its one-character name text (_put_label_byte: ASCII letters lower
+    cased, other printable bytes as they are), 0 for the bytes written escaped ('.', '\\',
+    space, non-printable). Why a table: label bytes of long names (tunnels) were three
+    range tests each."""
+    table = np.zeros(256, dtype=np.uint8)
+    for value in range(0x21, 0x7F):
+        if value not in (_DOT, _BACKSLASH):
+            table[value] = value + 32 if 65 <= value <= 90 else value
+    return table
+
+
+_LABEL_CHARS = _label_chars()
+# Per byte value, its one-character TXT text (_put_text_byte: printable ASCII and space as
+# they are), 0 for the bytes written escaped.
+_TEXT_CHARS = np.array([value if 0x20 <= value <= 0x7E and value != _BACKSLASH else 0
+                        for value in range(256)], dtype=np.uint8)
+
+
 @njit
 def _put_text_byte(out: np.ndarray, o: int, value: int) -> int:
     """One TXT byte: printable ASCII and space as is (case kept), '\\' doubled, else \\DDD."""
@@ -192,7 +211,12 @@ def read_name(data: np.ndarray, base: int, size: int, pos: int, out: np.ndarray,
             o += 1
         first = False
         for i in range(base + pos + 1, base + stop):
-            o = _put_label_byte(out, o, np.int64(data[i]))
+            char = _LABEL_CHARS[data[i]]
+            if char:  # the usual byte: one table load, a branch that predicts well
+                out[o] = char
+                o += 1
+            else:
+                o = _put_label_byte(out, o, np.int64(data[i]))
         pos = stop
     if end < 0:
         end = pos
@@ -267,7 +291,12 @@ def _put_txt(data: np.ndarray, base: int, start: int, stop: int, out: np.ndarray
                     out[o] = _DOT
                     o += 1
                 return o
-            o = _put_text_byte(out, o, np.int64(data[i]))
+            char = _TEXT_CHARS[data[i]]
+            if char:  # as for names (_LABEL_CHARS): TXT tunnels carry long strings
+                out[o] = char
+                o += 1
+            else:
+                o = _put_text_byte(out, o, np.int64(data[i]))
             shown += 1
         pos += 1 + length
     return o
