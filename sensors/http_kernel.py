@@ -886,6 +886,8 @@ def _same_bytes(src: np.ndarray, a: int, b: int, n: int) -> bool:
         if _load_u64(src, a + j) != _load_u64(src, b + j):
             return False
         j += 8
+    if j < n and n >= 8:  # the tail as the last 8 bytes (overlapping): no byte loop
+        return _load_u64(src, a + n - 8) == _load_u64(src, b + n - 8)
     while j < n:
         if src[a + j] != src[b + j]:
             return False
