@@ -2390,9 +2390,44 @@ class StreamCollector:
             plain_list = plain_rows.tolist()
         fast_total = int(take.sum()) if pending else 0
         plain = [out[i] for i in plain_list]
-        plain_columns = _columns_of(plain)
         parts = [part for chunk in plain for part in chunk.data]
         sizes = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts)).reshape(-1, 2)
+        if fast_columns is not None and not plain:
+            # only the fast path's rows (4 feeds in 10 on the v2 mix): its columns are the
+            # batch's as they are (fresh contiguous arrays of this feed), with no empty
+            # loop columns built and concatenated (~0.1 ms a call)
+            columns = {name: fast_columns[name].astype(dtype, casting="unsafe", copy=False)
+                       for name, (dtype, _) in _BATCH_COLUMNS.items()}
+            for name in _PACKET_COLUMNS:
+                columns[name] = fast_columns[name].astype(np.int64, copy=False)
+        else:
+            columns = self._merged_columns(fast_columns, _columns_of(plain), fast_first,
+                                           fast_rows, plain_rows, n)
+        start = np.zeros((n, 2), dtype=np.int64)
+        length = np.zeros((n, 2), dtype=np.int64)
+        whole = length
+        if spans is not None:
+            start[fast_rows] = spans[:, 0::2]
+            length[fast_rows] = spans[:, 1::2]
+            whole = np.empty((n, 2), dtype=np.int64)
+            whole[fast_rows] = fast_columns["whole"]
+            whole[plain_rows] = sizes
+        length[plain_rows] = sizes
+        start[plain_rows] = fast_total + (np.cumsum(sizes) - sizes.reshape(-1)).reshape(-1, 2)
+        buf = self._batch_buffer(fast_total + int(sizes.sum()))
+        if parts:
+            buf[fast_total:] = np.frombuffer(b"".join(parts), dtype=np.uint8)
+        if pending:
+            _spans_kernel(data, at, take, buf[:fast_total])
+        return StreamBatch(columns, buf, start, length, dict(zip(plain_list, plain,
+                                                                 strict=True)), whole)
+
+    @staticmethod
+    def _merged_columns(fast_columns: dict[str, np.ndarray] | None,
+                        plain_columns: dict[str, np.ndarray], fast_first: bool,
+                        fast_rows: slice | np.ndarray, plain_rows: slice | np.ndarray, n: int
+                        ) -> dict[str, np.ndarray]:
+        """_join's columns: the fast path's rows and the loop's chunks', in `out`'s order."""
         columns: dict[str, np.ndarray] = {}
         fast_packets = 0 if fast_columns is None else fast_columns["packet_ts"].size
         for name, (dtype, shape) in _BATCH_COLUMNS.items():
@@ -2412,24 +2447,7 @@ class StreamCollector:
         for name in _PACKET_COLUMNS:
             columns[name] = plain_columns[name] if fast_columns is None else np.concatenate(
                 [fast_columns[name].astype(np.int64), plain_columns[name]])
-        start = np.zeros((n, 2), dtype=np.int64)
-        length = np.zeros((n, 2), dtype=np.int64)
-        whole = length
-        if spans is not None:
-            start[fast_rows] = spans[:, 0::2]
-            length[fast_rows] = spans[:, 1::2]
-            whole = np.empty((n, 2), dtype=np.int64)
-            whole[fast_rows] = fast_columns["whole"]
-            whole[plain_rows] = sizes
-        length[plain_rows] = sizes
-        start[plain_rows] = fast_total + (np.cumsum(sizes) - sizes.reshape(-1)).reshape(-1, 2)
-        buf = self._batch_buffer(fast_total + int(sizes.sum()))
-        if parts:
-            buf[fast_total:] = np.frombuffer(b"".join(parts), dtype=np.uint8)
-        if pending:
-            _spans_kernel(data, at, take, buf[:fast_total])
-        return StreamBatch(columns, buf, start, length, dict(zip(plain_list, plain,
-                                                                 strict=True)), whole)
+        return columns
 
     def _batch_buffer(self, size: int) -> np.ndarray:
         """An uninitialized uint8 buffer of `size` for a StreamBatch (which writes all of
