@@ -58,6 +58,7 @@ from pipeline.jit import njit
 from pipeline.schema import TLS, EventBatch
 from sensors.analyzer import Analyzer
 from sensors.http_kernel import (
+    _borrowed,
     _same_bytes,
     _slice_hash,
     clip_slice,
@@ -311,6 +312,9 @@ def frame_records_into(hs: np.ndarray, buf: np.ndarray, starts: np.ndarray, stop
     hs_stop = np.empty(n, np.int64)
     flags = np.zeros(n, np.uint8)
     out = 0  # bytes copied <= the direction's size: `hs` cannot overflow
+    # the helpers' arrays without reference counts (http_kernel._borrowed: two atomic
+    # operations per array and call otherwise); the owners live on here
+    src, dst = _borrowed(buf), _borrowed(hs)
     for d in range(n):
         if d + PREFETCH_FLOWS < n and buf.size > 0:
             # a later direction's lines (see tcp_stream.prefetch): the directions lie apart
@@ -334,7 +338,7 @@ def frame_records_into(hs: np.ndarray, buf: np.ndarray, starts: np.ndarray, stop
             ctype = buf[pos]
             if ctype < CONTENT_CCS or ctype > CONTENT_APPDATA or buf[pos + 1] != 3:
                 break  # not TLS (any more): stop reading
-            stop = pos + 5 + _u16(buf, pos + 3)
+            stop = pos + 5 + _u16(src, pos + 3)
             records += 1  # the header is visible: the type counts
             if ctype == CONTENT_CCS:
                 seen |= SEEN_CCS
@@ -351,10 +355,10 @@ def frame_records_into(hs: np.ndarray, buf: np.ndarray, starts: np.ndarray, stop
                     cleartext = False  # after CCS / application data: encrypted
             elif cleartext:
                 if messages:
-                    out, left, keep, head = _server_messages(hs, out, buf, pos + 5, stop, left,
+                    out, left, keep, head = _server_messages(dst, out, src, pos + 5, stop, left,
                                                              keep, head)
                 else:
-                    out = copy_bytes(hs, out, buf, pos + 5, stop)
+                    out = copy_bytes(dst, out, src, pos + 5, stop)
             pos = stop
         hs_stop[d] = out
         flags[d] = seen
@@ -460,6 +464,10 @@ def needed_lengths(data: np.ndarray, seg_start: np.ndarray, seg_size: np.ndarray
     first_seg = np.minimum(np.maximum(first_seg, 0), m)  # segment indexes inside the arrays
     end_seg = np.minimum(np.maximum(end_seg, 0), m)
     size = data.shape[0]
+    # _settled_at's arrays without reference counts (http_kernel._borrowed: 8 atomic
+    # operations a call otherwise); the owners live on here
+    view, starts, sizes, ends = (_borrowed(data), _borrowed(seg_start), _borrowed(seg_size),
+                                 _borrowed(seg_end))
     for f in range(n):
         if f + PREFETCH_FLOWS < n and size > 0:
             # the first record header of a later flow's directions (see tcp_stream.prefetch:
@@ -477,14 +485,14 @@ def needed_lengths(data: np.ndarray, seg_start: np.ndarray, seg_size: np.ndarray
             if hi > lo:
                 out[f, d] = seg_end[hi - 1] - (seg_end[lo] - seg_size[lo])
         lo, hi = first_seg[f, 1], end_seg[f, 1]
-        at = _settled_at(data, seg_start, seg_size, seg_end, lo, hi, SEEN_APPDATA)
+        at = _settled_at(view, starts, sizes, ends, lo, hi, SEEN_APPDATA)
         if at >= 0:
             out[f, 1] = at
         want = APPDATA_AFTER_FIRST | SEEN_APPDATA
         if at < 0:
             want |= SEEN_CCS
         lo, hi = first_seg[f, 0], end_seg[f, 0]
-        at = _settled_at(data, seg_start, seg_size, seg_end, lo, hi, want)
+        at = _settled_at(view, starts, sizes, ends, lo, hi, want)
         if at >= 0:
             out[f, 0] = at
     return out
@@ -631,12 +639,14 @@ def client_hellos(hs: np.ndarray, hs_start: np.ndarray, hs_stop: np.ndarray,
     key_start = np.empty(n, np.int64)
     key_stop = np.empty(n, np.int64)
     at = 0
+    # _client_hello's arrays without reference counts (see frame_records_into)
+    src, dst = _borrowed(hs), _borrowed(keys)
     for f in range(n):
         start, end = hs_start[f], hs_stop[f]
         key_start[f] = key_stop[f] = at
         body_stop = -1
         if start + 4 <= end:
-            body_stop = start + 4 + _u24(hs, start + 1)
+            body_stop = start + 4 + _u24(src, start + 1)
         if body_stop < 0 or body_stop > end:  # no complete message
             truncated = (flags[f] & RECORD_TRUNCATED) != 0 or end > start
             status[f] = HELLO_INCOMPLETE if truncated or data_len[f] < 9 else HELLO_MALFORMED
@@ -644,7 +654,7 @@ def client_hellos(hs: np.ndarray, hs_start: np.ndarray, hs_stop: np.ndarray,
             status[f] = HELLO_MALFORMED
         else:
             ok, sni_start[f], sni_stop[f], key_stop[f] = _client_hello(
-                hs, start + 4, body_stop, keys, at)
+                src, start + 4, body_stop, dst, at)
             status[f] = HELLO_OK if ok else HELLO_MALFORMED
         at = key_stop[f]  # the next key right after this one (see server_flights)
     return status, sni_start, sni_stop, keys, key_start, key_stop
@@ -736,27 +746,29 @@ def server_flights(hs: np.ndarray, hs_start: np.ndarray, hs_stop: np.ndarray
     key_start = np.empty(n, np.int64)
     key_stop = np.empty(n, np.int64)
     at = 0
+    # the helpers' arrays without reference counts (see frame_records_into)
+    src, dst = _borrowed(hs), _borrowed(keys)
     for f in range(n):
         pos, end = hs_start[f], hs_stop[f]
         key_start[f] = key_stop[f] = at
         while pos + 4 <= end:
             msg_type = hs[pos]
-            stop = pos + 4 + _u24(hs, pos + 1)
+            stop = pos + 4 + _u24(src, pos + 1)
             if stop > end:
                 break  # the flight continues past the reassembled bytes
             if msg_type == HS_SERVER_HELLO and not found[f]:
                 (ok, version[f], cipher[f], selected[f], alpn_start[f], alpn_stop[f],
-                 key_stop[f]) = _server_hello(hs, pos + 4, stop, keys, at)
+                 key_stop[f]) = _server_hello(src, pos + 4, stop, dst, at)
                 if not ok:
                     malformed[f] = True
                     break
                 found[f] = True
             elif msg_type == HS_CERTIFICATE and found[f] and cert_stop[f] <= cert_start[f]:
-                chain_start, chain_stop = _span(hs, pos + 4, stop, 3)
+                chain_start, chain_stop = _span(src, pos + 4, stop, 3)
                 if chain_stop < 0:
                     malformed[f] = True
                     break
-                leaf_start, leaf_stop = _span(hs, chain_start, chain_stop, 3)
+                leaf_start, leaf_stop = _span(src, chain_start, chain_stop, 3)
                 if leaf_stop < 0:
                     malformed[f] = True
                     break
