@@ -243,7 +243,8 @@ class DnsObjects:
         """The texts text[start:stop] (each ended by TEXT_SEP) are the next ones."""
         if stop > start:
             # One decode + split makes every new text at C speed; ASCII by construction.
-            new = text[start:stop - 1].tobytes().decode("ascii").split("\n")
+            # str() decodes the array's buffer in place (tobytes() copied it first).
+            new = str(text[start:stop - 1], "ascii").split("\n")
             self.texts = _grown_objects(self.texts, self.text_count, len(new))
             self.texts[self.text_count:self.text_count + len(new)] = new
             self.text_count += len(new)
