@@ -543,6 +543,27 @@ def prefetch(typingctx, array, at):
     return sig, codegen
 
 
+@intrinsic
+def borrowed(typingctx, array):  # noqa: ARG001 (numba's intrinsic signature)
+    """`array` without its owner (meminfo and parent NULL), as http_kernel._borrowed (which
+    cannot be imported here: http_kernel imports this module). The reference count
+    operations numba emits for it (an atomic increment and decrement per array each time an
+    inlined helper takes it, when LLVM cannot prune them) then return at once. The caller
+    keeps the owned array alive while the borrowed one is used, and borrows again after
+    reassigning it."""
+    if not isinstance(array, types.Array):
+        return None  # not typed: the call does not compile
+    sig = array(array)
+
+    def codegen(context, builder, signature, args):
+        view = context.make_array(signature.args[0])(context, builder, value=args[0])
+        view.meminfo = ir.Constant(view.meminfo.type, None)
+        view.parent = ir.Constant(view.parent.type, None)
+        return view._getvalue()
+
+    return sig, codegen
+
+
 PREFETCH_ROWS = 16  # how many candidate rows ahead _candidate_kernel asks for a packet's lines
 
 
@@ -567,6 +588,7 @@ def _candidate_kernel(data, rows, offset, length, sport, dport, flags, src_ip, d
             n_heads += 1
     heads = np.zeros((n_heads, width), dtype=np.uint8)
     at_head = 0
+    view = borrowed(data)  # for _seq_ack_row: no reference counting per row
     for i in range(n):
         if i + PREFETCH_ROWS < n and size > 0:
             # the lines of a later row's TCP header and payload head (see prefetch): the
@@ -580,7 +602,7 @@ def _candidate_kernel(data, rows, offset, length, sport, dport, flags, src_ip, d
                 + _endpoint_hash(dst_ip[r, 0], dst_ip[r, 1], dport[r]))
         hashes[i] = _mix_one(both ^ (np.uint64(vlan[r]) << np.uint64(48)))
         off = np.int64(offset[r])
-        seq[i], ack[i], found[i] = _seq_ack_row(data, off, np.int64(sport[r]),
+        seq[i], ack[i], found[i] = _seq_ack_row(view, off, np.int64(sport[r]),
                                                 np.int64(dport[r]), np.int64(flags[r]))
         size_r = np.int64(length[r])
         if size_r > 0:
