@@ -27,7 +27,7 @@ from numba.cpython.unsafe.numbers import trailing_zeros
 from numba.extending import intrinsic
 
 from pipeline.jit import njit
-from sensors.tcp_stream import prefetch
+from sensors.tcp_stream import borrowed, prefetch
 
 MAX_HEADER_BYTES = 16384
 MAX_MESSAGES = 256  # requests (and responses) parsed per direction
@@ -557,10 +557,10 @@ def _parse_flows(buf, starts, lengths, wholes, complete):
     heads = np.zeros(MAX_MESSAGES, dtype=np.bool_)
     count = 0
     size = buf.shape[0]
-    # the walk's arrays without reference counts (see _borrowed); owners kept here
-    view = _borrowed(buf)
-    rows = _borrowed(table)
-    answers = _borrowed(heads)
+    # the walk's arrays without reference counts (see tcp_stream.borrowed); owners kept here
+    view = borrowed(buf)
+    rows = borrowed(table)
+    answers = borrowed(heads)
     for f in range(n):
         if f + PREFETCH_FLOWS < n and size > 0:
             # both directions' header lines of a later flow: each walk starts with a wait for
@@ -576,7 +576,7 @@ def _parse_flows(buf, starts, lengths, wholes, complete):
             continue
         if count + 2 * MAX_MESSAGES > table.shape[0]:
             table = _grown(table, count)
-            rows = _borrowed(table)
+            rows = borrowed(table)
         first = count
         count, bad, fallback, n_heads = _walk(
             view, lo, hi, max(wholes[2 * f], hi - lo), True, complete[2 * f], f, answers, 0,
@@ -997,13 +997,13 @@ def distinct_slice_table(src: np.ndarray, starts: np.ndarray, stops: np.ndarray,
                            bool(by_tail))
 
 
-def distinct_slice_ids(src: np.ndarray, starts: np.ndarray, stops: np.ndarray
-                       ) -> tuple[np.ndarray, np.ndarray]:
+def distinct_slice_ids(src: np.ndarray, starts: np.ndarray, stops: np.ndarray,
+                       by_tail: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Equal byte slices src[starts[i]:stops[i]] (clipped to src) numbered in first-seen
     order: (ids, first) with ids[i] the number of slice i and first[k] the first slice
-    numbered k (distinct_slice_table of one column)."""
+    numbered k (distinct_slice_table of one column; `by_tail`: its memo key)."""
     ids, first = distinct_slice_table(src, np.reshape(starts, (-1, 1)),
-                                      np.reshape(stops, (-1, 1)))
+                                      np.reshape(stops, (-1, 1)), by_tail=by_tail)
     return ids.reshape(-1), first
 
 
@@ -1087,8 +1087,8 @@ def _needed_lengths(data, seg_start, seg_size, first_seg, end_seg):
     out = np.zeros((n, 2), np.int64)
     table = np.empty((MAX_MESSAGES, N_COLUMNS), dtype=np.int64)
     heads = np.zeros(MAX_MESSAGES, dtype=np.bool_)
-    # _lone_cut's arrays without reference counts (_borrowed); the owners live on here
-    view, rows, answers = _borrowed(data), _borrowed(table), _borrowed(heads)
+    # _lone_cut's arrays without reference counts (tcp_stream.borrowed); the owners live on here
+    view, rows, answers = borrowed(data), borrowed(table), borrowed(heads)
     for f in range(n):
         if f % TRIM_BLOCK == 0:
             # the lines the flows of the next block read, asked for a block ahead (~40 KB:
@@ -1181,25 +1181,5 @@ def _byte_mask(typingctx, array, at, byte):  # noqa: ARG001 (numba's intrinsic s
                                        ir.Constant(ir.VectorType(ir.IntType(32), 64), [0] * 64))
         bits = builder.icmp_unsigned("==", vec, splat)
         return builder.bitcast(bits, ir.IntType(64))
-
-    return sig, codegen
-
-
-@intrinsic
-def _borrowed(typingctx, array):  # noqa: ARG001 (numba's intrinsic signature)
-    """`array` without its owner (meminfo and parent NULL): the reference count operations
-    numba emits for it are then calls that return at once, not atomic operations. Why: the
-    inlined _walk's array arguments cost an atomic increment and decrement each per
-    direction walked (~40 ns a direction, a third of parse_flows on short flows). The
-    caller keeps the owned array alive for as long as the borrowed one is used."""
-    if not isinstance(array, types.Array):
-        return None  # not typed: the call does not compile
-    sig = array(array)
-
-    def codegen(context, builder, signature, args):
-        view = context.make_array(signature.args[0])(context, builder, value=args[0])
-        view.meminfo = ir.Constant(view.meminfo.type, None)
-        view.parent = ir.Constant(view.parent.type, None)
-        return view._getvalue()
 
     return sig, codegen

@@ -545,12 +545,12 @@ def prefetch(typingctx, array, at):
 
 @intrinsic
 def borrowed(typingctx, array):  # noqa: ARG001 (numba's intrinsic signature)
-    """`array` without its owner (meminfo and parent NULL), as http_kernel._borrowed (which
-    cannot be imported here: http_kernel imports this module). The reference count
-    operations numba emits for it (an atomic increment and decrement per array each time an
-    inlined helper takes it, when LLVM cannot prune them) then return at once. The caller
+    """`array` without its owner (meminfo and parent NULL). The reference count operations
+    numba emits for it (an atomic increment and decrement per array each time an inlined
+    helper takes it, when LLVM cannot prune them: ~40 ns a direction in http_kernel's
+    header walk, a third of parse_flows on short flows) then return at once. The caller
     keeps the owned array alive while the borrowed one is used, and borrows again after
-    reassigning it."""
+    reassigning it. (Shared by http_kernel and tls, which import this module.)"""
     if not isinstance(array, types.Array):
         return None  # not typed: the call does not compile
     sig = array(array)

@@ -58,9 +58,6 @@ from pipeline.jit import njit
 from pipeline.schema import TLS, EventBatch
 from sensors.analyzer import Analyzer
 from sensors.http_kernel import (
-    _borrowed,
-    _same_bytes,
-    _slice_hash,
     clip_slice,
     copy_bytes,
     distinct_slice_ids,
@@ -75,7 +72,7 @@ from sensors.stream_columns import (
     read_only,
     stream_columns,
 )
-from sensors.tcp_stream import StreamChunk, StreamCollector, prefetch
+from sensors.tcp_stream import StreamChunk, StreamCollector, borrowed, prefetch
 from sensors.tls_ciphers import CIPHER_SUITE_NAMES
 
 CONTENT_CCS, CONTENT_ALERT, CONTENT_HANDSHAKE, CONTENT_APPDATA = 20, 21, 22, 23
@@ -312,9 +309,9 @@ def frame_records_into(hs: np.ndarray, buf: np.ndarray, starts: np.ndarray, stop
     hs_stop = np.empty(n, np.int64)
     flags = np.zeros(n, np.uint8)
     out = 0  # bytes copied <= the direction's size: `hs` cannot overflow
-    # the helpers' arrays without reference counts (http_kernel._borrowed: two atomic
+    # the helpers' arrays without reference counts (tcp_stream.borrowed: two atomic
     # operations per array and call otherwise); the owners live on here
-    src, dst = _borrowed(buf), _borrowed(hs)
+    src, dst = borrowed(buf), borrowed(hs)
     for d in range(n):
         if d + PREFETCH_FLOWS < n and buf.size > 0:
             # a later direction's lines (see tcp_stream.prefetch): the directions lie apart
@@ -464,10 +461,10 @@ def needed_lengths(data: np.ndarray, seg_start: np.ndarray, seg_size: np.ndarray
     first_seg = np.minimum(np.maximum(first_seg, 0), m)  # segment indexes inside the arrays
     end_seg = np.minimum(np.maximum(end_seg, 0), m)
     size = data.shape[0]
-    # _settled_at's arrays without reference counts (http_kernel._borrowed: 8 atomic
+    # _settled_at's arrays without reference counts (tcp_stream.borrowed: 8 atomic
     # operations a call otherwise); the owners live on here
-    view, starts, sizes, ends = (_borrowed(data), _borrowed(seg_start), _borrowed(seg_size),
-                                 _borrowed(seg_end))
+    view, starts, sizes, ends = (borrowed(data), borrowed(seg_start), borrowed(seg_size),
+                                 borrowed(seg_end))
     for f in range(n):
         if f + PREFETCH_FLOWS < n and size > 0:
             # the first record header of a later flow's directions (see tcp_stream.prefetch:
@@ -640,7 +637,7 @@ def client_hellos(hs: np.ndarray, hs_start: np.ndarray, hs_stop: np.ndarray,
     key_stop = np.empty(n, np.int64)
     at = 0
     # _client_hello's arrays without reference counts (see frame_records_into)
-    src, dst = _borrowed(hs), _borrowed(keys)
+    src, dst = borrowed(hs), borrowed(keys)
     for f in range(n):
         start, end = hs_start[f], hs_stop[f]
         key_start[f] = key_stop[f] = at
@@ -747,7 +744,7 @@ def server_flights(hs: np.ndarray, hs_start: np.ndarray, hs_stop: np.ndarray
     key_stop = np.empty(n, np.int64)
     at = 0
     # the helpers' arrays without reference counts (see frame_records_into)
-    src, dst = _borrowed(hs), _borrowed(keys)
+    src, dst = borrowed(hs), borrowed(keys)
     for f in range(n):
         pos, end = hs_start[f], hs_stop[f]
         key_start[f] = key_stop[f] = at
@@ -1286,86 +1283,14 @@ def _event_bounds(at: np.ndarray, found: np.ndarray, ck_start: np.ndarray, ck_st
     return client_key, server_key, hs_lo, hs_hi, leaf, codes
 
 
-LEAF_MEMO = 256  # _leaf_numbers' last numbers, by a slice's length and last bytes (a power of 2)
-PREFETCH_LEAF_BYTES = 4096  # of a leaf 8 rows ahead, how many first bytes _leaf_numbers asks for
-
-
-@njit
-def _tail_slot(src: np.ndarray, lo: int, hi: int) -> int:
-    """A LEAF_MEMO slot of slice src[lo:hi] from its length and last 8 bytes (for a DER
-    certificate, signature bytes: the 16 leaves of the mix have only 7 lengths)."""
-    v = np.uint64(hi - lo)
-    for j in range(max(lo, hi - 8), hi):
-        v = (v << np.uint64(8)) ^ np.uint64(src[j]) ^ (v >> np.uint64(56))
-    v *= np.uint64(0x9E3779B97F4A7C15)
-    return np.int64(v >> np.uint64(56)) & (LEAF_MEMO - 1)
-
-
-@njit
-def _leaf_numbers(src: np.ndarray, starts: np.ndarray, stops: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """distinct_slice_ids for leaf certificates: (ids, first), equal slices (clipped to
-    src) numbered alike in first-seen order. Before hashing a slice (~66 ns for a 1.25 KB
-    leaf), it is compared with the number last given to a slice of its LEAF_MEMO slot
-    (length and last bytes): a server's leaf repeats flow after flow, and the slot tells
-    leaves of equal length apart where distinct_slice_table's memo (length only) did not.
-    A wrong guess costs one compare, so hostile input costs at most about twice as much.
-    Equal hashes are confirmed by the bytes: the numbering is exact."""
-    n = starts.size
-    size = 64
-    while size < 2 * n:
-        size *= 2
-    mask = size - 1
-    slots = np.full(size, -1, np.int64)
-    slot_hash = np.zeros(size, np.uint64)
-    ids = np.empty(n, np.int64)
-    first = np.empty(n, np.int64)
-    first_lo = np.empty(n, np.int64)
-    first_hi = np.empty(n, np.int64)
-    memo = np.full(LEAF_MEMO, -1, np.int64)
-    count = 0
-    for i in range(n):
-        if i + PREFETCH_FLOWS < n and src.size > 0:
-            # a later leaf's lines: leaves lie a flight apart in hs (see distinct_slice_table)
-            a, b = clip_slice(src.size, starts[i + PREFETCH_FLOWS], stops[i + PREFETCH_FLOWS])
-            for at in range(a, min(b, a + PREFETCH_LEAF_BYTES), 64):
-                prefetch(src, at)
-        lo, hi = clip_slice(src.size, starts[i], stops[i])
-        slot_of = _tail_slot(src, lo, hi)
-        guess = memo[slot_of]
-        if (guess >= 0 and first_hi[guess] - first_lo[guess] == hi - lo
-                and _same_bytes(src, lo, first_lo[guess], hi - lo)):
-            ids[i] = guess
-            continue
-        h = _slice_hash(src, lo, hi)
-        slot = np.int64(h & np.uint64(mask))
-        while True:
-            m = slots[slot]
-            if m < 0:
-                slots[slot] = count
-                slot_hash[slot] = h
-                first[count] = i
-                first_lo[count] = lo
-                first_hi[count] = hi
-                ids[i] = count
-                count += 1
-                break
-            if (slot_hash[slot] == h and first_hi[m] - first_lo[m] == hi - lo
-                    and _same_bytes(src, lo, first_lo[m], hi - lo)):
-                ids[i] = m
-                break
-            slot = (slot + 1) & mask
-        memo[slot_of] = ids[i]
-    return ids, first[:count]
-
-
 def _hs_columns(hs: np.ndarray, starts: np.ndarray, stops: np.ndarray, leaf_lo: np.ndarray,
                 leaf_hi: np.ndarray) -> tuple[np.ndarray, ...]:
     """(server_name, next_protocol, cert_sha1, cert_subject, cert_issuer) of rows whose
     (m, 2) hs slices are SNI and chosen ALPN, hs[leaf_lo:leaf_hi] their leaf certificate
     (empty: none, ""). One distinct_slice_table numbers SNI and ALPN (a row's slices one
-    after the other; one call, not two), _leaf_numbers the leaves; texts are made per
-    distinct slice: SNIs lower-cased, certificate() per leaf."""
+    after the other; one call, not two), distinct_slice_ids the leaves (memo keyed by
+    length and last bytes: a server's leaf repeats, and the mix's 16 leaves have 7
+    lengths); texts are made per distinct slice: SNIs lower-cased, certificate() per leaf."""
     ids, first = distinct_slice_table(hs, starts, stops)
     column = first % 2
     lo, hi = starts.reshape(-1)[first], stops.reshape(-1)[first]
@@ -1373,7 +1298,7 @@ def _hs_columns(hs: np.ndarray, starts: np.ndarray, stops: np.ndarray, leaf_lo: 
     for c, lower in ((0, True), (1, False)):
         numbers = np.flatnonzero(column == c)
         texts[numbers] = _texts(_ascii_slices(hs, lo[numbers], hi[numbers], lower))
-    leaf_ids, leaf_first = _leaf_numbers(hs, leaf_lo, leaf_hi)
+    leaf_ids, leaf_first = distinct_slice_ids(hs, leaf_lo, leaf_hi, by_tail=True)
     certs = [np.empty(leaf_first.size, dtype=object) for _ in range(3)]
     for number, a, b in zip(range(leaf_first.size), leaf_lo[leaf_first].tolist(),
                             leaf_hi[leaf_first].tolist(), strict=True):

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from test_tls_kernels import client_streams, server_streams
 
 from sensors import tls
+from sensors.http_kernel import distinct_slice_ids
 
 
 @settings(max_examples=200, deadline=None)
@@ -42,8 +43,9 @@ def test_names_per_distinct_code(codes, where, odd):
                 max_size=12),
        st.booleans())
 def test_hs_columns_equal_each_row_alone(data, rows, newlines):
-    """SNI / ALPN columns numbered by one two-column table and leaves by _leaf_numbers
-    equal each row's own texts: the columns never share numbers, even for equal bytes."""
+    """SNI / ALPN columns numbered by one two-column table and leaves by distinct_slice_ids
+    (memo by tail) equal each row's own texts: the columns never share numbers, even for
+    equal bytes."""
     if newlines:
         data = data.replace(b"a", b"\n")
     src = np.frombuffer(data, np.uint8)
@@ -65,9 +67,10 @@ def test_hs_columns_equal_each_row_alone(data, rows, newlines):
        st.lists(st.tuples(st.integers(0, 5), st.integers(0, 79), st.integers(0, 255)),
                 max_size=40))
 def test_leaf_numbers_exact(pool, picks):
-    """_leaf_numbers numbers slices equal exactly when their bytes are equal, in first-seen
-    order, whatever the memo guesses: slices of a small pool repeat (memo hits), some with
-    one byte changed (same length and often the same last bytes: wrong guesses)."""
+    """Leaves (distinct_slice_ids with its memo keyed by length and last bytes) are numbered
+    equal exactly when their bytes are equal, in first-seen order, whatever the memo
+    guesses: slices of a small pool repeat (memo hits), some with one byte changed (same
+    length and often the same last bytes: wrong guesses)."""
     parts = []
     for which, at, value in picks:
         piece = bytearray(pool[which % len(pool)])
@@ -78,7 +81,7 @@ def test_leaf_numbers_exact(pool, picks):
     sizes = np.array([len(p) for p in parts], np.int64)
     stops = np.cumsum(sizes)
     starts = stops - sizes
-    ids, first = tls._leaf_numbers(src, starts, stops)
+    ids, first = distinct_slice_ids(src, starts, stops, by_tail=True)
     seen: dict[bytes, int] = {}
     expected = [seen.setdefault(p, len(seen)) for p in parts]
     assert ids.tolist() == expected
