@@ -1552,12 +1552,16 @@ class FlowTable:
         cut = np.partition(last, excess - 1)[excess - 1]
         below = live[last < cut]
         at_cut = live[last == cut][:excess - below.size]  # live is in slot order
+        n_live = int(live.size)
+        # two arrays a live slot, gone before the records and the release (whose index
+        # rebuild allocates its own): together they were the 10M SYN flood's peak RSS
+        del live, last
         victims = np.concatenate([below, at_cut])
         victims = victims[np.lexsort((victims, self._cols["last_ts"][victims]))]
         rows = self._slot_records(victims, R_EVICTED)
         self._release(victims)
         self.stats["flows_evicted"] += int(victims.size)
-        self.stats["flows_live"] = int(live.size - excess)
+        self.stats["flows_live"] = n_live - excess
         return [rows]
 
     def _allocate(self, key_hash: np.ndarray) -> np.ndarray:
