@@ -141,8 +141,6 @@ _K = (0x5A827999, 0x6ED9EBA1, 0x8F1BBCDC, 0xCA62C1D6)
 _H0 = (0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0)
 _B64 = np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
                      dtype=np.uint8).copy()
-_MAPPED = np.frombuffer(IPV4_MAPPED_PREFIX, dtype=np.uint8).copy()
-_MASK32 = 0xFFFFFFFF
 
 
 @njit
