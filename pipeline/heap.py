@@ -5,7 +5,10 @@ long-lived container objects that never become garbage. Every full (generation-2
 collection walks them all again: ~60 ms each, about 15 % of the sensor's CPU on a
 300k-packet mix. `gc.freeze()` moves the objects alive at that moment into a permanent
 generation the collector skips; anything allocated afterwards is collected as usual.
-Called once per process, after the first batch, when the kernels are loaded.
+Called after every batch (sensor) or push (correlation engine); it freezes at the first
+call, when most kernels are loaded, and again after a call if numba loaded or compiled
+code since the last freeze: kernels of paths a later batch takes first (held and released
+flows, ...) are long-lived objects too, and a first batch can be small (a live capture).
 """
 
 from __future__ import annotations
@@ -14,14 +17,33 @@ import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-_frozen = False
+from numba.core import event
+
+_code_loaded = True  # numba loaded or compiled code since the last freeze (or none yet)
+
+
+class _CodeLoads(event.Listener):
+    """Notes that numba took its compiler lock: it does to compile a kernel and to load one
+    from the on-disk cache, not to call compiled code."""
+
+    def on_start(self, happened: event.Event) -> None:  # noqa: ARG002 (numba's signature)
+        global _code_loaded
+        _code_loaded = True
+
+    def on_end(self, happened: event.Event) -> None:  # noqa: ARG002 (numba's signature)
+        pass
+
+
+event.register("numba:compiler_lock", _CodeLoads())
 
 
 def freeze_startup_heap() -> None:
-    """Freeze the objects alive now, the first time it is called in this process."""
-    global _frozen
-    if not _frozen:
-        _frozen = True
+    """Freeze the objects alive now, at the first call in this process and after any call
+    before which numba loaded or compiled code (gc.freeze only moves the collector's lists,
+    so a call costs nothing when there is nothing new)."""
+    global _code_loaded
+    if _code_loaded:
+        _code_loaded = False
         gc.freeze()
 
 
