@@ -727,6 +727,7 @@ def _group_kernel(hashes):
     groups = 0
     for i in range(n):
         value = hashes[i]
+        # _slot_of's probe written out: through the helper this loop measured ~9% slower
         slot = np.int64(value & np.uint64(mask))
         while used[slot] and table[slot] != value:
             slot = (slot + 1) & mask
@@ -828,22 +829,25 @@ def _hash_table(keys):
     table = np.zeros(size, dtype=np.uint64)
     used = np.zeros(size, dtype=np.bool_)
     for key in keys:
-        slot = np.int64(key & np.uint64(mask))
-        while used[slot] and table[slot] != key:
-            slot = (slot + 1) & mask
+        slot = _slot_of(table, used, mask, key)
         table[slot] = key
         used[slot] = True
     return table, used, mask
 
 
+@njit(inline="always")  # no call per probe
+def _slot_of(table, used, mask, value):
+    """The slot of `value` in an open-addressing table of uint64 (linear probing from
+    value & mask): the one holding it, else the empty slot where its probe ends."""
+    slot = np.int64(value & np.uint64(mask))
+    while used[slot] and table[slot] != value:
+        slot = (slot + 1) & mask
+    return slot
+
+
 @njit
 def _in_table(table, used, mask, value):
-    slot = np.int64(value & np.uint64(mask))
-    while used[slot]:
-        if table[slot] == value:
-            return True
-        slot = (slot + 1) & mask
-    return False
+    return used[_slot_of(table, used, mask, value)]
 
 
 @njit
@@ -907,9 +911,7 @@ def _lru_touch(table, used, stamps, log_hash, log_stamp, state, values, cap):
     tail = state[3]
     for i in range(values.shape[0]):
         value = values[i]
-        slot = np.int64(value & np.uint64(mask))
-        while used[slot] and table[slot] != value:
-            slot = (slot + 1) & mask
+        slot = _slot_of(table, used, mask, value)
         if not used[slot]:
             table[slot] = value
             used[slot] = True
@@ -924,9 +926,7 @@ def _lru_touch(table, used, stamps, log_hash, log_stamp, state, values, cap):
         value = log_hash[head]
         old = log_stamp[head]
         head += 1
-        slot = np.int64(value & np.uint64(mask))
-        while used[slot] and table[slot] != value:
-            slot = (slot + 1) & mask
+        slot = _slot_of(table, used, mask, value)
         if used[slot] and stamps[slot] == old:
             _lru_delete(table, used, stamps, slot, mask)
             count -= 1
@@ -943,9 +943,7 @@ def _lru_remove(table, used, stamps, state, values):
     count = state[0]
     for i in range(values.shape[0]):
         value = values[i]
-        slot = np.int64(value & np.uint64(mask))
-        while used[slot] and table[slot] != value:
-            slot = (slot + 1) & mask
+        slot = _slot_of(table, used, mask, value)
         if used[slot]:
             _lru_delete(table, used, stamps, slot, mask)
             count -= 1
@@ -959,9 +957,7 @@ def _lru_compact(table, used, stamps, log_hash, log_stamp, state):
     out = 0
     for j in range(state[2], state[3]):
         value = log_hash[j]
-        slot = np.int64(value & np.uint64(mask))
-        while used[slot] and table[slot] != value:
-            slot = (slot + 1) & mask
+        slot = _slot_of(table, used, mask, value)
         if used[slot] and stamps[slot] == log_stamp[j]:
             log_hash[out] = value
             log_stamp[out] = log_stamp[j]
@@ -978,9 +974,7 @@ def _lru_order(table, used, stamps, log_hash, log_stamp, head, tail):
     n = 0
     for j in range(head, tail):
         value = log_hash[j]
-        slot = np.int64(value & np.uint64(mask))
-        while used[slot] and table[slot] != value:
-            slot = (slot + 1) & mask
+        slot = _slot_of(table, used, mask, value)
         if used[slot] and stamps[slot] == log_stamp[j]:
             out[n] = value
             n += 1
