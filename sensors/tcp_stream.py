@@ -712,42 +712,13 @@ def _spans_kernel(data, start, size, out):
 
 
 @njit
-def _group_kernel(hashes):
-    """(group of each row, number of groups): rows of one hash share a group, groups are
-    numbered in the order their first row appears."""
-    n = hashes.shape[0]
-    size = 16
-    while size < 2 * n:
-        size *= 2
-    mask = size - 1
-    table = np.zeros(size, dtype=np.uint64)
-    used = np.zeros(size, dtype=np.bool_)
-    ids = np.zeros(size, dtype=np.int64)
-    group_of = np.empty(n, dtype=np.int64)
-    groups = 0
-    for i in range(n):
-        value = hashes[i]
-        # _slot_of's probe written out: through the helper this loop measured ~9% slower
-        slot = np.int64(value & np.uint64(mask))
-        while used[slot] and table[slot] != value:
-            slot = (slot + 1) & mask
-        if not used[slot]:
-            used[slot] = True
-            table[slot] = value
-            ids[slot] = groups
-            groups += 1
-        group_of[i] = ids[slot]
-    return group_of, groups
-
-
-@njit
 def _flow_groups_kernel(hashes):
-    """(group of each row, hash of each group): _group_kernel's numbering (rows of one hash
-    share a group, numbered in the order their first row appears), for a whole batch's
-    candidate rows (~8 per flow). The table holds group numbers (int32, -1 empty; a slot's
-    hash is its group's): _group_kernel's, sized by the rows and holding the hashes, is
-    ~1 MB of fresh pages per batch there (page faults) where this one is ~64 KB. (For the
-    fast path's fewer rows _group_kernel measured faster.)
+    """(group of each row, hash of each group): rows of one hash share a group, numbered in
+    the order their first row appears, for a whole batch's candidate rows (~8 per flow).
+    The table holds group numbers (int32, -1 empty; a slot's hash is its group's): a table
+    sized by the rows and holding the hashes (the former _group_kernel, now the tests'
+    reference in tests/stream_select_reference.py) is ~1 MB of fresh pages per batch there
+    (page faults) where this one is ~64 KB.
 
     The table starts at 4 slots per row up to 4,096 rows (a batch's ~3k flows fill a
     sixth of it) and doubles when half full, between runs of _group_run: a table
@@ -800,22 +771,6 @@ def _group_run(hashes, start, slots, group_hash, group_of, groups):
                 return i + 1, groups
         group_of[i] = group
     return n, groups
-
-
-@njit
-def _counting_order(keys, n_keys):
-    """The stable permutation that sorts `keys` (ints in [0, n_keys)): a counting sort."""
-    first = np.zeros(n_keys + 1, dtype=np.int64)
-    for k in keys:
-        first[k + 1] += 1
-    for k in range(n_keys):
-        first[k + 1] += first[k]
-    order = np.empty(keys.shape[0], dtype=np.int64)
-    for i in range(keys.shape[0]):
-        k = keys[i]
-        order[first[k]] = i
-        first[k] += 1
-    return order
 
 
 @njit
@@ -1636,7 +1591,7 @@ _INT64_MIN = np.int64(np.iinfo(np.int64).min)
 @njit
 def _fast_groups_kernel(flow_of, found, settled, excluded):
     """The rows the fast path may take (found, not settled, not excluded: `excluded` empty
-    for none) by flow (_group_kernel's numbering, first-seen order), time order within:
+    for none) by flow (numbered in first-seen order), time order within:
     (rows, group of each, each group's first position in them). One pass where a mask,
     a gather, two permutations, a bincount and a cumsum were seven. `flow_of`: each row's
     flow as the batch's grouping numbers it (_candidate_groups' group_of; -1 for replayed

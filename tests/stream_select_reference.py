@@ -1,13 +1,15 @@
 """Former kernels of StreamCollector._select, kept as the tests' reference for
 _select_rows_kernel (tests/test_stream_select.py) and for _select's answers as np.isin gave
-them (tests/test_tcp_stream_kernels.py). Production uses _select_rows_kernel only."""
+them (tests/test_tcp_stream_kernels.py). Production uses _select_rows_kernel only. Also the
+former grouping kernels (_group_kernel, _counting_order): the reference numbering of
+_flow_groups_kernel and the order _fast_groups_kernel's counting sort gives."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from pipeline.jit import njit
-from sensors.tcp_stream import ACK, SYN, _hash_table, _in_table
+from sensors.tcp_stream import ACK, SYN, _hash_table, _in_table, _slot_of
 
 
 @njit
@@ -111,3 +113,45 @@ def _opening_kernel(plen, flags, sport, dport, head_matched, port_table, any_por
         pure_syn[i] = (f & (SYN | ACK)) == SYN
         any_pure_syn = any_pure_syn or pure_syn[i]
     return has, matched, opens, syn, pure_syn, any_pure_syn
+
+
+@njit
+def _group_kernel(hashes):
+    """(group of each row, number of groups): rows of one hash share a group, groups are
+    numbered in the order their first row appears."""
+    n = hashes.shape[0]
+    size = 16
+    while size < 2 * n:
+        size *= 2
+    mask = size - 1
+    table = np.zeros(size, dtype=np.uint64)
+    used = np.zeros(size, dtype=np.bool_)
+    ids = np.zeros(size, dtype=np.int64)
+    group_of = np.empty(n, dtype=np.int64)
+    groups = 0
+    for i in range(n):
+        value = hashes[i]
+        slot = _slot_of(table, used, mask, value)
+        if not used[slot]:
+            used[slot] = True
+            table[slot] = value
+            ids[slot] = groups
+            groups += 1
+        group_of[i] = ids[slot]
+    return group_of, groups
+
+
+@njit
+def _counting_order(keys, n_keys):
+    """The stable permutation that sorts `keys` (ints in [0, n_keys)): a counting sort."""
+    first = np.zeros(n_keys + 1, dtype=np.int64)
+    for k in keys:
+        first[k + 1] += 1
+    for k in range(n_keys):
+        first[k + 1] += first[k]
+    order = np.empty(keys.shape[0], dtype=np.int64)
+    for i in range(keys.shape[0]):
+        k = keys[i]
+        order[first[k]] = i
+        first[k] += 1
+    return order

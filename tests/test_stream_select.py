@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from stream_select_reference import _opening_kernel, _select_core
+from stream_select_reference import _group_kernel, _opening_kernel, _select_core
 
 from sensors.packets import IP_DTYPE
 from sensors.tcp_stream import (
     _flow_groups_kernel,
-    _group_kernel,
     _hash_table,
     _HashLru,
     _reopened_kernel,

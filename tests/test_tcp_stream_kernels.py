@@ -12,7 +12,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from packet_builders import batch_from_scapy
-from stream_select_reference import _select_kernel
+from stream_select_reference import _counting_order, _group_kernel, _select_kernel
 from test_tcp_stream import CLIENT, SERVER, _feed_all, _loop_stats, handshake, seg, tcp_sessions
 
 import sensors.tcp_stream as tcp_stream
@@ -23,8 +23,6 @@ from sensors.tcp_stream import (
     StreamBatch,
     StreamChunk,
     StreamCollector,
-    _counting_order,
-    _group_kernel,
     _spans_kernel,
     flow_hash_column,
     prefix_predicate,
