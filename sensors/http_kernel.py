@@ -256,13 +256,6 @@ def _headers(buf, lo, hi, table, at):
         i = eol + 1
 
 
-@njit
-def _find_lf(buf, i, hi):
-    """bytes.find(b"\\n", i, hi) over buf: 64 bytes a step (one vector compare, _byte_mask),
-    the buffer's last bytes one by one. Header lines average ~31 bytes: most are one step."""
-    return _find_byte(buf, i, hi, _LF)
-
-
 @njit(inline="always")
 def _lf_bits(buf, at, hi):
     """Bit j set where buf[at + j] is LF, at + j < hi, j < 64 (at < hi)."""
@@ -280,8 +273,10 @@ def _lf_bits(buf, at, hi):
 
 @njit
 def _find_byte(buf, i, hi, byte):
-    """bytes.find(bytes([byte]), i, hi) over buf (-1: none). Reads up to 63 bytes past hi
-    (inside buf): the mask of those is dropped by the bound test."""
+    """bytes.find(bytes([byte]), i, hi) over buf (-1: none): 64 bytes a step (one vector
+    compare, _byte_mask), the buffer's last bytes one by one; header lines average ~31
+    bytes, so most searches are one step. Reads up to 63 bytes past hi (inside buf): the
+    mask of those is dropped by the bound test."""
     last = buf.shape[0] - _MASK_BYTES if _LITTLE_ENDIAN else -1
     while i < hi and i <= last:
         m = _byte_mask(buf, i, byte)

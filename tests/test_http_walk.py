@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 
 from sensors.http import _ParsedFlows, parse_messages, reference_parse, request_row
 from sensors.http_kernel import (
+    _LF,
     F_FALLBACK,
     MAX_HEADER_BYTES,
     _find_byte,
-    _find_lf,
     parse_flows,
     whole_events,
 )
@@ -51,7 +51,7 @@ def _reference_rows(c: StreamChunk) -> list[dict]:
 def test_find_lf_equals_bytes_find(data, lo, hi):
     buf = np.frombuffer(data, dtype=np.uint8)
     lo, hi = min(lo, len(data)), min(hi, len(data))
-    assert int(_find_lf(buf, lo, hi)) == data.find(b"\n", lo, max(lo, hi))
+    assert int(_find_byte(buf, lo, hi, _LF)) == data.find(b"\n", lo, max(lo, hi))
 
 
 @settings(deadline=None)
