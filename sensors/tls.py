@@ -58,10 +58,11 @@ from pipeline.jit import njit
 from pipeline.schema import TLS, EventBatch
 from sensors.analyzer import Analyzer
 from sensors.http_kernel import (
+    _load_u64,
+    _slice_hash,
     clip_slice,
     copy_bytes,
     distinct_slice_ids,
-    distinct_slice_table,
     join_slices,
 )
 from sensors.packets import DecodedPackets
@@ -1136,15 +1137,6 @@ def certificate(der: bytes) -> tuple[str, str, str]:
     return found
 
 
-def _texts(values: list[str]) -> np.ndarray:
-    return np.array(values, dtype=object)
-
-
-def _shared_lists(values: list[tuple[str, ...]]) -> np.ndarray:
-    """A new list per value, as an object column (np.array would make a 2-D array)."""
-    return np.fromiter(map(list, values), dtype=object, count=len(values))
-
-
 def _distinct_slices(src: np.ndarray, starts: np.ndarray, stops: np.ndarray
                      ) -> tuple[list[bytes], np.ndarray]:
     """(the distinct byte slices src[starts[i]:stops[i]] (clipped to src) in first-seen
@@ -1251,96 +1243,330 @@ def _event_bounds(at: np.ndarray, found: np.ndarray, ck_start: np.ndarray, ck_st
                   sni_stop: np.ndarray, alpn_start: np.ndarray, alpn_stop: np.ndarray,
                   cert_start: np.ndarray, cert_stop: np.ndarray, selected: np.ndarray,
                   server_version: np.ndarray, cipher: np.ndarray
-                  ) -> tuple[np.ndarray, ...]:
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """What event_columns reads of flows `at`, in one pass (was ~20 numpy takes and
-    masks): (client key bounds (2, m), server key bounds (2, m), hs slice bounds (m, 2) of
-    SNI and chosen ALPN as starts and stops, leaf certificate bounds (2, m), codes (2, m):
-    the negotiated version and the cipher). Without a ServerHello (`found`): an empty
-    server key and ALPN, codes -1; without a certificate: an empty slice."""
+    masks): (lo, hi, codes). lo/hi (5, m): the slice bounds of each row's client key,
+    server key, SNI, chosen ALPN and leaf certificate (_EVENT_KINDS' order); codes (2, m):
+    the negotiated version and the cipher. Without a ServerHello (`found`): an empty server
+    key and ALPN, codes -1; without a certificate: an empty slice."""
     m = at.size
-    client_key = np.empty((2, m), np.int64)
-    server_key = np.zeros((2, m), np.int64)
-    hs_lo = np.zeros((m, 2), np.int64)
-    hs_hi = np.zeros((m, 2), np.int64)
-    leaf = np.zeros((2, m), np.int64)
+    lo = np.zeros((N_KINDS, m), np.int64)
+    hi = np.zeros((N_KINDS, m), np.int64)
     codes = np.full((2, m), -1, np.int64)
     for e in range(m):
         f = at[e]
-        client_key[0, e] = ck_start[f]
-        client_key[1, e] = ck_stop[f]
-        hs_lo[e, 0] = sni_start[f]
-        hs_hi[e, 0] = sni_stop[f]
+        lo[KIND_CLIENT, e] = ck_start[f]
+        hi[KIND_CLIENT, e] = ck_stop[f]
+        lo[KIND_SNI, e] = sni_start[f]
+        hi[KIND_SNI, e] = sni_stop[f]
         if cert_stop[f] > cert_start[f]:
-            leaf[0, e] = cert_start[f]
-            leaf[1, e] = cert_stop[f]
+            lo[KIND_LEAF, e] = cert_start[f]
+            hi[KIND_LEAF, e] = cert_stop[f]
         if found[f]:
-            server_key[0, e] = sk_start[f]
-            server_key[1, e] = sk_stop[f]
-            hs_lo[e, 1] = alpn_start[f]
-            hs_hi[e, 1] = alpn_stop[f]
+            lo[KIND_SERVER, e] = sk_start[f]
+            hi[KIND_SERVER, e] = sk_stop[f]
+            lo[KIND_ALPN, e] = alpn_start[f]
+            hi[KIND_ALPN, e] = alpn_stop[f]
             codes[0, e] = selected[f] if selected[f] != 0 else server_version[f]
             codes[1, e] = cipher[f]
-    return client_key, server_key, hs_lo, hs_hi, leaf, codes
+    return lo, hi, codes
+
+
+# --- distinct values known across batches ---------------------------------------------------
+
+# What a known value is: a client key, a server key, an SNI, a chosen ALPN name, a leaf
+# certificate (also the rows of event_columns' slice bounds, in this order).
+KIND_CLIENT, KIND_SERVER, KIND_SNI, KIND_ALPN, KIND_LEAF = 0, 1, 2, 3, 4
+N_KINDS = 5
+# Which array a column's slices are of (_number_known's ckeys, skeys, hs).
+SOURCE_CKEYS, SOURCE_SKEYS, SOURCE_HS = 0, 1, 2
+_EVENT_SOURCES = np.array([SOURCE_CKEYS, SOURCE_SKEYS, SOURCE_HS, SOURCE_HS, SOURCE_HS], np.int64)
+_EVENT_KINDS = np.arange(N_KINDS, dtype=np.int64)
+_HS_SOURCES = np.full(3, SOURCE_HS, np.int64)
+_HS_KINDS = np.array([KIND_SNI, KIND_ALPN, KIND_LEAF], np.int64)
+MAX_KNOWN_VALUES = 1 << 16  # a KnownValues over this many values starts over
+MAX_KNOWN_BYTES = 16 << 20  # ... or over this many bytes of them
+KNOWN_MEMO_SLOTS = 256  # per kind, the value last seen with each memo key (power of 2)
+_KNOWN_MIX = np.uint64(0x9E3779B97F4A7C15)  # spreads a memo key's bits into its top byte
+_KIND_SALT = np.uint64(1099511628211)  # equal bytes of two kinds hash apart
+# KnownValues.texts: per kind, the event columns a value of it gives
+_KIND_TEXTS = {KIND_CLIENT: ("ja3", "ja4", "client_alpn"), KIND_SERVER: ("ja3s",),
+               KIND_SNI: ("server_name",), KIND_ALPN: ("next_protocol",),
+               KIND_LEAF: ("cert_sha1", "cert_subject", "cert_issuer")}
+
+
+@njit
+def _equal_bytes(a: np.ndarray, i: int, b: np.ndarray, j: int, n: int) -> bool:
+    """a[i : i + n] == b[j : j + n] (both inside their arrays): 32 bytes a step as four word
+    compares with one branch (http_kernel._same_bytes, of two arrays)."""
+    k = 0
+    while k + 32 <= n:
+        diff = ((_load_u64(a, i + k) ^ _load_u64(b, j + k))
+                | (_load_u64(a, i + k + 8) ^ _load_u64(b, j + k + 8))
+                | (_load_u64(a, i + k + 16) ^ _load_u64(b, j + k + 16))
+                | (_load_u64(a, i + k + 24) ^ _load_u64(b, j + k + 24)))
+        if diff != np.uint64(0):
+            return False
+        k += 32
+    while k + 8 <= n:
+        if _load_u64(a, i + k) != _load_u64(b, j + k):
+            return False
+        k += 8
+    if k < n and n >= 8:  # the tail as the last 8 bytes (overlapping): no byte loop
+        return _load_u64(a, i + n - 8) == _load_u64(b, j + n - 8)
+    while k < n:
+        if a[i + k] != b[j + k]:
+            return False
+        k += 1
+    return True
+
+
+@njit
+def _memo_key(src: np.ndarray, lo: int, hi: int) -> int:
+    """A slice's memo slot, from its length and last 8 bytes (one word load): TLS's values
+    repeat flow after flow, and a leaf certificate's last bytes (its signature) tell the
+    leaves of equal length apart (the mix's 16 leaves have 7 lengths)."""
+    n = hi - lo
+    key = np.uint64(n)
+    if n >= 8:
+        key ^= _load_u64(src, hi - 8)
+    else:
+        for j in range(lo, hi):
+            key = (key << np.uint64(8)) | np.uint64(src[j])
+    return np.int64((key * _KNOWN_MIX) >> np.uint64(56)) & (KNOWN_MEMO_SLOTS - 1)
+
+
+@njit
+def _number_known(ckeys: np.ndarray, skeys: np.ndarray, hs: np.ndarray, sources: np.ndarray,
+                  kinds: np.ndarray, lo: np.ndarray, hi: np.ndarray, state: np.ndarray,
+                  slots: np.ndarray, value_hash: np.ndarray, value_kind: np.ndarray,
+                  value_lo: np.ndarray, value_hi: np.ndarray, memo: np.ndarray,
+                  arena: np.ndarray) -> tuple[bool, int, np.ndarray]:
+    """KnownValues.number's kernel: (ok, room, ids). Column c's slices are of the array
+    sources[c] picks, their values of kind kinds[c]; ids (k, m). ok False (nothing
+    numbered): the arrays have no room for every slice being new (room: the arena bytes
+    that takes). state = [values, arena bytes used], updated."""
+    k, m = lo.shape
+    ids = np.empty((k, m), np.int64)
+    room = 0
+    for c in range(k):
+        size = ckeys.size if sources[c] == SOURCE_CKEYS else (
+            skeys.size if sources[c] == SOURCE_SKEYS else hs.size)
+        for i in range(m):
+            a, b = clip_slice(size, lo[c, i], hi[c, i])
+            room += b - a
+    count, used = state[0], state[1]
+    if (used + room > arena.size or count + k * m > value_lo.size
+            or 2 * (count + k * m) > slots.size):
+        return False, room, ids
+    mask = slots.size - 1
+    # the helpers' arrays without reference counts (see frame_records_into)
+    a0, a1, a2, known = borrowed(ckeys), borrowed(skeys), borrowed(hs), borrowed(arena)
+    for i in range(m):
+        if i + PREFETCH_FLOWS < m:
+            # a later row's slices (a leaf certificate: its first 4 KB): rows lie a flow's
+            # flight apart in hs, and the hardware prefetcher does not follow (see
+            # http_kernel._distinct_table)
+            for c in range(k):
+                src = a0 if sources[c] == SOURCE_CKEYS else (
+                    a1 if sources[c] == SOURCE_SKEYS else a2)
+                a, b = clip_slice(src.size, lo[c, i + PREFETCH_FLOWS], hi[c, i + PREFETCH_FLOWS])
+                for at in range(a, min(b, a + PREFETCH_DIRECTION_BYTES), 64):
+                    prefetch(src, at)
+        for c in range(k):
+            src = a0 if sources[c] == SOURCE_CKEYS else (a1 if sources[c] == SOURCE_SKEYS else a2)
+            start, stop = clip_slice(src.size, lo[c, i], hi[c, i])
+            n = stop - start
+            kind = kinds[c]
+            slot_of_memo = _memo_key(src, start, stop)
+            # the value last seen with this memo key: one compare, no hash (a wrong guess
+            # costs that compare only)
+            v = memo[kind, slot_of_memo]
+            if not (v >= 0 and value_hi[v] - value_lo[v] == n
+                    and _equal_bytes(src, start, known, value_lo[v], n)):
+                h = _slice_hash(src, start, stop) ^ (np.uint64(kind) * _KIND_SALT)
+                slot = np.int64(h & np.uint64(mask))
+                while True:
+                    v = slots[slot]
+                    if v < 0:  # new: its bytes kept in the arena (src is the batch's)
+                        v = count
+                        count += 1
+                        slots[slot] = v
+                        value_hash[v] = h
+                        value_kind[v] = kind
+                        value_lo[v] = used
+                        used = copy_bytes(known, used, src, start, stop)
+                        value_hi[v] = used
+                        break
+                    if (value_hash[v] == h and value_kind[v] == kind
+                            and value_hi[v] - value_lo[v] == n
+                            and _equal_bytes(src, start, known, value_lo[v], n)):
+                        break
+                    slot = (slot + 1) & mask
+                memo[kind, slot_of_memo] = v
+            ids[c, i] = v
+    state[0] = count
+    state[1] = used
+    return True, room, ids
+
+
+@njit
+def _rehash(slots: np.ndarray, value_hash: np.ndarray, count: int) -> None:
+    """Every known value's slot in a new (larger) table `slots`."""
+    slots[:] = -1
+    mask = slots.size - 1
+    for v in range(count):
+        slot = np.int64(value_hash[v] & np.uint64(mask))
+        while slots[slot] >= 0:
+            slot = (slot + 1) & mask
+        slots[slot] = v
+
+
+class KnownValues:
+    """The distinct client keys, server keys, SNIs, chosen ALPN names and leaf certificates
+    an analyzer has seen, numbered across batches, with the event texts of each (JA3 / JA4 /
+    offered ALPN list and version, JA3S, SNI lower-cased, ALPN, certificate SHA1 / subject /
+    issuer): a batch's rows are numbered by one kernel (_number_known: an open-addressing
+    table of hashes, equal hashes confirmed against the value's kept bytes, so exact; a memo
+    per kind guesses first), and Python runs only for values never seen before. Numbering
+    per batch (a table per column, then a bytes object, a dict lookup and a text per distinct
+    value, every batch) cost ~0.3 ms a batch of 65,536 packets of the mix, most of it for the
+    ~16 leaf certificates. Bounded: over max_values values or max_bytes bytes it starts over.
+    Texts are shared by every row and batch with the value (the offered-ALPN lists too, as
+    DNS shares answer lists: consumers only read them)."""
+
+    def __init__(self, max_values: int = MAX_KNOWN_VALUES, max_bytes: int = MAX_KNOWN_BYTES
+                 ) -> None:
+        self.max_values, self.max_bytes = max_values, max_bytes
+        self.clear()
+
+    def clear(self) -> None:
+        self.state = np.zeros(2, np.int64)  # values, arena bytes used
+        self.slots = np.full(64, -1, np.int64)
+        self.value_hash = np.empty(0, np.uint64)
+        self.value_kind = np.empty(0, np.int64)
+        self.value_lo = np.empty(0, np.int64)
+        self.value_hi = np.empty(0, np.int64)
+        self.memo = np.full((N_KINDS, KNOWN_MEMO_SLOTS), -1, np.int64)
+        self.arena = np.empty(0, np.uint8)
+        self.offered = np.empty(0, np.int64)  # a client key's offered version
+        self.texts = {name: np.empty(0, dtype=object)
+                      for names in _KIND_TEXTS.values() for name in names}
+
+    def number(self, ckeys: np.ndarray, skeys: np.ndarray, hs: np.ndarray,
+               sources: np.ndarray, kinds: np.ndarray, lo: np.ndarray, hi: np.ndarray
+               ) -> np.ndarray:
+        """ids (k, m) of the values of slices [lo[c, i], hi[c, i]) (clipped) of the arrays
+        sources[c] picks (SOURCE_*), of kinds[c]; new values get their texts."""
+        if self.state[0] > self.max_values or self.state[1] > self.max_bytes:
+            self.clear()
+        count = int(self.state[0])
+        lo = np.ascontiguousarray(lo, dtype=np.int64)
+        hi = np.ascontiguousarray(hi, dtype=np.int64)
+        while True:
+            ok, room, ids = _number_known(ckeys, skeys, hs, sources, kinds, lo, hi, self.state,
+                                          self.slots, self.value_hash, self.value_kind,
+                                          self.value_lo, self.value_hi, self.memo, self.arena)
+            if ok:
+                break
+            self._reserve(lo.size, room)
+        if self.state[0] > count:
+            self._describe(count, int(self.state[0]))
+        return ids
+
+    def _reserve(self, values: int, room: int) -> None:
+        """Room for `values` more values of `room` more bytes (a quarter to spare)."""
+        count, used = int(self.state[0]), int(self.state[1])
+        if self.arena.size < used + room:
+            arena = np.empty(used + room + (used + room) // 4, np.uint8)
+            arena[:used] = self.arena[:used]
+            self.arena = arena
+        need = count + values
+        if self.value_lo.size < need:
+            size = need + need // 4
+            for name in ("value_hash", "value_kind", "value_lo", "value_hi", "offered"):
+                old = getattr(self, name)
+                new = np.empty(size, old.dtype)
+                new[:count] = old[:count]
+                setattr(self, name, new)
+            for name, old in self.texts.items():
+                new = np.empty(size, dtype=object)
+                new[:count] = old[:count]
+                self.texts[name] = new
+        if self.slots.size < 2 * need:
+            size = self.slots.size
+            while size < 4 * need:
+                size *= 2
+            self.slots = np.empty(size, np.int64)
+            _rehash(self.slots, self.value_hash, count)
+
+    def _describe(self, first: int, stop: int) -> None:
+        """The texts of values first..stop-1 (new)."""
+        texts, arena = self.texts, self.arena
+        for v, kind, a, b in zip(range(first, stop), self.value_kind[first:stop].tolist(),
+                                 self.value_lo[first:stop].tolist(),
+                                 self.value_hi[first:stop].tolist(), strict=True):
+            value = arena[a:b].tobytes()
+            if kind == KIND_CLIENT:
+                ja3, ja4_text, alpn, offered = client_summary(value)
+                texts["ja3"][v], texts["ja4"][v] = ja3, ja4_text
+                texts["client_alpn"][v] = list(alpn)
+                self.offered[v] = offered
+            elif kind == KIND_SERVER:
+                texts["ja3s"][v] = server_ja3s(value) if value else ""
+            elif kind == KIND_SNI:
+                texts["server_name"][v] = value.decode("ascii", "replace").lower()
+            elif kind == KIND_ALPN:
+                texts["next_protocol"][v] = value.decode("ascii", "replace")
+            else:
+                found = certificate(value) if value else ("", "", "")
+                texts["cert_sha1"][v], texts["cert_subject"][v], texts["cert_issuer"][v] = found
 
 
 def _hs_columns(hs: np.ndarray, starts: np.ndarray, stops: np.ndarray, leaf_lo: np.ndarray,
                 leaf_hi: np.ndarray) -> tuple[np.ndarray, ...]:
     """(server_name, next_protocol, cert_sha1, cert_subject, cert_issuer) of rows whose
     (m, 2) hs slices are SNI and chosen ALPN, hs[leaf_lo:leaf_hi] their leaf certificate
-    (empty: none, ""). One distinct_slice_table numbers SNI and ALPN (a row's slices one
-    after the other; one call, not two), distinct_slice_ids the leaves (memo keyed by
-    length and last bytes: a server's leaf repeats, and the mix's 16 leaves have 7
-    lengths); texts are made per distinct slice: SNIs lower-cased, certificate() per leaf."""
-    ids, first = distinct_slice_table(hs, starts, stops)
-    column = first % 2
-    lo, hi = starts.reshape(-1)[first], stops.reshape(-1)[first]
-    texts = np.empty(first.size, dtype=object)
-    for c, lower in ((0, True), (1, False)):
-        numbers = np.flatnonzero(column == c)
-        texts[numbers] = _texts(_ascii_slices(hs, lo[numbers], hi[numbers], lower))
-    leaf_ids, leaf_first = distinct_slice_ids(hs, leaf_lo, leaf_hi, by_tail=True)
-    certs = [np.empty(leaf_first.size, dtype=object) for _ in range(3)]
-    for number, a, b in zip(range(leaf_first.size), leaf_lo[leaf_first].tolist(),
-                            leaf_hi[leaf_first].tolist(), strict=True):
-        a, b = clip_slice(hs.size, a, b)
-        found = certificate(hs[a:b].tobytes()) if b > a else ("", "", "")
-        for values, text in zip(certs, found, strict=True):
-            values[number] = text
-    return (texts[ids[:, 0]], texts[ids[:, 1]], *(values[leaf_ids] for values in certs))
+    (empty: none, ""), numbered by a new KnownValues (event_columns' columns of hs)."""
+    known = KnownValues()
+    lo = np.stack([starts[:, 0], starts[:, 1], leaf_lo]).astype(np.int64)
+    hi = np.stack([stops[:, 0], stops[:, 1], leaf_hi]).astype(np.int64)
+    src = np.ascontiguousarray(hs, dtype=np.uint8)
+    sni, alpn, leaf = known.number(src, src, src, _HS_SOURCES, _HS_KINDS, lo, hi)
+    texts = known.texts
+    return (texts["server_name"][sni], texts["next_protocol"][alpn], texts["cert_sha1"][leaf],
+            texts["cert_subject"][leaf], texts["cert_issuer"][leaf])
 
 
-def event_columns(parsed: ParsedFlows, rows: Sequence[int] | np.ndarray
-                  ) -> dict[str, np.ndarray]:
+def event_columns(parsed: ParsedFlows, rows: Sequence[int] | np.ndarray,
+                  known: KnownValues | None = None) -> dict[str, np.ndarray]:
     """The TLS-specific event columns of flows `rows` (with a readable ClientHello).
 
-    Per distinct client key / server key / cipher / version / SNI / ALPN name /
-    certificate: the (cached) strings; no Python object per row. Rows without a
-    ServerHello have "" JA3S, cipher and chosen ALPN."""
+    Per distinct client key / server key / SNI / ALPN name / certificate (`known`, the
+    analyzer's across batches; else a new one) and per distinct cipher / version: the
+    (cached) strings; no Python object per row. Rows without a ServerHello have "" JA3S,
+    cipher and chosen ALPN."""
     at = np.asarray(rows, dtype=np.int64)
-    client_key, server_key, hs_lo, hs_hi, leaf, codes = _event_bounds(
+    lo, hi, codes = _event_bounds(
         at, parsed.server_found, parsed.client_key_start, parsed.client_key_stop,
         parsed.server_key_start, parsed.server_key_stop, parsed.sni_start, parsed.sni_stop,
         parsed.alpn_start, parsed.alpn_stop, parsed.cert_start, parsed.cert_stop,
         parsed.selected_version, parsed.server_version, parsed.cipher)
-    keys, client_ids = _distinct_slices(parsed.client_keys, client_key[0], client_key[1])
-    summaries = [client_summary(key) for key in keys]
-    skeys, server_ids = _distinct_slices(parsed.server_keys, server_key[0], server_key[1])
+    known = KnownValues() if known is None else known
+    client, server, sni, alpn, leaf = known.number(
+        parsed.client_keys, parsed.server_keys, parsed.hs, _EVENT_SOURCES, _EVENT_KINDS, lo, hi)
+    texts = known.texts
     # without a ServerHello: the client's offered version
-    offered = np.array([s[3] for s in summaries], dtype=np.int64)[client_ids]
-    version = _names_or_blank(np.where(codes[0] >= 0, codes[0], offered), version_name)
-    server_name, next_protocol, cert_sha1, cert_subject, cert_issuer = _hs_columns(
-        parsed.hs, hs_lo, hs_hi, leaf[0], leaf[1])
-    # one list per distinct client key, shared by its rows (as DNS shares answer lists): a
-    # new list per row cost ~0.6-1.1 ms per 300k packets of mix v2, mostly cyclic GC scans;
-    # consumers only read it (fusion copies it)
-    client_alpn = _shared_lists([s[2] for s in summaries])[client_ids]
+    version = _names_or_blank(np.where(codes[0] >= 0, codes[0], known.offered[client]),
+                              version_name)
     return {
-        "version": version, "server_name": server_name, "client_alpn": client_alpn,
-        "next_protocol": next_protocol, "cipher": _names_or_blank(codes[1], cipher_name),
-        "ja3": _texts([s[0] for s in summaries])[client_ids],
-        "ja4": _texts([s[1] for s in summaries])[client_ids],
-        "ja3s": _texts([server_ja3s(k) if k else "" for k in skeys])[server_ids],
-        "cert_sha1": cert_sha1, "cert_subject": cert_subject, "cert_issuer": cert_issuer,
+        "version": version, "server_name": texts["server_name"][sni],
+        "client_alpn": texts["client_alpn"][client],
+        "next_protocol": texts["next_protocol"][alpn],
+        "cipher": _names_or_blank(codes[1], cipher_name),
+        "ja3": texts["ja3"][client], "ja4": texts["ja4"][client], "ja3s": texts["ja3s"][server],
+        "cert_sha1": texts["cert_sha1"][leaf], "cert_subject": texts["cert_subject"][leaf],
+        "cert_issuer": texts["cert_issuer"][leaf],
         "established": parsed.established[at].astype(np.bool_),
     }
 
@@ -1428,6 +1654,7 @@ class TlsAnalyzer(Analyzer):
             trim=needed_lengths,  # application data after the handshake is not copied
         )
         self._hs_buffer = np.empty(0, np.uint8)  # parse_joined's hs, reused batch to batch
+        self._known = KnownValues()  # event_columns' distinct values, kept batch to batch
 
     def process(self, packets: DecodedPackets) -> list[EventBatch]:
         return self._events(self.streams.feed_joined(packets))
@@ -1464,7 +1691,7 @@ class TlsAnalyzer(Analyzer):
             return []
         self._count("tls_handshakes", int(at.size))
         columns = endpoint_columns_at(batch, at, ts, self.observer_name, self.ingress_zone)
-        tls_columns = event_columns(parsed, at)
+        tls_columns = event_columns(parsed, at, self._known)
         for spec in TLS.fields:  # the schema's column order
             if spec.column not in columns:
                 columns[spec.column] = tls_columns[spec.column]
