@@ -67,10 +67,11 @@ payload heads shown to the predicate (and prefix_predicate's test of them), the 
 per-row flags and flow tests (per flow, not per row: the batch's candidate rows grouped by
 flow hash once, the held and released/closed hashes probed once per flow; np.isin sorts),
 the gather of the selected rows' columns, the fast path's grouping of rows by flow (a hash
-table and counting sorts, no argsort/lexsort), its walk (which gathers its own inputs), its
-segment layout and chunk columns (two passes where there were ~40 numpy calls per batch),
-and the copy of the fast path's payload bytes into one buffer (span by span, one memcpy
-each, into a scratch buffer the collector keeps, or straight into feed_joined's buffer). A
+table and counting sorts, no argsort/lexsort), its walk (which reads its inputs through the
+rows' positions), its segment layout and chunk columns (two passes where there were ~40
+numpy calls per batch), and the copy of the fast path's payload bytes into one buffer
+(span by span, one memcpy each, into a scratch buffer the collector keeps, or straight into
+feed_joined's buffer). A
 collector's selection after the candidate scan (per-row opening flags, flow tests, the kept
 rows' columns) is one kernel (`_select_rows_kernel`), and the candidate scan asks the CPU
 for the capture lines of the rows a few ahead (`prefetch`), as TLS's needed_lengths does
@@ -565,6 +566,7 @@ def borrowed(typingctx, array):  # noqa: ARG001 (numba's intrinsic signature)
 
 
 PREFETCH_ROWS = 16  # how many candidate rows ahead _candidate_kernel asks for a packet's lines
+IGNORED_PREFETCH = 8  # how many flows ahead _select_rows_kernel asks for an ignored-table slot
 
 
 @njit
@@ -1035,11 +1037,13 @@ def _select_rows_kernel(rows, group_of, group_hash, seq, ack, found, plen, flags
 
     The flow tests are per flow, not per row: the candidate rows come grouped by flow hash
     (`group_of`, `group_hash`: _flow_groups_kernel's, computed once per batch and shared by
-    the collectors), so the ignored table is probed once per flow, and only for flows with
-    a row that may open one (the others' answer is never read: a kept row is held, or of a
-    flow a non-ignored row opens), the held table once per flow, and the rows' tests are
-    lookups in per-flow flags (a few KB) where there were one to three hash probes per row
-    (~35 ns per candidate row, per collector).
+    the collectors), so the ignored table is probed once per flow (every flow, before the
+    row loop, with the slots of the flows 8 ahead prefetched: the table is up to ~1 MB and
+    each probe missed the cache; only the answers of flows with a row that may open one are
+    read, as when those alone were probed in the row loop: -0.4 ms per 300k packets), the
+    held table once per flow, and the rows' tests are lookups in per-flow flags (a few KB)
+    where there were one to three hash probes per row (~35 ns per candidate row, per
+    collector).
 
     rows/seq/ack/found/plen/flags/sport/dport: the candidate rows (positions into the
     batch) and their columns; head_matched: the client predicate's answer per row with
@@ -1047,17 +1051,25 @@ def _select_rows_kernel(rows, group_of, group_hash, seq, ack, found, plen, flags
     src_port..dst_ip: the batch's packet columns (addresses as (packets, 2) uint64).
     Returns (positions of the kept rows, positions of the handshake rows, fresh, and the
     kept rows' columns: hash, may_open, predicate, seq, ack, found, settled, then
-    _gather_kernel's nine)."""
+    _gather_kernel's nine, then the batch's flow number (group_of))."""
     n = group_of.shape[0]
     n_groups = group_hash.shape[0]
     im = it.shape[0] - 1
-    # per flow: bit 0 ignore-tested, 1 ignored, 2 opened by a row of this batch, 3 held
+    # per flow: bit 1 ignored, 2 opened by a row of this batch, 3 held
     state = np.zeros(n_groups, dtype=np.uint8)
     if held.shape[0] > 0:
         ht, hu, hm = _hash_table(held)
         for g in range(n_groups):
             if _in_table(ht, hu, hm, group_hash[g]):
                 state[g] = 8
+    if any_ignored:
+        for g in range(n_groups):
+            if g + IGNORED_PREFETCH < n_groups:
+                ahead = np.int64(group_hash[g + IGNORED_PREFETCH] & np.uint64(im))
+                prefetch(it, ahead)
+                prefetch(iu, ahead)
+            if _in_table(it, iu, im, group_hash[g]):
+                state[g] |= 2
     # per row: bit 0 may open (port or predicate), bit 1 the predicate matched
     row_code = np.empty(n, dtype=np.uint8)
     opened_order = np.empty(n_groups, dtype=np.int64)  # flows in the order a row opens them
@@ -1073,17 +1085,15 @@ def _select_rows_kernel(rows, group_of, group_hash, seq, ack, found, plen, flags
         has = plen[i] > 0
         matched = False
         if use_match:  # head_matched has one entry per row with payload
-            matched = head_matched[min(at, n_match - 1)] & has
+            # (unsigned indices: no negative-index fix-up per lookup)
+            matched = head_matched[np.uint64(min(at, n_match - 1))] & has
             at += has
-        opens = all_ports | port_table[sport[i]] | port_table[dport[i]] | matched
+        opens = (all_ports | port_table[np.uint64(sport[i])] | port_table[np.uint64(dport[i])]
+                 | matched)
         row_code[i] = np.uint8(opens) | (np.uint8(matched) << np.uint8(1))
-        act = opens & (has | ((flags[i] & SYN) != 0))  # opening or a handshake: ignored?
+        act = opens & (has | ((flags[i] & SYN) != 0))  # opening or a handshake
         g = group_of[i]
         s = state[g]
-        if act and any_ignored and (s & 1) == 0:
-            s |= 1
-            if _in_table(it, iu, im, group_hash[g]):
-                s |= 2
         if act and has and (s & 6) == 0:  # the first opening row of a flow not ignored
             s |= 4
             opened_order[n_opened] = g
@@ -1118,6 +1128,7 @@ def _select_rows_kernel(rows, group_of, group_hash, seq, ack, found, plen, flags
     k_ack = np.empty(m, dtype=np.int64)
     k_found = np.empty(m, dtype=np.bool_)
     k_settled = np.empty(m, dtype=np.bool_)
+    k_flow = np.empty(m, dtype=group_of.dtype)
     k_sport = np.empty(m, dtype=src_port.dtype)
     k_dport = np.empty(m, dtype=dst_port.dtype)
     k_vlan = np.empty(m, dtype=vlan.dtype)
@@ -1153,6 +1164,7 @@ def _select_rows_kernel(rows, group_of, group_hash, seq, ack, found, plen, flags
         k_ack[j] = ack[i]
         k_found[j] = found[i]
         k_settled[j] = (s & 8) != 0
+        k_flow[j] = g
         k_sport[j] = src_port[r]
         k_dport[j] = dst_port[r]
         k_vlan[j] = vlan[r]
@@ -1166,7 +1178,7 @@ def _select_rows_kernel(rows, group_of, group_hash, seq, ack, found, plen, flags
         k_dst[j, 1] = dst_ip[r, 1]
     return (keep_at[:n_keep], handshake_at[:n_handshake], fresh[:n_fresh], k_hash, k_may_open,
             k_predicate, k_seq, k_ack, k_found, k_settled, k_sport, k_dport, k_vlan, k_flags,
-            k_ts, k_off, k_plen, k_src, k_dst)
+            k_ts, k_off, k_plen, k_src, k_dst, k_flow)
 
 
 @njit
@@ -1306,8 +1318,9 @@ def known_heads(packets: DecodedPackets) -> tuple[np.ndarray, np.ndarray] | None
 
 
 def _candidate_columns(packets: DecodedPackets, rows: np.ndarray
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(payload_len, tcp_flags, src_port, dst_port) of the candidate `rows` (from
+                       ) -> tuple[np.ndarray, ...]:
+    """(payload_len, tcp_flags, src_port, dst_port, the payload lengths of the rows with
+    payload, the positions of the pure-SYN rows) of the candidate `rows` (from
     _candidates): gathered once per batch object and shared like the candidates."""
     return _shared(packets, rows, "columns", lambda: _candidate_columns_kernel(
         rows, packets.payload_len, packets.tcp_flags, packets.src_port, packets.dst_port))
@@ -1315,20 +1328,33 @@ def _candidate_columns(packets: DecodedPackets, rows: np.ndarray
 
 @njit
 def _candidate_columns_kernel(rows, payload_len, tcp_flags, src_port, dst_port):
-    """_candidate_columns' four gathers in one pass (the ports as int64): four fancy
-    indexes and two casts were six passes over the rows."""
+    """_candidate_columns' gathers in one pass (the ports as int64), with the lengths of the
+    rows with payload (the client predicate's input) and the pure-SYN rows' positions (the
+    reopening test's): four fancy indexes, two casts, a boolean index (~0.1 ms a batch) and
+    a mask + flatnonzero were ten passes over the rows."""
     n = rows.shape[0]
     plen = np.empty(n, dtype=payload_len.dtype)
     flags = np.empty(n, dtype=tcp_flags.dtype)
     sport = np.empty(n, dtype=np.int64)
     dport = np.empty(n, dtype=np.int64)
+    with_payload = np.empty(n, dtype=payload_len.dtype)
+    pure_syn = np.empty(n, dtype=np.int64)
+    n_payload = 0
+    n_syn = 0
     for i in range(n):
         r = rows[i]
-        plen[i] = payload_len[r]
-        flags[i] = tcp_flags[r]
+        size = payload_len[r]
+        f = tcp_flags[r]
+        plen[i] = size
+        flags[i] = f
         sport[i] = src_port[r]
         dport[i] = dst_port[r]
-    return plen, flags, sport, dport
+        # a slot past the kept ones is overwritten by the next (0/1 steps, no branches)
+        with_payload[n_payload] = size
+        n_payload += size > 0
+        pure_syn[n_syn] = i
+        n_syn += (f & (SYN | ACK)) == SYN
+    return plen, flags, sport, dport, with_payload[:n_payload], pure_syn[:n_syn]
 
 
 def _candidate_groups(packets: DecodedPackets, rows: np.ndarray, hashes: np.ndarray
@@ -1403,9 +1429,9 @@ def _fast_walk_kernel(starts, rows, flags_col, plen_col, seq_col, ack_col, sport
     direction exactly where its bytes end, before any FIN of that side.
 
     The rows are positions `rows` of the selected segments' columns (*_col; src_col and
-    dst_col as (segments, 2) uint64 halves), gathered here in one pass rather than by a
-    numpy call per column; whether the opening row's source/destination port is selected
-    comes from `port_table` when `any_ports` (else neither is: every port is selected).
+    dst_col as (segments, 2) uint64 halves), read through `rows`; whether the opening row's
+    source/destination port is selected comes from `port_table` when `any_ports` (else
+    neither is: every port is selected).
 
     Returns per row (direction, before = bytes of its direction before it, upto = part of
     the flow up to its close), per group (first_open, close: row positions or len(rows) + 1
@@ -1414,38 +1440,10 @@ def _fast_walk_kernel(starts, rows, flags_col, plen_col, seq_col, ack_col, sport
     at the close, cap reached per direction at the close, RST on the closing row. Only
     indexes inside [0, len(rows)) are read."""
     m = rows.shape[0]
-    flags = np.empty(m, dtype=np.int64)
-    plen = np.empty(m, dtype=np.int64)
-    seq = np.empty(m, dtype=np.int64)
-    sport = np.empty(m, dtype=np.int64)
-    dport = np.empty(m, dtype=np.int64)
-    vlan = np.empty(m, dtype=np.int64)
-    src = np.empty((m, 2), dtype=np.uint64)
-    dst = np.empty((m, 2), dtype=np.uint64)
-    # one gather loop per column: the fused loop (13 loads and stores a row) measured
-    # ~0.45 ms slower per 300k packets (of ~3.3). Only the columns read at most rows are
-    # gathered; those read at a flow's opening row or first ACK rows only (ack, may_open,
-    # predicate, the selected-port flags) are read through `rows` where needed
-    for p in range(m):
-        flags[p] = flags_col[rows[p]]
-    for p in range(m):
-        plen[p] = plen_col[rows[p]]
-    for p in range(m):
-        seq[p] = seq_col[rows[p]]
-    for p in range(m):
-        sport[p] = sport_col[rows[p]]
-    for p in range(m):
-        dport[p] = dport_col[rows[p]]
-    for p in range(m):
-        vlan[p] = vlan_col[rows[p]]
-    for p in range(m):
-        r = rows[p]
-        src[p, 0] = src_col[r, 0]
-        src[p, 1] = src_col[r, 1]
-    for p in range(m):
-        r = rows[p]
-        dst[p, 0] = dst_col[r, 0]
-        dst[p, 1] = dst_col[r, 1]
+    # the columns are read through `rows` where needed, not gathered first: the selected
+    # rows' columns are fresh from the selection, and eight gather passes (~1 MB written
+    # and read back per batch) cost more than the indirect reads (1.72 -> 1.44 ms per 300k
+    # packets, caches flushed)
     n_groups = starts.shape[0]
     big = m + 1
     direction = np.zeros(m, dtype=np.int64)
@@ -1461,40 +1459,49 @@ def _fast_walk_kernel(starts, rows, flags_col, plen_col, seq_col, ack_col, sport
         hi = starts[g + 1] if g + 1 < n_groups else m
         o = big
         for p in range(lo, hi):
-            if may_open_col[rows[p]] and (flags[p] & RST) == 0:
+            if may_open_col[rows[p]] and (flags_col[rows[p]] & RST) == 0:
                 o = p
                 break
         first_open[g] = o
         if o == big:
             never[g] = True
             continue
-        of = flags[o]
+        ro = rows[o]
+        of = np.int64(flags_col[ro])
+        o_sport = np.int64(sport_col[ro])
+        o_dport = np.int64(dport_col[ro])
+        o_vlan = np.int64(vlan_col[ro])
         o_pure = (of & (SYN | ACK)) == SYN
         if o_pure:
             client, how = True, 0
         elif (of & SYN) != 0:
             client, how = False, 1
-        elif predicate_col[rows[o]]:
+        elif predicate_col[ro]:
             client, how = True, 2
-        elif any_ports and port_table[sport[o]] != port_table[dport[o]]:
-            client, how = port_table[dport[o]], 3
+        elif any_ports and port_table[o_sport] != port_table[o_dport]:
+            client, how = port_table[o_dport], 3
         else:
-            client, how = sport[o] > dport[o], 4
+            client, how = o_sport > o_dport, 4
         # first pass: directions, per-row faults, first rows and SYNs per direction
         bad = False
         first_row0, first_row1 = big, big
         first_ack0, first_ack1 = big, big  # first row with ACK from the other direction
         syns0, syns1 = 0, 0
         for p in range(o, hi):
-            same = (src[p, 0] == src[o, 0] and src[p, 1] == src[o, 1]
-                    and dst[p, 0] == dst[o, 0] and dst[p, 1] == dst[o, 1]
-                    and sport[p] == sport[o] and dport[p] == dport[o] and vlan[p] == vlan[o])
-            rev = (src[p, 0] == dst[o, 0] and src[p, 1] == dst[o, 1]
-                   and dst[p, 0] == src[o, 0] and dst[p, 1] == src[o, 1]
-                   and sport[p] == dport[o] and dport[p] == sport[o] and vlan[p] == vlan[o])
+            r = rows[p]
+            # (short-circuit tests on the rows' own columns: o's fields hoisted into locals
+            # and tested branch-free measured slower)
+            same = (src_col[r, 0] == src_col[ro, 0] and src_col[r, 1] == src_col[ro, 1]
+                    and dst_col[r, 0] == dst_col[ro, 0] and dst_col[r, 1] == dst_col[ro, 1]
+                    and sport_col[r] == o_sport and dport_col[r] == o_dport
+                    and vlan_col[r] == o_vlan)
+            rev = (src_col[r, 0] == dst_col[ro, 0] and src_col[r, 1] == dst_col[ro, 1]
+                   and dst_col[r, 0] == src_col[ro, 0] and dst_col[r, 1] == src_col[ro, 1]
+                   and sport_col[r] == o_dport and dport_col[r] == o_sport
+                   and vlan_col[r] == o_vlan)
             d = 1 if same != client else 0
             direction[p] = d
-            f = flags[p]
+            f = np.int64(flags_col[r])
             if d == 0:
                 if first_row0 == big:
                     first_row0 = p
@@ -1511,21 +1518,21 @@ def _fast_walk_kernel(starts, rows, flags_col, plen_col, seq_col, ack_col, sport
                     syns1 += 1
             # a fault of this row spoils the flow if the row is up to the close or is a
             # pure SYN (checked in the second pass); note it in `before` meanwhile
-            before[p] = 1 if (same == rev or ((f & SYN) != 0 and plen[p] > 0)
+            before[p] = 1 if (same == rev or ((f & SYN) != 0 and plen_col[r] > 0)
                               or ((f & (SYN | ACK)) == SYN and p > o)) else 0
         base0, base1 = 0, 0
         if first_row0 != big:
             f0 = first_row0
-            syn0 = 1 if (flags[f0] & SYN) != 0 else 0
+            syn0 = 1 if (flags_col[rows[f0]] & SYN) != 0 else 0
             if f0 < first_ack0 or syn0 == 1:
-                base0 = (seq[f0] + syn0) % SEQ_MOD
+                base0 = (np.int64(seq_col[rows[f0]]) + syn0) % SEQ_MOD
             else:
                 base0 = ack_col[rows[first_ack0]] % SEQ_MOD
         if first_row1 != big:
             f1 = first_row1
-            syn1 = 1 if (flags[f1] & SYN) != 0 else 0
+            syn1 = 1 if (flags_col[rows[f1]] & SYN) != 0 else 0
             if f1 < first_ack1 or syn1 == 1:
-                base1 = (seq[f1] + syn1) % SEQ_MOD
+                base1 = (np.int64(seq_col[rows[f1]]) + syn1) % SEQ_MOD
             else:
                 base1 = ack_col[rows[first_ack1]] % SEQ_MOD
         # second pass, in time order: running counts, faults up to the close, the close
@@ -1533,7 +1540,8 @@ def _fast_walk_kernel(starts, rows, flags_col, plen_col, seq_col, ack_col, sport
         c = big
         for p in range(o, hi):
             d = direction[p]
-            f = flags[p]
+            r = rows[p]
+            f = np.int64(flags_col[r])
             row_bad = before[p] == 1 or (syns0 if d == 0 else syns1) > 1
             pure_syn = (f & (SYN | ACK)) == SYN
             if c != big:  # after the close: only a faulty pure SYN spoils the flow
@@ -1543,7 +1551,7 @@ def _fast_walk_kernel(starts, rows, flags_col, plen_col, seq_col, ack_col, sport
                 continue
             upto[p] = True
             ended = (f & (FIN | RST)) != 0
-            n = plen[p]
+            n = np.int64(plen_col[r])
             if d == 0:
                 own_before, base = sent0, base0
                 fin_before = fins0 > 0
@@ -1558,7 +1566,7 @@ def _fast_walk_kernel(starts, rows, flags_col, plen_col, seq_col, ack_col, sport
                     fins1 += 1
             if n > 0:
                 meta += 1
-                rel = (seq[p] - base) % SEQ_MOD
+                rel = (np.int64(seq_col[r]) - base) % SEQ_MOD
                 if rel != own_before or own_before + n >= SEQ_HALF or fin_before:
                     row_bad = True
             if row_bad:
@@ -1966,20 +1974,17 @@ class StreamCollector:
             columns["settled"] = np.zeros(0, dtype=bool)
             columns["flow"] = np.zeros(0, dtype=np.int64)
             return columns
-        plen, row_flags, sport, dport = _candidate_columns(packets, rows)
+        # (with_payload, syn_at: the lengths of the rows with payload and the pure-SYN rows'
+        # positions, shared by the collectors like plen)
+        plen, row_flags, sport, dport, with_payload, syn_at = _candidate_columns(packets, rows)
         group_of, group_hash = _candidate_groups(packets, rows, hashes)
         head_matched = _NO_MATCH  # per row with payload: looks like a client's opening
         if self.client_predicate is not None and head.shape[0]:
-            # (the lengths of the rows with payload: shared by the collectors, like plen)
-            with_payload = _shared(packets, rows, "payload_lengths", lambda: plen[plen > 0])
             head_matched = np.asarray(self.client_predicate(head, with_payload), dtype=bool)
         table, used = self._ignored.arrays()
         if len(self._ignored):
             # a SYN on a released/closed flow's ports is a new connection: forget the old one
             # (only a pure SYN reopens)
-            # (the pure-SYN rows' positions: per batch, shared by the collectors)
-            syn_at = _shared(packets, rows, "pure_syn",
-                             lambda: np.flatnonzero((row_flags & (SYN | ACK)) == SYN))
             reopened = _reopened_kernel(row_flags[syn_at], hashes[syn_at], table, used)
             if reopened.size:
                 self._ignored.remove(reopened)
@@ -1990,7 +1995,7 @@ class StreamCollector:
         held = np.fromiter(self._by_hash, dtype=np.uint64, count=len(self._by_hash))
         (keep_at, handshake_at, fresh, k_hash, k_may_open, k_predicate, k_seq, k_ack, k_found,
          k_settled, k_sport, k_dport, k_vlan, k_flags, k_ts, k_off, k_plen, k_src,
-         k_dst) = _select_rows_kernel(
+         k_dst, k_flow) = _select_rows_kernel(
             rows, group_of, group_hash, seq, ack, found, plen, row_flags, sport, dport,
             head_matched, self._port_table, self.ports is not None, table, used,
             len(self._ignored) > 0, held, packets.src_port, packets.dst_port, packets.vlan,
@@ -2011,7 +2016,7 @@ class StreamCollector:
                    "dst_ip": k_dst.view(packets.dst_ip.dtype).reshape(m, *packets.dst_ip.shape[1:]),
                    "replayed": np.zeros(m, dtype=bool),
                    "settled": k_settled,  # held or ignored: left to the loop
-                   "flow": group_of[keep_at]}  # the batch's flow numbers (fast path)
+                   "flow": k_flow}  # the batch's flow numbers (fast path)
         replay = self._take_handshakes(fresh)
         if replay is not None:
             replay["replayed"] = np.ones(replay["hash"].size, dtype=bool)
