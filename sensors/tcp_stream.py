@@ -1416,7 +1416,7 @@ def _gather_kernel(rows, src_port, dst_port, vlan, tcp_flags, ts_ns, payload_off
 @njit
 def _fast_walk_kernel(starts, rows, flags_col, plen_col, seq_col, ack_col, sport_col,
                       dport_col, vlan_col, src_col, dst_col, may_open_col, predicate_col,
-                      port_table, any_ports, cap, max_meta):
+                      ts_col, port_table, any_ports, cap, max_meta):
     """The fast path's test, one walk per flow (rows grouped by flow hash, time order within;
     a group runs from starts[g] to the next start). Per flow: its opening row (the first that
     may open it and is no RST), the sender's role (as StreamCollector._open), each row's
@@ -1435,10 +1435,13 @@ def _fast_walk_kernel(starts, rows, flags_col, plen_col, seq_col, ack_col, sport
 
     Returns per row (direction, before = bytes of its direction before it, upto = part of
     the flow up to its close), per group (first_open, close: row positions or len(rows) + 1
-    when none; fast; never = no row may open it) and a (groups, 7) int64 table per group:
+    when none; fast; never = no row may open it) and a (groups, 8) int64 table per group:
     client is the opening row's sender, how (CLIENT_BY index), FIN/RST seen per direction
-    at the close, cap reached per direction at the close, RST on the closing row. Only
-    indexes inside [0, len(rows)) are read."""
+    at the close, cap reached per direction at the close, RST on the closing row, the
+    latest time of the rows from the opening row to the close (the chunk's last_ts, taken
+    here where those rows are read anyway: a pass of its own in _fast_rows_kernel read
+    them again, ~0.8 of ~3 ms per 300k packets, caches cold). Only indexes inside
+    [0, len(rows)) are read."""
     m = rows.shape[0]
     # the columns are read through `rows` where needed, not gathered first: the selected
     # rows' columns are fresh from the selection, and eight gather passes (~1 MB written
@@ -1453,7 +1456,7 @@ def _fast_walk_kernel(starts, rows, flags_col, plen_col, seq_col, ack_col, sport
     close = np.full(n_groups, big, dtype=np.int64)
     fast = np.zeros(n_groups, dtype=np.bool_)
     never = np.zeros(n_groups, dtype=np.bool_)
-    per_group = np.zeros((n_groups, 7), dtype=np.int64)
+    per_group = np.zeros((n_groups, 8), dtype=np.int64)
     for g in range(n_groups):
         lo = starts[g]
         hi = starts[g + 1] if g + 1 < n_groups else m
@@ -1537,6 +1540,7 @@ def _fast_walk_kernel(starts, rows, flags_col, plen_col, seq_col, ack_col, sport
                 base1 = ack_col[rows[first_ack1]] % SEQ_MOD
         # second pass, in time order: running counts, faults up to the close, the close
         sent0, sent1, fins0, fins1, meta = 0, 0, 0, 0, 0
+        latest = _INT64_MIN
         c = big
         for p in range(o, hi):
             d = direction[p]
@@ -1550,6 +1554,7 @@ def _fast_walk_kernel(starts, rows, flags_col, plen_col, seq_col, ack_col, sport
                 before[p] = 0
                 continue
             upto[p] = True
+            latest = max(latest, np.int64(ts_col[r]))
             ended = (f & (FIN | RST)) != 0
             n = np.int64(plen_col[r])
             if d == 0:
@@ -1586,6 +1591,7 @@ def _fast_walk_kernel(starts, rows, flags_col, plen_col, seq_col, ack_col, sport
         close[g] = c
         per_group[g, 0] = client
         per_group[g, 1] = how
+        per_group[g, 7] = latest
         fast[g] = c != big and not bad
     return direction, before, upto, first_open, close, fast, never, per_group
 
@@ -1674,8 +1680,7 @@ def _fast_segments_kernel(gid, direction, before, upto, fast, plen_col, off_col,
     their key, how many bytes each adds below the cap (`take`) and where its payload is
     (`at`); key k's segments are bounds[k]:bounds[k + 1], and whole[k] is their `take`
     (the key's length before a consumer's trim). `upto` is narrowed to the fast flows'
-    rows, in place (the second pass reads it). plen_col/off_col: columns of the selected
-    segments, read at rows[p]."""
+    rows, in place. plen_col/off_col: columns of the selected segments, read at rows[p]."""
     m = rows.shape[0]
     n_carried = 0
     for p in range(m):
@@ -1726,7 +1731,7 @@ def _cut_kernel(take, bounds, wanted):
 
 
 @njit
-def _fast_rows_kernel(take, key_seg, carried, gid, direction, upto, fast, starts, first_open,
+def _fast_rows_kernel(take, key_seg, carried, gid, direction, fast, starts, first_open,
                       close, per_group, rows, plen_col, ts_col, sport_col, dport_col,
                       vlan_col, hash_col, src_ip, dst_ip, max_meta):
     """_fast_chunks' second pass: the StreamBatch columns of the fast flows, one row per
@@ -1735,7 +1740,6 @@ def _fast_rows_kernel(take, key_seg, carried, gid, direction, upto, fast, starts
     (in key order); packets are the first max_meta payload segments of each flow, listed
     in flow order (packet_start/stop index them); times, ports, addresses and flags as
     StreamCollector._chunk gives them. src_ip/dst_ip: (segments, 2) uint64 halves."""
-    m = rows.shape[0]
     n_groups = starts.shape[0]
     n_keys = 2 * n_groups
     big = _INT64_MAX
@@ -1818,13 +1822,7 @@ def _fast_rows_kernel(take, key_seg, carried, gid, direction, upto, fast, starts
             first_ts[i, d] = ts_col[rows[first_data[k]]] if first_data[k] != big else -1
         meta_stop[i] = meta_stop_g[g]
         meta_start[i] = meta_stop_g[g] - min(per_flow[g], max_meta)
-        lo_p = starts[g]
-        hi_p = starts[g + 1] if g + 1 < n_groups else m
-        latest = _INT64_MIN
-        for p in range(lo_p, hi_p):
-            if upto[p]:
-                latest = max(latest, np.int64(ts_col[rows[p]]))
-        last_ts[i] = latest
+        last_ts[i] = per_group[g, 7]  # the walk's, over the rows up to the close
         client = per_group[g, 0] != 0
         sport = np.int64(sport_col[o])
         dport = np.int64(dport_col[o])
@@ -2272,7 +2270,8 @@ class StreamCollector:
             cols["ack"], cols["sport"], cols["dport"], cols["vlan"],
             np.ascontiguousarray(cols["src_ip"]).view(np.uint64).reshape(-1, 2),
             np.ascontiguousarray(cols["dst_ip"]).view(np.uint64).reshape(-1, 2),
-            cols["may_open"], cols["predicate"], self._port_table, self.ports is not None,
+            cols["may_open"], cols["predicate"], cols["ts"], self._port_table,
+            self.ports is not None,
             self.max_bytes_per_dir, self.max_packets_meta)
         direction, before, upto, first_open, close, fast, never, per_group = walk
         looped_at = _loop_rows_kernel(n, rows, gid, never, fast)
@@ -2288,7 +2287,7 @@ class StreamCollector:
                      direction: np.ndarray, before: np.ndarray, per_group: np.ndarray
                      ) -> _Finished:
         """The final chunks of the flows `_fast_flows` finished (groups where `fast`);
-        `per_group` is `_fast_walk_kernel`'s (groups, 7) table. Two compiled passes (the
+        `per_group` is `_fast_walk_kernel`'s (groups, 8) table. Two compiled passes (the
         consumer's trim between them) where there were ~40 whole-column numpy calls."""
         n_keys = 2 * starts.size
         # payload bytes of each (flow, direction), gathered in one go, cut at the cap
@@ -2303,7 +2302,7 @@ class StreamCollector:
         (close_at, hash_values, spans, first_ts, meta_start, meta_stop, packet_ts, packet_dir,
          packet_len, last_ts, client_ip, server_ip, client_port, server_port, vlan, how,
          start_ts, ended, capped, reason_code, groups) = _fast_rows_kernel(
-            take, key_seg, carried, gid, direction, upto, fast, starts, first_open, close,
+            take, key_seg, carried, gid, direction, fast, starts, first_open, close,
             per_group, rows, cols["plen"], cols["ts"], cols["sport"], cols["dport"],
             cols["vlan"], cols["hash"],
             np.ascontiguousarray(cols["src_ip"]).view(np.uint64).reshape(-1, 2),
