@@ -95,6 +95,7 @@ _MAPPED_MIN = 1 << 20  # table columns at least this large live in their own map
 _RECORD_CHUNK = 16384  # rows per community_id_column call (bounds its temporaries)
 _GROW_HEADROOM = 65536  # slots above max_flows before growth falls back to exact sizes
 _SCAN_CHUNK = 262144  # slots per step when scanning the whole table (bounds temporaries)
+_KEPT_STATE = 1 << 19  # words of walk state kept across batches (4 MB: 20k keys)
 _AHEAD = 16  # rows ahead whose lines the grouping and the walk ask for (tcp_stream.prefetch)
 
 # Per-slot table columns. "lo"/"hi" are the canonical endpoints (smaller (ip, port) first);
@@ -175,6 +176,7 @@ assert _HOT_NAMES[_HB_ST_FL_LO - _HOT_BYTE0 + _HOT_WORDS:][:6] == (
     "st_fl_lo", "st_fl_hi", "cum_pk_lo", "cum_pk_hi", "cum_pay_lo", "cum_pay_hi")
 assert _HOT_NAMES[_HB_P_FL_LO - _HOT_BYTE0 + _HOT_WORDS:][:2] == ("p_fl_lo", "p_fl_hi")
 _COLD_NAMES = tuple(name for name in SLOT_FIELDS if name not in _HOT_NAMES)  # own columns
+_HOT_ROW_WORDS = _HOT_DTYPE.itemsize // 8
 
 
 # --- small column helpers ---------------------------------------------------------------
@@ -405,8 +407,24 @@ def _index_lookup(table: np.ndarray, key_hash: np.ndarray, key_words: np.ndarray
     slot or an EMPTY entry (at most one pass over the table)."""
     size = table.shape[0]
     n_slots = vlan.shape[0]
-    found = np.full(key_hash.shape[0], -1, dtype=np.int64)
-    for i in range(key_hash.shape[0]):
+    n = key_hash.shape[0]
+    found = np.full(n, -1, dtype=np.int64)
+    lo_flat = lo_ip.reshape(lo_ip.size)
+    hi_flat = hi_ip.reshape(hi_ip.size)
+    for i in range(n):
+        # Hints (the index and the key columns outgrow the caches on a big table): the
+        # index entry of the key _AHEAD on, and the key columns of the slot in the entry of
+        # the key _AHEAD // 2 on (asked for _AHEAD // 2 keys ago; a guess: probing may go on).
+        prefetch(table, np.int64(key_hash[min(i + _AHEAD, n - 1)] & np.uint64(size - 1)))
+        guess = np.int64(table[np.int64(key_hash[min(i + _AHEAD // 2, n - 1)]
+                                        & np.uint64(size - 1))])
+        if 0 <= guess < n_slots:
+            prefetch(vlan, guess)
+            prefetch(transport, guess)
+            prefetch(lo_port, guess)
+            prefetch(hi_port, guess)
+            prefetch(lo_flat, 16 * guess)
+            prefetch(hi_flat, 16 * guess)
         pos = np.int64(key_hash[i] & np.uint64(size - 1))
         for _ in range(size):
             entry = np.int64(table[pos])
@@ -638,7 +656,7 @@ def _copy_group(dst: np.ndarray, at: int, st: np.ndarray, k: int) -> None:
 
 @njit
 def _walk_flows(key_of, rank_of, rows, fwd, ts, cm, flags, wire, pay, transport, has_slot,
-                slot_at, hw, hb, last_col, idle_ns, tcp_idle_ns, active_ns, linger_ns):
+                slot_at, hw, hb, last_col, idle_ns, tcp_idle_ns, active_ns, linger_ns, state):
     """Flows and pieces of one batch's IP packets, walked in capture order.
 
     IP row i is packet rows[i] (the index of the batch columns ts, cm, flags, wire, pay,
@@ -660,10 +678,14 @@ def _walk_flows(key_of, rank_of, rows, fwd, ts, cm, flags, wire, pay, transport,
     columns are their live tails' group columns; per key what happens to its table piece
     (_EMIT_*) and that clock; the number of flows created; and the deadline (_deadline_of)
     of each key's live flow (the tail) as written back to the table, and their minimum.
+    The state rows are the first 26 x keys words of `state` (1-D int64, at least that
+    long; the caller's buffer, kept across batches).
     """
     n = rows.shape[0]
     n_keys = has_slot.shape[0]
-    st = np.zeros((n_keys, 26), dtype=np.int64)
+    flat = state[:n_keys * 26]
+    flat[:] = 0
+    st = flat.reshape((n_keys, 26))
     side = np.empty((n, 21), dtype=np.int64)  # groups before a key's tail (few)
     side_key = np.empty(n, dtype=np.int64)
     side_kind = np.empty(n, dtype=np.int8)
@@ -672,7 +694,6 @@ def _walk_flows(key_of, rank_of, rows, fwd, ts, cm, flags, wire, pay, transport,
     key_clock = np.zeros(n_keys, dtype=np.int64)
     n_side = 0
     created = 0
-    flat = st.reshape(-1)
     for i in range(n):
         k = rank_of[key_of[i]]
         row = rows[i]
@@ -1084,7 +1105,16 @@ def _scatter_group(words: np.ndarray, bytes_: np.ndarray, last_ts: np.ndarray,
     like numpy's astype to the fields' dtypes: int64/uint64 keep their bits, bool fields get
     nonzero -> 1, uint8 fields wrap; its deadline due[slots[i]] = deadlines[i]. slots are
     table slots, so in range."""
-    for i in range(slots.shape[0]):
+    n = slots.shape[0]
+    flat = words.reshape(words.size)
+    for i in range(n):
+        # hints _AHEAD keys on: slots are scattered over a table that outgrows the caches
+        ahead = slots[min(i + _AHEAD, n - 1)]
+        prefetch(flat, ahead * _HOT_ROW_WORDS)
+        prefetch(flat, ahead * _HOT_ROW_WORDS + _HOT_ROW_WORDS // 2)
+        prefetch(flat, ahead * _HOT_ROW_WORDS + _HOT_ROW_WORDS - 1)
+        prefetch(last_ts, ahead)
+        prefetch(due, ahead)
         s = slots[i]
         due[s] = deadlines[i]
         last_ts[s] = g[i, _G_LAST]
@@ -1159,15 +1189,35 @@ def _put_record(rec, r, o, transport, vlan, lo0, lo1, hi0, hi1, lo_port, hi_port
     rec[17][r] = reason
 
 
+@njit(inline="always")
+def _prefetch_slot(s, hot, vlan, transport, lo_ip, hi_ip, lo_port, hi_port, last_ts,
+                   cold: bool) -> None:
+    """Ask for the lines of table slot s a record reads: its hot row (104 bytes: up to 3
+    lines), last_ts and transport; with `cold`, its other key columns too."""
+    w = s * _HOT_ROW_WORDS
+    prefetch(hot, w)
+    prefetch(hot, w + _HOT_ROW_WORDS // 2)
+    prefetch(hot, w + _HOT_ROW_WORDS - 1)
+    prefetch(last_ts, s)
+    prefetch(transport, s)
+    if cold:
+        prefetch(vlan, s)
+        prefetch(lo_port, s)
+        prefetch(hi_port, s)
+        prefetch(lo_ip, 2 * s)
+        prefetch(hi_ip, 2 * s)
+
+
 @njit
 def _slot_records(slots, reason, split_clock, clock, starts, shift, idle_ns, tcp_idle_ns,
-                  active_ns, linger_ns, vlan, transport, lo_ip, hi_ip, lo_port, hi_port,
-                  orig_is_lo, flow_start, last_ts, closed_at, piece, st_fl_lo, st_fl_hi,
-                  cum_pk_lo, cum_pk_hi, cum_pay_lo, cum_pay_hi, p_first, p_end, p_pk_lo,
-                  p_pk_hi, p_by_lo, p_by_hi, p_pay_lo, p_pay_hi, p_fl_lo, p_fl_hi):
+                  active_ns, linger_ns, hot_words, vlan, transport, lo_ip, hi_ip, lo_port,
+                  hi_port, orig_is_lo, flow_start, last_ts, closed_at, piece, st_fl_lo,
+                  st_fl_hi, cum_pk_lo, cum_pk_hi, cum_pay_lo, cum_pay_hi, p_first, p_end,
+                  p_pk_lo, p_pk_hi, p_by_lo, p_by_hi, p_pay_lo, p_pay_hi, p_fl_lo, p_fl_hi):
     """Records of the table slots whose current piece holds packets, in the slots' order.
     reason < 0: each row's end reason (as _reason_of; split clock split_clock[i] of
-    slots[i], NEVER when split_clock is empty); else that code for every row. lo_ip/hi_ip:
+    slots[i], NEVER when split_clock is empty); else that code for every row. hot_words:
+    the hot rows as (slots, words) (_hot_views), for prefetch hints only; lo_ip/hi_ip:
     (slots, 2) native words; bool columns as uint8 views; slots are table slots, so in
     range. Returns the records and the clock's bucket index (starts empty: none given or
     needed, _search_index)."""
@@ -1177,9 +1227,16 @@ def _slot_records(slots, reason, split_clock, clock, starts, shift, idle_ns, tcp
     kept = np.empty(n, dtype=np.int64)
     split = np.empty(n, dtype=np.int64)
     thresholds = np.empty(n, dtype=np.int64)
+    # Expired / evicted slots are scattered over a table that outgrows the caches (~70 ns
+    # a row on the 2M mix, waiting on each slot's lines in turn): hints _AHEAD slots ahead.
+    hot = hot_words.reshape(hot_words.size)
+    lo_flat = lo_ip.reshape(lo_ip.size)
+    hi_flat = hi_ip.reshape(hi_ip.size)
     m = 0
     for i in range(n):
         s = slots[i]
+        _prefetch_slot(slots[min(i + _AHEAD, n - 1)], hot, vlan, transport, lo_flat, hi_flat,
+                       lo_port, hi_port, last_ts, False)
         if p_pk_lo[s] + p_pk_hi[s] == 0:  # an empty piece emits no record
             continue
         kept[m] = s
@@ -1212,6 +1269,8 @@ def _slot_records(slots, reason, split_clock, clock, starts, shift, idle_ns, tcp
     rec = _new_records(m)
     for i in range(m):
         s = kept[i]
+        _prefetch_slot(kept[min(i + _AHEAD, m - 1)], hot, vlan, transport, lo_flat, hi_flat,
+                       lo_port, hi_port, last_ts, True)
         _put_record(rec, i, orig_is_lo[s] != 0, np.int64(transport[s]), vlan[s], lo_ip[s, 0],
                     lo_ip[s, 1], hi_ip[s, 0], hi_ip[s, 1], lo_port[s], hi_port[s], p_first[s],
                     p_end[s], p_pk_lo[s], p_pk_hi[s], p_by_lo[s], p_by_hi[s], p_pay_lo[s],
@@ -1304,6 +1363,7 @@ class FlowTable:
         }
         self._clock = np.iinfo(np.int64).min  # running max of packet times
         self._clock_index: tuple = (None,)  # (clock, shift, starts) of the latest batch
+        self._state = np.empty(0, dtype=np.int64)  # _walk_state's kept buffer
         self._reset()
 
     def _reset(self) -> None:
@@ -1426,7 +1486,8 @@ class FlowTable:
          tail_deadline) = _walk_flows(
             p.key_of, p.rank_of, p.rows, p.fwd, p.ts, p.cm, p.flags, p.wire, p.pay,
             p.transport, has_slot, slot_at, *_hot_views(self._hot), cols["last_ts"],
-            self.idle_ns, self.tcp_idle_ns, self.active_ns, self.linger_ns)
+            self.idle_ns, self.tcp_idle_ns, self.active_ns, self.linger_ns,
+            self._walk_state(slot_k.size))
         self.stats["flows_created"] += int(created)
 
         out: list[tuple] = []
@@ -1473,6 +1534,22 @@ class FlowTable:
         self._deadline = min(self._deadline, int(tail_deadline))
         return out
 
+    def _walk_state(self, n_keys: int) -> np.ndarray:
+        """A buffer for _walk_flows' state rows (26 words a key). Kept across batches up to
+        _KEPT_STATE words: a fresh one each batch faulted its pages in again now and then
+        (~300 faults of ~2 us a batch when malloc had handed its heap back); larger ones
+        (floods of new keys) are not kept, so they do not stay resident."""
+        need = 26 * n_keys
+        if self._state.size >= need:
+            return self._state
+        # room to grow: the batches' key counts creep up while a table fills (pages past
+        # the rows a batch zeroes are never touched)
+        state = np.empty(max(need, min(max(2 * self._state.size, _KEPT_STATE // 2),
+                                       _KEPT_STATE)), dtype=np.int64)
+        if need <= _KEPT_STATE:
+            self._state = state
+        return state
+
     # -- expiry, eviction, slots --
 
     def _deadline_columns(self) -> tuple:
@@ -1514,7 +1591,8 @@ class FlowTable:
         rec, shift, starts = _slot_records(
             np.ascontiguousarray(slots, dtype=np.int64), reason,
             np.asarray(split_clock, dtype=np.int64), clock, starts, shift, self.idle_ns,
-            self.tcp_idle_ns, self.active_ns, self.linger_ns, cols["vlan"], cols["transport"],
+            self.tcp_idle_ns, self.active_ns, self.linger_ns, _hot_views(self._hot)[0],
+            cols["vlan"], cols["transport"],
             _words16(cols["lo_ip"]), _words16(cols["hi_ip"]), cols["lo_port"], cols["hi_port"],
             *(_kernel_view(cols[name]) for name in _RECORD_SOURCES))
         if reason < 0:
