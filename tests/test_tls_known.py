@@ -39,7 +39,7 @@ def test_kept_table_gives_each_batch_its_own_columns(batches, bounds):
        st.lists(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 79), st.integers(0, 255),
                                    st.integers(0, 2)), max_size=20), min_size=1, max_size=3))
 def test_numbers_exact_across_calls(pool, calls):
-    """Values are numbered equal exactly when kind and bytes are equal, across calls (the
+    """Values get equal numbers exactly when kind and bytes are equal, across calls (the
     batch's source arrays change; kept bytes are compared): slices of a small pool repeat
     (memo hits), some with one byte changed (same length and often the same last bytes:
     wrong guesses), in three kinds that never share a number."""
@@ -64,5 +64,5 @@ def test_numbers_exact_across_calls(pool, calls):
         for i, kind in enumerate(kinds):
             for c in range(3):
                 value = parts[i] if c == kind else b""
-                expected = seen.setdefault((c, value), len(seen))
-                assert ids[c, i] == expected
+                assert ids[c, i] == seen.setdefault((c, value), int(ids[c, i]))
+    assert len(set(seen.values())) == len(seen)  # unequal values, unequal numbers
