@@ -24,14 +24,15 @@ Parsing: the bytes of every flow of a batch are walked by one compiled kernel
 the pure-Python reference the kernel is tested against (tests/test_http_kernel.py).
 
 Event building is column-wise, on the collector's StreamBatch (`feed_joined`: every flow's
-bytes in one buffer, the chunk fields as columns; sensors.stream_columns): the requests of
-flows seen whole in one chunk (the common case, malformed ones included) are selected from
-the kernel's flow table with array operations, their times and endpoint columns read from
-the batch's columns (no StreamChunk object is made for them); the text columns' equal
-slices are numbered by one kernel pass (http_kernel.distinct_slice_table), the distinct
-ones gathered (join_slices) and decoded at once, and the per-value rules (host without
-port, MIME type, Basic user) run once per distinct value. Only flows
-seen in pieces, and the reference parser's, go through a per-flow loop (on their chunks).
+bytes in one buffer, the chunk fields as columns; sensors.stream_columns): the ready
+requests of every flow the kernel parsed (seen whole or in pieces, malformed ones included)
+are selected from its flow table by one compiled pass (http_kernel.ready_events), their
+times and endpoint columns read from the batch's columns (no StreamChunk object is made
+for them); the text columns' equal slices are numbered by one kernel pass
+(http_kernel.distinct_slice_table), the distinct ones gathered (join_slices) and decoded at
+once, and the per-value rules (host without port, MIME type, Basic user) run once per
+distinct value. Flows seen in pieces are then visited for their state (requests emitted so
+far); only the reference parser's go through a per-flow loop on their chunks.
 
 A request is emitted once its response headers are parsed and its body size is known (or
 cannot become known: the server direction hit its cap or a gap), or when the flow ends
@@ -70,8 +71,8 @@ from sensors.http_kernel import (
     join_slices,
     needed_lengths,
     parse_flows,
+    ready_events,
     rows_with_ports,
-    whole_events,
 )
 from sensors.packets import DecodedPackets
 from sensors.stream_columns import (
@@ -418,18 +419,6 @@ class _ParsedFlows:
         return (range(first + lo, first + hi),
                 [*range(resp_first + lo, resp_first + answered), *[-1] * (hi - answered)])
 
-    def whole_flows(self, candidates: np.ndarray) -> tuple[
-            np.ndarray, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """The events of the `candidates` flows (final, nothing emitted before) that the
-        kernel parsed (not left to parse_messages): every request, paired with its response
-        by order (what _flow_events emits for a final flow, malformed or not), column-wise.
-        Returns the whole flow mask, how many of those flows stopped at a malformed request
-        or response (_flow_events' http_malformed count for final flows) and, per event,
-        (flow index, request row, response row or -1, request start offset); the other
-        flows are left to _flow_events."""
-        whole = candidates & (self.table[:, F_FALLBACK] == 0)
-        return whole, *whole_events(self.table, self.messages, whole)
-
     def columns(self, requests: np.ndarray, responses: np.ndarray) -> dict[str, np.ndarray]:
         """The HTTP-specific event columns of request message rows `requests` with their
         response rows `responses` (-1: none), as request_row gives them (see
@@ -620,30 +609,43 @@ class HttpAnalyzer(Analyzer):
         return self._events(self.streams.flush_joined())
 
     def _events(self, source: StreamColumns | list[StreamChunk]) -> list[EventBatch]:
-        """Events of a StreamBatch (or of a list of chunks: tests, tools). Whole flows are
-        read from the batch's columns; only the other flows become StreamChunk objects."""
+        """Events of a StreamBatch (or of a list of chunks: tests, tools). Every flow the
+        kernel parsed gets its ready requests in one compiled pass (ready_events), whatever
+        was emitted of it before; only the flows tracked in `emitted` or not final (a few a
+        batch) are then visited for that state, and only the reference parser's flows (and
+        flows whose key repeats among those) go through _flow_events on chunk objects."""
         batch = stream_columns(source)
         parsed = _ParsedFlows(batch)
         n = len(batch)
         emitted = self.emitted
-        fresh = np.array(batch.final, dtype=bool).reshape(n)
+        final = np.asarray(batch.final, dtype=bool).reshape(n)
+        tracked = np.zeros(n, dtype=bool)  # a request of the flow was emitted before
         if emitted:
-            fresh[_emitted_rows(batch, fresh, emitted)] = False
-        # whole flows at once, column-wise: the common case, no per-flow state
-        whole, bad_whole, flows, requests, responses, offsets = parsed.whole_flows(fresh)
+            tracked[_emitted_rows(batch, np.ones(n, dtype=bool), emitted)] = True
+        fallback = parsed.table[:, F_FALLBACK] != 0
+        visit = np.flatnonzero(~final | tracked | fallback)  # _flow_events' flows before
+        keys = keys_at(batch, visit)
+        own = fallback[visit]  # visited by _flow_events, in row order
+        if len(set(keys)) < len(keys):  # a key twice: each sees what the one before left
+            seen: dict[tuple, int] = {}
+            for key in keys:
+                seen[key] = seen.get(key, 0) + 1
+            own |= np.fromiter((seen[key] > 1 for key in keys), dtype=bool, count=len(keys))
+        done = np.zeros(n, dtype=np.int64)
+        done[visit[own]] = -1
+        if emitted:
+            for row, key, mine in zip(visit.tolist(), keys, own.tolist(), strict=True):
+                if not mine:
+                    done[row] = emitted.get(key, 0)
+        capped = np.asarray(batch.capped, dtype=bool).reshape(n, 2)
+        gap = np.asarray(batch.gap, dtype=bool).reshape(n, 2)
+        bad_whole, flows, requests, responses, offsets, upto = ready_events(
+            parsed.table, parsed.messages, done, tracked, final, capped[:, 1] | gap[:, 1])
         if bad_whole:
             self._count("http_malformed", bad_whole)
         events = _Events()
-        loop_rows = np.flatnonzero(~whole)
-        for index, chunk in zip(loop_rows.tolist(), _loop_flows(batch, parsed, loop_rows),
-                                strict=True):
-            try:
-                self._flow_events(chunk, parsed, index, events)
-            except Exception:  # noqa: BLE001 - hostile bytes must never stop the sensor
-                self._count("http_malformed")
-                self.emitted.pop(chunk.key, None)
-                if not chunk.final:
-                    self.streams.release(chunk.key)
+        if visit.size:
+            self._visit(batch, parsed, visit, keys, own, final, capped, gap, upto, events)
         for key, value in self.streams.stats.items():
             self.stats[f"http_stream.{key}"] = value
         if parsed.fallbacks:
@@ -668,6 +670,38 @@ class HttpAnalyzer(Analyzer):
         columns.update(_http_columns(parsed, requests, responses, reference_at,
                                      events.reference_rows, skip=columns))
         return [EventBatch(HTTP.name, columns)]
+
+    def _visit(self, batch: StreamColumns, parsed: _ParsedFlows, visit: np.ndarray,
+               keys: list, own: np.ndarray, final: np.ndarray, capped: np.ndarray,
+               gap: np.ndarray, upto: np.ndarray, events: _Events) -> None:
+        """The `emitted` state and counts of the `visit` rows, in row order: `own` rows
+        through _flow_events (events added to `events`), the others as _flow_events would
+        leave them after ready_events emitted their requests (`upto` of each)."""
+        chunks = iter(_loop_flows(batch, parsed, visit[own]))
+        table = parsed.table[visit]
+        for j, (row, mine) in enumerate(zip(visit.tolist(), own.tolist(), strict=True)):
+            if mine:
+                chunk = next(chunks)
+                try:
+                    self._flow_events(chunk, parsed, row, events)
+                except Exception:  # noqa: BLE001 - hostile bytes must never stop the sensor
+                    self._count("http_malformed")
+                    self.emitted.pop(chunk.key, None)
+                    if not chunk.final:
+                        self.streams.release(chunk.key)
+                continue
+            key = keys[j]
+            n_requests, bad_req, bad_resp = table[j, [F_REQ_COUNT, F_BAD_REQ, F_BAD_RESP]].tolist()
+            if final[row]:
+                self.emitted.pop(key, None)
+                if bad_req or bad_resp:
+                    self._count("http_malformed")
+                continue
+            self.emitted[key] = int(upto[row])
+            if not n_requests and (bad_req or capped[row, 0] or gap[row, 0]):
+                self.emitted.pop(key, None)  # not HTTP (or nothing readable): stop
+                self._count("http_malformed" if bad_req else "http_unreadable")
+                self.streams.release(key)
 
     def _flow_events(self, chunk: StreamChunk | _FlowFlags, parsed: _ParsedFlows, index: int,
                      events: _Events) -> None:

@@ -624,43 +624,72 @@ def parse_flows(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
 
 
 @njit
-def _whole_events(flows, messages, whole):
-    n = 0
-    for f in range(whole.shape[0]):
-        if whole[f]:
-            n += flows[f, F_REQ_COUNT]
-    flow = np.empty(n, np.int64)
-    requests = np.empty(n, np.int64)
-    responses = np.empty(n, np.int64)
-    offsets = np.empty(n, np.int64)
+def _ready_events(flows, messages, done, tracked, final, server_stuck):
+    """ready_events' pass: the events counted, then written (one pass each)."""
+    n = done.shape[0]
+    total = 0
+    for f in range(n):
+        if done[f] >= 0:
+            total += max(flows[f, F_REQ_COUNT] - done[f], 0)
+    flow = np.empty(total, np.int64)
+    requests = np.empty(total, np.int64)
+    responses = np.empty(total, np.int64)
+    offsets = np.empty(total, np.int64)
+    upto_of = np.empty(n, np.int64)
     e = 0
     malformed = 0
-    for f in range(whole.shape[0]):
-        if not whole[f]:
+    for f in range(n):
+        d = done[f]
+        if d < 0:  # the caller's: parse_messages' flows, repeated keys
+            upto_of[f] = d
             continue
-        if flows[f, F_BAD_REQ] != 0 or flows[f, F_BAD_RESP] != 0:
-            malformed += 1
-        first, resp_first, n_resp = flows[f, F_REQ_FIRST], flows[f, F_RESP_FIRST], \
-            flows[f, F_RESP_COUNT]
-        for j in range(flows[f, F_REQ_COUNT]):
+        first, n_req = flows[f, F_REQ_FIRST], flows[f, F_REQ_COUNT]
+        resp_first, n_resp = flows[f, F_RESP_FIRST], flows[f, F_RESP_COUNT]
+        if final[f]:
+            upto = n_req
+            if not tracked[f] and (flows[f, F_BAD_REQ] != 0 or flows[f, F_BAD_RESP] != 0):
+                malformed += 1
+        else:  # http._ready: a request waits for its response and a known body size
+            upto = min(n_req, n_resp)
+            if not server_stuck[f]:
+                for i in range(d, upto):
+                    if messages[resp_first + i, M_BODY] < 0:
+                        upto = i
+                        break
+        for i in range(d, upto):
             flow[e] = f
-            requests[e] = first + j
-            responses[e] = resp_first + j if j < n_resp else -1
-            offsets[e] = messages[first + j, M_START]
+            requests[e] = first + i
+            responses[e] = resp_first + i if i < n_resp else -1
+            offsets[e] = messages[first + i, M_START]
             e += 1
-    return malformed, flow, requests, responses, offsets
+        upto_of[f] = max(upto, d)
+    return malformed, flow[:e], requests[:e], responses[:e], offsets[:e], upto_of
 
 
-def whole_events(flows: np.ndarray, messages: np.ndarray, whole: np.ndarray
-                 ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Every request of the flows marked in `whole` (parse_flows' (flows, messages)), in
-    flow order, paired with its response by order: how many of those flows stopped at a
-    malformed request or response, then (flow index, request row, response row or -1,
-    request start offset) per event. One pass instead of a dozen numpy passes over the
-    batch's ~1k flows."""
-    return _whole_events(np.ascontiguousarray(flows, dtype=np.int64),
+def ready_events(flows: np.ndarray, messages: np.ndarray, done: np.ndarray,
+                 tracked: np.ndarray, final: np.ndarray, server_stuck: np.ndarray
+                 ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The requests each flow of parse_flows' (flows, messages) emits now, column-wise, in
+    flow order (each flow's in request order): requests done[f].. of flow f, up to every
+    request when final[f], else up to the first whose response is missing or has a body
+    size still to come (unless server_stuck[f]: the server direction hit its cap or a gap),
+    as http._ready; done[f] < 0: the flow is left to the caller (no event, upto -1).
+    One pass for every flow of a batch, whatever was emitted of it before: the analyzer
+    visits in Python only the few flows whose `emitted` state changes.
+
+    Returns how many final flows not `tracked` (no request emitted before) stopped at a
+    malformed request or response, then per event (flow, request row, response row or -1,
+    request start offset), and per flow the requests emitted so far (max(upto, done))."""
+    n = done.shape[0]
+    if not (flows.shape[0] == tracked.shape[0] == final.shape[0] == server_stuck.shape[0]
+            == n):
+        raise ValueError("ready_events: per-flow columns differ in length")
+    return _ready_events(np.ascontiguousarray(flows, dtype=np.int64),
                          np.ascontiguousarray(messages, dtype=np.int64),
-                         np.ascontiguousarray(whole, dtype=np.bool_))
+                         np.ascontiguousarray(done, dtype=np.int64),
+                         np.ascontiguousarray(tracked, dtype=np.bool_),
+                         np.ascontiguousarray(final, dtype=np.bool_),
+                         np.ascontiguousarray(server_stuck, dtype=np.bool_))
 
 
 @njit

@@ -16,7 +16,7 @@ from sensors.http_kernel import (
     MAX_HEADER_BYTES,
     _find_byte,
     parse_flows,
-    whole_events,
+    ready_events,
 )
 from sensors.tcp_stream import StreamChunk
 
@@ -94,15 +94,18 @@ def test_header_end_at_the_window_edge():
         assert (int(flows[0, 1]), bool(flows[0, 4])) == (len(requests), bad), pad
 
 
-def test_whole_events_pairs_by_order():
+def test_ready_events_of_whole_flows_pair_by_order():
     chunks = [_chunk(b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
                      b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
               _chunk(b"not http\r\n\r\n", b""),
               _chunk(b"HEAD /c HTTP/1.1\r\nHost: x\r\n\r\n", b"HTTP/1.1 204\r\n\r\n")]
     parsed = _ParsedFlows(chunks)
-    whole = np.array([True, True, False])
-    bad, flow, requests, responses, offsets = whole_events(parsed.table, parsed.messages,
-                                                           whole)
+    done = np.array([0, 0, -1])  # the third flow left to the caller
+    final = np.ones(3, dtype=bool)
+    bad, flow, requests, responses, offsets, upto = ready_events(
+        parsed.table, parsed.messages, done, np.zeros(3, dtype=bool), final,
+        np.zeros(3, dtype=bool))
+    assert upto.tolist() == [2, 0, -1]
     assert bad == 1  # "not http": a malformed request side
     assert flow.tolist() == [0, 0]
     assert offsets.tolist() == [0, 19]
