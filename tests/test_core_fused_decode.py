@@ -136,12 +136,15 @@ def test_real_captures_decode_the_same_with_the_walk_headers(name):
     assert check_batches(path, 777) > 0
 
 
-@pytest.mark.parametrize("batch_packets", [255, 256, 600, 65536])
-def test_walk_headers_across_decode_chunks(tmp_path, batch_packets):
-    """The walk decodes every _DECODE_CHUNK (256) records from a reused bounds buffer:
-    rows on both sides of each chunk edge and of batch edges decode like the decoder."""
+@pytest.mark.parametrize("batch_packets", [255, 256, 600, 4095, 4096, 65536])
+@pytest.mark.parametrize(("count", "padding"), [(1300, 3000), (4500, 0)])
+def test_walk_headers_across_decode_chunks(tmp_path, batch_packets, count, padding):
+    """The walk decodes the records walked since its last decode once they span
+    _DECODE_BYTES (256 KB: the padded frames) or number _DECODE_RECORDS (4096): rows on both
+    sides of each chunk edge and of batch edges decode like the decoder."""
     frames = [TEMPLATES[i % len(TEMPLATES)][0][:max(0, 90 - i % 97)] if i % 5 == 0
-              else TEMPLATES[(i * 7) % len(TEMPLATES)][0] for i in range(1300)]
+              else TEMPLATES[(i * 7) % len(TEMPLATES)][0] + bytes(padding * (i % 3 == 1))
+              for i in range(count)]
     for snaplen in (0, 54, 65535):
         path = pcap_file(tmp_path, frames, snaplen)
         assert check_batches(path, batch_packets) == len(frames)

@@ -211,9 +211,10 @@ def test_compiled_pcap_walk_equals_python_walk(data, endian, lengths, max_record
     arr = np.frombuffer(buf, dtype=np.uint8)
     snaplen = data.draw(st.sampled_from([0, 14, 40]))
     linktype = data.draw(st.sampled_from([1, 101]))
-    starts, caplen, wirelen, ts_ns, new_pos, bad, linktypes, headers = pcap_reader._walk_pcap(
+    offset, caplen, wirelen, ts_ns, new_pos, bad, linktypes, headers = pcap_reader._walk_pcap(
         arr, pos, end, endian == ">", lengths, max_records, max_caplen, frac_to_ns, snaplen,
         linktype)
+    starts = offset - 16  # the walk returns the packets' offsets (record start + header)
     records = list(zip(starts.tolist(), caplen.tolist(), wirelen.tolist(), ts_ns.tolist(),
                        strict=True))
     ref = _reference_walk_pcap(buf, pos, end, endian, lengths, max_records, max_caplen,
