@@ -16,13 +16,16 @@ Hash input, all network byte order, then SHA1 and base64 with a "1:" prefix:
 
 from __future__ import annotations
 
+import ctypes
 import platform
+import sys
 
 import llvmlite.binding as llvm
 import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from pipeline.jit import njit
@@ -125,11 +128,22 @@ def community_id_column(
                               np.asarray(transport).astype(np.uint8, copy=False),
                               np.asarray(src_port).astype(np.int32, copy=False),
                               np.asarray(dst_port).astype(np.int32, copy=False), int(seed))
-    # One str object per row is the column's contract (object dtype). The rows are UCS4
-    # code points, so numpy reads them as a native "U30" array and makes each str in one
-    # step (astype(object)): ~50 ns a row against ~100-150 ns for 30-byte bytes rows
-    # decoded in a map (two objects a row). Rows hold no NUL, so nothing is stripped.
-    return text.view(np.dtype("U30")).reshape(n).astype(object)
+    return _str_column(text)
+
+
+def _str_column(text: np.ndarray) -> np.ndarray:
+    """(n, 30) ASCII rows -> object column of n str (one str object per row is the column's
+    contract). On CPython a kernel makes each str itself (_str_objects: ~10 ns a row, ~38
+    when the strs stay alive); else numpy reads the rows as "U30" and makes each str with
+    astype(object) (~25 / ~58 ns: UCS4 rows scanned for their widest character and
+    narrowed). Rows hold no NUL, so nothing is stripped."""
+    n = text.shape[0]
+    if _STR_DATA < 0:
+        return text.astype(np.uint32).view(np.dtype("U30")).reshape(n).astype(object)
+    column = np.empty(n, dtype=object)  # n references to None, replaced one by one
+    if _str_objects(text, column.ctypes.data) < n:
+        raise MemoryError("Community ID column")
+    return column
 
 
 # --- Community ID text of one tuple per row, compiled --------------------------------------
@@ -305,7 +319,7 @@ def _hash_input(src: np.ndarray, dst: np.ndarray, transport: np.ndarray, src_por
 
 @njit(inline="always")
 def _text_row(text: np.ndarray, i: int, digest: np.ndarray) -> None:
-    """text[i] = "1:" + base64 of digest[:20] (digest[20] must be 0), as code points."""
+    """text[i] = "1:" + base64 of digest[:20] (digest[20] must be 0), as ASCII bytes."""
     text[i, 0] = 49  # "1"
     text[i, 1] = 58  # ":"
     for g in range(7):  # 21 bytes (20 + one zero) -> 28 characters, the last one "="
@@ -322,9 +336,9 @@ def _text_row(text: np.ndarray, i: int, digest: np.ndarray) -> None:
 def _community_id_text(src: np.ndarray, dst: np.ndarray, transport: np.ndarray,
                        src_port: np.ndarray, dst_port: np.ndarray, seed: int) -> np.ndarray:
     """(n, 30) rows "1:<base64 SHA1>" of the spec's hash input per row (_hash_input), as
-    uint32 code points (community_id_column reads them as str). Portable scalar SHA1."""
+    ASCII bytes (community_id_column makes them str, _str_column). Portable scalar SHA1."""
     n = src.shape[0]
-    text = np.empty((n, 30), dtype=np.uint32)
+    text = np.empty((n, 30), dtype=np.uint8)
     block = np.zeros(64, dtype=np.uint8)
     w = np.empty(80, dtype=np.uint32)
     digest = np.zeros(21, dtype=np.uint8)
@@ -344,7 +358,7 @@ def _community_id_text_ni(src: np.ndarray, dst: np.ndarray, transport: np.ndarra
     whose independent round chains overlap (one chain waits on each sha1rnds4's latency:
     ~36 ns a row alone); a last short group repeats its last row in the spare lanes."""
     n = src.shape[0]
-    text = np.empty((n, 30), dtype=np.uint32)
+    text = np.empty((n, 30), dtype=np.uint8)
     blocks = np.zeros((SHA_LANES, 64), dtype=np.uint8)
     digests = np.zeros((SHA_LANES, _DIGEST_ROW), dtype=np.uint8)
     lengths = np.zeros(SHA_LANES, dtype=np.int64)
@@ -467,3 +481,73 @@ def _sha1_ni_lanes(typingctx, blocks, digests):  # noqa: ARG001 (numba's intrins
 
 def _raw16(column: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(column).view(np.uint8).reshape(-1, 16)
+
+
+# --- str objects made by a kernel (CPython) -------------------------------------------------
+# A compact ASCII str is one allocation: the object header, then its characters and a NUL.
+# PyUnicode_New(30, 127) makes one (hash unset, NUL written) whose characters the caller
+# writes before anyone sees it, as CPython's own encoders do.
+
+
+def _str_data_offset() -> int:
+    """Bytes from a compact ASCII str's address to its characters; -1 when that cannot be
+    relied on (not CPython, or a layout this check does not recognise)."""
+    if platform.python_implementation() != "CPython":
+        return -1
+    probe = "".join(chr(48 + (7 * i) % 75) for i in range(30))  # ASCII, no NUL
+    at = ctypes.string_at(id(probe), 256).find(probe.encode())
+    # sizeof(PyASCIIObject): the empty str is the header plus its NUL
+    return at if at == sys.getsizeof("") - 1 else -1
+
+
+_STR_DATA = _str_data_offset()
+_I8P = ir.IntType(8).as_pointer()
+_I64 = ir.IntType(64)
+
+
+@intrinsic
+def _put_ascii_str(typingctx, text, i, column):  # noqa: ARG001 (numba's intrinsic signature)
+    """column[i] = a new str of row text[i] (C-contiguous (n, 30) uint8 ASCII; column: the
+    address of an object array's data), releasing the reference it held; False (with the
+    Python error cleared) when the str could not be allocated. The GIL must be held."""
+    if not (isinstance(text, types.Array) and text.ndim == 2 and text.layout == "C"):
+        return None
+    sig = types.boolean(text, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        text_arg, row, column_at = args
+        data = context.make_array(signature.args[0])(context, builder, text_arg).data
+        new = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_I8P, [_I64, ir.IntType(32)]), "PyUnicode_New")
+        obj = builder.call(new, [_I64(30), ir.IntType(32)(127)])
+        made = cgutils.is_not_null(builder, obj)
+        with builder.if_else(made) as (then, otherwise):
+            with then:
+                src = builder.gep(builder.bitcast(data, _I8P), [builder.mul(row, _I64(30))])
+                dst = builder.gep(obj, [_I64(_STR_DATA)])
+                cgutils.raw_memcpy(builder, dst, src, _I64(30), 1)
+                slot = builder.inttoptr(builder.add(column_at, builder.mul(row, _I64(8))),
+                                        _I8P.as_pointer())
+                old = builder.load(slot)
+                builder.store(obj, slot)
+                release = cgutils.get_or_insert_function(
+                    builder.module, ir.FunctionType(ir.VoidType(), [_I8P]), "Py_DecRef")
+                builder.call(release, [old])  # None (or NULL: Py_DecRef accepts it)
+            with otherwise:
+                clear = cgutils.get_or_insert_function(
+                    builder.module, ir.FunctionType(ir.VoidType(), []), "PyErr_Clear")
+                builder.call(clear, [])
+        return made
+
+    return sig, codegen
+
+
+@njit(nogil=False)  # it calls the C API: with the GIL
+def _str_objects(text: np.ndarray, column: int) -> int:
+    """Rows of text (n, 30) ASCII -> str objects in the object array whose data starts at
+    address `column` (n references, replaced). Returns the rows done (< n: out of
+    memory)."""
+    for i in range(text.shape[0]):
+        if not _put_ascii_str(text, i, column):
+            return i
+    return text.shape[0]

@@ -10,12 +10,14 @@ them back as (type, code) maps to the same values, so they are valid inputs here
 from __future__ import annotations
 
 import ipaddress
+import sys
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sensors import community_id as cid
 from sensors.community_id import community_id_column, community_id_v1
 from sensors.packets import IP_DTYPE, IPV4_MAPPED_PREFIX, ip_to_bytes16
 
@@ -274,7 +276,6 @@ def test_column_holds_plain_str_objects_of_30_characters():
 def test_sha_extension_kernel_equals_the_scalar_kernel(tuples, seed):
     """Both text kernels give the same rows: the SHA-NI one (used where the CPU has the SHA
     extensions) and the portable scalar one (used elsewhere, so tested here too)."""
-    from sensors import community_id as cid
 
     if not cid._SHA_NI:
         pytest.skip("this CPU (or the numba target) has no SHA extensions")
@@ -291,7 +292,6 @@ def test_sha_extension_kernel_every_group_size(rows):
     """The SHA-NI kernel hashes rows SHA_LANES at a time; every count (full groups, a short
     last group whose spare lanes repeat its last row) gives the scalar kernel's rows, IPv4
     and IPv6 tuples mixed so consecutive lanes hold inputs of different lengths."""
-    from sensors import community_id as cid
 
     if not cid._SHA_NI:
         pytest.skip("this CPU (or the numba target) has no SHA extensions")
@@ -302,3 +302,36 @@ def test_sha_extension_kernel_every_group_size(rows):
             rng.integers(0, 65536, rows).astype(np.int32),
             rng.integers(0, 65536, rows).astype(np.int32), 7)
     assert np.array_equal(cid._community_id_text_ni(*args), cid._community_id_text(*args))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                 "0123456789+/:=", min_size=30, max_size=30),
+                min_size=0, max_size=50))
+def test_str_column_makes_plain_equal_strs_and_releases_the_placeholders(texts):
+    """_str_column's kernel (str objects made through the C API) gives what numpy's
+    astype(object) gives: builtin str, equal, same hash, usable as keys; the None
+    placeholders of the column it fills are released (None's count is unchanged)."""
+    rows = np.frombuffer("".join(texts).encode(), dtype=np.uint8).reshape(len(texts), 30)
+    got = cid._str_column(np.ascontiguousarray(rows))
+    assert got.dtype == object and got.shape == (len(texts),)
+    assert all(type(x) is str for x in got)
+    assert got.tolist() == texts
+    assert [hash(x) for x in got] == [hash(t) for t in texts]
+    assert {x: i for i, x in enumerate(got)} == {t: i for i, t in enumerate(texts)}
+    assert all(x.isascii() and len(x) == 30 for x in got)
+
+
+def test_str_column_releases_the_none_placeholders():
+    rows = np.full((1000, 30), ord("A"), dtype=np.uint8)
+    before = sys.getrefcount(None)
+    columns = [cid._str_column(rows) for _ in range(5)]
+    assert abs(sys.getrefcount(None) - before) < 100  # a leak would be 1000 a call
+    assert all(c.tolist() == ["A" * 30] * 1000 for c in columns)
+
+
+def test_str_column_fallback_without_the_kernel(monkeypatch):
+    rows = np.frombuffer(b"1:" + b"A" * 27 + b"=", dtype=np.uint8).reshape(1, 30).copy()
+    monkeypatch.setattr(cid, "_STR_DATA", -1)
+    got = cid._str_column(rows)
+    assert got.tolist() == ["1:" + "A" * 27 + "="] and type(got[0]) is str
