@@ -84,7 +84,9 @@ _POPULATE_SPARE = 1.125
 # Linux's default fault-around window (vm fault_around_bytes): one read fault maps the
 # page-cache pages of the aligned 64 KB around it.
 _FAULT_AROUND = 64 * 1024
-_TOUCH_AHEAD = 4096  # _walk_pcap prefetches each cache line this far ahead of itself
+# _walk_pcap prefetches each cache line this far ahead of itself (8 KB: its kernel ~4 %
+# faster than 4 KB on mix v2 and on 70-byte records since it decodes in 256 KB chunks)
+_TOUCH_AHEAD = 8192
 # _walk_pcap decodes the headers of the records walked since its last decode once they
 # span this many bytes (a quarter of a 1 MB L2: their lines are still in it) or are this
 # many records (a bound on the chunk's bounds/column rows for tiny records)
