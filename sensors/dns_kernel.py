@@ -157,7 +157,8 @@ def _put_hex_group(out: np.ndarray, o: int, value: int) -> int:
 
 @njit
 def _word(data: np.ndarray, at: int) -> int:
-    return (np.int64(data[at]) << 8) | np.int64(data[at + 1])
+    q = np.uint64(at)  # unsigned: no negative-index fix-up (every caller reads inside data)
+    return (np.int64(data[q]) << 8) | np.int64(data[q + np.uint64(1)])
 
 
 @njit
@@ -448,7 +449,7 @@ def _plain_name_length(data: np.ndarray, base: int, size: int, pos: int) -> int:
     while True:
         if pos >= size:
             return -1
-        length = np.int64(data[base + pos])
+        length = np.int64(data[np.uint64(base + pos)])  # unsigned: no negative-index fix-up
         if length == 0:
             return wire
         if length & 0xC0:
@@ -521,8 +522,11 @@ def _address_key(data: np.ndarray, at: int) -> np.uint64:
     AAAA addresses (memo6_key: two words of two keys each) are remembered the same way:
     their text (at most 39 characters) is always interned too. The memos are kept across
     batches (parse_messages_into)."""
-    return ((np.uint64(data[at]) << np.uint64(24)) | (np.uint64(data[at + 1]) << np.uint64(16))
-            | (np.uint64(data[at + 2]) << np.uint64(8)) | np.uint64(data[at + 3]))
+    q = np.uint64(at)  # unsigned: no negative-index fix-up
+    return ((np.uint64(data[q]) << np.uint64(24))
+            | (np.uint64(data[q + np.uint64(1)]) << np.uint64(16))
+            | (np.uint64(data[q + np.uint64(2)]) << np.uint64(8))
+            | np.uint64(data[q + np.uint64(3)]))
 
 
 @njit
