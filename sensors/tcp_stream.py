@@ -1027,7 +1027,7 @@ def _reopened_kernel(flags, hashes, table, used):
 
 
 @njit
-def _select_rows_kernel(rows, group_of, group_hash, seq, ack, found, plen, flags, sport,
+def _select_rows_packed(rows, group_of, group_hash, seq, ack, found, plen, flags, sport,
                         dport, head_matched, port_table, any_ports, it, iu, any_ignored, held,
                         src_port, dst_port, vlan, tcp_flags, ts_ns, payload_offset, src_ip,
                         dst_ip):
@@ -1049,9 +1049,9 @@ def _select_rows_kernel(rows, group_of, group_hash, seq, ack, found, plen, flags
     batch) and their columns; head_matched: the client predicate's answer per row with
     payload (empty: none matched); it/iu: the ignored hashes' table; held: held hashes;
     src_port..dst_ip: the batch's packet columns (addresses as (packets, 2) uint64).
-    Returns (positions of the kept rows, positions of the handshake rows, fresh, and the
-    kept rows' columns: hash, may_open, predicate, seq, ack, found, settled, then
-    _gather_kernel's nine, then the batch's flow number (group_of))."""
+    Returns (positions of the handshake rows, fresh, and the kept rows' columns packed by
+    type, see _select_rows_kernel, which unpacks them: each array a kernel returns costs
+    ~1.5 us to box, a row of a packed one ~0.3 us to take)."""
     n = group_of.shape[0]
     n_groups = group_hash.shape[0]
     im = it.shape[0] - 1
@@ -1119,25 +1119,16 @@ def _select_rows_kernel(rows, group_of, group_hash, seq, ack, found, plen, flags
         if (state[g] & 8) == 0:
             fresh[n_fresh] = group_hash[g]
             n_fresh += 1
-    # the kept rows' columns
+    # the kept rows' columns, packed by type: rows of C-contiguous 2-D arrays, each a
+    # C-contiguous 1-D column (or (m, 2) address column)
     m = n_keep
+    ints = np.empty((7, m), dtype=np.int64)  # keep_at, seq, ack, ts, off, plen, flow
+    bools = np.empty((4, m), dtype=np.bool_)  # may_open, predicate, found, settled
+    ports = np.empty((3, m), dtype=src_port.dtype)  # sport, dport, vlan
     k_hash = np.empty(m, dtype=np.uint64)
-    k_may_open = np.empty(m, dtype=np.bool_)
-    k_predicate = np.empty(m, dtype=np.bool_)
-    k_seq = np.empty(m, dtype=np.int64)
-    k_ack = np.empty(m, dtype=np.int64)
-    k_found = np.empty(m, dtype=np.bool_)
-    k_settled = np.empty(m, dtype=np.bool_)
-    k_flow = np.empty(m, dtype=group_of.dtype)
-    k_sport = np.empty(m, dtype=src_port.dtype)
-    k_dport = np.empty(m, dtype=dst_port.dtype)
-    k_vlan = np.empty(m, dtype=vlan.dtype)
     k_flags = np.empty(m, dtype=tcp_flags.dtype)
-    k_ts = np.empty(m, dtype=ts_ns.dtype)
-    k_off = np.empty(m, dtype=np.int64)
-    k_plen = np.empty(m, dtype=np.int64)
-    k_src = np.empty((m, 2), dtype=np.uint64)
-    k_dst = np.empty((m, 2), dtype=np.uint64)
+    addresses = np.empty((2, m, 2), dtype=np.uint64)  # source, destination
+    ints[0, :] = keep_at[:m]
     src_flat = src_ip.reshape(-1)
     dst_flat = dst_ip.reshape(-1)
     for j in range(m):
@@ -1158,27 +1149,40 @@ def _select_rows_kernel(rows, group_of, group_hash, seq, ack, found, plen, flags
         code = row_code[i]
         k_hash[j] = group_hash[g]
         # a kept row's flow is held (settled) or opened by a row that is not ignored
-        k_may_open[j] = (code & 1) != 0 and (s & 4) != 0
-        k_predicate[j] = (code & 2) != 0
-        k_seq[j] = seq[i]
-        k_ack[j] = ack[i]
-        k_found[j] = found[i]
-        k_settled[j] = (s & 8) != 0
-        k_flow[j] = g
-        k_sport[j] = src_port[r]
-        k_dport[j] = dst_port[r]
-        k_vlan[j] = vlan[r]
+        bools[0, j] = (code & 1) != 0 and (s & 4) != 0
+        bools[1, j] = (code & 2) != 0
+        bools[2, j] = found[i]
+        bools[3, j] = (s & 8) != 0
+        ints[1, j] = seq[i]
+        ints[2, j] = ack[i]
+        ints[3, j] = ts_ns[r]
+        ints[4, j] = payload_offset[r]
+        ints[5, j] = plen[i]
+        ints[6, j] = g
+        ports[0, j] = src_port[r]
+        ports[1, j] = dst_port[r]
+        ports[2, j] = vlan[r]
         k_flags[j] = tcp_flags[r]
-        k_ts[j] = ts_ns[r]
-        k_off[j] = payload_offset[r]
-        k_plen[j] = plen[i]
-        k_src[j, 0] = src_ip[r, 0]
-        k_src[j, 1] = src_ip[r, 1]
-        k_dst[j, 0] = dst_ip[r, 0]
-        k_dst[j, 1] = dst_ip[r, 1]
-    return (keep_at[:n_keep], handshake_at[:n_handshake], fresh[:n_fresh], k_hash, k_may_open,
-            k_predicate, k_seq, k_ack, k_found, k_settled, k_sport, k_dport, k_vlan, k_flags,
-            k_ts, k_off, k_plen, k_src, k_dst, k_flow)
+        addresses[0, j, 0] = src_ip[r, 0]
+        addresses[0, j, 1] = src_ip[r, 1]
+        addresses[1, j, 0] = dst_ip[r, 0]
+        addresses[1, j, 1] = dst_ip[r, 1]
+    return (handshake_at[:n_handshake], fresh[:n_fresh], ints, bools, ports, k_hash, k_flags,
+            addresses)
+
+
+def _select_rows_kernel(*args: np.ndarray | bool) -> tuple[np.ndarray, ...]:
+    """_select_rows_packed's answer as (positions of the kept rows, positions of the
+    handshake rows, fresh, and the kept rows' columns: hash, may_open, predicate, seq, ack,
+    found, settled, then _gather_kernel's nine, then the batch's flow number (group_of))."""
+    handshake_at, fresh, ints, bools, ports, k_hash, k_flags, addresses = (
+        _select_rows_packed(*args))
+    keep_at, seq, ack, ts, off, plen, flow = ints
+    may_open, predicate, found, settled = bools
+    sport, dport, vlan = ports
+    return (keep_at, handshake_at, fresh, k_hash, may_open, predicate, seq, ack, found,
+            settled, sport, dport, vlan, k_flags, ts, off, plen, addresses[0], addresses[1],
+            flow)
 
 
 @njit
@@ -1433,9 +1437,10 @@ def _fast_walk_kernel(starts, rows, flags_col, plen_col, seq_col, ack_col, sport
     source/destination port is selected comes from `port_table` when `any_ports` (else
     neither is: every port is selected).
 
-    Returns per row (direction, before = bytes of its direction before it, upto = part of
-    the flow up to its close), per group (first_open, close: row positions or len(rows) + 1
-    when none; fast; never = no row may open it) and a (groups, 8) int64 table per group:
+    Returns per row ((2, rows) int64: direction, before = bytes of its direction before
+    it; upto = part of the flow up to its close), per group ((2, groups) int64: first_open,
+    close = row positions or len(rows) + 1 when none; (2, groups) bool: fast, never = no
+    row may open it) and a (groups, 8) int64 table per group:
     client is the opening row's sender, how (CLIENT_BY index), FIN/RST seen per direction
     at the close, cap reached per direction at the close, RST on the closing row, the
     latest time of the rows from the opening row to the close (the chunk's last_ts, taken
@@ -1449,13 +1454,17 @@ def _fast_walk_kernel(starts, rows, flags_col, plen_col, seq_col, ack_col, sport
     # packets, caches flushed)
     n_groups = starts.shape[0]
     big = m + 1
-    direction = np.zeros(m, dtype=np.int64)
-    before = np.zeros(m, dtype=np.int64)
+    # outputs packed by type, their rows the columns (see _select_rows_packed)
+    per_row = np.zeros((2, m), dtype=np.int64)
+    direction = per_row[0]
+    before = per_row[1]
     upto = np.zeros(m, dtype=np.bool_)
-    first_open = np.full(n_groups, big, dtype=np.int64)
-    close = np.full(n_groups, big, dtype=np.int64)
-    fast = np.zeros(n_groups, dtype=np.bool_)
-    never = np.zeros(n_groups, dtype=np.bool_)
+    ends = np.full((2, n_groups), big, dtype=np.int64)
+    first_open = ends[0]
+    close = ends[1]
+    outcome = np.zeros((2, n_groups), dtype=np.bool_)
+    fast = outcome[0]
+    never = outcome[1]
     per_group = np.zeros((n_groups, 8), dtype=np.int64)
     for g in range(n_groups):
         lo = starts[g]
@@ -1593,7 +1602,7 @@ def _fast_walk_kernel(starts, rows, flags_col, plen_col, seq_col, ack_col, sport
         per_group[g, 1] = how
         per_group[g, 7] = latest
         fast[g] = c != big and not bad
-    return direction, before, upto, first_open, close, fast, never, per_group
+    return per_row, upto, ends, outcome, per_group
 
 
 _CLOSE_REASON_OBJECTS = np.array(CLOSE_REASONS, dtype=object)  # reason code -> str
@@ -1678,7 +1687,8 @@ def _fast_segments_kernel(gid, direction, before, upto, fast, plen_col, off_col,
     within) up to their fast flow's close that carry payload are `carried`; grouped by
     key = 2 * flow + direction (stable: time order kept) they are the segments to copy:
     their key, how many bytes each adds below the cap (`take`) and where its payload is
-    (`at`); key k's segments are bounds[k]:bounds[k + 1], and whole[k] is their `take`
+    (`at`), packed as one (3, segments) array; key k's segments are bounds[k]:bounds[k + 1],
+    and whole[k] is their `take`
     (the key's length before a consumer's trim). `upto` is narrowed to the fast flows'
     rows, in place. plen_col/off_col: columns of the selected segments, read at rows[p]."""
     m = rows.shape[0]
@@ -1698,9 +1708,10 @@ def _fast_segments_kernel(gid, direction, before, upto, fast, plen_col, off_col,
     for k in range(n_keys):
         first[k + 1] += first[k]
     bounds = first.copy()
-    key_seg = np.empty(n_carried, dtype=np.int64)
-    take = np.empty(n_carried, dtype=np.int64)
-    at = np.empty(n_carried, dtype=np.int64)
+    segments = np.empty((3, n_carried), dtype=np.int64)  # packed (see _select_rows_packed)
+    key_seg = segments[0]
+    take = segments[1]
+    at = segments[2]
     whole = np.zeros(n_keys, dtype=np.int64)
     for c in range(n_carried):
         p = carried[c]
@@ -1713,7 +1724,7 @@ def _fast_segments_kernel(gid, direction, before, upto, fast, plen_col, off_col,
         take[j] = part
         whole[k] += part
         at[j] = off_col[rows[p]]
-    return carried, key_seg, take, at, bounds, whole
+    return carried, segments, bounds, whole
 
 
 @njit
@@ -1739,7 +1750,13 @@ def _fast_rows_kernel(take, key_seg, carried, gid, direction, fast, starts, firs
     Per (flow, direction) key its bytes are [key_start, key_end) of the copied segments
     (in key order); packets are the first max_meta payload segments of each flow, listed
     in flow order (packet_start/stop index them); times, ports, addresses and flags as
-    StreamCollector._chunk gives them. src_ip/dst_ip: (segments, 2) uint64 halves."""
+    StreamCollector._chunk gives them. src_ip/dst_ip: (segments, 2) uint64 halves.
+    Returns the columns packed by type, seven arrays where there were 21 (each array a
+    kernel returns costs ~1.5 us to box; _fast_chunks takes their rows): int64 (11, n)
+    close_at, packet_start, packet_stop, last_ts, client_port, server_port, vlan,
+    client_by, start_ts, reason code, group; the hashes; spans (n, 4); first_ts (n, 2);
+    packets (3, listed): ts, direction, length; addresses (2, n, 2) uint64: client,
+    server; flags (2, n, 2) bool: ended, capped."""
     n_groups = starts.shape[0]
     n_keys = 2 * n_groups
     big = _INT64_MAX
@@ -1764,18 +1781,16 @@ def _fast_rows_kernel(take, key_seg, carried, gid, direction, fast, starts, firs
     for g in range(n_groups):
         listed_total += min(per_flow[g], max_meta)
         meta_stop_g[g] = listed_total
-    packet_ts = np.empty(listed_total, dtype=np.int64)
-    packet_dir = np.empty(listed_total, dtype=np.int64)
-    packet_len = np.empty(listed_total, dtype=np.int64)
+    packets = np.empty((3, listed_total), dtype=np.int64)  # packet_ts, packet_dir, packet_len
     seen = np.zeros(n_groups, dtype=np.int64)
     at_l = 0
     for c in range(carried.shape[0]):  # grouped by flow: each flow's first max_meta rows
         p = carried[c]
         g = gid[p]
         if seen[g] < max_meta:
-            packet_ts[at_l] = ts_col[rows[p]]
-            packet_dir[at_l] = direction[p]
-            packet_len[at_l] = plen_col[rows[p]]
+            packets[0, at_l] = ts_col[rows[p]]
+            packets[1, at_l] = direction[p]
+            packets[2, at_l] = plen_col[rows[p]]
             at_l += 1
         seen[g] += 1
     # the fast flows, in closing order (their closing rows are distinct)
@@ -1792,27 +1807,18 @@ def _fast_rows_kernel(take, key_seg, carried, gid, direction, fast, starts, firs
             close_key[n] = rows[close[g]]
             n += 1
     groups = groups[np.argsort(close_key, kind="mergesort")]
-    close_at = np.empty(n, dtype=np.int64)
+    # the columns packed by type (see _select_rows_packed): rows of 2-D arrays
+    ints = np.empty((11, n), dtype=np.int64)
     hash_values = np.empty(n, dtype=np.uint64)
     spans = np.empty((n, 4), dtype=np.int64)
     first_ts = np.empty((n, 2), dtype=np.int64)
-    meta_start = np.empty(n, dtype=np.int64)
-    meta_stop = np.empty(n, dtype=np.int64)
-    last_ts = np.empty(n, dtype=np.int64)
-    client_ip = np.empty((n, 2), dtype=np.uint64)
-    server_ip = np.empty((n, 2), dtype=np.uint64)
-    client_port = np.empty(n, dtype=np.int64)
-    server_port = np.empty(n, dtype=np.int64)
-    vlan = np.empty(n, dtype=np.int64)
-    how = np.empty(n, dtype=np.int64)
-    start_ts = np.empty(n, dtype=np.int64)
-    ended = np.empty((n, 2), dtype=np.bool_)
-    capped = np.empty((n, 2), dtype=np.bool_)
-    reason_code = np.empty(n, dtype=np.int64)
+    addresses = np.empty((2, n, 2), dtype=np.uint64)  # client, server
+    flags = np.empty((2, n, 2), dtype=np.bool_)  # ended, capped
+    ints[10, :] = groups
     for i in range(n):
         g = groups[i]
         o = rows[first_open[g]]
-        close_at[i] = rows[close[g]]
+        ints[0, i] = rows[close[g]]  # close_at
         hash_values[i] = hash_col[o]
         for d in range(2):
             k = 2 * g + d
@@ -1820,33 +1826,31 @@ def _fast_rows_kernel(take, key_seg, carried, gid, direction, fast, starts, firs
             spans[i, 2 * d] = lo
             spans[i, 2 * d + 1] = key_end[k] - lo
             first_ts[i, d] = ts_col[rows[first_data[k]]] if first_data[k] != big else -1
-        meta_stop[i] = meta_stop_g[g]
-        meta_start[i] = meta_stop_g[g] - min(per_flow[g], max_meta)
-        last_ts[i] = per_group[g, 7]  # the walk's, over the rows up to the close
+        ints[2, i] = meta_stop_g[g]  # meta_stop
+        ints[1, i] = meta_stop_g[g] - min(per_flow[g], max_meta)  # meta_start
+        ints[3, i] = per_group[g, 7]  # last_ts: the walk's, over the rows up to the close
         client = per_group[g, 0] != 0
         sport = np.int64(sport_col[o])
         dport = np.int64(dport_col[o])
         for h in range(2):
-            client_ip[i, h] = src_ip[o, h] if client else dst_ip[o, h]
-            server_ip[i, h] = dst_ip[o, h] if client else src_ip[o, h]
-        client_port[i] = sport if client else dport
-        server_port[i] = dport if client else sport
-        vlan[i] = vlan_col[o]
-        how[i] = per_group[g, 1]
-        start_ts[i] = ts_col[o]
-        ended[i, 0] = per_group[g, 2] != 0
-        ended[i, 1] = per_group[g, 3] != 0
-        capped[i, 0] = per_group[g, 4] != 0
-        capped[i, 1] = per_group[g, 5] != 0
+            addresses[0, i, h] = src_ip[o, h] if client else dst_ip[o, h]
+            addresses[1, i, h] = dst_ip[o, h] if client else src_ip[o, h]
+        ints[4, i] = sport if client else dport  # client_port
+        ints[5, i] = dport if client else sport  # server_port
+        ints[6, i] = vlan_col[o]
+        ints[7, i] = per_group[g, 1]  # how
+        ints[8, i] = ts_col[o]  # start_ts
+        flags[0, i, 0] = per_group[g, 2] != 0  # ended
+        flags[0, i, 1] = per_group[g, 3] != 0
+        flags[1, i, 0] = per_group[g, 4] != 0  # capped
+        flags[1, i, 1] = per_group[g, 5] != 0
         if per_group[g, 2] != 0 and per_group[g, 3] != 0:
-            reason_code[i] = 0  # fin
+            ints[9, i] = 0  # reason code: fin
         elif per_group[g, 6] != 0:
-            reason_code[i] = 1  # rst
+            ints[9, i] = 1  # rst
         else:
-            reason_code[i] = 2  # capped
-    return (close_at, hash_values, spans, first_ts, meta_start, meta_stop, packet_ts,
-            packet_dir, packet_len, last_ts, client_ip, server_ip, client_port, server_port,
-            vlan, how, start_ts, ended, capped, reason_code, groups)
+            ints[9, i] = 2  # capped
+    return ints, hash_values, spans, first_ts, packets, addresses, flags
 
 
 class StreamCollector:
@@ -2273,7 +2277,10 @@ class StreamCollector:
             cols["may_open"], cols["predicate"], cols["ts"], self._port_table,
             self.ports is not None,
             self.max_bytes_per_dir, self.max_packets_meta)
-        direction, before, upto, first_open, close, fast, never, per_group = walk
+        per_row, upto, ends, outcome, per_group = walk
+        direction, before = per_row
+        first_open, close = ends
+        fast, never = outcome
         looped_at = _loop_rows_kernel(n, rows, gid, never, fast)
         if not fast.any():
             return looped_at, _Finished.empty()
@@ -2291,23 +2298,27 @@ class StreamCollector:
         consumer's trim between them) where there were ~40 whole-column numpy calls."""
         n_keys = 2 * starts.size
         # payload bytes of each (flow, direction), gathered in one go, cut at the cap
-        carried, key_seg, take, at, bounds, whole = _fast_segments_kernel(
+        carried, segments, bounds, whole = _fast_segments_kernel(
             gid, direction, before, upto, fast, cols["plen"], cols["off"], rows, n_keys,
             self.max_bytes_per_dir)
+        key_seg, take, at = segments
         if self.trim is not None:  # the consumer reads only so far: copy no more
             # (whole: each (flow, direction)'s length before the cut, StreamBatch.whole)
             take = self._trimmed(data, at, take, bounds)
         else:
             whole = None
-        (close_at, hash_values, spans, first_ts, meta_start, meta_stop, packet_ts, packet_dir,
-         packet_len, last_ts, client_ip, server_ip, client_port, server_port, vlan, how,
-         start_ts, ended, capped, reason_code, groups) = _fast_rows_kernel(
+        ints, hash_values, spans, first_ts, packets, addresses, flags = _fast_rows_kernel(
             take, key_seg, carried, gid, direction, fast, starts, first_open, close,
             per_group, rows, cols["plen"], cols["ts"], cols["sport"], cols["dport"],
             cols["vlan"], cols["hash"],
             np.ascontiguousarray(cols["src_ip"]).view(np.uint64).reshape(-1, 2),
             np.ascontiguousarray(cols["dst_ip"]).view(np.uint64).reshape(-1, 2),
             self.max_packets_meta)
+        (close_at, meta_start, meta_stop, last_ts, client_port, server_port, vlan, how,
+         start_ts, reason_code, groups) = ints
+        client_ip, server_ip = addresses
+        ended, capped = flags
+        packet_ts, packet_dir, packet_len = packets
         reason = _CLOSE_REASON_OBJECTS[reason_code]
         n = close_at.size
         columns = {
