@@ -102,3 +102,25 @@ def test_probe_hash_spreads_keys_that_differ_in_two_address_bytes(byte, side):
                                     np.zeros(n, dtype=np.uint16))[6]) & (2 * n - 1)
                  for r in range(n)}
     assert len(positions) > n // 2  # random positions: ~0.79 n distinct in 2n
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 20_000), st.integers(1, 40), st.integers(0, 2**32 - 1),
+       st.integers(0, 3))
+def test_high_order_sorts_as_argsort_and_flags_shared_values(n, index_bits, seed, copies):
+    """_key_order's counting + insertion sort: the order of np.argsort of the masked hashes
+    when they are distinct, and `shared` exactly when two are equal."""
+    rng = np.random.default_rng(seed)
+    key_hash = rng.integers(0, 2**64, n, dtype=np.uint64)
+    if n > 1:
+        for _ in range(copies):  # equal high bits (low bits may differ)
+            i, j = rng.integers(0, n, 2)
+            key_hash[j] = key_hash[i] ^ np.uint64(rng.integers(0, 1 << index_bits))
+    mask = np.uint64(~((1 << index_bits) - 1) & (2**64 - 1))
+    order, shared = ft._high_order(key_hash, mask)
+    high = key_hash & mask
+    assert shared == (np.unique(high).size < n)
+    assert sorted(order.tolist()) == list(range(n))
+    assert (np.diff(high[order].astype(object)) >= 0).all() if n > 1 else True
+    if not shared:
+        assert np.array_equal(order, np.argsort(high))
