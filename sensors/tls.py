@@ -27,17 +27,18 @@ eviction, end of input); then the flow is released from reassembly.
 
 How: all flows of a batch are parsed at once by numba kernels over the collector's joined
 buffer (`feed_joined`'s StreamBatch: every direction's bytes in one buffer, the flow fields
-as columns, no StreamChunk object made; `parse_joined`): record framing, then the
-ClientHello and the server's flight, located as offsets. A kernel also writes each
-ClientHello's fingerprint fields (version, ciphers, extension types, groups, point formats,
-signature algorithms, supported versions, ALPN) as one canonical byte string, the "client
-key": JA3/JA4 strings are built in Python only once per distinct key (a network's clients
-share a few TLS stacks). The JA3S server key (version, cipher, extension types) is cached
-the same way. Equal keys (and leaf certificates, SNIs, ALPN names) are found by a kernel
-(`distinct_slice_ids`), so a bytes or str object is made per distinct value, not per event;
-version and cipher names per distinct code. The offered ALPN list is one list per distinct
-client key, shared by the events that have it (as DNS answer lists are): consumers only
-read it, and one that wants to change it must copy it first.
+as columns, no StreamChunk object made; `parse_joined`): record framing, and right after
+each direction's framing its ClientHello or the server's flight, located as offsets
+(`_parse_directions`). A kernel also writes each ClientHello's fingerprint fields (version,
+ciphers, extension types, groups, point formats, signature algorithms, supported versions,
+ALPN) as one canonical byte string, the "client key": JA3/JA4 strings are built in Python
+only once per distinct key (a network's clients share a few TLS stacks). The JA3S server
+key (version, cipher, extension types) is cached the same way. Equal keys (and leaf
+certificates, SNIs, ALPN names) are numbered by a kernel against a table the analyzer keeps
+across batches (`KnownValues`), so a bytes or str object is made per distinct value ever
+seen, not per event or batch; version and cipher names per distinct code. The offered ALPN
+list is one list per distinct client key, shared by the events that have it (as DNS answer
+lists are): consumers only read it, and one that wants to change it must copy it first.
 
 Hostile input never raises: parse errors are counted (stats["tls_malformed"]) and the
 flow yields no event (a ClientHello that cannot be read) or an event with what was read.
@@ -314,53 +315,67 @@ def frame_records_into(hs: np.ndarray, buf: np.ndarray, starts: np.ndarray, stop
     # operations per array and call otherwise); the owners live on here
     src, dst = borrowed(buf), borrowed(hs)
     for d in range(n):
-        if d + PREFETCH_FLOWS < n and buf.size > 0:
-            # a later direction's lines (see tcp_stream.prefetch): the directions lie apart
-            # in `buf`, and the walk of each one started with waits for its lines (a record
-            # header gives the CPU no loads of the next direction to overlap)
-            ahead = min(max(starts[d + PREFETCH_FLOWS], 0), buf.size)
-            for at in range(ahead, min(stops[d + PREFETCH_FLOWS], buf.size,
-                                       ahead + PREFETCH_DIRECTION_BYTES), 64):
-                prefetch(buf, at)
-        pos = max(starts[d], 0)
-        end = min(stops[d], buf.size)
+        _prefetch_direction(src, starts, stops, d)
         hs_start[d] = out
-        records = 0
-        cleartext = True
-        seen = 0
-        messages = 0 <= servers_from <= d
-        left = 0  # (messages) body bytes of the current message still to come
-        keep = True
-        head = 0  # (messages) bytes of the next message header seen
-        while pos + 5 <= end and records < MAX_RECORDS:
-            ctype = buf[pos]
-            if ctype < CONTENT_CCS or ctype > CONTENT_APPDATA or buf[pos + 1] != 3:
-                break  # not TLS (any more): stop reading
-            stop = pos + 5 + _u16(src, pos + 3)
-            records += 1  # the header is visible: the type counts
-            if ctype == CONTENT_CCS:
-                seen |= SEEN_CCS
-            elif ctype == CONTENT_APPDATA:
-                seen |= SEEN_APPDATA
-                if records > 1:
-                    seen |= APPDATA_AFTER_FIRST
-            if stop > end:
-                if cleartext and ctype == CONTENT_HANDSHAKE:
-                    seen |= RECORD_TRUNCATED
-                break
-            if ctype != CONTENT_HANDSHAKE:
-                if ctype != CONTENT_ALERT:
-                    cleartext = False  # after CCS / application data: encrypted
-            elif cleartext:
-                if messages:
-                    out, left, keep, head = _server_messages(dst, out, src, pos + 5, stop, left,
-                                                             keep, head)
-                else:
-                    out = copy_bytes(dst, out, src, pos + 5, stop)
-            pos = stop
+        out, flags[d] = _frame_direction(dst, out, src, starts[d], stops[d],
+                                         0 <= servers_from <= d)
         hs_stop[d] = out
-        flags[d] = seen
     return hs_start, hs_stop, flags
+
+
+@njit(inline="always")
+def _prefetch_direction(buf: np.ndarray, starts: np.ndarray, stops: np.ndarray, d: int) -> None:
+    """Ask for the first lines of direction d + PREFETCH_FLOWS (see tcp_stream.prefetch): the
+    directions lie apart in `buf`, and the walk of each one started with waits for its lines
+    (a record header gives the CPU no loads of the next direction to overlap)."""
+    if d + PREFETCH_FLOWS < starts.size and buf.size > 0:
+        ahead = min(max(starts[d + PREFETCH_FLOWS], 0), buf.size)
+        for at in range(ahead, min(stops[d + PREFETCH_FLOWS], buf.size,
+                                   ahead + PREFETCH_DIRECTION_BYTES), 64):
+            prefetch(buf, at)
+
+
+@njit(inline="always")
+def _frame_direction(hs: np.ndarray, out: int, buf: np.ndarray, start: int, stop_at: int,
+                     messages: bool) -> tuple[int, np.uint8]:
+    """frame_records' walk of the direction buf[start:stop_at] (clipped), its cleartext
+    handshake bodies appended to hs[out:] (`messages`: a server's, see _server_messages):
+    (the end in hs, its flags)."""
+    pos = max(start, 0)
+    end = min(stop_at, buf.size)
+    records = 0
+    cleartext = True
+    seen = 0
+    left = 0  # (messages) body bytes of the current message still to come
+    keep = True
+    head = 0  # (messages) bytes of the next message header seen
+    while pos + 5 <= end and records < MAX_RECORDS:
+        ctype = buf[pos]
+        if ctype < CONTENT_CCS or ctype > CONTENT_APPDATA or buf[pos + 1] != 3:
+            break  # not TLS (any more): stop reading
+        stop = pos + 5 + _u16(buf, pos + 3)
+        records += 1  # the header is visible: the type counts
+        if ctype == CONTENT_CCS:
+            seen |= SEEN_CCS
+        elif ctype == CONTENT_APPDATA:
+            seen |= SEEN_APPDATA
+            if records > 1:
+                seen |= APPDATA_AFTER_FIRST
+        if stop > end:
+            if cleartext and ctype == CONTENT_HANDSHAKE:
+                seen |= RECORD_TRUNCATED
+            break
+        if ctype != CONTENT_HANDSHAKE:
+            if ctype != CONTENT_ALERT:
+                cleartext = False  # after CCS / application data: encrypted
+        elif cleartext:
+            if messages:
+                out, left, keep, head = _server_messages(hs, out, buf, pos + 5, stop, left,
+                                                         keep, head)
+            else:
+                out = copy_bytes(hs, out, buf, pos + 5, stop)
+        pos = stop
+    return out, np.uint8(seen)
 
 
 
@@ -640,22 +655,31 @@ def client_hellos(hs: np.ndarray, hs_start: np.ndarray, hs_stop: np.ndarray,
     # _client_hello's arrays without reference counts (see frame_records_into)
     src, dst = borrowed(hs), borrowed(keys)
     for f in range(n):
-        start, end = hs_start[f], hs_stop[f]
-        key_start[f] = key_stop[f] = at
-        body_stop = -1
-        if start + 4 <= end:
-            body_stop = start + 4 + _u24(src, start + 1)
-        if body_stop < 0 or body_stop > end:  # no complete message
-            truncated = (flags[f] & RECORD_TRUNCATED) != 0 or end > start
-            status[f] = HELLO_INCOMPLETE if truncated or data_len[f] < 9 else HELLO_MALFORMED
-        elif hs[start] != HS_CLIENT_HELLO:
-            status[f] = HELLO_MALFORMED
-        else:
-            ok, sni_start[f], sni_stop[f], key_stop[f] = _client_hello(
-                src, start + 4, body_stop, dst, at)
-            status[f] = HELLO_OK if ok else HELLO_MALFORMED
-        at = key_stop[f]  # the next key right after this one (see server_flights)
+        key_start[f] = at
+        status[f], sni_start[f], sni_stop[f], at = _client_row(
+            src, hs_start[f], hs_stop[f], flags[f], data_len[f], dst, at)
+        key_stop[f] = at  # the next key right after this one (see server_flights)
     return status, sni_start, sni_stop, keys, key_start, key_stop
+
+
+@njit(inline="always")
+def _client_row(hs: np.ndarray, start: int, end: int, flags: int, data_len: int,
+                key: np.ndarray, at: int) -> tuple[np.int8, int, int, int]:
+    """client_hellos of one flow (client direction hs[start:end]): (status, sni_start,
+    sni_stop, key_stop); its key from key[at]."""
+    body_stop = -1
+    if start + 4 <= end:
+        body_stop = start + 4 + _u24(hs, start + 1)
+    if body_stop < 0 or body_stop > end:  # no complete message
+        truncated = (flags & RECORD_TRUNCATED) != 0 or end > start
+        return (np.int8(HELLO_INCOMPLETE if truncated or data_len < 9 else HELLO_MALFORMED),
+                0, 0, at)
+    if hs[start] != HS_CLIENT_HELLO:
+        return np.int8(HELLO_MALFORMED), 0, 0, at
+    ok, sni_start, sni_stop, key_stop = _client_hello(hs, start + 4, body_stop, key, at)
+    if not ok:
+        return np.int8(HELLO_MALFORMED), sni_start, sni_stop, key_stop
+    return np.int8(HELLO_OK), sni_start, sni_stop, key_stop
 
 
 @njit
@@ -747,36 +771,117 @@ def server_flights(hs: np.ndarray, hs_start: np.ndarray, hs_stop: np.ndarray
     # the helpers' arrays without reference counts (see frame_records_into)
     src, dst = borrowed(hs), borrowed(keys)
     for f in range(n):
-        pos, end = hs_start[f], hs_stop[f]
-        key_start[f] = key_stop[f] = at
-        while pos + 4 <= end:
-            msg_type = hs[pos]
-            stop = pos + 4 + _u24(src, pos + 1)
-            if stop > end:
-                break  # the flight continues past the reassembled bytes
-            if msg_type == HS_SERVER_HELLO and not found[f]:
-                (ok, version[f], cipher[f], selected[f], alpn_start[f], alpn_stop[f],
-                 key_stop[f]) = _server_hello(src, pos + 4, stop, dst, at)
-                if not ok:
-                    malformed[f] = True
-                    break
-                found[f] = True
-            elif msg_type == HS_CERTIFICATE and found[f] and cert_stop[f] <= cert_start[f]:
-                chain_start, chain_stop = _span(src, pos + 4, stop, 3)
-                if chain_stop < 0:
-                    malformed[f] = True
-                    break
-                leaf_start, leaf_stop = _span(src, chain_start, chain_stop, 3)
-                if leaf_stop < 0:
-                    malformed[f] = True
-                    break
-                cert_start[f], cert_stop[f] = leaf_start, leaf_stop
-            pos = stop
+        key_start[f] = at
+        (found[f], malformed[f], version[f], cipher[f], selected[f], alpn_start[f],
+         alpn_stop[f], cert_start[f], cert_stop[f], at) = _server_row(src, hs_start[f],
+                                                                     hs_stop[f], dst, at)
         # the next key right after this one: keys are a few bytes, regions of a flight's
         # size apart made every page of `keys` fault in (~1 page fault per flow)
-        at = key_stop[f]
+        key_stop[f] = at
     return (found, malformed, version, cipher, selected, alpn_start, alpn_stop, cert_start,
             cert_stop, keys, key_start, key_stop)
+
+
+@njit(inline="always")
+def _server_row(hs: np.ndarray, pos: int, end: int, key: np.ndarray, at: int
+                ) -> tuple[bool, bool, int, int, int, int, int, int, int, int]:
+    """server_flights of one flow (server messages hs[pos:end]): (found, malformed,
+    version, cipher, selected, alpn_start, alpn_stop, cert_start, cert_stop, key_stop); its
+    key from key[at]."""
+    found = malformed = False
+    version = cipher = selected = 0
+    alpn_start = alpn_stop = cert_start = cert_stop = -1
+    key_stop = at
+    while pos + 4 <= end:
+        msg_type = hs[pos]
+        stop = pos + 4 + _u24(hs, pos + 1)
+        if stop > end:
+            break  # the flight continues past the reassembled bytes
+        if msg_type == HS_SERVER_HELLO and not found:
+            (ok, version, cipher, selected, alpn_start, alpn_stop,
+             key_stop) = _server_hello(hs, pos + 4, stop, key, at)
+            if not ok:
+                malformed = True
+                break
+            found = True
+        elif msg_type == HS_CERTIFICATE and found and cert_stop <= cert_start:
+            chain_start, chain_stop = _span(hs, pos + 4, stop, 3)
+            if chain_stop < 0:
+                malformed = True
+                break
+            leaf_start, leaf_stop = _span(hs, chain_start, chain_stop, 3)
+            if leaf_stop < 0:
+                malformed = True
+                break
+            cert_start, cert_stop = leaf_start, leaf_stop
+        pos = stop
+    return (found, malformed, version, cipher, selected, alpn_start, alpn_stop, cert_start,
+            cert_stop, key_stop)
+
+
+@njit
+def _parse_directions(hs: np.ndarray, buf: np.ndarray, starts: np.ndarray, stops: np.ndarray,
+                      n: int, client_len: np.ndarray) -> tuple[np.ndarray, ...]:
+    """frame_records_into(hs, buf, starts, stops, n), then client_hellos of directions 0..n-1
+    and server_flights of n..2n-1, in one pass: each direction is read right after it is
+    framed, while its bytes are in the nearest caches (a second pass over `hs`, megabytes a
+    batch, read them back from L3). Returns (hs_start, hs_stop, flags, client_hellos'
+    six, server_flights' twelve results)."""
+    m = starts.size
+    if hs.size < hs_capacity(buf, starts, stops):
+        raise ValueError("hs is smaller than hs_capacity")
+    hs_start = np.empty(m, np.int64)
+    hs_stop = np.empty(m, np.int64)
+    flags = np.zeros(m, np.uint8)
+    # keys: a direction's hs bytes are at most its size (see client_hellos / server_flights)
+    client_room = server_room = 0
+    for d in range(m):
+        size = max(min(stops[d], buf.size) - max(starts[d], 0), 0)
+        if d < n:
+            client_room += size + CLIENT_KEY_SLACK
+        else:
+            server_room += size + SERVER_KEY_SLACK
+    ckeys = np.empty(client_room, np.uint8)
+    status = np.empty(n, np.int8)
+    sni_start = np.zeros(n, np.int64)
+    sni_stop = np.zeros(n, np.int64)
+    ck_start = np.empty(n, np.int64)
+    ck_stop = np.empty(n, np.int64)
+    skeys = np.empty(server_room, np.uint8)
+    found = np.zeros(n, np.bool_)
+    malformed = np.zeros(n, np.bool_)
+    version = np.zeros(n, np.int64)
+    cipher = np.zeros(n, np.int64)
+    selected = np.zeros(n, np.int64)
+    alpn_start = np.full(n, -1, np.int64)
+    alpn_stop = np.full(n, -1, np.int64)
+    cert_start = np.full(n, -1, np.int64)
+    cert_stop = np.full(n, -1, np.int64)
+    sk_start = np.empty(n, np.int64)
+    sk_stop = np.empty(n, np.int64)
+    out = ca = sa = 0
+    # the helpers' arrays without reference counts (see frame_records_into)
+    src, dst, ck, sk = borrowed(buf), borrowed(hs), borrowed(ckeys), borrowed(skeys)
+    for d in range(m):
+        _prefetch_direction(src, starts, stops, d)
+        hs_start[d] = out
+        out, flags[d] = _frame_direction(dst, out, src, starts[d], stops[d], d >= n)
+        hs_stop[d] = out
+        if d < n:
+            ck_start[d] = ca
+            status[d], sni_start[d], sni_stop[d], ca = _client_row(
+                dst, hs_start[d], out, flags[d], client_len[d], ck, ca)
+            ck_stop[d] = ca
+        else:
+            f = d - n
+            sk_start[f] = sa
+            (found[f], malformed[f], version[f], cipher[f], selected[f], alpn_start[f],
+             alpn_stop[f], cert_start[f], cert_stop[f], sa) = _server_row(dst, hs_start[d],
+                                                                          out, sk, sa)
+            sk_stop[f] = sa
+    return (hs_start, hs_stop, flags, status, sni_start, sni_stop, ckeys, ck_start, ck_stop,
+            found, malformed, version, cipher, selected, alpn_start, alpn_stop, cert_start,
+            cert_stop, skeys, sk_start, sk_stop)
 
 
 @njit
@@ -899,11 +1004,9 @@ def parse_joined(buf: np.ndarray, start: np.ndarray, length: np.ndarray,
     hs = hs_buffer
     if hs is None or hs.size < need:
         hs = np.empty(need if hs is None else need + need // 4, np.uint8)
-    hs_start, hs_stop, flags = frame_records_into(hs, buf, starts, stops, n)
-    status, sni_start, sni_stop, ckeys, ck_start, ck_stop = client_hellos(
-        hs, hs_start[:n], hs_stop[:n], flags[:n], client_len)
-    (found, malformed, version, cipher, selected, alpn_start, alpn_stop, cert_start, cert_stop,
-     skeys, sk_start, sk_stop) = server_flights(hs, hs_start[n:], hs_stop[n:])
+    (_, _, flags, status, sni_start, sni_stop, ckeys, ck_start, ck_stop, found, malformed,
+     version, cipher, selected, alpn_start, alpn_stop, cert_start, cert_stop, skeys, sk_start,
+     sk_stop) = _parse_directions(hs, buf, starts, stops, n, client_len)
     established = _established(found, selected, flags)
     return ParsedFlows(hs, status, sni_start, sni_stop, ckeys, ck_start, ck_stop, found,
                        malformed, version, cipher, selected, alpn_start, alpn_stop, cert_start,
