@@ -161,6 +161,36 @@ def _word(data: np.ndarray, at: int) -> int:
     return (np.int64(data[q]) << 8) | np.int64(data[q + np.uint64(1)])
 
 
+@njit(inline="always")
+def _u64(data: np.ndarray, q: np.uint64) -> np.uint64:
+    """The 8 bytes data[q:q+8] as one little-endian word. LLVM turns the eight loads and
+    shifts into one load, so equal-byte runs compare a word at a time (_same_bytes)."""
+    w = np.uint64(0)
+    for j in range(8):
+        w |= np.uint64(data[q + np.uint64(j)]) << np.uint64(8 * j)
+    return w
+
+
+@njit(inline="always")
+def _same_bytes(a: np.ndarray, p: np.uint64, b: np.ndarray, q: np.uint64, length: int) -> bool:
+    """a[p:p+length] == b[q:q+length], 8 bytes at a time (the last word overlapping the one
+    before it), reading nothing outside the two runs. Why: names are compared byte by byte
+    a few times per message (memo hits, answer owners), ~20 bytes each."""
+    n = np.uint64(length)
+    if n < np.uint64(8):
+        for k in range(n):
+            if a[p + k] != b[q + k]:
+                return False
+        return True
+    k = np.uint64(0)
+    while k + np.uint64(8) < n:
+        if _u64(a, p + k) != _u64(b, q + k):
+            return False
+        k += np.uint64(8)
+    last = n - np.uint64(8)
+    return _u64(a, p + last) == _u64(b, q + last)
+
+
 @njit
 def read_name(data: np.ndarray, base: int, size: int, pos: int, out: np.ndarray,
               o: int) -> tuple[int, int]:
@@ -563,12 +593,8 @@ def _repeats_question(data: np.ndarray, base: int, size: int, pos: int, q_end: i
     length = q_end - HEADER_LEN
     if pos + length > size:
         return False
-    at = np.uint64(base + pos)  # unsigned: no negative-index fix-up per byte
-    question = np.uint64(base + HEADER_LEN)
-    for k in range(np.uint64(length)):
-        if data[at + k] != data[question + k]:
-            return False
-    return True
+    # unsigned: no negative-index fix-up per byte
+    return _same_bytes(data, np.uint64(base + pos), data, np.uint64(base + HEADER_LEN), length)
 
 
 @njit
