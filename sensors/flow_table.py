@@ -304,17 +304,36 @@ def _batch_keys(rows: np.ndarray, src: np.ndarray, dst: np.ndarray, sport: np.nd
     packet's hash plus a grouping pass that read the packets' key words in hash order
     (random rows), and the (rows, 5) per-packet words. rows are rows of the batch, so < N.
     """
-    n = rows.shape[0]
+    return _batch_keys_in(rows, src, dst, sport, dport, transport, vlan,
+                          np.empty(_keys_table_size(rows.shape[0]), dtype=np.int32),
+                          np.empty(7 * rows.shape[0], dtype=np.uint64))
+
+
+@njit(inline="always")
+def _keys_table_size(n: int) -> int:
+    """_batch_keys' table entries for n packets: a power of two >= 2n (<= half full)."""
     size = 16
     while size < 2 * n:
         size *= 2
+    return size
+
+
+@njit
+def _batch_keys_in(rows, src, dst, sport, dport, transport, vlan, table, scratch):
+    """_batch_keys in the caller's buffers, which may hold anything: table (int32, at least
+    _keys_table_size(n) entries) and scratch (uint64, at least 7n words: the key words,
+    hashes and probe hashes; key_words and key_hash are views of it). FlowTable keeps them
+    across batches: fresh ones faulted their pages in again now and then (~2 us a page)."""
+    n = rows.shape[0]
+    size = _keys_table_size(n)
     mask = np.uint64(size - 1)
-    table = np.full(size, -1, dtype=np.int32)
+    table = table[:size]
+    table[:] = -1
     key_of = np.empty(n, dtype=np.int32)
     fwd = np.empty(n, dtype=np.bool_)
-    words = np.empty((n, 5), dtype=np.uint64)  # at most one key a packet
-    key_hash = np.empty(n, dtype=np.uint64)
-    probe = np.empty(n, dtype=np.uint64)  # each key's probe hash
+    words = scratch[:5 * n].reshape((n, 5))  # at most one key a packet
+    key_hash = scratch[5 * n:6 * n]
+    probe = scratch[6 * n:7 * n]  # each key's probe hash
     n_keys = 0
     for i in range(n):
         meta, s0, s1, d0, d1, forward, x = _packet_key(rows[i], src, dst, sport, dport,
@@ -1396,7 +1415,9 @@ class FlowTable:
         }
         self._clock = np.iinfo(np.int64).min  # running max of packet times
         self._clock_index: tuple = (None,)  # (clock, shift, starts) of the latest batch
-        self._state = np.empty(0, dtype=np.int64)  # _walk_state's kept buffer
+        # kept buffers of _walk_state and _keys_buffers
+        self._state = np.empty(0, dtype=np.int64)
+        self._keys = (np.empty(0, dtype=np.int32), np.empty(0, dtype=np.uint64))
         self._reset()
 
     def _reset(self) -> None:
@@ -1489,9 +1510,9 @@ class FlowTable:
         vlan = np.asarray(packets.vlan).astype(np.uint16, copy=False)
         # Each packet's flow key (lo = smaller (ip, port) endpoint), the distinct keys and
         # their hashes, in one compiled pass in capture order (_batch_keys).
-        key_of, fwd, words, row_hash = _batch_keys(
+        key_of, fwd, words, row_hash = _batch_keys_in(
             rows, _words16(packets.src_ip), _words16(packets.dst_ip), np.asarray(packets.src_port),
-            np.asarray(packets.dst_port), transport, vlan)
+            np.asarray(packets.dst_port), transport, vlan, *self._keys_buffers(int(rows.size)))
         key_order = _key_order(row_hash, words, int(rows.size))
         rank_of = np.empty(key_order.size, dtype=np.int64)
         rank_of[key_order] = np.arange(key_order.size)
@@ -1566,6 +1587,18 @@ class FlowTable:
         self._live[slots] = True
         self._deadline = min(self._deadline, int(tail_deadline))
         return out
+
+    def _keys_buffers(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """_batch_keys_in's table and scratch for n packets: kept across batches when small
+        enough (as _walk_state; a 65536-packet batch needs 4.2 MB)."""
+        table, scratch = self._keys
+        size = _keys_table_size(n)
+        if table.size >= size and scratch.size >= 7 * n:
+            return table, scratch
+        table, scratch = np.empty(size, dtype=np.int32), np.empty(7 * n, dtype=np.uint64)
+        if 8 * scratch.size + 4 * table.size <= 8 * _KEPT_STATE + (1 << 20):
+            self._keys = (table, scratch)
+        return table, scratch
 
     def _walk_state(self, n_keys: int) -> np.ndarray:
         """A buffer for _walk_flows' state rows (26 words a key). Kept across batches up to
