@@ -47,12 +47,19 @@ def test_batch_keys_equal_a_plain_reference(packets, data):
                     dtype=np.int64)
     src = np.array([_ADDRS[p[0]] for p in packets], dtype=IP_DTYPE)
     dst = np.array([_ADDRS[p[1]] for p in packets], dtype=IP_DTYPE)
-    key_of, fwd, words, key_hash = ft._batch_keys(
-        rows, ft._words16(src), ft._words16(dst),
-        np.array([p[2] for p in packets], dtype=np.uint16),
-        np.array([p[3] for p in packets], dtype=np.uint16),
-        np.array([p[4] for p in packets], dtype=np.uint8),
-        np.array([p[5] for p in packets], dtype=np.uint16))
+    columns = (rows, ft._words16(src), ft._words16(dst),
+               np.array([p[2] for p in packets], dtype=np.uint16),
+               np.array([p[3] for p in packets], dtype=np.uint16),
+               np.array([p[4] for p in packets], dtype=np.uint8),
+               np.array([p[5] for p in packets], dtype=np.uint16))
+    key_of, fwd, words, key_hash = ft._batch_keys(*columns)
+    # the same in kept buffers holding garbage (FlowTable's _keys_buffers), larger than asked
+    extra = data.draw(st.integers(0, 40))
+    table = np.full(ft._keys_table_size(rows.size + extra), 7, dtype=np.int32)
+    scratch = np.full(7 * (rows.size + extra), 0xDEAD, dtype=np.uint64)
+    kept = ft._batch_keys_in(*columns, table, scratch)
+    assert all(np.array_equal(a, b) for a, b in zip(kept, (key_of, fwd, words, key_hash),
+                                                    strict=True))
     ids: dict[tuple, int] = {}
     for i, r in enumerate(rows):
         s, d, sport, dport, proto, vlan = packets[r]
