@@ -566,7 +566,6 @@ def borrowed(typingctx, array):  # noqa: ARG001 (numba's intrinsic signature)
 
 
 PREFETCH_ROWS = 16  # how many candidate rows ahead _candidate_kernel asks for a packet's lines
-IGNORED_PREFETCH = 8  # how many flows ahead _select_rows_kernel asks for an ignored-table slot
 
 
 @njit
@@ -1037,13 +1036,13 @@ def _select_rows_packed(rows, group_of, group_hash, seq, ack, found, plen, flags
 
     The flow tests are per flow, not per row: the candidate rows come grouped by flow hash
     (`group_of`, `group_hash`: _flow_groups_kernel's, computed once per batch and shared by
-    the collectors), so the ignored table is probed once per flow (every flow, before the
-    row loop, with the slots of the flows 8 ahead prefetched: the table is up to ~1 MB and
-    each probe missed the cache; only the answers of flows with a row that may open one are
-    read, as when those alone were probed in the row loop: -0.4 ms per 300k packets), the
-    held table once per flow, and the rows' tests are lookups in per-flow flags (a few KB)
-    where there were one to three hash probes per row (~35 ns per candidate row, per
-    collector).
+    the collectors), so the ignored table is probed once per flow, and only for flows with
+    a row that may open one (the others' answer is never read: a kept row is held, or of a
+    flow a non-ignored row opens), the held table once per flow, and the rows' tests are
+    lookups in per-flow flags (a few KB) where there were one to three hash probes per row
+    (~35 ns per candidate row, per collector). (Probing every flow before the row loop,
+    slots prefetched 8 flows ahead, won with caches flushed but lost in place: the table
+    is mostly cached there.)
 
     rows/seq/ack/found/plen/flags/sport/dport: the candidate rows (positions into the
     batch) and their columns; head_matched: the client predicate's answer per row with
@@ -1055,21 +1054,13 @@ def _select_rows_packed(rows, group_of, group_hash, seq, ack, found, plen, flags
     n = group_of.shape[0]
     n_groups = group_hash.shape[0]
     im = it.shape[0] - 1
-    # per flow: bit 1 ignored, 2 opened by a row of this batch, 3 held
+    # per flow: bit 0 ignore-tested, 1 ignored, 2 opened by a row of this batch, 3 held
     state = np.zeros(n_groups, dtype=np.uint8)
     if held.shape[0] > 0:
         ht, hu, hm = _hash_table(held)
         for g in range(n_groups):
             if _in_table(ht, hu, hm, group_hash[g]):
                 state[g] = 8
-    if any_ignored:
-        for g in range(n_groups):
-            if g + IGNORED_PREFETCH < n_groups:
-                ahead = np.int64(group_hash[g + IGNORED_PREFETCH] & np.uint64(im))
-                prefetch(it, ahead)
-                prefetch(iu, ahead)
-            if _in_table(it, iu, im, group_hash[g]):
-                state[g] |= 2
     # per row: bit 0 may open (port or predicate), bit 1 the predicate matched
     row_code = np.empty(n, dtype=np.uint8)
     opened_order = np.empty(n_groups, dtype=np.int64)  # flows in the order a row opens them
@@ -1091,9 +1082,13 @@ def _select_rows_packed(rows, group_of, group_hash, seq, ack, found, plen, flags
         opens = (all_ports | port_table[np.uint64(sport[i])] | port_table[np.uint64(dport[i])]
                  | matched)
         row_code[i] = np.uint8(opens) | (np.uint8(matched) << np.uint8(1))
-        act = opens & (has | ((flags[i] & SYN) != 0))  # opening or a handshake
+        act = opens & (has | ((flags[i] & SYN) != 0))  # opening or a handshake: ignored?
         g = group_of[i]
         s = state[g]
+        if act and any_ignored and (s & 1) == 0:
+            s |= 1
+            if _in_table(it, iu, im, group_hash[g]):
+                s |= 2
         if act and has and (s & 6) == 0:  # the first opening row of a flow not ignored
             s |= 4
             opened_order[n_opened] = g
@@ -1437,10 +1432,9 @@ def _fast_walk_kernel(starts, rows, flags_col, plen_col, seq_col, ack_col, sport
     source/destination port is selected comes from `port_table` when `any_ports` (else
     neither is: every port is selected).
 
-    Returns per row ((2, rows) int64: direction, before = bytes of its direction before
-    it; upto = part of the flow up to its close), per group ((2, groups) int64: first_open,
-    close = row positions or len(rows) + 1 when none; (2, groups) bool: fast, never = no
-    row may open it) and a (groups, 8) int64 table per group:
+    Returns per row (direction, before = bytes of its direction before it, upto = part of
+    the flow up to its close), per group (first_open, close: row positions or len(rows) + 1
+    when none; fast; never = no row may open it) and a (groups, 8) int64 table per group:
     client is the opening row's sender, how (CLIENT_BY index), FIN/RST seen per direction
     at the close, cap reached per direction at the close, RST on the closing row, the
     latest time of the rows from the opening row to the close (the chunk's last_ts, taken
@@ -1454,17 +1448,13 @@ def _fast_walk_kernel(starts, rows, flags_col, plen_col, seq_col, ack_col, sport
     # packets, caches flushed)
     n_groups = starts.shape[0]
     big = m + 1
-    # outputs packed by type, their rows the columns (see _select_rows_packed)
-    per_row = np.zeros((2, m), dtype=np.int64)
-    direction = per_row[0]
-    before = per_row[1]
+    direction = np.zeros(m, dtype=np.int64)
+    before = np.zeros(m, dtype=np.int64)
     upto = np.zeros(m, dtype=np.bool_)
-    ends = np.full((2, n_groups), big, dtype=np.int64)
-    first_open = ends[0]
-    close = ends[1]
-    outcome = np.zeros((2, n_groups), dtype=np.bool_)
-    fast = outcome[0]
-    never = outcome[1]
+    first_open = np.full(n_groups, big, dtype=np.int64)
+    close = np.full(n_groups, big, dtype=np.int64)
+    fast = np.zeros(n_groups, dtype=np.bool_)
+    never = np.zeros(n_groups, dtype=np.bool_)
     per_group = np.zeros((n_groups, 8), dtype=np.int64)
     for g in range(n_groups):
         lo = starts[g]
@@ -1602,7 +1592,7 @@ def _fast_walk_kernel(starts, rows, flags_col, plen_col, seq_col, ack_col, sport
         per_group[g, 1] = how
         per_group[g, 7] = latest
         fast[g] = c != big and not bad
-    return per_row, upto, ends, outcome, per_group
+    return direction, before, upto, first_open, close, fast, never, per_group
 
 
 _CLOSE_REASON_OBJECTS = np.array(CLOSE_REASONS, dtype=object)  # reason code -> str
@@ -1687,8 +1677,7 @@ def _fast_segments_kernel(gid, direction, before, upto, fast, plen_col, off_col,
     within) up to their fast flow's close that carry payload are `carried`; grouped by
     key = 2 * flow + direction (stable: time order kept) they are the segments to copy:
     their key, how many bytes each adds below the cap (`take`) and where its payload is
-    (`at`), packed as one (3, segments) array; key k's segments are bounds[k]:bounds[k + 1],
-    and whole[k] is their `take`
+    (`at`); key k's segments are bounds[k]:bounds[k + 1], and whole[k] is their `take`
     (the key's length before a consumer's trim). `upto` is narrowed to the fast flows'
     rows, in place. plen_col/off_col: columns of the selected segments, read at rows[p]."""
     m = rows.shape[0]
@@ -1708,10 +1697,9 @@ def _fast_segments_kernel(gid, direction, before, upto, fast, plen_col, off_col,
     for k in range(n_keys):
         first[k + 1] += first[k]
     bounds = first.copy()
-    segments = np.empty((3, n_carried), dtype=np.int64)  # packed (see _select_rows_packed)
-    key_seg = segments[0]
-    take = segments[1]
-    at = segments[2]
+    key_seg = np.empty(n_carried, dtype=np.int64)
+    take = np.empty(n_carried, dtype=np.int64)
+    at = np.empty(n_carried, dtype=np.int64)
     whole = np.zeros(n_keys, dtype=np.int64)
     for c in range(n_carried):
         p = carried[c]
@@ -1724,7 +1712,7 @@ def _fast_segments_kernel(gid, direction, before, upto, fast, plen_col, off_col,
         take[j] = part
         whole[k] += part
         at[j] = off_col[rows[p]]
-    return carried, segments, bounds, whole
+    return carried, key_seg, take, at, bounds, whole
 
 
 @njit
@@ -2277,10 +2265,7 @@ class StreamCollector:
             cols["may_open"], cols["predicate"], cols["ts"], self._port_table,
             self.ports is not None,
             self.max_bytes_per_dir, self.max_packets_meta)
-        per_row, upto, ends, outcome, per_group = walk
-        direction, before = per_row
-        first_open, close = ends
-        fast, never = outcome
+        direction, before, upto, first_open, close, fast, never, per_group = walk
         looped_at = _loop_rows_kernel(n, rows, gid, never, fast)
         if not fast.any():
             return looped_at, _Finished.empty()
@@ -2298,10 +2283,9 @@ class StreamCollector:
         consumer's trim between them) where there were ~40 whole-column numpy calls."""
         n_keys = 2 * starts.size
         # payload bytes of each (flow, direction), gathered in one go, cut at the cap
-        carried, segments, bounds, whole = _fast_segments_kernel(
+        carried, key_seg, take, at, bounds, whole = _fast_segments_kernel(
             gid, direction, before, upto, fast, cols["plen"], cols["off"], rows, n_keys,
             self.max_bytes_per_dir)
-        key_seg, take, at = segments
         if self.trim is not None:  # the consumer reads only so far: copy no more
             # (whole: each (flow, direction)'s length before the cut, StreamBatch.whole)
             take = self._trimmed(data, at, take, bounds)
