@@ -1026,7 +1026,7 @@ def _reopened_kernel(flags, hashes, table, used):
 
 
 @njit
-def _select_rows_packed(rows, group_of, group_hash, seq, ack, found, plen, flags, sport,
+def _select_rows_kernel(rows, group_of, group_hash, seq, ack, found, plen, flags, sport,
                         dport, head_matched, port_table, any_ports, it, iu, any_ignored, held,
                         src_port, dst_port, vlan, tcp_flags, ts_ns, payload_offset, src_ip,
                         dst_ip):
@@ -1042,15 +1042,16 @@ def _select_rows_packed(rows, group_of, group_hash, seq, ack, found, plen, flags
     lookups in per-flow flags (a few KB) where there were one to three hash probes per row
     (~35 ns per candidate row, per collector). (Probing every flow before the row loop,
     slots prefetched 8 flows ahead, won with caches flushed but lost in place: the table
-    is mostly cached there.)
+    is mostly cached there. The kept columns packed as rows of a few 2-D arrays, to box
+    fewer returned arrays, lost too: 4.4 -> 5.6 ms per 300k packets.)
 
     rows/seq/ack/found/plen/flags/sport/dport: the candidate rows (positions into the
     batch) and their columns; head_matched: the client predicate's answer per row with
     payload (empty: none matched); it/iu: the ignored hashes' table; held: held hashes;
     src_port..dst_ip: the batch's packet columns (addresses as (packets, 2) uint64).
-    Returns (positions of the handshake rows, fresh, and the kept rows' columns packed by
-    type, see _select_rows_kernel, which unpacks them: each array a kernel returns costs
-    ~1.5 us to box, a row of a packed one ~0.3 us to take)."""
+    Returns (positions of the kept rows, positions of the handshake rows, fresh, and the
+    kept rows' columns: hash, may_open, predicate, seq, ack, found, settled, then
+    _gather_kernel's nine, then the batch's flow number (group_of))."""
     n = group_of.shape[0]
     n_groups = group_hash.shape[0]
     im = it.shape[0] - 1
@@ -1076,7 +1077,7 @@ def _select_rows_packed(rows, group_of, group_hash, seq, ack, found, plen, flags
         has = plen[i] > 0
         matched = False
         if use_match:  # head_matched has one entry per row with payload
-            # (unsigned indices: no negative-index fix-up per lookup)
+            # (unsigned indices: no negative-index fix-up per lookup, ~0.4 ms per 300k)
             matched = head_matched[np.uint64(min(at, n_match - 1))] & has
             at += has
         opens = (all_ports | port_table[np.uint64(sport[i])] | port_table[np.uint64(dport[i])]
@@ -1114,16 +1115,25 @@ def _select_rows_packed(rows, group_of, group_hash, seq, ack, found, plen, flags
         if (state[g] & 8) == 0:
             fresh[n_fresh] = group_hash[g]
             n_fresh += 1
-    # the kept rows' columns, packed by type: rows of C-contiguous 2-D arrays, each a
-    # C-contiguous 1-D column (or (m, 2) address column)
+    # the kept rows' columns
     m = n_keep
-    ints = np.empty((7, m), dtype=np.int64)  # keep_at, seq, ack, ts, off, plen, flow
-    bools = np.empty((4, m), dtype=np.bool_)  # may_open, predicate, found, settled
-    ports = np.empty((3, m), dtype=src_port.dtype)  # sport, dport, vlan
     k_hash = np.empty(m, dtype=np.uint64)
+    k_may_open = np.empty(m, dtype=np.bool_)
+    k_predicate = np.empty(m, dtype=np.bool_)
+    k_seq = np.empty(m, dtype=np.int64)
+    k_ack = np.empty(m, dtype=np.int64)
+    k_found = np.empty(m, dtype=np.bool_)
+    k_settled = np.empty(m, dtype=np.bool_)
+    k_flow = np.empty(m, dtype=group_of.dtype)
+    k_sport = np.empty(m, dtype=src_port.dtype)
+    k_dport = np.empty(m, dtype=dst_port.dtype)
+    k_vlan = np.empty(m, dtype=vlan.dtype)
     k_flags = np.empty(m, dtype=tcp_flags.dtype)
-    addresses = np.empty((2, m, 2), dtype=np.uint64)  # source, destination
-    ints[0, :] = keep_at[:m]
+    k_ts = np.empty(m, dtype=ts_ns.dtype)
+    k_off = np.empty(m, dtype=np.int64)
+    k_plen = np.empty(m, dtype=np.int64)
+    k_src = np.empty((m, 2), dtype=np.uint64)
+    k_dst = np.empty((m, 2), dtype=np.uint64)
     src_flat = src_ip.reshape(-1)
     dst_flat = dst_ip.reshape(-1)
     for j in range(m):
@@ -1144,40 +1154,27 @@ def _select_rows_packed(rows, group_of, group_hash, seq, ack, found, plen, flags
         code = row_code[i]
         k_hash[j] = group_hash[g]
         # a kept row's flow is held (settled) or opened by a row that is not ignored
-        bools[0, j] = (code & 1) != 0 and (s & 4) != 0
-        bools[1, j] = (code & 2) != 0
-        bools[2, j] = found[i]
-        bools[3, j] = (s & 8) != 0
-        ints[1, j] = seq[i]
-        ints[2, j] = ack[i]
-        ints[3, j] = ts_ns[r]
-        ints[4, j] = payload_offset[r]
-        ints[5, j] = plen[i]
-        ints[6, j] = g
-        ports[0, j] = src_port[r]
-        ports[1, j] = dst_port[r]
-        ports[2, j] = vlan[r]
+        k_may_open[j] = (code & 1) != 0 and (s & 4) != 0
+        k_predicate[j] = (code & 2) != 0
+        k_seq[j] = seq[i]
+        k_ack[j] = ack[i]
+        k_found[j] = found[i]
+        k_settled[j] = (s & 8) != 0
+        k_flow[j] = g
+        k_sport[j] = src_port[r]
+        k_dport[j] = dst_port[r]
+        k_vlan[j] = vlan[r]
         k_flags[j] = tcp_flags[r]
-        addresses[0, j, 0] = src_ip[r, 0]
-        addresses[0, j, 1] = src_ip[r, 1]
-        addresses[1, j, 0] = dst_ip[r, 0]
-        addresses[1, j, 1] = dst_ip[r, 1]
-    return (handshake_at[:n_handshake], fresh[:n_fresh], ints, bools, ports, k_hash, k_flags,
-            addresses)
-
-
-def _select_rows_kernel(*args: np.ndarray | bool) -> tuple[np.ndarray, ...]:
-    """_select_rows_packed's answer as (positions of the kept rows, positions of the
-    handshake rows, fresh, and the kept rows' columns: hash, may_open, predicate, seq, ack,
-    found, settled, then _gather_kernel's nine, then the batch's flow number (group_of))."""
-    handshake_at, fresh, ints, bools, ports, k_hash, k_flags, addresses = (
-        _select_rows_packed(*args))
-    keep_at, seq, ack, ts, off, plen, flow = ints
-    may_open, predicate, found, settled = bools
-    sport, dport, vlan = ports
-    return (keep_at, handshake_at, fresh, k_hash, may_open, predicate, seq, ack, found,
-            settled, sport, dport, vlan, k_flags, ts, off, plen, addresses[0], addresses[1],
-            flow)
+        k_ts[j] = ts_ns[r]
+        k_off[j] = payload_offset[r]
+        k_plen[j] = plen[i]
+        k_src[j, 0] = src_ip[r, 0]
+        k_src[j, 1] = src_ip[r, 1]
+        k_dst[j, 0] = dst_ip[r, 0]
+        k_dst[j, 1] = dst_ip[r, 1]
+    return (keep_at[:n_keep], handshake_at[:n_handshake], fresh[:n_fresh], k_hash, k_may_open,
+            k_predicate, k_seq, k_ack, k_found, k_settled, k_sport, k_dport, k_vlan, k_flags,
+            k_ts, k_off, k_plen, k_src, k_dst, k_flow)
 
 
 @njit
@@ -1795,7 +1792,7 @@ def _fast_rows_kernel(take, key_seg, carried, gid, direction, fast, starts, firs
             close_key[n] = rows[close[g]]
             n += 1
     groups = groups[np.argsort(close_key, kind="mergesort")]
-    # the columns packed by type (see _select_rows_packed): rows of 2-D arrays
+    # the columns packed by type: rows of 2-D arrays (each a C-contiguous column)
     ints = np.empty((11, n), dtype=np.int64)
     hash_values = np.empty(n, dtype=np.uint64)
     spans = np.empty((n, 4), dtype=np.int64)
