@@ -77,7 +77,6 @@ def _reference(rows, hashes, seq, ack, found, plen, flags, sport, dport, head_ma
              plen[at].astype(np.int64)]
     kept += [np.ascontiguousarray(columns[name][picked]).view(np.uint64).reshape(-1, 2)
              for name in ("src_ip", "dst_ip")]
-    kept.append(_flow_groups_kernel(hashes)[0][at])  # the kept rows' batch flow numbers
     return [at, np.flatnonzero(handshake), fresh, *kept]
 
 
