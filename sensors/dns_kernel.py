@@ -175,7 +175,9 @@ def _u64(data: np.ndarray, q: np.uint64) -> np.uint64:
 def _same_bytes(a: np.ndarray, p: np.uint64, b: np.ndarray, q: np.uint64, length: int) -> bool:
     """a[p:p+length] == b[q:q+length], 8 bytes at a time (the last word overlapping the one
     before it), reading nothing outside the two runs. Why: names are compared byte by byte
-    a few times per message (memo hits, answer owners), ~20 bytes each."""
+    a few times per message (memo hits, answer owners), ~20 bytes each. Not
+    http_kernel.equal_bytes: its word loads are an intrinsic, which this module's uncompiled
+    bounds check (NUMBA_DISABLE_JIT, tests/test_dns_kernels.py) cannot run."""
     n = np.uint64(length)
     if n < np.uint64(8):
         for k in range(n):

@@ -63,8 +63,7 @@ from sensors.http_kernel import (
     _slice_hash,
     clip_slice,
     copy_bytes,
-    distinct_slice_ids,
-    join_slices,
+    equal_bytes,
 )
 from sensors.packets import DecodedPackets
 from sensors.stream_columns import (
@@ -884,21 +883,6 @@ def _parse_directions(hs: np.ndarray, buf: np.ndarray, starts: np.ndarray, stops
             cert_stop, skeys, sk_start, sk_stop)
 
 
-@njit
-def gather_slices(src: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
-    """src[starts[i]:stops[i]] for every i, concatenated (slices clipped to src; empty when
-    stop <= start)."""
-    total = 0
-    for i in range(starts.size):
-        total += max(min(stops[i], src.size) - max(starts[i], 0), 0)
-    out = np.empty(total, np.uint8)
-    at = 0
-    for i in range(starts.size):
-        start = max(starts[i], 0)
-        at = copy_bytes(out, at, src, start, start + max(min(stops[i], src.size) - start, 0))
-    return out
-
-
 # --- all flows of a batch at once -------------------------------------------------------------
 
 
@@ -1240,98 +1224,6 @@ def certificate(der: bytes) -> tuple[str, str, str]:
     return found
 
 
-def _distinct_slices(src: np.ndarray, starts: np.ndarray, stops: np.ndarray
-                     ) -> tuple[list[bytes], np.ndarray]:
-    """(the distinct byte slices src[starts[i]:stops[i]] (clipped to src) in first-seen
-    order, each slice's index among them): a bytes object is made only per distinct slice
-    (a network's clients share a few TLS stacks, servers a few certificates), none per
-    row."""
-    starts = np.ascontiguousarray(starts, dtype=np.int64)
-    stops = np.ascontiguousarray(stops, dtype=np.int64)
-    ids, first = distinct_slice_ids(src, starts, stops)
-    values = [src[lo:hi].tobytes() for lo, hi in (
-        clip_slice(src.size, a, b) for a, b in zip(starts[first].tolist(), stops[first].tolist(),
-                                                 strict=True))]
-    return values, ids
-
-
-_EVERY_ROW = np.zeros(0, np.bool_)  # _code_numbers' `where` when every row counts
-
-
-@njit
-def _code_numbers(codes: np.ndarray, where: np.ndarray, lowest: int
-                  ) -> tuple[bool, np.ndarray, np.ndarray]:
-    """(ok, ids, distinct): codes numbered in first-seen order, distinct[ids[i]] = codes[i],
-    where `where` (when given: size n) is False the code -1. ok is False (nothing numbered)
-    when a code is below `lowest` or above 0xFFFF. The code -> number index is a sparse set
-    over 2**16 + 1 entries: left uninitialised, an entry counts only when the number it holds
-    points back at its code, so no pass clears or scans the table (a flag table and its
-    np.flatnonzero cost ~34 us a call)."""
-    n = codes.size
-    index = np.empty(0x10001, np.int64)
-    distinct = np.empty(n, np.int64)
-    ids = np.empty(n, np.int64)
-    count = 0
-    for i in range(n):
-        code = codes[i]
-        if code < lowest or code > 0xFFFF:
-            return False, ids, distinct[:0]
-        if where.size and not where[i]:
-            code = -1
-        j = index[code + 1]
-        if j < 0 or j >= count or distinct[j] != code:
-            j = count
-            index[code + 1] = j
-            distinct[j] = code
-            count += 1
-        ids[i] = j
-    return True, ids, distinct[:count]
-
-
-def _names(codes: np.ndarray, name, where: np.ndarray | None = None) -> np.ndarray:
-    """name(code) per row as an object column, computed once per distinct code ("" where
-    `where` is False). Codes are 16-bit (versions, cipher suites): distinct ones are found
-    by _code_numbers' table rather than np.unique's sort."""
-    codes = np.asarray(codes, dtype=np.int64)
-    mask = _EVERY_ROW if where is None else np.asarray(where, dtype=np.bool_)
-    ok, ids, distinct = _code_numbers(codes, mask, 0)
-    if not ok:  # not 16-bit: sort
-        distinct, ids = np.unique(codes, return_inverse=True)
-        texts = [name(c) for c in distinct.tolist()]
-        column = np.fromiter(texts, dtype=object, count=len(texts))[ids.reshape(-1)]
-        return column if where is None else np.where(where, column, "")
-    return _code_texts(ids, distinct, name)
-
-
-def _code_texts(ids: np.ndarray, distinct: np.ndarray, name) -> np.ndarray:
-    """The object column of _code_numbers' numbering: name(code), "" for the code -1."""
-    texts = [name(c) if c >= 0 else "" for c in distinct.tolist()]
-    return np.fromiter(texts, dtype=object, count=len(texts))[ids]
-
-
-def _ascii_slices(src: np.ndarray, starts: np.ndarray, stops: np.ndarray,
-                  lower: bool = False) -> list[str]:
-    """src[starts[i]:stops[i]] as text, bytes outside ASCII as U+FFFD ("replace"), lower-cased
-    if asked (slices clipped as gather_slices does). The slices are joined with "\n", decoded
-    and split at once (the splitting runs in C, no Python slicing per row): ASCII decoding
-    and lower() map each byte to one character on its own, so every piece is its slice's
-    own text. A slice holding a "\n" byte (hostile SNI) makes too many pieces: the texts
-    are then cut from one decode of the slices gathered without separator."""
-    text = join_slices(src, starts, stops, 0x0A).tobytes().decode("ascii", "replace")
-    if lower:
-        text = text.lower()
-    pieces = text.split("\n")
-    pieces.pop()  # after the last separator
-    if len(pieces) == len(starts):
-        return pieces
-    sizes = np.maximum(np.minimum(stops, src.size) - np.maximum(starts, 0), 0)
-    ends = np.cumsum(sizes)
-    text = gather_slices(src, starts, stops).tobytes().decode("ascii", "replace")
-    if lower:
-        text = text.lower()
-    return [text[a:b] for a, b in zip((ends - sizes).tolist(), ends.tolist(), strict=True)]
-
-
 @njit
 def _event_bounds(at: np.ndarray, found: np.ndarray, ck_start: np.ndarray, ck_stop: np.ndarray,
                   sk_start: np.ndarray, sk_stop: np.ndarray, sni_start: np.ndarray,
@@ -1377,8 +1269,6 @@ N_KINDS = 5
 SOURCE_CKEYS, SOURCE_SKEYS, SOURCE_HS = 0, 1, 2
 _EVENT_SOURCES = np.array([SOURCE_CKEYS, SOURCE_SKEYS, SOURCE_HS, SOURCE_HS, SOURCE_HS], np.int64)
 _EVENT_KINDS = np.arange(N_KINDS, dtype=np.int64)
-_HS_SOURCES = np.full(3, SOURCE_HS, np.int64)
-_HS_KINDS = np.array([KIND_SNI, KIND_ALPN, KIND_LEAF], np.int64)
 MAX_KNOWN_VALUES = 1 << 16  # a KnownValues over this many values starts over
 MAX_KNOWN_BYTES = 16 << 20  # ... or over this many bytes of them
 KNOWN_MEMO_SLOTS = 256  # per kind, the value last seen with each memo key (power of 2)
@@ -1388,32 +1278,6 @@ _KIND_SALT = np.uint64(1099511628211)  # equal bytes of two kinds hash apart
 _KIND_TEXTS = {KIND_CLIENT: ("ja3", "ja4", "client_alpn"), KIND_SERVER: ("ja3s",),
                KIND_SNI: ("server_name",), KIND_ALPN: ("next_protocol",),
                KIND_LEAF: ("cert_sha1", "cert_subject", "cert_issuer")}
-
-
-@njit
-def _equal_bytes(a: np.ndarray, i: int, b: np.ndarray, j: int, n: int) -> bool:
-    """a[i : i + n] == b[j : j + n] (both inside their arrays): 32 bytes a step as four word
-    compares with one branch (http_kernel._same_bytes, of two arrays)."""
-    k = 0
-    while k + 32 <= n:
-        diff = ((_load_u64(a, i + k) ^ _load_u64(b, j + k))
-                | (_load_u64(a, i + k + 8) ^ _load_u64(b, j + k + 8))
-                | (_load_u64(a, i + k + 16) ^ _load_u64(b, j + k + 16))
-                | (_load_u64(a, i + k + 24) ^ _load_u64(b, j + k + 24)))
-        if diff != np.uint64(0):
-            return False
-        k += 32
-    while k + 8 <= n:
-        if _load_u64(a, i + k) != _load_u64(b, j + k):
-            return False
-        k += 8
-    if k < n and n >= 8:  # the tail as the last 8 bytes (overlapping): no byte loop
-        return _load_u64(a, i + n - 8) == _load_u64(b, j + n - 8)
-    while k < n:
-        if a[i + k] != b[j + k]:
-            return False
-        k += 1
-    return True
 
 
 @njit
@@ -1478,7 +1342,7 @@ def _number_known(ckeys: np.ndarray, skeys: np.ndarray, hs: np.ndarray, sources:
             # costs that compare only)
             v = memo[kind, slot_of_memo]
             if not (v >= 0 and value_hi[v] - value_lo[v] == n
-                    and _equal_bytes(src, start, known, value_lo[v], n)):
+                    and equal_bytes(src, start, known, value_lo[v], n)):
                 h = _slice_hash(src, start, stop) ^ (np.uint64(kind) * _KIND_SALT)
                 slot = np.int64(h & np.uint64(mask))
                 while True:
@@ -1495,7 +1359,7 @@ def _number_known(ckeys: np.ndarray, skeys: np.ndarray, hs: np.ndarray, sources:
                         break
                     if (value_hash[v] == h and value_kind[v] == kind
                             and value_hi[v] - value_lo[v] == n
-                            and _equal_bytes(src, start, known, value_lo[v], n)):
+                            and equal_bytes(src, start, known, value_lo[v], n)):
                         break
                     slot = (slot + 1) & mask
                 memo[kind, slot_of_memo] = v
@@ -1678,21 +1542,6 @@ class KnownValues:
             else:
                 found = certificate(value) if value else ("", "", "")
                 texts["cert_sha1"][v], texts["cert_subject"][v], texts["cert_issuer"][v] = found
-
-
-def _hs_columns(hs: np.ndarray, starts: np.ndarray, stops: np.ndarray, leaf_lo: np.ndarray,
-                leaf_hi: np.ndarray) -> tuple[np.ndarray, ...]:
-    """(server_name, next_protocol, cert_sha1, cert_subject, cert_issuer) of rows whose
-    (m, 2) hs slices are SNI and chosen ALPN, hs[leaf_lo:leaf_hi] their leaf certificate
-    (empty: none, ""), numbered by a new KnownValues (event_columns' columns of hs)."""
-    known = KnownValues()
-    lo = np.stack([starts[:, 0], starts[:, 1], leaf_lo]).astype(np.int64)
-    hi = np.stack([stops[:, 0], stops[:, 1], leaf_hi]).astype(np.int64)
-    src = np.ascontiguousarray(hs, dtype=np.uint8)
-    sni, alpn, leaf = known.number(src, src, src, _HS_SOURCES, _HS_KINDS, lo, hi)
-    texts = known.texts
-    return (texts["server_name"][sni], texts["next_protocol"][alpn], texts["cert_sha1"][leaf],
-            texts["cert_subject"][leaf], texts["cert_issuer"][leaf])
 
 
 def event_columns(parsed: ParsedFlows, rows: Sequence[int] | np.ndarray,

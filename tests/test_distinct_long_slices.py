@@ -1,5 +1,5 @@
 """distinct_slice_table on slices longer than _slice_hash's 32-byte stripes and
-_same_bytes' word steps: numbering stays exact when slices differ in one byte anywhere
+equal_bytes' word steps: numbering stays exact when slices differ in one byte anywhere
 (stripe, word tail, byte tail) or only in length, and the hash reads bytes only."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sensors.http_kernel import _same_bytes, _slice_hash, distinct_slice_ids
+from sensors.http_kernel import _slice_hash, distinct_slice_ids, equal_bytes
 
 
 @settings(max_examples=200, deadline=None)
@@ -37,8 +37,10 @@ def test_long_slices_hash_and_compare_by_bytes_only(data, a, b):
     n = len(data)
     src = np.frombuffer(bytes(a) + data + bytes(b) + data, np.uint8)
     assert _slice_hash(src, a, a + n) == _slice_hash(src, a + n + b, a + 2 * n + b)
-    assert _same_bytes(src, a, a + n + b, n)
+    assert equal_bytes(src, a, src, a + n + b, n)
+    assert equal_bytes(src, a, src.copy(), a, n)  # two arrays
     if n:
         other = bytearray(src.tobytes())
         other[a + n + b + n // 2] ^= 0x80
-        assert not _same_bytes(np.frombuffer(bytes(other), np.uint8), a, a + n + b, n)
+        other_src = np.frombuffer(bytes(other), np.uint8)
+        assert not equal_bytes(other_src, a, other_src, a + n + b, n)

@@ -1,6 +1,6 @@
-"""TLS event columns built once per distinct value: _names (16-bit codes through a sparse
-index, anything else through np.unique) and _hs_columns (SNI / ALPN text and certificate
-columns made once per distinct slice) give what one call per row gives."""
+"""TLS event columns built once per distinct value (KnownValues): version and cipher names
+made once per code, SNI / ALPN texts and certificate columns once per distinct slice, give
+what one call per row gives."""
 
 from __future__ import annotations
 
@@ -8,33 +8,57 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_tls_kernels import client_streams, server_streams
+from test_tls_known import HS_KINDS, HS_SOURCES
 
 from sensors import tls
-from sensors.http_kernel import distinct_slice_ids
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.integers(0, 0xFFFF) | st.sampled_from([0x0303, 0x0304, 0x1301]),
-                max_size=40),
-       st.lists(st.booleans(), max_size=40), st.booleans())
-def test_names_per_distinct_code(codes, where, odd):
-    if odd:  # outside 16 bits: the np.unique path
-        codes = [*codes, 1 << 20, -7]
-    where = (where + [True] * len(codes))[: len(codes)]
-    calls: list[int] = []
+@given(st.lists(st.lists(st.tuples(st.integers(0, 0xFFFF) | st.sampled_from([0x0303, 0x1301]),
+                                   st.integers(-1, 0xFFFF) | st.sampled_from([0x1301, -1])),
+                         max_size=20), min_size=1, max_size=3))
+def test_code_names_made_once_per_code(batches):
+    """KnownValues.code_columns: a version and a cipher name per row, equal to one call of
+    version_name / cipher_name per row ("" for the cipher code -1), the name of each code
+    made once across batches."""
+    known = tls.KnownValues()
+    made: list[tuple[str, int]] = []
+    version_name, cipher_name = tls.version_name, tls.cipher_name
+    tls.version_name = lambda code: made.append(("v", code)) or version_name(code)
+    tls.cipher_name = lambda code: made.append(("c", code)) or cipher_name(code)
+    try:
+        for rows in batches:
+            codes = np.array([[v for v, _ in rows], [c for _, c in rows]],
+                             np.int64).reshape(2, -1)
+            client = np.zeros(codes.shape[1], np.int64)  # unused: no version is -1
+            versions, ciphers = known.code_columns(codes, client)
+            assert versions.dtype == object and ciphers.dtype == object
+            assert versions.tolist() == [version_name(v) for v, _ in rows]
+            assert ciphers.tolist() == [cipher_name(c) if c >= 0 else "" for _, c in rows]
+    finally:
+        tls.version_name, tls.cipher_name = version_name, cipher_name
+    assert len(made) == len(set(made))  # once per (table, code)
 
-    def name(code: int) -> str:
-        calls.append(code)
-        return tls.cipher_name(code)
 
-    array = np.array(codes, dtype=np.int64)
-    got = tls._names(array, name, np.array(where, dtype=bool))
-    assert got.dtype == object and got.shape == (len(codes),)
-    assert got.tolist() == [tls.cipher_name(c) if w else ""
-                            for c, w in zip(codes, where, strict=True)]
-    assert len(calls) == len(set(calls))  # once per distinct code
-    assert set(calls) >= {c for c, w in zip(codes, where, strict=True) if w}
-    assert tls._names(array, tls.version_name).tolist() == [tls.version_name(c) for c in codes]
+def _hs_columns(hs: np.ndarray, starts: np.ndarray, stops: np.ndarray, leaf_lo: np.ndarray,
+                leaf_hi: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(server_name, next_protocol, cert_sha1, cert_subject, cert_issuer) of rows whose
+    (m, 2) hs slices are SNI and chosen ALPN, hs[leaf_lo:leaf_hi] their leaf certificate
+    (empty: none, ""), numbered by a new KnownValues as event_columns numbers them."""
+    known = tls.KnownValues()
+    lo = np.stack([starts[:, 0], starts[:, 1], leaf_lo]).astype(np.int64)
+    hi = np.stack([stops[:, 0], stops[:, 1], leaf_hi]).astype(np.int64)
+    src = np.ascontiguousarray(hs, dtype=np.uint8)
+    sni, alpn, leaf = known.number(src, src, src, HS_SOURCES, HS_KINDS, lo, hi)
+    texts = known.texts
+    return (texts["server_name"][sni], texts["next_protocol"][alpn], texts["cert_sha1"][leaf],
+            texts["cert_subject"][leaf], texts["cert_issuer"][leaf])
+
+
+def _piece(data: bytes, a: int, b: int) -> bytes:
+    """data[a:b] clipped to data (empty when b <= a)."""
+    lo = min(max(a, 0), len(data))
+    return data[lo : max(min(b, len(data)), lo)]
 
 
 @settings(max_examples=200, deadline=None)
@@ -43,49 +67,24 @@ def test_names_per_distinct_code(codes, where, odd):
                 max_size=12),
        st.booleans())
 def test_hs_columns_equal_each_row_alone(data, rows, newlines):
-    """SNI / ALPN columns numbered by one two-column table and leaves by distinct_slice_ids
-    (memo by tail) equal each row's own texts: the columns never share numbers, even for
-    equal bytes."""
+    """SNI / ALPN columns and leaves numbered by KnownValues equal each row's own texts
+    (ASCII with "replace", the SNI lower-cased; a "\n" byte in a hostile SNI included): the
+    columns never share numbers, even for equal bytes."""
     if newlines:
         data = data.replace(b"a", b"\n")
     src = np.frombuffer(data, np.uint8)
     bounds = np.array(rows, np.int64).reshape(-1, 3, 2)
     starts, stops = bounds[:, :2, 0].copy(), bounds[:, :2, 1].copy()
     leaf_lo, leaf_hi = bounds[:, 2, 0].copy(), bounds[:, 2, 1].copy()
-    got = tls._hs_columns(src, starts, stops, leaf_lo, leaf_hi)
+    got = _hs_columns(src, starts, stops, leaf_lo, leaf_hi)
     assert all(column.dtype == object and column.shape == (len(rows),) for column in got)
-    assert got[0].tolist() == tls._ascii_slices(src, starts[:, 0], stops[:, 0], True)
-    assert got[1].tolist() == tls._ascii_slices(src, starts[:, 1], stops[:, 1], False)
-    for i, (a, b) in enumerate(zip(leaf_lo.tolist(), leaf_hi.tolist(), strict=True)):
-        der = data[max(a, 0) : max(b, 0)] if b > a else b""
+    for i in range(len(rows)):
+        sni = _piece(data, int(starts[i, 0]), int(stops[i, 0])).decode("ascii", "replace")
+        alpn = _piece(data, int(starts[i, 1]), int(stops[i, 1])).decode("ascii", "replace")
+        assert (got[0][i], got[1][i]) == (sni.lower(), alpn)
+        der = _piece(data, int(leaf_lo[i]), int(leaf_hi[i]))
         expected = tls.certificate(der) if der else ("", "", "")
         assert (got[2][i], got[3][i], got[4][i]) == expected
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.binary(min_size=0, max_size=80), min_size=1, max_size=6),
-       st.lists(st.tuples(st.integers(0, 5), st.integers(0, 79), st.integers(0, 255)),
-                max_size=40))
-def test_leaf_numbers_exact(pool, picks):
-    """Leaves (distinct_slice_ids with its memo keyed by length and last bytes) are numbered
-    equal exactly when their bytes are equal, in first-seen order, whatever the memo
-    guesses: slices of a small pool repeat (memo hits), some with one byte changed (same
-    length and often the same last bytes: wrong guesses)."""
-    parts = []
-    for which, at, value in picks:
-        piece = bytearray(pool[which % len(pool)])
-        if piece and value % 3 == 0:
-            piece[at % len(piece)] = value
-        parts.append(bytes(piece))
-    src = np.frombuffer(b"".join(parts), np.uint8)
-    sizes = np.array([len(p) for p in parts], np.int64)
-    stops = np.cumsum(sizes)
-    starts = stops - sizes
-    ids, first = distinct_slice_ids(src, starts, stops, by_tail=True)
-    seen: dict[bytes, int] = {}
-    expected = [seen.setdefault(p, len(seen)) for p in parts]
-    assert ids.tolist() == expected
-    assert [parts[i] for i in first.tolist()] == list(seen)
 
 
 @settings(max_examples=100, deadline=None)

@@ -13,6 +13,9 @@ from test_tls_kernels import client_streams, server_streams
 from sensors import tls
 
 flows = st.tuples(client_streams(), server_streams() | st.just(b""))
+# three columns of one source (a flight's bytes): SNI, chosen ALPN and leaf certificate
+HS_SOURCES = np.full(3, tls.SOURCE_HS, np.int64)
+HS_KINDS = np.array([tls.KIND_SNI, tls.KIND_ALPN, tls.KIND_LEAF], np.int64)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -60,7 +63,7 @@ def test_numbers_exact_across_calls(pool, calls):
         hi = np.zeros((3, len(parts)), np.int64)
         for i, kind in enumerate(kinds):  # each row's slice in its kind's column
             lo[kind, i], hi[kind, i] = stops[i] - sizes[i], stops[i]
-        ids = known.number(src, src, src, tls._HS_SOURCES, tls._HS_KINDS, lo, hi)
+        ids = known.number(src, src, src, HS_SOURCES, HS_KINDS, lo, hi)
         for i, kind in enumerate(kinds):
             for c in range(3):
                 value = parts[i] if c == kind else b""
