@@ -1311,6 +1311,26 @@ def known_heads(packets: DecodedPackets) -> tuple[np.ndarray, np.ndarray] | None
     return None
 
 
+# (weak reference to a batch, its latest timestamp): see batch_clock
+_last_clock: tuple | None = None
+
+
+def batch_clock(packets: DecodedPackets) -> int:
+    """packets.ts_ns.max() (len(packets) > 0), computed once per batch object: every
+    collector fed the batch (HTTP, TLS, the prefiltered ones' clock) advances to it, and
+    the column is out of the cache by the later ones."""
+    global _last_clock
+    memo = _last_clock
+    if memo is not None and memo[0]() is packets:
+        return memo[1]
+    value = int(packets.ts_ns.max())
+    try:
+        _last_clock = (weakref.ref(packets), value)
+    except TypeError:  # a batch type without weak references: nothing remembered
+        _last_clock = None
+    return value
+
+
 def _candidate_columns(packets: DecodedPackets, rows: np.ndarray
                        ) -> tuple[np.ndarray, ...]:
     """(payload_len, tcp_flags, src_port, dst_port, the payload lengths of the rows with
@@ -1893,7 +1913,7 @@ class StreamCollector:
     def feed(self, packets: DecodedPackets) -> list[StreamChunk]:
         """Add a decoded batch; chunks of the flows that changed or ended."""
         if len(packets):
-            self.clock = max(self.clock, int(packets.ts_ns.max()))
+            self.clock = max(self.clock, batch_clock(packets))
         out: list[StreamChunk] = []
         columns = self._select(packets)
         if columns["hash"].size:
