@@ -449,8 +449,8 @@ def _slot_key_words(slots: np.ndarray, vlan: np.ndarray, transport: np.ndarray,
     words = np.empty((slots.shape[0], 5), dtype=np.uint64)
     for i in range(slots.shape[0]):
         for j in range(5):
-            words[i, j] = _slot_word(slots[i], j, vlan, transport, lo_port, hi_port, lo_ip,
-                                     hi_ip)
+            words[i, j] = _slot_word(np.uint64(slots[i]), j, vlan, transport, lo_port,
+                                     hi_port, lo_ip, hi_ip)
     return words
 
 
@@ -833,19 +833,20 @@ def _walk_flows(key_of, rank_of, rows, fwd, ts, cm, flags, wire, pay, transport,
                 elif t_pk > 0:
                     key_emit[k] = _EMIT_MOVED
             st[k, 20] = piece
-        else:
-            piece = max(max((c - st[k, 18]) // active_ns, 0), st[k, _W_PIECE_MIN])
-            if piece != st[k, 20]:  # the clock left the piece: it is emitted
-                _copy_group(side, n_side, st, k)
-                side_key[n_side] = k
-                side_kind[n_side] = _GROUP_MID
-                side_clock[n_side] = 0
-                n_side += 1
-                for j in range(2, 10):
-                    st[k, j] = 0
-                st[k, 0] = t
-                st[k, 1] = t
-                st[k, 20] = piece
+        elif c - st[k, 18] >= (st[k, 20] + 1) * active_ns:
+            # The clock left the piece: it is emitted. The clock never goes back, so the
+            # piece max((c - start) // active, 0, piece_min) changes only when c passes the
+            # piece's end, and then it is (c - start) // active: no division per packet.
+            _copy_group(side, n_side, st, k)
+            side_key[n_side] = k
+            side_kind[n_side] = _GROUP_MID
+            side_clock[n_side] = 0
+            n_side += 1
+            for j in range(2, 10):
+                st[k, j] = 0
+            st[k, 0] = t
+            st[k, 1] = t
+            st[k, 20] = (c - st[k, 18]) // active_ns
         # the packet's share of the piece and of the flow's cumulative state
         st[k, 0] = min(st[k, 0], t)
         st[k, 1] = max(st[k, 1], t)
@@ -1116,7 +1117,7 @@ def _expired_flows(slots, now, due, transport, last_ts, closed_at, pk_lo, pk_hi,
     n_over = 0
     earliest = NEVER
     for i in range(slots.shape[0]):
-        s = slots[i]
+        s = np.uint64(slots[i])  # unsigned: no negative-index fix-ups
         idle = tcp_idle_ns if transport[s] == TCP else idle_ns
         if now > last_ts[s] + idle or (closed_at[s] < NEVER and now > closed_at[s] + linger_ns):
             over[n_over] = s
@@ -1357,8 +1358,8 @@ def _group_records(chosen, g, g_key, g_clock, key_words, reason, clock, starts, 
         shift, starts = _search_index(clock, shift, starts, needed)
     rec = _new_records(n)
     for i in range(n):
-        row = chosen[i]
-        k = g_key[row]
+        row = np.uint64(chosen[i])  # unsigned: no negative-index fix-ups
+        k = np.uint64(g_key[row])
         meta = key_words[k, 0]
         t = np.int64((meta >> np.uint64(40)) & np.uint64(0xFF))
         code = np.int64(reason)
@@ -1385,8 +1386,8 @@ def _write_keys(slots, key_words, keys, vlan, transport, lo_ip, hi_ip, lo_port, 
     hi_ip as (slots, 2) native words (the address bytes). Indices are in range by
     construction (new slots, keys of the batch)."""
     for i in range(slots.shape[0]):
-        s = slots[i]
-        k = keys[i]
+        s = np.uint64(slots[i])  # unsigned: no negative-index fix-ups
+        k = np.uint64(keys[i])
         meta = key_words[k, 0]
         vlan[s] = np.uint16(meta >> np.uint64(48))
         transport[s] = np.uint8((meta >> np.uint64(40)) & np.uint64(0xFF))
