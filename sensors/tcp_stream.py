@@ -1026,6 +1026,21 @@ def _reopened_kernel(flags, hashes, table, used):
 
 
 @njit
+def _reopened_at_kernel(at, hashes, table, used):
+    """_reopened_kernel of the pure-SYN rows at positions `at` of `hashes` (the candidates'
+    syn_at): their hashes read through `at`, no gathered copies of flags and hashes."""
+    mask = table.shape[0] - 1
+    hits = 0
+    out = np.empty(at.shape[0], dtype=np.uint64)
+    for i in range(at.shape[0]):
+        value = hashes[at[i]]
+        if _in_table(table, used, mask, value):
+            out[hits] = value
+            hits += 1
+    return out[:hits]
+
+
+@njit
 def _select_rows_kernel(rows, group_of, group_hash, seq, ack, found, plen, flags, sport,
                         dport, head_matched, port_table, any_ports, it, iu, any_ignored, held,
                         src_port, dst_port, vlan, tcp_flags, ts_ns, payload_offset, src_ip,
@@ -1990,7 +2005,7 @@ class StreamCollector:
         if len(self._ignored):
             # a SYN on a released/closed flow's ports is a new connection: forget the old one
             # (only a pure SYN reopens)
-            reopened = _reopened_kernel(row_flags[syn_at], hashes[syn_at], table, used)
+            reopened = _reopened_at_kernel(syn_at, hashes, table, used)
             if reopened.size:
                 self._ignored.remove(reopened)
                 table, used = self._ignored.arrays()
