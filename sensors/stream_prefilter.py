@@ -299,7 +299,7 @@ class PortPrefilter:
     def feed(self, collector: StreamCollector, packets: DecodedPackets) -> list[StreamChunk]:
         """collector.feed(packets), giving it only the rows it can need."""
         if len(packets):
-            collector.clock = max(collector.clock, _shared.clock(packets))
+            collector.clock = max(collector.clock, batch_clock(packets))
         rows = self.rows(packets)
         if rows.size == 0 and collector.held_flows == 0:
             # nothing to select, nothing held (so nothing to expire, evict or report): feed
@@ -319,8 +319,7 @@ class _SharedPass:
     "on a port of prefilter k" (_port_bits); the prefilters of a pass are the first caller
     for the batch, those that called for the previous batch and those made since the last
     pass (a new sensor's: its first batch), at most 8. A prefilter
-    that is not in the pass, or marked a port since, gets its own pass (same kernel). The
-    batch's latest timestamp (the collectors' clock) is tcp_stream.batch_clock's."""
+    that is not in the pass, or marked a port since, gets its own pass (same kernel)."""
 
     def __init__(self) -> None:
         self.batch: weakref.ref | None = None  # the batch of `bits`
@@ -382,12 +381,6 @@ class _SharedPass:
             self.table_of = ([weakref.ref(q) for q in members], [q.version for q in members])
             self.words = _marked_words(table)
         return self.table
-
-    @staticmethod
-    def clock(packets: DecodedPackets) -> int:
-        """packets.ts_ns.max() (len(packets) > 0), computed once per batch object
-        (tcp_stream.batch_clock: the HTTP/TLS collectors took it for the same batch)."""
-        return batch_clock(packets)
 
 
 _shared = _SharedPass()

@@ -1012,23 +1012,11 @@ class _HashLru:
 
 
 @njit
-def _reopened_kernel(flags, hashes, table, used):
-    """The hashes (row order, repeats kept) of the pure-SYN rows (SYN without ACK) whose
-    flow is in the open-addressing table of released/closed hashes (see _HashLru)."""
-    mask = table.shape[0] - 1
-    hits = 0
-    out = np.empty(flags.shape[0], dtype=np.uint64)
-    for i in range(flags.shape[0]):
-        if (flags[i] & (SYN | ACK)) == SYN and _in_table(table, used, mask, hashes[i]):
-            out[hits] = hashes[i]
-            hits += 1
-    return out[:hits]
-
-
-@njit
 def _reopened_at_kernel(at, hashes, table, used):
-    """_reopened_kernel of the pure-SYN rows at positions `at` of `hashes` (the candidates'
-    syn_at): their hashes read through `at`, no gathered copies of flags and hashes."""
+    """The hashes (row order, repeats kept) of the pure-SYN rows (SYN without ACK) at
+    positions `at` of `hashes` (the candidates' syn_at) whose flow is in the open-addressing
+    table of released/closed hashes (see _HashLru): read through `at`, no gathered copies of
+    flags and hashes (the former _reopened_kernel: tests/stream_select_reference.py)."""
     mask = table.shape[0] - 1
     hits = 0
     out = np.empty(at.shape[0], dtype=np.uint64)

@@ -2,7 +2,9 @@
 _select_rows_kernel (tests/test_stream_select.py) and for _select's answers as np.isin gave
 them (tests/test_tcp_stream_kernels.py). Production uses _select_rows_kernel only. Also the
 former grouping kernels (_group_kernel, _counting_order): the reference numbering of
-_flow_groups_kernel and the order _fast_groups_kernel's counting sort gives."""
+_flow_groups_kernel and the order _fast_groups_kernel's counting sort gives. And the former
+reopening test on gathered flags and hashes (_reopened_kernel), _reopened_at_kernel's
+reference."""
 
 from __future__ import annotations
 
@@ -155,3 +157,17 @@ def _counting_order(keys, n_keys):
         order[first[k]] = i
         first[k] += 1
     return order
+
+
+@njit
+def _reopened_kernel(flags, hashes, table, used):
+    """The hashes (row order, repeats kept) of the pure-SYN rows (SYN without ACK) whose
+    flow is in the open-addressing table of released/closed hashes (see _HashLru)."""
+    mask = table.shape[0] - 1
+    hits = 0
+    out = np.empty(flags.shape[0], dtype=np.uint64)
+    for i in range(flags.shape[0]):
+        if (flags[i] & (SYN | ACK)) == SYN and _in_table(table, used, mask, hashes[i]):
+            out[hits] = hashes[i]
+            hits += 1
+    return out[:hits]

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from stream_select_reference import _reopened_kernel
 
-from sensors.tcp_stream import _HashLru, _reopened_at_kernel, _reopened_kernel
+from sensors.tcp_stream import _HashLru, _reopened_at_kernel
 
 
 @pytest.mark.parametrize("seed", range(20))

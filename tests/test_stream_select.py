@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from stream_select_reference import _group_kernel, _opening_kernel, _select_core
+from stream_select_reference import _group_kernel, _opening_kernel, _reopened_kernel, _select_core
 
 from sensors.packets import IP_DTYPE
 from sensors.tcp_stream import (
     _flow_groups_kernel,
     _hash_table,
     _HashLru,
-    _reopened_kernel,
     _select_rows_kernel,
     _set_member,
 )
