@@ -90,7 +90,12 @@ released/closed flow hashes are an LRU hash table kept from batch to batch (`_Ha
 a batch's closes added by one kernel call), not rebuilt from a Python LRU; the fast path's
 chunks are built from whole columns turned into lists, and their closes (hashes remembered,
 counters) are applied a run at a time. A PortPrefilter (SSH, logins) reads the memoised
-payload heads (`known_heads`) instead of the capture when they are there.
+payload heads (`known_heads`) instead of the capture when they are there. The selection's
+per-row tests and keep pass run once for two collectors fed the same batch (HTTP, then TLS:
+a collector fed right after another becomes its successor, `_next_collector`): the first
+one's call also answers for the second (`_select_pair_kernel`), which takes the answers from
+the batch's memo (`_pair_share`) if its flows and settings are as they were then, else
+selects alone, and gathers its kept rows' columns at its own feed (`_kept_columns`).
 
 `feed_joined` (beside `feed`) answers with a StreamBatch: the same chunks as columns, every
 flow's bytes in ONE buffer with (start, length) per direction. The fast path then makes no
@@ -952,7 +957,7 @@ class _HashLru:
     one kernel call: each touch gets a new stamp, logged; eviction walks the log from its
     oldest entry and skips the stale ones (the same order as the OrderedDict's)."""
 
-    __slots__ = ("cap", "table", "used", "stamps", "log_hash", "log_stamp", "state")
+    __slots__ = ("cap", "table", "used", "stamps", "log_hash", "log_stamp", "state", "version")
 
     def __init__(self, cap: int) -> None:
         self.cap = int(cap)
@@ -962,6 +967,7 @@ class _HashLru:
         self.log_hash = np.zeros(64, dtype=np.uint64)
         self.log_stamp = np.zeros(64, dtype=np.int64)
         self.state = np.zeros(4, dtype=np.int64)  # see _lru_touch
+        self.version = 0  # counts touch/remove calls (StreamCollector._selection_stamp)
 
     def __len__(self) -> int:
         return int(self.state[0])
@@ -981,6 +987,7 @@ class _HashLru:
         n = values.shape[0]
         if n == 0:
             return
+        self.version += 1
         size = self.table.size
         while size < 2 * (int(self.state[0]) + n):  # at most half full, always
             size *= 2
@@ -1004,6 +1011,7 @@ class _HashLru:
     def remove(self, values: np.ndarray) -> None:
         """Remove the uint64 `values` that are held."""
         if values.shape[0] and self.state[0]:
+            self.version += 1
             _lru_remove(self.table, self.used, self.stamps, self.state, values)
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
@@ -1176,6 +1184,224 @@ def _select_rows_kernel(rows, group_of, group_hash, seq, ack, found, plen, flags
     return (keep_at[:n_keep], handshake_at[:n_handshake], fresh[:n_fresh], k_hash, k_may_open,
             k_predicate, k_seq, k_ack, k_found, k_settled, k_sport, k_dport, k_vlan, k_flags,
             k_ts, k_off, k_plen, k_src, k_dst)
+
+
+@njit
+def _held_state(group_hash, held):
+    """Per flow group: 8 (_select_rows_kernel's "held" bit) if its hash is in `held`."""
+    state = np.zeros(group_hash.shape[0], dtype=np.uint8)
+    if held.shape[0] > 0:
+        ht, hu, hm = _hash_table(held)
+        for g in range(group_hash.shape[0]):
+            if _in_table(ht, hu, hm, group_hash[g]):
+                state[g] = 8
+    return state
+
+
+@njit(inline="always")  # no call
+def _fresh_flows(opened, n_opened, state, group_hash):
+    """The opening flows not held, each once, in first-seen order."""
+    fresh = np.empty(n_opened, dtype=np.uint64)
+    n_fresh = 0
+    for k in range(n_opened):
+        g = opened[k]
+        if (state[g] & 8) == 0:
+            fresh[n_fresh] = group_hash[g]
+            n_fresh += 1
+    return fresh[:n_fresh]
+
+
+@njit
+def _select_pair_kernel(rows, group_of, group_hash, seq, ack, found, plen, flags, sport, dport,
+                        match_a, ports_a, port_mode_a, it_a, iu_a, any_ignored_a, held_a,
+                        match_b, ports_b, port_mode_b, it_b, iu_b, any_ignored_b, held_b,
+                        src_port, dst_port, vlan, tcp_flags, ts_ns, payload_offset, src_ip,
+                        dst_ip):
+    """_select_rows_kernel for two collectors fed the same batch (a: the one fed first, b:
+    the next; HTTP and TLS), the per-row tests and the keep pass in one pass over the
+    candidate rows for both (the shared candidate columns read once, one call), then a's
+    kept columns. b's are gathered at b's own feed (_kept_columns on the returned row codes
+    and flow states): gathered here, they were out of the cache by the time b reads them.
+
+    Per collector: match (its client predicate's answer per row with payload), ports (its
+    port table) with port_mode 0 (every port opens), 1 (the table's ports) or 2 (none: an
+    empty table, not read), its ignored table it/iu (any_ignored) and held hashes.
+    Returns a's 19 answers as _select_rows_kernel's, then b's keep_at, handshake_at, fresh,
+    the row codes (bits 2/3: b's may-open/matched) and b's flow states."""
+    n = group_of.shape[0]
+    n_groups = group_hash.shape[0]
+    state_a = _held_state(group_hash, held_a)  # bits as _select_rows_kernel's
+    state_b = _held_state(group_hash, held_b)
+    im_a = it_a.shape[0] - 1
+    im_b = it_b.shape[0] - 1
+    # per row: bits 0/1 a's may-open/predicate matched, 2/3 b's
+    row_code = np.empty(n, dtype=np.uint8)
+    opened_a = np.empty(n_groups, dtype=np.int64)
+    opened_b = np.empty(n_groups, dtype=np.int64)
+    n_opened_a = 0
+    n_opened_b = 0
+    n_match_a = match_a.shape[0]
+    n_match_b = match_b.shape[0]
+    use_a = n_match_a > 0
+    use_b = n_match_b > 0
+    all_a = port_mode_a == 0
+    all_b = port_mode_b == 0
+    table_a = port_mode_a == 1
+    table_b = port_mode_b == 1
+    # rows per flow and bare SYNs: the kept and handshake lists at their sizes (fresh
+    # pages of n-row lists cost page faults)
+    flow_rows = np.zeros(n_groups, dtype=np.int64)
+    n_bare = 0
+    at = 0
+    for i in range(n):
+        has = plen[i] > 0
+        syn = (flags[i] & SYN) != 0
+        n_bare += syn & (not has)
+        matched_a = False
+        matched_b = False
+        # (unsigned indices: no negative-index fix-up per lookup)
+        if use_a:
+            matched_a = match_a[np.uint64(min(at, n_match_a - 1))] & has
+        if use_b:
+            matched_b = match_b[np.uint64(min(at, n_match_b - 1))] & has
+        at += has
+        lo = np.uint64(sport[i])
+        hi = np.uint64(dport[i])
+        opens_a = all_a | matched_a
+        if table_a:  # (the same for every row: no misprediction)
+            opens_a |= ports_a[lo] | ports_a[hi]
+        opens_b = all_b | matched_b
+        if table_b:
+            opens_b |= ports_b[lo] | ports_b[hi]
+        row_code[i] = (np.uint8(opens_a) | (np.uint8(matched_a) << np.uint8(1))
+                       | (np.uint8(opens_b) << np.uint8(2))
+                       | (np.uint8(matched_b) << np.uint8(3)))
+        g = group_of[i]
+        flow_rows[g] += 1
+        # each collector's flow test as _select_rows_kernel's (written out twice: arrays
+        # passed to an inlined helper cost reference counting per call)
+        act = opens_a & (has | syn)  # opening or a handshake: ignored?
+        s = state_a[g]
+        if act and any_ignored_a and (s & 1) == 0:
+            s |= 1
+            if _in_table(it_a, iu_a, im_a, group_hash[g]):
+                s |= 2
+        if act and has and (s & 6) == 0:  # the first opening row of a flow not ignored
+            s |= 4
+            opened_a[n_opened_a] = g
+            n_opened_a += 1
+        state_a[g] = s
+        act = opens_b & (has | syn)
+        s = state_b[g]
+        if act and any_ignored_b and (s & 1) == 0:
+            s |= 1
+            if _in_table(it_b, iu_b, im_b, group_hash[g]):
+                s |= 2
+        if act and has and (s & 6) == 0:
+            s |= 4
+            opened_b[n_opened_b] = g
+            n_opened_b += 1
+        state_b[g] = s
+    n_kept_a = 0
+    n_kept_b = 0
+    for g in range(n_groups):
+        n_kept_a += flow_rows[g] if (state_a[g] & 12) != 0 else 0
+        n_kept_b += flow_rows[g] if (state_b[g] & 12) != 0 else 0
+    # (one spare slot each: a slot past the kept ones is written, then overwritten)
+    keep_a = np.empty(n_kept_a + 1, dtype=np.int64)
+    keep_b = np.empty(n_kept_b + 1, dtype=np.int64)
+    handshake_a = np.empty(n_bare + 1, dtype=np.int64)
+    handshake_b = np.empty(n_bare + 1, dtype=np.int64)
+    n_keep_a = 0
+    n_keep_b = 0
+    n_handshake_a = 0
+    n_handshake_b = 0
+    for i in range(n):
+        g = group_of[i]
+        sa = state_a[g]
+        sb = state_b[g]
+        code = row_code[i]
+        bare_syn = ((flags[i] & SYN) != 0) & (plen[i] <= 0)
+        kept_a = (sa & 12) != 0  # opened or held
+        kept_b = (sb & 12) != 0
+        keep_a[n_keep_a] = i  # a slot past the kept ones is overwritten by the next
+        n_keep_a += kept_a
+        keep_b[n_keep_b] = i
+        n_keep_b += kept_b
+        handshake_a[n_handshake_a] = i
+        n_handshake_a += (not kept_a) & bare_syn & ((code & 1) != 0) & ((sa & 2) == 0)
+        handshake_b[n_handshake_b] = i
+        n_handshake_b += (not kept_b) & bare_syn & ((code & 4) != 0) & ((sb & 2) == 0)
+    fresh_a = _fresh_flows(opened_a, n_opened_a, state_a, group_hash)
+    fresh_b = _fresh_flows(opened_b, n_opened_b, state_b, group_hash)
+    return ((keep_a[:n_keep_a], handshake_a[:n_handshake_a], fresh_a)
+            + _kept_columns(keep_a[:n_keep_a], row_code, np.uint8(0), state_a, rows, group_of,
+                            group_hash, seq, ack, found, plen, src_port, dst_port, vlan,
+                            tcp_flags, ts_ns, payload_offset, src_ip, dst_ip)
+            + (keep_b[:n_keep_b], handshake_b[:n_handshake_b], fresh_b, row_code, state_b))
+
+
+@njit
+def _kept_columns(keep_at, row_code, shift, state, rows, group_of, group_hash, seq, ack, found,
+                  plen, src_port, dst_port, vlan, tcp_flags, ts_ns, payload_offset, src_ip,
+                  dst_ip):
+    """The columns of the kept candidate rows `keep_at` of one collector, as
+    _select_rows_kernel's gather (its row codes: row_code >> shift; its flow states)."""
+    m = keep_at.shape[0]
+    k_hash = np.empty(m, dtype=np.uint64)
+    k_may_open = np.empty(m, dtype=np.bool_)
+    k_predicate = np.empty(m, dtype=np.bool_)
+    k_seq = np.empty(m, dtype=np.int64)
+    k_ack = np.empty(m, dtype=np.int64)
+    k_found = np.empty(m, dtype=np.bool_)
+    k_settled = np.empty(m, dtype=np.bool_)
+    k_sport = np.empty(m, dtype=src_port.dtype)
+    k_dport = np.empty(m, dtype=dst_port.dtype)
+    k_vlan = np.empty(m, dtype=vlan.dtype)
+    k_flags = np.empty(m, dtype=tcp_flags.dtype)
+    k_ts = np.empty(m, dtype=ts_ns.dtype)
+    k_off = np.empty(m, dtype=np.int64)
+    k_plen = np.empty(m, dtype=np.int64)
+    k_src = np.empty((m, 2), dtype=np.uint64)
+    k_dst = np.empty((m, 2), dtype=np.uint64)
+    src_flat = src_ip.reshape(-1)
+    dst_flat = dst_ip.reshape(-1)
+    for j in range(m):
+        if j + PREFETCH_ROWS < m:
+            # the packet columns' lines of a kept row some rows ahead (see prefetch)
+            ahead = rows[keep_at[j + PREFETCH_ROWS]]
+            prefetch(src_flat, 2 * ahead)
+            prefetch(dst_flat, 2 * ahead)
+            prefetch(ts_ns, ahead)
+            prefetch(payload_offset, ahead)
+            prefetch(src_port, ahead)
+            prefetch(tcp_flags, ahead)
+        i = keep_at[j]
+        r = rows[i]
+        g = group_of[i]
+        s = state[g]
+        code = row_code[i] >> shift
+        k_hash[j] = group_hash[g]
+        # a kept row's flow is held (settled) or opened by a row that is not ignored
+        k_may_open[j] = (code & 1) != 0 and (s & 4) != 0
+        k_predicate[j] = (code & 2) != 0
+        k_seq[j] = seq[i]
+        k_ack[j] = ack[i]
+        k_found[j] = found[i]
+        k_settled[j] = (s & 8) != 0
+        k_sport[j] = src_port[r]
+        k_dport[j] = dst_port[r]
+        k_vlan[j] = vlan[r]
+        k_flags[j] = tcp_flags[r]
+        k_ts[j] = ts_ns[r]
+        k_off[j] = payload_offset[r]
+        k_plen[j] = plen[i]
+        k_src[j, 0] = src_ip[r, 0]
+        k_src[j, 1] = src_ip[r, 1]
+        k_dst[j, 0] = dst_ip[r, 0]
+        k_dst[j, 1] = dst_ip[r, 1]
+    return (k_hash, k_may_open, k_predicate, k_seq, k_ack, k_found, k_settled, k_sport,
+            k_dport, k_vlan, k_flags, k_ts, k_off, k_plen, k_src, k_dst)
 
 
 @njit
@@ -1393,6 +1619,77 @@ def _shared(packets: DecodedPackets, rows: np.ndarray, name: str,
     if name not in extras:
         extras[name] = compute()
     return extras[name]
+
+
+
+def _packet_columns(packets: DecodedPackets) -> tuple[np.ndarray, ...]:
+    """The packet columns the selection gathers at the kept rows (addresses as (packets, 2)
+    uint64)."""
+    return (packets.src_port, packets.dst_port, packets.vlan, packets.tcp_flags, packets.ts_ns,
+            packets.payload_offset,
+            np.ascontiguousarray(packets.src_ip).view(np.uint64).reshape(-1, 2),
+            np.ascontiguousarray(packets.dst_ip).view(np.uint64).reshape(-1, 2))
+
+
+def _memo_holds(packets: DecodedPackets, rows: np.ndarray) -> bool:
+    """The candidates' memo is of `packets` and holds `rows` (see _shared)."""
+    memo = _last_candidates
+    return memo is not None and memo[0]() is packets and memo[1] is rows
+
+
+# (batch, collector) of the last selection (weak references): a collector fed the same batch
+# right after another becomes that one's successor, and a collector fed a batch makes its
+# successor's selection too (HTTP, then TLS) if that one is not fed the batch yet
+# (_select_pair_kernel). Collectors fed other batch objects in between (SSH's and the logins'
+# prefiltered subsets) leave the link as it is.
+_last_fed: tuple = (None, None)
+
+
+def _next_collector(packets: DecodedPackets, collector: StreamCollector
+                    ) -> StreamCollector | None:
+    """Log that `collector` is fed `packets`; its successor if alive and not fed `packets`
+    yet, else None."""
+    global _last_fed
+    try:
+        batch = weakref.ref(packets)
+    except TypeError:  # a batch type without weak references: no pairs
+        return None
+    last_batch, last = _last_fed
+    if last_batch is not None and last_batch() is packets:
+        before = last()
+        if before is not None and before is not collector:
+            before._successor = weakref.ref(collector)
+    _last_fed = (batch, weakref.ref(collector))
+    collector._fed = batch
+    nxt = None if collector._successor is None else collector._successor()
+    if nxt is None or nxt is collector or (nxt._fed is not None and nxt._fed() is packets):
+        return None
+    return nxt
+
+
+def _leave_share(packets: DecodedPackets, collector: StreamCollector, share: tuple) -> None:
+    """Keep `collector`'s selection answers of `packets` (made by the collector fed before
+    it) in the candidates' memo, with what they depend on (_selection_stamp)."""
+    _last_candidates[7]["pair"] = (weakref.ref(collector), collector._selection_stamp(), share)
+
+
+def _pair_share(packets: DecodedPackets, rows: np.ndarray, collector: StreamCollector
+                ) -> tuple | None:
+    """`collector`'s selection answers left for it by _leave_share, if they are of this
+    batch's candidate `rows` and nothing they depend on changed since (else None: the
+    collector makes its own)."""
+    if not _memo_holds(packets, rows):
+        return None
+    extras = _last_candidates[7]
+    entry = extras.get("pair")
+    if entry is None or entry[0]() is not collector:
+        return None
+    del extras["pair"]
+    (objects, counts), (objects_then, counts_then) = collector._selection_stamp(), entry[1]
+    if counts != counts_then or any(
+            a is not b for a, b in zip(objects, objects_then, strict=True)):
+        return None
+    return entry[2]
 
 
 _NO_MATCH = np.zeros(0, dtype=bool)
@@ -1901,6 +2198,11 @@ class StreamCollector:
         self.flows: OrderedDict[FlowKey, _Flow] = OrderedDict()  # least recently active first
         self._by_hash: dict[int, list[FlowKey]] = {}
         self._ignored = _HashLru(self.max_ignored)  # released/closed flow hashes, LRU
+        self._held_version = 0  # counts changes of _by_hash (see _selection_stamp)
+        # the collector fed the same batches right after this one, the last batch fed (weak
+        # references; see _next_collector)
+        self._successor: weakref.ref | None = None
+        self._fed: weakref.ref | None = None
         self.held_bytes = 0
         self.clock = np.iinfo(np.int64).min
         # SYN/SYN-ACK rows of flows not held yet (columns as the loop reads them)
@@ -1975,6 +2277,7 @@ class StreamCollector:
         flow in a later batch, so orientation and base sequence numbers stay exact.
         """
         rows, hashes, head, seq, ack, found = _candidates(packets)
+        partner = _next_collector(packets, self)
         if rows.size == 0:
             columns = self._columns(packets, rows, np.zeros(0, dtype=np.uint64),
                                     np.zeros(0, dtype=bool), np.zeros(0, dtype=bool))
@@ -1982,34 +2285,20 @@ class StreamCollector:
             columns["settled"] = np.zeros(0, dtype=bool)
             columns["flow"] = np.zeros(0, dtype=np.int64)
             return columns
-        # (with_payload, syn_at: the lengths of the rows with payload and the pure-SYN rows'
-        # positions, shared by the collectors like plen)
-        plen, row_flags, sport, dport, with_payload, syn_at = _candidate_columns(packets, rows)
         group_of, group_hash = _candidate_groups(packets, rows, hashes)
-        head_matched = _NO_MATCH  # per row with payload: looks like a client's opening
-        if self.client_predicate is not None and head.shape[0]:
-            head_matched = np.asarray(self.client_predicate(head, with_payload), dtype=bool)
-        table, used = self._ignored.arrays()
-        if len(self._ignored):
-            # a SYN on a released/closed flow's ports is a new connection: forget the old one
-            # (only a pure SYN reopens)
-            reopened = _reopened_at_kernel(syn_at, hashes, table, used)
-            if reopened.size:
-                self._ignored.remove(reopened)
-                table, used = self._ignored.arrays()
-        # per row: may it open a flow (its port or the predicate); the flows this batch may
-        # open, the rows to keep (theirs and the held flows'), SYNs to remember, and the kept
-        # rows' columns: one compiled pass (_select_rows_kernel)
-        held = np.fromiter(self._by_hash, dtype=np.uint64, count=len(self._by_hash))
+        # the selection's answers: taken from the collector fed this batch before this one
+        # (HTTP's selection also makes TLS's: _select_pair_kernel), else computed here
+        share = _pair_share(packets, rows, self)
+        if share is None:
+            picked = self._select_rows(packets, rows, hashes, head, seq, ack, found,
+                                       (group_of, group_hash), partner)
+        else:  # (keep_at, handshake_at, fresh, row codes, flow states)
+            picked = share[:3] + _kept_columns(
+                share[0], share[3], np.uint8(2), share[4], rows, group_of, group_hash, seq,
+                ack, found, _candidate_columns(packets, rows)[0], *_packet_columns(packets))
         (keep_at, handshake_at, fresh, k_hash, k_may_open, k_predicate, k_seq, k_ack, k_found,
          k_settled, k_sport, k_dport, k_vlan, k_flags, k_ts, k_off, k_plen, k_src,
-         k_dst) = _select_rows_kernel(
-            rows, group_of, group_hash, seq, ack, found, plen, row_flags, sport, dport,
-            head_matched, self._port_table, self.ports is not None, table, used,
-            len(self._ignored) > 0, held, packets.src_port, packets.dst_port, packets.vlan,
-            packets.tcp_flags, packets.ts_ns, packets.payload_offset,
-            np.ascontiguousarray(packets.src_ip).view(np.uint64).reshape(-1, 2),
-            np.ascontiguousarray(packets.dst_ip).view(np.uint64).reshape(-1, 2))
+         k_dst) = picked
         if handshake_at.size:
             at = handshake_at
             self._remember_handshakes(packets, rows[at], hashes[at], (seq[at], ack[at], found[at]))
@@ -2034,6 +2323,80 @@ class StreamCollector:
             replay["flow"] = np.full(replay["hash"].size, -1, dtype=np.int64)
             columns = {name: np.concatenate([replay[name], columns[name]]) for name in columns}
         return columns
+
+    def _select_rows(self, packets: DecodedPackets, rows: np.ndarray, hashes: np.ndarray,
+                     head: np.ndarray, seq: np.ndarray, ack: np.ndarray, found: np.ndarray,
+                     groups: tuple[np.ndarray, np.ndarray], partner: StreamCollector | None
+                     ) -> tuple[np.ndarray, ...]:
+        """_select_rows_kernel's answers for this collector. With a `partner` (the collector
+        fed after this one last batch, not fed this batch yet) whose released/closed flows no
+        SYN of the batch reopens, its answers are made in the same pass
+        (_select_pair_kernel) and left in the batch's memo for its own feed (_pair_share)."""
+        # (with_payload, syn_at: the lengths of the rows with payload and the pure-SYN rows'
+        # positions, shared by the collectors like plen)
+        plen, row_flags, sport, dport, with_payload, syn_at = _candidate_columns(packets, rows)
+        group_of, group_hash = groups  # (_candidate_groups)
+        head_matched = self._matched(head, with_payload)
+        table, used = self._ignored.arrays()
+        if len(self._ignored):
+            # a SYN on a released/closed flow's ports is a new connection: forget the old one
+            # (only a pure SYN reopens)
+            reopened = _reopened_at_kernel(syn_at, hashes, table, used)
+            if reopened.size:
+                self._ignored.remove(reopened)
+                table, used = self._ignored.arrays()
+        # per row: may it open a flow (its port or the predicate); the flows this batch may
+        # open, the rows to keep (theirs and the held flows'), SYNs to remember, and the kept
+        # rows' columns: one compiled pass
+        held = np.fromiter(self._by_hash, dtype=np.uint64, count=len(self._by_hash))
+        packet_columns = _packet_columns(packets)
+        theirs = None
+        if partner is not None and _memo_holds(packets, rows):
+            theirs = partner._pair_inputs(head, with_payload, syn_at, hashes)
+        if theirs is None:
+            return _select_rows_kernel(
+                rows, group_of, group_hash, seq, ack, found, plen, row_flags, sport, dport,
+                head_matched, self._port_table, self.ports is not None, table, used,
+                len(self._ignored) > 0, held, *packet_columns)
+        answers = _select_pair_kernel(
+            rows, group_of, group_hash, seq, ack, found, plen, row_flags, sport, dport,
+            head_matched, self._port_table, self._port_mode(), table, used,
+            len(self._ignored) > 0, held, *theirs, *packet_columns)
+        # the partner's kept columns are gathered at its feed (_kept_columns), where it reads
+        # them: gathered here, they were out of the cache by then
+        _leave_share(packets, partner, answers[19:])
+        return answers[:19]
+
+    def _matched(self, head: np.ndarray, with_payload: np.ndarray) -> np.ndarray:
+        """Per candidate row with payload: the client predicate's answer (empty: none)."""
+        if self.client_predicate is not None and head.shape[0]:
+            return np.asarray(self.client_predicate(head, with_payload), dtype=bool)
+        return _NO_MATCH
+
+    def _port_mode(self) -> int:
+        """_select_pair_kernel's port_mode: 0 every port opens, 1 the table's, 2 none."""
+        if self.ports is None:
+            return 0
+        return 1 if self._port_table.any() else 2
+
+    def _pair_inputs(self, head: np.ndarray, with_payload: np.ndarray, syn_at: np.ndarray,
+                     hashes: np.ndarray) -> tuple | None:
+        """This collector's inputs of _select_pair_kernel, as its own _select would make
+        them, or None when a SYN of the batch reopens one of its released/closed flows (its
+        own feed removes those first: left to it)."""
+        table, used = self._ignored.arrays()
+        if len(self._ignored) and _reopened_at_kernel(syn_at, hashes, table, used).size:
+            return None
+        held = np.fromiter(self._by_hash, dtype=np.uint64, count=len(self._by_hash))
+        return (self._matched(head, with_payload), self._port_table, self._port_mode(), table,
+                used, len(self._ignored) > 0, held)
+
+    def _selection_stamp(self) -> tuple:
+        """What a selection of this collector depends on besides the batch: (its settings
+        and flow tables, compared by identity; the versions of its held and released/closed
+        flows, compared by value)."""
+        return ((self._ignored, self.client_predicate, self._port_table, self.ports),
+                (self._ignored.version, self._held_version, len(self._by_hash)))
 
     @staticmethod
     def _columns(packets: DecodedPackets, rows: np.ndarray, hashes: np.ndarray,
@@ -2506,6 +2869,7 @@ class StreamCollector:
         flow = _Flow(key, how, ts, fhash)
         self.flows[key] = flow
         self._by_hash.setdefault(fhash, []).append(key)
+        self._held_version += 1
         self.stats["flows"] = self.stats.get("flows", 0) + 1
         return flow, 0 if sender_is_client else 1
 
@@ -2605,6 +2969,7 @@ class StreamCollector:
     # --- closing and bounds -------------------------------------------------------------------
 
     def _forget(self, flow: _Flow) -> None:
+        self._held_version += 1
         keys = self._by_hash.get(flow.hash)
         if keys is not None:
             if flow.key in keys:
