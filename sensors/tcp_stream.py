@@ -1027,8 +1027,15 @@ def _reopened_at_kernel(at, hashes, table, used):
     flags and hashes (the former _reopened_kernel: tests/stream_select_reference.py)."""
     mask = table.shape[0] - 1
     hits = 0
-    out = np.empty(at.shape[0], dtype=np.uint64)
-    for i in range(at.shape[0]):
+    n = at.shape[0]
+    out = np.empty(n, dtype=np.uint64)
+    for i in range(n):
+        if i + 8 < n:
+            # the table slot of the SYN 8 ahead (see prefetch): the table is up to a few MB,
+            # the probes were waiting on memory one at a time
+            ahead = np.int64(hashes[at[i + 8]] & np.uint64(mask))
+            prefetch(used, ahead)
+            prefetch(table, ahead)
         value = hashes[at[i]]
         if _in_table(table, used, mask, value):
             out[hits] = value
@@ -1198,14 +1205,37 @@ def _held_state(group_hash, held):
     return state
 
 
+@njit
+def _drop_ignored(state, group_hash, it, iu):
+    """The flows with bit 0 in `state` (a row that opens or a handshake) that are in the
+    ignored table it/iu get bit 1 (ignored) and lose bit 2 (opened). One probe per flow
+    after the row loop, the slots of the flow 8 ahead prefetched (the table is up to a few
+    MB: its lines miss the cache), where the row loop probed in line."""
+    n_groups = state.shape[0]
+    mask = it.shape[0] - 1
+    todo = np.empty(n_groups, dtype=np.int64)
+    k = 0
+    for g in range(n_groups):
+        todo[k] = g  # a slot past the listed ones is overwritten by the next
+        k += (state[g] & 1) != 0
+    for j in range(k):
+        if j + 8 < k:
+            ahead = np.int64(group_hash[todo[j + 8]] & np.uint64(mask))
+            prefetch(it, ahead)
+            prefetch(iu, ahead)
+        g = todo[j]
+        if _in_table(it, iu, mask, group_hash[g]):
+            state[g] = (state[g] | np.uint8(2)) & np.uint8(0xFB)
+
+
 @njit(inline="always")  # no call
 def _fresh_flows(opened, n_opened, state, group_hash):
-    """The opening flows not held, each once, in first-seen order."""
+    """The opening flows (not ignored) not held, each once, in first-seen order."""
     fresh = np.empty(n_opened, dtype=np.uint64)
     n_fresh = 0
     for k in range(n_opened):
         g = opened[k]
-        if (state[g] & 8) == 0:
+        if (state[g] & 12) == 4:
             fresh[n_fresh] = group_hash[g]
             n_fresh += 1
     return fresh[:n_fresh]
@@ -1232,8 +1262,6 @@ def _select_pair_kernel(rows, group_of, group_hash, seq, ack, found, plen, flags
     n_groups = group_hash.shape[0]
     state_a = _held_state(group_hash, held_a)  # bits as _select_rows_kernel's
     state_b = _held_state(group_hash, held_b)
-    im_a = it_a.shape[0] - 1
-    im_b = it_b.shape[0] - 1
     # per row: bits 0/1 a's may-open/predicate matched, 2/3 b's
     row_code = np.empty(n, dtype=np.uint8)
     opened_a = np.empty(n_groups, dtype=np.int64)
@@ -1278,30 +1306,26 @@ def _select_pair_kernel(rows, group_of, group_hash, seq, ack, found, plen, flags
                        | (np.uint8(matched_b) << np.uint8(3)))
         g = group_of[i]
         flow_rows[g] += 1
-        # each collector's flow test as _select_rows_kernel's (written out twice: arrays
-        # passed to an inlined helper cost reference counting per call)
-        act = opens_a & (has | syn)  # opening or a handshake: ignored?
+        # each collector's flow marks (written out twice: arrays passed to an inlined
+        # helper cost reference counting per call): bit 0 a row opens or is a handshake
+        # (its flow's ignored test is read), bit 2 a row opens (unless the flow is ignored:
+        # tested after the loop, _drop_ignored); the flows in the order a row opens them
+        act = opens_a & (has | syn)
         s = state_a[g]
-        if act and any_ignored_a and (s & 1) == 0:
-            s |= 1
-            if _in_table(it_a, iu_a, im_a, group_hash[g]):
-                s |= 2
-        if act and has and (s & 6) == 0:  # the first opening row of a flow not ignored
-            s |= 4
+        if act & has & ((s & 4) == 0):
             opened_a[n_opened_a] = g
             n_opened_a += 1
-        state_a[g] = s
+        state_a[g] = s | np.uint8(act) | (np.uint8(act & has) << np.uint8(2))
         act = opens_b & (has | syn)
         s = state_b[g]
-        if act and any_ignored_b and (s & 1) == 0:
-            s |= 1
-            if _in_table(it_b, iu_b, im_b, group_hash[g]):
-                s |= 2
-        if act and has and (s & 6) == 0:
-            s |= 4
+        if act & has & ((s & 4) == 0):
             opened_b[n_opened_b] = g
             n_opened_b += 1
-        state_b[g] = s
+        state_b[g] = s | np.uint8(act) | (np.uint8(act & has) << np.uint8(2))
+    if any_ignored_a:
+        _drop_ignored(state_a, group_hash, it_a, iu_a)
+    if any_ignored_b:
+        _drop_ignored(state_b, group_hash, it_b, iu_b)
     n_kept_a = 0
     n_kept_b = 0
     for g in range(n_groups):
