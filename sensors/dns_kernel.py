@@ -243,7 +243,8 @@ def read_name(data: np.ndarray, base: int, size: int, pos: int, out: np.ndarray,
             out[o] = _DOT
             o += 1
         first = False
-        for i in range(base + pos + 1, base + stop):
+        # unsigned: no negative-index fix-up per byte
+        for i in range(np.uint64(base + pos + 1), np.uint64(base + stop)):
             char = _LABEL_CHARS[data[i]]
             if char:  # the usual byte: one table load, a branch that predicts well
                 out[o] = char
@@ -427,21 +428,16 @@ def _intern(text: np.ndarray, start: int, stop: int, slots: np.ndarray, slot_has
         text[stop] = TEXT_SEP
         return count, stop + 1, count + 1
     h = _FNV_OFFSET
-    for k in range(start, stop):
+    for k in range(np.uint64(start), np.uint64(stop)):  # unsigned: no negative-index fix-up
         h = (h ^ np.uint64(text[k])) * _FNV_PRIME
     mask = slots.shape[0] - 1
     slot = np.int64(h & np.uint64(mask))
     while slots[slot] >= 0:
         k = slots[slot]
-        earlier = slot_start[slot]
-        if slot_hash[slot] == h and text[earlier + length] == TEXT_SEP:
-            same = True
-            for j in range(length):
-                if text[earlier + j] != text[start + j]:
-                    same = False
-                    break
-            if same:
-                return k, start, count
+        earlier = np.uint64(slot_start[slot])
+        if (slot_hash[slot] == h and text[earlier + np.uint64(length)] == TEXT_SEP
+                and _same_bytes(text, earlier, text, np.uint64(start), length)):
+            return k, start, count
         slot = (slot + 1) & mask
     slots[slot] = count
     slot_hash[slot] = h
@@ -496,8 +492,9 @@ def _plain_name_length(data: np.ndarray, base: int, size: int, pos: int) -> int:
 def _name_slot(data: np.ndarray, at: int, wire: int) -> int:
     """Memo slot of the name data[at:at+wire]: its first 8 bytes and length, hashed."""
     h = np.uint64(wire)
-    for k in range(min(wire, 8)):
-        h = (h << np.uint64(8)) | np.uint64(data[at + k])
+    start = np.uint64(at)  # unsigned: no negative-index fix-up per byte
+    for k in range(np.uint64(min(wire, 8))):
+        h = (h << np.uint64(8)) | np.uint64(data[start + k])
     return np.int64(((h ^ (np.uint64(wire) << np.uint64(56))) * _GOLDEN)
                     >> np.uint64(64 - NAME_MEMO_BITS))
 
@@ -530,12 +527,13 @@ def _memo_put(memo: np.ndarray, memo_len: np.ndarray, memo_text: np.ndarray,
     newer row, the newer one before it the older (the older one is forgotten)."""
     first = 2 * _name_slot(data, at, wire)
     older = first + 1
-    for k in range(memo_len[first]):
+    for k in range(np.uint64(memo_len[first])):  # unsigned: no negative-index fix-up
         memo[older, k] = memo[first, k]
     memo_len[older] = memo_len[first]
     memo_text[older] = memo_text[first]
-    for k in range(wire):
-        memo[first, k] = data[at + k]
+    start = np.uint64(at)
+    for k in range(np.uint64(wire)):
+        memo[first, k] = data[start + k]
     memo_len[first] = wire
     memo_text[first] = index
 
@@ -689,7 +687,9 @@ def parse_messages_into(data: np.ndarray, msg_start: np.ndarray, msg_len: np.nda
             _warm(table, table.shape[0])
         _warm(name_memo.reshape(-1), name_memo.size)
         _warm(text, o)
-    msg = np.zeros((n, 8), dtype=np.int64)
+    # Not zeroed: _parse_run writes every row (a malformed one as zeros, _malformed), and
+    # zeroing ~300 KB a batch first was a second pass over lines the walk writes anyway.
+    msg = np.empty((n, 8), dtype=np.int64)
     # The outputs start small and grow between runs of _parse_run (which stops before a
     # message that might not fit), rather than being sized for the worst case up front:
     # that needed each message's ancount (a pass over the batch's messages, each a cache
@@ -712,6 +712,13 @@ def parse_messages_into(data: np.ndarray, msg_start: np.ndarray, msg_len: np.nda
             answers = _grown_rows(answers, rows, records)
         while 2 * (texts + 1 + 2 * records) > slots.shape[0]:  # at most half full
             slots, slot_hash, slot_start = _rehashed(slots, slot_hash, slot_start)
+
+
+@njit(inline="always")
+def _malformed(msg: np.ndarray, i: int) -> None:
+    """Message i yields no event: its row all zeros (status MALFORMED)."""
+    for c in range(msg.shape[1]):
+        msg[i, c] = 0
 
 
 @njit
@@ -747,9 +754,11 @@ def _parse_run(data: np.ndarray, msg_start: np.ndarray, msg_len: np.ndarray, fir
                         break
                     prefetch(data, max(line, ahead))
                     line += 64
-        base = msg_start[i]
-        size = msg_len[i]
+        row = np.uint64(i)  # unsigned row indexes: no negative-index fix-up per read/write
+        base = msg_start[row]
+        size = msg_len[row]
         if size < HEADER_LEN:
+            _malformed(msg, i)
             continue
         qdcount = _word(data, base + 4)
         ancount = _word(data, base + 6)
@@ -778,7 +787,8 @@ def _parse_run(data: np.ndarray, msg_start: np.ndarray, msg_len: np.ndarray, fir
             else:
                 end, q_stop = read_name(data, base, size, pos, text, o)
             if end < 0 or end + 4 > size:
-                continue  # MALFORMED
+                _malformed(msg, i)
+                continue
             qtype = _word(data, base + end)
             qclass = _word(data, base + end + 2)
             q_end = end
@@ -791,12 +801,12 @@ def _parse_run(data: np.ndarray, msg_start: np.ndarray, msg_len: np.ndarray, fir
             if wire and q_stop - q_start <= INTERN_MAX_LEN:  # interned: shared, memo it
                 _memo_put(name_memo, name_len, name_text, data, base + HEADER_LEN, wire,
                           qname)
-        msg[i, 1] = _word(data, base)
-        msg[i, 2] = _word(data, base + 2)
-        msg[i, 3] = qtype
-        msg[i, 4] = qclass
-        msg[i, 5] = qname
-        msg[i, 6] = rows
+        msg[row, 1] = _word(data, base)
+        msg[row, 2] = _word(data, base + 2)
+        msg[row, 3] = qtype
+        msg[row, 4] = qclass
+        msg[row, 5] = qname
+        msg[row, 6] = rows
         damaged = False
         # Further questions (nearly never sent) are only walked to reach the answers.
         for _ in range(qdcount - 1):
@@ -810,8 +820,8 @@ def _parse_run(data: np.ndarray, msg_start: np.ndarray, msg_len: np.ndarray, fir
             # The usual owner is the question name: as a pointer to it, or written out again.
             # read_name would render the text already interned as `qname`, so it is skipped.
             owner_wire = 0
-            if (qdcount and pos + 1 < size and data[base + pos] == 0xC0
-                    and data[base + pos + 1] == HEADER_LEN):
+            if (qdcount and pos + 1 < size and data[np.uint64(base + pos)] == 0xC0
+                    and data[np.uint64(base + pos + 1)] == HEADER_LEN):
                 # read_name would follow the pointer to the name read at offset 12: one
                 # jump more, still far below the cap (that name's own pointers can only go
                 # into the 12-byte header, each further back).
@@ -907,15 +917,16 @@ def _parse_run(data: np.ndarray, msg_start: np.ndarray, msg_len: np.ndarray, fir
                 elif memo == 3 and o2 - data_start <= INTERN_MAX_LEN:
                     _memo_put(name_memo, name_len, name_text, data, base + pos, data_wire,
                               rdata)
-            answers[rows, 0] = name
-            answers[rows, 1] = rtype
-            answers[rows, 2] = rclass
-            answers[rows, 3] = ttl
-            answers[rows, 4] = rdata
+            r = np.uint64(rows)
+            answers[r, 0] = name
+            answers[r, 1] = rtype
+            answers[r, 2] = rclass
+            answers[r, 3] = ttl
+            answers[r, 4] = rdata
             rows += 1
             pos += rdlength
-        msg[i, 7] = rows - msg[i, 6]
-        msg[i, 0] = DAMAGED if damaged else OK
+        msg[row, 7] = rows - msg[row, 6]
+        msg[row, 0] = DAMAGED if damaged else OK
     return n, o, texts, rows
 
 
