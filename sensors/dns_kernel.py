@@ -1229,7 +1229,8 @@ def _number_set(rows: np.ndarray, a: int, c: int, set_rows: np.ndarray, bounds: 
     when every row is), or `sets` after taking a free slot for it (the caller then stores
     it)."""
     h = np.uint64(c) * _MIX
-    for k in range(a, a + c):
+    ua, uc = np.uint64(a), np.uint64(c)  # unsigned row indexes: no negative-index fix-ups
+    for k in range(ua, ua + uc):
         # the five numbers multiplied independently, one chained step per row
         h = (h ^ (np.uint64(rows[k, 0]) * _MIX) ^ (np.uint64(rows[k, 1]) * _MIX2)
              ^ (np.uint64(rows[k, 2]) << np.uint64(48)) ^ (np.uint64(rows[k, 3]) * _GOLDEN_ODD)
@@ -1241,14 +1242,15 @@ def _number_set(rows: np.ndarray, a: int, c: int, set_rows: np.ndarray, bounds: 
         if s < 0:
             slots[slot] = sets
             return sets
-        b = bounds[s]
-        if bounds[s + 1] - b == c:
+        us = np.uint64(s)
+        b = np.uint64(bounds[us])
+        if bounds[us + np.uint64(1)] - bounds[us] == c:
             same = True
-            for k in range(c):
-                if (set_rows[b + k, 0] != rows[a + k, 0] or set_rows[b + k, 1] != rows[a + k, 1]
-                        or set_rows[b + k, 2] != rows[a + k, 2]
-                        or set_rows[b + k, 3] != rows[a + k, 3]
-                        or set_rows[b + k, 4] != rows[a + k, 4]):
+            for k in range(uc):
+                p, q = b + k, ua + k
+                if (set_rows[p, 0] != rows[q, 0] or set_rows[p, 1] != rows[q, 1]
+                        or set_rows[p, 2] != rows[q, 2] or set_rows[p, 3] != rows[q, 3]
+                        or set_rows[p, 4] != rows[q, 4]):
                     same = False
                     break
             if same:
