@@ -1133,64 +1133,9 @@ def _select_rows_kernel(rows, group_of, group_hash, seq, ack, found, plen, flags
         if (state[g] & 8) == 0:
             fresh[n_fresh] = group_hash[g]
             n_fresh += 1
-    # the kept rows' columns
-    m = n_keep
-    k_hash = np.empty(m, dtype=np.uint64)
-    k_may_open = np.empty(m, dtype=np.bool_)
-    k_predicate = np.empty(m, dtype=np.bool_)
-    k_seq = np.empty(m, dtype=np.int64)
-    k_ack = np.empty(m, dtype=np.int64)
-    k_found = np.empty(m, dtype=np.bool_)
-    k_settled = np.empty(m, dtype=np.bool_)
-    k_sport = np.empty(m, dtype=src_port.dtype)
-    k_dport = np.empty(m, dtype=dst_port.dtype)
-    k_vlan = np.empty(m, dtype=vlan.dtype)
-    k_flags = np.empty(m, dtype=tcp_flags.dtype)
-    k_ts = np.empty(m, dtype=ts_ns.dtype)
-    k_off = np.empty(m, dtype=np.int64)
-    k_plen = np.empty(m, dtype=np.int64)
-    k_src = np.empty((m, 2), dtype=np.uint64)
-    k_dst = np.empty((m, 2), dtype=np.uint64)
-    src_flat = src_ip.reshape(-1)
-    dst_flat = dst_ip.reshape(-1)
-    for j in range(m):
-        if j + PREFETCH_ROWS < m:
-            # the packet columns' lines of a kept row some rows ahead (see prefetch): the
-            # kept rows are ~1 in 6 of a batch, so each row's columns miss the cache
-            ahead = rows[keep_at[j + PREFETCH_ROWS]]
-            prefetch(src_flat, 2 * ahead)
-            prefetch(dst_flat, 2 * ahead)
-            prefetch(ts_ns, ahead)
-            prefetch(payload_offset, ahead)
-            prefetch(src_port, ahead)
-            prefetch(tcp_flags, ahead)
-        i = keep_at[j]
-        r = rows[i]
-        g = group_of[i]
-        s = state[g]
-        code = row_code[i]
-        k_hash[j] = group_hash[g]
-        # a kept row's flow is held (settled) or opened by a row that is not ignored
-        k_may_open[j] = (code & 1) != 0 and (s & 4) != 0
-        k_predicate[j] = (code & 2) != 0
-        k_seq[j] = seq[i]
-        k_ack[j] = ack[i]
-        k_found[j] = found[i]
-        k_settled[j] = (s & 8) != 0
-        k_sport[j] = src_port[r]
-        k_dport[j] = dst_port[r]
-        k_vlan[j] = vlan[r]
-        k_flags[j] = tcp_flags[r]
-        k_ts[j] = ts_ns[r]
-        k_off[j] = payload_offset[r]
-        k_plen[j] = plen[i]
-        k_src[j, 0] = src_ip[r, 0]
-        k_src[j, 1] = src_ip[r, 1]
-        k_dst[j, 0] = dst_ip[r, 0]
-        k_dst[j, 1] = dst_ip[r, 1]
-    return (keep_at[:n_keep], handshake_at[:n_handshake], fresh[:n_fresh], k_hash, k_may_open,
-            k_predicate, k_seq, k_ack, k_found, k_settled, k_sport, k_dport, k_vlan, k_flags,
-            k_ts, k_off, k_plen, k_src, k_dst)
+    return (keep_at[:n_keep], handshake_at[:n_handshake], fresh[:n_fresh]) + _kept_columns(
+        keep_at[:n_keep], row_code, np.uint8(0), state, rows, group_of, group_hash, seq, ack,
+        found, plen, src_port, dst_port, vlan, tcp_flags, ts_ns, payload_offset, src_ip, dst_ip)
 
 
 @njit
@@ -1392,7 +1337,8 @@ def _kept_columns(keep_at, row_code, shift, state, rows, group_of, group_hash, s
     dst_flat = dst_ip.reshape(-1)
     for j in range(m):
         if j + PREFETCH_ROWS < m:
-            # the packet columns' lines of a kept row some rows ahead (see prefetch)
+            # the packet columns' lines of a kept row some rows ahead (see prefetch): the
+            # kept rows are ~1 in 6 of a batch, so each row's columns miss the cache
             ahead = rows[keep_at[j + PREFETCH_ROWS]]
             prefetch(src_flat, 2 * ahead)
             prefetch(dst_flat, 2 * ahead)
