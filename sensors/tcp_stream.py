@@ -1125,15 +1125,9 @@ def _select_rows_kernel(rows, group_of, group_hash, seq, ack, found, plen, flags
         handshake_at[n_handshake] = i
         n_handshake += ((not kept) & ((flags[i] & SYN) != 0) & (plen[i] <= 0)
                         & ((row_code[i] & 1) != 0) & ((s & 2) == 0))
-    # the opening flows not held, each once, in first-seen order
-    fresh = np.empty(n_opened, dtype=np.uint64)
-    n_fresh = 0
-    for k in range(n_opened):
-        g = opened_order[k]
-        if (state[g] & 8) == 0:
-            fresh[n_fresh] = group_hash[g]
-            n_fresh += 1
-    return (keep_at[:n_keep], handshake_at[:n_handshake], fresh[:n_fresh]) + _kept_columns(
+    # (a flow is listed in opened_order only when it opens and is not ignored: bit 4 set)
+    fresh = _fresh_flows(opened_order, n_opened, state, group_hash)
+    return (keep_at[:n_keep], handshake_at[:n_handshake], fresh) + _kept_columns(
         keep_at[:n_keep], row_code, np.uint8(0), state, rows, group_of, group_hash, seq, ack,
         found, plen, src_port, dst_port, vlan, tcp_flags, ts_ns, payload_offset, src_ip, dst_ip)
 
