@@ -1074,12 +1074,7 @@ def _select_rows_kernel(rows, group_of, group_hash, seq, ack, found, plen, flags
     n_groups = group_hash.shape[0]
     im = it.shape[0] - 1
     # per flow: bit 0 ignore-tested, 1 ignored, 2 opened by a row of this batch, 3 held
-    state = np.zeros(n_groups, dtype=np.uint8)
-    if held.shape[0] > 0:
-        ht, hu, hm = _hash_table(held)
-        for g in range(n_groups):
-            if _in_table(ht, hu, hm, group_hash[g]):
-                state[g] = 8
+    state = _held_state(group_hash, held)
     # per row: bit 0 may open (port or predicate), bit 1 the predicate matched
     row_code = np.empty(n, dtype=np.uint8)
     opened_order = np.empty(n_groups, dtype=np.int64)  # flows in the order a row opens them
