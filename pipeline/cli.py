@@ -75,6 +75,10 @@ def _report_inputs(report: RunReport) -> None:
             print(f"error: {capture.damage}", file=sys.stderr)
         for warning in capture.warnings:
             print(f"warning: {warning}", file=sys.stderr)
+        if capture.tunnels:
+            kinds = ", ".join(f"{n} {k}" for k, n in sorted(capture.tunnels.items()))
+            print(f"note: {capture.path}: tunnelled packets decapsulated: {kinds}",
+                  file=sys.stderr)
     for record in report.deadletter:
         print(f"dead-letter: {record['stage']}: {record['reason']}", file=sys.stderr)
 

@@ -16,7 +16,15 @@ Damaged packets are counted in `weird` (Zeek weird.log style names):
   unknown_linktype, truncated_link, too_many_vlan_tags, truncated_IP, bogus_IP_version,
   bogus_IP_header_len, truncated_IP_len, ip_hdr_len_zero, ipv6_ext_chain_too_long, truncated_tcp,
   bad_TCP_header_len, truncated_udp, truncated_icmp, and (informational) ip_fragment for
-  non-first fragments, which carry no transport header (ports 0).
+  non-first fragments, which carry no transport header (ports 0). Tunnels (see _decapsulate):
+  truncated_GRE, unknown_gre_version, gre_pptp_not_decapsulated, gre_routing,
+  unknown_gre_flags, unknown_gre_protocol, unknown_erspan_version, truncated_VXLAN,
+  truncated_Geneve, geneve_invalid_version, unknown_geneve_protocol, truncated_GTPU,
+  gtpu_invalid_version, gtpu_ext_chain_too_long, truncated_inner_IP, invalid_inner_IP_version,
+  exceeded_tunnel_max_depth.
+
+Tunnels: a tunnel row (IP-in-IP, GRE/ERSPAN, VXLAN, Geneve, GTP-U) is decoded again from its
+inner frame and its columns describe the innermost packet; `tunnel` says the outermost kind.
 
 Payload convention: `payload_offset`/`payload_len` describe the payload of the innermost layer
 that decoded: the L4 payload for TCP/UDP/ICMP, the IP payload for other protocols and for
@@ -44,6 +52,7 @@ from sensors.packets import (
     LINKTYPE_RAW,
     DecodedPackets,
     PacketBatch,
+    Tunnel,
 )
 
 ETHERTYPE_IPV4 = 0x0800
@@ -566,10 +575,254 @@ def _decode_transport(
     )
 
 
+# --- tunnels ------------------------------------------------------------------------------
+# Mirrored traffic (ERSPAN, VXLAN) and carrier tunnels (GRE, IP-in-IP, Geneve, GTP-U) carry
+# the packets worth analysing inside another packet. A tunnel row is decoded a second time,
+# by _decode_rows itself, from the start of its inner frame (Ethernet or raw IP), so the
+# inner link layer gets the same VLAN/MPLS/... stripping; the row then describes the inner
+# packet. Header layouts: RFC 2003/2473 (IP-in-IP), RFC 2784/2890 (GRE),
+# draft-foschiano-erspan-03 (ERSPAN I/II/III), RFC 7348 (VXLAN), RFC 8926 (Geneve),
+# 3GPP TS 29.281 (GTP-U). A damaged tunnel header leaves the row the outer packet, counted.
+
+VXLAN_PORT, GENEVE_PORT, GTPU_PORT = 4789, 6081, 2152  # IANA; also the compiled hand-off
+MAX_TUNNEL_DEPTH = 3
+MAX_GTPU_EXTENSIONS = 4  # extension headers walked per GTP-U packet (5G uses one or two)
+ETHER_HEADER_LEN = 14
+GRE_TEB, GRE_ERSPAN_2, GRE_ERSPAN_3 = 0x6558, 0x88BE, 0x22EB
+GRE_FLAG_C, GRE_FLAG_R, GRE_FLAG_K, GRE_FLAG_S = 0x8000, 0x4000, 0x2000, 0x1000
+GRE_RESERVED = 0x00F8  # RFC 2784 Reserved0 bits after the 5 defined flags (A is PPTP's)
+IPPROTO_IPIP, IPPROTO_IPV6_ENCAP, IPPROTO_GRE = 4, 41, 47
+
+
+def _ports(section: dict, key: str, default: int) -> tuple[int, ...]:
+    value = section.get(key, [default])
+    values = [value] if isinstance(value, int) else value
+    if not isinstance(values, list | tuple) or not all(
+            isinstance(p, int) and not isinstance(p, bool) and 0 < p <= 0xFFFF for p in values):
+        raise ValueError(f"sensor.tunnels.{key}: a list of UDP ports (1-65535), got {value!r}")
+    return tuple(sorted(set(values)))
+
+
+@dataclass(frozen=True)
+class TunnelConfig:
+    """Which tunnels the decoder opens (config `sensor.tunnels`, docs/configuration.md)."""
+
+    enabled: bool = True
+    vxlan_ports: tuple[int, ...] = (VXLAN_PORT,)
+    geneve_ports: tuple[int, ...] = (GENEVE_PORT,)
+    gtpu_ports: tuple[int, ...] = (GTPU_PORT,)
+    max_depth: int = MAX_TUNNEL_DEPTH
+
+    @classmethod
+    def from_config(cls, section: dict | None) -> TunnelConfig:
+        """The `sensor.tunnels` section (None or {}: the defaults); ValueError if malformed."""
+        section = section or {}
+        enabled = section.get("enabled", True)
+        depth = section.get("max_depth", MAX_TUNNEL_DEPTH)
+        if not isinstance(enabled, bool):
+            raise ValueError(f"sensor.tunnels.enabled: true or false, got {enabled!r}")
+        if not isinstance(depth, int) or isinstance(depth, bool) or not 1 <= depth <= 8:
+            raise ValueError(f"sensor.tunnels.max_depth: 1-8 tunnel levels, got {depth!r}")
+        config = cls(enabled, _ports(section, "vxlan_ports", VXLAN_PORT),
+                     _ports(section, "geneve_ports", GENEVE_PORT),
+                     _ports(section, "gtpu_ports", GTPU_PORT), depth)
+        sets = (config.vxlan_ports, config.geneve_ports, config.gtpu_ports)
+        if sum(len(p) for p in sets) != len(set().union(*sets)):
+            raise ValueError("sensor.tunnels: a UDP port is in more than one tunnel port list")
+        return config
+
+    def extra_ports(self) -> np.ndarray:
+        """Configured tunnel ports the compiled common case does not hand off (it knows
+        only the IANA ones): decode() hands those rows to the column-wise path itself."""
+        ports = set(self.vxlan_ports + self.geneve_ports + self.gtpu_ports) if self.enabled \
+            else set()
+        return np.array(sorted(ports - {VXLAN_PORT, GENEVE_PORT, GTPU_PORT}), dtype=np.int64)
+
+
+DEFAULT_TUNNELS = TunnelConfig()
+
+
+def _drop(weird: dict[str, int], reason: str, ok: np.ndarray, bad: np.ndarray) -> np.ndarray:
+    """ok & ~bad, counting the rows still ok that are bad as `reason`."""
+    _count(weird, reason, ok & bad)
+    return ok & ~bad
+
+
+@dataclass
+class _Inner:
+    """Where a tunnel's inner frame starts, for the candidate rows of one tunnel kind."""
+
+    ok: np.ndarray  # bool: the tunnel header decoded
+    start: np.ndarray  # int64: first byte of the inner frame
+    ethernet: np.ndarray  # bool: an Ethernet frame (else a raw IPv4/IPv6 packet)
+    kind: np.ndarray  # int64 Tunnel code
+
+
+def _ipip_inner(gather: _ByteGather, pos: np.ndarray, end: np.ndarray, proto: np.ndarray,
+                weird: dict[str, int]) -> _Inner:
+    """IP-in-IP: the IP payload is the inner packet, of the version the protocol names."""
+    ok = _drop(weird, "truncated_inner_IP", np.ones(pos.shape[0], dtype=bool), pos >= end)
+    version = gather.chunks(pos, 1)[:, 0] >> 4
+    wanted = np.where(proto == IPPROTO_IPIP, 4, 6)
+    ok = _drop(weird, "invalid_inner_IP_version", ok, version != wanted)
+    return _Inner(ok, pos, np.zeros_like(ok), np.full(pos.shape[0], int(Tunnel.IPIP)))
+
+
+def _gre_inner(gather: _ByteGather, pos: np.ndarray, end: np.ndarray, proto: np.ndarray,
+               weird: dict[str, int]) -> _Inner:
+    """GRE version 0 (RFC 2784 + the key and sequence fields of RFC 2890) with IPv4, IPv6,
+    Ethernet or ERSPAN inside. ERSPAN (draft-foschiano-erspan): 0x88BE with the S bit is
+    type II (8-byte header), without it type I (none); 0x22EB is type III (12 bytes, then an
+    8-byte platform sub-header when its last bit O is set); an Ethernet frame follows."""
+    room = end - pos
+    head = gather.chunks(pos, 4)
+    flags, protocol = _be16(head, 0), _be16(head, 2)
+    ok = _drop(weird, "truncated_GRE", np.ones(pos.shape[0], dtype=bool), room < 4)
+    version = flags & 0x7
+    ok = _drop(weird, "unknown_gre_version", ok, version >= 2)
+    ok = _drop(weird, "gre_pptp_not_decapsulated", ok, version == 1)  # PPP inside: not opened
+    ok = _drop(weird, "gre_routing", ok, (flags & GRE_FLAG_R) != 0)  # RFC 1701, deprecated
+    ok = _drop(weird, "unknown_gre_flags", ok, (flags & GRE_RESERVED) != 0)
+    header = (4 + np.where(flags & GRE_FLAG_C, 4, 0) + np.where(flags & GRE_FLAG_K, 4, 0)
+              + np.where(flags & GRE_FLAG_S, 4, 0))
+    ok = _drop(weird, "truncated_GRE", ok, header > room)
+    ip = (protocol == ETHERTYPE_IPV4) | (protocol == ETHERTYPE_IPV6)
+    erspan2, erspan3 = protocol == GRE_ERSPAN_2, protocol == GRE_ERSPAN_3
+    ethernet = (protocol == GRE_TEB) | erspan2 | erspan3
+    ok = _drop(weird, "unknown_gre_protocol", ok, ~(ip | ethernet))
+
+    span = gather.chunks(pos + header, 12)
+    span_len = np.where(erspan3, 12, np.where(erspan2 & ((flags & GRE_FLAG_S) != 0), 8, 0))
+    ok = _drop(weird, "truncated_GRE", ok, header + span_len > room)
+    span_version = span[:, 0] >> 4  # 1: type II, 2: type III
+    ok = _drop(weird, "unknown_erspan_version", ok,
+               ((span_len == 8) & (span_version != 1)) | (erspan3 & (span_version != 2)))
+    span_len = span_len + np.where(erspan3 & ((span[:, 11] & 0x01) != 0), 8, 0)
+    inner = pos + header + span_len
+    ok = _drop(weird, "truncated_GRE", ok, ethernet & (inner + ETHER_HEADER_LEN > end))
+    kind = np.where(erspan2 | erspan3, int(Tunnel.ERSPAN), int(Tunnel.GRE))
+    return _Inner(ok, inner, ethernet, kind)
+
+
+def _vxlan_inner(gather: _ByteGather, pos: np.ndarray, end: np.ndarray, proto: np.ndarray,
+                 weird: dict[str, int]) -> _Inner:
+    """VXLAN: 8-byte header whose flags have the I bit (a valid VNI), then Ethernet. UDP to
+    the port without the I bit is some other protocol: left as it is, not counted."""
+    room = end - pos
+    ok = _drop(weird, "truncated_VXLAN", np.ones(pos.shape[0], dtype=bool), room < 8)
+    ok &= (gather.chunks(pos, 1)[:, 0] & 0x08) != 0
+    ok = _drop(weird, "truncated_VXLAN", ok, room < 8 + ETHER_HEADER_LEN)
+    return _Inner(ok, pos + 8, np.ones_like(ok), np.full(pos.shape[0], int(Tunnel.VXLAN)))
+
+
+def _geneve_inner(gather: _ByteGather, pos: np.ndarray, end: np.ndarray, proto: np.ndarray,
+                  weird: dict[str, int]) -> _Inner:
+    """Geneve: version 0, 8-byte header plus 4 * option length, then the protocol type's
+    frame (0x6558 Ethernet, or IPv4/IPv6)."""
+    room = end - pos
+    head = gather.chunks(pos, 4)
+    ok = _drop(weird, "truncated_Geneve", np.ones(pos.shape[0], dtype=bool), room < 8)
+    ok = _drop(weird, "geneve_invalid_version", ok, (head[:, 0] >> 6) != 0)
+    header = 8 + (head[:, 0] & 0x3F).astype(np.int64) * 4
+    ok = _drop(weird, "truncated_Geneve", ok, header > room)
+    protocol = _be16(head, 2)
+    ethernet = protocol == GRE_TEB
+    ip = (protocol == ETHERTYPE_IPV4) | (protocol == ETHERTYPE_IPV6)
+    ok = _drop(weird, "unknown_geneve_protocol", ok, ~(ip | ethernet))
+    ok = _drop(weird, "truncated_Geneve", ok, ethernet & (header + ETHER_HEADER_LEN > room))
+    return _Inner(ok, pos + header, ethernet, np.full(pos.shape[0], int(Tunnel.GENEVE)))
+
+
+def _gtpu_inner(gather: _ByteGather, pos: np.ndarray, end: np.ndarray, proto: np.ndarray,
+                weird: dict[str, int]) -> _Inner:
+    """GTP-U (version 1, PT 1): T-PDUs (message type 0xFF) carry an IP packet after the
+    8-byte header, the 4 optional bytes when any of E/S/PN is set, and the extension
+    headers the E bit chains (length in 4-byte units, next type in the last byte). Other
+    messages (echo, error indication, end marker) are signalling: left as they are."""
+    room = end - pos
+    head = gather.chunks(pos, 12)
+    ok = _drop(weird, "truncated_GTPU", np.ones(pos.shape[0], dtype=bool), room < 8)
+    flags = head[:, 0].astype(np.int64)
+    ok = _drop(weird, "gtpu_invalid_version", ok, (flags >> 4) != 0x3)  # version 1, PT 1
+    ok &= head[:, 1] == 0xFF
+    optional = (flags & 0x07) != 0
+    ok = _drop(weird, "truncated_GTPU", ok, optional & (room < 12))
+    header = np.where(optional, 12, 8)
+    chained = np.flatnonzero(ok & ((flags & 0x04) != 0) & (head[:, 11] != 0))
+    for _ in range(MAX_GTPU_EXTENSIONS):
+        if chained.size == 0:
+            break
+        at = pos[chained] + header[chained]
+        length = gather.chunks(at, 1)[:, 0].astype(np.int64) * 4
+        bad = (at >= end[chained]) | (length == 0) | (at + length > end[chained])
+        _count_rows(weird, "truncated_GTPU", chained[bad])
+        ok[chained[bad]] = False
+        chained, at, length = chained[~bad], at[~bad], length[~bad]
+        header[chained] += length
+        chained = chained[gather.chunks(at + length - 1, 1)[:, 0] != 0]
+    _count_rows(weird, "gtpu_ext_chain_too_long", chained)
+    ok[chained] = False
+    return _Inner(ok, pos + header, np.zeros_like(ok), np.full(pos.shape[0], int(Tunnel.GTPU)))
+
+
+def _decapsulate(gather: _ByteGather, columns: dict[str, np.ndarray],
+                 no_transport_header: np.ndarray, weird: dict[str, int],
+                 tunnels: TunnelConfig, depth: int) -> None:
+    """Replace the columns of tunnel rows with those of their inner packet, in place.
+
+    Candidates are whole IP datagrams (or first fragments) of protocol 4/41/47 and UDP to a
+    configured tunnel port; the tunnel payload is the outer payload range. A row is replaced
+    when its tunnel header decodes and its inner frame decodes to IP or to a non-IP frame
+    (ARP ...); otherwise it stays the outer packet (the inner decode counts its damage)."""
+    if not tunnels.enabled or columns["tunnel"].shape[0] == 0:
+        return
+    proto = columns["transport"]
+    whole = (columns["ip_version"] != 0) & ~no_transport_header
+    dst_port = np.where(whole & (proto == IPPROTO_UDP), columns["dst_port"], 0)
+    kinds = (
+        (_ipip_inner, whole & ((proto == IPPROTO_IPIP) | (proto == IPPROTO_IPV6_ENCAP))),
+        (_gre_inner, whole & (proto == IPPROTO_GRE)),
+        (_vxlan_inner, np.isin(dst_port, tunnels.vxlan_ports)),
+        (_geneve_inner, np.isin(dst_port, tunnels.geneve_ports)),
+        (_gtpu_inner, np.isin(dst_port, tunnels.gtpu_ports)),
+    )
+    pay_start = columns["payload_offset"]
+    pay_end = pay_start + columns["payload_len"]
+    parts = []
+    for parse, candidate in kinds:
+        rows = np.flatnonzero(candidate)
+        if rows.size:
+            inner = parse(gather, pay_start[rows], pay_end[rows], proto[rows], weird)
+            parts.append((rows[inner.ok], inner.start[inner.ok], inner.ethernet[inner.ok],
+                          inner.kind[inner.ok]))
+    if not parts:
+        return
+    rows, start, ethernet, kind = (np.concatenate(p) for p in zip(*parts, strict=True))
+    if rows.size == 0:
+        return
+    if depth >= tunnels.max_depth:
+        _count_rows(weird, "exceeded_tunnel_max_depth", rows)
+        return
+    linktype = np.where(ethernet, LINKTYPE_ETHERNET, LINKTYPE_RAW).astype(np.uint16)
+    end = pay_end[rows]
+    inner = _decode_rows(gather, start, end, linktype, weird, tunnels, depth + 1)
+    ethertype = inner["ethertype"].astype(np.int64)
+    decoded = (inner["ip_version"] != 0) | ~_is_any(ethertype, (0, ETHERTYPE_IPV4, ETHERTYPE_IPV6))
+    # a raw inner packet whose first nibble is no IP version counts nothing in the decode
+    _count(weird, "invalid_inner_IP_version", ~ethernet & (ethertype == 0) & (start < end))
+    good = rows[decoded]
+    for name, values in inner.items():
+        columns[name][good] = values[decoded]
+    columns["tunnel"][good] = kind[decoded]  # the outermost kind: overwrites the inner's
+
+
 def _decode_rows(gather: _ByteGather, start: np.ndarray, end: np.ndarray, linktype: np.ndarray,
-                 weird: dict[str, int]) -> dict[str, np.ndarray]:
+                 weird: dict[str, int], tunnels: TunnelConfig | None = None,
+                 depth: int = 0) -> dict[str, np.ndarray]:
     """The column-wise decoder: packets data[start:end] of the given link types -> the
-    per-packet DecodedPackets columns (damage counted in `weird`)."""
+    per-packet DecodedPackets columns (damage counted in `weird`). Tunnel rows are
+    decoded again from their inner frame (_decapsulate) unless `tunnels` is off; `depth`
+    is the number of tunnels already opened around these rows."""
     link = _decode_link(gather, start, end, linktype, weird)
     net = _decode_ip(gather, link, end, weird)
     l4 = _decode_transport(gather, net, weird)
@@ -580,7 +833,7 @@ def _decode_rows(gather: _ByteGather, start: np.ndarray, end: np.ndarray, linkty
     payload_len = np.where(ip_rows, l4.payload_len, np.where(link.ok, end - link.l3, 0))
     payload_offset = np.clip(payload_offset, start, end)
     payload_len = np.clip(np.minimum(payload_len, end - payload_offset), 0, None)
-    return {
+    columns = {
         "vlan": link.vlan,
         "ethertype": link.ethertype.astype(np.uint16),
         "ip_version": net.version.astype(np.uint8),
@@ -595,7 +848,11 @@ def _decode_rows(gather: _ByteGather, start: np.ndarray, end: np.ndarray, linkty
         "ip_total_len": net.total_len.astype(np.uint32),
         "payload_offset": payload_offset.astype(np.int64),
         "payload_len": payload_len.astype(np.int32),
+        "tunnel": np.zeros(start.shape[0], dtype=np.uint8),
     }
+    _decapsulate(gather, columns, net.no_transport_header, weird,
+                 DEFAULT_TUNNELS if tunnels is None else tunnels, depth)
+    return columns
 
 
 # DecodedPackets columns the kernel fills, in the order it returns them.
@@ -626,21 +883,24 @@ def _packets(batch: PacketBatch, columns: dict[str, np.ndarray],
         data=batch.data, weird=weird, **columns)
 
 
-def decode_columnwise(batch: PacketBatch) -> DecodedPackets:
+def decode_columnwise(batch: PacketBatch,
+                      tunnels: TunnelConfig = DEFAULT_TUNNELS) -> DecodedPackets:
     """decode() with the column-wise decoder for every row (the reference for the kernel)."""
     gather = _ByteGather(batch.data)
     start, end = _bounds(batch, gather)
     weird: dict[str, int] = {}
-    return _packets(batch, _decode_rows(gather, start, end, batch.linktype, weird), weird)
+    return _packets(batch, _decode_rows(gather, start, end, batch.linktype, weird, tunnels),
+                    weird)
 
 
-def decode(batch: PacketBatch) -> DecodedPackets:
+def decode(batch: PacketBatch, tunnels: TunnelConfig = DEFAULT_TUNNELS) -> DecodedPackets:
     """Decode link, IP and transport headers of every packet in `batch`, column-wise.
 
     Never raises on packet content: damaged packets get ip_version 0 (or zero ports) and a
     count in `weird`. Common-case rows are decoded by a compiled kernel (_decode_common),
     or were already decoded by the capture reader (batch.common_headers), the rest
-    column-wise; the result equals decode_columnwise(batch).
+    column-wise; the result equals decode_columnwise(batch, tunnels). Tunnel rows (see
+    _decapsulate; `tunnels` says which) describe their inner packet.
     """
     gather = _ByteGather(batch.data)
     headers = batch.common_headers
@@ -656,12 +916,17 @@ def decode(batch: PacketBatch) -> DecodedPackets:
     columns = dict(zip(_KERNEL_COLUMNS, fast, strict=True))
     columns["src_ip"] = src.view(IP_DTYPE).reshape(-1)
     columns["dst_ip"] = dst.view(IP_DTYPE).reshape(-1)
+    columns["tunnel"] = np.zeros(done.shape[0], dtype=np.uint8)
+    extra_ports = tunnels.extra_ports()
+    if extra_ports.size:  # tunnel ports the kernel does not know: hand those rows over too
+        done = done & ~((columns["transport"] == IPPROTO_UDP) & (columns["ip_version"] != 0)
+                        & np.isin(columns["dst_port"], extra_ports))
     weird: dict[str, int] = {}
     rest = np.flatnonzero(~done)
     if rest.size:  # only these rows can count weirds
         lt = np.asarray(batch.linktype)[rest]
         start, end = _bounds(batch, gather, rest)
-        slow = _decode_rows(gather, start, end, lt, weird)
+        slow = _decode_rows(gather, start, end, lt, weird, tunnels)
         for name, values in slow.items():
             columns[name][rest] = values
     return _packets(batch, columns, weird)
@@ -808,6 +1073,8 @@ def _decode_common_range(data: np.ndarray, start: np.ndarray, end: np.ndarray,
             payload_len_col[row] = e - l3
             done[row] = True
             continue
+        if proto == 4 or proto == 41 or proto == 47:  # IP-in-IP, GRE: the tunnel decoder
+            continue
         l4_end = min(l3 + total, e)
         room = l4_end - l4
         header_len = 0
@@ -823,9 +1090,13 @@ def _decode_common_range(data: np.ndarray, start: np.ndarray, end: np.ndarray,
         elif proto == 17:
             if room < 8:
                 continue
+            dport = _be16_at(data, l4 + 2)
+            # VXLAN, Geneve, GTP-U (the IANA ports; decode() hands over other configured ones)
+            if dport == VXLAN_PORT or dport == GENEVE_PORT or dport == GTPU_PORT:
+                continue
             header_len = 8
             sport_col[row] = _be16_at(data, l4)
-            dport_col[row] = _be16_at(data, l4 + 2)
+            dport_col[row] = dport
         elif proto == 1 or proto == 58:
             if room < 8:
                 continue

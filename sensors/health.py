@@ -8,7 +8,8 @@ start and rates over the last interval:
     observer.name / observer.ingress.zone / observer.hostname / observer.type: sensor
     cirtsa.health.*: packets, bytes, kernel packets/drops (live capture), flows live/evicted,
         events emitted per kind, weird (damaged packet) counts per reason, lag, rates, and
-        the Kafka producer's delivery/spool counters when one is used.
+        the Kafka producer's delivery/spool counters when one is used, and `tunnels`:
+        packets decapsulated per outermost tunnel kind (vxlan, erspan ...).
 
 The interval runs on event time for captures (packet timestamps: a replayed day yields the
 same documents however fast it is read) and on wall time for live capture. `lag_s` is always

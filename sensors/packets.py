@@ -8,6 +8,7 @@ of the same length.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import IntEnum
 
 import numpy as np
 
@@ -26,6 +27,24 @@ LINKTYPE_LINUX_SLL2 = 276
 # without branching on the family.
 IP_DTYPE = np.dtype("V16")
 IPV4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
+
+
+class Tunnel(IntEnum):
+    """DecodedPackets.tunnel: the kind of the outermost tunnel a packet was decapsulated
+    from (sensors/decode.py; docs/schema.md and docs/sensor.md list the same codes)."""
+
+    NONE = 0
+    IPIP = 1  # IPv4/IPv6 in IPv4/IPv6 (IP protocols 4 and 41)
+    GRE = 2  # GRE version 0 carrying IPv4, IPv6 or Ethernet (0x6558)
+    ERSPAN = 3  # ERSPAN type I, II or III mirror sessions (GRE 0x88BE / 0x22EB)
+    VXLAN = 4
+    GENEVE = 5
+    GTPU = 6
+
+    @property
+    def label(self) -> str:
+        """The lower-case name used in stats and health documents ("vxlan" ...)."""
+        return self.name.lower()
 
 
 @dataclass
@@ -101,6 +120,14 @@ class DecodedPackets:
     payload_len: np.ndarray  # int32, L4 payload bytes available in `data` (capped by caplen)
     data: np.ndarray  # the batch's uint8 buffer, for payload parsers
     weird: dict[str, int] = field(default_factory=dict)  # damaged-packet counts by reason
+    # uint8 Tunnel code of the outermost tunnel the row was decapsulated from (0: none);
+    # all the columns above then describe the innermost packet (but wirelen/caplen). A
+    # default (all 0) keeps builders of synthetic batches working unchanged.
+    tunnel: np.ndarray = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.tunnel is None:
+            self.tunnel = np.zeros(self.ts_ns.shape[0], dtype=np.uint8)
 
     def __len__(self) -> int:
         return int(self.ts_ns.shape[0])

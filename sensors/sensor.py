@@ -11,12 +11,14 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from pipeline.heap import freeze_startup_heap
 from pipeline.schema import EventBatch
 from sensors.analyzer import build_analyzers
-from sensors.decode import decode
+from sensors.decode import TunnelConfig, decode
 from sensors.flow_table import FlowTable
-from sensors.packets import PacketBatch
+from sensors.packets import PacketBatch, Tunnel
 from sensors.pcap_reader import CaptureDamage, CaptureReader
 
 
@@ -29,15 +31,25 @@ class Sensor:
         self.flow_table = FlowTable(config["flow"], self.observer_name, self.ingress_zone)
         self.analyzers = build_analyzers(config.get("analyzers") or {}, self.observer_name,
                                          self.ingress_zone)
+        self.tunnels = TunnelConfig.from_config(config.get("tunnels"))
         self.stats: Counter[str] = Counter()
+
+    def tunnel_counts(self) -> dict[str, int]:
+        """Packets decapsulated so far, by the kind of their outermost tunnel ("vxlan" ...)."""
+        return {k.removeprefix("tunnel."): v for k, v in self.stats.items()
+                if k.startswith("tunnel.")}
 
     def process(self, batch: PacketBatch) -> list[EventBatch]:
         """Events completed by this batch of packets (flows that ended, DNS messages)."""
-        decoded = decode(batch)
+        decoded = decode(batch, self.tunnels)
         self.stats["packets"] += len(decoded)
         self.stats["bytes"] += int(decoded.wirelen.sum(dtype="uint64"))
         for reason, count in decoded.weird.items():
             self.stats[f"weird.{reason}"] += count
+        if decoded.tunnel.any():  # one pass over a byte column when there are none
+            for code, count in enumerate(np.bincount(decoded.tunnel)):
+                if code and count:
+                    self.stats[f"tunnel.{Tunnel(code).label}"] += int(count)
         out: list[EventBatch] = []
         for analyzer in self.analyzers:
             out.extend(analyzer.process(decoded))
@@ -78,6 +90,7 @@ class CaptureResult:
     error: str | None = None  # the file could not be read at all (CaptureError)
     damage: CaptureDamage | None = None  # reading stopped early here
     warnings: list[str] = field(default_factory=list)
+    tunnels: dict[str, int] = field(default_factory=dict)  # packets decapsulated, per kind
 
 
 def capture_events(
@@ -100,6 +113,7 @@ def capture_events(
     size = os.path.getsize(path)
     for events in sensor.flush_chunks():  # pieces: see Sensor.flush_chunks
         yield size, events
+    result.tunnels.update(sensor.tunnel_counts())
     result.warnings.extend(
         f"{path}: {count} packets with {key.removeprefix('weird.')}"
         for key, count in sorted(sensor.stats.items())

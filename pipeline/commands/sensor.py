@@ -201,6 +201,7 @@ class SensorService:
             analyzer_stats.update({k: int(v) for k, v in analyzer.stats.items()})
         if analyzer_stats:
             extra["analyzers"] = analyzer_stats
+        extra["tunnels"] = self.sensor.tunnel_counts()  # packets decapsulated, per kind
         if self.producer is not None:
             extra["producer"] = self.producer.metrics_snapshot()
         return self.health.report(counters, self.events, weird, self.newest_ns, extra)
@@ -327,11 +328,14 @@ def cmd_sensor_run(args: argparse.Namespace) -> int:
             log("producer_closed", acknowledged=acknowledged, **metrics)
         if hasattr(source, "close"):
             source.close()
+    tunnels = service.sensor.tunnel_counts()
     log("stop", events=dict(service.events), packets=int(service.sensor.stats.get("packets", 0)),
-        health_documents=service.health_docs)
+        health_documents=service.health_docs, tunnels=tunnels)
     if not args.quiet:
         counts = ", ".join(f"{n} {k}" for k, n in sorted(service.events.items())) or "no events"
         print(f"{int(service.sensor.stats.get('packets', 0))} packets -> {counts}")
+        if tunnels:
+            print("decapsulated: " + ", ".join(f"{n} {k}" for k, n in sorted(tunnels.items())))
     if getattr(source, "input_errors", 0):
         return EXIT_INPUT
     return EXIT_OK
