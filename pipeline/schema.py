@@ -266,6 +266,17 @@ HTTP = EventKind(
     finish=_finish_with("http", "http_request"),
 )
 
+_finish_tls_handshake = _finish_with("tls", "tls_handshake")
+
+
+def _finish_tls(doc: dict, row: dict) -> None:
+    """As the other protocol kinds; a handshake read from QUIC Initials says so in
+    network.protocol (its network.transport is udp)."""
+    _finish_tls_handshake(doc, row)
+    if row.get("quic_version"):
+        doc["network"]["protocol"] = "quic"
+
+
 TLS = EventKind(
     name="tls",
     fields=COMMON
@@ -291,11 +302,23 @@ TLS = EventKind(
         _f("cert_issuer", OBJ, "tls.server.issuer", "leaf certificate issuer DN",
            omit_empty=True),
         _f("established", np.bool_, "tls.established", "handshake completed"),
+        # Optional (added in place, schema version 1): set on handshakes seen in QUIC
+        # Initial packets (sensors/quic.py), empty for TLS over TCP.
+        _f("quic_version", OBJ, "cirtsa.quic.version",
+           "QUIC version of the connection (1, 2); empty: TLS over TCP", omit_empty=True,
+           optional=True),
+        _f("quic_client_initial_dcid", OBJ, "cirtsa.quic.client_initial_dcid",
+           "QUIC: Destination Connection ID of the client's first Initial (hex)",
+           omit_empty=True, optional=True),
+        _f("quic_client_scid", OBJ, "cirtsa.quic.client_scid",
+           "QUIC: the client's Source Connection ID (hex)", omit_empty=True, optional=True),
+        _f("quic_server_scid", OBJ, "cirtsa.quic.server_scid",
+           "QUIC: the server's Source Connection ID (hex)", omit_empty=True, optional=True),
     ),
     event_category=("network",),
     event_type=("protocol", "connection"),
     dataset="cirtsa.tls",
-    finish=_finish_with("tls", "tls_handshake"),
+    finish=_finish_tls,
 )
 
 SSH = EventKind(

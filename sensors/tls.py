@@ -1126,15 +1126,17 @@ def ja4_alpn(alpn: list[bytes]) -> str:
     return text[0] + text[-1]
 
 
-def ja4_parts(hello: ClientHello) -> tuple[str, str, str]:
-    """(JA4_a, JA4_r cipher list, JA4_r extension_sigalg list) for TLS over TCP."""
+def ja4_parts(hello: ClientHello, transport: str = "t") -> tuple[str, str, str]:
+    """(JA4_a, JA4_r cipher list, JA4_r extension_sigalg list); `transport` is JA4's first
+    character: "t" TLS over TCP, "q" QUIC."""
     versions = [v for v in hello.supported_versions if not is_grease(v)]
     version = max(versions) if versions else hello.version
     ciphers = [c for c in hello.ciphers if not is_grease(c)]
     extensions = [e for e in hello.extensions if not is_grease(e)]
-    a = "t{}{}{:02d}{:02d}{}".format(JA4_VERSIONS.get(version, "00"), "d" if hello.has_sni else "i",
-                                     min(len(ciphers), 99), min(len(extensions), 99),
-                                     ja4_alpn(hello.alpn))
+    a = "{}{}{}{:02d}{:02d}{}".format(transport, JA4_VERSIONS.get(version, "00"),
+                                      "d" if hello.has_sni else "i",
+                                      min(len(ciphers), 99), min(len(extensions), 99),
+                                      ja4_alpn(hello.alpn))
     cipher_list = ",".join(sorted(f"{c:04x}" for c in ciphers))
     ext_list = ",".join(sorted(f"{e:04x}" for e in extensions if e not in (EXT_SNI, EXT_ALPN)))
     sig_algs = [s for s in hello.sig_algs if not is_grease(s)]
@@ -1143,9 +1145,10 @@ def ja4_parts(hello: ClientHello) -> tuple[str, str, str]:
     return a, cipher_list, ext_list
 
 
-def ja4(hello: ClientHello) -> str:
-    """FoxIO JA4 (TLS over TCP): a_b_c; b/c are 12-hex sha256 prefixes, 000000000000 if empty."""
-    a, cipher_list, ext_list = ja4_parts(hello)
+def ja4(hello: ClientHello, transport: str = "t") -> str:
+    """FoxIO JA4: a_b_c; b/c are 12-hex sha256 prefixes, 000000000000 if empty. `transport`:
+    "t" TLS over TCP, "q" QUIC."""
+    a, cipher_list, ext_list = ja4_parts(hello, transport)
     has_extensions = any(e not in (EXT_SNI, EXT_ALPN) and not is_grease(e)
                          for e in hello.extensions)
     b = _sha12(cipher_list) if cipher_list else "000000000000"
@@ -1695,8 +1698,8 @@ class TlsAnalyzer(Analyzer):
         self._count("tls_handshakes", int(at.size))
         columns = endpoint_columns_at(batch, at, ts, self.observer_name, self.ingress_zone)
         tls_columns = event_columns(parsed, at, self._known)
-        for spec in TLS.fields:  # the schema's column order
-            if spec.column not in columns:
+        for spec in TLS.fields:  # the schema's column order; EventBatch fills the optional
+            if spec.column not in columns and not spec.optional:
                 columns[spec.column] = tls_columns[spec.column]
         return [EventBatch(TLS.name, columns)]
 

@@ -364,5 +364,6 @@ class ReferenceTlsAnalyzer(TlsAnalyzer):
         chunks_done = [c for c, _ in done]
         ts = [c.first_ts[0] if c.first_ts[0] >= 0 else c.start_ts for c in chunks_done]
         columns = endpoint_columns(chunks_done, ts, self.observer_name, self.ingress_zone)
-        columns.update(kind_columns(TLS, [row for _, row in done], skip=columns))
+        skip = columns | dict.fromkeys(TLS.optional_columns)  # EventBatch fills those
+        columns.update(kind_columns(TLS, [row for _, row in done], skip=skip))
         return [EventBatch(TLS.name, columns)]
