@@ -15,7 +15,8 @@ from scapy.layers.inet6 import (
     IPv6ExtHdrHopByHop,
     IPv6ExtHdrRouting,
 )
-from scapy.layers.l2 import ARP, CookedLinux, CookedLinuxV2, Dot1AD, Dot1Q, Ether
+from scapy.layers.l2 import ARP, GRE, CookedLinux, CookedLinuxV2, Dot1AD, Dot1Q, Ether
+from scapy.layers.vxlan import VXLAN
 
 from sensors.decode import decode, decode_columnwise
 from sensors.packets import DecodedPackets, PacketBatch
@@ -44,6 +45,16 @@ TEMPLATES: list[tuple[bytes, int]] = [
     (bytes(Ether() / IPv6() / ICMPv6EchoRequest() / b"echo"), 1),
     (bytes(Ether() / IP(proto=47) / b"gre-ish payload"), 1),
     (bytes(Ether() / IP(len=20) / UDP() / b"past the IP length"), 1),
+    # tunnels (sensors.decode._decapsulate): the inner frame is decoded again
+    (bytes(Ether() / IP() / GRE(key_present=1) / V4 / b"in gre"), 1),
+    (bytes(Ether() / IP() / GRE(seqnum_present=1, proto=0x88BE) / (b"\x10" + bytes(7))
+           / Ether() / Dot1Q(vlan=3) / V4), 1),
+    (bytes(Ether() / IP() / UDP(dport=4789) / VXLAN() / Ether() / IPv6() / UDP() / b"x"), 1),
+    (bytes(Ether() / IPv6() / UDP(dport=6081) / b"\x01\x00\x65\x58\x00\x00\x01\x00"
+           / bytes(4) / Ether() / ARP()), 1),
+    (bytes(Ether() / IP() / UDP(dport=2152) / b"\x34\xff\x00\x30\x00\x00\x00\x01\x00\x00\x00\x85"
+           / b"\x01\x00\x00\x00" / V4), 1),
+    (bytes(IP() / IP() / UDP(dport=4789) / VXLAN() / Ether() / IP() / GRE() / V4), 101),
 ]
 
 
@@ -126,6 +137,41 @@ def test_truncated_and_mutated_valid_frames(specs):
                 raw[pos] = value
         frames.append(bytes(raw))
         lts.append(lt)
+    batch = batch_from_frames(frames, linktype=lts)
+    decoded = decode(batch)
+    check_invariants(batch, decoded)
+    check_rows_independent(frames, lts, decoded)
+    check_same_as_columnwise(batch, decoded)
+
+
+# Tunnel headers around random bytes: flags, versions, lengths and protocol fields drawn too.
+tunnel_headers = st.one_of(
+    st.tuples(st.just(47), st.binary(min_size=4, max_size=24)),  # GRE (+ ERSPAN)
+    st.tuples(st.just(47), st.tuples(st.integers(0, 0xFFFF), st.sampled_from(
+        [0x0800, 0x86DD, 0x6558, 0x88BE, 0x22EB])).map(lambda t: t[0].to_bytes(2, "big")
+                                                      + t[1].to_bytes(2, "big"))),
+    st.tuples(st.just(4789), st.binary(min_size=0, max_size=8)),
+    st.tuples(st.just(6081), st.binary(min_size=0, max_size=12)),
+    st.tuples(st.just(2152), st.binary(min_size=0, max_size=20)),
+    st.tuples(st.sampled_from([4, 41]), st.just(b"")),
+)
+
+
+def _tunnel_frame(header: tuple[int, bytes], inner: bytes) -> bytes:
+    kind, head = header
+    outer = Ether(dst="02:00:00:00:00:02") / IP(src="192.0.2.1", dst="192.0.2.2")
+    if kind in (4, 41, 47):
+        outer[IP].proto = kind
+        return bytes(outer / (head + inner))
+    return bytes(outer / UDP(sport=7, dport=kind) / (head + inner))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(tunnel_headers, st.binary(max_size=80), st.integers(0, 200)),
+                min_size=1, max_size=10))
+def test_random_bytes_in_tunnel_headers(packets):
+    frames = [_tunnel_frame(header, inner)[:cut] for header, inner, cut in packets]
+    lts = [1] * len(frames)
     batch = batch_from_frames(frames, linktype=lts)
     decoded = decode(batch)
     check_invariants(batch, decoded)
