@@ -40,6 +40,7 @@ from sensors.sensor import Sensor
 
 H = bytes.fromhex
 CLIENT, SERVER = ("192.0.2.1", 50000), ("198.51.100.2", 443)
+MACS = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}  # given: scapy would ARP
 MERLIN = "c2_beaconing/zeek__merlinc2_quic.pcapng"
 
 
@@ -82,8 +83,9 @@ def frame(payload: bytes, *, to_server: bool = True, sport: int | None = None) -
     (cip, cport), (sip, sport_) = CLIENT, SERVER
     cport = sport or cport
     if to_server:
-        return bytes(Ether() / IP(src=cip, dst=sip) / UDP(sport=cport, dport=sport_) / payload)
-    return bytes(Ether() / IP(src=sip, dst=cip) / UDP(sport=sport_, dport=cport) / payload)
+        return bytes(Ether(**MACS) / IP(src=cip, dst=sip) / UDP(sport=cport, dport=sport_)
+                     / payload)
+    return bytes(Ether(**MACS) / IP(src=sip, dst=cip) / UDP(sport=sport_, dport=cport) / payload)
 
 
 def run(frames: list[bytes], analyzer: QuicAnalyzer | None = None, step_ns: int = 1_000_000
@@ -327,7 +329,7 @@ def test_crypto_bytes_are_bounded_per_connection():
 
 def test_dns_and_random_udp_on_443_are_not_quic():
     rng = np.random.default_rng(7)
-    frames = [bytes(Ether() / IP(src="192.0.2.9", dst="192.0.2.53") / UDP(sport=443, dport=53)
+    frames = [bytes(Ether(**MACS) / IP(src="192.0.2.9", dst="192.0.2.53") / UDP(sport=443, dport=53)
                     / DNS(rd=1, qd=DNSQR(qname="example.com")))]
     frames += [frame(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
                for size in (0, 1, 7, 30, 1200, 1350)]
