@@ -16,6 +16,7 @@ from conftest import assert_ecs
 from kafka_fixtures import consume, consumer, unique
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
+from scapy.layers.vxlan import VXLAN
 from scapy.utils import wrpcap
 
 from pipeline.cli import main
@@ -225,3 +226,27 @@ def test_live_service_on_lo_writes_flows_on_sigterm(tmp_path):
     docs = [orjson.loads(line) for line in out.read_bytes().splitlines()]
     flows = [d for d in docs if d["event"]["dataset"] == "cirtsa.flow"]
     assert [(f["destination"]["port"], f["source"]["packets"]) for f in flows] == [(port, 3)]
+
+
+def test_tunnel_counts_in_health_stop_and_summary(tmp_path, capsys):
+    """Decapsulated packets per kind: in the health document, the stop log and the summary."""
+    packets = []
+    for i in range(3):
+        p = (Ether(**MACS) / IP(src="192.0.2.1", dst="192.0.2.2") / UDP(sport=5, dport=4789)
+             / VXLAN(vni=1) / Ether(**MACS) / IP(src="10.0.0.1", dst="10.0.0.2")
+             / UDP(sport=5000, dport=9999))
+        p.time = T0 + i
+        packets.append(p)
+    path = tmp_path / "vxlan.pcap"
+    wrpcap(str(path), packets)
+    assert main(["sensor", "run", "--pcap", str(path), "--out", str(tmp_path / "o.ndjson")]) == 0
+    captured = capsys.readouterr()
+    logs = log_lines(captured.err)
+    health = [e["health"] for e in logs if e["event"] == "health"]
+    assert health[-1]["tunnels"] == {"vxlan": 3}
+    assert logs[-1]["event"] == "stop" and logs[-1]["tunnels"] == {"vxlan": 3}
+    assert "decapsulated: 3 vxlan" in captured.out
+    docs = [orjson.loads(line) for line in (tmp_path / "o.ndjson").read_bytes().splitlines()]
+    assert [d["source"]["ip"] for d in docs] == ["10.0.0.1"]  # the inner flow
+    assert main(["events", str(path), "--out", str(tmp_path / "e.ndjson")]) == 0
+    assert f"note: {path}: tunnelled packets decapsulated: 3 vxlan" in capsys.readouterr().err
