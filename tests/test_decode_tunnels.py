@@ -18,12 +18,13 @@ from scapy.contrib.gtp import GTP_U_Header
 from scapy.layers.dns import DNS, DNSQR, DNSRR
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
-from scapy.layers.l2 import GRE, Dot1Q, Ether
+from scapy.layers.l2 import ARP, GRE, Dot1Q, Ether
 from scapy.layers.vxlan import VXLAN
 from scapy.packet import Raw
 from scapy.utils import wrpcap
 from test_core_fused_decode import check_batches
 from test_decode_fuzz import COLUMNS, check_invariants, check_rows_independent
+from test_tls import GREASE_HELLO
 
 from pipeline.config import load_config
 from sensors.decode import DEFAULT_TUNNELS, TunnelConfig, decode, decode_columnwise
@@ -149,6 +150,16 @@ def test_inner_ipv6_in_gre():
     assert decoded.tunnel[0] == Tunnel.GRE and decoded.ip_version[0] == 6
     assert ip_column_to_str(decoded.src_ip) == ["2001:db8:1::1"]
     assert decoded.dst_port[0] == 443 and decoded.ethertype[0] == 0x86DD
+
+
+def test_inner_arp_frame():
+    arp = ARP(psrc="10.0.0.1", pdst="10.0.0.2")
+    frame = bytes(OUTER / UDP(sport=5, dport=4789) / VXLAN() / Ether(**MAC) / arp)
+    decoded = decode(batch_from_frames([frame]))
+    assert decoded.tunnel[0] == Tunnel.VXLAN and decoded.ethertype[0] == 0x0806
+    assert decoded.ip_version[0] == 0 and decoded.vlan[0] == 0
+    start = decoded.payload_offset[0]
+    assert decoded.data[start:start + decoded.payload_len[0]].tobytes() == bytes(arp)
 
 
 def test_nested_tunnels_and_the_depth_bound():
@@ -331,6 +342,24 @@ def test_sensor_emits_the_inner_traffic(tmp_path, kind):
     assert events["http"]["host"].tolist() == ["inner.example"]
     assert sensor.tunnel_counts() == {WRAPPERS[kind][1].label: 6}
     assert not any(k.startswith("weird.") for k in sensor.stats)
+
+
+@pytest.mark.parametrize("kind", ["erspan2", "gre_teb", "gtpu", "ip4in6", "vxlan"])
+def test_sensor_emits_the_inner_tls_client_hello(tmp_path, kind):
+    wrap = WRAPPERS[kind][0]
+    hello = [IP(src=CLIENT, dst=SERVER) / TCP(sport=41000, dport=8443, flags="S", seq=1),
+             IP(src=SERVER, dst=CLIENT) / TCP(sport=8443, dport=41000, flags="SA", seq=9, ack=2),
+             IP(src=CLIENT, dst=SERVER) / TCP(sport=41000, dport=8443, flags="A", seq=2, ack=10),
+             IP(src=CLIENT, dst=SERVER) / TCP(sport=41000, dport=8443, flags="PA", seq=2, ack=10)
+             / GREASE_HELLO]
+    packets = [Ether(bytes(wrap(ip))) for ip in hello]
+    for i, packet in enumerate(packets):
+        packet.time = 1_700_000_000 + i * 0.01
+    path = tmp_path / "tls.pcap"
+    wrpcap(str(path), packets)
+    events, _ = sensor_events(path)
+    assert events["tls"]["server_name"].tolist() == ["example.org"]
+    assert ip_column_to_str(events["tls"]["src_ip"]) == [CLIENT]
 
 
 def test_sensor_with_tunnels_off_sees_the_tunnel_flow(tmp_path):
