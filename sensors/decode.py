@@ -811,6 +811,10 @@ def _decapsulate(gather: _ByteGather, columns: dict[str, np.ndarray],
     # a raw inner packet whose first nibble is no IP version counts nothing in the decode
     _count(weird, "invalid_inner_IP_version", ~ethernet & (ethertype == 0) & (start < end))
     good = rows[decoded]
+    if len(parts) == 1 and good.size == pay_start.shape[0]:  # rows are 0..n-1, all decoded
+        columns.update(inner)  # (a sensor fed by one mirror session: no scatter)
+        columns["tunnel"] = kind.astype(np.uint8)
+        return
     for name, values in inner.items():
         columns[name][good] = values[decoded]
     columns["tunnel"][good] = kind[decoded]  # the outermost kind: overwrites the inner's
@@ -927,8 +931,11 @@ def decode(batch: PacketBatch, tunnels: TunnelConfig = DEFAULT_TUNNELS) -> Decod
         lt = np.asarray(batch.linktype)[rest]
         start, end = _bounds(batch, gather, rest)
         slow = _decode_rows(gather, start, end, lt, weird, tunnels)
-        for name, values in slow.items():
-            columns[name][rest] = values
+        if rest.size == done.shape[0]:  # all rows (a sensor fed by ERSPAN/VXLAN): no merge
+            columns = slow
+        else:
+            for name, values in slow.items():
+                columns[name][rest] = values
     return _packets(batch, columns, weird)
 
 

@@ -144,6 +144,21 @@ def test_inner_columns(kind):
         assert np.array_equal(getattr(decoded, name), getattr(reference, name)), name
 
 
+def test_mixed_batch():
+    """Kinds, damaged tunnels and plain packets in one batch: each row as alone."""
+    kinds = ["vxlan", "gre", "gtpu", "erspan3"]
+    frames = [f for kind in kinds for f in frames_of(kind)[:2]]
+    frames += [bytes(OUTER / UDP(dport=4789) / b"\x08\x00"), bytes(framed(inner_packets()[4]))]
+    decoded = decode(batch_from_frames(frames))
+    codes = [WRAPPERS[k][1] for k in kinds for _ in range(2)] + [0, 0]
+    assert decoded.tunnel.tolist() == codes
+    assert decoded.weird == {"truncated_VXLAN": 1}
+    for i, frame in enumerate(frames):
+        alone = decode(batch_from_frames([frame]))
+        for name in [*COLUMNS, "tunnel"]:
+            assert getattr(alone, name)[0] == getattr(decoded, name)[i], (i, name)
+
+
 def test_inner_ipv6_in_gre():
     inner = IPv6(src="2001:db8:1::1", dst="2001:db8:2::2") / TCP(sport=1, dport=443, flags="S")
     decoded = decode(batch_from_frames([bytes(OUTER / GRE(proto=0x86DD) / inner)]))
