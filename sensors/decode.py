@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.config import ConfigError
 from pipeline.jit import njit
 from sensors.packets import (
     IP_DTYPE,
@@ -599,7 +600,7 @@ def _ports(section: dict, key: str, default: int) -> tuple[int, ...]:
     values = [value] if isinstance(value, int) else value
     if not isinstance(values, list | tuple) or not all(
             isinstance(p, int) and not isinstance(p, bool) and 0 < p <= 0xFFFF for p in values):
-        raise ValueError(f"sensor.tunnels.{key}: a list of UDP ports (1-65535), got {value!r}")
+        raise ConfigError(f"sensor.tunnels.{key}: a list of UDP ports (1-65535), got {value!r}")
     return tuple(sorted(set(values)))
 
 
@@ -615,20 +616,20 @@ class TunnelConfig:
 
     @classmethod
     def from_config(cls, section: dict | None) -> TunnelConfig:
-        """The `sensor.tunnels` section (None or {}: the defaults); ValueError if malformed."""
+        """The `sensor.tunnels` section (None or {}: the defaults); ConfigError if malformed."""
         section = section or {}
         enabled = section.get("enabled", True)
         depth = section.get("max_depth", MAX_TUNNEL_DEPTH)
         if not isinstance(enabled, bool):
-            raise ValueError(f"sensor.tunnels.enabled: true or false, got {enabled!r}")
+            raise ConfigError(f"sensor.tunnels.enabled: true or false, got {enabled!r}")
         if not isinstance(depth, int) or isinstance(depth, bool) or not 1 <= depth <= 8:
-            raise ValueError(f"sensor.tunnels.max_depth: 1-8 tunnel levels, got {depth!r}")
+            raise ConfigError(f"sensor.tunnels.max_depth: 1-8 tunnel levels, got {depth!r}")
         config = cls(enabled, _ports(section, "vxlan_ports", VXLAN_PORT),
                      _ports(section, "geneve_ports", GENEVE_PORT),
                      _ports(section, "gtpu_ports", GTPU_PORT), depth)
         sets = (config.vxlan_ports, config.geneve_ports, config.gtpu_ports)
         if sum(len(p) for p in sets) != len(set().union(*sets)):
-            raise ValueError("sensor.tunnels: a UDP port is in more than one tunnel port list")
+            raise ConfigError("sensor.tunnels: a UDP port is in more than one tunnel port list")
         return config
 
     def extra_ports(self) -> np.ndarray:

@@ -26,7 +26,8 @@ from test_core_fused_decode import check_batches
 from test_decode_fuzz import COLUMNS, check_invariants, check_rows_independent
 from test_tls import GREASE_HELLO
 
-from pipeline.config import load_config
+from pipeline.cli import main
+from pipeline.config import ConfigError, load_config
 from sensors.decode import DEFAULT_TUNNELS, TunnelConfig, decode, decode_columnwise
 from sensors.packets import Tunnel, ip_column_to_str
 from sensors.pcap_reader import CaptureReader
@@ -236,8 +237,16 @@ def test_configured_ports():
     {"geneve_ports": [4789]},  # in two lists
 ])
 def test_config_is_checked(section):
-    with pytest.raises(ValueError, match="sensor.tunnels"):
+    with pytest.raises(ConfigError, match="sensor.tunnels"):
         TunnelConfig.from_config(section)
+
+
+def test_bad_config_is_a_usage_error(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("sensor: {tunnels: {vxlan_ports: [70000]}}\n")
+    path = write_capture(tmp_path, "vxlan")
+    assert main(["events", str(path), "--config", str(config), "--out", str(tmp_path / "o")]) == 2
+    assert "sensor.tunnels.vxlan_ports" in capsys.readouterr().err
 
 
 def test_default_config_is_the_decoder_default():
