@@ -6,9 +6,11 @@ ClientHello and ServerHello in CRYPTO frames, protected with keys every observer
 from the Destination Connection ID of the client's first Initial (RFC 9001 section 5.2;
 QUIC version 2, RFC 9369, has its own salt, labels and Initial type bits). So the sensor:
 
-1. picks, in one compiled pass over the batch's columns, the UDP rows whose payload starts
-   a long-header packet (form and fixed bits set) of version 1 or 2 and type Initial
-   (`initial_rows`); a batch without QUIC costs that pass and nothing else;
+1. picks, in one compiled pass over the batch's columns, the UDP datagrams of at least
+   1200 bytes (RFC 9000 section 14.1: every datagram carrying a client Initial, or a
+   server Initial with CRYPTO data, is padded to that) whose payload starts a long-header
+   packet (form and fixed bits set) of version 1 or 2 and type Initial (`initial_rows`); a
+   batch without QUIC costs that pass and nothing else;
 2. per selected datagram (Python: a connection sends a few Initials), walks the coalesced
    packets by their Length field and, for each Initial, removes header protection
    (AES-128-ECB mask over a 16-byte sample) and decrypts the payload (AES-128-GCM, the
@@ -77,6 +79,9 @@ UDP = 17
 MAX_CID = 20  # RFC 9000 section 17.2: connection IDs of versions 1 and 2 are at most 20 bytes
 SAMPLE = 16  # header protection sample bytes (AES)
 MAX_PACKETS_PER_DATAGRAM = 8  # coalesced packets read from one datagram
+# The smallest IP datagram (IPv4 header + UDP header + 1200 bytes) a datagram with an Initial
+# comes in (RFC 9000 section 14.1; see initial_rows).
+MIN_IP_DATAGRAM = 20 + 8 + 1200
 
 
 @dataclass(frozen=True)
@@ -103,22 +108,32 @@ VERSIONS = {
 
 
 @njit
-def initial_rows(transport: np.ndarray, payload_offset: np.ndarray, payload_len: np.ndarray,
-                 data: np.ndarray) -> tuple[np.ndarray, int]:
+def initial_rows(transport: np.ndarray, ip_total_len: np.ndarray, payload_offset: np.ndarray,
+                 payload_len: np.ndarray, data: np.ndarray) -> tuple[np.ndarray, int]:
     """(rows whose UDP payload starts a v1/v2 long-header Initial, count of rows that start
-    another v1/v2 long-header packet: 0-RTT, Handshake, Retry). One pass; a non-UDP row
-    costs one byte compare."""
+    another v1/v2 long-header packet: 0-RTT, Handshake, Retry).
+
+    Only datagrams of at least 1200 bytes on the wire are read: a client pads every datagram
+    that carries an Initial to 1200 bytes and a server every one whose Initial carries
+    CRYPTO data (RFC 9000 section 14.1; a server drops smaller client Initials). So the
+    first pass reads two columns per row, branch-free (such datagrams are rare and come at
+    random), and only those few rows' payload bytes are read: reading the first byte of
+    every UDP payload (DNS, mostly) missed the cache on nearly each one."""
     n = transport.shape[0]
-    out = np.empty(n, np.int64)
+    big = np.empty(n, np.int64)
     k = 0
+    for i in range(n):
+        big[k] = i
+        k += (transport[i] == UDP) & (ip_total_len[i] >= MIN_IP_DATAGRAM)
+    out = np.empty(k, np.int64)
+    m = 0
     other = 0
     size = data.shape[0]
-    for i in range(n):
-        if transport[i] != UDP or payload_len[i] < 7:
-            continue
+    for j in range(k):
+        i = big[j]
         at = payload_offset[i]
-        if at < 0 or at + 5 > size:
-            continue
+        if payload_len[i] < 7 or at < 0 or at + 5 > size:
+            continue  # cut by the capture's snap length before the version
         first = data[at]
         if first & 0xC0 != 0xC0:
             continue
@@ -132,11 +147,11 @@ def initial_rows(transport: np.ndarray, payload_offset: np.ndarray, payload_len:
         else:
             continue
         if initial:
-            out[k] = i
-            k += 1
+            out[m] = i
+            m += 1
         else:
             other += 1
-    return out[:k], other
+    return out[:m], other
 
 
 # --- keys and packet protection ---------------------------------------------------------------
@@ -404,7 +419,7 @@ class Connection:
     odcid: bytes  # the DCID of the client's first Initial: every Initial key derives from it
     client_scid: bytes
     client: Keys
-    server: Keys
+    server_secret: bytes
     streams: tuple[CryptoStream, CryptoStream]  # client, server
     first_ts: int
     last_ts: int
@@ -419,6 +434,14 @@ class Connection:
     held: int = 0  # CRYPTO bytes held (both directions)
     client_hello: bytes = field(default=b"", repr=False)
     server_hello: bytes = field(default=b"", repr=False)
+    _server: Keys | None = field(default=None, repr=False)
+
+    @property
+    def server(self) -> Keys:
+        """The server's Initial keys, made when its first Initial comes."""
+        if self._server is None:
+            self._server = Keys(self.server_secret, self.version)
+        return self._server
 
 
 def handshake_record(message: bytes) -> bytes:
@@ -477,8 +500,8 @@ class QuicAnalyzer(Analyzer):
         if not len(packets):
             return []
         data = packets.data.reshape(-1)
-        rows, other = initial_rows(packets.transport, packets.payload_offset,
-                                   packets.payload_len, _read_only(data))
+        rows, other = initial_rows(packets.transport, packets.ip_total_len,
+                                   packets.payload_offset, packets.payload_len, _read_only(data))
         self._count("quic_other_long_header", int(other))
         for row in rows.tolist():
             self._datagram(packets, row, data)
@@ -552,8 +575,9 @@ class QuicAnalyzer(Analyzer):
         """A client Initial of a connection not held (or started over): decrypts with keys
         of its own DCID, else it is counted and dropped (a server Initial whose client was
         not seen, damage, or not QUIC at all)."""
-        client, server = connection_keys(header.dcid, header.version)
-        plain = unprotect(packet, header.pn_offset, client)
+        client_secret, server_secret = initial_secrets(header.dcid, header.version)
+        client = Keys(client_secret, header.version)  # the server's when it answers: most
+        plain = unprotect(packet, header.pn_offset, client)  # of the cost is making them
         if plain is None:
             self._count("quic_decrypt_failed")
             return
@@ -564,7 +588,7 @@ class QuicAnalyzer(Analyzer):
             self._release(old)
         vlan, cip, cport, sip, sport = forward
         limit = self.max_bytes_per_conn
-        conn = Connection(header.version, header.dcid, header.scid, client, server,
+        conn = Connection(header.version, header.dcid, header.scid, client, server_secret,
                           (CryptoStream(limit), CryptoStream(limit)), ts, ts, vlan, cip, cport,
                           sip, sport)
         self._count("quic_connections")

@@ -80,12 +80,21 @@ def crypto(offset: int, data: bytes) -> bytes:
 
 
 def frame(payload: bytes, *, to_server: bool = True, sport: int | None = None) -> bytes:
+    """An Ethernet frame with `payload` in a UDP datagram padded to 1200 bytes, as RFC 9000
+    section 14.1 has datagrams with Initials padded (the sensor reads no smaller ones)."""
+    payload += bytes(max(0, 1200 - len(payload)))
     (cip, cport), (sip, sport_) = CLIENT, SERVER
     cport = sport or cport
     if to_server:
         return bytes(Ether(**MACS) / IP(src=cip, dst=sip) / UDP(sport=cport, dport=sport_)
                      / payload)
     return bytes(Ether(**MACS) / IP(src=sip, dst=cip) / UDP(sport=sport_, dport=cport) / payload)
+
+
+def snapped(frame_bytes: bytes, payload_bytes: int) -> bytes:
+    """The frame as a capture with a short snap length keeps it: the first `payload_bytes`
+    bytes of its UDP payload (its IP header still gives the full length)."""
+    return frame_bytes[: 14 + 20 + 8 + payload_bytes]
 
 
 def run(frames: list[bytes], analyzer: QuicAnalyzer | None = None, step_ns: int = 1_000_000
@@ -358,15 +367,26 @@ def test_mutated_initials_never_raise(flips, cut):
     for at, value in flips:
         packet[at] = value
     analyzer = QuicAnalyzer({"max_connections": 2, "max_bytes_per_conn": 512}, "s", "z")
-    docs, analyzer = run([frame(bytes(packet[:cut])), frame(bytes(packet)),
-                          frame(bytes(packet), to_server=False)], analyzer)
+    docs, analyzer = run([snapped(frame(bytes(packet)), cut), frame(bytes(packet)),
+                          frame(bytes(packet[:cut]), to_server=False)], analyzer)
     assert len(docs) <= 1 and not analyzer.connections and analyzer.held == 0
 
 
 def test_every_truncation_is_counted_not_raised():
+    """The client Initial cut by the capture at every length: counted, never raised."""
     analyzer = QuicAnalyzer({}, "s", "z")
-    frames = [frame(VALID[:cut], sport=1024 + cut) for cut in range(len(VALID))]
+    frames = [snapped(frame(VALID, sport=1024 + cut), cut) for cut in range(len(VALID))]
     docs, analyzer = run(frames, analyzer)
     assert docs == [] and not analyzer.connections
-    # shorter than 7 bytes: not even picked by the prefilter
+    # shorter than 7 bytes: not even picked by the prefilter (no version to read)
     assert analyzer.stats == {"quic_truncated": len(VALID) - 7}
+
+
+def test_datagrams_under_1200_bytes_are_not_read():
+    """RFC 9000 section 14.1: Initials come in datagrams of 1200 bytes or more; the
+    prefilter reads no smaller UDP payload (the RFC's 135-byte server Initial alone)."""
+    small = bytes(Ether(**MACS) / IP(src=SERVER[0], dst=CLIENT[0])
+                  / UDP(sport=SERVER[1], dport=CLIENT[1]) / H(vec.V1_SERVER))
+    docs, analyzer = run([frame(H(vec.V1_CLIENT)), small])
+    assert len(docs) == 1 and "cipher" not in docs[0]["tls"]
+    assert analyzer.stats["quic_initials_decrypted"] == 1
