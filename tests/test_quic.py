@@ -282,6 +282,17 @@ def test_crafted_rfc_capture_agrees_with_tshark(tmp_path, version):
     assert expected["50000"]["sni"] == "example.com"
 
 
+def test_coalesced_packets_follow_the_length_field():
+    """A server datagram with its Initial and a Handshake packet after it (as servers send
+    them): the Initial is read, the Handshake packet counted and skipped."""
+    handshake = (bytes([0xE0]) + QUIC_V1.to_bytes(4, "big") + b"\x00\x08" + bytes(8)
+                 + (0x4000 | 60).to_bytes(2, "big") + bytes(60))
+    docs, analyzer = run([frame(H(vec.V1_CLIENT)),
+                          frame(H(vec.V1_SERVER) + handshake, to_server=False)])
+    assert len(docs) == 1 and docs[0]["tls"]["cipher"] == "TLS_AES_128_GCM_SHA256"
+    assert analyzer.stats["quic_other_long_header"] == 1
+
+
 # --- CRYPTO reassembly --------------------------------------------------------------------------
 
 def split_hello(order: tuple[int, ...]) -> list[bytes]:
@@ -367,9 +378,16 @@ def test_mutated_initials_never_raise(flips, cut):
     for at, value in flips:
         packet[at] = value
     analyzer = QuicAnalyzer({"max_connections": 2, "max_bytes_per_conn": 512}, "s", "z")
-    docs, analyzer = run([snapped(frame(bytes(packet)), cut), frame(bytes(packet)),
-                          frame(bytes(packet[:cut]), to_server=False)], analyzer)
-    assert len(docs) <= 1 and not analyzer.connections and analyzer.held == 0
+    frames = [snapped(frame(bytes(packet)), cut), frame(bytes(packet)),
+              frame(bytes(packet[:cut]), to_server=False), frame(VALID, sport=1)]
+    out = analyzer.process(decode(batch_from_frames(frames)))
+    assert len(analyzer.connections) <= 2 and 0 <= analyzer.held <= 2 * 2 * 512
+    assert all(c.held <= 2 * 512 for c in analyzer.connections.values())
+    out += analyzer.flush()
+    for batch in out:
+        validate_batch(batch)
+    assert 1 <= sum(len(b) for b in out) <= 2  # the valid one, and at most the mutated one
+    assert not analyzer.connections and analyzer.held == 0
 
 
 def test_every_truncation_is_counted_not_raised():
