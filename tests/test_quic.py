@@ -408,3 +408,10 @@ def test_datagrams_under_1200_bytes_are_not_read():
     docs, analyzer = run([frame(H(vec.V1_CLIENT)), small])
     assert len(docs) == 1 and "cipher" not in docs[0]["tls"]
     assert analyzer.stats["quic_initials_decrypted"] == 1
+
+
+def test_tls_over_tcp_documents_carry_no_quic_fields():
+    """The optional QUIC columns are empty on TCP rows and left out of their documents."""
+    docs, _ = sensor_tls_docs(shared_pcap("benign/zeek__tls1.2.pcap"))
+    assert docs and all(d["network"]["protocol"] == "tls" and "quic" not in d["cirtsa"]
+                        and d["network"]["transport"] == "tcp" for d in docs)
