@@ -79,6 +79,9 @@ def _report_inputs(report: RunReport) -> None:
             kinds = ", ".join(f"{n} {k}" for k, n in sorted(capture.tunnels.items()))
             print(f"note: {capture.path}: tunnelled packets decapsulated: {kinds}",
                   file=sys.stderr)
+        if capture.defrag.get("fragments"):
+            counts = ", ".join(f"{n} {k}" for k, n in capture.defrag.items())
+            print(f"note: {capture.path}: IP fragments reassembled: {counts}", file=sys.stderr)
     for record in report.deadletter:
         print(f"dead-letter: {record['stage']}: {record['reason']}", file=sys.stderr)
 

@@ -7,7 +7,7 @@ slicing header fields out of the resulting (n, width) byte matrix. A field count
 its bytes lie inside the packet (`cursor + need <= end`); elsewhere it is masked to 0, so a
 damaged packet can never leak bytes of its neighbour into its columns. The only Python
 loops run over header *depth* (VLAN tags, IPv6 extension headers), never over packets.
-The common case (Ethernet, at most one VLAN tag, IPv4/IPv6 without extensions or later
+The common case (Ethernet, at most one VLAN tag, IPv4/IPv6 without extensions or
 fragments, whole TCP/UDP/ICMP headers, plain non-IP frames) is decoded first by one compiled
 pass (_decode_common); only the other rows take the column-wise path, which therefore also
 does all the weird counting. decode_columnwise() is the column-wise path for every row.
@@ -25,6 +25,11 @@ Damaged packets are counted in `weird` (Zeek weird.log style names):
 
 Tunnels: a tunnel row (IP-in-IP, GRE/ERSPAN, VXLAN, Geneve, GTP-U) is decoded again from its
 inner frame and its columns describe the innermost packet; `tunnel` says the outermost kind.
+
+Fragments: IPv4 rows with MF or an offset and IPv6 rows with a Fragment header (not atomic)
+are listed in DecodedPackets.fragments (FragmentRows: key, offset, MF, data range) for the
+sensor's Defragmenter (sensors/defrag.py); None when a batch has none. A fragment inside a
+tunnel is listed as the inner packet's; an outer fragment of a tunnel packet as the outer's.
 
 Payload convention: `payload_offset`/`payload_len` describe the payload of the innermost layer
 that decoded: the L4 payload for TCP/UDP/ICMP, the IP payload for other protocols and for
@@ -52,6 +57,7 @@ from sensors.packets import (
     LINKTYPE_NULL,
     LINKTYPE_RAW,
     DecodedPackets,
+    FragmentRows,
     PacketBatch,
     Tunnel,
 )
@@ -394,6 +400,7 @@ class _Network:
     l4: np.ndarray  # int64 cursor to the transport header
     l4_end: np.ndarray  # int64, end of the IP datagram's bytes in `data` (capped by caplen)
     no_transport_header: np.ndarray  # bool: non-first fragment or unparsable ext chain
+    fragments: list[dict[str, np.ndarray]]  # _fragment_part()s of these rows (local rows)
 
 
 def _decode_ip(
@@ -420,7 +427,8 @@ def _decode_ip(
     _count(weird, "truncated_IP_len", ihl_ok & ~len_ok & (total4 != 0))
     ip4 = len_ok & (ihl <= room)  # options cut by the snaplen
     _count(weird, "truncated_IP", len_ok & ~ip4)
-    later_fragment = ip4 & ((_be16(header, 6) & 0x1FFF) != 0)
+    flags_offset = _be16(header, 6)
+    later_fragment = ip4 & ((flags_offset & 0x1FFF) != 0)
 
     is6 = link.ok & (link.ethertype == ETHERTYPE_IPV6)
     base6 = is6 & (room >= 40)
@@ -436,10 +444,20 @@ def _decode_ip(
     # The datagram ends where its header says, so Ethernet padding is never payload.
     l4_end = np.where(ip4 | ip6, np.minimum(l3 + total_len, end), l3)
     no_transport_header = later_fragment.copy()
-    _walk_ipv6_extensions(gather, ip6, transport, l4, l4_end, no_transport_header, weird)
+    # fragments (first ones too: MF set), for the Defragmenter; usually none
+    frag4 = np.flatnonzero(ip4 & ((flags_offset & 0x3FFF) != 0))
+    fragments = [_fragment_part(
+        frag4, 4, _be16(header[frag4], 4), (flags_offset[frag4] & 0x1FFF) * 8,
+        (flags_offset[frag4] & 0x2000) != 0, header[frag4, 9], l3[frag4], l4[frag4],
+        l4_end[frag4], l3[frag4] + total4[frag4])] if frag4.size else []
+    _walk_ipv6_extensions(gather, ip6, transport, l4, l4_end, no_transport_header, weird,
+                          (l3, l3 + total_len, fragments))
     _count(weird, "ip_fragment", later_fragment)
 
     src_ip, dst_ip = _address_columns(header, ip4, ip6)
+    for part in fragments:  # the key fields of the fragment's own header
+        part["vlan"] = link.vlan[part["row"]]
+        part["src_ip"], part["dst_ip"] = src_ip[part["row"]], dst_ip[part["row"]]
     return _Network(
         version=version,
         src_ip=src_ip,
@@ -449,7 +467,23 @@ def _decode_ip(
         l4=l4,
         l4_end=l4_end,
         no_transport_header=no_transport_header,
+        fragments=fragments,
     )
+
+
+def _fragment_part(rows: np.ndarray, version: int, ident: np.ndarray, offset: np.ndarray,
+                   more: np.ndarray, protocol: np.ndarray, header_offset: np.ndarray,
+                   data_start: np.ndarray, data_end: np.ndarray,
+                   claimed_end: np.ndarray) -> dict[str, np.ndarray]:
+    """FragmentRows columns of some fragment rows (the key's vlan and addresses are added
+    by _decode_ip, the tunnel by _decapsulate)."""
+    return {"row": rows.astype(np.int64), "version": np.full(rows.size, version, np.uint8),
+            "protocol": protocol.astype(np.uint8), "ident": ident.astype(np.uint32),
+            "frag_offset": offset.astype(np.int64), "more": more.astype(bool),
+            "header_offset": header_offset.astype(np.int64),
+            "data_start": data_start.astype(np.int64), "data_end": data_end.astype(np.int64),
+            "claimed_end": claimed_end.astype(np.int64),
+            "tunnel": np.zeros(rows.size, dtype=np.uint8)}
 
 
 def _walk_ipv6_extensions(
@@ -460,8 +494,11 @@ def _walk_ipv6_extensions(
     l4_end: np.ndarray,
     no_transport_header: np.ndarray,
     weird: dict[str, int],
+    fragment_out: tuple[np.ndarray, np.ndarray, list] | None = None,
 ) -> None:
-    """Advance `transport`/`l4` past IPv6 extension headers in place, one level per loop."""
+    """Advance `transport`/`l4` past IPv6 extension headers in place, one level per loop.
+    `fragment_out` (IP header start and claimed datagram end per row, a list): the
+    Fragment headers met are appended to the list as _fragment_part()s."""
     rows = np.flatnonzero(ip6 & _is_any(transport, IPV6_EXT_HEADERS))
     for _ in range(MAX_IPV6_EXT_HEADERS):
         if rows.size == 0:
@@ -479,7 +516,17 @@ def _walk_ipv6_extensions(
             8,
             np.where(kind == IPV6_EXT_AH, (length_field + 2) * 4, (length_field + 1) * 8),
         )
-        later_fragment = fits & (kind == IPV6_EXT_FRAGMENT) & ((_be16(ext, 2) >> 3) != 0)
+        offset_flags = _be16(ext, 2)
+        later_fragment = fits & (kind == IPV6_EXT_FRAGMENT) & ((offset_flags >> 3) != 0)
+        # atomic fragments (offset 0, no M flag: RFC 6946) are whole packets
+        fragment = np.flatnonzero(fits & (kind == IPV6_EXT_FRAGMENT)
+                                  & ((offset_flags & 0xFFF9) != 0))
+        if fragment.size and fragment_out is not None:
+            at, head_at, claimed_end = rows[fragment], fragment_out[0], fragment_out[1]
+            fragment_out[2].append(_fragment_part(
+                at, 6, _field(ext[fragment], 4, ">u4"), offset_flags[fragment] & 0xFFF8,
+                (offset_flags[fragment] & 1) != 0, ext[fragment, 0], head_at[at],
+                pos[fragment] + 8, l4_end[at], claimed_end[at]))
         moved = rows[fits]
         transport[moved] = ext[fits, 0]
         l4[moved] += ext_len[fits]
@@ -768,8 +815,14 @@ def _gtpu_inner(gather: _ByteGather, pos: np.ndarray, end: np.ndarray, proto: np
 
 def _decapsulate(gather: _ByteGather, columns: dict[str, np.ndarray],
                  no_transport_header: np.ndarray, weird: dict[str, int],
-                 tunnels: TunnelConfig, depth: int) -> None:
+                 tunnels: TunnelConfig, depth: int,
+                 fragments: list[dict[str, np.ndarray]]) -> None:
     """Replace the columns of tunnel rows with those of their inner packet, in place.
+
+    `fragments` (this level's _fragment_part()s) gets the inner packets' fragments of
+    decapsulated rows that are not themselves outer fragments: a first fragment of a tunnel
+    packet stays listed as the outer fragment (its datagram is reassembled first, then
+    decoded again, tunnels included: sensors/defrag.py).
 
     Candidates are whole IP datagrams (or first fragments) of protocol 4/41/47 and UDP to a
     configured tunnel port; the tunnel payload is the outer payload range. A row is replaced
@@ -806,12 +859,15 @@ def _decapsulate(gather: _ByteGather, columns: dict[str, np.ndarray],
         return
     linktype = np.where(ethernet, LINKTYPE_ETHERNET, LINKTYPE_RAW).astype(np.uint16)
     end = pay_end[rows]
-    inner = _decode_rows(gather, start, end, linktype, weird, tunnels, depth + 1)
+    inner_fragments: list[dict[str, np.ndarray]] = []
+    inner = _decode_rows(gather, start, end, linktype, weird, tunnels, depth + 1,
+                         inner_fragments)
     ethertype = inner["ethertype"].astype(np.int64)
     decoded = (inner["ip_version"] != 0) | ~_is_any(ethertype, (0, ETHERTYPE_IPV4, ETHERTYPE_IPV6))
     # a raw inner packet whose first nibble is no IP version counts nothing in the decode
     _count(weird, "invalid_inner_IP_version", ~ethernet & (ethertype == 0) & (start < end))
     good = rows[decoded]
+    _lift_fragments(inner_fragments, rows, decoded, kind, fragments)
     if len(parts) == 1 and good.size == pay_start.shape[0]:  # rows are 0..n-1, all decoded
         columns.update(inner)  # (a sensor fed by one mirror session: no scatter)
         columns["tunnel"] = kind.astype(np.uint8)
@@ -821,13 +877,48 @@ def _decapsulate(gather: _ByteGather, columns: dict[str, np.ndarray],
     columns["tunnel"][good] = kind[decoded]  # the outermost kind: overwrites the inner's
 
 
+def _lift_fragments(inner: list[dict[str, np.ndarray]], rows: np.ndarray, decoded: np.ndarray,
+                    kind: np.ndarray, fragments: list[dict[str, np.ndarray]]) -> None:
+    """Append the inner decode's fragment parts (rows local to `rows`) to `fragments` as
+    rows of this level: only rows whose inner packet replaced the row (`decoded`) and that
+    are no outer fragment; their tunnel is this level's kind (the outermost)."""
+    if not inner:
+        return
+    outer = np.concatenate([p["row"] for p in fragments]) if fragments else np.zeros(0, np.int64)
+    for part in inner:
+        local = part["row"]
+        keep = decoded[local] & ~np.isin(rows[local], outer)
+        if keep.any():
+            lifted = {name: values[keep] for name, values in part.items()}
+            lifted["row"] = rows[local[keep]]
+            lifted["tunnel"] = kind[local[keep]].astype(np.uint8)
+            fragments.append(lifted)
+
+
+def _fragment_rows(parts: list[dict[str, np.ndarray]],
+                   rows: np.ndarray | None = None) -> FragmentRows | None:
+    """The FragmentRows of a decode's fragment parts (None when there are none), in row
+    order, one entry per row (a second Fragment header in one chain is ignored); `rows`
+    maps the parts' local rows to batch rows."""
+    if not parts:
+        return None
+    merged = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    _, first = np.unique(merged["row"], return_index=True)  # sorted by row
+    merged = {name: values[first] for name, values in merged.items()}
+    if rows is not None:
+        merged["row"] = rows[merged["row"]]
+    return FragmentRows(**merged)
+
+
 def _decode_rows(gather: _ByteGather, start: np.ndarray, end: np.ndarray, linktype: np.ndarray,
                  weird: dict[str, int], tunnels: TunnelConfig | None = None,
-                 depth: int = 0) -> dict[str, np.ndarray]:
+                 depth: int = 0,
+                 fragments: list[dict[str, np.ndarray]] | None = None) -> dict[str, np.ndarray]:
     """The column-wise decoder: packets data[start:end] of the given link types -> the
     per-packet DecodedPackets columns (damage counted in `weird`). Tunnel rows are
     decoded again from their inner frame (_decapsulate) unless `tunnels` is off; `depth`
-    is the number of tunnels already opened around these rows."""
+    is the number of tunnels already opened around these rows. The IP fragments among
+    the rows are appended to `fragments` (if given) as _fragment_part()s."""
     link = _decode_link(gather, start, end, linktype, weird)
     net = _decode_ip(gather, link, end, weird)
     l4 = _decode_transport(gather, net, weird)
@@ -856,7 +947,9 @@ def _decode_rows(gather: _ByteGather, start: np.ndarray, end: np.ndarray, linkty
         "tunnel": np.zeros(start.shape[0], dtype=np.uint8),
     }
     _decapsulate(gather, columns, net.no_transport_header, weird,
-                 DEFAULT_TUNNELS if tunnels is None else tunnels, depth)
+                 DEFAULT_TUNNELS if tunnels is None else tunnels, depth, net.fragments)
+    if fragments is not None:
+        fragments.extend(net.fragments)
     return columns
 
 
@@ -878,14 +971,14 @@ def _bounds(batch: PacketBatch, gather: _ByteGather,
     return start, end
 
 
-def _packets(batch: PacketBatch, columns: dict[str, np.ndarray],
-             weird: dict[str, int]) -> DecodedPackets:
+def _packets(batch: PacketBatch, columns: dict[str, np.ndarray], weird: dict[str, int],
+             fragments: FragmentRows | None = None) -> DecodedPackets:
     return DecodedPackets(
         ts_ns=np.asarray(batch.ts_ns).astype(np.int64, copy=False),
         wirelen=np.asarray(batch.wirelen).astype(np.uint32, copy=False),
         caplen=np.asarray(batch.caplen).astype(np.uint32, copy=False),
         interface=np.asarray(batch.interface).astype(np.uint16, copy=False),
-        data=batch.data, weird=weird, **columns)
+        data=batch.data, weird=weird, fragments=fragments, **columns)
 
 
 def decode_columnwise(batch: PacketBatch,
@@ -894,8 +987,9 @@ def decode_columnwise(batch: PacketBatch,
     gather = _ByteGather(batch.data)
     start, end = _bounds(batch, gather)
     weird: dict[str, int] = {}
-    return _packets(batch, _decode_rows(gather, start, end, batch.linktype, weird, tunnels),
-                    weird)
+    parts: list[dict[str, np.ndarray]] = []
+    columns = _decode_rows(gather, start, end, batch.linktype, weird, tunnels, 0, parts)
+    return _packets(batch, columns, weird, _fragment_rows(parts))
 
 
 def decode(batch: PacketBatch, tunnels: TunnelConfig = DEFAULT_TUNNELS) -> DecodedPackets:
@@ -927,21 +1021,22 @@ def decode(batch: PacketBatch, tunnels: TunnelConfig = DEFAULT_TUNNELS) -> Decod
         done = done & ~((columns["transport"] == IPPROTO_UDP) & (columns["ip_version"] != 0)
                         & np.isin(columns["dst_port"], extra_ports))
     weird: dict[str, int] = {}
+    parts: list[dict[str, np.ndarray]] = []
     rest = np.flatnonzero(~done)
-    if rest.size:  # only these rows can count weirds
+    if rest.size:  # only these rows can count weirds (and be fragments)
         lt = np.asarray(batch.linktype)[rest]
         start, end = _bounds(batch, gather, rest)
-        slow = _decode_rows(gather, start, end, lt, weird, tunnels)
+        slow = _decode_rows(gather, start, end, lt, weird, tunnels, 0, parts)
         if rest.size == done.shape[0]:  # all rows (a sensor fed by ERSPAN/VXLAN): no merge
             columns = slow
         else:
             for name, values in slow.items():
                 columns[name][rest] = values
-    return _packets(batch, columns, weird)
+    return _packets(batch, columns, weird, _fragment_rows(parts, rest))
 
 
 # --- the common case, compiled ------------------------------------------------------------
-# Most traffic is well-formed Ethernet (at most one 802.1Q tag) carrying IPv4 without later
+# Most traffic is well-formed Ethernet (at most one 802.1Q tag) carrying IPv4 without
 # fragments or IPv6 without extension headers, with a whole TCP/UDP/ICMP header. One kernel
 # pass decodes those rows (and plain non-IP Ethernet frames such as ARP); every other row --
 # any other link type, stacked tags, PPPoE, MPLS, IPv6 extensions, fragments, anything
@@ -1048,7 +1143,8 @@ def _decode_common_range(data: np.ndarray, start: np.ndarray, end: np.ndarray,
                 continue
             ihl = np.int64(_byte(data, l3) & 0x0F) * 4
             total = _be16_at(data, l3 + 2)
-            if ihl < 20 or total < ihl or l3 + ihl > e or (_be16_at(data, l3 + 6) & 0x1FFF) != 0:
+            # fragments (offset or MF set): the column-wise path lists them for reassembly
+            if ihl < 20 or total < ihl or l3 + ihl > e or (_be16_at(data, l3 + 6) & 0x3FFF) != 0:
                 continue
             proto = np.int64(_byte(data, l3 + 9))
             l4 = l3 + ihl

@@ -8,8 +8,10 @@ start and rates over the last interval:
     observer.name / observer.ingress.zone / observer.hostname / observer.type: sensor
     cirtsa.health.*: packets, bytes, kernel packets/drops (live capture), flows live/evicted,
         events emitted per kind, weird (damaged packet) counts per reason, lag, rates, and
-        the Kafka producer's delivery/spool counters when one is used, and `tunnels`:
-        packets decapsulated per outermost tunnel kind (vxlan, erspan ...).
+        the Kafka producer's delivery/spool counters when one is used, `tunnels`:
+        packets decapsulated per outermost tunnel kind (vxlan, erspan ...), and `defrag`:
+        IP fragment reassembly (datagrams reassembled, fragments, timeouts, evicted,
+        overlaps; sensors/defrag.py).
 
 The interval runs on event time for captures (packet timestamps: a replayed day yields the
 same documents however fast it is read) and on wall time for live capture. `lag_s` is always

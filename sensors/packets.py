@@ -91,6 +91,34 @@ class CommonHeaders:
 
 
 @dataclass
+class FragmentRows:
+    """The IP fragment rows of a DecodedPackets (sensors/decode.py finds them; the
+    Defragmenter, sensors/defrag.py, reassembles them). One entry per fragment row, in row
+    order. The key and header fields are the fragment's own IP header's: for an outer
+    fragment of a tunnel packet they stay the outer ones even where decapsulation made the
+    row's columns describe the inner packet. IPv6 atomic fragments (offset 0, no M flag,
+    RFC 6946) are whole packets and not listed."""
+
+    row: np.ndarray  # int64, the row in the batch
+    version: np.ndarray  # uint8: 4 or 6
+    vlan: np.ndarray  # uint16, the VLAN of the frame the fragment came in
+    src_ip: np.ndarray  # IP_DTYPE
+    dst_ip: np.ndarray  # IP_DTYPE
+    protocol: np.ndarray  # uint8, protocol of the datagram (IPv6: the Fragment header's)
+    ident: np.ndarray  # uint32, identification (IPv4 16 bits, IPv6 32 bits)
+    frag_offset: np.ndarray  # int64, offset of this fragment's data in the datagram (bytes)
+    more: np.ndarray  # bool, the MF / M flag
+    header_offset: np.ndarray  # int64, start of the IP header in `data`
+    data_start: np.ndarray  # int64, the fragment's data in `data`: [data_start, data_end)
+    data_end: np.ndarray  # int64, capped by the captured bytes
+    claimed_end: np.ndarray  # int64, where the header says the data ends (may be > data_end)
+    tunnel: np.ndarray  # uint8 Tunnel code of the tunnel around the fragment (0: none)
+
+    def __len__(self) -> int:
+        return int(self.row.shape[0])
+
+
+@dataclass
 class DecodedPackets:
     """Header fields of a PacketBatch, decoded column-wise. One row per packet.
 
@@ -124,6 +152,8 @@ class DecodedPackets:
     # all the columns above then describe the innermost packet (but wirelen/caplen). A
     # default (all 0) keeps builders of synthetic batches working unchanged.
     tunnel: np.ndarray = None  # type: ignore[assignment]
+    # The fragment rows (FragmentRows), None when the batch has none (most batches).
+    fragments: FragmentRows | None = None
 
     def __post_init__(self) -> None:
         if self.tunnel is None:

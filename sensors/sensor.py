@@ -17,8 +17,9 @@ from pipeline.heap import freeze_startup_heap
 from pipeline.schema import EventBatch
 from sensors.analyzer import build_analyzers
 from sensors.decode import TunnelConfig, decode
+from sensors.defrag import DefragConfig, Defragmenter
 from sensors.flow_table import FlowTable
-from sensors.packets import PacketBatch, Tunnel
+from sensors.packets import DecodedPackets, PacketBatch, Tunnel
 from sensors.pcap_reader import CaptureDamage, CaptureReader
 
 
@@ -32,6 +33,7 @@ class Sensor:
         self.analyzers = build_analyzers(config.get("analyzers") or {}, self.observer_name,
                                          self.ingress_zone)
         self.tunnels = TunnelConfig.from_config(config.get("tunnels"))
+        self.defrag = Defragmenter(DefragConfig.from_config(config.get("defrag")), self.tunnels)
         self.stats: Counter[str] = Counter()
 
     def tunnel_counts(self) -> dict[str, int]:
@@ -39,9 +41,32 @@ class Sensor:
         return {k.removeprefix("tunnel."): v for k, v in self.stats.items()
                 if k.startswith("tunnel.")}
 
+    def defrag_counts(self) -> dict[str, int]:
+        """IP fragment reassembly so far: datagrams, fragments, timeouts, evicted, overlaps."""
+        return self.defrag.counts()
+
     def process(self, batch: PacketBatch) -> list[EventBatch]:
         """Events completed by this batch of packets (flows that ended, DNS messages)."""
         decoded = decode(batch, self.tunnels)
+        self._count(decoded)
+        # fragments: hidden from the analyzers, which get each reassembled datagram once,
+        # after the batch's other rows; the flow table counts every fragment on the wire
+        analyzed, counted, datagrams = self.defrag.process(decoded)
+        for reason, count in self.defrag.weird.items():
+            self.stats[f"weird.{reason}"] += count
+        self.defrag.weird.clear()
+        out: list[EventBatch] = []
+        for packets in (analyzed, *datagrams):
+            for analyzer in self.analyzers:
+                out.extend(analyzer.process(packets))
+        flows = self.flow_table.update(counted)
+        if flows is not None and len(flows):
+            out.append(flows)
+        freeze_startup_heap()  # kernels are loaded now (see pipeline/heap.py)
+        return out
+
+    def _count(self, decoded: DecodedPackets) -> None:
+        """Packets, bytes, weirds and decapsulated tunnel packets of a decoded batch."""
         self.stats["packets"] += len(decoded)
         self.stats["bytes"] += int(decoded.wirelen.sum(dtype="uint64"))
         for reason, count in decoded.weird.items():
@@ -50,14 +75,6 @@ class Sensor:
             for code, count in enumerate(np.bincount(decoded.tunnel)):
                 if code and count:
                     self.stats[f"tunnel.{Tunnel(code).label}"] += int(count)
-        out: list[EventBatch] = []
-        for analyzer in self.analyzers:
-            out.extend(analyzer.process(decoded))
-        flows = self.flow_table.update(decoded)
-        if flows is not None and len(flows):
-            out.append(flows)
-        freeze_startup_heap()  # kernels are loaded now (see pipeline/heap.py)
-        return out
 
     def flush(self) -> list[EventBatch]:
         """End of input: every flow still open, and what analyzers still hold (all of
@@ -79,6 +96,9 @@ class Sensor:
         for analyzer in self.analyzers:
             for key, value in analyzer.stats.items():
                 self.stats[key] = value
+        if self.defrag.stats:  # (only sensors that met fragments list them)
+            for key, value in self.defrag.counts().items():
+                self.stats[f"defrag.{key}"] = value
 
 
 @dataclass
@@ -91,6 +111,7 @@ class CaptureResult:
     damage: CaptureDamage | None = None  # reading stopped early here
     warnings: list[str] = field(default_factory=list)
     tunnels: dict[str, int] = field(default_factory=dict)  # packets decapsulated, per kind
+    defrag: dict[str, int] = field(default_factory=dict)  # IP fragment reassembly counts
 
 
 def capture_events(
@@ -114,6 +135,8 @@ def capture_events(
     for events in sensor.flush_chunks():  # pieces: see Sensor.flush_chunks
         yield size, events
     result.tunnels.update(sensor.tunnel_counts())
+    if sensor.defrag.stats:
+        result.defrag.update(sensor.defrag_counts())
     result.warnings.extend(
         f"{path}: {count} packets with {key.removeprefix('weird.')}"
         for key, count in sorted(sensor.stats.items())

@@ -202,6 +202,7 @@ class SensorService:
         if analyzer_stats:
             extra["analyzers"] = analyzer_stats
         extra["tunnels"] = self.sensor.tunnel_counts()  # packets decapsulated, per kind
+        extra["defrag"] = self.sensor.defrag_counts()  # IP fragment reassembly
         if self.producer is not None:
             extra["producer"] = self.producer.metrics_snapshot()
         return self.health.report(counters, self.events, weird, self.newest_ns, extra)
@@ -329,13 +330,16 @@ def cmd_sensor_run(args: argparse.Namespace) -> int:
         if hasattr(source, "close"):
             source.close()
     tunnels = service.sensor.tunnel_counts()
+    defrag = service.sensor.defrag_counts()
     log("stop", events=dict(service.events), packets=int(service.sensor.stats.get("packets", 0)),
-        health_documents=service.health_docs, tunnels=tunnels)
+        health_documents=service.health_docs, tunnels=tunnels, defrag=defrag)
     if not args.quiet:
         counts = ", ".join(f"{n} {k}" for k, n in sorted(service.events.items())) or "no events"
         print(f"{int(service.sensor.stats.get('packets', 0))} packets -> {counts}")
         if tunnels:
             print("decapsulated: " + ", ".join(f"{n} {k}" for k, n in sorted(tunnels.items())))
+        if defrag["fragments"]:
+            print("IP fragments: " + ", ".join(f"{n} {k}" for k, n in defrag.items()))
     if getattr(source, "input_errors", 0):
         return EXIT_INPUT
     return EXIT_OK
