@@ -39,6 +39,10 @@ from sensors.packets import LINKTYPE_RAW, DecodedPackets, PacketBatch
 NS = 1_000_000_000
 MAX_DATAGRAM = 65535  # IPv4 total length / IPv6 payload length limit
 MAX_NESTING = 2  # rounds of reassembly per batch (fragments inside a reassembled tunnel packet)
+# Fragments held per datagram: each new one is compared with those held (overlaps), so this
+# bounds the Python work a datagram of tiny fragments can cause (~50 ms at the bound). A
+# 64 KB datagram at the IPv4 minimum MTU of 576 takes ~120 fragments.
+MAX_FRAGMENTS = 512
 # Columns the analyzers must not read for a fragment row (its reassembled datagram stands
 # for it): zeroed in the analyzers' view.
 _HIDDEN = ("transport", "src_port", "dst_port", "tcp_flags", "icmp_type", "icmp_code",
@@ -237,20 +241,24 @@ class Defragmenter:
             if datagram is None:
                 datagram = self._open(key, ts[i], tunnel[i])
             datagram.fragments += 1
-            if datagram.bad:
-                continue
             version, protocol = key[0], key[4]
             if offset[i] == 0:
                 if datagram.header is None:
                     header_end = start[i] if version == 4 else head_at[i] + 40
                     datagram.header = bytes(data[head_at[i]:header_end])
                     datagram.flow = tuple(col[row_list[i]] for col in flow_cols)
-            else:
+            else:  # (also of a dropped datagram: wire accounting)
                 later.append((row_list[i], datagram))
+            if datagram.bad:
+                continue
             header_len = start[i] - head_at[i] if version == 4 else 0
             extent = offset[i] + claimed[i] - start[i]
             if extent + header_len > MAX_DATAGRAM:
                 self.weird["excessively_large_fragment"] += 1
+                self._drop_data(datagram)
+                continue
+            if len(datagram.pieces) >= MAX_FRAGMENTS:
+                self.weird["fragment_limit"] += 1
                 self._drop_data(datagram)
                 continue
             self._add(datagram, offset[i], bytes(data[start[i]:end[i]]))
@@ -259,6 +267,10 @@ class Defragmenter:
             if datagram.complete():
                 del self._pending[key]
                 self._held -= datagram.held
+                if len(datagram.header) + datagram.size > MAX_DATAGRAM + 40 * (version == 6):
+                    # (a first fragment with a longer IPv4 header than the one checked)
+                    self.weird["excessively_large_fragment"] += 1
+                    continue
                 self.stats["datagrams"] += 1
                 packet = _rebuild(version, datagram.header, protocol, datagram.payload())
                 done.append(_Done(row_list[i], packet, datagram.vlan, datagram.tunnel))

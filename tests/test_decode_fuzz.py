@@ -3,22 +3,26 @@ outside a packet, or let one packet's bytes leak into another packet's columns."
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from packet_builders import batch_from_frames
-from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
 from scapy.layers.inet6 import (
     ICMPv6EchoRequest,
     IPv6,
     IPv6ExtHdrFragment,
     IPv6ExtHdrHopByHop,
     IPv6ExtHdrRouting,
+    fragment6,
 )
 from scapy.layers.l2 import ARP, GRE, CookedLinux, CookedLinuxV2, Dot1AD, Dot1Q, Ether
 from scapy.layers.vxlan import VXLAN
 
 from sensors.decode import decode, decode_columnwise
+from sensors.defrag import Defragmenter
 from sensors.packets import DecodedPackets, PacketBatch
 
 KNOWN_LINKTYPES = [0, 1, 101, 108, 113, 228, 229, 276]
@@ -75,6 +79,13 @@ def check_invariants(batch: PacketBatch, decoded: DecodedPackets) -> None:
     zero_ip = np.zeros(1, dtype=decoded.src_ip.dtype)[0]
     assert (decoded.src_ip[not_ip] == zero_ip).all() and (decoded.dst_ip[not_ip] == zero_ip).all()
     assert all(isinstance(v, int) and v > 0 for v in decoded.weird.values())
+    frag = decoded.fragments
+    if frag is not None:  # listed fragment data lies inside its packet, one entry per row
+        assert np.all(np.diff(frag.row) > 0) and np.isin(frag.version, [4, 6]).all()
+        assert np.all((frag.header_offset >= start[frag.row])
+                      & (frag.header_offset <= frag.data_start)
+                      & (frag.data_start <= frag.data_end) & (frag.data_end <= end[frag.row])
+                      & (frag.data_end <= frag.claimed_end))
 
 
 def check_same_as_columnwise(batch: PacketBatch, decoded: DecodedPackets) -> None:
@@ -84,6 +95,11 @@ def check_same_as_columnwise(batch: PacketBatch, decoded: DecodedPackets) -> Non
         got, want = getattr(decoded, name), getattr(reference, name)
         assert got.dtype == want.dtype and np.array_equal(got, want), name
     assert decoded.weird == reference.weird
+    assert (decoded.fragments is None) == (reference.fragments is None)
+    if decoded.fragments is not None:
+        for field in dataclasses.fields(decoded.fragments):
+            got, want = (getattr(f, field.name) for f in (decoded.fragments, reference.fragments))
+            assert got.dtype == want.dtype and np.array_equal(got, want), field.name
 
 
 COLUMNS = ["vlan", "ethertype", "ip_version", "src_ip", "dst_ip", "transport", "src_port",
@@ -199,3 +215,48 @@ def test_inconsistent_offsets_from_a_broken_reader(data, rows):
     decoded = decode(batch)
     check_invariants(batch, decoded)
     check_same_as_columnwise(batch, decoded)
+
+
+# Fragment sets (sensors/defrag.py): the fragments of a datagram, plain or inside a VXLAN
+# tunnel or in IPv6 after other extension headers, cut and mutated, in any order.
+def _fragment_set(version: int, payload: bytes, size: int, wrap: str) -> list[bytes]:
+    udp = UDP(sport=53, dport=5353) / payload
+    if version == 4:
+        pieces = fragment(IP(src="192.0.2.1", dst="192.0.2.9", id=7) / udp, size)
+    else:
+        pieces = fragment6(IPv6() / IPv6ExtHdrHopByHop() / IPv6ExtHdrFragment(id=9) / udp,
+                           size + 64)
+    if wrap == "vxlan":
+        outer = Ether(dst="02:00:00:00:00:02") / IP() / UDP(sport=7, dport=4789) / VXLAN()
+        return [bytes(outer / Ether(dst="02:00:00:00:00:02") / p) for p in pieces]
+    if wrap == "vlan":
+        return [bytes(Ether(dst="02:00:00:00:00:02") / Dot1Q(vlan=5) / p) for p in pieces]
+    return [bytes(Ether(dst="02:00:00:00:00:02") / p) for p in pieces]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from([4, 6]), st.binary(min_size=1, max_size=400), st.integers(8, 200),
+       st.sampled_from(["plain", "vlan", "vxlan"]), st.randoms(use_true_random=False),
+       st.lists(st.tuples(st.integers(0, 120), st.integers(0, 255)), max_size=6),
+       st.integers(0, 40))
+def test_fragment_sets(version, payload, size, wrap, rng, mutations, cut_from_end):
+    frames = _fragment_set(version, payload, size, wrap)
+    fragmented = len(frames) > 1  # (else it fit in one packet)
+    frames += [rng.choice(frames) for _ in range(rng.randint(0, 2))]
+    rng.shuffle(frames)
+    intact = decode(batch_from_frames(frames))
+    assert (intact.fragments is not None) == fragmented
+    raw = [bytearray(f) for f in frames]
+    for pos, value in mutations:
+        frame = raw[rng.randrange(len(raw))]
+        if pos < len(frame):
+            frame[pos] = value
+    raw[0] = raw[0][: max(len(raw[0]) - cut_from_end, 0)]
+    mutated = [bytes(f) for f in raw]
+    lts = [1] * len(mutated)
+    batch = batch_from_frames(mutated, linktype=lts)
+    decoded = decode(batch)
+    check_invariants(batch, decoded)
+    check_rows_independent(mutated, lts, decoded)
+    check_same_as_columnwise(batch, decoded)
+    Defragmenter().process(decoded)  # never raises

@@ -444,3 +444,15 @@ def test_mutated_fragment_headers_never_raise(data):
     sensor = Sensor(load_config(None)["sensor"])
     sensor.process(batch)
     sensor.flush()
+
+
+def test_datagram_of_too_many_fragments_is_dropped():
+    """Tiny fragments are compared with those held: at most MAX_FRAGMENTS per datagram."""
+    from sensors.defrag import MAX_FRAGMENTS
+
+    pieces = fragment(IP(src=CLIENT, dst=SERVER, id=8) / UDP(sport=1, dport=2)
+                      / bytes(8 * (MAX_FRAGMENTS + 10)), 8)
+    events, sensor = run(frames_of(pieces))
+    assert sensor.defrag_counts()["datagrams"] == 0
+    assert sensor.stats["weird.fragment_limit"] == 1  # once per datagram
+    assert [f[1] for f in flow_view(events)] == [1]  # still counted on the wire, one flow
