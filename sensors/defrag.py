@@ -27,7 +27,8 @@ and an unfragmented batch costs one test.
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter
+import struct
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -126,8 +127,7 @@ class _Datagram:
 
 
 def _ipv4_checksum(header: bytearray) -> int:
-    words = np.frombuffer(bytes(header), dtype=">u2").astype(np.int64)
-    total = int(words.sum())
+    total = sum(struct.unpack(f">{len(header) // 2}H", header))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
@@ -171,7 +171,9 @@ class Defragmenter:
         self.timeout_ns = int(self.config.timeout_s * NS)
         self.stats: Counter[str] = Counter()
         self.weird: Counter[str] = Counter()
-        self._pending: dict[tuple, _Datagram] = {}  # insertion order: oldest first
+        # oldest first (an OrderedDict: finding the oldest stays O(1) after many removals
+        # from the front, where a dict's iteration skips every removed slot)
+        self._pending: OrderedDict[tuple, _Datagram] = OrderedDict()
         self._held = 0
 
     @property
@@ -230,13 +232,17 @@ class Defragmenter:
         start, end = frag.data_start.tolist(), frag.data_end.tolist()
         claimed, head_at = frag.claimed_end.tolist(), frag.header_offset.tolist()
         tunnel, row_list = frag.tunnel.tolist(), rows.tolist()
-        flow_cols = [np.asarray(getattr(packets, name)) for name in _FLOW_KEY]
-        data = packets.data
+        # the flow key columns of the first fragments (offset 0), by row
+        firsts = rows[frag.frag_offset == 0]
+        first_flow = dict(zip(firsts.tolist(), zip(*(
+            np.asarray(getattr(packets, name))[firsts].tolist() for name in _FLOW_KEY),
+            strict=True), strict=True)) if firsts.size else {}
+        data = memoryview(np.ascontiguousarray(packets.data))
+        self.stats["fragments"] += len(keys)
         later: list[tuple[int, _Datagram]] = []  # later fragments and their datagrams
         done: list[_Done] = []
         for i, key in enumerate(keys):
             self._expire(ts[i])
-            self.stats["fragments"] += 1
             datagram = self._pending.get(key)
             if datagram is None:
                 datagram = self._open(key, ts[i], tunnel[i])
@@ -246,7 +252,7 @@ class Defragmenter:
                 if datagram.header is None:
                     header_end = start[i] if version == 4 else head_at[i] + 40
                     datagram.header = bytes(data[head_at[i]:header_end])
-                    datagram.flow = tuple(col[row_list[i]] for col in flow_cols)
+                    datagram.flow = first_flow[row_list[i]]
             else:  # (also of a dropped datagram: wire accounting)
                 later.append((row_list[i], datagram))
             if datagram.bad:
