@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -456,3 +457,30 @@ def test_datagram_of_too_many_fragments_is_dropped():
     assert sensor.defrag_counts()["datagrams"] == 0
     assert sensor.stats["weird.fragment_limit"] == 1  # once per datagram
     assert [f[1] for f in flow_view(events)] == [1]  # still counted on the wire, one flow
+
+
+KERNEL_CAPTURE = Path(__file__).parent / "data" / "defrag" / "linux-fragmented-dns.pcapng"
+
+
+def test_fragments_made_by_a_real_ip_stack():
+    """Linux's own fragmentation (data/defrag/README.md): one DNS event per family with all
+    60 answers, one flow of 3 packets per family, no ports-0 flow."""
+    events: dict = {}
+    sensor = Sensor(load_config(None)["sensor"])
+    with CaptureReader(KERNEL_CAPTURE) as reader:
+        for batch in reader.batches():
+            for e in sensor.process(batch):
+                events.setdefault(e.kind, []).append(e)
+    for e in sensor.flush():
+        events.setdefault(e.kind, []).append(e)
+    answers = [len(a) for e in events["dns"] for a in e.columns["answers"]]
+    assert answers == [60, 60]
+    flows = sorted((int(p), int(s), int(d)) for e in events["flow"] for p, s, d in zip(
+        e.columns["src_packets"], e.columns["src_port"], e.columns["dst_port"], strict=True))
+    assert flows == [(1, 133, 134), (1, 133, 134), (3, 53, 33333), (3, 53, 33333)]
+    assert sensor.defrag_counts()["datagrams"] == 2
+    if shutil.which("tshark"):
+        out = subprocess.run(["tshark", "-n", "-r", str(KERNEL_CAPTURE), "-T", "fields",
+                              "-e", "dns.count.answers", "-Y", "dns"],
+                             capture_output=True, text=True, check=True).stdout
+        assert [int(n) for n in out.split()] == answers
