@@ -247,7 +247,7 @@ class Defragmenter:
             if datagram is None:
                 datagram = self._open(key, ts[i], tunnel[i])
             datagram.fragments += 1
-            version, protocol = key[0], key[4]
+            version = key[0]
             if offset[i] == 0:
                 if datagram.header is None:
                     header_end = start[i] if version == 4 else head_at[i] + 40
@@ -271,21 +271,27 @@ class Defragmenter:
             if not more[i]:
                 datagram.size = max(datagram.size, extent)
             if datagram.complete():
-                del self._pending[key]
-                self._held -= datagram.held
-                if len(datagram.header) + datagram.size > MAX_DATAGRAM + 40 * (version == 6):
-                    # (a first fragment with a longer IPv4 header than the one checked)
-                    self.weird["excessively_large_fragment"] += 1
-                    continue
-                self.stats["datagrams"] += 1
-                packet = _rebuild(version, datagram.header, protocol, datagram.payload())
-                done.append(_Done(row_list[i], packet, datagram.vlan, datagram.tunnel))
+                packet = self._finish(key, datagram)
+                if packet is not None:
+                    done.append(_Done(row_list[i], packet, datagram.vlan, datagram.tunnel))
             else:
                 self._shed_bytes(key)
         # a later fragment takes the flow of its first fragment, if that came before it or
         # later in this batch
         attributed = [(row, d.flow) for row, d in later if d.flow is not None]
         return self._hidden(packets), self._attributed(packets, attributed), done
+
+    def _finish(self, key: tuple, datagram: _Datagram) -> bytes | None:
+        """A complete datagram leaves the pending ones: its rebuilt packet (None if too
+        large: a first fragment with a longer IPv4 header than the fragment checked)."""
+        del self._pending[key]
+        self._held -= datagram.held
+        version, protocol = key[0], key[4]
+        if len(datagram.header) + datagram.size > MAX_DATAGRAM + 40 * (version == 6):
+            self.weird["excessively_large_fragment"] += 1
+            return None
+        self.stats["datagrams"] += 1
+        return _rebuild(version, datagram.header, protocol, datagram.payload())
 
     def _open(self, key: tuple, ts: int, tunnel: int) -> _Datagram:
         while len(self._pending) >= self.config.max_datagrams:
