@@ -713,7 +713,7 @@ def _ipip_inner(gather: _ByteGather, pos: np.ndarray, end: np.ndarray, proto: np
     version = gather.chunks(pos, 1)[:, 0] >> 4
     wanted = np.where(proto == IPPROTO_IPIP, 4, 6)
     ok = _drop(weird, "invalid_inner_IP_version", ok, version != wanted)
-    return _Inner(ok, pos, np.zeros_like(ok), np.full(pos.shape[0], int(Tunnel.IPIP)))
+    return _Inner(ok, pos, np.zeros_like(ok), np.full(pos.shape[0], _KIND_IPIP))
 
 
 def _gre_inner(gather: _ByteGather, pos: np.ndarray, end: np.ndarray, proto: np.ndarray,
@@ -748,7 +748,7 @@ def _gre_inner(gather: _ByteGather, pos: np.ndarray, end: np.ndarray, proto: np.
     span_len = span_len + np.where(erspan3 & ((span[:, 11] & 0x01) != 0), 8, 0)
     inner = pos + header + span_len
     ok = _drop(weird, "truncated_GRE", ok, ethernet & (inner + ETHER_HEADER_LEN > end))
-    kind = np.where(erspan2 | erspan3, int(Tunnel.ERSPAN), int(Tunnel.GRE))
+    kind = np.where(erspan2 | erspan3, _KIND_ERSPAN, _KIND_GRE)
     return _Inner(ok, inner, ethernet, kind)
 
 
@@ -760,7 +760,7 @@ def _vxlan_inner(gather: _ByteGather, pos: np.ndarray, end: np.ndarray, proto: n
     ok = _drop(weird, "truncated_VXLAN", np.ones(pos.shape[0], dtype=bool), room < 8)
     ok &= (gather.chunks(pos, 1)[:, 0] & 0x08) != 0
     ok = _drop(weird, "truncated_VXLAN", ok, room < 8 + ETHER_HEADER_LEN)
-    return _Inner(ok, pos + 8, np.ones_like(ok), np.full(pos.shape[0], int(Tunnel.VXLAN)))
+    return _Inner(ok, pos + 8, np.ones_like(ok), np.full(pos.shape[0], _KIND_VXLAN))
 
 
 def _geneve_inner(gather: _ByteGather, pos: np.ndarray, end: np.ndarray, proto: np.ndarray,
@@ -778,7 +778,7 @@ def _geneve_inner(gather: _ByteGather, pos: np.ndarray, end: np.ndarray, proto: 
     ip = (protocol == ETHERTYPE_IPV4) | (protocol == ETHERTYPE_IPV6)
     ok = _drop(weird, "unknown_geneve_protocol", ok, ~(ip | ethernet))
     ok = _drop(weird, "truncated_Geneve", ok, ethernet & (header + ETHER_HEADER_LEN > room))
-    return _Inner(ok, pos + header, ethernet, np.full(pos.shape[0], int(Tunnel.GENEVE)))
+    return _Inner(ok, pos + header, ethernet, np.full(pos.shape[0], _KIND_GENEVE))
 
 
 def _gtpu_inner(gather: _ByteGather, pos: np.ndarray, end: np.ndarray, proto: np.ndarray,
@@ -810,7 +810,7 @@ def _gtpu_inner(gather: _ByteGather, pos: np.ndarray, end: np.ndarray, proto: np
         chained = chained[gather.chunks(at + length - 1, 1)[:, 0] != 0]
     _count_rows(weird, "gtpu_ext_chain_too_long", chained)
     ok[chained] = False
-    return _Inner(ok, pos + header, np.zeros_like(ok), np.full(pos.shape[0], int(Tunnel.GTPU)))
+    return _Inner(ok, pos + header, np.zeros_like(ok), np.full(pos.shape[0], _KIND_GTPU))
 
 
 def _decapsulate(gather: _ByteGather, columns: dict[str, np.ndarray],
@@ -992,13 +992,22 @@ def decode_columnwise(batch: PacketBatch,
     return _packets(batch, columns, weird, _fragment_rows(parts))
 
 
+def _decode_tunnels(gather: _ByteGather, out: tuple, tunnel: np.ndarray,
+                    tunnels: TunnelConfig) -> None:
+    """The compiled tunnel pass (_decode_tunnel_rows) over the rows the common case left."""
+    rows = np.flatnonzero(~out[0])
+    if rows.size:
+        _decode_tunnel_rows(gather.buf, rows, _kernel_ports(tunnels), out, tunnel)
+
+
 def decode(batch: PacketBatch, tunnels: TunnelConfig = DEFAULT_TUNNELS) -> DecodedPackets:
     """Decode link, IP and transport headers of every packet in `batch`, column-wise.
 
     Never raises on packet content: damaged packets get ip_version 0 (or zero ports) and a
     count in `weird`. Common-case rows are decoded by a compiled kernel (_decode_common),
-    or were already decoded by the capture reader (batch.common_headers), the rest
-    column-wise; the result equals decode_columnwise(batch, tunnels). Tunnel rows (see
+    or were already decoded by the capture reader (batch.common_headers), common-case
+    tunnel rows by a second one (_decode_tunnel_rows), the rest column-wise; the result
+    equals decode_columnwise(batch, tunnels). Tunnel rows (see
     _decapsulate; `tunnels` says which) describe their inner packet.
     """
     gather = _ByteGather(batch.data)
@@ -1016,8 +1025,11 @@ def decode(batch: PacketBatch, tunnels: TunnelConfig = DEFAULT_TUNNELS) -> Decod
     columns["src_ip"] = src.view(IP_DTYPE).reshape(-1)
     columns["dst_ip"] = dst.view(IP_DTYPE).reshape(-1)
     columns["tunnel"] = np.zeros(done.shape[0], dtype=np.uint8)
+    if tunnels.enabled:
+        _decode_tunnels(gather, (done, fast, src, dst), columns["tunnel"], tunnels)
     extra_ports = tunnels.extra_ports()
-    if extra_ports.size:  # tunnel ports the kernel does not know: hand those rows over too
+    if extra_ports.size:  # tunnel ports the kernels do not know (outer or inner packet):
+        # hand those rows over too
         done = done & ~((columns["transport"] == IPPROTO_UDP) & (columns["ip_version"] != 0)
                         & np.isin(columns["dst_port"], extra_ports))
     weird: dict[str, int] = {}
@@ -1104,11 +1116,35 @@ def _mapped_ipv4_low(data: np.ndarray, p: int) -> np.uint64:
 
 
 @njit
+def _other_link(data: np.ndarray, s: int, e: int, linktype: int) -> tuple[int, int]:
+    """(l3, ethertype) of the link header of a common-case row of a link type other than
+    Ethernet, as _decode_link reads it; l3 -1 when the row is not common case. Raw IP:
+    the version from the first nibble (ethertype 0 for any other nibble, a non-IP frame);
+    Linux cooked SLL: 16 bytes, ethertype at 14; SLL2: 20 bytes, ethertype at 0 (a VLAN tag
+    after a cooked header is popped like Ethernet's: _strip_vlan_tags)."""
+    if linktype == LINKTYPE_RAW or linktype == LINKTYPE_IPV4 or linktype == LINKTYPE_IPV6:
+        if s >= e:  # empty: truncated_IP
+            return -1, 0
+        nibble = _byte(data, s) >> 4
+        return s, ETHERTYPE_IPV4 if nibble == 4 else ETHERTYPE_IPV6 if nibble == 6 else 0
+    if linktype == LINKTYPE_LINUX_SLL:
+        return (s + 16, _be16_at(data, s + 14)) if s + 16 <= e else (-1, 0)
+    if linktype == LINKTYPE_LINUX_SLL2:
+        return (s + 20, _be16_at(data, s)) if s + 20 <= e else (-1, 0)
+    return -1, 0
+
+
+@njit
 def _decode_common_range(data: np.ndarray, start: np.ndarray, end: np.ndarray,
                          linktype: np.ndarray, lo: int, hi: int, out: tuple) -> None:
     """Decode the common-case rows lo..hi-1 into `out` (_common_columns), whose rows must
     be zero (as _common_columns makes them) except in src and dst: only non-zero bytes are
     written, but all 16 address bytes of each done row.
+
+    A tunnel row (IP protocol 4/41/47, UDP to an IANA tunnel port) whose outer headers are
+    common case is left not done with its transport, dst_port and payload range set: the
+    candidates of the compiled tunnel pass (_decode_tunnel_rows). Other rows not done have
+    transport 0.
 
     Every byte read is below `end[i]` (checked before each read), and end <= len(data)."""
     done, columns, src, dst = out
@@ -1120,10 +1156,16 @@ def _decode_common_range(data: np.ndarray, start: np.ndarray, end: np.ndarray,
     for i in range(lo, hi):
         row = np.uint64(i)  # unsigned: no negative-index fix-up (see _byte)
         s, e = start[row], end[row]
-        if linktype[row] != LINKTYPE_ETHERNET or s + 14 > e:
-            continue
-        ethertype = _be16_at(data, s + 12)
-        l3 = s + 14
+        kind = linktype[row]
+        if kind == LINKTYPE_ETHERNET:  # first: the hot path
+            if s + 14 > e:
+                continue
+            ethertype = _be16_at(data, s + 12)
+            l3 = s + 14
+        else:
+            l3, ethertype = _other_link(data, s, e, kind)
+            if l3 < 0:
+                continue
         vlan = 0
         if ethertype == 0x8100:
             if l3 + 4 > e:
@@ -1177,10 +1219,13 @@ def _decode_common_range(data: np.ndarray, start: np.ndarray, end: np.ndarray,
             payload_len_col[row] = e - l3
             done[row] = True
             continue
-        if proto == 4 or proto == 41 or proto == 47:  # IP-in-IP, GRE: the tunnel decoder
-            continue
         l4_end = min(l3 + total, e)
         room = l4_end - l4
+        if proto == 4 or proto == 41 or proto == 47:  # IP-in-IP, GRE: the tunnel pass
+            transport_col[row] = proto
+            payload_offset_col[row] = l4
+            payload_len_col[row] = room
+            continue
         header_len = 0
         if proto == 6:
             if room < 20:
@@ -1195,8 +1240,13 @@ def _decode_common_range(data: np.ndarray, start: np.ndarray, end: np.ndarray,
             if room < 8:
                 continue
             dport = _be16_at(data, l4 + 2)
-            # VXLAN, Geneve, GTP-U (the IANA ports; decode() hands over other configured ones)
+            # VXLAN, Geneve, GTP-U (the IANA ports; decode() hands over other configured
+            # ones): the tunnel pass
             if dport == VXLAN_PORT or dport == GENEVE_PORT or dport == GTPU_PORT:
+                transport_col[row] = proto
+                dport_col[row] = dport
+                payload_offset_col[row] = l4 + 8
+                payload_len_col[row] = room - 8
                 continue
             header_len = 8
             sport_col[row] = _be16_at(data, l4)
@@ -1215,3 +1265,183 @@ def _decode_common_range(data: np.ndarray, start: np.ndarray, end: np.ndarray,
         payload_offset_col[row] = l4 + header_len
         payload_len_col[row] = room - header_len
         done[row] = True
+
+
+# --- tunnels, compiled ------------------------------------------------------------------
+# A sensor fed by a mirror session (ERSPAN, VXLAN) gets nothing but tunnel rows, which the
+# common case leaves. This pass takes the rows it left whose outer packet is common case
+# (as _common_link/_common_ip read it) and whose tunnel header is well formed, finds the
+# inner frame as _gre_inner ... _gtpu_inner would, and decodes that frame with
+# _decode_common_range itself. A row is done only if the inner frame is done too (and is IP
+# or a non-IP frame with an ethertype: what _decapsulate calls decoded); everything else --
+# damaged or cut headers, fragments, GTP-U extension chains, tunnels in tunnels -- stays for
+# the column-wise path, so the weird counts and fragment rows are its.
+
+_PORT_VXLAN, _PORT_GENEVE, _PORT_GTPU = 1, 2, 4  # bits of the `ports` argument
+# Tunnel codes as plain module constants (compile-time constants in the kernels)
+_KIND_IPIP, _KIND_GRE, _KIND_ERSPAN = int(Tunnel.IPIP), int(Tunnel.GRE), int(Tunnel.ERSPAN)
+_KIND_VXLAN, _KIND_GENEVE, _KIND_GTPU = int(Tunnel.VXLAN), int(Tunnel.GENEVE), int(Tunnel.GTPU)
+
+
+def _kernel_ports(tunnels: TunnelConfig) -> int:
+    """Bits of the IANA tunnel ports the compiled pass may open: configured for its own
+    kind only (any other configured port leaves its rows to the column-wise path)."""
+    configured = tunnels.vxlan_ports + tunnels.geneve_ports + tunnels.gtpu_ports
+    bits = 0
+    for ports, port, bit in ((tunnels.vxlan_ports, VXLAN_PORT, _PORT_VXLAN),
+                             (tunnels.geneve_ports, GENEVE_PORT, _PORT_GENEVE),
+                             (tunnels.gtpu_ports, GTPU_PORT, _PORT_GTPU)):
+        if port in ports and configured.count(port) == 1:
+            bits |= bit
+    return bits
+
+
+@njit
+def _gre_payload(data: np.ndarray, p: int, e: int) -> tuple[int, int, int]:
+    """(kind, inner start, inner link type) of the GRE packet at data[p:e] (as _gre_inner);
+    kind 0 when _gre_inner would not open it cleanly."""
+    if p + 4 > e:
+        return 0, 0, 0
+    flags, protocol = _be16_at(data, p), _be16_at(data, p + 2)
+    if (flags & 0x7) != 0 or (flags & GRE_FLAG_R) != 0 or (flags & GRE_RESERVED) != 0:
+        return 0, 0, 0
+    header = 4
+    if flags & GRE_FLAG_C:
+        header += 4
+    if flags & GRE_FLAG_K:
+        header += 4
+    if flags & GRE_FLAG_S:
+        header += 4
+    if p + header > e:
+        return 0, 0, 0
+    if protocol == ETHERTYPE_IPV4 or protocol == ETHERTYPE_IPV6:
+        return _KIND_GRE, p + header, LINKTYPE_RAW
+    kind, span = _KIND_ERSPAN, 0
+    if protocol == GRE_TEB:
+        kind = _KIND_GRE
+    elif protocol == GRE_ERSPAN_2:
+        span = 8 if flags & GRE_FLAG_S else 0  # type II; type I has no header
+    elif protocol == GRE_ERSPAN_3:
+        span = 12
+    else:
+        return 0, 0, 0
+    at = p + header
+    if at + span > e:
+        return 0, 0, 0
+    if span == 8 and (_byte(data, at) >> 4) != 1:
+        return 0, 0, 0
+    if span == 12:
+        if (_byte(data, at) >> 4) != 2:
+            return 0, 0, 0
+        if _byte(data, at + 11) & 0x01:  # O: an 8-byte platform sub-header follows
+            span += 8
+    if at + span + ETHER_HEADER_LEN > e:
+        return 0, 0, 0
+    return kind, at + span, LINKTYPE_ETHERNET
+
+
+@njit
+def _udp_tunnel_payload(data: np.ndarray, p: int, e: int, dport: int,
+                        ports: int) -> tuple[int, int, int]:
+    """(kind, inner start, inner link type) of a VXLAN, Geneve or GTP-U header at data[p:e]
+    (as _vxlan_inner, _geneve_inner, _gtpu_inner) to an IANA port in `ports`; kind 0 when
+    that would not open it cleanly or the port is none of these."""
+    room = e - p
+    if room < 8:
+        return 0, 0, 0
+    first = np.int64(_byte(data, p))
+    if dport == VXLAN_PORT and ports & _PORT_VXLAN:
+        if (first & 0x08) == 0 or room < 8 + ETHER_HEADER_LEN:
+            return 0, 0, 0
+        return _KIND_VXLAN, p + 8, LINKTYPE_ETHERNET
+    if dport == GENEVE_PORT and ports & _PORT_GENEVE:
+        header = 8 + (first & 0x3F) * 4
+        protocol = _be16_at(data, p + 2)
+        if (first >> 6) != 0 or header > room:
+            return 0, 0, 0
+        if protocol == ETHERTYPE_IPV4 or protocol == ETHERTYPE_IPV6:
+            return _KIND_GENEVE, p + header, LINKTYPE_RAW
+        if protocol != GRE_TEB or header + ETHER_HEADER_LEN > room:
+            return 0, 0, 0
+        return _KIND_GENEVE, p + header, LINKTYPE_ETHERNET
+    if dport == GTPU_PORT and ports & _PORT_GTPU:
+        if (first >> 4) != 0x3 or _byte(data, p + 1) != 0xFF:  # version 1 PT 1, T-PDU
+            return 0, 0, 0
+        if (first & 0x07) == 0:
+            return _KIND_GTPU, p + 8, LINKTYPE_RAW
+        # optional fields; an extension header chain goes column-wise
+        if room < 12 or ((first & 0x04) != 0 and _byte(data, p + 11) != 0):
+            return 0, 0, 0
+        return _KIND_GTPU, p + 12, LINKTYPE_RAW
+    return 0, 0, 0
+
+
+@njit
+def _tunnel_payload(data: np.ndarray, p: int, e: int, proto: int, dport: int,
+                    ports: int) -> tuple[int, int, int]:
+    """(kind, inner start, inner link type) of the tunnel an outer payload data[p:e] of IP
+    protocol `proto` carries (UDP: the payload after the UDP header, to `dport`); kind 0
+    when none is opened cleanly (see above)."""
+    if proto == IPPROTO_IPIP or proto == IPPROTO_IPV6_ENCAP:
+        if p >= e or (_byte(data, p) >> 4) != (4 if proto == IPPROTO_IPIP else 6):
+            return 0, 0, 0
+        return _KIND_IPIP, p, LINKTYPE_RAW
+    if proto == IPPROTO_GRE:
+        return _gre_payload(data, p, e)
+    return _udp_tunnel_payload(data, p, e, dport, ports)
+
+
+@njit
+def _clear_row(columns: tuple, row: np.uint64) -> None:
+    """Zero one row of the kernel columns (_decode_common_range writes only non-zeros)."""
+    (vlan_col, ethertype_col, version_col, transport_col, sport_col, dport_col, flags_col,
+     icmp_type_col, icmp_code_col, total_col, payload_offset_col, payload_len_col) = columns
+    vlan_col[row] = 0
+    ethertype_col[row] = 0
+    version_col[row] = 0
+    transport_col[row] = 0
+    sport_col[row] = 0
+    dport_col[row] = 0
+    flags_col[row] = 0
+    icmp_type_col[row] = 0
+    icmp_code_col[row] = 0
+    total_col[row] = 0
+    payload_offset_col[row] = 0
+    payload_len_col[row] = 0
+
+
+@njit
+def _decode_tunnel_rows(data: np.ndarray, rows: np.ndarray, ports: int, out: tuple,
+                        tunnel: np.ndarray) -> int:
+    """Decode the tunnel candidates among `rows` (batch rows the common case left) in `out`
+    (_common_columns of the whole batch) as their inner packet, their kind into `tunnel`.
+    Returns how many rows got done."""
+    done, columns, _src, _dst = out
+    ethertype_col, transport_col, dport_col = columns[1], columns[3], columns[5]
+    payload_offset_col, payload_len_col = columns[10], columns[11]
+    n = done.shape[0]
+    inner_start = np.empty(n, dtype=np.int64)  # only the rows opened are written and read
+    inner_end = np.empty(n, dtype=np.int64)
+    inner_linktype = np.empty(n, dtype=np.int64)
+    count = 0
+    for k in range(rows.shape[0]):
+        r = rows[np.uint64(k)]
+        row = np.uint64(r)
+        proto = transport_col[row]
+        if proto == 0:  # not a candidate (see _decode_common_range)
+            continue
+        p = payload_offset_col[row]
+        e = p + payload_len_col[row]
+        kind, inner, inner_link = _tunnel_payload(data, p, e, proto, dport_col[row], ports)
+        if kind == 0:
+            continue
+        inner_start[row], inner_end[row], inner_linktype[row] = inner, e, inner_link
+        _clear_row(columns, row)
+        _decode_common_range(data, inner_start, inner_end, inner_linktype, r, r + 1, out)
+        # an inner frame of ethertype 0 (or a raw one of no IP version) is not decoded
+        if done[row] and ethertype_col[row] != 0:
+            tunnel[row] = kind
+            count += 1
+        else:
+            done[row] = False
+    return count

@@ -254,9 +254,10 @@ def _walk_pcap(data: np.ndarray, pos: int, end: int, big_endian: bool, lengths: 
         pos += _PCAP_RECORD_HEADER_LEN + caplen
         if pos - chunk >= _DECODE_BYTES or count - decoded == _DECODE_RECORDS:
             # (tunnel rows -- IP protocols 4/41/47, UDP to the IANA tunnel ports -- and IP
-            # fragments, first ones too, are left not done: decode() decapsulates and lists
-            # them column-wise. numba's cache keys this kernel on this file's text only: a
-            # change of _decode_common_range needs a change here too)
+            # fragments, first ones too, are left not done: decode() decapsulates tunnel
+            # rows in its compiled tunnel pass, from the payload range the walk leaves
+            # in their columns, and lists fragments column-wise. Raw-IP and Linux cooked
+            # link types are decoded here too)
             _decode_common_range(data, offsets, packet_end, linktypes, decoded, count, common)
             decoded = count
             chunk = pos

@@ -77,8 +77,9 @@ def test_walk_headers_equal_the_decoder_on_cut_and_mutated_frames(tmp_path, spec
             if at < len(frame):
                 frame[at] = value
         frames.append(bytes(frame))
-    # Ethernet frames (the common case) and a raw-IP file (no row is done by the walk).
-    for linktype in (1, 101):
+    # Ethernet frames (the common case), and the same bytes as raw-IP and Linux cooked
+    # (SLL, SLL2) files, which the walk decodes too
+    for linktype in (1, 101, 113, 276):
         path = pcap_file(tmp_path, frames, snaplen, linktype)
         assert check_batches(path, batch_packets) == len(frames)
 

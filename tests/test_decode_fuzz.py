@@ -59,6 +59,14 @@ TEMPLATES: list[tuple[bytes, int]] = [
     (bytes(Ether() / IP() / UDP(dport=2152) / b"\x34\xff\x00\x30\x00\x00\x00\x01\x00\x00\x00\x85"
            / b"\x01\x00\x00\x00" / V4), 1),
     (bytes(IP() / IP() / UDP(dport=4789) / VXLAN() / Ether() / IP() / GRE() / V4), 101),
+    # the compiled tunnel pass (sensors.decode._decode_tunnel_rows) over every link type
+    (bytes(CookedLinuxV2(proto=0x0800) / IP() / UDP(dport=4789) / VXLAN() / Ether() / V4), 276),
+    (bytes(CookedLinux(proto=0x86DD) / IPv6(nh=4) / V4 / b"ip in ipv6"), 113),
+    (bytes(IP() / GRE(proto=0x22EB) / (b"\x20" + bytes(10) + b"\x01" + bytes(8)) / Ether()
+           / IPv6() / UDP() / b"erspan III"), 101),
+    (bytes(IPv6() / UDP(dport=6081) / b"\x01\x00\x08\x00\x00\x00\x05\x00" / bytes(4) / V4), 229),
+    (bytes(IP() / UDP(dport=2152) / b"\x32\xff\x00\x30\x00\x00\x00\x01\x00\x07\x00\x00" / V4),
+     228),
 ]
 
 
@@ -182,12 +190,25 @@ def _tunnel_frame(header: tuple[int, bytes], inner: bytes) -> bytes:
     return bytes(outer / UDP(sport=7, dport=kind) / (head + inner))
 
 
+# The outer packet's link layer: Ethernet, or the same L3 bytes raw or Linux cooked (SLL/SLL2).
+OUTER_LINKS = {1: b"", 101: None, 113: b"\x00\x04\x00\x01\x00\x06" + bytes(8) + b"\x08\x00",
+               276: b"\x08\x00" + bytes(18)}
+
+
+def _relinked(frame: bytes, linktype: int) -> bytes:
+    if linktype == 1:
+        return frame
+    head = OUTER_LINKS[linktype]
+    return frame[14:] if head is None else head + frame[14:]
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(tunnel_headers, st.binary(max_size=80), st.integers(0, 200)),
-                min_size=1, max_size=10))
+@given(st.lists(st.tuples(tunnel_headers, st.binary(max_size=80), st.integers(0, 200),
+                          st.sampled_from(sorted(OUTER_LINKS))), min_size=1, max_size=10))
 def test_random_bytes_in_tunnel_headers(packets):
-    frames = [_tunnel_frame(header, inner)[:cut] for header, inner, cut in packets]
-    lts = [1] * len(frames)
+    frames = [_relinked(_tunnel_frame(header, inner), lt)[:cut]
+              for header, inner, cut, lt in packets]
+    lts = [lt for *_, lt in packets]
     batch = batch_from_frames(frames, linktype=lts)
     decoded = decode(batch)
     check_invariants(batch, decoded)

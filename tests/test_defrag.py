@@ -349,6 +349,29 @@ def test_fragmented_tunnel_packet_is_opened_once_reassembled():
     assert [(f[0], f[1], f[5]) for f in flow_view(events)] == [(RESOLVER, 53, len(frames))]
 
 
+@pytest.mark.parametrize("linktype", [1, 101, 113, 276])
+def test_tunnel_fragments_are_listed_as_columnwise_on_every_link(linktype):
+    """Inner fragments in VXLAN and ERSPAN and outer fragments of a GRE packet, on Ethernet,
+    raw-IP and Linux cooked captures: the compiled passes leave them all (the column-wise
+    path lists them), unfragmented tunnel packets beside them are decoded alike."""
+    vxlan = Ether(**MAC) / IP(src="192.0.2.1", dst="192.0.2.2") / UDP(dport=4789) / VXLAN()
+    erspan = Ether(**MAC) / IP() / GRE(seqnum_present=1, proto=0x88BE) / Raw(b"\x10" + bytes(7))
+    inner = [Ether(**MAC) / p for p in fragment(v4_response(), 1400)]
+    frames = [bytes(vxlan / p) for p in inner] + [bytes(erspan / p) for p in inner]
+    frames += frames_of(fragment(IP(id=31) / GRE() / v4_response(), 1400))
+    frames += [bytes(vxlan / Ether(**MAC) / IP() / UDP() / b"whole")]
+    if linktype != 1:  # the same L3 bytes behind a raw or cooked link header
+        head = {101: b"", 113: bytes(14) + b"\x08\x00", 276: b"\x08\x00" + bytes(18)}[linktype]
+        frames = [head + f[14:] for f in frames]
+    batch = batch_from_frames(frames, linktype=linktype)
+    fast, slow = decode(batch), decode_columnwise(batch)
+    assert_same(fast, slow)
+    for name in ("row", "frag_offset", "more", "ident", "data_start", "data_end", "tunnel"):
+        assert np.array_equal(getattr(fast.fragments, name), getattr(slow.fragments, name))
+    assert fast.fragments.row.tolist() == list(range(len(frames) - 1))
+    assert fast.tunnel[-1] == 4
+
+
 # --- tshark as the oracle -------------------------------------------------------------------
 
 @pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
