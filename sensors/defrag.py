@@ -20,22 +20,25 @@ they differ, Zeek's names); a datagram that would exceed 65535 bytes is not reas
 (excessively_large_fragment: the "ping of death"); a datagram not complete `timeout_s` of
 event time after its first fragment is dropped (fragment_timeout counts its fragments); at
 most `max_datagrams` pending datagrams and `max_bytes` of fragment data are held, beyond that
-the oldest is dropped (counted `evicted`). Per-fragment work is Python: fragments are rare,
-and an unfragmented batch costs one test.
+the oldest is dropped (counted `evicted`). The per-fragment work is compiled (the kernels
+below, one pass over a batch's fragments in arrival order), so a fragment flood costs about
+what the rest of the sensor pays per packet; Python runs per batch (and decodes the rebuilt
+packets as one batch). An unfragmented batch costs one test.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import struct
-from collections import Counter, OrderedDict
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 
 from pipeline.config import ConfigError
+from pipeline.jit import njit
 from sensors.decode import DEFAULT_TUNNELS, TunnelConfig, decode
-from sensors.packets import LINKTYPE_RAW, DecodedPackets, PacketBatch
+from sensors.packets import LINKTYPE_RAW, DecodedPackets, FragmentRows, PacketBatch
+from sensors.tcp_stream import prefetch
 
 NS = 1_000_000_000
 MAX_DATAGRAM = 65535  # IPv4 total length / IPv6 payload length limit
@@ -85,78 +88,607 @@ class DefragConfig:
         return cls(enabled, float(timeout), datagrams, max_bytes)
 
 
-class _Datagram:
-    """One pending datagram: its fragments' data (in arrival order) and what is known."""
 
-    __slots__ = ("first_ts", "pieces", "size", "held", "fragments", "header", "flow", "bad",
-                 "vlan", "tunnel")
+# --- state layout ---------------------------------------------------------------------------
+# Every pending datagram is a slot: a row of `meta` (int64 fields below), its key words
+# (`keys`), the flow key of its first fragment (`flow_ip` + meta) and the IP header of its
+# offset-0 fragment (`header`). Its fragments' data are pieces (rows of `pieces`, a linked
+# list per slot in arrival order). During a batch a piece's bytes stay in the batch's
+# buffer; only those of datagrams still pending at its end are copied into one `arena`
+# (appended, compacted when its end is reached). Under a flood that copies the last
+# max_datagrams fragments of a batch, not all of them, and a datagram completed within a
+# batch is never copied but once, into its rebuilt packet. No Python object per datagram
+# or fragment.
+S_FIRST_TS, S_SIZE, S_HELD, S_FRAGS, S_PIECES, S_BAD, S_HDR_LEN, S_HASH, S_PREV, S_NEXT, \
+    S_HEAD, S_TAIL, S_WAIT, S_VLAN, S_TUNNEL, S_HAS_FLOW, S_TRANSPORT, S_SPORT, S_DPORT, \
+    S_FLOW_VLAN = range(20)
+SLOT_FIELDS = 20
+HEADER_MAX = 64  # an IPv4 header is at most 60 bytes, the IPv6 base header 40
+# a piece: the fragment's offset in the datagram, its length, where its bytes are (in the
+# arena, or in the batch's buffer while P_BATCH is 1), the next piece of the datagram (-1:
+# none; also links the free pieces)
+P_OFF, P_LEN, P_POS, P_NEXT, P_BATCH = range(5)
+PIECE_FIELDS = 5
+# `glob`: the pending queue (oldest first: a doubly linked list over slots), sizes, limits,
+# the batch's output cursor, then the counters a batch adds to stats / weird
+G_HEAD, G_TAIL, G_COUNT, G_HELD, G_ARENA_END, G_PIECE_FREE, G_SLOT_FREE, G_MAX_DATAGRAMS, \
+    G_MAX_BYTES, G_TIMEOUT, G_DONE, G_OUT_END, N_DATAGRAMS, N_TIMEOUTS, N_EVICTED, \
+    N_OVERLAPS, W_LARGE, W_LIMIT, W_OVERLAP, W_INCONSISTENCY, W_TIMEOUT = range(21)
+GLOB_FIELDS = 21
+COUNTERS = {N_DATAGRAMS: ("stats", "datagrams"), N_TIMEOUTS: ("stats", "timeouts"),
+            N_EVICTED: ("stats", "evicted"), N_OVERLAPS: ("stats", "overlaps"),
+            W_LARGE: ("weird", "excessively_large_fragment"),
+            W_LIMIT: ("weird", "fragment_limit"), W_OVERLAP: ("weird", "fragment_overlap"),
+            W_INCONSISTENCY: ("weird", "fragment_inconsistency"),
+            W_TIMEOUT: ("weird", "fragment_timeout")}
+# a batch's fragment columns (`cols`, one int64 row per fragment)
+I_ROW, I_TS, I_VERSION, I_PROTOCOL, I_VLAN, I_OFFSET, I_MORE, I_HEAD_AT, I_START, I_END, \
+    I_CLAIMED, I_TUNNEL, I_TRANSPORT, I_SPORT, I_DPORT, I_FLOW_VLAN = range(16)
+# why the kernel stopped before a fragment: done, or an array to grow first
+DONE, NEED_PIECES, NEED_OUT = range(3)
+# room kept in the output buffer: the largest rebuilt packet (IPv6 base header + 65535)
+OUT_ROOM = MAX_DATAGRAM + HEADER_MAX
+AHEAD = 8  # fragments between a prefetch and the use
 
-    def __init__(self, first_ts: int, vlan: int, tunnel: int) -> None:
-        self.first_ts = first_ts  # event time of its first-arrived fragment (the timeout)
-        self.pieces: list[tuple[int, bytes]] = []  # (offset, data), arrival order
-        self.size = -1  # data length, known once the last fragment (no MF/M) came
-        self.held = 0  # bytes of data in pieces
-        self.fragments = 0
-        self.header: bytes | None = None  # the IP header of the offset-0 fragment
-        self.flow: tuple | None = None  # the offset-0 fragment row's flow key columns
-        self.bad = False  # too large: its fragments are dropped until it times out
-        self.vlan = vlan
-        self.tunnel = tunnel
 
-    def complete(self) -> bool:
-        """All data from 0 to size is in (and the first fragment's header)."""
-        if self.size < 0 or self.header is None:
+# --- the key index: open addressing over slots (linear probing, backward-shift removal) -----
+
+@njit(inline="always")
+def _hash(key: np.ndarray) -> int:
+    """The key's 5 words mixed (splitmix64 steps), kept to 62 bits (an int64 column)."""
+    x = np.uint64(0x9E3779B97F4A7C15)
+    for j in range(5):
+        x ^= key[j]
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(31)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(29)
+    return np.int64(x & np.uint64(0x3FFFFFFFFFFFFFFF))
+
+
+@njit(inline="always")
+def _same_key(keys: np.ndarray, slot: int, key: np.ndarray) -> bool:
+    for j in range(5):
+        if keys[slot, j] != key[j]:
             return False
-        covered = 0
-        for start, data in sorted(self.pieces):
-            if start > covered:
-                return False
-            covered = max(covered, start + len(data))
-            if covered >= self.size:
-                return True
-        return covered >= self.size
-
-    def payload(self) -> bytes:
-        """The data: first-arrived bytes win where fragments overlap (later pieces are
-        written first, earlier ones over them)."""
-        out = bytearray(self.size)
-        for start, data in reversed(self.pieces):
-            part = data[: max(self.size - start, 0)]
-            out[start : start + len(part)] = part
-        return bytes(out)
+    return True
 
 
-def _ipv4_checksum(header: bytearray) -> int:
-    total = sum(struct.unpack(f">{len(header) // 2}H", header))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+@njit
+def _find(index: np.ndarray, keys: np.ndarray, meta: np.ndarray, key: np.ndarray,
+          h: int) -> tuple[int, int]:
+    """(the key's slot or -1, the index position it is at or would go to)."""
+    mask = index.size - 1
+    at = h & mask
+    while True:
+        slot = index[at] - 1  # 0: an empty position
+        if slot < 0:
+            return -1, at
+        if meta[slot, S_HASH] == h and _same_key(keys, slot, key):
+            return slot, at
+        at = (at + 1) & mask
 
 
-def _rebuild(version: int, header: bytes, protocol: int, payload: bytes) -> bytes:
-    """A whole, unfragmented IP packet: the first fragment's header with the datagram's
-    length, MF and offset cleared (IPv4; checksum recomputed); for IPv6 the base header with
-    the fragment's next header (extension headers before the Fragment header are left out)."""
-    head = bytearray(header)
-    if version == 4:
-        head[2:4] = (len(head) + len(payload)).to_bytes(2, "big")
-        head[6:8] = (int.from_bytes(head[6:8], "big") & 0x4000).to_bytes(2, "big")  # keep DF
-        head[10:12] = b"\0\0"
-        head[10:12] = _ipv4_checksum(head).to_bytes(2, "big")
+@njit
+def _unindex(index: np.ndarray, meta: np.ndarray, slot: int) -> None:
+    """Take the slot out of the index; later entries of its probe run move back into the
+    hole (no tombstones: a flood's churn never fills the index)."""
+    mask = index.size - 1
+    hole = meta[slot, S_HASH] & mask
+    while index[hole] - 1 != slot:
+        hole = (hole + 1) & mask
+    at = hole
+    while True:
+        at = (at + 1) & mask
+        other = index[at] - 1
+        if other < 0:
+            break
+        home = meta[other, S_HASH] & mask
+        # it may move back unless its home lies cyclically in (hole, at]
+        stays = (hole < home <= at) if hole <= at else (home > hole or home <= at)
+        if not stays:
+            index[hole] = index[at]
+            hole = at
+    index[hole] = 0
+
+
+# --- pending datagrams: open, remove (completed, timed out, evicted) -----------------------
+
+@njit
+def _free_pieces(meta: np.ndarray, pieces: np.ndarray, glob: np.ndarray, slot: int) -> None:
+    """The slot's pieces back to the free list (their arena bytes are reclaimed by the next
+    compaction); its held bytes leave the total."""
+    piece = meta[slot, S_HEAD]
+    while piece >= 0:
+        after = pieces[piece, P_NEXT]
+        pieces[piece, P_NEXT] = glob[G_PIECE_FREE]
+        glob[G_PIECE_FREE] = piece
+        piece = after
+    meta[slot, S_HEAD] = meta[slot, S_TAIL] = -1
+    meta[slot, S_PIECES] = 0
+    glob[G_HELD] -= meta[slot, S_HELD]
+    meta[slot, S_HELD] = 0
+
+
+@njit
+def _remove(meta: np.ndarray, index: np.ndarray, pieces: np.ndarray, free_slots: np.ndarray,
+            glob: np.ndarray, slot: int) -> None:
+    """A datagram leaves the pending ones: index, queue, pieces, slot."""
+    _unindex(index, meta, slot)
+    before, after = meta[slot, S_PREV], meta[slot, S_NEXT]
+    if before >= 0:
+        meta[before, S_NEXT] = after
     else:
-        head[4:6] = len(payload).to_bytes(2, "big")
-        head[6] = protocol
-    return bytes(head) + payload
+        glob[G_HEAD] = after
+    if after >= 0:
+        meta[after, S_PREV] = before
+    else:
+        glob[G_TAIL] = before
+    _free_pieces(meta, pieces, glob, slot)
+    free_slots[glob[G_SLOT_FREE]] = slot
+    glob[G_SLOT_FREE] += 1
+    glob[G_COUNT] -= 1
 
 
-@dataclass
-class _Done:
-    """A datagram completed by fragment row `row`."""
+@njit
+def _open(meta: np.ndarray, keys: np.ndarray, index: np.ndarray, pieces: np.ndarray,
+          free_slots: np.ndarray, glob: np.ndarray, key: np.ndarray, h: int, at: int,
+          ts: int, vlan: int, tunnel: int) -> int:
+    """A new pending datagram at the queue's end (the oldest are evicted to make room);
+    `at`: its index position found by _find (evictions may move entries: found again)."""
+    evicted = False
+    while glob[G_COUNT] >= glob[G_MAX_DATAGRAMS]:
+        _remove(meta, index, pieces, free_slots, glob, glob[G_HEAD])
+        glob[N_EVICTED] += 1
+        evicted = True
+    if evicted:
+        at = _find(index, keys, meta, key, h)[1]
+    glob[G_SLOT_FREE] -= 1
+    slot = free_slots[glob[G_SLOT_FREE]]
+    for j in range(SLOT_FIELDS):
+        meta[slot, j] = 0
+    meta[slot, S_FIRST_TS] = ts
+    meta[slot, S_SIZE] = meta[slot, S_HDR_LEN] = -1
+    meta[slot, S_HEAD] = meta[slot, S_TAIL] = meta[slot, S_WAIT] = -1
+    meta[slot, S_HASH] = h
+    meta[slot, S_VLAN] = vlan
+    meta[slot, S_TUNNEL] = tunnel
+    for j in range(5):
+        keys[slot, j] = key[j]
+    index[at] = slot + 1
+    meta[slot, S_PREV], meta[slot, S_NEXT] = glob[G_TAIL], -1
+    if glob[G_TAIL] >= 0:
+        meta[glob[G_TAIL], S_NEXT] = slot
+    else:
+        glob[G_HEAD] = slot
+    glob[G_TAIL] = slot
+    glob[G_COUNT] += 1
+    return slot
 
-    row: int
-    packet: bytes
-    vlan: int
-    tunnel: int
+
+@njit
+def _expire(meta: np.ndarray, index: np.ndarray, pieces: np.ndarray, free_slots: np.ndarray,
+            glob: np.ndarray, now: int) -> None:
+    """Drop datagrams whose first fragment is more than the timeout older than `now`
+    (oldest first; the queue is in arrival order)."""
+    limit = now - glob[G_TIMEOUT]
+    while glob[G_HEAD] >= 0 and meta[glob[G_HEAD], S_FIRST_TS] < limit:
+        slot = glob[G_HEAD]
+        glob[N_TIMEOUTS] += 1
+        glob[W_TIMEOUT] += meta[slot, S_FRAGS]
+        _remove(meta, index, pieces, free_slots, glob, slot)
+
+
+@njit
+def _shed_bytes(meta: np.ndarray, index: np.ndarray, pieces: np.ndarray,
+                free_slots: np.ndarray, glob: np.ndarray, keep: int) -> None:
+    """Drop the oldest other datagrams while more than max_bytes are held."""
+    while glob[G_HELD] > glob[G_MAX_BYTES]:
+        victim = glob[G_HEAD]
+        if victim == keep:
+            victim = meta[victim, S_NEXT]
+        if victim < 0:
+            return
+        _remove(meta, index, pieces, free_slots, glob, victim)
+        glob[N_EVICTED] += 1
+
+
+# --- fragment data: the arena -------------------------------------------------------------
+
+@njit(inline="always")
+def _copy(target: np.ndarray, at: int, source: np.ndarray, start: int, length: int) -> None:
+    """target[at:at+length] = source[start:start+length], forward, as a plain loop: numba's
+    slice assignment costs ~300 ns whatever the length (it checks for overlap and takes a
+    generic path; loops below copy rows for the same reason); a forward copy is also safe
+    when moving bytes down within one array."""
+    into, taken = target[at:at + length], source[start:start + length]
+    for b in range(length):  # (indices from 0: no negative-index test, the loop vectorizes)
+        into[b] = taken[b]
+
+@njit
+def _compact(meta: np.ndarray, pieces: np.ndarray, arena: np.ndarray,
+             glob: np.ndarray) -> None:
+    """Move the held pieces' bytes to the arena's start, in arena order (each moves down
+    or stays: a forward copy is safe). Pieces still in the batch's buffer are not moved."""
+    count = 0
+    slot = glob[G_HEAD]
+    while slot >= 0:
+        count += meta[slot, S_PIECES]
+        slot = meta[slot, S_NEXT]
+    held = np.empty(count, dtype=np.int64)
+    count = 0
+    slot = glob[G_HEAD]
+    while slot >= 0:
+        piece = meta[slot, S_HEAD]
+        while piece >= 0:
+            if not pieces[piece, P_BATCH]:
+                held[count] = piece
+                count += 1
+            piece = pieces[piece, P_NEXT]
+        slot = meta[slot, S_NEXT]
+    held = held[:count]
+    held = held[np.argsort(pieces[held, P_POS], kind="mergesort")]
+    end = 0
+    for piece in held:
+        source, length = pieces[piece, P_POS], pieces[piece, P_LEN]
+        _copy(arena, end, arena, source, length)
+        pieces[piece, P_POS] = end
+        end += length
+    glob[G_ARENA_END] = end
+
+
+@njit
+def _arena_room(meta: np.ndarray, pieces: np.ndarray, arena: np.ndarray, glob: np.ndarray,
+                length: int) -> bool:
+    """Room for `length` more bytes, compacting if needed; False: grow the arena first
+    (also when compacting would free less than a quarter of it: compactions stay rare)."""
+    if glob[G_ARENA_END] + length <= arena.size:
+        return True
+    _compact(meta, pieces, arena, glob)
+    return (glob[G_ARENA_END] + length) * 2 <= arena.size
+
+
+@njit
+def _overlap(meta: np.ndarray, pieces: np.ndarray, arena: np.ndarray, slot: int,
+             offset: int, data: np.ndarray, start: int, end: int) -> int:
+    """How new data at `offset` meets the pieces held: 0 no overlap, 1 overlapping bytes
+    all agree, 2 some differ (compared with every held piece, not only the kept bytes)."""
+    last = offset + end - start
+    found = 0
+    piece = meta[slot, S_HEAD]
+    while piece >= 0:
+        held_at, length = pieces[piece, P_OFF], pieces[piece, P_LEN]
+        lo, hi = max(held_at, offset), min(held_at + length, last)
+        if lo < hi:
+            found = 1
+            mine = pieces[piece, P_POS] - held_at
+            theirs = start - offset
+            if pieces[piece, P_BATCH]:
+                for b in range(lo, hi):
+                    if data[mine + b] != data[theirs + b]:
+                        return 2
+            else:
+                for b in range(lo, hi):
+                    if arena[mine + b] != data[theirs + b]:
+                        return 2
+        piece = pieces[piece, P_NEXT]
+    return found
+
+
+@njit
+def _add_piece(meta: np.ndarray, pieces: np.ndarray, glob: np.ndarray, slot: int,
+               offset: int, start: int, end: int) -> None:
+    """Append the fragment's piece to the slot's list (its bytes stay in the batch)."""
+    piece = glob[G_PIECE_FREE]
+    glob[G_PIECE_FREE] = pieces[piece, P_NEXT]
+    length = end - start
+    pieces[piece, P_OFF], pieces[piece, P_LEN] = offset, length
+    pieces[piece, P_POS], pieces[piece, P_NEXT] = start, -1
+    pieces[piece, P_BATCH] = 1
+    if meta[slot, S_TAIL] >= 0:
+        pieces[meta[slot, S_TAIL], P_NEXT] = piece
+    else:
+        meta[slot, S_HEAD] = piece
+    meta[slot, S_TAIL] = piece
+    meta[slot, S_PIECES] += 1
+    meta[slot, S_HELD] += length
+    glob[G_HELD] += length
+
+
+@njit
+def _slot_pieces(meta: np.ndarray, pieces: np.ndarray, slot: int) -> np.ndarray:
+    """The slot's piece rows in arrival order."""
+    out = np.empty(meta[slot, S_PIECES], dtype=np.int64)
+    piece = meta[slot, S_HEAD]
+    for k in range(out.size):
+        out[k] = piece
+        piece = pieces[piece, P_NEXT]
+    return out
+
+
+@njit
+def _complete(meta: np.ndarray, pieces: np.ndarray, slot: int) -> bool:
+    """All data from 0 to the size is in (and the first fragment's header). Cheap tests
+    first: the size is known only once the last fragment came, and the pieces must hold at
+    least that many bytes."""
+    size = meta[slot, S_SIZE]
+    if size < 0 or meta[slot, S_HDR_LEN] < 0 or meta[slot, S_HELD] < size:
+        return False
+    held = _slot_pieces(meta, pieces, slot)
+    covered = 0
+    for piece in held[np.argsort(pieces[held, P_OFF], kind="mergesort")]:
+        if pieces[piece, P_OFF] > covered:
+            return False
+        covered = max(covered, pieces[piece, P_OFF] + pieces[piece, P_LEN])
+        if covered >= size:
+            return True
+    return covered >= size
+
+
+# --- a completed datagram: the rebuilt packet ----------------------------------------------
+
+@njit
+def _rebuild(meta: np.ndarray, keys: np.ndarray, header: np.ndarray, pieces: np.ndarray,
+             arena: np.ndarray, data: np.ndarray, slot: int, out: np.ndarray, at: int) -> int:
+    """Write the whole IP packet at out[at:]; its length. The first fragment's header with
+    the datagram's length, MF and offset cleared (IPv4; checksum recomputed); for IPv6 the
+    base header with the fragment's next header. The payload: later pieces first, earlier
+    ones over them (the first-arrived bytes win)."""
+    head, size = meta[slot, S_HDR_LEN], meta[slot, S_SIZE]
+    _copy(out, at, header[slot], 0, head)
+    body = at + head
+    held = _slot_pieces(meta, pieces, slot)
+    for k in range(held.size - 1, -1, -1):
+        piece = held[k]
+        offset, source = pieces[piece, P_OFF], pieces[piece, P_POS]
+        length = min(pieces[piece, P_LEN], max(size - offset, 0))
+        if pieces[piece, P_BATCH]:
+            _copy(out, body + offset, data, source, length)
+        else:
+            _copy(out, body + offset, arena, source, length)
+    version = np.int64(keys[slot, 4] >> np.uint64(56))
+    if version == 4:
+        total = head + size
+        out[at + 2], out[at + 3] = total >> 8, total & 0xFF
+        out[at + 6] &= 0x40  # keep DF only
+        out[at + 7] = 0
+        out[at + 10] = out[at + 11] = 0
+        checksum = 0
+        for j in range(0, head - 1, 2):
+            checksum += (np.int64(out[at + j]) << 8) | np.int64(out[at + j + 1])
+        while checksum >> 16:
+            checksum = (checksum & 0xFFFF) + (checksum >> 16)
+        checksum = ~checksum & 0xFFFF
+        out[at + 10], out[at + 11] = checksum >> 8, checksum & 0xFF
+    else:
+        out[at + 4], out[at + 5] = size >> 8, size & 0xFF
+        out[at + 6] = (keys[slot, 4] >> np.uint64(32)) & np.uint64(0xFF)  # the protocol
+    return head + size
+
+
+@njit
+def _finish(meta: np.ndarray, keys: np.ndarray, header: np.ndarray, index: np.ndarray,
+            pieces: np.ndarray, arena: np.ndarray, data: np.ndarray, free_slots: np.ndarray,
+            glob: np.ndarray, slot: int, fragment: int, done: np.ndarray,
+            out: np.ndarray) -> None:
+    """A complete datagram leaves the pending ones; its packet is added to the batch's
+    output unless too large (a first fragment with a longer IPv4 header than the fragment
+    checked)."""
+    version = np.int64(keys[slot, 4] >> np.uint64(56))
+    limit = MAX_DATAGRAM + (40 if version == 6 else 0)
+    if meta[slot, S_HDR_LEN] + meta[slot, S_SIZE] > limit:
+        glob[W_LARGE] += 1
+    else:
+        at = glob[G_OUT_END]
+        glob[G_OUT_END] += _rebuild(meta, keys, header, pieces, arena, data, slot, out, at)
+        k = glob[G_DONE]
+        done[k, 0], done[k, 1] = fragment, at
+        done[k, 2], done[k, 3] = meta[slot, S_VLAN], meta[slot, S_TUNNEL]
+        glob[G_DONE] += 1
+        glob[N_DATAGRAMS] += 1
+    _remove(meta, index, pieces, free_slots, glob, slot)
+
+
+# --- flow attribution of later fragments ---------------------------------------------------
+
+@njit
+def _give_flow(meta: np.ndarray, flow_ip: np.ndarray, slot: int, fragment: int,
+               attr_ip: np.ndarray, attr: np.ndarray) -> None:
+    """Fragment `fragment` takes its datagram's first fragment's flow key."""
+    for j in range(4):
+        attr_ip[fragment, j] = flow_ip[slot, j]
+    attr[fragment, 0] = 1
+    attr[fragment, 1] = meta[slot, S_TRANSPORT]
+    attr[fragment, 2] = meta[slot, S_SPORT]
+    attr[fragment, 3] = meta[slot, S_DPORT]
+    attr[fragment, 4] = meta[slot, S_FLOW_VLAN]
+
+
+@njit
+def _take_first(meta: np.ndarray, flow_ip: np.ndarray, header: np.ndarray, slot: int,
+                i: int, cols: np.ndarray, fips: np.ndarray, data: np.ndarray,
+                attr_ip: np.ndarray, attr: np.ndarray, wait: np.ndarray) -> None:
+    """The first offset-0 fragment of a datagram: its IP header and flow key are kept, and
+    the later fragments of this batch that came before it take that flow now."""
+    head_at = cols[i, I_HEAD_AT]
+    end = cols[i, I_START] if cols[i, I_VERSION] == 4 else head_at + 40
+    length = max(min(end, data.size) - head_at, 0)
+    length = min(length, HEADER_MAX)
+    _copy(header[slot], 0, data, head_at, length)
+    meta[slot, S_HDR_LEN] = length
+    for j in range(4):
+        flow_ip[slot, j] = fips[i, j]
+    meta[slot, S_TRANSPORT] = cols[i, I_TRANSPORT]
+    meta[slot, S_SPORT], meta[slot, S_DPORT] = cols[i, I_SPORT], cols[i, I_DPORT]
+    meta[slot, S_FLOW_VLAN] = cols[i, I_FLOW_VLAN]
+    meta[slot, S_HAS_FLOW] = 1
+    waiting = meta[slot, S_WAIT]
+    while waiting >= 0:
+        _give_flow(meta, flow_ip, slot, waiting, attr_ip, attr)
+        waiting = wait[waiting]
+    meta[slot, S_WAIT] = -1
+
+
+# --- one batch's fragments, in arrival order -----------------------------------------------
+
+@njit
+def _take_fragments(state: tuple, first: int, cols: np.ndarray, fkeys: np.ndarray,
+                    fips: np.ndarray, data: np.ndarray, attr_ip: np.ndarray,
+                    attr: np.ndarray, wait: np.ndarray, done: np.ndarray,
+                    out: np.ndarray) -> tuple[int, int]:
+    """Fragments first.. of a batch into the pending datagrams: (DONE, n) or (NEED_*, i):
+    fragment i needs a larger array first (nothing of it is done yet; call again from i).
+    Completed datagrams go to `done` (fragment, packet start in `out`, vlan, tunnel); later
+    fragments that get their first fragment's flow key are marked in `attr` (+ `attr_ip`)."""
+    meta, keys, flow_ip, header, index, free_slots, pieces, arena, glob = state
+    n = cols.shape[0]
+    hashes = np.empty(n, dtype=np.int64)
+    for i in range(first, n):
+        hashes[i] = _hash(fkeys[i])
+    for i in range(first, n):
+        # a fragment's packet (~100 MB batches: past the caches) and its index position are
+        # requested some fragments ahead, so that those waits overlap
+        if i + AHEAD < n:
+            prefetch(data, cols[i + AHEAD, I_HEAD_AT])
+            prefetch(index, hashes[i + AHEAD] & (index.size - 1))
+        start, end, offset = cols[i, I_START], cols[i, I_END], cols[i, I_OFFSET]
+        if glob[G_PIECE_FREE] < 0:
+            return NEED_PIECES, i
+        if glob[G_OUT_END] + OUT_ROOM > out.size:
+            return NEED_OUT, i
+        _expire(meta, index, pieces, free_slots, glob, cols[i, I_TS])
+        key = fkeys[i]
+        h = hashes[i]
+        slot, at = _find(index, keys, meta, key, h)
+        if slot < 0:
+            slot = _open(meta, keys, index, pieces, free_slots, glob, key, h, at,
+                         cols[i, I_TS], cols[i, I_VLAN], cols[i, I_TUNNEL])
+        meta[slot, S_FRAGS] += 1
+        if offset == 0:
+            if meta[slot, S_HDR_LEN] < 0:
+                _take_first(meta, flow_ip, header, slot, i, cols, fips, data, attr_ip, attr,
+                            wait)
+        elif meta[slot, S_HAS_FLOW]:  # (also of a dropped datagram: wire accounting)
+            _give_flow(meta, flow_ip, slot, i, attr_ip, attr)
+        else:  # its first fragment may still come in this batch
+            wait[i] = meta[slot, S_WAIT]
+            meta[slot, S_WAIT] = i
+        if meta[slot, S_BAD]:
+            continue
+        header_len = start - cols[i, I_HEAD_AT] if cols[i, I_VERSION] == 4 else 0
+        extent = offset + cols[i, I_CLAIMED] - start
+        if extent + header_len > MAX_DATAGRAM or meta[slot, S_PIECES] >= MAX_FRAGMENTS:
+            # too large, or too many fragments: the key stays (its other fragments are
+            # dropped too), the data goes
+            glob[W_LARGE if extent + header_len > MAX_DATAGRAM else W_LIMIT] += 1
+            meta[slot, S_BAD] = 1
+            _free_pieces(meta, pieces, glob, slot)
+            continue
+        found = _overlap(meta, pieces, arena, slot, offset, data, start, end)
+        if found:
+            glob[N_OVERLAPS] += 1
+            glob[W_OVERLAP if found == 1 else W_INCONSISTENCY] += 1
+        _add_piece(meta, pieces, glob, slot, offset, start, end)
+        if not cols[i, I_MORE]:
+            meta[slot, S_SIZE] = max(meta[slot, S_SIZE], extent)
+        if _complete(meta, pieces, slot):
+            _finish(meta, keys, header, index, pieces, arena, data, free_slots, glob, slot,
+                    i, done, out)
+        else:
+            _shed_bytes(meta, index, pieces, free_slots, glob, slot)
+    return DONE, n
+
+
+@njit
+def _settle(state: tuple, data: np.ndarray) -> int:
+    """End of a batch: copy the bytes of the pending datagrams' pieces still in the batch's
+    buffer into the arena. 0 when done, else the length of a piece that needs a larger
+    arena first (call again: settled pieces are skipped)."""
+    meta, _keys, _flow_ip, _header, _index, _free_slots, pieces, arena, glob = state
+    slot = glob[G_HEAD]
+    while slot >= 0:
+        piece = meta[slot, S_HEAD]
+        while piece >= 0:
+            if pieces[piece, P_BATCH]:
+                length = pieces[piece, P_LEN]
+                if not _arena_room(meta, pieces, arena, glob, length):
+                    return max(length, 1)
+                at = glob[G_ARENA_END]
+                _copy(arena, at, data, pieces[piece, P_POS], length)
+                glob[G_ARENA_END] = at + length
+                pieces[piece, P_POS], pieces[piece, P_BATCH] = at, 0
+            piece = pieces[piece, P_NEXT]
+        slot = meta[slot, S_NEXT]
+    return 0
+
+
+@njit
+def _expire_all(state: tuple, now: int) -> None:
+    """_expire for the end of a batch."""
+    meta, _keys, _flow_ip, _header, index, free_slots, pieces, _arena, glob = state
+    _expire(meta, index, pieces, free_slots, glob, now)
+
+
+class _State:
+    """The Defragmenter's arrays (see the layout above); grown by Python when a kernel asks."""
+
+    def __init__(self, config: DefragConfig, timeout_ns: int) -> None:
+        slots = config.max_datagrams
+        self.meta = np.zeros((slots, SLOT_FIELDS), dtype=np.int64)
+        self.keys = np.zeros((slots, 5), dtype=np.uint64)
+        self.flow_ip = np.zeros((slots, 4), dtype=np.uint64)
+        self.header = np.zeros((slots, HEADER_MAX), dtype=np.uint8)
+        # at most half full: probe runs stay short
+        self.index = np.zeros(1 << max(4, (2 * slots - 1).bit_length()), dtype=np.int64)
+        self.free_slots = np.arange(slots - 1, -1, -1, dtype=np.int64)
+        self.pieces = self._free_list(np.zeros((0, PIECE_FIELDS), dtype=np.int64), 1024, -1)
+        self.arena = np.empty(1 << 20, dtype=np.uint8)
+        self.glob = np.zeros(GLOB_FIELDS, dtype=np.int64)
+        self.glob[[G_HEAD, G_TAIL]] = -1
+        self.glob[G_SLOT_FREE] = slots
+        self.glob[G_MAX_DATAGRAMS] = slots
+        self.glob[G_MAX_BYTES] = config.max_bytes
+        self.glob[G_TIMEOUT] = timeout_ns
+
+    @staticmethod
+    def _free_list(old: np.ndarray, rows: int, free: int) -> np.ndarray:
+        """`old` with `rows` more piece rows, linked in front of the free list `free`."""
+        grown = np.empty((len(old) + rows, PIECE_FIELDS), dtype=np.int64)
+        grown[:len(old)] = old
+        grown[len(old):, P_NEXT] = np.arange(len(old) + 1, len(grown) + 1)
+        grown[-1, P_NEXT] = free
+        return grown
+
+    def arrays(self) -> tuple:
+        return (self.meta, self.keys, self.flow_ip, self.header, self.index, self.free_slots,
+                self.pieces, self.arena, self.glob)
+
+    def grow_pieces(self) -> None:
+        free = int(self.glob[G_PIECE_FREE]) if len(self.pieces) else -1
+        self.glob[G_PIECE_FREE] = len(self.pieces)
+        self.pieces = self._free_list(self.pieces, len(self.pieces), free)
+
+    def grow_arena(self, length: int) -> None:
+        """Half again what is held (just compacted) and the next fragment: the next
+        compaction is a third of the arena away."""
+        end = int(self.glob[G_ARENA_END])
+        grown = np.empty(max(3 * (end + length), 1 << 20), dtype=np.uint8)
+        grown[:end] = self.arena[:end]
+        self.arena = grown
+
+
+class _Completed:
+    """The datagrams a kernel pass completed: rebuilt packets in `out`, and per datagram
+    (the fragment that completed it, packet start, vlan, tunnel) in `done`."""
+
+    def __init__(self, fragments: int, data_bytes: int) -> None:
+        self.done = np.empty((fragments, 4), dtype=np.int64)
+        self.out = np.empty(data_bytes + fragments * HEADER_MAX + OUT_ROOM, dtype=np.uint8)
+
+    def grow_out(self) -> None:
+        grown = np.empty(2 * len(self.out), dtype=np.uint8)
+        grown[:len(self.out)] = self.out
+        self.out = grown
 
 
 class Defragmenter:
@@ -171,20 +703,17 @@ class Defragmenter:
         self.timeout_ns = int(self.config.timeout_s * NS)
         self.stats: Counter[str] = Counter()
         self.weird: Counter[str] = Counter()
-        # oldest first (an OrderedDict: finding the oldest stays O(1) after many removals
-        # from the front, where a dict's iteration skips every removed slot)
-        self._pending: OrderedDict[tuple, _Datagram] = OrderedDict()
-        self._held = 0
+        self._state: _State | None = None  # made at the first fragment
 
     @property
     def pending(self) -> int:
         """Datagrams waiting for fragments."""
-        return len(self._pending)
+        return int(self._state.glob[G_COUNT]) if self._state is not None else 0
 
     @property
     def held_bytes(self) -> int:
         """Fragment data held for them."""
-        return self._held
+        return int(self._state.glob[G_HELD]) if self._state is not None else 0
 
     def counts(self) -> dict[str, int]:
         """The stats as a plain dict (health documents, run reports)."""
@@ -198,17 +727,17 @@ class Defragmenter:
         if not self.config.enabled:
             return packets, packets, []
         if packets.fragments is None:
-            if self._pending and len(packets):
+            if self.pending and len(packets):
                 self._expire(int(packets.ts_ns[-1]))
             return packets, packets, []
         analyzed, counted, done = self._take(packets)
         datagrams = []
         source = packets
         for _ in range(MAX_NESTING):  # a reassembled tunnel packet may hold fragments
-            if not done:
+            if done is None:
                 break
             source = decoded = self._decode(done, source)
-            done = []
+            done = None
             if decoded.fragments is not None:
                 decoded, _, done = self._take(decoded)
             datagrams.append(decoded)
@@ -216,140 +745,63 @@ class Defragmenter:
             self._expire(int(packets.ts_ns[-1]))
         return analyzed, counted, datagrams
 
+    def _expire(self, now: int) -> None:
+        assert self._state is not None
+        _expire_all(self._state.arrays(), now)
+        self._harvest()
+
+    def _harvest(self) -> None:
+        """The kernels' counters into stats / weird (only those that moved)."""
+        glob = self._state.glob
+        for at, (where, name) in COUNTERS.items():
+            if glob[at]:
+                getattr(self, where)[name] += int(glob[at])
+                glob[at] = 0
+
     # -- one batch's fragments, in arrival order --
 
     def _take(self, packets: DecodedPackets
-              ) -> tuple[DecodedPackets, DecodedPackets, list[_Done]]:
+              ) -> tuple[DecodedPackets, DecodedPackets, tuple[np.ndarray, np.ndarray] | None]:
+        """The views, and the completed datagrams ((fragment row, start, vlan, tunnel)
+        rows, packet bytes) or None."""
         frag = packets.fragments
         assert frag is not None
-        rows = frag.row
-        # the per-fragment loop reads Python values gathered column-wise here
-        ts = packets.ts_ns[rows].tolist()
-        keys = list(zip(frag.version.tolist(), frag.vlan.tolist(), frag.src_ip.tolist(),
-                        frag.dst_ip.tolist(), frag.protocol.tolist(), frag.ident.tolist(),
-                        strict=True))
-        offset, more = frag.frag_offset.tolist(), frag.more.tolist()
-        start, end = frag.data_start.tolist(), frag.data_end.tolist()
-        claimed, head_at = frag.claimed_end.tolist(), frag.header_offset.tolist()
-        tunnel, row_list = frag.tunnel.tolist(), rows.tolist()
-        # the flow key columns of the first fragments (offset 0), by row
-        firsts = rows[frag.frag_offset == 0]
-        first_flow = dict(zip(firsts.tolist(), zip(*(
-            np.asarray(getattr(packets, name))[firsts].tolist() for name in _FLOW_KEY),
-            strict=True), strict=True)) if firsts.size else {}
-        data = memoryview(np.ascontiguousarray(packets.data))
-        self.stats["fragments"] += len(keys)
-        later: list[tuple[int, _Datagram]] = []  # later fragments and their datagrams
-        done: list[_Done] = []
-        for i, key in enumerate(keys):
-            self._expire(ts[i])
-            datagram = self._pending.get(key)
-            if datagram is None:
-                datagram = self._open(key, ts[i], tunnel[i])
-            datagram.fragments += 1
-            version = key[0]
-            if offset[i] == 0:
-                if datagram.header is None:
-                    header_end = start[i] if version == 4 else head_at[i] + 40
-                    datagram.header = bytes(data[head_at[i]:header_end])
-                    datagram.flow = first_flow[row_list[i]]
-            else:  # (also of a dropped datagram: wire accounting)
-                later.append((row_list[i], datagram))
-            if datagram.bad:
-                continue
-            header_len = start[i] - head_at[i] if version == 4 else 0
-            extent = offset[i] + claimed[i] - start[i]
-            if extent + header_len > MAX_DATAGRAM:
-                self.weird["excessively_large_fragment"] += 1
-                self._drop_data(datagram)
-                continue
-            if len(datagram.pieces) >= MAX_FRAGMENTS:
-                self.weird["fragment_limit"] += 1
-                self._drop_data(datagram)
-                continue
-            self._add(datagram, offset[i], bytes(data[start[i]:end[i]]))
-            if not more[i]:
-                datagram.size = max(datagram.size, extent)
-            if datagram.complete():
-                packet = self._finish(key, datagram)
-                if packet is not None:
-                    done.append(_Done(row_list[i], packet, datagram.vlan, datagram.tunnel))
+        if self._state is None:
+            self._state = _State(self.config, self.timeout_ns)
+        state = self._state
+        cols, fkeys, fips = _columns(packets, frag)
+        data = np.ascontiguousarray(packets.data)
+        n = len(frag)
+        self.stats["fragments"] += n
+        attr_ip = np.empty((n, 4), dtype=np.uint64)
+        attr = np.zeros((n, 5), dtype=np.int64)
+        wait = np.empty(n, dtype=np.int64)
+        state.meta[:, S_WAIT] = -1  # the waiting lists are this batch's
+        state.glob[[G_DONE, G_OUT_END]] = 0
+        completed = _Completed(n, int((frag.data_end - frag.data_start).sum()))
+        first = 0
+        while True:  # until done: grow what the kernel ran out of, then go on from there
+            status, first = _take_fragments(state.arrays(), first, cols, fkeys, fips, data,
+                                            attr_ip, attr, wait, completed.done,
+                                            completed.out)
+            if status == DONE:
+                break
+            if status == NEED_PIECES:
+                state.grow_pieces()
             else:
-                self._shed_bytes(key)
-        # a later fragment takes the flow of its first fragment, if that came before it or
-        # later in this batch
-        attributed = [(row, d.flow) for row, d in later if d.flow is not None]
-        return self._hidden(packets), self._attributed(packets, attributed), done
-
-    def _finish(self, key: tuple, datagram: _Datagram) -> bytes | None:
-        """A complete datagram leaves the pending ones: its rebuilt packet (None if too
-        large: a first fragment with a longer IPv4 header than the fragment checked)."""
-        del self._pending[key]
-        self._held -= datagram.held
-        version, protocol = key[0], key[4]
-        if len(datagram.header) + datagram.size > MAX_DATAGRAM + 40 * (version == 6):
-            self.weird["excessively_large_fragment"] += 1
-            return None
-        self.stats["datagrams"] += 1
-        return _rebuild(version, datagram.header, protocol, datagram.payload())
-
-    def _open(self, key: tuple, ts: int, tunnel: int) -> _Datagram:
-        while len(self._pending) >= self.config.max_datagrams:
-            self._evict(next(iter(self._pending)))
-        datagram = self._pending[key] = _Datagram(ts, key[1], tunnel)
-        return datagram
-
-    def _add(self, datagram: _Datagram, offset: int, data: bytes) -> None:
-        """Add one fragment's data, counting overlaps with what is already held."""
-        end = offset + len(data)
-        overlap = consistent = False
-        for start, held in datagram.pieces:
-            lo, hi = max(start, offset), min(start + len(held), end)
-            if lo < hi:
-                overlap = True
-                consistent = held[lo - start:hi - start] == data[lo - offset:hi - offset]
-                if not consistent:
-                    break
-        if overlap:
-            self.stats["overlaps"] += 1
-            self.weird["fragment_overlap" if consistent else "fragment_inconsistency"] += 1
-        datagram.pieces.append((offset, data))
-        datagram.held += len(data)
-        self._held += len(data)
-
-    def _drop_data(self, datagram: _Datagram) -> None:
-        """Too large: keep the key (its other fragments are dropped too), not the data."""
-        datagram.bad = True
-        self._held -= datagram.held
-        datagram.held = 0
-        datagram.pieces = []
-
-    def _evict(self, key: tuple) -> None:
-        datagram = self._pending.pop(key)
-        self._held -= datagram.held
-        self.stats["evicted"] += 1
-
-    def _shed_bytes(self, keep: tuple) -> None:
-        """Drop the oldest other datagrams while more than max_bytes are held."""
-        while self._held > self.config.max_bytes:
-            victim = next((k for k in self._pending if k != keep), None)
-            if victim is None:
-                return
-            self._evict(victim)
-
-    def _expire(self, now: int) -> None:
-        """Drop datagrams whose first fragment is more than timeout_s older than `now`
-        (oldest first: the dict is in arrival order)."""
-        limit = now - self.timeout_ns
-        while self._pending:
-            key = next(iter(self._pending))
-            datagram = self._pending[key]
-            if datagram.first_ts >= limit:
-                return
-            del self._pending[key]
-            self._held -= datagram.held
-            self.stats["timeouts"] += 1
-            self.weird["fragment_timeout"] += datagram.fragments
+                completed.grow_out()
+        while need := _settle(state.arrays(), data):  # the pending pieces' bytes kept
+            state.grow_arena(need)
+        self._harvest()
+        given = attr[:, 0] == 1
+        counted = self._attributed(packets, frag.row[given], attr_ip[given], attr[given])
+        count = int(state.glob[G_DONE])
+        done = None
+        if count:
+            rows = completed.done[:count].copy()
+            rows[:, 0] = frag.row[rows[:, 0]]
+            done = rows, completed.out[:int(state.glob[G_OUT_END])]
+        return self._hidden(packets), counted, done
 
     # -- the views and the reassembled batch --
 
@@ -367,37 +819,69 @@ class Defragmenter:
         return dataclasses.replace(packets, **changed)
 
     @staticmethod
-    def _attributed(packets: DecodedPackets, attributed: list[tuple[int, tuple]]
-                    ) -> DecodedPackets:
+    def _attributed(packets: DecodedPackets, rows: np.ndarray, ips: np.ndarray,
+                    attr: np.ndarray) -> DecodedPackets:
         """The batch with later fragments given their first fragment's flow key."""
-        if not attributed:
+        if not rows.size:
             return packets
-        rows = np.array([row for row, _ in attributed], dtype=np.int64)
         changed = {}
-        for k, name in enumerate(_FLOW_KEY):
+        for name, words in (("src_ip", ips[:, :2]), ("dst_ip", ips[:, 2:])):
             column = np.array(getattr(packets, name))
-            column[rows] = np.array([flow[k] for _, flow in attributed], dtype=column.dtype)
+            column.view(np.uint64).reshape(-1, 2)[rows] = words
+            changed[name] = column
+        for k, name in enumerate(("transport", "src_port", "dst_port", "vlan"), start=1):
+            column = np.array(getattr(packets, name))
+            column[rows] = attr[:, k].astype(column.dtype)
             changed[name] = column
         return dataclasses.replace(packets, **changed)
 
-    def _decode(self, done: list[_Done], source: DecodedPackets) -> DecodedPackets:
+    def _decode(self, done: tuple[np.ndarray, np.ndarray],
+                source: DecodedPackets) -> DecodedPackets:
         """The completed datagrams as a raw-IP batch (its own buffer; each at the time of
         the fragment that completed it, `source`'s row), decoded; rows not opened as
         tunnels here take the VLAN and the tunnel kind their fragments came in."""
-        rows = np.array([d.row for d in done], dtype=np.int64)
-        lengths = np.array([len(d.packet) for d in done], dtype=np.int64)
-        offsets = np.zeros(len(done), dtype=np.int64)
-        offsets[1:] = np.cumsum(lengths)[:-1]
+        rows, out = done
+        lengths = np.diff(np.append(rows[:, 1], len(out)))
         batch = PacketBatch(
-            data=np.frombuffer(bytearray(b"".join(d.packet for d in done)), dtype=np.uint8),
-            offset=offsets, caplen=lengths.astype(np.uint32),
-            wirelen=lengths.astype(np.uint32), ts_ns=source.ts_ns[rows],
-            linktype=np.full(len(done), LINKTYPE_RAW, dtype=np.uint16),
-            interface=source.interface[rows])
+            data=out, offset=rows[:, 1].copy(), caplen=lengths.astype(np.uint32),
+            wirelen=lengths.astype(np.uint32), ts_ns=source.ts_ns[rows[:, 0]],
+            linktype=np.full(len(rows), LINKTYPE_RAW, dtype=np.uint16),
+            interface=source.interface[rows[:, 0]])
         decoded = decode(batch, self.tunnels)
-        vlan = np.array([d.vlan for d in done], dtype=np.uint16)
-        tunnel = np.array([d.tunnel for d in done], dtype=np.uint8)
+        vlan, tunnel = rows[:, 2].astype(np.uint16), rows[:, 3].astype(np.uint8)
         plain = decoded.tunnel == 0
         decoded.vlan = np.where(plain, vlan, decoded.vlan).astype(np.uint16)
         decoded.tunnel = np.where(tunnel != 0, tunnel, decoded.tunnel).astype(np.uint8)
         return decoded
+
+
+def _words(addresses: np.ndarray) -> np.ndarray:
+    """An IP_DTYPE column as (n, 2) uint64 words (the 16 bytes as they are)."""
+    return np.ascontiguousarray(addresses).view(np.uint64).reshape(-1, 2)
+
+
+def _columns(packets: DecodedPackets, frag: FragmentRows
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The kernel's inputs, column-wise: the fragment columns (+ time and the row's flow
+    key columns) as int64 rows, the key words (src, dst, version|vlan|protocol|ident) and
+    the rows' flow addresses."""
+    rows = frag.row
+    cols = np.empty((len(frag), 16), dtype=np.int64)
+    for at, column in ((I_ROW, rows), (I_TS, packets.ts_ns[rows]), (I_VERSION, frag.version),
+                       (I_PROTOCOL, frag.protocol), (I_VLAN, frag.vlan),
+                       (I_OFFSET, frag.frag_offset), (I_MORE, frag.more),
+                       (I_HEAD_AT, frag.header_offset), (I_START, frag.data_start),
+                       (I_END, frag.data_end), (I_CLAIMED, frag.claimed_end),
+                       (I_TUNNEL, frag.tunnel), (I_TRANSPORT, packets.transport[rows]),
+                       (I_SPORT, packets.src_port[rows]), (I_DPORT, packets.dst_port[rows]),
+                       (I_FLOW_VLAN, packets.vlan[rows])):
+        cols[:, at] = column
+    fkeys = np.empty((len(frag), 5), dtype=np.uint64)
+    fkeys[:, :2], fkeys[:, 2:4] = _words(frag.src_ip), _words(frag.dst_ip)
+    fkeys[:, 4] = ((frag.version.astype(np.uint64) << np.uint64(56))
+                   | (frag.vlan.astype(np.uint64) << np.uint64(40))
+                   | (frag.protocol.astype(np.uint64) << np.uint64(32))
+                   | frag.ident.astype(np.uint64))
+    fips = np.empty((len(frag), 4), dtype=np.uint64)
+    fips[:, :2], fips[:, 2:] = _words(packets.src_ip[rows]), _words(packets.dst_ip[rows])
+    return cols, fkeys, fips

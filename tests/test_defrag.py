@@ -507,3 +507,213 @@ def test_fragments_made_by_a_real_ip_stack():
                               "-e", "dns.count.answers", "-Y", "dns"],
                              capture_output=True, text=True, check=True).stdout
         assert [int(n) for n in out.split()] == answers
+
+
+# --- differential: the Defragmenter against a plain reference of the documented policy -----
+
+class ReferenceDefrag:
+    """docs/sensor.md "IP fragments", written plainly for IPv4 (one dict entry per pending
+    datagram, oldest first): first-arrived bytes win, overlaps compared with every piece
+    held, event-time timeout from the first fragment, oldest-first eviction by count (on
+    opening) and by bytes (after adding to a datagram left incomplete), > 65535 bytes
+    dropped, at most 512 pieces."""
+
+    def __init__(self, config: DefragConfig) -> None:
+        self.config = config
+        self.pending: dict[tuple, dict] = {}
+        self.held = 0
+        self.counts = {"datagrams": 0, "fragments": 0, "timeouts": 0, "evicted": 0,
+                       "overlaps": 0}
+        self.weird: dict[str, int] = {}
+
+    def _count(self, name: str, n: int = 1) -> None:
+        self.weird[name] = self.weird.get(name, 0) + n
+
+    def _drop(self, key: tuple) -> dict:
+        entry = self.pending.pop(key)
+        self.held -= sum(len(data) for _, data in entry["pieces"])
+        return entry
+
+    def expire(self, now: int) -> None:
+        limit = now - int(self.config.timeout_s * SECOND)
+        for key in list(self.pending):
+            if self.pending[key]["ts"] >= limit:
+                return
+            entry = self._drop(key)
+            self.counts["timeouts"] += 1
+            self._count("fragment_timeout", entry["fragments"])
+
+    def _complete(self, entry: dict) -> bool:
+        if entry["size"] < 0 or entry["header"] is None:
+            return False
+        covered = 0  # data past the size (a longer fragment than the last) does not count
+        for start, data in sorted(entry["pieces"]):
+            if covered >= entry["size"] or start > covered:
+                break
+            covered = max(covered, start + len(data))
+        return covered >= entry["size"]
+
+    def _packet(self, entry: dict) -> bytes:
+        payload = bytearray(entry["size"])
+        for start, data in reversed(entry["pieces"]):
+            part = data[:max(entry["size"] - start, 0)]
+            payload[start:start + len(part)] = part
+        head = bytearray(entry["header"])
+        head[2:4] = (len(head) + len(payload)).to_bytes(2, "big")
+        head[6] &= 0x40
+        head[7] = 0
+        head[10:12] = b"\0\0"
+        total = sum(int.from_bytes(head[k:k + 2], "big") for k in range(0, len(head), 2))
+        while total >> 16:
+            total = (total & 0xFFFF) + (total >> 16)
+        head[10:12] = (~total & 0xFFFF).to_bytes(2, "big")
+        return bytes(head) + bytes(payload)
+
+    def take(self, key: tuple, ts: int, offset: int, more: bool, data: bytes, header: bytes,
+             ports: tuple) -> tuple[dict, bytes | None]:
+        """One fragment: (its datagram's entry, the rebuilt packet if it completed it)."""
+        self.counts["fragments"] += 1
+        self.expire(ts)
+        if key not in self.pending:
+            while len(self.pending) >= self.config.max_datagrams:
+                self._drop(next(iter(self.pending)))
+                self.counts["evicted"] += 1
+            self.pending[key] = {"ts": ts, "pieces": [], "size": -1, "fragments": 0,
+                                 "header": None, "ports": None, "bad": False}
+        entry = self.pending[key]
+        entry["fragments"] += 1
+        if offset == 0 and entry["header"] is None:
+            entry["header"], entry["ports"] = header, ports
+        if entry["bad"]:
+            return entry, None
+        too_large = offset + len(data) + len(header) > 65535
+        if too_large or len(entry["pieces"]) >= 512:
+            self._count("excessively_large_fragment" if too_large else "fragment_limit")
+            self.held -= sum(len(d) for _, d in entry["pieces"])
+            entry["pieces"], entry["bad"] = [], True
+            return entry, None
+        self._overlaps(entry, offset, data)
+        entry["pieces"].append((offset, data))
+        self.held += len(data)
+        if not more:
+            entry["size"] = max(entry["size"], offset + len(data))
+        if self._complete(entry):
+            self._drop(key)
+            self.counts["datagrams"] += 1
+            return entry, self._packet(entry)
+        while self.held > self.config.max_bytes:
+            victim = next((k for k in self.pending if k != key), None)
+            if victim is None:
+                break
+            self._drop(victim)
+            self.counts["evicted"] += 1
+        return entry, None
+
+    def _overlaps(self, entry: dict, offset: int, data: bytes) -> None:
+        end = offset + len(data)
+        met = [(max(s, offset), min(s + len(d), end), s, d) for s, d in entry["pieces"]]
+        met = [m for m in met if m[0] < m[1]]
+        if met:
+            self.counts["overlaps"] += 1
+            same = all(d[lo - s:hi - s] == data[lo - offset:hi - offset]
+                       for lo, hi, s, d in met)
+            self._count("fragment_overlap" if same else "fragment_inconsistency")
+
+
+def datagram_bytes(ident: int, pattern: int, lo: int, hi: int) -> bytes:
+    """Bytes [lo, hi) of datagram `ident` as a fragment of `pattern` carries them (the same
+    pattern: overlaps agree; another: they differ); bytes 0-7 are its UDP header."""
+    head = (1000 + ident).to_bytes(2, "big") + b"\x07\xd0\x00\x00\x00\x00"
+    return bytes(head[p] if p < 8 else (p * 31 + pattern * 101 + ident) & 0xFF
+                 for p in range(lo, hi))
+
+
+fragment_draws = st.lists(st.tuples(
+    st.integers(1, 3),  # identification: up to 3 datagrams at once
+    st.sampled_from([0, 0, 1, 2, 3, 5, 8, 8189]),  # offset / 8 (8189: past 65535)
+    st.integers(0, 40),  # data bytes (a first fragment: 8 more, its UDP header)
+    st.booleans(),  # MF
+    st.sampled_from([0, 0, 0, 1]),  # byte pattern
+    st.sampled_from([1, 1, 1, 40_000])), min_size=1, max_size=40)  # ms since the last
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(draws=fragment_draws, batch=st.integers(1, 9), max_datagrams=st.sampled_from([1, 2, 8]),
+       max_bytes=st.sampled_from([40, 100, 1 << 20]))
+@example(draws=[(1, 0, 8, True, 0, 1), (1, 1, 8, False, 0, 1)], batch=1, max_datagrams=8,
+         max_bytes=1 << 20)
+def test_matches_a_reference_reassembler(draws, batch, max_datagrams, max_bytes):
+    """Rebuilt packets (in order), counts, weirds and the later fragments' flow keys are
+    the reference's, for any fragment set, bounds and batch size."""
+    config = DefragConfig(True, 30.0, max_datagrams, max_bytes)  # (no 2 x 65535 floor here)
+    frames, ts, now = [], [], 0
+    for ident, offset8, length, more, pattern, step in draws:
+        offset = offset8 * 8
+        length += 8 if offset == 0 else 0
+        if offset == 0 and not more:
+            more = True  # (offset 0 without MF is a whole packet, not a fragment)
+        ip = IP(src=CLIENT, dst=SERVER, id=ident, flags="MF" if more else 0, frag=offset8,
+                proto=17)
+        frames.append(bytes(Ether(**MAC) / ip / Raw(datagram_bytes(ident, pattern, offset,
+                                                                   offset + length))))
+        now += step * 1_000_000
+        ts.append(now)
+    reference = ReferenceDefrag(config)
+    want_packets, want_ports = [], []
+    for lo in range(0, len(frames), batch):
+        firsts = {}  # this batch's later fragments wait for a first fragment in it
+        for k in range(lo, min(lo + batch, len(frames))):
+            frame = frames[k]
+            flags_offset = int.from_bytes(frame[20:22], "big")
+            key, offset = frame[18:20], (flags_offset & 0x1FFF) * 8
+            ports = (int.from_bytes(frame[34:36], "big"), 2000) if offset == 0 else None
+            entry, packet = reference.take(key, ts[k], offset, bool(flags_offset & 0x2000),
+                                           frame[34:], frame[14:34], ports)
+            if packet is not None:
+                want_packets.append(packet)
+            if offset:
+                firsts[k] = entry
+        reference.expire(ts[min(lo + batch, len(frames)) - 1])
+        want_ports += [(k, entry["ports"]) for k, entry in firsts.items()]
+    defrag = Defragmenter(config)
+    got_packets, got_ports = [], []
+    for lo in range(0, len(frames), batch):
+        decoded = decode(batch_from_frames(frames[lo:lo + batch], ts_ns=ts[lo:lo + batch]))
+        _, counted, datagrams = defrag.process(decoded)
+        for d in datagrams:
+            ends = np.cumsum(d.caplen.astype(np.int64))
+            got_packets += [d.data[e - n:e].tobytes() for e, n in zip(ends, d.caplen,
+                                                                       strict=True)]
+        later = decoded.fragments.row[decoded.fragments.frag_offset != 0] \
+            if decoded.fragments is not None else []
+        for row in later:
+            ports = (int(counted.src_port[row]), int(counted.dst_port[row]))
+            got_ports.append((lo + int(row), ports if ports != (0, 0) else None))
+    assert got_packets == want_packets
+    assert defrag.counts() == reference.counts
+    assert dict(defrag.weird) == reference.weird
+    assert got_ports == want_ports
+    assert defrag.pending == len(reference.pending) and defrag.held_bytes == reference.held
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), batch=st.sampled_from([1, 7, 500, 4000]))
+def test_flood_memory_stays_bounded(seed, batch):
+    """Never-completed fragments of random sizes and keys: pending <= max_datagrams, held
+    bytes <= max_bytes after every batch, and the arrays behind them stay bounded."""
+    rng = np.random.default_rng(seed)
+    count = 4000
+    sizes = rng.integers(8, 1400, count)
+    frames = [bytes(Ether(**MAC) / IP(src=f"10.9.{i % 250}.{i // 250 % 250}", dst=SERVER,
+                                      id=int(rng.integers(0, 65536)), flags="MF",
+                                      frag=int(rng.integers(0, 3)) * 200, proto=17)
+                    / Raw(bytes(int(sizes[i])))) for i in range(count)]
+    config = DefragConfig(True, 30.0, 300, 200_000)
+    defrag = Defragmenter(config)
+    for lo in range(0, count, batch):
+        defrag.process(decode(batch_from_frames(frames[lo:lo + batch])))
+        assert defrag.pending <= 300 and defrag.held_bytes <= 200_000
+    state = defrag._state
+    assert len(state.arena) <= 3 * (200_000 + 65_536) + (1 << 20)
+    assert len(state.pieces) <= 2 * 300 * 4 + 1024
+    assert defrag.counts()["fragments"] == count
