@@ -26,7 +26,12 @@ numpy (a 2M-packet file takes a few seconds):
   verifies them by default) and UDP checksums are 0 ("none").
 - flood: a spoofed-source SYN flood: random source address and port -> one victim:80.
 
+Either can be written wrapped (--wrap, wrap_records()): mirrored in VXLAN, ERSPAN II or GRE
+(every packet tunnelled, as a sensor fed by a mirror session gets it), or as a raw-IP or
+Linux cooked (SLL2) capture.
+
 Usage: python bench/gen_capture.py mixed OUT.pcap [--packets 2000000] [--seed 1]
+                                                  [--wrap vxlan|erspan|gre|raw|sll2]
        python bench/gen_capture.py flood OUT.pcap [--packets 10000000] [--seed 1]
 The module also offers `flood_batches()` (in-memory PacketBatch objects, no file) for tests.
 """
@@ -507,6 +512,95 @@ def flood_batches(packets: int, batch_packets: int = 65536, seed: int = 1,
             first_index=lo)
 
 
+# --- mirrored and other-link variants of a capture --------------------------------------
+# A sensor fed by a mirror session sees every packet inside a tunnel; tun devices and
+# `tcpdump -i any` give raw-IP and Linux cooked captures. wrap_records() rewrites Ethernet
+# pcap records into those: each frame keeps its bytes from `cut` on behind a fixed prefix,
+# whose length fields (outer IPv4 total length, UDP length) and IPv4 checksum are patched
+# per record, column-wise (a loop over distinct frame lengths, never over packets).
+
+_MAC = bytes.fromhex("020000000002020000000001")
+_OUTER_IP = bytes.fromhex("4500000000004000ff00000000c0000201c0000202")[:20]  # 192.0.2.1 -> .2
+
+
+def _outer_ipv4(protocol: int) -> bytes:
+    header = bytearray(_OUTER_IP)
+    header[9] = protocol
+    return _MAC + b"\x08\x00" + bytes(header)
+
+
+# name -> (prefix, bytes of the original frame cut off its front, link type, UDP length at)
+WRAPS = {
+    # VXLAN (UDP 4789, I flag, VNI 5) around the whole Ethernet frame
+    "vxlan": (_outer_ipv4(17) + struct.pack(">HHHH", 49152, 4789, 0, 0)
+              + bytes.fromhex("0800000000000500"), 0, 1, 38),
+    # ERSPAN type II (GRE with the S bit, 0x88BE; version 1, session 3) around the frame
+    "erspan": (_outer_ipv4(47) + bytes.fromhex("100088be00000000") + bytes.fromhex(
+        "1000000300000000"), 0, 1, None),
+    # GRE (0x0800) around the IPv4 packet
+    "gre": (_outer_ipv4(47) + bytes.fromhex("00000800"), 14, 1, None),
+    # the IPv4 packet alone (LINKTYPE_RAW) / behind a Linux cooked v2 header
+    "raw": (b"", 14, 101, None),
+    "sll2": (bytes.fromhex("0800000000000002000100060200000000010000"), 14, 276, None),
+}
+
+
+def record_starts(body: bytes) -> np.ndarray:
+    """Offsets of the records of a pcap body (little-endian headers, no file header)."""
+    view = memoryview(body)
+    starts, pos, size = [], 0, len(body)
+    while pos + 16 <= size:
+        starts.append(pos)
+        pos += 16 + int.from_bytes(view[pos + 8:pos + 12], "little")
+    return np.array(starts, dtype=np.int64)
+
+
+def wrap_records(body: bytes, wrap: str) -> bytes:
+    """The pcap records of `body` (Ethernet, IPv4) rewritten as WRAPS[wrap] says."""
+    prefix, cut, _linktype, udp_at = WRAPS[wrap]
+    src = np.frombuffer(body, dtype=np.uint8)
+    starts = record_starts(body)
+    head = src[starts[:, None] + np.arange(16)].copy().view(RECORD)[:, 0]
+    kept = np.maximum(head["caplen"].astype(np.int64) - cut, 0)
+    lengths = kept + len(prefix)
+    out_starts = np.zeros(starts.size, dtype=np.int64)
+    np.cumsum(16 + lengths[:-1], out=out_starts[1:])
+    out = np.zeros(int(out_starts[-1] + 16 + lengths[-1]) if starts.size else 0, np.uint8)
+    records = head.copy()
+    records["caplen"] = lengths
+    records["wirelen"] = np.maximum(head["wirelen"].astype(np.int64) + len(prefix) - cut,
+                                    lengths)
+    _strided(out, 16)[out_starts] = records.view("V16")
+    if prefix:
+        _strided(out, len(prefix))[out_starts + 16] = np.frombuffer(prefix, f"V{len(prefix)}")
+    for size in np.unique(kept):  # frames of one length at a time
+        rows = np.flatnonzero(kept == size)
+        if size:
+            _strided(out, int(size))[out_starts[rows] + 16 + len(prefix)] = \
+                _strided(src, int(size))[starts[rows] + 16 + cut]
+    if prefix[12:14] == b"\x08\x00":  # an outer IPv4 header: lengths and checksum
+        total = lengths - 14
+        _strided(out, 2)[out_starts + 16 + 16] = _be(total, ">u2")
+        if udp_at is not None:
+            _strided(out, 2)[out_starts + 16 + udp_at] = _be(total - 20, ">u2")
+        ip_rows = out_starts + 16 + 14
+        for lo in range(0, ip_rows.size, 1 << 20):  # bounded temporaries
+            _ip_checksums(out, ip_rows[lo:lo + (1 << 20)])
+    return out.tobytes()
+
+
+def pcap_header(linktype: int = 1) -> bytes:
+    return PCAP_HEADER[:-4] + struct.pack("<I", linktype)
+
+
+def write_wrapped(source: str | Path, path: str | Path, wrap: str) -> int:
+    """Rewrite the Ethernet capture `source` (written by this module) as WRAPS[wrap]."""
+    body = Path(source).read_bytes()[len(PCAP_HEADER):]
+    out = pcap_header(WRAPS[wrap][2]) + wrap_records(body, wrap)
+    Path(path).write_bytes(out)
+    return len(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("kind", choices=("mixed", "flood"))
@@ -514,11 +608,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--packets", type=int)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--dport", type=int, default=80, help="flood: victim port")
+    parser.add_argument("--wrap", choices=sorted(WRAPS),
+                        help="write the capture mirrored in a tunnel / as another link type")
     args = parser.parse_args(argv)
     if args.kind == "mixed":
         size = write_mixed(args.out, args.packets or 2_000_000, args.seed)
     else:
         size = write_flood(args.out, args.packets or 10_000_000, args.seed, dport=args.dport)
+    if args.wrap:
+        size = write_wrapped(args.out, args.out, args.wrap)
     print(f"{args.out}: {size / 1e6:.1f} MB", file=sys.stderr)
     return 0
 

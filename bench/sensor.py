@@ -26,8 +26,14 @@ them cost the sensor ~60 ms of its ~0.55 s. Pages read from storage sit in large
 read() loops of the anchors barely notice the difference. `--page-cache as-is` skips
 this, to measure a capture in whatever state it is.
 
+Mirrored traffic (opt-in, not part of the default run): `--mirror vxlan` (repeatable:
+vxlan, erspan, gre, raw, sll2) also runs the sensor alone on the mix rewritten with every
+packet inside that tunnel (gen_capture.wrap_records; or as a raw-IP / Linux cooked capture)
+and prints its pkt/s next to the plain mix's.
+
 Usage: python bench/sensor.py [--runs 3] [--packets 2000000] [--flood 10000000]
                               [--page-cache read|as-is] [--work DIR] [--write-doc]
+                              [--mirror vxlan] [--mirror erspan]
 """
 
 from __future__ import annotations
@@ -293,6 +299,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "cirtsa-bench"))
     parser.add_argument("--write-doc", action="store_true",
                         help="write the results into docs/performance.md (## Sensor)")
+    parser.add_argument("--mirror", action="append", default=[],
+                        choices=("vxlan", "erspan", "gre", "raw", "sll2"),
+                        help="also run the sensor on the mix mirrored in this tunnel (every "
+                             "packet tunnelled) or as this link type; repeatable")
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(args.worker, args.config, args.warm)))
@@ -330,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         flood = run_worker(flood_path)
         flood["file"] = flood_path.name
     report = format_report(rows, flood, args)
+    if args.mirror:
+        report += "\n\n" + mirrored_report(mixed, rows[-1], args, work, gen_capture)
     print(report)
     if args.write_doc:
         write_doc(report)
@@ -365,6 +377,32 @@ def format_report(rows: list[dict], flood: dict | None, args: argparse.Namespace
                         f"(target {TARGETS[name]}x)" for name in ("argus", "dpkt", "tshark")
                         if f"{name}_s" in mixed)]
     return "\n".join(parts)
+
+
+def mirrored_report(mixed: Path, plain: dict, args: argparse.Namespace, work: Path,
+                    gen_capture) -> str:
+    """The sensor alone (no anchors) on the mix rewritten by gen_capture.wrap_records, next
+    to the plain mix of this run."""
+    lines = [f"Mirrored mix (the same {plain['packets']:,} packets, every one tunnelled or "
+             f"behind another link header; sensor only, median of {args.runs} runs):", "",
+             "| capture | cirt-sa pkt/s | pkt/s of CPU time | of the plain mix's pkt/s |",
+             "|---|---|---|---|",
+             f"| plain (Ethernet) | {plain['cirtsa_pps']:,.0f} | "
+             f"{plain['packets'] / plain['cirtsa_cpu_s']:,.0f} | 100 % |"]
+    for wrap in args.mirror:
+        path = work / f"{mixed.stem}-{wrap}.pcap"
+        if not path.exists():
+            gen_capture.write_wrapped(mixed, path, wrap)
+        print(f"... {path.name}", file=sys.stderr)
+        if args.page_cache == "read":
+            settle_page_cache(path)
+        results = [run_worker(path) for _ in range(args.runs)]
+        packets = results[0]["packets"]
+        pps = packets / median([r["seconds"] for r in results])
+        cpu_pps = packets / median([r["cpu_seconds"] for r in results])
+        lines.append(f"| {wrap} | {pps:,.0f} | {cpu_pps:,.0f} | "
+                     f"{100 * pps / plain['cirtsa_pps']:.0f} % |")
+    return "\n".join(lines)
 
 
 def write_doc(report: str) -> None:

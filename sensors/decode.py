@@ -1410,38 +1410,56 @@ def _clear_row(columns: tuple, row: np.uint64) -> None:
     payload_len_col[row] = 0
 
 
+_TUNNEL_CHUNK = 128  # rows per inner decode run: their bytes are still in the caches
+
+
 @njit
 def _decode_tunnel_rows(data: np.ndarray, rows: np.ndarray, ports: int, out: tuple,
                         tunnel: np.ndarray) -> int:
-    """Decode the tunnel candidates among `rows` (batch rows the common case left) in `out`
-    (_common_columns of the whole batch) as their inner packet, their kind into `tunnel`.
-    Returns how many rows got done."""
+    """Decode the tunnel candidates among `rows` (batch rows the common case left, in
+    increasing order) in `out` (_common_columns of the whole batch) as their inner packet,
+    their kind into `tunnel`. Returns how many rows got done.
+
+    Why in chunks: the inner frames of a chunk of rows are decoded by one run of
+    _decode_common_range over the chunk's row range (rows in it that are no candidate get
+    an unknown link type: skipped); a call per row cost ~300 ns (the 15 array arguments'
+    reference counts), a chunk's bytes are still in the caches."""
     done, columns, _src, _dst = out
     ethertype_col, transport_col, dport_col = columns[1], columns[3], columns[5]
     payload_offset_col, payload_len_col = columns[10], columns[11]
     n = done.shape[0]
-    inner_start = np.empty(n, dtype=np.int64)  # only the rows opened are written and read
+    inner_start = np.empty(n, dtype=np.int64)  # read only where inner_linktype is known
     inner_end = np.empty(n, dtype=np.int64)
-    inner_linktype = np.empty(n, dtype=np.int64)
+    inner_linktype = np.full(n, -1, dtype=np.int64)
+    kinds = np.zeros(_TUNNEL_CHUNK, dtype=np.int64)
     count = 0
-    for k in range(rows.shape[0]):
-        r = rows[np.uint64(k)]
-        row = np.uint64(r)
-        proto = transport_col[row]
-        if proto == 0:  # not a candidate (see _decode_common_range)
-            continue
-        p = payload_offset_col[row]
-        e = p + payload_len_col[row]
-        kind, inner, inner_link = _tunnel_payload(data, p, e, proto, dport_col[row], ports)
-        if kind == 0:
-            continue
-        inner_start[row], inner_end[row], inner_linktype[row] = inner, e, inner_link
-        _clear_row(columns, row)
-        _decode_common_range(data, inner_start, inner_end, inner_linktype, r, r + 1, out)
-        # an inner frame of ethertype 0 (or a raw one of no IP version) is not decoded
-        if done[row] and ethertype_col[row] != 0:
-            tunnel[row] = kind
-            count += 1
-        else:
-            done[row] = False
+    for first in range(0, rows.shape[0], _TUNNEL_CHUNK):
+        last = min(first + _TUNNEL_CHUNK, rows.shape[0])
+        for k in range(first, last):
+            row = np.uint64(rows[np.uint64(k)])
+            kinds[np.uint64(k - first)] = 0
+            proto = transport_col[row]
+            if proto == 0:  # not a candidate (see _decode_common_range)
+                continue
+            p = payload_offset_col[row]
+            e = p + payload_len_col[row]
+            kind, inner, inner_link = _tunnel_payload(data, p, e, proto, dport_col[row], ports)
+            if kind == 0:
+                continue
+            kinds[np.uint64(k - first)] = kind
+            inner_start[row], inner_end[row], inner_linktype[row] = inner, e, inner_link
+            _clear_row(columns, row)
+        lo, hi = rows[np.uint64(first)], rows[np.uint64(last - 1)] + 1
+        _decode_common_range(data, inner_start, inner_end, inner_linktype, lo, hi, out)
+        for k in range(first, last):
+            kind = kinds[np.uint64(k - first)]
+            if kind == 0:
+                continue
+            row = np.uint64(rows[np.uint64(k)])
+            # an inner frame of ethertype 0 (or a raw one of no IP version) is not decoded
+            if done[row] and ethertype_col[row] != 0:
+                tunnel[row] = kind
+                count += 1
+            else:
+                done[row] = False
     return count
