@@ -995,9 +995,8 @@ def decode_columnwise(batch: PacketBatch,
 def _decode_tunnels(gather: _ByteGather, out: tuple, tunnel: np.ndarray,
                     tunnels: TunnelConfig) -> None:
     """The compiled tunnel pass (_decode_tunnel_rows) over the rows the common case left."""
-    rows = np.flatnonzero(~out[0])
-    if rows.size:
-        _decode_tunnel_rows(gather.buf, rows, _kernel_ports(tunnels), out, tunnel)
+    if not out[0].all():
+        _decode_tunnel_rows(gather.buf, _kernel_ports(tunnels), out, tunnel)
 
 
 def decode(batch: PacketBatch, tunnels: TunnelConfig = DEFAULT_TUNNELS) -> DecodedPackets:
@@ -1012,21 +1011,29 @@ def decode(batch: PacketBatch, tunnels: TunnelConfig = DEFAULT_TUNNELS) -> Decod
     """
     gather = _ByteGather(batch.data)
     headers = batch.common_headers
+    ports = _kernel_ports(tunnels) if tunnels.enabled else 0
     if headers is not None and headers.decoded_from(batch):  # the reader decoded them
         # Taken, not shared: the columns below are completed in place and become this
         # result's own (a second decode of the batch decodes afresh).
         batch.common_headers = None
-        done, fast, src, dst = headers.columns
+        done, fast, src, dst, tunnel = headers.columns
+        # the walk also opened the tunnels to WALK_TUNNEL_PORTS: under another config,
+        # rows it opened are decoded afresh
+        if ports != WALK_TUNNEL_PORTS and tunnel.any():
+            headers = None
     else:
+        headers = None
+    if headers is None:
         start, end = _bounds(batch, gather)
         linktype = np.asarray(batch.linktype).astype(np.int64)
         done, fast, src, dst = _decode_common(gather.buf, start, end, linktype)
+        tunnel = np.zeros(done.shape[0], dtype=np.uint8)
+        if tunnels.enabled:
+            _decode_tunnels(gather, (done, fast, src, dst), tunnel, tunnels)
     columns = dict(zip(_KERNEL_COLUMNS, fast, strict=True))
     columns["src_ip"] = src.view(IP_DTYPE).reshape(-1)
     columns["dst_ip"] = dst.view(IP_DTYPE).reshape(-1)
-    columns["tunnel"] = np.zeros(done.shape[0], dtype=np.uint8)
-    if tunnels.enabled:
-        _decode_tunnels(gather, (done, fast, src, dst), columns["tunnel"], tunnels)
+    columns["tunnel"] = tunnel
     extra_ports = tunnels.extra_ports()
     if extra_ports.size:  # tunnel ports the kernels do not know (outer or inner packet):
         # hand those rows over too
@@ -1410,56 +1417,60 @@ def _clear_row(columns: tuple, row: np.uint64) -> None:
     payload_len_col[row] = 0
 
 
-_TUNNEL_CHUNK = 128  # rows per inner decode run: their bytes are still in the caches
+_TUNNEL_CHUNK = 128  # rows per inner decode run in decode(): their bytes are still cached
+# The IANA ports the capture reader's walk opens tunnels to (_kernel_ports of the default
+# config): decode() keeps the walk's tunnel rows only under a config with the same bits.
+WALK_TUNNEL_PORTS = _PORT_VXLAN | _PORT_GENEVE | _PORT_GTPU
 
 
 @njit
-def _decode_tunnel_rows(data: np.ndarray, rows: np.ndarray, ports: int, out: tuple,
-                        tunnel: np.ndarray) -> int:
-    """Decode the tunnel candidates among `rows` (batch rows the common case left, in
-    increasing order) in `out` (_common_columns of the whole batch) as their inner packet,
-    their kind into `tunnel`. Returns how many rows got done.
+def _tunnel_range(data: np.ndarray, lo: int, hi: int, ports: int, out: tuple,
+                  tunnel: np.ndarray, scratch: tuple) -> None:
+    """Decode the tunnel candidates among rows lo..hi-1 of `out` (_common_columns, after
+    _decode_common_range) as their inner packet, their kind into `tunnel`.
 
-    Why in chunks: the inner frames of a chunk of rows are decoded by one run of
-    _decode_common_range over the chunk's row range (rows in it that are no candidate get
-    an unknown link type: skipped); a call per row cost ~300 ns (the 15 array arguments'
-    reference counts), a chunk's bytes are still in the caches."""
+    The inner frames are decoded by one run of _decode_common_range over the range, on the
+    inner bounds in `scratch` (three int64 arrays as long as `out`); rows that are no
+    candidate get an unknown link type there, which it skips. Why not a run per row: a call
+    cost ~300 ns in its array arguments' reference counts."""
     done, columns, _src, _dst = out
+    inner_start, inner_end, inner_linktype = scratch
     ethertype_col, transport_col, dport_col = columns[1], columns[3], columns[5]
     payload_offset_col, payload_len_col = columns[10], columns[11]
-    n = done.shape[0]
-    inner_start = np.empty(n, dtype=np.int64)  # read only where inner_linktype is known
-    inner_end = np.empty(n, dtype=np.int64)
-    inner_linktype = np.full(n, -1, dtype=np.int64)
-    kinds = np.zeros(_TUNNEL_CHUNK, dtype=np.int64)
-    count = 0
-    for first in range(0, rows.shape[0], _TUNNEL_CHUNK):
-        last = min(first + _TUNNEL_CHUNK, rows.shape[0])
-        for k in range(first, last):
-            row = np.uint64(rows[np.uint64(k)])
-            kinds[np.uint64(k - first)] = 0
-            proto = transport_col[row]
-            if proto == 0:  # not a candidate (see _decode_common_range)
-                continue
-            p = payload_offset_col[row]
-            e = p + payload_len_col[row]
-            kind, inner, inner_link = _tunnel_payload(data, p, e, proto, dport_col[row], ports)
-            if kind == 0:
-                continue
-            kinds[np.uint64(k - first)] = kind
-            inner_start[row], inner_end[row], inner_linktype[row] = inner, e, inner_link
-            _clear_row(columns, row)
-        lo, hi = rows[np.uint64(first)], rows[np.uint64(last - 1)] + 1
-        _decode_common_range(data, inner_start, inner_end, inner_linktype, lo, hi, out)
-        for k in range(first, last):
-            kind = kinds[np.uint64(k - first)]
-            if kind == 0:
-                continue
-            row = np.uint64(rows[np.uint64(k)])
-            # an inner frame of ethertype 0 (or a raw one of no IP version) is not decoded
-            if done[row] and ethertype_col[row] != 0:
-                tunnel[row] = kind
-                count += 1
-            else:
-                done[row] = False
-    return count
+    for i in range(lo, hi):
+        row = np.uint64(i)
+        inner_linktype[row] = -1
+        proto = transport_col[row]
+        if done[row] or proto == 0:  # transport 0: no candidate (see _decode_common_range)
+            continue
+        p = payload_offset_col[row]
+        e = p + payload_len_col[row]
+        kind, inner, inner_link = _tunnel_payload(data, p, e, proto, dport_col[row], ports)
+        if kind == 0:
+            continue
+        tunnel[row] = kind
+        inner_start[row], inner_end[row], inner_linktype[row] = inner, e, inner_link
+        _clear_row(columns, row)
+    _decode_common_range(data, inner_start, inner_end, inner_linktype, lo, hi, out)
+    for i in range(lo, hi):
+        row = np.uint64(i)
+        # an inner frame of ethertype 0 (or a raw one of no IP version) is not decoded
+        if inner_linktype[row] >= 0 and not (done[row] and ethertype_col[row] != 0):
+            done[row] = False
+            tunnel[row] = 0
+
+
+@njit
+def _tunnel_scratch(n: int) -> tuple:
+    """The inner bounds _tunnel_range works in, for n rows."""
+    return (np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64),
+            np.empty(n, dtype=np.int64))
+
+
+@njit
+def _decode_tunnel_rows(data: np.ndarray, ports: int, out: tuple, tunnel: np.ndarray) -> None:
+    """_tunnel_range over all rows of `out`, in chunks of _TUNNEL_CHUNK rows."""
+    n = out[0].shape[0]
+    scratch = _tunnel_scratch(n)
+    for lo in range(0, n, _TUNNEL_CHUNK):
+        _tunnel_range(data, lo, min(lo + _TUNNEL_CHUNK, n), ports, out, tunnel, scratch)

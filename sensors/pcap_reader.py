@@ -32,7 +32,13 @@ from types import TracebackType
 import numpy as np
 
 from pipeline.jit import njit
-from sensors.decode import _common_columns, _decode_common_range
+from sensors.decode import (
+    WALK_TUNNEL_PORTS,
+    _common_columns,
+    _decode_common_range,
+    _tunnel_range,
+    _tunnel_scratch,
+)
 from sensors.packets import CommonHeaders, PacketBatch
 from sensors.tcp_stream import prefetch
 
@@ -181,7 +187,8 @@ def _walk_pcap(data: np.ndarray, pos: int, end: int, big_endian: bool, lengths: 
                linktype: int) -> tuple:
     """Consecutive pcap records from `pos`: start offsets, caplen, wire length and ns
     timestamp, read in the same pass (each header is read once, while its cache line is in),
-    and the records' common-case headers decoded (sensors.decode._decode_common_range).
+    and the records' common-case headers decoded (sensors.decode._decode_common_range, then
+    its tunnel pass _tunnel_range).
 
     `lengths` is the record header layout (_LENGTHS_*): caplen at byte 8, at byte 12, or
     the smaller of the two (v2.3). Stops after `max_records`, when no whole record header
@@ -190,7 +197,8 @@ def _walk_pcap(data: np.ndarray, pos: int, end: int, big_endian: bool, lengths: 
     last record, the implausible caplen or -1, the link type column (all `linktype`), the
     decoded headers). The headers are decode._common_columns of each record's packet as
     decode() bounds it: data[offset:][:caplen], caplen clipped to `snaplen` when > 0 (as
-    _clip_to_snaplen does) and to the buffer. The last record's data may run past `end`:
+    _clip_to_snaplen does) and to the buffer, and the tunnel column (the tunnel pass to
+    decode.WALK_TUNNEL_PORTS). The last record's data may run past `end`:
     the caller checks.
 
     Why the touch-ahead: each header's position depends on the previous one, so the walk is
@@ -217,6 +225,8 @@ def _walk_pcap(data: np.ndarray, pos: int, end: int, big_endian: bool, lengths: 
     packet_end = np.empty(size, dtype=np.int64)
     linktypes = np.full(size, linktype, dtype=np.uint16)
     common = _common_columns(size)
+    tunnel = np.zeros(size, dtype=np.uint8)
+    scratch = _tunnel_scratch(size)
     count = 0
     decoded = 0
     bad_caplen = -1
@@ -253,19 +263,30 @@ def _walk_pcap(data: np.ndarray, pos: int, end: int, big_endian: bool, lengths: 
         count += 1
         pos += _PCAP_RECORD_HEADER_LEN + caplen
         if pos - chunk >= _DECODE_BYTES or count - decoded == _DECODE_RECORDS:
-            # (tunnel rows -- IP protocols 4/41/47, UDP to the IANA tunnel ports -- and IP
-            # fragments, first ones too, are left not done: decode() decapsulates tunnel
-            # rows in its compiled tunnel pass, from the payload range the walk leaves
-            # in their columns, and lists fragments column-wise. Raw-IP and Linux cooked
-            # link types are decoded here too)
-            _decode_common_range(data, offsets, packet_end, linktypes, decoded, count, common)
+            # (raw-IP and Linux cooked link types too. Tunnel rows -- IP protocols 4/41/47,
+            # UDP to the IANA tunnel ports -- are opened by the compiled tunnel pass while
+            # they are cached, to the IANA ports: decode() redoes them under another config.
+            # Damaged tunnel rows and IP fragments, first ones too, are left not done:
+            # decode() decapsulates and lists them column-wise)
+            _decode_chunk(data, offsets, packet_end, linktypes, decoded, count, common, tunnel,
+                          scratch)
             decoded = count
             chunk = pos
-    _decode_common_range(data, offsets, packet_end, linktypes, decoded, count, common)
+    _decode_chunk(data, offsets, packet_end, linktypes, decoded, count, common, tunnel, scratch)
     done, columns, src, dst = common
     return (offsets[:count], caplens[:count], wirelens[:count], ts_ns[:count], pos, bad_caplen,
             linktypes[:count],
-            (done[:count], _head_columns(columns, count), src[:count], dst[:count]))
+            (done[:count], _head_columns(columns, count), src[:count], dst[:count],
+             tunnel[:count]))
+
+
+@njit
+def _decode_chunk(data: np.ndarray, offsets: np.ndarray, packet_end: np.ndarray,
+                  linktypes: np.ndarray, lo: int, hi: int, common: tuple, tunnel: np.ndarray,
+                  scratch: tuple) -> None:
+    """The common-case decode of records lo..hi-1, then the tunnel pass over them."""
+    _decode_common_range(data, offsets, packet_end, linktypes, lo, hi, common)
+    _tunnel_range(data, lo, hi, WALK_TUNNEL_PORTS, common, tunnel, scratch)
 
 
 @njit
@@ -380,9 +401,9 @@ class _PcapSource:
             keep = offset.size - 1
             offset, caplen, wirelen, ts_ns, linktype = (
                 offset[:keep], caplen[:keep], wirelen[:keep], ts_ns[:keep], linktype[:keep])
-            done, columns, src, dst = headers
+            done, columns, src, dst, tunnel = headers
             headers = (done[:keep], tuple(column[:keep] for column in columns), src[:keep],
-                       dst[:keep])
+                       dst[:keep], tunnel[:keep])
             left = self.end - pos - _PCAP_RECORD_HEADER_LEN
             damage = _Damage(pos, f"truncated record data ({left} of "
                                   f"{self._caplen_field(pos)} bytes)")

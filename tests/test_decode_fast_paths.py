@@ -179,19 +179,18 @@ def test_mixed_batches(seed):
             check_same(batch_from_frames(frames[at:at + size], linktype=linktypes[at:at + size]))
 
 
+CONFIGS = [TunnelConfig(enabled=False), TunnelConfig(max_depth=1),
+           TunnelConfig(vxlan_ports=(8472,)), TunnelConfig(vxlan_ports=(4789, 8472)),
+           TunnelConfig(vxlan_ports=(8472,), geneve_ports=(4789,)),
+           TunnelConfig(gtpu_ports=(2152, 2153), geneve_ports=(6081, 4790))]
+
+
 def vxlan(inner: bytes, dport: int = 4789) -> bytes:
     return bytes(Ether(**MAC) / IP(src="192.0.2.1", dst="192.0.2.2") / UDP(sport=9, dport=dport)
                  / VXLAN(vni=1) / Raw(inner))
 
 
-@pytest.mark.parametrize("tunnels", [
-    TunnelConfig(enabled=False),
-    TunnelConfig(max_depth=1),
-    TunnelConfig(vxlan_ports=(8472,)),
-    TunnelConfig(vxlan_ports=(4789, 8472)),
-    TunnelConfig(vxlan_ports=(8472,), geneve_ports=(4789,)),
-    TunnelConfig(gtpu_ports=(2152, 2153), geneve_ports=(6081, 4790)),
-])
+@pytest.mark.parametrize("tunnels", CONFIGS)
 def test_tunnel_config_is_respected(tunnels):
     """Config off, one level, other and extra ports, nested tunnels (also to an extra port
     inside an IANA one): the column-wise result under the same config."""
@@ -206,6 +205,26 @@ def test_tunnel_config_is_respected(tunnels):
     if tunnels == TunnelConfig(max_depth=1):  # one level still opened by the kernel
         assert done[0] and tunnel[0] == Tunnel.VXLAN and not done[1]
         assert decode(batch, tunnels).weird == {"exceeded_tunnel_max_depth": 1}
+
+
+@pytest.mark.parametrize("tunnels", CONFIGS)
+def test_walk_tunnel_rows_under_any_config(tmp_path: Path, tunnels):
+    """The capture walk opens tunnels to the IANA ports; decode() under another config
+    (fewer ports, tunnels off) decodes the batch afresh: the column-wise result."""
+    inner = bytes(PLAIN[0])
+    frames = [vxlan(inner), vxlan(vxlan(inner)), vxlan(inner, 8472), bytes(PLAIN[1]),
+              *(f for kind in sorted(WRAPPERS) for f in frames_of(kind))]
+    for only_plain in (False, True):  # a batch the walk opened no tunnel in, too
+        path = pcap_file(tmp_path, frames[3:4] * 3 if only_plain else frames, 65535)
+        with CaptureReader(path) as reader:
+            for batch in reader.batches():
+                reference = decode_columnwise(dataclasses.replace(batch, common_headers=None),
+                                              tunnels)
+                decoded = decode(batch, tunnels)
+                assert decoded.weird == reference.weird
+                for name in ("tunnel", "src_ip", "dst_ip", "src_port", "dst_port", "vlan",
+                             "transport", "payload_offset", "payload_len", "ip_total_len"):
+                    assert np.array_equal(getattr(decoded, name), getattr(reference, name)), name
 
 
 def test_fragments_around_tunnels_stay_listed():

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sensors.decode import _decode_common
+from sensors.decode import WALK_TUNNEL_PORTS, _decode_common, _decode_tunnel_rows
 from sensors.pcap_reader import CaptureError, CaptureReader
 
 _PCAP_MAGICS = [b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d"]
@@ -210,7 +210,7 @@ def test_compiled_pcap_walk_equals_python_walk(data, endian, lengths, max_record
     end = data.draw(st.integers(0, len(buf)))  # an end inside the buffer, as after a cut
     arr = np.frombuffer(buf, dtype=np.uint8)
     snaplen = data.draw(st.sampled_from([0, 14, 40]))
-    linktype = data.draw(st.sampled_from([1, 101]))
+    linktype = data.draw(st.sampled_from([1, 101, 113, 276]))
     offset, caplen, wirelen, ts_ns, new_pos, bad, linktypes, headers = pcap_reader._walk_pcap(
         arr, pos, end, endian == ">", lengths, max_records, max_caplen, frac_to_ns, snaplen,
         linktype)
@@ -226,7 +226,11 @@ def test_compiled_pcap_walk_equals_python_walk(data, endian, lengths, max_record
     start = starts + 16
     clipped = np.minimum(caplen, snaplen) if snaplen else caplen
     stop = np.minimum(start + clipped.astype(np.int64), arr.size)
-    _assert_same_headers(headers, _decode_common(arr, start, stop, linktypes.astype(np.int64)))
+    expected = _decode_common(arr, start, stop, linktypes.astype(np.int64))
+    tunnel = np.zeros(len(records), dtype=np.uint8)
+    _decode_tunnel_rows(arr, WALK_TUNNEL_PORTS, expected, tunnel)  # and its tunnel pass
+    assert np.array_equal(headers[4], tunnel)
+    _assert_same_headers(headers[:4], expected)
 
 
 def _assert_same_headers(got: tuple, expected: tuple) -> None:
