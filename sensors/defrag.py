@@ -29,6 +29,7 @@ packets as one batch). An unfragmented batch costs one test.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections import Counter
 from dataclasses import dataclass
 
@@ -124,6 +125,7 @@ COUNTERS = {N_DATAGRAMS: ("stats", "datagrams"), N_TIMEOUTS: ("stats", "timeouts
 # a batch's fragment columns (`cols`, one int64 row per fragment)
 I_ROW, I_TS, I_VERSION, I_PROTOCOL, I_VLAN, I_OFFSET, I_MORE, I_HEAD_AT, I_START, I_END, \
     I_CLAIMED, I_TUNNEL, I_TRANSPORT, I_SPORT, I_DPORT, I_FLOW_VLAN = range(16)
+INPUT_FIELDS = 16
 # why the kernel stopped before a fragment: done, or an array to grow first
 DONE, NEED_PIECES, NEED_OUT = range(3)
 # room kept in the output buffer: the largest rebuilt packet (IPv6 base header + 65535)
@@ -154,7 +156,7 @@ def _same_key(keys: np.ndarray, slot: int, key: np.ndarray) -> bool:
     return True
 
 
-@njit
+@njit(inline="always")
 def _find(index: np.ndarray, keys: np.ndarray, meta: np.ndarray, key: np.ndarray,
           h: int) -> tuple[int, int]:
     """(the key's slot or -1, the index position it is at or would go to)."""
@@ -169,7 +171,7 @@ def _find(index: np.ndarray, keys: np.ndarray, meta: np.ndarray, key: np.ndarray
         at = (at + 1) & mask
 
 
-@njit
+@njit(inline="always")
 def _unindex(index: np.ndarray, meta: np.ndarray, slot: int) -> None:
     """Take the slot out of the index; later entries of its probe run move back into the
     hole (no tombstones: a flood's churn never fills the index)."""
@@ -194,7 +196,7 @@ def _unindex(index: np.ndarray, meta: np.ndarray, slot: int) -> None:
 
 # --- pending datagrams: open, remove (completed, timed out, evicted) -----------------------
 
-@njit
+@njit(inline="always")
 def _free_pieces(meta: np.ndarray, pieces: np.ndarray, glob: np.ndarray, slot: int) -> None:
     """The slot's pieces back to the free list (their arena bytes are reclaimed by the next
     compaction); its held bytes leave the total."""
@@ -210,7 +212,7 @@ def _free_pieces(meta: np.ndarray, pieces: np.ndarray, glob: np.ndarray, slot: i
     meta[slot, S_HELD] = 0
 
 
-@njit
+@njit(inline="always")
 def _remove(meta: np.ndarray, index: np.ndarray, pieces: np.ndarray, free_slots: np.ndarray,
             glob: np.ndarray, slot: int) -> None:
     """A datagram leaves the pending ones: index, queue, pieces, slot."""
@@ -230,7 +232,7 @@ def _remove(meta: np.ndarray, index: np.ndarray, pieces: np.ndarray, free_slots:
     glob[G_COUNT] -= 1
 
 
-@njit
+@njit(inline="always")
 def _open(meta: np.ndarray, keys: np.ndarray, index: np.ndarray, pieces: np.ndarray,
           free_slots: np.ndarray, glob: np.ndarray, key: np.ndarray, h: int, at: int,
           ts: int, vlan: int, tunnel: int) -> int:
@@ -266,7 +268,7 @@ def _open(meta: np.ndarray, keys: np.ndarray, index: np.ndarray, pieces: np.ndar
     return slot
 
 
-@njit
+@njit(inline="always")
 def _expire(meta: np.ndarray, index: np.ndarray, pieces: np.ndarray, free_slots: np.ndarray,
             glob: np.ndarray, now: int) -> None:
     """Drop datagrams whose first fragment is more than the timeout older than `now`
@@ -279,7 +281,7 @@ def _expire(meta: np.ndarray, index: np.ndarray, pieces: np.ndarray, free_slots:
         _remove(meta, index, pieces, free_slots, glob, slot)
 
 
-@njit
+@njit(inline="always")
 def _shed_bytes(meta: np.ndarray, index: np.ndarray, pieces: np.ndarray,
                 free_slots: np.ndarray, glob: np.ndarray, keep: int) -> None:
     """Drop the oldest other datagrams while more than max_bytes are held."""
@@ -348,7 +350,7 @@ def _arena_room(meta: np.ndarray, pieces: np.ndarray, arena: np.ndarray, glob: n
     return (glob[G_ARENA_END] + length) * 2 <= arena.size
 
 
-@njit
+@njit(inline="always")
 def _overlap(meta: np.ndarray, pieces: np.ndarray, arena: np.ndarray, slot: int,
              offset: int, data: np.ndarray, start: int, end: int) -> int:
     """How new data at `offset` meets the pieces held: 0 no overlap, 1 overlapping bytes
@@ -375,7 +377,7 @@ def _overlap(meta: np.ndarray, pieces: np.ndarray, arena: np.ndarray, slot: int,
     return found
 
 
-@njit
+@njit(inline="always")
 def _add_piece(meta: np.ndarray, pieces: np.ndarray, glob: np.ndarray, slot: int,
                offset: int, start: int, end: int) -> None:
     """Append the fragment's piece to the slot's list (its bytes stay in the batch)."""
@@ -395,7 +397,7 @@ def _add_piece(meta: np.ndarray, pieces: np.ndarray, glob: np.ndarray, slot: int
     glob[G_HELD] += length
 
 
-@njit
+@njit(inline="always")
 def _slot_pieces(meta: np.ndarray, pieces: np.ndarray, slot: int) -> np.ndarray:
     """The slot's piece rows in arrival order."""
     out = np.empty(meta[slot, S_PIECES], dtype=np.int64)
@@ -406,7 +408,7 @@ def _slot_pieces(meta: np.ndarray, pieces: np.ndarray, slot: int) -> np.ndarray:
     return out
 
 
-@njit
+@njit(inline="always")
 def _complete(meta: np.ndarray, pieces: np.ndarray, slot: int) -> bool:
     """All data from 0 to the size is in (and the first fragment's header). Cheap tests
     first: the size is known only once the last fragment came, and the pieces must hold at
@@ -491,7 +493,7 @@ def _finish(meta: np.ndarray, keys: np.ndarray, header: np.ndarray, index: np.nd
 
 # --- flow attribution of later fragments ---------------------------------------------------
 
-@njit
+@njit(inline="always")
 def _give_flow(meta: np.ndarray, flow_ip: np.ndarray, slot: int, fragment: int,
                attr_ip: np.ndarray, attr: np.ndarray) -> None:
     """Fragment `fragment` takes its datagram's first fragment's flow key."""
@@ -504,7 +506,7 @@ def _give_flow(meta: np.ndarray, flow_ip: np.ndarray, slot: int, fragment: int,
     attr[fragment, 4] = meta[slot, S_FLOW_VLAN]
 
 
-@njit
+@njit(inline="always")
 def _take_first(meta: np.ndarray, flow_ip: np.ndarray, header: np.ndarray, slot: int,
                 i: int, cols: np.ndarray, fips: np.ndarray, data: np.ndarray,
                 attr_ip: np.ndarray, attr: np.ndarray, wait: np.ndarray) -> None:
@@ -533,16 +535,15 @@ def _take_first(meta: np.ndarray, flow_ip: np.ndarray, header: np.ndarray, slot:
 
 @njit
 def _take_fragments(state: tuple, first: int, cols: np.ndarray, fkeys: np.ndarray,
-                    fips: np.ndarray, data: np.ndarray, attr_ip: np.ndarray,
-                    attr: np.ndarray, wait: np.ndarray, done: np.ndarray,
-                    out: np.ndarray) -> tuple[int, int]:
+                    fips: np.ndarray, data: np.ndarray, hashes: np.ndarray,
+                    attr_ip: np.ndarray, attr: np.ndarray, wait: np.ndarray,
+                    done: np.ndarray, out: np.ndarray) -> tuple[int, int]:
     """Fragments first.. of a batch into the pending datagrams: (DONE, n) or (NEED_*, i):
     fragment i needs a larger array first (nothing of it is done yet; call again from i).
     Completed datagrams go to `done` (fragment, packet start in `out`, vlan, tunnel); later
     fragments that get their first fragment's flow key are marked in `attr` (+ `attr_ip`)."""
     meta, keys, flow_ip, header, index, free_slots, pieces, arena, glob = state
     n = cols.shape[0]
-    hashes = np.empty(n, dtype=np.int64)
     for i in range(first, n):
         hashes[i] = _hash(fkeys[i])
     for i in range(first, n):
@@ -677,13 +678,37 @@ class _State:
         self.arena = grown
 
 
+class _Scratch:
+    """A batch's work arrays, kept from batch to batch: fresh ones for 64k fragments are
+    ~20 MB of new pages a batch, whose faults cost a flood ~50-90 ns per fragment."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.arrays: tuple = ()
+
+    def take(self, n: int) -> tuple:
+        """(cols, key words, flow addresses, hashes, attr_ip, attr, wait, done) for n
+        fragments (views of the first n rows)."""
+        if n > self.rows:
+            rows = self.rows = max(n, 2 * self.rows, 1024)
+            self.arrays = (np.empty((rows, INPUT_FIELDS), dtype=np.int64),
+                           np.empty((rows, 5), dtype=np.uint64),
+                           np.empty((rows, 4), dtype=np.uint64),
+                           np.empty(rows, dtype=np.int64),
+                           np.empty((rows, 4), dtype=np.uint64),
+                           np.empty((rows, 5), dtype=np.int64),
+                           np.empty(rows, dtype=np.int64),
+                           np.empty((rows, 4), dtype=np.int64))
+        return tuple(array[:n] for array in self.arrays)
+
+
 class _Completed:
     """The datagrams a kernel pass completed: rebuilt packets in `out`, and per datagram
     (the fragment that completed it, packet start, vlan, tunnel) in `done`."""
 
-    def __init__(self, fragments: int, data_bytes: int) -> None:
-        self.done = np.empty((fragments, 4), dtype=np.int64)
-        self.out = np.empty(data_bytes + fragments * HEADER_MAX + OUT_ROOM, dtype=np.uint8)
+    def __init__(self, done: np.ndarray, out: np.ndarray) -> None:
+        self.done = done
+        self.out = out
 
     def grow_out(self) -> None:
         grown = np.empty(2 * len(self.out), dtype=np.uint8)
@@ -704,6 +729,8 @@ class Defragmenter:
         self.stats: Counter[str] = Counter()
         self.weird: Counter[str] = Counter()
         self._state: _State | None = None  # made at the first fragment
+        self._scratch = _Scratch()
+        self._spare_out: np.ndarray | None = None  # the last rebuilt packets' buffer
 
     @property
     def pending(self) -> int:
@@ -769,20 +796,21 @@ class Defragmenter:
         if self._state is None:
             self._state = _State(self.config, self.timeout_ns)
         state = self._state
-        cols, fkeys, fips = _columns(packets, frag)
-        data = np.ascontiguousarray(packets.data)
         n = len(frag)
+        work = self._scratch.take(n)
+        cols, fkeys, fips, hashes, attr_ip, attr, wait, done_rows = work
+        _columns(packets, frag, cols, fkeys, fips)
+        data = np.ascontiguousarray(packets.data)
         self.stats["fragments"] += n
-        attr_ip = np.empty((n, 4), dtype=np.uint64)
-        attr = np.zeros((n, 5), dtype=np.int64)
-        wait = np.empty(n, dtype=np.int64)
+        attr[:, 0] = 0  # (the other columns are read only where this flag is set)
         state.meta[:, S_WAIT] = -1  # the waiting lists are this batch's
         state.glob[[G_DONE, G_OUT_END]] = 0
-        completed = _Completed(n, int((frag.data_end - frag.data_start).sum()))
+        need = int((frag.data_end - frag.data_start).sum()) + n * HEADER_MAX + OUT_ROOM
+        completed = _Completed(done_rows, self._out_buffer(need))
         first = 0
         while True:  # until done: grow what the kernel ran out of, then go on from there
             status, first = _take_fragments(state.arrays(), first, cols, fkeys, fips, data,
-                                            attr_ip, attr, wait, completed.done,
+                                            hashes, attr_ip, attr, wait, completed.done,
                                             completed.out)
             if status == DONE:
                 break
@@ -790,6 +818,7 @@ class Defragmenter:
                 state.grow_pieces()
             else:
                 completed.grow_out()
+        self._spare_out = completed.out
         while need := _settle(state.arrays(), data):  # the pending pieces' bytes kept
             state.grow_arena(need)
         self._harvest()
@@ -802,6 +831,16 @@ class Defragmenter:
             rows[:, 0] = frag.row[rows[:, 0]]
             done = rows, completed.out[:int(state.glob[G_OUT_END])]
         return self._hidden(packets), counted, done
+
+    def _out_buffer(self, size: int) -> np.ndarray:
+        """A buffer for a batch's rebuilt packets: the last one again when nothing refers
+        to it any more (the analyzers let go of those packets; a second round's input
+        is still referred to), so that its pages fault once, not every batch (a page
+        fault costs ~0.3 us per KB written here: most of a completed datagram's cost)."""
+        spare = self._spare_out
+        if spare is not None and len(spare) >= size and sys.getrefcount(spare) <= 3:
+            return spare  # (referred to by self, `spare` and getrefcount's argument)
+        return np.empty(size, dtype=np.uint8)
 
     # -- the views and the reassembled batch --
 
@@ -860,13 +899,12 @@ def _words(addresses: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(addresses).view(np.uint64).reshape(-1, 2)
 
 
-def _columns(packets: DecodedPackets, frag: FragmentRows
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The kernel's inputs, column-wise: the fragment columns (+ time and the row's flow
-    key columns) as int64 rows, the key words (src, dst, version|vlan|protocol|ident) and
-    the rows' flow addresses."""
+def _columns(packets: DecodedPackets, frag: FragmentRows, cols: np.ndarray,
+             fkeys: np.ndarray, fips: np.ndarray) -> None:
+    """The kernel's inputs, column-wise, into the arrays given: the fragment columns (+ time
+    and the row's flow key columns) as int64 rows, the key words (src, dst,
+    version|vlan|protocol|ident) and the rows' flow addresses."""
     rows = frag.row
-    cols = np.empty((len(frag), 16), dtype=np.int64)
     for at, column in ((I_ROW, rows), (I_TS, packets.ts_ns[rows]), (I_VERSION, frag.version),
                        (I_PROTOCOL, frag.protocol), (I_VLAN, frag.vlan),
                        (I_OFFSET, frag.frag_offset), (I_MORE, frag.more),
@@ -876,12 +914,9 @@ def _columns(packets: DecodedPackets, frag: FragmentRows
                        (I_SPORT, packets.src_port[rows]), (I_DPORT, packets.dst_port[rows]),
                        (I_FLOW_VLAN, packets.vlan[rows])):
         cols[:, at] = column
-    fkeys = np.empty((len(frag), 5), dtype=np.uint64)
     fkeys[:, :2], fkeys[:, 2:4] = _words(frag.src_ip), _words(frag.dst_ip)
     fkeys[:, 4] = ((frag.version.astype(np.uint64) << np.uint64(56))
                    | (frag.vlan.astype(np.uint64) << np.uint64(40))
                    | (frag.protocol.astype(np.uint64) << np.uint64(32))
                    | frag.ident.astype(np.uint64))
-    fips = np.empty((len(frag), 4), dtype=np.uint64)
     fips[:, :2], fips[:, 2:] = _words(packets.src_ip[rows]), _words(packets.dst_ip[rows])
-    return cols, fkeys, fips
