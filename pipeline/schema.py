@@ -68,8 +68,8 @@ class EventKind:
 
 
 def _f(column: str, dtype, ecs: str, doc: str, to_ecs: Callable | None = None,
-       omit_empty: bool = False, optional: bool = False) -> Field:
-    return Field(column, np.dtype(dtype), ecs, doc, to_ecs, omit_empty, optional)
+       omit_empty: bool = False, optional: bool = False, fill: object = "") -> Field:
+    return Field(column, np.dtype(dtype), ecs, doc, to_ecs, omit_empty, optional, fill)
 
 
 # Joins the names of flow.observer_names (sensor ids never contain it).
@@ -314,6 +314,15 @@ TLS = EventKind(
            "QUIC: the client's Source Connection ID (hex)", omit_empty=True, optional=True),
         _f("quic_server_scid", OBJ, "cirtsa.quic.server_scid",
            "QUIC: the server's Source Connection ID (hex)", omit_empty=True, optional=True),
+        # Optional (added in place, schema version 1): batches of producers that predate them
+        # read with no curve and not resumed.
+        _f("curve", OBJ, "tls.curve",
+           "key exchange group: the server's key_share (TLS 1.3, QUIC) or an ECDHE "
+           "ServerKeyExchange's named curve; Zeek's names, else 0x hex", omit_empty=True,
+           optional=True),
+        _f("resumed", np.bool_, "tls.resumed",
+           "session resumed (session id echoed, ticket, or TLS 1.3 PSK accepted)",
+           optional=True, fill=False),
     ),
     event_category=("network",),
     event_type=("protocol", "connection"),

@@ -66,6 +66,7 @@ from sensors.tls import (
     HS_SERVER_HELLO,
     MalformedTLS,
     cipher_name,
+    curve_name,
     ja3_string,
     ja3s_string,
     ja4,
@@ -472,7 +473,7 @@ def event_fields(conn: Connection) -> dict[str, object] | None:
         "ja3": md5_hex(ja3_string(hello)), "ja4": ja4(hello, "q"),
         "ja3s": md5_hex(ja3s_string(server)) if server else "",
         "cert_sha1": "", "cert_subject": "", "cert_issuer": "",
-        "established": False,
+        "established": False, "curve": curve_name(hs.curve), "resumed": hs.resumed,
         "quic_version": conn.version.name, "quic_client_initial_dcid": conn.odcid.hex(),
         "quic_client_scid": conn.client_scid.hex(), "quic_server_scid": conn.server_scid.hex(),
     }

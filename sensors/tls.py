@@ -21,6 +21,13 @@ eviction, end of input); then the flow is released from reassembly.
 - Certificate (TLS <= 1.2, where it is not encrypted): SHA1 of the leaf (first) certificate,
   upper-case hex; subject and issuer DN (RFC 4514) with the `cryptography` package when it
   is installed (else left empty).
+- curve (Zeek's ssl.log `curve`): the ServerHello's key_share group (TLS 1.3; a
+  HelloRetryRequest's is the group it asks for), else the named curve of an ECDHE suite's
+  ServerKeyExchange (TLS <= 1.2: its first 3 body bytes, the only ones of it copied); names
+  as Zeek's (GROUP_NAMES), else 0x hex. resumed (Zeek's rules, _parse_directions): the
+  client's session id echoed before TLS 1.3, a PSK offered and accepted (TLS 1.3), or a ticket
+  offered without session id and the client's CCS with no ClientKeyExchange before it. Both
+  read in the existing walks (ClientHello, server flight), no pass of their own.
 - established: ServerHello seen and, for TLS <= 1.2, ChangeCipherSpec from both sides or
   application data after the client's ChangeCipherSpec; for TLS 1.3, an encrypted record
   (its Finished) from the client after the ServerHello.
@@ -78,8 +85,13 @@ from sensors.tls_ciphers import CIPHER_SUITE_NAMES
 
 CONTENT_CCS, CONTENT_ALERT, CONTENT_HANDSHAKE, CONTENT_APPDATA = 20, 21, 22, 23
 HS_CLIENT_HELLO, HS_SERVER_HELLO, HS_CERTIFICATE = 1, 2, 11
+HS_SERVER_KEY_EXCHANGE, HS_CLIENT_KEY_EXCHANGE = 12, 16
 EXT_SNI, EXT_GROUPS, EXT_POINT_FORMATS, EXT_SIG_ALGS, EXT_ALPN = 0, 10, 11, 13, 16
-EXT_SUPPORTED_VERSIONS = 43
+EXT_SESSION_TICKET, EXT_PRE_SHARED_KEY, EXT_SUPPORTED_VERSIONS, EXT_KEY_SHARE = 35, 41, 43, 51
+# Of a ServerKeyExchange body, the bytes kept: an ECDHE suite's ECParameters start with
+# curve_type (3 = named_curve) and the 2-byte NamedCurve (RFC 8422 section 5.4).
+SKE_KEPT = 3
+CURVE_TYPE_NAMED = 3
 MAX_RECORDS = 256  # records scanned per direction
 MAX_LIST = 512  # entries read from one list (ciphers, extensions ...)
 PREFETCH_FLOWS = 8  # how many flows (directions) ahead the kernels ask for their first lines
@@ -87,6 +99,24 @@ MAX_HS_BUFFER = 32 << 20  # the largest handshake byte buffer an analyzer keeps 
 PREFETCH_DIRECTION_BYTES = 4096  # of a direction, how many first bytes frame_records asks for
 
 VERSION_NAMES = {0x0300: "3.0", 0x0301: "1.0", 0x0302: "1.1", 0x0303: "1.2", 0x0304: "1.3"}
+# TLS Supported Groups (IANA registry) by the names Zeek's ssl.log `curve` uses.
+GROUP_NAMES = {
+    **dict(enumerate([
+        "sect163k1", "sect163r1", "sect163r2", "sect193r1", "sect193r2", "sect233k1",
+        "sect233r1", "sect239k1", "sect283k1", "sect283r1", "sect409k1", "sect409r1",
+        "sect571k1", "sect571r1", "secp160k1", "secp160r1", "secp160r2", "secp192k1",
+        "secp192r1", "secp224k1", "secp224r1", "secp256k1", "secp256r1", "secp384r1",
+        "secp521r1", "brainpoolP256r1", "brainpoolP384r1", "brainpoolP512r1", "x25519", "x448",
+        "brainpoolP256r1tls13", "brainpoolP384r1tls13", "brainpoolP512r1tls13", "GC256A",
+        "GC256B", "GC256C", "GC256D", "GC512A", "GC512B", "GC512C", "curveSM2"], start=1)),
+    **{0x0100 + i: f"ffdhe{bits}" for i, bits in enumerate([2048, 3072, 4096, 6144, 8192])},
+    0x0200: "MLKEM512", 0x0201: "MLKEM768", 0x0202: "MLKEM1024",
+    0x11EB: "SecP256r1MLKEM768", 0x11EC: "X25519MLKEM768", 0x11ED: "SecP384r1MLKEM1024",
+    0x11EE: "curveSM2MLKEM768", 0x4138: "CECPQ2", 0x6399: "X25519Kyber768Draft00",
+    0x639A: "SecP256r1Kyber768Draft00", 0xFF01: "arbitrary_explicit_prime_curves",
+    0xFF02: "arbitrary_explicit_char2_curves",
+    **{0x0A0A + 0x1010 * i: f"grease_0x{0x0A0A + 0x1010 * i:04X}" for i in range(16)},
+}
 JA4_VERSIONS = {0x0304: "13", 0x0303: "12", 0x0302: "11", 0x0301: "10", 0x0300: "s3",
                 0x0002: "s2", 0xFEFF: "d1", 0xFEFD: "d2", 0xFEFC: "d3"}
 
@@ -98,6 +128,10 @@ RECORD_TRUNCATED = 8  # the bytes end inside a cleartext handshake record
 
 # The ClientHello of a flow (client_hellos' status).
 HELLO_OK, HELLO_INCOMPLETE, HELLO_MALFORMED = 0, 1, 2
+
+# What a ClientHello offers for resumption (_client_hello's `offers`, a bit mask).
+CLIENT_TICKET = 1  # a non-empty SessionTicket extension (RFC 5077)
+CLIENT_PSK = 2  # a pre_shared_key extension (TLS 1.3)
 
 # Bytes a client key may need beyond its ClientHello body: the 2-byte version and seven
 # 4-byte section lengths. Every section copies bytes of a distinct part of the body (or, for
@@ -168,6 +202,8 @@ class Handshake:
     cert_der: bytes = b""
     established: bool = False
     malformed: bool = False  # something after the ClientHello could not be read
+    curve: int = -1  # the key exchange group (key_share / ServerKeyExchange), -1: none
+    resumed: bool = False
 
     def version(self) -> str:
         if self.server is not None:
@@ -185,6 +221,28 @@ def offered_version(hello: ClientHello) -> int:
 
 def version_name(version: int) -> str:
     return VERSION_NAMES.get(version, f"0x{version:04X}")
+
+
+def curve_name(group: int) -> str:
+    """A key exchange group as Zeek's ssl.log names it (IANA TLS Supported Groups), else 0x
+    hex; "" for -1 (none)."""
+    if group < 0:
+        return ""
+    return GROUP_NAMES.get(group) or f"0x{group:04X}"
+
+
+def _ecdhe_suites() -> np.ndarray:
+    """Per cipher suite code: its ServerKeyExchange starts with ECParameters (ECDHE and
+    ECDH_anon suites; static ECDH sends none). ECDHE_PSK suites put a PSK identity hint
+    first: their curve is not read."""
+    table = np.zeros(0x10000, np.bool_)
+    for code, name in CIPHER_SUITE_NAMES.items():
+        if "_ECDH" in name and "PSK" not in name:
+            table[code] = True
+    return table
+
+
+ECDHE_SUITES = _ecdhe_suites()  # a constant of the compiled kernels
 
 
 # --- kernels: record layer, ClientHello, server flight -------------------------------------
@@ -237,18 +295,22 @@ def _put_length(out: np.ndarray, at: int, size: int) -> None:
 
 @njit
 def _server_messages(hs: np.ndarray, out: int, buf: np.ndarray, p: int, stop: int, left: int,
-                     keep: bool, head: int) -> tuple[int, int, bool, int]:
+                     keep: int, head: int) -> tuple[int, int, int, int]:
     """Append the handshake record body buf[p:stop] of a server direction to hs[out:] as
-    messages: a ServerHello's or Certificate's whole, any other message's header alone with
-    its length set to 0 (server_flights reads nothing else: it steps over those messages, and
-    one whose body runs past the bytes has only body bytes after it). `left` body bytes of
-    the current message are still to come (copied if `keep`); `head` bytes of the next
-    header are already in hs (a header may span records). Returns (out, left, keep, head)."""
+    messages: a ServerHello's or Certificate's whole, a ServerKeyExchange's first SKE_KEPT
+    bytes (its named curve) with its length set to that, any other message's header alone
+    with its length set to 0 (server_flights reads nothing else: it steps over those
+    messages, and one whose body runs past the bytes has only body bytes after it). `left`
+    body bytes of the current message are still to come, the first `keep` of them copied;
+    `head` bytes of the next header are already in hs (a header may span records). Returns
+    (out, left, keep, head)."""
     while p < stop:
         if left > 0:
             take = min(left, stop - p)
-            if keep:
-                out = copy_bytes(hs, out, buf, p, p + take)
+            if keep > 0:
+                copied = min(take, keep)
+                out = copy_bytes(hs, out, buf, p, p + copied)
+                keep -= copied
             left -= take
             p += take
             continue
@@ -259,11 +321,14 @@ def _server_messages(hs: np.ndarray, out: int, buf: np.ndarray, p: int, stop: in
         if head == 4:  # a whole header: hs[out - 4 : out]
             head = 0
             left = _u24(hs, out - 3)
-            keep = hs[out - 4] == HS_SERVER_HELLO or hs[out - 4] == HS_CERTIFICATE
-            if not keep:
+            msg_type = hs[out - 4]
+            if msg_type == HS_SERVER_HELLO or msg_type == HS_CERTIFICATE:
+                keep = left
+            else:
+                keep = min(left, SKE_KEPT) if msg_type == HS_SERVER_KEY_EXCHANGE else 0
                 hs[out - 3] = 0
                 hs[out - 2] = 0
-                hs[out - 1] = 0
+                hs[out - 1] = keep
     return out, left, keep, head
 
 
@@ -290,7 +355,8 @@ def frame_records(buf: np.ndarray, starts: np.ndarray, stops: np.ndarray,
     flags are the SEEN_* / APPDATA_AFTER_FIRST / RECORD_TRUNCATED bits of its first
     MAX_RECORDS records. Reading stops at the first byte pair that is not a TLS record header.
     Directions from `servers_from` on (>= 0) are servers': of their messages only what
-    server_flights reads is copied (see _server_messages), not e.g. key exchange bodies.
+    server_flights reads is copied (see _server_messages), not e.g. key exchange bodies
+    (but their named curve).
     """
     hs = np.empty(hs_capacity(buf, starts, stops), np.uint8)
     hs_start, hs_stop, flags = frame_records_into(hs, buf, starts, stops, servers_from)
@@ -346,7 +412,7 @@ def _frame_direction(hs: np.ndarray, out: int, buf: np.ndarray, start: int, stop
     cleartext = True
     seen = 0
     left = 0  # (messages) body bytes of the current message still to come
-    keep = True
+    keep = 0  # (messages) of those, how many are copied
     head = 0  # (messages) bytes of the next message header seen
     while pos + 5 <= end and records < MAX_RECORDS:
         ctype = buf[pos]
@@ -512,39 +578,40 @@ def needed_lengths(data: np.ndarray, seg_start: np.ndarray, seg_size: np.ndarray
 
 @njit
 def _client_hello(hs: np.ndarray, pos: int, end: int, key: np.ndarray, at: int
-                  ) -> tuple[bool, int, int, int]:
+                  ) -> tuple[bool, int, int, int, int]:
     """Read the ClientHello body hs[pos:end]; write its client key to key[at:].
 
-    Returns (ok, sni_start, sni_stop, key_stop). The key: version (2 bytes), then seven
-    sections of a 4-byte length and bytes: cipher suites, extension types (2 bytes each, in
-    order), ALPN names (1-byte length + name each, over every ALPN extension), and the raw
-    lists of the last supported_groups, ec_point_formats, signature_algorithms and
-    supported_versions extensions. Lists stop at MAX_LIST entries. The SNI is the first
-    non-empty host_name entry.
+    Returns (ok, sni_start, sni_stop, key_stop, offers): offers has CLIENT_TICKET (a
+    non-empty SessionTicket extension) and CLIENT_PSK (pre_shared_key) set. The key:
+    version (2 bytes), then seven sections of a 4-byte length and bytes: cipher suites,
+    extension types (2 bytes each, in order), ALPN names (1-byte length + name each, over
+    every ALPN extension), and the raw lists of the last supported_groups,
+    ec_point_formats, signature_algorithms and supported_versions extensions. Lists stop at
+    MAX_LIST entries. The SNI is the first non-empty host_name entry.
     """
     if end - pos < 34:
-        return False, 0, 0, at
+        return False, 0, 0, at, 0
     key[at] = hs[pos]
     key[at + 1] = hs[pos + 1]
     _, p = _span(hs, pos + 34, end, 1)  # session id (after version and the 32-byte random)
     if p < 0:
-        return False, 0, 0, at
+        return False, 0, 0, at, 0
     cipher_start, p = _span(hs, p, end, 2)
     if p < 0 or (p - cipher_start) % 2:
-        return False, 0, 0, at
+        return False, 0, 0, at, 0
     k = _put_section(key, at + 2, hs, cipher_start,
                      cipher_start + min(p - cipher_start, 2 * MAX_LIST))
     _, p = _span(hs, p, end, 1)  # compression methods
     if p < 0:
-        return False, 0, 0, at
+        return False, 0, 0, at, 0
     if p == end:  # no extensions block (SSLv3 / old clients): six empty sections
         for _ in range(6):
             _put_length(key, k, 0)
             k += 4
-        return True, 0, 0, k
+        return True, 0, 0, k, 0
     first, block_end = _span(hs, p, end, 2)
     if block_end < 0:
-        return False, 0, 0, at
+        return False, 0, 0, at, 0
     # Pass 1: frame the extensions (all must fit), write their types.
     types_at = k
     k += 4
@@ -552,10 +619,10 @@ def _client_hello(hs: np.ndarray, pos: int, end: int, key: np.ndarray, at: int
     p = first
     while p < block_end and count < MAX_LIST:
         if p + 2 > block_end:
-            return False, 0, 0, at
+            return False, 0, 0, at, 0
         _, p_next = _span(hs, p + 2, block_end, 2)
         if p_next < 0:
-            return False, 0, 0, at
+            return False, 0, 0, at, 0
         key[k] = hs[p]
         key[k + 1] = hs[p + 1]
         k += 2
@@ -569,6 +636,7 @@ def _client_hello(hs: np.ndarray, pos: int, end: int, key: np.ndarray, at: int
     sni_start = sni_stop = 0
     groups_start = groups_stop = formats_start = formats_stop = 0
     sigs_start = sigs_stop = versions_start = versions_stop = 0
+    offers = 0
     p = first
     for _ in range(count):
         ext_type = _u16(hs, p)
@@ -578,23 +646,23 @@ def _client_hello(hs: np.ndarray, pos: int, end: int, key: np.ndarray, at: int
         if ext_type == EXT_SNI:
             at_name, names_end = _span(hs, start, stop, 2)
             if names_end < 0:
-                return False, 0, 0, at
+                return False, 0, 0, at, 0
             while at_name < names_end:
                 name_type = hs[at_name]
                 name_start, name_stop = _span(hs, at_name + 1, names_end, 2)
                 if name_stop < 0:
-                    return False, 0, 0, at
+                    return False, 0, 0, at, 0
                 if name_type == 0 and sni_stop == sni_start:
                     sni_start, sni_stop = name_start, name_stop
                 at_name = name_stop
         elif ext_type == EXT_ALPN:
             at_item, list_end = _span(hs, start, stop, 2)
             if list_end < 0:
-                return False, 0, 0, at
+                return False, 0, 0, at, 0
             while at_item < list_end and alpn_count < MAX_LIST:
                 item_start, item_stop = _span(hs, at_item, list_end, 1)
                 if item_stop < 0:
-                    return False, 0, 0, at
+                    return False, 0, 0, at, 0
                 key[k] = item_stop - item_start
                 k = copy_bytes(key, k + 1, hs, item_start, item_stop)
                 alpn_count += 1
@@ -602,7 +670,7 @@ def _client_hello(hs: np.ndarray, pos: int, end: int, key: np.ndarray, at: int
         elif ext_type == EXT_GROUPS or ext_type == EXT_SIG_ALGS:
             list_start, list_stop = _span(hs, start, stop, 2)
             if list_stop < 0 or (list_stop - list_start) % 2:
-                return False, 0, 0, at
+                return False, 0, 0, at, 0
             list_stop = list_start + min(list_stop - list_start, 2 * MAX_LIST)
             if ext_type == EXT_GROUPS:
                 groups_start, groups_stop = list_start, list_stop
@@ -611,19 +679,24 @@ def _client_hello(hs: np.ndarray, pos: int, end: int, key: np.ndarray, at: int
         elif ext_type == EXT_POINT_FORMATS:
             formats_start, formats_stop = _span(hs, start, stop, 1)
             if formats_stop < 0:
-                return False, 0, 0, at
+                return False, 0, 0, at, 0
         elif ext_type == EXT_SUPPORTED_VERSIONS:
             list_start, list_stop = _span(hs, start, stop, 1)
             if list_stop < 0 or (list_stop - list_start) % 2:
-                return False, 0, 0, at
+                return False, 0, 0, at, 0
             versions_start = list_start
             versions_stop = list_start + min(list_stop - list_start, 2 * MAX_LIST)
+        elif ext_type == EXT_SESSION_TICKET:
+            if stop > start:
+                offers |= CLIENT_TICKET
+        elif ext_type == EXT_PRE_SHARED_KEY:
+            offers |= CLIENT_PSK
     _put_length(key, alpn_at, k - alpn_at - 4)
     k = _put_section(key, k, hs, groups_start, groups_stop)
     k = _put_section(key, k, hs, formats_start, formats_stop)
     k = _put_section(key, k, hs, sigs_start, sigs_stop)
     k = _put_section(key, k, hs, versions_start, versions_stop)
-    return True, sni_start, sni_stop, k
+    return True, sni_start, sni_stop, k, offers
 
 
 @njit
@@ -655,7 +728,7 @@ def client_hellos(hs: np.ndarray, hs_start: np.ndarray, hs_stop: np.ndarray,
     src, dst = borrowed(hs), borrowed(keys)
     for f in range(n):
         key_start[f] = at
-        status[f], sni_start[f], sni_stop[f], at = _client_row(
+        status[f], sni_start[f], sni_stop[f], at, _, _ = _client_row(
             src, hs_start[f], hs_stop[f], flags[f], data_len[f], dst, at)
         key_stop[f] = at  # the next key right after this one (see server_flights)
     return status, sni_start, sni_stop, keys, key_start, key_stop
@@ -663,39 +736,85 @@ def client_hellos(hs: np.ndarray, hs_start: np.ndarray, hs_stop: np.ndarray,
 
 @njit(inline="always")
 def _client_row(hs: np.ndarray, start: int, end: int, flags: int, data_len: int,
-                key: np.ndarray, at: int) -> tuple[np.int8, int, int, int]:
+                key: np.ndarray, at: int) -> tuple[np.int8, int, int, int, int, int]:
     """client_hellos of one flow (client direction hs[start:end]): (status, sni_start,
-    sni_stop, key_stop); its key from key[at]."""
+    sni_stop, key_stop, offers, body_stop); its key from key[at]; offers: _client_hello's;
+    body_stop: the end of the ClientHello (when HELLO_OK)."""
     body_stop = -1
     if start + 4 <= end:
         body_stop = start + 4 + _u24(hs, start + 1)
     if body_stop < 0 or body_stop > end:  # no complete message
         truncated = (flags & RECORD_TRUNCATED) != 0 or end > start
         return (np.int8(HELLO_INCOMPLETE if truncated or data_len < 9 else HELLO_MALFORMED),
-                0, 0, at)
+                0, 0, at, 0, body_stop)
     if hs[start] != HS_CLIENT_HELLO:
-        return np.int8(HELLO_MALFORMED), 0, 0, at
-    ok, sni_start, sni_stop, key_stop = _client_hello(hs, start + 4, body_stop, key, at)
+        return np.int8(HELLO_MALFORMED), 0, 0, at, 0, body_stop
+    ok, sni_start, sni_stop, key_stop, offers = _client_hello(hs, start + 4, body_stop, key, at)
     if not ok:
-        return np.int8(HELLO_MALFORMED), sni_start, sni_stop, key_stop
-    return np.int8(HELLO_OK), sni_start, sni_stop, key_stop
+        return np.int8(HELLO_MALFORMED), sni_start, sni_stop, key_stop, 0, body_stop
+    return np.int8(HELLO_OK), sni_start, sni_stop, key_stop, offers, body_stop
+
+
+@njit(inline="always")
+def _session_word(hs: np.ndarray, at: int, size: int) -> np.uint64:
+    """The first (up to 8) bytes of the session id hs[at:at + size] as one word: a server's
+    session id is compared with the client's by it first (the client's bytes are far behind
+    in hs by then, a cache miss; they are read only when the words match)."""
+    word = np.uint64(size)
+    for j in range(at, at + min(size, 8)):
+        word = (word << np.uint64(8)) | np.uint64(hs[j])
+    return word
+
+
+@njit(inline="always")
+def _client_session(hs: np.ndarray, start: int, body_stop: int, end: int, offers: int,
+                    flags: int) -> tuple[int, int, np.uint64, bool]:
+    """What the readable ClientHello at hs[start:body_stop] (its direction ends at `end`)
+    brings to resumption, as Zeek's ssl analyzer decides it: (session id start, its length
+    (0: none -- empty, or 32 zero bytes), its _session_word, ticket resumption). Ticket
+    resumption: a non-empty SessionTicket offered with no session id, then the client's
+    ChangeCipherSpec with no ClientKeyExchange before it (an abbreviated handshake)."""
+    sid_at = start + 4 + 35  # header, version, random, then the 1-byte length
+    size = np.int64(hs[sid_at - 1])  # the ClientHello was read: it fits
+    if size == 32:
+        zeros = True
+        for j in range(sid_at, sid_at + 32):
+            if hs[j] != 0:
+                zeros = False
+                break
+        if zeros:
+            size = 0
+    ticket = False
+    if (offers & CLIENT_TICKET) != 0 and size == 0 and (flags & SEEN_CCS) != 0:
+        # the client's cleartext messages after its ClientHello (before its CCS)
+        ticket = True
+        pos = body_stop
+        while pos + 4 <= end:
+            if hs[pos] == HS_CLIENT_KEY_EXCHANGE:
+                ticket = False
+                break
+            pos += 4 + _u24(hs, pos + 1)
+    return sid_at, size, _session_word(hs, sid_at, size), ticket
 
 
 @njit
 def _server_hello(hs: np.ndarray, pos: int, end: int, key: np.ndarray, at: int
-                  ) -> tuple[bool, int, int, int, int, int, int]:
+                  ) -> tuple[bool, int, int, int, int, int, int, int, bool]:
     """Read the ServerHello body hs[pos:end]; write its server key (version, cipher and the
     extension types, 2 bytes each) to key[at:].
 
-    Returns (ok, version, cipher, selected_version, alpn_start, alpn_stop, key_stop); the
-    ALPN protocol is the first name of the last ALPN extension with a non-empty list.
+    Returns (ok, version, cipher, selected_version, alpn_start, alpn_stop, key_stop, group,
+    psk); the ALPN protocol is the first name of the last ALPN extension with a non-empty
+    list; group: the key_share extension's (-1: none) -- a HelloRetryRequest's is the group
+    alone, a ServerHello's a KeyShareEntry, which starts with it; psk: a pre_shared_key
+    extension (the server accepted a PSK: TLS 1.3 resumption).
     """
     p = pos + 2 + 32  # version, random
     if p > end:
-        return False, 0, 0, 0, -1, -1, at
+        return False, 0, 0, 0, -1, -1, at, -1, False
     _, p = _span(hs, p, end, 1)  # session id
     if p < 0 or p + 3 > end:  # cipher suite, compression method
-        return False, 0, 0, 0, -1, -1, at
+        return False, 0, 0, 0, -1, -1, at, -1, False
     version = _u16(hs, pos)
     cipher = _u16(hs, p)
     key[at] = hs[pos]  # byte stores: a slice makes two views (see copy_bytes)
@@ -706,19 +825,21 @@ def _server_hello(hs: np.ndarray, pos: int, end: int, key: np.ndarray, at: int
     p += 3
     selected = 0
     alpn_start = alpn_stop = -1
+    group = -1
+    psk = False
     if p == end:
-        return True, version, cipher, selected, alpn_start, alpn_stop, k
+        return True, version, cipher, selected, alpn_start, alpn_stop, k, group, psk
     p, block_end = _span(hs, p, end, 2)
     if block_end < 0:
-        return False, 0, 0, 0, -1, -1, at
+        return False, 0, 0, 0, -1, -1, at, -1, False
     count = 0
     while p < block_end and count < MAX_LIST:
         if p + 2 > block_end:
-            return False, 0, 0, 0, -1, -1, at
+            return False, 0, 0, 0, -1, -1, at, -1, False
         ext_type = _u16(hs, p)
         start, stop = _span(hs, p + 2, block_end, 2)
         if stop < 0:
-            return False, 0, 0, 0, -1, -1, at
+            return False, 0, 0, 0, -1, -1, at, -1, False
         key[k] = hs[p]
         key[k + 1] = hs[p + 1]
         k += 2
@@ -727,15 +848,19 @@ def _server_hello(hs: np.ndarray, pos: int, end: int, key: np.ndarray, at: int
         if ext_type == EXT_ALPN:
             names_start, names_stop = _span(hs, start, stop, 2)
             if names_stop < 0:
-                return False, 0, 0, 0, -1, -1, at
+                return False, 0, 0, 0, -1, -1, at, -1, False
             if names_stop > names_start:
                 name_start, name_stop = _span(hs, names_start, names_stop, 1)
                 if name_stop < 0:
-                    return False, 0, 0, 0, -1, -1, at
+                    return False, 0, 0, 0, -1, -1, at, -1, False
                 alpn_start, alpn_stop = name_start, name_stop
         elif ext_type == EXT_SUPPORTED_VERSIONS and stop - start >= 2:
             selected = _u16(hs, start)
-    return True, version, cipher, selected, alpn_start, alpn_stop, k
+        elif ext_type == EXT_KEY_SHARE and stop - start >= 2:
+            group = _u16(hs, start)
+        elif ext_type == EXT_PRE_SHARED_KEY:
+            psk = True
+    return True, version, cipher, selected, alpn_start, alpn_stop, k, group, psk
 
 
 @njit
@@ -744,11 +869,13 @@ def server_flights(hs: np.ndarray, hs_start: np.ndarray, hs_stop: np.ndarray
     """The server's cleartext handshake messages of each flow, hs[hs_start[f]:hs_stop[f]].
 
     Reads the first ServerHello and, after it, the leaf (first) certificate of the first
-    Certificate message with a non-empty one; stops at the first message that does not fit
-    its layout (`malformed`). Returns (found, malformed, version, cipher, selected_version,
-    alpn_start, alpn_stop, cert_start, cert_stop, keys, key_start, key_stop): found = a
-    ServerHello was read; the ALPN name and the certificate DER are hs slices (-1: none);
-    the server key (see _server_hello) is keys[key_start:key_stop].
+    Certificate message with a non-empty one and the named curve of the first
+    ServerKeyExchange; stops at the first message that does not fit its layout
+    (`malformed`). Returns (found, malformed, version, cipher, selected_version,
+    alpn_start, alpn_stop, cert_start, cert_stop, keys, key_start, key_stop, curve, psk):
+    found = a ServerHello was read; the ALPN name and the certificate DER are hs slices (-1:
+    none); the server key (see _server_hello) is keys[key_start:key_stop]; curve and psk
+    as _server_row gives them (without a client: no session id is echoed).
     """
     n = hs_start.size
     capacity = 0
@@ -766,43 +893,67 @@ def server_flights(hs: np.ndarray, hs_start: np.ndarray, hs_stop: np.ndarray
     cert_stop = np.full(n, -1, np.int64)
     key_start = np.empty(n, np.int64)
     key_stop = np.empty(n, np.int64)
+    curve = np.full(n, -1, np.int64)
+    psk = np.zeros(n, np.bool_)
     at = 0
     # the helpers' arrays without reference counts (see frame_records_into)
     src, dst = borrowed(hs), borrowed(keys)
     for f in range(n):
         key_start[f] = at
         (found[f], malformed[f], version[f], cipher[f], selected[f], alpn_start[f],
-         alpn_stop[f], cert_start[f], cert_stop[f], at) = _server_row(src, hs_start[f],
-                                                                     hs_stop[f], dst, at)
+         alpn_stop[f], cert_start[f], cert_stop[f], at, curve[f], psk[f],
+         _) = _server_row(src, hs_start[f], hs_stop[f], dst, at, 0, 0, np.uint64(0))
         # the next key right after this one: keys are a few bytes, regions of a flight's
         # size apart made every page of `keys` fault in (~1 page fault per flow)
         key_stop[f] = at
     return (found, malformed, version, cipher, selected, alpn_start, alpn_stop, cert_start,
-            cert_stop, keys, key_start, key_stop)
+            cert_stop, keys, key_start, key_stop, curve, psk)
 
 
 @njit(inline="always")
-def _server_row(hs: np.ndarray, pos: int, end: int, key: np.ndarray, at: int
-                ) -> tuple[bool, bool, int, int, int, int, int, int, int, int]:
+def _server_row(hs: np.ndarray, pos: int, end: int, key: np.ndarray, at: int, sid_at: int,
+                sid_size: int, sid_word: np.uint64
+                ) -> tuple[bool, bool, int, int, int, int, int, int, int, int, int, bool, bool]:
     """server_flights of one flow (server messages hs[pos:end]): (found, malformed,
-    version, cipher, selected, alpn_start, alpn_stop, cert_start, cert_stop, key_stop); its
-    key from key[at]."""
-    found = malformed = False
+    version, cipher, selected, alpn_start, alpn_stop, cert_start, cert_stop, key_stop,
+    curve, psk, echo); its key from key[at].
+
+    curve: the group of the ServerHello's key_share, or (later in the flight, so it wins,
+    as in Zeek) the named curve of an ECDHE suite's ServerKeyExchange, read when its first
+    SKE_KEPT body bytes are there; -1: none. psk: the ServerHello's pre_shared_key. echo:
+    before TLS 1.3, the ServerHello's session id is the client's (hs[sid_at:sid_at +
+    sid_size], word sid_word, see _client_session; size 0: none)."""
+    found = malformed = psk = echo = exchanged = False
     version = cipher = selected = 0
-    alpn_start = alpn_stop = cert_start = cert_stop = -1
+    alpn_start = alpn_stop = cert_start = cert_stop = curve = -1
     key_stop = at
     while pos + 4 <= end:
         msg_type = hs[pos]
-        stop = pos + 4 + _u24(hs, pos + 1)
+        size = _u24(hs, pos + 1)
+        stop = pos + 4 + size
+        if (msg_type == HS_SERVER_KEY_EXCHANGE and found and not exchanged
+                and size >= SKE_KEPT and pos + 4 + SKE_KEPT <= end):
+            # before the `stop > end` test: the curve is in the body's first bytes, which a
+            # server direction keeps of this message (see _server_messages)
+            exchanged = True
+            if ECDHE_SUITES[cipher] and hs[pos + 4] == CURVE_TYPE_NAMED:
+                curve = _u16(hs, pos + 5)
         if stop > end:
             break  # the flight continues past the reassembled bytes
         if msg_type == HS_SERVER_HELLO and not found:
             (ok, version, cipher, selected, alpn_start, alpn_stop,
-             key_stop) = _server_hello(hs, pos + 4, stop, key, at)
+             key_stop, curve, psk) = _server_hello(hs, pos + 4, stop, key, at)
             if not ok:
                 malformed = True
                 break
             found = True
+            # its session id (the hello was read: it fits) against the client's; not in TLS
+            # 1.3, where servers echo it always (and the client's bytes are not read: far
+            # behind in hs by now, a cache miss)
+            echo = sid_size > 0 and _before_13(selected if selected != 0 else version) \
+                and np.int64(hs[pos + 4 + 34]) == sid_size \
+                and _session_word(hs, pos + 4 + 35, sid_size) == sid_word \
+                and equal_bytes(hs, pos + 4 + 35, hs, sid_at, sid_size)
         elif msg_type == HS_CERTIFICATE and found and cert_stop <= cert_start:
             chain_start, chain_stop = _span(hs, pos + 4, stop, 3)
             if chain_stop < 0:
@@ -815,7 +966,7 @@ def _server_row(hs: np.ndarray, pos: int, end: int, key: np.ndarray, at: int
             cert_start, cert_stop = leaf_start, leaf_stop
         pos = stop
     return (found, malformed, version, cipher, selected, alpn_start, alpn_stop, cert_start,
-            cert_stop, key_stop)
+            cert_stop, key_stop, curve, psk, echo)
 
 
 @njit
@@ -825,7 +976,11 @@ def _parse_directions(hs: np.ndarray, buf: np.ndarray, starts: np.ndarray, stops
     and server_flights of n..2n-1, in one pass: each direction is read right after it is
     framed, while its bytes are in the nearest caches (a second pass over `hs`, megabytes a
     batch, read them back from L3). Returns (hs_start, hs_stop, flags, client_hellos'
-    six, server_flights' twelve results)."""
+    six, server_flights' first twelve results, curve, resumed).
+
+    resumed (Zeek's ssl.log): ticket resumption (see _client_session); or a ServerHello
+    that echoes the client's session id before TLS 1.3, or that accepts a pre_shared_key
+    the client offered (TLS 1.3); see _server_row."""
     m = starts.size
     if hs.size < hs_capacity(buf, starts, stops):
         raise ValueError("hs is smaller than hs_capacity")
@@ -858,6 +1013,14 @@ def _parse_directions(hs: np.ndarray, buf: np.ndarray, starts: np.ndarray, stops
     cert_stop = np.full(n, -1, np.int64)
     sk_start = np.empty(n, np.int64)
     sk_stop = np.empty(n, np.int64)
+    curve = np.full(n, -1, np.int64)
+    resumed = np.zeros(n, np.bool_)
+    # a client's resumption facts (_client_session), for its server's direction
+    offers = np.zeros(n, np.int64)
+    sid_at = np.zeros(n, np.int64)
+    sid_size = np.zeros(n, np.int64)
+    sid_word = np.zeros(n, np.uint64)
+    ticket = np.zeros(n, np.bool_)
     out = ca = sa = 0
     # the helpers' arrays without reference counts (see frame_records_into)
     src, dst, ck, sk = borrowed(buf), borrowed(hs), borrowed(ckeys), borrowed(skeys)
@@ -868,19 +1031,30 @@ def _parse_directions(hs: np.ndarray, buf: np.ndarray, starts: np.ndarray, stops
         hs_stop[d] = out
         if d < n:
             ck_start[d] = ca
-            status[d], sni_start[d], sni_stop[d], ca = _client_row(
+            status[d], sni_start[d], sni_stop[d], ca, offers[d], body_stop = _client_row(
                 dst, hs_start[d], out, flags[d], client_len[d], ck, ca)
             ck_stop[d] = ca
+            if status[d] == HELLO_OK:
+                sid_at[d], sid_size[d], sid_word[d], ticket[d] = _client_session(
+                    dst, hs_start[d], body_stop, out, offers[d], flags[d])
         else:
             f = d - n
             sk_start[f] = sa
             (found[f], malformed[f], version[f], cipher[f], selected[f], alpn_start[f],
-             alpn_stop[f], cert_start[f], cert_stop[f], sa) = _server_row(dst, hs_start[d],
-                                                                          out, sk, sa)
+             alpn_stop[f], cert_start[f], cert_stop[f], sa, curve[f], psk,
+             echo) = _server_row(dst, hs_start[d], out, sk, sa, sid_at[f], sid_size[f],
+                                 sid_word[f])
             sk_stop[f] = sa
+            resumed[f] = ticket[f] or echo or (psk and (offers[f] & CLIENT_PSK) != 0)
     return (hs_start, hs_stop, flags, status, sni_start, sni_stop, ckeys, ck_start, ck_stop,
             found, malformed, version, cipher, selected, alpn_start, alpn_stop, cert_start,
-            cert_stop, skeys, sk_start, sk_stop)
+            cert_stop, skeys, sk_start, sk_stop, curve, resumed)
+
+
+@njit(inline="always")
+def _before_13(version: int) -> bool:
+    """A negotiated version before TLS 1.3 and its drafts (0x7Fxx), as Zeek tells them."""
+    return version != 0x0304 and version // 0xFF != 0x7F
 
 
 # --- all flows of a batch at once -------------------------------------------------------------
@@ -911,6 +1085,8 @@ class ParsedFlows:
     server_key_start: np.ndarray
     server_key_stop: np.ndarray
     established: np.ndarray  # bool
+    curve: np.ndarray  # int64: the key exchange group (see _server_row), -1: none
+    resumed: np.ndarray  # bool: a resumed session (see _parse_directions)
 
 
 def parse_flows(client_data: Sequence[bytes], server_data: Sequence[bytes]) -> ParsedFlows:
@@ -990,11 +1166,11 @@ def parse_joined(buf: np.ndarray, start: np.ndarray, length: np.ndarray,
         hs = np.empty(need if hs is None else need + need // 4, np.uint8)
     (_, _, flags, status, sni_start, sni_stop, ckeys, ck_start, ck_stop, found, malformed,
      version, cipher, selected, alpn_start, alpn_stop, cert_start, cert_stop, skeys, sk_start,
-     sk_stop) = _parse_directions(hs, buf, starts, stops, n, client_len)
+     sk_stop, curve, resumed) = _parse_directions(hs, buf, starts, stops, n, client_len)
     established = _established(found, selected, flags)
     return ParsedFlows(hs, status, sni_start, sni_stop, ckeys, ck_start, ck_stop, found,
                        malformed, version, cipher, selected, alpn_start, alpn_stop, cert_start,
-                       cert_stop, skeys, sk_start, sk_stop, established)
+                       cert_stop, skeys, sk_start, sk_stop, established, curve, resumed)
 
 
 # --- Python objects of one flow (tests, tools; not the event path) ----------------------------
@@ -1048,7 +1224,8 @@ def handshake_of(parsed: ParsedFlows, i: int) -> Handshake | None:
     key = parsed.client_keys[parsed.client_key_start[i] : parsed.client_key_stop[i]].tobytes()
     hello = hello_from_key(key, _server_name(hs, parsed.sni_start[i], parsed.sni_stop[i]))
     out = Handshake(hello, established=bool(parsed.established[i]),
-                    malformed=bool(parsed.server_malformed[i]))
+                    malformed=bool(parsed.server_malformed[i]), curve=int(parsed.curve[i]),
+                    resumed=bool(parsed.resumed[i]))
     if parsed.server_found[i]:
         skey = parsed.server_keys[parsed.server_key_start[i] : parsed.server_key_stop[i]]
         alpn = hs[parsed.alpn_start[i] : parsed.alpn_stop[i]] if parsed.alpn_start[i] >= 0 \
@@ -1232,17 +1409,18 @@ def _event_bounds(at: np.ndarray, found: np.ndarray, ck_start: np.ndarray, ck_st
                   sk_start: np.ndarray, sk_stop: np.ndarray, sni_start: np.ndarray,
                   sni_stop: np.ndarray, alpn_start: np.ndarray, alpn_stop: np.ndarray,
                   cert_start: np.ndarray, cert_stop: np.ndarray, selected: np.ndarray,
-                  server_version: np.ndarray, cipher: np.ndarray
+                  server_version: np.ndarray, cipher: np.ndarray, curve: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """What event_columns reads of flows `at`, in one pass (was ~20 numpy takes and
     masks): (lo, hi, codes). lo/hi (5, m): the slice bounds of each row's client key,
-    server key, SNI, chosen ALPN and leaf certificate (_EVENT_KINDS' order); codes (2, m):
-    the negotiated version and the cipher. Without a ServerHello (`found`): an empty server
-    key and ALPN, codes -1; without a certificate: an empty slice."""
+    server key, SNI, chosen ALPN and leaf certificate (_EVENT_KINDS' order); codes (3, m):
+    the negotiated version, the cipher and the curve (-1: none). Without a ServerHello
+    (`found`): an empty server key and ALPN, codes -1; without a certificate: an empty
+    slice."""
     m = at.size
     lo = np.zeros((N_KINDS, m), np.int64)
     hi = np.zeros((N_KINDS, m), np.int64)
-    codes = np.full((2, m), -1, np.int64)
+    codes = np.full((N_CODES, m), -1, np.int64)
     for e in range(m):
         f = at[e]
         lo[KIND_CLIENT, e] = ck_start[f]
@@ -1259,6 +1437,7 @@ def _event_bounds(at: np.ndarray, found: np.ndarray, ck_start: np.ndarray, ck_st
             hi[KIND_ALPN, e] = alpn_stop[f]
             codes[0, e] = selected[f] if selected[f] != 0 else server_version[f]
             codes[1, e] = cipher[f]
+            codes[2, e] = curve[f]
     return lo, hi, codes
 
 
@@ -1268,6 +1447,8 @@ def _event_bounds(at: np.ndarray, found: np.ndarray, ck_start: np.ndarray, ck_st
 # certificate (also the rows of event_columns' slice bounds, in this order).
 KIND_CLIENT, KIND_SERVER, KIND_SNI, KIND_ALPN, KIND_LEAF = 0, 1, 2, 3, 4
 N_KINDS = 5
+# The codes an event's names are made from (KnownValues.code_columns): version, cipher, curve.
+N_CODES = 3
 # Which array a column's slices are of (_number_known's ckeys, skeys, hs).
 SOURCE_CKEYS, SOURCE_SKEYS, SOURCE_HS = 0, 1, 2
 _EVENT_SOURCES = np.array([SOURCE_CKEYS, SOURCE_SKEYS, SOURCE_HS, SOURCE_HS, SOURCE_HS], np.int64)
@@ -1387,39 +1568,42 @@ def _rehash(slots: np.ndarray, value_hash: np.ndarray, count: int) -> None:
 @njit
 def _code_rows(codes: np.ndarray, offered: np.ndarray, client: np.ndarray,
                code_row: np.ndarray, state: np.ndarray) -> tuple[bool, np.ndarray, np.ndarray]:
-    """Each event's rows in KnownValues.names: (ok, rows (2, m), new (k, 3)). Codes: of
+    """Each event's rows in KnownValues.names: (ok, rows (k, m), new (j, 3)). Codes: of
     table 0 the version, codes[0], else (-1: no ServerHello) the offered version of the
-    row's client key (offered[client]); of table 1 the cipher, codes[1]. code_row[t, c + 1]
-    is the row of code c of table t (0: none yet; the code -1 has row 1, ""). new: (row,
-    table, code) of the codes given a row here (state[0]: rows in use, updated). ok False
-    (nothing changed): a code outside -1..0xFFFF."""
-    m = codes.shape[1]
-    rows = np.empty((2, m), np.int64)
+    row's client key (offered[client]); of table 1 the cipher, codes[1]; of table 2 (when
+    given) the curve, codes[2]. code_row[t, c + 1] is the row of code c of table t (0: none
+    yet; the code -1 has row 1, ""). new: (row, table, code) of the codes given a row here
+    (state[0]: rows in use, updated). ok False (nothing changed): a code outside
+    -1..0xFFFF, or more tables than code_row has."""
+    k, m = codes.shape
+    rows = np.empty((k, m), np.int64)
+    if k > code_row.shape[0]:
+        return False, rows, np.empty((0, 3), np.int64)
     for e in range(m):
-        for t in range(2):
+        for t in range(k):
             code = codes[t, e]
             if t == 0 and code < 0:
                 code = offered[client[e]]
             if code < -1 or code > 0xFFFF:
                 return False, rows, np.empty((0, 3), np.int64)
             rows[t, e] = code + 1
-    new = np.empty((2 * m, 3), np.int64)
-    k = 0
+    new = np.empty((k * m, 3), np.int64)
+    j = 0
     count = state[0]
     for e in range(m):
-        for t in range(2):
+        for t in range(k):
             at = rows[t, e]
             row = code_row[t, at]
             if row == 0:
                 row = code_row[t, at] = count
                 count += 1
-                new[k, 0] = row
-                new[k, 1] = t
-                new[k, 2] = at - 1
-                k += 1
+                new[j, 0] = row
+                new[j, 1] = t
+                new[j, 2] = at - 1
+                j += 1
             rows[t, e] = row
     state[0] = count
-    return True, rows, new[:k]
+    return True, rows, new[:j]
 
 
 class KnownValues:
@@ -1438,11 +1622,11 @@ class KnownValues:
     def __init__(self, max_values: int = MAX_KNOWN_VALUES, max_bytes: int = MAX_KNOWN_BYTES
                  ) -> None:
         self.max_values, self.max_bytes = max_values, max_bytes
-        # version and cipher names, made once per code (_code_rows): numbering the codes of
-        # every batch and making their names and column per batch cost ~0.3 ms per 300k
-        # packets of the mix. Bounded by the codes (2 x 2**16): never cleared. code_row is
-        # zeros (calloc: only pages written to are mapped)
-        self.code_row = np.zeros((2, 0x10001), np.int64)
+        # version, cipher and curve names, made once per code (_code_rows): numbering the
+        # codes of every batch and making their names and column per batch cost ~0.3 ms per
+        # 300k packets of the mix. Bounded by the codes (3 x 2**16): never cleared. code_row
+        # is zeros (calloc: only pages written to are mapped)
+        self.code_row = np.zeros((N_CODES, 0x10001), np.int64)
         self.code_row[:, 0] = 1  # the code -1: ""
         self.names = np.array([None, ""], dtype=object)
         self.name_count = np.array([2], np.int64)
@@ -1483,11 +1667,11 @@ class KnownValues:
         return ids
 
     def code_columns(self, codes: np.ndarray, client: np.ndarray) -> tuple[np.ndarray, ...]:
-        """(version, cipher) name columns of codes (2, m) (see _code_rows; `client`: each
-        row's client key number). ValueError when a code is not 16-bit."""
+        """(version, cipher[, curve]) name columns of codes (2 or 3, m) (see _code_rows;
+        `client`: each row's client key number). ValueError when a code is not 16-bit."""
         ok, rows, new = _code_rows(codes, self.offered, client, self.code_row, self.name_count)
         if not ok:
-            raise ValueError("a code is not 16-bit")
+            raise ValueError("a code is not 16-bit (or too many code tables)")
         if new.size:
             count = int(self.name_count[0])
             if self.names.size < count:
@@ -1495,8 +1679,9 @@ class KnownValues:
                 names[: self.names.size] = self.names
                 self.names = names
             for row, table, code in new.tolist():
-                self.names[row] = (version_name if table == 0 else cipher_name)(code)
-        return self.names[rows[0]], self.names[rows[1]]
+                # module globals looked up per call (tests count the calls)
+                self.names[row] = (version_name, cipher_name, curve_name)[table](code)
+        return tuple(self.names[r] for r in rows)
 
     def _reserve(self, values: int, room: int) -> None:
         """Room for `values` more values of `room` more bytes (a quarter to spare)."""
@@ -1554,18 +1739,18 @@ def event_columns(parsed: ParsedFlows, rows: Sequence[int] | np.ndarray,
     Per distinct client key / server key / SNI / ALPN name / certificate (`known`, the
     analyzer's across batches; else a new one) and per distinct cipher / version: the
     (cached) strings; no Python object per row. Rows without a ServerHello have "" JA3S,
-    cipher and chosen ALPN."""
+    cipher, chosen ALPN and curve."""
     at = np.asarray(rows, dtype=np.int64)
     lo, hi, codes = _event_bounds(
         at, parsed.server_found, parsed.client_key_start, parsed.client_key_stop,
         parsed.server_key_start, parsed.server_key_stop, parsed.sni_start, parsed.sni_stop,
         parsed.alpn_start, parsed.alpn_stop, parsed.cert_start, parsed.cert_stop,
-        parsed.selected_version, parsed.server_version, parsed.cipher)
+        parsed.selected_version, parsed.server_version, parsed.cipher, parsed.curve)
     known = KnownValues() if known is None else known
     client, server, sni, alpn, leaf = known.number(
         parsed.client_keys, parsed.server_keys, parsed.hs, _EVENT_SOURCES, _EVENT_KINDS, lo, hi)
     texts = known.texts
-    version, cipher = known.code_columns(codes, client)
+    version, cipher, curve = known.code_columns(codes, client)
     return {
         "version": version, "server_name": texts["server_name"][sni],
         "client_alpn": texts["client_alpn"][client],
@@ -1574,6 +1759,7 @@ def event_columns(parsed: ParsedFlows, rows: Sequence[int] | np.ndarray,
         "cert_sha1": texts["cert_sha1"][leaf], "cert_subject": texts["cert_subject"][leaf],
         "cert_issuer": texts["cert_issuer"][leaf],
         "established": parsed.established[at].astype(np.bool_),
+        "curve": curve, "resumed": parsed.resumed[at].astype(np.bool_),
     }
 
 
@@ -1698,8 +1884,8 @@ class TlsAnalyzer(Analyzer):
         self._count("tls_handshakes", int(at.size))
         columns = endpoint_columns_at(batch, at, ts, self.observer_name, self.ingress_zone)
         tls_columns = event_columns(parsed, at, self._known)
-        for spec in TLS.fields:  # the schema's column order; EventBatch fills the optional
-            if spec.column not in columns and not spec.optional:
+        for spec in TLS.fields:  # the schema's column order; EventBatch fills the QUIC ones
+            if spec.column not in columns and spec.column in tls_columns:
                 columns[spec.column] = tls_columns[spec.column]
         return [EventBatch(TLS.name, columns)]
 

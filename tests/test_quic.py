@@ -215,6 +215,7 @@ def test_merlin_c2_agrees_with_zeek():
     assert doc["cirtsa"]["tls"]["client"]["alpn"] == ["h3"]  # client_protocol h3
     assert (doc["tls"]["version"], doc["tls"]["cipher"]) == ("1.3", "TLS_AES_128_GCM_SHA256")
     assert doc["tls"]["established"] is False and "next_protocol" not in doc["tls"]
+    assert (doc["tls"]["curve"], doc["tls"]["resumed"]) == ("x25519", False)  # x25519, F
     assert doc["network"]["protocol"] == "quic" and doc["network"]["transport"] == "udp"
     assert stats["quic_handshakes"] == 1 and "quic_decrypt_failed" not in stats
 

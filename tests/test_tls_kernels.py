@@ -28,6 +28,8 @@ from sensors.pcap_reader import CaptureReader
 GREASE = [0x0A0A, 0x1A1A, 0x5A5A, 0xFAFA]
 u16 = st.integers(0, 0xFFFF) | st.sampled_from(GREASE + [0x1301, 0xC02F, 0x0304, 0x0303])
 blob = st.binary(max_size=40)
+# session ids: some shared by generated clients and servers (echoed: resumption), 32 zeros
+session_ids = st.binary(max_size=32) | st.sampled_from([b"", b"\x07" * 32, bytes(32), b"\x07"])
 
 
 # --- generated handshakes ---------------------------------------------------------------------
@@ -35,7 +37,8 @@ blob = st.binary(max_size=40)
 
 @st.composite
 def client_extension(draw) -> bytes:
-    kind = draw(st.sampled_from([0, 10, 11, 13, 16, 43, 0x1A1A, 0xFF01]) | st.integers(0, 0xFFFF))
+    kind = draw(st.sampled_from([0, 10, 11, 13, 16, 35, 41, 43, 0x1A1A, 0xFF01])
+                | st.integers(0, 0xFFFF))
     if draw(st.integers(0, 9)) == 0:
         return ext(kind, draw(blob))  # any bytes under any type
     if kind == 0:
@@ -84,12 +87,16 @@ def client_streams(draw) -> bytes:
     maybe CCS / application data / alert records; then maybe mutated and cut."""
     version = draw(st.sampled_from([0x0300, 0x0301, 0x0303]) | st.integers(0, 0xFFFF))
     body = struct.pack("!H", version) + draw(st.binary(min_size=32, max_size=32)) \
-        + vec(draw(st.binary(max_size=32)), 1) + vec(u16s(draw(st.lists(u16, max_size=12)))) \
+        + vec(draw(session_ids), 1) + vec(u16s(draw(st.lists(u16, max_size=12)))) \
         + vec(b"\x00", 1)
     extensions = draw(st.lists(client_extension(), max_size=8))
     if extensions or draw(st.booleans()):
         body += vec(b"".join(extensions))
     message = bytes([draw(st.sampled_from([1, 1, 1, 2]))]) + len(body).to_bytes(3, "big") + body
+    for _ in range(draw(st.integers(0, 2))):  # ClientKeyExchange (a full handshake), others
+        kind = draw(st.sampled_from([16, 16, 11, 15]))
+        payload = draw(blob)
+        message += bytes([kind]) + len(payload).to_bytes(3, "big") + payload
     data = as_records(message, draw(cuts)) + b"".join(draw(trailer))
     data = mutate(data, draw(edits))
     return data[: draw(st.integers(0, len(data)))] if draw(st.booleans()) else data
@@ -97,25 +104,34 @@ def client_streams(draw) -> bytes:
 
 @st.composite
 def server_streams(draw) -> bytes:
-    """A server's flight: ServerHello (ALPN, supported_versions, others), maybe a
-    Certificate, then maybe CCS / application data; split, then maybe mutated and cut."""
+    """A server's flight: ServerHello (ALPN, supported_versions, key_share, pre_shared_key,
+    others), maybe a Certificate, maybe a ServerKeyExchange (named curve or not, maybe
+    shorter than one), then maybe CCS / application data; split, then maybe mutated and
+    cut."""
     exts = []
-    for kind in draw(st.lists(st.sampled_from([16, 43, 0xFF01, 0x0A0A]), max_size=4)):
+    for kind in draw(st.lists(st.sampled_from([16, 43, 51, 41, 0xFF01, 0x0A0A]), max_size=4)):
         if kind == 16 and draw(st.booleans()):
             exts.append(ext(16, vec(b"".join(vec(p, 1) for p in draw(
                 st.lists(st.binary(max_size=6) | st.just(b"h2"), max_size=2))))))
         elif kind == 43:
             exts.append(ext(43, u16s([draw(u16)]) if draw(st.booleans()) else draw(blob)))
+        elif kind == 51 and draw(st.booleans()):  # a group, maybe with a key
+            key = vec(draw(blob)) if draw(st.booleans()) else b""
+            exts.append(ext(51, u16s([draw(u16)]) + key))
         else:
             exts.append(ext(kind, draw(blob)))
     body = struct.pack("!H", draw(st.sampled_from([0x0301, 0x0303]) | st.integers(0, 0xFFFF))) \
-        + bytes(32) + vec(draw(st.binary(max_size=32)), 1) + struct.pack("!HB", draw(u16), 0)
+        + bytes(32) + vec(draw(session_ids), 1) + struct.pack("!HB", draw(u16), 0)
     if exts or draw(st.booleans()):
         body += vec(b"".join(exts))
     flight = b"\x02" + len(body).to_bytes(3, "big") + body
     for _ in range(draw(st.integers(0, 2))):
         certs = b"".join(vec(der, 3) for der in draw(st.lists(blob, max_size=2)))
         flight += b"\x0b" + len(vec(certs, 3)).to_bytes(3, "big") + vec(certs, 3)
+    for _ in range(draw(st.integers(0, 2))):
+        exchange = (bytes([draw(st.sampled_from([3, 3, 1]))]) + u16s([draw(u16)])
+                    + draw(blob))[: draw(st.integers(0, 50))]
+        flight += b"\x0c" + len(exchange).to_bytes(3, "big") + exchange
     data = as_records(flight, draw(cuts), b"\x03\x03") + b"".join(draw(trailer))
     data = mutate(data, draw(edits))
     return data[: draw(st.integers(0, len(data)))] if draw(st.booleans()) else data
@@ -253,6 +269,8 @@ BOUNDS_SCRIPT = textwrap.dedent("""
         tls.event_columns(parsed, np.flatnonzero(parsed.status == tls.HELLO_OK).tolist())
 
     each_kernel_alone()
+    import test_tls_curve_resumed as crafted
+    crafted.every_cut_checks()  # key_share / ServerKeyExchange / session ids at every cut
     print("bounds ok")
 """)
 

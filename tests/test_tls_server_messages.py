@@ -1,8 +1,9 @@
 """frame_records copies of a server's messages only what server_flights reads (ServerHello
-and Certificate whole, any other message's header with length 0): server_flights finds the
-same hello fields, ALPN, leaf certificate and server key as on every byte, on generated
-flights with other messages (key exchange, hello done, unknown types; some cut short)
-between them, split into records at random points, mutated and cut."""
+and Certificate whole, a ServerKeyExchange's first 3 bytes, any other message's header with
+length 0): server_flights finds the same hello fields, ALPN, leaf certificate, server key,
+curve and pre_shared_key as on every byte, on generated flights with other messages (key
+exchange, hello done, unknown types; some cut short) between them, split into records at
+random points, mutated and cut."""
 
 from __future__ import annotations
 
@@ -29,8 +30,8 @@ def flights(draw) -> bytes:
         pos = stop
     tail = body[pos:]
     for _ in range(draw(st.integers(0, 4))):
-        kind = draw(st.sampled_from([12, 14, 22, 4, 0x73, 2, 11]))
-        payload = draw(st.binary(max_size=40))
+        kind = draw(st.sampled_from([12, 12, 14, 22, 4, 0x73, 2, 11]))
+        payload = draw(st.binary(max_size=40) | st.sampled_from([b"\x03\x00\x1d", b"\x03\x00"]))
         declared = len(payload) + draw(st.sampled_from([0, 0, 0, 1, 500]))
         other = bytes([kind]) + declared.to_bytes(3, "big") + payload
         messages.insert(draw(st.integers(0, len(messages))), other)
@@ -59,14 +60,15 @@ def flight_view(data: bytes, servers_from: int):
         np.frombuffer(data, np.uint8), np.zeros(1, np.int64), np.array([len(data)], np.int64),
         servers_from)
     (found, malformed, version, cipher, selected, alpn_start, alpn_stop, cert_start, cert_stop,
-     keys, key_start, key_stop) = tls.server_flights(hs, start, stop)
+     keys, key_start, key_stop, curve, psk) = tls.server_flights(hs, start, stop)
 
     def cut(src, a, b):
         return src[a:b].tobytes() if a >= 0 else None
 
     return (int(flags[0]), bool(found[0]), bool(malformed[0]), int(version[0]), int(cipher[0]),
             int(selected[0]), cut(hs, alpn_start[0], alpn_stop[0]),
-            cut(hs, cert_start[0], cert_stop[0]), cut(keys, key_start[0], key_stop[0]))
+            cut(hs, cert_start[0], cert_stop[0]), cut(keys, key_start[0], key_stop[0]),
+            int(curve[0]), bool(psk[0]))
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -78,11 +80,13 @@ def test_server_flight_reads_the_same_without_the_other_messages(data):
 def test_other_messages_are_not_copied():
     body = bytes([2]) + (40).to_bytes(3, "big") + bytes(40)
     exchange = bytes([12]) + (300).to_bytes(3, "big") + bytes(300)
-    data = as_records(body + exchange, [50], b"\x03\x03")
+    done = bytes([14, 0, 0, 0])
+    data = as_records(body + exchange + done, [50], b"\x03\x03")
     hs, start, stop, _ = tls.frame_records(np.frombuffer(data, np.uint8),
                                            np.zeros(1, np.int64),
                                            np.array([len(data)], np.int64), 0)
-    assert hs[start[0]:stop[0]].tobytes() == body + bytes([12, 0, 0, 0])
+    # the key exchange's first 3 bytes (a named curve's), its length set to that
+    assert hs[start[0]:stop[0]].tobytes() == body + bytes([12, 0, 0, 3, 0, 0, 0]) + done
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -20,13 +20,18 @@ from sensors.tls import (
     CONTENT_HANDSHAKE,
     EXT_ALPN,
     EXT_GROUPS,
+    EXT_KEY_SHARE,
     EXT_POINT_FORMATS,
+    EXT_PRE_SHARED_KEY,
+    EXT_SESSION_TICKET,
     EXT_SIG_ALGS,
     EXT_SNI,
     EXT_SUPPORTED_VERSIONS,
     HS_CERTIFICATE,
     HS_CLIENT_HELLO,
+    HS_CLIENT_KEY_EXCHANGE,
     HS_SERVER_HELLO,
+    HS_SERVER_KEY_EXCHANGE,
     MAX_LIST,
     MAX_RECORDS,
     ClientHello,
@@ -36,6 +41,7 @@ from sensors.tls import (
     TlsAnalyzer,
     certificate_names,
     cipher_name,
+    curve_name,
     ja3_string,
     ja3s_string,
     ja4,
@@ -50,6 +56,8 @@ class Direction:
     messages: list[tuple[int, bytes]] = field(default_factory=list)  # (type, body), complete
     record_types: list[int] = field(default_factory=list)  # content types, in order
     truncated: bool = False  # the handshake bytes end inside a message or record
+    # the message the handshake bytes end inside: (type, the body bytes there), if any
+    partial: tuple[int, bytes] | None = None
 
 
 _RECORD_TYPES = frozenset({CONTENT_CCS, CONTENT_ALERT, CONTENT_HANDSHAKE, CONTENT_APPDATA})
@@ -85,6 +93,7 @@ def read_direction(data: bytes) -> Direction:
         stop = pos + 4 + int.from_bytes(handshake[pos + 1 : pos + 4], "big")
         if stop > size:
             out.truncated = True
+            out.partial = (handshake[pos], handshake[pos + 4 :])
             break
         out.messages.append((handshake[pos], handshake[pos + 4 : stop]))
         pos = stop
@@ -241,6 +250,73 @@ def parse_server_hello(body: bytes) -> ServerHello:
     return hello
 
 
+def server_hello_resumption(body: bytes) -> tuple[bytes, int, bool]:
+    """Of a readable ServerHello body: (session id, key_share group (-1: none), whether it
+    carries pre_shared_key)."""
+    r = _Reader(body)
+    r.take(34)
+    session_id = _all(r.vec(1))
+    r.take(3)
+    group, psk = -1, False
+    for ext_type, data in _extensions(r):
+        if ext_type == EXT_KEY_SHARE and len(data) >= 2:
+            group = int.from_bytes(data[:2], "big")
+        elif ext_type == EXT_PRE_SHARED_KEY:
+            psk = True
+    return session_id, group, psk
+
+
+def client_hello_resumption(body: bytes) -> tuple[bytes, bool, bool]:
+    """Of a readable ClientHello body: (session id as Zeek keeps it -- empty for 32 zero
+    bytes --, a non-empty SessionTicket offered, pre_shared_key offered)."""
+    session_id = body[35 : 35 + body[34]]
+    if session_id == bytes(32):
+        session_id = b""
+    r = _Reader(body, 35 + body[34])
+    r.vec(2)
+    r.vec(1)
+    ticket = psk = False
+    for ext_type, data in _extensions(r):
+        ticket |= ext_type == EXT_SESSION_TICKET and len(data) > 0
+        psk |= ext_type == EXT_PRE_SHARED_KEY
+    return session_id, ticket, psk
+
+
+def _ecdhe(cipher: int) -> bool:
+    """The suite's ServerKeyExchange starts with ECParameters (by its IANA name)."""
+    name = cipher_name(cipher)
+    return "_ECDH" in name and "PSK" not in name
+
+
+def _resumption(hs: Handshake, client: Direction, server: Direction, hello_body: bytes,
+                completed: bool) -> None:
+    """hs.curve and hs.resumed as Zeek decides them (ssl/main.zeek): the curve of the
+    ServerHello's key_share, or later of an ECDHE ServerKeyExchange (named_curve), read from
+    its first 3 body bytes even when the rest did not come (`completed`: the server's
+    messages were all read); resumed: session id echoed before TLS 1.3, a PSK offered and
+    accepted, or a ticket offered without session id and the client's CCS with no
+    ClientKeyExchange before it."""
+    session_id, ticket, psk_offered = client_hello_resumption(hello_body)
+    after_hello = [t for t, _ in client.messages[1:]] + \
+        ([client.partial[0]] if client.partial else [])
+    hs.resumed = bool(ticket and not session_id and CONTENT_CCS in client.record_types
+                      and HS_CLIENT_KEY_EXCHANGE not in after_hello)
+    if hs.server is None:
+        return
+    messages = list(server.messages)
+    first = next(i for i, (t, _) in enumerate(messages) if t == HS_SERVER_HELLO)
+    echoed, group, psk = server_hello_resumption(messages[first][1])
+    hs.curve = group
+    version = hs.server.selected_version or hs.server.version
+    before_13 = version != 0x0304 and version // 0xFF != 0x7F
+    hs.resumed |= (bool(session_id) and echoed == session_id and before_13) \
+        or (psk and psk_offered)
+    later = messages[first + 1 :] + ([server.partial] if server.partial and completed else [])
+    exchange = next((b for t, b in later if t == HS_SERVER_KEY_EXCHANGE and len(b) >= 3), None)
+    if exchange is not None and _ecdhe(hs.server.cipher) and exchange[0] == 3:
+        hs.curve = int.from_bytes(exchange[1:3], "big")
+
+
 def leaf_certificate(body: bytes) -> bytes:
     """DER of the first certificate of a (TLS <= 1.2) Certificate message."""
     r = _Reader(body)
@@ -258,19 +334,23 @@ def parse_handshake(client_data: bytes, server_data: bytes) -> Handshake | None:
         if client.truncated or len(client_data) < 9:
             return None
         raise MalformedTLS("no ClientHello")
-    msg_type, body = client.messages[0]
+    msg_type, body_of_hello = client.messages[0]
     if msg_type != HS_CLIENT_HELLO:
         raise MalformedTLS("first handshake message is not a ClientHello")
-    hs = Handshake(parse_client_hello(body))
+    hs = Handshake(parse_client_hello(body_of_hello))
     server = read_direction(server_data)
+    read = 0  # server messages read (the walk stops at a malformed one)
     try:
         for msg_type, body in server.messages:
             if msg_type == HS_SERVER_HELLO and hs.server is None:
                 hs.server = parse_server_hello(body)
             elif msg_type == HS_CERTIFICATE and not hs.cert_der and hs.server is not None:
                 hs.cert_der = leaf_certificate(body)
+            read += 1
     except MalformedTLS:
         hs.malformed = True
+    server.messages = server.messages[:read]
+    _resumption(hs, client, server, body_of_hello, not hs.malformed)
     if hs.server is not None:
         if hs.server.selected_version == 0x0304:
             after_hello = client.record_types[1:]
@@ -322,6 +402,8 @@ def _row(hs: Handshake) -> dict:
         "cert_subject": subject,
         "cert_issuer": issuer,
         "established": hs.established,
+        "curve": curve_name(hs.curve),
+        "resumed": hs.resumed,
     }
 
 
@@ -364,6 +446,7 @@ class ReferenceTlsAnalyzer(TlsAnalyzer):
         chunks_done = [c for c, _ in done]
         ts = [c.first_ts[0] if c.first_ts[0] >= 0 else c.start_ts for c in chunks_done]
         columns = endpoint_columns(chunks_done, ts, self.observer_name, self.ingress_zone)
-        skip = columns | dict.fromkeys(TLS.optional_columns)  # EventBatch fills those
+        # EventBatch fills the QUIC ones
+        skip = columns | dict.fromkeys(c for c in TLS.optional_columns if c.startswith("quic_"))
         columns.update(kind_columns(TLS, [row for _, row in done], skip=skip))
         return [EventBatch(TLS.name, columns)]
