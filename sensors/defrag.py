@@ -102,8 +102,10 @@ class DefragConfig:
 # or fragment.
 S_FIRST_TS, S_SIZE, S_HELD, S_FRAGS, S_PIECES, S_BAD, S_HDR_LEN, S_HASH, S_PREV, S_NEXT, \
     S_HEAD, S_TAIL, S_WAIT, S_VLAN, S_TUNNEL, S_HAS_FLOW, S_TRANSPORT, S_SPORT, S_DPORT, \
-    S_FLOW_VLAN = range(20)
-SLOT_FIELDS = 20
+    S_FLOW_VLAN, S_UNSORTED, S_OVERLAPPED = range(22)
+SLOT_FIELDS = 22
+# (S_UNSORTED: a piece came at a lower offset than the one before it; S_OVERLAPPED: pieces
+# overlap. Neither, the usual case: completion and rebuilding walk the pieces as they are.)
 HEADER_MAX = 64  # an IPv4 header is at most 60 bytes, the IPv6 base header 40
 # a piece: the fragment's offset in the datagram, its length, where its bytes are (in the
 # arena, or in the batch's buffer while P_BATCH is 1), the next piece of the datagram (-1:
@@ -387,6 +389,8 @@ def _add_piece(meta: np.ndarray, pieces: np.ndarray, glob: np.ndarray, slot: int
     pieces[piece, P_OFF], pieces[piece, P_LEN] = offset, length
     pieces[piece, P_POS], pieces[piece, P_NEXT] = start, -1
     pieces[piece, P_BATCH] = 1
+    if meta[slot, S_TAIL] >= 0 and offset < pieces[meta[slot, S_TAIL], P_OFF]:
+        meta[slot, S_UNSORTED] = 1
     if meta[slot, S_TAIL] >= 0:
         pieces[meta[slot, S_TAIL], P_NEXT] = piece
     else:
@@ -417,8 +421,10 @@ def _complete(meta: np.ndarray, pieces: np.ndarray, slot: int) -> bool:
     if size < 0 or meta[slot, S_HDR_LEN] < 0 or meta[slot, S_HELD] < size:
         return False
     held = _slot_pieces(meta, pieces, slot)
+    if meta[slot, S_UNSORTED]:
+        held = held[np.argsort(pieces[held, P_OFF], kind="mergesort")]
     covered = 0
-    for piece in held[np.argsort(pieces[held, P_OFF], kind="mergesort")]:
+    for piece in held:
         if pieces[piece, P_OFF] > covered:
             return False
         covered = max(covered, pieces[piece, P_OFF] + pieces[piece, P_LEN])
@@ -440,8 +446,10 @@ def _rebuild(meta: np.ndarray, keys: np.ndarray, header: np.ndarray, pieces: np.
     _copy(out, at, header[slot], 0, head)
     body = at + head
     held = _slot_pieces(meta, pieces, slot)
-    for k in range(held.size - 1, -1, -1):
-        piece = held[k]
+    # later pieces first (without overlaps the order does not matter: arrival order)
+    last = held.size - 1 if meta[slot, S_OVERLAPPED] else 0
+    for k in range(held.size):
+        piece = held[abs(last - k)]
         offset, source = pieces[piece, P_OFF], pieces[piece, P_POS]
         length = min(pieces[piece, P_LEN], max(size - offset, 0))
         if pieces[piece, P_BATCH]:
@@ -587,6 +595,7 @@ def _take_fragments(state: tuple, first: int, cols: np.ndarray, fkeys: np.ndarra
             continue
         found = _overlap(meta, pieces, arena, slot, offset, data, start, end)
         if found:
+            meta[slot, S_OVERLAPPED] = 1
             glob[N_OVERLAPS] += 1
             glob[W_OVERLAP if found == 1 else W_INCONSISTENCY] += 1
         _add_piece(meta, pieces, glob, slot, offset, start, end)
