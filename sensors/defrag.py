@@ -725,6 +725,21 @@ class _Completed:
         self.out = grown
 
 
+class _Holder:
+    array: np.ndarray
+
+
+def _unshared_count() -> int:
+    """sys.getrefcount of an array only an attribute refers to (the interpreter's own
+    counting of the call's argument included, whatever the Python version)."""
+    holder = _Holder()
+    holder.array = np.empty(1, dtype=np.uint8)
+    return sys.getrefcount(holder.array)
+
+
+_UNSHARED = _unshared_count()
+
+
 class Defragmenter:
     """Reassembles the IP fragments of a sensor's batches (one per Sensor: its state spans
     batches). `stats`: datagrams (reassembled), fragments (taken in), timeouts, evicted
@@ -846,9 +861,9 @@ class Defragmenter:
         to it any more (the analyzers let go of those packets; a second round's input
         is still referred to), so that its pages fault once, not every batch (a page
         fault costs ~0.3 us per KB written here: most of a completed datagram's cost)."""
-        spare = self._spare_out
-        if spare is not None and len(spare) >= size and sys.getrefcount(spare) <= 3:
-            return spare  # (referred to by self, `spare` and getrefcount's argument)
+        if self._spare_out is not None and len(self._spare_out) >= size \
+                and sys.getrefcount(self._spare_out) == _UNSHARED:  # (no local name for it)
+            return self._spare_out
         return np.empty(size, dtype=np.uint8)
 
     # -- the views and the reassembled batch --

@@ -717,3 +717,18 @@ def test_flood_memory_stays_bounded(seed, batch):
     assert len(state.arena) <= 3 * (200_000 + 65_536) + (1 << 20)
     assert len(state.pieces) <= 2 * 300 * 4 + 1024
     assert defrag.counts()["fragments"] == count
+
+
+def test_rebuilt_packets_are_not_overwritten_while_referred_to():
+    """The buffer of a batch's rebuilt packets is reused for a later batch only once
+    nothing refers to them any more."""
+    defrag = Defragmenter()
+    _, _, kept = defrag.process(decode(batch_from_frames(v4_fragments(ident=1))))
+    before = kept[0].data[:int(kept[0].caplen[0])].tobytes()
+    _, _, later = defrag.process(decode(batch_from_frames(v4_fragments(ident=2))))
+    assert kept[0].data[:len(before)].tobytes() == before
+    assert later[0].data[:len(before)].tobytes() != before  # (another identification)
+    del kept, later
+    spare = id(defrag._spare_out)
+    defrag.process(decode(batch_from_frames(v4_fragments(ident=3))))
+    assert id(defrag._spare_out) == spare  # no one referred to it: reused
