@@ -7,10 +7,12 @@ slicing header fields out of the resulting (n, width) byte matrix. A field count
 its bytes lie inside the packet (`cursor + need <= end`); elsewhere it is masked to 0, so a
 damaged packet can never leak bytes of its neighbour into its columns. The only Python
 loops run over header *depth* (VLAN tags, IPv6 extension headers), never over packets.
-The common case (Ethernet, at most one VLAN tag, IPv4/IPv6 without extensions or
-fragments, whole TCP/UDP/ICMP headers, plain non-IP frames) is decoded first by one compiled
-pass (_decode_common); only the other rows take the column-wise path, which therefore also
-does all the weird counting. decode_columnwise() is the column-wise path for every row.
+The common case (Ethernet, raw IP or Linux cooked SLL/SLL2 with at most one VLAN tag,
+IPv4/IPv6 without extensions or fragments, whole TCP/UDP/ICMP headers, plain non-IP frames)
+is decoded first by one compiled pass (_decode_common); a second one (_decode_tunnel_rows)
+opens the well-formed tunnels of common-case outer packets and decodes their inner frame
+with the first. Only the other rows take the column-wise path, which therefore also does
+all the weird counting. decode_columnwise() is the column-wise path for every row.
 
 Damaged packets are counted in `weird` (Zeek weird.log style names):
   unknown_linktype, truncated_link, too_many_vlan_tags, truncated_IP, bogus_IP_version,
@@ -1055,12 +1057,14 @@ def decode(batch: PacketBatch, tunnels: TunnelConfig = DEFAULT_TUNNELS) -> Decod
 
 
 # --- the common case, compiled ------------------------------------------------------------
-# Most traffic is well-formed Ethernet (at most one 802.1Q tag) carrying IPv4 without
-# fragments or IPv6 without extension headers, with a whole TCP/UDP/ICMP header. One kernel
-# pass decodes those rows (and plain non-IP Ethernet frames such as ARP); every other row --
-# any other link type, stacked tags, PPPoE, MPLS, IPv6 extensions, fragments, anything
-# truncated or malformed, i.e. every row that could count a weird -- goes through the
-# column-wise decoder above, so the result is the same as decoding the whole batch with it.
+# Most traffic is well-formed Ethernet (or raw IP, or Linux cooked: tun devices, `tcpdump
+# -i any`; at most one 802.1Q tag) carrying IPv4 without fragments or IPv6 without extension
+# headers, with a whole TCP/UDP/ICMP header. One kernel pass decodes those rows (and plain
+# non-IP frames such as ARP); every other row -- BSD loopback and other link types, stacked
+# tags, PPPoE, MPLS, IPv6 extensions, fragments, anything truncated or malformed, i.e.
+# every row that could count a weird -- goes through the column-wise decoder above (tunnel
+# rows first through the compiled tunnel pass below), so the result is the same as
+# decoding the whole batch with it.
 
 
 
@@ -1437,22 +1441,35 @@ def _tunnel_range(data: np.ndarray, lo: int, hi: int, ports: int, out: tuple,
     inner_start, inner_end, inner_linktype = scratch
     ethertype_col, transport_col, dport_col = columns[1], columns[3], columns[5]
     payload_offset_col, payload_len_col = columns[10], columns[11]
+    candidates = False  # any at all? (a branch-free scan: the untunnelled batch's only cost)
     for i in range(lo, hi):
         row = np.uint64(i)
-        inner_linktype[row] = -1
+        candidates |= (not done[row]) & (transport_col[row] != 0)
+    if not candidates:
+        return
+    first, last = -1, -1  # the rows opened lie in first..last
+    for i in range(lo, hi):
+        row = np.uint64(i)
         proto = transport_col[row]
-        if done[row] or proto == 0:  # transport 0: no candidate (see _decode_common_range)
-            continue
-        p = payload_offset_col[row]
-        e = p + payload_len_col[row]
-        kind, inner, inner_link = _tunnel_payload(data, p, e, proto, dport_col[row], ports)
+        kind, inner, inner_link, e = 0, 0, 0, 0
+        if not done[row] and proto != 0:  # transport 0: no candidate (_decode_common_range)
+            p = payload_offset_col[row]
+            e = p + payload_len_col[row]
+            kind, inner, inner_link = _tunnel_payload(data, p, e, proto, dport_col[row], ports)
         if kind == 0:
+            if first >= 0:  # (rows before the first opened one are outside the inner run)
+                inner_linktype[row] = -1
             continue
         tunnel[row] = kind
         inner_start[row], inner_end[row], inner_linktype[row] = inner, e, inner_link
         _clear_row(columns, row)
-    _decode_common_range(data, inner_start, inner_end, inner_linktype, lo, hi, out)
-    for i in range(lo, hi):
+        if first < 0:
+            first = i
+        last = i
+    if first < 0:  # no tunnel opened here
+        return
+    _decode_common_range(data, inner_start, inner_end, inner_linktype, first, last + 1, out)
+    for i in range(first, last + 1):
         row = np.uint64(i)
         # an inner frame of ethertype 0 (or a raw one of no IP version) is not decoded
         if inner_linktype[row] >= 0 and not (done[row] and ethertype_col[row] != 0):
