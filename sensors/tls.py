@@ -757,11 +757,13 @@ def _client_row(hs: np.ndarray, start: int, end: int, flags: int, data_len: int,
 
 @njit(inline="always")
 def _session_word(hs: np.ndarray, at: int, size: int) -> np.uint64:
-    """The first (up to 8) bytes of the session id hs[at:at + size] as one word: a server's
-    session id is compared with the client's by it first (the client's bytes are far behind
-    in hs by then, a cache miss; they are read only when the words match)."""
+    """The first (up to 8) bytes of the session id hs[at:at + size] and its size as one word:
+    a server's session id is compared with the client's by it first (the client's bytes are
+    far behind in hs by then, a cache miss; they are read only when the words match)."""
+    if size >= 8:  # one load (session ids are 32 bytes, nearly always)
+        return _load_u64(hs, at) ^ np.uint64(size)
     word = np.uint64(size)
-    for j in range(at, at + min(size, 8)):
+    for j in range(at, at + size):
         word = (word << np.uint64(8)) | np.uint64(hs[j])
     return word
 
@@ -776,14 +778,9 @@ def _client_session(hs: np.ndarray, start: int, body_stop: int, end: int, offers
     ChangeCipherSpec with no ClientKeyExchange before it (an abbreviated handshake)."""
     sid_at = start + 4 + 35  # header, version, random, then the 1-byte length
     size = np.int64(hs[sid_at - 1])  # the ClientHello was read: it fits
-    if size == 32:
-        zeros = True
-        for j in range(sid_at, sid_at + 32):
-            if hs[j] != 0:
-                zeros = False
-                break
-        if zeros:
-            size = 0
+    if size == 32 and (_load_u64(hs, sid_at) | _load_u64(hs, sid_at + 8)
+                       | _load_u64(hs, sid_at + 16) | _load_u64(hs, sid_at + 24)) == 0:
+        size = 0
     ticket = False
     if (offers & CLIENT_TICKET) != 0 and size == 0 and (flags & SEEN_CCS) != 0:
         # the client's cleartext messages after its ClientHello (before its CCS)
