@@ -268,25 +268,17 @@ def _walk_pcap(data: np.ndarray, pos: int, end: int, big_endian: bool, lengths: 
             # they are cached, to the IANA ports: decode() redoes them under another config.
             # Damaged tunnel rows and IP fragments, first ones too, are left not done:
             # decode() decapsulates and lists them column-wise)
-            _decode_chunk(data, offsets, packet_end, linktypes, decoded, count, common, tunnel,
-                          scratch)
+            _decode_common_range(data, offsets, packet_end, linktypes, decoded, count, common)
+            _tunnel_range(data, decoded, count, WALK_TUNNEL_PORTS, common, tunnel, scratch)
             decoded = count
             chunk = pos
-    _decode_chunk(data, offsets, packet_end, linktypes, decoded, count, common, tunnel, scratch)
+    _decode_common_range(data, offsets, packet_end, linktypes, decoded, count, common)
+    _tunnel_range(data, decoded, count, WALK_TUNNEL_PORTS, common, tunnel, scratch)
     done, columns, src, dst = common
     return (offsets[:count], caplens[:count], wirelens[:count], ts_ns[:count], pos, bad_caplen,
             linktypes[:count],
             (done[:count], _head_columns(columns, count), src[:count], dst[:count],
              tunnel[:count]))
-
-
-@njit
-def _decode_chunk(data: np.ndarray, offsets: np.ndarray, packet_end: np.ndarray,
-                  linktypes: np.ndarray, lo: int, hi: int, common: tuple, tunnel: np.ndarray,
-                  scratch: tuple) -> None:
-    """The common-case decode of records lo..hi-1, then the tunnel pass over them."""
-    _decode_common_range(data, offsets, packet_end, linktypes, lo, hi, common)
-    _tunnel_range(data, lo, hi, WALK_TUNNEL_PORTS, common, tunnel, scratch)
 
 
 @njit
