@@ -1147,7 +1147,7 @@ def _other_link(data: np.ndarray, s: int, e: int, linktype: int) -> tuple[int, i
 
 @njit
 def _decode_common_range(data: np.ndarray, start: np.ndarray, end: np.ndarray,
-                         linktype: np.ndarray, lo: int, hi: int, out: tuple) -> None:
+                         linktype: np.ndarray, lo: int, hi: int, out: tuple) -> int:
     """Decode the common-case rows lo..hi-1 into `out` (_common_columns), whose rows must
     be zero (as _common_columns makes them) except in src and dst: only non-zero bytes are
     written, but all 16 address bytes of each done row.
@@ -1155,10 +1155,13 @@ def _decode_common_range(data: np.ndarray, start: np.ndarray, end: np.ndarray,
     A tunnel row (IP protocol 4/41/47, UDP to an IANA tunnel port) whose outer headers are
     common case is left not done with its transport, dst_port and payload range set: the
     candidates of the compiled tunnel pass (_decode_tunnel_rows). Other rows not done have
-    transport 0.
+    transport 0. Returns the number of candidates, so that a caller can skip the tunnel
+    pass on untunnelled rows (the capture reader's walk: its call per chunk of records
+    cost ~9 % of read + decode on the bench mix).
 
     Every byte read is below `end[i]` (checked before each read), and end <= len(data)."""
     done, columns, src, dst = out
+    candidates = 0  # tunnel rows left for the tunnel pass
     # the address rows as two native 8-byte words each (word stores for IPv4-mapped rows)
     src_words = src.reshape(-1).view(np.uint64)
     dst_words = dst.reshape(-1).view(np.uint64)
@@ -1236,6 +1239,7 @@ def _decode_common_range(data: np.ndarray, start: np.ndarray, end: np.ndarray,
             transport_col[row] = proto
             payload_offset_col[row] = l4
             payload_len_col[row] = room
+            candidates += 1
             continue
         header_len = 0
         if proto == 6:
@@ -1258,6 +1262,7 @@ def _decode_common_range(data: np.ndarray, start: np.ndarray, end: np.ndarray,
                 dport_col[row] = dport
                 payload_offset_col[row] = l4 + 8
                 payload_len_col[row] = room - 8
+                candidates += 1
                 continue
             header_len = 8
             sport_col[row] = _be16_at(data, l4)
@@ -1276,6 +1281,7 @@ def _decode_common_range(data: np.ndarray, start: np.ndarray, end: np.ndarray,
         payload_offset_col[row] = l4 + header_len
         payload_len_col[row] = room - header_len
         done[row] = True
+    return candidates
 
 
 # --- tunnels, compiled ------------------------------------------------------------------

@@ -268,12 +268,13 @@ def _walk_pcap(data: np.ndarray, pos: int, end: int, big_endian: bool, lengths: 
             # they are cached, to the IANA ports: decode() redoes them under another config.
             # Damaged tunnel rows and IP fragments, first ones too, are left not done:
             # decode() decapsulates and lists them column-wise)
-            _decode_common_range(data, offsets, packet_end, linktypes, decoded, count, common)
-            _tunnel_range(data, decoded, count, WALK_TUNNEL_PORTS, common, tunnel, scratch)
+            if _decode_common_range(data, offsets, packet_end, linktypes, decoded, count,
+                                    common):
+                _tunnel_range(data, decoded, count, WALK_TUNNEL_PORTS, common, tunnel, scratch)
             decoded = count
             chunk = pos
-    _decode_common_range(data, offsets, packet_end, linktypes, decoded, count, common)
-    _tunnel_range(data, decoded, count, WALK_TUNNEL_PORTS, common, tunnel, scratch)
+    if _decode_common_range(data, offsets, packet_end, linktypes, decoded, count, common):
+        _tunnel_range(data, decoded, count, WALK_TUNNEL_PORTS, common, tunnel, scratch)
     done, columns, src, dst = common
     return (offsets[:count], caplens[:count], wirelens[:count], ts_ns[:count], pos, bad_caplen,
             linktypes[:count],
