@@ -1808,10 +1808,12 @@ def _join_batches(parts: list[EventBatch]) -> EventBatch | None:
 
 
 def _slice_packets(packets: DecodedPackets, lo: int, hi: int) -> DecodedPackets:
-    """Rows lo:hi of a batch (views; the shared buffer and weird counts are not sliced)."""
-    return DecodedPackets(**{
-        f.name: value[lo:hi] if f.name not in ("data", "weird") else value
-        for f in dataclasses.fields(packets) for value in (getattr(packets, f.name),)})
+    """Rows lo:hi of a batch (views; the shared buffer and weird counts are not sliced, and
+    the fragment list, which the flow table does not read, is left out)."""
+    columns = {f.name: getattr(packets, f.name) for f in dataclasses.fields(packets)
+               if f.name != "fragments"}
+    return DecodedPackets(**{name: value if name in ("data", "weird") else value[lo:hi]
+                             for name, value in columns.items()})
 
 
 class _Packets:
