@@ -59,8 +59,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pipeline.jit import njit
 from pipeline.schema import TLS, EventBatch
 from sensors.analyzer import Analyzer
-from sensors.community_id import community_id_column
-from sensors.packets import IP_DTYPE, DecodedPackets, constant_text
+from sensors.packets import IP_DTYPE, DecodedPackets
+from sensors.tcp_stream import kind_columns, tcp_endpoint_columns
 from sensors.tls import (
     HS_CLIENT_HELLO,
     HS_SERVER_HELLO,
@@ -689,32 +689,16 @@ class QuicAnalyzer(Analyzer):
         return [self._batch(rows)]
 
     def _batch(self, rows: list[tuple[Connection, dict]]) -> EventBatch:
-        n = len(rows)
         conns = [c for c, _ in rows]
-        src = np.frombuffer(b"".join(c.client_ip for c in conns), IP_DTYPE)
-        dst = np.frombuffer(b"".join(c.server_ip for c in conns), IP_DTYPE)
-        sport = np.array([c.client_port for c in conns], np.uint16)
-        dport = np.array([c.server_port for c in conns], np.uint16)
-        transport = np.full(n, UDP, np.uint8)
-        columns: dict[str, np.ndarray] = {
-            "timestamp": np.array([c.first_ts for c in conns], np.int64),
-            "observer_name": constant_text(n, self.observer_name),
-            "ingress_zone": constant_text(n, self.ingress_zone),
-            "src_ip": src, "dst_ip": dst, "src_port": sport, "dst_port": dport,
-            "transport": transport, "vlan": np.array([c.vlan for c in conns], np.uint16),
-            "community_id": community_id_column(src, dst, transport, sport, dport),
-        }
-        for spec in TLS.fields:
-            if spec.column in columns:
-                continue
-            values = [f[spec.column] for _, f in rows]
-            if spec.dtype.kind == "O":
-                col = np.empty(n, dtype=object)
-                for i, value in enumerate(values):  # element-wise: lists stay lists
-                    col[i] = value
-            else:
-                col = np.asarray(values, dtype=spec.dtype)
-            columns[spec.column] = col
+        columns = tcp_endpoint_columns(
+            [c.first_ts for c in conns],
+            np.frombuffer(b"".join(c.client_ip for c in conns), IP_DTYPE),
+            np.frombuffer(b"".join(c.server_ip for c in conns), IP_DTYPE),
+            np.array([c.client_port for c in conns], np.uint16),
+            np.array([c.server_port for c in conns], np.uint16),
+            np.array([c.vlan for c in conns], np.uint16), self.observer_name,
+            self.ingress_zone, protocol=UDP)
+        columns.update(kind_columns(TLS, [f for _, f in rows], skip=columns))
         return EventBatch(TLS.name, columns)
 
     def _count(self, key: str, n: int = 1) -> None:

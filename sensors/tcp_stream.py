@@ -2994,11 +2994,13 @@ def endpoint_columns(chunks: list[StreamChunk], timestamps: list[int], observer_
 
 def tcp_endpoint_columns(timestamps, src_ip: np.ndarray, dst_ip: np.ndarray,
                          src_port: np.ndarray, dst_port: np.ndarray, vlan: np.ndarray,
-                         observer_name: str, ingress_zone: str) -> dict[str, np.ndarray]:
-    """COMMON + ENDPOINTS event columns of TCP events from their endpoint columns (uint16
-    ports and VLAN, IP_DTYPE addresses), Community ID included."""
+                         observer_name: str, ingress_zone: str,
+                         protocol: int = TCP) -> dict[str, np.ndarray]:
+    """COMMON + ENDPOINTS event columns of TCP events (or of another IP `protocol`: QUIC's
+    are UDP) from their endpoint columns (uint16 ports and VLAN, IP_DTYPE addresses),
+    Community ID included."""
     n = src_ip.shape[0]
-    transport = np.full(n, TCP, dtype=np.uint8)
+    transport = np.full(n, protocol, dtype=np.uint8)
     return {
         "timestamp": np.asarray(timestamps, dtype=np.int64).reshape(n),
         "observer_name": constant_text(n, observer_name),
