@@ -1430,7 +1430,7 @@ def _clear_row(columns: tuple, row: np.uint64) -> None:
 _TUNNEL_CHUNK = 128  # rows per inner decode run in decode(): their bytes are still cached
 # The IANA ports the capture reader's walk opens tunnels to (_kernel_ports of the default
 # config): decode() keeps the walk's tunnel rows only under a config with the same bits.
-WALK_TUNNEL_PORTS = _PORT_VXLAN | _PORT_GENEVE | _PORT_GTPU
+WALK_TUNNEL_PORTS = _kernel_ports(DEFAULT_TUNNELS)
 
 
 @njit
