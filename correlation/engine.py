@@ -27,6 +27,7 @@ as deterministic and batch-split independent as the windows themselves.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 
 import numpy as np
@@ -641,6 +642,9 @@ class _DetectorState:
         # a row is late iff t < end(next_k - 1); no row can be before any window closed
         self.late_before = _NEVER
         self.last_alert: dict[tuple[str, str], int] = {}  # (rule, key) -> window start
+        # (window start, rule, key) of alerts emitted from windows still open
+        # (evaluate_open): not emitted again when those windows are evaluated again
+        self.emitted_open: set[tuple] = set()
         # earliest start + span among last_alert: nothing is forgotten before that horizon
         self.forget_at = _FOREVER
 
@@ -744,7 +748,55 @@ class CorrelationEngine:
             self._compact()
             return self._emit(alerts)
 
+    def evaluate_open(self) -> list[dict]:
+        """Idle input: the alerts of every window holding a buffered row, judged on the rows
+        held now, WITHOUT closing the windows (flush() closes them for good).
+
+        Why: a pause of the input (a sensor reconnecting, a rebalance, a loaded machine)
+        is not the end of it. Closing windows then judged them on the events before the
+        pause, and the events after it came late to closed windows: an alert split in
+        two halves below the threshold never came. Here the windows stay open: events
+        within the allowed lateness still join them, and they are judged again (with
+        every event) when the watermark closes them. An alert emitted here is not emitted
+        again by a later evaluation of its window (same id: rule, key, window start);
+        one found only with the later events comes then. Suppression is previewed on a
+        copy of its memory: its decisions are taken when the windows close, in window
+        order, as without idle evaluations."""
+        alerts = []
+        with gc_paused():  # as in push
+            for state in self._states:
+                alerts += self._evaluate_open(state)
+        self.stats["alerts_open"] = self.stats.get("alerts_open", 0) + len(alerts)
+        return self._emit(alerts)
+
     # --- internals ---------------------------------------------------------------------------
+
+    def _evaluate_open(self, state: _DetectorState) -> list[tuple[tuple, dict]]:
+        """(order, alert) of state's open windows up to its newest held row, not emitted
+        from open windows before; the state (windows, suppression, buffers) unchanged."""
+        spec = state.detector.window
+        held = [(store, u) for _, store, u, _ in state.inputs if store.held[u]]
+        if not held:
+            return []
+        last_k = int(spec.last_index(max(store.max_time(u) for store, u in held)))
+        first_k = state.next_k
+        if first_k is None:
+            first_k = int(spec.first_index(min(store.min_time(u) for store, u in held)))
+        if last_k < first_k:
+            return []
+        rows = {kind: store.view(u, columns) for kind, store, u, columns in state.inputs
+                if store.held[u]}
+        # judged by a copy of the detector: its own sees the ascending, non-overlapping
+        # window ranges of the closes, as without idle input (state carried from window
+        # to window, a baseline, is updated once per window)
+        findings = copy.deepcopy(state.detector).detect(rows, WindowRange(spec, first_k,
+                                                                           last_k))
+        span = max(state.detector.suppress_ns, spec.size_ns)
+        kept, _ = _unsuppressed(findings, dict(state.last_alert), span)
+        fresh = [f for f in kept if _finding_order(f) not in state.emitted_open]
+        state.emitted_open.update(map(_finding_order, fresh))
+        return (list(zip(map(_finding_order, fresh), build_alerts(fresh), strict=True))
+                if fresh else [])
 
     def _buffer(self, store: _SharedBuffer, batch: EventBatch, earliest: int) -> None:
         """Buffer the rows each consuming detector selects (earliest: the batch's first
@@ -816,6 +868,9 @@ class CorrelationEngine:
         horizon = int(spec.start(state.next_k))  # rows before it belong to closed windows only
         # Build the alerts now: findings describe themselves from views of the buffers.
         kept = self._suppress(state, findings, horizon)
+        if state.emitted_open:  # emitted already while their windows were open
+            kept = [f for f in kept if _finding_order(f) not in state.emitted_open]
+            state.emitted_open = {o for o in state.emitted_open if o[0] >= horizon}
         alerts = (list(zip(map(_finding_order, kept), build_alerts(kept), strict=True))
                   if kept else [])
         for _, store, u, _ in state.inputs:
@@ -838,19 +893,14 @@ class CorrelationEngine:
         if not findings and state.forget_at > horizon:  # most closes: nothing to do
             return []
         span = max(state.detector.suppress_ns, state.detector.window.size_ns)
-        kept = []
+        kept: list[Finding] = []
         if findings:
             self.stats["findings"] += len(findings)
-            last_alert = state.last_alert
-            for f in sorted(findings, key=_finding_order):  # window order: deterministic
-                key = (f.rule.id, f.key)
-                last = last_alert.get(key)
-                if last is not None and f.window_start < last + span:
-                    self.stats["alerts_suppressed"] += 1
-                    continue
-                last_alert[key] = f.window_start
-                state.forget_at = min(state.forget_at, f.window_start + span)
-                kept.append(f)
+            kept, suppressed = _unsuppressed(findings, state.last_alert, span)
+            self.stats["alerts_suppressed"] += suppressed
+            if kept:
+                state.forget_at = min(state.forget_at,
+                                      min(f.window_start for f in kept) + span)
         # Forget keys no future window (start >= horizon) can be suppressed by; none is
         # before the earliest start + span (most closes: a comparison, no dict rebuild).
         if state.forget_at <= horizon:
@@ -877,6 +927,22 @@ def _shared_buffers(detectors: list[Detector]
     states = [_DetectorState(d, {spec.kind: users[spec.kind].index(d) for spec in d.inputs},
                              stores) for d in detectors]
     return stores, states
+
+
+def _unsuppressed(findings: list[Finding], last_alert: dict[tuple[str, str], int],
+                  span: int) -> tuple[list[Finding], int]:
+    """The findings not repeating an alert of their (rule, key) started less than `span`
+    before, taken in window order (deterministic); `last_alert` is updated. Returns
+    (kept, how many were suppressed)."""
+    kept = []
+    for f in sorted(findings, key=_finding_order):
+        key = (f.rule.id, f.key)
+        last = last_alert.get(key)
+        if last is not None and f.window_start < last + span:
+            continue
+        last_alert[key] = f.window_start
+        kept.append(f)
+    return kept, len(findings) - len(kept)
 
 
 def _finding_order(f: Finding) -> tuple:

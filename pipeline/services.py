@@ -426,7 +426,8 @@ class _Tracked:
     engine may still need, in offset order, the next offset expected, and for flow
     control the newest event time pushed and when the partition last gave a record."""
 
-    __slots__ = ("messages", "next_offset", "newest_ns", "last_record_s", "held")
+    __slots__ = ("messages", "next_offset", "newest_ns", "last_record_s", "held",
+                 "idle_since")
 
     def __init__(self) -> None:
         self.messages: deque[tuple[int, int]] = deque()
@@ -435,6 +436,10 @@ class _Tracked:
         self.last_record_s = 0.0
         # decoded, not pushed yet (flow control): (oldest, newest event time, record, batch)
         self.held: deque[tuple[int, int, Record, EventBatch]] = deque()
+        # caught up with nothing held: since when a batch of another partition waits for
+        # it (None: none yet since its last record); it stops holding others back after
+        # PartitionFlow.idle_wait_s
+        self.idle_since: float | None = None
 
     def release_before(self, horizon_ns: float) -> None:
         while self.messages and self.messages[0][1] < horizon_ns:
@@ -471,13 +476,20 @@ class PartitionFlow:
     A partition is in the backlog while its position is before its end offset (unknown
     end: until the broker answered), unless it gave no record for `hold_s` (a fetch that
     fails): it then holds nothing back, so flow control never stalls a worker longer. A
-    caught-up partition holds nothing back either (a quiet sensor must not stall the
-    pipeline). CorrelationService.release decides what to push from this.
+    caught-up partition holds others back for `idle_wait_s` at most, from the first time
+    a batch waits for it, until it gives records again (as Kafka Streams'
+    max.task.idle.ms): the producer writes the partitions one by one and the fetches of
+    each come apart, so "caught up" may only mean "its next records are not fetched
+    yet", and a batch far ahead pushed meanwhile makes them late; a quiet sensor still
+    stalls nothing for longer. `now` is the time of the last update (or reset).
+    CorrelationService.release decides what to push from this.
     """
 
-    def __init__(self, margin_ns: int, hold_s: float) -> None:
+    def __init__(self, margin_ns: int, hold_s: float, idle_wait_s: float = 0.0) -> None:
         self.margin_ns = margin_ns
         self.hold_s = hold_s
+        self.idle_wait_s = idle_wait_s
+        self.now = 0.0
         self.query_after_s = min(1.0, hold_s)
         self.paused: set[tuple[str, int]] = set()
         self.backlog: set[tuple[str, int]] = set()
@@ -498,10 +510,12 @@ class PartitionFlow:
         self._queried = {}
         self._resumed = {}
         self._since = now
+        self.now = now
 
     def update(self, consumer: _FlowConsumer, tracked: Mapping[tuple[str, int], _Tracked],
                now: float) -> None:
         """Refresh the backlog; pause the partitions with held records, resume the others."""
+        self.now = now
         assigned = consumer.assignment()
         ends = consumer.end_offsets(assigned)
         unknown = [tp for tp, end in ends.items() if end is None and tp not in self._queried]
@@ -578,10 +592,12 @@ class CorrelationService:
         self.clock = LoopClock()
         self.engines: dict[str, CorrelationEngine] = {}
         self.tracked: dict[tuple[str, int], _Tracked] = {}
+        self.unflushed = False  # events pushed since the last idle flush (or rebuild)
         lateness_s = float(self.correlation.get("allowed_lateness_s", 360))
         self.flow = PartitionFlow(
             int(float(self.settings.get("flow_margin_s", lateness_s / 2)) * NS_PER_S),
-            float(self.settings.get("flow_hold_s", 15)))
+            float(self.settings.get("flow_hold_s", 15)),
+            float(self.settings.get("flow_idle_wait_s", 5)))
         self._new_engines()
 
     def _engine_detectors(self) -> dict[str, list]:
@@ -599,6 +615,7 @@ class CorrelationService:
         cap = float(self.settings.get("replay_suppression_max_s", 3600))
         self._retain = {t: retain_span_ns(e, cap) for t, e in self.engines.items()}
         self.tracked = {}
+        self.unflushed = False
 
     # --- the transform ---------------------------------------------------------------------
 
@@ -617,6 +634,7 @@ class CorrelationService:
             tracked = self.tracked.setdefault(tp, _Tracked())
             tracked.next_offset = record.offset + 1
             tracked.last_record_s = now
+            tracked.idle_since = None
             if record.topic not in self.engines:
                 continue
             self.stats["messages_in"] += 1
@@ -631,12 +649,13 @@ class CorrelationService:
                 tracked.held.append((int(times.min()), int(times.max()), record, batch))
         return self.release()
 
-    def release(self) -> list[dict]:
+    def release(self, *, idle: bool = False) -> list[dict]:
         """Push held batches, per engine the oldest first (each partition's in offset
         order). A batch waits while its newest event is more than flow.margin_ns past the
         *reference*: the oldest next event of the partitions still being read (a held
         batch's oldest event; for a partition in flow.backlog with nothing held, the
-        newest event it gave, or minus infinity before its first record). The batch
+        newest event it gave, or minus infinity before its first record; for a caught-up
+        one, its newest event during its idle wait, unless the input is `idle`). The batch
         defining the reference always goes, so the oldest partition always progresses."""
         alerts: list[dict] = []
         for topic in self.engines:
@@ -654,6 +673,8 @@ class CorrelationService:
                             head = t
                     elif t in backlogged:
                         front = -math.inf if t.newest_ns is None else t.newest_ns
+                    elif not idle and self._idle_waits_for(t):
+                        front = t.newest_ns  # caught up: its next records may be in flight
                     else:
                         continue
                     reference = min(reference, front)
@@ -661,11 +682,29 @@ class CorrelationService:
                     break
                 oldest, newest, record, batch = head.held[0]
                 if oldest > reference and newest > reference + self.flow.margin_ns:
+                    self._start_idle_waits(parts, backlogged, newest)
                     break
                 head.held.popleft()
                 alerts += self._push_batch(head, record, batch, newest)
         self._release()
         return alerts
+
+    def _idle_waits_for(self, t: _Tracked) -> bool:
+        """A caught-up partition with nothing held still holds others back: until
+        flow.idle_wait_s after a batch first waited for it (PartitionFlow)."""
+        return (self.flow.idle_wait_s > 0 and t.newest_ns is not None and not t.held
+                and (t.idle_since is None or self.flow.now - t.idle_since
+                     < self.flow.idle_wait_s))
+
+    def _start_idle_waits(self, parts: list[_Tracked], backlogged: set[_Tracked],
+                          newest: int) -> None:
+        """A batch ending at `newest` waits: start the idle wait of every caught-up
+        partition it waits for."""
+        for t in parts:
+            if (t.idle_since is None and t not in backlogged and self._idle_waits_for(t)
+                    and newest > t.newest_ns + self.flow.margin_ns):
+                t.idle_since = self.flow.now
+                self.flow.stats["idle_waits"] += 1
 
     @property
     def _backlogged(self) -> set[_Tracked]:
@@ -680,6 +719,7 @@ class CorrelationService:
             self._bad(record, exc)
             return []
         self.stats["events_in"] += len(batch)
+        self.unflushed = True
         tracked.messages.append((record.offset, newest))
         if tracked.newest_ns is None or newest > tracked.newest_ns:
             tracked.newest_ns = newest
@@ -691,13 +731,20 @@ class CorrelationService:
                  partition=record.partition, offset=record.offset)
 
     def flush_engines(self) -> list[dict]:
-        """Close every window holding events (idle input); every tracked message is done."""
-        alerts = self.release()  # (nothing is held back without a backlog)
+        """Idle input: the alerts of every window holding events, judged on what came so
+        far. The windows stay open (CorrelationEngine.evaluate_open): input that pauses
+        and resumes (a sensor reconnecting, a rebalance, a loaded machine) still joins
+        them, and their messages stay uncommitted until the watermark closes them, so a
+        rebuild (takeover) replays them whole. Alerts already emitted are not repeated."""
+        alerts = self.release(idle=True)  # (nothing is held back without a backlog)
         for engine in self.engines.values():
-            alerts += engine.flush()
-        for tracked in self.tracked.values():
-            tracked.messages.clear()
+            alerts += engine.evaluate_open()
+        self.unflushed = False
         self.stats["idle_flushes"] += 1
+        self.log("idle_flush", alerts=len(alerts),
+                 positions={f"{t}:{p}": x.next_offset for (t, p), x in self.tracked.items()},
+                 newest_s={f"{t}:{p}": round(x.newest_ns / NS_PER_S, 3)
+                           for (t, p), x in self.tracked.items() if x.newest_ns is not None})
         return alerts
 
     def _release(self) -> None:
@@ -765,12 +812,16 @@ class CorrelationService:
                                if x.newest_ns is not None})
 
     def _rewind(self, consumer: BatchConsumer) -> None:
+        # (the engines' own counters restart with them: what the old ones dropped is
+        # logged here, or a loss before a rebuild would not show in the metrics)
+        late_dropped = {t: e.stats["late_dropped"] for t, e in self.engines.items()}
         self._new_engines()
         positions = consumer.rewind_to_committed()
         self.flow.reset(consumer, positions, time.monotonic())
         self.stats["rebuilds"] += 1
         self.log("rebuild", assignment=sorted(f"{t}:{p}" for t, p in positions),
-                 positions={f"{t}:{p}": o for (t, p), o in positions.items()})
+                 positions={f"{t}:{p}": o for (t, p), o in positions.items()},
+                 late_dropped_before=late_dropped)
 
     def run(self, stop: threading.Event, *, ready: threading.Event | None = None) -> int:
         s = self.settings
@@ -824,12 +875,11 @@ class CorrelationService:
                 if records:
                     last_input = time.monotonic()
                     pending += self.push(records)
-                elif (self.idle_flush_s > 0 and self.buffered_messages and not self.flow.backlog
+                elif (self.idle_flush_s > 0 and self.unflushed and not self.flow.backlog
                       and time.monotonic() - last_input >= self.idle_flush_s):
                     # (a partition with unread records, paused or slow to fetch under load,
-                    # means the input is not idle: flushing would close windows early)
+                    # means the input is not idle; once per pause: the windows stay open)
                     pending += self.flush_engines()
-                    next_commit = 0.0
                 self._flow(consumer)
                 if self.flow.paused or self.flow.backlog:
                     pending += self.release()  # what the new backlog lets through
