@@ -228,53 +228,52 @@ def _walk_pcap(data: np.ndarray, pos: int, end: int, big_endian: bool, lengths: 
     tunnel = np.zeros(size, dtype=np.uint8)
     scratch = _tunnel_scratch(size)
     count = 0
-    decoded = 0
     bad_caplen = -1
     last_header = end - _PCAP_RECORD_HEADER_LEN
     touched = pos  # bytes before this were touched ahead already
-    chunk = pos  # where the records not decoded yet start
-    while count < size and pos <= last_header:
-        ahead = min(pos + _TOUCH_AHEAD, end)
-        at = max(touched, pos + 64)
-        while at < ahead:
-            prefetch(data, at)
-            at += 64
-        touched = max(touched, at)
-        len8 = _u32(data, pos + 8, big_endian)
-        len12 = _u32(data, pos + 12, big_endian)
-        if lengths == _LENGTHS_NORMAL:
-            caplen, wirelen = len8, len12
-        elif lengths == _LENGTHS_SWAPPED:
-            caplen, wirelen = len12, len8
-        else:
-            caplen, wirelen = min(len8, len12), max(len8, len12)
-        if caplen > max_caplen:
-            bad_caplen = caplen
-            break
-        row = np.uint64(count)  # unsigned: no negative-index fix-up
-        caplens[row] = caplen
-        wirelens[row] = wirelen
-        ts_ns[row] = _u32(data, pos, big_endian) * 1_000_000_000 + _u32(
-            data, pos + 4, big_endian) * frac_to_ns
-        # decode's bounds (_bounds) of this record after _clip_to_snaplen
-        offsets[row] = pos + _PCAP_RECORD_HEADER_LEN
-        packet_end[row] = min(pos + _PCAP_RECORD_HEADER_LEN + (
-            caplen if snaplen <= 0 or caplen <= snaplen else snaplen), data.shape[0])
-        count += 1
-        pos += _PCAP_RECORD_HEADER_LEN + caplen
-        if pos - chunk >= _DECODE_BYTES or count - decoded == _DECODE_RECORDS:
-            # (raw-IP and Linux cooked link types too. Tunnel rows -- IP protocols 4/41/47,
-            # UDP to the IANA tunnel ports -- are opened by the compiled tunnel pass while
-            # they are cached, to the IANA ports: decode() redoes them under another config.
-            # Damaged tunnel rows and IP fragments, first ones too, are left not done:
-            # decode() decapsulates and lists them column-wise)
-            if _decode_common_range(data, offsets, packet_end, linktypes, decoded, count,
-                                    common):
-                _tunnel_range(data, decoded, count, WALK_TUNNEL_PORTS, common, tunnel, scratch)
-            decoded = count
-            chunk = pos
-    if _decode_common_range(data, offsets, packet_end, linktypes, decoded, count, common):
-        _tunnel_range(data, decoded, count, WALK_TUNNEL_PORTS, common, tunnel, scratch)
+    while count < size and pos <= last_header and bad_caplen < 0:
+        # one chunk of records walked, then decoded while its packets are cached: two
+        # loops, so that the decode and tunnel calls stay out of the walk's own loop (its
+        # registers)
+        first, chunk = count, pos
+        while count < size and pos <= last_header:
+            ahead = min(pos + _TOUCH_AHEAD, end)
+            at = max(touched, pos + 64)
+            while at < ahead:
+                prefetch(data, at)
+                at += 64
+            touched = max(touched, at)
+            len8 = _u32(data, pos + 8, big_endian)
+            len12 = _u32(data, pos + 12, big_endian)
+            if lengths == _LENGTHS_NORMAL:
+                caplen, wirelen = len8, len12
+            elif lengths == _LENGTHS_SWAPPED:
+                caplen, wirelen = len12, len8
+            else:
+                caplen, wirelen = min(len8, len12), max(len8, len12)
+            if caplen > max_caplen:
+                bad_caplen = caplen
+                break
+            row = np.uint64(count)  # unsigned: no negative-index fix-up
+            caplens[row] = caplen
+            wirelens[row] = wirelen
+            ts_ns[row] = _u32(data, pos, big_endian) * 1_000_000_000 + _u32(
+                data, pos + 4, big_endian) * frac_to_ns
+            # decode's bounds (_bounds) of this record after _clip_to_snaplen
+            offsets[row] = pos + _PCAP_RECORD_HEADER_LEN
+            packet_end[row] = min(pos + _PCAP_RECORD_HEADER_LEN + (
+                caplen if snaplen <= 0 or caplen <= snaplen else snaplen), data.shape[0])
+            count += 1
+            pos += _PCAP_RECORD_HEADER_LEN + caplen
+            if pos - chunk >= _DECODE_BYTES or count - first == _DECODE_RECORDS:
+                break
+        # (raw-IP and Linux cooked link types too. Tunnel rows -- IP protocols 4/41/47,
+        # UDP to the IANA tunnel ports -- are opened by the compiled tunnel pass while
+        # they are cached, to the IANA ports: decode() redoes them under another config.
+        # Damaged tunnel rows and IP fragments, first ones too, are left not done:
+        # decode() decapsulates and lists them column-wise)
+        if _decode_common_range(data, offsets, packet_end, linktypes, first, count, common):
+            _tunnel_range(data, first, count, WALK_TUNNEL_PORTS, common, tunnel, scratch)
     done, columns, src, dst = common
     return (offsets[:count], caplens[:count], wirelens[:count], ts_ns[:count], pos, bad_caplen,
             linktypes[:count],
