@@ -502,8 +502,13 @@ class PartitionFlow:
     def reset(self, consumer: _FlowConsumer, positions: Mapping[tuple[str, int], int],
               now: float) -> None:
         """After a rebuild: nothing paused, every partition read from `positions`."""
-        if self.paused:
-            consumer.resume(self.paused)
+        # Every assigned partition is resumed, not only those paused now: librdkafka keeps
+        # a partition's pause across a rebalance that took it away and gave it back, and
+        # `paused` was emptied by the rebuild in between (a partition the client can no
+        # longer resume): it was never fetched again (the takeover test's confluent
+        # failure after these fixes; tests/test_kafka_pause_resume.py).
+        if positions:
+            consumer.resume(set(positions))
         self.paused = set()
         self.backlog = set(positions)  # unread until the first update says otherwise
         self._start = dict(positions)

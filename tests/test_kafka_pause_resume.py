@@ -18,6 +18,7 @@ from kafka_fixtures import EVERY_KAFKA_CLIENT, consumer, unique
 
 from pipeline.kafka_transport import SpoolingProducer, ensure_topics
 from pipeline.keys import aligned_keys
+from pipeline.services import PartitionFlow
 
 pytest_plugins = ["kafka_fixtures"]
 kafka_client = EVERY_KAFKA_CLIENT  # the stall was kafka-python's; librdkafka checked too
@@ -55,3 +56,51 @@ def test_a_partition_paused_in_mid_fetch_delivers_the_rest_after_resume(kafka_co
             poll()
     for p in (0, 1):  # every record once, in order
         assert got[p] == list(range(per_partition)), f"partition {p}: {got[p][-3:]}"
+
+
+def test_a_partition_paused_then_taken_away_and_given_back_is_fetched_after_the_rebuild(
+        kafka_config, tmp_path):
+    """Worker B paused a partition (flow control), a rebalance took it away (B rebuilt
+    with what it kept, or nothing) and the takeover gave it back: B's rebuild must fetch
+    it. librdkafka kept the pause across the re-assignment while B's flow state, reset by
+    the rebuild in between, no longer knew it: the partition was never read again."""
+    topic, group = unique("rebalance"), unique("group")
+    ensure_topics(kafka_config, {topic: 2})
+    keys = aligned_keys(2)
+
+    def produce(value: bytes) -> None:
+        with SpoolingProducer(kafka_config, tmp_path / value.decode()) as producer:
+            for key in keys:
+                producer.send(topic, key, value)
+            assert producer.flush(30)
+
+    def rebuild(worker, flow: PartitionFlow) -> None:  # as CorrelationService._rewind
+        flow.reset(worker, dict.fromkeys(worker.assignment(), 0), time.monotonic())
+
+    def until(condition, *polled) -> bool:
+        deadline = time.monotonic() + 30
+        while not condition() and time.monotonic() < deadline:
+            for member in polled:
+                member.poll_batch(timeout_s=0.2)
+        return condition()
+
+    produce(b"old")
+    flow = PartitionFlow(margin_ns=0, hold_s=15.0)
+    with consumer(kafka_config, [topic], group) as b:
+        assert until(lambda: len(b.assignment()) == 2, b)
+        paused = {(topic, 0), (topic, 1)}  # (so the one taken away was paused)
+        b.pause(paused)  # as flow.update does for partitions with held batches
+        flow.paused = set(paused)
+        with consumer(kafka_config, [topic], group) as a:  # A joins: a rebalance
+            assert until(lambda: len(b.assignment()) == 1 and len(a.assignment()) == 1, a, b)
+            rebuild(b, flow)
+        assert until(lambda: len(b.assignment()) == 2, b)  # A left (killed): all to B
+        rebuild(b, flow)
+        produce(b"new")
+        got: set[int] = set()
+
+        def both() -> bool:
+            got.update(r.partition for r in b.poll_batch(timeout_s=0.2) if r.value == b"new")
+            return got == {0, 1}
+
+        assert until(both), f"after the rebuild only partitions {sorted(got)} were read"
