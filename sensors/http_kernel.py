@@ -27,7 +27,7 @@ from numba.cpython.unsafe.numbers import trailing_zeros
 from numba.extending import intrinsic
 
 from pipeline.jit import njit
-from sensors.tcp_stream import borrowed, prefetch
+from sensors.tcp_stream import borrowed, check_span, prefetch
 
 MAX_HEADER_BYTES = 16384
 MAX_MESSAGES = 256  # requests (and responses) parsed per direction
@@ -833,6 +833,7 @@ def _load_u64(typingctx, array, at):  # noqa: ARG001 (numba's intrinsic signatur
     sig = types.uint64(array, types.int64)
 
     def codegen(context, builder, signature, args):
+        check_span(context, builder, signature.args[0], args[0], args[1], ir.IntType(64)(8))
         data = context.make_array(signature.args[0])(context, builder, args[0])
         word = builder.bitcast(builder.gep(data.data, [args[1]]), ir.IntType(64).as_pointer())
         return builder.load(word, align=1)
@@ -1186,6 +1187,7 @@ def _byte_mask(typingctx, array, at, byte):  # noqa: ARG001 (numba's intrinsic s
     sig = types.uint64(array, types.int64, types.uint8)
 
     def codegen(context, builder, signature, args):
+        check_span(context, builder, signature.args[0], args[0], args[1], ir.IntType(64)(64))
         data = context.make_array(signature.args[0])(context, builder, args[0])
         ptr = builder.bitcast(builder.gep(data.data, [args[1]]), _V64.as_pointer())
         vec = builder.load(ptr, align=1)

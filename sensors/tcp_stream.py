@@ -114,6 +114,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import repeat
 
+import numba
 import numpy as np
 from llvmlite import ir
 from llvmlite.binding import llvm_version_info
@@ -518,6 +519,22 @@ _PREFETCH_NAME = ("llvm.prefetch.p0" if llvm_version_info[0] >= 17
                   else "llvm.prefetch.p0i8")
 
 
+def check_span(context: numba.core.base.BaseContext, builder: ir.IRBuilder,
+               array_type: types.Array, array: ir.Value, at: ir.Value, count: ir.Value) -> None:
+    """Under NUMBA_BOUNDSCHECK only (tests/test_sensor_bounds.py compiles every kernel so):
+    an IndexError, as numba's own check raises, unless array[at : at + count] lies inside the
+    1-D `array` (count <= 0: nothing read). For the raw loads and copies of intrinsics, which
+    that flag does not see. Without the flag nothing is emitted: the same machine code."""
+    if not numba.config.BOUNDSCHECK:
+        return
+    size = builder.extract_value(context.make_array(array_type)(context, builder, array).shape,
+                                 0)
+    with builder.if_then(builder.icmp_signed(">", count, count.type(0))):
+        cgutils.do_boundscheck(context, builder, at, size)
+        cgutils.do_boundscheck(context, builder, builder.sub(builder.add(at, count),
+                                                             count.type(1)), size)
+
+
 @intrinsic
 def prefetch(typingctx, array, at):
     """A hint to the CPU to start loading the cache line of array[at] (1-D; nothing when
@@ -654,6 +671,8 @@ def _copy_bytes(typingctx, dst, dst_at, src, src_at, count):
 
     def codegen(context, builder, signature, args):
         dst_value, dst_offset, src_value, src_offset, n = args
+        check_span(context, builder, signature.args[0], dst_value, dst_offset, n)
+        check_span(context, builder, signature.args[2], src_value, src_offset, n)
         dst_array = context.make_array(signature.args[0])(context, builder, dst_value)
         src_array = context.make_array(signature.args[2])(context, builder, src_value)
         cgutils.raw_memcpy(builder, builder.gep(dst_array.data, [dst_offset]),
