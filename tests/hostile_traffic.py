@@ -226,7 +226,8 @@ class Tally:
                 "flow": self.events["flow"],
                 "tunnel_packets": sum(v for k, v in s.items() if k.startswith("tunnel.")),
                 "defrag_datagrams": s["defrag.datagrams"],
-                "tcp_streams": sum(v for k, v in s.items() if k.endswith("_stream.flows"))}
+                "tcp_streams": sum(v for k, v in s.items() if k.endswith("_stream.flows")),
+                "evicted": sum(v for k, v in s.items() if "evicted" in k)}
 
 
 def run_capture(path: Path, batch: int, tally: Tally) -> None:
@@ -268,6 +269,15 @@ def with_field(capture: bytes, starts: list[int], index: int, field: int, value:
     if pos + 4 > len(capture):
         return capture
     return capture[:pos] + struct.pack(order + "I", value) + capture[pos + 4:]
+
+
+def flood() -> list[Flow]:
+    """Open conversations (no FIN) of HTTP, TLS (20500 each), SSH and FTP (10500 each): past
+    their analyzers' default max_flows (20000, 10000), so that their evictions run."""
+    counts = (20_500, 20_500, 10_500, 10_500)
+    kinds = [(linktype, frames[:-3]) for linktype, frames in seeds()[:4]]
+    flows = [kinds[k] for i in range(max(counts)) for k in range(4) if i < counts[k]]
+    return [readdressed(flow, i) for i, flow in enumerate(flows)]
 
 
 # --- hypothesis: hostile captures ---------------------------------------------------------------
@@ -387,7 +397,8 @@ def hostile_captures(draw) -> tuple[bytes, str, int]:
 
 def run_all(captures: list[Path], work: Path, examples: int) -> Tally:
     """Everything through the sensor: real captures and the seed conversations at every batch
-    size, every cut of every seed frame, then `examples` hypothesis-made hostile captures."""
+    size, every cut of every seed frame, a flood of open conversations, then `examples`
+    hypothesis-made hostile captures."""
     tally = Tally()
     seeds()  # built before hypothesis runs (scapy draws IP ids from `random`)
     start = time.monotonic()
@@ -403,7 +414,10 @@ def run_all(captures: list[Path], work: Path, examples: int) -> Tally:
             path.write_bytes(capture_file(flows, suffix == ".pcapng"))
             for batch in batches:
                 run_capture(path, batch, tally)
-    tally.seconds["cuts"] = time.monotonic() - start - tally.seconds["captures"]
+    path = work / "flood.pcap"
+    path.write_bytes(capture_file(flood(), pcapng=False))
+    run_capture(path, 65536, tally)
+    tally.seconds["cuts+flood"] = time.monotonic() - start - tally.seconds["captures"]
 
     @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck))
     @given(hostile_captures())
