@@ -128,26 +128,35 @@ def _block(kind: int, body: bytes) -> bytes:
     return struct.pack("<II", kind, len(body) + 12) + body + struct.pack("<I", len(body) + 12)
 
 
-def pcapng_file(frames: list[tuple[int, bytes]]) -> bytes:
-    """A pcapng: one interface per link type, one Enhanced Packet Block per frame."""
+def pcapng_file(frames: list[tuple[int, bytes]], snaplen: int = 0, tsresol: int | None = None,
+                blocks: tuple[int, ...] = (6,)) -> bytes:
+    """A pcapng: one interface per link type (maybe with a snaplen and if_tsresol option),
+    one packet block per frame, of the types in `blocks` in turn (6 EPB, 3 SPB, 2 PB)."""
     links = sorted({linktype for linktype, _ in frames})
+    options = b"" if tsresol is None else struct.pack("<HHB3xHH", 9, 1, tsresol, 0, 0)
     out = [_block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))]
-    out += [_block(1, struct.pack("<HHI", linktype, 0, 0)) for linktype in links]
+    out += [_block(1, struct.pack("<HHI", linktype, 0, snaplen) + options) for linktype in links]
     for i, (linktype, data) in enumerate(frames):
-        ts = 1_700_000_000_000_000 + i * 1000
-        out.append(_block(6, struct.pack("<IIIII", links.index(linktype), ts >> 32,
-                                         ts & 0xFFFFFFFF, len(data), len(data)) + data))
+        ts, kind = 1_700_000_000_000_000 + i * 1000, blocks[i % len(blocks)]
+        ifid = links.index(linktype)
+        if kind == 3:  # SPB: the first interface's, no timestamp
+            out.append(_block(3, struct.pack("<I", len(data)) + data))
+        else:  # PB: a 16-bit interface id and drop count where an EPB has its 32-bit id
+            head = struct.pack("<HH", ifid, 0) if kind == 2 else struct.pack("<I", ifid)
+            out.append(_block(kind, head + struct.pack("<IIII", ts >> 32, ts & 0xFFFFFFFF,
+                                                       len(data), len(data)) + data))
     return b"".join(out)
 
 
-def capture_file(flows: list[Flow], pcapng: bool, big_endian: bool = False) -> bytes:
+def capture_file(flows: list[Flow], pcapng: bool, big_endian: bool = False,
+                 **pcapng_options: object) -> bytes:
     """The frames of `flows`, interleaved round-robin (batch edges then cut conversations);
     a classic pcap holds one link type: only Ethernet frames go there."""
     queues = [[(linktype, f) for f in frames] for linktype, frames in flows]
     rows = [q[i] for i in range(max((len(q) for q in queues), default=0))
             for q in queues if i < len(q)]
     if pcapng:
-        return pcapng_file(rows)
+        return pcapng_file(rows, **pcapng_options)
     return pcap_file([f for linktype, f in rows if linktype == ETHERNET], big_endian=big_endian)
 
 
@@ -377,7 +386,13 @@ def hostile_captures(draw) -> tuple[bytes, str, int]:
     """(file bytes, file suffix, batch size): hostile flows in a pcap or pcapng whose
     record/block lengths, bytes or end may be damaged too."""
     pcapng, big_endian = draw(st.booleans()), draw(st.booleans())
-    data = capture_file(draw(hostile_flows()), pcapng, big_endian)
+    options = {}
+    if pcapng and draw(st.booleans()):  # other packet blocks, a snaplen, a resolution
+        options = {"blocks": tuple(draw(st.lists(st.sampled_from([6, 3, 2]), min_size=1,
+                                                 max_size=3))),
+                   "snaplen": draw(st.sampled_from([0, 1, 14, 60, 65535]) | lengths),
+                   "tsresol": draw(st.none() | st.sampled_from([6, 9, 0x80 | 20, 19, 0x80 | 63]))}
+    data = capture_file(draw(hostile_flows()), pcapng, big_endian, **options)
     order = ">" if big_endian and not pcapng else "<"
     if pcapng:
         starts, fields = block_offsets(data), [4, 20, 24]  # block length, EPB caplen/wirelen
