@@ -1147,7 +1147,8 @@ def _other_link(data: np.ndarray, s: int, e: int, linktype: int) -> tuple[int, i
 
 @njit
 def _decode_common_range(data: np.ndarray, start: np.ndarray, end: np.ndarray,
-                         linktype: np.ndarray, lo: int, hi: int, out: tuple) -> int:
+                         linktype: np.ndarray, lo: int, hi: int, out: tuple,
+                         ethernet_only: bool = False) -> int:
     """Decode the common-case rows lo..hi-1 into `out` (_common_columns), whose rows must
     be zero (as _common_columns makes them) except in src and dst: only non-zero bytes are
     written, but all 16 address bytes of each done row.
@@ -1158,6 +1159,11 @@ def _decode_common_range(data: np.ndarray, start: np.ndarray, end: np.ndarray,
     transport 0. Returns the number of candidates, so that a caller can skip the tunnel
     pass on untunnelled rows (the capture reader's walk: its call per chunk of records
     cost ~9 % of read + decode on the bench mix).
+
+    `ethernet_only` (pass the constant True, for its own compiled version): every row is
+    Ethernet, `linktype` is not read and the other link types' branch is compiled out.
+    The capture walk of an Ethernet pcap passes it: the branch cost ~20 instructions a
+    packet there (callgrind) and ~1.3 ms of read + decode per 300k mix packets.
 
     Every byte read is below `end[i]` (checked before each read), and end <= len(data)."""
     done, columns, src, dst = out
@@ -1170,14 +1176,13 @@ def _decode_common_range(data: np.ndarray, start: np.ndarray, end: np.ndarray,
     for i in range(lo, hi):
         row = np.uint64(i)  # unsigned: no negative-index fix-up (see _byte)
         s, e = start[row], end[row]
-        kind = linktype[row]
-        if kind == LINKTYPE_ETHERNET:  # first: the hot path
+        if ethernet_only or linktype[row] == LINKTYPE_ETHERNET:  # first: the hot path
             if s + 14 > e:
                 continue
             ethertype = _be16_at(data, s + 12)
             l3 = s + 14
         else:
-            l3, ethertype = _other_link(data, s, e, kind)
+            l3, ethertype = _other_link(data, s, e, linktype[row])
             if l3 < 0:
                 continue
         vlan = 0

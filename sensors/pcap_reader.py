@@ -39,7 +39,7 @@ from sensors.decode import (
     _tunnel_range,
     _tunnel_scratch,
 )
-from sensors.packets import CommonHeaders, PacketBatch
+from sensors.packets import LINKTYPE_ETHERNET, CommonHeaders, PacketBatch
 from sensors.tcp_stream import prefetch
 
 log = logging.getLogger(__name__)
@@ -272,7 +272,13 @@ def _walk_pcap(data: np.ndarray, pos: int, end: int, big_endian: bool, lengths: 
         # they are cached, to the IANA ports: decode() redoes them under another config.
         # Damaged tunnel rows and IP fragments, first ones too, are left not done:
         # decode() decapsulates and lists them column-wise)
-        if _decode_common_range(data, offsets, packet_end, linktypes, first, count, common):
+        if linktype == LINKTYPE_ETHERNET:  # a constant: the link branch compiled out
+            found = _decode_common_range(data, offsets, packet_end, linktypes, first, count,
+                                         common, True)
+        else:
+            found = _decode_common_range(data, offsets, packet_end, linktypes, first, count,
+                                         common)
+        if found:
             _tunnel_range(data, first, count, WALK_TUNNEL_PORTS, common, tunnel, scratch)
     done, columns, src, dst = common
     return (offsets[:count], caplens[:count], wirelens[:count], ts_ns[:count], pos, bad_caplen,
