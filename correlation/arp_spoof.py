@@ -76,6 +76,7 @@ class ArpSpoofDetector(Detector):
     """IP conflicts, gateway spoofing and gratuitous storms per window (module doc)."""
 
     name = "arp_spoof"
+    pure_detect = True  # detect changes no attribute: probe() is itself
     rules = (CONFLICT_RULE, GATEWAY_RULE, STORM_RULE)
     inputs = (InputSpec("arp", _COLUMNS),)
     threshold_keys = ("min_macs", "min_gratuitous")

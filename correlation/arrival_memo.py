@@ -28,6 +28,8 @@ rows inside the range against the held rows. Released rows are compacted in plac
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from correlation.detector import WindowRange
@@ -126,6 +128,9 @@ def rows_in_range(times: np.ndarray, windows: WindowRange) -> np.ndarray:
 class ArrivalMemo:
     """Columns of per-row values (and each row's timestamp), appended in select order."""
 
+    # a view for windows that stay open (frozen()): it never releases rows
+    _frozen = False
+
     def __init__(self, dtypes: dict[str, np.dtype | type], max_rows: int = 5_000_000) -> None:
         self.dtypes = {name: np.dtype(d) for name, d in dtypes.items()}
         self.max_rows = int(max_rows)
@@ -143,6 +148,8 @@ class ArrivalMemo:
         n = int(times.shape[0])
         if n == 0:
             return
+        if self._frozen:
+            raise RuntimeError("ArrivalMemo.add on a frozen view (it shares the columns)")
         if self.rows + n > self.max_rows:  # bounded like the engine's buffer: start over
             self.poison()
         need = self.rows + n
@@ -158,6 +165,15 @@ class ArrivalMemo:
         self.rows = need
         latest = int(times.max())
         self.max_time = latest if self.max_time is None else max(self.max_time, latest)
+
+    def frozen(self) -> ArrivalMemo:
+        """This memo's rows for a detect on windows that stay open (Detector.probe): its
+        `aligned` answers as this memo's would and releases nothing (a release compacts the
+        shared columns in place, and the rows of open windows are read again when they
+        close). Shares the columns: read only, and valid until this memo's next add."""
+        view = copy.copy(self)  # (rows, times and the values dict are the same objects)
+        view._frozen = True
+        return view
 
     def poison(self) -> None:
         """Forget every row: their values are no longer valid. Ranges that could hold one
@@ -214,7 +230,7 @@ class ArrivalMemo:
     def _releases(self, n_stale: int) -> bool:
         """Rows before the horizon are dropped once they are over a quarter of the rows
         (amortized: a copy per many closes)."""
-        return n_stale > 0 and n_stale > self.rows // 4
+        return not self._frozen and n_stale > 0 and n_stale > self.rows // 4
 
     def _release(self, horizon: int) -> None:
         """Drop rows before `horizon` (no later range holds them), in place."""

@@ -260,6 +260,7 @@ class BackscatterDetector(_UnsolicitedDetector):
     """One sender of unsolicited replies to >= min_receivers distinct addresses."""
 
     name = "backscatter"
+    pure_detect = True  # detect changes no attribute: probe() is itself
     rules = (BACKSCATTER_RULE,)
     threshold_keys = ("min_receivers", "amplification_ports", "amplification_ratio")
 
@@ -300,6 +301,7 @@ class ReflectionDetector(_UnsolicitedDetector):
     receiver (victim-keyed)."""
 
     name = "reflection"
+    pure_detect = True  # detect changes no attribute: probe() is itself
     rules = (REFLECTION_RULE,)
     threshold_keys = ("min_reflectors", "min_reply_bytes", "amplification_ports",
                       "amplification_ratio")

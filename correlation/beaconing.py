@@ -47,6 +47,7 @@ every score is the same float as the whole-array implementation's (tests/test_be
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 
 import numpy as np
@@ -684,6 +685,14 @@ class BeaconDetector(Detector):
             c = batch.columns
             memo.add(c["timestamp"][rows], key=key_hashes(batch.kind, c, rows))
         return mask
+
+    def probe(self) -> BeaconDetector:
+        """Detector.probe: the key memos frozen (a close releases their rows of closed
+        windows); the name-id memo shared (ids are compared within one detect call only:
+        a new name or a start-over changes no later result)."""
+        other = copy.copy(self)
+        other._key_memo = {kind: memo.frozen() for kind, memo in self._key_memo.items()}
+        return other
 
     def _select(self, batch: EventBatch) -> np.ndarray:
         c = batch.columns

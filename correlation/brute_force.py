@@ -157,6 +157,7 @@ class BruteForceDetector(Detector):
     """Distinct short sessions per (source, destination, port) and window >= min_sessions."""
 
     name = "brute_force"
+    pure_detect = True  # detect changes no attribute: probe() is itself
     rules = (SESSIONS_RULE,)
     inputs = (InputSpec("flow", _FLOW_COLUMNS),)  # extended per instance by `sources`
     threshold_keys = ("ports", "min_sessions", "max_session_s", "max_client_payload_bytes",

@@ -80,6 +80,7 @@ class DarknetScanDetector(DistinctTargetDetector):
     """Attempts to >= min_addresses distinct darknet addresses per source (key: source)."""
 
     name = "darknet_scan"
+    pure_detect = True  # detect changes no attribute: probe() is itself
     rules = (DARKNET_RULE,)
     inputs = (InputSpec("flow", _COLUMNS),)
     kind = "flow"

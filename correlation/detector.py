@@ -14,6 +14,7 @@ numpy (sort / unique / bincount) instead of looping over events.
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
@@ -258,6 +259,26 @@ class Detector(ABC):
     @abstractmethod
     def detect(self, rows: Mapping[str, Columns], windows: WindowRange) -> list[Finding]:
         """Findings of the closing `windows`; `rows[kind]` holds the buffered columns."""
+
+    # True when `detect` changes no attribute of the detector (proven per class by
+    # tests/test_idle_evaluation.py): then `probe` needs no copy at all. Not inherited
+    # silently by a subclass that adds state: such a subclass must set it again.
+    pure_detect: ClassVar[bool] = False
+
+    def probe(self) -> Detector:
+        """A detector whose `detect` judges windows that stay open (the engine's idle
+        evaluation, CorrelationEngine.evaluate_open) with this one's findings, leaving this
+        one as it was: state carried from window to window (a baseline, arrival memos and
+        sums released as windows close) is updated once per window, when it closes.
+
+        Default: a deep copy (safe whatever the state). Why detectors override it: a deep
+        copy also copies memos, sketches and shared read-only tables (tens of MB after
+        hours of traffic, and twice the detectors' memory for a moment); an override shares
+        what `detect` does not change, or changes only as a cache keyed by value, and
+        copies the rest."""
+        if self.pure_detect and "pure_detect" in type(self).__dict__:
+            return self
+        return copy.deepcopy(self)
 
 
 # --- vectorized grouping helpers -------------------------------------------------------------

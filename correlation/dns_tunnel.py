@@ -35,6 +35,7 @@ Rules (keys: client | parent, or client for DGA):
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from functools import partial
 from itertools import repeat
@@ -745,6 +746,32 @@ class DnsTunnelDetector(Detector):
         self._row_memo = ArrivalMemo({"name_row": np.int64, "client_hi": np.uint64,
                                       "client_lo": np.uint64}, self.max_buffered_rows)
 
+    # False on a probe until its name memo is its own (_own_names)
+    _owns_names = True
+
+    def probe(self) -> DnsTunnelDetector:
+        """Detector.probe: the row memo frozen (a close releases its rows of closed
+        windows); the public-suffix memos shared (keyed by value). The name memo and the
+        per-name feature columns are window-to-window state (the row memo holds their
+        ids): shared while the probe only reads them, copied before it would add a name
+        (the exact path when the row memo cannot vouch; _own_names)."""
+        other = copy.copy(self)
+        other._row_memo = self._row_memo.frozen()
+        other._owns_names = False
+        return other
+
+    def _own_names(self) -> None:
+        """A probe's own name memo and feature tables, before it adds names: new names
+        and a start-over of the bounded memo must not reach the detector it probes.
+        (The feature arrays stay shared: a probe writes rows past the detector's
+        _stored_names only, which the detector never reads before writing them itself.)"""
+        names = copy.copy(self._names)
+        names._index = dict(self._names._index)
+        self._names = names
+        self._parent_ids = dict(self._parent_ids)
+        self._feature_columns = dict(self._feature_columns)
+        self._owns_names = True
+
     def select(self, batch: EventBatch) -> np.ndarray:
         # Queries feed the tunnel rules; of the responses only NXDOMAIN (DGA) and those of
         # tunnel-capable types (answer sizes, evidence) matter.
@@ -764,6 +791,8 @@ class DnsTunnelDetector(Detector):
         """(row of the stored per-name feature columns (see _FEATURES) for each name, the
         names as a list). One C-level dict lookup per name; only names never seen (or
         seen before the bounded memo started over) are computed."""
+        if not self._owns_names:
+            self._own_names()
         rows, items, new, reset = self._names.ids(names)
         if reset:  # every id changed: the stored columns start over with them
             self._feature_columns = {}

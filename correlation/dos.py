@@ -172,6 +172,7 @@ class SynFloodDetector(Detector):
     """Peak per-second never-completed TCP attempts per victim >= min_syn_per_s."""
 
     name = "dos_syn_flood"
+    pure_detect = True  # detect changes no attribute: probe() is itself
     rules = (SYN_FLOOD_RULE,)
     inputs = (InputSpec("flow", _SYN_COLUMNS),)
     threshold_keys = ("min_syn_per_s", "min_attempts_per_port", "spoofed_min_sources")
@@ -249,6 +250,7 @@ class VolumetricFloodDetector(Detector):
     """One-way packets per victim and window / window_s >= min_pps."""
 
     name = "dos_flood"
+    pure_detect = True  # detect changes no attribute: probe() is itself
     rules = (VOLUMETRIC_RULE,)
     inputs = (InputSpec("flow", _FLOOD_COLUMNS),)
     threshold_keys = ("min_pps",)

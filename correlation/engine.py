@@ -27,7 +27,6 @@ as deterministic and batch-split independent as the windows themselves.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 
 import numpy as np
@@ -786,11 +785,13 @@ class CorrelationEngine:
             return []
         rows = {kind: store.view(u, columns) for kind, store, u, columns in state.inputs
                 if store.held[u]}
-        # judged by a copy of the detector: its own sees the ascending, non-overlapping
-        # window ranges of the closes, as without idle input (state carried from window
-        # to window, a baseline, is updated once per window)
-        findings = copy.deepcopy(state.detector).detect(rows, WindowRange(spec, first_k,
-                                                                           last_k))
+        # judged by a probe of the detector (Detector.probe): the detector itself sees the
+        # ascending, non-overlapping window ranges of the closes, as without idle input
+        # (state carried from window to window, a baseline, is updated once per window);
+        # the probe copies only that state, not the memos and sketches (a deep copy of
+        # every detector, 2.8M events of bench/correlation_stream.py: an idle flush 66-117
+        # ms and a 55 MB traced peak; probes: 32 ms and 31 MB, the detects' own)
+        findings = state.detector.probe().detect(rows, WindowRange(spec, first_k, last_k))
         span = max(state.detector.suppress_ns, spec.size_ns)
         kept, _ = _unsuppressed(findings, dict(state.last_alert), span)
         fresh = [f for f in kept if _finding_order(f) not in state.emitted_open]

@@ -21,6 +21,8 @@ select (tests calling detect directly) takes the exact path.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from correlation.detector import WindowRange
@@ -152,6 +154,14 @@ class SliceSums:
         # (integer byte counts summed in float64 are exact below 2**53; the margin keeps
         # the test one-sided beyond that)
         return np.flatnonzero(best >= threshold * (1 - 1e-9))
+
+    def probe(self) -> SliceSums:
+        """Sums for a detect on windows that stay open: its release forgets slices of its
+        own (the dicts are copied: a few entries, one per hop slice held), the per-slice
+        arrays are shared (a detect only reads them)."""
+        other = copy.copy(self)
+        other.sums, other.counts = dict(self.sums), dict(self.counts)
+        return other
 
     def release(self, windows: WindowRange) -> None:
         """Forget the slices no later close reads (entirely before the next range)."""

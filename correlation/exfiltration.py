@@ -20,6 +20,7 @@ not (`destinations: any` counts every destination, for labs on one segment or lo
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from functools import lru_cache, partial
 
@@ -133,6 +134,14 @@ class UploadDetector(_OutboundDetector):
                                    c["src_payload_bytes"])
         return keep
 
+    def probe(self) -> UploadDetector:
+        """Detector.probe: the arrival sums' slice dicts copied (a close releases its
+        slices), their arrays shared; the stats its own (as a deep copy's)."""
+        other = copy.copy(self)
+        other.arrivals = self.arrivals.probe()
+        other.stats = dict(self.stats)
+        return other
+
     def detect(self, rows: Mapping[str, Columns], windows: WindowRange) -> list[Finding]:
         cols = rows["flow"]
         hot = self._hot_buckets(cols, windows)
@@ -238,6 +247,14 @@ class VolumeBaselineDetector(_OutboundDetector):
         # per host: ewma, first window, last window; bounded by max_hosts
         self.baseline = HostBaselines()
         self.stats = {"hosts_evicted": 0}
+
+    def probe(self) -> VolumeBaselineDetector:
+        """Detector.probe: the baselines copied (a detect updates them, once per window
+        when it closes; max_hosts rows of 56 bytes at most), nothing else to protect."""
+        other = copy.copy(self)
+        other.baseline = copy.deepcopy(self.baseline)
+        other.stats = dict(self.stats)
+        return other
 
     def detect(self, rows: Mapping[str, Columns], windows: WindowRange) -> list[Finding]:
         cols = rows["flow"]
@@ -561,6 +578,7 @@ class IcmpTunnelDetector(Detector):
     """ICMP echo payload per (source, destination) >= min_payload_bytes at a large mean size."""
 
     name = "exfil_icmp"
+    pure_detect = True  # detect changes no attribute: probe() is itself
     rules = (ICMP_RULE,)
     inputs = (InputSpec("flow", _ICMP_COLUMNS),)
     threshold_keys = ("min_payload_bytes", "max_normal_payload_bytes")

@@ -71,6 +71,7 @@ class IntelMatchDetector(Detector):
     """One finding per (indicator, local endpoint, window) with at least one hit."""
 
     name = "intel_match"
+    pure_detect = True  # detect changes no attribute: probe() is itself
     rules = tuple(RULES.values())
     inputs = tuple(InputSpec(kind, cols) for kind, cols in _COLUMNS.items())
 

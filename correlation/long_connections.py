@@ -21,6 +21,7 @@ takes the exact path.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 
 import numpy as np
@@ -91,6 +92,7 @@ class LongConnectionDetector(Detector):
     """Connections spanning >= min_duration_s within one window (key: src, dst, port)."""
 
     name = "long_connection"
+    pure_detect = True  # detect changes no attribute: probe() is itself
     rules = (LONG_RULE,)
     inputs = (InputSpec("flow", _COLUMNS),)
     threshold_keys = ("min_duration_s", "min_piece_s")
@@ -264,6 +266,13 @@ class _SlotCounts:
         return bool(_quiet_slots(self.slot_of, self.rows, self.buckets, int(first_slot),
                                  int(end_slot), int(rows), int(threshold)))
 
+    def probe(self) -> _SlotCounts:
+        """Counts for a detect on windows that stay open: its own slot numbers (release
+        writes them), the counts shared (a detect only reads them; 16 MB)."""
+        other = copy.copy(self)
+        other.slot_of = self.slot_of.copy()
+        return other
+
     def release(self, before_slot: int) -> None:
         """Forget slots before `before_slot` (no range still to close holds them)."""
         self.slot_of[self.slot_of < before_slot] = _NO_SLOT
@@ -283,6 +292,13 @@ class StrobeDetector(Detector):
         # a range is whole hop slots only when the window is a multiple of the hop
         self._slots = (_SlotCounts(self.window.hop_ns)
                        if self.window.size_ns % self.window.hop_ns == 0 else None)
+
+    def probe(self) -> StrobeDetector:
+        """Detector.probe: the slot counts' slot numbers copied (a close releases slots)."""
+        other = copy.copy(self)
+        if self._slots is not None:
+            other._slots = self._slots.probe()
+        return other
 
     def select(self, batch: EventBatch) -> np.ndarray:
         mask = _tcp_or_udp(batch.columns) & ~GROUP_ADDRESSES.contains(batch.columns["dst_ip"])

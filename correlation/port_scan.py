@@ -255,6 +255,7 @@ class VerticalScanDetector(_ScanDetector):
     """Failed attempts to >= vertical_ports distinct ports of one host (key: source, host)."""
 
     name = "port_scan_vertical"
+    pure_detect = True  # detect changes no attribute: probe() is itself
     rules = (VERTICAL_RULE,)
     threshold_key = "vertical_ports"
     threshold_keys = ("vertical_ports",)
@@ -323,6 +324,7 @@ class HorizontalScanDetector(_ScanDetector):
     """Failed attempts to one port on >= horizontal_hosts distinct hosts (key: source, port)."""
 
     name = "port_scan_horizontal"
+    pure_detect = True  # detect changes no attribute: probe() is itself
     rules = (HORIZONTAL_RULE,)
     threshold_key = "horizontal_hosts"
     threshold_keys = ("horizontal_hosts",)

@@ -72,6 +72,7 @@ class IcmpSweepDetector(DistinctTargetDetector):
     """Echo requests to >= min_hosts distinct unicast addresses (key: source)."""
 
     name = "icmp_sweep"
+    pure_detect = True  # detect changes no attribute: probe() is itself
     rules = (ICMP_SWEEP_RULE,)
     inputs = (InputSpec("flow", _ICMP_COLUMNS),)
     kind = "flow"
@@ -117,6 +118,7 @@ class ArpSweepDetector(DistinctTargetDetector):
     """Who-has requests for >= min_targets distinct addresses (key: sender address)."""
 
     name = "arp_sweep"
+    pure_detect = True  # detect changes no attribute: probe() is itself
     rules = (ARP_SWEEP_RULE,)
     inputs = (InputSpec("arp", _ARP_COLUMNS),)
     kind = "arp"

@@ -95,6 +95,7 @@ class UdpVerticalScanDetector(_UdpScanDetector):
     """Unanswered UDP to >= vertical_ports distinct ports of one host."""
 
     name = "udp_scan_vertical"
+    pure_detect = True  # detect changes no attribute: probe() is itself
     rules = (UDP_VERTICAL_RULE,)
     threshold_key = "vertical_ports"
     threshold_keys = ("vertical_ports", "service_source_ports")
@@ -142,6 +143,7 @@ class UdpHorizontalScanDetector(_UdpScanDetector):
     """Unanswered UDP to one port on >= horizontal_hosts distinct hosts."""
 
     name = "udp_scan_horizontal"
+    pure_detect = True  # detect changes no attribute: probe() is itself
     rules = (UDP_HORIZONTAL_RULE,)
     threshold_key = "horizontal_hosts"
     threshold_keys = ("horizontal_hosts", "service_source_ports")
