@@ -159,3 +159,26 @@ def test_pure_detect_is_not_inherited():
     assert derived.probe() is not derived
     assert np.array_equal(np.asarray(derived.probe().window.size_ns),
                           np.asarray(derived.window.size_ns))
+
+
+def test_a_frozen_arrival_memo_releases_nothing():
+    """A frozen view answers as its memo and leaves the shared columns alone, where the
+    memo itself would compact them (a release of the range's rows, in place)."""
+    from correlation.arrival_memo import ArrivalMemo  # noqa: PLC0415
+    from correlation.detector import WindowSpec  # noqa: PLC0415
+
+    memo = ArrivalMemo({"v": np.int64})
+    times = np.arange(100, dtype=np.int64) * 10
+    memo.add(times, v=times * 7)
+    windows = WindowRange(WindowSpec(500, 500), 0, 0)  # rows 0..49, then released
+    idx = np.arange(50)
+    before = (memo.times.copy(), memo.values["v"].copy(), memo.rows)
+    view = memo.frozen()
+    got = view.aligned(windows, times, idx)
+    assert np.array_equal(got["v"], times[:50] * 7)
+    assert np.array_equal(memo.times, before[0]) and memo.rows == before[2]
+    assert np.array_equal(memo.values["v"], before[1]) and view.rows == 100
+    with pytest.raises(RuntimeError):
+        view.add(times[:1], v=times[:1])
+    assert np.array_equal(memo.aligned(windows, times, idx)["v"], got["v"])
+    assert memo.rows == 50  # (the memo itself released them)
