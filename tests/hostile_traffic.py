@@ -162,12 +162,7 @@ def capture_file(flows: list[Flow], pcapng: bool, big_endian: bool = False,
 
 # --- cuts and mutations -----------------------------------------------------------------------
 
-def mutate(data: bytes, edits: list[tuple[int, int]]) -> bytes:
-    out = bytearray(data)
-    for pos, value in edits:
-        if out:
-            out[pos % len(out)] = value
-    return bytes(out)
+mutate = tls_fuzz.mutate  # bytes with (position, value) edits, positions modulo the length
 
 
 # the client addresses of seed_flows' conversations (192.0.2.10, 192.0.2.1, 10.1.1.1)
