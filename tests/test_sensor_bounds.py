@@ -9,14 +9,12 @@ hostile captures (tests/hostile_traffic.py). Any exception or signal is a findin
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from bounds_check import run_checked
 from conftest import PCAPS, REPO
 
 # MANIFEST captures of every protocol, link type and file format the sensor reads
@@ -43,15 +41,10 @@ SCRIPT = textwrap.dedent("""
     import numpy as np, pytest
     import conftest  # noqa: F401 (the gate profile: the same draws on every run)
     import hostile_traffic
-    from pipeline.jit import njit
+    from bounds_check import require_checks_on
     from sensors.http_kernel import equal_bytes
 
-    @njit(cache=False)  # compiled here, under the checks
-    def probe(a, i):
-        return a[i]
-
-    with pytest.raises(IndexError):  # the check is on: an out-of-range read raises
-        probe(np.zeros(1, np.uint8), 3)
+    require_checks_on()  # the check is on: an out-of-range read raises
     with pytest.raises(IndexError):  # and on the intrinsics' raw loads (check_span)
         equal_bytes(np.zeros(8, np.uint8), 1, np.zeros(8, np.uint8), 0, 8)
     start = time.monotonic()
@@ -68,12 +61,7 @@ def test_sensor_stays_in_bounds_on_hostile_traffic(tmp_path: Path) -> None:
         pytest.skip(f"{PCAPS} not available (the shared captures beside the repo)")
     captures = sorted(str(p) for p in (PCAPS / "malformed").iterdir() if p.is_file())
     captures += [str(PCAPS / name) for name in MANIFEST] + [str(FRAGMENTS)]
-    env = dict(os.environ, NUMBA_BOUNDSCHECK="1", NUMBA_CACHE_DIR=str(tmp_path / "numba"),
-               PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), str(REPO),
-                                           os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run([sys.executable, "-X", "faulthandler", "-c", SCRIPT, str(EXAMPLES),
-                           *captures], env=env, capture_output=True, text=True, timeout=1200,
-                          cwd=tmp_path)
+    done = run_checked(SCRIPT, [str(EXAMPLES), *captures], tmp_path, timeout_s=1200)
     # a crash in a kernel is a signal (faulthandler prints where), not an exception
     died = f"killed by {signal.Signals(-done.returncode).name}: " if done.returncode < 0 else ""
     assert done.returncode == 0, died + done.stderr[-4000:]

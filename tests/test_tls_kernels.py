@@ -6,15 +6,12 @@ kernel index outside its arrays on hostile bytes."""
 
 from __future__ import annotations
 
-import os
 import struct
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import tls_reference as reference
+from bounds_check import run_checked
 from conftest import shared_pcap
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -240,19 +237,13 @@ def test_analyzer_events_and_counters_match_reference(name):
 # --- bounds: the compiled kernels under NUMBA_BOUNDSCHECK -----------------------------------------
 
 BOUNDS_SCRIPT = textwrap.dedent("""
-    import numpy as np, pytest
+    import numpy as np
     from hypothesis import HealthCheck, given, settings
-    from hypothesis import strategies as st
-    from pipeline.jit import njit
+    from bounds_check import require_checks_on
     from sensors import tls
     import test_tls_kernels as t
 
-    @njit(cache=False)  # compiled here, under the checks
-    def probe(a, i):
-        return a[i]
-
-    with pytest.raises(IndexError):  # the check is on: an out-of-range read raises
-        probe(np.zeros(1, np.uint8), 3)
+    require_checks_on()  # the check is on: an out-of-range read raises
 
     @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
     @given(t.client_streams(), t.server_streams())
@@ -278,10 +269,6 @@ BOUNDS_SCRIPT = textwrap.dedent("""
 def test_kernels_stay_in_bounds_on_hostile_bytes(tmp_path):
     """A fresh process compiles the kernels with bounds checks (own numba cache dir, so the
     unchecked cached code is not reused) and feeds each kernel one direction's exact bytes."""
-    env = dict(os.environ, NUMBA_BOUNDSCHECK="1", NUMBA_CACHE_DIR=str(tmp_path / "numba"),
-               PYTHONPATH=os.pathsep.join([str(Path(__file__).parent),
-                                           os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run([sys.executable, "-c", BOUNDS_SCRIPT], env=env, capture_output=True,
-                          text=True, timeout=600, cwd=tmp_path)
+    done = run_checked(BOUNDS_SCRIPT, [], tmp_path, timeout_s=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "bounds ok" in done.stdout
