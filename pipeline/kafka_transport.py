@@ -944,6 +944,46 @@ def _confluent_consumer(config: KafkaConfig, topics: Sequence[str], group_id: st
     return consumer
 
 
+def _keep_finished_joins(consumer: KafkaConsumer) -> None:
+    """kafka-python: a JoinGroup/SyncGroup attempt that finished while no poll() waited
+    for it is applied by the next poll instead of being thrown away.
+
+    Why: kafka-python 3.0.12 runs the attempt as a task that a poll() awaits; a poll
+    that times out leaves it running, and the next poll starts a new attempt (a new
+    JoinGroup) when the task is already done, without applying its result. A member
+    whose attempt ends while it is outside poll() (busy with a batch, or polling
+    another consumer) rejoins again and again, reading its old partitions all along:
+    a worker gave its second partition up 30 to 175 s after a newcomer joined
+    (docs/kafka.md, "Clients"). The finished attempt's assignment is kept until
+    applied, and handed to the next attempt once instead of a new JoinGroup, if the
+    generation it was joined under is still the member's. Private attributes, read
+    defensively: a kafka-python without them is left alone."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    join = getattr(coordinator, "_do_join_and_sync_async", None)
+    complete = getattr(coordinator, "_on_join_complete_async", None)
+    if join is None or complete is None or not hasattr(coordinator, "_generation"):
+        return
+    kept: list[tuple[object, bytes]] = []  # (generation, assignment) not applied yet
+
+    async def join_and_sync() -> bytes:
+        if kept:
+            generation, assignment = kept.pop()  # once: a stale one must not loop
+            if generation is coordinator._generation:
+                log.debug("group %s: applying the join that finished between polls",
+                          coordinator.group_id)
+                return assignment
+        assignment = await join()
+        kept[:] = [(coordinator._generation, assignment)]
+        return assignment
+
+    async def on_join_complete(*args: object, **kwargs: object) -> object:
+        kept.clear()  # applied
+        return await complete(*args, **kwargs)
+
+    coordinator._do_join_and_sync_async = join_and_sync
+    coordinator._on_join_complete_async = on_join_complete
+
+
 class BatchConsumer:
     """A group member that hands out records in batches and commits only on request.
 
@@ -992,6 +1032,7 @@ class BatchConsumer:
                 bootstrap_timeout_ms=int(bootstrap_timeout_s * 1000))
         except kafka_errors.KafkaError as exc:
             raise TransportError(f"cannot reach Kafka at {config.bootstrap}: {exc}") from None
+        _keep_finished_joins(self._consumer)
 
     def poll_batch(self, timeout_s: float = 1.0, max_records: int | None = None) -> list[Record]:
         """Up to `max_records` records (partition order kept), waiting up to `timeout_s`."""
