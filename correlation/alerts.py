@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Sequence
 
 import numpy as np
+import orjson
 
 from correlation.detector import Evidence, Finding, Rule
 from correlation.evidence_rows import expect_described
@@ -230,6 +231,81 @@ def _document(finding: Finding, ev: Evidence, first_seen: str, last_seen: str,
     if ev.ecs:
         _merge(doc, ev.ecs)
     return doc
+
+
+# --- versions of one alert (an idle evaluation, then its window's close) ---------------------
+
+# Marks of a version, set on the document after its fingerprint was taken.
+OPEN_WINDOW = "open_window"  # cirtsa.alert.open_window: judged while its window was open
+REVISION = "revision"  # cirtsa.alert.revision: n-th replacement of an earlier version
+
+
+def fingerprint(doc: dict) -> bytes:
+    """A digest of the alert's content (key order ignored): equal iff the documents are.
+    Why a digest: the engine keeps one per alert emitted from an open window until the
+    window closes, not the document."""
+    return hashlib.blake2b(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS
+                                        | orjson.OPT_SERIALIZE_NUMPY), digest_size=16).digest()
+
+
+def mark_version(doc: dict, previous: tuple[bytes, int] | None, *,
+                 open_window: bool) -> tuple[bytes, int] | None:
+    """Mark `doc` as a version of its alert; return its (fingerprint, revision), or None
+    when it repeats `previous` (the last version emitted: its fingerprint and revision),
+    i.e. when nothing would change for a reader.
+
+    The first version is revision 0 (no `revision` field); each later one that differs
+    counts up (`cirtsa.alert.revision`: n) and replaces the earlier ones (same
+    `event.id`). `open_window` marks a document judged before its window closed."""
+    digest = fingerprint(doc)
+    if previous is not None and previous[0] == digest:
+        return None
+    revision = 0 if previous is None else previous[1] + 1
+    alert = doc["cirtsa"]["alert"]
+    if open_window:
+        alert[OPEN_WINDOW] = True
+    if revision:
+        alert[REVISION] = revision
+    return digest, revision
+
+
+def version_rank(doc: dict) -> tuple[int, int]:
+    """The order of an alert's versions: a document judged on its closed window outranks
+    every one judged on an open window, then the higher revision wins. A sink keeps the
+    highest (an older version delivered late, e.g. after an outage, changes nothing)."""
+    alert = (doc.get("cirtsa") or {}).get("alert")
+    if not isinstance(alert, dict):
+        return (1, 0)
+    revision = alert.get(REVISION, 0)
+    return (0 if alert.get(OPEN_WINDOW) else 1,
+            revision if isinstance(revision, int) and not isinstance(revision, bool) else 0)
+
+
+def is_revision(doc: dict) -> bool:
+    """The document replaces an earlier version of its alert (same `event.id`)."""
+    return version_rank(doc)[1] > 0
+
+
+def latest_versions(docs: Sequence[dict]) -> list[dict]:
+    """One document per `event.id`, the highest version (version_rank; a tie: the later),
+    in the order the ids first came: what a reader of sa.alerts or an alert file keeps."""
+    latest: dict[object, dict] = {}
+    for doc in docs:
+        doc_id = (doc.get("event") or {}).get("id")
+        kept = latest.get(doc_id)
+        if kept is None or version_rank(doc) >= version_rank(kept):
+            latest[doc_id] = doc
+    return list(latest.values())
+
+
+def without_version_marks(doc: dict) -> dict:
+    """The document without `cirtsa.alert.open_window`/`revision` (a shallow copy down to
+    cirtsa.alert): the alert's content, as fingerprint() sees it."""
+    alert = (doc.get("cirtsa") or {}).get("alert")
+    if not isinstance(alert, dict) or not {OPEN_WINDOW, REVISION} & alert.keys():
+        return doc
+    kept = {k: v for k, v in alert.items() if k not in (OPEN_WINDOW, REVISION)}
+    return {**doc, "cirtsa": {**doc["cirtsa"], "alert": kept}}
 
 
 def _merge(doc: dict, extra: dict) -> None:

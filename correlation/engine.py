@@ -31,7 +31,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from correlation.alerts import build_alerts, gc_paused
+from correlation.alerts import build_alerts, gc_paused, is_revision, mark_version
 from correlation.arrival_memo import rows_in_range
 from correlation.detector import (
     NS_PER_S,
@@ -641,9 +641,10 @@ class _DetectorState:
         # a row is late iff t < end(next_k - 1); no row can be before any window closed
         self.late_before = _NEVER
         self.last_alert: dict[tuple[str, str], int] = {}  # (rule, key) -> window start
-        # (window start, rule, key) of alerts emitted from windows still open
-        # (evaluate_open): not emitted again when those windows are evaluated again
-        self.emitted_open: set[tuple] = set()
+        # (window start, rule, key) -> (fingerprint, revision) of the last version emitted
+        # of alerts found in windows still open (evaluate_open): a later evaluation of
+        # those windows emits them again only as a revision, when their document changed
+        self.emitted_open: dict[tuple, tuple[bytes, int]] = {}
         # earliest start + span among last_alert: nothing is forgotten before that horizon
         self.forget_at = _FOREVER
 
@@ -756,11 +757,13 @@ class CorrelationEngine:
         pause, and the events after it came late to closed windows: an alert split in
         two halves below the threshold never came. Here the windows stay open: events
         within the allowed lateness still join them, and they are judged again (with
-        every event) when the watermark closes them. An alert emitted here is not emitted
-        again by a later evaluation of its window (same id: rule, key, window start);
-        one found only with the later events comes then. Suppression is previewed on a
-        copy of its memory: its decisions are taken when the windows close, in window
-        order, as without idle evaluations."""
+        every event) when the watermark closes them. An alert emitted here comes again
+        from a later evaluation of its window (same id: rule, key, window start) only as
+        a revision, when more events changed its document (`cirtsa.alert.revision`; it
+        replaces the earlier version); one found only with the later events comes then.
+        The documents emitted here carry `cirtsa.alert.open_window: true`. Suppression
+        is previewed on a copy of its memory: its decisions are taken when the windows
+        close, in window order, as without idle evaluations."""
         alerts = []
         with gc_paused():  # as in push
             for state in self._states:
@@ -794,10 +797,7 @@ class CorrelationEngine:
         findings = state.detector.probe().detect(rows, WindowRange(spec, first_k, last_k))
         span = max(state.detector.suppress_ns, spec.size_ns)
         kept, _ = _unsuppressed(findings, dict(state.last_alert), span)
-        fresh = [f for f in kept if _finding_order(f) not in state.emitted_open]
-        state.emitted_open.update(map(_finding_order, fresh))
-        return (list(zip(map(_finding_order, fresh), build_alerts(fresh), strict=True))
-                if fresh else [])
+        return _versions(state, kept, open_window=True)
 
     def _buffer(self, store: _SharedBuffer, batch: EventBatch, earliest: int) -> None:
         """Buffer the rows each consuming detector selects (earliest: the batch's first
@@ -869,11 +869,13 @@ class CorrelationEngine:
         horizon = int(spec.start(state.next_k))  # rows before it belong to closed windows only
         # Build the alerts now: findings describe themselves from views of the buffers.
         kept = self._suppress(state, findings, horizon)
-        if state.emitted_open:  # emitted already while their windows were open
-            kept = [f for f in kept if _finding_order(f) not in state.emitted_open]
-            state.emitted_open = {o for o in state.emitted_open if o[0] >= horizon}
-        alerts = (list(zip(map(_finding_order, kept), build_alerts(kept), strict=True))
-                  if kept else [])
+        if state.emitted_open:  # some emitted already while their windows were open
+            alerts = _versions(state, kept, open_window=False)
+            state.emitted_open = {o: v for o, v in state.emitted_open.items()
+                                  if o[0] >= horizon}
+        else:
+            alerts = (list(zip(map(_finding_order, kept), build_alerts(kept), strict=True))
+                      if kept else [])
         for _, store, u, _ in state.inputs:
             if store.held[u]:
                 # Release only when it frees a good share: detectors skip stale rows anyway
@@ -911,7 +913,11 @@ class CorrelationEngine:
 
     def _emit(self, alerts: list[tuple[tuple, dict]]) -> list[dict]:
         self.stats["rows_buffered"] = sum(sum(s.held) for s in self._stores.values())
-        self.stats["alerts_out"] += len(alerts)
+        # a revision replaces an alert already counted: not a second alert (KPIs)
+        revised = sum(1 for _, alert in alerts if is_revision(alert)) if alerts else 0
+        self.stats["alerts_out"] += len(alerts) - revised
+        if revised:
+            self.stats["alerts_revised"] = self.stats.get("alerts_revised", 0) + revised
         return [alert for _, alert in sorted(alerts, key=lambda pair: pair[0])]
 
 
@@ -944,6 +950,30 @@ def _unsuppressed(findings: list[Finding], last_alert: dict[tuple[str, str], int
         last_alert[key] = f.window_start
         kept.append(f)
     return kept, len(findings) - len(kept)
+
+
+def _versions(state: _DetectorState, kept: list[Finding], *,
+              open_window: bool) -> list[tuple[tuple, dict]]:
+    """(order, alert) of the findings whose document is new or changed since the version
+    emitted from their open window (then a revision of it, same id); `state.emitted_open`
+    remembers the versions emitted from open windows (open_window)."""
+    if not kept:
+        return []
+    out = []
+    emitted = state.emitted_open
+    for f, doc in zip(kept, build_alerts(kept), strict=True):  # alerts: few
+        order = _finding_order(f)
+        previous = emitted.get(order)
+        if previous is None and not open_window:
+            out.append((order, doc))  # never emitted open: the alert as ever
+            continue
+        version = mark_version(doc, previous, open_window=open_window)
+        if version is None:
+            continue  # the same document as emitted already
+        if open_window:
+            emitted[order] = version
+        out.append((order, doc))
+    return out
 
 
 def _finding_order(f: Finding) -> tuple:

@@ -183,6 +183,10 @@ CIRTSA_ALERT: dict[str, str] = {
     "cirtsa.alert.window.end": "date",
     "cirtsa.alert.event_count": "long",
     "cirtsa.alert.severity_label": "keyword",
+    # versions of one alert (correlation/alerts.py mark_version): judged while its window
+    # was open (an idle flush), and the n-th replacement of an earlier version (same id)
+    "cirtsa.alert.open_window": "boolean",
+    "cirtsa.alert.revision": "long",
     "cirtsa.detector": "keyword",
     "cirtsa.incident.id": "keyword",
     "cirtsa.observers.name": "keyword",  # every sensor that saw the evidence

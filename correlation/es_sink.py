@@ -12,6 +12,13 @@ Contract (docs/elasticsearch.md, "Delivery"):
 - Past that budget `write` raises `ElasticsearchUnavailable` and drops nothing: the caller
   keeps the batch, does not commit, and delivers it again later (Kafka is the spool). Because
   the document id is the stable alert id, a re-delivery never creates a second document.
+- Versions of one alert (an alert emitted from an open window, then its revision at the
+  close: same `event.id`, correlation/alerts.py `version_rank`): the highest version is
+  kept. A create answered 409 by an alert that may outrank the stored one is re-read
+  (`_mget`) and, when it does, written over it with `if_seq_no`/`if_primary_term`,
+  keeping the analyst's lifecycle fields (`cirtsa.alert.status`, `.history`, ...); an
+  older or equal version changes nothing (a duplicate), so a re-delivery stays
+  idempotent and a late older version never overwrites a newer one.
 """
 
 from __future__ import annotations
@@ -24,9 +31,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from elastic_transport import TransportError
-from elasticsearch import Elasticsearch
+from elasticsearch import ApiError, Elasticsearch
 from elasticsearch.helpers import streaming_bulk
 
+from correlation.alerts import version_rank
 from correlation.es_setup import ALERTS_ALIAS, HEALTH_ALIAS, INCIDENTS_ALIAS, lifecycle_fields
 
 log = logging.getLogger(__name__)
@@ -78,6 +86,13 @@ def _log_dead_letter(doc: dict, reason: str) -> None:
 # The analyst-owned keys under cirtsa.incident (status, history, contained_at, ...).
 _LIFECYCLE_KEYS = frozenset(path.split(".")[2] for path in lifecycle_fields("cirtsa.incident")
                             if path.count(".") == 2)
+# ... and under cirtsa.alert (the same names)
+_ALERT_LIFECYCLE_KEYS = frozenset(path.split(".")[2] for path in lifecycle_fields("cirtsa.alert")
+                                  if path.count(".") == 2)
+_LOWEST_RANK = (0, 0)  # the first version judged on an open window: outranks nothing
+# rounds of re-reading an alert whose replacement met a concurrent write (an analyst's
+# status change between the read and the write): past them, the batch is not acknowledged
+_MAX_SUPERSEDE_ROUNDS = 5
 
 
 def _without_lifecycle(doc: dict) -> dict:
@@ -89,6 +104,21 @@ def _without_lifecycle(doc: dict) -> dict:
     kept = {k: v for k, v in incident.items()
             if k not in _LIFECYCLE_KEYS or (k == "status" and v == "merged")}
     return {**doc, "cirtsa": {**doc["cirtsa"], "incident": kept}}
+
+
+def _with_stored_lifecycle(doc: dict, stored: dict) -> dict:
+    """The alert `doc` with the analyst's lifecycle fields of the `stored` version: a
+    newer version replaces the detection fields, never the triage."""
+    stored_alert = (stored.get("cirtsa") or {}).get("alert")
+    if not isinstance(stored_alert, dict):
+        return doc
+    kept = {k: v for k, v in stored_alert.items() if k in _ALERT_LIFECYCLE_KEYS}
+    if not kept:
+        return doc
+    cirtsa = doc.get("cirtsa") if isinstance(doc.get("cirtsa"), dict) else {}
+    alert = cirtsa.get("alert") if isinstance(cirtsa.get("alert"), dict) else {}
+    alert = {k: v for k, v in alert.items() if k not in _ALERT_LIFECYCLE_KEYS}
+    return {**doc, "cirtsa": {**cirtsa, "alert": {**alert, **kept}}}
 
 
 def _event_id(doc: dict) -> str | None:
@@ -188,8 +218,30 @@ class ElasticsearchSink:
         self.totals = WriteResult()  # cumulative over the sink's life (metrics)
 
     def write(self, alerts: list[dict]) -> WriteResult:
-        """Index alerts exactly once: a second write of the same `event.id` is a duplicate."""
-        return self._write(alerts, self.alerts_index, "create")
+        """Index alerts exactly once: a second write of the same `event.id` is a duplicate,
+        unless it is a newer version of the alert (a revision, or a document judged on a
+        closed window over one judged on an open window): then it replaces the stored
+        detection fields and keeps the lifecycle fields (counted as `updated`)."""
+        started = time.monotonic()
+        result = WriteResult()
+        contested: list[tuple[str, dict]] = []  # created already: maybe an older version
+        try:
+            pending = self._prepare(alerts, "create", result)
+            self._send(pending, self.alerts_index, "create", result, started, len(alerts),
+                       contested=contested)
+            rounds = 0
+            while contested:
+                rounds += 1
+                if rounds > _MAX_SUPERSEDE_ROUNDS:
+                    raise ElasticsearchUnavailable(
+                        f"{len(contested)} alert version(s) met concurrent writes "
+                        f"{_MAX_SUPERSEDE_ROUNDS} times; nothing was dropped: keep the batch "
+                        "and retry later", [doc for _, doc in contested], result)
+                contested = self._supersede(contested, result, started, len(alerts))
+        except ElasticsearchWriteError as exc:
+            exc.result = self._finish(result, started)
+            raise
+        return self._finish(result, started)
 
     def write_incidents(self, incidents: list[dict]) -> WriteResult:
         """Upsert incidents by `event.id` (the latest state replaces the stored one; with
@@ -211,7 +263,8 @@ class ElasticsearchSink:
     def _prepare(self, docs: list[dict], op_type: str,
                  result: WriteResult) -> list[tuple[str, dict]]:
         """(id, doc) pairs to send: docs without an id are dead-lettered, repeated ids in
-        one batch are sent once (create: first wins; index: last state wins)."""
+        one batch are sent once (create: the highest alert version, the first of equal
+        ones; index: last state wins)."""
         by_id: dict[str, dict] = {}
         for doc in docs:
             doc_id = _event_id(doc)
@@ -221,7 +274,7 @@ class ElasticsearchSink:
                 continue
             if doc_id in by_id:
                 result.duplicates += 1
-                if op_type == "create":
+                if op_type == "create" and version_rank(doc) <= version_rank(by_id[doc_id]):
                     continue
             by_id[doc_id] = doc
         return list(by_id.items())
@@ -232,10 +285,21 @@ class ElasticsearchSink:
         if len(result.dead_letter_reasons) < 100:
             result.dead_letter_reasons.append(reason)
 
-    def _actions(self, pending: list[tuple[str, dict]], index: str,
-                 op_type: str) -> Iterator[dict]:
+    def _actions(self, pending: list[tuple[str, dict]], index: str, op_type: str,
+                 stored: dict[str, dict] | None = None) -> Iterator[dict]:
         for doc_id, doc in pending:
-            if op_type == "update":
+            if op_type == "replace":
+                # a newer alert version: over the stored one read at _seq_no (a concurrent
+                # write, e.g. an analyst's, answers 409: read again), or created if none
+                hit = (stored or {}).get(doc_id)
+                if hit is None:
+                    yield {"_op_type": "create", "_index": index, "_id": doc_id,
+                           "_source": doc}
+                else:
+                    yield {"_op_type": "index", "_index": index, "_id": doc_id,
+                           "if_seq_no": hit["_seq_no"], "if_primary_term": hit["_primary_term"],
+                           "_source": _with_stored_lifecycle(doc, hit.get("_source") or {})}
+            elif op_type == "update":
                 # retry_on_conflict: an analyst's status change may land between ES's
                 # internal get and write of this partial update.
                 yield {"_op_type": "update", "_index": index, "_id": doc_id,
@@ -244,10 +308,10 @@ class ElasticsearchSink:
             else:
                 yield {"_op_type": op_type, "_index": index, "_id": doc_id, "_source": doc}
 
-    def _bulk(self, pending: list[tuple[str, dict]], index: str,
-              op_type: str) -> Iterable[tuple[bool, dict]]:
+    def _bulk(self, pending: list[tuple[str, dict]], index: str, op_type: str,
+              stored: dict[str, dict] | None = None) -> Iterable[tuple[bool, dict]]:
         return streaming_bulk(
-            self.client, self._actions(pending, index, op_type),
+            self.client, self._actions(pending, index, op_type, stored),
             chunk_size=self.chunk_size, max_chunk_bytes=self.max_chunk_bytes,
             raise_on_error=False, raise_on_exception=False, max_retries=0, yield_ok=True,
             require_alias=True, refresh=self.refresh)
@@ -255,15 +319,28 @@ class ElasticsearchSink:
     def _write(self, docs: list[dict], index: str, op_type: str) -> WriteResult:
         started = time.monotonic()
         result = WriteResult()
-        pending = self._prepare(docs, op_type, result)
+        try:
+            pending = self._prepare(docs, op_type, result)
+            self._send(pending, index, op_type, result, started, len(docs))
+        except ElasticsearchWriteError as exc:
+            exc.result = self._finish(result, started)
+            raise
+        return self._finish(result, started)
+
+    def _send(self, pending: list[tuple[str, dict]], index: str, op_type: str,
+              result: WriteResult, started: float, total: int, *,
+              contested: list[tuple[str, dict]] | None = None,
+              stored: dict[str, dict] | None = None) -> None:
+        """Send `pending` until each is acknowledged (retries within the budget); the
+        alerts whose create or replacement met a stored version go to `contested`."""
         last_problem = ""
         while pending:
             result.attempts += 1
             retry: list[tuple[str, dict]] = []
             done = 0
             try:
-                for _ok, item in self._bulk(pending, index, op_type):
-                    outcome, problem = self._settle(item, pending[done], op_type, result)
+                for _ok, item in self._bulk(pending, index, op_type, stored):
+                    outcome, problem = self._settle(item, pending[done], result, contested)
                     if outcome == RETRY:
                         retry.append(pending[done])
                         last_problem = problem
@@ -271,8 +348,7 @@ class ElasticsearchSink:
                         rest = [doc for _, doc in retry + pending[done:]]
                         raise ElasticsearchWriteError(
                             f"Elasticsearch refused the bulk request: {problem}; "
-                            f"{len(rest)} document(s) not written", rest,
-                            self._finish(result, started))
+                            f"{len(rest)} document(s) not written", rest, result)
                     done += 1
             except TransportError as exc:
                 # Connection refused/reset, timeout: the chunk in flight and everything
@@ -289,20 +365,88 @@ class ElasticsearchSink:
             if result.attempts >= self.max_attempts or elapsed + delay > self.max_total_s:
                 rest = [doc for _, doc in pending]
                 raise ElasticsearchUnavailable(
-                    f"Elasticsearch did not acknowledge {len(rest)} of {len(docs)} document(s) "
+                    f"Elasticsearch did not acknowledge {len(rest)} of {total} document(s) "
                     f"after {result.attempts} attempt(s) in {elapsed:.1f} s (last problem: "
                     f"{last_problem}); nothing was dropped: keep the batch and retry later",
-                    rest, self._finish(result, started))
+                    rest, result)
             log.warning("elasticsearch: %d document(s) not acknowledged (%s); retry %d in "
                         "%.2f s", len(pending), last_problem, result.attempts, delay)
             self._sleep(delay)
-        return self._finish(result, started)
 
-    def _settle(self, item: dict, sent: tuple[str, dict], op_type: str,
-                result: WriteResult) -> tuple[str, str]:
-        """Account one item response; returns (outcome, problem text for retries)."""
+    def _supersede(self, contested: list[tuple[str, dict]], result: WriteResult,
+                   started: float, total: int) -> list[tuple[str, dict]]:
+        """One round over alerts answered 409 (counted as duplicates): read the stored
+        versions; write each alert that outranks its stored version over it (or create
+        it when gone). Returns the alerts that met a concurrent write (read again)."""
+        stored = self._mget([doc_id for doc_id, _ in contested], result, started, total,
+                            [doc for _, doc in contested])
+        newer = [(doc_id, doc) for doc_id, doc in contested
+                 if doc_id not in stored
+                 or version_rank(doc) > version_rank(stored[doc_id].get("_source") or {})]
+        if not newer:
+            return []  # every stored version is as new: duplicates indeed
+        round_result = WriteResult()
+        again: list[tuple[str, dict]] = []
+        try:
+            self._send(newer, self.alerts_index, "replace", round_result, started, total,
+                       contested=again, stored=stored)
+        finally:  # (also when the budget ran out: the counts stay exact)
+            for name in ("created", "updated", "dead_lettered"):
+                moved = getattr(round_result, name)
+                setattr(result, name, getattr(result, name) + moved)
+                result.duplicates -= moved  # it was counted a duplicate at the 409
+            result.attempts += round_result.attempts
+            result.retried += round_result.retried
+            result.dead_letter_reasons += round_result.dead_letter_reasons
+        return again
+
+    def _mget(self, ids: list[str], result: WriteResult, started: float, total: int,
+              docs: list[dict]) -> dict[str, dict]:
+        """{id: hit with _source, _seq_no, _primary_term} of the stored alerts among ids,
+        read in chunks; connection failures and 5xx retried within the budget."""
+        found: dict[str, dict] = {}
+        for at in range(0, len(ids), self.chunk_size):
+            chunk = ids[at:at + self.chunk_size]
+            attempt = 0
+            while True:
+                attempt += 1
+                try:
+                    resp = self.client.mget(index=self.alerts_index, ids=chunk)
+                    break
+                except TransportError as exc:
+                    problem = f"{type(exc).__name__}: {exc}"
+                except ApiError as exc:
+                    if exc.status_code != 429 and exc.status_code < 500:
+                        raise ElasticsearchWriteError(
+                            f"Elasticsearch refused to read stored alert versions: {exc}",
+                            docs, result) from None
+                    problem = f"HTTP {exc.status_code} {exc}"
+                elapsed = time.monotonic() - started
+                delay = self._backoff(attempt)
+                if attempt >= self.max_attempts or elapsed + delay > self.max_total_s:
+                    raise ElasticsearchUnavailable(
+                        f"Elasticsearch did not answer the read of {len(ids)} stored alert "
+                        f"version(s) of {total} document(s) after {attempt} attempt(s) "
+                        f"(last problem: {problem}); nothing was dropped: keep the batch and "
+                        "retry later", docs, result)
+                self._sleep(delay)
+            for hit in resp.body.get("docs", []):
+                if hit.get("found"):
+                    found[hit["_id"]] = hit
+        return found
+
+    def _settle(self, item: dict, sent: tuple[str, dict], result: WriteResult,
+                contested: list[tuple[str, dict]] | None = None) -> tuple[str, str]:
+        """Account one item response; returns (outcome, problem text for retries). With
+        `contested`, a 409 of an alert that may outrank the stored version goes there."""
         (item_op, info), = item.items()
         outcome = classify(item_op, info)
+        if contested is not None and info.get("status") == 409:
+            if item_op == "index":  # a replacement met a concurrent write: read again
+                contested.append(sent)
+                return DUPLICATE, ""
+            if version_rank(sent[1]) > _LOWEST_RANK:  # the stored version may be older
+                contested.append(sent)
         if outcome == CREATED:
             result.created += 1
         elif outcome == UPDATED:

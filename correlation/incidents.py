@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from correlation.alerts import ECS_VERSION, RULESET, gc_paused
+from correlation.alerts import ECS_VERSION, RULESET, gc_paused, version_rank
 from correlation.alerts import iso_ns as ns_to_iso  # pipeline.schema's, memoized per second
 from pipeline.intel import ATTACK_TACTICS
 
@@ -111,6 +111,7 @@ class _Member:
     sensors: list[str]
     segments: list[str]
     port: int | None
+    rank: tuple[int, int] = (1, 0)  # the alert's version (correlation.alerts.version_rank)
 
     @classmethod
     def of(cls, alert: Mapping) -> _Member:
@@ -135,6 +136,7 @@ class _Member:
             segments=sorted({*_list(observer.get("ingress", {}).get("zone")),
                              *_list(cirtsa_obs.get("zone"))}),
             port=alert.get("destination", {}).get("port"),
+            rank=version_rank(alert),
         )
 
     def entities(self) -> list[str]:
@@ -165,7 +167,9 @@ class IncidentBuilder:
         # alert that named the entity (quadratic when thousands of alerts hit one victim)
         self._entity: dict[str, dict[int, list[int]]] = {}
         self._next = 0
-        self.stats = {"alerts_in": 0, "incidents": 0, "merged": 0, "evicted": 0}
+        # alerts_in counts alerts, not versions: a revision (same id) is in "revised"
+        self.stats = {"alerts_in": 0, "incidents": 0, "merged": 0, "evicted": 0,
+                      "revised": 0}
 
     def add(self, alerts: list[dict]) -> list[dict]:
         with gc_paused():  # thousands of small acyclic objects in a burst: see gc_paused
@@ -176,10 +180,19 @@ class IncidentBuilder:
         merged_docs: list[dict] = []
         for alert in alerts:  # alerts are few: a loop is fine
             member = _Member.of(alert)
-            if member.id in self._of_alert:
-                continue  # a replayed alert (same stable id) changes nothing
-            self.stats["alerts_in"] += 1
-            linked = self._linked(member)
+            was = self._of_alert.get(member.id)
+            if was is None:
+                self.stats["alerts_in"] += 1
+                linked = self._linked(member)
+            else:
+                # the alert again (same stable id): a replay changes nothing; a newer
+                # version of it (more evidence: times, severity) replaces its member
+                old = self._incidents[was].members[member.id]
+                if old == member or member.rank < old.rank:  # (an older version: late)
+                    continue
+                self.stats["revised"] += 1
+                self._forget_member(was, member.id)
+                linked = self._linked(member) | {was}
             handle = min(linked) if linked else self._new()
             incident = self._incidents[handle]
             for other in sorted(linked - {handle}):  # merge into the oldest handle
@@ -237,6 +250,15 @@ class IncidentBuilder:
                                              or _any_within(starts, member.end, h)):
                     linked.add(handle)
         return linked
+
+    def _forget_member(self, handle: int, alert_id: str) -> None:
+        """Take an alert's member out of its incident's entity index (it stays a member
+        until replaced: the incident keeps its handle and its other links)."""
+        old = self._incidents[handle].members[alert_id]
+        for e in old.entities():
+            starts = self._entity.get(e, {}).get(handle)
+            if starts:
+                starts.pop(bisect_left(starts, old.start))
 
     def _new(self) -> int:
         self._next += 1

@@ -35,6 +35,7 @@ from typing import IO, Any, Protocol
 
 import orjson
 
+from correlation.alerts import is_revision
 from correlation.detector import NS_PER_S
 from correlation.engine import CorrelationEngine, build_detectors, default_config, merge_config
 from fusion.stage import FusionStage
@@ -788,7 +789,12 @@ class CorrelationService:
                 return False
         if self.on_alerts is not None:
             self.on_alerts(alerts)
-        self.stats["alerts_out"] += len(alerts)
+        # a revision (same id, more evidence: correlation/alerts.py) replaces an alert
+        # delivered before: not a second alert
+        revised = sum(1 for alert in alerts if is_revision(alert))
+        self.stats["alerts_out"] += len(alerts) - revised
+        if revised:
+            self.stats["alerts_revised"] += revised
         return True
 
     def _commit(self, consumer: BatchConsumer) -> None:

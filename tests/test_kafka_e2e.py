@@ -23,6 +23,7 @@ import pytest
 from conftest import shared_pcap
 from kafka_fixtures import EVERY_KAFKA_CLIENT, consumer, require_broker_binary
 
+from correlation.alerts import latest_versions, without_version_marks
 from correlation.engine import CorrelationEngine
 from pipeline.broker import LocalBroker
 from pipeline.config import deep_merge, load_config
@@ -120,15 +121,21 @@ def test_kafka_path_gives_the_embedded_alerts(broker, tmp_path, kafka_client,
         with SpoolingProducer(kafka, tmp_path / "spool") as producer:
             assert publish_captures(paths, config, producer) > 0
             assert producer.flush(30)
-        want = {a["event"]["id"] for a in expected}
-        wait_for(lambda: want <= {a["event"]["id"] for a in alerts})
+        want = {a["event"]["id"]: orjson.loads(orjson.dumps(a)) for a in expected}
+        # until the last version of each alert is the whole window's (an idle flush in
+        # mid-stream may emit an alert judged on part of it: a revision follows)
+        wait_for(lambda: {a["event"]["id"]: without_version_marks(a)
+                          for a in latest_versions(alerts)} == want)
     finally:
         correlation.close()
         fusion.close()
-    got = {a["event"]["id"]: a for a in alerts}
+    # the last version of each alert (an idle flush may emit one from a still open window,
+    # `cirtsa.alert.open_window`, and its close a revision: docs/kafka.md, "Idle input")
+    got = {a["event"]["id"]: a for a in latest_versions(alerts)}
     assert set(got) == {a["event"]["id"] for a in expected}
     for alert in expected:  # same documents, not only the same ids
-        assert got[alert["event"]["id"]] == orjson.loads(orjson.dumps(alert))
+        assert (without_version_marks(got[alert["event"]["id"]])
+                == orjson.loads(orjson.dumps(alert)))
     on_topic = read_topic(kafka, "sa.alerts", len(alerts))
     assert {r.key.decode() for r in on_topic} == set(got)
     assert all(orjson.loads(r.value)["event"]["id"] == r.key.decode() for r in on_topic)
