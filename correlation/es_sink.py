@@ -411,7 +411,9 @@ class ElasticsearchSink:
             while True:
                 attempt += 1
                 try:
-                    resp = self.client.mget(index=self.alerts_index, ids=chunk)
+                    # only what the rank and the kept lifecycle fields are read from
+                    resp = self.client.mget(index=self.alerts_index, ids=chunk,
+                                            source_includes=["cirtsa.alert"])
                     break
                 except TransportError as exc:
                     problem = f"{type(exc).__name__}: {exc}"
