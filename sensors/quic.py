@@ -21,7 +21,10 @@ QUIC version 2, RFC 9369, has its own salt, labels and Initial type bits). So th
    (Chrome splits a large ClientHello over two Initials and sends CRYPTO frames out of
    order), up to `max_bytes_per_conn` bytes per direction;
 4. parses the ClientHello and ServerHello with sensors/tls.py (the same JA3, JA3S, JA4 --
-   with JA4's "q" transport character -- ALPN and version names as TLS over TCP).
+   with JA4's "q" transport character -- ALPN and version names as TLS over TCP). After a
+   HelloRetryRequest the server's CRYPTO stream goes on with the real ServerHello (the
+   client's with its second ClientHello, same keys): the event waits for it and gives its
+   facts, the first ClientHello's fingerprints, as TLS over TCP does.
 
 A connection is its UDP 5-tuple (and VLAN) while its Initials are exchanged; the client is
 the sender of the first Initial that decrypts with keys of its own DCID. The server's
@@ -30,14 +33,19 @@ keys of the client's ORIGINAL DCID, which the connection keeps. A client Initial
 decrypts only with keys of its own (new) DCID starts the connection over (after a Retry, or
 a new connection from the same port).
 
-One "tls" event per connection whose ClientHello was read, emitted when the ServerHello is
-read, or when the connection idles (`idle_timeout_s`, event time), is evicted
+One "tls" event per connection whose ClientHello was read, emitted after the datagram in
+which the ServerHello (after a retry: the real one) or a CONNECTION_CLOSE frame is read, or
+when the connection idles (`idle_timeout_s`, event time), is evicted
 (`max_connections`, `max_bytes_total`; oldest activity first, counted) or the input ends.
 `established` is False: the handshake's end (Finished) is in Handshake packets, which an
 observer cannot decrypt (Zeek's ssl.log says F for QUIC too); `next_protocol` is empty for
 TLS 1.3 (ALPN is in EncryptedExtensions). The QUIC columns (`quic_version`,
 `quic_client_initial_dcid`, `quic_client_scid`, `quic_server_scid`, hex as in Zeek's
 quic.log) tell these events from TLS over TCP; their `network.protocol` is "quic".
+`quic_history` has Zeek's quic.log `history` letters (client's capitalized) of what the
+sensor reads up to the event: I (Initial that decrypts), S (a complete hello), H and Z
+(Handshake / 0-RTT packets coalesced after an Initial), C (CONNECTION_CLOSE in an Initial);
+Retry, short-header and other-version packets are not read (no R, O, U, X letters).
 
 Hostile input never raises: truncated packets, AEAD tag mismatches (wrong keys, damage) and
 unreadable frames or hellos are counted in `stats` and yield no event.
@@ -67,6 +75,7 @@ from sensors.tls import (
     MalformedTLS,
     cipher_name,
     curve_name,
+    is_retry,
     ja3_string,
     ja3s_string,
     ja4,
@@ -80,6 +89,7 @@ UDP = 17
 MAX_CID = 20  # RFC 9000 section 17.2: connection IDs of versions 1 and 2 are at most 20 bytes
 SAMPLE = 16  # header protection sample bytes (AES)
 MAX_PACKETS_PER_DATAGRAM = 8  # coalesced packets read from one datagram
+MAX_HISTORY = 100  # letters of `quic_history` kept (Zeek's QUIC::max_history_length)
 # The smallest IP datagram (IPv4 header + UDP header + 1200 bytes) a datagram with an Initial
 # comes in (RFC 9000 section 14.1; see initial_rows).
 MIN_IP_DATAGRAM = 20 + 8 + 1200
@@ -95,13 +105,15 @@ class Version:
     labels: tuple[bytes, bytes, bytes]  # key, iv, hp
     initial_type: int  # long-header type bits of an Initial packet
     retry_type: int
+    zero_rtt_type: int
+    handshake_type: int
 
 
 VERSIONS = {
     QUIC_V1: Version(QUIC_V1, "1", bytes.fromhex("38762cf7f55934b34d179ae6a4c80cadccbb7f0a"),
-                     (b"quic key", b"quic iv", b"quic hp"), 0, 3),
+                     (b"quic key", b"quic iv", b"quic hp"), 0, 3, 1, 2),
     QUIC_V2: Version(QUIC_V2, "2", bytes.fromhex("0dede3def700a6db819381be6e269dcbf9bd2ed9"),
-                     (b"quicv2 key", b"quicv2 iv", b"quicv2 hp"), 1, 0),
+                     (b"quicv2 key", b"quicv2 iv", b"quicv2 hp"), 1, 0, 2, 3),
 }
 
 
@@ -302,8 +314,15 @@ _NOT_ZERO = re.compile(b"[^\x00]")
 def crypto_frames(payload: bytes) -> tuple[list[tuple[int, bytes]], bool]:
     """((offset, data) of every CRYPTO frame, whether the parse stopped early: a frame type
     an Initial does not carry, or a frame that runs past the payload)."""
+    frames, stopped, _ = read_frames(payload)
+    return frames, stopped
+
+
+def read_frames(payload: bytes) -> tuple[list[tuple[int, bytes]], bool, bool]:
+    """crypto_frames' (frames, stopped), and whether a CONNECTION_CLOSE frame was read."""
     out: list[tuple[int, bytes]] = []
     pos, end = 0, len(payload)
+    closed = False
     try:
         while pos < end:
             ftype, pos = read_varint(payload, pos)
@@ -317,7 +336,7 @@ def crypto_frames(payload: bytes) -> tuple[list[tuple[int, bytes]], bool]:
                 offset, pos = read_varint(payload, pos)
                 size, pos = read_varint(payload, pos)
                 if pos + size > end:
-                    return out, True
+                    return out, True, closed
                 out.append((offset, payload[pos : pos + size]))
                 pos += size
             elif ftype in (FRAME_ACK, FRAME_ACK_ECN):
@@ -328,13 +347,14 @@ def crypto_frames(payload: bytes) -> tuple[list[tuple[int, bytes]], bool]:
                     _, pos = read_varint(payload, pos)  # frame type
                 size, pos = read_varint(payload, pos)
                 if pos + size > end:
-                    return out, True
+                    return out, True, closed
                 pos += size
+                closed = True
             else:
-                return out, True
+                return out, True, closed
     except Truncated:
-        return out, True
-    return out, False
+        return out, True, closed
+    return out, False, closed
 
 
 def _skip_ack(payload: bytes, pos: int, ecn: bool) -> int:
@@ -393,15 +413,18 @@ class CryptoStream:
         if new > 0:
             self.data += chunk[len(chunk) - new :]
 
-    def message(self, wanted: int) -> bytes | None:
-        """The first handshake message (header included) once it is complete, when it is
-        of type `wanted`; None otherwise."""
-        if len(self.data) < 4 or self.data[0] != wanted:
-            return None
-        size = int.from_bytes(self.data[1:4], "big")
-        if len(self.data) < 4 + size:
-            return None
-        return bytes(self.data[: 4 + size])
+    def messages(self) -> list[tuple[int, int, int]]:
+        """(type, start, end) of the complete handshake messages at the stream's start, in
+        order (a few: the stream holds at most `limit` bytes)."""
+        out = []
+        data, pos = self.data, 0
+        while pos + 4 <= len(data):
+            end = pos + 4 + int.from_bytes(data[pos + 1 : pos + 4], "big")
+            if end > len(data):
+                break
+            out.append((data[pos], pos, end))
+            pos = end
+        return out
 
     def release(self) -> None:
         self.data = bytearray()
@@ -432,10 +455,20 @@ class Connection:
     server_scid: bytes = b""
     server_seen: bool = False
     done: bool = False  # its event is out (or it can give none): later Initials are skipped
+    due: bool = False  # its event is to be made once the current datagram is read
+    server_done: bool = False  # the ServerHello is read (after a retry: the real one)
+    history: list[str] = field(default_factory=list)  # Zeek's quic.log letters, see add
+    hellos: list[int] = field(default_factory=lambda: [0, 0])  # complete hellos each way
     held: int = 0  # CRYPTO bytes held (both directions)
     client_hello: bytes = field(default=b"", repr=False)
     server_hello: bytes = field(default=b"", repr=False)
     _server: Keys | None = field(default=None, repr=False)
+
+    def add(self, letter: str, from_client: bool) -> None:
+        """A history letter (Zeek's quic.log `history`: client-sent capitalized), up to
+        MAX_HISTORY of them."""
+        if len(self.history) < MAX_HISTORY:
+            self.history.append(letter.upper() if from_client else letter)
 
     @property
     def server(self) -> Keys:
@@ -476,6 +509,7 @@ def event_fields(conn: Connection) -> dict[str, object] | None:
         "established": False, "curve": curve_name(hs.curve), "resumed": hs.resumed,
         "quic_version": conn.version.name, "quic_client_initial_dcid": conn.odcid.hex(),
         "quic_client_scid": conn.client_scid.hex(), "quic_server_scid": conn.server_scid.hex(),
+        "quic_history": "".join(conn.history),
     }
 
 
@@ -494,6 +528,7 @@ class QuicAnalyzer(Analyzer):
         self.connections: OrderedDict[tuple, Connection] = OrderedDict()
         self.held = 0  # CRYPTO bytes held over all connections
         self._ready: list[Connection] = []  # connections whose event is due
+        self._due: list[Connection] = []  # ... once the current datagram is read
 
     # -- the Analyzer interface --
 
@@ -520,6 +555,13 @@ class QuicAnalyzer(Analyzer):
     # -- one datagram --
 
     def _datagram(self, packets: DecodedPackets, row: int, data: np.ndarray) -> None:
+        self._walk(packets, row, data)
+        if self._due:  # after the whole datagram: its later packets are in their history
+            due, self._due = self._due, []
+            for conn in due:
+                self._finish(conn)
+
+    def _walk(self, packets: DecodedPackets, row: int, data: np.ndarray) -> None:
         start = int(packets.payload_offset[row])
         dgram = data[start : start + int(packets.payload_len[row])].tobytes()
         ts = int(packets.ts_ns[row])
@@ -543,7 +585,19 @@ class QuicAnalyzer(Analyzer):
                 self._initial(dgram[pos : header.end], header, ts, forward, reverse)
             else:
                 self._count("quic_other_long_header")
+                self._other_packet(header, forward, reverse)
             pos = header.end
+
+    def _other_packet(self, header: LongHeader, forward: tuple, reverse: tuple) -> None:
+        """A Handshake or 0-RTT packet after an Initial in a datagram: its history letter."""
+        letter = {header.version.handshake_type: "h",
+                  header.version.zero_rtt_type: "z"}.get(header.kind)
+        conn = self.connections.get(forward)
+        from_client = conn is not None
+        if conn is None:
+            conn = self.connections.get(reverse)
+        if letter and conn is not None and not conn.done and conn.version is header.version:
+            conn.add(letter, from_client)
 
     def _initial(self, packet: bytes, header: LongHeader, ts: int, forward: tuple,
                  reverse: tuple) -> None:
@@ -567,6 +621,7 @@ class QuicAnalyzer(Analyzer):
             if plain is not None:
                 self._count("quic_initials_decrypted")
                 self._touch(forward, conn, ts)
+                conn.add("i", True)
                 self._frames(conn, 0, plain[1])
                 return
         self._new_connection(packet, header, ts, forward)
@@ -595,6 +650,7 @@ class QuicAnalyzer(Analyzer):
         self._count("quic_connections")
         self._make_room(1)
         self.connections[forward] = conn
+        conn.add("i", True)
         self._frames(conn, 0, plain[1])
 
     def _server_initial(self, conn: Connection, packet: bytes, header: LongHeader, ts: int,
@@ -610,10 +666,11 @@ class QuicAnalyzer(Analyzer):
         if not conn.server_seen:
             conn.server_seen = True
             conn.server_scid = header.scid
+        conn.add("i", False)
         self._frames(conn, 1, plain[1])
 
     def _frames(self, conn: Connection, direction: int, payload: bytes) -> None:
-        frames, stopped = crypto_frames(payload)
+        frames, stopped, closed = read_frames(payload)
         if stopped:
             self._count("quic_frames_unreadable")
         stream = conn.streams[direction]
@@ -626,14 +683,43 @@ class QuicAnalyzer(Analyzer):
         if stream.capped:
             self._count("quic_crypto_capped")
             stream.capped = False
-        if direction == 0 and not conn.client_hello:
-            conn.client_hello = stream.message(HS_CLIENT_HELLO) or b""
-        if direction == 1 and not conn.server_hello:
-            conn.server_hello = stream.message(HS_SERVER_HELLO) or b""
-        if conn.client_hello and conn.server_hello:
-            self._finish(conn)
-        elif self.held > self.max_bytes_total:
+        if frames and not conn.due:
+            self._hellos(conn, direction, stream)
+        if closed:  # the handshake ends here (Zeek logs the connection at its close)
+            conn.add("c", direction == 0)
+            self._make_due(conn)
+        if conn.due:
+            return
+        if self.held > self.max_bytes_total:
             self._make_room(0)
+
+    def _hellos(self, conn: Connection, direction: int, stream: CryptoStream) -> None:
+        """The hellos complete in a direction's CRYPTO stream: their history letters, the
+        ClientHello, the ServerHello -- after a HelloRetryRequest, the bytes up to the real
+        ServerHello that follows it, whose facts the event then gives (as over TCP) -- and
+        whether the event is due."""
+        messages = stream.messages()
+        wanted = HS_CLIENT_HELLO if direction == 0 else HS_SERVER_HELLO
+        ends = [end for kind, _, end in messages if kind == wanted]
+        for _ in range(len(ends) - conn.hellos[direction]):
+            conn.add("s", direction == 0)
+        conn.hellos[direction] = len(ends)
+        if not messages or messages[0][0] != wanted:
+            return
+        if direction == 0:
+            conn.client_hello = conn.client_hello or bytes(stream.data[: messages[0][2]])
+        else:
+            retry = is_retry(bytes(stream.data[4:messages[0][2]]))
+            end = ends[1] if retry and len(ends) > 1 else ends[0]
+            conn.server_hello = bytes(stream.data[:end])  # the retry alone while waiting
+            conn.server_done = not retry or len(ends) > 1
+        if conn.client_hello and conn.server_hello and conn.server_done:
+            self._make_due(conn)
+
+    def _make_due(self, conn: Connection) -> None:
+        if not conn.due:
+            conn.due = True
+            self._due.append(conn)
 
     # -- bounds and events --
 

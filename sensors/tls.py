@@ -15,6 +15,13 @@ eviction, end of input); then the flow is released from reassembly.
 
 - version: the server's supported_versions extension (TLS 1.3), else the ServerHello
   version; without a ServerHello, the client's highest offered version.
+- After a HelloRetryRequest (TLS 1.3: a ServerHello with RFC 8446's fixed random), the
+  ServerHello facts (version, cipher, chosen ALPN, JA3S, curve, resumed) are those of the
+  real ServerHello that follows it, when it comes (Zeek's ssl.log keeps the last
+  ServerHello's); the server's middlebox-compatibility ChangeCipherSpec between the two
+  does not end its cleartext. The ClientHello facts (SNI, ALPN offered, JA3, JA4) stay the
+  first ClientHello's: the retried one repeats it but for the share, cookie and PSK binders
+  (RFC 8446 4.1.2), and is not read.
 - JA3 / JA3S (salesforce/ja3): decimal fields joined by '-' and ','; GREASE values
   (RFC 8701: 0x?A?A with equal bytes) are removed from every list; MD5 in the event.
 - JA4 (FoxIO JA4 spec, TCP "t" variant), see `ja4`.
@@ -92,6 +99,10 @@ EXT_SESSION_TICKET, EXT_PRE_SHARED_KEY, EXT_SUPPORTED_VERSIONS, EXT_KEY_SHARE = 
 # curve_type (3 = named_curve) and the 2-byte NamedCurve (RFC 8422 section 5.4).
 SKE_KEPT = 3
 CURVE_TYPE_NAMED = 3
+# A ServerHello with this random is a HelloRetryRequest (RFC 8446 section 4.1.3): the
+# handshake goes on with a second ClientHello and the real ServerHello.
+HRR_RANDOM = bytes.fromhex("CF21AD74E59A6111BE1D8C021E65B891C2A211167ABB8C5E079E09E2C8A8339C")
+_HRR = np.frombuffer(HRR_RANDOM, np.uint8).copy()  # a constant of the compiled kernels
 MAX_RECORDS = 256  # records scanned per direction
 MAX_LIST = 512  # entries read from one list (ciphers, extensions ...)
 PREFETCH_FLOWS = 8  # how many flows (directions) ahead the kernels ask for their first lines
@@ -229,6 +240,11 @@ def curve_name(group: int) -> str:
     if group < 0:
         return ""
     return GROUP_NAMES.get(group) or f"0x{group:04X}"
+
+
+def is_retry(server_hello: bytes) -> bool:
+    """A ServerHello body (after its 4-byte header) is a HelloRetryRequest."""
+    return server_hello[2:34] == HRR_RANDOM
 
 
 def _ecdhe_suites() -> np.ndarray:
@@ -408,6 +424,7 @@ def _frame_direction(hs: np.ndarray, out: int, buf: np.ndarray, start: int, stop
     (the end in hs, its flags)."""
     pos = max(start, 0)
     end = min(stop_at, buf.size)
+    first = out  # the direction's first byte in hs
     records = 0
     cleartext = True
     seen = 0
@@ -431,8 +448,13 @@ def _frame_direction(hs: np.ndarray, out: int, buf: np.ndarray, start: int, stop
                 seen |= RECORD_TRUNCATED
             break
         if ctype != CONTENT_HANDSHAKE:
-            if ctype != CONTENT_ALERT:
-                cleartext = False  # after CCS / application data: encrypted
+            # after CCS / application data: encrypted; but a TLS 1.3 server's compatibility
+            # CCS right after its HelloRetryRequest (RFC 8446 D.4) comes before the real
+            # ServerHello, in cleartext
+            if ctype != CONTENT_ALERT and not (
+                    messages and ctype == CONTENT_CCS and left == 0 and head == 0
+                    and _retry_alone(hs, first, out)):
+                cleartext = False
         elif cleartext:
             if messages:
                 out, left, keep, head = _server_messages(hs, out, buf, pos + 5, stop, left,
@@ -441,6 +463,25 @@ def _frame_direction(hs: np.ndarray, out: int, buf: np.ndarray, start: int, stop
                 out = copy_bytes(hs, out, buf, pos + 5, stop)
         pos = stop
     return out, np.uint8(seen)
+
+
+@njit(inline="always")
+def _is_retry(hs: np.ndarray, pos: int, end: int) -> bool:
+    """The ServerHello body hs[pos:end] is a HelloRetryRequest (its random, after the
+    2-byte version, is HRR_RANDOM)."""
+    if pos + 34 > end:
+        return False
+    for i in range(32):
+        if hs[pos + 2 + i] != _HRR[i]:
+            return False
+    return True
+
+
+@njit(inline="always")
+def _retry_alone(hs: np.ndarray, first: int, out: int) -> bool:
+    """A server direction's messages hs[first:out] are one whole HelloRetryRequest."""
+    return out - first >= 4 and hs[first] == HS_SERVER_HELLO \
+        and first + 4 + _u24(hs, first + 1) == out and _is_retry(hs, first + 4, out)
 
 
 
@@ -865,7 +906,8 @@ def server_flights(hs: np.ndarray, hs_start: np.ndarray, hs_stop: np.ndarray
                    ) -> tuple[np.ndarray, ...]:
     """The server's cleartext handshake messages of each flow, hs[hs_start[f]:hs_stop[f]].
 
-    Reads the first ServerHello and, after it, the leaf (first) certificate of the first
+    Reads the first ServerHello (after a HelloRetryRequest: the next one too, whose facts
+    replace the retry's, see _server_row) and, after it, the leaf (first) certificate of the first
     Certificate message with a non-empty one and the named curve of the first
     ServerKeyExchange; stops at the first message that does not fit its layout
     (`malformed`). Returns (found, malformed, version, cipher, selected_version,
@@ -919,8 +961,10 @@ def _server_row(hs: np.ndarray, pos: int, end: int, key: np.ndarray, at: int, si
     as in Zeek) the named curve of an ECDHE suite's ServerKeyExchange, read when its first
     SKE_KEPT body bytes are there; -1: none. psk: the ServerHello's pre_shared_key. echo:
     before TLS 1.3, the ServerHello's session id is the client's (hs[sid_at:sid_at +
-    sid_size], word sid_word, see _client_session; size 0: none)."""
-    found = malformed = psk = echo = exchanged = False
+    sid_size], word sid_word, see _client_session; size 0: none). After a
+    HelloRetryRequest, the next ServerHello gives all of these (curve: the retry's group
+    when it has no key_share); one that cannot be read leaves the retry's (malformed)."""
+    found = malformed = psk = echo = exchanged = retry = False
     version = cipher = selected = 0
     alpn_start = alpn_stop = cert_start = cert_stop = curve = -1
     key_stop = at
@@ -937,13 +981,26 @@ def _server_row(hs: np.ndarray, pos: int, end: int, key: np.ndarray, at: int, si
                 curve = _u16(hs, pos + 5)
         if stop > end:
             break  # the flight continues past the reassembled bytes
-        if msg_type == HS_SERVER_HELLO and not found:
-            (ok, version, cipher, selected, alpn_start, alpn_stop,
-             key_stop, curve, psk) = _server_hello(hs, pos + 4, stop, key, at)
+        if msg_type == HS_SERVER_HELLO and (not found or retry):
+            # the first ServerHello, or the real one after a HelloRetryRequest (whose values
+            # it replaces, as in Zeek's ssl.log); its key is written after the retry's, so
+            # that a malformed one leaves the retry's whole
+            k = key_stop if found else at
+            ok, v, c, sv, a0, a1, k_stop, group, accepted = _server_hello(hs, pos + 4, stop,
+                                                                          key, k)
             if not ok:
                 malformed = True
                 break
+            if found:
+                for j in range(k_stop - k):  # overlapping: not copy_bytes' memcpy
+                    key[at + j] = key[k + j]
+                k_stop = at + k_stop - k
+                if group < 0:  # Zeek keeps the last key_share seen
+                    group = curve
+            retry = not found and _is_retry(hs, pos + 4, stop)
             found = True
+            version, cipher, selected, alpn_start, alpn_stop = v, c, sv, a0, a1
+            key_stop, curve, psk = k_stop, group, accepted
             # its session id (the hello was read: it fits) against the client's; not in TLS
             # 1.3, where servers echo it always (and the client's bytes are not read: far
             # behind in hs by now, a cache miss)

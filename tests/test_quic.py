@@ -21,7 +21,7 @@ from scapy.layers.l2 import Ether
 from scapy.utils import wrpcap
 
 from pipeline.config import load_config
-from pipeline.schema import batch_to_ecs, validate_batch
+from pipeline.schema import TLS, batch_to_ecs, validate_batch
 from sensors.decode import decode
 from sensors.pcap_reader import CaptureReader
 from sensors.quic import (
@@ -110,6 +110,11 @@ def run(frames: list[bytes], analyzer: QuicAnalyzer | None = None, step_ns: int 
     return docs, analyzer
 
 
+def history(letters: str) -> dict[str, str]:
+    """cirtsa.quic.history as documents carry it (once the schema has the column)."""
+    return {"history": letters} if "quic_history" in TLS.columns else {}
+
+
 CLIENT_HELLO = H(vec.CRYPTO_FRAME)[4:]  # the ClientHello of the RFC's CRYPTO frame (offset 0)
 
 
@@ -179,7 +184,8 @@ def test_rfc_connection_gives_one_tls_event(version, client, server):
     assert doc["cirtsa"]["tls"]["client"]["alpn"] == ["alpn"]
     assert doc["cirtsa"]["quic"] == {"version": VERSIONS[version].name,
                                      "client_initial_dcid": vec.DCID,
-                                     "server_scid": "f067a5502a4262b5"}  # client SCID empty
+                                     "server_scid": "f067a5502a4262b5",  # client SCID empty
+                                     **history("ISis")}
     assert analyzer.stats["quic_initials_decrypted"] == 2
 
 
@@ -210,7 +216,8 @@ def test_merlin_c2_agrees_with_zeek():
         {"ip": "10.0.0.4", "port": 53241}, {"ip": "24.199.110.233", "port": 443})
     assert doc["cirtsa"]["quic"] == {"version": "1",
                                      "client_initial_dcid": "f21fdf87f736f235846c7f460ca017",
-                                     "client_scid": "1b3ff910", "server_scid": "eab5f6f4"}
+                                     "client_scid": "1b3ff910", "server_scid": "eab5f6f4",
+                                     **history("ISish")}
     assert "server_name" not in doc["tls"]["client"]  # Zeek: no SNI
     assert doc["cirtsa"]["tls"]["client"]["alpn"] == ["h3"]  # client_protocol h3
     assert (doc["tls"]["version"], doc["tls"]["cipher"]) == ("1.3", "TLS_AES_128_GCM_SHA256")
@@ -312,6 +319,10 @@ def test_split_client_hello_in_either_order_is_the_unsplit_event():
     expected, _ = run([*whole, server])
     for order in ((0, 1), (1, 0)):
         docs, analyzer = run([*split_hello(order), server])
+        for doc in docs:  # two client Initials: I I S i s (Zeek's letters)
+            assert doc["cirtsa"]["quic"].pop("history", "IISis") == "IISis"
+        for doc in expected:
+            assert doc["cirtsa"]["quic"].pop("history", "ISis") == "ISis"
         assert docs == expected, order
         assert analyzer.stats["quic_initials_decrypted"] == 3
 

@@ -307,6 +307,13 @@ CASES = {
                                         ("secp256r1", False)),
     "hello retry request": (tls13((ext(51, u16s([SECP256R1])),), random=HRR_RANDOM),
                             ("secp256r1", False)),
+    "retry, then the psk accepted in the real ServerHello": (
+        (record(client(SID, (PSK_OFFERED,))) + CCS + record(client(SID, (PSK_OFFERED,))) + APP,
+         record(server(TLS13_AES128_GCM, SID, (SUPPORTED_13, ext(51, u16s([SECP256R1]))),
+                       HRR_RANDOM)) + CCS
+         + record(server(TLS13_AES128_GCM, SID,
+                         (SUPPORTED_13, key_share(SECP256R1), PSK_ACCEPTED))) + APP),
+        ("secp256r1", True)),
     "key_share too short": (tls13((ext(51, b"\x00"),)), ("", False)),
     "key_share empty": (tls13((ext(51, b""),)), ("", False)),
 }
@@ -396,6 +403,7 @@ def test_quic_rows_read_curve_and_resumed(server_exts, client_exts, expected):
     conn = SimpleNamespace(
         client_hello=client(b"", client_exts),
         server_hello=server(TLS13_AES128_GCM, b"", (SUPPORTED_13, *server_exts)),
-        version=SimpleNamespace(name="1"), odcid=b"\x01", client_scid=b"", server_scid=b"")
+        version=SimpleNamespace(name="1"), odcid=b"\x01", client_scid=b"", server_scid=b"",
+        history=[])
     fields = event_fields(conn)
     assert (fields["curve"], fields["resumed"]) == expected

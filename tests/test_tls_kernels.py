@@ -101,10 +101,10 @@ def client_streams(draw) -> bytes:
 
 @st.composite
 def server_streams(draw) -> bytes:
-    """A server's flight: ServerHello (ALPN, supported_versions, key_share, pre_shared_key,
-    others), maybe a Certificate, maybe a ServerKeyExchange (named curve or not, maybe
-    shorter than one), then maybe CCS / application data; split, then maybe mutated and
-    cut."""
+    """A server's flight: maybe a HelloRetryRequest, ServerHello (ALPN, supported_versions,
+    key_share, pre_shared_key, others; maybe a retry's random), maybe a Certificate, maybe a
+    ServerKeyExchange (named curve or not, maybe shorter than one), then maybe CCS /
+    application data; split, then maybe mutated and cut."""
     exts = []
     for kind in draw(st.lists(st.sampled_from([16, 43, 51, 41, 0xFF01, 0x0A0A]), max_size=4)):
         if kind == 16 and draw(st.booleans()):
@@ -117,8 +117,9 @@ def server_streams(draw) -> bytes:
             exts.append(ext(51, u16s([draw(u16)]) + key))
         else:
             exts.append(ext(kind, draw(blob)))
+    random = draw(st.sampled_from([bytes(32), bytes(32), bytes(32), tls.HRR_RANDOM]))
     body = struct.pack("!H", draw(st.sampled_from([0x0301, 0x0303]) | st.integers(0, 0xFFFF))) \
-        + bytes(32) + vec(draw(session_ids), 1) + struct.pack("!HB", draw(u16), 0)
+        + random + vec(draw(session_ids), 1) + struct.pack("!HB", draw(u16), 0)
     if exts or draw(st.booleans()):
         body += vec(b"".join(exts))
     flight = b"\x02" + len(body).to_bytes(3, "big") + body
@@ -129,7 +130,18 @@ def server_streams(draw) -> bytes:
         exchange = (bytes([draw(st.sampled_from([3, 3, 1]))]) + u16s([draw(u16)])
                     + draw(blob))[: draw(st.integers(0, 50))]
         flight += b"\x0c" + len(exchange).to_bytes(3, "big") + exchange
-    data = as_records(flight, draw(cuts), b"\x03\x03") + b"".join(draw(trailer))
+    if draw(st.integers(0, 3)) == 0:  # after a HelloRetryRequest (maybe with its CCS)
+        retry = struct.pack("!H", 0x0303) + tls.HRR_RANDOM + vec(draw(session_ids), 1) \
+            + struct.pack("!HB", draw(u16), 0) + vec(ext(51, u16s([draw(u16)])))
+        retry = b"\x02" + len(retry).to_bytes(3, "big") + retry
+        if draw(st.booleans()):  # in the flight's records
+            flight = retry + flight
+            data = b""
+        else:  # its own record, then maybe CCS / others
+            data = as_records(retry, []) + b"".join(draw(trailer))
+    else:
+        data = b""
+    data += as_records(flight, draw(cuts), b"\x03\x03") + b"".join(draw(trailer))
     data = mutate(data, draw(edits))
     return data[: draw(st.integers(0, len(data)))] if draw(st.booleans()) else data
 

@@ -27,6 +27,7 @@ from sensors.tls import (
     EXT_SIG_ALGS,
     EXT_SNI,
     EXT_SUPPORTED_VERSIONS,
+    HRR_RANDOM,
     HS_CERTIFICATE,
     HS_CLIENT_HELLO,
     HS_CLIENT_KEY_EXCHANGE,
@@ -63,8 +64,10 @@ class Direction:
 _RECORD_TYPES = frozenset({CONTENT_CCS, CONTENT_ALERT, CONTENT_HANDSHAKE, CONTENT_APPDATA})
 
 
-def read_direction(data: bytes) -> Direction:
-    """Records of one direction -> complete handshake messages (cleartext part only)."""
+def read_direction(data: bytes, server: bool = False) -> Direction:
+    """Records of one direction -> complete handshake messages (cleartext part only). A
+    server's ChangeCipherSpec right after its HelloRetryRequest (TLS 1.3 middlebox
+    compatibility) does not end the cleartext: the real ServerHello follows."""
     out = Direction()
     record_types = out.record_types
     parts: list[bytes] = []  # cleartext handshake record bodies
@@ -81,7 +84,8 @@ def read_direction(data: bytes) -> Direction:
             out.truncated = cleartext and ctype == CONTENT_HANDSHAKE
             break
         if ctype != CONTENT_HANDSHAKE:
-            if ctype != CONTENT_ALERT:
+            if ctype != CONTENT_ALERT and not (server and ctype == CONTENT_CCS
+                                               and _retry_alone(b"".join(parts))):
                 cleartext = False
         elif cleartext:
             parts.append(data[pos + 5 : stop])
@@ -101,6 +105,18 @@ def read_direction(data: bytes) -> Direction:
         if pos != size:
             out.truncated = True
     return out
+
+
+def _retry_alone(handshake: bytes) -> bool:
+    """The bytes are one whole ServerHello that is a HelloRetryRequest."""
+    return len(handshake) >= 4 and handshake[0] == HS_SERVER_HELLO \
+        and 4 + int.from_bytes(handshake[1:4], "big") == len(handshake) \
+        and is_retry(handshake[4:])
+
+
+def is_retry(body: bytes) -> bool:
+    """A ServerHello body is a HelloRetryRequest (RFC 8446 section 4.1.3)."""
+    return len(body) >= 34 and body[2:34] == HRR_RANDOM
 
 
 _U16S = [struct.Struct(f"!{n}H") for n in range(MAX_LIST + 1)]
@@ -289,13 +305,15 @@ def _ecdhe(cipher: int) -> bool:
 
 
 def _resumption(hs: Handshake, client: Direction, server: Direction, hello_body: bytes,
-                completed: bool) -> None:
+                completed: bool, hellos: list[int]) -> None:
     """hs.curve and hs.resumed as Zeek decides them (ssl/main.zeek): the curve of the
     ServerHello's key_share, or later of an ECDHE ServerKeyExchange (named_curve), read from
     its first 3 body bytes even when the rest did not come (`completed`: the server's
     messages were all read); resumed: session id echoed before TLS 1.3, a PSK offered and
     accepted, or a ticket offered without session id and the client's CCS with no
-    ClientKeyExchange before it."""
+    ClientKeyExchange before it. `hellos`: the indexes of the ServerHellos read (the
+    first; after a HelloRetryRequest, the real one too, whose facts win: its key_share, else
+    the retry's, as Zeek keeps the last one seen)."""
     session_id, ticket, psk_offered = client_hello_resumption(hello_body)
     after_hello = [t for t, _ in client.messages[1:]] + \
         ([client.partial[0]] if client.partial else [])
@@ -304,17 +322,23 @@ def _resumption(hs: Handshake, client: Direction, server: Direction, hello_body:
     if hs.server is None:
         return
     messages = list(server.messages)
-    first = next(i for i, (t, _) in enumerate(messages) if t == HS_SERVER_HELLO)
-    echoed, group, psk = server_hello_resumption(messages[first][1])
-    hs.curve = group
+    later = messages + ([server.partial] if server.partial and completed else [])
+    curve, cipher, exchanged = -1, 0, False
+    for at in range(hellos[0], len(later)):  # in order: what comes last wins
+        kind, body = later[at]
+        if at in hellos:
+            echoed, group, psk = server_hello_resumption(body)
+            curve = group if group >= 0 or at == hellos[0] else curve
+            cipher = parse_server_hello(body).cipher
+        elif kind == HS_SERVER_KEY_EXCHANGE and len(body) >= 3 and not exchanged:
+            exchanged = True
+            if _ecdhe(cipher) and body[0] == 3:
+                curve = int.from_bytes(body[1:3], "big")
+    hs.curve = curve
     version = hs.server.selected_version or hs.server.version
     before_13 = version != 0x0304 and version // 0xFF != 0x7F
     hs.resumed |= (bool(session_id) and echoed == session_id and before_13) \
         or (psk and psk_offered)
-    later = messages[first + 1 :] + ([server.partial] if server.partial and completed else [])
-    exchange = next((b for t, b in later if t == HS_SERVER_KEY_EXCHANGE and len(b) >= 3), None)
-    if exchange is not None and _ecdhe(hs.server.cipher) and exchange[0] == 3:
-        hs.curve = int.from_bytes(exchange[1:3], "big")
 
 
 def leaf_certificate(body: bytes) -> bytes:
@@ -338,19 +362,24 @@ def parse_handshake(client_data: bytes, server_data: bytes) -> Handshake | None:
     if msg_type != HS_CLIENT_HELLO:
         raise MalformedTLS("first handshake message is not a ClientHello")
     hs = Handshake(parse_client_hello(body_of_hello))
-    server = read_direction(server_data)
+    server = read_direction(server_data, server=True)
     read = 0  # server messages read (the walk stops at a malformed one)
+    hellos: list[int] = []  # the ServerHellos read: the first, the real one after a retry
+    retry = False
     try:
         for msg_type, body in server.messages:
-            if msg_type == HS_SERVER_HELLO and hs.server is None:
-                hs.server = parse_server_hello(body)
+            if msg_type == HS_SERVER_HELLO and (hs.server is None or retry):
+                hello = parse_server_hello(body)
+                retry = hs.server is None and is_retry(body)
+                hs.server = hello
+                hellos.append(read)
             elif msg_type == HS_CERTIFICATE and not hs.cert_der and hs.server is not None:
                 hs.cert_der = leaf_certificate(body)
             read += 1
     except MalformedTLS:
         hs.malformed = True
     server.messages = server.messages[:read]
-    _resumption(hs, client, server, body_of_hello, not hs.malformed)
+    _resumption(hs, client, server, body_of_hello, not hs.malformed, hellos)
     if hs.server is not None:
         if hs.server.selected_version == 0x0304:
             after_hello = client.record_types[1:]
