@@ -907,8 +907,8 @@ def server_flights(hs: np.ndarray, hs_start: np.ndarray, hs_stop: np.ndarray
     """The server's cleartext handshake messages of each flow, hs[hs_start[f]:hs_stop[f]].
 
     Reads the first ServerHello (after a HelloRetryRequest: the next one too, whose facts
-    replace the retry's, see _server_row) and, after it, the leaf (first) certificate of the first
-    Certificate message with a non-empty one and the named curve of the first
+    replace the retry's, see _server_row) and, after it, the leaf (first) certificate of
+    the first Certificate message with a non-empty one and the named curve of the first
     ServerKeyExchange; stops at the first message that does not fit its layout
     (`malformed`). Returns (found, malformed, version, cipher, selected_version,
     alpn_start, alpn_stop, cert_start, cert_stop, keys, key_start, key_stop, curve, psk):
