@@ -12,7 +12,6 @@ is not a health document goes to `sa.deadletter` with the reason and its origina
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -29,6 +28,7 @@ from pipeline.kafka_transport import (
     SpoolingProducer,
     TransportError,
 )
+from pipeline.private_spool import remove_private_spool
 from pipeline.services import (
     JsonLog,
     commit_records,
@@ -109,7 +109,7 @@ class HealthShipper:
             producer.close(1.0)
             consumer.close()
             if not s.get("spool_dir"):
-                shutil.rmtree(spool, ignore_errors=True)
+                remove_private_spool(spool)
             self.log("stopped", **self.stats)
         return 0
 

@@ -22,9 +22,7 @@ import base64
 import importlib.util
 import math
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter, deque
@@ -50,6 +48,7 @@ from pipeline.kafka_transport import (
     TransportError,
 )
 from pipeline.keys import DESTINATION, SOURCE, aligned_keys, bucket_rows, split_detectors
+from pipeline.private_spool import private_spool_dir, remove_private_spool
 from pipeline.schema import EventBatch, SchemaError
 from pipeline.wire import BatchEncoder, WireError, decode, encode_chunks
 
@@ -187,8 +186,9 @@ class LoopClock:
 
 def temp_spool(service: str) -> str:
     # A service's spool only buffers outputs whose inputs are not committed yet (a crash
-    # re-derives them from Kafka), so a private per-process directory is enough.
-    return tempfile.mkdtemp(prefix=f"cirtsa-{service}-spool-")
+    # re-derives them from Kafka), so a private per-process directory is enough; those of
+    # killed processes are removed by the next one (pipeline/private_spool.py).
+    return private_spool_dir(service)
 
 
 # --- fusion ----------------------------------------------------------------------------------
@@ -379,7 +379,7 @@ class FusionService:
             producer.close(1.0)
             consumer.close()
             if not s.get("spool_dir"):
-                shutil.rmtree(spool, ignore_errors=True)
+                remove_private_spool(spool)
             self.log("stopped", flushed=flushed, **self.stats, time=self.clock.snapshot())
         return 0
 
@@ -924,7 +924,7 @@ class CorrelationService:
             producer.close(float(s.get("shutdown_flush_s", 10)))
             consumer.close()
             if not s.get("spool_dir"):
-                shutil.rmtree(spool, ignore_errors=True)
+                remove_private_spool(spool)
             self.log("stopped", **self.stats, buffered_messages=self.buffered_messages,
                      time=self.clock.snapshot())
         return 0
