@@ -323,6 +323,10 @@ TLS = EventKind(
         _f("resumed", np.bool_, "tls.resumed",
            "session resumed (session id echoed, ticket, or TLS 1.3 PSK accepted)",
            optional=True, fill=False),
+        # Optional (added in place, schema version 1): QUIC rows only (sensors/quic.py).
+        _f("quic_history", OBJ, "cirtsa.quic.history",
+           "QUIC: Zeek's quic.log history letters of the packets seen up to the event",
+           omit_empty=True, optional=True),
     ),
     event_category=("network",),
     event_type=("protocol", "connection"),
