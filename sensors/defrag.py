@@ -8,9 +8,12 @@ complete, rebuilt as whole raw IP packets and decoded by the same decode() (tunn
 included: an outer fragmented tunnel packet is opened once reassembled).
 
 What each consumer sees (Sensor.process):
-- the flow table: every fragment as the packet it is on the wire (packets, bytes); a later
-  fragment whose datagram's first fragment arrived before it (or later in the same
-  batch) takes that first fragment's flow key (its ports): no ports-0 flows;
+- the flow table: every fragment as the packet it is on the wire (packets, bytes, its own
+  time); a later fragment takes its datagram's first fragment's flow key (its ports). One
+  that came before that first fragment waits for it, across batches, and is counted just
+  before it; one whose first fragment never comes is counted as the ports-0 packet it is
+  when its datagram times out or is evicted (or at the end of input). Where batches were
+  cut does not change the flow records ("waiting rows" below);
 - the protocol analyzers: the batch with its fragment rows hidden (no transport, ports or
   payload), then each reassembled datagram once, after the batch's other rows.
 
@@ -101,11 +104,15 @@ class DefragConfig:
 # batch is never copied but once, into its rebuilt packet. No Python object per datagram
 # or fragment.
 S_FIRST_TS, S_SIZE, S_HELD, S_FRAGS, S_PIECES, S_BAD, S_HDR_LEN, S_HASH, S_PREV, S_NEXT, \
-    S_HEAD, S_TAIL, S_WAIT, S_VLAN, S_TUNNEL, S_HAS_FLOW, S_TRANSPORT, S_SPORT, S_DPORT, \
-    S_FLOW_VLAN, S_UNSORTED, S_OVERLAPPED = range(22)
-SLOT_FIELDS = 22
+    S_HEAD, S_NWAIT, S_TAIL, S_WAIT, S_VLAN, S_TUNNEL, S_HAS_FLOW, S_TRANSPORT, S_SPORT, \
+    S_DPORT, S_FLOW_VLAN, S_UNSORTED, S_OVERLAPPED = range(23)
+SLOT_FIELDS = 23
 # (S_UNSORTED: a piece came at a lower offset than the one before it; S_OVERLAPPED: pieces
 # overlap. Neither, the usual case: completion and rebuilding walk the pieces as they are.)
+# S_WAIT / S_NWAIT: the later fragments that came before the datagram's first fragment and
+# wait for its flow key (flow accounting, "waiting rows" below), a list across batches
+# (S_NWAIT next to the fields a removal touches anyway: a flood's evictions read it from
+# the oldest slot's row, a cache miss if it were on a line of its own).
 HEADER_MAX = 64  # an IPv4 header is at most 60 bytes, the IPv6 base header 40
 # a piece: the fragment's offset in the datagram, its length, where its bytes are (in the
 # arena, or in the batch's buffer while P_BATCH is 1), the next piece of the datagram (-1:
@@ -116,8 +123,9 @@ PIECE_FIELDS = 5
 # the batch's output cursor, then the counters a batch adds to stats / weird
 G_HEAD, G_TAIL, G_COUNT, G_HELD, G_ARENA_END, G_PIECE_FREE, G_SLOT_FREE, G_MAX_DATAGRAMS, \
     G_MAX_BYTES, G_TIMEOUT, G_DONE, G_OUT_END, N_DATAGRAMS, N_TIMEOUTS, N_EVICTED, \
-    N_OVERLAPS, W_LARGE, W_LIMIT, W_OVERLAP, W_INCONSISTENCY, W_TIMEOUT = range(21)
-GLOB_FIELDS = 21
+    N_OVERLAPS, W_LARGE, W_LIMIT, W_OVERLAP, W_INCONSISTENCY, W_TIMEOUT, G_NWAIT, \
+    G_MAX_WAIT, G_BATCH_WAIT, G_REL, G_STORE_FREE, G_STORE_NFREE, G_NDROPS = range(28)
+GLOB_FIELDS = 28
 COUNTERS = {N_DATAGRAMS: ("stats", "datagrams"), N_TIMEOUTS: ("stats", "timeouts"),
             N_EVICTED: ("stats", "evicted"), N_OVERLAPS: ("stats", "overlaps"),
             W_LARGE: ("weird", "excessively_large_fragment"),
@@ -133,6 +141,31 @@ DONE, NEED_PIECES, NEED_OUT = range(3)
 # room kept in the output buffer: the largest rebuilt packet (IPv6 base header + 65535)
 OUT_ROOM = MAX_DATAGRAM + HEADER_MAX
 AHEAD = 8  # fragments between a prefetch and the use
+
+# --- waiting rows (flow accounting of later fragments that came before their first one) ---
+# Such a fragment is not counted by the flow table where it arrived: it waits in its
+# datagram's list until the first fragment comes (then it is counted just before that
+# fragment's row, with its own time, under the first fragment's flow key), or until the
+# datagram times out or is evicted without it (then just before the row at which the clock
+# passed the deadline, or the fragment that evicted it, under its own ports-0 key). Both
+# places are rows of the capture, not of a batch: the flow records do not depend on where
+# batches were cut. A list entry e >= 0 is fragment e of the current batch (next: wait[e]);
+# e <= -2 a row parked in the store at a batch's end (store row -e-2; next: store_next);
+# -1 ends a list. Bounded: at most MAX_FRAGMENTS per datagram and WAIT_PER_DATAGRAM x
+# max_datagrams in all; beyond, a later fragment is counted where it is, ports-0.
+WAIT_PER_DATAGRAM = 8
+HELD = -2  # place[i]: fragment i waits past the batch's end (parked); -1: counted in place
+# a release (`rel` row): the store row, the capture row it goes before (of the current
+# batch), 1 if it takes the flow key that follows (transport, ports, vlan; rel_ip: addresses)
+R_STORE, R_POS, R_GIVEN, R_TRANSPORT, R_SPORT, R_DPORT, R_VLAN = range(7)
+REL_FIELDS = 7
+# `where`: the current row (the end of a batch), a fixed row for every release (-1: none;
+# the rounds of reassembled packets and the end of input), 1 if later fragments may wait
+W_ROW, W_FIXED, W_COUNT = range(3)
+# a drop row (`meta` rows max_datagrams.., G_NDROPS of them): the waiting list of a datagram
+# dropped incomplete, not yet counted (its first entry, 1 for a timeout, its deadline, the
+# row it was dropped at)
+D_HEAD, D_TIMEOUT, D_DEADLINE, D_ROW = range(4)
 
 
 # --- the key index: open addressing over slots (linear probing, backward-shift removal) -----
@@ -234,15 +267,91 @@ def _remove(meta: np.ndarray, index: np.ndarray, pieces: np.ndarray, free_slots:
     glob[G_COUNT] -= 1
 
 
+@njit
+def _release_list(meta: np.ndarray, flow_ip: np.ndarray, glob: np.ndarray, acct: tuple,
+                  entry: int, slot: int, position: int, given: bool) -> None:
+    """A waiting list (from `entry`) is counted before capture row `position` of the batch,
+    under slot `slot`'s flow key when `given` (its first fragment came), else under the
+    rows' own. Store rows are listed in `rel` (Python frees them afterwards). Not inlined,
+    as the callers below: the per-fragment path only tests for waiting rows (a tuple of
+    arrays passed inline costs reference counts on every fragment)."""
+    place, wait, store_next, rel, rel_ip = acct[0], acct[1], acct[2], acct[3], acct[4]
+    attr_ip, attr = acct[7], acct[8]
+    while entry != -1:
+        if entry >= 0:
+            after = wait[entry]
+            place[entry] = position
+            if given:
+                _give_flow(meta, flow_ip, slot, entry, attr_ip, attr)
+            glob[G_BATCH_WAIT] -= 1
+        else:
+            row = -entry - 2
+            after = store_next[row]
+            k = glob[G_REL]
+            glob[G_REL] += 1
+            rel[k, R_STORE], rel[k, R_POS], rel[k, R_GIVEN] = row, position, given
+            if given:
+                rel[k, R_TRANSPORT] = meta[slot, S_TRANSPORT]
+                rel[k, R_SPORT], rel[k, R_DPORT] = meta[slot, S_SPORT], meta[slot, S_DPORT]
+                rel[k, R_VLAN] = meta[slot, S_FLOW_VLAN]
+                for j in range(4):
+                    rel_ip[k, j] = flow_ip[slot, j]
+        entry = after
+
+
+@njit
+def _release(meta: np.ndarray, flow_ip: np.ndarray, glob: np.ndarray, acct: tuple,
+             slot: int, position: int, given: bool) -> None:
+    """The slot's waiting rows are counted (_release_list); its list is empty after."""
+    _release_list(meta, flow_ip, glob, acct, meta[slot, S_WAIT], slot, position, given)
+    glob[G_NWAIT] -= meta[slot, S_NWAIT]
+    meta[slot, S_NWAIT] = 0
+    meta[slot, S_WAIT] = -1
+
+
+@njit
+def _apply_drops(meta: np.ndarray, flow_ip: np.ndarray, glob: np.ndarray,
+                 acct: tuple) -> None:
+    """The waiting lists of the datagrams dropped incomplete since the last call (`drops`),
+    counted under their own keys: a timeout's before the first row at which the clock (the
+    running maximum of the times) passed the deadline, at the latest the row it was
+    dropped at; an eviction's before that row; in a round of reassembled packets, all at
+    its fixed row."""
+    runmax, where = acct[5], acct[6]
+    for k in range(glob[G_MAX_DATAGRAMS], glob[G_MAX_DATAGRAMS] + glob[G_NDROPS]):
+        position = meta[k, D_ROW]
+        if meta[k, D_TIMEOUT] and where[W_FIXED] < 0:
+            position = min(np.searchsorted(runmax, meta[k, D_DEADLINE], side="right"),
+                           position)
+        _release_list(meta, flow_ip, glob, acct, meta[k, D_HEAD], -1, position, False)
+    glob[G_NDROPS] = 0
+
+
+@njit(inline="always")
+def _drop(meta: np.ndarray, index: np.ndarray, pieces: np.ndarray, free_slots: np.ndarray,
+          glob: np.ndarray, slot: int, timeout: bool, row: int) -> None:
+    """A datagram leaves incomplete (timed out, evicted at capture row `row`): its waiting
+    list, if any, is noted in a drop row (counted by _apply_drops before the list is read
+    again: the entries stay linked), and the waiting count drops now."""
+    if meta[slot, S_NWAIT]:
+        k = glob[G_MAX_DATAGRAMS] + glob[G_NDROPS]
+        glob[G_NDROPS] += 1
+        meta[k, D_HEAD], meta[k, D_TIMEOUT], meta[k, D_ROW] = meta[slot, S_WAIT], timeout, row
+        meta[k, D_DEADLINE] = meta[slot, S_FIRST_TS] + glob[G_TIMEOUT]
+        glob[G_NWAIT] -= meta[slot, S_NWAIT]
+    _remove(meta, index, pieces, free_slots, glob, slot)
+
+
 @njit(inline="always")
 def _open(meta: np.ndarray, keys: np.ndarray, index: np.ndarray, pieces: np.ndarray,
-          free_slots: np.ndarray, glob: np.ndarray, key: np.ndarray, h: int, at: int,
-          ts: int, vlan: int, tunnel: int) -> int:
-    """A new pending datagram at the queue's end (the oldest are evicted to make room);
-    `at`: its index position found by _find (evictions may move entries: found again)."""
+          free_slots: np.ndarray, glob: np.ndarray, row: int, key: np.ndarray, h: int,
+          at: int, ts: int, vlan: int, tunnel: int) -> int:
+    """A new pending datagram at the queue's end (the oldest are evicted to make room, at
+    capture row `row`); `at`: its index position found by _find (evictions may move
+    entries: found again)."""
     evicted = False
     while glob[G_COUNT] >= glob[G_MAX_DATAGRAMS]:
-        _remove(meta, index, pieces, free_slots, glob, glob[G_HEAD])
+        _drop(meta, index, pieces, free_slots, glob, glob[G_HEAD], False, row)
         glob[N_EVICTED] += 1
         evicted = True
     if evicted:
@@ -272,7 +381,7 @@ def _open(meta: np.ndarray, keys: np.ndarray, index: np.ndarray, pieces: np.ndar
 
 @njit(inline="always")
 def _expire(meta: np.ndarray, index: np.ndarray, pieces: np.ndarray, free_slots: np.ndarray,
-            glob: np.ndarray, now: int) -> None:
+            glob: np.ndarray, now: int, row: int) -> None:
     """Drop datagrams whose first fragment is more than the timeout older than `now`
     (oldest first; the queue is in arrival order)."""
     limit = now - glob[G_TIMEOUT]
@@ -280,12 +389,12 @@ def _expire(meta: np.ndarray, index: np.ndarray, pieces: np.ndarray, free_slots:
         slot = glob[G_HEAD]
         glob[N_TIMEOUTS] += 1
         glob[W_TIMEOUT] += meta[slot, S_FRAGS]
-        _remove(meta, index, pieces, free_slots, glob, slot)
+        _drop(meta, index, pieces, free_slots, glob, slot, True, row)
 
 
 @njit(inline="always")
 def _shed_bytes(meta: np.ndarray, index: np.ndarray, pieces: np.ndarray,
-                free_slots: np.ndarray, glob: np.ndarray, keep: int) -> None:
+                free_slots: np.ndarray, glob: np.ndarray, keep: int, row: int) -> None:
     """Drop the oldest other datagrams while more than max_bytes are held."""
     while glob[G_HELD] > glob[G_MAX_BYTES]:
         victim = glob[G_HEAD]
@@ -293,7 +402,7 @@ def _shed_bytes(meta: np.ndarray, index: np.ndarray, pieces: np.ndarray,
             victim = meta[victim, S_NEXT]
         if victim < 0:
             return
-        _remove(meta, index, pieces, free_slots, glob, victim)
+        _drop(meta, index, pieces, free_slots, glob, victim, False, row)
         glob[N_EVICTED] += 1
 
 
@@ -516,10 +625,9 @@ def _give_flow(meta: np.ndarray, flow_ip: np.ndarray, slot: int, fragment: int,
 
 @njit(inline="always")
 def _take_first(meta: np.ndarray, flow_ip: np.ndarray, header: np.ndarray, slot: int,
-                i: int, cols: np.ndarray, fips: np.ndarray, data: np.ndarray,
-                attr_ip: np.ndarray, attr: np.ndarray, wait: np.ndarray) -> None:
-    """The first offset-0 fragment of a datagram: its IP header and flow key are kept, and
-    the later fragments of this batch that came before it take that flow now."""
+                i: int, cols: np.ndarray, fips: np.ndarray, data: np.ndarray) -> None:
+    """The first offset-0 fragment of a datagram: its IP header and flow key are kept
+    (the later fragments that came before it take that flow: the caller)."""
     head_at = cols[i, I_HEAD_AT]
     end = cols[i, I_START] if cols[i, I_VERSION] == 4 else head_at + 40
     length = max(min(end, data.size) - head_at, 0)
@@ -532,25 +640,21 @@ def _take_first(meta: np.ndarray, flow_ip: np.ndarray, header: np.ndarray, slot:
     meta[slot, S_SPORT], meta[slot, S_DPORT] = cols[i, I_SPORT], cols[i, I_DPORT]
     meta[slot, S_FLOW_VLAN] = cols[i, I_FLOW_VLAN]
     meta[slot, S_HAS_FLOW] = 1
-    waiting = meta[slot, S_WAIT]
-    while waiting >= 0:
-        _give_flow(meta, flow_ip, slot, waiting, attr_ip, attr)
-        waiting = wait[waiting]
-    meta[slot, S_WAIT] = -1
 
 
 # --- one batch's fragments, in arrival order -----------------------------------------------
 
 @njit
-def _take_fragments(state: tuple, first: int, cols: np.ndarray, fkeys: np.ndarray,
-                    fips: np.ndarray, data: np.ndarray, hashes: np.ndarray,
-                    attr_ip: np.ndarray, attr: np.ndarray, wait: np.ndarray,
-                    done: np.ndarray, out: np.ndarray) -> tuple[int, int]:
+def _take_fragments(state: tuple, acct: tuple, first: int, cols: np.ndarray,
+                    fkeys: np.ndarray, fips: np.ndarray, data: np.ndarray,
+                    hashes: np.ndarray, done: np.ndarray, out: np.ndarray) -> tuple[int, int]:
     """Fragments first.. of a batch into the pending datagrams: (DONE, n) or (NEED_*, i):
     fragment i needs a larger array first (nothing of it is done yet; call again from i).
     Completed datagrams go to `done` (fragment, packet start in `out`, vlan, tunnel); later
-    fragments that get their first fragment's flow key are marked in `attr` (+ `attr_ip`)."""
+    fragments that get their first fragment's flow key are marked in `attr` (+ `attr_ip`),
+    those that wait for it in `place` (see "waiting rows")."""
     meta, keys, flow_ip, header, index, free_slots, pieces, arena, glob = state
+    place, wait, _store_next, _rel, _rel_ip, _runmax, where, attr_ip, attr = acct
     n = cols.shape[0]
     for i in range(first, n):
         hashes[i] = _hash(fkeys[i])
@@ -561,27 +665,36 @@ def _take_fragments(state: tuple, first: int, cols: np.ndarray, fkeys: np.ndarra
             prefetch(data, cols[i + AHEAD, I_HEAD_AT])
             prefetch(index, hashes[i + AHEAD] & (index.size - 1))
         start, end, offset = cols[i, I_START], cols[i, I_END], cols[i, I_OFFSET]
+        if glob[G_NDROPS]:  # (before anything returns or reads a list)
+            _apply_drops(meta, flow_ip, glob, acct)
         if glob[G_PIECE_FREE] < 0:
             return NEED_PIECES, i
         if glob[G_OUT_END] + OUT_ROOM > out.size:
             return NEED_OUT, i
-        _expire(meta, index, pieces, free_slots, glob, cols[i, I_TS])
+        row = where[W_FIXED] if where[W_FIXED] >= 0 else cols[i, I_ROW]
+        _expire(meta, index, pieces, free_slots, glob, cols[i, I_TS], row)
         key = fkeys[i]
         h = hashes[i]
         slot, at = _find(index, keys, meta, key, h)
         if slot < 0:
-            slot = _open(meta, keys, index, pieces, free_slots, glob, key, h, at,
+            slot = _open(meta, keys, index, pieces, free_slots, glob, row, key, h, at,
                          cols[i, I_TS], cols[i, I_VLAN], cols[i, I_TUNNEL])
         meta[slot, S_FRAGS] += 1
         if offset == 0:
             if meta[slot, S_HDR_LEN] < 0:
-                _take_first(meta, flow_ip, header, slot, i, cols, fips, data, attr_ip, attr,
-                            wait)
+                _take_first(meta, flow_ip, header, slot, i, cols, fips, data)
+                if meta[slot, S_NWAIT]:  # those that came before it: counted before it
+                    _release(meta, flow_ip, glob, acct, slot, row, True)
         elif meta[slot, S_HAS_FLOW]:  # (also of a dropped datagram: wire accounting)
             _give_flow(meta, flow_ip, slot, i, attr_ip, attr)
-        else:  # its first fragment may still come in this batch
+        elif where[W_COUNT] and meta[slot, S_NWAIT] < MAX_FRAGMENTS \
+                and glob[G_NWAIT] < glob[G_MAX_WAIT]:  # it waits for its first fragment
             wait[i] = meta[slot, S_WAIT]
             meta[slot, S_WAIT] = i
+            place[i] = HELD
+            meta[slot, S_NWAIT] += 1
+            glob[G_NWAIT] += 1
+            glob[G_BATCH_WAIT] += 1
         if meta[slot, S_BAD]:
             continue
         header_len = start - cols[i, I_HEAD_AT] if cols[i, I_VERSION] == 4 else 0
@@ -605,8 +718,53 @@ def _take_fragments(state: tuple, first: int, cols: np.ndarray, fkeys: np.ndarra
             _finish(meta, keys, header, index, pieces, arena, data, free_slots, glob, slot,
                     i, done, out)
         else:
-            _shed_bytes(meta, index, pieces, free_slots, glob, slot)
+            _shed_bytes(meta, index, pieces, free_slots, glob, slot, row)
+    if glob[G_NDROPS]:
+        _apply_drops(meta, flow_ip, glob, acct)
     return DONE, n
+
+
+@njit
+def _park(state: tuple, acct: tuple, parked: np.ndarray) -> None:
+    """End of a batch: its fragments still waiting move to store rows (from the free
+    list; Python made room), listed in `parked` as (fragment, store row) for Python to
+    copy their columns."""
+    meta, _keys, _flow_ip, _header, _index, _free_slots, _pieces, _arena, glob = state
+    wait, store_next = acct[1], acct[2]
+    k = 0
+    slot = glob[G_HEAD]
+    while slot >= 0 and k < parked.shape[0]:
+        if meta[slot, S_NWAIT]:
+            entry = meta[slot, S_WAIT]
+            kept = -1
+            while entry != -1:
+                if entry >= 0:
+                    after = wait[entry]
+                    row = glob[G_STORE_FREE]
+                    glob[G_STORE_FREE] = store_next[row]
+                    glob[G_STORE_NFREE] -= 1
+                    parked[k, 0], parked[k, 1] = entry, row
+                    k += 1
+                    entry = -row - 2
+                else:
+                    after = store_next[-entry - 2]
+                store_next[-entry - 2] = kept
+                kept = entry
+                entry = after
+            meta[slot, S_WAIT] = kept
+        slot = meta[slot, S_NEXT]
+    glob[G_BATCH_WAIT] = 0
+
+
+@njit
+def _release_all(state: tuple, acct: tuple) -> None:
+    """End of input: every waiting row is counted (its own key: no first fragment came)."""
+    meta, _keys, flow_ip, _header, _index, _free_slots, _pieces, _arena, glob = state
+    slot = glob[G_HEAD]
+    while slot >= 0:
+        if meta[slot, S_NWAIT]:
+            _release(meta, flow_ip, glob, acct, slot, 0, False)
+        slot = meta[slot, S_NEXT]
 
 
 @njit
@@ -633,10 +791,14 @@ def _settle(state: tuple, data: np.ndarray) -> int:
 
 
 @njit
-def _expire_all(state: tuple, now: int) -> None:
+def _expire_all(state: tuple, acct: tuple, now: int) -> None:
     """_expire for the end of a batch."""
-    meta, _keys, _flow_ip, _header, index, free_slots, pieces, _arena, glob = state
-    _expire(meta, index, pieces, free_slots, glob, now)
+    meta, _keys, flow_ip, _header, index, free_slots, pieces, _arena, glob = state
+    where = acct[6]
+    _expire(meta, index, pieces, free_slots, glob, now,
+            where[W_FIXED] if where[W_FIXED] >= 0 else where[W_ROW])
+    if glob[G_NDROPS]:
+        _apply_drops(meta, flow_ip, glob, acct)
 
 
 class _State:
@@ -644,7 +806,10 @@ class _State:
 
     def __init__(self, config: DefragConfig, timeout_ns: int) -> None:
         slots = config.max_datagrams
-        self.meta = np.zeros((slots, SLOT_FIELDS), dtype=np.int64)
+        # rows of the slots, then the drop rows (at most every pending datagram is
+        # dropped at one fragment; in `meta`, not an array of their own: one more array
+        # handed to the per-fragment functions costs its reference counts every time)
+        self.meta = np.zeros((2 * slots + 1, SLOT_FIELDS), dtype=np.int64)
         self.keys = np.zeros((slots, 5), dtype=np.uint64)
         self.flow_ip = np.zeros((slots, 4), dtype=np.uint64)
         self.header = np.zeros((slots, HEADER_MAX), dtype=np.uint8)
@@ -659,6 +824,9 @@ class _State:
         self.glob[G_MAX_DATAGRAMS] = slots
         self.glob[G_MAX_BYTES] = config.max_bytes
         self.glob[G_TIMEOUT] = timeout_ns
+        self.glob[G_MAX_WAIT] = WAIT_PER_DATAGRAM * slots
+        self.glob[G_STORE_FREE] = -1
+        self.store = _Store()
 
     @staticmethod
     def _free_list(old: np.ndarray, rows: int, free: int) -> np.ndarray:
@@ -687,6 +855,86 @@ class _State:
         self.arena = grown
 
 
+# DecodedPackets' per-row columns: all but the buffer, the weird counts and the fragments
+_ROW_COLUMNS = tuple(f.name for f in dataclasses.fields(DecodedPackets)
+                     if f.name not in ("data", "weird", "fragments"))
+_NO_ROWS = np.zeros(0, dtype=np.int64)
+
+
+class _Store:
+    """The waiting rows parked at a batch's end ("waiting rows" above): their columns as
+    decoded (ports 0), arrival numbers (`seq`: the order they are counted in), the kernel's
+    links (free rows linked from G_STORE_FREE) and the releases of a batch (`rel`, `rel_ip`:
+    at most one per store row). Grown by Python; rows kept up to the waiting bound."""
+
+    def __init__(self) -> None:
+        self.columns: dict[str, np.ndarray] = {}
+        self.seq = _NO_ROWS
+        self.next = _NO_ROWS
+        self.rel = np.zeros((0, REL_FIELDS), dtype=np.int64)
+        self.rel_ip = np.zeros((0, 4), dtype=np.uint64)
+
+    def grow(self, glob: np.ndarray, need: int, like: DecodedPackets) -> None:
+        """At least `need` more free rows (linked in front of the free list); doubling,
+        up to the waiting bound."""
+        old = len(self.next)
+        rows = max(min(2 * old, int(glob[G_MAX_WAIT])), old + need, 1024)
+
+        def grown(array: np.ndarray, shape: tuple, dtype: np.dtype) -> np.ndarray:
+            out = np.zeros(shape, dtype=dtype)
+            out[:len(array)] = array
+            return out
+
+        for name in _ROW_COLUMNS:
+            column = getattr(like, name)
+            self.columns[name] = grown(self.columns.get(name, column[:0]),
+                                       (rows,) + column.shape[1:], column.dtype)
+        self.seq = grown(self.seq, (rows,), np.int64)
+        self.rel = grown(self.rel, (rows, REL_FIELDS), np.int64)
+        self.rel_ip = grown(self.rel_ip, (rows, 4), np.uint64)
+        self.next = grown(self.next, (rows,), np.int64)
+        self.next[old:] = np.arange(old + 1, rows + 1)
+        self.next[-1] = glob[G_STORE_FREE]
+        glob[G_STORE_FREE] = old
+        glob[G_STORE_NFREE] += rows - old
+
+    def put(self, parked: np.ndarray, packets: DecodedPackets, rows: np.ndarray,
+            seq_base: int) -> None:
+        """Copy the parked fragments' rows ((fragment, store row) pairs) into the store."""
+        at, taken = parked[:, 1], rows[parked[:, 0]]
+        for name in _ROW_COLUMNS:
+            self.columns[name][at] = getattr(packets, name)[taken]
+        self.columns["payload_offset"][at] = 0  # (their batch's buffer is gone)
+        self.seq[at] = seq_base + parked[:, 0]
+
+    def released(self, count: int, like: DecodedPackets | None
+                 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The first `count` releases: their positions and rows (columns like `like`'s),
+        those given a flow key with it."""
+        rel = self.rel[:count]
+        ids = rel[:, R_STORE]
+        if not count and like is not None:
+            return rel[:, R_POS], {name: getattr(like, name)[:0] for name in _ROW_COLUMNS}
+        columns = {name: self.columns[name][ids] for name in _ROW_COLUMNS}
+        given = np.flatnonzero(rel[:, R_GIVEN])
+        if given.size:
+            for name, words in (("src_ip", self.rel_ip[given, :2]),
+                                ("dst_ip", self.rel_ip[given, 2:])):
+                columns[name].view(np.uint64).reshape(-1, 2)[given] = words
+            for name, field in (("transport", R_TRANSPORT), ("src_port", R_SPORT),
+                                ("dst_port", R_DPORT), ("vlan", R_VLAN)):
+                columns[name][given] = rel[given, field].astype(columns[name].dtype)
+        return rel[:, R_POS].copy(), columns
+
+    def free(self, glob: np.ndarray, count: int) -> None:
+        """The store rows of the first `count` releases back to the free list."""
+        ids = self.rel[:count, R_STORE]
+        if ids.size:
+            self.next[ids] = np.append(ids[1:], glob[G_STORE_FREE])
+            glob[G_STORE_FREE] = ids[0]
+            glob[G_STORE_NFREE] += ids.size
+
+
 class _Scratch:
     """A batch's work arrays, kept from batch to batch: fresh ones for 64k fragments are
     ~20 MB of new pages a batch, whose faults cost a flood ~50-90 ns per fragment."""
@@ -696,8 +944,8 @@ class _Scratch:
         self.arrays: tuple = ()
 
     def take(self, n: int) -> tuple:
-        """(cols, key words, flow addresses, hashes, attr_ip, attr, wait, done) for n
-        fragments (views of the first n rows)."""
+        """(cols, key words, flow addresses, hashes, attr_ip, attr, wait, done, place)
+        for n fragments (views of the first n rows)."""
         if n > self.rows:
             rows = self.rows = max(n, 2 * self.rows, 1024)
             self.arrays = (np.empty((rows, INPUT_FIELDS), dtype=np.int64),
@@ -707,7 +955,8 @@ class _Scratch:
                            np.empty((rows, 4), dtype=np.uint64),
                            np.empty((rows, 5), dtype=np.int64),
                            np.empty(rows, dtype=np.int64),
-                           np.empty((rows, 4), dtype=np.int64))
+                           np.empty((rows, 4), dtype=np.int64),
+                           np.empty(rows, dtype=np.int64))
         return tuple(array[:n] for array in self.arrays)
 
 
@@ -755,11 +1004,18 @@ class Defragmenter:
         self._state: _State | None = None  # made at the first fragment
         self._scratch = _Scratch()
         self._spare_out: np.ndarray | None = None  # the last rebuilt packets' buffer
+        self._clock = np.iinfo(np.int64).min  # see _runmax
 
     @property
     def pending(self) -> int:
         """Datagrams waiting for fragments."""
         return int(self._state.glob[G_COUNT]) if self._state is not None else 0
+
+    @property
+    def waiting(self) -> int:
+        """Later fragments not yet counted by the flow table: they wait for their
+        datagram's first fragment (or its timeout)."""
+        return int(self._state.glob[G_NWAIT]) if self._state is not None else 0
 
     @property
     def held_bytes(self) -> int:
@@ -774,14 +1030,24 @@ class Defragmenter:
     def process(self, packets: DecodedPackets
                 ) -> tuple[DecodedPackets, DecodedPackets, list[DecodedPackets]]:
         """(the analyzers' view of the batch, the flow table's view, the reassembled
-        datagrams decoded). Off, or a batch without fragments: the batch itself twice."""
+        datagrams decoded). Off, or a batch without fragments (and no waiting rows
+        released): the batch itself twice. The flow table's view may leave out later
+        fragments that wait for their first one and hold earlier batches' ones that stop
+        waiting (in their place: "waiting rows"); `flush` hands over those left at the end."""
         if not self.config.enabled:
             return packets, packets, []
-        if packets.fragments is None:
-            if self.pending and len(packets):
-                self._expire(int(packets.ts_ns[-1]))
+        if packets.fragments is None and not (self.pending and len(packets)):
             return packets, packets, []
-        analyzed, counted, done = self._take(packets)
+        if self._state is None:
+            self._state = _State(self.config, self.timeout_ns)
+        self._state.glob[G_REL] = 0  # (the releases of this batch)
+        n = len(packets)
+        if packets.fragments is None:  # timeouts only; the clock only if rows wait
+            runmax = self._runmax(packets.ts_ns) if self._state.glob[G_NWAIT] else _NO_ROWS
+            self._expire(int(packets.ts_ns[-1]), runmax, n)
+            return packets, self._released(packets, None), []
+        runmax = self._runmax(packets.ts_ns)
+        analyzed, (base, moves), done = self._take(packets, runmax)
         datagrams = []
         source = packets
         for _ in range(MAX_NESTING):  # a reassembled tunnel packet may hold fragments
@@ -789,17 +1055,84 @@ class Defragmenter:
                 break
             source = decoded = self._decode(done, source)
             done = None
-            if decoded.fragments is not None:
-                decoded, _, done = self._take(decoded)
+            if decoded.fragments is not None:  # (its releases go at the batch's end)
+                decoded, _, done = self._take(decoded, _NO_ROWS, fixed=n)
             datagrams.append(decoded)
-        if len(packets):
-            self._expire(int(packets.ts_ns[-1]))
-        return analyzed, counted, datagrams
+        self._expire(int(packets.ts_ns[-1]), runmax, n)
+        return analyzed, self._released(base, moves), datagrams
 
-    def _expire(self, now: int) -> None:
+    def flush(self) -> DecodedPackets | None:
+        """End of input: the later fragments still waiting for their first fragment, as
+        the ports-0 packets they are (arrival order), for the flow table; None if none."""
+        state = self._state
+        if state is None or not state.glob[G_NWAIT]:
+            return None
+        state.glob[G_REL] = 0
+        _release_all(state.arrays(), self._acct(_NO_ROWS, np.array([0, 0, 0])))
+        count = int(state.glob[G_REL])
+        _, columns = state.store.released(count, None)
+        order = np.argsort(state.store.seq[state.store.rel[:count, R_STORE]], kind="stable")
+        state.store.free(state.glob, count)
+        return DecodedPackets(**{name: column[order] for name, column in columns.items()},
+                              data=np.zeros(0, dtype=np.uint8))
+
+    def _runmax(self, ts: np.ndarray) -> np.ndarray:
+        """The clock at each row (running maximum of the times, continued from the last
+        batch that needed it): where a timed-out datagram's waiting rows go."""
+        clock = np.maximum.accumulate(np.asarray(ts, dtype=np.int64))
+        np.maximum(clock, self._clock, out=clock)
+        if clock.size:
+            self._clock = int(clock[-1])
+        return clock
+
+    def _acct(self, runmax: np.ndarray, where: np.ndarray, work: tuple | None = None
+              ) -> tuple:
+        """The kernels' flow accounting arrays (see "waiting rows"); without a batch's
+        fragments (`work`), empty ones: only store rows are then in the lists."""
+        store = self._state.store
+        if work is None:
+            place = wait = _NO_ROWS
+            attr_ip, attr = np.zeros((0, 4), dtype=np.uint64), np.zeros((0, 5), dtype=np.int64)
+        else:
+            attr_ip, attr, wait, place = work[4], work[5], work[6], work[8]
+        return (place, wait, store.next, store.rel, store.rel_ip, runmax, where, attr_ip,
+                attr)
+
+    def _expire(self, now: int, runmax: np.ndarray, n: int) -> None:
         assert self._state is not None
-        _expire_all(self._state.arrays(), now)
+        _expire_all(self._state.arrays(), self._acct(runmax, np.array([n, -1, 0])), now)
         self._harvest()
+
+    def _released(self, base: DecodedPackets, moves: tuple | None) -> DecodedPackets:
+        """The flow table's view: `base` without its rows that wait past its end, its rows
+        released this batch moved before the rows they go before, and the store rows
+        released this batch inserted there (in arrival order where they meet)."""
+        state = self._state
+        count = int(state.glob[G_REL])
+        if moves is None and not count:
+            return base
+        n = len(base)
+        position = np.arange(n, dtype=np.int64)
+        after = np.ones(n, dtype=np.int8)  # a row's own place: after the rows moved before it
+        seq = np.zeros(n, dtype=np.int64)
+        keep = np.ones(n, dtype=bool)
+        if moves is not None:
+            place, rows, seq_base = moves
+            keep[rows[place == HELD]] = False
+            moved = np.flatnonzero(place >= 0)
+            position[rows[moved]] = place[moved]
+            after[rows[moved]] = 0
+            seq[rows[moved]] = seq_base + moved
+        kept = np.flatnonzero(keep)
+        inserted_at, inserted = state.store.released(count, base)
+        order = np.lexsort((
+            np.concatenate([seq[kept], state.store.seq[state.store.rel[:count, R_STORE]]]),
+            np.concatenate([after[kept], np.zeros(count, dtype=np.int8)]),
+            np.concatenate([position[kept], inserted_at])))
+        state.store.free(state.glob, count)
+        changed = {name: np.concatenate([getattr(base, name)[kept], inserted[name]])[order]
+                   for name in _ROW_COLUMNS}
+        return dataclasses.replace(base, **changed, fragments=None)
 
     def _harvest(self) -> None:
         """The kernels' counters into stats / weird (only those that moved)."""
@@ -811,31 +1144,33 @@ class Defragmenter:
 
     # -- one batch's fragments, in arrival order --
 
-    def _take(self, packets: DecodedPackets
-              ) -> tuple[DecodedPackets, DecodedPackets, tuple[np.ndarray, np.ndarray] | None]:
-        """The views, and the completed datagrams ((fragment row, start, vlan, tunnel)
-        rows, packet bytes) or None."""
+    def _take(self, packets: DecodedPackets, runmax: np.ndarray, fixed: int = -1
+              ) -> tuple[DecodedPackets, tuple, tuple[np.ndarray, np.ndarray] | None]:
+        """The analyzers' view, the flow table's (the batch with its in-batch attributions,
+        and its rows' moves for _released or None), and the completed datagrams
+        ((fragment row, start, vlan, tunnel) rows, packet bytes) or None. `fixed` >= 0: a
+        round of reassembled packets (not counted by the flow table: none waits; releases
+        go before that row of the captured batch)."""
         frag = packets.fragments
         assert frag is not None
-        if self._state is None:
-            self._state = _State(self.config, self.timeout_ns)
         state = self._state
         n = len(frag)
         work = self._scratch.take(n)
-        cols, fkeys, fips, hashes, attr_ip, attr, wait, done_rows = work
+        cols, fkeys, fips, hashes, attr_ip, attr, wait, done_rows, place = work
         _columns(packets, frag, cols, fkeys, fips)
         data = np.ascontiguousarray(packets.data)
+        seq_base = self.stats["fragments"]  # (arrival numbers of this batch's fragments)
         self.stats["fragments"] += n
         attr[:, 0] = 0  # (the other columns are read only where this flag is set)
-        state.meta[:, S_WAIT] = -1  # the waiting lists are this batch's
+        place[:] = -1
+        acct = self._acct(runmax, np.array([0, fixed, int(fixed < 0)]), work)
         state.glob[[G_DONE, G_OUT_END]] = 0
         need = int((frag.data_end - frag.data_start).sum()) + n * HEADER_MAX + OUT_ROOM
         completed = _Completed(done_rows, self._out_buffer(need))
         first = 0
         while True:  # until done: grow what the kernel ran out of, then go on from there
-            status, first = _take_fragments(state.arrays(), first, cols, fkeys, fips, data,
-                                            hashes, attr_ip, attr, wait, completed.done,
-                                            completed.out)
+            status, first = _take_fragments(state.arrays(), acct, first, cols, fkeys, fips,
+                                            data, hashes, completed.done, completed.out)
             if status == DONE:
                 break
             if status == NEED_PIECES:
@@ -846,15 +1181,24 @@ class Defragmenter:
         while need := _settle(state.arrays(), data):  # the pending pieces' bytes kept
             state.grow_arena(need)
         self._harvest()
+        waiting = int(state.glob[G_BATCH_WAIT])
+        if waiting:  # this batch's fragments still waiting: into the store
+            if state.glob[G_STORE_NFREE] < waiting:
+                state.store.grow(state.glob, waiting, packets)
+            parked = np.empty((waiting, 2), dtype=np.int64)
+            _park(state.arrays(), self._acct(runmax, acct[6], work), parked)
+            state.store.put(parked, packets, frag.row, seq_base)
         given = attr[:, 0] == 1
         counted = self._attributed(packets, frag.row[given], attr_ip[given], attr[given])
+        moved = fixed < 0 and bool((place != -1).any())
+        moves = (place.copy(), frag.row, seq_base) if moved else None
         count = int(state.glob[G_DONE])
         done = None
         if count:
             rows = completed.done[:count].copy()
             rows[:, 0] = frag.row[rows[:, 0]]
             done = rows, completed.out[:int(state.glob[G_OUT_END])]
-        return self._hidden(packets), counted, done
+        return self._hidden(packets), (counted, moves), done
 
     def _out_buffer(self, size: int) -> np.ndarray:
         """A buffer for a batch's rebuilt packets: the last one again when nothing refers

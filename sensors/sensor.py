@@ -88,6 +88,12 @@ class Sensor:
         out: list[EventBatch] = []
         for analyzer in self.analyzers:
             out.extend(analyzer.flush())
+        # later IP fragments whose first fragment never came: counted now, as ports-0 packets
+        late = self.defrag.flush()
+        if late is not None:
+            flows = self.flow_table.update(late)
+            if flows is not None and len(flows):
+                out.append(flows)
         yield out
         for flows in self.flow_table.flush_chunks():
             yield [flows]

@@ -26,7 +26,7 @@ from test_core_fused_decode import assert_same
 
 from pipeline.config import ConfigError, load_config
 from sensors.decode import decode, decode_columnwise
-from sensors.defrag import DefragConfig, Defragmenter
+from sensors.defrag import WAIT_PER_DATAGRAM, DefragConfig, Defragmenter
 from sensors.packets import ip_column_to_str
 from sensors.pcap_reader import CaptureReader
 from sensors.sensor import Sensor
@@ -522,6 +522,10 @@ class ReferenceDefrag:
         self.config = config
         self.pending: dict[tuple, dict] = {}
         self.held = 0
+        # flow accounting: a later fragment before its first one waits (bounded) for the
+        # first fragment's ports, else (dropped, end of input) keeps none
+        self.ports: dict[int, tuple | None] = {}
+        self.waiting = 0
         self.counts = {"datagrams": 0, "fragments": 0, "timeouts": 0, "evicted": 0,
                        "overlaps": 0}
         self.weird: dict[str, int] = {}
@@ -532,7 +536,19 @@ class ReferenceDefrag:
     def _drop(self, key: tuple) -> dict:
         entry = self.pending.pop(key)
         self.held -= sum(len(data) for _, data in entry["pieces"])
+        self._release(entry, None)
         return entry
+
+    def _release(self, entry: dict, ports: tuple | None) -> None:
+        for k in entry["waiting"]:
+            self.ports[k] = ports
+        self.waiting -= len(entry["waiting"])
+        entry["waiting"] = []
+
+    def finish(self) -> None:
+        """End of input: the later fragments still waiting are counted without ports."""
+        for entry in self.pending.values():
+            self._release(entry, None)
 
     def expire(self, now: int) -> None:
         limit = now - int(self.config.timeout_s * SECOND)
@@ -570,8 +586,9 @@ class ReferenceDefrag:
         return bytes(head) + bytes(payload)
 
     def take(self, key: tuple, ts: int, offset: int, more: bool, data: bytes, header: bytes,
-             ports: tuple) -> tuple[dict, bytes | None]:
-        """One fragment: (its datagram's entry, the rebuilt packet if it completed it)."""
+             ports: tuple, k: int = -1) -> tuple[dict, bytes | None]:
+        """One fragment (the k-th): (its datagram's entry, the rebuilt packet if it
+        completed it)."""
         self.counts["fragments"] += 1
         self.expire(ts)
         if key not in self.pending:
@@ -579,11 +596,20 @@ class ReferenceDefrag:
                 self._drop(next(iter(self.pending)))
                 self.counts["evicted"] += 1
             self.pending[key] = {"ts": ts, "pieces": [], "size": -1, "fragments": 0,
-                                 "header": None, "ports": None, "bad": False}
+                                 "header": None, "ports": None, "bad": False, "waiting": []}
         entry = self.pending[key]
         entry["fragments"] += 1
         if offset == 0 and entry["header"] is None:
             entry["header"], entry["ports"] = header, ports
+            self._release(entry, ports)
+        elif offset and entry["ports"] is not None:
+            self.ports[k] = entry["ports"]
+        elif offset and len(entry["waiting"]) < 512 \
+                and self.waiting < WAIT_PER_DATAGRAM * self.config.max_datagrams:
+            entry["waiting"].append(k)
+            self.waiting += 1
+        elif offset:
+            self.ports[k] = None  # beyond the bounds: counted where it is
         if entry["bad"]:
             return entry, None
         too_large = offset + len(data) + len(header) > 65535
@@ -643,8 +669,9 @@ fragment_draws = st.lists(st.tuples(
 @example(draws=[(1, 0, 8, True, 0, 1), (1, 1, 8, False, 0, 1)], batch=1, max_datagrams=8,
          max_bytes=1 << 20)
 def test_matches_a_reference_reassembler(draws, batch, max_datagrams, max_bytes):
-    """Rebuilt packets (in order), counts, weirds and the later fragments' flow keys are
-    the reference's, for any fragment set, bounds and batch size."""
+    """Rebuilt packets (in order), counts, weirds and the later fragments' flow keys (in
+    the flow table's view, the end of input's included) are the reference's, for any
+    fragment set, bounds and batch size."""
     config = DefragConfig(True, 30.0, max_datagrams, max_bytes)  # (no 2 x 65535 floor here)
     frames, ts, now = [], [], 0
     for ident, offset8, length, more, pattern, step in draws:
@@ -659,24 +686,23 @@ def test_matches_a_reference_reassembler(draws, batch, max_datagrams, max_bytes)
         now += step * 1_000_000
         ts.append(now)
     reference = ReferenceDefrag(config)
-    want_packets, want_ports = [], []
+    want_packets = []
     for lo in range(0, len(frames), batch):
-        firsts = {}  # this batch's later fragments wait for a first fragment in it
         for k in range(lo, min(lo + batch, len(frames))):
             frame = frames[k]
             flags_offset = int.from_bytes(frame[20:22], "big")
             key, offset = frame[18:20], (flags_offset & 0x1FFF) * 8
             ports = (int.from_bytes(frame[34:36], "big"), 2000) if offset == 0 else None
-            entry, packet = reference.take(key, ts[k], offset, bool(flags_offset & 0x2000),
-                                           frame[34:], frame[14:34], ports)
+            _, packet = reference.take(key, ts[k], offset, bool(flags_offset & 0x2000),
+                                       frame[34:], frame[14:34], ports, k)
             if packet is not None:
                 want_packets.append(packet)
-            if offset:
-                firsts[k] = entry
         reference.expire(ts[min(lo + batch, len(frames)) - 1])
-        want_ports += [(k, entry["ports"]) for k, entry in firsts.items()]
+    assert reference.waiting == sum(len(e["waiting"]) for e in reference.pending.values())
+    waiting = reference.waiting
+    reference.finish()
     defrag = Defragmenter(config)
-    got_packets, got_ports = [], []
+    got_packets, counted_rows = [], []
     for lo in range(0, len(frames), batch):
         decoded = decode(batch_from_frames(frames[lo:lo + batch], ts_ns=ts[lo:lo + batch]))
         _, counted, datagrams = defrag.process(decoded)
@@ -684,15 +710,25 @@ def test_matches_a_reference_reassembler(draws, batch, max_datagrams, max_bytes)
             ends = np.cumsum(d.caplen.astype(np.int64))
             got_packets += [d.data[e - n:e].tobytes() for e, n in zip(ends, d.caplen,
                                                                        strict=True)]
-        later = decoded.fragments.row[decoded.fragments.frag_offset != 0] \
-            if decoded.fragments is not None else []
-        for row in later:
-            ports = (int(counted.src_port[row]), int(counted.dst_port[row]))
-            got_ports.append((lo + int(row), ports if ports != (0, 0) else None))
+        counted_rows.append(counted)
+    assert defrag.waiting == waiting
+    late = defrag.flush()
+    counted_rows += [late] if late is not None else []
+    assert defrag.waiting == 0 and defrag.flush() is None
+    # every packet counted once (times are distinct), later fragments with the ports
+    row_of = {t: k for k, t in enumerate(ts)}
+    got_ports, seen = {}, []
+    for counted in counted_rows:
+        for t, sport, dport in zip(counted.ts_ns.tolist(), counted.src_port.tolist(),
+                                   counted.dst_port.tolist(), strict=True):
+            seen.append(row_of[t])
+            if row_of[t] in reference.ports:
+                got_ports[row_of[t]] = (sport, dport) if (sport, dport) != (0, 0) else None
+    assert sorted(seen) == list(range(len(frames)))
     assert got_packets == want_packets
     assert defrag.counts() == reference.counts
     assert dict(defrag.weird) == reference.weird
-    assert got_ports == want_ports
+    assert got_ports == reference.ports
     assert defrag.pending == len(reference.pending) and defrag.held_bytes == reference.held
 
 
