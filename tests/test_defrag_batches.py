@@ -147,6 +147,12 @@ def test_out_of_order_fragments_are_counted_in_their_datagrams_flow():
     zero = sorted(int(col["src_packets"][i] + col["dst_packets"][i])
                   for i in np.flatnonzero((col["src_port"] == 0) & (col["dst_port"] == 0)))
     assert zero == [2, 3]  # the datagram still pending at the end, and the timed-out one
+    for ident in (501, 502):  # each ports-0 flow has its fragments' own times
+        times = [t for f, t in zip(frames, ts, strict=True)
+                 if f[14 + 4:14 + 6] == ident.to_bytes(2, "big")]
+        i = next(i for i in range(len(col["end"]))
+                 if col["src_port"][i] == 0 and col["timestamp"][i] == min(times))
+        assert int(col["end"][i]) == max(times)
     dns = by_ports[(33333, 53, 17)]  # query + the 6 fragments of the reversed response
     assert (int(col["src_packets"][dns]), int(col["dst_packets"][dns])) == (1, 6)
     response_times = [t for f, t in zip(frames, ts, strict=True)
