@@ -179,6 +179,14 @@ FLOW = EventKind(
            "every sensor that reported this flow, '|'-joined, the kept report's observer "
            "first; empty when one sensor did (fusion de-duplication)",
            to_ecs=lambda v: v.split(OBSERVER_SEPARATOR), omit_empty=True, optional=True),
+        # Optional (added in place, schema version 1): tunnelled flows (sensors/decode.py).
+        _f("tunnel_type", OBJ, "cirtsa.tunnel.type",
+           "outermost tunnel the flow came out of (ipip, gre, erspan, vxlan, geneve, gtpu); "
+           "empty when not tunnelled", omit_empty=True, optional=True),
+        _f("tunnel_id", np.uint64, "cirtsa.tunnel.id",
+           "its segment: VXLAN/Geneve VNI, GRE key, ERSPAN session id (0: none; tunnels in "
+           "tunnels: a 56-bit digest of every level); part of the flow key",
+           omit_empty=True, optional=True, fill=0),
     ),
     event_category=("network",),
     event_type=("connection", "end"),

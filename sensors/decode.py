@@ -58,6 +58,9 @@ from sensors.packets import (
     LINKTYPE_LOOP,
     LINKTYPE_NULL,
     LINKTYPE_RAW,
+    SEGMENT_ID_MASK,
+    SEGMENT_KIND_SHIFT,
+    SEGMENT_NESTED,
     DecodedPackets,
     FragmentRows,
     PacketBatch,
@@ -706,6 +709,7 @@ class _Inner:
     start: np.ndarray  # int64: first byte of the inner frame
     ethernet: np.ndarray  # bool: an Ethernet frame (else a raw IPv4/IPv6 packet)
     kind: np.ndarray  # int64 Tunnel code
+    ident: np.ndarray  # uint64: the segment id (VNI, GRE key, ERSPAN session; 0: none)
 
 
 def _ipip_inner(gather: _ByteGather, pos: np.ndarray, end: np.ndarray, proto: np.ndarray,
@@ -715,7 +719,8 @@ def _ipip_inner(gather: _ByteGather, pos: np.ndarray, end: np.ndarray, proto: np
     version = gather.chunks(pos, 1)[:, 0] >> 4
     wanted = np.where(proto == IPPROTO_IPIP, 4, 6)
     ok = _drop(weird, "invalid_inner_IP_version", ok, version != wanted)
-    return _Inner(ok, pos, np.zeros_like(ok), np.full(pos.shape[0], _KIND_IPIP))
+    return _Inner(ok, pos, np.zeros_like(ok), np.full(pos.shape[0], _KIND_IPIP),
+                  np.zeros(pos.shape[0], dtype=np.uint64))
 
 
 def _gre_inner(gather: _ByteGather, pos: np.ndarray, end: np.ndarray, proto: np.ndarray,
@@ -751,7 +756,11 @@ def _gre_inner(gather: _ByteGather, pos: np.ndarray, end: np.ndarray, proto: np.
     inner = pos + header + span_len
     ok = _drop(weird, "truncated_GRE", ok, ethernet & (inner + ETHER_HEADER_LEN > end))
     kind = np.where(erspan2 | erspan3, _KIND_ERSPAN, _KIND_GRE)
-    return _Inner(ok, inner, ethernet, kind)
+    # the segment: ERSPAN II/III's session id (10 bits), else the GRE key (RFC 2890)
+    key = _field(gather.chunks(pos + 4 + np.where(flags & GRE_FLAG_C, 4, 0), 4), 0, ">u4")
+    ident = np.where(span_len >= 8, _be16(span, 2) & 0x3FF,
+                     np.where((flags & GRE_FLAG_K) != 0, key, 0)).astype(np.uint64)
+    return _Inner(ok, inner, ethernet, kind, ident)
 
 
 def _vxlan_inner(gather: _ByteGather, pos: np.ndarray, end: np.ndarray, proto: np.ndarray,
@@ -762,7 +771,8 @@ def _vxlan_inner(gather: _ByteGather, pos: np.ndarray, end: np.ndarray, proto: n
     ok = _drop(weird, "truncated_VXLAN", np.ones(pos.shape[0], dtype=bool), room < 8)
     ok &= (gather.chunks(pos, 1)[:, 0] & 0x08) != 0
     ok = _drop(weird, "truncated_VXLAN", ok, room < 8 + ETHER_HEADER_LEN)
-    return _Inner(ok, pos + 8, np.ones_like(ok), np.full(pos.shape[0], _KIND_VXLAN))
+    return _Inner(ok, pos + 8, np.ones_like(ok), np.full(pos.shape[0], _KIND_VXLAN),
+                  _vni(gather, pos))
 
 
 def _geneve_inner(gather: _ByteGather, pos: np.ndarray, end: np.ndarray, proto: np.ndarray,
@@ -780,7 +790,8 @@ def _geneve_inner(gather: _ByteGather, pos: np.ndarray, end: np.ndarray, proto: 
     ip = (protocol == ETHERTYPE_IPV4) | (protocol == ETHERTYPE_IPV6)
     ok = _drop(weird, "unknown_geneve_protocol", ok, ~(ip | ethernet))
     ok = _drop(weird, "truncated_Geneve", ok, ethernet & (header + ETHER_HEADER_LEN > room))
-    return _Inner(ok, pos + header, ethernet, np.full(pos.shape[0], _KIND_GENEVE))
+    return _Inner(ok, pos + header, ethernet, np.full(pos.shape[0], _KIND_GENEVE),
+                  _vni(gather, pos))
 
 
 def _gtpu_inner(gather: _ByteGather, pos: np.ndarray, end: np.ndarray, proto: np.ndarray,
@@ -812,7 +823,29 @@ def _gtpu_inner(gather: _ByteGather, pos: np.ndarray, end: np.ndarray, proto: np
         chained = chained[gather.chunks(at + length - 1, 1)[:, 0] != 0]
     _count_rows(weird, "gtpu_ext_chain_too_long", chained)
     ok[chained] = False
-    return _Inner(ok, pos + header, np.zeros_like(ok), np.full(pos.shape[0], _KIND_GTPU))
+    # no segment id: a bearer's TEIDs differ by direction (each end picks the TEID it
+    # receives on, 3GPP TS 23.401 5.3.4), so a TEID would split every connection in two
+    return _Inner(ok, pos + header, np.zeros_like(ok), np.full(pos.shape[0], _KIND_GTPU),
+                  np.zeros(pos.shape[0], dtype=np.uint64))
+
+
+def _vni(gather: _ByteGather, pos: np.ndarray) -> np.ndarray:
+    """The 24-bit VNI at bytes 4-6 of a VXLAN or Geneve header at `pos`."""
+    head = gather.chunks(pos + 4, 3).astype(np.uint64)
+    return (head[:, 0] << np.uint64(16)) | (head[:, 1] << np.uint64(8)) | head[:, 2]
+
+
+def _segment_keys(kind: np.ndarray, ident: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """tunnel_id values of rows opened at one level (kind, ident) whose inner packet has
+    tunnel_id `inner` (0: no tunnel inside)."""
+    level = (kind.astype(np.uint64) << np.uint64(SEGMENT_KIND_SHIFT)) | ident.astype(np.uint64)
+    x = level * np.uint64(0x9E3779B97F4A7C15) ^ inner  # (a splitmix64 finaliser)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    nested = (SEGMENT_NESTED | (kind.astype(np.uint64) << np.uint64(SEGMENT_KIND_SHIFT))
+              | (x & SEGMENT_ID_MASK))
+    return np.where(inner == 0, level, nested)
 
 
 def _decapsulate(gather: _ByteGather, columns: dict[str, np.ndarray],
@@ -850,10 +883,10 @@ def _decapsulate(gather: _ByteGather, columns: dict[str, np.ndarray],
         if rows.size:
             inner = parse(gather, pay_start[rows], pay_end[rows], proto[rows], weird)
             parts.append((rows[inner.ok], inner.start[inner.ok], inner.ethernet[inner.ok],
-                          inner.kind[inner.ok]))
+                          inner.kind[inner.ok], inner.ident[inner.ok]))
     if not parts:
         return
-    rows, start, ethernet, kind = (np.concatenate(p) for p in zip(*parts, strict=True))
+    rows, start, ethernet, kind, ident = (np.concatenate(p) for p in zip(*parts, strict=True))
     if rows.size == 0:
         return
     if depth >= tunnels.max_depth:
@@ -870,13 +903,16 @@ def _decapsulate(gather: _ByteGather, columns: dict[str, np.ndarray],
     _count(weird, "invalid_inner_IP_version", ~ethernet & (ethertype == 0) & (start < end))
     good = rows[decoded]
     _lift_fragments(inner_fragments, rows, decoded, kind, fragments)
+    segment = _segment_keys(kind, ident, inner["tunnel_id"])
     if len(parts) == 1 and good.size == pay_start.shape[0]:  # rows are 0..n-1, all decoded
         columns.update(inner)  # (a sensor fed by one mirror session: no scatter)
         columns["tunnel"] = kind.astype(np.uint8)
+        columns["tunnel_id"] = segment
         return
     for name, values in inner.items():
         columns[name][good] = values[decoded]
     columns["tunnel"][good] = kind[decoded]  # the outermost kind: overwrites the inner's
+    columns["tunnel_id"][good] = segment[decoded]
 
 
 def _lift_fragments(inner: list[dict[str, np.ndarray]], rows: np.ndarray, decoded: np.ndarray,
@@ -947,6 +983,7 @@ def _decode_rows(gather: _ByteGather, start: np.ndarray, end: np.ndarray, linkty
         "payload_offset": payload_offset.astype(np.int64),
         "payload_len": payload_len.astype(np.int32),
         "tunnel": np.zeros(start.shape[0], dtype=np.uint8),
+        "tunnel_id": np.zeros(start.shape[0], dtype=np.uint64),
     }
     _decapsulate(gather, columns, net.no_transport_header, weird,
                  DEFAULT_TUNNELS if tunnels is None else tunnels, depth, net.fragments)
@@ -995,10 +1032,10 @@ def decode_columnwise(batch: PacketBatch,
 
 
 def _decode_tunnels(gather: _ByteGather, out: tuple, tunnel: np.ndarray,
-                    tunnels: TunnelConfig) -> None:
+                    tunnel_id: np.ndarray, tunnels: TunnelConfig) -> None:
     """The compiled tunnel pass (_decode_tunnel_rows) over the rows the common case left."""
     if not out[0].all():
-        _decode_tunnel_rows(gather.buf, _kernel_ports(tunnels), out, tunnel)
+        _decode_tunnel_rows(gather.buf, _kernel_ports(tunnels), out, tunnel, tunnel_id)
 
 
 def decode(batch: PacketBatch, tunnels: TunnelConfig = DEFAULT_TUNNELS) -> DecodedPackets:
@@ -1018,7 +1055,7 @@ def decode(batch: PacketBatch, tunnels: TunnelConfig = DEFAULT_TUNNELS) -> Decod
         # Taken, not shared: the columns below are completed in place and become this
         # result's own (a second decode of the batch decodes afresh).
         batch.common_headers = None
-        done, fast, src, dst, tunnel = headers.columns
+        done, fast, src, dst, tunnel, tunnel_id = headers.columns
         # the walk also opened the tunnels to WALK_TUNNEL_PORTS: under another config,
         # rows it opened are decoded afresh
         if ports != WALK_TUNNEL_PORTS and tunnel.any():
@@ -1030,12 +1067,14 @@ def decode(batch: PacketBatch, tunnels: TunnelConfig = DEFAULT_TUNNELS) -> Decod
         linktype = np.asarray(batch.linktype).astype(np.int64)
         done, fast, src, dst = _decode_common(gather.buf, start, end, linktype)
         tunnel = np.zeros(done.shape[0], dtype=np.uint8)
+        tunnel_id = np.zeros(done.shape[0], dtype=np.uint64)
         if tunnels.enabled:
-            _decode_tunnels(gather, (done, fast, src, dst), tunnel, tunnels)
+            _decode_tunnels(gather, (done, fast, src, dst), tunnel, tunnel_id, tunnels)
     columns = dict(zip(_KERNEL_COLUMNS, fast, strict=True))
     columns["src_ip"] = src.view(IP_DTYPE).reshape(-1)
     columns["dst_ip"] = dst.view(IP_DTYPE).reshape(-1)
     columns["tunnel"] = tunnel
+    columns["tunnel_id"] = tunnel_id
     extra_ports = tunnels.extra_ports()
     if extra_ports.size:  # tunnel ports the kernels do not know (outer or inner packet):
         # hand those rows over too
@@ -1319,25 +1358,28 @@ def _kernel_ports(tunnels: TunnelConfig) -> int:
 
 
 @njit
-def _gre_payload(data: np.ndarray, p: int, e: int) -> tuple[int, int, int]:
-    """(kind, inner start, inner link type) of the GRE packet at data[p:e] (as _gre_inner);
-    kind 0 when _gre_inner would not open it cleanly."""
+def _gre_payload(data: np.ndarray, p: int, e: int) -> tuple[int, int, int, int]:
+    """(kind, inner start, inner link type, segment id) of the GRE packet at data[p:e] (as
+    _gre_inner); kind 0 when _gre_inner would not open it cleanly."""
     if p + 4 > e:
-        return 0, 0, 0
+        return 0, 0, 0, 0
     flags, protocol = _be16_at(data, p), _be16_at(data, p + 2)
     if (flags & 0x7) != 0 or (flags & GRE_FLAG_R) != 0 or (flags & GRE_RESERVED) != 0:
-        return 0, 0, 0
+        return 0, 0, 0, 0
     header = 4
     if flags & GRE_FLAG_C:
         header += 4
+    key = 0
     if flags & GRE_FLAG_K:
+        if p + header + 4 <= e:
+            key = (_be16_at(data, p + header) << 16) | _be16_at(data, p + header + 2)
         header += 4
     if flags & GRE_FLAG_S:
         header += 4
     if p + header > e:
-        return 0, 0, 0
+        return 0, 0, 0, 0
     if protocol == ETHERTYPE_IPV4 or protocol == ETHERTYPE_IPV6:
-        return _KIND_GRE, p + header, LINKTYPE_RAW
+        return _KIND_GRE, p + header, LINKTYPE_RAW, key
     kind, span = _KIND_ERSPAN, 0
     if protocol == GRE_TEB:
         kind = _KIND_GRE
@@ -1346,68 +1388,71 @@ def _gre_payload(data: np.ndarray, p: int, e: int) -> tuple[int, int, int]:
     elif protocol == GRE_ERSPAN_3:
         span = 12
     else:
-        return 0, 0, 0
+        return 0, 0, 0, 0
     at = p + header
     if at + span > e:
-        return 0, 0, 0
+        return 0, 0, 0, 0
     if span == 8 and (_byte(data, at) >> 4) != 1:
-        return 0, 0, 0
+        return 0, 0, 0, 0
+    if span >= 8:  # ERSPAN II/III: the session id is the segment, not the GRE key
+        key = _be16_at(data, at + 2) & 0x3FF
     if span == 12:
         if (_byte(data, at) >> 4) != 2:
-            return 0, 0, 0
+            return 0, 0, 0, 0
         if _byte(data, at + 11) & 0x01:  # O: an 8-byte platform sub-header follows
             span += 8
     if at + span + ETHER_HEADER_LEN > e:
-        return 0, 0, 0
-    return kind, at + span, LINKTYPE_ETHERNET
+        return 0, 0, 0, 0
+    return kind, at + span, LINKTYPE_ETHERNET, key
 
 
 @njit
 def _udp_tunnel_payload(data: np.ndarray, p: int, e: int, dport: int,
-                        ports: int) -> tuple[int, int, int]:
-    """(kind, inner start, inner link type) of a VXLAN, Geneve or GTP-U header at data[p:e]
-    (as _vxlan_inner, _geneve_inner, _gtpu_inner) to an IANA port in `ports`; kind 0 when
-    that would not open it cleanly or the port is none of these."""
+                        ports: int) -> tuple[int, int, int, int]:
+    """(kind, inner start, inner link type, segment id) of a VXLAN, Geneve or GTP-U header
+    at data[p:e] (as _vxlan_inner, _geneve_inner, _gtpu_inner) to an IANA port in `ports`;
+    kind 0 when that would not open it cleanly or the port is none of these."""
     room = e - p
     if room < 8:
-        return 0, 0, 0
+        return 0, 0, 0, 0
     first = np.int64(_byte(data, p))
+    vni = (np.int64(_byte(data, p + 4)) << 16) | _be16_at(data, p + 5)
     if dport == VXLAN_PORT and ports & _PORT_VXLAN:
         if (first & 0x08) == 0 or room < 8 + ETHER_HEADER_LEN:
-            return 0, 0, 0
-        return _KIND_VXLAN, p + 8, LINKTYPE_ETHERNET
+            return 0, 0, 0, 0
+        return _KIND_VXLAN, p + 8, LINKTYPE_ETHERNET, vni
     if dport == GENEVE_PORT and ports & _PORT_GENEVE:
         header = 8 + (first & 0x3F) * 4
         protocol = _be16_at(data, p + 2)
         if (first >> 6) != 0 or header > room:
-            return 0, 0, 0
+            return 0, 0, 0, 0
         if protocol == ETHERTYPE_IPV4 or protocol == ETHERTYPE_IPV6:
-            return _KIND_GENEVE, p + header, LINKTYPE_RAW
+            return _KIND_GENEVE, p + header, LINKTYPE_RAW, vni
         if protocol != GRE_TEB or header + ETHER_HEADER_LEN > room:
-            return 0, 0, 0
-        return _KIND_GENEVE, p + header, LINKTYPE_ETHERNET
-    if dport == GTPU_PORT and ports & _PORT_GTPU:
+            return 0, 0, 0, 0
+        return _KIND_GENEVE, p + header, LINKTYPE_ETHERNET, vni
+    if dport == GTPU_PORT and ports & _PORT_GTPU:  # (no segment id: see _gtpu_inner)
         if (first >> 4) != 0x3 or _byte(data, p + 1) != 0xFF:  # version 1 PT 1, T-PDU
-            return 0, 0, 0
+            return 0, 0, 0, 0
         if (first & 0x07) == 0:
-            return _KIND_GTPU, p + 8, LINKTYPE_RAW
+            return _KIND_GTPU, p + 8, LINKTYPE_RAW, 0
         # optional fields; an extension header chain goes column-wise
         if room < 12 or ((first & 0x04) != 0 and _byte(data, p + 11) != 0):
-            return 0, 0, 0
-        return _KIND_GTPU, p + 12, LINKTYPE_RAW
-    return 0, 0, 0
+            return 0, 0, 0, 0
+        return _KIND_GTPU, p + 12, LINKTYPE_RAW, 0
+    return 0, 0, 0, 0
 
 
 @njit
 def _tunnel_payload(data: np.ndarray, p: int, e: int, proto: int, dport: int,
-                    ports: int) -> tuple[int, int, int]:
-    """(kind, inner start, inner link type) of the tunnel an outer payload data[p:e] of IP
-    protocol `proto` carries (UDP: the payload after the UDP header, to `dport`); kind 0
-    when none is opened cleanly (see above)."""
+                    ports: int) -> tuple[int, int, int, int]:
+    """(kind, inner start, inner link type, segment id) of the tunnel an outer payload
+    data[p:e] of IP protocol `proto` carries (UDP: the payload after the UDP header, to
+    `dport`); kind 0 when none is opened cleanly (see above)."""
     if proto == IPPROTO_IPIP or proto == IPPROTO_IPV6_ENCAP:
         if p >= e or (_byte(data, p) >> 4) != (4 if proto == IPPROTO_IPIP else 6):
-            return 0, 0, 0
-        return _KIND_IPIP, p, LINKTYPE_RAW
+            return 0, 0, 0, 0
+        return _KIND_IPIP, p, LINKTYPE_RAW, 0
     if proto == IPPROTO_GRE:
         return _gre_payload(data, p, e)
     return _udp_tunnel_payload(data, p, e, dport, ports)
@@ -1440,9 +1485,10 @@ WALK_TUNNEL_PORTS = _kernel_ports(DEFAULT_TUNNELS)
 
 @njit
 def _tunnel_range(data: np.ndarray, lo: int, hi: int, ports: int, out: tuple,
-                  tunnel: np.ndarray, scratch: tuple) -> None:
+                  tunnel: np.ndarray, tunnel_id: np.ndarray, scratch: tuple) -> None:
     """Decode the tunnel candidates among rows lo..hi-1 of `out` (_common_columns, after
-    _decode_common_range) as their inner packet, their kind into `tunnel`.
+    _decode_common_range) as their inner packet, their kind into `tunnel` and their
+    segment (one level: kind << 56 | id, as _segment_keys) into `tunnel_id`.
 
     The inner frames are decoded by one run of _decode_common_range over the range, on the
     inner bounds in `scratch` (three int64 arrays as long as `out`); rows that are no
@@ -1462,16 +1508,18 @@ def _tunnel_range(data: np.ndarray, lo: int, hi: int, ports: int, out: tuple,
     for i in range(lo, hi):
         row = np.uint64(i)
         proto = transport_col[row]
-        kind, inner, inner_link, e = 0, 0, 0, 0
+        kind, inner, inner_link, e, ident = 0, 0, 0, 0, 0
         if not done[row] and proto != 0:  # transport 0: no candidate (_decode_common_range)
             p = payload_offset_col[row]
             e = p + payload_len_col[row]
-            kind, inner, inner_link = _tunnel_payload(data, p, e, proto, dport_col[row], ports)
+            kind, inner, inner_link, ident = _tunnel_payload(data, p, e, proto, dport_col[row],
+                                                             ports)
         if kind == 0:
             if first >= 0:  # (rows before the first opened one are outside the inner run)
                 inner_linktype[row] = -1
             continue
         tunnel[row] = kind
+        tunnel_id[row] = (np.uint64(kind) << np.uint64(SEGMENT_KIND_SHIFT)) | np.uint64(ident)
         inner_start[row], inner_end[row], inner_linktype[row] = inner, e, inner_link
         _clear_row(columns, row)
         if first < 0:
@@ -1486,6 +1534,7 @@ def _tunnel_range(data: np.ndarray, lo: int, hi: int, ports: int, out: tuple,
         if inner_linktype[row] >= 0 and not (done[row] and ethertype_col[row] != 0):
             done[row] = False
             tunnel[row] = 0
+            tunnel_id[row] = 0
 
 
 @njit
@@ -1496,9 +1545,11 @@ def _tunnel_scratch(n: int) -> tuple:
 
 
 @njit
-def _decode_tunnel_rows(data: np.ndarray, ports: int, out: tuple, tunnel: np.ndarray) -> None:
+def _decode_tunnel_rows(data: np.ndarray, ports: int, out: tuple, tunnel: np.ndarray,
+                        tunnel_id: np.ndarray) -> None:
     """_tunnel_range over all rows of `out`, in chunks of _TUNNEL_CHUNK rows."""
     n = out[0].shape[0]
     scratch = _tunnel_scratch(n)
     for lo in range(0, n, _TUNNEL_CHUNK):
-        _tunnel_range(data, lo, min(lo + _TUNNEL_CHUNK, n), ports, out, tunnel, scratch)
+        _tunnel_range(data, lo, min(lo + _TUNNEL_CHUNK, n), ports, out, tunnel, tunnel_id,
+                      scratch)

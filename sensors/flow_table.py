@@ -70,7 +70,7 @@ import numpy as np
 from pipeline.jit import njit
 from pipeline.schema import FLOW, EventBatch
 from sensors.community_id import _ICMP4_TABLE, _ICMP6_TABLE, community_id_column
-from sensors.packets import IP_DTYPE, DecodedPackets, constant_text
+from sensors.packets import IP_DTYPE, DecodedPackets, constant_text, segment_columns
 from sensors.tcp_stream import prefetch
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
@@ -101,7 +101,8 @@ _AHEAD = 16  # rows ahead whose lines the grouping and the walk ask for (tcp_str
 # Per-slot table columns. "lo"/"hi" are the canonical endpoints (smaller (ip, port) first);
 # records are turned into originator/responder terms only when emitted.
 SLOT_FIELDS: dict[str, np.dtype] = {
-    "vlan": np.dtype(np.uint16),
+    "vlan": np.dtype(np.uint16),  # | SEGMENT_FLAG when the flow has a tunnel segment
+    "segment": np.dtype(np.uint64),  # the tunnel segment (DecodedPackets.tunnel_id) if flagged
     "transport": np.dtype(np.uint8),
     "lo_ip": IP_DTYPE,
     "hi_ip": IP_DTYPE,
@@ -193,7 +194,8 @@ def _words16(column: np.ndarray) -> np.ndarray:
 
 
 def _mix64(words: np.ndarray) -> np.ndarray:
-    """Hash (n, k) uint64 words to uint64 (splitmix-style); collisions are checked by caller."""
+    """Hash (n, k) uint64 words to uint64 (splitmix-style); collisions are checked by caller.
+    A sixth word (a flow key's segment) that is 0 is left out, as _key_hash does."""
     return _mix64_rows(np.ascontiguousarray(words, dtype=np.uint64))
 
 
@@ -214,7 +216,8 @@ def _mix64_rows(words: np.ndarray) -> np.ndarray:
     for i in range(words.shape[0]):
         x = np.uint64(0x9E3779B97F4A7C15)
         for j in range(words.shape[1]):
-            x = _mix_step(x, words[i, j])
+            if j != 5 or words[i, j] != 0:
+                x = _mix_step(x, words[i, j])
         h[i] = x
     return h
 
@@ -239,12 +242,21 @@ def _bswap(x: np.uint64) -> np.uint64:
     return (x << np.uint64(32)) | (x >> np.uint64(32))
 
 
+# The tunnel segment (DecodedPackets.tunnel_id) is a sixth key word. A flow that has one
+# sets SEGMENT_FLAG in its vlan (VLAN ids are 12 bits): the word is compared (and the slot's
+# segment column read) only for flagged keys, and unflagged keys hash and order as before.
+SEGMENT_FLAG = 0x1000
+VLAN_MASK = 0x0FFF
+
+
 @njit(inline="always")
-def _packet_key(r, src, dst, sport, dport, transport, vlan):
-    """Flow key of packet row r: (meta, lo_ip words (2), hi_ip words (2), fwd, hash).
+def _packet_key(r, src, dst, sport, dport, transport, vlan, segment):
+    """Flow key of packet row r: (meta, lo_ip words (2), hi_ip words (2), segment, fwd,
+    hash).
 
     fwd: the packet travels lo -> hi, lo being the smaller (ip, port) endpoint; the hash is
-    _mix64 of the five words. meta = vlan << 48 | transport << 40 | lo_port << 16 | hi_port.
+    _key_hash of the six words. meta = (vlan | SEGMENT_FLAG if segment) << 48 | transport
+    << 40 | lo_port << 16 | hi_port.
     Ports are Zeek's: ICMP request/reply types get the counter-type as "port"
     (community_id's 256-entry tables, -1 for one-way types, read as globals: frozen
     constants, cheaper than array arguments) and protocols without ports (not in
@@ -268,45 +280,58 @@ def _packet_key(r, src, dst, sport, dport, transport, vlan):
     src_greater = s0 > d0 or (s0 == d0 and (s1 > d1 or (s1 == d1 and sp > dp)))
     if src_greater:
         s0, s1, d0, d1, sp, dp = d0, d1, s0, s1, dp, sp
-    meta = ((np.uint64(vlan[r]) << np.uint64(48)) | (np.uint64(t) << np.uint64(40))
+    seg = np.uint64(segment[r])
+    v = np.uint64(vlan[r])
+    if seg != 0:
+        v |= np.uint64(SEGMENT_FLAG)
+    meta = ((v << np.uint64(48)) | (np.uint64(t) << np.uint64(40))
             | (np.uint64(sp) << np.uint64(16)) | np.uint64(dp))
     # the batch table's probe hash: independent multiplies (no serial chain); the flow
     # hash (_key_hash) is made once per key
     x = ((meta * np.uint64(0x9E3779B97F4A7C15)) ^ (s0 * np.uint64(0xBF58476D1CE4E5B9))
          ^ (s1 * np.uint64(0x94D049BB133111EB)) ^ (d0 * np.uint64(0xD6E8FEB86659FD93))
-         ^ (d1 * np.uint64(0xC2B2AE3D27D4EB4F)))
+         ^ (d1 * np.uint64(0xC2B2AE3D27D4EB4F)) ^ (seg * np.uint64(0x9FB21C651E98DF25)))
     # one multiply after the fold: bits that differ only high in a word (addresses that
     # differ only in their first bytes) reach the low bits the table position uses (without
     # it such keys shared a few positions: quadratic probing, 65 ms for 16k keys)
     x ^= x >> np.uint64(32)
     x *= np.uint64(0xFF51AFD7ED558CCD)
     x ^= x >> np.uint64(32)
-    return meta, s0, s1, d0, d1, not src_greater, x
+    return meta, s0, s1, d0, d1, seg, not src_greater, x
 
 
 @njit(inline="always")
-def _key_hash(meta, s0, s1, d0, d1):
-    """_mix64 of a flow key's five words."""
+def _key_hash(meta, s0, s1, d0, d1, seg):
+    """_mix64 of a flow key's six words (the segment word only when it is set)."""
     x = _mix_step(np.uint64(0x9E3779B97F4A7C15), meta)
-    return _mix_step(_mix_step(_mix_step(_mix_step(x, s0), s1), d0), d1)
+    x = _mix_step(_mix_step(_mix_step(_mix_step(x, s0), s1), d0), d1)
+    if seg != 0:
+        x = _mix_step(x, seg)
+    return x
+
+
 
 
 @njit
 def _batch_keys(rows: np.ndarray, src: np.ndarray, dst: np.ndarray, sport: np.ndarray,
-                dport: np.ndarray, transport: np.ndarray, vlan: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                dport: np.ndarray, transport: np.ndarray, vlan: np.ndarray,
+                segment: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The distinct flow keys of the packets at `rows`, in one pass in capture order.
 
     Returns (key_of: each packet's key id, fwd: the packet travels lo -> hi, key_words:
-    (keys, 5) uint64 [meta, lo_ip (2), hi_ip (2)] (_packet_key), key_hash: _mix64 of them);
+    (keys, 6) uint64 [meta, lo_ip (2), hi_ip (2), segment] (_packet_key), key_hash:
+    _key_hash of them);
     key ids count keys in order of their first packet. A per-batch open-addressing table
     (hash -> key id, keys compared exactly) finds them: it replaced a sort of every
     packet's hash plus a grouping pass that read the packets' key words in hash order
     (random rows), and the (rows, 5) per-packet words. rows are rows of the batch, so < N.
     """
-    return _batch_keys_in(rows, src, dst, sport, dport, transport, vlan,
+    return _batch_keys_in(rows, src, dst, sport, dport, transport, vlan, segment,
                           np.empty(_keys_table_size(rows.shape[0]), dtype=np.int32),
-                          np.empty(7 * rows.shape[0], dtype=np.uint64))
+                          np.empty(_KEYS_SCRATCH * rows.shape[0], dtype=np.uint64))
+
+
+_KEYS_SCRATCH = 8  # scratch words a packet for _batch_keys_in
 
 
 @njit(inline="always")
@@ -319,9 +344,9 @@ def _keys_table_size(n: int) -> int:
 
 
 @njit
-def _batch_keys_in(rows, src, dst, sport, dport, transport, vlan, table, scratch):
+def _batch_keys_in(rows, src, dst, sport, dport, transport, vlan, segment, table, scratch):
     """_batch_keys in the caller's buffers, which may hold anything: table (int32, at least
-    _keys_table_size(n) entries) and scratch (uint64, at least 7n words: the key words,
+    _keys_table_size(n) entries) and scratch (uint64, at least 8n words: the key words,
     hashes and probe hashes; key_words and key_hash are views of it). FlowTable keeps them
     across batches: fresh ones faulted their pages in again now and then (~2 us a page)."""
     n = rows.shape[0]
@@ -331,15 +356,15 @@ def _batch_keys_in(rows, src, dst, sport, dport, transport, vlan, table, scratch
     table[:] = -1
     key_of = np.empty(n, dtype=np.int32)
     fwd = np.empty(n, dtype=np.bool_)
-    words = scratch[:5 * n].reshape((n, 5))  # at most one key a packet
-    key_hash = scratch[5 * n:6 * n]
-    probe = scratch[6 * n:7 * n]  # each key's probe hash
+    words = scratch[:6 * n].reshape((n, 6))  # at most one key a packet
+    key_hash = scratch[6 * n:7 * n]
+    probe = scratch[7 * n:8 * n]  # each key's probe hash
     n_keys = 0
     # unsigned indices: rows, table entries and positions are >= 0 by construction, and
     # numba adds no negative-index fix-up for an unsigned index
     for i in range(n):
-        meta, s0, s1, d0, d1, forward, x = _packet_key(np.uint64(rows[i]), src, dst, sport,
-                                                        dport, transport, vlan)
+        meta, s0, s1, d0, d1, seg, forward, x = _packet_key(
+            np.uint64(rows[i]), src, dst, sport, dport, transport, vlan, segment)
         fwd[i] = forward
         pos = x & mask
         while True:  # the table is at most half full: an EMPTY entry ends every probe
@@ -351,14 +376,16 @@ def _batch_keys_in(rows, src, dst, sport, dport, transport, vlan, table, scratch
                 words[n_keys, 2] = s1
                 words[n_keys, 3] = d0
                 words[n_keys, 4] = d1
+                words[n_keys, 5] = seg
                 probe[n_keys] = x
-                key_hash[n_keys] = _key_hash(meta, s0, s1, d0, d1)
+                key_hash[n_keys] = _key_hash(meta, s0, s1, d0, d1, seg)
                 e = n_keys
                 n_keys += 1
                 break
             u = np.uint32(e)
             if (probe[u] == x and words[u, 0] == meta and words[u, 1] == s0
-                    and words[u, 2] == s1 and words[u, 3] == d0 and words[u, 4] == d1):
+                    and words[u, 2] == s1 and words[u, 3] == d0 and words[u, 4] == d1
+                    and words[u, 5] == seg):
                 break
             pos = (pos + np.uint64(1)) & mask
         key_of[i] = e
@@ -422,16 +449,19 @@ def _zeros(n: int, dtype: np.dtype, itemsize: int = 0) -> np.ndarray:
     return np.frombuffer(mmap.mmap(-1, nbytes), dtype=dtype, count=n)
 
 
-# Slot key columns: (vlan, transport, lo_port, hi_port, lo_ip, hi_ip) of the table, the IP
-# columns as (n, 16) uint8 views; the index compares a probed slot's key through them.
+# Slot key columns: (vlan, transport, lo_port, hi_port, lo_ip, hi_ip, segment) of the
+# table, the IP columns as (n, 16) uint8 views; the index compares a probed slot's key
+# through them.
 KeyColumns = tuple
 
 
 @njit
 def _slot_word(slot: int, j: int, vlan: np.ndarray, transport: np.ndarray,
                lo_port: np.ndarray, hi_port: np.ndarray, lo_ip: np.ndarray,
-               hi_ip: np.ndarray) -> np.uint64:
+               hi_ip: np.ndarray, segment: np.ndarray) -> np.uint64:
     """Word j of a slot's flow key, the layout _packet_key builds (caller bounds slot)."""
+    if j == 5:  # the segment column holds a value only for flagged slots
+        return np.uint64(segment[slot]) if vlan[slot] & SEGMENT_FLAG else np.uint64(0)
     if j == 0:
         return ((np.uint64(vlan[slot]) << np.uint64(48))
                 | (np.uint64(transport[slot]) << np.uint64(40))
@@ -444,22 +474,24 @@ def _slot_word(slot: int, j: int, vlan: np.ndarray, transport: np.ndarray,
 @njit
 def _slot_key_words(slots: np.ndarray, vlan: np.ndarray, transport: np.ndarray,
                     lo_port: np.ndarray, hi_port: np.ndarray, lo_ip: np.ndarray,
-                    hi_ip: np.ndarray) -> np.ndarray:
-    """(n, 5) uint64 flow keys of table slots (every slot < the columns' length)."""
-    words = np.empty((slots.shape[0], 5), dtype=np.uint64)
+                    hi_ip: np.ndarray, segment: np.ndarray) -> np.ndarray:
+    """(n, 6) uint64 flow keys of table slots (every slot < the columns' length)."""
+    words = np.empty((slots.shape[0], 6), dtype=np.uint64)
     for i in range(slots.shape[0]):
-        for j in range(5):
+        for j in range(6):
             words[i, j] = _slot_word(np.uint64(slots[i]), j, vlan, transport, lo_port,
-                                     hi_port, lo_ip, hi_ip)
+                                     hi_port, lo_ip, hi_ip, segment)
     return words
 
 
 @njit
 def _index_lookup(table: np.ndarray, key_hash: np.ndarray, key_words: np.ndarray,
                   vlan: np.ndarray, transport: np.ndarray, lo_port: np.ndarray,
-                  hi_port: np.ndarray, lo_ip: np.ndarray, hi_ip: np.ndarray) -> np.ndarray:
+                  hi_port: np.ndarray, lo_ip: np.ndarray, hi_ip: np.ndarray,
+                  segment: np.ndarray) -> np.ndarray:
     """Slot of each key (-1 when absent): linear probing from hash & mask until the key's
-    slot or an EMPTY entry (at most one pass over the table)."""
+    slot or an EMPTY entry (at most one pass over the table). The segment word is compared
+    only for keys flagged as having one (word 0, equal by then, says so)."""
     size = table.shape[0]
     n_slots = vlan.shape[0]
     n = key_hash.shape[0]
@@ -489,9 +521,11 @@ def _index_lookup(table: np.ndarray, key_hash: np.ndarray, key_words: np.ndarray
                 same = True
                 for j in range(5):
                     if _slot_word(entry, j, vlan, transport, lo_port, hi_port, lo_ip,
-                                  hi_ip) != key_words[i, j]:
+                                  hi_ip, segment) != key_words[i, j]:
                         same = False
                         break
+                if same and key_words[i, 0] & np.uint64(SEGMENT_FLAG << 48):
+                    same = np.uint64(segment[entry]) == key_words[i, 5]
                 if same:
                     found[i] = entry
                     break
@@ -1194,7 +1228,7 @@ def _scatter_group(words: np.ndarray, bytes_: np.ndarray, last_ts: np.ndarray,
 _RECORD_COLUMNS = ("timestamp", "end", "src_ip", "dst_ip", "src_port", "dst_port", "transport",
                    "vlan", "src_packets", "dst_packets", "src_bytes", "dst_bytes",
                    "src_payload_bytes", "dst_payload_bytes", "src_tcp_flags", "dst_tcp_flags",
-                   "conn_state", "end_reason")
+                   "conn_state", "end_reason", "segment")
 _NO_CLOCK = (np.zeros(0, dtype=np.int64), 0, np.zeros(1, dtype=np.int64))  # fixed reasons
 _NO_INDEX = np.zeros(0, dtype=np.int64)  # a clock bucket index not built (yet)
 _NO_SPLIT = np.zeros(0, dtype=np.int64)  # no split clock: NEVER for every row
@@ -1213,14 +1247,16 @@ def _new_records(n: int) -> tuple:
             np.empty(n, np.uint8), np.empty(n, np.uint16), np.empty(n, np.uint64),
             np.empty(n, np.uint64), np.empty(n, np.uint64), np.empty(n, np.uint64),
             np.empty(n, np.uint64), np.empty(n, np.uint64), np.empty(n, np.uint8),
-            np.empty(n, np.uint8), np.empty(n, np.intp), np.empty(n, np.uint8))
+            np.empty(n, np.uint8), np.empty(n, np.intp), np.empty(n, np.uint8),
+            np.empty(n, np.uint64))
 
 
 @njit(inline="always")
 def _put_record(rec, r, o, transport, vlan, lo0, lo1, hi0, hi1, lo_port, hi_port, first, end,
                 pk_lo, pk_hi, by_lo, by_hi, pay_lo, pay_hi, fl_lo, fl_hi, st_lo, st_hi,
-                sent_lo, sent_hi, no_payload, reason) -> None:
-    """Record row r of a flow piece given in lo/hi terms; o: the originator is lo."""
+                sent_lo, sent_hi, no_payload, reason, segment) -> None:
+    """Record row r of a flow piece given in lo/hi terms; o: the originator is lo; vlan
+    as the key holds it (SEGMENT_FLAG dropped here), segment 0 for none."""
     # selects, not branches: which side originated is unpredictable row to row
     rec[0][r] = first
     rec[1][r] = end
@@ -1243,7 +1279,8 @@ def _put_record(rec, r, o, transport, vlan, lo0, lo1, hi0, hi1, lo_port, hi_port
     o_sent = sent_lo if o else sent_hi
     r_sent = sent_hi if o else sent_lo
     rec[6][r] = transport
-    rec[7][r] = vlan
+    rec[7][r] = vlan & VLAN_MASK
+    rec[18][r] = segment
     rec[16][r] = _conn_code(transport == TCP, of, rf, o_sent, r_sent, no_payload)
     rec[17][r] = reason
 
@@ -1270,7 +1307,7 @@ def _prefetch_slot(s, hot, vlan, transport, lo_ip, hi_ip, lo_port, hi_port, last
 @njit
 def _slot_records(slots, reason, split_clock, clock, starts, shift, idle_ns, tcp_idle_ns,
                   active_ns, linger_ns, hot_words, vlan, transport, lo_ip, hi_ip, lo_port,
-                  hi_port, orig_is_lo, flow_start, last_ts, closed_at, piece, st_fl_lo,
+                  hi_port, segment, orig_is_lo, flow_start, last_ts, closed_at, piece, st_fl_lo,
                   st_fl_hi, cum_pk_lo, cum_pk_hi, cum_pay_lo, cum_pay_hi, p_first, p_end,
                   p_pk_lo, p_pk_hi, p_by_lo, p_by_hi, p_pay_lo, p_pay_hi, p_fl_lo, p_fl_hi):
     """Records of the table slots whose current piece holds packets, in the slots' order.
@@ -1335,7 +1372,8 @@ def _slot_records(slots, reason, split_clock, clock, starts, shift, idle_ns, tcp
                     p_end[s], p_pk_lo[s], p_pk_hi[s], p_by_lo[s], p_by_hi[s], p_pay_lo[s],
                     p_pay_hi[s], p_fl_lo[s], p_fl_hi[s], np.int64(st_fl_lo[s]),
                     np.int64(st_fl_hi[s]), cum_pk_lo[s] != 0, cum_pk_hi[s] != 0,
-                    cum_pay_lo[s] == 0 and cum_pay_hi[s] == 0, codes[i])
+                    cum_pay_lo[s] == 0 and cum_pay_hi[s] == 0, codes[i],
+                    segment[s] if vlan[s] & SEGMENT_FLAG else np.uint64(0))
     return rec, shift, starts
 
 
@@ -1376,12 +1414,13 @@ def _group_records(chosen, g, g_key, g_clock, key_words, reason, clock, starts, 
                     np.uint64(g[row, 5]), np.uint64(g[row, 6]), np.uint64(g[row, 7]),
                     np.uint8(g[row, 8] & 0xFF), np.uint8(g[row, 9] & 0xFF),
                     g[row, 10] & 0xFF, g[row, 11] & 0xFF, g[row, 12] > 0, g[row, 13] > 0,
-                    g[row, 14] == 0 and g[row, 15] == 0, code)
+                    g[row, 14] == 0 and g[row, 15] == 0, code, key_words[k, 5])
     return rec, shift, starts
 
 
 @njit
-def _write_keys(slots, key_words, keys, vlan, transport, lo_ip, hi_ip, lo_port, hi_port) -> None:
+def _write_keys(slots, key_words, keys, vlan, transport, lo_ip, hi_ip, lo_port, hi_port,
+                segment) -> None:
     """Key columns of table slots[i] from key_words[keys[i]] (_packet_key's layout); lo_ip /
     hi_ip as (slots, 2) native words (the address bytes). Indices are in range by
     construction (new slots, keys of the batch)."""
@@ -1397,6 +1436,8 @@ def _write_keys(slots, key_words, keys, vlan, transport, lo_ip, hi_ip, lo_port, 
         lo_ip[s, 1] = _bswap(key_words[k, 2])
         hi_ip[s, 0] = _bswap(key_words[k, 3])
         hi_ip[s, 1] = _bswap(key_words[k, 4])
+        if meta & np.uint64(SEGMENT_FLAG << 48):  # (unflagged slots never read theirs)
+            segment[s] = key_words[k, 5]
 
 
 # --- the table ----------------------------------------------------------------------------
@@ -1519,7 +1560,9 @@ class FlowTable:
         # their hashes, in one compiled pass in capture order (_batch_keys).
         key_of, fwd, words, row_hash = _batch_keys_in(
             rows, _words16(packets.src_ip), _words16(packets.dst_ip), np.asarray(packets.src_port),
-            np.asarray(packets.dst_port), transport, vlan, *self._keys_buffers(int(rows.size)))
+            np.asarray(packets.dst_port), transport, vlan,
+            np.asarray(packets.tunnel_id).astype(np.uint64, copy=False),
+            *self._keys_buffers(int(rows.size)))
         key_order = _key_order(row_hash, words, int(rows.size))
         rank_of = np.empty(key_order.size, dtype=np.int64)
         rank_of[key_order] = np.arange(key_order.size)
@@ -1588,7 +1631,7 @@ class FlowTable:
             slots[need] = new_slots
             _write_keys(new_slots, keys[0], need, cols["vlan"], cols["transport"],
                         _words16(cols["lo_ip"]), _words16(cols["hi_ip"]), cols["lo_port"],
-                        cols["hi_port"])
+                        cols["hi_port"], cols["segment"])
         _scatter_group(*_hot_views(self._hot), cols["last_ts"], self._due, slots, tails,
                        key_deadline)
         self._live[slots] = True
@@ -1600,9 +1643,10 @@ class FlowTable:
         enough (as _walk_state; a 65536-packet batch needs 4.2 MB)."""
         table, scratch = self._keys
         size = _keys_table_size(n)
-        if table.size >= size and scratch.size >= 7 * n:
+        if table.size >= size and scratch.size >= _KEYS_SCRATCH * n:
             return table, scratch
-        table, scratch = np.empty(size, dtype=np.int32), np.empty(7 * n, dtype=np.uint64)
+        table = np.empty(size, dtype=np.int32)
+        scratch = np.empty(_KEYS_SCRATCH * n, dtype=np.uint64)
         if 8 * scratch.size + 4 * table.size <= 8 * _KEPT_STATE + (1 << 20):
             self._keys = (table, scratch)
         return table, scratch
@@ -1667,7 +1711,7 @@ class FlowTable:
             self.tcp_idle_ns, self.active_ns, self.linger_ns, _hot_views(self._hot)[0],
             cols["vlan"], cols["transport"],
             _words16(cols["lo_ip"]), _words16(cols["hi_ip"]), cols["lo_port"], cols["hi_port"],
-            *(_kernel_view(cols[name]) for name in _RECORD_SOURCES))
+            cols["segment"], *(_kernel_view(cols[name]) for name in _RECORD_SOURCES))
         if reason < 0:
             self._keep_index(clock, shift, starts)
         return rec
@@ -1774,10 +1818,10 @@ class FlowTable:
         cols = self._cols
         return (cols["vlan"], cols["transport"], cols["lo_port"], cols["hi_port"],
                 cols["lo_ip"].view(np.uint8).reshape(-1, 16),
-                cols["hi_ip"].view(np.uint8).reshape(-1, 16))
+                cols["hi_ip"].view(np.uint8).reshape(-1, 16), cols["segment"])
 
     def _slot_words(self, slots: np.ndarray) -> np.ndarray:
-        """(n, 5) uint64 flow keys of table slots, the layout _ingest builds."""
+        """(n, 6) uint64 flow keys of table slots, the layout _ingest builds."""
         return _slot_key_words(slots.astype(np.int64, copy=False), *self._key_columns())
 
     # -- output --
@@ -1852,4 +1896,7 @@ def flow_batch(rec: tuple, observer_name: str, ingress_zone: str, seed: int = 0)
     # the fill once per row (~5 ns a row, constant_text)
     out.update({f.column: constant_text(n, f.fill) if f.dtype == object
                 else np.full(n, f.fill, dtype=f.dtype) for f in FLOW.fields if f.optional})
+    segment = cols["segment"]
+    if segment.any():  # tunnelled flows (the constant fills above stand otherwise)
+        out["tunnel_type"], out["tunnel_id"] = segment_columns(segment)
     return EventBatch(FLOW.name, out)

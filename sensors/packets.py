@@ -47,6 +47,28 @@ class Tunnel(IntEnum):
         return self.name.lower()
 
 
+# DecodedPackets.tunnel_id, the tunnel segment a row came out of (0: none), which every
+# connection key includes: kind << 56 | id for one tunnel level (exact: ids are <= 32
+# bits); tunnels in tunnels set bit 63 and hold the outermost kind and a 56-bit digest of
+# every level's one-level value (sensors/decode.py _segment_keys; two different segments
+# share a digest with probability ~2^-56, and only matters for the same inner 5-tuple).
+SEGMENT_KIND_SHIFT = 56
+SEGMENT_NESTED = np.uint64(1 << 63)
+SEGMENT_ID_MASK = np.uint64((1 << 56) - 1)
+_TUNNEL_LABELS = np.array([""] + [Tunnel(code).label for code in range(1, len(Tunnel))],
+                          dtype=object)
+
+
+def segment_columns(segment: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Event columns (tunnel_type, tunnel_id) of tunnel_id values: the outermost kind's
+    label ("" for 0) and the segment id (VNI, GRE key, ERSPAN session id; 0 for IP-in-IP
+    and GTP-U; for tunnels in tunnels the 56-bit digest)."""
+    segment = np.asarray(segment, dtype=np.uint64)
+    kind = ((segment >> np.uint64(SEGMENT_KIND_SHIFT)) & np.uint64(0x7F)).astype(np.int64)
+    kind = np.where(kind < _TUNNEL_LABELS.size, kind, 0)
+    return _TUNNEL_LABELS[kind], segment & SEGMENT_ID_MASK
+
+
 @dataclass
 class PacketBatch:
     """Raw packets as read from a capture: where each one's bytes are, plus its pcap header.
@@ -152,12 +174,19 @@ class DecodedPackets:
     # all the columns above then describe the innermost packet (but wirelen/caplen). A
     # default (all 0) keeps builders of synthetic batches working unchanged.
     tunnel: np.ndarray = None  # type: ignore[assignment]
+    # uint64 tunnel segment the row came out of (0: none): kind << 56 | VXLAN/Geneve VNI,
+    # GRE key or ERSPAN session id for one tunnel level; tunnels in tunnels set bit 63 and
+    # keep a digest of every level (sensors/decode.py _segment_keys). Every connection key
+    # (flows, TCP streams, DNS, QUIC, ICMP, fragments) includes it. Default all 0.
+    tunnel_id: np.ndarray = None  # type: ignore[assignment]
     # The fragment rows (FragmentRows), None when the batch has none (most batches).
     fragments: FragmentRows | None = None
 
     def __post_init__(self) -> None:
         if self.tunnel is None:
             self.tunnel = np.zeros(self.ts_ns.shape[0], dtype=np.uint8)
+        if self.tunnel_id is None:
+            self.tunnel_id = np.zeros(self.ts_ns.shape[0], dtype=np.uint64)
 
     def __len__(self) -> int:
         return int(self.ts_ns.shape[0])

@@ -226,6 +226,7 @@ def _walk_pcap(data: np.ndarray, pos: int, end: int, big_endian: bool, lengths: 
     linktypes = np.full(size, linktype, dtype=np.uint16)
     common = _common_columns(size)
     tunnel = np.zeros(size, dtype=np.uint8)
+    tunnel_id = np.zeros(size, dtype=np.uint64)
     scratch = _tunnel_scratch(size)
     count = 0
     bad_caplen = -1
@@ -279,12 +280,13 @@ def _walk_pcap(data: np.ndarray, pos: int, end: int, big_endian: bool, lengths: 
             found = _decode_common_range(data, offsets, packet_end, linktypes, first, count,
                                          common)
         if found:
-            _tunnel_range(data, first, count, WALK_TUNNEL_PORTS, common, tunnel, scratch)
+            _tunnel_range(data, first, count, WALK_TUNNEL_PORTS, common, tunnel, tunnel_id,
+                          scratch)
     done, columns, src, dst = common
     return (offsets[:count], caplens[:count], wirelens[:count], ts_ns[:count], pos, bad_caplen,
             linktypes[:count],
             (done[:count], _head_columns(columns, count), src[:count], dst[:count],
-             tunnel[:count]))
+             tunnel[:count], tunnel_id[:count]))
 
 
 @njit
@@ -399,9 +401,9 @@ class _PcapSource:
             keep = offset.size - 1
             offset, caplen, wirelen, ts_ns, linktype = (
                 offset[:keep], caplen[:keep], wirelen[:keep], ts_ns[:keep], linktype[:keep])
-            done, columns, src, dst, tunnel = headers
+            done, columns, src, dst, tunnel, tunnel_id = headers
             headers = (done[:keep], tuple(column[:keep] for column in columns), src[:keep],
-                       dst[:keep], tunnel[:keep])
+                       dst[:keep], tunnel[:keep], tunnel_id[:keep])
             left = self.end - pos - _PCAP_RECORD_HEADER_LEN
             damage = _Damage(pos, f"truncated record data ({left} of "
                                   f"{self._caplen_field(pos)} bytes)")

@@ -64,17 +64,18 @@ def kernel_done(batch: PacketBatch, tunnels: TunnelConfig = DEFAULT_TUNNELS) -> 
     start, end = _bounds(batch, gather)
     out = _decode_common(gather.buf, start, end, np.asarray(batch.linktype).astype(np.int64))
     tunnel = np.zeros(len(batch), dtype=np.uint8)
+    tunnel_id = np.zeros(len(batch), dtype=np.uint64)
     if tunnels.enabled:
-        _decode_tunnels(gather, out, tunnel, tunnels)
+        _decode_tunnels(gather, out, tunnel, tunnel_id, tunnels)
     return out[0], tunnel
 
 
 def check_same(batch: PacketBatch, tunnels: TunnelConfig = DEFAULT_TUNNELS) -> None:
     decoded = decode(batch, tunnels)
     reference = decode_columnwise(batch, tunnels)
-    for name in ("tunnel", "vlan", "ethertype", "ip_version", "src_ip", "dst_ip", "transport",
-                 "src_port", "dst_port", "tcp_flags", "icmp_type", "icmp_code", "ip_total_len",
-                 "payload_offset", "payload_len"):
+    for name in ("tunnel", "tunnel_id", "vlan", "ethertype", "ip_version", "src_ip", "dst_ip",
+                 "transport", "src_port", "dst_port", "tcp_flags", "icmp_type", "icmp_code",
+                 "ip_total_len", "payload_offset", "payload_len"):
         got, want = getattr(decoded, name), getattr(reference, name)
         assert got.dtype == want.dtype and np.array_equal(got, want), name
     assert decoded.weird == reference.weird

@@ -111,7 +111,8 @@ def check_same_as_columnwise(batch: PacketBatch, decoded: DecodedPackets) -> Non
 
 
 COLUMNS = ["vlan", "ethertype", "ip_version", "src_ip", "dst_ip", "transport", "src_port",
-           "dst_port", "tcp_flags", "icmp_type", "icmp_code", "ip_total_len", "payload_len"]
+           "dst_port", "tcp_flags", "icmp_type", "icmp_code", "ip_total_len", "payload_len",
+           "tunnel_id"]
 
 
 def check_rows_independent(frames: list[bytes], linktype: list[int], decoded) -> None:

@@ -524,9 +524,10 @@ class _Keys:
         self.hi_port = np.zeros(capacity, dtype=np.uint16)
         self.lo_ip = np.zeros((capacity, 16), dtype=np.uint8)
         self.hi_ip = np.zeros((capacity, 16), dtype=np.uint8)
+        self.segment = np.zeros(capacity, dtype=np.uint64)
 
     def set(self, slots: np.ndarray, words: np.ndarray) -> None:
-        """Write (n, 5) key words (meta bits 32-39 zero, as in every real key) to slots."""
+        """Write (n, 6) key words (meta bits 32-39 zero, as in every real key) to slots."""
         meta = words[:, 0]
         self.vlan[slots] = meta >> np.uint64(48)
         self.transport[slots] = (meta >> np.uint64(40)) & np.uint64(0xFF)
@@ -534,10 +535,12 @@ class _Keys:
         self.hi_port[slots] = meta & np.uint64(0xFFFF)
         self.lo_ip[slots] = words[:, 1:3].astype(">u8").view(np.uint8).reshape(-1, 16)
         self.hi_ip[slots] = words[:, 3:5].astype(">u8").view(np.uint8).reshape(-1, 16)
+        self.segment[slots] = words[:, 5]
 
     @property
     def columns(self) -> tuple:
-        return (self.vlan, self.transport, self.lo_port, self.hi_port, self.lo_ip, self.hi_ip)
+        return (self.vlan, self.transport, self.lo_port, self.hi_port, self.lo_ip, self.hi_ip,
+                self.segment)
 
 
 @settings(max_examples=60, deadline=None)
@@ -552,7 +555,15 @@ def test_slot_index_matches_a_dict(ops, hash_bits):
 
     def key_words(keys: list[int]) -> np.ndarray:
         k = np.asarray(keys, dtype=np.uint64).reshape(-1)
-        return np.column_stack([k, k * np.uint64(3), k ^ np.uint64(0xFF), k, k])
+        # keys >= 200 have a tunnel segment (SEGMENT_FLAG in the vlan bits of meta): groups
+        # of 20 keys share their other five words and differ in the segment word only
+        tunnelled = k >= 200
+        base = np.where(tunnelled, np.uint64(200) + (k - np.uint64(200)) % np.uint64(20), k)
+        segment = np.where(tunnelled, (k - np.uint64(200)) // np.uint64(20) + np.uint64(1),
+                           np.uint64(0))
+        flag = np.where(tunnelled, np.uint64(ft.SEGMENT_FLAG << 48), np.uint64(0))
+        return np.column_stack([base | flag, base * np.uint64(3), base ^ np.uint64(0xFF), base,
+                                base, segment])
 
     def hashes(words: np.ndarray) -> np.ndarray:
         h = real_mix64(words)

@@ -18,11 +18,12 @@ _ADDRS = [bytes(16), bytes(15) + b"\x01", bytes(15) + b"\x02", b"\x20\x01" + byt
 _packet = st.tuples(st.sampled_from(range(len(_ADDRS))), st.sampled_from(range(len(_ADDRS))),
                     st.sampled_from([0, 1, 8, 13, 80, 443, 65535]),
                     st.sampled_from([0, 3, 8, 53, 80, 128, 129, 65535]),
-                    st.sampled_from([1, 6, 17, 47, 58, 132]), st.sampled_from([0, 1, 4095]))
+                    st.sampled_from([1, 6, 17, 47, 58, 132]), st.sampled_from([0, 1, 4095]),
+                    st.sampled_from([0, 4 << 56 | 5, 4 << 56 | 6, 1 << 63 | 2 << 56 | 99]))
 
 
 def _reference_key(src: bytes, dst: bytes, sport: int, dport: int, proto: int,
-                   vlan: int) -> tuple[tuple, bool]:
+                   vlan: int, segment: int = 0) -> tuple[tuple, bool]:
     """(key words, fwd) written out plainly: the layout _packet_key builds."""
     if proto in (1, 58):
         counter = (_ICMP4_TABLE if proto == 1 else _ICMP6_TABLE)[min(sport, 255)]
@@ -32,9 +33,9 @@ def _reference_key(src: bytes, dst: bytes, sport: int, dport: int, proto: int,
         sport = dport = 0
     fwd = (src, sport) <= (dst, dport)
     (lo, lp), (hi, hp) = ((src, sport), (dst, dport)) if fwd else ((dst, dport), (src, sport))
-    meta = vlan << 48 | proto << 40 | lp << 16 | hp
+    meta = (vlan | (ft.SEGMENT_FLAG if segment else 0)) << 48 | proto << 40 | lp << 16 | hp
     words = (meta, int.from_bytes(lo[:8], "big"), int.from_bytes(lo[8:], "big"),
-             int.from_bytes(hi[:8], "big"), int.from_bytes(hi[8:], "big"))
+             int.from_bytes(hi[:8], "big"), int.from_bytes(hi[8:], "big"), segment)
     return words, fwd
 
 
@@ -51,19 +52,20 @@ def test_batch_keys_equal_a_plain_reference(packets, data):
                np.array([p[2] for p in packets], dtype=np.uint16),
                np.array([p[3] for p in packets], dtype=np.uint16),
                np.array([p[4] for p in packets], dtype=np.uint8),
-               np.array([p[5] for p in packets], dtype=np.uint16))
+               np.array([p[5] for p in packets], dtype=np.uint16),
+               np.array([p[6] for p in packets], dtype=np.uint64))
     key_of, fwd, words, key_hash = ft._batch_keys(*columns)
     # the same in kept buffers holding garbage (FlowTable's _keys_buffers), larger than asked
     extra = data.draw(st.integers(0, 40))
     table = np.full(ft._keys_table_size(rows.size + extra), 7, dtype=np.int32)
-    scratch = np.full(7 * (rows.size + extra), 0xDEAD, dtype=np.uint64)
+    scratch = np.full(ft._KEYS_SCRATCH * (rows.size + extra), 0xDEAD, dtype=np.uint64)
     kept = ft._batch_keys_in(*columns, table, scratch)
     assert all(np.array_equal(a, b) for a, b in zip(kept, (key_of, fwd, words, key_hash),
                                                     strict=True))
     ids: dict[tuple, int] = {}
     for i, r in enumerate(rows):
-        s, d, sport, dport, proto, vlan = packets[r]
-        key, forward = _reference_key(_ADDRS[s], _ADDRS[d], sport, dport, proto, vlan)
+        s, d, sport, dport, proto, vlan, segment = packets[r]
+        key, forward = _reference_key(_ADDRS[s], _ADDRS[d], sport, dport, proto, vlan, segment)
         ids.setdefault(key, len(ids))  # ids count keys in order of their first packet
         assert key_of[i] == ids[key]
         assert fwd[i] == forward
@@ -106,7 +108,8 @@ def test_probe_hash_spreads_keys_that_differ_in_two_address_bytes(byte, side):
     ports = np.full(n, 443, dtype=np.uint16)
     positions = {int(ft._packet_key(r, words[0], words[1], ports, ports,
                                     np.full(n, 6, dtype=np.uint8),
-                                    np.zeros(n, dtype=np.uint16))[6]) & (2 * n - 1)
+                                    np.zeros(n, dtype=np.uint16),
+                                    np.zeros(n, dtype=np.uint64))[7]) & (2 * n - 1)
                  for r in range(n)}
     assert len(positions) > n // 2  # random positions: ~0.79 n distinct in 2n
 

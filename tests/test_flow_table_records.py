@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import sensors.flow_table as ft
 from sensors.community_id import community_id_column
-from sensors.packets import IP_DTYPE
+from sensors.packets import IP_DTYPE, segment_columns
 
 CFG = {"idle_timeout_s": 1e-8, "tcp_idle_timeout_s": 2e-8, "active_timeout_s": 5e-9,
        "closed_linger_s": 3e-9, "max_flows": 1000}
@@ -30,7 +30,8 @@ _row = st.fixed_dictionaries({
     "p_pk_hi": st.integers(0, 3), "p_by_lo": st.integers(0, 2**64 - 1),
     "p_by_hi": st.integers(0, 2**40), "p_pay_lo": st.integers(0, 9),
     "p_pay_hi": st.integers(0, 9), "p_fl_lo": _flags, "p_fl_hi": _flags,
-    "split": _small | st.just(-1)})
+    "split": _small | st.just(-1),
+    "segment": st.sampled_from([0, 0, 4 << 56 | 5, 3 << 56 | 1023, 1 << 63 | 4 << 56 | 77])})
 
 
 def _reference(rows: dict, reason: np.ndarray) -> dict:
@@ -45,7 +46,9 @@ def _reference(rows: dict, reason: np.ndarray) -> dict:
     cols = {"timestamp": rows["p_first"].astype(np.int64), "src_ip": src_ip, "dst_ip": dst_ip,
             "src_port": src_port.astype(np.uint16), "dst_port": dst_port.astype(np.uint16),
             "transport": rows["transport"].astype(np.uint8),
-            "vlan": rows["vlan"].astype(np.uint16), "end": rows["p_end"].astype(np.int64)}
+            "vlan": (rows["vlan"] & ft.VLAN_MASK).astype(np.uint16),
+            "end": rows["p_end"].astype(np.int64)}
+    cols["tunnel_type"], cols["tunnel_id"] = segment_columns(rows["segment"])
     for ours, lo, hi in (("packets", "p_pk_lo", "p_pk_hi"), ("bytes", "p_by_lo", "p_by_hi"),
                          ("payload_bytes", "p_pay_lo", "p_pay_hi")):
         s, d = pick(rows[lo], rows[hi])
@@ -88,6 +91,9 @@ def test_slot_records_equal_the_numpy_rows(rows, clock_steps, reason, with_split
                   else np.array(values, dtype=np.int64 if dtype.kind == "i"
                                 else np.uint64).astype(dtype))
         table._cols[name][:n] = column
+    # a flow with a tunnel segment has SEGMENT_FLAG in its key's vlan
+    table._cols["vlan"][:n] |= np.where(table._cols["segment"][:n] != 0, ft.SEGMENT_FLAG,
+                                        0).astype(np.uint16)
     clock = _clock(clock_steps)
     split = np.array([ft.NEVER if r["split"] < 0 else r["split"] for r in rows],
                      dtype=np.int64)[slots]
@@ -120,11 +126,13 @@ def test_group_records_equal_the_numpy_rows(rows, clock_steps, reason, data):
         if name.startswith("cum_"):  # counts in group rows
             values = [3 * int(v) for v in values]
         g[:, j] = np.array(values, dtype=np.uint64).view(np.int64)
-    words = np.array([[r["vlan"] << 48 | r["transport"] << 40 | r["lo_port"] << 16
+    words = np.array([[(r["vlan"] | (ft.SEGMENT_FLAG if r["segment"] else 0)) << 48
+                       | r["transport"] << 40 | r["lo_port"] << 16
                        | r["hi_port"], int.from_bytes(r["lo_ip"][:8], "big"),
                        int.from_bytes(r["lo_ip"][8:], "big"),
                        int.from_bytes(r["hi_ip"][:8], "big"),
-                       int.from_bytes(r["hi_ip"][8:], "big")] for r in rows], dtype=np.uint64)
+                       int.from_bytes(r["hi_ip"][8:], "big"), r["segment"]] for r in rows],
+                     dtype=np.uint64)
     g_key = np.array(data.draw(st.permutations(range(n))), dtype=np.int64)
     g_clock = np.array([ft.NEVER if r["split"] < 0 else r["split"] for r in rows],
                        dtype=np.int64)
@@ -150,7 +158,8 @@ def test_group_records_equal_the_numpy_rows(rows, clock_steps, reason, data):
         "hi_ip": np.ascontiguousarray(words[g_key[chosen], 3:5].astype(">u8")).view(
             IP_DTYPE).ravel(),
         "lo_port": ((meta >> np.uint64(16)) & np.uint64(0xFFFF)).astype(np.uint16),
-        "hi_port": (meta & np.uint64(0xFFFF)).astype(np.uint16)})
+        "hi_port": (meta & np.uint64(0xFFFF)).astype(np.uint16),
+        "segment": words[g_key[chosen], 5]})
     codes = (end_reason_reference(table, gathered, clock, g_clock[chosen]) if reason < 0
              else np.full(chosen.size, reason, dtype=np.uint8))
     _assert_same(ft.flow_batch(rec, "s", "z"), _reference(gathered, codes))

@@ -228,8 +228,9 @@ def test_compiled_pcap_walk_equals_python_walk(data, endian, lengths, max_record
     stop = np.minimum(start + clipped.astype(np.int64), arr.size)
     expected = _decode_common(arr, start, stop, linktypes.astype(np.int64))
     tunnel = np.zeros(len(records), dtype=np.uint8)
-    _decode_tunnel_rows(arr, WALK_TUNNEL_PORTS, expected, tunnel)  # and its tunnel pass
-    assert np.array_equal(headers[4], tunnel)
+    tunnel_id = np.zeros(len(records), dtype=np.uint64)
+    _decode_tunnel_rows(arr, WALK_TUNNEL_PORTS, expected, tunnel, tunnel_id)  # its tunnel pass
+    assert np.array_equal(headers[4], tunnel) and np.array_equal(headers[5], tunnel_id)
     _assert_same_headers(headers[:4], expected)
 
 
