@@ -238,6 +238,19 @@ def _document(finding: Finding, ev: Evidence, first_seen: str, last_seen: str,
 # Marks of a version, set on the document after its fingerprint was taken.
 OPEN_WINDOW = "open_window"  # cirtsa.alert.open_window: judged while its window was open
 REVISION = "revision"  # cirtsa.alert.revision: n-th replacement of an earlier version
+# cirtsa.alert.withdrawn: true on the version that takes back an alert emitted from an
+# open window that a later evaluation of its window no longer finds (`withdraw`); false
+# on a version that finds it again after such a withdrawal (an idle flush's withdrawal,
+# then more events)
+WITHDRAWN = "withdrawn"
+WITHDRAWN_REASON = "withdrawn_reason"  # cirtsa.alert.withdrawn_reason: why, one of:
+NOT_FOUND_CLOSED = "not found on the whole window"  # at the window's close
+NOT_FOUND_OPEN = "not found on the window's events so far"  # at a later idle flush
+SUPPRESSED = "suppressed"  # found, but a repeat of an earlier alert of its rule and key
+# cirtsa.alert.status of a withdrawn alert nobody triaged (the correlation's own, as an
+# incident's "merged": correlation/lifecycle.py); an analyst's status is never replaced
+WITHDRAWN_STATUS = "withdrawn"
+_VERSION_MARKS = (OPEN_WINDOW, REVISION, WITHDRAWN, WITHDRAWN_REASON)
 
 
 def fingerprint(doc: dict) -> bytes:
@@ -269,10 +282,54 @@ def mark_version(doc: dict, previous: tuple[bytes, int] | None, *,
     return digest, revision
 
 
+def withdraw(doc: dict, revision: int, reason: str, *, open_window: bool) -> dict:
+    """The withdrawal of an alert whose last emitted version is `doc` (revision
+    `revision`): the same document -- its last evidence, what is taken back -- as the
+    next revision, marked `withdrawn` with its `reason` (status "withdrawn", the message
+    prefixed), so it outranks every earlier version (version_rank). `doc` is not changed."""
+    alert = {k: v for k, v in doc["cirtsa"]["alert"].items() if k not in _VERSION_MARKS}
+    alert[REVISION] = revision + 1
+    alert[WITHDRAWN] = True
+    alert[WITHDRAWN_REASON] = reason
+    alert["status"] = WITHDRAWN_STATUS
+    if open_window:
+        alert[OPEN_WINDOW] = True
+    return {**doc, "message": f"[withdrawn: {reason}] {doc.get('message', '')}",
+            "cirtsa": {**doc["cirtsa"], "alert": alert}}
+
+
+def is_withdrawn(doc: dict) -> bool:
+    """The document takes its alert back (`cirtsa.alert.withdrawn: true`)."""
+    alert = (doc.get("cirtsa") or {}).get("alert")
+    return isinstance(alert, dict) and alert.get(WITHDRAWN) is True
+
+
+def count_versions(alerts: Sequence[dict], stats: dict) -> None:
+    """Count emitted alert versions into `stats` (KPIs count alerts that stand, not
+    versions): `alerts_out` +1 for a new alert, -1 for a withdrawal (the alert it
+    counted no longer stands: `alerts_withdrawn` +1), +1 for one found again after its
+    withdrawal; a revision is in `alerts_revised` only."""
+    for doc in alerts:
+        alert = (doc.get("cirtsa") or {}).get("alert")
+        withdrawn = alert.get(WITHDRAWN) if isinstance(alert, dict) else None
+        if withdrawn is True:
+            stats["alerts_out"] = stats.get("alerts_out", 0) - 1
+            stats["alerts_withdrawn"] = stats.get("alerts_withdrawn", 0) + 1
+            continue
+        if is_revision(doc):
+            stats["alerts_revised"] = stats.get("alerts_revised", 0) + 1
+            if withdrawn is not False:
+                continue
+        stats["alerts_out"] = stats.get("alerts_out", 0) + 1
+
+
 def version_rank(doc: dict) -> tuple[int, int]:
     """The order of an alert's versions: a document judged on its closed window outranks
     every one judged on an open window, then the higher revision wins. A sink keeps the
-    highest (an older version delivered late, e.g. after an outage, changes nothing)."""
+    highest (an older version delivered late, e.g. after an outage, changes nothing).
+    A withdrawal is the next revision of the version it takes back: it outranks that one
+    and every earlier one (at a close, every open-window version too), and a version
+    after it (found again at a later evaluation) outranks it in turn."""
     alert = (doc.get("cirtsa") or {}).get("alert")
     if not isinstance(alert, dict):
         return (1, 0)
@@ -300,7 +357,8 @@ def latest_versions(docs: Sequence[dict]) -> list[dict]:
 
 def without_version_marks(doc: dict) -> dict:
     """The document without `cirtsa.alert.open_window`/`revision` (a shallow copy down to
-    cirtsa.alert): the alert's content, as fingerprint() sees it."""
+    cirtsa.alert): the alert's content, as fingerprint() sees it (a withdrawal keeps its
+    `withdrawn` marks: they are what it says)."""
     alert = (doc.get("cirtsa") or {}).get("alert")
     if not isinstance(alert, dict) or not {OPEN_WINDOW, REVISION} & alert.keys():
         return doc

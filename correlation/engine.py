@@ -30,8 +30,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+import orjson
 
-from correlation.alerts import build_alerts, gc_paused, is_revision, mark_version
+from correlation.alerts import (
+    NOT_FOUND_CLOSED,
+    NOT_FOUND_OPEN,
+    SUPPRESSED,
+    WITHDRAWN,
+    build_alerts,
+    count_versions,
+    gc_paused,
+    mark_version,
+    withdraw,
+)
 from correlation.arrival_memo import rows_in_range
 from correlation.detector import (
     NS_PER_S,
@@ -641,10 +652,12 @@ class _DetectorState:
         # a row is late iff t < end(next_k - 1); no row can be before any window closed
         self.late_before = _NEVER
         self.last_alert: dict[tuple[str, str], int] = {}  # (rule, key) -> window start
-        # (window start, rule, key) -> (fingerprint, revision) of the last version emitted
-        # of alerts found in windows still open (evaluate_open): a later evaluation of
-        # those windows emits them again only as a revision, when their document changed
-        self.emitted_open: dict[tuple, tuple[bytes, int]] = {}
+        # (window start, rule, key) -> (fingerprint, revision, document as JSON) of the
+        # last version emitted of alerts found in windows still open (evaluate_open): a
+        # later evaluation of those windows emits them again only as a revision, when
+        # their document changed, or withdraws them (the document, last evidence) when it
+        # no longer finds them (fingerprint _WITHDRAWN then)
+        self.emitted_open: dict[tuple, tuple[bytes, int, bytes]] = {}
         # earliest start + span among last_alert: nothing is forgotten before that horizon
         self.forget_at = _FOREVER
 
@@ -761,6 +774,10 @@ class CorrelationEngine:
         from a later evaluation of its window (same id: rule, key, window start) only as
         a revision, when more events changed its document (`cirtsa.alert.revision`; it
         replaces the earlier version); one found only with the later events comes then.
+        One a later evaluation no longer finds (or suppresses) is withdrawn: its last
+        version once more, as the next revision, `cirtsa.alert.withdrawn: true`
+        (correlation.alerts.withdraw); found again after that, it comes back as a revision
+        with `withdrawn: false`.
         The documents emitted here carry `cirtsa.alert.open_window: true`. Suppression
         is previewed on a copy of its memory: its decisions are taken when the windows
         close, in window order, as without idle evaluations."""
@@ -797,7 +814,11 @@ class CorrelationEngine:
         findings = state.detector.probe().detect(rows, WindowRange(spec, first_k, last_k))
         span = max(state.detector.suppress_ns, spec.size_ns)
         kept, _ = _unsuppressed(findings, dict(state.last_alert), span)
-        return _versions(state, kept, open_window=True)
+        alerts = _versions(state, kept, open_window=True)
+        if state.emitted_open:  # those of the windows judged here that it no longer finds
+            alerts += _withdrawals(state, findings, kept, int(spec.start(first_k)),
+                                   int(spec.start(last_k)), open_window=True)
+        return alerts
 
     def _buffer(self, store: _SharedBuffer, batch: EventBatch, earliest: int) -> None:
         """Buffer the rows each consuming detector selects (earliest: the batch's first
@@ -871,6 +892,10 @@ class CorrelationEngine:
         kept = self._suppress(state, findings, horizon)
         if state.emitted_open:  # some emitted already while their windows were open
             alerts = _versions(state, kept, open_window=False)
+            # the close is the last word on its windows: an alert emitted from them that
+            # it does not find (or suppresses) is taken back
+            alerts += _withdrawals(state, findings, kept, _NEVER, horizon - 1,
+                                   open_window=False)
             state.emitted_open = {o: v for o, v in state.emitted_open.items()
                                   if o[0] >= horizon}
         else:
@@ -913,11 +938,10 @@ class CorrelationEngine:
 
     def _emit(self, alerts: list[tuple[tuple, dict]]) -> list[dict]:
         self.stats["rows_buffered"] = sum(sum(s.held) for s in self._stores.values())
-        # a revision replaces an alert already counted: not a second alert (KPIs)
-        revised = sum(1 for _, alert in alerts if is_revision(alert)) if alerts else 0
-        self.stats["alerts_out"] += len(alerts) - revised
-        if revised:
-            self.stats["alerts_revised"] = self.stats.get("alerts_revised", 0) + revised
+        # KPIs count alerts that stand: a revision replaces an alert already counted, a
+        # withdrawal takes one back (alerts_revised, alerts_withdrawn)
+        if alerts:
+            count_versions([alert for _, alert in alerts], self.stats)
         return [alert for _, alert in sorted(alerts, key=lambda pair: pair[0])]
 
 
@@ -967,12 +991,40 @@ def _versions(state: _DetectorState, kept: list[Finding], *,
         if previous is None and not open_window:
             out.append((order, doc))  # never emitted open: the alert as ever
             continue
-        version = mark_version(doc, previous, open_window=open_window)
+        version = mark_version(doc, previous and previous[:2], open_window=open_window)
         if version is None:
             continue  # the same document as emitted already
-        if open_window:
-            emitted[order] = version
+        if previous is not None and previous[0] == _WITHDRAWN:
+            doc["cirtsa"]["alert"][WITHDRAWN] = False  # found again: stands again
+        if open_window:  # kept whole: a withdrawal re-sends this document (few alerts)
+            emitted[order] = (*version, orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY))
         out.append((order, doc))
+    return out
+
+
+# the fingerprint of an alert withdrawn (no document's: fingerprints are 16 bytes)
+_WITHDRAWN = b""
+
+
+def _withdrawals(state: _DetectorState, findings: list[Finding], kept: list[Finding],
+                 first: int, last: int, *, open_window: bool) -> list[tuple[tuple, dict]]:
+    """(order, withdrawal) of the alerts emitted from open windows starting in
+    [first, last] that this evaluation of those windows did not keep: suppressed when
+    found (a repeat of an earlier alert), else not found. Marks them withdrawn in
+    `state.emitted_open` (not withdrawn twice)."""
+    kept_orders = set(map(_finding_order, kept))
+    gone = [(order, v) for order, v in state.emitted_open.items()
+            if first <= order[0] <= last and v[0] != _WITHDRAWN and order not in kept_orders]
+    if not gone:
+        return []
+    found = set(map(_finding_order, findings))
+    out = []
+    for order, (_, revision, body) in gone:  # alerts: few
+        reason = (SUPPRESSED if order in found
+                  else NOT_FOUND_OPEN if open_window else NOT_FOUND_CLOSED)
+        out.append((order, withdraw(orjson.loads(body), revision, reason,
+                                    open_window=open_window)))
+        state.emitted_open[order] = (_WITHDRAWN, revision + 1, body)
     return out
 
 

@@ -187,6 +187,9 @@ CIRTSA_ALERT: dict[str, str] = {
     # was open (an idle flush), and the n-th replacement of an earlier version (same id)
     "cirtsa.alert.open_window": "boolean",
     "cirtsa.alert.revision": "long",
+    # a version that takes an open-window alert back (alerts.py withdraw), and why
+    "cirtsa.alert.withdrawn": "boolean",
+    "cirtsa.alert.withdrawn_reason": "keyword",
     "cirtsa.detector": "keyword",
     "cirtsa.incident.id": "keyword",
     "cirtsa.observers.name": "keyword",  # every sensor that saw the evidence

@@ -19,6 +19,9 @@ Contract (docs/elasticsearch.md, "Delivery"):
   keeping the analyst's lifecycle fields (`cirtsa.alert.status`, `.history`, ...); an
   older or equal version changes nothing (a duplicate), so a re-delivery stays
   idempotent and a late older version never overwrites a newer one.
+- A withdrawal (the alert's last version marked `cirtsa.alert.withdrawn`: the correlation
+  no longer finds it) is such a newer version; its status "withdrawn" lands only on an
+  alert no analyst triaged (`_with_stored_lifecycle`).
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ from elastic_transport import TransportError
 from elasticsearch import ApiError, Elasticsearch
 from elasticsearch.helpers import streaming_bulk
 
-from correlation.alerts import version_rank
+from correlation.alerts import WITHDRAWN_STATUS, is_withdrawn, version_rank
 from correlation.es_setup import ALERTS_ALIAS, HEALTH_ALIAS, INCIDENTS_ALIAS, lifecycle_fields
+from correlation.lifecycle import NEW
 
 log = logging.getLogger(__name__)
 
@@ -108,16 +112,27 @@ def _without_lifecycle(doc: dict) -> dict:
 
 def _with_stored_lifecycle(doc: dict, stored: dict) -> dict:
     """The alert `doc` with the analyst's lifecycle fields of the `stored` version: a
-    newer version replaces the detection fields, never the triage."""
+    newer version replaces the detection fields, never the triage.
+
+    The status "withdrawn" is the correlation's (a withdrawal: correlation/alerts.py
+    `withdraw`): it lands over a stored alert no analyst has triaged (no status, or
+    "new"/"withdrawn", and no history), never over an analyst's status; a version that
+    finds the alert again after its withdrawal takes that status back."""
     stored_alert = (stored.get("cirtsa") or {}).get("alert")
     if not isinstance(stored_alert, dict):
         return doc
     kept = {k: v for k, v in stored_alert.items() if k in _ALERT_LIFECYCLE_KEYS}
+    untouched = not kept.get("history") and kept.get("status") in (None, NEW, WITHDRAWN_STATUS)
+    if untouched:  # the status is the correlation's to set, or to take back
+        kept.pop("status", None)
     if not kept:
         return doc
     cirtsa = doc.get("cirtsa") if isinstance(doc.get("cirtsa"), dict) else {}
     alert = cirtsa.get("alert") if isinstance(cirtsa.get("alert"), dict) else {}
+    status = alert.get("status") if untouched and is_withdrawn(doc) else None
     alert = {k: v for k, v in alert.items() if k not in _ALERT_LIFECYCLE_KEYS}
+    if status is not None:
+        alert["status"] = status
     return {**doc, "cirtsa": {**cirtsa, "alert": {**alert, **kept}}}
 
 

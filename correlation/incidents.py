@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from correlation.alerts import ECS_VERSION, RULESET, gc_paused, version_rank
+from correlation.alerts import ECS_VERSION, RULESET, gc_paused, is_withdrawn, version_rank
 from correlation.alerts import iso_ns as ns_to_iso  # pipeline.schema's, memoized per second
 from pipeline.intel import ATTACK_TACTICS
 
@@ -167,9 +167,16 @@ class IncidentBuilder:
         # alert that named the entity (quadratic when thousands of alerts hit one victim)
         self._entity: dict[str, dict[int, list[int]]] = {}
         self._next = 0
-        # alerts_in counts alerts, not versions: a revision (same id) is in "revised"
+        # alert id -> version_rank of its withdrawal (correlation/alerts.py withdraw): an
+        # older version of it, late, adds nothing; a newer one (found again) comes back.
+        # Bounded like the open incidents (oldest withdrawals forgotten first).
+        self._withdrawn: dict[str, tuple[int, int]] = {}
+        # handle -> last document of an incident whose last alert was withdrawn in this add
+        self._emptied: dict[int, dict] = {}
+        # alerts_in counts alerts, not versions: a revision (same id) is in "revised";
+        # a withdrawal takes its alert out of alerts_in, into "withdrawn"
         self.stats = {"alerts_in": 0, "incidents": 0, "merged": 0, "evicted": 0,
-                      "revised": 0}
+                      "revised": 0, "withdrawn": 0}
 
     def add(self, alerts: list[dict]) -> list[dict]:
         with gc_paused():  # thousands of small acyclic objects in a burst: see gc_paused
@@ -180,6 +187,14 @@ class IncidentBuilder:
         merged_docs: list[dict] = []
         for alert in alerts:  # alerts are few: a loop is fine
             member = _Member.of(alert)
+            gone = self._withdrawn.get(member.id)
+            if gone is not None:
+                if member.rank <= gone:
+                    continue  # an older version of a withdrawn alert, late: nothing
+                del self._withdrawn[member.id]  # found again after its withdrawal
+            if is_withdrawn(alert):
+                self._withdraw(member, changed)
+                continue
             was = self._of_alert.get(member.id)
             if was is None:
                 self.stats["alerts_in"] += 1
@@ -214,8 +229,8 @@ class IncidentBuilder:
             for e in member.entities():
                 insort(self._entity.setdefault(e, {}).setdefault(handle, []), member.start)
             changed[handle] = None
+        docs = [self._emptied.pop(h) for h in changed if h in self._emptied]
         self._evict()
-        docs = []
         for handle in changed:
             if handle not in self._incidents:
                 continue
@@ -259,6 +274,45 @@ class IncidentBuilder:
             starts = self._entity.get(e, {}).get(handle)
             if starts:
                 starts.pop(bisect_left(starts, old.start))
+
+    def _withdraw(self, member: _Member, changed: dict[int, None]) -> None:
+        """Take a withdrawn alert out of its incident (an alert never added: only
+        remembered). The incident keeps its other members, linked or not through this
+        one (not split), and gets the identity of its new first member."""
+        was = self._of_alert.get(member.id)
+        if was is not None:
+            incident = self._incidents[was]
+            if member.rank < incident.members[member.id].rank:
+                return  # (cannot happen from one engine: a withdrawal is the last version)
+            if len(incident.members) == 1:
+                if incident.id:  # (else never emitted: added and withdrawn in one add)
+                    self._emptied[was] = self._emptied_doc(incident)
+                self._incidents.pop(was)
+                for e in incident.members[member.id].entities():
+                    by_incident = self._entity.get(e, {})
+                    by_incident.pop(was, None)
+                    if not by_incident:
+                        self._entity.pop(e, None)
+            else:
+                self._forget_member(was, member.id)
+                del incident.members[member.id]
+            del self._of_alert[member.id]
+            self.stats["alerts_in"] -= 1
+            self.stats["withdrawn"] += 1
+            changed[was] = None
+        self._withdrawn[member.id] = member.rank
+        if len(self._withdrawn) > self.max_open:
+            del self._withdrawn[next(iter(self._withdrawn))]
+
+    def _emptied_doc(self, incident: _Incident) -> dict:
+        """The last document of an incident whose every alert was withdrawn: its fields as
+        they were (what was taken back), `alert_ids` empty and `alert_count` 0, the
+        message saying so; no status (an analyst's stays; an untouched one stays new).
+        The builder forgets the incident."""
+        doc = self.document(incident)
+        doc["cirtsa"]["incident"].update(alert_ids=[], alert_count=0)
+        doc["message"] = f"[withdrawn: none of its alerts stands] {doc['message']}"
+        return doc
 
     def _new(self) -> int:
         self._next += 1

@@ -18,6 +18,11 @@ The allowed transitions, as a CIRT works (docs/elasticsearch.md, "Lifecycle"):
   `repelled` is final: a returning attacker raises new alerts and a new incident, so the
   "attacks repelled" KPI never counts an attack twice or loses one.
 
+Two statuses are the correlation's, never an analyst's: an incident fused into another is
+`merged` (final); an alert emitted while its window was open that the window's later
+evidence does not support is `withdrawn` (only when no analyst had triaged it; taken from
+there as from `new`).
+
 Each change is stored in the document itself (`cirtsa.<alert|incident>.status`, `.history`
 [{status, from, analyst, at, note}], `.status_changed`, `.analyst` and the KPI milestones
 `.acknowledged_at`, `.contained_at`, `.repelled_at`, `.closed_at`). Updates use optimistic
@@ -49,6 +54,11 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 # Set by the correlation stage only (correlation/incidents.py): an incident fused into
 # another one (`cirtsa.incident.merged_into`). Final; analysts work on the surviving incident.
 MERGED = "merged"
+# Set by the correlation only (correlation/alerts.py `withdraw`, kept by the Elasticsearch
+# sink only on an alert no analyst triaged): the alert, emitted while its window was open,
+# is not supported by the window's whole evidence. Out of the "new" views; an analyst who
+# disagrees takes it as from `new` (the history keeps "from": "withdrawn").
+WITHDRAWN = "withdrawn"
 OPEN_STATUSES = (NEW, ACKNOWLEDGED, CONTAINED)  # what the "open incidents" panel shows
 # The KPI timestamp each status sets (first time only: a re-opened false positive keeps its
 # original acknowledged_at, so time-to-acknowledge is measured once).
@@ -108,8 +118,9 @@ def transition(doc: dict, kind: str, status: str, analyst: str, note: str | None
         raise InvalidTransition(
             f"{name} was merged into incident {state.get('merged_into') or '?'} by the "
             f"correlation; change the status of that incident")
-    if status not in TRANSITIONS.get(current, frozenset()):
-        allowed = ", ".join(sorted(TRANSITIONS.get(current, ()))) or "none (final status)"
+    allowed_to = TRANSITIONS.get(NEW if current == WITHDRAWN else current, frozenset())
+    if status not in allowed_to:
+        allowed = ", ".join(sorted(allowed_to)) or "none (final status)"
         by = f" (set by {state['analyst']} at {state.get('status_changed')})" \
             if state.get("analyst") else ""
         raise InvalidTransition(

@@ -33,7 +33,7 @@ from typing import IO, Any, Protocol
 
 import orjson
 
-from correlation.alerts import is_revision
+from correlation.alerts import count_versions
 from correlation.detector import NS_PER_S
 from correlation.engine import CorrelationEngine, build_detectors, default_config, merge_config
 from fusion.stage import FusionStage
@@ -790,11 +790,8 @@ class CorrelationService:
         if self.on_alerts is not None:
             self.on_alerts(alerts)
         # a revision (same id, more evidence: correlation/alerts.py) replaces an alert
-        # delivered before: not a second alert
-        revised = sum(1 for alert in alerts if is_revision(alert))
-        self.stats["alerts_out"] += len(alerts) - revised
-        if revised:
-            self.stats["alerts_revised"] += revised
+        # delivered before: not a second alert; a withdrawal takes one back
+        count_versions(alerts, self.stats)
         return True
 
     def _commit(self, consumer: BatchConsumer) -> None:
