@@ -304,3 +304,19 @@ def test_the_incident_builder_drops_a_withdrawn_alert_and_an_emptied_incident():
     assert builder.incidents == [] and builder.stats["alerts_in"] == 0
     # a withdrawal of an alert the builder never had: nothing
     assert builder.add(closed) == []
+
+
+def test_an_incident_whose_first_alert_is_withdrawn_takes_its_next_members_identity():
+    """The withdrawn alert was the incident's first member (its id's base): the incident
+    gets its new first member's id, and the old id is closed as merged into it."""
+    (opened, _, closed), _ = run([([flow(100, 150 * MB, MB), flow(150, 150 * MB, MB, OTHER)],
+                                   True), ([flow(200, MB, 100 * MB)], False)])
+    assert len(opened) == 2 and len(closed) == 1 and is_withdrawn(closed[0])
+    builder = IncidentBuilder()
+    [incident] = builder.add(opened)
+    merged, now = builder.add(closed)
+    assert merged["event"]["id"] == incident["event"]["id"] != now["event"]["id"]
+    assert merged["cirtsa"]["incident"]["status"] == "merged"
+    assert merged["cirtsa"]["incident"]["merged_into"] == now["event"]["id"]
+    assert now["cirtsa"]["incident"]["victims"] == [OTHER]
+    assert now["cirtsa"]["incident"]["alert_count"] == 1
