@@ -302,6 +302,22 @@ def test_alerts_list_rejects_bad_filters(loaded, capsys):
     assert "unknown status 'closed'" in capsys.readouterr().err
 
 
+
+def test_alerts_list_status_withdrawn(loaded, capsys):
+    """`--status withdrawn` lists the alerts the correlation took back (docs/
+    elasticsearch.md); incidents have no such status."""
+    osmem, alerts, opts = loaded
+    client = es_client(osmem.url)
+    taken_back = alerts[3]["event"]["id"]
+    client.update(index=ALERTS_ALIAS, id=taken_back, refresh=True,
+                  doc={"cirtsa": {"alert": {"status": "withdrawn", "withdrawn": True}}})
+    assert main(["alerts", "list", *opts, "--status", "withdrawn", "--size", "100"]) == 0
+    assert table_ids(capsys.readouterr().out) == [taken_back]
+    assert main(["alerts", "list", *opts, "--status", "new", "--size", "100"]) == 0
+    assert taken_back not in table_ids(capsys.readouterr().out)
+    assert main(["alerts", "list", *opts, "--incidents", "--status", "withdrawn"]) == 2
+    assert "unknown status 'withdrawn'" in capsys.readouterr().err
+
 def test_set_status_moves_an_incident_through_its_states(loaded, capsys):
     osmem, _, opts = loaded
     steps = [("acknowledged", "alice", None), ("contained", "bob", "blocked at the border"),

@@ -205,6 +205,22 @@ def test_open_incidents_panel_excludes_closed_statuses():
         assert status not in query
 
 
+
+def test_alert_panels_count_standing_alerts_only():
+    """A withdrawn alert (correlation/engine.py: its window's whole data no longer supports
+    it) stays in the index for the record; the panels count detections that stand, and
+    the open-incident panels leave out an incident whose every alert was withdrawn."""
+    lenses = [o for (kind, _), o in by_id().items() if kind == "lens"]
+    on_alerts = [o for o in lenses
+                 if any(r["id"] == "cirtsa-alerts" for r in o["references"])]
+    assert len(on_alerts) >= 4
+    for lens_object in on_alerts:
+        query = lens_object["attributes"]["state"]["query"]["query"]
+        assert "not cirtsa.alert.withdrawn : true" in query, lens_object["id"]
+    for lens_id in ("cirtsa-lens-open-incidents", "cirtsa-lens-open-incidents-count"):
+        query = by_id()[("lens", lens_id)]["attributes"]["state"]["query"]["query"]
+        assert "cirtsa.incident.alert_count > 0" in query
+
 # --- `cirt-sa kibana import` against a real HTTP server -----------------------------------
 
 

@@ -20,7 +20,13 @@ from pathlib import Path
 OUT = Path(__file__).with_name("cirt-sa.ndjson")
 CORE_MIGRATION = "8.8.0"
 LAYER = "layer1"
-KQL_OPEN_INCIDENTS = 'not cirtsa.incident.status : ("repelled" or "false_positive")'
+# an incident whose every alert was withdrawn is emitted once more with no alerts (docs/
+# elasticsearch.md): nothing left to work on
+KQL_OPEN_INCIDENTS = ('not cirtsa.incident.status : ("repelled" or "false_positive") '
+                      'and cirtsa.incident.alert_count > 0')
+# the alert panels count detections that stand: a withdrawn alert (its window's whole data
+# no longer supports it) stays in the index, marked, for the record
+KQL_STANDING_ALERTS = "not cirtsa.alert.withdrawn : true"
 
 DATA_VIEWS = {
     # id: (title = index pattern, name shown in Kibana)
@@ -121,14 +127,16 @@ def panels() -> list[dict]:
         lens("cirtsa-lens-alerts-over-time", "Alerts over time by rule", "cirtsa-alerts",
              "lnsXY",
              {"ts": date_histogram(), "rule": terms("rule.name", 10), "count": count("Alerts")},
-             xy("bar_stacked", "ts", ["count"], split="rule")),
+             xy("bar_stacked", "ts", ["count"], split="rule"),
+             query=KQL_STANDING_ALERTS),
         lens("cirtsa-lens-top-attackers", "Top attackers", "cirtsa-alerts", "lnsDatatable",
              {"src": terms("source.ip", 20, data_type="ip", label="Attacker (source.ip)"),
               "count": count("Alerts"),
               "targets": metric("unique_count", "destination.ip", "Distinct targets"),
               "rules": metric("unique_count", "rule.id", "Distinct rules"),
               "sev": metric("max", "event.severity", "Max severity")},
-             table(["src", "count", "targets", "rules", "sev"])),
+             table(["src", "count", "targets", "rules", "sev"]),
+             query=KQL_STANDING_ALERTS),
         lens("cirtsa-lens-targets-by-sector", "Targets by constituency and segment",
              "cirtsa-alerts", "lnsPie",
              {"sector": terms("cirtsa.constituency", 10, label="Constituency / sector"),
@@ -137,13 +145,15 @@ def panels() -> list[dict]:
              {"shape": "treemap", "layers": [{
                  "layerId": LAYER, "layerType": "data", "primaryGroups": ["sector", "zone"],
                  "metrics": ["count"], "numberDisplay": "value", "categoryDisplay": "default",
-                 "legendDisplay": "default", "nestedLegend": False}]}),
+                 "legendDisplay": "default", "nestedLegend": False}]},
+             query=KQL_STANDING_ALERTS),
         lens("cirtsa-lens-attack-techniques", "MITRE ATT&CK techniques", "cirtsa-alerts",
              "lnsXY",
              {"technique": terms("threat.technique.id", 15, label="Technique"),
               "tactic": terms("threat.tactic.name", 10, label="Tactic"),
               "count": count("Alerts")},
-             xy("bar_horizontal_stacked", "technique", ["count"], split="tactic")),
+             xy("bar_horizontal_stacked", "technique", ["count"], split="tactic"),
+             query=KQL_STANDING_ALERTS),
         lens("cirtsa-lens-open-incidents-count", "Open incidents", "cirtsa-incidents",
              "lnsMetric", {"count": count("Open incidents")},
              {"layerId": LAYER, "layerType": "data", "metricAccessor": "count"},

@@ -47,6 +47,7 @@ from correlation.lifecycle import (
     ALERT,
     INCIDENT,
     STATUSES,
+    WITHDRAWN,
     InvalidTransition,
     LifecycleStore,
     NotFound,
@@ -496,8 +497,9 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
 
 
 def cmd_alerts_list(args: argparse.Namespace) -> int:
-    if args.status and args.status not in STATUSES:
-        raise _Usage(f"unknown status {args.status!r}; statuses: {', '.join(STATUSES)}")
+    listable = STATUSES if args.incidents else (*STATUSES, WITHDRAWN)
+    if args.status and args.status not in listable:
+        raise _Usage(f"unknown status {args.status!r}; statuses: {', '.join(listable)}")
     if args.source:
         try:
             args.source = str(ipaddress.ip_network(args.source, strict=False))
@@ -616,7 +618,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     al_sub.required = True
     p = al_sub.add_parser("list", parents=[common, es_opts], help="table of alerts (newest first)")
     p.add_argument("--incidents", action="store_true", help="list incidents instead of alerts")
-    p.add_argument("--status", help=f"one of {', '.join(STATUSES)}")
+    p.add_argument("--status", help=f"one of {', '.join(STATUSES)}; for alerts also "
+                   f"{WITHDRAWN} (taken back by the correlation)")
     p.add_argument("--rule", help="rule.id or rule.name")
     p.add_argument("--source", metavar="CIDR", help="source.ip address or network")
     p.add_argument("--since", help="ES date or date math: 2024-03-01, now-24h, or 24h")
