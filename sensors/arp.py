@@ -27,7 +27,7 @@ import numpy as np
 
 from pipeline.schema import ARP, EventBatch
 from sensors.analyzer import Analyzer
-from sensors.packets import IP_DTYPE, IPV4_MAPPED_PREFIX, DecodedPackets, constant_text
+from sensors.packets import IP_DTYPE, IPV4_MAPPED_PREFIX, DecodedPackets, constant_text, plain_vlan
 
 ETHERTYPE_ARP = 0x0806
 ARP_HEADER_LEN = 28  # fixed part (8) + 2 * (6 + 4) for Ethernet/IPv4
@@ -127,7 +127,7 @@ def arp_events(
     src_ip = _ipv4(header, 14)
     dst_ip = _ipv4(header, 24)
     n = keep.size
-    vlan = packets.vlan[keep].astype(np.uint16)
+    vlan = plain_vlan(packets.vlan[keep])
     columns = {
         "timestamp": packets.ts_ns[keep].astype(np.int64),
         "observer_name": constant_text(n, observer_name),

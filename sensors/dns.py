@@ -60,7 +60,7 @@ from sensors.dns_kernel import (
     MAX_TCP_MESSAGES,
     MAX_TEXT_BYTES,
 )
-from sensors.packets import DecodedPackets, constant_text
+from sensors.packets import DecodedPackets, constant_text, plain_vlan
 
 __all__ = ["MAX_ANSWERS", "MAX_HEX_BYTES", "MAX_NAME_WIRE_LEN", "MAX_POINTER_JUMPS",
            "MAX_TCP_MESSAGES", "MAX_TEXT_BYTES", "DnsAnalyzer", "MalformedDNS", "dns_events",
@@ -333,7 +333,7 @@ def _build_batch(packets: DecodedPackets, rows: np.ndarray, kept: dict[str, np.n
         "src_port": src_port,
         "dst_port": dst_port,
         "transport": transport,
-        "vlan": packets.vlan[rows].astype(np.uint16, copy=False),
+        "vlan": plain_vlan(packets.vlan[rows]),
         "community_id": flow_community_ids(src_ip, dst_ip, transport, src_port, dst_port,
                                            both_directions=True),
         "dns_id": kept["dns_id"],

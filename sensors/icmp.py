@@ -25,7 +25,7 @@ from pipeline.jit import njit
 from pipeline.schema import ICMP, EventBatch
 from sensors.analyzer import Analyzer
 from sensors.community_id import community_id_column
-from sensors.packets import IP_DTYPE, DecodedPackets, constant_text
+from sensors.packets import IP_DTYPE, DecodedPackets, constant_text, plain_vlan
 from sensors.tcp_stream import prefetch
 
 PROTO_ICMP = 1
@@ -166,7 +166,7 @@ def icmp_events(
         return None
     n = rows.size
     timestamp, vlan, payload_bytes, transport, icmp_type, icmp_code, src, dst = _event_rows(
-        rows, packets.ts_ns, packets.vlan, packets.payload_len, packets.transport,
+        rows, packets.ts_ns, plain_vlan(packets.vlan), packets.payload_len, packets.transport,
         packets.icmp_type, packets.icmp_code, _address_bytes(packets.src_ip),
         _address_bytes(packets.dst_ip))
     src_ip = src.view(IP_DTYPE).reshape(n)

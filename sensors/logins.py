@@ -46,7 +46,7 @@ import numpy as np
 from pipeline.schema import LOGIN, EventBatch
 from sensors.analyzer import Analyzer
 from sensors.community_id import community_id_column
-from sensors.packets import IP_DTYPE, DecodedPackets, constant_text
+from sensors.packets import IP_DTYPE, DecodedPackets, constant_text, plain_vlan
 from sensors.stream_prefilter import PortPrefilter
 from sensors.tcp_stream import StreamChunk, StreamCollector
 
@@ -571,7 +571,7 @@ class LoginAnalyzer(Analyzer):
             "src_port": src_port,
             "dst_port": dst_port,
             "transport": transport,
-            "vlan": np.asarray([c.vlan for c, _, _, _ in rows], dtype=np.uint16),
+            "vlan": plain_vlan(np.asarray([c.vlan for c, _, _, _ in rows], dtype=np.int64)),
             "community_id": community_id_column(src_ip, dst_ip, transport, src_port, dst_port),
             "service": _objects([s for _, s, _, _ in rows]),
             "user": _objects([a.user for _, _, a, _ in rows]),

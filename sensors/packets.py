@@ -69,6 +69,36 @@ def segment_columns(segment: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return _TUNNEL_LABELS[kind], segment & SEGMENT_ID_MASK
 
 
+VLAN_BITS = 16  # keyed_vlan: the VLAN id stays in the low 16 bits
+_NESTED_DIGEST_BITS = 43
+
+
+def keyed_vlan(vlan: np.ndarray, tunnel_id: np.ndarray) -> np.ndarray:
+    """int64 `vlan | segment << 16`: the VLAN and the tunnel segment in one value, for the
+    analyzers, which key their connections (TCP streams, QUIC) by the VLAN. segment is
+    tunnel_id compacted to 47 bits: kind << 32 | id for one level (exact), for tunnels in
+    tunnels 1 << 46 | kind << 43 | 43 bits of the digest. Signed and below 2^63: compiled
+    code compares it with int64 values exactly (uint64 against int64 compares as floats).
+    The VLAN is `value & 0xFFFF` (a cast to uint16 keeps it)."""
+    tid = np.asarray(tunnel_id, dtype=np.uint64)
+    kind = (tid >> np.uint64(SEGMENT_KIND_SHIFT)) & np.uint64(0x7F)
+    ident = tid & SEGMENT_ID_MASK
+    nested = (tid & SEGMENT_NESTED) != 0
+    one = (kind << np.uint64(32)) | ident
+    deep = (np.uint64(1 << 46) | (kind << np.uint64(_NESTED_DIGEST_BITS))
+            | (ident & np.uint64((1 << _NESTED_DIGEST_BITS) - 1)))
+    segment = np.where(nested, deep, one)
+    return (np.asarray(vlan).astype(np.uint64) | (segment << np.uint64(VLAN_BITS))).view(np.int64)
+
+
+def plain_vlan(values: np.ndarray) -> np.ndarray:
+    """The uint16 VLAN ids of keyed_vlan values (a uint16 column as it is)."""
+    values = np.asarray(values)
+    if values.dtype == np.uint16:
+        return values
+    return (values & 0xFFFF).astype(np.uint16)
+
+
 @dataclass
 class PacketBatch:
     """Raw packets as read from a capture: where each one's bytes are, plus its pcap header.

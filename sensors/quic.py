@@ -67,7 +67,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pipeline.jit import njit
 from pipeline.schema import TLS, EventBatch
 from sensors.analyzer import Analyzer
-from sensors.packets import IP_DTYPE, DecodedPackets
+from sensors.packets import IP_DTYPE, DecodedPackets, plain_vlan
 from sensors.tcp_stream import kind_columns, tcp_endpoint_columns
 from sensors.tls import (
     HS_CLIENT_HELLO,
@@ -782,7 +782,7 @@ class QuicAnalyzer(Analyzer):
             np.frombuffer(b"".join(c.server_ip for c in conns), IP_DTYPE),
             np.array([c.client_port for c in conns], np.uint16),
             np.array([c.server_port for c in conns], np.uint16),
-            np.array([c.vlan for c in conns], np.uint16), self.observer_name,
+            plain_vlan(np.array([c.vlan for c in conns], np.int64)), self.observer_name,
             self.ingress_zone, protocol=UDP)
         columns.update(kind_columns(TLS, [f for _, f in rows], skip=columns))
         return EventBatch(TLS.name, columns)

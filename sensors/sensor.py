@@ -6,6 +6,7 @@ flows never mix across segments. Every step is a transform on a whole batch.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import Counter
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from sensors.analyzer import build_analyzers
 from sensors.decode import TunnelConfig, decode
 from sensors.defrag import DefragConfig, Defragmenter
 from sensors.flow_table import FlowTable
-from sensors.packets import DecodedPackets, PacketBatch, Tunnel
+from sensors.packets import DecodedPackets, PacketBatch, Tunnel, keyed_vlan
 from sensors.pcap_reader import CaptureDamage, CaptureReader
 
 
@@ -57,6 +58,7 @@ class Sensor:
         self.defrag.weird.clear()
         out: list[EventBatch] = []
         for packets in (analyzed, *datagrams):
+            packets = _segment_keyed(packets)
             for analyzer in self.analyzers:
                 out.extend(analyzer.process(packets))
         flows = self.flow_table.update(counted)
@@ -105,6 +107,16 @@ class Sensor:
         if self.defrag.stats:  # (only sensors that met fragments list them)
             for key, value in self.defrag.counts().items():
                 self.stats[f"defrag.{key}"] = value
+
+
+def _segment_keyed(packets: DecodedPackets) -> DecodedPackets:
+    """The analyzers' view of a batch: with tunnelled rows, `vlan` also carries each row's
+    tunnel segment (packets.keyed_vlan), so that every analyzer keying connections by the
+    VLAN (TCP streams: HTTP, TLS, SSH, logins; QUIC) keeps two segments apart, and emits
+    the VLAN id alone (packets.plain_vlan). A batch without tunnels is passed as it is."""
+    if not packets.tunnel.any():
+        return packets
+    return dataclasses.replace(packets, vlan=keyed_vlan(packets.vlan, packets.tunnel_id))
 
 
 @dataclass

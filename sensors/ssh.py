@@ -49,7 +49,7 @@ import numpy as np
 from pipeline.schema import SSH, EventBatch
 from sensors.analyzer import Analyzer
 from sensors.community_id import community_id_column
-from sensors.packets import IP_DTYPE, DecodedPackets, constant_text
+from sensors.packets import IP_DTYPE, DecodedPackets, constant_text, plain_vlan
 from sensors.stream_prefilter import PortPrefilter
 from sensors.tcp_stream import StreamChunk, StreamCollector, prefix_predicate
 
@@ -332,7 +332,7 @@ class SshAnalyzer(Analyzer):
             "src_port": src_port,
             "dst_port": dst_port,
             "transport": transport,
-            "vlan": np.asarray([c.vlan for c, _ in done], dtype=np.uint16),
+            "vlan": plain_vlan(np.asarray([c.vlan for c, _ in done], dtype=np.int64)),
             "community_id": community_id_column(src_ip, dst_ip, transport, src_port, dst_port),
             "client_banner": _objects([s.client_banner for _, s in done]),
             "server_banner": _objects([s.server_banner for _, s in done]),

@@ -22,7 +22,7 @@ from typing import Protocol
 import numpy as np
 
 from pipeline.jit import njit
-from sensors.packets import IP_DTYPE
+from sensors.packets import IP_DTYPE, plain_vlan
 from sensors.tcp_stream import StreamChunk, tcp_endpoint_columns
 
 TCP = 6
@@ -185,4 +185,4 @@ def endpoint_columns_at(batch: StreamColumns, rows: np.ndarray, timestamps: np.n
         timestamps, np.ascontiguousarray(batch.client_ip[rows]).view(IP_DTYPE).reshape(n),
         np.ascontiguousarray(batch.server_ip[rows]).view(IP_DTYPE).reshape(n),
         batch.client_port[rows].astype(np.uint16), batch.server_port[rows].astype(np.uint16),
-        batch.vlan[rows].astype(np.uint16), observer_name, ingress_zone)
+        plain_vlan(batch.vlan[rows]), observer_name, ingress_zone)

@@ -125,7 +125,7 @@ from numba.extending import intrinsic
 from pipeline.jit import njit
 from pipeline.schema import EventKind
 from sensors.community_id import community_id_column
-from sensors.packets import IP_DTYPE, DecodedPackets, constant_text
+from sensors.packets import IP_DTYPE, DecodedPackets, constant_text, plain_vlan
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 TCP = 6
@@ -410,7 +410,9 @@ def _mix(x: np.ndarray) -> np.ndarray:
 
 
 def flow_hash_column(packets: DecodedPackets, rows: np.ndarray) -> np.ndarray:
-    """Direction-independent uint64 hash of (vlan, {ip:port, ip:port}) for `rows`."""
+    """Direction-independent uint64 hash of (vlan, {ip:port, ip:port}) for `rows`; the
+    vlan may carry a tunnel segment above its low 16 bits (packets.keyed_vlan): mixed in
+    too (0 for untunnelled rows, whose hash stays that of (vlan, endpoints))."""
     with np.errstate(over="ignore"):
         def endpoint(ips: np.ndarray, ports: np.ndarray) -> np.ndarray:
             halves = np.ascontiguousarray(ips[rows]).view(np.uint64).reshape(-1, 2)
@@ -419,7 +421,9 @@ def flow_hash_column(packets: DecodedPackets, rows: np.ndarray) -> np.ndarray:
             return _mix(h ^ ports[rows].astype(np.uint64))
         both = endpoint(packets.src_ip, packets.src_port) + endpoint(packets.dst_ip,
                                                                       packets.dst_port)
-        return _mix(both ^ (packets.vlan[rows].astype(np.uint64) << np.uint64(48)))
+        vlan = packets.vlan[rows].astype(np.uint64)
+        return _mix(both ^ (vlan << np.uint64(48))
+                    ^ ((vlan >> np.uint64(16)) * np.uint64(0xD6E8FEB86659FD93)))
 
 
 @njit
@@ -623,7 +627,9 @@ def _candidate_kernel(data, rows, offset, length, sport, dport, flags, src_ip, d
         # scalars, not row views (a view per row costs reference counting)
         both = (_endpoint_hash(src_ip[r, 0], src_ip[r, 1], sport[r])
                 + _endpoint_hash(dst_ip[r, 0], dst_ip[r, 1], dport[r]))
-        hashes[i] = _mix_one(both ^ (np.uint64(vlan[r]) << np.uint64(48)))
+        v = np.uint64(vlan[r])  # (a tunnel segment above bit 16: flow_hash_column)
+        hashes[i] = _mix_one(both ^ (v << np.uint64(48))
+                             ^ ((v >> np.uint64(16)) * np.uint64(0xD6E8FEB86659FD93)))
         off = np.int64(offset[r])
         seq[i], ack[i], found[i] = _seq_ack_row(view, off, np.int64(sport[r]),
                                                 np.int64(dport[r]), np.int64(flags[r]))
@@ -3008,7 +3014,8 @@ def endpoint_columns(chunks: list[StreamChunk], timestamps: list[int], observer_
         np.array([c.server_ip for c in chunks], dtype=IP_DTYPE).reshape(n),
         np.array([c.client_port for c in chunks], dtype=np.uint16),
         np.array([c.server_port for c in chunks], dtype=np.uint16),
-        np.array([c.vlan for c in chunks], dtype=np.uint16), observer_name, ingress_zone)
+        plain_vlan(np.array([c.vlan for c in chunks], dtype=np.int64)), observer_name,
+        ingress_zone)
 
 
 def tcp_endpoint_columns(timestamps, src_ip: np.ndarray, dst_ip: np.ndarray,

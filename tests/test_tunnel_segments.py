@@ -17,7 +17,8 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import GRE, Ether
 from scapy.layers.vxlan import VXLAN
 from scapy.utils import wrpcap
-from test_decode_tunnels import OUTER, framed, sensor_events
+from test_decode_tunnels import INNER_VLAN, OUTER, framed, sensor_events
+from test_tls import GREASE_HELLO
 
 from sensors.decode import decode, decode_columnwise
 from sensors.packets import Tunnel, segment_columns
@@ -147,3 +148,33 @@ def test_nested_tunnels_key_every_level(tmp_path):
     flows = events["flow"]
     assert len(flows["timestamp"]) == 3 and set(flows["tunnel_type"].tolist()) == {"vxlan"}
     assert len(set(flows["tunnel_id"].tolist())) == 3
+
+
+@pytest.mark.parametrize("kind", sorted(SEGMENTS))
+def test_two_segments_are_two_http_streams(tmp_path, kind):
+    """Interleaved packets of two tenants' HTTP exchanges on the same inner 5-tuple: one
+    request and response each, with its own host (merged, the streams were one garbled
+    conversation)."""
+    events, _ = sensor_events(write(tmp_path, interleaved(kind, ["a.example", "b.example"])))
+    http = events["http"]
+    assert sorted(zip(http["host"].tolist(), http["uri"].tolist(), strict=True)) == [
+        ("a.example", "/a.example"), ("b.example", "/b.example")]
+    assert http["status"].tolist() == [200, 200]
+    assert http["vlan"].tolist() == [0 if kind == "gre_key" else INNER_VLAN] * 2
+
+
+def test_two_segments_are_two_tls_hellos(tmp_path):
+    """The same for TLS: each VNI's ClientHello is read whole (merged, the second SYN
+    and the interleaved records broke both)."""
+    def talk(sni_port: int) -> list:
+        c2s, s2c = IP(src=CLIENT, dst=SERVER), IP(src=SERVER, dst=CLIENT)
+        return [c2s / TCP(sport=41000, dport=443, flags="S", seq=1),
+                s2c / TCP(sport=443, dport=41000, flags="SA", seq=9, ack=2),
+                c2s / TCP(sport=41000, dport=443, flags="A", seq=2, ack=10),
+                c2s / TCP(sport=41000, dport=443, flags="PA", seq=2, ack=10) / GREASE_HELLO]
+    wrap = SEGMENTS["vxlan"][0]
+    frames = [bytes(wrap(ip, n, True)) for pair in zip(talk(0), talk(1), strict=True)
+              for n, ip in enumerate(pair)]
+    events, _ = sensor_events(write(tmp_path, frames))
+    assert events["tls"]["server_name"].tolist() == ["example.org", "example.org"]
+    assert len(events["flow"]["timestamp"]) == 2
