@@ -258,3 +258,31 @@ def make_incident(i: int, status: str = "new", alert_ids: list[str] | None = Non
                                 "alert_ids": alert_ids or [alert["event"]["id"]],
                                 "alert_count": len(alert_ids or [1])}},
     }
+
+
+# --- alert versions (tests/test_alert_revisions.py, tests/test_alert_withdrawals.py) -------
+
+@pytest.fixture(name="alerts_es")
+def alerts_es_client(osmem: OsmemProcess):
+    """A client of a set-up osmem (templates, aliases): alerts can be written at once."""
+    from correlation.es_setup import setup
+
+    client = es_client(osmem.url)
+    setup(client, 30)
+    return client
+
+
+def lifecycle_sink(client):
+    """An ElasticsearchSink as the correlation service makes it (analysts' fields kept),
+    refreshing after each write so that a read sees it, with a short retry budget."""
+    from correlation.es_sink import ElasticsearchSink
+
+    return ElasticsearchSink(client, refresh="true", max_attempts=2, initial_backoff_s=0.01,
+                             preserve_lifecycle=True)
+
+
+def stored_alert(client, doc_id: str) -> dict:
+    """The alert document stored under `doc_id`."""
+    from correlation.es_setup import ALERTS_ALIAS
+
+    return client.get(index=ALERTS_ALIAS, id=doc_id)["_source"]

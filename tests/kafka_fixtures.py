@@ -79,3 +79,13 @@ def consume(batch_consumer: BatchConsumer, count: int, timeout_s: float = 20.0,
         if commit and batch:
             batch_consumer.commit(batch)
     return records
+
+
+def poll_until(condition, *members: BatchConsumer, timeout_s: float = 30.0) -> bool:
+    """Poll `members` in turn (0.2 s each: group members join, rebalance and fetch only
+    while polled) until `condition()` holds or the time is up; whether it holds."""
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        for member in members:
+            member.poll_batch(timeout_s=0.2)
+    return condition()

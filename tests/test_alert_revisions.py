@@ -20,7 +20,12 @@ import threading
 import numpy as np
 import pytest
 from conftest import assert_ecs
-from es_fixtures import es_client, osmem_process  # noqa: F401 - fixture
+from es_fixtures import (  # noqa: F401 - fixtures
+    alerts_es_client,
+    lifecycle_sink,
+    osmem_process,
+    stored_alert,
+)
 from test_services_idle import (
     fused_events,
     one_partition_config,
@@ -32,8 +37,7 @@ from test_services_idle import (
 
 from correlation.alerts import is_revision, latest_versions, version_rank, without_version_marks
 from correlation.engine import CorrelationEngine
-from correlation.es_setup import ALERTS_ALIAS, CIRTSA_ALERT, setup
-from correlation.es_sink import ElasticsearchSink
+from correlation.es_setup import ALERTS_ALIAS, CIRTSA_ALERT
 from correlation.incidents import IncidentBuilder
 from correlation.lifecycle import LifecycleStore
 
@@ -204,19 +208,8 @@ def versions(scan_run):
 
 
 @pytest.fixture
-def es(osmem):
-    client = es_client(osmem.url)
-    setup(client, 30)
-    return client
-
-
-def sink_of(client) -> ElasticsearchSink:
-    return ElasticsearchSink(client, refresh="true", max_attempts=2, initial_backoff_s=0.01,
-                             preserve_lifecycle=True)
-
-
-def stored(client, doc_id: str) -> dict:
-    return client.get(index=ALERTS_ALIAS, id=doc_id)["_source"]
+def es(alerts_es):
+    return alerts_es
 
 
 def count(client) -> int:
@@ -225,13 +218,13 @@ def count(client) -> int:
 
 def test_a_revision_replaces_the_detection_fields_and_keeps_the_analysts_triage(es, versions):
     partial, revision = versions
-    sink = sink_of(es)
+    sink = lifecycle_sink(es)
     assert sink.write([partial]).created == 1
     store = LifecycleStore(es, clock=lambda: "2026-11-30T12:00:00.000000Z")
     store.set_status(partial["event"]["id"], "acknowledged", "alice", note="looking")
     result = sink.write([revision])
     assert (result.created, result.updated, result.duplicates) == (0, 1, 0)
-    doc = stored(es, revision["event"]["id"])
+    doc = stored_alert(es, revision["event"]["id"])
     assert doc["cirtsa"]["evidence"] == revision["cirtsa"]["evidence"]  # whole window
     assert doc["message"] == revision["message"] and doc["event"] == revision["event"]
     assert "open_window" not in doc["cirtsa"]["alert"]
@@ -242,41 +235,41 @@ def test_a_revision_replaces_the_detection_fields_and_keeps_the_analysts_triage(
     # delivered again (a consumer's re-delivery): nothing changes
     again = sink.write([revision])
     assert (again.updated, again.duplicates) == (0, 1)
-    assert stored(es, revision["event"]["id"]) == doc
+    assert stored_alert(es, revision["event"]["id"]) == doc
 
 
 def test_a_revision_whose_first_version_never_arrived_is_created(es, versions):
     _, revision = versions
-    result = sink_of(es).write([revision])
+    result = lifecycle_sink(es).write([revision])
     assert (result.created, result.updated) == (1, 0)
-    assert stored(es, revision["event"]["id"]) == revision
+    assert stored_alert(es, revision["event"]["id"]) == revision
 
 
 def test_an_older_version_after_a_newer_one_changes_nothing(es, versions):
     partial, revision = versions
-    sink = sink_of(es)
+    sink = lifecycle_sink(es)
     sink.write([revision])
     result = sink.write([partial])  # e.g. delivered late after an outage
     assert (result.created, result.updated, result.duplicates) == (0, 0, 1)
-    assert stored(es, revision["event"]["id"]) == revision
+    assert stored_alert(es, revision["event"]["id"]) == revision
     # both in one batch (ES was down through both): the newer is stored, in either order
     for batch in ([partial, revision], [revision, partial]):
         sink.client.delete(index=ALERTS_ALIAS, id=revision["event"]["id"], refresh=True)
         both = sink.write(batch)
         assert (both.created, both.duplicates) == (1, 1)
-        assert stored(es, revision["event"]["id"]) == revision
+        assert stored_alert(es, revision["event"]["id"]) == revision
 
 
 def test_a_closed_window_document_replaces_one_judged_open(es, versions):
     """A takeover: the new owner never emitted the open version, so its close emits the
     alert without a revision mark; it still replaces the stored open-window version."""
     partial, revision = versions
-    sink = sink_of(es)
+    sink = lifecycle_sink(es)
     sink.write([partial])
     final = without_version_marks(revision)
     result = sink.write([final])
     assert (result.updated, result.duplicates) == (1, 0)
-    assert stored(es, final["event"]["id"]) == final
+    assert stored_alert(es, final["event"]["id"]) == final
     assert sink.write([final]).duplicates == 1  # and stays idempotent
 
 
@@ -285,7 +278,7 @@ def test_a_revision_racing_an_analyst_reads_again_and_keeps_the_change(es, versi
     """The analyst's status change lands between the sink's read and its write: the
     conditional write is refused (409), the sink reads again and keeps the change."""
     partial, revision = versions
-    sink = sink_of(es)
+    sink = lifecycle_sink(es)
     sink.write([partial])
     store = LifecycleStore(es, clock=lambda: "2026-11-30T12:00:00.000000Z")
     real_mget = sink._mget
@@ -301,7 +294,7 @@ def test_a_revision_racing_an_analyst_reads_again_and_keeps_the_change(es, versi
     monkeypatch.setattr(sink, "_mget", mget_then_analyst)
     result = sink.write([revision])
     assert len(reads) == 2 and result.updated == 1
-    doc = stored(es, revision["event"]["id"])
+    doc = stored_alert(es, revision["event"]["id"])
     assert doc["cirtsa"]["alert"]["status"] == "acknowledged"
     assert doc["cirtsa"]["evidence"] == revision["cirtsa"]["evidence"]
 
@@ -309,7 +302,7 @@ def test_a_revision_racing_an_analyst_reads_again_and_keeps_the_change(es, versi
 def test_plain_duplicates_are_still_duplicates(es, versions):
     partial, _ = versions
     final = without_version_marks(partial)
-    sink = sink_of(es)
+    sink = lifecycle_sink(es)
     sink.write([final])
     result = sink.write([final, final])
     assert (result.created, result.updated, result.duplicates) == (0, 0, 2)

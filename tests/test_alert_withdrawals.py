@@ -17,7 +17,12 @@ import copy
 import threading
 
 import pytest
-from es_fixtures import es_client, osmem_process  # noqa: F401 - fixture
+from es_fixtures import (  # noqa: F401 - fixtures
+    alerts_es_client,
+    lifecycle_sink,
+    osmem_process,
+    stored_alert,
+)
 from event_builders import make_batch
 from test_alert_revisions import _ListSink, _Producer
 from test_services_idle import one_partition_config, worker
@@ -34,8 +39,7 @@ from correlation.alerts import (
     version_rank,
 )
 from correlation.engine import CorrelationEngine
-from correlation.es_setup import ALERTS_ALIAS, CIRTSA_ALERT, setup
-from correlation.es_sink import ElasticsearchSink
+from correlation.es_setup import ALERTS_ALIAS, CIRTSA_ALERT
 from correlation.exfiltration import UploadDetector
 from correlation.incidents import IncidentBuilder
 from correlation.lifecycle import WITHDRAWN, LifecycleStore
@@ -189,19 +193,8 @@ def versions():
 
 
 @pytest.fixture
-def es(osmem):
-    client = es_client(osmem.url)
-    setup(client, 30)
-    return client
-
-
-def sink_of(client) -> ElasticsearchSink:
-    return ElasticsearchSink(client, refresh="true", max_attempts=2, initial_backoff_s=0.01,
-                             preserve_lifecycle=True)
-
-
-def stored(client, doc_id: str) -> dict:
-    return client.get(index=ALERTS_ALIAS, id=doc_id)["_source"]
+def es(alerts_es):
+    return alerts_es
 
 
 def listed(client, status: str) -> list[str]:
@@ -213,18 +206,18 @@ def listed(client, status: str) -> list[str]:
 def test_a_withdrawal_replaces_an_untouched_alert_and_leaves_the_new_view(es, versions):
     first, withdrawal, _ = versions
     doc_id = first["event"]["id"]
-    sink = sink_of(es)
+    sink = lifecycle_sink(es)
     sink.write([first])
     assert listed(es, "new") == [doc_id]
     result = sink.write([withdrawal])
     assert (result.created, result.updated, result.duplicates) == (0, 1, 0)
-    assert stored(es, doc_id) == withdrawal  # its last evidence, marked, status withdrawn
+    assert stored_alert(es, doc_id) == withdrawal  # its last evidence, marked, status withdrawn
     assert listed(es, "new") == [] and listed(es, WITHDRAWN) == [doc_id]
     # an older version after the withdrawal changes nothing; nor does the withdrawal again
     for late in (first, withdrawal):
         again = sink.write([late])
         assert (again.updated, again.duplicates) == (0, 1)
-        assert stored(es, doc_id) == withdrawal
+        assert stored_alert(es, doc_id) == withdrawal
     # an analyst who disagrees takes it as from new
     store = LifecycleStore(es, clock=lambda: "2026-11-30T12:00:00.000000Z")
     state = store.set_status(doc_id, "acknowledged", "carol", note="real exfil")
@@ -234,24 +227,24 @@ def test_a_withdrawal_replaces_an_untouched_alert_and_leaves_the_new_view(es, ve
 def test_a_withdrawal_keeps_the_analysts_status_and_history(es, versions):
     first, withdrawal, _ = versions
     doc_id = first["event"]["id"]
-    sink = sink_of(es)
+    sink = lifecycle_sink(es)
     sink.write([first])
     store = LifecycleStore(es, clock=lambda: "2026-11-30T12:00:00.000000Z")
     store.set_status(doc_id, "acknowledged", "alice", note="looking")
     assert sink.write([withdrawal]).updated == 1
-    doc = stored(es, doc_id)
+    doc = stored_alert(es, doc_id)
     assert doc["cirtsa"]["alert"]["status"] == "acknowledged"  # never the analyst's decision
     assert [h["analyst"] for h in doc["cirtsa"]["alert"]["history"]] == ["alice"]
     assert doc["cirtsa"]["alert"]["withdrawn"] is True  # what the correlation says, visible
     assert doc["cirtsa"]["alert"]["withdrawn_reason"] == NOT_FOUND_CLOSED
     assert doc["cirtsa"]["evidence"] == withdrawal["cirtsa"]["evidence"]
-    assert sink.write([first]).duplicates == 1 and stored(es, doc_id) == doc
+    assert sink.write([first]).duplicates == 1 and stored_alert(es, doc_id) == doc
 
 
 def test_a_withdrawal_whose_alert_never_arrived_is_created_withdrawn(es, versions):
     _, withdrawal, _ = versions
-    assert sink_of(es).write([withdrawal]).created == 1
-    assert stored(es, withdrawal["event"]["id"]) == withdrawal
+    assert lifecycle_sink(es).write([withdrawal]).created == 1
+    assert stored_alert(es, withdrawal["event"]["id"]) == withdrawal
     assert listed(es, "new") == []
 
 
@@ -259,14 +252,14 @@ def test_an_alert_found_again_after_its_withdrawal_is_new_again(es, versions):
     first, _, again = versions
     doc_id = first["event"]["id"]
     withdrawal = copy.deepcopy(again)  # (the idle flush's withdrawal: revision 1)
-    sink = sink_of(es)
+    sink = lifecycle_sink(es)
     gone = {**first, "cirtsa": {**first["cirtsa"], "alert": {
         **alert_of(first), "revision": 1, "withdrawn": True,
         "withdrawn_reason": NOT_FOUND_OPEN, "status": WITHDRAWN}}}
     sink.write([first, gone])
     assert listed(es, "new") == []
     assert sink.write([withdrawal]).updated == 1
-    doc = stored(es, doc_id)
+    doc = stored_alert(es, doc_id)
     assert "status" not in doc["cirtsa"]["alert"] and doc["cirtsa"]["alert"]["withdrawn"] is False
     assert listed(es, "new") == [doc_id]
 

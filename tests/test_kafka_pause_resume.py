@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 
-from kafka_fixtures import EVERY_KAFKA_CLIENT, consumer, unique
+from kafka_fixtures import EVERY_KAFKA_CLIENT, consumer, poll_until, unique
 
 from pipeline.kafka_transport import SpoolingProducer, ensure_topics
 from pipeline.keys import aligned_keys
@@ -80,24 +80,17 @@ def test_a_partition_paused_then_taken_away_and_given_back_is_fetched_after_the_
     def rebuild(worker, flow: PartitionFlow) -> None:  # as CorrelationService._rewind
         flow.reset(worker, dict.fromkeys(worker.assignment(), 0), time.monotonic())
 
-    def until(condition, *polled) -> bool:
-        deadline = time.monotonic() + 30
-        while not condition() and time.monotonic() < deadline:
-            for member in polled:
-                member.poll_batch(timeout_s=0.2)
-        return condition()
-
     produce(b"old")
     flow = PartitionFlow(margin_ns=0, hold_s=15.0)
     with consumer(kafka_config, [topic], group) as b:
-        assert until(lambda: len(b.assignment()) == 2, b)
+        assert poll_until(lambda: len(b.assignment()) == 2, b)
         paused = {(topic, 0), (topic, 1)}  # (so the one taken away was paused)
         b.pause(paused)  # as flow.update does for partitions with held batches
         flow.paused = set(paused)
         with consumer(kafka_config, [topic], group) as a:  # A joins: a rebalance
-            assert until(lambda: len(b.assignment()) == 1 and len(a.assignment()) == 1, a, b)
+            assert poll_until(lambda: len(b.assignment()) == 1 and len(a.assignment()) == 1, a, b)
             rebuild(b, flow)
-        assert until(lambda: len(b.assignment()) == 2, b)  # A left (killed): all to B
+        assert poll_until(lambda: len(b.assignment()) == 2, b)  # A left (killed): all to B
         rebuild(b, flow)
         produce(b"new")
         got: set[int] = set()
@@ -106,4 +99,4 @@ def test_a_partition_paused_then_taken_away_and_given_back_is_fetched_after_the_
             got.update(r.partition for r in b.poll_batch(timeout_s=0.2) if r.value == b"new")
             return got == {0, 1}
 
-        assert until(both), f"after the rebuild only partitions {sorted(got)} were read"
+        assert poll_until(both), f"after the rebuild only partitions {sorted(got)} were read"

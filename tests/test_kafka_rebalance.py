@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 
 import pytest
-from kafka_fixtures import consumer, unique
+from kafka_fixtures import consumer, poll_until, unique
 
 from pipeline.kafka_transport import SpoolingProducer, ensure_topics
 from pipeline.keys import aligned_keys
@@ -46,22 +45,15 @@ def test_a_join_finished_between_polls_is_applied_without_joining_again(
         return sum(1 for r in caplog.records[since:]
                    if r.threadName == b_thread and r.getMessage().startswith(text))
 
-    def until(condition, *polled) -> bool:
-        deadline = time.monotonic() + 30
-        while not condition() and time.monotonic() < deadline:
-            for member in polled:
-                member.poll_batch(timeout_s=0.2)
-        return condition()
-
     with consumer(b_config, [topic], group) as b:
-        assert until(lambda: len(b.assignment()) == 2, b)
+        assert poll_until(lambda: len(b.assignment()) == 2, b)
         start = len(caplog.records)
         with consumer(kafka_config, [topic], group) as a:
             # B learns of the rebalance (heartbeat) and its poll sends the JoinGroup ...
-            assert until(lambda: b_logged("(Re-)joining group", start) == 1, a, b)
+            assert poll_until(lambda: b_logged("(Re-)joining group", start) == 1, a, b)
             # ... which the broker answers, and B's SyncGroup too, while only A polls
-            assert until(lambda: b_logged("Received SyncGroup response", start) == 1, a)
-            assert until(lambda: len(b.assignment()) == 1, b)
-            assert len(a.assignment()) == 1 or until(lambda: len(a.assignment()) == 1, a)
+            assert poll_until(lambda: b_logged("Received SyncGroup response", start) == 1, a)
+            assert poll_until(lambda: len(b.assignment()) == 1, b)
+            assert len(a.assignment()) == 1 or poll_until(lambda: len(a.assignment()) == 1, a)
             # one JoinGroup for one rebalance (3.0.12 alone sent another per finished one)
             assert b_logged("(Re-)joining group", start) == 1
