@@ -481,14 +481,15 @@ def _fragment_part(rows: np.ndarray, version: int, ident: np.ndarray, offset: np
                    data_start: np.ndarray, data_end: np.ndarray,
                    claimed_end: np.ndarray) -> dict[str, np.ndarray]:
     """FragmentRows columns of some fragment rows (the key's vlan and addresses are added
-    by _decode_ip, the tunnel by _decapsulate)."""
+    by _decode_ip, the tunnel and its segment by _decapsulate)."""
     return {"row": rows.astype(np.int64), "version": np.full(rows.size, version, np.uint8),
             "protocol": protocol.astype(np.uint8), "ident": ident.astype(np.uint32),
             "frag_offset": offset.astype(np.int64), "more": more.astype(bool),
             "header_offset": header_offset.astype(np.int64),
             "data_start": data_start.astype(np.int64), "data_end": data_end.astype(np.int64),
             "claimed_end": claimed_end.astype(np.int64),
-            "tunnel": np.zeros(rows.size, dtype=np.uint8)}
+            "tunnel": np.zeros(rows.size, dtype=np.uint8),
+            "tunnel_id": np.zeros(rows.size, dtype=np.uint64)}
 
 
 def _walk_ipv6_extensions(
@@ -839,13 +840,22 @@ def _segment_keys(kind: np.ndarray, ident: np.ndarray, inner: np.ndarray) -> np.
     """tunnel_id values of rows opened at one level (kind, ident) whose inner packet has
     tunnel_id `inner` (0: no tunnel inside)."""
     level = (kind.astype(np.uint64) << np.uint64(SEGMENT_KIND_SHIFT)) | ident.astype(np.uint64)
-    x = level * np.uint64(0x9E3779B97F4A7C15) ^ inner  # (a splitmix64 finaliser)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return nest_segments(level, inner)
+
+
+def nest_segments(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """tunnel_id of packets that came out of segment `outer` (a tunnel_id value) and then
+    out of segment `inner` inside it (0: none): `outer` itself when inner is 0, else the
+    nested form (bit 63, outer's kind, a digest of both)."""
+    outer = np.asarray(outer, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        x = outer * np.uint64(0x9E3779B97F4A7C15) ^ inner  # (a splitmix64 finaliser)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     x ^= x >> np.uint64(31)
-    nested = (SEGMENT_NESTED | (kind.astype(np.uint64) << np.uint64(SEGMENT_KIND_SHIFT))
-              | (x & SEGMENT_ID_MASK))
-    return np.where(inner == 0, level, nested)
+    kind = (outer >> np.uint64(SEGMENT_KIND_SHIFT)) & np.uint64(0x7F)
+    nested = SEGMENT_NESTED | (kind << np.uint64(SEGMENT_KIND_SHIFT)) | (x & SEGMENT_ID_MASK)
+    return np.where(inner == 0, outer, nested)
 
 
 def _decapsulate(gather: _ByteGather, columns: dict[str, np.ndarray],
@@ -902,8 +912,8 @@ def _decapsulate(gather: _ByteGather, columns: dict[str, np.ndarray],
     # a raw inner packet whose first nibble is no IP version counts nothing in the decode
     _count(weird, "invalid_inner_IP_version", ~ethernet & (ethertype == 0) & (start < end))
     good = rows[decoded]
-    _lift_fragments(inner_fragments, rows, decoded, kind, fragments)
     segment = _segment_keys(kind, ident, inner["tunnel_id"])
+    _lift_fragments(inner_fragments, rows, decoded, kind, segment, fragments)
     if len(parts) == 1 and good.size == pay_start.shape[0]:  # rows are 0..n-1, all decoded
         columns.update(inner)  # (a sensor fed by one mirror session: no scatter)
         columns["tunnel"] = kind.astype(np.uint8)
@@ -916,10 +926,12 @@ def _decapsulate(gather: _ByteGather, columns: dict[str, np.ndarray],
 
 
 def _lift_fragments(inner: list[dict[str, np.ndarray]], rows: np.ndarray, decoded: np.ndarray,
-                    kind: np.ndarray, fragments: list[dict[str, np.ndarray]]) -> None:
+                    kind: np.ndarray, segment: np.ndarray,
+                    fragments: list[dict[str, np.ndarray]]) -> None:
     """Append the inner decode's fragment parts (rows local to `rows`) to `fragments` as
     rows of this level: only rows whose inner packet replaced the row (`decoded`) and that
-    are no outer fragment; their tunnel is this level's kind (the outermost)."""
+    are no outer fragment; their tunnel is this level's kind (the outermost), their
+    segment the row's (this level's and those inside it)."""
     if not inner:
         return
     outer = np.concatenate([p["row"] for p in fragments]) if fragments else np.zeros(0, np.int64)
@@ -930,6 +942,7 @@ def _lift_fragments(inner: list[dict[str, np.ndarray]], rows: np.ndarray, decode
             lifted = {name: values[keep] for name, values in part.items()}
             lifted["row"] = rows[local[keep]]
             lifted["tunnel"] = kind[local[keep]].astype(np.uint8)
+            lifted["tunnel_id"] = segment[local[keep]]
             fragments.append(lifted)
 
 

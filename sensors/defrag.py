@@ -40,7 +40,7 @@ import numpy as np
 
 from pipeline.config import ConfigError
 from pipeline.jit import njit
-from sensors.decode import DEFAULT_TUNNELS, TunnelConfig, decode
+from sensors.decode import DEFAULT_TUNNELS, TunnelConfig, decode, nest_segments
 from sensors.packets import LINKTYPE_RAW, DecodedPackets, FragmentRows, PacketBatch
 from sensors.tcp_stream import prefetch
 
@@ -105,8 +105,8 @@ class DefragConfig:
 # or fragment.
 S_FIRST_TS, S_SIZE, S_HELD, S_FRAGS, S_PIECES, S_BAD, S_HDR_LEN, S_HASH, S_PREV, S_NEXT, \
     S_HEAD, S_NWAIT, S_TAIL, S_WAIT, S_VLAN, S_TUNNEL, S_HAS_FLOW, S_TRANSPORT, S_SPORT, \
-    S_DPORT, S_FLOW_VLAN, S_UNSORTED, S_OVERLAPPED = range(23)
-SLOT_FIELDS = 23
+    S_DPORT, S_FLOW_VLAN, S_UNSORTED, S_OVERLAPPED, S_FLOW_SEGMENT = range(24)
+SLOT_FIELDS = 24
 # (S_UNSORTED: a piece came at a lower offset than the one before it; S_OVERLAPPED: pieces
 # overlap. Neither, the usual case: completion and rebuilding walk the pieces as they are.)
 # S_WAIT / S_NWAIT: the later fragments that came before the datagram's first fragment and
@@ -134,8 +134,11 @@ COUNTERS = {N_DATAGRAMS: ("stats", "datagrams"), N_TIMEOUTS: ("stats", "timeouts
             W_TIMEOUT: ("weird", "fragment_timeout")}
 # a batch's fragment columns (`cols`, one int64 row per fragment)
 I_ROW, I_TS, I_VERSION, I_PROTOCOL, I_VLAN, I_OFFSET, I_MORE, I_HEAD_AT, I_START, I_END, \
-    I_CLAIMED, I_TUNNEL, I_TRANSPORT, I_SPORT, I_DPORT, I_FLOW_VLAN = range(16)
-INPUT_FIELDS = 16
+    I_CLAIMED, I_TUNNEL, I_TRANSPORT, I_SPORT, I_DPORT, I_FLOW_VLAN, I_FLOW_SEGMENT = range(17)
+INPUT_FIELDS = 17  # (I_FLOW_SEGMENT: the row's tunnel_id, its uint64 bits as int64)
+# a datagram's key words: src (2), dst (2), version|vlan|protocol|ident, the segment of the
+# tunnel around it (DecodedPackets.tunnel_id)
+KEY_WORDS, KEY_SEGMENT = 6, 5
 # why the kernel stopped before a fragment: done, or an array to grow first
 DONE, NEED_PIECES, NEED_OUT = range(3)
 # room kept in the output buffer: the largest rebuilt packet (IPv6 base header + 65535)
@@ -156,9 +159,10 @@ AHEAD = 8  # fragments between a prefetch and the use
 WAIT_PER_DATAGRAM = 8
 HELD = -2  # place[i]: fragment i waits past the batch's end (parked); -1: counted in place
 # a release (`rel` row): the store row, the capture row it goes before (of the current
-# batch), 1 if it takes the flow key that follows (transport, ports, vlan; rel_ip: addresses)
-R_STORE, R_POS, R_GIVEN, R_TRANSPORT, R_SPORT, R_DPORT, R_VLAN = range(7)
-REL_FIELDS = 7
+# batch), 1 if it takes the flow key that follows (transport, ports, vlan, tunnel segment;
+# rel_ip: addresses)
+R_STORE, R_POS, R_GIVEN, R_TRANSPORT, R_SPORT, R_DPORT, R_VLAN, R_SEGMENT = range(8)
+REL_FIELDS = 8
 # `where`: the current row (the end of a batch), a fixed row for every release (-1: none;
 # the rounds of reassembled packets and the end of input), 1 if later fragments may wait
 W_ROW, W_FIXED, W_COUNT = range(3)
@@ -172,9 +176,12 @@ D_HEAD, D_TIMEOUT, D_DEADLINE, D_ROW = range(4)
 
 @njit(inline="always")
 def _hash(key: np.ndarray) -> int:
-    """The key's 5 words mixed (splitmix64 steps), kept to 62 bits (an int64 column)."""
+    """The key's words mixed (splitmix64 steps), kept to 62 bits (an int64 column); the
+    tunnel segment word only when set (untunnelled keys hash as before it existed)."""
     x = np.uint64(0x9E3779B97F4A7C15)
-    for j in range(5):
+    for j in range(KEY_WORDS):
+        if j == KEY_SEGMENT and key[j] == 0:
+            break
         x ^= key[j]
         x *= np.uint64(0xBF58476D1CE4E5B9)
         x ^= x >> np.uint64(31)
@@ -185,7 +192,7 @@ def _hash(key: np.ndarray) -> int:
 
 @njit(inline="always")
 def _same_key(keys: np.ndarray, slot: int, key: np.ndarray) -> bool:
-    for j in range(5):
+    for j in range(KEY_WORDS):
         if keys[slot, j] != key[j]:
             return False
     return True
@@ -294,6 +301,7 @@ def _release_list(meta: np.ndarray, flow_ip: np.ndarray, glob: np.ndarray, acct:
                 rel[k, R_TRANSPORT] = meta[slot, S_TRANSPORT]
                 rel[k, R_SPORT], rel[k, R_DPORT] = meta[slot, S_SPORT], meta[slot, S_DPORT]
                 rel[k, R_VLAN] = meta[slot, S_FLOW_VLAN]
+                rel[k, R_SEGMENT] = meta[slot, S_FLOW_SEGMENT]
                 for j in range(4):
                     rel_ip[k, j] = flow_ip[slot, j]
         entry = after
@@ -366,7 +374,7 @@ def _open(meta: np.ndarray, keys: np.ndarray, index: np.ndarray, pieces: np.ndar
     meta[slot, S_HASH] = h
     meta[slot, S_VLAN] = vlan
     meta[slot, S_TUNNEL] = tunnel
-    for j in range(5):
+    for j in range(KEY_WORDS):
         keys[slot, j] = key[j]
     index[at] = slot + 1
     meta[slot, S_PREV], meta[slot, S_NEXT] = glob[G_TAIL], -1
@@ -621,6 +629,7 @@ def _give_flow(meta: np.ndarray, flow_ip: np.ndarray, slot: int, fragment: int,
     attr[fragment, 2] = meta[slot, S_SPORT]
     attr[fragment, 3] = meta[slot, S_DPORT]
     attr[fragment, 4] = meta[slot, S_FLOW_VLAN]
+    attr[fragment, 5] = meta[slot, S_FLOW_SEGMENT]
 
 
 @njit(inline="always")
@@ -639,6 +648,7 @@ def _take_first(meta: np.ndarray, flow_ip: np.ndarray, header: np.ndarray, slot:
     meta[slot, S_TRANSPORT] = cols[i, I_TRANSPORT]
     meta[slot, S_SPORT], meta[slot, S_DPORT] = cols[i, I_SPORT], cols[i, I_DPORT]
     meta[slot, S_FLOW_VLAN] = cols[i, I_FLOW_VLAN]
+    meta[slot, S_FLOW_SEGMENT] = cols[i, I_FLOW_SEGMENT]
     meta[slot, S_HAS_FLOW] = 1
 
 
@@ -810,7 +820,7 @@ class _State:
         # dropped at one fragment; in `meta`, not an array of their own: one more array
         # handed to the per-fragment functions costs its reference counts every time)
         self.meta = np.zeros((2 * slots + 1, SLOT_FIELDS), dtype=np.int64)
-        self.keys = np.zeros((slots, 5), dtype=np.uint64)
+        self.keys = np.zeros((slots, KEY_WORDS), dtype=np.uint64)
         self.flow_ip = np.zeros((slots, 4), dtype=np.uint64)
         self.header = np.zeros((slots, HEADER_MAX), dtype=np.uint8)
         # at most half full: probe runs stay short
@@ -922,7 +932,8 @@ class _Store:
                                 ("dst_ip", self.rel_ip[given, 2:])):
                 columns[name].view(np.uint64).reshape(-1, 2)[given] = words
             for name, field in (("transport", R_TRANSPORT), ("src_port", R_SPORT),
-                                ("dst_port", R_DPORT), ("vlan", R_VLAN)):
+                                ("dst_port", R_DPORT), ("vlan", R_VLAN),
+                                ("tunnel_id", R_SEGMENT)):
                 columns[name][given] = rel[given, field].astype(columns[name].dtype)
         return rel[:, R_POS].copy(), columns
 
@@ -949,11 +960,11 @@ class _Scratch:
         if n > self.rows:
             rows = self.rows = max(n, 2 * self.rows, 1024)
             self.arrays = (np.empty((rows, INPUT_FIELDS), dtype=np.int64),
-                           np.empty((rows, 5), dtype=np.uint64),
+                           np.empty((rows, KEY_WORDS), dtype=np.uint64),
                            np.empty((rows, 4), dtype=np.uint64),
                            np.empty(rows, dtype=np.int64),
                            np.empty((rows, 4), dtype=np.uint64),
-                           np.empty((rows, 5), dtype=np.int64),
+                           np.empty((rows, 6), dtype=np.int64),
                            np.empty(rows, dtype=np.int64),
                            np.empty((rows, 4), dtype=np.int64),
                            np.empty(rows, dtype=np.int64))
@@ -1092,7 +1103,7 @@ class Defragmenter:
         store = self._state.store
         if work is None:
             place = wait = _NO_ROWS
-            attr_ip, attr = np.zeros((0, 4), dtype=np.uint64), np.zeros((0, 5), dtype=np.int64)
+            attr_ip, attr = np.zeros((0, 4), dtype=np.uint64), np.zeros((0, 6), dtype=np.int64)
         else:
             attr_ip, attr, wait, place = work[4], work[5], work[6], work[8]
         return (place, wait, store.next, store.rel, store.rel_ip, runmax, where, attr_ip,
@@ -1145,10 +1156,11 @@ class Defragmenter:
     # -- one batch's fragments, in arrival order --
 
     def _take(self, packets: DecodedPackets, runmax: np.ndarray, fixed: int = -1
-              ) -> tuple[DecodedPackets, tuple, tuple[np.ndarray, np.ndarray] | None]:
+              ) -> tuple[DecodedPackets, tuple, tuple | None]:
         """The analyzers' view, the flow table's (the batch with its in-batch attributions,
         and its rows' moves for _released or None), and the completed datagrams
-        ((fragment row, start, vlan, tunnel) rows, packet bytes) or None. `fixed` >= 0: a
+        ((fragment row, start, vlan, tunnel) rows, packet bytes, their tunnel segments) or
+        None. `fixed` >= 0: a
         round of reassembled packets (not counted by the flow table: none waits; releases
         go before that row of the captured batch)."""
         frag = packets.fragments
@@ -1196,8 +1208,9 @@ class Defragmenter:
         done = None
         if count:
             rows = completed.done[:count].copy()
+            segment = frag.tunnel_id[rows[:, 0]]  # (the datagram's: a key word)
             rows[:, 0] = frag.row[rows[:, 0]]
-            done = rows, completed.out[:int(state.glob[G_OUT_END])]
+            done = rows, completed.out[:int(state.glob[G_OUT_END])], segment
         return self._hidden(packets), (counted, moves), done
 
     def _out_buffer(self, size: int) -> np.ndarray:
@@ -1236,18 +1249,20 @@ class Defragmenter:
             column = np.array(getattr(packets, name))
             column.view(np.uint64).reshape(-1, 2)[rows] = words
             changed[name] = column
-        for k, name in enumerate(("transport", "src_port", "dst_port", "vlan"), start=1):
+        for k, name in enumerate(("transport", "src_port", "dst_port", "vlan", "tunnel_id"),
+                                 start=1):
             column = np.array(getattr(packets, name))
             column[rows] = attr[:, k].astype(column.dtype)
             changed[name] = column
         return dataclasses.replace(packets, **changed)
 
-    def _decode(self, done: tuple[np.ndarray, np.ndarray],
+    def _decode(self, done: tuple[np.ndarray, np.ndarray, np.ndarray],
                 source: DecodedPackets) -> DecodedPackets:
         """The completed datagrams as a raw-IP batch (its own buffer; each at the time of
         the fragment that completed it, `source`'s row), decoded; rows not opened as
-        tunnels here take the VLAN and the tunnel kind their fragments came in."""
-        rows, out = done
+        tunnels here take the VLAN and the tunnel kind their fragments came in; the segment
+        their fragments came in goes around the one opened here (if any)."""
+        rows, out, segment = done
         lengths = np.diff(np.append(rows[:, 1], len(out)))
         batch = PacketBatch(
             data=out, offset=rows[:, 1].copy(), caplen=lengths.astype(np.uint32),
@@ -1259,6 +1274,9 @@ class Defragmenter:
         plain = decoded.tunnel == 0
         decoded.vlan = np.where(plain, vlan, decoded.vlan).astype(np.uint16)
         decoded.tunnel = np.where(tunnel != 0, tunnel, decoded.tunnel).astype(np.uint8)
+        if segment.any():
+            decoded.tunnel_id = np.where(segment == 0, decoded.tunnel_id,
+                                         nest_segments(segment, decoded.tunnel_id))
         return decoded
 
 
@@ -1280,11 +1298,13 @@ def _columns(packets: DecodedPackets, frag: FragmentRows, cols: np.ndarray,
                        (I_END, frag.data_end), (I_CLAIMED, frag.claimed_end),
                        (I_TUNNEL, frag.tunnel), (I_TRANSPORT, packets.transport[rows]),
                        (I_SPORT, packets.src_port[rows]), (I_DPORT, packets.dst_port[rows]),
-                       (I_FLOW_VLAN, packets.vlan[rows])):
+                       (I_FLOW_VLAN, packets.vlan[rows]),
+                       (I_FLOW_SEGMENT, packets.tunnel_id[rows].view(np.int64))):
         cols[:, at] = column
     fkeys[:, :2], fkeys[:, 2:4] = _words(frag.src_ip), _words(frag.dst_ip)
     fkeys[:, 4] = ((frag.version.astype(np.uint64) << np.uint64(56))
                    | (frag.vlan.astype(np.uint64) << np.uint64(40))
                    | (frag.protocol.astype(np.uint64) << np.uint64(32))
                    | frag.ident.astype(np.uint64))
+    fkeys[:, KEY_SEGMENT] = frag.tunnel_id
     fips[:, :2], fips[:, 2:] = _words(packets.src_ip[rows]), _words(packets.dst_ip[rows])

@@ -165,6 +165,13 @@ class FragmentRows:
     data_end: np.ndarray  # int64, capped by the captured bytes
     claimed_end: np.ndarray  # int64, where the header says the data ends (may be > data_end)
     tunnel: np.ndarray  # uint8 Tunnel code of the tunnel around the fragment (0: none)
+    # uint64 segment of the tunnel around the fragment (DecodedPackets.tunnel_id; 0: none):
+    # part of the reassembly key, so two tenants' datagrams are never joined
+    tunnel_id: np.ndarray = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.tunnel_id is None:
+            self.tunnel_id = np.zeros(self.row.shape[0], dtype=np.uint64)
 
     def __len__(self) -> int:
         return int(self.row.shape[0])
