@@ -245,7 +245,8 @@ def _bswap(x: np.uint64) -> np.uint64:
 # The tunnel segment (DecodedPackets.tunnel_id) is a sixth key word. A flow that has one
 # sets SEGMENT_FLAG in its vlan (VLAN ids are 12 bits): the word is compared (and the slot's
 # segment column read) only for flagged keys, and unflagged keys hash and order as before.
-SEGMENT_FLAG = 0x1000
+SEGMENT_FLAG_BIT = 12
+SEGMENT_FLAG = 1 << SEGMENT_FLAG_BIT
 VLAN_MASK = 0x0FFF
 
 
@@ -280,10 +281,9 @@ def _packet_key(r, src, dst, sport, dport, transport, vlan, segment):
     src_greater = s0 > d0 or (s0 == d0 and (s1 > d1 or (s1 == d1 and sp > dp)))
     if src_greater:
         s0, s1, d0, d1, sp, dp = d0, d1, s0, s1, dp, sp
-    seg = np.uint64(segment[r])
-    v = np.uint64(vlan[r])
-    if seg != 0:
-        v |= np.uint64(SEGMENT_FLAG)
+    # segment: empty for a batch without tunnelled rows (no load, no sixth word)
+    seg = np.uint64(segment[r]) if segment.shape[0] else np.uint64(0)
+    v = np.uint64(vlan[r]) | (np.uint64(seg != 0) << np.uint64(SEGMENT_FLAG_BIT))
     meta = ((v << np.uint64(48)) | (np.uint64(t) << np.uint64(40))
             | (np.uint64(sp) << np.uint64(16)) | np.uint64(dp))
     # the batch table's probe hash: independent multiplies (no serial chain); the flow
@@ -291,6 +291,8 @@ def _packet_key(r, src, dst, sport, dport, transport, vlan, segment):
     x = ((meta * np.uint64(0x9E3779B97F4A7C15)) ^ (s0 * np.uint64(0xBF58476D1CE4E5B9))
          ^ (s1 * np.uint64(0x94D049BB133111EB)) ^ (d0 * np.uint64(0xD6E8FEB86659FD93))
          ^ (d1 * np.uint64(0xC2B2AE3D27D4EB4F)) ^ (seg * np.uint64(0x9FB21C651E98DF25)))
+    # (x is a bijection of the segment for given other words: the XOR of an odd multiple,
+    # then shifts-XOR and an odd multiply, each invertible. _batch_keys_in relies on it.)
     # one multiply after the fold: bits that differ only high in a word (addresses that
     # differ only in their first bytes) reach the low bits the table position uses (without
     # it such keys shared a few positions: quadratic probing, 65 ms for 16k keys)
@@ -384,8 +386,10 @@ def _batch_keys_in(rows, src, dst, sport, dport, transport, vlan, segment, table
                 break
             u = np.uint32(e)
             if (probe[u] == x and words[u, 0] == meta and words[u, 1] == s0
-                    and words[u, 2] == s1 and words[u, 3] == d0 and words[u, 4] == d1
-                    and words[u, 5] == seg):
+                    and words[u, 2] == s1 and words[u, 3] == d0 and words[u, 4] == d1):
+                # the segment word need not be compared: with the other five equal, equal
+                # probe hashes mean equal segments (see _packet_key; reading it here made
+                # this loop ~2x slower)
                 break
             pos = (pos + np.uint64(1)) & mask
         key_of[i] = e
@@ -458,10 +462,10 @@ KeyColumns = tuple
 @njit
 def _slot_word(slot: int, j: int, vlan: np.ndarray, transport: np.ndarray,
                lo_port: np.ndarray, hi_port: np.ndarray, lo_ip: np.ndarray,
-               hi_ip: np.ndarray, segment: np.ndarray) -> np.uint64:
-    """Word j of a slot's flow key, the layout _packet_key builds (caller bounds slot)."""
-    if j == 5:  # the segment column holds a value only for flagged slots
-        return np.uint64(segment[slot]) if vlan[slot] & SEGMENT_FLAG else np.uint64(0)
+               hi_ip: np.ndarray) -> np.uint64:
+    """Word j < 5 of a slot's flow key, the layout _packet_key builds (caller bounds slot);
+    the segment word is _slot_segment's. Why apart: a sixth branch here kept LLVM from
+    inlining this into its callers (~100x slower lookups and key reads: a call per word)."""
     if j == 0:
         return ((np.uint64(vlan[slot]) << np.uint64(48))
                 | (np.uint64(transport[slot]) << np.uint64(40))
@@ -478,10 +482,17 @@ def _slot_key_words(slots: np.ndarray, vlan: np.ndarray, transport: np.ndarray,
     """(n, 6) uint64 flow keys of table slots (every slot < the columns' length)."""
     words = np.empty((slots.shape[0], 6), dtype=np.uint64)
     for i in range(slots.shape[0]):
-        for j in range(6):
+        for j in range(5):
             words[i, j] = _slot_word(np.uint64(slots[i]), j, vlan, transport, lo_port,
-                                     hi_port, lo_ip, hi_ip, segment)
+                                     hi_port, lo_ip, hi_ip)
+        words[i, 5] = _slot_segment(np.uint64(slots[i]), vlan, segment)
     return words
+
+
+@njit(inline="always")
+def _slot_segment(slot: int, vlan: np.ndarray, segment: np.ndarray) -> np.uint64:
+    """A slot's segment word: its segment column holds a value only when flagged."""
+    return np.uint64(segment[slot]) if vlan[slot] & SEGMENT_FLAG else np.uint64(0)
 
 
 @njit
@@ -521,7 +532,7 @@ def _index_lookup(table: np.ndarray, key_hash: np.ndarray, key_words: np.ndarray
                 same = True
                 for j in range(5):
                     if _slot_word(entry, j, vlan, transport, lo_port, hi_port, lo_ip,
-                                  hi_ip, segment) != key_words[i, j]:
+                                  hi_ip) != key_words[i, j]:
                         same = False
                         break
                 if same and key_words[i, 0] & np.uint64(SEGMENT_FLAG << 48):
@@ -1560,8 +1571,7 @@ class FlowTable:
         # their hashes, in one compiled pass in capture order (_batch_keys).
         key_of, fwd, words, row_hash = _batch_keys_in(
             rows, _words16(packets.src_ip), _words16(packets.dst_ip), np.asarray(packets.src_port),
-            np.asarray(packets.dst_port), transport, vlan,
-            np.asarray(packets.tunnel_id).astype(np.uint64, copy=False),
+            np.asarray(packets.dst_port), transport, vlan, _segments(packets),
             *self._keys_buffers(int(rows.size)))
         key_order = _key_order(row_hash, words, int(rows.size))
         rank_of = np.empty(key_order.size, dtype=np.int64)
@@ -1858,6 +1868,17 @@ def _slice_packets(packets: DecodedPackets, lo: int, hi: int) -> DecodedPackets:
                if f.name != "fragments"}
     return DecodedPackets(**{name: value if name in ("data", "weird") else value[lo:hi]
                              for name, value in columns.items()})
+
+
+_NO_SEGMENTS = np.zeros(0, dtype=np.uint64)
+
+
+def _segments(packets: DecodedPackets) -> np.ndarray:
+    """The batch's tunnel_id column for _batch_keys_in, empty when no row is tunnelled
+    (tunnel_id != 0 exactly where tunnel != 0: a scan of the byte column decides)."""
+    if not packets.tunnel.any():
+        return _NO_SEGMENTS
+    return np.asarray(packets.tunnel_id).astype(np.uint64, copy=False)
 
 
 class _Packets:
