@@ -25,7 +25,7 @@ from pipeline.jit import njit
 from pipeline.schema import ICMP, EventBatch
 from sensors.analyzer import Analyzer
 from sensors.community_id import community_id_column
-from sensors.packets import IP_DTYPE, DecodedPackets, constant_text, plain_vlan
+from sensors.packets import IP_DTYPE, DecodedPackets, constant_text
 from sensors.tcp_stream import prefetch
 
 PROTO_ICMP = 1
@@ -121,7 +121,7 @@ def _event_rows(rows: np.ndarray, ts_ns: np.ndarray, vlan: np.ndarray, payload_l
             prefetch(flat_dst, later * 16)
         i = rows[j]
         out_ts[j] = ts_ns[i]
-        out_vlan[j] = vlan[i]
+        out_vlan[j] = vlan[i]  # (a keyed view's value: its low 16 bits, packets.keyed_vlan)
         out_len[j] = np.uint32(payload_len[i])
         out_transport[j] = transport[i]
         out_type[j] = icmp_type[i]
@@ -166,7 +166,7 @@ def icmp_events(
         return None
     n = rows.size
     timestamp, vlan, payload_bytes, transport, icmp_type, icmp_code, src, dst = _event_rows(
-        rows, packets.ts_ns, plain_vlan(packets.vlan), packets.payload_len, packets.transport,
+        rows, packets.ts_ns, packets.vlan, packets.payload_len, packets.transport,
         packets.icmp_type, packets.icmp_code, _address_bytes(packets.src_ip),
         _address_bytes(packets.dst_ip))
     src_ip = src.view(IP_DTYPE).reshape(n)

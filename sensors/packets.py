@@ -12,6 +12,8 @@ from enum import IntEnum
 
 import numpy as np
 
+from pipeline.jit import njit
+
 # Link types (tcpdump.org LINKTYPE_* values) the decoder understands.
 LINKTYPE_NULL = 0  # BSD loopback: 4-byte address family in host byte order
 LINKTYPE_ETHERNET = 1
@@ -80,15 +82,25 @@ def keyed_vlan(vlan: np.ndarray, tunnel_id: np.ndarray) -> np.ndarray:
     tunnels 1 << 46 | kind << 43 | 43 bits of the digest. Signed and below 2^63: compiled
     code compares it with int64 values exactly (uint64 against int64 compares as floats).
     The VLAN is `value & 0xFFFF` (a cast to uint16 keeps it)."""
-    tid = np.asarray(tunnel_id, dtype=np.uint64)
-    kind = (tid >> np.uint64(SEGMENT_KIND_SHIFT)) & np.uint64(0x7F)
-    ident = tid & SEGMENT_ID_MASK
-    nested = (tid & SEGMENT_NESTED) != 0
-    one = (kind << np.uint64(32)) | ident
-    deep = (np.uint64(1 << 46) | (kind << np.uint64(_NESTED_DIGEST_BITS))
-            | (ident & np.uint64((1 << _NESTED_DIGEST_BITS) - 1)))
-    segment = np.where(nested, deep, one)
-    return (np.asarray(vlan).astype(np.uint64) | (segment << np.uint64(VLAN_BITS))).view(np.int64)
+    vlan = np.ascontiguousarray(vlan)
+    out = np.empty(vlan.shape[0], dtype=np.int64)
+    _keyed_vlan(vlan, np.ascontiguousarray(tunnel_id, dtype=np.uint64), out)
+    return out
+
+
+@njit
+def _keyed_vlan(vlan: np.ndarray, tunnel_id: np.ndarray, out: np.ndarray) -> None:
+    """keyed_vlan in one pass (numpy's seven passes cost ~6 ns a packet of a mirror feed)."""
+    for i in range(vlan.shape[0]):
+        tid = tunnel_id[i]
+        kind = (tid >> np.uint64(SEGMENT_KIND_SHIFT)) & np.uint64(0x7F)
+        ident = tid & SEGMENT_ID_MASK
+        if tid & SEGMENT_NESTED:
+            segment = (np.uint64(1 << 46) | (kind << np.uint64(_NESTED_DIGEST_BITS))
+                       | (ident & np.uint64((1 << _NESTED_DIGEST_BITS) - 1)))
+        else:
+            segment = (kind << np.uint64(32)) | ident
+        out[i] = np.int64(np.uint64(vlan[i]) | (segment << np.uint64(VLAN_BITS)))
 
 
 def plain_vlan(values: np.ndarray) -> np.ndarray:

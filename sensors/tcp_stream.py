@@ -422,8 +422,10 @@ def flow_hash_column(packets: DecodedPackets, rows: np.ndarray) -> np.ndarray:
         both = endpoint(packets.src_ip, packets.src_port) + endpoint(packets.dst_ip,
                                                                       packets.dst_port)
         vlan = packets.vlan[rows].astype(np.uint64)
-        return _mix(both ^ (vlan << np.uint64(48))
-                    ^ ((vlan >> np.uint64(16)) * np.uint64(0xD6E8FEB86659FD93)))
+        both ^= vlan << np.uint64(48)
+        if packets.vlan.dtype.itemsize > 2:  # a keyed view: its segments too
+            both ^= (vlan >> np.uint64(16)) * np.uint64(0xD6E8FEB86659FD93)
+        return _mix(both)
 
 
 @njit
@@ -627,9 +629,11 @@ def _candidate_kernel(data, rows, offset, length, sport, dport, flags, src_ip, d
         # scalars, not row views (a view per row costs reference counting)
         both = (_endpoint_hash(src_ip[r, 0], src_ip[r, 1], sport[r])
                 + _endpoint_hash(dst_ip[r, 0], dst_ip[r, 1], dport[r]))
-        v = np.uint64(vlan[r])  # (a tunnel segment above bit 16: flow_hash_column)
-        hashes[i] = _mix_one(both ^ (v << np.uint64(48))
-                             ^ ((v >> np.uint64(16)) * np.uint64(0xD6E8FEB86659FD93)))
+        v = np.uint64(vlan[r])
+        h = both ^ (v << np.uint64(48))
+        if vlan.itemsize > 2:  # a keyed view's segments (flow_hash_column); a compile-time
+            h ^= (v >> np.uint64(16)) * np.uint64(0xD6E8FEB86659FD93)  # constant: no cost
+        hashes[i] = _mix_one(h)
         off = np.int64(offset[r])
         seq[i], ack[i], found[i] = _seq_ack_row(view, off, np.int64(sport[r]),
                                                 np.int64(dport[r]), np.int64(flags[r]))
