@@ -282,7 +282,7 @@ def _packet_key(r, src, dst, sport, dport, transport, vlan, segment):
     if src_greater:
         s0, s1, d0, d1, sp, dp = d0, d1, s0, s1, dp, sp
     # segment: empty for a batch without tunnelled rows (no load, no sixth word)
-    seg = np.uint64(segment[r]) if segment.shape[0] else np.uint64(0)
+    seg = np.uint64(0) if segment is None else np.uint64(segment[r])
     v = np.uint64(vlan[r]) | (np.uint64(seg != 0) << np.uint64(SEGMENT_FLAG_BIT))
     meta = ((v << np.uint64(48)) | (np.uint64(t) << np.uint64(40))
             | (np.uint64(sp) << np.uint64(16)) | np.uint64(dp))
@@ -1870,14 +1870,12 @@ def _slice_packets(packets: DecodedPackets, lo: int, hi: int) -> DecodedPackets:
                              for name, value in columns.items()})
 
 
-_NO_SEGMENTS = np.zeros(0, dtype=np.uint64)
-
-
-def _segments(packets: DecodedPackets) -> np.ndarray:
-    """The batch's tunnel_id column for _batch_keys_in, empty when no row is tunnelled
-    (tunnel_id != 0 exactly where tunnel != 0: a scan of the byte column decides)."""
+def _segments(packets: DecodedPackets) -> np.ndarray | None:
+    """The batch's tunnel_id column for _batch_keys_in, None when no row is tunnelled
+    (tunnel_id != 0 exactly where tunnel != 0: a scan of the byte column decides). None
+    compiles a version of the key loop of its own, with the segment a constant 0."""
     if not packets.tunnel.any():
-        return _NO_SEGMENTS
+        return None
     return np.asarray(packets.tunnel_id).astype(np.uint64, copy=False)
 
 
