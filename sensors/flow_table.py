@@ -1,6 +1,7 @@
 """Bidirectional flow table: decoded packets in, ended flow records (event kind "flow") out.
 
-Flows are keyed by (vlan, transport, {(ip, port), (ip, port)} unordered). Only rows with
+Flows are keyed by (vlan, tunnel segment, transport, {(ip, port), (ip, port)} unordered);
+the segment is DecodedPackets.tunnel_id (0 for untunnelled rows). Only rows with
 ip_version != 0 enter flows. Ports are kept for TCP, UDP, SCTP, ICMP and ICMPv6 (the
 protocols Community ID gives ports) and are 0 for every other protocol. ICMP/ICMPv6 use
 Zeek's port equivalents: sender "port" = type, peer "port" = counter-type for request/reply
