@@ -1487,6 +1487,7 @@ class FlowTable:
         self._index = _SlotIndex()
         self._free = np.zeros(0, dtype=np.int32)
         self._n_free = 0
+        self._segments_seen = False  # a tunnelled row was ingested: segment column in use
         self._live = np.zeros(0, dtype=bool)
         self._hot = np.zeros(0, dtype=_HOT_DTYPE)
         self._due = np.zeros(0, dtype=np.int64)  # each live slot's _deadline_of, kept
@@ -1570,9 +1571,11 @@ class FlowTable:
         vlan = np.asarray(packets.vlan).astype(np.uint16, copy=False)
         # Each packet's flow key (lo = smaller (ip, port) endpoint), the distinct keys and
         # their hashes, in one compiled pass in capture order (_batch_keys).
+        segment = _segments(packets)
+        self._segments_seen |= segment is not None
         key_of, fwd, words, row_hash = _batch_keys_in(
             rows, _words16(packets.src_ip), _words16(packets.dst_ip), np.asarray(packets.src_port),
-            np.asarray(packets.dst_port), transport, vlan, _segments(packets),
+            np.asarray(packets.dst_port), transport, vlan, segment,
             *self._keys_buffers(int(rows.size)))
         key_order = _key_order(row_hash, words, int(rows.size))
         rank_of = np.empty(key_order.size, dtype=np.int64)
@@ -1791,7 +1794,10 @@ class FlowTable:
         new = max(old + need, min(max(old * 2, 1024), self.max_flows + _GROW_HEADROOM))
         for name in _COLD_NAMES:
             grown = _zeros(new, self._cols[name].dtype)
-            grown[:old] = self._cols[name]
+            # untunnelled traffic never writes the segment column: copying its zeros would
+            # only make its pages resident (8 bytes a slot: +8 MB under a 1M-flow flood)
+            if name != "segment" or self._segments_seen:
+                grown[:old] = self._cols[name]
             self._cols[name] = grown
         # mapped from the table size where its 8-byte columns were (a fresh mapping's
         # first touches fault: 1-2 MB of hot rows made growth ~0.5 ms dearer)

@@ -202,3 +202,36 @@ def test_two_segments_fragments_reassemble_apart(tmp_path):
     assert not any(k.startswith("weird.fragment") for k in sensor.stats)
     flows = events["flow"]
     assert sorted(flows["tunnel_id"].tolist()) == [100, 101]
+
+
+def test_segments_kept_when_the_table_grows_around_untunnelled_traffic():
+    """The flow table copies its segment column on growth only once a tunnelled row came
+    (untunnelled traffic never writes it: copying its zeros made 8 bytes a slot resident
+    under a flood). Growth during untunnelled batches, tunnelled flows, growth again: every
+    tunnelled flow keeps its segment, and the same inner 5-tuple in two VNIs stays two
+    flows."""
+    from test_flow_table import Pkt, make_packets, run
+
+    def udp(i: int, net: int) -> Pkt:
+        return Pkt(t=0.001 * i, src=f"10.{net}.{i // 250}.{i % 250 + 1}", dst=SERVER,
+                   sport=1024 + i % 60000, dport=53, proto=17)
+
+    plain = [udp(i, 1) for i in range(3000)]  # grows the table (1024 slots first)
+    # 2 x 1500 tunnelled flows: the same inner 5-tuples in VNI 7 and in VNI 8
+    tunnelled = [udp(i, 2) for i in range(1500)] * 2
+    more = [udp(i, 3) for i in range(3000)]  # grows it again, with segments in it
+    packets = make_packets(plain + tunnelled + more)
+    vni = np.zeros(len(packets.ts_ns), dtype=np.uint64)
+    vni[3000:4500], vni[4500:6000] = 7, 8
+    packets.tunnel = np.where(vni > 0, Tunnel.VXLAN, 0).astype(np.uint8)
+    packets.tunnel_id = np.where(vni > 0, (np.uint64(Tunnel.VXLAN) << np.uint64(56)) | vni,
+                                 np.uint64(0))
+    flows = run(packets, cuts=[3000, 6000])
+    assert len(flows) == 9000
+    by_segment = {}
+    for flow in flows:
+        by_segment.setdefault((flow["tunnel_type"], flow["tunnel_id"]), []).append(flow)
+    assert sorted((k, len(v)) for k, v in by_segment.items()) == [
+        (("", 0), 6000), (("vxlan", 7), 1500), (("vxlan", 8), 1500)]
+    assert {f["src_ip"] for f in by_segment["vxlan", 7]} == {
+        f["src_ip"] for f in by_segment["vxlan", 8]}
