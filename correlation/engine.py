@@ -890,17 +890,15 @@ class CorrelationEngine:
         horizon = int(spec.start(state.next_k))  # rows before it belong to closed windows only
         # Build the alerts now: findings describe themselves from views of the buffers.
         kept = self._suppress(state, findings, horizon)
-        if state.emitted_open:  # some emitted already while their windows were open
-            alerts = _versions(state, kept, open_window=False)
+        # as ever, but those emitted already while their windows were open: revisions
+        alerts = _versions(state, kept, open_window=False)
+        if state.emitted_open:
             # the close is the last word on its windows: an alert emitted from them that
             # it does not find (or suppresses) is taken back
             alerts += _withdrawals(state, findings, kept, _NEVER, horizon - 1,
                                    open_window=False)
             state.emitted_open = {o: v for o, v in state.emitted_open.items()
                                   if o[0] >= horizon}
-        else:
-            alerts = (list(zip(map(_finding_order, kept), build_alerts(kept), strict=True))
-                      if kept else [])
         for _, store, u, _ in state.inputs:
             if store.held[u]:
                 # Release only when it frees a good share: detectors skip stale rows anyway
