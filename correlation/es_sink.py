@@ -275,6 +275,15 @@ class ElasticsearchSink:
         base = min(self.max_backoff_s, self.initial_backoff_s * (2 ** (attempt - 1)))
         return base * random.uniform(0.8, 1.2)
 
+    def _retry_delay(self, attempt: int, started: float) -> float | None:
+        """The wait before retry `attempt` + 1 of a write or read begun at `started`;
+        None when the retry budget (max_attempts, max_total_s) is spent."""
+        delay = self._backoff(attempt)
+        if (attempt >= self.max_attempts
+                or time.monotonic() - started + delay > self.max_total_s):
+            return None
+        return delay
+
     def _prepare(self, docs: list[dict], op_type: str,
                  result: WriteResult) -> list[tuple[str, dict]]:
         """(id, doc) pairs to send: docs without an id are dead-lettered, repeated ids in
@@ -375,13 +384,13 @@ class ElasticsearchSink:
             if not pending:
                 break
             result.retried += len(pending)
-            elapsed = time.monotonic() - started
-            delay = self._backoff(result.attempts)
-            if result.attempts >= self.max_attempts or elapsed + delay > self.max_total_s:
+            delay = self._retry_delay(result.attempts, started)
+            if delay is None:
                 rest = [doc for _, doc in pending]
                 raise ElasticsearchUnavailable(
                     f"Elasticsearch did not acknowledge {len(rest)} of {total} document(s) "
-                    f"after {result.attempts} attempt(s) in {elapsed:.1f} s (last problem: "
+                    f"after {result.attempts} attempt(s) in {time.monotonic() - started:.1f} s "
+                    f"(last problem: "
                     f"{last_problem}); nothing was dropped: keep the batch and retry later",
                     rest, result)
             log.warning("elasticsearch: %d document(s) not acknowledged (%s); retry %d in "
@@ -438,9 +447,8 @@ class ElasticsearchSink:
                             f"Elasticsearch refused to read stored alert versions: {exc}",
                             docs, result) from None
                     problem = f"HTTP {exc.status_code} {exc}"
-                elapsed = time.monotonic() - started
-                delay = self._backoff(attempt)
-                if attempt >= self.max_attempts or elapsed + delay > self.max_total_s:
+                delay = self._retry_delay(attempt, started)
+                if delay is None:
                     raise ElasticsearchUnavailable(
                         f"Elasticsearch did not answer the read of {len(ids)} stored alert "
                         f"version(s) of {total} document(s) after {attempt} attempt(s) "
