@@ -28,14 +28,13 @@ from pipeline.kafka_transport import (
     SpoolingProducer,
     TransportError,
 )
-from pipeline.private_spool import remove_private_spool
+from pipeline.private_spool import private_spool_dir, remove_private_spool
 from pipeline.services import (
     JsonLog,
     commit_records,
     deadletter_record,
     poll_records,
     service_settings,
-    temp_spool,
 )
 from sensors.health import HEALTH_DATASET
 
@@ -86,7 +85,7 @@ class HealthShipper:
     def run(self, stop: threading.Event, *, ready: threading.Event | None = None) -> int:
         s = self.settings
         backoff_s = float(s.get("retry_backoff_s", 5))
-        spool = s.get("spool_dir") or temp_spool("health")
+        spool = s.get("spool_dir") or private_spool_dir("health")
         consumer = BatchConsumer(self.kafka, [TOPIC_SENSOR_HEALTH], self.group,
                                  session_timeout_ms=int(s.get("session_timeout_ms", 6000)),
                                  max_poll_records=int(s.get("max_poll_records", 500)))

@@ -184,13 +184,6 @@ class LoopClock:
                 "thread_cpu_s": {k: round(v, 4) for k, v in self.cpu.items()}}
 
 
-def temp_spool(service: str) -> str:
-    # A service's spool only buffers outputs whose inputs are not committed yet (a crash
-    # re-derives them from Kafka), so a private per-process directory is enough; those of
-    # killed processes are removed by the next one (pipeline/private_spool.py).
-    return private_spool_dir(service)
-
-
 # --- fusion ----------------------------------------------------------------------------------
 
 class FusionTransform:
@@ -314,7 +307,7 @@ class FusionService:
 
     def run(self, stop: threading.Event, *, ready: threading.Event | None = None) -> int:
         s = self.settings
-        spool = s.get("spool_dir") or temp_spool("fusion")
+        spool = s.get("spool_dir") or private_spool_dir("fusion")
         consumer = BatchConsumer(self.kafka, [TOPIC_SENSOR], self.group,
                                  session_timeout_ms=int(s.get("session_timeout_ms", 6000)),
                                  max_poll_records=int(s.get("max_poll_records", 16)),
@@ -833,7 +826,7 @@ class CorrelationService:
 
     def run(self, stop: threading.Event, *, ready: threading.Event | None = None) -> int:
         s = self.settings
-        spool = s.get("spool_dir") or temp_spool("correlation")
+        spool = s.get("spool_dir") or private_spool_dir("correlation")
         consumer = BatchConsumer(
             self.kafka, self.input_topics, self.group,
             session_timeout_ms=int(s.get("session_timeout_ms", 6000)),
